@@ -1,0 +1,233 @@
+//! The binary contract between the kernel probes and the userspace decoder.
+//!
+//! Every record in the ring buffer starts with an [`EventHeader`]; its `kind` says which struct
+//! follows. Structs are `#[repr(C)]`, fixed-layout and free of pointers, so the decoder can read
+//! them with bounds checks only. Data events are variable length: the payload head that follows
+//! [`DataEvent`] is exactly `cap_len` bytes. Bump [`ABI_VERSION`] on any layout change.
+#![no_std]
+
+/// Layout version of everything in this crate (also written into record files).
+pub const ABI_VERSION: u32 = 1;
+
+/// Largest payload head a probe can copy per syscall; the runtime cap (`Config::payload_cap`)
+/// is at most this. A power of two so the kernel can bound lengths with a mask.
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// Ring-buffer record kinds.
+pub mod kind {
+    pub const DATA: u32 = 1;
+    pub const CONN: u32 = 2;
+    pub const PROC: u32 = 3;
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Process id (thread-group id) of the task that caused the event.
+    pub tgid: u32,
+    /// Thread id of that task.
+    pub tid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was recorded.
+    pub ts_ns: u64,
+}
+
+/// Address family values as the kernel uses them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A socket's identity: addresses are in network byte order, IPv4 in the first 4 bytes;
+/// ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockTuple {
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or 0 when the kernel offers no offset for it.
+    pub protocol: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Which syscall produced a data event.
+pub mod syscall {
+    pub const READ: u8 = 0;
+    pub const WRITE: u8 = 1;
+    pub const READV: u8 = 2;
+    pub const WRITEV: u8 = 3;
+    pub const RECVFROM: u8 = 4;
+    pub const SENDTO: u8 = 5;
+    pub const RECVMSG: u8 = 6;
+    pub const SENDMSG: u8 = 7;
+}
+
+/// Data direction, from the traced process's point of view.
+pub mod direction {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+}
+
+/// Bytes moved through a socket by one syscall, followed by `cap_len` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Kernel address of the `struct sock`: stable for the connection's life, unique among live sockets.
+    pub sock_id: u64,
+    /// Monotonic time when the syscall was entered.
+    pub enter_ns: u64,
+    /// Bytes the syscall moved (its return value, > 0).
+    pub bytes: u64,
+    pub tuple: SockTuple,
+    pub fd: i32,
+    /// TCP sequence number of the first byte moved (sender's `write_seq` before a write,
+    /// receiver's `copied_seq` before a read); 0 for non-TCP sockets.
+    pub seq: u32,
+    /// Payload bytes that follow this struct.
+    pub cap_len: u32,
+    pub syscall: u8,
+    pub direction: u8,
+    /// 1 when `seq` is meaningful.
+    pub has_seq: u8,
+    pub _pad: u8,
+}
+
+/// Connection lifecycle kinds.
+pub mod conn {
+    pub const CONNECT: u8 = 1;
+    pub const ACCEPT: u8 = 2;
+    pub const CLOSE: u8 = 3;
+}
+
+/// A socket connected, accepted or closed by a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    pub sock_id: u64,
+    pub tuple: SockTuple,
+    pub fd: i32,
+    /// Syscall result (0 or -errno for connect; fd for accept).
+    pub ret: i32,
+    pub op: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Process lifecycle kinds.
+pub mod proc {
+    pub const FORK: u8 = 1;
+    pub const EXIT: u8 = 2;
+    pub const EXEC: u8 = 3;
+}
+
+/// A traced process forked a child (now traced too), exec'd, or exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub header: EventHeader,
+    /// The process the event is about (the child for FORK).
+    pub pid: u32,
+    /// The parent for FORK; the exit code for EXIT.
+    pub other: u32,
+    pub op: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Kernel struct member offsets (bytes), read from the running kernel's BTF by userspace.
+/// A value of `u32::MAX` means "unknown": the probe then skips what needs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_tgid: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_f_inode: u32,
+    pub file_private_data: u32,
+    pub inode_i_mode: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_protocol: u32,
+    pub tcp_write_seq: u32,
+    pub tcp_copied_seq: u32,
+}
+
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+
+impl KernelOffsets {
+    pub const UNKNOWN: Self = Self {
+        task_files: OFFSET_UNKNOWN,
+        task_tgid: OFFSET_UNKNOWN,
+        files_fdt: OFFSET_UNKNOWN,
+        fdt_max_fds: OFFSET_UNKNOWN,
+        fdt_fd: OFFSET_UNKNOWN,
+        file_f_inode: OFFSET_UNKNOWN,
+        file_private_data: OFFSET_UNKNOWN,
+        inode_i_mode: OFFSET_UNKNOWN,
+        socket_sk: OFFSET_UNKNOWN,
+        sk_family: OFFSET_UNKNOWN,
+        sk_num: OFFSET_UNKNOWN,
+        sk_dport: OFFSET_UNKNOWN,
+        sk_rcv_saddr: OFFSET_UNKNOWN,
+        sk_daddr: OFFSET_UNKNOWN,
+        sk_v6_rcv_saddr: OFFSET_UNKNOWN,
+        sk_v6_daddr: OFFSET_UNKNOWN,
+        sk_protocol: OFFSET_UNKNOWN,
+        tcp_write_seq: OFFSET_UNKNOWN,
+        tcp_copied_seq: OFFSET_UNKNOWN,
+    };
+}
+
+/// Run-time settings, written into the probes' read-only global `CONFIG` at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Payload head bytes to copy per syscall (≤ [`MAX_PAYLOAD`]).
+    pub payload_cap: u32,
+    /// 1: children of traced processes are traced too.
+    pub follow_children: u32,
+    /// Offset of `group_dead` in the `sched:sched_process_exit` record (from its format file).
+    pub exit_group_dead_offset: u32,
+    pub _pad: u32,
+    pub offsets: KernelOffsets,
+}
+
+impl Config {
+    pub const DEFAULT: Self = Self {
+        payload_cap: 512,
+        follow_children: 1,
+        exit_group_dead_offset: 32,
+        _pad: 0,
+        offsets: KernelOffsets::UNKNOWN,
+    };
+}
+
+/// Indexes of the per-CPU drop/health counters array.
+pub mod counter {
+    /// Ring buffer full: an event was lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// The per-thread syscall-argument map was full at syscall entry.
+    pub const ARGS_FULL: u32 = 1;
+    /// A kernel struct read failed (socket lookup or payload copy).
+    pub const READ_FAILED: u32 = 2;
+    /// Events submitted.
+    pub const SUBMITTED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid, no padding bytes left implicit.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,90 @@
+//! Reads of kernel structs. Member offsets come from the running kernel's BTF (userspace resolves
+//! them and writes them into `CONFIG.offsets`), so nothing here depends on one kernel build.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use ztrace_abi::{AF_INET, AF_INET6, KernelOffsets, OFFSET_UNKNOWN, SockTuple};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+pub const IPPROTO_TCP: u16 = 6;
+
+#[inline(always)]
+fn read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == OFFSET_UNKNOWN {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// The `struct sock *` behind file descriptor `fd` of the current task, or None when the fd is
+/// not a socket (checked via the inode mode, the cheapest test that needs no symbol address).
+#[inline(always)]
+pub fn sock_of_fd(off: &KernelOffsets, fd: i32) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: returns the current task pointer; only used as a base for probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, off.task_files)?;
+    let fdt: u64 = read(files, off.files_fdt)?;
+    let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, off.fdt_fd)?;
+    let file: u64 = read(fd_array, (fd as u32).checked_mul(8)?)?;
+    let inode: u64 = read(file, off.file_f_inode)?;
+    let mode: u16 = read(inode, off.inode_i_mode)?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = read(file, off.file_private_data)?;
+    let sk: u64 = read(socket, off.socket_sk)?;
+    if sk == 0 { None } else { Some(sk) }
+}
+
+/// Address family and protocol of a socket; None for non-IP sockets.
+#[inline(always)]
+pub fn sock_family_protocol(off: &KernelOffsets, sk: u64) -> Option<(u16, u16)> {
+    let family: u16 = read(sk, off.sk_family)?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let protocol: u16 = read(sk, off.sk_protocol).unwrap_or(0);
+    Some((family, protocol))
+}
+
+/// The socket's 4-tuple as the kernel sees it now.
+#[inline(always)]
+pub fn sock_tuple(off: &KernelOffsets, sk: u64) -> Option<SockTuple> {
+    let (family, protocol) = sock_family_protocol(off, sk)?;
+    let mut t = SockTuple {
+        family,
+        protocol,
+        local_port: read::<u16>(sk, off.sk_num)?,
+        remote_port: u16::from_be(read::<u16>(sk, off.sk_dport)?),
+        ..SockTuple::default()
+    };
+    if family == AF_INET {
+        t.local_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.sk_rcv_saddr)?);
+        t.remote_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.sk_daddr)?);
+    } else {
+        t.local_addr = read::<[u8; 16]>(sk, off.sk_v6_rcv_saddr)?;
+        t.remote_addr = read::<[u8; 16]>(sk, off.sk_v6_daddr)?;
+    }
+    Some(t)
+}
+
+/// TCP sequence number of the next byte the application writes (egress) or reads (ingress).
+/// `struct tcp_sock` begins with `struct sock`, so its offsets apply to the same pointer.
+#[inline(always)]
+pub fn tcp_seq(off: &KernelOffsets, sk: u64, egress: bool) -> Option<u32> {
+    read(sk, if egress { off.tcp_write_seq } else { off.tcp_copied_seq })
+}
+
+/// TGID of a `struct task_struct *`.
+#[inline(always)]
+pub fn task_tgid(off: &KernelOffsets, task: u64) -> Option<u32> {
+    read(task, off.task_tgid)
+}

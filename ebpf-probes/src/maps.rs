@@ -1,0 +1,76 @@
+//! Maps shared by the probes, and the read-only configuration userspace writes at load time.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use ztrace_abi::{Config, DataEvent, MAX_PAYLOAD, counter};
+
+#[unsafe(no_mangle)]
+pub static CONFIG: Global<Config> = Global::new(Config::DEFAULT);
+
+/// Traced processes (TGID → 1). Userspace seeds it; fork adds children, exit removes.
+#[map]
+pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// What a syscall's exit needs from its entry, per thread (pid_tgid). LRU so a thread that dies
+/// inside a syscall cannot leak an entry forever.
+#[map]
+pub static ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(65536, 0);
+
+/// All events. Userspace may resize it before load.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU health counters, indexed by `ztrace_abi::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU scratch space where a data event is built before it is copied into the ring buffer
+/// at its real (variable) length; too large for the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<DataBuf> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct DataBuf {
+    pub event: DataEvent,
+    pub payload: [u8; MAX_PAYLOAD],
+}
+
+/// Saved at syscall entry for the matching exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    /// `struct sock *` of the fd (0 for syscalls that do not need it yet, e.g. connect).
+    pub sock: u64,
+    /// User buffer, or first `struct iovec` for vectored I/O.
+    pub buf: u64,
+    pub enter_ns: u64,
+    pub fd: i32,
+    pub seq: u32,
+    pub syscall: u8,
+    pub direction: u8,
+    pub vectored: u8,
+    pub has_seq: u8,
+    pub _pad: u32,
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    CONFIG.load()
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(ptr) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *ptr += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn is_traced(tgid: u32) -> bool {
+    // SAFETY: the value is only read for presence.
+    unsafe { TRACED.get(&tgid).is_some() }
+}

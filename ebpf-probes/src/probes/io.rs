@@ -1,0 +1,270 @@
+//! Socket I/O of traced processes, from syscall tracepoints.
+//!
+//! One `sys_enter` and one `sys_exit` program serve every hooked syscall: the tracepoint record
+//! carries the syscall number, so userspace attaches the same program to each
+//! `syscalls:sys_{enter,exit}_*` tracepoint. Entry filters (traced TGID, fd is an IP socket) and
+//! saves what the exit needs; exit emits one record when bytes actually moved.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use ztrace_abi::{
+    ConnEvent, DataEvent, EventHeader, MAX_PAYLOAD, conn, counter, direction, kind, syscall,
+};
+
+use crate::{
+    kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
+    maps::{ARGS, EVENTS, SCRATCH, SyscallArgs, config, count, is_traced},
+};
+
+/// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
+#[cfg(bpf_target_arch = "x86_64")]
+mod nr {
+    pub const READ: i32 = 0;
+    pub const WRITE: i32 = 1;
+    pub const CLOSE: i32 = 3;
+    pub const READV: i32 = 19;
+    pub const WRITEV: i32 = 20;
+    pub const CONNECT: i32 = 42;
+    pub const ACCEPT: i32 = 43;
+    pub const SENDTO: i32 = 44;
+    pub const RECVFROM: i32 = 45;
+    pub const SENDMSG: i32 = 46;
+    pub const RECVMSG: i32 = 47;
+    pub const ACCEPT4: i32 = 288;
+}
+#[cfg(bpf_target_arch = "aarch64")]
+mod nr {
+    pub const CLOSE: i32 = 57;
+    pub const READ: i32 = 63;
+    pub const WRITE: i32 = 64;
+    pub const READV: i32 = 65;
+    pub const WRITEV: i32 = 66;
+    pub const ACCEPT: i32 = 202;
+    pub const CONNECT: i32 = 203;
+    pub const SENDTO: i32 = 206;
+    pub const RECVFROM: i32 = 207;
+    pub const SENDMSG: i32 = 211;
+    pub const RECVMSG: i32 = 212;
+    pub const ACCEPT4: i32 = 242;
+}
+
+/// Pseudo syscall kind for a pending connect (not a data syscall).
+const CONNECT_PENDING: u8 = 0xff;
+const EINPROGRESS: i64 = 115;
+
+// Offsets inside `struct trace_event_raw_sys_enter/exit` (stable syscall tracepoint ABI).
+const TP_NR: usize = 8;
+const TP_ARG0: usize = 16;
+const TP_ARG1: usize = 24;
+const TP_RET: usize = 16;
+/// `struct user_msghdr.msg_iov` (UAPI layout).
+const MSGHDR_IOV: u64 = 16;
+
+/// How an I/O syscall's arguments look.
+#[inline(always)]
+fn classify(nr: i32) -> Option<(u8, u8, bool, bool)> {
+    // (syscall kind, direction, vectored, buffer behind a msghdr)
+    Some(match nr {
+        nr::READ => (syscall::READ, direction::INGRESS, false, false),
+        nr::WRITE => (syscall::WRITE, direction::EGRESS, false, false),
+        nr::READV => (syscall::READV, direction::INGRESS, true, false),
+        nr::WRITEV => (syscall::WRITEV, direction::EGRESS, true, false),
+        nr::RECVFROM => (syscall::RECVFROM, direction::INGRESS, false, false),
+        nr::SENDTO => (syscall::SENDTO, direction::EGRESS, false, false),
+        nr::RECVMSG => (syscall::RECVMSG, direction::INGRESS, true, true),
+        nr::SENDMSG => (syscall::SENDMSG, direction::EGRESS, true, true),
+        _ => return None,
+    })
+}
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let _ = on_enter(&ctx, pid_tgid);
+    0
+}
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
+    // SAFETY: offsets of the syscall tracepoint record, fixed by the kernel ABI.
+    let nr: i32 = unsafe { ctx.read_at(TP_NR).ok()? };
+    let fd: u64 = unsafe { ctx.read_at(TP_ARG0).ok()? };
+    let fd = fd as i32;
+    let cfg = config();
+    let off = &cfg.offsets;
+    if nr == nr::CLOSE {
+        let sk = sock_of_fd(off, fd)?;
+        emit_conn(pid_tgid, conn::CLOSE, sk, fd, 0);
+        return Some(());
+    }
+    let mut args = SyscallArgs {
+        sock: 0,
+        buf: 0,
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+        seq: 0,
+        syscall: CONNECT_PENDING,
+        direction: 0,
+        vectored: 0,
+        has_seq: 0,
+        _pad: 0,
+    };
+    if nr != nr::CONNECT {
+        let (kind, dir, vectored, msghdr) = classify(nr)?;
+        let sk = sock_of_fd(off, fd)?;
+        let (_, protocol) = sock_family_protocol(off, sk)?;
+        let mut buf: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
+        if msghdr {
+            // SAFETY: user pointer read through the fault-tolerant helper.
+            buf = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64).ok()? };
+        }
+        args.sock = sk;
+        args.buf = buf;
+        args.syscall = kind;
+        args.direction = dir;
+        args.vectored = vectored as u8;
+        if protocol == IPPROTO_TCP
+            && let Some(seq) = tcp_seq(off, sk, dir == direction::EGRESS)
+        {
+            args.seq = seq;
+            args.has_seq = 1;
+        }
+    }
+    if ARGS.insert(&pid_tgid, &args, 0).is_err() {
+        count(counter::ARGS_FULL);
+    }
+    Some(())
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Accept needs no entry state: the new fd is the return value.
+    // SAFETY: fixed syscall tracepoint layout.
+    let Ok(nr) = (unsafe { ctx.read_at::<i32>(TP_NR) }) else {
+        return 0;
+    };
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(TP_RET) }) else {
+        return 0;
+    };
+    if nr == nr::ACCEPT || nr == nr::ACCEPT4 {
+        if ret >= 0 && is_traced((pid_tgid >> 32) as u32) {
+            let off = config().offsets;
+            if let Some(sk) = sock_of_fd(&off, ret as i32) {
+                emit_conn(pid_tgid, conn::ACCEPT, sk, ret as i32, ret as i32);
+            }
+        }
+        return 0;
+    }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = ARGS.remove(&pid_tgid);
+    if args.syscall == CONNECT_PENDING {
+        if ret == 0 || ret == -EINPROGRESS {
+            let off = config().offsets;
+            if let Some(sk) = sock_of_fd(&off, args.fd) {
+                emit_conn(pid_tgid, conn::CONNECT, sk, args.fd, ret as i32);
+            }
+        }
+        return 0;
+    }
+    if ret > 0 {
+        emit_data(pid_tgid, &args, ret as u64);
+    }
+    0
+}
+
+#[inline(always)]
+fn header(kind: u32, pid_tgid: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        _pad: 0,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+#[inline(always)]
+fn emit_conn(pid_tgid: u64, op: u8, sk: u64, fd: i32, ret: i32) {
+    let off = config().offsets;
+    let Some(tuple) = sock_tuple(&off, sk) else {
+        return;
+    };
+    let event = ConnEvent {
+        header: header(kind::CONN, pid_tgid),
+        sock_id: sk,
+        tuple,
+        fd,
+        ret,
+        op,
+        _pad: [0; 7],
+    };
+    match EVENTS.output::<ConnEvent>(&event, 0) {
+        Ok(()) => count(counter::SUBMITTED),
+        Err(_) => count(counter::RINGBUF_FULL),
+    }
+}
+
+#[inline(always)]
+fn emit_data(pid_tgid: u64, args: &SyscallArgs, bytes: u64) -> Option<()> {
+    let cfg = config();
+    let tuple = sock_tuple(&cfg.offsets, args.sock)?;
+    let buf = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+    let buf = unsafe { &mut *buf };
+    buf.event = DataEvent {
+        header: header(kind::DATA, pid_tgid),
+        sock_id: args.sock,
+        enter_ns: args.enter_ns,
+        bytes,
+        tuple,
+        fd: args.fd,
+        seq: args.seq,
+        cap_len: 0,
+        syscall: args.syscall,
+        direction: args.direction,
+        has_seq: args.has_seq,
+        _pad: 0,
+    };
+    let (mut src, mut avail) = (args.buf, bytes);
+    if args.vectored != 0 {
+        // First iovec only: heads of protocol messages sit at the start of the first buffer.
+        // SAFETY: user pointers read through fault-tolerant helpers.
+        src = unsafe { bpf_probe_read_user(args.buf as *const u64).ok()? };
+        let iov_len: u64 = unsafe { bpf_probe_read_user((args.buf + 8) as *const u64).ok()? };
+        avail = avail.min(iov_len);
+    }
+    let mut n = avail.min(cfg.payload_cap as u64) as usize;
+    if n > MAX_PAYLOAD {
+        n = MAX_PAYLOAD;
+    }
+    if n > 0 {
+        // SAFETY: fault-tolerant user read into our scratch buffer, bounded above.
+        if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut buf.payload[..n]) }.is_err() {
+            count(counter::READ_FAILED);
+            n = 0;
+        }
+    }
+    buf.event.cap_len = n as u32;
+    let total = core::mem::size_of::<DataEvent>() + n;
+    // SAFETY: DataBuf is repr(C) with the event first and the payload right after it.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(buf as *const _ as *const u8, core::mem::size_of_val(buf))
+    };
+    let record = bytes.get(..total)?;
+    match EVENTS.output::<[u8]>(record, 0) {
+        Ok(()) => count(counter::SUBMITTED),
+        Err(_) => count(counter::RINGBUF_FULL),
+    }
+    Some(())
+}

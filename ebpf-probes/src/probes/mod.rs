@@ -1,0 +1,4 @@
+//! One file per probe family.
+
+pub mod io;
+pub mod sched;

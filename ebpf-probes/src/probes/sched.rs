@@ -1,0 +1,81 @@
+//! Process lifecycle of traced processes: children of a traced process become traced (unless
+//! userspace disabled following), and a process whose last thread exits leaves the map.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use ztrace_abi::{EventHeader, ProcEvent, counter, kind, proc};
+
+use crate::{
+    kernel::task_tgid,
+    maps::{EVENTS, TRACED, config, count, is_traced},
+};
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`. Fires for new
+/// threads too; those share the parent's TGID and are skipped.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_traced(parent_tgid) {
+        return 0;
+    }
+    let cfg = config();
+    if cfg.follow_children == 0 {
+        return 0;
+    }
+    let child: u64 = ctx.arg(1);
+    let Some(child_tgid) = task_tgid(&cfg.offsets, child) else {
+        count(counter::READ_FAILED);
+        return 0;
+    };
+    if child_tgid == parent_tgid {
+        return 0;
+    }
+    let _ = TRACED.insert(&child_tgid, &1, 0);
+    emit(proc::FORK, child_tgid, parent_tgid);
+    0
+}
+
+/// `sched:sched_process_exit`; userspace stores the offset of its `group_dead` field (read from
+/// the tracepoint's format file) in `CONFIG.exit_group_dead_offset`.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let offset = config().exit_group_dead_offset as usize;
+    // SAFETY: offset comes from the tracepoint's own format description.
+    let group_dead: u8 = unsafe { ctx.read_at(offset).unwrap_or(0) };
+    if group_dead == 0 {
+        return 0;
+    }
+    let _ = TRACED.remove(&tgid);
+    emit(proc::EXIT, tgid, 0);
+    0
+}
+
+#[inline(always)]
+fn emit(op: u8, pid: u32, other: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = ProcEvent {
+        header: EventHeader {
+            kind: kind::PROC,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            _pad: 0,
+            // SAFETY: plain helper call.
+            ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        },
+        pid,
+        other,
+        op,
+        _pad: [0; 7],
+    };
+    match EVENTS.output::<ProcEvent>(&event, 0) {
+        Ok(()) => count(counter::SUBMITTED),
+        Err(_) => count(counter::RINGBUF_FULL),
+    }
+}

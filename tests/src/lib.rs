@@ -1,0 +1,3 @@
+//! Helpers shared by ztrace tests: an in-process OTLP/gRPC receiver.
+
+pub mod receiver;

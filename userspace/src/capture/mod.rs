@@ -1,0 +1,172 @@
+//! Capture: load the eBPF probes, tell them which processes to trace, attach them to the kernel's
+//! tracepoints and hand out the ring buffer of raw records. Owns every kernel object; knows
+//! nothing about what the records mean (that is `decode` and beyond).
+
+pub mod btf;
+pub mod preflight;
+
+use std::{fs, os::fd::AsRawFd};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+};
+use ztrace_abi::{Config, MAX_PAYLOAD, counter};
+
+/// The probe object built by build.rs.
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace-probes"));
+
+/// Syscalls whose entry the `sys_enter` program sees.
+const ENTER: &[&str] = &[
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "connect",
+    "close",
+];
+/// Syscalls whose exit the `sys_exit` program sees.
+const EXIT: &[&str] = &[
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "connect",
+    "accept", "accept4",
+];
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub payload_cap: u32,
+    pub follow_children: bool,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self { payload_cap: 512, follow_children: true, ring_bytes: 16 << 20 }
+    }
+}
+
+/// Loaded and attached probes.
+pub struct Capture {
+    ebpf: Ebpf,
+    traced: HashMap<MapData, u32, u8>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub submitted: u64,
+    pub ringbuf_full: u64,
+    pub args_full: u64,
+    pub read_failed: u64,
+}
+
+/// Offset of `group_dead` in `sched:sched_process_exit` records, from the tracepoint's format.
+fn exit_group_dead_offset() -> Result<u32> {
+    let path = format!("{}/events/sched/sched_process_exit/format", preflight::TRACEFS);
+    let format = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    format
+        .lines()
+        .find(|l| l.contains(" group_dead;"))
+        .and_then(|l| l.split("offset:").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("{path} has no `group_dead` field (kernel older than 4.x?)"))
+}
+
+impl Capture {
+    /// Loads the probes with this kernel's struct offsets. Preflight checks must have passed.
+    pub fn load(opts: &CaptureOptions) -> Result<Capture> {
+        if opts.payload_cap == 0 || opts.payload_cap as usize > MAX_PAYLOAD {
+            bail!("payload cap must be between 1 and {MAX_PAYLOAD} bytes");
+        }
+        let btf = btf::Btf::from_sys_fs()?;
+        let offsets = btf::resolve_offsets(&btf)?;
+        let config = Config {
+            payload_cap: opts.payload_cap,
+            follow_children: opts.follow_children as u32,
+            exit_group_dead_offset: exit_group_dead_offset()?,
+            _pad: 0,
+            offsets,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(PROBES)
+            .context("loading the eBPF probes into the kernel")?;
+        let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        Ok(Capture { ebpf, traced, counters })
+    }
+
+    /// Adds a process to the in-kernel filter.
+    pub fn trace(&mut self, tgid: u32) -> Result<()> {
+        self.traced
+            .insert(tgid, 1, 0)
+            .with_context(|| format!("adding PID {tgid} to the traced set"))
+    }
+
+    /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
+    pub fn attach(&mut self) -> Result<()> {
+        for (prog, hooks, prefix) in [("sys_enter", ENTER, "sys_enter_"), ("sys_exit", EXIT, "sys_exit_")] {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing"))?
+                .try_into()?;
+            program.load().with_context(|| format!("verifier rejected {prog}"))?;
+            for name in hooks {
+                let tp = format!("{prefix}{name}");
+                program
+                    .attach("syscalls", &tp)
+                    .with_context(|| format!("attaching to tracepoint syscalls:{tp}"))?;
+            }
+        }
+        let exit: &mut TracePoint = self
+            .ebpf
+            .program_mut("sched_process_exit")
+            .context("program sched_process_exit missing")?
+            .try_into()?;
+        exit.load().context("verifier rejected sched_process_exit")?;
+        exit.attach("sched", "sched_process_exit")
+            .context("attaching to tracepoint sched:sched_process_exit")?;
+        let fork: &mut RawTracePoint = self
+            .ebpf
+            .program_mut("sched_process_fork")
+            .context("program sched_process_fork missing")?
+            .try_into()?;
+        fork.load().context("verifier rejected sched_process_fork")?;
+        fork.attach("sched_process_fork")
+            .context("attaching to raw tracepoint sched_process_fork")?;
+        Ok(())
+    }
+
+    /// The ring buffer of raw records (can be taken once).
+    pub fn ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |idx: u32| {
+            self.counters
+                .get(&idx, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            submitted: sum(counter::SUBMITTED),
+            ringbuf_full: sum(counter::RINGBUF_FULL),
+            args_full: sum(counter::ARGS_FULL),
+            read_failed: sum(counter::READ_FAILED),
+        }
+    }
+}
+
+/// Lets tokio wait for ring-buffer readiness.
+pub struct RingFd(pub RingBuf<MapData>);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}

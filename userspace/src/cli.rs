@@ -1,0 +1,224 @@
+//! Command line: argument parsing, configuration from flags and the OpenTelemetry environment
+//! variables, and the user-facing error policy (one line saying what to do, exit code 2).
+
+use std::{env, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{capture::preflight, daemon, export::Output, process};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ztrace",
+    version,
+    about = "Zero-instrumentation tracing: linked OpenTelemetry spans for running processes, from eBPF",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Report whether this host can run ztrace: kernel features, BTF, tracefs, privileges.
+    Check,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Process to trace (repeatable, or comma-separated). Its descendants are traced too.
+    #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Do not follow existing or future child processes of the traced PIDs.
+    #[arg(long)]
+    pub no_children: bool,
+    /// OTLP/gRPC collector endpoint, e.g. http://localhost:4317. Default: the
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT variables; with neither,
+    /// spans are printed to the terminal.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// service.name of every traced process (default: OTEL_SERVICE_NAME, else the executable name).
+    #[arg(long)]
+    pub service_name: Option<String>,
+    /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C or all traced processes exit.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Where spans go when no collector is configured.
+    #[arg(long, value_enum, default_value_t = Format::Console)]
+    pub output: Format,
+    /// Bytes of payload captured per syscall (the head that protocol parsing sees), 1..=4096.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub payload_cap: u32,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One readable line per finished span, grouped by trace.
+    Console,
+    /// One JSON object per span per line.
+    Json,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; use e.g. 30s, 5m, 1h, 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("`{s}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Validates an OTLP/gRPC endpoint URL.
+pub fn parse_endpoint(raw: &str, source: &str) -> Result<tonic::transport::Uri, String> {
+    let bad = |why: &str| format!("{source}: `{raw}` is not a valid OTLP endpoint ({why}); use e.g. http://localhost:4317");
+    let uri: tonic::transport::Uri = raw.trim().parse().map_err(|e| bad(&format!("{e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(bad("scheme must be http or https")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
+}
+
+/// Where spans go: flag, then the per-signal variable, then the generic one, then the terminal.
+pub fn resolve_output(args: &RunArgs) -> Result<Output, String> {
+    let from_env = |name: &str| env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| (v, name.to_string()));
+    let endpoint = args
+        .otlp_endpoint
+        .clone()
+        .map(|v| (v, "--otlp-endpoint".to_string()))
+        .or_else(|| from_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| from_env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    Ok(match endpoint {
+        Some((raw, source)) => Output::Otlp { endpoint: parse_endpoint(&raw, &source)? },
+        None => match args.output {
+            Format::Console => Output::Console,
+            Format::Json => Output::Json,
+        },
+    })
+}
+
+pub fn service_name(args: &RunArgs) -> Option<String> {
+    args.service_name
+        .clone()
+        .or_else(|| env::var("OTEL_SERVICE_NAME").ok())
+        .filter(|s| !s.trim().is_empty())
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("ztrace: {msg}");
+    2
+}
+
+fn check() -> i32 {
+    let items = preflight::full_report();
+    for item in &items {
+        println!("{item}");
+    }
+    if items.iter().any(|i| i.problem.is_some()) {
+        println!("\nztrace cannot run here until the FAIL lines above are fixed.");
+        1
+    } else {
+        println!("\nAll checks passed: ztrace can trace processes on this host.");
+        0
+    }
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    if let Some(Command::Check) = cli.command {
+        return check();
+    }
+    let args = cli.run;
+    if args.pids.is_empty() {
+        return usage_error("nothing to trace: pass --pid PID (see `ztrace --help`)");
+    }
+    for &pid in &args.pids {
+        if let Err(e) = process::validate(pid) {
+            return usage_error(e);
+        }
+    }
+    let output = match resolve_output(&args) {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    let privileges = preflight::privileges();
+    if let Some(p) = privileges.problem {
+        return usage_error(p);
+    }
+    for item in [preflight::tracefs(true), preflight::btf()] {
+        if let Some(p) = item.problem {
+            return usage_error(p);
+        }
+    }
+    let config = daemon::DaemonConfig {
+        pids: args.pids.clone(),
+        follow_children: !args.no_children,
+        service_name: service_name(&args),
+        duration: args.duration,
+        output,
+        payload_cap: args.payload_cap,
+    };
+    match daemon::run(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ztrace: {e:#}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(parse_endpoint("http://localhost:4317", "x").is_ok());
+        assert!(parse_endpoint("https://collector.example:4317", "x").is_ok());
+        for bad in ["localhost:4317", "ftp://a:1", "http://", "not a url", ""] {
+            let err = parse_endpoint(bad, "--otlp-endpoint").unwrap_err();
+            assert!(err.contains("--otlp-endpoint"), "{err}");
+        }
+    }
+
+    #[test]
+    fn pid_lists_are_comma_separated_and_repeatable() {
+        let cli = Cli::try_parse_from(["ztrace", "--pid", "1,2", "-p", "3"]).unwrap();
+        assert_eq!(cli.run.pids, vec![1, 2, 3]);
+        assert!(Cli::try_parse_from(["ztrace", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["ztrace", "--payload-cap", "0"]).is_err());
+        assert!(matches!(Cli::try_parse_from(["ztrace", "check"]).unwrap().command, Some(Command::Check)));
+    }
+}

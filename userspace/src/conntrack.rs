@@ -1,0 +1,204 @@
+//! Connection tracker: one entry per socket of a traced process, keyed by (TGID, kernel socket
+//! address). It remembers the 4-tuple and, per direction, where each captured syscall's bytes
+//! sit in the byte stream, so later stages can turn a stream offset back into the time, thread and
+//! TCP sequence number of the syscall that moved that byte. Bounded: idle and excess connections
+//! are evicted and counted.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ztrace_abi::{AF_INET, SockTuple};
+
+use crate::model::Endpoint;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub sock_id: u64,
+}
+
+/// One syscall's worth of a byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// Stream offset of the first byte this syscall moved.
+    pub start: u64,
+    pub len: u64,
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    pub tid: u32,
+    /// TCP sequence number of the first byte, when known.
+    pub seq: Option<u32>,
+}
+
+/// Where one direction of a connection stands.
+#[derive(Debug, Default)]
+pub struct Stream {
+    pub pos: u64,
+    marks: VecDeque<Mark>,
+}
+
+/// Enough history to locate the start of any message still being assembled: heads are capped at
+/// 16 KiB by the parser, but a message body can span many syscalls, so keep a generous window
+/// and fall back to the oldest mark.
+const MAX_MARKS: usize = 256;
+
+impl Stream {
+    /// Records a syscall that moved `len` bytes and returns its mark.
+    pub fn advance(&mut self, len: u64, enter_ns: u64, exit_ns: u64, tid: u32, seq: Option<u32>) -> Mark {
+        let mark = Mark { start: self.pos, len, enter_ns, exit_ns, tid, seq };
+        self.pos = self.pos.saturating_add(len);
+        if self.marks.len() == MAX_MARKS {
+            self.marks.pop_front();
+        }
+        self.marks.push_back(mark);
+        mark
+    }
+
+    /// The syscall that moved the byte at `offset`, with the byte's own sequence number.
+    pub fn locate(&self, offset: u64) -> Option<(Mark, Option<u32>)> {
+        let idx = self.marks.partition_point(|m| m.start + m.len <= offset);
+        let mark = *self.marks.get(idx).or_else(|| self.marks.front())?;
+        let seq = if offset >= mark.start && offset < mark.start + mark.len.max(1) {
+            mark.seq.map(|s| s.wrapping_add((offset - mark.start) as u32))
+        } else {
+            None
+        };
+        Some((mark, seq))
+    }
+}
+
+/// Addresses of a connection as the traced process sees them.
+pub fn endpoints(t: &SockTuple) -> (Endpoint, Endpoint) {
+    let addr = |raw: &[u8; 16]| -> IpAddr {
+        if t.family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+        } else {
+            let v6 = Ipv6Addr::from(*raw);
+            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+        }
+    };
+    (
+        Endpoint { addr: addr(&t.local_addr), port: t.local_port },
+        Endpoint { addr: addr(&t.remote_addr), port: t.remote_port },
+    )
+}
+
+/// A tracked connection; `T` is the protocol state later stages keep with it.
+#[derive(Debug)]
+pub struct Conn<T> {
+    pub local: Endpoint,
+    pub peer: Endpoint,
+    pub ingress: Stream,
+    pub egress: Stream,
+    pub last_ns: u64,
+    pub state: T,
+}
+
+pub struct ConnTable<T> {
+    conns: HashMap<ConnKey, Conn<T>>,
+    max: usize,
+    pub evicted: u64,
+}
+
+impl<T: Default> ConnTable<T> {
+    pub fn new(max: usize) -> Self {
+        Self { conns: HashMap::new(), max, evicted: 0 }
+    }
+
+    /// The connection for `key`, created on first sight. Returns the evicted connection's state
+    /// when the table was full, so its owner can finish what it held.
+    pub fn entry(
+        &mut self,
+        key: ConnKey,
+        tuple: &SockTuple,
+        now_ns: u64,
+    ) -> (&mut Conn<T>, Option<(ConnKey, Conn<T>)>) {
+        let mut evicted = None;
+        if !self.conns.contains_key(&key) && self.conns.len() >= self.max {
+            if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k) {
+                evicted = self.conns.remove(&oldest).map(|c| (oldest, c));
+                self.evicted += 1;
+            }
+        }
+        let conn = self.conns.entry(key).or_insert_with(|| {
+            let (local, peer) = endpoints(tuple);
+            Conn {
+                local,
+                peer,
+                ingress: Stream::default(),
+                egress: Stream::default(),
+                last_ns: now_ns,
+                state: T::default(),
+            }
+        });
+        conn.last_ns = now_ns;
+        (conn, evicted)
+    }
+
+    pub fn remove(&mut self, key: &ConnKey) -> Option<Conn<T>> {
+        self.conns.remove(key)
+    }
+
+    /// Connections of `tgid` (for process exit).
+    pub fn keys_of(&self, tgid: u32) -> Vec<ConnKey> {
+        self.conns.keys().filter(|k| k.tgid == tgid).copied().collect()
+    }
+
+    /// Connections idle since before `cutoff_ns`.
+    pub fn idle(&self, cutoff_ns: u64) -> Vec<ConnKey> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.last_ns < cutoff_ns)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    pub fn all_keys(&self) -> Vec<ConnKey> {
+        self.conns.keys().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_maps_offsets_to_syscalls_and_sequence_numbers() {
+        let mut s = Stream::default();
+        s.advance(10, 1, 2, 100, Some(1000));
+        s.advance(5, 3, 4, 101, Some(1010));
+        s.advance(7, 5, 6, 102, None);
+        let (m, seq) = s.locate(0).unwrap();
+        assert_eq!((m.tid, seq), (100, Some(1000)));
+        let (m, seq) = s.locate(12).unwrap();
+        assert_eq!((m.tid, seq), (101, Some(1012)));
+        let (m, seq) = s.locate(16).unwrap();
+        assert_eq!((m.tid, seq), (102, None));
+        // Sequence numbers wrap like TCP's.
+        let mut w = Stream::default();
+        w.advance(10, 0, 0, 1, Some(u32::MAX - 1));
+        assert_eq!(w.locate(3).unwrap().1, Some(1));
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut t: ConnTable<u8> = ConnTable::new(2);
+        let tuple = SockTuple { family: AF_INET, ..Default::default() };
+        for i in 0..3u64 {
+            let (_, ev) = t.entry(ConnKey { tgid: 1, sock_id: i }, &tuple, i);
+            assert_eq!(ev.is_some(), i == 2);
+        }
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.evicted, 1);
+    }
+}

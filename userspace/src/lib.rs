@@ -1,0 +1,19 @@
+//! ztrace: zero-instrumentation tracing of running processes with eBPF.
+//!
+//! The modules follow the data path:
+//! `capture` (kernel probes, ring buffer) → `decode` → `conntrack` → `protocols` →
+//! `assemble` (exchanges) → `link` (causality) → `export` (OTLP, console, JSON).
+//! `pipeline` wires the I/O-free middle together; `daemon` runs it live; `cli` is the front door.
+
+pub mod assemble;
+pub mod capture;
+pub mod cli;
+pub mod conntrack;
+pub mod daemon;
+pub mod decode;
+pub mod export;
+pub mod link;
+pub mod model;
+pub mod pipeline;
+pub mod process;
+pub mod protocols;

@@ -1,0 +1,132 @@
+//! The finished product of the pipeline: spans with typed protocol details, and the processes
+//! they belong to. Exporters turn these into OTLP, console lines or JSON; nothing upstream of the
+//! exporters knows about attribute names.
+
+use std::fmt;
+use std::net::IpAddr;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TraceId(pub [u8; 16]);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SpanId(pub [u8; 8]);
+
+impl TraceId {
+    pub fn random() -> Self {
+        loop {
+            let id = TraceId(rand::random());
+            if id != TraceId::default() {
+                return id;
+            }
+        }
+    }
+}
+
+impl SpanId {
+    pub fn random() -> Self {
+        loop {
+            let id = SpanId(rand::random());
+            if id != SpanId::default() {
+                return id;
+            }
+        }
+    }
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    /// The process received the request.
+    Server,
+    /// The process sent the request.
+    Client,
+}
+
+/// One endpoint of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// The HTTP view of one request/response exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HttpExchange {
+    pub method: String,
+    /// Request target as sent (path plus query).
+    pub target: String,
+    /// `Host` header, when present.
+    pub host: Option<String>,
+    /// "1.0" or "1.1".
+    pub version: String,
+    /// None when no response was seen (connection closed, tracer stopped).
+    pub status: Option<u16>,
+    pub user_agent: Option<String>,
+    pub request_body_size: Option<u64>,
+    pub response_body_size: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpanStatus {
+    Unset,
+    Error(String),
+}
+
+/// A finished span, ready to export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// Set when the parent came from an incoming `traceparent` (it lives outside this export).
+    pub parent_is_remote: bool,
+    pub kind: SpanKind,
+    pub name: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// The traced process (resource key).
+    pub pid: u32,
+    pub tid: u32,
+    /// The traced process's own socket address.
+    pub local: Endpoint,
+    /// The other end of the connection.
+    pub peer: Endpoint,
+    pub http: HttpExchange,
+    pub status: SpanStatus,
+}
+
+/// What the exported Resource says about a traced process.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub parent_pid: Option<u32>,
+    pub service_name: String,
+    pub executable_name: String,
+    pub executable_path: String,
+    pub command_args: Vec<String>,
+    pub host_name: String,
+}

@@ -1,0 +1,153 @@
+//! Facts about traced processes from /proc: validation of user-given PIDs, descendants, and the
+//! Resource description (executable, command line) each exported span carries.
+
+use std::{collections::HashSet, fs, path::PathBuf};
+
+use crate::model::ProcessInfo;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PidError {
+    #[error("no process with PID {0}: check the PID (e.g. `pgrep -a NAME`)")]
+    NotFound(u32),
+    #[error("PID {0} is a kernel thread; ztrace traces user-space processes only")]
+    KernelThread(u32),
+    #[error("PID {0} is a thread of process {1}: pass the process id {1} instead")]
+    Thread(u32, u32),
+}
+
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
+        .map(|v| v.trim().to_string())
+}
+
+/// Checks that `pid` names a live user-space process (not a thread, not a kernel thread).
+pub fn validate(pid: u32) -> Result<(), PidError> {
+    if pid == 0 {
+        return Err(PidError::NotFound(pid));
+    }
+    let tgid = status_field(pid, "Tgid").ok_or(PidError::NotFound(pid))?;
+    if let Ok(tgid) = tgid.parse::<u32>()
+        && tgid != pid
+    {
+        return Err(PidError::Thread(pid, tgid));
+    }
+    // Kernel threads have no memory map and PF_KTHREAD (0x00200000) in their flags.
+    let flags = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            after.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    if flags & 0x0020_0000 != 0 {
+        return Err(PidError::KernelThread(pid));
+    }
+    Ok(())
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // A zombie has exited: its threads are gone, only the exit status waits to be reaped.
+    match status_field(pid, "State") {
+        Some(state) => !state.starts_with('Z') && !state.starts_with('X'),
+        None => false,
+    }
+}
+
+pub fn parent_of(pid: u32) -> Option<u32> {
+    status_field(pid, "PPid")?.parse().ok()
+}
+
+/// All live descendants of `roots` (children of children…), from each process's PPid.
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    let mut by_parent: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && let Some(ppid) = parent_of(pid)
+            {
+                by_parent.push((ppid, pid));
+            }
+        }
+    }
+    let mut seen: HashSet<u32> = roots.iter().copied().collect();
+    let mut frontier: Vec<u32> = roots.to_vec();
+    let mut out = Vec::new();
+    while let Some(parent) = frontier.pop() {
+        for &(ppid, pid) in &by_parent {
+            if ppid == parent && seen.insert(pid) {
+                out.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    out
+}
+
+pub fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Reads what the Resource says about `pid`. `service_name` overrides the executable name.
+pub fn info(pid: u32, service_name: Option<&str>, host_name: &str) -> ProcessInfo {
+    let exe: Option<PathBuf> = fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let command_args: Vec<String> = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let executable_name = exe
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(comm);
+    ProcessInfo {
+        pid,
+        parent_pid: parent_of(pid),
+        service_name: service_name
+            .map(str::to_string)
+            .unwrap_or_else(|| executable_name.clone()),
+        executable_path: exe.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        executable_name,
+        command_args,
+        host_name: host_name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_own_process_and_rejects_bad_pids() {
+        let me = std::process::id();
+        assert_eq!(validate(me), Ok(()));
+        assert_eq!(validate(0), Err(PidError::NotFound(0)));
+        assert_eq!(validate(u32::MAX - 1), Err(PidError::NotFound(u32::MAX - 1)));
+        // PID 2 is kthreadd on Linux.
+        assert_eq!(validate(2), Err(PidError::KernelThread(2)));
+    }
+
+    #[test]
+    fn reads_own_info_and_children() {
+        let me = std::process::id();
+        let info = info(me, None, "h");
+        assert_eq!(info.pid, me);
+        assert!(!info.executable_name.is_empty());
+        assert!(!info.command_args.is_empty());
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(descendants(&[me]).contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -1,0 +1,241 @@
+//! `cargo xtask …`: everything a fresh Debian machine needs to build, run and test ztrace.
+//! Every step says what it does and skips what is already in place, so each command can be run
+//! again at any time.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain: LLVM 22 dev packages, nightly rust-src, bpf-linker.
+    Setup,
+    /// Set up, then build the ztrace binary (release).
+    Build,
+    /// Set up, build and run ztrace as root. With no arguments: a live demo that traces two small
+    /// Python services while curl drives them, printing linked spans to the terminal.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run every check and test: fmt, clippy (userspace and eBPF), unit tests and the
+    /// privileged end-to-end tests (as root, loading real probes).
+    Test,
+    /// Formatting and clippy for the userspace and eBPF crates.
+    Lint,
+}
+
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "curl",
+    "python3",
+];
+const BPF_LINKER_VERSION: &str = "0.13";
+const BPF_RUSTFLAGS: &str = "--cfg=bpf_target_arch=\"x86_64\"";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn say(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    say(&format!("running {cmd:?}"));
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output_ok(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output_ok(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output_ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        say("Debian packages: all present");
+    } else {
+        if !is_root() {
+            bail!("Debian packages {missing:?} are missing; run this as root so they can be installed");
+        }
+        say(&format!("installing Debian packages {missing:?}"));
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let nightly_src = output_ok(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    if nightly_src {
+        say("nightly toolchain with rust-src: present");
+    } else {
+        say("installing the nightly toolchain's rust-src (the eBPF side builds core from source)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let linker = cargo_bin_dir().join("bpf-linker");
+    let have = output_ok(Command::new(&linker).arg("--version"))
+        .is_some_and(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")));
+    if have {
+        say(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
+    } else {
+        say(&format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (takes a few minutes, once)"
+        ));
+        let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                &format!("~{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", path))?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(args);
+    // bpf-linker is found by the nightly build of the probes through PATH.
+    let path = format!("{}:{}", cargo_bin_dir().display(), env::var("PATH").unwrap_or_default());
+    cmd.env("PATH", path);
+    cmd
+}
+
+fn build() -> Result<PathBuf> {
+    setup()?;
+    run(&mut cargo(&["build", "--release", "--package", "ztrace"]))?;
+    Ok(root().join("target/release/ztrace"))
+}
+
+fn lint() -> Result<()> {
+    run(&mut cargo(&["fmt", "--all", "--check"]))?;
+    run(&mut cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The probe crate checked as what it is: a no_std program for the BPF target.
+    let mut probes = cargo(&[
+        "+nightly",
+        "clippy",
+        "--package",
+        "ztrace-probes",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    probes
+        .env("RUSTFLAGS", BPF_RUSTFLAGS)
+        .env("CARGO_TARGET_DIR", root().join("target/bpf-clippy"));
+    run(&mut probes)
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the end-to-end tests load eBPF probes and must run as root (sudo cargo xtask test)");
+    }
+    lint()?;
+    // Build the binary the end-to-end tests run, then every test in the workspace.
+    run(&mut cargo(&["build", "--release", "--package", "ztrace"]))?;
+    run(cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])
+        .env("ZTRACE_BIN", root().join("target/release/ztrace"))
+        .env("ZTRACE_E2E_REQUIRED", "1"))
+}
+
+fn demo(bin: &Path) -> Result<()> {
+    let script = root().join("tests/apps/demo.sh");
+    run(Command::new("bash").arg(script).env("ZTRACE_BIN", bin))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup(),
+        Task::Build => build().map(|_| ()),
+        Task::Lint => setup().and_then(|_| lint()),
+        Task::Test => test(),
+        Task::Run { args } => build().and_then(|bin| {
+            if !is_root() {
+                bail!("ztrace loads eBPF programs: run as root (sudo cargo xtask run …)");
+            }
+            if args.is_empty() {
+                demo(&bin)
+            } else {
+                run(Command::new(&bin).args(&args))
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
