@@ -72,5 +72,5 @@ pub fn count(index: u32) {
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     // SAFETY: the value is only read for presence.
-    unsafe { TRACED.get(&tgid).is_some() }
+    unsafe { TRACED.get(tgid).is_some() }
 }

@@ -117,6 +117,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     log::info!("following new child process {pid} of {parent}");
                     procs.add(pid, &exporter);
                 }
+                ProcChange::Execed { pid } => procs.add(pid, &exporter),
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
                     procs.alive.remove(&pid);

@@ -27,6 +27,7 @@ pub struct PipelineStats {
 pub enum ProcChange {
     Forked { pid: u32, parent: u32 },
     Exited { pid: u32 },
+    Execed { pid: u32 },
 }
 
 pub struct Pipeline {
@@ -61,6 +62,9 @@ impl Pipeline {
                 return;
             }
         };
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!("{event:?}");
+        }
         match event {
             Event::Data(ev, payload) => {
                 self.last_ns = self.last_ns.max(ev.header.ts_ns);
@@ -78,6 +82,7 @@ impl Pipeline {
                     self.assembler.on_exit(ev.pid, ev.header.ts_ns, &mut self.linker);
                     changes.push(ProcChange::Exited { pid: ev.pid });
                 }
+                proc::EXEC => changes.push(ProcChange::Execed { pid: ev.pid }),
                 _ => {}
             },
         }

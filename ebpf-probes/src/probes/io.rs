@@ -136,7 +136,7 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
             args.has_seq = 1;
         }
     }
-    if ARGS.insert(&pid_tgid, &args, 0).is_err() {
+    if ARGS.insert(pid_tgid, args, 0).is_err() {
         count(counter::ARGS_FULL);
     }
     Some(())
@@ -163,10 +163,10 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
+    let Some(args) = (unsafe { ARGS.get(pid_tgid) }).copied() else {
         return 0;
     };
-    let _ = ARGS.remove(&pid_tgid);
+    let _ = ARGS.remove(pid_tgid);
     if args.syscall == CONNECT_PENDING {
         if ret == 0 || ret == -EINPROGRESS {
             let off = config().offsets;

@@ -33,7 +33,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_tgid == parent_tgid {
         return 0;
     }
-    let _ = TRACED.insert(&child_tgid, &1, 0);
+    let _ = TRACED.insert(child_tgid, 1, 0);
     emit(proc::FORK, child_tgid, parent_tgid);
     0
 }
@@ -52,8 +52,19 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead == 0 {
         return 0;
     }
-    let _ = TRACED.remove(&tgid);
+    let _ = TRACED.remove(tgid);
     emit(proc::EXIT, tgid, 0);
+    0
+}
+
+/// `sched:sched_process_exec`: a traced process replaced its program; userspace re-reads what its
+/// Resource says (executable, command line).
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_traced(tgid) {
+        emit(proc::EXEC, tgid, 0);
+    }
     0
 }
 

@@ -121,14 +121,17 @@ impl Capture {
                     .with_context(|| format!("attaching to tracepoint syscalls:{tp}"))?;
             }
         }
-        let exit: &mut TracePoint = self
-            .ebpf
-            .program_mut("sched_process_exit")
-            .context("program sched_process_exit missing")?
-            .try_into()?;
-        exit.load().context("verifier rejected sched_process_exit")?;
-        exit.attach("sched", "sched_process_exit")
-            .context("attaching to tracepoint sched:sched_process_exit")?;
+        for name in ["sched_process_exit", "sched_process_exec"] {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing"))?
+                .try_into()?;
+            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            program
+                .attach("sched", name)
+                .with_context(|| format!("attaching to tracepoint sched:{name}"))?;
+        }
         let fork: &mut RawTracePoint = self
             .ebpf
             .program_mut("sched_process_fork")

@@ -1,0 +1,159 @@
+//! Process plumbing for the end-to-end tests: the ztrace binary under test, the services it
+//! traces, and the privilege policy (as root the privileged tests must run; a run that loads no
+//! probe is a failure, not a skip).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether privileged tests can run. Without root they are skipped loudly — unless
+/// ZTRACE_E2E_REQUIRED is set (as `cargo xtask test` and CI do), where that is a failure.
+pub fn privileged_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("ZTRACE_E2E_REQUIRED").is_some() {
+        panic!("{test}: end-to-end tests must run as root (they load eBPF probes)");
+    }
+    eprintln!("SKIPPED {test}: needs root to load eBPF probes (run `sudo cargo xtask test`)");
+    false
+}
+
+/// The ztrace binary: $ZTRACE_BIN, else the workspace's release build.
+pub fn ztrace_bin() -> PathBuf {
+    std::env::var_os("ZTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/ztrace")))
+}
+
+pub fn apps_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/apps"))
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for exit; returns the exit code (None if killed by a signal or timed out).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr_text().contains(needle) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("process exited ({status}) before printing `{needle}`; stderr:\n{}", self.stderr_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("timed out waiting for `{needle}`; stderr:\n{}", self.stderr_text())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    if let Some(err) = child.stderr.take() {
+        let sink = buf.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+    }
+    buf
+}
+
+/// Starts ztrace with `args`; stdout is discarded unless `capture_stdout`.
+pub fn spawn_ztrace(args: &[String]) -> Result<Proc> {
+    let mut child = Command::new(ztrace_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", ztrace_bin().display()))?;
+    let stderr = collect_stderr(&mut child);
+    Ok(Proc { child, stderr })
+}
+
+/// Starts a service of tests/apps/two_tier.py and returns it with the port it listens on.
+pub fn spawn_service(args: &[&str]) -> Result<(Proc, u16)> {
+    let mut child = Command::new("python3")
+        .arg(apps_dir().join("two_tier.py"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting python3 (install it: apt-get install python3)")?;
+    let stdout = child.stdout.take().context("service stdout")?;
+    let stderr = collect_stderr(&mut child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let port = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("service printed `{line}` instead of its port"))?;
+    Ok((Proc { child, stderr }, port))
+}
+
+/// Runs curl with `args`, failing on a non-zero exit.
+pub fn curl(args: &[String]) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20"])
+        .args(args)
+        .output()
+        .context("running curl (install it: apt-get install curl)")?;
+    if !out.status.success() {
+        bail!("curl {args:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

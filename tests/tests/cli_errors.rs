@@ -1,0 +1,159 @@
+//! Bad input gets a one-line message that says what to do, and exit code 2 — and environments
+//! that are only half ready are fixed (tracefs) or named (BTF, privileges).
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use ztrace_e2e::harness::{privileged_or_skip, spawn_ztrace, ztrace_bin};
+
+fn ztrace(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(ztrace_bin());
+    cmd.args(args)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run ztrace")
+}
+
+fn assert_usage_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "error must be one line: {stderr}");
+}
+
+fn own_pid() -> String {
+    std::process::id().to_string()
+}
+
+#[test]
+fn bad_pids_are_rejected() {
+    assert_usage_error(&ztrace(&["--pid", "999999999"], &[]), "no process with PID 999999999");
+    assert_usage_error(&ztrace(&["--pid", "2"], &[]), "kernel thread");
+    assert_usage_error(&ztrace(&[], &[]), "nothing to trace");
+    let out = ztrace(&["--pid", "abc"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn thread_ids_are_rejected_with_the_process_id() {
+    // A thread of this test process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().unwrap().to_string();
+    assert_usage_error(&ztrace(&["--pid", &tid], &[]), "is a thread of process");
+    done_tx.send(()).unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn malformed_endpoints_name_their_source() {
+    let pid = own_pid();
+    assert_usage_error(&ztrace(&["--pid", &pid, "--otlp-endpoint", "localhost:4317"], &[]), "--otlp-endpoint");
+    assert_usage_error(
+        &ztrace(&["--pid", &pid], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x:1")]),
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    );
+    assert_usage_error(
+        &ztrace(&["--pid", &pid], &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://")]),
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    );
+}
+
+#[test]
+fn unprivileged_user_is_told_what_to_grant() {
+    if !privileged_or_skip("unprivileged_user_is_told_what_to_grant") {
+        return;
+    }
+    // Drop to nobody with no capabilities.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(ztrace_bin())
+        .args(["--pid", &own_pid()])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_usage_error(&out, "run as root");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_BPF+CAP_PERFMON"));
+}
+
+#[test]
+fn missing_btf_is_named() {
+    if !privileged_or_skip("missing_btf_is_named") {
+        return;
+    }
+    // Hide the kernel's BTF in a private mount namespace.
+    let script = format!(
+        "mount -t tmpfs none /sys/kernel/btf && exec {} --pid {}",
+        ztrace_bin().display(),
+        own_pid()
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    assert_usage_error(&out, "CONFIG_DEBUG_INFO_BTF");
+}
+
+#[test]
+fn unmounted_tracefs_is_mounted_by_ztrace() {
+    if !privileged_or_skip("unmounted_tracefs_is_mounted_by_ztrace") {
+        return;
+    }
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         test -d /sys/kernel/tracing/events && echo STILL_MOUNTED; \
+         exec {} --pid {} --duration 1s",
+        ztrace_bin().display(),
+        own_pid()
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("STILL_MOUNTED"), "could not unmount tracefs for the test");
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("tracing 1 process(es)"), "{stderr}");
+}
+
+#[test]
+fn unreachable_collector_does_not_stop_capture() {
+    if !privileged_or_skip("unreachable_collector_does_not_stop_capture") {
+        return;
+    }
+    let (_backend, port) = ztrace_e2e::harness::spawn_service(&["backend"]).expect("backend");
+    let mut zt = spawn_ztrace(&[
+        "--pid".into(),
+        _backend.pid().to_string(),
+        "--otlp-endpoint".into(),
+        "http://127.0.0.1:9".into(),
+    ])
+    .expect("ztrace");
+    zt.wait_stderr("tracing 1 process(es)", Duration::from_secs(60)).unwrap();
+    for i in 0..5 {
+        ztrace_e2e::harness::curl(&[format!("http://127.0.0.1:{port}/item/{i}")]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    zt.signal(libc::SIGTERM);
+    let code = zt.wait_exit(Duration::from_secs(30));
+    let stderr = zt.stderr_text();
+    assert_eq!(code, Some(0), "{stderr}");
+    // The five spans could not be delivered, and the summary says so.
+    assert!(stderr.contains("5 spans"), "{stderr}");
+    assert!(stderr.contains("0 exported"), "{stderr}");
+}
+
+#[test]
+fn check_reports_every_item() {
+    let out = Command::new(ztrace_bin()).arg("check").output().expect("ztrace check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for item in ["kernel", "privileges", "tracefs", "kernel BTF", "ring buffer map", "tracepoint programs"] {
+        assert!(stdout.contains(item), "`{item}` missing from:\n{stdout}");
+    }
+    if ztrace_e2e::harness::is_root() {
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+    }
+}

@@ -1,0 +1,280 @@
+//! End to end, as root on the real kernel: two uninstrumented Python services (a frontend that
+//! calls a backend for every request), ztrace attached by PID exporting OTLP/gRPC to a receiver in
+//! this process, curl driving keep-alive and concurrent traffic. Asserts the spans, their
+//! attributes, timing and the three kinds of causal links.
+
+use std::{
+    collections::HashMap,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Result, ensure};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use ztrace_e2e::{
+    harness::{Proc, curl, privileged_or_skip, spawn_service, spawn_ztrace},
+    receiver::{ReceivedSpan, Receiver},
+};
+
+const TRACEPARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const TRACEPARENT_SPAN: &str = "00f067aa0ba902b7";
+const CONCURRENT_CLIENTS: usize = 8;
+const REQUESTS_PER_CLIENT: usize = 4;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn stop(ztrace: &mut Proc) -> Result<()> {
+    ztrace.signal(libc::SIGINT);
+    let code = ztrace.wait_exit(Duration::from_secs(30));
+    ensure!(code == Some(0), "ztrace exited with {code:?}; stderr:\n{}", ztrace.stderr_text());
+    Ok(())
+}
+
+#[test]
+fn two_tier_http_spans_are_linked() -> Result<()> {
+    if !privileged_or_skip("two_tier_http_spans_are_linked") {
+        return Ok(());
+    }
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start())?;
+    let (backend, backend_port) = spawn_service(&["backend"])?;
+    let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        format!("{},{}", frontend.pid(), backend.pid()),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+
+    let base = format!("http://127.0.0.1:{front_port}");
+    // Keep-alive: three requests on one connection.
+    let body = curl(&[format!("{base}/api/k1"), format!("{base}/api/k2"), format!("{base}/api/k3")])?;
+    ensure!(body.contains("\"item\": \"k3\""), "frontend answered {body}");
+    // Incoming W3C context.
+    curl(&[
+        "-H".into(),
+        format!("traceparent: 00-{TRACEPARENT_TRACE}-{TRACEPARENT_SPAN}-01"),
+        format!("{base}/api/ctx"),
+    ])?;
+    // A request body larger than the capture cap, and an upstream failure.
+    curl(&["--data-binary".into(), "x".repeat(10_000), format!("{base}/api/echo")])?;
+    curl(&[format!("{base}/api/fail")])?;
+    // Concurrent keep-alive clients.
+    let clients: Vec<_> = (0..CONCURRENT_CLIENTS)
+        .map(|c| {
+            let urls: Vec<String> =
+                (0..REQUESTS_PER_CLIENT).map(|r| format!("{base}/api/c{c}r{r}")).collect();
+            thread::spawn(move || curl(&urls))
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread")?;
+    }
+    let expected = 3 + 1 + 1 + 1 + CONCURRENT_CLIENTS * REQUESTS_PER_CLIENT;
+    // Every exchange must have reached the collector by the time ztrace exits.
+    thread::sleep(Duration::from_millis(500));
+    stop(&mut ztrace)?;
+    let spans = rt.block_on(receiver.wait_for_spans(3 * expected, Duration::from_secs(10)));
+    let stderr = ztrace.stderr_text();
+    eprintln!("ztrace stderr:\n{stderr}");
+
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
+    let kind = |s: &ReceivedSpan| s.span.kind;
+    let front_server: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| pid(s) == frontend.pid() && kind(s) == SpanKind::Server as i32)
+        .collect();
+    let front_client: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| pid(s) == frontend.pid() && kind(s) == SpanKind::Client as i32)
+        .collect();
+    let back_server: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| pid(s) == backend.pid() && kind(s) == SpanKind::Server as i32)
+        .collect();
+    ensure!(
+        front_server.len() == expected && front_client.len() == expected && back_server.len() == expected,
+        "expected {expected} spans of each kind, got frontend SERVER {}, frontend CLIENT {}, backend SERVER {} ({} in all)",
+        front_server.len(),
+        front_client.len(),
+        back_server.len(),
+        spans.len()
+    );
+
+    // Well-formed: unique span ids, sane times.
+    let by_id: HashMap<Vec<u8>, &ReceivedSpan> =
+        spans.iter().map(|s| (s.span.span_id.clone(), s)).collect();
+    ensure!(by_id.len() == spans.len(), "duplicate span ids");
+    for s in &spans {
+        ensure!(s.span.trace_id.len() == 16 && s.span.span_id.len() == 8, "bad ids");
+        ensure!(s.span.end_time_unix_nano >= s.span.start_time_unix_nano, "span ends before it starts");
+    }
+
+    // Links: backend SERVER ← frontend CLIENT (cross-process), frontend CLIENT ← frontend SERVER (thread).
+    let parent_of = |child: &ReceivedSpan, want_pid: u32, want_kind: SpanKind| -> Result<ReceivedSpan> {
+        let parent = by_id.get(&child.span.parent_span_id).copied();
+        let Some(parent) = parent else {
+            anyhow::bail!(
+                "span {} ({} {:?}) has no exported parent (parent id {})",
+                hex(&child.span.span_id),
+                child.span.name,
+                child.attr_str("url.path").or(child.attr_str("url.full")),
+                hex(&child.span.parent_span_id)
+            );
+        };
+        ensure!(pid(parent) == want_pid && kind(parent) == want_kind as i32, "parent has the wrong kind/process");
+        ensure!(parent.span.trace_id == child.span.trace_id, "child in another trace than its parent");
+        ensure!(
+            parent.span.start_time_unix_nano <= child.span.start_time_unix_nano
+                && child.span.end_time_unix_nano <= parent.span.end_time_unix_nano,
+            "child [{}, {}] not inside parent [{}, {}]",
+            child.span.start_time_unix_nano,
+            child.span.end_time_unix_nano,
+            parent.span.start_time_unix_nano,
+            parent.span.end_time_unix_nano
+        );
+        Ok(parent.clone())
+    };
+    for b in &back_server {
+        let client = parent_of(b, frontend.pid(), SpanKind::Client)?;
+        // The backend saw the same request the frontend sent.
+        let item = b.attr_str("url.path").unwrap_or_default();
+        ensure!(
+            client.attr_str("url.full").is_some_and(|u| u.ends_with(&item)),
+            "backend {item} linked to client {:?}",
+            client.attr_str("url.full")
+        );
+        let server = parent_of(&client, frontend.pid(), SpanKind::Server)?;
+        let front_path = server.attr_str("url.path").unwrap_or_default();
+        let want = match front_path.as_str() {
+            "/api/fail" => "/fail".to_string(),
+            "/api/echo" => "/echo".to_string(),
+            p => format!("/item/{}", p.rsplit('/').next().unwrap_or_default()),
+        };
+        ensure!(item == want, "frontend {front_path} linked to backend {item}");
+    }
+    for s in &front_server {
+        let path = s.attr_str("url.path").unwrap_or_default();
+        if path == "/api/ctx" {
+            ensure!(hex(&s.span.trace_id) == TRACEPARENT_TRACE, "traceparent trace id not honoured");
+            ensure!(hex(&s.span.parent_span_id) == TRACEPARENT_SPAN, "traceparent parent not honoured");
+            ensure!(s.span.flags & 0x300 == 0x300, "remote parent not flagged: flags {:#x}", s.span.flags);
+        } else {
+            ensure!(s.span.parent_span_id.is_empty(), "frontend span {path} has a parent");
+        }
+    }
+    let ctx_trace: Vec<_> = spans.iter().filter(|s| hex(&s.span.trace_id) == TRACEPARENT_TRACE).collect();
+    ensure!(ctx_trace.len() == 3, "traceparent trace has {} spans, want 3", ctx_trace.len());
+
+    // Attributes and resources.
+    let k1 = front_server
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/api/k1"))
+        .expect("span for /api/k1");
+    ensure!(k1.span.name == "GET", "name {}", k1.span.name);
+    ensure!(k1.attr_str("http.request.method").as_deref() == Some("GET"));
+    ensure!(k1.attr_int("http.response.status_code") == Some(200));
+    ensure!(k1.attr_str("network.protocol.version").as_deref() == Some("1.1"));
+    ensure!(k1.attr_int("server.port") == Some(front_port as i64));
+    ensure!(k1.attr_str("client.address").as_deref() == Some("127.0.0.1"));
+    ensure!(k1.attr_int("network.peer.port").is_some_and(|p| p > 0 && p != front_port as i64));
+    ensure!(k1.resource_str("telemetry.sdk.name").as_deref() == Some("ztrace"));
+    ensure!(k1.resource_str("process.executable.name").is_some_and(|n| n.starts_with("python3")));
+    ensure!(k1.resource_str("service.name").is_some_and(|n| n.starts_with("python3")));
+    ensure!(k1.resource_str("host.name").is_some_and(|n| !n.is_empty()));
+    let client_k1 = front_client
+        .iter()
+        .find(|s| s.attr_str("url.full").is_some_and(|u| u.ends_with("/item/k1")))
+        .expect("client span for /item/k1");
+    ensure!(client_k1.attr_int("server.port") == Some(backend_port as i64));
+    ensure!(client_k1.attr_int("http.response.status_code") == Some(200));
+
+    let echo = front_server
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/api/echo"))
+        .expect("span for /api/echo");
+    ensure!(echo.span.name == "POST");
+    ensure!(echo.attr_int("http.request.body.size") == Some(10_000));
+
+    let error = |s: &ReceivedSpan| s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32);
+    let fail_back = back_server
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/fail"))
+        .expect("backend /fail span");
+    ensure!(fail_back.attr_int("http.response.status_code") == Some(500) && error(fail_back));
+    let fail_front = front_server
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/api/fail"))
+        .expect("frontend /api/fail span");
+    ensure!(fail_front.attr_int("http.response.status_code") == Some(502) && error(fail_front));
+    ensure!(!error(k1), "a 200 must not be an error");
+
+    ensure!(stderr.contains("summary:"), "no exit summary");
+    ensure!(stderr.contains("(0 lost"), "kernel events lost: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn follows_children_and_exits_when_all_traced_processes_are_gone() -> Result<()> {
+    if !privileged_or_skip("follows_children_and_exits_when_all_traced_processes_are_gone") {
+        return Ok(());
+    }
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start())?;
+    // A shell that starts the service only after ztrace is attached: a future child.
+    let script = format!(
+        "sleep 2; exec python3 {} backend",
+        ztrace_e2e::harness::apps_dir().join("two_tier.py").display()
+    );
+    let mut parent = std::process::Command::new("bash")
+        .args(["-c", &format!("( {script} ) ; true")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let parent_pid = parent.id();
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        parent_pid.to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().expect("stdout")),
+        &mut line,
+    )?;
+    let port: u16 = line.trim().trim_start_matches("PORT ").parse()?;
+    curl(&[format!("http://127.0.0.1:{port}/item/child")])?;
+    ztrace.wait_stderr("following new child process", Duration::from_secs(10))?;
+    // Kill the service (the subshell) and the shell: ztrace must notice and exit by itself.
+    let child_pids = std::fs::read_to_string(format!("/proc/{parent_pid}/task/{parent_pid}/children"))
+        .unwrap_or_default();
+    for pid in child_pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        // SAFETY: kill(2) of processes this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = parent.kill();
+    let _ = parent.wait();
+    let code = ztrace.wait_exit(Duration::from_secs(30));
+    ensure!(code == Some(0), "ztrace exit {code:?}; stderr:\n{}", ztrace.stderr_text());
+    ensure!(ztrace.stderr_text().contains("every traced process has exited"));
+    let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(5)));
+    let span = spans
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/item/child"))
+        .ok_or_else(|| anyhow::anyhow!("no span from the child process; got {}", spans.len()))?;
+    let child_pid = span.resource_int("process.pid").unwrap_or_default() as u32;
+    ensure!(child_pid != parent_pid, "span attributed to the shell, not its child");
+    Ok(())
+}
