@@ -114,3 +114,151 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ztrace_abi::{AF_INET, DataEvent, EventHeader, SockTuple, direction, kind};
+
+    use super::*;
+    use crate::{
+        decode::encode_data,
+        link::LINK_GRACE_NS,
+        model::{SpanKind, SpanStatus},
+    };
+
+    struct Io {
+        pid: u32,
+        tid: u32,
+        sock: u64,
+        local: u16,
+        remote: u16,
+    }
+
+    fn record(io: &Io, egress: bool, ts: u64, seq: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut tuple = SockTuple { family: AF_INET, protocol: 6, local_port: io.local, remote_port: io.remote, ..Default::default() };
+        tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let ev = DataEvent {
+            header: EventHeader { kind: kind::DATA, tgid: io.pid, tid: io.tid, _pad: 0, ts_ns: ts },
+            sock_id: io.sock,
+            enter_ns: ts - 5,
+            bytes: bytes.len() as u64,
+            tuple,
+            fd: 3,
+            seq,
+            cap_len: 0,
+            syscall: 0,
+            direction: if egress { direction::EGRESS } else { direction::INGRESS },
+            has_seq: 1,
+            _pad: 0,
+        };
+        encode_data(&ev, bytes)
+    }
+
+    fn run(records: &[Vec<u8>]) -> (Vec<Span>, PipelineStats) {
+        let mut p = Pipeline::new(0);
+        let mut changes = Vec::new();
+        for r in records {
+            p.on_record(r, &mut changes);
+        }
+        let mut out = Vec::new();
+        p.poll(10_000 + LINK_GRACE_NS, &mut out);
+        (out, p.stats())
+    }
+
+    const FRONT_IN: Io = Io { pid: 1, tid: 11, sock: 0xA, local: 8000, remote: 5000 };
+    const FRONT_OUT: Io = Io { pid: 1, tid: 11, sock: 0xB, local: 6000, remote: 9000 };
+    const BACK_IN: Io = Io { pid: 2, tid: 21, sock: 0xC, local: 9000, remote: 6000 };
+
+    fn two_tier(backend_read_first: bool) -> Vec<Vec<u8>> {
+        let call = b"GET /b HTTP/1.1\r\nHost: backend\r\n\r\n";
+        let mut r = vec![
+            record(&FRONT_IN, false, 100, 1000, b"GET /a?q=1 HTTP/1.1\r\nHo"),
+            record(&FRONT_IN, false, 110, 1023, b"st: front\r\nUser-Agent: t\r\n\r\n"),
+        ];
+        let client_write = record(&FRONT_OUT, true, 200, 5000, call);
+        let server_read = record(&BACK_IN, false, 210, 5000, call);
+        if backend_read_first {
+            r.push(server_read);
+            r.push(client_write);
+        } else {
+            r.push(client_write);
+            r.push(server_read);
+        }
+        r.push(record(&BACK_IN, true, 300, 7000, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+        r.push(record(&FRONT_OUT, false, 310, 7000, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+        r.push(record(&FRONT_IN, true, 400, 9000, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        r.push(record(&FRONT_IN, true, 410, 9050, b"2\r\nno\r\n0\r\n\r\n"));
+        r
+    }
+
+    #[test]
+    fn synthetic_two_tier_exchange_is_assembled_and_linked() {
+        for backend_read_first in [false, true] {
+            let (spans, stats) = run(&two_tier(backend_read_first));
+            assert_eq!(spans.len(), 3, "{spans:#?}");
+            let find = |pid, kind| spans.iter().find(|s| s.pid == pid && s.kind == kind).unwrap();
+            let front = find(1, SpanKind::Server);
+            let call = find(1, SpanKind::Client);
+            let back = find(2, SpanKind::Server);
+            assert_eq!(front.http.target, "/a?q=1");
+            assert_eq!(front.http.host.as_deref(), Some("front"));
+            assert_eq!(front.http.status, Some(500));
+            assert_eq!(front.status, SpanStatus::Error("500".into()));
+            // Server span: from the read that completed... the first request byte's read exit,
+            // to the entry of the write that sent the last response byte.
+            assert_eq!((front.start_unix_ns, front.end_unix_ns), (100, 405));
+            assert_eq!((call.start_unix_ns, call.end_unix_ns), (195, 310));
+            assert_eq!((back.start_unix_ns, back.end_unix_ns), (210, 295));
+            assert_eq!(call.parent_span_id, Some(front.span_id));
+            assert_eq!(back.parent_span_id, Some(call.span_id));
+            assert!(spans.iter().all(|s| s.trace_id == front.trace_id));
+            assert_eq!(call.http.status, Some(200));
+            assert_eq!(back.http.response_body_size, Some(2));
+            assert_eq!(stats.link.cross_process_links, 1);
+            assert_eq!(stats.link.thread_links, 1);
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_pair_in_order_and_garbage_is_ignored() {
+        let conn = Io { pid: 1, tid: 1, sock: 1, local: 80, remote: 4000 };
+        let junk = Io { pid: 1, tid: 1, sock: 2, local: 81, remote: 4001 };
+        let records = vec![
+            record(&junk, false, 50, 0, &[0x16, 0x03, 0x01, 0x00, 0xff]),
+            record(&conn, false, 100, 0, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"),
+            record(&junk, false, 150, 0, b"\x00\x01garbage\r\n\r\n"),
+            record(&conn, true, 200, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n"),
+        ];
+        let (mut spans, stats) = run(&records);
+        spans.sort_by_key(|s| s.http.target.clone());
+        assert_eq!(spans.len(), 2);
+        assert_eq!((spans[0].http.target.as_str(), spans[0].http.status), ("/1", Some(200)));
+        assert_eq!((spans[1].http.target.as_str(), spans[1].http.status), ("/2", Some(404)));
+        // A 404 is not a server error.
+        assert_eq!(spans[1].status, SpanStatus::Unset);
+        assert_eq!(stats.assemble.http_connections, 1);
+    }
+
+    #[test]
+    fn exchange_cut_by_close_is_reported_as_error() {
+        let conn = Io { pid: 1, tid: 1, sock: 1, local: 80, remote: 4000 };
+        let mut p = Pipeline::new(0);
+        let mut changes = Vec::new();
+        p.on_record(&record(&conn, false, 100, 0, b"GET /slow HTTP/1.1\r\n\r\n"), &mut changes);
+        let mut out = Vec::new();
+        p.drain(500, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].status, SpanStatus::Error(_)));
+        assert_eq!(out[0].end_unix_ns, 500);
+    }
+
+    #[test]
+    fn undecodable_records_are_counted_not_fatal() {
+        let mut p = Pipeline::new(0);
+        let mut changes = Vec::new();
+        p.on_record(&[1, 2, 3], &mut changes);
+        p.on_record(&[0u8; 200], &mut changes);
+        assert_eq!(p.stats().decode_errors, 2);
+    }
+}
