@@ -80,7 +80,14 @@ pub fn sock_tuple(off: &KernelOffsets, sk: u64) -> Option<SockTuple> {
 /// `struct tcp_sock` begins with `struct sock`, so its offsets apply to the same pointer.
 #[inline(always)]
 pub fn tcp_seq(off: &KernelOffsets, sk: u64, egress: bool) -> Option<u32> {
-    read(sk, if egress { off.tcp_write_seq } else { off.tcp_copied_seq })
+    read(
+        sk,
+        if egress {
+            off.tcp_write_seq
+        } else {
+            off.tcp_copied_seq
+        },
+    )
 }
 
 /// TGID of a `struct task_struct *`.

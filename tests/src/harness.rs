@@ -34,7 +34,12 @@ pub fn privileged_or_skip(test: &str) -> bool {
 pub fn ztrace_bin() -> PathBuf {
     std::env::var_os("ZTRACE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/ztrace")))
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/release/ztrace"
+            ))
+        })
 }
 
 pub fn apps_dir() -> PathBuf {
@@ -81,11 +86,17 @@ impl Proc {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("process exited ({status}) before printing `{needle}`; stderr:\n{}", self.stderr_text());
+                bail!(
+                    "process exited ({status}) before printing `{needle}`; stderr:\n{}",
+                    self.stderr_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("timed out waiting for `{needle}`; stderr:\n{}", self.stderr_text())
+        bail!(
+            "timed out waiting for `{needle}`; stderr:\n{}",
+            self.stderr_text()
+        )
     }
 }
 

@@ -23,7 +23,11 @@ fn assert_usage_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "error must be one line: {stderr}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "error must be one line: {stderr}"
+    );
 }
 
 fn own_pid() -> String {
@@ -32,7 +36,10 @@ fn own_pid() -> String {
 
 #[test]
 fn bad_pids_are_rejected() {
-    assert_usage_error(&ztrace(&["--pid", "999999999"], &[]), "no process with PID 999999999");
+    assert_usage_error(
+        &ztrace(&["--pid", "999999999"], &[]),
+        "no process with PID 999999999",
+    );
     assert_usage_error(&ztrace(&["--pid", "2"], &[]), "kernel thread");
     assert_usage_error(&ztrace(&[], &[]), "nothing to trace");
     let out = ztrace(&["--pid", "abc"], &[]);
@@ -58,13 +65,22 @@ fn thread_ids_are_rejected_with_the_process_id() {
 #[test]
 fn malformed_endpoints_name_their_source() {
     let pid = own_pid();
-    assert_usage_error(&ztrace(&["--pid", &pid, "--otlp-endpoint", "localhost:4317"], &[]), "--otlp-endpoint");
     assert_usage_error(
-        &ztrace(&["--pid", &pid], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x:1")]),
+        &ztrace(&["--pid", &pid, "--otlp-endpoint", "localhost:4317"], &[]),
+        "--otlp-endpoint",
+    );
+    assert_usage_error(
+        &ztrace(
+            &["--pid", &pid],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x:1")],
+        ),
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     );
     assert_usage_error(
-        &ztrace(&["--pid", &pid], &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://")]),
+        &ztrace(
+            &["--pid", &pid],
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://")],
+        ),
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     );
 }
@@ -76,7 +92,12 @@ fn unprivileged_user_is_told_what_to_grant() {
     }
     // Drop to nobody with no capabilities.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(ztrace_bin())
         .args(["--pid", &own_pid()])
         .output()
@@ -96,7 +117,10 @@ fn missing_btf_is_named() {
         ztrace_bin().display(),
         own_pid()
     );
-    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
     assert_usage_error(&out, "CONFIG_DEBUG_INFO_BTF");
 }
 
@@ -112,9 +136,15 @@ fn unmounted_tracefs_is_mounted_by_ztrace() {
         ztrace_bin().display(),
         own_pid()
     );
-    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("STILL_MOUNTED"), "could not unmount tracefs for the test");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("STILL_MOUNTED"),
+        "could not unmount tracefs for the test"
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(stderr.contains("tracing 1 process(es)"), "{stderr}");
 }
@@ -132,7 +162,8 @@ fn unreachable_collector_does_not_stop_capture() {
         "http://127.0.0.1:9".into(),
     ])
     .expect("ztrace");
-    zt.wait_stderr("tracing 1 process(es)", Duration::from_secs(60)).unwrap();
+    zt.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))
+        .unwrap();
     for i in 0..5 {
         ztrace_e2e::harness::curl(&[format!("http://127.0.0.1:{port}/item/{i}")]).unwrap();
     }
@@ -148,9 +179,19 @@ fn unreachable_collector_does_not_stop_capture() {
 
 #[test]
 fn check_reports_every_item() {
-    let out = Command::new(ztrace_bin()).arg("check").output().expect("ztrace check");
+    let out = Command::new(ztrace_bin())
+        .arg("check")
+        .output()
+        .expect("ztrace check");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for item in ["kernel", "privileges", "tracefs", "kernel BTF", "ring buffer map", "tracepoint programs"] {
+    for item in [
+        "kernel",
+        "privileges",
+        "tracefs",
+        "kernel BTF",
+        "ring buffer map",
+        "tracepoint programs",
+    ] {
         assert!(stdout.contains(item), "`{item}` missing from:\n{stdout}");
     }
     if ztrace_e2e::harness::is_root() {

@@ -3,11 +3,7 @@
 //! this process, curl driving keep-alive and concurrent traffic. Asserts the spans, their
 //! attributes, timing and the three kinds of causal links.
 
-use std::{
-    collections::HashMap,
-    thread,
-    time::Duration,
-};
+use std::{collections::HashMap, thread, time::Duration};
 
 use anyhow::{Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
@@ -36,7 +32,11 @@ fn runtime() -> tokio::runtime::Runtime {
 fn stop(ztrace: &mut Proc) -> Result<()> {
     ztrace.signal(libc::SIGINT);
     let code = ztrace.wait_exit(Duration::from_secs(30));
-    ensure!(code == Some(0), "ztrace exited with {code:?}; stderr:\n{}", ztrace.stderr_text());
+    ensure!(
+        code == Some(0),
+        "ztrace exited with {code:?}; stderr:\n{}",
+        ztrace.stderr_text()
+    );
     Ok(())
 }
 
@@ -59,8 +59,15 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
 
     let base = format!("http://127.0.0.1:{front_port}");
     // Keep-alive: three requests on one connection.
-    let body = curl(&[format!("{base}/api/k1"), format!("{base}/api/k2"), format!("{base}/api/k3")])?;
-    ensure!(body.contains("\"item\": \"k3\""), "frontend answered {body}");
+    let body = curl(&[
+        format!("{base}/api/k1"),
+        format!("{base}/api/k2"),
+        format!("{base}/api/k3"),
+    ])?;
+    ensure!(
+        body.contains("\"item\": \"k3\""),
+        "frontend answered {body}"
+    );
     // Incoming W3C context.
     curl(&[
         "-H".into(),
@@ -68,13 +75,18 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
         format!("{base}/api/ctx"),
     ])?;
     // A request body larger than the capture cap, and an upstream failure.
-    curl(&["--data-binary".into(), "x".repeat(10_000), format!("{base}/api/echo")])?;
+    curl(&[
+        "--data-binary".into(),
+        "x".repeat(10_000),
+        format!("{base}/api/echo"),
+    ])?;
     curl(&[format!("{base}/api/fail")])?;
     // Concurrent keep-alive clients.
     let clients: Vec<_> = (0..CONCURRENT_CLIENTS)
         .map(|c| {
-            let urls: Vec<String> =
-                (0..REQUESTS_PER_CLIENT).map(|r| format!("{base}/api/c{c}r{r}")).collect();
+            let urls: Vec<String> = (0..REQUESTS_PER_CLIENT)
+                .map(|r| format!("{base}/api/c{c}r{r}"))
+                .collect();
             thread::spawn(move || curl(&urls))
         })
         .collect();
@@ -104,7 +116,9 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
         .filter(|s| pid(s) == backend.pid() && kind(s) == SpanKind::Server as i32)
         .collect();
     ensure!(
-        front_server.len() == expected && front_client.len() == expected && back_server.len() == expected,
+        front_server.len() == expected
+            && front_client.len() == expected
+            && back_server.len() == expected,
         "expected {expected} spans of each kind, got frontend SERVER {}, frontend CLIENT {}, backend SERVER {} ({} in all)",
         front_server.len(),
         front_client.len(),
@@ -117,41 +131,56 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
         spans.iter().map(|s| (s.span.span_id.clone(), s)).collect();
     ensure!(by_id.len() == spans.len(), "duplicate span ids");
     for s in &spans {
-        ensure!(s.span.trace_id.len() == 16 && s.span.span_id.len() == 8, "bad ids");
-        ensure!(s.span.end_time_unix_nano >= s.span.start_time_unix_nano, "span ends before it starts");
+        ensure!(
+            s.span.trace_id.len() == 16 && s.span.span_id.len() == 8,
+            "bad ids"
+        );
+        ensure!(
+            s.span.end_time_unix_nano >= s.span.start_time_unix_nano,
+            "span ends before it starts"
+        );
     }
 
     // Links: backend SERVER ← frontend CLIENT (cross-process), frontend CLIENT ← frontend SERVER (thread).
-    let parent_of = |child: &ReceivedSpan, want_pid: u32, want_kind: SpanKind| -> Result<ReceivedSpan> {
-        let parent = by_id.get(&child.span.parent_span_id).copied();
-        let Some(parent) = parent else {
-            anyhow::bail!(
-                "span {} ({} {:?}) has no exported parent (parent id {})",
-                hex(&child.span.span_id),
-                child.span.name,
-                child.attr_str("url.path").or(child.attr_str("url.full")),
-                hex(&child.span.parent_span_id)
+    let parent_of =
+        |child: &ReceivedSpan, want_pid: u32, want_kind: SpanKind| -> Result<ReceivedSpan> {
+            let parent = by_id.get(&child.span.parent_span_id).copied();
+            let Some(parent) = parent else {
+                anyhow::bail!(
+                    "span {} ({} {:?}) has no exported parent (parent id {})",
+                    hex(&child.span.span_id),
+                    child.span.name,
+                    child.attr_str("url.path").or(child.attr_str("url.full")),
+                    hex(&child.span.parent_span_id)
+                );
+            };
+            ensure!(
+                pid(parent) == want_pid && kind(parent) == want_kind as i32,
+                "parent has the wrong kind/process"
             );
+            ensure!(
+                parent.span.trace_id == child.span.trace_id,
+                "child in another trace than its parent"
+            );
+            ensure!(
+                parent.span.start_time_unix_nano <= child.span.start_time_unix_nano
+                    && child.span.end_time_unix_nano <= parent.span.end_time_unix_nano,
+                "child [{}, {}] not inside parent [{}, {}]",
+                child.span.start_time_unix_nano,
+                child.span.end_time_unix_nano,
+                parent.span.start_time_unix_nano,
+                parent.span.end_time_unix_nano
+            );
+            Ok(parent.clone())
         };
-        ensure!(pid(parent) == want_pid && kind(parent) == want_kind as i32, "parent has the wrong kind/process");
-        ensure!(parent.span.trace_id == child.span.trace_id, "child in another trace than its parent");
-        ensure!(
-            parent.span.start_time_unix_nano <= child.span.start_time_unix_nano
-                && child.span.end_time_unix_nano <= parent.span.end_time_unix_nano,
-            "child [{}, {}] not inside parent [{}, {}]",
-            child.span.start_time_unix_nano,
-            child.span.end_time_unix_nano,
-            parent.span.start_time_unix_nano,
-            parent.span.end_time_unix_nano
-        );
-        Ok(parent.clone())
-    };
     for b in &back_server {
         let client = parent_of(b, frontend.pid(), SpanKind::Client)?;
         // The backend saw the same request the frontend sent.
         let item = b.attr_str("url.path").unwrap_or_default();
         ensure!(
-            client.attr_str("url.full").is_some_and(|u| u.ends_with(&item)),
+            client
+                .attr_str("url.full")
+                .is_some_and(|u| u.ends_with(&item)),
             "backend {item} linked to client {:?}",
             client.attr_str("url.full")
         );
@@ -162,20 +191,43 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
             "/api/echo" => "/echo".to_string(),
             p => format!("/item/{}", p.rsplit('/').next().unwrap_or_default()),
         };
-        ensure!(item == want, "frontend {front_path} linked to backend {item}");
+        ensure!(
+            item == want,
+            "frontend {front_path} linked to backend {item}"
+        );
     }
     for s in &front_server {
         let path = s.attr_str("url.path").unwrap_or_default();
         if path == "/api/ctx" {
-            ensure!(hex(&s.span.trace_id) == TRACEPARENT_TRACE, "traceparent trace id not honoured");
-            ensure!(hex(&s.span.parent_span_id) == TRACEPARENT_SPAN, "traceparent parent not honoured");
-            ensure!(s.span.flags & 0x300 == 0x300, "remote parent not flagged: flags {:#x}", s.span.flags);
+            ensure!(
+                hex(&s.span.trace_id) == TRACEPARENT_TRACE,
+                "traceparent trace id not honoured"
+            );
+            ensure!(
+                hex(&s.span.parent_span_id) == TRACEPARENT_SPAN,
+                "traceparent parent not honoured"
+            );
+            ensure!(
+                s.span.flags & 0x300 == 0x300,
+                "remote parent not flagged: flags {:#x}",
+                s.span.flags
+            );
         } else {
-            ensure!(s.span.parent_span_id.is_empty(), "frontend span {path} has a parent");
+            ensure!(
+                s.span.parent_span_id.is_empty(),
+                "frontend span {path} has a parent"
+            );
         }
     }
-    let ctx_trace: Vec<_> = spans.iter().filter(|s| hex(&s.span.trace_id) == TRACEPARENT_TRACE).collect();
-    ensure!(ctx_trace.len() == 3, "traceparent trace has {} spans, want 3", ctx_trace.len());
+    let ctx_trace: Vec<_> = spans
+        .iter()
+        .filter(|s| hex(&s.span.trace_id) == TRACEPARENT_TRACE)
+        .collect();
+    ensure!(
+        ctx_trace.len() == 3,
+        "traceparent trace has {} spans, want 3",
+        ctx_trace.len()
+    );
 
     // Attributes and resources.
     let k1 = front_server
@@ -188,14 +240,26 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
     ensure!(k1.attr_str("network.protocol.version").as_deref() == Some("1.1"));
     ensure!(k1.attr_int("server.port") == Some(front_port as i64));
     ensure!(k1.attr_str("client.address").as_deref() == Some("127.0.0.1"));
-    ensure!(k1.attr_int("network.peer.port").is_some_and(|p| p > 0 && p != front_port as i64));
+    ensure!(
+        k1.attr_int("network.peer.port")
+            .is_some_and(|p| p > 0 && p != front_port as i64)
+    );
     ensure!(k1.resource_str("telemetry.sdk.name").as_deref() == Some("ztrace"));
-    ensure!(k1.resource_str("process.executable.name").is_some_and(|n| n.starts_with("python3")));
-    ensure!(k1.resource_str("service.name").is_some_and(|n| n.starts_with("python3")));
+    ensure!(
+        k1.resource_str("process.executable.name")
+            .is_some_and(|n| n.starts_with("python3"))
+    );
+    ensure!(
+        k1.resource_str("service.name")
+            .is_some_and(|n| n.starts_with("python3"))
+    );
     ensure!(k1.resource_str("host.name").is_some_and(|n| !n.is_empty()));
     let client_k1 = front_client
         .iter()
-        .find(|s| s.attr_str("url.full").is_some_and(|u| u.ends_with("/item/k1")))
+        .find(|s| {
+            s.attr_str("url.full")
+                .is_some_and(|u| u.ends_with("/item/k1"))
+        })
         .expect("client span for /item/k1");
     ensure!(client_k1.attr_int("server.port") == Some(backend_port as i64));
     ensure!(client_k1.attr_int("http.response.status_code") == Some(200));
@@ -207,7 +271,9 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
     ensure!(echo.span.name == "POST");
     ensure!(echo.attr_int("http.request.body.size") == Some(10_000));
 
-    let error = |s: &ReceivedSpan| s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32);
+    let error = |s: &ReceivedSpan| {
+        s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32)
+    };
     let fail_back = back_server
         .iter()
         .find(|s| s.attr_str("url.path").as_deref() == Some("/fail"))
@@ -235,7 +301,9 @@ fn follows_children_and_exits_when_all_traced_processes_are_gone() -> Result<()>
     // A shell that starts the service only after ztrace is attached: a future child.
     let script = format!(
         "sleep 2; exec python3 {} backend",
-        ztrace_e2e::harness::apps_dir().join("two_tier.py").display()
+        ztrace_e2e::harness::apps_dir()
+            .join("two_tier.py")
+            .display()
     );
     let mut parent = std::process::Command::new("bash")
         .args(["-c", &format!("( {script} ) ; true")])
@@ -258,23 +326,38 @@ fn follows_children_and_exits_when_all_traced_processes_are_gone() -> Result<()>
     curl(&[format!("http://127.0.0.1:{port}/item/child")])?;
     ztrace.wait_stderr("following new child process", Duration::from_secs(10))?;
     // Kill the service (the subshell) and the shell: ztrace must notice and exit by itself.
-    let child_pids = std::fs::read_to_string(format!("/proc/{parent_pid}/task/{parent_pid}/children"))
-        .unwrap_or_default();
-    for pid in child_pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    let child_pids =
+        std::fs::read_to_string(format!("/proc/{parent_pid}/task/{parent_pid}/children"))
+            .unwrap_or_default();
+    for pid in child_pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         // SAFETY: kill(2) of processes this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let _ = parent.kill();
     let _ = parent.wait();
     let code = ztrace.wait_exit(Duration::from_secs(30));
-    ensure!(code == Some(0), "ztrace exit {code:?}; stderr:\n{}", ztrace.stderr_text());
-    ensure!(ztrace.stderr_text().contains("every traced process has exited"));
+    ensure!(
+        code == Some(0),
+        "ztrace exit {code:?}; stderr:\n{}",
+        ztrace.stderr_text()
+    );
+    ensure!(
+        ztrace
+            .stderr_text()
+            .contains("every traced process has exited")
+    );
     let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(5)));
     let span = spans
         .iter()
         .find(|s| s.attr_str("url.path").as_deref() == Some("/item/child"))
         .ok_or_else(|| anyhow::anyhow!("no span from the child process; got {}", spans.len()))?;
     let child_pid = span.resource_int("process.pid").unwrap_or_default() as u32;
-    ensure!(child_pid != parent_pid, "span attributed to the shell, not its child");
+    ensure!(
+        child_pid != parent_pid,
+        "span attributed to the shell, not its child"
+    );
     Ok(())
 }

@@ -58,20 +58,35 @@ pub struct Assembler {
 
 impl Assembler {
     pub fn new(max_conns: usize) -> Self {
-        Self { conns: ConnTable::new(max_conns), events: Vec::new(), stats: AssembleStats::default() }
+        Self {
+            conns: ConnTable::new(max_conns),
+            events: Vec::new(),
+            stats: AssembleStats::default(),
+        }
     }
 
     pub fn on_data(&mut self, ev: &DataEvent, payload: &[u8], linker: &mut Linker) {
         self.stats.data_events += 1;
-        let key = ConnKey { tgid: ev.header.tgid, sock_id: ev.sock_id };
+        let key = ConnKey {
+            tgid: ev.header.tgid,
+            sock_id: ev.sock_id,
+        };
         let (conn, evicted) = self.conns.entry(key, &ev.tuple, ev.header.ts_ns);
         let egress = ev.direction == direction::EGRESS;
         let seq = (ev.has_seq != 0).then_some(ev.seq);
-        let stream = if egress { &mut conn.egress } else { &mut conn.ingress };
+        let stream = if egress {
+            &mut conn.egress
+        } else {
+            &mut conn.ingress
+        };
         stream.advance(ev.bytes, ev.enter_ns, ev.header.ts_ns, ev.header.tid, seq);
 
         if matches!(conn.state.proto, Proto::Unknown) {
-            let role = match (egress, http1::looks_like_request(payload), http1::looks_like_response(payload)) {
+            let role = match (
+                egress,
+                http1::looks_like_request(payload),
+                http1::looks_like_response(payload),
+            ) {
                 (true, true, _) | (false, _, true) => Some(SpanKind::Client),
                 (false, true, _) | (true, _, true) => Some(SpanKind::Server),
                 _ => None,
@@ -151,12 +166,16 @@ fn handle(
     linker: &mut Linker,
     stats: &mut AssembleStats,
 ) {
-    let Proto::Http { role, pending, .. } = &conn.state.proto else { return };
+    let Proto::Http { role, pending, .. } = &conn.state.proto else {
+        return;
+    };
     let role = *role;
     let (req_stream, resp_stream) = streams(conn, role);
     match event {
         Http1Event::Request { start, head } => {
-            let Some((mark, seq)) = req_stream.locate(*start) else { return };
+            let Some((mark, seq)) = req_stream.locate(*start) else {
+                return;
+            };
             let start_ns = match role {
                 SpanKind::Server => mark.exit_ns,
                 SpanKind::Client => mark.enter_ns,
@@ -183,7 +202,11 @@ fn handle(
                     response_body_size: None,
                 },
                 traceparent: head.traceparent.as_deref().and_then(parse_traceparent),
-                seq_key: seq.map(|seq| SeqKey { client, server, seq }),
+                seq_key: seq.map(|seq| SeqKey {
+                    client,
+                    server,
+                    seq,
+                }),
             };
             let h = linker.start(start);
             if let Proto::Http { pending, .. } = &mut conn.state.proto {
@@ -191,7 +214,11 @@ fn handle(
             }
         }
         Http1Event::RequestComplete { .. } | Http1Event::Response { interim: true, .. } => {}
-        Http1Event::Response { head, interim: false, .. } => {
+        Http1Event::Response {
+            head,
+            interim: false,
+            ..
+        } => {
             if let Some(&h) = pending.front() {
                 linker.set_status(h, head.status);
             }
@@ -225,7 +252,13 @@ fn handle(
     }
 }
 
-fn finish_conn(key: ConnKey, mut conn: Conn<ConnState>, ts_ns: u64, linker: &mut Linker, stats: &mut AssembleStats) {
+fn finish_conn(
+    key: ConnKey,
+    mut conn: Conn<ConnState>,
+    ts_ns: u64,
+    linker: &mut Linker,
+    stats: &mut AssembleStats,
+) {
     if let Proto::Http { parser, .. } = &mut conn.state.proto {
         let mut events = Vec::new();
         parser.close(&mut events);
@@ -236,7 +269,13 @@ fn finish_conn(key: ConnKey, mut conn: Conn<ConnState>, ts_ns: u64, linker: &mut
     if let Proto::Http { pending, .. } = &mut conn.state.proto {
         for h in pending.drain(..) {
             stats.aborted_exchanges += 1;
-            linker.finish(h, ts_ns, None, None, Some("connection closed before the response".into()));
+            linker.finish(
+                h,
+                ts_ns,
+                None,
+                None,
+                Some("connection closed before the response".into()),
+            );
         }
     }
 }

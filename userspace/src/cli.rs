@@ -64,7 +64,9 @@ pub enum Format {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -84,7 +86,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Validates an OTLP/gRPC endpoint URL.
 pub fn parse_endpoint(raw: &str, source: &str) -> Result<tonic::transport::Uri, String> {
-    let bad = |why: &str| format!("{source}: `{raw}` is not a valid OTLP endpoint ({why}); use e.g. http://localhost:4317");
+    let bad = |why: &str| {
+        format!(
+            "{source}: `{raw}` is not a valid OTLP endpoint ({why}); use e.g. http://localhost:4317"
+        )
+    };
     let uri: tonic::transport::Uri = raw.trim().parse().map_err(|e| bad(&format!("{e}")))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
@@ -98,7 +104,12 @@ pub fn parse_endpoint(raw: &str, source: &str) -> Result<tonic::transport::Uri, 
 
 /// Where spans go: flag, then the per-signal variable, then the generic one, then the terminal.
 pub fn resolve_output(args: &RunArgs) -> Result<Output, String> {
-    let from_env = |name: &str| env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| (v, name.to_string()));
+    let from_env = |name: &str| {
+        env::var(name)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (v, name.to_string()))
+    };
     let endpoint = args
         .otlp_endpoint
         .clone()
@@ -106,7 +117,9 @@ pub fn resolve_output(args: &RunArgs) -> Result<Output, String> {
         .or_else(|| from_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
         .or_else(|| from_env("OTEL_EXPORTER_OTLP_ENDPOINT"));
     Ok(match endpoint {
-        Some((raw, source)) => Output::Otlp { endpoint: parse_endpoint(&raw, &source)? },
+        Some((raw, source)) => Output::Otlp {
+            endpoint: parse_endpoint(&raw, &source)?,
+        },
         None => match args.output {
             Format::Console => Output::Console,
             Format::Json => Output::Json,
@@ -219,6 +232,9 @@ mod tests {
         assert_eq!(cli.run.pids, vec![1, 2, 3]);
         assert!(Cli::try_parse_from(["ztrace", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--payload-cap", "0"]).is_err());
-        assert!(matches!(Cli::try_parse_from(["ztrace", "check"]).unwrap().command, Some(Command::Check)));
+        assert!(matches!(
+            Cli::try_parse_from(["ztrace", "check"]).unwrap().command,
+            Some(Command::Check)
+        ));
     }
 }

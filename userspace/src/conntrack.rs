@@ -46,8 +46,22 @@ const MAX_MARKS: usize = 256;
 
 impl Stream {
     /// Records a syscall that moved `len` bytes and returns its mark.
-    pub fn advance(&mut self, len: u64, enter_ns: u64, exit_ns: u64, tid: u32, seq: Option<u32>) -> Mark {
-        let mark = Mark { start: self.pos, len, enter_ns, exit_ns, tid, seq };
+    pub fn advance(
+        &mut self,
+        len: u64,
+        enter_ns: u64,
+        exit_ns: u64,
+        tid: u32,
+        seq: Option<u32>,
+    ) -> Mark {
+        let mark = Mark {
+            start: self.pos,
+            len,
+            enter_ns,
+            exit_ns,
+            tid,
+            seq,
+        };
         self.pos = self.pos.saturating_add(len);
         if self.marks.len() == MAX_MARKS {
             self.marks.pop_front();
@@ -61,7 +75,8 @@ impl Stream {
         let idx = self.marks.partition_point(|m| m.start + m.len <= offset);
         let mark = *self.marks.get(idx).or_else(|| self.marks.front())?;
         let seq = if offset >= mark.start && offset < mark.start + mark.len.max(1) {
-            mark.seq.map(|s| s.wrapping_add((offset - mark.start) as u32))
+            mark.seq
+                .map(|s| s.wrapping_add((offset - mark.start) as u32))
         } else {
             None
         };
@@ -76,12 +91,20 @@ pub fn endpoints(t: &SockTuple) -> (Endpoint, Endpoint) {
             IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
         } else {
             let v6 = Ipv6Addr::from(*raw);
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
         }
     };
     (
-        Endpoint { addr: addr(&t.local_addr), port: t.local_port },
-        Endpoint { addr: addr(&t.remote_addr), port: t.remote_port },
+        Endpoint {
+            addr: addr(&t.local_addr),
+            port: t.local_port,
+        },
+        Endpoint {
+            addr: addr(&t.remote_addr),
+            port: t.remote_port,
+        },
     )
 }
 
@@ -104,7 +127,11 @@ pub struct ConnTable<T> {
 
 impl<T: Default> ConnTable<T> {
     pub fn new(max: usize) -> Self {
-        Self { conns: HashMap::new(), max, evicted: 0 }
+        Self {
+            conns: HashMap::new(),
+            max,
+            evicted: 0,
+        }
     }
 
     /// The connection for `key`, created on first sight. Returns the evicted connection's state
@@ -116,11 +143,16 @@ impl<T: Default> ConnTable<T> {
         now_ns: u64,
     ) -> (&mut Conn<T>, Option<(ConnKey, Conn<T>)>) {
         let mut evicted = None;
-        if !self.conns.contains_key(&key) && self.conns.len() >= self.max {
-            if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k) {
-                evicted = self.conns.remove(&oldest).map(|c| (oldest, c));
-                self.evicted += 1;
-            }
+        if !self.conns.contains_key(&key)
+            && self.conns.len() >= self.max
+            && let Some(oldest) = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.last_ns)
+                .map(|(k, _)| *k)
+        {
+            evicted = self.conns.remove(&oldest).map(|c| (oldest, c));
+            self.evicted += 1;
         }
         let conn = self.conns.entry(key).or_insert_with(|| {
             let (local, peer) = endpoints(tuple);
@@ -143,7 +175,11 @@ impl<T: Default> ConnTable<T> {
 
     /// Connections of `tgid` (for process exit).
     pub fn keys_of(&self, tgid: u32) -> Vec<ConnKey> {
-        self.conns.keys().filter(|k| k.tgid == tgid).copied().collect()
+        self.conns
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect()
     }
 
     /// Connections idle since before `cutoff_ns`.
@@ -193,9 +229,19 @@ mod tests {
     #[test]
     fn table_is_bounded() {
         let mut t: ConnTable<u8> = ConnTable::new(2);
-        let tuple = SockTuple { family: AF_INET, ..Default::default() };
+        let tuple = SockTuple {
+            family: AF_INET,
+            ..Default::default()
+        };
         for i in 0..3u64 {
-            let (_, ev) = t.entry(ConnKey { tgid: 1, sock_id: i }, &tuple, i);
+            let (_, ev) = t.entry(
+                ConnKey {
+                    tgid: 1,
+                    sock_id: i,
+                },
+                &tuple,
+                i,
+            );
             assert_eq!(ev.is_some(), i == 2);
         }
         assert_eq!(t.len(), 2);

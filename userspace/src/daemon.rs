@@ -25,7 +25,10 @@ pub struct DaemonConfig {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec it is given.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -53,12 +56,19 @@ struct Processes {
 impl Processes {
     fn add(&mut self, pid: u32, exporter: &Exporter) {
         self.alive.insert(pid);
-        exporter.process(Arc::new(process::info(pid, self.service_name.as_deref(), &self.host_name)));
+        exporter.process(Arc::new(process::info(
+            pid,
+            self.service_name.as_deref(),
+            &self.host_name,
+        )));
     }
 }
 
 async fn run_async(cfg: DaemonConfig) -> Result<()> {
-    let exporter = Exporter::spawn(ExportConfig { output: cfg.output.clone(), ..ExportConfig::default() });
+    let exporter = Exporter::spawn(ExportConfig {
+        output: cfg.output.clone(),
+        ..ExportConfig::default()
+    });
     let mut capture = Capture::load(&CaptureOptions {
         payload_cap: cfg.payload_cap,
         follow_children: cfg.follow_children,
@@ -85,11 +95,16 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         "tracing {} process(es): {:?}{}; {}",
         targets.len(),
         targets,
-        if cfg.follow_children { " and their future children" } else { "" },
+        if cfg.follow_children {
+            " and their future children"
+        } else {
+            ""
+        },
         describe(&cfg.output)
     );
 
-    let mut pipeline = Pipeline::new(clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC));
+    let mut pipeline =
+        Pipeline::new(clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC));
     let mut spans = Vec::new();
     let mut changes = Vec::new();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -155,7 +170,11 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     Ok(())
 }
 
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, pipeline: &mut Pipeline, changes: &mut Vec<ProcChange>) {
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    pipeline: &mut Pipeline,
+    changes: &mut Vec<ProcChange>,
+) {
     while let Some(item) = ring.next() {
         pipeline.on_record(&item, changes);
     }

@@ -210,7 +210,9 @@ impl Linker {
         response_body: Option<u64>,
         error: Option<String>,
     ) {
-        let Some(rec) = self.recs.get_mut(&h) else { return };
+        let Some(rec) = self.recs.get_mut(&h) else {
+            return;
+        };
         if rec.end_ns.is_some() {
             return;
         }
@@ -322,15 +324,21 @@ impl Linker {
             Some(Parent::Remote { span_id, .. }) => (Some(span_id), true),
             _ => (None, false),
         };
-        let Some(rec) = self.recs.get_mut(&h) else { return };
+        let Some(rec) = self.recs.get_mut(&h) else {
+            return;
+        };
         rec.released_trace = Some(trace);
         rec.released_ns = now_ns;
         self.stats.spans_released += 1;
         let end_ns = rec.end_ns.unwrap_or(rec.start_ns);
         let status = match (&rec.error, rec.http.status, rec.kind) {
             (Some(e), _, _) => SpanStatus::Error(e.clone()),
-            (None, Some(code), SpanKind::Server) if code >= 500 => SpanStatus::Error(code.to_string()),
-            (None, Some(code), SpanKind::Client) if code >= 400 => SpanStatus::Error(code.to_string()),
+            (None, Some(code), SpanKind::Server) if code >= 500 => {
+                SpanStatus::Error(code.to_string())
+            }
+            (None, Some(code), SpanKind::Client) if code >= 400 => {
+                SpanStatus::Error(code.to_string())
+            }
             _ => SpanStatus::Unset,
         };
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
@@ -362,22 +370,36 @@ impl Linker {
             .collect();
         for h in open {
             self.stats.unfinished_at_shutdown += 1;
-            self.finish(h, now_ns, None, None, Some("tracer stopped before the exchange ended".into()));
+            self.finish(
+                h,
+                now_ns,
+                None,
+                None,
+                Some("tracer stopped before the exchange ended".into()),
+            );
         }
         self.poll(u64::MAX / 2, out);
     }
 
     pub fn open_spans(&self) -> usize {
-        self.recs.values().filter(|r| r.released_trace.is_none()).count()
+        self.recs
+            .values()
+            .filter(|r| r.released_trace.is_none())
+            .count()
     }
 }
 
-const KNOWN_METHODS: &[&str] =
-    &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// Span name per the HTTP conventions when no route is known: the method, or "HTTP".
 pub fn span_name(method: &str) -> String {
-    if KNOWN_METHODS.contains(&method) { method.to_string() } else { "HTTP".to_string() }
+    if KNOWN_METHODS.contains(&method) {
+        method.to_string()
+    } else {
+        "HTTP".to_string()
+    }
 }
 
 /// Parses a W3C `traceparent` header (version 00 rules; future versions read leniently).
@@ -388,7 +410,12 @@ pub fn parse_traceparent(v: &str) -> Option<(TraceId, SpanId)> {
     let trace = parts.next()?;
     let span = parts.next()?;
     let flags = parts.next()?;
-    if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+    {
         return None;
     }
     if version == "00" && parts.next().is_some() {
@@ -417,7 +444,10 @@ mod tests {
     use super::*;
 
     fn ep(port: u16) -> Endpoint {
-        Endpoint { addr: IpAddr::V4(Ipv4Addr::LOCALHOST), port }
+        Endpoint {
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+        }
     }
 
     fn start(kind: SpanKind, pid: u32, tid: u32, t: u64) -> Start {
@@ -428,18 +458,28 @@ mod tests {
             start_ns: t,
             local: ep(1),
             peer: ep(2),
-            http: HttpExchange { method: "GET".into(), ..Default::default() },
+            http: HttpExchange {
+                method: "GET".into(),
+                ..Default::default()
+            },
             traceparent: None,
             seq_key: None,
         }
     }
 
     fn key(seq: u32) -> SeqKey {
-        SeqKey { client: ep(40000), server: ep(8080), seq }
+        SeqKey {
+            client: ep(40000),
+            server: ep(8080),
+            seq,
+        }
     }
 
     fn by_id(spans: &[Span], kind: SpanKind, pid: u32) -> &Span {
-        spans.iter().find(|s| s.kind == kind && s.pid == pid).unwrap()
+        spans
+            .iter()
+            .find(|s| s.kind == kind && s.pid == pid)
+            .unwrap()
     }
 
     #[test]
@@ -485,7 +525,8 @@ mod tests {
     fn traceparent_is_honoured() {
         let mut l = Linker::new(1_000, 10);
         let mut s = start(SpanKind::Server, 1, 1, 5);
-        let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let tp =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         s.traceparent = Some(tp);
         let h = l.start(s);
         l.finish(h, 9, None, None, None);
@@ -553,7 +594,9 @@ mod tests {
 
     #[test]
     fn traceparent_parsing() {
-        assert!(parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some());
+        assert!(
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some()
+        );
         for bad in [
             "",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

@@ -73,13 +73,22 @@ impl Pipeline {
             Event::Conn(ev) => {
                 self.last_ns = self.last_ns.max(ev.header.ts_ns);
                 if ev.op == conn::CLOSE {
-                    self.assembler.on_close(ev.header.tgid, ev.sock_id, ev.header.ts_ns, &mut self.linker);
+                    self.assembler.on_close(
+                        ev.header.tgid,
+                        ev.sock_id,
+                        ev.header.ts_ns,
+                        &mut self.linker,
+                    );
                 }
             }
             Event::Proc(ev) => match ev.op {
-                proc::FORK => changes.push(ProcChange::Forked { pid: ev.pid, parent: ev.other }),
+                proc::FORK => changes.push(ProcChange::Forked {
+                    pid: ev.pid,
+                    parent: ev.other,
+                }),
                 proc::EXIT => {
-                    self.assembler.on_exit(ev.pid, ev.header.ts_ns, &mut self.linker);
+                    self.assembler
+                        .on_exit(ev.pid, ev.header.ts_ns, &mut self.linker);
                     changes.push(ProcChange::Exited { pid: ev.pid });
                 }
                 proc::EXEC => changes.push(ProcChange::Execed { pid: ev.pid }),
@@ -100,7 +109,8 @@ impl Pipeline {
     pub fn drain(&mut self, now_ns: u64, out: &mut Vec<Span>) {
         let now_ns = now_ns.max(self.last_ns);
         for key in self.assembler.conns.all_keys() {
-            self.assembler.on_close(key.tgid, key.sock_id, now_ns, &mut self.linker);
+            self.assembler
+                .on_close(key.tgid, key.sock_id, now_ns, &mut self.linker);
         }
         self.linker.drain(now_ns, out);
     }
@@ -135,11 +145,23 @@ mod tests {
     }
 
     fn record(io: &Io, egress: bool, ts: u64, seq: u32, bytes: &[u8]) -> Vec<u8> {
-        let mut tuple = SockTuple { family: AF_INET, protocol: 6, local_port: io.local, remote_port: io.remote, ..Default::default() };
+        let mut tuple = SockTuple {
+            family: AF_INET,
+            protocol: 6,
+            local_port: io.local,
+            remote_port: io.remote,
+            ..Default::default()
+        };
         tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let ev = DataEvent {
-            header: EventHeader { kind: kind::DATA, tgid: io.pid, tid: io.tid, _pad: 0, ts_ns: ts },
+            header: EventHeader {
+                kind: kind::DATA,
+                tgid: io.pid,
+                tid: io.tid,
+                _pad: 0,
+                ts_ns: ts,
+            },
             sock_id: io.sock,
             enter_ns: ts - 5,
             bytes: bytes.len() as u64,
@@ -148,7 +170,11 @@ mod tests {
             seq,
             cap_len: 0,
             syscall: 0,
-            direction: if egress { direction::EGRESS } else { direction::INGRESS },
+            direction: if egress {
+                direction::EGRESS
+            } else {
+                direction::INGRESS
+            },
             has_seq: 1,
             _pad: 0,
         };
@@ -166,15 +192,39 @@ mod tests {
         (out, p.stats())
     }
 
-    const FRONT_IN: Io = Io { pid: 1, tid: 11, sock: 0xA, local: 8000, remote: 5000 };
-    const FRONT_OUT: Io = Io { pid: 1, tid: 11, sock: 0xB, local: 6000, remote: 9000 };
-    const BACK_IN: Io = Io { pid: 2, tid: 21, sock: 0xC, local: 9000, remote: 6000 };
+    const FRONT_IN: Io = Io {
+        pid: 1,
+        tid: 11,
+        sock: 0xA,
+        local: 8000,
+        remote: 5000,
+    };
+    const FRONT_OUT: Io = Io {
+        pid: 1,
+        tid: 11,
+        sock: 0xB,
+        local: 6000,
+        remote: 9000,
+    };
+    const BACK_IN: Io = Io {
+        pid: 2,
+        tid: 21,
+        sock: 0xC,
+        local: 9000,
+        remote: 6000,
+    };
 
     fn two_tier(backend_read_first: bool) -> Vec<Vec<u8>> {
         let call = b"GET /b HTTP/1.1\r\nHost: backend\r\n\r\n";
         let mut r = vec![
             record(&FRONT_IN, false, 100, 1000, b"GET /a?q=1 HTTP/1.1\r\nHo"),
-            record(&FRONT_IN, false, 110, 1023, b"st: front\r\nUser-Agent: t\r\n\r\n"),
+            record(
+                &FRONT_IN,
+                false,
+                110,
+                1023,
+                b"st: front\r\nUser-Agent: t\r\n\r\n",
+            ),
         ];
         let client_write = record(&FRONT_OUT, true, 200, 5000, call);
         let server_read = record(&BACK_IN, false, 210, 5000, call);
@@ -185,9 +235,27 @@ mod tests {
             r.push(client_write);
             r.push(server_read);
         }
-        r.push(record(&BACK_IN, true, 300, 7000, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
-        r.push(record(&FRONT_OUT, false, 310, 7000, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
-        r.push(record(&FRONT_IN, true, 400, 9000, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        r.push(record(
+            &BACK_IN,
+            true,
+            300,
+            7000,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ));
+        r.push(record(
+            &FRONT_OUT,
+            false,
+            310,
+            7000,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ));
+        r.push(record(
+            &FRONT_IN,
+            true,
+            400,
+            9000,
+            b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ));
         r.push(record(&FRONT_IN, true, 410, 9050, b"2\r\nno\r\n0\r\n\r\n"));
         r
     }
@@ -197,7 +265,12 @@ mod tests {
         for backend_read_first in [false, true] {
             let (spans, stats) = run(&two_tier(backend_read_first));
             assert_eq!(spans.len(), 3, "{spans:#?}");
-            let find = |pid, kind| spans.iter().find(|s| s.pid == pid && s.kind == kind).unwrap();
+            let find = |pid, kind| {
+                spans
+                    .iter()
+                    .find(|s| s.pid == pid && s.kind == kind)
+                    .unwrap()
+            };
             let front = find(1, SpanKind::Server);
             let call = find(1, SpanKind::Client);
             let back = find(2, SpanKind::Server);
@@ -222,8 +295,20 @@ mod tests {
 
     #[test]
     fn pipelined_requests_pair_in_order_and_garbage_is_ignored() {
-        let conn = Io { pid: 1, tid: 1, sock: 1, local: 80, remote: 4000 };
-        let junk = Io { pid: 1, tid: 1, sock: 2, local: 81, remote: 4001 };
+        let conn = Io {
+            pid: 1,
+            tid: 1,
+            sock: 1,
+            local: 80,
+            remote: 4000,
+        };
+        let junk = Io {
+            pid: 1,
+            tid: 1,
+            sock: 2,
+            local: 81,
+            remote: 4001,
+        };
         let records = vec![
             record(&junk, false, 50, 0, &[0x16, 0x03, 0x01, 0x00, 0xff]),
             record(&conn, false, 100, 0, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"),
@@ -233,8 +318,14 @@ mod tests {
         let (mut spans, stats) = run(&records);
         spans.sort_by_key(|s| s.http.target.clone());
         assert_eq!(spans.len(), 2);
-        assert_eq!((spans[0].http.target.as_str(), spans[0].http.status), ("/1", Some(200)));
-        assert_eq!((spans[1].http.target.as_str(), spans[1].http.status), ("/2", Some(404)));
+        assert_eq!(
+            (spans[0].http.target.as_str(), spans[0].http.status),
+            ("/1", Some(200))
+        );
+        assert_eq!(
+            (spans[1].http.target.as_str(), spans[1].http.status),
+            ("/2", Some(404))
+        );
         // A 404 is not a server error.
         assert_eq!(spans[1].status, SpanStatus::Unset);
         assert_eq!(stats.assemble.http_connections, 1);
@@ -242,10 +333,19 @@ mod tests {
 
     #[test]
     fn exchange_cut_by_close_is_reported_as_error() {
-        let conn = Io { pid: 1, tid: 1, sock: 1, local: 80, remote: 4000 };
+        let conn = Io {
+            pid: 1,
+            tid: 1,
+            sock: 1,
+            local: 80,
+            remote: 4000,
+        };
         let mut p = Pipeline::new(0);
         let mut changes = Vec::new();
-        p.on_record(&record(&conn, false, 100, 0, b"GET /slow HTTP/1.1\r\n\r\n"), &mut changes);
+        p.on_record(
+            &record(&conn, false, 100, 0, b"GET /slow HTTP/1.1\r\n\r\n"),
+            &mut changes,
+        );
         let mut out = Vec::new();
         p.drain(500, &mut out);
         assert_eq!(out.len(), 1);

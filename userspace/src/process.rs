@@ -65,7 +65,10 @@ pub fn descendants(roots: &[u32]) -> Vec<u32> {
     let mut by_parent: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
                 && let Some(ppid) = parent_of(pid)
             {
                 by_parent.push((ppid, pid));
@@ -117,7 +120,9 @@ pub fn info(pid: u32, service_name: Option<&str>, host_name: &str) -> ProcessInf
         service_name: service_name
             .map(str::to_string)
             .unwrap_or_else(|| executable_name.clone()),
-        executable_path: exe.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        executable_path: exe
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         executable_name,
         command_args,
         host_name: host_name.to_string(),
@@ -133,7 +138,10 @@ mod tests {
         let me = std::process::id();
         assert_eq!(validate(me), Ok(()));
         assert_eq!(validate(0), Err(PidError::NotFound(0)));
-        assert_eq!(validate(u32::MAX - 1), Err(PidError::NotFound(u32::MAX - 1)));
+        assert_eq!(
+            validate(u32::MAX - 1),
+            Err(PidError::NotFound(u32::MAX - 1))
+        );
         // PID 2 is kthreadd on Linux.
         assert_eq!(validate(2), Err(PidError::KernelThread(2)));
     }
@@ -145,7 +153,10 @@ mod tests {
         assert_eq!(info.pid, me);
         assert!(!info.executable_name.is_empty());
         assert!(!info.command_args.is_empty());
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         assert!(descendants(&[me]).contains(&child.id()));
         child.kill().unwrap();
         child.wait().unwrap();

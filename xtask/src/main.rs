@@ -61,7 +61,9 @@ fn say(msg: &str) {
 
 fn run(cmd: &mut Command) -> Result<()> {
     say(&format!("running {cmd:?}"));
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -100,7 +102,9 @@ fn setup() -> Result<()> {
         say("Debian packages: all present");
     } else {
         if !is_root() {
-            bail!("Debian packages {missing:?} are missing; run this as root so they can be installed");
+            bail!(
+                "Debian packages {missing:?} are missing; run this as root so they can be installed"
+            );
         }
         say(&format!("installing Debian packages {missing:?}"));
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
@@ -140,7 +144,10 @@ fn setup() -> Result<()> {
         say(&format!(
             "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (takes a few minutes, once)"
         ));
-        let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
             .args([
                 "install",
@@ -160,7 +167,11 @@ fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(args);
     // bpf-linker is found by the nightly build of the probes through PATH.
-    let path = format!("{}:{}", cargo_bin_dir().display(), env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        cargo_bin_dir().display(),
+        env::var("PATH").unwrap_or_default()
+    );
     cmd.env("PATH", path);
     cmd
 }
@@ -173,7 +184,14 @@ fn build() -> Result<PathBuf> {
 
 fn lint() -> Result<()> {
     run(&mut cargo(&["fmt", "--all", "--check"]))?;
-    run(&mut cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(&mut cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The probe crate checked as what it is: a no_std program for the BPF target.
     let mut probes = cargo(&[
         "+nightly",
@@ -203,9 +221,11 @@ fn test() -> Result<()> {
     lint()?;
     // Build the binary the end-to-end tests run, then every test in the workspace.
     run(&mut cargo(&["build", "--release", "--package", "ztrace"]))?;
-    run(cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])
-        .env("ZTRACE_BIN", root().join("target/release/ztrace"))
-        .env("ZTRACE_E2E_REQUIRED", "1"))
+    run(
+        cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])
+            .env("ZTRACE_BIN", root().join("target/release/ztrace"))
+            .env("ZTRACE_E2E_REQUIRED", "1"),
+    )
 }
 
 fn demo(bin: &Path) -> Result<()> {

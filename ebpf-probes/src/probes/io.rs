@@ -6,7 +6,9 @@
 //! saves what the exit needs; exit emits one record when bytes actually moved.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };

@@ -39,7 +39,11 @@ pub struct CaptureOptions {
 
 impl Default for CaptureOptions {
     fn default() -> Self {
-        Self { payload_cap: 512, follow_children: true, ring_bytes: 16 << 20 }
+        Self {
+            payload_cap: 512,
+            follow_children: true,
+            ring_bytes: 16 << 20,
+        }
     }
 }
 
@@ -61,7 +65,10 @@ pub struct KernelCounters {
 
 /// Offset of `group_dead` in `sched:sched_process_exit` records, from the tracepoint's format.
 fn exit_group_dead_offset() -> Result<u32> {
-    let path = format!("{}/events/sched/sched_process_exit/format", preflight::TRACEFS);
+    let path = format!(
+        "{}/events/sched/sched_process_exit/format",
+        preflight::TRACEFS
+    );
     let format = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     format
         .lines()
@@ -95,7 +102,11 @@ impl Capture {
         let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
-        Ok(Capture { ebpf, traced, counters })
+        Ok(Capture {
+            ebpf,
+            traced,
+            counters,
+        })
     }
 
     /// Adds a process to the in-kernel filter.
@@ -107,13 +118,18 @@ impl Capture {
 
     /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
     pub fn attach(&mut self) -> Result<()> {
-        for (prog, hooks, prefix) in [("sys_enter", ENTER, "sys_enter_"), ("sys_exit", EXIT, "sys_exit_")] {
+        for (prog, hooks, prefix) in [
+            ("sys_enter", ENTER, "sys_enter_"),
+            ("sys_exit", EXIT, "sys_exit_"),
+        ] {
             let program: &mut TracePoint = self
                 .ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing"))?
                 .try_into()?;
-            program.load().with_context(|| format!("verifier rejected {prog}"))?;
+            program
+                .load()
+                .with_context(|| format!("verifier rejected {prog}"))?;
             for name in hooks {
                 let tp = format!("{prefix}{name}");
                 program
@@ -127,7 +143,9 @@ impl Capture {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing"))?
                 .try_into()?;
-            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            program
+                .load()
+                .with_context(|| format!("verifier rejected {name}"))?;
             program
                 .attach("sched", name)
                 .with_context(|| format!("attaching to tracepoint sched:{name}"))?;
@@ -137,7 +155,8 @@ impl Capture {
             .program_mut("sched_process_fork")
             .context("program sched_process_fork missing")?
             .try_into()?;
-        fork.load().context("verifier rejected sched_process_fork")?;
+        fork.load()
+            .context("verifier rejected sched_process_fork")?;
         fork.attach("sched_process_fork")
             .context("attaching to raw tracepoint sched_process_fork")?;
         Ok(())
@@ -145,7 +164,10 @@ impl Capture {
 
     /// The ring buffer of raw records (can be taken once).
     pub fn ring(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("ring buffer already taken")?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("ring buffer already taken")?;
         Ok(RingBuf::try_from(map)?)
     }
 

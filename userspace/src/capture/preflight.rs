@@ -69,7 +69,11 @@ fn tracefs_mounted() -> bool {
 pub fn tracefs(mount: bool) -> Item {
     let name = "tracefs";
     if tracefs_mounted() {
-        return Item { name, problem: None, detail: format!("mounted at {TRACEFS}") };
+        return Item {
+            name,
+            problem: None,
+            detail: format!("mounted at {TRACEFS}"),
+        };
     }
     if mount {
         let ok = std::ffi::CString::new(TRACEFS).ok().is_some_and(|target| {
@@ -85,7 +89,11 @@ pub fn tracefs(mount: bool) -> Item {
             }
         });
         if ok && tracefs_mounted() {
-            return Item { name, problem: None, detail: format!("mounted it at {TRACEFS}") };
+            return Item {
+                name,
+                problem: None,
+                detail: format!("mounted it at {TRACEFS}"),
+            };
         }
     }
     Item {
@@ -100,7 +108,11 @@ pub fn tracefs(mount: bool) -> Item {
 pub fn btf() -> Item {
     let name = "kernel BTF";
     match super::btf::Btf::from_sys_fs().and_then(|b| super::btf::resolve_offsets(&b)) {
-        Ok(_) => Item { name, problem: None, detail: format!("{BTF_PATH}: socket and task offsets found") },
+        Ok(_) => Item {
+            name,
+            problem: None,
+            detail: format!("{BTF_PATH}: socket and task offsets found"),
+        },
         Err(e) => Item {
             name,
             problem: Some(format!(
@@ -113,7 +125,11 @@ pub fn btf() -> Item {
 
 fn feature(name: &'static str, supported: Result<bool, String>, what: &str) -> Item {
     match supported {
-        Ok(true) => Item { name, problem: None, detail: "supported".into() },
+        Ok(true) => Item {
+            name,
+            problem: None,
+            detail: "supported".into(),
+        },
         Ok(false) => Item {
             name,
             problem: Some(format!("not supported by this kernel: {what}")),
@@ -157,7 +173,14 @@ pub fn full_report() -> Vec<Item> {
         let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
         release.to_string_lossy().into_owned()
     };
-    items.insert(0, Item { name: "kernel", problem: None, detail: kernel });
+    items.insert(
+        0,
+        Item {
+            name: "kernel",
+            problem: None,
+            detail: kernel,
+        },
+    );
     items.extend(kernel_features());
     items
 }

@@ -1,11 +1,1177 @@
-// TEMPORARY STUB (replaced by the real exporter)
-use std::{sync::Arc, time::Duration};
-use crate::model::{ProcessInfo, Span};
+//! The export stage: everything between a finished [`Span`] and the outside world.
+//!
+//! This module owns
+//! - the public API ([`Exporter`], [`ExportHandle`], [`ExportConfig`], [`ExportStats`]);
+//! - the bounded span queue and the background task that drains it in batches (up to
+//!   `max_batch` spans or `batch_delay`, whichever comes first), including shutdown/flush;
+//! - the table of traced processes that becomes each span's Resource;
+//! - the mapping of model types onto OpenTelemetry semantic-convention attributes
+//!   ([`span_attributes`], [`resource_attributes`]), shared by every output so that OTLP, console
+//!   and JSON all say the same thing. Attribute names come from `opentelemetry-semantic-conventions`.
+//!
+//! The outputs themselves live in [`otlp`] (OTLP/gRPC with retries) and [`console`] (console
+//! lines and JSON lines on stdout).
+//!
+//! Capture must never wait on export: [`Exporter::submit`] and [`Exporter::process`] only ever
+//! `try_send` into channels; a full queue drops the span and counts it.
+
+pub mod console;
+pub mod otlp;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use opentelemetry_semantic_conventions::attribute as semconv;
+use opentelemetry_semantic_conventions::resource as res;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::model::{ProcessInfo, Span, SpanKind, SpanStatus};
+
+/// Instrumentation scope name and `telemetry.sdk.name`.
+pub const SCOPE_NAME: &str = "ztrace";
+/// Instrumentation scope version and `telemetry.sdk.version`.
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where finished spans go.
 #[derive(Clone, Debug)]
-pub enum Output { Otlp { endpoint: tonic::transport::Uri }, Console, Json }
-pub struct ExportConfig { pub output: Output, pub max_queue: usize, pub max_batch: usize, pub batch_delay: Duration, pub export_timeout: Duration }
-impl Default for ExportConfig { fn default() -> Self { Self { output: Output::Console, max_queue: 8192, max_batch: 512, batch_delay: Duration::from_secs(1), export_timeout: Duration::from_secs(10) } } }
-#[derive(Default, Clone, Debug)]
-pub struct ExportStats { pub spans_exported: u64, pub spans_dropped_queue_full: u64, pub spans_dropped_failed: u64, pub batches_failed: u64, pub retries: u64 }
-pub struct Exporter {}
-impl Exporter { pub fn spawn(_c: ExportConfig) -> Exporter { Exporter{} } pub fn process(&self, _i: Arc<ProcessInfo>) {} pub fn submit(&self, s: Span) { println!("{s:?}"); } pub fn stats(&self) -> ExportStats { ExportStats::default() } pub async fn shutdown(self, _d: Duration) -> ExportStats { ExportStats::default() } }
+pub enum Output {
+    /// OTLP/gRPC to a collector, e.g. `http://127.0.0.1:4317` (plaintext; no TLS support built in).
+    Otlp { endpoint: tonic::transport::Uri },
+    /// One readable line per span on stdout.
+    Console,
+    /// One JSON object per span per line on stdout.
+    Json,
+}
+
+/// Tuning of the export stage.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    pub output: Output,
+    /// Spans waiting for export; beyond this, `submit` drops (and counts) new spans.
+    pub max_queue: usize,
+    /// Spans per export call.
+    pub max_batch: usize,
+    /// Longest a span waits for its batch to fill.
+    pub batch_delay: Duration,
+    /// One export attempt's time limit; a batch is retried for at most three times this.
+    pub export_timeout: Duration,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            output: Output::Console,
+            max_queue: 8192,
+            max_batch: 512,
+            batch_delay: Duration::from_secs(1),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of the export stage (a snapshot).
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub struct ExportStats {
+    /// Spans the output accepted (collector acknowledged / line written).
+    pub spans_exported: u64,
+    /// Spans refused by `submit` because the queue was full (or the exporter had shut down).
+    pub spans_dropped_queue_full: u64,
+    /// Spans given up on: failed batches, spans the collector rejected, spans unsent at the
+    /// shutdown deadline.
+    pub spans_dropped_failed: u64,
+    /// Batches given up on.
+    pub batches_failed: u64,
+    /// Export attempts that were retries.
+    pub retries: u64,
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    exported: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_failed: AtomicU64,
+    batches_failed: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ExportStats {
+        ExportStats {
+            spans_exported: self.exported.load(Ordering::Relaxed),
+            spans_dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
+            spans_dropped_failed: self.dropped_failed.load(Ordering::Relaxed),
+            batches_failed: self.batches_failed.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
+    pub(crate) fn exported(&self, n: usize) {
+        self.exported.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// `n` spans were given up on; `batch` says whether that counts as a failed batch.
+    pub(crate) fn failed(&self, n: usize, batch: bool) {
+        self.dropped_failed.fetch_add(n as u64, Ordering::Relaxed);
+        if batch {
+            self.batches_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The cheap, cloneable side of an [`Exporter`] for code that only submits spans (e.g. one per
+/// capture thread). It works from any thread, inside a tokio runtime or not.
+#[derive(Clone, Debug)]
+pub struct ExportHandle {
+    spans: mpsc::Sender<Span>,
+    processes: mpsc::UnboundedSender<Arc<ProcessInfo>>,
+    counters: Arc<Counters>,
+}
+
+impl ExportHandle {
+    /// Registers or refreshes the Resource of `info.pid`. Never blocks.
+    pub fn process(&self, info: Arc<ProcessInfo>) {
+        // Fails only once the export task is gone, when there is nothing left to describe.
+        let _ = self.processes.send(info);
+    }
+
+    /// Queues a finished span. Never blocks: when the queue is full, or the exporter has shut
+    /// down, the span is dropped and counted in `spans_dropped_queue_full`.
+    pub fn submit(&self, span: Span) {
+        if self.spans.try_send(span).is_err() {
+            self.counters
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> ExportStats {
+        self.counters.snapshot()
+    }
+}
+
+/// The export stage: a bounded queue and a background task that batches and ships spans.
+#[derive(Debug)]
+pub struct Exporter {
+    handle: ExportHandle,
+    shutdown: watch::Sender<Option<Instant>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Spawns the export task on the current tokio runtime (or, outside one, on a runtime of its
+    /// own in a thread named `ztrace-export`). Never fails because the collector is down: the
+    /// connection is made lazily and re-made as needed.
+    pub fn spawn(cfg: ExportConfig) -> Exporter {
+        Self::spawn_to(cfg, console::Destination::Stdout)
+    }
+
+    /// Like `spawn`, with console/JSON lines going to a buffer instead of stdout.
+    #[cfg(test)]
+    pub(crate) fn spawn_captured(cfg: ExportConfig) -> (Exporter, Arc<std::sync::Mutex<Vec<u8>>>) {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let exporter = Self::spawn_to(cfg, console::Destination::Buffer(Arc::clone(&buf)));
+        (exporter, buf)
+    }
+
+    fn spawn_to(cfg: ExportConfig, destination: console::Destination) -> Exporter {
+        let counters = Arc::new(Counters::default());
+        let (span_tx, span_rx) = mpsc::channel(cfg.max_queue.max(1));
+        let (proc_tx, proc_rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(None);
+        let export_timeout = cfg.export_timeout.max(Duration::from_millis(1));
+        let worker = Worker {
+            rx: span_rx,
+            processes: proc_rx,
+            table: ProcessTable::new(local_host_name()),
+            output: cfg.output,
+            destination,
+            counters: Arc::clone(&counters),
+            ctl: Control {
+                rx: shutdown_rx,
+                fallback: None,
+                grace: export_timeout,
+            },
+            batch: Vec::new(),
+            max_batch: cfg.max_batch.max(1),
+            batch_delay: cfg.batch_delay,
+            export_timeout,
+            queue_drops_reported: 0,
+            queue_drops_reported_at: None,
+        };
+        let task = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Some(rt.spawn(worker.run())),
+            Err(_) => spawn_own_runtime(worker),
+        };
+        Exporter {
+            handle: ExportHandle {
+                spans: span_tx,
+                processes: proc_tx,
+                counters,
+            },
+            shutdown: shutdown_tx,
+            task,
+        }
+    }
+
+    /// A cloneable handle for submitting from elsewhere (other threads or tasks).
+    pub fn handle(&self) -> ExportHandle {
+        self.handle.clone()
+    }
+
+    /// Non-blocking: registers or refreshes what the Resource for `info.pid` says.
+    pub fn process(&self, info: Arc<ProcessInfo>) {
+        self.handle.process(info);
+    }
+
+    /// Non-blocking; when the bounded queue is full the span is dropped and counted.
+    pub fn submit(&self, span: Span) {
+        self.handle.submit(span);
+    }
+
+    /// Live snapshot of the counters.
+    pub fn stats(&self) -> ExportStats {
+        self.handle.stats()
+    }
+
+    /// Stops accepting spans, flushes everything queued (retrying as needed) within `deadline`,
+    /// and returns the final counters. Spans still unsent at the deadline count as
+    /// `spans_dropped_failed`. Spans submitted through an [`ExportHandle`] afterwards are counted
+    /// as `spans_dropped_queue_full`.
+    pub async fn shutdown(mut self, deadline: Duration) -> ExportStats {
+        let now = Instant::now();
+        let at = now
+            .checked_add(deadline)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        // Fails only when the task is already gone, which the join below handles.
+        let _ = self.shutdown.send(Some(at));
+        if let Some(mut task) = self.task.take() {
+            // The task bounds its own work by `at`; the grace covers a stdout that stopped
+            // draining. On overrun, aborting drops the worker, whose Drop counts what it held.
+            let grace = Duration::from_secs(1);
+            if tokio::time::timeout_at(at + grace, &mut task)
+                .await
+                .is_err()
+            {
+                log::warn!(
+                    "export task still busy {grace:?} after the shutdown deadline; abandoning it"
+                );
+                task.abort();
+                let _ = tokio::time::timeout(grace, task).await;
+            }
+        }
+        self.handle.stats()
+    }
+}
+
+/// Outside a tokio runtime: run the worker on a current-thread runtime in its own thread.
+fn spawn_own_runtime(worker: Worker) -> Option<JoinHandle<()>> {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("cannot start a runtime for span export ({e}); spans will be dropped");
+            return None;
+        }
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(async move {
+        // Dropped when the worker finishes or is aborted, which ends the thread below.
+        let _done = done_tx;
+        worker.run().await;
+    });
+    let spawned = std::thread::Builder::new()
+        .name("ztrace-export".into())
+        .spawn(move || {
+            rt.block_on(async {
+                let _ = done_rx.await;
+            });
+        });
+    match spawned {
+        Ok(_) => Some(task),
+        Err(e) => {
+            log::error!("cannot start the span export thread ({e}); spans will be dropped");
+            None
+        }
+    }
+}
+
+/// Reads the shutdown request (a deadline) for the worker and the outputs.
+pub(crate) struct Control {
+    rx: watch::Receiver<Option<Instant>>,
+    /// Set when the [`Exporter`] was dropped without `shutdown`: flush for `grace`, then stop.
+    fallback: Option<Instant>,
+    grace: Duration,
+}
+
+impl Control {
+    /// The shutdown deadline, once shutdown was requested.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        (*self.rx.borrow()).or(self.fallback)
+    }
+
+    /// Completes once shutdown has been requested (immediately if it already was).
+    pub(crate) async fn requested(&mut self) {
+        while self.deadline().is_none() {
+            if self.rx.changed().await.is_err() {
+                self.fallback = Some(Instant::now() + self.grace);
+            }
+        }
+    }
+}
+
+/// How many processes' Resources are remembered; beyond this the least recently used are forgotten.
+const MAX_PROCESSES: usize = 16 * 1024;
+
+/// What the Resource of each traced process says.
+pub(crate) struct ProcessTable {
+    entries: HashMap<u32, (Arc<ProcessInfo>, u64)>,
+    tick: u64,
+    /// `host.name` for processes without (or with an empty) [`ProcessInfo::host_name`].
+    host_fallback: Option<String>,
+}
+
+impl ProcessTable {
+    pub(crate) fn new(host_fallback: Option<String>) -> Self {
+        ProcessTable {
+            entries: HashMap::new(),
+            tick: 0,
+            host_fallback,
+        }
+    }
+
+    pub(crate) fn upsert(&mut self, info: Arc<ProcessInfo>) {
+        self.tick += 1;
+        self.entries.insert(info.pid, (info, self.tick));
+        if self.entries.len() > MAX_PROCESSES {
+            self.evict();
+        }
+    }
+
+    /// Marks the processes of `spans` as recently used.
+    fn touch(&mut self, spans: &[Span]) {
+        self.tick += 1;
+        for s in spans {
+            if let Some(entry) = self.entries.get_mut(&s.pid) {
+                entry.1 = self.tick;
+            }
+        }
+    }
+
+    /// Forgets the least recently used eighth.
+    fn evict(&mut self) {
+        let mut ticks: Vec<u64> = self.entries.values().map(|(_, t)| *t).collect();
+        let k = ticks.len() / 8;
+        if k == 0 {
+            return;
+        }
+        let (_, cutoff, _) = ticks.select_nth_unstable(k);
+        let cutoff = *cutoff;
+        self.entries.retain(|_, (_, t)| *t > cutoff);
+    }
+
+    pub(crate) fn get(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.entries.get(&pid).map(|(info, _)| info.as_ref())
+    }
+
+    pub(crate) fn host_fallback(&self) -> Option<&str> {
+        self.host_fallback.as_deref()
+    }
+}
+
+/// This machine's host name (used when a process's own is unknown).
+fn local_host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The export task's state.
+struct Worker {
+    rx: mpsc::Receiver<Span>,
+    processes: mpsc::UnboundedReceiver<Arc<ProcessInfo>>,
+    table: ProcessTable,
+    output: Output,
+    destination: console::Destination,
+    counters: Arc<Counters>,
+    ctl: Control,
+    /// Spans taken off the queue and not yet accounted for.
+    batch: Vec<Span>,
+    max_batch: usize,
+    batch_delay: Duration,
+    export_timeout: Duration,
+    queue_drops_reported: u64,
+    queue_drops_reported_at: Option<Instant>,
+}
+
+enum Sink {
+    Otlp(Box<otlp::OtlpSink>),
+    Stdout(console::StdoutSink),
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut sink = match &self.output {
+            Output::Otlp { endpoint } => Sink::Otlp(Box::new(otlp::OtlpSink::new(
+                endpoint.clone(),
+                self.export_timeout,
+            ))),
+            Output::Console => Sink::Stdout(console::StdoutSink::new(
+                console::Format::Console,
+                self.destination.clone(),
+            )),
+            Output::Json => Sink::Stdout(console::StdoutSink::new(
+                console::Format::Json,
+                self.destination.clone(),
+            )),
+        };
+        while self.ctl.deadline().is_none() {
+            let got = tokio::select! {
+                biased;
+                _ = self.ctl.requested() => break,
+                n = self.rx.recv_many(&mut self.batch, self.max_batch) => n,
+            };
+            if got == 0 {
+                // Closed and empty: every sender is gone, so the Exporter was dropped.
+                break;
+            }
+            let flush_at = Instant::now() + self.batch_delay;
+            while self.batch.len() < self.max_batch {
+                let room = self.max_batch - self.batch.len();
+                tokio::select! {
+                    biased;
+                    _ = self.ctl.requested() => break,
+                    n = self.rx.recv_many(&mut self.batch, room) => if n == 0 { break },
+                    _ = tokio::time::sleep_until(flush_at) => break,
+                }
+            }
+            self.export_batch(&mut sink).await;
+        }
+        self.drain(&mut sink).await;
+    }
+
+    /// Shutdown: take no more spans, export what is queued until the deadline.
+    async fn drain(&mut self, sink: &mut Sink) {
+        self.rx.close();
+        let deadline = self.ctl.deadline().unwrap_or_else(Instant::now);
+        loop {
+            while self.batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(span) => self.batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if self.batch.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let mut unsent = self.batch.len();
+                self.batch.clear();
+                while self.rx.try_recv().is_ok() {
+                    unsent += 1;
+                }
+                self.counters.failed(unsent, true);
+                log::warn!("export shutdown deadline reached: {unsent} spans were not sent");
+                break;
+            }
+            self.export_batch(sink).await;
+        }
+        self.report_queue_drops(true);
+    }
+
+    async fn export_batch(&mut self, sink: &mut Sink) {
+        while let Ok(info) = self.processes.try_recv() {
+            self.table.upsert(info);
+        }
+        self.table.touch(&self.batch);
+        match sink {
+            Sink::Otlp(s) => {
+                s.export(&self.batch, &self.table, &self.counters, &mut self.ctl)
+                    .await
+            }
+            Sink::Stdout(s) => s.export(&self.batch, &self.table, &self.counters).await,
+        }
+        // The sink accounted for every span; nothing can cancel us between that and this.
+        self.batch.clear();
+        self.report_queue_drops(false);
+    }
+
+    /// Warns about queue-full drops, at most every 10 s.
+    fn report_queue_drops(&mut self, force: bool) {
+        let total = self.counters.dropped_queue_full.load(Ordering::Relaxed);
+        if total == self.queue_drops_reported {
+            return;
+        }
+        let now = Instant::now();
+        let due = self
+            .queue_drops_reported_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10));
+        if due || force {
+            log::warn!(
+                "export queue full: dropped {} spans ({total} in all)",
+                total - self.queue_drops_reported
+            );
+            self.queue_drops_reported = total;
+            self.queue_drops_reported_at = Some(now);
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// Aborted or torn down with its runtime: whatever it still held is lost; count it.
+    fn drop(&mut self) {
+        let lost = self.batch.len() + self.rx.len();
+        if lost > 0 {
+            self.counters.failed(lost, !self.batch.is_empty());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic conventions: one mapping for every output.
+
+/// An attribute value, before it is written in an output's own format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AttrValue {
+    Str(String),
+    Int(i64),
+    StrArray(Vec<String>),
+}
+
+pub(crate) type Attrs = Vec<(&'static str, AttrValue)>;
+
+fn str_attr(key: &'static str, v: impl Into<String>) -> (&'static str, AttrValue) {
+    (key, AttrValue::Str(v.into()))
+}
+
+fn int_attr(key: &'static str, v: impl Into<i64>) -> (&'static str, AttrValue) {
+    (key, AttrValue::Int(v.into()))
+}
+
+/// The methods HTTP semantic conventions know; anything else is reported as `_OTHER`.
+const KNOWN_METHODS: [&str; 9] = [
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+];
+
+fn known_method(method: &str) -> bool {
+    KNOWN_METHODS.contains(&method)
+}
+
+/// Span name per HTTP semantic conventions: the method, or `HTTP` for an unknown one.
+pub(crate) fn span_name(span: &Span) -> String {
+    let method = span.http.method.as_str();
+    if known_method(method) {
+        method.to_string()
+    } else if method.is_empty() && !span.name.is_empty() {
+        span.name.clone()
+    } else {
+        "HTTP".to_string()
+    }
+}
+
+/// Query parameters whose values semantic conventions say to redact.
+const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+fn redact_query(query: &str) -> Cow<'_, str> {
+    let sensitive = |pair: &str| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        pair.contains('=') && SENSITIVE_QUERY_KEYS.contains(&key)
+    };
+    if !query.split('&').any(sensitive) {
+        return Cow::Borrowed(query);
+    }
+    let parts: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if sensitive(pair) => Cow::Owned(format!("{k}=REDACTED")),
+            _ => Cow::Borrowed(pair),
+        })
+        .collect();
+    Cow::Owned(parts.join("&"))
+}
+
+/// `scheme://authority` prefix of an absolute-form request target.
+fn absolute_prefix(target: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some((scheme, &rest[..end], &rest[end..]))
+}
+
+/// Splits a request target into path and query (fragment dropped; absolute-form reduced to its
+/// path).
+pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
+    let t = match absolute_prefix(target) {
+        Some((_, _, rest)) => rest,
+        None => target,
+    };
+    let t = t.split('#').next().unwrap_or(t);
+    let (path, query) = match t.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (t, None),
+    };
+    let path = if path.is_empty() && target != t {
+        "/"
+    } else {
+        path
+    };
+    (path, query)
+}
+
+/// Host and optional port of a `Host` header value (`name`, `name:80`, `[::1]:80`).
+pub(crate) fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
+    let h = host.trim();
+    if h.is_empty() {
+        return None;
+    }
+    if let Some(rest) = h.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        if inner.is_empty() {
+            return None;
+        }
+        return Some((inner, after.strip_prefix(':').and_then(|p| p.parse().ok())));
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => {
+            if name.is_empty() {
+                None
+            } else {
+                Some((name, port.parse().ok()))
+            }
+        }
+        // A bare IPv6 address: no port.
+        Some(_) => Some((h, None)),
+        None => Some((h, None)),
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) are reported as the IPv4 address.
+fn canonical(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
+fn url_host(host: &str) -> Cow<'_, str> {
+    if host.contains(':') {
+        Cow::Owned(format!("[{host}]"))
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// `server.address`/`server.port` as a client sees them: the `Host` header, else the peer.
+fn client_side_server(span: &Span) -> (String, u16) {
+    match span.http.host.as_deref().and_then(split_host) {
+        Some((host, port)) => (host.to_string(), port.unwrap_or(span.peer.port)),
+        None => (canonical(span.peer.addr).to_string(), span.peer.port),
+    }
+}
+
+/// `url.full` of a client span: `http://{host}:{port}{target}`, credentials stripped and
+/// sensitive query values redacted.
+pub(crate) fn full_url(span: &Span) -> String {
+    let target = span.http.target.as_str();
+    let (base, rest) = match absolute_prefix(target) {
+        Some((scheme, authority, rest)) => {
+            let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+            (
+                format!("{}://{authority}", scheme.to_ascii_lowercase()),
+                rest,
+            )
+        }
+        None => {
+            let (host, port) = client_side_server(span);
+            let rest = if target.starts_with('/') { target } else { "" };
+            (format!("http://{}:{port}", url_host(&host)), rest)
+        }
+    };
+    let rest = rest.split('#').next().unwrap_or(rest);
+    match rest.split_once('?') {
+        Some((path, query)) => format!("{base}{path}?{}", redact_query(query)),
+        None => format!("{base}{rest}"),
+    }
+}
+
+/// What the console shows as the request: the target for server spans, `url.full` for client
+/// spans (query values redacted either way).
+pub(crate) fn display_target(span: &Span) -> String {
+    match span.kind {
+        SpanKind::Client => full_url(span),
+        SpanKind::Server => {
+            let t = span.http.target.as_str();
+            match t.split_once('?') {
+                Some((path, query)) => format!("{path}?{}", redact_query(query)),
+                None => t.to_string(),
+            }
+        }
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The span's attributes per OpenTelemetry HTTP semantic conventions.
+pub(crate) fn span_attributes(span: &Span) -> Attrs {
+    let http = &span.http;
+    let mut a: Attrs = Vec::with_capacity(20);
+    let method = http.method.as_str();
+    if known_method(method) {
+        a.push(str_attr(semconv::HTTP_REQUEST_METHOD, method));
+    } else {
+        a.push(str_attr(semconv::HTTP_REQUEST_METHOD, "_OTHER"));
+        if !method.is_empty() {
+            a.push(str_attr(semconv::HTTP_REQUEST_METHOD_ORIGINAL, method));
+        }
+    }
+    if let Some(code) = http.status {
+        a.push(int_attr(semconv::HTTP_RESPONSE_STATUS_CODE, code));
+    }
+    let peer = canonical(span.peer.addr);
+    match span.kind {
+        SpanKind::Server => {
+            let (path, query) = split_target(&http.target);
+            a.push(str_attr(semconv::URL_PATH, path));
+            if let Some(q) = query.filter(|q| !q.is_empty()) {
+                a.push(str_attr(semconv::URL_QUERY, redact_query(q)));
+            }
+            a.push(str_attr(semconv::URL_SCHEME, "http"));
+            let (address, port) = match http.host.as_deref().and_then(split_host) {
+                Some((host, port)) => (host.to_string(), port.unwrap_or(span.local.port)),
+                None => (canonical(span.local.addr).to_string(), span.local.port),
+            };
+            a.push(str_attr(semconv::SERVER_ADDRESS, address));
+            a.push(int_attr(semconv::SERVER_PORT, port));
+            a.push(str_attr(semconv::CLIENT_ADDRESS, peer.to_string()));
+            a.push(int_attr(semconv::CLIENT_PORT, span.peer.port));
+        }
+        SpanKind::Client => {
+            let full = full_url(span);
+            let scheme = full
+                .split_once("://")
+                .map_or("http", |(s, _)| s)
+                .to_string();
+            a.push(str_attr(semconv::URL_FULL, full));
+            a.push(str_attr(semconv::URL_SCHEME, scheme));
+            let (address, port) = client_side_server(span);
+            a.push(str_attr(semconv::SERVER_ADDRESS, address));
+            a.push(int_attr(semconv::SERVER_PORT, port));
+        }
+    }
+    a.push(str_attr(semconv::NETWORK_PEER_ADDRESS, peer.to_string()));
+    a.push(int_attr(semconv::NETWORK_PEER_PORT, span.peer.port));
+    let version = http.version.trim();
+    let version = version.strip_prefix("HTTP/").unwrap_or(version);
+    if !version.is_empty() {
+        a.push(str_attr(semconv::NETWORK_PROTOCOL_VERSION, version));
+    }
+    a.push(str_attr(semconv::NETWORK_TRANSPORT, "tcp"));
+    let network_type = if peer.is_ipv4() { "ipv4" } else { "ipv6" };
+    a.push(str_attr(semconv::NETWORK_TYPE, network_type));
+    if let Some(ua) = &http.user_agent {
+        a.push(str_attr(semconv::USER_AGENT_ORIGINAL, ua.as_str()));
+    }
+    if let Some(n) = http.request_body_size {
+        a.push(int_attr(semconv::HTTP_REQUEST_BODY_SIZE, to_i64(n)));
+    }
+    if let Some(n) = http.response_body_size {
+        a.push(int_attr(semconv::HTTP_RESPONSE_BODY_SIZE, to_i64(n)));
+    }
+    if span.tid != 0 {
+        a.push(int_attr(semconv::THREAD_ID, span.tid));
+    }
+    if let SpanStatus::Error(msg) = &span.status {
+        let error_type = match http.status {
+            Some(code) => code.to_string(),
+            None if !msg.is_empty() => msg.clone(),
+            None => "_OTHER".to_string(),
+        };
+        a.push(str_attr(semconv::ERROR_TYPE, error_type));
+    }
+    a
+}
+
+/// `service.name` of a traced process.
+pub(crate) fn service_name(pid: u32, info: Option<&ProcessInfo>) -> String {
+    match info {
+        Some(i) if !i.service_name.is_empty() => i.service_name.clone(),
+        Some(i) if !i.executable_name.is_empty() => {
+            format!("unknown_service:{}", i.executable_name)
+        }
+        _ => format!("unknown_service:pid{pid}"),
+    }
+}
+
+/// The Resource of a traced process (`info` None: only what the pid tells).
+pub(crate) fn resource_attributes(
+    pid: u32,
+    info: Option<&ProcessInfo>,
+    host_fallback: Option<&str>,
+) -> Attrs {
+    let mut a: Attrs = Vec::with_capacity(11);
+    a.push(str_attr(res::SERVICE_NAME, service_name(pid, info)));
+    a.push(int_attr(res::PROCESS_PID, pid));
+    let mut host = host_fallback;
+    if let Some(i) = info {
+        if let Some(ppid) = i.parent_pid {
+            a.push(int_attr(res::PROCESS_PARENT_PID, ppid));
+        }
+        if !i.executable_name.is_empty() {
+            a.push(str_attr(
+                res::PROCESS_EXECUTABLE_NAME,
+                i.executable_name.as_str(),
+            ));
+        }
+        if !i.executable_path.is_empty() {
+            a.push(str_attr(
+                res::PROCESS_EXECUTABLE_PATH,
+                i.executable_path.as_str(),
+            ));
+        }
+        if !i.command_args.is_empty() {
+            a.push((
+                res::PROCESS_COMMAND_ARGS,
+                AttrValue::StrArray(i.command_args.clone()),
+            ));
+        }
+        if !i.host_name.is_empty() {
+            host = Some(i.host_name.as_str());
+        }
+    }
+    if let Some(h) = host {
+        a.push(str_attr(res::HOST_NAME, h));
+    }
+    a.push(str_attr(res::TELEMETRY_SDK_NAME, SCOPE_NAME));
+    a.push(str_attr(res::TELEMETRY_SDK_LANGUAGE, "rust"));
+    a.push(str_attr(res::TELEMETRY_SDK_VERSION, SCOPE_VERSION));
+    a
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Spans and processes for the export tests.
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use crate::model::*;
+
+    pub fn server_span() -> Span {
+        Span {
+            trace_id: TraceId([
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36,
+            ]),
+            span_id: SpanId([0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]),
+            parent_span_id: Some(SpanId([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])),
+            parent_is_remote: true,
+            kind: SpanKind::Server,
+            name: "GET".into(),
+            start_unix_ns: 1_700_000_000_000_000_000,
+            end_unix_ns: 1_700_000_000_012_300_000,
+            pid: 1234,
+            tid: 1240,
+            local: Endpoint {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                port: 8080,
+            },
+            peer: Endpoint {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                port: 51234,
+            },
+            http: HttpExchange {
+                method: "GET".into(),
+                target: "/api/orders?limit=10".into(),
+                host: Some("shop.example:8080".into()),
+                version: "1.1".into(),
+                status: Some(200),
+                user_agent: Some("curl/8.5.0".into()),
+                request_body_size: None,
+                response_body_size: Some(512),
+            },
+            status: SpanStatus::Unset,
+        }
+    }
+
+    pub fn client_span() -> Span {
+        Span {
+            span_id: SpanId([0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]),
+            parent_span_id: Some(server_span().span_id),
+            parent_is_remote: false,
+            kind: SpanKind::Client,
+            name: "POST".into(),
+            start_unix_ns: 1_700_000_000_001_000_000,
+            end_unix_ns: 1_700_000_000_010_000_000,
+            local: Endpoint {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                port: 40000,
+            },
+            peer: Endpoint {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
+                port: 5000,
+            },
+            http: HttpExchange {
+                method: "POST".into(),
+                target: "/charge".into(),
+                host: Some("payments".into()),
+                version: "1.1".into(),
+                status: Some(503),
+                user_agent: Some("python-requests/2.31".into()),
+                request_body_size: Some(42),
+                response_body_size: Some(0),
+            },
+            status: SpanStatus::Error("503 Service Unavailable".into()),
+            ..server_span()
+        }
+    }
+
+    pub fn process(pid: u32, name: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            parent_pid: Some(1),
+            service_name: format!("{name}-svc"),
+            executable_name: name.into(),
+            executable_path: format!("/usr/bin/{name}"),
+            command_args: vec![name.into(), "app.py".into()],
+            host_name: "node-1".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::test_support::*;
+    use super::*;
+
+    fn get<'a>(attrs: &'a Attrs, key: &str) -> Option<&'a AttrValue> {
+        attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+    fn s(v: &str) -> AttrValue {
+        AttrValue::Str(v.into())
+    }
+
+    #[test]
+    fn host_header_parsing() {
+        assert_eq!(split_host("example.com"), Some(("example.com", None)));
+        assert_eq!(
+            split_host(" example.com:8080 "),
+            Some(("example.com", Some(8080)))
+        );
+        assert_eq!(split_host("[::1]:80"), Some(("::1", Some(80))));
+        assert_eq!(split_host("[::1]"), Some(("::1", None)));
+        assert_eq!(split_host("::1"), Some(("::1", None)));
+        assert_eq!(split_host("host:notaport"), Some(("host", None)));
+        assert_eq!(split_host(""), None);
+        assert_eq!(split_host("[]:80"), None);
+        assert_eq!(split_host("[::1"), None);
+        assert_eq!(split_host(":80"), None);
+    }
+
+    #[test]
+    fn target_splitting() {
+        assert_eq!(split_target("/a/b?x=1&y"), ("/a/b", Some("x=1&y")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("/a#frag"), ("/a", None));
+        assert_eq!(split_target("http://h:1/p?q"), ("/p", Some("q")));
+        assert_eq!(split_target("http://h:1"), ("/", None));
+        assert_eq!(split_target("*"), ("*", None));
+        assert_eq!(split_target(""), ("", None));
+    }
+
+    #[test]
+    fn sensitive_query_values_are_redacted() {
+        assert_eq!(redact_query("a=1&sig=abc&b"), "a=1&sig=REDACTED&b");
+        assert_eq!(redact_query("a=1"), "a=1");
+        assert_eq!(redact_query("sig"), "sig");
+    }
+
+    #[test]
+    fn server_span_attributes() {
+        let a = span_attributes(&server_span());
+        assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD), Some(&s("GET")));
+        assert_eq!(
+            get(&a, semconv::HTTP_RESPONSE_STATUS_CODE),
+            Some(&AttrValue::Int(200))
+        );
+        assert_eq!(get(&a, semconv::URL_PATH), Some(&s("/api/orders")));
+        assert_eq!(get(&a, semconv::URL_QUERY), Some(&s("limit=10")));
+        assert_eq!(get(&a, semconv::URL_SCHEME), Some(&s("http")));
+        assert_eq!(get(&a, semconv::URL_FULL), None);
+        assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("shop.example")));
+        assert_eq!(get(&a, semconv::SERVER_PORT), Some(&AttrValue::Int(8080)));
+        assert_eq!(get(&a, semconv::CLIENT_ADDRESS), Some(&s("10.0.0.2")));
+        assert_eq!(get(&a, semconv::CLIENT_PORT), Some(&AttrValue::Int(51234)));
+        assert_eq!(get(&a, semconv::NETWORK_PEER_ADDRESS), Some(&s("10.0.0.2")));
+        assert_eq!(
+            get(&a, semconv::NETWORK_PEER_PORT),
+            Some(&AttrValue::Int(51234))
+        );
+        assert_eq!(get(&a, semconv::NETWORK_PROTOCOL_VERSION), Some(&s("1.1")));
+        assert_eq!(get(&a, semconv::NETWORK_TRANSPORT), Some(&s("tcp")));
+        assert_eq!(get(&a, semconv::NETWORK_TYPE), Some(&s("ipv4")));
+        assert_eq!(
+            get(&a, semconv::USER_AGENT_ORIGINAL),
+            Some(&s("curl/8.5.0"))
+        );
+        assert_eq!(get(&a, semconv::HTTP_REQUEST_BODY_SIZE), None);
+        assert_eq!(
+            get(&a, semconv::HTTP_RESPONSE_BODY_SIZE),
+            Some(&AttrValue::Int(512))
+        );
+        assert_eq!(get(&a, semconv::ERROR_TYPE), None);
+        // No key twice.
+        let mut keys: Vec<_> = a.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), a.len());
+    }
+
+    #[test]
+    fn server_address_falls_back_to_local_socket() {
+        let mut span = server_span();
+        span.http.host = None;
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("10.0.0.1")));
+        assert_eq!(get(&a, semconv::SERVER_PORT), Some(&AttrValue::Int(8080)));
+        span.http.host = Some("shop.example".into());
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("shop.example")));
+        assert_eq!(get(&a, semconv::SERVER_PORT), Some(&AttrValue::Int(8080)));
+    }
+
+    #[test]
+    fn client_span_attributes() {
+        let a = span_attributes(&client_span());
+        assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD), Some(&s("POST")));
+        assert_eq!(
+            get(&a, semconv::URL_FULL),
+            Some(&s("http://payments:5000/charge"))
+        );
+        assert_eq!(get(&a, semconv::URL_PATH), None);
+        assert_eq!(get(&a, semconv::CLIENT_ADDRESS), None);
+        assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("payments")));
+        assert_eq!(get(&a, semconv::SERVER_PORT), Some(&AttrValue::Int(5000)));
+        assert_eq!(get(&a, semconv::NETWORK_PEER_ADDRESS), Some(&s("10.0.0.3")));
+        assert_eq!(
+            get(&a, semconv::HTTP_REQUEST_BODY_SIZE),
+            Some(&AttrValue::Int(42))
+        );
+        assert_eq!(get(&a, semconv::ERROR_TYPE), Some(&s("503")));
+    }
+
+    #[test]
+    fn client_url_from_peer_ipv6_and_absolute_targets() {
+        let mut span = client_span();
+        span.http.host = None;
+        span.peer.addr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        span.http.target = "/x?sig=secret".into();
+        let a = span_attributes(&span);
+        assert_eq!(
+            get(&a, semconv::URL_FULL),
+            Some(&s("http://[::1]:5000/x?sig=REDACTED"))
+        );
+        assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("::1")));
+        assert_eq!(get(&a, semconv::NETWORK_TYPE), Some(&s("ipv6")));
+        span.http.target = "http://user:pw@proxy.example:3128/p?q=1".into();
+        assert_eq!(full_url(&span), "http://proxy.example:3128/p?q=1");
+        // v4-mapped peers are reported as IPv4.
+        span.peer.addr = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
+        let a = span_attributes(&span);
+        assert_eq!(
+            get(&a, semconv::NETWORK_PEER_ADDRESS),
+            Some(&s("127.0.0.1"))
+        );
+        assert_eq!(get(&a, semconv::NETWORK_TYPE), Some(&s("ipv4")));
+    }
+    #[test]
+    fn unknown_method_is_other() {
+        let mut span = server_span();
+        span.http.method = "PURGE".into();
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD), Some(&s("_OTHER")));
+        assert_eq!(
+            get(&a, semconv::HTTP_REQUEST_METHOD_ORIGINAL),
+            Some(&s("PURGE"))
+        );
+        assert_eq!(span_name(&span), "HTTP");
+        // Methods are case-sensitive.
+        span.http.method = "get".into();
+        assert_eq!(span_name(&span), "HTTP");
+        span.http.method = "DELETE".into();
+        assert_eq!(span_name(&span), "DELETE");
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD_ORIGINAL), None);
+    }
+
+    #[test]
+    fn error_type_without_status_uses_message() {
+        let mut span = client_span();
+        span.http.status = None;
+        span.status = SpanStatus::Error("connection reset".into());
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::ERROR_TYPE), Some(&s("connection reset")));
+        assert_eq!(get(&a, semconv::HTTP_RESPONSE_STATUS_CODE), None);
+    }
+
+    #[test]
+    fn resource_known_and_unknown() {
+        let info = process(1234, "python3");
+        let a = resource_attributes(1234, Some(&info), Some("fallback"));
+        assert_eq!(get(&a, res::SERVICE_NAME), Some(&s("python3-svc")));
+        assert_eq!(get(&a, res::PROCESS_PID), Some(&AttrValue::Int(1234)));
+        assert_eq!(get(&a, res::PROCESS_PARENT_PID), Some(&AttrValue::Int(1)));
+        assert_eq!(get(&a, res::PROCESS_EXECUTABLE_NAME), Some(&s("python3")));
+        assert_eq!(
+            get(&a, res::PROCESS_EXECUTABLE_PATH),
+            Some(&s("/usr/bin/python3"))
+        );
+        assert_eq!(
+            get(&a, res::PROCESS_COMMAND_ARGS),
+            Some(&AttrValue::StrArray(vec![
+                "python3".into(),
+                "app.py".into()
+            ]))
+        );
+        assert_eq!(get(&a, res::HOST_NAME), Some(&s("node-1")));
+        assert_eq!(get(&a, res::TELEMETRY_SDK_NAME), Some(&s("ztrace")));
+        assert_eq!(get(&a, res::TELEMETRY_SDK_LANGUAGE), Some(&s("rust")));
+        assert_eq!(get(&a, res::TELEMETRY_SDK_VERSION), Some(&s(SCOPE_VERSION)));
+
+        let a = resource_attributes(99, None, Some("fallback"));
+        assert_eq!(
+            get(&a, res::SERVICE_NAME),
+            Some(&s("unknown_service:pid99"))
+        );
+        assert_eq!(get(&a, res::PROCESS_PID), Some(&AttrValue::Int(99)));
+        assert_eq!(get(&a, res::PROCESS_PARENT_PID), None);
+        assert_eq!(get(&a, res::HOST_NAME), Some(&s("fallback")));
+    }
+
+    #[test]
+    fn process_table_evicts_least_recently_used() {
+        let mut t = ProcessTable::new(None);
+        t.upsert(Arc::new(process(1, "keep")));
+        for pid in 2..=(MAX_PROCESSES as u32) {
+            t.upsert(Arc::new(process(pid, "p")));
+        }
+        let mut span = server_span();
+        span.pid = 1;
+        t.touch(&[span]);
+        t.upsert(Arc::new(process(u32::MAX, "new")));
+        assert!(t.entries.len() <= MAX_PROCESSES);
+        assert!(t.get(1).is_some());
+        assert!(t.get(u32::MAX).is_some());
+        assert!(t.get(2).is_none());
+    }
+}
