@@ -132,7 +132,7 @@ fn unmounted_tracefs_is_mounted_by_ztrace() {
     let script = format!(
         "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
          test -d /sys/kernel/tracing/events && echo STILL_MOUNTED; \
-         exec {} --pid {} --duration 1s",
+         exec {} --pid {} --no-children --duration 1s",
         ztrace_bin().display(),
         own_pid()
     );
@@ -146,6 +146,7 @@ fn unmounted_tracefs_is_mounted_by_ztrace() {
         "could not unmount tracefs for the test"
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("mounted tracefs"), "{stderr}");
     assert!(stderr.contains("tracing 1 process(es)"), "{stderr}");
 }
 

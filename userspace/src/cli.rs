@@ -179,9 +179,14 @@ pub fn main() -> i32 {
     if let Some(p) = privileges.problem {
         return usage_error(p);
     }
-    for item in [preflight::tracefs(true), preflight::btf()] {
-        if let Some(p) = item.problem {
-            return usage_error(p);
+    let tracefs = preflight::tracefs(true);
+    if tracefs.problem.is_none() && tracefs.detail.starts_with("mounted tracefs") {
+        log::info!("{}", tracefs.detail);
+    }
+    for item in [tracefs, preflight::btf()] {
+        match item.problem {
+            Some(p) => return usage_error(p),
+            None => log::debug!("{item}"),
         }
     }
     let config = daemon::DaemonConfig {

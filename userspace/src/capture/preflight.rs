@@ -92,7 +92,7 @@ pub fn tracefs(mount: bool) -> Item {
             return Item {
                 name,
                 problem: None,
-                detail: format!("mounted it at {TRACEFS}"),
+                detail: format!("mounted tracefs at {TRACEFS}"),
             };
         }
     }
