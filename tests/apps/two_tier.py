@@ -4,6 +4,7 @@
     python3 two_tier.py frontend PORT      -> serves /api/<id>, /api/fail, POST /api/echo by
                                               calling the backend at 127.0.0.1:PORT
 
+BIND=::1 in the environment makes a service listen on IPv6 loopback instead.
 Both are thread-per-request (ThreadingHTTPServer) with keep-alive, bind an ephemeral port on
 127.0.0.1 and print "PORT <n>" on stdout once listening. The frontend keeps one persistent
 connection to the backend per handler thread. Nothing here knows about tracing.
@@ -12,6 +13,8 @@ connection to the backend per handler thread. Nothing here knows about tracing.
 import http.client
 import http.server
 import json
+import os
+import socket
 import sys
 import threading
 
@@ -85,7 +88,12 @@ def main():
     if role == "frontend":
         Frontend.backend_port = int(sys.argv[2])
         handler = Frontend
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    bind = os.environ.get("BIND", "127.0.0.1")
+
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+    server = Server((bind, 0), handler)
     server.daemon_threads = True
     print("PORT", server.server_address[1], flush=True)
     server.serve_forever()

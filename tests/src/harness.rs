@@ -50,6 +50,8 @@ pub fn apps_dir() -> PathBuf {
 pub struct Proc {
     pub child: Child,
     pub stderr: Arc<Mutex<String>>,
+    /// Collected stdout, when the process was started with stdout capture.
+    pub stdout: Arc<Mutex<String>>,
 }
 
 impl Proc {
@@ -76,6 +78,10 @@ impl Proc {
 
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Waits until stderr contains `needle`.
@@ -108,11 +114,15 @@ impl Drop for Proc {
 }
 
 fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    collect(child.stderr.take())
+}
+
+fn collect(pipe: Option<impl std::io::Read + Send + 'static>) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
-    if let Some(err) = child.stderr.take() {
+    if let Some(pipe) = pipe {
         let sink = buf.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 if let Ok(mut s) = sink.lock() {
                     s.push_str(&line);
                     s.push('\n');
@@ -123,24 +133,37 @@ fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     buf
 }
 
-/// Starts ztrace with `args`; stdout is discarded unless `capture_stdout`.
+/// Starts ztrace with `args`, collecting its stdout and stderr.
 pub fn spawn_ztrace(args: &[String]) -> Result<Proc> {
     let mut child = Command::new(ztrace_bin())
         .args(args)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", ztrace_bin().display()))?;
     let stderr = collect_stderr(&mut child);
-    Ok(Proc { child, stderr })
+    let stdout = collect(child.stdout.take());
+    Ok(Proc {
+        child,
+        stderr,
+        stdout,
+    })
 }
 
 /// Starts a service of tests/apps/two_tier.py and returns it with the port it listens on.
 pub fn spawn_service(args: &[&str]) -> Result<(Proc, u16)> {
+    spawn_service_on("127.0.0.1", args)
+}
+
+/// Like [`spawn_service`], listening on `bind` (e.g. "::1").
+pub fn spawn_service_on(bind: &str, args: &[&str]) -> Result<(Proc, u16)> {
     let mut child = Command::new("python3")
         .arg(apps_dir().join("two_tier.py"))
         .args(args)
+        .env("BIND", bind)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,7 +176,14 @@ pub fn spawn_service(args: &[&str]) -> Result<(Proc, u16)> {
         .strip_prefix("PORT ")
         .and_then(|p| p.trim().parse().ok())
         .with_context(|| format!("service printed `{line}` instead of its port"))?;
-    Ok((Proc { child, stderr }, port))
+    Ok((
+        Proc {
+            child,
+            stderr,
+            stdout: Arc::default(),
+        },
+        port,
+    ))
 }
 
 /// Runs curl with `args`, failing on a non-zero exit.

@@ -362,3 +362,43 @@ fn follows_children_and_exits_when_all_traced_processes_are_gone() -> Result<()>
     );
     Ok(())
 }
+
+#[test]
+fn ipv6_loopback_spans_as_json_lines_without_a_collector() -> Result<()> {
+    if !privileged_or_skip("ipv6_loopback_spans_as_json_lines_without_a_collector") {
+        return Ok(());
+    }
+    let (backend, port) = ztrace_e2e::harness::spawn_service_on("::1", &["backend"])?;
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        backend.pid().to_string(),
+        "--output".into(),
+        "json".into(),
+        "--service-name".into(),
+        "inventory".into(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    curl(&["-g".into(), format!("http://[::1]:{port}/item/v6")])?;
+    thread::sleep(Duration::from_millis(500));
+    stop(&mut ztrace)?;
+    let stdout = ztrace.stdout_text();
+    let spans: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("stdout is not JSON lines ({e}):\n{stdout}"))?;
+    ensure!(spans.len() == 1, "want 1 span, got:\n{stdout}");
+    let span = &spans[0];
+    let attr = |k: &str| span["attributes"][k].clone();
+    ensure!(
+        span["kind"] == "SERVER" && span["service_name"] == "inventory",
+        "{span}"
+    );
+    ensure!(attr("url.path") == "/item/v6", "{span}");
+    ensure!(
+        attr("client.address") == "::1" && attr("network.type") == "ipv6",
+        "{span}"
+    );
+    ensure!(attr("server.port") == port, "{span}");
+    Ok(())
+}
