@@ -1,11 +1,12 @@
 //! Maps shared by the probes, and the read-only configuration userspace writes at load time.
 
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use aya_ebpf::{
     Global,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ztrace_abi::{Config, DataEvent, MAX_PAYLOAD, counter};
+use ztrace_abi::{Config, DataEvent, EventHeader, MAX_PAYLOAD, counter};
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<Config> = Global::new(Config::DEFAULT);
@@ -73,4 +74,27 @@ pub fn count(index: u32) {
 pub fn is_traced(tgid: u32) -> bool {
     // SAFETY: the value is only read for presence.
     unsafe { TRACED.get(tgid).is_some() }
+}
+
+/// Header of a record about the current task.
+#[inline(always)]
+pub fn header(kind: u32) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        _pad: 0,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Copies a record into the ring buffer, counting it as submitted or lost.
+#[inline(always)]
+pub fn submit<T: ?Sized>(record: &T) {
+    match EVENTS.output::<T>(record, 0) {
+        Ok(()) => count(counter::SUBMITTED),
+        Err(_) => count(counter::RINGBUF_FULL),
+    }
 }

@@ -20,7 +20,7 @@ echo "demo: frontend pid $frontend_pid on :$frontend_port calls backend pid $bac
 "$bin" --pid "$frontend_pid,$backend_pid" --duration 8s & ztrace=$!
 sleep 2
 for i in $(seq 1 5); do
-  curl -s -o /dev/null "http://127.0.0.1:$frontend_port/api/$i" "http://127.0.0.1:$frontend_port/api/$i-again"
+  curl -s -o /dev/null -o /dev/null "http://127.0.0.1:$frontend_port/api/$i" "http://127.0.0.1:$frontend_port/api/$i-again"
   sleep 0.3
 done
 curl -s -o /dev/null -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' "http://127.0.0.1:$frontend_port/api/with-context"

@@ -106,21 +106,27 @@ fn unprivileged_user_is_told_what_to_grant() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_BPF+CAP_PERFMON"));
 }
 
+/// Runs `prepare` and then ztrace (tracing this test process, plus `args`) in a private mount
+/// namespace, so changes to /sys mounts stay invisible to the rest of the machine.
+fn in_private_mount_namespace(prepare: &str, args: &str) -> Output {
+    let script = format!(
+        "{prepare}; exec {} --pid {} {args}",
+        ztrace_bin().display(),
+        own_pid()
+    );
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)")
+}
+
 #[test]
 fn missing_btf_is_named() {
     if !privileged_or_skip("missing_btf_is_named") {
         return;
     }
-    // Hide the kernel's BTF in a private mount namespace.
-    let script = format!(
-        "mount -t tmpfs none /sys/kernel/btf && exec {} --pid {}",
-        ztrace_bin().display(),
-        own_pid()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare");
+    // Hide the kernel's BTF.
+    let out = in_private_mount_namespace("mount -t tmpfs none /sys/kernel/btf", "");
     assert_usage_error(&out, "CONFIG_DEBUG_INFO_BTF");
 }
 
@@ -129,17 +135,11 @@ fn unmounted_tracefs_is_mounted_by_ztrace() {
     if !privileged_or_skip("unmounted_tracefs_is_mounted_by_ztrace") {
         return;
     }
-    let script = format!(
+    let out = in_private_mount_namespace(
         "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
-         test -d /sys/kernel/tracing/events && echo STILL_MOUNTED; \
-         exec {} --pid {} --no-children --duration 1s",
-        ztrace_bin().display(),
-        own_pid()
+         if test -d /sys/kernel/tracing/events; then echo STILL_MOUNTED; fi",
+        "--no-children --duration 1s",
     );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("STILL_MOUNTED"),

@@ -56,6 +56,7 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
         receiver.endpoint(),
     ])?;
     ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+    let traffic_start = std::time::Instant::now();
 
     let base = format!("http://127.0.0.1:{front_port}");
     // Keep-alive: three requests on one connection.
@@ -100,6 +101,20 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
     let spans = rt.block_on(receiver.wait_for_spans(3 * expected, Duration::from_secs(10)));
     let stderr = ztrace.stderr_text();
     eprintln!("ztrace stderr:\n{stderr}");
+    // What the closing notes quote: events seen per second of traffic, and losses.
+    if let Some(summary) = stderr.lines().find(|l| l.contains("summary:")) {
+        let events: f64 = summary
+            .split("summary: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        let secs = traffic_start.elapsed().as_secs_f64();
+        eprintln!(
+            "e2e: {events} kernel events over {secs:.1}s of traffic ({:.0} events/s); {summary}",
+            events / secs
+        );
+    }
 
     let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
     let kind = |s: &ReceivedSpan| s.span.kind;

@@ -16,8 +16,8 @@ use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Mark, Stream},
     link::{Handle, Linker, SeqKey, Start, parse_traceparent},
     model::{HttpExchange, SpanKind},
-    protocols::http1::{self, Dir, Http1Conn, Http1Event},
 };
+use ztrace_protocols::http1::{self, Dir, Http1Conn, Http1Event};
 
 /// After this many chunks that look like no known protocol, a connection is ignored.
 const MAX_UNKNOWN_CHUNKS: u32 = 4;

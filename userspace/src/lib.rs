@@ -3,6 +3,7 @@
 //! The modules follow the data path:
 //! `capture` (kernel probes, ring buffer) → `decode` → `conntrack` → `protocols` →
 //! `assemble` (exchanges) → `link` (causality) → `export` (OTLP, console, JSON).
+//! Protocol parsers live in their own crate, `ztrace-protocols` (pure, fuzzable).
 //! `pipeline` wires the I/O-free middle together; `daemon` runs it live; `cli` is the front door.
 
 pub mod assemble;
@@ -16,4 +17,3 @@ pub mod link;
 pub mod model;
 pub mod pipeline;
 pub mod process;
-pub mod protocols;

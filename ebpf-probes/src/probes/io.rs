@@ -12,13 +12,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use ztrace_abi::{
-    ConnEvent, DataEvent, EventHeader, MAX_PAYLOAD, conn, counter, direction, kind, syscall,
-};
+use ztrace_abi::{ConnEvent, DataEvent, MAX_PAYLOAD, conn, counter, direction, kind, syscall};
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
-    maps::{ARGS, EVENTS, SCRATCH, SyscallArgs, config, count, is_traced},
+    maps::{ARGS, SCRATCH, SyscallArgs, config, count, header, is_traced, submit},
 };
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
@@ -102,7 +100,7 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
     let off = &cfg.offsets;
     if nr == nr::CLOSE {
         let sk = sock_of_fd(off, fd)?;
-        emit_conn(pid_tgid, conn::CLOSE, sk, fd, 0);
+        emit_conn(conn::CLOSE, sk, fd, 0);
         return Some(());
     }
     let mut args = SyscallArgs {
@@ -159,7 +157,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         if ret >= 0 && is_traced((pid_tgid >> 32) as u32) {
             let off = config().offsets;
             if let Some(sk) = sock_of_fd(&off, ret as i32) {
-                emit_conn(pid_tgid, conn::ACCEPT, sk, ret as i32, ret as i32);
+                emit_conn(conn::ACCEPT, sk, ret as i32, ret as i32);
             }
         }
         return 0;
@@ -173,37 +171,25 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         if ret == 0 || ret == -EINPROGRESS {
             let off = config().offsets;
             if let Some(sk) = sock_of_fd(&off, args.fd) {
-                emit_conn(pid_tgid, conn::CONNECT, sk, args.fd, ret as i32);
+                emit_conn(conn::CONNECT, sk, args.fd, ret as i32);
             }
         }
         return 0;
     }
     if ret > 0 {
-        emit_data(pid_tgid, &args, ret as u64);
+        emit_data(&args, ret as u64);
     }
     0
 }
 
 #[inline(always)]
-fn header(kind: u32, pid_tgid: u64) -> EventHeader {
-    EventHeader {
-        kind,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        _pad: 0,
-        // SAFETY: plain helper call.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    }
-}
-
-#[inline(always)]
-fn emit_conn(pid_tgid: u64, op: u8, sk: u64, fd: i32, ret: i32) {
+fn emit_conn(op: u8, sk: u64, fd: i32, ret: i32) {
     let off = config().offsets;
     let Some(tuple) = sock_tuple(&off, sk) else {
         return;
     };
     let event = ConnEvent {
-        header: header(kind::CONN, pid_tgid),
+        header: header(kind::CONN),
         sock_id: sk,
         tuple,
         fd,
@@ -211,21 +197,18 @@ fn emit_conn(pid_tgid: u64, op: u8, sk: u64, fd: i32, ret: i32) {
         op,
         _pad: [0; 7],
     };
-    match EVENTS.output::<ConnEvent>(&event, 0) {
-        Ok(()) => count(counter::SUBMITTED),
-        Err(_) => count(counter::RINGBUF_FULL),
-    }
+    submit(&event);
 }
 
 #[inline(always)]
-fn emit_data(pid_tgid: u64, args: &SyscallArgs, bytes: u64) -> Option<()> {
+fn emit_data(args: &SyscallArgs, bytes: u64) -> Option<()> {
     let cfg = config();
     let tuple = sock_tuple(&cfg.offsets, args.sock)?;
     let buf = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
     let buf = unsafe { &mut *buf };
     buf.event = DataEvent {
-        header: header(kind::DATA, pid_tgid),
+        header: header(kind::DATA),
         sock_id: args.sock,
         enter_ns: args.enter_ns,
         bytes,
@@ -263,10 +246,6 @@ fn emit_data(pid_tgid: u64, args: &SyscallArgs, bytes: u64) -> Option<()> {
     let bytes = unsafe {
         core::slice::from_raw_parts(buf as *const _ as *const u8, core::mem::size_of_val(buf))
     };
-    let record = bytes.get(..total)?;
-    match EVENTS.output::<[u8]>(record, 0) {
-        Ok(()) => count(counter::SUBMITTED),
-        Err(_) => count(counter::RINGBUF_FULL),
-    }
+    submit::<[u8]>(bytes.get(..total)?);
     Some(())
 }

@@ -6,11 +6,11 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use ztrace_abi::{EventHeader, ProcEvent, counter, kind, proc};
+use ztrace_abi::{ProcEvent, counter, kind, proc};
 
 use crate::{
     kernel::task_tgid,
-    maps::{EVENTS, TRACED, config, count, is_traced},
+    maps::{TRACED, config, count, header, is_traced, submit},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`. Fires for new
@@ -70,23 +70,11 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn emit(op: u8, pid: u32, other: u32) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let event = ProcEvent {
-        header: EventHeader {
-            kind: kind::PROC,
-            tgid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            _pad: 0,
-            // SAFETY: plain helper call.
-            ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
-        },
+    submit(&ProcEvent {
+        header: header(kind::PROC),
         pid,
         other,
         op,
         _pad: [0; 7],
-    };
-    match EVENTS.output::<ProcEvent>(&event, 0) {
-        Ok(()) => count(counter::SUBMITTED),
-        Err(_) => count(counter::RINGBUF_FULL),
-    }
+    });
 }

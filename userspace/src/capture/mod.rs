@@ -118,37 +118,12 @@ impl Capture {
 
     /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
     pub fn attach(&mut self) -> Result<()> {
-        for (prog, hooks, prefix) in [
-            ("sys_enter", ENTER, "sys_enter_"),
-            ("sys_exit", EXIT, "sys_exit_"),
-        ] {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("verifier rejected {prog}"))?;
-            for name in hooks {
-                let tp = format!("{prefix}{name}");
-                program
-                    .attach("syscalls", &tp)
-                    .with_context(|| format!("attaching to tracepoint syscalls:{tp}"))?;
-            }
-        }
+        let enter: Vec<String> = ENTER.iter().map(|n| format!("sys_enter_{n}")).collect();
+        let exit: Vec<String> = EXIT.iter().map(|n| format!("sys_exit_{n}")).collect();
+        self.attach_tracepoint("sys_enter", "syscalls", &enter)?;
+        self.attach_tracepoint("sys_exit", "syscalls", &exit)?;
         for name in ["sched_process_exit", "sched_process_exec"] {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("verifier rejected {name}"))?;
-            program
-                .attach("sched", name)
-                .with_context(|| format!("attaching to tracepoint sched:{name}"))?;
+            self.attach_tracepoint(name, "sched", &[name.to_string()])?;
         }
         let fork: &mut RawTracePoint = self
             .ebpf
@@ -159,6 +134,24 @@ impl Capture {
             .context("verifier rejected sched_process_fork")?;
         fork.attach("sched_process_fork")
             .context("attaching to raw tracepoint sched_process_fork")?;
+        Ok(())
+    }
+
+    /// Loads program `prog` and attaches it to each `category:name` tracepoint.
+    fn attach_tracepoint(&mut self, prog: &str, category: &str, names: &[String]) -> Result<()> {
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("verifier rejected {prog}"))?;
+        for name in names {
+            program
+                .attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        }
         Ok(())
     }
 

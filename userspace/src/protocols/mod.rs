@@ -1,3 +1,0 @@
-//! Protocol parsers: pure functions over captured byte streams (no I/O, no clocks, no globals).
-
-pub mod http1;
