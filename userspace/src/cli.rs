@@ -1,7 +1,7 @@
 //! Command line: argument parsing, configuration from flags and the OpenTelemetry environment
 //! variables, and the user-facing error policy (one line saying what to do, exit code 2).
 
-use std::{env, time::Duration};
+use std::{env, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -25,16 +25,51 @@ pub struct Cli {
 pub enum Command {
     /// Report whether this host can run ztrace: kernel features, BTF, tracefs, privileges.
     Check,
+    /// Capture the raw event stream of processes to a file, for `ztrace replay` (and bug reports).
+    Record {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The record file to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Run a record file through the span pipeline and exporters. Needs no privileges.
+    Replay {
+        /// A file written by `ztrace record`.
+        file: PathBuf,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// What to trace, and how.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
     /// Process to trace (repeatable, or comma-separated). Its descendants are traced too.
     #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',')]
     pub pids: Vec<u32>,
     /// Do not follow existing or future child processes of the traced PIDs.
     #[arg(long)]
     pub no_children: bool,
+    /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C or all traced processes exit.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Bytes of payload captured per syscall (the head that protocol parsing sees), 1..=4096.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub payload_cap: u32,
+}
+
+/// Where spans go.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
     /// OTLP/gRPC collector endpoint, e.g. http://localhost:4317. Default: the
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT variables; with neither,
     /// spans are printed to the terminal.
@@ -43,15 +78,9 @@ pub struct RunArgs {
     /// service.name of every traced process (default: OTEL_SERVICE_NAME, else the executable name).
     #[arg(long)]
     pub service_name: Option<String>,
-    /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C or all traced processes exit.
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
     /// Where spans go when no collector is configured.
     #[arg(long, value_enum, default_value_t = Format::Console)]
     pub output: Format,
-    /// Bytes of payload captured per syscall (the head that protocol parsing sees), 1..=4096.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub payload_cap: u32,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +132,7 @@ pub fn parse_endpoint(raw: &str, source: &str) -> Result<tonic::transport::Uri, 
 }
 
 /// Where spans go: flag, then the per-signal variable, then the generic one, then the terminal.
-pub fn resolve_output(args: &RunArgs) -> Result<Output, String> {
+pub fn resolve_output(args: &ExportArgs) -> Result<Output, String> {
     let from_env = |name: &str| {
         env::var(name)
             .ok()
@@ -127,7 +156,7 @@ pub fn resolve_output(args: &RunArgs) -> Result<Output, String> {
     })
 }
 
-pub fn service_name(args: &RunArgs) -> Option<String> {
+pub fn service_name(args: &ExportArgs) -> Option<String> {
     args.service_name
         .clone()
         .or_else(|| env::var("OTEL_SERVICE_NAME").ok())
@@ -159,24 +188,37 @@ pub fn main() -> i32 {
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Check) = cli.command {
-        return check();
-    }
-    let args = cli.run;
-    if args.pids.is_empty() {
+    let (target, mode, service) = match cli.command {
+        Some(Command::Check) => return check(),
+        Some(Command::Replay { file, export }) => {
+            let output = match resolve_output(&export) {
+                Ok(o) => o,
+                Err(e) => return usage_error(e),
+            };
+            return match daemon::replay(&file, output, service_name(&export)) {
+                Ok(()) => 0,
+                Err(e) => usage_error(format!("{e:#}")),
+            };
+        }
+        Some(Command::Record { target, file }) => (target, daemon::Mode::Record(file), None),
+        None => {
+            let output = match resolve_output(&cli.run.export) {
+                Ok(o) => o,
+                Err(e) => return usage_error(e),
+            };
+            let service = service_name(&cli.run.export);
+            (cli.run.target, daemon::Mode::Trace(output), service)
+        }
+    };
+    if target.pids.is_empty() {
         return usage_error("nothing to trace: pass --pid PID (see `ztrace --help`)");
     }
-    for &pid in &args.pids {
+    for &pid in &target.pids {
         if let Err(e) = process::validate(pid) {
             return usage_error(e);
         }
     }
-    let output = match resolve_output(&args) {
-        Ok(o) => o,
-        Err(e) => return usage_error(e),
-    };
-    let privileges = preflight::privileges();
-    if let Some(p) = privileges.problem {
+    if let Some(p) = preflight::privileges().problem {
         return usage_error(p);
     }
     let tracefs = preflight::tracefs(true);
@@ -190,12 +232,12 @@ pub fn main() -> i32 {
         }
     }
     let config = daemon::DaemonConfig {
-        pids: args.pids.clone(),
-        follow_children: !args.no_children,
-        service_name: service_name(&args),
-        duration: args.duration,
-        output,
-        payload_cap: args.payload_cap,
+        pids: target.pids.clone(),
+        follow_children: !target.no_children,
+        service_name: service,
+        duration: target.duration,
+        payload_cap: target.payload_cap,
+        mode,
     };
     match daemon::run(config) {
         Ok(()) => 0,
@@ -234,7 +276,7 @@ mod tests {
     #[test]
     fn pid_lists_are_comma_separated_and_repeatable() {
         let cli = Cli::try_parse_from(["ztrace", "--pid", "1,2", "-p", "3"]).unwrap();
-        assert_eq!(cli.run.pids, vec![1, 2, 3]);
+        assert_eq!(cli.run.target.pids, vec![1, 2, 3]);
         assert!(Cli::try_parse_from(["ztrace", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--payload-cap", "0"]).is_err());
         assert!(matches!(

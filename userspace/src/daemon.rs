@@ -1,18 +1,23 @@
 //! The live daemon: loads the probes, seeds the traced set, then runs one loop that drains the
-//! ring buffer into the pipeline and the pipeline's spans into the exporter, until Ctrl-C/SIGTERM,
-//! `--duration`, or the exit of every traced process. On the way out it detaches, flushes every
-//! pending span and prints what was captured and what was lost.
+//! ring buffer into a sink — the span pipeline and its exporter, or a record file — until
+//! Ctrl-C/SIGTERM, `--duration`, or the exit of every traced process. On the way out it detaches,
+//! flushes everything pending and prints what was captured and what was lost.
+//! `replay` runs a record file through the same pipeline, without the kernel.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
+use ztrace_abi::{ABI_VERSION, kind};
 
 use crate::{
     capture::{Capture, CaptureOptions, KernelCounters, RingFd},
+    decode::{Event, decode},
     export::{ExportConfig, ExportStats, Exporter, Output},
+    model::ProcessInfo,
     pipeline::{Pipeline, PipelineStats, ProcChange},
     process,
+    record::{self, Frame},
 };
 
 pub struct DaemonConfig {
@@ -20,8 +25,15 @@ pub struct DaemonConfig {
     pub follow_children: bool,
     pub service_name: Option<String>,
     pub duration: Option<Duration>,
-    pub output: Output,
     pub payload_cap: u32,
+    pub mode: Mode,
+}
+
+pub enum Mode {
+    /// Spans to an exporter.
+    Trace(Output),
+    /// Raw events to a record file.
+    Record(PathBuf),
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -39,12 +51,118 @@ pub fn mono_now_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
-pub fn run(cfg: DaemonConfig) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run_async(cfg))
+        .context("starting the async runtime")
+}
+
+pub fn run(cfg: DaemonConfig) -> Result<()> {
+    runtime()?.block_on(run_async(cfg))
+}
+
+/// Where captured records go.
+enum Sink {
+    Trace {
+        pipeline: Pipeline,
+        exporter: Exporter,
+        spans: Vec<crate::model::Span>,
+    },
+    Record {
+        writer: record::Writer<std::io::BufWriter<std::fs::File>>,
+        path: PathBuf,
+        records: u64,
+    },
+}
+
+impl Sink {
+    fn process(&mut self, info: ProcessInfo) -> Result<()> {
+        match self {
+            Sink::Trace { exporter, .. } => exporter.process(Arc::new(info)),
+            Sink::Record { writer, .. } => writer.process(&info)?,
+        }
+        Ok(())
+    }
+
+    fn on_record(&mut self, raw: &[u8], changes: &mut Vec<ProcChange>) -> Result<()> {
+        match self {
+            Sink::Trace { pipeline, .. } => pipeline.on_record(raw, changes),
+            Sink::Record {
+                writer, records, ..
+            } => {
+                writer.record(raw)?;
+                *records += 1;
+                // Process lifecycle still steers the recorder (follow children, stop at exit).
+                if raw
+                    .first()
+                    .map(|_| u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
+                    == Some(kind::PROC)
+                    && let Ok(Event::Proc(ev)) = decode(raw)
+                {
+                    changes.extend(ProcChange::from_event(&ev));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, now_ns: u64) -> Result<()> {
+        if let Sink::Trace {
+            pipeline,
+            exporter,
+            spans,
+        } = self
+        {
+            pipeline.poll(now_ns, spans);
+            for span in spans.drain(..) {
+                exporter.submit(span);
+            }
+        }
+        Ok(())
+    }
+
+    fn export_stats(&self) -> ExportStats {
+        match self {
+            Sink::Trace { exporter, .. } => exporter.stats(),
+            Sink::Record { .. } => ExportStats::default(),
+        }
+    }
+
+    async fn finish(self, now_ns: u64, counters: &KernelCounters) -> Result<()> {
+        match self {
+            Sink::Trace {
+                mut pipeline,
+                exporter,
+                mut spans,
+            } => {
+                pipeline.drain(now_ns, &mut spans);
+                for span in spans.drain(..) {
+                    exporter.submit(span);
+                }
+                let stats = exporter.shutdown(Duration::from_secs(5)).await;
+                summary(&pipeline.stats(), counters, &stats);
+            }
+            Sink::Record {
+                mut writer,
+                path,
+                records,
+            } => {
+                writer
+                    .flush()
+                    .with_context(|| format!("writing {}", path.display()))?;
+                log::info!(
+                    "summary: recorded {records} kernel events to {} ({} lost in the kernel: ring buffer full {}, arg map full {}); replay with `ztrace replay {}`",
+                    path.display(),
+                    counters.ringbuf_full + counters.args_full,
+                    counters.ringbuf_full,
+                    counters.args_full,
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Processes {
@@ -54,21 +172,47 @@ struct Processes {
 }
 
 impl Processes {
-    fn add(&mut self, pid: u32, exporter: &Exporter) {
+    fn add(&mut self, pid: u32, sink: &mut Sink) -> Result<()> {
         self.alive.insert(pid);
-        exporter.process(Arc::new(process::info(
+        sink.process(process::info(
             pid,
             self.service_name.as_deref(),
             &self.host_name,
-        )));
+        ))
     }
 }
 
 async fn run_async(cfg: DaemonConfig) -> Result<()> {
-    let exporter = Exporter::spawn(ExportConfig {
-        output: cfg.output.clone(),
-        ..ExportConfig::default()
-    });
+    let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+    let (mut sink, what) = match &cfg.mode {
+        Mode::Trace(output) => (
+            Sink::Trace {
+                pipeline: Pipeline::new(mono_to_unix, None),
+                exporter: Exporter::spawn(ExportConfig {
+                    output: output.clone(),
+                    ..ExportConfig::default()
+                }),
+                spans: Vec::new(),
+            },
+            describe(output),
+        ),
+        Mode::Record(path) => (
+            Sink::Record {
+                writer: record::Writer::create(
+                    path,
+                    record::Header {
+                        abi_version: ABI_VERSION,
+                        mono_to_unix_ns: mono_to_unix as i64,
+                        payload_cap: cfg.payload_cap,
+                    },
+                )
+                .with_context(|| format!("creating record file {}", path.display()))?,
+                path: path.clone(),
+                records: 0,
+            },
+            format!("recording raw events to {}", path.display()),
+        ),
+    };
     let mut capture = Capture::load(&CaptureOptions {
         payload_cap: cfg.payload_cap,
         follow_children: cfg.follow_children,
@@ -85,14 +229,14 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     }
     for &pid in &targets {
         capture.trace(pid)?;
-        procs.add(pid, &exporter);
+        procs.add(pid, &mut sink)?;
     }
     capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
     let mut ring = unsafe { AsyncFd::register(RingFd(capture.ring()?)) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     log::info!(
-        "tracing {} process(es): {:?}{}; {}",
+        "tracing {} process(es): {:?}{}; {what}",
         targets.len(),
         targets,
         if cfg.follow_children {
@@ -100,12 +244,8 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         } else {
             ""
         },
-        describe(&cfg.output)
     );
 
-    let mut pipeline =
-        Pipeline::new(clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC));
-    let mut spans = Vec::new();
     let mut changes = Vec::new();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -118,7 +258,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for the ring buffer")?;
-                drain(&mut guard.get_inner_mut().0, &mut pipeline, &mut changes);
+                drain(&mut guard.get_inner_mut().0, &mut sink, &mut changes)?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {}
@@ -130,24 +270,21 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             match change {
                 ProcChange::Forked { pid, parent } => {
                     log::info!("following new child process {pid} of {parent}");
-                    procs.add(pid, &exporter);
+                    procs.add(pid, &mut sink)?;
                 }
-                ProcChange::Execed { pid } => procs.add(pid, &exporter),
+                ProcChange::Execed { pid } => procs.add(pid, &mut sink)?,
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
                     procs.alive.remove(&pid);
                 }
             }
         }
-        pipeline.poll(mono_now_ns(), &mut spans);
-        for span in spans.drain(..) {
-            exporter.submit(span);
-        }
+        sink.poll(mono_now_ns())?;
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             // A missed exit event (e.g. the ring was full) must not keep us running forever.
             procs.alive.retain(|&pid| process::is_alive(pid));
-            let now = (capture.counters(), exporter.stats());
+            let now = (capture.counters(), sink.export_stats());
             report_losses(&reported, &now);
             reported = now;
         }
@@ -156,28 +293,89 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         }
     };
     log::info!("stopping: {reason}; detaching and flushing");
-    // Last records already in the ring, then everything the pipeline still holds.
-    drain(&mut ring.get_mut().0, &mut pipeline, &mut changes);
+    // Last records already in the ring, then everything the sink still holds.
+    drain(&mut ring.get_mut().0, &mut sink, &mut changes)?;
     let counters = capture.counters();
     drop(ring);
     drop(capture); // detaches every probe
-    pipeline.drain(mono_now_ns(), &mut spans);
-    for span in spans.drain(..) {
-        exporter.submit(span);
-    }
-    let stats = exporter.shutdown(Duration::from_secs(5)).await;
-    summary(&pipeline.stats(), &counters, &stats);
-    Ok(())
+    sink.finish(mono_now_ns(), &counters).await
 }
 
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    pipeline: &mut Pipeline,
+    sink: &mut Sink,
     changes: &mut Vec<ProcChange>,
-) {
+) -> Result<()> {
     while let Some(item) = ring.next() {
-        pipeline.on_record(&item, changes);
+        sink.on_record(&item, changes)?;
     }
+    Ok(())
+}
+
+/// Runs a record file through the pipeline and exporter. Needs no privileges; the same file
+/// gives the same spans (ids included) every time.
+pub fn replay(path: &std::path::Path, output: Output, service_name: Option<String>) -> Result<()> {
+    let mut reader =
+        record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    runtime()?.block_on(async move {
+        let exporter = Exporter::spawn(ExportConfig {
+            output,
+            ..ExportConfig::default()
+        });
+        // Seeded from the recording so ids are reproducible.
+        let mut pipeline = Pipeline::new(
+            reader.header.mono_to_unix_ns as i128,
+            Some(reader.header.mono_to_unix_ns as u64),
+        );
+        let (mut spans, mut changes) = (Vec::new(), Vec::new());
+        let mut records = 0u64;
+        while let Some(frame) = reader
+            .next_frame()
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            match frame {
+                Frame::Process(mut info) => {
+                    if let Some(name) = &service_name {
+                        info.service_name = name.clone();
+                    }
+                    exporter.process(Arc::new(info));
+                }
+                Frame::Record(raw) => {
+                    pipeline.on_record(&raw, &mut changes);
+                    changes.clear();
+                    records += 1;
+                    if records % 1024 == 0 {
+                        pipeline.poll(0, &mut spans);
+                        for span in spans.drain(..) {
+                            exporter.submit(span);
+                        }
+                        // Let the exporter drain its queue: replay runs faster than any capture.
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+        if reader.truncated {
+            log::warn!(
+                "{} ends inside a frame (the recording was cut off); replayed every whole frame",
+                path.display()
+            );
+        }
+        pipeline.drain(0, &mut spans);
+        for span in spans.drain(..) {
+            exporter.submit(span);
+        }
+        let stats = exporter.shutdown(Duration::from_secs(10)).await;
+        summary(
+            &pipeline.stats(),
+            &KernelCounters {
+                submitted: records,
+                ..Default::default()
+            },
+            &stats,
+        );
+        Ok(())
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

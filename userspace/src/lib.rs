@@ -17,3 +17,4 @@ pub mod link;
 pub mod model;
 pub mod pipeline;
 pub mod process;
+pub mod record;

@@ -24,6 +24,8 @@
 
 use std::collections::HashMap;
 
+use rand::{SeedableRng, rngs::StdRng};
+
 use crate::model::{Endpoint, HttpExchange, Span, SpanId, SpanKind, SpanStatus, TraceId};
 
 pub type Handle = u64;
@@ -109,11 +111,14 @@ pub struct Linker {
     /// Add to monotonic ns to get Unix ns.
     mono_to_unix: i128,
     max_spans: usize,
+    /// Span and trace ids: seeded for replay, so a replay exports the same ids every time.
+    rng: StdRng,
     pub stats: LinkStats,
 }
 
 impl Linker {
-    pub fn new(mono_to_unix: i128, max_spans: usize) -> Self {
+    /// `seed`: None for live capture (ids from OS entropy), Some for reproducible ids.
+    pub fn new(mono_to_unix: i128, max_spans: usize, seed: Option<u64>) -> Self {
         Self {
             recs: HashMap::new(),
             next: 1,
@@ -122,6 +127,10 @@ impl Linker {
             servers_by_seq: HashMap::new(),
             mono_to_unix,
             max_spans,
+            rng: match seed {
+                Some(seed) => StdRng::seed_from_u64(seed),
+                None => StdRng::from_os_rng(),
+            },
             stats: LinkStats::default(),
         }
     }
@@ -176,8 +185,8 @@ impl Linker {
         self.recs.insert(
             h,
             Rec {
-                span_id: SpanId::random(),
-                own_trace: TraceId::random(),
+                span_id: SpanId::random(&mut self.rng),
+                own_trace: TraceId::random(&mut self.rng),
                 parent,
                 kind: s.kind,
                 pid: s.pid,
@@ -485,7 +494,7 @@ mod tests {
     #[test]
     fn thread_per_request_and_cross_process_in_either_order() {
         for server_first in [false, true] {
-            let mut l = Linker::new(0, 1000);
+            let mut l = Linker::new(0, 1000, None);
             // Frontend (pid 1) serves a request on thread 11, calls the backend (pid 2).
             let front = l.start(start(SpanKind::Server, 1, 11, 100));
             let mut back_start = start(SpanKind::Server, 2, 21, 210);
@@ -523,7 +532,7 @@ mod tests {
 
     #[test]
     fn traceparent_is_honoured() {
-        let mut l = Linker::new(1_000, 10);
+        let mut l = Linker::new(1_000, 10, None);
         let mut s = start(SpanKind::Server, 1, 1, 5);
         let tp =
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
@@ -541,7 +550,7 @@ mod tests {
 
     #[test]
     fn event_loop_thread_is_ambiguous_not_wrong() {
-        let mut l = Linker::new(0, 10);
+        let mut l = Linker::new(0, 10, None);
         let a = l.start(start(SpanKind::Server, 1, 1, 1));
         let b = l.start(start(SpanKind::Server, 1, 1, 2));
         let c = l.start(start(SpanKind::Client, 1, 1, 3));
@@ -557,7 +566,7 @@ mod tests {
 
     #[test]
     fn finished_server_no_longer_parents_new_clients() {
-        let mut l = Linker::new(0, 10);
+        let mut l = Linker::new(0, 10, None);
         let a = l.start(start(SpanKind::Server, 1, 1, 1));
         l.finish(a, 2, None, None, None);
         let c = l.start(start(SpanKind::Client, 1, 1, 3));
@@ -569,7 +578,7 @@ mod tests {
 
     #[test]
     fn drain_exports_open_parents_with_error() {
-        let mut l = Linker::new(0, 10);
+        let mut l = Linker::new(0, 10, None);
         let a = l.start(start(SpanKind::Server, 1, 1, 1));
         let c = l.start(start(SpanKind::Client, 1, 1, 3));
         l.finish(c, 4, None, None, None);
@@ -584,7 +593,7 @@ mod tests {
 
     #[test]
     fn store_is_bounded() {
-        let mut l = Linker::new(0, 4);
+        let mut l = Linker::new(0, 4, None);
         for i in 0..10 {
             l.start(start(SpanKind::Client, 1, 1, i));
         }

@@ -12,9 +12,10 @@ pub struct TraceId(pub [u8; 16]);
 pub struct SpanId(pub [u8; 8]);
 
 impl TraceId {
-    pub fn random() -> Self {
+    /// A random, valid (non-zero) id.
+    pub fn random(rng: &mut impl rand::Rng) -> Self {
         loop {
-            let id = TraceId(rand::random());
+            let id = TraceId(rng.random());
             if id != TraceId::default() {
                 return id;
             }
@@ -23,9 +24,10 @@ impl TraceId {
 }
 
 impl SpanId {
-    pub fn random() -> Self {
+    /// A random, valid (non-zero) id.
+    pub fn random(rng: &mut impl rand::Rng) -> Self {
         loop {
-            let id = SpanId(rand::random());
+            let id = SpanId(rng.random());
             if id != SpanId::default() {
                 return id;
             }

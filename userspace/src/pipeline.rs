@@ -30,6 +30,20 @@ pub enum ProcChange {
     Execed { pid: u32 },
 }
 
+impl ProcChange {
+    pub fn from_event(ev: &ztrace_abi::ProcEvent) -> Option<Self> {
+        match ev.op {
+            proc::FORK => Some(ProcChange::Forked {
+                pid: ev.pid,
+                parent: ev.other,
+            }),
+            proc::EXIT => Some(ProcChange::Exited { pid: ev.pid }),
+            proc::EXEC => Some(ProcChange::Execed { pid: ev.pid }),
+            _ => None,
+        }
+    }
+}
+
 pub struct Pipeline {
     assembler: Assembler,
     linker: Linker,
@@ -39,10 +53,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(mono_to_unix: i128) -> Self {
+    /// `seed`: see [`Linker::new`].
+    pub fn new(mono_to_unix: i128, seed: Option<u64>) -> Self {
         Self {
             assembler: Assembler::new(65_536),
-            linker: Linker::new(mono_to_unix, 200_000),
+            linker: Linker::new(mono_to_unix, 200_000, seed),
             records: 0,
             decode_errors: 0,
             last_ns: 0,
@@ -81,19 +96,13 @@ impl Pipeline {
                     );
                 }
             }
-            Event::Proc(ev) => match ev.op {
-                proc::FORK => changes.push(ProcChange::Forked {
-                    pid: ev.pid,
-                    parent: ev.other,
-                }),
-                proc::EXIT => {
+            Event::Proc(ev) => {
+                if ev.op == proc::EXIT {
                     self.assembler
                         .on_exit(ev.pid, ev.header.ts_ns, &mut self.linker);
-                    changes.push(ProcChange::Exited { pid: ev.pid });
                 }
-                proc::EXEC => changes.push(ProcChange::Execed { pid: ev.pid }),
-                _ => {}
-            },
+                changes.extend(ProcChange::from_event(&ev));
+            }
         }
     }
 
@@ -182,7 +191,7 @@ mod tests {
     }
 
     fn run(records: &[Vec<u8>]) -> (Vec<Span>, PipelineStats) {
-        let mut p = Pipeline::new(0);
+        let mut p = Pipeline::new(0, None);
         let mut changes = Vec::new();
         for r in records {
             p.on_record(r, &mut changes);
@@ -340,7 +349,7 @@ mod tests {
             local: 80,
             remote: 4000,
         };
-        let mut p = Pipeline::new(0);
+        let mut p = Pipeline::new(0, None);
         let mut changes = Vec::new();
         p.on_record(
             &record(&conn, false, 100, 0, b"GET /slow HTTP/1.1\r\n\r\n"),
@@ -355,7 +364,7 @@ mod tests {
 
     #[test]
     fn undecodable_records_are_counted_not_fatal() {
-        let mut p = Pipeline::new(0);
+        let mut p = Pipeline::new(0, None);
         let mut changes = Vec::new();
         p.on_record(&[1, 2, 3], &mut changes);
         p.on_record(&[0u8; 200], &mut changes);
