@@ -1,17 +1,19 @@
 //! `ztrace record` captures the raw event stream of real processes (as root); `ztrace replay`
 //! turns it into the same linked spans without any privilege, identically on every run.
 
-use std::{
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
 use ztrace_e2e::harness::{curl, privileged_or_skip, spawn_service, spawn_ztrace, ztrace_bin};
 
 fn replay_as_nobody(file: &std::path::Path) -> Result<(i32, String, String)> {
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(ztrace_bin())
         .args(["replay", "--output", "json"])
         .arg(file)
@@ -45,21 +47,48 @@ fn record_then_replay_without_privileges() -> Result<()> {
         file.display().to_string(),
     ])?;
     recorder.wait_stderr("recording raw events", Duration::from_secs(60))?;
-    let urls: Vec<String> = (0..5).map(|i| format!("http://127.0.0.1:{front_port}/api/r{i}")).collect();
+    let urls: Vec<String> = (0..5)
+        .map(|i| format!("http://127.0.0.1:{front_port}/api/r{i}"))
+        .collect();
     curl(&urls)?;
     std::thread::sleep(Duration::from_millis(300));
     recorder.signal(libc::SIGINT);
-    ensure!(recorder.wait_exit(Duration::from_secs(30)) == Some(0), "{}", recorder.stderr_text());
-    ensure!(recorder.stderr_text().contains("recorded"), "{}", recorder.stderr_text());
+    ensure!(
+        recorder.wait_exit(Duration::from_secs(30)) == Some(0),
+        "{}",
+        recorder.stderr_text()
+    );
+    ensure!(
+        recorder.stderr_text().contains("recorded"),
+        "{}",
+        recorder.stderr_text()
+    );
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
 
     let (code, first, stderr) = replay_as_nobody(&file)?;
     ensure!(code == 0, "replay failed ({code}): {stderr}");
-    let spans: Vec<serde_json::Value> = first.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    ensure!(spans.len() == 15, "want 5 × (frontend SERVER, CLIENT, backend SERVER), got {}:\n{first}", spans.len());
-    let parented = spans.iter().filter(|s| s["parent_span_id"].as_str().is_some_and(|p| !p.is_empty())).count();
-    ensure!(parented == 10, "10 spans must have parents, {parented} do:\n{first}");
-    ensure!(spans.iter().all(|s| s["service_name"].as_str().is_some_and(|n| n.starts_with("python3"))));
+    let spans: Vec<serde_json::Value> = first
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        spans.len() == 15,
+        "want 5 × (frontend SERVER, CLIENT, backend SERVER), got {}:\n{first}",
+        spans.len()
+    );
+    let parented = spans
+        .iter()
+        .filter(|s| s["parent_span_id"].as_str().is_some_and(|p| !p.is_empty()))
+        .count();
+    ensure!(
+        parented == 10,
+        "10 spans must have parents, {parented} do:\n{first}"
+    );
+    ensure!(spans.iter().all(|s| {
+        s["service_name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("python3"))
+    }));
 
     let (_, second, _) = replay_as_nobody(&file)?;
     ensure!(first == second, "replay is not deterministic");
@@ -69,7 +98,10 @@ fn record_then_replay_without_privileges() -> Result<()> {
     std::fs::write(&bad, b"not a recording")?;
     std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let (code, _, stderr) = replay_as_nobody(&bad)?;
-    ensure!(code == 2 && stderr.contains("not a ztrace record file"), "{code} {stderr}");
+    ensure!(
+        code == 2 && stderr.contains("not a ztrace record file"),
+        "{code} {stderr}"
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

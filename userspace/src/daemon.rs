@@ -65,7 +65,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
 /// Where captured records go.
 enum Sink {
     Trace {
-        pipeline: Pipeline,
+        pipeline: Box<Pipeline>,
         exporter: Exporter,
         spans: Vec<crate::model::Span>,
     },
@@ -187,7 +187,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let (mut sink, what) = match &cfg.mode {
         Mode::Trace(output) => (
             Sink::Trace {
-                pipeline: Pipeline::new(mono_to_unix, None),
+                pipeline: Box::new(Pipeline::new(mono_to_unix, None)),
                 exporter: Exporter::spawn(ExportConfig {
                     output: output.clone(),
                     ..ExportConfig::default()
@@ -344,7 +344,7 @@ pub fn replay(path: &std::path::Path, output: Output, service_name: Option<Strin
                     pipeline.on_record(&raw, &mut changes);
                     changes.clear();
                     records += 1;
-                    if records % 1024 == 0 {
+                    if records.is_multiple_of(1024) {
                         pipeline.poll(0, &mut spans);
                         for span in spans.drain(..) {
                             exporter.submit(span);

@@ -287,7 +287,7 @@ mod tests {
         for cut in HEADER_LEN..bytes.len() {
             let mut r = Reader::new(&bytes[..cut]).unwrap();
             let mut n = 0;
-            while let Some(_) = r.next_frame().unwrap() {
+            while r.next_frame().unwrap().is_some() {
                 n += 1;
             }
             assert!(n <= 3);
