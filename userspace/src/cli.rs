@@ -39,6 +39,10 @@ pub enum Command {
         file: PathBuf,
         #[command(flatten)]
         export: ExportArgs,
+        /// Benchmark instead: run the whole userspace path (decode → … → OTLP encoding) N times
+        /// over the file on one core, send nothing, and print events/s and spans/s.
+        #[arg(long, value_name = "PASSES")]
+        throughput: Option<u32>,
     },
 }
 
@@ -190,7 +194,29 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let (target, mode, service) = match cli.command {
         Some(Command::Check) => return check(),
-        Some(Command::Replay { file, export }) => {
+        Some(Command::Replay {
+            file,
+            throughput: Some(passes),
+            ..
+        }) => {
+            return match daemon::replay_throughput(&file, passes.max(1)) {
+                Ok(t) => {
+                    println!(
+                        "replay throughput: {} passes, {} records, {} spans, {:.1} MB of OTLP in {:.2}s on one core: {:.0} events/s, {:.0} spans/s",
+                        t.passes,
+                        t.records,
+                        t.spans,
+                        t.otlp_bytes as f64 / 1e6,
+                        t.seconds,
+                        t.records as f64 / t.seconds,
+                        t.spans as f64 / t.seconds
+                    );
+                    0
+                }
+                Err(e) => usage_error(format!("{e:#}")),
+            };
+        }
+        Some(Command::Replay { file, export, .. }) => {
             let output = match resolve_output(&export) {
                 Ok(o) => o,
                 Err(e) => return usage_error(e),

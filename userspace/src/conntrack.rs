@@ -5,9 +5,12 @@
 //! are evicted and counted.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
+
+// Keys are kernel addresses and ids we chose, not attacker-controlled strings: a fast hasher is safe.
+use rustc_hash::FxHashMap as HashMap;
 
 use ztrace_abi::{AF_INET, SockTuple};
 
@@ -128,7 +131,7 @@ pub struct ConnTable<T> {
 impl<T: Default> ConnTable<T> {
     pub fn new(max: usize) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             max,
             evicted: 0,
         }

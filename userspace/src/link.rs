@@ -22,7 +22,7 @@
 //! when its root is settled. Released spans stay as tombstones for `RETAIN` so late children still
 //! find their trace; everything is bounded by `max_spans`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -120,11 +120,11 @@ impl Linker {
     /// `seed`: None for live capture (ids from OS entropy), Some for reproducible ids.
     pub fn new(mono_to_unix: i128, max_spans: usize, seed: Option<u64>) -> Self {
         Self {
-            recs: HashMap::new(),
+            recs: HashMap::default(),
             next: 1,
-            serving: HashMap::new(),
-            clients_by_seq: HashMap::new(),
-            servers_by_seq: HashMap::new(),
+            serving: HashMap::default(),
+            clients_by_seq: HashMap::default(),
+            servers_by_seq: HashMap::default(),
             mono_to_unix,
             max_spans,
             rng: match seed {

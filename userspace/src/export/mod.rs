@@ -1175,3 +1175,39 @@ mod tests {
         assert!(t.get(2).is_none());
     }
 }
+
+/// Encodes spans as the OTLP request bytes the gRPC exporter would send, without sending them:
+/// the last stage of the replay throughput benchmark.
+pub struct OtlpEncoder {
+    table: ProcessTable,
+    buf: Vec<u8>,
+}
+
+impl OtlpEncoder {
+    pub fn new() -> Self {
+        Self {
+            table: ProcessTable::new(None),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn process(&mut self, info: Arc<ProcessInfo>) {
+        self.table.upsert(info);
+    }
+
+    /// Encodes one batch; returns the encoded size in bytes.
+    pub fn encode(&mut self, spans: &[Span]) -> usize {
+        use prost::Message;
+        self.buf.clear();
+        let request = otlp::build_request(spans, &self.table);
+        // Encoding into a Vec cannot fail: it grows as needed.
+        let _ = request.encode(&mut self.buf);
+        self.buf.len()
+    }
+}
+
+impl Default for OtlpEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}

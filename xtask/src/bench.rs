@@ -1,0 +1,1209 @@
+//! `cargo xtask bench [--quick]`: what tracing costs the traced application (and everything else
+//! on the host), measured side by side in one run.
+//!
+//! Every scenario runs the same load in rounds that alternate the conditions (untraced, traced,
+//! and for nginx "bystander": ztrace tracing another, idle process), reversing the order every
+//! other round, because these machines are noisy. Each round gives a ratio condition ÷ untraced;
+//! the table shows the median ratio and its spread (min–max) over the rounds. Nothing here passes
+//! or fails on the numbers: targets are printed beside them.
+//!
+//! All traffic stays on 127.0.0.1; every server and ztrace started here is stopped on the way
+//! out, error or not (see [`Proc`]).
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::{is_root, output_ok, root, run, say};
+
+/// Round length and count: `--quick` is a smoke run; the default stays under ~6 minutes.
+#[derive(Clone, Copy)]
+struct Plan {
+    rounds: usize,
+    secs: u32,
+    warmup_secs: u32,
+}
+
+const FULL: Plan = Plan {
+    rounds: 5,
+    secs: 7,
+    warmup_secs: 2,
+};
+const QUICK: Plan = Plan {
+    rounds: 3,
+    secs: 3,
+    warmup_secs: 1,
+};
+
+/// What the targets say (printed, never asserted).
+const TARGET_THROUGHPUT: f64 = 0.95;
+const TARGET_P99: f64 = 1.10;
+const TARGET_BYSTANDER: f64 = 0.99;
+const TARGET_RSS_MIB: f64 = 64.0;
+
+pub fn bench(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the benchmark loads eBPF probes and installs nginx and wrk: run it as root (sudo cargo xtask bench)"
+        );
+    }
+    install()?;
+    let ztrace = crate::build()?;
+    let plan = if quick { QUICK } else { FULL };
+    let started = Instant::now();
+    let work = TempDir::new()?;
+    let clk_tck = output_ok(Command::new("getconf").arg("CLK_TCK"))
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    let ctx = Ctx {
+        ztrace,
+        dir: work.0.clone(),
+        plan,
+        clk_tck,
+        bench_dir: root().join("bench"),
+    };
+    let per_round = 7; // nginx saturated 3 + nginx paced 2 + python 2
+    say(&format!(
+        "benchmark: {} rounds × {} s per condition, {} runs (about {} min)",
+        plan.rounds,
+        plan.secs,
+        plan.rounds * per_round,
+        (plan.rounds * per_round * (plan.secs as usize + 2) + 30).div_ceil(60)
+    ));
+
+    // The bystander: an idle process that ztrace traces while nginx is under load.
+    let idle = Proc::spawn("sleep (bystander target)", Command::new("sleep").arg("3600"))?;
+
+    let nginx = start_nginx(&ctx)?;
+    let nginx_sat = scenario(
+        &ctx,
+        &nginx,
+        "nginx, saturated",
+        Load::Saturated,
+        &[Mode::Untraced, Mode::Traced, Mode::Bystander(idle.pid)],
+    )?;
+    let nginx_paced = scenario(
+        &ctx,
+        &nginx,
+        "nginx, paced",
+        Load::Paced,
+        &[Mode::Untraced, Mode::Traced],
+    )?;
+    drop(nginx);
+    let python = start_python(&ctx)?;
+    let python_sat = scenario(
+        &ctx,
+        &python,
+        "Python ThreadingHTTPServer, saturated",
+        Load::Saturated,
+        &[Mode::Untraced, Mode::Traced],
+    )?;
+    drop(python);
+    drop(idle);
+
+    let table = render(
+        &ctx,
+        &[&nginx_sat, &nginx_paced, &python_sat],
+        started.elapsed(),
+    );
+    let out_dir = root().join("target/bench");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let out = out_dir.join("overhead.md");
+    fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
+    println!("{table}");
+    say(&format!(
+        "wrote {} ({:.0} s in all)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installing what the benchmark needs
+
+fn install() -> Result<()> {
+    let mut missing = Vec::new();
+    if find_binary("nginx").is_none() {
+        missing.push("nginx");
+    }
+    if find_binary("wrk").is_none() {
+        missing.push("wrk");
+    }
+    if find_binary("python3").is_none() {
+        missing.push("python3");
+    }
+    if missing.is_empty() {
+        say("benchmark tools nginx, wrk, python3: present");
+        return Ok(());
+    }
+    let had_pid_file = Path::new("/run/nginx.pid").exists();
+    say(&format!("installing Debian packages {missing:?} for the benchmark"));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Where no policy-rc.d stops it, the package starts the system's nginx on port 80: the
+    // benchmark runs its own, so stop that one again.
+    if !had_pid_file && Path::new("/run/nginx.pid").exists() {
+        say("stopping the nginx service the package started (the benchmark runs its own)");
+        let _ = Command::new("nginx").args(["-s", "quit"]).status();
+    }
+    for tool in ["nginx", "wrk", "python3"] {
+        if find_binary(tool).is_none() {
+            bail!("{tool} is still missing after installing {missing:?}");
+        }
+    }
+    Ok(())
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: started here, always stopped here
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped, whatever happened.
+struct Proc {
+    what: String,
+    child: Child,
+    pid: u32,
+    /// Processes it started that must not outlive it (nginx workers), stopped after it.
+    also: Vec<u32>,
+    done: bool,
+}
+
+impl Proc {
+    fn spawn(what: &str, cmd: &mut Command) -> Result<Proc> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {what}: {cmd:?}"))?;
+        Ok(Proc {
+            what: what.to_owned(),
+            pid: child.id(),
+            child,
+            also: Vec::new(),
+            done: false,
+        })
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; reaps the process.
+    fn stop(&mut self, grace: Duration) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if self.running() {
+            signal(self.pid, "TERM");
+            let deadline = Instant::now() + grace;
+            while self.running() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            if self.running() {
+                say(&format!(
+                    "{} (pid {}) ignored SIGTERM; killing it",
+                    self.what, self.pid
+                ));
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+        for &pid in &self.also {
+            if comm(pid).is_some_and(|c| self.what.starts_with(&c)) {
+                signal(pid, "KILL");
+            }
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit without reaping it, so that its final CPU
+    /// time can be read from the zombie's /proc entry; then reap it. Returns utime+stime ticks.
+    fn stop_measured(&mut self, grace: Duration) -> Option<u64> {
+        signal(self.pid, "TERM");
+        let deadline = Instant::now() + grace;
+        let mut last = None;
+        while Instant::now() < deadline {
+            match stat(self.pid) {
+                Some((state, ticks)) => {
+                    last = Some(ticks);
+                    if state == 'Z' || state == 'X' {
+                        break;
+                    }
+                }
+                None => break,
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.stop(Duration::from_secs(2));
+        last
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// State and utime+stime (clock ticks, whole process) from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state (field 3), ppid (4), …, utime (14), stime (15).
+    let state = f.first()?.chars().next()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((state, utime + stime))
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    stat(pid)
+        .map(|(_, t)| t)
+        .ok_or_else(|| anyhow!("could not read /proc/{pid}/stat"))
+}
+
+fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 1..].to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("ztrace-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The servers under load
+
+struct Ctx {
+    ztrace: PathBuf,
+    dir: PathBuf,
+    plan: Plan,
+    clk_tck: f64,
+    bench_dir: PathBuf,
+}
+
+struct Server {
+    proc: Proc,
+    port: u16,
+    /// The process whose CPU time is the server's work (the nginx worker; the Python process).
+    worker: u32,
+    describe: String,
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_listening(proc: &mut Proc, port: u16, log: &Path) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if !proc.running() || Instant::now() > deadline {
+            bail!(
+                "{} did not start listening on 127.0.0.1:{port}; its log ({}):\n{}",
+                proc.what,
+                log.display(),
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_nginx(ctx: &Ctx) -> Result<Server> {
+    let port = free_port()?;
+    let dir = ctx.dir.join("nginx");
+    fs::create_dir_all(&dir)?;
+    let template = ctx.bench_dir.join("nginx.conf.template");
+    let conf = fs::read_to_string(&template)
+        .with_context(|| format!("reading {}", template.display()))?
+        .replace("{{DIR}}", &dir.display().to_string())
+        .replace("{{PORT}}", &port.to_string());
+    let conf_path = dir.join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let log = dir.join("error.log");
+    let mut proc = Proc::spawn(
+        "nginx",
+        Command::new(find_binary("nginx").unwrap_or_else(|| "nginx".into()))
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("stderr.log"))?),
+    )?;
+    wait_listening(&mut proc, port, &log)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let worker = loop {
+        let kids = children(proc.pid);
+        if let Some(&w) = kids.first() {
+            proc.also = kids.clone();
+            if kids.len() > 1 {
+                bail!("nginx started {} workers; the benchmark wants one", kids.len());
+            }
+            break w;
+        }
+        if Instant::now() > deadline {
+            bail!("nginx (pid {}) has no worker process", proc.pid);
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    say(&format!(
+        "nginx master {} (worker {worker}) on 127.0.0.1:{port}",
+        proc.pid
+    ));
+    Ok(Server {
+        proc,
+        port,
+        worker,
+        describe: format!(
+            "nginx {} (1 worker, `return 200 \"ok\"`, access_log off), ztrace given the master's PID",
+            nginx_version()
+        ),
+    })
+}
+
+fn nginx_version() -> String {
+    // `nginx -v` prints "nginx version: nginx/1.22.1" on stderr.
+    Command::new("nginx")
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .split('/')
+                .nth(1)
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn start_python(ctx: &Ctx) -> Result<Server> {
+    let port = free_port()?;
+    let script = ctx.bench_dir.join("http_server.py");
+    let log = ctx.dir.join("python.log");
+    let mut proc = Proc::spawn(
+        "python3 http_server.py",
+        Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?),
+    )?;
+    wait_listening(&mut proc, port, &log)?;
+    let worker = proc.pid;
+    say(&format!("Python server {} on 127.0.0.1:{port}", proc.pid));
+    Ok(Server {
+        proc,
+        port,
+        worker,
+        describe: "Python http.server.ThreadingHTTPServer (a thread per connection, HTTP/1.1 keep-alive, bench/http_server.py)".into(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: wrk
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// `wrk -t1 -c32`, as fast as it goes.
+    Saturated,
+    /// `wrk -t1 -c4` with a 1 ms pause after every response on each connection (bench/paced.lua).
+    Paced,
+}
+
+impl Load {
+    fn describe(self) -> &'static str {
+        match self {
+            Load::Saturated => "`wrk -t1 -c32`, unthrottled (saturated)",
+            Load::Paced => {
+                "`wrk -t1 -c4 -s bench/paced.lua`: each connection pauses 1 ms after every response (light load, far below saturation)"
+            }
+        }
+    }
+}
+
+struct Wrk {
+    requests: u64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    socket_errors: u64,
+}
+
+fn wrk(ctx: &Ctx, port: u16, load: Load, secs: u32) -> Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "--latency", "--timeout", "5s"])
+        .arg(format!("-d{secs}s"));
+    match load {
+        Load::Saturated => {
+            cmd.arg("-c32");
+        }
+        Load::Paced => {
+            cmd.arg("-c4").arg("-s").arg(ctx.bench_dir.join("paced.lua"));
+        }
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}/"));
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not run {cmd:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}:\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_wrk(&text).with_context(|| format!("could not parse the output of {cmd:?}:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Result<Wrk> {
+    let mut requests = None;
+    let mut rps = None;
+    let mut p50 = None;
+    let mut p99 = None;
+    let mut socket_errors = 0;
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", v] => p50 = Some(duration_us(v)?),
+            ["99%", v] => p99 = Some(duration_us(v)?),
+            ["Requests/sec:", v] => rps = Some(v.parse::<f64>()?),
+            [n, "requests", "in", ..] => requests = Some(n.parse::<u64>()?),
+            ["Non-2xx", "or", "3xx", "responses:", n] => {
+                bail!("the server answered {n} requests with an error status")
+            }
+            ["Socket", "errors:", rest @ ..] => {
+                // "Socket errors: connect 0, read 0, write 0, timeout 0"
+                socket_errors = rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum();
+            }
+            _ => {}
+        }
+    }
+    let (Some(requests), Some(rps), Some(p50_us), Some(p99_us)) = (requests, rps, p50, p99) else {
+        bail!("missing the request count, Requests/sec or the 50%/99% latency lines");
+    };
+    if requests == 0 {
+        bail!("wrk completed no request");
+    }
+    Ok(Wrk {
+        requests,
+        rps,
+        p50_us,
+        p99_us,
+        socket_errors,
+    })
+}
+
+/// wrk's durations: "570.00us", "1.87ms", "1.02s", "2.00m".
+fn duration_us(v: &str) -> Result<f64> {
+    let split = v
+        .find(|c: char| c.is_ascii_alphabetic())
+        .ok_or_else(|| anyhow!("no unit in duration {v:?}"))?;
+    let (num, unit) = v.split_at(split);
+    let num: f64 = num.parse().with_context(|| format!("duration {v:?}"))?;
+    let scale = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        "h" => 3600e6,
+        _ => bail!("unknown unit in duration {v:?}"),
+    };
+    Ok(num * scale)
+}
+
+// ---------------------------------------------------------------------------------------------
+// ztrace under measurement
+
+#[derive(Default, Clone, Copy)]
+struct Summary {
+    events: u64,
+    ring_full: u64,
+    arg_full: u64,
+    spans: u64,
+    exported: u64,
+    dropped: u64,
+}
+
+/// Parses ztrace's exit summary: "summary: N kernel events (L lost: ring buffer full R, arg map
+/// full A), …, S spans (E exported, D dropped: …), …".
+fn parse_summary(stderr: &str) -> Result<Summary> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("summary: ").map(|(_, s)| s))
+        .ok_or_else(|| anyhow!("ztrace printed no summary line"))?;
+    let before = |pat: &str| -> Result<u64> {
+        let head = &line[..line
+            .find(pat)
+            .ok_or_else(|| anyhow!("no {pat:?} in the summary {line:?}"))?];
+        head.split(|c: char| !c.is_ascii_digit())
+            .rfind(|w| !w.is_empty())
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| anyhow!("no number before {pat:?} in the summary {line:?}"))
+    };
+    let after = |pat: &str| -> Result<u64> {
+        let tail = &line[line
+            .find(pat)
+            .ok_or_else(|| anyhow!("no {pat:?} in the summary {line:?}"))?
+            + pat.len()..];
+        tail.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| anyhow!("no number after {pat:?} in the summary {line:?}"))
+    };
+    Ok(Summary {
+        events: before(" kernel events")?,
+        ring_full: after("ring buffer full ")?,
+        arg_full: after("arg map full ")?,
+        spans: before(" spans (")?,
+        exported: before(" exported")?,
+        dropped: before(" dropped")?,
+    })
+}
+
+struct Ztrace {
+    proc: Proc,
+    log: PathBuf,
+}
+
+fn start_ztrace(ctx: &Ctx, target: u32, tag: &str) -> Result<Ztrace> {
+    let log = ctx.dir.join(format!("ztrace-{tag}.log"));
+    let mut proc = Proc::spawn(
+        "ztrace",
+        Command::new(&ctx.ztrace)
+            .args(["--pid", &target.to_string(), "--output", "json"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("] tracing ") || text.contains(" tracing ") {
+            break;
+        }
+        if !proc.running() || Instant::now() > deadline {
+            bail!(
+                "ztrace did not start tracing pid {target} (log {}):\n{text}",
+                log.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Ztrace { proc, log })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rounds
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Untraced,
+    /// ztrace traces the server.
+    Traced,
+    /// ztrace traces this other process while the server is under load.
+    Bystander(u32),
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Traced => "traced",
+            Mode::Bystander(_) => "bystander",
+        }
+    }
+}
+
+struct ZtraceCost {
+    cpu_s: f64,
+    /// CPU seconds while the load ran (from attach to the end of the load).
+    cpu_under_load_s: f64,
+    hwm_kib: u64,
+    summary: Summary,
+}
+
+struct Sample {
+    wrk: Wrk,
+    /// Server CPU seconds per request.
+    server_cpu_per_req: f64,
+    ztrace: Option<ZtraceCost>,
+}
+
+struct ScenarioResult {
+    title: &'static str,
+    server: String,
+    load: Load,
+    modes: Vec<Mode>,
+    /// `samples[m][round]` for `modes[m]`.
+    samples: Vec<Vec<Sample>>,
+}
+
+fn scenario(
+    ctx: &Ctx,
+    server: &Server,
+    title: &'static str,
+    load: Load,
+    modes: &[Mode],
+) -> Result<ScenarioResult> {
+    say(&format!("{title}: warm-up"));
+    wrk(ctx, server.port, load, ctx.plan.warmup_secs)?;
+    let mut samples: Vec<Vec<Sample>> = modes.iter().map(|_| Vec::new()).collect();
+    for round in 0..ctx.plan.rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..modes.len()).collect()
+        } else {
+            (0..modes.len()).rev().collect()
+        };
+        for m in order {
+            let s = measure(ctx, server, load, modes[m], &format!("{round}-{m}"))?;
+            say(&format!(
+                "{title}, round {}/{}, {}: {:.0} req/s, p50 {}, p99 {}{}",
+                round + 1,
+                ctx.plan.rounds,
+                modes[m].label(),
+                s.wrk.rps,
+                fmt_us(s.wrk.p50_us),
+                fmt_us(s.wrk.p99_us),
+                s.ztrace
+                    .as_ref()
+                    .map(|z| format!(
+                        "; ztrace {:.2} CPU s, {} kernel events ({} lost), {} spans exported ({} dropped)",
+                        z.cpu_s,
+                        z.summary.events,
+                        z.summary.ring_full + z.summary.arg_full,
+                        z.summary.exported,
+                        z.summary.dropped
+                    ))
+                    .unwrap_or_default()
+            ));
+            samples[m].push(s);
+        }
+    }
+    Ok(ScenarioResult {
+        title,
+        server: server.describe.clone(),
+        load,
+        modes: modes.to_vec(),
+        samples,
+    })
+}
+
+fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Result<Sample> {
+    thread::sleep(Duration::from_millis(300));
+    let mut z = match mode {
+        Mode::Untraced => None,
+        Mode::Traced => Some(start_ztrace(ctx, server.proc.pid, tag)?),
+        Mode::Bystander(pid) => Some(start_ztrace(ctx, pid, tag)?),
+    };
+    let z_before = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
+    let server_before = cpu_ticks(server.worker)?;
+    let w = wrk(ctx, server.port, load, ctx.plan.secs)?;
+    let server_after = cpu_ticks(server.worker)?;
+    let server_cpu_per_req = (server_after - server_before) as f64 / ctx.clk_tck / w.requests as f64;
+    let ztrace = match (z.as_mut(), z_before) {
+        (Some(z), Some(before)) => {
+            let under_load = cpu_ticks(z.proc.pid)?;
+            // Let it catch up with what the load left in the ring buffer before stopping it.
+            thread::sleep(Duration::from_millis(300));
+            let hwm_kib = vm_hwm_kib(z.proc.pid).unwrap_or(0);
+            let end = z.proc.stop_measured(Duration::from_secs(30));
+            let log = fs::read_to_string(&z.log).unwrap_or_default();
+            let summary = parse_summary(&log)
+                .with_context(|| format!("ztrace's log ({}):\n{log}", z.log.display()))?;
+            let end = end.unwrap_or(under_load);
+            Some(ZtraceCost {
+                cpu_s: end.saturating_sub(before) as f64 / ctx.clk_tck,
+                cpu_under_load_s: under_load.saturating_sub(before) as f64 / ctx.clk_tck,
+                hwm_kib,
+                summary,
+            })
+        }
+        _ => None,
+    };
+    Ok(Sample {
+        wrk: w,
+        server_cpu_per_req,
+        ztrace,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and the table
+
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(mut v: Vec<f64>) -> Spread {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return Spread {
+            median: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+        };
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Spread {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    }
+}
+
+impl ScenarioResult {
+    fn of(&self, mode: Mode) -> &[Sample] {
+        let i = self
+            .modes
+            .iter()
+            .position(|&m| m.label() == mode.label())
+            .expect("mode measured");
+        &self.samples[i]
+    }
+
+    fn median(&self, mode: Mode, f: impl Fn(&Sample) -> f64) -> f64 {
+        spread(self.of(mode).iter().map(f).collect()).median
+    }
+
+    /// Per-round ratios mode ÷ untraced of the same round.
+    fn ratio(&self, mode: Mode, f: impl Fn(&Sample) -> f64) -> Spread {
+        let base = self.of(Mode::Untraced);
+        spread(
+            self.of(mode)
+                .iter()
+                .zip(base)
+                .map(|(s, b)| f(s) / f(b))
+                .collect(),
+        )
+    }
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_ratio(s: Spread) -> String {
+    format!("**{:.3}** ({:.3}–{:.3})", s.median, s.min, s.max)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "yes" } else { "**no**" }
+}
+
+fn render(ctx: &Ctx, results: &[&ScenarioResult], elapsed: Duration) -> String {
+    let mut t = String::new();
+    let kernel = output_ok(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    t.push_str("# ztrace: application overhead\n\n");
+    t.push_str(&format!(
+        "`cargo xtask bench` — Linux {}, {cores} cores; {} rounds × {} s per condition, conditions \
+         alternating within each round (order reversed every other round); {:.0} s in all.  \n\
+         Ratio = condition ÷ untraced of the same round: **median** (min–max over the rounds). \
+         ztrace runs as `ztrace --pid PID --output json > /dev/null`, started afresh for every \
+         traced round. Targets are printed, not asserted.\n\n",
+        kernel.trim(),
+        ctx.plan.rounds,
+        ctx.plan.secs,
+        elapsed.as_secs_f64()
+    ));
+
+    t.push_str("## Application overhead\n\n");
+    t.push_str("| scenario | metric | untraced (median) | with ztrace (median) | ratio | target | meets |\n");
+    t.push_str("|---|---|---|---|---|---|---|\n");
+    let mut notes = Vec::new();
+    for r in results {
+        for &mode in r.modes.iter().filter(|&&m| m != Mode::Untraced) {
+            let who = match mode {
+                Mode::Bystander(_) => format!("{}, **bystander** (ztrace traces an idle `sleep`)", r.title),
+                _ => format!("{}, traced", r.title),
+            };
+            let rps = r.ratio(mode, |s| s.wrk.rps);
+            let p50 = r.ratio(mode, |s| s.wrk.p50_us);
+            let p99 = r.ratio(mode, |s| s.wrk.p99_us);
+            let cpu = r.ratio(mode, |s| s.server_cpu_per_req);
+            let nginx_sat = r.title.starts_with("nginx") && r.load == Load::Saturated;
+            let (rps_target, rps_ok) = match mode {
+                Mode::Bystander(_) => (
+                    format!("≥ {TARGET_BYSTANDER}"),
+                    Some(rps.median >= TARGET_BYSTANDER),
+                ),
+                _ if nginx_sat => (
+                    format!("≥ {TARGET_THROUGHPUT}"),
+                    Some(rps.median >= TARGET_THROUGHPUT),
+                ),
+                _ => ("—".into(), None),
+            };
+            let (p99_target, p99_ok) = if nginx_sat && mode == Mode::Traced {
+                (format!("≤ {TARGET_P99:.2}"), Some(p99.median <= TARGET_P99))
+            } else {
+                ("—".into(), None)
+            };
+            let rows = [
+                (
+                    "throughput (req/s)",
+                    format!("{:.0}", r.median(Mode::Untraced, |s| s.wrk.rps)),
+                    format!("{:.0}", r.median(mode, |s| s.wrk.rps)),
+                    rps,
+                    rps_target,
+                    rps_ok,
+                ),
+                (
+                    "p50 latency",
+                    fmt_us(r.median(Mode::Untraced, |s| s.wrk.p50_us)),
+                    fmt_us(r.median(mode, |s| s.wrk.p50_us)),
+                    p50,
+                    "—".into(),
+                    None,
+                ),
+                (
+                    "p99 latency",
+                    fmt_us(r.median(Mode::Untraced, |s| s.wrk.p99_us)),
+                    fmt_us(r.median(mode, |s| s.wrk.p99_us)),
+                    p99,
+                    p99_target,
+                    p99_ok,
+                ),
+                (
+                    "server CPU per request",
+                    fmt_us(r.median(Mode::Untraced, |s| s.server_cpu_per_req * 1e6)),
+                    fmt_us(r.median(mode, |s| s.server_cpu_per_req * 1e6)),
+                    cpu,
+                    "—".into(),
+                    None,
+                ),
+            ];
+            for (metric, base, with, ratio, target, ok) in rows {
+                t.push_str(&format!(
+                    "| {who} | {metric} | {base} | {with} | {} | {target} | {} |\n",
+                    fmt_ratio(ratio),
+                    ok.map_or("", verdict)
+                ));
+            }
+        }
+        let errors: u64 = r.samples.iter().flatten().map(|s| s.wrk.socket_errors).sum();
+        if errors > 0 {
+            notes.push(format!(
+                "{}: wrk reported {errors} socket errors over all rounds.",
+                r.title
+            ));
+        }
+    }
+    t.push('\n');
+    for r in results {
+        t.push_str(&format!(
+            "- **{}**: {}; load {}.\n",
+            r.title,
+            r.server,
+            r.load.describe()
+        ));
+    }
+    t.push_str(
+        "- Server CPU per request: utime+stime of the nginx worker (of the whole Python process) \
+         during the load ÷ requests completed.\n\n",
+    );
+
+    t.push_str("## ztrace's own cost\n\n");
+    t.push_str("| measurement |");
+    let mut cols = Vec::new();
+    for r in results {
+        for &mode in r.modes.iter().filter(|&&m| m != Mode::Untraced) {
+            t.push_str(&format!(" {}, {} |", r.title, mode.label()));
+            cols.push((*r, mode));
+        }
+    }
+    t.push_str(" target | meets |\n|---|");
+    t.push_str(&"---|".repeat(cols.len() + 2));
+    t.push('\n');
+    let per_million = |s: &Sample| {
+        s.ztrace.as_ref().map_or(f64::NAN, |z| z.cpu_s) / s.wrk.requests as f64 * 1e6
+    };
+    let all_z = || {
+        cols.iter()
+            .flat_map(|(r, m)| r.of(*m).iter())
+            .filter_map(|s| s.ztrace.as_ref())
+    };
+    let peak_rss = all_z().map(|z| z.hwm_kib).max().unwrap_or(0) as f64 / 1024.0;
+    let lost: u64 = all_z()
+        .map(|z| z.summary.ring_full + z.summary.arg_full)
+        .sum();
+    type Cell<'a> = Box<dyn Fn(&[Sample]) -> String + 'a>;
+    let rows: Vec<(&str, Cell, String, String)> = vec![
+        (
+            "CPU seconds per million requests (attach → exit, incl. final flush)",
+            Box::new(|v: &[Sample]| {
+                let s = spread(v.iter().map(per_million).collect());
+                format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
+            }),
+            "—".into(),
+            String::new(),
+        ),
+        (
+            "CPU while the load ran, % of one core",
+            Box::new(|v: &[Sample]| {
+                let s = spread(
+                    v.iter()
+                        .filter_map(|s| s.ztrace.as_ref())
+                        .map(|z| z.cpu_under_load_s / ctx.plan.secs as f64 * 100.0)
+                        .collect(),
+                );
+                format!("{:.1} %", s.median)
+            }),
+            "—".into(),
+            String::new(),
+        ),
+        (
+            "peak RSS (VmHWM, max over rounds)",
+            Box::new(|v: &[Sample]| {
+                let kib = v
+                    .iter()
+                    .filter_map(|s| s.ztrace.as_ref())
+                    .map(|z| z.hwm_kib)
+                    .max()
+                    .unwrap_or(0);
+                format!("{:.1} MiB", kib as f64 / 1024.0)
+            }),
+            format!("≤ {TARGET_RSS_MIB:.0} MiB"),
+            verdict(peak_rss <= TARGET_RSS_MIB).into(),
+        ),
+        (
+            "kernel events lost (ring buffer full + arg map full, all rounds)",
+            Box::new(|v: &[Sample]| {
+                let (ring, arg) = v
+                    .iter()
+                    .filter_map(|s| s.ztrace.as_ref())
+                    .fold((0, 0), |(r, a), z| {
+                        (r + z.summary.ring_full, a + z.summary.arg_full)
+                    });
+                format!("{} ({ring} + {arg})", ring + arg)
+            }),
+            "0".into(),
+            verdict(lost == 0).into(),
+        ),
+        (
+            "kernel events seen per request (median)",
+            Box::new(|v: &[Sample]| {
+                let s = spread(
+                    v.iter()
+                        .filter_map(|s| {
+                            s.ztrace
+                                .as_ref()
+                                .map(|z| z.summary.events as f64 / s.wrk.requests as f64)
+                        })
+                        .collect(),
+                );
+                format!("{:.2}", s.median)
+            }),
+            "—".into(),
+            String::new(),
+        ),
+        (
+            "kernel events seen (median per round)",
+            Box::new(|v: &[Sample]| {
+                let s = spread(
+                    v.iter()
+                        .filter_map(|s| s.ztrace.as_ref().map(|z| z.summary.events as f64))
+                        .collect(),
+                );
+                format!("{:.0}", s.median)
+            }),
+            "—".into(),
+            String::new(),
+        ),
+        (
+            "spans exported per request (median)",
+            Box::new(|v: &[Sample]| {
+                let s = spread(
+                    v.iter()
+                        .filter_map(|s| {
+                            s.ztrace
+                                .as_ref()
+                                .map(|z| z.summary.exported as f64 / s.wrk.requests as f64)
+                        })
+                        .collect(),
+                );
+                format!("{:.3}", s.median)
+            }),
+            "—".into(),
+            String::new(),
+        ),
+        (
+            "spans made / exported / dropped (all rounds)",
+            Box::new(|v: &[Sample]| {
+                let (m, e, d) = v.iter().filter_map(|s| s.ztrace.as_ref()).fold(
+                    (0, 0, 0),
+                    |(m, e, d), z| {
+                        (
+                            m + z.summary.spans,
+                            e + z.summary.exported,
+                            d + z.summary.dropped,
+                        )
+                    },
+                );
+                format!("{m} / {e} / {d}")
+            }),
+            "—".into(),
+            String::new(),
+        ),
+    ];
+    for (name, cell, target, meets) in rows {
+        t.push_str(&format!("| {name} |"));
+        for (r, m) in &cols {
+            t.push_str(&format!(" {} |", cell(r.of(*m))));
+        }
+        t.push_str(&format!(" {target} | {meets} |\n"));
+    }
+    t.push('\n');
+    for n in notes {
+        t.push_str(&format!("- {n}\n"));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk() {
+        let out = "Running 3s test @ http://127.0.0.1:18765/
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.45ms    1.82ms  13.03ms   85.35%
+    Req/Sec    28.78k     9.90k   50.89k    60.00%
+  Latency Distribution
+     50%  570.00us
+     75%    1.87ms
+     90%    4.06ms
+     99%    8.39ms
+  86047 requests in 3.02s, 12.23MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+Requests/sec:  28528.01
+Transfer/sec:      4.05MB
+";
+        let w = parse_wrk(out).unwrap();
+        assert_eq!(w.requests, 86047);
+        assert_eq!(w.rps, 28528.01);
+        assert_eq!(w.p50_us, 570.0);
+        assert_eq!(w.p99_us, 8390.0);
+        assert_eq!(w.socket_errors, 3);
+        assert!(parse_wrk("garbage").is_err());
+        assert!(parse_wrk(&format!("{out}  Non-2xx or 3xx responses: 5\n")).is_err());
+    }
+
+    #[test]
+    fn parses_summary() {
+        let log = "[2026-11-27T17:15:33Z INFO ] summary: 102712 kernel events (7 lost: ring buffer full 5, arg map full 2), 102712 records decoded (0 undecodable), 32 HTTP connections, 51323 spans (33668 exported, 17655 dropped: queue 17655, export failures 0), links: 0 traceparent";
+        let s = parse_summary(log).unwrap();
+        assert_eq!(s.events, 102712);
+        assert_eq!(s.ring_full, 5);
+        assert_eq!(s.arg_full, 2);
+        assert_eq!(s.spans, 51323);
+        assert_eq!(s.exported, 33668);
+        assert_eq!(s.dropped, 17655);
+        assert!(parse_summary("nothing").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        let s = spread(vec![3.0, 1.0, 2.0, f64::NAN]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(spread(vec![1.0, 2.0]).median, 1.5);
+    }
+}
