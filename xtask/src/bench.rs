@@ -62,6 +62,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let clk_tck = output_ok(Command::new("getconf").arg("CLK_TCK"))
         .and_then(|s| s.trim().parse::<f64>().ok())
         .unwrap_or(100.0);
+    let load_before = loadavg();
     let ctx = Ctx {
         ztrace,
         dir: work.0.clone(),
@@ -79,7 +80,10 @@ pub fn bench(quick: bool) -> Result<()> {
     ));
 
     // The bystander: an idle process that ztrace traces while nginx is under load.
-    let idle = Proc::spawn("sleep (bystander target)", Command::new("sleep").arg("3600"))?;
+    let idle = Proc::spawn(
+        "sleep (bystander target)",
+        Command::new("sleep").arg("3600"),
+    )?;
 
     let nginx = start_nginx(&ctx)?;
     let nginx_sat = scenario(
@@ -112,6 +116,7 @@ pub fn bench(quick: bool) -> Result<()> {
         &ctx,
         &[&nginx_sat, &nginx_paced, &python_sat],
         started.elapsed(),
+        (load_before, loadavg()),
     );
     let out_dir = root().join("target/bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -145,7 +150,9 @@ fn install() -> Result<()> {
         return Ok(());
     }
     let had_pid_file = Path::new("/run/nginx.pid").exists();
-    say(&format!("installing Debian packages {missing:?} for the benchmark"));
+    say(&format!(
+        "installing Debian packages {missing:?} for the benchmark"
+    ));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -163,6 +170,14 @@ fn install() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The 1-minute load average: other work on the machine shows up here (and in the spread).
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn find_binary(name: &str) -> Option<PathBuf> {
@@ -414,7 +429,10 @@ fn start_nginx(ctx: &Ctx) -> Result<Server> {
         if let Some(&w) = kids.first() {
             proc.also = kids.clone();
             if kids.len() > 1 {
-                bail!("nginx started {} workers; the benchmark wants one", kids.len());
+                bail!(
+                    "nginx started {} workers; the benchmark wants one",
+                    kids.len()
+                );
             }
             break w;
         }
@@ -516,7 +534,9 @@ fn wrk(ctx: &Ctx, port: u16, load: Load, secs: u32) -> Result<Wrk> {
             cmd.arg("-c32");
         }
         Load::Paced => {
-            cmd.arg("-c4").arg("-s").arg(ctx.bench_dir.join("paced.lua"));
+            cmd.arg("-c4")
+                .arg("-s")
+                .arg(ctx.bench_dir.join("paced.lua"));
         }
     }
     cmd.arg(format!("http://127.0.0.1:{port}/"));
@@ -783,7 +803,8 @@ fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Res
     let server_before = cpu_ticks(server.worker)?;
     let w = wrk(ctx, server.port, load, ctx.plan.secs)?;
     let server_after = cpu_ticks(server.worker)?;
-    let server_cpu_per_req = (server_after - server_before) as f64 / ctx.clk_tck / w.requests as f64;
+    let server_cpu_per_req =
+        (server_after - server_before) as f64 / ctx.clk_tck / w.requests as f64;
     let ztrace = match (z.as_mut(), z_before) {
         (Some(z), Some(before)) => {
             let under_load = cpu_ticks(z.proc.pid)?;
@@ -887,21 +908,29 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "yes" } else { "**no**" }
 }
 
-fn render(ctx: &Ctx, results: &[&ScenarioResult], elapsed: Duration) -> String {
+fn render(
+    ctx: &Ctx,
+    results: &[&ScenarioResult],
+    elapsed: Duration,
+    load: (String, String),
+) -> String {
     let mut t = String::new();
     let kernel = output_ok(Command::new("uname").arg("-r")).unwrap_or_default();
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     t.push_str("# ztrace: application overhead\n\n");
     t.push_str(&format!(
         "`cargo xtask bench` — Linux {}, {cores} cores; {} rounds × {} s per condition, conditions \
-         alternating within each round (order reversed every other round); {:.0} s in all.  \n\
+         alternating within each round (order reversed every other round); {:.0} s in all; \
+         1-minute load average {} at the start, {} at the end.  \n\
          Ratio = condition ÷ untraced of the same round: **median** (min–max over the rounds). \
          ztrace runs as `ztrace --pid PID --output json > /dev/null`, started afresh for every \
          traced round. Targets are printed, not asserted.\n\n",
         kernel.trim(),
         ctx.plan.rounds,
         ctx.plan.secs,
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        load.0,
+        load.1,
     ));
 
     t.push_str("## Application overhead\n\n");
@@ -911,7 +940,9 @@ fn render(ctx: &Ctx, results: &[&ScenarioResult], elapsed: Duration) -> String {
     for r in results {
         for &mode in r.modes.iter().filter(|&&m| m != Mode::Untraced) {
             let who = match mode {
-                Mode::Bystander(_) => format!("{}, **bystander** (ztrace traces an idle `sleep`)", r.title),
+                Mode::Bystander(_) => {
+                    format!("{}, **bystander** (ztrace traces an idle `sleep`)", r.title)
+                }
                 _ => format!("{}, traced", r.title),
             };
             let rps = r.ratio(mode, |s| s.wrk.rps);
@@ -977,7 +1008,12 @@ fn render(ctx: &Ctx, results: &[&ScenarioResult], elapsed: Duration) -> String {
                 ));
             }
         }
-        let errors: u64 = r.samples.iter().flatten().map(|s| s.wrk.socket_errors).sum();
+        let errors: u64 = r
+            .samples
+            .iter()
+            .flatten()
+            .map(|s| s.wrk.socket_errors)
+            .sum();
         if errors > 0 {
             notes.push(format!(
                 "{}: wrk reported {errors} socket errors over all rounds.",
@@ -996,7 +1032,10 @@ fn render(ctx: &Ctx, results: &[&ScenarioResult], elapsed: Duration) -> String {
     }
     t.push_str(
         "- Server CPU per request: utime+stime of the nginx worker (of the whole Python process) \
-         during the load ÷ requests completed.\n\n",
+         during the load ÷ requests completed.\n\
+         - wrk is a closed loop: under saturation latency ≈ connections ÷ throughput, so the \
+         saturated latency ratios mostly mirror throughput; the paced rows compare latency at \
+         (nearly) the same rate.\n\n",
     );
 
     t.push_str("## ztrace's own cost\n\n");
@@ -1011,9 +1050,8 @@ fn render(ctx: &Ctx, results: &[&ScenarioResult], elapsed: Duration) -> String {
     t.push_str(" target | meets |\n|---|");
     t.push_str(&"---|".repeat(cols.len() + 2));
     t.push('\n');
-    let per_million = |s: &Sample| {
-        s.ztrace.as_ref().map_or(f64::NAN, |z| z.cpu_s) / s.wrk.requests as f64 * 1e6
-    };
+    let per_million =
+        |s: &Sample| s.ztrace.as_ref().map_or(f64::NAN, |z| z.cpu_s) / s.wrk.requests as f64 * 1e6;
     let all_z = || {
         cols.iter()
             .flat_map(|(r, m)| r.of(*m).iter())
@@ -1126,16 +1164,16 @@ fn render(ctx: &Ctx, results: &[&ScenarioResult], elapsed: Duration) -> String {
         (
             "spans made / exported / dropped (all rounds)",
             Box::new(|v: &[Sample]| {
-                let (m, e, d) = v.iter().filter_map(|s| s.ztrace.as_ref()).fold(
-                    (0, 0, 0),
-                    |(m, e, d), z| {
-                        (
-                            m + z.summary.spans,
-                            e + z.summary.exported,
-                            d + z.summary.dropped,
-                        )
-                    },
-                );
+                let (m, e, d) =
+                    v.iter()
+                        .filter_map(|s| s.ztrace.as_ref())
+                        .fold((0, 0, 0), |(m, e, d), z| {
+                            (
+                                m + z.summary.spans,
+                                e + z.summary.exported,
+                                d + z.summary.dropped,
+                            )
+                        });
                 format!("{m} / {e} / {d}")
             }),
             "—".into(),

@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -35,6 +37,14 @@ enum Task {
     Test,
     /// Formatting and clippy for the userspace and eBPF crates.
     Lint,
+    /// Measure what tracing costs the traced application (nginx, a Python server) and bystanders:
+    /// untraced and traced rounds side by side, as root; prints a table and writes it to
+    /// target/bench/overhead.md.
+    Bench {
+        /// Short rounds, for a smoke run.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -240,6 +250,7 @@ fn main() -> ExitCode {
         Task::Build => build().map(|_| ()),
         Task::Lint => setup().and_then(|_| lint()),
         Task::Test => test(),
+        Task::Bench { quick } => bench::bench(quick),
         Task::Run { args } => build().and_then(|bin| {
             if !is_root() {
                 bail!("ztrace loads eBPF programs: run as root (sudo cargo xtask run …)");
