@@ -534,9 +534,12 @@ fn wrk(ctx: &Ctx, port: u16, load: Load, secs: u32) -> Result<Wrk> {
             cmd.arg("-c32");
         }
         Load::Paced => {
-            cmd.arg("-c4")
-                .arg("-s")
-                .arg(ctx.bench_dir.join("paced.lua"));
+            // wrk runs unpaced, saying so only on stderr, when its script is missing.
+            let script = ctx.bench_dir.join("paced.lua");
+            if !script.is_file() {
+                bail!("the wrk script {} is missing", script.display());
+            }
+            cmd.arg("-c4").arg("-s").arg(script);
         }
     }
     cmd.arg(format!("http://127.0.0.1:{port}/"));

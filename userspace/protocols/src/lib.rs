@@ -11,5 +11,6 @@
 //!   is bounded.
 
 pub mod http1;
+pub mod redis;
 
 pub use http1::Dir;

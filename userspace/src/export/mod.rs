@@ -17,6 +17,7 @@
 
 pub mod console;
 pub mod otlp;
+mod wire;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -1195,13 +1196,9 @@ impl OtlpEncoder {
         self.table.upsert(info);
     }
 
-    /// Encodes one batch; returns the encoded size in bytes.
+    /// Encodes one batch exactly as the gRPC exporter does; returns the encoded size in bytes.
     pub fn encode(&mut self, spans: &[Span]) -> usize {
-        use prost::Message;
-        self.buf.clear();
-        let request = otlp::build_request(spans, &self.table);
-        // Encoding into a Vec cannot fail: it grows as needed.
-        let _ = request.encode(&mut self.buf);
+        wire::encode_request(spans, &self.table, &mut self.buf);
         self.buf.len()
     }
 }

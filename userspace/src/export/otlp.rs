@@ -11,54 +11,23 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::{
-    AttrValue, Attrs, Control, Counters, ProcessTable, SCOPE_NAME, SCOPE_VERSION,
-    resource_attributes, span_attributes, span_name,
-};
-use crate::model::{Span, SpanKind, SpanStatus};
+use super::{Control, Counters, ProcessTable};
+use crate::model::Span;
+
+/// The gRPC method the OTLP trace exporter calls.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// First back-off; doubles per retry up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a batch is retried, in units of `export_timeout`.
 const RETRY_BUDGET_FACTOR: u32 = 3;
-
-fn any_value(v: AttrValue) -> AnyValue {
-    let value = match v {
-        AttrValue::Str(s) => any_value::Value::StringValue(s),
-        AttrValue::Int(i) => any_value::Value::IntValue(i),
-        AttrValue::StrArray(items) => any_value::Value::ArrayValue(ArrayValue {
-            values: items
-                .into_iter()
-                .map(|s| AnyValue {
-                    value: Some(any_value::Value::StringValue(s)),
-                })
-                .collect(),
-        }),
-    };
-    AnyValue { value: Some(value) }
-}
-
-pub(crate) fn key_values(attrs: Attrs) -> Vec<KeyValue> {
-    attrs
-        .into_iter()
-        .map(|(k, v)| KeyValue {
-            key: k.to_string(),
-            value: Some(any_value(v)),
-        })
-        .collect()
-}
 
 /// `Span.flags`: whether the parent is remote is always known here.
 pub(crate) fn span_flags(span: &Span) -> u32 {
@@ -68,73 +37,6 @@ pub(crate) fn span_flags(span: &Span) -> u32 {
     } else {
         has
     }
-}
-
-/// One model span as an OTLP span.
-pub(crate) fn to_otlp_span(span: &Span) -> otlp::Span {
-    let kind = match span.kind {
-        SpanKind::Server => otlp::span::SpanKind::Server,
-        SpanKind::Client => otlp::span::SpanKind::Client,
-    };
-    let status = match &span.status {
-        SpanStatus::Unset => None,
-        SpanStatus::Error(msg) => Some(otlp::Status {
-            message: msg.clone(),
-            code: otlp::status::StatusCode::Error as i32,
-        }),
-    };
-    otlp::Span {
-        trace_id: span.trace_id.0.to_vec(),
-        span_id: span.span_id.0.to_vec(),
-        parent_span_id: span
-            .parent_span_id
-            .map(|p| p.0.to_vec())
-            .unwrap_or_default(),
-        flags: span_flags(span),
-        name: span_name(span),
-        kind: kind as i32,
-        start_time_unix_nano: span.start_unix_ns,
-        end_time_unix_nano: span.end_unix_ns.max(span.start_unix_ns),
-        attributes: key_values(span_attributes(span)),
-        status,
-        ..Default::default()
-    }
-}
-
-/// A batch as one request: one `ResourceSpans` per pid, in order of first appearance.
-pub(crate) fn build_request(spans: &[Span], table: &ProcessTable) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(u32, Vec<otlp::Span>)> = Vec::new();
-    for span in spans {
-        let converted = to_otlp_span(span);
-        match groups.iter_mut().find(|(pid, _)| *pid == span.pid) {
-            Some((_, list)) => list.push(converted),
-            None => groups.push((span.pid, vec![converted])),
-        }
-    }
-    let resource_spans = groups
-        .into_iter()
-        .map(|(pid, spans)| otlp::ResourceSpans {
-            resource: Some(Resource {
-                attributes: key_values(resource_attributes(
-                    pid,
-                    table.get(pid),
-                    table.host_fallback(),
-                )),
-                ..Default::default()
-            }),
-            scope_spans: vec![otlp::ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: SCOPE_NAME.to_string(),
-                    version: SCOPE_VERSION.to_string(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        })
-        .collect();
-    ExportTraceServiceRequest { resource_spans }
 }
 
 /// Why an attempt failed.
@@ -215,7 +117,7 @@ struct Streak {
 
 pub(crate) struct OtlpSink {
     endpoint: String,
-    client: TraceServiceClient<Channel>,
+    client: tonic::client::Grpc<Channel>,
     export_timeout: Duration,
     streak: Option<Streak>,
 }
@@ -252,7 +154,7 @@ impl OtlpSink {
             .connect_lazy();
         OtlpSink {
             endpoint: shown,
-            client: TraceServiceClient::new(channel),
+            client: tonic::client::Grpc::new(channel),
             export_timeout,
             streak: None,
         }
@@ -269,7 +171,9 @@ impl OtlpSink {
         if spans.is_empty() {
             return;
         }
-        let request = build_request(spans, table);
+        let mut encoded = Vec::new();
+        super::wire::encode_request(spans, table, &mut encoded);
+        let request = bytes::Bytes::from(encoded);
         let n = spans.len();
         let started = Instant::now();
         let budget_end = started
@@ -313,14 +217,25 @@ impl OtlpSink {
     /// One export call, bounded by `export_timeout` and by the batch's end.
     async fn attempt(
         &self,
-        request: ExportTraceServiceRequest,
+        request: bytes::Bytes,
         end: &impl Fn(&Control) -> Instant,
         ctl: &mut Control,
-    ) -> Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, Failure>
-    {
+    ) -> Result<ExportTraceServiceResponse, Failure> {
         let started = Instant::now();
         let mut client = self.client.clone();
-        let call = client.export(request);
+        let call = async move {
+            client
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("collector not reachable: {e}")))?;
+            client
+                .unary(
+                    tonic::Request::new(request),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                    super::wire::RawCodec::<ExportTraceServiceResponse>::default(),
+                )
+                .await
+        };
         tokio::pin!(call);
         loop {
             let stop = (started + self.export_timeout).min(end(ctl));
@@ -336,12 +251,7 @@ impl OtlpSink {
         }
     }
 
-    fn succeeded(
-        &mut self,
-        n: usize,
-        response: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
-        counters: &Counters,
-    ) {
+    fn succeeded(&mut self, n: usize, response: ExportTraceServiceResponse, counters: &Counters) {
         let mut rejected = 0usize;
         if let Some(partial) = response.partial_success {
             rejected = usize::try_from(partial.rejected_spans.max(0))
@@ -400,6 +310,118 @@ impl OtlpSink {
     }
 }
 
+/// The request built from `opentelemetry-proto` structs: the reference the direct wire encoding
+/// (`wire.rs`) is tested against.
+#[cfg(test)]
+pub(crate) mod reference {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1 as otlp;
+
+    use super::span_flags;
+    use crate::export::{
+        AttrValue, Attrs, ProcessTable, SCOPE_NAME, SCOPE_VERSION, resource_attributes,
+        span_attributes, span_name,
+    };
+    use crate::model::{Span, SpanKind, SpanStatus};
+
+    fn any_value(v: AttrValue) -> AnyValue {
+        let value = match v {
+            AttrValue::Str(s) => any_value::Value::StringValue(s),
+            AttrValue::Int(i) => any_value::Value::IntValue(i),
+            AttrValue::StrArray(items) => any_value::Value::ArrayValue(ArrayValue {
+                values: items
+                    .into_iter()
+                    .map(|s| AnyValue {
+                        value: Some(any_value::Value::StringValue(s)),
+                    })
+                    .collect(),
+            }),
+        };
+        AnyValue { value: Some(value) }
+    }
+
+    pub(crate) fn key_values(attrs: Attrs) -> Vec<KeyValue> {
+        attrs
+            .into_iter()
+            .map(|(k, v)| KeyValue {
+                key: k.to_string(),
+                value: Some(any_value(v)),
+            })
+            .collect()
+    }
+
+    /// One model span as an OTLP span.
+    pub(crate) fn to_otlp_span(span: &Span) -> otlp::Span {
+        let kind = match span.kind {
+            SpanKind::Server => otlp::span::SpanKind::Server,
+            SpanKind::Client => otlp::span::SpanKind::Client,
+        };
+        let status = match &span.status {
+            SpanStatus::Unset => None,
+            SpanStatus::Error(msg) => Some(otlp::Status {
+                message: msg.clone(),
+                code: otlp::status::StatusCode::Error as i32,
+            }),
+        };
+        otlp::Span {
+            trace_id: span.trace_id.0.to_vec(),
+            span_id: span.span_id.0.to_vec(),
+            parent_span_id: span
+                .parent_span_id
+                .map(|p| p.0.to_vec())
+                .unwrap_or_default(),
+            flags: span_flags(span),
+            name: span_name(span),
+            kind: kind as i32,
+            start_time_unix_nano: span.start_unix_ns,
+            end_time_unix_nano: span.end_unix_ns.max(span.start_unix_ns),
+            attributes: key_values(span_attributes(span)),
+            status,
+            ..Default::default()
+        }
+    }
+
+    /// A batch as one request: one `ResourceSpans` per pid, in order of first appearance.
+    pub(crate) fn build_request(spans: &[Span], table: &ProcessTable) -> ExportTraceServiceRequest {
+        let mut groups: Vec<(u32, Vec<otlp::Span>)> = Vec::new();
+        for span in spans {
+            let converted = to_otlp_span(span);
+            match groups.iter_mut().find(|(pid, _)| *pid == span.pid) {
+                Some((_, list)) => list.push(converted),
+                None => groups.push((span.pid, vec![converted])),
+            }
+        }
+        let resource_spans = groups
+            .into_iter()
+            .map(|(pid, spans)| otlp::ResourceSpans {
+                resource: Some(Resource {
+                    attributes: key_values(resource_attributes(
+                        pid,
+                        table.get(pid),
+                        table.host_fallback(),
+                    )),
+                    ..Default::default()
+                }),
+                scope_spans: vec![otlp::ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: SCOPE_NAME.to_string(),
+                        version: SCOPE_VERSION.to_string(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect();
+        ExportTraceServiceRequest { resource_spans }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -410,6 +432,10 @@ mod tests {
     use opentelemetry_semantic_conventions::resource as res;
     use ztrace_e2e::receiver::{ReceivedSpan, Receiver};
 
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1 as otlp;
+
+    use super::reference::*;
     use super::*;
     use crate::export::test_support::*;
     use crate::export::{ExportConfig, ExportStats, Exporter, Output};
