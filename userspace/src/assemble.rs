@@ -1,35 +1,192 @@
-//! Exchange assembler: feeds each connection's byte streams to the protocol parser and turns
-//! parsed messages into exchanges — request ↔ response pairs with their times, threads and TCP
-//! sequence numbers — handed to the linker as they start and end.
+//! Exchange assembler: detects each connection's protocol from its first bytes, feeds its byte
+//! streams to that protocol's parser, and turns parsed messages into exchanges — request ↔
+//! response pairs with their times, threads and TCP sequence numbers — handed to the linker as
+//! they start and end. Every protocol here answers in request order, so one FIFO per connection
+//! pairs responses with requests.
 //!
 //! Roles are decided from the bytes, not from connect/accept (which may predate attaching): the
-//! side that sends an HTTP request is the client. Timing per exchange, chosen so a callee's span
-//! always sits inside its caller's: SERVER spans run from the *exit* of the read that delivered
-//! the first request byte to the *entry* of the write that sent the last response byte; CLIENT
-//! spans from the *entry* of the first request write to the *exit* of the last response read.
+//! side that sends a request is the client. Timing per exchange, chosen so a callee's span always
+//! sits inside its caller's: SERVER spans run from the *exit* of the read that delivered the first
+//! request byte to the *entry* of the write that sent the last response byte; CLIENT spans from the
+//! *entry* of the first request write to the *exit* of the last response read.
 
 use std::collections::VecDeque;
 
 use ztrace_abi::{DataEvent, direction};
+use ztrace_protocols::{
+    Dir,
+    http1::{self, Http1Conn, Http1Event},
+    redis::{self, RedisConn, RedisEvent},
+};
 
 use crate::{
-    conntrack::{Conn, ConnKey, ConnTable, Mark, Stream},
+    conntrack::{Conn, ConnKey, ConnTable, Stream},
     link::{Handle, Linker, SeqKey, Start, parse_traceparent},
-    model::{HttpExchange, SpanKind},
+    model::{DbExchange, DbSystem, Exchange, HttpExchange, SpanKind},
 };
-use ztrace_protocols::http1::{self, Dir, Http1Conn, Http1Event};
 
 /// After this many chunks that look like no known protocol, a connection is ignored.
 const MAX_UNKNOWN_CHUNKS: u32 = 4;
+
+/// A connection's protocol parser.
+pub enum Parser {
+    Http(Box<Http1Conn>),
+    Redis(Box<RedisConn>),
+}
+
+/// What a parser found, in protocol-neutral terms.
+enum Step {
+    /// A request whose first byte is at `start` of the request stream.
+    Request {
+        start: u64,
+        exchange: Exchange,
+        traceparent: Option<String>,
+    },
+    /// Something learnt about the oldest open exchange before it ends (e.g. an HTTP status line).
+    Update(Update),
+    /// The oldest open exchange's response ended at `end` (one past its last byte).
+    End { end: u64, update: Update },
+    /// The parser lost track of `dir`.
+    Desync(Dir),
+}
+
+enum Update {
+    HttpStatus(u16),
+    HttpResponseBody(u64),
+    Db { error: Option<(String, String)> },
+}
+
+impl Update {
+    fn apply(self, exchange: &mut Exchange) {
+        match (self, exchange) {
+            (Update::HttpStatus(s), Exchange::Http(h)) => h.status = Some(s),
+            (Update::HttpResponseBody(n), Exchange::Http(h)) => h.response_body_size = Some(n),
+            (Update::Db { error }, Exchange::Db(d)) => d.error = error,
+            _ => {}
+        }
+    }
+}
+
+impl Parser {
+    /// Picks a parser from the first bytes seen in either direction, with this process's role.
+    fn detect(payload: &[u8], egress: bool) -> Option<(Parser, SpanKind)> {
+        let (sends_requests, receives_requests) = if egress {
+            (SpanKind::Client, SpanKind::Server)
+        } else {
+            (SpanKind::Server, SpanKind::Client)
+        };
+        if http1::looks_like_request(payload) {
+            return Some((Parser::Http(Box::default()), sends_requests));
+        }
+        if http1::looks_like_response(payload) {
+            // We attached mid-exchange; parsing starts at the next request.
+            return Some((Parser::Http(Box::default()), receives_requests));
+        }
+        if redis::looks_like_command(payload) {
+            return Some((Parser::Redis(Box::default()), sends_requests));
+        }
+        None
+    }
+
+    fn push(&mut self, dir: Dir, payload: &[u8], len: u64, steps: &mut Vec<Step>) {
+        match self {
+            Parser::Http(p) => {
+                let mut events = Vec::new();
+                p.push(dir, payload, len, &mut events);
+                steps.extend(events.into_iter().filter_map(http_step));
+            }
+            Parser::Redis(p) => {
+                let mut events = Vec::new();
+                p.push(dir, payload, len, &mut events);
+                steps.extend(events.into_iter().map(redis_step));
+            }
+        }
+    }
+
+    fn close(&mut self, steps: &mut Vec<Step>) {
+        match self {
+            Parser::Http(p) => {
+                let mut events = Vec::new();
+                p.close(&mut events);
+                steps.extend(events.into_iter().filter_map(http_step));
+            }
+            Parser::Redis(p) => {
+                let mut events = Vec::new();
+                p.close(&mut events);
+                steps.extend(events.into_iter().map(redis_step));
+            }
+        }
+    }
+}
+
+fn http_step(e: Http1Event) -> Option<Step> {
+    Some(match e {
+        Http1Event::Request { start, head } => Step::Request {
+            start,
+            traceparent: head.traceparent,
+            exchange: Exchange::Http(HttpExchange {
+                method: head.method,
+                target: head.target,
+                host: head.host,
+                version: if head.version == 0 { "1.0" } else { "1.1" }.to_string(),
+                status: None,
+                user_agent: head.user_agent,
+                request_body_size: head.content_length,
+                response_body_size: None,
+            }),
+        },
+        Http1Event::Response {
+            head,
+            interim: false,
+            ..
+        } => Step::Update(Update::HttpStatus(head.status)),
+        Http1Event::ResponseComplete { end, body_len, .. } => Step::End {
+            end,
+            update: Update::HttpResponseBody(body_len),
+        },
+        Http1Event::Desync { dir, .. } => Step::Desync(dir),
+        Http1Event::RequestComplete { .. } | Http1Event::Response { interim: true, .. } => {
+            return None;
+        }
+    })
+}
+
+fn redis_step(e: RedisEvent) -> Step {
+    match e {
+        RedisEvent::Command { start, cmd, .. } => Step::Request {
+            start,
+            traceparent: None,
+            exchange: Exchange::Db(DbExchange {
+                system: DbSystem::Redis,
+                operation: Some(cmd.name),
+                collection: None,
+                namespace: None,
+                query_text: Some(cmd.sanitized),
+                error: None,
+                rows: None,
+            }),
+        },
+        RedisEvent::Reply { end, error, .. } => Step::End {
+            end,
+            update: Update::Db {
+                error: error.map(|e| {
+                    let code = e.split_whitespace().next().unwrap_or("ERR").to_string();
+                    (code, e)
+                }),
+            },
+        },
+        RedisEvent::Desync { dir, .. } => Step::Desync(dir),
+    }
+}
 
 #[derive(Default)]
 pub enum Proto {
     #[default]
     Unknown,
-    Http {
+    Known {
         role: SpanKind,
-        parser: Box<Http1Conn>,
-        /// Exchanges in request order (HTTP/1.1 answers in order).
+        parser: Parser,
+        /// Open exchanges in request order.
         pending: VecDeque<Handle>,
     },
     Ignored,
@@ -44,6 +201,7 @@ pub struct ConnState {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct AssembleStats {
     pub data_events: u64,
+    /// Connections whose protocol was recognised.
     pub http_connections: u64,
     pub ignored_connections: u64,
     pub desyncs: u64,
@@ -52,16 +210,19 @@ pub struct AssembleStats {
 
 pub struct Assembler {
     pub conns: ConnTable<ConnState>,
-    events: Vec<Http1Event>,
+    steps: Vec<Step>,
     pub stats: AssembleStats,
+    /// Keep (sanitised) database query text; off by default: queries stay home unless asked for.
+    pub db_query_text: bool,
 }
 
 impl Assembler {
     pub fn new(max_conns: usize) -> Self {
         Self {
             conns: ConnTable::new(max_conns),
-            events: Vec::new(),
+            steps: Vec::new(),
             stats: AssembleStats::default(),
+            db_query_text: false,
         }
     }
 
@@ -82,22 +243,12 @@ impl Assembler {
         stream.advance(ev.bytes, ev.enter_ns, ev.header.ts_ns, ev.header.tid, seq);
 
         if matches!(conn.state.proto, Proto::Unknown) {
-            let role = match (
-                egress,
-                http1::looks_like_request(payload),
-                http1::looks_like_response(payload),
-            ) {
-                (true, true, _) | (false, _, true) => Some(SpanKind::Client),
-                (false, true, _) | (true, _, true) => Some(SpanKind::Server),
-                _ => None,
-            };
-            match role {
-                // A response first means we attached mid-exchange; start parsing at the next request.
-                Some(role) => {
+            match Parser::detect(payload, egress) {
+                Some((parser, role)) => {
                     self.stats.http_connections += 1;
-                    conn.state.proto = Proto::Http {
+                    conn.state.proto = Proto::Known {
                         role,
-                        parser: Box::default(),
+                        parser,
                         pending: VecDeque::new(),
                     };
                 }
@@ -110,18 +261,24 @@ impl Assembler {
                 }
             }
         }
-        if let Proto::Http { role, parser, .. } = &mut conn.state.proto {
+        if let Proto::Known { role, parser, .. } = &mut conn.state.proto {
             let dir = match (*role, egress) {
                 (SpanKind::Client, true) | (SpanKind::Server, false) => Dir::Request,
                 _ => Dir::Response,
             };
-            self.events.clear();
-            parser.push(dir, payload, ev.bytes, &mut self.events);
-            let events = std::mem::take(&mut self.events);
-            for e in &events {
-                handle(key, conn, e, linker, &mut self.stats);
+            self.steps.clear();
+            parser.push(dir, payload, ev.bytes, &mut self.steps);
+            for mut step in self.steps.drain(..) {
+                if !self.db_query_text
+                    && let Step::Request {
+                        exchange: Exchange::Db(db),
+                        ..
+                    } = &mut step
+                {
+                    db.query_text = None;
+                }
+                apply(key, conn, step, linker, &mut self.stats);
             }
-            self.events = events;
         }
         if let Some((k, c)) = evicted {
             finish_conn(k, c, ev.header.ts_ns, linker, &mut self.stats);
@@ -151,29 +308,33 @@ impl Assembler {
     }
 }
 
+/// (request stream, response stream) from this process's point of view.
 fn streams(conn: &Conn<ConnState>, role: SpanKind) -> (&Stream, &Stream) {
-    // (request stream, response stream) from this process's point of view.
     match role {
         SpanKind::Client => (&conn.egress, &conn.ingress),
         SpanKind::Server => (&conn.ingress, &conn.egress),
     }
 }
 
-fn handle(
+fn apply(
     key: ConnKey,
     conn: &mut Conn<ConnState>,
-    event: &Http1Event,
+    step: Step,
     linker: &mut Linker,
     stats: &mut AssembleStats,
 ) {
-    let Proto::Http { role, pending, .. } = &conn.state.proto else {
+    let Proto::Known { role, .. } = &conn.state.proto else {
         return;
     };
     let role = *role;
     let (req_stream, resp_stream) = streams(conn, role);
-    match event {
-        Http1Event::Request { start, head } => {
-            let Some((mark, seq)) = req_stream.locate(*start) else {
+    match step {
+        Step::Request {
+            start,
+            exchange,
+            traceparent,
+        } => {
+            let Some((mark, seq)) = req_stream.locate(start) else {
                 return;
             };
             let start_ns = match role {
@@ -184,68 +345,55 @@ fn handle(
                 SpanKind::Client => (conn.local, conn.peer),
                 SpanKind::Server => (conn.peer, conn.local),
             };
-            let start = Start {
+            let h = linker.start(Start {
                 kind: role,
                 pid: key.tgid,
                 tid: mark.tid,
                 start_ns,
                 local: conn.local,
                 peer: conn.peer,
-                http: HttpExchange {
-                    method: head.method.clone(),
-                    target: head.target.clone(),
-                    host: head.host.clone(),
-                    version: format!("1.{}", head.version),
-                    status: None,
-                    user_agent: head.user_agent.clone(),
-                    request_body_size: head.content_length,
-                    response_body_size: None,
-                },
-                traceparent: head.traceparent.as_deref().and_then(parse_traceparent),
+                exchange,
+                traceparent: traceparent.as_deref().and_then(parse_traceparent),
                 seq_key: seq.map(|seq| SeqKey {
                     client,
                     server,
                     seq,
                 }),
-            };
-            let h = linker.start(start);
-            if let Proto::Http { pending, .. } = &mut conn.state.proto {
+            });
+            if let Proto::Known { pending, .. } = &mut conn.state.proto {
                 pending.push_back(h);
             }
         }
-        Http1Event::RequestComplete { .. } | Http1Event::Response { interim: true, .. } => {}
-        Http1Event::Response {
-            head,
-            interim: false,
-            ..
-        } => {
-            if let Some(&h) = pending.front() {
-                linker.set_status(h, head.status);
+        Step::Update(update) => {
+            if let Proto::Known { pending, .. } = &conn.state.proto
+                && let Some(&h) = pending.front()
+            {
+                linker.update(h, |x| update.apply(x));
             }
         }
-        Http1Event::ResponseComplete { end, body_len, .. } => {
-            let end_mark: Option<Mark> = resp_stream.locate(end.saturating_sub(1)).map(|(m, _)| m);
-            let end_ns = match (role, end_mark) {
-                (SpanKind::Server, Some(m)) => m.enter_ns,
-                (SpanKind::Client, Some(m)) => m.exit_ns,
+        Step::End { end, update } => {
+            let end_ns = match (role, resp_stream.locate(end.saturating_sub(1))) {
+                (SpanKind::Server, Some((m, _))) => m.enter_ns,
+                (SpanKind::Client, Some((m, _))) => m.exit_ns,
                 (_, None) => conn.last_ns,
             };
-            if let Proto::Http { pending, .. } = &mut conn.state.proto
+            if let Proto::Known { pending, .. } = &mut conn.state.proto
                 && let Some(h) = pending.pop_front()
             {
-                linker.finish(h, end_ns, None, Some(*body_len), None);
+                linker.update(h, |x| update.apply(x));
+                linker.finish(h, end_ns, None);
             }
         }
-        Http1Event::Desync { dir, .. } => {
+        Step::Desync(dir) => {
             stats.desyncs += 1;
             // Lost track of a response: the exchanges waiting for it cannot be paired reliably.
-            if *dir == Dir::Response
-                && let Proto::Http { pending, .. } = &mut conn.state.proto
+            if dir == Dir::Response
+                && let Proto::Known { pending, .. } = &mut conn.state.proto
             {
                 let ts = conn.last_ns;
                 for h in pending.drain(..) {
                     stats.aborted_exchanges += 1;
-                    linker.finish(h, ts, None, None, Some("unparseable response".into()));
+                    linker.finish(h, ts, Some("unparseable response".into()));
                 }
             }
         }
@@ -259,21 +407,19 @@ fn finish_conn(
     linker: &mut Linker,
     stats: &mut AssembleStats,
 ) {
-    if let Proto::Http { parser, .. } = &mut conn.state.proto {
-        let mut events = Vec::new();
-        parser.close(&mut events);
-        for e in &events {
-            handle(key, &mut conn, e, linker, stats);
-        }
+    let mut steps = Vec::new();
+    if let Proto::Known { parser, .. } = &mut conn.state.proto {
+        parser.close(&mut steps);
     }
-    if let Proto::Http { pending, .. } = &mut conn.state.proto {
+    for step in steps {
+        apply(key, &mut conn, step, linker, stats);
+    }
+    if let Proto::Known { pending, .. } = &mut conn.state.proto {
         for h in pending.drain(..) {
             stats.aborted_exchanges += 1;
             linker.finish(
                 h,
                 ts_ns,
-                None,
-                None,
                 Some("connection closed before the response".into()),
             );
         }

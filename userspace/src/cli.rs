@@ -85,6 +85,10 @@ pub struct ExportArgs {
     /// Where spans go when no collector is configured.
     #[arg(long, value_enum, default_value_t = Format::Console)]
     pub output: Format,
+    /// Export database statements as `db.query.text`, with literals removed. Off by default:
+    /// query text stays home unless you ask for it.
+    #[arg(long)]
+    pub db_query_text: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +196,7 @@ pub fn main() -> i32 {
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    let (target, mode, service) = match cli.command {
+    let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Replay {
             file,
@@ -221,19 +225,26 @@ pub fn main() -> i32 {
                 Ok(o) => o,
                 Err(e) => return usage_error(e),
             };
-            return match daemon::replay(&file, output, service_name(&export)) {
+            return match daemon::replay(&file, output, service_name(&export), export.db_query_text)
+            {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
             };
         }
-        Some(Command::Record { target, file }) => (target, daemon::Mode::Record(file), None),
+        Some(Command::Record { target, file }) => (target, daemon::Mode::Record(file), None, false),
         None => {
             let output = match resolve_output(&cli.run.export) {
                 Ok(o) => o,
                 Err(e) => return usage_error(e),
             };
             let service = service_name(&cli.run.export);
-            (cli.run.target, daemon::Mode::Trace(output), service)
+            let db_query_text = cli.run.export.db_query_text;
+            (
+                cli.run.target,
+                daemon::Mode::Trace(output),
+                service,
+                db_query_text,
+            )
         }
     };
     if target.pids.is_empty() {
@@ -263,6 +274,7 @@ pub fn main() -> i32 {
         service_name: service,
         duration: target.duration,
         payload_cap: target.payload_cap,
+        db_query_text,
         mode,
     };
     match daemon::run(config) {

@@ -26,6 +26,7 @@ pub struct DaemonConfig {
     pub service_name: Option<String>,
     pub duration: Option<Duration>,
     pub payload_cap: u32,
+    pub db_query_text: bool,
     pub mode: Mode,
 }
 
@@ -187,7 +188,11 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let (mut sink, what) = match &cfg.mode {
         Mode::Trace(output) => (
             Sink::Trace {
-                pipeline: Box::new(Pipeline::new(mono_to_unix, None)),
+                pipeline: {
+                    let mut p = Box::new(Pipeline::new(mono_to_unix, None));
+                    p.set_db_query_text(cfg.db_query_text);
+                    p
+                },
                 exporter: Exporter::spawn(ExportConfig {
                     output: output.clone(),
                     ..ExportConfig::default()
@@ -314,7 +319,12 @@ fn drain(
 
 /// Runs a record file through the pipeline and exporter. Needs no privileges; the same file
 /// gives the same spans (ids included) every time.
-pub fn replay(path: &std::path::Path, output: Output, service_name: Option<String>) -> Result<()> {
+pub fn replay(
+    path: &std::path::Path,
+    output: Output,
+    service_name: Option<String>,
+    db_query_text: bool,
+) -> Result<()> {
     let mut reader =
         record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
     runtime()?.block_on(async move {
@@ -327,6 +337,7 @@ pub fn replay(path: &std::path::Path, output: Output, service_name: Option<Strin
             reader.header.mono_to_unix_ns as i128,
             Some(reader.header.mono_to_unix_ns as u64),
         );
+        pipeline.set_db_query_text(db_query_text);
         let (mut spans, mut changes) = (Vec::new(), Vec::new());
         let mut records = 0u64;
         while let Some(frame) = reader

@@ -26,7 +26,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use rand::{SeedableRng, rngs::StdRng};
 
-use crate::model::{Endpoint, HttpExchange, Span, SpanId, SpanKind, SpanStatus, TraceId};
+use crate::model::{Endpoint, Exchange, Span, SpanId, SpanKind, SpanStatus, TraceId};
 
 pub type Handle = u64;
 
@@ -61,7 +61,7 @@ pub struct Start {
     pub start_ns: u64,
     pub local: Endpoint,
     pub peer: Endpoint,
-    pub http: HttpExchange,
+    pub exchange: Exchange,
     pub traceparent: Option<(TraceId, SpanId)>,
     pub seq_key: Option<SeqKey>,
 }
@@ -94,7 +94,7 @@ struct Rec {
     end_ns: Option<u64>,
     local: Endpoint,
     peer: Endpoint,
-    http: HttpExchange,
+    exchange: Exchange,
     error: Option<String>,
     /// Fixed once released.
     released_trace: Option<TraceId>,
@@ -195,7 +195,7 @@ impl Linker {
                 end_ns: None,
                 local: s.local,
                 peer: s.peer,
-                http: s.http,
+                exchange: s.exchange,
                 error: None,
                 released_trace: None,
                 released_ns: 0,
@@ -204,21 +204,15 @@ impl Linker {
         h
     }
 
-    pub fn set_status(&mut self, h: Handle, status: u16) {
+    /// Adds what the response (or the rest of the request) told about the exchange.
+    pub fn update(&mut self, h: Handle, f: impl FnOnce(&mut Exchange)) {
         if let Some(rec) = self.recs.get_mut(&h) {
-            rec.http.status = Some(status);
+            f(&mut rec.exchange);
         }
     }
 
     /// The exchange ended (response complete, or aborted with `error`).
-    pub fn finish(
-        &mut self,
-        h: Handle,
-        end_ns: u64,
-        request_body: Option<u64>,
-        response_body: Option<u64>,
-        error: Option<String>,
-    ) {
+    pub fn finish(&mut self, h: Handle, end_ns: u64, error: Option<String>) {
         let Some(rec) = self.recs.get_mut(&h) else {
             return;
         };
@@ -226,8 +220,6 @@ impl Linker {
             return;
         }
         rec.end_ns = Some(end_ns.max(rec.start_ns));
-        rec.http.request_body_size = request_body.or(rec.http.request_body_size);
-        rec.http.response_body_size = response_body.or(rec.http.response_body_size);
         rec.error = error;
         if rec.kind == SpanKind::Server {
             let key = (rec.pid, rec.tid);
@@ -340,16 +332,7 @@ impl Linker {
         rec.released_ns = now_ns;
         self.stats.spans_released += 1;
         let end_ns = rec.end_ns.unwrap_or(rec.start_ns);
-        let status = match (&rec.error, rec.http.status, rec.kind) {
-            (Some(e), _, _) => SpanStatus::Error(e.clone()),
-            (None, Some(code), SpanKind::Server) if code >= 500 => {
-                SpanStatus::Error(code.to_string())
-            }
-            (None, Some(code), SpanKind::Client) if code >= 400 => {
-                SpanStatus::Error(code.to_string())
-            }
-            _ => SpanStatus::Unset,
-        };
+        let status = status_of(&rec.exchange, rec.kind, rec.error.as_deref());
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
         out.push(Span {
             trace_id: trace,
@@ -357,14 +340,14 @@ impl Linker {
             parent_span_id,
             parent_is_remote,
             kind: rec.kind,
-            name: span_name(&rec.http.method),
+            name: exchange_name(&rec.exchange),
             start_unix_ns: to_unix(rec.start_ns),
             end_unix_ns: to_unix(end_ns),
             pid: rec.pid,
             tid: rec.tid,
             local: rec.local,
             peer: rec.peer,
-            http: rec.http.clone(),
+            exchange: rec.exchange.clone(),
             status,
         });
     }
@@ -382,8 +365,6 @@ impl Linker {
             self.finish(
                 h,
                 now_ns,
-                None,
-                None,
                 Some("tracer stopped before the exchange ended".into()),
             );
         }
@@ -401,6 +382,42 @@ impl Linker {
 const KNOWN_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
+
+/// Span status per the conventions: HTTP servers fail on 5xx, clients on 4xx and 5xx; a database
+/// call fails when the server answered with an error; any exchange fails when it was cut off.
+fn status_of(exchange: &Exchange, kind: SpanKind, error: Option<&str>) -> SpanStatus {
+    if let Some(e) = error {
+        return SpanStatus::Error(e.to_string());
+    }
+    match exchange {
+        Exchange::Http(h) => match (h.status, kind) {
+            (Some(code), SpanKind::Server) if code >= 500 => SpanStatus::Error(code.to_string()),
+            (Some(code), SpanKind::Client) if code >= 400 => SpanStatus::Error(code.to_string()),
+            _ => SpanStatus::Unset,
+        },
+        Exchange::Db(d) => match &d.error {
+            Some((code, message)) => SpanStatus::Error(if message.is_empty() {
+                code.clone()
+            } else {
+                format!("{code} {message}")
+            }),
+            None => SpanStatus::Unset,
+        },
+    }
+}
+
+/// Span name per the conventions: HTTP — the method; databases — "{operation} {collection}",
+/// falling back to the operation, then the system.
+pub fn exchange_name(exchange: &Exchange) -> String {
+    match exchange {
+        Exchange::Http(h) => span_name(&h.method),
+        Exchange::Db(d) => match (&d.operation, &d.collection) {
+            (Some(op), Some(coll)) => format!("{op} {coll}"),
+            (Some(op), None) => op.clone(),
+            _ => d.system.name().to_string(),
+        },
+    }
+}
 
 /// Span name per the HTTP conventions when no route is known: the method, or "HTTP".
 pub fn span_name(method: &str) -> String {
@@ -451,6 +468,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::model::HttpExchange;
 
     fn ep(port: u16) -> Endpoint {
         Endpoint {
@@ -467,10 +485,10 @@ mod tests {
             start_ns: t,
             local: ep(1),
             peer: ep(2),
-            http: HttpExchange {
+            exchange: Exchange::Http(HttpExchange {
                 method: "GET".into(),
                 ..Default::default()
-            },
+            }),
             traceparent: None,
             seq_key: None,
         }
@@ -508,9 +526,9 @@ mod tests {
                 let c = l.start(client_start);
                 (c, l.start(back_start))
             };
-            l.finish(back, 300, None, None, None);
-            l.finish(client, 310, None, None, None);
-            l.finish(front, 400, None, None, None);
+            l.finish(back, 300, None);
+            l.finish(client, 310, None);
+            l.finish(front, 400, None);
             let mut out = Vec::new();
             l.poll(450, &mut out);
             assert!(out.is_empty(), "root must wait for the link grace period");
@@ -538,7 +556,7 @@ mod tests {
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         s.traceparent = Some(tp);
         let h = l.start(s);
-        l.finish(h, 9, None, None, None);
+        l.finish(h, 9, None);
         let mut out = Vec::new();
         l.poll(10, &mut out);
         assert_eq!(out.len(), 1, "remote-parented spans need no grace period");
@@ -555,7 +573,7 @@ mod tests {
         let b = l.start(start(SpanKind::Server, 1, 1, 2));
         let c = l.start(start(SpanKind::Client, 1, 1, 3));
         for h in [a, b, c] {
-            l.finish(h, 4, None, None, None);
+            l.finish(h, 4, None);
         }
         let mut out = Vec::new();
         l.poll(LINK_GRACE_NS + 10, &mut out);
@@ -568,9 +586,9 @@ mod tests {
     fn finished_server_no_longer_parents_new_clients() {
         let mut l = Linker::new(0, 10, None);
         let a = l.start(start(SpanKind::Server, 1, 1, 1));
-        l.finish(a, 2, None, None, None);
+        l.finish(a, 2, None);
         let c = l.start(start(SpanKind::Client, 1, 1, 3));
-        l.finish(c, 4, None, None, None);
+        l.finish(c, 4, None);
         let mut out = Vec::new();
         l.poll(LINK_GRACE_NS + 10, &mut out);
         assert!(out.iter().all(|s| s.parent_span_id.is_none()));
@@ -581,7 +599,7 @@ mod tests {
         let mut l = Linker::new(0, 10, None);
         let a = l.start(start(SpanKind::Server, 1, 1, 1));
         let c = l.start(start(SpanKind::Client, 1, 1, 3));
-        l.finish(c, 4, None, None, None);
+        l.finish(c, 4, None);
         let mut out = Vec::new();
         l.drain(5, &mut out);
         assert_eq!(out.len(), 2);

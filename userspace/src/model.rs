@@ -92,6 +92,49 @@ pub struct HttpExchange {
     pub response_body_size: Option<u64>,
 }
 
+/// Database systems ztrace understands on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DbSystem {
+    Redis,
+    Postgresql,
+    Mysql,
+}
+
+impl DbSystem {
+    /// `db.system.name` per the semantic conventions.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbSystem::Redis => "redis",
+            DbSystem::Postgresql => "postgresql",
+            DbSystem::Mysql => "mysql",
+        }
+    }
+}
+
+/// The database view of one request/response exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbExchange {
+    pub system: DbSystem,
+    /// Command or SQL keyword, e.g. "GET", "SELECT".
+    pub operation: Option<String>,
+    /// Key (Redis) or main table (SQL), when derivable.
+    pub collection: Option<String>,
+    /// Database name, when the connection's start-up was seen.
+    pub namespace: Option<String>,
+    /// The statement with literals removed; exported only when the user opts in.
+    pub query_text: Option<String>,
+    /// Error code (SQLSTATE, MySQL error number, Redis error prefix) and message from the server.
+    pub error: Option<(String, String)>,
+    pub rows: Option<u64>,
+}
+
+/// What a span is about, by protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    Http(HttpExchange),
+    Db(DbExchange),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpanStatus {
     Unset,
@@ -117,8 +160,31 @@ pub struct Span {
     pub local: Endpoint,
     /// The other end of the connection.
     pub peer: Endpoint,
-    pub http: HttpExchange,
+    pub exchange: Exchange,
     pub status: SpanStatus,
+}
+
+impl Span {
+    pub fn http(&self) -> Option<&HttpExchange> {
+        match &self.exchange {
+            Exchange::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn http_mut(&mut self) -> Option<&mut HttpExchange> {
+        match &mut self.exchange {
+            Exchange::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn db(&self) -> Option<&DbExchange> {
+        match &self.exchange {
+            Exchange::Db(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// What the exported Resource says about a traced process.

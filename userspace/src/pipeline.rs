@@ -106,6 +106,11 @@ impl Pipeline {
         }
     }
 
+    /// Export sanitised database query text (`db.query.text`); off by default.
+    pub fn set_db_query_text(&mut self, on: bool) {
+        self.assembler.db_query_text = on;
+    }
+
     /// Releases settled spans. `now_ns` is monotonic time (the kernel's clock).
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Span>) {
         let now_ns = now_ns.max(self.last_ns);
@@ -283,9 +288,9 @@ mod tests {
             let front = find(1, SpanKind::Server);
             let call = find(1, SpanKind::Client);
             let back = find(2, SpanKind::Server);
-            assert_eq!(front.http.target, "/a?q=1");
-            assert_eq!(front.http.host.as_deref(), Some("front"));
-            assert_eq!(front.http.status, Some(500));
+            assert_eq!(front.http().unwrap().target, "/a?q=1");
+            assert_eq!(front.http().unwrap().host.as_deref(), Some("front"));
+            assert_eq!(front.http().unwrap().status, Some(500));
             assert_eq!(front.status, SpanStatus::Error("500".into()));
             // Server span: from the read that completed... the first request byte's read exit,
             // to the entry of the write that sent the last response byte.
@@ -295,8 +300,8 @@ mod tests {
             assert_eq!(call.parent_span_id, Some(front.span_id));
             assert_eq!(back.parent_span_id, Some(call.span_id));
             assert!(spans.iter().all(|s| s.trace_id == front.trace_id));
-            assert_eq!(call.http.status, Some(200));
-            assert_eq!(back.http.response_body_size, Some(2));
+            assert_eq!(call.http().unwrap().status, Some(200));
+            assert_eq!(back.http().unwrap().response_body_size, Some(2));
             assert_eq!(stats.link.cross_process_links, 1);
             assert_eq!(stats.link.thread_links, 1);
         }
@@ -325,14 +330,20 @@ mod tests {
             record(&conn, true, 200, 0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n"),
         ];
         let (mut spans, stats) = run(&records);
-        spans.sort_by_key(|s| s.http.target.clone());
+        spans.sort_by_key(|s| s.http().unwrap().target.clone());
         assert_eq!(spans.len(), 2);
         assert_eq!(
-            (spans[0].http.target.as_str(), spans[0].http.status),
+            (
+                spans[0].http().unwrap().target.as_str(),
+                spans[0].http().unwrap().status
+            ),
             ("/1", Some(200))
         );
         assert_eq!(
-            (spans[1].http.target.as_str(), spans[1].http.status),
+            (
+                spans[1].http().unwrap().target.as_str(),
+                spans[1].http().unwrap().status
+            ),
             ("/2", Some(404))
         );
         // A 404 is not a server error.

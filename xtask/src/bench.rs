@@ -936,6 +936,16 @@ fn render(
         load.1,
     ));
 
+    let busiest = [&load.0, &load.1]
+        .iter()
+        .filter_map(|l| l.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    if busiest > cores as f64 {
+        t.push_str(&format!(
+            "**Warning: the machine was busy with other work (load average up to {busiest:.1} \
+             on {cores} cores): ratios are unreliable; run again on a quiet machine.**\n\n"
+        ));
+    }
     t.push_str("## Application overhead\n\n");
     t.push_str("| scenario | metric | untraced (median) | with ztrace (median) | ratio | target | meets |\n");
     t.push_str("|---|---|---|---|---|---|---|\n");

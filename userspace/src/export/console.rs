@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{
     AttrValue, Counters, ProcessTable, display_target, service_name, span_attributes, span_name,
 };
-use crate::model::{Span, SpanId, SpanKind, SpanStatus, TraceId};
+use crate::model::{Exchange, Span, SpanId, SpanKind, SpanStatus, TraceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -295,23 +295,48 @@ pub(crate) fn render_console(spans: &[Span], table: &ProcessTable, color: bool) 
         } else {
             format!("{}└─ ", "   ".repeat(depth - 1))
         };
-        let method = if s.http.method.is_empty() {
-            span_name(s)
-        } else {
-            truncate(&clean(&s.http.method), 16)
-        };
-        let target = truncate(&clean(&display_target(s)), TARGET_MAX);
-        let status = match (s.http.status, &s.status) {
-            (Some(code), st) => {
-                let c = match code {
-                    _ if matches!(st, SpanStatus::Error(_)) || code >= 500 => RED,
-                    400..=499 => YELLOW,
-                    300..=399 => CYAN,
-                    _ => GREEN,
+        let (method, target, status) = match &s.exchange {
+            Exchange::Http(http) => {
+                let method = if http.method.is_empty() {
+                    span_name(s)
+                } else {
+                    truncate(&clean(&http.method), 16)
                 };
-                paint.wrap(c, &code.to_string())
+                let status = match (http.status, &s.status) {
+                    (Some(code), st) => {
+                        let c = match code {
+                            _ if matches!(st, SpanStatus::Error(_)) || code >= 500 => RED,
+                            400..=499 => YELLOW,
+                            300..=399 => CYAN,
+                            _ => GREEN,
+                        };
+                        paint.wrap(c, &code.to_string())
+                    }
+                    (None, _) => paint.wrap(RED, "(no response)"),
+                };
+                (
+                    method,
+                    truncate(&clean(&display_target(s)), TARGET_MAX),
+                    status,
+                )
             }
-            (None, _) => paint.wrap(RED, "(no response)"),
+            Exchange::Db(db) => {
+                let status = match (&db.error, &s.status) {
+                    (Some((code, _)), _) => paint.wrap(RED, code),
+                    (None, SpanStatus::Error(e)) => paint.wrap(RED, e),
+                    (None, SpanStatus::Unset) => paint.wrap(GREEN, "OK"),
+                };
+                let what = db
+                    .query_text
+                    .as_deref()
+                    .or(db.operation.as_deref())
+                    .unwrap_or("");
+                (
+                    db.system.name().to_string(),
+                    truncate(&clean(what), TARGET_MAX),
+                    status,
+                )
+            }
         };
         let _ = write!(
             out,
@@ -483,8 +508,8 @@ mod tests {
     #[test]
     fn console_escapes_wire_text_and_colors_on_request() {
         let mut s = server_span();
-        s.http.target = "/evil\x1b[2J?x".into();
-        s.http.status = None;
+        s.http_mut().unwrap().target = "/evil\x1b[2J?x".into();
+        s.http_mut().unwrap().status = None;
         let text = render_console(&[s], &table(), false);
         assert!(!text.contains('\x1b'), "{text:?}");
         assert!(

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::model::{ProcessInfo, Span, SpanKind, SpanStatus};
+use crate::model::{DbExchange, Exchange, HttpExchange, ProcessInfo, Span, SpanKind, SpanStatus};
 
 /// Instrumentation scope name and `telemetry.sdk.name`.
 pub const SCOPE_NAME: &str = "ztrace";
@@ -568,9 +568,27 @@ fn known_method(method: &str) -> bool {
     KNOWN_METHODS.contains(&method)
 }
 
-/// Span name per HTTP semantic conventions: the method, or `HTTP` for an unknown one.
+/// The HTTP side of a span (empty for other protocols, whose code paths do not ask).
+pub(crate) fn http_of(span: &Span) -> &HttpExchange {
+    static EMPTY: HttpExchange = HttpExchange {
+        method: String::new(),
+        target: String::new(),
+        host: None,
+        version: String::new(),
+        status: None,
+        user_agent: None,
+        request_body_size: None,
+        response_body_size: None,
+    };
+    span.http().unwrap_or(&EMPTY)
+}
+
+/// Span name per the semantic conventions: for HTTP the method, or `HTTP` for an unknown one.
 pub(crate) fn span_name(span: &Span) -> String {
-    let method = span.http.method.as_str();
+    if !matches!(span.exchange, Exchange::Http(_)) {
+        return crate::link::exchange_name(&span.exchange);
+    }
+    let method = http_of(span).method.as_str();
     if known_method(method) {
         method.to_string()
     } else if method.is_empty() && !span.name.is_empty() {
@@ -673,7 +691,7 @@ fn url_host(host: &str) -> Cow<'_, str> {
 
 /// `server.address`/`server.port` as a client sees them: the `Host` header, else the peer.
 fn client_side_server(span: &Span) -> (String, u16) {
-    match span.http.host.as_deref().and_then(split_host) {
+    match http_of(span).host.as_deref().and_then(split_host) {
         Some((host, port)) => (host.to_string(), port.unwrap_or(span.peer.port)),
         None => (canonical(span.peer.addr).to_string(), span.peer.port),
     }
@@ -682,7 +700,7 @@ fn client_side_server(span: &Span) -> (String, u16) {
 /// `url.full` of a client span: `http://{host}:{port}{target}`, credentials stripped and
 /// sensitive query values redacted.
 pub(crate) fn full_url(span: &Span) -> String {
-    let target = span.http.target.as_str();
+    let target = http_of(span).target.as_str();
     let (base, rest) = match absolute_prefix(target) {
         Some((scheme, authority, rest)) => {
             let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
@@ -710,7 +728,7 @@ pub(crate) fn display_target(span: &Span) -> String {
     match span.kind {
         SpanKind::Client => full_url(span),
         SpanKind::Server => {
-            let t = span.http.target.as_str();
+            let t = http_of(span).target.as_str();
             match t.split_once('?') {
                 Some((path, query)) => format!("{path}?{}", redact_query(query)),
                 None => t.to_string(),
@@ -723,9 +741,60 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The span's attributes per OpenTelemetry HTTP semantic conventions.
+/// The span's attributes per the OpenTelemetry semantic conventions of its protocol.
 pub(crate) fn span_attributes(span: &Span) -> Attrs {
-    let http = &span.http;
+    match &span.exchange {
+        Exchange::Http(http) => http_attributes(span, http),
+        Exchange::Db(db) => db_attributes(span, db),
+    }
+}
+
+/// Database client/server spans (database semantic conventions).
+fn db_attributes(span: &Span, db: &DbExchange) -> Attrs {
+    let mut a: Attrs = Vec::with_capacity(12);
+    a.push(str_attr(semconv::DB_SYSTEM_NAME, db.system.name()));
+    if let Some(op) = &db.operation {
+        a.push(str_attr(semconv::DB_OPERATION_NAME, op.as_str()));
+    }
+    if let Some(coll) = &db.collection {
+        a.push(str_attr(semconv::DB_COLLECTION_NAME, coll.as_str()));
+    }
+    if let Some(ns) = &db.namespace {
+        a.push(str_attr(semconv::DB_NAMESPACE, ns.as_str()));
+    }
+    if let Some(q) = &db.query_text {
+        a.push(str_attr(semconv::DB_QUERY_TEXT, q.as_str()));
+    }
+    if let Some((code, _)) = &db.error {
+        a.push(str_attr(semconv::DB_RESPONSE_STATUS_CODE, code.as_str()));
+        a.push(str_attr(semconv::ERROR_TYPE, code.as_str()));
+    }
+    if let Some(rows) = db.rows {
+        a.push(int_attr(semconv::DB_RESPONSE_RETURNED_ROWS, to_i64(rows)));
+    }
+    let (server, peer) = match span.kind {
+        SpanKind::Client => (span.peer, span.peer),
+        SpanKind::Server => (span.local, span.peer),
+    };
+    a.push(str_attr(
+        semconv::SERVER_ADDRESS,
+        canonical(server.addr).to_string(),
+    ));
+    a.push(int_attr(semconv::SERVER_PORT, server.port));
+    a.push(str_attr(
+        semconv::NETWORK_PEER_ADDRESS,
+        canonical(peer.addr).to_string(),
+    ));
+    a.push(int_attr(semconv::NETWORK_PEER_PORT, peer.port));
+    a.push(str_attr(semconv::NETWORK_TRANSPORT, "tcp"));
+    if span.tid != 0 {
+        a.push(int_attr(semconv::THREAD_ID, span.tid));
+    }
+    a
+}
+
+/// HTTP spans (HTTP semantic conventions).
+fn http_attributes(span: &Span, http: &HttpExchange) -> Attrs {
     let mut a: Attrs = Vec::with_capacity(20);
     let method = http.method.as_str();
     if known_method(method) {
@@ -889,7 +958,7 @@ pub(crate) mod test_support {
                 addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
                 port: 51234,
             },
-            http: HttpExchange {
+            exchange: Exchange::Http(HttpExchange {
                 method: "GET".into(),
                 target: "/api/orders?limit=10".into(),
                 host: Some("shop.example:8080".into()),
@@ -898,7 +967,7 @@ pub(crate) mod test_support {
                 user_agent: Some("curl/8.5.0".into()),
                 request_body_size: None,
                 response_body_size: Some(512),
-            },
+            }),
             status: SpanStatus::Unset,
         }
     }
@@ -920,7 +989,7 @@ pub(crate) mod test_support {
                 addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
                 port: 5000,
             },
-            http: HttpExchange {
+            exchange: Exchange::Http(HttpExchange {
                 method: "POST".into(),
                 target: "/charge".into(),
                 host: Some("payments".into()),
@@ -929,7 +998,7 @@ pub(crate) mod test_support {
                 user_agent: Some("python-requests/2.31".into()),
                 request_body_size: Some(42),
                 response_body_size: Some(0),
-            },
+            }),
             status: SpanStatus::Error("503 Service Unavailable".into()),
             ..server_span()
         }
@@ -1041,11 +1110,11 @@ mod tests {
     #[test]
     fn server_address_falls_back_to_local_socket() {
         let mut span = server_span();
-        span.http.host = None;
+        span.http_mut().unwrap().host = None;
         let a = span_attributes(&span);
         assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("10.0.0.1")));
         assert_eq!(get(&a, semconv::SERVER_PORT), Some(&AttrValue::Int(8080)));
-        span.http.host = Some("shop.example".into());
+        span.http_mut().unwrap().host = Some("shop.example".into());
         let a = span_attributes(&span);
         assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("shop.example")));
         assert_eq!(get(&a, semconv::SERVER_PORT), Some(&AttrValue::Int(8080)));
@@ -1074,9 +1143,9 @@ mod tests {
     #[test]
     fn client_url_from_peer_ipv6_and_absolute_targets() {
         let mut span = client_span();
-        span.http.host = None;
+        span.http_mut().unwrap().host = None;
         span.peer.addr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-        span.http.target = "/x?sig=secret".into();
+        span.http_mut().unwrap().target = "/x?sig=secret".into();
         let a = span_attributes(&span);
         assert_eq!(
             get(&a, semconv::URL_FULL),
@@ -1084,7 +1153,7 @@ mod tests {
         );
         assert_eq!(get(&a, semconv::SERVER_ADDRESS), Some(&s("::1")));
         assert_eq!(get(&a, semconv::NETWORK_TYPE), Some(&s("ipv6")));
-        span.http.target = "http://user:pw@proxy.example:3128/p?q=1".into();
+        span.http_mut().unwrap().target = "http://user:pw@proxy.example:3128/p?q=1".into();
         assert_eq!(full_url(&span), "http://proxy.example:3128/p?q=1");
         // v4-mapped peers are reported as IPv4.
         span.peer.addr = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
@@ -1098,7 +1167,7 @@ mod tests {
     #[test]
     fn unknown_method_is_other() {
         let mut span = server_span();
-        span.http.method = "PURGE".into();
+        span.http_mut().unwrap().method = "PURGE".into();
         let a = span_attributes(&span);
         assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD), Some(&s("_OTHER")));
         assert_eq!(
@@ -1107,9 +1176,9 @@ mod tests {
         );
         assert_eq!(span_name(&span), "HTTP");
         // Methods are case-sensitive.
-        span.http.method = "get".into();
+        span.http_mut().unwrap().method = "get".into();
         assert_eq!(span_name(&span), "HTTP");
-        span.http.method = "DELETE".into();
+        span.http_mut().unwrap().method = "DELETE".into();
         assert_eq!(span_name(&span), "DELETE");
         let a = span_attributes(&span);
         assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD_ORIGINAL), None);
@@ -1118,7 +1187,7 @@ mod tests {
     #[test]
     fn error_type_without_status_uses_message() {
         let mut span = client_span();
-        span.http.status = None;
+        span.http_mut().unwrap().status = None;
         span.status = SpanStatus::Error("connection reset".into());
         let a = span_attributes(&span);
         assert_eq!(get(&a, semconv::ERROR_TYPE), Some(&s("connection reset")));

@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn unknown_method_to_otlp() {
         let mut span = server_span();
-        span.http.method = "PROPFIND".into();
+        span.http_mut().unwrap().method = "PROPFIND".into();
         let o = to_otlp_span(&span);
         assert_eq!(o.name, "HTTP");
         assert_eq!(

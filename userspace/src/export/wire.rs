@@ -199,7 +199,7 @@ mod tests {
         table.upsert(Arc::new(process(10, "python3")));
         let mut error = client_span();
         error.status = SpanStatus::Error("503".into());
-        error.http.status = Some(503);
+        error.http_mut().unwrap().status = Some(503);
         let mut remote = server_span();
         remote.parent_is_remote = true;
         remote.parent_span_id = Some(SpanId([9; 8]));
@@ -220,7 +220,7 @@ mod tests {
     fn large_attribute_values_get_wide_length_prefixes() {
         let table = ProcessTable::new(None);
         let mut s = server_span();
-        s.http.target = format!("/{}", "x".repeat(70_000));
+        s.http_mut().unwrap().target = format!("/{}", "x".repeat(70_000));
         let mut out = Vec::new();
         encode_request(&[s.clone()], &table, &mut out);
         let decoded = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
