@@ -113,13 +113,18 @@ pub fn info(pid: u32, service_name: Option<&str>, host_name: &str) -> ProcessInf
         .as_ref()
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or(comm);
+        .unwrap_or_else(|| comm.clone());
+    // The name the process goes by: multi-call binaries reached through a symlink (redis-server →
+    // redis-check-rdb, busybox) keep their own name here, unlike the resolved executable.
+    let default_service = if comm.is_empty() {
+        executable_name.clone()
+    } else {
+        comm
+    };
     ProcessInfo {
         pid,
         parent_pid: parent_of(pid),
-        service_name: service_name
-            .map(str::to_string)
-            .unwrap_or_else(|| executable_name.clone()),
+        service_name: service_name.map(str::to_string).unwrap_or(default_service),
         executable_path: exe
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),

@@ -99,8 +99,17 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
+/// Debian packages the end-to-end tests drive: real servers and clients.
+const TEST_PACKAGES: &[&str] = &["redis-server", "redis-tools", "util-linux"];
+
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)?;
+    setup_rust()
+}
+
+/// Installs whichever of `packages` are missing (idempotent; says what it does).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -109,7 +118,7 @@ fn setup() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        say("Debian packages: all present");
+        say(&format!("Debian packages {packages:?}: all present"));
     } else {
         if !is_root() {
             bail!(
@@ -123,6 +132,10 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    Ok(())
+}
+
+fn setup_rust() -> Result<()> {
     let nightly_src = output_ok(Command::new("rustup").args([
         "component",
         "list",
@@ -228,6 +241,7 @@ fn test() -> Result<()> {
     if !is_root() {
         bail!("the end-to-end tests load eBPF probes and must run as root (sudo cargo xtask test)");
     }
+    apt_install(TEST_PACKAGES)?;
     lint()?;
     // Build the binary the end-to-end tests run, then every test in the workspace.
     run(&mut cargo(&["build", "--release", "--package", "ztrace"]))?;
