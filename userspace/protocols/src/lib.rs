@@ -10,7 +10,9 @@
 //! - unparseable input yields a `Desync` and the parser resynchronises; nothing panics and memory
 //!   is bounded.
 
+pub mod dns;
 pub mod http1;
+pub mod http2;
 pub mod redis;
 
 pub use http1::Dir;

@@ -4,7 +4,7 @@
 //! friends; the tests decode the output with `opentelemetry-proto` and compare it with the
 //! struct-built request, so the two cannot drift apart.
 
-use prost::encoding::{WireType, encode_key, encode_varint};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
 use super::{
     AttrValue, Attrs, ProcessTable, SCOPE_NAME, SCOPE_VERSION, resource_attributes,
@@ -51,6 +51,24 @@ fn message(field: u32, out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
     out.splice(len_at..start, prefix);
 }
 
+fn len_delimited_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// Encoded size of an `AnyValue` body, so attributes need no back-patched length prefixes.
+fn any_value_len(v: &AttrValue) -> usize {
+    match v {
+        AttrValue::Str(s) => len_delimited_len(s.len()),
+        AttrValue::Int(i) => 1 + encoded_len_varint(*i as u64),
+        AttrValue::StrArray(items) => len_delimited_len(
+            items
+                .iter()
+                .map(|s| len_delimited_len(len_delimited_len(s.len())))
+                .sum(),
+        ),
+    }
+}
+
 fn any_value(v: &AttrValue, out: &mut Vec<u8>) {
     match v {
         AttrValue::Str(s) => bytes_field(1, s.as_bytes(), out),
@@ -65,10 +83,16 @@ fn any_value(v: &AttrValue, out: &mut Vec<u8>) {
 
 fn key_values(field: u32, attrs: &Attrs, out: &mut Vec<u8>) {
     for (k, v) in attrs {
-        message(field, out, |out| {
-            bytes_field(1, k.as_bytes(), out);
-            message(2, out, |out| any_value(v, out));
-        });
+        let value_len = any_value_len(v);
+        key(field, WireType::LengthDelimited, out);
+        encode_varint(
+            (len_delimited_len(k.len()) + len_delimited_len(value_len)) as u64,
+            out,
+        );
+        bytes_field(1, k.as_bytes(), out);
+        key(2, WireType::LengthDelimited, out);
+        encode_varint(value_len as u64, out);
+        any_value(v, out);
     }
 }
 
