@@ -1,8 +1,8 @@
 //! Exchange assembler: detects each connection's protocol from its first bytes, feeds its byte
 //! streams to that protocol's parser, and turns parsed messages into exchanges — request ↔
 //! response pairs with their times, threads and TCP sequence numbers — handed to the linker as
-//! they start and end. Every protocol here answers in request order, so one FIFO per connection
-//! pairs responses with requests.
+//! they start and end. In-order protocols (HTTP/1, Redis) pair responses with the oldest open
+//! request; multiplexing ones (HTTP/2 streams, DNS ids) name the exchange by a key.
 //!
 //! Roles are decided from the bytes, not from connect/accept (which may predate attaching): the
 //! side that sends a request is the client. Timing per exchange, chosen so a callee's span always
@@ -14,38 +14,57 @@ use std::collections::VecDeque;
 
 use ztrace_abi::{DataEvent, direction};
 use ztrace_protocols::{
-    Dir,
+    Dir, dns,
     http1::{self, Http1Conn, Http1Event},
+    http2::{self, H2Conn, H2Event},
     redis::{self, RedisConn, RedisEvent},
 };
 
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Stream},
     link::{Handle, Linker, SeqKey, Start, parse_traceparent},
-    model::{DbExchange, DbSystem, Exchange, HttpExchange, SpanKind},
+    model::{DbExchange, DbSystem, DnsExchange, Exchange, HttpExchange, RpcExchange, SpanKind},
 };
 
 /// After this many chunks that look like no known protocol, a connection is ignored.
 const MAX_UNKNOWN_CHUNKS: u32 = 4;
+const IPPROTO_UDP: u16 = 17;
 
 /// A connection's protocol parser.
 pub enum Parser {
     Http(Box<Http1Conn>),
+    Http2(Box<H2Conn>),
     Redis(Box<RedisConn>),
+    Dns(DnsDatagrams),
 }
 
-/// What a parser found, in protocol-neutral terms.
+/// DNS over UDP: every datagram is one message; only stream offsets need keeping.
+#[derive(Default)]
+pub struct DnsDatagrams {
+    request_pos: u64,
+    response_pos: u64,
+}
+
+/// What a parser found, in protocol-neutral terms. `key` names the exchange for protocols that
+/// multiplex (HTTP/2 stream id, DNS id); None means "the oldest open one".
 enum Step {
     /// A request whose first byte is at `start` of the request stream.
     Request {
+        key: Option<u64>,
         start: u64,
         exchange: Exchange,
         traceparent: Option<String>,
     },
-    /// Something learnt about the oldest open exchange before it ends (e.g. an HTTP status line).
-    Update(Update),
-    /// The oldest open exchange's response ended at `end` (one past its last byte).
-    End { end: u64, update: Update },
+    /// Something learnt about an open exchange before it ends (e.g. an HTTP status line).
+    Update { key: Option<u64>, update: Update },
+    /// The exchange's response ended at `end` (one past its last byte in the response stream).
+    End {
+        key: Option<u64>,
+        end: u64,
+        update: Update,
+    },
+    /// The exchange was cut off (stream reset).
+    Abort { key: u64, reason: String },
     /// The parser lost track of `dir`.
     Desync(Dir),
 }
@@ -53,7 +72,18 @@ enum Step {
 enum Update {
     HttpStatus(u16),
     HttpResponseBody(u64),
-    Db { error: Option<(String, String)> },
+    Db {
+        error: Option<(String, String)>,
+    },
+    Rpc {
+        http_status: Option<u16>,
+        grpc_status: Option<i32>,
+        grpc_message: Option<String>,
+    },
+    Dns {
+        rcode: String,
+        answers: u16,
+    },
 }
 
 impl Update {
@@ -62,6 +92,23 @@ impl Update {
             (Update::HttpStatus(s), Exchange::Http(h)) => h.status = Some(s),
             (Update::HttpResponseBody(n), Exchange::Http(h)) => h.response_body_size = Some(n),
             (Update::Db { error }, Exchange::Db(d)) => d.error = error,
+            (Update::Rpc { http_status, .. }, Exchange::Http(h)) => h.status = http_status,
+            (
+                Update::Rpc {
+                    http_status,
+                    grpc_status,
+                    grpc_message,
+                },
+                Exchange::Rpc(r),
+            ) => {
+                r.http_status = http_status;
+                r.grpc_status = grpc_status;
+                r.grpc_message = grpc_message;
+            }
+            (Update::Dns { rcode, answers }, Exchange::Dns(d)) => {
+                d.rcode = Some(rcode);
+                d.answers = Some(answers);
+            }
             _ => {}
         }
     }
@@ -69,12 +116,19 @@ impl Update {
 
 impl Parser {
     /// Picks a parser from the first bytes seen in either direction, with this process's role.
-    fn detect(payload: &[u8], egress: bool) -> Option<(Parser, SpanKind)> {
+    fn detect(payload: &[u8], egress: bool, transport: u16) -> Option<(Parser, SpanKind)> {
         let (sends_requests, receives_requests) = if egress {
             (SpanKind::Client, SpanKind::Server)
         } else {
             (SpanKind::Server, SpanKind::Client)
         };
+        if transport == IPPROTO_UDP {
+            return dns::looks_like_query(payload)
+                .then(|| (Parser::Dns(DnsDatagrams::default()), sends_requests));
+        }
+        if http2::looks_like_preface(payload) {
+            return Some((Parser::Http2(Box::default()), sends_requests));
+        }
         if http1::looks_like_request(payload) {
             return Some((Parser::Http(Box::default()), sends_requests));
         }
@@ -95,11 +149,17 @@ impl Parser {
                 p.push(dir, payload, len, &mut events);
                 steps.extend(events.into_iter().filter_map(http_step));
             }
+            Parser::Http2(p) => {
+                let mut events = Vec::new();
+                p.push(dir, payload, len, &mut events);
+                steps.extend(events.into_iter().map(h2_step));
+            }
             Parser::Redis(p) => {
                 let mut events = Vec::new();
                 p.push(dir, payload, len, &mut events);
                 steps.extend(events.into_iter().map(redis_step));
             }
+            Parser::Dns(d) => steps.extend(d.push(dir, payload, len)),
         }
     }
 
@@ -110,11 +170,56 @@ impl Parser {
                 p.close(&mut events);
                 steps.extend(events.into_iter().filter_map(http_step));
             }
+            Parser::Http2(p) => {
+                let mut events = Vec::new();
+                p.close(&mut events);
+                steps.extend(events.into_iter().map(h2_step));
+            }
             Parser::Redis(p) => {
                 let mut events = Vec::new();
                 p.close(&mut events);
                 steps.extend(events.into_iter().map(redis_step));
             }
+            Parser::Dns(_) => {}
+        }
+    }
+}
+
+impl DnsDatagrams {
+    fn push(&mut self, dir: Dir, payload: &[u8], len: u64) -> Option<Step> {
+        let pos = match dir {
+            Dir::Request => &mut self.request_pos,
+            Dir::Response => &mut self.response_pos,
+        };
+        let start = *pos;
+        *pos = pos.saturating_add(len);
+        let msg = dns::parse_message(payload)?;
+        let key = Some(u64::from(msg.id));
+        match (dir, msg.is_response) {
+            (Dir::Request, false) => {
+                let (name, qtype) = msg.question?;
+                Some(Step::Request {
+                    key,
+                    start,
+                    traceparent: None,
+                    exchange: Exchange::Dns(DnsExchange {
+                        id: msg.id,
+                        name,
+                        qtype: dns::qtype_name(qtype).into_owned(),
+                        rcode: None,
+                        answers: None,
+                    }),
+                })
+            }
+            (Dir::Response, true) => Some(Step::End {
+                key,
+                end: start.saturating_add(len),
+                update: Update::Dns {
+                    rcode: dns::rcode_name(msg.rcode).to_string(),
+                    answers: msg.answers,
+                },
+            }),
+            _ => None,
         }
     }
 }
@@ -122,6 +227,7 @@ impl Parser {
 fn http_step(e: Http1Event) -> Option<Step> {
     Some(match e {
         Http1Event::Request { start, head } => Step::Request {
+            key: None,
             start,
             traceparent: head.traceparent,
             exchange: Exchange::Http(HttpExchange {
@@ -139,8 +245,12 @@ fn http_step(e: Http1Event) -> Option<Step> {
             head,
             interim: false,
             ..
-        } => Step::Update(Update::HttpStatus(head.status)),
+        } => Step::Update {
+            key: None,
+            update: Update::HttpStatus(head.status),
+        },
         Http1Event::ResponseComplete { end, body_len, .. } => Step::End {
+            key: None,
             end,
             update: Update::HttpResponseBody(body_len),
         },
@@ -151,9 +261,65 @@ fn http_step(e: Http1Event) -> Option<Step> {
     })
 }
 
+fn h2_step(e: H2Event) -> Step {
+    match e {
+        H2Event::Request {
+            stream,
+            start,
+            head,
+        } => {
+            let grpc = head
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/grpc"));
+            let exchange = match head.path.trim_start_matches('/').split_once('/') {
+                Some((service, method)) if grpc => Exchange::Rpc(RpcExchange {
+                    service: service.to_string(),
+                    method: method.to_string(),
+                    authority: head.authority.clone(),
+                    ..Default::default()
+                }),
+                _ => Exchange::Http(HttpExchange {
+                    method: head.method,
+                    target: head.path,
+                    host: head.authority,
+                    version: "2".to_string(),
+                    user_agent: head.user_agent,
+                    ..Default::default()
+                }),
+            };
+            Step::Request {
+                key: Some(u64::from(stream)),
+                start,
+                exchange,
+                traceparent: head.traceparent,
+            }
+        }
+        H2Event::Response {
+            stream, end, head, ..
+        } => Step::End {
+            key: Some(u64::from(stream)),
+            end,
+            update: Update::Rpc {
+                http_status: head.status,
+                grpc_status: head.grpc_status,
+                grpc_message: head.grpc_message,
+            },
+        },
+        H2Event::Reset {
+            stream, error_code, ..
+        } => Step::Abort {
+            key: u64::from(stream),
+            reason: format!("stream reset (HTTP/2 error code {error_code})"),
+        },
+        H2Event::Desync { dir, .. } => Step::Desync(dir),
+    }
+}
+
 fn redis_step(e: RedisEvent) -> Step {
     match e {
         RedisEvent::Command { start, cmd, .. } => Step::Request {
+            key: None,
             start,
             traceparent: None,
             exchange: Exchange::Db(DbExchange {
@@ -167,6 +333,7 @@ fn redis_step(e: RedisEvent) -> Step {
             }),
         },
         RedisEvent::Reply { end, error, .. } => Step::End {
+            key: None,
             end,
             update: Update::Db {
                 error: error.map(|e| {
@@ -186,8 +353,8 @@ pub enum Proto {
     Known {
         role: SpanKind,
         parser: Parser,
-        /// Open exchanges in request order.
-        pending: VecDeque<Handle>,
+        /// Open exchanges in request order, with their key for multiplexing protocols.
+        pending: VecDeque<(Option<u64>, Handle)>,
     },
     Ignored,
 }
@@ -243,7 +410,7 @@ impl Assembler {
         stream.advance(ev.bytes, ev.enter_ns, ev.header.ts_ns, ev.header.tid, seq);
 
         if matches!(conn.state.proto, Proto::Unknown) {
-            match Parser::detect(payload, egress) {
+            match Parser::detect(payload, egress, ev.tuple.protocol) {
                 Some((parser, role)) => {
                     self.stats.http_connections += 1;
                     conn.state.proto = Proto::Known {
@@ -316,6 +483,14 @@ fn streams(conn: &Conn<ConnState>, role: SpanKind) -> (&Stream, &Stream) {
     }
 }
 
+/// The open exchange a step is about: by key, or the oldest.
+fn find(pending: &VecDeque<(Option<u64>, Handle)>, key: Option<u64>) -> Option<usize> {
+    match key {
+        None => (!pending.is_empty()).then_some(0),
+        Some(k) => pending.iter().position(|(pk, _)| *pk == Some(k)),
+    }
+}
+
 fn apply(
     key: ConnKey,
     conn: &mut Conn<ConnState>,
@@ -330,6 +505,7 @@ fn apply(
     let (req_stream, resp_stream) = streams(conn, role);
     match step {
         Step::Request {
+            key: exchange_key,
             start,
             exchange,
             traceparent,
@@ -361,27 +537,48 @@ fn apply(
                 }),
             });
             if let Proto::Known { pending, .. } = &mut conn.state.proto {
-                pending.push_back(h);
+                pending.push_back((exchange_key, h));
             }
         }
-        Step::Update(update) => {
+        Step::Update {
+            key: exchange_key,
+            update,
+        } => {
             if let Proto::Known { pending, .. } = &conn.state.proto
-                && let Some(&h) = pending.front()
+                && let Some(i) = find(pending, exchange_key)
             {
-                linker.update(h, |x| update.apply(x));
+                linker.update(pending[i].1, |x| update.apply(x));
             }
         }
-        Step::End { end, update } => {
+        Step::End {
+            key: exchange_key,
+            end,
+            update,
+        } => {
             let end_ns = match (role, resp_stream.locate(end.saturating_sub(1))) {
                 (SpanKind::Server, Some((m, _))) => m.enter_ns,
                 (SpanKind::Client, Some((m, _))) => m.exit_ns,
                 (_, None) => conn.last_ns,
             };
             if let Proto::Known { pending, .. } = &mut conn.state.proto
-                && let Some(h) = pending.pop_front()
+                && let Some(i) = find(pending, exchange_key)
+                && let Some((_, h)) = pending.remove(i)
             {
                 linker.update(h, |x| update.apply(x));
                 linker.finish(h, end_ns, None);
+            }
+        }
+        Step::Abort {
+            key: exchange_key,
+            reason,
+        } => {
+            let ts = conn.last_ns;
+            if let Proto::Known { pending, .. } = &mut conn.state.proto
+                && let Some(i) = find(pending, Some(exchange_key))
+                && let Some((_, h)) = pending.remove(i)
+            {
+                stats.aborted_exchanges += 1;
+                linker.finish(h, ts, Some(reason));
             }
         }
         Step::Desync(dir) => {
@@ -391,7 +588,7 @@ fn apply(
                 && let Proto::Known { pending, .. } = &mut conn.state.proto
             {
                 let ts = conn.last_ns;
-                for h in pending.drain(..) {
+                for (_, h) in pending.drain(..) {
                     stats.aborted_exchanges += 1;
                     linker.finish(h, ts, Some("unparseable response".into()));
                 }
@@ -415,7 +612,7 @@ fn finish_conn(
         apply(key, &mut conn, step, linker, stats);
     }
     if let Proto::Known { pending, .. } = &mut conn.state.proto {
-        for h in pending.drain(..) {
+        for (_, h) in pending.drain(..) {
             stats.aborted_exchanges += 1;
             linker.finish(
                 h,

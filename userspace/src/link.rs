@@ -395,6 +395,26 @@ fn status_of(exchange: &Exchange, kind: SpanKind, error: Option<&str>) -> SpanSt
             (Some(code), SpanKind::Client) if code >= 400 => SpanStatus::Error(code.to_string()),
             _ => SpanStatus::Unset,
         },
+        Exchange::Rpc(r) => match (r.grpc_status, kind) {
+            // Server side: only codes that mean the server failed (RPC conventions).
+            (Some(code @ (2 | 4 | 12 | 13 | 14 | 15)), SpanKind::Server) => {
+                SpanStatus::Error(grpc_code_name(code).to_string())
+            }
+            (Some(code), SpanKind::Client) if code != 0 => {
+                SpanStatus::Error(grpc_code_name(code).to_string())
+            }
+            (None, _) if r.http_status.is_some_and(|s| s >= 400) => {
+                SpanStatus::Error(format!("HTTP {}", r.http_status.unwrap_or_default()))
+            }
+            _ => SpanStatus::Unset,
+        },
+        Exchange::Dns(d) => match d.rcode.as_deref() {
+            Some("NOERROR") | None => SpanStatus::Unset,
+            Some(rcode) if kind == SpanKind::Client || rcode != "NXDOMAIN" => {
+                SpanStatus::Error(rcode.to_string())
+            }
+            Some(_) => SpanStatus::Unset,
+        },
         Exchange::Db(d) => match &d.error {
             Some((code, message)) => SpanStatus::Error(if message.is_empty() {
                 code.clone()
@@ -411,12 +431,42 @@ fn status_of(exchange: &Exchange, kind: SpanKind, error: Option<&str>) -> SpanSt
 pub fn exchange_name(exchange: &Exchange) -> String {
     match exchange {
         Exchange::Http(h) => span_name(&h.method),
+        Exchange::Rpc(r) => format!("{}/{}", r.service, r.method),
+        Exchange::Dns(d) => format!("DNS {} {}", d.qtype, d.name),
         Exchange::Db(d) => match (&d.operation, &d.collection) {
             (Some(op), Some(coll)) => format!("{op} {coll}"),
             (Some(op), None) => op.clone(),
             _ => d.system.name().to_string(),
         },
     }
+}
+
+/// Name of a gRPC status code.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|c| NAMES.get(c))
+        .copied()
+        .unwrap_or("UNKNOWN")
 }
 
 /// Span name per the HTTP conventions when no route is known: the method, or "HTTP".

@@ -128,11 +128,36 @@ pub struct DbExchange {
     pub rows: Option<u64>,
 }
 
+/// One gRPC call (an HTTP/2 stream with a gRPC content type).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RpcExchange {
+    /// Fully qualified service, e.g. "helloworld.Greeter".
+    pub service: String,
+    pub method: String,
+    pub authority: Option<String>,
+    pub http_status: Option<u16>,
+    pub grpc_status: Option<i32>,
+    pub grpc_message: Option<String>,
+}
+
+/// One DNS query and its answer.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DnsExchange {
+    pub id: u16,
+    pub name: String,
+    pub qtype: String,
+    /// Response code name (NOERROR, NXDOMAIN, …) once answered.
+    pub rcode: Option<String>,
+    pub answers: Option<u16>,
+}
+
 /// What a span is about, by protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exchange {
     Http(HttpExchange),
     Db(DbExchange),
+    Rpc(RpcExchange),
+    Dns(DnsExchange),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -69,6 +69,7 @@ pub fn bench(quick: bool) -> Result<()> {
         plan,
         clk_tck,
         bench_dir: root().join("bench"),
+        out_dir: root().join("target/bench"),
     };
     let per_round = 7; // nginx saturated 3 + nginx paced 2 + python 2
     say(&format!(
@@ -118,9 +119,9 @@ pub fn bench(quick: bool) -> Result<()> {
         started.elapsed(),
         (load_before, loadavg()),
     );
-    let out_dir = root().join("target/bench");
-    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let out = out_dir.join("overhead.md");
+    fs::create_dir_all(&ctx.out_dir)
+        .with_context(|| format!("creating {}", ctx.out_dir.display()))?;
+    let out = ctx.out_dir.join("overhead.md");
     fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
     println!("{table}");
     say(&format!(
@@ -247,9 +248,10 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then wait for the process to exit without reaping it, so that its final CPU
-    /// time can be read from the zombie's /proc entry; then reap it. Returns utime+stime ticks.
-    fn stop_measured(&mut self, grace: Duration) -> Option<u64> {
+    /// SIGTERM, then wait up to `grace` for the process to exit without reaping it, so that
+    /// its final CPU time can be read from the zombie's /proc entry. Returns utime+stime ticks
+    /// and whether it exited; the caller reaps it (or kills it) with [`Proc::stop`].
+    fn terminate_measured(&mut self, grace: Duration) -> (Option<u64>, bool) {
         signal(self.pid, "TERM");
         let deadline = Instant::now() + grace;
         let mut last = None;
@@ -258,15 +260,14 @@ impl Proc {
                 Some((state, ticks)) => {
                     last = Some(ticks);
                     if state == 'Z' || state == 'X' {
-                        break;
+                        return (last, true);
                     }
                 }
-                None => break,
+                None => return (last, true),
             }
             thread::sleep(Duration::from_millis(20));
         }
-        self.stop(Duration::from_secs(2));
-        last
+        (last, false)
     }
 }
 
@@ -363,6 +364,8 @@ struct Ctx {
     plan: Plan,
     clk_tck: f64,
     bench_dir: PathBuf,
+    /// target/bench: the table, and what a failing ztrace left behind.
+    out_dir: PathBuf,
 }
 
 struct Server {
@@ -721,12 +724,54 @@ impl Mode {
     }
 }
 
+/// How long ztrace may take to flush and exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// The threads of a process that will not stop: state, CPU, kernel wait channel, and (where gdb
+/// is installed) each thread's backtrace.
+fn diagnose(pid: u32) -> String {
+    let mut d = String::from("== threads: tid comm state utime+stime(ticks) wchan ==\n");
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.filter_map(|e| e.ok()) {
+            let p = t.path();
+            let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let stat = read("stat");
+            let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let state = f.first().copied().unwrap_or("?");
+            let ticks: u64 = f
+                .get(11..13)
+                .map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+            d.push_str(&format!(
+                "{tid} {} {state} {ticks} {}\n",
+                read("comm").trim(),
+                read("wchan").trim()
+            ));
+        }
+    }
+    if find_binary("gdb").is_some() {
+        let bt = Command::new("timeout")
+            .args(["20", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+            .args(["-ex", "thread apply all bt"])
+            .output();
+        if let Ok(o) = bt {
+            d.push_str("\n== gdb: thread apply all bt ==\n");
+            d.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    d
+}
+
 struct ZtraceCost {
+    /// Why this run's ztrace did not stop cleanly, if it did not.
+    failure: Option<String>,
     cpu_s: f64,
     /// CPU seconds while the load ran (from attach to the end of the load).
     cpu_under_load_s: f64,
     hwm_kib: u64,
-    summary: Summary,
+    /// None when ztrace printed none.
+    summary: Option<Summary>,
 }
 
 struct Sample {
@@ -773,14 +818,17 @@ fn scenario(
                 fmt_us(s.wrk.p99_us),
                 s.ztrace
                     .as_ref()
-                    .map(|z| format!(
-                        "; ztrace {:.2} CPU s, {} kernel events ({} lost), {} spans exported ({} dropped)",
-                        z.cpu_s,
-                        z.summary.events,
-                        z.summary.ring_full + z.summary.arg_full,
-                        z.summary.exported,
-                        z.summary.dropped
-                    ))
+                    .map(|z| match (&z.summary, &z.failure) {
+                        (Some(sum), None) => format!(
+                            "; ztrace {:.2} CPU s, {} kernel events ({} lost), {} spans exported ({} dropped)",
+                            z.cpu_s,
+                            sum.events,
+                            sum.ring_full + sum.arg_full,
+                            sum.exported,
+                            sum.dropped
+                        ),
+                        _ => format!("; ztrace FAILED: {}", z.failure.as_deref().unwrap_or("?")),
+                    })
                     .unwrap_or_default()
             ));
             samples[m].push(s);
@@ -814,16 +862,45 @@ fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Res
             // Let it catch up with what the load left in the ring buffer before stopping it.
             thread::sleep(Duration::from_millis(300));
             let hwm_kib = vm_hwm_kib(z.proc.pid).unwrap_or(0);
-            let end = z.proc.stop_measured(Duration::from_secs(30));
+            let (end, exited) = z.proc.terminate_measured(STOP_GRACE);
+            // A ztrace that does not stop, or stops without its summary, is a finding: keep
+            // what it says about itself for whoever debugs it, and go on with the benchmark.
+            let mut failure = None;
+            let mut diagnosis = String::new();
+            if !exited {
+                failure = Some(format!(
+                    "did not exit within {} s of SIGTERM (killed)",
+                    STOP_GRACE.as_secs()
+                ));
+                diagnosis = diagnose(z.proc.pid);
+            }
+            z.proc.stop(Duration::from_secs(2));
             let log = fs::read_to_string(&z.log).unwrap_or_default();
-            let summary = parse_summary(&log)
-                .with_context(|| format!("ztrace's log ({}):\n{log}", z.log.display()))?;
+            let summary = match parse_summary(&log) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    failure.get_or_insert_with(|| format!("{e:#}"));
+                    None
+                }
+            };
+            let failure = failure.map(|why| {
+                let path = ctx.out_dir.join(format!("ztrace-failure-{tag}.txt"));
+                let text = format!("ztrace {why}\n\n== its log ==\n{log}\n{diagnosis}");
+                let saved = fs::create_dir_all(&ctx.out_dir).and_then(|()| fs::write(&path, text));
+                let where_ = match saved {
+                    Ok(()) => path.display().to_string(),
+                    Err(e) => format!("could not save it: {e}"),
+                };
+                say(&format!("ztrace {why}; its log and state: {where_}"));
+                format!("{why}: see {where_}")
+            });
             let end = end.unwrap_or(under_load);
             Some(ZtraceCost {
                 cpu_s: end.saturating_sub(before) as f64 / ctx.clk_tck,
                 cpu_under_load_s: under_load.saturating_sub(before) as f64 / ctx.clk_tck,
                 hwm_kib,
                 summary,
+                failure,
             })
         }
         _ => None,
@@ -1072,10 +1149,37 @@ fn render(
     };
     let peak_rss = all_z().map(|z| z.hwm_kib).max().unwrap_or(0) as f64 / 1024.0;
     let lost: u64 = all_z()
-        .map(|z| z.summary.ring_full + z.summary.arg_full)
+        .filter_map(|z| z.summary.as_ref())
+        .map(|z| z.ring_full + z.arg_full)
         .sum();
+    let failures: Vec<String> = cols
+        .iter()
+        .flat_map(|(r, m)| {
+            r.of(*m).iter().enumerate().filter_map(move |(round, s)| {
+                let why = s.ztrace.as_ref()?.failure.as_ref()?;
+                Some(format!(
+                    "ztrace failed in {}, {}, round {}: {why}",
+                    r.title,
+                    m.label(),
+                    round + 1
+                ))
+            })
+        })
+        .collect();
     type Cell<'a> = Box<dyn Fn(&[Sample]) -> String + 'a>;
     let rows: Vec<(&str, Cell, String, String)> = vec![
+        (
+            "ztrace runs that did not stop cleanly (exit with a summary within 30 s of SIGTERM)",
+            Box::new(|v: &[Sample]| {
+                let n = v
+                    .iter()
+                    .filter(|s| s.ztrace.as_ref().is_some_and(|z| z.failure.is_some()))
+                    .count();
+                format!("{n} of {}", v.len())
+            }),
+            "0".into(),
+            verdict(failures.is_empty()).into(),
+        ),
         (
             "CPU seconds per million requests (attach → exit, incl. final flush)",
             Box::new(|v: &[Sample]| {
@@ -1118,10 +1222,8 @@ fn render(
             Box::new(|v: &[Sample]| {
                 let (ring, arg) = v
                     .iter()
-                    .filter_map(|s| s.ztrace.as_ref())
-                    .fold((0, 0), |(r, a), z| {
-                        (r + z.summary.ring_full, a + z.summary.arg_full)
-                    });
+                    .filter_map(|s| s.ztrace.as_ref()?.summary.as_ref())
+                    .fold((0, 0), |(r, a), z| (r + z.ring_full, a + z.arg_full));
                 format!("{} ({ring} + {arg})", ring + arg)
             }),
             "0".into(),
@@ -1133,9 +1235,8 @@ fn render(
                 let s = spread(
                     v.iter()
                         .filter_map(|s| {
-                            s.ztrace
-                                .as_ref()
-                                .map(|z| z.summary.events as f64 / s.wrk.requests as f64)
+                            let z = s.ztrace.as_ref()?.summary.as_ref()?;
+                            Some(z.events as f64 / s.wrk.requests as f64)
                         })
                         .collect(),
                 );
@@ -1149,7 +1250,7 @@ fn render(
             Box::new(|v: &[Sample]| {
                 let s = spread(
                     v.iter()
-                        .filter_map(|s| s.ztrace.as_ref().map(|z| z.summary.events as f64))
+                        .filter_map(|s| Some(s.ztrace.as_ref()?.summary.as_ref()?.events as f64))
                         .collect(),
                 );
                 format!("{:.0}", s.median)
@@ -1163,9 +1264,8 @@ fn render(
                 let s = spread(
                     v.iter()
                         .filter_map(|s| {
-                            s.ztrace
-                                .as_ref()
-                                .map(|z| z.summary.exported as f64 / s.wrk.requests as f64)
+                            let z = s.ztrace.as_ref()?.summary.as_ref()?;
+                            Some(z.exported as f64 / s.wrk.requests as f64)
                         })
                         .collect(),
                 );
@@ -1177,16 +1277,12 @@ fn render(
         (
             "spans made / exported / dropped (all rounds)",
             Box::new(|v: &[Sample]| {
-                let (m, e, d) =
-                    v.iter()
-                        .filter_map(|s| s.ztrace.as_ref())
-                        .fold((0, 0, 0), |(m, e, d), z| {
-                            (
-                                m + z.summary.spans,
-                                e + z.summary.exported,
-                                d + z.summary.dropped,
-                            )
-                        });
+                let (m, e, d) = v
+                    .iter()
+                    .filter_map(|s| s.ztrace.as_ref()?.summary.as_ref())
+                    .fold((0, 0, 0), |(m, e, d), z| {
+                        (m + z.spans, e + z.exported, d + z.dropped)
+                    });
                 format!("{m} / {e} / {d}")
             }),
             "—".into(),
@@ -1201,6 +1297,7 @@ fn render(
         t.push_str(&format!(" {target} | {meets} |\n"));
     }
     t.push('\n');
+    notes.extend(failures);
     for n in notes {
         t.push_str(&format!("- {n}\n"));
     }
@@ -1249,6 +1346,23 @@ Transfer/sec:      4.05MB
         assert_eq!(s.exported, 33668);
         assert_eq!(s.dropped, 17655);
         assert!(parse_summary("nothing").is_err());
+    }
+
+    #[test]
+    fn a_process_ignoring_sigterm_is_diagnosed_then_killed() {
+        let mut p = Proc::spawn(
+            "sh",
+            Command::new("sh").args(["-c", "trap '' TERM; while :; do sleep 1; done"]),
+        )
+        .unwrap();
+        thread::sleep(Duration::from_millis(200));
+        let (ticks, exited) = p.terminate_measured(Duration::from_millis(500));
+        assert!(!exited);
+        assert!(ticks.is_some());
+        let d = diagnose(p.pid);
+        assert!(d.contains(&format!("{} sh ", p.pid)), "{d}");
+        p.stop(Duration::from_millis(200));
+        assert!(stat(p.pid).is_none());
     }
 
     #[test]

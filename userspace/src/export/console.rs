@@ -320,6 +320,29 @@ pub(crate) fn render_console(spans: &[Span], table: &ProcessTable, color: bool) 
                     status,
                 )
             }
+            Exchange::Rpc(_) | Exchange::Dns(_) => {
+                let status = match &s.status {
+                    SpanStatus::Error(e) => paint.wrap(RED, e),
+                    SpanStatus::Unset => paint.wrap(GREEN, "OK"),
+                };
+                let name = span_name(s);
+                let (proto, what) = name.split_once(' ').unwrap_or(("grpc", name.as_str()));
+                let proto = if matches!(s.exchange, Exchange::Rpc(_)) {
+                    "grpc"
+                } else {
+                    proto
+                };
+                let what = if matches!(s.exchange, Exchange::Rpc(_)) {
+                    name.as_str()
+                } else {
+                    what
+                };
+                (
+                    proto.to_string(),
+                    truncate(&clean(what), TARGET_MAX),
+                    status,
+                )
+            }
             Exchange::Db(db) => {
                 let status = match (&db.error, &s.status) {
                     (Some((code, _)), _) => paint.wrap(RED, code),

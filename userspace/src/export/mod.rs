@@ -32,7 +32,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::model::{DbExchange, Exchange, HttpExchange, ProcessInfo, Span, SpanKind, SpanStatus};
+use crate::model::{
+    DbExchange, DnsExchange, Exchange, HttpExchange, ProcessInfo, RpcExchange, Span, SpanKind,
+    SpanStatus,
+};
 
 /// Instrumentation scope name and `telemetry.sdk.name`.
 pub const SCOPE_NAME: &str = "ztrace";
@@ -746,7 +749,60 @@ pub(crate) fn span_attributes(span: &Span) -> Attrs {
     match &span.exchange {
         Exchange::Http(http) => http_attributes(span, http),
         Exchange::Db(db) => db_attributes(span, db),
+        Exchange::Rpc(rpc) => rpc_attributes(span, rpc),
+        Exchange::Dns(dns) => dns_attributes(span, dns),
     }
+}
+
+/// `server.*`, `network.peer.*`, transport and thread: what every non-HTTP span carries.
+fn endpoint_attributes(span: &Span, transport: &'static str, a: &mut Attrs) {
+    let server = match span.kind {
+        SpanKind::Client => span.peer,
+        SpanKind::Server => span.local,
+    };
+    a.push(str_attr(
+        semconv::SERVER_ADDRESS,
+        canonical(server.addr).to_string(),
+    ));
+    a.push(int_attr(semconv::SERVER_PORT, server.port));
+    a.push(str_attr(
+        semconv::NETWORK_PEER_ADDRESS,
+        canonical(span.peer.addr).to_string(),
+    ));
+    a.push(int_attr(semconv::NETWORK_PEER_PORT, span.peer.port));
+    a.push(str_attr(semconv::NETWORK_TRANSPORT, transport));
+    if span.tid != 0 {
+        a.push(int_attr(semconv::THREAD_ID, span.tid));
+    }
+}
+
+/// gRPC spans (RPC semantic conventions).
+fn rpc_attributes(span: &Span, rpc: &RpcExchange) -> Attrs {
+    let mut a: Attrs = Vec::with_capacity(12);
+    a.push(str_attr(semconv::RPC_SYSTEM, "grpc"));
+    a.push(str_attr(semconv::RPC_SERVICE, rpc.service.as_str()));
+    a.push(str_attr(semconv::RPC_METHOD, rpc.method.as_str()));
+    if let Some(code) = rpc.grpc_status {
+        a.push(int_attr(semconv::RPC_GRPC_STATUS_CODE, code));
+    }
+    a.push(str_attr(semconv::NETWORK_PROTOCOL_NAME, "http"));
+    a.push(str_attr(semconv::NETWORK_PROTOCOL_VERSION, "2"));
+    endpoint_attributes(span, "tcp", &mut a);
+    if let SpanStatus::Error(e) = &span.status {
+        a.push(str_attr(semconv::ERROR_TYPE, e.as_str()));
+    }
+    a
+}
+
+/// DNS spans: the question and, when it failed, the response code as `error.type`.
+fn dns_attributes(span: &Span, dns: &DnsExchange) -> Attrs {
+    let mut a: Attrs = Vec::with_capacity(10);
+    a.push(str_attr(semconv::DNS_QUESTION_NAME, dns.name.as_str()));
+    endpoint_attributes(span, "udp", &mut a);
+    if let SpanStatus::Error(e) = &span.status {
+        a.push(str_attr(semconv::ERROR_TYPE, e.as_str()));
+    }
+    a
 }
 
 /// Database client/server spans (database semantic conventions).
