@@ -33,10 +33,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static SCRATCH: PerCpuArray<DataBuf> = PerCpuArray::with_max_entries(1, 0);
 
+/// The payload area is twice the largest capture so that a copy at any offset below
+/// `MAX_PAYLOAD` of at most `MAX_PAYLOAD` bytes is provably in bounds for the verifier.
 #[repr(C)]
 pub struct DataBuf {
     pub event: DataEvent,
-    pub payload: [u8; MAX_PAYLOAD],
+    pub payload: [u8; 2 * MAX_PAYLOAD],
 }
 
 /// Saved at syscall entry for the matching exit.
@@ -54,7 +56,8 @@ pub struct SyscallArgs {
     pub direction: u8,
     pub vectored: u8,
     pub has_seq: u8,
-    pub _pad: u32,
+    /// Number of iovecs (vectored I/O only).
+    pub iovcnt: u32,
 }
 
 #[inline(always)]

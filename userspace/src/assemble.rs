@@ -363,6 +363,9 @@ pub enum Proto {
 pub struct ConnState {
     proto: Proto,
     unknown_chunks: u32,
+    /// Stream offsets (request, response direction) where the parser started: bytes seen before
+    /// the protocol was recognised never reached it, so parser offsets are shifted by these.
+    base: (u64, u64),
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -503,6 +506,7 @@ fn apply(
     };
     let role = *role;
     let (req_stream, resp_stream) = streams(conn, role);
+    let (req_base, resp_base) = conn.state.base;
     match step {
         Step::Request {
             key: exchange_key,
@@ -510,7 +514,7 @@ fn apply(
             exchange,
             traceparent,
         } => {
-            let Some((mark, seq)) = req_stream.locate(start) else {
+            let Some((mark, seq)) = req_stream.locate(req_base + start) else {
                 return;
             };
             let start_ns = match role {
@@ -555,7 +559,10 @@ fn apply(
             end,
             update,
         } => {
-            let end_ns = match (role, resp_stream.locate(end.saturating_sub(1))) {
+            let end_ns = match (
+                role,
+                resp_stream.locate((resp_base + end).saturating_sub(1)),
+            ) {
                 (SpanKind::Server, Some((m, _))) => m.enter_ns,
                 (SpanKind::Client, Some((m, _))) => m.exit_ns,
                 (_, None) => conn.last_ns,

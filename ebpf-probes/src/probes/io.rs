@@ -59,6 +59,12 @@ const EINPROGRESS: i64 = 115;
 const TP_NR: usize = 8;
 const TP_ARG0: usize = 16;
 const TP_ARG1: usize = 24;
+const TP_ARG2: usize = 32;
+/// `struct user_msghdr.msg_iovlen` (UAPI layout).
+const MSGHDR_IOVLEN: u64 = 24;
+/// Most iovecs a vectored syscall's capture walks (HTTP/2 and nginx split frames and headers
+/// across several).
+const MAX_IOV: u64 = 32;
 const TP_RET: usize = 16;
 /// `struct user_msghdr.msg_iov` (UAPI layout).
 const MSGHDR_IOV: u64 = 16;
@@ -113,7 +119,7 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         direction: 0,
         vectored: 0,
         has_seq: 0,
-        _pad: 0,
+        iovcnt: 0,
     };
     if nr != nr::CONNECT {
         let (kind, dir, vectored, msghdr) = classify(nr)?;
@@ -121,8 +127,12 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         let (_, protocol) = sock_family_protocol(off, sk)?;
         let mut buf: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
         if msghdr {
-            // SAFETY: user pointer read through the fault-tolerant helper.
+            // SAFETY: user pointers read through the fault-tolerant helper.
+            args.iovcnt =
+                unsafe { bpf_probe_read_user((buf + MSGHDR_IOVLEN) as *const u64).ok()? } as u32;
             buf = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64).ok()? };
+        } else if vectored {
+            args.iovcnt = unsafe { ctx.read_at::<u64>(TP_ARG2).ok()? } as u32;
         }
         args.sock = sk;
         args.buf = buf;
@@ -200,6 +210,26 @@ fn emit_conn(op: u8, sk: u64, fd: i32, ret: i32) {
     submit(&event);
 }
 
+/// Copies `len` (≤ MAX_PAYLOAD) user bytes from `src` to `dst[offset..]` (offset < MAX_PAYLOAD);
+/// returns the bytes copied (0 on a fault, counted).
+#[inline(always)]
+fn copy_user(src: u64, len: u64, offset: u64, dst: &mut [u8; 2 * MAX_PAYLOAD]) -> u64 {
+    let offset = (offset as usize) & (MAX_PAYLOAD - 1);
+    let len = (len as usize) & (2 * MAX_PAYLOAD - 1);
+    if len == 0 || len > MAX_PAYLOAD {
+        return 0;
+    }
+    let Some(window) = dst.get_mut(offset..offset + len) else {
+        return 0;
+    };
+    // SAFETY: fault-tolerant user read into our scratch buffer, bounds checked above.
+    if unsafe { bpf_probe_read_user_buf(src as *const u8, window) }.is_err() {
+        count(counter::READ_FAILED);
+        return 0;
+    }
+    len as u64
+}
+
 #[inline(always)]
 fn emit_data(args: &SyscallArgs, bytes: u64) -> Option<()> {
     let cfg = config();
@@ -221,25 +251,33 @@ fn emit_data(args: &SyscallArgs, bytes: u64) -> Option<()> {
         has_seq: args.has_seq,
         _pad: 0,
     };
-    let (mut src, mut avail) = (args.buf, bytes);
-    if args.vectored != 0 {
-        // First iovec only: heads of protocol messages sit at the start of the first buffer.
-        // SAFETY: user pointers read through fault-tolerant helpers.
-        src = unsafe { bpf_probe_read_user(args.buf as *const u64).ok()? };
-        let iov_len: u64 = unsafe { bpf_probe_read_user((args.buf + 8) as *const u64).ok()? };
-        avail = avail.min(iov_len);
-    }
-    let mut n = avail.min(cfg.payload_cap as u64) as usize;
-    if n > MAX_PAYLOAD {
-        n = MAX_PAYLOAD;
-    }
-    if n > 0 {
-        // SAFETY: fault-tolerant user read into our scratch buffer, bounded above.
-        if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut buf.payload[..n]) }.is_err() {
-            count(counter::READ_FAILED);
-            n = 0;
+    let cap = bytes.min(cfg.payload_cap as u64).min(MAX_PAYLOAD as u64);
+    let mut n: u64 = 0;
+    if args.vectored == 0 {
+        n = copy_user(args.buf, cap, 0, &mut buf.payload);
+    } else {
+        // Walk the iovecs until the cap: a message's head may be spread over several.
+        for i in 0..MAX_IOV {
+            if i >= args.iovcnt as u64 || n >= cap {
+                break;
+            }
+            let iov = args.buf + i * 16;
+            // SAFETY: user pointers read through fault-tolerant helpers.
+            let Ok(base) = (unsafe { bpf_probe_read_user(iov as *const u64) }) else {
+                break;
+            };
+            let Ok(len) = (unsafe { bpf_probe_read_user((iov + 8) as *const u64) }) else {
+                break;
+            };
+            let want = len.min(cap - n);
+            let got = copy_user(base, want, n, &mut buf.payload);
+            n += got;
+            if got < want {
+                break;
+            }
         }
     }
+    let n = (n as usize).min(MAX_PAYLOAD);
     buf.event.cap_len = n as u32;
     let total = core::mem::size_of::<DataEvent>() + n;
     // SAFETY: DataBuf is repr(C) with the event first and the payload right after it.
