@@ -102,6 +102,28 @@ fn cargo_bin_dir() -> PathBuf {
 /// Debian packages the end-to-end tests drive: real servers and clients.
 const TEST_PACKAGES: &[&str] = &["redis-server", "redis-tools", "util-linux"];
 
+/// Python modules the end-to-end test services import, by (module, PyPI package).
+const TEST_PYTHON_MODULES: &[(&str, &str)] = &[("grpc", "grpcio")];
+
+/// Installs the PyPI packages whose modules `python3` cannot import yet.
+fn pip_install(modules: &[(&str, &str)]) -> Result<()> {
+    for (module, package) in modules {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if present {
+            say(&format!("python module {module}: present"));
+        } else {
+            say(&format!(
+                "installing PyPI package {package} for the test services"
+            ));
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+        }
+    }
+    Ok(())
+}
+
 fn setup() -> Result<()> {
     apt_install(APT_PACKAGES)?;
     setup_rust()
@@ -242,6 +264,7 @@ fn test() -> Result<()> {
         bail!("the end-to-end tests load eBPF probes and must run as root (sudo cargo xtask test)");
     }
     apt_install(TEST_PACKAGES)?;
+    pip_install(TEST_PYTHON_MODULES)?;
     lint()?;
     // Build the binary the end-to-end tests run, then every test in the workspace.
     run(&mut cargo(&["build", "--release", "--package", "ztrace"]))?;

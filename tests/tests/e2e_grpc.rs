@@ -1,0 +1,132 @@
+//! gRPC end to end, as root: a Python `grpcio` server and client (uninstrumented, HTTP/2 over
+//! TCP), both traced. Asserts RPC spans per the conventions, the gRPC status of a failing call,
+//! and client → server links across processes by TCP sequence numbers.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use ztrace_e2e::{
+    harness::{Proc, apps_dir, privileged_or_skip, spawn_ztrace},
+    receiver::{ReceivedSpan, Receiver},
+};
+
+#[test]
+fn grpc_calls_become_linked_rpc_spans() -> Result<()> {
+    if !privileged_or_skip("grpc_calls_become_linked_rpc_spans") {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let receiver = rt.block_on(Receiver::start())?;
+    let app = apps_dir().join("grpc_pair.py");
+    let mut server = std::process::Command::new("python3")
+        .arg(&app)
+        .arg("server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("python3 with grpcio (pip install grpcio)")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().context("stdout")?),
+        &mut line,
+    )?;
+    let port: u16 = line
+        .trim()
+        .trim_start_matches("PORT ")
+        .parse()
+        .with_context(|| format!("server said {line}"))?;
+    let server = Proc {
+        child: server,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    // The client starts after ztrace has attached, as the child of a traced shell.
+    let script = format!("sleep 3; python3 {} client {port} 5", app.display());
+    let client = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .spawn()?;
+    let mut client = Proc {
+        child: client,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        format!("{},{}", server.pid(), client.pid()),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    ensure!(
+        client.wait_exit(Duration::from_secs(60)) == Some(0),
+        "gRPC client failed"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    ztrace.signal(libc::SIGINT);
+    ensure!(
+        ztrace.wait_exit(Duration::from_secs(30)) == Some(0),
+        "{}",
+        ztrace.stderr_text()
+    );
+    let spans = rt.block_on(receiver.wait_for_spans(12, Duration::from_secs(10)));
+    eprintln!("{}", ztrace.stderr_text());
+
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
+    let method = |s: &ReceivedSpan| s.attr_str("rpc.method").unwrap_or_default();
+    let servers: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| pid(s) == server.pid() && s.span.kind == SpanKind::Server as i32)
+        .collect();
+    let clients: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| pid(s) != server.pid() && s.span.kind == SpanKind::Client as i32)
+        .collect();
+    ensure!(
+        servers.iter().filter(|s| method(s) == "SayHello").count() == 5
+            && clients.iter().filter(|s| method(s) == "SayHello").count() == 5,
+        "want 5 SayHello spans on each side: {} server, {} client",
+        servers.len(),
+        clients.len()
+    );
+    for s in servers.iter().chain(&clients) {
+        ensure!(s.attr_str("rpc.system").as_deref() == Some("grpc"));
+        ensure!(s.attr_str("rpc.service").as_deref() == Some("demo.Greeter"));
+        ensure!(
+            s.span.name == format!("demo.Greeter/{}", method(s)),
+            "name {}",
+            s.span.name
+        );
+    }
+    let ok = servers
+        .iter()
+        .find(|s| method(s) == "SayHello")
+        .expect("SayHello");
+    ensure!(ok.attr_int("rpc.grpc.status_code") == Some(0));
+    let error = |s: &ReceivedSpan| {
+        s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32)
+    };
+    for side in [&servers, &clients] {
+        let fail = side
+            .iter()
+            .find(|s| method(s) == "Fail")
+            .context("Fail span")?;
+        ensure!(
+            fail.attr_int("rpc.grpc.status_code") == Some(13) && error(fail),
+            "INTERNAL must be an error"
+        );
+    }
+    let by_id: std::collections::HashMap<&[u8], &ReceivedSpan> = clients
+        .iter()
+        .map(|s| (s.span.span_id.as_slice(), *s))
+        .collect();
+    for s in &servers {
+        let parent = by_id
+            .get(s.span.parent_span_id.as_slice())
+            .context("server span without client parent")?;
+        ensure!(method(parent) == method(s) && parent.span.trace_id == s.span.trace_id);
+    }
+    Ok(())
+}
