@@ -58,6 +58,8 @@ pub struct SyscallArgs {
     pub has_seq: u8,
     /// Number of iovecs (vectored I/O only).
     pub iovcnt: u32,
+    /// The `user_msghdr` (or first `mmsghdr`) of sendmsg/recvmsg/sendmmsg/recvmmsg.
+    pub msgvec: u64,
 }
 
 #[inline(always)]

@@ -100,7 +100,13 @@ fn cargo_bin_dir() -> PathBuf {
 }
 
 /// Debian packages the end-to-end tests drive: real servers and clients.
-const TEST_PACKAGES: &[&str] = &["redis-server", "redis-tools", "util-linux"];
+const TEST_PACKAGES: &[&str] = &[
+    "redis-server",
+    "redis-tools",
+    "util-linux",
+    "dnsmasq-base",
+    "bind9-dnsutils",
+];
 
 /// Python modules the end-to-end test services import, by (module, PyPI package).
 const TEST_PYTHON_MODULES: &[(&str, &str)] = &[("grpc", "grpcio")];

@@ -62,6 +62,9 @@ pub mod syscall {
     pub const SENDTO: u8 = 5;
     pub const RECVMSG: u8 = 6;
     pub const SENDMSG: u8 = 7;
+    /// First message of the call only.
+    pub const RECVMMSG: u8 = 8;
+    pub const SENDMMSG: u8 = 9;
 }
 
 /// Data direction, from the traced process's point of view.

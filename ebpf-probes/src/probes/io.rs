@@ -33,6 +33,8 @@ mod nr {
     pub const RECVFROM: i32 = 45;
     pub const SENDMSG: i32 = 46;
     pub const RECVMSG: i32 = 47;
+    pub const RECVMMSG: i32 = 299;
+    pub const SENDMMSG: i32 = 307;
     pub const ACCEPT4: i32 = 288;
 }
 #[cfg(bpf_target_arch = "aarch64")]
@@ -48,6 +50,8 @@ mod nr {
     pub const RECVFROM: i32 = 207;
     pub const SENDMSG: i32 = 211;
     pub const RECVMSG: i32 = 212;
+    pub const RECVMMSG: i32 = 243;
+    pub const SENDMMSG: i32 = 269;
     pub const ACCEPT4: i32 = 242;
 }
 
@@ -60,6 +64,8 @@ const TP_NR: usize = 8;
 const TP_ARG0: usize = 16;
 const TP_ARG1: usize = 24;
 const TP_ARG2: usize = 32;
+/// `struct mmsghdr.msg_len`, after the 56-byte `struct user_msghdr` (UAPI layout).
+const MMSGHDR_MSG_LEN: u64 = 56;
 /// `struct user_msghdr.msg_iovlen` (UAPI layout).
 const MSGHDR_IOVLEN: u64 = 24;
 /// Most iovecs a vectored syscall's capture walks (HTTP/2 and nginx split frames and headers
@@ -82,6 +88,9 @@ fn classify(nr: i32) -> Option<(u8, u8, bool, bool)> {
         nr::SENDTO => (syscall::SENDTO, direction::EGRESS, false, false),
         nr::RECVMSG => (syscall::RECVMSG, direction::INGRESS, true, true),
         nr::SENDMSG => (syscall::SENDMSG, direction::EGRESS, true, true),
+        // `struct mmsghdr` starts with a `struct user_msghdr`: the first message is read alike.
+        nr::RECVMMSG => (syscall::RECVMMSG, direction::INGRESS, true, true),
+        nr::SENDMMSG => (syscall::SENDMMSG, direction::EGRESS, true, true),
         _ => return None,
     })
 }
@@ -120,6 +129,7 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         vectored: 0,
         has_seq: 0,
         iovcnt: 0,
+        msgvec: 0,
     };
     if nr != nr::CONNECT {
         let (kind, dir, vectored, msghdr) = classify(nr)?;
@@ -127,6 +137,7 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         let (_, protocol) = sock_family_protocol(off, sk)?;
         let mut buf: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
         if msghdr {
+            args.msgvec = buf;
             // SAFETY: user pointers read through the fault-tolerant helper.
             args.iovcnt =
                 unsafe { bpf_probe_read_user((buf + MSGHDR_IOVLEN) as *const u64).ok()? } as u32;
@@ -187,7 +198,20 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if ret > 0 {
-        emit_data(&args, ret as u64);
+        // The *mmsg calls return a message count; the first message's byte count is its
+        // `msg_len`, which the kernel wrote after the `user_msghdr`.
+        let bytes = if args.syscall == syscall::RECVMMSG || args.syscall == syscall::SENDMMSG {
+            // SAFETY: user pointer read through the fault-tolerant helper.
+            match unsafe { bpf_probe_read_user((args.msgvec + MMSGHDR_MSG_LEN) as *const u32) } {
+                Ok(n) => n as u64,
+                Err(_) => return 0,
+            }
+        } else {
+            ret as u64
+        };
+        if bytes > 0 {
+            emit_data(&args, bytes);
+        }
     }
     0
 }

@@ -20,13 +20,13 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zt
 
 /// Syscalls whose entry the `sys_enter` program sees.
 const ENTER: &[&str] = &[
-    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "connect",
-    "close",
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "recvmmsg",
+    "sendmmsg", "connect", "close",
 ];
 /// Syscalls whose exit the `sys_exit` program sees.
 const EXIT: &[&str] = &[
-    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "connect",
-    "accept", "accept4",
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "recvmmsg",
+    "sendmmsg", "connect", "accept", "accept4",
 ];
 
 #[derive(Debug, Clone)]
