@@ -17,7 +17,10 @@ use ztrace_protocols::{
     Dir, dns,
     http1::{self, Http1Conn, Http1Event},
     http2::{self, H2Conn, H2Event},
+    mysql::{self, MySqlConn, MySqlEvent},
+    postgres::{self, PgConn, PgEvent},
     redis::{self, RedisConn, RedisEvent},
+    sql,
 };
 
 use crate::{
@@ -35,6 +38,8 @@ pub enum Parser {
     Http(Box<Http1Conn>),
     Http2(Box<H2Conn>),
     Redis(Box<RedisConn>),
+    Postgres(Box<PgConn>),
+    Mysql(Box<MySqlConn>),
     Dns(DnsDatagrams),
 }
 
@@ -74,6 +79,7 @@ enum Update {
     HttpResponseBody(u64),
     Db {
         error: Option<(String, String)>,
+        rows: Option<u64>,
     },
     Rpc {
         http_status: Option<u16>,
@@ -91,7 +97,10 @@ impl Update {
         match (self, exchange) {
             (Update::HttpStatus(s), Exchange::Http(h)) => h.status = Some(s),
             (Update::HttpResponseBody(n), Exchange::Http(h)) => h.response_body_size = Some(n),
-            (Update::Db { error }, Exchange::Db(d)) => d.error = error,
+            (Update::Db { error, rows }, Exchange::Db(d)) => {
+                d.error = error;
+                d.rows = rows;
+            }
             (Update::Rpc { http_status, .. }, Exchange::Http(h)) => h.status = http_status,
             (
                 Update::Rpc {
@@ -139,6 +148,16 @@ impl Parser {
         if redis::looks_like_command(payload) {
             return Some((Parser::Redis(Box::default()), sends_requests));
         }
+        if postgres::looks_like_startup(payload) || postgres::looks_like_query(payload) {
+            return Some((Parser::Postgres(Box::default()), sends_requests));
+        }
+        // MySQL servers speak first: whoever sends the greeting is the server.
+        if mysql::looks_like_greeting(payload) {
+            return Some((Parser::Mysql(Box::default()), receives_requests));
+        }
+        if mysql::looks_like_command(payload) {
+            return Some((Parser::Mysql(Box::default()), sends_requests));
+        }
         None
     }
 
@@ -158,6 +177,22 @@ impl Parser {
                 let mut events = Vec::new();
                 p.push(dir, payload, len, &mut events);
                 steps.extend(events.into_iter().map(redis_step));
+            }
+            Parser::Postgres(p) => {
+                let mut events = Vec::new();
+                p.push(dir, payload, len, &mut events);
+                let db = p.database().map(str::to_string);
+                steps.extend(events.into_iter().filter_map(|e| pg_step(e, db.as_deref())));
+            }
+            Parser::Mysql(p) => {
+                let mut events = Vec::new();
+                p.push(dir, payload, len, &mut events);
+                let db = p.database().map(str::to_string);
+                steps.extend(
+                    events
+                        .into_iter()
+                        .filter_map(|e| mysql_step(e, db.as_deref())),
+                );
             }
             Parser::Dns(d) => steps.extend(d.push(dir, payload, len)),
         }
@@ -180,9 +215,76 @@ impl Parser {
                 p.close(&mut events);
                 steps.extend(events.into_iter().map(redis_step));
             }
+            Parser::Postgres(p) => {
+                let mut events = Vec::new();
+                p.close(&mut events);
+                steps.extend(events.into_iter().filter_map(|e| pg_step(e, None)));
+            }
+            Parser::Mysql(p) => {
+                let mut events = Vec::new();
+                p.close(&mut events);
+                steps.extend(events.into_iter().filter_map(|e| mysql_step(e, None)));
+            }
             Parser::Dns(_) => {}
         }
     }
+}
+
+/// A SQL statement as a database exchange: operation and table from the text, which itself is
+/// kept only sanitised.
+fn sql_request(system: DbSystem, start: u64, query: &str, database: Option<&str>) -> Step {
+    let (operation, collection) = sql::summarize(query);
+    Step::Request {
+        key: None,
+        start,
+        traceparent: None,
+        exchange: Exchange::Db(DbExchange {
+            system,
+            operation,
+            collection,
+            namespace: database.map(str::to_string),
+            query_text: (!query.is_empty()).then(|| sql::sanitize(query)),
+            error: None,
+            rows: None,
+        }),
+    }
+}
+
+fn pg_step(e: PgEvent, database: Option<&str>) -> Option<Step> {
+    Some(match e {
+        PgEvent::Query { start, query, .. } => {
+            sql_request(DbSystem::Postgresql, start, &query, database)
+        }
+        PgEvent::Result {
+            end, error, rows, ..
+        } => Step::End {
+            key: None,
+            end,
+            update: Update::Db { error, rows },
+        },
+        PgEvent::Desync { dir, .. } => Step::Desync(dir),
+        PgEvent::Startup { .. } => return None,
+    })
+}
+
+fn mysql_step(e: MySqlEvent, database: Option<&str>) -> Option<Step> {
+    Some(match e {
+        MySqlEvent::Query { start, query, .. } => {
+            sql_request(DbSystem::Mysql, start, &query, database)
+        }
+        MySqlEvent::Result {
+            end, error, rows, ..
+        } => Step::End {
+            key: None,
+            end,
+            update: Update::Db {
+                error: error.map(|(code, _state, message)| (code.to_string(), message)),
+                rows,
+            },
+        },
+        MySqlEvent::Desync { dir, .. } => Step::Desync(dir),
+        MySqlEvent::Handshake { .. } => return None,
+    })
 }
 
 impl DnsDatagrams {
@@ -340,6 +442,7 @@ fn redis_step(e: RedisEvent) -> Step {
                     let code = e.split_whitespace().next().unwrap_or("ERR").to_string();
                     (code, e)
                 }),
+                rows: None,
             },
         },
         RedisEvent::Desync { dir, .. } => Step::Desync(dir),

@@ -13,6 +13,9 @@
 pub mod dns;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
+pub mod postgres;
 pub mod redis;
+pub mod sql;
 
 pub use http1::Dir;

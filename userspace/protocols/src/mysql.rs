@@ -1,0 +1,1417 @@
+//! Streaming MySQL client/server protocol parser over captured syscall chunks.
+//!
+//! This module owns ztrace's MySQL framing: it turns the bytes of one connection (both
+//! directions) into [`MySqlEvent`]s — one [`MySqlEvent::Query`] per COM_QUERY or
+//! COM_STMT_EXECUTE and, in the same order, one [`MySqlEvent::Result`] per answer to them —
+//! plus the handshake's user/database and desyncs. Like [`crate::http1`] it is pure, never
+//! panics and is bounded: at most [`MAX_WINDOW`] bytes of a packet's payload are copied
+//! (none when the part parsed is wholly inside the chunk), at most [`MAX_STATEMENTS`]
+//! prepared statements and [`MAX_PENDING`] unanswered commands are kept.
+//!
+//! Packets: 3-byte length + sequence id; a 0xFFFFFF-byte packet continues in the next one.
+//! The server's greeting (handshake v10) and the client's handshake response give the
+//! capabilities (CLIENT_DEPRECATE_EOF, query attributes) and user/database; authentication
+//! packets are skipped until the server's OK/ERR. A command is a packet with sequence id 0.
+//! Other commands (COM_STMT_PREPARE, COM_INIT_DB, COM_PING…) are answered but not reported
+//! (PREPARE only teaches the statement id → text map; INIT_DB and `USE db` update
+//! [`MySqlConn::database`]); COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA and COM_QUIT get no
+//! answer. An answer is OK, ERR, or a result set (column count, definitions, rows, EOF/OK;
+//! more result sets follow while SERVER_MORE_RESULTS_EXISTS). Without the handshake,
+//! classic EOFs are assumed and CLIENT_DEPRECATE_EOF is inferred from the packets (an EOF is
+//! 5 bytes, a terminating OK at least 7); an answer whose end went unnoticed ends when the
+//! next one starts (sequence id 1).
+//!
+//! Gaps: a gap inside a payload is skipped by its length; a gap holding a packet header
+//! loses framing ([`MySqlEvent::Desync`]); that direction resumes at the next chunk starting
+//! with a plausible command (client) or first packet of an answer (server). After a
+//! Response-side desync no Result comes for the queries reported before it. An SSL request,
+//! compression, or a binlog dump ends parsing.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use crate::{
+    Dir,
+    sql::{TextCache, cstr, text},
+};
+
+/// Longest query text kept, in bytes.
+pub const MAX_QUERY: usize = 4096;
+/// Most bytes of a packet's payload kept for parsing (a command's, at the client).
+pub const MAX_WINDOW: usize = MAX_QUERY + 64;
+/// Most prepared statements remembered (and at most 256 KiB of their text).
+pub const MAX_STATEMENTS: usize = crate::sql::MAX_CACHED;
+/// Most commands awaiting their answer.
+pub const MAX_PENDING: usize = 256;
+const SERVER_WINDOW: usize = 1024;
+/// Payload length of a packet continued by the next one.
+const MORE: u64 = 0xFF_FFFF;
+
+const CONNECT_WITH_DB: u32 = 0x8;
+const COMPRESS: u32 = 0x20;
+const PROTOCOL_41: u32 = 0x200;
+const SSL: u32 = 0x800;
+const SECURE_CONNECTION: u32 = 0x8000;
+const PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
+const DEPRECATE_EOF: u32 = 0x100_0000;
+const ZSTD: u32 = 0x400_0000;
+const QUERY_ATTRIBUTES: u32 = 0x800_0000;
+const MORE_RESULTS: u16 = 0x8;
+const CURSOR_EXISTS: u16 = 0x40;
+
+/// What the parser found, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MySqlEvent {
+    /// A COM_QUERY, or a COM_STMT_EXECUTE (`prepared`, with the text its statement was
+    /// prepared with; empty if that was not seen): `[start, end)` of the Request stream.
+    /// `query`: at most [`MAX_QUERY`] bytes, lossy UTF-8.
+    Query {
+        start: u64,
+        end: u64,
+        query: String,
+        prepared: bool,
+    },
+    /// The answer to the oldest unanswered Query: `[start, end)` of the Response stream.
+    /// `error`: ERR's (code, SQLSTATE, message). `rows`: rows of the result sets plus
+    /// affected rows of the OKs.
+    Result {
+        start: u64,
+        end: u64,
+        error: Option<(u16, String, String)>,
+        rows: Option<u64>,
+    },
+    /// The client's handshake response: its user name and initial database.
+    Handshake {
+        user: Option<String>,
+        database: Option<String>,
+    },
+    /// Bytes in `dir` from `offset` on could not be framed; see the module docs.
+    Desync { dir: Dir, offset: u64 },
+}
+
+fn u16le(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32le(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// A length-encoded integer at the start of `b`, and its size.
+fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
+    let n = match *b.first()? {
+        c @ 0..=0xfa => return Some((u64::from(c), 1)),
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return None,
+    };
+    let mut v = [0u8; 8];
+    v[..n].copy_from_slice(b.get(1..=n)?);
+    Some((u64::from_le_bytes(v), n + 1))
+}
+
+/// The server's first packet: protocol 10, a printable version string.
+pub fn looks_like_greeting(data: &[u8]) -> bool {
+    let Some(p) = data.get(4..) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([data[0], data[1], data[2], 0]);
+    let version = p.get(1..).unwrap_or_default().split(|&b| b == 0).next();
+    let version = version.filter(|v| (1..64).contains(&v.len()) && v.len() + 1 < p.len());
+    (30..=1024).contains(&len)
+        && data[3] == 0
+        && p.first() == Some(&10)
+        && version.is_some_and(|v| v[0].is_ascii_digit() && v.iter().all(u8::is_ascii_graphic))
+}
+
+/// A command packet (sequence id 0) with a known command byte and a sane length.
+pub fn looks_like_command(data: &[u8]) -> bool {
+    let [a, b, c, 0, cmd, ..] = *data else {
+        return false;
+    };
+    let len = u32::from_le_bytes([a, b, c, 0]);
+    let textual = match data[5..] {
+        [0, 1, ..] | [] => true, // query attributes: no parameters, one set
+        [t, ..] => t.is_ascii_graphic() || t.is_ascii_whitespace(),
+    };
+    match cmd {
+        0x03 | 0x16 => len >= 2 && textual,
+        0x02 => len >= 2,
+        0x17 => len >= 10,
+        0x19 | 0x1a => len == 5,
+        0x1c => len == 9,
+        0x01 | 0x09 | 0x0e | 0x1f => len == 1,
+        _ => false,
+    }
+}
+
+/// The first packet of an answer (sequence id 1): OK, ERR, or a column count followed by
+/// a column definition.
+fn looks_like_answer(data: &[u8]) -> bool {
+    let [a, b, c, 1, first, ..] = *data else {
+        return false;
+    };
+    let len = u64::from(u32::from_le_bytes([a, b, c, 0]));
+    match first {
+        0x00 => (7..MORE).contains(&len),
+        0xff => len >= 9 && data.get(7).is_none_or(|&c| c == b'#'),
+        1..=0xfa => {
+            let def = data.get(5..10);
+            len == 1 && def.is_none_or(|d| d[3] == 2 && d[4] == 3)
+        }
+        _ => false,
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum State {
+    /// Expecting a packet header; `hdr_len` bytes of it are in `hdr`.
+    #[default]
+    Header,
+    /// Collecting the window (first bytes) of a message's first packet.
+    Window,
+    /// Skipping the rest of a packet: `left` bytes.
+    Skip,
+    /// Lost framing: skip chunks until one starts plausibly.
+    Desync,
+}
+
+/// What a command's answer looks like.
+#[derive(Debug)]
+enum Kind {
+    /// OK, ERR, EOF, LOCAL INFILE or result sets.
+    Query,
+    Prepare(Arc<str>),
+    /// A database change, applied on OK.
+    Use(String),
+    /// COM_STMT_FETCH: rows until EOF.
+    Fetch,
+    /// COM_FIELD_LIST: definitions until EOF.
+    FieldList,
+    /// COM_CHANGE_USER: authentication until OK/ERR.
+    ChangeUser,
+    /// COM_STATISTICS: one string packet.
+    Single,
+}
+
+/// Where an answer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    First,
+    /// Column or parameter definitions left, then what follows them.
+    Defs(u64, After),
+    /// An EOF may come (classic protocol), then what follows.
+    Eof(After),
+    Rows,
+    /// Until OK or ERR, whatever the sequence ids (LOCAL INFILE, change user).
+    UntilOk,
+    /// Until EOF or ERR.
+    UntilEof,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    Rows,
+    /// Prepare's parameter definitions: its column definitions follow.
+    PrepCols(u64),
+    Done,
+}
+
+/// The answer being read.
+#[derive(Default)]
+struct Answer {
+    /// Offset of its first packet (`None`: not started).
+    start: Option<u64>,
+    next_seq: u8,
+    last_end: u64,
+    phase: Option<Phase>,
+    rows: Option<u64>,
+    error: Option<(u16, String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Server {
+    /// Nothing seen yet: a greeting or (attached mid-stream) answers.
+    #[default]
+    Start,
+    /// Greeting seen: authentication until OK/ERR.
+    Auth,
+    Commands,
+}
+
+/// State shared by both directions.
+#[derive(Default)]
+struct Shared {
+    server: Server,
+    handshake_seen: bool,
+    server_caps: u32,
+    client_caps: Option<u32>,
+    deprecate_eof: bool,
+    /// Encrypted, compressed or replicating: nothing more to parse.
+    stopped: bool,
+    statements: TextCache<u32>,
+    /// Commands awaiting their answer, oldest first, and whether they were reported.
+    pending: VecDeque<(Kind, bool)>,
+    answer: Answer,
+    user: Option<String>,
+    database: Option<String>,
+}
+
+/// A message: the window `w` of its payload (`plen` bytes), its offsets, and the sequence
+/// ids of its first and last packets.
+struct Msg<'w> {
+    w: &'w [u8],
+    plen: u64,
+    start: u64,
+    end: u64,
+    seq: u8,
+    last_seq: u8,
+}
+
+/// The OK packet `w`: affected rows and status flags.
+fn ok_packet(w: &[u8]) -> (u64, u16) {
+    let Some((rows, n)) = w.get(1..).and_then(lenenc) else {
+        return (0, 0);
+    };
+    let id = w.get(1 + n..).and_then(lenenc).map_or(0, |(_, m)| m);
+    (rows, u16le(w, 1 + n + id).unwrap_or(0))
+}
+
+fn err_packet(w: &[u8], plen: u64) -> (u16, String, String) {
+    let code = u16le(w, 1).unwrap_or(0);
+    let rest = w.get(3..).unwrap_or_default();
+    let (state, msg) = match rest {
+        [b'#', s @ ..] if s.len() >= 5 => (text(&s[..5], 5, false), &s[5..]),
+        _ => (String::new(), rest),
+    };
+    (code, state, text(msg, 1024, plen > w.len() as u64))
+}
+
+impl Shared {
+    fn expect(&mut self, kind: Kind, reported: bool, resp_offset: u64, out: &mut Vec<MySqlEvent>) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.clear(); // no answers for ages: give up on them
+            self.answer = Answer::default();
+            let offset = resp_offset;
+            out.push(MySqlEvent::Desync {
+                dir: Dir::Response,
+                offset,
+            });
+        }
+        self.pending.push_back((kind, reported));
+    }
+
+    /// The client's handshake response (or SSL request).
+    fn handshake(&mut self, w: &[u8], plen: u64, out: &mut Vec<MySqlEvent>) {
+        self.handshake_seen = true;
+        let caps = if w.len() >= 4 {
+            u32le(w, 0).unwrap_or(0)
+        } else {
+            0
+        };
+        let caps = caps
+            & if caps & PROTOCOL_41 != 0 {
+                u32::MAX
+            } else {
+                0xffff
+            };
+        self.client_caps = Some(caps);
+        let both = caps & self.server_caps;
+        self.deprecate_eof = both & DEPRECATE_EOF != 0;
+        if caps & SSL != 0 && plen == 32 {
+            self.stopped = true; // an SSL request: TLS from here on
+            return;
+        }
+        self.stopped = both & (COMPRESS | ZSTD) != 0; // compressed packets from here on
+        let at = if caps & PROTOCOL_41 != 0 { 32 } else { 5 };
+        let (user, rest) = cstr(w.get(at..).unwrap_or_default());
+        let rest = rest.unwrap_or_default();
+        let auth = if caps & PROTOCOL_41 == 0 {
+            cstr(rest).1.map(|r| rest.len() - r.len())
+        } else if caps & PLUGIN_AUTH_LENENC != 0 {
+            let n = lenenc(rest).and_then(|(n, m)| n.checked_add(m as u64));
+            n.and_then(|n| usize::try_from(n).ok())
+        } else if caps & SECURE_CONNECTION != 0 {
+            rest.first().map(|&n| 1 + usize::from(n))
+        } else {
+            cstr(rest).1.map(|r| rest.len() - r.len())
+        };
+        let db = auth.and_then(|n| rest.get(n..)).map(|r| cstr(r).0);
+        let db = db.filter(|d| caps & CONNECT_WITH_DB != 0 && !d.is_empty());
+        self.user = Some(text(user, 256, false));
+        self.database = db.map(|d| text(d, 256, false));
+        let (user, database) = (self.user.clone(), self.database.clone());
+        out.push(MySqlEvent::Handshake { user, database });
+    }
+
+    /// A client message; `false` if it makes no sense.
+    fn client(&mut self, m: Msg, resp_offset: u64, out: &mut Vec<MySqlEvent>) -> bool {
+        let Msg {
+            w,
+            plen,
+            start,
+            end,
+            seq,
+            ..
+        } = m;
+        if seq != 0 {
+            if seq == 1 && self.server == Server::Auth && !self.handshake_seen {
+                self.handshake(w, plen, out);
+            }
+            return true; // authentication data, LOCAL INFILE contents…
+        }
+        let Some((&cmd, body)) = w.split_first() else {
+            return plen > 0; // payload not captured: unknown command, no answer tracked
+        };
+        let cut = plen > w.len() as u64;
+        let id = u32le(body, 0);
+        match cmd {
+            0x03 | 0x16 => {
+                let attrs = cmd == 0x03
+                    && match self.client_caps {
+                        Some(caps) => caps & QUERY_ATTRIBUTES != 0,
+                        None => body.starts_with(&[0, 1]),
+                    };
+                let mut q = body;
+                if attrs {
+                    let params = lenenc(q).filter(|&(n, _)| n == 0);
+                    let sets = params.and_then(|(_, n)| q.get(n..)).and_then(lenenc);
+                    q = match (params, sets) {
+                        (Some((_, a)), Some((_, b))) => &q[a + b..],
+                        _ => &[], // parameters: no cheap way to the text
+                    };
+                }
+                let q: Arc<str> = text(q, MAX_QUERY, cut).into();
+                if cmd == 0x16 {
+                    self.expect(Kind::Prepare(q), false, resp_offset, out);
+                    return true;
+                }
+                let kind = use_db(&q).map_or(Kind::Query, Kind::Use);
+                self.expect(kind, true, resp_offset, out);
+                let (query, prepared) = (q.to_string(), false);
+                out.push(MySqlEvent::Query {
+                    start,
+                    end,
+                    query,
+                    prepared,
+                });
+            }
+            0x17 | 0xfa => {
+                // COM_STMT_EXECUTE, MariaDB's COM_STMT_BULK_EXECUTE
+                let text = id.and_then(|id| self.statements.get(&id));
+                let (query, prepared) = (text.map(|t| t.to_string()).unwrap_or_default(), true);
+                self.expect(Kind::Query, true, resp_offset, out);
+                out.push(MySqlEvent::Query {
+                    start,
+                    end,
+                    query,
+                    prepared,
+                });
+            }
+            0x19 => self.statements.remove(&id.unwrap_or(0)),
+            0x01 | 0x18 => {} // no answer
+            0x02 => {
+                let db = Kind::Use(text(body, 256, cut));
+                self.expect(db, false, resp_offset, out);
+            }
+            0x12 | 0x1e => self.stopped = true, // binlog dump: a replication stream
+            0x1c => self.expect(Kind::Fetch, false, resp_offset, out),
+            0x04 => self.expect(Kind::FieldList, false, resp_offset, out),
+            0x11 => self.expect(Kind::ChangeUser, false, resp_offset, out),
+            0x09 => self.expect(Kind::Single, false, resp_offset, out),
+            0x00..=0x1f => self.expect(Kind::Query, false, resp_offset, out),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The current answer ended at `end`.
+    fn finish(&mut self, end: u64, out: &mut Vec<MySqlEvent>) {
+        let a = std::mem::take(&mut self.answer);
+        let Some((kind, reported)) = self.pending.pop_front() else {
+            return;
+        };
+        if let (Kind::Use(db), None) = (kind, &a.error) {
+            self.database = Some(db);
+        }
+        if reported {
+            out.push(MySqlEvent::Result {
+                start: a.start.unwrap_or(end),
+                end,
+                error: a.error,
+                rows: a.rows,
+            });
+        }
+    }
+
+    fn add_rows(&mut self, n: u64) {
+        self.answer.rows = Some(self.answer.rows.unwrap_or(0).saturating_add(n));
+    }
+
+    /// A server message; `false` if out of sequence.
+    fn server(&mut self, m: Msg, out: &mut Vec<MySqlEvent>) -> bool {
+        let Msg {
+            w,
+            plen,
+            start,
+            end,
+            seq,
+            last_seq,
+        } = m;
+        match self.server {
+            Server::Start if seq == 0 && w.first() == Some(&10) => {
+                self.server = Server::Auth;
+                let version = cstr(w.get(1..).unwrap_or_default()).1.unwrap_or_default();
+                let low = u16le(version, 13).unwrap_or(0);
+                let high = u16le(version, 18).unwrap_or(0);
+                self.server_caps = u32::from(low) | u32::from(high) << 16;
+                return true;
+            }
+            Server::Start => self.server = Server::Commands,
+            Server::Auth => {
+                if matches!(w.first(), Some(0x00 | 0xff)) {
+                    self.server = Server::Commands;
+                }
+                return true;
+            }
+            Server::Commands => {}
+        }
+        loop {
+            let Some((kind, _)) = self.pending.front() else {
+                return true; // nothing asked: ignore
+            };
+            if self.answer.start.is_none() {
+                if seq != 1 {
+                    return true; // the rest of an answer given up on
+                }
+                let phase = match kind {
+                    Kind::Fetch => Phase::Rows,
+                    Kind::FieldList => Phase::UntilEof,
+                    Kind::ChangeUser => Phase::UntilOk,
+                    _ => Phase::First,
+                };
+                self.answer.start = Some(start);
+                self.answer.phase = Some(phase);
+            } else if seq != self.answer.next_seq && self.answer.phase != Some(Phase::UntilOk) {
+                if seq != 1 {
+                    return false;
+                }
+                self.finish(self.answer.last_end, out); // its end went unnoticed
+                continue;
+            }
+            break;
+        }
+        self.answer.next_seq = last_seq.wrapping_add(1);
+        self.answer.last_end = end;
+        self.step(w, plen, end, out);
+        true
+    }
+
+    /// Advance the current answer by the packet `w` (payload length `plen`).
+    fn step(&mut self, w: &[u8], plen: u64, end: u64, out: &mut Vec<MySqlEvent>) {
+        let first = w.first().copied();
+        let eof = first == Some(0xfe) && plen <= 5;
+        let terminator = first == Some(0xfe) && plen < MORE;
+        let Some(phase) = self.answer.phase else {
+            return;
+        };
+        let next = match (phase, first) {
+            (_, Some(0xff)) => {
+                self.answer.error = Some(err_packet(w, plen));
+                None
+            }
+            (Phase::First, _) => match &self.pending.front().map(|p| &p.0) {
+                Some(Kind::Prepare(q)) => {
+                    let (id, cols) = (u32le(w, 1), u16le(w, 5).unwrap_or(0));
+                    let params = u16le(w, 7).unwrap_or(0);
+                    match (first, id) {
+                        (Some(0), Some(id)) => {
+                            self.statements.insert(id, q.clone());
+                            let (params, cols) = (u64::from(params), u64::from(cols));
+                            sections(params, After::PrepCols(cols))
+                        }
+                        _ => None,
+                    }
+                }
+                Some(Kind::Single) => None,
+                _ => match first {
+                    Some(0) => {
+                        let (rows, status) = ok_packet(w);
+                        self.add_rows(rows);
+                        (status & MORE_RESULTS != 0).then_some(Phase::First)
+                    }
+                    Some(0xfb) => Some(Phase::UntilOk),
+                    Some(0xfe) | None => None,
+                    Some(_) => match lenenc(w) {
+                        Some((n, _)) if n > 0 => Some(Phase::Defs(n, After::Rows)),
+                        _ => None,
+                    },
+                },
+            },
+            (Phase::Defs(n, after), _) if n > 1 => Some(Phase::Defs(n - 1, after)),
+            (Phase::Defs(_, After::Rows), _) => Some(Phase::Eof(After::Rows)),
+            (Phase::Defs(_, after), _) => match (self.deprecate_eof, after) {
+                (true, After::PrepCols(c)) => sections(c, After::Done),
+                (true, _) => None,
+                (false, _) => Some(Phase::Eof(after)),
+            },
+            (Phase::Eof(after), _) if eof => {
+                let status = u16le(w, 3).unwrap_or(0);
+                match after {
+                    After::Rows if status & CURSOR_EXISTS != 0 => None,
+                    After::Rows => Some(Phase::Rows),
+                    After::PrepCols(c) => sections(c, After::Done),
+                    After::Done => None,
+                }
+            }
+            (Phase::Eof(after), _) => {
+                self.deprecate_eof = true; // no EOF after definitions
+                self.answer.phase = match after {
+                    After::Rows => Some(Phase::Rows),
+                    After::PrepCols(c) => sections(c, After::Done),
+                    After::Done => None,
+                };
+                if self.answer.phase.is_some() {
+                    return self.step(w, plen, end, out);
+                }
+                None
+            }
+            (Phase::Rows, _) if terminator => {
+                let status = match eof {
+                    true => u16le(w, 3).unwrap_or(0),
+                    false => ok_packet(w).1,
+                };
+                self.add_rows(0);
+                (status & MORE_RESULTS != 0).then_some(Phase::First)
+            }
+            (Phase::Rows, _) => {
+                self.add_rows(1);
+                Some(Phase::Rows)
+            }
+            (Phase::UntilOk, Some(0)) => {
+                self.add_rows(ok_packet(w).0);
+                None
+            }
+            (Phase::UntilEof, _) if terminator => None,
+            (Phase::UntilOk | Phase::UntilEof, _) => Some(phase),
+        };
+        match next {
+            Some(phase) => self.answer.phase = Some(phase),
+            None => self.finish(end, out),
+        }
+    }
+}
+
+/// The phase reading `n` definitions followed by `after` (`None`: the answer is over).
+fn sections(n: u64, after: After) -> Option<Phase> {
+    match (n, after) {
+        (0, After::PrepCols(c)) => sections(c, After::Done),
+        (0, _) => None,
+        (n, after) => Some(Phase::Defs(n, after)),
+    }
+}
+
+/// `USE db` → db.
+fn use_db(q: &str) -> Option<String> {
+    let rest = q.trim_start();
+    let kw = rest.get(..4).filter(|k| k.eq_ignore_ascii_case("use "))?;
+    let db = rest[kw.len()..].trim().trim_end_matches(';').trim();
+    let db = db
+        .strip_prefix('`')
+        .and_then(|d| d.strip_suffix('`'))
+        .unwrap_or(db);
+    (!db.is_empty() && !db.contains(char::is_whitespace)).then(|| db.to_owned())
+}
+
+/// One direction of the connection.
+#[derive(Default)]
+struct Side {
+    /// Stream offset of the next byte to arrive.
+    offset: u64,
+    state: State,
+    hdr: [u8; 4],
+    hdr_len: usize,
+    /// Offset of the current packet's first byte, and one past its last.
+    pkt_start: u64,
+    end: u64,
+    /// The current message: offset of its first byte, its first and last packets'
+    /// sequence ids, its payload length so far, and whether a packet continues it.
+    start: u64,
+    seq: u8,
+    last_seq: u8,
+    plen: u64,
+    more: bool,
+    /// Window size and payload bytes left in the current packet.
+    keep: usize,
+    left: u64,
+    /// A window split across chunks or kept for a continued message (≤ `MAX_WINDOW`).
+    win: Vec<u8>,
+}
+
+impl Side {
+    fn desync(&mut self, dir: Dir, sh: &mut Shared, offset: u64, out: &mut Vec<MySqlEvent>) {
+        if dir == Dir::Response {
+            sh.pending.clear();
+            sh.answer = Answer::default();
+        }
+        (self.state, self.hdr_len, self.more) = (State::Desync, 0, false);
+        self.win.clear();
+        out.push(MySqlEvent::Desync { dir, offset });
+    }
+
+    /// Hand the current message, with the window `w` (else the buffered one), to the
+    /// protocol logic; desync if it makes no sense.
+    fn handle(&mut self, cx: Cx, w: Option<&[u8]>) -> bool {
+        let (dir, sh, resp, out) = cx;
+        let win = std::mem::take(&mut self.win);
+        let (seq, last_seq, plen, start, end) =
+            (self.seq, self.last_seq, self.plen, self.start, self.end);
+        let m = Msg {
+            w: w.unwrap_or(&win),
+            plen,
+            start,
+            end,
+            seq,
+            last_seq,
+        };
+        let ok = match dir {
+            Dir::Request => sh.client(m, resp, out),
+            Dir::Response => sh.server(m, out),
+        };
+        self.win = win;
+        self.win.clear();
+        if !ok {
+            self.desync(dir, sh, start, out);
+        }
+        ok
+    }
+
+    /// Consume one chunk of `dir`: `data`, then `gap` unknown bytes.
+    fn feed(&mut self, cx: Cx, data: &[u8], mut gap: u64) {
+        let (dir, sh, resp, out) = cx;
+        let mut at = self.offset; // stream offset of data[pos], then of the gap's next byte
+        self.offset = self.offset.saturating_add(data.len() as u64 + gap);
+        if self.state == State::Desync {
+            let fresh = match dir {
+                Dir::Request => looks_like_command(data),
+                Dir::Response => looks_like_answer(data),
+            };
+            if !fresh {
+                return;
+            }
+            self.state = State::Header;
+        }
+        let mut pos = 0;
+        while !sh.stopped {
+            let rest = &data[pos..];
+            match self.state {
+                State::Desync => return,
+                State::Header => {
+                    if self.hdr_len == 0 {
+                        self.pkt_start = at;
+                    }
+                    if rest.is_empty() {
+                        if gap > 0 {
+                            self.desync(dir, sh, self.pkt_start, out); // a header in the gap
+                        }
+                        return;
+                    }
+                    let take = (4 - self.hdr_len).min(rest.len());
+                    self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&rest[..take]);
+                    (self.hdr_len, pos, at) = (self.hdr_len + take, pos + take, at + take as u64);
+                    if self.hdr_len < 4 {
+                        continue;
+                    }
+                    self.hdr_len = 0;
+                    let [a, b, c, seq] = self.hdr;
+                    let len = u64::from(u32::from_le_bytes([a, b, c, 0]));
+                    let cont = std::mem::replace(&mut self.more, len == MORE);
+                    if cont && seq != self.last_seq.wrapping_add(1) {
+                        return self.desync(dir, sh, self.pkt_start, out);
+                    }
+                    let end = self.pkt_start.saturating_add(4 + len);
+                    (self.end, self.left, self.last_seq) = (end, len, seq);
+                    if cont {
+                        self.plen += len;
+                        self.state = State::Skip;
+                        if !self.more && !self.handle((dir, sh, resp, out), None) {
+                            return;
+                        }
+                        continue;
+                    }
+                    let window = [MAX_WINDOW, SERVER_WINDOW][dir as usize];
+                    (self.start, self.seq, self.plen) = (self.pkt_start, seq, len);
+                    self.keep = window.min(len as usize);
+                    self.win.clear();
+                    self.state = State::Window;
+                }
+                State::Window => {
+                    let keep = self.keep;
+                    let ok = if !self.more && self.win.is_empty() && rest.len() >= keep {
+                        (pos, at, self.left) =
+                            (pos + keep, at + keep as u64, self.left - keep as u64);
+                        self.handle((dir, sh, resp, out), Some(&rest[..keep]))
+                    } else {
+                        let take = (keep - self.win.len()).min(rest.len());
+                        self.win.extend_from_slice(&rest[..take]);
+                        (pos, at, self.left) =
+                            (pos + take, at + take as u64, self.left - take as u64);
+                        if self.win.len() < keep && gap == 0 {
+                            return; // more to come
+                        }
+                        // A continued message is handled with its last packet.
+                        self.more || self.handle((dir, sh, resp, out), None)
+                    };
+                    if !ok {
+                        return;
+                    }
+                    self.state = State::Skip;
+                }
+                State::Skip => {
+                    let n = (rest.len() as u64).min(self.left);
+                    (pos, at, self.left) = (pos + n as usize, at + n, self.left - n);
+                    if self.left > 0 {
+                        let g = gap.min(self.left); // a gap inside a payload is fine
+                        (gap, at, self.left) = (gap - g, at + g, self.left - g);
+                        if self.left > 0 {
+                            return;
+                        }
+                    }
+                    self.state = State::Header;
+                }
+            }
+        }
+    }
+}
+
+/// What a side needs of the rest: its direction, the shared state, the Response stream's
+/// offset, the events.
+type Cx<'a> = (Dir, &'a mut Shared, u64, &'a mut Vec<MySqlEvent>);
+
+/// MySQL parser state for one connection, both directions.
+#[derive(Default)]
+pub struct MySqlConn {
+    req: Side,
+    resp: Side,
+    shared: Shared,
+    closed: bool,
+}
+
+impl MySqlConn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed one syscall's worth of bytes. `len` >= data.len() is the true byte count;
+    /// offsets count `len` bytes (if `len < data.len()`, only `data[..len]` is used).
+    /// Ignored after [`close`](Self::close) and once parsing stopped (TLS, compression…).
+    pub fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<MySqlEvent>) {
+        let resp = self.resp.offset;
+        let side = match dir {
+            Dir::Request => &mut self.req,
+            Dir::Response => &mut self.resp,
+        };
+        let len = len.min(u64::MAX - side.offset); // offsets saturate instead of wrapping
+        let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+        if !self.closed && !self.shared.stopped {
+            let cx = (dir, &mut self.shared, resp, out);
+            side.feed(cx, data, len - data.len() as u64);
+        }
+    }
+
+    /// The connection closed: unanswered commands get no Result. Later pushes are ignored.
+    pub fn close(&mut self, _out: &mut Vec<MySqlEvent>) {
+        self.closed = true;
+        self.shared.pending.clear();
+        self.req.win = Vec::new();
+        self.resp.win = Vec::new();
+    }
+
+    /// Commands awaiting their answer (reported or not).
+    pub fn pending_queries(&self) -> usize {
+        self.shared.pending.len()
+    }
+
+    /// The connection switched to TLS or compression, or became a replication stream.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped
+    }
+
+    /// Prepared statements remembered.
+    pub fn prepared_statements(&self) -> usize {
+        self.shared.statements.len()
+    }
+
+    /// The user of the handshake.
+    pub fn user(&self) -> Option<&str> {
+        self.shared.user.as_deref()
+    }
+
+    /// The current database: the handshake's, changed by COM_INIT_DB and `USE db`.
+    pub fn database(&self) -> Option<&str> {
+        self.shared.database.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Dir::{Request as Q, Response as R};
+    use MySqlEvent as E;
+
+    /// Events as a trace: `Q0-20:text` query, `P0-13:text` statement execution, `R0-30/5`
+    /// result with 5 rows (`!1064` on error), `H<user>@<db>` handshake, `Dq@5` desync.
+    fn show(ev: &[E]) -> String {
+        let s = ev.iter().map(|e| match e {
+            E::Query {
+                start,
+                end,
+                query,
+                prepared,
+            } => format!("{}{start}-{end}:{query}", ["Q", "P"][*prepared as usize]),
+            E::Result {
+                start,
+                end,
+                error,
+                rows,
+            } => {
+                let rows = rows.map(|n| format!("/{n}")).unwrap_or_default();
+                let err = error
+                    .as_ref()
+                    .map(|e| format!("!{}", e.0))
+                    .unwrap_or_default();
+                format!("R{start}-{end}{rows}{err}")
+            }
+            E::Handshake { user, database } => {
+                let (u, d) = (user.as_deref(), database.as_deref());
+                format!("H{}@{}", u.unwrap_or("-"), d.unwrap_or("-"))
+            }
+            E::Desync { dir, offset } => format!("D{}@{offset}", ["q", "r"][*dir as usize]),
+        });
+        s.collect::<Vec<_>>().join(" ")
+    }
+
+    fn feed(c: &mut MySqlConn, dir: Dir, data: &[u8], len: u64) -> String {
+        let mut out = Vec::new();
+        c.push(dir, data, len, &mut out);
+        show(&out)
+    }
+
+    fn push(c: &mut MySqlConn, dir: Dir, data: &[u8]) -> String {
+        feed(c, dir, data, data.len() as u64)
+    }
+
+    /// Feed `data` in pieces of the given sizes, then the rest.
+    fn split(c: &mut MySqlConn, dir: Dir, data: &[u8], sizes: &[usize]) -> Vec<E> {
+        let (mut out, mut rest) = (Vec::new(), data);
+        for &n in sizes.iter().chain([&usize::MAX]) {
+            let (a, b) = rest.split_at(n.max(1).min(rest.len()));
+            c.push(dir, a, a.len() as u64, &mut out);
+            rest = b;
+        }
+        out
+    }
+
+    fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_le_bytes();
+        [&len[..3], &[seq], payload].concat()
+    }
+    fn cmd(c: u8, body: &[u8]) -> Vec<u8> {
+        pkt(0, &[&[c][..], body].concat())
+    }
+    fn query(sql: &str) -> Vec<u8> {
+        cmd(0x03, sql.as_bytes())
+    }
+    fn ok(seq: u8, affected: u8, status: u16) -> Vec<u8> {
+        pkt(
+            seq,
+            &[&[0, affected, 0][..], &status.to_le_bytes(), &[0, 0]].concat(),
+        )
+    }
+    fn eof(seq: u8, status: u16) -> Vec<u8> {
+        pkt(seq, &[&[0xfe, 0, 0][..], &status.to_le_bytes()].concat())
+    }
+    fn ok_fe(seq: u8, status: u16) -> Vec<u8> {
+        pkt(
+            seq,
+            &[&[0xfe, 0, 0][..], &status.to_le_bytes(), &[0, 0]].concat(),
+        )
+    }
+    fn err(seq: u8, code: u16, msg: &str) -> Vec<u8> {
+        pkt(
+            seq,
+            &[&[0xff][..], &code.to_le_bytes(), b"#42S02", msg.as_bytes()].concat(),
+        )
+    }
+    const DEF: &[u8] =
+        b"\x03def\x02db\x01t\x01t\x01a\x01a\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00";
+
+    /// Payloads as packets with sequence ids from `seq` on.
+    fn seqd(seq: u8, payloads: &[Vec<u8>]) -> Vec<u8> {
+        let packets = payloads.iter().enumerate();
+        packets
+            .flat_map(|(i, p)| pkt(seq.wrapping_add(i as u8), p))
+            .collect()
+    }
+
+    /// The payloads of a result set with `cols` columns and `rows` rows.
+    fn result_payloads(cols: u8, rows: usize, deprecate: bool, status: u16) -> Vec<Vec<u8>> {
+        let mut v = vec![vec![cols]];
+        v.extend((0..cols).map(|_| DEF.to_vec()));
+        if !deprecate {
+            v.push(eof(0, 0)[4..].to_vec());
+        }
+        v.extend((0..rows).map(|i| format!("\x05row{i:02}").into_bytes()));
+        let end = if deprecate {
+            ok_fe(0, status)
+        } else {
+            eof(0, status)
+        };
+        v.push(end[4..].to_vec());
+        v
+    }
+
+    fn result_set(cols: u8, rows: usize, deprecate: bool, status: u16) -> Vec<u8> {
+        seqd(1, &result_payloads(cols, rows, deprecate, status))
+    }
+
+    fn greeting(caps: u32) -> Vec<u8> {
+        let [a, b, c, d] = caps.to_le_bytes();
+        let body = [
+            &b"\x0a8.0.36\0\x07\0\0\0abcdefgh\0"[..],
+            &[a, b, 0xff, 2, 0, c, d, 21],
+            &[0; 10],
+            b"ijklmnopqrst\0mysql_native_password\0",
+        ];
+        pkt(0, &body.concat())
+    }
+    const CAPS: u32 = PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH_LENENC | CONNECT_WITH_DB;
+
+    fn handshake(caps: u32, user: &str, db: &str) -> Vec<u8> {
+        let mut p = [&caps.to_le_bytes()[..], &[0, 0, 0, 1, 45], &[0; 23]].concat();
+        p.extend([user.as_bytes(), b"\0\x14", &[7; 20], db.as_bytes(), b"\0"].concat());
+        p.extend(b"mysql_native_password\0");
+        pkt(1, &p)
+    }
+
+    /// Greeting, handshake response, an auth switch round, OK: returns the connection.
+    fn connected(caps: u32) -> MySqlConn {
+        let mut c = MySqlConn::new();
+        assert!(looks_like_greeting(&greeting(caps)));
+        assert_eq!(push(&mut c, R, &greeting(caps)), "");
+        assert_eq!(
+            push(&mut c, Q, &handshake(caps, "bob", "shop")),
+            "Hbob@shop"
+        );
+        let switch = pkt(2, b"\xfecaching_sha2_password\0salt\0");
+        assert_eq!(
+            push(&mut c, R, &switch) + &push(&mut c, Q, &pkt(3, &[1; 32])),
+            ""
+        );
+        assert_eq!(
+            push(&mut c, R, &[pkt(4, b"\x01\x03"), ok(5, 0, 2)].concat()),
+            ""
+        );
+        c
+    }
+
+    #[test]
+    fn handshake_then_text_queries() {
+        let mut c = connected(CAPS);
+        assert_eq!((c.user(), c.database()), (Some("bob"), Some("shop")));
+        let (qo, ro) = (c.req.offset, c.resp.offset);
+        let q = query("SELECT a FROM t");
+        let ev = push(&mut c, Q, &q);
+        assert_eq!(ev, format!("Q{qo}-{}:SELECT a FROM t", qo + q.len() as u64));
+        let rs = result_set(1, 3, false, 2);
+        assert_eq!(
+            push(&mut c, R, &rs),
+            format!("R{ro}-{}/3", ro + rs.len() as u64)
+        );
+        push(&mut c, Q, &query("UPDATE t SET a = 1"));
+        assert!(push(&mut c, R, &ok(1, 7, 2)).ends_with("/7"));
+        push(&mut c, Q, &query("SELECT * FROM nope"));
+        let mut out = Vec::new();
+        let e = err(1, 1146, "Table 'shop.nope' doesn't exist");
+        c.push(R, &e, e.len() as u64, &mut out);
+        let E::Result { error, rows, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        let want = (
+            1146,
+            "42S02".into(),
+            "Table 'shop.nope' doesn't exist".into(),
+        );
+        assert_eq!((error, rows), (&Some(want), &None));
+        // COM_INIT_DB and `USE` change the database once the server agrees.
+        push(&mut c, Q, &cmd(0x02, b"other"));
+        assert_eq!(c.database(), Some("shop"));
+        assert_eq!(push(&mut c, R, &ok(1, 0, 2)), "", "not reported");
+        assert_eq!(c.database(), Some("other"));
+        push(&mut c, Q, &query("use `third`;"));
+        push(&mut c, R, &ok(1, 0, 2));
+        assert_eq!(c.database(), Some("third"));
+        push(&mut c, Q, &query("USE nope"));
+        push(&mut c, R, &err(1, 1049, "Unknown database"));
+        assert_eq!(c.database(), Some("third"));
+        // No-answer commands, PING.
+        let quiet = [cmd(0x19, &[1, 0, 0, 0]), cmd(0x0e, b"")].concat();
+        assert_eq!(push(&mut c, Q, &quiet), "");
+        assert_eq!(c.pending_queries(), 1);
+        assert_eq!(push(&mut c, R, &ok(1, 0, 2)), "");
+        assert_eq!(c.pending_queries(), 0);
+    }
+
+    #[test]
+    fn result_sets_with_deprecate_eof_and_multiple_results() {
+        let mut c = connected(CAPS | DEPRECATE_EOF);
+        push(&mut c, Q, &query("SELECT a FROM t"));
+        let rs = result_set(2, 2, true, 2);
+        assert!(push(&mut c, R, &rs).ends_with("/2"));
+        push(&mut c, Q, &query("SELECT a FROM t"));
+        let ev = push(&mut c, R, &result_set(1, 600, true, 2));
+        assert!(ev.ends_with("/600"), "sequence ids wrap: {ev}");
+        push(&mut c, Q, &query("SELECT a FROM t WHERE 0"));
+        assert!(
+            push(&mut c, R, &result_set(1, 0, true, 2)).ends_with("/0"),
+            "empty"
+        );
+        // CALL: two result sets and an OK, flagged SERVER_MORE_RESULTS_EXISTS.
+        push(&mut c, Q, &query("CALL p()"));
+        let mut call = result_payloads(1, 2, true, 2 | MORE_RESULTS);
+        call.extend(result_payloads(1, 1, true, 2 | MORE_RESULTS));
+        call.push(ok(0, 0, 2)[4..].to_vec());
+        let (call, r0) = (seqd(1, &call), c.resp.offset);
+        let want = format!("R{r0}-{}/3", r0 + call.len() as u64);
+        assert_eq!(push(&mut c, R, &call), want);
+        assert_eq!(c.pending_queries(), 0);
+        // Classic EOFs inferred without a handshake: EOF is 5 bytes, a final OK 7.
+        let mut c = MySqlConn::new();
+        for (rs, rows) in [
+            (result_set(1, 1, false, 2), 1),
+            (result_set(1, 0, true, 2), 0),
+        ] {
+            push(&mut c, Q, &query("SELECT 1"));
+            let ev = push(&mut c, R, &rs);
+            assert!(ev.ends_with(&format!("/{rows}")), "{ev}");
+        }
+        push(&mut c, Q, &query("SELECT 1"));
+        assert!(push(&mut c, R, &result_set(1, 2, true, 2)).ends_with("/2"));
+        assert!(c.shared.deprecate_eof, "learnt");
+    }
+
+    /// The answer to COM_STMT_PREPARE: PREPARE_OK, parameter then column definitions.
+    fn prepare_ok(id: u8, cols: u8, params: u8, deprecate: bool) -> Vec<u8> {
+        let mut v = vec![vec![0, id, 0, 0, 0, cols, 0, params, 0, 0, 0, 0]];
+        for n in [params, cols] {
+            v.extend((0..n).map(|_| DEF.to_vec()));
+            if n > 0 && !deprecate {
+                v.push(eof(0, 2)[4..].to_vec());
+            }
+        }
+        seqd(1, &v)
+    }
+
+    #[test]
+    fn prepared_statements() {
+        for deprecate in [false, true] {
+            let caps = if deprecate {
+                CAPS | DEPRECATE_EOF
+            } else {
+                CAPS
+            };
+            let mut c = connected(caps);
+            let prep = cmd(0x16, b"SELECT a FROM t WHERE id = ? AND b = ?");
+            assert_eq!(push(&mut c, Q, &prep), "", "not reported");
+            assert_eq!(push(&mut c, R, &prepare_ok(1, 1, 2, deprecate)), "");
+            push(&mut c, Q, &cmd(0x16, b"DELETE FROM t"));
+            assert_eq!(push(&mut c, R, &prepare_ok(2, 0, 0, deprecate)), "");
+            assert_eq!((c.prepared_statements(), c.pending_queries()), (2, 0));
+            let exec = cmd(0x17, &[1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 8, 0, 8, 0]);
+            let ev = push(&mut c, Q, &exec);
+            assert!(ev.starts_with('P') && ev.ends_with(":SELECT a FROM t WHERE id = ? AND b = ?"));
+            let mut rs = result_set(1, 2, deprecate, 2);
+            let row = rs.len() - [9, 11][deprecate as usize] - 2 * 10 + 4;
+            rs[row] = 0; // binary rows start with 0x00
+            assert!(push(&mut c, R, &rs).ends_with("/2"), "{deprecate}");
+            let ev = push(&mut c, Q, &cmd(0x17, &[2, 0, 0, 0, 0, 1, 0, 0, 0]));
+            assert!(ev.ends_with(":DELETE FROM t"), "{ev}");
+            assert!(push(&mut c, R, &ok(1, 4, 2)).ends_with("/4"));
+            push(&mut c, Q, &cmd(0x19, &[2, 0, 0, 0]));
+            assert_eq!(c.prepared_statements(), 1);
+            let ev = push(&mut c, Q, &cmd(0x17, &[2, 0, 0, 0, 0, 1, 0, 0, 0]));
+            assert!(
+                ev.starts_with('P') && ev.ends_with(':'),
+                "unknown statement: {ev}"
+            );
+        }
+        // Without the handshake, classic EOFs are assumed: a prepare answer with
+        // CLIENT_DEPRECATE_EOF ends when the next answer starts.
+        let mut c = MySqlConn::new();
+        push(&mut c, Q, &cmd(0x16, b"SELECT ?"));
+        assert_eq!(push(&mut c, R, &prepare_ok(8, 1, 1, true)), "");
+        assert_eq!(
+            c.pending_queries(),
+            0,
+            "learnt from the column after the parameter"
+        );
+        c.shared.deprecate_eof = false;
+        push(&mut c, Q, &cmd(0x16, b"SELECT ?"));
+        let p = prepare_ok(9, 0, 1, true);
+        let r0 = c.resp.offset;
+        assert_eq!(push(&mut c, R, &p), "");
+        assert_eq!(c.pending_queries(), 1, "waiting for an EOF");
+        let ev = push(&mut c, Q, &cmd(0x17, &[9, 0, 0, 0, 0, 1, 0, 0, 0]));
+        assert!(ev.ends_with(":SELECT ?"), "{ev}");
+        let ev = push(&mut c, R, &ok(1, 1, 2));
+        let r1 = r0 + p.len() as u64;
+        assert_eq!(ev, format!("R{r1}-{}/1", r1 + 11));
+    }
+
+    #[test]
+    fn local_infile_and_other_answers() {
+        let mut c = connected(CAPS);
+        push(&mut c, Q, &query("LOAD DATA LOCAL INFILE 'f' INTO TABLE t"));
+        assert_eq!(push(&mut c, R, &pkt(1, b"\xfbf")), "");
+        let data = [pkt(2, b"1,2\n3,4\n"), pkt(3, b"")].concat();
+        assert_eq!(push(&mut c, Q, &data), "");
+        assert!(push(&mut c, R, &ok(4, 2, 2)).ends_with("/2"));
+        // Statistics: one string; field list: definitions then EOF; set option: EOF.
+        let cmds = [cmd(0x09, b""), cmd(0x04, b"t\0"), cmd(0x1b, &[1, 0])].concat();
+        push(&mut c, Q, &cmds);
+        let answers = [
+            pkt(1, b"Uptime: 5"),
+            pkt(1, DEF),
+            pkt(2, DEF),
+            eof(3, 2),
+            eof(1, 2),
+        ];
+        assert_eq!(push(&mut c, R, &answers.concat()), "");
+        assert_eq!(c.pending_queries(), 0);
+        // A binlog dump turns the connection into a replication stream.
+        push(&mut c, Q, &cmd(0x12, &[4, 0, 0, 0, 0, 0, 1, 0, 0, 0]));
+        assert!(c.is_stopped());
+    }
+
+    #[test]
+    fn ssl_and_compression_stop_parsing() {
+        let mut c = MySqlConn::new();
+        push(&mut c, R, &greeting(CAPS | SSL));
+        let ssl = pkt(
+            1,
+            &[&(CAPS | SSL).to_le_bytes()[..], &[0, 0, 0, 1, 45], &[0; 23]].concat(),
+        );
+        assert_eq!(push(&mut c, Q, &ssl), "");
+        assert!(c.is_stopped());
+        assert_eq!(push(&mut c, Q, &query("SELECT 1")), "");
+        let mut c = MySqlConn::new();
+        push(&mut c, R, &greeting(CAPS | COMPRESS));
+        assert_eq!(
+            push(&mut c, Q, &handshake(CAPS | COMPRESS, "u", "")),
+            "Hu@-"
+        );
+        assert!(c.is_stopped());
+    }
+
+    #[test]
+    fn big_payloads_and_gaps() {
+        let mut c = connected(CAPS);
+        let (qo, ro) = (c.req.offset, c.resp.offset);
+        // A 20 MB query: a 0xFFFFFF-byte packet and its continuation, heads captured.
+        let total = 20_000_000u64;
+        let mut first = pkt(0, b"\x03INSERT INTO t VALUES ('");
+        first[..4].copy_from_slice(&[0xff, 0xff, 0xff, 0]);
+        assert_eq!(feed(&mut c, Q, &first, 1 << 20), "");
+        assert_eq!(feed(&mut c, Q, &[], (MORE + 4) - (1 << 20)), "");
+        let rest = total - MORE;
+        let second = [&(rest as u32).to_le_bytes()[..3], &[1], b"xxx"].concat();
+        let ev = feed(&mut c, Q, &second, rest + 4);
+        let end = qo + MORE + 4 + rest + 4;
+        assert_eq!(ev, format!("Q{qo}-{end}:INSERT INTO t VALUES ('"));
+        // A result set with a 100 000-byte row, read in captured heads.
+        let mut rs = result_set(1, 1, false, 2);
+        let big = pkt(4, &vec![b'x'; 100_000]);
+        let at = rs.len() - 9;
+        rs.splice(at - 10..at, big.iter().copied());
+        assert_eq!(feed(&mut c, R, &rs[..100], 50_000), "");
+        let n = rs.len() as u64;
+        assert_eq!(feed(&mut c, R, &rs[50_000..50_010], n - 50_000 - 9), "");
+        let ev = push(&mut c, R, &rs[rs.len() - 9..]);
+        assert_eq!(ev, format!("R{ro}-{}/1", ro + n));
+        // A header in a gap desyncs; the next answer's first packet resyncs.
+        push(&mut c, Q, &query("SELECT 1"));
+        let rs = result_set(1, 3, false, 2);
+        let r0 = c.resp.offset;
+        assert_eq!(
+            feed(&mut c, R, &rs[..20], 60),
+            format!("Dr@{}", r0 + 5 + 4 + DEF.len() as u64)
+        );
+        assert_eq!(c.pending_queries(), 0);
+        assert_eq!(push(&mut c, R, &rs[60..]), "", "no resync mid-answer");
+        push(&mut c, Q, &query("SELECT 2"));
+        let ev = push(&mut c, R, &rs);
+        assert!(ev.starts_with('R') && ev.ends_with("/3"), "{ev}");
+        // Request side: garbage, then a command.
+        assert!(push(&mut c, Q, b"\x05\0\0\0\x99abcd").starts_with("Dq@"));
+        assert_eq!(
+            push(&mut c, Q, b"\x05\0\0\x01\x03abcd"),
+            "",
+            "not a command"
+        );
+        assert!(push(&mut c, Q, &query("SELECT 3")).ends_with(":SELECT 3"));
+    }
+
+    #[test]
+    fn looks_like_checks() {
+        assert!(looks_like_command(&query("SELECT 1")));
+        assert!(looks_like_command(&query("SELECT 1")[..5]));
+        assert!(
+            looks_like_command(&cmd(0x03, b"\0\x01SELECT 1")),
+            "query attributes"
+        );
+        assert!(looks_like_command(&cmd(0x0e, b"")) && looks_like_command(&cmd(0x19, &[1; 4])));
+        let no = [
+            pkt(1, b"\x03SELECT 1"),
+            cmd(0x03, b"\x01\x02"),
+            cmd(0x0e, b"x"),
+            cmd(0x42, b"SELECT"),
+            b"GET / HTTP/1.1\r\n".to_vec(),
+            vec![],
+        ];
+        assert!(!no.iter().any(|d| looks_like_command(d)), "{no:?}");
+        assert!(!looks_like_greeting(&query("SELECT 1")));
+        let mut g = greeting(CAPS);
+        g[5] = b'x';
+        assert!(!looks_like_greeting(&g) && !looks_like_greeting(&g[..6]));
+        assert!(looks_like_answer(&ok(1, 0, 2)) && looks_like_answer(&err(1, 1, "x")));
+        assert!(looks_like_answer(&result_set(2, 0, false, 2)) && !looks_like_answer(&ok(2, 0, 2)));
+        assert!(!looks_like_answer(&pkt(1, b"\x05row00")));
+    }
+
+    #[test]
+    fn unanswered_commands_are_bounded() {
+        let mut c = MySqlConn::new();
+        let q = query("SELECT 1");
+        let ev = push(&mut c, Q, &q.repeat(MAX_PENDING + 1));
+        assert!(ev.contains(" Dr@0 Q"));
+        assert_eq!(c.pending_queries(), 1);
+        let mut c = MySqlConn::new();
+        for i in 0..2 * MAX_STATEMENTS as u32 {
+            push(&mut c, Q, &cmd(0x16, b"SELECT 1"));
+            let id = i.to_le_bytes();
+            push(
+                &mut c,
+                R,
+                &pkt(1, &[0, id[0], id[1], id[2], id[3], 0, 0, 0, 0, 0, 0, 0]),
+            );
+        }
+        assert_eq!(c.prepared_statements(), MAX_STATEMENTS);
+    }
+
+    /// A whole conversation, turn by turn: handshake, queries, a prepared statement, an
+    /// error, no-answer commands.
+    fn conversation() -> Vec<(Dir, Vec<u8>)> {
+        vec![
+            (R, greeting(CAPS)),
+            (Q, handshake(CAPS, "u", "d")),
+            (R, ok(2, 0, 2)),
+            (Q, query("SELECT a FROM t")),
+            (R, result_set(2, 3, false, 2)),
+            (Q, cmd(0x16, b"SELECT ?")),
+            (R, prepare_ok(3, 1, 1, false)),
+            (Q, cmd(0x17, &[3, 0, 0, 0, 0, 1, 0, 0, 0])),
+            (R, result_set(1, 1, false, 2)),
+            (Q, [query("SELECT nope"), cmd(0x19, &[3, 0, 0, 0])].concat()),
+            (R, err(1, 1054, "Unknown column")),
+            (Q, query("INSERT INTO t VALUES (1)")),
+            (R, ok(1, 1, 2)),
+            (Q, cmd(0x01, b"")),
+        ]
+    }
+
+    /// The conversation, each turn split in pieces of the given sizes.
+    fn exchange(sizes: &[usize]) -> Vec<E> {
+        let (mut c, mut ev) = (MySqlConn::new(), Vec::new());
+        for (dir, data) in conversation() {
+            ev.extend(split(&mut c, dir, &data, sizes));
+        }
+        c.close(&mut ev);
+        ev
+    }
+
+    /// Tiny deterministic PRNG (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
+        }
+    }
+
+    #[test]
+    fn splits_anywhere_give_the_same_events() {
+        let all = show(&exchange(&[]));
+        let a = "Hu@d Q83-103:SELECT a FROM t R89-206/3 P116-130:SELECT ? R304-369/1";
+        let b = "Q130-146:SELECT nope R369-396!1054 Q155-184:INSERT INTO t VALUES (1) R396-407/1";
+        assert_eq!(all, format!("{a} {b}"));
+        for i in 1..120 {
+            assert_eq!(show(&exchange(&[i])), all, "split at {i}");
+        }
+        assert_eq!(show(&exchange(&[1; 200])), all, "one byte at a time");
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..500 {
+            let max = [2, 7, 60, 700][rng.below(4)];
+            let sizes: Vec<usize> = (0..200).map(|_| 1 + rng.below(max)).collect();
+            assert_eq!(show(&exchange(&sizes[rng.below(100)..])), all);
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        let mut big = query("x");
+        big[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+        let bits: Vec<Vec<u8>> = vec![
+            query("SELECT 1"),
+            cmd(0x16, b"SELECT ?"),
+            cmd(0x17, &[1, 0, 0, 0]),
+            ok(1, 1, 8),
+            eof(2, 8),
+            err(1, 1, "x"),
+            result_set(2, 2, false, 8),
+            prepare_ok(1, 2, 2, true),
+            greeting(CAPS),
+            handshake(CAPS | DEPRECATE_EOF, "u", "d"),
+            pkt(1, b"\xfb"),
+            big,
+        ];
+        let mut bits = bits;
+        bits.extend(conversation().into_iter().map(|(_, d)| d));
+        let mut rng = Rng(42);
+        for _ in 0..3000 {
+            let (mut c, mut out) = (MySqlConn::new(), Vec::new());
+            for _ in 0..rng.below(40) {
+                let mut data = Vec::new();
+                for _ in 0..rng.below(5) {
+                    match rng.below(4) {
+                        0 => data.extend((0..rng.below(64)).map(|_| rng.below(256) as u8)),
+                        _ => {
+                            let b = &bits[rng.below(bits.len())];
+                            data.extend_from_slice(&b[[0, rng.below(b.len())][rng.below(2)]..]);
+                        }
+                    }
+                }
+                let len = match rng.below(4) {
+                    0 => (data.len() + rng.below(100_000)) as u64,
+                    1 => u64::MAX >> rng.below(64),
+                    _ => data.len() as u64,
+                };
+                c.push([Q, R][rng.below(2)], &data, len, &mut out);
+                assert!(c.req.win.len() <= MAX_WINDOW && c.resp.win.len() <= SERVER_WINDOW);
+                assert!(c.pending_queries() <= MAX_PENDING);
+            }
+            c.close(&mut out);
+        }
+    }
+}

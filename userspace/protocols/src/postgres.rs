@@ -1,0 +1,1229 @@
+//! Streaming PostgreSQL wire-protocol (v3) parser over captured syscall chunks.
+//!
+//! This module owns ztrace's PostgreSQL framing: it turns the bytes of one connection (both
+//! directions) into [`PgEvent`]s — one [`PgEvent::Query`] per exchange the client starts and,
+//! in the same order, one [`PgEvent::Result`] per exchange the server ends — plus the
+//! startup parameters and desyncs. Like [`crate::http1`] it is pure, never panics and is
+//! bounded: a message's captured head is parsed straight from the chunk when it is wholly
+//! inside it, else at most [`MAX_WINDOW`] bytes of it are copied; at most
+//! [`MAX_STATEMENTS`] named statements and [`MAX_PENDING`] unanswered exchanges are kept.
+//!
+//! Exchanges: a simple Query `Q` is one exchange; extended-protocol messages (Parse, Bind,
+//! Execute, Describe, Close) up to a Sync `S` are one exchange, reported with the text of
+//! the statement its first Execute runs (else of its first Parse; batches with neither are
+//! not reported). The server ends every exchange with ReadyForQuery `Z`; the `Z` ending
+//! authentication answers nothing and is not reported. ErrorResponse and CommandComplete
+//! between two `Z`s fill in the [`PgEvent::Result`].
+//!
+//! Gaps: a gap inside a message body is skipped by its length; a gap holding a message
+//! header loses framing ([`PgEvent::Desync`]); that direction resumes at the next chunk
+//! starting with a plausible message (checked message by message through the chunk). After
+//! a Request-side desync inside an extended batch, the batch is reported at once, as if its
+//! Sync was lost. After a Response-side desync no [`PgEvent::Result`] comes for the queries
+//! reported before it (the caller should give up on them); later ones pair as usual.
+//! An accepted SSL or GSS encryption request ends parsing: the rest is encrypted.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use crate::{
+    Dir,
+    sql::{TextCache, cstr, text},
+};
+
+/// Longest query text kept, in bytes.
+pub const MAX_QUERY: usize = 4096;
+/// Most bytes of a message's body kept for parsing (a Parse: name + query).
+pub const MAX_WINDOW: usize = MAX_QUERY + 256;
+/// Most named prepared statements remembered (and at most 256 KiB of their text).
+pub const MAX_STATEMENTS: usize = crate::sql::MAX_CACHED;
+/// Most exchanges awaiting their ReadyForQuery.
+pub const MAX_PENDING: usize = 256;
+/// Largest message accepted (PostgreSQL's own limit is 1 GiB).
+const MAX_LEN: u64 = 0x4000_0000;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSS_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+const FRONTEND: &[u8] = b"QPBESDCHXFdcfp";
+const BACKEND: &[u8] = b"RSKZCDTEN123nstIAGHWdcVv";
+
+/// What the parser found, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgEvent {
+    /// The client started an exchange: a simple Query `[start, end)` of the Request stream,
+    /// or an extended batch from its first message to its Sync (`prepared`). `query` is the
+    /// raw text (at most [`MAX_QUERY`] bytes, lossy UTF-8; empty when the statement was
+    /// prepared before the parser saw it).
+    Query {
+        start: u64,
+        end: u64,
+        query: String,
+        prepared: bool,
+    },
+    /// The server ended the oldest unanswered exchange: `[start, end)` of the Response stream,
+    /// ending with ReadyForQuery. `error`: the first ErrorResponse's (SQLSTATE, message),
+    /// empty strings if unseen. `rows`: the sum of the row counts of the CommandComplete
+    /// tags that carry one; `command_tag`: the last tag (e.g. "SELECT 5", "INSERT 0 1").
+    Result {
+        start: u64,
+        end: u64,
+        error: Option<(String, String)>,
+        rows: Option<u64>,
+        command_tag: Option<String>,
+    },
+    /// The client's StartupMessage: its `user` and `database` parameters.
+    Startup {
+        user: Option<String>,
+        database: Option<String>,
+    },
+    /// Bytes in `dir` from `offset` on could not be framed; see the module docs.
+    Desync { dir: Dir, offset: u64 },
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Is a typed message header (`typ`, `len` counting itself) acceptable from `dir`?
+fn header_ok(dir: Dir, typ: u8, len: u64) -> bool {
+    let min = match dir {
+        Dir::Request => match typ {
+            b'S' | b'H' | b'X' | b'c' => return len == 4,
+            b'Q' | b'f' | b'p' => 5,
+            b'D' | b'C' => 6,
+            b'P' => 8,
+            b'E' => 9,
+            b'B' => 12,
+            _ => 4,
+        },
+        Dir::Response => match typ {
+            b'1' | b'2' | b'3' | b'n' | b's' | b'I' | b'c' => return len == 4,
+            b'Z' => return len == 5,
+            b'E' | b'N' | b'C' => 5,
+            b'D' | b'T' | b'S' => 6,
+            b'G' | b'H' | b'W' => 7,
+            b'K' | b'R' => 8,
+            _ => 4,
+        },
+    };
+    let types = [FRONTEND, BACKEND][dir as usize];
+    types.contains(&typ) && (min..=MAX_LEN).contains(&len)
+}
+
+/// Does `data` start with a plausible typed message from `dir`, followed (as far as `data`
+/// goes) by more of them?
+fn plausible(dir: Dir, data: &[u8]) -> bool {
+    let mut rest = data;
+    while rest.len() >= 5 {
+        let (typ, len) = (rest[0], u64::from(be32(&rest[1..])));
+        if !header_ok(dir, typ, len) {
+            return false;
+        }
+        let Some(msg) = usize::try_from(len + 1).ok().and_then(|n| rest.get(..n)) else {
+            return true; // runs past the chunk
+        };
+        let ok = match (dir, typ) {
+            (Dir::Request, b'Q') | (Dir::Response, b'C') => msg.ends_with(&[0]),
+            (Dir::Response, b'Z') => matches!(msg[5], b'I' | b'T' | b'E'),
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+        rest = &rest[msg.len()..];
+    }
+    rest.len() < data.len()
+}
+
+/// A StartupMessage or SSL/GSS encryption request from the first bytes of a connection.
+pub fn looks_like_startup(data: &[u8]) -> bool {
+    if data.len() < 8 {
+        return false;
+    }
+    let (len, code) = (be32(data), be32(&data[4..]));
+    match code {
+        SSL_REQUEST | GSS_REQUEST => len == 8,
+        _ => code >> 16 == 3 && (9..=10_000).contains(&len),
+    }
+}
+
+/// A Query, Parse or Bind message with a sane length (and what follows it in `data` is
+/// plausible too): for connections attached mid-stream.
+pub fn looks_like_query(data: &[u8]) -> bool {
+    matches!(data.first(), Some(b'Q' | b'P' | b'B')) && plausible(Dir::Request, data)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum State {
+    /// Expecting a message header; `hdr_len` bytes of it are in `hdr`.
+    #[default]
+    Header,
+    /// Collecting the message's window (its first `keep` body bytes).
+    Window,
+    /// Skipping the rest of the body: `left` bytes.
+    Skip,
+    /// Lost framing: skip chunks until one starts with a plausible message.
+    Desync,
+}
+
+/// The extended-protocol batch since the last Sync.
+#[derive(Default)]
+struct Batch {
+    start: Option<u64>,
+    parse: Option<Arc<str>>,
+    exec: Option<Arc<str>>,
+    /// A Parse or Bind was seen.
+    fresh: bool,
+}
+
+/// What the server's next responses will be about.
+#[derive(Default)]
+struct Answer {
+    start: Option<u64>,
+    error: Option<(String, String)>,
+    rows: Option<u64>,
+    tag: Option<String>,
+}
+
+/// State shared by both directions.
+#[derive(Default)]
+struct Shared {
+    /// The client is past its untyped startup-phase messages.
+    typed: bool,
+    /// An SSL/GSS request awaits its one-byte answer: the byte that accepts it.
+    encryption_asked: Option<u8>,
+    /// Encrypted (or closed): nothing more to parse.
+    stopped: bool,
+    statements: TextCache<Box<str>>,
+    portals: TextCache<Box<str>>,
+    batch: Batch,
+    /// A batch was reported at a Request-side desync: its tail (no Parse/Bind) and Sync
+    /// may still come.
+    flushed: bool,
+    /// Exchanges awaiting their `Z`, oldest first: `true` if reported by a Query event.
+    pending: VecDeque<bool>,
+    answer: Answer,
+    user: Option<String>,
+    database: Option<String>,
+}
+
+impl Shared {
+    fn expect(&mut self, reported: bool, resp_offset: u64, out: &mut Vec<PgEvent>) {
+        if self.pending.len() >= MAX_PENDING {
+            // No answers for ages: give up on them (as after a Response-side desync).
+            self.pending.clear();
+            self.answer = Answer::default();
+            let offset = resp_offset;
+            out.push(PgEvent::Desync {
+                dir: Dir::Response,
+                offset,
+            });
+        }
+        self.pending.push_back(reported);
+    }
+
+    /// End the current batch at `end` (its Sync's end, or a desync).
+    fn sync(&mut self, end: u64, resp_offset: u64, out: &mut Vec<PgEvent>) {
+        let batch = std::mem::take(&mut self.batch);
+        if std::mem::take(&mut self.flushed) && !batch.fresh {
+            return; // the Sync of the batch reported at the desync
+        }
+        let known = batch.exec.clone().filter(|t| !t.is_empty());
+        let text = known.or(batch.parse).or(batch.exec);
+        self.expect(text.is_some(), resp_offset, out);
+        if let Some(query) = text {
+            out.push(PgEvent::Query {
+                start: batch.start.unwrap_or(end),
+                end,
+                query: query.to_string(),
+                prepared: true,
+            });
+        }
+    }
+
+    /// A frontend message; `false` if it makes no sense.
+    fn frontend(&mut self, m: Msg, resp_offset: u64, out: &mut Vec<PgEvent>) -> bool {
+        let Msg {
+            typ,
+            w,
+            cut,
+            start,
+            end,
+        } = m;
+        let name = |b: &[u8]| {
+            String::from_utf8_lossy(cstr(b).0)
+                .into_owned()
+                .into_boxed_str()
+        };
+        let query = |b: &[u8]| {
+            let (q, nul) = cstr(b);
+            Arc::<str>::from(text(q, MAX_QUERY, cut && nul.is_none()))
+        };
+        if matches!(typ, b'Q' | b'P' | b'B') {
+            self.flushed = false;
+        }
+        if matches!(typ, b'P' | b'B' | b'E' | b'D' | b'C') {
+            self.batch.start.get_or_insert(start);
+        }
+        match typ {
+            0 if w.len() < 4 => return false,
+            0 => match be32(w) {
+                SSL_REQUEST => self.encryption_asked = Some(b'S'),
+                GSS_REQUEST => self.encryption_asked = Some(b'G'),
+                CANCEL_REQUEST => {}
+                code if code >> 16 == 3 => {
+                    self.typed = true;
+                    self.expect(false, resp_offset, out); // authentication ends with a `Z`
+                    let mut params = w[4..].split(|&b| b == 0);
+                    while let (Some(k), Some(v)) = (params.next(), params.next()) {
+                        let v = || Some(text(v, 256, false));
+                        match k {
+                            b"user" => self.user = v(),
+                            b"database" => self.database = v(),
+                            _ => {}
+                        }
+                    }
+                    let (user, database) = (self.user.clone(), self.database.clone());
+                    out.push(PgEvent::Startup { user, database });
+                }
+                _ => return false,
+            },
+            b'Q' => {
+                // A Query amid an unsynced batch: the batch's Sync will answer nothing known.
+                self.batch = Batch::default();
+                self.expect(true, resp_offset, out);
+                let query = query(w).to_string();
+                out.push(PgEvent::Query {
+                    start,
+                    end,
+                    query,
+                    prepared: false,
+                });
+            }
+            b'P' => {
+                let (stmt, rest) = cstr(w);
+                let text = query(rest.unwrap_or_default());
+                self.statements.insert(name(stmt), text.clone());
+                self.batch.parse.get_or_insert(text);
+                self.batch.fresh = true;
+            }
+            b'B' => {
+                let (portal, rest) = cstr(w);
+                let stmt = rest.map(cstr).filter(|(_, nul)| nul.is_some());
+                let text = stmt.and_then(|(s, _)| self.statements.get(&*name(s)).cloned());
+                self.portals.insert(name(portal), text.unwrap_or_default());
+                self.batch.fresh = true;
+            }
+            b'E' => {
+                let text = self.portals.get(&*name(w)).cloned();
+                self.batch.exec.get_or_insert(text.unwrap_or_default());
+            }
+            b'C' => match w.split_first() {
+                Some((b'S', n)) => self.statements.remove(&*name(n)),
+                Some((b'P', n)) => self.portals.remove(&*name(n)),
+                _ => {}
+            },
+            b'S' => self.sync(end, resp_offset, out),
+            b'F' => self.expect(false, resp_offset, out),
+            _ => {}
+        }
+        true
+    }
+
+    /// A backend message (always makes sense: its header was checked).
+    fn backend(&mut self, m: Msg, out: &mut Vec<PgEvent>) -> bool {
+        let Msg {
+            typ, w, start, end, ..
+        } = m;
+        if !self.pending.is_empty() && typ != b'A' {
+            self.answer.start.get_or_insert(start);
+        }
+        match typ {
+            b'E' if self.answer.error.is_none() => {
+                let (mut code, mut msg) = (String::new(), String::new());
+                let mut rest = w;
+                while let Some((&field, tail)) = rest.split_first() {
+                    let (value, next) = cstr(tail);
+                    match field {
+                        0 => break,
+                        b'C' => code = text(value, 16, next.is_none()),
+                        b'M' => msg = text(value, 1024, next.is_none()),
+                        _ => {}
+                    }
+                    rest = next.unwrap_or_default();
+                }
+                self.answer.error = Some((code, msg));
+            }
+            b'C' => {
+                let tag = text(cstr(w).0, 64, false);
+                let mut words = tag.split(' ');
+                const COUNTED: [&str; 8] = [
+                    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "MOVE", "FETCH", "COPY",
+                ];
+                if words.next().is_some_and(|w| COUNTED.contains(&w))
+                    && let Some(Ok(n)) = words.next_back().map(str::parse::<u64>)
+                {
+                    self.answer.rows = Some(self.answer.rows.unwrap_or(0).saturating_add(n));
+                }
+                self.answer.tag = Some(tag);
+            }
+            b'Z' => {
+                let a = std::mem::take(&mut self.answer);
+                if self.pending.pop_front() == Some(true) {
+                    out.push(PgEvent::Result {
+                        start: a.start.unwrap_or(start),
+                        end,
+                        error: a.error,
+                        rows: a.rows,
+                        command_tag: a.tag,
+                    });
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
+/// What a side needs of the rest: its direction, the shared state, the Response stream's
+/// offset, the events.
+type Cx<'a> = (Dir, &'a mut Shared, u64, &'a mut Vec<PgEvent>);
+
+/// A message: its type (0: untyped startup message), the window `w` of its body (`cut`
+/// if the body goes on), its offsets.
+struct Msg<'w> {
+    typ: u8,
+    w: &'w [u8],
+    cut: bool,
+    start: u64,
+    end: u64,
+}
+
+/// One direction of the connection.
+#[derive(Default)]
+struct Side {
+    /// Stream offset of the next byte to arrive.
+    offset: u64,
+    state: State,
+    hdr: [u8; 5],
+    hdr_len: usize,
+    /// The current message: type (0: untyped startup message), offsets of its first byte
+    /// and one past its last, window size, body bytes left.
+    typ: u8,
+    start: u64,
+    end: u64,
+    keep: usize,
+    left: u64,
+    /// A window split across chunks (never more than `MAX_WINDOW` bytes).
+    win: Vec<u8>,
+}
+
+impl Side {
+    fn desync(&mut self, cx: Cx, offset: u64) {
+        let (dir, sh, resp, out) = cx;
+        match dir {
+            Dir::Request => {
+                if sh.batch.start.is_some() {
+                    sh.sync(offset, resp, out); // its Sync was probably lost
+                    sh.flushed = true;
+                }
+                sh.typed = true;
+            }
+            Dir::Response => {
+                sh.pending.clear();
+                sh.answer = Answer::default();
+            }
+        }
+        (self.state, self.hdr_len) = (State::Desync, 0);
+        self.win.clear();
+        out.push(PgEvent::Desync { dir, offset });
+    }
+
+    /// Hand the current message, with the window `w` (else the buffered one), to the
+    /// protocol logic; desync if it makes no sense.
+    fn handle(&mut self, cx: Cx, w: Option<&[u8]>) -> bool {
+        let (dir, sh, resp, out) = cx;
+        let win = std::mem::take(&mut self.win);
+        let w = w.unwrap_or(&win);
+        let (typ, cut, start, end) = (self.typ, self.left > 0, self.start, self.end);
+        let m = Msg {
+            typ,
+            w,
+            cut,
+            start,
+            end,
+        };
+        let ok = match dir {
+            Dir::Request => sh.frontend(m, resp, out),
+            Dir::Response => sh.backend(m, out),
+        };
+        self.win = win;
+        self.win.clear();
+        if !ok {
+            self.desync((dir, sh, resp, out), self.start);
+        }
+        ok
+    }
+
+    /// Consume one chunk of `dir`: `data`, then `gap` unknown bytes.
+    fn feed(&mut self, cx: Cx, data: &[u8], mut gap: u64) {
+        let (dir, sh, resp, out) = cx;
+        let mut at = self.offset; // stream offset of data[pos], then of the gap's next byte
+        self.offset = self.offset.saturating_add(data.len() as u64 + gap);
+        if self.state == State::Desync {
+            if !plausible(dir, data) {
+                return;
+            }
+            self.state = State::Header;
+        }
+        let mut pos = 0;
+        while !sh.stopped {
+            let rest = &data[pos..];
+            match self.state {
+                State::Desync => return,
+                State::Header => {
+                    if self.hdr_len == 0 {
+                        self.start = at;
+                    }
+                    let Some(&first) = rest.first() else {
+                        if gap > 0 {
+                            self.desync((dir, sh, resp, out), self.start); // a header in the gap
+                        }
+                        return;
+                    };
+                    let fresh = self.hdr_len == 0;
+                    if fresh && dir == Dir::Response && sh.encryption_asked.is_some() {
+                        // The one-byte answer to an SSL/GSS request (or an ErrorResponse).
+                        let yes = sh.encryption_asked.take() == Some(first);
+                        if yes || first == b'N' {
+                            (sh.stopped, pos, at) = (yes, pos + 1, at + 1);
+                            continue;
+                        }
+                    }
+                    if fresh && dir == Dir::Request && !sh.typed && first != 0 {
+                        sh.typed = true; // attached after startup: typed messages
+                    }
+                    let untyped = dir == Dir::Request && !sh.typed;
+                    let size = if untyped { 4 } else { 5 };
+                    let take = (size - self.hdr_len).min(rest.len());
+                    self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&rest[..take]);
+                    (self.hdr_len, pos, at) = (self.hdr_len + take, pos + take, at + take as u64);
+                    if self.hdr_len < size {
+                        continue;
+                    }
+                    self.hdr_len = 0;
+                    let (typ, len) = match untyped {
+                        true => (0, u64::from(be32(&self.hdr))),
+                        false => (self.hdr[0], u64::from(be32(&self.hdr[1..]))),
+                    };
+                    let ok = match untyped {
+                        true => (8..=10_000).contains(&len),
+                        false => header_ok(dir, typ, len),
+                    };
+                    if !ok {
+                        return self.desync((dir, sh, resp, out), self.start);
+                    }
+                    let window = match (dir, typ) {
+                        (Dir::Request, b'P') => MAX_WINDOW,
+                        (Dir::Request, b'Q') => MAX_QUERY,
+                        (Dir::Request, 0) => 2048,
+                        (Dir::Request, b'B' | b'E' | b'C') | (Dir::Response, b'C') => 256,
+                        (Dir::Response, b'E') => 2048,
+                        _ => 0,
+                    };
+                    self.typ = typ;
+                    self.end = self.start.saturating_add(size as u64 - 4 + len);
+                    self.left = len - 4;
+                    self.keep = window.min(self.left as usize);
+                    self.state = State::Window;
+                }
+                State::Window => {
+                    let keep = self.keep;
+                    let ok = if self.win.is_empty() && rest.len() >= keep {
+                        (pos, at, self.left) =
+                            (pos + keep, at + keep as u64, self.left - keep as u64);
+                        self.handle((dir, sh, resp, out), Some(&rest[..keep]))
+                    } else {
+                        let take = (keep - self.win.len()).min(rest.len());
+                        self.win.extend_from_slice(&rest[..take]);
+                        (pos, at, self.left) =
+                            (pos + take, at + take as u64, self.left - take as u64);
+                        if self.win.len() < keep && gap == 0 {
+                            return; // more to come
+                        }
+                        self.handle((dir, sh, resp, out), None)
+                    };
+                    if !ok {
+                        return;
+                    }
+                    self.state = State::Skip;
+                }
+                State::Skip => {
+                    let n = (rest.len() as u64).min(self.left);
+                    (pos, at, self.left) = (pos + n as usize, at + n, self.left - n);
+                    if self.left > 0 {
+                        let g = gap.min(self.left); // a gap inside a body is fine
+                        (gap, at, self.left) = (gap - g, at + g, self.left - g);
+                        if self.left > 0 {
+                            return;
+                        }
+                    }
+                    self.state = State::Header;
+                }
+            }
+        }
+    }
+}
+
+/// PostgreSQL parser state for one connection, both directions.
+#[derive(Default)]
+pub struct PgConn {
+    req: Side,
+    resp: Side,
+    shared: Shared,
+    closed: bool,
+}
+
+impl PgConn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed one syscall's worth of bytes. `len` >= data.len() is the true byte count;
+    /// offsets count `len` bytes (if `len < data.len()`, only `data[..len]` is used).
+    /// Ignored after [`close`](Self::close) and once the connection is encrypted.
+    pub fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<PgEvent>) {
+        let resp = self.resp.offset;
+        let side = match dir {
+            Dir::Request => &mut self.req,
+            Dir::Response => &mut self.resp,
+        };
+        let len = len.min(u64::MAX - side.offset); // offsets saturate instead of wrapping
+        let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+        if !self.closed && !self.shared.stopped {
+            let cx = (dir, &mut self.shared, resp, out);
+            side.feed(cx, data, len - data.len() as u64);
+        }
+    }
+
+    /// The connection closed: unanswered exchanges get no Result. Later pushes are ignored.
+    pub fn close(&mut self, _out: &mut Vec<PgEvent>) {
+        self.closed = true;
+        self.shared.pending.clear();
+        self.req.win = Vec::new();
+        self.resp.win = Vec::new();
+    }
+
+    /// Exchanges awaiting their ReadyForQuery (reported or not).
+    pub fn pending_queries(&self) -> usize {
+        self.shared.pending.len()
+    }
+
+    /// The connection switched to SSL/GSS encryption: no more events.
+    pub fn is_encrypted(&self) -> bool {
+        self.shared.stopped
+    }
+
+    /// Named prepared statements remembered.
+    pub fn prepared_statements(&self) -> usize {
+        self.shared.statements.len()
+    }
+
+    /// The `user` and `database` startup parameters, if the startup was seen.
+    pub fn user(&self) -> Option<&str> {
+        self.shared.user.as_deref()
+    }
+
+    pub fn database(&self) -> Option<&str> {
+        self.shared.database.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Dir::{Request as Q, Response as R};
+    use PgEvent as E;
+
+    /// Events as a trace: `Q0-20:text` simple query, `P0-50:text` extended batch,
+    /// `R0-30/5` result with 5 rows (`!42P01` on error, `#TAG` its tag), `U<user>@<db>`
+    /// startup, `Dq@5`/`Dr@5` desyncs.
+    fn show(ev: &[E]) -> String {
+        let s = ev.iter().map(|e| match e {
+            E::Query {
+                start,
+                end,
+                query,
+                prepared,
+            } => format!("{}{start}-{end}:{query}", ["Q", "P"][*prepared as usize]),
+            E::Result {
+                start,
+                end,
+                error,
+                rows,
+                command_tag,
+            } => {
+                let mut r = format!("R{start}-{end}");
+                if let Some(n) = rows {
+                    r += &format!("/{n}");
+                }
+                if let Some((code, _)) = error {
+                    r += &format!("!{code}");
+                }
+                if let Some(tag) = command_tag {
+                    r += &format!("#{}", tag.replace(' ', "_"));
+                }
+                r
+            }
+            E::Startup { user, database } => format!(
+                "U{}@{}",
+                user.as_deref().unwrap_or("-"),
+                database.as_deref().unwrap_or("-")
+            ),
+            E::Desync { dir, offset } => format!("D{}@{offset}", ["q", "r"][*dir as usize]),
+        });
+        s.collect::<Vec<_>>().join(" ")
+    }
+
+    fn feed(c: &mut PgConn, dir: Dir, data: &[u8], len: u64) -> String {
+        let mut out = Vec::new();
+        c.push(dir, data, len, &mut out);
+        show(&out)
+    }
+
+    fn push(c: &mut PgConn, dir: Dir, data: &[u8]) -> String {
+        feed(c, dir, data, data.len() as u64)
+    }
+
+    /// Feed `data` in pieces of the given sizes, then the rest.
+    fn split(c: &mut PgConn, dir: Dir, data: &[u8], sizes: &[usize]) -> Vec<E> {
+        let (mut out, mut rest) = (Vec::new(), data);
+        for &n in sizes.iter().chain([&usize::MAX]) {
+            let (a, b) = rest.split_at(n.max(1).min(rest.len()));
+            c.push(dir, a, a.len() as u64, &mut out);
+            rest = b;
+        }
+        out
+    }
+
+    fn msg(typ: u8, body: &[u8]) -> Vec<u8> {
+        let len = (body.len() as u32 + 4).to_be_bytes();
+        [&[typ][..], &len, body].concat()
+    }
+    fn cstrs(parts: &[&str]) -> Vec<u8> {
+        parts
+            .iter()
+            .flat_map(|p| [p.as_bytes(), b"\0"].concat())
+            .collect()
+    }
+    fn query(sql: &str) -> Vec<u8> {
+        msg(b'Q', &cstrs(&[sql]))
+    }
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        msg(b'P', &[cstrs(&[name, sql]), vec![0, 0]].concat())
+    }
+    fn bind(portal: &str, stmt: &str) -> Vec<u8> {
+        msg(b'B', &[cstrs(&[portal, stmt]), vec![0; 6]].concat())
+    }
+    fn execute(portal: &str) -> Vec<u8> {
+        msg(b'E', &[cstrs(&[portal]), vec![0; 4]].concat())
+    }
+    fn sync() -> Vec<u8> {
+        msg(b'S', b"")
+    }
+    fn ready() -> Vec<u8> {
+        msg(b'Z', b"I")
+    }
+    fn complete(tag: &str) -> Vec<u8> {
+        msg(b'C', &cstrs(&[tag]))
+    }
+    fn error(code: &str, text: &str) -> Vec<u8> {
+        let body = [
+            b"SERROR\0C",
+            code.as_bytes(),
+            b"\0M",
+            text.as_bytes(),
+            b"\0\0",
+        ]
+        .concat();
+        msg(b'E', &body)
+    }
+    fn data_row(size: usize) -> Vec<u8> {
+        let body = [&[0, 1][..], &(size as u32).to_be_bytes(), &vec![b'x'; size]].concat();
+        msg(b'D', &body)
+    }
+    fn startup(params: &[&str]) -> Vec<u8> {
+        let body = [&0x0003_0000u32.to_be_bytes()[..], &cstrs(params), b"\0"].concat();
+        [&(body.len() as u32 + 4).to_be_bytes()[..], &body].concat()
+    }
+    const SSL: &[u8] = &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+    /// The server's answer to a query returning `n` rows.
+    fn rows(n: usize) -> Vec<u8> {
+        let mut v = msg(
+            b'T',
+            &[
+                0, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        );
+        for _ in 0..n {
+            v.extend(data_row(3));
+        }
+        [v, complete(&format!("SELECT {n}")), ready()].concat()
+    }
+
+    fn auth_ok() -> Vec<u8> {
+        let params = msg(b'S', &cstrs(&["server_version", "16.2"]));
+        let key = msg(b'K', &[0, 0, 0, 7, 1, 2, 3, 4]);
+        [msg(b'R', &[0, 0, 0, 0]), params, key, ready()].concat()
+    }
+
+    #[test]
+    fn startup_then_simple_queries() {
+        let mut c = PgConn::new();
+        assert_eq!(push(&mut c, Q, SSL) + &push(&mut c, R, b"N"), "");
+        let su = startup(&["user", "alice", "database", "shop", "application_name", "x"]);
+        assert_eq!(push(&mut c, Q, &su), "Ualice@shop");
+        assert_eq!((c.user(), c.database()), (Some("alice"), Some("shop")));
+        assert_eq!(
+            push(&mut c, R, &auth_ok()),
+            "",
+            "authentication answers nothing"
+        );
+        let (q1, r1) = (query("SELECT * FROM t"), rows(2)); // 21 bytes, 85 bytes
+        let start = (8 + su.len()) as u64;
+        let end = start + q1.len() as u64;
+        assert_eq!(
+            push(&mut c, Q, &q1),
+            format!("Q{start}-{end}:SELECT * FROM t")
+        );
+        let at = 1 + auth_ok().len() as u64;
+        let want = format!("R{at}-{}/2#SELECT_2", at + r1.len() as u64);
+        assert_eq!(push(&mut c, R, &r1), want);
+        // An error, and a multi-statement query with several tags.
+        push(&mut c, Q, &query("SELECT * FROM nope"));
+        let e = [error("42P01", "relation \"nope\" does not exist"), ready()].concat();
+        let mut out = Vec::new();
+        c.push(R, &e, e.len() as u64, &mut out);
+        let E::Result { error, rows, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        let want = ("42P01".into(), "relation \"nope\" does not exist".into());
+        assert_eq!((error, rows), (&Some(want), &None));
+        push(
+            &mut c,
+            Q,
+            &query("BEGIN; UPDATE a SET x = 1; INSERT INTO b VALUES (1); COMMIT"),
+        );
+        let tags = ["BEGIN", "UPDATE 3", "INSERT 0 1", "COMMIT"]
+            .map(complete)
+            .concat();
+        let ev = push(&mut c, R, &[tags, ready()].concat());
+        assert!(ev.ends_with("/4#COMMIT"), "{ev}");
+        assert_eq!(c.pending_queries(), 0);
+    }
+
+    #[test]
+    fn encryption_stops_parsing() {
+        let mut c = PgConn::new();
+        assert!(looks_like_startup(SSL));
+        assert_eq!(push(&mut c, Q, SSL) + &push(&mut c, R, b"S"), "");
+        assert!(c.is_encrypted());
+        let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        assert_eq!(push(&mut c, Q, hello) + &push(&mut c, R, hello), "");
+        let mut c = PgConn::new(); // a GSS request refused, then an SSL request accepted
+        let gss = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+        assert!(looks_like_startup(&gss));
+        push(&mut c, Q, &gss);
+        assert_eq!(push(&mut c, R, b"N") + &push(&mut c, Q, SSL), "");
+        assert!(!c.is_encrypted());
+        assert_eq!(push(&mut c, R, b"S"), "");
+        assert!(c.is_encrypted());
+    }
+
+    #[test]
+    fn extended_protocol() {
+        let mut c = PgConn::new();
+        // Unnamed statement: Parse/Bind/Describe/Execute/Sync is one exchange.
+        let describe = msg(b'D', b"P\0");
+        let b1 = [
+            parse("", "SELECT $1"),
+            bind("", ""),
+            describe,
+            execute(""),
+            sync(),
+        ]
+        .concat();
+        let n1 = b1.len() as u64;
+        assert_eq!(push(&mut c, Q, &b1), format!("P0-{n1}:SELECT $1"));
+        let ok = [msg(b'1', b""), msg(b'2', b"")].concat();
+        let r1 = [ok.clone(), rows(1)].concat();
+        assert_eq!(push(&mut c, R, &r1), format!("R0-{}/1#SELECT_1", r1.len()));
+        // A named statement prepared in one batch, executed by the next ones.
+        let prep = [
+            parse("s1", "UPDATE t SET a = $1"),
+            msg(b'D', b"Ss1\0"),
+            sync(),
+        ]
+        .concat();
+        let ev = push(&mut c, Q, &prep);
+        assert!(ev.ends_with(":UPDATE t SET a = $1"), "{ev}");
+        let run = [bind("", "s1"), execute(""), sync()].concat();
+        let ev = push(&mut c, Q, &run);
+        assert!(
+            ev.starts_with('P') && ev.ends_with(":UPDATE t SET a = $1"),
+            "{ev}"
+        );
+        // Named portal, executed twice (cursor-style) then closed.
+        let run2 = [
+            bind("p1", "s1"),
+            execute("p1"),
+            sync(),
+            execute("p1"),
+            sync(),
+        ]
+        .concat();
+        let ev = push(&mut c, Q, &run2);
+        assert_eq!(ev.matches(":UPDATE t SET a = $1").count(), 2, "{ev}");
+        assert_eq!(c.prepared_statements(), 2, "s1 and the unnamed one");
+        let close = [msg(b'C', b"Ss1\0"), sync()].concat();
+        assert_eq!(push(&mut c, Q, &close), "", "nothing to report");
+        assert_eq!(c.prepared_statements(), 1);
+        let ev = push(&mut c, Q, &run);
+        assert!(ev.ends_with(':'), "forgotten statement: unknown text: {ev}");
+        assert_eq!(c.pending_queries(), 6);
+        // Answers: prepare, run, two portal runs, close, run — paired in order.
+        let prep_ok = [msg(b'1', b""), msg(b't', &[0, 0]), msg(b'n', b""), ready()].concat();
+        let upd = [msg(b'2', b""), complete("UPDATE 2"), ready()].concat();
+        let fetch = [complete("UPDATE 1"), ready()].concat();
+        let closed = [msg(b'3', b""), ready()].concat();
+        let all = [prep_ok, upd.clone(), upd.clone(), fetch, closed, upd].concat();
+        let ev = push(&mut c, R, &all);
+        assert_eq!(ev.matches('R').count(), 5, "{ev}");
+        assert!(
+            ev.contains("/2#UPDATE_2 ") && ev.contains("/1#UPDATE_1 "),
+            "{ev}"
+        );
+        assert_eq!(c.pending_queries(), 0);
+    }
+
+    #[test]
+    fn pipelined_batches_with_an_error() {
+        let mut c = PgConn::new();
+        let one = |sql: &str| [parse("", sql), bind("", ""), execute(""), sync()].concat();
+        let batches = [one("SELECT 1"), one("SELECT bad"), one("SELECT 3")].concat();
+        let ev = push(&mut c, Q, &batches);
+        assert_eq!(ev, "P0-45:SELECT 1 P45-92:SELECT bad P92-137:SELECT 3");
+        // The failing batch: an ErrorResponse, then the server skips to the Sync and
+        // answers it with its ReadyForQuery.
+        let ok = [msg(b'1', b""), msg(b'2', b""), rows(1)].concat();
+        let bad = [error("42703", "column \"bad\" does not exist"), ready()].concat();
+        let ev = push(&mut c, R, &[ok.clone(), bad.clone(), ok.clone()].concat());
+        let (a, b) = (ok.len(), ok.len() + bad.len());
+        let want = format!("R0-{a}/1#SELECT_1 R{a}-{b}!42703 R{b}-{}/1#SELECT_1", b + a);
+        assert_eq!(ev, want);
+        // Many executions under one Sync (a JDBC batch) are one exchange.
+        let jdbc = [
+            parse("", "INSERT INTO t VALUES ($1)"),
+            bind("", ""),
+            execute(""),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ];
+        let ev = push(&mut c, Q, &jdbc.concat());
+        assert_eq!(ev, "P137-222:INSERT INTO t VALUES ($1)");
+        let ins = [msg(b'1', b""), msg(b'2', b""), complete("INSERT 0 1")];
+        let ins = [&ins[..], &ins[1..], &[ready()]].concat().concat();
+        let ev = push(&mut c, R, &ins);
+        assert_eq!(
+            ev,
+            format!(
+                "R{}-{}/2#INSERT_0_1",
+                2 * a + bad.len(),
+                2 * a + bad.len() + ins.len()
+            )
+        );
+        assert_eq!(c.pending_queries(), 0);
+    }
+
+    #[test]
+    fn big_rows_in_capture_gaps() {
+        let mut c = PgConn::new();
+        let q = query("SELECT blob FROM files");
+        push(&mut c, Q, &q);
+        // T, a 100 000-byte DataRow, C, Z; read in pieces of which only heads are captured.
+        let t = msg(
+            b'T',
+            &[
+                0, 1, b'b', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        );
+        let r = [t, data_row(100_000), complete("SELECT 1"), ready()].concat();
+        assert_eq!(feed(&mut c, R, &r[..512], 60_000), "");
+        assert_eq!(feed(&mut c, R, &[], 7), "", "nothing captured at all");
+        assert_eq!(feed(&mut c, R, &r[60_007..60_100], 40_029), "");
+        let n = r.len();
+        assert_eq!(push(&mut c, R, &r[100_036..n - 3]), "");
+        assert_eq!(push(&mut c, R, &r[n - 3..]), format!("R0-{n}/1#SELECT_1"));
+        // A huge query whose text is mostly in the gap: the text is its captured head.
+        let mut big = query(&"x".repeat(20_000));
+        big[5..12].copy_from_slice(b"SELECT ");
+        let ev = feed(&mut c, Q, &big[..100], big.len() as u64);
+        let (s, e) = (q.len(), q.len() + big.len());
+        assert_eq!(ev, format!("Q{s}-{e}:SELECT {}", "x".repeat(88)));
+        // A window longer than MAX_QUERY, wholly captured, is cut at MAX_QUERY.
+        let ev = push(&mut c, Q, &big);
+        assert_eq!(ev.len() - ev.find(':').unwrap() - 1, MAX_QUERY);
+    }
+
+    #[test]
+    fn headers_in_gaps_desync_then_resync() {
+        let mut c = PgConn::new();
+        push(&mut c, Q, &query("SELECT 1"));
+        // A read with the whole answer, only 30 bytes captured: the second DataRow (at 39)
+        // starts in the gap.
+        let r = rows(3);
+        assert_eq!(feed(&mut c, R, &r[..30], 75), "Dr@39");
+        assert_eq!(c.pending_queries(), 0, "given up");
+        assert_eq!(push(&mut c, R, &r[75..80]), "", "no resync mid-message");
+        assert_eq!(
+            push(&mut c, R, &r[80..]),
+            "",
+            "ReadyForQuery alone: nothing pending"
+        );
+        push(&mut c, Q, &query("SELECT 2"));
+        let (n, r2) = (r.len(), rows(2));
+        let ev = push(&mut c, R, &r2);
+        assert_eq!(ev, format!("R{n}-{}/2#SELECT_2", n + r2.len()));
+        // Request side: a Parse fully captured, its Bind/Execute/Sync in the gap.
+        let b = [parse("", "SELECT 4"), bind("", ""), execute(""), sync()].concat();
+        let ev = feed(&mut c, Q, &b[..20], b.len() as u64);
+        assert_eq!(ev, "P28-45:SELECT 4 Dq@45", "reported at once");
+        let tail = [execute(""), sync()].concat();
+        assert_eq!(push(&mut c, Q, &tail), "", "the tail of the reported batch");
+        let ev = push(&mut c, R, &rows(4));
+        assert!(ev.ends_with("/4#SELECT_4"), "{ev}");
+        // A header cut by the end of the capture.
+        let ev = feed(&mut c, Q, &query("SELECT 5")[..3], 14);
+        assert_eq!(ev, format!("Dq@{}", 28 + b.len() + tail.len()));
+        let ev = push(&mut c, Q, &query("SELECT 6"));
+        assert!(ev.ends_with(":SELECT 6"), "{ev}");
+        assert_eq!(c.pending_queries(), 1);
+    }
+
+    #[test]
+    fn garbage_desyncs_then_recovers() {
+        let cases: [(Dir, &[u8]); 5] = [
+            (Q, b"GET / HTTP/1.1\r\n\r\n"),
+            (R, b"HTTP/1.1 200 OK\r\n\r\n"),
+            (Q, &[b'Q', 0, 0, 0, 3, 0]),
+            (Q, &[b'S', 0, 0, 0, 5, 0]),
+            (R, &[b'Z', 0, 0, 0, 6, b'I', 0]),
+        ];
+        for (dir, bad) in cases {
+            let mut c = PgConn::new();
+            push(&mut c, Q, &query("SELECT 0")); // 14 bytes, unanswered
+            let ev = push(&mut c, dir, bad);
+            let at = [14, 0][dir as usize];
+            assert_eq!(ev, format!("D{}@{at}", ["q", "r"][dir as usize]), "{bad:?}");
+            assert_eq!(c.pending_queries(), [1, 0][dir as usize], "given up on");
+            assert_eq!(push(&mut c, dir, &[b'Q', 0x50, 0, 0, 0]), "", "implausible");
+            let q = push(&mut c, Q, &query("SELECT 1"));
+            let r = push(&mut c, R, &rows(1));
+            // The answer goes to the oldest query still awaited: SELECT 0 after a
+            // Request-side desync, SELECT 1 after a Response-side one.
+            let skipped = 5 + bad.len();
+            let (q0, r0) = [(14 + skipped, 0), (14, skipped)][dir as usize];
+            assert_eq!(q, format!("Q{q0}-{}:SELECT 1", q0 + 14), "{bad:?}");
+            let want = format!("R{r0}-{}/1#SELECT_1", r0 + rows(1).len());
+            assert_eq!(r, want, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn looks_like_checks() {
+        assert!(looks_like_startup(&startup(&["user", "u"])));
+        assert!(!looks_like_startup(&startup(&["user", "u"])[..7]));
+        assert!(!looks_like_startup(b"GET / HTTP/1.1\r\n"));
+        assert!(
+            !looks_like_startup(&[0, 0, 0, 9, 0, 2, 0, 0, 0]),
+            "protocol 2"
+        );
+        assert!(looks_like_query(&query("SELECT 1")));
+        assert!(
+            looks_like_query(&query("SELECT 1")[..7]),
+            "runs past the chunk"
+        );
+        assert!(looks_like_query(
+            &[parse("", "SELECT 1"), bind("", ""), sync()].concat()
+        ));
+        assert!(looks_like_query(
+            &[bind("", "s"), execute(""), sync()].concat()
+        ));
+        let no: [&[u8]; 6] = [
+            b"Q",
+            b"QUIT\r\n",
+            &[b'Q', 0, 0, 0, 9, b'a', b'b', b'c', b'd', b'e'],
+            &[b'S', 0, 0, 0, 4],
+            &[b'P', 0x7f, 0, 0, 9],
+            &[query("SELECT 1"), b"zzzzz".to_vec()].concat(),
+        ];
+        assert!(!no.iter().any(|d| looks_like_query(d)), "{no:?}");
+    }
+
+    #[test]
+    fn unanswered_queries_are_bounded() {
+        let mut c = PgConn::new();
+        let q = query("SELECT 1");
+        let many = q.repeat(MAX_PENDING);
+        assert_eq!(push(&mut c, Q, &many).matches('Q').count(), MAX_PENDING);
+        assert_eq!(
+            push(&mut c, Q, &q),
+            format!("Dr@0 Q{}-{}:SELECT 1", many.len(), many.len() + q.len())
+        );
+        assert_eq!(c.pending_queries(), 1);
+        let s: Vec<u8> = (0..2 * MAX_STATEMENTS)
+            .flat_map(|i| parse(&format!("s{i}"), "SELECT 1"))
+            .collect();
+        push(&mut c, Q, &s);
+        assert_eq!(c.prepared_statements(), MAX_STATEMENTS);
+        assert!(c.req.win.capacity() <= MAX_WINDOW);
+    }
+
+    /// A whole conversation: startup, simple and extended queries, an error, big rows.
+    fn conversation() -> (Vec<u8>, Vec<u8>) {
+        let req = [
+            startup(&["user", "u", "database", "d"]),
+            query("SELECT 1"),
+            parse("s", "SELECT $1::text"),
+            bind("", "s"),
+            execute(""),
+            sync(),
+            query("SELECT oops"),
+            bind("c", "s"),
+            execute("c"),
+            msg(b'H', b""),
+            execute("c"),
+            sync(),
+            msg(b'X', b""),
+        ]
+        .concat();
+        let resp = [
+            auth_ok(),
+            rows(1),
+            msg(b'1', b""),
+            msg(b'2', b""),
+            rows(2),
+            msg(b'N', b"SNOTICE\0Mhi\0\0"),
+            error("42703", "no"),
+            ready(),
+            msg(b'2', b""),
+            data_row(5000),
+            msg(b's', b""),
+            data_row(70),
+            complete("SELECT 2"),
+            ready(),
+        ]
+        .concat();
+        (req, resp)
+    }
+
+    fn exchange(req_sizes: &[usize], resp_sizes: &[usize]) -> Vec<E> {
+        let (req, resp) = conversation();
+        let mut c = PgConn::new();
+        let mut ev = split(&mut c, Q, &req, req_sizes);
+        ev.extend(split(&mut c, R, &resp, resp_sizes));
+        c.close(&mut ev);
+        ev
+    }
+
+    /// Tiny deterministic PRNG (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
+        }
+    }
+
+    #[test]
+    fn splits_anywhere_give_the_same_events() {
+        let all = show(&exchange(&[], &[]));
+        let q = "Uu@d Q27-41:SELECT 1 P41-95:SELECT $1::text Q95-112:SELECT oops \
+            P112-159:SELECT $1::text";
+        let r = "R53-112/1#SELECT_1 R112-195/2#SELECT_2 R195-243!42703 R243-5365/2#SELECT_2";
+        assert_eq!(all, format!("{q} {r}"));
+        let (req, resp) = conversation();
+        for i in 1..req.len().max(resp.len()) {
+            assert_eq!(show(&exchange(&[i], &[i])), all, "split at {i}");
+        }
+        assert_eq!(
+            show(&exchange(&[1; 200], &[1; 6000])),
+            all,
+            "one byte at a time"
+        );
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..500 {
+            let max = [2, 7, 60, 700][rng.below(4)];
+            let sizes: Vec<usize> = (0..600).map(|_| 1 + rng.below(max)).collect();
+            assert_eq!(show(&exchange(&sizes, &sizes[rng.below(100)..])), all);
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        let (req, resp) = conversation();
+        let bits: Vec<Vec<u8>> = vec![
+            query("SELECT 1"),
+            parse("a", "x"),
+            bind("", "a"),
+            execute(""),
+            sync(),
+            ready(),
+            rows(2),
+            error("1", "2"),
+            data_row(9000),
+            SSL.to_vec(),
+            startup(&["user", "u"]),
+            b"N".to_vec(),
+            b"S".to_vec(),
+            vec![0xff; 5],
+            req,
+            resp,
+        ];
+        let mut rng = Rng(42);
+        for _ in 0..3000 {
+            let (mut c, mut out) = (PgConn::new(), Vec::new());
+            for _ in 0..rng.below(40) {
+                let mut data = Vec::new();
+                for _ in 0..rng.below(5) {
+                    match rng.below(4) {
+                        0 => data.extend((0..rng.below(64)).map(|_| rng.below(256) as u8)),
+                        _ => {
+                            let b = &bits[rng.below(bits.len())];
+                            let from = rng.below(b.len());
+                            data.extend_from_slice(&b[[0, from][rng.below(2)]..]);
+                        }
+                    }
+                }
+                let len = match rng.below(4) {
+                    0 => (data.len() + rng.below(100_000)) as u64,
+                    1 => u64::MAX >> rng.below(64),
+                    _ => data.len() as u64,
+                };
+                let cut = rng.below(data.len() + 1);
+                c.push(
+                    [Q, R][rng.below(2)],
+                    &data[..cut.max(data.len() / 2)],
+                    len,
+                    &mut out,
+                );
+                assert!(c.req.win.capacity() <= 2 * MAX_WINDOW && c.resp.win.len() <= MAX_WINDOW);
+                assert!(c.pending_queries() <= MAX_PENDING);
+            }
+            c.close(&mut out);
+        }
+    }
+}
