@@ -198,3 +198,65 @@ pub fn curl(args: &[String]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Traces `server_pid` and a shell running `client_script` (which starts its clients after a
+/// pause, so they are future children ztrace must follow) with OTLP export to `receiver`;
+/// waits for the script, stops ztrace with SIGINT and returns every span the receiver got
+/// (waiting for at least `min_spans`).
+pub fn trace_server_and_clients(
+    rt: &tokio::runtime::Runtime,
+    receiver: &crate::receiver::Receiver,
+    server_pid: u32,
+    client_script: &str,
+    extra_args: &[&str],
+    min_spans: usize,
+) -> Result<Vec<crate::receiver::ReceivedSpan>> {
+    let clients = Command::new("bash").args(["-c", client_script]).spawn()?;
+    let mut clients = Proc {
+        child: clients,
+        stderr: Arc::default(),
+        stdout: Arc::default(),
+    };
+    let mut args = vec![
+        "--pid".to_string(),
+        format!("{server_pid},{}", clients.pid()),
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(),
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let mut ztrace = spawn_ztrace(&args)?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let code = clients.wait_exit(Duration::from_secs(90));
+    if code != Some(0) {
+        bail!("client script exited with {code:?}: {client_script}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    ztrace.signal(libc::SIGINT);
+    let code = ztrace.wait_exit(Duration::from_secs(30));
+    if code != Some(0) {
+        bail!("ztrace exited with {code:?}:\n{}", ztrace.stderr_text());
+    }
+    eprintln!("{}", ztrace.stderr_text());
+    Ok(rt.block_on(receiver.wait_for_spans(min_spans, Duration::from_secs(10))))
+}
+
+/// A free TCP port on loopback (bound and released; good enough for test servers).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs `cmd`, failing with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -37,6 +37,13 @@ enum Task {
     Test,
     /// Formatting and clippy for the userspace and eBPF crates.
     Lint,
+    /// Fuzz every protocol parser (cargo-fuzz, nightly) for a while each, growing the corpus
+    /// under userspace/protocols/fuzz/corpus, and print executions per parser.
+    Fuzz {
+        /// Seconds per parser.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Measure what tracing costs the traced application (nginx, a Python server) and bystanders:
     /// untraced and traced rounds side by side, as root; prints a table and writes it to
     /// target/bench/overhead.md.
@@ -104,6 +111,9 @@ const TEST_PACKAGES: &[&str] = &[
     "redis-server",
     "redis-tools",
     "util-linux",
+    "postgresql",
+    "mariadb-server",
+    "mariadb-client",
     "dnsmasq-base",
     "bind9-dnsutils",
 ];
@@ -281,6 +291,66 @@ fn test() -> Result<()> {
     )
 }
 
+const FUZZ_TARGETS: &[&str] = &["http1", "http2", "redis", "postgres", "mysql", "sql", "dns"];
+
+fn fuzz(seconds: u64) -> Result<()> {
+    setup_rust()?;
+    if output_ok(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
+        say("installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz"]))?;
+    }
+    let dir = root().join("userspace/protocols/fuzz");
+    let mut table = vec![
+        "| parser | seconds | executions | exec/s |".to_string(),
+        "|---|---|---|---|".to_string(),
+    ];
+    for target in FUZZ_TARGETS {
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        say(&format!("fuzzing {target} for {seconds}s"));
+        let out = Command::new("cargo")
+            .current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", "-O", target])
+            .arg(&corpus)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-print_final_stats=1",
+            ])
+            .output()
+            .with_context(|| format!("running cargo fuzz for {target}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!(
+                "fuzzing {target} found a failure (see userspace/protocols/fuzz/artifacts/{target}):\n{}",
+                log.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        let stat = |name: &str| {
+            log.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)
+                        .map(|v| v.trim().trim_start_matches(':').trim().to_string())
+                })
+                .unwrap_or_else(|| "?".into())
+        };
+        table.push(format!(
+            "| {target} | {seconds} | {} | {} |",
+            stat("stat::number_of_executed_units"),
+            stat("stat::average_exec_per_sec")
+        ));
+    }
+    println!("{}", table.join("\n"));
+    Ok(())
+}
+
 fn demo(bin: &Path) -> Result<()> {
     let script = root().join("tests/apps/demo.sh");
     run(Command::new("bash").arg(script).env("ZTRACE_BIN", bin))
@@ -293,6 +363,7 @@ fn main() -> ExitCode {
         Task::Build => build().map(|_| ()),
         Task::Lint => setup().and_then(|_| lint()),
         Task::Test => test(),
+        Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench { quick } => bench::bench(quick),
         Task::Run { args } => build().and_then(|bin| {
             if !is_root() {
