@@ -5,13 +5,12 @@
 use std::{
     net::UdpSocket,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, privileged_or_skip, spawn_ztrace},
+    harness::{Proc, privileged_or_skip, trace_server_and_clients},
     receiver::{ReceivedSpan, Receiver},
 };
 
@@ -58,32 +57,7 @@ fn dns_queries_become_spans_on_both_sides() -> Result<()> {
         dig("x.blocked.test", "A"),
         dig("api.ztrace.test", "AAAA")
     );
-    let clients = Command::new("bash").args(["-c", &script]).spawn()?;
-    let mut clients = Proc {
-        child: clients,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
-    let mut ztrace = spawn_ztrace(&[
-        "--pid".into(),
-        format!("{},{}", server.pid(), clients.pid()),
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-    ])?;
-    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
-    ensure!(
-        clients.wait_exit(Duration::from_secs(60)) == Some(0),
-        "dig failed"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    ztrace.signal(libc::SIGINT);
-    ensure!(
-        ztrace.wait_exit(Duration::from_secs(30)) == Some(0),
-        "{}",
-        ztrace.stderr_text()
-    );
-    let spans = rt.block_on(receiver.wait_for_spans(6, Duration::from_secs(10)));
-    eprintln!("{}", ztrace.stderr_text());
+    let spans = trace_server_and_clients(&rt, &receiver, server.pid(), &script, &[], 6)?;
 
     let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
     let find = |server_side: bool, name: &str| -> Result<&ReceivedSpan> {

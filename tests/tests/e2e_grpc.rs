@@ -2,12 +2,10 @@
 //! TCP), both traced. Asserts RPC spans per the conventions, the gRPC status of a failing call,
 //! and client → server links across processes by TCP sequence numbers.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, apps_dir, privileged_or_skip, spawn_ztrace},
+    harness::{Proc, apps_dir, privileged_or_skip, trace_server_and_clients},
     receiver::{ReceivedSpan, Receiver},
 };
 
@@ -45,34 +43,7 @@ fn grpc_calls_become_linked_rpc_spans() -> Result<()> {
     };
     // The client starts after ztrace has attached, as the child of a traced shell.
     let script = format!("sleep 3; python3 {} client {port} 5", app.display());
-    let client = std::process::Command::new("bash")
-        .args(["-c", &script])
-        .spawn()?;
-    let mut client = Proc {
-        child: client,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
-    let mut ztrace = spawn_ztrace(&[
-        "--pid".into(),
-        format!("{},{}", server.pid(), client.pid()),
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-    ])?;
-    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
-    ensure!(
-        client.wait_exit(Duration::from_secs(60)) == Some(0),
-        "gRPC client failed"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    ztrace.signal(libc::SIGINT);
-    ensure!(
-        ztrace.wait_exit(Duration::from_secs(30)) == Some(0),
-        "{}",
-        ztrace.stderr_text()
-    );
-    let spans = rt.block_on(receiver.wait_for_spans(12, Duration::from_secs(10)));
-    eprintln!("{}", ztrace.stderr_text());
+    let spans = trace_server_and_clients(&rt, &receiver, server.pid(), &script, &[], 12)?;
 
     let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
     let method = |s: &ReceivedSpan| s.attr_str("rpc.method").unwrap_or_default();

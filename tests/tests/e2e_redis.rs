@@ -4,7 +4,6 @@
 //! processes.
 
 use std::{
-    net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -12,13 +11,9 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, privileged_or_skip, spawn_ztrace},
+    harness::{Proc, free_port, privileged_or_skip, trace_server_and_clients},
     receiver::{ReceivedSpan, Receiver},
 };
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 #[test]
 fn redis_commands_become_linked_database_spans() -> Result<()> {
@@ -66,37 +61,14 @@ fn redis_commands_become_linked_database_spans() -> Result<()> {
          redis-cli -p {port} INCR greeting; \
          redis-benchmark -p {port} -n 30 -P 3 -c 1 -t set -q; true"
     );
-    let clients = Command::new("bash")
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut clients = Proc {
-        child: clients,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
-    let mut ztrace = spawn_ztrace(&[
-        "--pid".into(),
-        format!("{},{}", server.pid(), clients.pid()),
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-        "--db-query-text".into(),
-    ])?;
-    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
-    ensure!(
-        clients.wait_exit(Duration::from_secs(60)) == Some(0),
-        "clients failed"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    ztrace.signal(libc::SIGINT);
-    ensure!(
-        ztrace.wait_exit(Duration::from_secs(30)) == Some(0),
-        "{}",
-        ztrace.stderr_text()
-    );
-    let spans = rt.block_on(receiver.wait_for_spans(60, Duration::from_secs(10)));
-    eprintln!("{}", ztrace.stderr_text());
+    let spans = trace_server_and_clients(
+        &rt,
+        &receiver,
+        server.pid(),
+        &format!("({script}) >/dev/null 2>&1"),
+        &["--db-query-text"],
+        60,
+    )?;
 
     let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
     let op = |s: &ReceivedSpan| s.attr_str("db.operation.name").unwrap_or_default();

@@ -297,6 +297,31 @@ fn stat(pid: u32) -> Option<(char, u64)> {
     Some((state, utime + stime))
 }
 
+/// user+nice+system ticks of all CPUs, from /proc/stat.
+fn busy_ticks() -> Result<u64> {
+    let s = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let cpu = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    Ok(cpu
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum())
+}
+
+/// CPU ticks of this process's children that it has waited for (cutime+cstime): wrk's.
+fn reaped_children_ticks() -> Result<u64> {
+    let s = fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    let rest = &s[s.rfind(')').map_or(0, |i| i + 1)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // cutime and cstime are fields 16 and 17.
+    Ok(f.get(13..15)
+        .map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum()))
+}
+
 fn cpu_ticks(pid: u32) -> Result<u64> {
     stat(pid)
         .map(|(_, t)| t)
@@ -778,6 +803,8 @@ struct Sample {
     wrk: Wrk,
     /// Server CPU seconds per request.
     server_cpu_per_req: f64,
+    /// CPU time of everything else on the machine during the load, % of all cores.
+    other_cpu_pct: f64,
     ztrace: Option<ZtraceCost>,
 }
 
@@ -809,13 +836,14 @@ fn scenario(
         for m in order {
             let s = measure(ctx, server, load, modes[m], &format!("{round}-{m}"))?;
             say(&format!(
-                "{title}, round {}/{}, {}: {:.0} req/s, p50 {}, p99 {}{}",
+                "{title}, round {}/{}, {}: {:.0} req/s, p50 {}, p99 {}, other processes {:.0} % CPU{}",
                 round + 1,
                 ctx.plan.rounds,
                 modes[m].label(),
                 s.wrk.rps,
                 fmt_us(s.wrk.p50_us),
                 fmt_us(s.wrk.p99_us),
+                s.other_cpu_pct,
                 s.ztrace
                     .as_ref()
                     .map(|z| match (&z.summary, &z.failure) {
@@ -852,13 +880,29 @@ fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Res
     };
     let z_before = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
     let server_before = cpu_ticks(server.worker)?;
+    let (busy_before, wrk_before) = (busy_ticks()?, reaped_children_ticks()?);
+    let started = Instant::now();
     let w = wrk(ctx, server.port, load, ctx.plan.secs)?;
+    let wall = started.elapsed().as_secs_f64();
+    let (busy_after, wrk_after) = (busy_ticks()?, reaped_children_ticks()?);
     let server_after = cpu_ticks(server.worker)?;
-    let server_cpu_per_req =
-        (server_after - server_before) as f64 / ctx.clk_tck / w.requests as f64;
-    let ztrace = match (z.as_mut(), z_before) {
-        (Some(z), Some(before)) => {
-            let under_load = cpu_ticks(z.proc.pid)?;
+    let z_under_load = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
+    let server_ticks = server_after.saturating_sub(server_before);
+    let server_cpu_per_req = server_ticks as f64 / ctx.clk_tck / w.requests as f64;
+    // Whatever else kept the CPUs busy meanwhile: all user+system time less the server's,
+    // wrk's and ztrace's.
+    let ours = server_ticks
+        + wrk_after.saturating_sub(wrk_before)
+        + z_under_load
+            .zip(z_before)
+            .map_or(0, |(a, b)| a.saturating_sub(b));
+    let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let other_cpu_pct = busy_after.saturating_sub(busy_before).saturating_sub(ours) as f64
+        / ctx.clk_tck
+        / (wall * cores)
+        * 100.0;
+    let ztrace = match (z.as_mut(), z_before, z_under_load) {
+        (Some(z), Some(before), Some(under_load)) => {
             // Let it catch up with what the load left in the ring buffer before stopping it.
             thread::sleep(Duration::from_millis(300));
             let hwm_kib = vm_hwm_kib(z.proc.pid).unwrap_or(0);
@@ -908,6 +952,7 @@ fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Res
     Ok(Sample {
         wrk: w,
         server_cpu_per_req,
+        other_cpu_pct,
         ztrace,
     })
 }
