@@ -456,9 +456,8 @@ impl DnsTcpConn {
             Dir::Request => &mut self.req,
             Dir::Response => &mut self.resp,
         };
-        let len = len.min(u64::MAX - side.offset); // offsets saturate instead of wrapping
-        let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
-        side.feed(data, len - data.len() as u64, out);
+        let (data, gap) = crate::clamp(data, len, side.offset);
+        side.feed(data, gap, out);
     }
 
     /// The connection closed. A message cut short gets no event; later pushes are ignored.
@@ -472,6 +471,7 @@ impl DnsTcpConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{self, Rng};
     use Dir::{Request as Q, Response as R};
 
     /// A message: header fields, then `qname` (dotted, encoded as labels) with `qtype`/IN, then
@@ -678,9 +678,7 @@ mod tests {
     }
 
     fn feed(c: &mut DnsTcpConn, dir: Dir, data: &[u8], len: u64) -> String {
-        let mut out = Vec::new();
-        c.push(dir, data, len, &mut out);
-        show(&out)
+        show(&testutil::feed(c, dir, data, len))
     }
 
     fn push(c: &mut DnsTcpConn, dir: Dir, data: &[u8]) -> String {
@@ -689,17 +687,6 @@ mod tests {
 
     fn framed(m: &[u8]) -> Vec<u8> {
         [&(m.len() as u16).to_be_bytes()[..], m].concat()
-    }
-
-    /// Tiny deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
-        }
     }
 
     #[test]
@@ -783,24 +770,14 @@ mod tests {
         ];
         let mut rng = Rng(42);
         for _ in 0..5000 {
-            let mut data = Vec::new();
-            for _ in 0..rng.below(5) {
-                match rng.below(3) {
-                    0 => data.extend((0..rng.below(40)).map(|_| rng.below(256) as u8)),
-                    _ => data.extend_from_slice(bits[rng.below(bits.len())]),
-                }
-            }
+            let data = rng.garbage(&bits, 5, 3, 40, false);
             let _ = parse_message(&data);
             let _ = looks_like_query(&data);
             let mut c = DnsTcpConn::new();
             let mut out = Vec::new();
             for _ in 0..rng.below(8) {
                 let n = rng.below(data.len() + 1);
-                let len = match rng.below(3) {
-                    0 => (n + rng.below(70_000)) as u64,
-                    1 => u64::MAX >> rng.below(64),
-                    _ => n as u64,
-                };
+                let len = rng.len(n, 3, 70_000);
                 c.push([Q, R][rng.below(2)], &data[..n], len, &mut out);
                 assert!(c.req.buf.len() <= MAX_TCP_HEAD && c.resp.buf.len() <= MAX_TCP_HEAD);
             }

@@ -553,9 +553,8 @@ impl Http1Conn {
             Dir::Request => &mut self.req,
             Dir::Response => &mut self.resp,
         };
-        let len = len.min(u64::MAX - side.offset); // offsets saturate instead of wrapping
-        let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
-        side.feed(&mut self.shared, data, len - data.len() as u64, out);
+        let (data, gap) = crate::clamp(data, len, side.offset);
+        side.feed(&mut self.shared, data, gap, out);
     }
 
     /// The connection closed: a response delimited by connection close completes now.
@@ -586,6 +585,7 @@ impl Http1Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{self, Rng, split};
     use Dir::{Request as Q, Response as R};
     use Http1Event as E;
 
@@ -613,9 +613,7 @@ mod tests {
     }
 
     fn feed(c: &mut Http1Conn, dir: Dir, data: &[u8], len: u64) -> String {
-        let mut out = Vec::new();
-        c.push(dir, data, len, &mut out);
-        show(&out)
+        show(&testutil::feed(c, dir, data, len))
     }
 
     fn push(c: &mut Http1Conn, dir: Dir, data: &[u8]) -> String {
@@ -626,17 +624,6 @@ mod tests {
         let mut out = Vec::new();
         c.close(&mut out);
         show(&out)
-    }
-
-    /// Feed `data` in pieces of the given sizes, then the rest.
-    fn split(c: &mut Http1Conn, dir: Dir, data: &[u8], sizes: &[usize]) -> Vec<E> {
-        let (mut out, mut rest) = (Vec::new(), data);
-        for &n in sizes.iter().chain([&usize::MAX]) {
-            let (a, b) = rest.split_at(n.max(1).min(rest.len()));
-            c.push(dir, a, a.len() as u64, &mut out);
-            rest = b;
-        }
-        out
     }
 
     fn whole(dir: Dir, data: &[u8]) -> Vec<E> {
@@ -896,17 +883,6 @@ mod tests {
         assert_eq!(push(&mut c, R, OK5), "R127 r127-170/5");
     }
 
-    /// Tiny deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
-        }
-    }
-
     const REQS: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
         POST /b HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world\
         HEAD /c HTTP/1.1\r\n\r\n\
@@ -941,8 +917,7 @@ mod tests {
         );
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..1000 {
-            let max = [2, 5, 40, 400][rng.below(4)];
-            let sizes: Vec<usize> = (0..300).map(|_| 1 + rng.below(max)).collect();
+            let sizes = rng.sizes([2, 5, 40, 400], 300);
             assert_eq!(show(&exchange(&sizes, &sizes[rng.below(100)..])), all);
         }
     }
@@ -957,21 +932,11 @@ mod tests {
         for round in 0..3000 {
             let (mut c, mut out) = (Http1Conn::new(), Vec::new());
             for _ in 0..rng.below(40) {
-                let mut data = Vec::new();
-                for _ in 0..rng.below(6) {
-                    match rng.below(4) {
-                        0 => data.extend((0..rng.below(64)).map(|_| rng.below(256) as u8)),
-                        _ => data.extend_from_slice(bits[rng.below(bits.len())]),
-                    }
-                }
+                let mut data = rng.garbage(&bits, 6, 4, 64, false);
                 if round % 7 == 0 && rng.below(3) == 0 {
                     data.resize(data.len() + MAX_HEAD, b'x');
                 }
-                let len = match rng.below(4) {
-                    0 => (data.len() + rng.below(100_000)) as u64,
-                    1 => u64::MAX >> rng.below(64),
-                    _ => data.len() as u64,
-                };
+                let len = rng.len(data.len(), 4, 100_000);
                 c.push([Q, R][rng.below(2)], &data, len, &mut out);
                 assert!(c.req.buf.len() <= MAX_HEAD && c.resp.buf.len() <= MAX_HEAD);
                 assert!(c.pending_requests() <= MAX_PENDING);

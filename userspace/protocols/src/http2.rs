@@ -1235,9 +1235,8 @@ impl H2Conn {
             return;
         }
         let framer = &mut self.framers[dir as usize];
-        let len = len.min(u64::MAX - framer.offset); // offsets saturate instead of wrapping
-        let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
-        framer.feed(&mut self.conn, data, len - data.len() as u64, out);
+        let (data, gap) = crate::clamp(data, len, framer.offset);
+        framer.feed(&mut self.conn, data, gap, out);
     }
 
     /// The connection closed: every stream still open is reset ([`UNKNOWN_ERROR`], at the
@@ -1264,6 +1263,7 @@ impl H2Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{self, Rng};
     use Dir::{Request as Q, Response as R};
     use H2Event as E;
 
@@ -1451,9 +1451,7 @@ mod tests {
     }
 
     fn feed(c: &mut H2Conn, dir: Dir, data: &[u8], len: u64) -> String {
-        let mut out = Vec::new();
-        c.push(dir, data, len, &mut out);
-        show(&out)
+        show(&testutil::feed(c, dir, data, len))
     }
 
     fn push(c: &mut H2Conn, dir: Dir, data: &[u8]) -> String {
@@ -1942,17 +1940,6 @@ mod tests {
         assert_eq!(c.conn.max_frame, [Some(1 << 20), None]);
     }
 
-    /// Tiny deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
-        }
-    }
-
     #[test]
     fn random_splits_give_the_same_events_as_whole() {
         let (q, r) = (grpc_client().0.0, grpc_server().0.0);
@@ -1975,8 +1962,7 @@ mod tests {
         assert_eq!(run(&[1; 1000], &[1; 1000]).0, all, "one byte at a time");
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..1000 {
-            let max = [2, 5, 40, 400][rng.below(4)];
-            let sizes: Vec<usize> = (0..1000).map(|_| 1 + rng.below(max)).collect();
+            let sizes = rng.sizes([2, 5, 40, 400], 1000);
             assert_eq!(run(&sizes, &sizes[rng.below(100)..]).0, all);
         }
     }
@@ -2310,11 +2296,10 @@ mod tests {
                 let mut data = Vec::new();
                 for _ in 0..rng.below(5) {
                     match rng.below(4) {
-                        0 => data.extend((0..rng.below(40)).map(|_| rng.below(256) as u8)),
+                        0 => data.extend(rng.bytes(40)),
                         1 => {
                             let ty = rng.below(11) as u8;
-                            let body: Vec<u8> =
-                                (0..rng.below(30)).map(|_| rng.below(256) as u8).collect();
+                            let body = rng.bytes(30);
                             data.extend(frame(
                                 ty,
                                 rng.below(256) as u8,

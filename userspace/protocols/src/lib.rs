@@ -17,5 +17,25 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 pub use http1::Dir;
+
+/// One push's bytes for a stream now at `offset`: `len` cut so that offsets saturate instead
+/// of wrapping, `data` cut to its first `len` bytes, and the gap (unknown bytes) after them.
+pub(crate) fn clamp(data: &[u8], len: u64, offset: u64) -> (&[u8], u64) {
+    let len = len.min(u64::MAX - offset); // offsets saturate instead of wrapping
+    let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+    (data, len - data.len() as u64)
+}
+
+/// Skip the rest of a length-delimited body, `*left` bytes: first of the `avail` captured
+/// bytes at hand, then of the `gap` (unknown bytes) after them. Returns how many captured
+/// bytes and how many gap bytes it took; `*left` keeps what is still to skip.
+pub(crate) fn skip(left: &mut u64, avail: usize, gap: u64) -> (usize, u64) {
+    let n = (avail as u64).min(*left);
+    let g = gap.min(*left - n); // a gap inside a body is fine
+    *left -= n + g;
+    (n as usize, g)
+}

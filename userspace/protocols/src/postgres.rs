@@ -558,14 +558,10 @@ impl Side {
                     self.state = State::Skip;
                 }
                 State::Skip => {
-                    let n = (rest.len() as u64).min(self.left);
-                    (pos, at, self.left) = (pos + n as usize, at + n, self.left - n);
+                    let (n, g) = crate::skip(&mut self.left, rest.len(), gap);
+                    (pos, at, gap) = (pos + n, at + n as u64 + g, gap - g);
                     if self.left > 0 {
-                        let g = gap.min(self.left); // a gap inside a body is fine
-                        (gap, at, self.left) = (gap - g, at + g, self.left - g);
-                        if self.left > 0 {
-                            return;
-                        }
+                        return;
                     }
                     self.state = State::Header;
                 }
@@ -597,11 +593,10 @@ impl PgConn {
             Dir::Request => &mut self.req,
             Dir::Response => &mut self.resp,
         };
-        let len = len.min(u64::MAX - side.offset); // offsets saturate instead of wrapping
-        let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+        let (data, gap) = crate::clamp(data, len, side.offset);
         if !self.closed && !self.shared.stopped {
             let cx = (dir, &mut self.shared, resp, out);
-            side.feed(cx, data, len - data.len() as u64);
+            side.feed(cx, data, gap);
         }
     }
 
@@ -641,6 +636,7 @@ impl PgConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{self, Rng, split};
     use Dir::{Request as Q, Response as R};
     use PgEvent as E;
 
@@ -685,24 +681,11 @@ mod tests {
     }
 
     fn feed(c: &mut PgConn, dir: Dir, data: &[u8], len: u64) -> String {
-        let mut out = Vec::new();
-        c.push(dir, data, len, &mut out);
-        show(&out)
+        show(&testutil::feed(c, dir, data, len))
     }
 
     fn push(c: &mut PgConn, dir: Dir, data: &[u8]) -> String {
         feed(c, dir, data, data.len() as u64)
-    }
-
-    /// Feed `data` in pieces of the given sizes, then the rest.
-    fn split(c: &mut PgConn, dir: Dir, data: &[u8], sizes: &[usize]) -> Vec<E> {
-        let (mut out, mut rest) = (Vec::new(), data);
-        for &n in sizes.iter().chain([&usize::MAX]) {
-            let (a, b) = rest.split_at(n.max(1).min(rest.len()));
-            c.push(dir, a, a.len() as u64, &mut out);
-            rest = b;
-        }
-        out
     }
 
     fn msg(typ: u8, body: &[u8]) -> Vec<u8> {
@@ -1137,17 +1120,6 @@ mod tests {
         ev
     }
 
-    /// Tiny deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
-        }
-    }
-
     #[test]
     fn splits_anywhere_give_the_same_events() {
         let all = show(&exchange(&[], &[]));
@@ -1166,8 +1138,7 @@ mod tests {
         );
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..500 {
-            let max = [2, 7, 60, 700][rng.below(4)];
-            let sizes: Vec<usize> = (0..600).map(|_| 1 + rng.below(max)).collect();
+            let sizes = rng.sizes([2, 7, 60, 700], 600);
             assert_eq!(show(&exchange(&sizes, &sizes[rng.below(100)..])), all);
         }
     }
@@ -1197,22 +1168,8 @@ mod tests {
         for _ in 0..3000 {
             let (mut c, mut out) = (PgConn::new(), Vec::new());
             for _ in 0..rng.below(40) {
-                let mut data = Vec::new();
-                for _ in 0..rng.below(5) {
-                    match rng.below(4) {
-                        0 => data.extend((0..rng.below(64)).map(|_| rng.below(256) as u8)),
-                        _ => {
-                            let b = &bits[rng.below(bits.len())];
-                            let from = rng.below(b.len());
-                            data.extend_from_slice(&b[[0, from][rng.below(2)]..]);
-                        }
-                    }
-                }
-                let len = match rng.below(4) {
-                    0 => (data.len() + rng.below(100_000)) as u64,
-                    1 => u64::MAX >> rng.below(64),
-                    _ => data.len() as u64,
-                };
+                let data = rng.garbage(&bits, 5, 4, 64, true);
+                let len = rng.len(data.len(), 4, 100_000);
                 let cut = rng.below(data.len() + 1);
                 c.push(
                     [Q, R][rng.below(2)],

@@ -614,9 +614,8 @@ impl RedisConn {
             Dir::Request => &mut self.req,
             Dir::Response => &mut self.resp,
         };
-        let len = len.min(u64::MAX - side.offset); // offsets saturate instead of wrapping
-        let data = &data[..data.len().min(usize::try_from(len).unwrap_or(usize::MAX))];
-        side.feed(&mut self.shared, data, len - data.len() as u64, out);
+        let (data, gap) = crate::clamp(data, len, side.offset);
+        side.feed(&mut self.shared, data, gap, out);
     }
 
     /// The connection closed. RESP has no close-delimited messages, so nothing completes:
@@ -644,6 +643,7 @@ impl RedisConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{self, Rng, split};
     use Dir::{Request as Q, Response as R};
     use RedisEvent as E;
 
@@ -662,24 +662,11 @@ mod tests {
     }
 
     fn feed(c: &mut RedisConn, dir: Dir, data: &[u8], len: u64) -> String {
-        let mut out = Vec::new();
-        c.push(dir, data, len, &mut out);
-        show(&out)
+        show(&testutil::feed(c, dir, data, len))
     }
 
     fn push(c: &mut RedisConn, dir: Dir, data: &[u8]) -> String {
         feed(c, dir, data, data.len() as u64)
-    }
-
-    /// Feed `data` in pieces of the given sizes, then the rest.
-    fn split(c: &mut RedisConn, dir: Dir, data: &[u8], sizes: &[usize]) -> Vec<E> {
-        let (mut out, mut rest) = (Vec::new(), data);
-        for &n in sizes.iter().chain([&usize::MAX]) {
-            let (a, b) = rest.split_at(n.max(1).min(rest.len()));
-            c.push(dir, a, a.len() as u64, &mut out);
-            rest = b;
-        }
-        out
     }
 
     /// A command as RESP: an array of bulk strings.
@@ -973,17 +960,6 @@ mod tests {
         }
     }
 
-    /// Tiny deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
-        }
-    }
-
     fn exchange(req_sizes: &[usize], resp_sizes: &[usize]) -> Vec<E> {
         let mut c = RedisConn::new();
         let (hset, big) = (
@@ -1024,8 +1000,7 @@ mod tests {
         assert_eq!(exchange(&[1; 600], &[1; 600]), whole, "one byte at a time");
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..1000 {
-            let max = [2, 5, 40, 400][rng.below(4)];
-            let sizes: Vec<usize> = (0..600).map(|_| 1 + rng.below(max)).collect();
+            let sizes = rng.sizes([2, 5, 40, 400], 600);
             assert_eq!(exchange(&sizes, &sizes[rng.below(100)..]), whole);
         }
     }
@@ -1040,21 +1015,11 @@ mod tests {
         for round in 0..3000 {
             let (mut c, mut out, mut last) = (RedisConn::new(), Vec::new(), [0; 2]);
             for _ in 0..rng.below(40) {
-                let mut data = Vec::new();
-                for _ in 0..rng.below(8) {
-                    match rng.below(5) {
-                        0 => data.extend((0..rng.below(64)).map(|_| rng.below(256) as u8)),
-                        _ => data.extend_from_slice(bits[rng.below(bits.len())]),
-                    }
-                }
+                let mut data = rng.garbage(&bits, 8, 5, 64, false);
                 if round % 7 == 0 && rng.below(3) == 0 {
                     data.resize(data.len() + MAX_LINE, b'x');
                 }
-                let len = match rng.below(4) {
-                    0 => (data.len() + rng.below(100_000)) as u64,
-                    1 => u64::MAX >> rng.below(64),
-                    _ => data.len() as u64,
-                };
+                let len = rng.len(data.len(), 4, 100_000);
                 c.push([Q, R][rng.below(2)], &data, len, &mut out);
                 for ev in out.drain(..) {
                     let (dir, start, end) = match ev {

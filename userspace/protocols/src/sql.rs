@@ -551,6 +551,7 @@ impl<K: PartialEq> TextCache<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::Rng;
 
     fn s(sql: &str) -> String {
         sanitize(sql)
@@ -767,17 +768,6 @@ mod tests {
         assert_eq!(c.get("c").map(|v| &**v), Some("x"));
         c.remove("c");
         assert_eq!((c.get("c"), c.len(), c.bytes), (None, 2, 0));
-    }
-
-    /// Tiny deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % n.max(1)
-        }
     }
 
     #[test]

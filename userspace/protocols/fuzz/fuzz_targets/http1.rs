@@ -4,6 +4,9 @@
 //! closed. Nothing may panic, and each direction's events must name non-decreasing offsets.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use ztrace_protocols::Dir;
 use ztrace_protocols::http1::{Http1Conn, Http1Event};
@@ -11,7 +14,6 @@ use ztrace_protocols::http1::{Http1Conn, Http1Event};
 fuzz_target!(|input: &[u8]| {
     let mut conn = Http1Conn::new();
     let mut out = Vec::new();
-    let mut rest = input;
     let mut last = [0u64; 2];
     let mut check = |out: &mut Vec<Http1Event>| {
         for ev in out.drain(..) {
@@ -27,16 +29,8 @@ fuzz_target!(|input: &[u8]| {
             *last = (*last).max(end);
         }
     };
-    while let [ctl, n, tail @ ..] = rest {
-        let (data, tail) = tail.split_at(usize::from(*n).min(tail.len()));
-        rest = tail;
-        let dir = [Dir::Request, Dir::Response][usize::from(ctl & 1)];
-        let gap = match (ctl >> 1) & 3 {
-            2 => u64::from(ctl >> 3) * 977,
-            3 => u64::MAX >> (ctl >> 3),
-            _ => 0,
-        };
-        conn.push(dir, data, (data.len() as u64).saturating_add(gap), &mut out);
+    for (dir, data, len) in common::chunks(input) {
+        conn.push(dir, data, len, &mut out);
         check(&mut out);
     }
     conn.close(&mut out);

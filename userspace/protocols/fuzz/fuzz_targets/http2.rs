@@ -9,6 +9,9 @@
 
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use ztrace_protocols::Dir;
 use ztrace_protocols::http2::{self, H2Conn};
@@ -26,26 +29,10 @@ fuzz_target!(|data: &[u8]| {
         }
         rest = tail;
     }
-    while let [ctl, size, tail @ ..] = rest {
-        let dir = if ctl & 1 == 0 {
-            Dir::Request
-        } else {
-            Dir::Response
-        };
-        let n = (usize::from(*size) | usize::from(ctl >> 6) << 8).min(tail.len());
-        let (chunk, tail) = tail.split_at(n);
-        let scale = u64::from(ctl >> 3);
-        let len = match ctl >> 1 & 3 {
-            0 => n as u64,
-            1 => n as u64 + scale * 7,
-            2 => n as u64 + (scale << 12),
-            _ if ctl & 0x80 != 0 => u64::MAX,
-            _ => n as u64 / 2,
-        };
+    for (dir, chunk, len) in common::sized_chunks(rest) {
         conn.push(dir, chunk, len, &mut out);
         assert!(conn.open_streams() <= http2::MAX_STREAMS);
         out.clear();
-        rest = tail;
     }
     conn.close(&mut out);
 });

@@ -5,6 +5,9 @@
 //! name non-decreasing stream offsets, and the unanswered exchanges stay bounded.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use ztrace_protocols::Dir;
 use ztrace_protocols::mysql::{self, MySqlConn, MySqlEvent};
@@ -16,18 +19,9 @@ fuzz_target!(|input: &[u8]| {
     );
     let mut conn = MySqlConn::new();
     let mut out = Vec::new();
-    let mut last = [0u64; 2]; // per direction: offset reached by the events so far
-    let mut rest = input;
-    while let [ctl, n, tail @ ..] = rest {
-        let (data, tail) = tail.split_at(usize::from(*n).min(tail.len()));
-        rest = tail;
-        let dir = [Dir::Request, Dir::Response][usize::from(ctl & 1)];
-        let gap = match (ctl >> 1) & 3 {
-            2 => u64::from(ctl >> 3) * 977,
-            3 => u64::MAX >> (ctl >> 3),
-            _ => 0,
-        };
-        conn.push(dir, data, (data.len() as u64).saturating_add(gap), &mut out);
+    let mut offsets = common::Offsets::default();
+    for (dir, data, len) in common::chunks(input) {
+        conn.push(dir, data, len, &mut out);
         assert!(conn.pending_queries() <= mysql::MAX_PENDING);
         for ev in out.drain(..) {
             let (dir, start, end) = match ev {
@@ -36,12 +30,7 @@ fuzz_target!(|input: &[u8]| {
                 MySqlEvent::Handshake { .. } => continue,
                 MySqlEvent::Desync { dir, offset } => (dir, offset, offset),
             };
-            let last = &mut last[dir as usize];
-            assert!(
-                *last <= start && start <= end,
-                "{dir:?} {start}-{end} {last}"
-            );
-            *last = end;
+            offsets.check(dir, start, end);
         }
     }
     conn.close(&mut out);

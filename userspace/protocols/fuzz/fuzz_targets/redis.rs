@@ -5,6 +5,9 @@
 //! must name non-decreasing stream offsets.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use ztrace_protocols::Dir;
 use ztrace_protocols::redis::{RedisConn, RedisEvent};
@@ -12,30 +15,16 @@ use ztrace_protocols::redis::{RedisConn, RedisEvent};
 fuzz_target!(|input: &[u8]| {
     let mut conn = RedisConn::new();
     let mut out = Vec::new();
-    let mut last = [0u64; 2]; // per direction: offset reached by the events so far
-    let mut rest = input;
-    while let [ctl, n, tail @ ..] = rest {
-        let (data, tail) = tail.split_at(usize::from(*n).min(tail.len()));
-        rest = tail;
-        let dir = [Dir::Request, Dir::Response][usize::from(ctl & 1)];
-        let gap = match (ctl >> 1) & 3 {
-            2 => u64::from(ctl >> 3) * 977,
-            3 => u64::MAX >> (ctl >> 3),
-            _ => 0,
-        };
-        conn.push(dir, data, (data.len() as u64).saturating_add(gap), &mut out);
+    let mut offsets = common::Offsets::default();
+    for (dir, data, len) in common::chunks(input) {
+        conn.push(dir, data, len, &mut out);
         for ev in out.drain(..) {
             let (dir, start, end) = match ev {
                 RedisEvent::Command { start, end, .. } => (Dir::Request, start, end),
                 RedisEvent::Reply { start, end, .. } => (Dir::Response, start, end),
                 RedisEvent::Desync { dir, offset } => (dir, offset, offset),
             };
-            let last = &mut last[dir as usize];
-            assert!(
-                *last <= start && start <= end,
-                "{dir:?} {start}-{end} {last}"
-            );
-            *last = end;
+            offsets.check(dir, start, end);
         }
     }
     conn.close(&mut out);
