@@ -191,6 +191,7 @@ fn mariadb_statements_become_linked_database_spans() -> Result<()> {
             pid_file.display(),
             dir.display()
         ))
+        .stderr(std::process::Stdio::null())
         .spawn()?;
     let mut server = ztrace_e2e::harness::Proc {
         child: server,
