@@ -22,6 +22,8 @@
 //! when its root is settled. Released spans stay as tombstones for `RETAIN` so late children still
 //! find their trace; everything is bounded by `max_spans`.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap as HashMap;
 
 use rand::{SeedableRng, rngs::StdRng};
@@ -33,7 +35,7 @@ pub type Handle = u64;
 /// How long a root SERVER span waits for evidence of a traced CLIENT parent.
 pub const LINK_GRACE_NS: u64 = 300_000_000;
 /// How long released spans stay resolvable for late children, and seq-match entries live.
-const RETAIN_NS: u64 = 30_000_000_000;
+const RETAIN_NS: u64 = 10_000_000_000;
 const MAX_DEPTH: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,13 +98,25 @@ struct Rec {
     peer: Endpoint,
     exchange: Exchange,
     error: Option<String>,
-    /// Fixed once released.
-    released_trace: Option<TraceId>,
-    released_ns: u64,
+}
+
+/// What stays of a released span so late children still find their parent and trace.
+#[derive(Clone, Copy)]
+struct Tomb {
+    span_id: SpanId,
+    trace: TraceId,
 }
 
 pub struct Linker {
+    /// Spans not yet released.
     recs: HashMap<Handle, Rec>,
+    /// Finished spans waiting for their trace to settle.
+    finished: Vec<Handle>,
+    /// Released spans, kept small, with their release times in order for expiry.
+    tombs: HashMap<Handle, Tomb>,
+    tomb_order: VecDeque<(u64, Handle)>,
+    /// When each seq-match entry was made, in order, for expiry.
+    seq_order: VecDeque<(u64, SeqKey)>,
     next: Handle,
     /// Open SERVER exchanges per (pid, tid).
     serving: HashMap<(u32, u32), Vec<Handle>>,
@@ -121,6 +135,10 @@ impl Linker {
     pub fn new(mono_to_unix: i128, max_spans: usize, seed: Option<u64>) -> Self {
         Self {
             recs: HashMap::default(),
+            finished: Vec::new(),
+            tombs: HashMap::default(),
+            tomb_order: VecDeque::new(),
+            seq_order: VecDeque::new(),
             next: 1,
             serving: HashMap::default(),
             clients_by_seq: HashMap::default(),
@@ -150,12 +168,13 @@ impl Linker {
                     self.stats.traceparent_links += 1;
                 } else if let Some(key) = s.seq_key {
                     if let Some(&(c, _)) = self.clients_by_seq.get(&key) {
-                        if self.recs.contains_key(&c) {
+                        if self.recs.contains_key(&c) || self.tombs.contains_key(&c) {
                             parent = Parent::Local(c);
                             self.stats.cross_process_links += 1;
                         }
                     } else {
                         self.servers_by_seq.insert(key, (h, s.start_ns));
+                        self.seq_order.push_back((s.start_ns, key));
                     }
                 }
                 self.serving.entry((s.pid, s.tid)).or_default().push(h);
@@ -171,10 +190,11 @@ impl Linker {
                 }
                 if let Some(key) = s.seq_key {
                     self.clients_by_seq.insert(key, (h, s.start_ns));
+                    self.seq_order.push_back((s.start_ns, key));
+                    // Only a span not yet released (still in `recs`) can take a parent.
                     if let Some((server, _)) = self.servers_by_seq.remove(&key)
                         && let Some(rec) = self.recs.get_mut(&server)
                         && rec.parent == Parent::None
-                        && rec.released_trace.is_none()
                     {
                         rec.parent = Parent::Local(h);
                         self.stats.cross_process_links += 1;
@@ -197,8 +217,6 @@ impl Linker {
                 peer: s.peer,
                 exchange: s.exchange,
                 error: None,
-                released_trace: None,
-                released_ns: 0,
             },
         );
         h
@@ -221,6 +239,7 @@ impl Linker {
         }
         rec.end_ns = Some(end_ns.max(rec.start_ns));
         rec.error = error;
+        self.finished.push(h);
         if rec.kind == SpanKind::Server {
             let key = (rec.pid, rec.tid);
             if let Some(list) = self.serving.get_mut(&key) {
@@ -233,42 +252,41 @@ impl Linker {
     }
 
     fn evict_oldest(&mut self) {
-        // Prefer released tombstones; otherwise the oldest open span.
         let victim = self
             .recs
             .iter()
-            .min_by_key(|(_, r)| (r.released_trace.is_none(), r.start_ns))
-            .map(|(h, r)| (*h, r.released_trace.is_none()));
-        if let Some((h, live)) = victim {
-            if live {
-                self.stats.evicted += 1;
-            }
+            .min_by_key(|(_, r)| r.start_ns)
+            .map(|(h, _)| *h);
+        if let Some(h) = victim {
+            self.stats.evicted += 1;
             self.remove(h);
         }
     }
 
-    fn remove(&mut self, h: Handle) {
-        if let Some(rec) = self.recs.remove(&h)
-            && rec.kind == SpanKind::Server
+    fn remove(&mut self, h: Handle) -> Option<Rec> {
+        let rec = self.recs.remove(&h)?;
+        if rec.kind == SpanKind::Server
             && let Some(list) = self.serving.get_mut(&(rec.pid, rec.tid))
         {
             list.retain(|x| *x != h);
+            if list.is_empty() {
+                self.serving.remove(&(rec.pid, rec.tid));
+            }
         }
+        Some(rec)
     }
 
     /// Trace id of `h` and whether it can no longer change.
     fn resolve(&self, h: Handle, now_ns: u64) -> Option<(TraceId, bool)> {
         let mut cur = self.recs.get(&h)?;
         for _ in 0..MAX_DEPTH {
-            if let Some(t) = cur.released_trace {
-                return Some((t, true));
-            }
             match cur.parent {
                 Parent::Remote { trace_id, .. } => return Some((trace_id, true)),
-                Parent::Local(p) => match self.recs.get(&p) {
-                    Some(parent) => cur = parent,
-                    // Parent evicted: this subtree becomes its own trace.
-                    None => return Some((cur.own_trace, true)),
+                Parent::Local(p) => match (self.recs.get(&p), self.tombs.get(&p)) {
+                    (Some(parent), _) => cur = parent,
+                    (None, Some(tomb)) => return Some((tomb.trace, true)),
+                    // Parent evicted or forgotten: this subtree becomes its own trace.
+                    (None, None) => return Some((cur.own_trace, true)),
                 },
                 Parent::None => {
                     let settled = cur.kind == SpanKind::Client
@@ -280,56 +298,74 @@ impl Linker {
         None
     }
 
-    /// Releases finished spans whose trace is settled, and forgets old state.
+    /// Releases finished spans whose trace is settled, and forgets old state. Costs time in
+    /// proportion to the finished spans waiting, not to everything held.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Span>) {
-        let ready: Vec<Handle> = self
-            .recs
-            .iter()
-            .filter(|(_, r)| r.end_ns.is_some() && r.released_trace.is_none())
-            .map(|(h, _)| *h)
-            .collect();
-        let mut ready: Vec<(u64, Handle)> = ready
-            .into_iter()
-            .filter_map(|h| self.recs.get(&h).map(|r| (r.start_ns, h)))
-            .collect();
+        let mut waiting = std::mem::take(&mut self.finished);
         // Parents before children, so a tombstone exists for every released parent.
-        ready.sort_unstable();
-        for (_, h) in ready {
-            if let Some((trace, true)) = self.resolve(h, now_ns) {
-                self.release(h, trace, now_ns, out);
+        waiting.sort_unstable_by_key(|h| self.recs.get(h).map_or(0, |r| r.start_ns));
+        for h in waiting {
+            match self.resolve(h, now_ns) {
+                Some((trace, true)) => self.release(h, trace, now_ns, out),
+                Some((_, false)) => self.finished.push(h),
+                // Evicted meanwhile (or a parent cycle, which cannot be settled).
+                None => {}
             }
         }
         let cutoff = now_ns.saturating_sub(RETAIN_NS);
-        let old: Vec<Handle> = self
-            .recs
-            .iter()
-            .filter(|(_, r)| r.released_trace.is_some() && r.released_ns < cutoff)
-            .map(|(h, _)| *h)
-            .collect();
-        for h in old {
-            self.remove(h);
+        while let Some(&(t, h)) = self.tomb_order.front() {
+            if t >= cutoff {
+                break;
+            }
+            self.tomb_order.pop_front();
+            self.tombs.remove(&h);
         }
-        self.clients_by_seq.retain(|_, (_, t)| *t >= cutoff);
-        self.servers_by_seq.retain(|_, (_, t)| *t >= cutoff);
+        while let Some(&(t, key)) = self.seq_order.front() {
+            if t >= cutoff {
+                break;
+            }
+            self.seq_order.pop_front();
+            if self
+                .clients_by_seq
+                .get(&key)
+                .is_some_and(|(_, at)| *at < cutoff)
+            {
+                self.clients_by_seq.remove(&key);
+            }
+            if self
+                .servers_by_seq
+                .get(&key)
+                .is_some_and(|(_, at)| *at < cutoff)
+            {
+                self.servers_by_seq.remove(&key);
+            }
+        }
     }
 
     fn release(&mut self, h: Handle, trace: TraceId, now_ns: u64, out: &mut Vec<Span>) {
-        let (parent_span_id, parent_is_remote) = match self.recs.get(&h).map(|r| r.parent) {
-            Some(Parent::Local(p)) => match self.recs.get(&p) {
-                Some(pr) => (Some(pr.span_id), false),
-                None => {
+        let Some(rec) = self.remove(h) else {
+            return;
+        };
+        let (parent_span_id, parent_is_remote) = match rec.parent {
+            Parent::Local(p) => match (self.recs.get(&p), self.tombs.get(&p)) {
+                (Some(pr), _) => (Some(pr.span_id), false),
+                (None, Some(tomb)) => (Some(tomb.span_id), false),
+                (None, None) => {
                     self.stats.orphaned += 1;
                     (None, false)
                 }
             },
-            Some(Parent::Remote { span_id, .. }) => (Some(span_id), true),
-            _ => (None, false),
+            Parent::Remote { span_id, .. } => (Some(span_id), true),
+            Parent::None => (None, false),
         };
-        let Some(rec) = self.recs.get_mut(&h) else {
-            return;
-        };
-        rec.released_trace = Some(trace);
-        rec.released_ns = now_ns;
+        self.tombs.insert(
+            h,
+            Tomb {
+                span_id: rec.span_id,
+                trace,
+            },
+        );
+        self.tomb_order.push_back((now_ns, h));
         self.stats.spans_released += 1;
         let end_ns = rec.end_ns.unwrap_or(rec.start_ns);
         let status = status_of(&rec.exchange, rec.kind, rec.error.as_deref());
@@ -347,7 +383,7 @@ impl Linker {
             tid: rec.tid,
             local: rec.local,
             peer: rec.peer,
-            exchange: rec.exchange.clone(),
+            exchange: rec.exchange,
             status,
         });
     }
@@ -371,11 +407,9 @@ impl Linker {
         self.poll(u64::MAX / 2, out);
     }
 
+    /// Spans held: not yet released.
     pub fn open_spans(&self) -> usize {
-        self.recs
-            .values()
-            .filter(|r| r.released_trace.is_none())
-            .count()
+        self.recs.len()
     }
 }
 
