@@ -53,7 +53,10 @@ pub fn mono_now_ns() -> u64 {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    // Two workers: the exporter keeps flushing on one while the capture loop (on the calling
+    // thread) is busy draining the ring buffer.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")
@@ -263,8 +266,11 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for the ring buffer")?;
-                drain(&mut guard.get_inner_mut().0, &mut sink, &mut changes)?;
-                guard.clear_ready();
+                // A ring that never empties must not starve signals, timers and exits: take a
+                // bounded batch per turn and stay "ready" when records are left.
+                if drain(&mut guard.get_inner_mut().0, &mut sink, &mut changes, DRAIN_BATCH)? {
+                    guard.clear_ready();
+                }
             }
             _ = tick.tick() => {}
             _ = sigint.recv() => break "interrupted",
@@ -298,23 +304,32 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         }
     };
     log::info!("stopping: {reason}; detaching and flushing");
-    // Last records already in the ring, then everything the sink still holds.
-    drain(&mut ring.get_mut().0, &mut sink, &mut changes)?;
     let counters = capture.counters();
+    // Detach every probe first, so the ring stops filling; then take what it still holds, then
+    // everything the sink holds.
+    drop(capture);
+    drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
     drop(ring);
-    drop(capture); // detaches every probe
     sink.finish(mono_now_ns(), &counters).await
 }
 
+/// Records handled per turn of the capture loop before it looks at signals and timers again.
+const DRAIN_BATCH: usize = 4096;
+
+/// Feeds up to `max` records to the sink; true when the ring is empty.
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     sink: &mut Sink,
     changes: &mut Vec<ProcChange>,
-) -> Result<()> {
-    while let Some(item) = ring.next() {
-        sink.on_record(&item, changes)?;
+    max: usize,
+) -> Result<bool> {
+    for _ in 0..max {
+        match ring.next() {
+            Some(item) => sink.on_record(&item, changes)?,
+            None => return Ok(true),
+        }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Runs a record file through the pipeline and exporter. Needs no privileges; the same file
