@@ -48,6 +48,9 @@ const TARGET_P99: f64 = 1.10;
 const TARGET_BYSTANDER: f64 = 0.99;
 const TARGET_RSS_MIB: f64 = 64.0;
 
+/// A run during which other processes used more than this share of the CPUs is flagged.
+const BUSY_PCT: f64 = 10.0;
+
 pub fn bench(quick: bool) -> Result<()> {
     if !is_root() {
         bail!(
@@ -63,14 +66,29 @@ pub fn bench(quick: bool) -> Result<()> {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .unwrap_or(100.0);
     let load_before = loadavg();
+    // Run a copy: others may rebuild target/release/ztrace while the benchmark runs, and every
+    // round must measure the same binary.
+    let copy = work.0.join("ztrace");
+    fs::copy(&ztrace, &copy)
+        .with_context(|| format!("copying {} to {}", ztrace.display(), copy.display()))?;
     let ctx = Ctx {
-        ztrace,
+        ztrace: copy,
         dir: work.0.clone(),
         plan,
         clk_tck,
         bench_dir: root().join("bench"),
         out_dir: root().join("target/bench"),
     };
+    // What failing ztraces of an earlier run left behind would be taken for this run's.
+    if let Ok(old) = fs::read_dir(&ctx.out_dir) {
+        for f in old.filter_map(|e| e.ok()).map(|e| e.path()) {
+            if f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ztrace-failure-"))
+            {
+                let _ = fs::remove_file(f);
+            }
+        }
+    }
     let per_round = 7; // nginx saturated 3 + nginx paced 2 + python 2
     say(&format!(
         "benchmark: {} rounds × {} s per condition, {} runs (about {} min)",
@@ -1058,14 +1076,32 @@ fn render(
         load.1,
     ));
 
-    let busiest = [&load.0, &load.1]
+    let other = spread(
+        results
+            .iter()
+            .flat_map(|r| r.samples.iter().flatten())
+            .map(|s| s.other_cpu_pct)
+            .collect(),
+    );
+    t.push_str(&format!(
+        "Other processes on the machine used **{:.0} %** of all CPUs during a typical run \
+         (median; {:.0}–{:.0} %).\n\n",
+        other.median, other.min, other.max
+    ));
+    let all_runs = results
         .iter()
-        .filter_map(|l| l.parse::<f64>().ok())
-        .fold(0.0, f64::max);
-    if busiest > cores as f64 {
+        .map(|r| r.samples.iter().flatten().count())
+        .sum::<usize>();
+    let disturbed = results
+        .iter()
+        .flat_map(|r| r.samples.iter().flatten())
+        .filter(|s| s.other_cpu_pct > BUSY_PCT)
+        .count();
+    if disturbed > 0 {
         t.push_str(&format!(
-            "**Warning: the machine was busy with other work (load average up to {busiest:.1} \
-             on {cores} cores): ratios are unreliable; run again on a quiet machine.**\n\n"
+            "**Warning: in {disturbed} of {all_runs} runs other processes used more than \
+             {BUSY_PCT:.0} % of the CPUs: the ratios of those rounds are unreliable (the progress \
+             lines on stderr say which); run again on a quiet machine.**\n\n"
         ));
     }
     t.push_str("## Application overhead\n\n");
