@@ -260,3 +260,26 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// `ztrace` run as user `nobody` with no capabilities (via util-linux `setpriv`).
+pub fn ztrace_as_nobody() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(ztrace_bin());
+    cmd
+}
+
+/// A two-worker runtime with an OTLP receiver running on it.
+pub fn runtime_with_receiver() -> Result<(tokio::runtime::Runtime, crate::receiver::Receiver)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let receiver = rt.block_on(crate::receiver::Receiver::start())?;
+    Ok((rt, receiver))
+}

@@ -91,14 +91,7 @@ fn unprivileged_user_is_told_what_to_grant() {
         return;
     }
     // Drop to nobody with no capabilities.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(ztrace_bin())
+    let out = ztrace_e2e::harness::ztrace_as_nobody()
         .args(["--pid", &own_pid()])
         .output()
         .expect("setpriv (util-linux)");

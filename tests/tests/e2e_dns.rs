@@ -10,8 +10,8 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, privileged_or_skip, trace_server_and_clients},
-    receiver::{ReceivedSpan, Receiver},
+    harness::{Proc, privileged_or_skip, runtime_with_receiver, trace_server_and_clients},
+    receiver::ReceivedSpan,
 };
 
 #[test]
@@ -19,11 +19,7 @@ fn dns_queries_become_spans_on_both_sides() -> Result<()> {
     if !privileged_or_skip("dns_queries_become_spans_on_both_sides") {
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let receiver = rt.block_on(Receiver::start())?;
+    let (rt, receiver) = runtime_with_receiver()?;
     let port = UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port()

@@ -5,8 +5,10 @@
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, apps_dir, privileged_or_skip, trace_server_and_clients},
-    receiver::{ReceivedSpan, Receiver},
+    harness::{
+        Proc, apps_dir, privileged_or_skip, runtime_with_receiver, trace_server_and_clients,
+    },
+    receiver::ReceivedSpan,
 };
 
 #[test]
@@ -14,11 +16,7 @@ fn grpc_calls_become_linked_rpc_spans() -> Result<()> {
     if !privileged_or_skip("grpc_calls_become_linked_rpc_spans") {
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let receiver = rt.block_on(Receiver::start())?;
+    let (rt, receiver) = runtime_with_receiver()?;
     let app = apps_dir().join("grpc_pair.py");
     let mut server = std::process::Command::new("python3")
         .arg(&app)

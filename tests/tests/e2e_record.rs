@@ -1,20 +1,13 @@
 //! `ztrace record` captures the raw event stream of real processes (as root); `ztrace replay`
 //! turns it into the same linked spans without any privilege, identically on every run.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use ztrace_e2e::harness::{curl, privileged_or_skip, spawn_service, spawn_ztrace, ztrace_bin};
+use ztrace_e2e::harness::{curl, privileged_or_skip, spawn_service, spawn_ztrace};
 
 fn replay_as_nobody(file: &std::path::Path) -> Result<(i32, String, String)> {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(ztrace_bin())
+    let out = ztrace_e2e::harness::ztrace_as_nobody()
         .args(["replay", "--output", "json"])
         .arg(file)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -11,8 +11,10 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, free_port, privileged_or_skip, trace_server_and_clients},
-    receiver::{ReceivedSpan, Receiver},
+    harness::{
+        Proc, free_port, privileged_or_skip, runtime_with_receiver, trace_server_and_clients,
+    },
+    receiver::ReceivedSpan,
 };
 
 #[test]
@@ -20,11 +22,7 @@ fn redis_commands_become_linked_database_spans() -> Result<()> {
     if !privileged_or_skip("redis_commands_become_linked_database_spans") {
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let receiver = rt.block_on(Receiver::start())?;
+    let (rt, receiver) = runtime_with_receiver()?;
     let port = free_port()?.to_string();
     let server = Command::new("redis-server")
         .args([
