@@ -495,7 +495,7 @@ fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, 
 fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
-         {} HTTP connections, {} spans ({} exported, {} dropped: queue {}, export failures {}), \
+         {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}), \
          links: {} traceparent, {} thread, {} cross-process, {} ambiguous left unlinked; {} desyncs, {} exchanges without response",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
