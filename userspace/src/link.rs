@@ -117,6 +117,9 @@ pub struct Linker {
     tomb_order: VecDeque<(u64, Handle)>,
     /// When each seq-match entry was made, in order, for expiry.
     seq_order: VecDeque<(u64, SeqKey)>,
+    /// Spans in creation order, for eviction when the store is full (released ones are skipped
+    /// lazily): eviction costs O(1) amortised instead of a scan of everything held.
+    live_order: VecDeque<Handle>,
     next: Handle,
     /// Open SERVER exchanges per (pid, tid).
     serving: HashMap<(u32, u32), Vec<Handle>>,
@@ -139,6 +142,7 @@ impl Linker {
             tombs: HashMap::default(),
             tomb_order: VecDeque::new(),
             seq_order: VecDeque::new(),
+            live_order: VecDeque::new(),
             next: 1,
             serving: HashMap::default(),
             clients_by_seq: HashMap::default(),
@@ -202,6 +206,7 @@ impl Linker {
                 }
             }
         }
+        self.live_order.push_back(h);
         self.recs.insert(
             h,
             Rec {
@@ -311,6 +316,18 @@ impl Linker {
                 // Evicted meanwhile (or a parent cycle, which cannot be settled).
                 None => {}
             }
+        }
+        while let Some(h) = self.live_order.front() {
+            if self.recs.contains_key(h) {
+                break;
+            }
+            self.live_order.pop_front();
+        }
+        // A long-lived span at the front keeps released handles queued behind it: compact now
+        // and then, so the queue stays proportional to what is held.
+        if self.live_order.len() > 4 * self.max_spans.max(1024) {
+            let recs = &self.recs;
+            self.live_order.retain(|h| recs.contains_key(h));
         }
         let cutoff = now_ns.saturating_sub(RETAIN_NS);
         while let Some(&(t, h)) = self.tomb_order.front() {
