@@ -103,3 +103,25 @@ pub fn submit<T: ?Sized>(record: &T) {
         Err(_) => count(counter::RINGBUF_FULL),
     }
 }
+
+/// An OpenSSL call in progress on a thread (pid_tgid → call).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `size_t *` of the `_ex` variants (bytes moved), 0 for SSL_read/SSL_write.
+    pub out_len: u64,
+    /// The socket the call's own read/write syscall used, when it made one.
+    pub sock: u64,
+    pub enter_ns: u64,
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+#[map]
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Which socket an `SSL *` talks over, learnt from syscalls made inside SSL calls.
+#[map]
+pub static SSL_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);

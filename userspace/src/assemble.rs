@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use ztrace_abi::{DataEvent, direction};
+use ztrace_abi::{DataEvent, direction, syscall};
 use ztrace_protocols::{
     Dir, dns,
     http1::{self, Http1Conn, Http1Event},
@@ -341,6 +341,7 @@ fn http_step(e: Http1Event) -> Option<Step> {
                 user_agent: head.user_agent,
                 request_body_size: head.content_length,
                 response_body_size: None,
+                tls: false,
             }),
         },
         Http1Event::Response {
@@ -466,6 +467,8 @@ pub enum Proto {
 pub struct ConnState {
     proto: Proto,
     unknown_chunks: u32,
+    /// Plaintext from the TLS library (the connection is HTTPS, gRPC over TLS…).
+    tls: bool,
     /// Stream offsets (request, response direction) where the parser started: bytes seen before
     /// the protocol was recognised never reached it, so parser offsets are shifted by these.
     base: (u64, u64),
@@ -508,6 +511,7 @@ impl Assembler {
         let (conn, evicted) = self.conns.entry(key, &ev.tuple, ev.header.ts_ns);
         let egress = ev.direction == direction::EGRESS;
         let seq = (ev.has_seq != 0).then_some(ev.seq);
+        conn.state.tls |= ev.syscall == syscall::SSL_READ || ev.syscall == syscall::SSL_WRITE;
         let stream = if egress {
             &mut conn.egress
         } else {
@@ -614,9 +618,14 @@ fn apply(
         Step::Request {
             key: exchange_key,
             start,
-            exchange,
+            mut exchange,
             traceparent,
         } => {
+            if conn.state.tls
+                && let Exchange::Http(h) = &mut exchange
+            {
+                h.tls = true;
+            }
             let Some((mark, seq)) = req_stream.locate(req_base + start) else {
                 return;
             };

@@ -238,6 +238,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     for &pid in &targets {
         capture.trace(pid)?;
         procs.add(pid, &mut sink)?;
+        attach_tls(&mut capture, pid);
     }
     capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
@@ -283,7 +284,10 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     log::info!("following new child process {pid} of {parent}");
                     procs.add(pid, &mut sink)?;
                 }
-                ProcChange::Execed { pid } => procs.add(pid, &mut sink)?,
+                ProcChange::Execed { pid } => {
+                    procs.add(pid, &mut sink)?;
+                    attach_tls(&mut capture, pid);
+                }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
                     procs.alive.remove(&pid);
@@ -311,6 +315,25 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
     drop(ring);
     sink.finish(mono_now_ns(), &counters).await
+}
+
+/// Plaintext of OpenSSL traffic: probe the process's libssl (once per library file).
+fn attach_tls(capture: &mut Capture, pid: u32) {
+    match capture.attach_tls(pid) {
+        Ok(Some(lib)) => log::info!(
+            "TLS: probing OpenSSL in {} (for process {pid})",
+            lib.display()
+        ),
+        // No shared libssl: a TLS stack it cannot probe is reported, never skipped silently.
+        Ok(None) => {
+            if let Some(stack) = crate::capture::uncovered_tls(pid) {
+                log::warn!(
+                    "TLS: process {pid} uses {stack}, which ztrace cannot decode: its TLS traffic will not appear as spans"
+                );
+            }
+        }
+        Err(e) => log::warn!("TLS traffic of process {pid} will not be decoded: {e:#}"),
+    }
 }
 
 /// Records handled per turn of the capture loop before it looks at signals and timers again.

@@ -90,6 +90,8 @@ pub struct HttpExchange {
     pub user_agent: Option<String>,
     pub request_body_size: Option<u64>,
     pub response_body_size: Option<u64>,
+    /// Carried over TLS (plaintext from the TLS library).
+    pub tls: bool,
 }
 
 /// Database systems ztrace understands on the wire.

@@ -115,6 +115,7 @@ const TEST_PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "dnsmasq-base",
+    "openssl",
     "bind9-dnsutils",
 ];
 

@@ -65,6 +65,10 @@ pub mod syscall {
     /// First message of the call only.
     pub const RECVMMSG: u8 = 8;
     pub const SENDMMSG: u8 = 9;
+    /// Plaintext returned by OpenSSL's SSL_read/SSL_read_ex (uretprobe).
+    pub const SSL_READ: u8 = 10;
+    /// Plaintext passed to OpenSSL's SSL_write/SSL_write_ex (uretprobe).
+    pub const SSL_WRITE: u8 = 11;
 }
 
 /// Data direction, from the traced process's point of view.

@@ -16,7 +16,7 @@ use ztrace_abi::{ConnEvent, DataEvent, MAX_PAYLOAD, conn, counter, direction, ki
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
-    maps::{ARGS, SCRATCH, SyscallArgs, config, count, header, is_traced, submit},
+    maps::{ARGS, SCRATCH, SSL_CALLS, SyscallArgs, config, count, header, is_traced, submit},
 };
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
@@ -147,6 +147,11 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         }
         args.sock = sk;
         args.buf = buf;
+        // Inside an OpenSSL call on this thread: remember which socket it talks over.
+        if let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) {
+            // SAFETY: our own map value, written only by this thread's programs.
+            unsafe { (*call).sock = sk };
+        }
         args.syscall = kind;
         args.direction = dir;
         args.vectored = vectored as u8;
@@ -210,7 +215,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
             ret as u64
         };
         if bytes > 0 {
-            emit_data(&args, bytes);
+            emit_data(&args, bytes, args.sock);
         }
     }
     0
@@ -255,7 +260,7 @@ fn copy_user(src: u64, len: u64, offset: u64, dst: &mut [u8; 2 * MAX_PAYLOAD]) -
 }
 
 #[inline(always)]
-fn emit_data(args: &SyscallArgs, bytes: u64) -> Option<()> {
+pub fn emit_data(args: &SyscallArgs, bytes: u64, sock_id: u64) -> Option<()> {
     let cfg = config();
     let tuple = sock_tuple(&cfg.offsets, args.sock)?;
     let buf = SCRATCH.get_ptr_mut(0)?;
@@ -263,7 +268,7 @@ fn emit_data(args: &SyscallArgs, bytes: u64) -> Option<()> {
     let buf = unsafe { &mut *buf };
     buf.event = DataEvent {
         header: header(kind::DATA),
-        sock_id: args.sock,
+        sock_id,
         enter_ns: args.enter_ns,
         bytes,
         tuple,

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
 };
 use ztrace_abi::{Config, MAX_PAYLOAD, counter};
 
@@ -47,8 +47,24 @@ impl Default for CaptureOptions {
     }
 }
 
+/// OpenSSL functions and the program attached to each: (program, function).
+const TLS_PROBES: &[(&str, &str)] = &[
+    ("ssl_read_enter", "SSL_read"),
+    ("ssl_ret", "SSL_read"),
+    ("ssl_write_enter", "SSL_write"),
+    ("ssl_ret", "SSL_write"),
+    ("ssl_read_ex_enter", "SSL_read_ex"),
+    ("ssl_ex_ret", "SSL_read_ex"),
+    ("ssl_write_ex_enter", "SSL_write_ex"),
+    ("ssl_ex_ret", "SSL_write_ex"),
+];
+
 /// Loaded and attached probes.
 pub struct Capture {
+    /// Libraries probed, by (device, inode): the same file reached through different
+    /// /proc/PID/root paths is probed once.
+    tls_libs: std::collections::HashSet<(u64, u64)>,
+    tls_loaded: bool,
     ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
@@ -103,6 +119,8 @@ impl Capture {
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
         Ok(Capture {
+            tls_libs: Default::default(),
+            tls_loaded: false,
             ebpf,
             traced,
             counters,
@@ -155,6 +173,64 @@ impl Capture {
         Ok(())
     }
 
+    /// Attaches the OpenSSL probes to the libssl that `pid` has mapped, if it has one and it is
+    /// not attached yet (probes on a library file fire for every process; the in-kernel filter
+    /// keeps only traced ones). Returns the library newly attached.
+    pub fn attach_tls(&mut self, pid: u32) -> Result<Option<std::path::PathBuf>> {
+        let Some(lib) = libssl_of(pid) else {
+            return Ok(None);
+        };
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(&lib).with_context(|| format!("reading {}", lib.display()))?;
+            (meta.dev(), meta.ino())
+        };
+        if !self.tls_libs.insert(id) {
+            return Ok(None);
+        }
+        if !self.tls_loaded {
+            for name in [
+                "ssl_read_enter",
+                "ssl_write_enter",
+                "ssl_read_ex_enter",
+                "ssl_write_ex_enter",
+                "ssl_ret",
+                "ssl_ex_ret",
+            ] {
+                let program: &mut UProbe = self
+                    .ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing"))?
+                    .try_into()?;
+                program
+                    .load()
+                    .with_context(|| format!("verifier rejected {name}"))?;
+            }
+            self.tls_loaded = true;
+        }
+        let mut attached = 0;
+        for (prog, function) in TLS_PROBES {
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing"))?
+                .try_into()?;
+            // The `_ex` variants exist from OpenSSL 1.1.1 on; a library without one is still
+            // covered through the other.
+            match program.attach(*function, &lib, UProbeScope::AllProcesses) {
+                Ok(_) => attached += 1,
+                Err(e) => log::debug!("{}: no uprobe on {function}: {e}", lib.display()),
+            }
+        }
+        if attached == 0 {
+            anyhow::bail!(
+                "{}: none of SSL_read/SSL_write could be probed",
+                lib.display()
+            );
+        }
+        Ok(Some(lib))
+    }
+
     /// The ring buffer of raw records (can be taken once).
     pub fn ring(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
@@ -187,4 +263,44 @@ impl AsRawFd for RingFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0.as_raw_fd()
     }
+}
+
+/// TLS stacks ztrace does not decode, recognised by marker strings in an executable.
+const UNCOVERED_TLS: &[(&[u8], &str)] = &[
+    (b"crypto/tls.", "Go crypto/tls"),
+    (b"rustls", "rustls"),
+    (b"BoringSSL", "BoringSSL (statically linked)"),
+    (b"OpenSSL 3.", "OpenSSL (statically linked)"),
+    (b"OpenSSL 1.", "OpenSSL (statically linked)"),
+];
+/// How much of an executable is searched for those markers.
+const TLS_SCAN_BYTES: u64 = 256 << 20;
+
+/// A TLS stack built into `pid`'s executable (not a shared libssl), which ztrace cannot see into.
+pub fn uncovered_tls(pid: u32) -> Option<&'static str> {
+    if libssl_of(pid).is_some() {
+        return None;
+    }
+    let mut exe = Vec::new();
+    let file = fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, TLS_SCAN_BYTES), &mut exe).ok()?;
+    UNCOVERED_TLS
+        .iter()
+        .find(|(marker, _)| memchr::memmem::find(&exe, marker).is_some())
+        .map(|(_, name)| *name)
+}
+
+/// The OpenSSL library mapped into `pid`, from /proc/PID/maps.
+fn libssl_of(pid: u32) -> Option<std::path::PathBuf> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| {
+            std::path::Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libssl.so"))
+        })
+        // Through /proc/PID/root so a process in another mount namespace resolves too.
+        .map(|path| std::path::PathBuf::from(format!("/proc/{pid}/root{path}")))
 }

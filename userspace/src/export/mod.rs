@@ -582,6 +582,7 @@ pub(crate) fn http_of(span: &Span) -> &HttpExchange {
         user_agent: None,
         request_body_size: None,
         response_body_size: None,
+        tls: false,
     };
     span.http().unwrap_or(&EMPTY)
 }
@@ -715,7 +716,8 @@ pub(crate) fn full_url(span: &Span) -> String {
         None => {
             let (host, port) = client_side_server(span);
             let rest = if target.starts_with('/') { target } else { "" };
-            (format!("http://{}:{port}", url_host(&host)), rest)
+            let scheme = if http_of(span).tls { "https" } else { "http" };
+            (format!("{scheme}://{}:{port}", url_host(&host)), rest)
         }
     };
     let rest = rest.split('#').next().unwrap_or(rest);
@@ -872,7 +874,10 @@ fn http_attributes(span: &Span, http: &HttpExchange) -> Attrs {
             if let Some(q) = query.filter(|q| !q.is_empty()) {
                 a.push(str_attr(semconv::URL_QUERY, redact_query(q)));
             }
-            a.push(str_attr(semconv::URL_SCHEME, "http"));
+            a.push(str_attr(
+                semconv::URL_SCHEME,
+                if http.tls { "https" } else { "http" },
+            ));
             let (address, port) = match http.host.as_deref().and_then(split_host) {
                 Some((host, port)) => (host.to_string(), port.unwrap_or(span.local.port)),
                 None => (canonical(span.local.addr).to_string(), span.local.port),
@@ -1023,6 +1028,7 @@ pub(crate) mod test_support {
                 user_agent: Some("curl/8.5.0".into()),
                 request_body_size: None,
                 response_body_size: Some(512),
+                tls: false,
             }),
             status: SpanStatus::Unset,
         }
@@ -1054,6 +1060,7 @@ pub(crate) mod test_support {
                 user_agent: Some("python-requests/2.31".into()),
                 request_body_size: Some(42),
                 response_body_size: Some(0),
+                tls: false,
             }),
             status: SpanStatus::Error("503 Service Unavailable".into()),
             ..server_span()

@@ -1,0 +1,142 @@
+//! TLS end to end, as root: an HTTPS server (Python's ssl module → OpenSSL's SSL_read_ex /
+//! SSL_write_ex) and curl (→ SSL_read / SSL_write), both traced. The plaintext comes from uprobes
+//! on the libssl each process maps, so HTTPS spans look like HTTP ones with `url.scheme` https.
+//! A process with a TLS stack ztrace cannot probe is reported, not skipped silently.
+
+use std::{
+    io::BufRead,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use ztrace_e2e::harness::{
+    Proc, apps_dir, privileged_or_skip, run_ok, runtime_with_receiver, spawn_ztrace,
+    trace_server_and_clients,
+};
+
+#[test]
+fn https_traffic_becomes_spans_through_openssl_uprobes() -> Result<()> {
+    if !privileged_or_skip("https_traffic_becomes_spans_through_openssl_uprobes") {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("ztrace-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    )?;
+    let mut server = Command::new("python3")
+        .arg(apps_dir().join("https_server.py"))
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let port: u16 = line
+        .trim()
+        .trim_start_matches("PORT ")
+        .parse()
+        .with_context(|| format!("server said {line}"))?;
+    let server = Proc {
+        child: server,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    let (rt, receiver) = runtime_with_receiver()?;
+    let script = format!(
+        "sleep 3; curl -sk https://127.0.0.1:{port}/a https://127.0.0.1:{port}/b >/dev/null"
+    );
+    let spans = trace_server_and_clients(&rt, &receiver, server.pid(), &script, &[], 4)?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.kind == SpanKind::Server as i32)
+        .collect();
+    let clients: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.kind == SpanKind::Client as i32)
+        .collect();
+    for path in ["/a", "/b"] {
+        let s = servers
+            .iter()
+            .find(|s| s.attr_str("url.path").as_deref() == Some(path))
+            .with_context(|| {
+                format!(
+                    "no HTTPS server span for {path} among {} spans",
+                    spans.len()
+                )
+            })?;
+        ensure!(
+            s.attr_str("url.scheme").as_deref() == Some("https"),
+            "scheme {:?}",
+            s.attr_str("url.scheme")
+        );
+        ensure!(s.attr_int("http.response.status_code") == Some(200));
+        let c = clients
+            .iter()
+            .find(|c| c.attr_str("url.full").is_some_and(|u| u.ends_with(path)))
+            .with_context(|| format!("no HTTPS client span for {path}"))?;
+        ensure!(
+            c.attr_str("url.full")
+                .is_some_and(|u| u.starts_with("https://")),
+            "{:?}",
+            c.attr_str("url.full")
+        );
+        ensure!(c.attr_int("http.response.status_code") == Some(200));
+        ensure!(c.resource_str("process.executable.name").as_deref() == Some("curl"));
+    }
+    Ok(())
+}
+
+#[test]
+fn tls_stacks_that_cannot_be_probed_are_reported() -> Result<()> {
+    if !privileged_or_skip("tls_stacks_that_cannot_be_probed_are_reported") {
+        return Ok(());
+    }
+    // An executable carrying Go's crypto/tls marker and no libssl: a stand-in for a Go service.
+    let exe = std::env::temp_dir().join(format!("ztrace-gotls-{}", std::process::id()));
+    let mut bytes = std::fs::read("/bin/sleep")?;
+    bytes.extend_from_slice(b"\0crypto/tls.(*Conn).Read\0");
+    std::fs::write(&exe, bytes)?;
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let child = Command::new(&exe).arg("30").spawn()?;
+    let child = Proc {
+        child,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        child.pid().to_string(),
+        "--duration".into(),
+        "2s".into(),
+    ])?;
+    let code = ztrace.wait_exit(Duration::from_secs(60));
+    let _ = std::fs::remove_file(&exe);
+    let stderr = ztrace.stderr_text();
+    ensure!(code == Some(0), "{stderr}");
+    ensure!(
+        stderr.contains("uses Go crypto/tls, which ztrace cannot decode"),
+        "{stderr}"
+    );
+    Ok(())
+}
