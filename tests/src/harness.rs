@@ -160,14 +160,20 @@ pub fn spawn_service(args: &[&str]) -> Result<(Proc, u16)> {
 
 /// Like [`spawn_service`], listening on `bind` (e.g. "::1").
 pub fn spawn_service_on(bind: &str, args: &[&str]) -> Result<(Proc, u16)> {
-    let mut child = Command::new("python3")
-        .arg(apps_dir().join("two_tier.py"))
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("two_tier.py"))
         .args(args)
-        .env("BIND", bind)
+        .env("BIND", bind);
+    spawn_app(cmd)
+}
+
+/// Starts a test app of tests/apps that prints "PORT <n>" once listening; returns it and the port.
+pub fn spawn_app(mut cmd: Command) -> Result<(Proc, u16)> {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting python3 (install it: apt-get install python3)")?;
+        .with_context(|| format!("starting {cmd:?}"))?;
     let stdout = child.stdout.take().context("service stdout")?;
     let stderr = collect_stderr(&mut child);
     let mut line = String::new();
@@ -175,7 +181,12 @@ pub fn spawn_service_on(bind: &str, args: &[&str]) -> Result<(Proc, u16)> {
     let port = line
         .strip_prefix("PORT ")
         .and_then(|p| p.trim().parse().ok())
-        .with_context(|| format!("service printed `{line}` instead of its port"))?;
+        .with_context(|| {
+            format!(
+                "service printed `{line}` instead of its port; stderr:\n{}",
+                stderr.lock().map(|s| s.clone()).unwrap_or_default()
+            )
+        })?;
     Ok((
         Proc {
             child,

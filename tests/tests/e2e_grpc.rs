@@ -6,7 +6,7 @@ use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
     harness::{
-        Proc, apps_dir, privileged_or_skip, runtime_with_receiver, trace_server_and_clients,
+        apps_dir, privileged_or_skip, runtime_with_receiver, spawn_app, trace_server_and_clients,
     },
     receiver::ReceivedSpan,
 };
@@ -18,27 +18,9 @@ fn grpc_calls_become_linked_rpc_spans() -> Result<()> {
     }
     let (rt, receiver) = runtime_with_receiver()?;
     let app = apps_dir().join("grpc_pair.py");
-    let mut server = std::process::Command::new("python3")
-        .arg(&app)
-        .arg("server")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("python3 with grpcio (pip install grpcio)")?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().context("stdout")?),
-        &mut line,
-    )?;
-    let port: u16 = line
-        .trim()
-        .trim_start_matches("PORT ")
-        .parse()
-        .with_context(|| format!("server said {line}"))?;
-    let server = Proc {
-        child: server,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&app).arg("server");
+    let (server, port) = spawn_app(cmd).context("python3 with grpcio (pip install grpcio)")?;
     // The client starts after ztrace has attached, as the child of a traced shell.
     let script = format!("sleep 3; python3 {} client {port} 5", app.display());
     let spans = trace_server_and_clients(&rt, &receiver, server.pid(), &script, &[], 12)?;

@@ -3,16 +3,12 @@
 //! on the libssl each process maps, so HTTPS spans look like HTTP ones with `url.scheme` https.
 //! A process with a TLS stack ztrace cannot probe is reported, not skipped silently.
 
-use std::{
-    io::BufRead,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::harness::{
-    Proc, apps_dir, privileged_or_skip, run_ok, runtime_with_receiver, spawn_ztrace,
+    Proc, apps_dir, privileged_or_skip, run_ok, runtime_with_receiver, spawn_app, spawn_ztrace,
     trace_server_and_clients,
 };
 
@@ -42,24 +38,11 @@ fn https_traffic_becomes_spans_through_openssl_uprobes() -> Result<()> {
             .arg("-out")
             .arg(&cert),
     )?;
-    let mut server = Command::new("python3")
-        .arg(apps_dir().join("https_server.py"))
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("https_server.py"))
         .arg(&cert)
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let port: u16 = line
-        .trim()
-        .trim_start_matches("PORT ")
-        .parse()
-        .with_context(|| format!("server said {line}"))?;
-    let server = Proc {
-        child: server,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+        .arg(&key);
+    let (server, port) = spawn_app(cmd)?;
     let (rt, receiver) = runtime_with_receiver()?;
     let script = format!(
         "sleep 3; curl -sk https://127.0.0.1:{port}/a https://127.0.0.1:{port}/b >/dev/null"
