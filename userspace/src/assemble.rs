@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use ztrace_abi::{DataEvent, direction, syscall};
+use ztrace_abi::{ConnEvent, DataEvent, direction, syscall};
 use ztrace_protocols::{
     Dir, dns,
     http1::{self, Http1Conn, Http1Event},
@@ -25,7 +25,7 @@ use ztrace_protocols::{
 
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Stream},
-    link::{Handle, Linker, SeqKey, Start, parse_traceparent},
+    link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
     model::{DbExchange, DbSystem, DnsExchange, Exchange, HttpExchange, RpcExchange, SpanKind},
 };
 
@@ -196,6 +196,11 @@ impl Parser {
             }
             Parser::Dns(d) => steps.extend(d.push(dir, payload, len)),
         }
+    }
+
+    /// Exchanges interleave on the connection (paired by key, not in order).
+    fn multiplexed(&self) -> bool {
+        matches!(self, Parser::Http2(_) | Parser::Dns(_))
     }
 
     fn close(&mut self, steps: &mut Vec<Step>) {
@@ -472,6 +477,9 @@ pub struct ConnState {
     /// Stream offsets (request, response direction) where the parser started: bytes seen before
     /// the protocol was recognised never reached it, so parser offsets are shifted by these.
     base: (u64, u64),
+    /// This process connected the socket and no request has gone over it yet: the connecting
+    /// thread's cause at `connect()` (see the linker's module docs, rule 3).
+    connect_cause: Option<Option<Cause>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -543,8 +551,11 @@ impl Assembler {
                 (SpanKind::Client, true) | (SpanKind::Server, false) => Dir::Request,
                 _ => Dir::Response,
             };
+            let role = *role;
+            let multiplexed = parser.multiplexed();
             self.steps.clear();
             parser.push(dir, payload, ev.bytes, &mut self.steps);
+            let mut ended = None;
             for mut step in self.steps.drain(..) {
                 if !self.db_query_text
                     && let Step::Request {
@@ -554,9 +565,27 @@ impl Assembler {
                 {
                     db.query_text = None;
                 }
-                apply(key, conn, step, linker, &mut self.stats);
+                ended = apply(key, conn, step, linker, &mut self.stats).or(ended);
             }
+            if let Some(io) = thread_io(&conn.state.proto, role, egress, multiplexed, ended) {
+                linker.io(key.tgid, ev.header.tid, io);
+            }
+        } else if !egress {
+            linker.io(key.tgid, ev.header.tid, Io::UnknownInput);
         }
+        if let Some((k, c)) = evicted {
+            finish_conn(k, c, ev.header.ts_ns, linker, &mut self.stats);
+        }
+    }
+
+    /// The traced process connected a socket: remember whom the connecting thread worked for.
+    pub fn on_connect(&mut self, ev: &ConnEvent, linker: &mut Linker) {
+        let key = ConnKey {
+            tgid: ev.header.tgid,
+            sock_id: ev.sock_id,
+        };
+        let (conn, evicted) = self.conns.entry(key, &ev.tuple, ev.header.ts_ns);
+        conn.state.connect_cause = Some(linker.cause_of(key.tgid, ev.header.tid));
         if let Some((k, c)) = evicted {
             finish_conn(k, c, ev.header.ts_ns, linker, &mut self.stats);
         }
@@ -585,6 +614,33 @@ impl Assembler {
     }
 }
 
+/// What a socket read or write tells the linker about the thread's cause: which exchange the
+/// bytes belonged to. Multiplexed protocols (HTTP/2, DNS) carry many exchanges per read, so
+/// their inputs say nothing definite.
+fn thread_io(
+    proto: &Proto,
+    role: SpanKind,
+    egress: bool,
+    multiplexed: bool,
+    ended: Option<Handle>,
+) -> Option<Io> {
+    let Proto::Known { pending, .. } = proto else {
+        return None;
+    };
+    if multiplexed {
+        return (!egress).then_some(Io::UnknownInput);
+    }
+    let front = ended.or_else(|| pending.front().map(|(_, h)| *h));
+    let io = match (role, egress) {
+        (SpanKind::Server, false) => pending.back().map(|(_, h)| Io::ServerRequest(*h)),
+        (SpanKind::Server, true) => front.map(Io::ServerResponse),
+        (SpanKind::Client, false) => front.map(Io::ClientResponse),
+        (SpanKind::Client, true) => return None,
+    };
+    // An input we cannot tie to an exchange may have triggered anything.
+    io.or((!egress).then_some(Io::UnknownInput))
+}
+
 /// (request stream, response stream) from this process's point of view.
 fn streams(conn: &Conn<ConnState>, role: SpanKind) -> (&Stream, &Stream) {
     match role {
@@ -601,15 +657,16 @@ fn find(pending: &VecDeque<(Option<u64>, Handle)>, key: Option<u64>) -> Option<u
     }
 }
 
+/// Applies one parser step; returns the exchange it finished, if any.
 fn apply(
     key: ConnKey,
     conn: &mut Conn<ConnState>,
     step: Step,
     linker: &mut Linker,
     stats: &mut AssembleStats,
-) {
+) -> Option<Handle> {
     let Proto::Known { role, .. } = &conn.state.proto else {
-        return;
+        return None;
     };
     let role = *role;
     let (req_stream, resp_stream) = streams(conn, role);
@@ -627,7 +684,7 @@ fn apply(
                 h.tls = true;
             }
             let Some((mark, seq)) = req_stream.locate(req_base + start) else {
-                return;
+                return None;
             };
             let start_ns = match role {
                 SpanKind::Server => mark.exit_ns,
@@ -651,10 +708,12 @@ fn apply(
                     server,
                     seq,
                 }),
+                connect_cause: conn.state.connect_cause.take().flatten(),
             });
             if let Proto::Known { pending, .. } = &mut conn.state.proto {
                 pending.push_back((exchange_key, h));
             }
+            None
         }
         Step::Update {
             key: exchange_key,
@@ -665,6 +724,7 @@ fn apply(
             {
                 linker.update(pending[i].1, |x| update.apply(x));
             }
+            None
         }
         Step::End {
             key: exchange_key,
@@ -685,7 +745,9 @@ fn apply(
             {
                 linker.update(h, |x| update.apply(x));
                 linker.finish(h, end_ns, None);
+                return Some(h);
             }
+            None
         }
         Step::Abort {
             key: exchange_key,
@@ -699,6 +761,7 @@ fn apply(
                 stats.aborted_exchanges += 1;
                 linker.finish(h, ts, Some(reason));
             }
+            None
         }
         Step::Desync(dir) => {
             stats.desyncs += 1;
@@ -712,6 +775,7 @@ fn apply(
                     linker.finish(h, ts, Some("unparseable response".into()));
                 }
             }
+            None
         }
     }
 }

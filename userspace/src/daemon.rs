@@ -519,7 +519,7 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
          {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}), \
-         links: {} traceparent, {} thread, {} cross-process, {} ambiguous left unlinked; {} desyncs, {} exchanges without response",
+         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process, {} ambiguous left unlinked; {} desyncs, {} exchanges without response",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
         k.ringbuf_full,
@@ -534,9 +534,11 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         e.spans_dropped_queue_full,
         e.spans_dropped_failed,
         p.link.traceparent_links,
-        p.link.thread_links,
+        p.link.thread_links + p.link.response_links,
+        p.link.confirmed_links,
+        p.link.response_links,
         p.link.cross_process_links,
-        p.link.ambiguous_thread,
+        p.link.ambiguous(),
         p.assemble.desyncs,
         p.assemble.aborted_exchanges,
     );

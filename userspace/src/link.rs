@@ -1,26 +1,67 @@
 //! Causality linker: owns every span from the moment its request is seen until it is exported,
 //! decides each span's parent and trace, and releases spans whose trace is settled.
 //!
-//! Evidence, strongest first:
+//! # Evidence
+//! The linker sees what the kernel shows and nothing else: on each thread, the order of its
+//! socket reads and writes and which exchange each belongs to; which thread connected which
+//! socket; TCP sequence numbers on both ends of a connection; process and thread ids. From that,
+//! strongest first:
+//!
 //! 1. **Incoming W3C `traceparent`** on a SERVER request: the span joins that trace, its parent is
 //!    the remote span.
 //! 2. **Same bytes on both ends of a TCP connection** (cross-process, one host): a CLIENT span's
 //!    request starts at TCP sequence number S on the client socket; the SERVER span that reads the
-//!    request starting at the same S on the other end of the same 4-tuple is its child. Sequence
-//!    numbers make the match exact even for keep-alive and pipelined connections, and whatever the
-//!    order in which the two processes' events reach us.
-//! 3. **Thread-per-request**: a CLIENT request written by a thread that is, at that moment, serving
-//!    exactly one SERVER exchange (it read that request and has not finished the response) is a
-//!    child of it. A thread serving several exchanges at once (an event loop) is ambiguous: no link,
-//!    counted in `ambiguous_thread`. Wrong links are worse than missing ones.
+//!    request starting at the same S on the other end of the same 4-tuple is its child. Exact even
+//!    for keep-alive and pipelined connections, whatever order the two processes' events reach us.
+//! 3. **The thread's causal context** (SERVER → CLIENT inside one process). Every model of serving
+//!    requests — a thread per request, an event loop (nginx, Node.js, redis), an async runtime
+//!    whose tasks hop between worker threads (tokio) — runs the code that reacts to an input on
+//!    the thread that read the input, until it blocks or yields: a thread-per-request handler
+//!    blocks on its own sockets; an event loop runs a callback to completion (Node.js drains
+//!    `process.nextTick` and microtasks before the next I/O); tokio puts a task woken by a worker
+//!    into that worker's LIFO slot, which runs next and which other workers do not steal. So each
+//!    thread carries a *cause*, set by its last socket input:
+//!    - it read (part of) SERVER exchange R's request → the thread now works for R;
+//!    - it read CLIENT exchange C's response → the thread continues the work C was made for
+//!      (C's parent) — sequential calls `await a(); await b();` in an event loop;
+//!    - it read anything else (a protocol we do not parse, a multiplexed HTTP/2 or DNS socket
+//!      where one read carries many exchanges) → cause unknown;
+//!    - it wrote a SERVER response → that work is done, cause cleared.
 //!
+//!    A CLIENT request written by a thread is a child of the thread's cause, if that SERVER span
+//!    is still open. One exception: a connection's first request is often written long after its
+//!    `connect()` (non-blocking connect in Node.js and nginx: the write happens on the socket's
+//!    first writable event, after the loop served other inputs). The thread that called
+//!    `connect()` did so for its cause at that moment, so a fresh connection's first request
+//!    takes the cause captured at `connect()`.
+//! 4. **The response side checks the request side.** The same run-to-completion rule holds when
+//!    the call returns: the thread that reads CLIENT C's response next writes the response of the
+//!    SERVER span C was made for (or C's follow-up call). So when a thread whose cause is "after
+//!    C" writes SERVER R's response:
+//!    - C's parent is R: confirmed;
+//!    - C has no parent and started inside R: C becomes R's child (the request side was unknown,
+//!      e.g. the task ran on a thread that had just read an unparsed input);
+//!    - C's parent is another span: the two sides disagree. No link — wrong links are worse than
+//!      missing ones — and the calls that inherited that parent from C's continuation lose it too.
+//!      Counted as `contradicted`.
+//! 5. **A child lies inside its parent.** A call made for a request returns before the request is
+//!    answered. A span linked through the thread's context is released only after its parent
+//!    has finished, and loses the link (counted as `outlived_parent`) if it ended after it.
+//!
+//! What the kernel cannot show, this cannot see: work resumed by a timer, a pipe, an in-process
+//! queue or a thread pool hand-off carries no socket input, so the thread's cause is whatever it
+//! last read. Rules 4 and 5 catch most such mistakes (the response of the wrongly chosen parent is
+//! not what the thread writes next); the rest are the residual error the evaluation measures.
+//!
+//! # Settling traces
 //! Trace ids are not fixed when a span starts: a SERVER span may learn of its cross-process CLIENT
 //! parent a little later than its own request (two CPUs race into the ring buffer). So parents are
 //! kept as handles and the trace id is resolved by walking to the root when a span is released. A
 //! root SERVER span without a traceparent is *settled* once `LINK_GRACE` has passed since its
 //! request; CLIENT roots and remote-parented roots are settled at once. A finished span is released
-//! when its root is settled. Released spans stay as tombstones for `RETAIN` so late children still
-//! find their trace; everything is bounded by `max_spans`.
+//! when its root is settled (and, when linked through a thread's context, its parent finished).
+//! Released spans stay as tombstones for `RETAIN` so late children still find their trace;
+//! everything is bounded by `max_spans`.
 
 use std::collections::VecDeque;
 
@@ -37,12 +78,37 @@ pub const LINK_GRACE_NS: u64 = 300_000_000;
 /// How long released spans stay resolvable for late children, and seq-match entries live.
 const RETAIN_NS: u64 = 10_000_000_000;
 const MAX_DEPTH: usize = 64;
+/// How long after a CLIENT span's response the response side (rule 4) may still change its
+/// parent: its trace is not settled before.
+const RESPONSE_GRACE_NS: u64 = 50_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parent {
     None,
     Local(Handle),
     Remote { trace_id: TraceId, span_id: SpanId },
+}
+
+/// Whom a thread is working for, from its last socket input (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// It read this SERVER exchange's request.
+    Serving(Handle),
+    /// It read this CLIENT exchange's response: it continues the work the call was made for.
+    After(Handle),
+}
+
+/// One socket read or write of a thread, as far as causality is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// Request bytes of this SERVER exchange read.
+    ServerRequest(Handle),
+    /// Response bytes of this SERVER exchange written.
+    ServerResponse(Handle),
+    /// Response bytes of this CLIENT exchange read.
+    ClientResponse(Handle),
+    /// An input that may have triggered anything: its exchange is unknown.
+    UnknownInput,
 }
 
 /// Identity of one request's first byte on one TCP connection, the same on both ends.
@@ -66,6 +132,9 @@ pub struct Start {
     pub exchange: Exchange,
     pub traceparent: Option<(TraceId, SpanId)>,
     pub seq_key: Option<SeqKey>,
+    /// For the first request on a connection this process connected: the connecting thread's
+    /// cause at `connect()` time.
+    pub connect_cause: Option<Cause>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +142,23 @@ pub struct LinkStats {
     pub spans_started: u64,
     pub spans_released: u64,
     pub traceparent_links: u64,
+    /// In-process links from the thread's causal context (request side), including the two
+    /// kinds below.
     pub thread_links: u64,
+    /// … of which taken from the cause at `connect()`.
+    pub connect_links: u64,
+    /// … of which made while the thread had read another request since (an event loop or a
+    /// runtime thread serving several exchanges at once).
+    pub multiplexed_links: u64,
+    /// In-process links learnt from the response side only.
+    pub response_links: u64,
+    /// Request-side links the response side confirmed.
+    pub confirmed_links: u64,
     pub cross_process_links: u64,
-    pub ambiguous_thread: u64,
+    /// Request and response side disagreed: left unlinked.
+    pub contradicted: u64,
+    /// A child ended after its parent: left unlinked.
+    pub outlived_parent: u64,
     /// Spans dropped because the store was full.
     pub evicted: u64,
     /// Parents that were gone when a child was released (child exported as a root).
@@ -84,11 +167,22 @@ pub struct LinkStats {
     pub unfinished_at_shutdown: u64,
 }
 
+impl LinkStats {
+    /// In-process cases where the evidence was ambiguous and no link was made.
+    pub fn ambiguous(&self) -> u64 {
+        self.contradicted + self.outlived_parent
+    }
+}
+
 #[derive(Debug)]
 struct Rec {
     span_id: SpanId,
     own_trace: TraceId,
     parent: Parent,
+    /// The parent came from a thread's causal context (rules 3–5 apply).
+    inferred: bool,
+    /// The CLIENT span whose continuation gave this one its parent (rule 4 undoes chains).
+    via: Option<Handle>,
     kind: SpanKind,
     pid: u32,
     tid: u32,
@@ -105,6 +199,7 @@ struct Rec {
 struct Tomb {
     span_id: SpanId,
     trace: TraceId,
+    end_ns: u64,
 }
 
 pub struct Linker {
@@ -121,8 +216,10 @@ pub struct Linker {
     /// lazily): eviction costs O(1) amortised instead of a scan of everything held.
     live_order: VecDeque<Handle>,
     next: Handle,
-    /// Open SERVER exchanges per (pid, tid).
-    serving: HashMap<(u32, u32), Vec<Handle>>,
+    /// Each thread's cause, keyed by (pid, tid).
+    causes: HashMap<(u32, u32), Cause>,
+    /// Size of `causes` after its last clean-up (stale entries are swept when it doubles).
+    causes_swept: usize,
     clients_by_seq: HashMap<SeqKey, (Handle, u64)>,
     servers_by_seq: HashMap<SeqKey, (Handle, u64)>,
     /// Add to monotonic ns to get Unix ns.
@@ -144,7 +241,8 @@ impl Linker {
             seq_order: VecDeque::new(),
             live_order: VecDeque::new(),
             next: 1,
-            serving: HashMap::default(),
+            causes: HashMap::default(),
+            causes_swept: 1024,
             clients_by_seq: HashMap::default(),
             servers_by_seq: HashMap::default(),
             mono_to_unix,
@@ -157,6 +255,26 @@ impl Linker {
         }
     }
 
+    /// The thread's cause now (captured by the assembler at `connect()`).
+    pub fn cause_of(&self, pid: u32, tid: u32) -> Option<Cause> {
+        self.causes.get(&(pid, tid)).copied()
+    }
+
+    /// The open SERVER span a cause stands for, in process `pid`, that began by `at_ns`; and the
+    /// CLIENT span whose continuation it is.
+    fn cause_parent(&self, cause: Cause, pid: u32, at_ns: u64) -> Option<(Handle, Option<Handle>)> {
+        let (server, via) = match cause {
+            Cause::Serving(h) => (h, None),
+            Cause::After(c) => match self.recs.get(&c)?.parent {
+                Parent::Local(p) => (p, Some(c)),
+                _ => return None,
+            },
+        };
+        let r = self.recs.get(&server)?;
+        (r.kind == SpanKind::Server && r.pid == pid && r.end_ns.is_none() && r.start_ns <= at_ns)
+            .then_some((server, via))
+    }
+
     pub fn start(&mut self, s: Start) -> Handle {
         let h = self.next;
         self.next += 1;
@@ -165,6 +283,8 @@ impl Linker {
             self.evict_oldest();
         }
         let mut parent = Parent::None;
+        let mut inferred = false;
+        let mut via = None;
         match s.kind {
             SpanKind::Server => {
                 if let Some((trace_id, span_id)) = s.traceparent {
@@ -181,16 +301,25 @@ impl Linker {
                         self.seq_order.push_back((s.start_ns, key));
                     }
                 }
-                self.serving.entry((s.pid, s.tid)).or_default().push(h);
             }
             SpanKind::Client => {
-                match self.serving.get(&(s.pid, s.tid)).map(Vec::as_slice) {
-                    Some([only]) => {
-                        parent = Parent::Local(*only);
-                        self.stats.thread_links += 1;
+                let by_connect = s
+                    .connect_cause
+                    .and_then(|c| self.cause_parent(c, s.pid, s.start_ns));
+                let now = self.cause_of(s.pid, s.tid);
+                let found = by_connect
+                    .or_else(|| now.and_then(|c| self.cause_parent(c, s.pid, s.start_ns)));
+                if let Some((p, through)) = found {
+                    parent = Parent::Local(p);
+                    inferred = true;
+                    via = through;
+                    self.stats.thread_links += 1;
+                    if by_connect.is_some() {
+                        self.stats.connect_links += 1;
                     }
-                    Some([_, _, ..]) => self.stats.ambiguous_thread += 1,
-                    _ => {}
+                    if now.is_some_and(|c| c != Cause::Serving(p) && through.is_none()) {
+                        self.stats.multiplexed_links += 1;
+                    }
                 }
                 if let Some(key) = s.seq_key {
                     self.clients_by_seq.insert(key, (h, s.start_ns));
@@ -213,6 +342,8 @@ impl Linker {
                 span_id: SpanId::random(&mut self.rng),
                 own_trace: TraceId::random(&mut self.rng),
                 parent,
+                inferred,
+                via,
                 kind: s.kind,
                 pid: s.pid,
                 tid: s.tid,
@@ -225,6 +356,78 @@ impl Linker {
             },
         );
         h
+    }
+
+    /// A thread of process `pid` read or wrote socket data: updates its cause (module docs,
+    /// rules 3 and 4).
+    pub fn io(&mut self, pid: u32, tid: u32, io: Io) {
+        let key = (pid, tid);
+        match io {
+            Io::ServerRequest(h) => {
+                self.causes.insert(key, Cause::Serving(h));
+            }
+            Io::ClientResponse(c) => {
+                self.causes.insert(key, Cause::After(c));
+            }
+            Io::UnknownInput => {
+                self.causes.remove(&key);
+            }
+            Io::ServerResponse(r) => {
+                if let Some(Cause::After(c)) = self.causes.remove(&key) {
+                    self.check_by_response(c, r);
+                }
+            }
+        }
+        if self.causes.len() > 2 * self.causes_swept {
+            let recs = &self.recs;
+            self.causes.retain(|_, c| match c {
+                Cause::Serving(h) | Cause::After(h) => recs.contains_key(h),
+            });
+            self.causes_swept = self.causes.len().max(1024);
+        }
+    }
+
+    /// Rule 4: the thread that read CLIENT `c`'s response went on to answer SERVER `r`.
+    fn check_by_response(&mut self, c: Handle, r: Handle) {
+        let Some(r_start) = self
+            .recs
+            .get(&r)
+            .filter(|x| x.kind == SpanKind::Server)
+            .map(|x| x.start_ns)
+        else {
+            return;
+        };
+        let Some(rec) = self.recs.get_mut(&c) else {
+            return;
+        };
+        if rec.kind != SpanKind::Client {
+            return;
+        }
+        match rec.parent {
+            Parent::Local(p) if p == r => self.stats.confirmed_links += 1,
+            Parent::None if rec.start_ns >= r_start => {
+                rec.parent = Parent::Local(r);
+                rec.inferred = true;
+                self.stats.response_links += 1;
+            }
+            Parent::Local(p) if rec.inferred => {
+                // Undo the link, and the links continuations of `c` inherited from it.
+                let mut cur = Some(c);
+                while let Some(h) = cur {
+                    cur = None;
+                    if let Some(x) = self.recs.get_mut(&h)
+                        && x.inferred
+                        && x.parent == Parent::Local(p)
+                    {
+                        x.parent = Parent::None;
+                        x.inferred = false;
+                        cur = x.via.take();
+                        self.stats.contradicted += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Adds what the response (or the rest of the request) told about the exchange.
@@ -245,62 +448,85 @@ impl Linker {
         rec.end_ns = Some(end_ns.max(rec.start_ns));
         rec.error = error;
         self.finished.push(h);
-        if rec.kind == SpanKind::Server {
-            let key = (rec.pid, rec.tid);
-            if let Some(list) = self.serving.get_mut(&key) {
-                list.retain(|x| *x != h);
-                if list.is_empty() {
-                    self.serving.remove(&key);
-                }
-            }
-        }
     }
 
     fn evict_oldest(&mut self) {
-        let victim = self
-            .recs
-            .iter()
-            .min_by_key(|(_, r)| r.start_ns)
-            .map(|(h, _)| *h);
-        if let Some(h) = victim {
-            self.stats.evicted += 1;
-            self.remove(h);
-        }
-    }
-
-    fn remove(&mut self, h: Handle) -> Option<Rec> {
-        let rec = self.recs.remove(&h)?;
-        if rec.kind == SpanKind::Server
-            && let Some(list) = self.serving.get_mut(&(rec.pid, rec.tid))
-        {
-            list.retain(|x| *x != h);
-            if list.is_empty() {
-                self.serving.remove(&(rec.pid, rec.tid));
+        while let Some(h) = self.live_order.pop_front() {
+            if self.recs.remove(&h).is_some() {
+                self.stats.evicted += 1;
+                return;
             }
         }
-        Some(rec)
     }
 
     /// Trace id of `h` and whether it can no longer change.
     fn resolve(&self, h: Handle, now_ns: u64) -> Option<(TraceId, bool)> {
         let mut cur = self.recs.get(&h)?;
+        let answered = |r: &Rec| {
+            r.end_ns
+                .is_some_and(|e| now_ns >= e.saturating_add(RESPONSE_GRACE_NS))
+        };
+        let mut settled = true;
         for _ in 0..MAX_DEPTH {
             match cur.parent {
-                Parent::Remote { trace_id, .. } => return Some((trace_id, true)),
-                Parent::Local(p) => match (self.recs.get(&p), self.tombs.get(&p)) {
-                    (Some(parent), _) => cur = parent,
-                    (None, Some(tomb)) => return Some((tomb.trace, true)),
-                    // Parent evicted or forgotten: this subtree becomes its own trace.
-                    (None, None) => return Some((cur.own_trace, true)),
-                },
+                Parent::Remote { trace_id, .. } => return Some((trace_id, settled)),
+                Parent::Local(p) => {
+                    // A link from a thread's context holds only once both sides were seen
+                    // (rules 4 and 5): until then the trace below it may still split off.
+                    if cur.inferred {
+                        let parent_done = match self.recs.get(&p) {
+                            Some(pr) => pr.end_ns.is_some(),
+                            None => true,
+                        };
+                        settled &= parent_done && answered(cur);
+                    }
+                    match (self.recs.get(&p), self.tombs.get(&p)) {
+                        (Some(parent), _) => cur = parent,
+                        (None, Some(tomb)) => return Some((tomb.trace, settled)),
+                        // Parent evicted or forgotten: this subtree becomes its own trace.
+                        (None, None) => return Some((cur.own_trace, settled)),
+                    }
+                }
                 Parent::None => {
-                    let settled = cur.kind == SpanKind::Client
-                        || now_ns >= cur.start_ns.saturating_add(LINK_GRACE_NS);
+                    // A CLIENT root may still gain a parent from the response side (rule 4);
+                    // a SERVER root from a traced client's request (seq match).
+                    settled &= match cur.kind {
+                        SpanKind::Client => answered(cur),
+                        SpanKind::Server => now_ns >= cur.start_ns.saturating_add(LINK_GRACE_NS),
+                    };
                     return Some((cur.own_trace, settled));
                 }
             }
         }
         None
+    }
+
+    /// Rule 5 for a finished span linked through a thread's context: Some(true) when it may be
+    /// released, Some(false) to wait for its parent to finish; the link is dropped if the child
+    /// outlived its parent.
+    fn inside_parent(&mut self, h: Handle) -> bool {
+        let Some(rec) = self.recs.get(&h) else {
+            return true;
+        };
+        let (Parent::Local(p), true, Some(end)) = (rec.parent, rec.inferred, rec.end_ns) else {
+            return true;
+        };
+        let parent_end = match (self.recs.get(&p), self.tombs.get(&p)) {
+            (Some(pr), _) => match pr.end_ns {
+                Some(e) => e,
+                None => return false,
+            },
+            (None, Some(t)) => t.end_ns,
+            (None, None) => return true,
+        };
+        if end > parent_end
+            && let Some(rec) = self.recs.get_mut(&h)
+        {
+            rec.parent = Parent::None;
+            rec.inferred = false;
+            self.stats.outlived_parent += 1;
+        }
+        true
     }
 
     /// Releases finished spans whose trace is settled, and forgets old state. Costs time in
@@ -310,6 +536,10 @@ impl Linker {
         // Parents before children, so a tombstone exists for every released parent.
         waiting.sort_unstable_by_key(|h| self.recs.get(h).map_or(0, |r| r.start_ns));
         for h in waiting {
+            if !self.inside_parent(h) {
+                self.finished.push(h);
+                continue;
+            }
             match self.resolve(h, now_ns) {
                 Some((trace, true)) => self.release(h, trace, now_ns, out),
                 Some((_, false)) => self.finished.push(h),
@@ -360,7 +590,7 @@ impl Linker {
     }
 
     fn release(&mut self, h: Handle, trace: TraceId, now_ns: u64, out: &mut Vec<Span>) {
-        let Some(rec) = self.remove(h) else {
+        let Some(rec) = self.recs.remove(&h) else {
             return;
         };
         let (parent_span_id, parent_is_remote) = match rec.parent {
@@ -375,16 +605,17 @@ impl Linker {
             Parent::Remote { span_id, .. } => (Some(span_id), true),
             Parent::None => (None, false),
         };
+        let end_ns = rec.end_ns.unwrap_or(rec.start_ns);
         self.tombs.insert(
             h,
             Tomb {
                 span_id: rec.span_id,
                 trace,
+                end_ns,
             },
         );
         self.tomb_order.push_back((now_ns, h));
         self.stats.spans_released += 1;
-        let end_ns = rec.end_ns.unwrap_or(rec.start_ns);
         let status = status_of(&rec.exchange, rec.kind, rec.error.as_deref());
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
         out.push(Span {
@@ -592,7 +823,52 @@ mod tests {
             }),
             traceparent: None,
             seq_key: None,
+            connect_cause: None,
         }
+    }
+
+    /// Thread `tid` of `pid` reads a new request.
+    fn serve(l: &mut Linker, pid: u32, tid: u32, t: u64) -> Handle {
+        let h = l.start(start(SpanKind::Server, pid, tid, t));
+        l.io(pid, tid, Io::ServerRequest(h));
+        h
+    }
+
+    /// Thread `tid` writes a request.
+    fn call(l: &mut Linker, pid: u32, tid: u32, t: u64) -> Handle {
+        l.start(start(SpanKind::Client, pid, tid, t))
+    }
+
+    /// Thread `tid` reads the whole response of call `c`.
+    fn returns(l: &mut Linker, pid: u32, tid: u32, c: Handle, t: u64) {
+        l.finish(c, t, None);
+        l.io(pid, tid, Io::ClientResponse(c));
+    }
+
+    /// Thread `tid` writes the whole response of request `h`.
+    fn reply(l: &mut Linker, pid: u32, tid: u32, h: Handle, t: u64) {
+        l.finish(h, t, None);
+        l.io(pid, tid, Io::ServerResponse(h));
+    }
+
+    /// Every span, released; (span id by handle order, parent span ids).
+    fn settle(l: &mut Linker) -> Vec<Span> {
+        let mut out = Vec::new();
+        l.poll(10 * LINK_GRACE_NS, &mut out);
+        assert_eq!(l.open_spans(), 0, "everything finished must be released");
+        out.sort_by_key(|s| s.start_unix_ns);
+        out
+    }
+
+    /// Parent of each span (by start order) as an index into the same list.
+    fn parents(spans: &[Span]) -> Vec<Option<usize>> {
+        spans
+            .iter()
+            .map(|s| {
+                s.parent_span_id
+                    .map(|p| spans.iter().position(|x| x.span_id == p).unwrap())
+            })
+            .collect()
     }
 
     fn key(seq: u32) -> SeqKey {
@@ -615,7 +891,7 @@ mod tests {
         for server_first in [false, true] {
             let mut l = Linker::new(0, 1000, None);
             // Frontend (pid 1) serves a request on thread 11, calls the backend (pid 2).
-            let front = l.start(start(SpanKind::Server, 1, 11, 100));
+            let front = serve(&mut l, 1, 11, 100);
             let mut back_start = start(SpanKind::Server, 2, 21, 210);
             back_start.seq_key = Some(key(777));
             let mut client_start = start(SpanKind::Client, 1, 11, 200);
@@ -668,37 +944,175 @@ mod tests {
     }
 
     #[test]
-    fn event_loop_thread_is_ambiguous_not_wrong() {
-        let mut l = Linker::new(0, 10, None);
-        let a = l.start(start(SpanKind::Server, 1, 1, 1));
-        let b = l.start(start(SpanKind::Server, 1, 1, 2));
-        let c = l.start(start(SpanKind::Client, 1, 1, 3));
-        for h in [a, b, c] {
-            l.finish(h, 4, None);
-        }
-        let mut out = Vec::new();
-        l.poll(LINK_GRACE_NS + 10, &mut out);
-        assert_eq!(out.len(), 3);
-        assert!(out.iter().all(|s| s.parent_span_id.is_none()));
-        assert_eq!(l.stats.ambiguous_thread, 1);
+    fn event_loop_links_each_call_to_the_request_just_read() {
+        // nginx: one thread reads request A, writes A's upstream call, reads request B, writes
+        // B's call; the answers come back in the other order.
+        let mut l = Linker::new(0, 100, None);
+        let a = serve(&mut l, 1, 1, 10);
+        let ca = call(&mut l, 1, 1, 11);
+        let b = serve(&mut l, 1, 1, 12);
+        let cb = call(&mut l, 1, 1, 13);
+        returns(&mut l, 1, 1, cb, 20);
+        reply(&mut l, 1, 1, b, 21);
+        returns(&mut l, 1, 1, ca, 22);
+        reply(&mut l, 1, 1, a, 23);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0), None, Some(2)]);
+        assert_eq!(l.stats.thread_links, 2);
+        assert_eq!(l.stats.confirmed_links, 2);
+        assert_eq!(l.stats.ambiguous(), 0);
     }
 
     #[test]
-    fn finished_server_no_longer_parents_new_clients() {
-        let mut l = Linker::new(0, 10, None);
-        let a = l.start(start(SpanKind::Server, 1, 1, 1));
-        l.finish(a, 2, None);
-        let c = l.start(start(SpanKind::Client, 1, 1, 3));
-        l.finish(c, 4, None);
+    fn sequential_and_parallel_calls_continue_the_request() {
+        // Node.js: `await a(); await Promise.all([b(), c()])` while another request is served.
+        let mut l = Linker::new(0, 100, None);
+        let s = serve(&mut l, 1, 1, 10);
+        let ca = call(&mut l, 1, 1, 11);
+        let other = serve(&mut l, 1, 1, 12);
+        returns(&mut l, 1, 1, ca, 13);
+        let cb = call(&mut l, 1, 1, 14);
+        let cc = call(&mut l, 1, 1, 15);
+        returns(&mut l, 1, 1, cb, 16);
+        returns(&mut l, 1, 1, cc, 17);
+        reply(&mut l, 1, 1, s, 18);
+        reply(&mut l, 1, 1, other, 19);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0), None, Some(0), Some(0)]);
+        assert_eq!(l.stats.ambiguous(), 0);
+    }
+
+    #[test]
+    fn fresh_connection_takes_the_cause_at_connect() {
+        // A non-blocking connect for request A; by the time the socket is writable the loop
+        // has read request B.
+        let mut l = Linker::new(0, 100, None);
+        let a = serve(&mut l, 1, 1, 10);
+        let at_connect = l.cause_of(1, 1);
+        let b = serve(&mut l, 1, 1, 12);
+        let mut first = start(SpanKind::Client, 1, 1, 13);
+        first.connect_cause = at_connect;
+        let ca = l.start(first);
+        returns(&mut l, 1, 1, ca, 20);
+        reply(&mut l, 1, 1, a, 21);
+        reply(&mut l, 1, 1, b, 22);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, Some(0)]);
+        assert_eq!(l.stats.connect_links, 1);
+    }
+
+    #[test]
+    fn async_task_that_moved_threads_is_linked_and_checked() {
+        // tokio: request read on worker 1, call written there, the answer read on worker 2,
+        // which then writes the response.
+        let mut l = Linker::new(0, 100, None);
+        let s = serve(&mut l, 1, 1, 10);
+        let c = call(&mut l, 1, 1, 11);
+        returns(&mut l, 1, 2, c, 20);
+        reply(&mut l, 1, 2, s, 21);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0)]);
+        assert_eq!(l.stats.confirmed_links, 1);
+    }
+
+    #[test]
+    fn response_side_alone_links_when_request_side_is_unknown() {
+        // The call was written by a thread whose last input was not a parsed exchange.
+        let mut l = Linker::new(0, 100, None);
+        let s = serve(&mut l, 1, 1, 10);
+        l.io(1, 3, Io::UnknownInput);
+        let c = call(&mut l, 1, 3, 11);
+        returns(&mut l, 1, 2, c, 20);
+        reply(&mut l, 1, 2, s, 21);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0)]);
+        assert_eq!(l.stats.response_links, 1);
+    }
+
+    #[test]
+    fn sides_that_disagree_leave_the_call_and_its_continuations_unlinked() {
+        // A call resumed by something the kernel does not show (a timer) is written after
+        // the loop read another request: the request side blames B; the response side then
+        // answers A. Neither is trusted. The follow-up call inherited the wrong parent too.
+        let mut l = Linker::new(0, 100, None);
+        let a = serve(&mut l, 1, 1, 10);
+        let b = serve(&mut l, 1, 1, 11);
+        let c1 = call(&mut l, 1, 1, 12);
+        returns(&mut l, 1, 1, c1, 13);
+        let c2 = call(&mut l, 1, 1, 14);
+        returns(&mut l, 1, 1, c2, 15);
+        reply(&mut l, 1, 1, a, 16);
+        reply(&mut l, 1, 1, b, 17);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, None, None]);
+        assert_eq!(l.stats.contradicted, 2);
+    }
+
+    #[test]
+    fn unknown_input_clears_the_cause() {
+        let mut l = Linker::new(0, 100, None);
+        let s = serve(&mut l, 1, 1, 10);
+        l.io(1, 1, Io::UnknownInput);
+        let c = call(&mut l, 1, 1, 11);
+        returns(&mut l, 1, 1, c, 12);
+        reply(&mut l, 1, 1, s, 13);
+        // The response side still ties them (rule 4): that is evidence, not a guess.
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0)]);
+        assert_eq!((l.stats.thread_links, l.stats.response_links), (0, 1));
+    }
+
+    #[test]
+    fn child_that_outlives_its_parent_is_unlinked() {
+        let mut l = Linker::new(0, 100, None);
+        let s = serve(&mut l, 1, 1, 10);
+        let c = call(&mut l, 1, 1, 11);
+        reply(&mut l, 1, 1, s, 12);
+        returns(&mut l, 1, 1, c, 13);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None]);
+        assert_eq!(l.stats.outlived_parent, 1);
+    }
+
+    #[test]
+    fn pool_connections_shared_by_threads_follow_the_writing_thread() {
+        // Two request threads take whichever pooled connection is free: the call belongs to
+        // the thread that writes it, not to the connection's history.
+        let mut l = Linker::new(0, 100, None);
+        let s1 = serve(&mut l, 1, 1, 10);
+        let s2 = serve(&mut l, 1, 2, 11);
+        let c2 = call(&mut l, 1, 2, 12);
+        let c1 = call(&mut l, 1, 1, 13);
+        returns(&mut l, 1, 1, c1, 14);
+        returns(&mut l, 1, 2, c2, 15);
+        reply(&mut l, 1, 2, s2, 16);
+        reply(&mut l, 1, 1, s1, 17);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, Some(1), Some(0)]);
+        assert_eq!(l.stats.confirmed_links, 2);
+    }
+
+    #[test]
+    fn finished_children_wait_for_their_parent() {
+        let mut l = Linker::new(0, 100, None);
+        let s = serve(&mut l, 1, 1, 10);
+        let c = call(&mut l, 1, 1, 11);
+        returns(&mut l, 1, 1, c, 12);
         let mut out = Vec::new();
-        l.poll(LINK_GRACE_NS + 10, &mut out);
-        assert!(out.iter().all(|s| s.parent_span_id.is_none()));
+        l.poll(10 * LINK_GRACE_NS, &mut out);
+        assert!(
+            out.is_empty(),
+            "the child must wait: its parent may still contradict it"
+        );
+        reply(&mut l, 1, 1, s, 13);
+        l.poll(10 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]
     fn drain_exports_open_parents_with_error() {
         let mut l = Linker::new(0, 10, None);
-        let a = l.start(start(SpanKind::Server, 1, 1, 1));
+        let a = serve(&mut l, 1, 1, 1);
         let c = l.start(start(SpanKind::Client, 1, 1, 3));
         l.finish(c, 4, None);
         let mut out = Vec::new();

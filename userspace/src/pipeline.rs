@@ -87,7 +87,9 @@ impl Pipeline {
             }
             Event::Conn(ev) => {
                 self.last_ns = self.last_ns.max(ev.header.ts_ns);
-                if ev.op == conn::CLOSE {
+                if ev.op == conn::CONNECT {
+                    self.assembler.on_connect(&ev, &mut self.linker);
+                } else if ev.op == conn::CLOSE {
                     self.assembler.on_close(
                         ev.header.tgid,
                         ev.sock_id,
