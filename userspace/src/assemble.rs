@@ -683,9 +683,7 @@ fn apply(
             {
                 h.tls = true;
             }
-            let Some((mark, seq)) = req_stream.locate(req_base + start) else {
-                return None;
-            };
+            let (mark, seq) = req_stream.locate(req_base + start)?;
             let start_ns = match role {
                 SpanKind::Server => mark.exit_ns,
                 SpanKind::Client => mark.enter_ns,
