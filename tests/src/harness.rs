@@ -294,3 +294,112 @@ pub fn runtime_with_receiver() -> Result<(tokio::runtime::Runtime, crate::receiv
     let receiver = rt.block_on(crate::receiver::Receiver::start())?;
     Ok((rt, receiver))
 }
+
+/// A running nginx: its master (ztrace is given this one; workers are its children) and the
+/// workers it had once listening. Dropping it stops all of them: SIGQUIT to the master, and the
+/// workers killed by pid if they outlive it (a killed master leaves its workers serving).
+pub struct Nginx {
+    pub master: Proc,
+    pub workers: Vec<u32>,
+    pub port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.master.signal(libc::SIGQUIT);
+        if self.master.wait_exit(Duration::from_secs(5)).is_none() {
+            let _ = self.master.child.kill();
+        }
+        for &w in &self.workers {
+            let still_nginx = std::fs::read_to_string(format!("/proc/{w}/comm"))
+                .is_ok_and(|c| c.trim() == "nginx");
+            if still_nginx {
+                // SAFETY: kill(2) on a worker of the nginx this test started (checked by name).
+                unsafe { libc::kill(w as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Starts nginx in the foreground (`daemon off` in the config) from the config `template`, with
+/// `{{DIR}}` (its private prefix, temp and log directory: `dir`), `{{PORT}}` (a free loopback
+/// port it must listen on) and each of `vars` filled in; waits until it accepts connections and
+/// has its workers.
+pub fn spawn_nginx(
+    template: &std::path::Path,
+    dir: &std::path::Path,
+    vars: &[(&str, String)],
+) -> Result<Nginx> {
+    let port = free_port()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut conf = std::fs::read_to_string(template)
+        .with_context(|| format!("reading {}", template.display()))?
+        .replace("{{DIR}}", &dir.display().to_string())
+        .replace("{{PORT}}", &port.to_string());
+    for (k, v) in vars {
+        conf = conf.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let log = dir.join("error.log");
+    let mut child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nginx (apt-get install nginx)")?;
+    let stderr = collect_stderr(&mut child);
+    let mut nginx = Nginx {
+        master: Proc {
+            child,
+            stderr,
+            stdout: Arc::default(),
+        },
+        workers: Vec::new(),
+        port,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            nginx.workers = children_of(nginx.master.pid());
+            if !nginx.workers.is_empty() {
+                return Ok(nginx);
+            }
+        }
+        let exited = nginx.master.child.try_wait().ok().flatten().is_some();
+        if exited || Instant::now() > deadline {
+            bail!(
+                "nginx did not start on 127.0.0.1:{port}: {}{}",
+                nginx.master.stderr_text(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // After "pid (comm)": state, then the parent pid.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}

@@ -1,5 +1,8 @@
-//! Helpers shared by ztrace's tests: an in-process OTLP/gRPC receiver and the plumbing that
-//! starts the traced services and the ztrace binary.
+//! Helpers shared by ztrace's tests: an in-process OTLP/gRPC receiver, the plumbing that
+//! starts the traced services and the ztrace binary, and the ground-truth linking evaluation
+//! (a multi-service topology and its scorer).
 
+pub mod eval;
 pub mod harness;
 pub mod receiver;
+pub mod topology;

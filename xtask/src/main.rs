@@ -52,6 +52,18 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The ground-truth linking evaluation at benchmark scale, as root: nginx → Node.js →
+    /// tokio/hyper → Python → Redis traced by ztrace, every end-user request with a unique id;
+    /// prints parent-edge precision/recall, complete traces and well-formedness, and writes the
+    /// table to target/eval/linking.md (the CI-scale run with assertions is tests/e2e_linking.rs).
+    Eval {
+        /// End-user requests in all.
+        #[arg(long, default_value_t = 4000)]
+        requests: usize,
+        /// Concurrent keep-alive clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -117,6 +129,9 @@ const TEST_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "openssl",
     "bind9-dnsutils",
+    // The linking evaluation's topology (tests/src/topology.rs).
+    "nginx",
+    "nodejs",
 ];
 
 /// Python modules the end-to-end test services import, by (module, PyPI package).
@@ -165,11 +180,18 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             );
         }
         say(&format!("installing Debian packages {missing:?}"));
+        let had_nginx_pid = Path::new("/run/nginx.pid").exists();
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        // Where no policy-rc.d stops it, the package starts the system's nginx on port 80: the
+        // tests run their own, so stop that one again.
+        if missing.contains(&"nginx") && !had_nginx_pid && Path::new("/run/nginx.pid").exists() {
+            say("stopping the nginx service the package started (the tests run their own)");
+            let _ = Command::new("nginx").args(["-s", "quit"]).status();
+        }
     }
     Ok(())
 }
@@ -283,8 +305,15 @@ fn test() -> Result<()> {
     apt_install(TEST_PACKAGES)?;
     pip_install(TEST_PYTHON_MODULES)?;
     lint()?;
-    // Build the binary the end-to-end tests run, then every test in the workspace.
-    run(&mut cargo(&["build", "--release", "--package", "ztrace"]))?;
+    // Build the binaries the end-to-end tests run, then every test in the workspace.
+    run(&mut cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "ztrace",
+        "--package",
+        "ztrace-eval-async-svc",
+    ]))?;
     run(
         cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])
             .env("ZTRACE_BIN", root().join("target/release/ztrace"))
@@ -352,6 +381,34 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask eval` runs: the topology's servers.
+const EVAL_PACKAGES: &[&str] = &["nginx", "nodejs", "redis-server", "python3"];
+
+fn eval(requests: usize, clients: usize) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the evaluation loads eBPF probes and installs nginx, Node.js and Redis: run it as root (sudo cargo xtask eval)"
+        );
+    }
+    apt_install(EVAL_PACKAGES)?;
+    let ztrace = build()?;
+    run(&mut cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "ztrace-eval-async-svc",
+        "--package",
+        "ztrace-e2e",
+    ]))?;
+    let out = root().join("target/eval/linking.md");
+    run(Command::new(root().join("target/release/ztrace-eval"))
+        .args(["--requests", &requests.to_string()])
+        .args(["--clients", &clients.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .env("ZTRACE_BIN", ztrace))
+}
+
 fn demo(bin: &Path) -> Result<()> {
     let script = root().join("tests/apps/demo.sh");
     run(Command::new("bash").arg(script).env("ZTRACE_BIN", bin))
@@ -366,6 +423,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench { quick } => bench::bench(quick),
+        Task::Eval { requests, clients } => eval(requests, clients),
         Task::Run { args } => build().and_then(|bin| {
             if !is_root() {
                 bail!("ztrace loads eBPF programs: run as root (sudo cargo xtask run …)");

@@ -1,0 +1,451 @@
+//! The ground-truth linking evaluation, run for real: a topology of uninstrumented services,
+//! traced by the ztrace binary under test, driven by concurrent end-user clients whose requests
+//! each carry a unique id; the spans ztrace exports are scored by [`crate::eval`].
+//!
+//! ```text
+//! driver (untraced, C keep-alive clients, GET /r/<client>-<n>, no traceparent)
+//!   → nginx, 1 worker: event-loop reverse proxy, upstream keep-alive pool      (tests/apps/eval_nginx.conf.template)
+//!     → Node.js: event loop, keep-alive http.Agent; per request, one after the other:
+//!         → GET /a/<id>: hyper on a 4-worker tokio runtime, pooled hyper-util client (tests/apps/async-svc)
+//!             → GET /b/<id>: Python ThreadingHTTPServer              (tests/apps/eval_threaded.py)
+//!                 → SET kb:<id> v on redis-server, through a pool shared by the threads
+//!         → GET /t/<id>: the same Python service
+//!             → GET kt:<id> on redis-server
+//! ```
+//!
+//! Every service is listening (port announced or connectable) before ztrace attaches, ztrace has
+//! attached before the first request, and nothing talks to a service before the driver: so
+//! every connection between the services is opened under the tracer's eyes, and every span of
+//! the services belongs to an end-user request. Used by the CI test (tests/e2e_linking.rs) and
+//! by the benchmark-scale run (`cargo xtask eval`, the `ztrace-eval` binary).
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+use crate::{
+    eval::{EvalSpan, Kind, Score, Service},
+    harness::{
+        Nginx, Proc, apps_dir, free_port, runtime_with_receiver, spawn_app, spawn_nginx,
+        spawn_ztrace, ztrace_bin,
+    },
+    receiver::ReceivedSpan,
+};
+
+/// How hard to drive the topology.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// End-user requests in all.
+    pub requests: usize,
+    /// Concurrent clients, each on its own keep-alive connection to nginx.
+    pub clients: usize,
+}
+
+/// What one run produced.
+pub struct Run {
+    pub config: Config,
+    /// Every span ztrace exported, reduced for scoring.
+    pub spans: Vec<EvalSpan>,
+    /// Ids of the end-user requests that completed with 200 (the truth).
+    pub ids: Vec<String>,
+    /// End-user requests that failed, with why (at most a few kept) and how many.
+    pub failed: usize,
+    pub failures: Vec<String>,
+    /// Seconds the driver ran.
+    pub drive_secs: f64,
+    /// ztrace's exit summary line.
+    pub ztrace_summary: String,
+}
+
+impl Run {
+    pub fn score(&self) -> Score {
+        crate::eval::score(&self.spans, &self.ids)
+    }
+
+    /// The run and its score as Markdown.
+    pub fn report(&self, score: &Score) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "## ztrace linking evaluation\n\n\
+             {} end-user requests from {} concurrent keep-alive clients (no `traceparent`), each \
+             through nginx → Node.js → (tokio/hyper → Python → Redis; Python → Redis): {} \
+             completed, {} failed, in {:.1} s ({:.0} requests/s).\n",
+            self.config.requests,
+            self.config.clients,
+            self.ids.len(),
+            self.failed,
+            self.drive_secs,
+            self.ids.len() as f64 / self.drive_secs.max(1e-9),
+        );
+        for f in &self.failures {
+            let _ = writeln!(t, "- failed: {f}");
+        }
+        let _ = writeln!(t, "ztrace: `{}`\n", self.ztrace_summary);
+        let _ = writeln!(t, "Spans exported: {}\n", census(&self.spans));
+        t.push_str(&score.markdown());
+        t
+    }
+}
+
+/// The async service binary: $ZTRACE_EVAL_ASYNC_SVC, else next to the ztrace binary under test,
+/// else the workspace's release build.
+pub fn async_svc_bin() -> PathBuf {
+    const NAME: &str = "ztrace-eval-async-svc";
+    if let Some(p) = std::env::var_os("ZTRACE_EVAL_ASYNC_SVC") {
+        return PathBuf::from(p);
+    }
+    let beside = ztrace_bin().with_file_name(NAME);
+    if beside.is_file() {
+        return beside;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release")).join(NAME)
+}
+
+/// A private directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("ztrace-eval-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The services, stopped when dropped (nginx first: it is the front door).
+struct Services {
+    nginx: Nginx,
+    node: Proc,
+    async_svc: Proc,
+    threaded: Proc,
+    redis: Proc,
+}
+
+impl Services {
+    fn start(dir: &std::path::Path) -> Result<Services> {
+        let redis_port = free_port()?;
+        let redis = Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        let redis = Proc {
+            child: redis,
+            stderr: Default::default(),
+            stdout: Default::default(),
+        };
+        wait_redis(redis_port)?;
+        let mut py = Command::new("python3");
+        py.arg(apps_dir().join("eval_threaded.py"))
+            .arg(redis_port.to_string());
+        let (threaded, threaded_port) = spawn_app(py).context("the Python service")?;
+        let bin = async_svc_bin();
+        if !bin.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p ztrace-eval-async-svc` \
+                 (or point ZTRACE_EVAL_ASYNC_SVC at it)",
+                bin.display()
+            );
+        }
+        let mut rs = Command::new(&bin);
+        rs.arg(threaded_port.to_string());
+        let (async_svc, async_port) = spawn_app(rs).context("the tokio service")?;
+        let mut node = Command::new("node");
+        node.arg(apps_dir().join("eval_node.js"))
+            .arg(async_port.to_string())
+            .arg(threaded_port.to_string());
+        let (node, node_port) =
+            spawn_app(node).context("the Node.js app (apt-get install nodejs)")?;
+        let nginx = spawn_nginx(
+            &apps_dir().join("eval_nginx.conf.template"),
+            &dir.join("nginx"),
+            &[("UPSTREAM_PORT", node_port.to_string())],
+        )?;
+        Ok(Services {
+            nginx,
+            node,
+            async_svc,
+            threaded,
+            redis,
+        })
+    }
+
+    /// The process ids ztrace is given (nginx's master: its workers are followed).
+    fn pids(&self) -> Vec<u32> {
+        vec![
+            self.nginx.master.pid(),
+            self.node.pid(),
+            self.async_svc.pid(),
+            self.threaded.pid(),
+            self.redis.pid(),
+        ]
+    }
+
+    fn service_of(&self, pid: u32, parent: Option<u32>) -> Option<Service> {
+        let nginx = self.nginx.master.pid();
+        if pid == nginx || parent == Some(nginx) || self.nginx.workers.contains(&pid) {
+            return Some(Service::Nginx);
+        }
+        [
+            (self.node.pid(), Service::Node),
+            (self.async_svc.pid(), Service::Async),
+            (self.threaded.pid(), Service::Threaded),
+            (self.redis.pid(), Service::Redis),
+        ]
+        .into_iter()
+        .find_map(|(p, s)| (p == pid).then_some(s))
+    }
+}
+
+fn wait_redis(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pong = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf)?;
+            Ok(&buf == b"+PONG\r\n")
+        });
+        if pong.is_ok_and(|p| p) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("redis-server did not answer PING on 127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts the topology, attaches ztrace to it, drives it and returns what ztrace exported.
+pub fn run(config: Config) -> Result<Run> {
+    if config.clients == 0 || config.requests == 0 {
+        bail!("the evaluation needs at least one client and one request");
+    }
+    let dir = TempDir::new()?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    let services = Services::start(&dir.0)?;
+    let pids = services.pids();
+    let mut args = vec![
+        "--pid".to_string(),
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    ];
+    args.extend(["--otlp-endpoint".into(), receiver.endpoint()]);
+    args.push("--db-query-text".into());
+    let mut ztrace = spawn_ztrace(&args)?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+
+    let started = Instant::now();
+    let (ids, failures) = drive(services.nginx.port, config);
+    let drive_secs = started.elapsed().as_secs_f64();
+
+    // Let the last spans through the pipeline, then stop ztrace: it flushes on the way out.
+    std::thread::sleep(Duration::from_secs(1));
+    ztrace.signal(libc::SIGINT);
+    let code = ztrace.wait_exit(Duration::from_secs(60));
+    if code != Some(0) {
+        bail!("ztrace exited with {code:?}:\n{}", ztrace.stderr_text());
+    }
+    let stderr = ztrace.stderr_text();
+    let ztrace_summary = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("summary: ").map(|(_, s)| s.to_string()))
+        .unwrap_or_else(|| "(no summary line)".into());
+    let expected = ids.len() * crate::eval::Hop::ALL.len();
+    let received = rt.block_on(receiver.wait_for_spans(expected, Duration::from_secs(5)));
+    let spans = received
+        .iter()
+        .map(|s| {
+            let pid = s.resource_int("process.pid").unwrap_or(-1) as u32;
+            let parent = s.resource_int("process.parent_pid").map(|p| p as u32);
+            eval_span(s, services.service_of(pid, parent))
+        })
+        .collect();
+    drop(services);
+    let failed = failures.len();
+    Ok(Run {
+        config,
+        spans,
+        ids,
+        failed,
+        failures: failures.into_iter().take(10).collect(),
+        drive_secs,
+        ztrace_summary,
+    })
+}
+
+/// Reduces a received span to what the scorer reads: the label that carries the request id.
+pub fn eval_span(s: &ReceivedSpan, service: Option<Service>) -> EvalSpan {
+    let kind = match SpanKind::try_from(s.span.kind) {
+        Ok(SpanKind::Server) => Kind::Server,
+        Ok(SpanKind::Client) => Kind::Client,
+        _ => Kind::Other,
+    };
+    let label = s
+        .attr_str("db.query.text")
+        .or_else(|| s.attr_str("url.path"))
+        .or_else(|| s.attr_str("url.full").map(|u| url_path(&u).to_string()))
+        .unwrap_or_else(|| s.span.name.clone());
+    EvalSpan {
+        service,
+        kind,
+        label,
+        trace_id: s.span.trace_id.clone(),
+        span_id: s.span.span_id.clone(),
+        parent_span_id: s.span.parent_span_id.clone(),
+        start_ns: s.span.start_time_unix_nano,
+        end_ns: s.span.end_time_unix_nano,
+    }
+}
+
+/// The path (and query) of an absolute URL: `http://h:1/a/b?c` → `/a/b?c`.
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
+/// The end-user clients: `config.clients` threads, each with a keep-alive connection to nginx,
+/// sending `GET /r/<client>-<n>` one after the other. Returns the ids answered 200 with the id
+/// in the body, and a description of every failure.
+fn drive(port: u16, config: Config) -> (Vec<String>, Vec<String>) {
+    let threads: Vec<_> = (0..config.clients)
+        .map(|c| {
+            let n = config.requests / config.clients
+                + usize::from(c < config.requests % config.clients);
+            std::thread::spawn(move || client(port, c, n))
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut failures = Vec::new();
+    for t in threads {
+        match t.join() {
+            Ok((ok, failed)) => {
+                ids.extend(ok);
+                failures.extend(failed);
+            }
+            Err(_) => failures.push("a client thread panicked".into()),
+        }
+    }
+    (ids, failures)
+}
+
+fn client(port: u16, c: usize, n: usize) -> (Vec<String>, Vec<String>) {
+    let mut ok = Vec::with_capacity(n);
+    let mut failed = Vec::new();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    for i in 0..n {
+        let id = format!("{c}-{i}");
+        let result = (|| -> Result<()> {
+            if conn.is_none() {
+                let s = TcpStream::connect(("127.0.0.1", port))?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                s.set_nodelay(true)?;
+                conn = Some(BufReader::new(s));
+            }
+            let r = conn.as_mut().expect("connected above");
+            r.get_mut().write_all(
+                format!("GET /r/{id} HTTP/1.1\r\nHost: eval\r\nUser-Agent: ztrace-eval\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            let (status, body) = read_response(r)?;
+            if status != 200 || !body.contains(&id) {
+                bail!("status {status}, body {body:?}");
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => ok.push(id),
+            Err(e) => {
+                failed.push(format!("/r/{id}: {e:#}"));
+                conn = None;
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body (what nginx sends here).
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, String)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))?;
+    let mut length = None;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            bail!("connection closed in the headers");
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                bail!("unexpected Transfer-Encoding {v}");
+            }
+        }
+    }
+    let mut body = vec![0u8; length.context("no Content-Length")?];
+    r.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Spans per service and kind, for a quick look when something is off.
+pub fn census(spans: &[EvalSpan]) -> String {
+    let mut counts: HashMap<(String, &str), usize> = HashMap::new();
+    for s in spans {
+        let svc = s
+            .service
+            .map_or("unknown".to_string(), |s| s.name().to_string());
+        *counts.entry((svc, s.kind.name())).or_default() += 1;
+    }
+    let mut v: Vec<_> = counts.into_iter().collect();
+    v.sort();
+    v.into_iter()
+        .map(|((s, k), n)| format!("{s} {k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(url_path("http://node_app/r/1-2"), "/r/1-2");
+        assert_eq!(url_path("http://127.0.0.1:80/a/x?y"), "/a/x?y");
+        assert_eq!(url_path("http://h"), "/");
+    }
+}
