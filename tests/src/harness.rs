@@ -137,7 +137,11 @@ fn collect(pipe: Option<impl std::io::Read + Send + 'static>) -> Arc<Mutex<Strin
 pub fn spawn_ztrace(args: &[String]) -> Result<Proc> {
     let mut child = Command::new(ztrace_bin())
         .args(args)
-        .env("RUST_LOG", "info")
+        // ZTRACE_TEST_LOG: ztrace's log filter in tests (e.g. `info,ztrace::link=debug`).
+        .env(
+            "RUST_LOG",
+            std::env::var("ZTRACE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdout(Stdio::piped())

@@ -271,6 +271,10 @@ pub fn run(config: Config) -> Result<Run> {
         bail!("ztrace exited with {code:?}:\n{}", ztrace.stderr_text());
     }
     let stderr = ztrace.stderr_text();
+    // ZTRACE_EVAL_STDERR=FILE keeps ztrace's whole log of the run (with ZTRACE_TEST_LOG).
+    if let Some(path) = std::env::var_os("ZTRACE_EVAL_STDERR") {
+        std::fs::write(path, &stderr).context("writing ZTRACE_EVAL_STDERR")?;
+    }
     let ztrace_summary = stderr
         .lines()
         .rev()

@@ -183,6 +183,8 @@ struct Rec {
     inferred: bool,
     /// The CLIENT span whose continuation gave this one its parent (rule 4 undoes chains).
     via: Option<Handle>,
+    /// Calls linked to this span that have been answered: each explains a later response.
+    answered_calls: u32,
     kind: SpanKind,
     pid: u32,
     tid: u32,
@@ -344,6 +346,7 @@ impl Linker {
                 parent,
                 inferred,
                 via,
+                answered_calls: 0,
                 kind: s.kind,
                 pid: s.pid,
                 tid: s.tid,
@@ -387,13 +390,16 @@ impl Linker {
         }
     }
 
-    /// Rule 4: the thread that read CLIENT `c`'s response went on to answer SERVER `r`.
+    /// Rule 4: the thread that read CLIENT `c`'s response went on to answer SERVER `r`. That is
+    /// evidence about `c` only if nothing else explains why `r` was answered then: a multi-
+    /// threaded runtime may run `r`'s task, woken earlier by `r`'s own answered call, before
+    /// the task `c`'s answer woke.
     fn check_by_response(&mut self, c: Handle, r: Handle) {
-        let Some(r_start) = self
+        let Some((r_start, r_explained)) = self
             .recs
             .get(&r)
             .filter(|x| x.kind == SpanKind::Server)
-            .map(|x| x.start_ns)
+            .map(|x| (x.start_ns, x.answered_calls > 0))
         else {
             return;
         };
@@ -405,12 +411,18 @@ impl Linker {
         }
         match rec.parent {
             Parent::Local(p) if p == r => self.stats.confirmed_links += 1,
+            _ if r_explained => {}
             Parent::None if rec.start_ns >= r_start => {
                 rec.parent = Parent::Local(r);
                 rec.inferred = true;
                 self.stats.response_links += 1;
             }
             Parent::Local(p) if rec.inferred => {
+                log::debug!(
+                    "contradicted: call {c} (tid {}, start {}) linked to {p}, answered with {r}",
+                    rec.tid,
+                    rec.start_ns
+                );
                 // Undo the link, and the links continuations of `c` inherited from it.
                 let mut cur = Some(c);
                 while let Some(h) = cur {
@@ -447,7 +459,13 @@ impl Linker {
         }
         rec.end_ns = Some(end_ns.max(rec.start_ns));
         rec.error = error;
+        let parent = rec.parent;
         self.finished.push(h);
+        if let Parent::Local(p) = parent
+            && let Some(pr) = self.recs.get_mut(&p)
+        {
+            pr.answered_calls += 1;
+        }
     }
 
     fn evict_oldest(&mut self) {
@@ -522,6 +540,7 @@ impl Linker {
         if end > parent_end
             && let Some(rec) = self.recs.get_mut(&h)
         {
+            log::debug!("outlived: {h} ended {end}, its parent {p} at {parent_end}");
             rec.parent = Parent::None;
             rec.inferred = false;
             self.stats.outlived_parent += 1;
@@ -1046,6 +1065,24 @@ mod tests {
         let out = settle(&mut l);
         assert_eq!(parents(&out), [None, None, None, None]);
         assert_eq!(l.stats.contradicted, 2);
+    }
+
+    #[test]
+    fn a_response_explained_by_its_own_answered_call_is_no_evidence() {
+        // tokio: worker 2 reads call A's answer, but first runs request B's task, which its own
+        // call's answer (read earlier elsewhere) had woken; B's response says nothing about A.
+        let mut l = Linker::new(0, 100, None);
+        let a = serve(&mut l, 1, 1, 10);
+        let ca = call(&mut l, 1, 1, 11);
+        let b = serve(&mut l, 1, 1, 12);
+        let cb = call(&mut l, 1, 1, 13);
+        returns(&mut l, 1, 3, cb, 14);
+        returns(&mut l, 1, 2, ca, 15);
+        reply(&mut l, 1, 2, b, 16);
+        reply(&mut l, 1, 2, a, 17);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0), None, Some(2)]);
+        assert_eq!(l.stats.ambiguous(), 0);
     }
 
     #[test]
