@@ -519,7 +519,7 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
          {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}), \
-         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process, {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent); {} desyncs, {} exchanges without response",
+         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent); {} desyncs, {} exchanges without response",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
         k.ringbuf_full,
@@ -538,6 +538,7 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         p.link.confirmed_links,
         p.link.response_links,
         p.link.cross_process_links,
+        p.link.moved_threads,
         p.link.ambiguous(),
         p.link.contradicted,
         p.link.outlived_parent,

@@ -155,6 +155,9 @@ pub struct LinkStats {
     /// Request-side links the response side confirmed.
     pub confirmed_links: u64,
     pub cross_process_links: u64,
+    /// SERVER exchanges answered by another thread than the one that read the request (tasks
+    /// that moved between a runtime's worker threads, or hand-offs to a thread pool).
+    pub moved_threads: u64,
     /// Request and response side disagreed: left unlinked.
     pub contradicted: u64,
     /// A child ended after its parent: left unlinked.
@@ -185,6 +188,8 @@ struct Rec {
     via: Option<Handle>,
     /// Calls linked to this span that have been answered: each explains a later response.
     answered_calls: u32,
+    /// A SERVER span's response has started going out.
+    responding: bool,
     kind: SpanKind,
     pid: u32,
     tid: u32,
@@ -347,6 +352,7 @@ impl Linker {
                 inferred,
                 via,
                 answered_calls: 0,
+                responding: false,
                 kind: s.kind,
                 pid: s.pid,
                 tid: s.tid,
@@ -376,6 +382,12 @@ impl Linker {
                 self.causes.remove(&key);
             }
             Io::ServerResponse(r) => {
+                if let Some(rec) = self.recs.get_mut(&r)
+                    && !rec.responding
+                {
+                    rec.responding = true;
+                    self.stats.moved_threads += u64::from(rec.tid != tid);
+                }
                 if let Some(Cause::After(c)) = self.causes.remove(&key) {
                     self.check_by_response(c, r);
                 }
@@ -1032,6 +1044,7 @@ mod tests {
         let out = settle(&mut l);
         assert_eq!(parents(&out), [None, Some(0)]);
         assert_eq!(l.stats.confirmed_links, 1);
+        assert_eq!(l.stats.moved_threads, 1);
     }
 
     #[test]
