@@ -298,6 +298,8 @@ pub struct WellFormed {
     pub duplicate_span_ids: usize,
     /// Child and parent in different traces.
     pub trace_id_mismatch: usize,
+    /// How far the worst child sticks out of its parent's window, tolerated or not (ns).
+    pub max_window_overshoot_ns: u64,
 }
 
 impl WellFormed {
@@ -496,9 +498,12 @@ pub fn score(spans: &[EvalSpan], ids: &[String]) -> Score {
         if p.trace_id != s.trace_id {
             wf.trace_id_mismatch += 1;
         }
-        if s.start_ns + WINDOW_TOLERANCE_NS < p.start_ns
-            || s.end_ns > p.end_ns + WINDOW_TOLERANCE_NS
-        {
+        let overshoot = p
+            .start_ns
+            .saturating_sub(s.start_ns)
+            .max(s.end_ns.saturating_sub(p.end_ns));
+        wf.max_window_overshoot_ns = wf.max_window_overshoot_ns.max(overshoot);
+        if overshoot > WINDOW_TOLERANCE_NS {
             wf.outside_parent_window += 1;
         }
     }
@@ -656,6 +661,11 @@ impl Score {
             "| **total** (target 0) {} | **{}** |",
             mark(w.total() == 0),
             w.total()
+        );
+        let _ = writeln!(
+            t,
+            "\nLargest overshoot of a child past its parent's window: {:.1} µs.",
+            w.max_window_overshoot_ns as f64 / 1000.0
         );
         let _ = writeln!(
             t,
@@ -858,6 +868,7 @@ mod tests {
         // + the stranger (which also sits in another trace).
         assert_eq!(s.well_formed.outside_parent_window, 3);
         assert_eq!(s.well_formed.trace_id_mismatch, 1);
+        assert_eq!(s.well_formed.max_window_overshoot_ns, 1_000_000_000);
         assert_eq!(s.unidentified, 1);
         assert_eq!(s.unidentified_with_parent, 1);
         assert!(s.unidentified_examples[0].contains("/health"));
