@@ -298,6 +298,8 @@ pub struct WellFormed {
     pub duplicate_span_ids: usize,
     /// Child and parent in different traces.
     pub trace_id_mismatch: usize,
+    /// How far the worst child sticks out of its parent's window, tolerated or not (ns).
+    pub max_window_overshoot_ns: u64,
 }
 
 impl WellFormed {
@@ -341,6 +343,10 @@ pub struct Score {
     pub unidentified_examples: Vec<String>,
     /// Unidentified spans that carry a parent (counted as wrong edges overall).
     pub unidentified_with_parent: usize,
+    /// A few wrong parent links, child → the parent it was given, for whoever tunes the linker.
+    pub wrong_examples: Vec<String>,
+    /// A few well-formedness violations, described.
+    pub violation_examples: Vec<String>,
 }
 
 /// The targets.
@@ -399,6 +405,20 @@ pub fn score(spans: &[EvalSpan], ids: &[String]) -> Score {
             }
         }
     }
+    let describe_edge = |child: usize| -> String {
+        let parent = match parent_of(&spans[child]) {
+            Some(p) => format!(
+                "{} (request {})",
+                spans[p].describe(),
+                match &identity[p] {
+                    Some((_, id)) => id.as_str(),
+                    None => "?",
+                }
+            ),
+            None => "a span not in the export".into(),
+        };
+        format!("{} → {parent}", spans[child].describe())
+    };
     let correct_parent = |child: usize, parent_hop: Hop, id: &str| -> bool {
         parent_of(&spans[child])
             .and_then(|p| identity[p].as_ref())
@@ -412,18 +432,24 @@ pub fn score(spans: &[EvalSpan], ids: &[String]) -> Score {
             continue;
         }
         score.overall.predicted += 1;
-        let Some((hop, id)) = &identity[i] else {
-            continue;
-        };
-        match hop.parent() {
-            None => score.roots_with_parent += 1,
-            Some((parent_hop, ty)) => {
-                let c = per_type.entry(ty).or_default();
-                c.predicted += 1;
-                if correct_parent(i, parent_hop, id) {
-                    c.correct += 1;
+        let right = match &identity[i] {
+            None => false,
+            Some((hop, id)) => match hop.parent() {
+                None => {
+                    score.roots_with_parent += 1;
+                    false
                 }
-            }
+                Some((parent_hop, ty)) => {
+                    let c = per_type.entry(ty).or_default();
+                    c.predicted += 1;
+                    let ok = correct_parent(i, parent_hop, id);
+                    c.correct += usize::from(ok);
+                    ok
+                }
+            },
+        };
+        if !right && score.wrong_examples.len() < EXAMPLES {
+            score.wrong_examples.push(describe_edge(i));
         }
     }
     // True edges and spans, request by request.
@@ -484,22 +510,37 @@ pub fn score(spans: &[EvalSpan], ids: &[String]) -> Score {
     score.overall.predicted = predicted;
 
     // Well-formedness of the whole export.
-    for s in spans {
+    let mut violation = |what: String| {
+        if score.violation_examples.len() < EXAMPLES {
+            score.violation_examples.push(what);
+        }
+    };
+    for (i, s) in spans.iter().enumerate() {
         if s.parent_span_id.is_empty() {
             continue;
         }
         let Some(p) = parent_of(s) else {
             wf.dangling_parents += 1;
+            violation(format!("dangling parent: {}", s.describe()));
             continue;
         };
         let p = &spans[p];
         if p.trace_id != s.trace_id {
             wf.trace_id_mismatch += 1;
+            violation(format!("parent in another trace: {}", describe_edge(i)));
         }
-        if s.start_ns + WINDOW_TOLERANCE_NS < p.start_ns
-            || s.end_ns > p.end_ns + WINDOW_TOLERANCE_NS
-        {
+        let overshoot = p
+            .start_ns
+            .saturating_sub(s.start_ns)
+            .max(s.end_ns.saturating_sub(p.end_ns));
+        wf.max_window_overshoot_ns = wf.max_window_overshoot_ns.max(overshoot);
+        if overshoot > WINDOW_TOLERANCE_NS {
             wf.outside_parent_window += 1;
+            violation(format!(
+                "outside the parent's window by {:.1} µs: {}",
+                overshoot as f64 / 1000.0,
+                describe_edge(i)
+            ));
         }
     }
     for (i, _) in spans.iter().enumerate() {
@@ -508,6 +549,7 @@ pub fn score(spans: &[EvalSpan], ids: &[String]) -> Score {
         while let Some(p) = parent_of(&spans[at]) {
             if p == i {
                 wf.in_cycle += 1;
+                violation(format!("in a cycle: {}", spans[i].describe()));
                 break;
             }
             if !seen.insert(p) {
@@ -657,6 +699,19 @@ impl Score {
             mark(w.total() == 0),
             w.total()
         );
+        for e in &self.violation_examples {
+            let _ = writeln!(t, "- {e}");
+        }
+        let _ = writeln!(
+            t,
+            "\nLargest overshoot of a child past its parent's window: {:.1} µs.",
+            w.max_window_overshoot_ns as f64 / 1000.0
+        );
+        let wrong = self.overall.predicted - self.overall.correct;
+        let _ = writeln!(t, "\nWrong parent links: {wrong}");
+        for e in &self.wrong_examples {
+            let _ = writeln!(t, "- {e}");
+        }
         let _ = writeln!(
             t,
             "\nUnidentified spans (no hop of a completed request): {}",
@@ -775,6 +830,10 @@ mod tests {
         assert_eq!((el.truth, el.found, el.predicted, el.correct), (6, 5, 6, 5));
         assert_eq!((s.overall.found, s.overall.correct), (23, 23));
         assert_eq!(s.complete, 1);
+        assert_eq!(
+            s.wrong_examples,
+            ["node CLIENT `/a/0-1` → node SERVER `/r/0-2` (request 0-2)"]
+        );
         // The subtree under the wrongly linked span now sits in the other trace.
         assert_eq!(s.well_formed.trace_id_mismatch, 1);
         assert!(!s.target_failures().is_empty());
@@ -858,6 +917,7 @@ mod tests {
         // + the stranger (which also sits in another trace).
         assert_eq!(s.well_formed.outside_parent_window, 3);
         assert_eq!(s.well_formed.trace_id_mismatch, 1);
+        assert_eq!(s.well_formed.max_window_overshoot_ns, 1_000_000_000);
         assert_eq!(s.unidentified, 1);
         assert_eq!(s.unidentified_with_parent, 1);
         assert!(s.unidentified_examples[0].contains("/health"));

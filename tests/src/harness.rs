@@ -346,7 +346,12 @@ pub fn spawn_nginx(
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
     let log = dir.join("error.log");
-    let mut child = Command::new("nginx")
+    // Debian puts nginx in /usr/sbin, which a user's PATH may lack.
+    let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .unwrap_or("nginx");
+    let mut child = Command::new(bin)
         .arg("-c")
         .arg(&conf_path)
         .arg("-p")
