@@ -103,6 +103,7 @@ impl Pipeline {
                 }
                 changes.extend(ProcChange::from_event(&ev));
             }
+            Event::Stdio(..) | Event::Net(_) => {}
         }
     }
 
