@@ -428,6 +428,15 @@ impl Linker {
     pub fn open_spans(&self) -> usize {
         self.recs.len()
     }
+
+    /// Log/trace correlation (`logs`): the span id of the one SERVER exchange thread (`pid`,
+    /// `tid`) is serving now, if exactly one. The trace id is final only at the span's release.
+    pub fn serving_span(&self, pid: u32, tid: u32) -> Option<SpanId> {
+        match self.serving.get(&(pid, tid)).map(Vec::as_slice) {
+            Some([only]) => self.recs.get(only).map(|r| r.span_id),
+            _ => None,
+        }
+    }
 }
 
 const KNOWN_METHODS: &[&str] = &[
