@@ -186,7 +186,10 @@ pub fn resolve_output(args: &ExportArgs) -> Result<Output, String> {
 /// The metrics signal's settings: flags, then the OpenTelemetry variables, then the defaults.
 pub fn resolve_metrics(args: &ExportArgs) -> Result<MetricsConfig, String> {
     let var = |name: &str| env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let interval = match (args.metric_export_interval, var("OTEL_METRIC_EXPORT_INTERVAL")) {
+    let interval = match (
+        args.metric_export_interval,
+        var("OTEL_METRIC_EXPORT_INTERVAL"),
+    ) {
         (Some(d), _) => d,
         (None, Some(ms)) => match ms.trim().parse::<u64>() {
             Ok(ms) if ms > 0 => Duration::from_millis(ms),

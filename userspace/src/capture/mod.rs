@@ -172,7 +172,10 @@ impl Capture {
             self.attach_tracepoint(name, "sched", &[name.to_string()])?;
         }
         // Network metrics only: a kernel without these tracepoints still traces.
-        for (prog, category) in [("inet_sock_set_state", "sock"), ("tcp_retransmit_skb", "tcp")] {
+        for (prog, category) in [
+            ("inet_sock_set_state", "sock"),
+            ("tcp_retransmit_skb", "tcp"),
+        ] {
             if let Err(e) = self.attach_tracepoint(prog, category, &[prog.to_string()]) {
                 log::warn!("TCP connection/retransmit metrics unavailable: {e:#}");
             }

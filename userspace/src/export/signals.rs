@@ -84,7 +84,12 @@ async fn run(endpoint: tonic::transport::Uri, mut rx: mpsc::Receiver<Job>, c: Ar
             }
             Job::Metrics(req) => {
                 let n = points(&req);
-                let r = call::<ExportMetricsServiceResponse>(&client, req.encode_to_vec(), METRICS_PATH).await;
+                let r = call::<ExportMetricsServiceResponse>(
+                    &client,
+                    req.encode_to_vec(),
+                    METRICS_PATH,
+                )
+                .await;
                 (r, n, 0, 4)
             }
             Job::Logs(req) => {
@@ -94,7 +99,8 @@ async fn run(endpoint: tonic::transport::Uri, mut rx: mpsc::Receiver<Job>, c: Ar
                     .flat_map(|r| &r.scope_logs)
                     .map(|s| s.log_records.len())
                     .sum();
-                let r = call::<ExportLogsServiceResponse>(&client, req.encode_to_vec(), LOGS_PATH).await;
+                let r = call::<ExportLogsServiceResponse>(&client, req.encode_to_vec(), LOGS_PATH)
+                    .await;
                 (r, n, 1, 5)
             }
         };

@@ -56,7 +56,14 @@ impl Health {
     }
 
     /// (name, unit, description, [(attributes, value)]) of every counter.
-    fn counters(&self) -> Vec<(&'static str, &'static str, &'static str, Vec<(AttrSet, u64)>)> {
+    fn counters(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<(AttrSet, u64)>,
+    )> {
         let on = |k: &'static str, v: &str| -> AttrSet { vec![(k, Val::from(v))] };
         vec![
             (

@@ -186,10 +186,13 @@ impl Metrics {
             }
             for (pid, list) in by_pid {
                 points += list.len();
-                per_pid
-                    .entry(pid)
-                    .or_default()
-                    .push(to_metric(inst, list, start, now_unix_ns, temporality));
+                per_pid.entry(pid).or_default().push(to_metric(
+                    inst,
+                    list,
+                    start,
+                    now_unix_ns,
+                    temporality,
+                ));
             }
         }
         for pid in self.gone.drain(..) {

@@ -228,11 +228,15 @@ mod tests {
         h.record(1, attrs("GET"), 0.2);
         assert_eq!(h.collect(false).len(), 1);
         h.record(1, attrs("GET"), 0.2);
-        let Point::Hist(p) = &h.collect(true)[0].2 else { panic!() };
+        let Point::Hist(p) = &h.collect(true)[0].2 else {
+            panic!()
+        };
         assert_eq!(p.count, 2);
         assert!(h.collect(true).is_empty());
         h.record(1, attrs("GET"), 0.2);
-        let Point::Hist(p) = &h.collect(true)[0].2 else { panic!() };
+        let Point::Hist(p) = &h.collect(true)[0].2 else {
+            panic!()
+        };
         assert_eq!(p.count, 1);
     }
 
@@ -251,7 +255,9 @@ mod tests {
             .filter(|(_, a, _)| a == &vec![(OVERFLOW_ATTRIBUTE, Val::Bool(true))])
             .collect();
         assert_eq!(overflow.len(), 2);
-        let Point::Hist(p) = &overflow[0].2 else { panic!() };
+        let Point::Hist(p) = &overflow[0].2 else {
+            panic!()
+        };
         assert_eq!((overflow[0].0, p.count), (1, 2));
         // A series that exists keeps counting at the cap.
         let get = out.iter().find(|(_, a, _)| a == &attrs("GET")).unwrap();
