@@ -244,3 +244,94 @@ fn red_network_and_self_metrics_reach_the_collector() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `args` inside network namespace `ns`.
+fn in_ns(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    cmd
+}
+
+/// Deletes the namespace when the test ends, however it ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+const RTX_SERVER: &str = "import socket, sys, time
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)
+print('PORT', s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.recv(16); time.sleep(1.0)
+c.sendall(b'x' * 262144); c.close()
+time.sleep(60)";
+
+const RTX_CLIENT: &str = "import socket, sys
+c = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); c.sendall(b'go')
+n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    n += len(b)
+print(n)";
+
+/// A retransmit on demand: inside a namespace of its own, the server answers after a second;
+/// meanwhile the namespace's loopback goes down, so the answer's segments are lost and TCP must
+/// retransmit them once it is back up. `tcp:tcp_retransmit_skb` fires in timer context, where the
+/// current task is not the server: the count must still land on the server's process. (The
+/// server stays alive afterwards: ztrace stops by itself once every traced process is gone.)
+#[test]
+fn retransmits_are_attributed_to_the_owning_process() -> Result<()> {
+    if !privileged_or_skip("retransmits_are_attributed_to_the_owning_process") {
+        return Ok(());
+    }
+    let ns = Netns(format!("ztrace-rtx-{}", std::process::id()));
+    ztrace_e2e::harness::run_ok(Command::new("ip").args(["netns", "add", &ns.0]))?;
+    ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]))?;
+    let (server, port) =
+        ztrace_e2e::harness::spawn_app(in_ns(&ns.0, &["python3", "-c", RTX_SERVER]))?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    let mut ztrace = ztrace_e2e::harness::spawn_ztrace(&[
+        "--pid".into(),
+        server.pid().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let client = in_ns(&ns.0, &["python3", "-c", RTX_CLIENT, &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(400));
+    ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "down"]))?;
+    std::thread::sleep(Duration::from_millis(1800));
+    ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]))?;
+    let out = client.wait_with_output()?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(got == "262144", "the client received `{got}` bytes");
+    ztrace.signal(libc::SIGINT);
+    ensure!(
+        ztrace.wait_exit(Duration::from_secs(30)) == Some(0),
+        "ztrace failed:\n{}",
+        ztrace.stderr_text()
+    );
+    let metrics = rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        receiver.signals().all_metrics()
+    });
+    let server_pid = i64::from(server.pid());
+    let rtx = latest(&metrics, "ztrace.tcp.retransmits")
+        .get(&server_pid)
+        .map_or(0, |m| m.sum_where(|_| true));
+    ensure!(
+        rtx >= 1,
+        "no retransmit counted for the server; ztrace:\n{}",
+        ztrace.stderr_text()
+    );
+    let accepted = latest(&metrics, "ztrace.tcp.connections.opened")
+        .get(&server_pid)
+        .map_or(0, |m| m.sum_where(is("ztrace.connection.side", "server")));
+    ensure!(accepted == 1, "accepted {accepted}");
+    Ok(())
+}
