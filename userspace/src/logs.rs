@@ -172,22 +172,19 @@ impl Logs {
         if p.bytes.is_empty() && !p.truncated {
             self.partial.remove(&key);
         }
-        for (tid, ts_ns, bytes, truncated, span) in finished {
-            self.line(ev.header.tgid, ev.fd, tid, ts_ns, bytes, truncated, span);
+        for line in finished {
+            self.line(ev.header.tgid, ev.fd, line);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn line(
-        &mut self,
-        pid: u32,
-        fd: i32,
-        tid: u32,
-        ts_ns: u64,
-        bytes: Vec<u8>,
-        truncated: bool,
-        span: Option<SpanId>,
-    ) {
+    fn line(&mut self, pid: u32, fd: i32, taken: Taken) {
+        let Taken {
+            tid,
+            ts_ns,
+            bytes,
+            truncated,
+            span,
+        } = taken;
         let mut body = String::from_utf8_lossy(&bytes).into_owned();
         if body.ends_with('\r') {
             body.pop();
@@ -273,8 +270,8 @@ impl Logs {
             .collect();
         for key in keys {
             if let Some(mut p) = self.partial.remove(&key) {
-                let (tid, ts, bytes, truncated, span) = take_line(&mut p);
-                self.line(key.0, key.1, tid, ts, bytes, truncated, span);
+                let line = take_line(&mut p);
+                self.line(key.0, key.1, line);
             }
         }
     }
@@ -297,15 +294,23 @@ impl Logs {
     }
 }
 
-fn take_line(p: &mut Partial) -> (u32, u64, Vec<u8>, bool, Option<SpanId>) {
-    let truncated = std::mem::take(&mut p.truncated);
-    (
-        p.tid,
-        p.ts_ns,
-        std::mem::take(&mut p.bytes),
-        truncated,
-        p.span,
-    )
+/// A line taken out of its stream, not yet a record.
+struct Taken {
+    tid: u32,
+    ts_ns: u64,
+    bytes: Vec<u8>,
+    truncated: bool,
+    span: Option<SpanId>,
+}
+
+fn take_line(p: &mut Partial) -> Taken {
+    Taken {
+        tid: p.tid,
+        ts_ns: p.ts_ns,
+        bytes: std::mem::take(&mut p.bytes),
+        truncated: std::mem::take(&mut p.truncated),
+        span: p.span,
+    }
 }
 
 /// Lines as one OTLP request: one `ResourceLogs` per process (the Resource its spans carry).

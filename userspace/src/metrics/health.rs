@@ -14,6 +14,14 @@ use super::series::{AttrSet, Val};
 const SIGNAL: &str = "ztrace.signal";
 const REASON: &str = "ztrace.drop.reason";
 
+/// One self-metric counter and its points (attributes, total).
+struct Counter {
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    points: Vec<(AttrSet, u64)>,
+}
+
 /// A snapshot of every counter the self metrics report (totals since start).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Health {
@@ -55,82 +63,75 @@ impl Health {
             + self.logs_dropped
     }
 
-    /// (name, unit, description, [(attributes, value)]) of every counter.
-    fn counters(
-        &self,
-    ) -> Vec<(
-        &'static str,
-        &'static str,
-        &'static str,
-        Vec<(AttrSet, u64)>,
-    )> {
+    /// Every counter, with its points.
+    fn counters(&self) -> Vec<Counter> {
         let on = |k: &'static str, v: &str| -> AttrSet { vec![(k, Val::from(v))] };
         vec![
-            (
-                "ztrace.events.read",
-                "{event}",
-                "Kernel records read from the ring buffer.",
-                vec![(vec![], self.events_read)],
-            ),
-            (
-                "ztrace.events.dropped",
-                "{event}",
-                "Kernel events lost before they reached ztrace.",
-                vec![
+            Counter {
+                name: "ztrace.events.read",
+                unit: "{event}",
+                description: "Kernel records read from the ring buffer.",
+                points: vec![(vec![], self.events_read)],
+            },
+            Counter {
+                name: "ztrace.events.dropped",
+                unit: "{event}",
+                description: "Kernel events lost before they reached ztrace.",
+                points: vec![
                     (on(REASON, "ring_buffer_full"), self.dropped_ring_full),
                     (on(REASON, "arg_map_full"), self.dropped_args_full),
                 ],
-            ),
-            (
-                "ztrace.queue.dropped",
-                "{item}",
-                "Items refused because an export queue was full.",
-                vec![
+            },
+            Counter {
+                name: "ztrace.queue.dropped",
+                unit: "{item}",
+                description: "Items refused because an export queue was full.",
+                points: vec![
                     (on(SIGNAL, "spans"), self.spans_queue_dropped),
                     (on(SIGNAL, "metrics"), self.metrics_queue_dropped),
                     (on(SIGNAL, "logs"), self.logs_queue_dropped),
                 ],
-            ),
-            (
-                "ztrace.spans.exported",
-                "{span}",
-                "Spans the collector accepted.",
-                vec![(vec![], self.spans_exported)],
-            ),
-            (
-                "ztrace.metrics.exported",
-                "{data_point}",
-                "Metric data points the collector accepted.",
-                vec![(vec![], self.metric_points_exported)],
-            ),
-            (
-                "ztrace.logs.exported",
-                "{log_record}",
-                "Log records the collector accepted.",
-                vec![(vec![], self.logs_exported)],
-            ),
-            (
-                "ztrace.export.failures",
-                "{item}",
-                "Items given up on after failed export attempts.",
-                vec![
+            },
+            Counter {
+                name: "ztrace.spans.exported",
+                unit: "{span}",
+                description: "Spans the collector accepted.",
+                points: vec![(vec![], self.spans_exported)],
+            },
+            Counter {
+                name: "ztrace.metrics.exported",
+                unit: "{data_point}",
+                description: "Metric data points the collector accepted.",
+                points: vec![(vec![], self.metric_points_exported)],
+            },
+            Counter {
+                name: "ztrace.logs.exported",
+                unit: "{log_record}",
+                description: "Log records the collector accepted.",
+                points: vec![(vec![], self.logs_exported)],
+            },
+            Counter {
+                name: "ztrace.export.failures",
+                unit: "{item}",
+                description: "Items given up on after failed export attempts.",
+                points: vec![
                     (on(SIGNAL, "spans"), self.spans_failed),
                     (on(SIGNAL, "metrics"), self.metrics_failed),
                     (on(SIGNAL, "logs"), self.logs_failed),
                 ],
-            ),
-            (
-                "ztrace.metrics.overflow",
-                "{measurement}",
-                "Measurements folded into an overflow series (otel.metric.overflow) by the cardinality cap.",
-                vec![(vec![], self.metric_overflow)],
-            ),
-            (
-                "ztrace.logs.dropped",
-                "{log_record}",
-                "Log lines dropped before export because the held-record buffer was full.",
-                vec![(vec![], self.logs_dropped)],
-            ),
+            },
+            Counter {
+                name: "ztrace.metrics.overflow",
+                unit: "{measurement}",
+                description: "Measurements folded into an overflow series (otel.metric.overflow) by the cardinality cap.",
+                points: vec![(vec![], self.metric_overflow)],
+            },
+            Counter {
+                name: "ztrace.logs.dropped",
+                unit: "{log_record}",
+                description: "Log lines dropped before export because the held-record buffer was full.",
+                points: vec![(vec![], self.logs_dropped)],
+            },
         ]
     }
 
@@ -143,12 +144,13 @@ impl Health {
         };
         let before = previous.map(Health::counters);
         let mut out = Vec::new();
-        for (i, (name, unit, description, points)) in self.counters().into_iter().enumerate() {
-            let data_points = points
+        for (i, c) in self.counters().into_iter().enumerate() {
+            let data_points = c
+                .points
                 .into_iter()
                 .enumerate()
                 .map(|(j, (attrs, v))| {
-                    let base = before.as_ref().map_or(0, |b| b[i].3[j].1);
+                    let base = before.as_ref().map_or(0, |b| b[i].points[j].1);
                     NumberDataPoint {
                         attributes: attr_key_values(&attrs),
                         start_time_unix_nano: start_ns,
@@ -159,9 +161,9 @@ impl Health {
                 })
                 .collect();
             out.push(Metric {
-                name: name.into(),
-                unit: unit.into(),
-                description: description.into(),
+                name: c.name.into(),
+                unit: c.unit.into(),
+                description: c.description.into(),
                 data: Some(Data::Sum(Sum {
                     data_points,
                     aggregation_temporality: temporality as i32,
