@@ -335,3 +335,44 @@ fn retransmits_are_attributed_to_the_owning_process() -> Result<()> {
     ensure!(accepted == 1, "accepted {accepted}");
     Ok(())
 }
+
+/// Bad metric settings are usage errors (exit code 2) naming the setting; no root needed.
+#[test]
+fn bad_metric_settings_are_usage_errors() {
+    let pid = std::process::id().to_string();
+    let cases: [(&[&str], (&str, &str), &str); 3] = [
+        (
+            &[],
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                "sometimes",
+            ),
+            "cumulative, delta or lowmemory",
+        ),
+        (
+            &[],
+            ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+            "OTEL_METRIC_EXPORT_INTERVAL",
+        ),
+        (
+            &["--metric-export-interval", "0s"],
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+            "positive duration",
+        ),
+    ];
+    for (args, (var, value), needle) in cases {
+        let out = Command::new(ztrace_e2e::harness::ztrace_bin())
+            .args(["--pid", &pid])
+            .args(args)
+            .env(var, value)
+            .output()
+            .expect("run ztrace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(needle), "`{needle}` not in {stderr}");
+        if args.is_empty() {
+            // Ours are one line; flag values are checked by clap, in its own format.
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        }
+    }
+}
