@@ -96,6 +96,7 @@ pub struct Metrics {
     pub cfg: MetricsConfig,
     red: Vec<Instrument>,
     net: Vec<Instrument>,
+    io: net::IoBytes,
     /// Start of cumulative series.
     start_unix_ns: u64,
     /// Start of the current delta interval.
@@ -116,6 +117,7 @@ impl Metrics {
             cfg,
             red: make(&red::INSTRUMENTS),
             net: make(&net::INSTRUMENTS),
+            io: net::IoBytes::default(),
             start_unix_ns: now_unix_ns,
             last_collect_unix_ns: now_unix_ns,
             last_health: Health::default(),
@@ -130,7 +132,7 @@ impl Metrics {
     }
 
     pub fn on_data(&mut self, ev: &DataEvent) {
-        net::on_data(&mut self.net, ev);
+        self.io.on_data(&mut self.net, ev);
     }
 
     pub fn on_conn(&mut self, ev: &ConnEvent) {
@@ -166,6 +168,7 @@ impl Metrics {
         self_pid: u32,
         table: &ProcessTable,
     ) -> (ExportMetricsServiceRequest, usize) {
+        self.io.flush(&mut self.net);
         let delta = self.cfg.temporality.sync_delta();
         let start = if delta {
             self.last_collect_unix_ns
