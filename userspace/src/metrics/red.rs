@@ -248,4 +248,41 @@ mod tests {
         assert_eq!(get(&a, "http.request.method"), Some(&"_OTHER".into()));
         assert_eq!(get(&a, "error.type"), Some(&"503".into()));
     }
+
+    #[test]
+    fn database_and_rpc_spans() {
+        use crate::model::{DbExchange, RpcExchange};
+        let mut span = client_span();
+        span.exchange = Exchange::Db(DbExchange {
+            system: DbSystem::Redis,
+            operation: Some("GET".into()),
+            collection: Some("user:12345".into()),
+            namespace: None,
+            query_text: None,
+            error: None,
+            rows: None,
+        });
+        let (which, a, _) = measure(&span).unwrap();
+        assert_eq!(which, DB_CLIENT);
+        assert_eq!(get(&a, "db.system.name"), Some(&"redis".into()));
+        assert!(
+            get(&a, "db.collection.name").is_none(),
+            "a Redis key is not a collection"
+        );
+        // The server side of a database has no convention: no measurement.
+        span.kind = SpanKind::Server;
+        assert!(measure(&span).is_none());
+        span.kind = SpanKind::Client;
+        span.exchange = Exchange::Rpc(RpcExchange {
+            service: "helloworld.Greeter".into(),
+            method: "SayHello".into(),
+            grpc_status: Some(0),
+            ..Default::default()
+        });
+        let (which, a, v) = measure(&span).unwrap();
+        assert_eq!(which, RPC_CLIENT);
+        assert_eq!(INSTRUMENTS[which].unit, "ms");
+        assert_eq!(v, (span.end_unix_ns - span.start_unix_ns) as f64 / 1e6);
+        assert_eq!(get(&a, "rpc.grpc.status_code"), Some(&Val::Int(0)));
+    }
 }
