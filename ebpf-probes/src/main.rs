@@ -3,6 +3,7 @@
 //! ring buffer. Decoding, protocol parsing and everything else happens in userspace.
 //!
 //! - `probes::io` — socket I/O, connect/accept/close (syscall tracepoints)
+//! - `probes::net` — TCP connection outcomes and retransmits (`sock:`/`tcp:` tracepoints)
 //! - `probes::sched` — fork/exit of traced processes (follow children, stop tracing the dead)
 //! - `kernel` — reads of kernel structs at offsets userspace found in BTF
 //! - `maps` — every map and the run-time configuration

@@ -125,3 +125,8 @@ pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16
 /// Which socket an `SSL *` talks over, learnt from syscalls made inside SSL calls.
 #[map]
 pub static SSL_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Owner (TGID) of each TCP socket a traced process connected or accepted, for the `sock:`/`tcp:`
+/// tracepoints that fire outside the owner's context (see `probes::net`). LRU: bounded.
+#[map]
+pub static NET_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);

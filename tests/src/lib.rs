@@ -5,4 +5,5 @@
 pub mod eval;
 pub mod harness;
 pub mod receiver;
+pub mod signals;
 pub mod topology;

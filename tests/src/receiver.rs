@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -163,6 +165,8 @@ pub struct Receiver {
     shared: Shared,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// Metrics and logs received (see `crate::signals`).
+    signals: crate::signals::SignalStore,
 }
 
 impl Receiver {
@@ -180,9 +184,13 @@ impl Receiver {
         let shared = Shared::default();
         let (tx, rx) = oneshot::channel::<()>();
         let service = TraceServiceServer::new(shared.clone());
+        let signals = crate::signals::SignalStore::default();
+        let (metrics, logs) = (signals.clone(), signals.clone());
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(MetricsServiceServer::new(metrics))
+                .add_service(LogsServiceServer::new(logs))
                 .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
                     // Either an explicit stop or the Receiver being dropped ends the server.
                     let _ = rx.await;
@@ -197,6 +205,7 @@ impl Receiver {
             shared,
             shutdown: Some(tx),
             task: Some(task),
+            signals,
         })
     }
 
@@ -276,6 +285,11 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.spans()
+    }
+
+    /// Metrics and logs received so far.
+    pub fn signals(&self) -> std::sync::MutexGuard<'_, crate::signals::Received> {
+        self.signals.lock()
     }
 
     /// Stops the server and waits for it to finish.

@@ -5,7 +5,13 @@ use std::{env, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{capture::preflight, daemon, export::Output, process};
+use crate::{
+    capture::preflight,
+    daemon,
+    export::Output,
+    metrics::{MetricsConfig, Temporality},
+    process,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,6 +75,10 @@ pub struct TargetArgs {
     /// Bytes of payload captured per syscall (the head that protocol parsing sees), 1..=4096.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub payload_cap: u32,
+    /// Turn what traced processes write to stdout/stderr into OTLP log records, each carrying the
+    /// trace and span of the request the writing thread was serving.
+    #[arg(long)]
+    pub capture_logs: bool,
 }
 
 /// Where spans go.
@@ -89,6 +99,15 @@ pub struct ExportArgs {
     /// query text stays home unless you ask for it.
     #[arg(long)]
     pub db_query_text: bool,
+    /// How often metrics are exported (e.g. 10s). Default: OTEL_METRIC_EXPORT_INTERVAL
+    /// (milliseconds), else 60s. Temporality: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+    /// (cumulative, delta or lowmemory; default cumulative).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub metric_export_interval: Option<Duration>,
+    /// Most distinct attribute sets per metric; beyond it, measurements fold into one overflow
+    /// series (otel.metric.overflow=true) and are counted.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub metric_max_series: u32,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +183,37 @@ pub fn resolve_output(args: &ExportArgs) -> Result<Output, String> {
     })
 }
 
+/// The metrics signal's settings: flags, then the OpenTelemetry variables, then the defaults.
+pub fn resolve_metrics(args: &ExportArgs) -> Result<MetricsConfig, String> {
+    let var = |name: &str| env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let interval = match (
+        args.metric_export_interval,
+        var("OTEL_METRIC_EXPORT_INTERVAL"),
+    ) {
+        (Some(d), _) => d,
+        (None, Some(ms)) => match ms.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => {
+                return Err(format!(
+                    "OTEL_METRIC_EXPORT_INTERVAL: `{ms}` is not a positive number of milliseconds"
+                ));
+            }
+        },
+        (None, None) => MetricsConfig::default().interval,
+    };
+    let temporality = match var("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
+        Some(v) => v
+            .parse::<Temporality>()
+            .map_err(|e| format!("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: {e}"))?,
+        None => Temporality::default(),
+    };
+    Ok(MetricsConfig {
+        interval,
+        temporality,
+        max_series: args.metric_max_series as usize,
+    })
+}
+
 pub fn service_name(args: &ExportArgs) -> Option<String> {
     args.service_name
         .clone()
@@ -196,6 +246,7 @@ pub fn main() -> i32 {
         .format_target(false)
         .init();
     let cli = Cli::parse();
+    let mut metrics = MetricsConfig::default();
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Replay {
@@ -239,6 +290,10 @@ pub fn main() -> i32 {
             };
             let service = service_name(&cli.run.export);
             let db_query_text = cli.run.export.db_query_text;
+            metrics = match resolve_metrics(&cli.run.export) {
+                Ok(m) => m,
+                Err(e) => return usage_error(e),
+            };
             (
                 cli.run.target,
                 daemon::Mode::Trace(output),
@@ -276,6 +331,8 @@ pub fn main() -> i32 {
         payload_cap: target.payload_cap,
         db_query_text,
         mode,
+        metrics,
+        capture_logs: target.capture_logs,
     };
     match daemon::run(config) {
         Ok(()) => 0,
@@ -317,6 +374,12 @@ mod tests {
         assert_eq!(cli.run.target.pids, vec![1, 2, 3]);
         assert!(Cli::try_parse_from(["ztrace", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--payload-cap", "0"]).is_err());
+        let cli = Cli::try_parse_from(["ztrace", "--metric-export-interval", "2s"]).unwrap();
+        assert_eq!(
+            cli.run.export.metric_export_interval,
+            Some(Duration::from_secs(2))
+        );
+        assert!(Cli::try_parse_from(["ztrace", "--metric-max-series", "0"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["ztrace", "check"]).unwrap().command,
             Some(Command::Check)

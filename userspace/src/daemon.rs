@@ -14,10 +14,13 @@ use crate::{
     capture::{Capture, CaptureOptions, KernelCounters, RingFd},
     decode::{Event, decode},
     export::{ExportConfig, ExportStats, Exporter, Output},
+    logs::{LogConfig, Logs},
+    metrics::{Metrics, MetricsConfig},
     model::ProcessInfo,
     pipeline::{Pipeline, PipelineStats, ProcChange},
     process,
     record::{self, Frame},
+    telemetry::Telemetry,
 };
 
 pub struct DaemonConfig {
@@ -28,6 +31,10 @@ pub struct DaemonConfig {
     pub payload_cap: u32,
     pub db_query_text: bool,
     pub mode: Mode,
+    /// The metrics signal (interval, temporality, cardinality cap).
+    pub metrics: MetricsConfig,
+    /// `--capture-logs`: stdout/stderr of traced processes become log records.
+    pub capture_logs: bool,
 }
 
 pub enum Mode {
@@ -72,6 +79,7 @@ enum Sink {
         pipeline: Box<Pipeline>,
         exporter: Exporter,
         spans: Vec<crate::model::Span>,
+        telemetry: Box<Telemetry>,
     },
     Record {
         writer: record::Writer<std::io::BufWriter<std::fs::File>>,
@@ -83,7 +91,15 @@ enum Sink {
 impl Sink {
     fn process(&mut self, info: ProcessInfo) -> Result<()> {
         match self {
-            Sink::Trace { exporter, .. } => exporter.process(Arc::new(info)),
+            Sink::Trace {
+                exporter,
+                telemetry,
+                ..
+            } => {
+                let info = Arc::new(info);
+                telemetry.process(Arc::clone(&info));
+                exporter.process(info);
+            }
             Sink::Record { writer, .. } => writer.process(&info)?,
         }
         Ok(())
@@ -116,14 +132,22 @@ impl Sink {
             pipeline,
             exporter,
             spans,
+            telemetry,
         } = self
         {
             pipeline.poll(now_ns, spans);
             for span in spans.drain(..) {
                 exporter.submit(span);
             }
+            telemetry.poll(pipeline, exporter, false);
         }
         Ok(())
+    }
+
+    fn kernel_counters(&mut self, counters: KernelCounters) {
+        if let Sink::Trace { telemetry, .. } = self {
+            telemetry.kernel(counters);
+        }
     }
 
     fn export_stats(&self) -> ExportStats {
@@ -139,11 +163,17 @@ impl Sink {
                 mut pipeline,
                 exporter,
                 mut spans,
+                mut telemetry,
             } => {
                 pipeline.drain(now_ns, &mut spans);
                 for span in spans.drain(..) {
                     exporter.submit(span);
                 }
+                // The last log lines and a final collection of the metrics.
+                telemetry.kernel(*counters);
+                telemetry.poll(&mut pipeline, &exporter, true);
+                exporter.flush_signals(Duration::from_secs(5)).await;
+                telemetry.summary(&pipeline, &exporter);
                 let stats = exporter.shutdown(Duration::from_secs(5)).await;
                 summary(&pipeline.stats(), counters, &stats);
             }
@@ -194,6 +224,11 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                 pipeline: {
                     let mut p = Box::new(Pipeline::new(mono_to_unix, None));
                     p.set_db_query_text(cfg.db_query_text);
+                    let now_unix = clock_ns(libc::CLOCK_REALTIME).max(0) as u64;
+                    p.metrics = Some(Metrics::new(cfg.metrics, now_unix));
+                    if cfg.capture_logs {
+                        p.logs = Some(Logs::new(LogConfig::default()));
+                    }
                     p
                 },
                 exporter: Exporter::spawn(ExportConfig {
@@ -201,6 +236,11 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     ..ExportConfig::default()
                 }),
                 spans: Vec::new(),
+                telemetry: Box::new(Telemetry::new(
+                    cfg.metrics.interval,
+                    mono_to_unix,
+                    &process::host_name(),
+                )),
             },
             describe(output),
         ),
@@ -224,6 +264,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut capture = Capture::load(&CaptureOptions {
         payload_cap: cfg.payload_cap,
         follow_children: cfg.follow_children,
+        capture_stdio: cfg.capture_logs,
         ..CaptureOptions::default()
     })?;
     let mut procs = Processes {
@@ -300,6 +341,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             // A missed exit event (e.g. the ring was full) must not keep us running forever.
             procs.alive.retain(|&pid| process::is_alive(pid));
             let now = (capture.counters(), sink.export_stats());
+            sink.kernel_counters(now.0);
             report_losses(&reported, &now);
             reported = now;
         }

@@ -1,7 +1,7 @@
 //! Ring-buffer records → typed events. Records come from the kernel, but the decoder still
 //! trusts nothing: every length is checked, unknown kinds are reported, nothing panics.
 
-use ztrace_abi::{ConnEvent, DataEvent, EventHeader, ProcEvent, kind};
+use ztrace_abi::{ConnEvent, DataEvent, EventHeader, NetEvent, ProcEvent, kind};
 
 /// One decoded record. Payload bytes are borrowed from the record.
 #[derive(Debug, Clone, Copy)]
@@ -9,6 +9,10 @@ pub enum Event<'a> {
     Data(DataEvent, &'a [u8]),
     Conn(ConnEvent),
     Proc(ProcEvent),
+    /// A write to stdout/stderr (`--capture-logs`) and its payload head.
+    Stdio(DataEvent, &'a [u8]),
+    /// A TCP state change or retransmit on a traced process's socket.
+    Net(NetEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,7 +45,7 @@ fn need<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let header: EventHeader = read(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     match header.kind {
-        kind::DATA => {
+        kind::DATA | kind::STDIO => {
             let ev: DataEvent = need(bytes, header.kind)?;
             let start = size_of::<DataEvent>();
             let end = start.saturating_add(ev.cap_len as usize);
@@ -50,8 +54,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 len: bytes.len(),
                 want: end,
             })?;
-            Ok(Event::Data(ev, payload))
+            Ok(if header.kind == kind::DATA {
+                Event::Data(ev, payload)
+            } else {
+                Event::Stdio(ev, payload)
+            })
         }
+        kind::NET => Ok(Event::Net(need(bytes, header.kind)?)),
         kind::CONN => Ok(Event::Conn(need(bytes, header.kind)?)),
         kind::PROC => Ok(Event::Proc(need(bytes, header.kind)?)),
         other => Err(DecodeError::UnknownKind(other)),

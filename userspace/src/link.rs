@@ -690,6 +690,15 @@ impl Linker {
     pub fn open_spans(&self) -> usize {
         self.recs.len()
     }
+
+    /// Log/trace correlation (`logs`): the span id of the open SERVER exchange thread (`pid`,
+    /// `tid`) works for now — its cause, as for a call it would write (module docs, rule 3).
+    /// The trace id is final only at the span's release.
+    pub fn serving_span(&self, pid: u32, tid: u32) -> Option<SpanId> {
+        let cause = self.cause_of(pid, tid)?;
+        let (server, _) = self.cause_parent(cause, pid, u64::MAX)?;
+        self.recs.get(&server).map(|r| r.span_id)
+    }
 }
 
 const KNOWN_METHODS: &[&str] = &[

@@ -8,6 +8,8 @@ use crate::{
     assemble::{AssembleStats, Assembler},
     decode::{Event, decode},
     link::{LinkStats, Linker},
+    logs::{LogLine, Logs},
+    metrics::Metrics,
     model::Span,
 };
 
@@ -50,6 +52,10 @@ pub struct Pipeline {
     records: u64,
     decode_errors: u64,
     last_ns: u64,
+    /// Aggregation of the metrics signal; None (no cost) unless enabled.
+    pub metrics: Option<Metrics>,
+    /// Log capture and correlation; None unless enabled.
+    pub logs: Option<Logs>,
 }
 
 impl Pipeline {
@@ -61,6 +67,8 @@ impl Pipeline {
             records: 0,
             decode_errors: 0,
             last_ns: 0,
+            metrics: None,
+            logs: None,
         }
     }
 
@@ -84,9 +92,15 @@ impl Pipeline {
             Event::Data(ev, payload) => {
                 self.last_ns = self.last_ns.max(ev.header.ts_ns);
                 self.assembler.on_data(&ev, payload, &mut self.linker);
+                if let Some(m) = &mut self.metrics {
+                    m.on_data(&ev);
+                }
             }
             Event::Conn(ev) => {
                 self.last_ns = self.last_ns.max(ev.header.ts_ns);
+                if let Some(m) = &mut self.metrics {
+                    m.on_conn(&ev);
+                }
                 if ev.op == conn::CONNECT {
                     self.assembler.on_connect(&ev, &mut self.linker);
                 } else if ev.op == conn::CLOSE {
@@ -102,8 +116,25 @@ impl Pipeline {
                 if ev.op == proc::EXIT {
                     self.assembler
                         .on_exit(ev.pid, ev.header.ts_ns, &mut self.linker);
+                    if let Some(m) = &mut self.metrics {
+                        m.process_exited(ev.pid);
+                    }
+                    if let Some(l) = &mut self.logs {
+                        l.process_exited(ev.pid);
+                    }
                 }
                 changes.extend(ProcChange::from_event(&ev));
+            }
+            Event::Stdio(ev, payload) => {
+                if let Some(l) = &mut self.logs {
+                    let serving = self.linker.serving_span(ev.header.tgid, ev.header.tid);
+                    l.on_write(&ev, payload, serving);
+                }
+            }
+            Event::Net(ev) => {
+                if let Some(m) = &mut self.metrics {
+                    m.on_net(&ev);
+                }
             }
         }
     }
@@ -118,7 +149,29 @@ impl Pipeline {
         let now_ns = now_ns.max(self.last_ns);
         self.assembler
             .expire(now_ns.saturating_sub(CONN_IDLE_NS), &mut self.linker);
+        let from = out.len();
         self.linker.poll(now_ns, out);
+        self.released(&out[from..]);
+        if let Some(l) = &mut self.logs {
+            l.expire(now_ns);
+        }
+    }
+
+    /// Spans just released feed the metrics and stamp held log lines.
+    fn released(&mut self, spans: &[Span]) {
+        if let Some(m) = &mut self.metrics {
+            spans.iter().for_each(|s| m.on_span(s));
+        }
+        if let Some(l) = &mut self.logs {
+            l.on_released(spans);
+        }
+    }
+
+    /// Log lines ready to export (see [`Logs`]).
+    pub fn take_logs(&mut self, out: &mut Vec<LogLine>) {
+        if let Some(l) = &mut self.logs {
+            l.take(out);
+        }
     }
 
     /// Shutdown: everything still held is finished and released.
@@ -128,7 +181,12 @@ impl Pipeline {
             self.assembler
                 .on_close(key.tgid, key.sock_id, now_ns, &mut self.linker);
         }
+        let from = out.len();
         self.linker.drain(now_ns, out);
+        self.released(&out[from..]);
+        if let Some(l) = &mut self.logs {
+            l.drain();
+        }
     }
 
     pub fn stats(&self) -> PipelineStats {

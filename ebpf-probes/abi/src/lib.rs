@@ -18,6 +18,12 @@ pub mod kind {
     pub const DATA: u32 = 1;
     pub const CONN: u32 = 2;
     pub const PROC: u32 = 3;
+    /// A write of a traced process to its stdout or stderr (not a socket), with `--capture-logs`:
+    /// a [`DataEvent`](super::DataEvent) layout with an all-zero tuple, `fd` 1 or 2, and the
+    /// payload head.
+    pub const STDIO: u32 = 4;
+    /// A TCP state change or retransmit on a socket owned by a traced process: [`NetEvent`](super::NetEvent).
+    pub const NET: u32 = 5;
 }
 
 /// Common prefix of every ring-buffer record.
@@ -123,6 +129,29 @@ pub struct ConnEvent {
     pub _pad: [u8; 7],
 }
 
+/// TCP events seen from `sock:`/`tcp:` tracepoints.
+pub mod net {
+    /// SYN_SENT → ESTABLISHED: an outgoing connection of a traced process was opened.
+    pub const CONNECTED: u8 = 1;
+    /// SYN_SENT → CLOSE: an outgoing connection attempt failed (refused, timed out, reset).
+    pub const CONNECT_FAILED: u8 = 2;
+    /// The kernel retransmitted a segment of the connection.
+    pub const RETRANSMIT: u8 = 3;
+}
+
+/// A TCP event on a socket a traced process owns. These tracepoints fire in softirq and timer
+/// context, where the current task is not the socket's owner: `header.tgid` is the owner the
+/// probes recorded when the process connected or accepted the socket; `header.tid` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetEvent {
+    pub header: EventHeader,
+    pub sock_id: u64,
+    pub tuple: SockTuple,
+    pub op: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Process lifecycle kinds.
 pub mod proc {
     pub const FORK: u8 = 1;
@@ -205,7 +234,16 @@ pub struct Config {
     pub follow_children: u32,
     /// Offset of `group_dead` in the `sched:sched_process_exit` record (from its format file).
     pub exit_group_dead_offset: u32,
-    pub _pad: u32,
+    /// 1: writes of traced processes to fds 1 and 2 that are not sockets become `kind::STDIO`
+    /// records (`--capture-logs`).
+    pub capture_stdio: u32,
+    /// Offsets in the `sock:inet_sock_set_state` record of `skaddr`, `oldstate`, `newstate`, and
+    /// in `tcp:tcp_retransmit_skb` of `skaddr` (from the tracepoints' format files; `u32::MAX`
+    /// when unknown, which disables the network probes).
+    pub set_state_skaddr_offset: u32,
+    pub set_state_old_offset: u32,
+    pub set_state_new_offset: u32,
+    pub retransmit_skaddr_offset: u32,
     pub offsets: KernelOffsets,
 }
 
@@ -214,7 +252,11 @@ impl Config {
         payload_cap: 512,
         follow_children: 1,
         exit_group_dead_offset: 32,
-        _pad: 0,
+        capture_stdio: 0,
+        set_state_skaddr_offset: OFFSET_UNKNOWN,
+        set_state_old_offset: OFFSET_UNKNOWN,
+        set_state_new_offset: OFFSET_UNKNOWN,
+        retransmit_skaddr_offset: OFFSET_UNKNOWN,
         offsets: KernelOffsets::UNKNOWN,
     };
 }

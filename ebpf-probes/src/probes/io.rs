@@ -3,7 +3,9 @@
 //! One `sys_enter` and one `sys_exit` program serve every hooked syscall: the tracepoint record
 //! carries the syscall number, so userspace attaches the same program to each
 //! `syscalls:sys_{enter,exit}_*` tracepoint. Entry filters (traced TGID, fd is an IP socket) and
-//! saves what the exit needs; exit emits one record when bytes actually moved.
+//! saves what the exit needs; exit emits one record when bytes actually moved. With
+//! `CONFIG.capture_stdio`, writes to fds 1 and 2 that are not sockets are captured the same way
+//! as `kind::STDIO` records (log capture).
 
 use aya_ebpf::{
     helpers::{
@@ -12,11 +14,15 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use ztrace_abi::{ConnEvent, DataEvent, MAX_PAYLOAD, conn, counter, direction, kind, syscall};
+use ztrace_abi::{
+    ConnEvent, DataEvent, MAX_PAYLOAD, SockTuple, conn, counter, direction, kind, syscall,
+};
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
-    maps::{ARGS, SCRATCH, SSL_CALLS, SyscallArgs, config, count, header, is_traced, submit},
+    maps::{
+        ARGS, NET_SOCKS, SCRATCH, SSL_CALLS, SyscallArgs, config, count, header, is_traced, submit,
+    },
 };
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
@@ -133,8 +139,18 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
     };
     if nr != nr::CONNECT {
         let (kind, dir, vectored, msghdr) = classify(nr)?;
-        let sk = sock_of_fd(off, fd)?;
-        let (_, protocol) = sock_family_protocol(off, sk)?;
+        // Not a socket: only stdout/stderr writes, and only with `--capture-logs` (sock 0 marks
+        // them for the exit).
+        let (sk, protocol) = match sock_of_fd(off, fd) {
+            Some(sk) => (sk, sock_family_protocol(off, sk)?.1),
+            None if cfg.capture_stdio != 0
+                && (fd == 1 || fd == 2)
+                && (kind == syscall::WRITE || kind == syscall::WRITEV) =>
+            {
+                (0, 0)
+            }
+            None => return None,
+        };
         let mut buf: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
         if msghdr {
             args.msgvec = buf;
@@ -148,7 +164,9 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         args.sock = sk;
         args.buf = buf;
         // Inside an OpenSSL call on this thread: remember which socket it talks over.
-        if let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) {
+        if sk != 0
+            && let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid)
+        {
             // SAFETY: our own map value, written only by this thread's programs.
             unsafe { (*call).sock = sk };
         }
@@ -183,6 +201,8 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         if ret >= 0 && is_traced((pid_tgid >> 32) as u32) {
             let off = config().offsets;
             if let Some(sk) = sock_of_fd(&off, ret as i32) {
+                // The owner of the accepted socket, for the `sock:`/`tcp:` probes (`net.rs`).
+                let _ = NET_SOCKS.insert(sk, (pid_tgid >> 32) as u32, 0);
                 emit_conn(conn::ACCEPT, sk, ret as i32, ret as i32);
             }
         }
@@ -262,12 +282,17 @@ fn copy_user(src: u64, len: u64, offset: u64, dst: &mut [u8; 2 * MAX_PAYLOAD]) -
 #[inline(always)]
 pub fn emit_data(args: &SyscallArgs, bytes: u64, sock_id: u64) -> Option<()> {
     let cfg = config();
-    let tuple = sock_tuple(&cfg.offsets, args.sock)?;
+    // Socket 0: a stdout/stderr write (see `on_enter`), which has no tuple.
+    let (kind, tuple) = if args.sock == 0 {
+        (kind::STDIO, SockTuple::default())
+    } else {
+        (kind::DATA, sock_tuple(&cfg.offsets, args.sock)?)
+    };
     let buf = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
     let buf = unsafe { &mut *buf };
     buf.event = DataEvent {
-        header: header(kind::DATA),
+        header: header(kind),
         sock_id,
         enter_ns: args.enter_ns,
         bytes,

@@ -1,5 +1,6 @@
 //! One file per probe family.
 
 pub mod io;
+pub mod net;
 pub mod sched;
 pub mod tls;

@@ -35,6 +35,8 @@ pub struct CaptureOptions {
     pub follow_children: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// Capture writes to stdout/stderr (`--capture-logs`).
+    pub capture_stdio: bool,
 }
 
 impl Default for CaptureOptions {
@@ -43,6 +45,7 @@ impl Default for CaptureOptions {
             payload_cap: 512,
             follow_children: true,
             ring_bytes: 16 << 20,
+            capture_stdio: false,
         }
     }
 }
@@ -81,18 +84,38 @@ pub struct KernelCounters {
 
 /// Offset of `group_dead` in `sched:sched_process_exit` records, from the tracepoint's format.
 fn exit_group_dead_offset() -> Result<u32> {
-    let path = format!(
-        "{}/events/sched/sched_process_exit/format",
-        preflight::TRACEFS
-    );
+    tracepoint_field("sched/sched_process_exit", "group_dead")
+        .context("no `group_dead` field (kernel older than 4.x?)")
+}
+
+/// Offset of `field` in the records of tracepoint `event` ("category/name"), from its format file.
+fn tracepoint_field(event: &str, field: &str) -> Result<u32> {
+    let path = format!("{}/events/{event}/format", preflight::TRACEFS);
     let format = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let decl = format!(" {field};");
     format
         .lines()
-        .find(|l| l.contains(" group_dead;"))
+        .find(|l| l.contains(&decl))
         .and_then(|l| l.split("offset:").nth(1))
         .and_then(|rest| rest.split(';').next())
         .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("{path} has no `group_dead` field (kernel older than 4.x?)"))
+        .with_context(|| format!("{path} has no `{field}` field"))
+}
+
+/// Record offsets the network probes need; unknown ones switch those probes off (reported).
+fn net_offsets() -> [u32; 4] {
+    let fields = [
+        ("sock/inet_sock_set_state", "skaddr"),
+        ("sock/inet_sock_set_state", "oldstate"),
+        ("sock/inet_sock_set_state", "newstate"),
+        ("tcp/tcp_retransmit_skb", "skaddr"),
+    ];
+    fields.map(|(event, field)| {
+        tracepoint_field(event, field).unwrap_or_else(|e| {
+            log::warn!("TCP connection/retransmit metrics unavailable: {e:#}");
+            ztrace_abi::OFFSET_UNKNOWN
+        })
+    })
 }
 
 impl Capture {
@@ -103,11 +126,16 @@ impl Capture {
         }
         let btf = btf::Btf::from_sys_fs()?;
         let offsets = btf::resolve_offsets(&btf)?;
+        let net = net_offsets();
         let config = Config {
             payload_cap: opts.payload_cap,
             follow_children: opts.follow_children as u32,
             exit_group_dead_offset: exit_group_dead_offset()?,
-            _pad: 0,
+            capture_stdio: opts.capture_stdio as u32,
+            set_state_skaddr_offset: net[0],
+            set_state_old_offset: net[1],
+            set_state_new_offset: net[2],
+            retransmit_skaddr_offset: net[3],
             offsets,
         };
         let mut ebpf = EbpfLoader::new()
@@ -142,6 +170,15 @@ impl Capture {
         self.attach_tracepoint("sys_exit", "syscalls", &exit)?;
         for name in ["sched_process_exit", "sched_process_exec"] {
             self.attach_tracepoint(name, "sched", &[name.to_string()])?;
+        }
+        // Network metrics only: a kernel without these tracepoints still traces.
+        for (prog, category) in [
+            ("inet_sock_set_state", "sock"),
+            ("tcp_retransmit_skb", "tcp"),
+        ] {
+            if let Err(e) = self.attach_tracepoint(prog, category, &[prog.to_string()]) {
+                log::warn!("TCP connection/retransmit metrics unavailable: {e:#}");
+            }
         }
         let fork: &mut RawTracePoint = self
             .ebpf

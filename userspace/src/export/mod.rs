@@ -17,7 +17,10 @@
 
 pub mod console;
 pub mod otlp;
+mod signals;
 mod wire;
+
+pub use signals::SignalStats;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -167,6 +170,8 @@ pub struct Exporter {
     handle: ExportHandle,
     shutdown: watch::Sender<Option<Instant>>,
     task: Option<JoinHandle<()>>,
+    /// Stop-gap metrics/logs transport (see `signals`).
+    signals: signals::Signals,
 }
 
 impl Exporter {
@@ -191,6 +196,7 @@ impl Exporter {
         let (proc_tx, proc_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
         let export_timeout = cfg.export_timeout.max(Duration::from_millis(1));
+        let signals = signals::Signals::new(&cfg.output);
         let worker = Worker {
             rx: span_rx,
             processes: proc_rx,
@@ -222,6 +228,7 @@ impl Exporter {
             },
             shutdown: shutdown_tx,
             task,
+            signals,
         }
     }
 
@@ -694,7 +701,7 @@ fn url_host(host: &str) -> Cow<'_, str> {
 }
 
 /// `server.address`/`server.port` as a client sees them: the `Host` header, else the peer.
-fn client_side_server(span: &Span) -> (String, u16) {
+pub(crate) fn client_side_server(span: &Span) -> (String, u16) {
     match http_of(span).host.as_deref().and_then(split_host) {
         Some((host, port)) => (host.to_string(), port.unwrap_or(span.peer.port)),
         None => (canonical(span.peer.addr).to_string(), span.peer.port),

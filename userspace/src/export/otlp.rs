@@ -123,7 +123,7 @@ pub(crate) struct OtlpSink {
 }
 
 /// A scheme-less endpoint (`127.0.0.1:4317`) means plaintext gRPC.
-fn with_scheme(uri: Uri) -> Uri {
+pub(crate) fn with_scheme(uri: Uri) -> Uri {
     if uri.scheme().is_some() {
         return uri;
     }

@@ -1,0 +1,378 @@
+//! The metrics signal end to end, as root on the real kernel: Python's `http.server` and curl
+//! clients (followed children of a traced shell) traced by ztrace with a 1 s export interval;
+//! the receiver in this process must get RED histograms with the right counts, buckets and
+//! low-cardinality attributes, connection counters from accept and `sock:inet_sock_set_state`
+//! (opened and refused), bytes per peer, and ztrace's own health metrics under its own Resource.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Result, ensure};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
+use ztrace_e2e::{
+    harness::{
+        Proc, curl, free_port, privileged_or_skip, runtime_with_receiver, trace_server_and_clients,
+    },
+    signals::{ReceivedMetric, attr_int, attr_str},
+};
+
+const HTTP_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Python's http.server on a free loopback port, serving an empty directory; waits until it answers.
+fn http_server() -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let dir = std::env::temp_dir().join(format!("ztrace-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("index.html"), "hello\n")?;
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .arg("--directory")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = Proc {
+        child,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    for _ in 0..100 {
+        if curl(&[format!("http://127.0.0.1:{port}/")]).is_ok() {
+            return Ok((server, port));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("python3 -m http.server did not answer on port {port}")
+}
+
+fn pid_of(m: &ReceivedMetric) -> i64 {
+    attr_int(&m.resource, "process.pid").unwrap_or(-1)
+}
+
+/// Cumulative temporality: each process's latest report of `name` holds its totals.
+fn latest(metrics: &[ReceivedMetric], name: &str) -> HashMap<i64, ReceivedMetric> {
+    metrics
+        .iter()
+        .filter(|m| m.metric.name == name)
+        .map(|m| (pid_of(m), m.clone()))
+        .collect()
+}
+
+fn hist_points(m: &ReceivedMetric) -> Vec<HistogramDataPoint> {
+    match &m.metric.data {
+        Some(Data::Histogram(h)) => {
+            assert_eq!(h.aggregation_temporality, 2, "cumulative by default");
+            h.data_points.clone()
+        }
+        _ => vec![],
+    }
+}
+
+fn is(key: &'static str, want: &'static str) -> impl Fn(&[KeyValue]) -> bool {
+    move |a: &[KeyValue]| attr_str(a, key).as_deref() == Some(want)
+}
+
+#[test]
+fn red_network_and_self_metrics_reach_the_collector() -> Result<()> {
+    if !privileged_or_skip("red_network_and_self_metrics_reach_the_collector") {
+        return Ok(());
+    }
+    let (server, port) = http_server()?;
+    let closed = free_port()?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let script = format!(
+        "sleep 4; for i in 1 2 3 4 5; do curl -s -o /dev/null {base}/; done; \
+         for i in 1 2 3; do curl -s -o /dev/null {base}/missing$i; done; \
+         curl -s -o /dev/null --max-time 2 http://127.0.0.1:{closed}/ ; sleep 1.5"
+    );
+    let spans = trace_server_and_clients(
+        &rt,
+        &receiver,
+        server.pid(),
+        &script,
+        &["--metric-export-interval", "1s"],
+        16,
+    )?;
+    ensure!(
+        spans.len() >= 16,
+        "expected 16 HTTP spans, got {}",
+        spans.len()
+    );
+    let (requests, metrics) = {
+        let got = receiver.signals();
+        (got.metrics.len(), got.all_metrics())
+    };
+    ensure!(
+        requests >= 3,
+        "a 1 s interval over several seconds must give several metric exports, got {requests}"
+    );
+    let server_pid = i64::from(server.pid());
+
+    // RED: server histogram of the traced server, per status.
+    let srv = latest(&metrics, "http.server.request.duration");
+    let srv = srv
+        .get(&server_pid)
+        .ok_or_else(|| anyhow::anyhow!("no http.server.request.duration for the server"))?;
+    ensure!(srv.metric.unit == "s", "unit {}", srv.metric.unit);
+    let points = hist_points(srv);
+    let count_of = |status: i64| -> u64 {
+        points
+            .iter()
+            .filter(|p| attr_int(&p.attributes, "http.response.status_code") == Some(status))
+            .map(|p| p.count)
+            .sum()
+    };
+    ensure!(
+        count_of(200) == 5 && count_of(404) == 3,
+        "server histogram counts: 200 → {}, 404 → {}; points {points:#?}",
+        count_of(200),
+        count_of(404)
+    );
+    for p in &points {
+        ensure!(
+            p.explicit_bounds == HTTP_BUCKETS,
+            "bounds {:?}",
+            p.explicit_bounds
+        );
+        ensure!(
+            p.bucket_counts.iter().sum::<u64>() == p.count,
+            "buckets {:?}",
+            p.bucket_counts
+        );
+        ensure!(p.sum.unwrap_or(-1.0) > 0.0 && p.min.is_some() && p.max.is_some());
+        ensure!(attr_str(&p.attributes, "http.request.method").as_deref() == Some("GET"));
+        ensure!(attr_str(&p.attributes, "url.scheme").as_deref() == Some("http"));
+        for forbidden in [
+            "url.path",
+            "url.full",
+            "client.address",
+            "client.port",
+            "http.route",
+        ] {
+            ensure!(
+                !p.attributes.iter().any(|kv| kv.key == forbidden),
+                "high-cardinality attribute {forbidden} on {:?}",
+                p.attributes
+            );
+        }
+    }
+    ensure!(
+        attr_str(&srv.resource, "service.name").is_some_and(|s| !s.is_empty()),
+        "the server's Resource"
+    );
+
+    // RED: the curl clients' histogram (several short-lived processes).
+    let clients: u64 = latest(&metrics, "http.client.request.duration")
+        .values()
+        .flat_map(hist_points)
+        .filter(|p| attr_int(&p.attributes, "server.port") == Some(i64::from(port)))
+        .map(|p| p.count)
+        .sum();
+    ensure!(clients == 8, "client histogram count {clients}, want 8");
+
+    // Network: accepted by the server, opened by the clients, one refused.
+    let opened = latest(&metrics, "ztrace.tcp.connections.opened");
+    let accepted = opened
+        .get(&server_pid)
+        .map_or(0, |m| m.sum_where(is("ztrace.connection.side", "server")));
+    let connected: i64 = opened
+        .values()
+        .map(|m| {
+            m.sum_where(|a| {
+                is("ztrace.connection.side", "client")(a)
+                    && attr_int(a, "server.port") == Some(i64::from(port))
+            })
+        })
+        .sum();
+    ensure!(
+        accepted == 8 && connected == 8,
+        "connections: server accepted {accepted}, clients opened {connected}; want 8 and 8"
+    );
+    let failed: i64 = latest(&metrics, "ztrace.tcp.connections.failed")
+        .values()
+        .map(|m| m.sum_where(|a| attr_int(a, "server.port") == Some(i64::from(closed))))
+        .sum();
+    ensure!(failed == 1, "refused connections: {failed}, want 1");
+    let io = latest(&metrics, "process.network.io");
+    let io = io
+        .get(&server_pid)
+        .ok_or_else(|| anyhow::anyhow!("no process.network.io for the server"))?;
+    let peer = |a: &[KeyValue]| attr_str(a, "network.peer.address").as_deref() == Some("127.0.0.1");
+    let received = io.sum_where(|a| is("network.io.direction", "receive")(a) && peer(a));
+    let sent = io.sum_where(|a| is("network.io.direction", "transmit")(a) && peer(a));
+    // Eight requests of at least 70 bytes in, eight responses with headers out.
+    ensure!(
+        received >= 8 * 70 && sent >= 8 * 100,
+        "server bytes: received {received}, sent {sent}"
+    );
+
+    // Self metrics under ztrace's own Resource.
+    let own: Vec<&ReceivedMetric> = metrics
+        .iter()
+        .filter(|m| attr_str(&m.resource, "service.name").as_deref() == Some("ztrace"))
+        .collect();
+    let own_latest = |name: &str| own.iter().rev().find(|m| m.metric.name == name).copied();
+    let read = own_latest("ztrace.events.read").map_or(0, |m| m.sum_where(|_| true));
+    ensure!(read > 50, "ztrace.events.read = {read}");
+    let exported = own_latest("ztrace.spans.exported").map_or(-1, |m| m.sum_where(|_| true));
+    ensure!(exported >= 1, "ztrace.spans.exported = {exported}");
+    for name in [
+        "ztrace.events.dropped",
+        "ztrace.queue.dropped",
+        "ztrace.export.failures",
+        "ztrace.queue.depth",
+        "ztrace.metrics.exported",
+    ] {
+        ensure!(own_latest(name).is_some(), "self metric {name} missing");
+    }
+    ensure!(
+        own_latest("ztrace.events.dropped").map_or(-1, |m| m.sum_where(|_| true)) == 0,
+        "no kernel drops expected at this rate"
+    );
+    Ok(())
+}
+
+/// Runs `args` inside network namespace `ns`.
+fn in_ns(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    cmd
+}
+
+/// Deletes the namespace when the test ends, however it ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+const RTX_SERVER: &str = "import socket, sys, time
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)
+print('PORT', s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.recv(16); time.sleep(1.0)
+c.sendall(b'x' * 262144); c.close()
+time.sleep(60)";
+
+const RTX_CLIENT: &str = "import socket, sys
+c = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); c.sendall(b'go')
+n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    n += len(b)
+print(n)";
+
+/// A retransmit on demand: inside a namespace of its own, the server answers after a second;
+/// meanwhile the namespace's loopback goes down, so the answer's segments are lost and TCP must
+/// retransmit them once it is back up. `tcp:tcp_retransmit_skb` fires in timer context, where the
+/// current task is not the server: the count must still land on the server's process. (The
+/// server stays alive afterwards: ztrace stops by itself once every traced process is gone.)
+#[test]
+fn retransmits_are_attributed_to_the_owning_process() -> Result<()> {
+    if !privileged_or_skip("retransmits_are_attributed_to_the_owning_process") {
+        return Ok(());
+    }
+    let ns = Netns(format!("ztrace-rtx-{}", std::process::id()));
+    ztrace_e2e::harness::run_ok(Command::new("ip").args(["netns", "add", &ns.0]))?;
+    ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]))?;
+    let (server, port) =
+        ztrace_e2e::harness::spawn_app(in_ns(&ns.0, &["python3", "-c", RTX_SERVER]))?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    let mut ztrace = ztrace_e2e::harness::spawn_ztrace(&[
+        "--pid".into(),
+        server.pid().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let client = in_ns(&ns.0, &["python3", "-c", RTX_CLIENT, &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(400));
+    ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "down"]))?;
+    std::thread::sleep(Duration::from_millis(1800));
+    ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]))?;
+    let out = client.wait_with_output()?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(got == "262144", "the client received `{got}` bytes");
+    ztrace.signal(libc::SIGINT);
+    ensure!(
+        ztrace.wait_exit(Duration::from_secs(30)) == Some(0),
+        "ztrace failed:\n{}",
+        ztrace.stderr_text()
+    );
+    let metrics = rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        receiver.signals().all_metrics()
+    });
+    let server_pid = i64::from(server.pid());
+    let rtx = latest(&metrics, "ztrace.tcp.retransmits")
+        .get(&server_pid)
+        .map_or(0, |m| m.sum_where(|_| true));
+    ensure!(
+        rtx >= 1,
+        "no retransmit counted for the server; ztrace:\n{}",
+        ztrace.stderr_text()
+    );
+    let accepted = latest(&metrics, "ztrace.tcp.connections.opened")
+        .get(&server_pid)
+        .map_or(0, |m| m.sum_where(is("ztrace.connection.side", "server")));
+    ensure!(accepted == 1, "accepted {accepted}");
+    Ok(())
+}
+
+/// Bad metric settings are usage errors (exit code 2) naming the setting; no root needed.
+#[test]
+fn bad_metric_settings_are_usage_errors() {
+    let pid = std::process::id().to_string();
+    let cases: [(&[&str], (&str, &str), &str); 3] = [
+        (
+            &[],
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                "sometimes",
+            ),
+            "cumulative, delta or lowmemory",
+        ),
+        (
+            &[],
+            ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+            "OTEL_METRIC_EXPORT_INTERVAL",
+        ),
+        (
+            &["--metric-export-interval", "0s"],
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+            "positive duration",
+        ),
+    ];
+    for (args, (var, value), needle) in cases {
+        let out = Command::new(ztrace_e2e::harness::ztrace_bin())
+            .args(["--pid", &pid])
+            .args(args)
+            .env(var, value)
+            .output()
+            .expect("run ztrace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(needle), "`{needle}` not in {stderr}");
+        if args.is_empty() {
+            // Ours are one line; flag values are checked by clap, in its own format.
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! ztrace's own health as metrics: what it read, lost, exported and holds. These are observed
+//! from counters kept elsewhere (kernel per-CPU counters, pipeline and exporter statistics), so
+//! they are asynchronous instruments: cumulative unless delta temporality was asked for.
+
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Metric, NumberDataPoint, Sum, metric::Data,
+    number_data_point::Value,
+};
+
+use super::otlp::attr_key_values;
+use super::series::{AttrSet, Val};
+
+/// The attribute that says which signal or reason a self-metric point is about.
+const SIGNAL: &str = "ztrace.signal";
+const REASON: &str = "ztrace.drop.reason";
+
+/// One self-metric counter and its points (attributes, total).
+struct Counter {
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    points: Vec<(AttrSet, u64)>,
+}
+
+/// A snapshot of every counter the self metrics report (totals since start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Records read from the ring buffer.
+    pub events_read: u64,
+    /// Events lost in the kernel: ring buffer full.
+    pub dropped_ring_full: u64,
+    /// Events lost in the kernel: per-thread argument map full.
+    pub dropped_args_full: u64,
+    pub spans_exported: u64,
+    pub metric_points_exported: u64,
+    pub logs_exported: u64,
+    /// Refused because an export queue was full, per signal.
+    pub spans_queue_dropped: u64,
+    pub metrics_queue_dropped: u64,
+    pub logs_queue_dropped: u64,
+    /// Given up after failed export attempts, per signal (items).
+    pub spans_failed: u64,
+    pub metrics_failed: u64,
+    pub logs_failed: u64,
+    /// Spans waiting in the export queue now.
+    pub queue_depth: u64,
+    /// Measurements folded into overflow series.
+    pub metric_overflow: u64,
+    /// Log records dropped before export (held-record buffer full).
+    pub logs_dropped: u64,
+}
+
+impl Health {
+    pub fn any_loss(&self) -> u64 {
+        self.dropped_ring_full
+            + self.dropped_args_full
+            + self.spans_queue_dropped
+            + self.metrics_queue_dropped
+            + self.logs_queue_dropped
+            + self.spans_failed
+            + self.metrics_failed
+            + self.logs_failed
+            + self.logs_dropped
+    }
+
+    /// Every counter, with its points.
+    fn counters(&self) -> Vec<Counter> {
+        let on = |k: &'static str, v: &str| -> AttrSet { vec![(k, Val::from(v))] };
+        vec![
+            Counter {
+                name: "ztrace.events.read",
+                unit: "{event}",
+                description: "Kernel records read from the ring buffer.",
+                points: vec![(vec![], self.events_read)],
+            },
+            Counter {
+                name: "ztrace.events.dropped",
+                unit: "{event}",
+                description: "Kernel events lost before they reached ztrace.",
+                points: vec![
+                    (on(REASON, "ring_buffer_full"), self.dropped_ring_full),
+                    (on(REASON, "arg_map_full"), self.dropped_args_full),
+                ],
+            },
+            Counter {
+                name: "ztrace.queue.dropped",
+                unit: "{item}",
+                description: "Items refused because an export queue was full.",
+                points: vec![
+                    (on(SIGNAL, "spans"), self.spans_queue_dropped),
+                    (on(SIGNAL, "metrics"), self.metrics_queue_dropped),
+                    (on(SIGNAL, "logs"), self.logs_queue_dropped),
+                ],
+            },
+            Counter {
+                name: "ztrace.spans.exported",
+                unit: "{span}",
+                description: "Spans the collector accepted.",
+                points: vec![(vec![], self.spans_exported)],
+            },
+            Counter {
+                name: "ztrace.metrics.exported",
+                unit: "{data_point}",
+                description: "Metric data points the collector accepted.",
+                points: vec![(vec![], self.metric_points_exported)],
+            },
+            Counter {
+                name: "ztrace.logs.exported",
+                unit: "{log_record}",
+                description: "Log records the collector accepted.",
+                points: vec![(vec![], self.logs_exported)],
+            },
+            Counter {
+                name: "ztrace.export.failures",
+                unit: "{item}",
+                description: "Items given up on after failed export attempts.",
+                points: vec![
+                    (on(SIGNAL, "spans"), self.spans_failed),
+                    (on(SIGNAL, "metrics"), self.metrics_failed),
+                    (on(SIGNAL, "logs"), self.logs_failed),
+                ],
+            },
+            Counter {
+                name: "ztrace.metrics.overflow",
+                unit: "{measurement}",
+                description: "Measurements folded into an overflow series (otel.metric.overflow) by the cardinality cap.",
+                points: vec![(vec![], self.metric_overflow)],
+            },
+            Counter {
+                name: "ztrace.logs.dropped",
+                unit: "{log_record}",
+                description: "Log lines dropped before export because the held-record buffer was full.",
+                points: vec![(vec![], self.logs_dropped)],
+            },
+        ]
+    }
+
+    /// The self metrics as OTLP. `previous` is set for delta temporality (report the change).
+    pub fn to_metrics(&self, previous: Option<&Health>, start_ns: u64, now_ns: u64) -> Vec<Metric> {
+        let temporality = if previous.is_some() {
+            AggregationTemporality::Delta
+        } else {
+            AggregationTemporality::Cumulative
+        };
+        let before = previous.map(Health::counters);
+        let mut out = Vec::new();
+        for (i, c) in self.counters().into_iter().enumerate() {
+            let data_points = c
+                .points
+                .into_iter()
+                .enumerate()
+                .map(|(j, (attrs, v))| {
+                    let base = before.as_ref().map_or(0, |b| b[i].points[j].1);
+                    NumberDataPoint {
+                        attributes: attr_key_values(&attrs),
+                        start_time_unix_nano: start_ns,
+                        time_unix_nano: now_ns,
+                        value: Some(Value::AsInt(v.saturating_sub(base) as i64)),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            out.push(Metric {
+                name: c.name.into(),
+                unit: c.unit.into(),
+                description: c.description.into(),
+                data: Some(Data::Sum(Sum {
+                    data_points,
+                    aggregation_temporality: temporality as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            });
+        }
+        out.push(Metric {
+            name: "ztrace.queue.depth".into(),
+            unit: "{span}".into(),
+            description: "Spans waiting in the export queue.".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    time_unix_nano: now_ns,
+                    value: Some(Value::AsInt(self.queue_depth as i64)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        });
+        out
+    }
+}

@@ -1,0 +1,173 @@
+//! The daemon's side of the metrics and logs signals: every turn of the capture loop it ships the
+//! log lines the pipeline has ready; every export interval it collects the metrics (the traced
+//! processes' and ztrace's own health) and ships them; it warns when ztrace loses data and sums
+//! both signals up on exit. It owns the Resource table these two signals use.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::{
+    capture::KernelCounters,
+    export::{Exporter, ProcessTable},
+    logs::{LogLine, to_request},
+    metrics::health::Health,
+    model::ProcessInfo,
+    pipeline::Pipeline,
+};
+
+/// Most log lines per logs request.
+const LOG_BATCH: usize = 512;
+/// Losses are warned about at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+pub struct Telemetry {
+    table: ProcessTable,
+    interval: Duration,
+    next_collect: Instant,
+    mono_to_unix: i128,
+    self_pid: u32,
+    lines: Vec<LogLine>,
+    kernel: KernelCounters,
+    collections: u64,
+    warned_losses: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Telemetry {
+    pub fn new(interval: Duration, mono_to_unix: i128, host_name: &str) -> Self {
+        let self_pid = std::process::id();
+        let mut table = ProcessTable::new(Some(host_name.to_string()).filter(|h| !h.is_empty()));
+        table.upsert(Arc::new(crate::process::info(
+            self_pid,
+            Some("ztrace"),
+            host_name,
+        )));
+        let interval = interval.max(Duration::from_millis(100));
+        Telemetry {
+            table,
+            interval,
+            next_collect: Instant::now() + interval,
+            mono_to_unix,
+            self_pid,
+            lines: Vec::new(),
+            kernel: KernelCounters::default(),
+            collections: 0,
+            warned_losses: 0,
+            warned_at: None,
+        }
+    }
+
+    pub fn process(&mut self, info: Arc<ProcessInfo>) {
+        self.table.upsert(info);
+    }
+
+    /// The latest kernel counters (the daemon reads them once a second).
+    pub fn kernel(&mut self, counters: KernelCounters) {
+        self.kernel = counters;
+    }
+
+    /// Ships ready log lines; collects and ships metrics when due (or when `force`d, at exit).
+    pub fn poll(&mut self, pipeline: &mut Pipeline, exporter: &Exporter, force: bool) {
+        pipeline.take_logs(&mut self.lines);
+        for chunk in self.lines.chunks(LOG_BATCH) {
+            exporter.export_logs(to_request(chunk, self.mono_to_unix, &self.table));
+        }
+        self.lines.clear();
+        let now = Instant::now();
+        if !force && now < self.next_collect {
+            return;
+        }
+        self.next_collect = now + self.interval;
+        let health = self.health(pipeline, exporter);
+        self.warn_losses(&health, force);
+        if let Some(metrics) = &mut pipeline.metrics {
+            let (req, _) = metrics.collect(unix_now_ns(), &health, self.self_pid, &self.table);
+            exporter.export_metrics(req);
+            self.collections += 1;
+        }
+    }
+
+    fn health(&self, pipeline: &Pipeline, exporter: &Exporter) -> Health {
+        let spans = exporter.stats();
+        let signals = exporter.signal_stats();
+        let logs = pipeline.logs.as_ref().map(|l| l.stats).unwrap_or_default();
+        Health {
+            events_read: pipeline.stats().records,
+            dropped_ring_full: self.kernel.ringbuf_full,
+            dropped_args_full: self.kernel.args_full,
+            spans_exported: spans.spans_exported,
+            metric_points_exported: signals.metric_points_exported,
+            logs_exported: signals.logs_exported,
+            spans_queue_dropped: spans.spans_dropped_queue_full,
+            metrics_queue_dropped: signals.metrics_queue_dropped,
+            logs_queue_dropped: signals.logs_queue_dropped,
+            spans_failed: spans.spans_dropped_failed,
+            metrics_failed: signals.metrics_failed,
+            logs_failed: signals.logs_failed,
+            queue_depth: exporter.queue_depth(),
+            metric_overflow: pipeline.metrics.as_ref().map_or(0, |m| m.folded()),
+            logs_dropped: logs.dropped,
+        }
+    }
+
+    /// Warns (at most every 10 s) when anything was lost since the last warning.
+    fn warn_losses(&mut self, h: &Health, force: bool) {
+        let total = h.any_loss();
+        let due = self.warned_at.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+        if total > self.warned_losses && (due || force) {
+            log::warn!(
+                "ztrace lost data (totals): kernel {} (ring buffer full {}, arg map full {}); export queue full: spans {}, metric requests {}, log requests {}; export failed: spans {}, metric points {}, log records {}; log lines dropped {}",
+                h.dropped_ring_full + h.dropped_args_full,
+                h.dropped_ring_full,
+                h.dropped_args_full,
+                h.spans_queue_dropped,
+                h.metrics_queue_dropped,
+                h.logs_queue_dropped,
+                h.spans_failed,
+                h.metrics_failed,
+                h.logs_failed,
+                h.logs_dropped,
+            );
+            self.warned_losses = total;
+            self.warned_at = Some(Instant::now());
+        }
+    }
+
+    /// The exit summary of both signals.
+    pub fn summary(&self, pipeline: &Pipeline, exporter: &Exporter) {
+        let s = exporter.signal_stats();
+        if let Some(m) = &pipeline.metrics {
+            log::info!(
+                "summary (metrics): {} collections, {} series held, {} measurements folded into overflow series; {} data points exported ({} failed, {} requests dropped: queue full)",
+                self.collections,
+                m.series(),
+                m.folded(),
+                s.metric_points_exported,
+                s.metrics_failed,
+                s.metrics_queue_dropped,
+            );
+        }
+        if let Some(l) = &pipeline.logs {
+            let st = l.stats;
+            log::info!(
+                "summary (logs): {} lines captured ({} correlated with a span, {} whose span was not released in time, {} truncated, {} dropped); {} log records exported ({} failed, {} requests dropped: queue full)",
+                st.lines,
+                st.correlated,
+                st.correlation_lost,
+                st.truncated,
+                st.dropped,
+                s.logs_exported,
+                s.logs_failed,
+                s.logs_queue_dropped,
+            );
+        }
+    }
+}
