@@ -1,32 +1,43 @@
-//! OTLP/gRPC output: turns batches of spans into `ExportTraceServiceRequest`s (one
-//! `ResourceSpans` per traced process, one `ScopeSpans` "ztrace") and sends them to a collector
-//! with tonic, retrying transient failures with jittered exponential back-off.
+//! OTLP output for all three signals: the retry loop shared by every signal and transport
+//! ([`OtlpClient`]), the span sink that encodes batches with the direct wire encoder
+//! (`wire.rs`, one `ResourceSpans` per traced process, one `ScopeSpans` "ztrace"), and the worker
+//! that queues, merges and ships metrics and logs requests built elsewhere.
 //!
-//! Failure policy: a batch is retried on UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
-//! ABORTED, CANCELLED and transport/connect errors for at most `3 × export_timeout` (or until the
-//! shutdown deadline), then dropped; other errors drop it at once. Either way it is counted, and a
-//! warning is logged once per failure streak (later drops in the streak go to debug) plus a note
-//! when export recovers.
+//! Failure policy, per the OTLP specification: retryable failures (gRPC UNAVAILABLE, CANCELLED,
+//! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS, RESOURCE_EXHAUSTED with `RetryInfo`;
+//! HTTP 429, 502, 503, 504; connection errors and timeouts) are retried with exponential back-off
+//! and jitter — or after exactly the delay the collector asked for (`RetryInfo`, `Retry-After`) —
+//! for at most `3 × timeout` (or until the shutdown deadline), then dropped; other failures drop
+//! the batch at once. Either way it is counted, and a warning is logged once per failure streak
+//! (later drops in the streak go to debug) plus a note when export recovers. A partial success
+//! (rejected items and a message) is logged and the rejected items are counted as failed.
 
-use std::error::Error as _;
 use std::time::Duration;
 
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::transport::{Failure, Transport};
 use super::{Control, Counters, ProcessTable};
+use crate::config::{Batching, OtlpTarget, Signal};
 use crate::model::Span;
-
-/// The gRPC method the OTLP trace exporter calls.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// First back-off; doubles per retry up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a batch is retried, in units of `export_timeout`.
+/// How long a batch is retried, in units of the export timeout.
 const RETRY_BUDGET_FACTOR: u32 = 3;
 
 /// `Span.flags`: whether the parent is remote is always known here.
@@ -36,69 +47,6 @@ pub(crate) fn span_flags(span: &Span) -> u32 {
         has | otlp::SpanFlags::ContextIsRemoteMask as u32
     } else {
         has
-    }
-}
-
-/// Why an attempt failed.
-enum Failure {
-    Status(tonic::Status),
-    TimedOut(Duration),
-}
-
-impl Failure {
-    fn retryable(&self) -> bool {
-        match self {
-            Failure::TimedOut(_) => true,
-            Failure::Status(s) => {
-                matches!(
-                    s.code(),
-                    Code::Unavailable
-                        | Code::ResourceExhausted
-                        | Code::DeadlineExceeded
-                        | Code::Aborted
-                        | Code::Cancelled
-                ) || is_transport_error(s)
-            }
-        }
-    }
-}
-
-/// Errors raised below gRPC (connect, I/O, HTTP/2) rather than sent by the collector.
-fn is_transport_error(status: &tonic::Status) -> bool {
-    let mut source = status.source();
-    while let Some(e) = source {
-        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::TimedOut(d) => write!(f, "no answer within {d:?}"),
-            Failure::Status(s) => {
-                write!(f, "{:?}", s.code())?;
-                if !s.message().is_empty() {
-                    write!(f, ": {}", s.message())?;
-                }
-                // Transport errors keep the useful part ("Connection refused") in the sources;
-                // tonic repeats some of the chain in the message, so show each part once.
-                let mut shown = s.message().to_string();
-                let mut source = s.source();
-                while let Some(e) = source {
-                    let text = e.to_string();
-                    if !text.is_empty() && text != "transport error" && !shown.contains(&text) {
-                        write!(f, ": {text}")?;
-                        shown.push_str(&text);
-                    }
-                    source = e.source();
-                }
-                Ok(())
-            }
-        }
     }
 }
 
@@ -112,72 +60,63 @@ fn jittered(base: Duration) -> Duration {
 /// Batches dropped in the current failure streak.
 struct Streak {
     batches: u64,
-    spans: u64,
+    items: u64,
 }
 
-pub(crate) struct OtlpSink {
-    endpoint: String,
-    client: tonic::client::Grpc<Channel>,
-    export_timeout: Duration,
+/// What the items of a signal are called in logs.
+fn items_name(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => "spans",
+        Signal::Metrics => "data points",
+        Signal::Logs => "log records",
+    }
+}
+
+/// One signal's exporter: transport plus retry policy plus accounting.
+pub(crate) struct OtlpClient {
+    signal: Signal,
+    shown: String,
+    transport: Result<Transport, String>,
+    timeout: Duration,
     streak: Option<Streak>,
 }
 
-/// A scheme-less endpoint (`127.0.0.1:4317`) means plaintext gRPC.
-fn with_scheme(uri: Uri) -> Uri {
-    if uri.scheme().is_some() {
-        return uri;
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(tonic::codegen::http::uri::Scheme::HTTP);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(tonic::codegen::http::uri::PathAndQuery::from_static("/"));
-    }
-    Uri::from_parts(parts).unwrap_or(uri)
-}
-
-impl OtlpSink {
+impl OtlpClient {
     /// Must be called inside the tokio runtime that will drive it; connects lazily.
-    pub(crate) fn new(endpoint: Uri, export_timeout: Duration) -> Self {
-        let endpoint = with_scheme(endpoint);
-        if endpoint.scheme_str() == Some("https") {
-            log::warn!(
-                "OTLP endpoint {endpoint} uses https, but this build has no TLS support; export will fail"
+    pub(crate) fn new(target: &OtlpTarget) -> Self {
+        let transport = Transport::new(target);
+        if let Err(e) = &transport {
+            log::error!(
+                "cannot set up {}: {e}; {} will be dropped",
+                target.describe(),
+                items_name(target.signal)
             );
         }
-        let shown = endpoint.to_string();
-        let shown = shown.strip_suffix('/').unwrap_or(&shown).to_string();
-        let channel = Endpoint::from(endpoint)
-            .connect_timeout(export_timeout)
-            .timeout(export_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(export_timeout)
-            .connect_lazy();
-        OtlpSink {
-            endpoint: shown,
-            client: tonic::client::Grpc::new(channel),
-            export_timeout,
+        OtlpClient {
+            signal: target.signal,
+            shown: target.describe(),
+            transport,
+            timeout: target.timeout.max(Duration::from_millis(1)),
             streak: None,
         }
     }
 
-    /// Sends one batch, retrying as the policy says; accounts for every span of it in `counters`.
-    pub(crate) async fn export(
+    /// Sends one encoded request of `n` items, retrying as the policy says; accounts for every
+    /// item in `counters`. `rejected` reads a partial success out of the response.
+    pub(crate) async fn export<R: prost::Message + Default>(
         &mut self,
-        spans: &[Span],
-        table: &ProcessTable,
+        body: Bytes,
+        n: usize,
         counters: &Counters,
         ctl: &mut Control,
+        rejected: impl Fn(&R) -> Option<(i64, String)>,
     ) {
-        if spans.is_empty() {
+        if n == 0 {
             return;
         }
-        let mut encoded = Vec::new();
-        super::wire::encode_request(spans, table, &mut encoded);
-        let request = bytes::Bytes::from(encoded);
-        let n = spans.len();
         let started = Instant::now();
         let budget_end = started
-            .checked_add(self.export_timeout * RETRY_BUDGET_FACTOR)
+            .checked_add(self.timeout * RETRY_BUDGET_FACTOR)
             .unwrap_or(started + Duration::from_secs(3600));
         // The batch's own budget, cut short by a shutdown deadline.
         let end = |ctl: &Control| ctl.deadline().map_or(budget_end, |d| d.min(budget_end));
@@ -185,9 +124,11 @@ impl OtlpSink {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let failure = match self.attempt(request.clone(), &end, ctl).await {
+            let failure = match self.attempt(body.clone(), &end, ctl).await {
                 Ok(response) => {
-                    self.succeeded(n, response, counters);
+                    // An undecodable success body still means the collector took the data.
+                    let partial = R::decode(response.as_ref()).ok().and_then(|r| rejected(&r));
+                    self.succeeded(n, partial, counters);
                     return;
                 }
                 Err(f) => f,
@@ -196,8 +137,10 @@ impl OtlpSink {
                 self.give_up(n, &failure, attempts, counters);
                 return;
             }
-            let wake = Instant::now() + jittered(backoff);
+            // The collector's own delay is honoured as given; otherwise back off with jitter.
+            let delay = failure.retry_after().unwrap_or_else(|| jittered(backoff));
             backoff = (backoff * 2).min(MAX_BACKOFF);
+            let wake = Instant::now() + delay;
             loop {
                 if wake >= end(ctl) {
                     self.give_up(n, &failure, attempts, counters);
@@ -209,40 +152,30 @@ impl OtlpSink {
                     _ = ctl.requested(), if ctl.deadline().is_none() => {}
                 }
             }
-            log::debug!("retrying OTLP export to {} after: {failure}", self.endpoint);
+            log::debug!("retrying {} after: {failure}", self.shown);
             counters.retried();
         }
     }
 
-    /// One export call, bounded by `export_timeout` and by the batch's end.
+    /// One export call, bounded by the timeout and by the batch's end.
     async fn attempt(
-        &self,
-        request: bytes::Bytes,
+        &mut self,
+        body: Bytes,
         end: &impl Fn(&Control) -> Instant,
         ctl: &mut Control,
-    ) -> Result<ExportTraceServiceResponse, Failure> {
+    ) -> Result<Bytes, Failure> {
         let started = Instant::now();
-        let mut client = self.client.clone();
-        let call = async move {
-            client
-                .ready()
-                .await
-                .map_err(|e| tonic::Status::unavailable(format!("collector not reachable: {e}")))?;
-            client
-                .unary(
-                    tonic::Request::new(request),
-                    tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
-                    super::wire::RawCodec::<ExportTraceServiceResponse>::default(),
-                )
-                .await
+        let timeout = self.timeout;
+        let transport = match &mut self.transport {
+            Ok(t) => t,
+            Err(e) => return Err(Failure::Setup(e.clone())),
         };
+        let call = transport.send(body);
         tokio::pin!(call);
         loop {
-            let stop = (started + self.export_timeout).min(end(ctl));
+            let stop = (started + timeout).min(end(ctl));
             tokio::select! {
-                result = &mut call => {
-                    return result.map(tonic::Response::into_inner).map_err(Failure::Status);
-                }
+                result = &mut call => return result,
                 _ = tokio::time::sleep_until(stop) => {
                     return Err(Failure::TimedOut(stop.saturating_duration_since(started)));
                 }
@@ -251,21 +184,19 @@ impl OtlpSink {
         }
     }
 
-    fn succeeded(&mut self, n: usize, response: ExportTraceServiceResponse, counters: &Counters) {
+    fn succeeded(&mut self, n: usize, partial: Option<(i64, String)>, counters: &Counters) {
         let mut rejected = 0usize;
-        if let Some(partial) = response.partial_success {
-            rejected = usize::try_from(partial.rejected_spans.max(0))
-                .unwrap_or(usize::MAX)
-                .min(n);
-            if rejected > 0 || !partial.error_message.is_empty() {
+        if let Some((count, message)) = partial {
+            rejected = usize::try_from(count.max(0)).unwrap_or(usize::MAX).min(n);
+            if rejected > 0 || !message.is_empty() {
                 log::warn!(
-                    "collector at {} rejected {} of {n} spans: {}",
-                    self.endpoint,
-                    partial.rejected_spans,
-                    if partial.error_message.is_empty() {
+                    "collector at {} rejected {count} of {n} {}: {}",
+                    self.shown,
+                    items_name(self.signal),
+                    if message.is_empty() {
                         "(no message)"
                     } else {
-                        &partial.error_message
+                        &message
                     }
                 );
             }
@@ -276,9 +207,10 @@ impl OtlpSink {
         }
         if let Some(streak) = self.streak.take() {
             log::info!(
-                "OTLP export to {} recovered; {} spans in {} batches were dropped meanwhile",
-                self.endpoint,
-                streak.spans,
+                "{} recovered; {} {} in {} batches were dropped meanwhile",
+                self.shown,
+                streak.items,
+                items_name(self.signal),
                 streak.batches
             );
         }
@@ -286,32 +218,285 @@ impl OtlpSink {
 
     fn give_up(&mut self, n: usize, failure: &Failure, attempts: u32, counters: &Counters) {
         counters.failed(n, true);
+        let what = items_name(self.signal);
         match &mut self.streak {
             None => {
                 log::warn!(
-                    "OTLP export to {} failed ({failure}); dropped a batch of {n} spans after {attempts} attempt(s). \
+                    "{} failed ({failure}); dropped a batch of {n} {what} after {attempts} attempt(s). \
                      Further failures are logged at debug level until export recovers",
-                    self.endpoint
+                    self.shown
                 );
                 self.streak = Some(Streak {
                     batches: 1,
-                    spans: n as u64,
+                    items: n as u64,
                 });
             }
             Some(streak) => {
                 streak.batches += 1;
-                streak.spans += n as u64;
+                streak.items += n as u64;
                 log::debug!(
-                    "OTLP export to {} failed ({failure}); dropped a batch of {n} spans after {attempts} attempt(s)",
-                    self.endpoint
+                    "{} failed ({failure}); dropped a batch of {n} {what} after {attempts} attempt(s)",
+                    self.shown
                 );
             }
         }
     }
 }
 
-/// The request built from `opentelemetry-proto` structs: the reference the direct wire encoding
-/// (`wire.rs`) is tested against.
+/// The span sink: direct wire encoding, then the shared client.
+pub(crate) struct OtlpSink {
+    client: OtlpClient,
+    encoded: Vec<u8>,
+}
+
+impl OtlpSink {
+    pub(crate) fn new(target: &OtlpTarget) -> Self {
+        OtlpSink {
+            client: OtlpClient::new(target),
+            encoded: Vec::new(),
+        }
+    }
+
+    /// Sends one batch; accounts for every span of it in `counters`.
+    pub(crate) async fn export(
+        &mut self,
+        spans: &[Span],
+        table: &ProcessTable,
+        counters: &Counters,
+        ctl: &mut Control,
+    ) {
+        if spans.is_empty() {
+            return;
+        }
+        super::wire::encode_request(spans, table, &mut self.encoded);
+        let body = Bytes::copy_from_slice(&self.encoded);
+        self.client
+            .export(
+                body,
+                spans.len(),
+                counters,
+                ctl,
+                |r: &ExportTraceServiceResponse| {
+                    r.partial_success
+                        .as_ref()
+                        .map(|p| (p.rejected_spans, p.error_message.clone()))
+                },
+            )
+            .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and logs: requests built by their producers, queued, merged and shipped here.
+
+/// An OTLP export request of a signal other than traces.
+pub(crate) trait OtlpRequest: prost::Message + Default + Send + 'static {
+    type Response: prost::Message + Default;
+    /// Data points or log records in the request: the unit of counting and batching.
+    fn items(&self) -> usize;
+    /// Appends `other`'s resources.
+    fn append(&mut self, other: Self);
+    /// The Resources of the request, to add the configured resource attributes to.
+    fn resources(&mut self) -> Vec<&mut Resource>;
+    fn rejected(response: &Self::Response) -> Option<(i64, String)>;
+}
+
+impl OtlpRequest for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    fn items(&self) -> usize {
+        self.resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Sum(s)) => s.data_points.len(),
+                Some(Data::Histogram(h)) => h.data_points.len(),
+                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                Some(Data::Summary(s)) => s.data_points.len(),
+                None => 0,
+            })
+            .sum()
+    }
+    fn append(&mut self, other: Self) {
+        self.resource_metrics.extend(other.resource_metrics);
+    }
+    fn resources(&mut self) -> Vec<&mut Resource> {
+        self.resource_metrics
+            .iter_mut()
+            .map(|rm| rm.resource.get_or_insert_with(Resource::default))
+            .collect()
+    }
+    fn rejected(r: &Self::Response) -> Option<(i64, String)> {
+        r.partial_success
+            .as_ref()
+            .map(|p| (p.rejected_data_points, p.error_message.clone()))
+    }
+}
+
+impl OtlpRequest for ExportLogsServiceRequest {
+    type Response = ExportLogsServiceResponse;
+    fn items(&self) -> usize {
+        self.resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum()
+    }
+    fn append(&mut self, other: Self) {
+        self.resource_logs.extend(other.resource_logs);
+    }
+    fn resources(&mut self) -> Vec<&mut Resource> {
+        self.resource_logs
+            .iter_mut()
+            .map(|rl| rl.resource.get_or_insert_with(Resource::default))
+            .collect()
+    }
+    fn rejected(r: &Self::Response) -> Option<(i64, String)> {
+        r.partial_success
+            .as_ref()
+            .map(|p| (p.rejected_log_records, p.error_message.clone()))
+    }
+}
+
+/// Sets `extra` on a Resource: configured attributes override detected ones of the same key.
+pub(crate) fn apply_resource_attributes(resource: &mut Resource, extra: &[KeyValue]) {
+    for kv in extra {
+        match resource.attributes.iter_mut().find(|a| a.key == kv.key) {
+            Some(a) => a.value = kv.value.clone(),
+            None => resource.attributes.push(kv.clone()),
+        }
+    }
+}
+
+/// A queued request and its item count.
+pub(crate) struct Queued<R> {
+    pub(crate) request: R,
+    pub(crate) items: usize,
+}
+
+/// Drains one signal's request queue: merges requests up to the batch size (when merging is
+/// on), adds the configured resource attributes and exports; on shutdown, flushes until the
+/// deadline.
+pub(crate) struct RequestWorker<R: OtlpRequest> {
+    pub(crate) rx: mpsc::Receiver<Queued<R>>,
+    pub(crate) client: OtlpClient,
+    pub(crate) counters: std::sync::Arc<Counters>,
+    pub(crate) ctl: Control,
+    pub(crate) batching: Batching,
+    /// Merge queued requests into one (logs) or send each as it is (metrics).
+    pub(crate) merge: bool,
+    pub(crate) resource: Vec<KeyValue>,
+    /// Taken off the queue and not yet accounted for.
+    pub(crate) held: Vec<Queued<R>>,
+}
+
+impl<R: OtlpRequest> RequestWorker<R> {
+    pub(crate) async fn run(mut self) {
+        while self.ctl.deadline().is_none() {
+            let got = tokio::select! {
+                biased;
+                _ = self.ctl.requested() => break,
+                got = self.rx.recv() => got,
+            };
+            let Some(first) = got else { break };
+            self.counters.dequeued(first.items);
+            let mut items = first.items;
+            self.held.push(first);
+            if self.merge {
+                let flush_at = Instant::now() + self.batching.delay;
+                while items < self.batching.max_batch {
+                    tokio::select! {
+                        biased;
+                        _ = self.ctl.requested() => break,
+                        got = self.rx.recv() => match got {
+                            Some(q) => {
+                                self.counters.dequeued(q.items);
+                                items += q.items;
+                                self.held.push(q);
+                            }
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(flush_at) => break,
+                    }
+                }
+            }
+            self.send_held().await;
+        }
+        self.drain().await;
+    }
+
+    async fn send_held(&mut self) {
+        let mut held = std::mem::take(&mut self.held).into_iter();
+        let Some(first) = held.next() else { return };
+        let mut items = first.items;
+        let mut request = first.request;
+        for q in held {
+            items += q.items;
+            request.append(q.request);
+        }
+        if !self.resource.is_empty() {
+            for r in request.resources() {
+                apply_resource_attributes(r, &self.resource);
+            }
+        }
+        let body = Bytes::from(request.encode_to_vec());
+        drop(request);
+        self.client
+            .export(body, items, &self.counters, &mut self.ctl, R::rejected)
+            .await;
+    }
+
+    async fn drain(&mut self) {
+        self.rx.close();
+        let deadline = self.ctl.deadline().unwrap_or_else(Instant::now);
+        loop {
+            let mut items: usize = self.held.iter().map(|q| q.items).sum();
+            if self.held.is_empty() {
+                while let Ok(q) = self.rx.try_recv() {
+                    self.counters.dequeued(q.items);
+                    items += q.items;
+                    self.held.push(q);
+                    if !self.merge || items >= self.batching.max_batch {
+                        break;
+                    }
+                }
+            }
+            if self.held.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let mut unsent = items;
+                self.held.clear();
+                while let Ok(q) = self.rx.try_recv() {
+                    self.counters.dequeued(q.items);
+                    unsent += q.items;
+                }
+                self.counters.failed(unsent, true);
+                log::warn!(
+                    "export shutdown deadline reached: {unsent} {} were not sent",
+                    items_name(self.client.signal)
+                );
+                break;
+            }
+            self.send_held().await;
+        }
+    }
+}
+
+impl<R: OtlpRequest> Drop for RequestWorker<R> {
+    /// Aborted or torn down with its runtime: whatever it still held is lost; count it.
+    fn drop(&mut self) {
+        let mut lost: usize = self.held.iter().map(|q| q.items).sum();
+        while let Ok(q) = self.rx.try_recv() {
+            lost += q.items;
+        }
+        if lost > 0 {
+            self.counters.failed(lost, !self.held.is_empty());
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod reference {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -323,8 +508,7 @@ pub(crate) mod reference {
 
     use super::span_flags;
     use crate::export::{
-        AttrValue, Attrs, ProcessTable, SCOPE_NAME, SCOPE_VERSION, resource_attributes,
-        span_attributes, span_name,
+        AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, span_attributes, span_name,
     };
     use crate::model::{Span, SpanKind, SpanStatus};
 
@@ -344,11 +528,11 @@ pub(crate) mod reference {
         AnyValue { value: Some(value) }
     }
 
-    pub(crate) fn key_values(attrs: Attrs) -> Vec<KeyValue> {
+    pub(crate) fn key_values<K: AsRef<str>>(attrs: Vec<(K, AttrValue)>) -> Vec<KeyValue> {
         attrs
             .into_iter()
             .map(|(k, v)| KeyValue {
-                key: k.to_string(),
+                key: k.as_ref().to_string(),
                 value: Some(any_value(v)),
             })
             .collect()
@@ -399,11 +583,7 @@ pub(crate) mod reference {
             .into_iter()
             .map(|(pid, spans)| otlp::ResourceSpans {
                 resource: Some(Resource {
-                    attributes: key_values(resource_attributes(
-                        pid,
-                        table.get(pid),
-                        table.host_fallback(),
-                    )),
+                    attributes: key_values(table.resource(pid)),
                     ..Default::default()
                 }),
                 scope_spans: vec![otlp::ScopeSpans {
@@ -437,9 +617,11 @@ mod tests {
 
     use super::reference::*;
     use super::*;
+    use crate::config::Protocol;
     use crate::export::test_support::*;
     use crate::export::{ExportConfig, ExportStats, Exporter, Output};
     use crate::model::{SpanId, TraceId};
+    use tonic::Code;
 
     fn attr<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a any_value::Value> {
         span.attributes
@@ -592,27 +774,6 @@ mod tests {
     }
 
     #[test]
-    fn failure_classification() {
-        let retry = |c: Code| Failure::Status(tonic::Status::new(c, "x")).retryable();
-        assert!(retry(Code::Unavailable));
-        assert!(retry(Code::ResourceExhausted));
-        assert!(retry(Code::DeadlineExceeded));
-        assert!(retry(Code::Aborted));
-        assert!(retry(Code::Cancelled));
-        assert!(!retry(Code::InvalidArgument));
-        assert!(!retry(Code::Unimplemented));
-        assert!(!retry(Code::Unauthenticated));
-        assert!(Failure::TimedOut(Duration::from_secs(1)).retryable());
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let status = tonic::Status::from_error(Box::new(io));
-        let failure = Failure::Status(status);
-        assert!(failure.retryable());
-        assert_eq!(failure.to_string(), "Unknown: refused");
-        let timed_out = Failure::TimedOut(Duration::from_millis(1500));
-        assert_eq!(timed_out.to_string(), "no answer within 1.5s");
-    }
-
-    #[test]
     fn jitter_stays_in_range() {
         for _ in 0..100 {
             let d = jittered(Duration::from_millis(100));
@@ -621,23 +782,44 @@ mod tests {
         assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 
-    #[test]
-    fn scheme_less_endpoint_means_http() {
-        let uri: Uri = "127.0.0.1:4317".parse().unwrap_or_default();
-        assert_eq!(with_scheme(uri).to_string(), "http://127.0.0.1:4317/");
-    }
-
     // ---- end to end, against the in-process receiver ----
 
-    fn otlp_config(endpoint: &str) -> ExportConfig {
+    fn target(signal: Signal, protocol: Protocol, base: &str, timeout: Duration) -> OtlpTarget {
+        let base: http::Uri = base.parse().unwrap_or_default();
+        let endpoint = match protocol {
+            Protocol::Grpc => base,
+            Protocol::HttpProtobuf => format!(
+                "{}://{}/{}",
+                base.scheme_str().unwrap_or("http"),
+                base.authority().map(|a| a.as_str()).unwrap_or(""),
+                signal.http_path()
+            )
+            .parse()
+            .unwrap_or_default(),
+        };
+        OtlpTarget {
+            protocol,
+            timeout,
+            ..OtlpTarget::grpc(signal, endpoint)
+        }
+    }
+
+    fn otlp_config_with(endpoint: &str, protocol: Protocol, timeout: Duration) -> ExportConfig {
         ExportConfig {
-            output: Output::Otlp {
-                endpoint: endpoint.parse().unwrap_or_default(),
-            },
+            output: Output::Otlp(target(Signal::Traces, protocol, endpoint, timeout)),
+            metrics: Some(target(Signal::Metrics, protocol, endpoint, timeout)),
+            logs: Some(target(Signal::Logs, protocol, endpoint, timeout)),
             batch_delay: Duration::from_millis(50),
-            export_timeout: Duration::from_secs(2),
+            log_batching: Batching {
+                delay: Duration::from_millis(50),
+                ..crate::config::DEFAULT_LOG_BATCHING
+            },
             ..ExportConfig::default()
         }
+    }
+
+    fn otlp_config(endpoint: &str) -> ExportConfig {
+        otlp_config_with(endpoint, Protocol::Grpc, Duration::from_secs(2))
     }
 
     fn numbered(i: u8, pid: u32) -> Span {
@@ -907,9 +1089,12 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_retry_budget() {
         let exporter = Exporter::spawn(ExportConfig {
-            export_timeout: Duration::from_millis(100),
             batch_delay: Duration::from_millis(10),
-            ..otlp_config(&format!("http://{}", closed_port()))
+            ..otlp_config_with(
+                &format!("http://{}", closed_port()),
+                Protocol::Grpc,
+                Duration::from_millis(100),
+            )
         });
         exporter.submit(numbered(1, 1));
         // Budget is 3 × 100 ms; then the batch is dropped while the exporter keeps running.
