@@ -57,6 +57,8 @@ pub enum Protocol {
 pub struct TlsIdentity {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    /// The CA that signed `cert_pem`: what a client must trust.
+    pub ca_pem: Vec<u8>,
 }
 
 /// How to start a receiver.
@@ -867,30 +869,50 @@ impl Drop for Receiver {
     }
 }
 
-/// A self-signed certificate for `localhost` and 127.0.0.1, made with the `openssl` command.
-pub fn self_signed_localhost(dir: &std::path::Path) -> anyhow::Result<TlsIdentity> {
+/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1, made with the
+/// `openssl` command (TLS libraries refuse a CA certificate as a server's own, so a single
+/// self-signed certificate will not do).
+pub fn test_certificates(dir: &std::path::Path) -> anyhow::Result<TlsIdentity> {
     std::fs::create_dir_all(dir)?;
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .context("running openssl (apt-get install openssl)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .context("running openssl (apt-get install openssl)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let (ca_key, ca_cert) = (path("ca.key"), path("ca.pem"));
+    let (key, csr, cert, ext) = (
+        path("server.key"),
+        path("server.csr"),
+        path("server.pem"),
+        path("server.ext"),
     );
+    openssl(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        "/CN=ztrace test CA", "-keyout", &ca_key, "-out", &ca_cert,
+    ])?;
+    openssl(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", &key,
+        "-out", &csr,
+    ])?;
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )?;
+    openssl(&[
+        "x509", "-req", "-in", &csr, "-CA", &ca_cert, "-CAkey", &ca_key, "-CAcreateserial",
+        "-days", "1", "-extfile", &ext, "-out", &cert,
+    ])?;
     Ok(TlsIdentity {
         cert_pem: std::fs::read(&cert)?,
         key_pem: std::fs::read(&key)?,
+        ca_pem: std::fs::read(&ca_cert)?,
     })
 }

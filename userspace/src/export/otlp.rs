@@ -1119,4 +1119,428 @@ mod tests {
         receiver_rt.block_on(receiver.stop());
         Ok(())
     }
+
+    // ---- transports, signals and faults ----
+
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    };
+    use ztrace_e2e::receiver::{self as rx, Options};
+
+    fn metrics_request(points: usize) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(str_v("metrics-svc")),
+                        }),
+                    }],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "ztrace.test".into(),
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![NumberDataPoint::default(); points],
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn logs_request(records: usize) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: None,
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord::default(); records],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn res_str(attrs: &[KeyValue], key: &str) -> Option<String> {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+    }
+
+    /// All three signals over one transport, with gzip, headers and resource attributes.
+    async fn three_signals(protocol: Protocol, gzip: bool) -> anyhow::Result<()> {
+        let receiver = Receiver::start_with(Options {
+            protocol: match protocol {
+                Protocol::Grpc => rx::Protocol::Grpc,
+                Protocol::HttpProtobuf => rx::Protocol::Http,
+            },
+            ..Options::default()
+        })
+        .await?;
+        let mut cfg = otlp_config_with(&receiver.endpoint(), protocol, Duration::from_secs(2));
+        let compression = if gzip {
+            crate::config::Compression::Gzip
+        } else {
+            crate::config::Compression::None
+        };
+        for t in [cfg.metrics.as_mut(), cfg.logs.as_mut()]
+            .into_iter()
+            .flatten()
+            .chain(match &mut cfg.output {
+                Output::Otlp(t) => Some(t),
+                _ => None,
+            })
+        {
+            t.compression = compression;
+            t.headers = vec![("x-api-key".into(), "secret 1".into())];
+        }
+        cfg.resource_attributes = vec![("deployment.environment.name".into(), "test".into())];
+        let exporter = Exporter::spawn(cfg);
+        exporter.process(Arc::new(process(1234, "python3")));
+        for i in 1..=3 {
+            exporter.submit(numbered(i, 1234));
+        }
+        exporter.export_metrics(metrics_request(4));
+        exporter.export_logs(logs_request(2));
+        exporter.export_logs(logs_request(3));
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(stats.spans_exported, 3, "{stats:?}");
+        assert_eq!(stats.metrics.exported, 4, "{stats:?}");
+        assert_eq!(stats.logs.exported, 5, "{stats:?}");
+        let spans = receiver.spans();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(
+            spans[0]
+                .resource_str("deployment.environment.name")
+                .as_deref(),
+            Some("test")
+        );
+        assert_eq!(
+            spans[0].resource_str("service.name").as_deref(),
+            Some("python3-svc")
+        );
+        let metrics = receiver.metrics_requests();
+        let resource = metrics[0].resource_metrics[0]
+            .resource
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            res_str(&resource.attributes, "deployment.environment.name").as_deref(),
+            Some("test")
+        );
+        assert_eq!(
+            res_str(&resource.attributes, "service.name").as_deref(),
+            Some("metrics-svc")
+        );
+        assert_eq!(receiver.log_record_count(), 5);
+        let calls = receiver.calls();
+        assert!(!calls.is_empty());
+        for call in &calls {
+            assert_eq!(call.header("x-api-key"), Some("secret 1"), "{call:?}");
+            assert_eq!(call.gzip, gzip, "{call:?}");
+            assert!(
+                call.header("user-agent")
+                    .is_some_and(|ua| ua.contains("ztrace/")),
+                "{call:?}"
+            );
+        }
+        for signal in [rx::Signal::Traces, rx::Signal::Metrics, rx::Signal::Logs] {
+            assert!(calls.iter().any(|c| c.signal == signal), "{signal:?}");
+        }
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_protobuf_without_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::HttpProtobuf, false).await
+    }
+
+    #[tokio::test]
+    async fn http_protobuf_with_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::HttpProtobuf, true).await
+    }
+
+    #[tokio::test]
+    async fn grpc_with_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::Grpc, true).await
+    }
+
+    #[tokio::test]
+    async fn grpc_without_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::Grpc, false).await
+    }
+
+    #[tokio::test]
+    async fn grpc_retry_info_is_honoured() -> anyhow::Result<()> {
+        let receiver = Receiver::start().await?;
+        // RESOURCE_EXHAUSTED is retryable only because RetryInfo says when.
+        receiver.fail_next_retry_after(1, Code::ResourceExhausted, Duration::from_millis(700));
+        let exporter = Exporter::spawn(otlp_config(&receiver.endpoint()));
+        let started = std::time::Instant::now();
+        exporter.submit(numbered(1, 1));
+        assert!(
+            receiver
+                .wait_until(Duration::from_secs(5), |r| r.span_count() == 1)
+                .await
+        );
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(700), "{waited:?}");
+        let stats = exporter.shutdown(Duration::from_secs(2)).await;
+        assert_eq!((stats.spans_exported, stats.retries), (1, 1), "{stats:?}");
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_503_with_retry_after_is_retried_and_400_is_not() -> anyhow::Result<()> {
+        let receiver = Receiver::start_http().await?;
+        receiver.fail_next_retry_after(1, Code::Unavailable, Duration::from_secs(1));
+        let exporter = Exporter::spawn(otlp_config_with(
+            &receiver.endpoint(),
+            Protocol::HttpProtobuf,
+            Duration::from_secs(2),
+        ));
+        let started = std::time::Instant::now();
+        exporter.submit(numbered(1, 1));
+        assert!(
+            receiver
+                .wait_until(Duration::from_secs(5), |r| r.span_count() == 1)
+                .await
+        );
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(exporter.stats().retries, 1);
+        receiver.fail_next(1, Code::InvalidArgument);
+        exporter.export_logs(logs_request(2));
+        exporter.export_logs(logs_request(0));
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(stats.spans_exported, 1);
+        assert_eq!(stats.logs.dropped_failed, 2, "{stats:?}");
+        assert_eq!(stats.logs.batches_failed, 1);
+        assert_eq!(stats.logs.retries, 0);
+        assert_eq!(receiver.rejected_calls(), 2);
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_partial_success_counts_rejected_log_records() -> anyhow::Result<()> {
+        let receiver = Receiver::start_http().await?;
+        receiver.partial_success_next(2, "too old");
+        let exporter = Exporter::spawn(otlp_config_with(
+            &receiver.endpoint(),
+            Protocol::HttpProtobuf,
+            Duration::from_secs(2),
+        ));
+        exporter.export_logs(logs_request(5));
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        assert_eq!((stats.logs.exported, stats.logs.dropped_failed), (3, 2));
+        receiver.stop().await;
+        Ok(())
+    }
+
+    /// A collector that answers more slowly than the timeout: capture never blocks, the queue
+    /// stays bounded, attempts time out and are retried, every span is accounted for.
+    #[tokio::test]
+    async fn slow_collector_never_blocks_submit() -> anyhow::Result<()> {
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let receiver = Receiver::start_with(Options {
+                protocol: match protocol {
+                    Protocol::Grpc => rx::Protocol::Grpc,
+                    Protocol::HttpProtobuf => rx::Protocol::Http,
+                },
+                ..Options::default()
+            })
+            .await?;
+            receiver.set_delay(Duration::from_secs(2));
+            let exporter = Exporter::spawn(ExportConfig {
+                max_queue: 50,
+                max_batch: 10,
+                batch_delay: Duration::from_millis(10),
+                ..otlp_config_with(&receiver.endpoint(), protocol, Duration::from_millis(150))
+            });
+            let started = std::time::Instant::now();
+            for i in 0..2000u32 {
+                exporter.submit(numbered((i % 250) as u8, 1));
+            }
+            assert!(started.elapsed() < Duration::from_millis(500), "submit blocked");
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let live = exporter.stats();
+            assert!(live.retries >= 1, "{protocol:?}: {live:?}");
+            assert!(live.spans_dropped_queue_full >= 2000 - 50 - 10, "{live:?}");
+            let stats = exporter.shutdown(Duration::from_millis(300)).await;
+            assert_eq!(
+                stats.spans_exported + stats.spans_dropped_queue_full + stats.spans_dropped_failed,
+                2000,
+                "{protocol:?}: {stats:?}"
+            );
+            receiver.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Collector killed with spans in flight and restarted: what the queue held arrives, the
+    /// rest is counted as dropped, and the counts add up.
+    #[tokio::test]
+    async fn collector_killed_and_restarted() -> anyhow::Result<()> {
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let mut receiver = Receiver::start_with(Options {
+                protocol: match protocol {
+                    Protocol::Grpc => rx::Protocol::Grpc,
+                    Protocol::HttpProtobuf => rx::Protocol::Http,
+                },
+                ..Options::default()
+            })
+            .await?;
+            let exporter = Exporter::spawn(ExportConfig {
+                max_queue: 20,
+                max_batch: 5,
+                batch_delay: Duration::from_millis(10),
+                ..otlp_config_with(&receiver.endpoint(), protocol, Duration::from_secs(2))
+            });
+            for i in 0..5 {
+                exporter.submit(numbered(i, 1));
+            }
+            assert!(
+                receiver
+                    .wait_until(Duration::from_secs(5), |r| r.span_count() == 5)
+                    .await
+            );
+            receiver.kill().await;
+            for i in 5..105u32 {
+                exporter.submit(numbered(i as u8, 1));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(exporter.stats().retries >= 1, "{:?}", exporter.stats());
+            receiver.restart().await?;
+            let stats = exporter.shutdown(Duration::from_secs(5)).await;
+            let received = receiver.span_count() as u64;
+            assert_eq!(stats.spans_exported, received, "{protocol:?}: {stats:?}");
+            assert_eq!(
+                stats.spans_exported + stats.spans_dropped_queue_full + stats.spans_dropped_failed,
+                105,
+                "{protocol:?}: {stats:?}"
+            );
+            // The queue and the batch being retried made it through.
+            assert!(received >= 5 + 20, "{protocol:?}: {stats:?}");
+            assert!(stats.spans_dropped_queue_full >= 100 - 20 - 5, "{stats:?}");
+            receiver.stop().await;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_custom_ca() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("ztrace-tls-{}", std::process::id()));
+        let id = rx::test_certificates(&dir)?;
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let receiver = Receiver::start_with(Options {
+                protocol: match protocol {
+                    Protocol::Grpc => rx::Protocol::Grpc,
+                    Protocol::HttpProtobuf => rx::Protocol::Http,
+                },
+                tls: Some(id.clone()),
+                ..Options::default()
+            })
+            .await?;
+            assert!(receiver.endpoint().starts_with("https://localhost:"));
+            let mut cfg = otlp_config_with(&receiver.endpoint(), protocol, Duration::from_secs(2));
+            if let Output::Otlp(t) = &mut cfg.output {
+                t.tls.ca_pem = Some(id.ca_pem.clone());
+            }
+            let exporter = Exporter::spawn(cfg);
+            exporter.submit(numbered(1, 1));
+            let stats = exporter.shutdown(Duration::from_secs(5)).await;
+            assert_eq!(stats.spans_exported, 1, "{protocol:?}: {stats:?}");
+            // Without the CA (system roots only) the certificate is refused.
+            let cfg = ExportConfig {
+                max_batch: 1,
+                ..otlp_config_with(&receiver.endpoint(), protocol, Duration::from_millis(300))
+            };
+            let exporter = Exporter::spawn(cfg);
+            exporter.submit(numbered(2, 1));
+            let stats = exporter.shutdown(Duration::from_secs(3)).await;
+            assert_eq!(
+                (stats.spans_exported, stats.spans_dropped_failed),
+                (0, 1),
+                "{protocol:?}: {stats:?}"
+            );
+            assert_eq!(receiver.span_count(), 1);
+            receiver.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sampled_out_spans_are_counted_not_sent() -> anyhow::Result<()> {
+        let receiver = Receiver::start().await?;
+        let exporter = Exporter::spawn(ExportConfig {
+            sampler: crate::config::Sampler::AlwaysOff,
+            ..otlp_config(&receiver.endpoint())
+        });
+        for i in 1..=4 {
+            exporter.submit(numbered(i, 1));
+        }
+        let stats = exporter.shutdown(Duration::from_secs(2)).await;
+        assert_eq!((stats.spans_sampled_out, stats.spans_exported), (4, 0));
+        assert_eq!(receiver.span_count(), 0);
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn request_queues_are_bounded_in_items() {
+        // Nothing listens: the first request is stuck in retries while the queue overflows.
+        let exporter = Exporter::spawn(ExportConfig {
+            log_batching: Batching {
+                max_queue: 10,
+                max_batch: 10,
+                delay: Duration::from_millis(10),
+            },
+            metrics_max_queue: 8,
+            ..otlp_config_with(
+                &format!("http://{}", closed_port()),
+                Protocol::HttpProtobuf,
+                Duration::from_millis(100),
+            )
+        });
+        for _ in 0..20 {
+            exporter.export_logs(logs_request(3));
+            exporter.export_metrics(metrics_request(2));
+        }
+        let live = exporter.stats();
+        assert!(live.logs.dropped_queue_full >= 60 - 10 - 3, "{live:?}");
+        assert!(live.metrics.dropped_queue_full >= 40 - 8 - 2, "{live:?}");
+        let stats = exporter.shutdown(Duration::from_millis(200)).await;
+        assert_eq!(
+            stats.logs.dropped_queue_full + stats.logs.dropped_failed,
+            60,
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.metrics.dropped_queue_full + stats.metrics.dropped_failed,
+            40,
+            "{stats:?}"
+        );
+        // Without a target for the signal, requests are discarded and counted as such.
+        let exporter = Exporter::spawn(ExportConfig::default());
+        exporter.export_logs(logs_request(3));
+        let stats = exporter.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(stats.logs.not_exported, 3);
+    }
 }
