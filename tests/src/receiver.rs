@@ -150,7 +150,8 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records the call and decides its answer (after the configured delay).
+    /// Records the call on arrival (so that calls a client gave up on while the answer was held
+    /// back are seen too) and decides its answer after the configured delay.
     async fn admit(
         &self,
         signal: Signal,
@@ -158,28 +159,29 @@ impl Shared {
         gzip: bool,
         record: impl FnOnce(&mut State),
     ) -> Verdict {
-        let delay = self.lock().delay;
+        let (index, delay) = {
+            let mut state = self.lock();
+            state.calls.push(Call {
+                signal,
+                headers,
+                gzip,
+                failed: false,
+            });
+            (state.calls.len() - 1, state.delay)
+        };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         let mut state = self.lock();
-        let mut call = Call {
-            signal,
-            headers,
-            gzip,
-            failed: false,
-        };
         if state.fail_next > 0 {
             state.fail_next -= 1;
             state.rejected_calls += 1;
-            call.failed = true;
-            state.calls.push(call);
+            state.calls[index].failed = true;
             return Verdict::Fail(state.fault.unwrap_or(Fault {
                 code: tonic::Code::Unavailable,
                 retry_after: None,
             }));
         }
-        state.calls.push(call);
         record(&mut state);
         Verdict::Accept(state.partial_next.take())
     }
@@ -895,20 +897,52 @@ pub fn test_certificates(dir: &std::path::Path) -> anyhow::Result<TlsIdentity> {
         path("server.ext"),
     );
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-        "/CN=ztrace test CA", "-keyout", &ca_key, "-out", &ca_cert,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ztrace test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_cert,
     ])?;
     openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", &key,
-        "-out", &csr,
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
     ])?;
     std::fs::write(
         &ext,
         "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
     )?;
     openssl(&[
-        "x509", "-req", "-in", &csr, "-CA", &ca_cert, "-CAkey", &ca_key, "-CAcreateserial",
-        "-days", "1", "-extfile", &ext, "-out", &cert,
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_cert,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
     ])?;
     Ok(TlsIdentity {
         cert_pem: std::fs::read(&cert)?,

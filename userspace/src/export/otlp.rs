@@ -1377,7 +1377,10 @@ mod tests {
             for i in 0..2000u32 {
                 exporter.submit(numbered((i % 250) as u8, 1));
             }
-            assert!(started.elapsed() < Duration::from_millis(500), "submit blocked");
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "submit blocked"
+            );
             tokio::time::sleep(Duration::from_millis(600)).await;
             let live = exporter.stats();
             assert!(live.retries >= 1, "{protocol:?}: {live:?}");
