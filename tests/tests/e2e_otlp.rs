@@ -481,9 +481,12 @@ fn assert_usage_error(env: &[(&str, &str)], args: &[&str], needle: &str) {
     assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
 }
 
+/// Environment, extra flags, what the error must say.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+
 #[test]
 fn invalid_settings_name_their_source() {
-    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+    let cases: &[Case<'_>] = &[
         (
             &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
             &[],

@@ -44,7 +44,7 @@ pub enum Command {
         /// A file written by `ztrace record`.
         file: PathBuf,
         #[command(flatten)]
-        export: ExportArgs,
+        export: Box<ExportArgs>,
         /// Benchmark instead: run the whole userspace path (decode → … → OTLP encoding) N times
         /// over the file on one core, send nothing, and print events/s and spans/s.
         #[arg(long, value_name = "PASSES")]
@@ -395,7 +395,7 @@ pub fn main() -> i32 {
             }
             (
                 target,
-                daemon::Mode::Trace(r.export),
+                daemon::Mode::Trace(Box::new(r.export)),
                 r.service_name,
                 r.db_query_text,
             )

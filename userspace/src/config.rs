@@ -1057,6 +1057,8 @@ mod tests {
         })
     }
 
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+
     fn endpoint_of(c: &Config, s: Signal) -> Option<String> {
         c.target(s).map(|t| t.endpoint.to_string())
     }
@@ -1077,7 +1079,7 @@ mod tests {
     #[test]
     fn endpoints_per_protocol_and_signal() {
         // (env, signal, expected endpoint)
-        let cases: &[(&[(&str, &str)], Signal, Option<&str>)] = &[
+        let cases: &[(Vars<'_>, Signal, Option<&str>)] = &[
             (
                 &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")],
                 Signal::Traces,
@@ -1298,7 +1300,7 @@ mod tests {
 
     #[test]
     fn samplers() {
-        let cases: &[(&[(&str, &str)], Result<Sampler, &str>)] = &[
+        let cases: &[(Vars<'_>, Result<Sampler, &str>)] = &[
             (
                 &[("OTEL_TRACES_SAMPLER", "always_on")],
                 Ok(Sampler::AlwaysOn),

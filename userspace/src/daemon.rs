@@ -32,7 +32,7 @@ pub struct DaemonConfig {
 
 pub enum Mode {
     /// Spans to an exporter.
-    Trace(ExportConfig),
+    Trace(Box<ExportConfig>),
     /// Raw events to a record file.
     Record(PathBuf),
 }
@@ -196,7 +196,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     p.set_db_query_text(cfg.db_query_text);
                     p
                 },
-                exporter: Exporter::spawn(export.clone()),
+                exporter: Exporter::spawn((**export).clone()),
                 spans: Vec::new(),
             },
             describe(export),
@@ -491,11 +491,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn describe(export: &ExportConfig) -> String {
-    match &export.output {
+    let mut s = match &export.output {
         Output::Otlp(target) => format!("exporting {}", target.describe()),
         Output::Console => "printing spans here (set --otlp-endpoint to export)".into(),
         Output::Json => "printing spans as JSON lines".into(),
+    };
+    for (name, target) in [("metrics", &export.metrics), ("logs", &export.logs)] {
+        if let Some(t) = target {
+            s.push_str(&format!("; {name}: {}", t.describe()));
+        }
     }
+    s
 }
 
 fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, ExportStats)) {

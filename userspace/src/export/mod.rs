@@ -57,7 +57,7 @@ pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Clone, Debug)]
 pub enum Output {
     /// OTLP (gRPC or HTTP/protobuf) to a collector.
-    Otlp(OtlpTarget),
+    Otlp(Box<OtlpTarget>),
     /// One readable line per span on stdout.
     Console,
     /// One JSON object per span per line on stdout.
@@ -110,7 +110,10 @@ impl ExportConfig {
     /// The export stage as `config` says; `terminal` is where spans go without a collector.
     pub fn from_config(config: &Config, terminal: Output) -> ExportConfig {
         ExportConfig {
-            output: config.traces.clone().map_or(terminal, Output::Otlp),
+            output: config
+                .traces
+                .clone()
+                .map_or(terminal, |t| Output::Otlp(Box::new(t))),
             max_queue: config.span_batching.max_queue,
             max_batch: config.span_batching.max_batch,
             batch_delay: config.span_batching.delay,

@@ -806,7 +806,12 @@ mod tests {
 
     fn otlp_config_with(endpoint: &str, protocol: Protocol, timeout: Duration) -> ExportConfig {
         ExportConfig {
-            output: Output::Otlp(target(Signal::Traces, protocol, endpoint, timeout)),
+            output: Output::Otlp(Box::new(target(
+                Signal::Traces,
+                protocol,
+                endpoint,
+                timeout,
+            ))),
             metrics: Some(target(Signal::Metrics, protocol, endpoint, timeout)),
             logs: Some(target(Signal::Logs, protocol, endpoint, timeout)),
             batch_delay: Duration::from_millis(50),
@@ -1201,7 +1206,7 @@ mod tests {
             .into_iter()
             .flatten()
             .chain(match &mut cfg.output {
-                Output::Otlp(t) => Some(t),
+                Output::Otlp(t) => Some(&mut **t),
                 _ => None,
             })
         {
