@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Batching, Config, OtlpTarget, Sampler};
+use crate::config::{Batching, Config, OtlpTarget, Sampler, Temporality};
 use crate::model::{
     DbExchange, DnsExchange, Exchange, HttpExchange, ProcessInfo, RpcExchange, Span, SpanKind,
     SpanStatus,
@@ -86,6 +86,10 @@ pub struct ExportConfig {
     pub log_batching: Batching,
     /// Queue bound of metrics, in data points.
     pub metrics_max_queue: usize,
+    /// For the metrics producer (the exporter only ships what it is given): how often to export
+    /// (`OTEL_METRIC_EXPORT_INTERVAL`), and the temporality the collector prefers.
+    pub metric_export_interval: Duration,
+    pub temporality: Temporality,
 }
 
 impl Default for ExportConfig {
@@ -102,6 +106,8 @@ impl Default for ExportConfig {
             logs: None,
             log_batching: crate::config::DEFAULT_LOG_BATCHING,
             metrics_max_queue: 64 * 1024,
+            metric_export_interval: Duration::from_secs(60),
+            temporality: Temporality::Cumulative,
         }
     }
 }
@@ -122,6 +128,8 @@ impl ExportConfig {
             metrics: config.metrics.clone(),
             logs: config.logs.clone(),
             log_batching: config.log_batching,
+            metric_export_interval: config.metric_export_interval,
+            temporality: config.temporality,
             ..ExportConfig::default()
         }
     }
