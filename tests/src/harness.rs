@@ -135,15 +135,25 @@ fn collect(pipe: Option<impl std::io::Read + Send + 'static>) -> Arc<Mutex<Strin
 
 /// Starts ztrace with `args`, collecting its stdout and stderr.
 pub fn spawn_ztrace(args: &[String]) -> Result<Proc> {
-    let mut child = Command::new(ztrace_bin())
+    spawn_ztrace_env(args, &[])
+}
+
+/// Starts ztrace with `args` and exactly the `OTEL_*` variables in `env` (none inherited).
+pub fn spawn_ztrace_env(args: &[String], env: &[(&str, &str)]) -> Result<Proc> {
+    let mut cmd = Command::new(ztrace_bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd
         .args(args)
         // ZTRACE_TEST_LOG: ztrace's log filter in tests (e.g. `info,ztrace::link=debug`).
         .env(
             "RUST_LOG",
             std::env::var("ZTRACE_TEST_LOG").unwrap_or_else(|_| "info".into()),
         )
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

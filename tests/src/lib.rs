@@ -1,4 +1,5 @@
-//! Helpers shared by ztrace's tests: an in-process OTLP/gRPC receiver, the plumbing that
+//! Helpers shared by ztrace's tests: an in-process OTLP receiver (gRPC and HTTP; traces, metrics
+//! and logs) with readers of what it received, the plumbing that
 //! starts the traced services and the ztrace binary, and the ground-truth linking evaluation
 //! (a multi-service topology and its scorer).
 

@@ -1,58 +1,19 @@
-//! The metrics and logs side of the test receiver: OTLP/gRPC `MetricsService` and `LogsService`
-//! that record every request, and helpers to look into what arrived. Served by
-//! [`crate::receiver::Receiver`] on the same port as traces.
+//! The metrics and logs side of the test receiver, as the metrics and logs tests read it: a
+//! snapshot of the requests [`crate::receiver::Receiver`] accepted (over gRPC or HTTP; see
+//! [`crate::receiver::Receiver::signals`]), flattened into metrics and log records with their
+//! Resource, and small helpers to look into them. The services themselves live in the receiver.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsService;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric::Data, number_data_point};
 
-#[derive(Default)]
+/// The metrics and logs requests accepted so far, in arrival order.
+#[derive(Default, Clone)]
 pub struct Received {
     pub metrics: Vec<ExportMetricsServiceRequest>,
     pub logs: Vec<ExportLogsServiceRequest>,
-}
-
-#[derive(Clone, Default)]
-pub struct SignalStore(Arc<Mutex<Received>>);
-
-impl SignalStore {
-    pub fn lock(&self) -> MutexGuard<'_, Received> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for SignalStore {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.lock().metrics.push(request.into_inner());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl LogsService for SignalStore {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.lock().logs.push(request.into_inner());
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
 }
 
 /// One received metric with the resource it was sent under.

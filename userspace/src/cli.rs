@@ -1,15 +1,16 @@
-//! Command line: argument parsing, configuration from flags and the OpenTelemetry environment
-//! variables, and the user-facing error policy (one line saying what to do, exit code 2).
+//! Command line: argument parsing, the hand-over of export flags, config file and environment to
+//! [`crate::config`], and the user-facing error policy (one line saying what to do, exit code 2).
 
-use std::{env, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     capture::preflight,
+    config::{self, ConfigFile, Sources},
     daemon,
-    export::Output,
-    metrics::{MetricsConfig, Temporality},
+    export::{ExportConfig, Output},
+    metrics::MetricsConfig,
     process,
 };
 
@@ -44,7 +45,7 @@ pub enum Command {
         /// A file written by `ztrace record`.
         file: PathBuf,
         #[command(flatten)]
-        export: ExportArgs,
+        export: Box<ExportArgs>,
         /// Benchmark instead: run the whole userspace path (decode → … → OTLP encoding) N times
         /// over the file on one core, send nothing, and print events/s and spans/s.
         #[arg(long, value_name = "PASSES")]
@@ -72,43 +73,258 @@ pub struct TargetArgs {
     /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C or all traced processes exit.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Bytes of payload captured per syscall (the head that protocol parsing sees), 1..=4096.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub payload_cap: u32,
+    /// Bytes of payload captured per syscall (the head that protocol parsing sees), 1..=4096
+    /// [default: 512].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub payload_cap: Option<u32>,
     /// Turn what traced processes write to stdout/stderr into OTLP log records, each carrying the
     /// trace and span of the request the writing thread was serving.
     #[arg(long)]
     pub capture_logs: bool,
 }
 
-/// Where spans go.
-#[derive(clap::Args, Debug, Clone)]
+/// Where spans, metrics and logs go. Every setting can also come from the config file or the
+/// OpenTelemetry environment variables (README, "Configuration"); flags win.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ExportArgs {
-    /// OTLP/gRPC collector endpoint, e.g. http://localhost:4317. Default: the
-    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT variables; with neither,
-    /// spans are printed to the terminal.
+    /// A TOML config file with any of the settings below (and what to trace).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// OTLP collector base endpoint, e.g. http://localhost:4317 (gRPC) or http://localhost:4318
+    /// (HTTP, where /v1/traces etc. are appended). Without any endpoint, spans are printed here.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Endpoint for traces only, used as is.
+    #[arg(long, value_name = "URL")]
+    pub otlp_traces_endpoint: Option<String>,
+    /// Endpoint for metrics only, used as is.
+    #[arg(long, value_name = "URL")]
+    pub otlp_metrics_endpoint: Option<String>,
+    /// Endpoint for logs only, used as is.
+    #[arg(long, value_name = "URL")]
+    pub otlp_logs_endpoint: Option<String>,
+    /// OTLP transport: grpc [default] or http/protobuf.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// Extra request headers, key1=value1,key2=value2 (values percent-decoded).
+    #[arg(long, value_name = "LIST")]
+    pub otlp_headers: Option<String>,
+    /// gzip or none [default].
+    #[arg(long, value_name = "ALGORITHM")]
+    pub otlp_compression: Option<String>,
+    /// One export attempt's limit, e.g. 10s [default] or 500ms.
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_timeout: Option<String>,
+    /// PEM file of the CA that signed the collector's certificate (https endpoints).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_certificate: Option<String>,
+    /// PEM client certificate for mutual TLS (with --otlp-client-key).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_certificate: Option<String>,
+    /// PEM client key for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<String>,
     /// service.name of every traced process (default: OTEL_SERVICE_NAME, else the executable name).
     #[arg(long)]
     pub service_name: Option<String>,
-    /// Where spans go when no collector is configured.
-    #[arg(long, value_enum, default_value_t = Format::Console)]
-    pub output: Format,
+    /// Extra Resource attributes, key1=value1,key2=value2 (like OTEL_RESOURCE_ATTRIBUTES).
+    #[arg(long, value_name = "LIST")]
+    pub resource_attributes: Option<String>,
+    /// always_on, always_off, traceidratio, parentbased_always_on [default],
+    /// parentbased_always_off or parentbased_traceidratio.
+    #[arg(long, value_name = "SAMPLER")]
+    pub sampler: Option<String>,
+    /// The sampling ratio of the *traceidratio samplers, 0..=1 [default: 1].
+    #[arg(long, value_name = "RATIO")]
+    pub sampler_arg: Option<String>,
+    /// Spans waiting for export; beyond this new spans are dropped and counted [default: 8192].
+    #[arg(long, value_name = "SPANS")]
+    pub max_queue_size: Option<String>,
+    /// Spans per export request [default: 512].
+    #[arg(long, value_name = "SPANS")]
+    pub max_export_batch_size: Option<String>,
+    /// Longest a span waits for its batch to fill [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub schedule_delay: Option<String>,
+    /// How often metrics are exported [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub metric_export_interval: Option<String>,
+    /// cumulative [default], delta or lowmemory.
+    #[arg(long, value_name = "PREFERENCE")]
+    pub metrics_temporality: Option<String>,
+    /// Where spans go when no collector is configured [default: console].
+    #[arg(long, value_enum)]
+    pub output: Option<Format>,
     /// Export database statements as `db.query.text`, with literals removed. Off by default:
     /// query text stays home unless you ask for it.
     #[arg(long)]
     pub db_query_text: bool,
-    /// How often metrics are exported (e.g. 10s). Default: OTEL_METRIC_EXPORT_INTERVAL
-    /// (milliseconds), else 60s. Temporality: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
-    /// (cumulative, delta or lowmemory; default cumulative).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub metric_export_interval: Option<Duration>,
-    /// Most distinct attribute sets per metric; beyond it, measurements fold into one overflow
-    /// series (otel.metric.overflow=true) and are counted.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub metric_max_series: u32,
+    /// Most distinct attribute sets per metric, 1..=1000000; beyond it, measurements fold into
+    /// one overflow series (otel.metric.overflow=true) and are counted [default: 2000].
+    #[arg(long, value_name = "SERIES", value_parser = clap::value_parser!(u32).range(1..=MAX_SERIES_LIMIT as i64))]
+    pub metric_max_series: Option<u32>,
 }
+
+impl ExportArgs {
+    /// The given flags by config key (see [`config::FLAGS`]).
+    fn flag_values(&self) -> HashMap<&'static str, String> {
+        let given = [
+            ("otlp.endpoint", &self.otlp_endpoint),
+            ("otlp.traces.endpoint", &self.otlp_traces_endpoint),
+            ("otlp.metrics.endpoint", &self.otlp_metrics_endpoint),
+            ("otlp.logs.endpoint", &self.otlp_logs_endpoint),
+            ("otlp.protocol", &self.otlp_protocol),
+            ("otlp.headers", &self.otlp_headers),
+            ("otlp.compression", &self.otlp_compression),
+            ("otlp.timeout", &self.otlp_timeout),
+            ("otlp.certificate", &self.otlp_certificate),
+            ("otlp.client_certificate", &self.otlp_client_certificate),
+            ("otlp.client_key", &self.otlp_client_key),
+            ("resource.service_name", &self.service_name),
+            ("resource.attributes", &self.resource_attributes),
+            ("traces.sampler", &self.sampler),
+            ("traces.sampler_arg", &self.sampler_arg),
+            ("traces.max_queue_size", &self.max_queue_size),
+            ("traces.max_export_batch_size", &self.max_export_batch_size),
+            ("traces.schedule_delay", &self.schedule_delay),
+            ("metrics.export_interval", &self.metric_export_interval),
+            ("metrics.temporality_preference", &self.metrics_temporality),
+        ];
+        given
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect()
+    }
+}
+
+/// What the export flags, the config file and the environment resolve to.
+pub struct Resolved {
+    pub export: ExportConfig,
+    /// The metrics producer's settings (interval and temporality as `export` has them).
+    pub metrics: MetricsConfig,
+    pub config: config::Config,
+    pub service_name: Option<String>,
+    pub db_query_text: bool,
+    pub file: Option<ConfigFile>,
+}
+
+/// Resolves the export settings with `env` as the environment.
+pub fn resolve_export(args: &ExportArgs, env: HashMap<String, String>) -> Result<Resolved, String> {
+    let file = match &args.config {
+        Some(path) => Some(ConfigFile::load(path).map_err(|e| e.0)?),
+        None => None,
+    };
+    let resolved = config::resolve(&Sources {
+        flags: args.flag_values(),
+        file: file.as_ref(),
+        env,
+    })
+    .map_err(|e| e.0)?;
+    let format = match args.output {
+        Some(f) => f,
+        None => match file.as_ref().and_then(|f| f.get("traces.output")) {
+            Some((toml::Value::String(s), _)) if s == "console" => Format::Console,
+            Some((toml::Value::String(s), _)) if s == "json" => Format::Json,
+            Some((v, origin)) => {
+                return Err(format!(
+                    "{origin}: `{v}` is not an output; use console or json"
+                ));
+            }
+            None => Format::Console,
+        },
+    };
+    let terminal = match format {
+        Format::Console => Output::Console,
+        Format::Json => Output::Json,
+    };
+    let db_query_text = args.db_query_text || file_bool(file.as_ref(), "traces.db_query_text")?;
+    let max_series = match args.metric_max_series {
+        Some(n) => n,
+        None => match file.as_ref().and_then(|f| f.get("metrics.max_series")) {
+            Some((v, origin)) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+                Some(n) if (1..=MAX_SERIES_LIMIT).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "{origin}: `{v}` must be a series count from 1 to {MAX_SERIES_LIMIT}"
+                    ));
+                }
+            },
+            None => MetricsConfig::default().max_series as u32,
+        },
+    };
+    let export = ExportConfig::from_config(&resolved, terminal);
+    Ok(Resolved {
+        metrics: MetricsConfig {
+            interval: export.metric_export_interval,
+            temporality: export.temporality,
+            max_series: max_series as usize,
+        },
+        export,
+        service_name: resolved.service_name.clone(),
+        config: resolved,
+        db_query_text,
+        file,
+    })
+}
+
+fn file_bool(file: Option<&ConfigFile>, key: &str) -> Result<bool, String> {
+    match file.and_then(|f| f.get(key)) {
+        None => Ok(false),
+        Some((toml::Value::Boolean(b), _)) => Ok(*b),
+        Some((v, origin)) => Err(format!(
+            "{origin}: `{v}` is not a boolean; use true or false"
+        )),
+    }
+}
+
+/// Fills what to trace from the config file where the command line left it open.
+fn target_from_file(target: &mut TargetArgs, file: Option<&ConfigFile>) -> Result<(), String> {
+    let Some(file) = file else {
+        target.payload_cap.get_or_insert(512);
+        return Ok(());
+    };
+    if target.pids.is_empty()
+        && let Some((v, origin)) = file.get("target.pids")
+    {
+        let list = match v {
+            toml::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        for item in list {
+            match item.as_integer().and_then(|i| u32::try_from(i).ok()) {
+                Some(pid) => target.pids.push(pid),
+                None => return Err(format!("{origin}: `{item}` is not a PID")),
+            }
+        }
+    }
+    target.no_children |= file_bool(Some(file), "target.no_children")?;
+    target.capture_logs |= file_bool(Some(file), "target.capture_logs")?;
+    if target.duration.is_none()
+        && let Some((v, origin)) = file.get("target.duration")
+    {
+        let s = v
+            .as_str()
+            .ok_or_else(|| format!("{origin}: `{v}` is not a duration such as 30s"))?;
+        target.duration = Some(parse_duration(s).map_err(|e| format!("{origin}: {e}"))?);
+    }
+    if target.payload_cap.is_none()
+        && let Some((v, origin)) = file.get("target.payload_cap")
+    {
+        match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+            Some(n) if (1..=4096).contains(&n) => target.payload_cap = Some(n),
+            _ => {
+                return Err(format!(
+                    "{origin}: `{v}` must be a byte count from 1 to 4096"
+                ));
+            }
+        }
+    }
+    target.payload_cap.get_or_insert(512);
+    Ok(())
+}
+
+/// The largest `--metric-max-series`.
+const MAX_SERIES_LIMIT: u32 = 1_000_000;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -138,87 +354,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// Validates an OTLP/gRPC endpoint URL.
-pub fn parse_endpoint(raw: &str, source: &str) -> Result<tonic::transport::Uri, String> {
-    let bad = |why: &str| {
-        format!(
-            "{source}: `{raw}` is not a valid OTLP endpoint ({why}); use e.g. http://localhost:4317"
-        )
-    };
-    let uri: tonic::transport::Uri = raw.trim().parse().map_err(|e| bad(&format!("{e}")))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err(bad("scheme must be http or https")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(bad("no host"));
-    }
-    Ok(uri)
-}
-
-/// Where spans go: flag, then the per-signal variable, then the generic one, then the terminal.
-pub fn resolve_output(args: &ExportArgs) -> Result<Output, String> {
-    let from_env = |name: &str| {
-        env::var(name)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| (v, name.to_string()))
-    };
-    let endpoint = args
-        .otlp_endpoint
-        .clone()
-        .map(|v| (v, "--otlp-endpoint".to_string()))
-        .or_else(|| from_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-        .or_else(|| from_env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    Ok(match endpoint {
-        Some((raw, source)) => Output::Otlp {
-            endpoint: parse_endpoint(&raw, &source)?,
-        },
-        None => match args.output {
-            Format::Console => Output::Console,
-            Format::Json => Output::Json,
-        },
-    })
-}
-
-/// The metrics signal's settings: flags, then the OpenTelemetry variables, then the defaults.
-pub fn resolve_metrics(args: &ExportArgs) -> Result<MetricsConfig, String> {
-    let var = |name: &str| env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let interval = match (
-        args.metric_export_interval,
-        var("OTEL_METRIC_EXPORT_INTERVAL"),
-    ) {
-        (Some(d), _) => d,
-        (None, Some(ms)) => match ms.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Duration::from_millis(ms),
-            _ => {
-                return Err(format!(
-                    "OTEL_METRIC_EXPORT_INTERVAL: `{ms}` is not a positive number of milliseconds"
-                ));
-            }
-        },
-        (None, None) => MetricsConfig::default().interval,
-    };
-    let temporality = match var("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
-        Some(v) => v
-            .parse::<Temporality>()
-            .map_err(|e| format!("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: {e}"))?,
-        None => Temporality::default(),
-    };
-    Ok(MetricsConfig {
-        interval,
-        temporality,
-        max_series: args.metric_max_series as usize,
-    })
-}
-
-pub fn service_name(args: &ExportArgs) -> Option<String> {
-    args.service_name
-        .clone()
-        .or_else(|| env::var("OTEL_SERVICE_NAME").ok())
-        .filter(|s| !s.trim().is_empty())
 }
 
 fn usage_error(msg: impl std::fmt::Display) -> i32 {
@@ -272,33 +407,34 @@ pub fn main() -> i32 {
             };
         }
         Some(Command::Replay { file, export, .. }) => {
-            let output = match resolve_output(&export) {
-                Ok(o) => o,
+            let r = match resolve_export(&export, Sources::process_env()) {
+                Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
-            return match daemon::replay(&file, output, service_name(&export), export.db_query_text)
-            {
+            return match daemon::replay(&file, r.export, r.service_name, r.db_query_text) {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
             };
         }
-        Some(Command::Record { target, file }) => (target, daemon::Mode::Record(file), None, false),
+        Some(Command::Record { mut target, file }) => {
+            target.payload_cap.get_or_insert(512);
+            (target, daemon::Mode::Record(file), None, false)
+        }
         None => {
-            let output = match resolve_output(&cli.run.export) {
-                Ok(o) => o,
+            let r = match resolve_export(&cli.run.export, Sources::process_env()) {
+                Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
-            let service = service_name(&cli.run.export);
-            let db_query_text = cli.run.export.db_query_text;
-            metrics = match resolve_metrics(&cli.run.export) {
-                Ok(m) => m,
-                Err(e) => return usage_error(e),
-            };
+            let mut target = cli.run.target;
+            if let Err(e) = target_from_file(&mut target, r.file.as_ref()) {
+                return usage_error(e);
+            }
+            metrics = r.metrics;
             (
-                cli.run.target,
-                daemon::Mode::Trace(output),
-                service,
-                db_query_text,
+                target,
+                daemon::Mode::Trace(Box::new(r.export)),
+                r.service_name,
+                r.db_query_text,
             )
         }
     };
@@ -328,7 +464,7 @@ pub fn main() -> i32 {
         follow_children: !target.no_children,
         service_name: service,
         duration: target.duration,
-        payload_cap: target.payload_cap,
+        payload_cap: target.payload_cap.unwrap_or(512),
         db_query_text,
         mode,
         metrics,
@@ -358,14 +494,154 @@ mod tests {
         assert!(parse_duration("0s").is_err());
     }
 
+    fn export_args(argv: &[&str]) -> ExportArgs {
+        let mut all = vec!["ztrace"];
+        all.extend_from_slice(argv);
+        Cli::try_parse_from(all).unwrap().run.export
+    }
+
     #[test]
     fn endpoints() {
-        assert!(parse_endpoint("http://localhost:4317", "x").is_ok());
-        assert!(parse_endpoint("https://collector.example:4317", "x").is_ok());
-        for bad in ["localhost:4317", "ftp://a:1", "http://", "not a url", ""] {
-            let err = parse_endpoint(bad, "--otlp-endpoint").unwrap_err();
-            assert!(err.contains("--otlp-endpoint"), "{err}");
+        let env = HashMap::new;
+        for ok in ["http://localhost:4317", "https://collector.example:4317"] {
+            assert!(resolve_export(&export_args(&["--otlp-endpoint", ok]), env()).is_ok());
         }
+        for bad in ["localhost:4317", "ftp://a:1", "http://", "not a url"] {
+            let err = resolve_export(&export_args(&["--otlp-endpoint", bad]), env())
+                .err()
+                .unwrap();
+            assert!(err.starts_with("--otlp-endpoint: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn flags_reach_the_export_config() {
+        let r = resolve_export(
+            &export_args(&[
+                "--otlp-endpoint",
+                "http://c:4318",
+                "--otlp-protocol",
+                "http/protobuf",
+                "--otlp-compression",
+                "gzip",
+                "--otlp-headers",
+                "a=1",
+                "--sampler",
+                "always_off",
+                "--max-queue-size",
+                "100",
+                "--resource-attributes",
+                "env=prod",
+            ]),
+            HashMap::from([(
+                "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+                "grpc".to_string(),
+            )]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Output::Otlp(t) = &r.export.output else {
+            panic!("not OTLP")
+        };
+        assert_eq!(t.endpoint.to_string(), "http://c:4318/v1/traces");
+        assert_eq!(t.compression, config::Compression::Gzip);
+        assert_eq!(r.export.max_queue, 100);
+        assert_eq!(r.export.sampler, config::Sampler::AlwaysOff);
+        assert_eq!(
+            r.export.resource_attributes,
+            vec![("env".to_string(), "prod".to_string())]
+        );
+        assert_eq!(
+            r.export.metrics.as_ref().map(|m| m.endpoint.to_string()),
+            Some("http://c:4318/v1/metrics".to_string())
+        );
+        let r = resolve_export(&export_args(&["--output", "json"]), HashMap::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(r.export.output, Output::Json));
+    }
+
+    #[test]
+    fn metric_settings_reach_the_metrics_producer() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let r = resolve_export(&export_args(&[]), env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.metrics, MetricsConfig::default());
+        let vars = env(&[
+            ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta"),
+        ]);
+        let r = resolve_export(&export_args(&[]), vars.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.metrics.interval, Duration::from_secs(5));
+        assert_eq!(r.metrics.temporality, config::Temporality::Delta);
+        let r = resolve_export(
+            &export_args(&[
+                "--metric-export-interval",
+                "2s",
+                "--metrics-temporality",
+                "lowmemory",
+                "--metric-max-series",
+                "7",
+            ]),
+            vars,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.metrics,
+            MetricsConfig {
+                interval: Duration::from_secs(2),
+                temporality: config::Temporality::LowMemory,
+                max_series: 7,
+            }
+        );
+        assert_eq!(r.metrics.interval, r.export.metric_export_interval);
+        let err = resolve_export(&export_args(&["--metric-export-interval", "0s"]), env(&[]))
+            .err()
+            .unwrap();
+        assert!(err.starts_with("--metric-export-interval: "), "{err}");
+    }
+
+    #[test]
+    fn config_file_fills_what_flags_leave_open() {
+        let dir = std::env::temp_dir().join(format!("ztrace-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ztrace.toml");
+        std::fs::write(
+            &path,
+            "[target]\npids = [1, 2]\nduration = \"5s\"\npayload_cap = 64\ncapture_logs = true\n[traces]\noutput = \"json\"\ndb_query_text = true\n[metrics]\nmax_series = 50\n",
+        )
+        .unwrap();
+        let path_s = path.to_string_lossy().to_string();
+        let cli = Cli::try_parse_from(["ztrace", "--config", &path_s, "--duration", "1s"]).unwrap();
+        let r = resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(r.export.output, Output::Json));
+        assert!(r.db_query_text);
+        let mut target = cli.run.target;
+        target_from_file(&mut target, r.file.as_ref()).unwrap();
+        assert_eq!(target.pids, vec![1, 2]);
+        assert_eq!(target.duration, Some(Duration::from_secs(1)));
+        assert_eq!(target.payload_cap, Some(64));
+        assert!(target.capture_logs);
+        assert_eq!(r.metrics.max_series, 50);
+        std::fs::write(&path, "[metrics]\nmax_series = 0\n").unwrap();
+        let err = resolve_export(&cli.run.export, HashMap::new())
+            .err()
+            .unwrap();
+        assert!(err.starts_with("`metrics.max_series` in "), "{err}");
+        std::fs::write(&path, "[target]\npayload_cap = 0\n").unwrap();
+        let r = resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let mut target = TargetArgs {
+            pids: vec![],
+            no_children: false,
+            duration: None,
+            payload_cap: None,
+            capture_logs: false,
+        };
+        let err = target_from_file(&mut target, r.file.as_ref()).unwrap_err();
+        assert!(err.starts_with("`target.payload_cap` in "), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -374,11 +650,6 @@ mod tests {
         assert_eq!(cli.run.target.pids, vec![1, 2, 3]);
         assert!(Cli::try_parse_from(["ztrace", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--payload-cap", "0"]).is_err());
-        let cli = Cli::try_parse_from(["ztrace", "--metric-export-interval", "2s"]).unwrap();
-        assert_eq!(
-            cli.run.export.metric_export_interval,
-            Some(Duration::from_secs(2))
-        );
         assert!(Cli::try_parse_from(["ztrace", "--metric-max-series", "0"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["ztrace", "check"]).unwrap().command,

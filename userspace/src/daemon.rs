@@ -39,7 +39,7 @@ pub struct DaemonConfig {
 
 pub enum Mode {
     /// Spans to an exporter.
-    Trace(Output),
+    Trace(Box<ExportConfig>),
     /// Raw events to a record file.
     Record(PathBuf),
 }
@@ -219,7 +219,7 @@ impl Processes {
 async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
     let (mut sink, what) = match &cfg.mode {
-        Mode::Trace(output) => (
+        Mode::Trace(export) => (
             Sink::Trace {
                 pipeline: {
                     let mut p = Box::new(Pipeline::new(mono_to_unix, None));
@@ -231,10 +231,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     }
                     p
                 },
-                exporter: Exporter::spawn(ExportConfig {
-                    output: output.clone(),
-                    ..ExportConfig::default()
-                }),
+                exporter: Exporter::spawn((**export).clone()),
                 spans: Vec::new(),
                 telemetry: Box::new(Telemetry::new(
                     cfg.metrics.interval,
@@ -242,7 +239,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     &process::host_name(),
                 )),
             },
-            describe(output),
+            describe(export),
         ),
         Mode::Record(path) => (
             Sink::Record {
@@ -401,17 +398,14 @@ fn drain(
 /// gives the same spans (ids included) every time.
 pub fn replay(
     path: &std::path::Path,
-    output: Output,
+    export: ExportConfig,
     service_name: Option<String>,
     db_query_text: bool,
 ) -> Result<()> {
     let mut reader =
         record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
     runtime()?.block_on(async move {
-        let exporter = Exporter::spawn(ExportConfig {
-            output,
-            ..ExportConfig::default()
-        });
+        let exporter = Exporter::spawn(export);
         // Seeded from the recording so ids are reproducible.
         let mut pipeline = Pipeline::new(
             reader.header.mono_to_unix_ns as i128,
@@ -538,12 +532,18 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn describe(output: &Output) -> String {
-    match output {
-        Output::Otlp { endpoint } => format!("exporting OTLP/gRPC to {endpoint}"),
+fn describe(export: &ExportConfig) -> String {
+    let mut s = match &export.output {
+        Output::Otlp(target) => format!("exporting {}", target.describe()),
         Output::Console => "printing spans here (set --otlp-endpoint to export)".into(),
         Output::Json => "printing spans as JSON lines".into(),
+    };
+    for (name, target) in [("metrics", &export.metrics), ("logs", &export.logs)] {
+        if let Some(t) = target {
+            s.push_str(&format!("; {name}: {}", t.describe()));
+        }
     }
+    s
 }
 
 fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, ExportStats)) {
@@ -560,7 +560,7 @@ fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, 
 fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
-         {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}), \
+         {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}; {} sampled out), \
          links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent); {} desyncs, {} exchanges without response",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
@@ -575,6 +575,7 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         e.spans_dropped_queue_full + e.spans_dropped_failed,
         e.spans_dropped_queue_full,
         e.spans_dropped_failed,
+        e.spans_sampled_out,
         p.link.traceparent_links,
         p.link.thread_links + p.link.response_links,
         p.link.confirmed_links,
@@ -587,4 +588,18 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         p.assemble.desyncs,
         p.assemble.aborted_exchanges,
     );
+    for (name, unit, s) in [
+        ("metrics", "data points", &e.metrics),
+        ("logs", "log records", &e.logs),
+    ] {
+        if s.exported + s.dropped_queue_full + s.dropped_failed > 0 {
+            log::info!(
+                "summary: {name}: {} {unit} exported, {} dropped: queue {}, export failures {}",
+                s.exported,
+                s.dropped_queue_full + s.dropped_failed,
+                s.dropped_queue_full,
+                s.dropped_failed
+            );
+        }
+    }
 }

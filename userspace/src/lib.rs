@@ -11,6 +11,7 @@
 pub mod assemble;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod decode;

@@ -96,23 +96,25 @@ impl Telemetry {
     }
 
     fn health(&self, pipeline: &Pipeline, exporter: &Exporter) -> Health {
-        let spans = exporter.stats();
-        let signals = exporter.signal_stats();
+        let e = exporter.stats();
+        let depth = exporter.queue_depth();
         let logs = pipeline.logs.as_ref().map(|l| l.stats).unwrap_or_default();
         Health {
             events_read: pipeline.stats().records,
             dropped_ring_full: self.kernel.ringbuf_full,
             dropped_args_full: self.kernel.args_full,
-            spans_exported: spans.spans_exported,
-            metric_points_exported: signals.metric_points_exported,
-            logs_exported: signals.logs_exported,
-            spans_queue_dropped: spans.spans_dropped_queue_full,
-            metrics_queue_dropped: signals.metrics_queue_dropped,
-            logs_queue_dropped: signals.logs_queue_dropped,
-            spans_failed: spans.spans_dropped_failed,
-            metrics_failed: signals.metrics_failed,
-            logs_failed: signals.logs_failed,
-            queue_depth: exporter.queue_depth(),
+            spans_exported: e.spans_exported,
+            metric_points_exported: e.metrics.exported,
+            logs_exported: e.logs.exported,
+            spans_queue_dropped: e.spans_dropped_queue_full,
+            metrics_queue_dropped: e.metrics.dropped_queue_full,
+            logs_queue_dropped: e.logs.dropped_queue_full,
+            spans_failed: e.spans_dropped_failed,
+            metrics_failed: e.metrics.dropped_failed,
+            logs_failed: e.logs.dropped_failed,
+            spans_queued: depth.spans,
+            metrics_queued: depth.metric_points,
+            logs_queued: depth.log_records,
             metric_overflow: pipeline.metrics.as_ref().map_or(0, |m| m.folded()),
             logs_dropped: logs.dropped,
         }
@@ -124,7 +126,7 @@ impl Telemetry {
         let due = self.warned_at.is_none_or(|t| t.elapsed() >= WARN_EVERY);
         if total > self.warned_losses && (due || force) {
             log::warn!(
-                "ztrace lost data (totals): kernel {} (ring buffer full {}, arg map full {}); export queue full: spans {}, metric requests {}, log requests {}; export failed: spans {}, metric points {}, log records {}; log lines dropped {}",
+                "ztrace lost data (totals): kernel {} (ring buffer full {}, arg map full {}); export queue full: spans {}, metric points {}, log records {}; export failed: spans {}, metric points {}, log records {}; log lines dropped {}",
                 h.dropped_ring_full + h.dropped_args_full,
                 h.dropped_ring_full,
                 h.dropped_args_full,
@@ -143,30 +145,33 @@ impl Telemetry {
 
     /// The exit summary of both signals.
     pub fn summary(&self, pipeline: &Pipeline, exporter: &Exporter) {
-        let s = exporter.signal_stats();
-        if let Some(m) = &pipeline.metrics {
+        let e = exporter.stats();
+        let (m, l) = (&e.metrics, &e.logs);
+        if let Some(metrics) = &pipeline.metrics {
             log::info!(
-                "summary (metrics): {} collections, {} series held, {} measurements folded into overflow series; {} data points exported ({} failed, {} requests dropped: queue full)",
+                "summary (metrics): {} collections, {} series held, {} measurements folded into overflow series; {} data points exported ({} failed, {} dropped: queue full, {} not exported: no metrics endpoint)",
                 self.collections,
-                m.series(),
-                m.folded(),
-                s.metric_points_exported,
-                s.metrics_failed,
-                s.metrics_queue_dropped,
+                metrics.series(),
+                metrics.folded(),
+                m.exported,
+                m.dropped_failed,
+                m.dropped_queue_full,
+                m.not_exported,
             );
         }
-        if let Some(l) = &pipeline.logs {
-            let st = l.stats;
+        if let Some(logs) = &pipeline.logs {
+            let st = logs.stats;
             log::info!(
-                "summary (logs): {} lines captured ({} correlated with a span, {} whose span was not released in time, {} truncated, {} dropped); {} log records exported ({} failed, {} requests dropped: queue full)",
+                "summary (logs): {} lines captured ({} correlated with a span, {} whose span was not released in time, {} truncated, {} dropped); {} log records exported ({} failed, {} dropped: queue full, {} not exported: no logs endpoint)",
                 st.lines,
                 st.correlated,
                 st.correlation_lost,
                 st.truncated,
                 st.dropped,
-                s.logs_exported,
-                s.logs_failed,
-                s.logs_queue_dropped,
+                l.exported,
+                l.dropped_failed,
+                l.dropped_queue_full,
+                l.not_exported,
             );
         }
     }

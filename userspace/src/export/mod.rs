@@ -9,25 +9,32 @@
 //!   ([`span_attributes`], [`resource_attributes`]), shared by every output so that OTLP, console
 //!   and JSON all say the same thing. Attribute names come from `opentelemetry-semantic-conventions`.
 //!
-//! The outputs themselves live in [`otlp`] (OTLP/gRPC with retries) and [`console`] (console
-//! lines and JSON lines on stdout).
+//! The outputs themselves live in [`otlp`] (OTLP with retries, for spans, metrics and logs, over
+//! the gRPC or HTTP transports of `transport`) and [`console`] (console lines and JSON lines on
+//! stdout). [`sampler`] decides which finished spans are exported at all.
 //!
-//! Capture must never wait on export: [`Exporter::submit`] and [`Exporter::process`] only ever
-//! `try_send` into channels; a full queue drops the span and counts it.
+//! Capture must never wait on export: [`Exporter::submit`], [`Exporter::process`],
+//! [`Exporter::export_metrics`] and [`Exporter::export_logs`] only ever `try_send` into bounded
+//! channels; a full queue drops the item and counts it. Metrics and logs requests are built by
+//! their producers; without an OTLP target for their signal (terminal output) they are discarded
+//! and not printed.
 
 pub mod console;
 pub mod otlp;
-mod signals;
+pub mod sampler;
+mod transport;
 mod wire;
-
-pub use signals::SignalStats;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
 use opentelemetry_semantic_conventions::attribute as semconv;
 use opentelemetry_semantic_conventions::resource as res;
@@ -35,6 +42,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::config::{Batching, Config, OtlpTarget, Sampler, Temporality};
 use crate::model::{
     DbExchange, DnsExchange, Exchange, HttpExchange, ProcessInfo, RpcExchange, Span, SpanKind,
     SpanStatus,
@@ -48,8 +56,8 @@ pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Where finished spans go.
 #[derive(Clone, Debug)]
 pub enum Output {
-    /// OTLP/gRPC to a collector, e.g. `http://127.0.0.1:4317` (plaintext; no TLS support built in).
-    Otlp { endpoint: tonic::transport::Uri },
+    /// OTLP (gRPC or HTTP/protobuf) to a collector.
+    Otlp(Box<OtlpTarget>),
     /// One readable line per span on stdout.
     Console,
     /// One JSON object per span per line on stdout.
@@ -66,19 +74,86 @@ pub struct ExportConfig {
     pub max_batch: usize,
     /// Longest a span waits for its batch to fill.
     pub batch_delay: Duration,
-    /// One export attempt's time limit; a batch is retried for at most three times this.
-    pub export_timeout: Duration,
+    /// Which finished spans are exported.
+    pub sampler: Sampler,
+    /// Added to (and overriding) the Resource of every process, for every signal.
+    pub resource_attributes: Vec<(String, String)>,
+    /// Where metrics go (None: discarded).
+    pub metrics: Option<OtlpTarget>,
+    /// Where logs go (None: discarded).
+    pub logs: Option<OtlpTarget>,
+    /// Queue bound (in log records), batch size and delay of logs.
+    pub log_batching: Batching,
+    /// Queue bound of metrics, in data points.
+    pub metrics_max_queue: usize,
+    /// For the metrics producer (the exporter only ships what it is given): how often to export
+    /// (`OTEL_METRIC_EXPORT_INTERVAL`), and the temporality the collector prefers.
+    pub metric_export_interval: Duration,
+    pub temporality: Temporality,
 }
 
 impl Default for ExportConfig {
     fn default() -> Self {
+        let spans = crate::config::DEFAULT_SPAN_BATCHING;
         ExportConfig {
             output: Output::Console,
-            max_queue: 8192,
-            max_batch: 512,
-            batch_delay: Duration::from_secs(1),
-            export_timeout: Duration::from_secs(10),
+            max_queue: spans.max_queue,
+            max_batch: spans.max_batch,
+            batch_delay: spans.delay,
+            sampler: Sampler::ParentBased(crate::config::RootSampler::AlwaysOn),
+            resource_attributes: Vec::new(),
+            metrics: None,
+            logs: None,
+            log_batching: crate::config::DEFAULT_LOG_BATCHING,
+            metrics_max_queue: 64 * 1024,
+            metric_export_interval: Duration::from_secs(60),
+            temporality: Temporality::Cumulative,
         }
+    }
+}
+
+impl ExportConfig {
+    /// The export stage as `config` says; `terminal` is where spans go without a collector.
+    pub fn from_config(config: &Config, terminal: Output) -> ExportConfig {
+        ExportConfig {
+            output: config
+                .traces
+                .clone()
+                .map_or(terminal, |t| Output::Otlp(Box::new(t))),
+            max_queue: config.span_batching.max_queue,
+            max_batch: config.span_batching.max_batch,
+            batch_delay: config.span_batching.delay,
+            sampler: config.sampler,
+            resource_attributes: config.resource_attributes.clone(),
+            metrics: config.metrics.clone(),
+            logs: config.logs.clone(),
+            log_batching: config.log_batching,
+            metric_export_interval: config.metric_export_interval,
+            temporality: config.temporality,
+            ..ExportConfig::default()
+        }
+    }
+
+    /// The OTLP target of spans, if they go to a collector.
+    fn trace_target(&self) -> Option<&OtlpTarget> {
+        match &self.output {
+            Output::Otlp(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The longest single export attempt of any signal (the grace of an unannounced shutdown).
+    fn longest_timeout(&self) -> Duration {
+        [
+            self.trace_target(),
+            self.metrics.as_ref(),
+            self.logs.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| t.timeout)
+        .max()
+        .unwrap_or(crate::config::DEFAULT_TIMEOUT)
     }
 }
 
@@ -96,6 +171,27 @@ pub struct ExportStats {
     pub batches_failed: u64,
     /// Export attempts that were retries.
     pub retries: u64,
+    /// Spans the sampler decided not to export (not a loss).
+    pub spans_sampled_out: u64,
+    /// Metrics, counted in data points.
+    pub metrics: SignalStats,
+    /// Logs, counted in log records.
+    pub logs: SignalStats,
+}
+
+/// Counters of the metrics or logs export (a snapshot), in data points or log records.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub struct SignalStats {
+    /// Acknowledged by the collector.
+    pub exported: u64,
+    /// Refused because the queue was full (or the exporter had shut down).
+    pub dropped_queue_full: u64,
+    /// Given up on: failed batches, rejected items, unsent at the shutdown deadline.
+    pub dropped_failed: u64,
+    pub batches_failed: u64,
+    pub retries: u64,
+    /// Discarded because the signal has no OTLP target (terminal output).
+    pub not_exported: u64,
 }
 
 #[derive(Default, Debug)]
@@ -105,6 +201,13 @@ pub(crate) struct Counters {
     dropped_failed: AtomicU64,
     batches_failed: AtomicU64,
     retries: AtomicU64,
+    sampled_out: AtomicU64,
+    not_exported: AtomicU64,
+    /// Items waiting in a request queue (metrics, logs), whose channel counts requests.
+    queued: AtomicUsize,
+    /// Items queued (metrics, logs) and not yet accounted for as exported or failed: queued,
+    /// held for a batch or in flight. Zero means everything submitted so far was settled.
+    outstanding: AtomicUsize,
 }
 
 impl Counters {
@@ -115,7 +218,26 @@ impl Counters {
             spans_dropped_failed: self.dropped_failed.load(Ordering::Relaxed),
             batches_failed: self.batches_failed.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            spans_sampled_out: self.sampled_out.load(Ordering::Relaxed),
+            ..ExportStats::default()
         }
+    }
+    fn signal_snapshot(&self) -> SignalStats {
+        SignalStats {
+            exported: self.exported.load(Ordering::Relaxed),
+            dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_failed: self.dropped_failed.load(Ordering::Relaxed),
+            batches_failed: self.batches_failed.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            not_exported: self.not_exported.load(Ordering::Relaxed),
+        }
+    }
+    pub(crate) fn dequeued(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+    /// `n` items taken off a request queue were accounted for (exported, failed or lost).
+    pub(crate) fn settled(&self, n: usize) {
+        self.outstanding.fetch_sub(n, Ordering::Relaxed);
     }
     pub(crate) fn exported(&self, n: usize) {
         self.exported.fetch_add(n as u64, Ordering::Relaxed);
@@ -132,13 +254,74 @@ impl Counters {
     }
 }
 
-/// The cheap, cloneable side of an [`Exporter`] for code that only submits spans (e.g. one per
+/// The submitting side of one request signal (metrics or logs).
+#[derive(Debug)]
+struct RequestQueue<R> {
+    /// None when the signal is not exported.
+    tx: Option<mpsc::Sender<otlp::Queued<R>>>,
+    counters: Arc<Counters>,
+    max_items: usize,
+}
+
+impl<R> Clone for RequestQueue<R> {
+    fn clone(&self) -> Self {
+        RequestQueue {
+            tx: self.tx.clone(),
+            counters: Arc::clone(&self.counters),
+            max_items: self.max_items,
+        }
+    }
+}
+
+impl<R: otlp::OtlpRequest> RequestQueue<R> {
+    fn new(tx: Option<mpsc::Sender<otlp::Queued<R>>>, max_items: usize) -> Self {
+        RequestQueue {
+            tx,
+            counters: Arc::new(Counters::default()),
+            max_items: max_items.max(1),
+        }
+    }
+
+    /// Never blocks: beyond `max_items` queued items the request is dropped and counted.
+    fn submit(&self, request: R) {
+        let items = request.items();
+        let Some(tx) = &self.tx else {
+            self.counters
+                .not_exported
+                .fetch_add(items as u64, Ordering::Relaxed);
+            return;
+        };
+        if items == 0 {
+            return;
+        }
+        let queued = self.counters.queued.fetch_add(items, Ordering::Relaxed);
+        self.counters
+            .outstanding
+            .fetch_add(items, Ordering::Relaxed);
+        // One request larger than the whole bound still goes through an empty queue.
+        let fits = queued == 0 || queued + items <= self.max_items;
+        if !fits || tx.try_send(otlp::Queued { request, items }).is_err() {
+            self.counters.queued.fetch_sub(items, Ordering::Relaxed);
+            self.counters
+                .outstanding
+                .fetch_sub(items, Ordering::Relaxed);
+            self.counters
+                .dropped_queue_full
+                .fetch_add(items as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The cheap, cloneable side of an [`Exporter`] for code that only submits (e.g. one per
 /// capture thread). It works from any thread, inside a tokio runtime or not.
 #[derive(Clone, Debug)]
 pub struct ExportHandle {
     spans: mpsc::Sender<Span>,
     processes: mpsc::UnboundedSender<Arc<ProcessInfo>>,
     counters: Arc<Counters>,
+    sampler: Sampler,
+    metrics: RequestQueue<ExportMetricsServiceRequest>,
+    logs: RequestQueue<ExportLogsServiceRequest>,
 }
 
 impl ExportHandle {
@@ -149,8 +332,13 @@ impl ExportHandle {
     }
 
     /// Queues a finished span. Never blocks: when the queue is full, or the exporter has shut
-    /// down, the span is dropped and counted in `spans_dropped_queue_full`.
+    /// down, the span is dropped and counted in `spans_dropped_queue_full`. Spans the sampler
+    /// rejects are counted in `spans_sampled_out` and take no queue slot.
     pub fn submit(&self, span: Span) {
+        if !sampler::sampled(&self.sampler, &span) {
+            self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if self.spans.try_send(span).is_err() {
             self.counters
                 .dropped_queue_full
@@ -158,10 +346,51 @@ impl ExportHandle {
         }
     }
 
+    /// Queues a metrics request for export. Never blocks; counted in data points in
+    /// `ExportStats::metrics` (dropped when the queue is full; discarded, as `not_exported`,
+    /// when metrics have no OTLP target). The configured resource attributes are added to
+    /// every Resource in it.
+    pub fn export_metrics(&self, req: ExportMetricsServiceRequest) {
+        self.metrics.submit(req);
+    }
+
+    /// Queues a logs request for export: like [`ExportHandle::export_metrics`], counted in log
+    /// records in `ExportStats::logs`; queued requests are merged into batches.
+    pub fn export_logs(&self, req: ExportLogsServiceRequest) {
+        self.logs.submit(req);
+    }
+
     /// Live counters.
     pub fn stats(&self) -> ExportStats {
-        self.counters.snapshot()
+        ExportStats {
+            metrics: self.metrics.counters.signal_snapshot(),
+            logs: self.logs.counters.signal_snapshot(),
+            ..self.counters.snapshot()
+        }
     }
+
+    /// What waits in the export queues now.
+    pub fn queue_depth(&self) -> QueueDepth {
+        QueueDepth {
+            spans: (self.spans.max_capacity() - self.spans.capacity()) as u64,
+            metric_points: self.metrics.counters.queued.load(Ordering::Relaxed) as u64,
+            log_records: self.logs.counters.queued.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// Metrics and logs items submitted and not yet exported or given up on.
+    fn signals_outstanding(&self) -> usize {
+        self.metrics.counters.outstanding.load(Ordering::Relaxed)
+            + self.logs.counters.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// Items waiting in the export queues (a snapshot).
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub spans: u64,
+    pub metric_points: u64,
+    pub log_records: u64,
 }
 
 /// The export stage: a bounded queue and a background task that batches and ships spans.
@@ -169,9 +398,7 @@ impl ExportHandle {
 pub struct Exporter {
     handle: ExportHandle,
     shutdown: watch::Sender<Option<Instant>>,
-    task: Option<JoinHandle<()>>,
-    /// Stop-gap metrics/logs transport (see `signals`).
-    signals: signals::Signals,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Exporter {
@@ -195,40 +422,96 @@ impl Exporter {
         let (span_tx, span_rx) = mpsc::channel(cfg.max_queue.max(1));
         let (proc_tx, proc_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
-        let export_timeout = cfg.export_timeout.max(Duration::from_millis(1));
-        let signals = signals::Signals::new(&cfg.output);
+        let grace = cfg.longest_timeout().max(Duration::from_millis(1));
+        let control = || Control {
+            rx: shutdown_rx.clone(),
+            fallback: None,
+            grace,
+        };
+        let extra = resource_extra(&cfg.resource_attributes);
+        let (metrics_tx, metrics_rx) = match cfg.metrics {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(cfg.metrics_max_queue.max(1));
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let (logs_tx, logs_rx) = match cfg.logs {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(cfg.log_batching.max_queue.max(1));
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let handle = ExportHandle {
+            spans: span_tx,
+            processes: proc_tx,
+            counters: Arc::clone(&counters),
+            sampler: cfg.sampler,
+            metrics: RequestQueue::new(metrics_tx, cfg.metrics_max_queue),
+            logs: RequestQueue::new(logs_tx, cfg.log_batching.max_queue),
+        };
+        let mut table = ProcessTable::new(local_host_name());
+        table.extra = extra
+            .iter()
+            .map(|(k, v)| (k.clone(), AttrValue::Str(v.clone())))
+            .collect();
         let worker = Worker {
             rx: span_rx,
             processes: proc_rx,
-            table: ProcessTable::new(local_host_name()),
-            output: cfg.output,
+            table,
+            output: cfg.output.clone(),
             destination,
             counters: Arc::clone(&counters),
-            ctl: Control {
-                rx: shutdown_rx,
-                fallback: None,
-                grace: export_timeout,
-            },
+            ctl: control(),
             batch: Vec::new(),
             max_batch: cfg.max_batch.max(1),
             batch_delay: cfg.batch_delay,
-            export_timeout,
             queue_drops_reported: 0,
             queue_drops_reported_at: None,
         };
-        let task = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => Some(rt.spawn(worker.run())),
-            Err(_) => spawn_own_runtime(worker),
+        let resource: Vec<KeyValue> = extra
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.to_string(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(v.clone())),
+                }),
+            })
+            .collect();
+        let runner = Runner {
+            spans: worker,
+            metrics: cfg.metrics.zip(metrics_rx).map(|(target, rx)| Pending {
+                target,
+                rx,
+                counters: Arc::clone(&handle.metrics.counters),
+                ctl: control(),
+                batching: Batching {
+                    max_queue: cfg.metrics_max_queue,
+                    max_batch: usize::MAX,
+                    delay: Duration::ZERO,
+                },
+                merge: false,
+                resource: resource.clone(),
+            }),
+            logs: cfg.logs.zip(logs_rx).map(|(target, rx)| Pending {
+                target,
+                rx,
+                counters: Arc::clone(&handle.logs.counters),
+                ctl: control(),
+                batching: cfg.log_batching,
+                merge: true,
+                resource,
+            }),
+        };
+        let tasks = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => runner.spawn_on(&rt),
+            Err(_) => spawn_own_runtime(runner),
         };
         Exporter {
-            handle: ExportHandle {
-                spans: span_tx,
-                processes: proc_tx,
-                counters,
-            },
+            handle,
             shutdown: shutdown_tx,
-            task,
-            signals,
+            tasks,
         }
     }
 
@@ -247,9 +530,35 @@ impl Exporter {
         self.handle.submit(span);
     }
 
+    /// Non-blocking; see [`ExportHandle::export_metrics`].
+    pub fn export_metrics(&self, req: ExportMetricsServiceRequest) {
+        self.handle.export_metrics(req);
+    }
+
+    /// Non-blocking; see [`ExportHandle::export_logs`].
+    pub fn export_logs(&self, req: ExportLogsServiceRequest) {
+        self.handle.export_logs(req);
+    }
+
     /// Live snapshot of the counters.
     pub fn stats(&self) -> ExportStats {
         self.handle.stats()
+    }
+
+    /// What waits in the export queues now (see [`ExportHandle::queue_depth`]).
+    pub fn queue_depth(&self) -> QueueDepth {
+        self.handle.queue_depth()
+    }
+
+    /// Waits (at most `deadline`) until every metrics and logs request submitted so far was
+    /// settled: exported, or given up on after its retries (and counted either way). Spans are
+    /// not waited for; [`Exporter::shutdown`] flushes them. Used at exit, so that the summary
+    /// reports what the collector accepted rather than what was still on its way.
+    pub async fn flush_signals(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        while self.handle.signals_outstanding() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops accepting spans, flushes everything queued (retrying as needed) within `deadline`,
@@ -263,8 +572,8 @@ impl Exporter {
             .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         // Fails only when the task is already gone, which the join below handles.
         let _ = self.shutdown.send(Some(at));
-        if let Some(mut task) = self.task.take() {
-            // The task bounds its own work by `at`; the grace covers a stdout that stopped
+        for mut task in std::mem::take(&mut self.tasks) {
+            // Each task bounds its own work by `at`; the grace covers a stdout that stopped
             // draining. On overrun, aborting drops the worker, whose Drop counts what it held.
             let grace = Duration::from_secs(1);
             if tokio::time::timeout_at(at + grace, &mut task)
@@ -282,23 +591,87 @@ impl Exporter {
     }
 }
 
-/// Outside a tokio runtime: run the worker on a current-thread runtime in its own thread.
-fn spawn_own_runtime(worker: Worker) -> Option<JoinHandle<()>> {
+/// The `OTEL_RESOURCE_ATTRIBUTES` pairs, last one winning for a repeated key.
+fn resource_extra(pairs: &[(String, String)]) -> Vec<(Cow<'static, str>, String)> {
+    let mut out: Vec<(Cow<'static, str>, String)> = Vec::new();
+    for (k, v) in pairs {
+        match out.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => out.push((Cow::Owned(k.clone()), v.clone())),
+        }
+    }
+    out
+}
+
+/// A metrics or logs worker, before its client exists (clients are made on the runtime).
+struct Pending<R> {
+    target: OtlpTarget,
+    rx: mpsc::Receiver<otlp::Queued<R>>,
+    counters: Arc<Counters>,
+    ctl: Control,
+    batching: Batching,
+    merge: bool,
+    resource: Vec<KeyValue>,
+}
+
+impl<R: otlp::OtlpRequest> Pending<R> {
+    async fn run(self) {
+        otlp::RequestWorker {
+            rx: self.rx,
+            client: otlp::OtlpClient::new(&self.target),
+            counters: self.counters,
+            ctl: self.ctl,
+            batching: self.batching,
+            merge: self.merge,
+            resource: self.resource,
+            held: Vec::new(),
+        }
+        .run()
+        .await;
+    }
+}
+
+/// Every export task, ready to run.
+struct Runner {
+    spans: Worker,
+    metrics: Option<Pending<ExportMetricsServiceRequest>>,
+    logs: Option<Pending<ExportLogsServiceRequest>>,
+}
+
+impl Runner {
+    fn spawn_on(self, rt: &tokio::runtime::Handle) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![rt.spawn(self.spans.run())];
+        if let Some(m) = self.metrics {
+            tasks.push(rt.spawn(m.run()));
+        }
+        if let Some(l) = self.logs {
+            tasks.push(rt.spawn(l.run()));
+        }
+        tasks
+    }
+}
+
+/// Outside a tokio runtime: run the workers on a current-thread runtime in their own thread.
+fn spawn_own_runtime(runner: Runner) -> Vec<JoinHandle<()>> {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            log::error!("cannot start a runtime for span export ({e}); spans will be dropped");
-            return None;
+            log::error!("cannot start a runtime for export ({e}); spans will be dropped");
+            return Vec::new();
         }
     };
+    let tasks = runner.spawn_on(rt.handle());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(async move {
-        // Dropped when the worker finishes or is aborted, which ends the thread below.
+    let handles: Vec<tokio::task::AbortHandle> = tasks.iter().map(|t| t.abort_handle()).collect();
+    rt.spawn(async move {
+        // Dropped when every worker has finished or was aborted, which ends the thread.
         let _done = done_tx;
-        worker.run().await;
+        while handles.iter().any(|h| !h.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
     let spawned = std::thread::Builder::new()
         .name("ztrace-export".into())
@@ -308,10 +681,10 @@ fn spawn_own_runtime(worker: Worker) -> Option<JoinHandle<()>> {
             });
         });
     match spawned {
-        Ok(_) => Some(task),
+        Ok(_) => tasks,
         Err(e) => {
-            log::error!("cannot start the span export thread ({e}); spans will be dropped");
-            None
+            log::error!("cannot start the export thread ({e}); spans will be dropped");
+            Vec::new()
         }
     }
 }
@@ -349,6 +722,8 @@ pub(crate) struct ProcessTable {
     tick: u64,
     /// `host.name` for processes without (or with an empty) [`ProcessInfo::host_name`].
     host_fallback: Option<String>,
+    /// Configured resource attributes, set on every Resource.
+    pub(crate) extra: ResourceAttrs,
 }
 
 impl ProcessTable {
@@ -357,6 +732,7 @@ impl ProcessTable {
             entries: HashMap::new(),
             tick: 0,
             host_fallback,
+            extra: Vec::new(),
         }
     }
 
@@ -397,6 +773,21 @@ impl ProcessTable {
     pub(crate) fn host_fallback(&self) -> Option<&str> {
         self.host_fallback.as_deref()
     }
+
+    /// The Resource of `pid`: what was detected, then the configured attributes (which win).
+    pub(crate) fn resource(&self, pid: u32) -> ResourceAttrs {
+        let mut a: ResourceAttrs = resource_attributes(pid, self.get(pid), self.host_fallback())
+            .into_iter()
+            .map(|(k, v)| (Cow::Borrowed(k), v))
+            .collect();
+        for (k, v) in &self.extra {
+            match a.iter_mut().find(|(key, _)| key == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => a.push((k.clone(), v.clone())),
+            }
+        }
+        a
+    }
 }
 
 /// This machine's host name (used when a process's own is unknown).
@@ -420,7 +811,6 @@ struct Worker {
     batch: Vec<Span>,
     max_batch: usize,
     batch_delay: Duration,
-    export_timeout: Duration,
     queue_drops_reported: u64,
     queue_drops_reported_at: Option<Instant>,
 }
@@ -433,10 +823,7 @@ enum Sink {
 impl Worker {
     async fn run(mut self) {
         let mut sink = match &self.output {
-            Output::Otlp { endpoint } => Sink::Otlp(Box::new(otlp::OtlpSink::new(
-                endpoint.clone(),
-                self.export_timeout,
-            ))),
+            Output::Otlp(target) => Sink::Otlp(Box::new(otlp::OtlpSink::new(target))),
             Output::Console => Sink::Stdout(console::StdoutSink::new(
                 console::Format::Console,
                 self.destination.clone(),
@@ -560,6 +947,9 @@ pub(crate) enum AttrValue {
 }
 
 pub(crate) type Attrs = Vec<(&'static str, AttrValue)>;
+
+/// Resource attributes: detected ones have static keys, configured ones do not.
+pub(crate) type ResourceAttrs = Vec<(Cow<'static, str>, AttrValue)>;
 
 fn str_attr(key: &'static str, v: impl Into<String>) -> (&'static str, AttrValue) {
     (key, AttrValue::Str(v.into()))

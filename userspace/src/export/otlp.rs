@@ -1,32 +1,43 @@
-//! OTLP/gRPC output: turns batches of spans into `ExportTraceServiceRequest`s (one
-//! `ResourceSpans` per traced process, one `ScopeSpans` "ztrace") and sends them to a collector
-//! with tonic, retrying transient failures with jittered exponential back-off.
+//! OTLP output for all three signals: the retry loop shared by every signal and transport
+//! ([`OtlpClient`]), the span sink that encodes batches with the direct wire encoder
+//! (`wire.rs`, one `ResourceSpans` per traced process, one `ScopeSpans` "ztrace"), and the worker
+//! that queues, merges and ships metrics and logs requests built elsewhere.
 //!
-//! Failure policy: a batch is retried on UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
-//! ABORTED, CANCELLED and transport/connect errors for at most `3 × export_timeout` (or until the
-//! shutdown deadline), then dropped; other errors drop it at once. Either way it is counted, and a
-//! warning is logged once per failure streak (later drops in the streak go to debug) plus a note
-//! when export recovers.
+//! Failure policy, per the OTLP specification: retryable failures (gRPC UNAVAILABLE, CANCELLED,
+//! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS, RESOURCE_EXHAUSTED with `RetryInfo`;
+//! HTTP 429, 502, 503, 504; connection errors and timeouts) are retried with exponential back-off
+//! and jitter — or after exactly the delay the collector asked for (`RetryInfo`, `Retry-After`) —
+//! for at most `3 × timeout` (or until the shutdown deadline), then dropped; other failures drop
+//! the batch at once. Either way it is counted, and a warning is logged once per failure streak
+//! (later drops in the streak go to debug) plus a note when export recovers. A partial success
+//! (rejected items and a message) is logged and the rejected items are counted as failed.
 
-use std::error::Error as _;
 use std::time::Duration;
 
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::transport::{Failure, Transport};
 use super::{Control, Counters, ProcessTable};
+use crate::config::{Batching, OtlpTarget, Signal};
 use crate::model::Span;
-
-/// The gRPC method the OTLP trace exporter calls.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// First back-off; doubles per retry up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a batch is retried, in units of `export_timeout`.
+/// How long a batch is retried, in units of the export timeout.
 const RETRY_BUDGET_FACTOR: u32 = 3;
 
 /// `Span.flags`: whether the parent is remote is always known here.
@@ -36,69 +47,6 @@ pub(crate) fn span_flags(span: &Span) -> u32 {
         has | otlp::SpanFlags::ContextIsRemoteMask as u32
     } else {
         has
-    }
-}
-
-/// Why an attempt failed.
-enum Failure {
-    Status(tonic::Status),
-    TimedOut(Duration),
-}
-
-impl Failure {
-    fn retryable(&self) -> bool {
-        match self {
-            Failure::TimedOut(_) => true,
-            Failure::Status(s) => {
-                matches!(
-                    s.code(),
-                    Code::Unavailable
-                        | Code::ResourceExhausted
-                        | Code::DeadlineExceeded
-                        | Code::Aborted
-                        | Code::Cancelled
-                ) || is_transport_error(s)
-            }
-        }
-    }
-}
-
-/// Errors raised below gRPC (connect, I/O, HTTP/2) rather than sent by the collector.
-fn is_transport_error(status: &tonic::Status) -> bool {
-    let mut source = status.source();
-    while let Some(e) = source {
-        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::TimedOut(d) => write!(f, "no answer within {d:?}"),
-            Failure::Status(s) => {
-                write!(f, "{:?}", s.code())?;
-                if !s.message().is_empty() {
-                    write!(f, ": {}", s.message())?;
-                }
-                // Transport errors keep the useful part ("Connection refused") in the sources;
-                // tonic repeats some of the chain in the message, so show each part once.
-                let mut shown = s.message().to_string();
-                let mut source = s.source();
-                while let Some(e) = source {
-                    let text = e.to_string();
-                    if !text.is_empty() && text != "transport error" && !shown.contains(&text) {
-                        write!(f, ": {text}")?;
-                        shown.push_str(&text);
-                    }
-                    source = e.source();
-                }
-                Ok(())
-            }
-        }
     }
 }
 
@@ -112,72 +60,63 @@ fn jittered(base: Duration) -> Duration {
 /// Batches dropped in the current failure streak.
 struct Streak {
     batches: u64,
-    spans: u64,
+    items: u64,
 }
 
-pub(crate) struct OtlpSink {
-    endpoint: String,
-    client: tonic::client::Grpc<Channel>,
-    export_timeout: Duration,
+/// What the items of a signal are called in logs.
+fn items_name(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => "spans",
+        Signal::Metrics => "data points",
+        Signal::Logs => "log records",
+    }
+}
+
+/// One signal's exporter: transport plus retry policy plus accounting.
+pub(crate) struct OtlpClient {
+    signal: Signal,
+    shown: String,
+    transport: Result<Transport, String>,
+    timeout: Duration,
     streak: Option<Streak>,
 }
 
-/// A scheme-less endpoint (`127.0.0.1:4317`) means plaintext gRPC.
-pub(crate) fn with_scheme(uri: Uri) -> Uri {
-    if uri.scheme().is_some() {
-        return uri;
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(tonic::codegen::http::uri::Scheme::HTTP);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(tonic::codegen::http::uri::PathAndQuery::from_static("/"));
-    }
-    Uri::from_parts(parts).unwrap_or(uri)
-}
-
-impl OtlpSink {
+impl OtlpClient {
     /// Must be called inside the tokio runtime that will drive it; connects lazily.
-    pub(crate) fn new(endpoint: Uri, export_timeout: Duration) -> Self {
-        let endpoint = with_scheme(endpoint);
-        if endpoint.scheme_str() == Some("https") {
-            log::warn!(
-                "OTLP endpoint {endpoint} uses https, but this build has no TLS support; export will fail"
+    pub(crate) fn new(target: &OtlpTarget) -> Self {
+        let transport = Transport::new(target);
+        if let Err(e) = &transport {
+            log::error!(
+                "cannot set up {}: {e}; {} will be dropped",
+                target.describe(),
+                items_name(target.signal)
             );
         }
-        let shown = endpoint.to_string();
-        let shown = shown.strip_suffix('/').unwrap_or(&shown).to_string();
-        let channel = Endpoint::from(endpoint)
-            .connect_timeout(export_timeout)
-            .timeout(export_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(export_timeout)
-            .connect_lazy();
-        OtlpSink {
-            endpoint: shown,
-            client: tonic::client::Grpc::new(channel),
-            export_timeout,
+        OtlpClient {
+            signal: target.signal,
+            shown: target.describe(),
+            transport,
+            timeout: target.timeout.max(Duration::from_millis(1)),
             streak: None,
         }
     }
 
-    /// Sends one batch, retrying as the policy says; accounts for every span of it in `counters`.
-    pub(crate) async fn export(
+    /// Sends one encoded request of `n` items, retrying as the policy says; accounts for every
+    /// item in `counters`. `rejected` reads a partial success out of the response.
+    pub(crate) async fn export<R: prost::Message + Default>(
         &mut self,
-        spans: &[Span],
-        table: &ProcessTable,
+        body: Bytes,
+        n: usize,
         counters: &Counters,
         ctl: &mut Control,
+        rejected: impl Fn(&R) -> Option<(i64, String)>,
     ) {
-        if spans.is_empty() {
+        if n == 0 {
             return;
         }
-        let mut encoded = Vec::new();
-        super::wire::encode_request(spans, table, &mut encoded);
-        let request = bytes::Bytes::from(encoded);
-        let n = spans.len();
         let started = Instant::now();
         let budget_end = started
-            .checked_add(self.export_timeout * RETRY_BUDGET_FACTOR)
+            .checked_add(self.timeout * RETRY_BUDGET_FACTOR)
             .unwrap_or(started + Duration::from_secs(3600));
         // The batch's own budget, cut short by a shutdown deadline.
         let end = |ctl: &Control| ctl.deadline().map_or(budget_end, |d| d.min(budget_end));
@@ -185,9 +124,11 @@ impl OtlpSink {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let failure = match self.attempt(request.clone(), &end, ctl).await {
+            let failure = match self.attempt(body.clone(), &end, ctl).await {
                 Ok(response) => {
-                    self.succeeded(n, response, counters);
+                    // An undecodable success body still means the collector took the data.
+                    let partial = R::decode(response.as_ref()).ok().and_then(|r| rejected(&r));
+                    self.succeeded(n, partial, counters);
                     return;
                 }
                 Err(f) => f,
@@ -196,8 +137,10 @@ impl OtlpSink {
                 self.give_up(n, &failure, attempts, counters);
                 return;
             }
-            let wake = Instant::now() + jittered(backoff);
+            // The collector's own delay is honoured as given; otherwise back off with jitter.
+            let delay = failure.retry_after().unwrap_or_else(|| jittered(backoff));
             backoff = (backoff * 2).min(MAX_BACKOFF);
+            let wake = Instant::now() + delay;
             loop {
                 if wake >= end(ctl) {
                     self.give_up(n, &failure, attempts, counters);
@@ -209,40 +152,30 @@ impl OtlpSink {
                     _ = ctl.requested(), if ctl.deadline().is_none() => {}
                 }
             }
-            log::debug!("retrying OTLP export to {} after: {failure}", self.endpoint);
+            log::debug!("retrying {} after: {failure}", self.shown);
             counters.retried();
         }
     }
 
-    /// One export call, bounded by `export_timeout` and by the batch's end.
+    /// One export call, bounded by the timeout and by the batch's end.
     async fn attempt(
-        &self,
-        request: bytes::Bytes,
+        &mut self,
+        body: Bytes,
         end: &impl Fn(&Control) -> Instant,
         ctl: &mut Control,
-    ) -> Result<ExportTraceServiceResponse, Failure> {
+    ) -> Result<Bytes, Failure> {
         let started = Instant::now();
-        let mut client = self.client.clone();
-        let call = async move {
-            client
-                .ready()
-                .await
-                .map_err(|e| tonic::Status::unavailable(format!("collector not reachable: {e}")))?;
-            client
-                .unary(
-                    tonic::Request::new(request),
-                    tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
-                    super::wire::RawCodec::<ExportTraceServiceResponse>::default(),
-                )
-                .await
+        let timeout = self.timeout;
+        let transport = match &mut self.transport {
+            Ok(t) => t,
+            Err(e) => return Err(Failure::Setup(e.clone())),
         };
+        let call = transport.send(body);
         tokio::pin!(call);
         loop {
-            let stop = (started + self.export_timeout).min(end(ctl));
+            let stop = (started + timeout).min(end(ctl));
             tokio::select! {
-                result = &mut call => {
-                    return result.map(tonic::Response::into_inner).map_err(Failure::Status);
-                }
+                result = &mut call => return result,
                 _ = tokio::time::sleep_until(stop) => {
                     return Err(Failure::TimedOut(stop.saturating_duration_since(started)));
                 }
@@ -251,21 +184,19 @@ impl OtlpSink {
         }
     }
 
-    fn succeeded(&mut self, n: usize, response: ExportTraceServiceResponse, counters: &Counters) {
+    fn succeeded(&mut self, n: usize, partial: Option<(i64, String)>, counters: &Counters) {
         let mut rejected = 0usize;
-        if let Some(partial) = response.partial_success {
-            rejected = usize::try_from(partial.rejected_spans.max(0))
-                .unwrap_or(usize::MAX)
-                .min(n);
-            if rejected > 0 || !partial.error_message.is_empty() {
+        if let Some((count, message)) = partial {
+            rejected = usize::try_from(count.max(0)).unwrap_or(usize::MAX).min(n);
+            if rejected > 0 || !message.is_empty() {
                 log::warn!(
-                    "collector at {} rejected {} of {n} spans: {}",
-                    self.endpoint,
-                    partial.rejected_spans,
-                    if partial.error_message.is_empty() {
+                    "collector at {} rejected {count} of {n} {}: {}",
+                    self.shown,
+                    items_name(self.signal),
+                    if message.is_empty() {
                         "(no message)"
                     } else {
-                        &partial.error_message
+                        &message
                     }
                 );
             }
@@ -276,9 +207,10 @@ impl OtlpSink {
         }
         if let Some(streak) = self.streak.take() {
             log::info!(
-                "OTLP export to {} recovered; {} spans in {} batches were dropped meanwhile",
-                self.endpoint,
-                streak.spans,
+                "{} recovered; {} {} in {} batches were dropped meanwhile",
+                self.shown,
+                streak.items,
+                items_name(self.signal),
                 streak.batches
             );
         }
@@ -286,32 +218,288 @@ impl OtlpSink {
 
     fn give_up(&mut self, n: usize, failure: &Failure, attempts: u32, counters: &Counters) {
         counters.failed(n, true);
+        let what = items_name(self.signal);
         match &mut self.streak {
             None => {
                 log::warn!(
-                    "OTLP export to {} failed ({failure}); dropped a batch of {n} spans after {attempts} attempt(s). \
+                    "{} failed ({failure}); dropped a batch of {n} {what} after {attempts} attempt(s). \
                      Further failures are logged at debug level until export recovers",
-                    self.endpoint
+                    self.shown
                 );
                 self.streak = Some(Streak {
                     batches: 1,
-                    spans: n as u64,
+                    items: n as u64,
                 });
             }
             Some(streak) => {
                 streak.batches += 1;
-                streak.spans += n as u64;
+                streak.items += n as u64;
                 log::debug!(
-                    "OTLP export to {} failed ({failure}); dropped a batch of {n} spans after {attempts} attempt(s)",
-                    self.endpoint
+                    "{} failed ({failure}); dropped a batch of {n} {what} after {attempts} attempt(s)",
+                    self.shown
                 );
             }
         }
     }
 }
 
-/// The request built from `opentelemetry-proto` structs: the reference the direct wire encoding
-/// (`wire.rs`) is tested against.
+/// The span sink: direct wire encoding, then the shared client.
+pub(crate) struct OtlpSink {
+    client: OtlpClient,
+    encoded: Vec<u8>,
+}
+
+impl OtlpSink {
+    pub(crate) fn new(target: &OtlpTarget) -> Self {
+        OtlpSink {
+            client: OtlpClient::new(target),
+            encoded: Vec::new(),
+        }
+    }
+
+    /// Sends one batch; accounts for every span of it in `counters`.
+    pub(crate) async fn export(
+        &mut self,
+        spans: &[Span],
+        table: &ProcessTable,
+        counters: &Counters,
+        ctl: &mut Control,
+    ) {
+        if spans.is_empty() {
+            return;
+        }
+        super::wire::encode_request(spans, table, &mut self.encoded);
+        let body = Bytes::copy_from_slice(&self.encoded);
+        self.client
+            .export(
+                body,
+                spans.len(),
+                counters,
+                ctl,
+                |r: &ExportTraceServiceResponse| {
+                    r.partial_success
+                        .as_ref()
+                        .map(|p| (p.rejected_spans, p.error_message.clone()))
+                },
+            )
+            .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and logs: requests built by their producers, queued, merged and shipped here.
+
+/// An OTLP export request of a signal other than traces.
+pub(crate) trait OtlpRequest: prost::Message + Default + Send + 'static {
+    type Response: prost::Message + Default;
+    /// Data points or log records in the request: the unit of counting and batching.
+    fn items(&self) -> usize;
+    /// Appends `other`'s resources.
+    fn append(&mut self, other: Self);
+    /// The Resources of the request, to add the configured resource attributes to.
+    fn resources(&mut self) -> Vec<&mut Resource>;
+    fn rejected(response: &Self::Response) -> Option<(i64, String)>;
+}
+
+impl OtlpRequest for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    fn items(&self) -> usize {
+        self.resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Sum(s)) => s.data_points.len(),
+                Some(Data::Histogram(h)) => h.data_points.len(),
+                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                Some(Data::Summary(s)) => s.data_points.len(),
+                None => 0,
+            })
+            .sum()
+    }
+    fn append(&mut self, other: Self) {
+        self.resource_metrics.extend(other.resource_metrics);
+    }
+    fn resources(&mut self) -> Vec<&mut Resource> {
+        self.resource_metrics
+            .iter_mut()
+            .map(|rm| rm.resource.get_or_insert_with(Resource::default))
+            .collect()
+    }
+    fn rejected(r: &Self::Response) -> Option<(i64, String)> {
+        r.partial_success
+            .as_ref()
+            .map(|p| (p.rejected_data_points, p.error_message.clone()))
+    }
+}
+
+impl OtlpRequest for ExportLogsServiceRequest {
+    type Response = ExportLogsServiceResponse;
+    fn items(&self) -> usize {
+        self.resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum()
+    }
+    fn append(&mut self, other: Self) {
+        self.resource_logs.extend(other.resource_logs);
+    }
+    fn resources(&mut self) -> Vec<&mut Resource> {
+        self.resource_logs
+            .iter_mut()
+            .map(|rl| rl.resource.get_or_insert_with(Resource::default))
+            .collect()
+    }
+    fn rejected(r: &Self::Response) -> Option<(i64, String)> {
+        r.partial_success
+            .as_ref()
+            .map(|p| (p.rejected_log_records, p.error_message.clone()))
+    }
+}
+
+/// Sets `extra` on a Resource: configured attributes override detected ones of the same key.
+pub(crate) fn apply_resource_attributes(resource: &mut Resource, extra: &[KeyValue]) {
+    for kv in extra {
+        match resource.attributes.iter_mut().find(|a| a.key == kv.key) {
+            Some(a) => a.value = kv.value.clone(),
+            None => resource.attributes.push(kv.clone()),
+        }
+    }
+}
+
+/// A queued request and its item count.
+pub(crate) struct Queued<R> {
+    pub(crate) request: R,
+    pub(crate) items: usize,
+}
+
+/// Drains one signal's request queue: merges requests up to the batch size (when merging is
+/// on), adds the configured resource attributes and exports; on shutdown, flushes until the
+/// deadline.
+pub(crate) struct RequestWorker<R: OtlpRequest> {
+    pub(crate) rx: mpsc::Receiver<Queued<R>>,
+    pub(crate) client: OtlpClient,
+    pub(crate) counters: std::sync::Arc<Counters>,
+    pub(crate) ctl: Control,
+    pub(crate) batching: Batching,
+    /// Merge queued requests into one (logs) or send each as it is (metrics).
+    pub(crate) merge: bool,
+    pub(crate) resource: Vec<KeyValue>,
+    /// Taken off the queue and not yet accounted for.
+    pub(crate) held: Vec<Queued<R>>,
+}
+
+impl<R: OtlpRequest> RequestWorker<R> {
+    pub(crate) async fn run(mut self) {
+        while self.ctl.deadline().is_none() {
+            let got = tokio::select! {
+                biased;
+                _ = self.ctl.requested() => break,
+                got = self.rx.recv() => got,
+            };
+            let Some(first) = got else { break };
+            self.counters.dequeued(first.items);
+            let mut items = first.items;
+            self.held.push(first);
+            if self.merge {
+                let flush_at = Instant::now() + self.batching.delay;
+                while items < self.batching.max_batch {
+                    tokio::select! {
+                        biased;
+                        _ = self.ctl.requested() => break,
+                        got = self.rx.recv() => match got {
+                            Some(q) => {
+                                self.counters.dequeued(q.items);
+                                items += q.items;
+                                self.held.push(q);
+                            }
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(flush_at) => break,
+                    }
+                }
+            }
+            self.send_held().await;
+        }
+        self.drain().await;
+    }
+
+    async fn send_held(&mut self) {
+        let mut held = std::mem::take(&mut self.held).into_iter();
+        let Some(first) = held.next() else { return };
+        let mut items = first.items;
+        let mut request = first.request;
+        for q in held {
+            items += q.items;
+            request.append(q.request);
+        }
+        if !self.resource.is_empty() {
+            for r in request.resources() {
+                apply_resource_attributes(r, &self.resource);
+            }
+        }
+        let body = Bytes::from(request.encode_to_vec());
+        drop(request);
+        self.client
+            .export(body, items, &self.counters, &mut self.ctl, R::rejected)
+            .await;
+        self.counters.settled(items);
+    }
+
+    async fn drain(&mut self) {
+        self.rx.close();
+        let deadline = self.ctl.deadline().unwrap_or_else(Instant::now);
+        loop {
+            let mut items: usize = self.held.iter().map(|q| q.items).sum();
+            if self.held.is_empty() {
+                while let Ok(q) = self.rx.try_recv() {
+                    self.counters.dequeued(q.items);
+                    items += q.items;
+                    self.held.push(q);
+                    if !self.merge || items >= self.batching.max_batch {
+                        break;
+                    }
+                }
+            }
+            if self.held.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let mut unsent = items;
+                self.held.clear();
+                while let Ok(q) = self.rx.try_recv() {
+                    self.counters.dequeued(q.items);
+                    unsent += q.items;
+                }
+                self.counters.failed(unsent, true);
+                self.counters.settled(unsent);
+                log::warn!(
+                    "export shutdown deadline reached: {unsent} {} were not sent",
+                    items_name(self.client.signal)
+                );
+                break;
+            }
+            self.send_held().await;
+        }
+    }
+}
+
+impl<R: OtlpRequest> Drop for RequestWorker<R> {
+    /// Aborted or torn down with its runtime: whatever it still held is lost; count it.
+    fn drop(&mut self) {
+        let mut lost: usize = self.held.iter().map(|q| q.items).sum();
+        while let Ok(q) = self.rx.try_recv() {
+            lost += q.items;
+        }
+        if lost > 0 {
+            self.counters.failed(lost, !self.held.is_empty());
+            self.counters.settled(lost);
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod reference {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -323,8 +511,7 @@ pub(crate) mod reference {
 
     use super::span_flags;
     use crate::export::{
-        AttrValue, Attrs, ProcessTable, SCOPE_NAME, SCOPE_VERSION, resource_attributes,
-        span_attributes, span_name,
+        AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, span_attributes, span_name,
     };
     use crate::model::{Span, SpanKind, SpanStatus};
 
@@ -344,11 +531,11 @@ pub(crate) mod reference {
         AnyValue { value: Some(value) }
     }
 
-    pub(crate) fn key_values(attrs: Attrs) -> Vec<KeyValue> {
+    pub(crate) fn key_values<K: AsRef<str>>(attrs: Vec<(K, AttrValue)>) -> Vec<KeyValue> {
         attrs
             .into_iter()
             .map(|(k, v)| KeyValue {
-                key: k.to_string(),
+                key: k.as_ref().to_string(),
                 value: Some(any_value(v)),
             })
             .collect()
@@ -399,11 +586,7 @@ pub(crate) mod reference {
             .into_iter()
             .map(|(pid, spans)| otlp::ResourceSpans {
                 resource: Some(Resource {
-                    attributes: key_values(resource_attributes(
-                        pid,
-                        table.get(pid),
-                        table.host_fallback(),
-                    )),
+                    attributes: key_values(table.resource(pid)),
                     ..Default::default()
                 }),
                 scope_spans: vec![otlp::ScopeSpans {
@@ -437,9 +620,11 @@ mod tests {
 
     use super::reference::*;
     use super::*;
+    use crate::config::Protocol;
     use crate::export::test_support::*;
     use crate::export::{ExportConfig, ExportStats, Exporter, Output};
     use crate::model::{SpanId, TraceId};
+    use tonic::Code;
 
     fn attr<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a any_value::Value> {
         span.attributes
@@ -592,27 +777,6 @@ mod tests {
     }
 
     #[test]
-    fn failure_classification() {
-        let retry = |c: Code| Failure::Status(tonic::Status::new(c, "x")).retryable();
-        assert!(retry(Code::Unavailable));
-        assert!(retry(Code::ResourceExhausted));
-        assert!(retry(Code::DeadlineExceeded));
-        assert!(retry(Code::Aborted));
-        assert!(retry(Code::Cancelled));
-        assert!(!retry(Code::InvalidArgument));
-        assert!(!retry(Code::Unimplemented));
-        assert!(!retry(Code::Unauthenticated));
-        assert!(Failure::TimedOut(Duration::from_secs(1)).retryable());
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let status = tonic::Status::from_error(Box::new(io));
-        let failure = Failure::Status(status);
-        assert!(failure.retryable());
-        assert_eq!(failure.to_string(), "Unknown: refused");
-        let timed_out = Failure::TimedOut(Duration::from_millis(1500));
-        assert_eq!(timed_out.to_string(), "no answer within 1.5s");
-    }
-
-    #[test]
     fn jitter_stays_in_range() {
         for _ in 0..100 {
             let d = jittered(Duration::from_millis(100));
@@ -621,23 +785,49 @@ mod tests {
         assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 
-    #[test]
-    fn scheme_less_endpoint_means_http() {
-        let uri: Uri = "127.0.0.1:4317".parse().unwrap_or_default();
-        assert_eq!(with_scheme(uri).to_string(), "http://127.0.0.1:4317/");
-    }
-
     // ---- end to end, against the in-process receiver ----
 
-    fn otlp_config(endpoint: &str) -> ExportConfig {
+    fn target(signal: Signal, protocol: Protocol, base: &str, timeout: Duration) -> OtlpTarget {
+        let base: http::Uri = base.parse().unwrap_or_default();
+        let endpoint = match protocol {
+            Protocol::Grpc => base,
+            Protocol::HttpProtobuf => format!(
+                "{}://{}/{}",
+                base.scheme_str().unwrap_or("http"),
+                base.authority().map(|a| a.as_str()).unwrap_or(""),
+                signal.http_path()
+            )
+            .parse()
+            .unwrap_or_default(),
+        };
+        OtlpTarget {
+            protocol,
+            timeout,
+            ..OtlpTarget::grpc(signal, endpoint)
+        }
+    }
+
+    fn otlp_config_with(endpoint: &str, protocol: Protocol, timeout: Duration) -> ExportConfig {
         ExportConfig {
-            output: Output::Otlp {
-                endpoint: endpoint.parse().unwrap_or_default(),
-            },
+            output: Output::Otlp(Box::new(target(
+                Signal::Traces,
+                protocol,
+                endpoint,
+                timeout,
+            ))),
+            metrics: Some(target(Signal::Metrics, protocol, endpoint, timeout)),
+            logs: Some(target(Signal::Logs, protocol, endpoint, timeout)),
             batch_delay: Duration::from_millis(50),
-            export_timeout: Duration::from_secs(2),
+            log_batching: Batching {
+                delay: Duration::from_millis(50),
+                ..crate::config::DEFAULT_LOG_BATCHING
+            },
             ..ExportConfig::default()
         }
+    }
+
+    fn otlp_config(endpoint: &str) -> ExportConfig {
+        otlp_config_with(endpoint, Protocol::Grpc, Duration::from_secs(2))
     }
 
     fn numbered(i: u8, pid: u32) -> Span {
@@ -907,9 +1097,12 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_retry_budget() {
         let exporter = Exporter::spawn(ExportConfig {
-            export_timeout: Duration::from_millis(100),
             batch_delay: Duration::from_millis(10),
-            ..otlp_config(&format!("http://{}", closed_port()))
+            ..otlp_config_with(
+                &format!("http://{}", closed_port()),
+                Protocol::Grpc,
+                Duration::from_millis(100),
+            )
         });
         exporter.submit(numbered(1, 1));
         // Budget is 3 × 100 ms; then the batch is dropped while the exporter keeps running.
@@ -933,5 +1126,482 @@ mod tests {
         assert_eq!(stats.spans_exported, 1);
         receiver_rt.block_on(receiver.stop());
         Ok(())
+    }
+
+    // ---- transports, signals and faults ----
+
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    };
+    use ztrace_e2e::receiver::{self as rx, Options};
+
+    fn metrics_request(points: usize) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(str_v("metrics-svc")),
+                        }),
+                    }],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "ztrace.test".into(),
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![NumberDataPoint::default(); points],
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn logs_request(records: usize) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: None,
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord::default(); records],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn res_str(attrs: &[KeyValue], key: &str) -> Option<String> {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+    }
+
+    /// All three signals over one transport, with gzip, headers and resource attributes.
+    async fn three_signals(protocol: Protocol, gzip: bool) -> anyhow::Result<()> {
+        let receiver = Receiver::start_with(Options {
+            protocol: match protocol {
+                Protocol::Grpc => rx::Protocol::Grpc,
+                Protocol::HttpProtobuf => rx::Protocol::Http,
+            },
+            ..Options::default()
+        })
+        .await?;
+        let mut cfg = otlp_config_with(&receiver.endpoint(), protocol, Duration::from_secs(2));
+        let compression = if gzip {
+            crate::config::Compression::Gzip
+        } else {
+            crate::config::Compression::None
+        };
+        for t in [cfg.metrics.as_mut(), cfg.logs.as_mut()]
+            .into_iter()
+            .flatten()
+            .chain(match &mut cfg.output {
+                Output::Otlp(t) => Some(&mut **t),
+                _ => None,
+            })
+        {
+            t.compression = compression;
+            t.headers = vec![("x-api-key".into(), "secret 1".into())];
+        }
+        cfg.resource_attributes = vec![("deployment.environment.name".into(), "test".into())];
+        let exporter = Exporter::spawn(cfg);
+        exporter.process(Arc::new(process(1234, "python3")));
+        for i in 1..=3 {
+            exporter.submit(numbered(i, 1234));
+        }
+        exporter.export_metrics(metrics_request(4));
+        exporter.export_logs(logs_request(2));
+        exporter.export_logs(logs_request(3));
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(stats.spans_exported, 3, "{stats:?}");
+        assert_eq!(stats.metrics.exported, 4, "{stats:?}");
+        assert_eq!(stats.logs.exported, 5, "{stats:?}");
+        let spans = receiver.spans();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(
+            spans[0]
+                .resource_str("deployment.environment.name")
+                .as_deref(),
+            Some("test")
+        );
+        assert_eq!(
+            spans[0].resource_str("service.name").as_deref(),
+            Some("python3-svc")
+        );
+        let metrics = receiver.metrics_requests();
+        let resource = metrics[0].resource_metrics[0]
+            .resource
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            res_str(&resource.attributes, "deployment.environment.name").as_deref(),
+            Some("test")
+        );
+        assert_eq!(
+            res_str(&resource.attributes, "service.name").as_deref(),
+            Some("metrics-svc")
+        );
+        assert_eq!(receiver.log_record_count(), 5);
+        let calls = receiver.calls();
+        assert!(!calls.is_empty());
+        for call in &calls {
+            assert_eq!(call.header("x-api-key"), Some("secret 1"), "{call:?}");
+            assert_eq!(call.gzip, gzip, "{call:?}");
+            assert!(
+                call.header("user-agent")
+                    .is_some_and(|ua| ua.contains("ztrace/")),
+                "{call:?}"
+            );
+        }
+        for signal in [rx::Signal::Traces, rx::Signal::Metrics, rx::Signal::Logs] {
+            assert!(calls.iter().any(|c| c.signal == signal), "{signal:?}");
+        }
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_protobuf_without_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::HttpProtobuf, false).await
+    }
+
+    #[tokio::test]
+    async fn http_protobuf_with_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::HttpProtobuf, true).await
+    }
+
+    #[tokio::test]
+    async fn grpc_with_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::Grpc, true).await
+    }
+
+    #[tokio::test]
+    async fn grpc_without_gzip() -> anyhow::Result<()> {
+        three_signals(Protocol::Grpc, false).await
+    }
+
+    /// `flush_signals` returns once every metrics/logs request submitted so far was settled —
+    /// exported or given up on — so the exit summary reports what the collector accepted; and
+    /// within its deadline when the collector never answers.
+    #[tokio::test]
+    async fn flush_signals_waits_until_metrics_and_logs_are_settled() -> anyhow::Result<()> {
+        let receiver = Receiver::start().await?;
+        receiver.set_delay(Duration::from_millis(300));
+        let exporter = Exporter::spawn(otlp_config_with(
+            &receiver.endpoint(),
+            Protocol::Grpc,
+            Duration::from_secs(2),
+        ));
+        exporter.export_metrics(metrics_request(4));
+        exporter.export_logs(logs_request(2));
+        exporter.export_logs(logs_request(3));
+        exporter.flush_signals(Duration::from_secs(5)).await;
+        let stats = exporter.stats();
+        assert_eq!(stats.metrics.exported, 4, "{stats:?}");
+        assert_eq!(stats.logs.exported, 5, "{stats:?}");
+        assert_eq!(exporter.queue_depth(), crate::export::QueueDepth::default());
+        // A refusal that is not retryable settles the request too (as failed).
+        receiver.set_delay(Duration::ZERO);
+        receiver.fail_next(1, Code::InvalidArgument);
+        exporter.export_metrics(metrics_request(2));
+        exporter.flush_signals(Duration::from_secs(5)).await;
+        let stats = exporter.stats();
+        assert_eq!(stats.metrics.dropped_failed, 2, "{stats:?}");
+        assert_eq!(stats.metrics.exported, 4, "{stats:?}");
+        exporter.shutdown(Duration::from_secs(1)).await;
+        receiver.stop().await;
+
+        // Nobody listening: the flush gives up at its deadline.
+        let exporter = Exporter::spawn(otlp_config_with(
+            &format!("http://{}", closed_port()),
+            Protocol::Grpc,
+            Duration::from_secs(2),
+        ));
+        exporter.export_logs(logs_request(1));
+        let started = Instant::now();
+        exporter.flush_signals(Duration::from_millis(300)).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        assert_eq!(exporter.stats().logs.exported, 0);
+        exporter.shutdown(Duration::from_millis(100)).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn grpc_retry_info_is_honoured() -> anyhow::Result<()> {
+        let receiver = Receiver::start().await?;
+        // RESOURCE_EXHAUSTED is retryable only because RetryInfo says when.
+        receiver.fail_next_retry_after(1, Code::ResourceExhausted, Duration::from_millis(700));
+        let exporter = Exporter::spawn(otlp_config(&receiver.endpoint()));
+        let started = std::time::Instant::now();
+        exporter.submit(numbered(1, 1));
+        assert!(
+            receiver
+                .wait_until(Duration::from_secs(5), |r| r.span_count() == 1)
+                .await
+        );
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(700), "{waited:?}");
+        let stats = exporter.shutdown(Duration::from_secs(2)).await;
+        assert_eq!((stats.spans_exported, stats.retries), (1, 1), "{stats:?}");
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_503_with_retry_after_is_retried_and_400_is_not() -> anyhow::Result<()> {
+        let receiver = Receiver::start_http().await?;
+        receiver.fail_next_retry_after(1, Code::Unavailable, Duration::from_secs(1));
+        let exporter = Exporter::spawn(otlp_config_with(
+            &receiver.endpoint(),
+            Protocol::HttpProtobuf,
+            Duration::from_secs(2),
+        ));
+        let started = std::time::Instant::now();
+        exporter.submit(numbered(1, 1));
+        assert!(
+            receiver
+                .wait_until(Duration::from_secs(5), |r| r.span_count() == 1)
+                .await
+        );
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(exporter.stats().retries, 1);
+        receiver.fail_next(1, Code::InvalidArgument);
+        exporter.export_logs(logs_request(2));
+        exporter.export_logs(logs_request(0));
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(stats.spans_exported, 1);
+        assert_eq!(stats.logs.dropped_failed, 2, "{stats:?}");
+        assert_eq!(stats.logs.batches_failed, 1);
+        assert_eq!(stats.logs.retries, 0);
+        assert_eq!(receiver.rejected_calls(), 2);
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_partial_success_counts_rejected_log_records() -> anyhow::Result<()> {
+        let receiver = Receiver::start_http().await?;
+        receiver.partial_success_next(2, "too old");
+        let exporter = Exporter::spawn(otlp_config_with(
+            &receiver.endpoint(),
+            Protocol::HttpProtobuf,
+            Duration::from_secs(2),
+        ));
+        exporter.export_logs(logs_request(5));
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        assert_eq!((stats.logs.exported, stats.logs.dropped_failed), (3, 2));
+        receiver.stop().await;
+        Ok(())
+    }
+
+    /// A collector that answers more slowly than the timeout: capture never blocks, the queue
+    /// stays bounded, attempts time out and are retried, every span is accounted for.
+    #[tokio::test]
+    async fn slow_collector_never_blocks_submit() -> anyhow::Result<()> {
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let receiver = Receiver::start_with(Options {
+                protocol: match protocol {
+                    Protocol::Grpc => rx::Protocol::Grpc,
+                    Protocol::HttpProtobuf => rx::Protocol::Http,
+                },
+                ..Options::default()
+            })
+            .await?;
+            receiver.set_delay(Duration::from_secs(2));
+            let exporter = Exporter::spawn(ExportConfig {
+                max_queue: 50,
+                max_batch: 10,
+                batch_delay: Duration::from_millis(10),
+                ..otlp_config_with(&receiver.endpoint(), protocol, Duration::from_millis(150))
+            });
+            let started = std::time::Instant::now();
+            for i in 0..2000u32 {
+                exporter.submit(numbered((i % 250) as u8, 1));
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "submit blocked"
+            );
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let live = exporter.stats();
+            assert!(live.retries >= 1, "{protocol:?}: {live:?}");
+            assert!(live.spans_dropped_queue_full >= 2000 - 50 - 10, "{live:?}");
+            let stats = exporter.shutdown(Duration::from_millis(300)).await;
+            assert_eq!(
+                stats.spans_exported + stats.spans_dropped_queue_full + stats.spans_dropped_failed,
+                2000,
+                "{protocol:?}: {stats:?}"
+            );
+            receiver.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Collector killed with spans in flight and restarted: what the queue held arrives, the
+    /// rest is counted as dropped, and the counts add up.
+    #[tokio::test]
+    async fn collector_killed_and_restarted() -> anyhow::Result<()> {
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let mut receiver = Receiver::start_with(Options {
+                protocol: match protocol {
+                    Protocol::Grpc => rx::Protocol::Grpc,
+                    Protocol::HttpProtobuf => rx::Protocol::Http,
+                },
+                ..Options::default()
+            })
+            .await?;
+            let exporter = Exporter::spawn(ExportConfig {
+                max_queue: 20,
+                max_batch: 5,
+                batch_delay: Duration::from_millis(10),
+                ..otlp_config_with(&receiver.endpoint(), protocol, Duration::from_secs(2))
+            });
+            for i in 0..5 {
+                exporter.submit(numbered(i, 1));
+            }
+            assert!(
+                receiver
+                    .wait_until(Duration::from_secs(5), |r| r.span_count() == 5)
+                    .await
+            );
+            receiver.kill().await;
+            for i in 5..105u32 {
+                exporter.submit(numbered(i as u8, 1));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(exporter.stats().retries >= 1, "{:?}", exporter.stats());
+            receiver.restart().await?;
+            let stats = exporter.shutdown(Duration::from_secs(5)).await;
+            let received = receiver.span_count() as u64;
+            assert_eq!(stats.spans_exported, received, "{protocol:?}: {stats:?}");
+            assert_eq!(
+                stats.spans_exported + stats.spans_dropped_queue_full + stats.spans_dropped_failed,
+                105,
+                "{protocol:?}: {stats:?}"
+            );
+            // The queue and the batch being retried made it through.
+            assert!(received >= 5 + 20, "{protocol:?}: {stats:?}");
+            assert!(stats.spans_dropped_queue_full >= 100 - 20 - 5, "{stats:?}");
+            receiver.stop().await;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_custom_ca() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("ztrace-tls-{}", std::process::id()));
+        let id = rx::test_certificates(&dir)?;
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let receiver = Receiver::start_with(Options {
+                protocol: match protocol {
+                    Protocol::Grpc => rx::Protocol::Grpc,
+                    Protocol::HttpProtobuf => rx::Protocol::Http,
+                },
+                tls: Some(id.clone()),
+                ..Options::default()
+            })
+            .await?;
+            assert!(receiver.endpoint().starts_with("https://localhost:"));
+            let mut cfg = otlp_config_with(&receiver.endpoint(), protocol, Duration::from_secs(2));
+            if let Output::Otlp(t) = &mut cfg.output {
+                t.tls.ca_pem = Some(id.ca_pem.clone());
+            }
+            let exporter = Exporter::spawn(cfg);
+            exporter.submit(numbered(1, 1));
+            let stats = exporter.shutdown(Duration::from_secs(5)).await;
+            assert_eq!(stats.spans_exported, 1, "{protocol:?}: {stats:?}");
+            // Without the CA (system roots only) the certificate is refused.
+            let cfg = ExportConfig {
+                max_batch: 1,
+                ..otlp_config_with(&receiver.endpoint(), protocol, Duration::from_millis(300))
+            };
+            let exporter = Exporter::spawn(cfg);
+            exporter.submit(numbered(2, 1));
+            let stats = exporter.shutdown(Duration::from_secs(3)).await;
+            assert_eq!(
+                (stats.spans_exported, stats.spans_dropped_failed),
+                (0, 1),
+                "{protocol:?}: {stats:?}"
+            );
+            assert_eq!(receiver.span_count(), 1);
+            receiver.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sampled_out_spans_are_counted_not_sent() -> anyhow::Result<()> {
+        let receiver = Receiver::start().await?;
+        let exporter = Exporter::spawn(ExportConfig {
+            sampler: crate::config::Sampler::AlwaysOff,
+            ..otlp_config(&receiver.endpoint())
+        });
+        for i in 1..=4 {
+            exporter.submit(numbered(i, 1));
+        }
+        let stats = exporter.shutdown(Duration::from_secs(2)).await;
+        assert_eq!((stats.spans_sampled_out, stats.spans_exported), (4, 0));
+        assert_eq!(receiver.span_count(), 0);
+        receiver.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn request_queues_are_bounded_in_items() {
+        // Nothing listens: the first request is stuck in retries while the queue overflows.
+        let exporter = Exporter::spawn(ExportConfig {
+            log_batching: Batching {
+                max_queue: 10,
+                max_batch: 10,
+                delay: Duration::from_millis(10),
+            },
+            metrics_max_queue: 8,
+            ..otlp_config_with(
+                &format!("http://{}", closed_port()),
+                Protocol::HttpProtobuf,
+                Duration::from_millis(100),
+            )
+        });
+        for _ in 0..20 {
+            exporter.export_logs(logs_request(3));
+            exporter.export_metrics(metrics_request(2));
+        }
+        let live = exporter.stats();
+        assert!(live.logs.dropped_queue_full >= 60 - 10 - 3, "{live:?}");
+        assert!(live.metrics.dropped_queue_full >= 40 - 8 - 2, "{live:?}");
+        let stats = exporter.shutdown(Duration::from_millis(200)).await;
+        assert_eq!(
+            stats.logs.dropped_queue_full + stats.logs.dropped_failed,
+            60,
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.metrics.dropped_queue_full + stats.metrics.dropped_failed,
+            40,
+            "{stats:?}"
+        );
+        // Without a target for the signal, requests are discarded and counted as such.
+        let exporter = Exporter::spawn(ExportConfig::default());
+        exporter.export_logs(logs_request(3));
+        let stats = exporter.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(stats.logs.not_exported, 3);
     }
 }

@@ -6,10 +6,7 @@
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-use super::{
-    AttrValue, Attrs, ProcessTable, SCOPE_NAME, SCOPE_VERSION, resource_attributes,
-    span_attributes, span_name,
-};
+use super::{AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, span_attributes, span_name};
 use crate::model::{Span, SpanKind, SpanStatus};
 
 fn key(field: u32, wire: WireType, out: &mut Vec<u8>) {
@@ -81,8 +78,9 @@ fn any_value(v: &AttrValue, out: &mut Vec<u8>) {
     }
 }
 
-fn key_values(field: u32, attrs: &Attrs, out: &mut Vec<u8>) {
+fn key_values<K: AsRef<str>>(field: u32, attrs: &[(K, AttrValue)], out: &mut Vec<u8>) {
     for (k, v) in attrs {
+        let k = k.as_ref();
         let value_len = any_value_len(v);
         key(field, WireType::LengthDelimited, out);
         encode_varint(
@@ -135,11 +133,7 @@ pub(crate) fn encode_request(spans: &[Span], table: &ProcessTable, out: &mut Vec
     for pid in pids {
         message(1, out, |out| {
             message(1, out, |out| {
-                key_values(
-                    1,
-                    &resource_attributes(pid, table.get(pid), table.host_fallback()),
-                    out,
-                );
+                key_values(1, &table.resource(pid), out);
             });
             message(2, out, |out| {
                 message(1, out, |out| {
@@ -154,17 +148,13 @@ pub(crate) fn encode_request(spans: &[Span], table: &ProcessTable, out: &mut Vec
     }
 }
 
-/// gRPC codec whose requests are already-encoded protobuf bytes; responses are decoded with prost.
-pub(crate) struct RawCodec<R>(std::marker::PhantomData<R>);
-
-impl<R> Default for RawCodec<R> {
-    fn default() -> Self {
-        Self(std::marker::PhantomData)
-    }
-}
+/// gRPC codec whose requests and responses are protobuf bytes, encoded and decoded by the caller
+/// (requests by this module or prost, responses by the signal's own response type).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RawCodec;
 
 pub(crate) struct RawEncoder;
-pub(crate) struct ProstDecoder<R>(std::marker::PhantomData<R>);
+pub(crate) struct RawDecoder;
 
 impl tonic::codec::Encoder for RawEncoder {
     type Item = bytes::Bytes;
@@ -180,29 +170,31 @@ impl tonic::codec::Encoder for RawEncoder {
     }
 }
 
-impl<R: prost::Message + Default> tonic::codec::Decoder for ProstDecoder<R> {
-    type Item = R;
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = bytes::Bytes;
     type Error = tonic::Status;
 
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<R>, Self::Error> {
-        R::decode(src).map(Some).map_err(|e| {
-            tonic::Status::internal(format!("undecodable response from the collector: {e}"))
-        })
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, Self::Error> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
     }
 }
 
-impl<R: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<R> {
+impl tonic::codec::Codec for RawCodec {
     type Encode = bytes::Bytes;
-    type Decode = R;
+    type Decode = bytes::Bytes;
     type Encoder = RawEncoder;
-    type Decoder = ProstDecoder<R>;
+    type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         RawEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder(std::marker::PhantomData)
+        RawDecoder
     }
 }
 

@@ -42,8 +42,10 @@ pub struct Health {
     pub spans_failed: u64,
     pub metrics_failed: u64,
     pub logs_failed: u64,
-    /// Spans waiting in the export queue now.
-    pub queue_depth: u64,
+    /// Waiting in an export queue now, per signal (spans, metric data points, log records).
+    pub spans_queued: u64,
+    pub metrics_queued: u64,
+    pub logs_queued: u64,
     /// Measurements folded into overflow series.
     pub metric_overflow: u64,
     /// Log records dropped before export (held-record buffer full).
@@ -172,16 +174,26 @@ impl Health {
                 ..Default::default()
             });
         }
+        let depth = [
+            ("spans", self.spans_queued),
+            ("metrics", self.metrics_queued),
+            ("logs", self.logs_queued),
+        ];
         out.push(Metric {
             name: "ztrace.queue.depth".into(),
-            unit: "{span}".into(),
-            description: "Spans waiting in the export queue.".into(),
+            unit: "{item}".into(),
+            description:
+                "Items waiting in an export queue (spans, metric data points, log records).".into(),
             data: Some(Data::Gauge(Gauge {
-                data_points: vec![NumberDataPoint {
-                    time_unix_nano: now_ns,
-                    value: Some(Value::AsInt(self.queue_depth as i64)),
-                    ..Default::default()
-                }],
+                data_points: depth
+                    .into_iter()
+                    .map(|(signal, n)| NumberDataPoint {
+                        attributes: attr_key_values(&[(SIGNAL, Val::from(signal))]),
+                        time_unix_nano: now_ns,
+                        value: Some(Value::AsInt(n as i64)),
+                        ..Default::default()
+                    })
+                    .collect(),
             })),
             ..Default::default()
         });

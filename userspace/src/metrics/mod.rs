@@ -37,28 +37,8 @@ use self::series::{Instrument, Point, Shape};
 use crate::export::ProcessTable;
 use crate::model::Span;
 
-/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Temporality {
-    #[default]
-    Cumulative,
-    Delta,
-    LowMemory,
-}
-
-impl std::str::FromStr for Temporality {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "cumulative" => Ok(Temporality::Cumulative),
-            "delta" => Ok(Temporality::Delta),
-            "lowmemory" => Ok(Temporality::LowMemory),
-            other => Err(format!(
-                "`{other}` is not a metrics temporality; use cumulative, delta or lowmemory"
-            )),
-        }
-    }
-}
+/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`, resolved by [`crate::config`].
+pub use crate::config::Temporality;
 
 impl Temporality {
     /// Delta for synchronous instruments (histograms, counters fed by events)?
@@ -71,7 +51,8 @@ impl Temporality {
     }
 }
 
-/// Settings of the metrics signal (the config module will fill these from flags and environment).
+/// Settings of the metrics signal: interval and temporality from [`crate::config`] (through
+/// `ExportConfig`), the cardinality cap from `--metric-max-series`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s).
@@ -422,13 +403,6 @@ mod tests {
             sum_value(&reqs[1], "ztrace.events.read"),
             (20, AggregationTemporality::Cumulative as i32)
         );
-    }
-
-    #[test]
-    fn temporality_parses_like_the_sdk_variable() {
-        assert_eq!("Delta".parse(), Ok(Temporality::Delta));
-        assert_eq!(" lowmemory ".parse(), Ok(Temporality::LowMemory));
-        assert!("sometimes".parse::<Temporality>().is_err());
     }
 
     #[test]
