@@ -173,8 +173,8 @@ impl Sink {
                 telemetry.kernel(*counters);
                 telemetry.poll(&mut pipeline, &exporter, true);
                 exporter.flush_signals(Duration::from_secs(5)).await;
-                telemetry.summary(&pipeline, &exporter);
                 let stats = exporter.shutdown(Duration::from_secs(5)).await;
+                telemetry.summary(&pipeline, &stats);
                 summary(&pipeline.stats(), counters, &stats);
             }
             Sink::Record {
@@ -588,18 +588,4 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         p.assemble.desyncs,
         p.assemble.aborted_exchanges,
     );
-    for (name, unit, s) in [
-        ("metrics", "data points", &e.metrics),
-        ("logs", "log records", &e.logs),
-    ] {
-        if s.exported + s.dropped_queue_full + s.dropped_failed > 0 {
-            log::info!(
-                "summary: {name}: {} {unit} exported, {} dropped: queue {}, export failures {}",
-                s.exported,
-                s.dropped_queue_full + s.dropped_failed,
-                s.dropped_queue_full,
-                s.dropped_failed
-            );
-        }
-    }
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::{
     capture::KernelCounters,
-    export::{Exporter, ProcessTable},
+    export::{ExportStats, Exporter, ProcessTable},
     logs::{LogLine, to_request},
     metrics::health::Health,
     model::ProcessInfo,
@@ -143,9 +143,8 @@ impl Telemetry {
         }
     }
 
-    /// The exit summary of both signals.
-    pub fn summary(&self, pipeline: &Pipeline, exporter: &Exporter) {
-        let e = exporter.stats();
+    /// The exit summary of both signals, with the exporter's final counters.
+    pub fn summary(&self, pipeline: &Pipeline, e: &ExportStats) {
         let (m, l) = (&e.metrics, &e.logs);
         if let Some(metrics) = &pipeline.metrics {
             log::info!(
