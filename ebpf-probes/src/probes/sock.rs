@@ -17,20 +17,22 @@
 //! payload, so stream offsets stay right. The TCP sequence number of the first byte is the
 //! socket's `write_seq`/`copied_seq` minus the bytes just moved.
 //!
-//! Limitation: `recvmmsg`/`sendmmsg` fire once per message with the same registers; the payload
-//! is always read from the first message's buffers.
+//! Limitations: `recvmmsg`/`sendmmsg` fire once per message with the same registers; the payload
+//! is always read from the first message's buffers. Accepts are seen at the first socket call on
+//! an accepted socket (a connection open before ztrace started counts as accepted when first
+//! used).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use ztrace_abi::{direction, syscall};
+use ztrace_abi::{conn, direction, syscall};
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, syscall_regs, tcp_seq},
     maps::{NET_SOCKS, SSL_CALLS, SyscallArgs, config, is_traced},
-    probes::io::{MSGHDR_IOV, MSGHDR_IOVLEN, classify, emit_data},
+    probes::io::{MSGHDR_IOV, MSGHDR_IOVLEN, classify, emit_conn, emit_data},
 };
 
 const MSG_PEEK: i32 = 2;
@@ -113,10 +115,13 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
             args.has_seq = 1;
         }
         // Remember the owner for the TCP state and retransmit tracepoints (`probes::net`),
-        // which fire where the owner is not current. Looked up first: most calls find it.
+        // which fire where the owner is not current. Looked up first: most calls find it. A
+        // socket this process did not connect (those are recorded at SYN_SENT) and touches for
+        // the first time is one it accepted: reported as such, as `accept` would be.
         // SAFETY: plain map read for presence.
         if unsafe { NET_SOCKS.get(sk) }.is_none() {
             let _ = NET_SOCKS.insert(sk, tgid, 0);
+            emit_conn(conn::ACCEPT, sk, args.fd, args.fd);
         }
     }
     emit_data(&args, ret as u64, sk)
