@@ -73,13 +73,13 @@ const TP_ARG2: usize = 32;
 /// `struct mmsghdr.msg_len`, after the 56-byte `struct user_msghdr` (UAPI layout).
 const MMSGHDR_MSG_LEN: u64 = 56;
 /// `struct user_msghdr.msg_iovlen` (UAPI layout).
-pub(crate) const MSGHDR_IOVLEN: u64 = 24;
+const MSGHDR_IOVLEN: u64 = 24;
 /// Most iovecs a vectored syscall's capture walks (HTTP/2 and nginx split frames and headers
 /// across several).
 const MAX_IOV: u64 = 32;
 const TP_RET: usize = 16;
 /// `struct user_msghdr.msg_iov` (UAPI layout).
-pub(crate) const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOV: u64 = 16;
 
 /// How an I/O syscall's arguments look.
 #[inline(always)]
@@ -156,18 +156,11 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
             }
             None => return None,
         };
-        let mut buf: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
-        if msghdr {
-            args.msgvec = buf;
-            // SAFETY: user pointers read through the fault-tolerant helper.
-            args.iovcnt =
-                unsafe { bpf_probe_read_user((buf + MSGHDR_IOVLEN) as *const u64).ok()? } as u32;
-            buf = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64).ok()? };
-        } else if vectored {
-            args.iovcnt = unsafe { ctx.read_at::<u64>(TP_ARG2).ok()? } as u32;
-        }
+        // SAFETY: fixed syscall tracepoint layout.
+        let arg1: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
+        let arg2: u64 = unsafe { ctx.read_at(TP_ARG2).ok()? };
+        user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
         args.sock = sk;
-        args.buf = buf;
         // Inside an OpenSSL call on this thread: remember which socket it talks over.
         if sk != 0
             && let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid)
@@ -244,6 +237,31 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         }
     }
     0
+}
+
+/// Where a data syscall's bytes are, from its arguments 1 and 2: the buffer, the iovec array
+/// (and its length) or, behind a `msghdr`, the message's iovecs.
+#[inline(always)]
+pub(crate) fn user_buffer(
+    args: &mut SyscallArgs,
+    arg1: u64,
+    arg2: u64,
+    vectored: bool,
+    msghdr: bool,
+) -> Option<()> {
+    let mut buf = arg1;
+    if msghdr {
+        args.msgvec = buf;
+        // SAFETY: user pointers read through the fault-tolerant helper.
+        args.iovcnt =
+            unsafe { bpf_probe_read_user((buf + MSGHDR_IOVLEN) as *const u64).ok()? } as u32;
+        buf = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64).ok()? };
+    } else if vectored {
+        args.iovcnt = arg2 as u32;
+    }
+    args.buf = buf;
+    args.vectored = vectored as u8;
+    Some(())
 }
 
 #[inline(always)]

@@ -105,19 +105,25 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Header of a record about a socket's owner, who is not the current task (`tid` 0).
+#[inline(always)]
+fn owner_header(kind: u32, owner: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        tgid: owner,
+        tid: 0,
+        _pad: 0,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
 /// A CLOSE connection record for the socket's owner (not the current task).
 #[inline(always)]
 fn emit_close(sk: u64, owner: u32) -> Option<()> {
     let tuple = sock_tuple(&config().offsets, sk)?;
     submit(&ConnEvent {
-        header: EventHeader {
-            kind: kind::CONN,
-            tgid: owner,
-            tid: 0,
-            _pad: 0,
-            // SAFETY: plain helper call.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: owner_header(kind::CONN, owner),
         sock_id: sk,
         tuple,
         fd: -1,
@@ -132,14 +138,7 @@ fn emit_close(sk: u64, owner: u32) -> Option<()> {
 fn emit(op: u8, sk: u64, owner: u32) -> Option<()> {
     let tuple = sock_tuple(&config().offsets, sk)?;
     submit(&NetEvent {
-        header: EventHeader {
-            kind: kind::NET,
-            tgid: owner,
-            tid: 0,
-            _pad: 0,
-            // SAFETY: plain helper call.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: owner_header(kind::NET, owner),
         sock_id: sk,
         tuple,
         op,

@@ -23,7 +23,7 @@
 //! used).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -32,7 +32,7 @@ use ztrace_abi::{conn, direction, syscall};
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, syscall_regs, tcp_seq},
     maps::{NET_SOCKS, SSL_CALLS, SyscallArgs, config, is_traced},
-    probes::io::{MSGHDR_IOV, MSGHDR_IOVLEN, classify, emit_conn, emit_data},
+    probes::io::{classify, emit_conn, emit_data, user_buffer},
 };
 
 const MSG_PEEK: i32 = 2;
@@ -91,18 +91,7 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
     {
         args.fd = arg0 as i32;
         args.syscall = kind;
-        args.vectored = vectored as u8;
-        let mut buf = arg1;
-        if msghdr {
-            args.msgvec = buf;
-            // SAFETY: user pointers read through the fault-tolerant helper.
-            args.iovcnt =
-                unsafe { bpf_probe_read_user((buf + MSGHDR_IOVLEN) as *const u64).ok()? } as u32;
-            buf = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64).ok()? };
-        } else if vectored {
-            args.iovcnt = arg2 as u32;
-        }
-        args.buf = buf;
+        user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
     }
     // Inside an OpenSSL call on this thread: remember which socket it talks over.
     if let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) {
