@@ -1,7 +1,9 @@
 //! Reads of kernel structs. Member offsets come from the running kernel's BTF (userspace resolves
 //! them and writes them into `CONFIG.offsets`), so nothing here depends on one kernel build.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
+};
 use ztrace_abi::{AF_INET, AF_INET6, KernelOffsets, OFFSET_UNKNOWN, SockTuple};
 
 const S_IFMT: u16 = 0o170000;
@@ -88,6 +90,21 @@ pub fn tcp_seq(off: &KernelOffsets, sk: u64, egress: bool) -> Option<u32> {
             off.tcp_copied_seq
         },
     )
+}
+
+/// The syscall the current task is in, from the registers it entered the kernel with:
+/// (number, arg0, arg1, arg2). None when this kernel's `pt_regs` layout is unknown.
+#[inline(always)]
+pub fn syscall_regs(off: &KernelOffsets) -> Option<(i64, u64, u64, u64)> {
+    // SAFETY: helper calls; the task pointer comes from the kernel itself and the registers are
+    // read through the fault-tolerant helper.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    Some((
+        read::<i64>(regs, off.regs_nr)?,
+        read(regs, off.regs_arg0)?,
+        read(regs, off.regs_arg1)?,
+        read(regs, off.regs_arg2)?,
+    ))
 }
 
 /// TGID of a `struct task_struct *`.

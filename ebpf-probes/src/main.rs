@@ -2,7 +2,9 @@
 //! map produce events, and every event is a fixed-layout record from `ztrace-abi` pushed into one
 //! ring buffer. Decoding, protocol parsing and everything else happens in userspace.
 //!
-//! - `probes::io` — socket I/O, connect/accept/close (syscall tracepoints)
+//! - `probes::sock` — socket I/O from the socket layer (`sock_send_length`/`sock_recv_length`)
+//! - `probes::io` — socket I/O, connect/accept/close from syscall tracepoints (the fallback), and
+//!   stdout/stderr writes for `--capture-logs`
 //! - `probes::net` — TCP connection outcomes and retransmits (`sock:`/`tcp:` tracepoints)
 //! - `probes::sched` — fork/exit of traced processes (follow children, stop tracing the dead)
 //! - `kernel` — reads of kernel structs at offsets userspace found in BTF

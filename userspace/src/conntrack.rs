@@ -168,6 +168,12 @@ impl<T: Default> ConnTable<T> {
                 state: T::default(),
             }
         });
+        // A connection first seen at connect time may not have its local port yet (TCP
+        // picks it after SYN_SENT): complete the endpoints from the first tuple that has it.
+        if conn.local.port == 0 || conn.peer.port == 0 {
+            let (local, peer) = endpoints(tuple);
+            (conn.local, conn.peer) = (local, peer);
+        }
         conn.last_ns = now_ns;
         (conn, evicted)
     }

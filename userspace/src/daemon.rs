@@ -283,7 +283,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(RingFd(capture.ring()?)) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     log::info!(
-        "tracing {} process(es): {:?}{}; {what}",
+        "tracing {} process(es): {:?}{} (socket data from {}); {what}",
         targets.len(),
         targets,
         if cfg.follow_children {
@@ -291,6 +291,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         } else {
             ""
         },
+        capture.mode,
     );
 
     let mut changes = Vec::new();

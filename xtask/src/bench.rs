@@ -89,7 +89,7 @@ pub fn bench(quick: bool) -> Result<()> {
             }
         }
     }
-    let per_round = 7; // nginx saturated 3 + nginx paced 2 + python 2
+    let per_round = 9; // nginx saturated 5 + nginx paced 2 + python 2
     say(&format!(
         "benchmark: {} rounds × {} s per condition, {} runs (about {} min)",
         plan.rounds,
@@ -110,7 +110,13 @@ pub fn bench(quick: bool) -> Result<()> {
         &nginx,
         "nginx, saturated",
         Load::Saturated,
-        &[Mode::Untraced, Mode::Traced, Mode::Bystander(idle.pid)],
+        &[
+            Mode::Untraced,
+            Mode::Traced,
+            Mode::Bystander(idle.pid),
+            Mode::TracedSyscalls,
+            Mode::BystanderSyscalls(idle.pid),
+        ],
     )?;
     let nginx_paced = scenario(
         &ctx,
@@ -717,12 +723,13 @@ struct Ztrace {
     log: PathBuf,
 }
 
-fn start_ztrace(ctx: &Ctx, target: u32, tag: &str) -> Result<Ztrace> {
+fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, via_syscalls: bool) -> Result<Ztrace> {
     let log = ctx.dir.join(format!("ztrace-{tag}.log"));
     let mut proc = Proc::spawn(
         "ztrace",
         Command::new(&ctx.ztrace)
             .args(["--pid", &target.to_string(), "--output", "json"])
+            .args(via_syscalls.then_some("--capture-via-syscalls"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -755,6 +762,10 @@ enum Mode {
     Traced,
     /// ztrace traces this other process while the server is under load.
     Bystander(u32),
+    /// As `Traced` and `Bystander`, with socket data from syscall tracepoints
+    /// (`--capture-via-syscalls`, the fallback for kernels without the socket-layer ones).
+    TracedSyscalls,
+    BystanderSyscalls(u32),
 }
 
 impl Mode {
@@ -763,6 +774,8 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::Traced => "traced",
             Mode::Bystander(_) => "bystander",
+            Mode::TracedSyscalls => "traced (syscall tracepoints)",
+            Mode::BystanderSyscalls(_) => "bystander (syscall tracepoints)",
         }
     }
 }
@@ -893,8 +906,10 @@ fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Res
     thread::sleep(Duration::from_millis(300));
     let mut z = match mode {
         Mode::Untraced => None,
-        Mode::Traced => Some(start_ztrace(ctx, server.proc.pid, tag)?),
-        Mode::Bystander(pid) => Some(start_ztrace(ctx, pid, tag)?),
+        Mode::Traced => Some(start_ztrace(ctx, server.proc.pid, tag, false)?),
+        Mode::Bystander(pid) => Some(start_ztrace(ctx, pid, tag, false)?),
+        Mode::TracedSyscalls => Some(start_ztrace(ctx, server.proc.pid, tag, true)?),
+        Mode::BystanderSyscalls(pid) => Some(start_ztrace(ctx, pid, tag, true)?),
     };
     let z_before = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
     let server_before = cpu_ticks(server.worker)?;
@@ -1114,6 +1129,14 @@ fn render(
                 Mode::Bystander(_) => {
                     format!("{}, **bystander** (ztrace traces an idle `sleep`)", r.title)
                 }
+                Mode::BystanderSyscalls(_) => format!(
+                    "{}, bystander, syscall tracepoints (`--capture-via-syscalls`)",
+                    r.title
+                ),
+                Mode::TracedSyscalls => format!(
+                    "{}, traced, syscall tracepoints (`--capture-via-syscalls`)",
+                    r.title
+                ),
                 _ => format!("{}, traced", r.title),
             };
             let rps = r.ratio(mode, |s| s.wrk.rps);
@@ -1122,7 +1145,7 @@ fn render(
             let cpu = r.ratio(mode, |s| s.server_cpu_per_req);
             let nginx_sat = r.title.starts_with("nginx") && r.load == Load::Saturated;
             let (rps_target, rps_ok) = match mode {
-                Mode::Bystander(_) => (
+                Mode::Bystander(_) | Mode::BystanderSyscalls(_) => (
                     format!("≥ {TARGET_BYSTANDER}"),
                     Some(rps.median >= TARGET_BYSTANDER),
                 ),
@@ -1132,7 +1155,8 @@ fn render(
                 ),
                 _ => ("—".into(), None),
             };
-            let (p99_target, p99_ok) = if nginx_sat && mode == Mode::Traced {
+            let traced = matches!(mode, Mode::Traced | Mode::TracedSyscalls);
+            let (p99_target, p99_ok) = if nginx_sat && traced {
                 (format!("≤ {TARGET_P99:.2}"), Some(p99.median <= TARGET_P99))
             } else {
                 ("—".into(), None)

@@ -196,6 +196,13 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     pub tcp_write_seq: u32,
     pub tcp_copied_seq: u32,
+    /// `struct pt_regs` members holding the syscall number and its first three arguments as the
+    /// task entered the kernel (x86_64: `orig_ax`, `di`, `si`, `dx`). The socket-layer probes read
+    /// the user buffers from them.
+    pub regs_nr: u32,
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_arg2: u32,
 }
 
 pub const OFFSET_UNKNOWN: u32 = u32::MAX;
@@ -221,6 +228,10 @@ impl KernelOffsets {
         sk_protocol: OFFSET_UNKNOWN,
         tcp_write_seq: OFFSET_UNKNOWN,
         tcp_copied_seq: OFFSET_UNKNOWN,
+        regs_nr: OFFSET_UNKNOWN,
+        regs_arg0: OFFSET_UNKNOWN,
+        regs_arg1: OFFSET_UNKNOWN,
+        regs_arg2: OFFSET_UNKNOWN,
     };
 }
 
@@ -244,6 +255,9 @@ pub struct Config {
     pub set_state_old_offset: u32,
     pub set_state_new_offset: u32,
     pub retransmit_skaddr_offset: u32,
+    /// 1: socket data comes from the socket-layer probes (`probes::sock`); the syscall probes,
+    /// if attached at all (for `--capture-logs`), leave sockets alone.
+    pub socket_mode: u32,
     pub offsets: KernelOffsets,
 }
 
@@ -257,6 +271,7 @@ impl Config {
         set_state_old_offset: OFFSET_UNKNOWN,
         set_state_new_offset: OFFSET_UNKNOWN,
         retransmit_skaddr_offset: OFFSET_UNKNOWN,
+        socket_mode: 0,
         offsets: KernelOffsets::UNKNOWN,
     };
 }

@@ -27,7 +27,7 @@ use crate::{
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
 #[cfg(bpf_target_arch = "x86_64")]
-mod nr {
+pub(crate) mod nr {
     pub const READ: i32 = 0;
     pub const WRITE: i32 = 1;
     pub const CLOSE: i32 = 3;
@@ -44,7 +44,7 @@ mod nr {
     pub const ACCEPT4: i32 = 288;
 }
 #[cfg(bpf_target_arch = "aarch64")]
-mod nr {
+pub(crate) mod nr {
     pub const CLOSE: i32 = 57;
     pub const READ: i32 = 63;
     pub const WRITE: i32 = 64;
@@ -83,7 +83,7 @@ const MSGHDR_IOV: u64 = 16;
 
 /// How an I/O syscall's arguments look.
 #[inline(always)]
-fn classify(nr: i32) -> Option<(u8, u8, bool, bool)> {
+pub(crate) fn classify(nr: i32) -> Option<(u8, u8, bool, bool)> {
     // (syscall kind, direction, vectored, buffer behind a msghdr)
     Some(match nr {
         nr::READ => (syscall::READ, direction::INGRESS, false, false),
@@ -120,6 +120,9 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
     let cfg = config();
     let off = &cfg.offsets;
     if nr == nr::CLOSE {
+        if cfg.socket_mode != 0 {
+            return None;
+        }
         let sk = sock_of_fd(off, fd)?;
         emit_conn(conn::CLOSE, sk, fd, 0);
         return Some(());
@@ -142,6 +145,8 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         // Not a socket: only stdout/stderr writes, and only with `--capture-logs` (sock 0 marks
         // them for the exit).
         let (sk, protocol) = match sock_of_fd(off, fd) {
+            // The socket-layer probes have it.
+            Some(_) if cfg.socket_mode != 0 => return None,
             Some(sk) => (sk, sock_family_protocol(off, sk)?.1),
             None if cfg.capture_stdio != 0
                 && (fd == 1 || fd == 2)
@@ -151,18 +156,11 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
             }
             None => return None,
         };
-        let mut buf: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
-        if msghdr {
-            args.msgvec = buf;
-            // SAFETY: user pointers read through the fault-tolerant helper.
-            args.iovcnt =
-                unsafe { bpf_probe_read_user((buf + MSGHDR_IOVLEN) as *const u64).ok()? } as u32;
-            buf = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64).ok()? };
-        } else if vectored {
-            args.iovcnt = unsafe { ctx.read_at::<u64>(TP_ARG2).ok()? } as u32;
-        }
+        // SAFETY: fixed syscall tracepoint layout.
+        let arg1: u64 = unsafe { ctx.read_at(TP_ARG1).ok()? };
+        let arg2: u64 = unsafe { ctx.read_at(TP_ARG2).ok()? };
+        user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
         args.sock = sk;
-        args.buf = buf;
         // Inside an OpenSSL call on this thread: remember which socket it talks over.
         if sk != 0
             && let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid)
@@ -241,8 +239,33 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Where a data syscall's bytes are, from its arguments 1 and 2: the buffer, the iovec array
+/// (and its length) or, behind a `msghdr`, the message's iovecs.
 #[inline(always)]
-fn emit_conn(op: u8, sk: u64, fd: i32, ret: i32) {
+pub(crate) fn user_buffer(
+    args: &mut SyscallArgs,
+    arg1: u64,
+    arg2: u64,
+    vectored: bool,
+    msghdr: bool,
+) -> Option<()> {
+    let mut buf = arg1;
+    if msghdr {
+        args.msgvec = buf;
+        // SAFETY: user pointers read through the fault-tolerant helper.
+        args.iovcnt =
+            unsafe { bpf_probe_read_user((buf + MSGHDR_IOVLEN) as *const u64).ok()? } as u32;
+        buf = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64).ok()? };
+    } else if vectored {
+        args.iovcnt = arg2 as u32;
+    }
+    args.buf = buf;
+    args.vectored = vectored as u8;
+    Some(())
+}
+
+#[inline(always)]
+pub(crate) fn emit_conn(op: u8, sk: u64, fd: i32, ret: i32) {
     let off = config().offsets;
     let Some(tuple) = sock_tuple(&off, sk) else {
         return;
@@ -307,7 +330,9 @@ pub fn emit_data(args: &SyscallArgs, bytes: u64, sock_id: u64) -> Option<()> {
     };
     let cap = bytes.min(cfg.payload_cap as u64).min(MAX_PAYLOAD as u64);
     let mut n: u64 = 0;
-    if args.vectored == 0 {
+    if args.buf == 0 {
+        // Bytes moved by a path whose buffer we cannot see: counted, not captured.
+    } else if args.vectored == 0 {
         n = copy_user(args.buf, cap, 0, &mut buf.payload);
     } else {
         // Walk the iovecs until the cap: a message's head may be spread over several.

@@ -3,4 +3,5 @@
 pub mod io;
 pub mod net;
 pub mod sched;
+pub mod sock;
 pub mod tls;

@@ -15,16 +15,21 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, helpers::bpf_ktime_get_ns, macros::tracepoint,
     programs::TracePointContext,
 };
-use ztrace_abi::{EventHeader, NetEvent, OFFSET_UNKNOWN, kind, net};
+use ztrace_abi::{ConnEvent, EventHeader, NetEvent, OFFSET_UNKNOWN, conn, kind, net};
 
 use crate::{
     kernel::sock_tuple,
     maps::{NET_SOCKS, config, is_traced, submit},
+    probes::io::emit_conn,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
 
 #[inline(always)]
 fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
@@ -52,6 +57,11 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if is_traced(tgid) {
             let _ = NET_SOCKS.insert(sk, tgid, 0);
+            if cfg.socket_mode != 0 {
+                // Without syscall probes this is where connects are seen (on the connecting
+                // thread, which the linker needs).
+                emit_conn(conn::CONNECT, sk, -1, 0);
+            }
         }
         return Some(());
     }
@@ -61,6 +71,17 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
         let _ = NET_SOCKS.remove(sk);
     }
     let owner = owner?;
+    // Without syscall probes, `close` is seen as the socket leaving the open states: the owner
+    // closing it (FIN_WAIT1, LAST_ACK) or a reset/abort (CLOSE).
+    if cfg.socket_mode != 0
+        && matches!(new, TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSE)
+        && matches!(
+            old,
+            TCP_ESTABLISHED | TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE_WAIT
+        )
+    {
+        emit_close(sk, owner);
+    }
     if old != TCP_SYN_SENT {
         return Some(());
     }
@@ -84,18 +105,40 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Header of a record about a socket's owner, who is not the current task (`tid` 0).
+#[inline(always)]
+fn owner_header(kind: u32, owner: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        tgid: owner,
+        tid: 0,
+        _pad: 0,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// A CLOSE connection record for the socket's owner (not the current task).
+#[inline(always)]
+fn emit_close(sk: u64, owner: u32) -> Option<()> {
+    let tuple = sock_tuple(&config().offsets, sk)?;
+    submit(&ConnEvent {
+        header: owner_header(kind::CONN, owner),
+        sock_id: sk,
+        tuple,
+        fd: -1,
+        ret: 0,
+        op: conn::CLOSE,
+        _pad: [0; 7],
+    });
+    Some(())
+}
+
 #[inline(always)]
 fn emit(op: u8, sk: u64, owner: u32) -> Option<()> {
     let tuple = sock_tuple(&config().offsets, sk)?;
     submit(&NetEvent {
-        header: EventHeader {
-            kind: kind::NET,
-            tgid: owner,
-            tid: 0,
-            _pad: 0,
-            // SAFETY: plain helper call.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: owner_header(kind::NET, owner),
         sock_id: sk,
         tuple,
         op,

@@ -360,7 +360,24 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sk_protocol: opt("sock", "sk_protocol", 2)?,
         tcp_write_seq: req("tcp_sock", "write_seq", Some(4))?,
         tcp_copied_seq: req("tcp_sock", "copied_seq", Some(4))?,
+        regs_nr: regs(btf, 0)?,
+        regs_arg0: regs(btf, 1)?,
+        regs_arg1: regs(btf, 2)?,
+        regs_arg2: regs(btf, 3)?,
     })
+}
+
+/// `struct pt_regs` members of the syscall number (`i` = 0) and arguments 0..=2 (`i` = 1..=3),
+/// optional: without them ztrace falls back to syscall tracepoints.
+fn regs(btf: &Btf, i: usize) -> Res<u32> {
+    #[cfg(target_arch = "x86_64")]
+    const NAMES: [&str; 4] = ["orig_ax", "di", "si", "dx"];
+    #[cfg(not(target_arch = "x86_64"))]
+    const NAMES: [&str; 4] = ["", "", "", ""];
+    if NAMES[i].is_empty() {
+        return Ok(OFFSET_UNKNOWN);
+    }
+    field(btf, "pt_regs", NAMES[i], Some(8), true)
 }
 
 #[cfg(test)]

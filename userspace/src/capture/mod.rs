@@ -37,6 +37,28 @@ pub struct CaptureOptions {
     pub ring_bytes: u32,
     /// Capture writes to stdout/stderr (`--capture-logs`).
     pub capture_stdio: bool,
+    /// Use the syscall tracepoints for socket data even where the socket-layer ones work
+    /// (`--capture-via-syscalls`).
+    pub via_syscalls: bool,
+}
+
+/// Where socket data is captured (see `probes::sock` for why the socket layer is preferred).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// `sock:sock_send_length`/`sock_recv_length`: one hook per socket call, none for other
+    /// syscalls of any process.
+    SocketLayer,
+    /// `syscalls:sys_enter_*`/`sys_exit_*` of the socket syscalls (older kernels).
+    Syscalls,
+}
+
+impl std::fmt::Display for CaptureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CaptureMode::SocketLayer => "socket-layer tracepoints",
+            CaptureMode::Syscalls => "syscall tracepoints",
+        })
+    }
 }
 
 impl Default for CaptureOptions {
@@ -46,6 +68,7 @@ impl Default for CaptureOptions {
             follow_children: true,
             ring_bytes: 16 << 20,
             capture_stdio: false,
+            via_syscalls: false,
         }
     }
 }
@@ -71,7 +94,18 @@ pub struct Capture {
     ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
+    pub mode: CaptureMode,
+    capture_stdio: bool,
 }
+
+/// Socket-layer programs and the raw tracepoints they attach to.
+const SOCK_PROBES: &[(&str, &str)] = &[
+    ("sock_send", "sock_send_length"),
+    ("sock_recv", "sock_recv_length"),
+];
+/// Syscalls the `sys_enter`/`sys_exit` programs see in socket-layer mode with `--capture-logs`
+/// (stdout/stderr writes only; sockets are left to the socket-layer programs).
+const STDIO_SYSCALLS: &[&str] = &["write", "writev"];
 
 /// Kernel-side counters summed over CPUs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +136,39 @@ fn tracepoint_field(event: &str, field: &str) -> Result<u32> {
         .with_context(|| format!("{path} has no `{field}` field"))
 }
 
+/// Whether this kernel has what the socket-layer probes need; the reason when not.
+fn socket_layer_available(config: &Config) -> Result<()> {
+    let o = &config.offsets;
+    if [o.regs_nr, o.regs_arg0, o.regs_arg1, o.regs_arg2].contains(&ztrace_abi::OFFSET_UNKNOWN) {
+        bail!("this kernel's BTF has no known `struct pt_regs` layout");
+    }
+    for (_, tp) in SOCK_PROBES {
+        let path = format!("{}/events/sock/{tp}", preflight::TRACEFS);
+        if !std::path::Path::new(&path).exists() {
+            bail!("no tracepoint sock:{tp} (Linux 6.3 or later has it)");
+        }
+    }
+    // Connects and closes come from `sock:inet_sock_set_state` in this mode.
+    if config.set_state_skaddr_offset == ztrace_abi::OFFSET_UNKNOWN {
+        bail!("no usable tracepoint sock:inet_sock_set_state");
+    }
+    Ok(())
+}
+
+/// Loads (verifies) the socket-layer programs.
+fn load_sock_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for (prog, _) in SOCK_PROBES {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("verifier rejected {prog}"))?;
+    }
+    Ok(())
+}
+
 /// Record offsets the network probes need; unknown ones switch those probes off (reported).
 fn net_offsets() -> [u32; 4] {
     let fields = [
@@ -127,7 +194,7 @@ impl Capture {
         let btf = btf::Btf::from_sys_fs()?;
         let offsets = btf::resolve_offsets(&btf)?;
         let net = net_offsets();
-        let config = Config {
+        let mut config = Config {
             payload_cap: opts.payload_cap,
             follow_children: opts.follow_children as u32,
             exit_group_dead_offset: exit_group_dead_offset()?,
@@ -136,13 +203,32 @@ impl Capture {
             set_state_old_offset: net[1],
             set_state_new_offset: net[2],
             retransmit_skaddr_offset: net[3],
+            socket_mode: 0,
             offsets,
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(PROBES)
-            .context("loading the eBPF probes into the kernel")?;
+        let socket_layer = if opts.via_syscalls {
+            Err(anyhow::anyhow!("--capture-via-syscalls"))
+        } else {
+            socket_layer_available(&config)
+        };
+        if let Err(e) = &socket_layer {
+            log::info!("socket data from syscall tracepoints ({e:#})");
+        }
+        config.socket_mode = socket_layer.is_ok() as u32;
+        let mut ebpf = Self::load_object(&config, opts)?;
+        let mut mode = CaptureMode::Syscalls;
+        if config.socket_mode != 0 {
+            match load_sock_programs(&mut ebpf) {
+                Ok(()) => mode = CaptureMode::SocketLayer,
+                Err(e) => {
+                    log::warn!(
+                        "socket-layer capture unavailable, using syscall tracepoints: {e:#}"
+                    );
+                    config.socket_mode = 0;
+                    ebpf = Self::load_object(&config, opts)?;
+                }
+            }
+        }
         let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
@@ -152,7 +238,17 @@ impl Capture {
             ebpf,
             traced,
             counters,
+            mode,
+            capture_stdio: opts.capture_stdio,
         })
+    }
+
+    fn load_object(config: &Config, opts: &CaptureOptions) -> Result<Ebpf> {
+        EbpfLoader::new()
+            .override_global("CONFIG", config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(PROBES)
+            .context("loading the eBPF probes into the kernel")
     }
 
     /// Adds a process to the in-kernel filter.
@@ -164,20 +260,45 @@ impl Capture {
 
     /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
     pub fn attach(&mut self) -> Result<()> {
-        let enter: Vec<String> = ENTER.iter().map(|n| format!("sys_enter_{n}")).collect();
-        let exit: Vec<String> = EXIT.iter().map(|n| format!("sys_exit_{n}")).collect();
-        self.attach_tracepoint("sys_enter", "syscalls", &enter)?;
-        self.attach_tracepoint("sys_exit", "syscalls", &exit)?;
+        let (enter, exit) = match (self.mode, self.capture_stdio) {
+            (CaptureMode::Syscalls, _) => (ENTER, EXIT),
+            (CaptureMode::SocketLayer, true) => (STDIO_SYSCALLS, STDIO_SYSCALLS),
+            (CaptureMode::SocketLayer, false) => (&[][..], &[][..]),
+        };
+        if !enter.is_empty() {
+            let enter: Vec<String> = enter.iter().map(|n| format!("sys_enter_{n}")).collect();
+            let exit: Vec<String> = exit.iter().map(|n| format!("sys_exit_{n}")).collect();
+            self.attach_tracepoint("sys_enter", "syscalls", &enter)?;
+            self.attach_tracepoint("sys_exit", "syscalls", &exit)?;
+        }
+        if self.mode == CaptureMode::SocketLayer {
+            for (prog, tp) in SOCK_PROBES {
+                let program: &mut RawTracePoint = self
+                    .ebpf
+                    .program_mut(prog)
+                    .with_context(|| format!("program {prog} missing"))?
+                    .try_into()?;
+                program
+                    .attach(tp)
+                    .with_context(|| format!("attaching to raw tracepoint {tp}"))?;
+            }
+        }
         for name in ["sched_process_exit", "sched_process_exec"] {
             self.attach_tracepoint(name, "sched", &[name.to_string()])?;
         }
-        // Network metrics only: a kernel without these tracepoints still traces.
+        // Network metrics (and, with socket-layer capture, connects and closes).
         for (prog, category) in [
             ("inet_sock_set_state", "sock"),
             ("tcp_retransmit_skb", "tcp"),
         ] {
-            if let Err(e) = self.attach_tracepoint(prog, category, &[prog.to_string()]) {
-                log::warn!("TCP connection/retransmit metrics unavailable: {e:#}");
+            match self.attach_tracepoint(prog, category, &[prog.to_string()]) {
+                Err(e)
+                    if self.mode == CaptureMode::SocketLayer && prog == "inet_sock_set_state" =>
+                {
+                    return Err(e);
+                }
+                Err(e) => log::warn!("TCP connection/retransmit metrics unavailable: {e:#}"),
+                Ok(()) => {}
             }
         }
         let fork: &mut RawTracePoint = self
