@@ -45,17 +45,41 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
     if !privileged_or_skip("two_tier_http_spans_are_linked") {
         return Ok(());
     }
+    two_tier(&[], "socket data from socket-layer tracepoints")
+}
+
+/// The fallback capture path (kernels without the socket-layer tracepoints) gives the same
+/// spans and links.
+#[test]
+fn two_tier_http_spans_are_linked_via_syscall_tracepoints() -> Result<()> {
+    if !privileged_or_skip("two_tier_http_spans_are_linked_via_syscall_tracepoints") {
+        return Ok(());
+    }
+    two_tier(
+        &["--capture-via-syscalls"],
+        "socket data from syscall tracepoints",
+    )
+}
+
+fn two_tier(extra_args: &[&str], capture: &str) -> Result<()> {
     let rt = runtime();
     let receiver = rt.block_on(Receiver::start())?;
     let (backend, backend_port) = spawn_service(&["backend"])?;
     let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
-    let mut ztrace = spawn_ztrace(&[
+    let mut args = vec![
         "--pid".into(),
         format!("{},{}", frontend.pid(), backend.pid()),
         "--otlp-endpoint".into(),
         receiver.endpoint(),
-    ])?;
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let mut ztrace = spawn_ztrace(&args)?;
     ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+    ensure!(
+        ztrace.stderr_text().contains(capture),
+        "expected {capture}:\n{}",
+        ztrace.stderr_text()
+    );
     let traffic_start = std::time::Instant::now();
 
     let base = format!("http://127.0.0.1:{front_port}");

@@ -81,6 +81,11 @@ pub struct TargetArgs {
     /// trace and span of the request the writing thread was serving.
     #[arg(long)]
     pub capture_logs: bool,
+    /// Capture socket data from syscall tracepoints even where the socket-layer tracepoints
+    /// work (they are the default: no overhead for processes ztrace does not trace). For
+    /// comparison and for kernels where the socket-layer probes misbehave.
+    #[arg(long)]
+    pub capture_via_syscalls: bool,
 }
 
 /// Where spans, metrics and logs go. Every setting can also come from the config file or the
@@ -299,6 +304,7 @@ fn target_from_file(target: &mut TargetArgs, file: Option<&ConfigFile>) -> Resul
     }
     target.no_children |= file_bool(Some(file), "target.no_children")?;
     target.capture_logs |= file_bool(Some(file), "target.capture_logs")?;
+    target.capture_via_syscalls |= file_bool(Some(file), "target.capture_via_syscalls")?;
     if target.duration.is_none()
         && let Some((v, origin)) = file.get("target.duration")
     {
@@ -469,6 +475,7 @@ pub fn main() -> i32 {
         mode,
         metrics,
         capture_logs: target.capture_logs,
+        capture_via_syscalls: target.capture_via_syscalls,
     };
     match daemon::run(config) {
         Ok(()) => 0,
@@ -638,6 +645,7 @@ mod tests {
             duration: None,
             payload_cap: None,
             capture_logs: false,
+            capture_via_syscalls: false,
         };
         let err = target_from_file(&mut target, r.file.as_ref()).unwrap_err();
         assert!(err.starts_with("`target.payload_cap` in "), "{err}");

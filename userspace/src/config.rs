@@ -297,12 +297,13 @@ const GLOBAL_SETTINGS: [(&str, Option<&str>); 13] = [
 ];
 
 /// File keys the command line reads itself (what to trace, terminal output).
-pub const CLI_FILE_KEYS: [&str; 8] = [
+pub const CLI_FILE_KEYS: [&str; 9] = [
     "target.pids",
     "target.no_children",
     "target.duration",
     "target.payload_cap",
     "target.capture_logs",
+    "target.capture_via_syscalls",
     "traces.output",
     "traces.db_query_text",
     "metrics.max_series",

@@ -35,6 +35,8 @@ pub struct DaemonConfig {
     pub metrics: MetricsConfig,
     /// `--capture-logs`: stdout/stderr of traced processes become log records.
     pub capture_logs: bool,
+    /// `--capture-via-syscalls`: socket data from syscall tracepoints, not the socket layer.
+    pub capture_via_syscalls: bool,
 }
 
 pub enum Mode {
@@ -262,6 +264,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         payload_cap: cfg.payload_cap,
         follow_children: cfg.follow_children,
         capture_stdio: cfg.capture_logs,
+        via_syscalls: cfg.capture_via_syscalls,
         ..CaptureOptions::default()
     })?;
     let mut procs = Processes {
