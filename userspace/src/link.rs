@@ -86,7 +86,12 @@ const RESPONSE_GRACE_NS: u64 = 50_000_000;
 pub enum Parent {
     None,
     Local(Handle),
-    Remote { trace_id: TraceId, span_id: SpanId },
+    /// From an incoming `traceparent`, with its `sampled` flag.
+    Remote {
+        trace_id: TraceId,
+        span_id: SpanId,
+        sampled: bool,
+    },
 }
 
 /// Whom a thread is working for, from its last socket input (see the module docs).
@@ -130,7 +135,7 @@ pub struct Start {
     pub local: Endpoint,
     pub peer: Endpoint,
     pub exchange: Exchange,
-    pub traceparent: Option<(TraceId, SpanId)>,
+    pub traceparent: Option<Traceparent>,
     pub seq_key: Option<SeqKey>,
     /// For the first request on a connection this process connected: the connecting thread's
     /// cause at `connect()` time.
@@ -206,6 +211,8 @@ struct Rec {
 struct Tomb {
     span_id: SpanId,
     trace: TraceId,
+    /// The `sampled` flag of the trace's remote root parent, if it has one.
+    remote_sampled: Option<bool>,
     end_ns: u64,
 }
 
@@ -294,8 +301,17 @@ impl Linker {
         let mut via = None;
         match s.kind {
             SpanKind::Server => {
-                if let Some((trace_id, span_id)) = s.traceparent {
-                    parent = Parent::Remote { trace_id, span_id };
+                if let Some(Traceparent {
+                    trace_id,
+                    span_id,
+                    sampled,
+                }) = s.traceparent
+                {
+                    parent = Parent::Remote {
+                        trace_id,
+                        span_id,
+                        sampled,
+                    };
                     self.stats.traceparent_links += 1;
                 } else if let Some(key) = s.seq_key {
                     if let Some(&(c, _)) = self.clients_by_seq.get(&key) {
@@ -489,8 +505,8 @@ impl Linker {
         }
     }
 
-    /// Trace id of `h` and whether it can no longer change.
-    fn resolve(&self, h: Handle, now_ns: u64) -> Option<(TraceId, bool)> {
+    /// Trace of `h` and whether it can no longer change.
+    fn resolve(&self, h: Handle, now_ns: u64) -> Option<(Resolved, bool)> {
         let mut cur = self.recs.get(&h)?;
         let answered = |r: &Rec| {
             r.end_ns
@@ -499,7 +515,9 @@ impl Linker {
         let mut settled = true;
         for _ in 0..MAX_DEPTH {
             match cur.parent {
-                Parent::Remote { trace_id, .. } => return Some((trace_id, settled)),
+                Parent::Remote {
+                    trace_id, sampled, ..
+                } => return Some((Resolved::new(trace_id, Some(sampled)), settled)),
                 Parent::Local(p) => {
                     // A link from a thread's context holds only once both sides were seen
                     // (rules 4 and 5): until then the trace below it may still split off.
@@ -512,9 +530,11 @@ impl Linker {
                     }
                     match (self.recs.get(&p), self.tombs.get(&p)) {
                         (Some(parent), _) => cur = parent,
-                        (None, Some(tomb)) => return Some((tomb.trace, settled)),
+                        (None, Some(tomb)) => {
+                            return Some((Resolved::new(tomb.trace, tomb.remote_sampled), settled));
+                        }
                         // Parent evicted or forgotten: this subtree becomes its own trace.
-                        (None, None) => return Some((cur.own_trace, settled)),
+                        (None, None) => return Some((Resolved::new(cur.own_trace, None), settled)),
                     }
                 }
                 Parent::None => {
@@ -524,7 +544,7 @@ impl Linker {
                         SpanKind::Client => answered(cur),
                         SpanKind::Server => now_ns >= cur.start_ns.saturating_add(LINK_GRACE_NS),
                     };
-                    return Some((cur.own_trace, settled));
+                    return Some((Resolved::new(cur.own_trace, None), settled));
                 }
             }
         }
@@ -620,7 +640,7 @@ impl Linker {
         }
     }
 
-    fn release(&mut self, h: Handle, trace: TraceId, now_ns: u64, out: &mut Vec<Span>) {
+    fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
         let Some(rec) = self.recs.remove(&h) else {
             return;
         };
@@ -641,7 +661,8 @@ impl Linker {
             h,
             Tomb {
                 span_id: rec.span_id,
-                trace,
+                trace: trace.trace_id,
+                remote_sampled: trace.remote_sampled,
                 end_ns,
             },
         );
@@ -650,7 +671,8 @@ impl Linker {
         let status = status_of(&rec.exchange, rec.kind, rec.error.as_deref());
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
         out.push(Span {
-            trace_id: trace,
+            trace_id: trace.trace_id,
+            remote_sampled: trace.remote_sampled,
             span_id: rec.span_id,
             parent_span_id,
             parent_is_remote,
@@ -800,8 +822,33 @@ pub fn span_name(method: &str) -> String {
     }
 }
 
+/// The trace a span belongs to, as resolved at release.
+#[derive(Clone, Copy, Debug)]
+struct Resolved {
+    trace_id: TraceId,
+    remote_sampled: Option<bool>,
+}
+
+impl Resolved {
+    fn new(trace_id: TraceId, remote_sampled: Option<bool>) -> Self {
+        Self {
+            trace_id,
+            remote_sampled,
+        }
+    }
+}
+
+/// An incoming W3C trace context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traceparent {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// The `sampled` trace flag (bit 0): the upstream's sampling decision.
+    pub sampled: bool,
+}
+
 /// Parses a W3C `traceparent` header (version 00 rules; future versions read leniently).
-pub fn parse_traceparent(v: &str) -> Option<(TraceId, SpanId)> {
+pub fn parse_traceparent(v: &str) -> Option<Traceparent> {
     let v = v.trim();
     let mut parts = v.split('-');
     let version = parts.next()?;
@@ -828,11 +875,15 @@ pub fn parse_traceparent(v: &str) -> Option<(TraceId, SpanId)> {
     let (mut t, mut s) = ([0u8; 16], [0u8; 8]);
     hex(trace, &mut t)?;
     hex(span, &mut s)?;
-    u8::from_str_radix(flags, 16).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
     if t == [0; 16] || s == [0; 8] {
         return None;
     }
-    Some((TraceId(t), SpanId(s)))
+    Some(Traceparent {
+        trace_id: TraceId(t),
+        span_id: SpanId(s),
+        sampled: flags & 1 == 1,
+    })
 }
 
 #[cfg(test)]
@@ -977,8 +1028,9 @@ mod tests {
         let mut out = Vec::new();
         l.poll(10, &mut out);
         assert_eq!(out.len(), 1, "remote-parented spans need no grace period");
-        assert_eq!(out[0].trace_id, tp.0);
-        assert_eq!(out[0].parent_span_id, Some(tp.1));
+        assert_eq!(out[0].trace_id, tp.trace_id);
+        assert_eq!(out[0].parent_span_id, Some(tp.span_id));
+        assert_eq!(out[0].remote_sampled, Some(true));
         assert!(out[0].parent_is_remote);
         assert_eq!((out[0].start_unix_ns, out[0].end_unix_ns), (1_005, 1_009));
     }
@@ -1191,6 +1243,32 @@ mod tests {
         }
         assert!(l.open_spans() <= 4);
         assert_eq!(l.stats.evicted, 6);
+    }
+
+    #[test]
+    fn the_incoming_sampled_flag_reaches_every_span_of_the_trace() {
+        let mut l = Linker::new(0, 100, None);
+        let mut s = start(SpanKind::Server, 1, 1, 10);
+        s.traceparent =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let h = l.start(s);
+        l.io(1, 1, Io::ServerRequest(h));
+        let c = call(&mut l, 1, 1, 11);
+        returns(&mut l, 1, 1, c, 12);
+        reply(&mut l, 1, 1, h, 13);
+        let own = call(&mut l, 1, 2, 14);
+        returns(&mut l, 1, 2, own, 15);
+        let out = settle(&mut l);
+        assert!(out[0].parent_is_remote);
+        assert_eq!(out[1].parent_span_id, Some(out[0].span_id));
+        assert_eq!(out[2].parent_span_id, None);
+        assert_eq!(out[0].remote_sampled, Some(false));
+        assert_eq!(
+            out[1].remote_sampled,
+            Some(false),
+            "inherited through the local parent"
+        );
+        assert_eq!(out[2].remote_sampled, None, "a trace that starts here");
     }
 
     #[test]

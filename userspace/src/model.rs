@@ -176,6 +176,9 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     /// Set when the parent came from an incoming `traceparent` (it lives outside this export).
     pub parent_is_remote: bool,
+    /// For a trace continued from an incoming `traceparent`: that header's `sampled` flag (what
+    /// `parentbased_*` samplers follow). None for traces that start here.
+    pub remote_sampled: Option<bool>,
     pub kind: SpanKind,
     pub name: String,
     pub start_unix_ns: u64,

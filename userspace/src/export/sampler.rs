@@ -7,11 +7,11 @@
 //! decision depends on the trace id alone, so every span of a trace — whichever process or
 //! protocol it comes from — gets the same one, and a higher ratio keeps a superset of traces.
 //!
-//! `ParentBased`: spans with a parent in the same ztrace follow the parent's decision, which for
-//! ztrace's own traces is the root sampler's decision on the shared trace id. For a parent from an
-//! incoming `traceparent` the specification wants that header's `sampled` flag; the linker does
-//! not carry the flag yet, so such spans are decided by the root sampler on the trace id (the
-//! same decision an upstream `TraceIdRatioBased` sampler with the same ratio makes).
+//! `ParentBased`: a trace continued from an incoming `traceparent` follows that header's
+//! `sampled` flag (the specification's defaults: remote parent sampled → keep, not sampled →
+//! drop), for every span of the trace — the linker carries the flag from the trace's remote root
+//! to all its descendants. Traces that start here follow the root sampler on the trace id, so
+//! every span of one trace gets the same decision.
 
 use crate::config::{RootSampler, Sampler};
 use crate::model::{Span, TraceId};
@@ -51,9 +51,9 @@ pub fn sampled(sampler: &Sampler, span: &Span) -> bool {
         Sampler::AlwaysOn => true,
         Sampler::AlwaysOff => false,
         Sampler::TraceIdRatio(r) => ratio_sampled(r, &span.trace_id),
-        // Local parent: its decision is the root's on the same trace id. Remote parent: see the
-        // module docs (the incoming sampled flag is not carried by the model yet).
-        Sampler::ParentBased(root) => root_sampled(root, &span.trace_id),
+        Sampler::ParentBased(root) => span
+            .remote_sampled
+            .unwrap_or_else(|| root_sampled(root, &span.trace_id)),
     }
 }
 
@@ -113,22 +113,19 @@ mod tests {
         let mut root = server_span();
         root.parent_span_id = None;
         root.parent_is_remote = false;
+        root.remote_sampled = None;
         let mut child = server_span();
         child.parent_is_remote = false;
-        let remote = server_span();
+        child.remote_sampled = None;
         assert!(sampled(&Sampler::AlwaysOn, &root));
         assert!(!sampled(&Sampler::AlwaysOff, &child));
         assert!(!sampled(
             &Sampler::ParentBased(RootSampler::AlwaysOff),
             &root
         ));
-        assert!(sampled(
-            &Sampler::ParentBased(RootSampler::AlwaysOn),
-            &remote
-        ));
         for i in 0..500 {
             let tid = id(i);
-            let decisions: Vec<bool> = [&root, &child, &remote]
+            let decisions: Vec<bool> = [&root, &child]
                 .iter()
                 .map(|s| {
                     let mut s = (*s).clone();
@@ -141,5 +138,24 @@ mod tests {
                 "spans of one trace disagree"
             );
         }
+    }
+
+    #[test]
+    fn parent_based_follows_the_incoming_sampled_flag() {
+        // Every span of a trace continued from a traceparent carries its flag (the linker
+        // propagates it from the trace's remote root), whatever the root sampler says.
+        let mut span = server_span();
+        for root in [
+            RootSampler::AlwaysOn,
+            RootSampler::AlwaysOff,
+            RootSampler::TraceIdRatio(0.5),
+        ] {
+            span.remote_sampled = Some(true);
+            assert!(sampled(&Sampler::ParentBased(root), &span));
+            span.remote_sampled = Some(false);
+            assert!(!sampled(&Sampler::ParentBased(root), &span));
+        }
+        // Non-parent-based samplers ignore it.
+        assert!(sampled(&Sampler::AlwaysOn, &span));
     }
 }
