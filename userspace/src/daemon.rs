@@ -267,6 +267,10 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         via_syscalls: cfg.capture_via_syscalls,
         ..CaptureOptions::default()
     })?;
+    // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
+    // heap back instead of carrying it as resident memory for the whole run.
+    // SAFETY: plain libc call, no pointers involved.
+    unsafe { libc::malloc_trim(0) };
     let mut procs = Processes {
         alive: HashSet::new(),
         service_name: cfg.service_name.clone(),

@@ -75,8 +75,15 @@ pub type Handle = u64;
 
 /// How long a root SERVER span waits for evidence of a traced CLIENT parent.
 pub const LINK_GRACE_NS: u64 = 300_000_000;
-/// How long released spans stay resolvable for late children, and seq-match entries live.
-const RETAIN_NS: u64 = 10_000_000_000;
+/// How long released spans stay resolvable for late children. A child starts before its parent
+/// ends and a parent is released at the earliest 50 ms after it ends, so only reordering
+/// between CPUs makes a child late: seconds are plenty. (Memory: ~70 bytes per span released
+/// in this window — 10 s held 20 MiB at 30k spans/s.)
+const RETAIN_NS: u64 = 2_000_000_000;
+/// How long a request's first-byte sequence number waits for the other end of the connection.
+/// A SERVER span stops waiting when it settles (`LINK_GRACE_NS`); a CLIENT request may wait for
+/// a backlogged server to read it.
+const SEQ_RETAIN_NS: u64 = 5_000_000_000;
 const MAX_DEPTH: usize = 64;
 /// How long after a CLIENT span's response the response side (rule 4) may still change its
 /// parent: its trace is not settled before.
@@ -224,8 +231,9 @@ pub struct Linker {
     /// Released spans, kept small, with their release times in order for expiry.
     tombs: HashMap<Handle, Tomb>,
     tomb_order: VecDeque<(u64, Handle)>,
-    /// When each seq-match entry was made, in order, for expiry.
+    /// When each CLIENT (SERVER) seq-match entry was made, in order, for expiry.
     seq_order: VecDeque<(u64, SeqKey)>,
+    server_seq_order: VecDeque<(u64, SeqKey)>,
     /// Spans in creation order, for eviction when the store is full (released ones are skipped
     /// lazily): eviction costs O(1) amortised instead of a scan of everything held.
     live_order: VecDeque<Handle>,
@@ -253,6 +261,7 @@ impl Linker {
             tombs: HashMap::default(),
             tomb_order: VecDeque::new(),
             seq_order: VecDeque::new(),
+            server_seq_order: VecDeque::new(),
             live_order: VecDeque::new(),
             next: 1,
             causes: HashMap::default(),
@@ -321,7 +330,7 @@ impl Linker {
                         }
                     } else {
                         self.servers_by_seq.insert(key, (h, s.start_ns));
-                        self.seq_order.push_back((s.start_ns, key));
+                        self.server_seq_order.push_back((s.start_ns, key));
                     }
                 }
             }
@@ -618,6 +627,8 @@ impl Linker {
             self.tomb_order.pop_front();
             self.tombs.remove(&h);
         }
+        let cutoff = now_ns.saturating_sub(SEQ_RETAIN_NS);
+        let server_cutoff = now_ns.saturating_sub(LINK_GRACE_NS + RESPONSE_GRACE_NS);
         while let Some(&(t, key)) = self.seq_order.front() {
             if t >= cutoff {
                 break;
@@ -630,10 +641,18 @@ impl Linker {
             {
                 self.clients_by_seq.remove(&key);
             }
+        }
+        // Servers wait no longer than their grace period; most never get a traced client (the
+        // end user's), so they are swept on their own, sooner.
+        while let Some(&(t, key)) = self.server_seq_order.front() {
+            if t >= server_cutoff {
+                break;
+            }
+            self.server_seq_order.pop_front();
             if self
                 .servers_by_seq
                 .get(&key)
-                .is_some_and(|(_, at)| *at < cutoff)
+                .is_some_and(|(_, at)| *at < server_cutoff)
             {
                 self.servers_by_seq.remove(&key);
             }
