@@ -95,10 +95,24 @@ pub fn header(kind: u32) -> EventHeader {
     }
 }
 
-/// Copies a record into the ring buffer, counting it as submitted or lost.
+/// Unread bytes in the ring buffer above which a record wakes the reader.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Copies a record into the ring buffer, counting it as submitted or lost. Records do not wake
+/// the reader one by one (each wake-up is an interrupt-work item and a context switch, paid
+/// partly by the traced process's CPU): userspace drains on a short timer, and a record wakes it
+/// only once a backlog has built up.
 #[inline(always)]
 pub fn submit<T: ?Sized>(record: &T) {
-    match EVENTS.output::<T>(record, 0) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    match EVENTS.output::<T>(record, flags) {
         Ok(()) => count(counter::SUBMITTED),
         Err(_) => count(counter::RINGBUF_FULL),
     }

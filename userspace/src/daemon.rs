@@ -305,7 +305,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let deadline = cfg.duration.map(|d| Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // The probes wake us only when a backlog builds up (maps.rs `submit`): drain on this tick.
+    let mut tick = tokio::time::interval(DRAIN_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_report = Instant::now();
     let mut reported = (KernelCounters::default(), ExportStats::default());
 
@@ -319,7 +321,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     guard.clear_ready();
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                drain(&mut ring.get_mut().0, &mut sink, &mut changes, DRAIN_BATCH)?;
+            }
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "terminated",
             _ = sleep_until(deadline) => break "--duration elapsed",
@@ -385,6 +389,9 @@ fn attach_tls(capture: &mut Capture, pid: u32) {
 
 /// Records handled per turn of the capture loop before it looks at signals and timers again.
 const DRAIN_BATCH: usize = 4096;
+/// How often the ring buffer is drained when the probes have not woken us (see `submit` in the
+/// probes' maps.rs): the delay a record may wait, and a bound on wake-ups per second.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 /// Feeds up to `max` records to the sink; true when the ring is empty.
 fn drain(

@@ -63,7 +63,10 @@
 //! Released spans stay as tombstones for `RETAIN` so late children still find their trace;
 //! everything is bounded by `max_spans`.
 
-use std::collections::VecDeque;
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+};
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -84,6 +87,8 @@ const RETAIN_NS: u64 = 2_000_000_000;
 /// A SERVER span stops waiting when it settles (`LINK_GRACE_NS`); a CLIENT request may wait for
 /// a backlogged server to read it.
 const SEQ_RETAIN_NS: u64 = 5_000_000_000;
+/// How soon a finished span that could not be released is looked at again.
+const RETRY_NS: u64 = 20_000_000;
 const MAX_DEPTH: usize = 64;
 /// How long after a CLIENT span's response the response side (rule 4) may still change its
 /// parent: its trace is not settled before.
@@ -227,7 +232,9 @@ pub struct Linker {
     /// Spans not yet released.
     recs: HashMap<Handle, Rec>,
     /// Finished spans waiting for their trace to settle.
-    finished: Vec<Handle>,
+    /// Finished spans waiting to be released, by the earliest time they may be (a min-heap):
+    /// a poll looks only at those that are due, not at everything waiting.
+    finished: BinaryHeap<Reverse<(u64, Handle)>>,
     /// Released spans, kept small, with their release times in order for expiry.
     tombs: HashMap<Handle, Tomb>,
     tomb_order: VecDeque<(u64, Handle)>,
@@ -257,7 +264,7 @@ impl Linker {
     pub fn new(mono_to_unix: i128, max_spans: usize, seed: Option<u64>) -> Self {
         Self {
             recs: HashMap::default(),
-            finished: Vec::new(),
+            finished: BinaryHeap::new(),
             tombs: HashMap::default(),
             tomb_order: VecDeque::new(),
             seq_order: VecDeque::new(),
@@ -497,7 +504,14 @@ impl Linker {
         rec.end_ns = Some(end_ns.max(rec.start_ns));
         rec.error = error;
         let parent = rec.parent;
-        self.finished.push(h);
+        // The earliest a span can settle: a SERVER root after its grace, a CLIENT after its
+        // response grace; others as soon as their root has.
+        let due = match (rec.kind, parent) {
+            (SpanKind::Server, Parent::None) => rec.start_ns.saturating_add(LINK_GRACE_NS),
+            (SpanKind::Client, _) => end_ns.saturating_add(RESPONSE_GRACE_NS),
+            _ => end_ns,
+        };
+        self.finished.push(Reverse((due, h)));
         if let Parent::Local(p) = parent
             && let Some(pr) = self.recs.get_mut(&p)
         {
@@ -590,23 +604,31 @@ impl Linker {
     }
 
     /// Releases finished spans whose trace is settled, and forgets old state. Costs time in
-    /// proportion to the finished spans waiting, not to everything held.
+    /// proportion to the finished spans that are due, not to everything waiting or held. A
+    /// child released before its parent finds the parent still held, and the parent's later
+    /// release resolves the same (settled) trace.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Span>) {
-        let mut waiting = std::mem::take(&mut self.finished);
-        // Parents before children, so a tombstone exists for every released parent.
-        waiting.sort_unstable_by_key(|h| self.recs.get(h).map_or(0, |r| r.start_ns));
-        for h in waiting {
+        let mut retry = Vec::new();
+        while let Some(&Reverse((due, h))) = self.finished.peek() {
+            if due > now_ns {
+                break;
+            }
+            self.finished.pop();
             if !self.inside_parent(h) {
-                self.finished.push(h);
+                retry.push(h);
                 continue;
             }
             match self.resolve(h, now_ns) {
                 Some((trace, true)) => self.release(h, trace, now_ns, out),
-                Some((_, false)) => self.finished.push(h),
+                Some((_, false)) => retry.push(h),
                 // Evicted meanwhile (or a parent cycle, which cannot be settled).
                 None => {}
             }
         }
+        // Waiting on something else (a parent to finish or settle): look again a little later.
+        let again = now_ns.saturating_add(RETRY_NS);
+        self.finished
+            .extend(retry.into_iter().map(|h| Reverse((again, h))));
         while let Some(h) = self.live_order.front() {
             if self.recs.contains_key(h) {
                 break;
@@ -1235,7 +1257,7 @@ mod tests {
             "the child must wait: its parent may still contradict it"
         );
         reply(&mut l, 1, 1, s, 13);
-        l.poll(10 * LINK_GRACE_NS, &mut out);
+        l.poll(10 * LINK_GRACE_NS + RETRY_NS, &mut out);
         assert_eq!(out.len(), 2);
     }
 
