@@ -313,6 +313,9 @@ impl Linker {
             self.evict_oldest();
         }
         let mut parent = Parent::None;
+        // A call is stamped after the kernel took its bytes; the server it reaches may have read
+        // them first (socket-layer capture, loopback): the call began no later than that read.
+        let mut start_ns = s.start_ns;
         let mut inferred = false;
         let mut via = None;
         match s.kind {
@@ -334,6 +337,7 @@ impl Linker {
                         if self.recs.contains_key(&c) || self.tombs.contains_key(&c) {
                             parent = Parent::Local(c);
                             self.stats.cross_process_links += 1;
+                            self.call_began_by(c, s.start_ns);
                         }
                     } else {
                         self.servers_by_seq.insert(key, (h, s.start_ns));
@@ -370,6 +374,7 @@ impl Linker {
                     {
                         rec.parent = Parent::Local(h);
                         self.stats.cross_process_links += 1;
+                        start_ns = start_ns.min(rec.start_ns);
                     }
                 }
             }
@@ -388,7 +393,7 @@ impl Linker {
                 kind: s.kind,
                 pid: s.pid,
                 tid: s.tid,
-                start_ns: s.start_ns,
+                start_ns,
                 end_ns: None,
                 local: s.local,
                 peer: s.peer,
@@ -431,6 +436,13 @@ impl Linker {
                 Cause::Serving(h) | Cause::After(h) => recs.contains_key(h),
             });
             self.causes_swept = self.causes.len().max(1024);
+        }
+    }
+
+    /// See `start`: a call began no later than the server's first read of it.
+    fn call_began_by(&mut self, c: Handle, server_read_ns: u64) {
+        if let Some(rec) = self.recs.get_mut(&c) {
+            rec.start_ns = rec.start_ns.min(server_read_ns);
         }
     }
 
@@ -681,6 +693,34 @@ impl Linker {
         }
     }
 
+    /// A span's (start, end); for a SERVER span called by a traced CLIENT, ending no later than
+    /// the call. Socket-layer capture stamps a write when the kernel has taken the bytes, and on
+    /// loopback the peer may have read them by then: the server's last write can be stamped
+    /// after the client's read. (The start side is settled when the two are linked: the call
+    /// is moved back to the server's first read, see `start`.) Reads are stamped after the data
+    /// arrived, so the server's own calls still end before this end.
+    fn window_inside_caller(&self, rec: &Rec) -> (u64, u64) {
+        let (start, mut end) = (rec.start_ns, rec.end_ns.unwrap_or(rec.start_ns));
+        let Parent::Local(p) = rec.parent else {
+            return (start, end);
+        };
+        if rec.kind != SpanKind::Server || rec.inferred {
+            return (start, end);
+        }
+        let p_end = match (self.recs.get(&p), self.tombs.get(&p)) {
+            (Some(pr), _) if pr.kind == SpanKind::Client => pr.end_ns,
+            (None, Some(t)) => Some(t.end_ns),
+            _ => return (start, end),
+        };
+        if let Some(p_end) = p_end
+            && p_end < end
+            && p_end >= start
+        {
+            end = p_end;
+        }
+        (start, end)
+    }
+
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
         let Some(rec) = self.recs.remove(&h) else {
             return;
@@ -697,7 +737,7 @@ impl Linker {
             Parent::Remote { span_id, .. } => (Some(span_id), true),
             Parent::None => (None, false),
         };
-        let end_ns = rec.end_ns.unwrap_or(rec.start_ns);
+        let (start_ns, end_ns) = self.window_inside_caller(&rec);
         self.tombs.insert(
             h,
             Tomb {
@@ -719,7 +759,7 @@ impl Linker {
             parent_is_remote,
             kind: rec.kind,
             name: exchange_name(&rec.exchange),
-            start_unix_ns: to_unix(rec.start_ns),
+            start_unix_ns: to_unix(start_ns),
             end_unix_ns: to_unix(end_ns),
             pid: rec.pid,
             tid: rec.tid,
@@ -1310,6 +1350,32 @@ mod tests {
             "inherited through the local parent"
         );
         assert_eq!(out[2].remote_sampled, None, "a trace that starts here");
+    }
+
+    #[test]
+    fn a_called_server_is_kept_inside_its_callers_window() {
+        // Socket-layer stamps on loopback: the server read the request 2 µs before the client's
+        // write was stamped, and its response write was stamped after the client's read.
+        let mut l = Linker::new(0, 100, None);
+        let mut client = start(SpanKind::Client, 1, 1, 1000);
+        client.seq_key = Some(key(5));
+        let c = l.start(client);
+        let mut server = start(SpanKind::Server, 2, 2, 998);
+        server.seq_key = Some(key(5));
+        let s = l.start(server);
+        l.finish(s, 2010, None);
+        l.finish(c, 2000, None);
+        let out = settle(&mut l);
+        let (cs, ss) = (
+            by_id(&out, SpanKind::Client, 1),
+            by_id(&out, SpanKind::Server, 2),
+        );
+        assert_eq!(ss.parent_span_id, Some(cs.span_id));
+        assert_eq!((ss.start_unix_ns, ss.end_unix_ns), (998, 2000));
+        assert_eq!(
+            cs.start_unix_ns, 998,
+            "the call began no later than its first read"
+        );
     }
 
     #[test]
