@@ -78,6 +78,7 @@ pub fn bench(quick: bool) -> Result<()> {
         clk_tck,
         bench_dir: root().join("bench"),
         out_dir: root().join("target/bench"),
+        sink: start_null_collector()?,
     };
     // What failing ztraces of an earlier run left behind would be taken for this run's.
     if let Ok(old) = fs::read_dir(&ctx.out_dir) {
@@ -415,6 +416,64 @@ struct Ctx {
     bench_dir: PathBuf,
     /// target/bench: the table, and what a failing ztrace left behind.
     out_dir: PathBuf,
+    /// OTLP/HTTP endpoint of the null collector ztrace exports to.
+    sink: String,
+}
+
+/// A collector that accepts OTLP/HTTP requests and throws them away, so the traced rounds
+/// measure the product path (encoding and sending OTLP) rather than terminal output, while
+/// costing the machine as little as a collector can: read the body, answer 200 with an empty
+/// `Export*ServiceResponse`. One thread per connection (ztrace keeps one per signal).
+fn start_null_collector() -> Result<String> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("binding the null collector")?;
+    let port = listener.local_addr()?.port();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || null_collector_conn(conn));
+        }
+    });
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+fn null_collector_conn(conn: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    let mut body = Vec::new();
+    loop {
+        // Request line and headers, up to the blank line.
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        body.resize(length, 0);
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if writer.write_all(reply).is_err() {
+            return;
+        }
+    }
 }
 
 struct Server {
@@ -728,7 +787,14 @@ fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, via_syscalls: bool) -> Result
     let mut proc = Proc::spawn(
         "ztrace",
         Command::new(&ctx.ztrace)
-            .args(["--pid", &target.to_string(), "--output", "json"])
+            .args(["--pid", &target.to_string()])
+            .args([
+                "--otlp-endpoint",
+                &ctx.sink,
+                "--otlp-protocol",
+                "http/protobuf",
+            ])
+            .args(["--metric-export-interval", "1s"])
             .args(via_syscalls.then_some("--capture-via-syscalls"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -1081,7 +1147,9 @@ fn render(
          alternating within each round (order reversed every other round); {:.0} s in all; \
          1-minute load average {} at the start, {} at the end.  \n\
          Ratio = condition ÷ untraced of the same round: **median** (min–max over the rounds). \
-         ztrace runs as `ztrace --pid PID --output json > /dev/null`, started afresh for every \
+         ztrace runs as `ztrace --pid PID --otlp-endpoint SINK --otlp-protocol http/protobuf \
+         --metric-export-interval 1s` (SINK: a null OTLP/HTTP collector in the benchmark process), \
+         started afresh for every \
          traced round. Targets are printed, not asserted.\n\n",
         kernel.trim(),
         ctx.plan.rounds,
