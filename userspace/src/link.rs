@@ -164,9 +164,6 @@ pub struct LinkStats {
     pub thread_links: u64,
     /// … of which taken from the cause at `connect()`.
     pub connect_links: u64,
-    /// … of which made while the thread had read another request since (an event loop or a
-    /// runtime thread serving several exchanges at once).
-    pub multiplexed_links: u64,
     /// In-process links learnt from the response side only.
     pub response_links: u64,
     /// Request-side links the response side confirmed.
@@ -359,9 +356,6 @@ impl Linker {
                     self.stats.thread_links += 1;
                     if by_connect.is_some() {
                         self.stats.connect_links += 1;
-                    }
-                    if now.is_some_and(|c| c != Cause::Serving(p) && through.is_none()) {
-                        self.stats.multiplexed_links += 1;
                     }
                 }
                 if let Some(key) = s.seq_key {
@@ -586,8 +580,8 @@ impl Linker {
         None
     }
 
-    /// Rule 5 for a finished span linked through a thread's context: Some(true) when it may be
-    /// released, Some(false) to wait for its parent to finish; the link is dropped if the child
+    /// Rule 5 for a finished span linked through a thread's context: true when it may be
+    /// released, false to wait for its parent to finish; the link is dropped if the child
     /// outlived its parent.
     fn inside_parent(&mut self, h: Handle) -> bool {
         let Some(rec) = self.recs.get(&h) else {

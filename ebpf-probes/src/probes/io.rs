@@ -20,9 +20,8 @@ use ztrace_abi::{
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
-    maps::{
-        ARGS, NET_SOCKS, SCRATCH, SSL_CALLS, SyscallArgs, config, count, header, is_traced, submit,
-    },
+    maps::{ARGS, NET_SOCKS, SCRATCH, SyscallArgs, config, count, header, is_traced, submit},
+    probes::tls::note_ssl_socket,
 };
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
@@ -161,12 +160,8 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         let arg2: u64 = unsafe { ctx.read_at(TP_ARG2).ok()? };
         user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
         args.sock = sk;
-        // Inside an OpenSSL call on this thread: remember which socket it talks over.
-        if sk != 0
-            && let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid)
-        {
-            // SAFETY: our own map value, written only by this thread's programs.
-            unsafe { (*call).sock = sk };
+        if sk != 0 {
+            note_ssl_socket(pid_tgid, sk);
         }
         args.syscall = kind;
         args.direction = dir;

@@ -31,8 +31,11 @@ use ztrace_abi::{conn, direction, syscall};
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, syscall_regs, tcp_seq},
-    maps::{NET_SOCKS, SSL_CALLS, SyscallArgs, config, is_traced},
-    probes::io::{classify, emit_conn, emit_data, user_buffer},
+    maps::{NET_SOCKS, SyscallArgs, config, is_traced},
+    probes::{
+        io::{classify, emit_conn, emit_data, user_buffer},
+        tls::note_ssl_socket,
+    },
 };
 
 const MSG_PEEK: i32 = 2;
@@ -93,11 +96,7 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
         args.syscall = kind;
         user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
     }
-    // Inside an OpenSSL call on this thread: remember which socket it talks over.
-    if let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) {
-        // SAFETY: our own map value, written only by this thread's programs.
-        unsafe { (*call).sock = sk };
-    }
+    note_ssl_socket(pid_tgid, sk);
     if protocol == IPPROTO_TCP {
         if let Some(after) = tcp_seq(off, sk, egress) {
             args.seq = after.wrapping_sub(ret as u32);

@@ -157,13 +157,21 @@ fn socket_layer_available(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Program `prog` of the probe object, as its type (`TracePoint`, `RawTracePoint`, `UProbe`).
+fn program<'a, P>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?;
+    Ok(program.try_into()?)
+}
+
 /// Loads (verifies) the socket-layer programs.
 fn load_sock_programs(ebpf: &mut Ebpf) -> Result<()> {
     for (prog, _) in SOCK_PROBES {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing"))?
-            .try_into()?;
+        let program: &mut RawTracePoint = program(ebpf, prog)?;
         program
             .load()
             .with_context(|| format!("verifier rejected {prog}"))?;
@@ -275,11 +283,7 @@ impl Capture {
         }
         if self.mode == CaptureMode::SocketLayer {
             for (prog, tp) in SOCK_PROBES {
-                let program: &mut RawTracePoint = self
-                    .ebpf
-                    .program_mut(prog)
-                    .with_context(|| format!("program {prog} missing"))?
-                    .try_into()?;
+                let program: &mut RawTracePoint = program(&mut self.ebpf, prog)?;
                 program
                     .attach(tp)
                     .with_context(|| format!("attaching to raw tracepoint {tp}"))?;
@@ -303,11 +307,7 @@ impl Capture {
                 Ok(()) => {}
             }
         }
-        let fork: &mut RawTracePoint = self
-            .ebpf
-            .program_mut("sched_process_fork")
-            .context("program sched_process_fork missing")?
-            .try_into()?;
+        let fork: &mut RawTracePoint = program(&mut self.ebpf, "sched_process_fork")?;
         fork.load()
             .context("verifier rejected sched_process_fork")?;
         fork.attach("sched_process_fork")
@@ -317,11 +317,7 @@ impl Capture {
 
     /// Loads program `prog` and attaches it to each `category:name` tracepoint.
     fn attach_tracepoint(&mut self, prog: &str, category: &str, names: &[String]) -> Result<()> {
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing"))?
-            .try_into()?;
+        let program: &mut TracePoint = program(&mut self.ebpf, prog)?;
         program
             .load()
             .with_context(|| format!("verifier rejected {prog}"))?;
@@ -357,11 +353,7 @@ impl Capture {
                 "ssl_ret",
                 "ssl_ex_ret",
             ] {
-                let program: &mut UProbe = self
-                    .ebpf
-                    .program_mut(name)
-                    .with_context(|| format!("program {name} missing"))?
-                    .try_into()?;
+                let program: &mut UProbe = program(&mut self.ebpf, name)?;
                 program
                     .load()
                     .with_context(|| format!("verifier rejected {name}"))?;
@@ -370,11 +362,7 @@ impl Capture {
         }
         let mut attached = 0;
         for (prog, function) in TLS_PROBES {
-            let program: &mut UProbe = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing"))?
-                .try_into()?;
+            let program: &mut UProbe = program(&mut self.ebpf, prog)?;
             // The `_ex` variants exist from OpenSSL 1.1.1 on; a library without one is still
             // covered through the other.
             match program.attach(*function, &lib, UProbeScope::AllProcesses) {
