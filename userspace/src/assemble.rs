@@ -8,7 +8,9 @@
 //! side that sends a request is the client. Timing per exchange, chosen so a callee's span always
 //! sits inside its caller's: SERVER spans run from the *exit* of the read that delivered the first
 //! request byte to the *entry* of the write that sent the last response byte; CLIENT spans from the
-//! *entry* of the first request write to the *exit* of the last response read.
+//! *entry* of the first request write to the *exit* of the last response read. (Socket-layer
+//! capture sees a call only once the kernel has taken the bytes, so there "entry" is that moment;
+//! the linker keeps a called server inside its caller, see `link::Linker::start`.)
 
 use std::collections::VecDeque;
 
