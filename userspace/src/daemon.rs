@@ -419,6 +419,12 @@ pub fn replay(
 ) -> Result<()> {
     let mut reader =
         record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    // Batches close by size only (and at the end), and no span is dropped for a full queue: the
+    // same file gives the same batches, hence the same output, however fast the machine is.
+    let export = ExportConfig {
+        batch_delay: crate::export::FOREVER,
+        ..export
+    };
     runtime()?.block_on(async move {
         let exporter = Exporter::spawn(export);
         // Seeded from the recording so ids are reproducible.
@@ -447,10 +453,8 @@ pub fn replay(
                     if records.is_multiple_of(1024) {
                         pipeline.poll(0, &mut spans);
                         for span in spans.drain(..) {
-                            exporter.submit(span);
+                            exporter.submit_waiting(span).await;
                         }
-                        // Let the exporter drain its queue: replay runs faster than any capture.
-                        tokio::task::yield_now().await;
                     }
                 }
             }
@@ -463,7 +467,7 @@ pub fn replay(
         }
         pipeline.drain(0, &mut spans);
         for span in spans.drain(..) {
-            exporter.submit(span);
+            exporter.submit_waiting(span).await;
         }
         let stats = exporter.shutdown(Duration::from_secs(10)).await;
         summary(

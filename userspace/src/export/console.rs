@@ -586,6 +586,45 @@ mod tests {
         Ok(())
     }
 
+    /// Replay's exporter closes batches by size only and completes the last one from the queue at
+    /// shutdown, so each batch — and with it the display order — is the same on every run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_by_size_alone_give_the_same_lines_every_time() {
+        // Five unrelated spans submitted latest first; within a batch, display order sorts them.
+        let spans: Vec<Span> = (0..5u8)
+            .map(|i| {
+                let mut s = server_span();
+                s.trace_id = TraceId([i + 1; 16]);
+                s.span_id = SpanId([i + 1; 8]);
+                s.parent_span_id = None;
+                s.start_unix_ns = 1_000 * (5 - u64::from(i));
+                s
+            })
+            .collect();
+        for _ in 0..200 {
+            let (exporter, captured) = Exporter::spawn_captured(ExportConfig {
+                output: Output::Json,
+                max_batch: 3,
+                batch_delay: super::super::FOREVER,
+                ..ExportConfig::default()
+            });
+            for s in spans.clone() {
+                exporter.submit_waiting(s).await;
+                tokio::task::yield_now().await;
+            }
+            let stats = exporter.shutdown(std::time::Duration::from_secs(2)).await;
+            assert_eq!(stats.spans_exported, 5, "{stats:?}");
+            let bytes = captured.lock().map(|b| b.clone()).unwrap_or_default();
+            let order: Vec<u64> = String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| v["start_unix_ns"].as_u64())
+                .collect();
+            // Batches [5000, 4000, 3000] and [2000, 1000], each shown earliest first.
+            assert_eq!(order, [3000, 4000, 5000, 1000, 2000]);
+        }
+    }
+
     #[tokio::test]
     async fn console_exporter_counts_spans() {
         for output in [Output::Console, Output::Json] {

@@ -346,6 +346,21 @@ impl ExportHandle {
         }
     }
 
+    /// Queues a finished span, waiting for room in the queue instead of dropping it: for replay,
+    /// which produces spans faster than any output takes them and must lose none. Counted as
+    /// dropped only when the exporter has already shut down.
+    pub async fn submit_waiting(&self, span: Span) {
+        if !sampler::sampled(&self.sampler, &span) {
+            self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.spans.send(span).await.is_err() {
+            self.counters
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Queues a metrics request for export. Never blocks; counted in data points in
     /// `ExportStats::metrics` (dropped when the queue is full; discarded, as `not_exported`,
     /// when metrics have no OTLP target). The configured resource attributes are added to
@@ -530,6 +545,11 @@ impl Exporter {
         self.handle.submit(span);
     }
 
+    /// Waits for queue room; see [`ExportHandle::submit_waiting`].
+    pub async fn submit_waiting(&self, span: Span) {
+        self.handle.submit_waiting(span).await;
+    }
+
     /// Non-blocking; see [`ExportHandle::export_metrics`].
     pub fn export_metrics(&self, req: ExportMetricsServiceRequest) {
         self.handle.export_metrics(req);
@@ -567,9 +587,7 @@ impl Exporter {
     /// as `spans_dropped_queue_full`.
     pub async fn shutdown(mut self, deadline: Duration) -> ExportStats {
         let now = Instant::now();
-        let at = now
-            .checked_add(deadline)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        let at = now.checked_add(deadline).unwrap_or(now + FOREVER);
         // Fails only when the task is already gone, which the join below handles.
         let _ = self.shutdown.send(Some(at));
         for mut task in std::mem::take(&mut self.tasks) {
@@ -713,6 +731,9 @@ impl Control {
     }
 }
 
+/// Stands in for "never" where a deadline must be an [`Instant`].
+pub const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How many processes' Resources are remembered; beyond this the least recently used are forgotten.
 const MAX_PROCESSES: usize = 16 * 1024;
 
@@ -843,15 +864,22 @@ impl Worker {
                 // Closed and empty: every sender is gone, so the Exporter was dropped.
                 break;
             }
-            let flush_at = Instant::now() + self.batch_delay;
+            let now = Instant::now();
+            let flush_at = now.checked_add(self.batch_delay).unwrap_or(now + FOREVER);
             while self.batch.len() < self.max_batch {
                 let room = self.max_batch - self.batch.len();
                 tokio::select! {
                     biased;
+                    // The batch is completed from the queue and exported by `drain`: batch
+                    // boundaries then do not depend on when shutdown came (replay output is the
+                    // same on every run).
                     _ = self.ctl.requested() => break,
                     n = self.rx.recv_many(&mut self.batch, room) => if n == 0 { break },
                     _ = tokio::time::sleep_until(flush_at) => break,
                 }
+            }
+            if self.ctl.deadline().is_some() {
+                break;
             }
             self.export_batch(&mut sink).await;
         }
