@@ -86,6 +86,11 @@ pub struct TargetArgs {
     /// comparison and for kernels where the socket-layer probes misbehave.
     #[arg(long)]
     pub capture_via_syscalls: bool,
+    /// Measure what each probe costs the kernel (BPF run-time statistics: every probe run then
+    /// also reads the clock twice) and print runs, mean time per run and total CPU per probe on
+    /// exit.
+    #[arg(long)]
+    pub probe_stats: bool,
 }
 
 /// Where spans, metrics and logs go. Every setting can also come from the config file or the
@@ -476,6 +481,7 @@ pub fn main() -> i32 {
         metrics,
         capture_logs: target.capture_logs,
         capture_via_syscalls: target.capture_via_syscalls,
+        probe_stats: target.probe_stats,
     };
     match daemon::run(config) {
         Ok(()) => 0,
@@ -646,6 +652,7 @@ mod tests {
             payload_cap: None,
             capture_logs: false,
             capture_via_syscalls: false,
+            probe_stats: false,
         };
         let err = target_from_file(&mut target, r.file.as_ref()).unwrap_err();
         assert!(err.starts_with("`target.payload_cap` in "), "{err}");

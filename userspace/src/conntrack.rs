@@ -75,7 +75,13 @@ impl Stream {
 
     /// The syscall that moved the byte at `offset`, with the byte's own sequence number.
     pub fn locate(&self, offset: u64) -> Option<(Mark, Option<u32>)> {
-        let idx = self.marks.partition_point(|m| m.start + m.len <= offset);
+        // Marks are contiguous and mostly the newest is wanted: look there before searching.
+        let idx = match self.marks.back() {
+            Some(last) if offset >= last.start => {
+                self.marks.len() - usize::from(offset < last.start + last.len)
+            }
+            _ => self.marks.partition_point(|m| m.start + m.len <= offset),
+        };
         let mark = *self.marks.get(idx).or_else(|| self.marks.front())?;
         let seq = if offset >= mark.start && offset < mark.start + mark.len.max(1) {
             mark.seq
@@ -233,6 +239,28 @@ mod tests {
         let mut w = Stream::default();
         w.advance(10, 0, 0, 1, Some(u32::MAX - 1));
         assert_eq!(w.locate(3).unwrap().1, Some(1));
+    }
+
+    #[test]
+    fn locate_finds_the_same_mark_as_a_search() {
+        let mut s = Stream::default();
+        for (i, len) in [3u64, 0, 1, 7, 0, 2, 5]
+            .into_iter()
+            .cycle()
+            .take(300)
+            .enumerate()
+        {
+            s.advance(len, 0, 0, i as u32, None);
+        }
+        for offset in 0..s.pos + 3 {
+            let idx = s.marks.partition_point(|m| m.start + m.len <= offset);
+            let want = s.marks.get(idx).or_else(|| s.marks.front()).map(|m| m.tid);
+            assert_eq!(
+                s.locate(offset).map(|(m, _)| m.tid),
+                want,
+                "offset {offset}"
+            );
+        }
     }
 
     #[test]

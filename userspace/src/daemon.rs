@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     pub capture_logs: bool,
     /// `--capture-via-syscalls`: socket data from syscall tracepoints, not the socket layer.
     pub capture_via_syscalls: bool,
+    /// `--probe-stats`: kernel BPF statistics on, each probe's cost printed on exit.
+    pub probe_stats: bool,
 }
 
 pub enum Mode {
@@ -265,6 +267,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         follow_children: cfg.follow_children,
         capture_stdio: cfg.capture_logs,
         via_syscalls: cfg.capture_via_syscalls,
+        probe_stats: cfg.probe_stats,
         ..CaptureOptions::default()
     })?;
     // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
@@ -360,6 +363,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     };
     log::info!("stopping: {reason}; detaching and flushing");
     let counters = capture.counters();
+    if cfg.probe_stats {
+        report_probe_costs(&capture.probe_costs());
+    }
     // Detach every probe first, so the ring stops filling; then take what it still holds, then
     // everything the sink holds.
     drop(capture);
@@ -385,6 +391,26 @@ fn attach_tls(capture: &mut Capture, pid: u32) {
         }
         Err(e) => log::warn!("TLS traffic of process {pid} will not be decoded: {e:#}"),
     }
+}
+
+/// `--probe-stats`: one line per probe that ran, costliest first, and the total.
+fn report_probe_costs(costs: &[crate::capture::ProbeCost]) {
+    let mut costs = costs.to_vec();
+    costs.sort_by_key(|c| std::cmp::Reverse(c.time));
+    let total: Duration = costs.iter().map(|c| c.time).sum();
+    for c in &costs {
+        eprintln!(
+            "ztrace: probe cost: {} ran {} times, {:.0} ns per run, {:.3} CPU s in all",
+            c.name,
+            c.runs,
+            c.time.as_nanos() as f64 / c.runs.max(1) as f64,
+            c.time.as_secs_f64()
+        );
+    }
+    eprintln!(
+        "ztrace: probe cost: all probes {:.3} CPU s",
+        total.as_secs_f64()
+    );
 }
 
 /// Records handled per turn of the capture loop before it looks at signals and timers again.

@@ -534,19 +534,23 @@ impl Linker {
         }
     }
 
-    /// Trace of `h` and whether it can no longer change.
-    fn resolve(&self, h: Handle, now_ns: u64) -> Option<(Resolved, bool)> {
+    /// Trace of `h` and the time from which it can no longer change (settled once that is not
+    /// after `now_ns`).
+    fn resolve(&self, h: Handle, now_ns: u64) -> Option<(Resolved, u64)> {
         let mut cur = self.recs.get(&h)?;
-        let answered = |r: &Rec| {
+        // The earliest time the trace can be final: the latest grace period still running, or a
+        // retry soon when waiting on an event (a parent to finish).
+        let mut settles_at = 0u64;
+        let retry = now_ns.saturating_add(RETRY_NS);
+        let answered_at = |r: &Rec| {
             r.end_ns
-                .is_some_and(|e| now_ns >= e.saturating_add(RESPONSE_GRACE_NS))
+                .map_or(retry, |e| e.saturating_add(RESPONSE_GRACE_NS))
         };
-        let mut settled = true;
         for _ in 0..MAX_DEPTH {
             match cur.parent {
                 Parent::Remote {
                     trace_id, sampled, ..
-                } => return Some((Resolved::new(trace_id, Some(sampled)), settled)),
+                } => return Some((Resolved::new(trace_id, Some(sampled)), settles_at)),
                 Parent::Local(p) => {
                     // A link from a thread's context holds only once both sides were seen
                     // (rules 4 and 5): until then the trace below it may still split off.
@@ -555,25 +559,33 @@ impl Linker {
                             Some(pr) => pr.end_ns.is_some(),
                             None => true,
                         };
-                        settled &= parent_done && answered(cur);
+                        if !parent_done {
+                            settles_at = settles_at.max(retry);
+                        }
+                        settles_at = settles_at.max(answered_at(cur));
                     }
                     match (self.recs.get(&p), self.tombs.get(&p)) {
                         (Some(parent), _) => cur = parent,
                         (None, Some(tomb)) => {
-                            return Some((Resolved::new(tomb.trace, tomb.remote_sampled), settled));
+                            return Some((
+                                Resolved::new(tomb.trace, tomb.remote_sampled),
+                                settles_at,
+                            ));
                         }
                         // Parent evicted or forgotten: this subtree becomes its own trace.
-                        (None, None) => return Some((Resolved::new(cur.own_trace, None), settled)),
+                        (None, None) => {
+                            return Some((Resolved::new(cur.own_trace, None), settles_at));
+                        }
                     }
                 }
                 Parent::None => {
                     // A CLIENT root may still gain a parent from the response side (rule 4);
                     // a SERVER root from a traced client's request (seq match).
-                    settled &= match cur.kind {
-                        SpanKind::Client => answered(cur),
-                        SpanKind::Server => now_ns >= cur.start_ns.saturating_add(LINK_GRACE_NS),
-                    };
-                    return Some((Resolved::new(cur.own_trace, None), settled));
+                    settles_at = settles_at.max(match cur.kind {
+                        SpanKind::Client => answered_at(cur),
+                        SpanKind::Server => cur.start_ns.saturating_add(LINK_GRACE_NS),
+                    });
+                    return Some((Resolved::new(cur.own_trace, None), settles_at));
                 }
             }
         }
@@ -614,27 +626,30 @@ impl Linker {
     /// child released before its parent finds the parent still held, and the parent's later
     /// release resolves the same (settled) trace.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Span>) {
-        let mut retry = Vec::new();
+        let mut later = Vec::new();
+        let again = now_ns.saturating_add(RETRY_NS);
         while let Some(&Reverse((due, h))) = self.finished.peek() {
             if due > now_ns {
                 break;
             }
             self.finished.pop();
             if !self.inside_parent(h) {
-                retry.push(h);
+                // Waiting for the parent to finish: look again a little later.
+                later.push((again, h));
                 continue;
             }
             match self.resolve(h, now_ns) {
-                Some((trace, true)) => self.release(h, trace, now_ns, out),
-                Some((_, false)) => retry.push(h),
+                Some((trace, at)) if at <= now_ns => self.release(h, trace, now_ns, out),
+                // A grace period still runs: come back when it has passed, not every retry
+                // (a SERVER root waits LINK_GRACE_NS; polling it every RETRY_NS cost more than
+                // all the rest of the poll).
+                Some((_, at)) => later.push((at, h)),
                 // Evicted meanwhile (or a parent cycle, which cannot be settled).
                 None => {}
             }
         }
-        // Waiting on something else (a parent to finish or settle): look again a little later.
-        let again = now_ns.saturating_add(RETRY_NS);
         self.finished
-            .extend(retry.into_iter().map(|h| Reverse((again, h))));
+            .extend(later.into_iter().map(|(at, h)| Reverse((at, h))));
         while let Some(h) = self.live_order.front() {
             if self.recs.contains_key(h) {
                 break;

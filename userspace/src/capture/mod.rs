@@ -40,6 +40,8 @@ pub struct CaptureOptions {
     /// Use the syscall tracepoints for socket data even where the socket-layer ones work
     /// (`--capture-via-syscalls`).
     pub via_syscalls: bool,
+    /// Turn on the kernel's BPF run-time statistics while loaded (`--probe-stats`).
+    pub probe_stats: bool,
 }
 
 /// Where socket data is captured (see `probes::sock` for why the socket layer is preferred).
@@ -71,6 +73,7 @@ impl Default for CaptureOptions {
             ring_bytes: 8 << 20,
             capture_stdio: false,
             via_syscalls: false,
+            probe_stats: false,
         }
     }
 }
@@ -98,6 +101,16 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     pub mode: CaptureMode,
     capture_stdio: bool,
+    /// Keeps the kernel's BPF run-time statistics on while held (`--probe-stats`).
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// What one probe program cost the kernel so far (BPF run-time statistics).
+#[derive(Debug, Clone)]
+pub struct ProbeCost {
+    pub name: String,
+    pub runs: u64,
+    pub time: std::time::Duration,
 }
 
 /// Socket-layer programs and the raw tracepoints they attach to.
@@ -250,6 +263,14 @@ impl Capture {
             counters,
             mode,
             capture_stdio: opts.capture_stdio,
+            _stats: if opts.probe_stats {
+                Some(
+                    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                        .context("turning on BPF run-time statistics (--probe-stats)")?,
+                )
+            } else {
+                None
+            },
         })
     }
 
@@ -386,6 +407,23 @@ impl Capture {
             .take_map("EVENTS")
             .context("ring buffer already taken")?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Runs and run time of every loaded probe program (each counts all its attachments); zero
+    /// unless statistics were turned on (`CaptureOptions::probe_stats`) or by someone else.
+    pub fn probe_costs(&self) -> Vec<ProbeCost> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProbeCost {
+                    name: name.to_string(),
+                    runs: info.run_count(),
+                    time: info.run_time(),
+                })
+            })
+            .filter(|c| c.runs > 0)
+            .collect()
     }
 
     pub fn counters(&self) -> KernelCounters {

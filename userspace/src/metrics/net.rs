@@ -129,7 +129,10 @@ pub fn on_conn(inst: &mut [Instrument], ev: &ConnEvent) {
     inst[OPENED].add(
         ev.header.tgid,
         vec![
-            (sc::NETWORK_PEER_ADDRESS, peer.addr.to_string().into()),
+            (
+                sc::NETWORK_PEER_ADDRESS,
+                crate::export::addr_text(peer.addr).into(),
+            ),
             (sc::SERVER_PORT, i64::from(local.port).into()),
             (CONNECTION_SIDE, "server".into()),
         ],
@@ -140,7 +143,10 @@ pub fn on_conn(inst: &mut [Instrument], ev: &ConnEvent) {
 /// Outgoing connection outcomes and retransmits.
 pub fn on_net(inst: &mut [Instrument], ev: &NetEvent) {
     let (_, peer) = endpoints(&ev.tuple);
-    let peer_addr = (sc::NETWORK_PEER_ADDRESS, peer.addr.to_string().into());
+    let peer_addr = (
+        sc::NETWORK_PEER_ADDRESS,
+        crate::export::addr_text(peer.addr).into(),
+    );
     let server_port = (sc::SERVER_PORT, i64::from(peer.port).into());
     let pid = ev.header.tgid;
     match ev.op {
