@@ -2,9 +2,12 @@
 //! them and writes them into `CONFIG.offsets`), so nothing here depends on one kernel build.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_buf, bpf_task_pt_regs,
 };
-use ztrace_abi::{AF_INET, AF_INET6, KernelOffsets, OFFSET_UNKNOWN, SockTuple};
+use ztrace_abi::{
+    AF_INET, AF_INET6, KernelOffsets, OFFSET_UNKNOWN, REGS_HEAD_BYTES, SOCK_HEAD_BYTES, SockTuple,
+};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -17,6 +20,17 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
     }
     // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// The `T` at kernel offset `offset` inside `window`, a copy of the bytes from offset `base`.
+#[inline(always)]
+fn at<T: Copy, const N: usize>(window: &[u8; N], base: u32, offset: u32) -> Option<T> {
+    let rel = offset.wrapping_sub(base) as usize;
+    if rel > N - core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: in bounds (checked above); the window has no alignment, hence read_unaligned.
+    Some(unsafe { core::ptr::read_unaligned(window.as_ptr().add(rel) as *const T) })
 }
 
 /// The `struct sock *` behind file descriptor `fd` of the current task, or None when the fd is
@@ -46,6 +60,45 @@ pub fn sock_of_fd(off: &KernelOffsets, fd: i32) -> Option<u64> {
     if sk == 0 { None } else { Some(sk) }
 }
 
+/// The socket's 4-tuple as the kernel sees it now; None for non-IP sockets. Family, ports and
+/// IPv4 addresses come from one read of the head of `struct sock_common` where this kernel's
+/// layout allows (`KernelOffsets::sk_head`): helper calls are most of a probe's cost.
+#[inline(always)]
+pub fn sock_tuple(off: &KernelOffsets, sk: u64) -> Option<SockTuple> {
+    let mut t = SockTuple::default();
+    let base = off.sk_head;
+    if base != OFFSET_UNKNOWN {
+        let mut head = [0u8; SOCK_HEAD_BYTES];
+        // SAFETY: fault-tolerant kernel read into a local buffer.
+        unsafe { bpf_probe_read_kernel_buf((sk + base as u64) as *const u8, &mut head) }.ok()?;
+        t.family = at(&head, base, off.sk_family)?;
+        t.local_port = at(&head, base, off.sk_num)?;
+        t.remote_port = u16::from_be(at(&head, base, off.sk_dport)?);
+        if t.family == AF_INET {
+            let l = off.sk_rcv_saddr.wrapping_sub(base) as usize;
+            let r = off.sk_daddr.wrapping_sub(base) as usize;
+            t.local_addr[..4].copy_from_slice(head.get(l..l + 4)?);
+            t.remote_addr[..4].copy_from_slice(head.get(r..r + 4)?);
+        }
+    } else {
+        t.family = read(sk, off.sk_family)?;
+        t.local_port = read(sk, off.sk_num)?;
+        t.remote_port = u16::from_be(read(sk, off.sk_dport)?);
+        if t.family == AF_INET {
+            t.local_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.sk_rcv_saddr)?);
+            t.remote_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.sk_daddr)?);
+        }
+    }
+    if t.family == AF_INET6 {
+        t.local_addr = read::<[u8; 16]>(sk, off.sk_v6_rcv_saddr)?;
+        t.remote_addr = read::<[u8; 16]>(sk, off.sk_v6_daddr)?;
+    } else if t.family != AF_INET {
+        return None;
+    }
+    t.protocol = read(sk, off.sk_protocol).unwrap_or(0);
+    Some(t)
+}
+
 /// Address family and protocol of a socket; None for non-IP sockets.
 #[inline(always)]
 pub fn sock_family_protocol(off: &KernelOffsets, sk: u64) -> Option<(u16, u16)> {
@@ -55,27 +108,6 @@ pub fn sock_family_protocol(off: &KernelOffsets, sk: u64) -> Option<(u16, u16)> 
     }
     let protocol: u16 = read(sk, off.sk_protocol).unwrap_or(0);
     Some((family, protocol))
-}
-
-/// The socket's 4-tuple as the kernel sees it now.
-#[inline(always)]
-pub fn sock_tuple(off: &KernelOffsets, sk: u64) -> Option<SockTuple> {
-    let (family, protocol) = sock_family_protocol(off, sk)?;
-    let mut t = SockTuple {
-        family,
-        protocol,
-        local_port: read::<u16>(sk, off.sk_num)?,
-        remote_port: u16::from_be(read::<u16>(sk, off.sk_dport)?),
-        ..SockTuple::default()
-    };
-    if family == AF_INET {
-        t.local_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.sk_rcv_saddr)?);
-        t.remote_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.sk_daddr)?);
-    } else {
-        t.local_addr = read::<[u8; 16]>(sk, off.sk_v6_rcv_saddr)?;
-        t.remote_addr = read::<[u8; 16]>(sk, off.sk_v6_daddr)?;
-    }
-    Some(t)
 }
 
 /// TCP sequence number of the next byte the application writes (egress) or reads (ingress).
@@ -93,12 +125,23 @@ pub fn tcp_seq(off: &KernelOffsets, sk: u64, egress: bool) -> Option<u32> {
 }
 
 /// The syscall the current task is in, from the registers it entered the kernel with:
-/// (number, arg0, arg1, arg2). None when this kernel's `pt_regs` layout is unknown.
+/// (number, arg0, arg1, arg2), read at once where they are adjacent (`KernelOffsets::regs_head`).
+/// None when this kernel's `pt_regs` layout is unknown.
 #[inline(always)]
 pub fn syscall_regs(off: &KernelOffsets) -> Option<(i64, u64, u64, u64)> {
     // SAFETY: helper calls; the task pointer comes from the kernel itself and the registers are
     // read through the fault-tolerant helper.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let base = off.regs_head;
+    if base != OFFSET_UNKNOWN {
+        let w: [u8; REGS_HEAD_BYTES] = read(regs, base)?;
+        return Some((
+            at(&w, base, off.regs_nr)?,
+            at(&w, base, off.regs_arg0)?,
+            at(&w, base, off.regs_arg1)?,
+            at(&w, base, off.regs_arg2)?,
+        ));
+    }
     Some((
         read::<i64>(regs, off.regs_nr)?,
         read(regs, off.regs_arg0)?,

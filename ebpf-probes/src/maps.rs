@@ -62,9 +62,15 @@ pub struct SyscallArgs {
     pub msgvec: u64,
 }
 
+/// The configuration, by reference: copying it (as `Global::load` does) put ~150 bytes on the
+/// 512-byte BPF stack at every use.
 #[inline(always)]
-pub fn config() -> Config {
-    CONFIG.load()
+pub fn config() -> &'static Config {
+    let ptr = core::ptr::addr_of!(CONFIG) as *const Config;
+    // SAFETY: `Global<Config>` is a single `MaybeUninit<Config>` that the loader always fills.
+    // The address passes through a volatile read so that the compiler cannot fold the fields to
+    // their build-time defaults (the loader rewrites them).
+    unsafe { &*core::ptr::read_volatile(&ptr) }
 }
 
 #[inline(always)]

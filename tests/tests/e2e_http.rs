@@ -45,7 +45,28 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
     if !privileged_or_skip("two_tier_http_spans_are_linked") {
         return Ok(());
     }
-    two_tier(&[], "socket data from socket-layer tracepoints")
+    let stderr = two_tier(
+        &["--probe-stats"],
+        "socket data from socket-layer tracepoints",
+    )?;
+    // `--probe-stats`: the kernel measured both socket-layer probes, and ztrace reported them.
+    for probe in ["sock_send", "sock_recv"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("probe cost: {probe} ran ")))
+            .ok_or_else(|| anyhow::anyhow!("no cost reported for {probe}:\n{stderr}"))?;
+        let runs: u64 = line
+            .split(" ran ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        ensure!(
+            runs >= 40,
+            "{probe} ran {runs} times for 40+ requests: {line}"
+        );
+    }
+    Ok(())
 }
 
 /// The fallback capture path (kernels without the socket-layer tracepoints) gives the same
@@ -59,9 +80,11 @@ fn two_tier_http_spans_are_linked_via_syscall_tracepoints() -> Result<()> {
         &["--capture-via-syscalls"],
         "socket data from syscall tracepoints",
     )
+    .map(drop)
 }
 
-fn two_tier(extra_args: &[&str], capture: &str) -> Result<()> {
+/// Returns ztrace's stderr.
+fn two_tier(extra_args: &[&str], capture: &str) -> Result<String> {
     let rt = runtime();
     let receiver = rt.block_on(Receiver::start())?;
     let (backend, backend_port) = spawn_service(&["backend"])?;
@@ -327,7 +350,7 @@ fn two_tier(extra_args: &[&str], capture: &str) -> Result<()> {
 
     ensure!(stderr.contains("summary:"), "no exit summary");
     ensure!(stderr.contains("(0 lost"), "kernel events lost: {stderr}");
-    Ok(())
+    Ok(stderr)
 }
 
 #[test]

@@ -203,9 +203,36 @@ pub struct KernelOffsets {
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
+    /// Start of a [`SOCK_HEAD_BYTES`] window of `struct sock` holding family, ports and IPv4
+    /// addresses, read with one helper call instead of five; [`OFFSET_UNKNOWN`] when they do not
+    /// fit in one (each is then read on its own).
+    pub sk_head: u32,
+    /// Start of a [`REGS_HEAD_BYTES`] window of `struct pt_regs` holding the four `regs_*`
+    /// members, likewise.
+    pub regs_head: u32,
 }
 
 pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+/// See [`KernelOffsets::sk_head`].
+pub const SOCK_HEAD_BYTES: usize = 24;
+/// See [`KernelOffsets::regs_head`].
+pub const REGS_HEAD_BYTES: usize = 32;
+
+/// The smallest offset of `fields` ((offset, size) pairs) when all of them lie within `span`
+/// bytes from it, else [`OFFSET_UNKNOWN`]: where one read can fetch them all.
+pub fn common_window(fields: &[(u32, u32)], span: usize) -> u32 {
+    let mut base = OFFSET_UNKNOWN;
+    for &(off, _) in fields {
+        if off == OFFSET_UNKNOWN {
+            return OFFSET_UNKNOWN;
+        }
+        base = base.min(off);
+    }
+    let fits = fields
+        .iter()
+        .all(|&(off, size)| (off - base) as usize + size as usize <= span);
+    if fits { base } else { OFFSET_UNKNOWN }
+}
 
 impl KernelOffsets {
     pub const UNKNOWN: Self = Self {
@@ -232,6 +259,8 @@ impl KernelOffsets {
         regs_arg0: OFFSET_UNKNOWN,
         regs_arg1: OFFSET_UNKNOWN,
         regs_arg2: OFFSET_UNKNOWN,
+        sk_head: OFFSET_UNKNOWN,
+        regs_head: OFFSET_UNKNOWN,
     };
 }
 

@@ -192,8 +192,8 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     };
     if nr == nr::ACCEPT || nr == nr::ACCEPT4 {
         if ret >= 0 && is_traced((pid_tgid >> 32) as u32) {
-            let off = config().offsets;
-            if let Some(sk) = sock_of_fd(&off, ret as i32) {
+            let off = &config().offsets;
+            if let Some(sk) = sock_of_fd(off, ret as i32) {
                 // The owner of the accepted socket, for the `sock:`/`tcp:` probes (`net.rs`).
                 let _ = NET_SOCKS.insert(sk, (pid_tgid >> 32) as u32, 0);
                 emit_conn(conn::ACCEPT, sk, ret as i32, ret as i32);
@@ -208,8 +208,8 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let _ = ARGS.remove(pid_tgid);
     if args.syscall == CONNECT_PENDING {
         if ret == 0 || ret == -EINPROGRESS {
-            let off = config().offsets;
-            if let Some(sk) = sock_of_fd(&off, args.fd) {
+            let off = &config().offsets;
+            if let Some(sk) = sock_of_fd(off, args.fd) {
                 emit_conn(conn::CONNECT, sk, args.fd, ret as i32);
             }
         }
@@ -261,8 +261,8 @@ pub(crate) fn user_buffer(
 
 #[inline(always)]
 pub(crate) fn emit_conn(op: u8, sk: u64, fd: i32, ret: i32) {
-    let off = config().offsets;
-    let Some(tuple) = sock_tuple(&off, sk) else {
+    let off = &config().offsets;
+    let Some(tuple) = sock_tuple(off, sk) else {
         return;
     };
     let event = ConnEvent {

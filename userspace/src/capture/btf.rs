@@ -340,7 +340,7 @@ fn field(btf: &Btf, s: &str, p: &str, size: Option<u32>, optional: bool) -> Res<
 pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let req = |s, p, size| field(btf, s, p, size, false);
     let opt = |s, p, size| field(btf, s, p, Some(size), true);
-    Ok(KernelOffsets {
+    let mut o = KernelOffsets {
         task_files: req("task_struct", "files", None)?,
         task_tgid: req("task_struct", "tgid", Some(4))?,
         files_fdt: req("files_struct", "fdt", None)?,
@@ -364,7 +364,29 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         regs_arg0: regs(btf, 1)?,
         regs_arg1: regs(btf, 2)?,
         regs_arg2: regs(btf, 3)?,
-    })
+        sk_head: OFFSET_UNKNOWN,
+        regs_head: OFFSET_UNKNOWN,
+    };
+    o.sk_head = ztrace_abi::common_window(
+        &[
+            (o.sk_daddr, 4),
+            (o.sk_rcv_saddr, 4),
+            (o.sk_dport, 2),
+            (o.sk_num, 2),
+            (o.sk_family, 2),
+        ],
+        ztrace_abi::SOCK_HEAD_BYTES,
+    );
+    o.regs_head = ztrace_abi::common_window(
+        &[
+            (o.regs_nr, 8),
+            (o.regs_arg0, 8),
+            (o.regs_arg1, 8),
+            (o.regs_arg2, 8),
+        ],
+        ztrace_abi::REGS_HEAD_BYTES,
+    );
+    Ok(o)
 }
 
 /// `struct pt_regs` members of the syscall number (`i` = 0) and arguments 0..=2 (`i` = 1..=3),
@@ -469,6 +491,16 @@ mod tests {
     }
 
     #[test]
+    fn one_read_covers_fields_only_when_they_fit() {
+        use ztrace_abi::common_window;
+        assert_eq!(common_window(&[(4, 4), (0, 4), (16, 2)], 24), 0);
+        assert_eq!(common_window(&[(8, 8), (0, 8)], 16), 0);
+        assert_eq!(common_window(&[(8, 8), (0, 8)], 15), OFFSET_UNKNOWN);
+        assert_eq!(common_window(&[(100, 8), (120, 8)], 32), 100);
+        assert_eq!(common_window(&[(0, 4), (OFFSET_UNKNOWN, 4)], 24), OFFSET_UNKNOWN);
+    }
+
+    #[test]
     fn hand_built_blob() {
         let btf = Btf::parse(&sample()).unwrap();
         let ok = |got: &str, want: &str| got == want || want.len() > 2 && got.contains(want);
@@ -536,7 +568,12 @@ mod tests {
             required.sk_v6_rcv_saddr,
             required.sk_v6_daddr,
             required.sk_protocol,
-        ) = (0, 0, 0);
+            required.regs_head,
+        ) = (0, 0, 0, 0);
+        // `struct sock_common` begins with addresses, ports and family on every architecture.
+        assert_eq!(o.sk_head, o.sk_daddr.min(o.sk_rcv_saddr));
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(o.regs_head, o.regs_arg2, "dx, si, di, orig_ax are adjacent");
         assert!(
             !format!("{required:?}").contains(&OFFSET_UNKNOWN.to_string()),
             "{o:?}"
