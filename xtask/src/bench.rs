@@ -90,7 +90,7 @@ pub fn bench(quick: bool) -> Result<()> {
             }
         }
     }
-    let per_round = 9; // nginx saturated 5 + nginx paced 2 + python 2
+    let per_round = 10; // nginx saturated 6 + nginx paced 2 + python 2
     say(&format!(
         "benchmark: {} rounds × {} s per condition, {} runs (about {} min)",
         plan.rounds,
@@ -114,11 +114,14 @@ pub fn bench(quick: bool) -> Result<()> {
         &[
             Mode::Untraced,
             Mode::Traced,
+            Mode::CpuControl,
             Mode::Bystander(idle.pid),
             Mode::TracedSyscalls,
             Mode::BystanderSyscalls(idle.pid),
         ],
     )?;
+    say("nginx, saturated: one more traced run with --probe-stats (kernel cost per probe)");
+    let probes = probe_costs(&ctx, &nginx)?;
     let nginx_paced = scenario(
         &ctx,
         &nginx,
@@ -138,12 +141,13 @@ pub fn bench(quick: bool) -> Result<()> {
     drop(python);
     drop(idle);
 
-    let table = render(
+    let mut table = render(
         &ctx,
         &[&nginx_sat, &nginx_paced, &python_sat],
         started.elapsed(),
         (load_before, loadavg()),
     );
+    table.push_str(&render_probes(&probes, &nginx_sat));
     fs::create_dir_all(&ctx.out_dir)
         .with_context(|| format!("creating {}", ctx.out_dir.display()))?;
     let out = ctx.out_dir.join("overhead.md");
@@ -782,7 +786,7 @@ struct Ztrace {
     log: PathBuf,
 }
 
-fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, via_syscalls: bool) -> Result<Ztrace> {
+fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, extra: &[&str]) -> Result<Ztrace> {
     let log = ctx.dir.join(format!("ztrace-{tag}.log"));
     let mut proc = Proc::spawn(
         "ztrace",
@@ -795,7 +799,7 @@ fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, via_syscalls: bool) -> Result
                 "http/protobuf",
             ])
             .args(["--metric-export-interval", "1s"])
-            .args(via_syscalls.then_some("--capture-via-syscalls"))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -818,6 +822,84 @@ fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, via_syscalls: bool) -> Result
     Ok(Ztrace { proc, log })
 }
 
+/// One traced run with `--probe-stats`: what each probe cost the kernel.
+struct ProbeReport {
+    requests: u64,
+    /// Server CPU seconds per request in this run.
+    server_cpu_per_req: f64,
+    /// (probe, runs, CPU seconds), costliest first.
+    probes: Vec<(String, u64, f64)>,
+}
+
+fn probe_costs(ctx: &Ctx, server: &Server) -> Result<ProbeReport> {
+    thread::sleep(Duration::from_millis(300));
+    let mut z = start_ztrace(ctx, server.proc.pid, "probe-stats", &["--probe-stats"])?;
+    let before = cpu_ticks(server.worker)?;
+    let w = wrk(ctx, server.port, Load::Saturated, ctx.plan.secs)?;
+    let server_ticks = cpu_ticks(server.worker)?.saturating_sub(before);
+    thread::sleep(Duration::from_millis(300));
+    z.proc.terminate_measured(STOP_GRACE);
+    z.proc.stop(Duration::from_secs(2));
+    let log = fs::read_to_string(&z.log).unwrap_or_default();
+    let probes = parse_probe_costs(&log);
+    if probes.is_empty() {
+        bail!("ztrace --probe-stats reported no probe costs:\n{log}");
+    }
+    Ok(ProbeReport {
+        requests: w.requests,
+        server_cpu_per_req: server_ticks as f64 / ctx.clk_tck / w.requests as f64,
+        probes,
+    })
+}
+
+/// "ztrace: probe cost: NAME ran RUNS times, N ns per run, S CPU s in all" lines.
+fn parse_probe_costs(log: &str) -> Vec<(String, u64, f64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split_once("probe cost: ")?.1;
+            let (name, rest) = rest.split_once(" ran ")?;
+            let runs = rest.split_whitespace().next()?.parse().ok()?;
+            let secs = rest
+                .split(", ")
+                .find(|p| p.ends_with("CPU s in all"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), runs, secs))
+        })
+        .collect()
+}
+
+fn render_probes(p: &ProbeReport, sat: &ScenarioResult) -> String {
+    let untraced = sat.median(Mode::Untraced, |s| s.server_cpu_per_req);
+    let mut t = String::from("## Kernel-side cost per probe (nginx, saturated)\n\n");
+    t.push_str(&format!(
+        "One more traced run with `--probe-stats` (the kernel's BPF run-time statistics, which \
+         themselves add two clock reads per probe run): {} requests. nginx CPU per request: {} \
+         untraced (median of the rounds above), {} in this run.\n\n",
+        p.requests,
+        fmt_us(untraced * 1e6),
+        fmt_us(p.server_cpu_per_req * 1e6),
+    ));
+    t.push_str("| probe | runs per request | ns per run | ns per request |\n|---|---|---|---|\n");
+    let mut total = 0.0;
+    for (name, runs, secs) in &p.probes {
+        let per_req = secs * 1e9 / p.requests as f64;
+        total += per_req;
+        t.push_str(&format!(
+            "| {name} | {:.2} | {:.0} | {per_req:.0} |\n",
+            *runs as f64 / p.requests as f64,
+            secs * 1e9 / (*runs).max(1) as f64,
+        ));
+    }
+    t.push_str(&format!(
+        "| **all probes** | | | **{total:.0}** ({:.0} % of untraced nginx CPU per request) |\n\n",
+        total / (untraced * 1e9) * 100.0
+    ));
+    t
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rounds
 
@@ -832,6 +914,10 @@ enum Mode {
     /// (`--capture-via-syscalls`, the fallback for kernels without the socket-layer ones).
     TracedSyscalls,
     BystanderSyscalls(u32),
+    /// Untraced, while a thread of the benchmark burns as much CPU as ztrace used in the traced
+    /// runs so far, in 10 ms periods: what any process taking that much CPU costs the server on
+    /// this machine, tracer or not.
+    CpuControl,
 }
 
 impl Mode {
@@ -842,6 +928,7 @@ impl Mode {
             Mode::Bystander(_) => "bystander",
             Mode::TracedSyscalls => "traced (syscall tracepoints)",
             Mode::BystanderSyscalls(_) => "bystander (syscall tracepoints)",
+            Mode::CpuControl => "CPU control",
         }
     }
 }
@@ -903,6 +990,8 @@ struct Sample {
     /// CPU time of everything else on the machine during the load, % of all cores.
     other_cpu_pct: f64,
     ztrace: Option<ZtraceCost>,
+    /// CPU seconds the control thread burned (`Mode::CpuControl`).
+    control_cpu_s: Option<f64>,
 }
 
 struct ScenarioResult {
@@ -931,7 +1020,24 @@ fn scenario(
             (0..modes.len()).rev().collect()
         };
         for m in order {
-            let s = measure(ctx, server, load, modes[m], &format!("{round}-{m}"))?;
+            // The control burns what ztrace used while the load ran, median of the traced
+            // runs so far (the modes list puts the control after `Traced`).
+            let duty = modes
+                .iter()
+                .position(|&x| x == Mode::Traced)
+                .map(|t| {
+                    spread(
+                        samples[t]
+                            .iter()
+                            .filter_map(|s| s.ztrace.as_ref())
+                            .map(|z| z.cpu_under_load_s / ctx.plan.secs as f64)
+                            .collect(),
+                    )
+                    .median
+                })
+                .filter(|d| d.is_finite())
+                .unwrap_or(0.0);
+            let s = measure(ctx, server, load, modes[m], &format!("{round}-{m}"), duty)?;
             say(&format!(
                 "{title}, round {}/{}, {}: {:.0} req/s, p50 {}, p99 {}, other processes {:.0} % CPU{}",
                 round + 1,
@@ -955,6 +1061,13 @@ fn scenario(
                         _ => format!("; ztrace FAILED: {}", z.failure.as_deref().unwrap_or("?")),
                     })
                     .unwrap_or_default()
+                    + &s
+                        .control_cpu_s
+                        .map(|c| format!(
+                            "; control thread burned {:.0} % of a core",
+                            c / ctx.plan.secs as f64 * 100.0
+                        ))
+                        .unwrap_or_default()
             ));
             samples[m].push(s);
         }
@@ -968,21 +1081,81 @@ fn scenario(
     })
 }
 
-fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Result<Sample> {
+const SYSCALLS: &[&str] = &["--capture-via-syscalls"];
+
+/// A thread that keeps one core busy `duty` of every 10 ms until stopped.
+struct Burner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<f64>,
+}
+
+impl Burner {
+    const PERIOD: Duration = Duration::from_millis(10);
+
+    fn start(duty: f64) -> Burner {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let busy = Self::PERIOD.mul_f64(duty.clamp(0.0, 1.0));
+            let before = thread_cpu_s();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                while t0.elapsed() < busy {
+                    std::hint::spin_loop();
+                }
+                thread::sleep(Self::PERIOD.saturating_sub(t0.elapsed()));
+            }
+            thread_cpu_s() - before
+        });
+        Burner { stop, thread }
+    }
+
+    /// CPU seconds it burned.
+    fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(f64::NAN)
+    }
+}
+
+/// CPU seconds of the calling thread so far.
+fn thread_cpu_s() -> f64 {
+    let stat = fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f
+        .get(11..13)
+        .map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    let clk_tck = output_ok(Command::new("getconf").arg("CLK_TCK"))
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    ticks as f64 / clk_tck
+}
+
+fn measure(
+    ctx: &Ctx,
+    server: &Server,
+    load: Load,
+    mode: Mode,
+    tag: &str,
+    control_duty: f64,
+) -> Result<Sample> {
     thread::sleep(Duration::from_millis(300));
     let mut z = match mode {
-        Mode::Untraced => None,
-        Mode::Traced => Some(start_ztrace(ctx, server.proc.pid, tag, false)?),
-        Mode::Bystander(pid) => Some(start_ztrace(ctx, pid, tag, false)?),
-        Mode::TracedSyscalls => Some(start_ztrace(ctx, server.proc.pid, tag, true)?),
-        Mode::BystanderSyscalls(pid) => Some(start_ztrace(ctx, pid, tag, true)?),
+        Mode::Untraced | Mode::CpuControl => None,
+        Mode::Traced => Some(start_ztrace(ctx, server.proc.pid, tag, &[])?),
+        Mode::Bystander(pid) => Some(start_ztrace(ctx, pid, tag, &[])?),
+        Mode::TracedSyscalls => Some(start_ztrace(ctx, server.proc.pid, tag, SYSCALLS)?),
+        Mode::BystanderSyscalls(pid) => Some(start_ztrace(ctx, pid, tag, SYSCALLS)?),
     };
+    let burner = (mode == Mode::CpuControl).then(|| Burner::start(control_duty));
     let z_before = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
     let server_before = cpu_ticks(server.worker)?;
     let (busy_before, wrk_before) = (busy_ticks()?, reaped_children_ticks()?);
     let started = Instant::now();
-    let w = wrk(ctx, server.port, load, ctx.plan.secs)?;
+    let w = wrk(ctx, server.port, load, ctx.plan.secs);
     let wall = started.elapsed().as_secs_f64();
+    let control_cpu_s = burner.map(Burner::stop);
+    let w = w?;
     let (busy_after, wrk_after) = (busy_ticks()?, reaped_children_ticks()?);
     let server_after = cpu_ticks(server.worker)?;
     let z_under_load = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
@@ -992,6 +1165,7 @@ fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Res
     // wrk's and ztrace's.
     let ours = server_ticks
         + wrk_after.saturating_sub(wrk_before)
+        + control_cpu_s.map_or(0, |s| (s * ctx.clk_tck) as u64)
         + z_under_load
             .zip(z_before)
             .map_or(0, |(a, b)| a.saturating_sub(b));
@@ -1053,6 +1227,7 @@ fn measure(ctx: &Ctx, server: &Server, load: Load, mode: Mode, tag: &str) -> Res
         server_cpu_per_req,
         other_cpu_pct,
         ztrace,
+        control_cpu_s,
     })
 }
 
@@ -1205,6 +1380,20 @@ fn render(
                     "{}, traced, syscall tracepoints (`--capture-via-syscalls`)",
                     r.title
                 ),
+                Mode::CpuControl => {
+                    let burned = spread(
+                        r.of(mode)
+                            .iter()
+                            .filter_map(|s| s.control_cpu_s)
+                            .map(|c| c / ctx.plan.secs as f64 * 100.0)
+                            .collect(),
+                    );
+                    format!(
+                        "{}, **untraced, CPU control**: a thread burns {:.0} % of a core (ztrace's \
+                         share when tracing) in 10 ms periods",
+                        r.title, burned.median
+                    )
+                }
                 _ => format!("{}, traced", r.title),
             };
             let rps = r.ratio(mode, |s| s.wrk.rps);
@@ -1217,6 +1406,7 @@ fn render(
                     format!("≥ {TARGET_BYSTANDER}"),
                     Some(rps.median >= TARGET_BYSTANDER),
                 ),
+                Mode::CpuControl => ("—".into(), None),
                 _ if nginx_sat => (
                     format!("≥ {TARGET_THROUGHPUT}"),
                     Some(rps.median >= TARGET_THROUGHPUT),
@@ -1296,6 +1486,10 @@ fn render(
     t.push_str(
         "- Server CPU per request: utime+stime of the nginx worker (of the whole Python process) \
          during the load ÷ requests completed.\n\
+         - CPU control: no tracing; a thread of the benchmark burns as much CPU as ztrace used \
+         while the load ran (median of the traced runs so far). With both cores already busy \
+         (the server and wrk), this is what taking that much CPU costs the server on this \
+         machine whatever does it: the floor for any tracer that spends it.\n\
          - wrk is a closed loop: under saturation latency ≈ connections ÷ throughput, so the \
          saturated latency ratios mostly mirror throughput; the paced rows compare latency at \
          (nearly) the same rate.\n\n",
@@ -1305,7 +1499,11 @@ fn render(
     t.push_str("| measurement |");
     let mut cols = Vec::new();
     for r in results {
-        for &mode in r.modes.iter().filter(|&&m| m != Mode::Untraced) {
+        for &mode in r
+            .modes
+            .iter()
+            .filter(|&&m| m != Mode::Untraced && m != Mode::CpuControl)
+        {
             t.push_str(&format!(" {}, {} |", r.title, mode.label()));
             cols.push((*r, mode));
         }
@@ -1506,6 +1704,22 @@ Transfer/sec:      4.05MB
         assert_eq!(w.socket_errors, 3);
         assert!(parse_wrk("garbage").is_err());
         assert!(parse_wrk(&format!("{out}  Non-2xx or 3xx responses: 5\n")).is_err());
+    }
+
+    #[test]
+    fn parses_probe_costs() {
+        let log = "[x INFO ] tracing 1 process(es)\n\
+                   ztrace: probe cost: sock_send ran 408409 times, 1218 ns per run, 0.497 CPU s in all\n\
+                   ztrace: probe cost: sock_recv ran 12 times, 838 ns per run, 0.000 CPU s in all\n\
+                   ztrace: probe cost: all probes 0.497 CPU s\n";
+        let p = parse_probe_costs(log);
+        assert_eq!(
+            p,
+            vec![
+                ("sock_send".to_string(), 408409, 0.497),
+                ("sock_recv".to_string(), 12, 0.0)
+            ]
+        );
     }
 
     #[test]

@@ -497,7 +497,10 @@ mod tests {
         assert_eq!(common_window(&[(8, 8), (0, 8)], 16), 0);
         assert_eq!(common_window(&[(8, 8), (0, 8)], 15), OFFSET_UNKNOWN);
         assert_eq!(common_window(&[(100, 8), (120, 8)], 32), 100);
-        assert_eq!(common_window(&[(0, 4), (OFFSET_UNKNOWN, 4)], 24), OFFSET_UNKNOWN);
+        assert_eq!(
+            common_window(&[(0, 4), (OFFSET_UNKNOWN, 4)], 24),
+            OFFSET_UNKNOWN
+        );
     }
 
     #[test]
