@@ -336,11 +336,9 @@ pub fn emit_data(args: &SyscallArgs, bytes: u64, sock_id: u64) -> Option<()> {
                 break;
             }
             let iov = args.buf + i * 16;
-            // SAFETY: user pointers read through fault-tolerant helpers.
-            let Ok(base) = (unsafe { bpf_probe_read_user(iov as *const u64) }) else {
-                break;
-            };
-            let Ok(len) = (unsafe { bpf_probe_read_user((iov + 8) as *const u64) }) else {
+            // `struct iovec` (base, len) in one read: each helper call costs ~100 ns here.
+            // SAFETY: user pointer read through the fault-tolerant helper.
+            let Ok([base, len]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {
                 break;
             };
             let want = len.min(cap - n);
