@@ -392,7 +392,7 @@ pub(crate) fn render_console(spans: &[Span], table: &ProcessTable, color: bool) 
 
 fn json_value(v: AttrValue) -> Value {
     match v {
-        AttrValue::Str(s) => Value::String(s),
+        AttrValue::Str(s) => Value::String(s.into_owned()),
         AttrValue::Int(i) => Value::from(i),
         AttrValue::StrArray(items) => Value::Array(items.into_iter().map(Value::String).collect()),
     }

@@ -469,7 +469,7 @@ impl Exporter {
         let mut table = ProcessTable::new(local_host_name());
         table.extra = extra
             .iter()
-            .map(|(k, v)| (k.clone(), AttrValue::Str(v.clone())))
+            .map(|(k, v)| (k.clone(), AttrValue::Str(Cow::Owned(v.clone()))))
             .collect();
         let worker = Worker {
             rx: span_rx,
@@ -988,22 +988,24 @@ impl Drop for Worker {
 
 /// An attribute value, before it is written in an output's own format.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum AttrValue {
-    Str(String),
+pub(crate) enum AttrValue<'a> {
+    /// Borrowed from the span where it can be: building a span's attributes allocated a
+    /// `String` for each one, a good part of the export thread's malloc/free.
+    Str(Cow<'a, str>),
     Int(i64),
     StrArray(Vec<String>),
 }
 
-pub(crate) type Attrs = Vec<(&'static str, AttrValue)>;
+pub(crate) type Attrs<'a> = Vec<(&'static str, AttrValue<'a>)>;
 
 /// Resource attributes: detected ones have static keys, configured ones do not.
-pub(crate) type ResourceAttrs = Vec<(Cow<'static, str>, AttrValue)>;
+pub(crate) type ResourceAttrs = Vec<(Cow<'static, str>, AttrValue<'static>)>;
 
-fn str_attr(key: &'static str, v: impl Into<String>) -> (&'static str, AttrValue) {
+fn str_attr<'a>(key: &'static str, v: impl Into<Cow<'a, str>>) -> (&'static str, AttrValue<'a>) {
     (key, AttrValue::Str(v.into()))
 }
 
-fn int_attr(key: &'static str, v: impl Into<i64>) -> (&'static str, AttrValue) {
+fn int_attr(key: &'static str, v: impl Into<i64>) -> (&'static str, AttrValue<'static>) {
     (key, AttrValue::Int(v.into()))
 }
 
@@ -1217,7 +1219,7 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// The span's attributes per the OpenTelemetry semantic conventions of its protocol.
-pub(crate) fn span_attributes(span: &Span) -> Attrs {
+pub(crate) fn span_attributes(span: &Span) -> Attrs<'_> {
     match &span.exchange {
         Exchange::Http(http) => http_attributes(span, http),
         Exchange::Db(db) => db_attributes(span, db),
@@ -1246,7 +1248,7 @@ fn endpoint_attributes(span: &Span, transport: &'static str, a: &mut Attrs) {
 }
 
 /// gRPC spans (RPC semantic conventions).
-fn rpc_attributes(span: &Span, rpc: &RpcExchange) -> Attrs {
+fn rpc_attributes<'a>(span: &'a Span, rpc: &'a RpcExchange) -> Attrs<'a> {
     let mut a: Attrs = Vec::with_capacity(12);
     a.push(str_attr(semconv::RPC_SYSTEM, "grpc"));
     a.push(str_attr(semconv::RPC_SERVICE, rpc.service.as_str()));
@@ -1264,7 +1266,7 @@ fn rpc_attributes(span: &Span, rpc: &RpcExchange) -> Attrs {
 }
 
 /// DNS spans: the question and, when it failed, the response code as `error.type`.
-fn dns_attributes(span: &Span, dns: &DnsExchange) -> Attrs {
+fn dns_attributes<'a>(span: &'a Span, dns: &'a DnsExchange) -> Attrs<'a> {
     let mut a: Attrs = Vec::with_capacity(10);
     a.push(str_attr(semconv::DNS_QUESTION_NAME, dns.name.as_str()));
     endpoint_attributes(span, "udp", &mut a);
@@ -1275,7 +1277,7 @@ fn dns_attributes(span: &Span, dns: &DnsExchange) -> Attrs {
 }
 
 /// Database client/server spans (database semantic conventions).
-fn db_attributes(span: &Span, db: &DbExchange) -> Attrs {
+fn db_attributes<'a>(span: &'a Span, db: &'a DbExchange) -> Attrs<'a> {
     let mut a: Attrs = Vec::with_capacity(12);
     a.push(str_attr(semconv::DB_SYSTEM_NAME, db.system.name()));
     if let Some(op) = &db.operation {
@@ -1316,7 +1318,7 @@ fn db_attributes(span: &Span, db: &DbExchange) -> Attrs {
 }
 
 /// HTTP spans (HTTP semantic conventions).
-fn http_attributes(span: &Span, http: &HttpExchange) -> Attrs {
+fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange) -> Attrs<'a> {
     let mut a: Attrs = Vec::with_capacity(20);
     let method = http.method.as_str();
     if known_method(method) {
@@ -1413,8 +1415,8 @@ pub(crate) fn resource_attributes(
     pid: u32,
     info: Option<&ProcessInfo>,
     host_fallback: Option<&str>,
-) -> Attrs {
-    let mut a: Attrs = Vec::with_capacity(11);
+) -> Attrs<'static> {
+    let mut a: Attrs<'static> = Vec::with_capacity(11);
     a.push(str_attr(res::SERVICE_NAME, service_name(pid, info)));
     a.push(int_attr(res::PROCESS_PID, pid));
     let mut host = host_fallback;
@@ -1425,13 +1427,13 @@ pub(crate) fn resource_attributes(
         if !i.executable_name.is_empty() {
             a.push(str_attr(
                 res::PROCESS_EXECUTABLE_NAME,
-                i.executable_name.as_str(),
+                i.executable_name.clone(),
             ));
         }
         if !i.executable_path.is_empty() {
             a.push(str_attr(
                 res::PROCESS_EXECUTABLE_PATH,
-                i.executable_path.as_str(),
+                i.executable_path.clone(),
             ));
         }
         if !i.command_args.is_empty() {
@@ -1445,7 +1447,7 @@ pub(crate) fn resource_attributes(
         }
     }
     if let Some(h) = host {
-        a.push(str_attr(res::HOST_NAME, h));
+        a.push(str_attr(res::HOST_NAME, h.to_string()));
     }
     a.push(str_attr(res::TELEMETRY_SDK_NAME, SCOPE_NAME));
     a.push(str_attr(res::TELEMETRY_SDK_LANGUAGE, "rust"));
@@ -1553,11 +1555,11 @@ mod tests {
     use super::test_support::*;
     use super::*;
 
-    fn get<'a>(attrs: &'a Attrs, key: &str) -> Option<&'a AttrValue> {
+    fn get<'a, 'b>(attrs: &'a Attrs<'b>, key: &str) -> Option<&'a AttrValue<'b>> {
         attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
-    fn s(v: &str) -> AttrValue {
-        AttrValue::Str(v.into())
+    fn s(v: &str) -> AttrValue<'static> {
+        AttrValue::Str(v.to_string().into())
     }
 
     #[test]
@@ -1620,7 +1622,8 @@ mod tests {
 
     #[test]
     fn server_span_attributes() {
-        let a = span_attributes(&server_span());
+        let span = server_span();
+        let a = span_attributes(&span);
         assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD), Some(&s("GET")));
         assert_eq!(
             get(&a, semconv::HTTP_RESPONSE_STATUS_CODE),
@@ -1674,7 +1677,8 @@ mod tests {
 
     #[test]
     fn client_span_attributes() {
-        let a = span_attributes(&client_span());
+        let span = client_span();
+        let a = span_attributes(&span);
         assert_eq!(get(&a, semconv::HTTP_REQUEST_METHOD), Some(&s("POST")));
         assert_eq!(
             get(&a, semconv::URL_FULL),

@@ -517,7 +517,7 @@ pub(crate) mod reference {
 
     fn any_value(v: AttrValue) -> AnyValue {
         let value = match v {
-            AttrValue::Str(s) => any_value::Value::StringValue(s),
+            AttrValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
             AttrValue::Int(i) => any_value::Value::IntValue(i),
             AttrValue::StrArray(items) => any_value::Value::ArrayValue(ArrayValue {
                 values: items

@@ -21,7 +21,7 @@ pub(crate) fn key_values(attrs: Vec<(&'static str, AttrValue)>) -> Vec<KeyValue>
         .map(|(k, v)| KeyValue {
             key: k.to_string(),
             value: any(match v {
-                AttrValue::Str(s) => Value::StringValue(s),
+                AttrValue::Str(s) => Value::StringValue(s.into_owned()),
                 AttrValue::Int(i) => Value::IntValue(i),
                 AttrValue::StrArray(items) => Value::ArrayValue(ArrayValue {
                     values: items
