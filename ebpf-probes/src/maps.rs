@@ -81,6 +81,13 @@ pub fn count(index: u32) {
     }
 }
 
+/// The flags of a traced process (`ztrace_abi::traced`), None when it is not traced.
+#[inline(always)]
+pub fn traced_flags(tgid: u32) -> Option<u8> {
+    // SAFETY: plain map read.
+    unsafe { TRACED.get(tgid).copied() }
+}
+
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     // SAFETY: the value is only read for presence.

@@ -305,6 +305,14 @@ impl Config {
     };
 }
 
+/// Values of the `TRACED` map (TGID → flags).
+pub mod traced {
+    /// Traced.
+    pub const YES: u8 = 1;
+    /// Its libssl is probed: socket calls note their socket for an OpenSSL call in progress.
+    pub const TLS: u8 = 2;
+}
+
 /// Indexes of the per-CPU drop/health counters array.
 pub mod counter {
     /// Ring buffer full: an event was lost.

@@ -20,7 +20,10 @@ use ztrace_abi::{
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
-    maps::{ARGS, NET_SOCKS, SCRATCH, SyscallArgs, config, count, header, is_traced, submit},
+    maps::{
+        ARGS, DataBuf, NET_SOCKS, SCRATCH, SyscallArgs, config, count, header, is_traced, submit,
+        traced_flags,
+    },
     probes::tls::note_ssl_socket,
 };
 
@@ -103,15 +106,15 @@ pub(crate) fn classify(nr: i32) -> Option<(u8, u8, bool, bool)> {
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
+    let Some(flags) = traced_flags((pid_tgid >> 32) as u32) else {
         return 0;
-    }
-    let _ = on_enter(&ctx, pid_tgid);
+    };
+    let _ = on_enter(&ctx, flags, pid_tgid);
     0
 }
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
+fn on_enter(ctx: &TracePointContext, flags: u8, pid_tgid: u64) -> Option<()> {
     // SAFETY: offsets of the syscall tracepoint record, fixed by the kernel ABI.
     let nr: i32 = unsafe { ctx.read_at(TP_NR).ok()? };
     let fd: u64 = unsafe { ctx.read_at(TP_ARG0).ok()? };
@@ -161,7 +164,7 @@ fn on_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()> {
         user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
         args.sock = sk;
         if sk != 0 {
-            note_ssl_socket(pid_tgid, sk);
+            note_ssl_socket(flags, pid_tgid, sk);
         }
         args.syscall = kind;
         args.direction = dir;
@@ -299,30 +302,49 @@ fn copy_user(src: u64, len: u64, offset: u64, dst: &mut [u8; 2 * MAX_PAYLOAD]) -
 
 #[inline(always)]
 pub fn emit_data(args: &SyscallArgs, bytes: u64, sock_id: u64) -> Option<()> {
-    let cfg = config();
+    let buf = scratch()?;
     // Socket 0: a stdout/stderr write (see `on_enter`), which has no tuple.
-    let (kind, tuple) = if args.sock == 0 {
-        (kind::STDIO, SockTuple::default())
+    let kind = if args.sock == 0 {
+        buf.event.tuple = SockTuple::default();
+        kind::STDIO
     } else {
-        (kind::DATA, sock_tuple(&cfg.offsets, args.sock)?)
+        buf.event.tuple = sock_tuple(&config().offsets, args.sock)?;
+        kind::DATA
     };
+    emit_prepared(buf, header(kind), args, bytes, sock_id)
+}
+
+/// The per-CPU record under construction.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut DataBuf> {
     let buf = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
-    let buf = unsafe { &mut *buf };
-    buf.event = DataEvent {
-        header: header(kind),
-        sock_id,
-        enter_ns: args.enter_ns,
-        bytes,
-        tuple,
-        fd: args.fd,
-        seq: args.seq,
-        cap_len: 0,
-        syscall: args.syscall,
-        direction: args.direction,
-        has_seq: args.has_seq,
-        _pad: 0,
-    };
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs (programs do not
+    // nest on a CPU for these hooks).
+    Some(unsafe { &mut *buf })
+}
+
+/// Completes and submits the record in `buf`, whose tuple the caller has filled in.
+#[inline(always)]
+pub fn emit_prepared(
+    buf: &mut DataBuf,
+    header: ztrace_abi::EventHeader,
+    args: &SyscallArgs,
+    bytes: u64,
+    sock_id: u64,
+) -> Option<()> {
+    let cfg = config();
+    let e = &mut buf.event;
+    e.header = header;
+    e.sock_id = sock_id;
+    e.enter_ns = args.enter_ns;
+    e.bytes = bytes;
+    e.fd = args.fd;
+    e.seq = args.seq;
+    e.cap_len = 0;
+    e.syscall = args.syscall;
+    e.direction = args.direction;
+    e.has_seq = args.has_seq;
+    e._pad = 0;
     let cap = bytes.min(cfg.payload_cap as u64).min(MAX_PAYLOAD as u64);
     let mut n: u64 = 0;
     if args.buf == 0 {

@@ -10,7 +10,7 @@ use ztrace_abi::{ProcEvent, counter, kind, proc};
 
 use crate::{
     kernel::task_tgid,
-    maps::{TRACED, config, count, header, is_traced, submit},
+    maps::{TRACED, config, count, header, is_traced, submit, traced_flags},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`. Fires for new
@@ -18,9 +18,10 @@ use crate::{
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_traced(parent_tgid) {
+    // The child maps what its parent did (libssl included): it inherits the flags.
+    let Some(flags) = traced_flags(parent_tgid) else {
         return 0;
-    }
+    };
     let cfg = config();
     if cfg.follow_children == 0 {
         return 0;
@@ -33,7 +34,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_tgid == parent_tgid {
         return 0;
     }
-    let _ = TRACED.insert(child_tgid, 1, 0);
+    let _ = TRACED.insert(child_tgid, flags, 0);
     emit(proc::FORK, child_tgid, parent_tgid);
     0
 }

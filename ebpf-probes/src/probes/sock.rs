@@ -27,13 +27,13 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use ztrace_abi::{conn, direction, syscall};
+use ztrace_abi::{EventHeader, conn, direction, kind, syscall};
 
 use crate::{
-    kernel::{IPPROTO_TCP, sock_family_protocol, syscall_regs, tcp_seq},
-    maps::{NET_SOCKS, SyscallArgs, config, is_traced},
+    kernel::{IPPROTO_TCP, sock_tuple, syscall_regs, tcp_seq},
+    maps::{NET_SOCKS, SyscallArgs, config, traced_flags},
     probes::{
-        io::{classify, emit_conn, emit_data, user_buffer},
+        io::{classify, emit_conn, emit_prepared, scratch, user_buffer},
         tls::note_ssl_socket,
     },
 };
@@ -56,9 +56,7 @@ pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
 fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_traced(tgid) {
-        return None;
-    }
+    let traced = traced_flags(tgid)?;
     // TP_PROTO(struct sock *sk, int ret, int flags).
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
@@ -68,7 +66,11 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
     }
     let cfg = config();
     let off = &cfg.offsets;
-    let (_, protocol) = sock_family_protocol(off, sk)?;
+    // The tuple goes straight into the record being built (a copy on the BPF stack would not
+    // fit), read once for both the checks here and the record.
+    let buf = scratch()?;
+    buf.event.tuple = sock_tuple(off, sk)?;
+    let protocol = buf.event.tuple.protocol;
     let egress = dir == direction::EGRESS;
     let mut args = SyscallArgs {
         sock: sk,
@@ -96,7 +98,7 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
         args.syscall = kind;
         user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
     }
-    note_ssl_socket(pid_tgid, sk);
+    note_ssl_socket(traced, pid_tgid, sk);
     if protocol == IPPROTO_TCP {
         if let Some(after) = tcp_seq(off, sk, egress) {
             args.seq = after.wrapping_sub(ret as u32);
@@ -112,5 +114,13 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
             emit_conn(conn::ACCEPT, sk, args.fd, args.fd);
         }
     }
-    emit_data(&args, ret as u64, sk)
+    // The record is stamped when the probe ran, like `enter_ns`: one clock read.
+    let header = EventHeader {
+        kind: kind::DATA,
+        tgid,
+        tid: pid_tgid as u32,
+        _pad: 0,
+        ts_ns: args.enter_ns,
+    };
+    emit_prepared(buf, header, &args, ret as u64, sk)
 }

@@ -285,7 +285,7 @@ impl Capture {
     /// Adds a process to the in-kernel filter.
     pub fn trace(&mut self, tgid: u32) -> Result<()> {
         self.traced
-            .insert(tgid, 1, 0)
+            .insert(tgid, ztrace_abi::traced::YES, 0)
             .with_context(|| format!("adding PID {tgid} to the traced set"))
     }
 
@@ -354,7 +354,17 @@ impl Capture {
     /// not attached yet (probes on a library file fire for every process; the in-kernel filter
     /// keeps only traced ones). Returns the library newly attached.
     pub fn attach_tls(&mut self, pid: u32) -> Result<Option<std::path::PathBuf>> {
-        let Some(lib) = libssl_of(pid) else {
+        let lib = libssl_of(pid);
+        // The socket probes look for an OpenSSL call in progress only in processes that map
+        // a probed libssl (an exec may have replaced one that did).
+        let flags = match lib {
+            Some(_) => ztrace_abi::traced::YES | ztrace_abi::traced::TLS,
+            None => ztrace_abi::traced::YES,
+        };
+        self.traced
+            .insert(pid, flags, 0)
+            .with_context(|| format!("updating PID {pid} in the traced set"))?;
+        let Some(lib) = lib else {
             return Ok(None);
         };
         let id = {
