@@ -227,7 +227,9 @@ struct Tomb {
 
 pub struct Linker {
     /// Spans not yet released.
-    recs: HashMap<Handle, Rec>,
+    /// Boxed: a `Rec` carries its exchange (hundreds of bytes), and a table of them inline
+    /// made every probe, insert and resize move and miss on that much memory.
+    recs: HashMap<Handle, Box<Rec>>,
     /// Finished spans waiting for their trace to settle.
     /// Finished spans waiting to be released, by the earliest time they may be (a min-heap):
     /// a poll looks only at those that are due, not at everything waiting.
@@ -376,7 +378,7 @@ impl Linker {
         self.live_order.push_back(h);
         self.recs.insert(
             h,
-            Rec {
+            Box::new(Rec {
                 span_id: SpanId::random(&mut self.rng),
                 own_trace: TraceId::random(&mut self.rng),
                 parent,
@@ -393,7 +395,7 @@ impl Linker {
                 peer: s.peer,
                 exchange: s.exchange,
                 error: None,
-            },
+            }),
         );
         h
     }
@@ -731,7 +733,7 @@ impl Linker {
     }
 
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
-        let Some(rec) = self.recs.remove(&h) else {
+        let Some(rec) = self.recs.remove(&h).map(|b| *b) else {
             return;
         };
         let (parent_span_id, parent_is_remote) = match rec.parent {

@@ -122,6 +122,7 @@ pub fn bench(quick: bool) -> Result<()> {
     )?;
     say("nginx, saturated: one more traced run with --probe-stats (kernel cost per probe)");
     let probes = probe_costs(&ctx, &nginx)?;
+    let mut replays = vec![replay_bench(&ctx, &nginx, "nginx")?];
     let nginx_paced = scenario(
         &ctx,
         &nginx,
@@ -138,6 +139,7 @@ pub fn bench(quick: bool) -> Result<()> {
         Load::Saturated,
         &[Mode::Untraced, Mode::Traced],
     )?;
+    replays.push(replay_bench(&ctx, &python, "python")?);
     drop(python);
     drop(idle);
 
@@ -148,6 +150,7 @@ pub fn bench(quick: bool) -> Result<()> {
         (load_before, loadavg()),
     );
     table.push_str(&render_probes(&probes, &nginx_sat));
+    table.push_str(&render_replays(&replays));
     fs::create_dir_all(&ctx.out_dir)
         .with_context(|| format!("creating {}", ctx.out_dir.display()))?;
     let out = ctx.out_dir.join("overhead.md");
@@ -820,6 +823,146 @@ fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, extra: &[&str]) -> Result<Ztr
         thread::sleep(Duration::from_millis(20));
     }
     Ok(Ztrace { proc, log })
+}
+
+/// The userspace pipeline alone: a recording of the server under load, replayed from memory on
+/// one core (`ztrace replay --throughput`: decode → connection tracking → parsing → assembly →
+/// linking → OTLP encoding, nothing sent).
+struct ReplayResult {
+    what: String,
+    records: u64,
+    spans: u64,
+    passes: u64,
+    events_per_s: Spread,
+    spans_per_s: Spread,
+}
+
+/// Replay runs per recording; the table shows their median and spread.
+const REPLAY_RUNS: usize = 5;
+
+fn replay_bench(ctx: &Ctx, server: &Server, label: &str) -> Result<ReplayResult> {
+    let file = ctx.dir.join(format!("{label}.zcap"));
+    let log = ctx.dir.join(format!("record-{label}.log"));
+    say(&format!(
+        "{label}: recording 4 s under `wrk -t1 -c4` for the replay benchmark"
+    ));
+    let mut rec = Proc::spawn(
+        "ztrace record",
+        Command::new(&ctx.ztrace)
+            .args(["record", "--pid", &server.proc.pid.to_string(), "-o"])
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("recording raw events")
+    {
+        if !rec.running() || Instant::now() > deadline {
+            bail!(
+                "ztrace record did not start:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c4", "-d4s"])
+        .arg(format!("http://127.0.0.1:{}/", server.port));
+    run(&mut cmd)?;
+    rec.terminate_measured(STOP_GRACE);
+    rec.stop(Duration::from_secs(2));
+    let replay = |passes: u64| -> Result<(u64, u64, f64, f64)> {
+        let out = Command::new(&ctx.ztrace)
+            .args(["replay", "--throughput", &passes.to_string()])
+            .arg(&file)
+            .output()
+            .context("running ztrace replay --throughput")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_replay(&text).ok_or_else(|| {
+            anyhow!(
+                "unexpected ztrace replay output:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    // One pass to size the runs: about 300k spans each.
+    let (records, spans, _, _) = replay(1)?;
+    if spans == 0 {
+        bail!("the {label} recording ({records} records) gave no spans");
+    }
+    let passes = (300_000 / spans).clamp(1, 200);
+    let (mut events, mut per_s) = (Vec::new(), Vec::new());
+    for _ in 0..REPLAY_RUNS {
+        let (_, _, e, s) = replay(passes)?;
+        events.push(e);
+        per_s.push(s);
+    }
+    Ok(ReplayResult {
+        what: format!("{}, 4 s under `wrk -t1 -c4`", server.describe),
+        records,
+        spans,
+        passes,
+        events_per_s: spread(events),
+        spans_per_s: spread(per_s),
+    })
+}
+
+/// "replay throughput: P passes, R records, S spans, … on one core: E events/s, N spans/s":
+/// (records and spans of one pass, events/s, spans/s).
+fn parse_replay(text: &str) -> Option<(u64, u64, f64, f64)> {
+    let line = text.lines().find(|l| l.starts_with("replay throughput:"))?;
+    let number_before = |pat: &str| -> Option<f64> {
+        let head = &line[..line.find(pat)?];
+        head.rsplit([' ', ',', ':'])
+            .find(|w| !w.is_empty())?
+            .parse()
+            .ok()
+    };
+    let passes = number_before(" passes")?;
+    let records = number_before(" records")? / passes;
+    let spans = number_before(" spans,")? / passes;
+    Some((
+        records as u64,
+        spans as u64,
+        number_before(" events/s")?,
+        number_before(" spans/s")?,
+    ))
+}
+
+fn render_replays(r: &[ReplayResult]) -> String {
+    let mut t = String::from("## Userspace pipeline on replay (one core)\n\n");
+    t.push_str(
+        "`ztrace replay --throughput PASSES FILE`: decode → connection tracking → parsing → \
+         assembly → linking → OTLP protobuf encoding over a recording held in memory, on one \
+         thread, nothing sent; ",
+    );
+    t.push_str(&format!(
+        "{REPLAY_RUNS} runs per recording, median (min–max).\n\n\
+         | recording | records / spans per pass | passes | events/s | spans/s | target |\n\
+         |---|---|---|---|---|---|\n"
+    ));
+    for x in r {
+        t.push_str(&format!(
+            "| {} | {} / {} | {} | {:.0}k ({:.0}k–{:.0}k) | **{:.0}k** ({:.0}k–{:.0}k) | ≥ 250k spans/s: {} |\n",
+            x.what,
+            x.records,
+            x.spans,
+            x.passes,
+            x.events_per_s.median / 1e3,
+            x.events_per_s.min / 1e3,
+            x.events_per_s.max / 1e3,
+            x.spans_per_s.median / 1e3,
+            x.spans_per_s.min / 1e3,
+            x.spans_per_s.max / 1e3,
+            verdict(x.spans_per_s.median >= 250_000.0),
+        ));
+    }
+    t.push('\n');
+    t
 }
 
 /// One traced run with `--probe-stats`: what each probe cost the kernel.
@@ -1704,6 +1847,14 @@ Transfer/sec:      4.05MB
         assert_eq!(w.socket_errors, 3);
         assert!(parse_wrk("garbage").is_err());
         assert!(parse_wrk(&format!("{out}  Non-2xx or 3xx responses: 5\n")).is_err());
+    }
+
+    #[test]
+    fn parses_replay_throughput() {
+        let out = "replay throughput: 200 passes, 217600 records, 71200 spans, 21.3 MB of OTLP \
+                   in 0.23s on one core: 945000 events/s, 313000 spans/s\n";
+        assert_eq!(parse_replay(out), Some((1088, 356, 945000.0, 313000.0)));
+        assert_eq!(parse_replay("nothing"), None);
     }
 
     #[test]
