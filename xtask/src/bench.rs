@@ -7,6 +7,12 @@
 //! the table shows the median ratio and its spread (min–max) over the rounds. Nothing here passes
 //! or fails on the numbers: targets are printed beside them.
 //!
+//! For nginx saturated, a "CPU control" condition runs no tracer at all while a thread burns as
+//! much CPU as ztrace did: what that CPU costs the server on this machine, whoever spends it.
+//! Then one traced run with `--probe-stats` gives the kernel-side cost per probe, and a recording
+//! of each server is replayed on one core (`ztrace replay --throughput`) for the userspace
+//! pipeline's speed.
+//!
 //! All traffic stays on 127.0.0.1; every server and ztrace started here is stopped on the way
 //! out, error or not (see [`Proc`]).
 
