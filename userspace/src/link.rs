@@ -215,6 +215,110 @@ struct Rec {
     error: Option<String>,
 }
 
+/// The spans held, by handle. Handles are handed out in increasing order and nearly every span is
+/// released within a second of its start, so they live in a window indexed by handle: spans close
+/// in time are close in memory (a hash table of them was the linker's costliest part, in cache
+/// misses). A span still held far behind the newest moves to a map, so memory follows what is
+/// held, not how old the oldest is. Records are boxed: a `Rec` carries its exchange (hundreds of
+/// bytes) and is moved only as a pointer.
+#[derive(Default)]
+struct Recs {
+    /// Handle of `window[0]`.
+    base: Handle,
+    window: VecDeque<Option<Box<Rec>>>,
+    /// Held spans older than `base`.
+    old: HashMap<Handle, Box<Rec>>,
+    len: usize,
+}
+
+impl Recs {
+    fn get(&self, h: &Handle) -> Option<&Rec> {
+        if *h < self.base {
+            return self.old.get(h).map(|r| &**r);
+        }
+        self.window.get((*h - self.base) as usize)?.as_deref()
+    }
+
+    fn get_mut(&mut self, h: &Handle) -> Option<&mut Rec> {
+        if *h < self.base {
+            return self.old.get_mut(h).map(|r| &mut **r);
+        }
+        self.window
+            .get_mut((*h - self.base) as usize)?
+            .as_deref_mut()
+    }
+
+    fn contains_key(&self, h: &Handle) -> bool {
+        self.get(h).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn insert(&mut self, h: Handle, rec: Box<Rec>) {
+        if self.window.is_empty() && h >= self.base {
+            self.base = h;
+        }
+        if h < self.base {
+            if self.old.insert(h, rec).is_none() {
+                self.len += 1;
+            }
+            return;
+        }
+        let i = (h - self.base) as usize;
+        while self.window.len() <= i {
+            self.window.push_back(None);
+        }
+        if self.window[i].replace(rec).is_none() {
+            self.len += 1;
+        }
+        self.bound();
+    }
+
+    fn remove(&mut self, h: &Handle) -> Option<Box<Rec>> {
+        let rec = if *h < self.base {
+            self.old.remove(h)
+        } else {
+            self.window.get_mut((*h - self.base) as usize)?.take()
+        };
+        if rec.is_some() {
+            self.len -= 1;
+        }
+        self.trim();
+        rec
+    }
+
+    /// Drops released slots at the front.
+    fn trim(&mut self) {
+        while let Some(None) = self.window.front() {
+            self.window.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Keeps the window within a few times what it holds: the front half's spans move to `old`.
+    fn bound(&mut self) {
+        let held = self.len - self.old.len();
+        if self.window.len() <= 4 * held.max(4096) {
+            return;
+        }
+        for _ in 0..self.window.len() / 2 {
+            if let Some(Some(rec)) = self.window.pop_front() {
+                self.old.insert(self.base, rec);
+            }
+            self.base += 1;
+        }
+        self.trim();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Handle, &Rec)> {
+        let old = self.old.iter().map(|(h, r)| (*h, &**r));
+        let window = self.window.iter().enumerate();
+        old.chain(window.filter_map(|(i, r)| Some((self.base + i as u64, r.as_deref()?))))
+    }
+}
+
 /// What stays of a released span so late children still find their parent and trace.
 #[derive(Clone, Copy)]
 struct Tomb {
@@ -227,9 +331,7 @@ struct Tomb {
 
 pub struct Linker {
     /// Spans not yet released.
-    /// Boxed: a `Rec` carries its exchange (hundreds of bytes), and a table of them inline
-    /// made every probe, insert and resize move and miss on that much memory.
-    recs: HashMap<Handle, Box<Rec>>,
+    recs: Recs,
     /// Finished spans waiting for their trace to settle.
     /// Finished spans waiting to be released, by the earliest time they may be (a min-heap):
     /// a poll looks only at those that are due, not at everything waiting.
@@ -262,7 +364,7 @@ impl Linker {
     /// `seed`: None for live capture (ids from OS entropy), Some for reproducible ids.
     pub fn new(mono_to_unix: i128, max_spans: usize, seed: Option<u64>) -> Self {
         Self {
-            recs: HashMap::default(),
+            recs: Recs::default(),
             finished: BinaryHeap::new(),
             tombs: HashMap::default(),
             tomb_order: VecDeque::new(),
@@ -787,7 +889,7 @@ impl Linker {
             .recs
             .iter()
             .filter(|(_, r)| r.end_ns.is_none())
-            .map(|(h, _)| *h)
+            .map(|(h, _)| h)
             .collect();
         for h in open {
             self.stats.unfinished_at_shutdown += 1;
@@ -1008,6 +1110,38 @@ mod tests {
             seq_key: None,
             connect_cause: None,
         }
+    }
+
+    /// A long-lived span behind many short ones: the handle-indexed window stays bounded (the
+    /// old span moves to the map), every span stays reachable, and the old one is still exported.
+    #[test]
+    fn held_spans_window_stays_bounded_behind_a_long_lived_span() {
+        let mut l = Linker::new(0, 200_000, Some(1));
+        let long = serve(&mut l, 1, 1, 1_000);
+        let mut out = Vec::new();
+        let mut t = 2_000;
+        for i in 0..50_000u32 {
+            let h = serve(&mut l, 1, 2 + i % 7, t);
+            reply(&mut l, 1, 2 + i % 7, h, t + 500);
+            t += 1_000_000; // 1k spans/s: about 300 held at a time (the link grace)
+            if i % 64 == 0 {
+                l.poll(t, &mut out);
+            }
+            let (window, held) = (l.recs.window.len(), l.recs.len());
+            assert!(
+                window <= 4 * held.max(4096) + 1,
+                "window {window}, {held} held"
+            );
+        }
+        l.poll(t + 10 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 50_000, "every short span released");
+        assert_eq!(l.open_spans(), 1);
+        assert!(l.recs.get(&long).is_some() && l.recs.window.is_empty());
+        assert_eq!(l.recs.iter().map(|(h, _)| h).collect::<Vec<_>>(), [long]);
+        reply(&mut l, 1, 1, long, t + 11 * LINK_GRACE_NS);
+        l.drain(t + 12 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 50_001);
+        assert_eq!(l.open_spans(), 0);
     }
 
     /// Thread `tid` of `pid` reads a new request.
