@@ -325,7 +325,12 @@ fn signal(pid: u32, sig: &str) {
 
 /// State and utime+stime (clock ticks, whole process) from /proc/PID/stat.
 fn stat(pid: u32) -> Option<(char, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_file(&format!("/proc/{pid}/stat"))
+}
+
+/// (state, utime+stime ticks) from a `/proc/…/stat` file.
+fn stat_file(path: &str) -> Option<(char, u64)> {
+    let s = fs::read_to_string(path).ok()?;
     let rest = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state (field 3), ppid (4), …, utime (14), stime (15).
@@ -753,6 +758,15 @@ struct Summary {
     dropped: u64,
 }
 
+/// The last whole number in `line` before the first `pat`.
+fn number_before(line: &str, pat: &str) -> Option<u64> {
+    line[..line.find(pat)?]
+        .split(|c: char| !c.is_ascii_digit())
+        .rfind(|w| !w.is_empty())?
+        .parse()
+        .ok()
+}
+
 /// Parses ztrace's exit summary: "summary: N kernel events (L lost: ring buffer full R, arg map
 /// full A), …, S spans (E exported, D dropped: …), …".
 fn parse_summary(stderr: &str) -> Result<Summary> {
@@ -762,12 +776,7 @@ fn parse_summary(stderr: &str) -> Result<Summary> {
         .find_map(|l| l.split_once("summary: ").map(|(_, s)| s))
         .ok_or_else(|| anyhow!("ztrace printed no summary line"))?;
     let before = |pat: &str| -> Result<u64> {
-        let head = &line[..line
-            .find(pat)
-            .ok_or_else(|| anyhow!("no {pat:?} in the summary {line:?}"))?];
-        head.split(|c: char| !c.is_ascii_digit())
-            .rfind(|w| !w.is_empty())
-            .and_then(|w| w.parse().ok())
+        number_before(line, pat)
             .ok_or_else(|| anyhow!("no number before {pat:?} in the summary {line:?}"))
     };
     let after = |pat: &str| -> Result<u64> {
@@ -797,8 +806,8 @@ struct Ztrace {
 
 fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, extra: &[&str]) -> Result<Ztrace> {
     let log = ctx.dir.join(format!("ztrace-{tag}.log"));
-    let mut proc = Proc::spawn(
-        "ztrace",
+    let proc = spawn_until_logged(
+        &format!("ztrace tracing pid {target}"),
         Command::new(&ctx.ztrace)
             .args(["--pid", &target.to_string()])
             .args([
@@ -808,27 +817,34 @@ fn start_ztrace(ctx: &Ctx, target: u32, tag: &str, extra: &[&str]) -> Result<Ztr
                 "http/protobuf",
             ])
             .args(["--metric-export-interval", "1s"])
-            .args(extra)
-            .env("RUST_LOG", "info")
+            .args(extra),
+        &log,
+        &["] tracing ", " tracing "],
+    )?;
+    Ok(Ztrace { proc, log })
+}
+
+/// Starts a ztrace command with its log (`RUST_LOG=info`, stderr) in `log` and waits, at most
+/// 30 s, until the log says one of `ready`; an exit or the time-out is an error quoting the log.
+fn spawn_until_logged(what: &str, cmd: &mut Command, log: &Path, ready: &[&str]) -> Result<Proc> {
+    let mut proc = Proc::spawn(
+        what,
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log)?),
+            .stderr(fs::File::create(log)?),
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("] tracing ") || text.contains(" tracing ") {
-            break;
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if ready.iter().any(|r| text.contains(r)) {
+            return Ok(proc);
         }
         if !proc.running() || Instant::now() > deadline {
-            bail!(
-                "ztrace did not start tracing pid {target} (log {}):\n{text}",
-                log.display()
-            );
+            bail!("{what} did not start (log {}):\n{text}", log.display());
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Ok(Ztrace { proc, log })
 }
 
 /// The userspace pipeline alone: a recording of the server under load, replayed from memory on
@@ -852,29 +868,14 @@ fn replay_bench(ctx: &Ctx, server: &Server, label: &str) -> Result<ReplayResult>
     say(&format!(
         "{label}: recording 4 s under `wrk -t1 -c4` for the replay benchmark"
     ));
-    let mut rec = Proc::spawn(
+    let mut rec = spawn_until_logged(
         "ztrace record",
         Command::new(&ctx.ztrace)
             .args(["record", "--pid", &server.proc.pid.to_string(), "-o"])
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log)?),
+            .arg(&file),
+        &log,
+        &["recording raw events"],
     )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("recording raw events")
-    {
-        if !rec.running() || Instant::now() > deadline {
-            bail!(
-                "ztrace record did not start:\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c4", "-d4s"])
         .arg(format!("http://127.0.0.1:{}/", server.port));
@@ -921,21 +922,13 @@ fn replay_bench(ctx: &Ctx, server: &Server, label: &str) -> Result<ReplayResult>
 /// (records and spans of one pass, events/s, spans/s).
 fn parse_replay(text: &str) -> Option<(u64, u64, f64, f64)> {
     let line = text.lines().find(|l| l.starts_with("replay throughput:"))?;
-    let number_before = |pat: &str| -> Option<f64> {
-        let head = &line[..line.find(pat)?];
-        head.rsplit([' ', ',', ':'])
-            .find(|w| !w.is_empty())?
-            .parse()
-            .ok()
-    };
-    let passes = number_before(" passes")?;
-    let records = number_before(" records")? / passes;
-    let spans = number_before(" spans,")? / passes;
+    let number = |pat: &str| number_before(line, pat);
+    let passes = number(" passes")?.max(1);
     Some((
-        records as u64,
-        spans as u64,
-        number_before(" events/s")?,
-        number_before(" spans/s")?,
+        number(" records")? / passes,
+        number(" spans,")? / passes,
+        number(" events/s")? as f64,
+        number(" spans/s")? as f64,
     ))
 }
 
@@ -1241,12 +1234,12 @@ struct Burner {
 impl Burner {
     const PERIOD: Duration = Duration::from_millis(10);
 
-    fn start(duty: f64) -> Burner {
+    fn start(duty: f64, clk_tck: f64) -> Burner {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stop);
         let thread = thread::spawn(move || {
             let busy = Self::PERIOD.mul_f64(duty.clamp(0.0, 1.0));
-            let before = thread_cpu_s();
+            let before = thread_cpu_s(clk_tck);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let t0 = Instant::now();
                 while t0.elapsed() < busy {
@@ -1254,7 +1247,7 @@ impl Burner {
                 }
                 thread::sleep(Self::PERIOD.saturating_sub(t0.elapsed()));
             }
-            thread_cpu_s() - before
+            thread_cpu_s(clk_tck) - before
         });
         Burner { stop, thread }
     }
@@ -1267,17 +1260,8 @@ impl Burner {
 }
 
 /// CPU seconds of the calling thread so far.
-fn thread_cpu_s() -> f64 {
-    let stat = fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f
-        .get(11..13)
-        .map_or(0, |t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    let clk_tck = output_ok(Command::new("getconf").arg("CLK_TCK"))
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    ticks as f64 / clk_tck
+fn thread_cpu_s(clk_tck: f64) -> f64 {
+    stat_file("/proc/thread-self/stat").map_or(f64::NAN, |(_, ticks)| ticks as f64 / clk_tck)
 }
 
 fn measure(
@@ -1296,7 +1280,7 @@ fn measure(
         Mode::TracedSyscalls => Some(start_ztrace(ctx, server.proc.pid, tag, SYSCALLS)?),
         Mode::BystanderSyscalls(pid) => Some(start_ztrace(ctx, pid, tag, SYSCALLS)?),
     };
-    let burner = (mode == Mode::CpuControl).then(|| Burner::start(control_duty));
+    let burner = (mode == Mode::CpuControl).then(|| Burner::start(control_duty, ctx.clk_tck));
     let z_before = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
     let server_before = cpu_ticks(server.worker)?;
     let (busy_before, wrk_before) = (busy_ticks()?, reaped_children_ticks()?);

@@ -335,14 +335,8 @@ impl ExportHandle {
     /// down, the span is dropped and counted in `spans_dropped_queue_full`. Spans the sampler
     /// rejects are counted in `spans_sampled_out` and take no queue slot.
     pub fn submit(&self, span: Span) {
-        if !sampler::sampled(&self.sampler, &span) {
-            self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if self.spans.try_send(span).is_err() {
-            self.counters
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
+        if self.sampled(&span) && self.spans.try_send(span).is_err() {
+            self.queue_drop();
         }
     }
 
@@ -350,15 +344,24 @@ impl ExportHandle {
     /// which produces spans faster than any output takes them and must lose none. Counted as
     /// dropped only when the exporter has already shut down.
     pub async fn submit_waiting(&self, span: Span) {
-        if !sampler::sampled(&self.sampler, &span) {
+        if self.sampled(&span) && self.spans.send(span).await.is_err() {
+            self.queue_drop();
+        }
+    }
+
+    /// The sampler's decision; a span it rejects is counted in `spans_sampled_out`.
+    fn sampled(&self, span: &Span) -> bool {
+        let keep = sampler::sampled(&self.sampler, span);
+        if !keep {
             self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
-            return;
         }
-        if self.spans.send(span).await.is_err() {
-            self.counters
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        keep
+    }
+
+    fn queue_drop(&self) {
+        self.counters
+            .dropped_queue_full
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queues a metrics request for export. Never blocks; counted in data points in
