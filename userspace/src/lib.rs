@@ -8,6 +8,7 @@
 //! Protocol parsers live in their own crate, `ztrace-protocols` (pure, fuzzable).
 //! `pipeline` wires the I/O-free middle together; `daemon` runs it live; `cli` is the front door.
 
+pub mod alloc;
 pub mod assemble;
 pub mod capture;
 pub mod cli;
