@@ -16,6 +16,7 @@
 //! partial one is copied into the direction's buffer.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 
 /// Largest head (request/status line + headers), chunk-size line or trailer section.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -238,11 +239,12 @@ fn done<T, E>(r: Result<httparse::Status<T>, E>) -> Result<T, Miss> {
 
 /// Parse the element `elem` at the start of `buf` (not empty).
 fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match (elem, dir) {
         (Elem::Head, Dir::Request) => {
-            let mut req = httparse::Request::new(&mut headers);
-            let n = done(req.parse(buf))?;
+            // httparse fills the headers it finds; nothing needs initialising.
+            let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut []);
+            let n = done(req.parse_with_uninit_headers(buf, &mut headers))?;
             let version = req.version.unwrap_or(1);
             let f = framed(req.headers, version)?;
             let framing = match f.framing {
@@ -266,8 +268,10 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             Ok((n, Found::Request(head, framing)))
         }
         (Elem::Head, Dir::Response) => {
-            let mut resp = httparse::Response::new(&mut headers);
-            let n = done(resp.parse(buf))?;
+            let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let config = httparse::ParserConfig::default(); // what `Response::parse` uses
+            let n = done(config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers))?;
             let version = resp.version.unwrap_or(1);
             let f = framed(resp.headers, version)?;
             let head = ResponseHead {
@@ -293,6 +297,7 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             _ => Err(Miss::Invalid),
         },
         (Elem::Trailers, _) => {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let (n, _) = done(httparse::parse_headers(buf, &mut headers))?;
             Ok((n, Found::Trailers))
         }
