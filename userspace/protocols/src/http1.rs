@@ -148,6 +148,7 @@ enum State {
 const NO_BODY: State = State::Body(0);
 
 /// A parsed element and the state it leads to (the body's framing, for a head).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum Found {
     Request(RequestHead, State),
     Response(ResponseHead, State),
@@ -158,75 +159,132 @@ enum Found {
 }
 
 /// Why an element could not be parsed (yet).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum Miss {
     Partial,
     Invalid,
 }
 
-type Headers<'h, 'b> = &'h [httparse::Header<'b>];
-
-/// Trimmed values of the headers called `name` (case-insensitive).
-fn values<'h>(headers: Headers<'h, '_>, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
-    let named = headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name));
-    named.map(|h| h.value.trim_ascii())
+/// A header this parser reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Host,
+    UserAgent,
+    Traceparent,
 }
 
-/// Non-empty elements of the comma-separated lists in the headers called `name`.
-fn tokens<'h>(headers: Headers<'h, '_>, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
-    let elements = values(headers, name).flat_map(|v| v.split(|&b| b == b','));
-    elements.map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+/// Which known header `name` is (case-insensitive): its length picks the one candidate.
+fn known(name: &str) -> Option<Known> {
+    let (lower, known) = match name.len() {
+        4 => ("host", Known::Host),
+        6 => ("expect", Known::Expect),
+        // Only a name starting with c/C can be `connection`.
+        10 if name.as_bytes()[0] | 0x20 == b'c' => ("connection", Known::Connection),
+        10 => ("user-agent", Known::UserAgent),
+        11 => ("traceparent", Known::Traceparent),
+        14 => ("content-length", Known::ContentLength),
+        17 => ("transfer-encoding", Known::TransferEncoding),
+        _ => return None,
+    };
+    name.eq_ignore_ascii_case(lower).then_some(known)
 }
 
-/// The first header called `name`.
-fn first(headers: Headers, name: &str) -> Option<String> {
-    values(headers, name)
-        .next()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+/// Non-empty trimmed elements of a comma-separated list.
+fn elements(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let elements = value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+    elements.filter(|t| !t.is_empty())
+}
+
+/// What a head's headers say, gathered in one pass over them. Values are trimmed.
+#[derive(Default)]
+struct Fields<'b> {
+    /// The value of all Content-Length elements (they must agree).
+    content_length: Option<u64>,
+    /// The last element of all Transfer-Encoding lists: the final transfer coding.
+    coding: Option<&'b [u8]>,
+    /// Connection lists hold `close` / `keep-alive`.
+    close: bool,
+    keep_alive: bool,
+    /// The first Expect, Host, User-Agent and traceparent values.
+    expect: Option<&'b [u8]>,
+    host: Option<&'b [u8]>,
+    user_agent: Option<&'b [u8]>,
+    traceparent: Option<&'b [u8]>,
+}
+
+/// `Err` when Content-Length is malformed or ambiguous.
+fn fields<'b>(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, Miss> {
+    let mut f = Fields::default();
+    for h in headers {
+        let Some(known) = known(h.name) else {
+            continue;
+        };
+        let value = h.value.trim_ascii();
+        match known {
+            Known::ContentLength => {
+                for t in elements(value) {
+                    let n = t.iter().try_fold(0u64, |n, &b| {
+                        let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+                        n.checked_mul(10)?.checked_add(digit)
+                    });
+                    match n {
+                        Some(n) if f.content_length.is_none_or(|c| c == n) => {
+                            f.content_length = Some(n)
+                        }
+                        _ => return Err(Miss::Invalid),
+                    }
+                }
+            }
+            Known::TransferEncoding => f.coding = elements(value).next_back().or(f.coding),
+            Known::Connection => {
+                for t in elements(value) {
+                    f.close |= t.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Known::Expect => _ = f.expect.get_or_insert(value),
+            Known::Host => _ = f.host.get_or_insert(value),
+            Known::UserAgent => _ = f.user_agent.get_or_insert(value),
+            Known::Traceparent => _ = f.traceparent.get_or_insert(value),
+        }
+    }
+    Ok(f)
+}
+
+/// A header value as text (invalid UTF-8 replaced).
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
 }
 
 /// What the headers say about framing (RFC 9112 §6.3, request method and status aside).
 struct Framed {
     /// `Body`, `At(ChunkSize)` or `UntilClose`.
     framing: State,
-    content_length: Option<u64>,
     /// Transfer-Encoding is present (its final coding may not be chunked).
     coded: bool,
     chunked: bool,
     close: bool,
 }
 
-/// `Err` when Content-Length is malformed or ambiguous.
-fn framed(headers: Headers, version: u8) -> Result<Framed, Miss> {
-    let mut content_length = None;
-    for t in tokens(headers, "content-length") {
-        let n = t.iter().try_fold(0u64, |n, &b| {
-            let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
-            n.checked_mul(10)?.checked_add(digit)
-        });
-        match n {
-            Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
-            _ => return Err(Miss::Invalid),
-        }
-    }
-    let coding = tokens(headers, "transfer-encoding").last();
-    let chunked = coding.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
-    let has = |t: &[u8]| tokens(headers, "connection").any(|c| c.eq_ignore_ascii_case(t));
-    let close = has(b"close") || (version == 0 && !has(b"keep-alive"));
-    let framing = match (coding, content_length) {
+fn framed(f: &Fields, version: u8) -> Framed {
+    let chunked = f.coding.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    let close = f.close || (version == 0 && !f.keep_alive);
+    let framing = match (f.coding, f.content_length) {
         (Some(_), _) if chunked => State::At(Elem::ChunkSize),
         (None, Some(n)) => State::Body(n),
         _ => State::UntilClose,
     };
-    let coded = coding.is_some();
-    Ok(Framed {
+    let coded = f.coding.is_some();
+    Framed {
         framing,
-        content_length,
         coded,
         chunked,
         close,
-    })
+    }
 }
 
 fn done<T, E>(r: Result<httparse::Status<T>, E>) -> Result<T, Miss> {
@@ -246,21 +304,22 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             let mut req = httparse::Request::new(&mut []);
             let n = done(req.parse_with_uninit_headers(buf, &mut headers))?;
             let version = req.version.unwrap_or(1);
-            let f = framed(req.headers, version)?;
+            let fields = fields(req.headers)?;
+            let f = framed(&fields, version);
             let framing = match f.framing {
                 State::UntilClose if f.coded => return Err(Miss::Invalid), // RFC 9112 §6.3
                 State::UntilClose => NO_BODY,
                 framing => framing,
             };
-            let expect = values(req.headers, "expect").next();
+            let expect = fields.expect;
             let head = RequestHead {
                 method: req.method.unwrap_or_default().to_owned(),
                 target: req.path.unwrap_or_default().to_owned(),
                 version,
-                host: first(req.headers, "host"),
-                user_agent: first(req.headers, "user-agent"),
-                traceparent: first(req.headers, "traceparent"),
-                content_length: f.content_length,
+                host: fields.host.map(text),
+                user_agent: fields.user_agent.map(text),
+                traceparent: fields.traceparent.map(text),
+                content_length: fields.content_length,
                 chunked: f.chunked,
                 expect_continue: expect.is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
                 connection_close: f.close,
@@ -273,11 +332,12 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             let config = httparse::ParserConfig::default(); // what `Response::parse` uses
             let n = done(config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers))?;
             let version = resp.version.unwrap_or(1);
-            let f = framed(resp.headers, version)?;
+            let fields = fields(resp.headers)?;
+            let f = framed(&fields, version);
             let head = ResponseHead {
                 status: resp.code.unwrap_or_default(),
                 version,
-                content_length: f.content_length,
+                content_length: fields.content_length,
                 chunked: f.chunked,
                 connection_close: f.close,
             };
@@ -948,5 +1008,281 @@ mod tests {
             }
             c.close(&mut out);
         }
+    }
+
+    /// The request head `head` parses to, or why not ("partial"/"invalid").
+    fn request_head(head: &str) -> Result<(RequestHead, State), &'static str> {
+        match parse(Q, Elem::Head, head.as_bytes()) {
+            Ok((_, Found::Request(head, framing))) => Ok((head, framing)),
+            Ok(_) => unreachable!(),
+            Err(Miss::Partial) => Err("partial"),
+            Err(Miss::Invalid) => Err("invalid"),
+        }
+    }
+
+    #[test]
+    fn repeated_and_look_alike_headers() {
+        let req = |headers: &str| request_head(&format!("POST / HTTP/1.1\r\n{headers}\r\n"));
+        let head = |headers: &str| req(headers).unwrap().0;
+        let framing = |headers: &str| req(headers).unwrap().1;
+        // Content-Length: every element of every header must agree.
+        let agree = "Content-Length: 5\r\ncontent-LENGTH: 5, 5 ,,\r\nContent-Length:\r\n";
+        assert_eq!(framing(agree), State::Body(5));
+        assert_eq!(head(agree).content_length, Some(5));
+        for bad in [
+            "5, 6",
+            "5\r\nContent-Length: 6",
+            "+5",
+            "5 5",
+            "18446744073709551616",
+        ] {
+            assert_eq!(req(&format!("Content-Length: {bad}\r\n")), Err("invalid"));
+        }
+        let max = head("Content-Length: 18446744073709551615\r\n");
+        assert_eq!(max.content_length, Some(u64::MAX));
+        // The last coding of all Transfer-Encoding lists decides; empty lists don't count.
+        let te = |lists: &[&str]| {
+            let h: String = lists
+                .iter()
+                .map(|l| format!("Transfer-Encoding: {l}\r\n"))
+                .collect();
+            req(&format!("{h}Content-Length: 3\r\n")).map(|(h, f)| (h.chunked, f))
+        };
+        let chunked = Ok((true, State::At(Elem::ChunkSize)));
+        assert_eq!(te(&["gzip", " , CHUNKED ,", ""]), chunked);
+        assert_eq!(te(&["chunked", ","]), chunked);
+        assert_eq!(
+            te(&["chunked", "gzip"]),
+            Err("invalid"),
+            "coded, not chunked"
+        );
+        assert_eq!(te(&["chunked, gzip"]), Err("invalid"));
+        assert_eq!(te(&["", " "]), Ok((false, State::Body(3))), "no coding");
+        // Names that are prefixes, extensions or same-length neighbours of known ones.
+        let others = "Content-Length-X: 1\r\nContent-Lengt: 2\r\nHosts: a\r\nHos: b\r\n\
+            Cser-Agent: c\r\nUonnection: close\r\nTransfer-Encodings: chunked\r\n\
+            traceparents: d\r\nExpects: 100-continue\r\nX-Host: e\r\n";
+        let plain = RequestHead {
+            method: "POST".into(),
+            target: "/".into(),
+            version: 1,
+            ..Default::default()
+        };
+        assert_eq!(req(others), Ok((plain, NO_BODY)));
+        // First Host / User-Agent / traceparent / Expect wins, even when empty.
+        let firsts = "hOST:  \r\nHost: b\r\nuser-agent: \tua 1 \r\nUser-Agent: ua2\r\n\
+            TRACEPARENT: 00-x\r\ntraceparent: 00-y\r\nExpect: nope\r\nExpect: 100-continue\r\n";
+        let h = head(firsts);
+        assert_eq!(
+            (h.host, h.user_agent, h.traceparent, h.expect_continue),
+            (
+                Some("".into()),
+                Some("ua 1".into()),
+                Some("00-x".into()),
+                false
+            )
+        );
+        assert!(head("EXPECT:  100-CONTINUE \r\n").expect_continue);
+        assert_eq!(
+            head("Host: \u{e9}t\u{e9}\r\n").host,
+            Some("\u{e9}t\u{e9}".into())
+        );
+        let raw = b"GET / HTTP/1.1\r\nUser-Agent: a\xffb\r\n\r\n";
+        let Ok((_, Found::Request(h, _))) = parse(Q, Elem::Head, raw) else {
+            panic!()
+        };
+        assert_eq!(h.user_agent, Some("a\u{fffd}b".into()));
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let close = |version: u8, headers: &str| {
+            let raw = format!("GET / HTTP/1.{version}\r\n{headers}\r\n");
+            request_head(&raw).unwrap().0.connection_close
+        };
+        assert!(close(0, ""));
+        assert!(close(0, "Connection: TE\r\n"));
+        assert!(!close(0, "Connection: TE\r\nconnection: Keep-Alive\r\n"));
+        assert!(!close(0, "Connection: ,keep-alive,\r\n"));
+        assert!(close(0, "Connection: keep-alive, close\r\n"));
+        assert!(close(0, "Connection: keep-alives\r\n"));
+        assert!(!close(1, ""));
+        assert!(!close(
+            1,
+            "Connection: keep-alive\r\nConnection: upgrade\r\n"
+        ));
+        assert!(close(1, "Connection: upgrade\r\nCONNECTION: x, CLOSE\r\n"));
+        assert!(!close(1, "Connection: closed\r\n"));
+        let resp = |raw: &[u8]| match parse(R, Elem::Head, raw) {
+            Ok((_, Found::Response(head, framing))) => (head.connection_close, framing),
+            _ => panic!("{raw:?}"),
+        };
+        let ka = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(resp(ka), (false, State::Body(2)));
+        let c = b"HTTP/1.1 200 OK\r\nconnection: Close\r\n\r\n";
+        assert_eq!(resp(c), (true, State::UntilClose));
+    }
+
+    /// The header walks `parse` did before they became one pass, kept verbatim to check
+    /// the one pass against.
+    mod reference {
+        use super::super::*;
+
+        type Headers<'h, 'b> = &'h [httparse::Header<'b>];
+
+        fn values<'h>(headers: Headers<'h, '_>, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+            let named = headers
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name));
+            named.map(|h| h.value.trim_ascii())
+        }
+
+        fn tokens<'h>(headers: Headers<'h, '_>, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+            let elements = values(headers, name).flat_map(|v| v.split(|&b| b == b','));
+            elements.map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+        }
+
+        fn first(headers: Headers, name: &str) -> Option<String> {
+            values(headers, name)
+                .next()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        }
+
+        struct Framed {
+            framing: State,
+            content_length: Option<u64>,
+            coded: bool,
+            chunked: bool,
+            close: bool,
+        }
+
+        fn framed(headers: Headers, version: u8) -> Result<Framed, Miss> {
+            let mut content_length = None;
+            for t in tokens(headers, "content-length") {
+                let n = t.iter().try_fold(0u64, |n, &b| {
+                    let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+                    n.checked_mul(10)?.checked_add(digit)
+                });
+                match n {
+                    Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
+                    _ => return Err(Miss::Invalid),
+                }
+            }
+            let coding = tokens(headers, "transfer-encoding").last();
+            let chunked = coding.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+            let has = |t: &[u8]| tokens(headers, "connection").any(|c| c.eq_ignore_ascii_case(t));
+            let close = has(b"close") || (version == 0 && !has(b"keep-alive"));
+            let framing = match (coding, content_length) {
+                (Some(_), _) if chunked => State::At(Elem::ChunkSize),
+                (None, Some(n)) => State::Body(n),
+                _ => State::UntilClose,
+            };
+            let coded = coding.is_some();
+            Ok(Framed {
+                framing,
+                content_length,
+                coded,
+                chunked,
+                close,
+            })
+        }
+
+        /// `parse` of a head, as it was.
+        pub(super) fn parse_head(dir: Dir, buf: &[u8]) -> Result<(usize, Found), Miss> {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match dir {
+                Dir::Request => {
+                    let mut req = httparse::Request::new(&mut headers);
+                    let n = done(req.parse(buf))?;
+                    let version = req.version.unwrap_or(1);
+                    let f = framed(req.headers, version)?;
+                    let framing = match f.framing {
+                        State::UntilClose if f.coded => return Err(Miss::Invalid),
+                        State::UntilClose => NO_BODY,
+                        framing => framing,
+                    };
+                    let expect = values(req.headers, "expect").next();
+                    let head = RequestHead {
+                        method: req.method.unwrap_or_default().to_owned(),
+                        target: req.path.unwrap_or_default().to_owned(),
+                        version,
+                        host: first(req.headers, "host"),
+                        user_agent: first(req.headers, "user-agent"),
+                        traceparent: first(req.headers, "traceparent"),
+                        content_length: f.content_length,
+                        chunked: f.chunked,
+                        expect_continue: expect
+                            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
+                        connection_close: f.close,
+                    };
+                    Ok((n, Found::Request(head, framing)))
+                }
+                Dir::Response => {
+                    let mut resp = httparse::Response::new(&mut headers);
+                    let n = done(resp.parse(buf))?;
+                    let version = resp.version.unwrap_or(1);
+                    let f = framed(resp.headers, version)?;
+                    let head = ResponseHead {
+                        status: resp.code.unwrap_or_default(),
+                        version,
+                        content_length: f.content_length,
+                        chunked: f.chunked,
+                        connection_close: f.close,
+                    };
+                    Ok((n, Found::Response(head, f.framing)))
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_pass_over_headers_matches_the_old_walks() {
+        let names = "content-length|transfer-encoding|connection|expect|host|user-agent|\
+            traceparent|content-length-x|hosts|hos|cser-agent|uonnection|expects|x-a|server|\
+            date|accept|content-type|etag|transfer-encodin|traceparents|ontent-length";
+        let names: Vec<&str> = names.split('|').collect();
+        let values = "5|5,5| 5 , ,5|6|5, 6||,|x|+5|18446744073709551615|18446744073709551616|\
+            chunked|gzip|gzip, chunked|chunked, gzip| Chunked |close|keep-alive|Keep-Alive, TE|\
+            CLOSE,|100-continue|100-Continue |a b|\u{e9}t\u{e9}|00-ab-01";
+        let values: Vec<&str> = values.split('|').collect();
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut counts = [0usize; 3]; // ok requests, ok responses, invalid
+        for round in 0..20_000 {
+            let dir = [Q, R][round % 2];
+            let mut raw = match dir {
+                Q => format!("GET /{round} HTTP/1.{}\r\n", rng.below(2)).into_bytes(),
+                R => format!("HTTP/1.{} 200 OK\r\n", rng.below(2)).into_bytes(),
+            };
+            for _ in 0..rng.below(9) {
+                // Mixed case names; values from the list, at times with a stray byte.
+                let name = names[rng.below(names.len())].bytes();
+                let flip = rng.below(4);
+                raw.extend(name.map(|b| match rng.below(4) < flip {
+                    true => b.to_ascii_uppercase(),
+                    false => b,
+                }));
+                raw.extend_from_slice(b": ");
+                raw.extend_from_slice(values[rng.below(values.len())].as_bytes());
+                if rng.below(8) == 0 {
+                    raw.push([b'\xff', b' ', b'\t', b','][rng.below(4)]);
+                }
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(b"\r\n");
+            let want = reference::parse_head(dir, &raw);
+            let got = parse(dir, Elem::Head, &raw);
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&raw));
+            counts[match got {
+                Ok((_, Found::Request(..))) => 0,
+                Ok(_) => 1,
+                Err(_) => 2,
+            }] += 1;
+            let partial = &raw[..rng.below(raw.len())];
+            assert_eq!(
+                parse(dir, Elem::Head, partial),
+                reference::parse_head(dir, partial)
+            );
+        }
+        assert!(counts.iter().all(|&n| n > 2000), "{counts:?}");
     }
 }
