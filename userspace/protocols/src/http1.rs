@@ -177,20 +177,37 @@ enum Known {
     Traceparent,
 }
 
+/// `s.eq_ignore_ascii_case(lower)` for a `lower` without upper-case letters, in a few
+/// word-sized operations: a letter of `lower` matches either case of it (`b | 0x20`),
+/// any other byte only itself.
+#[inline(always)]
+fn eq_lower<const N: usize>(s: &[u8], lower: &[u8; N]) -> bool {
+    let Ok(s) = <&[u8; N]>::try_from(s) else {
+        return false;
+    };
+    let mut diff = 0;
+    for (&b, &l) in s.iter().zip(lower) {
+        diff |= (b | (u8::from(l.is_ascii_lowercase()) << 5)) ^ l;
+    }
+    diff == 0
+}
+
 /// Which known header `name` is (case-insensitive): its length picks the one candidate.
 fn known(name: &str) -> Option<Known> {
-    let (lower, known) = match name.len() {
-        4 => ("host", Known::Host),
-        6 => ("expect", Known::Expect),
-        // Only a name starting with c/C can be `connection`.
-        10 if name.as_bytes()[0] | 0x20 == b'c' => ("connection", Known::Connection),
-        10 => ("user-agent", Known::UserAgent),
-        11 => ("traceparent", Known::Traceparent),
-        14 => ("content-length", Known::ContentLength),
-        17 => ("transfer-encoding", Known::TransferEncoding),
+    let n = name.as_bytes();
+    let (is, known) = match n.len() {
+        4 => (eq_lower(n, b"host"), Known::Host),
+        6 => (eq_lower(n, b"expect"), Known::Expect),
+        10 => match eq_lower(n, b"connection") {
+            true => (true, Known::Connection),
+            false => (eq_lower(n, b"user-agent"), Known::UserAgent),
+        },
+        11 => (eq_lower(n, b"traceparent"), Known::Traceparent),
+        14 => (eq_lower(n, b"content-length"), Known::ContentLength),
+        17 => (eq_lower(n, b"transfer-encoding"), Known::TransferEncoding),
         _ => return None,
     };
-    name.eq_ignore_ascii_case(lower).then_some(known)
+    is.then_some(known)
 }
 
 /// Non-empty trimmed elements of a comma-separated list.
@@ -242,8 +259,8 @@ fn fields<'b>(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, Miss> {
             Known::TransferEncoding => f.coding = elements(value).next_back().or(f.coding),
             Known::Connection => {
                 for t in elements(value) {
-                    f.close |= t.eq_ignore_ascii_case(b"close");
-                    f.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                    f.close |= eq_lower(t, b"close");
+                    f.keep_alive |= eq_lower(t, b"keep-alive");
                 }
             }
             Known::Expect => _ = f.expect.get_or_insert(value),
@@ -271,7 +288,7 @@ struct Framed {
 }
 
 fn framed(f: &Fields, version: u8) -> Framed {
-    let chunked = f.coding.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    let chunked = f.coding.is_some_and(|c| eq_lower(c, b"chunked"));
     let close = f.close || (version == 0 && !f.keep_alive);
     let framing = match (f.coding, f.content_length) {
         (Some(_), _) if chunked => State::At(Elem::ChunkSize),
@@ -321,7 +338,7 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
                 traceparent: fields.traceparent.map(text),
                 content_length: fields.content_length,
                 chunked: f.chunked,
-                expect_continue: expect.is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
+                expect_continue: expect.is_some_and(|v| eq_lower(v, b"100-continue")),
                 connection_close: f.close,
             };
             Ok((n, Found::Request(head, framing)))
@@ -1121,6 +1138,34 @@ mod tests {
         assert_eq!(resp(ka), (false, State::Body(2)));
         let c = b"HTTP/1.1 200 OK\r\nconnection: Close\r\n\r\n";
         assert_eq!(resp(c), (true, State::UntilClose));
+    }
+
+    #[test]
+    fn eq_lower_is_eq_ignore_ascii_case() {
+        fn check<const N: usize>(lower: &[u8; N]) {
+            assert!(!lower.iter().any(u8::is_ascii_uppercase));
+            let mut s = *lower;
+            for i in 0..N {
+                for b in 0..=255 {
+                    s[i] = b;
+                    assert_eq!(eq_lower(&s, lower), s.eq_ignore_ascii_case(lower), "{s:?}");
+                }
+                s[i] = lower[i].to_ascii_uppercase();
+            }
+            assert!(eq_lower(&s, lower), "all upper case");
+            assert!(!eq_lower(&s[1..], lower) && !eq_lower(&[s, s].concat(), lower));
+        }
+        check(b"host");
+        check(b"expect");
+        check(b"connection");
+        check(b"user-agent");
+        check(b"traceparent");
+        check(b"content-length");
+        check(b"transfer-encoding");
+        check(b"close");
+        check(b"keep-alive");
+        check(b"chunked");
+        check(b"100-continue");
     }
 
     /// The header walks `parse` did before they became one pass, kept verbatim to check
