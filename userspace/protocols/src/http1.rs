@@ -185,11 +185,25 @@ fn eq_lower<const N: usize>(s: &[u8], lower: &[u8; N]) -> bool {
     let Ok(s) = <&[u8; N]>::try_from(s) else {
         return false;
     };
-    let mut diff = 0;
-    for (&b, &l) in s.iter().zip(lower) {
-        diff |= (b | (u8::from(l.is_ascii_lowercase()) << 5)) ^ l;
+    let case = lower.map(|l| u8::from(l.is_ascii_lowercase()) << 5);
+    // Overlapping 8-byte (or, when shorter, 4-byte) words cover all N bytes.
+    let differs = |at: usize, w: usize| {
+        let word = |b: &[u8; N]| {
+            let mut x = [0; 8];
+            x[..w].copy_from_slice(&b[at..at + w]);
+            u64::from_le_bytes(x)
+        };
+        (word(s) | word(&case)) != word(lower)
+    };
+    match N {
+        0..4 => s
+            .iter()
+            .zip(&case)
+            .zip(lower)
+            .all(|((b, c), l)| b | c == *l),
+        4..8 => !differs(0, 4) && !differs(N - 4, 4),
+        _ => (0..N - 8).step_by(8).all(|at| !differs(at, 8)) && !differs(N - 8, 8),
     }
-    diff == 0
 }
 
 /// Which known header `name` is (case-insensitive): its length picks the one candidate.
@@ -1169,6 +1183,8 @@ mod tests {
         check(b"keep-alive");
         check(b"chunked");
         check(b"100-continue");
+        check(b"te");
+        check(b"x");
     }
 
     /// The header walks `parse` did before they became one pass, kept verbatim to check
