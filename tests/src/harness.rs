@@ -30,15 +30,19 @@ pub fn privileged_or_skip(test: &str) -> bool {
     false
 }
 
-/// The ztrace binary: $ZTRACE_BIN, else the workspace's release build.
+/// The ztrace binary: $ZTRACE_BIN, else the workspace's shipped build (`cargo xtask build`),
+/// else its release build.
 pub fn ztrace_bin() -> PathBuf {
     std::env::var_os("ZTRACE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/release/ztrace"
-            ))
+            let target = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"));
+            let dist = target.join("dist/ztrace");
+            if dist.exists() {
+                dist
+            } else {
+                target.join("release/ztrace")
+            }
         })
 }
 

@@ -163,12 +163,21 @@ impl Parser {
         None
     }
 
-    fn push(&mut self, dir: Dir, payload: &[u8], len: u64, steps: &mut Vec<Step>) {
+    /// `http_events`: scratch for the HTTP/1 parser's events (one `Vec` for every chunk was an
+    /// allocation per captured read or write).
+    fn push(
+        &mut self,
+        dir: Dir,
+        payload: &[u8],
+        len: u64,
+        steps: &mut Vec<Step>,
+        http_events: &mut Vec<Http1Event>,
+    ) {
         match self {
             Parser::Http(p) => {
-                let mut events = Vec::new();
-                p.push(dir, payload, len, &mut events);
-                steps.extend(events.into_iter().filter_map(http_step));
+                http_events.clear();
+                p.push(dir, payload, len, http_events);
+                steps.extend(http_events.drain(..).filter_map(http_step));
             }
             Parser::Http2(p) => {
                 let mut events = Vec::new();
@@ -497,6 +506,7 @@ pub struct AssembleStats {
 pub struct Assembler {
     pub conns: ConnTable<ConnState>,
     steps: Vec<Step>,
+    http_events: Vec<Http1Event>,
     pub stats: AssembleStats,
     /// Keep (sanitised) database query text; off by default: queries stay home unless asked for.
     pub db_query_text: bool,
@@ -507,6 +517,7 @@ impl Assembler {
         Self {
             conns: ConnTable::new(max_conns),
             steps: Vec::new(),
+            http_events: Vec::new(),
             stats: AssembleStats::default(),
             db_query_text: false,
         }
@@ -556,7 +567,13 @@ impl Assembler {
             let role = *role;
             let multiplexed = parser.multiplexed();
             self.steps.clear();
-            parser.push(dir, payload, ev.bytes, &mut self.steps);
+            parser.push(
+                dir,
+                payload,
+                ev.bytes,
+                &mut self.steps,
+                &mut self.http_events,
+            );
             let mut ended = None;
             for mut step in self.steps.drain(..) {
                 if !self.db_query_text

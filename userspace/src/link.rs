@@ -63,6 +63,7 @@
 //! Released spans stay as tombstones for `RETAIN` so late children still find their trace;
 //! everything is bounded by `max_spans`.
 
+use std::borrow::Cow;
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
@@ -966,15 +967,15 @@ fn status_of(exchange: &Exchange, kind: SpanKind, error: Option<&str>) -> SpanSt
 
 /// Span name per the conventions: HTTP — the method; databases — "{operation} {collection}",
 /// falling back to the operation, then the system.
-pub fn exchange_name(exchange: &Exchange) -> String {
+pub fn exchange_name(exchange: &Exchange) -> Cow<'static, str> {
     match exchange {
-        Exchange::Http(h) => span_name(&h.method),
-        Exchange::Rpc(r) => format!("{}/{}", r.service, r.method),
-        Exchange::Dns(d) => format!("DNS {} {}", d.qtype, d.name),
+        Exchange::Http(h) => Cow::Borrowed(span_name(&h.method)),
+        Exchange::Rpc(r) => format!("{}/{}", r.service, r.method).into(),
+        Exchange::Dns(d) => format!("DNS {} {}", d.qtype, d.name).into(),
         Exchange::Db(d) => match (&d.operation, &d.collection) {
-            (Some(op), Some(coll)) => format!("{op} {coll}"),
-            (Some(op), None) => op.clone(),
-            _ => d.system.name().to_string(),
+            (Some(op), Some(coll)) => format!("{op} {coll}").into(),
+            (Some(op), None) => op.clone().into(),
+            _ => Cow::Borrowed(d.system.name()),
         },
     }
 }
@@ -1008,12 +1009,12 @@ pub fn grpc_code_name(code: i32) -> &'static str {
 }
 
 /// Span name per the HTTP conventions when no route is known: the method, or "HTTP".
-pub fn span_name(method: &str) -> String {
-    if KNOWN_METHODS.contains(&method) {
-        method.to_string()
-    } else {
-        "HTTP".to_string()
-    }
+pub fn span_name(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("HTTP")
 }
 
 /// The trace a span belongs to, as resolved at release.

@@ -2,6 +2,7 @@
 //! they belong to. Exporters turn these into OTLP, console lines or JSON; nothing upstream of the
 //! exporters knows about attribute names.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -180,7 +181,8 @@ pub struct Span {
     /// `parentbased_*` samplers follow). None for traces that start here.
     pub remote_sampled: Option<bool>,
     pub kind: SpanKind,
-    pub name: String,
+    /// Static for the common names (HTTP methods): no allocation per span.
+    pub name: Cow<'static, str>,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     /// The traced process (resource key).

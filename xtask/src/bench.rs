@@ -72,7 +72,7 @@ pub fn bench(quick: bool) -> Result<()> {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .unwrap_or(100.0);
     let load_before = loadavg();
-    // Run a copy: others may rebuild target/release/ztrace while the benchmark runs, and every
+    // Run a copy: others may rebuild target/dist/ztrace while the benchmark runs, and every
     // round must measure the same binary.
     let copy = work.0.join("ztrace");
     fs::copy(&ztrace, &copy)

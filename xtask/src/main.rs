@@ -260,10 +260,22 @@ fn cargo(args: &[&str]) -> Command {
     cmd
 }
 
+/// The binary as shipped (profile `dist`, see Cargo.toml): what `run`, `test`, `eval` and
+/// `bench` run.
 fn build() -> Result<PathBuf> {
     setup()?;
-    run(&mut cargo(&["build", "--release", "--package", "ztrace"]))?;
-    Ok(root().join("target/release/ztrace"))
+    build_dist()
+}
+
+fn build_dist() -> Result<PathBuf> {
+    run(&mut cargo(&[
+        "build",
+        "--profile",
+        "dist",
+        "--package",
+        "ztrace",
+    ]))?;
+    Ok(root().join("target/dist/ztrace"))
 }
 
 fn lint() -> Result<()> {
@@ -306,17 +318,16 @@ fn test() -> Result<()> {
     pip_install(TEST_PYTHON_MODULES)?;
     lint()?;
     // Build the binaries the end-to-end tests run, then every test in the workspace.
+    let ztrace = build_dist()?;
     run(&mut cargo(&[
         "build",
         "--release",
-        "--package",
-        "ztrace",
         "--package",
         "ztrace-eval-async-svc",
     ]))?;
     run(
         cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])
-            .env("ZTRACE_BIN", root().join("target/release/ztrace"))
+            .env("ZTRACE_BIN", ztrace)
             .env("ZTRACE_E2E_REQUIRED", "1"),
     )
 }

@@ -298,7 +298,7 @@ pub(crate) fn render_console(spans: &[Span], table: &ProcessTable, color: bool) 
         let (method, target, status) = match &s.exchange {
             Exchange::Http(http) => {
                 let method = if http.method.is_empty() {
-                    span_name(s)
+                    span_name(s).into_owned()
                 } else {
                     truncate(&clean(&http.method), 16)
                 };
@@ -326,14 +326,14 @@ pub(crate) fn render_console(spans: &[Span], table: &ProcessTable, color: bool) 
                     SpanStatus::Unset => paint.wrap(GREEN, "OK"),
                 };
                 let name = span_name(s);
-                let (proto, what) = name.split_once(' ').unwrap_or(("grpc", name.as_str()));
+                let (proto, what) = name.split_once(' ').unwrap_or(("grpc", &name));
                 let proto = if matches!(s.exchange, Exchange::Rpc(_)) {
                     "grpc"
                 } else {
                     proto
                 };
                 let what = if matches!(s.exchange, Exchange::Rpc(_)) {
-                    name.as_str()
+                    &name
                 } else {
                     what
                 };

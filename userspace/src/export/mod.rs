@@ -1038,17 +1038,17 @@ pub(crate) fn http_of(span: &Span) -> &HttpExchange {
 }
 
 /// Span name per the semantic conventions: for HTTP the method, or `HTTP` for an unknown one.
-pub(crate) fn span_name(span: &Span) -> String {
+pub(crate) fn span_name(span: &Span) -> Cow<'_, str> {
     if !matches!(span.exchange, Exchange::Http(_)) {
-        return crate::link::exchange_name(&span.exchange);
+        return Cow::Borrowed(&span.name);
     }
     let method = http_of(span).method.as_str();
     if known_method(method) {
-        method.to_string()
+        Cow::Borrowed(method)
     } else if method.is_empty() && !span.name.is_empty() {
-        span.name.clone()
+        Cow::Borrowed(&span.name)
     } else {
-        "HTTP".to_string()
+        Cow::Borrowed("HTTP")
     }
 }
 
@@ -1135,29 +1135,69 @@ fn canonical(addr: IpAddr) -> IpAddr {
     addr.to_canonical()
 }
 
-/// `addr` as text, IPv4-mapped IPv6 shown as IPv4. Dotted quads are written digit by digit:
-/// through `Display` they cost ~5 % of the export thread's time with nginx saturated (2–3
-/// addresses per span).
-pub(crate) fn addr_text(addr: IpAddr) -> String {
-    match canonical(addr) {
-        IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
+/// An address as text, in place: IPv4-mapped IPv6 shown as IPv4. Dotted quads are written digit
+/// by digit: through `Display` they cost ~5 % of the export thread's time with nginx saturated
+/// (2–3 addresses per span), and a `String` for each was one more allocation per address.
+pub(crate) struct AddrText {
+    /// IPv6 text takes at most 39 bytes (`ffff:…:ffff`; mapped IPv4 is shown as IPv4).
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl AddrText {
+    pub(crate) fn new(addr: IpAddr) -> Self {
+        let mut t = AddrText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match canonical(addr) {
+            IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if o >= 100 {
+                        t.push(b'0' + o / 100);
+                    }
+                    if o >= 10 {
+                        t.push(b'0' + o / 10 % 10);
+                    }
+                    t.push(b'0' + o % 10);
                 }
-                if o >= 100 {
-                    s.push(char::from(b'0' + o / 100));
-                }
-                if o >= 10 {
-                    s.push(char::from(b'0' + o / 10 % 10));
-                }
-                s.push(char::from(b'0' + o % 10));
             }
-            s
+            v6 => {
+                // Cannot overflow; an error would leave the text cut short.
+                let _ = std::fmt::Write::write_fmt(&mut t, format_args!("{v6}"));
+            }
         }
-        v6 => v6.to_string(),
+        t
     }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for AddrText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `addr` as text, IPv4-mapped IPv6 shown as IPv4.
+pub(crate) fn addr_text(addr: IpAddr) -> String {
+    AddrText::new(addr).as_str().to_owned()
 }
 
 fn url_host(host: &str) -> Cow<'_, str> {
@@ -1221,140 +1261,158 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Where a span's attributes go: a list ([`span_attributes`], for the console and the
+/// reference encoder) or straight into an encoding (the OTLP writer, which so needs no list, no
+/// `String` per address and no second pass).
+pub(crate) trait AttrSink<'a> {
+    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>);
+    fn int(&mut self, key: &'static str, value: impl Into<i64>);
+    /// An address as text (IPv4-mapped IPv6 as IPv4).
+    fn addr(&mut self, key: &'static str, addr: IpAddr);
+}
+
+impl<'a> AttrSink<'a> for Attrs<'a> {
+    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>) {
+        self.push((key, AttrValue::Str(value.into())));
+    }
+    fn int(&mut self, key: &'static str, value: impl Into<i64>) {
+        self.push((key, AttrValue::Int(value.into())));
+    }
+    fn addr(&mut self, key: &'static str, addr: IpAddr) {
+        self.str(key, addr_text(addr));
+    }
+}
+
 /// The span's attributes per the OpenTelemetry semantic conventions of its protocol.
 pub(crate) fn span_attributes(span: &Span) -> Attrs<'_> {
+    let mut a = Vec::with_capacity(20);
+    visit_attributes(span, &mut a);
+    a
+}
+
+/// [`span_attributes`], each handed to `a` in order.
+pub(crate) fn visit_attributes<'a>(span: &'a Span, a: &mut impl AttrSink<'a>) {
     match &span.exchange {
-        Exchange::Http(http) => http_attributes(span, http),
-        Exchange::Db(db) => db_attributes(span, db),
-        Exchange::Rpc(rpc) => rpc_attributes(span, rpc),
-        Exchange::Dns(dns) => dns_attributes(span, dns),
+        Exchange::Http(http) => http_attributes(span, http, a),
+        Exchange::Db(db) => db_attributes(span, db, a),
+        Exchange::Rpc(rpc) => rpc_attributes(span, rpc, a),
+        Exchange::Dns(dns) => dns_attributes(span, dns, a),
     }
 }
 
 /// `server.*`, `network.peer.*`, transport and thread: what every non-HTTP span carries.
-fn endpoint_attributes(span: &Span, transport: &'static str, a: &mut Attrs) {
+fn endpoint_attributes<'a>(span: &'a Span, transport: &'static str, a: &mut impl AttrSink<'a>) {
     let server = match span.kind {
         SpanKind::Client => span.peer,
         SpanKind::Server => span.local,
     };
-    a.push(str_attr(semconv::SERVER_ADDRESS, addr_text(server.addr)));
-    a.push(int_attr(semconv::SERVER_PORT, server.port));
-    a.push(str_attr(
-        semconv::NETWORK_PEER_ADDRESS,
-        addr_text(span.peer.addr),
-    ));
-    a.push(int_attr(semconv::NETWORK_PEER_PORT, span.peer.port));
-    a.push(str_attr(semconv::NETWORK_TRANSPORT, transport));
+    a.addr(semconv::SERVER_ADDRESS, server.addr);
+    a.int(semconv::SERVER_PORT, server.port);
+    a.addr(semconv::NETWORK_PEER_ADDRESS, span.peer.addr);
+    a.int(semconv::NETWORK_PEER_PORT, span.peer.port);
+    a.str(semconv::NETWORK_TRANSPORT, transport);
     if span.tid != 0 {
-        a.push(int_attr(semconv::THREAD_ID, span.tid));
+        a.int(semconv::THREAD_ID, span.tid);
     }
 }
 
 /// gRPC spans (RPC semantic conventions).
-fn rpc_attributes<'a>(span: &'a Span, rpc: &'a RpcExchange) -> Attrs<'a> {
-    let mut a: Attrs = Vec::with_capacity(12);
-    a.push(str_attr(semconv::RPC_SYSTEM, "grpc"));
-    a.push(str_attr(semconv::RPC_SERVICE, rpc.service.as_str()));
-    a.push(str_attr(semconv::RPC_METHOD, rpc.method.as_str()));
+fn rpc_attributes<'a>(span: &'a Span, rpc: &'a RpcExchange, a: &mut impl AttrSink<'a>) {
+    a.str(semconv::RPC_SYSTEM, "grpc");
+    a.str(semconv::RPC_SERVICE, rpc.service.as_str());
+    a.str(semconv::RPC_METHOD, rpc.method.as_str());
     if let Some(code) = rpc.grpc_status {
-        a.push(int_attr(semconv::RPC_GRPC_STATUS_CODE, code));
+        a.int(semconv::RPC_GRPC_STATUS_CODE, code);
     }
-    a.push(str_attr(semconv::NETWORK_PROTOCOL_NAME, "http"));
-    a.push(str_attr(semconv::NETWORK_PROTOCOL_VERSION, "2"));
-    endpoint_attributes(span, "tcp", &mut a);
+    a.str(semconv::NETWORK_PROTOCOL_NAME, "http");
+    a.str(semconv::NETWORK_PROTOCOL_VERSION, "2");
+    endpoint_attributes(span, "tcp", a);
     if let SpanStatus::Error(e) = &span.status {
-        a.push(str_attr(semconv::ERROR_TYPE, e.as_str()));
+        a.str(semconv::ERROR_TYPE, e.as_str());
     }
-    a
 }
 
 /// DNS spans: the question and, when it failed, the response code as `error.type`.
-fn dns_attributes<'a>(span: &'a Span, dns: &'a DnsExchange) -> Attrs<'a> {
-    let mut a: Attrs = Vec::with_capacity(10);
-    a.push(str_attr(semconv::DNS_QUESTION_NAME, dns.name.as_str()));
-    endpoint_attributes(span, "udp", &mut a);
+fn dns_attributes<'a>(span: &'a Span, dns: &'a DnsExchange, a: &mut impl AttrSink<'a>) {
+    a.str(semconv::DNS_QUESTION_NAME, dns.name.as_str());
+    endpoint_attributes(span, "udp", a);
     if let SpanStatus::Error(e) = &span.status {
-        a.push(str_attr(semconv::ERROR_TYPE, e.as_str()));
+        a.str(semconv::ERROR_TYPE, e.as_str());
     }
-    a
 }
 
 /// Database client/server spans (database semantic conventions).
-fn db_attributes<'a>(span: &'a Span, db: &'a DbExchange) -> Attrs<'a> {
-    let mut a: Attrs = Vec::with_capacity(12);
-    a.push(str_attr(semconv::DB_SYSTEM_NAME, db.system.name()));
+fn db_attributes<'a>(span: &'a Span, db: &'a DbExchange, a: &mut impl AttrSink<'a>) {
+    a.str(semconv::DB_SYSTEM_NAME, db.system.name());
     if let Some(op) = &db.operation {
-        a.push(str_attr(semconv::DB_OPERATION_NAME, op.as_str()));
+        a.str(semconv::DB_OPERATION_NAME, op.as_str());
     }
     if let Some(coll) = &db.collection {
-        a.push(str_attr(semconv::DB_COLLECTION_NAME, coll.as_str()));
+        a.str(semconv::DB_COLLECTION_NAME, coll.as_str());
     }
     if let Some(ns) = &db.namespace {
-        a.push(str_attr(semconv::DB_NAMESPACE, ns.as_str()));
+        a.str(semconv::DB_NAMESPACE, ns.as_str());
     }
     if let Some(q) = &db.query_text {
-        a.push(str_attr(semconv::DB_QUERY_TEXT, q.as_str()));
+        a.str(semconv::DB_QUERY_TEXT, q.as_str());
     }
     if let Some((code, _)) = &db.error {
-        a.push(str_attr(semconv::DB_RESPONSE_STATUS_CODE, code.as_str()));
-        a.push(str_attr(semconv::ERROR_TYPE, code.as_str()));
+        a.str(semconv::DB_RESPONSE_STATUS_CODE, code.as_str());
+        a.str(semconv::ERROR_TYPE, code.as_str());
     }
     if let Some(rows) = db.rows {
-        a.push(int_attr(semconv::DB_RESPONSE_RETURNED_ROWS, to_i64(rows)));
+        a.int(semconv::DB_RESPONSE_RETURNED_ROWS, to_i64(rows));
     }
     let (server, peer) = match span.kind {
         SpanKind::Client => (span.peer, span.peer),
         SpanKind::Server => (span.local, span.peer),
     };
-    a.push(str_attr(semconv::SERVER_ADDRESS, addr_text(server.addr)));
-    a.push(int_attr(semconv::SERVER_PORT, server.port));
-    a.push(str_attr(
-        semconv::NETWORK_PEER_ADDRESS,
-        addr_text(peer.addr),
-    ));
-    a.push(int_attr(semconv::NETWORK_PEER_PORT, peer.port));
-    a.push(str_attr(semconv::NETWORK_TRANSPORT, "tcp"));
+    a.addr(semconv::SERVER_ADDRESS, server.addr);
+    a.int(semconv::SERVER_PORT, server.port);
+    a.addr(semconv::NETWORK_PEER_ADDRESS, peer.addr);
+    a.int(semconv::NETWORK_PEER_PORT, peer.port);
+    a.str(semconv::NETWORK_TRANSPORT, "tcp");
     if span.tid != 0 {
-        a.push(int_attr(semconv::THREAD_ID, span.tid));
+        a.int(semconv::THREAD_ID, span.tid);
     }
-    a
 }
 
 /// HTTP spans (HTTP semantic conventions).
-fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange) -> Attrs<'a> {
-    let mut a: Attrs = Vec::with_capacity(20);
+fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl AttrSink<'a>) {
     let method = http.method.as_str();
     if known_method(method) {
-        a.push(str_attr(semconv::HTTP_REQUEST_METHOD, method));
+        a.str(semconv::HTTP_REQUEST_METHOD, method);
     } else {
-        a.push(str_attr(semconv::HTTP_REQUEST_METHOD, "_OTHER"));
+        a.str(semconv::HTTP_REQUEST_METHOD, "_OTHER");
         if !method.is_empty() {
-            a.push(str_attr(semconv::HTTP_REQUEST_METHOD_ORIGINAL, method));
+            a.str(semconv::HTTP_REQUEST_METHOD_ORIGINAL, method);
         }
     }
     if let Some(code) = http.status {
-        a.push(int_attr(semconv::HTTP_RESPONSE_STATUS_CODE, code));
+        a.int(semconv::HTTP_RESPONSE_STATUS_CODE, code);
     }
     let peer = canonical(span.peer.addr);
     match span.kind {
         SpanKind::Server => {
             let (path, query) = split_target(&http.target);
-            a.push(str_attr(semconv::URL_PATH, path));
+            a.str(semconv::URL_PATH, path);
             if let Some(q) = query.filter(|q| !q.is_empty()) {
-                a.push(str_attr(semconv::URL_QUERY, redact_query(q)));
+                a.str(semconv::URL_QUERY, redact_query(q));
             }
-            a.push(str_attr(
-                semconv::URL_SCHEME,
-                if http.tls { "https" } else { "http" },
-            ));
-            let (address, port) = match http.host.as_deref().and_then(split_host) {
-                Some((host, port)) => (host.to_string(), port.unwrap_or(span.local.port)),
-                None => (addr_text(span.local.addr), span.local.port),
+            a.str(semconv::URL_SCHEME, if http.tls { "https" } else { "http" });
+            let port = match http.host.as_deref().and_then(split_host) {
+                Some((host, port)) => {
+                    a.str(semconv::SERVER_ADDRESS, host);
+                    port.unwrap_or(span.local.port)
+                }
+                None => {
+                    a.addr(semconv::SERVER_ADDRESS, span.local.addr);
+                    span.local.port
+                }
             };
-            a.push(str_attr(semconv::SERVER_ADDRESS, address));
-            a.push(int_attr(semconv::SERVER_PORT, port));
-            a.push(str_attr(semconv::CLIENT_ADDRESS, addr_text(span.peer.addr)));
-            a.push(int_attr(semconv::CLIENT_PORT, span.peer.port));
+            a.int(semconv::SERVER_PORT, port);
+            a.addr(semconv::CLIENT_ADDRESS, span.peer.addr);
+            a.int(semconv::CLIENT_PORT, span.peer.port);
         }
         SpanKind::Client => {
             let full = full_url(span);
@@ -1362,34 +1420,34 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange) -> Attrs<'a> {
                 .split_once("://")
                 .map_or("http", |(s, _)| s)
                 .to_string();
-            a.push(str_attr(semconv::URL_FULL, full));
-            a.push(str_attr(semconv::URL_SCHEME, scheme));
+            a.str(semconv::URL_FULL, full);
+            a.str(semconv::URL_SCHEME, scheme);
             let (address, port) = client_side_server(span);
-            a.push(str_attr(semconv::SERVER_ADDRESS, address));
-            a.push(int_attr(semconv::SERVER_PORT, port));
+            a.str(semconv::SERVER_ADDRESS, address);
+            a.int(semconv::SERVER_PORT, port);
         }
     }
-    a.push(str_attr(semconv::NETWORK_PEER_ADDRESS, addr_text(peer)));
-    a.push(int_attr(semconv::NETWORK_PEER_PORT, span.peer.port));
+    a.addr(semconv::NETWORK_PEER_ADDRESS, peer);
+    a.int(semconv::NETWORK_PEER_PORT, span.peer.port);
     let version = http.version.trim();
     let version = version.strip_prefix("HTTP/").unwrap_or(version);
     if !version.is_empty() {
-        a.push(str_attr(semconv::NETWORK_PROTOCOL_VERSION, version));
+        a.str(semconv::NETWORK_PROTOCOL_VERSION, version);
     }
-    a.push(str_attr(semconv::NETWORK_TRANSPORT, "tcp"));
+    a.str(semconv::NETWORK_TRANSPORT, "tcp");
     let network_type = if peer.is_ipv4() { "ipv4" } else { "ipv6" };
-    a.push(str_attr(semconv::NETWORK_TYPE, network_type));
+    a.str(semconv::NETWORK_TYPE, network_type);
     if let Some(ua) = &http.user_agent {
-        a.push(str_attr(semconv::USER_AGENT_ORIGINAL, ua.as_str()));
+        a.str(semconv::USER_AGENT_ORIGINAL, ua.as_str());
     }
     if let Some(n) = http.request_body_size {
-        a.push(int_attr(semconv::HTTP_REQUEST_BODY_SIZE, to_i64(n)));
+        a.int(semconv::HTTP_REQUEST_BODY_SIZE, to_i64(n));
     }
     if let Some(n) = http.response_body_size {
-        a.push(int_attr(semconv::HTTP_RESPONSE_BODY_SIZE, to_i64(n)));
+        a.int(semconv::HTTP_RESPONSE_BODY_SIZE, to_i64(n));
     }
     if span.tid != 0 {
-        a.push(int_attr(semconv::THREAD_ID, span.tid));
+        a.int(semconv::THREAD_ID, span.tid);
     }
     if let SpanStatus::Error(msg) = &span.status {
         let error_type = match http.status {
@@ -1397,9 +1455,8 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange) -> Attrs<'a> {
             None if !msg.is_empty() => msg.clone(),
             None => "_OTHER".to_string(),
         };
-        a.push(str_attr(semconv::ERROR_TYPE, error_type));
+        a.str(semconv::ERROR_TYPE, error_type);
     }
-    a
 }
 
 /// `service.name` of a traced process.
@@ -1586,6 +1643,16 @@ mod tests {
             ),
             "2001:db8::1"
         );
+        // The longest texts fit the in-place buffer whole.
+        for v6 in [
+            Ipv6Addr::new(
+                0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xfffe,
+            ),
+            Ipv6Addr::new(0x1, 0, 0, 0, 0, 0xffff, 0xffff, 0xffff),
+            Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0xffff, 0xffff),
+        ] {
+            assert_eq!(addr_text(IpAddr::V6(v6)), v6.to_string());
+        }
     }
 
     #[test]

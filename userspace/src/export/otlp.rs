@@ -562,7 +562,7 @@ pub(crate) mod reference {
                 .map(|p| p.0.to_vec())
                 .unwrap_or_default(),
             flags: span_flags(span),
-            name: span_name(span),
+            name: span_name(span).into_owned(),
             kind: kind as i32,
             start_time_unix_nano: span.start_unix_ns,
             end_time_unix_nano: span.end_unix_ns.max(span.start_unix_ns),

@@ -6,25 +6,69 @@
 
 use prost::encoding::{WireType, encoded_len_varint};
 
-use super::{AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, span_attributes, span_name};
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use super::{
+    AddrText, AttrSink, AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, span_name,
+    visit_attributes,
+};
 use crate::model::{Span, SpanKind, SpanStatus};
 
 /// A protobuf varint, written with one bounds check instead of one per byte (prost's
 /// `encode_varint` goes through `BufMut` a byte at a time: 8 % of a replay's instructions).
-fn encode_varint(mut v: u64, out: &mut Vec<u8>) {
+#[inline]
+fn encode_varint(v: u64, out: &mut Vec<u8>) {
     if v < 0x80 {
         out.push(v as u8);
-        return;
+    } else {
+        let mut h = Head::default();
+        h.varint(v);
+        h.flush(out);
     }
-    let mut buf = [0u8; 10];
-    let mut i = 0;
-    while v >= 0x80 {
-        buf[i] = (v as u8) | 0x80;
-        v >>= 7;
-        i += 1;
+}
+
+/// Tags and varints gathered on the stack and appended with one copy: a `KeyValue`'s framing is
+/// four of them around its key and again around its value (one `Vec` push each cost more than
+/// the bytes they wrote).
+struct Head {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head {
+            buf: [0; 40],
+            len: 0,
+        }
     }
-    buf[i] = v as u8;
-    out.extend_from_slice(&buf[..=i]);
+}
+
+impl Head {
+    /// At most 10 bytes; a `Head` takes at most four calls.
+    #[inline]
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 && self.len < self.buf.len() {
+            self.buf[self.len] = (v as u8) | 0x80;
+            v >>= 7;
+            self.len += 1;
+        }
+        if let Some(b) = self.buf.get_mut(self.len) {
+            *b = v as u8;
+            self.len += 1;
+        }
+    }
+
+    #[inline]
+    fn tag(&mut self, field: u32, wire: WireType) {
+        self.varint(u64::from(field << 3 | wire as u32));
+    }
+
+    #[inline]
+    fn flush(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.buf[..self.len]);
+    }
 }
 
 fn key(field: u32, wire: WireType, out: &mut Vec<u8>) {
@@ -110,16 +154,75 @@ fn any_value(v: &AttrValue, out: &mut Vec<u8>) {
 fn key_values<K: AsRef<str>>(field: u32, attrs: &[(K, AttrValue)], out: &mut Vec<u8>) {
     for (k, v) in attrs {
         let k = k.as_ref();
-        let value_len = any_value_len(v);
-        key(field, WireType::LengthDelimited, out);
-        encode_varint(
-            (len_delimited_len(k.len()) + len_delimited_len(value_len)) as u64,
-            out,
-        );
-        bytes_field(1, k.as_bytes(), out);
-        key(2, WireType::LengthDelimited, out);
-        encode_varint(value_len as u64, out);
-        any_value(v, out);
+        match v {
+            AttrValue::Str(s) => key_str(field, k, s, out),
+            AttrValue::Int(i) => key_int(field, k, *i, out),
+            AttrValue::StrArray(_) => {
+                let value_len = any_value_len(v);
+                key_head(field, k, value_len, out);
+                key(2, WireType::LengthDelimited, out);
+                encode_varint(value_len as u64, out);
+                any_value(v, out);
+            }
+        }
+    }
+}
+
+/// A `KeyValue` (in field `field`) up to its `AnyValue`'s own field, whose encoded size is
+/// `value_len`: lengths computed, not back-patched.
+#[inline]
+fn key_head(field: u32, k: &str, value_len: usize, out: &mut Vec<u8>) {
+    let mut h = Head::default();
+    h.tag(field, WireType::LengthDelimited);
+    h.varint((len_delimited_len(k.len()) + len_delimited_len(value_len)) as u64);
+    h.tag(1, WireType::LengthDelimited);
+    h.varint(k.len() as u64);
+    h.flush(out);
+    out.extend_from_slice(k.as_bytes());
+}
+
+/// A string-valued `KeyValue`.
+fn key_str(field: u32, k: &str, v: &str, out: &mut Vec<u8>) {
+    let value_len = len_delimited_len(v.len());
+    key_head(field, k, value_len, out);
+    let mut h = Head::default();
+    h.tag(2, WireType::LengthDelimited);
+    h.varint(value_len as u64);
+    h.tag(1, WireType::LengthDelimited);
+    h.varint(v.len() as u64);
+    h.flush(out);
+    out.extend_from_slice(v.as_bytes());
+}
+
+/// An integer-valued `KeyValue`.
+fn key_int(field: u32, k: &str, v: i64, out: &mut Vec<u8>) {
+    let value_len = 1 + encoded_len_varint(v as u64);
+    key_head(field, k, value_len, out);
+    let mut h = Head::default();
+    h.tag(2, WireType::LengthDelimited);
+    h.varint(value_len as u64);
+    h.tag(3, WireType::Varint);
+    h.varint(v as u64);
+    h.flush(out);
+}
+
+/// Span attributes written as they are visited: no list of them, no `String` per address.
+struct KeyValues<'o> {
+    field: u32,
+    out: &'o mut Vec<u8>,
+}
+
+impl<'a> AttrSink<'a> for KeyValues<'_> {
+    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>) {
+        key_str(self.field, key, &value.into(), self.out);
+    }
+
+    fn int(&mut self, key: &'static str, value: impl Into<i64>) {
+        key_int(self.field, key, value.into(), self.out);
+    }
+
+    fn addr(&mut self, key: &'static str, addr: IpAddr) {
+        key_str(self.field, key, AddrText::new(addr).as_str(), self.out);
     }
 }
 
@@ -137,7 +240,7 @@ fn span(s: &Span, out: &mut Vec<u8>) {
     varint_field(6, kind, out);
     fixed64_field(7, s.start_unix_ns, out);
     fixed64_field(8, s.end_unix_ns.max(s.start_unix_ns), out);
-    key_values(9, &span_attributes(s), out);
+    visit_attributes(s, &mut KeyValues { field: 9, out });
     if let SpanStatus::Error(msg) = &s.status {
         message(15, out, |out| {
             if !msg.is_empty() {
