@@ -8,7 +8,7 @@
 //! MiB at that rate; purging at once, committing arenas on demand and no transparent huge pages
 //! keep it where glibc was.
 
-use std::os::raw::c_int;
+use std::os::raw::{c_int, c_long};
 
 use libmimalloc_sys as mi;
 
@@ -16,8 +16,8 @@ use libmimalloc_sys as mi;
 /// as constants), each with its default in that version (`src/options.c`): [`tune`] changes an option only while it
 /// still reads that default, so a newer mimalloc whose order moved (or a `MIMALLOC_*`
 /// environment setting) is left alone rather than a wrong option being set.
-const ARENA_EAGER_COMMIT: (c_int, i64) = (4, 2);
-const PURGE_DELAY: (c_int, i64) = (15, 1000);
+const ARENA_EAGER_COMMIT: (c_int, c_long) = (4, 2);
+const PURGE_DELAY: (c_int, c_long) = (15, 1000);
 
 /// Sets ztrace's allocator options; call first thing in `main`. Returns whether all took.
 pub fn tune() -> bool {
@@ -30,7 +30,7 @@ pub fn tune() -> bool {
         // SAFETY: plain reads and writes of mimalloc's option table, valid for any index
         // below `_mi_option_last` (both are).
         unsafe {
-            if i64::from(mi::mi_option_get(option)) == default {
+            if mi::mi_option_get(option) == default {
                 mi::mi_option_set(option, 0);
             } else {
                 all = false;
@@ -47,7 +47,7 @@ mod tests {
     #[test]
     fn options_are_where_mimalloc_documents_them() {
         // SAFETY: as in `tune`.
-        let read = |o: c_int| unsafe { i64::from(mi::mi_option_get(o)) };
+        let read = |o: c_int| unsafe { mi::mi_option_get(o) };
         assert_eq!(read(ARENA_EAGER_COMMIT.0), ARENA_EAGER_COMMIT.1);
         assert_eq!(read(PURGE_DELAY.0), PURGE_DELAY.1);
         assert!(tune());
