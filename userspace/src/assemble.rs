@@ -352,7 +352,7 @@ fn http_step(e: Http1Event) -> Option<Step> {
                 method: head.method,
                 target: head.target,
                 host: head.host,
-                version: if head.version == 0 { "1.0" } else { "1.1" }.to_string(),
+                version: if head.version == 0 { "1.0" } else { "1.1" },
                 status: None,
                 user_agent: head.user_agent,
                 request_body_size: head.content_length,
@@ -402,7 +402,7 @@ fn h2_step(e: H2Event) -> Step {
                     method: head.method,
                     target: head.path,
                     host: head.authority,
-                    version: "2".to_string(),
+                    version: "2",
                     user_agent: head.user_agent,
                     ..Default::default()
                 }),

@@ -16,7 +16,9 @@ impl TraceId {
     /// A random, valid (non-zero) id.
     pub fn random(rng: &mut impl rand::Rng) -> Self {
         loop {
-            let id = TraceId(rng.random());
+            // `fill_bytes`: `random::<[u8; 16]>()` draws each byte on its own.
+            let mut id = TraceId::default();
+            rng.fill_bytes(&mut id.0);
             if id != TraceId::default() {
                 return id;
             }
@@ -28,7 +30,8 @@ impl SpanId {
     /// A random, valid (non-zero) id.
     pub fn random(rng: &mut impl rand::Rng) -> Self {
         loop {
-            let id = SpanId(rng.random());
+            let mut id = SpanId::default();
+            rng.fill_bytes(&mut id.0);
             if id != SpanId::default() {
                 return id;
             }
@@ -84,8 +87,8 @@ pub struct HttpExchange {
     pub target: String,
     /// `Host` header, when present.
     pub host: Option<String>,
-    /// "1.0" or "1.1".
-    pub version: String,
+    /// "1.0", "1.1" (or "2" for gRPC's HTTP/2).
+    pub version: &'static str,
     /// None when no response was seen (connection closed, tracer stopped).
     pub status: Option<u16>,
     pub user_agent: Option<String>,

@@ -1027,7 +1027,7 @@ pub(crate) fn http_of(span: &Span) -> &HttpExchange {
         method: String::new(),
         target: String::new(),
         host: None,
-        version: String::new(),
+        version: "",
         status: None,
         user_agent: None,
         request_body_size: None,
@@ -1075,6 +1075,9 @@ fn redact_query(query: &str) -> Cow<'_, str> {
 
 /// `scheme://authority` prefix of an absolute-form request target.
 fn absolute_prefix(target: &str) -> Option<(&str, &str, &str)> {
+    if target.starts_with('/') {
+        return None; // origin-form, nearly every request
+    }
     let (scheme, rest) = target.split_once("://")?;
     if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
         return None;
@@ -1180,8 +1183,12 @@ impl AddrText {
         }
     }
 
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     pub(crate) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
