@@ -168,68 +168,56 @@ fn key_values<K: AsRef<str>>(field: u32, attrs: &[(K, AttrValue)], out: &mut Vec
     }
 }
 
-/// A `KeyValue` (in field `field`) up to its `AnyValue`'s own field, whose encoded size is
-/// `value_len`: lengths computed, not back-patched.
+/// A `KeyValue` (in field `field`) up to its `AnyValue`, whose encoded size is `value_len`:
+/// lengths computed, not back-patched. Most are short: the four framing bytes before the key
+/// are then one fixed-size store.
 #[inline]
 fn key_head(field: u32, k: &str, value_len: usize, out: &mut Vec<u8>) {
-    let mut h = Head::default();
-    h.tag(field, WireType::LengthDelimited);
-    h.varint((len_delimited_len(k.len()) + len_delimited_len(value_len)) as u64);
-    h.tag(1, WireType::LengthDelimited);
-    h.varint(k.len() as u64);
-    h.flush(out);
+    let total = len_delimited_len(k.len()) + len_delimited_len(value_len);
+    if let Some(tag) = short_tag(field, total) {
+        out.reserve(total + 2);
+        out.extend_from_slice(&[tag, total as u8, 0x0A, k.len() as u8]);
+    } else {
+        let mut h = Head::default();
+        h.tag(field, WireType::LengthDelimited);
+        h.varint(total as u64);
+        h.tag(1, WireType::LengthDelimited);
+        h.varint(k.len() as u64);
+        h.flush(out);
+    }
     out.extend_from_slice(k.as_bytes());
 }
 
-/// The tag byte of a length-delimited field below 16, and whether a `KeyValue` of `total` bytes
-/// in it takes the short path: all its lengths below 128, each framing varint one byte.
+/// The tag byte of a length-delimited field below 16, when a message of `total` bytes in it and
+/// everything inside have lengths below 128 (each framing varint one byte).
 #[inline]
 fn short_tag(field: u32, total: usize) -> Option<u8> {
     (field < 16 && total < 0x80).then_some((field << 3 | WireType::LengthDelimited as u32) as u8)
 }
 
-/// A string-valued `KeyValue`. Most are short: their four framing bytes before the key and four
-/// before the value are then two fixed-size stores.
+/// A string-valued `KeyValue`.
 fn key_str(field: u32, k: &str, v: &[u8], out: &mut Vec<u8>) {
     let value_len = len_delimited_len(v.len());
-    let total = len_delimited_len(k.len()) + len_delimited_len(value_len);
-    if let Some(tag) = short_tag(field, total) {
-        out.reserve(total + 2);
-        out.extend_from_slice(&[tag, total as u8, 0x0A, k.len() as u8]);
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(&[0x12, value_len as u8, 0x0A, v.len() as u8]);
-        out.extend_from_slice(v);
-        return;
-    }
     key_head(field, k, value_len, out);
-    let mut h = Head::default();
-    h.tag(2, WireType::LengthDelimited);
-    h.varint(value_len as u64);
-    h.tag(1, WireType::LengthDelimited);
-    h.varint(v.len() as u64);
-    h.flush(out);
+    if value_len < 0x80 {
+        out.extend_from_slice(&[0x12, value_len as u8, 0x0A, v.len() as u8]);
+    } else {
+        let mut h = Head::default();
+        h.tag(2, WireType::LengthDelimited);
+        h.varint(value_len as u64);
+        h.tag(1, WireType::LengthDelimited);
+        h.varint(v.len() as u64);
+        h.flush(out);
+    }
     out.extend_from_slice(v);
 }
 
-/// An integer-valued `KeyValue`.
+/// An integer-valued `KeyValue` (its `AnyValue` is at most 11 bytes: one-byte framing).
 fn key_int(field: u32, k: &str, v: i64, out: &mut Vec<u8>) {
     let value_len = 1 + encoded_len_varint(v as u64);
-    let total = len_delimited_len(k.len()) + len_delimited_len(value_len);
-    if let Some(tag) = short_tag(field, total) {
-        out.reserve(total + 2);
-        out.extend_from_slice(&[tag, total as u8, 0x0A, k.len() as u8]);
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(&[0x12, value_len as u8, 0x18]); // AnyValue.int_value = 3
-        encode_varint(v as u64, out);
-        return;
-    }
     key_head(field, k, value_len, out);
-    let mut h = Head::default();
-    h.tag(2, WireType::LengthDelimited);
-    h.varint(value_len as u64);
-    h.tag(3, WireType::Varint);
-    h.varint(v as u64);
-    h.flush(out);
+    out.extend_from_slice(&[0x12, value_len as u8, 0x18]); // AnyValue.int_value = 3
+    encode_varint(v as u64, out);
 }
 
 /// Span attributes written as they are visited: no list of them, no `String` per address.
@@ -438,5 +426,16 @@ mod tests {
         encode_request(&[s.clone()], &table, &mut out);
         let decoded = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
         assert_eq!(decoded, build_request(&[s], &table));
+        // Around 128 bytes, where a KeyValue's framing varints go from one byte to two (the
+        // key's, the value's, each on its own), and around 16 KiB (three bytes).
+        for n in (80..150).chain(16_370..16_400) {
+            let mut s = server_span();
+            s.http_mut().unwrap().target = format!("/{}", "y".repeat(n));
+            s.http_mut().unwrap().user_agent = Some("u".repeat(n / 2));
+            encode_request(&[s.clone()], &table, &mut out);
+            let decoded = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
+            assert_eq!(decoded.encoded_len(), out.len(), "minimal framing at {n}");
+            assert_eq!(decoded, build_request(&[s], &table), "at {n}");
+        }
     }
 }
