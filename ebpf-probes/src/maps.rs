@@ -4,16 +4,25 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ztrace_abi::{Config, DataEvent, EventHeader, MAX_PAYLOAD, counter};
+use ztrace_abi::{Config, DataEvent, EventHeader, MAX_PAYLOAD, counter, maybe_traced};
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<Config> = Global::new(Config::DEFAULT);
 
-/// Traced processes (TGID → 1). Userspace seeds it; fork adds children, exit removes.
+/// Traced processes (TGID → `ztrace_abi::traced` flags). Userspace seeds it; fork adds
+/// children, exit removes.
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// A pre-filter in front of `TRACED` (`ztrace_abi::maybe_traced`): the byte of every TGID ever
+/// traced is set, by userspace before the probes attach and here for forked children; exit
+/// leaves it set, which costs a process that reuses the PID one `TRACED` lookup, never a wrong
+/// answer. The verifier inlines an array lookup into a load; a hash lookup is a helper call
+/// (~100 ns in this VM), which every socket call of every untraced process used to pay.
+#[map]
+pub static MAYBE_TRACED: Array<u64> = Array::with_max_entries(maybe_traced::WORDS, 0);
 
 /// What a syscall's exit needs from its entry, per thread (pid_tgid). LRU so a thread that dies
 /// inside a syscall cannot leak an entry forever.
@@ -81,17 +90,38 @@ pub fn count(index: u32) {
     }
 }
 
+/// False only for a TGID never traced (see `MAYBE_TRACED`).
+#[inline(always)]
+fn maybe_traced(tgid: u32) -> bool {
+    let (word, mask) = maybe_traced::slot(tgid);
+    MAYBE_TRACED.get(word).is_none_or(|w| w & mask != 0)
+}
+
+/// Sets `tgid`'s pre-filter byte: a one-byte store (see `ztrace_abi::maybe_traced`).
+#[inline(always)]
+pub fn mark_traced(tgid: u32) {
+    let (word, _) = maybe_traced::slot(tgid);
+    if let Some(ptr) = MAYBE_TRACED.get_ptr_mut(word) {
+        let byte = (tgid % maybe_traced::PER_WORD) as usize;
+        // SAFETY: `byte` < 8 is inside the map value `ptr` points to, valid while the program
+        // runs.
+        unsafe { core::ptr::write_volatile((ptr as *mut u8).add(byte), 1) };
+    }
+}
+
 /// The flags of a traced process (`ztrace_abi::traced`), None when it is not traced.
 #[inline(always)]
 pub fn traced_flags(tgid: u32) -> Option<u8> {
+    if !maybe_traced(tgid) {
+        return None;
+    }
     // SAFETY: plain map read.
     unsafe { TRACED.get(tgid).copied() }
 }
 
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
-    // SAFETY: the value is only read for presence.
-    unsafe { TRACED.get(tgid).is_some() }
+    traced_flags(tgid).is_some()
 }
 
 /// Header of a record about the current task.

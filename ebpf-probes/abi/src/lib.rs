@@ -306,6 +306,28 @@ impl Config {
 }
 
 /// Values of the `TRACED` map (TGID → flags).
+/// The `MAYBE_TRACED` pre-filter: one byte per TGID, eight to a map entry. A byte, not a bit:
+/// the probes mark a forked child with a plain one-byte store, which cannot disturb a
+/// neighbour's byte set at the same time on another CPU (a bit would need an atomic
+/// read-modify-write, which BPF's first instruction set lacks).
+pub mod maybe_traced {
+    pub const PER_WORD: u32 = 8;
+    /// Entries for the largest `pid_max` Linux allows (2^22); userspace sizes the map to the
+    /// host's `pid_max`. TGIDs past the end are looked up in `TRACED` directly.
+    pub const WORDS: u32 = (1 << 22) / PER_WORD;
+
+    /// Entry index of `tgid`, and the mask of its byte there (little-endian, as BPF and its
+    /// hosts are).
+    pub const fn slot(tgid: u32) -> (u32, u64) {
+        (tgid / PER_WORD, 0xff << (8 * (tgid % PER_WORD)))
+    }
+
+    /// Entries for a host whose `pid_max` is `pid_max`.
+    pub const fn words(pid_max: u32) -> u32 {
+        pid_max.div_ceil(PER_WORD)
+    }
+}
+
 pub mod traced {
     /// Traced.
     pub const YES: u8 = 1;

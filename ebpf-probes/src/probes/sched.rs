@@ -10,7 +10,7 @@ use ztrace_abi::{ProcEvent, counter, kind, proc};
 
 use crate::{
     kernel::task_tgid,
-    maps::{TRACED, config, count, header, is_traced, submit, traced_flags},
+    maps::{TRACED, config, count, header, is_traced, mark_traced, submit, traced_flags},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`. Fires for new
@@ -34,6 +34,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_tgid == parent_tgid {
         return 0;
     }
+    mark_traced(child_tgid);
     let _ = TRACED.insert(child_tgid, flags, 0);
     emit(proc::FORK, child_tgid, parent_tgid);
     0

@@ -10,7 +10,7 @@ use std::{fs, os::fd::AsRawFd};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
 };
 use ztrace_abi::{Config, MAX_PAYLOAD, counter};
@@ -98,6 +98,8 @@ pub struct Capture {
     tls_loaded: bool,
     ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
+    /// The in-kernel pre-filter in front of `traced` (one bit per TGID; see the probes' maps).
+    maybe_traced: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     pub mode: CaptureMode,
     capture_stdio: bool,
@@ -208,6 +210,15 @@ fn net_offsets() -> [u32; 4] {
     })
 }
 
+/// The host's highest PID + 1 (`/proc/sys/kernel/pid_max`); Linux's largest where unreadable.
+fn pid_max() -> u32 {
+    const LIMIT: u32 = 1 << 22;
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(LIMIT, |n| n.clamp(64, LIMIT))
+}
+
 impl Capture {
     /// Loads the probes with this kernel's struct offsets. Preflight checks must have passed.
     pub fn load(opts: &CaptureOptions) -> Result<Capture> {
@@ -253,6 +264,10 @@ impl Capture {
             }
         }
         let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
+        let maybe_traced = Array::try_from(
+            ebpf.take_map("MAYBE_TRACED")
+                .context("map MAYBE_TRACED missing")?,
+        )?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
         Ok(Capture {
@@ -260,6 +275,7 @@ impl Capture {
             tls_loaded: false,
             ebpf,
             traced,
+            maybe_traced,
             counters,
             mode,
             capture_stdio: opts.capture_stdio,
@@ -278,12 +294,23 @@ impl Capture {
         EbpfLoader::new()
             .override_global("CONFIG", config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("MAYBE_TRACED", ztrace_abi::maybe_traced::words(pid_max()))
             .load(PROBES)
             .context("loading the eBPF probes into the kernel")
     }
 
-    /// Adds a process to the in-kernel filter.
+    /// Adds a process to the in-kernel filter. Before [`Capture::attach`] only.
     pub fn trace(&mut self, tgid: u32) -> Result<()> {
+        // The pre-filter byte first: a probe that sees it checks `traced`, one that does not
+        // skips the process. Only before `attach` (a rewrite of the whole entry here could undo
+        // a child's byte that a probe stores meanwhile).
+        let (word, mask) = ztrace_abi::maybe_traced::slot(tgid);
+        if word < self.maybe_traced.len() {
+            let old = self.maybe_traced.get(&word, 0).unwrap_or(0);
+            self.maybe_traced
+                .set(word, old | (mask & 0x0101_0101_0101_0101), 0)
+                .with_context(|| format!("adding PID {tgid} to the traced set's filter"))?;
+        }
         self.traced
             .insert(tgid, ztrace_abi::traced::YES, 0)
             .with_context(|| format!("adding PID {tgid} to the traced set"))
@@ -499,4 +526,30 @@ fn libssl_of(pid: u32) -> Option<std::path::PathBuf> {
         })
         // Through /proc/PID/root so a process in another mount namespace resolves too.
         .map(|path| std::path::PathBuf::from(format!("/proc/{pid}/root{path}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use ztrace_abi::maybe_traced::{PER_WORD, WORDS, slot, words};
+
+    #[test]
+    fn filter_bytes_are_one_per_tgid_and_cover_pid_max() {
+        // What userspace stores for a TGID is what the probes test for it, and for no other.
+        for tgid in [0u32, 1, 7, 8, 9, 63, 64, 4_194_303] {
+            let (word, mask) = slot(tgid);
+            let stored = mask & 0x0101_0101_0101_0101;
+            for other in tgid.saturating_sub(9)..tgid.saturating_add(9) {
+                let (w, m) = slot(other);
+                assert_eq!(
+                    w == word && stored & m != 0,
+                    other == tgid,
+                    "{tgid} vs {other}"
+                );
+            }
+        }
+        assert_eq!(words(1 << 22), WORDS);
+        assert_eq!(words(32_768), 32_768 / PER_WORD);
+        assert_eq!(words(32_769), 32_768 / PER_WORD + 1);
+        assert!(super::pid_max() >= 64);
+    }
 }
