@@ -4,18 +4,19 @@
 //! of them on the export thread. With glibc's malloc that pattern cost about a fifth of ztrace's
 //! CPU with nginx saturated (`perf record` on the daemon: `_int_malloc`, `malloc_consolidate`,
 //! `_int_free`, `unlink_chunk`); mimalloc's thread-local free lists cost a fraction of it. Its
-//! defaults keep freed pages committed for a second (`purge_delay` 1000 ms), which took peak RSS from ~52 MiB to 74–85
-//! MiB at that rate; purging at once, committing arenas on demand and no transparent huge pages
-//! keep it where glibc was.
+//! defaults keep freed pages committed for a second (`purge_delay` 1000 ms), which took peak RSS
+//! from ~52 MiB to 74–85 MiB at that rate; purging at once, committing arenas on demand and no
+//! transparent huge pages keep it where glibc was (46–51 MiB).
 
 use std::os::raw::{c_int, c_long};
 
 use libmimalloc_sys as mi;
 
 /// Positions of two options in mimalloc v3's `mi_option_e` (the -sys crate does not export them
-/// as constants), each with its default in that version (`src/options.c`): [`tune`] changes an option only while it
-/// still reads that default, so a newer mimalloc whose order moved (or a `MIMALLOC_*`
-/// environment setting) is left alone rather than a wrong option being set.
+/// as constants), each with its default in that version (`src/options.c`): [`tune`] changes an
+/// option only while it still reads that default, so a newer mimalloc whose order moved (or a
+/// `MIMALLOC_*` environment setting) is left alone rather than a wrong option being set; the
+/// unit test fails on such a version.
 const ARENA_EAGER_COMMIT: (c_int, c_long) = (4, 2);
 const PURGE_DELAY: (c_int, c_long) = (15, 1000);
 

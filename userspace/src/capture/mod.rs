@@ -98,7 +98,7 @@ pub struct Capture {
     tls_loaded: bool,
     ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
-    /// The in-kernel pre-filter in front of `traced` (one bit per TGID; see the probes' maps).
+    /// The in-kernel pre-filter in front of `traced` (a byte per TGID; see the probes' maps).
     maybe_traced: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     pub mode: CaptureMode,
