@@ -374,9 +374,8 @@ struct Tomb {
 pub struct Linker {
     /// Spans not yet released.
     recs: Recs,
-    /// Finished spans waiting for their trace to settle.
-    /// Finished spans waiting to be released, by the earliest time they may be (a min-heap):
-    /// a poll looks only at those that are due, not at everything waiting.
+    /// Finished spans waiting to be released, by the earliest time they may be: a poll looks
+    /// only at those that are due, not at everything waiting.
     finished: DueQueue,
     /// Released spans, kept small, with their release times in order for expiry.
     tombs: HashMap<Handle, Tomb>,

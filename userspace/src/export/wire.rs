@@ -104,19 +104,11 @@ fn message(field: u32, out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(&[0; 5]);
     let start = out.len();
     body(out);
-    let len = out.len() - start;
-    let mut prefix = [0u8; 5];
-    let mut n = 0;
-    let mut v = len as u64;
-    while v >= 0x80 && n < 4 {
-        prefix[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    prefix[n] = v as u8;
-    let n = n + 1;
+    let mut prefix = Head::default();
+    prefix.varint((out.len() - start) as u64);
+    let n = prefix.len.min(5);
     // Move the body up against the prefix (the gap was 5 bytes), no allocation.
-    out[len_at..len_at + n].copy_from_slice(&prefix[..n]);
+    out[len_at..len_at + n].copy_from_slice(&prefix.buf[..n]);
     out.copy_within(start.., len_at + n);
     out.truncate(out.len() - (5 - n));
 }
