@@ -8,10 +8,11 @@ use std::{
     process::{Command, ExitCode},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod toolchain;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -22,7 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain: LLVM 22 dev packages, nightly rust-src, bpf-linker.
+    /// Install what the build needs: the pinned stable and eBPF toolchains (rust-toolchain.toml,
+    /// ebpf-probes/rust-toolchain.toml) with their components, Debian's LLVM dev packages of the
+    /// eBPF toolchain's LLVM major, and bpf-linker built against them; then check that the two
+    /// LLVMs agree.
     Setup,
     /// Set up, then build the ztrace binary (release).
     Build,
@@ -37,7 +41,12 @@ enum Task {
     Test,
     /// Formatting and clippy for the userspace and eBPF crates.
     Lint,
-    /// Fuzz every protocol parser (cargo-fuzz, nightly) for a while each, growing the corpus
+    /// Prove the set-up from scratch: in throwaway RUSTUP_HOME and CARGO_HOME folders under
+    /// target/fresh, with no toolchain, crate or bpf-linker in them, run `cargo xtask setup` and
+    /// build the probes the way `cargo build` does (userspace/build.rs); print how long each took.
+    /// Debian packages are the machine's (setup installs what is missing). CI runs it.
+    Fresh,
+    /// Fuzz every protocol parser (cargo-fuzz, the pinned nightly) for a while each, growing the corpus
     /// under userspace/protocols/fuzz/corpus, and print executions per parser.
     Fuzz {
         /// Seconds per parser.
@@ -66,15 +75,13 @@ enum Task {
     },
 }
 
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-    "curl",
-    "python3",
-];
-const BPF_LINKER_VERSION: &str = "0.13";
+/// Debian packages `cargo xtask run`'s demo uses.
+const APT_PACKAGES: &[&str] = &["curl", "python3"];
+/// bpf-linker, built from crates.io against Debian's LLVM of the same major as the pinned eBPF
+/// toolchain (the cargo feature `llvm-N`; 0.13.0 has llvm-21, llvm-22 and llvm-23).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, for `cargo xtask fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const BPF_RUSTFLAGS: &str = "--cfg=bpf_target_arch=\"x86_64\"";
 
 fn root() -> PathBuf {
@@ -156,9 +163,13 @@ fn pip_install(modules: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// Everything the build needs, installed where missing: the pinned stable and eBPF toolchains
+/// with their components, Debian's LLVM dev packages of the eBPF toolchain's LLVM major, and a
+/// bpf-linker built against them. Ends with the LLVM check that every build relies on.
 fn setup() -> Result<()> {
     apt_install(APT_PACKAGES)?;
-    setup_rust()
+    let pin = setup_rust()?;
+    check_ebpf_toolchain(&pin.channel).map(|_| ())
 }
 
 /// Installs whichever of `packages` are missing (idempotent; says what it does).
@@ -196,67 +207,169 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn setup_rust() -> Result<()> {
-    let nightly_src = output_ok(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
-    if nightly_src {
-        say("nightly toolchain with rust-src: present");
-    } else {
-        say("installing the nightly toolchain's rust-src (the eBPF side builds core from source)");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
-    }
+/// The eBPF toolchain's pin (ebpf-probes/rust-toolchain.toml).
+fn ebpf_pin() -> Result<toolchain::Pin> {
+    toolchain::read_pin(&root(), toolchain::EBPF_PIN_FILE).map_err(|e| anyhow!(e))
+}
+
+/// Installs both pinned toolchains and bpf-linker; returns the eBPF pin.
+fn setup_rust() -> Result<toolchain::Pin> {
+    let user = toolchain::read_pin(&root(), toolchain::USER_PIN_FILE).map_err(|e| anyhow!(e))?;
+    ensure_toolchain(&user, "userspace, xtask and tests")?;
+    let pin = ebpf_pin()?;
+    ensure_toolchain(&pin, "the eBPF probes: builds `core` from source")?;
+    let llvm = toolchain::toolchain_llvm_major(&pin.channel).map_err(|e| anyhow!(e))?;
+    say(&format!(
+        "the eBPF toolchain {} is on LLVM {llvm}",
+        pin.channel
+    ));
+    let llvm_packages = [
+        format!("llvm-{llvm}-dev"),
+        format!("libpolly-{llvm}-dev"),
+        "libzstd-dev".into(),
+        "zlib1g-dev".into(),
+    ];
+    apt_install(&llvm_packages.each_ref().map(String::as_str)).with_context(|| {
+        format!(
+            "bpf-linker must be built against the LLVM of the eBPF toolchain ({llvm}), from \
+             Debian's llvm-{llvm}-dev. If the package sources have none, move the pin in {} to a \
+             nightly whose `rustc -vV` names an LLVM they have (Debian 12: 22)",
+            toolchain::EBPF_PIN_FILE
+        )
+    })?;
     let linker = cargo_bin_dir().join("bpf-linker");
-    let have = output_ok(Command::new(&linker).arg("--version"))
-        .is_some_and(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")));
-    if have {
-        say(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
+    let version = output_ok(Command::new(&linker).arg("--version"));
+    let linker_llvm = std::fs::read(&linker)
+        .ok()
+        .and_then(|b| toolchain::linker_llvm_major(&b));
+    let wanted_version = version
+        .as_deref()
+        .is_some_and(|v| v.trim() == format!("bpf-linker {BPF_LINKER_VERSION}"));
+    if wanted_version && linker_llvm == Some(llvm) {
+        say(&format!(
+            "bpf-linker {BPF_LINKER_VERSION} on LLVM {llvm}: present"
+        ));
     } else {
         say(&format!(
-            "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (takes a few minutes, once)"
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about a minute, once){}",
+            match (version, linker_llvm) {
+                (None, _) => String::new(),
+                (Some(v), l) => format!(
+                    "; replacing {} on LLVM {}",
+                    v.trim(),
+                    l.map_or("?".into(), |l| l.to_string())
+                ),
+            }
         ));
         let path = format!(
-            "/usr/lib/llvm-22/bin:{}",
+            "/usr/lib/llvm-{llvm}/bin:{}",
             env::var("PATH").unwrap_or_default()
         );
         run(Command::new("cargo")
             .args([
                 "install",
                 "bpf-linker",
+                "--locked",
+                "--force",
                 "--version",
-                &format!("~{BPF_LINKER_VERSION}"),
+                &format!("={BPF_LINKER_VERSION}"),
                 "--no-default-features",
                 "--features",
-                "llvm-22",
+                &format!("llvm-{llvm}"),
             ])
             .env("PATH", path))?;
     }
-    Ok(())
+    Ok(pin)
+}
+
+/// Installs a pinned toolchain, or the components it lacks (a `--profile minimal` install has no
+/// clippy or rustfmt).
+fn ensure_toolchain(pin: &toolchain::Pin, what: &str) -> Result<()> {
+    let installed = output_ok(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        &pin.channel,
+        "--installed",
+    ]));
+    let Some(installed) = installed else {
+        say(&format!(
+            "installing the Rust toolchain {} with {:?} ({what})",
+            pin.channel, pin.components
+        ));
+        return run(Command::new("rustup")
+            .args(["toolchain", "install", &pin.channel, "--profile", "minimal"])
+            .args(
+                pin.components
+                    .iter()
+                    .flat_map(|c| ["--component", c.as_str()]),
+            ));
+    };
+    let missing: Vec<&str> = pin
+        .components
+        .iter()
+        .map(String::as_str)
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l == *c || l.starts_with(&format!("{c}-")))
+        })
+        .collect();
+    if missing.is_empty() {
+        say(&format!(
+            "Rust toolchain {} with {:?}: present",
+            pin.channel, pin.components
+        ));
+        Ok(())
+    } else {
+        say(&format!(
+            "adding {missing:?} to the Rust toolchain {} ({what})",
+            pin.channel
+        ));
+        run(Command::new("rustup")
+            .args(["component", "add", "--toolchain", &pin.channel])
+            .args(&missing))
+    }
+}
+
+/// The check in front of every probe build: the bpf-linker the build will find and the eBPF
+/// toolchain must be on one LLVM major. Says what to run otherwise.
+fn check_ebpf_toolchain(channel: &str) -> Result<u32> {
+    let llvm = toolchain::toolchain_llvm_major(channel).map_err(|e| anyhow!(e))?;
+    let path = build_path();
+    match toolchain::linker_in_path(path.as_ref()) {
+        None => bail!(
+            "no bpf-linker in {}; run `cargo xtask setup`",
+            cargo_bin_dir().display()
+        ),
+        Some((linker, Some(l))) if l != llvm => {
+            bail!(toolchain::mismatch_message(channel, llvm, &linker, l))
+        }
+        Some((linker, Some(_))) => say(&format!(
+            "LLVM check: {channel} and {} are both on LLVM {llvm}",
+            linker.display()
+        )),
+        Some((linker, None)) => say(&format!(
+            "LLVM check: cannot tell which LLVM {} links (statically linked?); the eBPF toolchain is on LLVM {llvm}",
+            linker.display()
+        )),
+    }
+    Ok(llvm)
+}
+
+/// PATH for builds: cargo's bin folder first, where setup puts bpf-linker.
+fn build_path() -> String {
+    format!(
+        "{}:{}",
+        cargo_bin_dir().display(),
+        env::var("PATH").unwrap_or_default()
+    )
 }
 
 fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root()).args(args);
-    // bpf-linker is found by the nightly build of the probes through PATH.
-    let path = format!(
-        "{}:{}",
-        cargo_bin_dir().display(),
-        env::var("PATH").unwrap_or_default()
-    );
-    cmd.env("PATH", path);
+    // bpf-linker is found by the eBPF build of the probes through PATH.
+    cmd.current_dir(root()).args(args).env("PATH", build_path());
     cmd
 }
 
@@ -288,9 +401,11 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The probe crate checked as what it is: a no_std program for the BPF target.
+    // The probe crate checked as what it is: a no_std program for the BPF target, with its own
+    // pinned toolchain.
+    let toolchain = format!("+{}", ebpf_pin()?.channel);
     let mut probes = cargo(&[
-        "+nightly",
+        &toolchain,
         "clippy",
         "--package",
         "ztrace-probes",
@@ -332,13 +447,91 @@ fn test() -> Result<()> {
     )
 }
 
+/// See [`Task::Fresh`].
+fn fresh() -> Result<()> {
+    let dir = root().join("target/fresh");
+    if dir.exists() {
+        say(&format!("removing the previous {}", dir.display()));
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let (rustup_home, cargo_home) = (dir.join("rustup"), dir.join("cargo"));
+    std::fs::create_dir_all(&cargo_home)?;
+    // Nothing of this machine's Rust set-up may be found: not its cargo folder (bpf-linker,
+    // cargo-fuzz, proxies), nor its toolchains.
+    let real_cargo_bin = cargo_bin_dir();
+    let system_path: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default())
+        .filter(|p| *p != real_cargo_bin && !p.starts_with(&real_cargo_bin))
+        .collect();
+    let path = env::join_paths(std::iter::once(cargo_home.join("bin")).chain(system_path))?;
+    // rustup-init is rustup under that name: the machine's rustup installs itself there.
+    let rustup =
+        toolchain::find_in_path("rustup", env::var_os("PATH").unwrap_or_default().as_ref())
+            .context(
+                "rustup is not on PATH: install it first (it is how the toolchains are pinned)",
+            )?;
+    let init = dir.join("rustup-init");
+    std::fs::copy(&rustup, &init)?;
+    let env = |cmd: &mut Command| {
+        cmd.current_dir(root())
+            .env("RUSTUP_HOME", &rustup_home)
+            .env("CARGO_HOME", &cargo_home)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .env("PATH", &path)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("CARGO");
+    };
+    let start = std::time::Instant::now();
+    let mut cmd = Command::new(&init);
+    cmd.args([
+        "-y",
+        "--no-modify-path",
+        "--profile",
+        "minimal",
+        "--default-toolchain",
+        "none",
+    ]);
+    env(&mut cmd);
+    run(&mut cmd)?;
+    // `cargo` is now the throwaway rustup's proxy: it installs the pinned stable toolchain on
+    // first use, as on a new machine.
+    let mut cmd = Command::new("cargo");
+    cmd.args(["xtask", "setup"]);
+    env(&mut cmd);
+    run(&mut cmd)?;
+    let setup = start.elapsed();
+    let mut cmd = Command::new("cargo");
+    cmd.args(["check", "--package", "ztrace"]);
+    env(&mut cmd);
+    run(&mut cmd)?;
+    let all = start.elapsed();
+    say(&format!(
+        "from scratch: set-up {:.0} s (toolchains, xtask, bpf-linker), then the probes built through \
+         userspace/build.rs with the userspace checked {:.0} s; {:.0} s in all",
+        setup.as_secs_f64(),
+        (all - setup).as_secs_f64(),
+        all.as_secs_f64()
+    ));
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 const FUZZ_TARGETS: &[&str] = &["http1", "http2", "redis", "postgres", "mysql", "sql", "dns"];
 
 fn fuzz(seconds: u64) -> Result<()> {
-    setup_rust()?;
-    if output_ok(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
-        say("installing cargo-fuzz");
-        run(Command::new("cargo").args(["install", "cargo-fuzz"]))?;
+    let toolchain = format!("+{}", setup_rust()?.channel);
+    let have = output_ok(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|v| v.trim().ends_with(CARGO_FUZZ_VERSION));
+    if !have {
+        say(&format!("installing cargo-fuzz {CARGO_FUZZ_VERSION}"));
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--force",
+            "--version",
+            &format!("={CARGO_FUZZ_VERSION}"),
+        ]))?;
     }
     let dir = root().join("userspace/protocols/fuzz");
     let mut table = vec![
@@ -351,7 +544,7 @@ fn fuzz(seconds: u64) -> Result<()> {
         say(&format!("fuzzing {target} for {seconds}s"));
         let out = Command::new("cargo")
             .current_dir(&dir)
-            .args(["+nightly", "fuzz", "run", "-O", target])
+            .args([&toolchain, "fuzz", "run", "-O", target])
             .arg(&corpus)
             .args([
                 "--",
@@ -431,6 +624,7 @@ fn main() -> ExitCode {
         Task::Setup => setup(),
         Task::Build => build().map(|_| ()),
         Task::Lint => setup().and_then(|_| lint()),
+        Task::Fresh => fresh(),
         Task::Test => test(),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench { quick } => bench::bench(quick),
