@@ -366,10 +366,20 @@ fn build_path() -> String {
     )
 }
 
-fn cargo(args: &[&str]) -> Command {
+/// cargo on the pinned stable toolchain, in the workspace.
+fn cargo(args: &[&str]) -> Result<Command> {
+    let pin = toolchain::read_pin(&root(), toolchain::USER_PIN_FILE).map_err(|e| anyhow!(e))?;
+    Ok(cargo_on(&pin.channel, args))
+}
+
+/// cargo on `channel`, in the workspace, with bpf-linker on PATH (the eBPF build of the probes
+/// finds it there).
+fn cargo_on(channel: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
-    // bpf-linker is found by the eBPF build of the probes through PATH.
-    cmd.current_dir(root()).args(args).env("PATH", build_path());
+    cmd.current_dir(root())
+        .arg(format!("+{channel}"))
+        .args(args)
+        .env("PATH", build_path());
     cmd
 }
 
@@ -387,12 +397,12 @@ fn build_dist() -> Result<PathBuf> {
         "dist",
         "--package",
         "ztrace",
-    ]))?;
+    ])?)?;
     Ok(root().join("target/dist/ztrace"))
 }
 
 fn lint() -> Result<()> {
-    run(&mut cargo(&["fmt", "--all", "--check"]))?;
+    run(&mut cargo(&["fmt", "--all", "--check"])?)?;
     run(&mut cargo(&[
         "clippy",
         "--workspace",
@@ -400,24 +410,25 @@ fn lint() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))?;
+    ])?)?;
     // The probe crate checked as what it is: a no_std program for the BPF target, with its own
     // pinned toolchain.
-    let toolchain = format!("+{}", ebpf_pin()?.channel);
-    let mut probes = cargo(&[
-        &toolchain,
-        "clippy",
-        "--package",
-        "ztrace-probes",
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-        "--release",
-        "--",
-        "-D",
-        "warnings",
-    ]);
+    let mut probes = cargo_on(
+        &ebpf_pin()?.channel,
+        &[
+            "clippy",
+            "--package",
+            "ztrace-probes",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
     probes
         .env("RUSTFLAGS", BPF_RUSTFLAGS)
         .env("CARGO_TARGET_DIR", root().join("target/bpf-clippy"));
@@ -439,9 +450,9 @@ fn test() -> Result<()> {
         "--release",
         "--package",
         "ztrace-eval-async-svc",
-    ]))?;
+    ])?)?;
     run(
-        cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])
+        cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])?
             .env("ZTRACE_BIN", ztrace)
             .env("ZTRACE_E2E_REQUIRED", "1"),
     )
@@ -489,19 +500,20 @@ fn fresh() -> Result<()> {
         "--profile",
         "minimal",
         "--default-toolchain",
-        "none",
+        "stable",
     ]);
     env(&mut cmd);
     run(&mut cmd)?;
-    // `cargo` is now the throwaway rustup's proxy: it installs the pinned stable toolchain on
-    // first use, as on a new machine.
+    // A new machine has one stable toolchain, whichever was current when it was made: so does
+    // this rustup now. It compiles xtask; setup installs the pinned toolchains.
     let mut cmd = Command::new("cargo");
     cmd.args(["xtask", "setup"]);
     env(&mut cmd);
     run(&mut cmd)?;
     let setup = start.elapsed();
-    let mut cmd = Command::new("cargo");
-    cmd.args(["check", "--package", "ztrace"]);
+    // What `cargo xtask build` does to the probes: userspace/build.rs, on the pinned stable.
+    let user = toolchain::read_pin(&root(), toolchain::USER_PIN_FILE).map_err(|e| anyhow!(e))?;
+    let mut cmd = cargo_on(&user.channel, &["check", "--package", "ztrace"]);
     env(&mut cmd);
     run(&mut cmd)?;
     let all = start.elapsed();
@@ -603,7 +615,7 @@ fn eval(requests: usize, clients: usize) -> Result<()> {
         "ztrace-eval-async-svc",
         "--package",
         "ztrace-e2e",
-    ]))?;
+    ])?)?;
     let out = root().join("target/eval/linking.md");
     run(Command::new(root().join("target/release/ztrace-eval"))
         .args(["--requests", &requests.to_string()])

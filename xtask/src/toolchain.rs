@@ -15,7 +15,7 @@ use std::{
 /// The eBPF toolchain's pin, relative to the workspace root.
 pub const EBPF_PIN_FILE: &str = "ebpf-probes/rust-toolchain.toml";
 /// The userspace (stable) toolchain's pin, relative to the workspace root.
-pub const USER_PIN_FILE: &str = "rust-toolchain.toml";
+pub const USER_PIN_FILE: &str = "xtask/stable-toolchain.toml";
 
 /// A toolchain as a `rust-toolchain.toml` pins it.
 #[derive(Debug, PartialEq, Eq)]
