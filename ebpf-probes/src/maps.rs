@@ -119,6 +119,15 @@ pub fn traced_flags(tgid: u32) -> Option<u8> {
     unsafe { TRACED.get(tgid).copied() }
 }
 
+/// The flags of a traced process, writable; None when it is not traced.
+#[inline(always)]
+pub fn traced_flags_mut(tgid: u32) -> Option<*mut u8> {
+    if !maybe_traced(tgid) {
+        return None;
+    }
+    TRACED.get_ptr_mut(tgid)
+}
+
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     traced_flags(tgid).is_some()

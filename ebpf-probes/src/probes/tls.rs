@@ -9,18 +9,29 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use ztrace_abi::{direction, syscall};
+use ztrace_abi::{direction, syscall, traced};
 
 use crate::{
-    maps::{SSL_CALLS, SSL_SOCKS, SslCall, SyscallArgs, is_traced},
+    maps::{SSL_CALLS, SSL_SOCKS, SslCall, SyscallArgs, traced_flags_mut},
     probes::io::emit_data,
 };
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, dir: u8, ex: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
+    let Some(flags) = traced_flags_mut((pid_tgid >> 32) as u32) else {
         return;
+    };
+    // The process calls into a probed libssl, so from now on its socket calls must note their
+    // socket for the call in progress (`note_ssl_socket`). The call itself says so, before the
+    // socket I/O inside it: userspace learns of a libssl from /proc/PID/maps when it handles the
+    // exec event, which is often before the dynamic loader has mapped the library; the flag then
+    // stayed clear and the process's plaintext was lost.
+    // SAFETY: a value of our own map, valid while the program runs; a byte store.
+    unsafe {
+        if *flags & traced::TLS == 0 {
+            *flags |= traced::TLS;
+        }
     }
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return;
@@ -139,7 +150,7 @@ pub fn ssl_ex_ret(ctx: RetProbeContext) -> u32 {
 pub(crate) fn note_ssl_socket(flags: u8, pid_tgid: u64, sk: u64) {
     // Only processes whose libssl is probed can have a call in progress: the others skip the
     // map lookup (one of the costlier steps of a socket probe).
-    if flags & ztrace_abi::traced::TLS == 0 {
+    if flags & traced::TLS == 0 {
         return;
     }
     if let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) {
