@@ -166,7 +166,7 @@ mod tests {
     use ztrace_abi::{AF_INET, EventHeader, SockTuple};
 
     use super::*;
-    use crate::metrics::series::{Point, Val};
+    use crate::signals::metrics::series::{Point, Val};
 
     fn data(pid: u32, peer: u8, egress: bool, bytes: u64, syscall: u8) -> DataEvent {
         let mut tuple = SockTuple {

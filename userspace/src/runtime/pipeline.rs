@@ -8,9 +8,9 @@ use crate::{
     assemble::{AssembleStats, Assembler},
     decode::{Event, decode},
     link::{LinkStats, Linker},
-    logs::{LogLine, Logs},
-    metrics::Metrics,
     model::Span,
+    signals::logs::{LogLine, Logs},
+    signals::metrics::Metrics,
 };
 
 /// Connections idle this long are forgotten (their close was never seen).

@@ -16,12 +16,6 @@
 //! `lowmemory` is delta for the synchronous instruments (histograms, the network counters) and
 //! cumulative for the observed self-metric counters, as the OTLP exporter specification says.
 
-pub mod health;
-pub mod net;
-pub mod otlp;
-pub mod red;
-pub mod series;
-
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -32,8 +26,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use rustc_hash::FxHashMap as HashMap;
 use ztrace_abi::{ConnEvent, DataEvent, NetEvent};
 
-use self::health::Health;
-use self::series::{Instrument, Point, Shape};
+use super::health::Health;
+use super::series::{Instrument, Point, Shape};
+use super::{net, otlp, red, series};
 use crate::export::ProcessTable;
 use crate::model::Span;
 

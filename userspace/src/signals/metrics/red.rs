@@ -204,7 +204,7 @@ pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
 mod tests {
     use super::*;
     use crate::export::test_support::{client_span, server_span};
-    use crate::metrics::series::Val;
+    use crate::signals::metrics::series::Val;
 
     fn get<'a>(a: &'a AttrSet, k: &str) -> Option<&'a Val> {
         a.iter().find(|(key, _)| *key == k).map(|(_, v)| v)

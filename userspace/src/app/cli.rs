@@ -6,12 +6,11 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::preflight,
+    capture::{preflight, process},
     config::{self, ConfigFile, Sources},
-    daemon,
     export::{ExportConfig, Output},
-    metrics::MetricsConfig,
-    process,
+    runtime::daemon,
+    signals::metrics::MetricsConfig,
 };
 
 #[derive(Parser, Debug)]

@@ -29,9 +29,9 @@ use rustc_hash::FxHashMap as HashMap;
 use ztrace_abi::DataEvent;
 
 use crate::export::ProcessTable;
-use crate::metrics::otlp::{attr_key_values, resource, scope};
-use crate::metrics::series::Val;
 use crate::model::{Span, SpanId, TraceId};
+use crate::signals::metrics::otlp::{attr_key_values, resource, scope};
+use crate::signals::metrics::series::Val;
 
 /// Attribute set on a line that was cut.
 pub const TRUNCATED: &str = "ztrace.log.truncated";
@@ -537,7 +537,7 @@ mod tests {
         use crate::decode::{as_bytes, encode_data};
         use crate::link::LINK_GRACE_NS;
         use crate::model::SpanKind;
-        use crate::pipeline::Pipeline;
+        use crate::runtime::pipeline::Pipeline;
         use ztrace_abi::{AF_INET, SockTuple, direction};
 
         let sock = |pid: u32,

@@ -649,7 +649,7 @@ fn duration(raw: &Raw, origin: &Origin) -> Result<Duration, ConfigError> {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad(origin, raw, "needs a unit, e.g. 10s or 500ms"));
             }
-            crate::cli::parse_duration(s).map_err(|e| ConfigError(format!("{origin}: {e}")))
+            crate::app::cli::parse_duration(s).map_err(|e| ConfigError(format!("{origin}: {e}")))
         }
         (other, _) => Err(bad(origin, other, "must be a duration such as 10s")),
     }

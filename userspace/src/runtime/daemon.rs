@@ -11,16 +11,15 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
 use ztrace_abi::{ABI_VERSION, kind};
 
 use crate::{
-    capture::{Capture, CaptureOptions, KernelCounters, RingFd},
+    capture::{Capture, CaptureOptions, KernelCounters, RingFd, process},
     decode::{Event, decode},
     export::{ExportConfig, ExportStats, Exporter, Output},
-    logs::{LogConfig, Logs},
-    metrics::{Metrics, MetricsConfig},
     model::ProcessInfo,
-    pipeline::{Pipeline, PipelineStats, ProcChange},
-    process,
-    record::{self, Frame},
-    telemetry::Telemetry,
+    runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
+    runtime::record::{self, Frame},
+    runtime::telemetry::Telemetry,
+    signals::logs::{LogConfig, Logs},
+    signals::metrics::{Metrics, MetricsConfig},
 };
 
 pub struct DaemonConfig {
