@@ -19,4 +19,7 @@ pub mod link;
 pub mod model;
 pub mod processors;
 pub mod runtime;
+pub mod semconv;
 pub mod signals;
+#[cfg(test)]
+mod testkit;

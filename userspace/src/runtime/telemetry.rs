@@ -10,9 +10,10 @@ use tokio::time::Instant;
 
 use crate::{
     capture::KernelCounters,
-    export::{ExportStats, Exporter, ProcessTable},
+    export::{ExportStats, Exporter},
     model::ProcessInfo,
     runtime::pipeline::Pipeline,
+    semconv::resource::ProcessTable,
     signals::logs::{LogLine, to_request},
     signals::metrics::health::Health,
 };

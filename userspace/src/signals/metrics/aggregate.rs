@@ -29,8 +29,8 @@ use ztrace_abi::{ConnEvent, DataEvent, NetEvent};
 use super::health::Health;
 use super::series::{Instrument, Point, Shape};
 use super::{net, otlp, red, series};
-use crate::export::ProcessTable;
 use crate::model::Span;
+use crate::semconv::resource::ProcessTable;
 
 /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`, resolved by [`crate::config`].
 pub use crate::config::Temporality;
@@ -282,7 +282,7 @@ fn to_metric(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{process, server_span};
+    use crate::testkit::{process, server_span};
 
     fn table() -> ProcessTable {
         let mut t = ProcessTable::new(Some("host".into()));
