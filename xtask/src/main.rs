@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod layers;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -279,6 +280,7 @@ fn build_dist() -> Result<PathBuf> {
 }
 
 fn lint() -> Result<()> {
+    layers::check(&root())?;
     run(&mut cargo(&["fmt", "--all", "--check"]))?;
     run(&mut cargo(&[
         "clippy",
