@@ -196,3 +196,18 @@ pub static SSL_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536,
 /// tracepoints that fire outside the owner's context (see `probes::net`). LRU: bounded.
 #[map]
 pub static NET_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// A socket call on thread `pid_tgid`: if the thread is inside an OpenSSL call, that call talks
+/// over socket `sk` (how plaintext is tied to its connection).
+#[inline(always)]
+pub(crate) fn note_ssl_socket(flags: u8, pid_tgid: u64, sk: u64) {
+    // Only processes whose libssl is probed can have a call in progress: the others skip the
+    // map lookup (one of the costlier steps of a socket probe).
+    if flags & ztrace_abi::traced::TLS == 0 {
+        return;
+    }
+    if let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) {
+        // SAFETY: our own map value, written only by this thread's programs.
+        unsafe { (*call).sock = sk };
+    }
+}

@@ -42,6 +42,12 @@ fn need<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     })
 }
 
+/// The kind of a raw record (its first field), without decoding the rest; `None` when the
+/// record is too short to hold one. The record sink uses it to pick out process events.
+pub fn kind_of(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let header: EventHeader = read(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     match header.kind {
@@ -85,6 +91,14 @@ pub fn as_bytes<T: Copy>(v: &T) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_of_short_records_is_none_not_a_panic() {
+        for len in 0..4 {
+            assert_eq!(kind_of(&[kind::PROC as u8, 0, 0, 0][..len]), None);
+        }
+        assert_eq!(kind_of(&kind::PROC.to_le_bytes()), Some(kind::PROC));
+    }
 
     fn data_event(cap: u32) -> DataEvent {
         DataEvent {

@@ -4,6 +4,6 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     // Options not at their defaults (a `MIMALLOC_*` setting) are the operator's choice.
-    ztrace::alloc::tune();
-    std::process::exit(ztrace::cli::main());
+    ztrace::app::alloc::tune();
+    std::process::exit(ztrace::app::cli::main());
 }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod layers;
 mod toolchain;
 
 #[derive(Parser)]
@@ -402,6 +403,7 @@ fn build_dist() -> Result<PathBuf> {
 }
 
 fn lint() -> Result<()> {
+    layers::check(&root())?;
     run(&mut cargo(&["fmt", "--all", "--check"])?)?;
     run(&mut cargo(&[
         "clippy",

@@ -21,10 +21,9 @@ use ztrace_abi::{
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
     maps::{
-        ARGS, DataBuf, NET_SOCKS, SCRATCH, SyscallArgs, config, count, header, is_traced, submit,
-        traced_flags,
+        ARGS, DataBuf, NET_SOCKS, SCRATCH, SyscallArgs, config, count, header, is_traced,
+        note_ssl_socket, submit, traced_flags,
     },
-    probes::tls::note_ssl_socket,
 };
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.

@@ -31,11 +31,8 @@ use ztrace_abi::{EventHeader, conn, direction, kind, syscall};
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_tuple, syscall_regs, tcp_seq},
-    maps::{NET_SOCKS, SyscallArgs, config, traced_flags},
-    probes::{
-        io::{classify, emit_conn, emit_prepared, scratch, user_buffer},
-        tls::note_ssl_socket,
-    },
+    maps::{NET_SOCKS, SyscallArgs, config, note_ssl_socket, traced_flags},
+    probes::io::{classify, emit_conn, emit_prepared, scratch, user_buffer},
 };
 
 const MSG_PEEK: i32 = 2;

@@ -10,10 +10,11 @@ use std::io::{IsTerminal as _, Write as _};
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    AttrValue, Counters, ProcessTable, display_target, service_name, span_attributes, span_name,
-};
+use super::stats::Counters;
 use crate::model::{Exchange, Span, SpanId, SpanKind, SpanStatus, TraceId};
+use crate::semconv::attributes::{AttrValue, display_target, span_attributes};
+use crate::semconv::names::span_name;
+use crate::semconv::resource::{ProcessTable, service_name};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -446,8 +447,9 @@ mod tests {
     use opentelemetry_semantic_conventions::attribute as semconv;
 
     use super::*;
-    use crate::export::test_support::*;
-    use crate::export::{ExportConfig, Exporter, Output};
+    use crate::export::exporter::Exporter;
+    use crate::export::settings::{ExportConfig, Output};
+    use crate::testkit::*;
 
     fn table() -> ProcessTable {
         let mut t = ProcessTable::new(None);
@@ -605,7 +607,7 @@ mod tests {
             let (exporter, captured) = Exporter::spawn_captured(ExportConfig {
                 output: Output::Json,
                 max_batch: 3,
-                batch_delay: super::super::FOREVER,
+                batch_delay: crate::export::control::FOREVER,
                 ..ExportConfig::default()
             });
             for s in spans.clone() {

@@ -25,30 +25,21 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1 as otlp;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::control::Control;
+use super::stats::Counters;
 use super::transport::{Failure, Transport};
-use super::{Control, Counters, ProcessTable};
 use crate::config::{Batching, OtlpTarget, Signal};
 use crate::model::Span;
+use crate::semconv::resource::ProcessTable;
 
 /// First back-off; doubles per retry up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a batch is retried, in units of the export timeout.
 const RETRY_BUDGET_FACTOR: u32 = 3;
-
-/// `Span.flags`: whether the parent is remote is always known here.
-pub(crate) fn span_flags(span: &Span) -> u32 {
-    let has = otlp::SpanFlags::ContextHasIsRemoteMask as u32;
-    if span.parent_is_remote {
-        has | otlp::SpanFlags::ContextIsRemoteMask as u32
-    } else {
-        has
-    }
-}
 
 /// A back-off of `base`, jittered to a uniform pick in `[base/2, base]`.
 fn jittered(base: Duration) -> Duration {
@@ -501,111 +492,6 @@ impl<R: OtlpRequest> Drop for RequestWorker<R> {
 }
 
 #[cfg(test)]
-pub(crate) mod reference {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{
-        AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
-    };
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1 as otlp;
-
-    use super::span_flags;
-    use crate::export::{
-        AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, span_attributes, span_name,
-    };
-    use crate::model::{Span, SpanKind, SpanStatus};
-
-    fn any_value(v: AttrValue) -> AnyValue {
-        let value = match v {
-            AttrValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
-            AttrValue::Int(i) => any_value::Value::IntValue(i),
-            AttrValue::StrArray(items) => any_value::Value::ArrayValue(ArrayValue {
-                values: items
-                    .into_iter()
-                    .map(|s| AnyValue {
-                        value: Some(any_value::Value::StringValue(s)),
-                    })
-                    .collect(),
-            }),
-        };
-        AnyValue { value: Some(value) }
-    }
-
-    pub(crate) fn key_values<K: AsRef<str>>(attrs: Vec<(K, AttrValue)>) -> Vec<KeyValue> {
-        attrs
-            .into_iter()
-            .map(|(k, v)| KeyValue {
-                key: k.as_ref().to_string(),
-                value: Some(any_value(v)),
-            })
-            .collect()
-    }
-
-    /// One model span as an OTLP span.
-    pub(crate) fn to_otlp_span(span: &Span) -> otlp::Span {
-        let kind = match span.kind {
-            SpanKind::Server => otlp::span::SpanKind::Server,
-            SpanKind::Client => otlp::span::SpanKind::Client,
-        };
-        let status = match &span.status {
-            SpanStatus::Unset => None,
-            SpanStatus::Error(msg) => Some(otlp::Status {
-                message: msg.clone(),
-                code: otlp::status::StatusCode::Error as i32,
-            }),
-        };
-        otlp::Span {
-            trace_id: span.trace_id.0.to_vec(),
-            span_id: span.span_id.0.to_vec(),
-            parent_span_id: span
-                .parent_span_id
-                .map(|p| p.0.to_vec())
-                .unwrap_or_default(),
-            flags: span_flags(span),
-            name: span_name(span).into_owned(),
-            kind: kind as i32,
-            start_time_unix_nano: span.start_unix_ns,
-            end_time_unix_nano: span.end_unix_ns.max(span.start_unix_ns),
-            attributes: key_values(span_attributes(span)),
-            status,
-            ..Default::default()
-        }
-    }
-
-    /// A batch as one request: one `ResourceSpans` per pid, in order of first appearance.
-    pub(crate) fn build_request(spans: &[Span], table: &ProcessTable) -> ExportTraceServiceRequest {
-        let mut groups: Vec<(u32, Vec<otlp::Span>)> = Vec::new();
-        for span in spans {
-            let converted = to_otlp_span(span);
-            match groups.iter_mut().find(|(pid, _)| *pid == span.pid) {
-                Some((_, list)) => list.push(converted),
-                None => groups.push((span.pid, vec![converted])),
-            }
-        }
-        let resource_spans = groups
-            .into_iter()
-            .map(|(pid, spans)| otlp::ResourceSpans {
-                resource: Some(Resource {
-                    attributes: key_values(table.resource(pid)),
-                    ..Default::default()
-                }),
-                scope_spans: vec![otlp::ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: SCOPE_NAME.to_string(),
-                        version: SCOPE_VERSION.to_string(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
-            .collect();
-        ExportTraceServiceRequest { resource_spans }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
     use std::sync::Arc;
@@ -618,12 +504,14 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, any_value};
     use opentelemetry_proto::tonic::trace::v1 as otlp;
 
-    use super::reference::*;
     use super::*;
     use crate::config::Protocol;
-    use crate::export::test_support::*;
-    use crate::export::{ExportConfig, ExportStats, Exporter, Output};
+    use crate::export::exporter::Exporter;
+    use crate::export::reference::*;
+    use crate::export::settings::{ExportConfig, Output};
+    use crate::export::stats::ExportStats;
     use crate::model::{SpanId, TraceId};
+    use crate::testkit::*;
     use tonic::Code;
 
     fn attr<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a any_value::Value> {
@@ -1091,7 +979,7 @@ mod tests {
     fn exporter_is_shareable_across_threads() {
         fn check<T: Send + Sync>() {}
         check::<Exporter>();
-        check::<crate::export::ExportHandle>();
+        check::<crate::export::exporter::ExportHandle>();
     }
 
     #[tokio::test]
@@ -1312,7 +1200,10 @@ mod tests {
         let stats = exporter.stats();
         assert_eq!(stats.metrics.exported, 4, "{stats:?}");
         assert_eq!(stats.logs.exported, 5, "{stats:?}");
-        assert_eq!(exporter.queue_depth(), crate::export::QueueDepth::default());
+        assert_eq!(
+            exporter.queue_depth(),
+            crate::export::exporter::QueueDepth::default()
+        );
         // A refusal that is not retryable settles the request too (as failed).
         receiver.set_delay(Duration::ZERO);
         receiver.fail_next(1, Code::InvalidArgument);

@@ -9,11 +9,10 @@ use prost::encoding::{WireType, encoded_len_varint};
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use super::{
-    AddrText, AttrSink, AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, span_name,
-    visit_attributes,
-};
 use crate::model::{Span, SpanKind, SpanStatus};
+use crate::semconv::attributes::{AddrText, AttrSink, AttrValue, visit_attributes};
+use crate::semconv::names::span_name;
+use crate::semconv::resource::{ProcessTable, SCOPE_NAME, SCOPE_VERSION};
 
 /// A protobuf varint, written with one bounds check instead of one per byte (prost's
 /// `encode_varint` goes through `BufMut` a byte at a time: 8 % of a replay's instructions).
@@ -255,7 +254,7 @@ fn span(s: &Span, out: &mut Vec<u8>) {
             varint_field(3, 2, out); // STATUS_CODE_ERROR
         });
     }
-    fixed32_field(16, super::otlp::span_flags(s), out);
+    fixed32_field(16, span_flags(s), out);
 }
 
 /// Encodes `spans` as an `ExportTraceServiceRequest` into `out` (cleared first): one
@@ -349,6 +348,16 @@ impl tonic::codec::Codec for RawCodec {
     }
 }
 
+/// `Span.flags`: whether the parent is remote is always known here.
+pub(crate) fn span_flags(span: &Span) -> u32 {
+    let has = opentelemetry_proto::tonic::trace::v1::SpanFlags::ContextHasIsRemoteMask as u32;
+    if span.parent_is_remote {
+        has | opentelemetry_proto::tonic::trace::v1::SpanFlags::ContextIsRemoteMask as u32
+    } else {
+        has
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -357,8 +366,9 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::export::{otlp::reference::build_request, test_support::*};
+    use crate::export::reference::build_request;
     use crate::model::{SpanId, SpanStatus};
+    use crate::testkit::*;
 
     #[test]
     fn varints_match_prost() {

@@ -6,12 +6,11 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::preflight,
-    config::{self, ConfigFile, Sources},
-    daemon,
+    capture::{preflight, process},
+    config::{self, ConfigFile, Sources, parse_duration},
     export::{ExportConfig, Output},
-    metrics::MetricsConfig,
-    process,
+    runtime::daemon,
+    signals::metrics::MetricsConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -343,28 +342,6 @@ pub enum Format {
     Console,
     /// One JSON object per span per line.
     Json,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; use e.g. 30s, 5m, 1h, 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("`{s}` must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn usage_error(msg: impl std::fmt::Display) -> i32 {

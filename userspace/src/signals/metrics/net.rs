@@ -131,7 +131,7 @@ pub fn on_conn(inst: &mut [Instrument], ev: &ConnEvent) {
         vec![
             (
                 sc::NETWORK_PEER_ADDRESS,
-                crate::export::addr_text(peer.addr).into(),
+                crate::semconv::attributes::addr_text(peer.addr).into(),
             ),
             (sc::SERVER_PORT, i64::from(local.port).into()),
             (CONNECTION_SIDE, "server".into()),
@@ -145,7 +145,7 @@ pub fn on_net(inst: &mut [Instrument], ev: &NetEvent) {
     let (_, peer) = endpoints(&ev.tuple);
     let peer_addr = (
         sc::NETWORK_PEER_ADDRESS,
-        crate::export::addr_text(peer.addr).into(),
+        crate::semconv::attributes::addr_text(peer.addr).into(),
     );
     let server_port = (sc::SERVER_PORT, i64::from(peer.port).into());
     let pid = ev.header.tgid;
@@ -166,7 +166,7 @@ mod tests {
     use ztrace_abi::{AF_INET, EventHeader, SockTuple};
 
     use super::*;
-    use crate::metrics::series::{Point, Val};
+    use crate::signals::metrics::series::{Point, Val};
 
     fn data(pid: u32, peer: u8, egress: bool, bytes: u64, syscall: u8) -> DataEvent {
         let mut tuple = SockTuple {

@@ -10,11 +10,12 @@ use tokio::time::Instant;
 
 use crate::{
     capture::KernelCounters,
-    export::{ExportStats, Exporter, ProcessTable},
-    logs::{LogLine, to_request},
-    metrics::health::Health,
+    export::{ExportStats, Exporter},
     model::ProcessInfo,
-    pipeline::Pipeline,
+    runtime::pipeline::Pipeline,
+    semconv::resource::ProcessTable,
+    signals::logs::{LogLine, to_request},
+    signals::metrics::health::Health,
 };
 
 /// Most log lines per logs request.
@@ -45,7 +46,7 @@ impl Telemetry {
     pub fn new(interval: Duration, mono_to_unix: i128, host_name: &str) -> Self {
         let self_pid = std::process::id();
         let mut table = ProcessTable::new(Some(host_name.to_string()).filter(|h| !h.is_empty()));
-        table.upsert(Arc::new(crate::process::info(
+        table.upsert(Arc::new(crate::capture::process::info(
             self_pid,
             Some("ztrace"),
             host_name,

@@ -649,10 +649,34 @@ fn duration(raw: &Raw, origin: &Origin) -> Result<Duration, ConfigError> {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad(origin, raw, "needs a unit, e.g. 10s or 500ms"));
             }
-            crate::cli::parse_duration(s).map_err(|e| ConfigError(format!("{origin}: {e}")))
+            parse_duration(s).map_err(|e| ConfigError(format!("{origin}: {e}")))
         }
         (other, _) => Err(bad(origin, other, "must be a duration such as 10s")),
     }
+}
+
+/// A duration as the command line and the file write it: `30s`, `5m`, `1h`, `250ms`, `2`
+/// (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; use e.g. 30s, 5m, 1h, 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("`{s}` must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Decodes `%XX` escapes; a malformed escape or invalid UTF-8 is an error.

@@ -8,9 +8,9 @@ use crate::{
     assemble::{AssembleStats, Assembler},
     decode::{Event, decode},
     link::{LinkStats, Linker},
-    logs::{LogLine, Logs},
-    metrics::Metrics,
     model::Span,
+    signals::logs::{LogLine, Logs},
+    signals::metrics::Metrics,
 };
 
 /// Connections idle this long are forgotten (their close was never seen).
@@ -440,5 +440,104 @@ mod tests {
         p.on_record(&[1, 2, 3], &mut changes);
         p.on_record(&[0u8; 200], &mut changes);
         assert_eq!(p.stats().decode_errors, 2);
+    }
+
+    /// Through the whole pipeline: a backend thread logs while serving a request whose client
+    /// span (another process) reaches the linker only after the backend's request did. The line
+    /// must carry the trace the server span is finally exported with, not its provisional one.
+    #[test]
+    fn pipeline_stamps_lines_with_the_final_trace_of_the_served_span() {
+        use crate::decode::{as_bytes, encode_data};
+        use crate::link::LINK_GRACE_NS;
+        use crate::model::SpanKind;
+        use crate::signals::logs::LogConfig;
+        use crate::testkit::stdio_write as write;
+        use ztrace_abi::{AF_INET, SockTuple, direction};
+
+        let sock = |pid: u32,
+                    tid: u32,
+                    sock: u64,
+                    local: u16,
+                    remote: u16,
+                    egress: bool,
+                    ts: u64,
+                    seq: u32,
+                    bytes: &[u8]| {
+            let mut tuple = SockTuple {
+                family: AF_INET,
+                protocol: 6,
+                local_port: local,
+                remote_port: remote,
+                ..Default::default()
+            };
+            tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            let ev = DataEvent {
+                header: EventHeader {
+                    kind: kind::DATA,
+                    tgid: pid,
+                    tid,
+                    _pad: 0,
+                    ts_ns: ts,
+                },
+                sock_id: sock,
+                enter_ns: ts - 5,
+                bytes: bytes.len() as u64,
+                tuple,
+                fd: 3,
+                seq,
+                direction: if egress {
+                    direction::EGRESS
+                } else {
+                    direction::INGRESS
+                },
+                has_seq: 1,
+                ..Default::default()
+            };
+            encode_data(&ev, bytes)
+        };
+        let stdio = |tid: u32, ts: u64, fd: i32, text: &[u8]| {
+            let mut ev = write(2, tid, fd, ts, text.len() as u64);
+            ev.cap_len = text.len() as u32;
+            let mut raw = as_bytes(&ev).to_vec();
+            raw.extend_from_slice(text);
+            raw
+        };
+        let req = b"GET /b HTTP/1.1\r\nHost: backend\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let records = vec![
+            stdio(21, 50, 1, b"before any request\n"),
+            sock(2, 21, 0xC, 9000, 6000, false, 100, 5000, req),
+            stdio(21, 110, 2, b"serving /b\n"),
+            stdio(22, 115, 1, b"other thread\n"),
+            // The client's write reaches the ring after the server's read.
+            sock(1, 11, 0xB, 6000, 9000, true, 90, 5000, req),
+            sock(2, 21, 0xC, 9000, 6000, true, 200, 7000, resp),
+            stdio(21, 210, 1, b"after the response\n"),
+            sock(1, 11, 0xB, 6000, 9000, false, 220, 7000, resp),
+        ];
+        let mut p = Pipeline::new(0, Some(1));
+        p.logs = Some(Logs::new(LogConfig::default()));
+        let mut changes = Vec::new();
+        for r in &records {
+            p.on_record(r, &mut changes);
+        }
+        let mut spans = Vec::new();
+        p.poll(1_000 + LINK_GRACE_NS, &mut spans);
+        let mut lines = Vec::new();
+        p.take_logs(&mut lines);
+        let server = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+        let client = spans.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+        assert_eq!(server.parent_span_id, Some(client.span_id));
+        let find = |body: &str| lines.iter().find(|l| l.body == body).unwrap();
+        assert_eq!(
+            find("serving /b").span,
+            Some((client.trace_id, server.span_id))
+        );
+        assert_eq!(find("serving /b").fd, 2);
+        for uncorrelated in ["before any request", "other thread", "after the response"] {
+            assert_eq!(find(uncorrelated).span, None, "{uncorrelated}");
+        }
+        assert_eq!(lines.len(), 4);
     }
 }

@@ -11,8 +11,9 @@
 use opentelemetry_semantic_conventions::{attribute as sc, metric as m};
 
 use super::series::{AttrSet, Descriptor, Shape};
-use crate::export::{client_side_server, span_name};
 use crate::model::{DbSystem, Exchange, Span, SpanKind, SpanStatus};
+use crate::semconv::attributes::client_side_server;
+use crate::semconv::names::span_name;
 
 /// The conventions' advice for HTTP and DNS durations (seconds).
 pub const HTTP_BUCKETS: &[f64] = &[
@@ -203,8 +204,8 @@ pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{client_span, server_span};
-    use crate::metrics::series::Val;
+    use crate::signals::metrics::series::Val;
+    use crate::testkit::{client_span, server_span};
 
     fn get<'a>(a: &'a AttrSet, k: &str) -> Option<&'a Val> {
         a.iter().find(|(key, _)| *key == k).map(|(_, v)| v)

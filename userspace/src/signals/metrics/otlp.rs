@@ -8,7 +8,8 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::series::Val;
-use crate::export::{AttrValue, ProcessTable, SCOPE_NAME, SCOPE_VERSION, resource_attributes};
+use crate::semconv::attributes::AttrValue;
+use crate::semconv::resource::{ProcessTable, SCOPE_NAME, SCOPE_VERSION, resource_attributes};
 
 fn any(value: Value) -> Option<AnyValue> {
     Some(AnyValue { value: Some(value) })

@@ -63,7 +63,6 @@
 //! Released spans stay as tombstones for `RETAIN` so late children still find their trace;
 //! everything is bounded by `max_spans`.
 
-use std::borrow::Cow;
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
@@ -73,7 +72,8 @@ use rustc_hash::FxHashMap as HashMap;
 
 use rand::{SeedableRng, rngs::SmallRng};
 
-use crate::model::{Endpoint, Exchange, Span, SpanId, SpanKind, SpanStatus, TraceId};
+use crate::model::{Endpoint, Exchange, Span, SpanId, SpanKind, TraceId};
+use crate::semconv::{names::exchange_name, status::status_of};
 
 pub type Handle = u64;
 
@@ -972,105 +972,6 @@ impl Linker {
     }
 }
 
-const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
-
-/// Span status per the conventions: HTTP servers fail on 5xx, clients on 4xx and 5xx; a database
-/// call fails when the server answered with an error; any exchange fails when it was cut off.
-fn status_of(exchange: &Exchange, kind: SpanKind, error: Option<&str>) -> SpanStatus {
-    if let Some(e) = error {
-        return SpanStatus::Error(e.to_string());
-    }
-    match exchange {
-        Exchange::Http(h) => match (h.status, kind) {
-            (Some(code), SpanKind::Server) if code >= 500 => SpanStatus::Error(code.to_string()),
-            (Some(code), SpanKind::Client) if code >= 400 => SpanStatus::Error(code.to_string()),
-            _ => SpanStatus::Unset,
-        },
-        Exchange::Rpc(r) => match (r.grpc_status, kind) {
-            // Server side: only codes that mean the server failed (RPC conventions).
-            (Some(code @ (2 | 4 | 12 | 13 | 14 | 15)), SpanKind::Server) => {
-                SpanStatus::Error(grpc_code_name(code).to_string())
-            }
-            (Some(code), SpanKind::Client) if code != 0 => {
-                SpanStatus::Error(grpc_code_name(code).to_string())
-            }
-            (None, _) if r.http_status.is_some_and(|s| s >= 400) => {
-                SpanStatus::Error(format!("HTTP {}", r.http_status.unwrap_or_default()))
-            }
-            _ => SpanStatus::Unset,
-        },
-        Exchange::Dns(d) => match d.rcode.as_deref() {
-            Some("NOERROR") | None => SpanStatus::Unset,
-            Some(rcode) if kind == SpanKind::Client || rcode != "NXDOMAIN" => {
-                SpanStatus::Error(rcode.to_string())
-            }
-            Some(_) => SpanStatus::Unset,
-        },
-        Exchange::Db(d) => match &d.error {
-            Some((code, message)) => SpanStatus::Error(if message.is_empty() {
-                code.clone()
-            } else {
-                format!("{code} {message}")
-            }),
-            None => SpanStatus::Unset,
-        },
-    }
-}
-
-/// Span name per the conventions: HTTP — the method; databases — "{operation} {collection}",
-/// falling back to the operation, then the system.
-pub fn exchange_name(exchange: &Exchange) -> Cow<'static, str> {
-    match exchange {
-        Exchange::Http(h) => Cow::Borrowed(span_name(&h.method)),
-        Exchange::Rpc(r) => format!("{}/{}", r.service, r.method).into(),
-        Exchange::Dns(d) => format!("DNS {} {}", d.qtype, d.name).into(),
-        Exchange::Db(d) => match (&d.operation, &d.collection) {
-            (Some(op), Some(coll)) => format!("{op} {coll}").into(),
-            (Some(op), None) => op.clone().into(),
-            _ => Cow::Borrowed(d.system.name()),
-        },
-    }
-}
-
-/// Name of a gRPC status code.
-pub fn grpc_code_name(code: i32) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|c| NAMES.get(c))
-        .copied()
-        .unwrap_or("UNKNOWN")
-}
-
-/// Span name per the HTTP conventions when no route is known: the method, or "HTTP".
-pub fn span_name(method: &str) -> &'static str {
-    KNOWN_METHODS
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("HTTP")
-}
-
 /// The trace a span belongs to, as resolved at release.
 #[derive(Clone, Copy, Debug)]
 struct Resolved {
@@ -1140,7 +1041,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::model::HttpExchange;
+    use crate::model::{HttpExchange, SpanStatus};
 
     fn ep(port: u16) -> Endpoint {
         Endpoint {

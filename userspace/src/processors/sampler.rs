@@ -60,7 +60,7 @@ pub fn sampled(sampler: &Sampler, span: &Span) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::server_span;
+    use crate::testkit::server_span;
 
     fn id(n: u64) -> TraceId {
         // Spread the counter over the random bits.

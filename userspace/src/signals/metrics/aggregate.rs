@@ -16,12 +16,6 @@
 //! `lowmemory` is delta for the synchronous instruments (histograms, the network counters) and
 //! cumulative for the observed self-metric counters, as the OTLP exporter specification says.
 
-pub mod health;
-pub mod net;
-pub mod otlp;
-pub mod red;
-pub mod series;
-
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -32,10 +26,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use rustc_hash::FxHashMap as HashMap;
 use ztrace_abi::{ConnEvent, DataEvent, NetEvent};
 
-use self::health::Health;
-use self::series::{Instrument, Point, Shape};
-use crate::export::ProcessTable;
+use super::health::Health;
+use super::series::{Instrument, Point, Shape};
+use super::{net, otlp, red, series};
 use crate::model::Span;
+use crate::semconv::resource::ProcessTable;
 
 /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`, resolved by [`crate::config`].
 pub use crate::config::Temporality;
@@ -287,7 +282,7 @@ fn to_metric(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{process, server_span};
+    use crate::testkit::{process, server_span};
 
     fn table() -> ProcessTable {
         let mut t = ProcessTable::new(Some("host".into()));

@@ -11,16 +11,15 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
 use ztrace_abi::{ABI_VERSION, kind};
 
 use crate::{
-    capture::{Capture, CaptureOptions, KernelCounters, RingFd},
-    decode::{Event, decode},
-    export::{ExportConfig, ExportStats, Exporter, Output},
-    logs::{LogConfig, Logs},
-    metrics::{Metrics, MetricsConfig},
+    capture::{Capture, CaptureOptions, KernelCounters, RingFd, process},
+    decode::{Event, decode, kind_of},
+    export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
-    pipeline::{Pipeline, PipelineStats, ProcChange},
-    process,
-    record::{self, Frame},
-    telemetry::Telemetry,
+    runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
+    runtime::record::{self, Frame},
+    runtime::telemetry::Telemetry,
+    signals::logs::{LogConfig, Logs},
+    signals::metrics::{Metrics, MetricsConfig},
 };
 
 pub struct DaemonConfig {
@@ -118,10 +117,7 @@ impl Sink {
                 writer.record(raw)?;
                 *records += 1;
                 // Process lifecycle still steers the recorder (follow children, stop at exit).
-                if raw
-                    .first()
-                    .map(|_| u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
-                    == Some(kind::PROC)
+                if kind_of(raw) == Some(kind::PROC)
                     && let Ok(Event::Proc(ev)) = decode(raw)
                 {
                     changes.extend(ProcChange::from_event(&ev));
@@ -568,13 +564,6 @@ pub fn replay_throughput(path: &std::path::Path, passes: u32) -> Result<Throughp
         seconds: start.elapsed().as_secs_f64(),
         passes,
     })
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn describe(export: &ExportConfig) -> String {

@@ -1,0 +1,4 @@
+//! The application shell: the command line and the allocator set-up. Nothing imports it.
+
+pub mod alloc;
+pub mod cli;

@@ -1,0 +1,5 @@
+//! Request ↔ response exchanges from per-connection byte streams.
+
+mod assembler;
+
+pub use assembler::*;

@@ -1,0 +1,554 @@
+//! Capture: load the eBPF probes, tell them which processes to trace, attach them to the kernel's
+//! tracepoints and hand out the ring buffer of raw records. Owns every kernel object; knows
+//! nothing about what the records mean (that is `decode` and beyond).
+
+use std::{fs, os::fd::AsRawFd};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
+};
+use ztrace_abi::{Config, MAX_PAYLOAD, counter};
+
+use super::{btf, preflight};
+
+/// The probe object built by build.rs.
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace-probes"));
+
+/// Syscalls whose entry the `sys_enter` program sees.
+const ENTER: &[&str] = &[
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "recvmmsg",
+    "sendmmsg", "connect", "close",
+];
+/// Syscalls whose exit the `sys_exit` program sees.
+const EXIT: &[&str] = &[
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "recvmmsg",
+    "sendmmsg", "connect", "accept", "accept4",
+];
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub payload_cap: u32,
+    pub follow_children: bool,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Capture writes to stdout/stderr (`--capture-logs`).
+    pub capture_stdio: bool,
+    /// Use the syscall tracepoints for socket data even where the socket-layer ones work
+    /// (`--capture-via-syscalls`).
+    pub via_syscalls: bool,
+    /// Turn on the kernel's BPF run-time statistics while loaded (`--probe-stats`).
+    pub probe_stats: bool,
+}
+
+/// Where socket data is captured (see `probes::sock` for why the socket layer is preferred).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// `sock:sock_send_length`/`sock_recv_length`: one hook per socket call, none for other
+    /// syscalls of any process.
+    SocketLayer,
+    /// `syscalls:sys_enter_*`/`sys_exit_*` of the socket syscalls (older kernels).
+    Syscalls,
+}
+
+impl std::fmt::Display for CaptureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CaptureMode::SocketLayer => "socket-layer tracepoints",
+            CaptureMode::Syscalls => "syscall tracepoints",
+        })
+    }
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            payload_cap: 512,
+            follow_children: true,
+            // 8 MiB: ~2.5 s of nginx saturating both cores here (≈ 60k events/s × ~55 bytes).
+            // Userspace maps it twice (wrap-around), so it costs twice that in RSS.
+            ring_bytes: 8 << 20,
+            capture_stdio: false,
+            via_syscalls: false,
+            probe_stats: false,
+        }
+    }
+}
+
+/// OpenSSL functions and the program attached to each: (program, function).
+const TLS_PROBES: &[(&str, &str)] = &[
+    ("ssl_read_enter", "SSL_read"),
+    ("ssl_ret", "SSL_read"),
+    ("ssl_write_enter", "SSL_write"),
+    ("ssl_ret", "SSL_write"),
+    ("ssl_read_ex_enter", "SSL_read_ex"),
+    ("ssl_ex_ret", "SSL_read_ex"),
+    ("ssl_write_ex_enter", "SSL_write_ex"),
+    ("ssl_ex_ret", "SSL_write_ex"),
+];
+
+/// Loaded and attached probes.
+pub struct Capture {
+    /// Libraries probed, by (device, inode): the same file reached through different
+    /// /proc/PID/root paths is probed once.
+    tls_libs: std::collections::HashSet<(u64, u64)>,
+    tls_loaded: bool,
+    ebpf: Ebpf,
+    traced: HashMap<MapData, u32, u8>,
+    /// The in-kernel pre-filter in front of `traced` (a byte per TGID; see the probes' maps).
+    maybe_traced: Array<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    pub mode: CaptureMode,
+    capture_stdio: bool,
+    /// Keeps the kernel's BPF run-time statistics on while held (`--probe-stats`).
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// What one probe program cost the kernel so far (BPF run-time statistics).
+#[derive(Debug, Clone)]
+pub struct ProbeCost {
+    pub name: String,
+    pub runs: u64,
+    pub time: std::time::Duration,
+}
+
+/// Socket-layer programs and the raw tracepoints they attach to.
+const SOCK_PROBES: &[(&str, &str)] = &[
+    ("sock_send", "sock_send_length"),
+    ("sock_recv", "sock_recv_length"),
+];
+/// Syscalls the `sys_enter`/`sys_exit` programs see in socket-layer mode with `--capture-logs`
+/// (stdout/stderr writes only; sockets are left to the socket-layer programs).
+const STDIO_SYSCALLS: &[&str] = &["write", "writev"];
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub submitted: u64,
+    pub ringbuf_full: u64,
+    pub args_full: u64,
+    pub read_failed: u64,
+}
+
+/// Offset of `group_dead` in `sched:sched_process_exit` records, from the tracepoint's format.
+fn exit_group_dead_offset() -> Result<u32> {
+    tracepoint_field("sched/sched_process_exit", "group_dead")
+        .context("no `group_dead` field (kernel older than 4.x?)")
+}
+
+/// Offset of `field` in the records of tracepoint `event` ("category/name"), from its format file.
+fn tracepoint_field(event: &str, field: &str) -> Result<u32> {
+    let path = format!("{}/events/{event}/format", preflight::TRACEFS);
+    let format = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let decl = format!(" {field};");
+    format
+        .lines()
+        .find(|l| l.contains(&decl))
+        .and_then(|l| l.split("offset:").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("{path} has no `{field}` field"))
+}
+
+/// Whether this kernel has what the socket-layer probes need; the reason when not.
+fn socket_layer_available(config: &Config) -> Result<()> {
+    let o = &config.offsets;
+    if [o.regs_nr, o.regs_arg0, o.regs_arg1, o.regs_arg2].contains(&ztrace_abi::OFFSET_UNKNOWN) {
+        bail!("this kernel's BTF has no known `struct pt_regs` layout");
+    }
+    for (_, tp) in SOCK_PROBES {
+        let path = format!("{}/events/sock/{tp}", preflight::TRACEFS);
+        if !std::path::Path::new(&path).exists() {
+            bail!("no tracepoint sock:{tp} (Linux 6.3 or later has it)");
+        }
+    }
+    // Connects and closes come from `sock:inet_sock_set_state` in this mode.
+    if config.set_state_skaddr_offset == ztrace_abi::OFFSET_UNKNOWN {
+        bail!("no usable tracepoint sock:inet_sock_set_state");
+    }
+    Ok(())
+}
+
+/// Program `prog` of the probe object, as its type (`TracePoint`, `RawTracePoint`, `UProbe`).
+fn program<'a, P>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?;
+    Ok(program.try_into()?)
+}
+
+/// Loads (verifies) the socket-layer programs.
+fn load_sock_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for (prog, _) in SOCK_PROBES {
+        let program: &mut RawTracePoint = program(ebpf, prog)?;
+        program
+            .load()
+            .with_context(|| format!("verifier rejected {prog}"))?;
+    }
+    Ok(())
+}
+
+/// Record offsets the network probes need; unknown ones switch those probes off (reported).
+fn net_offsets() -> [u32; 4] {
+    let fields = [
+        ("sock/inet_sock_set_state", "skaddr"),
+        ("sock/inet_sock_set_state", "oldstate"),
+        ("sock/inet_sock_set_state", "newstate"),
+        ("tcp/tcp_retransmit_skb", "skaddr"),
+    ];
+    fields.map(|(event, field)| {
+        tracepoint_field(event, field).unwrap_or_else(|e| {
+            log::warn!("TCP connection/retransmit metrics unavailable: {e:#}");
+            ztrace_abi::OFFSET_UNKNOWN
+        })
+    })
+}
+
+/// The host's highest PID + 1 (`/proc/sys/kernel/pid_max`); Linux's largest where unreadable.
+fn pid_max() -> u32 {
+    const LIMIT: u32 = 1 << 22;
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(LIMIT, |n| n.clamp(64, LIMIT))
+}
+
+impl Capture {
+    /// Loads the probes with this kernel's struct offsets. Preflight checks must have passed.
+    pub fn load(opts: &CaptureOptions) -> Result<Capture> {
+        if opts.payload_cap == 0 || opts.payload_cap as usize > MAX_PAYLOAD {
+            bail!("payload cap must be between 1 and {MAX_PAYLOAD} bytes");
+        }
+        let btf = btf::Btf::from_sys_fs()?;
+        let offsets = btf::resolve_offsets(&btf)?;
+        let net = net_offsets();
+        let mut config = Config {
+            payload_cap: opts.payload_cap,
+            follow_children: opts.follow_children as u32,
+            exit_group_dead_offset: exit_group_dead_offset()?,
+            capture_stdio: opts.capture_stdio as u32,
+            set_state_skaddr_offset: net[0],
+            set_state_old_offset: net[1],
+            set_state_new_offset: net[2],
+            retransmit_skaddr_offset: net[3],
+            socket_mode: 0,
+            offsets,
+        };
+        let socket_layer = if opts.via_syscalls {
+            Err(anyhow::anyhow!("--capture-via-syscalls"))
+        } else {
+            socket_layer_available(&config)
+        };
+        if let Err(e) = &socket_layer {
+            log::info!("socket data from syscall tracepoints ({e:#})");
+        }
+        config.socket_mode = socket_layer.is_ok() as u32;
+        let mut ebpf = Self::load_object(&config, opts)?;
+        let mut mode = CaptureMode::Syscalls;
+        if config.socket_mode != 0 {
+            match load_sock_programs(&mut ebpf) {
+                Ok(()) => mode = CaptureMode::SocketLayer,
+                Err(e) => {
+                    log::warn!(
+                        "socket-layer capture unavailable, using syscall tracepoints: {e:#}"
+                    );
+                    config.socket_mode = 0;
+                    ebpf = Self::load_object(&config, opts)?;
+                }
+            }
+        }
+        let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
+        let maybe_traced = Array::try_from(
+            ebpf.take_map("MAYBE_TRACED")
+                .context("map MAYBE_TRACED missing")?,
+        )?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        Ok(Capture {
+            tls_libs: Default::default(),
+            tls_loaded: false,
+            ebpf,
+            traced,
+            maybe_traced,
+            counters,
+            mode,
+            capture_stdio: opts.capture_stdio,
+            _stats: if opts.probe_stats {
+                Some(
+                    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                        .context("turning on BPF run-time statistics (--probe-stats)")?,
+                )
+            } else {
+                None
+            },
+        })
+    }
+
+    fn load_object(config: &Config, opts: &CaptureOptions) -> Result<Ebpf> {
+        EbpfLoader::new()
+            .override_global("CONFIG", config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("MAYBE_TRACED", ztrace_abi::maybe_traced::words(pid_max()))
+            .load(PROBES)
+            .context("loading the eBPF probes into the kernel")
+    }
+
+    /// Adds a process to the in-kernel filter. Before [`Capture::attach`] only.
+    pub fn trace(&mut self, tgid: u32) -> Result<()> {
+        // The pre-filter byte first: a probe that sees it checks `traced`, one that does not
+        // skips the process. Only before `attach` (a rewrite of the whole entry here could undo
+        // a child's byte that a probe stores meanwhile).
+        let (word, mask) = ztrace_abi::maybe_traced::slot(tgid);
+        if word < self.maybe_traced.len() {
+            let old = self.maybe_traced.get(&word, 0).unwrap_or(0);
+            self.maybe_traced
+                .set(word, old | (mask & 0x0101_0101_0101_0101), 0)
+                .with_context(|| format!("adding PID {tgid} to the traced set's filter"))?;
+        }
+        self.traced
+            .insert(tgid, ztrace_abi::traced::YES, 0)
+            .with_context(|| format!("adding PID {tgid} to the traced set"))
+    }
+
+    /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
+    pub fn attach(&mut self) -> Result<()> {
+        let (enter, exit) = match (self.mode, self.capture_stdio) {
+            (CaptureMode::Syscalls, _) => (ENTER, EXIT),
+            (CaptureMode::SocketLayer, true) => (STDIO_SYSCALLS, STDIO_SYSCALLS),
+            (CaptureMode::SocketLayer, false) => (&[][..], &[][..]),
+        };
+        if !enter.is_empty() {
+            let enter: Vec<String> = enter.iter().map(|n| format!("sys_enter_{n}")).collect();
+            let exit: Vec<String> = exit.iter().map(|n| format!("sys_exit_{n}")).collect();
+            self.attach_tracepoint("sys_enter", "syscalls", &enter)?;
+            self.attach_tracepoint("sys_exit", "syscalls", &exit)?;
+        }
+        if self.mode == CaptureMode::SocketLayer {
+            for (prog, tp) in SOCK_PROBES {
+                let program: &mut RawTracePoint = program(&mut self.ebpf, prog)?;
+                program
+                    .attach(tp)
+                    .with_context(|| format!("attaching to raw tracepoint {tp}"))?;
+            }
+        }
+        for name in ["sched_process_exit", "sched_process_exec"] {
+            self.attach_tracepoint(name, "sched", &[name.to_string()])?;
+        }
+        // Network metrics (and, with socket-layer capture, connects and closes).
+        for (prog, category) in [
+            ("inet_sock_set_state", "sock"),
+            ("tcp_retransmit_skb", "tcp"),
+        ] {
+            match self.attach_tracepoint(prog, category, &[prog.to_string()]) {
+                Err(e)
+                    if self.mode == CaptureMode::SocketLayer && prog == "inet_sock_set_state" =>
+                {
+                    return Err(e);
+                }
+                Err(e) => log::warn!("TCP connection/retransmit metrics unavailable: {e:#}"),
+                Ok(()) => {}
+            }
+        }
+        let fork: &mut RawTracePoint = program(&mut self.ebpf, "sched_process_fork")?;
+        fork.load()
+            .context("verifier rejected sched_process_fork")?;
+        fork.attach("sched_process_fork")
+            .context("attaching to raw tracepoint sched_process_fork")?;
+        Ok(())
+    }
+
+    /// Loads program `prog` and attaches it to each `category:name` tracepoint.
+    fn attach_tracepoint(&mut self, prog: &str, category: &str, names: &[String]) -> Result<()> {
+        let program: &mut TracePoint = program(&mut self.ebpf, prog)?;
+        program
+            .load()
+            .with_context(|| format!("verifier rejected {prog}"))?;
+        for name in names {
+            program
+                .attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the OpenSSL probes to the libssl that `pid` has mapped, if it has one and it is
+    /// not attached yet (probes on a library file fire for every process; the in-kernel filter
+    /// keeps only traced ones). Returns the library newly attached.
+    pub fn attach_tls(&mut self, pid: u32) -> Result<Option<std::path::PathBuf>> {
+        let lib = libssl_of(pid);
+        // The socket probes look for an OpenSSL call in progress only in processes that map
+        // a probed libssl (an exec may have replaced one that did).
+        let flags = match lib {
+            Some(_) => ztrace_abi::traced::YES | ztrace_abi::traced::TLS,
+            None => ztrace_abi::traced::YES,
+        };
+        self.traced
+            .insert(pid, flags, 0)
+            .with_context(|| format!("updating PID {pid} in the traced set"))?;
+        let Some(lib) = lib else {
+            return Ok(None);
+        };
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(&lib).with_context(|| format!("reading {}", lib.display()))?;
+            (meta.dev(), meta.ino())
+        };
+        if !self.tls_libs.insert(id) {
+            return Ok(None);
+        }
+        if !self.tls_loaded {
+            for name in [
+                "ssl_read_enter",
+                "ssl_write_enter",
+                "ssl_read_ex_enter",
+                "ssl_write_ex_enter",
+                "ssl_ret",
+                "ssl_ex_ret",
+            ] {
+                let program: &mut UProbe = program(&mut self.ebpf, name)?;
+                program
+                    .load()
+                    .with_context(|| format!("verifier rejected {name}"))?;
+            }
+            self.tls_loaded = true;
+        }
+        let mut attached = 0;
+        for (prog, function) in TLS_PROBES {
+            let program: &mut UProbe = program(&mut self.ebpf, prog)?;
+            // The `_ex` variants exist from OpenSSL 1.1.1 on; a library without one is still
+            // covered through the other.
+            match program.attach(*function, &lib, UProbeScope::AllProcesses) {
+                Ok(_) => attached += 1,
+                Err(e) => log::debug!("{}: no uprobe on {function}: {e}", lib.display()),
+            }
+        }
+        if attached == 0 {
+            anyhow::bail!(
+                "{}: none of SSL_read/SSL_write could be probed",
+                lib.display()
+            );
+        }
+        Ok(Some(lib))
+    }
+
+    /// The ring buffer of raw records (can be taken once).
+    pub fn ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("ring buffer already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Runs and run time of every loaded probe program (each counts all its attachments); zero
+    /// unless statistics were turned on (`CaptureOptions::probe_stats`) or by someone else.
+    pub fn probe_costs(&self) -> Vec<ProbeCost> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProbeCost {
+                    name: name.to_string(),
+                    runs: info.run_count(),
+                    time: info.run_time(),
+                })
+            })
+            .filter(|c| c.runs > 0)
+            .collect()
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |idx: u32| {
+            self.counters
+                .get(&idx, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            submitted: sum(counter::SUBMITTED),
+            ringbuf_full: sum(counter::RINGBUF_FULL),
+            args_full: sum(counter::ARGS_FULL),
+            read_failed: sum(counter::READ_FAILED),
+        }
+    }
+}
+
+/// Lets tokio wait for ring-buffer readiness.
+pub struct RingFd(pub RingBuf<MapData>);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// TLS stacks ztrace does not decode, recognised by marker strings in an executable.
+const UNCOVERED_TLS: &[(&[u8], &str)] = &[
+    (b"crypto/tls.", "Go crypto/tls"),
+    (b"rustls", "rustls"),
+    (b"BoringSSL", "BoringSSL (statically linked)"),
+    (b"OpenSSL 3.", "OpenSSL (statically linked)"),
+    (b"OpenSSL 1.", "OpenSSL (statically linked)"),
+];
+/// How much of an executable is searched for those markers.
+const TLS_SCAN_BYTES: u64 = 256 << 20;
+
+/// A TLS stack built into `pid`'s executable (not a shared libssl), which ztrace cannot see into.
+pub fn uncovered_tls(pid: u32) -> Option<&'static str> {
+    if libssl_of(pid).is_some() {
+        return None;
+    }
+    let mut exe = Vec::new();
+    let file = fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, TLS_SCAN_BYTES), &mut exe).ok()?;
+    UNCOVERED_TLS
+        .iter()
+        .find(|(marker, _)| memchr::memmem::find(&exe, marker).is_some())
+        .map(|(_, name)| *name)
+}
+
+/// The OpenSSL library mapped into `pid`, from /proc/PID/maps.
+fn libssl_of(pid: u32) -> Option<std::path::PathBuf> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| {
+            std::path::Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libssl.so"))
+        })
+        // Through /proc/PID/root so a process in another mount namespace resolves too.
+        .map(|path| std::path::PathBuf::from(format!("/proc/{pid}/root{path}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use ztrace_abi::maybe_traced::{PER_WORD, WORDS, slot, words};
+
+    #[test]
+    fn filter_bytes_are_one_per_tgid_and_cover_pid_max() {
+        // What userspace stores for a TGID is what the probes test for it, and for no other.
+        for tgid in [0u32, 1, 7, 8, 9, 63, 64, 4_194_303] {
+            let (word, mask) = slot(tgid);
+            let stored = mask & 0x0101_0101_0101_0101;
+            for other in tgid.saturating_sub(9)..tgid.saturating_add(9) {
+                let (w, m) = slot(other);
+                assert_eq!(
+                    w == word && stored & m != 0,
+                    other == tgid,
+                    "{tgid} vs {other}"
+                );
+            }
+        }
+        assert_eq!(words(1 << 22), WORDS);
+        assert_eq!(words(32_768), 32_768 / PER_WORD);
+        assert_eq!(words(32_769), 32_768 / PER_WORD + 1);
+        assert!(super::pid_max() >= 64);
+    }
+}

@@ -1,0 +1,5 @@
+//! Export configuration: flags, TOML file, OTEL_* variables.
+
+mod resolve;
+
+pub use resolve::*;

@@ -1,0 +1,177 @@
+//! The span worker: drains the bounded span queue in batches (up to `max_batch` spans or
+//! `batch_delay`, whichever comes first) into the configured output, and flushes at shutdown.
+//! It must not block the submitting side, and it knows nothing about attribute mapping (that is
+//! `semconv`) or wire formats (`otlp`, `wire`, `console`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::control::{Control, FOREVER, sleep_until};
+use super::settings::Output;
+use super::stats::Counters;
+use super::{console, otlp};
+use crate::model::{ProcessInfo, Span};
+use crate::semconv::resource::ProcessTable;
+
+/// How long the span worker lets a partial batch gather before taking more off the queue.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// The export task's state.
+pub(super) struct Worker {
+    pub(super) rx: mpsc::Receiver<Span>,
+    pub(super) processes: mpsc::UnboundedReceiver<Arc<ProcessInfo>>,
+    pub(super) table: ProcessTable,
+    pub(super) output: Output,
+    pub(super) destination: console::Destination,
+    pub(super) counters: Arc<Counters>,
+    pub(super) ctl: Control,
+    /// Spans taken off the queue and not yet accounted for.
+    pub(super) batch: Vec<Span>,
+    pub(super) max_batch: usize,
+    pub(super) batch_delay: Duration,
+    pub(super) queue_drops_reported: u64,
+    pub(super) queue_drops_reported_at: Option<Instant>,
+}
+
+enum Sink {
+    Otlp(Box<otlp::OtlpSink>),
+    Stdout(console::StdoutSink),
+}
+
+impl Worker {
+    pub(super) async fn run(mut self) {
+        let mut sink = match &self.output {
+            Output::Otlp(target) => Sink::Otlp(Box::new(otlp::OtlpSink::new(target))),
+            Output::Console => Sink::Stdout(console::StdoutSink::new(
+                console::Format::Console,
+                self.destination.clone(),
+            )),
+            Output::Json => Sink::Stdout(console::StdoutSink::new(
+                console::Format::Json,
+                self.destination.clone(),
+            )),
+        };
+        // When the oldest span of the batch arrived (None: the batch is empty).
+        let mut oldest: Option<Instant> = None;
+        while self.ctl.deadline().is_none() {
+            let room = self.max_batch - self.batch.len();
+            let flush_at = oldest.map(|t| t.checked_add(self.batch_delay).unwrap_or(t + FOREVER));
+            let got = tokio::select! {
+                biased;
+                // The batch is completed from the queue and exported by `drain`: batch
+                // boundaries then do not depend on when shutdown came (replay output is the
+                // same on every run).
+                _ = self.ctl.requested() => break,
+                n = self.rx.recv_many(&mut self.batch, room) => n,
+                _ = sleep_until(flush_at) => 0,
+            };
+            if got == 0 && flush_at.is_none_or(|at| Instant::now() < at) {
+                // Closed and empty: every sender is gone, so the Exporter was dropped.
+                break;
+            }
+            let now = Instant::now();
+            oldest = oldest.or(Some(now));
+            if self.batch.len() < self.max_batch && flush_at.is_none_or(|at| now < at) {
+                // Not full yet: let spans gather for a moment instead of being woken by each
+                // one (spans arrive in bursts; thousands of wake-ups a second, each taking a
+                // core from the traced application for a moment, was what the loop cost).
+                let pause = now + GATHER;
+                let until = flush_at.map_or(pause, |at| at.min(pause));
+                tokio::select! {
+                    biased;
+                    _ = self.ctl.requested() => break,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+                if flush_at.is_none_or(|at| Instant::now() < at) {
+                    continue;
+                }
+            }
+            self.export_batch(&mut sink).await;
+            oldest = None;
+        }
+        self.drain(&mut sink).await;
+    }
+
+    /// Shutdown: take no more spans, export what is queued until the deadline.
+    async fn drain(&mut self, sink: &mut Sink) {
+        self.rx.close();
+        let deadline = self.ctl.deadline().unwrap_or_else(Instant::now);
+        loop {
+            while self.batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(span) => self.batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if self.batch.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let mut unsent = self.batch.len();
+                self.batch.clear();
+                while self.rx.try_recv().is_ok() {
+                    unsent += 1;
+                }
+                self.counters.failed(unsent, true);
+                log::warn!("export shutdown deadline reached: {unsent} spans were not sent");
+                break;
+            }
+            self.export_batch(sink).await;
+        }
+        self.report_queue_drops(true);
+    }
+
+    async fn export_batch(&mut self, sink: &mut Sink) {
+        while let Ok(info) = self.processes.try_recv() {
+            self.table.upsert(info);
+        }
+        self.table.touch(&self.batch);
+        match sink {
+            Sink::Otlp(s) => {
+                s.export(&self.batch, &self.table, &self.counters, &mut self.ctl)
+                    .await
+            }
+            Sink::Stdout(s) => s.export(&self.batch, &self.table, &self.counters).await,
+        }
+        // The sink accounted for every span; nothing can cancel us between that and this.
+        self.batch.clear();
+        self.report_queue_drops(false);
+    }
+
+    /// Warns about queue-full drops, at most every 10 s.
+    fn report_queue_drops(&mut self, force: bool) {
+        let total = self.counters.dropped_queue_full.load(Ordering::Relaxed);
+        if total == self.queue_drops_reported {
+            return;
+        }
+        let now = Instant::now();
+        let due = self
+            .queue_drops_reported_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10));
+        if due || force {
+            log::warn!(
+                "export queue full: dropped {} spans ({total} in all)",
+                total - self.queue_drops_reported
+            );
+            self.queue_drops_reported = total;
+            self.queue_drops_reported_at = Some(now);
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// Aborted or torn down with its runtime: whatever it still held is lost; count it.
+    fn drop(&mut self) {
+        let lost = self.batch.len() + self.rx.len();
+        if lost > 0 {
+            self.counters.failed(lost, !self.batch.is_empty());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic conventions: one mapping for every output.

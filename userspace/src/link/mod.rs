@@ -1,0 +1,5 @@
+//! Causality: parents and traces.
+
+mod linker;
+
+pub use linker::*;

@@ -1,0 +1,3 @@
+//! Processors: decisions over finished spans (sampling today).
+
+pub mod sampler;

@@ -1,0 +1,4 @@
+//! Signals beside spans: metrics and logs.
+
+pub mod logs;
+pub mod metrics;
