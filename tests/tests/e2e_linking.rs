@@ -10,6 +10,7 @@
 
 use anyhow::{Result, ensure};
 use ztrace_e2e::{
+    eval::Shape,
     harness::privileged_or_skip,
     topology::{Config, run},
 };
@@ -19,6 +20,7 @@ use ztrace_e2e::{
 const CI: Config = Config {
     requests: 400,
     clients: 8,
+    shapes: &[Shape::Sequential],
 };
 
 #[test]
