@@ -2,6 +2,10 @@
 //! traced by the ztrace binary under test, driven by concurrent end-user clients whose requests
 //! each carry a unique id; the spans ztrace exports are scored by [`crate::eval`].
 //!
+//! The request *shapes* ([`Shape`]) share one nginx, one Python leaf service and one Redis, and
+//! one ztrace traces them all; the driver drives the shapes one after the other, each with all
+//! its clients. The sequential shape:
+//!
 //! ```text
 //! driver (untraced, C keep-alive clients, GET /r/<client>-<n>, no traceparent)
 //!   → nginx, 1 worker: event-loop reverse proxy, upstream keep-alive pool      (tests/apps/eval_nginx.conf.template)
@@ -12,6 +16,21 @@
 //!         → GET /t/<id>: the same Python service
 //!             → GET kt:<id> on redis-server
 //! ```
+//!
+//! Each concurrent fan-out shape (ids `<letter><client>-<n>`; nginx routes on the letter):
+//!
+//! ```text
+//! driver → nginx → fan-out service, GET /r/<id>; concurrently:
+//!     → GET /b/<id>: the Python service → SET kb:<id> v on redis-server
+//!     → GET /t/<id>: the Python service → GET kt:<id> on redis-server
+//! ```
+//!
+//! with the fan-out service one of: aiohttp `gather` (tests/apps/eval_fanout_asyncio.py), Node.js
+//! `Promise.all` (eval_fanout_node.js), a ThreadingHTTPServer handing both calls to a shared
+//! `ThreadPoolExecutor` (eval_fanout_pool.py), Java `HttpClient.sendAsync` (EvalFanout.java, run
+//! from source), Go goroutines + WaitGroup (eval_fanout.go, built here from the one file), and the
+//! aiohttp service again with calls that carry a nonce instead of the request id (token-free: it
+//! writes the nonce → id pairs to a file only the scorer reads).
 //!
 //! Every service is listening (port announced or connectable) before ztrace attaches, ztrace has
 //! attached before the first request, and nothing talks to a service before the driver: so
@@ -33,7 +52,7 @@ use anyhow::{Context, Result, bail};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 use crate::{
-    eval::{EvalSpan, Kind, Score, Service},
+    eval::{EvalSpan, Kind, Score, Service, Shape},
     harness::{
         Nginx, Proc, apps_dir, free_port, runtime_with_receiver, spawn_app, spawn_nginx,
         spawn_ztrace, ztrace_bin,
@@ -44,10 +63,12 @@ use crate::{
 /// How hard to drive the topology.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// End-user requests in all.
+    /// End-user requests per shape.
     pub requests: usize,
     /// Concurrent clients, each on its own keep-alive connection to nginx.
     pub clients: usize,
+    /// The shapes to drive, one after the other.
+    pub shapes: &'static [Shape],
 }
 
 /// What one run produced.
@@ -60,15 +81,19 @@ pub struct Run {
     /// End-user requests that failed, with why (at most a few kept) and how many.
     pub failed: usize,
     pub failures: Vec<String>,
-    /// Seconds the driver ran.
+    /// Seconds the driver ran, in all.
     pub drive_secs: f64,
+    /// Per shape: seconds driven, requests completed.
+    pub per_shape: Vec<(Shape, f64, usize)>,
+    /// Token-free calls: the nonce each carried → its request's id (from the service).
+    pub aliases: HashMap<String, String>,
     /// ztrace's exit summary line.
     pub ztrace_summary: String,
 }
 
 impl Run {
     pub fn score(&self) -> Score {
-        crate::eval::score(&self.spans, &self.ids)
+        crate::eval::score(&self.spans, &self.ids, &self.aliases)
     }
 
     /// The run and its score as Markdown.
@@ -77,16 +102,23 @@ impl Run {
         let _ = writeln!(
             t,
             "## ztrace linking evaluation\n\n\
-             {} end-user requests from {} concurrent keep-alive clients (no `traceparent`), each \
-             through nginx → Node.js → (tokio/hyper → Python → Redis; Python → Redis): {} \
-             completed, {} failed, in {:.1} s ({:.0} requests/s).\n",
+             {} end-user requests per shape from {} concurrent keep-alive clients (no \
+             `traceparent`), shapes driven one after the other: {} completed, {} failed, in {:.1} s.\n",
             self.config.requests,
             self.config.clients,
             self.ids.len(),
             self.failed,
             self.drive_secs,
-            self.ids.len() as f64 / self.drive_secs.max(1e-9),
         );
+        for (shape, secs, ok) in &self.per_shape {
+            let _ = writeln!(
+                t,
+                "- `{}`: {ok} completed in {secs:.1} s ({:.0} requests/s)",
+                shape.name(),
+                *ok as f64 / secs.max(1e-9)
+            );
+        }
+        t.push('\n');
         for f in &self.failures {
             let _ = writeln!(t, "- failed: {f}");
         }
@@ -134,14 +166,45 @@ impl Drop for TempDir {
 /// The services, stopped when dropped (nginx first: it is the front door).
 struct Services {
     nginx: Nginx,
-    node: Proc,
-    async_svc: Proc,
+    /// The sequential shape's Node.js and tokio services.
+    sequential: Option<(Proc, Proc)>,
+    /// The fan-out services, by shape.
+    fanouts: Vec<(Shape, Proc)>,
     threaded: Proc,
     redis: Proc,
+    /// Where the token-free service writes its nonces.
+    truth_file: PathBuf,
+}
+
+/// The Go fan-out service, built from its one file into `dir` (standard library only: nothing
+/// is fetched).
+fn build_go(dir: &std::path::Path) -> Result<PathBuf> {
+    let out = dir.join("eval_fanout");
+    let mut go = Command::new("go");
+    go.arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(apps_dir().join("eval_fanout.go"))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local");
+    if std::env::var_os("GOCACHE").is_none() && std::env::var_os("HOME").is_none() {
+        go.env("GOCACHE", std::env::temp_dir().join("ztrace-eval-go-cache"));
+    }
+    let o = go
+        .output()
+        .context("running `go build` (apt-get install golang-go)")?;
+    if !o.status.success() {
+        bail!(
+            "go build eval_fanout.go failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(out)
 }
 
 impl Services {
-    fn start(dir: &std::path::Path) -> Result<Services> {
+    fn start(dir: &std::path::Path, shapes: &[Shape]) -> Result<Services> {
         let redis_port = free_port()?;
         let redis = Command::new("redis-server")
             .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
@@ -160,46 +223,116 @@ impl Services {
         py.arg(apps_dir().join("eval_threaded.py"))
             .arg(redis_port.to_string());
         let (threaded, threaded_port) = spawn_app(py).context("the Python service")?;
-        let bin = async_svc_bin();
-        if !bin.is_file() {
-            bail!(
-                "{} is missing: build it with `cargo build --release -p ztrace-eval-async-svc` \
-                 (or point ZTRACE_EVAL_ASYNC_SVC at it)",
-                bin.display()
+        let leaf = threaded_port.to_string();
+        let truth_file = dir.join("token-free-truth.txt");
+        let mut sequential = None;
+        let mut fanouts = Vec::new();
+        let mut upstreams = String::new();
+        let mut locations = String::new();
+        for &shape in shapes {
+            let port = if shape == Shape::Sequential {
+                let bin = async_svc_bin();
+                if !bin.is_file() {
+                    bail!(
+                        "{} is missing: build it with `cargo build --release -p ztrace-eval-async-svc` \
+                         (or point ZTRACE_EVAL_ASYNC_SVC at it)",
+                        bin.display()
+                    );
+                }
+                let mut rs = Command::new(&bin);
+                rs.arg(&leaf);
+                let (async_svc, async_port) = spawn_app(rs).context("the tokio service")?;
+                let mut node = Command::new("node");
+                node.arg(apps_dir().join("eval_node.js"))
+                    .arg(async_port.to_string())
+                    .arg(&leaf);
+                let (node, node_port) =
+                    spawn_app(node).context("the Node.js app (apt-get install nodejs)")?;
+                sequential = Some((node, async_svc));
+                node_port
+            } else {
+                let (cmd, what) = match shape {
+                    Shape::Asyncio | Shape::TokenFree => {
+                        let mut c = Command::new("python3");
+                        c.arg(apps_dir().join("eval_fanout_asyncio.py")).arg(&leaf);
+                        if shape == Shape::TokenFree {
+                            c.arg(&truth_file);
+                        }
+                        (c, "the aiohttp service (pip install aiohttp)")
+                    }
+                    Shape::NodeAll => {
+                        let mut c = Command::new("node");
+                        c.arg(apps_dir().join("eval_fanout_node.js")).arg(&leaf);
+                        (c, "the Node.js fan-out service")
+                    }
+                    Shape::ThreadPool => {
+                        let mut c = Command::new("python3");
+                        c.arg(apps_dir().join("eval_fanout_pool.py")).arg(&leaf);
+                        (c, "the thread-pool service")
+                    }
+                    Shape::Java => {
+                        let mut c = Command::new("java");
+                        // The JDK server closes idle connections after 30 s by default: nginx
+                        // keeps its upstream connections for the whole run.
+                        c.arg("-Dsun.net.httpserver.idleInterval=600")
+                            .arg(apps_dir().join("EvalFanout.java"))
+                            .arg(&leaf);
+                        (c, "the Java service (apt-get install default-jdk-headless)")
+                    }
+                    Shape::Go => {
+                        let mut c = Command::new(build_go(dir)?);
+                        c.arg(&leaf);
+                        (c, "the Go service")
+                    }
+                    Shape::Sequential => unreachable!(),
+                };
+                let (proc, port) = spawn_app(cmd).context(what)?;
+                fanouts.push((shape, proc));
+                port
+            };
+            let name = format!("up_{}", shape.name());
+            let _ = writeln!(
+                upstreams,
+                "    upstream {name} {{\n        server 127.0.0.1:{port};\n        keepalive 16;\n    }}"
+            );
+            let location = if shape.tag().is_empty() {
+                "/r/".to_string()
+            } else {
+                format!("^~ /r/{}", shape.tag())
+            };
+            let _ = writeln!(
+                locations,
+                "        location {location} {{\n            proxy_pass http://{name};\n            \
+                 proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}"
             );
         }
-        let mut rs = Command::new(&bin);
-        rs.arg(threaded_port.to_string());
-        let (async_svc, async_port) = spawn_app(rs).context("the tokio service")?;
-        let mut node = Command::new("node");
-        node.arg(apps_dir().join("eval_node.js"))
-            .arg(async_port.to_string())
-            .arg(threaded_port.to_string());
-        let (node, node_port) =
-            spawn_app(node).context("the Node.js app (apt-get install nodejs)")?;
         let nginx = spawn_nginx(
             &apps_dir().join("eval_nginx.conf.template"),
             &dir.join("nginx"),
-            &[("UPSTREAM_PORT", node_port.to_string())],
+            &[("UPSTREAMS", upstreams), ("LOCATIONS", locations)],
         )?;
         Ok(Services {
             nginx,
-            node,
-            async_svc,
+            sequential,
+            fanouts,
             threaded,
             redis,
+            truth_file,
         })
     }
 
     /// The process ids ztrace is given (nginx's master: its workers are followed).
     fn pids(&self) -> Vec<u32> {
-        vec![
+        let mut pids = vec![
             self.nginx.master.pid(),
-            self.node.pid(),
-            self.async_svc.pid(),
             self.threaded.pid(),
             self.redis.pid(),
-        ]
+        ];
+        if let Some((node, async_svc)) = &self.sequential {
+            pids.extend([node.pid(), async_svc.pid()]);
+        }
+        pids.extend(self.fanouts.iter().map(|(_, p)| p.pid()));
+        pids
     }
 
     fn service_of(&self, pid: u32, parent: Option<u32>) -> Option<Service> {
@@ -207,14 +340,32 @@ impl Services {
         if pid == nginx || parent == Some(nginx) || self.nginx.workers.contains(&pid) {
             return Some(Service::Nginx);
         }
-        [
-            (self.node.pid(), Service::Node),
-            (self.async_svc.pid(), Service::Async),
+        let mut known = vec![
             (self.threaded.pid(), Service::Threaded),
             (self.redis.pid(), Service::Redis),
-        ]
-        .into_iter()
-        .find_map(|(p, s)| (p == pid).then_some(s))
+        ];
+        if let Some((node, async_svc)) = &self.sequential {
+            known.extend([
+                (node.pid(), Service::Node),
+                (async_svc.pid(), Service::Async),
+            ]);
+        }
+        for (shape, p) in &self.fanouts {
+            known.push((p.pid(), shape.hops()[2].service));
+        }
+        known.into_iter().find_map(|(p, s)| (p == pid).then_some(s))
+    }
+
+    /// The token-free service's nonce → request id pairs.
+    fn aliases(&self) -> HashMap<String, String> {
+        std::fs::read_to_string(&self.truth_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (nonce, id) = l.split_once(' ')?;
+                Some((nonce.to_string(), id.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -240,12 +391,12 @@ fn wait_redis(port: u16) -> Result<()> {
 
 /// Starts the topology, attaches ztrace to it, drives it and returns what ztrace exported.
 pub fn run(config: Config) -> Result<Run> {
-    if config.clients == 0 || config.requests == 0 {
-        bail!("the evaluation needs at least one client and one request");
+    if config.clients == 0 || config.requests == 0 || config.shapes.is_empty() {
+        bail!("the evaluation needs at least one shape, one client and one request");
     }
     let dir = TempDir::new()?;
     let (rt, receiver) = runtime_with_receiver()?;
-    let services = Services::start(&dir.0)?;
+    let services = Services::start(&dir.0, config.shapes)?;
     let pids = services.pids();
     let mut args = vec![
         "--pid".to_string(),
@@ -260,7 +411,16 @@ pub fn run(config: Config) -> Result<Run> {
     ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
 
     let started = Instant::now();
-    let (ids, failures) = drive(services.nginx.port, config);
+    let mut ids = Vec::new();
+    let mut failures = Vec::new();
+    let mut per_shape = Vec::new();
+    for &shape in config.shapes {
+        let t = Instant::now();
+        let (ok, failed) = drive(services.nginx.port, config, shape.tag());
+        per_shape.push((shape, t.elapsed().as_secs_f64(), ok.len()));
+        ids.extend(ok);
+        failures.extend(failed);
+    }
     let drive_secs = started.elapsed().as_secs_f64();
 
     // Let the last spans through the pipeline, then stop ztrace: it flushes on the way out.
@@ -280,7 +440,11 @@ pub fn run(config: Config) -> Result<Run> {
         .rev()
         .find_map(|l| l.split_once("summary: ").map(|(_, s)| s.to_string()))
         .unwrap_or_else(|| "(no summary line)".into());
-    let expected = ids.len() * crate::eval::Hop::ALL.len();
+    let expected = ids
+        .iter()
+        .filter_map(|id| Shape::of_id(id))
+        .map(|s| s.hops().len())
+        .sum();
     let received = rt.block_on(receiver.wait_for_spans(expected, Duration::from_secs(5)));
     let spans = received
         .iter()
@@ -290,6 +454,7 @@ pub fn run(config: Config) -> Result<Run> {
             eval_span(s, services.service_of(pid, parent))
         })
         .collect();
+    let aliases = services.aliases();
     drop(services);
     let failed = failures.len();
     Ok(Run {
@@ -299,6 +464,8 @@ pub fn run(config: Config) -> Result<Run> {
         failed,
         failures: failures.into_iter().take(10).collect(),
         drive_secs,
+        per_shape,
+        aliases,
         ztrace_summary,
     })
 }
@@ -334,14 +501,14 @@ fn url_path(url: &str) -> &str {
 }
 
 /// The end-user clients: `config.clients` threads, each with a keep-alive connection to nginx,
-/// sending `GET /r/<client>-<n>` one after the other. Returns the ids answered 200 with the id
-/// in the body, and a description of every failure.
-fn drive(port: u16, config: Config) -> (Vec<String>, Vec<String>) {
+/// sending `GET /r/<tag><client>-<n>` one after the other. Returns the ids answered 200 with the
+/// id in the body, and a description of every failure.
+fn drive(port: u16, config: Config, tag: &'static str) -> (Vec<String>, Vec<String>) {
     let threads: Vec<_> = (0..config.clients)
         .map(|c| {
             let n = config.requests / config.clients
                 + usize::from(c < config.requests % config.clients);
-            std::thread::spawn(move || client(port, c, n))
+            std::thread::spawn(move || client(port, tag, c, n))
         })
         .collect();
     let mut ids = Vec::new();
@@ -358,12 +525,12 @@ fn drive(port: u16, config: Config) -> (Vec<String>, Vec<String>) {
     (ids, failures)
 }
 
-fn client(port: u16, c: usize, n: usize) -> (Vec<String>, Vec<String>) {
+fn client(port: u16, tag: &str, c: usize, n: usize) -> (Vec<String>, Vec<String>) {
     let mut ok = Vec::with_capacity(n);
     let mut failed = Vec::new();
     let mut conn: Option<BufReader<TcpStream>> = None;
     for i in 0..n {
-        let id = format!("{c}-{i}");
+        let id = format!("{tag}{c}-{i}");
         let result = (|| -> Result<()> {
             if conn.is_none() {
                 let s = TcpStream::connect(("127.0.0.1", port))?;

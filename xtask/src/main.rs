@@ -137,13 +137,15 @@ const TEST_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "openssl",
     "bind9-dnsutils",
-    // The linking evaluation's topology (tests/src/topology.rs).
+    // The linking evaluation's topology (tests/src/topology.rs), its fan-out shapes included.
     "nginx",
     "nodejs",
+    "default-jdk-headless",
+    "golang-go",
 ];
 
 /// Python modules the end-to-end test services import, by (module, PyPI package).
-const TEST_PYTHON_MODULES: &[(&str, &str)] = &[("grpc", "grpcio")];
+const TEST_PYTHON_MODULES: &[(&str, &str)] = &[("grpc", "grpcio"), ("aiohttp", "aiohttp")];
 
 /// Installs the PyPI packages whose modules `python3` cannot import yet.
 fn pip_install(modules: &[(&str, &str)]) -> Result<()> {
@@ -599,8 +601,17 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// What `cargo xtask eval` runs: the topology's servers.
-const EVAL_PACKAGES: &[&str] = &["nginx", "nodejs", "redis-server", "python3"];
+/// What `cargo xtask eval` runs: the topology's servers, the fan-out shapes' runtimes included
+/// (aiohttp from Debian here: the eval installs no PyPI packages).
+const EVAL_PACKAGES: &[&str] = &[
+    "nginx",
+    "nodejs",
+    "redis-server",
+    "python3",
+    "python3-aiohttp",
+    "default-jdk-headless",
+    "golang-go",
+];
 
 fn eval(requests: usize, clients: usize) -> Result<()> {
     if !is_root() {

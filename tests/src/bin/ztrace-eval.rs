@@ -1,5 +1,6 @@
-//! `ztrace-eval [--requests N] [--clients C] [--out FILE]`: the ground-truth linking evaluation
-//! at benchmark scale (run as root; `cargo xtask eval` builds everything and runs this). Prints
+//! `ztrace-eval [--requests N] [--clients C] [--shape S[,S…]] [--out FILE]`: the ground-truth
+//! linking evaluation at benchmark scale (N requests per shape; shapes: sequential, asyncio,
+//! node, pool, java, go, tokenfree; default all) (run as root; `cargo xtask eval` builds everything and runs this). Prints
 //! the score as Markdown — and writes it to FILE — whatever the numbers: the CI test
 //! (tests/e2e_linking.rs) is the one that asserts the targets.
 
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use ztrace_e2e::{
+    eval::Shape,
     harness::is_root,
     topology::{Config, run},
 };
@@ -25,6 +27,7 @@ fn main_() -> Result<()> {
     let mut config = Config {
         requests: 4000,
         clients: 16,
+        shapes: &Shape::ALL,
     };
     let mut out = None;
     let mut args = std::env::args().skip(1);
@@ -34,8 +37,21 @@ fn main_() -> Result<()> {
             "--requests" => config.requests = value("--requests")?.parse().context("--requests")?,
             "--clients" => config.clients = value("--clients")?.parse().context("--clients")?,
             "--out" => out = Some(value("--out")?),
+            "--shape" => {
+                let shapes = value("--shape")?
+                    .split(',')
+                    .map(|n| {
+                        Shape::by_name(n).with_context(|| {
+                            let all: Vec<_> = Shape::ALL.iter().map(|s| s.name()).collect();
+                            format!("unknown shape {n}; shapes: {}", all.join(", "))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                config.shapes = Box::leak(shapes.into_boxed_slice());
+            }
             _ => bail!(
-                "unknown argument {a}; usage: ztrace-eval [--requests N] [--clients C] [--out FILE]"
+                "unknown argument {a}; usage: ztrace-eval [--requests N] [--clients C] \
+                 [--shape S[,S…]] [--out FILE]"
             ),
         }
     }

@@ -48,10 +48,35 @@
 //!    answered. A span linked through the thread's context is released only after its parent
 //!    has finished, and loses the link (counted as `outlived_parent`) if it ended after it.
 //!
+//! 6. **Concurrency: several requests could have caused a call.** The candidates for a CLIENT
+//!    call are the SERVER requests of its process in progress when it was written (request read
+//!    before the call began, response not yet going out). Run-to-completion (rule 3) does not
+//!    hold everywhere: asyncio reads a batch of ready sockets, then runs the handlers they woke,
+//!    loop iterations later; a thread pool or a Go transport's writer goroutine writes on a
+//!    thread whose last input answered another request's call. So the thread's context counts
+//!    as evidence only when it names exactly one candidate:
+//!    - every input the thread read since its last write stands for the same request, and
+//!    - no other request the thread read is still in progress with nothing written for it yet
+//!      (no call linked to it, no response): its handler may be the one running now.
+//!
+//!    Otherwise the thread's context says nothing (counted `abstained_mixed_inputs` when no
+//!    content decides). The response side (rule 4) is held to the same test.
+//!
+//!    **Content** separates candidates the thread cannot: the identifier-like tokens of the call
+//!    (HTTP path and query segments, a Redis key, SQL statement words — three characters or more
+//!    with a digit, or twelve or more: `a3-14`, a UUID, an order number; not `api` or `GET`) are
+//!    looked up in the tokens each in-progress request kept (at most 8 hashed tokens, 64 bytes,
+//!    dropped when the span is released; nothing is exported). The candidate sharing the most
+//!    tokens wins if it shares strictly more than every other; a tie is no evidence. Content
+//!    beats the thread's context when they disagree (`content_overrode_thread`: the stale
+//!    input of a pool thread), and a content link is not undone by the response side. With
+//!    neither, two or more candidates and no link: `abstained_no_evidence`. A wrong parent is
+//!    worse than a missing one.
+//!
 //! What the kernel cannot show, this cannot see: work resumed by a timer, a pipe, an in-process
 //! queue or a thread pool hand-off carries no socket input, so the thread's cause is whatever it
-//! last read. Rules 4 and 5 catch most such mistakes (the response of the wrongly chosen parent is
-//! not what the thread writes next); the rest are the residual error the evaluation measures.
+//! last read. Rules 4–6 catch most such mistakes; the rest are the residual error the evaluation
+//! measures (tests/src/eval.rs, per request shape and edge type).
 //!
 //! # Settling traces
 //! Trace ids are not fixed when a span starts: a SERVER span may learn of its cross-process CLIENT
@@ -116,6 +141,79 @@ pub enum Cause {
     After(Handle),
 }
 
+/// What a thread's inputs since its last write say (module docs, rule 3).
+#[derive(Clone, Copy, Debug)]
+struct ThreadCtx {
+    /// The last input's cause (None: unknown).
+    cause: Option<Cause>,
+    /// The SERVER span the last input stands for, when known.
+    server: Option<Handle>,
+    /// The inputs since the last write stand for more than one request (or an unknown one).
+    mixed: bool,
+    /// The thread wrote since its last input: the next input starts a new batch.
+    wrote: bool,
+    /// Requests this thread read that no write of it has answered for yet (no call linked to
+    /// them, no response): an event loop that defers work (asyncio runs a handler loop
+    /// iterations after the read) may write for any of them later.
+    unanswered: [Option<Handle>; UNANSWERED],
+}
+
+/// How many unanswered request reads a thread remembers.
+const UNANSWERED: usize = 4;
+
+impl ThreadCtx {
+    fn forget(&mut self, h: Handle) {
+        for u in &mut self.unanswered {
+            if *u == Some(h) {
+                *u = None;
+            }
+        }
+    }
+}
+
+/// How many in-progress SERVER spans of a process content matching looks at (newest first).
+const MAX_CANDIDATES: usize = 256;
+/// How many content tokens a span keeps.
+const MAX_TOKENS: usize = 8;
+
+/// The content tokens of an exchange (rule 6), hashed: the segments of an HTTP target (path
+/// and query, split at `/ ? & = ; , :` and blanks), the words of a database command's key or
+/// statement. Only identifier-like segments count — three characters or more with a digit,
+/// or twelve or more — so words every request shares (`api`, `users`, `GET`) do not.
+pub fn content_tokens(exchange: &Exchange, out: &mut Vec<u64>) {
+    let mut add = |text: &str| {
+        for t in
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '%')))
+        {
+            if out.len() >= MAX_TOKENS {
+                return;
+            }
+            let digit = t.bytes().any(|b| b.is_ascii_digit());
+            if (t.len() >= 3 && digit) || t.len() >= 12 {
+                let h = {
+                    use std::hash::{BuildHasher, BuildHasherDefault};
+                    BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(t)
+                };
+                if !out.contains(&h) {
+                    out.push(h);
+                }
+            }
+        }
+    };
+    match exchange {
+        Exchange::Http(h) => add(&h.target),
+        Exchange::Db(d) => {
+            if let Some(c) = &d.collection {
+                add(c);
+            }
+            if let Some(q) = &d.query_text {
+                add(q);
+            }
+        }
+        Exchange::Rpc(_) | Exchange::Dns(_) => {}
+    }
+}
+
 /// One socket read or write of a thread, as far as causality is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Io {
@@ -177,6 +275,20 @@ pub struct LinkStats {
     pub contradicted: u64,
     /// A child ended after its parent: left unlinked.
     pub outlived_parent: u64,
+    /// Calls left unlinked because the writing thread had read inputs of two or more requests
+    /// since its last write (an event loop that reads a batch of inputs before running the work
+    /// they woke: asyncio), and content did not single one out.
+    pub abstained_mixed_inputs: u64,
+    /// Calls left unlinked because two or more requests of the process were in progress, the
+    /// writing thread's context named none of them, and content did not single one out.
+    pub abstained_no_evidence: u64,
+    /// Calls linked by content shared with one in-progress request (module docs, rule 6) …
+    pub content_links: u64,
+    /// … of which the thread's context named the same request.
+    pub content_confirmed: u64,
+    /// … of which the thread's context named another request (content wins: the thread's
+    /// context there is a pool thread's or a runtime worker's stale input).
+    pub content_overrode_thread: u64,
     /// Spans dropped because the store was full.
     pub evicted: u64,
     /// Parents that were gone when a child was released (child exported as a root).
@@ -188,7 +300,10 @@ pub struct LinkStats {
 impl LinkStats {
     /// In-process cases where the evidence was ambiguous and no link was made.
     pub fn ambiguous(&self) -> u64 {
-        self.contradicted + self.outlived_parent
+        self.contradicted
+            + self.outlived_parent
+            + self.abstained_mixed_inputs
+            + self.abstained_no_evidence
     }
 }
 
@@ -205,6 +320,11 @@ struct Rec {
     answered_calls: u32,
     /// A SERVER span's response has started going out.
     responding: bool,
+    /// The parent was chosen by content shared with it (rule 6): the response side does not
+    /// overrule it.
+    by_content: bool,
+    /// A SERVER span's request tokens (hashed), for content matching while it is in progress.
+    tokens: Vec<u64>,
     /// Some span took this SERVER span as its parent: it leaves a tombstone when released.
     /// (CLIENT spans always do: a server span may find its caller late by sequence match.)
     parent_of: bool,
@@ -387,8 +507,10 @@ pub struct Linker {
     /// lazily): eviction costs O(1) amortised instead of a scan of everything held.
     live_order: VecDeque<Handle>,
     next: Handle,
-    /// Each thread's cause, keyed by (pid, tid).
-    causes: HashMap<(u32, u32), Cause>,
+    /// Each thread's context, keyed by (pid, tid).
+    causes: HashMap<(u32, u32), ThreadCtx>,
+    /// Each process's SERVER spans, newest last, for content matching (pruned lazily).
+    open_servers: HashMap<u32, VecDeque<Handle>>,
     /// Size of `causes` after its last clean-up (stale entries are swept when it doubles).
     causes_swept: usize,
     clients_by_seq: HashMap<SeqKey, (Handle, u64)>,
@@ -416,6 +538,7 @@ impl Linker {
             live_order: VecDeque::new(),
             next: 1,
             causes: HashMap::default(),
+            open_servers: HashMap::default(),
             causes_swept: 1024,
             clients_by_seq: HashMap::default(),
             servers_by_seq: HashMap::default(),
@@ -429,9 +552,66 @@ impl Linker {
         }
     }
 
-    /// The thread's cause now (captured by the assembler at `connect()`).
+    /// The thread's cause now (captured by the assembler at `connect()`): None when its inputs
+    /// since its last write belong to more than one request.
     pub fn cause_of(&self, pid: u32, tid: u32) -> Option<Cause> {
-        self.causes.get(&(pid, tid)).copied()
+        self.causes
+            .get(&(pid, tid))
+            .filter(|c| !c.mixed)
+            .and_then(|c| c.cause)
+    }
+
+    /// Whether the thread read a request other than `except` that is still in progress and that
+    /// no write of the thread has answered for yet.
+    fn other_unanswered(&self, ctx: &ThreadCtx, except: Option<Handle>) -> bool {
+        ctx.unanswered.iter().flatten().any(|&u| {
+            Some(u) != except
+                && self
+                    .recs
+                    .get(&u)
+                    .is_some_and(|r| r.end_ns.is_none() && !r.responding)
+        })
+    }
+
+    /// The SERVER span an input's cause stands for right now, if known.
+    fn server_of(&self, cause: Cause) -> Option<Handle> {
+        match cause {
+            Cause::Serving(h) => Some(h),
+            Cause::After(c) => match self.recs.get(&c)?.parent {
+                Parent::Local(p) => Some(p),
+                _ => None,
+            },
+        }
+    }
+
+    /// Rule 6: the in-progress SERVER span of `pid` that shares the most content tokens with a
+    /// call, if it shares strictly more than every other; and how many were in progress.
+    fn by_content(&mut self, pid: u32, call: &[u64], at_ns: u64) -> (Option<Handle>, usize) {
+        let Some(list) = self.open_servers.get_mut(&pid) else {
+            return (None, 0);
+        };
+        let recs = &self.recs;
+        list.retain(|h| {
+            recs.get(h)
+                .is_some_and(|r| r.end_ns.is_none() && !r.responding)
+        });
+        let (mut best, mut best_score, mut second, mut candidates) = (None, 0usize, 0usize, 0);
+        for h in list.iter().rev().take(MAX_CANDIDATES) {
+            let Some(r) = recs.get(h) else { continue };
+            if r.start_ns > at_ns {
+                continue;
+            }
+            candidates += 1;
+            let score = call.iter().filter(|t| r.tokens.contains(t)).count();
+            if score > best_score {
+                second = best_score;
+                best_score = score;
+                best = Some(*h);
+            } else if score > second {
+                second = score;
+            }
+        }
+        ((best_score > second).then_some(best).flatten(), candidates)
     }
 
     /// The open SERVER span a cause stands for, in process `pid`, that began by `at_ns`; and the
@@ -445,7 +625,11 @@ impl Linker {
             },
         };
         let r = self.recs.get(&server)?;
-        (r.kind == SpanKind::Server && r.pid == pid && r.end_ns.is_none() && r.start_ns <= at_ns)
+        (r.kind == SpanKind::Server
+            && r.pid == pid
+            && r.end_ns.is_none()
+            && !r.responding
+            && r.start_ns <= at_ns)
             .then_some((server, via))
     }
 
@@ -462,6 +646,8 @@ impl Linker {
         let mut start_ns = s.start_ns;
         let mut inferred = false;
         let mut via = None;
+        let mut by_content = false;
+        let mut tokens = Vec::new();
         match s.kind {
             SpanKind::Server => {
                 if let Some(Traceparent {
@@ -493,19 +679,66 @@ impl Linker {
                 let by_connect = s
                     .connect_cause
                     .and_then(|c| self.cause_parent(c, s.pid, s.start_ns));
-                let now = self.cause_of(s.pid, s.tid);
-                let found = by_connect
+                let ctx = self.causes.get(&(s.pid, s.tid)).copied();
+                // Another request read by this thread, still unanswered and in progress, may be
+                // the one this write is for.
+                let other_unanswered = ctx.is_some_and(|c| self.other_unanswered(&c, c.server));
+                let mixed = ctx.is_some_and(|c| c.mixed) || other_unanswered;
+                let now = if mixed {
+                    None
+                } else {
+                    self.cause_of(s.pid, s.tid)
+                };
+                let by_thread = by_connect
                     .or_else(|| now.and_then(|c| self.cause_parent(c, s.pid, s.start_ns)));
-                if let Some((p, through)) = found {
+                let mut call_tokens = Vec::new();
+                content_tokens(&s.exchange, &mut call_tokens);
+                let (by_text, candidates) = if call_tokens.is_empty() {
+                    (None, 0)
+                } else {
+                    self.by_content(s.pid, &call_tokens, s.start_ns)
+                };
+                let found = match (by_thread, by_text) {
+                    (Some((t, through)), Some(w)) if t == w => {
+                        self.stats.content_confirmed += 1;
+                        Some((t, through, false))
+                    }
+                    (Some(_), Some(w)) => {
+                        self.stats.content_overrode_thread += 1;
+                        Some((w, None, true))
+                    }
+                    (Some((t, through)), None) => Some((t, through, false)),
+                    (None, Some(w)) => Some((w, None, true)),
+                    (None, None) => {
+                        if mixed {
+                            self.stats.abstained_mixed_inputs += 1;
+                        } else if candidates > 1 {
+                            self.stats.abstained_no_evidence += 1;
+                        }
+                        None
+                    }
+                };
+                if let Some((p, through, content)) = found {
                     parent = Parent::Local(p);
                     if let Some(pr) = self.recs.get_mut(&p) {
                         pr.parent_of = true;
                     }
                     inferred = true;
                     via = through;
-                    self.stats.thread_links += 1;
-                    if by_connect.is_some() {
-                        self.stats.connect_links += 1;
+                    by_content = content;
+                    if content {
+                        self.stats.content_links += 1;
+                    } else {
+                        self.stats.thread_links += 1;
+                        if by_connect.is_some() {
+                            self.stats.connect_links += 1;
+                        }
+                    }
+                }
+                if let Some(c) = self.causes.get_mut(&(s.pid, s.tid)) {
+                    c.wrote = true;
+                    if let Parent::Local(p) = parent {
+                        c.forget(p);
                     }
                 }
                 if let Some(key) = s.seq_key {
@@ -523,6 +756,14 @@ impl Linker {
                 }
             }
         }
+        if s.kind == SpanKind::Server {
+            content_tokens(&s.exchange, &mut tokens);
+            let list = self.open_servers.entry(s.pid).or_default();
+            list.push_back(h);
+            if list.len() > 4 * MAX_CANDIDATES {
+                list.pop_front();
+            }
+        }
         self.live_order.push_back(h);
         self.recs.insert(
             h,
@@ -534,6 +775,8 @@ impl Linker {
                 via,
                 answered_calls: 0,
                 responding: false,
+                by_content,
+                tokens,
                 parent_of: false,
                 kind: s.kind,
                 pid: s.pid,
@@ -553,32 +796,71 @@ impl Linker {
     /// rules 3 and 4).
     pub fn io(&mut self, pid: u32, tid: u32, io: Io) {
         let key = (pid, tid);
-        match io {
-            Io::ServerRequest(h) => {
-                self.causes.insert(key, Cause::Serving(h));
+        let input = match io {
+            Io::ServerRequest(h) => Some(Some(Cause::Serving(h))),
+            Io::ClientResponse(c) => Some(Some(Cause::After(c))),
+            Io::UnknownInput => Some(None),
+            Io::ServerResponse(_) => None,
+        };
+        if let Some(cause) = input {
+            let server = cause.and_then(|c| self.server_of(c));
+            let ctx = self.causes.entry(key).or_insert(ThreadCtx {
+                cause: None,
+                server: None,
+                mixed: false,
+                wrote: true,
+                unanswered: [None; UNANSWERED],
+            });
+            if let Some(Cause::Serving(h)) = cause
+                && !ctx.unanswered.contains(&Some(h))
+            {
+                ctx.unanswered.rotate_right(1);
+                ctx.unanswered[0] = Some(h);
             }
-            Io::ClientResponse(c) => {
-                self.causes.insert(key, Cause::After(c));
+            if cause.is_none() {
+                // An input that may have triggered anything (a partial request, a multiplexed
+                // socket): no cause until the next known input, which starts afresh. Requests
+                // read before it stay among the unanswered.
+                ctx.cause = None;
+                ctx.server = None;
+                ctx.mixed = false;
+                ctx.wrote = true;
+            } else if ctx.wrote {
+                // The first input since the thread last wrote: a new batch.
+                ctx.cause = cause;
+                ctx.server = server;
+                ctx.mixed = false;
+                ctx.wrote = false;
+            } else {
+                // Another input before any output: the work that follows may be for either.
+                ctx.mixed |= server.is_none() || server != ctx.server;
+                ctx.cause = cause;
+                ctx.server = server;
             }
-            Io::UnknownInput => {
-                self.causes.remove(&key);
+        }
+        if let Io::ServerResponse(r) = io {
+            if let Some(rec) = self.recs.get_mut(&r)
+                && !rec.responding
+            {
+                rec.responding = true;
+                self.stats.moved_threads += u64::from(rec.tid != tid);
             }
-            Io::ServerResponse(r) => {
-                if let Some(rec) = self.recs.get_mut(&r)
-                    && !rec.responding
-                {
-                    rec.responding = true;
-                    self.stats.moved_threads += u64::from(rec.tid != tid);
-                }
-                if let Some(Cause::After(c)) = self.causes.remove(&key) {
+            if let Some(mut ctx) = self.causes.get(&key).copied() {
+                let (cause, mixed) = (ctx.cause.take(), ctx.mixed);
+                ctx.wrote = true;
+                ctx.forget(r);
+                let others = self.other_unanswered(&ctx, Some(r));
+                self.causes.insert(key, ctx);
+                if let (Some(Cause::After(c)), false, false) = (cause, mixed, others) {
                     self.check_by_response(c, r);
                 }
             }
         }
         if self.causes.len() > 2 * self.causes_swept {
             let recs = &self.recs;
-            self.causes.retain(|_, c| match c {
-                Cause::Serving(h) | Cause::After(h) => recs.contains_key(h),
+            self.causes.retain(|_, c| match c.cause {
+                Some(Cause::Serving(h) | Cause::After(h)) => recs.contains_key(&h),
+                None => false,
             });
             self.causes_swept = self.causes.len().max(1024);
         }
@@ -621,7 +903,7 @@ impl Linker {
                     server.parent_of = true;
                 }
             }
-            Parent::Local(p) if rec.inferred => {
+            Parent::Local(p) if rec.inferred && !rec.by_content => {
                 log::debug!(
                     "contradicted: call {c} (tid {}, start {}) linked to {p}, answered with {r}",
                     rec.tid,
@@ -1295,6 +1577,8 @@ mod tests {
     #[test]
     fn sequential_and_parallel_calls_continue_the_request() {
         // Node.js: `await a(); await Promise.all([b(), c()])` while another request is served.
+        // The other request, read and not yet answered, may be the one the calls are for (an
+        // event loop may defer its handler): without content evidence no link is made.
         let mut l = Linker::new(0, 100, None);
         let s = serve(&mut l, 1, 1, 10);
         let ca = call(&mut l, 1, 1, 11);
@@ -1307,8 +1591,100 @@ mod tests {
         reply(&mut l, 1, 1, s, 18);
         reply(&mut l, 1, 1, other, 19);
         let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0), None, None, None]);
+        assert_eq!(l.stats.abstained_mixed_inputs, 2);
+        // Once the other request has been answered, the continuation is unambiguous.
+        let mut l = Linker::new(0, 100, None);
+        let s = serve(&mut l, 1, 1, 10);
+        let ca = call(&mut l, 1, 1, 11);
+        let other = serve(&mut l, 1, 1, 12);
+        reply(&mut l, 1, 1, other, 13);
+        returns(&mut l, 1, 1, ca, 14);
+        let cb = call(&mut l, 1, 1, 15);
+        let cc = call(&mut l, 1, 1, 16);
+        returns(&mut l, 1, 1, cb, 17);
+        returns(&mut l, 1, 1, cc, 18);
+        reply(&mut l, 1, 1, s, 19);
+        let out = settle(&mut l);
         assert_eq!(parents(&out), [None, Some(0), None, Some(0), Some(0)]);
         assert_eq!(l.stats.ambiguous(), 0);
+    }
+
+    fn with_target(mut s: Start, target: &str) -> Start {
+        s.exchange = Exchange::Http(HttpExchange {
+            method: "GET".into(),
+            target: target.into(),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn deferred_handlers_of_an_event_loop_are_not_guessed() {
+        // asyncio: the loop reads requests A and B, then runs their handlers, which write
+        // their calls: the thread's last input (B) says nothing about which call is whose.
+        let mut l = Linker::new(0, 100, None);
+        let a = serve(&mut l, 1, 1, 10);
+        let b = serve(&mut l, 1, 1, 11);
+        let ca = call(&mut l, 1, 1, 12);
+        let cb = call(&mut l, 1, 1, 13);
+        for (c, t) in [(ca, 14), (cb, 15)] {
+            returns(&mut l, 1, 1, c, t);
+        }
+        reply(&mut l, 1, 1, a, 16);
+        reply(&mut l, 1, 1, b, 17);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, None, None]);
+        assert_eq!(l.stats.abstained_mixed_inputs, 2);
+    }
+
+    #[test]
+    fn content_shared_with_one_request_separates_the_candidates() {
+        // The same interleaving, but each call carries its request's id; a third call carries
+        // a token both requests share (no margin) and stays unlinked.
+        let mut l = Linker::new(0, 100, None);
+        let a = l.start(with_target(
+            start(SpanKind::Server, 1, 1, 10),
+            "/r/a1-7?v=2024",
+        ));
+        l.io(1, 1, Io::ServerRequest(a));
+        let b = l.start(with_target(
+            start(SpanKind::Server, 1, 1, 11),
+            "/r/b2-9?v=2024",
+        ));
+        l.io(1, 1, Io::ServerRequest(b));
+        let cb = l.start(with_target(start(SpanKind::Client, 1, 1, 12), "/x/b2-9"));
+        let ca = l.start(with_target(start(SpanKind::Client, 1, 1, 13), "/y/a1-7"));
+        let both = l.start(with_target(start(SpanKind::Client, 1, 1, 14), "/z?v=2024"));
+        for (c, t) in [(cb, 15), (ca, 16), (both, 17)] {
+            returns(&mut l, 1, 1, c, t);
+        }
+        reply(&mut l, 1, 1, a, 18);
+        reply(&mut l, 1, 1, b, 19);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, Some(1), Some(0), None]);
+        assert_eq!(l.stats.content_links, 2);
+        assert_eq!(l.stats.abstained_mixed_inputs, 1);
+    }
+
+    #[test]
+    fn a_pool_threads_stale_input_is_not_the_cause() {
+        // A handler thread hands its call to a pool thread whose last input answered another
+        // request's call: content names the request, the stale input does not.
+        let mut l = Linker::new(0, 100, None);
+        let a = l.start(with_target(start(SpanKind::Server, 1, 1, 10), "/r/a1-7"));
+        l.io(1, 1, Io::ServerRequest(a));
+        let ca = l.start(with_target(start(SpanKind::Client, 1, 9, 11), "/b/a1-7"));
+        returns(&mut l, 1, 9, ca, 12);
+        let b = l.start(with_target(start(SpanKind::Server, 1, 2, 13), "/r/b2-9"));
+        l.io(1, 2, Io::ServerRequest(b));
+        let cb = l.start(with_target(start(SpanKind::Client, 1, 9, 14), "/b/b2-9"));
+        returns(&mut l, 1, 9, cb, 15);
+        reply(&mut l, 1, 2, b, 16);
+        reply(&mut l, 1, 1, a, 17);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, Some(0), None, Some(2)]);
+        assert_eq!(l.stats.content_overrode_thread, 1);
     }
 
     #[test]
@@ -1375,7 +1751,8 @@ mod tests {
         reply(&mut l, 1, 1, b, 17);
         let out = settle(&mut l);
         assert_eq!(parents(&out), [None, None, None, None]);
-        assert_eq!(l.stats.contradicted, 2);
+        // Both requests were read and unanswered when the calls went out: no side is trusted.
+        assert_eq!(l.stats.abstained_mixed_inputs, 2);
     }
 
     #[test]
