@@ -131,7 +131,11 @@ impl OtlpClient {
             // The collector's own delay is honoured as given; otherwise back off with jitter.
             let delay = failure.retry_after().unwrap_or_else(|| jittered(backoff));
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            let wake = Instant::now() + delay;
+            // A delay no clock can hold (a broken or hostile collector) is beyond any budget.
+            let Some(wake) = Instant::now().checked_add(delay) else {
+                self.give_up(n, &failure, attempts, counters);
+                return;
+            };
             loop {
                 if wake >= end(ctl) {
                     self.give_up(n, &failure, attempts, counters);
@@ -1252,6 +1256,57 @@ mod tests {
         let stats = exporter.shutdown(Duration::from_secs(2)).await;
         assert_eq!((stats.spans_exported, stats.retries), (1, 1), "{stats:?}");
         receiver.stop().await;
+        Ok(())
+    }
+
+    /// A collector asking to be retried after more time than a clock can hold: the batch is given
+    /// up at once, counted, and the exporter goes on (it panicked adding the delay to `now`).
+    #[tokio::test]
+    async fn absurd_retry_delays_give_the_batch_up_without_a_panic() -> anyhow::Result<()> {
+        for (receiver, protocol, delay) in [
+            (
+                Receiver::start().await?,
+                Protocol::Grpc,
+                Duration::from_secs(i64::MAX as u64),
+            ),
+            (
+                Receiver::start_http().await?,
+                Protocol::HttpProtobuf,
+                Duration::from_secs(u64::MAX),
+            ),
+        ] {
+            receiver.fail_next_retry_after(1, Code::Unavailable, delay);
+            let exporter = Exporter::spawn(otlp_config_with(
+                &receiver.endpoint(),
+                protocol,
+                Duration::from_secs(2),
+            ));
+            exporter.submit(numbered(1, 1));
+            // The second span in a batch of its own, once the first batch was refused.
+            let asked = std::time::Instant::now();
+            while receiver.rejected_calls() == 0 && asked.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            exporter.submit(numbered(2, 1));
+            assert!(
+                receiver
+                    .wait_until(Duration::from_secs(5), |r| r.span_count() == 1)
+                    .await,
+                "{protocol:?}: the exporter stopped after the absurd delay"
+            );
+            let stats = exporter.shutdown(Duration::from_secs(2)).await;
+            assert_eq!(
+                (
+                    stats.spans_exported,
+                    stats.spans_dropped_failed,
+                    stats.retries,
+                    receiver.rejected_calls()
+                ),
+                (1, 1, 0, 1),
+                "{protocol:?}: {stats:?}"
+            );
+            receiver.stop().await;
+        }
         Ok(())
     }
 
