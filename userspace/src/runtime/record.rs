@@ -66,8 +66,21 @@ pub struct Writer<W: Write> {
 }
 
 impl Writer<BufWriter<File>> {
+    /// Creates (or truncates) the record file, readable by its owner only: it holds raw payload
+    /// heads (Authorization and Cookie headers, database passwords, Redis AUTH). A symbolic link
+    /// at `path` is refused rather than followed, so a file elsewhere cannot be overwritten
+    /// through one planted in a shared folder.
     pub fn create(path: &Path, header: Header) -> Result<Self, RecordError> {
-        let file = File::create(path)?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        // `mode` applies only to a new file: an existing one keeps its bits unless set here.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Writer::new(BufWriter::with_capacity(1 << 20, file), header)
     }
 }
@@ -244,6 +257,36 @@ mod tests {
             mono_to_unix_ns: -42,
             payload_cap: 512,
         }
+    }
+
+    #[test]
+    fn record_files_are_private_and_never_written_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ztrace-record-perm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+        let fresh = dir.join("new.zcap");
+        drop(Writer::create(&fresh, header()).unwrap());
+        assert_eq!(mode(&fresh), 0o600);
+
+        // An existing world-readable file is truncated and made private.
+        let old = dir.join("old.zcap");
+        std::fs::write(&old, b"secret from before").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Writer::create(&old, header()).unwrap());
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), HEADER_LEN as u64);
+
+        // A link planted where the file goes is refused; its target stays as it was.
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.join("link.zcap");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(Writer::create(&link, header()).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn info() -> ProcessInfo {
