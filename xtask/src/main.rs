@@ -144,23 +144,30 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-go",
 ];
 
-/// Python modules the end-to-end test services import, by (module, PyPI package).
-const TEST_PYTHON_MODULES: &[(&str, &str)] = &[("grpc", "grpcio"), ("aiohttp", "aiohttp")];
+/// PyPI packages the end-to-end test services import, pinned: (distribution, version).
+const TEST_PYTHON_PACKAGES: &[(&str, &str)] = &[("grpcio", "1.85.3"), ("aiohttp", "3.14.5")];
 
-/// Installs the PyPI packages whose modules `python3` cannot import yet.
-fn pip_install(modules: &[(&str, &str)]) -> Result<()> {
-    for (module, package) in modules {
-        let present = Command::new("python3")
-            .args(["-c", &format!("import {module}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if present {
-            say(&format!("python module {module}: present"));
+/// Installs each pinned PyPI package whose installed version (if any) is not the pinned one.
+fn pip_install(packages: &[(&str, &str)]) -> Result<()> {
+    for (package, version) in packages {
+        let installed = output_ok(Command::new("python3").args([
+            "-c",
+            &format!("import importlib.metadata as m; print(m.version('{package}'))"),
+        ]));
+        if installed.as_deref().map(str::trim) == Some(*version) {
+            say(&format!("PyPI package {package} {version}: present"));
         } else {
             say(&format!(
-                "installing PyPI package {package} for the test services"
+                "installing PyPI package {package}=={version} for the test services{}",
+                installed.map_or(String::new(), |v| format!(" (found {})", v.trim()))
             ));
-            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+            run(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                &format!("{package}=={version}"),
+            ]))?;
         }
     }
     Ok(())
@@ -362,11 +369,13 @@ fn check_ebpf_toolchain(channel: &str) -> Result<u32> {
 
 /// PATH for builds: cargo's bin folder first, where setup puts bpf-linker.
 fn build_path() -> String {
-    format!(
-        "{}:{}",
-        cargo_bin_dir().display(),
-        env::var("PATH").unwrap_or_default()
-    )
+    let bin = cargo_bin_dir();
+    let path = env::var("PATH").unwrap_or_default();
+    if env::split_paths(&path).next() == Some(bin.clone()) {
+        path
+    } else {
+        format!("{}:{path}", bin.display())
+    }
 }
 
 /// cargo on the pinned stable toolchain, in the workspace.
@@ -445,7 +454,7 @@ fn test() -> Result<()> {
         bail!("the end-to-end tests load eBPF probes and must run as root (sudo cargo xtask test)");
     }
     apt_install(TEST_PACKAGES)?;
-    pip_install(TEST_PYTHON_MODULES)?;
+    pip_install(TEST_PYTHON_PACKAGES)?;
     lint()?;
     // Build the binaries the end-to-end tests run, then every test in the workspace.
     let ztrace = build_dist()?;
@@ -602,13 +611,12 @@ fn fuzz(seconds: u64) -> Result<()> {
 }
 
 /// What `cargo xtask eval` runs: the topology's servers, the fan-out shapes' runtimes included
-/// (aiohttp from Debian here: the eval installs no PyPI packages).
+/// (aiohttp comes from PyPI, pinned in `TEST_PYTHON_PACKAGES`).
 const EVAL_PACKAGES: &[&str] = &[
     "nginx",
     "nodejs",
     "redis-server",
     "python3",
-    "python3-aiohttp",
     "default-jdk-headless",
     "golang-go",
 ];
@@ -620,6 +628,8 @@ fn eval(requests: usize, clients: usize) -> Result<()> {
         );
     }
     apt_install(EVAL_PACKAGES)?;
+    // The asyncio shapes import aiohttp into the `python3` on PATH, which need not be Debian's.
+    pip_install(TEST_PYTHON_PACKAGES)?;
     let ztrace = build()?;
     run(&mut cargo(&[
         "build",
