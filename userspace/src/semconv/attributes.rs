@@ -40,13 +40,58 @@ pub(crate) fn int_attr(key: &'static str, v: impl Into<i64>) -> (&'static str, A
     (key, AttrValue::Int(v.into()))
 }
 
-/// Query parameters whose values semantic conventions say to redact.
-const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+/// Query parameters whose values are redacted, compared without ASCII case, `-` and `_`
+/// (`api_key`, `API-Key` and `apikey` are one key). The first four are the ones the semantic
+/// conventions name; the rest are the credentials that travel in query strings in practice:
+/// S3/SigV4 and GCS presigned URLs, OAuth 2.0 tokens and authorization codes, API keys.
+const SENSITIVE_QUERY_KEYS: [&str; 24] = [
+    "awsaccesskeyid",
+    "signature",
+    "sig",
+    "xgoogsignature",
+    "xamzsignature",
+    "xamzcredential",
+    "xamzsecuritytoken",
+    "xgoogcredential",
+    "accesstoken",
+    "refreshtoken",
+    "idtoken",
+    "token",
+    "code",
+    "clientsecret",
+    "apikey",
+    "key",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "auth",
+    "authorization",
+    "sessionid",
+    "jwt",
+];
+
+/// True when `key` names a credential (see [`SENSITIVE_QUERY_KEYS`]).
+fn sensitive_query_key(key: &str) -> bool {
+    const MAX: usize = 24;
+    let mut folded = [0u8; MAX];
+    let mut n = 0;
+    for b in key.bytes().filter(|b| !matches!(b, b'-' | b'_')) {
+        if n == MAX {
+            return false; // longer than every listed key
+        }
+        folded[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    SENSITIVE_QUERY_KEYS
+        .iter()
+        .any(|k| k.as_bytes() == &folded[..n])
+}
 
 fn redact_query(query: &str) -> Cow<'_, str> {
     let sensitive = |pair: &str| {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        pair.contains('=') && SENSITIVE_QUERY_KEYS.contains(&key)
+        pair.split_once('=')
+            .is_some_and(|(key, _)| sensitive_query_key(key))
     };
     if !query.split('&').any(sensitive) {
         return Cow::Borrowed(query);
@@ -533,6 +578,46 @@ mod tests {
     #[test]
     fn sensitive_query_values_are_redacted() {
         assert_eq!(redact_query("a=1&sig=abc&b"), "a=1&sig=REDACTED&b");
+        // Presigned S3 (SigV4) and GCS URLs, OAuth, API keys: any case, `-`/`_` or neither.
+        assert_eq!(
+            redact_query(
+                "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20261204&X-Amz-Signature=ab12&X-Amz-Security-Token=tok"
+            ),
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Security-Token=REDACTED"
+        );
+        for key in [
+            "access_token",
+            "ACCESS_TOKEN",
+            "token",
+            "api_key",
+            "Api-Key",
+            "apikey",
+            "code",
+            "client_secret",
+            "password",
+            "X-Goog-Signature",
+            "AWSAccessKeyId",
+        ] {
+            assert_eq!(
+                redact_query(&format!("page=2&{key}=s3cr3t")),
+                format!("page=2&{key}=REDACTED"),
+                "{key}"
+            );
+        }
+        // Look-alikes and non-credentials pass.
+        for pair in [
+            "tokens=3",
+            "keyword=rust",
+            "codec=h264",
+            "id=42",
+            "secretary=x",
+        ] {
+            assert_eq!(redact_query(pair), pair);
+        }
+        assert_eq!(
+            redact_query(&format!("{}=1", "k".repeat(40))),
+            format!("{}=1", "k".repeat(40))
+        );
         assert_eq!(redact_query("a=1"), "a=1");
         assert_eq!(redact_query("sig"), "sig");
     }
