@@ -11,6 +11,7 @@
 //!   is bounded.
 
 pub mod dns;
+pub mod exchange;
 pub mod http1;
 pub mod http2;
 pub mod mysql;
