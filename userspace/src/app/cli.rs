@@ -9,7 +9,7 @@ use crate::{
     capture::{preflight, process},
     config::{self, ConfigFile, Sources, parse_duration},
     export::{ExportConfig, Output},
-    runtime::daemon,
+    runtime::live as daemon,
     signals::metrics::MetricsConfig,
 };
 
