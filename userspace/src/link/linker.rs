@@ -561,6 +561,9 @@ pub struct Linker {
     /// not secret; ChaCha (`StdRng`) cost ~400 instructions per span.
     rng: SmallRng,
     pub stats: LinkStats,
+    /// Content evidence (rule 6) on; off only to measure what it adds (see
+    /// [`Linker::without_content_evidence`]).
+    content: bool,
 }
 
 impl Linker {
@@ -587,7 +590,16 @@ impl Linker {
                 None => SmallRng::from_os_rng(),
             },
             stats: LinkStats::default(),
+            content: true,
         }
+    }
+
+    /// For evaluation only: no content evidence (rule 6's tokens are neither kept nor looked
+    /// up), so its effect on precision, recall and cost can be measured. The thread's context
+    /// and every other rule work as usual.
+    pub fn without_content_evidence(mut self) -> Self {
+        self.content = false;
+        self
     }
 
     /// The thread's cause now (captured by the assembler at `connect()`): None when its inputs
@@ -730,7 +742,9 @@ impl Linker {
                 let by_thread = by_connect
                     .or_else(|| now.and_then(|c| self.cause_parent(c, s.pid, s.start_ns)));
                 let mut call_tokens = Vec::new();
-                content_tokens(&s.exchange, &mut call_tokens);
+                if self.content {
+                    content_tokens(&s.exchange, &mut call_tokens);
+                }
                 let (by_text, candidates) = if call_tokens.is_empty() {
                     (None, 0)
                 } else {
@@ -795,7 +809,9 @@ impl Linker {
             }
         }
         if s.kind == SpanKind::Server {
-            content_tokens(&s.exchange, &mut tokens);
+            if self.content {
+                content_tokens(&s.exchange, &mut tokens);
+            }
             let list = self.open_servers.entry(s.pid).or_default();
             list.push_back(h);
             if list.len() > 4 * MAX_CANDIDATES {
@@ -1754,30 +1770,42 @@ mod tests {
     #[test]
     fn content_shared_with_one_request_separates_the_candidates() {
         // The same interleaving, but each call carries its request's id; a third call carries
-        // a token both requests share (no margin) and stays unlinked.
-        let mut l = Linker::new(0, 100, None);
-        let a = l.start(with_target(
-            start(SpanKind::Server, 1, 1, 10),
-            "/r/a1-7?v=2024",
-        ));
-        l.io(1, 1, Io::ServerRequest(a));
-        let b = l.start(with_target(
-            start(SpanKind::Server, 1, 1, 11),
-            "/r/b2-9?v=2024",
-        ));
-        l.io(1, 1, Io::ServerRequest(b));
-        let cb = l.start(with_target(start(SpanKind::Client, 1, 1, 12), "/x/b2-9"));
-        let ca = l.start(with_target(start(SpanKind::Client, 1, 1, 13), "/y/a1-7"));
-        let both = l.start(with_target(start(SpanKind::Client, 1, 1, 14), "/z?v=2024"));
-        for (c, t) in [(cb, 15), (ca, 16), (both, 17)] {
-            returns(&mut l, 1, 1, c, t);
+        // a token both requests share (no margin) and stays unlinked. Without content evidence
+        // (evaluation switch) all three abstain.
+        for content in [true, false] {
+            let mut l = Linker::new(0, 100, None);
+            if !content {
+                l = l.without_content_evidence();
+            }
+            let a = l.start(with_target(
+                start(SpanKind::Server, 1, 1, 10),
+                "/r/a1-7?v=2024",
+            ));
+            l.io(1, 1, Io::ServerRequest(a));
+            let b = l.start(with_target(
+                start(SpanKind::Server, 1, 1, 11),
+                "/r/b2-9?v=2024",
+            ));
+            l.io(1, 1, Io::ServerRequest(b));
+            let cb = l.start(with_target(start(SpanKind::Client, 1, 1, 12), "/x/b2-9"));
+            let ca = l.start(with_target(start(SpanKind::Client, 1, 1, 13), "/y/a1-7"));
+            let both = l.start(with_target(start(SpanKind::Client, 1, 1, 14), "/z?v=2024"));
+            for (c, t) in [(cb, 15), (ca, 16), (both, 17)] {
+                returns(&mut l, 1, 1, c, t);
+            }
+            reply(&mut l, 1, 1, a, 18);
+            reply(&mut l, 1, 1, b, 19);
+            let out = settle(&mut l);
+            if content {
+                assert_eq!(parents(&out), [None, None, Some(1), Some(0), None]);
+                assert_eq!(l.stats.content_links, 2);
+                assert_eq!(l.stats.abstained_mixed_inputs, 1);
+            } else {
+                assert_eq!(parents(&out), [None; 5]);
+                assert_eq!(l.stats.content_links, 0);
+                assert_eq!(l.stats.abstained_mixed_inputs, 3);
+            }
         }
-        reply(&mut l, 1, 1, a, 18);
-        reply(&mut l, 1, 1, b, 19);
-        let out = settle(&mut l);
-        assert_eq!(parents(&out), [None, None, Some(1), Some(0), None]);
-        assert_eq!(l.stats.content_links, 2);
-        assert_eq!(l.stats.abstained_mixed_inputs, 1);
     }
 
     #[test]

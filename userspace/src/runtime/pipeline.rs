@@ -60,10 +60,24 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// `seed`: see [`Linker::new`].
+    ///
+    /// `ZTRACE_EVAL_NO_CONTENT_EVIDENCE=1` in the environment (for evaluation only, read here
+    /// and nowhere else) turns the linker's content evidence off, to measure what it adds:
+    /// see [`Linker::without_content_evidence`].
     pub fn new(mono_to_unix: i128, seed: Option<u64>) -> Self {
+        let linker = Linker::new(mono_to_unix, 200_000, seed);
+        let linker =
+            if std::env::var_os("ZTRACE_EVAL_NO_CONTENT_EVIDENCE").is_some_and(|v| v == "1") {
+                log::warn!(
+                    "ZTRACE_EVAL_NO_CONTENT_EVIDENCE=1: content evidence off (for evaluation only)"
+                );
+                linker.without_content_evidence()
+            } else {
+                linker
+            };
         Self {
             assembler: Assembler::new(65_536),
-            linker: Linker::new(mono_to_unix, 200_000, seed),
+            linker,
             records: 0,
             decode_errors: 0,
             last_ns: 0,
