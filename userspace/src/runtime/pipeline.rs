@@ -66,15 +66,19 @@ impl Pipeline {
     /// see [`Linker::without_content_evidence`].
     pub fn new(mono_to_unix: i128, seed: Option<u64>) -> Self {
         let linker = Linker::new(mono_to_unix, 200_000, seed);
-        let linker =
-            if std::env::var_os("ZTRACE_EVAL_NO_CONTENT_EVIDENCE").is_some_and(|v| v == "1") {
+        let linker = if std::env::var_os("ZTRACE_EVAL_NO_CONTENT_EVIDENCE")
+            .is_some_and(|v| v == "1")
+        {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
                 log::warn!(
                     "ZTRACE_EVAL_NO_CONTENT_EVIDENCE=1: content evidence off (for evaluation only)"
                 );
-                linker.without_content_evidence()
-            } else {
-                linker
-            };
+            });
+            linker.without_content_evidence()
+        } else {
+            linker
+        };
         Self {
             assembler: Assembler::new(65_536),
             linker,
