@@ -65,20 +65,16 @@ impl Pipeline {
     /// and nowhere else) turns the linker's content evidence off, to measure what it adds:
     /// see [`Linker::without_content_evidence`].
     pub fn new(mono_to_unix: i128, seed: Option<u64>) -> Self {
-        let linker = Linker::new(mono_to_unix, 200_000, seed);
-        let linker = if std::env::var_os("ZTRACE_EVAL_NO_CONTENT_EVIDENCE")
-            .is_some_and(|v| v == "1")
-        {
+        let mut linker = Linker::new(mono_to_unix, 200_000, seed);
+        if std::env::var_os("ZTRACE_EVAL_NO_CONTENT_EVIDENCE").is_some_and(|v| v == "1") {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 log::warn!(
-                    "ZTRACE_EVAL_NO_CONTENT_EVIDENCE=1: content evidence off (for evaluation only)"
+                    "ZTRACE_EVAL_NO_CONTENT_EVIDENCE=1: content evidence off (evaluation only)"
                 );
             });
-            linker.without_content_evidence()
-        } else {
-            linker
-        };
+            linker = linker.without_content_evidence();
+        }
         Self {
             assembler: Assembler::new(65_536),
             linker,
