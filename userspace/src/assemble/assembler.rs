@@ -604,7 +604,7 @@ impl Assembler {
             sock_id: ev.sock_id,
         };
         let (conn, evicted) = self.conns.entry(key, &ev.tuple, ev.header.ts_ns);
-        conn.state.connect_cause = Some(linker.cause_of(key.tgid, ev.header.tid));
+        conn.state.connect_cause = Some(linker.connect_cause(key.tgid, ev.header.tid));
         if let Some((k, c)) = evicted {
             finish_conn(k, c, ev.header.ts_ns, linker, &mut self.stats);
         }

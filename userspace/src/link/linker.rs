@@ -57,7 +57,15 @@
 //!    as evidence only when it names exactly one candidate:
 //!    - every input the thread read since its last write stands for the same request, and
 //!    - no other request the thread read is still in progress with nothing written for it yet
-//!      (no call linked to it, no response): its handler may be the one running now.
+//!      (no call linked to it, no response): its handler may be the one running now;
+//!    - in a process whose work migrates between threads (a request answered by another thread
+//!      than read it: Go, tokio, executors), no other request *of the process* is in progress
+//!      with nothing written for it yet: any thread may run that request's task next
+//!      (`thread_causes_refused`).
+//!
+//!    The cause captured at `connect()` is held to the process-wide test in any process doing
+//!    socket I/O on several threads (`connect_causes_refused`): Go's transport dials in a
+//!    goroutine of its own, on whatever thread is free.
 //!
 //!    Otherwise the thread's context says nothing (counted `abstained_mixed_inputs` when no
 //!    content decides). The response side (rule 4) is held to the same test.
@@ -140,6 +148,18 @@ pub enum Parent {
         span_id: SpanId,
         sampled: bool,
     },
+}
+
+/// How a process's socket I/O is spread over its threads (module docs, rule 6).
+#[derive(Clone, Copy, Debug)]
+struct ProcThreads {
+    /// The first thread seen doing socket I/O …
+    first_tid: u32,
+    /// … and whether another did too: a thread's context is then not the process's.
+    many: bool,
+    /// A SERVER request was answered by another thread than read it: tasks move between
+    /// threads (Go, tokio, executors), so what a thread read last need not be what it runs.
+    migrating: bool,
 }
 
 /// Whom a thread is working for, from its last socket input (see the module docs).
@@ -281,6 +301,14 @@ pub struct LinkStats {
     /// SERVER exchanges answered by another thread than the one that read the request (tasks
     /// that moved between a runtime's worker threads, or hand-offs to a thread pool).
     pub moved_threads: u64,
+    /// Causes captured at `connect()` not taken: another request of the process was in
+    /// progress with nothing written for it yet when the call was written (a runtime that
+    /// dials on another thread than the handler's, e.g. Go's transport; rule 6).
+    pub connect_causes_refused: u64,
+    /// Thread contexts not taken in a process whose work migrates between threads (a SERVER
+    /// request answered by another thread than read it): another request was in progress with
+    /// nothing written for it yet, and its task may be the one running on this thread (rule 6).
+    pub thread_causes_refused: u64,
     /// Request and response side disagreed: left unlinked.
     pub contradicted: u64,
     /// A child ended after its parent: left unlinked.
@@ -547,6 +575,8 @@ pub struct Linker {
     next: Handle,
     /// Each thread's context, keyed by (pid, tid).
     causes: HashMap<(u32, u32), ThreadCtx>,
+    /// Per process: how its socket I/O is spread over threads (rule 6).
+    procs: HashMap<u32, ProcThreads>,
     /// Each process's SERVER spans, newest last, for content matching (pruned lazily).
     open_servers: HashMap<u32, VecDeque<Handle>>,
     /// Size of `causes` after its last clean-up (stale entries are swept when it doubles).
@@ -579,6 +609,7 @@ impl Linker {
             live_order: VecDeque::new(),
             next: 1,
             causes: HashMap::default(),
+            procs: HashMap::default(),
             open_servers: HashMap::default(),
             causes_swept: 1024,
             clients_by_seq: HashMap::default(),
@@ -602,13 +633,30 @@ impl Linker {
         self
     }
 
-    /// The thread's cause now (captured by the assembler at `connect()`): None when its inputs
-    /// since its last write belong to more than one request.
+    /// The thread's cause now: None when its inputs since its last write belong to more than
+    /// one request.
     pub fn cause_of(&self, pid: u32, tid: u32) -> Option<Cause> {
         self.causes
             .get(&(pid, tid))
             .filter(|c| !c.mixed)
             .and_then(|c| c.cause)
+    }
+
+    /// The connecting thread's cause, captured by the assembler at `connect()` (rule 3's
+    /// exception): as [`Linker::cause_of`], and, in a process doing socket I/O on several
+    /// threads, None when another request of the process is in progress with nothing written
+    /// for it yet — its handler may be the one connecting. A runtime that dials on whatever
+    /// thread is free (Go's transport dials in a goroutine of its own) connects on a thread
+    /// whose last input was another request's.
+    pub fn connect_cause(&mut self, pid: u32, tid: u32) -> Option<Cause> {
+        let cause = self.cause_of(pid, tid)?;
+        let p = self.server_of(cause)?;
+        let many = self.procs.get(&pid).is_some_and(|p| p.many);
+        if many && self.other_without_calls(pid, p, u64::MAX) {
+            self.stats.connect_causes_refused += 1;
+            return None;
+        }
+        Some(cause)
     }
 
     /// Whether the thread read a request other than `except` that is still in progress and that
@@ -620,6 +668,20 @@ impl Linker {
                     .recs
                     .get(&u)
                     .is_some_and(|r| r.end_ns.is_none() && !r.responding)
+        })
+    }
+
+    /// Whether a SERVER request of `pid` other than `p` was in progress at `at_ns` with nothing
+    /// written for it yet (no call linked to it, no response going out): its handler may be the
+    /// one that made a call (rule 6, process-wide).
+    fn other_without_calls(&self, pid: u32, p: Handle, at_ns: u64) -> bool {
+        self.open_servers.get(&pid).is_some_and(|list| {
+            list.iter().rev().take(4 * MAX_CANDIDATES).any(|&h| {
+                h != p
+                    && self.recs.get(&h).is_some_and(|r| {
+                        r.end_ns.is_none() && !r.responding && !r.parent_of && r.start_ns <= at_ns
+                    })
+            })
         })
     }
 
@@ -739,8 +801,15 @@ impl Linker {
                 } else {
                     self.cause_of(s.pid, s.tid)
                 };
-                let by_thread = by_connect
-                    .or_else(|| now.and_then(|c| self.cause_parent(c, s.pid, s.start_ns)));
+                let migrating = self.procs.get(&s.pid).is_some_and(|p| p.migrating);
+                let by_thread = by_connect.or_else(|| {
+                    let (p, via) = now.and_then(|c| self.cause_parent(c, s.pid, s.start_ns))?;
+                    if migrating && self.other_without_calls(s.pid, p, s.start_ns) {
+                        self.stats.thread_causes_refused += 1;
+                        return None;
+                    }
+                    Some((p, via))
+                });
                 let mut call_tokens = Vec::new();
                 if self.content {
                     content_tokens(&s.exchange, &mut call_tokens);
@@ -850,6 +919,12 @@ impl Linker {
     /// rules 3 and 4).
     pub fn io(&mut self, pid: u32, tid: u32, io: Io) {
         let key = (pid, tid);
+        let proc = self.procs.entry(pid).or_insert(ProcThreads {
+            first_tid: tid,
+            many: false,
+            migrating: false,
+        });
+        proc.many |= proc.first_tid != tid;
         let input = match io {
             Io::ServerRequest(h) => Some(Some(Cause::Serving(h))),
             Io::ClientResponse(c) => Some(Some(Cause::After(c))),
@@ -898,6 +973,11 @@ impl Linker {
             {
                 rec.responding = true;
                 self.stats.moved_threads += u64::from(rec.tid != tid);
+                if rec.tid != tid
+                    && let Some(p) = self.procs.get_mut(&pid)
+                {
+                    p.migrating = true;
+                }
             }
             if let Some(mut ctx) = self.causes.get(&key).copied() {
                 let (cause, mixed) = (ctx.cause.take(), ctx.mixed);
@@ -1834,7 +1914,7 @@ mod tests {
         // has read request B.
         let mut l = Linker::new(0, 100, None);
         let a = serve(&mut l, 1, 1, 10);
-        let at_connect = l.cause_of(1, 1);
+        let at_connect = l.connect_cause(1, 1);
         let b = serve(&mut l, 1, 1, 12);
         let mut first = start(SpanKind::Client, 1, 1, 13);
         first.connect_cause = at_connect;
@@ -1845,6 +1925,50 @@ mod tests {
         let out = settle(&mut l);
         assert_eq!(parents(&out), [None, None, Some(0)]);
         assert_eq!(l.stats.connect_links, 1);
+    }
+
+    #[test]
+    fn a_connect_made_while_other_requests_wait_names_no_cause() {
+        // Go: requests A and B are read by two threads; the transport dials B's call in its own
+        // goroutine on the thread whose last input was A. Nothing was written for B yet, so the
+        // connecting thread's cause says nothing about whom the connection is for.
+        let mut l = Linker::new(0, 100, None);
+        let a = serve(&mut l, 1, 1, 10);
+        let b = serve(&mut l, 1, 2, 11);
+        let at_connect = l.connect_cause(1, 1);
+        assert_eq!(at_connect, None);
+        assert_eq!(l.stats.connect_causes_refused, 1);
+        let mut first = start(SpanKind::Client, 1, 3, 13);
+        first.connect_cause = at_connect;
+        let cb = l.start(first);
+        returns(&mut l, 1, 3, cb, 20);
+        reply(&mut l, 1, 2, b, 21);
+        reply(&mut l, 1, 1, a, 22);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, None]);
+        assert_eq!(l.stats.connect_links, 0);
+    }
+
+    #[test]
+    fn in_a_migrating_runtime_a_threads_last_input_names_no_request_while_others_wait() {
+        // Go: an earlier request was answered by another thread than read it (tasks migrate).
+        // Then A is read on thread 1 and B on thread 2; B's call is written on thread 1 (its
+        // goroutine ran there): thread 1's context (A) says nothing while B has nothing written.
+        let mut l = Linker::new(0, 100, None);
+        let warm = serve(&mut l, 1, 5, 1);
+        reply(&mut l, 1, 6, warm, 2);
+        let a = serve(&mut l, 1, 1, 10);
+        let b = serve(&mut l, 1, 2, 11);
+        let cb = call(&mut l, 1, 1, 12);
+        returns(&mut l, 1, 3, cb, 13);
+        reply(&mut l, 1, 2, b, 14);
+        // Once B is answered, nothing else waits: A's call on thread 1 is A's.
+        let ca = call(&mut l, 1, 1, 15);
+        returns(&mut l, 1, 1, ca, 21);
+        reply(&mut l, 1, 1, a, 23);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, None, None, Some(1)]);
+        assert_eq!(l.stats.thread_causes_refused, 1);
     }
 
     #[test]
