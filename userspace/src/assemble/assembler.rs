@@ -186,7 +186,7 @@ impl<P: ParserSet> Assembler<P> {
             sock_id: ev.sock_id,
         };
         let (conn, evicted) = self.conns.entry(key, &ev.tuple, ev.header.ts_ns);
-        conn.state.connect_cause = Some(linker.cause_of(key.tgid, ev.header.tid));
+        conn.state.connect_cause = Some(linker.connect_cause(key.tgid, ev.header.tid));
         if let Some((k, c)) = evicted {
             finish_conn(
                 k,
