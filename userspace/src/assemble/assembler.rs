@@ -167,16 +167,7 @@ impl<P: ParserSet> Assembler<P> {
         } else if !egress {
             linker.io(key.tgid, ev.header.tid, Io::UnknownInput);
         }
-        if let Some((k, c)) = evicted {
-            finish_conn(
-                k,
-                c,
-                ev.header.ts_ns,
-                linker,
-                &mut self.scratch,
-                &mut self.stats,
-            );
-        }
+        self.finish_evicted(evicted, ev.header.ts_ns, linker);
     }
 
     /// The traced process connected a socket: remember whom the connecting thread worked for.
@@ -187,19 +178,22 @@ impl<P: ParserSet> Assembler<P> {
         };
         let (conn, evicted) = self.conns.entry(key, &ev.tuple, ev.header.ts_ns);
         conn.state.connect_cause = Some(linker.connect_cause(key.tgid, ev.header.tid));
-        if let Some((k, c)) = evicted {
-            finish_conn(
-                k,
-                c,
-                ev.header.ts_ns,
-                linker,
-                &mut self.scratch,
-                &mut self.stats,
-            );
-        }
+        self.finish_evicted(evicted, ev.header.ts_ns, linker);
     }
 
     /// The traced process closed the socket.
+    /// Ends the connection a full table gave up to make room for a new one.
+    fn finish_evicted(
+        &mut self,
+        evicted: Option<(ConnKey, Conn<ConnState<P>>)>,
+        ts_ns: u64,
+        linker: &mut Linker,
+    ) {
+        if let Some((key, conn)) = evicted {
+            finish_conn(key, conn, ts_ns, linker, &mut self.scratch, &mut self.stats);
+        }
+    }
+
     pub fn on_close(&mut self, tgid: u32, sock_id: u64, ts_ns: u64, linker: &mut Linker) {
         let key = ConnKey { tgid, sock_id };
         if let Some(conn) = self.conns.remove(&key) {

@@ -499,20 +499,28 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
     }
 }
 
+/// Reading attribute lists in the tests of this folder.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::{AttrValue, Attrs};
+
+    pub fn get<'a, 'b>(attrs: &'a Attrs<'b>, key: &str) -> Option<&'a AttrValue<'b>> {
+        attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    pub fn s(v: &str) -> AttrValue<'static> {
+        AttrValue::Str(v.to_string().into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+    use super::testutil::{get, s};
     use super::*;
     use crate::semconv::names::span_name;
     use crate::testkit::*;
-
-    fn get<'a, 'b>(attrs: &'a Attrs<'b>, key: &str) -> Option<&'a AttrValue<'b>> {
-        attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
-    }
-    fn s(v: &str) -> AttrValue<'static> {
-        AttrValue::Str(v.to_string().into())
-    }
 
     #[test]
     fn addresses_as_text_match_display() {

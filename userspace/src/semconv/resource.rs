@@ -161,15 +161,8 @@ pub(crate) fn resource_attributes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::semconv::attributes::AttrValue;
+    use crate::semconv::attributes::testutil::{get, s};
     use crate::testkit::*;
-
-    fn get<'a, 'b>(attrs: &'a Attrs<'b>, key: &str) -> Option<&'a AttrValue<'b>> {
-        attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
-    }
-    fn s(v: &str) -> AttrValue<'static> {
-        AttrValue::Str(v.to_string().into())
-    }
 
     #[test]
     fn resource_known_and_unknown() {
