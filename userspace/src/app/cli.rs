@@ -57,6 +57,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
+    pub peer: super::peer_args::PeerArgs,
+    #[command(flatten)]
     pub export: ExportArgs,
 }
 
@@ -370,6 +372,10 @@ pub fn main() -> i32 {
         .init();
     let cli = Cli::parse();
     let mut metrics = MetricsConfig::default();
+    let peer = match cli.run.peer.config() {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Replay {
@@ -459,6 +465,7 @@ pub fn main() -> i32 {
         capture_logs: target.capture_logs,
         capture_via_syscalls: target.capture_via_syscalls,
         probe_stats: target.probe_stats,
+        peer,
     };
     match daemon::run(config) {
         Ok(()) => 0,

@@ -176,6 +176,25 @@ pub struct CrossHostStats {
     pub max_skew_ns: u64,
 }
 
+impl std::fmt::Display for CrossHostStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} client sends indexed; {} server roots asked about: {} linked, {} unknown, {} no agent, {} timeout, {} refused; {} not asked (too many pending); {} linked outside the caller's window (max {:.3} ms)",
+            self.client_sends,
+            self.lookups,
+            self.linked,
+            self.unknown,
+            self.no_agent,
+            self.timeout,
+            self.refused,
+            self.overflow,
+            self.skewed,
+            self.max_skew_ns as f64 / 1e6
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     key: WireKey,

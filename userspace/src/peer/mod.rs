@@ -26,4 +26,5 @@ pub mod index;
 pub mod protocol;
 mod service;
 
+pub use crate::link::crosshost::{CrossHostConfig, CrossHostStats};
 pub use service::{PeerConfig, PeerLink, ServerCounters, mono_ns, read_secret};
