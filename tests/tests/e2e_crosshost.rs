@@ -24,6 +24,8 @@ use ztrace_e2e::{
 };
 
 const A_IP: &str = "10.231.0.1";
+/// A virtual service address on host A, DNAT'd to the server on host B.
+const VIP: &str = "10.96.0.10";
 const B_IP: &str = "10.231.0.2";
 const PEER_PORT: u16 = 4390;
 const CLIENTS: usize = 16;
@@ -57,6 +59,16 @@ impl Hosts {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        // A service address on host A, translated to the server's (Kubernetes-style DNAT).
+        ip(&[
+            "-n",
+            &hosts.a,
+            "route",
+            "add",
+            &format!("{VIP}/32"),
+            "dev",
+            va,
+        ])?;
         Ok(hosts)
     }
 
@@ -155,13 +167,18 @@ fn spawn_collecting(mut cmd: Command) -> Result<Proc> {
     })
 }
 
-/// A client batch in namespace A, started after `delay_s` (so a ztrace can attach to the shell
-/// first and follow the clients as its children).
-fn clients(hosts: &Hosts, port: u16, prefix: &str, requests: usize, delay_s: u32) -> Result<Proc> {
-    let script = format!(
-        "sleep {delay_s}; exec python3 {} clients {B_IP} {port} {prefix} {CLIENTS} {requests}",
-        apps_dir().join("xhost.py").display()
-    );
+/// Client batches in namespace A, started after `delay_s` (so a ztrace can attach to the shell
+/// first and follow the clients as its children): `CLIENTS` threads, `requests` each, for every
+/// (host, port, path prefix) of `to`, one batch after the other.
+fn clients(hosts: &Hosts, to: &[(&str, u16, &str)], requests: usize, delay_s: u32) -> Result<Proc> {
+    let app = apps_dir().join("xhost.py");
+    let mut script = format!("set -e; sleep {delay_s}");
+    for (host, port, prefix) in to {
+        script += &format!(
+            "; python3 {} clients {host} {port} {prefix} {CLIENTS} {requests}",
+            app.display()
+        );
+    }
     let mut cmd = hosts.exec(&hosts.a);
     cmd.args(["bash", "-c", &script]);
     spawn_collecting(cmd)
@@ -214,7 +231,25 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     let mut agent_b = spawn_agent(&hosts, &hosts.b, B_IP, &b_pid, &receiver, &secret)?;
 
     // Host A: traced clients, keep-alive, concurrent.
-    let mut traced = clients(&hosts, port, "t", REQUESTS, 3)?;
+    run_ok(hosts.exec(&hosts.a).args([
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        VIP,
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &format!("{B_IP}:{port}"),
+    ]))
+    .context("iptables DNAT in host A (install iptables)")?;
+    let mut traced = clients(&hosts, &[(B_IP, port, "t"), (VIP, 80, "v")], REQUESTS, 3)?;
     // A host's agent outlives any one batch of clients: a long-lived process keeps it running
     // (it stops by itself when everything it traces has exited).
     let mut idle = hosts.exec(&hosts.a);
@@ -234,27 +269,28 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     drop(idle);
 
     // Host A without an agent: B's agent finds nobody to ask.
-    let mut untraced = clients(&hosts, port, "n", NO_AGENT_REQUESTS, 0)?;
+    let mut untraced = clients(&hosts, &[(B_IP, port, "n")], NO_AGENT_REQUESTS, 0)?;
     let code = untraced.wait_exit(Duration::from_secs(120));
     ensure!(code == Some(0), "untraced clients exited with {code:?}");
     std::thread::sleep(Duration::from_secs(4));
     let b_log = stop(&mut agent_b, "ztrace on host B")?;
     drop(server);
 
-    let traced_n = CLIENTS * REQUESTS;
+    // Direct and through the service address.
+    let traced_n = 2 * CLIENTS * REQUESTS;
     let untraced_n = CLIENTS * NO_AGENT_REQUESTS;
     let spans =
         rt.block_on(receiver.wait_for_spans(2 * traced_n + untraced_n, Duration::from_secs(15)));
     let clients_by_path: HashMap<String, &ReceivedSpan> = spans
         .iter()
-        .filter(|s| s.span.kind == 3 && path(s).starts_with("/item/t"))
+        .filter(|s| s.span.kind == 3 && !path(s).starts_with("/item/n"))
         .map(|s| (path(s), s))
         .collect();
     let by_id: HashMap<String, &ReceivedSpan> =
         spans.iter().map(|s| (s.span_id_hex(), s)).collect();
     let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.kind == 2).collect();
     let (mut right, mut wrong, mut roots) = (0, 0, 0);
-    let (mut no_agent_roots, mut no_agent_linked) = (0, 0);
+    let (mut no_agent_roots, mut no_agent_linked, mut via_vip) = (0, 0, 0);
     for s in &servers {
         let p = path(s);
         let parent = s.parent_span_id_hex();
@@ -277,7 +313,8 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
             (false, Some(c))
                 if c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex() =>
             {
-                right += 1
+                right += 1;
+                via_vip += usize::from(p.starts_with("/item/v"));
             }
             _ => {
                 wrong += 1;
@@ -296,8 +333,8 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
             .join("\n")
     };
     let report = format!(
-        "client spans on A: {}; server spans on B for them: {} linked right, {} wrong, {} roots \
-         (of {traced_n} requests); with no agent on A: {no_agent_roots} roots, {no_agent_linked} \
+        "client spans on A: {}; server spans on B for them: {} linked right ({via_vip} through \
+         DNAT), {} wrong, {} roots (of {traced_n} requests); with no agent on A: {no_agent_roots} roots, {no_agent_linked} \
          linked (of {untraced_n})\nA: {}\nB: {}",
         clients_by_path.len(),
         right,
@@ -317,6 +354,25 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     ensure!(
         recall >= 0.95,
         "cross-host recall {recall:.3} < 0.95\n{report}"
+    );
+    // The DNAT really happened: A's calls name the service address, B saw the server's own.
+    let named_vip = clients_by_path
+        .iter()
+        .filter(|(p, c)| {
+            p.starts_with("/item/v")
+                && c.span
+                    .attributes
+                    .iter()
+                    .any(|kv| format!("{:?}", kv.value).contains(VIP))
+        })
+        .count();
+    ensure!(
+        named_vip == CLIENTS * REQUESTS,
+        "{named_vip} calls through the service address name it\n{report}"
+    );
+    ensure!(
+        via_vip >= CLIENTS * REQUESTS * 95 / 100,
+        "DNAT'd calls not linked\n{report}"
     );
     ensure!(
         no_agent_linked == 0,

@@ -180,7 +180,7 @@ impl std::fmt::Display for CrossHostStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} client sends indexed; {} server roots asked about: {} linked, {} unknown, {} no agent, {} timeout, {} refused; {} not asked (too many pending); {} linked outside the caller's window (max {:.3} ms)",
+            "{} client sends indexed; {} server roots asked about: {} linked, {} unknown, {} no agent, {} timeout, {} refused; {} not asked (too many pending); {} linked outside the caller's window (by at most {:.1} µs)",
             self.client_sends,
             self.lookups,
             self.linked,
@@ -190,7 +190,7 @@ impl std::fmt::Display for CrossHostStats {
             self.refused,
             self.overflow,
             self.skewed,
-            self.max_skew_ns as f64 / 1e6
+            self.max_skew_ns as f64 / 1e3
         )
     }
 }

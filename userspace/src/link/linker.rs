@@ -73,6 +73,27 @@
 //!    neither, two or more candidates and no link: `abstained_no_evidence`. A wrong parent is
 //!    worse than a missing one.
 //!
+//! 7. **Across hosts** (opt-in, `crate::link::crosshost` and `crate::peer`): the evidence of
+//!    rule 2 is shared by two agents. A SERVER root whose client address is remote (private
+//!    ranges, not this socket's own address) and that found no local caller in `LINK_GRACE_NS`
+//!    is held while its agent asks the agent at the client's address about (client address,
+//!    client port, first-byte sequence number, request digest); that agent answers from the
+//!    CLIENT spans it released. A match becomes a remote parent, exactly like an incoming
+//!    `traceparent` (the caller's trace id and sampled flag). No answer by the deadline: the
+//!    span stays a root, counted by reason. Spans that lie outside the remote parent's window
+//!    are kept linked and counted with the skew.
+//!
+//!    Why not something else: (a) TCP header options written by `sock_ops` programs carrying a
+//!    span id — not tried on this kernel (cgroup `sock_ops` programs are reported available,
+//!    never loaded here), it changes bytes on the wire (middleboxes drop or strip unknown
+//!    options; MSS accounting), needs a cgroup attachment per host and a second program on every
+//!    receiving host to parse the options; (b)
+//!    `traceparent` injection into HTTP headers: changes application bytes and only works for
+//!    HTTP — possible later as an opt-in extra; (c) joining at query time in a backend
+//!    (DeepFlow): the exported OTLP stays unlinked. Agreeing on evidence both ends already see
+//!    changes nothing, works through DNAT and for every request/response protocol with
+//!    aligned requests, and fails safe to a root.
+//!
 //! What the kernel cannot show, this cannot see: work resumed by a timer, a pipe, an in-process
 //! queue or a thread pool hand-off carries no socket input, so the thread's cause is whatever it
 //! last read. Rules 4–6 catch most such mistakes; the rest are the residual error the evaluation
