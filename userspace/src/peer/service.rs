@@ -670,3 +670,95 @@ mod tests {
         assert_eq!(a.server.refused.load(Ordering::Relaxed), 2);
     }
 }
+
+/// What one lookup costs the two agents' CPUs, without the network: `cargo test --release -p
+/// ztrace -- --ignored --nocapture per_lookup_cost` (docs/benchmarks.md).
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::link::crosshost::{PeerContext, WireKey};
+    use crate::model::{Endpoint, SpanId, TraceId};
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn per_lookup_cost() {
+        let key = Key::new(b"0123456789abcdef-shared");
+        let mut ix = ClientIndex::new(index::DEFAULT_MAX);
+        let wire = |i: u32| WireKey {
+            client: Endpoint {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: (i % 60_000) as u16,
+            },
+            seq: i,
+        };
+        for i in 0..100_000u32 {
+            ix.insert(
+                &ClientSend {
+                    key: wire(i),
+                    digest: u64::from(i),
+                    ctx: PeerContext {
+                        trace_id: TraceId([1; 16]),
+                        span_id: SpanId([2; 8]),
+                        sampled: None,
+                    },
+                    start_unix_ns: 0,
+                    end_unix_ns: 0,
+                },
+                0,
+            );
+        }
+        let mut replay = Replay::new(1 << 20);
+        for batch in [1usize, 16, 1024] {
+            let rounds = 200_000 / batch;
+            let t = std::time::Instant::now();
+            for r in 0..rounds {
+                let questions: Vec<Query> = (0..batch as u32)
+                    .map(|i| Query {
+                        key: wire(i * 7 + r as u32),
+                        digest: u64::from(i * 7 + r as u32),
+                    })
+                    .collect();
+                let q = Frame {
+                    id: r as u64,
+                    unix_ms: unix_ms(),
+                    nonce: rand::random(),
+                    body: Body::Query(questions),
+                };
+                let bytes = encode(&key, &q);
+                let got = decode(
+                    &key,
+                    bytes[..4].try_into().unwrap(),
+                    &bytes[4..],
+                    KIND_QUERY,
+                )
+                .unwrap();
+                replay.check(&got, unix_ms()).unwrap();
+                let Body::Query(qs) = &got.body else { panic!() };
+                let replies = qs.iter().map(|q| ix.answer(q)).collect();
+                let reply = encode(
+                    &key,
+                    &Frame {
+                        id: got.id,
+                        unix_ms: unix_ms(),
+                        nonce: rand::random(),
+                        body: Body::Reply(replies),
+                    },
+                );
+                let back = decode(
+                    &key,
+                    reply[..4].try_into().unwrap(),
+                    &reply[4..],
+                    KIND_REPLY,
+                )
+                .unwrap();
+                assert!(matches!(back.body, Body::Reply(ref v) if v.len() == batch));
+            }
+            let per = t.elapsed().as_nanos() as f64 / (rounds * batch) as f64;
+            println!(
+                "batch {batch:>4}: {per:>7.0} ns of CPU per lookup (both agents), {:.0} bytes on the wire per lookup",
+                // An item each way, plus each frame's prefix, header and tag.
+                (31 + 42) as f64 + 2.0 * (4.0 + 31.0 + 32.0) / batch as f64
+            );
+        }
+    }
+}
