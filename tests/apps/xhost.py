@@ -1,11 +1,14 @@
 """Services for ztrace's cross-host test (tests/tests/e2e_crosshost.rs). Nothing here knows
 about tracing.
 
-    BIND=ADDR python3 xhost.py server       -> thread-per-request HTTP/1.1 server with keep-alive,
-                                               GET /item/<id>; prints "PORT <n>" once listening
-    python3 xhost.py clients HOST PORT PREFIX CLIENTS REQUESTS
+    BIND=ADDR [CALLBACK=HOST:PORT] python3 xhost.py server
+                                            -> thread-per-request HTTP/1.1 server with keep-alive,
+                                               GET /item/<id>; GET /call/<id> first calls
+                                               CALLBACK's /item/<id>-cb (one keep-alive connection
+                                               per handler thread); prints "PORT <n>" once listening
+    python3 xhost.py clients HOST PORT PATH CLIENTS REQUESTS
                                             -> CLIENTS threads, each one keep-alive connection
-                                               making REQUESTS GETs of /item/<PREFIX><c>-<i>;
+                                               making REQUESTS GETs of <PATH><c>-<i>;
                                                exit status 1 if any failed
 """
 
@@ -23,8 +26,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    local = threading.local()
+
+    def callback(self, name):
+        host, port = os.environ["CALLBACK"].rsplit(":", 1)
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            self.local.conn = conn
+        conn.request("GET", f"/item/{name}-cb")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+
     def do_GET(self):
-        data = json.dumps({"item": self.path.rsplit("/", 1)[-1]}).encode()
+        name = self.path.rsplit("/", 1)[-1]
+        if self.path.startswith("/call/") and self.callback(name) != 200:
+            self.send_error(502)
+            return
+        data = json.dumps({"item": name}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -39,14 +59,14 @@ def server():
     srv.serve_forever()
 
 
-def clients(host, port, prefix, n, requests):
+def clients(host, port, path, n, requests):
     failed = []
 
     def run(c):
         conn = http.client.HTTPConnection(host, port, timeout=10)
         for i in range(requests):
             try:
-                conn.request("GET", f"/item/{prefix}{c}-{i}")
+                conn.request("GET", f"{path}{c}-{i}")
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status != 200:
@@ -69,5 +89,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         server()
     else:
-        host, port, prefix, n, requests = sys.argv[2:7]
-        clients(host, int(port), prefix, int(n), int(requests))
+        host, port, path, n, requests = sys.argv[2:7]
+        clients(host, int(port), path, int(n), int(requests))

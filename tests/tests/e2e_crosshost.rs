@@ -4,10 +4,12 @@
 //! host B. Host A's clients (16 threads, one keep-alive connection each, many requests) call a
 //! thread-per-request server on host B.
 //!
-//! Asserts: every B server span whose caller A's agent saw is the child of A's CLIENT span for
-//! that request, in A's trace (precision 1 required ≥ 0.99, recall ≥ 0.95); then, with A's agent
-//! stopped (a client host without an agent), B's server spans stay roots — zero wrong links —
-//! and B counts them by reason.
+//! Shapes: calls straight to B's address; calls to a service address DNAT'd (iptables in A) to
+//! B's; calls whose handling on B calls back to a server on A in the same request. Asserts: every
+//! cross-host server span is the child of the other host's CLIENT span for that request, in its
+//! trace (no wrong parent at all, recall ≥ 0.95), call-backs end in the first caller's trace;
+//! then, with A's agent stopped (a client host without an agent), B's server spans stay roots —
+//! zero wrong links — and B counts them by reason.
 
 use std::{
     collections::HashMap,
@@ -169,7 +171,7 @@ fn spawn_collecting(mut cmd: Command) -> Result<Proc> {
 
 /// Client batches in namespace A, started after `delay_s` (so a ztrace can attach to the shell
 /// first and follow the clients as its children): `CLIENTS` threads, `requests` each, for every
-/// (host, port, path prefix) of `to`, one batch after the other.
+/// (host, port, path) of `to`, one batch after the other.
 fn clients(hosts: &Hosts, to: &[(&str, u16, &str)], requests: usize, delay_s: u32) -> Result<Proc> {
     let app = apps_dir().join("xhost.py");
     let mut script = format!("set -e; sleep {delay_s}");
@@ -219,13 +221,23 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     std::fs::write(&secret, "a-test-secret-shared-by-both-agents\n")?;
     let (rt, receiver) = receiver_in(&hosts.b)?;
 
+    // Host A's server, which B's server calls back for /call/ requests.
+    let mut a_server_cmd = hosts.exec(&hosts.a);
+    a_server_cmd
+        .args(["python3"])
+        .arg(apps_dir().join("xhost.py"))
+        .arg("server")
+        .env("BIND", A_IP);
+    let (a_server, a_port) = spawn_app(a_server_cmd)?;
+
     // Host B: the server and its agent.
     let mut server_cmd = hosts.exec(&hosts.b);
     server_cmd
         .args(["python3"])
         .arg(apps_dir().join("xhost.py"))
         .arg("server")
-        .env("BIND", B_IP);
+        .env("BIND", B_IP)
+        .env("CALLBACK", format!("{A_IP}:{a_port}"));
     let (server, port) = spawn_app(server_cmd)?;
     let b_pid = server.pid().to_string();
     let mut agent_b = spawn_agent(&hosts, &hosts.b, B_IP, &b_pid, &receiver, &secret)?;
@@ -249,13 +261,19 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         &format!("{B_IP}:{port}"),
     ]))
     .context("iptables DNAT in host A (install iptables)")?;
-    let mut traced = clients(&hosts, &[(B_IP, port, "t"), (VIP, 80, "v")], REQUESTS, 3)?;
-    // A host's agent outlives any one batch of clients: a long-lived process keeps it running
-    // (it stops by itself when everything it traces has exited).
-    let mut idle = hosts.exec(&hosts.a);
-    idle.args(["sleep", "600"]);
-    let idle = spawn_collecting(idle)?;
-    let a_pids = format!("{},{}", traced.pid(), idle.pid());
+    let mut traced = clients(
+        &hosts,
+        &[
+            (B_IP, port, "/item/t"),
+            (VIP, 80, "/item/v"),
+            (B_IP, port, "/call/c"),
+        ],
+        REQUESTS,
+        3,
+    )?;
+    // Host A's agent traces its server and the clients (and so outlives them: it stops by
+    // itself when everything it traces has exited).
+    let a_pids = format!("{},{}", traced.pid(), a_server.pid());
     let mut agent_a = spawn_agent(&hosts, &hosts.a, A_IP, &a_pids, &receiver, &secret)?;
     let code = traced.wait_exit(Duration::from_secs(120));
     ensure!(
@@ -266,18 +284,19 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     // A's agent must stay up while B asks (B holds its spans up to a few seconds).
     std::thread::sleep(Duration::from_secs(4));
     let a_log = stop(&mut agent_a, "ztrace on host A")?;
-    drop(idle);
+    drop(a_server);
 
     // Host A without an agent: B's agent finds nobody to ask.
-    let mut untraced = clients(&hosts, &[(B_IP, port, "n")], NO_AGENT_REQUESTS, 0)?;
+    let mut untraced = clients(&hosts, &[(B_IP, port, "/item/n")], NO_AGENT_REQUESTS, 0)?;
     let code = untraced.wait_exit(Duration::from_secs(120));
     ensure!(code == Some(0), "untraced clients exited with {code:?}");
     std::thread::sleep(Duration::from_secs(4));
     let b_log = stop(&mut agent_b, "ztrace on host B")?;
     drop(server);
 
-    // Direct and through the service address.
-    let traced_n = 2 * CLIENTS * REQUESTS;
+    // Direct, through the service address, and calls whose handling on B calls back to A
+    // (two cross-host server spans each).
+    let traced_n = 4 * CLIENTS * REQUESTS;
     let untraced_n = CLIENTS * NO_AGENT_REQUESTS;
     let spans =
         rt.block_on(receiver.wait_for_spans(2 * traced_n + untraced_n, Duration::from_secs(15)));
@@ -333,7 +352,7 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
             .join("\n")
     };
     let report = format!(
-        "client spans on A: {}; server spans on B for them: {} linked right ({via_vip} through \
+        "client spans: {}; cross-host server spans: {} linked right ({via_vip} through \
          DNAT), {} wrong, {} roots (of {traced_n} requests); with no agent on A: {no_agent_roots} roots, {no_agent_linked} \
          linked (of {untraced_n})\nA: {}\nB: {}",
         clients_by_path.len(),
@@ -354,6 +373,26 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     ensure!(
         recall >= 0.95,
         "cross-host recall {recall:.3} < 0.95\n{report}"
+    );
+    // Calls back from B to A: A's client → B's server → B's call → A's server, one trace.
+    let call_traces: HashMap<String, String> = clients_by_path
+        .iter()
+        .filter(|(p, _)| p.starts_with("/call/c"))
+        .map(|(p, c)| (p.trim_start_matches("/call/").to_string(), c.trace_id_hex()))
+        .collect();
+    let callback_whole = servers
+        .iter()
+        .filter(|s| {
+            let p = path(s);
+            p.ends_with("-cb")
+                && call_traces
+                    .get(p.trim_start_matches("/item/").trim_end_matches("-cb"))
+                    .is_some_and(|t| *t == s.trace_id_hex())
+        })
+        .count();
+    ensure!(
+        callback_whole >= CLIENTS * REQUESTS * 95 / 100,
+        "{callback_whole} call-backs from B to A in the caller's trace\n{report}"
     );
     // The DNAT really happened: A's calls name the service address, B saw the server's own.
     let named_vip = clients_by_path
