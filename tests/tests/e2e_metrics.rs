@@ -235,9 +235,22 @@ fn red_network_and_self_metrics_reach_the_collector() -> Result<()> {
         "ztrace.export.failures",
         "ztrace.queue.depth",
         "ztrace.metrics.exported",
+        "ztrace.link.timestamps",
     ] {
         ensure!(own_latest(name).is_some(), "self metric {name} missing");
     }
+    // The curl clients' calls reached the server: linked by sequence number, and no
+    // abstention (one request at a time per process).
+    let links = own_latest("ztrace.links")
+        .ok_or_else(|| anyhow::anyhow!("self metric ztrace.links missing"))?;
+    let cross = links.sum_where(is("ztrace.link.outcome", "cross_process"));
+    let abstained = links.sum_where(|a| {
+        attr_str(a, "ztrace.link.outcome").is_some_and(|o| o.starts_with("abstained_"))
+    });
+    ensure!(
+        cross >= 1 && abstained == 0,
+        "ztrace.links: {cross} cross_process, {abstained} abstained"
+    );
     ensure!(
         own_latest("ztrace.events.dropped").map_or(-1, |m| m.sum_where(|_| true)) == 0,
         "no kernel drops expected at this rate"

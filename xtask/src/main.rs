@@ -137,6 +137,8 @@ const TEST_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "openssl",
     "bind9-dnsutils",
+    // Reads the kernel's traced set (tests/e2e_lifecycle.rs).
+    "bpftool",
     // The linking evaluation's topology (tests/src/topology.rs), its fan-out shapes included.
     "nginx",
     "nodejs",

@@ -16,6 +16,8 @@
 use std::borrow::Cow;
 
 use crate::Dir;
+use crate::exchange::{DnsExchange, Exchange};
+use crate::parser::{Opener, Parser, Protocol, Step, Transport, Update};
 
 /// Size of the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
@@ -465,6 +467,85 @@ impl DnsTcpConn {
         self.closed = true;
         self.req.buf = Vec::new();
         self.resp.buf = Vec::new();
+    }
+}
+
+impl Parser for DnsTcpConn {
+    type Event = DnsTcpEvent;
+    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<DnsTcpEvent>) {
+        DnsTcpConn::push(self, dir, data, len, out);
+    }
+    fn close(&mut self, out: &mut Vec<DnsTcpEvent>) {
+        DnsTcpConn::close(self, out);
+    }
+}
+
+/// DNS over UDP: every datagram is one message, read as a step right away; only the stream
+/// offsets need keeping. Queries and answers pair by message id.
+#[derive(Default)]
+pub struct DnsDatagrams {
+    request_pos: u64,
+    response_pos: u64,
+}
+
+impl Parser for DnsDatagrams {
+    type Event = Step;
+
+    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<Step>) {
+        let pos = match dir {
+            Dir::Request => &mut self.request_pos,
+            Dir::Response => &mut self.response_pos,
+        };
+        let start = *pos;
+        *pos = pos.saturating_add(len);
+        out.extend(datagram_step(dir, data, start, len));
+    }
+
+    fn close(&mut self, _out: &mut Vec<Step>) {}
+}
+
+impl Protocol for DnsDatagrams {
+    const TRANSPORT: Transport = Transport::Udp;
+    const MULTIPLEXED: bool = true;
+
+    fn detect(payload: &[u8]) -> Option<Opener> {
+        looks_like_query(payload).then_some(Opener::Requester)
+    }
+
+    fn step(&self, step: Step) -> Option<Step> {
+        Some(step)
+    }
+}
+
+/// One datagram at stream offset `start`, `len` bytes long, as a query or an answer.
+fn datagram_step(dir: Dir, data: &[u8], start: u64, len: u64) -> Option<Step> {
+    let msg = parse_message(data)?;
+    let key = Some(u64::from(msg.id));
+    match (dir, msg.is_response) {
+        (Dir::Request, false) => {
+            let (name, qtype) = msg.question?;
+            Some(Step::Request {
+                key,
+                start,
+                traceparent: None,
+                exchange: Exchange::Dns(DnsExchange {
+                    id: msg.id,
+                    name,
+                    qtype: qtype_name(qtype).into_owned(),
+                    rcode: None,
+                    answers: None,
+                }),
+            })
+        }
+        (Dir::Response, true) => Some(Step::End {
+            key,
+            end: start.saturating_add(len),
+            update: Update::Dns {
+                rcode: rcode_name(msg.rcode).to_string(),
+                answers: msg.answers,
+            },
+        }),
+        _ => None,
     }
 }
 

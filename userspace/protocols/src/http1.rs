@@ -18,6 +18,9 @@
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
+use crate::exchange::{Exchange, HttpExchange};
+use crate::parser::{Opener, Parser, Protocol, Step, Update};
+
 /// Largest head (request/status line + headers), chunk-size line or trailer section.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers a head may carry; more is treated as malformed.
@@ -678,6 +681,67 @@ impl Http1Conn {
     /// The connection switched protocols (CONNECT 2xx or 101): no more events.
     pub fn is_tunnel(&self) -> bool {
         self.shared.tunnel
+    }
+}
+
+impl Parser for Http1Conn {
+    type Event = Http1Event;
+    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<Http1Event>) {
+        Http1Conn::push(self, dir, data, len, out);
+    }
+    fn close(&mut self, out: &mut Vec<Http1Event>) {
+        Http1Conn::close(self, out);
+    }
+}
+
+impl Protocol for Http1Conn {
+    fn detect(payload: &[u8]) -> Option<Opener> {
+        if looks_like_request(payload) {
+            Some(Opener::Requester)
+        } else if looks_like_response(payload) {
+            // Tracing began mid-exchange; parsing starts at the next request.
+            Some(Opener::Responder)
+        } else {
+            None
+        }
+    }
+
+    fn step(&self, event: Http1Event) -> Option<Step> {
+        Some(match event {
+            Http1Event::Request { start, head } => Step::Request {
+                key: None,
+                start,
+                traceparent: head.traceparent,
+                exchange: Exchange::Http(HttpExchange {
+                    method: head.method,
+                    target: head.target,
+                    host: head.host,
+                    version: if head.version == 0 { "1.0" } else { "1.1" },
+                    status: None,
+                    user_agent: head.user_agent,
+                    request_body_size: head.content_length,
+                    response_body_size: None,
+                    tls: false,
+                }),
+            },
+            Http1Event::Response {
+                head,
+                interim: false,
+                ..
+            } => Step::Update {
+                key: None,
+                update: Update::HttpStatus(head.status),
+            },
+            Http1Event::ResponseComplete { end, body_len, .. } => Step::End {
+                key: None,
+                end,
+                update: Update::HttpResponseBody(body_len),
+            },
+            Http1Event::Desync { dir, .. } => Step::Desync(dir),
+            Http1Event::RequestComplete { .. } | Http1Event::Response { interim: true, .. } => {
+                return None;
+            }
+        })
     }
 }
 

@@ -40,6 +40,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::Dir;
+use crate::exchange::{Exchange, HttpExchange, RpcExchange};
+use crate::parser::{Opener, Parser, Protocol, Step, Update};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -1257,6 +1259,80 @@ impl H2Conn {
     /// Streams currently tracked (request or response seen, response not ended).
     pub fn open_streams(&self) -> usize {
         self.conn.streams.map.len()
+    }
+}
+
+impl Parser for H2Conn {
+    type Event = H2Event;
+    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<H2Event>) {
+        H2Conn::push(self, dir, data, len, out);
+    }
+    fn close(&mut self, out: &mut Vec<H2Event>) {
+        H2Conn::close(self, out);
+    }
+}
+
+/// HTTP/2 streams are exchanges; a stream whose content type is gRPC is a gRPC call.
+impl Protocol for H2Conn {
+    const MULTIPLEXED: bool = true;
+
+    fn detect(payload: &[u8]) -> Option<Opener> {
+        looks_like_preface(payload).then_some(Opener::Requester)
+    }
+
+    fn step(&self, event: H2Event) -> Option<Step> {
+        Some(match event {
+            H2Event::Request {
+                stream,
+                start,
+                head,
+            } => {
+                let grpc = head
+                    .content_type
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("application/grpc"));
+                let exchange = match head.path.trim_start_matches('/').split_once('/') {
+                    Some((service, method)) if grpc => Exchange::Rpc(RpcExchange {
+                        service: service.to_string(),
+                        method: method.to_string(),
+                        authority: head.authority.clone(),
+                        ..Default::default()
+                    }),
+                    _ => Exchange::Http(HttpExchange {
+                        method: head.method,
+                        target: head.path,
+                        host: head.authority,
+                        version: "2",
+                        user_agent: head.user_agent,
+                        ..Default::default()
+                    }),
+                };
+                Step::Request {
+                    key: Some(u64::from(stream)),
+                    start,
+                    exchange,
+                    traceparent: head.traceparent,
+                }
+            }
+            H2Event::Response {
+                stream, end, head, ..
+            } => Step::End {
+                key: Some(u64::from(stream)),
+                end,
+                update: Update::Rpc {
+                    http_status: head.status,
+                    grpc_status: head.grpc_status,
+                    grpc_message: head.grpc_message,
+                },
+            },
+            H2Event::Reset {
+                stream, error_code, ..
+            } => Step::Abort {
+                key: u64::from(stream),
+                reason: format!("stream reset (HTTP/2 error code {error_code})"),
+            },
+            H2Event::Desync { dir, .. } => Step::Desync(dir),
+        })
     }
 }
 

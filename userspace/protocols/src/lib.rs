@@ -1,19 +1,26 @@
 //! Protocol parsers: pure functions over the byte streams ztrace captures (no I/O, no clocks, no
 //! globals), fed one syscall's worth of bytes at a time.
 //!
-//! Common shape of every parser, so the assembler can drive them alike:
+//! Common shape of every parser, so the assembler can drive them alike (the traits are in
+//! [`parser`]):
 //! - one parser value per connection, fed both directions with `push(dir, data, len, out)`, where
 //!   `data` is the captured head of a syscall's bytes and `len >= data.len()` the true count (the
 //!   rest is a *gap* of unknown bytes); stream offsets count `len`;
 //! - events name messages by the stream offset of their first byte (`start`) and one past their
 //!   last (`end`), so the caller can map them back to the syscalls that moved them;
 //! - unparseable input yields a `Desync` and the parser resynchronises; nothing panics and memory
-//!   is bounded.
+//!   is bounded;
+//! - each protocol says how it is recognised and what its events mean for an exchange
+//!   ([`Protocol`]), in the types of [`exchange`]; the `registry!` in [`parser`] lists them.
+//!
+//! This crate must not do I/O, read clocks or know about spans, linking or attribute names.
 
 pub mod dns;
+pub mod exchange;
 pub mod http1;
 pub mod http2;
 pub mod mysql;
+pub mod parser;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
@@ -21,6 +28,7 @@ pub mod sql;
 pub(crate) mod testutil;
 
 pub use http1::Dir;
+pub use parser::{AnyParser, Opener, Parser, ParserSet, Protocol, Step, Transport, Update};
 
 /// One push's bytes for a stream now at `offset`: `len` cut so that offsets saturate instead
 /// of wrapping, `data` cut to its first `len` bytes, and the gap (unknown bytes) after them.

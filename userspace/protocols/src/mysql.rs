@@ -31,7 +31,9 @@ use std::{collections::VecDeque, sync::Arc};
 
 use crate::{
     Dir,
-    sql::{TextCache, cstr, text},
+    exchange::DbSystem,
+    parser::{Opener, Parser, Protocol, Step, Update},
+    sql::{TextCache, cstr, request_step, text},
 };
 
 /// Longest query text kept, in bytes.
@@ -845,6 +847,49 @@ impl MySqlConn {
     /// The current database: the handshake's, changed by COM_INIT_DB and `USE db`.
     pub fn database(&self) -> Option<&str> {
         self.shared.database.as_deref()
+    }
+}
+
+impl Parser for MySqlConn {
+    type Event = MySqlEvent;
+    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<MySqlEvent>) {
+        MySqlConn::push(self, dir, data, len, out);
+    }
+    fn close(&mut self, out: &mut Vec<MySqlEvent>) {
+        MySqlConn::close(self, out);
+    }
+}
+
+impl Protocol for MySqlConn {
+    /// MySQL servers speak first: whoever sends the greeting is the server.
+    fn detect(payload: &[u8]) -> Option<Opener> {
+        if looks_like_greeting(payload) {
+            Some(Opener::Responder)
+        } else if looks_like_command(payload) {
+            Some(Opener::Requester)
+        } else {
+            None
+        }
+    }
+
+    fn step(&self, event: MySqlEvent) -> Option<Step> {
+        Some(match event {
+            MySqlEvent::Query { start, query, .. } => {
+                request_step(DbSystem::Mysql, start, &query, self.database())
+            }
+            MySqlEvent::Result {
+                end, error, rows, ..
+            } => Step::End {
+                key: None,
+                end,
+                update: Update::Db {
+                    error: error.map(|(code, _state, message)| (code.to_string(), message)),
+                    rows,
+                },
+            },
+            MySqlEvent::Desync { dir, .. } => Step::Desync(dir),
+            MySqlEvent::Handshake { .. } => return None,
+        })
     }
 }
 

@@ -27,7 +27,9 @@ use std::{collections::VecDeque, sync::Arc};
 
 use crate::{
     Dir,
-    sql::{TextCache, cstr, text},
+    exchange::DbSystem,
+    parser::{Opener, Parser, Protocol, Step, Update},
+    sql::{TextCache, cstr, request_step, text},
 };
 
 /// Longest query text kept, in bytes.
@@ -630,6 +632,39 @@ impl PgConn {
 
     pub fn database(&self) -> Option<&str> {
         self.shared.database.as_deref()
+    }
+}
+
+impl Parser for PgConn {
+    type Event = PgEvent;
+    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<PgEvent>) {
+        PgConn::push(self, dir, data, len, out);
+    }
+    fn close(&mut self, out: &mut Vec<PgEvent>) {
+        PgConn::close(self, out);
+    }
+}
+
+impl Protocol for PgConn {
+    fn detect(payload: &[u8]) -> Option<Opener> {
+        (looks_like_startup(payload) || looks_like_query(payload)).then_some(Opener::Requester)
+    }
+
+    fn step(&self, event: PgEvent) -> Option<Step> {
+        Some(match event {
+            PgEvent::Query { start, query, .. } => {
+                request_step(DbSystem::Postgresql, start, &query, self.database())
+            }
+            PgEvent::Result {
+                end, error, rows, ..
+            } => Step::End {
+                key: None,
+                end,
+                update: Update::Db { error, rows },
+            },
+            PgEvent::Desync { dir, .. } => Step::Desync(dir),
+            PgEvent::Startup { .. } => return None,
+        })
     }
 }
 

@@ -16,6 +16,8 @@
 //! replies to earlier commands are in, it becomes a tunnel (no more events).
 
 use crate::Dir;
+use crate::exchange::{DbExchange, DbSystem, Exchange};
+use crate::parser::{Opener, Parser, Protocol, Step, Update};
 use std::collections::VecDeque;
 
 type Out = Vec<RedisEvent>;
@@ -637,6 +639,53 @@ impl RedisConn {
     /// A subscribe command or MONITOR was answered up to it: no more events.
     pub fn is_tunnel(&self) -> bool {
         self.shared.tunnel()
+    }
+}
+
+impl Parser for RedisConn {
+    type Event = RedisEvent;
+    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<RedisEvent>) {
+        RedisConn::push(self, dir, data, len, out);
+    }
+    fn close(&mut self, out: &mut Vec<RedisEvent>) {
+        RedisConn::close(self, out);
+    }
+}
+
+impl Protocol for RedisConn {
+    fn detect(payload: &[u8]) -> Option<Opener> {
+        looks_like_command(payload).then_some(Opener::Requester)
+    }
+
+    fn step(&self, event: RedisEvent) -> Option<Step> {
+        Some(match event {
+            RedisEvent::Command { start, cmd, .. } => Step::Request {
+                key: None,
+                start,
+                traceparent: None,
+                exchange: Exchange::Db(DbExchange {
+                    system: DbSystem::Redis,
+                    operation: Some(cmd.name),
+                    collection: None,
+                    namespace: None,
+                    query_text: Some(cmd.sanitized),
+                    error: None,
+                    rows: None,
+                }),
+            },
+            RedisEvent::Reply { end, error, .. } => Step::End {
+                key: None,
+                end,
+                update: Update::Db {
+                    error: error.map(|e| {
+                        let code = e.split_whitespace().next().unwrap_or("ERR").to_string();
+                        (code, e)
+                    }),
+                    rows: None,
+                },
+            },
+            RedisEvent::Desync { dir, .. } => Step::Desync(dir),
+        })
     }
 }
 

@@ -16,6 +16,9 @@
 
 use std::{borrow::Borrow, sync::Arc};
 
+use crate::exchange::{DbExchange, DbSystem, Exchange};
+use crate::parser::Step;
+
 /// Longest output of [`sanitize`], in bytes.
 pub const MAX_SANITIZED: usize = 1024;
 /// Longest collection name [`summarize`] returns, in bytes.
@@ -545,6 +548,31 @@ impl<K: PartialEq> TextCache<K> {
 
     pub(crate) fn len(&self) -> usize {
         self.items.len()
+    }
+}
+
+/// A SQL statement as the request of a database exchange: operation and table from the text,
+/// which itself is kept only sanitised.
+pub(crate) fn request_step(
+    system: DbSystem,
+    start: u64,
+    query: &str,
+    database: Option<&str>,
+) -> Step {
+    let (operation, collection) = summarize(query);
+    Step::Request {
+        key: None,
+        start,
+        traceparent: None,
+        exchange: Exchange::Db(DbExchange {
+            system,
+            operation,
+            collection,
+            namespace: database.map(str::to_string),
+            query_text: (!query.is_empty()).then(|| sanitize(query)),
+            error: None,
+            rows: None,
+        }),
     }
 }
 

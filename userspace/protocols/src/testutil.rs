@@ -1,7 +1,7 @@
 //! Helpers shared by the parsers' unit tests: a tiny deterministic PRNG with the random
 //! inputs the tests draw from it, and feeding a connection whole or in pieces.
 
-use crate::{Dir, dns, http1, http2, mysql, postgres, redis};
+use crate::{Dir, Parser};
 
 /// Tiny deterministic PRNG (xorshift64*).
 pub(crate) struct Rng(pub(crate) u64);
@@ -68,41 +68,15 @@ impl Rng {
     }
 }
 
-/// A connection of any of the streaming parsers.
-pub(crate) trait Conn {
-    type Event;
-    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<Self::Event>);
-}
-
-macro_rules! conn {
-    ($($conn:ty => $event:ty),* $(,)?) => {$(
-        impl Conn for $conn {
-            type Event = $event;
-            fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<$event>) {
-                <$conn>::push(self, dir, data, len, out)
-            }
-        }
-    )*};
-}
-
-conn! {
-    dns::DnsTcpConn => dns::DnsTcpEvent,
-    http1::Http1Conn => http1::Http1Event,
-    http2::H2Conn => http2::H2Event,
-    mysql::MySqlConn => mysql::MySqlEvent,
-    postgres::PgConn => postgres::PgEvent,
-    redis::RedisConn => redis::RedisEvent,
-}
-
 /// The events of one push.
-pub(crate) fn feed<C: Conn>(c: &mut C, dir: Dir, data: &[u8], len: u64) -> Vec<C::Event> {
+pub(crate) fn feed<C: Parser>(c: &mut C, dir: Dir, data: &[u8], len: u64) -> Vec<C::Event> {
     let mut out = Vec::new();
     c.push(dir, data, len, &mut out);
     out
 }
 
 /// Feed `data` in pieces of the given sizes, then the rest.
-pub(crate) fn split<C: Conn>(c: &mut C, dir: Dir, data: &[u8], sizes: &[usize]) -> Vec<C::Event> {
+pub(crate) fn split<C: Parser>(c: &mut C, dir: Dir, data: &[u8], sizes: &[usize]) -> Vec<C::Event> {
     let (mut out, mut rest) = (Vec::new(), data);
     for &n in sizes.iter().chain([&usize::MAX]) {
         let (a, b) = rest.split_at(n.max(1).min(rest.len()));

@@ -9,7 +9,7 @@ use crate::{
     capture::{preflight, process},
     config::{self, ConfigFile, Sources, parse_duration},
     export::{ExportConfig, Output},
-    runtime::daemon,
+    runtime::{bench, live, replay},
     signals::metrics::MetricsConfig,
 };
 
@@ -383,7 +383,7 @@ pub fn main() -> i32 {
             throughput: Some(passes),
             ..
         }) => {
-            return match daemon::replay_throughput(&file, passes.max(1)) {
+            return match bench::replay_throughput(&file, passes.max(1)) {
                 Ok(t) => {
                     println!(
                         "replay throughput: {} passes, {} records, {} spans, {:.1} MB of OTLP in {:.2}s on one core: {:.0} events/s, {:.0} spans/s",
@@ -405,14 +405,14 @@ pub fn main() -> i32 {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
-            return match daemon::replay(&file, r.export, r.service_name, r.db_query_text) {
+            return match replay::replay(&file, r.export, r.service_name, r.db_query_text) {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
             };
         }
         Some(Command::Record { mut target, file }) => {
             target.payload_cap.get_or_insert(512);
-            (target, daemon::Mode::Record(file), None, false)
+            (target, live::Mode::Record(file), None, false)
         }
         None => {
             let r = match resolve_export(&cli.run.export, Sources::process_env()) {
@@ -426,7 +426,7 @@ pub fn main() -> i32 {
             metrics = r.metrics;
             (
                 target,
-                daemon::Mode::Trace(Box::new(r.export)),
+                live::Mode::Trace(Box::new(r.export)),
                 r.service_name,
                 r.db_query_text,
             )
@@ -453,7 +453,7 @@ pub fn main() -> i32 {
             None => log::debug!("{item}"),
         }
     }
-    let config = daemon::DaemonConfig {
+    let config = live::DaemonConfig {
         pids: target.pids.clone(),
         follow_children: !target.no_children,
         service_name: service,
@@ -467,7 +467,7 @@ pub fn main() -> i32 {
         probe_stats: target.probe_stats,
         peer,
     };
-    match daemon::run(config) {
+    match live::run(config) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("ztrace: {e:#}");

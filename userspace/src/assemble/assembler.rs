@@ -1,7 +1,9 @@
 //! Exchange assembler: detects each connection's protocol from its first bytes, feeds its byte
-//! streams to that protocol's parser, and turns parsed messages into exchanges — request ↔
+//! streams to that protocol's parser, and turns the parser's [`Step`]s into exchanges — request ↔
 //! response pairs with their times, threads and TCP sequence numbers — handed to the linker as
-//! they start and end. In-order protocols (HTTP/1, Redis) pair responses with the oldest open
+//! they start and end. It is generic over [`ParserSet`] (by default every protocol registered in
+//! `ztrace_protocols::parser`) and knows no protocol by name: adding one touches the protocols
+//! crate only. It must not parse bytes itself nor build spans (that is the linker's job). In-order protocols (HTTP/1, Redis) pair responses with the oldest open
 //! request; multiplexing ones (HTTP/2 streams, DNS ids) name the exchange by a key.
 //!
 //! Roles are decided from the bytes, not from connect/accept (which may predate attaching): the
@@ -15,473 +17,32 @@
 use std::collections::VecDeque;
 
 use ztrace_abi::{ConnEvent, DataEvent, direction, syscall};
-use ztrace_protocols::{
-    Dir, dns,
-    http1::{self, Http1Conn, Http1Event},
-    http2::{self, H2Conn, H2Event},
-    mysql::{self, MySqlConn, MySqlEvent},
-    postgres::{self, PgConn, PgEvent},
-    redis::{self, RedisConn, RedisEvent},
-    sql,
-};
+use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Stream},
     link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
-    model::{DbExchange, DbSystem, DnsExchange, Exchange, HttpExchange, RpcExchange, SpanKind},
+    model::{Exchange, SpanKind},
 };
 
 /// After this many chunks that look like no known protocol, a connection is ignored.
 const MAX_UNKNOWN_CHUNKS: u32 = 4;
-const IPPROTO_UDP: u16 = 17;
-
-/// A connection's protocol parser.
-pub enum Parser {
-    Http(Box<Http1Conn>),
-    Http2(Box<H2Conn>),
-    Redis(Box<RedisConn>),
-    Postgres(Box<PgConn>),
-    Mysql(Box<MySqlConn>),
-    Dns(DnsDatagrams),
-}
-
-/// DNS over UDP: every datagram is one message; only stream offsets need keeping.
-#[derive(Default)]
-pub struct DnsDatagrams {
-    request_pos: u64,
-    response_pos: u64,
-}
-
-/// What a parser found, in protocol-neutral terms. `key` names the exchange for protocols that
-/// multiplex (HTTP/2 stream id, DNS id); None means "the oldest open one".
-enum Step {
-    /// A request whose first byte is at `start` of the request stream.
-    Request {
-        key: Option<u64>,
-        start: u64,
-        exchange: Exchange,
-        traceparent: Option<String>,
-    },
-    /// Something learnt about an open exchange before it ends (e.g. an HTTP status line).
-    Update { key: Option<u64>, update: Update },
-    /// The exchange's response ended at `end` (one past its last byte in the response stream).
-    End {
-        key: Option<u64>,
-        end: u64,
-        update: Update,
-    },
-    /// The exchange was cut off (stream reset).
-    Abort { key: u64, reason: String },
-    /// The parser lost track of `dir`.
-    Desync(Dir),
-}
-
-enum Update {
-    HttpStatus(u16),
-    HttpResponseBody(u64),
-    Db {
-        error: Option<(String, String)>,
-        rows: Option<u64>,
-    },
-    Rpc {
-        http_status: Option<u16>,
-        grpc_status: Option<i32>,
-        grpc_message: Option<String>,
-    },
-    Dns {
-        rcode: String,
-        answers: u16,
-    },
-}
-
-impl Update {
-    fn apply(self, exchange: &mut Exchange) {
-        match (self, exchange) {
-            (Update::HttpStatus(s), Exchange::Http(h)) => h.status = Some(s),
-            (Update::HttpResponseBody(n), Exchange::Http(h)) => h.response_body_size = Some(n),
-            (Update::Db { error, rows }, Exchange::Db(d)) => {
-                d.error = error;
-                d.rows = rows;
-            }
-            (Update::Rpc { http_status, .. }, Exchange::Http(h)) => h.status = http_status,
-            (
-                Update::Rpc {
-                    http_status,
-                    grpc_status,
-                    grpc_message,
-                },
-                Exchange::Rpc(r),
-            ) => {
-                r.http_status = http_status;
-                r.grpc_status = grpc_status;
-                r.grpc_message = grpc_message;
-            }
-            (Update::Dns { rcode, answers }, Exchange::Dns(d)) => {
-                d.rcode = Some(rcode);
-                d.answers = Some(answers);
-            }
-            _ => {}
-        }
-    }
-}
-
-impl Parser {
-    /// Picks a parser from the first bytes seen in either direction, with this process's role.
-    fn detect(payload: &[u8], egress: bool, transport: u16) -> Option<(Parser, SpanKind)> {
-        let (sends_requests, receives_requests) = if egress {
-            (SpanKind::Client, SpanKind::Server)
-        } else {
-            (SpanKind::Server, SpanKind::Client)
-        };
-        if transport == IPPROTO_UDP {
-            return dns::looks_like_query(payload)
-                .then(|| (Parser::Dns(DnsDatagrams::default()), sends_requests));
-        }
-        if http2::looks_like_preface(payload) {
-            return Some((Parser::Http2(Box::default()), sends_requests));
-        }
-        if http1::looks_like_request(payload) {
-            return Some((Parser::Http(Box::default()), sends_requests));
-        }
-        if http1::looks_like_response(payload) {
-            // We attached mid-exchange; parsing starts at the next request.
-            return Some((Parser::Http(Box::default()), receives_requests));
-        }
-        if redis::looks_like_command(payload) {
-            return Some((Parser::Redis(Box::default()), sends_requests));
-        }
-        if postgres::looks_like_startup(payload) || postgres::looks_like_query(payload) {
-            return Some((Parser::Postgres(Box::default()), sends_requests));
-        }
-        // MySQL servers speak first: whoever sends the greeting is the server.
-        if mysql::looks_like_greeting(payload) {
-            return Some((Parser::Mysql(Box::default()), receives_requests));
-        }
-        if mysql::looks_like_command(payload) {
-            return Some((Parser::Mysql(Box::default()), sends_requests));
-        }
-        None
-    }
-
-    /// `http_events`: scratch for the HTTP/1 parser's events (one `Vec` for every chunk was an
-    /// allocation per captured read or write).
-    fn push(
-        &mut self,
-        dir: Dir,
-        payload: &[u8],
-        len: u64,
-        steps: &mut Vec<Step>,
-        http_events: &mut Vec<Http1Event>,
-    ) {
-        match self {
-            Parser::Http(p) => {
-                http_events.clear();
-                p.push(dir, payload, len, http_events);
-                steps.extend(http_events.drain(..).filter_map(http_step));
-            }
-            Parser::Http2(p) => {
-                let mut events = Vec::new();
-                p.push(dir, payload, len, &mut events);
-                steps.extend(events.into_iter().map(h2_step));
-            }
-            Parser::Redis(p) => {
-                let mut events = Vec::new();
-                p.push(dir, payload, len, &mut events);
-                steps.extend(events.into_iter().map(redis_step));
-            }
-            Parser::Postgres(p) => {
-                let mut events = Vec::new();
-                p.push(dir, payload, len, &mut events);
-                let db = p.database().map(str::to_string);
-                steps.extend(events.into_iter().filter_map(|e| pg_step(e, db.as_deref())));
-            }
-            Parser::Mysql(p) => {
-                let mut events = Vec::new();
-                p.push(dir, payload, len, &mut events);
-                let db = p.database().map(str::to_string);
-                steps.extend(
-                    events
-                        .into_iter()
-                        .filter_map(|e| mysql_step(e, db.as_deref())),
-                );
-            }
-            Parser::Dns(d) => steps.extend(d.push(dir, payload, len)),
-        }
-    }
-
-    /// Exchanges interleave on the connection (paired by key, not in order).
-    fn multiplexed(&self) -> bool {
-        matches!(self, Parser::Http2(_) | Parser::Dns(_))
-    }
-
-    fn close(&mut self, steps: &mut Vec<Step>) {
-        match self {
-            Parser::Http(p) => {
-                let mut events = Vec::new();
-                p.close(&mut events);
-                steps.extend(events.into_iter().filter_map(http_step));
-            }
-            Parser::Http2(p) => {
-                let mut events = Vec::new();
-                p.close(&mut events);
-                steps.extend(events.into_iter().map(h2_step));
-            }
-            Parser::Redis(p) => {
-                let mut events = Vec::new();
-                p.close(&mut events);
-                steps.extend(events.into_iter().map(redis_step));
-            }
-            Parser::Postgres(p) => {
-                let mut events = Vec::new();
-                p.close(&mut events);
-                steps.extend(events.into_iter().filter_map(|e| pg_step(e, None)));
-            }
-            Parser::Mysql(p) => {
-                let mut events = Vec::new();
-                p.close(&mut events);
-                steps.extend(events.into_iter().filter_map(|e| mysql_step(e, None)));
-            }
-            Parser::Dns(_) => {}
-        }
-    }
-}
-
-/// A SQL statement as a database exchange: operation and table from the text, which itself is
-/// kept only sanitised.
-fn sql_request(system: DbSystem, start: u64, query: &str, database: Option<&str>) -> Step {
-    let (operation, collection) = sql::summarize(query);
-    Step::Request {
-        key: None,
-        start,
-        traceparent: None,
-        exchange: Exchange::Db(DbExchange {
-            system,
-            operation,
-            collection,
-            namespace: database.map(str::to_string),
-            query_text: (!query.is_empty()).then(|| sql::sanitize(query)),
-            error: None,
-            rows: None,
-        }),
-    }
-}
-
-fn pg_step(e: PgEvent, database: Option<&str>) -> Option<Step> {
-    Some(match e {
-        PgEvent::Query { start, query, .. } => {
-            sql_request(DbSystem::Postgresql, start, &query, database)
-        }
-        PgEvent::Result {
-            end, error, rows, ..
-        } => Step::End {
-            key: None,
-            end,
-            update: Update::Db { error, rows },
-        },
-        PgEvent::Desync { dir, .. } => Step::Desync(dir),
-        PgEvent::Startup { .. } => return None,
-    })
-}
-
-fn mysql_step(e: MySqlEvent, database: Option<&str>) -> Option<Step> {
-    Some(match e {
-        MySqlEvent::Query { start, query, .. } => {
-            sql_request(DbSystem::Mysql, start, &query, database)
-        }
-        MySqlEvent::Result {
-            end, error, rows, ..
-        } => Step::End {
-            key: None,
-            end,
-            update: Update::Db {
-                error: error.map(|(code, _state, message)| (code.to_string(), message)),
-                rows,
-            },
-        },
-        MySqlEvent::Desync { dir, .. } => Step::Desync(dir),
-        MySqlEvent::Handshake { .. } => return None,
-    })
-}
-
-impl DnsDatagrams {
-    fn push(&mut self, dir: Dir, payload: &[u8], len: u64) -> Option<Step> {
-        let pos = match dir {
-            Dir::Request => &mut self.request_pos,
-            Dir::Response => &mut self.response_pos,
-        };
-        let start = *pos;
-        *pos = pos.saturating_add(len);
-        let msg = dns::parse_message(payload)?;
-        let key = Some(u64::from(msg.id));
-        match (dir, msg.is_response) {
-            (Dir::Request, false) => {
-                let (name, qtype) = msg.question?;
-                Some(Step::Request {
-                    key,
-                    start,
-                    traceparent: None,
-                    exchange: Exchange::Dns(DnsExchange {
-                        id: msg.id,
-                        name,
-                        qtype: dns::qtype_name(qtype).into_owned(),
-                        rcode: None,
-                        answers: None,
-                    }),
-                })
-            }
-            (Dir::Response, true) => Some(Step::End {
-                key,
-                end: start.saturating_add(len),
-                update: Update::Dns {
-                    rcode: dns::rcode_name(msg.rcode).to_string(),
-                    answers: msg.answers,
-                },
-            }),
-            _ => None,
-        }
-    }
-}
-
-fn http_step(e: Http1Event) -> Option<Step> {
-    Some(match e {
-        Http1Event::Request { start, head } => Step::Request {
-            key: None,
-            start,
-            traceparent: head.traceparent,
-            exchange: Exchange::Http(HttpExchange {
-                method: head.method,
-                target: head.target,
-                host: head.host,
-                version: if head.version == 0 { "1.0" } else { "1.1" },
-                status: None,
-                user_agent: head.user_agent,
-                request_body_size: head.content_length,
-                response_body_size: None,
-                tls: false,
-            }),
-        },
-        Http1Event::Response {
-            head,
-            interim: false,
-            ..
-        } => Step::Update {
-            key: None,
-            update: Update::HttpStatus(head.status),
-        },
-        Http1Event::ResponseComplete { end, body_len, .. } => Step::End {
-            key: None,
-            end,
-            update: Update::HttpResponseBody(body_len),
-        },
-        Http1Event::Desync { dir, .. } => Step::Desync(dir),
-        Http1Event::RequestComplete { .. } | Http1Event::Response { interim: true, .. } => {
-            return None;
-        }
-    })
-}
-
-fn h2_step(e: H2Event) -> Step {
-    match e {
-        H2Event::Request {
-            stream,
-            start,
-            head,
-        } => {
-            let grpc = head
-                .content_type
-                .as_deref()
-                .is_some_and(|c| c.starts_with("application/grpc"));
-            let exchange = match head.path.trim_start_matches('/').split_once('/') {
-                Some((service, method)) if grpc => Exchange::Rpc(RpcExchange {
-                    service: service.to_string(),
-                    method: method.to_string(),
-                    authority: head.authority.clone(),
-                    ..Default::default()
-                }),
-                _ => Exchange::Http(HttpExchange {
-                    method: head.method,
-                    target: head.path,
-                    host: head.authority,
-                    version: "2",
-                    user_agent: head.user_agent,
-                    ..Default::default()
-                }),
-            };
-            Step::Request {
-                key: Some(u64::from(stream)),
-                start,
-                exchange,
-                traceparent: head.traceparent,
-            }
-        }
-        H2Event::Response {
-            stream, end, head, ..
-        } => Step::End {
-            key: Some(u64::from(stream)),
-            end,
-            update: Update::Rpc {
-                http_status: head.status,
-                grpc_status: head.grpc_status,
-                grpc_message: head.grpc_message,
-            },
-        },
-        H2Event::Reset {
-            stream, error_code, ..
-        } => Step::Abort {
-            key: u64::from(stream),
-            reason: format!("stream reset (HTTP/2 error code {error_code})"),
-        },
-        H2Event::Desync { dir, .. } => Step::Desync(dir),
-    }
-}
-
-fn redis_step(e: RedisEvent) -> Step {
-    match e {
-        RedisEvent::Command { start, cmd, .. } => Step::Request {
-            key: None,
-            start,
-            traceparent: None,
-            exchange: Exchange::Db(DbExchange {
-                system: DbSystem::Redis,
-                operation: Some(cmd.name),
-                collection: None,
-                namespace: None,
-                query_text: Some(cmd.sanitized),
-                error: None,
-                rows: None,
-            }),
-        },
-        RedisEvent::Reply { end, error, .. } => Step::End {
-            key: None,
-            end,
-            update: Update::Db {
-                error: error.map(|e| {
-                    let code = e.split_whitespace().next().unwrap_or("ERR").to_string();
-                    (code, e)
-                }),
-                rows: None,
-            },
-        },
-        RedisEvent::Desync { dir, .. } => Step::Desync(dir),
-    }
-}
 
 #[derive(Default)]
-pub enum Proto {
+pub enum Proto<P> {
     #[default]
     Unknown,
     Known {
         role: SpanKind,
-        parser: Parser,
+        parser: P,
         /// Open exchanges in request order, with their key for multiplexing protocols.
         pending: VecDeque<(Option<u64>, Handle)>,
     },
     Ignored,
 }
 
-#[derive(Default)]
-pub struct ConnState {
-    proto: Proto,
+pub struct ConnState<P> {
+    proto: Proto<P>,
     unknown_chunks: u32,
     /// Plaintext from the TLS library (the connection is HTTPS, gRPC over TLS…).
     tls: bool,
@@ -491,6 +52,18 @@ pub struct ConnState {
     /// This process connected the socket and no request has gone over it yet: the connecting
     /// thread's cause at `connect()` (see the linker's module docs, rule 3).
     connect_cause: Option<Option<Cause>>,
+}
+
+impl<P> Default for ConnState<P> {
+    fn default() -> Self {
+        ConnState {
+            proto: Proto::default(),
+            unknown_chunks: 0,
+            tls: false,
+            base: (0, 0),
+            connect_cause: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -503,21 +76,24 @@ pub struct AssembleStats {
     pub aborted_exchanges: u64,
 }
 
-pub struct Assembler {
-    pub conns: ConnTable<ConnState>,
+/// Assembles the exchanges of every connection, with the parsers of `P` (by default every
+/// registered protocol).
+pub struct Assembler<P: ParserSet = AnyParser> {
+    pub conns: ConnTable<ConnState<P>>,
     steps: Vec<Step>,
-    http_events: Vec<Http1Event>,
+    /// The parsers' event buffers, reused for every chunk.
+    scratch: P::Scratch,
     pub stats: AssembleStats,
     /// Keep (sanitised) database query text; off by default: queries stay home unless asked for.
     pub db_query_text: bool,
 }
 
-impl Assembler {
+impl<P: ParserSet> Assembler<P> {
     pub fn new(max_conns: usize) -> Self {
         Self {
             conns: ConnTable::new(max_conns),
             steps: Vec::new(),
-            http_events: Vec::new(),
+            scratch: P::Scratch::default(),
             stats: AssembleStats::default(),
             db_query_text: false,
         }
@@ -541,8 +117,13 @@ impl Assembler {
         stream.advance(ev.bytes, ev.enter_ns, ev.header.ts_ns, ev.header.tid, seq);
 
         if matches!(conn.state.proto, Proto::Unknown) {
-            match Parser::detect(payload, egress, ev.tuple.protocol) {
-                Some((parser, role)) => {
+            match P::detect(payload, Transport::from_ip_protocol(ev.tuple.protocol)) {
+                Some((parser, opener)) => {
+                    // The side that sends requests is the client.
+                    let role = match (opener, egress) {
+                        (Opener::Requester, true) | (Opener::Responder, false) => SpanKind::Client,
+                        (Opener::Requester, false) | (Opener::Responder, true) => SpanKind::Server,
+                    };
                     self.stats.http_connections += 1;
                     conn.state.proto = Proto::Known {
                         role,
@@ -567,13 +148,7 @@ impl Assembler {
             let role = *role;
             let multiplexed = parser.multiplexed();
             self.steps.clear();
-            parser.push(
-                dir,
-                payload,
-                ev.bytes,
-                &mut self.steps,
-                &mut self.http_events,
-            );
+            parser.push(dir, payload, ev.bytes, &mut self.scratch, &mut self.steps);
             let mut ended = None;
             for mut step in self.steps.drain(..) {
                 if !self.db_query_text
@@ -593,7 +168,14 @@ impl Assembler {
             linker.io(key.tgid, ev.header.tid, Io::UnknownInput);
         }
         if let Some((k, c)) = evicted {
-            finish_conn(k, c, ev.header.ts_ns, linker, &mut self.stats);
+            finish_conn(
+                k,
+                c,
+                ev.header.ts_ns,
+                linker,
+                &mut self.scratch,
+                &mut self.stats,
+            );
         }
     }
 
@@ -604,9 +186,16 @@ impl Assembler {
             sock_id: ev.sock_id,
         };
         let (conn, evicted) = self.conns.entry(key, &ev.tuple, ev.header.ts_ns);
-        conn.state.connect_cause = Some(linker.cause_of(key.tgid, ev.header.tid));
+        conn.state.connect_cause = Some(linker.connect_cause(key.tgid, ev.header.tid));
         if let Some((k, c)) = evicted {
-            finish_conn(k, c, ev.header.ts_ns, linker, &mut self.stats);
+            finish_conn(
+                k,
+                c,
+                ev.header.ts_ns,
+                linker,
+                &mut self.scratch,
+                &mut self.stats,
+            );
         }
     }
 
@@ -614,7 +203,7 @@ impl Assembler {
     pub fn on_close(&mut self, tgid: u32, sock_id: u64, ts_ns: u64, linker: &mut Linker) {
         let key = ConnKey { tgid, sock_id };
         if let Some(conn) = self.conns.remove(&key) {
-            finish_conn(key, conn, ts_ns, linker, &mut self.stats);
+            finish_conn(key, conn, ts_ns, linker, &mut self.scratch, &mut self.stats);
         }
     }
 
@@ -636,8 +225,8 @@ impl Assembler {
 /// What a socket read or write tells the linker about the thread's cause: which exchange the
 /// bytes belonged to. Multiplexed protocols (HTTP/2, DNS) carry many exchanges per read, so
 /// their inputs say nothing definite.
-fn thread_io(
-    proto: &Proto,
+fn thread_io<P>(
+    proto: &Proto<P>,
     role: SpanKind,
     egress: bool,
     multiplexed: bool,
@@ -661,7 +250,7 @@ fn thread_io(
 }
 
 /// (request stream, response stream) from this process's point of view.
-fn streams(conn: &Conn<ConnState>, role: SpanKind) -> (&Stream, &Stream) {
+fn streams<P>(conn: &Conn<ConnState<P>>, role: SpanKind) -> (&Stream, &Stream) {
     match role {
         SpanKind::Client => (&conn.egress, &conn.ingress),
         SpanKind::Server => (&conn.ingress, &conn.egress),
@@ -677,9 +266,9 @@ fn find(pending: &VecDeque<(Option<u64>, Handle)>, key: Option<u64>) -> Option<u
 }
 
 /// Applies one parser step; returns the exchange it finished, if any.
-fn apply(
+fn apply<P>(
     key: ConnKey,
-    conn: &mut Conn<ConnState>,
+    conn: &mut Conn<ConnState<P>>,
     step: Step,
     linker: &mut Linker,
     stats: &mut AssembleStats,
@@ -797,16 +386,17 @@ fn apply(
     }
 }
 
-fn finish_conn(
+fn finish_conn<P: ParserSet>(
     key: ConnKey,
-    mut conn: Conn<ConnState>,
+    mut conn: Conn<ConnState<P>>,
     ts_ns: u64,
     linker: &mut Linker,
+    scratch: &mut P::Scratch,
     stats: &mut AssembleStats,
 ) {
     let mut steps = Vec::new();
     if let Proto::Known { parser, .. } = &mut conn.state.proto {
-        parser.close(&mut steps);
+        parser.close(scratch, &mut steps);
     }
     for step in steps {
         apply(key, &mut conn, step, linker, stats);
@@ -820,5 +410,355 @@ fn finish_conn(
                 Some("connection closed before the response".into()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ztrace_abi::{AF_INET, EventHeader, SockTuple, kind};
+    use ztrace_protocols::redis::RedisConn;
+
+    use super::*;
+    use crate::model::{Span, SpanStatus};
+
+    /// One socket of a traced process.
+    #[derive(Clone, Copy)]
+    struct Sock {
+        pid: u32,
+        tid: u32,
+        sock: u64,
+        local_port: u16,
+        remote_port: u16,
+        /// IP protocol: 6 TCP, 17 UDP.
+        protocol: u16,
+    }
+
+    const SERVER: Sock = Sock {
+        pid: 100,
+        tid: 101,
+        sock: 1,
+        local_port: 8080,
+        remote_port: 40000,
+        protocol: 6,
+    };
+    const CLIENT: Sock = Sock {
+        pid: 200,
+        tid: 201,
+        sock: 2,
+        local_port: 40000,
+        remote_port: 8080,
+        protocol: 6,
+    };
+
+    fn data(s: Sock, egress: bool, ts: u64, bytes: u64, syscall: u8) -> DataEvent {
+        let mut tuple = SockTuple {
+            family: AF_INET,
+            protocol: s.protocol,
+            local_port: s.local_port,
+            remote_port: s.remote_port,
+            ..Default::default()
+        };
+        tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        DataEvent {
+            header: EventHeader {
+                kind: kind::DATA,
+                tgid: s.pid,
+                tid: s.tid,
+                _pad: 0,
+                ts_ns: ts,
+            },
+            sock_id: s.sock,
+            enter_ns: ts - 5,
+            bytes,
+            tuple,
+            fd: 3,
+            seq: 0,
+            cap_len: 0,
+            syscall,
+            direction: if egress {
+                direction::EGRESS
+            } else {
+                direction::INGRESS
+            },
+            has_seq: 0,
+            _pad: 0,
+        }
+    }
+
+    /// Drives an assembler and its linker; `spans` drains both.
+    struct Rig<P: ParserSet = AnyParser> {
+        asm: Assembler<P>,
+        linker: Linker,
+    }
+
+    impl<P: ParserSet> Rig<P> {
+        fn new() -> Self {
+            Rig {
+                asm: Assembler::new(16),
+                linker: Linker::new(0, 1000, Some(7)),
+            }
+        }
+
+        /// `s` sends (`egress`) or receives `payload` at `ts`.
+        fn io(&mut self, s: Sock, egress: bool, ts: u64, payload: &[u8]) {
+            self.io_as(s, egress, ts, payload, syscall::READ);
+        }
+
+        fn io_as(&mut self, s: Sock, egress: bool, ts: u64, payload: &[u8], sc: u8) {
+            let ev = data(s, egress, ts, payload.len() as u64, sc);
+            self.asm.on_data(&ev, payload, &mut self.linker);
+        }
+
+        fn close(&mut self, s: Sock, ts: u64) {
+            self.asm.on_close(s.pid, s.sock, ts, &mut self.linker);
+        }
+
+        fn spans(&mut self) -> Vec<Span> {
+            let mut out = Vec::new();
+            self.linker.drain(1_000_000, &mut out);
+            out.sort_by_key(|s| s.start_unix_ns);
+            out
+        }
+    }
+
+    fn http(span: &Span) -> &crate::model::HttpExchange {
+        match &span.exchange {
+            Exchange::Http(h) => h,
+            other => panic!("not HTTP: {other:?}"),
+        }
+    }
+
+    fn db(span: &Span) -> &crate::model::DbExchange {
+        match &span.exchange {
+            Exchange::Db(d) => d,
+            other => panic!("not a database exchange: {other:?}"),
+        }
+    }
+
+    const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+
+    #[test]
+    fn http1_server_span_runs_from_the_request_read_exit_to_the_response_write_entry() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(SERVER, false, 1_000, GET);
+        rig.io(SERVER, true, 2_000, OK);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1);
+        let s = &spans[0];
+        assert_eq!(s.kind, SpanKind::Server);
+        assert_eq!((s.start_unix_ns, s.end_unix_ns), (1_000, 2_000 - 5));
+        let h = http(s);
+        assert_eq!((h.method.as_str(), h.target.as_str()), ("GET", "/a"));
+        assert_eq!((h.status, h.response_body_size), (Some(200), Some(2)));
+        assert!(!h.tls);
+        assert_eq!(s.status, SpanStatus::Unset);
+        assert_eq!(rig.asm.stats.http_connections, 1);
+    }
+
+    #[test]
+    fn http1_client_span_runs_from_the_request_write_entry_to_the_response_read_exit() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(CLIENT, true, 1_000, GET);
+        rig.io(CLIENT, false, 2_000, OK);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].kind, SpanKind::Client);
+        assert_eq!(
+            (spans[0].start_unix_ns, spans[0].end_unix_ns),
+            (1_000 - 5, 2_000)
+        );
+    }
+
+    #[test]
+    fn a_response_seen_first_makes_its_sender_the_server_and_parsing_starts_at_the_next_request() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(SERVER, true, 500, OK);
+        rig.io(SERVER, false, 1_000, GET);
+        rig.io(SERVER, true, 2_000, OK);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].kind, SpanKind::Server);
+        assert_eq!(spans[0].start_unix_ns, 1_000);
+    }
+
+    #[test]
+    fn tls_plaintext_marks_the_exchange() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io_as(SERVER, false, 1_000, GET, syscall::SSL_READ);
+        rig.io_as(SERVER, true, 2_000, OK, syscall::SSL_WRITE);
+        assert!(http(&rig.spans()[0]).tls);
+    }
+
+    #[test]
+    fn a_connection_closed_before_the_response_aborts_its_exchange() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(SERVER, false, 1_000, GET);
+        rig.close(SERVER, 3_000);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].end_unix_ns, 3_000);
+        assert_eq!(
+            spans[0].status,
+            SpanStatus::Error("connection closed before the response".into())
+        );
+        assert_eq!(rig.asm.stats.aborted_exchanges, 1);
+    }
+
+    #[test]
+    fn an_unparseable_response_aborts_the_waiting_exchanges() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(SERVER, false, 1_000, GET);
+        rig.io(
+            SERVER,
+            true,
+            2_000,
+            b"\x00\x01garbage that is no status line\r\n\r\n",
+        );
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            spans[0].status,
+            SpanStatus::Error("unparseable response".into())
+        );
+        assert_eq!(rig.asm.stats.desyncs, 1);
+        assert_eq!(rig.asm.stats.aborted_exchanges, 1);
+    }
+
+    #[test]
+    fn a_connection_that_never_looks_like_a_protocol_is_ignored() {
+        let mut rig = Rig::<AnyParser>::new();
+        for i in 0..MAX_UNKNOWN_CHUNKS {
+            rig.io(SERVER, false, 1_000 + u64::from(i), b"\x16\x03\x01 opaque");
+        }
+        rig.io(SERVER, false, 2_000, GET);
+        rig.io(SERVER, true, 3_000, OK);
+        assert!(rig.spans().is_empty());
+        assert_eq!(rig.asm.stats.ignored_connections, 1);
+        assert_eq!(rig.asm.stats.http_connections, 0);
+        assert_eq!(rig.asm.stats.data_events, u64::from(MAX_UNKNOWN_CHUNKS) + 2);
+    }
+
+    #[test]
+    fn redis_errors_carry_their_prefix_as_the_code() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(CLIENT, true, 1_000, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        rig.io(CLIENT, false, 2_000, b"-WRONGTYPE bad\r\n");
+        let spans = rig.spans();
+        let d = db(&spans[0]);
+        assert_eq!(d.system, crate::model::DbSystem::Redis);
+        assert_eq!(d.operation.as_deref(), Some("GET"));
+        assert_eq!(
+            d.error,
+            Some(("WRONGTYPE".to_string(), "WRONGTYPE bad".to_string()))
+        );
+    }
+
+    /// A PostgreSQL simple query: `Q`, then CommandComplete and ReadyForQuery.
+    fn pg_query(sql: &str) -> Vec<u8> {
+        let mut m = vec![b'Q'];
+        m.extend(((4 + sql.len() + 1) as u32).to_be_bytes());
+        m.extend(sql.as_bytes());
+        m.push(0);
+        m
+    }
+
+    fn pg_done(tag: &str) -> Vec<u8> {
+        let mut m = vec![b'C'];
+        m.extend(((4 + tag.len() + 1) as u32).to_be_bytes());
+        m.extend(tag.as_bytes());
+        m.push(0);
+        m.extend(b"Z\x00\x00\x00\x05I");
+        m
+    }
+
+    #[test]
+    fn sql_query_text_is_kept_only_when_asked_for() {
+        for keep in [false, true] {
+            let mut rig = Rig::<AnyParser>::new();
+            rig.asm.db_query_text = keep;
+            rig.io(
+                CLIENT,
+                true,
+                1_000,
+                &pg_query("SELECT * FROM users WHERE id = 42"),
+            );
+            rig.io(CLIENT, false, 2_000, &pg_done("SELECT 1"));
+            let spans = rig.spans();
+            let d = db(&spans[0]);
+            assert_eq!(d.system, crate::model::DbSystem::Postgresql);
+            assert_eq!(d.operation.as_deref(), Some("SELECT"));
+            assert_eq!(d.collection.as_deref(), Some("users"));
+            assert_eq!(d.rows, Some(1));
+            assert_eq!(d.query_text.is_some(), keep, "keep = {keep}");
+        }
+    }
+
+    /// A DNS message: header, then one question for `name` type A class IN.
+    fn dns(id: u16, response: bool, name: &str) -> Vec<u8> {
+        let flags: u16 = if response { 0x8180 } else { 0x0100 };
+        let mut m = Vec::new();
+        for v in [id, flags, 1, u16::from(response), 0, 0] {
+            m.extend(v.to_be_bytes());
+        }
+        for label in name.split('.') {
+            m.push(label.len() as u8);
+            m.extend(label.as_bytes());
+        }
+        m.extend([0, 0, 1, 0, 1]);
+        m
+    }
+
+    #[test]
+    fn dns_answers_pair_with_their_queries_by_id_in_any_order() {
+        let udp = Sock {
+            protocol: 17,
+            ..CLIENT
+        };
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(udp, true, 1_000, &dns(1, false, "a.example"));
+        rig.io(udp, true, 1_100, &dns(2, false, "b.example"));
+        rig.io(udp, false, 2_000, &dns(2, true, "b.example"));
+        rig.io(udp, false, 3_000, &dns(1, true, "a.example"));
+        let spans = rig.spans();
+        let got: Vec<_> = spans
+            .iter()
+            .map(|s| match &s.exchange {
+                Exchange::Dns(d) => (d.name.clone(), d.rcode.clone(), d.answers, s.end_unix_ns),
+                other => panic!("not DNS: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a.example".into(), Some("NOERROR".into()), Some(1), 3_000),
+                ("b.example".into(), Some("NOERROR".into()), Some(1), 2_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_is_tried_on_udp_only_and_http_on_streams_only() {
+        let mut rig = Rig::<AnyParser>::new();
+        let udp = Sock {
+            protocol: 17,
+            ..SERVER
+        };
+        rig.io(udp, false, 1_000, GET);
+        rig.io(CLIENT, true, 1_000, &dns(1, false, "a.example"));
+        assert_eq!(rig.asm.stats.http_connections, 0);
+    }
+
+    #[test]
+    fn an_assembler_of_one_protocol_recognises_only_that_one() {
+        let mut rig = Rig::<RedisConn>::new();
+        rig.io(SERVER, false, 1_000, GET);
+        rig.io(CLIENT, true, 1_000, b"*1\r\n$4\r\nPING\r\n");
+        rig.io(CLIENT, false, 2_000, b"+PONG\r\n");
+        let spans = rig.spans();
+        assert_eq!(rig.asm.stats.http_connections, 1);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(db(&spans[0]).operation.as_deref(), Some("PING"));
     }
 }

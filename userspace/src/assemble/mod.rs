@@ -1,4 +1,7 @@
-//! Request ↔ response exchanges from per-connection byte streams.
+//! Request ↔ response exchanges from per-connection byte streams: the stage between connection
+//! tracking (which keeps each socket's streams) and the linker (which makes spans). It owns
+//! protocol detection state and exchange pairing; the parsers themselves live in the
+//! `ztrace-protocols` crate, and this stage must not grow protocol-specific code.
 
 mod assembler;
 

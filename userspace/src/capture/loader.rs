@@ -378,7 +378,9 @@ impl Capture {
 
     /// Attaches the OpenSSL probes to the libssl that `pid` has mapped, if it has one and it is
     /// not attached yet (probes on a library file fire for every process; the in-kernel filter
-    /// keeps only traced ones). Returns the library newly attached.
+    /// keeps only traced ones). Returns the library newly attached. `pid` must be in the traced
+    /// set already ([`Capture::trace`], or the kernel's fork probe); one that has left it is
+    /// left alone.
     pub fn attach_tls(&mut self, pid: u32) -> Result<Option<std::path::PathBuf>> {
         let lib = libssl_of(pid);
         // The socket probes look for an OpenSSL call in progress only in processes that map
@@ -387,9 +389,21 @@ impl Capture {
             Some(_) => ztrace_abi::traced::YES | ztrace_abi::traced::TLS,
             None => ztrace_abi::traced::YES,
         };
-        self.traced
-            .insert(pid, flags, 0)
-            .with_context(|| format!("updating PID {pid} in the traced set"))?;
+        // Only an entry still there is updated (BPF_EXIST): a process that exited before its
+        // exec event got here was removed by the kernel, and its PID may already belong to an
+        // unrelated process, which must not become traced.
+        const BPF_EXIST: u64 = 2;
+        match self.traced.insert(pid, flags, BPF_EXIST) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("updating PID {pid} in the traced set"));
+            }
+        }
         let Some(lib) = lib else {
             return Ok(None);
         };

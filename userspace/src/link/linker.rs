@@ -57,7 +57,15 @@
 //!    as evidence only when it names exactly one candidate:
 //!    - every input the thread read since its last write stands for the same request, and
 //!    - no other request the thread read is still in progress with nothing written for it yet
-//!      (no call linked to it, no response): its handler may be the one running now.
+//!      (no call linked to it, no response): its handler may be the one running now;
+//!    - in a process whose work migrates between threads (a request answered by another thread
+//!      than read it: Go, tokio, executors), no other request *of the process* is in progress
+//!      with nothing written for it yet: any thread may run that request's task next
+//!      (`thread_causes_refused`).
+//!
+//!    The cause captured at `connect()` is held to the process-wide test in any process doing
+//!    socket I/O on several threads (`connect_causes_refused`): Go's transport dials in a
+//!    goroutine of its own, on whatever thread is free.
 //!
 //!    Otherwise the thread's context says nothing (counted `abstained_mixed_inputs` when no
 //!    content decides). The response side (rule 4) is held to the same test.
@@ -144,6 +152,16 @@ const MAX_DEPTH: usize = 64;
 /// How long after a CLIENT span's response the response side (rule 4) may still change its
 /// parent: its trace is not settled before.
 const RESPONSE_GRACE_NS: u64 = 50_000_000;
+/// The most a cross-process link may move a span's start or end to fit the client's window
+/// (see [`Linker::window_inside_caller`]). Both ends of a connection stamp the same bytes at
+/// the socket layer and the syscall around it: the client's write is stamped when the kernel
+/// has taken the bytes, and on loopback the server may have read them a few microseconds
+/// before; symmetrically for the response. That explains microseconds (the largest
+/// adjustment measured in the evaluation and e2e runs is reported in the exit summary as
+/// `largest timestamp adjustment`), not milliseconds: a larger disagreement is left as
+/// captured (counted `stamps_left`) so a wrong pairing or a clock problem shows as a child
+/// outside its parent's window instead of being smoothed over.
+pub const MAX_STAMP_ADJUST_NS: u64 = 1_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parent {
@@ -156,6 +174,18 @@ pub enum Parent {
         span_id: SpanId,
         sampled: Option<bool>,
     },
+}
+
+/// How a process's socket I/O is spread over its threads (module docs, rule 6).
+#[derive(Clone, Copy, Debug)]
+struct ProcThreads {
+    /// The first thread seen doing socket I/O …
+    first_tid: u32,
+    /// … and whether another did too: a thread's context is then not the process's.
+    many: bool,
+    /// A SERVER request was answered by another thread than read it: tasks move between
+    /// threads (Go, tokio, executors), so what a thread read last need not be what it runs.
+    migrating: bool,
 }
 
 /// Whom a thread is working for, from its last socket input (see the module docs).
@@ -297,6 +327,14 @@ pub struct LinkStats {
     /// SERVER exchanges answered by another thread than the one that read the request (tasks
     /// that moved between a runtime's worker threads, or hand-offs to a thread pool).
     pub moved_threads: u64,
+    /// Causes captured at `connect()` not taken: another request of the process was in
+    /// progress with nothing written for it yet when the call was written (a runtime that
+    /// dials on another thread than the handler's, e.g. Go's transport; rule 6).
+    pub connect_causes_refused: u64,
+    /// Thread contexts not taken in a process whose work migrates between threads (a SERVER
+    /// request answered by another thread than read it): another request was in progress with
+    /// nothing written for it yet, and its task may be the one running on this thread (rule 6).
+    pub thread_causes_refused: u64,
     /// Request and response side disagreed: left unlinked.
     pub contradicted: u64,
     /// A child ended after its parent: left unlinked.
@@ -315,6 +353,14 @@ pub struct LinkStats {
     /// … of which the thread's context named another request (content wins: the thread's
     /// context there is a pool thread's or a runtime worker's stale input).
     pub content_overrode_thread: u64,
+    /// Cross-process links whose start or end was moved to fit the caller's window, by no more
+    /// than [`MAX_STAMP_ADJUST_NS`] …
+    pub stamps_adjusted: u64,
+    /// … the largest such move (ns) …
+    pub max_stamp_adjust_ns: u64,
+    /// … and disagreements larger than that, left as captured (the child shows outside its
+    /// parent's window).
+    pub stamps_left: u64,
     /// Spans dropped because the store was full.
     pub evicted: u64,
     /// Parents that were gone when a child was released (child exported as a root).
@@ -324,6 +370,26 @@ pub struct LinkStats {
 }
 
 impl LinkStats {
+    /// A call stamped `call_ns` began no later than `server_ns`, when its server read it: the
+    /// call's start, moved back if the capture points explain the difference, else left.
+    fn adjust_stamp(&mut self, call_ns: u64, server_ns: u64) -> u64 {
+        self.fit(call_ns, server_ns, call_ns.saturating_sub(server_ns))
+    }
+
+    /// `at` moved to `to` if that moves it by `by` ≤ [`MAX_STAMP_ADJUST_NS`], counted.
+    fn fit(&mut self, at: u64, to: u64, by: u64) -> u64 {
+        if by == 0 {
+            at
+        } else if by <= MAX_STAMP_ADJUST_NS {
+            self.stamps_adjusted += 1;
+            self.max_stamp_adjust_ns = self.max_stamp_adjust_ns.max(by);
+            to
+        } else {
+            self.stamps_left += 1;
+            at
+        }
+    }
+
     /// In-process cases where the evidence was ambiguous and no link was made.
     pub fn ambiguous(&self) -> u64 {
         self.contradicted
@@ -537,6 +603,8 @@ pub struct Linker {
     next: Handle,
     /// Each thread's context, keyed by (pid, tid).
     causes: HashMap<(u32, u32), ThreadCtx>,
+    /// Per process: how its socket I/O is spread over threads (rule 6).
+    procs: HashMap<u32, ProcThreads>,
     /// Each process's SERVER spans, newest last, for content matching (pruned lazily).
     open_servers: HashMap<u32, VecDeque<Handle>>,
     /// Size of `causes` after its last clean-up (stale entries are swept when it doubles).
@@ -551,6 +619,9 @@ pub struct Linker {
     /// not secret; ChaCha (`StdRng`) cost ~400 instructions per span.
     rng: SmallRng,
     pub stats: LinkStats,
+    /// Content evidence (rule 6) on; off only to measure what it adds (see
+    /// [`Linker::without_content_evidence`]).
+    content: bool,
     /// Cross-host links (rule 7): None unless configured.
     crosshost: Option<CrossHost>,
 }
@@ -568,6 +639,7 @@ impl Linker {
             live_order: VecDeque::new(),
             next: 1,
             causes: HashMap::default(),
+            procs: HashMap::default(),
             open_servers: HashMap::default(),
             causes_swept: 1024,
             clients_by_seq: HashMap::default(),
@@ -579,6 +651,7 @@ impl Linker {
                 None => SmallRng::from_os_rng(),
             },
             stats: LinkStats::default(),
+            content: true,
             crosshost: None,
         }
     }
@@ -632,13 +705,38 @@ impl Linker {
         }
     }
 
-    /// The thread's cause now (captured by the assembler at `connect()`): None when its inputs
-    /// since its last write belong to more than one request.
+    /// For evaluation only: no content evidence (rule 6's tokens are neither kept nor looked
+    /// up), so its effect on precision, recall and cost can be measured. The thread's context
+    /// and every other rule work as usual.
+    pub fn without_content_evidence(mut self) -> Self {
+        self.content = false;
+        self
+    }
+
+    /// The thread's cause now: None when its inputs since its last write belong to more than
+    /// one request.
     pub fn cause_of(&self, pid: u32, tid: u32) -> Option<Cause> {
         self.causes
             .get(&(pid, tid))
             .filter(|c| !c.mixed)
             .and_then(|c| c.cause)
+    }
+
+    /// The connecting thread's cause, captured by the assembler at `connect()` (rule 3's
+    /// exception): as [`Linker::cause_of`], and, in a process doing socket I/O on several
+    /// threads, None when another request of the process is in progress with nothing written
+    /// for it yet — its handler may be the one connecting. A runtime that dials on whatever
+    /// thread is free (Go's transport dials in a goroutine of its own) connects on a thread
+    /// whose last input was another request's.
+    pub fn connect_cause(&mut self, pid: u32, tid: u32) -> Option<Cause> {
+        let cause = self.cause_of(pid, tid)?;
+        let p = self.server_of(cause)?;
+        let many = self.procs.get(&pid).is_some_and(|p| p.many);
+        if many && self.other_without_calls(pid, p, u64::MAX) {
+            self.stats.connect_causes_refused += 1;
+            return None;
+        }
+        Some(cause)
     }
 
     /// Whether the thread read a request other than `except` that is still in progress and that
@@ -650,6 +748,20 @@ impl Linker {
                     .recs
                     .get(&u)
                     .is_some_and(|r| r.end_ns.is_none() && !r.responding)
+        })
+    }
+
+    /// Whether a SERVER request of `pid` other than `p` was in progress at `at_ns` with nothing
+    /// written for it yet (no call linked to it, no response going out): its handler may be the
+    /// one that made a call (rule 6, process-wide).
+    fn other_without_calls(&self, pid: u32, p: Handle, at_ns: u64) -> bool {
+        self.open_servers.get(&pid).is_some_and(|list| {
+            list.iter().rev().take(4 * MAX_CANDIDATES).any(|&h| {
+                h != p
+                    && self.recs.get(&h).is_some_and(|r| {
+                        r.end_ns.is_none() && !r.responding && !r.parent_of && r.start_ns <= at_ns
+                    })
+            })
         })
     }
 
@@ -780,10 +892,19 @@ impl Linker {
                 } else {
                     self.cause_of(s.pid, s.tid)
                 };
-                let by_thread = by_connect
-                    .or_else(|| now.and_then(|c| self.cause_parent(c, s.pid, s.start_ns)));
+                let migrating = self.procs.get(&s.pid).is_some_and(|p| p.migrating);
+                let by_thread = by_connect.or_else(|| {
+                    let (p, via) = now.and_then(|c| self.cause_parent(c, s.pid, s.start_ns))?;
+                    if migrating && self.other_without_calls(s.pid, p, s.start_ns) {
+                        self.stats.thread_causes_refused += 1;
+                        return None;
+                    }
+                    Some((p, via))
+                });
                 let mut call_tokens = Vec::new();
-                content_tokens(&s.exchange, &mut call_tokens);
+                if self.content {
+                    content_tokens(&s.exchange, &mut call_tokens);
+                }
                 let (by_text, candidates) = if call_tokens.is_empty() {
                     (None, 0)
                 } else {
@@ -842,13 +963,15 @@ impl Linker {
                     {
                         rec.parent = Parent::Local(h);
                         self.stats.cross_process_links += 1;
-                        start_ns = start_ns.min(rec.start_ns);
+                        start_ns = self.stats.adjust_stamp(start_ns, rec.start_ns);
                     }
                 }
             }
         }
         if s.kind == SpanKind::Server {
-            content_tokens(&s.exchange, &mut tokens);
+            if self.content {
+                content_tokens(&s.exchange, &mut tokens);
+            }
             let list = self.open_servers.entry(s.pid).or_default();
             list.push_back(h);
             if list.len() > 4 * MAX_CANDIDATES {
@@ -888,6 +1011,12 @@ impl Linker {
     /// rules 3 and 4).
     pub fn io(&mut self, pid: u32, tid: u32, io: Io) {
         let key = (pid, tid);
+        let proc = self.procs.entry(pid).or_insert(ProcThreads {
+            first_tid: tid,
+            many: false,
+            migrating: false,
+        });
+        proc.many |= proc.first_tid != tid;
         let input = match io {
             Io::ServerRequest(h) => Some(Some(Cause::Serving(h))),
             Io::ClientResponse(c) => Some(Some(Cause::After(c))),
@@ -936,6 +1065,11 @@ impl Linker {
             {
                 rec.responding = true;
                 self.stats.moved_threads += u64::from(rec.tid != tid);
+                if rec.tid != tid
+                    && let Some(p) = self.procs.get_mut(&pid)
+                {
+                    p.migrating = true;
+                }
             }
             if let Some(mut ctx) = self.causes.get(&key).copied() {
                 let (cause, mixed) = (ctx.cause.take(), ctx.mixed);
@@ -961,7 +1095,7 @@ impl Linker {
     /// See `start`: a call began no later than the server's first read of it.
     fn call_began_by(&mut self, c: Handle, server_read_ns: u64) {
         if let Some(rec) = self.recs.get_mut(&c) {
-            rec.start_ns = rec.start_ns.min(server_read_ns);
+            rec.start_ns = self.stats.adjust_stamp(rec.start_ns, server_read_ns);
         }
     }
 
@@ -1250,9 +1384,10 @@ impl Linker {
     /// loopback the peer may have read them by then: the server's last write can be stamped
     /// after the client's read. (The start side is settled when the two are linked: the call
     /// is moved back to the server's first read, see `start`.) Reads are stamped after the data
-    /// arrived, so the server's own calls still end before this end.
-    fn window_inside_caller(&self, rec: &Rec) -> (u64, u64) {
-        let (start, mut end) = (rec.start_ns, rec.end_ns.unwrap_or(rec.start_ns));
+    /// arrived, so the server's own calls still end before this end. Either move is bounded by
+    /// [`MAX_STAMP_ADJUST_NS`]: a larger disagreement is not the capture points' and is left.
+    fn window_inside_caller(&mut self, rec: &Rec) -> (u64, u64) {
+        let (start, end) = (rec.start_ns, rec.end_ns.unwrap_or(rec.start_ns));
         let Parent::Local(p) = rec.parent else {
             return (start, end);
         };
@@ -1264,13 +1399,14 @@ impl Linker {
             (None, Some(t)) => Some(t.end_ns),
             _ => return (start, end),
         };
-        if let Some(p_end) = p_end
-            && p_end < end
-            && p_end >= start
-        {
-            end = p_end;
+        match p_end {
+            Some(p_end) if p_end < end => {
+                // Never before the span's own start: a window stays a window.
+                let to = p_end.max(start);
+                (start, self.stats.fit(end, to, end - p_end))
+            }
+            _ => (start, end),
         }
-        (start, end)
     }
 
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
@@ -1787,6 +1923,79 @@ mod tests {
         }
     }
 
+    /// A frontend call (pid 1) and the backend request it reached (pid 2), linked by sequence
+    /// number, with the given stamps; returns (client, backend server) as exported.
+    fn cross_process(
+        call: (u64, u64),
+        server: (u64, u64),
+        server_first: bool,
+    ) -> (Span, Span, LinkStats) {
+        let mut l = Linker::new(0, 1000, None);
+        let mut back_start = start(SpanKind::Server, 2, 21, server.0);
+        back_start.seq_key = Some(key(9));
+        let mut client_start = start(SpanKind::Client, 1, 11, call.0);
+        client_start.seq_key = Some(key(9));
+        let (c, b) = if server_first {
+            let b = l.start(back_start);
+            (l.start(client_start), b)
+        } else {
+            let c = l.start(client_start);
+            (c, l.start(back_start))
+        };
+        l.finish(b, server.1, None);
+        l.finish(c, call.1, None);
+        let out = settle(&mut l);
+        let c = by_id(&out, SpanKind::Client, 1).clone();
+        let b = by_id(&out, SpanKind::Server, 2).clone();
+        assert_eq!(b.parent_span_id, Some(c.span_id));
+        (c, b, l.stats)
+    }
+
+    #[test]
+    fn capture_skew_of_microseconds_is_adjusted_and_counted() {
+        for server_first in [false, true] {
+            // The server read the request 40 µs before the client's write was stamped, and
+            // its response write was stamped 30 µs after the client read it.
+            let (c, b, st) =
+                cross_process((1_040_000, 9_000_000), (1_000_000, 9_030_000), server_first);
+            assert_eq!((c.start_unix_ns, c.end_unix_ns), (1_000_000, 9_000_000));
+            assert_eq!((b.start_unix_ns, b.end_unix_ns), (1_000_000, 9_000_000));
+            assert_eq!((st.stamps_adjusted, st.stamps_left), (2, 0));
+            assert_eq!(st.max_stamp_adjust_ns, 40_000);
+        }
+    }
+
+    #[test]
+    fn disagreements_beyond_the_capture_bound_are_left_showing() {
+        for server_first in [false, true] {
+            // The server's stamps stick out by 5 ms on both sides: not the capture points.
+            let (c, b, st) = cross_process(
+                (10_000_000, 20_000_000),
+                (5_000_000, 25_000_000),
+                server_first,
+            );
+            assert_eq!((c.start_unix_ns, c.end_unix_ns), (10_000_000, 20_000_000));
+            assert_eq!((b.start_unix_ns, b.end_unix_ns), (5_000_000, 25_000_000));
+            assert_eq!((st.stamps_adjusted, st.stamps_left), (0, 2));
+            assert_eq!(st.max_stamp_adjust_ns, 0);
+        }
+        // Just inside and just outside the bound.
+        let (c, _, st) = cross_process(
+            (1_000 + MAX_STAMP_ADJUST_NS, 9 * MAX_STAMP_ADJUST_NS),
+            (1_000, 9 * MAX_STAMP_ADJUST_NS),
+            false,
+        );
+        assert_eq!(c.start_unix_ns, 1_000);
+        assert_eq!((st.stamps_adjusted, st.stamps_left), (1, 0));
+        let (c, _, st) = cross_process(
+            (1_001 + MAX_STAMP_ADJUST_NS, 9 * MAX_STAMP_ADJUST_NS),
+            (1_000, 9 * MAX_STAMP_ADJUST_NS),
+            false,
+        );
+        assert_eq!(c.start_unix_ns, 1_001 + MAX_STAMP_ADJUST_NS);
+        assert_eq!((st.stamps_adjusted, st.stamps_left), (0, 1));
+    }
+
     #[test]
     fn traceparent_is_honoured() {
         let mut l = Linker::new(1_000, 10, None);
@@ -1893,30 +2102,42 @@ mod tests {
     #[test]
     fn content_shared_with_one_request_separates_the_candidates() {
         // The same interleaving, but each call carries its request's id; a third call carries
-        // a token both requests share (no margin) and stays unlinked.
-        let mut l = Linker::new(0, 100, None);
-        let a = l.start(with_target(
-            start(SpanKind::Server, 1, 1, 10),
-            "/r/a1-7?v=2024",
-        ));
-        l.io(1, 1, Io::ServerRequest(a));
-        let b = l.start(with_target(
-            start(SpanKind::Server, 1, 1, 11),
-            "/r/b2-9?v=2024",
-        ));
-        l.io(1, 1, Io::ServerRequest(b));
-        let cb = l.start(with_target(start(SpanKind::Client, 1, 1, 12), "/x/b2-9"));
-        let ca = l.start(with_target(start(SpanKind::Client, 1, 1, 13), "/y/a1-7"));
-        let both = l.start(with_target(start(SpanKind::Client, 1, 1, 14), "/z?v=2024"));
-        for (c, t) in [(cb, 15), (ca, 16), (both, 17)] {
-            returns(&mut l, 1, 1, c, t);
+        // a token both requests share (no margin) and stays unlinked. Without content evidence
+        // (evaluation switch) all three abstain.
+        for content in [true, false] {
+            let mut l = Linker::new(0, 100, None);
+            if !content {
+                l = l.without_content_evidence();
+            }
+            let a = l.start(with_target(
+                start(SpanKind::Server, 1, 1, 10),
+                "/r/a1-7?v=2024",
+            ));
+            l.io(1, 1, Io::ServerRequest(a));
+            let b = l.start(with_target(
+                start(SpanKind::Server, 1, 1, 11),
+                "/r/b2-9?v=2024",
+            ));
+            l.io(1, 1, Io::ServerRequest(b));
+            let cb = l.start(with_target(start(SpanKind::Client, 1, 1, 12), "/x/b2-9"));
+            let ca = l.start(with_target(start(SpanKind::Client, 1, 1, 13), "/y/a1-7"));
+            let both = l.start(with_target(start(SpanKind::Client, 1, 1, 14), "/z?v=2024"));
+            for (c, t) in [(cb, 15), (ca, 16), (both, 17)] {
+                returns(&mut l, 1, 1, c, t);
+            }
+            reply(&mut l, 1, 1, a, 18);
+            reply(&mut l, 1, 1, b, 19);
+            let out = settle(&mut l);
+            if content {
+                assert_eq!(parents(&out), [None, None, Some(1), Some(0), None]);
+                assert_eq!(l.stats.content_links, 2);
+                assert_eq!(l.stats.abstained_mixed_inputs, 1);
+            } else {
+                assert_eq!(parents(&out), [None; 5]);
+                assert_eq!(l.stats.content_links, 0);
+                assert_eq!(l.stats.abstained_mixed_inputs, 3);
+            }
         }
-        reply(&mut l, 1, 1, a, 18);
-        reply(&mut l, 1, 1, b, 19);
-        let out = settle(&mut l);
-        assert_eq!(parents(&out), [None, None, Some(1), Some(0), None]);
-        assert_eq!(l.stats.content_links, 2);
-        assert_eq!(l.stats.abstained_mixed_inputs, 1);
     }
 
     #[test]
@@ -1945,7 +2166,7 @@ mod tests {
         // has read request B.
         let mut l = Linker::new(0, 100, None);
         let a = serve(&mut l, 1, 1, 10);
-        let at_connect = l.cause_of(1, 1);
+        let at_connect = l.connect_cause(1, 1);
         let b = serve(&mut l, 1, 1, 12);
         let mut first = start(SpanKind::Client, 1, 1, 13);
         first.connect_cause = at_connect;
@@ -1956,6 +2177,50 @@ mod tests {
         let out = settle(&mut l);
         assert_eq!(parents(&out), [None, None, Some(0)]);
         assert_eq!(l.stats.connect_links, 1);
+    }
+
+    #[test]
+    fn a_connect_made_while_other_requests_wait_names_no_cause() {
+        // Go: requests A and B are read by two threads; the transport dials B's call in its own
+        // goroutine on the thread whose last input was A. Nothing was written for B yet, so the
+        // connecting thread's cause says nothing about whom the connection is for.
+        let mut l = Linker::new(0, 100, None);
+        let a = serve(&mut l, 1, 1, 10);
+        let b = serve(&mut l, 1, 2, 11);
+        let at_connect = l.connect_cause(1, 1);
+        assert_eq!(at_connect, None);
+        assert_eq!(l.stats.connect_causes_refused, 1);
+        let mut first = start(SpanKind::Client, 1, 3, 13);
+        first.connect_cause = at_connect;
+        let cb = l.start(first);
+        returns(&mut l, 1, 3, cb, 20);
+        reply(&mut l, 1, 2, b, 21);
+        reply(&mut l, 1, 1, a, 22);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, None]);
+        assert_eq!(l.stats.connect_links, 0);
+    }
+
+    #[test]
+    fn in_a_migrating_runtime_a_threads_last_input_names_no_request_while_others_wait() {
+        // Go: an earlier request was answered by another thread than read it (tasks migrate).
+        // Then A is read on thread 1 and B on thread 2; B's call is written on thread 1 (its
+        // goroutine ran there): thread 1's context (A) says nothing while B has nothing written.
+        let mut l = Linker::new(0, 100, None);
+        let warm = serve(&mut l, 1, 5, 1);
+        reply(&mut l, 1, 6, warm, 2);
+        let a = serve(&mut l, 1, 1, 10);
+        let b = serve(&mut l, 1, 2, 11);
+        let cb = call(&mut l, 1, 1, 12);
+        returns(&mut l, 1, 3, cb, 13);
+        reply(&mut l, 1, 2, b, 14);
+        // Once B is answered, nothing else waits: A's call on thread 1 is A's.
+        let ca = call(&mut l, 1, 1, 15);
+        returns(&mut l, 1, 1, ca, 21);
+        reply(&mut l, 1, 1, a, 23);
+        let out = settle(&mut l);
+        assert_eq!(parents(&out), [None, None, None, None, Some(1)]);
+        assert_eq!(l.stats.thread_causes_refused, 1);
     }
 
     #[test]

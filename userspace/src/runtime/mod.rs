@@ -1,7 +1,11 @@
-//! Runs the data path: live capture, the record sink, replay, the I/O-free pipeline and the
-//! daemon's own telemetry.
+//! Runs the data path: live capture into the pipeline or a record file (`live`), replay of a
+//! record file (`replay`), the replay throughput benchmark (`bench`), the I/O-free pipeline that
+//! chains the stages, the record file format and the daemon's own telemetry. This is the shell
+//! that wires stages together; stage logic belongs in the stage folders, not here.
 
-pub mod daemon;
+pub mod bench;
+pub mod live;
 pub mod pipeline;
 pub mod record;
+pub mod replay;
 pub mod telemetry;

@@ -60,10 +60,24 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// `seed`: see [`Linker::new`].
+    ///
+    /// `ZTRACE_EVAL_NO_CONTENT_EVIDENCE=1` in the environment (for evaluation only, read here
+    /// and nowhere else) turns the linker's content evidence off, to measure what it adds:
+    /// see [`Linker::without_content_evidence`].
     pub fn new(mono_to_unix: i128, seed: Option<u64>) -> Self {
+        let mut linker = Linker::new(mono_to_unix, 200_000, seed);
+        if std::env::var_os("ZTRACE_EVAL_NO_CONTENT_EVIDENCE").is_some_and(|v| v == "1") {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                log::warn!(
+                    "ZTRACE_EVAL_NO_CONTENT_EVIDENCE=1: content evidence off (evaluation only)"
+                );
+            });
+            linker = linker.without_content_evidence();
+        }
         Self {
             assembler: Assembler::new(65_536),
-            linker: Linker::new(mono_to_unix, 200_000, seed),
+            linker,
             records: 0,
             decode_errors: 0,
             last_ns: 0,

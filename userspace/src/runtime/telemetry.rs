@@ -15,8 +15,24 @@ use crate::{
     runtime::pipeline::Pipeline,
     semconv::resource::ProcessTable,
     signals::logs::{LogLine, to_request},
-    signals::metrics::health::Health,
+    signals::metrics::health::{Health, LinkOutcomes},
 };
+
+fn link_outcomes(l: &crate::link::LinkStats) -> LinkOutcomes {
+    LinkOutcomes {
+        traceparent: l.traceparent_links,
+        thread: l.thread_links,
+        response: l.response_links,
+        cross_process: l.cross_process_links,
+        content: l.content_links,
+        contradicted: l.contradicted,
+        outlived_parent: l.outlived_parent,
+        mixed_inputs: l.abstained_mixed_inputs,
+        no_evidence: l.abstained_no_evidence,
+        stamps_adjusted: l.stamps_adjusted,
+        stamps_left: l.stamps_left,
+    }
+}
 
 /// Most log lines per logs request.
 const LOG_BATCH: usize = 512;
@@ -118,6 +134,7 @@ impl Telemetry {
             logs_queued: depth.log_records,
             metric_overflow: pipeline.metrics.as_ref().map_or(0, |m| m.folded()),
             logs_dropped: logs.dropped,
+            links: link_outcomes(&pipeline.stats().link),
         }
     }
 

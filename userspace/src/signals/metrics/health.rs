@@ -13,6 +13,10 @@ use super::series::{AttrSet, Val};
 /// The attribute that says which signal or reason a self-metric point is about.
 const SIGNAL: &str = "ztrace.signal";
 const REASON: &str = "ztrace.drop.reason";
+/// How the linker decided a parent, or why it made none.
+const LINK_OUTCOME: &str = "ztrace.link.outcome";
+/// What the linker did with a cross-process timestamp disagreement.
+const STAMP: &str = "ztrace.link.timestamp";
 
 /// One self-metric counter and its points (attributes, total).
 struct Counter {
@@ -50,6 +54,27 @@ pub struct Health {
     pub metric_overflow: u64,
     /// Log records dropped before export (held-record buffer full).
     pub logs_dropped: u64,
+    /// The linker's decisions (see `link::LinkStats`).
+    pub links: LinkOutcomes,
+}
+
+/// Links made by the evidence that made them, cases left unlinked by reason, and cross-process
+/// timestamp adjustments: the linker's counters, copied (this layer does not see the linker).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkOutcomes {
+    pub traceparent: u64,
+    /// From the thread's causal context, request side.
+    pub thread: u64,
+    /// From the response side alone.
+    pub response: u64,
+    pub cross_process: u64,
+    pub content: u64,
+    pub contradicted: u64,
+    pub outlived_parent: u64,
+    pub mixed_inputs: u64,
+    pub no_evidence: u64,
+    pub stamps_adjusted: u64,
+    pub stamps_left: u64,
 }
 
 impl Health {
@@ -129,6 +154,43 @@ impl Health {
                 points: vec![(vec![], self.metric_overflow)],
             },
             Counter {
+                name: "ztrace.links",
+                unit: "{decision}",
+                description: "Parent decisions of the linker: links by the evidence that made them, and calls or requests left unlinked (abstained_*) by the reason the evidence was ambiguous.",
+                points: vec![
+                    (on(LINK_OUTCOME, "traceparent"), self.links.traceparent),
+                    (on(LINK_OUTCOME, "thread"), self.links.thread),
+                    (on(LINK_OUTCOME, "response"), self.links.response),
+                    (on(LINK_OUTCOME, "cross_process"), self.links.cross_process),
+                    (on(LINK_OUTCOME, "content"), self.links.content),
+                    (
+                        on(LINK_OUTCOME, "abstained_contradicted"),
+                        self.links.contradicted,
+                    ),
+                    (
+                        on(LINK_OUTCOME, "abstained_outlived_parent"),
+                        self.links.outlived_parent,
+                    ),
+                    (
+                        on(LINK_OUTCOME, "abstained_mixed_inputs"),
+                        self.links.mixed_inputs,
+                    ),
+                    (
+                        on(LINK_OUTCOME, "abstained_no_evidence"),
+                        self.links.no_evidence,
+                    ),
+                ],
+            },
+            Counter {
+                name: "ztrace.link.timestamps",
+                unit: "{timestamp}",
+                description: "Cross-process timestamp disagreements between a call and the request it reached: adjusted (within what the capture points explain) or left as captured.",
+                points: vec![
+                    (on(STAMP, "adjusted"), self.links.stamps_adjusted),
+                    (on(STAMP, "left"), self.links.stamps_left),
+                ],
+            },
+            Counter {
                 name: "ztrace.logs.dropped",
                 unit: "{log_record}",
                 description: "Log lines dropped before export because the held-record buffer was full.",
@@ -198,5 +260,57 @@ impl Health {
             ..Default::default()
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points(metrics: &[Metric], name: &str) -> Vec<(String, i64)> {
+        let m = metrics.iter().find(|m| m.name == name).unwrap();
+        let Some(Data::Sum(sum)) = &m.data else {
+            panic!("{name} is not a sum");
+        };
+        sum.data_points
+            .iter()
+            .map(|p| {
+                let attr = format!("{:?}", p.attributes[0].value);
+                let Some(Value::AsInt(v)) = p.value else {
+                    panic!("not an int")
+                };
+                (attr, v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn link_outcomes_are_counted_by_reason() {
+        let mut h = Health::default();
+        h.links.cross_process = 7;
+        h.links.content = 3;
+        h.links.mixed_inputs = 2;
+        h.links.stamps_left = 1;
+        let before = h;
+        h.links.mixed_inputs = 5;
+        let cumulative = h.to_metrics(None, 1, 2);
+        let links = points(&cumulative, "ztrace.links");
+        assert_eq!(links.len(), 9);
+        let value = |pts: &[(String, i64)], outcome: &str| {
+            pts.iter()
+                .find(|(a, _)| a.contains(&format!("\"{outcome}\"")))
+                .unwrap()
+                .1
+        };
+        assert_eq!(value(&links, "cross_process"), 7);
+        assert_eq!(value(&links, "content"), 3);
+        assert_eq!(value(&links, "abstained_mixed_inputs"), 5);
+        assert_eq!(value(&links, "abstained_no_evidence"), 0);
+        let stamps = points(&cumulative, "ztrace.link.timestamps");
+        assert_eq!((value(&stamps, "adjusted"), value(&stamps, "left")), (0, 1));
+        let delta = h.to_metrics(Some(&before), 1, 2);
+        let links = points(&delta, "ztrace.links");
+        assert_eq!(value(&links, "abstained_mixed_inputs"), 3);
+        assert_eq!(value(&links, "cross_process"), 0);
     }
 }

@@ -2,7 +2,11 @@
 //! ring buffer into a sink — the span pipeline and its exporter, or a record file — until
 //! Ctrl-C/SIGTERM, `--duration`, or the exit of every traced process. On the way out it detaches,
 //! flushes everything pending and prints what was captured and what was lost.
-//! `replay` runs a record file through the same pipeline, without the kernel.
+//!
+//! It owns the capture loop, the traced-process set and the [`Destination`] of captured records;
+//! replay (`replay.rs`) and the throughput benchmark (`bench.rs`) reuse its runtime and summary
+//! but never its loop. It must not parse, link or encode anything itself (that is the pipeline's
+//! and the exporter's job).
 
 use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
@@ -17,7 +21,7 @@ use crate::{
     model::ProcessInfo,
     peer::PeerLink,
     runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
-    runtime::record::{self, Frame},
+    runtime::record,
     runtime::telemetry::Telemetry,
     signals::logs::{LogConfig, Logs},
     signals::metrics::{Metrics, MetricsConfig},
@@ -65,7 +69,7 @@ pub fn mono_now_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     // Two workers: the exporter keeps flushing on one while the capture loop (on the calling
     // thread) is busy draining the ring buffer.
     tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +84,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
 }
 
 /// Where captured records go.
-enum Sink {
+enum Destination {
     Trace {
         pipeline: Box<Pipeline>,
         exporter: Exporter,
@@ -94,10 +98,10 @@ enum Sink {
     },
 }
 
-impl Sink {
+impl Destination {
     fn process(&mut self, info: ProcessInfo) -> Result<()> {
         match self {
-            Sink::Trace {
+            Destination::Trace {
                 exporter,
                 telemetry,
                 ..
@@ -106,15 +110,15 @@ impl Sink {
                 telemetry.process(Arc::clone(&info));
                 exporter.process(info);
             }
-            Sink::Record { writer, .. } => writer.process(&info)?,
+            Destination::Record { writer, .. } => writer.process(&info)?,
         }
         Ok(())
     }
 
     fn on_record(&mut self, raw: &[u8], changes: &mut Vec<ProcChange>) -> Result<()> {
         match self {
-            Sink::Trace { pipeline, .. } => pipeline.on_record(raw, changes),
-            Sink::Record {
+            Destination::Trace { pipeline, .. } => pipeline.on_record(raw, changes),
+            Destination::Record {
                 writer, records, ..
             } => {
                 writer.record(raw)?;
@@ -131,7 +135,7 @@ impl Sink {
     }
 
     fn poll(&mut self, now_ns: u64) -> Result<()> {
-        if let Sink::Trace {
+        if let Destination::Trace {
             pipeline,
             exporter,
             spans,
@@ -149,7 +153,7 @@ impl Sink {
 
     /// Cross-host links: applies peers' answers, hands the linker's sends and lookups over.
     fn peer_io(&mut self, peer: &mut Option<PeerLink>, answers: &mut Vec<PeerAnswer>) {
-        let (Some(peer), Sink::Trace { pipeline, .. }) = (peer, self) else {
+        let (Some(peer), Destination::Trace { pipeline, .. }) = (peer, self) else {
             return;
         };
         for (h, o) in answers.drain(..) {
@@ -162,21 +166,21 @@ impl Sink {
     }
 
     fn kernel_counters(&mut self, counters: KernelCounters) {
-        if let Sink::Trace { telemetry, .. } = self {
+        if let Destination::Trace { telemetry, .. } = self {
             telemetry.kernel(counters);
         }
     }
 
     fn export_stats(&self) -> ExportStats {
         match self {
-            Sink::Trace { exporter, .. } => exporter.stats(),
-            Sink::Record { .. } => ExportStats::default(),
+            Destination::Trace { exporter, .. } => exporter.stats(),
+            Destination::Record { .. } => ExportStats::default(),
         }
     }
 
     async fn finish(self, now_ns: u64, counters: &KernelCounters) -> Result<()> {
         match self {
-            Sink::Trace {
+            Destination::Trace {
                 mut pipeline,
                 exporter,
                 mut spans,
@@ -197,7 +201,7 @@ impl Sink {
                     log::info!("summary: cross-host links: {x}");
                 }
             }
-            Sink::Record {
+            Destination::Record {
                 mut writer,
                 path,
                 records,
@@ -226,7 +230,7 @@ struct Processes {
 }
 
 impl Processes {
-    fn add(&mut self, pid: u32, sink: &mut Sink) -> Result<()> {
+    fn add(&mut self, pid: u32, sink: &mut Destination) -> Result<()> {
         self.alive.insert(pid);
         sink.process(process::info(
             pid,
@@ -240,7 +244,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
     let (mut sink, what) = match &cfg.mode {
         Mode::Trace(export) => (
-            Sink::Trace {
+            Destination::Trace {
                 pipeline: {
                     let mut p = Box::new(Pipeline::new(mono_to_unix, None));
                     p.set_db_query_text(cfg.db_query_text);
@@ -262,7 +266,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             describe(export),
         ),
         Mode::Record(path) => (
-            Sink::Record {
+            Destination::Record {
                 writer: record::Writer::create(
                     path,
                     record::Header {
@@ -279,7 +283,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         ),
     };
     let mut peer = match (&cfg.peer, &mut sink) {
-        (Some(pc), Sink::Trace { pipeline, .. }) => {
+        (Some(pc), Destination::Trace { pipeline, .. }) => {
             pipeline.enable_crosshost(pc.linker.clone());
             let link = PeerLink::start(pc).await?;
             log::info!(
@@ -464,7 +468,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(10);
 /// Feeds up to `max` records to the sink; true when the ring is empty.
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    sink: &mut Sink,
+    sink: &mut Destination,
     changes: &mut Vec<ProcChange>,
     max: usize,
 ) -> Result<bool> {
@@ -475,141 +479,6 @@ fn drain(
         }
     }
     Ok(false)
-}
-
-/// Runs a record file through the pipeline and exporter. Needs no privileges; the same file
-/// gives the same spans (ids included) every time.
-pub fn replay(
-    path: &std::path::Path,
-    export: ExportConfig,
-    service_name: Option<String>,
-    db_query_text: bool,
-) -> Result<()> {
-    let mut reader =
-        record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
-    // Batches close by size only (and at the end), and no span is dropped for a full queue: the
-    // same file gives the same batches, hence the same output, however fast the machine is.
-    let export = ExportConfig {
-        batch_delay: crate::export::FOREVER,
-        ..export
-    };
-    runtime()?.block_on(async move {
-        let exporter = Exporter::spawn(export);
-        // Seeded from the recording so ids are reproducible.
-        let mut pipeline = Pipeline::new(
-            reader.header.mono_to_unix_ns as i128,
-            Some(reader.header.mono_to_unix_ns as u64),
-        );
-        pipeline.set_db_query_text(db_query_text);
-        let (mut spans, mut changes) = (Vec::new(), Vec::new());
-        let mut records = 0u64;
-        while let Some(frame) = reader
-            .next_frame()
-            .with_context(|| format!("reading {}", path.display()))?
-        {
-            match frame {
-                Frame::Process(mut info) => {
-                    if let Some(name) = &service_name {
-                        info.service_name = name.clone();
-                    }
-                    exporter.process(Arc::new(info));
-                }
-                Frame::Record(raw) => {
-                    pipeline.on_record(&raw, &mut changes);
-                    changes.clear();
-                    records += 1;
-                    if records.is_multiple_of(1024) {
-                        pipeline.poll(0, &mut spans);
-                        for span in spans.drain(..) {
-                            exporter.submit_waiting(span).await;
-                        }
-                    }
-                }
-            }
-        }
-        if reader.truncated {
-            log::warn!(
-                "{} ends inside a frame (the recording was cut off); replayed every whole frame",
-                path.display()
-            );
-        }
-        pipeline.drain(0, &mut spans);
-        for span in spans.drain(..) {
-            exporter.submit_waiting(span).await;
-        }
-        let stats = exporter.shutdown(Duration::from_secs(10)).await;
-        summary(
-            &pipeline.stats(),
-            &KernelCounters {
-                submitted: records,
-                ..Default::default()
-            },
-            &stats,
-        );
-        Ok(())
-    })
-}
-
-/// What `ztrace replay --throughput` measured.
-#[derive(Debug, Clone, Copy)]
-pub struct Throughput {
-    pub records: u64,
-    pub spans: u64,
-    pub otlp_bytes: u64,
-    pub seconds: f64,
-    pub passes: u32,
-}
-
-/// Replay benchmark: the whole userspace path — decode, connection tracking, parsing, assembly,
-/// linking and OTLP encoding — over a record file held in memory, on the calling thread (one core),
-/// repeated `passes` times. Nothing is sent anywhere.
-pub fn replay_throughput(path: &std::path::Path, passes: u32) -> Result<Throughput> {
-    let mut reader =
-        record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut frames = Vec::new();
-    while let Some(frame) = reader.next_frame()? {
-        frames.push(frame);
-    }
-    let mono_to_unix = reader.header.mono_to_unix_ns as i128;
-    let start = std::time::Instant::now();
-    let (mut records, mut span_count, mut bytes) = (0u64, 0u64, 0u64);
-    for pass in 0..passes {
-        let mut pipeline = Pipeline::new(mono_to_unix, Some(pass as u64));
-        let mut encoder = crate::export::OtlpEncoder::new();
-        for frame in &frames {
-            if let Frame::Process(info) = frame {
-                encoder.process(Arc::new(info.clone()));
-            }
-        }
-        let (mut spans, mut changes) = (Vec::new(), Vec::new());
-        let mut flush = |spans: &mut Vec<crate::model::Span>| {
-            if !spans.is_empty() {
-                span_count += spans.len() as u64;
-                bytes += encoder.encode(spans) as u64;
-                spans.clear();
-            }
-        };
-        for frame in &frames {
-            if let Frame::Record(raw) = frame {
-                pipeline.on_record(raw, &mut changes);
-                changes.clear();
-                records += 1;
-                if records.is_multiple_of(512) {
-                    pipeline.poll(0, &mut spans);
-                    flush(&mut spans);
-                }
-            }
-        }
-        pipeline.drain(0, &mut spans);
-        flush(&mut spans);
-    }
-    Ok(Throughput {
-        records,
-        spans: span_count,
-        otlp_bytes: bytes,
-        seconds: start.elapsed().as_secs_f64(),
-        passes,
-    })
 }
 
 fn describe(export: &ExportConfig) -> String {
@@ -637,11 +506,11 @@ fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, 
     }
 }
 
-fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
+pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
          {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}; {} sampled out), \
-         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence); {} desyncs, {} exchanges without response",
+         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
         k.ringbuf_full,
@@ -670,6 +539,12 @@ fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         p.link.outlived_parent,
         p.link.abstained_mixed_inputs,
         p.link.abstained_no_evidence,
+        p.link.connect_causes_refused,
+        p.link.thread_causes_refused,
+        p.link.stamps_adjusted,
+        p.link.max_stamp_adjust_ns / 1000,
+        p.link.stamps_left,
+        crate::link::MAX_STAMP_ADJUST_NS / 1000,
         p.assemble.desyncs,
         p.assemble.aborted_exchanges,
     );

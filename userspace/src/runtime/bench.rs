@@ -1,0 +1,73 @@
+//! `ztrace replay --throughput`: the userspace path's speed, measured on a record file held in
+//! memory. It owns the benchmark loop only; it must not export anything or touch the kernel.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::runtime::{
+    pipeline::Pipeline,
+    record::{self, Frame},
+};
+
+/// What `ztrace replay --throughput` measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    pub records: u64,
+    pub spans: u64,
+    pub otlp_bytes: u64,
+    pub seconds: f64,
+    pub passes: u32,
+}
+
+/// Replay benchmark: the whole userspace path — decode, connection tracking, parsing, assembly,
+/// linking and OTLP encoding — over a record file held in memory, on the calling thread (one core),
+/// repeated `passes` times. Nothing is sent anywhere.
+pub fn replay_throughput(path: &std::path::Path, passes: u32) -> Result<Throughput> {
+    let mut reader =
+        record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut frames = Vec::new();
+    while let Some(frame) = reader.next_frame()? {
+        frames.push(frame);
+    }
+    let mono_to_unix = reader.header.mono_to_unix_ns as i128;
+    let start = std::time::Instant::now();
+    let (mut records, mut span_count, mut bytes) = (0u64, 0u64, 0u64);
+    for pass in 0..passes {
+        let mut pipeline = Pipeline::new(mono_to_unix, Some(pass as u64));
+        let mut encoder = crate::export::OtlpEncoder::new();
+        for frame in &frames {
+            if let Frame::Process(info) = frame {
+                encoder.process(Arc::new(info.clone()));
+            }
+        }
+        let (mut spans, mut changes) = (Vec::new(), Vec::new());
+        let mut flush = |spans: &mut Vec<crate::model::Span>| {
+            if !spans.is_empty() {
+                span_count += spans.len() as u64;
+                bytes += encoder.encode(spans) as u64;
+                spans.clear();
+            }
+        };
+        for frame in &frames {
+            if let Frame::Record(raw) = frame {
+                pipeline.on_record(raw, &mut changes);
+                changes.clear();
+                records += 1;
+                if records.is_multiple_of(512) {
+                    pipeline.poll(0, &mut spans);
+                    flush(&mut spans);
+                }
+            }
+        }
+        pipeline.drain(0, &mut spans);
+        flush(&mut spans);
+    }
+    Ok(Throughput {
+        records,
+        spans: span_count,
+        otlp_bytes: bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        passes,
+    })
+}
