@@ -363,6 +363,29 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         summary(&b_log)
     );
     eprintln!("{report}");
+    // The outcomes as self-metrics too (`ztrace.links`, cumulative): the largest value any
+    // agent reported for an outcome.
+    let metrics = receiver.signals().all_metrics();
+    let outcome = |name: &str| {
+        metrics
+            .iter()
+            .filter(|m| m.metric.name == "ztrace.links")
+            .map(|m| {
+                m.sum_where(|a| {
+                    a.iter().any(|kv| {
+                        kv.key == "ztrace.link.outcome" && format!("{:?}", kv.value).contains(name)
+                    })
+                })
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let (metric_linked, metric_no_agent) = (outcome("\"cross_host\""), outcome("no_peer_agent"));
+    let report = format!(
+        "{report}\nself-metrics: ztrace.links cross_host {metric_linked}, unlinked_no_peer_agent \
+         {metric_no_agent}"
+    );
+    eprintln!("{}", report.lines().last().unwrap_or_default());
     let _ = std::fs::remove_dir_all(&dir);
     ensure!(
         clients_by_path.len() >= traced_n * 95 / 100,
@@ -420,6 +443,11 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     ensure!(
         no_agent_roots >= untraced_n * 95 / 100,
         "server spans of the agent-less host missing\n{report}"
+    );
+    ensure!(
+        metric_linked as usize >= 3 * CLIENTS * REQUESTS * 95 / 100
+            && metric_no_agent as usize >= untraced_n * 95 / 100,
+        "cross-host outcomes missing from the self-metrics\n{report}"
     );
     ensure!(
         b_log.contains("cross-host links:") && !b_log.contains(" 0 no agent"),
