@@ -372,10 +372,7 @@ pub fn main() -> i32 {
         .init();
     let cli = Cli::parse();
     let mut metrics = MetricsConfig::default();
-    let peer = match cli.run.peer.config() {
-        Ok(p) => p,
-        Err(e) => return usage_error(e),
-    };
+    let mut peer = None;
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Replay {
@@ -423,6 +420,10 @@ pub fn main() -> i32 {
             if let Err(e) = target_from_file(&mut target, r.file.as_ref()) {
                 return usage_error(e);
             }
+            peer = match cli.run.peer.config(r.file.as_ref()) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
             metrics = r.metrics;
             (
                 target,
