@@ -17,6 +17,7 @@ pub mod decode;
 pub mod export;
 pub mod link;
 pub mod model;
+pub mod peer;
 pub mod processors;
 pub mod runtime;
 pub mod semconv;

@@ -33,7 +33,7 @@ const fn layer(name: &'static str, may_import: &'static [&'static str]) -> Layer
 /// linker by calling it, and the shell layers (`app`, `runtime`) wire all stages together.
 /// Nothing imports `app`.
 pub const USERSPACE: &[Layer] = &[
-    layer("app", &["runtime", "capture", "signals", "export"]),
+    layer("app", &["runtime", "capture", "signals", "export", "peer"]),
     layer(
         "runtime",
         &[
@@ -45,6 +45,7 @@ pub const USERSPACE: &[Layer] = &[
             "processors",
             "signals",
             "export",
+            "peer",
         ],
     ),
     layer("capture", &[]),
@@ -52,6 +53,8 @@ pub const USERSPACE: &[Layer] = &[
     layer("conntrack", &[]),
     layer("assemble", &["conntrack", "link"]),
     layer("link", &[]),
+    // The agent-to-agent channel of cross-host links: carries the linker's lookups and sends.
+    layer("peer", &["link"]),
     layer("processors", &[]),
     layer("signals", &["conntrack"]),
     layer("export", &["processors"]),

@@ -144,6 +144,9 @@ const TEST_PACKAGES: &[&str] = &[
     "nodejs",
     "default-jdk-headless",
     "golang-go",
+    // The cross-host test (tests/tests/e2e_crosshost.rs): network namespaces, veth pairs, DNAT.
+    "iproute2",
+    "iptables",
 ];
 
 /// PyPI packages the end-to-end test services import, pinned: (distribution, version).

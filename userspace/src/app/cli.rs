@@ -57,6 +57,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
+    pub peer: super::peer_args::PeerArgs,
+    #[command(flatten)]
     pub export: ExportArgs,
 }
 
@@ -370,6 +372,7 @@ pub fn main() -> i32 {
         .init();
     let cli = Cli::parse();
     let mut metrics = MetricsConfig::default();
+    let mut peer = None;
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Replay {
@@ -417,6 +420,10 @@ pub fn main() -> i32 {
             if let Err(e) = target_from_file(&mut target, r.file.as_ref()) {
                 return usage_error(e);
             }
+            peer = match cli.run.peer.config(r.file.as_ref()) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
             metrics = r.metrics;
             (
                 target,
@@ -459,6 +466,7 @@ pub fn main() -> i32 {
         capture_logs: target.capture_logs,
         capture_via_syscalls: target.capture_via_syscalls,
         probe_stats: target.probe_stats,
+        peer,
     };
     match live::run(config) {
         Ok(()) => 0,

@@ -2,3 +2,4 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod peer_args;

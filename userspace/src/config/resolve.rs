@@ -309,6 +309,14 @@ pub const CLI_FILE_KEYS: [&str; 9] = [
     "metrics.max_series",
 ];
 
+/// File keys of cross-host links (`[peers]`), read with their flags (`app/peer_args.rs`).
+pub const PEER_FILE_KEYS: [&str; 4] = [
+    "peers.listen",
+    "peers.secret_file",
+    "peers.port",
+    "peers.wait",
+];
+
 /// Flags of the settings resolved here: file key → flag.
 pub const FLAGS: [(&str, &str); 20] = [
     ("otlp.endpoint", "--otlp-endpoint"),
@@ -378,6 +386,7 @@ pub fn file_keys() -> Vec<String> {
     }
     keys.extend(GLOBAL_SETTINGS.iter().map(|(k, _)| k.to_string()));
     keys.extend(CLI_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
     keys
 }
 

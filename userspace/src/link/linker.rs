@@ -81,6 +81,27 @@
 //!    neither, two or more candidates and no link: `abstained_no_evidence`. A wrong parent is
 //!    worse than a missing one.
 //!
+//! 7. **Across hosts** (opt-in, `crate::link::crosshost` and `crate::peer`): the evidence of
+//!    rule 2 is shared by two agents. A SERVER root whose client address is remote (private
+//!    ranges, not this socket's own address) and that found no local caller in `LINK_GRACE_NS`
+//!    is held while its agent asks the agent at the client's address about (client address,
+//!    client port, first-byte sequence number, request digest); that agent answers from the
+//!    CLIENT spans it released. A match becomes a remote parent, exactly like an incoming
+//!    `traceparent` (the caller's trace id and sampled flag). No answer by the deadline: the
+//!    span stays a root, counted by reason. Spans that lie outside the remote parent's window
+//!    are kept linked and counted with the skew.
+//!
+//!    Why not something else: (a) TCP header options written by `sock_ops` programs carrying a
+//!    span id — not tried on this kernel (cgroup `sock_ops` programs are reported available,
+//!    never loaded here), it changes bytes on the wire (middleboxes drop or strip unknown
+//!    options; MSS accounting), needs a cgroup attachment per host and a second program on every
+//!    receiving host to parse the options; (b)
+//!    `traceparent` injection into HTTP headers: changes application bytes and only works for
+//!    HTTP — possible later as an opt-in extra; (c) joining at query time in a backend
+//!    (DeepFlow): the exported OTLP stays unlinked. Agreeing on evidence both ends already see
+//!    changes nothing, works through DNAT and for every request/response protocol with
+//!    aligned requests, and fails safe to a root.
+//!
 //! What the kernel cannot show, this cannot see: work resumed by a timer, a pipe, an in-process
 //! queue or a thread pool hand-off carries no socket input, so the thread's cause is whatever it
 //! last read. Rules 4–6 catch most such mistakes; the rest are the residual error the evaluation
@@ -105,6 +126,10 @@ use rustc_hash::FxHashMap as HashMap;
 
 use rand::{SeedableRng, rngs::SmallRng};
 
+use super::crosshost::{
+    ClientSend, CrossHost, CrossHostConfig, CrossHostStats, Lookup, Outcome, PeerContext, WireKey,
+    request_digest,
+};
 use crate::model::{Endpoint, Exchange, Span, SpanId, SpanKind, TraceId};
 use crate::semconv::{names::exchange_name, status::status_of};
 
@@ -142,11 +167,12 @@ pub const MAX_STAMP_ADJUST_NS: u64 = 1_000_000;
 pub enum Parent {
     None,
     Local(Handle),
-    /// From an incoming `traceparent`, with its `sampled` flag.
+    /// From an incoming `traceparent`, with its `sampled` flag; or from the agent of a remote
+    /// caller's host (rule 7), whose trace may carry no flag (sampled on the trace id).
     Remote {
         trace_id: TraceId,
         span_id: SpanId,
-        sampled: bool,
+        sampled: Option<bool>,
     },
 }
 
@@ -394,6 +420,8 @@ struct Rec {
     /// Some span took this SERVER span as its parent: it leaves a tombstone when released.
     /// (CLIENT spans always do: a server span may find its caller late by sequence match.)
     parent_of: bool,
+    /// The request's first byte on the wire (CLIENT spans: indexed for other agents, rule 7).
+    seq_key: Option<SeqKey>,
     kind: SpanKind,
     pid: u32,
     tid: u32,
@@ -594,6 +622,8 @@ pub struct Linker {
     /// Content evidence (rule 6) on; off only to measure what it adds (see
     /// [`Linker::without_content_evidence`]).
     content: bool,
+    /// Cross-host links (rule 7): None unless configured.
+    crosshost: Option<CrossHost>,
 }
 
 impl Linker {
@@ -622,6 +652,56 @@ impl Linker {
             },
             stats: LinkStats::default(),
             content: true,
+            crosshost: None,
+        }
+    }
+
+    /// Turns on cross-host links (rule 7).
+    pub fn enable_crosshost(&mut self, config: CrossHostConfig) {
+        self.crosshost = Some(CrossHost::new(config));
+    }
+
+    pub fn crosshost_stats(&self) -> Option<CrossHostStats> {
+        self.crosshost.as_ref().map(|x| x.stats)
+    }
+
+    /// What leaves for other agents: released CLIENT sends to index, lookups to ask.
+    pub fn take_peer_io(&mut self, sends: &mut Vec<ClientSend>, lookups: &mut Vec<Lookup>) {
+        if let Some(x) = &mut self.crosshost {
+            x.take(sends, lookups);
+        }
+    }
+
+    /// Another agent's answer about SERVER root `h` (rule 7): a match makes the remote CLIENT
+    /// span its parent, as an incoming `traceparent` would; anything else leaves it a root.
+    pub fn peer_answer(&mut self, h: Handle, outcome: Outcome) {
+        let Some(x) = &mut self.crosshost else {
+            return;
+        };
+        let Some((ctx, p_start, p_end)) = x.answer(h, outcome) else {
+            return;
+        };
+        let Some(rec) = self.recs.get_mut(&h) else {
+            return;
+        };
+        if rec.parent != Parent::None {
+            return;
+        }
+        rec.parent = Parent::Remote {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            sampled: ctx.sampled,
+        };
+        x.stats.linked += 1;
+        // Clock skew: how far this span lies outside its caller's window (marked, not hidden).
+        let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
+        let start = to_unix(rec.start_ns);
+        let end = rec.end_ns.map_or(start, to_unix);
+        let skew = p_start.saturating_sub(start).max(end.saturating_sub(p_end));
+        if skew > 0 {
+            x.stats.skewed += 1;
+            x.stats.max_skew_ns = x.stats.max_skew_ns.max(skew);
+            log::debug!("cross-host link {h}: {skew} ns outside the remote caller's window");
         }
     }
 
@@ -771,7 +851,7 @@ impl Linker {
                     parent = Parent::Remote {
                         trace_id,
                         span_id,
-                        sampled,
+                        sampled: Some(sampled),
                     };
                     self.stats.traceparent_links += 1;
                 } else if let Some(key) = s.seq_key {
@@ -784,6 +864,17 @@ impl Linker {
                     } else {
                         self.servers_by_seq.insert(key, (h, s.start_ns));
                         self.server_seq_order.push_back((s.start_ns, key));
+                    }
+                    if parent == Parent::None
+                        && let Some(x) = &mut self.crosshost
+                        && x.remote(&key.client, &key.server)
+                    {
+                        let wire = WireKey {
+                            client: key.client,
+                            seq: key.seq,
+                        };
+                        let digest = request_digest(&s.exchange);
+                        x.hold(h, wire, digest, s.start_ns.saturating_add(LINK_GRACE_NS));
                     }
                 }
             }
@@ -901,6 +992,7 @@ impl Linker {
                 by_content,
                 tokens,
                 parent_of: false,
+                seq_key: s.seq_key,
                 kind: s.kind,
                 pid: s.pid,
                 tid: s.tid,
@@ -1108,6 +1200,7 @@ impl Linker {
     /// after `now_ns`).
     fn resolve(&self, h: Handle, now_ns: u64) -> Option<(Resolved, u64)> {
         let mut cur = self.recs.get(&h)?;
+        let mut cur_h = h;
         // The earliest time the trace can be final: the latest grace period still running, or a
         // retry soon when waiting on an event (a parent to finish).
         let mut settles_at = 0u64;
@@ -1120,7 +1213,7 @@ impl Linker {
             match cur.parent {
                 Parent::Remote {
                     trace_id, sampled, ..
-                } => return Some((Resolved::new(trace_id, Some(sampled)), settles_at)),
+                } => return Some((Resolved::new(trace_id, sampled), settles_at)),
                 Parent::Local(p) => {
                     // A link from a thread's context holds only once both sides were seen
                     // (rules 4 and 5): until then the trace below it may still split off.
@@ -1135,7 +1228,10 @@ impl Linker {
                         settles_at = settles_at.max(answered_at(cur));
                     }
                     match (self.recs.get(&p), self.tombs.get(&p)) {
-                        (Some(parent), _) => cur = parent,
+                        (Some(parent), _) => {
+                            cur = parent;
+                            cur_h = p;
+                        }
                         (None, Some(tomb)) => {
                             return Some((
                                 Resolved::new(tomb.trace, tomb.remote_sampled),
@@ -1153,7 +1249,11 @@ impl Linker {
                     // a SERVER root from a traced client's request (seq match).
                     settles_at = settles_at.max(match cur.kind {
                         SpanKind::Client => answered_at(cur),
-                        SpanKind::Server => cur.start_ns.saturating_add(LINK_GRACE_NS),
+                        SpanKind::Server => cur.start_ns.saturating_add(LINK_GRACE_NS).max(
+                            self.crosshost
+                                .as_ref()
+                                .map_or(0, |x| x.held_until(cur_h, now_ns)),
+                        ),
                     });
                     return Some((Resolved::new(cur.own_trace, None), settles_at));
                 }
@@ -1196,6 +1296,12 @@ impl Linker {
     /// child released before its parent finds the parent still held, and the parent's later
     /// release resolves the same (settled) trace.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Span>) {
+        if let Some(x) = &mut self.crosshost {
+            let recs = &self.recs;
+            x.tick(now_ns, |h| {
+                recs.get(&h).is_some_and(|r| r.parent == Parent::None)
+            });
+        }
         let mut later = Vec::new();
         let again = now_ns.saturating_add(RETRY_NS);
         while let Some((due, h)) = self.finished.peek() {
@@ -1337,6 +1443,25 @@ impl Linker {
         self.stats.spans_released += 1;
         let status = status_of(&rec.exchange, rec.kind, rec.error.as_deref());
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
+        if let Some(x) = &mut self.crosshost {
+            x.released(h);
+            if let (SpanKind::Client, Some(key)) = (rec.kind, rec.seq_key) {
+                x.sent(ClientSend {
+                    key: WireKey {
+                        client: key.client,
+                        seq: key.seq,
+                    },
+                    digest: request_digest(&rec.exchange),
+                    ctx: PeerContext {
+                        trace_id: trace.trace_id,
+                        span_id: rec.span_id,
+                        sampled: trace.remote_sampled,
+                    },
+                    start_unix_ns: to_unix(start_ns),
+                    end_unix_ns: to_unix(end_ns),
+                });
+            }
+        }
         out.push(Span {
             trace_id: trace.trace_id,
             remote_sampled: trace.remote_sampled,
@@ -1571,6 +1696,133 @@ mod tests {
         l.drain(t + 12 * LINK_GRACE_NS, &mut out);
         assert_eq!(out.len(), 50_001);
         assert_eq!(l.open_spans(), 0);
+    }
+
+    /// Rule 7: host A's call and host B's server span become one trace through an answer that
+    /// carries A's context; without an answer B's span stays a root, counted by reason.
+    #[test]
+    fn cross_host_answer_links_and_silence_does_not() {
+        use super::super::crosshost::{ClientSend, Lookup, Outcome};
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let client = Endpoint {
+            addr: ip("10.9.0.1"),
+            port: 40000,
+        };
+        let vip = Endpoint {
+            addr: ip("10.96.0.10"),
+            port: 80,
+        };
+        let real = Endpoint {
+            addr: ip("10.9.0.2"),
+            port: 8080,
+        };
+        let mut a = Linker::new(0, 1000, Some(1));
+        let mut b = Linker::new(0, 1000, Some(2));
+        a.enable_crosshost(CrossHostConfig::default());
+        b.enable_crosshost(CrossHostConfig::default());
+        // A: a root call to a service address (DNAT'd on its way).
+        let mut s = start(SpanKind::Client, 1, 1, 1_000);
+        s.local = client;
+        s.peer = vip;
+        s.seq_key = Some(SeqKey {
+            client,
+            server: vip,
+            seq: 77,
+        });
+        let c = a.start(s);
+        // B: the server sees the real address, the same client port and sequence number; and a
+        // second request from a host whose agent never answers.
+        let mut srv = |seq: u32, t: u64| {
+            let mut s = start(SpanKind::Server, 2, 2, t);
+            s.local = real;
+            s.peer = client;
+            s.seq_key = Some(SeqKey {
+                client,
+                server: real,
+                seq,
+            });
+            let h = b.start(s);
+            b.finish(h, t + 1_000, None);
+            h
+        };
+        let r = srv(77, 1_100);
+        let lonely = srv(5_000, 1_200);
+        a.finish(c, 3_000, None);
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        let (mut sends, mut lookups): (Vec<ClientSend>, Vec<Lookup>) = (Vec::new(), Vec::new());
+        // Before its grace B asks nothing and releases nothing.
+        b.poll(LINK_GRACE_NS, &mut out_b);
+        b.take_peer_io(&mut sends, &mut lookups);
+        assert!(lookups.is_empty() && out_b.is_empty());
+        a.poll(LINK_GRACE_NS + 10_000, &mut out_a);
+        a.take_peer_io(&mut sends, &mut lookups);
+        assert_eq!(out_a.len(), 1);
+        assert_eq!(sends.len(), 1);
+        assert_eq!(sends[0].key.client, client);
+        b.poll(LINK_GRACE_NS + 10_000, &mut out_b);
+        b.take_peer_io(&mut Vec::new(), &mut lookups);
+        assert_eq!(lookups.len(), 2, "both held roots asked about");
+        assert!(out_b.is_empty(), "held while the answer is awaited");
+        for l in &lookups {
+            let s = &sends[0];
+            let outcome = if l.key == s.key && l.digest == s.digest {
+                Outcome::Found {
+                    ctx: s.ctx,
+                    start_unix_ns: s.start_unix_ns,
+                    end_unix_ns: s.end_unix_ns,
+                }
+            } else {
+                Outcome::NoAgent
+            };
+            b.peer_answer(l.handle, outcome);
+        }
+        b.poll(LINK_GRACE_NS + 100_000_000, &mut out_b);
+        assert_eq!(out_b.len(), 2);
+        let linked = out_b
+            .iter()
+            .find(|s| s.pid == 2 && s.start_unix_ns == 1_100);
+        let linked = linked.expect("linked span");
+        assert_eq!(linked.trace_id, out_a[0].trace_id);
+        assert_eq!(linked.parent_span_id, Some(out_a[0].span_id));
+        assert!(linked.parent_is_remote);
+        let root = out_b.iter().find(|s| s.start_unix_ns == 1_200).unwrap();
+        assert_eq!(root.parent_span_id, None);
+        assert_ne!(root.trace_id, out_a[0].trace_id);
+        let st = b.crosshost_stats().unwrap();
+        assert_eq!((st.lookups, st.linked, st.no_agent), (2, 1, 1));
+        let _ = (r, lonely);
+    }
+
+    /// No answer at all: the span is released as a root at the deadline, counted as a timeout.
+    #[test]
+    fn cross_host_deadline_releases_a_root() {
+        let mut b = Linker::new(0, 1000, Some(2));
+        b.enable_crosshost(CrossHostConfig {
+            wait_ns: 1_000_000_000,
+            ..Default::default()
+        });
+        let peer = Endpoint {
+            addr: "192.168.7.7".parse().unwrap(),
+            port: 5555,
+        };
+        let mut s = start(SpanKind::Server, 2, 2, 1_000);
+        s.peer = peer;
+        s.seq_key = Some(SeqKey {
+            client: peer,
+            server: ep(80),
+            seq: 1,
+        });
+        let h = b.start(s);
+        b.finish(h, 2_000, None);
+        let mut out = Vec::new();
+        b.poll(LINK_GRACE_NS + 1_000, &mut out);
+        b.poll(LINK_GRACE_NS + 500_000_000, &mut out);
+        assert!(out.is_empty());
+        b.poll(LINK_GRACE_NS + 1_000_001_000, &mut out);
+        b.poll(LINK_GRACE_NS + 1_100_000_000, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].parent_span_id, None);
+        assert_eq!(b.crosshost_stats().unwrap().timeout, 1);
     }
 
     /// Thread `tid` of `pid` reads a new request.

@@ -1,5 +1,6 @@
 //! Causality: parents and traces.
 
+pub mod crosshost;
 mod linker;
 
 pub use linker::*;

@@ -19,6 +19,7 @@ use crate::{
     decode::{Event, decode, kind_of},
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
+    peer::PeerLink,
     runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
     runtime::record,
     runtime::telemetry::Telemetry,
@@ -42,6 +43,8 @@ pub struct DaemonConfig {
     pub capture_via_syscalls: bool,
     /// `--probe-stats`: kernel BPF statistics on, each probe's cost printed on exit.
     pub probe_stats: bool,
+    /// Cross-host links (`--peer-listen`): None when off.
+    pub peer: Option<crate::peer::PeerConfig>,
 }
 
 pub enum Mode {
@@ -148,6 +151,20 @@ impl Destination {
         Ok(())
     }
 
+    /// Cross-host links: applies peers' answers, hands the linker's sends and lookups over.
+    fn peer_io(&mut self, peer: &mut Option<PeerLink>, answers: &mut Vec<PeerAnswer>) {
+        let (Some(peer), Destination::Trace { pipeline, .. }) = (peer, self) else {
+            return;
+        };
+        for (h, o) in answers.drain(..) {
+            pipeline.peer_answer(h, o);
+        }
+        peer.submit(|s, l| pipeline.take_peer_io(s, l), answers);
+        for (h, o) in answers.drain(..) {
+            pipeline.peer_answer(h, o);
+        }
+    }
+
     fn kernel_counters(&mut self, counters: KernelCounters) {
         if let Destination::Trace { telemetry, .. } = self {
             telemetry.kernel(counters);
@@ -180,6 +197,9 @@ impl Destination {
                 let stats = exporter.shutdown(Duration::from_secs(5)).await;
                 telemetry.summary(&pipeline, &stats);
                 summary(&pipeline.stats(), counters, &stats);
+                if let Some(x) = pipeline.crosshost_stats() {
+                    log::info!("summary: cross-host links: {x}");
+                }
             }
             Destination::Record {
                 mut writer,
@@ -262,6 +282,20 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             format!("recording raw events to {}", path.display()),
         ),
     };
+    let mut peer = match (&cfg.peer, &mut sink) {
+        (Some(pc), Destination::Trace { pipeline, .. }) => {
+            pipeline.enable_crosshost(pc.linker.clone());
+            let link = PeerLink::start(pc).await?;
+            log::info!(
+                "cross-host links: answering agents on {}, asking peers on port {}",
+                link.local,
+                pc.peer_port
+            );
+            Some(link)
+        }
+        _ => None,
+    };
+    let mut answers = Vec::new();
     let mut capture = Capture::load(&CaptureOptions {
         payload_cap: cfg.payload_cap,
         follow_children: cfg.follow_children,
@@ -327,6 +361,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             _ = tick.tick() => {
                 drain(&mut ring.get_mut().0, &mut sink, &mut changes, DRAIN_BATCH)?;
             }
+            _ = peer_answers(&mut peer, &mut answers) => {}
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "terminated",
             _ = sleep_until(deadline) => break "--duration elapsed",
@@ -348,6 +383,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             }
         }
         sink.poll(mono_now_ns())?;
+        sink.peer_io(&mut peer, &mut answers);
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             // A missed exit event (e.g. the ring was full) must not keep us running forever.
@@ -394,6 +430,16 @@ fn attach_tls(capture: &mut Capture, pid: u32) {
 }
 
 /// `--probe-stats`: one line per probe that ran, costliest first, and the total.
+type PeerAnswer = (crate::link::Handle, crate::link::crosshost::Outcome);
+
+/// Waits for peers' answers; never resolves when cross-host links are off.
+async fn peer_answers(peer: &mut Option<PeerLink>, out: &mut Vec<PeerAnswer>) {
+    match peer {
+        Some(p) => p.answers(out).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn report_probe_costs(costs: &[crate::capture::ProbeCost]) {
     let mut costs = costs.to_vec();
     costs.sort_by_key(|c| std::cmp::Reverse(c.time));

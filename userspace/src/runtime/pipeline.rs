@@ -203,6 +203,33 @@ impl Pipeline {
         }
     }
 
+    /// Cross-host links (linker rule 7): see [`crate::link::crosshost`].
+    pub fn enable_crosshost(&mut self, config: crate::link::crosshost::CrossHostConfig) {
+        self.linker.enable_crosshost(config);
+    }
+
+    /// What leaves for other agents (cross-host links).
+    pub fn take_peer_io(
+        &mut self,
+        sends: &mut Vec<crate::link::crosshost::ClientSend>,
+        lookups: &mut Vec<crate::link::crosshost::Lookup>,
+    ) {
+        self.linker.take_peer_io(sends, lookups);
+    }
+
+    /// Another agent's answer (cross-host links).
+    pub fn peer_answer(
+        &mut self,
+        h: crate::link::Handle,
+        outcome: crate::link::crosshost::Outcome,
+    ) {
+        self.linker.peer_answer(h, outcome);
+    }
+
+    pub fn crosshost_stats(&self) -> Option<crate::link::crosshost::CrossHostStats> {
+        self.linker.crosshost_stats()
+    }
+
     pub fn stats(&self) -> PipelineStats {
         PipelineStats {
             records: self.records,

@@ -15,10 +15,13 @@ use crate::{
     runtime::pipeline::Pipeline,
     semconv::resource::ProcessTable,
     signals::logs::{LogLine, to_request},
-    signals::metrics::health::{Health, LinkOutcomes},
+    signals::metrics::health::{CrossHostOutcomes, Health, LinkOutcomes},
 };
 
-fn link_outcomes(l: &crate::link::LinkStats) -> LinkOutcomes {
+fn link_outcomes(
+    l: &crate::link::LinkStats,
+    x: Option<crate::link::crosshost::CrossHostStats>,
+) -> LinkOutcomes {
     LinkOutcomes {
         traceparent: l.traceparent_links,
         thread: l.thread_links,
@@ -31,6 +34,13 @@ fn link_outcomes(l: &crate::link::LinkStats) -> LinkOutcomes {
         no_evidence: l.abstained_no_evidence,
         stamps_adjusted: l.stamps_adjusted,
         stamps_left: l.stamps_left,
+        cross_host: x.map(|x| CrossHostOutcomes {
+            linked: x.linked,
+            unknown: x.unknown,
+            no_agent: x.no_agent,
+            timeout: x.timeout,
+            refused: x.refused,
+        }),
     }
 }
 
@@ -134,7 +144,7 @@ impl Telemetry {
             logs_queued: depth.log_records,
             metric_overflow: pipeline.metrics.as_ref().map_or(0, |m| m.folded()),
             logs_dropped: logs.dropped,
-            links: link_outcomes(&pipeline.stats().link),
+            links: link_outcomes(&pipeline.stats().link, pipeline.crosshost_stats()),
         }
     }
 

@@ -75,6 +75,18 @@ pub struct LinkOutcomes {
     pub no_evidence: u64,
     pub stamps_adjusted: u64,
     pub stamps_left: u64,
+    /// Cross-host links (`--peer-listen`), None when off: server spans linked to another host's
+    /// call, and those left roots by why no answer matched.
+    pub cross_host: Option<CrossHostOutcomes>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrossHostOutcomes {
+    pub linked: u64,
+    pub unknown: u64,
+    pub no_agent: u64,
+    pub timeout: u64,
+    pub refused: u64,
 }
 
 impl Health {
@@ -179,7 +191,18 @@ impl Health {
                         on(LINK_OUTCOME, "abstained_no_evidence"),
                         self.links.no_evidence,
                     ),
-                ],
+                ]
+                .into_iter()
+                .chain(self.links.cross_host.into_iter().flat_map(|x| {
+                    [
+                        (on(LINK_OUTCOME, "cross_host"), x.linked),
+                        (on(LINK_OUTCOME, "unlinked_peer_unknown"), x.unknown),
+                        (on(LINK_OUTCOME, "unlinked_no_peer_agent"), x.no_agent),
+                        (on(LINK_OUTCOME, "unlinked_peer_timeout"), x.timeout),
+                        (on(LINK_OUTCOME, "unlinked_peer_refused"), x.refused),
+                    ]
+                }))
+                .collect(),
             },
             Counter {
                 name: "ztrace.link.timestamps",
@@ -312,5 +335,15 @@ mod tests {
         let links = points(&delta, "ztrace.links");
         assert_eq!(value(&links, "abstained_mixed_inputs"), 3);
         assert_eq!(value(&links, "cross_process"), 0);
+        // Cross-host outcomes only when cross-host links are on.
+        h.links.cross_host = Some(CrossHostOutcomes {
+            linked: 4,
+            no_agent: 2,
+            ..Default::default()
+        });
+        let links = points(&h.to_metrics(None, 1, 2), "ztrace.links");
+        assert_eq!(links.len(), 14);
+        assert_eq!(value(&links, "cross_host"), 4);
+        assert_eq!(value(&links, "unlinked_no_peer_agent"), 2);
     }
 }

@@ -1,0 +1,169 @@
+//! The index of this agent's CLIENT sends that other agents ask about.
+//!
+//! Keyed by (client address, client port, sequence number of the request's first byte); an
+//! entry answers only a question that also carries the request's digest. Entries are kept for
+//! [`WINDOW_NS`] after the span's release and at most `max` of them (the oldest go first).
+//! Memory: about 100 bytes per entry with the hash table's overhead, so the default 131,072
+//! entries are ≈ 13 MiB at most; at 10,000 cross-host calls a second the window holds 100,000.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::link::crosshost::{ClientSend, WireKey};
+
+use super::protocol::{Found, Query};
+
+/// How long a client send stays answerable: longer than any asker holds its span.
+pub const WINDOW_NS: u64 = 10_000_000_000;
+pub const DEFAULT_MAX: usize = 131_072;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    pub inserted: u64,
+    pub evicted_full: u64,
+    pub answered_found: u64,
+    pub answered_unknown: u64,
+    /// The connection and sequence number matched but the request did not: refused.
+    pub digest_mismatch: u64,
+}
+
+pub struct ClientIndex {
+    map: HashMap<WireKey, (u64, Found, u64)>,
+    order: VecDeque<(u64, WireKey)>,
+    max: usize,
+    pub stats: IndexStats,
+}
+
+impl ClientIndex {
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::default(),
+            order: VecDeque::new(),
+            max,
+            stats: IndexStats::default(),
+        }
+    }
+
+    /// `now_ns`: any monotonic clock, the same for [`ClientIndex::expire`].
+    pub fn insert(&mut self, send: &ClientSend, now_ns: u64) {
+        while self.map.len() >= self.max {
+            let Some((_, k)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.remove(&k).is_some() {
+                self.stats.evicted_full += 1;
+            }
+        }
+        let found = Found {
+            ctx: send.ctx,
+            start_unix_ns: send.start_unix_ns,
+            end_unix_ns: send.end_unix_ns,
+        };
+        self.map.insert(send.key, (send.digest, found, now_ns));
+        self.order.push_back((now_ns, send.key));
+        self.stats.inserted += 1;
+    }
+
+    pub fn expire(&mut self, now_ns: u64) {
+        let cutoff = now_ns.saturating_sub(WINDOW_NS);
+        while let Some(&(t, k)) = self.order.front() {
+            if t >= cutoff {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&k).is_some_and(|e| e.2 < cutoff) {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// The answer to one question: only for a send of this agent with the same request.
+    pub fn answer(&mut self, q: &Query) -> Option<Found> {
+        match self.map.get(&q.key) {
+            Some((digest, found, _)) if *digest == q.digest => {
+                self.stats.answered_found += 1;
+                Some(*found)
+            }
+            Some(_) => {
+                self.stats.digest_mismatch += 1;
+                None
+            }
+            None => {
+                self.stats.answered_unknown += 1;
+                None
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::crosshost::PeerContext;
+    use crate::model::{Endpoint, SpanId, TraceId};
+
+    fn send(port: u16, seq: u32, digest: u64) -> ClientSend {
+        ClientSend {
+            key: WireKey {
+                client: Endpoint {
+                    addr: "10.0.0.1".parse().unwrap(),
+                    port,
+                },
+                seq,
+            },
+            digest,
+            ctx: PeerContext {
+                trace_id: TraceId([1; 16]),
+                span_id: SpanId([port as u8; 8]),
+                sampled: Some(true),
+            },
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        }
+    }
+
+    fn q(s: &ClientSend, digest: u64) -> Query {
+        Query { key: s.key, digest }
+    }
+
+    #[test]
+    fn answers_only_matching_sends() {
+        let mut ix = ClientIndex::new(10);
+        let a = send(1, 100, 7);
+        ix.insert(&a, 0);
+        assert_eq!(ix.answer(&q(&a, 7)).unwrap().ctx, a.ctx);
+        // Same connection and sequence number, another request: refused.
+        assert!(ix.answer(&q(&a, 8)).is_none());
+        // Unknown connection.
+        assert!(ix.answer(&q(&send(2, 100, 7), 7)).is_none());
+        assert!(ix.answer(&q(&send(1, 101, 7), 7)).is_none());
+        assert_eq!(ix.stats.answered_found, 1);
+        assert_eq!(ix.stats.digest_mismatch, 1);
+        assert_eq!(ix.stats.answered_unknown, 2);
+    }
+
+    #[test]
+    fn bounded_and_windowed() {
+        let mut ix = ClientIndex::new(3);
+        for i in 0..5 {
+            ix.insert(&send(i, 0, 0), u64::from(i));
+        }
+        assert_eq!(ix.len(), 3);
+        assert_eq!(ix.stats.evicted_full, 2);
+        assert!(ix.answer(&q(&send(0, 0, 0), 0)).is_none());
+        assert!(ix.answer(&q(&send(4, 0, 0), 0)).is_some());
+        ix.expire(WINDOW_NS + 3);
+        assert_eq!(ix.len(), 2);
+        ix.expire(WINDOW_NS + 100);
+        assert!(ix.is_empty());
+    }
+}

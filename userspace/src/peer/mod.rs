@@ -1,0 +1,30 @@
+//! The agent-to-agent channel for cross-host links (the linker's rule 7; see
+//! `crate::link::crosshost` for the evidence and the fail-safe rules).
+//!
+//! Off unless configured (`--peer-listen ADDR --peer-secret-file FILE`). Each agent
+//! - serves: answers other agents' questions about its own CLIENT sends from a bounded,
+//!   time-windowed [`index::ClientIndex`];
+//! - asks: one task per peer host batches the lookups of held SERVER roots into one frame per
+//!   round, over one kept-alive TCP connection, and asks again about "unknown" sends until the
+//!   lookup's deadline.
+//!
+//! # Security model
+//! - Every frame carries an HMAC-SHA256 tag under a secret shared by the agents of one
+//!   deployment; frames with a bad tag, a timestamp more than 30 s off, a nonce seen before or
+//!   the wrong kind are refused and the connection is closed ([`protocol`]).
+//! - An answer is given only for a question naming this agent's client address and port, the
+//!   TCP sequence number of a request's first byte, and a digest of that request: what only an
+//!   endpoint of the connection saw. The answer is a trace id, a span id, the sampled flag and
+//!   the span's times — no payload, no process details.
+//! - Agents talk only over the network; nothing is shared between hosts but the secret.
+//! - Not encrypted: a passive observer of the agents' network learns which trace ids belong to
+//!   which connections (it sees those connections anyway). Mutual TLS is a possible follow-up.
+//! - Only client addresses in private, shared and link-local ranges are asked (never arbitrary
+//!   internet clients).
+
+pub mod index;
+pub mod protocol;
+mod service;
+
+pub use crate::link::crosshost::{CrossHostConfig, CrossHostStats};
+pub use service::{PeerConfig, PeerLink, ServerCounters, mono_ns, read_secret};

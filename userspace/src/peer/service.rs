@@ -1,0 +1,764 @@
+//! The network side: a server answering other agents from the [`ClientIndex`], and one task
+//! per peer host that batches this agent's lookups to it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::link::Handle;
+use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome};
+
+use super::index::{self, ClientIndex};
+use super::protocol::{
+    Body, Frame, KIND_QUERY, KIND_REPLY, Key, MAX_ITEMS, Query, Refused, Replay, decode, encode,
+    frame_len,
+};
+
+/// `--peer-listen` and friends.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Where this agent answers other agents.
+    pub listen: SocketAddr,
+    /// The agent port of peer hosts (default: the port of `listen`).
+    pub peer_port: u16,
+    /// The shared secret (at least 16 bytes).
+    pub secret: Vec<u8>,
+    pub linker: CrossHostConfig,
+}
+
+/// Reads a secret file: its bytes without surrounding whitespace, at least 16 of them.
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let secret = raw.trim_ascii().to_vec();
+    anyhow::ensure!(
+        secret.len() >= 16,
+        "{}: the peer secret must be at least 16 bytes",
+        path.display()
+    );
+    Ok(secret)
+}
+
+/// Most concurrent connections the server accepts.
+const MAX_CONNS: usize = 256;
+/// Most peer hosts asked at once (a task each).
+const MAX_PEERS: usize = 1024;
+/// Lookups queued per peer host.
+const PEER_QUEUE: usize = 4096;
+/// A peer that refused a connection is not tried again for this long (its lookups fail at once).
+const DOWN_FOR: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Batching: lookups to one peer gathered this long go in one frame; unknowns are asked again
+/// after it (the caller's span may not be released yet).
+const ROUND: Duration = Duration::from_millis(50);
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Server-side counters.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    pub frames: AtomicU64,
+    pub questions: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// The runtime's handle on the peer channel.
+pub struct PeerLink {
+    index: Arc<Mutex<ClientIndex>>,
+    lookups: mpsc::Sender<Lookup>,
+    answers: mpsc::Receiver<(Handle, Outcome)>,
+    pub server: Arc<ServerCounters>,
+    pub local: SocketAddr,
+    sends: Vec<ClientSend>,
+}
+
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl PeerLink {
+    /// Binds the server and starts the tasks (inside a tokio runtime).
+    pub async fn start(cfg: &PeerConfig) -> Result<Self> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("--peer-listen {}", cfg.listen))?;
+        let local = listener.local_addr()?;
+        let key = Arc::new(Key::new(&cfg.secret));
+        let index = Arc::new(Mutex::new(ClientIndex::new(index::DEFAULT_MAX)));
+        let server = Arc::new(ServerCounters::default());
+        tokio::spawn(serve(
+            listener,
+            Arc::clone(&key),
+            Arc::clone(&index),
+            Arc::clone(&server),
+        ));
+        let (lookups, rx) = mpsc::channel(PEER_QUEUE);
+        let (answers_tx, answers) = mpsc::channel(65_536);
+        tokio::spawn(dispatch(rx, key, cfg.peer_port, answers_tx));
+        Ok(Self {
+            index,
+            lookups,
+            answers,
+            server,
+            local,
+            sends: Vec::new(),
+        })
+    }
+
+    /// Hands what the linker produced to the network: sends into the index, lookups to peers.
+    /// A lookup that cannot be queued is answered at once (`Timeout`).
+    pub fn submit(
+        &mut self,
+        take: impl FnOnce(&mut Vec<ClientSend>, &mut Vec<Lookup>),
+        shed: &mut Vec<(Handle, Outcome)>,
+    ) {
+        let mut lookups = Vec::new();
+        take(&mut self.sends, &mut lookups);
+        let now = mono_ns();
+        {
+            let mut ix = self.index.lock().expect("index lock");
+            for s in self.sends.drain(..) {
+                ix.insert(&s, now);
+            }
+            ix.expire(now);
+        }
+        for l in lookups {
+            if self.lookups.try_send(l).is_err() {
+                shed.push((l.handle, Outcome::Timeout));
+            }
+        }
+    }
+
+    /// Waits for answers (forever when there are none) and takes those ready.
+    pub async fn answers(&mut self, out: &mut Vec<(Handle, Outcome)>) {
+        if let Some(a) = self.answers.recv().await {
+            out.push(a);
+            while let Ok(a) = self.answers.try_recv() {
+                out.push(a);
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    pub fn index_len(&self) -> usize {
+        self.index.lock().map_or(0, |ix| ix.len())
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    key: Arc<Key>,
+    index: Arc<Mutex<ClientIndex>>,
+    counters: Arc<ServerCounters>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNS));
+    let replay = Arc::new(Mutex::new(Replay::new(1 << 20)));
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::debug!("peer: accept: {e}");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            continue;
+        };
+        let (key, index, replay, counters) = (
+            Arc::clone(&key),
+            Arc::clone(&index),
+            Arc::clone(&replay),
+            Arc::clone(&counters),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = answer_conn(stream, &key, &index, &replay, &counters).await {
+                log::debug!("peer {from}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn read_frame(
+    stream: &mut TcpStream,
+    key: &Key,
+    kind: u8,
+) -> io::Result<Result<Frame, Refused>> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await?;
+    let n = match frame_len(prefix) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut rest = vec![0u8; n];
+    stream.read_exact(&mut rest).await?;
+    Ok(decode(key, prefix, &rest, kind))
+}
+
+async fn answer_conn(
+    mut stream: TcpStream,
+    key: &Key,
+    index: &Mutex<ClientIndex>,
+    replay: &Mutex<Replay>,
+    counters: &ServerCounters,
+) -> Result<()> {
+    stream.set_nodelay(true)?;
+    loop {
+        let Ok(frame) = timeout(IDLE, read_frame(&mut stream, key, KIND_QUERY)).await else {
+            return Ok(());
+        };
+        let frame = match frame {
+            Ok(Ok(f)) => f,
+            Ok(Err(refused)) => {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!("refused: {refused}");
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let checked = replay.lock().expect("replay lock").check(&frame, unix_ms());
+        if let Err(refused) = checked {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!("refused: {refused}");
+        }
+        let Body::Query(questions) = &frame.body else {
+            anyhow::bail!("not a query");
+        };
+        counters.frames.fetch_add(1, Ordering::Relaxed);
+        counters
+            .questions
+            .fetch_add(questions.len() as u64, Ordering::Relaxed);
+        let replies = {
+            let mut ix = index.lock().expect("index lock");
+            questions.iter().map(|q| ix.answer(q)).collect()
+        };
+        let reply = Frame {
+            id: frame.id,
+            unix_ms: unix_ms(),
+            nonce: rand::random(),
+            body: Body::Reply(replies),
+        };
+        stream.write_all(&encode(key, &reply)).await?;
+    }
+}
+
+async fn dispatch(
+    mut rx: mpsc::Receiver<Lookup>,
+    key: Arc<Key>,
+    port: u16,
+    answers: mpsc::Sender<(Handle, Outcome)>,
+) {
+    let mut peers: HashMap<IpAddr, mpsc::Sender<Lookup>> = HashMap::new();
+    while let Some(l) = rx.recv().await {
+        let ip = l.key.client.addr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if peers.get(&ip).is_none_or(|tx| tx.is_closed()) {
+            if peers.len() >= MAX_PEERS {
+                peers.retain(|_, tx| !tx.is_closed());
+            }
+            if peers.len() >= MAX_PEERS {
+                let _ = answers.send((l.handle, Outcome::Timeout)).await;
+                continue;
+            }
+            let (tx, prx) = mpsc::channel(PEER_QUEUE);
+            tokio::spawn(ask_peer(
+                SocketAddr::new(ip, port),
+                Arc::clone(&key),
+                prx,
+                answers.clone(),
+            ));
+            peers.insert(ip, tx);
+        }
+        if peers[&ip].try_send(l).is_err() {
+            let _ = answers.send((l.handle, Outcome::Timeout)).await;
+        }
+    }
+}
+
+struct Waiting {
+    lookup: Lookup,
+    /// The peer answered "unknown" at least once.
+    unknown: bool,
+}
+
+/// One peer host: batches of lookups over one connection, asked again until found or due.
+async fn ask_peer(
+    addr: SocketAddr,
+    key: Arc<Key>,
+    mut rx: mpsc::Receiver<Lookup>,
+    answers: mpsc::Sender<(Handle, Outcome)>,
+) {
+    let mut waiting: Vec<Waiting> = Vec::new();
+    let mut conn: Option<TcpStream> = None;
+    let mut down_until: Option<Instant> = None;
+    loop {
+        if waiting.is_empty() {
+            match timeout(IDLE, rx.recv()).await {
+                Ok(Some(l)) => waiting.push(Waiting {
+                    lookup: l,
+                    unknown: false,
+                }),
+                _ => return,
+            }
+        }
+        sleep(ROUND).await;
+        while let Ok(l) = rx.try_recv() {
+            waiting.push(Waiting {
+                lookup: l,
+                unknown: false,
+            });
+        }
+        let now = mono_ns();
+        let mut done = Vec::new();
+        waiting.retain(|w| {
+            if w.lookup.deadline_ns <= now {
+                let why = if w.unknown {
+                    Outcome::Unknown
+                } else {
+                    Outcome::Timeout
+                };
+                done.push((w.lookup.handle, why));
+                false
+            } else {
+                true
+            }
+        });
+        if down_until.is_some_and(|t| Instant::now() < t) {
+            done.extend(
+                waiting
+                    .drain(..)
+                    .map(|w| (w.lookup.handle, Outcome::NoAgent)),
+            );
+        } else if !waiting.is_empty() {
+            let fresh = conn.is_none();
+            if fresh {
+                match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        conn = Some(s);
+                    }
+                    Ok(Err(e)) => {
+                        log::debug!("peer {addr}: {e}");
+                        down_until = Some(Instant::now() + DOWN_FOR);
+                        done.extend(
+                            waiting
+                                .drain(..)
+                                .map(|w| (w.lookup.handle, Outcome::NoAgent)),
+                        );
+                    }
+                    Err(_) => {
+                        down_until = Some(Instant::now() + DOWN_FOR);
+                        done.extend(
+                            waiting
+                                .drain(..)
+                                .map(|w| (w.lookup.handle, Outcome::Timeout)),
+                        );
+                    }
+                }
+            }
+            if let Some(stream) = &mut conn {
+                match ask(stream, &key, &mut waiting, &mut done).await {
+                    Ok(()) => {}
+                    // On a connection just made, a close is a refusal; on an older one it may
+                    // be the peer's idle timeout: ask again on a new connection.
+                    Err(AskError::Closed) if !fresh => conn = None,
+                    Err(AskError::Closed) => {
+                        log::warn!("peer {addr}: closed on our query; is the secret the same?");
+                        conn = None;
+                        done.extend(
+                            waiting
+                                .drain(..)
+                                .map(|w| (w.lookup.handle, Outcome::Refused)),
+                        );
+                    }
+                    Err(AskError::Refused(r)) => {
+                        log::warn!("peer {addr}: reply refused ({r}); is the secret the same?");
+                        conn = None;
+                        done.extend(
+                            waiting
+                                .drain(..)
+                                .map(|w| (w.lookup.handle, Outcome::Refused)),
+                        );
+                    }
+                    Err(AskError::Io(e)) => {
+                        log::debug!("peer {addr}: {e}");
+                        conn = None;
+                    }
+                }
+            }
+        }
+        for d in done {
+            if answers.send(d).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+enum AskError {
+    Refused(Refused),
+    /// The peer closed the connection instead of answering.
+    Closed,
+    Io(io::Error),
+}
+
+/// One round trip for up to [`MAX_ITEMS`] of `waiting`; found ones move to `done`.
+async fn ask(
+    stream: &mut TcpStream,
+    key: &Key,
+    waiting: &mut Vec<Waiting>,
+    done: &mut Vec<(Handle, Outcome)>,
+) -> Result<(), AskError> {
+    let n = waiting.len().min(MAX_ITEMS);
+    let id: u64 = rand::random();
+    let query = Frame {
+        id,
+        unix_ms: unix_ms(),
+        nonce: rand::random(),
+        body: Body::Query(
+            waiting[..n]
+                .iter()
+                .map(|w| Query {
+                    key: w.lookup.key,
+                    digest: w.lookup.digest,
+                })
+                .collect(),
+        ),
+    };
+    stream
+        .write_all(&encode(key, &query))
+        .await
+        .map_err(AskError::Io)?;
+    let reply = match timeout(REPLY_TIMEOUT, read_frame(stream, key, KIND_REPLY)).await {
+        Ok(Ok(Ok(f))) => f,
+        Ok(Ok(Err(r))) => return Err(AskError::Refused(r)),
+        // A peer closes the connection on a query it refuses (it sends nothing signed to
+        // whoever fails authentication).
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(AskError::Closed);
+        }
+        Ok(Err(e)) => return Err(AskError::Io(e)),
+        Err(_) => return Err(AskError::Io(io::ErrorKind::TimedOut.into())),
+    };
+    let Body::Reply(items) = reply.body else {
+        return Err(AskError::Refused(Refused::WrongKind));
+    };
+    if reply.id != id
+        || items.len() != n
+        || reply.unix_ms.abs_diff(unix_ms()) > super::protocol::MAX_AGE_MS
+    {
+        return Err(AskError::Refused(Refused::Stale));
+    }
+    let mut k = 0;
+    waiting.retain_mut(|w| {
+        let idx = k;
+        k += 1;
+        if idx >= n {
+            return true;
+        }
+        match items[idx] {
+            Some(f) => {
+                done.push((
+                    w.lookup.handle,
+                    Outcome::Found {
+                        ctx: f.ctx,
+                        start_unix_ns: f.start_unix_ns,
+                        end_unix_ns: f.end_unix_ns,
+                    },
+                ));
+                false
+            }
+            None => {
+                w.unknown = true;
+                true
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::crosshost::{PeerContext, WireKey};
+    use crate::model::{Endpoint, SpanId, TraceId};
+
+    fn cfg(listen: &str, peer_port: u16, secret: &[u8]) -> PeerConfig {
+        PeerConfig {
+            listen: listen.parse().unwrap(),
+            peer_port,
+            secret: secret.to_vec(),
+            linker: CrossHostConfig::default(),
+        }
+    }
+
+    fn key(port: u16) -> WireKey {
+        WireKey {
+            client: Endpoint {
+                addr: "127.0.0.1".parse().unwrap(),
+                port,
+            },
+            seq: 1234,
+        }
+    }
+
+    async fn ask_one(b: &mut PeerLink, l: Lookup) -> (Handle, Outcome) {
+        let mut shed = Vec::new();
+        b.submit(|_, ls| ls.push(l), &mut shed);
+        assert!(shed.is_empty());
+        let mut out = Vec::new();
+        timeout(Duration::from_secs(5), b.answers(&mut out))
+            .await
+            .expect("an answer in time");
+        out[0]
+    }
+
+    #[tokio::test]
+    async fn lookups_over_loopback() {
+        let secret = b"0123456789abcdef-shared";
+        let mut a = PeerLink::start(&cfg("127.0.0.1:0", 0, secret))
+            .await
+            .unwrap();
+        let port = a.local.port();
+        let ctx = PeerContext {
+            trace_id: TraceId([9; 16]),
+            span_id: SpanId([8; 8]),
+            sampled: None,
+        };
+        let send = ClientSend {
+            key: key(40000),
+            digest: 77,
+            ctx,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        a.submit(|s, _| s.push(send), &mut Vec::new());
+        // Another agent with the same secret asks about it (its peers' agent port is A's).
+        let mut b = PeerLink::start(&cfg("127.0.0.2:0", port, secret))
+            .await
+            .unwrap();
+        let soon = mono_ns() + 2_000_000_000;
+        let found = ask_one(
+            &mut b,
+            Lookup {
+                handle: 1,
+                key: key(40000),
+                digest: 77,
+                deadline_ns: soon,
+            },
+        )
+        .await;
+        assert_eq!(
+            found,
+            (
+                1,
+                Outcome::Found {
+                    ctx,
+                    start_unix_ns: 1,
+                    end_unix_ns: 2
+                }
+            )
+        );
+        // The right connection but another request: unknown (after its deadline).
+        let unknown = ask_one(
+            &mut b,
+            Lookup {
+                handle: 2,
+                key: key(40000),
+                digest: 78,
+                deadline_ns: mono_ns() + 300_000_000,
+            },
+        )
+        .await;
+        assert_eq!(unknown, (2, Outcome::Unknown));
+        // An agent with another secret is refused.
+        let mut c = PeerLink::start(&cfg("127.0.0.3:0", port, b"another-secret-of-16"))
+            .await
+            .unwrap();
+        let refused = ask_one(
+            &mut c,
+            Lookup {
+                handle: 3,
+                key: key(40000),
+                digest: 77,
+                deadline_ns: soon,
+            },
+        )
+        .await;
+        assert_eq!(refused, (3, Outcome::Refused));
+        assert!(a.server.refused.load(Ordering::Relaxed) >= 1);
+        // No agent listens at the peer's address.
+        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let free_port = free.local_addr().unwrap().port();
+        drop(free);
+        let mut d = PeerLink::start(&cfg("127.0.0.4:0", free_port, secret))
+            .await
+            .unwrap();
+        let none = ask_one(
+            &mut d,
+            Lookup {
+                handle: 4,
+                key: key(40000),
+                digest: 77,
+                deadline_ns: soon,
+            },
+        )
+        .await;
+        assert_eq!(none, (4, Outcome::NoAgent));
+    }
+
+    #[tokio::test]
+    async fn replayed_query_refused() {
+        let secret = b"0123456789abcdef-shared";
+        let a = PeerLink::start(&cfg("127.0.0.1:0", 0, secret))
+            .await
+            .unwrap();
+        let k = Key::new(secret);
+        let frame = Frame {
+            id: 5,
+            unix_ms: unix_ms(),
+            nonce: 12345,
+            body: Body::Query(vec![Query {
+                key: key(1),
+                digest: 0,
+            }]),
+        };
+        let bytes = encode(&k, &frame);
+        let mut s = TcpStream::connect(a.local).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let reply = read_frame(&mut s, &k, KIND_REPLY).await.unwrap().unwrap();
+        assert_eq!(reply.id, 5);
+        assert_eq!(reply.body, Body::Reply(vec![None]));
+        // The same bytes again, on a new connection: refused, the connection closed.
+        let mut s = TcpStream::connect(a.local).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        assert!(read_frame(&mut s, &k, KIND_REPLY).await.is_err());
+        // A stale one too.
+        let old = Frame {
+            unix_ms: unix_ms() - 120_000,
+            nonce: 999,
+            ..frame
+        };
+        let mut s = TcpStream::connect(a.local).await.unwrap();
+        s.write_all(&encode(&k, &old)).await.unwrap();
+        assert!(read_frame(&mut s, &k, KIND_REPLY).await.is_err());
+        assert_eq!(a.server.refused.load(Ordering::Relaxed), 2);
+    }
+}
+
+/// What one lookup costs the two agents' CPUs, without the network: `cargo test --release -p
+/// ztrace -- --ignored --nocapture per_lookup_cost` (docs/benchmarks.md).
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::link::crosshost::{PeerContext, WireKey};
+    use crate::model::{Endpoint, SpanId, TraceId};
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn per_lookup_cost() {
+        let key = Key::new(b"0123456789abcdef-shared");
+        let mut ix = ClientIndex::new(index::DEFAULT_MAX);
+        let wire = |i: u32| WireKey {
+            client: Endpoint {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: (i % 60_000) as u16,
+            },
+            seq: i,
+        };
+        for i in 0..100_000u32 {
+            ix.insert(
+                &ClientSend {
+                    key: wire(i),
+                    digest: u64::from(i),
+                    ctx: PeerContext {
+                        trace_id: TraceId([1; 16]),
+                        span_id: SpanId([2; 8]),
+                        sampled: None,
+                    },
+                    start_unix_ns: 0,
+                    end_unix_ns: 0,
+                },
+                0,
+            );
+        }
+        let mut replay = Replay::new(1 << 20);
+        for batch in [1usize, 16, 1024] {
+            let rounds = 200_000 / batch;
+            let t = std::time::Instant::now();
+            for r in 0..rounds {
+                let questions: Vec<Query> = (0..batch as u32)
+                    .map(|i| Query {
+                        key: wire(i * 7 + r as u32),
+                        digest: u64::from(i * 7 + r as u32),
+                    })
+                    .collect();
+                let q = Frame {
+                    id: r as u64,
+                    unix_ms: unix_ms(),
+                    nonce: rand::random(),
+                    body: Body::Query(questions),
+                };
+                let bytes = encode(&key, &q);
+                let got = decode(
+                    &key,
+                    bytes[..4].try_into().unwrap(),
+                    &bytes[4..],
+                    KIND_QUERY,
+                )
+                .unwrap();
+                replay.check(&got, unix_ms()).unwrap();
+                let Body::Query(qs) = &got.body else { panic!() };
+                let replies = qs.iter().map(|q| ix.answer(q)).collect();
+                let reply = encode(
+                    &key,
+                    &Frame {
+                        id: got.id,
+                        unix_ms: unix_ms(),
+                        nonce: rand::random(),
+                        body: Body::Reply(replies),
+                    },
+                );
+                let back = decode(
+                    &key,
+                    reply[..4].try_into().unwrap(),
+                    &reply[4..],
+                    KIND_REPLY,
+                )
+                .unwrap();
+                assert!(matches!(back.body, Body::Reply(ref v) if v.len() == batch));
+            }
+            let per = t.elapsed().as_nanos() as f64 / (rounds * batch) as f64;
+            println!(
+                "batch {batch:>4}: {per:>7.0} ns of CPU per lookup (both agents), {:.0} bytes on the wire per lookup",
+                // An item each way, plus each frame's prefix, header and tag.
+                (31 + 42) as f64 + 2.0 * (4.0 + 31.0 + 32.0) / batch as f64
+            );
+        }
+    }
+}
