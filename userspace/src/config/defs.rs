@@ -170,6 +170,48 @@ pub struct Config {
     pub metric_export_interval: Duration,
     pub metric_export_timeout: Duration,
     pub temporality: Temporality,
+    /// Where spans go when no collector is configured for traces.
+    pub terminal: Terminal,
+    /// Export database statements as `db.query.text`.
+    pub db_query_text: bool,
+    /// Most distinct attribute sets per metric.
+    pub metric_max_series: usize,
+}
+
+/// `traces.output`: the terminal format of spans when no collector is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Terminal {
+    Console,
+    Json,
+}
+
+/// What to trace, and how, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pids: Vec<u32>,
+    pub no_children: bool,
+    pub duration: Option<Duration>,
+    pub payload_cap: u32,
+    pub capture_logs: bool,
+    pub capture_via_syscalls: bool,
+    /// Flag only (a measurement, not a setting).
+    pub probe_stats: bool,
+}
+
+/// The command line's typed flags, parsed by the application shell and handed over as plain
+/// data. String-valued export flags travel in [`super::Sources::flags`], by file key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CliFlags {
+    pub pids: Vec<u32>,
+    pub no_children: bool,
+    pub duration: Option<Duration>,
+    pub payload_cap: Option<u32>,
+    pub capture_logs: bool,
+    pub capture_via_syscalls: bool,
+    pub probe_stats: bool,
+    pub output: Option<Terminal>,
+    pub db_query_text: bool,
+    pub metric_max_series: Option<u32>,
 }
 
 impl Config {
@@ -194,6 +236,14 @@ pub const DEFAULT_LOG_BATCHING: Batching = Batching {
     max_batch: 512,
     delay: Duration::from_secs(1),
 };
+
+/// Bytes of payload captured per syscall when nothing says otherwise.
+pub const DEFAULT_PAYLOAD_CAP: u32 = 512;
+/// The largest `target.payload_cap`.
+pub const MAX_PAYLOAD_CAP: u32 = 4096;
+pub const DEFAULT_MAX_SERIES: usize = 2000;
+/// The largest `metrics.max_series`.
+pub const MAX_SERIES_LIMIT: u32 = 1_000_000;
 
 /// A raw setting as a source gave it.
 #[derive(Clone, Debug, PartialEq)]
@@ -251,8 +301,8 @@ pub(super) const GLOBAL_SETTINGS: [(&str, Option<&str>); 13] = [
     ("logs.schedule_delay", Some("OTEL_BLRP_SCHEDULE_DELAY")),
 ];
 
-/// File keys the command line reads itself (what to trace, terminal output).
-pub const CLI_FILE_KEYS: [&str; 9] = [
+/// File keys with no environment variable (what to trace, terminal output, series limit).
+pub const NO_ENV_KEYS: [&str; 9] = [
     "target.pids",
     "target.no_children",
     "target.duration",
@@ -306,7 +356,7 @@ pub fn file_keys() -> Vec<String> {
         );
     }
     keys.extend(GLOBAL_SETTINGS.iter().map(|(k, _)| k.to_string()));
-    keys.extend(CLI_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(NO_ENV_KEYS.iter().map(|k| k.to_string()));
     keys
 }
 

@@ -1,5 +1,7 @@
 //! The OpenTelemetry environment variables (`OTEL_*`): which variable carries which setting.
 
+use std::collections::HashMap;
+
 use super::defs::{GLOBAL_SETTINGS, SIGNAL_SETTINGS, Signal};
 
 /// The environment variable of a file key.
@@ -26,4 +28,12 @@ pub(super) fn env_name(key: &str) -> Option<String> {
         Some(infix) => format!("OTEL_EXPORTER_OTLP_{infix}_{name}"),
         None => format!("OTEL_EXPORTER_OTLP_{name}"),
     })
+}
+
+/// The process environment's `OTEL_*` variables.
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("OTEL_"))
+        .collect()
 }

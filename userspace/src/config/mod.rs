@@ -11,6 +11,7 @@ mod parse;
 mod resolve;
 
 pub use defs::*;
+pub use env::process_env;
 pub use error::*;
 pub use file::*;
 pub use parse::parse_duration;

@@ -17,15 +17,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::defs::{
-    Batching, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT,
-    OtlpTarget, Protocol, Raw, RootSampler, Sampler, Signal, Temporality, Tls, flag_name,
+    Batching, CliFlags, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_MAX_SERIES,
+    DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT, MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT,
+    OtlpTarget, Protocol, Raw, RootSampler, Sampler, Signal, Target, Temporality, Terminal, Tls,
+    flag_name,
 };
 use super::env::env_name;
 use super::error::{ConfigError, Origin, bad};
 use super::file::{ConfigFile, raw_of_toml};
 use super::parse::{
     append_path, boolean, compression, count, default_endpoint, duration, endpoint, headers,
-    key_value_list, protocol, ratio, read_pem, string,
+    key_value_list, parse_duration, protocol, ratio, read_pem, string,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -36,20 +38,14 @@ use super::parse::{
 pub struct Sources<'a> {
     /// Flags given on the command line, by file key (see [`FLAGS`]).
     pub flags: HashMap<&'static str, String>,
+    /// The typed flags: what to trace, terminal output, series limit.
+    pub cli: CliFlags,
     pub file: Option<&'a ConfigFile>,
     /// The environment (only `OTEL_*` variables matter).
     pub env: HashMap<String, String>,
 }
 
 impl Sources<'_> {
-    /// The process environment's `OTEL_*` variables.
-    pub fn process_env() -> HashMap<String, String> {
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with("OTEL_"))
-            .collect()
-    }
-
     fn flag(&self, key: &str) -> Option<(Raw, Origin)> {
         let name = flag_name(key)?;
         self.flags
@@ -283,6 +279,9 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         Some((raw, origin)) => duration(&raw, &origin)?,
         None => Duration::from_secs(30),
     };
+    let terminal = terminal(src)?;
+    let db_query_text = src.cli.db_query_text || file_bool(src.file, "traces.db_query_text")?;
+    let metric_max_series = max_series(src)?;
     Ok(Config {
         traces,
         metrics,
@@ -295,7 +294,113 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         metric_export_interval,
         metric_export_timeout,
         temporality,
+        terminal,
+        db_query_text,
+        metric_max_series,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings with a flag and a file key but no environment variable: flag > file > default.
+
+fn terminal(src: &Sources<'_>) -> Result<Terminal, ConfigError> {
+    if let Some(t) = src.cli.output {
+        return Ok(t);
+    }
+    match src.file.and_then(|f| f.get("traces.output")) {
+        Some((toml::Value::String(s), _)) if s == "console" => Ok(Terminal::Console),
+        Some((toml::Value::String(s), _)) if s == "json" => Ok(Terminal::Json),
+        Some((v, origin)) => Err(ConfigError(format!(
+            "{origin}: `{v}` is not an output; use console or json"
+        ))),
+        None => Ok(Terminal::Console),
+    }
+}
+
+fn max_series(src: &Sources<'_>) -> Result<usize, ConfigError> {
+    if let Some(n) = src.cli.metric_max_series {
+        return Ok(n as usize);
+    }
+    match src.file.and_then(|f| f.get("metrics.max_series")) {
+        Some((v, origin)) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+            Some(n) if (1..=MAX_SERIES_LIMIT).contains(&n) => Ok(n as usize),
+            _ => Err(ConfigError(format!(
+                "{origin}: `{v}` must be a series count from 1 to {MAX_SERIES_LIMIT}"
+            ))),
+        },
+        None => Ok(DEFAULT_MAX_SERIES),
+    }
+}
+
+/// A boolean file key (false when absent).
+fn file_bool(file: Option<&ConfigFile>, key: &str) -> Result<bool, ConfigError> {
+    match file.and_then(|f| f.get(key)) {
+        None => Ok(false),
+        Some((toml::Value::Boolean(b), _)) => Ok(*b),
+        Some((v, origin)) => Err(ConfigError(format!(
+            "{origin}: `{v}` is not a boolean; use true or false"
+        ))),
+    }
+}
+
+/// Resolves what to trace: flags, then the file where the flags left it open, then defaults.
+/// Separate from [`resolve`] because only a live run traces (replay ignores `target.*`).
+pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
+    let cli = &src.cli;
+    let mut target = Target {
+        pids: cli.pids.clone(),
+        no_children: cli.no_children,
+        duration: cli.duration,
+        payload_cap: DEFAULT_PAYLOAD_CAP,
+        capture_logs: cli.capture_logs,
+        capture_via_syscalls: cli.capture_via_syscalls,
+        probe_stats: cli.probe_stats,
+    };
+    let Some(file) = src.file else {
+        target.payload_cap = cli.payload_cap.unwrap_or(DEFAULT_PAYLOAD_CAP);
+        return Ok(target);
+    };
+    if target.pids.is_empty()
+        && let Some((v, origin)) = file.get("target.pids")
+    {
+        let list = match v {
+            toml::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        for item in list {
+            match item.as_integer().and_then(|i| u32::try_from(i).ok()) {
+                Some(pid) => target.pids.push(pid),
+                None => return Err(ConfigError(format!("{origin}: `{item}` is not a PID"))),
+            }
+        }
+    }
+    target.no_children |= file_bool(Some(file), "target.no_children")?;
+    target.capture_logs |= file_bool(Some(file), "target.capture_logs")?;
+    target.capture_via_syscalls |= file_bool(Some(file), "target.capture_via_syscalls")?;
+    if target.duration.is_none()
+        && let Some((v, origin)) = file.get("target.duration")
+    {
+        let s = v
+            .as_str()
+            .ok_or_else(|| ConfigError(format!("{origin}: `{v}` is not a duration such as 30s")))?;
+        target.duration =
+            Some(parse_duration(s).map_err(|e| ConfigError(format!("{origin}: {e}")))?);
+    }
+    target.payload_cap = match cli.payload_cap {
+        Some(n) => n,
+        None => match file.get("target.payload_cap") {
+            Some((v, origin)) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+                Some(n) if (1..=MAX_PAYLOAD_CAP).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{origin}: `{v}` must be a byte count from 1 to {MAX_PAYLOAD_CAP}"
+                    )));
+                }
+            },
+            None => DEFAULT_PAYLOAD_CAP,
+        },
+    };
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -696,6 +801,7 @@ mod tests {
             flags: HashMap::new(),
             file: Some(&file),
             env: vars.clone(),
+            ..Sources::default()
         })
         .unwrap();
         assert_eq!(
@@ -732,6 +838,7 @@ mod tests {
             flags,
             file: Some(&file),
             env: vars.clone(),
+            ..Sources::default()
         })
         .unwrap();
         assert_eq!(

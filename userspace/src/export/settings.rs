@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Batching, Config, OtlpTarget, Sampler, Temporality};
+use crate::config::{Batching, Config, OtlpTarget, Sampler, Temporality, Terminal};
 
 /// Where finished spans go.
 #[derive(Clone, Debug)]
@@ -65,8 +65,12 @@ impl Default for ExportConfig {
 }
 
 impl ExportConfig {
-    /// The export stage as `config` says; `terminal` is where spans go without a collector.
-    pub fn from_config(config: &Config, terminal: Output) -> ExportConfig {
+    /// The export stage as `config` says.
+    pub fn from_config(config: &Config) -> ExportConfig {
+        let terminal = match config.terminal {
+            Terminal::Console => Output::Console,
+            Terminal::Json => Output::Json,
+        };
         ExportConfig {
             output: config
                 .traces
