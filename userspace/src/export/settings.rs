@@ -42,6 +42,10 @@ pub struct ExportConfig {
     /// (`OTEL_METRIC_EXPORT_INTERVAL`), and the temporality the collector prefers.
     pub metric_export_interval: Duration,
     pub temporality: Temporality,
+    /// The most one metrics export may take, retries included (`OTEL_METRIC_EXPORT_TIMEOUT`);
+    /// None: `3 × timeout`, as for the other signals. Collection itself is synchronous and does
+    /// no I/O, so bounding the export bounds the collection+export cycle.
+    pub metric_export_timeout: Option<Duration>,
 }
 
 impl Default for ExportConfig {
@@ -60,6 +64,7 @@ impl Default for ExportConfig {
             metrics_max_queue: 64 * 1024,
             metric_export_interval: Duration::from_secs(60),
             temporality: Temporality::Cumulative,
+            metric_export_timeout: None,
         }
     }
 }
@@ -85,6 +90,7 @@ impl ExportConfig {
             logs: config.logs.clone(),
             log_batching: config.log_batching,
             metric_export_interval: config.metric_export_interval,
+            metric_export_timeout: Some(config.metric_export_timeout),
             temporality: config.temporality,
             ..ExportConfig::default()
         }
