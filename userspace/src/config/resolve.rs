@@ -279,6 +279,11 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         Some((raw, origin)) => duration(&raw, &origin)?,
         None => Duration::from_secs(30),
     };
+    let sampler = sampler(src)?;
+    let span_batching = batching(src, "traces", DEFAULT_SPAN_BATCHING)?;
+    let log_batching = batching(src, "logs", DEFAULT_LOG_BATCHING)?;
+    // After every OTLP setting, in the order the command line used to check them, so that the
+    // first error reported stays the same.
     let terminal = terminal(src)?;
     let db_query_text = src.cli.db_query_text || file_bool(src.file, "traces.db_query_text")?;
     let metric_max_series = max_series(src)?;
@@ -288,9 +293,9 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         logs,
         service_name,
         resource_attributes,
-        sampler: sampler(src)?,
-        span_batching: batching(src, "traces", DEFAULT_SPAN_BATCHING)?,
-        log_batching: batching(src, "logs", DEFAULT_LOG_BATCHING)?,
+        sampler,
+        span_batching,
+        log_batching,
         metric_export_interval,
         metric_export_timeout,
         temporality,
