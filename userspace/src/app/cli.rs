@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     capture::{preflight, process},
-    config::{self, ConfigFile, Sources, parse_duration},
-    export::{ExportConfig, Output},
+    config::{self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration},
+    export::ExportConfig,
     runtime::{bench, live, replay},
     signals::metrics::MetricsConfig,
 };
@@ -76,7 +76,7 @@ pub struct TargetArgs {
     pub duration: Option<Duration>,
     /// Bytes of payload captured per syscall (the head that protocol parsing sees), 1..=4096
     /// [default: 512].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=config::MAX_PAYLOAD_CAP as i64))]
     pub payload_cap: Option<u32>,
     /// Turn what traced processes write to stdout/stderr into OTLP log records, each carrying the
     /// trace and span of the request the writing thread was serving.
@@ -206,6 +206,35 @@ impl ExportArgs {
             .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
             .collect()
     }
+
+    /// The typed export flags, for [`config::resolve`].
+    fn cli_flags(&self) -> CliFlags {
+        CliFlags {
+            output: self.output.map(|f| match f {
+                Format::Console => config::Terminal::Console,
+                Format::Json => config::Terminal::Json,
+            }),
+            db_query_text: self.db_query_text,
+            metric_max_series: self.metric_max_series,
+            ..CliFlags::default()
+        }
+    }
+}
+
+impl TargetArgs {
+    /// The what-to-trace flags, for [`config::resolve_target`].
+    fn cli_flags(&self) -> CliFlags {
+        CliFlags {
+            pids: self.pids.clone(),
+            no_children: self.no_children,
+            duration: self.duration,
+            payload_cap: self.payload_cap,
+            capture_logs: self.capture_logs,
+            capture_via_syscalls: self.capture_via_syscalls,
+            probe_stats: self.probe_stats,
+            ..CliFlags::default()
+        }
+    }
 }
 
 /// What the export flags, the config file and the environment resolve to.
@@ -227,116 +256,33 @@ pub fn resolve_export(args: &ExportArgs, env: HashMap<String, String>) -> Result
     };
     let resolved = config::resolve(&Sources {
         flags: args.flag_values(),
+        cli: args.cli_flags(),
         file: file.as_ref(),
         env,
     })
     .map_err(|e| e.0)?;
-    let format = match args.output {
-        Some(f) => f,
-        None => match file.as_ref().and_then(|f| f.get("traces.output")) {
-            Some((toml::Value::String(s), _)) if s == "console" => Format::Console,
-            Some((toml::Value::String(s), _)) if s == "json" => Format::Json,
-            Some((v, origin)) => {
-                return Err(format!(
-                    "{origin}: `{v}` is not an output; use console or json"
-                ));
-            }
-            None => Format::Console,
-        },
-    };
-    let terminal = match format {
-        Format::Console => Output::Console,
-        Format::Json => Output::Json,
-    };
-    let db_query_text = args.db_query_text || file_bool(file.as_ref(), "traces.db_query_text")?;
-    let max_series = match args.metric_max_series {
-        Some(n) => n,
-        None => match file.as_ref().and_then(|f| f.get("metrics.max_series")) {
-            Some((v, origin)) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
-                Some(n) if (1..=MAX_SERIES_LIMIT).contains(&n) => n,
-                _ => {
-                    return Err(format!(
-                        "{origin}: `{v}` must be a series count from 1 to {MAX_SERIES_LIMIT}"
-                    ));
-                }
-            },
-            None => MetricsConfig::default().max_series as u32,
-        },
-    };
-    let export = ExportConfig::from_config(&resolved, terminal);
     Ok(Resolved {
-        metrics: MetricsConfig {
-            interval: export.metric_export_interval,
-            temporality: export.temporality,
-            max_series: max_series as usize,
-        },
-        export,
+        export: ExportConfig::from_config(&resolved),
+        metrics: MetricsConfig::from_config(&resolved),
         service_name: resolved.service_name.clone(),
+        db_query_text: resolved.db_query_text,
         config: resolved,
-        db_query_text,
         file,
     })
 }
 
-fn file_bool(file: Option<&ConfigFile>, key: &str) -> Result<bool, String> {
-    match file.and_then(|f| f.get(key)) {
-        None => Ok(false),
-        Some((toml::Value::Boolean(b), _)) => Ok(*b),
-        Some((v, origin)) => Err(format!(
-            "{origin}: `{v}` is not a boolean; use true or false"
-        )),
-    }
+/// Resolves what to trace from the flags and, where they leave it open, the config file.
+fn resolve_target(
+    target: &TargetArgs,
+    file: Option<&ConfigFile>,
+) -> Result<config::Target, String> {
+    config::resolve_target(&Sources {
+        cli: target.cli_flags(),
+        file,
+        ..Sources::default()
+    })
+    .map_err(|e| e.0)
 }
-
-/// Fills what to trace from the config file where the command line left it open.
-fn target_from_file(target: &mut TargetArgs, file: Option<&ConfigFile>) -> Result<(), String> {
-    let Some(file) = file else {
-        target.payload_cap.get_or_insert(512);
-        return Ok(());
-    };
-    if target.pids.is_empty()
-        && let Some((v, origin)) = file.get("target.pids")
-    {
-        let list = match v {
-            toml::Value::Array(a) => a.clone(),
-            other => vec![other.clone()],
-        };
-        for item in list {
-            match item.as_integer().and_then(|i| u32::try_from(i).ok()) {
-                Some(pid) => target.pids.push(pid),
-                None => return Err(format!("{origin}: `{item}` is not a PID")),
-            }
-        }
-    }
-    target.no_children |= file_bool(Some(file), "target.no_children")?;
-    target.capture_logs |= file_bool(Some(file), "target.capture_logs")?;
-    target.capture_via_syscalls |= file_bool(Some(file), "target.capture_via_syscalls")?;
-    if target.duration.is_none()
-        && let Some((v, origin)) = file.get("target.duration")
-    {
-        let s = v
-            .as_str()
-            .ok_or_else(|| format!("{origin}: `{v}` is not a duration such as 30s"))?;
-        target.duration = Some(parse_duration(s).map_err(|e| format!("{origin}: {e}"))?);
-    }
-    if target.payload_cap.is_none()
-        && let Some((v, origin)) = file.get("target.payload_cap")
-    {
-        match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
-            Some(n) if (1..=4096).contains(&n) => target.payload_cap = Some(n),
-            _ => {
-                return Err(format!(
-                    "{origin}: `{v}` must be a byte count from 1 to 4096"
-                ));
-            }
-        }
-    }
-    target.payload_cap.get_or_insert(512);
-    Ok(())
-}
-
-/// The largest `--metric-max-series`.
-const MAX_SERIES_LIMIT: u32 = 1_000_000;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -398,7 +344,7 @@ pub fn main() -> i32 {
             };
         }
         Some(Command::Replay { file, export, .. }) => {
-            let r = match resolve_export(&export, Sources::process_env()) {
+            let r = match resolve_export(&export, config::process_env()) {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
@@ -407,19 +353,19 @@ pub fn main() -> i32 {
                 Err(e) => usage_error(format!("{e:#}")),
             };
         }
-        Some(Command::Record { mut target, file }) => {
-            target.payload_cap.get_or_insert(512);
-            (target, live::Mode::Record(file), None, false)
-        }
+        Some(Command::Record { target, file }) => match resolve_target(&target, None) {
+            Ok(target) => (target, live::Mode::Record(file), None, false),
+            Err(e) => return usage_error(e),
+        },
         None => {
-            let r = match resolve_export(&cli.run.export, Sources::process_env()) {
+            let r = match resolve_export(&cli.run.export, config::process_env()) {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
-            let mut target = cli.run.target;
-            if let Err(e) = target_from_file(&mut target, r.file.as_ref()) {
-                return usage_error(e);
-            }
+            let target = match resolve_target(&cli.run.target, r.file.as_ref()) {
+                Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
             peer = match cli.run.peer.config(r.file.as_ref()) {
                 Ok(p) => p,
                 Err(e) => return usage_error(e),
@@ -459,7 +405,7 @@ pub fn main() -> i32 {
         follow_children: !target.no_children,
         service_name: service,
         duration: target.duration,
-        payload_cap: target.payload_cap.unwrap_or(512),
+        payload_cap: target.payload_cap,
         db_query_text,
         mode,
         metrics,
@@ -480,6 +426,7 @@ pub fn main() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::Output;
 
     #[test]
     fn durations() {
@@ -616,11 +563,10 @@ mod tests {
         let r = resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(r.export.output, Output::Json));
         assert!(r.db_query_text);
-        let mut target = cli.run.target;
-        target_from_file(&mut target, r.file.as_ref()).unwrap();
+        let target = resolve_target(&cli.run.target, r.file.as_ref()).unwrap();
         assert_eq!(target.pids, vec![1, 2]);
         assert_eq!(target.duration, Some(Duration::from_secs(1)));
-        assert_eq!(target.payload_cap, Some(64));
+        assert_eq!(target.payload_cap, 64);
         assert!(target.capture_logs);
         assert_eq!(r.metrics.max_series, 50);
         std::fs::write(&path, "[metrics]\nmax_series = 0\n").unwrap();
@@ -630,7 +576,7 @@ mod tests {
         assert!(err.starts_with("`metrics.max_series` in "), "{err}");
         std::fs::write(&path, "[target]\npayload_cap = 0\n").unwrap();
         let r = resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
-        let mut target = TargetArgs {
+        let target = TargetArgs {
             pids: vec![],
             no_children: false,
             duration: None,
@@ -639,7 +585,7 @@ mod tests {
             capture_via_syscalls: false,
             probe_stats: false,
         };
-        let err = target_from_file(&mut target, r.file.as_ref()).unwrap_err();
+        let err = resolve_target(&target, r.file.as_ref()).unwrap_err();
         assert!(err.starts_with("`target.payload_cap` in "), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

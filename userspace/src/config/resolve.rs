@@ -14,505 +14,21 @@
 //! the process environment, so it is unit-tested table by table.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The three OTLP signals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Signal {
-    Traces,
-    Metrics,
-    Logs,
-}
-
-impl Signal {
-    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
-
-    /// `traces`, `metrics`, `logs`: the file's table name and the flag infix.
-    pub fn key(self) -> &'static str {
-        match self {
-            Signal::Traces => "traces",
-            Signal::Metrics => "metrics",
-            Signal::Logs => "logs",
-        }
-    }
-
-    fn env_infix(self) -> &'static str {
-        match self {
-            Signal::Traces => "TRACES",
-            Signal::Metrics => "METRICS",
-            Signal::Logs => "LOGS",
-        }
-    }
-
-    /// The path OTLP/HTTP appends to a generic endpoint.
-    pub fn http_path(self) -> &'static str {
-        match self {
-            Signal::Traces => "v1/traces",
-            Signal::Metrics => "v1/metrics",
-            Signal::Logs => "v1/logs",
-        }
-    }
-}
-
-/// `OTEL_EXPORTER_OTLP_PROTOCOL`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::HttpProtobuf => "http/protobuf",
-        }
-    }
-
-    fn default_port(self) -> u16 {
-        match self {
-            Protocol::Grpc => 4317,
-            Protocol::HttpProtobuf => 4318,
-        }
-    }
-}
-
-/// `OTEL_EXPORTER_OTLP_COMPRESSION`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-}
-
-/// Transport security settings of one signal's exporter.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Tls {
-    /// PEM of the CA certificate(s) that verify the collector (else the system's roots).
-    pub ca_pem: Option<Vec<u8>>,
-    /// PEM of the client certificate and key, for mutual TLS.
-    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-/// Where and how one signal is exported over OTLP.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OtlpTarget {
-    pub signal: Signal,
-    pub protocol: Protocol,
-    /// The full URL: for OTLP/HTTP including the signal's path; for gRPC the path is unused.
-    pub endpoint: http::Uri,
-    /// Extra request headers (gRPC metadata), lower-case names.
-    pub headers: Vec<(String, String)>,
-    pub compression: Compression,
-    /// One export attempt's limit.
-    pub timeout: Duration,
-    pub tls: Tls,
-}
-
-impl OtlpTarget {
-    /// A plaintext OTLP/gRPC target with the defaults (tests, simple callers).
-    pub fn grpc(signal: Signal, endpoint: http::Uri) -> OtlpTarget {
-        OtlpTarget {
-            signal,
-            protocol: Protocol::Grpc,
-            endpoint,
-            headers: Vec::new(),
-            compression: Compression::None,
-            timeout: DEFAULT_TIMEOUT,
-            tls: Tls::default(),
-        }
-    }
-
-    /// `grpc http://host:4317` / `http/protobuf http://host:4318/v1/traces (gzip)`, for logs.
-    pub fn describe(&self) -> String {
-        let mut s = format!("OTLP {} to {}", self.protocol.name(), self.endpoint);
-        if self.compression == Compression::Gzip {
-            s.push_str(" (gzip)");
-        }
-        s
-    }
-}
-
-/// The spec's sampler names (`OTEL_TRACES_SAMPLER`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Sampler {
-    AlwaysOn,
-    AlwaysOff,
-    TraceIdRatio(f64),
-    ParentBased(RootSampler),
-}
-
-/// The root sampler of a `parentbased_*` sampler.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RootSampler {
-    AlwaysOn,
-    AlwaysOff,
-    TraceIdRatio(f64),
-}
-
-/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Temporality {
-    Cumulative,
-    Delta,
-    LowMemory,
-}
-
-/// Batching of one signal: queue bound, batch size and how long a batch may wait to fill.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Batching {
-    pub max_queue: usize,
-    pub max_batch: usize,
-    pub delay: Duration,
-}
-
-/// Everything the export side needs, resolved.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Config {
-    /// Per signal: its OTLP target, or None when no endpoint was configured for it (traces then
-    /// go to the terminal; metrics and logs are not exported).
-    pub traces: Option<OtlpTarget>,
-    pub metrics: Option<OtlpTarget>,
-    pub logs: Option<OtlpTarget>,
-    /// `service.name` for every traced process (else each process's executable name).
-    pub service_name: Option<String>,
-    /// Extra Resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), `service.name` excluded.
-    pub resource_attributes: Vec<(String, String)>,
-    pub sampler: Sampler,
-    pub span_batching: Batching,
-    pub log_batching: Batching,
-    pub metric_export_interval: Duration,
-    pub metric_export_timeout: Duration,
-    pub temporality: Temporality,
-}
-
-impl Config {
-    pub fn target(&self, signal: Signal) -> Option<&OtlpTarget> {
-        match signal {
-            Signal::Traces => self.traces.as_ref(),
-            Signal::Metrics => self.metrics.as_ref(),
-            Signal::Logs => self.logs.as_ref(),
-        }
-    }
-}
-
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// ztrace's span queue is larger than the SDK default (2048): capture bursts are common.
-pub const DEFAULT_SPAN_BATCHING: Batching = Batching {
-    max_queue: 8192,
-    max_batch: 512,
-    delay: Duration::from_secs(1),
+use super::defs::{
+    Batching, CliFlags, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_MAX_SERIES,
+    DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT, MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT,
+    OtlpTarget, Protocol, Raw, RootSampler, Sampler, Signal, Target, Temporality, Terminal, Tls,
+    flag_name,
 };
-pub const DEFAULT_LOG_BATCHING: Batching = Batching {
-    max_queue: 2048,
-    max_batch: 512,
-    delay: Duration::from_secs(1),
+use super::env::env_name;
+use super::error::{ConfigError, Origin, bad};
+use super::file::{ConfigFile, raw_of_toml};
+use super::parse::{
+    append_path, boolean, compression, count, default_endpoint, duration, endpoint, headers,
+    key_value_list, parse_duration, protocol, ratio, read_pem, string,
 };
-
-/// A bad value, said in one line that names its source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// A raw setting as a source gave it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Raw {
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    /// A TOML table of strings (headers, resource attributes), taken literally.
-    Pairs(Vec<(String, String)>),
-}
-
-/// Where a value came from: what an error message names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
-    Flag(&'static str),
-    File { key: String, path: PathBuf },
-    Env(String),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Flag(name) => f.write_str(name),
-            Origin::File { key, path } => write!(f, "`{key}` in {}", path.display()),
-            Origin::Env(name) => f.write_str(name),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Names of every setting.
-
-/// Settings that exist per signal (`otlp.<signal>.<name>`) and generically (`otlp.<name>`).
-const SIGNAL_SETTINGS: [&str; 9] = [
-    "endpoint",
-    "protocol",
-    "headers",
-    "compression",
-    "timeout",
-    "certificate",
-    "client_certificate",
-    "client_key",
-    "insecure",
-];
-
-/// Settings that are not per signal: (file key, environment variable).
-const GLOBAL_SETTINGS: [(&str, Option<&str>); 13] = [
-    ("resource.service_name", Some("OTEL_SERVICE_NAME")),
-    ("resource.attributes", Some("OTEL_RESOURCE_ATTRIBUTES")),
-    ("traces.sampler", Some("OTEL_TRACES_SAMPLER")),
-    ("traces.sampler_arg", Some("OTEL_TRACES_SAMPLER_ARG")),
-    ("traces.max_queue_size", Some("OTEL_BSP_MAX_QUEUE_SIZE")),
-    (
-        "traces.max_export_batch_size",
-        Some("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
-    ),
-    ("traces.schedule_delay", Some("OTEL_BSP_SCHEDULE_DELAY")),
-    (
-        "metrics.export_interval",
-        Some("OTEL_METRIC_EXPORT_INTERVAL"),
-    ),
-    ("metrics.export_timeout", Some("OTEL_METRIC_EXPORT_TIMEOUT")),
-    (
-        "metrics.temporality_preference",
-        Some("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"),
-    ),
-    ("logs.max_queue_size", Some("OTEL_BLRP_MAX_QUEUE_SIZE")),
-    (
-        "logs.max_export_batch_size",
-        Some("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"),
-    ),
-    ("logs.schedule_delay", Some("OTEL_BLRP_SCHEDULE_DELAY")),
-];
-
-/// File keys the command line reads itself (what to trace, terminal output).
-pub const CLI_FILE_KEYS: [&str; 9] = [
-    "target.pids",
-    "target.no_children",
-    "target.duration",
-    "target.payload_cap",
-    "target.capture_logs",
-    "target.capture_via_syscalls",
-    "traces.output",
-    "traces.db_query_text",
-    "metrics.max_series",
-];
-
-/// File keys of cross-host links (`[peers]`), read with their flags (`app/peer_args.rs`).
-pub const PEER_FILE_KEYS: [&str; 4] = [
-    "peers.listen",
-    "peers.secret_file",
-    "peers.port",
-    "peers.wait",
-];
-
-/// Flags of the settings resolved here: file key → flag.
-pub const FLAGS: [(&str, &str); 20] = [
-    ("otlp.endpoint", "--otlp-endpoint"),
-    ("otlp.traces.endpoint", "--otlp-traces-endpoint"),
-    ("otlp.metrics.endpoint", "--otlp-metrics-endpoint"),
-    ("otlp.logs.endpoint", "--otlp-logs-endpoint"),
-    ("otlp.protocol", "--otlp-protocol"),
-    ("otlp.headers", "--otlp-headers"),
-    ("otlp.compression", "--otlp-compression"),
-    ("otlp.timeout", "--otlp-timeout"),
-    ("otlp.certificate", "--otlp-certificate"),
-    ("otlp.client_certificate", "--otlp-client-certificate"),
-    ("otlp.client_key", "--otlp-client-key"),
-    ("resource.service_name", "--service-name"),
-    ("resource.attributes", "--resource-attributes"),
-    ("traces.sampler", "--sampler"),
-    ("traces.sampler_arg", "--sampler-arg"),
-    ("traces.max_queue_size", "--max-queue-size"),
-    ("traces.max_export_batch_size", "--max-export-batch-size"),
-    ("traces.schedule_delay", "--schedule-delay"),
-    ("metrics.export_interval", "--metric-export-interval"),
-    ("metrics.temporality_preference", "--metrics-temporality"),
-];
-
-fn flag_name(key: &str) -> Option<&'static str> {
-    FLAGS.iter().find(|(k, _)| *k == key).map(|(_, f)| *f)
-}
-
-/// The environment variable of a file key.
-fn env_name(key: &str) -> Option<String> {
-    if let Some((_, env)) = GLOBAL_SETTINGS.iter().find(|(k, _)| *k == key) {
-        return env.map(str::to_string);
-    }
-    let rest = key.strip_prefix("otlp.")?;
-    let (signal, name) = match rest.split_once('.') {
-        Some((sig, name)) => (
-            Signal::ALL
-                .into_iter()
-                .find(|s| s.key() == sig)
-                .map(Signal::env_infix),
-            name,
-        ),
-        None => (None, rest),
-    };
-    if !SIGNAL_SETTINGS.contains(&name) {
-        return None;
-    }
-    let name = name.to_ascii_uppercase();
-    Some(match signal {
-        Some(infix) => format!("OTEL_EXPORTER_OTLP_{infix}_{name}"),
-        None => format!("OTEL_EXPORTER_OTLP_{name}"),
-    })
-}
-
-/// Every key a config file may hold.
-pub fn file_keys() -> Vec<String> {
-    let mut keys: Vec<String> = SIGNAL_SETTINGS
-        .iter()
-        .map(|s| format!("otlp.{s}"))
-        .collect();
-    for signal in Signal::ALL {
-        keys.extend(
-            SIGNAL_SETTINGS
-                .iter()
-                .map(|s| format!("otlp.{}.{s}", signal.key())),
-        );
-    }
-    keys.extend(GLOBAL_SETTINGS.iter().map(|(k, _)| k.to_string()));
-    keys.extend(CLI_FILE_KEYS.iter().map(|k| k.to_string()));
-    keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
-    keys
-}
-
-/// Keys whose TOML value may be a table (of strings).
-const TABLE_KEYS: [&str; 2] = ["headers", "attributes"];
-
-// ---------------------------------------------------------------------------------------------
-// The config file.
-
-/// A parsed config file: its path and every setting by dotted key.
-#[derive(Clone, Debug, Default)]
-pub struct ConfigFile {
-    pub path: PathBuf,
-    pub values: HashMap<String, toml::Value>,
-}
-
-impl ConfigFile {
-    /// Reads and checks a TOML config file: unknown keys are errors (a typo must not be
-    /// silently ignored).
-    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(format!(
-                "--config: cannot read {}: {e}",
-                path.to_string_lossy()
-            ))
-        })?;
-        Self::parse(&text, path)
-    }
-
-    pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let msg = e.message().replace('\n', " ");
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            ConfigError(format!(
-                "{} is not valid TOML{at}: {msg}",
-                path.to_string_lossy()
-            ))
-        })?;
-        let known = file_keys();
-        let mut values = HashMap::new();
-        flatten("", table, &known, path, &mut values)?;
-        Ok(ConfigFile {
-            path: path.to_path_buf(),
-            values,
-        })
-    }
-
-    /// The value of `key` with where it came from.
-    pub fn get(&self, key: &str) -> Option<(&toml::Value, Origin)> {
-        self.values.get(key).map(|v| {
-            (
-                v,
-                Origin::File {
-                    key: key.to_string(),
-                    path: self.path.clone(),
-                },
-            )
-        })
-    }
-}
-
-fn flatten(
-    prefix: &str,
-    table: toml::Table,
-    known: &[String],
-    path: &Path,
-    out: &mut HashMap<String, toml::Value>,
-) -> Result<(), ConfigError> {
-    for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k
-        } else {
-            format!("{prefix}.{k}")
-        };
-        let leaf_table = TABLE_KEYS.iter().any(|t| key.ends_with(&format!(".{t}")));
-        match v {
-            toml::Value::Table(t) if !leaf_table => flatten(&key, t, known, path, out)?,
-            v => {
-                if !known.contains(&key) {
-                    return Err(ConfigError(format!(
-                        "unknown key `{key}` in {} (see the Configuration section of the README)",
-                        path.to_string_lossy()
-                    )));
-                }
-                out.insert(key, v);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn raw_of_toml(v: &toml::Value, origin: &Origin) -> Result<Raw, ConfigError> {
-    Ok(match v {
-        toml::Value::String(s) => Raw::Str(s.clone()),
-        toml::Value::Integer(i) => Raw::Int(*i),
-        toml::Value::Float(f) => Raw::Float(*f),
-        toml::Value::Boolean(b) => Raw::Bool(*b),
-        toml::Value::Table(t) => {
-            let mut pairs = Vec::new();
-            for (k, v) in t {
-                match v {
-                    toml::Value::String(s) => pairs.push((k.clone(), s.clone())),
-                    other => {
-                        return Err(ConfigError(format!(
-                            "{origin}: the value of `{k}` must be a string, not {}",
-                            other.type_str()
-                        )));
-                    }
-                }
-            }
-            Raw::Pairs(pairs)
-        }
-        other => {
-            return Err(ConfigError(format!(
-                "{origin}: unexpected {}",
-                other.type_str()
-            )));
-        }
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // Resolution.
@@ -522,20 +38,14 @@ fn raw_of_toml(v: &toml::Value, origin: &Origin) -> Result<Raw, ConfigError> {
 pub struct Sources<'a> {
     /// Flags given on the command line, by file key (see [`FLAGS`]).
     pub flags: HashMap<&'static str, String>,
+    /// The typed flags: what to trace, terminal output, series limit.
+    pub cli: CliFlags,
     pub file: Option<&'a ConfigFile>,
     /// The environment (only `OTEL_*` variables matter).
     pub env: HashMap<String, String>,
 }
 
 impl Sources<'_> {
-    /// The process environment's `OTEL_*` variables.
-    pub fn process_env() -> HashMap<String, String> {
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with("OTEL_"))
-            .collect()
-    }
-
     fn flag(&self, key: &str) -> Option<(Raw, Origin)> {
         let name = flag_name(key)?;
         self.flags
@@ -588,277 +98,6 @@ impl Sources<'_> {
         }
         Ok(tag(self.env(&specific), false).or(tag(self.env(&generic), true)))
     }
-}
-
-fn bad(origin: &Origin, raw: &Raw, why: &str) -> ConfigError {
-    let shown = match raw {
-        Raw::Str(s) => format!("`{s}`"),
-        Raw::Int(i) => format!("`{i}`"),
-        Raw::Float(f) => format!("`{f}`"),
-        Raw::Bool(b) => format!("`{b}`"),
-        Raw::Pairs(_) => "the table".to_string(),
-    };
-    ConfigError(format!("{origin}: {shown} {why}"))
-}
-
-fn string(raw: &Raw, origin: &Origin) -> Result<String, ConfigError> {
-    match raw {
-        Raw::Str(s) => Ok(s.trim().to_string()),
-        other => Err(bad(origin, other, "must be a string")),
-    }
-}
-
-fn boolean(raw: &Raw, origin: &Origin) -> Result<bool, ConfigError> {
-    match raw {
-        Raw::Bool(b) => Ok(*b),
-        Raw::Str(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-        Raw::Str(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        other => Err(bad(origin, other, "is not a boolean; use true or false")),
-    }
-}
-
-/// A positive integer count.
-fn count(raw: &Raw, origin: &Origin) -> Result<usize, ConfigError> {
-    let n = match raw {
-        Raw::Int(i) => usize::try_from(*i).ok(),
-        Raw::Str(s) => s.trim().parse::<usize>().ok(),
-        _ => None,
-    };
-    match n {
-        Some(n) if n > 0 => Ok(n),
-        _ => Err(bad(origin, raw, "must be a positive integer")),
-    }
-}
-
-/// A duration: environment variables hold milliseconds (as the specification says); flags and
-/// file strings carry a unit (`10s`, `500ms`); a bare file integer is milliseconds.
-fn duration(raw: &Raw, origin: &Origin) -> Result<Duration, ConfigError> {
-    let positive = |d: Duration| {
-        if d.is_zero() {
-            Err(bad(origin, raw, "must be a positive duration"))
-        } else {
-            Ok(d)
-        }
-    };
-    match (raw, origin) {
-        (Raw::Int(ms), _) => match u64::try_from(*ms) {
-            Ok(ms) => positive(Duration::from_millis(ms)),
-            Err(_) => Err(bad(origin, raw, "must be a positive duration")),
-        },
-        (Raw::Str(s), Origin::Env(_)) => match s.trim().parse::<u64>() {
-            Ok(ms) => positive(Duration::from_millis(ms)),
-            Err(_) => Err(bad(
-                origin,
-                raw,
-                "is not a number of milliseconds (e.g. 10000)",
-            )),
-        },
-        (Raw::Str(s), _) => {
-            let s = s.trim();
-            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad(origin, raw, "needs a unit, e.g. 10s or 500ms"));
-            }
-            parse_duration(s).map_err(|e| ConfigError(format!("{origin}: {e}")))
-        }
-        (other, _) => Err(bad(origin, other, "must be a duration such as 10s")),
-    }
-}
-
-/// A duration as the command line and the file write it: `30s`, `5m`, `1h`, `250ms`, `2`
-/// (seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration; use e.g. 30s, 5m, 1h, 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("`{s}` must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Decodes `%XX` escapes; a malformed escape or invalid UTF-8 is an error.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// A W3C-baggage-like list `k=v,k2=v2` (no properties), values percent-decoded; with
-/// `decode_keys` keys too (`OTEL_RESOURCE_ATTRIBUTES`). Empty members are skipped.
-fn key_value_list(
-    raw: &Raw,
-    origin: &Origin,
-    decode_keys: bool,
-) -> Result<Vec<(String, String)>, ConfigError> {
-    let s = match raw {
-        Raw::Pairs(p) => return Ok(p.clone()),
-        Raw::Str(s) => s,
-        other => {
-            return Err(bad(
-                origin,
-                other,
-                "must be a list like key1=value1,key2=value2",
-            ));
-        }
-    };
-    let mut out = Vec::new();
-    for member in s.split(',') {
-        let member = member.trim();
-        if member.is_empty() {
-            continue;
-        }
-        let Some((k, v)) = member.split_once('=') else {
-            return Err(ConfigError(format!(
-                "{origin}: `{member}` is not key=value (the list is key1=value1,key2=value2)"
-            )));
-        };
-        let (k, v) = (k.trim(), v.trim());
-        let key = if decode_keys {
-            percent_decode(k)
-        } else {
-            Some(k.to_string())
-        };
-        let (Some(key), Some(value)) = (key, percent_decode(v)) else {
-            return Err(ConfigError(format!(
-                "{origin}: `{member}` has a malformed percent-encoding (use %XX for , = and %)"
-            )));
-        };
-        if key.is_empty() {
-            return Err(ConfigError(format!(
-                "{origin}: `{member}` has an empty key"
-            )));
-        }
-        out.push((key, value));
-    }
-    Ok(out)
-}
-
-/// Header names must be valid HTTP/gRPC metadata keys, values visible ASCII.
-fn headers(raw: &Raw, origin: &Origin) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut out = Vec::new();
-    for (k, v) in key_value_list(raw, origin, false)? {
-        let name = k.to_ascii_lowercase();
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.ends_with("-bin") {
-            return Err(ConfigError(format!(
-                "{origin}: `{k}` is not a valid header name"
-            )));
-        }
-        if http::HeaderValue::from_str(&v).is_err() || !v.is_ascii() {
-            return Err(ConfigError(format!(
-                "{origin}: the value of header `{k}` must be printable ASCII (percent-encode other bytes)"
-            )));
-        }
-        out.push((name, v));
-    }
-    Ok(out)
-}
-
-fn protocol(raw: &Raw, origin: &Origin) -> Result<Protocol, ConfigError> {
-    match string(raw, origin)?.as_str() {
-        "grpc" => Ok(Protocol::Grpc),
-        "http/protobuf" => Ok(Protocol::HttpProtobuf),
-        "http/json" => Err(bad(
-            origin,
-            raw,
-            "is not supported by ztrace; use http/protobuf or grpc",
-        )),
-        _ => Err(bad(
-            origin,
-            raw,
-            "is not an OTLP protocol; use grpc or http/protobuf",
-        )),
-    }
-}
-
-fn compression(raw: &Raw, origin: &Origin) -> Result<Compression, ConfigError> {
-    match string(raw, origin)?.to_ascii_lowercase().as_str() {
-        "gzip" => Ok(Compression::Gzip),
-        "none" => Ok(Compression::None),
-        _ => Err(bad(
-            origin,
-            raw,
-            "is not a supported compression; use gzip or none",
-        )),
-    }
-}
-
-/// An endpoint URL: http or https, a host, no query or fragment.
-fn endpoint(raw: &Raw, origin: &Origin) -> Result<http::Uri, ConfigError> {
-    let s = string(raw, origin)?;
-    let why = |w: &str| {
-        ConfigError(format!(
-            "{origin}: `{s}` is not a valid OTLP endpoint ({w}); use e.g. http://localhost:4317"
-        ))
-    };
-    let uri: http::Uri = s.parse().map_err(|e| why(&format!("{e}")))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        None => return Err(why("scheme must be http (plaintext) or https (TLS)")),
-        Some(_) => return Err(why("scheme must be http or https")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(why("no host"));
-    }
-    if uri.query().is_some() || s.contains('#') {
-        return Err(why("no query or fragment allowed"));
-    }
-    Ok(uri)
-}
-
-/// `base` with `path` appended to its path (the OTLP/HTTP rule for the generic endpoint).
-fn append_path(base: &http::Uri, path: &str) -> http::Uri {
-    let mut parts = base.clone().into_parts();
-    let old = base.path().trim_end_matches('/');
-    let joined = format!("{old}/{path}");
-    parts.path_and_query = joined.parse().ok();
-    http::Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
-}
-
-/// `host:port` default endpoint for a protocol, with the signal path for HTTP.
-fn default_endpoint(protocol: Protocol, signal: Signal) -> http::Uri {
-    let base: http::Uri = format!("http://localhost:{}", protocol.default_port())
-        .parse()
-        .unwrap_or_default();
-    match protocol {
-        Protocol::Grpc => base,
-        Protocol::HttpProtobuf => append_path(&base, signal.http_path()),
-    }
-}
-
-fn read_pem(raw: &Raw, origin: &Origin, what: &str) -> Result<Vec<u8>, ConfigError> {
-    let path = string(raw, origin)?;
-    let pem = std::fs::read(&path)
-        .map_err(|e| ConfigError(format!("{origin}: cannot read {what} file `{path}`: {e}")))?;
-    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(ConfigError(format!(
-            "{origin}: `{path}` is not a PEM file (no -----BEGIN line)"
-        )));
-    }
-    Ok(pem)
 }
 
 fn signal_target(src: &Sources<'_>, signal: Signal) -> Result<OtlpTarget, ConfigError> {
@@ -936,26 +175,6 @@ fn signal_target(src: &Sources<'_>, signal: Signal) -> Result<OtlpTarget, Config
 /// Whether any endpoint (generic or for `signal`) is configured anywhere.
 fn endpoint_configured(src: &Sources<'_>, signal: Signal) -> Result<bool, ConfigError> {
     Ok(src.for_signal(signal, "endpoint")?.is_some())
-}
-
-fn ratio(raw: Option<(Raw, Origin)>) -> Result<f64, ConfigError> {
-    let Some((raw, origin)) = raw else {
-        return Ok(1.0);
-    };
-    let r = match &raw {
-        Raw::Float(f) => Some(*f),
-        Raw::Int(i) => Some(*i as f64),
-        Raw::Str(s) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    };
-    match r {
-        Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(bad(
-            &origin,
-            &raw,
-            "is not a sampling ratio; use a number from 0 to 1, e.g. 0.25",
-        )),
-    }
 }
 
 fn sampler(src: &Sources<'_>) -> Result<Sampler, ConfigError> {
@@ -1060,23 +279,140 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         Some((raw, origin)) => duration(&raw, &origin)?,
         None => Duration::from_secs(30),
     };
+    let sampler = sampler(src)?;
+    let span_batching = batching(src, "traces", DEFAULT_SPAN_BATCHING)?;
+    let log_batching = batching(src, "logs", DEFAULT_LOG_BATCHING)?;
+    // After every OTLP setting, in the order the command line used to check them, so that the
+    // first error reported stays the same.
+    let terminal = terminal(src)?;
+    let db_query_text = src.cli.db_query_text || file_bool(src.file, "traces.db_query_text")?;
+    let metric_max_series = max_series(src)?;
     Ok(Config {
         traces,
         metrics,
         logs,
         service_name,
         resource_attributes,
-        sampler: sampler(src)?,
-        span_batching: batching(src, "traces", DEFAULT_SPAN_BATCHING)?,
-        log_batching: batching(src, "logs", DEFAULT_LOG_BATCHING)?,
+        sampler,
+        span_batching,
+        log_batching,
         metric_export_interval,
         metric_export_timeout,
         temporality,
+        terminal,
+        db_query_text,
+        metric_max_series,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings with a flag and a file key but no environment variable: flag > file > default.
+
+fn terminal(src: &Sources<'_>) -> Result<Terminal, ConfigError> {
+    if let Some(t) = src.cli.output {
+        return Ok(t);
+    }
+    match src.file.and_then(|f| f.get("traces.output")) {
+        Some((toml::Value::String(s), _)) if s == "console" => Ok(Terminal::Console),
+        Some((toml::Value::String(s), _)) if s == "json" => Ok(Terminal::Json),
+        Some((v, origin)) => Err(ConfigError(format!(
+            "{origin}: `{v}` is not an output; use console or json"
+        ))),
+        None => Ok(Terminal::Console),
+    }
+}
+
+fn max_series(src: &Sources<'_>) -> Result<usize, ConfigError> {
+    if let Some(n) = src.cli.metric_max_series {
+        return Ok(n as usize);
+    }
+    match src.file.and_then(|f| f.get("metrics.max_series")) {
+        Some((v, origin)) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+            Some(n) if (1..=MAX_SERIES_LIMIT).contains(&n) => Ok(n as usize),
+            _ => Err(ConfigError(format!(
+                "{origin}: `{v}` must be a series count from 1 to {MAX_SERIES_LIMIT}"
+            ))),
+        },
+        None => Ok(DEFAULT_MAX_SERIES),
+    }
+}
+
+/// A boolean file key (false when absent).
+fn file_bool(file: Option<&ConfigFile>, key: &str) -> Result<bool, ConfigError> {
+    match file.and_then(|f| f.get(key)) {
+        None => Ok(false),
+        Some((toml::Value::Boolean(b), _)) => Ok(*b),
+        Some((v, origin)) => Err(ConfigError(format!(
+            "{origin}: `{v}` is not a boolean; use true or false"
+        ))),
+    }
+}
+
+/// Resolves what to trace: flags, then the file where the flags left it open, then defaults.
+/// Separate from [`resolve`] because only a live run traces (replay ignores `target.*`).
+pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
+    let cli = &src.cli;
+    let mut target = Target {
+        pids: cli.pids.clone(),
+        no_children: cli.no_children,
+        duration: cli.duration,
+        payload_cap: DEFAULT_PAYLOAD_CAP,
+        capture_logs: cli.capture_logs,
+        capture_via_syscalls: cli.capture_via_syscalls,
+        probe_stats: cli.probe_stats,
+    };
+    let Some(file) = src.file else {
+        target.payload_cap = cli.payload_cap.unwrap_or(DEFAULT_PAYLOAD_CAP);
+        return Ok(target);
+    };
+    if target.pids.is_empty()
+        && let Some((v, origin)) = file.get("target.pids")
+    {
+        let list = match v {
+            toml::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        for item in list {
+            match item.as_integer().and_then(|i| u32::try_from(i).ok()) {
+                Some(pid) => target.pids.push(pid),
+                None => return Err(ConfigError(format!("{origin}: `{item}` is not a PID"))),
+            }
+        }
+    }
+    target.no_children |= file_bool(Some(file), "target.no_children")?;
+    target.capture_logs |= file_bool(Some(file), "target.capture_logs")?;
+    target.capture_via_syscalls |= file_bool(Some(file), "target.capture_via_syscalls")?;
+    if target.duration.is_none()
+        && let Some((v, origin)) = file.get("target.duration")
+    {
+        let s = v
+            .as_str()
+            .ok_or_else(|| ConfigError(format!("{origin}: `{v}` is not a duration such as 30s")))?;
+        target.duration =
+            Some(parse_duration(s).map_err(|e| ConfigError(format!("{origin}: {e}")))?);
+    }
+    target.payload_cap = match cli.payload_cap {
+        Some(n) => n,
+        None => match file.get("target.payload_cap") {
+            Some((v, origin)) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+                Some(n) if (1..=MAX_PAYLOAD_CAP).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{origin}: `{v}` must be a byte count from 1 to {MAX_PAYLOAD_CAP}"
+                    )));
+                }
+            },
+            None => DEFAULT_PAYLOAD_CAP,
+        },
+    };
+    Ok(target)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use super::super::defs::file_keys;
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -1470,6 +806,7 @@ mod tests {
             flags: HashMap::new(),
             file: Some(&file),
             env: vars.clone(),
+            ..Sources::default()
         })
         .unwrap();
         assert_eq!(
@@ -1506,6 +843,7 @@ mod tests {
             flags,
             file: Some(&file),
             env: vars.clone(),
+            ..Sources::default()
         })
         .unwrap();
         assert_eq!(

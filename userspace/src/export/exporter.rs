@@ -299,6 +299,7 @@ impl Exporter {
                 },
                 merge: false,
                 resource: resource.clone(),
+                budget: cfg.metric_export_timeout,
             }),
             logs: cfg.logs.zip(logs_rx).map(|(target, rx)| Pending {
                 target,
@@ -308,6 +309,7 @@ impl Exporter {
                 batching: cfg.log_batching,
                 merge: true,
                 resource,
+                budget: None,
             }),
         };
         let tasks = match tokio::runtime::Handle::try_current() {
@@ -421,13 +423,19 @@ struct Pending<R> {
     batching: Batching,
     merge: bool,
     resource: Vec<KeyValue>,
+    /// One request's limit, retries included (else the client's default).
+    budget: Option<Duration>,
 }
 
 impl<R: otlp::OtlpRequest> Pending<R> {
     async fn run(self) {
+        let client = otlp::OtlpClient::new(&self.target);
         otlp::RequestWorker {
             rx: self.rx,
-            client: otlp::OtlpClient::new(&self.target),
+            client: match self.budget {
+                Some(budget) => client.with_budget(budget),
+                None => client,
+            },
             counters: self.counters,
             ctl: self.ctl,
             batching: self.batching,

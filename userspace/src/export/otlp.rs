@@ -7,10 +7,11 @@
 //! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS, RESOURCE_EXHAUSTED with `RetryInfo`;
 //! HTTP 429, 502, 503, 504; connection errors and timeouts) are retried with exponential back-off
 //! and jitter — or after exactly the delay the collector asked for (`RetryInfo`, `Retry-After`) —
-//! for at most `3 × timeout` (or until the shutdown deadline), then dropped; other failures drop
-//! the batch at once. Either way it is counted, and a warning is logged once per failure streak
-//! (later drops in the streak go to debug) plus a note when export recovers. A partial success
-//! (rejected items and a message) is logged and the rejected items are counted as failed.
+//! for at most `3 × timeout` (metrics: `OTEL_METRIC_EXPORT_TIMEOUT`) or until the shutdown
+//! deadline, then dropped; other failures drop the batch at once. Either way it is counted, and a
+//! warning is logged once per failure streak (later drops in the streak go to debug) plus a note
+//! when export recovers. A partial success (rejected items and a message) is logged and the
+//! rejected items are counted as failed.
 
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub(crate) struct OtlpClient {
     shown: String,
     transport: Result<Transport, String>,
     timeout: Duration,
+    /// How long one request may be retried, counted from its first attempt.
+    budget: Duration,
     streak: Option<Streak>,
 }
 
@@ -83,13 +86,22 @@ impl OtlpClient {
                 items_name(target.signal)
             );
         }
+        let timeout = target.timeout.max(Duration::from_millis(1));
         OtlpClient {
             signal: target.signal,
             shown: target.describe(),
             transport,
-            timeout: target.timeout.max(Duration::from_millis(1)),
+            timeout,
+            budget: timeout.saturating_mul(RETRY_BUDGET_FACTOR),
             streak: None,
         }
+    }
+
+    /// The same client with `budget` as the limit of one request, retries included (each
+    /// attempt stays bounded by the timeout too).
+    pub(crate) fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget.max(Duration::from_millis(1));
+        self
     }
 
     /// Sends one encoded request of `n` items, retrying as the policy says; accounts for every
@@ -107,7 +119,7 @@ impl OtlpClient {
         }
         let started = Instant::now();
         let budget_end = started
-            .checked_add(self.timeout * RETRY_BUDGET_FACTOR)
+            .checked_add(self.budget)
             .unwrap_or(started + Duration::from_secs(3600));
         // The batch's own budget, cut short by a shutdown deadline.
         let end = |ctl: &Control| ctl.deadline().map_or(budget_end, |d| d.min(budget_end));
@@ -1508,6 +1520,33 @@ mod tests {
         assert_eq!(receiver.span_count(), 0);
         receiver.stop().await;
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn metric_export_timeout_bounds_one_metrics_export() {
+        // Nothing listens and every attempt may take 10 s: without the bound the request would
+        // be retried for 3 × 10 s; OTEL_METRIC_EXPORT_TIMEOUT = 300 ms gives up well before.
+        let exporter = Exporter::spawn(ExportConfig {
+            metric_export_timeout: Some(Duration::from_millis(300)),
+            ..otlp_config_with(
+                &format!("http://{}", closed_port()),
+                Protocol::HttpProtobuf,
+                Duration::from_secs(10),
+            )
+        });
+        exporter.export_metrics(metrics_request(2));
+        let started = Instant::now();
+        while exporter.stats().metrics.dropped_failed < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                exporter.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stats = exporter.shutdown(Duration::from_millis(100)).await;
+        assert_eq!(stats.metrics.dropped_failed, 2, "{stats:?}");
+        assert_eq!(stats.metrics.exported, 0);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Batching, Config, OtlpTarget, Sampler, Temporality};
+use crate::config::{Batching, Config, OtlpTarget, Sampler, Temporality, Terminal};
 
 /// Where finished spans go.
 #[derive(Clone, Debug)]
@@ -42,6 +42,10 @@ pub struct ExportConfig {
     /// (`OTEL_METRIC_EXPORT_INTERVAL`), and the temporality the collector prefers.
     pub metric_export_interval: Duration,
     pub temporality: Temporality,
+    /// The most one metrics export may take, retries included (`OTEL_METRIC_EXPORT_TIMEOUT`);
+    /// None: `3 × timeout`, as for the other signals. Collection itself is synchronous and does
+    /// no I/O, so bounding the export bounds the collection+export cycle.
+    pub metric_export_timeout: Option<Duration>,
 }
 
 impl Default for ExportConfig {
@@ -60,13 +64,18 @@ impl Default for ExportConfig {
             metrics_max_queue: 64 * 1024,
             metric_export_interval: Duration::from_secs(60),
             temporality: Temporality::Cumulative,
+            metric_export_timeout: None,
         }
     }
 }
 
 impl ExportConfig {
-    /// The export stage as `config` says; `terminal` is where spans go without a collector.
-    pub fn from_config(config: &Config, terminal: Output) -> ExportConfig {
+    /// The export stage as `config` says.
+    pub fn from_config(config: &Config) -> ExportConfig {
+        let terminal = match config.terminal {
+            Terminal::Console => Output::Console,
+            Terminal::Json => Output::Json,
+        };
         ExportConfig {
             output: config
                 .traces
@@ -81,6 +90,7 @@ impl ExportConfig {
             logs: config.logs.clone(),
             log_batching: config.log_batching,
             metric_export_interval: config.metric_export_interval,
+            metric_export_timeout: Some(config.metric_export_timeout),
             temporality: config.temporality,
             ..ExportConfig::default()
         }

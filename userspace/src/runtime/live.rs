@@ -12,16 +12,14 @@ use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
-use ztrace_abi::{ABI_VERSION, kind};
 
 use crate::{
     capture::{Capture, CaptureOptions, KernelCounters, RingFd, process},
-    decode::{Event, decode, kind_of},
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
     peer::PeerLink,
     runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
-    runtime::record,
+    runtime::record_sink::RecordSink,
     runtime::telemetry::Telemetry,
     signals::logs::{LogConfig, Logs},
     signals::metrics::{Metrics, MetricsConfig},
@@ -91,11 +89,7 @@ enum Destination {
         spans: Vec<crate::model::Span>,
         telemetry: Box<Telemetry>,
     },
-    Record {
-        writer: record::Writer<std::io::BufWriter<std::fs::File>>,
-        path: PathBuf,
-        records: u64,
-    },
+    Record(RecordSink),
 }
 
 impl Destination {
@@ -110,7 +104,7 @@ impl Destination {
                 telemetry.process(Arc::clone(&info));
                 exporter.process(info);
             }
-            Destination::Record { writer, .. } => writer.process(&info)?,
+            Destination::Record(sink) => sink.process(&info)?,
         }
         Ok(())
     }
@@ -118,18 +112,7 @@ impl Destination {
     fn on_record(&mut self, raw: &[u8], changes: &mut Vec<ProcChange>) -> Result<()> {
         match self {
             Destination::Trace { pipeline, .. } => pipeline.on_record(raw, changes),
-            Destination::Record {
-                writer, records, ..
-            } => {
-                writer.record(raw)?;
-                *records += 1;
-                // Process lifecycle still steers the recorder (follow children, stop at exit).
-                if kind_of(raw) == Some(kind::PROC)
-                    && let Ok(Event::Proc(ev)) = decode(raw)
-                {
-                    changes.extend(ProcChange::from_event(&ev));
-                }
-            }
+            Destination::Record(sink) => sink.on_record(raw, changes)?,
         }
         Ok(())
     }
@@ -174,7 +157,7 @@ impl Destination {
     fn export_stats(&self) -> ExportStats {
         match self {
             Destination::Trace { exporter, .. } => exporter.stats(),
-            Destination::Record { .. } => ExportStats::default(),
+            Destination::Record(_) => ExportStats::default(),
         }
     }
 
@@ -201,23 +184,7 @@ impl Destination {
                     log::info!("summary: cross-host links: {x}");
                 }
             }
-            Destination::Record {
-                mut writer,
-                path,
-                records,
-            } => {
-                writer
-                    .flush()
-                    .with_context(|| format!("writing {}", path.display()))?;
-                log::info!(
-                    "summary: recorded {records} kernel events to {} ({} lost in the kernel: ring buffer full {}, arg map full {}); replay with `ztrace replay {}`",
-                    path.display(),
-                    counters.ringbuf_full + counters.args_full,
-                    counters.ringbuf_full,
-                    counters.args_full,
-                    path.display()
-                );
-            }
+            Destination::Record(sink) => sink.finish(counters)?,
         }
         Ok(())
     }
@@ -266,19 +233,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             describe(export),
         ),
         Mode::Record(path) => (
-            Destination::Record {
-                writer: record::Writer::create(
-                    path,
-                    record::Header {
-                        abi_version: ABI_VERSION,
-                        mono_to_unix_ns: mono_to_unix as i64,
-                        payload_cap: cfg.payload_cap,
-                    },
-                )
-                .with_context(|| format!("creating record file {}", path.display()))?,
-                path: path.clone(),
-                records: 0,
-            },
+            Destination::Record(RecordSink::create(path, mono_to_unix, cfg.payload_cap)?),
             format!("recording raw events to {}", path.display()),
         ),
     };

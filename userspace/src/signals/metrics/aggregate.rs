@@ -46,8 +46,7 @@ impl Temporality {
     }
 }
 
-/// Settings of the metrics signal: interval and temporality from [`crate::config`] (through
-/// `ExportConfig`), the cardinality cap from `--metric-max-series`.
+/// Settings of the metrics signal, as [`crate::config`] resolved them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s).
@@ -62,7 +61,17 @@ impl Default for MetricsConfig {
         MetricsConfig {
             interval: Duration::from_millis(60_000),
             temporality: Temporality::Cumulative,
-            max_series: 2000,
+            max_series: crate::config::DEFAULT_MAX_SERIES,
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn from_config(config: &crate::config::Config) -> MetricsConfig {
+        MetricsConfig {
+            interval: config.metric_export_interval,
+            temporality: config.temporality,
+            max_series: config.metric_max_series,
         }
     }
 }

@@ -1,0 +1,373 @@
+//! What a setting is: the resolved types and their defaults, and the tables that give every
+//! setting its file key, flag and (see `env.rs`) environment variable. Adding a setting starts here.
+
+use std::time::Duration;
+
+/// The three OTLP signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    /// `traces`, `metrics`, `logs`: the file's table name and the flag infix.
+    pub fn key(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    pub(super) fn env_infix(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+            Signal::Logs => "LOGS",
+        }
+    }
+
+    /// The path OTLP/HTTP appends to a generic endpoint.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "v1/traces",
+            Signal::Metrics => "v1/metrics",
+            Signal::Logs => "v1/logs",
+        }
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+
+    pub(super) fn default_port(self) -> u16 {
+        match self {
+            Protocol::Grpc => 4317,
+            Protocol::HttpProtobuf => 4318,
+        }
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_COMPRESSION`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// Transport security settings of one signal's exporter.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// PEM of the CA certificate(s) that verify the collector (else the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of the client certificate and key, for mutual TLS.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Where and how one signal is exported over OTLP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpTarget {
+    pub signal: Signal,
+    pub protocol: Protocol,
+    /// The full URL: for OTLP/HTTP including the signal's path; for gRPC the path is unused.
+    pub endpoint: http::Uri,
+    /// Extra request headers (gRPC metadata), lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub compression: Compression,
+    /// One export attempt's limit.
+    pub timeout: Duration,
+    pub tls: Tls,
+}
+
+impl OtlpTarget {
+    /// A plaintext OTLP/gRPC target with the defaults (tests, simple callers).
+    pub fn grpc(signal: Signal, endpoint: http::Uri) -> OtlpTarget {
+        OtlpTarget {
+            signal,
+            protocol: Protocol::Grpc,
+            endpoint,
+            headers: Vec::new(),
+            compression: Compression::None,
+            timeout: DEFAULT_TIMEOUT,
+            tls: Tls::default(),
+        }
+    }
+
+    /// `grpc http://host:4317` / `http/protobuf http://host:4318/v1/traces (gzip)`, for logs.
+    pub fn describe(&self) -> String {
+        let mut s = format!("OTLP {} to {}", self.protocol.name(), self.endpoint);
+        if self.compression == Compression::Gzip {
+            s.push_str(" (gzip)");
+        }
+        s
+    }
+}
+
+/// The spec's sampler names (`OTEL_TRACES_SAMPLER`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    ParentBased(RootSampler),
+}
+
+/// The root sampler of a `parentbased_*` sampler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RootSampler {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+}
+
+/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Temporality {
+    Cumulative,
+    Delta,
+    LowMemory,
+}
+
+/// Batching of one signal: queue bound, batch size and how long a batch may wait to fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    pub max_queue: usize,
+    pub max_batch: usize,
+    pub delay: Duration,
+}
+
+/// Everything the export side needs, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Per signal: its OTLP target, or None when no endpoint was configured for it (traces then
+    /// go to the terminal; metrics and logs are not exported).
+    pub traces: Option<OtlpTarget>,
+    pub metrics: Option<OtlpTarget>,
+    pub logs: Option<OtlpTarget>,
+    /// `service.name` for every traced process (else each process's executable name).
+    pub service_name: Option<String>,
+    /// Extra Resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), `service.name` excluded.
+    pub resource_attributes: Vec<(String, String)>,
+    pub sampler: Sampler,
+    pub span_batching: Batching,
+    pub log_batching: Batching,
+    pub metric_export_interval: Duration,
+    pub metric_export_timeout: Duration,
+    pub temporality: Temporality,
+    /// Where spans go when no collector is configured for traces.
+    pub terminal: Terminal,
+    /// Export database statements as `db.query.text`.
+    pub db_query_text: bool,
+    /// Most distinct attribute sets per metric.
+    pub metric_max_series: usize,
+}
+
+/// `traces.output`: the terminal format of spans when no collector is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Terminal {
+    Console,
+    Json,
+}
+
+/// What to trace, and how, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pids: Vec<u32>,
+    pub no_children: bool,
+    pub duration: Option<Duration>,
+    pub payload_cap: u32,
+    pub capture_logs: bool,
+    pub capture_via_syscalls: bool,
+    /// Flag only (a measurement, not a setting).
+    pub probe_stats: bool,
+}
+
+/// The command line's typed flags, parsed by the application shell and handed over as plain
+/// data. String-valued export flags travel in [`super::Sources::flags`], by file key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CliFlags {
+    pub pids: Vec<u32>,
+    pub no_children: bool,
+    pub duration: Option<Duration>,
+    pub payload_cap: Option<u32>,
+    pub capture_logs: bool,
+    pub capture_via_syscalls: bool,
+    pub probe_stats: bool,
+    pub output: Option<Terminal>,
+    pub db_query_text: bool,
+    pub metric_max_series: Option<u32>,
+}
+
+impl Config {
+    pub fn target(&self, signal: Signal) -> Option<&OtlpTarget> {
+        match signal {
+            Signal::Traces => self.traces.as_ref(),
+            Signal::Metrics => self.metrics.as_ref(),
+            Signal::Logs => self.logs.as_ref(),
+        }
+    }
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// ztrace's span queue is larger than the SDK default (2048): capture bursts are common.
+pub const DEFAULT_SPAN_BATCHING: Batching = Batching {
+    max_queue: 8192,
+    max_batch: 512,
+    delay: Duration::from_secs(1),
+};
+pub const DEFAULT_LOG_BATCHING: Batching = Batching {
+    max_queue: 2048,
+    max_batch: 512,
+    delay: Duration::from_secs(1),
+};
+
+/// Bytes of payload captured per syscall when nothing says otherwise.
+pub const DEFAULT_PAYLOAD_CAP: u32 = 512;
+/// The largest `target.payload_cap`.
+pub const MAX_PAYLOAD_CAP: u32 = 4096;
+pub const DEFAULT_MAX_SERIES: usize = 2000;
+/// The largest `metrics.max_series`.
+pub const MAX_SERIES_LIMIT: u32 = 1_000_000;
+
+/// A raw setting as a source gave it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Raw {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A TOML table of strings (headers, resource attributes), taken literally.
+    Pairs(Vec<(String, String)>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names of every setting.
+
+/// Settings that exist per signal (`otlp.<signal>.<name>`) and generically (`otlp.<name>`).
+pub(super) const SIGNAL_SETTINGS: [&str; 9] = [
+    "endpoint",
+    "protocol",
+    "headers",
+    "compression",
+    "timeout",
+    "certificate",
+    "client_certificate",
+    "client_key",
+    "insecure",
+];
+
+/// Settings that are not per signal: (file key, environment variable).
+pub(super) const GLOBAL_SETTINGS: [(&str, Option<&str>); 13] = [
+    ("resource.service_name", Some("OTEL_SERVICE_NAME")),
+    ("resource.attributes", Some("OTEL_RESOURCE_ATTRIBUTES")),
+    ("traces.sampler", Some("OTEL_TRACES_SAMPLER")),
+    ("traces.sampler_arg", Some("OTEL_TRACES_SAMPLER_ARG")),
+    ("traces.max_queue_size", Some("OTEL_BSP_MAX_QUEUE_SIZE")),
+    (
+        "traces.max_export_batch_size",
+        Some("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+    ),
+    ("traces.schedule_delay", Some("OTEL_BSP_SCHEDULE_DELAY")),
+    (
+        "metrics.export_interval",
+        Some("OTEL_METRIC_EXPORT_INTERVAL"),
+    ),
+    ("metrics.export_timeout", Some("OTEL_METRIC_EXPORT_TIMEOUT")),
+    (
+        "metrics.temporality_preference",
+        Some("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"),
+    ),
+    ("logs.max_queue_size", Some("OTEL_BLRP_MAX_QUEUE_SIZE")),
+    (
+        "logs.max_export_batch_size",
+        Some("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE"),
+    ),
+    ("logs.schedule_delay", Some("OTEL_BLRP_SCHEDULE_DELAY")),
+];
+
+/// File keys of cross-host links (`[peers]`), read with their flags (`app/peer_args.rs`).
+pub const PEER_FILE_KEYS: [&str; 4] = [
+    "peers.listen",
+    "peers.secret_file",
+    "peers.port",
+    "peers.wait",
+];
+
+/// File keys with no environment variable (what to trace, terminal output, series limit).
+pub const NO_ENV_KEYS: [&str; 9] = [
+    "target.pids",
+    "target.no_children",
+    "target.duration",
+    "target.payload_cap",
+    "target.capture_logs",
+    "target.capture_via_syscalls",
+    "traces.output",
+    "traces.db_query_text",
+    "metrics.max_series",
+];
+
+/// Flags of the settings resolved here: file key → flag.
+pub const FLAGS: [(&str, &str); 20] = [
+    ("otlp.endpoint", "--otlp-endpoint"),
+    ("otlp.traces.endpoint", "--otlp-traces-endpoint"),
+    ("otlp.metrics.endpoint", "--otlp-metrics-endpoint"),
+    ("otlp.logs.endpoint", "--otlp-logs-endpoint"),
+    ("otlp.protocol", "--otlp-protocol"),
+    ("otlp.headers", "--otlp-headers"),
+    ("otlp.compression", "--otlp-compression"),
+    ("otlp.timeout", "--otlp-timeout"),
+    ("otlp.certificate", "--otlp-certificate"),
+    ("otlp.client_certificate", "--otlp-client-certificate"),
+    ("otlp.client_key", "--otlp-client-key"),
+    ("resource.service_name", "--service-name"),
+    ("resource.attributes", "--resource-attributes"),
+    ("traces.sampler", "--sampler"),
+    ("traces.sampler_arg", "--sampler-arg"),
+    ("traces.max_queue_size", "--max-queue-size"),
+    ("traces.max_export_batch_size", "--max-export-batch-size"),
+    ("traces.schedule_delay", "--schedule-delay"),
+    ("metrics.export_interval", "--metric-export-interval"),
+    ("metrics.temporality_preference", "--metrics-temporality"),
+];
+
+pub(super) fn flag_name(key: &str) -> Option<&'static str> {
+    FLAGS.iter().find(|(k, _)| *k == key).map(|(_, f)| *f)
+}
+
+/// Every key a config file may hold.
+pub fn file_keys() -> Vec<String> {
+    let mut keys: Vec<String> = SIGNAL_SETTINGS
+        .iter()
+        .map(|s| format!("otlp.{s}"))
+        .collect();
+    for signal in Signal::ALL {
+        keys.extend(
+            SIGNAL_SETTINGS
+                .iter()
+                .map(|s| format!("otlp.{}.{s}", signal.key())),
+        );
+    }
+    keys.extend(GLOBAL_SETTINGS.iter().map(|(k, _)| k.to_string()));
+    keys.extend(NO_ENV_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys
+}
+
+/// Keys whose TOML value may be a table (of strings).
+pub(super) const TABLE_KEYS: [&str; 2] = ["headers", "attributes"];
