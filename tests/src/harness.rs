@@ -276,6 +276,17 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// A loopback port that refuses connections for as long as the returned socket lives: the
+/// socket holds the port bound without listening, so no server of this or another test can be
+/// given it (a port from [`free_port`] is free only until the next bind to port 0 — once it went
+/// to this process's own OTLP receiver and a "refused" connection was answered).
+pub fn closed_port() -> Result<(tokio::net::TcpSocket, u16)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
+}
+
 /// Runs `cmd`, failing with its output when it fails.
 pub fn run_ok(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;

@@ -15,7 +15,8 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
 use ztrace_e2e::{
     harness::{
-        Proc, curl, free_port, privileged_or_skip, runtime_with_receiver, trace_server_and_clients,
+        Proc, closed_port, curl, free_port, privileged_or_skip, runtime_with_receiver,
+        trace_server_and_clients,
     },
     signals::{ReceivedMetric, attr_int, attr_str},
 };
@@ -90,7 +91,7 @@ fn red_network_and_self_metrics_reach_the_collector() -> Result<()> {
         return Ok(());
     }
     let (server, port) = http_server()?;
-    let closed = free_port()?;
+    let (_refusing, closed) = closed_port()?;
     let (rt, receiver) = runtime_with_receiver()?;
     let base = format!("http://127.0.0.1:{port}");
     let script = format!(
