@@ -1,187 +1,11 @@
+//! One connection's HTTP/2 parser ([`H2Conn`]): feeds each direction's bytes to its framer and
+//! says what a stream means as an exchange.
+
 use crate::Dir;
 use crate::exchange::{Exchange, HttpExchange, RpcExchange};
 use crate::parser::{Opener, Parser, Protocol, Step, Update};
 
 use super::*;
-
-/// The client connection preface (RFC 9113 §3.4).
-pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Most streams tracked at once; past that the oldest (lowest id) is dropped with a `Reset`.
-pub const MAX_STREAMS: usize = 1024;
-/// Largest header block (HEADERS/PUSH_PROMISE + CONTINUATION fragments) decoded.
-pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
-/// Cap on a dynamic table's size (RFC 7541 §4.1 accounting), whatever the peers negotiated.
-pub const MAX_TABLE_SIZE: usize = 64 * 1024;
-/// Longest string kept from a header value (longer ones are cut).
-pub const MAX_FIELD: usize = 4096;
-/// `error_code` of a [`H2Event::Reset`] when none was seen: the connection closed, the stream
-/// was dropped from tracking, or an RST_STREAM's payload was in a capture gap.
-pub const UNKNOWN_ERROR: u32 = u32::MAX;
-
-pub(super) const FRAME_HEADER: usize = 9;
-/// SETTINGS bytes read from one frame (more parameters are ignored).
-pub(super) const MAX_SETTINGS: usize = 6 * 64;
-/// Largest frame length [`looks_like_frames`] (and resync) believe in when no
-/// SETTINGS_MAX_FRAME_SIZE is known.
-pub(super) const PLAUSIBLE_FRAME: u32 = 1 << 20;
-
-pub(super) const DATA: u8 = 0;
-pub(super) const HEADERS: u8 = 1;
-pub(super) const PRIORITY: u8 = 2;
-pub(super) const RST_STREAM: u8 = 3;
-pub(super) const SETTINGS: u8 = 4;
-pub(super) const PUSH_PROMISE: u8 = 5;
-pub(super) const PING: u8 = 6;
-pub(super) const GOAWAY: u8 = 7;
-pub(super) const WINDOW_UPDATE: u8 = 8;
-pub(super) const CONTINUATION: u8 = 9;
-
-pub(super) const END_STREAM: u8 = 0x1;
-pub(super) const ACK: u8 = 0x1;
-pub(super) const END_HEADERS: u8 = 0x4;
-pub(super) const PADDED: u8 = 0x8;
-pub(super) const PRIORITY_FLAG: u8 = 0x20;
-
-pub(super) const SETTINGS_HEADER_TABLE_SIZE: u16 = 1;
-pub(super) const SETTINGS_MAX_FRAME_SIZE: u16 = 5;
-
-/// A decoded request head. The first occurrence of each header wins.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct H2Request {
-    /// `:method`.
-    pub method: String,
-    /// `:path` ("" when absent, as for CONNECT).
-    pub path: String,
-    /// `:authority`, else a `host` header.
-    pub authority: Option<String>,
-    /// `:scheme`.
-    pub scheme: Option<String>,
-    pub content_type: Option<String>,
-    pub traceparent: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-/// What was decoded of a response: the final head (1xx heads are skipped) and the trailers.
-/// Every field is `None` when the block that carries it could not be decoded.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct H2Response {
-    /// `:status` of the final head.
-    pub status: Option<u16>,
-    /// `grpc-status`, from the trailers or a trailers-only response (trailers win).
-    pub grpc_status: Option<i32>,
-    /// `grpc-message`, percent-decoded (invalid UTF-8 replaced).
-    pub grpc_message: Option<String>,
-    /// `content-type` of the final head.
-    pub content_type: Option<String>,
-}
-
-/// What the parser found, in stream order within each direction.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum H2Event {
-    /// The request head of `stream` was decoded (its first HEADERS frame, + CONTINUATION);
-    /// `start` = offset of that HEADERS frame in the Request stream. Emitted only when the
-    /// block decoded completely and has a `:method`.
-    Request {
-        stream: u32,
-        start: u64,
-        head: H2Request,
-    },
-    /// The response of `stream` ended (END_STREAM on the response side, trailers included):
-    /// `end` = one past the frame that ended it, `start` = offset of the response's first
-    /// HEADERS frame (1xx included; the ending frame's own offset if no HEADERS was seen),
-    /// both in the Response stream.
-    Response {
-        stream: u32,
-        start: u64,
-        end: u64,
-        head: H2Response,
-    },
-    /// `stream` ended before its response did: an RST_STREAM sent in `dir` (`end` = one past
-    /// it), a GOAWAY from the server excluding it (`dir` = Response, `end` = one past the
-    /// GOAWAY), the connection's close (`dir` = Response, `end` = the Response stream's offset,
-    /// `error_code` = [`UNKNOWN_ERROR`]), or its eviction from tracking (`end` = offset of the
-    /// frame that opened a newer stream, in `dir`; [`UNKNOWN_ERROR`]).
-    Reset {
-        stream: u32,
-        dir: Dir,
-        end: u64,
-        error_code: u32,
-    },
-    /// Framing was lost in `dir` from `offset` on (a frame header or the preface in a capture
-    /// gap, or bytes that are not a valid frame header); that direction's HPACK table is
-    /// forgotten and it resynchronises at the next chunk that starts like frames.
-    Desync { dir: Dir, offset: u64 },
-}
-
-/// Whether `data` starts with the client preface (or, when shorter, is a prefix of it of at
-/// least 4 bytes: `PRI `).
-pub fn looks_like_preface(data: &[u8]) -> bool {
-    match data.len() {
-        0..4 => false,
-        n if n < PREFACE.len() => PREFACE.starts_with(data),
-        _ => data.starts_with(PREFACE),
-    }
-}
-
-/// Whether `data` starts with a plausible chain of frame headers, for attaching to a
-/// connection mid-stream: every frame header wholly inside `data` (following lengths) has a
-/// known type (0..=9), a clear reserved bit, a length below 1 MiB, and the stream id / length
-/// that its type requires (e.g. SETTINGS on stream 0 with a length multiple of 6). ASCII text
-/// and TLS records never pass (their first bytes read as a length of over 1 MiB).
-pub fn looks_like_frames(data: &[u8]) -> bool {
-    frames_plausible(data, PLAUSIBLE_FRAME)
-}
-
-pub(super) fn frames_plausible(data: &[u8], max_len: u32) -> bool {
-    let (mut p, mut n) = (0usize, 0);
-    while let Some(b) = data.get(p..p.saturating_add(FRAME_HEADER)) {
-        let h = FrameHeader::parse(b);
-        if h.reserved || h.ty > CONTINUATION || !h.valid(max_len) {
-            return false;
-        }
-        n += 1;
-        p = p.saturating_add(FRAME_HEADER + h.len as usize);
-    }
-    n > 0
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct FrameHeader {
-    pub(super) len: u32,
-    pub(super) ty: u8,
-    pub(super) flags: u8,
-    pub(super) stream: u32,
-    pub(super) reserved: bool,
-}
-
-impl FrameHeader {
-    /// `b` has at least 9 bytes.
-    pub(super) fn parse(b: &[u8]) -> Self {
-        FrameHeader {
-            len: u32::from_be_bytes([0, b[0], b[1], b[2]]),
-            ty: b[3],
-            flags: b[4],
-            stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
-            reserved: b[5] & 0x80 != 0,
-        }
-    }
-
-    /// The stream id and length rules of RFC 9113 §6 for known types, and `len <= max_len`.
-    pub(super) fn valid(&self, max_len: u32) -> bool {
-        let (len, s) = (self.len, self.stream);
-        let ok = match self.ty {
-            DATA | HEADERS | CONTINUATION | PUSH_PROMISE => s != 0,
-            PRIORITY => s != 0 && len == 5,
-            RST_STREAM => s != 0 && len == 4,
-            SETTINGS => s == 0 && len % 6 == 0 && (self.flags & ACK == 0 || len == 0),
-            PING => s == 0 && len == 8,
-            GOAWAY => s == 0 && len >= 8,
-            WINDOW_UPDATE => len == 4,
-            _ => true, // extension frames are skipped
-        };
-        ok && len <= max_len
-    }
-}
 
 /// HTTP/2 parser state for one connection, both directions.
 pub struct H2Conn {
@@ -321,6 +145,8 @@ impl Protocol for H2Conn {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
     use crate::testutil::{self, Rng};
     use Dir::{Request as Q, Response as R};

@@ -37,17 +37,20 @@
 //! gaps) when something is known about its response; a stream about which nothing was decoded
 //! ends silently.
 
-use std::collections::{BTreeMap, VecDeque};
-
-use crate::Dir;
-
 mod conn;
+mod events;
 mod fields;
 mod frames;
 mod hpack;
 mod streams;
 
-pub use conn::*;
+pub use conn::H2Conn;
+pub use events::{H2Event, H2Request, H2Response, UNKNOWN_ERROR};
+pub use fields::MAX_FIELD;
+pub use frames::{MAX_HEADER_BLOCK, PREFACE, looks_like_frames, looks_like_preface};
+pub use hpack::MAX_TABLE_SIZE;
+pub use streams::MAX_STREAMS;
+// The parts use each other's `pub(super)` items through `use super::*`.
 use fields::*;
 use frames::*;
 use hpack::*;
