@@ -1,133 +1,14 @@
+//! One connection's MySQL parser ([`MySqlConn`]): feeds each direction to its side and says
+//! what a query and its result mean as an exchange.
+
+use crate::{
+    Dir,
+    exchange::DbSystem,
+    parser::{Opener, Parser, Protocol, Step, Update},
+    sql::request_step,
+};
+
 use super::*;
-
-/// Longest query text kept, in bytes.
-pub const MAX_QUERY: usize = 4096;
-/// Most bytes of a packet's payload kept for parsing (a command's, at the client).
-pub const MAX_WINDOW: usize = MAX_QUERY + 64;
-/// Most prepared statements remembered (and at most 256 KiB of their text).
-pub const MAX_STATEMENTS: usize = crate::sql::MAX_CACHED;
-/// Most commands awaiting their answer.
-pub const MAX_PENDING: usize = 256;
-pub(super) const SERVER_WINDOW: usize = 1024;
-/// Payload length of a packet continued by the next one.
-pub(super) const MORE: u64 = 0xFF_FFFF;
-
-pub(super) const CONNECT_WITH_DB: u32 = 0x8;
-pub(super) const COMPRESS: u32 = 0x20;
-pub(super) const PROTOCOL_41: u32 = 0x200;
-pub(super) const SSL: u32 = 0x800;
-pub(super) const SECURE_CONNECTION: u32 = 0x8000;
-pub(super) const PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
-pub(super) const DEPRECATE_EOF: u32 = 0x100_0000;
-pub(super) const ZSTD: u32 = 0x400_0000;
-pub(super) const QUERY_ATTRIBUTES: u32 = 0x800_0000;
-pub(super) const MORE_RESULTS: u16 = 0x8;
-pub(super) const CURSOR_EXISTS: u16 = 0x40;
-
-/// What the parser found, in stream order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MySqlEvent {
-    /// A COM_QUERY, or a COM_STMT_EXECUTE (`prepared`, with the text its statement was
-    /// prepared with; empty if that was not seen): `[start, end)` of the Request stream.
-    /// `query`: at most [`MAX_QUERY`] bytes, lossy UTF-8.
-    Query {
-        start: u64,
-        end: u64,
-        query: String,
-        prepared: bool,
-    },
-    /// The answer to the oldest unanswered Query: `[start, end)` of the Response stream.
-    /// `error`: ERR's (code, SQLSTATE, message). `rows`: rows of the result sets plus
-    /// affected rows of the OKs.
-    Result {
-        start: u64,
-        end: u64,
-        error: Option<(u16, String, String)>,
-        rows: Option<u64>,
-    },
-    /// The client's handshake response: its user name and initial database.
-    Handshake {
-        user: Option<String>,
-        database: Option<String>,
-    },
-    /// Bytes in `dir` from `offset` on could not be framed; see the module docs.
-    Desync { dir: Dir, offset: u64 },
-}
-
-pub(super) fn u16le(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-pub(super) fn u32le(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// A length-encoded integer at the start of `b`, and its size.
-pub(super) fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
-    let n = match *b.first()? {
-        c @ 0..=0xfa => return Some((u64::from(c), 1)),
-        0xfc => 2,
-        0xfd => 3,
-        0xfe => 8,
-        _ => return None,
-    };
-    let mut v = [0u8; 8];
-    v[..n].copy_from_slice(b.get(1..=n)?);
-    Some((u64::from_le_bytes(v), n + 1))
-}
-
-/// The server's first packet: protocol 10, a printable version string.
-pub fn looks_like_greeting(data: &[u8]) -> bool {
-    let Some(p) = data.get(4..) else {
-        return false;
-    };
-    let len = u32::from_le_bytes([data[0], data[1], data[2], 0]);
-    let version = p.get(1..).unwrap_or_default().split(|&b| b == 0).next();
-    let version = version.filter(|v| (1..64).contains(&v.len()) && v.len() + 1 < p.len());
-    (30..=1024).contains(&len)
-        && data[3] == 0
-        && p.first() == Some(&10)
-        && version.is_some_and(|v| v[0].is_ascii_digit() && v.iter().all(u8::is_ascii_graphic))
-}
-
-/// A command packet (sequence id 0) with a known command byte and a sane length.
-pub fn looks_like_command(data: &[u8]) -> bool {
-    let [a, b, c, 0, cmd, ..] = *data else {
-        return false;
-    };
-    let len = u32::from_le_bytes([a, b, c, 0]);
-    let textual = match data[5..] {
-        [0, 1, ..] | [] => true, // query attributes: no parameters, one set
-        [t, ..] => t.is_ascii_graphic() || t.is_ascii_whitespace(),
-    };
-    match cmd {
-        0x03 | 0x16 => len >= 2 && textual,
-        0x02 => len >= 2,
-        0x17 => len >= 10,
-        0x19 | 0x1a => len == 5,
-        0x1c => len == 9,
-        0x01 | 0x09 | 0x0e | 0x1f => len == 1,
-        _ => false,
-    }
-}
-
-/// The first packet of an answer (sequence id 1): OK, ERR, or a column count followed by
-/// a column definition.
-pub(super) fn looks_like_answer(data: &[u8]) -> bool {
-    let [a, b, c, 1, first, ..] = *data else {
-        return false;
-    };
-    let len = u64::from(u32::from_le_bytes([a, b, c, 0]));
-    match first {
-        0x00 => (7..MORE).contains(&len),
-        0xff => len >= 9 && data.get(7).is_none_or(|&c| c == b'#'),
-        1..=0xfa => {
-            let def = data.get(5..10);
-            len == 1 && def.is_none_or(|d| d[3] == 2 && d[4] == 3)
-        }
-        _ => false,
-    }
-}
 
 /// MySQL parser state for one connection, both directions.
 #[derive(Default)]

@@ -27,19 +27,15 @@
 //! Response-side desync no Result comes for the queries reported before it. An SSL request,
 //! compression, or a binlog dump ends parsing.
 
-use std::{collections::VecDeque, sync::Arc};
-
-use crate::{
-    Dir,
-    exchange::DbSystem,
-    parser::{Opener, Parser, Protocol, Step, Update},
-    sql::{TextCache, cstr, request_step, text},
-};
-
 mod conn;
+mod events;
 mod shared;
 mod side;
 
-pub use conn::*;
+pub use conn::MySqlConn;
+pub use events::MySqlEvent;
+pub use shared::{MAX_PENDING, MAX_QUERY, MAX_STATEMENTS};
+pub use side::{MAX_WINDOW, looks_like_command, looks_like_greeting};
+// The parts use each other's `pub(super)` items through `use super::*`.
 use shared::*;
 use side::*;
