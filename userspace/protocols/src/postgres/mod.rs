@@ -24,5 +24,14 @@
 //! An accepted SSL or GSS encryption request ends parsing: the rest is encrypted.
 
 mod conn;
+mod events;
+mod shared;
+mod side;
 
-pub use conn::*;
+pub use conn::PgConn;
+pub use events::PgEvent;
+pub use shared::{MAX_PENDING, MAX_QUERY, MAX_STATEMENTS};
+pub use side::{MAX_WINDOW, looks_like_query, looks_like_startup};
+// The parts use each other's `pub(super)` items through `use super::*`.
+use shared::*;
+use side::*;
