@@ -2,85 +2,21 @@
 //! what a query and its result mean as an exchange.
 
 use crate::{
-    Dir,
+    dbconn::DbConn,
     exchange::DbSystem,
-    parser::{Opener, Parser, Protocol, Step, Update},
+    parser::{Opener, Protocol, Step, Update},
     sql::request_step,
 };
 
 use super::*;
 
 /// MySQL parser state for one connection, both directions.
-#[derive(Default)]
-pub struct MySqlConn {
-    req: Side,
-    resp: Side,
-    shared: Shared,
-    closed: bool,
-}
+pub type MySqlConn = DbConn<Side>;
 
 impl MySqlConn {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feed one syscall's worth of bytes. `len` >= data.len() is the true byte count;
-    /// offsets count `len` bytes (if `len < data.len()`, only `data[..len]` is used).
-    /// Ignored after [`close`](Self::close) and once parsing stopped (TLS, compression…).
-    pub fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<MySqlEvent>) {
-        let resp = self.resp.offset;
-        let side = match dir {
-            Dir::Request => &mut self.req,
-            Dir::Response => &mut self.resp,
-        };
-        let (data, gap) = crate::clamp(data, len, side.offset);
-        if !self.closed && !self.shared.stopped {
-            let cx = (dir, &mut self.shared, resp, out);
-            side.feed(cx, data, gap);
-        }
-    }
-
-    /// The connection closed: unanswered commands get no Result. Later pushes are ignored.
-    pub fn close(&mut self, _out: &mut Vec<MySqlEvent>) {
-        self.closed = true;
-        self.shared.pending.clear();
-        self.req.win = Vec::new();
-        self.resp.win = Vec::new();
-    }
-
-    /// Commands awaiting their answer (reported or not).
-    pub fn pending_queries(&self) -> usize {
-        self.shared.pending.len()
-    }
-
     /// The connection switched to TLS or compression, or became a replication stream.
     pub fn is_stopped(&self) -> bool {
-        self.shared.stopped
-    }
-
-    /// Prepared statements remembered.
-    pub fn prepared_statements(&self) -> usize {
-        self.shared.statements.len()
-    }
-
-    /// The user of the handshake.
-    pub fn user(&self) -> Option<&str> {
-        self.shared.user.as_deref()
-    }
-
-    /// The current database: the handshake's, changed by COM_INIT_DB and `USE db`.
-    pub fn database(&self) -> Option<&str> {
-        self.shared.database.as_deref()
-    }
-}
-
-impl Parser for MySqlConn {
-    type Event = MySqlEvent;
-    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<MySqlEvent>) {
-        MySqlConn::push(self, dir, data, len, out);
-    }
-    fn close(&mut self, out: &mut Vec<MySqlEvent>) {
-        MySqlConn::close(self, out);
+        self.stopped()
     }
 }
 
@@ -120,6 +56,7 @@ impl Protocol for MySqlConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Dir;
     use crate::testutil::{self, Rng, split};
     use Dir::{Request as Q, Response as R};
     use MySqlEvent as E;

@@ -6,6 +6,8 @@ use std::{collections::VecDeque, sync::Arc};
 use crate::Dir;
 use crate::sql::{TextCache, cstr, text};
 
+use crate::dbconn::db_shared;
+
 use super::*;
 
 /// Longest query text kept, in bytes.
@@ -127,7 +129,7 @@ pub(super) enum Server {
 
 /// State shared by both directions.
 #[derive(Default)]
-pub(super) struct Shared {
+pub struct Shared {
     pub(super) server: Server,
     pub(super) handshake_seen: bool,
     pub(super) server_caps: u32,
@@ -514,3 +516,5 @@ pub(super) fn use_db(q: &str) -> Option<String> {
         .unwrap_or(db);
     (!db.is_empty() && !db.contains(char::is_whitespace)).then(|| db.to_owned())
 }
+
+db_shared!(Shared);

@@ -2,6 +2,8 @@
 
 use crate::Dir;
 
+use crate::dbconn::db_side;
+
 use super::*;
 
 /// Most bytes of a packet's payload kept for parsing (a command's, at the client).
@@ -65,7 +67,7 @@ pub(super) fn looks_like_answer(data: &[u8]) -> bool {
 
 /// One direction of the connection.
 #[derive(Default)]
-pub(super) struct Side {
+pub struct Side {
     /// Stream offset of the next byte to arrive.
     pub(super) offset: u64,
     pub(super) state: State,
@@ -229,3 +231,5 @@ impl Side {
 /// What a side needs of the rest: its direction, the shared state, the Response stream's
 /// offset, the events.
 pub(super) type Cx<'a> = (Dir, &'a mut Shared, u64, &'a mut Vec<MySqlEvent>);
+
+db_side!(Side, Shared, MySqlEvent);

@@ -2,84 +2,21 @@
 //! what a query and its result mean as an exchange.
 
 use crate::{
-    Dir,
+    dbconn::DbConn,
     exchange::DbSystem,
-    parser::{Opener, Parser, Protocol, Step, Update},
+    parser::{Opener, Protocol, Step, Update},
     sql::request_step,
 };
 
 use super::*;
 
 /// PostgreSQL parser state for one connection, both directions.
-#[derive(Default)]
-pub struct PgConn {
-    req: Side,
-    resp: Side,
-    shared: Shared,
-    closed: bool,
-}
+pub type PgConn = DbConn<Side>;
 
 impl PgConn {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feed one syscall's worth of bytes. `len` >= data.len() is the true byte count;
-    /// offsets count `len` bytes (if `len < data.len()`, only `data[..len]` is used).
-    /// Ignored after [`close`](Self::close) and once the connection is encrypted.
-    pub fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<PgEvent>) {
-        let resp = self.resp.offset;
-        let side = match dir {
-            Dir::Request => &mut self.req,
-            Dir::Response => &mut self.resp,
-        };
-        let (data, gap) = crate::clamp(data, len, side.offset);
-        if !self.closed && !self.shared.stopped {
-            let cx = (dir, &mut self.shared, resp, out);
-            side.feed(cx, data, gap);
-        }
-    }
-
-    /// The connection closed: unanswered exchanges get no Result. Later pushes are ignored.
-    pub fn close(&mut self, _out: &mut Vec<PgEvent>) {
-        self.closed = true;
-        self.shared.pending.clear();
-        self.req.win = Vec::new();
-        self.resp.win = Vec::new();
-    }
-
-    /// Exchanges awaiting their ReadyForQuery (reported or not).
-    pub fn pending_queries(&self) -> usize {
-        self.shared.pending.len()
-    }
-
     /// The connection switched to SSL/GSS encryption: no more events.
     pub fn is_encrypted(&self) -> bool {
-        self.shared.stopped
-    }
-
-    /// Named prepared statements remembered.
-    pub fn prepared_statements(&self) -> usize {
-        self.shared.statements.len()
-    }
-
-    /// The `user` and `database` startup parameters, if the startup was seen.
-    pub fn user(&self) -> Option<&str> {
-        self.shared.user.as_deref()
-    }
-
-    pub fn database(&self) -> Option<&str> {
-        self.shared.database.as_deref()
-    }
-}
-
-impl Parser for PgConn {
-    type Event = PgEvent;
-    fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<PgEvent>) {
-        PgConn::push(self, dir, data, len, out);
-    }
-    fn close(&mut self, out: &mut Vec<PgEvent>) {
-        PgConn::close(self, out);
+        self.stopped()
     }
 }
 
@@ -109,6 +46,7 @@ impl Protocol for PgConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Dir;
     use crate::testutil::{self, Rng, split};
     use Dir::{Request as Q, Response as R};
     use PgEvent as E;

@@ -7,6 +7,8 @@ use std::{collections::VecDeque, sync::Arc};
 use crate::Dir;
 use crate::sql::{TextCache, cstr, text};
 
+use crate::dbconn::db_shared;
+
 use super::*;
 
 /// Longest query text kept, in bytes.
@@ -40,7 +42,7 @@ pub(super) struct Answer {
 
 /// State shared by both directions.
 #[derive(Default)]
-pub(super) struct Shared {
+pub struct Shared {
     /// The client is past its untyped startup-phase messages.
     pub(super) typed: bool,
     /// An SSL/GSS request awaits its one-byte answer: the byte that accepts it.
@@ -237,3 +239,5 @@ impl Shared {
         true
     }
 }
+
+db_shared!(Shared);

@@ -2,6 +2,8 @@
 
 use crate::Dir;
 
+use crate::dbconn::db_side;
+
 use super::*;
 
 /// Most bytes of a message's body kept for parsing (a Parse: name + query).
@@ -113,7 +115,7 @@ pub(super) struct Msg<'w> {
 
 /// One direction of the connection.
 #[derive(Default)]
-pub(super) struct Side {
+pub struct Side {
     /// Stream offset of the next byte to arrive.
     pub(super) offset: u64,
     pub(super) state: State,
@@ -282,3 +284,5 @@ impl Side {
         }
     }
 }
+
+db_side!(Side, Shared, PgEvent);
