@@ -116,6 +116,15 @@
 //! when its root is settled (and, when linked through a thread's context, its parent finished).
 //! Released spans stay as tombstones for `RETAIN` so late children still find their trace;
 //! everything is bounded by `max_spans`.
+//!
+//! # Where each part lives
+//! `parent` chooses a span's parent when its request starts (rules 1, 2, 3, 6, 7); `thread`
+//! keeps each thread's cause and lets the response side check the request side (rules 3, 4, 6);
+//! `content` the content tokens (rule 6); `settle` holds finished spans until their trace
+//! settles, releases them and forgets old state (rule 5); `stamps` fits a called server into
+//! its caller's window; `held` is the span store, `context` the per-thread and per-process
+//! state, `stats` the counters, `traceparent` rule 1's header. This file owns the [`Linker`]
+//! and its small public API.
 
 use std::collections::VecDeque;
 
