@@ -6,8 +6,10 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::{preflight, process},
-    config::{self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration},
+    capture::{preflight, process, select},
+    config::{
+        self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration, parse_pid_spec,
+    },
     export::ExportConfig,
     runtime::{bench, live, replay},
     signals::metrics::MetricsConfig,
@@ -66,8 +68,27 @@ pub struct RunArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TargetArgs {
     /// Process to trace (repeatable, or comma-separated). Its descendants are traced too.
-    #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',')]
-    pub pids: Vec<u32>,
+    /// `PID=NAME` names its service (and its children's); otherwise the name is derived: the
+    /// program an interpreter runs (`python3 -m app.main` → app.main), else the process name.
+    #[arg(short, long = "pid", value_name = "PID[=NAME]", value_delimiter = ',', value_parser = parse_pid_spec)]
+    pub pids: Vec<config::PidSpec>,
+    /// Trace processes whose executable matches this glob: its file name (`python3*`), or its
+    /// path when the glob has a `/`. Processes that start later are traced from their exec.
+    /// Repeatable; each selector flag selects on its own (use `[[target.select]]` to combine).
+    #[arg(long = "exe", value_name = "GLOB")]
+    pub exe: Vec<String>,
+    /// Trace processes whose command line (arguments joined by spaces) matches this regex.
+    #[arg(long = "cmdline", value_name = "REGEX")]
+    pub cmdline: Vec<String>,
+    /// Trace the processes listening on this TCP port.
+    #[arg(long = "port", value_name = "PORT")]
+    pub port: Vec<String>,
+    /// Trace the processes of this container (its id, or a prefix of it as `docker ps` shows).
+    #[arg(long = "container", value_name = "ID")]
+    pub container: Vec<String>,
+    /// Trace the processes in this cgroup v2 path or below it (e.g. /system.slice/shop.service).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroup: Vec<String>,
     /// Do not follow existing or future child processes of the traced PIDs.
     #[arg(long)]
     pub no_children: bool,
@@ -224,8 +245,26 @@ impl ExportArgs {
 impl TargetArgs {
     /// The what-to-trace flags, for [`config::resolve_target`].
     fn cli_flags(&self) -> CliFlags {
+        let flags = [
+            ("exe", &self.exe),
+            ("cmdline", &self.cmdline),
+            ("port", &self.port),
+            ("container", &self.container),
+            ("cgroup", &self.cgroup),
+        ];
+        let select = flags
+            .into_iter()
+            .flat_map(|(kind, values)| {
+                values.iter().map(move |v| config::SelectSpec {
+                    selectors: vec![(kind.to_string(), v.clone())],
+                    service_name: None,
+                    origin: format!("--{kind}"),
+                })
+            })
+            .collect();
         CliFlags {
             pids: self.pids.clone(),
+            select,
             no_children: self.no_children,
             duration: self.duration,
             payload_cap: self.payload_cap,
@@ -290,6 +329,32 @@ pub enum Format {
     Console,
     /// One JSON object per span per line.
     Json,
+}
+
+/// The selectors of the flags and the file, checked (a bad glob, regex or port stops start-up).
+fn compile_selectors(specs: &[config::SelectSpec]) -> Result<Vec<select::Rule>, String> {
+    specs
+        .iter()
+        .map(|spec| {
+            let selectors = spec
+                .selectors
+                .iter()
+                .map(|(kind, value)| {
+                    select::Selector::parse(kind, value).map_err(|e| {
+                        if spec.origin.starts_with("--") {
+                            e
+                        } else {
+                            format!("{}: {e}", spec.origin)
+                        }
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(select::Rule {
+                selectors,
+                service_name: spec.service_name.clone(),
+            })
+        })
+        .collect()
 }
 
 fn usage_error(msg: impl std::fmt::Display) -> i32 {
@@ -379,10 +444,16 @@ pub fn main() -> i32 {
             )
         }
     };
-    if target.pids.is_empty() {
-        return usage_error("nothing to trace: pass --pid PID (see `ztrace --help`)");
+    if target.pids.is_empty() && target.select.is_empty() {
+        return usage_error(
+            "nothing to trace: pass --pid PID, or a selector such as --exe, --port (see `ztrace --help`)",
+        );
     }
-    for &pid in &target.pids {
+    let select = match compile_selectors(&target.select) {
+        Ok(rules) => rules,
+        Err(e) => return usage_error(e),
+    };
+    for pid in target.pids.iter().map(|p| p.pid) {
         if let Err(e) = process::validate(pid) {
             return usage_error(e);
         }
@@ -401,7 +472,13 @@ pub fn main() -> i32 {
         }
     }
     let config = live::DaemonConfig {
-        pids: target.pids.clone(),
+        pids: target.pids.iter().map(|p| p.pid).collect(),
+        select,
+        pid_service_names: target
+            .pids
+            .iter()
+            .filter_map(|p| Some((p.pid, p.service_name.clone()?)))
+            .collect(),
         follow_children: !target.no_children,
         service_name: service,
         duration: target.duration,
@@ -555,7 +632,7 @@ mod tests {
         let path = dir.join("ztrace.toml");
         std::fs::write(
             &path,
-            "[target]\npids = [1, 2]\nduration = \"5s\"\npayload_cap = 64\ncapture_logs = true\n[traces]\noutput = \"json\"\ndb_query_text = true\n[metrics]\nmax_series = 50\n",
+            "[target]\npids = [1, \"2=checkout\"]\nduration = \"5s\"\npayload_cap = 64\ncapture_logs = true\n[traces]\noutput = \"json\"\ndb_query_text = true\n[metrics]\nmax_series = 50\n",
         )
         .unwrap();
         let path_s = path.to_string_lossy().to_string();
@@ -564,7 +641,7 @@ mod tests {
         assert!(matches!(r.export.output, Output::Json));
         assert!(r.db_query_text);
         let target = resolve_target(&cli.run.target, r.file.as_ref()).unwrap();
-        assert_eq!(target.pids, vec![1, 2]);
+        assert_eq!(target.pids, vec![pid(1, None), pid(2, Some("checkout"))]);
         assert_eq!(target.duration, Some(Duration::from_secs(1)));
         assert_eq!(target.payload_cap, 64);
         assert!(target.capture_logs);
@@ -578,6 +655,11 @@ mod tests {
         let r = resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
         let target = TargetArgs {
             pids: vec![],
+            exe: vec![],
+            cmdline: vec![],
+            port: vec![],
+            container: vec![],
+            cgroup: vec![],
             no_children: false,
             duration: None,
             payload_cap: None,
@@ -590,11 +672,28 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn pid(pid: u32, name: Option<&str>) -> config::PidSpec {
+        config::PidSpec {
+            pid,
+            service_name: name.map(str::to_string),
+        }
+    }
+
     #[test]
     fn pid_lists_are_comma_separated_and_repeatable() {
         let cli = Cli::try_parse_from(["ztrace", "--pid", "1,2", "-p", "3"]).unwrap();
-        assert_eq!(cli.run.target.pids, vec![1, 2, 3]);
+        assert_eq!(
+            cli.run.target.pids,
+            vec![pid(1, None), pid(2, None), pid(3, None)]
+        );
+        let cli = Cli::try_parse_from(["ztrace", "--pid", "1=checkout,2", "-p", "3=cart"]).unwrap();
+        assert_eq!(
+            cli.run.target.pids,
+            vec![pid(1, Some("checkout")), pid(2, None), pid(3, Some("cart"))]
+        );
         assert!(Cli::try_parse_from(["ztrace", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["ztrace", "--pid", "1="]).is_err());
+        assert!(Cli::try_parse_from(["ztrace", "--pid", "=a"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--payload-cap", "0"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--metric-max-series", "0"]).is_err());
         assert!(matches!(
