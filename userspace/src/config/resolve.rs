@@ -985,6 +985,65 @@ mod tests {
     }
 
     #[test]
+    fn select_tables_and_named_pids_from_the_file() {
+        let file = ConfigFile::parse(
+            "[target]\npids = [7, \"8=cart\"]\n[[target.select]]\nexe = \"python3*\"\ncmdline = 'orders'\nservice_name = \"orders\"\n[[target.select]]\nport = 6379\n",
+            Path::new("z.toml"),
+        )
+        .unwrap();
+        let t = resolve_target(&Sources {
+            file: Some(&file),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            t.pids,
+            vec![
+                PidSpec {
+                    pid: 7,
+                    service_name: None
+                },
+                PidSpec {
+                    pid: 8,
+                    service_name: Some("cart".into())
+                }
+            ]
+        );
+        assert_eq!(t.select.len(), 2);
+        assert_eq!(
+            t.select[0].selectors,
+            vec![
+                ("cmdline".to_string(), "orders".to_string()),
+                ("exe".to_string(), "python3*".to_string())
+            ]
+        );
+        assert_eq!(t.select[0].service_name.as_deref(), Some("orders"));
+        assert_eq!(
+            t.select[1].selectors,
+            vec![("port".to_string(), "6379".to_string())]
+        );
+        for (text, want) in [
+            ("[[target.select]]\nexe = 1\n", "`exe` must be a string"),
+            ("[[target.select]]\nexee = \"x\"\n", "unknown key `exee`"),
+            ("[[target.select]]\nservice_name = \"x\"\n", "no selector"),
+            (
+                "[target]\nselect = \"x\"\n",
+                "write selectors as [[target.select]] tables",
+            ),
+            ("[target]\npids = [\"8=\"]\n", "is not a PID"),
+        ] {
+            let file = ConfigFile::parse(text, Path::new("z.toml")).unwrap();
+            let err = resolve_target(&Sources {
+                file: Some(&file),
+                ..Sources::default()
+            })
+            .unwrap_err();
+            assert!(err.0.contains(want), "{text}: {err}");
+            assert!(err.0.contains("z.toml"), "{err}");
+        }
+    }
+
+    #[test]
     fn config_file_rejects_unknown_keys_and_bad_toml() {
         let err = ConfigFile::parse("[otlp]\nendpont = \"x\"\n", Path::new("z.toml")).unwrap_err();
         assert!(
