@@ -23,11 +23,15 @@ struct DockerStyleCgroup {
 
 impl DockerStyleCgroup {
     fn create() -> Result<Self> {
-        let root = PathBuf::from("/sys/fs/cgroup");
-        ensure!(
-            root.join("cgroup.controllers").exists(),
-            "cgroup v2 is not mounted at /sys/fs/cgroup"
-        );
+        // /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a hybrid one.
+        let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .context("cgroup v2 is not mounted")?;
         let slice = root.join(format!("ztrace-e2e-{}.slice", std::process::id()));
         let scope = slice.join(format!("docker-{CONTAINER_ID}.scope"));
         std::fs::create_dir_all(&scope).with_context(|| format!("creating {}", scope.display()))?;

@@ -17,9 +17,14 @@ pub struct ContainerInfo {
     pub pod_uid: Option<String>,
 }
 
-/// Reads `/proc/PID/cgroup` (the cgroup v2 line, else the first line with a container id).
+/// Reads `/proc/PID/cgroup`.
 pub fn of_process(pid: u32) -> ContainerInfo {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    from_cgroup_file(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default())
+}
+
+/// The first line of a `/proc/PID/cgroup` text that names a container (a v1 hierarchy on hybrid
+/// hosts, where runtimes may place containers only there), else the cgroup v2 line.
+pub fn from_cgroup_file(text: &str) -> ContainerInfo {
     let mut best = ContainerInfo::default();
     for line in text.lines() {
         // `hierarchy-id:controllers:path`; the path may itself contain ':'.
@@ -80,6 +85,17 @@ fn pod_uid(segment: &str) -> Option<String> {
     is_uuid(&uid).then(|| uid.to_ascii_lowercase())
 }
 
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
+/// hybrid one (from /proc/self/mounts).
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
+}
+
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
@@ -130,6 +146,17 @@ mod tests {
     }
 
     #[test]
+    fn hybrid_hosts_name_the_container_in_a_v1_hierarchy() {
+        let text = format!("12:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/\n");
+        assert_eq!(from_cgroup_file(&text).container_id.as_deref(), Some(ID));
+        assert_eq!(
+            from_cgroup_file("4:memory:/user.slice\n0::/init.scope\n").container_id,
+            None
+        );
+        assert_eq!(from_cgroup_file("").container_id, None);
+    }
+
+    #[test]
     fn pod_uids_from_both_drivers() {
         let systemd = format!(
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
@@ -152,12 +179,14 @@ mod tests {
     /// moved into it: the id comes from the kernel's /proc/PID/cgroup, not from a string.
     #[test]
     fn real_process_in_a_docker_style_cgroup() {
-        let root = std::path::Path::new("/sys/fs/cgroup");
-        let is_v2 = root.join("cgroup.controllers").exists();
-        let probe = root.join("ztrace-probe-unit");
-        let writable = std::fs::create_dir(&probe).is_ok();
-        let _ = std::fs::remove_dir(&probe);
-        if !(is_v2 && writable) {
+        let root = cgroup2_mount();
+        let writable = root.as_ref().is_some_and(|r| {
+            let probe = r.join("ztrace-probe-unit");
+            let ok = std::fs::create_dir(&probe).is_ok();
+            let _ = std::fs::remove_dir(&probe);
+            ok
+        });
+        let (Some(root), true) = (root, writable) else {
             // Unprivileged unit runs (cargo test as a user) cannot make cgroups; the privileged
             // end-to-end run (as root, in CI) always can, and there this test must run.
             assert!(
@@ -165,7 +194,7 @@ mod tests {
                 "cgroup v2 is not writable here, but privileged tests are required"
             );
             return;
-        }
+        };
         let dir = root.join(format!("ztrace-test-{}.slice", std::process::id()));
         let scope = dir.join(format!("docker-{ID}.scope"));
         std::fs::create_dir_all(&scope).unwrap();

@@ -188,12 +188,12 @@ impl Facts {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect::<Vec<_>>()
             .join(" ");
-        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .unwrap_or_default()
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let cgroup = cgroups
             .lines()
             .find_map(|l| l.strip_prefix("0::").map(str::to_string))
             .unwrap_or_default();
-        let container_id = container::from_cgroup_path(&cgroup).container_id;
+        let container_id = container::from_cgroup_file(&cgroups).container_id;
         Some(Facts {
             exe_name: exe
                 .file_name()
