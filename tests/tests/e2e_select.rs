@@ -48,11 +48,12 @@ fn server_spans_of(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
 /// The Python interpreter under a name of its own (a hard link, else a copy), so that an
 /// `--exe` glob can select it and nothing else on the machine.
 fn renamed_python(dir: &Path) -> Result<PathBuf> {
-    let which = Command::new("sh")
-        .args(["-c", "command -v python3"])
-        .output()?;
-    let python = std::fs::canonicalize(String::from_utf8_lossy(&which.stdout).trim())
+    // The interpreter itself, not a launcher script (pyenv's `python3` is a shell shim).
+    let which = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
         .context("python3 is not on PATH")?;
+    let python = std::fs::canonicalize(String::from_utf8_lossy(&which.stdout).trim())?;
     let renamed = dir.join(format!("ztsel-python-{}", std::process::id()));
     let _ = std::fs::remove_file(&renamed);
     if std::fs::hard_link(&python, &renamed).is_err() {
@@ -116,7 +117,12 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
             .all(|s| s.resource_int("process.pid") == Some(server.pid() as i64)),
         "spans of a process the selector does not match"
     );
-    ensure!(mine[0].resource_str("service.name").as_deref() == Some("two_tier"));
+    ensure!(
+        mine[0].resource_str("process.executable_name").as_deref()
+            == python.file_name().and_then(|n| n.to_str()),
+        "process.executable_name {:?}",
+        mine[0].resource_str("process.executable_name")
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
