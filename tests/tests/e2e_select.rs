@@ -118,10 +118,10 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
         "spans of a process the selector does not match"
     );
     ensure!(
-        mine[0].resource_str("process.executable_name").as_deref()
+        mine[0].resource_str("process.executable.name").as_deref()
             == python.file_name().and_then(|n| n.to_str()),
-        "process.executable_name {:?}",
-        mine[0].resource_str("process.executable_name")
+        "process.executable.name {:?}",
+        mine[0].resource_str("process.executable.name")
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
