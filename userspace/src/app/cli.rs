@@ -31,6 +31,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Write the man page or shell completions to stdout (used by `cargo xtask package`).
+    #[command(hide = true, subcommand)]
+    Generate(super::generate::What),
     /// Report whether this host can run ztrace: kernel features, BTF, tracefs, privileges.
     Check,
     /// Capture the raw event stream of processes to a file, for `ztrace replay` (and bug reports).
@@ -386,6 +389,7 @@ pub fn main() -> i32 {
     let mut peer = None;
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
+        Some(Command::Generate(what)) => return super::generate::run(&what),
         Some(Command::Replay {
             file,
             throughput: Some(passes),

@@ -2,4 +2,5 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod generate;
 pub mod peer_args;
