@@ -279,3 +279,83 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
+    if !privileged_or_skip("sighup_adds_a_target_without_dropping_data") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = scratch("select-sighup")?;
+    let me = std::process::id();
+    let copy = |name: &str| -> Result<PathBuf> {
+        let path = dir.join(format!("{name}_{me}.py"));
+        std::fs::copy(apps_dir().join("two_tier.py"), &path)?;
+        Ok(path)
+    };
+    let (first_py, second_py) = (copy("first_svc")?, copy("second_svc")?);
+    let start = |path: &Path| -> Result<(Proc, u16)> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(path).arg("backend");
+        spawn_app(cmd)
+    };
+    let (first, first_port) = start(&first_py)?;
+    let (second, second_port) = start(&second_py)?;
+    let rule = |name: &str, service: &str| {
+        format!(
+            "[[target.select]]\ncmdline = \"{name}_{me}\\\\.py\"\nservice_name = \"{service}\"\n"
+        )
+    };
+    let config = dir.join("ztrace.toml");
+    std::fs::write(&config, rule("first_svc", "first"))?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let get = |port: u16, i: u32| curl(&[format!("http://127.0.0.1:{port}/item/{i}")]);
+    get(first_port, 1)?;
+    get(second_port, 1)?; // not traced yet
+    // An invalid file changes nothing and says why.
+    std::fs::write(&config, "[[target.select]]\nport = \"http\"\n")?;
+    ztrace.signal(libc::SIGHUP);
+    ztrace.wait_stderr(
+        "SIGHUP: keeping the current targets",
+        Duration::from_secs(5),
+    )?;
+    std::fs::write(
+        &config,
+        rule("first_svc", "first") + &rule("second_svc", "second"),
+    )?;
+    ztrace.signal(libc::SIGHUP);
+    ztrace.wait_stderr("SIGHUP: re-read", Duration::from_secs(5))?;
+    ztrace.wait_stderr(
+        &format!("tracing process {}", second.pid()),
+        Duration::from_secs(5),
+    )?;
+    get(first_port, 2)?;
+    get(second_port, 2)?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop(&mut ztrace)?;
+    let spans = rt.block_on(receiver.wait_for_spans(3, Duration::from_secs(10)));
+    let first_spans = server_spans_of(&spans, first.pid());
+    let second_spans = server_spans_of(&spans, second.pid());
+    ensure!(
+        first_spans.len() == 2,
+        "the first service lost spans across the reload: {} of 2; ztrace:\n{}",
+        first_spans.len(),
+        ztrace.stderr_text()
+    );
+    ensure!(
+        second_spans.len() == 1,
+        "the added service: {} server spans, want 1 (after the reload only); ztrace:\n{}",
+        second_spans.len(),
+        ztrace.stderr_text()
+    );
+    ensure!(second_spans[0].resource_str("service.name").as_deref() == Some("second"));
+    ensure!(first_spans[1].resource_str("service.name").as_deref() == Some("first"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -334,32 +334,6 @@ pub enum Format {
     Json,
 }
 
-/// The selectors of the flags and the file, checked (a bad glob, regex or port stops start-up).
-fn compile_selectors(specs: &[config::SelectSpec]) -> Result<Vec<select::Rule>, String> {
-    specs
-        .iter()
-        .map(|spec| {
-            let selectors = spec
-                .selectors
-                .iter()
-                .map(|(kind, value)| {
-                    select::Selector::parse(kind, value).map_err(|e| {
-                        if spec.origin.starts_with("--") {
-                            e
-                        } else {
-                            format!("{}: {e}", spec.origin)
-                        }
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(select::Rule {
-                selectors,
-                service_name: spec.service_name.clone(),
-            })
-        })
-        .collect()
-}
-
 fn usage_error(msg: impl std::fmt::Display) -> i32 {
     eprintln!("ztrace: {msg}");
     2
@@ -387,6 +361,8 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let mut metrics = MetricsConfig::default();
     let mut peer = None;
+    // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
+    let mut config_file = None;
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Generate(what)) => return super::generate::run(&what),
@@ -439,6 +415,13 @@ pub fn main() -> i32 {
                 Ok(p) => p,
                 Err(e) => return usage_error(e),
             };
+            let t = &cli.run.target;
+            let flags_select = [&t.exe, &t.cmdline, &t.port, &t.container, &t.cgroup]
+                .iter()
+                .any(|v| !v.is_empty());
+            if !flags_select && t.pids.is_empty() {
+                config_file = r.file.as_ref().map(|f| f.path.clone());
+            }
             metrics = r.metrics;
             (
                 target,
@@ -453,7 +436,7 @@ pub fn main() -> i32 {
             "nothing to trace: pass --pid PID, or a selector such as --exe, --port (see `ztrace --help`)",
         );
     }
-    let select = match compile_selectors(&target.select) {
+    let select = match select::Rule::compile(&target.select) {
         Ok(rules) => rules,
         Err(e) => return usage_error(e),
     };
@@ -476,6 +459,7 @@ pub fn main() -> i32 {
         }
     }
     let config = live::DaemonConfig {
+        reload_from: config_file,
         pids: target.pids.iter().map(|p| p.pid).collect(),
         select,
         pid_service_names: target

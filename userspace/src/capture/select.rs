@@ -14,6 +14,7 @@ use std::{collections::HashSet, fs, time::Duration};
 use regex::Regex;
 
 use super::container;
+use crate::config::SelectSpec;
 
 /// How long a new process that may still open its port is checked against `--port` rules.
 pub const PORT_WATCH: Duration = Duration::from_secs(10);
@@ -144,6 +145,33 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The selectors of the flags and the file, checked: a bad glob, regex or port is an error
+    /// naming where it was written.
+    pub fn compile(specs: &[SelectSpec]) -> Result<Vec<Rule>, String> {
+        specs
+            .iter()
+            .map(|spec| {
+                let selectors = spec
+                    .selectors
+                    .iter()
+                    .map(|(kind, value)| {
+                        Selector::parse(kind, value).map_err(|e| {
+                            if spec.origin.starts_with("--") {
+                                e
+                            } else {
+                                format!("{}: {e}", spec.origin)
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Rule {
+                    selectors,
+                    service_name: spec.service_name.clone(),
+                })
+            })
+            .collect()
+    }
+
     pub fn matches(&self, f: &Facts) -> bool {
         !self.selectors.is_empty() && self.selectors.iter().all(|s| s.matches(f))
     }

@@ -31,6 +31,9 @@ use crate::{
 };
 
 pub struct DaemonConfig {
+    /// The config file SIGHUP re-reads `[target]` PIDs and `[[target.select]]` from (None when
+    /// flags chose what to trace: they win over the file).
+    pub reload_from: Option<PathBuf>,
     pub pids: Vec<u32>,
     /// Service names the operator gave by PID (`--pid 1234=checkout`); children inherit them.
     pub pid_service_names: HashMap<u32, String>,
@@ -283,7 +286,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         capture_stdio: cfg.capture_logs,
         via_syscalls: cfg.capture_via_syscalls,
         probe_stats: cfg.probe_stats,
-        report_execs: !cfg.select.is_empty(),
+        // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
+        // the start (one small event per exec on the host, ignored while no rule is set).
+        report_execs: !cfg.select.is_empty() || cfg.reload_from.is_some(),
         ..CaptureOptions::default()
     })?;
     // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
@@ -343,6 +348,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut changes = Vec::new();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let deadline = cfg.duration.map(|d| Instant::now() + d);
     // The probes wake us only when a backlog builds up (maps.rs `submit`): drain on this tick.
     let mut tick = tokio::time::interval(DRAIN_TICK);
@@ -366,6 +372,24 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             _ = peer_answers(&mut peer, &mut answers) => {}
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "terminated",
+            _ = sighup.recv() => {
+                match &cfg.reload_from {
+                    Some(path) => match reload(path, &mut selection) {
+                        Ok(pids) => {
+                            for (pid, name) in pids {
+                                if let Some(name) = name {
+                                    procs.names.insert(pid, name);
+                                }
+                                selection.found.push((pid, None));
+                            }
+                        }
+                        Err(e) => log::warn!("SIGHUP: keeping the current targets: {e}"),
+                    },
+                    None => log::warn!(
+                        "SIGHUP: nothing to re-read (the command line chose what to trace, not a config file)"
+                    ),
+                }
+            }
             _ = sleep_until(deadline) => break "--duration elapsed",
         }
         for change in changes.drain(..) {
@@ -424,6 +448,35 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
     drop(ring);
     sink.finish(mono_now_ns(), &counters).await
+}
+
+/// SIGHUP: re-reads `[target] pids` and `[[target.select]]` from `path`, replaces the selectors
+/// and returns the processes to trace now (named where the file names them). Processes already
+/// traced stay traced; an invalid file changes nothing.
+fn reload(path: &std::path::Path, selection: &mut Selection) -> Result<Vec<(u32, Option<String>)>> {
+    let file = crate::config::ConfigFile::load(path).map_err(|e| anyhow::anyhow!(e.0))?;
+    let target = crate::config::resolve_target(&crate::config::Sources {
+        file: Some(&file),
+        ..crate::config::Sources::default()
+    })
+    .map_err(|e| anyhow::anyhow!(e.0))?;
+    let rules = select::Rule::compile(&target.select).map_err(|e| anyhow::anyhow!(e))?;
+    *selection = Selection::new(rules);
+    let mut out: Vec<(u32, Option<String>)> = target
+        .pids
+        .iter()
+        .filter(|p| process::validate(p.pid).is_ok())
+        .map(|p| (p.pid, p.service_name.clone()))
+        .collect();
+    out.extend(selection.initial());
+    log::info!(
+        "SIGHUP: re-read {}: {} selector rule(s){}{}",
+        path.display(),
+        selection.rules.len(),
+        if selection.rules.is_empty() { "" } else { ": " },
+        selection.describe()
+    );
+    Ok(out)
 }
 
 /// Processes chosen by selectors: matched at start, then at each exec; a process that may still
