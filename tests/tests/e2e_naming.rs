@@ -102,6 +102,27 @@ fn services_are_named_as_people_name_them() -> Result<()> {
     named_cmd.arg(apps_dir().join("two_tier.py")).arg("backend");
     let (named, named_port) = spawn_app(named_cmd)?;
 
+    // `ztrace check` tells the same names before anything is loaded, for PIDs and selectors.
+    let check = Command::new(ztrace_e2e::harness::ztrace_bin())
+        .args(["check", "--pid"])
+        .arg(format!("{}={}", named.pid(), "checkout"))
+        .arg("--pid")
+        .arg(node.pid().to_string())
+        .arg("--port")
+        .arg(java_port.to_string())
+        .output()?;
+    let text = String::from_utf8_lossy(&check.stdout);
+    for want in [
+        format!("process {}", named.pid()),
+        "service.name: checkout (given)".to_string(),
+        "service.name: pricing (the program the interpreter runs)".to_string(),
+        format!("--port {java_port}: 1 running process(es) match"),
+        "service.name: orders".to_string(),
+        format!("listening: TCP {java_port} (server spans)"),
+        "TLS: ".to_string(),
+    ] {
+        ensure!(text.contains(&want), "ztrace check lacks `{want}`:\n{text}");
+    }
     let mut ztrace = spawn_ztrace(&[
         "--pid".into(),
         format!(

@@ -34,8 +34,12 @@ pub enum Command {
     /// Write the man page or shell completions to stdout (used by `cargo xtask package`).
     #[command(hide = true, subcommand)]
     Generate(super::generate::What),
-    /// Report whether this host can run ztrace: kernel features, BTF, tracefs, privileges.
-    Check,
+    /// Report whether this host can run ztrace: kernel features, BTF, tracefs, privileges. With
+    /// --pid or selectors, also what tracing each selected process would capture.
+    Check {
+        #[command(flatten)]
+        target: Box<TargetArgs>,
+    },
     /// Capture the raw event stream of processes to a file, for `ztrace replay` (and bug reports).
     Record {
         #[command(flatten)]
@@ -339,12 +343,30 @@ fn usage_error(msg: impl std::fmt::Display) -> i32 {
     2
 }
 
-fn check() -> i32 {
+fn check(target: &TargetArgs) -> i32 {
     let items = preflight::full_report();
     for item in &items {
         println!("{item}");
     }
-    if items.iter().any(|i| i.problem.is_some()) {
+    let flags = target.cli_flags();
+    let mut targets_ok = true;
+    if !flags.pids.is_empty() || !flags.select.is_empty() {
+        println!();
+        let rules = match select::Rule::compile(&flags.select) {
+            Ok(r) => r,
+            Err(e) => return usage_error(e),
+        };
+        let pids: Vec<(u32, Option<String>)> = flags
+            .pids
+            .iter()
+            .map(|p| (p.pid, p.service_name.clone()))
+            .collect();
+        targets_ok = super::check_targets::report(&pids, &rules);
+    }
+    if !targets_ok {
+        println!("\nA --pid above cannot be traced (FAIL).");
+        1
+    } else if items.iter().any(|i| i.problem.is_some()) {
         println!("\nztrace cannot run here until the FAIL lines above are fixed.");
         1
     } else {
@@ -364,7 +386,7 @@ pub fn main() -> i32 {
     // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
     let mut config_file = None;
     let (target, mode, service, db_query_text) = match cli.command {
-        Some(Command::Check) => return check(),
+        Some(Command::Check { target }) => return check(&target),
         Some(Command::Generate(what)) => return super::generate::run(&what),
         Some(Command::Replay {
             file,
@@ -686,7 +708,17 @@ mod tests {
         assert!(Cli::try_parse_from(["ztrace", "--metric-max-series", "0"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["ztrace", "check"]).unwrap().command,
-            Some(Command::Check)
+            Some(Command::Check { .. })
         ));
+        match Cli::try_parse_from(["ztrace", "check", "--pid", "1=init", "--exe", "nginx"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Check { target }) => {
+                assert_eq!(target.pids, vec![pid(1, Some("init"))]);
+                assert_eq!(target.exe, vec!["nginx".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -530,6 +530,11 @@ pub fn uncovered_tls(pid: u32) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// The shared OpenSSL library `pid` has mapped, which ztrace probes (None: none mapped yet).
+pub fn tls_library(pid: u32) -> Option<std::path::PathBuf> {
+    libssl_of(pid)
+}
+
 /// The OpenSSL library mapped into `pid`, from /proc/PID/maps.
 fn libssl_of(pid: u32) -> Option<std::path::PathBuf> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
