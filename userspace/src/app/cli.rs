@@ -387,7 +387,9 @@ pub fn main() -> i32 {
     let mut config_file = None;
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check { target }) => return check(&target),
-        Some(Command::Generate(what)) => return super::generate::run(&what),
+        Some(Command::Generate(what)) => {
+            return super::generate::run(&what, <Cli as clap::CommandFactory>::command());
+        }
         Some(Command::Replay {
             file,
             throughput: Some(passes),
@@ -687,6 +689,29 @@ mod tests {
             pid,
             service_name: name.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn man_page_and_completions_name_the_real_flags() {
+        use clap::CommandFactory;
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH ztrace"), "{}", &man[..40]);
+        for flag in ["otlp\\-endpoint", "exe", "pid"] {
+            assert!(man.contains(flag), "the man page lacks --{flag}");
+        }
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "ztrace",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("--otlp-endpoint") && bash.contains("--exe"));
     }
 
     #[test]
