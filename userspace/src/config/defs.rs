@@ -1,6 +1,8 @@
 //! What a setting is: the resolved types and their defaults, and the tables that give every
 //! setting its file key, flag and (see `env.rs`) environment variable. Adding a setting starts here.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The three OTLP signals.
@@ -236,6 +238,24 @@ pub struct CliFlags {
     pub output: Option<Terminal>,
     pub db_query_text: bool,
     pub metric_max_series: Option<u32>,
+    pub peer_listen: Option<SocketAddr>,
+    pub peer_secret_file: Option<PathBuf>,
+    pub peer_port: Option<u16>,
+    pub peer_wait: Option<Duration>,
+}
+
+/// Cross-host links (`crate::peer`), resolved: on when a listen address is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// Where this agent answers the others.
+    pub listen: SocketAddr,
+    /// The secret every agent of the deployment shares (read when the channel starts).
+    pub secret_file: PathBuf,
+    /// The agent port of other hosts (default: the port of `listen`).
+    pub port: u16,
+    /// How long a server span whose caller is on another host waits for that host's agent
+    /// (None: the linker's default).
+    pub wait: Option<Duration>,
 }
 
 impl Config {
@@ -325,7 +345,7 @@ pub(super) const GLOBAL_SETTINGS: [(&str, Option<&str>); 13] = [
     ("logs.schedule_delay", Some("OTEL_BLRP_SCHEDULE_DELAY")),
 ];
 
-/// File keys of cross-host links (`[peers]`), read with their flags (`app/peer_args.rs`).
+/// File keys of cross-host links (`[peers]`), resolved with their flags into [`Peers`].
 pub const PEER_FILE_KEYS: [&str; 4] = [
     "peers.listen",
     "peers.secret_file",

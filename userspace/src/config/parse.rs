@@ -1,5 +1,6 @@
 //! Turning one raw value into a typed setting, with an error that names the value's source.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::defs::{Compression, PidSpec, Protocol, Raw, Signal};
@@ -305,5 +306,33 @@ pub(super) fn ratio(raw: Option<(Raw, Origin)>) -> Result<f64, ConfigError> {
             &raw,
             "is not a sampling ratio; use a number from 0 to 1, e.g. 0.25",
         )),
+    }
+}
+
+/// A socket address given as a string under file key `key`.
+pub(super) fn socket_addr(s: &str, key: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError(format!(
+            "{key}: `{s}` is not an address such as 0.0.0.0:4390"
+        ))
+    })
+}
+
+/// A TCP port given as a file integer.
+pub(super) fn port(v: &toml::Value, origin: &Origin) -> Result<u16, ConfigError> {
+    v.as_integer()
+        .and_then(|i| u16::try_from(i).ok())
+        .ok_or_else(|| ConfigError(format!("{origin}: `{v}` is not a port")))
+}
+
+/// A file key that must be a string, if present.
+pub(super) fn file_string(
+    file: &super::file::ConfigFile,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    match file.get(key) {
+        None => Ok(None),
+        Some((toml::Value::String(s), _)) => Ok(Some(s.clone())),
+        Some((v, origin)) => Err(ConfigError(format!("{origin}: `{v}` is not a string"))),
     }
 }

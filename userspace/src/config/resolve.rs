@@ -14,20 +14,22 @@
 //! the process environment, so it is unit-tested table by table.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::defs::{
     Batching, CliFlags, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_MAX_SERIES,
     DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT, MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT,
-    OtlpTarget, PidSpec, Protocol, Raw, RootSampler, SELECTOR_KINDS, Sampler, SelectSpec, Signal,
-    Target, Temporality, Terminal, Tls, flag_name,
+    OtlpTarget, Peers, PidSpec, Protocol, Raw, RootSampler, SELECTOR_KINDS, Sampler, SelectSpec,
+    Signal, Target, Temporality, Terminal, Tls, flag_name,
 };
 use super::env::env_name;
 use super::error::{ConfigError, Origin, bad};
 use super::file::{ConfigFile, raw_of_toml};
 use super::parse::{
-    append_path, boolean, compression, count, default_endpoint, duration, endpoint, headers,
-    key_value_list, parse_duration, parse_pid_spec, protocol, ratio, read_pem, string,
+    append_path, boolean, compression, count, default_endpoint, duration, endpoint, file_string,
+    headers, key_value_list, parse_duration, parse_pid_spec, port, protocol, ratio, read_pem,
+    socket_addr, string,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -475,6 +477,51 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
         },
     };
     Ok(target)
+}
+
+/// Resolves cross-host links (`crate::peer`): flags, then the file's `[peers]` keys where the
+/// flags left them open. None when off; half a configuration is an error, not silently off.
+pub fn resolve_peers(src: &Sources<'_>) -> Result<Option<Peers>, ConfigError> {
+    let cli = &src.cli;
+    let mut listen = cli.peer_listen;
+    let mut secret_file = cli.peer_secret_file.clone();
+    let mut port_flag = cli.peer_port;
+    let mut wait = cli.peer_wait;
+    if let Some(file) = src.file {
+        if listen.is_none()
+            && let Some(s) = file_string(file, "peers.listen")?
+        {
+            listen = Some(socket_addr(&s, "peers.listen")?);
+        }
+        if secret_file.is_none() {
+            secret_file = file_string(file, "peers.secret_file")?.map(PathBuf::from);
+        }
+        if wait.is_none()
+            && let Some(s) = file_string(file, "peers.wait")?
+        {
+            wait = Some(parse_duration(&s).map_err(|e| ConfigError(format!("peers.wait: {e}")))?);
+        }
+        if port_flag.is_none()
+            && let Some((v, origin)) = file.get("peers.port")
+        {
+            port_flag = Some(port(v, &origin)?);
+        }
+    }
+    match (listen, secret_file) {
+        (Some(listen), Some(secret_file)) => Ok(Some(Peers {
+            listen,
+            secret_file,
+            port: port_flag.unwrap_or(listen.port()),
+            wait,
+        })),
+        (None, None) if port_flag.is_none() && wait.is_none() => Ok(None),
+        (Some(_), None) => Err(ConfigError(
+            "--peer-listen needs --peer-secret-file (or peers.secret_file)".into(),
+        )),
+        _ => Err(ConfigError(
+            "cross-host link settings need --peer-listen (or peers.listen)".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -1124,5 +1171,53 @@ mod tests {
         let err = resolve_env(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", &ca_s)]).unwrap_err();
         assert!(err.0.contains("needs both"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peers_from_flags_then_file_keys() {
+        let file = |text: &str| ConfigFile::parse(text, Path::new("z.toml")).unwrap();
+        let peers = |cli: CliFlags, file: Option<&ConfigFile>| {
+            resolve_peers(&Sources {
+                cli,
+                file,
+                ..Sources::default()
+            })
+        };
+        assert_eq!(peers(CliFlags::default(), None), Ok(None), "off by default");
+        let f = file("[peers]\nlisten = \"10.0.0.1:4390\"\nsecret_file = \"/s\"\nwait = \"3s\"\n");
+        let want = Peers {
+            listen: "10.0.0.1:4390".parse().unwrap(),
+            secret_file: "/s".into(),
+            port: 4390,
+            wait: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(peers(CliFlags::default(), Some(&f)), Ok(Some(want)));
+        let flags = CliFlags {
+            peer_listen: Some("10.0.0.2:1".parse().unwrap()),
+            peer_port: Some(5000),
+            ..CliFlags::default()
+        };
+        let p = peers(flags, Some(&f)).unwrap().unwrap();
+        assert_eq!((p.listen.port(), p.port), (1, 5000), "flags win");
+        for (text, want) in [
+            (
+                "[peers]\nlisten = \"nowhere\"",
+                "peers.listen: `nowhere` is not an address such as 0.0.0.0:4390",
+            ),
+            ("[peers]\nlisten = 4390", "`4390` is not a string"),
+            ("[peers]\nport = 70000", "`70000` is not a port"),
+            ("[peers]\nwait = \"soon\"", "peers.wait: "),
+            (
+                "[peers]\nlisten = \"10.0.0.1:4390\"",
+                "--peer-listen needs --peer-secret-file (or peers.secret_file)",
+            ),
+            (
+                "[peers]\nport = 4390",
+                "cross-host link settings need --peer-listen (or peers.listen)",
+            ),
+        ] {
+            let err = peers(CliFlags::default(), Some(&file(text))).unwrap_err();
+            assert!(err.0.contains(want), "{text}: {err}");
+        }
     }
 }
