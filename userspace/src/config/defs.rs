@@ -366,6 +366,8 @@ pub fn file_keys() -> Vec<String> {
     keys.extend(GLOBAL_SETTINGS.iter().map(|(k, _)| k.to_string()));
     keys.extend(NO_ENV_KEYS.iter().map(|k| k.to_string()));
     keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(super::tail::TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.push(super::tail::ANOMALY_MAX_OPERATIONS_KEY.to_string());
     keys
 }
 

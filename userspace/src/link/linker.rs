@@ -1478,6 +1478,7 @@ impl Linker {
             peer: rec.peer,
             exchange: rec.exchange,
             status,
+            th: None,
         });
     }
 

@@ -1,3 +1,4 @@
-//! Processors: decisions over finished spans (sampling today).
+//! Processors: decisions over finished spans — head sampling, tail sampling and anomaly detection.
 
 pub mod sampler;
+pub mod tail;
