@@ -1,4 +1,5 @@
 //! Processors: decisions over finished spans — head sampling, tail sampling and anomaly detection.
 
+pub mod anomaly;
 pub mod sampler;
 pub mod tail;
