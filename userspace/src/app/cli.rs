@@ -59,6 +59,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub peer: super::peer_args::PeerArgs,
     #[command(flatten)]
+    pub tail: super::tail_args::TailArgs,
+    #[command(flatten)]
     pub export: ExportArgs,
 }
 
@@ -319,6 +321,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let mut metrics = MetricsConfig::default();
     let mut peer = None;
+    let (mut tail, mut anomaly) = (None, None);
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Replay {
@@ -370,6 +373,10 @@ pub fn main() -> i32 {
                 Ok(p) => p,
                 Err(e) => return usage_error(e),
             };
+            (tail, anomaly) = match cli.run.tail.config(r.file.as_ref()) {
+                Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
             metrics = r.metrics;
             (
                 target,
@@ -413,6 +420,8 @@ pub fn main() -> i32 {
         capture_via_syscalls: target.capture_via_syscalls,
         probe_stats: target.probe_stats,
         peer,
+        tail,
+        anomaly,
     };
     match live::run(config) {
         Ok(()) => 0,

@@ -3,3 +3,4 @@
 pub mod alloc;
 pub mod cli;
 pub mod peer_args;
+pub mod tail_args;
