@@ -1,6 +1,7 @@
 """Two uninstrumented HTTP/1.1 services for ztrace's end-to-end tests and demo.
 
-    python3 two_tier.py backend            -> serves /item/<id>, /fail (500), POST /echo
+    python3 two_tier.py backend            -> serves /item/<id>, /fail (500), POST /echo,
+                                              /slow/<ms>/<id> (answers after <ms> ms)
     python3 two_tier.py frontend PORT      -> serves /api/<id>, /api/fail, POST /api/echo by
                                               calling the backend at 127.0.0.1:PORT
 
@@ -17,6 +18,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 
 class Backend(http.server.BaseHTTPRequestHandler):
@@ -36,6 +38,9 @@ class Backend(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/fail":
             self.reply(500, {"error": "backend failure"})
+        elif self.path.startswith("/slow/"):
+            time.sleep(int(self.path.split("/")[2]) / 1000)
+            self.reply(200, {"item": self.path.rsplit("/", 1)[-1]})
         else:
             self.reply(200, {"item": self.path.rsplit("/", 1)[-1]})
 
