@@ -33,9 +33,13 @@ pub struct Processors {
 
 impl Processors {
     pub fn new(tail: Option<&TailSampling>, anomaly: Option<&AnomalyConfig>) -> Processors {
+        let mut detector = anomaly.map(Detector::new);
+        if let (Some(d), Some(t)) = (&mut detector, tail) {
+            d.linger(t.decision_wait);
+        }
         Processors {
             tail: tail.map(TailSampler::new),
-            anomaly: anomaly.map(Detector::new),
+            anomaly: detector,
             ..Processors::default()
         }
     }

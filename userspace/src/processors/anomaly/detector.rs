@@ -110,6 +110,8 @@ struct Op {
     errors: Signal,
     /// The latency above which a span counts towards an open window's p95 alarm.
     latency_line: f64,
+    /// When the last alarm of either signal ended (monotonic ns).
+    ended_ns: Option<u64>,
 }
 
 pub struct Detector {
@@ -117,6 +119,12 @@ pub struct Detector {
     rules: Rules,
     window_ns: u64,
     window_start: Option<u64>,
+    /// The latest time seen.
+    now_ns: u64,
+    /// How long after an alarm ends its operation still counts as anomalous for the `anomaly`
+    /// policy: the tail sampler's decision wait, so that traces that arrived while the alarm
+    /// was on and are decided just after it ended are still kept.
+    linger_ns: u64,
     ops: HashMap<(String, String), Op>,
     rng: u64,
     pub stats: DetectorStats,
@@ -135,6 +143,8 @@ impl Detector {
             window_ns: cfg.window.as_nanos().clamp(1, u128::from(u64::MAX)) as u64,
             cfg: cfg.clone(),
             window_start: None,
+            now_ns: 0,
+            linger_ns: 0,
             ops: HashMap::new(),
             rng: 0x2545_F491_4F6C_DD1D,
             stats: DetectorStats::default(),
@@ -173,6 +183,7 @@ impl Detector {
             latency: Signal::default(),
             errors: Signal::default(),
             latency_line: f64::INFINITY,
+            ended_ns: None,
         });
         let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
         let w = &mut op.window;
@@ -215,6 +226,7 @@ impl Detector {
 
     /// Closes the window when it is due (call at least every window).
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<AnomalyEvent>) {
+        self.now_ns = self.now_ns.max(now_ns);
         let start = *self.window_start.get_or_insert(now_ns);
         if now_ns < start.saturating_add(self.window_ns) {
             return;
@@ -263,6 +275,12 @@ impl Detector {
             } else {
                 f64::INFINITY
             };
+            if changes
+                .iter()
+                .any(|(_, c, _)| matches!(c, Change::Ended { .. }))
+            {
+                op.ended_ns = Some(now_ns);
+            }
             for (signal, change, observed) in changes {
                 let (started, score, baseline) = match change {
                     Change::Started { z, baseline } => (true, z, baseline),
@@ -297,8 +315,14 @@ impl Detector {
         self.stats.ended += ended;
     }
 
-    /// Whether `span`'s operation is anomalous now: an alarm is on, or the open window already
-    /// crosses the threshold (its p95 is above the alarm line, or its error rate scores high).
+    /// See `linger_ns`: the decision wait of the tail sampler asking.
+    pub fn linger(&mut self, d: std::time::Duration) {
+        self.linger_ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+    }
+
+    /// Whether `span`'s operation is anomalous now: an alarm is on (or ended less than the linger
+    /// ago), or the open window already crosses the threshold (its p95 is above the alarm line,
+    /// or its error rate scores high).
     pub fn anomalous(&self, span: &Span, service: &str) -> bool {
         let Some(op_name) = operation(span) else {
             return false;
@@ -306,7 +330,10 @@ impl Detector {
         let Some(op) = self.ops.get(&(service.to_string(), op_name)) else {
             return false;
         };
-        if op.latency.active || op.errors.active {
+        let lingering = op
+            .ended_ns
+            .is_some_and(|t| self.now_ns < t.saturating_add(self.linger_ns));
+        if op.latency.active || op.errors.active || lingering {
             return true;
         }
         let w = &op.window;
