@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use super::defs::{ANOMALY_MAX_OPERATIONS_KEY, TAIL_FILE_KEYS};
 use super::error::ConfigError;
 use super::file::ConfigFile;
 
@@ -127,26 +128,6 @@ impl Default for AnomalyConfig {
         }
     }
 }
-
-/// File keys of `[tail_sampling]` and `[anomaly]`.
-pub const TAIL_FILE_KEYS: [&str; 14] = [
-    "tail_sampling.decision_wait",
-    "tail_sampling.max_hold",
-    "tail_sampling.num_traces",
-    "tail_sampling.max_spans",
-    "tail_sampling.policies",
-    "anomaly.enabled",
-    "anomaly.window",
-    "anomaly.alpha",
-    "anomaly.threshold",
-    "anomaly.end_threshold",
-    "anomaly.end_windows",
-    "anomaly.cold_start_windows",
-    "anomaly.min_requests",
-    "anomaly.latency_min_change",
-];
-/// (`anomaly.max_operations` is listed apart to keep the table above a readable size.)
-pub const ANOMALY_MAX_OPERATIONS_KEY: &str = "anomaly.max_operations";
 
 /// The common-case flags, as the command line parsed them.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -436,7 +436,7 @@ mod tests {
                 s.trace_id = TraceId(id);
                 let dur = ms * (0.8 + 0.4 * noise(self.n)) * MS as f64;
                 s.end_unix_ns = s.start_unix_ns + dur as u64;
-                if error_every > 0 && self.n % error_every == 0 {
+                if error_every > 0 && self.n.is_multiple_of(error_every) {
                     s.status = SpanStatus::Error("500".into());
                 }
                 let now = at * SEC + i * SEC / rps;

@@ -65,7 +65,7 @@ pub enum Offered {
     /// Held until its trace is decided.
     Held,
     /// Its trace was decided already: the same verdict applies.
-    Late(Span, Verdict),
+    Late(Box<Span>, Verdict),
 }
 
 impl Buffer {
@@ -83,7 +83,7 @@ impl Buffer {
     /// Holds `span` (arrived at `now_ns`); traces pushed out by the limits go to `out`.
     pub fn offer(&mut self, span: Span, now_ns: u64, out: &mut Vec<Ready>) -> Offered {
         if let Some(v) = self.decided.get(&span.trace_id) {
-            return Offered::Late(span, *v);
+            return Offered::Late(Box::new(span), *v);
         }
         let id = span.trace_id;
         let root = is_local_root(&span);

@@ -101,7 +101,7 @@ impl TailSampler {
                     Verdict::Keep(th) => {
                         span.th = th;
                         self.stats.spans_kept += 1;
-                        out.push(span);
+                        out.push(*span);
                     }
                     Verdict::Drop => self.stats.spans_dropped += 1,
                 }
