@@ -27,6 +27,10 @@ const MAX_SAMPLES: usize = 2048;
 pub const MAX_EXEMPLARS: usize = 5;
 /// The latency quantile judged.
 const QUANTILE: f64 = 0.95;
+/// Spans above the alarm line an open window needs before the `anomaly` policy calls it slow: a
+/// burst of one or two slow requests early in a window is not an anomaly yet (the evaluation
+/// kept 1% extra healthy traces without this).
+const MIN_OUTLIERS: u64 = 5;
 
 /// Which signal of an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -340,7 +344,7 @@ impl Detector {
         if w.count < self.cfg.min_requests {
             return false;
         }
-        let slow = w.above as f64 > (1.0 - QUANTILE) * w.count as f64;
+        let slow = w.above >= MIN_OUTLIERS && w.above as f64 > (1.0 - QUANTILE) * w.count as f64;
         let rate = w.errors as f64 / w.count as f64;
         let errors = op.errors.beyond(
             rate,
