@@ -4,6 +4,7 @@
 //! (a multi-service topology and its scorer).
 
 pub mod eval;
+pub mod faults;
 pub mod harness;
 pub mod receiver;
 pub mod signals;

@@ -115,6 +115,10 @@ pub struct Span {
     pub peer: Endpoint,
     pub exchange: Exchange,
     pub status: SpanStatus,
+    /// The sampling threshold of the tail decision that kept this span (`th` of the W3C
+    /// `tracestate` `ot` entry: see `processors::tail::threshold`). None: no tail sampling, or a
+    /// keep without a known probability.
+    pub th: Option<u64>,
 }
 
 impl Span {

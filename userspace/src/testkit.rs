@@ -42,6 +42,7 @@ pub fn server_span() -> Span {
             tls: false,
         }),
         status: SpanStatus::Unset,
+        th: None,
     }
 }
 

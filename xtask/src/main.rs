@@ -78,6 +78,14 @@ enum Task {
         /// Concurrent keep-alive clients.
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Instead: the fault-injection evaluation of tail sampling and anomaly detection
+        /// (tests/src/faults.rs): detection delays, false alarms, error/slow/healthy traces kept,
+        /// export volume; writes target/eval/faults.md.
+        #[arg(long)]
+        faults: bool,
+        /// Length of the fault evaluation (three steady phases, two faults).
+        #[arg(long, default_value_t = 6.0)]
+        minutes: f64,
     },
 }
 
@@ -662,6 +670,29 @@ fn eval(requests: usize, clients: usize) -> Result<()> {
         .env("ZTRACE_BIN", ztrace))
 }
 
+/// `cargo xtask eval --faults`: two Python services and curl, nothing else to install.
+fn eval_faults(minutes: f64) -> Result<()> {
+    if !is_root() {
+        bail!("the evaluation loads eBPF probes: run it as root (sudo cargo xtask eval --faults)");
+    }
+    apt_install(&["python3", "curl"])?;
+    let ztrace = build()?;
+    run(&mut cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "ztrace-e2e",
+    ])?)?;
+    let out = root().join("target/eval/faults.md");
+    run(
+        Command::new(root().join("target/release/ztrace-fault-eval"))
+            .args(["--minutes", &minutes.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .env("ZTRACE_BIN", ztrace),
+    )
+}
+
 fn demo(bin: &Path) -> Result<()> {
     let script = root().join("tests/apps/demo.sh");
     run(Command::new("bash").arg(script).env("ZTRACE_BIN", bin))
@@ -678,7 +709,14 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench { quick } => bench::bench(quick),
-        Task::Eval { requests, clients } => eval(requests, clients),
+        Task::Eval {
+            faults: true,
+            minutes,
+            ..
+        } => eval_faults(minutes),
+        Task::Eval {
+            requests, clients, ..
+        } => eval(requests, clients),
         Task::Run { args } => build().and_then(|bin| {
             if !is_root() {
                 bail!("ztrace loads eBPF programs: run as root (sudo cargo xtask run …)");

@@ -68,6 +68,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub peer: super::peer_args::PeerArgs,
     #[command(flatten)]
+    pub tail: super::tail_args::TailArgs,
+    #[command(flatten)]
     pub export: ExportArgs,
 }
 
@@ -385,6 +387,7 @@ pub fn main() -> i32 {
     let mut peer = None;
     // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
     let mut config_file = None;
+    let (mut tail, mut anomaly) = (None, None);
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check { target }) => return check(&target),
         Some(Command::Generate(what)) => {
@@ -446,6 +449,10 @@ pub fn main() -> i32 {
             if !flags_select && t.pids.is_empty() {
                 config_file = r.file.as_ref().map(|f| f.path.clone());
             }
+            (tail, anomaly) = match cli.run.tail.config(r.file.as_ref()) {
+                Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
             metrics = r.metrics;
             (
                 target,
@@ -502,6 +509,8 @@ pub fn main() -> i32 {
         capture_via_syscalls: target.capture_via_syscalls,
         probe_stats: target.probe_stats,
         peer,
+        tail,
+        anomaly,
     };
     match live::run(config) {
         Ok(()) => 0,

@@ -5,3 +5,4 @@ pub mod check_targets;
 pub mod cli;
 pub mod generate;
 pub mod peer_args;
+pub mod tail_args;

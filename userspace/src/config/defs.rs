@@ -395,6 +395,26 @@ pub(super) fn flag_name(key: &str) -> Option<&'static str> {
     FLAGS.iter().find(|(k, _)| *k == key).map(|(_, f)| *f)
 }
 
+/// File keys of `[tail_sampling]` and `[anomaly]` (resolved in `tail.rs`).
+pub const TAIL_FILE_KEYS: [&str; 14] = [
+    "tail_sampling.decision_wait",
+    "tail_sampling.max_hold",
+    "tail_sampling.num_traces",
+    "tail_sampling.max_spans",
+    "tail_sampling.policies",
+    "anomaly.enabled",
+    "anomaly.window",
+    "anomaly.alpha",
+    "anomaly.threshold",
+    "anomaly.end_threshold",
+    "anomaly.end_windows",
+    "anomaly.cold_start_windows",
+    "anomaly.min_requests",
+    "anomaly.latency_min_change",
+];
+/// (`anomaly.max_operations` is listed apart to keep the table above a readable size.)
+pub const ANOMALY_MAX_OPERATIONS_KEY: &str = "anomaly.max_operations";
+
 /// Every key a config file may hold.
 pub fn file_keys() -> Vec<String> {
     let mut keys: Vec<String> = SIGNAL_SETTINGS
@@ -411,6 +431,8 @@ pub fn file_keys() -> Vec<String> {
     keys.extend(GLOBAL_SETTINGS.iter().map(|(k, _)| k.to_string()));
     keys.extend(NO_ENV_KEYS.iter().map(|k| k.to_string()));
     keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.push(ANOMALY_MAX_OPERATIONS_KEY.to_string());
     keys
 }
 

@@ -15,6 +15,7 @@ mod error;
 mod file;
 mod parse;
 mod resolve;
+mod tail;
 
 pub use defs::*;
 pub use env::process_env;
@@ -22,3 +23,4 @@ pub use error::*;
 pub use file::*;
 pub use parse::{parse_duration, parse_pid_spec};
 pub use resolve::*;
+pub use tail::*;

@@ -305,6 +305,7 @@ impl Linker {
             peer: rec.peer,
             exchange: rec.exchange,
             status,
+            th: None,
         });
     }
 

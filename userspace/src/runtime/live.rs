@@ -23,6 +23,7 @@ use crate::{
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
     peer::PeerLink,
+    processors::chain::Processors,
     runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
     runtime::record_sink::RecordSink,
     runtime::telemetry::Telemetry,
@@ -56,6 +57,9 @@ pub struct DaemonConfig {
     pub probe_stats: bool,
     /// Cross-host links (`--peer-listen`): None when off.
     pub peer: Option<crate::peer::PeerConfig>,
+    /// Tail sampling (None: off) and anomaly detection (None: off).
+    pub tail: Option<crate::config::TailSampling>,
+    pub anomaly: Option<crate::config::AnomalyConfig>,
 }
 
 pub enum Mode {
@@ -98,7 +102,10 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
 enum Destination {
     Trace {
         pipeline: Box<Pipeline>,
+        processors: Box<Processors>,
         exporter: Exporter,
+        /// Released by the linker, then what the processors let through.
+        released: Vec<crate::model::Span>,
         spans: Vec<crate::model::Span>,
         telemetry: Box<Telemetry>,
     },
@@ -111,8 +118,10 @@ impl Destination {
             Destination::Trace {
                 exporter,
                 telemetry,
+                processors,
                 ..
             } => {
+                processors.process(info.pid, &info.service_name);
                 let info = Arc::new(info);
                 telemetry.process(Arc::clone(&info));
                 exporter.process(info);
@@ -133,16 +142,21 @@ impl Destination {
     fn poll(&mut self, now_ns: u64) -> Result<()> {
         if let Destination::Trace {
             pipeline,
+            processors,
             exporter,
+            released,
             spans,
             telemetry,
         } = self
         {
-            pipeline.poll(now_ns, spans);
+            // The pipeline measured every released span (metrics) before the processors decide
+            // what is exported: metrics stay exact whatever is sampled.
+            pipeline.poll(now_ns, released);
+            processors.run(released, now_ns, spans);
             for span in spans.drain(..) {
                 exporter.submit(span);
             }
-            telemetry.poll(pipeline, exporter, false);
+            telemetry.poll(pipeline, processors, exporter, false);
         }
         Ok(())
     }
@@ -178,20 +192,23 @@ impl Destination {
         match self {
             Destination::Trace {
                 mut pipeline,
+                mut processors,
                 exporter,
+                mut released,
                 mut spans,
                 mut telemetry,
             } => {
-                pipeline.drain(now_ns, &mut spans);
+                pipeline.drain(now_ns, &mut released);
+                processors.drain(&mut released, now_ns, &mut spans);
                 for span in spans.drain(..) {
                     exporter.submit(span);
                 }
                 // The last log lines and a final collection of the metrics.
                 telemetry.kernel(*counters);
-                telemetry.poll(&mut pipeline, &exporter, true);
+                telemetry.poll(&mut pipeline, &mut processors, &exporter, true);
                 exporter.flush_signals(Duration::from_secs(5)).await;
                 let stats = exporter.shutdown(Duration::from_secs(5)).await;
-                telemetry.summary(&pipeline, &stats);
+                telemetry.summary(&pipeline, &processors, &stats);
                 summary(&pipeline.stats(), counters, &stats);
                 if let Some(x) = pipeline.crosshost_stats() {
                     log::info!("summary: cross-host links: {x}");
@@ -251,7 +268,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     }
                     p
                 },
+                processors: Box::new(Processors::new(cfg.tail.as_ref(), cfg.anomaly.as_ref())),
                 exporter: Exporter::spawn((**export).clone()),
+                released: Vec::new(),
                 spans: Vec::new(),
                 telemetry: Box::new(Telemetry::new(
                     cfg.metrics.interval,
