@@ -5,6 +5,8 @@
 
 pub mod eval;
 pub mod harness;
+pub mod netns;
 pub mod receiver;
 pub mod signals;
 pub mod topology;
+pub mod xeval;
