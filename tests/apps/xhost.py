@@ -7,7 +7,7 @@ tests/src/xeval.rs). Nothing here knows about tracing.
                                                GET /call/<id> first calls CALLBACK's
                                                /item/<id>-cb (one keep-alive connection per
                                                handler thread). With NEXT, before answering:
-                                               /t/<id> calls NEXT's /n/<id> on the handler
+                                               /t/<id> and /k/<id> call NEXT's /n/<id> on the handler
                                                thread's own keep-alive connection; /p/<id> the
                                                same through a pool of POOL connections shared by
                                                all handler threads; /v/<id> calls VIA's /n/<id>
@@ -112,6 +112,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         calls = {
             "t": lambda: self.call("NEXT", f"/n/{name}"),
+            "k": lambda: self.call("NEXT", f"/n/{name}"),
             "p": lambda: POOL.get(f"/n/{name}"),
             "v": lambda: self.call("VIA", f"/n/{name}"),
             "c": lambda: self.call("NEXT", f"/c/{name}"),

@@ -154,11 +154,12 @@ pub fn receiver_in(ns: &str, ip: &str) -> Result<(tokio::runtime::Runtime, Recei
 }
 
 /// A ztrace agent inside namespace `ns`, tracing `pids`, answering other agents on
-/// `listen_ip:PEER_PORT`, exporting to `receiver`; returns once its probes are attached.
+/// `listen_ip:PEER_PORT` (None: peer channel off), exporting to `receiver`; returns once its
+/// probes are attached.
 pub fn spawn_agent(
     hosts: &Hosts,
     ns: &str,
-    listen_ip: &str,
+    listen_ip: Option<&str>,
     pids: &str,
     receiver: &Receiver,
     secret: &Path,
@@ -167,10 +168,12 @@ pub fn spawn_agent(
     let mut cmd = hosts.exec(ns);
     cmd.arg(ztrace_bin())
         .args(["--pid", pids, "--otlp-endpoint", &receiver.endpoint()])
-        .args(["--peer-listen", &format!("{listen_ip}:{PEER_PORT}")])
-        .arg("--peer-secret-file")
-        .arg(secret)
         .args(extra);
+    if let Some(ip) = listen_ip {
+        cmd.args(["--peer-listen", &format!("{ip}:{PEER_PORT}")])
+            .arg("--peer-secret-file")
+            .arg(secret);
+    }
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("OTEL_") {
             cmd.env_remove(k);

@@ -13,6 +13,7 @@
 //!       callback /c/<id> → GET /c/<id> to B, whose handling calls back GET /cb/<id> on A
 //!   → host B: Node.js event loop, keep-alive agent for its calls back      tests/apps/xhost_node.js
 //! driver in C (a host with no agent) → GET /x/<id> on B                    (shape `noagent`)
+//! control /k/<id>: `thread` again with both agents' peer channel off        (what it costs)
 //! ```
 //!
 //! Ground truth comes from the applications, never from ztrace: each request id is unique, the
@@ -53,6 +54,9 @@ pub enum XShape {
     Callback,
     /// A client host without an agent → B: must stay roots.
     NoAgent,
+    /// [`XShape::Thread`] with the peer channel off on both agents: what the channel costs,
+    /// side by side (no links expected, none may be wrong).
+    Control,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,14 +121,16 @@ const CALLBACK: [XHop; 5] = {
 };
 /// Its caller is on host C, which runs no agent: a root, whatever happens.
 const NO_AGENT: [XHop; 1] = [hop(Host::B, Kind::Server, "/x/", None)];
+const CONTROL: [XHop; 3] = a_to_b("/k/", Edge::ThreadPerRequest);
 
 impl XShape {
-    pub const ALL: [XShape; 5] = [
+    pub const ALL: [XShape; 6] = [
         XShape::Thread,
         XShape::Pool,
         XShape::Dnat,
         XShape::Callback,
         XShape::NoAgent,
+        XShape::Control,
     ];
 
     /// The name `ztrace-eval --cross-host --shape` takes.
@@ -135,6 +141,7 @@ impl XShape {
             XShape::Dnat => "dnat",
             XShape::Callback => "callback",
             XShape::NoAgent => "noagent",
+            XShape::Control => "control",
         }
     }
 
@@ -149,6 +156,7 @@ impl XShape {
             XShape::Dnat => "thread-per-request (A) → DNAT'd service address → B",
             XShape::Callback => "A → B → call back to A in the same request",
             XShape::NoAgent => "client host without an agent (C) → B",
+            XShape::Control => "`thread` with the peer channel off (cost control)",
         }
     }
 
@@ -160,6 +168,7 @@ impl XShape {
             XShape::Dnat => 'v',
             XShape::Callback => 'c',
             XShape::NoAgent => 'x',
+            XShape::Control => 'k',
         }
     }
 
@@ -175,12 +184,18 @@ impl XShape {
             XShape::Dnat => &DNAT,
             XShape::Callback => &CALLBACK,
             XShape::NoAgent => &NO_AGENT,
+            XShape::Control => &CONTROL,
         }
     }
 
-    /// Whether the shape has links to make (all but the agent-less host's).
+    /// Whether the shape has cross-host links to make (not without an agent or a channel).
     pub fn links(self) -> bool {
-        self != XShape::NoAgent
+        !matches!(self, XShape::NoAgent | XShape::Control)
+    }
+
+    /// Whether the agents run their peer channel.
+    pub fn peers(self) -> bool {
+        self != XShape::Control
     }
 }
 
@@ -218,7 +233,7 @@ pub struct AgentStats {
     /// Linked outside the caller's window (clock skew or network delay), and by how much at most.
     pub skewed: u64,
     pub max_skew_us: f64,
-    /// CPU seconds the agent used (user + system) in all.
+    /// CPU seconds the agent used (user + system) from attached to stopped.
     pub cpu_s: f64,
 }
 
@@ -432,7 +447,7 @@ impl ShapeScore {
         }
         if !shape.links() {
             if self.wrong > 0 {
-                out.push(format!("{n}: {} wrong links without an agent", self.wrong));
+                out.push(format!("{n}: {} wrong links", self.wrong));
             }
             return out;
         }
@@ -564,6 +579,21 @@ impl Run {
                     a.max_skew_us,
                     a.cpu_s,
                     a.cpu_s * 1e6 / s.requests.max(1) as f64,
+                );
+            }
+        }
+        let cpu = |shape: XShape, host: Host| {
+            let (_, s) = self.shapes.iter().find(|(x, _)| *x == shape)?;
+            let (_, a) = s.agents.iter().find(|(h, _)| *h == host)?;
+            Some(a.cpu_s * 1e6 / s.requests.max(1) as f64)
+        };
+        for (host, name) in [(Host::A, "A (client side)"), (Host::B, "B (server side)")] {
+            if let (Some(on), Some(off)) = (cpu(XShape::Thread, host), cpu(XShape::Control, host)) {
+                let _ = writeln!(
+                    t,
+                    "\nAgent {name}, CPU per request, `thread` with the peer channel vs \
+                     `control` without: {on:.0} µs vs {off:.0} µs = {:.2}×",
+                    on / off.max(1e-9)
                 );
             }
         }
@@ -715,20 +745,21 @@ fn drive_shape(
     b_svc: &Proc,
     b_port: u16,
 ) -> Result<(Vec<String>, ShapeScore)> {
+    let listen = |ip: &str| shape.peers().then(|| ip.to_string());
     let mut agent_b = spawn_agent(
         hosts,
         &hosts.b,
-        "0.0.0.0",
+        listen("0.0.0.0").as_deref(),
         &b_svc.pid().to_string(),
         receiver,
         secret,
         &[],
     )?;
-    let mut agent_a = if shape.links() {
+    let mut agent_a = if shape != XShape::NoAgent {
         Some(spawn_agent(
             hosts,
             &hosts.a,
-            A_IP,
+            listen(A_IP).as_deref(),
             &a_svc.pid().to_string(),
             receiver,
             secret,
@@ -737,6 +768,9 @@ fn drive_shape(
     } else {
         None
     };
+    // CPU from here on: what tracing the shape cost, start-up (BTF, probe loading) excluded.
+    let cpu_b = cpu_seconds(agent_b.pid());
+    let cpu_a = agent_a.as_ref().map_or(0.0, |a| cpu_seconds(a.pid()));
     let per_client = config.requests.div_ceil(config.clients.max(1));
     let op = shape.hops()[0].prefix;
     let (ns, host, port) = match shape {
@@ -777,8 +811,8 @@ fn drive_shape(
     // B holds spans up to the grace period + --peer-wait; A must answer meanwhile.
     std::thread::sleep(Duration::from_secs(4));
     let mut agents = Vec::new();
-    let mut stop_agent = |p: &mut Proc, host: Host| -> Result<()> {
-        let cpu = cpu_seconds(p.pid());
+    let mut stop_agent = |p: &mut Proc, host: Host, since: f64| -> Result<()> {
+        let cpu = cpu_seconds(p.pid()) - since;
         let log = stop(
             p,
             if host == Host::A {
@@ -792,9 +826,9 @@ fn drive_shape(
         agents.push((host, stats));
         Ok(())
     };
-    stop_agent(&mut agent_b, Host::B)?;
+    stop_agent(&mut agent_b, Host::B, cpu_b)?;
     if let Some(a) = &mut agent_a {
-        stop_agent(a, Host::A)?;
+        stop_agent(a, Host::A, cpu_a)?;
     }
     Ok((
         ids,

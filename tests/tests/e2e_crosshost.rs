@@ -93,7 +93,15 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         .env("CALLBACK", format!("{A_IP}:{a_port}"));
     let (server, port) = spawn_app(server_cmd)?;
     let b_pid = server.pid().to_string();
-    let mut agent_b = spawn_agent(&hosts, &hosts.b, B_IP, &b_pid, &receiver, &secret, &[])?;
+    let mut agent_b = spawn_agent(
+        &hosts,
+        &hosts.b,
+        Some(B_IP),
+        &b_pid,
+        &receiver,
+        &secret,
+        &[],
+    )?;
 
     // Host A: traced clients, keep-alive, concurrent.
     hosts.dnat(80, &format!("{B_IP}:{port}"))?;
@@ -110,7 +118,15 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     // Host A's agent traces its server and the clients (and so outlives them: it stops by
     // itself when everything it traces has exited).
     let a_pids = format!("{},{}", traced.pid(), a_server.pid());
-    let mut agent_a = spawn_agent(&hosts, &hosts.a, A_IP, &a_pids, &receiver, &secret, &[])?;
+    let mut agent_a = spawn_agent(
+        &hosts,
+        &hosts.a,
+        Some(A_IP),
+        &a_pids,
+        &receiver,
+        &secret,
+        &[],
+    )?;
     let code = traced.wait_exit(Duration::from_secs(120));
     ensure!(
         code == Some(0),

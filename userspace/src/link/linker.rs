@@ -692,17 +692,8 @@ impl Linker {
             span_id: ctx.span_id,
             sampled: ctx.sampled,
         };
-        x.stats.linked += 1;
-        // Clock skew: how far this span lies outside its caller's window (marked, not hidden).
-        let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
-        let start = to_unix(rec.start_ns);
-        let end = rec.end_ns.map_or(start, to_unix);
-        let skew = p_start.saturating_sub(start).max(end.saturating_sub(p_end));
-        if skew > 0 {
-            x.stats.skewed += 1;
-            x.stats.max_skew_ns = x.stats.max_skew_ns.max(skew);
-            log::debug!("cross-host link {h}: {skew} ns outside the remote caller's window");
-        }
+        // Clock skew is measured at release, on the span's final times (crosshost.rs).
+        x.linked(h, p_start, p_end);
     }
 
     /// For evaluation only: no content evidence (rule 6's tokens are neither kept nor looked
@@ -1443,8 +1434,9 @@ impl Linker {
         self.stats.spans_released += 1;
         let status = status_of(&rec.exchange, rec.kind, rec.error.as_deref());
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
+        let mut clock_skew_ns = None;
         if let Some(x) = &mut self.crosshost {
-            x.released(h);
+            clock_skew_ns = x.released(h, to_unix(start_ns), to_unix(end_ns));
             if let (SpanKind::Client, Some(key)) = (rec.kind, rec.seq_key) {
                 x.sent(ClientSend {
                     key: WireKey {
@@ -1468,6 +1460,7 @@ impl Linker {
             span_id: rec.span_id,
             parent_span_id,
             parent_is_remote,
+            clock_skew_ns,
             kind: rec.kind,
             name: exchange_name(&rec.exchange),
             start_unix_ns: to_unix(start_ns),
