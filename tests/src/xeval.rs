@@ -267,6 +267,8 @@ impl AgentStats {
 pub struct XSpan {
     pub host: Option<Host>,
     pub span: EvalSpan,
+    /// `ztrace.link.clock_skew_ns`: how far the agent found it outside its remote parent's window.
+    pub clock_skew_ns: Option<i64>,
 }
 
 /// One shape's score.
@@ -287,6 +289,8 @@ pub struct ShapeScore {
     /// and the largest overshoot (ns).
     pub outside_window: usize,
     pub max_overshoot_ns: u64,
+    /// Spans of this shape the agents marked with `ztrace.link.clock_skew_ns`.
+    pub marked_skew: usize,
     /// Per agent, its lookups by outcome.
     pub agents: Vec<(Host, AgentStats)>,
     pub drive_secs: f64,
@@ -336,6 +340,11 @@ pub fn score_shape(shape: XShape, spans: &[XSpan], ids: &[String]) -> ShapeScore
         let host = x.host.map_or("?", |h| if h == Host::A { "A" } else { "B" });
         format!("{host} {} `{}`", x.span.kind.name(), x.span.label)
     };
+    s.marked_skew = found
+        .values()
+        .flatten()
+        .filter(|&&i| spans[i].clock_skew_ns.is_some())
+        .count();
     // Predictions: every parent link on a span of this shape's requests.
     for (&(id, hop), list) in &found {
         let spec = shape.hops()[hop];
@@ -525,13 +534,13 @@ impl Run {
         t.push_str(
             "| shape | requests (failed) | req/s | cross-host edges true / found / predicted / correct | \
              recall | precision | local edges recall / precision | complete traces | wrong links | \
-             outside window (> 1 ms) / max |\n|---|---|---|---|---|---|---|---|---|---|\n",
+             outside window (> 1 ms) / max | marked skewed |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (shape, s) in &self.shapes {
             let c = &s.cross;
             let _ = writeln!(
                 t,
-                "| `{}`: {} | {} ({}) | {:.0} | {} / {} / {} / {} | **{}** | **{}** | {} / {} | {} = **{}** | **{}** | {} / {:.1} µs |",
+                "| `{}`: {} | {} ({}) | {:.0} | {} / {} / {} / {} | **{}** | **{}** | {} / {} | {} = **{}** | **{}** | {} / {:.1} µs | {} |",
                 shape.name(),
                 shape.describe(),
                 s.requests,
@@ -550,6 +559,7 @@ impl Run {
                 s.wrong,
                 s.outside_window,
                 s.max_overshoot_ns as f64 / 1e3,
+                s.marked_skew,
             );
         }
         t.push_str(
@@ -690,6 +700,7 @@ pub fn run(config: Config) -> Result<Run> {
             XSpan {
                 host,
                 span: eval_span(s, None),
+                clock_skew_ns: s.attr_int("ztrace.link.clock_skew_ns"),
             }
         })
         .collect();
@@ -865,6 +876,7 @@ mod tests {
                     start_ns: 1_000 + i as u64 * 10,
                     end_ns: 10_000 - i as u64 * 10,
                 },
+                clock_skew_ns: None,
             })
             .collect()
     }

@@ -317,6 +317,16 @@ fn crosshost_eval_shapes_meet_the_targets() -> Result<()> {
     eprintln!("{report}");
     let misses = run.target_failures();
     ensure!(misses.is_empty(), "targets missed: {misses:?}\n{report}");
+    // Every link an agent counted as outside its caller's window is marked on its span.
+    for (shape, s) in &run.shapes {
+        let counted: u64 = s.agents.iter().map(|(_, a)| a.skewed).sum();
+        ensure!(
+            s.marked_skew as u64 == counted,
+            "{}: {} spans marked with a clock skew, the agents counted {counted}\n{report}",
+            shape.name(),
+            s.marked_skew
+        );
+    }
     // The agent-less host's lookups were asked and answered "no agent", not lost.
     let (_, none) = run
         .shapes

@@ -50,7 +50,10 @@
 //! [`CrossHost::skew`]), rather than being moved or unlinked.
 //!
 //! # Memory
-//! Pending lookups: at most `max_pending` (default 16,384), about 80 bytes each (≈ 1.3 MiB).
+//! Pending lookups: at most `max_pending` (default 16,384), about 110 bytes each with their
+//! queue slots and the lookup handed to the network (≈ 1.8 MiB; `memory_at_the_bounds` in
+//! `crate::peer` measures it). Remote parents' windows of linked spans awaiting release: at most
+//! as many, 40 bytes each.
 //! The index of client sends lives in `crate::peer` (its bound is stated there).
 
 use std::collections::{VecDeque, hash_map::Entry};
