@@ -1,7 +1,8 @@
 //! Helpers shared by ztrace's tests: an in-process OTLP receiver (gRPC and HTTP; traces, metrics
 //! and logs) with readers of what it received, the plumbing that
 //! starts the traced services and the ztrace binary, and the ground-truth linking evaluation
-//! (a multi-service topology and its scorer).
+//! (a multi-service topology and its scorer; its cross-host variant over network namespaces:
+//! netns, xeval, xtopology).
 
 pub mod eval;
 pub mod harness;
@@ -10,3 +11,4 @@ pub mod receiver;
 pub mod signals;
 pub mod topology;
 pub mod xeval;
+pub mod xtopology;

@@ -26,6 +26,7 @@ use ztrace_e2e::{
     },
     receiver::ReceivedSpan,
     xeval::{self, XShape},
+    xtopology,
 };
 
 const CLIENTS: usize = 16;
@@ -308,7 +309,7 @@ fn crosshost_eval_shapes_meet_the_targets() -> Result<()> {
     if !privileged_or_skip("crosshost_eval_shapes_meet_the_targets") {
         return Ok(());
     }
-    let run = xeval::run(xeval::Config {
+    let run = xtopology::run(xeval::Config {
         requests: 320,
         clients: CLIENTS,
         shapes: XShape::ALL.to_vec(),

@@ -14,6 +14,7 @@ use ztrace_e2e::{
     harness::is_root,
     topology::{Config, run},
     xeval::{self, XShape},
+    xtopology,
 };
 
 fn main() -> ExitCode {
@@ -58,7 +59,7 @@ fn main_() -> Result<()> {
             Some(names) => parse_shapes(names, XShape::by_name, XShape::ALL.map(XShape::name))?,
             None => XShape::ALL.to_vec(),
         };
-        let run = xeval::run(xeval::Config {
+        let run = xtopology::run(xeval::Config {
             requests: config.requests,
             clients: config.clients,
             shapes,
