@@ -311,10 +311,9 @@ fn two_tier(extra_args: &[&str], capture: &str) -> Result<String> {
         k1.resource_str("process.executable.name")
             .is_some_and(|n| n.starts_with("python3"))
     );
-    ensure!(
-        k1.resource_str("service.name")
-            .is_some_and(|n| n.starts_with("python3"))
-    );
+    // The script the interpreter runs names the service, not the interpreter.
+    ensure!(k1.resource_str("service.name").as_deref() == Some("two_tier"));
+    ensure!(k1.resource_str("process.runtime.name").as_deref() == Some("CPython"));
     ensure!(k1.resource_str("host.name").is_some_and(|n| !n.is_empty()));
     let client_k1 = front_client
         .iter()

@@ -153,4 +153,10 @@ pub struct ProcessInfo {
     pub executable_path: String,
     pub command_args: Vec<String>,
     pub host_name: String,
+    /// `process.runtime.name` / `.version` of an interpreter (empty when not one, or unknown).
+    pub runtime_name: String,
+    pub runtime_version: String,
+    /// `container.id` and `k8s.pod.uid` from the cgroup path (empty outside a container).
+    pub container_id: String,
+    pub pod_uid: String,
 }

@@ -90,6 +90,7 @@ pub fn process(pid: u32, name: &str) -> ProcessInfo {
         executable_path: format!("/usr/bin/{name}"),
         command_args: vec![name.into(), "app.py".into()],
         host_name: "node-1".into(),
+        ..ProcessInfo::default()
     }
 }
 

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod layers;
+mod package;
 mod toolchain;
 
 #[derive(Parser)]
@@ -42,6 +43,10 @@ enum Task {
     Test,
     /// Formatting and clippy for the userspace and eBPF crates.
     Lint,
+    /// Set up, build, and make a Debian package (target/package/ztrace_VERSION_ARCH.deb): the
+    /// binary, a hardened systemd unit, a commented /etc/ztrace/config.toml, man page and
+    /// shell completions.
+    Package,
     /// Prove the set-up from scratch: in throwaway RUSTUP_HOME and CARGO_HOME folders under
     /// target/fresh, with no toolchain, crate or bpf-linker in them, run `cargo xtask setup` and
     /// build the probes the way `cargo build` does (userspace/build.rs); print how long each took.
@@ -152,6 +157,8 @@ const TEST_PACKAGES: &[&str] = &[
     // The cross-host test (tests/tests/e2e_crosshost.rs): network namespaces, veth pairs, DNAT.
     "iproute2",
     "iptables",
+    // The package test (tests/tests/package.rs): systemd-analyze verifies the unit.
+    "systemd",
 ];
 
 /// PyPI packages the end-to-end test services import, pinned: (distribution, version).
@@ -468,6 +475,7 @@ fn test() -> Result<()> {
     lint()?;
     // Build the binaries the end-to-end tests run, then every test in the workspace.
     let ztrace = build_dist()?;
+    let deb = package::package(&root(), &ztrace)?;
     run(&mut cargo(&[
         "build",
         "--release",
@@ -477,6 +485,7 @@ fn test() -> Result<()> {
     run(
         cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])?
             .env("ZTRACE_BIN", ztrace)
+            .env("ZTRACE_DEB", deb)
             .env("ZTRACE_E2E_REQUIRED", "1"),
     )
 }
@@ -683,6 +692,7 @@ fn main() -> ExitCode {
         Task::Setup => setup(),
         Task::Build => build().map(|_| ()),
         Task::Lint => setup().and_then(|_| lint()),
+        Task::Package => build().and_then(|bin| package::package(&root(), &bin).map(|_| ())),
         Task::Fresh => fresh(),
         Task::Test => test(),
         Task::Fuzz { seconds } => fuzz(seconds),

@@ -185,10 +185,33 @@ pub enum Terminal {
     Json,
 }
 
+/// A PID to trace, with the service name the operator gave it (`--pid 1234=checkout`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PidSpec {
+    pub pid: u32,
+    pub service_name: Option<String>,
+}
+
+/// Processes chosen by what they are rather than by PID: one `--exe`/`--cmdline`/`--port`/
+/// `--container`/`--cgroup` flag, or one `[[target.select]]` table whose selectors must all
+/// match. Checked and compiled by the capture stage (`capture/select.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectSpec {
+    /// (kind, value): kind is one of [`SELECTOR_KINDS`].
+    pub selectors: Vec<(String, String)>,
+    pub service_name: Option<String>,
+    /// Where it was written, for error messages (`--port`, `[[target.select]] #2 in FILE`).
+    pub origin: String,
+}
+
+/// The selector kinds, as flags (`--exe`) and as `[[target.select]]` keys (`exe = "…"`).
+pub const SELECTOR_KINDS: [&str; 5] = ["exe", "cmdline", "port", "container", "cgroup"];
+
 /// What to trace, and how, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    pub pids: Vec<u32>,
+    pub pids: Vec<PidSpec>,
+    pub select: Vec<SelectSpec>,
     pub no_children: bool,
     pub duration: Option<Duration>,
     pub payload_cap: u32,
@@ -202,7 +225,8 @@ pub struct Target {
 /// data. String-valued export flags travel in [`super::Sources::flags`], by file key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CliFlags {
-    pub pids: Vec<u32>,
+    pub pids: Vec<PidSpec>,
+    pub select: Vec<SelectSpec>,
     pub no_children: bool,
     pub duration: Option<Duration>,
     pub payload_cap: Option<u32>,
@@ -310,8 +334,9 @@ pub const PEER_FILE_KEYS: [&str; 4] = [
 ];
 
 /// File keys with no environment variable (what to trace, terminal output, series limit).
-pub const NO_ENV_KEYS: [&str; 9] = [
+pub const NO_ENV_KEYS: [&str; 10] = [
     "target.pids",
+    "target.select",
     "target.no_children",
     "target.duration",
     "target.payload_cap",

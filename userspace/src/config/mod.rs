@@ -20,5 +20,5 @@ pub use defs::*;
 pub use env::process_env;
 pub use error::*;
 pub use file::*;
-pub use parse::parse_duration;
+pub use parse::{parse_duration, parse_pid_spec};
 pub use resolve::*;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::defs::{Compression, Protocol, Raw, Signal};
+use super::defs::{Compression, PidSpec, Protocol, Raw, Signal};
 use super::error::{ConfigError, Origin, bad};
 
 pub(super) fn string(raw: &Raw, origin: &Origin) -> Result<String, ConfigError> {
@@ -90,6 +90,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A PID to trace as the command line and the file write it: `1234`, or `1234=checkout` to name
+/// its service (the name also goes to the children it forks).
+pub fn parse_pid_spec(s: &str) -> Result<PidSpec, String> {
+    let (pid, name) = match s.split_once('=') {
+        Some((pid, name)) => (pid, Some(name.trim())),
+        None => (s, None),
+    };
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a PID (or PID=SERVICE_NAME)"))?;
+    match name {
+        Some("") => Err(format!("`{s}`: the service name after `=` is empty")),
+        Some(n) if n.chars().any(char::is_control) => {
+            Err(format!("`{s}`: the service name has control characters"))
+        }
+        name => Ok(PidSpec {
+            pid,
+            service_name: name.map(str::to_string),
+        }),
+    }
 }
 
 /// Decodes `%XX` escapes; a malformed escape or invalid UTF-8 is an error.

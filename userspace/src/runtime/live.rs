@@ -8,13 +8,18 @@
 //! but never its loop. It must not parse, link or encode anything itself (that is the pipeline's
 //! and the exporter's job).
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
 
 use crate::{
-    capture::{Capture, CaptureOptions, KernelCounters, RingFd, process},
+    capture::{Capture, CaptureOptions, KernelCounters, RingFd, process, select},
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
     peer::PeerLink,
@@ -26,7 +31,15 @@ use crate::{
 };
 
 pub struct DaemonConfig {
+    /// The config file SIGHUP re-reads `[target]` PIDs and `[[target.select]]` from (None when
+    /// flags chose what to trace: they win over the file).
+    pub reload_from: Option<PathBuf>,
     pub pids: Vec<u32>,
+    /// Service names the operator gave by PID (`--pid 1234=checkout`); children inherit them.
+    pub pid_service_names: HashMap<u32, String>,
+    /// Selectors (`--exe`, `--port`, `[[target.select]]`): matching processes are traced, now
+    /// and when they start later; with any, ztrace keeps running when no process is traced.
+    pub select: Vec<select::Rule>,
     pub follow_children: bool,
     pub service_name: Option<String>,
     pub duration: Option<Duration>,
@@ -192,18 +205,34 @@ impl Destination {
 
 struct Processes {
     alive: HashSet<u32>,
+    /// `--service-name`: every process's name unless it has its own.
     service_name: Option<String>,
+    /// Names by PID (`--pid 1234=checkout`), handed down to children as they fork.
+    names: HashMap<u32, String>,
     host_name: String,
 }
 
 impl Processes {
     fn add(&mut self, pid: u32, sink: &mut Destination) -> Result<()> {
         self.alive.insert(pid);
+        let name = self.names.get(&pid).or(self.service_name.as_ref());
         sink.process(process::info(
             pid,
-            self.service_name.as_deref(),
+            name.map(String::as_str),
             &self.host_name,
         ))
+    }
+
+    /// A child takes the name its parent was given, if any.
+    fn inherit(&mut self, pid: u32, parent: u32) {
+        if let Some(name) = self.names.get(&parent).cloned() {
+            self.names.insert(pid, name);
+        }
+    }
+
+    fn remove(&mut self, pid: u32) {
+        self.alive.remove(&pid);
+        self.names.remove(&pid);
     }
 }
 
@@ -257,6 +286,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         capture_stdio: cfg.capture_logs,
         via_syscalls: cfg.capture_via_syscalls,
         probe_stats: cfg.probe_stats,
+        // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
+        // the start (one small event per exec on the host, ignored while no rule is set).
+        report_execs: !cfg.select.is_empty() || cfg.reload_from.is_some(),
         ..CaptureOptions::default()
     })?;
     // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
@@ -266,11 +298,31 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut procs = Processes {
         alive: HashSet::new(),
         service_name: cfg.service_name.clone(),
+        names: cfg.pid_service_names.clone(),
         host_name: process::host_name(),
     };
     let mut targets = cfg.pids.clone();
+    let mut selection = Selection::new(cfg.select.clone());
+    for (pid, name) in selection.initial() {
+        if !targets.contains(&pid) {
+            if let Some(name) = name {
+                procs.names.entry(pid).or_insert(name);
+            }
+            targets.push(pid);
+        }
+    }
+    if !selection.rules.is_empty() {
+        log::info!(
+            "selecting processes by {}: {} running now; new ones are traced as they start",
+            selection.describe(),
+            targets.len().saturating_sub(cfg.pids.len())
+        );
+    }
     if cfg.follow_children {
-        targets.extend(process::descendants(&cfg.pids));
+        for (child, parent) in process::descendants_with_parents(&cfg.pids) {
+            procs.inherit(child, parent);
+            targets.push(child);
+        }
     }
     for &pid in &targets {
         capture.trace(pid)?;
@@ -296,6 +348,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut changes = Vec::new();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let deadline = cfg.duration.map(|d| Instant::now() + d);
     // The probes wake us only when a backlog builds up (maps.rs `submit`): drain on this tick.
     let mut tick = tokio::time::interval(DRAIN_TICK);
@@ -319,12 +372,31 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             _ = peer_answers(&mut peer, &mut answers) => {}
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "terminated",
+            _ = sighup.recv() => {
+                match &cfg.reload_from {
+                    Some(path) => match reload(path, &mut selection) {
+                        Ok(pids) => {
+                            for (pid, name) in pids {
+                                if let Some(name) = name {
+                                    procs.names.insert(pid, name);
+                                }
+                                selection.found.push((pid, None));
+                            }
+                        }
+                        Err(e) => log::warn!("SIGHUP: keeping the current targets: {e}"),
+                    },
+                    None => log::warn!(
+                        "SIGHUP: nothing to re-read (the command line chose what to trace, not a config file)"
+                    ),
+                }
+            }
             _ = sleep_until(deadline) => break "--duration elapsed",
         }
         for change in changes.drain(..) {
             match change {
                 ProcChange::Forked { pid, parent } => {
                     log::info!("following new child process {pid} of {parent}");
+                    procs.inherit(pid, parent);
                     procs.add(pid, &mut sink)?;
                 }
                 ProcChange::Execed { pid } => {
@@ -333,9 +405,22 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                 }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
-                    procs.alive.remove(&pid);
+                    procs.remove(pid);
                 }
+                ProcChange::ExecedUntraced { pid } => selection.on_exec(pid),
             }
+        }
+        for (pid, name) in selection.matched() {
+            if procs.alive.contains(&pid) {
+                continue;
+            }
+            log::info!("tracing process {pid}: it matches a selector");
+            if let Some(name) = name {
+                procs.names.insert(pid, name);
+            }
+            capture.trace(pid)?;
+            procs.add(pid, &mut sink)?;
+            attach_tls(&mut capture, pid);
         }
         sink.poll(mono_now_ns())?;
         sink.peer_io(&mut peer, &mut answers);
@@ -348,7 +433,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             report_losses(&reported, &now);
             reported = now;
         }
-        if procs.alive.is_empty() {
+        if procs.alive.is_empty() && selection.rules.is_empty() {
             break "every traced process has exited";
         }
     };
@@ -363,6 +448,121 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
     drop(ring);
     sink.finish(mono_now_ns(), &counters).await
+}
+
+/// SIGHUP: re-reads `[target] pids` and `[[target.select]]` from `path`, replaces the selectors
+/// and returns the processes to trace now (named where the file names them). Processes already
+/// traced stay traced; an invalid file changes nothing.
+fn reload(path: &std::path::Path, selection: &mut Selection) -> Result<Vec<(u32, Option<String>)>> {
+    let file = crate::config::ConfigFile::load(path).map_err(|e| anyhow::anyhow!(e.0))?;
+    let target = crate::config::resolve_target(&crate::config::Sources {
+        file: Some(&file),
+        ..crate::config::Sources::default()
+    })
+    .map_err(|e| anyhow::anyhow!(e.0))?;
+    let rules = select::Rule::compile(&target.select).map_err(|e| anyhow::anyhow!(e))?;
+    *selection = Selection::new(rules);
+    let mut out: Vec<(u32, Option<String>)> = target
+        .pids
+        .iter()
+        .filter(|p| process::validate(p.pid).is_ok())
+        .map(|p| (p.pid, p.service_name.clone()))
+        .collect();
+    out.extend(selection.initial());
+    log::info!(
+        "SIGHUP: re-read {}: {} selector rule(s){}{}",
+        path.display(),
+        selection.rules.len(),
+        if selection.rules.is_empty() { "" } else { ": " },
+        selection.describe()
+    );
+    Ok(out)
+}
+
+/// Processes chosen by selectors: matched at start, then at each exec; a process that may still
+/// open its port is re-checked (its own sockets only) for [`select::PORT_WATCH`].
+struct Selection {
+    rules: Vec<select::Rule>,
+    needs_ports: bool,
+    /// New processes not matched yet that a port rule may still match, with their deadline.
+    watching: Vec<(u32, Instant)>,
+    /// Matched since the last [`Selection::matched`].
+    found: Vec<(u32, Option<String>)>,
+    last_watch: Instant,
+}
+
+/// New processes watched for a port at once; more are not watched (and counted in the log).
+const MAX_PORT_WATCH: usize = 1024;
+
+impl Selection {
+    fn new(rules: Vec<select::Rule>) -> Self {
+        Selection {
+            needs_ports: rules.iter().any(select::Rule::needs_ports),
+            rules,
+            watching: Vec::new(),
+            found: Vec::new(),
+            last_watch: Instant::now(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let rules: Vec<String> = self.rules.iter().map(|r| r.to_string()).collect();
+        rules.join("; ")
+    }
+
+    fn name_of(&self, rule: usize) -> Option<String> {
+        self.rules[rule].service_name.clone()
+    }
+
+    fn initial(&self) -> Vec<(u32, Option<String>)> {
+        if self.rules.is_empty() {
+            return Vec::new();
+        }
+        select::scan(&self.rules)
+            .into_iter()
+            .map(|(pid, rule)| (pid, self.name_of(rule)))
+            .collect()
+    }
+
+    fn check(&mut self, pid: u32) -> bool {
+        let Some(facts) = select::Facts::read(pid, self.needs_ports) else {
+            return true; // gone: nothing to watch
+        };
+        match self.rules.iter().position(|r| r.matches(&facts)) {
+            Some(rule) => {
+                let name = self.name_of(rule);
+                self.found.push((pid, name));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn on_exec(&mut self, pid: u32) {
+        if self.rules.is_empty() || pid == std::process::id() {
+            return;
+        }
+        if !self.check(pid) && self.needs_ports {
+            if self.watching.len() < MAX_PORT_WATCH {
+                self.watching
+                    .push((pid, Instant::now() + select::PORT_WATCH));
+            } else {
+                log::debug!("not watching process {pid} for a port: {MAX_PORT_WATCH} already are");
+            }
+        }
+    }
+
+    /// What matched since the last call; re-checks the watched processes every 200 ms.
+    fn matched(&mut self) -> Vec<(u32, Option<String>)> {
+        if !self.watching.is_empty() && self.last_watch.elapsed() >= Duration::from_millis(200) {
+            self.last_watch = Instant::now();
+            let now = Instant::now();
+            let mut watching = std::mem::take(&mut self.watching);
+            watching.retain(|&(pid, deadline)| now < deadline && !self.check(pid));
+            self.watching = watching;
+        }
+        std::mem::take(&mut self.found)
+    }
 }
 
 /// Plaintext of OpenSSL traffic: probe the process's libssl (once per library file).

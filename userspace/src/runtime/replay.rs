@@ -50,7 +50,7 @@ pub fn replay(
                     if let Some(name) = &service_name {
                         info.service_name = name.clone();
                     }
-                    exporter.process(Arc::new(info));
+                    exporter.process(Arc::from(info));
                 }
                 Frame::Record(raw) => {
                     pipeline.on_record(&raw, &mut changes);
