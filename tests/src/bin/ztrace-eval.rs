@@ -2,7 +2,7 @@
 //! ground-truth linking evaluation at benchmark scale (N requests per shape; shapes: sequential,
 //! asyncio, node, pool, java, go, tokenfree; default all) (run as root; `cargo xtask eval` builds
 //! everything and runs this). With `--cross-host`, the cross-host variant instead: hosts as
-//! network namespaces, one agent each (shapes: thread, pool, dnat, callback, noagent; default
+//! network namespaces, one agent each (shapes: thread, pool, dnat, callback, noagent, control; default
 //! all). Prints the score as Markdown — and writes it to FILE — whatever the numbers: the CI
 //! tests (tests/e2e_linking.rs, tests/e2e_crosshost.rs) are the ones that assert the targets.
 
