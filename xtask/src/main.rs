@@ -71,7 +71,13 @@ enum Task {
     /// tokio/hyper → Python → Redis traced by ztrace, every end-user request with a unique id;
     /// prints parent-edge precision/recall, complete traces and well-formedness, and writes the
     /// table to target/eval/linking.md (the CI-scale run with assertions is tests/e2e_linking.rs).
+    /// With --cross-host: hosts as network namespaces, one ztrace each, linked through their
+    /// peer channel; table in target/eval/crosshost.md (CI scale: tests/e2e_crosshost.rs).
     Eval {
+        /// The cross-host variant (shapes thread, pool, dnat, callback, noagent, and a control with
+        /// the peer channel off).
+        #[arg(long)]
+        cross_host: bool,
         /// End-user requests in all.
         #[arg(long, default_value_t = 4000)]
         requests: usize,
@@ -643,13 +649,19 @@ const EVAL_PACKAGES: &[&str] = &[
     "golang-go",
 ];
 
-fn eval(requests: usize, clients: usize) -> Result<()> {
+/// What `cargo xtask eval --cross-host` adds: namespaces, veth pairs and DNAT.
+const CROSS_HOST_EVAL_PACKAGES: &[&str] = &["iproute2", "iptables"];
+
+fn eval(requests: usize, clients: usize, cross_host: bool) -> Result<()> {
     if !is_root() {
         bail!(
             "the evaluation loads eBPF probes and installs nginx, Node.js and Redis: run it as root (sudo cargo xtask eval)"
         );
     }
     apt_install(EVAL_PACKAGES)?;
+    if cross_host {
+        apt_install(CROSS_HOST_EVAL_PACKAGES)?;
+    }
     // The asyncio shapes import aiohttp into the `python3` on PATH, which need not be Debian's.
     pip_install(TEST_PYTHON_PACKAGES)?;
     let ztrace = build()?;
@@ -661,8 +673,16 @@ fn eval(requests: usize, clients: usize) -> Result<()> {
         "--package",
         "ztrace-e2e",
     ])?)?;
-    let out = root().join("target/eval/linking.md");
-    run(Command::new(root().join("target/release/ztrace-eval"))
+    let out = root().join(if cross_host {
+        "target/eval/crosshost.md"
+    } else {
+        "target/eval/linking.md"
+    });
+    let mut cmd = Command::new(root().join("target/release/ztrace-eval"));
+    if cross_host {
+        cmd.arg("--cross-host");
+    }
+    run(cmd
         .args(["--requests", &requests.to_string()])
         .args(["--clients", &clients.to_string()])
         .arg("--out")
@@ -715,8 +735,11 @@ fn main() -> ExitCode {
             ..
         } => eval_faults(minutes),
         Task::Eval {
-            requests, clients, ..
-        } => eval(requests, clients),
+            requests,
+            clients,
+            cross_host,
+            ..
+        } => eval(requests, clients, cross_host),
         Task::Run { args } => build().and_then(|bin| {
             if !is_root() {
                 bail!("ztrace loads eBPF programs: run as root (sudo cargo xtask run …)");

@@ -264,17 +264,8 @@ impl Linker {
             span_id: ctx.span_id,
             sampled: ctx.sampled,
         };
-        x.stats.linked += 1;
-        // Clock skew: how far this span lies outside its caller's window (marked, not hidden).
-        let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
-        let start = to_unix(rec.start_ns);
-        let end = rec.end_ns.map_or(start, to_unix);
-        let skew = p_start.saturating_sub(start).max(end.saturating_sub(p_end));
-        if skew > 0 {
-            x.stats.skewed += 1;
-            x.stats.max_skew_ns = x.stats.max_skew_ns.max(skew);
-            log::debug!("cross-host link {h}: {skew} ns outside the remote caller's window");
-        }
+        // Clock skew is measured at release, on the span's final times (crosshost.rs).
+        x.linked(h, p_start, p_end);
     }
 
     /// For evaluation only: no content evidence (rule 6's tokens are neither kept nor looked

@@ -270,8 +270,9 @@ impl Linker {
         self.stats.spans_released += 1;
         let status = status_of(&rec.exchange, rec.kind, rec.error.as_deref());
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
+        let mut clock_skew_ns = None;
         if let Some(x) = &mut self.crosshost {
-            x.released(h);
+            clock_skew_ns = x.released(h, to_unix(start_ns), to_unix(end_ns));
             if let (SpanKind::Client, Some(key)) = (rec.kind, rec.seq_key) {
                 x.sent(ClientSend {
                     key: WireKey {
@@ -295,6 +296,7 @@ impl Linker {
             span_id: rec.span_id,
             parent_span_id,
             parent_is_remote,
+            clock_skew_ns,
             kind: rec.kind,
             name: exchange_name(&rec.exchange),
             start_unix_ns: to_unix(start_ns),
