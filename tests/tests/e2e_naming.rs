@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::{
-    harness::{Proc, apps_dir, curl, privileged_or_skip, run_ok, spawn_app, spawn_ztrace},
+    harness::{apps_dir, curl, privileged_or_skip, run_ok, spawn_app, spawn_ztrace, stop_ztrace},
     receiver::ReceivedSpan,
 };
 
@@ -147,7 +147,7 @@ fn services_are_named_as_people_name_them() -> Result<()> {
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let spans = rt.block_on(receiver.wait_for_spans(12, Duration::from_secs(10)));
 
     let server_of = |pid: u32| -> Result<ReceivedSpan> {
@@ -224,16 +224,5 @@ fn services_are_named_as_people_name_them() -> Result<()> {
     drop((python, node, java, named));
     std::thread::sleep(Duration::from_millis(200));
     drop(cgroup);
-    Ok(())
-}
-
-fn stop(ztrace: &mut Proc) -> Result<()> {
-    ztrace.signal(libc::SIGINT);
-    let code = ztrace.wait_exit(Duration::from_secs(30));
-    ensure!(
-        code == Some(0),
-        "ztrace exited with {code:?}; stderr:\n{}",
-        ztrace.stderr_text()
-    );
     Ok(())
 }

@@ -21,11 +21,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace},
+    harness::{
+        curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
+    },
     receiver::ReceivedSpan,
     signals::{ReceivedLog, attr_str},
 };
@@ -39,14 +41,6 @@ fn config_file(name: &str, text: &str) -> Result<PathBuf> {
     let path = std::env::temp_dir().join(format!("ztrace-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
-}
-
-fn stop(ztrace: &mut Proc) -> Result<()> {
-    ztrace.signal(libc::SIGINT);
-    if ztrace.wait_exit(Duration::from_secs(30)) != Some(0) {
-        bail!("ztrace did not exit cleanly:\n{}", ztrace.stderr_text());
-    }
-    Ok(())
 }
 
 #[test]
@@ -105,7 +99,7 @@ status_code = { status_codes = ["ERROR"] }
     }
     let failures = REQUESTS.div_ceil(FAIL_EVERY);
     thread::sleep(Duration::from_millis(1500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let _ = std::fs::remove_file(&config);
     let spans = rt.block_on(receiver.wait_for_spans(3 * failures, Duration::from_secs(10)));
     // Nothing more may come: wait a little and take the final set.
@@ -290,7 +284,7 @@ min_requests = 5
     }
     let fault_seen = fault_start.elapsed();
     thread::sleep(Duration::from_secs(3));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let _ = std::fs::remove_file(&config);
     let stderr = ztrace.stderr_text();
     eprintln!("ztrace stderr:\n{stderr}");

@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::{
     harness::{
         Proc, apps_dir, curl, privileged_or_skip, runtime_with_receiver, spawn_app, spawn_ztrace,
+        stop_ztrace,
     },
     receiver::ReceivedSpan,
 };
@@ -22,17 +23,6 @@ fn scratch(name: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("ztrace-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn stop(ztrace: &mut Proc) -> Result<()> {
-    ztrace.signal(libc::SIGINT);
-    let code = ztrace.wait_exit(Duration::from_secs(30));
-    ensure!(
-        code == Some(0),
-        "ztrace exited with {code:?}; stderr:\n{}",
-        ztrace.stderr_text()
-    );
-    Ok(())
 }
 
 fn server_spans_of(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
@@ -101,7 +91,7 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
         curl(&[format!("http://127.0.0.1:{port}/item/{i}")])?;
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let spans = rt.block_on(receiver.wait_for_spans(3, Duration::from_secs(10)));
     let mine = server_spans_of(&spans, server.pid());
     ensure!(
@@ -154,7 +144,7 @@ fn port_selector_picks_the_right_server() -> Result<()> {
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let spans = rt.block_on(receiver.wait_for_spans(2, Duration::from_secs(10)));
     ensure!(
         server_spans_of(&spans, wanted.pid()).len() == 2,
@@ -256,7 +246,7 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
     ztrace.wait_stderr(&format!("tracing process {second}"), Duration::from_secs(5))?;
     curl(&[format!("http://127.0.0.1:{second_port}/item/2")])?;
     std::thread::sleep(Duration::from_millis(500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     drop(supervisor);
     let _ = Command::new("pkill")
         .args(["-f", &service.display().to_string()])
@@ -338,7 +328,7 @@ fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
     get(first_port, 2)?;
     get(second_port, 2)?;
     std::thread::sleep(Duration::from_millis(500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let spans = rt.block_on(receiver.wait_for_spans(3, Duration::from_secs(10)));
     let first_spans = server_spans_of(&spans, first.pid());
     let second_spans = server_spans_of(&spans, second.pid());
