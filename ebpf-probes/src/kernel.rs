@@ -155,3 +155,13 @@ pub fn syscall_regs(off: &KernelOffsets) -> Option<(i64, u64, u64, u64)> {
 pub fn task_tgid(off: &KernelOffsets, task: u64) -> Option<u32> {
     read(task, off.task_tgid)
 }
+
+/// Whether `task`'s process has no live thread left (`task->signal->live == 0`): in
+/// `sched_process_exit`, the exiting thread was the last one (the kernel decremented `live`
+/// just before the tracepoint, in `do_exit`).
+#[inline(always)]
+pub fn task_group_dead(off: &KernelOffsets, task: u64) -> Option<bool> {
+    let signal: u64 = read(task, off.task_signal)?;
+    let live: i32 = read(signal, off.signal_live)?;
+    Some(live == 0)
+}

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernels;
 mod layers;
 mod package;
 mod toolchain;
@@ -43,6 +44,9 @@ enum Task {
     Test,
     /// Formatting and clippy for the userspace and eBPF crates.
     Lint,
+    /// The kernel matrix, as root: boot each kernel of xtask/src/kernels.rs (Debian 12's stock
+    /// 6.1) under QEMU and run the HTTP smoke test inside it with the real probes. `test` runs it.
+    Kernels,
     /// Set up, build, and make a Debian package (target/package/ztrace_VERSION_ARCH.deb): the
     /// binary, a hardened systemd unit, a commented /etc/ztrace/config.toml, man page and
     /// shell completions.
@@ -493,10 +497,13 @@ fn test() -> Result<()> {
     ])?)?;
     run(
         cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])?
-            .env("ZTRACE_BIN", ztrace)
+            .env("ZTRACE_BIN", &ztrace)
             .env("ZTRACE_DEB", deb)
             .env("ZTRACE_E2E_REQUIRED", "1"),
-    )
+    )?;
+    // The kernel matrix: the smoke test on the other kernels (this one ran everything above).
+    apt_install(kernels::PACKAGES)?;
+    kernels::kernels(&root(), &ztrace)
 }
 
 /// See [`Task::Fresh`].
@@ -724,6 +731,13 @@ fn main() -> ExitCode {
         Task::Setup => setup(),
         Task::Build => build().map(|_| ()),
         Task::Lint => setup().and_then(|_| lint()),
+        Task::Kernels => build().and_then(|bin| {
+            if !is_root() {
+                bail!("the kernel matrix loads eBPF programs in a VM: run as root");
+            }
+            apt_install(kernels::PACKAGES)?;
+            kernels::kernels(&root(), &bin)
+        }),
         Task::Package => build().and_then(|bin| package::package(&root(), &bin).map(|_| ())),
         Task::Fresh => fresh(),
         Task::Test => test(),

@@ -182,6 +182,10 @@ pub struct ProcEvent {
 pub struct KernelOffsets {
     pub task_files: u32,
     pub task_tgid: u32,
+    /// `task_struct.signal` and `signal_struct.live`: whether an exiting thread is the last of
+    /// its process, on kernels whose `sched_process_exit` has no `group_dead` field (before 6.x).
+    pub task_signal: u32,
+    pub signal_live: u32,
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
@@ -241,6 +245,8 @@ impl KernelOffsets {
     pub const UNKNOWN: Self = Self {
         task_files: OFFSET_UNKNOWN,
         task_tgid: OFFSET_UNKNOWN,
+        task_signal: OFFSET_UNKNOWN,
+        signal_live: OFFSET_UNKNOWN,
         files_fdt: OFFSET_UNKNOWN,
         fdt_max_fds: OFFSET_UNKNOWN,
         fdt_fd: OFFSET_UNKNOWN,

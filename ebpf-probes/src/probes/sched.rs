@@ -2,14 +2,14 @@
 //! userspace disabled following), and a process whose last thread exits leaves the map.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
 use ztrace_abi::{ProcEvent, counter, kind, proc};
 
 use crate::{
-    kernel::task_tgid,
+    kernel::{task_group_dead, task_tgid},
     maps::{TRACED, config, count, header, is_traced, mark_traced, submit, traced_flags},
 };
 
@@ -48,10 +48,17 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    let offset = config().exit_group_dead_offset as usize;
-    // SAFETY: offset comes from the tracepoint's own format description.
-    let group_dead: u8 = unsafe { ctx.read_at(offset).unwrap_or(0) };
-    if group_dead == 0 {
+    let cfg = config();
+    let group_dead = if cfg.exit_group_dead_offset != ztrace_abi::OFFSET_UNKNOWN {
+        // SAFETY: offset comes from the tracepoint's own format description.
+        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_offset as usize) }.unwrap_or(0) != 0
+    } else {
+        // Kernels before the field existed (Debian 12's 6.1): ask the task itself.
+        // SAFETY: plain helper call; the pointer is only read through probe-read helpers.
+        let task = unsafe { bpf_get_current_task() };
+        task_group_dead(&cfg.offsets, task).unwrap_or(false)
+    };
+    if !group_dead {
         return 0;
     }
     let _ = TRACED.remove(tgid);

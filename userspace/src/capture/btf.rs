@@ -343,6 +343,8 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let mut o = KernelOffsets {
         task_files: req("task_struct", "files", None)?,
         task_tgid: req("task_struct", "tgid", Some(4))?,
+        task_signal: req("task_struct", "signal", None)?,
+        signal_live: req("signal_struct", "live", Some(4))?,
         files_fdt: req("files_struct", "fdt", None)?,
         fdt_max_fds: req("fdtable", "max_fds", Some(4))?,
         fdt_fd: req("fdtable", "fd", None)?,

@@ -135,10 +135,17 @@ pub struct KernelCounters {
     pub read_failed: u64,
 }
 
-/// Offset of `group_dead` in `sched:sched_process_exit` records, from the tracepoint's format.
-fn exit_group_dead_offset() -> Result<u32> {
-    tracepoint_field("sched/sched_process_exit", "group_dead")
-        .context("no `group_dead` field (kernel older than 4.x?)")
+/// Offset of `group_dead` in `sched:sched_process_exit` records, from the tracepoint's format;
+/// `OFFSET_UNKNOWN` on kernels without the field (it appeared in 6.x; Debian 12's 6.1 lacks
+/// it), where the probe reads `task->signal->live` instead.
+fn exit_group_dead_offset() -> u32 {
+    match tracepoint_field("sched/sched_process_exit", "group_dead") {
+        Ok(offset) => offset,
+        Err(e) => {
+            log::debug!("sched_process_exit: {e:#}; the probe reads task->signal->live instead");
+            ztrace_abi::OFFSET_UNKNOWN
+        }
+    }
 }
 
 /// Offset of `field` in the records of tracepoint `event` ("category/name"), from its format file.
@@ -233,7 +240,7 @@ impl Capture {
         let mut config = Config {
             payload_cap: opts.payload_cap,
             follow_children: opts.follow_children as u32,
-            exit_group_dead_offset: exit_group_dead_offset()?,
+            exit_group_dead_offset: exit_group_dead_offset(),
             capture_stdio: opts.capture_stdio as u32,
             set_state_skaddr_offset: net[0],
             set_state_old_offset: net[1],
