@@ -174,6 +174,20 @@ pub struct ExportArgs {
     /// one overflow series (otel.metric.overflow=true) and are counted [default: 2000].
     #[arg(long, value_name = "SERIES", value_parser = clap::value_parser!(u32).range(1..=MAX_SERIES_LIMIT as i64))]
     pub metric_max_series: Option<u32>,
+    /// Export database servers' error messages verbatim. Off by default: they quote values
+    /// (`Duplicate entry 'alice@example.com'`), so only the code and a generic message leave.
+    #[arg(long)]
+    pub db_error_text: bool,
+    /// Export `process.command_args`. Off by default: command lines carry passwords and DSNs.
+    #[arg(long)]
+    pub command_args: bool,
+    /// Let `RUST_LOG=ztrace=trace` print captured payload bytes (requests, credentials).
+    #[arg(long)]
+    pub log_payloads: bool,
+    /// More query parameters (values replaced by REDACTED) and headers (not exported) to redact,
+    /// name1,name2, compared without case, `-` and `_`; added to the built-in list.
+    #[arg(long, value_name = "LIST")]
+    pub redact: Vec<String>,
 }
 
 impl ExportArgs {
@@ -216,6 +230,10 @@ impl ExportArgs {
             }),
             db_query_text: self.db_query_text,
             metric_max_series: self.metric_max_series,
+            db_error_text: self.db_error_text,
+            command_args: self.command_args,
+            log_payloads: self.log_payloads,
+            redact: self.redact.clone(),
             ..CliFlags::default()
         }
     }
@@ -319,6 +337,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let mut metrics = MetricsConfig::default();
     let mut peer = None;
+    let mut privacy = config::Privacy::default();
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check) => return check(),
         Some(Command::Replay {
@@ -348,7 +367,9 @@ pub fn main() -> i32 {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
-            return match replay::replay(&file, r.export, r.service_name, r.db_query_text) {
+            let privacy = r.config.privacy.clone();
+            return match replay::replay(&file, r.export, r.service_name, r.db_query_text, &privacy)
+            {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
             };
@@ -371,6 +392,7 @@ pub fn main() -> i32 {
                 Err(e) => return usage_error(e),
             };
             metrics = r.metrics;
+            privacy = r.config.privacy.clone();
             (
                 target,
                 live::Mode::Trace(Box::new(r.export)),
@@ -407,6 +429,7 @@ pub fn main() -> i32 {
         duration: target.duration,
         payload_cap: target.payload_cap,
         db_query_text,
+        privacy,
         mode,
         metrics,
         capture_logs: target.capture_logs,

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use ztrace_abi::{ConnEvent, DataEvent, direction, syscall};
 use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 
+use super::Redaction;
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Stream},
     link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
@@ -84,8 +85,9 @@ pub struct Assembler<P: ParserSet = AnyParser> {
     /// The parsers' event buffers, reused for every chunk.
     scratch: P::Scratch,
     pub stats: AssembleStats,
-    /// Keep (sanitised) database query text; off by default: queries stay home unless asked for.
-    pub db_query_text: bool,
+    /// What may leave of each exchange: query text, error messages, configured names (all kept
+    /// home by default).
+    pub redaction: Redaction,
 }
 
 impl<P: ParserSet> Assembler<P> {
@@ -95,7 +97,7 @@ impl<P: ParserSet> Assembler<P> {
             steps: Vec::new(),
             scratch: P::Scratch::default(),
             stats: AssembleStats::default(),
-            db_query_text: false,
+            redaction: Redaction::default(),
         }
     }
 
@@ -151,14 +153,7 @@ impl<P: ParserSet> Assembler<P> {
             parser.push(dir, payload, ev.bytes, &mut self.scratch, &mut self.steps);
             let mut ended = None;
             for mut step in self.steps.drain(..) {
-                if !self.db_query_text
-                    && let Step::Request {
-                        exchange: Exchange::Db(db),
-                        ..
-                    } = &mut step
-                {
-                    db.query_text = None;
-                }
+                self.redaction.apply(&mut step);
                 ended = apply(key, conn, step, linker, &mut self.stats).or(ended);
             }
             if let Some(io) = thread_io(&conn.state.proto, role, egress, multiplexed, ended) {
@@ -643,8 +638,16 @@ mod tests {
         let d = db(&spans[0]);
         assert_eq!(d.system, crate::model::DbSystem::Redis);
         assert_eq!(d.operation.as_deref(), Some("GET"));
+        // The message stays home by default (Redis echoes arguments in some).
+        assert_eq!(d.error, Some(("WRONGTYPE".to_string(), String::new())));
+
+        let mut rig = Rig::<AnyParser>::new();
+        rig.asm.redaction.db_error_text = true;
+        rig.io(CLIENT, true, 1_000, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        rig.io(CLIENT, false, 2_000, b"-WRONGTYPE bad\r\n");
+        let spans = rig.spans();
         assert_eq!(
-            d.error,
+            db(&spans[0]).error,
             Some(("WRONGTYPE".to_string(), "WRONGTYPE bad".to_string()))
         );
     }
@@ -671,7 +674,7 @@ mod tests {
     fn sql_query_text_is_kept_only_when_asked_for() {
         for keep in [false, true] {
             let mut rig = Rig::<AnyParser>::new();
-            rig.asm.db_query_text = keep;
+            rig.asm.redaction.db_query_text = keep;
             rig.io(
                 CLIENT,
                 true,

@@ -32,6 +32,8 @@ pub struct DaemonConfig {
     pub duration: Option<Duration>,
     pub payload_cap: u32,
     pub db_query_text: bool,
+    /// What sensitive data may leave (all opt-ins off by default).
+    pub privacy: crate::config::Privacy,
     pub mode: Mode,
     /// The metrics signal (interval, temporality, cardinality cap).
     pub metrics: MetricsConfig,
@@ -194,16 +196,18 @@ struct Processes {
     alive: HashSet<u32>,
     service_name: Option<String>,
     host_name: String,
+    /// `--command-args`: keep `process.command_args` (command lines carry passwords).
+    command_args: bool,
 }
 
 impl Processes {
     fn add(&mut self, pid: u32, sink: &mut Destination) -> Result<()> {
         self.alive.insert(pid);
-        sink.process(process::info(
-            pid,
-            self.service_name.as_deref(),
-            &self.host_name,
-        ))
+        let mut info = process::info(pid, self.service_name.as_deref(), &self.host_name);
+        if !self.command_args {
+            info.command_args.clear();
+        }
+        sink.process(info)
     }
 }
 
@@ -215,6 +219,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                 pipeline: {
                     let mut p = Box::new(Pipeline::new(mono_to_unix, None));
                     p.set_db_query_text(cfg.db_query_text);
+                    p.set_privacy(&cfg.privacy);
                     let now_unix = clock_ns(libc::CLOCK_REALTIME).max(0) as u64;
                     p.metrics = Some(Metrics::new(cfg.metrics, now_unix));
                     if cfg.capture_logs {
@@ -267,6 +272,8 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         alive: HashSet::new(),
         service_name: cfg.service_name.clone(),
         host_name: process::host_name(),
+        // A recording keeps them (the file is private to root); replay applies the opt-in.
+        command_args: cfg.privacy.command_args || matches!(cfg.mode, Mode::Record(_)),
     };
     let mut targets = cfg.pids.clone();
     if cfg.follow_children {
