@@ -404,6 +404,9 @@ pub fn main() -> i32 {
     if target.pids.is_empty() {
         return usage_error("nothing to trace: pass --pid PID (see `ztrace --help`)");
     }
+    if let Err(e) = process::check_pid_namespace() {
+        return usage_error(e);
+    }
     for &pid in &target.pids {
         if let Err(e) = process::validate(pid) {
             return usage_error(e);

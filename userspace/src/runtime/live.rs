@@ -278,6 +278,19 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut targets = cfg.pids.clone();
     if cfg.follow_children {
         targets.extend(process::descendants(&cfg.pids));
+        // ztrace descends from an ancestor given (`--pid 1`, `--pid $$`): never trace itself,
+        // or its exports would be captured, exported, captured …
+        let me = std::process::id();
+        if targets.contains(&me) {
+            let ancestors: Vec<u32> = cfg
+                .pids
+                .iter()
+                .copied()
+                .filter(|&p| process::is_ancestor_of_self(p))
+                .collect();
+            log::info!("{ancestors:?}: ztrace descends from it; ztrace itself is not traced");
+            targets.retain(|&p| p != me);
+        }
     }
     for &pid in &targets {
         capture.trace(pid)?;
