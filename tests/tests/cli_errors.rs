@@ -52,7 +52,7 @@ fn ztrace_refuses_itself_and_a_foreign_pid_namespace() {
     let bin = ztrace_bin();
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("exec {} --pid $$", bin.display()))
+        .arg(format!("exec {} --pid $$ --duration 10s", bin.display()))
         .output()
         .expect("run ztrace");
     assert_usage_error(&out, "is ztrace itself");

@@ -28,6 +28,9 @@ use crate::{
 
 /// After this many chunks that look like no known protocol, a connection is ignored.
 const MAX_UNKNOWN_CHUNKS: u32 = 4;
+/// Most exchanges open on one connection (requests without their response yet); beyond it the
+/// oldest ends with an error and is counted in `AssembleStats::pending_dropped`.
+pub const MAX_PENDING: usize = 1024;
 
 #[derive(Default)]
 pub enum Proto<P> {
@@ -75,6 +78,10 @@ pub struct AssembleStats {
     pub ignored_connections: u64,
     pub desyncs: u64,
     pub aborted_exchanges: u64,
+    /// Exchanges ended early because their connection had [`MAX_PENDING`] open.
+    pub pending_dropped: u64,
+    /// Connections tracked right now (filled in by the pipeline's `stats()`).
+    pub open_connections: u64,
 }
 
 /// Assembles the exchanges of every connection, with the parsers of `P` (by default every
@@ -306,6 +313,15 @@ fn apply<P>(
                 connect_cause: conn.state.connect_cause.take().flatten(),
             });
             if let Proto::Known { pending, .. } = &mut conn.state.proto {
+                if pending.len() >= MAX_PENDING
+                    && let Some((_, oldest)) = pending.pop_front()
+                {
+                    // A peer that sends requests and never reads answers must not grow this.
+                    stats.pending_dropped += 1;
+                    stats.aborted_exchanges += 1;
+                    let reason = "too many requests waiting for a response on the connection";
+                    linker.finish(oldest, start_ns, Some(reason.into()));
+                }
                 pending.push_back((exchange_key, h));
             }
             None
@@ -527,6 +543,33 @@ mod tests {
 
     const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+
+    #[test]
+    fn requests_without_answers_are_bounded_per_connection() {
+        let mut rig = Rig::<AnyParser>::new();
+        let extra = 100;
+        for i in 0..(MAX_PENDING + extra) as u64 {
+            rig.io(SERVER, false, 1_000 + i, GET);
+        }
+        let Some(conn) = rig.asm.conns.get(&ConnKey {
+            tgid: SERVER.pid,
+            sock_id: SERVER.sock,
+        }) else {
+            panic!("connection not tracked");
+        };
+        let Proto::Known { pending, .. } = &conn.state.proto else {
+            panic!("protocol not recognised");
+        };
+        assert_eq!(pending.len(), MAX_PENDING);
+        assert_eq!(rig.asm.stats.pending_dropped, extra as u64);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), extra);
+        assert!(
+            spans.iter().all(
+                |s| matches!(&s.status, SpanStatus::Error(e) if e.contains("too many requests"))
+            )
+        );
+    }
 
     #[test]
     fn http1_server_span_runs_from_the_request_read_exit_to_the_response_write_entry() {

@@ -485,7 +485,7 @@ pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
          {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}; {} sampled out), \
-         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response",
+         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response, {} connections still open",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
         k.ringbuf_full,
@@ -522,5 +522,6 @@ pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         crate::link::MAX_STAMP_ADJUST_NS / 1000,
         p.assemble.desyncs,
         p.assemble.aborted_exchanges,
+        p.assemble.open_connections,
     );
 }

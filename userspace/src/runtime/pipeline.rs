@@ -254,7 +254,10 @@ impl Pipeline {
         PipelineStats {
             records: self.records,
             decode_errors: self.decode_errors,
-            assemble: self.assembler.stats,
+            assemble: AssembleStats {
+                open_connections: self.assembler.conns.len() as u64,
+                ..self.assembler.stats
+            },
             link: self.linker.stats,
         }
     }
