@@ -878,6 +878,9 @@ mod tests {
             let out = sanitize(&sql);
             assert!(out.len() <= MAX_SANITIZED);
             assert_eq!(sanitize(&out), out, "idempotent: {sql:?}");
+            let out = sanitize_mysql(&sql);
+            assert!(out.len() <= MAX_SANITIZED);
+            assert_eq!(sanitize_mysql(&out), out, "idempotent (MySQL): {sql:?}");
             let _ = summarize(&sql);
         }
         // A secret inside any string literal never survives.
@@ -887,6 +890,10 @@ mod tests {
                 let sql = format!("{pre}{q}SECRET\\'' 1{close} AND b = 2");
                 assert!(!sanitize(&sql).contains("SECRET"), "{sql}");
             }
+        }
+        for pre in ["SELECT ", "a IN (", "x=", "/**/", "'a'||"] {
+            let sql = format!("{pre}\"SECRET\\\" \"\" 1\" AND b = 2");
+            assert!(!sanitize_mysql(&sql).contains("SECRET"), "{sql}");
         }
     }
 }
