@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use ztrace_abi::{ConnEvent, DataEvent, direction, syscall};
 use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 
-use super::Redaction;
+use super::redact::Redaction;
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Stream},
     link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
