@@ -3,7 +3,9 @@
 //!   own in the kernel: every one it held (read from /proc/PID/fdinfo while it ran) is gone from
 //!   the kernel's lists (bpftool) soon after;
 //! - a traced server killed while a request is in flight: the server's and the client's spans
-//!   end with an error, and the connections are forgotten (the exit summary counts none open).
+//!   end with an error, and the connections are forgotten (the exit summary counts none open);
+//! - least privilege: once started, every thread of ztrace has only the capabilities it keeps
+//!   (no CAP_SYS_ADMIN, CAP_SETUID, …) and no_new_privs, and it still follows new processes.
 
 use std::{
     collections::BTreeSet,
@@ -189,5 +191,65 @@ fn a_server_killed_mid_request_ends_its_spans_with_an_error() -> Result<()> {
         summary.contains(" 0 connections still open"),
         "connections left behind: {summary}"
     );
+    Ok(())
+}
+
+/// CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_NET_BIND_SERVICE, CAP_SYS_PTRACE,
+/// CAP_SYS_RESOURCE, CAP_PERFMON, CAP_BPF: what ztrace keeps after start-up.
+const KEPT_CAPS: u64 = 1 << 1 | 1 << 2 | 1 << 10 | 1 << 19 | 1 << 24 | 1 << 38 | 1 << 39;
+
+fn status_hex(path: &std::path::Path, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(path)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .with_context(|| format!("{field} in {}", path.display()))
+}
+
+#[test]
+fn after_start_every_thread_keeps_only_the_needed_capabilities() -> Result<()> {
+    if !privileged_or_skip("after_start_every_thread_keeps_only_the_needed_capabilities") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let (server, port) = spawn_app({
+        let mut c = Command::new("python3");
+        c.args(["-c", SLOW_SERVER]);
+        c
+    })?;
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        server.pid().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", ztrace.pid()))? {
+        let status = task?.path().join("status");
+        for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            let caps = status_hex(&status, field)?;
+            ensure!(
+                caps == KEPT_CAPS,
+                "{}: {field} {caps:#x}, want {KEPT_CAPS:#x}",
+                status.display()
+            );
+        }
+        ensure!(status_hex(&status, "CapInh:")? == 0 && status_hex(&status, "CapAmb:")? == 0);
+        ensure!(
+            status_hex(&status, "NoNewPrivs:")? == 1,
+            "no_new_privs not set"
+        );
+        threads += 1;
+    }
+    ensure!(threads >= 3, "ztrace runs {threads} threads");
+    // Still working with what it kept: a request to the traced server becomes a span.
+    ztrace_e2e::harness::curl(&[format!("http://127.0.0.1:{port}/fast")])?;
+    let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(10)));
+    ensure!(!spans.is_empty(), "no span after the privilege drop");
+    ztrace.signal(libc::SIGINT);
+    ensure!(ztrace.wait_exit(Duration::from_secs(30)) == Some(0));
+    drop(server);
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::{preflight, process},
+    capture::{preflight, privdrop, process},
     config::{self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration},
     export::ExportConfig,
     runtime::{bench, live, replay},
@@ -424,6 +424,14 @@ pub fn main() -> i32 {
             Some(p) => return usage_error(p),
             None => log::debug!("{item}"),
         }
+    }
+    // Before the daemon starts a thread: threads inherit the creating thread's capabilities.
+    match privdrop::drop_privileges(target.probe_stats) {
+        Ok(kept) => log::info!(
+            "privileges: kept {} only, no_new_privs set",
+            privdrop::names(kept)
+        ),
+        Err(e) => return usage_error(format!("dropping privileges failed: {e}")),
     }
     let config = live::DaemonConfig {
         pids: target.pids.clone(),

@@ -3,6 +3,7 @@
 pub mod btf;
 mod loader;
 pub mod preflight;
+pub mod privdrop;
 pub mod process;
 
 pub use loader::*;
