@@ -426,7 +426,7 @@ pub fn main() -> i32 {
         }
     }
     // Before the daemon starts a thread: threads inherit the creating thread's capabilities.
-    match privdrop::drop_privileges(target.probe_stats) {
+    match privdrop::drop_privileges() {
         Ok(kept) => log::info!(
             "privileges: kept {} only, no_new_privs set",
             privdrop::names(kept)

@@ -170,8 +170,8 @@ pub fn full_report() -> Vec<Item> {
         name: "after start",
         problem: None,
         detail: format!(
-            "ztrace keeps only {} (and CAP_SYS_ADMIN with --probe-stats), no_new_privs",
-            super::privdrop::names(super::privdrop::kept_mask(false))
+            "ztrace keeps only {}, no_new_privs",
+            super::privdrop::names(super::privdrop::kept_mask())
         ),
     });
     let kernel = {
