@@ -1,8 +1,11 @@
 """Two uninstrumented HTTP/1.1 services for ztrace's end-to-end tests and demo.
 
-    python3 two_tier.py backend            -> serves /item/<id>, /fail (500), POST /echo
+    python3 two_tier.py backend            -> serves /item/<id>, /fail (500), POST /echo,
+                                              /slow/<ms>/<id> (answers after <ms> ms;
+                                              with ?fail=1, a 500)
     python3 two_tier.py frontend PORT      -> serves /api/<id>, /api/fail, POST /api/echo by
-                                              calling the backend at 127.0.0.1:PORT
+                                              calling the backend at 127.0.0.1:PORT, and passes
+                                              /api/slow/<ms>/<id>[?fail=1] through
 
 BIND=::1 in the environment makes a service listen on IPv6 loopback instead.
 Both are thread-per-request (ThreadingHTTPServer) with keep-alive, bind an ephemeral port on
@@ -17,6 +20,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 
 class Backend(http.server.BaseHTTPRequestHandler):
@@ -36,6 +40,12 @@ class Backend(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/fail":
             self.reply(500, {"error": "backend failure"})
+        elif self.path.startswith("/slow/"):
+            time.sleep(int(self.path.split("/")[2]) / 1000)
+            if self.path.endswith("?fail=1"):
+                self.reply(500, {"error": "injected failure"})
+            else:
+                self.reply(200, {"item": self.path.rsplit("/", 1)[-1]})
         else:
             self.reply(200, {"item": self.path.rsplit("/", 1)[-1]})
 
@@ -74,6 +84,8 @@ class Frontend(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/api/fail":
             self.forward("GET", "/fail")
+        elif self.path.startswith("/api/slow/"):
+            self.forward("GET", self.path[len("/api"):])
         else:
             self.forward("GET", "/item/" + self.path.rsplit("/", 1)[-1])
 

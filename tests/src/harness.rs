@@ -137,6 +137,19 @@ fn collect(pipe: Option<impl std::io::Read + Send + 'static>) -> Arc<Mutex<Strin
     buf
 }
 
+/// Stops ztrace as an operator does (SIGINT) and requires a clean exit (code 0) within 30 s.
+pub fn stop_ztrace(ztrace: &mut Proc) -> Result<()> {
+    ztrace.signal(libc::SIGINT);
+    let code = ztrace.wait_exit(Duration::from_secs(30));
+    if code != Some(0) {
+        bail!(
+            "ztrace exited with {code:?}; stderr:\n{}",
+            ztrace.stderr_text()
+        );
+    }
+    Ok(())
+}
+
 /// Starts ztrace with `args`, collecting its stdout and stderr.
 pub fn spawn_ztrace(args: &[String]) -> Result<Proc> {
     spawn_ztrace_env(args, &[])

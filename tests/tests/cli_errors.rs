@@ -257,3 +257,24 @@ fn check_reports_every_item() {
         assert_eq!(out.status.code(), Some(0), "{stdout}");
     }
 }
+
+#[test]
+fn bad_tail_sampling_settings_name_the_key_and_stop_start_up() {
+    let pid = own_pid();
+    let path = std::env::temp_dir().join(format!("ztrace-bad-tail-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[tail_sampling.policies]]\nname = \"slow\"\ntype = \"latency\"\nlatency = { threshold = 500 }\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    assert_usage_error(
+        &ztrace(&["--pid", &pid, "--config", &file], &[]),
+        "tail_sampling.policies[0].latency.threshold: unknown setting",
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_usage_error(
+        &ztrace(&["--pid", &pid, "--sample-healthy", "150%"], &[]),
+        "--sample-healthy: `150%` is not a percentage",
+    );
+}

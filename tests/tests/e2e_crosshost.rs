@@ -10,164 +10,28 @@
 //! trace (no wrong parent at all, recall ≥ 0.95), call-backs end in the first caller's trace;
 //! then, with A's agent stopped (a client host without an agent), B's server spans stay roots —
 //! zero wrong links — and B counts them by reason.
+//!
+//! The second test runs the cross-host evaluation (`ztrace_e2e::xeval`) at CI scale: a
+//! thread-per-request Python server on A calling a Node.js event loop on B (per-thread keep-alive
+//! connections, a pool shared by the threads, a DNAT'd service address), calls back from B to A,
+//! and a third host without an agent; it asserts the issue's targets per shape.
 
-use std::{
-    collections::HashMap,
-    path::Path,
-    process::Command,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
-    harness::{Proc, apps_dir, privileged_or_skip, run_ok, spawn_app, ztrace_bin},
-    receiver::{ReceivedSpan, Receiver},
+    harness::{Proc, apps_dir, privileged_or_skip, spawn_app},
+    netns::{
+        A_IP, B_IP, Hosts, VIP, crosshost_summary, receiver_in, spawn_agent, spawn_collecting, stop,
+    },
+    receiver::ReceivedSpan,
+    xeval::{self, XShape},
+    xtopology,
 };
 
-const A_IP: &str = "10.231.0.1";
-/// A virtual service address on host A, DNAT'd to the server on host B.
-const VIP: &str = "10.96.0.10";
-const B_IP: &str = "10.231.0.2";
-const PEER_PORT: u16 = 4390;
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 20;
 const NO_AGENT_REQUESTS: usize = 5;
-
-/// Two namespaces and a veth pair between them; removed on drop.
-struct Hosts {
-    a: String,
-    b: String,
-}
-
-impl Hosts {
-    fn create() -> Result<Self> {
-        let id = std::process::id();
-        let hosts = Hosts {
-            a: format!("ztxa{id}"),
-            b: format!("ztxb{id}"),
-        };
-        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
-        ip(&["netns", "add", &hosts.a]).context("ip netns add (install iproute2)")?;
-        ip(&["netns", "add", &hosts.b])?;
-        let (va, vb) = (format!("zva{id}"), format!("zvb{id}"));
-        let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
-        ip(&[
-            "link", "add", va, "netns", &hosts.a, "type", "veth", "peer", "name", vb, "netns",
-            &hosts.b,
-        ])?;
-        for (ns, dev, addr) in [(&hosts.a, va, A_IP), (&hosts.b, vb, B_IP)] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        // A service address on host A, translated to the server's (Kubernetes-style DNAT).
-        ip(&[
-            "-n",
-            &hosts.a,
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "dev",
-            va,
-        ])?;
-        Ok(hosts)
-    }
-
-    fn exec(&self, ns: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]);
-        cmd
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// A tokio runtime and an OTLP receiver whose socket lives in namespace `ns`: the thread that
-/// builds them enters it first (a socket keeps the namespace it was made in).
-fn receiver_in(ns: &str) -> Result<(tokio::runtime::Runtime, Receiver)> {
-    let path = format!("/var/run/netns/{ns}");
-    let addr = format!("{B_IP}:0").parse()?;
-    std::thread::spawn(move || -> Result<_> {
-        let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns on this thread only, with a namespace fd we own.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let receiver = rt.block_on(Receiver::start_on(addr))?;
-        Ok((rt, receiver))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
-}
-
-fn spawn_agent(
-    hosts: &Hosts,
-    ns: &str,
-    listen_ip: &str,
-    pids: &str,
-    receiver: &Receiver,
-    secret: &Path,
-) -> Result<Proc> {
-    let mut cmd = hosts.exec(ns);
-    cmd.arg(ztrace_bin()).args([
-        "--pid".to_string(),
-        pids.to_string(),
-        "--otlp-endpoint".to_string(),
-        receiver.endpoint(),
-        "--peer-listen".to_string(),
-        format!("{listen_ip}:{PEER_PORT}"),
-        "--peer-secret-file".to_string(),
-        secret.display().to_string(),
-    ]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("ZTRACE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-    );
-    let mut p = spawn_collecting(cmd)?;
-    p.wait_stderr("process(es)", Duration::from_secs(60))?;
-    Ok(p)
-}
-
-/// Starts `cmd` with stdout and stderr collected (like the harness's ztrace).
-fn spawn_collecting(mut cmd: Command) -> Result<Proc> {
-    use std::io::{BufRead, BufReader};
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&stderr);
-    let pipe = child.stderr.take().context("stderr")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if let Ok(mut s) = sink.lock() {
-                s.push_str(&line);
-                s.push('\n');
-            }
-        }
-    });
-    Ok(Proc {
-        child,
-        stderr,
-        stdout: Arc::default(),
-    })
-}
 
 /// Client batches in namespace A, started after `delay_s` (so a ztrace can attach to the shell
 /// first and follow the clients as its children): `CLIENTS` threads, `requests` each, for every
@@ -184,16 +48,6 @@ fn clients(hosts: &Hosts, to: &[(&str, u16, &str)], requests: usize, delay_s: u3
     let mut cmd = hosts.exec(&hosts.a);
     cmd.args(["bash", "-c", &script]);
     spawn_collecting(cmd)
-}
-
-fn stop(p: &mut Proc, what: &str) -> Result<String> {
-    p.signal(libc::SIGINT);
-    let code = p.wait_exit(Duration::from_secs(30));
-    let text = p.stderr_text();
-    if code != Some(0) {
-        bail!("{what} exited with {code:?}:\n{text}");
-    }
-    Ok(text)
 }
 
 fn path(s: &ReceivedSpan) -> String {
@@ -214,12 +68,12 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     if !privileged_or_skip("crosshost_links_client_spans_to_remote_server_spans") {
         return Ok(());
     }
-    let hosts = Hosts::create()?;
+    let hosts = Hosts::create(false)?;
     let dir = std::env::temp_dir().join(format!("ztrace-xhost-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let secret = dir.join("peer-secret");
     std::fs::write(&secret, "a-test-secret-shared-by-both-agents\n")?;
-    let (rt, receiver) = receiver_in(&hosts.b)?;
+    let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
 
     // Host A's server, which B's server calls back for /call/ requests.
     let mut a_server_cmd = hosts.exec(&hosts.a);
@@ -240,27 +94,18 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         .env("CALLBACK", format!("{A_IP}:{a_port}"));
     let (server, port) = spawn_app(server_cmd)?;
     let b_pid = server.pid().to_string();
-    let mut agent_b = spawn_agent(&hosts, &hosts.b, B_IP, &b_pid, &receiver, &secret)?;
+    let mut agent_b = spawn_agent(
+        &hosts,
+        &hosts.b,
+        Some(B_IP),
+        &b_pid,
+        &receiver,
+        &secret,
+        &[],
+    )?;
 
     // Host A: traced clients, keep-alive, concurrent.
-    run_ok(hosts.exec(&hosts.a).args([
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-d",
-        VIP,
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &format!("{B_IP}:{port}"),
-    ]))
-    .context("iptables DNAT in host A (install iptables)")?;
+    hosts.dnat(80, &format!("{B_IP}:{port}"))?;
     let mut traced = clients(
         &hosts,
         &[
@@ -274,7 +119,15 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     // Host A's agent traces its server and the clients (and so outlives them: it stops by
     // itself when everything it traces has exited).
     let a_pids = format!("{},{}", traced.pid(), a_server.pid());
-    let mut agent_a = spawn_agent(&hosts, &hosts.a, A_IP, &a_pids, &receiver, &secret)?;
+    let mut agent_a = spawn_agent(
+        &hosts,
+        &hosts.a,
+        Some(A_IP),
+        &a_pids,
+        &receiver,
+        &secret,
+        &[],
+    )?;
     let code = traced.wait_exit(Duration::from_secs(120));
     ensure!(
         code == Some(0),
@@ -344,13 +197,7 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
             }
         }
     }
-    let summary = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("cross-host links"))
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let summary = crosshost_summary;
     let report = format!(
         "client spans: {}; cross-host server spans: {} linked right ({via_vip} through \
          DNAT), {} wrong, {} roots (of {traced_n} requests); with no agent on A: {no_agent_roots} roots, {no_agent_linked} \
@@ -450,8 +297,48 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         "cross-host outcomes missing from the self-metrics\n{report}"
     );
     ensure!(
-        b_log.contains("cross-host links:") && !b_log.contains(" 0 no agent"),
+        crosshost_summary(&b_log).contains("cross-host links:") && !b_log.contains(" 0 no agent"),
         "B did not count the agent-less lookups\n{report}"
+    );
+    Ok(())
+}
+
+/// The cross-host evaluation's shapes at CI scale, its targets asserted.
+#[test]
+fn crosshost_eval_shapes_meet_the_targets() -> Result<()> {
+    if !privileged_or_skip("crosshost_eval_shapes_meet_the_targets") {
+        return Ok(());
+    }
+    let run = xtopology::run(xeval::Config {
+        requests: 320,
+        clients: CLIENTS,
+        shapes: XShape::ALL.to_vec(),
+    })?;
+    let report = run.markdown();
+    eprintln!("{report}");
+    let misses = run.target_failures();
+    ensure!(misses.is_empty(), "targets missed: {misses:?}\n{report}");
+    // Every link an agent counted as outside its caller's window is marked on its span.
+    for (shape, s) in &run.shapes {
+        let counted: u64 = s.agents.iter().map(|(_, a)| a.skewed).sum();
+        ensure!(
+            s.marked_skew as u64 == counted,
+            "{}: {} spans marked with a clock skew, the agents counted {counted}\n{report}",
+            shape.name(),
+            s.marked_skew
+        );
+    }
+    // The agent-less host's lookups were asked and answered "no agent", not lost.
+    let (_, none) = run
+        .shapes
+        .iter()
+        .find(|(s, _)| *s == XShape::NoAgent)
+        .context("the no-agent shape ran")?;
+    let b = none.agents.iter().map(|(_, a)| a.no_agent).sum::<u64>();
+    ensure!(
+        b as usize >= none.requests * 95 / 100,
+        "{b} lookups counted `no agent` of {}\n{report}",
+        none.requests
     );
     Ok(())
 }

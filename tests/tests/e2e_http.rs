@@ -8,7 +8,7 @@ use std::{collections::HashMap, thread, time::Duration};
 use anyhow::{Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, curl, privileged_or_skip, spawn_service, spawn_ztrace},
+    harness::{curl, privileged_or_skip, spawn_service, spawn_ztrace, stop_ztrace},
     receiver::{ReceivedSpan, Receiver},
 };
 
@@ -27,17 +27,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-fn stop(ztrace: &mut Proc) -> Result<()> {
-    ztrace.signal(libc::SIGINT);
-    let code = ztrace.wait_exit(Duration::from_secs(30));
-    ensure!(
-        code == Some(0),
-        "ztrace exited with {code:?}; stderr:\n{}",
-        ztrace.stderr_text()
-    );
-    Ok(())
 }
 
 #[test]
@@ -144,7 +133,7 @@ fn two_tier(extra_args: &[&str], capture: &str) -> Result<String> {
     let expected = 3 + 1 + 1 + 1 + CONCURRENT_CLIENTS * REQUESTS_PER_CLIENT;
     // Every exchange must have reached the collector by the time ztrace exits.
     thread::sleep(Duration::from_millis(500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let spans = rt.block_on(receiver.wait_for_spans(3 * expected, Duration::from_secs(10)));
     let stderr = ztrace.stderr_text();
     eprintln!("ztrace stderr:\n{stderr}");
@@ -311,10 +300,9 @@ fn two_tier(extra_args: &[&str], capture: &str) -> Result<String> {
         k1.resource_str("process.executable.name")
             .is_some_and(|n| n.starts_with("python3"))
     );
-    ensure!(
-        k1.resource_str("service.name")
-            .is_some_and(|n| n.starts_with("python3"))
-    );
+    // The script the interpreter runs names the service, not the interpreter.
+    ensure!(k1.resource_str("service.name").as_deref() == Some("two_tier"));
+    ensure!(k1.resource_str("process.runtime.name").as_deref() == Some("CPython"));
     ensure!(k1.resource_str("host.name").is_some_and(|n| !n.is_empty()));
     let client_k1 = front_client
         .iter()
@@ -442,7 +430,7 @@ fn ipv6_loopback_spans_as_json_lines_without_a_collector() -> Result<()> {
     ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
     curl(&["-g".into(), format!("http://[::1]:{port}/item/v6")])?;
     thread::sleep(Duration::from_millis(500));
-    stop(&mut ztrace)?;
+    stop_ztrace(&mut ztrace)?;
     let stdout = ztrace.stdout_text();
     let spans: Vec<serde_json::Value> = stdout
         .lines()

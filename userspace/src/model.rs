@@ -98,6 +98,9 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     /// Set when the parent came from an incoming `traceparent` (it lives outside this export).
     pub parent_is_remote: bool,
+    /// For a span linked to a caller on another host: how far (ns) it lies outside the caller's
+    /// window by the two hosts' clocks, when it does (`ztrace.link.clock_skew_ns`).
+    pub clock_skew_ns: Option<u64>,
     /// For a trace continued from an incoming `traceparent`: that header's `sampled` flag (what
     /// `parentbased_*` samplers follow). None for traces that start here.
     pub remote_sampled: Option<bool>,
@@ -115,6 +118,10 @@ pub struct Span {
     pub peer: Endpoint,
     pub exchange: Exchange,
     pub status: SpanStatus,
+    /// The sampling threshold of the tail decision that kept this span (`th` of the W3C
+    /// `tracestate` `ot` entry: see `processors::tail::threshold`). None: no tail sampling, or a
+    /// keep without a known probability.
+    pub th: Option<u64>,
 }
 
 impl Span {
@@ -150,4 +157,10 @@ pub struct ProcessInfo {
     pub executable_path: String,
     pub command_args: Vec<String>,
     pub host_name: String,
+    /// `process.runtime.name` / `.version` of an interpreter (empty when not one, or unknown).
+    pub runtime_name: String,
+    pub runtime_version: String,
+    /// `container.id` and `k8s.pod.uid` from the cgroup path (empty outside a container).
+    pub container_id: String,
+    pub pod_uid: String,
 }

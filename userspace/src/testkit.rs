@@ -15,6 +15,7 @@ pub fn server_span() -> Span {
         span_id: SpanId([0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]),
         parent_span_id: Some(SpanId([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])),
         parent_is_remote: true,
+        clock_skew_ns: None,
         remote_sampled: Some(true),
         kind: SpanKind::Server,
         name: "GET".into(),
@@ -42,6 +43,7 @@ pub fn server_span() -> Span {
             tls: false,
         }),
         status: SpanStatus::Unset,
+        th: None,
     }
 }
 
@@ -50,6 +52,7 @@ pub fn client_span() -> Span {
         span_id: SpanId([0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]),
         parent_span_id: Some(server_span().span_id),
         parent_is_remote: false,
+        clock_skew_ns: None,
         remote_sampled: None,
         kind: SpanKind::Client,
         name: "POST".into(),
@@ -88,6 +91,7 @@ pub fn process(pid: u32, name: &str) -> ProcessInfo {
         executable_path: format!("/usr/bin/{name}"),
         command_args: vec![name.into(), "app.py".into()],
         host_name: "node-1".into(),
+        ..ProcessInfo::default()
     }
 }
 

@@ -56,7 +56,8 @@ pub const USERSPACE: &[Layer] = &[
     // The agent-to-agent channel of cross-host links: carries the linker's lookups and sends.
     layer("peer", &["link"]),
     layer("processors", &[]),
-    layer("signals", &["conntrack"]),
+    // Anomaly records and tail-sampling self-metrics are built from the processors' output.
+    layer("signals", &["conntrack", "processors"]),
     layer("export", &["processors"]),
     // Leaves.
     layer("config", &[]),

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod layers;
+mod package;
 mod toolchain;
 
 #[derive(Parser)]
@@ -42,6 +43,10 @@ enum Task {
     Test,
     /// Formatting and clippy for the userspace and eBPF crates.
     Lint,
+    /// Set up, build, and make a Debian package (target/package/ztrace_VERSION_ARCH.deb): the
+    /// binary, a hardened systemd unit, a commented /etc/ztrace/config.toml, man page and
+    /// shell completions.
+    Package,
     /// Prove the set-up from scratch: in throwaway RUSTUP_HOME and CARGO_HOME folders under
     /// target/fresh, with no toolchain, crate or bpf-linker in them, run `cargo xtask setup` and
     /// build the probes the way `cargo build` does (userspace/build.rs); print how long each took.
@@ -66,13 +71,27 @@ enum Task {
     /// tokio/hyper → Python → Redis traced by ztrace, every end-user request with a unique id;
     /// prints parent-edge precision/recall, complete traces and well-formedness, and writes the
     /// table to target/eval/linking.md (the CI-scale run with assertions is tests/e2e_linking.rs).
+    /// With --cross-host: hosts as network namespaces, one ztrace each, linked through their
+    /// peer channel; table in target/eval/crosshost.md (CI scale: tests/e2e_crosshost.rs).
     Eval {
+        /// The cross-host variant (shapes thread, pool, dnat, callback, noagent, and a control with
+        /// the peer channel off).
+        #[arg(long)]
+        cross_host: bool,
         /// End-user requests in all.
         #[arg(long, default_value_t = 4000)]
         requests: usize,
         /// Concurrent keep-alive clients.
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Instead: the fault-injection evaluation of tail sampling and anomaly detection
+        /// (tests/src/faults.rs): detection delays, false alarms, error/slow/healthy traces kept,
+        /// export volume; writes target/eval/faults.md.
+        #[arg(long)]
+        faults: bool,
+        /// Length of the fault evaluation (three steady phases, two faults).
+        #[arg(long, default_value_t = 6.0)]
+        minutes: f64,
     },
 }
 
@@ -147,6 +166,8 @@ const TEST_PACKAGES: &[&str] = &[
     // The cross-host test (tests/tests/e2e_crosshost.rs): network namespaces, veth pairs, DNAT.
     "iproute2",
     "iptables",
+    // The package test (tests/tests/package.rs): systemd-analyze verifies the unit.
+    "systemd",
 ];
 
 /// PyPI packages the end-to-end test services import, pinned: (distribution, version).
@@ -463,6 +484,7 @@ fn test() -> Result<()> {
     lint()?;
     // Build the binaries the end-to-end tests run, then every test in the workspace.
     let ztrace = build_dist()?;
+    let deb = package::package(&root(), &ztrace)?;
     run(&mut cargo(&[
         "build",
         "--release",
@@ -472,6 +494,7 @@ fn test() -> Result<()> {
     run(
         cargo(&["test", "--workspace", "--release", "--", "--test-threads=1"])?
             .env("ZTRACE_BIN", ztrace)
+            .env("ZTRACE_DEB", deb)
             .env("ZTRACE_E2E_REQUIRED", "1"),
     )
 }
@@ -626,13 +649,19 @@ const EVAL_PACKAGES: &[&str] = &[
     "golang-go",
 ];
 
-fn eval(requests: usize, clients: usize) -> Result<()> {
+/// What `cargo xtask eval --cross-host` adds: namespaces, veth pairs and DNAT.
+const CROSS_HOST_EVAL_PACKAGES: &[&str] = &["iproute2", "iptables"];
+
+fn eval(requests: usize, clients: usize, cross_host: bool) -> Result<()> {
     if !is_root() {
         bail!(
             "the evaluation loads eBPF probes and installs nginx, Node.js and Redis: run it as root (sudo cargo xtask eval)"
         );
     }
     apt_install(EVAL_PACKAGES)?;
+    if cross_host {
+        apt_install(CROSS_HOST_EVAL_PACKAGES)?;
+    }
     // The asyncio shapes import aiohttp into the `python3` on PATH, which need not be Debian's.
     pip_install(TEST_PYTHON_PACKAGES)?;
     let ztrace = build()?;
@@ -644,13 +673,44 @@ fn eval(requests: usize, clients: usize) -> Result<()> {
         "--package",
         "ztrace-e2e",
     ])?)?;
-    let out = root().join("target/eval/linking.md");
-    run(Command::new(root().join("target/release/ztrace-eval"))
+    let out = root().join(if cross_host {
+        "target/eval/crosshost.md"
+    } else {
+        "target/eval/linking.md"
+    });
+    let mut cmd = Command::new(root().join("target/release/ztrace-eval"));
+    if cross_host {
+        cmd.arg("--cross-host");
+    }
+    run(cmd
         .args(["--requests", &requests.to_string()])
         .args(["--clients", &clients.to_string()])
         .arg("--out")
         .arg(&out)
         .env("ZTRACE_BIN", ztrace))
+}
+
+/// `cargo xtask eval --faults`: two Python services and curl, nothing else to install.
+fn eval_faults(minutes: f64) -> Result<()> {
+    if !is_root() {
+        bail!("the evaluation loads eBPF probes: run it as root (sudo cargo xtask eval --faults)");
+    }
+    apt_install(&["python3", "curl"])?;
+    let ztrace = build()?;
+    run(&mut cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "ztrace-e2e",
+    ])?)?;
+    let out = root().join("target/eval/faults.md");
+    run(
+        Command::new(root().join("target/release/ztrace-fault-eval"))
+            .args(["--minutes", &minutes.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .env("ZTRACE_BIN", ztrace),
+    )
 }
 
 fn demo(bin: &Path) -> Result<()> {
@@ -664,11 +724,22 @@ fn main() -> ExitCode {
         Task::Setup => setup(),
         Task::Build => build().map(|_| ()),
         Task::Lint => setup().and_then(|_| lint()),
+        Task::Package => build().and_then(|bin| package::package(&root(), &bin).map(|_| ())),
         Task::Fresh => fresh(),
         Task::Test => test(),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench { quick } => bench::bench(quick),
-        Task::Eval { requests, clients } => eval(requests, clients),
+        Task::Eval {
+            faults: true,
+            minutes,
+            ..
+        } => eval_faults(minutes),
+        Task::Eval {
+            requests,
+            clients,
+            cross_host,
+            ..
+        } => eval(requests, clients, cross_host),
         Task::Run { args } => build().and_then(|bin| {
             if !is_root() {
                 bail!("ztrace loads eBPF programs: run as root (sudo cargo xtask run …)");

@@ -157,6 +157,9 @@ pub mod proc {
     pub const FORK: u8 = 1;
     pub const EXIT: u8 = 2;
     pub const EXEC: u8 = 3;
+    /// A process that is not traced exec'd (only while `Config::report_execs` is set): userspace
+    /// matches it against the selectors (`--exe`, `--port`, …).
+    pub const EXEC_UNTRACED: u8 = 4;
 }
 
 /// A traced process forked a child (now traced too), exec'd, or exited.
@@ -287,6 +290,8 @@ pub struct Config {
     /// 1: socket data comes from the socket-layer probes (`probes::sock`); the syscall probes,
     /// if attached at all (for `--capture-logs`), leave sockets alone.
     pub socket_mode: u32,
+    /// 1: every exec on the host is reported (`proc::EXEC_UNTRACED`), for selectors.
+    pub report_execs: u32,
     pub offsets: KernelOffsets,
 }
 
@@ -301,6 +306,7 @@ impl Config {
         set_state_new_offset: OFFSET_UNKNOWN,
         retransmit_skaddr_offset: OFFSET_UNKNOWN,
         socket_mode: 0,
+        report_execs: 0,
         offsets: KernelOffsets::UNKNOWN,
     };
 }

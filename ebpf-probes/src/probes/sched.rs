@@ -60,12 +60,15 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 /// `sched:sched_process_exec`: a traced process replaced its program; userspace re-reads what its
-/// Resource says (executable, command line).
+/// Resource says (executable, command line). With selectors, any other process's exec is
+/// reported too, so that one started later is matched and traced from its first request.
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if is_traced(tgid) {
         emit(proc::EXEC, tgid, 0);
+    } else if config().report_execs != 0 {
+        emit(proc::EXEC_UNTRACED, tgid, 0);
     }
     0
 }

@@ -15,6 +15,7 @@
 //!
 //! This crate must not do I/O, read clocks or know about spans, linking or attribute names.
 
+mod dbconn;
 pub mod dns;
 pub mod exchange;
 pub mod http1;

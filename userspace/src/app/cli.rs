@@ -6,8 +6,10 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::{preflight, privdrop, process},
-    config::{self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration},
+    capture::{preflight, privdrop, process, select},
+    config::{
+        self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration, parse_pid_spec,
+    },
     export::ExportConfig,
     runtime::{bench, live, replay},
     signals::metrics::MetricsConfig,
@@ -29,8 +31,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Report whether this host can run ztrace: kernel features, BTF, tracefs, privileges.
-    Check,
+    /// Write the man page or shell completions to stdout (used by `cargo xtask package`).
+    #[command(hide = true, subcommand)]
+    Generate(super::generate::What),
+    /// Report whether this host can run ztrace: kernel features, BTF, tracefs, privileges. With
+    /// --pid or selectors, also what tracing each selected process would capture.
+    Check {
+        #[command(flatten)]
+        target: Box<TargetArgs>,
+    },
     /// Capture the raw event stream of processes to a file, for `ztrace replay` (and bug reports).
     Record {
         #[command(flatten)]
@@ -59,6 +68,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub peer: super::peer_args::PeerArgs,
     #[command(flatten)]
+    pub tail: super::tail_args::TailArgs,
+    #[command(flatten)]
     pub export: ExportArgs,
 }
 
@@ -66,8 +77,27 @@ pub struct RunArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TargetArgs {
     /// Process to trace (repeatable, or comma-separated). Its descendants are traced too.
-    #[arg(short, long = "pid", value_name = "PID", value_delimiter = ',')]
-    pub pids: Vec<u32>,
+    /// `PID=NAME` names its service (and its children's); otherwise the name is derived: the
+    /// program an interpreter runs (`python3 -m app.main` → app.main), else the process name.
+    #[arg(short, long = "pid", value_name = "PID[=NAME]", value_delimiter = ',', value_parser = parse_pid_spec)]
+    pub pids: Vec<config::PidSpec>,
+    /// Trace processes whose executable matches this glob: its file name (`python3*`), or its
+    /// path when the glob has a `/`. Processes that start later are traced from their exec.
+    /// Repeatable; each selector flag selects on its own (use `[[target.select]]` to combine).
+    #[arg(long = "exe", value_name = "GLOB")]
+    pub exe: Vec<String>,
+    /// Trace processes whose command line (arguments joined by spaces) matches this regex.
+    #[arg(long = "cmdline", value_name = "REGEX")]
+    pub cmdline: Vec<String>,
+    /// Trace the processes listening on this TCP port.
+    #[arg(long = "port", value_name = "PORT")]
+    pub port: Vec<String>,
+    /// Trace the processes of this container (its id, or a prefix of it as `docker ps` shows).
+    #[arg(long = "container", value_name = "ID")]
+    pub container: Vec<String>,
+    /// Trace the processes in this cgroup v2 path or below it (e.g. /system.slice/shop.service).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroup: Vec<String>,
     /// Do not follow existing or future child processes of the traced PIDs.
     #[arg(long)]
     pub no_children: bool,
@@ -242,8 +272,26 @@ impl ExportArgs {
 impl TargetArgs {
     /// The what-to-trace flags, for [`config::resolve_target`].
     fn cli_flags(&self) -> CliFlags {
+        let flags = [
+            ("exe", &self.exe),
+            ("cmdline", &self.cmdline),
+            ("port", &self.port),
+            ("container", &self.container),
+            ("cgroup", &self.cgroup),
+        ];
+        let select = flags
+            .into_iter()
+            .flat_map(|(kind, values)| {
+                values.iter().map(move |v| config::SelectSpec {
+                    selectors: vec![(kind.to_string(), v.clone())],
+                    service_name: None,
+                    origin: format!("--{kind}"),
+                })
+            })
+            .collect();
         CliFlags {
             pids: self.pids.clone(),
+            select,
             no_children: self.no_children,
             duration: self.duration,
             payload_cap: self.payload_cap,
@@ -315,12 +363,30 @@ fn usage_error(msg: impl std::fmt::Display) -> i32 {
     2
 }
 
-fn check() -> i32 {
+fn check(target: &TargetArgs) -> i32 {
     let items = preflight::full_report();
     for item in &items {
         println!("{item}");
     }
-    if items.iter().any(|i| i.problem.is_some()) {
+    let flags = target.cli_flags();
+    let mut targets_ok = true;
+    if !flags.pids.is_empty() || !flags.select.is_empty() {
+        println!();
+        let rules = match select::Rule::compile(&flags.select) {
+            Ok(r) => r,
+            Err(e) => return usage_error(e),
+        };
+        let pids: Vec<(u32, Option<String>)> = flags
+            .pids
+            .iter()
+            .map(|p| (p.pid, p.service_name.clone()))
+            .collect();
+        targets_ok = super::check_targets::report(&pids, &rules);
+    }
+    if !targets_ok {
+        println!("\nA --pid above cannot be traced (FAIL).");
+        1
+    } else if items.iter().any(|i| i.problem.is_some()) {
         println!("\nztrace cannot run here until the FAIL lines above are fixed.");
         1
     } else {
@@ -338,8 +404,14 @@ pub fn main() -> i32 {
     let mut metrics = MetricsConfig::default();
     let mut peer = None;
     let mut privacy = config::Privacy::default();
+    // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
+    let mut config_file = None;
+    let (mut tail, mut anomaly) = (None, None);
     let (target, mode, service, db_query_text) = match cli.command {
-        Some(Command::Check) => return check(),
+        Some(Command::Check { target }) => return check(&target),
+        Some(Command::Generate(what)) => {
+            return super::generate::run(&what, <Cli as clap::CommandFactory>::command());
+        }
         Some(Command::Replay {
             file,
             throughput: Some(passes),
@@ -391,6 +463,17 @@ pub fn main() -> i32 {
                 Ok(p) => p,
                 Err(e) => return usage_error(e),
             };
+            let t = &cli.run.target;
+            let flags_select = [&t.exe, &t.cmdline, &t.port, &t.container, &t.cgroup]
+                .iter()
+                .any(|v| !v.is_empty());
+            if !flags_select && t.pids.is_empty() {
+                config_file = r.file.as_ref().map(|f| f.path.clone());
+            }
+            (tail, anomaly) = match cli.run.tail.config(r.file.as_ref()) {
+                Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
             metrics = r.metrics;
             privacy = r.config.privacy.clone();
             (
@@ -401,13 +484,19 @@ pub fn main() -> i32 {
             )
         }
     };
-    if target.pids.is_empty() {
-        return usage_error("nothing to trace: pass --pid PID (see `ztrace --help`)");
+    if target.pids.is_empty() && target.select.is_empty() {
+        return usage_error(
+            "nothing to trace: pass --pid PID, or a selector such as --exe, --port (see `ztrace --help`)",
+        );
     }
     if let Err(e) = process::check_pid_namespace() {
         return usage_error(e);
     }
-    for &pid in &target.pids {
+    let select = match select::Rule::compile(&target.select) {
+        Ok(rules) => rules,
+        Err(e) => return usage_error(e),
+    };
+    for pid in target.pids.iter().map(|p| p.pid) {
         if let Err(e) = process::validate(pid) {
             return usage_error(e);
         }
@@ -434,7 +523,14 @@ pub fn main() -> i32 {
         Err(e) => return usage_error(format!("dropping privileges failed: {e}")),
     }
     let config = live::DaemonConfig {
-        pids: target.pids.clone(),
+        reload_from: config_file,
+        pids: target.pids.iter().map(|p| p.pid).collect(),
+        select,
+        pid_service_names: target
+            .pids
+            .iter()
+            .filter_map(|p| Some((p.pid, p.service_name.clone()?)))
+            .collect(),
         follow_children: !target.no_children,
         service_name: service,
         duration: target.duration,
@@ -447,6 +543,8 @@ pub fn main() -> i32 {
         capture_via_syscalls: target.capture_via_syscalls,
         probe_stats: target.probe_stats,
         peer,
+        tail,
+        anomaly,
     };
     match live::run(config) {
         Ok(()) => 0,
@@ -589,7 +687,7 @@ mod tests {
         let path = dir.join("ztrace.toml");
         std::fs::write(
             &path,
-            "[target]\npids = [1, 2]\nduration = \"5s\"\npayload_cap = 64\ncapture_logs = true\n[traces]\noutput = \"json\"\ndb_query_text = true\n[metrics]\nmax_series = 50\n",
+            "[target]\npids = [1, \"2=checkout\"]\nduration = \"5s\"\npayload_cap = 64\ncapture_logs = true\n[traces]\noutput = \"json\"\ndb_query_text = true\n[metrics]\nmax_series = 50\n",
         )
         .unwrap();
         let path_s = path.to_string_lossy().to_string();
@@ -598,7 +696,7 @@ mod tests {
         assert!(matches!(r.export.output, Output::Json));
         assert!(r.db_query_text);
         let target = resolve_target(&cli.run.target, r.file.as_ref()).unwrap();
-        assert_eq!(target.pids, vec![1, 2]);
+        assert_eq!(target.pids, vec![pid(1, None), pid(2, Some("checkout"))]);
         assert_eq!(target.duration, Some(Duration::from_secs(1)));
         assert_eq!(target.payload_cap, 64);
         assert!(target.capture_logs);
@@ -612,6 +710,11 @@ mod tests {
         let r = resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
         let target = TargetArgs {
             pids: vec![],
+            exe: vec![],
+            cmdline: vec![],
+            port: vec![],
+            container: vec![],
+            cgroup: vec![],
             no_children: false,
             duration: None,
             payload_cap: None,
@@ -624,16 +727,66 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn pid(pid: u32, name: Option<&str>) -> config::PidSpec {
+        config::PidSpec {
+            pid,
+            service_name: name.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn man_page_and_completions_name_the_real_flags() {
+        use clap::CommandFactory;
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH ztrace"), "{}", &man[..40]);
+        for flag in ["otlp\\-endpoint", "exe", "pid"] {
+            assert!(man.contains(flag), "the man page lacks --{flag}");
+        }
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "ztrace",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("--otlp-endpoint") && bash.contains("--exe"));
+    }
+
     #[test]
     fn pid_lists_are_comma_separated_and_repeatable() {
         let cli = Cli::try_parse_from(["ztrace", "--pid", "1,2", "-p", "3"]).unwrap();
-        assert_eq!(cli.run.target.pids, vec![1, 2, 3]);
+        assert_eq!(
+            cli.run.target.pids,
+            vec![pid(1, None), pid(2, None), pid(3, None)]
+        );
+        let cli = Cli::try_parse_from(["ztrace", "--pid", "1=checkout,2", "-p", "3=cart"]).unwrap();
+        assert_eq!(
+            cli.run.target.pids,
+            vec![pid(1, Some("checkout")), pid(2, None), pid(3, Some("cart"))]
+        );
         assert!(Cli::try_parse_from(["ztrace", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["ztrace", "--pid", "1="]).is_err());
+        assert!(Cli::try_parse_from(["ztrace", "--pid", "=a"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--payload-cap", "0"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--metric-max-series", "0"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["ztrace", "check"]).unwrap().command,
-            Some(Command::Check)
+            Some(Command::Check { .. })
         ));
+        match Cli::try_parse_from(["ztrace", "check", "--pid", "1=init", "--exe", "nginx"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Check { target }) => {
+                assert_eq!(target.pids, vec![pid(1, Some("init"))]);
+                assert_eq!(target.exe, vec!["nginx".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

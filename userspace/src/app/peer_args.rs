@@ -1,11 +1,12 @@
-//! The settings of cross-host links (`crate::peer`): flags, or file keys under `[peers]` (flags
-//! win). Off unless a listen address is given.
+//! The flags of cross-host links (`crate::peer`). The flags and the file keys under `[peers]` are
+//! resolved in `config` (flags win); this module hands the flags over and turns the result into
+//! the channel's settings. Off unless a listen address is given.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigFile, parse_duration};
+use crate::config::{self, CliFlags, ConfigFile, Sources, parse_duration};
 use crate::peer::{CrossHostConfig, PeerConfig, read_secret};
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -30,72 +31,39 @@ pub struct PeerArgs {
 }
 
 impl PeerArgs {
-    /// The channel's settings, None when off.
-    pub fn config(&self, file: Option<&ConfigFile>) -> Result<Option<PeerConfig>, String> {
-        let mut a = self.clone();
-        if let Some(file) = file {
-            a.fill_from(file)?;
+    /// The cross-host flags, for [`config::resolve_peers`].
+    fn cli_flags(&self) -> CliFlags {
+        CliFlags {
+            peer_listen: self.peer_listen,
+            peer_secret_file: self.peer_secret_file.clone(),
+            peer_port: self.peer_port,
+            peer_wait: self.peer_wait,
+            ..CliFlags::default()
         }
-        let (listen, secret_file) = match (a.peer_listen, &a.peer_secret_file) {
-            (Some(l), Some(f)) => (l, f),
-            (None, None) if a.peer_port.is_none() && a.peer_wait.is_none() => return Ok(None),
-            (Some(_), None) => {
-                return Err("--peer-listen needs --peer-secret-file (or peers.secret_file)".into());
-            }
-            _ => {
-                return Err(
-                    "cross-host link settings need --peer-listen (or peers.listen)".to_string(),
-                );
-            }
+    }
+
+    /// The channel's settings, None when off: the flags and `file` resolved by
+    /// [`config::resolve_peers`], and the shared secret read.
+    pub fn config(&self, file: Option<&ConfigFile>) -> Result<Option<PeerConfig>, String> {
+        let sources = Sources {
+            cli: self.cli_flags(),
+            file,
+            ..Sources::default()
         };
-        let secret = read_secret(secret_file).map_err(|e| format!("peer secret: {e:#}"))?;
+        let Some(peers) = config::resolve_peers(&sources).map_err(|e| e.0)? else {
+            return Ok(None);
+        };
+        let secret = read_secret(&peers.secret_file).map_err(|e| format!("peer secret: {e:#}"))?;
         let mut linker = CrossHostConfig::default();
-        if let Some(w) = a.peer_wait {
+        if let Some(w) = peers.wait {
             linker.wait_ns = w.as_nanos().min(u128::from(u64::MAX)) as u64;
         }
         Ok(Some(PeerConfig {
-            listen,
-            peer_port: a.peer_port.unwrap_or(listen.port()),
+            listen: peers.listen,
+            peer_port: peers.port,
             secret,
             linker,
         }))
-    }
-
-    /// Settings the flags left open, from the file's `[peers]` table.
-    fn fill_from(&mut self, file: &ConfigFile) -> Result<(), String> {
-        let text = |key: &str| -> Result<Option<String>, String> {
-            match file.get(key) {
-                None => Ok(None),
-                Some((toml::Value::String(s), _)) => Ok(Some(s.clone())),
-                Some((v, origin)) => Err(format!("{origin}: `{v}` is not a string")),
-            }
-        };
-        if self.peer_listen.is_none()
-            && let Some(s) = text("peers.listen")?
-        {
-            let addr = s.parse().map_err(|_| {
-                format!("peers.listen: `{s}` is not an address such as 0.0.0.0:4390")
-            })?;
-            self.peer_listen = Some(addr);
-        }
-        if self.peer_secret_file.is_none() {
-            self.peer_secret_file = text("peers.secret_file")?.map(PathBuf::from);
-        }
-        if self.peer_wait.is_none()
-            && let Some(s) = text("peers.wait")?
-        {
-            self.peer_wait = Some(parse_duration(&s).map_err(|e| format!("peers.wait: {e}"))?);
-        }
-        if self.peer_port.is_none()
-            && let Some((v, origin)) = file.get("peers.port")
-        {
-            let port = v
-                .as_integer()
-                .and_then(|i| u16::try_from(i).ok())
-                .ok_or_else(|| format!("{origin}: `{v}` is not a port"))?;
-            self.peer_port = Some(port);
-        }
-        Ok(())
     }
 }
 

@@ -41,6 +41,8 @@ pub struct CaptureOptions {
     pub via_syscalls: bool,
     /// Turn on the kernel's BPF run-time statistics while loaded (`--probe-stats`).
     pub probe_stats: bool,
+    /// Report every exec on the host, for selectors (`--exe`, `--port`, …).
+    pub report_execs: bool,
 }
 
 /// Where socket data is captured (see `probes::sock` for why the socket layer is preferred).
@@ -73,6 +75,7 @@ impl Default for CaptureOptions {
             capture_stdio: false,
             via_syscalls: false,
             probe_stats: false,
+            report_execs: false,
         }
     }
 }
@@ -237,6 +240,7 @@ impl Capture {
             set_state_new_offset: net[2],
             retransmit_skaddr_offset: net[3],
             socket_mode: 0,
+            report_execs: opts.report_execs as u32,
             offsets,
         };
         let socket_layer = if opts.via_syscalls {
@@ -524,6 +528,11 @@ pub fn uncovered_tls(pid: u32) -> Option<&'static str> {
         .iter()
         .find(|(marker, _)| memchr::memmem::find(&exe, marker).is_some())
         .map(|(_, name)| *name)
+}
+
+/// The shared OpenSSL library `pid` has mapped, which ztrace probes (None: none mapped yet).
+pub fn tls_library(pid: u32) -> Option<std::path::PathBuf> {
+    libssl_of(pid)
 }
 
 /// The OpenSSL library mapped into `pid`, from /proc/PID/maps.

@@ -3,6 +3,7 @@
 
 use std::{collections::HashSet, fs, path::PathBuf};
 
+use super::{container, naming};
 use crate::model::ProcessInfo;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,8 +102,9 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     status_field(pid, "PPid")?.parse().ok()
 }
 
-/// All live descendants of `roots` (children of children…), from each process's PPid.
-pub fn descendants(roots: &[u32]) -> Vec<u32> {
+/// All live descendants of `roots` (children of children…), from each process's PPid, each with
+/// its parent, parents before their children.
+pub fn descendants_with_parents(roots: &[u32]) -> Vec<(u32, u32)> {
     let mut by_parent: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -122,7 +124,7 @@ pub fn descendants(roots: &[u32]) -> Vec<u32> {
     while let Some(parent) = frontier.pop() {
         for &(ppid, pid) in &by_parent {
             if ppid == parent && seen.insert(pid) {
-                out.push(pid);
+                out.push((pid, parent));
                 frontier.push(pid);
             }
         }
@@ -136,7 +138,9 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// Reads what the Resource says about `pid`. `service_name` overrides the executable name.
+/// Reads what the Resource says about `pid`. `service_name` (given by the operator) wins over
+/// the derived name: for an interpreter the program it runs (see [`naming`]), else the name the
+/// process goes by.
 pub fn info(pid: u32, service_name: Option<&str>, host_name: &str) -> ProcessInfo {
     let exe: Option<PathBuf> = fs::read_link(format!("/proc/{pid}/exe")).ok();
     let command_args: Vec<String> = fs::read(format!("/proc/{pid}/cmdline"))
@@ -155,23 +159,35 @@ pub fn info(pid: u32, service_name: Option<&str>, host_name: &str) -> ProcessInf
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| comm.clone());
+    let executable_path = exe
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let interpreter = naming::Interpreter::from_executable(&executable_name);
+    let program = interpreter.and_then(|i| naming::program_name(i, &command_args));
     // The name the process goes by: multi-call binaries reached through a symlink (redis-server →
     // redis-check-rdb, busybox) keep their own name here, unlike the resolved executable.
-    let default_service = if comm.is_empty() {
-        executable_name.clone()
-    } else {
-        comm
+    let default_service = match program {
+        Some(p) => p,
+        None if comm.is_empty() => executable_name.clone(),
+        None => comm,
     };
+    let container = container::of_process(pid);
     ProcessInfo {
         pid,
         parent_pid: parent_of(pid),
         service_name: service_name.map(str::to_string).unwrap_or(default_service),
-        executable_path: exe
-            .map(|p| p.to_string_lossy().into_owned())
+        runtime_name: interpreter
+            .map(|i| i.runtime_name(&executable_name).to_string())
             .unwrap_or_default(),
+        runtime_version: interpreter
+            .and_then(|i| naming::runtime_version(i, &executable_path))
+            .unwrap_or_default(),
+        executable_path,
         executable_name,
         command_args,
         host_name: host_name.to_string(),
+        container_id: container.container_id.unwrap_or_default(),
+        pod_uid: container.pod_uid.unwrap_or_default(),
     }
 }
 
@@ -216,7 +232,7 @@ mod tests {
             .arg("5")
             .spawn()
             .unwrap();
-        assert!(descendants(&[me]).contains(&child.id()));
+        assert!(descendants_with_parents(&[me]).contains(&(child.id(), me)));
         child.kill().unwrap();
         child.wait().unwrap();
     }

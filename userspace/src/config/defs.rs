@@ -1,6 +1,8 @@
 //! What a setting is: the resolved types and their defaults, and the tables that give every
 //! setting its file key, flag and (see `env.rs`) environment variable. Adding a setting starts here.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The three OTLP signals.
@@ -203,10 +205,33 @@ pub enum Terminal {
     Json,
 }
 
+/// A PID to trace, with the service name the operator gave it (`--pid 1234=checkout`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PidSpec {
+    pub pid: u32,
+    pub service_name: Option<String>,
+}
+
+/// Processes chosen by what they are rather than by PID: one `--exe`/`--cmdline`/`--port`/
+/// `--container`/`--cgroup` flag, or one `[[target.select]]` table whose selectors must all
+/// match. Checked and compiled by the capture stage (`capture/select.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectSpec {
+    /// (kind, value): kind is one of [`SELECTOR_KINDS`].
+    pub selectors: Vec<(String, String)>,
+    pub service_name: Option<String>,
+    /// Where it was written, for error messages (`--port`, `[[target.select]] #2 in FILE`).
+    pub origin: String,
+}
+
+/// The selector kinds, as flags (`--exe`) and as `[[target.select]]` keys (`exe = "…"`).
+pub const SELECTOR_KINDS: [&str; 5] = ["exe", "cmdline", "port", "container", "cgroup"];
+
 /// What to trace, and how, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    pub pids: Vec<u32>,
+    pub pids: Vec<PidSpec>,
+    pub select: Vec<SelectSpec>,
     pub no_children: bool,
     pub duration: Option<Duration>,
     pub payload_cap: u32,
@@ -220,7 +245,8 @@ pub struct Target {
 /// data. String-valued export flags travel in [`super::Sources::flags`], by file key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CliFlags {
-    pub pids: Vec<u32>,
+    pub pids: Vec<PidSpec>,
+    pub select: Vec<SelectSpec>,
     pub no_children: bool,
     pub duration: Option<Duration>,
     pub payload_cap: Option<u32>,
@@ -230,11 +256,29 @@ pub struct CliFlags {
     pub output: Option<Terminal>,
     pub db_query_text: bool,
     pub metric_max_series: Option<u32>,
+    pub peer_listen: Option<SocketAddr>,
+    pub peer_secret_file: Option<PathBuf>,
+    pub peer_port: Option<u16>,
+    pub peer_wait: Option<Duration>,
     pub db_error_text: bool,
     pub command_args: bool,
     pub log_payloads: bool,
     /// `--redact`, as given (comma-separated lists).
     pub redact: Vec<String>,
+}
+
+/// Cross-host links (`crate::peer`), resolved: on when a listen address is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// Where this agent answers the others.
+    pub listen: SocketAddr,
+    /// The secret every agent of the deployment shares (read when the channel starts).
+    pub secret_file: PathBuf,
+    /// The agent port of other hosts (default: the port of `listen`).
+    pub port: u16,
+    /// How long a server span whose caller is on another host waits for that host's agent
+    /// (None: the linker's default).
+    pub wait: Option<Duration>,
 }
 
 impl Config {
@@ -324,7 +368,7 @@ pub(super) const GLOBAL_SETTINGS: [(&str, Option<&str>); 13] = [
     ("logs.schedule_delay", Some("OTEL_BLRP_SCHEDULE_DELAY")),
 ];
 
-/// File keys of cross-host links (`[peers]`), read with their flags (`app/peer_args.rs`).
+/// File keys of cross-host links (`[peers]`), resolved with their flags into [`Peers`].
 pub const PEER_FILE_KEYS: [&str; 4] = [
     "peers.listen",
     "peers.secret_file",
@@ -333,8 +377,9 @@ pub const PEER_FILE_KEYS: [&str; 4] = [
 ];
 
 /// File keys with no environment variable (what to trace, terminal output, series limit).
-pub const NO_ENV_KEYS: [&str; 13] = [
+pub const NO_ENV_KEYS: [&str; 14] = [
     "target.pids",
+    "target.select",
     "target.no_children",
     "target.duration",
     "target.payload_cap",
@@ -377,6 +422,26 @@ pub(super) fn flag_name(key: &str) -> Option<&'static str> {
     FLAGS.iter().find(|(k, _)| *k == key).map(|(_, f)| *f)
 }
 
+/// File keys of `[tail_sampling]` and `[anomaly]` (resolved in `tail.rs`).
+pub const TAIL_FILE_KEYS: [&str; 14] = [
+    "tail_sampling.decision_wait",
+    "tail_sampling.max_hold",
+    "tail_sampling.num_traces",
+    "tail_sampling.max_spans",
+    "tail_sampling.policies",
+    "anomaly.enabled",
+    "anomaly.window",
+    "anomaly.alpha",
+    "anomaly.threshold",
+    "anomaly.end_threshold",
+    "anomaly.end_windows",
+    "anomaly.cold_start_windows",
+    "anomaly.min_requests",
+    "anomaly.latency_min_change",
+];
+/// (`anomaly.max_operations` is listed apart to keep the table above a readable size.)
+pub const ANOMALY_MAX_OPERATIONS_KEY: &str = "anomaly.max_operations";
+
 /// Every key a config file may hold.
 pub fn file_keys() -> Vec<String> {
     let mut keys: Vec<String> = SIGNAL_SETTINGS
@@ -393,6 +458,8 @@ pub fn file_keys() -> Vec<String> {
     keys.extend(GLOBAL_SETTINGS.iter().map(|(k, _)| k.to_string()));
     keys.extend(NO_ENV_KEYS.iter().map(|k| k.to_string()));
     keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.push(ANOMALY_MAX_OPERATIONS_KEY.to_string());
     keys
 }
 

@@ -5,7 +5,7 @@
 //!
 //! A new setting: its key in `defs.rs` (`GLOBAL_SETTINGS` with its `OTEL_*` variable,
 //! `SIGNAL_SETTINGS` for a per-signal OTLP setting, or `NO_ENV_KEYS`), its flag in `FLAGS`
-//! (string flags) or `CliFlags` (typed flags), its field in `Config` (or `Target`), and its
+//! (string flags) or `CliFlags` (typed flags), its field in `Config` (or `Target`, `Peers`), and its
 //! resolution in `resolve.rs`. The command line only declares the flag and hands it over; the
 //! stage that uses the setting reads it from `Config`.
 
@@ -15,10 +15,12 @@ mod error;
 mod file;
 mod parse;
 mod resolve;
+mod tail;
 
 pub use defs::*;
 pub use env::process_env;
 pub use error::*;
 pub use file::*;
-pub use parse::parse_duration;
+pub use parse::{parse_duration, parse_pid_spec};
 pub use resolve::*;
+pub use tail::*;

@@ -1,8 +1,9 @@
 //! Turning one raw value into a typed setting, with an error that names the value's source.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::defs::{Compression, Protocol, Raw, Signal};
+use super::defs::{Compression, PidSpec, Protocol, Raw, Signal};
 use super::error::{ConfigError, Origin, bad};
 
 pub(super) fn string(raw: &Raw, origin: &Origin) -> Result<String, ConfigError> {
@@ -90,6 +91,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A PID to trace as the command line and the file write it: `1234`, or `1234=checkout` to name
+/// its service (the name also goes to the children it forks).
+pub fn parse_pid_spec(s: &str) -> Result<PidSpec, String> {
+    let (pid, name) = match s.split_once('=') {
+        Some((pid, name)) => (pid, Some(name.trim())),
+        None => (s, None),
+    };
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a PID (or PID=SERVICE_NAME)"))?;
+    match name {
+        Some("") => Err(format!("`{s}`: the service name after `=` is empty")),
+        Some(n) if n.chars().any(char::is_control) => {
+            Err(format!("`{s}`: the service name has control characters"))
+        }
+        name => Ok(PidSpec {
+            pid,
+            service_name: name.map(str::to_string),
+        }),
+    }
 }
 
 /// Decodes `%XX` escapes; a malformed escape or invalid UTF-8 is an error.
@@ -282,5 +306,33 @@ pub(super) fn ratio(raw: Option<(Raw, Origin)>) -> Result<f64, ConfigError> {
             &raw,
             "is not a sampling ratio; use a number from 0 to 1, e.g. 0.25",
         )),
+    }
+}
+
+/// A socket address given as a string under file key `key`.
+pub(super) fn socket_addr(s: &str, key: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError(format!(
+            "{key}: `{s}` is not an address such as 0.0.0.0:4390"
+        ))
+    })
+}
+
+/// A TCP port given as a file integer.
+pub(super) fn port(v: &toml::Value, origin: &Origin) -> Result<u16, ConfigError> {
+    v.as_integer()
+        .and_then(|i| u16::try_from(i).ok())
+        .ok_or_else(|| ConfigError(format!("{origin}: `{v}` is not a port")))
+}
+
+/// A file key that must be a string, if present.
+pub(super) fn file_string(
+    file: &super::file::ConfigFile,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    match file.get(key) {
+        None => Ok(None),
+        Some((toml::Value::String(s), _)) => Ok(Some(s.clone())),
+        Some((v, origin)) => Err(ConfigError(format!("{origin}: `{v}` is not a string"))),
     }
 }

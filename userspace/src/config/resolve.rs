@@ -14,20 +14,22 @@
 //! the process environment, so it is unit-tested table by table.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::defs::{
     Batching, CliFlags, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_MAX_SERIES,
     DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT, MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT,
-    OtlpTarget, Privacy, Protocol, Raw, RootSampler, Sampler, Signal, Target, Temporality,
-    Terminal, Tls, flag_name,
+    OtlpTarget, Peers, PidSpec, Privacy, Protocol, Raw, RootSampler, SELECTOR_KINDS, Sampler,
+    SelectSpec, Signal, Target, Temporality, Terminal, Tls, flag_name,
 };
 use super::env::env_name;
 use super::error::{ConfigError, Origin, bad};
 use super::file::{ConfigFile, raw_of_toml};
 use super::parse::{
-    append_path, boolean, compression, count, default_endpoint, duration, endpoint, headers,
-    key_value_list, parse_duration, protocol, ratio, read_pem, string,
+    append_path, boolean, compression, count, default_endpoint, duration, endpoint, file_string,
+    headers, key_value_list, parse_duration, parse_pid_spec, port, protocol, ratio, read_pem,
+    socket_addr, string,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -403,12 +405,64 @@ fn file_bool(file: Option<&ConfigFile>, key: &str) -> Result<bool, ConfigError> 
     }
 }
 
+/// `[[target.select]]` tables: each a set of selectors (all must match) and a service name.
+fn select_tables(v: &toml::Value, origin: &Origin) -> Result<Vec<SelectSpec>, ConfigError> {
+    let toml::Value::Array(tables) = v else {
+        return Err(ConfigError(format!(
+            "{origin}: write selectors as [[target.select]] tables"
+        )));
+    };
+    let mut out = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let at = format!("{origin}, table #{}", i + 1);
+        let toml::Value::Table(t) = t else {
+            return Err(ConfigError(format!("{at}: not a table")));
+        };
+        let mut spec = SelectSpec {
+            selectors: Vec::new(),
+            service_name: None,
+            origin: at.clone(),
+        };
+        for (k, v) in t {
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) if k == "port" => i.to_string(),
+                other => {
+                    return Err(ConfigError(format!(
+                        "{at}: `{k}` must be a string, not {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            if k == "service_name" {
+                spec.service_name = Some(value);
+            } else if SELECTOR_KINDS.contains(&k.as_str()) {
+                spec.selectors.push((k.clone(), value));
+            } else {
+                return Err(ConfigError(format!(
+                    "{at}: unknown key `{k}` (use {} or service_name)",
+                    SELECTOR_KINDS.join(", ")
+                )));
+            }
+        }
+        if spec.selectors.is_empty() {
+            return Err(ConfigError(format!(
+                "{at}: no selector ({})",
+                SELECTOR_KINDS.join(", ")
+            )));
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
 /// Resolves what to trace: flags, then the file where the flags left it open, then defaults.
 /// Separate from [`resolve`] because only a live run traces (replay ignores `target.*`).
 pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
     let cli = &src.cli;
     let mut target = Target {
         pids: cli.pids.clone(),
+        select: cli.select.clone(),
         no_children: cli.no_children,
         duration: cli.duration,
         payload_cap: DEFAULT_PAYLOAD_CAP,
@@ -428,11 +482,28 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
             other => vec![other.clone()],
         };
         for item in list {
-            match item.as_integer().and_then(|i| u32::try_from(i).ok()) {
-                Some(pid) => target.pids.push(pid),
-                None => return Err(ConfigError(format!("{origin}: `{item}` is not a PID"))),
+            let spec = match &item {
+                toml::Value::Integer(i) => u32::try_from(*i).ok().map(|pid| PidSpec {
+                    pid,
+                    service_name: None,
+                }),
+                toml::Value::String(s) => parse_pid_spec(s).ok(),
+                _ => None,
+            };
+            match spec {
+                Some(spec) => target.pids.push(spec),
+                None => {
+                    return Err(ConfigError(format!(
+                        "{origin}: `{item}` is not a PID (or \"PID=SERVICE_NAME\")"
+                    )));
+                }
             }
         }
+    }
+    if target.select.is_empty()
+        && let Some((v, origin)) = file.get("target.select")
+    {
+        target.select = select_tables(v, &origin)?;
     }
     target.no_children |= file_bool(Some(file), "target.no_children")?;
     target.capture_logs |= file_bool(Some(file), "target.capture_logs")?;
@@ -461,6 +532,51 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
         },
     };
     Ok(target)
+}
+
+/// Resolves cross-host links (`crate::peer`): flags, then the file's `[peers]` keys where the
+/// flags left them open. None when off; half a configuration is an error, not silently off.
+pub fn resolve_peers(src: &Sources<'_>) -> Result<Option<Peers>, ConfigError> {
+    let cli = &src.cli;
+    let mut listen = cli.peer_listen;
+    let mut secret_file = cli.peer_secret_file.clone();
+    let mut port_flag = cli.peer_port;
+    let mut wait = cli.peer_wait;
+    if let Some(file) = src.file {
+        if listen.is_none()
+            && let Some(s) = file_string(file, "peers.listen")?
+        {
+            listen = Some(socket_addr(&s, "peers.listen")?);
+        }
+        if secret_file.is_none() {
+            secret_file = file_string(file, "peers.secret_file")?.map(PathBuf::from);
+        }
+        if wait.is_none()
+            && let Some(s) = file_string(file, "peers.wait")?
+        {
+            wait = Some(parse_duration(&s).map_err(|e| ConfigError(format!("peers.wait: {e}")))?);
+        }
+        if port_flag.is_none()
+            && let Some((v, origin)) = file.get("peers.port")
+        {
+            port_flag = Some(port(v, &origin)?);
+        }
+    }
+    match (listen, secret_file) {
+        (Some(listen), Some(secret_file)) => Ok(Some(Peers {
+            listen,
+            secret_file,
+            port: port_flag.unwrap_or(listen.port()),
+            wait,
+        })),
+        (None, None) if port_flag.is_none() && wait.is_none() => Ok(None),
+        (Some(_), None) => Err(ConfigError(
+            "--peer-listen needs --peer-secret-file (or peers.secret_file)".into(),
+        )),
+        _ => Err(ConfigError(
+            "cross-host link settings need --peer-listen (or peers.listen)".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -1027,6 +1143,65 @@ mod tests {
     }
 
     #[test]
+    fn select_tables_and_named_pids_from_the_file() {
+        let file = ConfigFile::parse(
+            "[target]\npids = [7, \"8=cart\"]\n[[target.select]]\nexe = \"python3*\"\ncmdline = 'orders'\nservice_name = \"orders\"\n[[target.select]]\nport = 6379\n",
+            Path::new("z.toml"),
+        )
+        .unwrap();
+        let t = resolve_target(&Sources {
+            file: Some(&file),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            t.pids,
+            vec![
+                PidSpec {
+                    pid: 7,
+                    service_name: None
+                },
+                PidSpec {
+                    pid: 8,
+                    service_name: Some("cart".into())
+                }
+            ]
+        );
+        assert_eq!(t.select.len(), 2);
+        assert_eq!(
+            t.select[0].selectors,
+            vec![
+                ("cmdline".to_string(), "orders".to_string()),
+                ("exe".to_string(), "python3*".to_string())
+            ]
+        );
+        assert_eq!(t.select[0].service_name.as_deref(), Some("orders"));
+        assert_eq!(
+            t.select[1].selectors,
+            vec![("port".to_string(), "6379".to_string())]
+        );
+        for (text, want) in [
+            ("[[target.select]]\nexe = 1\n", "`exe` must be a string"),
+            ("[[target.select]]\nexee = \"x\"\n", "unknown key `exee`"),
+            ("[[target.select]]\nservice_name = \"x\"\n", "no selector"),
+            (
+                "[target]\nselect = \"x\"\n",
+                "write selectors as [[target.select]] tables",
+            ),
+            ("[target]\npids = [\"8=\"]\n", "is not a PID"),
+        ] {
+            let file = ConfigFile::parse(text, Path::new("z.toml")).unwrap();
+            let err = resolve_target(&Sources {
+                file: Some(&file),
+                ..Sources::default()
+            })
+            .unwrap_err();
+            assert!(err.0.contains(want), "{text}: {err}");
+            assert!(err.0.contains("z.toml"), "{err}");
+        }
+    }
+
+    #[test]
     fn config_file_rejects_unknown_keys_and_bad_toml() {
         let err = ConfigFile::parse("[otlp]\nendpont = \"x\"\n", Path::new("z.toml")).unwrap_err();
         assert!(
@@ -1107,5 +1282,53 @@ mod tests {
         let err = resolve_env(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", &ca_s)]).unwrap_err();
         assert!(err.0.contains("needs both"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peers_from_flags_then_file_keys() {
+        let file = |text: &str| ConfigFile::parse(text, Path::new("z.toml")).unwrap();
+        let peers = |cli: CliFlags, file: Option<&ConfigFile>| {
+            resolve_peers(&Sources {
+                cli,
+                file,
+                ..Sources::default()
+            })
+        };
+        assert_eq!(peers(CliFlags::default(), None), Ok(None), "off by default");
+        let f = file("[peers]\nlisten = \"10.0.0.1:4390\"\nsecret_file = \"/s\"\nwait = \"3s\"\n");
+        let want = Peers {
+            listen: "10.0.0.1:4390".parse().unwrap(),
+            secret_file: "/s".into(),
+            port: 4390,
+            wait: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(peers(CliFlags::default(), Some(&f)), Ok(Some(want)));
+        let flags = CliFlags {
+            peer_listen: Some("10.0.0.2:1".parse().unwrap()),
+            peer_port: Some(5000),
+            ..CliFlags::default()
+        };
+        let p = peers(flags, Some(&f)).unwrap().unwrap();
+        assert_eq!((p.listen.port(), p.port), (1, 5000), "flags win");
+        for (text, want) in [
+            (
+                "[peers]\nlisten = \"nowhere\"",
+                "peers.listen: `nowhere` is not an address such as 0.0.0.0:4390",
+            ),
+            ("[peers]\nlisten = 4390", "`4390` is not a string"),
+            ("[peers]\nport = 70000", "`70000` is not a port"),
+            ("[peers]\nwait = \"soon\"", "peers.wait: "),
+            (
+                "[peers]\nlisten = \"10.0.0.1:4390\"",
+                "--peer-listen needs --peer-secret-file (or peers.secret_file)",
+            ),
+            (
+                "[peers]\nport = 4390",
+                "cross-host link settings need --peer-listen (or peers.listen)",
+            ),
+        ] {
+            let err = peers(CliFlags::default(), Some(&file(text))).unwrap_err();
+            assert!(err.0.contains(want), "{text}: {err}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::model::{Span, SpanKind, SpanStatus};
+use crate::processors::tail::threshold::tracestate;
 use crate::semconv::attributes::{AddrText, AttrSink, AttrValue, visit_attributes};
 use crate::semconv::names::span_name;
 use crate::semconv::resource::{ProcessTable, SCOPE_NAME, SCOPE_VERSION};
@@ -234,6 +235,9 @@ impl<'a> AttrSink<'a> for KeyValues<'_> {
 fn span(s: &Span, out: &mut Vec<u8>) {
     bytes_field(1, &s.trace_id.0, out);
     bytes_field(2, &s.span_id.0, out);
+    if let Some(th) = s.th {
+        bytes_field(3, tracestate(th).as_bytes(), out);
+    }
     if let Some(parent) = s.parent_span_id {
         bytes_field(4, &parent.0, out);
     }
@@ -408,13 +412,21 @@ mod tests {
         remote.parent_span_id = Some(SpanId([9; 8]));
         let mut other_pid = server_span();
         other_pid.pid = 77;
-        let spans = vec![server_span(), error, remote, other_pid, client_span()];
+        // Kept by tail sampling: the sampling threshold travels in `trace_state`.
+        let mut sampled = client_span();
+        sampled.th = Some(crate::processors::tail::threshold::threshold(0.25));
+        let spans = vec![server_span(), error, remote, other_pid, sampled];
         let mut out = Vec::new();
         encode_request(&spans, &table, &mut out);
         let decoded = ExportTraceServiceRequest::decode(out.as_slice()).expect("valid protobuf");
         assert_eq!(decoded, build_request(&spans, &table));
         // Re-encoding with prost gives a message of the same size: no stray or missing fields.
         assert_eq!(decoded.encoded_len(), out.len());
+        let last = decoded.resource_spans[0].scope_spans[0]
+            .spans
+            .last()
+            .unwrap();
+        assert_eq!(last.trace_state, "ot=th:c");
         encode_request(&[], &table, &mut out);
         assert!(out.is_empty());
     }

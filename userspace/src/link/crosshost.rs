@@ -16,6 +16,26 @@
 //! (method and target, command, …) must match too: it is what an endpoint of that connection saw,
 //! so an agent cannot learn trace context for a connection it did not see by guessing ports.
 //!
+//! # Rejected alternatives
+//! - **TCP header options** written by a cgroup `sock_ops` program on the client (a span id in an
+//!   experimental option) and parsed by a second program on the server. On this kernel the
+//!   program type is reported available but was never loaded; it changes bytes on the wire
+//!   (middleboxes strip or drop unknown options, the options eat into the MSS), needs a cgroup
+//!   attachment on every host, and still cannot tell which request of a keep-alive connection a
+//!   segment belongs to without the sequence numbers used here.
+//! - **`traceparent` injection** into HTTP headers (OBI's way): changes application bytes, only
+//!   works for HTTP, and needs write access to the traced process's traffic. Possible later as
+//!   an opt-in extra, never the default.
+//! - **Joining at query time** in a backend (DeepFlow): the OTLP that leaves the agents stays
+//!   unlinked, so every existing collector and backend sees broken traces.
+//! - **Timing alone** (the server's request arrived just after some client's send): ambiguous as
+//!   soon as two requests cross the link within the clock error; a wrong parent is worse than
+//!   none.
+//! - **The 4-tuple alone**: a keep-alive or pooled connection carries many requests (and many
+//!   traces); the sequence number of the request's first byte names one of them.
+//! - **Shared state** (one map, file or kernel between agents): real hosts share nothing; the
+//!   tests run both agents on one kernel but give them only the network.
+//!
 //! # Holding and failing safe
 //! A SERVER root that qualifies waits `LINK_GRACE_NS` for a local client as always; only then is
 //! the question asked (a local traced client, the common case on one host, costs no lookup).
@@ -23,8 +43,17 @@
 //! answer — no agent at that address, no answer in time, "unknown", a refused or malformed reply,
 //! too many lookups pending — leaves the span a root, counted by reason in [`CrossHostStats`].
 //!
+//! # Clock skew
+//! The remote parent's times come from another host's clock. A linked span that starts before
+//! its remote parent or ends after it keeps the link; it is counted (`skewed`, the largest
+//! amount in `max_skew_ns`) and the span says by how much (`ztrace.link.clock_skew_ns`, see
+//! [`CrossHost::skew`]), rather than being moved or unlinked.
+//!
 //! # Memory
-//! Pending lookups: at most `max_pending` (default 16,384), about 80 bytes each (≈ 1.3 MiB).
+//! Pending lookups: at most `max_pending` (default 16,384), about 110 bytes each with their
+//! queue slots and the lookup handed to the network (≈ 1.8 MiB; `memory_at_the_bounds` in
+//! `crate::peer` measures it). Remote parents' windows of linked spans awaiting release: at most
+//! as many, 40 bytes each.
 //! The index of client sends lives in `crate::peer` (its bound is stated there).
 
 use std::collections::{VecDeque, hash_map::Entry};
@@ -215,6 +244,9 @@ pub struct CrossHost {
     deadlines: VecDeque<(u64, Handle)>,
     lookups_out: Vec<Lookup>,
     sends_out: Vec<ClientSend>,
+    /// Remote parents' windows (unix ns) of linked spans not yet released: at most
+    /// `max_pending`, as they were pending lookups a moment ago.
+    parent_windows: HashMap<Handle, (u64, u64)>,
     pub stats: CrossHostStats,
 }
 
@@ -230,6 +262,7 @@ impl CrossHost {
             deadlines: VecDeque::new(),
             lookups_out: Vec::new(),
             sends_out: Vec::new(),
+            parent_windows: HashMap::default(),
             stats: CrossHostStats::default(),
         }
     }
@@ -333,9 +366,34 @@ impl CrossHost {
         None
     }
 
-    /// A released span is no longer waited for.
-    pub fn released(&mut self, h: Handle) {
+    /// `h` was linked to a remote parent whose span ran from `start` to `end` (unix ns, the
+    /// other host's clock).
+    pub fn linked(&mut self, h: Handle, start_unix_ns: u64, end_unix_ns: u64) {
+        self.stats.linked += 1;
+        if self.parent_windows.len() < self.config.max_pending {
+            self.parent_windows.insert(h, (start_unix_ns, end_unix_ns));
+        }
+    }
+
+    /// A released span is no longer waited for. For a span linked to a remote parent: how far
+    /// (ns) its final times lie outside the parent's window, counted when not zero — the clock
+    /// skew between the hosts (plus the network's delay on a tight call), marked on the span by
+    /// the caller rather than hidden.
+    pub fn released(&mut self, h: Handle, start_unix_ns: u64, end_unix_ns: u64) -> Option<u64> {
         self.pending.remove(&h);
+        let (p_start, p_end) = self.parent_windows.remove(&h)?;
+        let skew = Self::skew(start_unix_ns, end_unix_ns, p_start, p_end);
+        if skew == 0 {
+            return None;
+        }
+        self.stats.skewed += 1;
+        self.stats.max_skew_ns = self.stats.max_skew_ns.max(skew);
+        Some(skew)
+    }
+
+    /// How far the window `start..end` sticks out of the parent's `p_start..p_end` (0: inside).
+    pub fn skew(start: u64, end: u64, p_start: u64, p_end: u64) -> u64 {
+        p_start.saturating_sub(start).max(end.saturating_sub(p_end))
     }
 
     pub fn sent(&mut self, send: ClientSend) {
@@ -445,6 +503,31 @@ mod tests {
         // A late answer changes nothing.
         assert!(x.answer(1, Outcome::Unknown).is_none());
         assert_eq!(x.stats.unknown, 0);
+    }
+
+    /// Clock skew between hosts: a child outside its remote parent's window keeps its link, is
+    /// counted, and the amount comes back for the span's attribute; one inside is not marked.
+    #[test]
+    fn skew_outside_the_parents_window_is_counted_and_returned() {
+        let mut x = CrossHost::new(CrossHostConfig::default());
+        // Parent (host A's clock): 1_000..5_000. Child 1 starts 300 ns early (B's clock behind).
+        x.linked(1, 1_000, 5_000);
+        x.linked(2, 1_000, 5_000);
+        x.linked(3, 1_000, 5_000);
+        assert_eq!(x.released(1, 700, 4_000), Some(300));
+        // Child 2 lies inside: nothing to mark.
+        assert_eq!(x.released(2, 1_100, 4_900), None);
+        // Child 3 ends 2 ms after its parent (B's clock ahead).
+        assert_eq!(x.released(3, 1_500, 2_005_000), Some(2_000_000));
+        // A span that was never linked remotely has no skew.
+        assert_eq!(x.released(4, 0, u64::MAX), None);
+        assert_eq!(x.stats.linked, 3);
+        assert_eq!((x.stats.skewed, x.stats.max_skew_ns), (2, 2_000_000));
+        assert!(
+            x.stats
+                .to_string()
+                .contains("2 linked outside the caller's window (by at most 2000.0 µs)")
+        );
     }
 
     #[test]

@@ -708,10 +708,16 @@ mod cost {
             );
         }
         let mut replay = Replay::new(1 << 20);
+        println!(
+            "| lookups per frame | asker: encode + sign question, verify + decode answer | \
+             answerer: verify, nonce, index, sign answer | both | bytes on the wire per lookup \
+             (both ways, TCP/IP headers excluded) |"
+        );
         for batch in [1usize, 16, 1024] {
             let rounds = 200_000 / batch;
-            let t = std::time::Instant::now();
+            let (mut ask_ns, mut serve_ns, mut bytes) = (0u128, 0u128, 0usize);
             for r in 0..rounds {
+                let t = std::time::Instant::now();
                 let questions: Vec<Query> = (0..batch as u32)
                     .map(|i| Query {
                         key: wire(i * 7 + r as u32),
@@ -724,11 +730,13 @@ mod cost {
                     nonce: rand::random(),
                     body: Body::Query(questions),
                 };
-                let bytes = encode(&key, &q);
+                let bytes_q = encode(&key, &q);
+                ask_ns += t.elapsed().as_nanos();
+                let t = std::time::Instant::now();
                 let got = decode(
                     &key,
-                    bytes[..4].try_into().unwrap(),
-                    &bytes[4..],
+                    bytes_q[..4].try_into().unwrap(),
+                    &bytes_q[4..],
                     KIND_QUERY,
                 )
                 .unwrap();
@@ -744,6 +752,8 @@ mod cost {
                         body: Body::Reply(replies),
                     },
                 );
+                serve_ns += t.elapsed().as_nanos();
+                let t = std::time::Instant::now();
                 let back = decode(
                     &key,
                     reply[..4].try_into().unwrap(),
@@ -752,13 +762,248 @@ mod cost {
                 )
                 .unwrap();
                 assert!(matches!(back.body, Body::Reply(ref v) if v.len() == batch));
+                ask_ns += t.elapsed().as_nanos();
+                bytes += bytes_q.len() + reply.len();
             }
-            let per = t.elapsed().as_nanos() as f64 / (rounds * batch) as f64;
+            let per = |ns: u128| ns as f64 / (rounds * batch) as f64;
             println!(
-                "batch {batch:>4}: {per:>7.0} ns of CPU per lookup (both agents), {:.0} bytes on the wire per lookup",
-                // An item each way, plus each frame's prefix, header and tag.
-                (31 + 42) as f64 + 2.0 * (4.0 + 31.0 + 32.0) / batch as f64
+                "| {batch} | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} |",
+                per(ask_ns),
+                per(serve_ns),
+                per(ask_ns + serve_ns),
+                bytes as f64 / (rounds * batch) as f64
             );
         }
+    }
+}
+
+/// The channel with 1,000 peer hosts on loopback, in one process: `cargo test --release -p
+/// ztrace -- --ignored --nocapture thousand_peers` (docs/benchmarks.md). Prints CPU per lookup,
+/// how many lookups a frame carried, and the memory the peers' connections and tasks took.
+#[cfg(test)]
+mod scale {
+    use super::*;
+    use crate::link::crosshost::{PeerContext, WireKey};
+    use crate::model::{Endpoint, SpanId, TraceId};
+    use std::net::Ipv4Addr;
+
+    const PEERS: usize = 1000;
+
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn cpu_s() -> f64 {
+        // SAFETY: getrusage fills the struct we pass.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(u.ru_utime) + t(u.ru_stime)
+    }
+
+    fn peer_ip(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8)
+    }
+
+    fn wire(i: usize, j: u32) -> WireKey {
+        WireKey {
+            client: Endpoint {
+                addr: peer_ip(i).into(),
+                port: 40_000u16.wrapping_add(j as u16),
+            },
+            seq: j.wrapping_mul(1000),
+        }
+    }
+
+    fn cfg(listen: String, peer_port: u16) -> PeerConfig {
+        PeerConfig {
+            listen: listen.parse().unwrap(),
+            peer_port,
+            secret: b"0123456789abcdef-shared".to_vec(),
+            linker: CrossHostConfig::default(),
+        }
+    }
+
+    /// Submits `lookups` in chunks the dispatcher can take, and waits for every answer.
+    async fn ask_all(asker: &mut PeerLink, lookups: Vec<Lookup>) -> (usize, usize) {
+        let n = lookups.len();
+        let (mut found, mut got) = (0, 0);
+        let mut out = Vec::new();
+        for chunk in lookups.chunks(1024) {
+            // The dispatcher's queue holds PEER_QUEUE: wait for room rather than shed.
+            while asker.lookups.capacity() < chunk.len() {
+                sleep(Duration::from_millis(1)).await;
+            }
+            let mut shed = Vec::new();
+            asker.submit(|_, ls| ls.extend_from_slice(chunk), &mut shed);
+            assert!(shed.is_empty());
+        }
+        while got < n {
+            out.clear();
+            timeout(Duration::from_secs(30), asker.answers(&mut out))
+                .await
+                .expect("answers in time");
+            got += out.len();
+            found += out
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Found { .. }))
+                .count();
+        }
+        (found, got)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn thousand_peers() {
+        let rss_start = rss_kib();
+        let first = PeerLink::start(&cfg(format!("{}:0", peer_ip(0)), 0))
+            .await
+            .unwrap();
+        let port = first.local.port();
+        let mut peers = vec![first];
+        for i in 1..PEERS {
+            peers.push(
+                PeerLink::start(&cfg(format!("{}:{port}", peer_ip(i)), 0))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for (i, p) in peers.iter_mut().enumerate() {
+            let sends: Vec<ClientSend> = (0..64u32)
+                .map(|j| ClientSend {
+                    key: wire(i, j),
+                    digest: u64::from(j),
+                    ctx: PeerContext {
+                        trace_id: TraceId([1; 16]),
+                        span_id: SpanId([2; 8]),
+                        sampled: None,
+                    },
+                    start_unix_ns: 1,
+                    end_unix_ns: 2,
+                })
+                .collect();
+            p.submit(|s, _| s.extend(sends), &mut Vec::new());
+        }
+        let rss_servers = rss_kib();
+        let mut asker = PeerLink::start(&cfg("127.0.0.1:0".into(), port))
+            .await
+            .unwrap();
+        let frames = |peers: &[PeerLink]| -> (u64, u64) {
+            peers.iter().fold((0, 0), |(f, q), p| {
+                (
+                    f + p.server.frames.load(Ordering::Relaxed),
+                    q + p.server.questions.load(Ordering::Relaxed),
+                )
+            })
+        };
+        println!(
+            "{PEERS} answering agents on loopback: RSS {} KiB → {} KiB (listeners, tasks, indexes of 64 sends each)",
+            rss_start, rss_servers
+        );
+        let mut handle = 0;
+        // Rounds: `per_peer` lookups for every peer at once (the first round opens the 1,000
+        // connections).
+        for (round, per_peer) in [(0, 1u32), (1, 1), (2, 4), (3, 16), (4, 64)] {
+            let deadline = mono_ns() + 20_000_000_000;
+            let lookups: Vec<Lookup> = (0..per_peer)
+                .flat_map(|j| (0..PEERS).map(move |i| (i, j)))
+                .map(|(i, j)| {
+                    handle += 1;
+                    Lookup {
+                        handle,
+                        key: wire(i, j),
+                        digest: u64::from(j),
+                        deadline_ns: deadline,
+                    }
+                })
+                .collect();
+            let n = lookups.len();
+            let (f0, q0) = frames(&peers);
+            let (cpu0, t0) = (cpu_s(), std::time::Instant::now());
+            let (found, got) = ask_all(&mut asker, lookups).await;
+            let (cpu, wall) = (cpu_s() - cpu0, t0.elapsed().as_secs_f64());
+            let (f1, q1) = frames(&peers);
+            assert_eq!(got, n);
+            println!(
+                "round {round}: {n:>6} lookups to {PEERS} peers ({per_peer:>2} each): {found} found; \
+                 {} frames, {:.1} lookups per frame; CPU {:.1} µs per lookup (both sides, loopback \
+                 TCP included), wall {:.2} s; RSS {} KiB",
+                f1 - f0,
+                (q1 - q0) as f64 / (f1 - f0).max(1) as f64,
+                cpu * 1e6 / n as f64,
+                wall,
+                rss_kib()
+            );
+        }
+        let rss_end = rss_kib();
+        println!(
+            "asking agent with {PEERS} peers connected: +{} KiB over the answering side alone \
+             (≈ {:.1} KiB per peer, both ends of each connection and the asker's per-peer task)",
+            rss_end.saturating_sub(rss_servers),
+            rss_end.saturating_sub(rss_servers) as f64 / PEERS as f64
+        );
+    }
+
+    /// What the stated bounds cost when full: the index at its maximum and `max_pending` lookups.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn memory_at_the_bounds() {
+        // Pending lookups first: the index's freed growth would otherwise be reused.
+        let mut x = crate::link::crosshost::CrossHost::new(CrossHostConfig::default());
+        let max = x.config.max_pending;
+        let before = rss_kib();
+        for h in 0..max as u64 {
+            x.hold(h, wire(h as usize % PEERS, h as u32), h, 0);
+        }
+        x.tick(0, |_| true);
+        let (mut s, mut l) = (Vec::new(), Vec::new());
+        x.take(&mut s, &mut l);
+        let after = rss_kib();
+        println!(
+            "pending lookups full ({} of them, asked): RSS +{} KiB = {:.0} bytes per lookup \
+             (the linker's entry, its two queue slots, the lookup handed to the network; \
+             size_of Lookup = {} bytes)",
+            x.pending(),
+            after - before,
+            (after - before) as f64 * 1024.0 / max as f64,
+            std::mem::size_of::<Lookup>()
+        );
+        drop((x, l));
+        let before = rss_kib();
+        let mut ix = ClientIndex::new(index::DEFAULT_MAX);
+        for i in 0..index::DEFAULT_MAX {
+            ix.insert(
+                &ClientSend {
+                    key: wire(i % PEERS, i as u32),
+                    digest: i as u64,
+                    ctx: PeerContext {
+                        trace_id: TraceId([1; 16]),
+                        span_id: SpanId([2; 8]),
+                        sampled: None,
+                    },
+                    start_unix_ns: 1,
+                    end_unix_ns: 2,
+                },
+                0,
+            );
+        }
+        let after = rss_kib();
+        println!(
+            "index full ({} entries): RSS +{} KiB = {:.0} bytes per entry (a table entry is {} \
+             bytes, an order slot {}; the table's buckets are a power of two above 8/7 of the \
+             entries, and the tables outgrown on the way stay in the allocator)",
+            ix.len(),
+            after - before,
+            (after - before) as f64 * 1024.0 / ix.len() as f64,
+            std::mem::size_of::<(WireKey, (u64, super::super::protocol::Found, u64))>(),
+            std::mem::size_of::<(u64, WireKey)>()
+        );
     }
 }

@@ -38,7 +38,7 @@ pub fn replay_throughput(path: &std::path::Path, passes: u32) -> Result<Throughp
         let mut encoder = crate::export::OtlpEncoder::new();
         for frame in &frames {
             if let Frame::Process(info) = frame {
-                encoder.process(Arc::new(info.clone()));
+                encoder.process(Arc::new((**info).clone()));
             }
         }
         let (mut spans, mut changes) = (Vec::new(), Vec::new());

@@ -8,16 +8,22 @@
 //! but never its loop. It must not parse, link or encode anything itself (that is the pipeline's
 //! and the exporter's job).
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
 
 use crate::{
-    capture::{Capture, CaptureOptions, KernelCounters, RingFd, process},
+    capture::{Capture, CaptureOptions, KernelCounters, RingFd, process, select},
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
     peer::PeerLink,
+    processors::chain::Processors,
     runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
     runtime::record_sink::RecordSink,
     runtime::telemetry::Telemetry,
@@ -26,7 +32,15 @@ use crate::{
 };
 
 pub struct DaemonConfig {
+    /// The config file SIGHUP re-reads `[target]` PIDs and `[[target.select]]` from (None when
+    /// flags chose what to trace: they win over the file).
+    pub reload_from: Option<PathBuf>,
     pub pids: Vec<u32>,
+    /// Service names the operator gave by PID (`--pid 1234=checkout`); children inherit them.
+    pub pid_service_names: HashMap<u32, String>,
+    /// Selectors (`--exe`, `--port`, `[[target.select]]`): matching processes are traced, now
+    /// and when they start later; with any, ztrace keeps running when no process is traced.
+    pub select: Vec<select::Rule>,
     pub follow_children: bool,
     pub service_name: Option<String>,
     pub duration: Option<Duration>,
@@ -45,6 +59,9 @@ pub struct DaemonConfig {
     pub probe_stats: bool,
     /// Cross-host links (`--peer-listen`): None when off.
     pub peer: Option<crate::peer::PeerConfig>,
+    /// Tail sampling (None: off) and anomaly detection (None: off).
+    pub tail: Option<crate::config::TailSampling>,
+    pub anomaly: Option<crate::config::AnomalyConfig>,
 }
 
 pub enum Mode {
@@ -87,7 +104,10 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
 enum Destination {
     Trace {
         pipeline: Box<Pipeline>,
+        processors: Box<Processors>,
         exporter: Exporter,
+        /// Released by the linker, then what the processors let through.
+        released: Vec<crate::model::Span>,
         spans: Vec<crate::model::Span>,
         telemetry: Box<Telemetry>,
     },
@@ -100,8 +120,10 @@ impl Destination {
             Destination::Trace {
                 exporter,
                 telemetry,
+                processors,
                 ..
             } => {
+                processors.process(info.pid, &info.service_name);
                 let info = Arc::new(info);
                 telemetry.process(Arc::clone(&info));
                 exporter.process(info);
@@ -122,16 +144,21 @@ impl Destination {
     fn poll(&mut self, now_ns: u64) -> Result<()> {
         if let Destination::Trace {
             pipeline,
+            processors,
             exporter,
+            released,
             spans,
             telemetry,
         } = self
         {
-            pipeline.poll(now_ns, spans);
+            // The pipeline measured every released span (metrics) before the processors decide
+            // what is exported: metrics stay exact whatever is sampled.
+            pipeline.poll(now_ns, released);
+            processors.run(released, now_ns, spans);
             for span in spans.drain(..) {
                 exporter.submit(span);
             }
-            telemetry.poll(pipeline, exporter, false);
+            telemetry.poll(pipeline, processors, exporter, false);
         }
         Ok(())
     }
@@ -167,20 +194,23 @@ impl Destination {
         match self {
             Destination::Trace {
                 mut pipeline,
+                mut processors,
                 exporter,
+                mut released,
                 mut spans,
                 mut telemetry,
             } => {
-                pipeline.drain(now_ns, &mut spans);
+                pipeline.drain(now_ns, &mut released);
+                processors.drain(&mut released, now_ns, &mut spans);
                 for span in spans.drain(..) {
                     exporter.submit(span);
                 }
                 // The last log lines and a final collection of the metrics.
                 telemetry.kernel(*counters);
-                telemetry.poll(&mut pipeline, &exporter, true);
+                telemetry.poll(&mut pipeline, &mut processors, &exporter, true);
                 exporter.flush_signals(Duration::from_secs(5)).await;
                 let stats = exporter.shutdown(Duration::from_secs(5)).await;
-                telemetry.summary(&pipeline, &stats);
+                telemetry.summary(&pipeline, &processors, &stats);
                 summary(&pipeline.stats(), counters, &stats);
                 if let Some(x) = pipeline.crosshost_stats() {
                     log::info!("summary: cross-host links: {x}");
@@ -194,7 +224,10 @@ impl Destination {
 
 struct Processes {
     alive: HashSet<u32>,
+    /// `--service-name`: every process's name unless it has its own.
     service_name: Option<String>,
+    /// Names by PID (`--pid 1234=checkout`), handed down to children as they fork.
+    names: HashMap<u32, String>,
     host_name: String,
     /// `--command-args`: keep `process.command_args` (command lines carry passwords).
     command_args: bool,
@@ -203,11 +236,24 @@ struct Processes {
 impl Processes {
     fn add(&mut self, pid: u32, sink: &mut Destination) -> Result<()> {
         self.alive.insert(pid);
-        let mut info = process::info(pid, self.service_name.as_deref(), &self.host_name);
+        let name = self.names.get(&pid).or(self.service_name.as_ref());
+        let mut info = process::info(pid, name.map(String::as_str), &self.host_name);
         if !self.command_args {
             info.command_args.clear();
         }
         sink.process(info)
+    }
+
+    /// A child takes the name its parent was given, if any.
+    fn inherit(&mut self, pid: u32, parent: u32) {
+        if let Some(name) = self.names.get(&parent).cloned() {
+            self.names.insert(pid, name);
+        }
+    }
+
+    fn remove(&mut self, pid: u32) {
+        self.alive.remove(&pid);
+        self.names.remove(&pid);
     }
 }
 
@@ -227,7 +273,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     }
                     p
                 },
+                processors: Box::new(Processors::new(cfg.tail.as_ref(), cfg.anomaly.as_ref())),
                 exporter: Exporter::spawn((**export).clone()),
+                released: Vec::new(),
                 spans: Vec::new(),
                 telemetry: Box::new(Telemetry::new(
                     cfg.metrics.interval,
@@ -262,6 +310,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         capture_stdio: cfg.capture_logs,
         via_syscalls: cfg.capture_via_syscalls,
         probe_stats: cfg.probe_stats,
+        // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
+        // the start (one small event per exec on the host, ignored while no rule is set).
+        report_execs: !cfg.select.is_empty() || cfg.reload_from.is_some(),
         ..CaptureOptions::default()
     })?;
     // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
@@ -271,13 +322,33 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut procs = Processes {
         alive: HashSet::new(),
         service_name: cfg.service_name.clone(),
+        names: cfg.pid_service_names.clone(),
         host_name: process::host_name(),
         // A recording keeps them (the file is private to root); replay applies the opt-in.
         command_args: cfg.privacy.command_args || matches!(cfg.mode, Mode::Record(_)),
     };
     let mut targets = cfg.pids.clone();
+    let mut selection = Selection::new(cfg.select.clone());
+    for (pid, name) in selection.initial() {
+        if !targets.contains(&pid) {
+            if let Some(name) = name {
+                procs.names.entry(pid).or_insert(name);
+            }
+            targets.push(pid);
+        }
+    }
+    if !selection.rules.is_empty() {
+        log::info!(
+            "selecting processes by {}: {} running now; new ones are traced as they start",
+            selection.describe(),
+            targets.len().saturating_sub(cfg.pids.len())
+        );
+    }
     if cfg.follow_children {
-        targets.extend(process::descendants(&cfg.pids));
+        for (child, parent) in process::descendants_with_parents(&cfg.pids) {
+            procs.inherit(child, parent);
+            targets.push(child);
+        }
         // ztrace descends from an ancestor given (`--pid 1`, `--pid $$`): never trace itself,
         // or its exports would be captured, exported, captured …
         let me = std::process::id();
@@ -316,6 +387,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     let mut changes = Vec::new();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let deadline = cfg.duration.map(|d| Instant::now() + d);
     // The probes wake us only when a backlog builds up (maps.rs `submit`): drain on this tick.
     let mut tick = tokio::time::interval(DRAIN_TICK);
@@ -339,12 +411,31 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             _ = peer_answers(&mut peer, &mut answers) => {}
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "terminated",
+            _ = sighup.recv() => {
+                match &cfg.reload_from {
+                    Some(path) => match reload(path, &mut selection) {
+                        Ok(pids) => {
+                            for (pid, name) in pids {
+                                if let Some(name) = name {
+                                    procs.names.insert(pid, name);
+                                }
+                                selection.found.push((pid, None));
+                            }
+                        }
+                        Err(e) => log::warn!("SIGHUP: keeping the current targets: {e}"),
+                    },
+                    None => log::warn!(
+                        "SIGHUP: nothing to re-read (the command line chose what to trace, not a config file)"
+                    ),
+                }
+            }
             _ = sleep_until(deadline) => break "--duration elapsed",
         }
         for change in changes.drain(..) {
             match change {
                 ProcChange::Forked { pid, parent } => {
                     log::info!("following new child process {pid} of {parent}");
+                    procs.inherit(pid, parent);
                     procs.add(pid, &mut sink)?;
                 }
                 ProcChange::Execed { pid } => {
@@ -353,9 +444,22 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                 }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
-                    procs.alive.remove(&pid);
+                    procs.remove(pid);
                 }
+                ProcChange::ExecedUntraced { pid } => selection.on_exec(pid),
             }
+        }
+        for (pid, name) in selection.matched() {
+            if procs.alive.contains(&pid) {
+                continue;
+            }
+            log::info!("tracing process {pid}: it matches a selector");
+            if let Some(name) = name {
+                procs.names.insert(pid, name);
+            }
+            capture.trace(pid)?;
+            procs.add(pid, &mut sink)?;
+            attach_tls(&mut capture, pid);
         }
         sink.poll(mono_now_ns())?;
         sink.peer_io(&mut peer, &mut answers);
@@ -368,7 +472,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             report_losses(&reported, &now);
             reported = now;
         }
-        if procs.alive.is_empty() {
+        if procs.alive.is_empty() && selection.rules.is_empty() {
             break "every traced process has exited";
         }
     };
@@ -383,6 +487,121 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
     drop(ring);
     sink.finish(mono_now_ns(), &counters).await
+}
+
+/// SIGHUP: re-reads `[target] pids` and `[[target.select]]` from `path`, replaces the selectors
+/// and returns the processes to trace now (named where the file names them). Processes already
+/// traced stay traced; an invalid file changes nothing.
+fn reload(path: &std::path::Path, selection: &mut Selection) -> Result<Vec<(u32, Option<String>)>> {
+    let file = crate::config::ConfigFile::load(path).map_err(|e| anyhow::anyhow!(e.0))?;
+    let target = crate::config::resolve_target(&crate::config::Sources {
+        file: Some(&file),
+        ..crate::config::Sources::default()
+    })
+    .map_err(|e| anyhow::anyhow!(e.0))?;
+    let rules = select::Rule::compile(&target.select).map_err(|e| anyhow::anyhow!(e))?;
+    *selection = Selection::new(rules);
+    let mut out: Vec<(u32, Option<String>)> = target
+        .pids
+        .iter()
+        .filter(|p| process::validate(p.pid).is_ok())
+        .map(|p| (p.pid, p.service_name.clone()))
+        .collect();
+    out.extend(selection.initial());
+    log::info!(
+        "SIGHUP: re-read {}: {} selector rule(s){}{}",
+        path.display(),
+        selection.rules.len(),
+        if selection.rules.is_empty() { "" } else { ": " },
+        selection.describe()
+    );
+    Ok(out)
+}
+
+/// Processes chosen by selectors: matched at start, then at each exec; a process that may still
+/// open its port is re-checked (its own sockets only) for [`select::PORT_WATCH`].
+struct Selection {
+    rules: Vec<select::Rule>,
+    needs_ports: bool,
+    /// New processes not matched yet that a port rule may still match, with their deadline.
+    watching: Vec<(u32, Instant)>,
+    /// Matched since the last [`Selection::matched`].
+    found: Vec<(u32, Option<String>)>,
+    last_watch: Instant,
+}
+
+/// New processes watched for a port at once; more are not watched (and counted in the log).
+const MAX_PORT_WATCH: usize = 1024;
+
+impl Selection {
+    fn new(rules: Vec<select::Rule>) -> Self {
+        Selection {
+            needs_ports: rules.iter().any(select::Rule::needs_ports),
+            rules,
+            watching: Vec::new(),
+            found: Vec::new(),
+            last_watch: Instant::now(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let rules: Vec<String> = self.rules.iter().map(|r| r.to_string()).collect();
+        rules.join("; ")
+    }
+
+    fn name_of(&self, rule: usize) -> Option<String> {
+        self.rules[rule].service_name.clone()
+    }
+
+    fn initial(&self) -> Vec<(u32, Option<String>)> {
+        if self.rules.is_empty() {
+            return Vec::new();
+        }
+        select::scan(&self.rules)
+            .into_iter()
+            .map(|(pid, rule)| (pid, self.name_of(rule)))
+            .collect()
+    }
+
+    fn check(&mut self, pid: u32) -> bool {
+        let Some(facts) = select::Facts::read(pid, self.needs_ports) else {
+            return true; // gone: nothing to watch
+        };
+        match self.rules.iter().position(|r| r.matches(&facts)) {
+            Some(rule) => {
+                let name = self.name_of(rule);
+                self.found.push((pid, name));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn on_exec(&mut self, pid: u32) {
+        if self.rules.is_empty() || pid == std::process::id() {
+            return;
+        }
+        if !self.check(pid) && self.needs_ports {
+            if self.watching.len() < MAX_PORT_WATCH {
+                self.watching
+                    .push((pid, Instant::now() + select::PORT_WATCH));
+            } else {
+                log::debug!("not watching process {pid} for a port: {MAX_PORT_WATCH} already are");
+            }
+        }
+    }
+
+    /// What matched since the last call; re-checks the watched processes every 200 ms.
+    fn matched(&mut self) -> Vec<(u32, Option<String>)> {
+        if !self.watching.is_empty() && self.last_watch.elapsed() >= Duration::from_millis(200) {
+            self.last_watch = Instant::now();
+            let now = Instant::now();
+            let mut watching = std::mem::take(&mut self.watching);
+            watching.retain(|&(pid, deadline)| now < deadline && !self.check(pid));
+            self.watching = watching;
+        }
+        std::mem::take(&mut self.found)
+    }
 }
 
 /// Plaintext of OpenSSL traffic: probe the process's libssl (once per library file).

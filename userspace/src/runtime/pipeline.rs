@@ -28,9 +28,20 @@ pub struct PipelineStats {
 /// A process-level change the daemon must act on (read /proc, stop when all are gone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcChange {
-    Forked { pid: u32, parent: u32 },
-    Exited { pid: u32 },
-    Execed { pid: u32 },
+    Forked {
+        pid: u32,
+        parent: u32,
+    },
+    Exited {
+        pid: u32,
+    },
+    Execed {
+        pid: u32,
+    },
+    /// A process that is not traced exec'd (reported only while selectors are set).
+    ExecedUntraced {
+        pid: u32,
+    },
 }
 
 impl ProcChange {
@@ -42,6 +53,7 @@ impl ProcChange {
             }),
             proc::EXIT => Some(ProcChange::Exited { pid: ev.pid }),
             proc::EXEC => Some(ProcChange::Execed { pid: ev.pid }),
+            proc::EXEC_UNTRACED => Some(ProcChange::ExecedUntraced { pid: ev.pid }),
             _ => None,
         }
     }

@@ -8,7 +8,9 @@
 //! frame*  := kind u8 | length u32 | body[length]
 //!   kind 1: one raw ring-buffer record, as the probes wrote it (ABI `abi_version`)
 //!   kind 2: a traced process's facts, JSON (pid, parent_pid, service_name, executable_name,
-//!           executable_path, command_args, host_name); a later frame for the same pid replaces it
+//!           executable_path, command_args, host_name, runtime_name, runtime_version,
+//!           container_id, pod_uid; the last four may be absent); a later frame for the same pid
+//!           replaces it
 //! ```
 //! A file cut off mid-frame (the recorder was killed) replays up to the last whole frame.
 
@@ -58,7 +60,7 @@ pub enum RecordError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Record(Vec<u8>),
-    Process(ProcessInfo),
+    Process(Box<ProcessInfo>),
 }
 
 pub struct Writer<W: Write> {
@@ -116,6 +118,10 @@ impl<W: Write> Writer<W> {
             "executable_path": p.executable_path,
             "command_args": p.command_args,
             "host_name": p.host_name,
+            "runtime_name": p.runtime_name,
+            "runtime_version": p.runtime_version,
+            "container_id": p.container_id,
+            "pod_uid": p.pod_uid,
         });
         self.frame(FRAME_PROCESS, json.to_string().as_bytes())
     }
@@ -143,6 +149,11 @@ fn process_from_json(body: &[u8]) -> Option<ProcessInfo> {
             })
             .unwrap_or_default(),
         host_name: s("host_name"),
+        // Absent in files recorded before these fields existed: read as empty.
+        runtime_name: s("runtime_name"),
+        runtime_version: s("runtime_version"),
+        container_id: s("container_id"),
+        pod_uid: s("pod_uid"),
     })
 }
 
@@ -236,10 +247,10 @@ impl<R: Read> Reader<R> {
         }
         let frame = match head[0] {
             FRAME_RECORD => Frame::Record(body),
-            FRAME_PROCESS => Frame::Process(
+            FRAME_PROCESS => Frame::Process(Box::new(
                 process_from_json(&body)
                     .ok_or_else(|| corrupt("unreadable process frame".into()))?,
-            ),
+            )),
             other => return Err(corrupt(format!("unknown frame kind {other}"))),
         };
         self.offset += 5 + len as u64;
@@ -298,6 +309,10 @@ mod tests {
             executable_path: "/usr/bin/python3".into(),
             command_args: vec!["python3".into(), "app.py".into()],
             host_name: "h".into(),
+            runtime_name: "CPython".into(),
+            runtime_version: "3.11".into(),
+            container_id: "c0ffee".into(),
+            pod_uid: String::new(),
         }
     }
 
@@ -314,7 +329,10 @@ mod tests {
         let bytes = sample();
         let mut r = Reader::new(bytes.as_slice()).unwrap();
         assert_eq!(r.header, header());
-        assert_eq!(r.next_frame().unwrap(), Some(Frame::Process(info())));
+        assert_eq!(
+            r.next_frame().unwrap(),
+            Some(Frame::Process(Box::new(info())))
+        );
         assert_eq!(
             r.next_frame().unwrap(),
             Some(Frame::Record(b"raw-1".to_vec()))

@@ -56,7 +56,7 @@ pub fn replay(
                     if !privacy.command_args {
                         info.command_args.clear(); // recordings made before the opt-in existed
                     }
-                    exporter.process(Arc::new(info));
+                    exporter.process(Arc::from(info));
                 }
                 Frame::Record(raw) => {
                     pipeline.on_record(&raw, &mut changes);

@@ -12,8 +12,11 @@ use crate::{
     capture::KernelCounters,
     export::{ExportStats, Exporter},
     model::ProcessInfo,
+    processors::anomaly::AnomalyEvent,
+    processors::chain::Processors,
     runtime::pipeline::Pipeline,
     semconv::resource::ProcessTable,
+    signals::anomaly::{anomaly_metrics, console_line, tail_metrics},
     signals::logs::{LogLine, to_request},
     signals::metrics::health::{CrossHostOutcomes, Health, LinkOutcomes},
 };
@@ -62,6 +65,8 @@ pub struct Telemetry {
     mono_to_unix: i128,
     self_pid: u32,
     lines: Vec<LogLine>,
+    anomalies: Vec<AnomalyEvent>,
+    start_unix_ns: u64,
     kernel: KernelCounters,
     collections: u64,
     warned_losses: u64,
@@ -84,6 +89,8 @@ impl Telemetry {
             mono_to_unix,
             self_pid,
             lines: Vec::new(),
+            anomalies: Vec::new(),
+            start_unix_ns: unix_now_ns(),
             kernel: KernelCounters::default(),
             collections: 0,
             warned_losses: 0,
@@ -100,13 +107,38 @@ impl Telemetry {
         self.kernel = counters;
     }
 
-    /// Ships ready log lines; collects and ships metrics when due (or when `force`d, at exit).
-    pub fn poll(&mut self, pipeline: &mut Pipeline, exporter: &Exporter, force: bool) {
+    /// Ships ready log lines and anomaly records (and shows anomalies on the terminal); collects
+    /// and ships metrics when due (or when `force`d, at exit).
+    pub fn poll(
+        &mut self,
+        pipeline: &mut Pipeline,
+        processors: &mut Processors,
+        exporter: &Exporter,
+        force: bool,
+    ) {
         pipeline.take_logs(&mut self.lines);
         for chunk in self.lines.chunks(LOG_BATCH) {
             exporter.export_logs(to_request(chunk, self.mono_to_unix, &self.table));
         }
         self.lines.clear();
+        processors.take_events(&mut self.anomalies);
+        if !self.anomalies.is_empty() {
+            // On stderr with the daemon's other messages: stdout carries the spans (JSON lines
+            // must stay parseable).
+            for e in &self.anomalies {
+                if e.started {
+                    log::warn!("{}", console_line(e));
+                } else {
+                    log::info!("{}", console_line(e));
+                }
+            }
+            exporter.export_logs(crate::signals::anomaly::to_request(
+                &self.anomalies,
+                self.mono_to_unix,
+                &self.table,
+            ));
+            self.anomalies.clear();
+        }
         let now = Instant::now();
         if !force && now < self.next_collect {
             return;
@@ -115,7 +147,23 @@ impl Telemetry {
         let health = self.health(pipeline, exporter);
         self.warn_losses(&health, force);
         if let Some(metrics) = &mut pipeline.metrics {
-            let (req, _) = metrics.collect(unix_now_ns(), &health, self.self_pid, &self.table);
+            let now = unix_now_ns();
+            let (mut req, _) = metrics.collect(now, &health, self.self_pid, &self.table);
+            // The processors' self-metrics join ztrace's own Resource (collected last).
+            let mut extra = Vec::new();
+            if let Some(t) = processors.tail_stats() {
+                extra.extend(tail_metrics(&t, self.start_unix_ns, now));
+            }
+            if let Some((stats, active)) = processors.anomaly_stats() {
+                extra.extend(anomaly_metrics(&stats, &active, self.start_unix_ns, now));
+            }
+            if let Some(own) = req
+                .resource_metrics
+                .last_mut()
+                .and_then(|r| r.scope_metrics.first_mut())
+            {
+                own.metrics.extend(extra);
+            }
             exporter.export_metrics(req);
             self.collections += 1;
         }
@@ -171,7 +219,36 @@ impl Telemetry {
     }
 
     /// The exit summary of both signals, with the exporter's final counters.
-    pub fn summary(&self, pipeline: &Pipeline, e: &ExportStats) {
+    pub fn summary(&self, pipeline: &Pipeline, processors: &Processors, e: &ExportStats) {
+        if let Some(t) = processors.tail_stats() {
+            let decided = (t.traces_kept + t.traces_dropped).max(1);
+            log::info!(
+                "summary (tail sampling): {} traces kept, {} dropped ({} spans kept, {} dropped; {} late spans); by policy: {}; {} decided early (buffer full); decision wait mean {:.0} ms, max {:.0} ms",
+                t.traces_kept,
+                t.traces_dropped,
+                t.spans_kept,
+                t.spans_dropped,
+                t.late_spans,
+                t.by_policy
+                    .iter()
+                    .map(|(n, k)| format!("{n} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                t.overflow,
+                t.wait_sum_ns as f64 / decided as f64 / 1e6,
+                t.wait_max_ns as f64 / 1e6,
+            );
+        }
+        if let Some((s, active)) = processors.anomaly_stats() {
+            log::info!(
+                "summary (anomalies): {} started, {} ended, {} still active; {} operations with a baseline, {} spans of untracked operations",
+                s.started,
+                s.ended,
+                active.len(),
+                s.operations,
+                s.untracked_spans,
+            );
+        }
         let (m, l) = (&e.metrics, &e.logs);
         if let Some(metrics) = &pipeline.metrics {
             log::info!(

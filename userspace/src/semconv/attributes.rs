@@ -352,7 +352,14 @@ pub(crate) fn visit_attributes<'a>(span: &'a Span, a: &mut impl AttrSink<'a>) {
         Exchange::Rpc(rpc) => rpc_attributes(span, rpc, a),
         Exchange::Dns(dns) => dns_attributes(span, dns, a),
     }
+    if let Some(skew) = span.clock_skew_ns {
+        a.int(CLOCK_SKEW, to_i64(skew));
+    }
 }
+
+/// ztrace's own: how far a span lies outside its remote caller's window by the two hosts'
+/// clocks (cross-host links keep such a link and say so; no semantic convention exists).
+pub(crate) const CLOCK_SKEW: &str = "ztrace.link.clock_skew_ns";
 
 /// `server.*`, `network.peer.*`, transport and thread: what every non-HTTP span carries.
 fn endpoint_attributes<'a>(span: &'a Span, transport: &'static str, a: &mut impl AttrSink<'a>) {
@@ -535,6 +542,18 @@ mod tests {
     use super::*;
     use crate::semconv::names::span_name;
     use crate::testkit::*;
+
+    /// A cross-host link outside its caller's window says by how much; other spans say nothing.
+    #[test]
+    fn clock_skew_is_marked_on_the_span() {
+        let mut span = server_span();
+        assert_eq!(get(&span_attributes(&span), CLOCK_SKEW), None);
+        span.clock_skew_ns = Some(2_500_000);
+        assert_eq!(
+            get(&span_attributes(&span), CLOCK_SKEW),
+            Some(&AttrValue::Int(2_500_000))
+        );
+    }
 
     #[test]
     fn addresses_as_text_match_display() {

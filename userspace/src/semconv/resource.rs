@@ -119,7 +119,7 @@ pub(crate) fn resource_attributes(
     info: Option<&ProcessInfo>,
     host_fallback: Option<&str>,
 ) -> Attrs<'static> {
-    let mut a: Attrs<'static> = Vec::with_capacity(11);
+    let mut a: Attrs<'static> = Vec::with_capacity(15);
     a.push(str_attr(res::SERVICE_NAME, service_name(pid, info)));
     a.push(int_attr(res::PROCESS_PID, pid));
     let mut host = host_fallback;
@@ -147,6 +147,16 @@ pub(crate) fn resource_attributes(
         }
         if !i.host_name.is_empty() {
             host = Some(i.host_name.as_str());
+        }
+        for (key, value) in [
+            (res::PROCESS_RUNTIME_NAME, &i.runtime_name),
+            (res::PROCESS_RUNTIME_VERSION, &i.runtime_version),
+            (res::CONTAINER_ID, &i.container_id),
+            (res::K8S_POD_UID, &i.pod_uid),
+        ] {
+            if !value.is_empty() {
+                a.push(str_attr(key, value.clone()));
+            }
         }
     }
     if let Some(h) = host {

@@ -1,6 +1,7 @@
 //! The header fields ztrace keeps from a decoded header block.
 
-use super::*;
+/// Longest string kept from a header value (longer ones are cut).
+pub const MAX_FIELD: usize = 4096;
 
 /// The fields of one header block that events carry.
 #[derive(Default)]

@@ -1,7 +1,111 @@
 //! Framing: the per-direction frame reader ([`Framer`]) and the connection state that frames
 //! act on ([`Conn`]).
 
+use crate::Dir;
+
 use super::*;
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest header block (HEADERS/PUSH_PROMISE + CONTINUATION fragments) decoded.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+pub(super) const FRAME_HEADER: usize = 9;
+/// SETTINGS bytes read from one frame (more parameters are ignored).
+pub(super) const MAX_SETTINGS: usize = 6 * 64;
+/// Largest frame length [`looks_like_frames`] (and resync) believe in when no
+/// SETTINGS_MAX_FRAME_SIZE is known.
+pub(super) const PLAUSIBLE_FRAME: u32 = 1 << 20;
+
+pub(super) const DATA: u8 = 0;
+pub(super) const HEADERS: u8 = 1;
+pub(super) const PRIORITY: u8 = 2;
+pub(super) const RST_STREAM: u8 = 3;
+pub(super) const SETTINGS: u8 = 4;
+pub(super) const PUSH_PROMISE: u8 = 5;
+pub(super) const PING: u8 = 6;
+pub(super) const GOAWAY: u8 = 7;
+pub(super) const WINDOW_UPDATE: u8 = 8;
+pub(super) const CONTINUATION: u8 = 9;
+
+pub(super) const END_STREAM: u8 = 0x1;
+pub(super) const ACK: u8 = 0x1;
+pub(super) const END_HEADERS: u8 = 0x4;
+pub(super) const PADDED: u8 = 0x8;
+pub(super) const PRIORITY_FLAG: u8 = 0x20;
+
+pub(super) const SETTINGS_HEADER_TABLE_SIZE: u16 = 1;
+pub(super) const SETTINGS_MAX_FRAME_SIZE: u16 = 5;
+
+/// Whether `data` starts with the client preface (or, when shorter, is a prefix of it of at
+/// least 4 bytes: `PRI `).
+pub fn looks_like_preface(data: &[u8]) -> bool {
+    match data.len() {
+        0..4 => false,
+        n if n < PREFACE.len() => PREFACE.starts_with(data),
+        _ => data.starts_with(PREFACE),
+    }
+}
+
+/// Whether `data` starts with a plausible chain of frame headers, for attaching to a
+/// connection mid-stream: every frame header wholly inside `data` (following lengths) has a
+/// known type (0..=9), a clear reserved bit, a length below 1 MiB, and the stream id / length
+/// that its type requires (e.g. SETTINGS on stream 0 with a length multiple of 6). ASCII text
+/// and TLS records never pass (their first bytes read as a length of over 1 MiB).
+pub fn looks_like_frames(data: &[u8]) -> bool {
+    frames_plausible(data, PLAUSIBLE_FRAME)
+}
+
+fn frames_plausible(data: &[u8], max_len: u32) -> bool {
+    let (mut p, mut n) = (0usize, 0);
+    while let Some(b) = data.get(p..p.saturating_add(FRAME_HEADER)) {
+        let h = FrameHeader::parse(b);
+        if h.reserved || h.ty > CONTINUATION || !h.valid(max_len) {
+            return false;
+        }
+        n += 1;
+        p = p.saturating_add(FRAME_HEADER + h.len as usize);
+    }
+    n > 0
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FrameHeader {
+    len: u32,
+    ty: u8,
+    flags: u8,
+    stream: u32,
+    reserved: bool,
+}
+
+impl FrameHeader {
+    /// `b` has at least 9 bytes.
+    fn parse(b: &[u8]) -> Self {
+        FrameHeader {
+            len: u32::from_be_bytes([0, b[0], b[1], b[2]]),
+            ty: b[3],
+            flags: b[4],
+            stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
+            reserved: b[5] & 0x80 != 0,
+        }
+    }
+
+    /// The stream id and length rules of RFC 9113 §6 for known types, and `len <= max_len`.
+    fn valid(&self, max_len: u32) -> bool {
+        let (len, s) = (self.len, self.stream);
+        let ok = match self.ty {
+            DATA | HEADERS | CONTINUATION | PUSH_PROMISE => s != 0,
+            PRIORITY => s != 0 && len == 5,
+            RST_STREAM => s != 0 && len == 4,
+            SETTINGS => s == 0 && len % 6 == 0 && (self.flags & ACK == 0 || len == 0),
+            PING => s == 0 && len == 8,
+            GOAWAY => s == 0 && len >= 8,
+            WINDOW_UPDATE => len == 4,
+            _ => true, // extension frames are skipped
+        };
+        ok && len <= max_len
+    }
+}
 
 /// An open header block (HEADERS or PUSH_PROMISE, awaiting CONTINUATION).
 #[derive(Clone, Copy)]

@@ -1,7 +1,10 @@
 //! HPACK (RFC 7541): static and dynamic tables, Huffman code, one decoder per direction, with
 //! positional knowledge after a loss (see the parent module).
 
-use super::*;
+use std::collections::VecDeque;
+
+/// Cap on a dynamic table's size (RFC 7541 §4.1 accounting), whatever the peers negotiated.
+pub const MAX_TABLE_SIZE: usize = 64 * 1024;
 
 /// RFC 7541 Appendix A.
 pub(super) const STATIC_TABLE: [(&str, &str); 61] = [

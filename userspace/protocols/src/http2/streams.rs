@@ -1,6 +1,13 @@
 //! Per-stream state: what is known of each client-initiated stream until its response or reset.
 
+use std::collections::BTreeMap;
+
+use crate::Dir;
+
 use super::*;
+
+/// Most streams tracked at once; past that the oldest (lowest id) is dropped with a `Reset`.
+pub const MAX_STREAMS: usize = 1024;
 
 #[derive(Default)]
 pub(super) struct Stream {

@@ -1,7 +1,55 @@
 //! What both directions share: the commands awaiting an answer, the answer being read, the
 //! server's capabilities and the prepared statements.
 
+use std::{collections::VecDeque, sync::Arc};
+
+use crate::Dir;
+use crate::sql::{TextCache, cstr, text};
+
+use crate::dbconn::db_shared;
+
 use super::*;
+
+/// Longest query text kept, in bytes.
+pub const MAX_QUERY: usize = 4096;
+/// Most prepared statements remembered (and at most 256 KiB of their text).
+pub const MAX_STATEMENTS: usize = crate::sql::MAX_CACHED;
+/// Most commands awaiting their answer.
+pub const MAX_PENDING: usize = 256;
+
+pub(super) const CONNECT_WITH_DB: u32 = 0x8;
+pub(super) const COMPRESS: u32 = 0x20;
+pub(super) const PROTOCOL_41: u32 = 0x200;
+pub(super) const SSL: u32 = 0x800;
+pub(super) const SECURE_CONNECTION: u32 = 0x8000;
+pub(super) const PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
+pub(super) const DEPRECATE_EOF: u32 = 0x100_0000;
+pub(super) const ZSTD: u32 = 0x400_0000;
+pub(super) const QUERY_ATTRIBUTES: u32 = 0x800_0000;
+pub(super) const MORE_RESULTS: u16 = 0x8;
+pub(super) const CURSOR_EXISTS: u16 = 0x40;
+
+pub(super) fn u16le(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+pub(super) fn u32le(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// A length-encoded integer at the start of `b`, and its size.
+pub(super) fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
+    let n = match *b.first()? {
+        c @ 0..=0xfa => return Some((u64::from(c), 1)),
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return None,
+    };
+    let mut v = [0u8; 8];
+    v[..n].copy_from_slice(b.get(1..=n)?);
+    Some((u64::from_le_bytes(v), n + 1))
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) enum State {
@@ -81,7 +129,7 @@ pub(super) enum Server {
 
 /// State shared by both directions.
 #[derive(Default)]
-pub(super) struct Shared {
+pub struct Shared {
     pub(super) server: Server,
     pub(super) handshake_seen: bool,
     pub(super) server_caps: u32,
@@ -468,3 +516,5 @@ pub(super) fn use_db(q: &str) -> Option<String> {
         .unwrap_or(db);
     (!db.is_empty() && !db.contains(char::is_whitespace)).then(|| db.to_owned())
 }
+
+db_shared!(Shared);

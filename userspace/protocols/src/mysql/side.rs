@@ -1,10 +1,73 @@
 //! One direction of the connection: packet framing, the payload window, resynchronisation.
 
+use crate::Dir;
+
+use crate::dbconn::db_side;
+
 use super::*;
+
+/// Most bytes of a packet's payload kept for parsing (a command's, at the client).
+pub const MAX_WINDOW: usize = MAX_QUERY + 64;
+pub(super) const SERVER_WINDOW: usize = 1024;
+/// Payload length of a packet continued by the next one.
+pub(super) const MORE: u64 = 0xFF_FFFF;
+
+/// The server's first packet: protocol 10, a printable version string.
+pub fn looks_like_greeting(data: &[u8]) -> bool {
+    let Some(p) = data.get(4..) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([data[0], data[1], data[2], 0]);
+    let version = p.get(1..).unwrap_or_default().split(|&b| b == 0).next();
+    let version = version.filter(|v| (1..64).contains(&v.len()) && v.len() + 1 < p.len());
+    (30..=1024).contains(&len)
+        && data[3] == 0
+        && p.first() == Some(&10)
+        && version.is_some_and(|v| v[0].is_ascii_digit() && v.iter().all(u8::is_ascii_graphic))
+}
+
+/// A command packet (sequence id 0) with a known command byte and a sane length.
+pub fn looks_like_command(data: &[u8]) -> bool {
+    let [a, b, c, 0, cmd, ..] = *data else {
+        return false;
+    };
+    let len = u32::from_le_bytes([a, b, c, 0]);
+    let textual = match data[5..] {
+        [0, 1, ..] | [] => true, // query attributes: no parameters, one set
+        [t, ..] => t.is_ascii_graphic() || t.is_ascii_whitespace(),
+    };
+    match cmd {
+        0x03 | 0x16 => len >= 2 && textual,
+        0x02 => len >= 2,
+        0x17 => len >= 10,
+        0x19 | 0x1a => len == 5,
+        0x1c => len == 9,
+        0x01 | 0x09 | 0x0e | 0x1f => len == 1,
+        _ => false,
+    }
+}
+
+/// The first packet of an answer (sequence id 1): OK, ERR, or a column count followed by
+/// a column definition.
+pub(super) fn looks_like_answer(data: &[u8]) -> bool {
+    let [a, b, c, 1, first, ..] = *data else {
+        return false;
+    };
+    let len = u64::from(u32::from_le_bytes([a, b, c, 0]));
+    match first {
+        0x00 => (7..MORE).contains(&len),
+        0xff => len >= 9 && data.get(7).is_none_or(|&c| c == b'#'),
+        1..=0xfa => {
+            let def = data.get(5..10);
+            len == 1 && def.is_none_or(|d| d[3] == 2 && d[4] == 3)
+        }
+        _ => false,
+    }
+}
 
 /// One direction of the connection.
 #[derive(Default)]
-pub(super) struct Side {
+pub struct Side {
     /// Stream offset of the next byte to arrive.
     pub(super) offset: u64,
     pub(super) state: State,
@@ -168,3 +231,5 @@ impl Side {
 /// What a side needs of the rest: its direction, the shared state, the Response stream's
 /// offset, the events.
 pub(super) type Cx<'a> = (Dir, &'a mut Shared, u64, &'a mut Vec<MySqlEvent>);
+
+db_side!(Side, Shared, MySqlEvent);

@@ -1,0 +1,241 @@
+//! "Hosts" for the cross-host tests and evaluation: network namespaces joined by veth pairs,
+//! made and removed by the test (addresses only inside them), and the plumbing to run a
+//! process, an agent or the OTLP receiver inside one of them.
+//!
+//! ```text
+//!   host A 10.231.0.1 ── veth ── 10.231.0.2 host B 10.232.0.2 ── veth ── 10.232.0.1 host C
+//! ```
+//!
+//! Host C (optional) is a client host that runs no agent. Host A can reach a virtual service
+//! address ([`VIP`]) that the caller DNATs to a server on B (iptables in A, Kubernetes-style).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{
+    harness::{Proc, run_ok, ztrace_bin},
+    receiver::Receiver,
+};
+
+pub const A_IP: &str = "10.231.0.1";
+pub const B_IP: &str = "10.231.0.2";
+/// Host B's address on the link to host C.
+pub const B_IP_C: &str = "10.232.0.2";
+pub const C_IP: &str = "10.232.0.1";
+/// A virtual service address reachable from host A, DNAT'd by [`Hosts::dnat`].
+pub const VIP: &str = "10.96.0.10";
+pub const PEER_PORT: u16 = 4390;
+
+/// The namespaces and veth pairs; removed on drop.
+pub struct Hosts {
+    pub a: String,
+    pub b: String,
+    /// The agent-less client host, when made.
+    pub c: Option<String>,
+}
+
+impl Hosts {
+    /// Hosts A and B, and C when `with_c`.
+    pub fn create(with_c: bool) -> Result<Self> {
+        let id = std::process::id();
+        let mut hosts = Hosts {
+            a: format!("ztxa{id}"),
+            b: format!("ztxb{id}"),
+            c: None,
+        };
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+        ip(&["netns", "add", &hosts.a]).context("ip netns add (install iproute2)")?;
+        ip(&["netns", "add", &hosts.b])?;
+        let short = |s: String| s[..s.len().min(15)].to_string();
+        let (va, vb) = (short(format!("zva{id}")), short(format!("zvb{id}")));
+        veth(&hosts.a, &va, A_IP, &hosts.b, &vb, B_IP)?;
+        // The service address, routed out of A's veth (DNAT rewrites it before it leaves).
+        ip(&[
+            "-n",
+            &hosts.a,
+            "route",
+            "add",
+            &format!("{VIP}/32"),
+            "dev",
+            &va,
+        ])?;
+        if with_c {
+            let c = format!("ztxc{id}");
+            ip(&["netns", "add", &c])?;
+            hosts.c = Some(c.clone());
+            let (vc, vbc) = (short(format!("zvc{id}")), short(format!("zvd{id}")));
+            veth(&c, &vc, C_IP, &hosts.b, &vbc, B_IP_C)?;
+        }
+        Ok(hosts)
+    }
+
+    /// A command that runs inside namespace `ns`.
+    pub fn exec(&self, ns: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]);
+        cmd
+    }
+
+    /// In host A: TCP to `VIP:vport` goes to `to` instead (the client sees the VIP, the server
+    /// its own address).
+    pub fn dnat(&self, vport: u16, to: &str) -> Result<()> {
+        run_ok(self.exec(&self.a).args([
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            VIP,
+            "-p",
+            "tcp",
+            "--dport",
+            &vport.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            to,
+        ]))
+        .context("iptables DNAT in host A (install iptables)")
+    }
+}
+
+/// A veth pair from `ns1` (device `d1`, address `ip1`/24) to `ns2` (`d2`, `ip2`/24), up.
+fn veth(ns1: &str, d1: &str, ip1: &str, ns2: &str, d2: &str, ip2: &str) -> Result<()> {
+    let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+    ip(&[
+        "link", "add", d1, "netns", ns1, "type", "veth", "peer", "name", d2, "netns", ns2,
+    ])?;
+    for (ns, dev, addr) in [(ns1, d1, ip1), (ns2, d2, ip2)] {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in [Some(&self.a), Some(&self.b), self.c.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A tokio runtime and an OTLP receiver listening on `ip` inside namespace `ns`: the thread that
+/// builds them enters it first (a socket keeps the namespace it was made in).
+pub fn receiver_in(ns: &str, ip: &str) -> Result<(tokio::runtime::Runtime, Receiver)> {
+    let path = format!("/var/run/netns/{ns}");
+    let addr = format!("{ip}:0").parse()?;
+    std::thread::spawn(move || -> Result<_> {
+        let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on this thread only, with a namespace fd we own.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let receiver = rt.block_on(Receiver::start_on(addr))?;
+        Ok((rt, receiver))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
+}
+
+/// A ztrace agent inside namespace `ns`, tracing `pids`, answering other agents on
+/// `listen_ip:PEER_PORT` (None: peer channel off), exporting to `receiver`; returns once its
+/// probes are attached.
+pub fn spawn_agent(
+    hosts: &Hosts,
+    ns: &str,
+    listen_ip: Option<&str>,
+    pids: &str,
+    receiver: &Receiver,
+    secret: &Path,
+    extra: &[&str],
+) -> Result<Proc> {
+    let mut cmd = hosts.exec(ns);
+    cmd.arg(ztrace_bin())
+        .args(["--pid", pids, "--otlp-endpoint", &receiver.endpoint()])
+        .args(extra);
+    if let Some(ip) = listen_ip {
+        cmd.args(["--peer-listen", &format!("{ip}:{PEER_PORT}")])
+            .arg("--peer-secret-file")
+            .arg(secret);
+    }
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("ZTRACE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    let mut p = spawn_collecting(cmd)?;
+    p.wait_stderr("process(es)", Duration::from_secs(60))?;
+    Ok(p)
+}
+
+/// Starts `cmd` with stdout and stderr collected (like the harness's ztrace).
+pub fn spawn_collecting(mut cmd: Command) -> Result<Proc> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let collect = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        let buf = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = pipe {
+            let sink = Arc::clone(&buf);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        buf
+    };
+    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as _));
+    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as _));
+    Ok(Proc {
+        child,
+        stderr,
+        stdout,
+    })
+}
+
+/// SIGINT, then waits for a clean exit; returns stderr (the exit summary is in it).
+pub fn stop(p: &mut Proc, what: &str) -> Result<String> {
+    p.signal(libc::SIGINT);
+    let code = p.wait_exit(Duration::from_secs(30));
+    let text = p.stderr_text();
+    if code != Some(0) {
+        bail!("{what} exited with {code:?}:\n{text}");
+    }
+    Ok(text)
+}
+
+/// The `summary: cross-host links:` line of an agent's exit summary (empty when absent).
+pub fn crosshost_summary(log: &str) -> String {
+    log.lines()
+        .find_map(|l| {
+            l.find("summary: cross-host links:")
+                .map(|i| l[i + "summary: ".len()..].to_string())
+        })
+        .unwrap_or_default()
+}

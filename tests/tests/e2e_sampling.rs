@@ -1,0 +1,405 @@
+//! Tail sampling and anomaly detection end to end, as root, with real probes on the two-tier
+//! Python services of tests/apps/two_tier.py and the in-process OTLP receiver.
+//!
+//! - Errors kept whole: the backend answers 500 on 4% of the requests; with the policies
+//!   `probabilistic 0` + `status_code ERROR` (from a TOML policy list) every error trace reaches
+//!   the collector with all its spans across both processes (frontend SERVER, frontend CLIENT,
+//!   backend SERVER), marked `ot=th:0`, and no healthy span does; the RED metrics still count
+//!   every request, and the tail self-metrics count the decisions.
+//! - A latency fault: the backend's one route slows tenfold for a few seconds under steady load;
+//!   one `ztrace.anomaly` log record says so (latency p95, with exemplar trace ids), the terminal
+//!   shows its start and end, and with the `anomaly` policy the exemplar traces are exported.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use ztrace_e2e::{
+    harness::{
+        curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
+    },
+    receiver::ReceivedSpan,
+    signals::{ReceivedLog, attr_str},
+};
+
+const REQUESTS: usize = 200;
+/// Every 25th request fails: 4%.
+const FAIL_EVERY: usize = 25;
+const CLIENTS: usize = 4;
+
+fn config_file(name: &str, text: &str) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("ztrace-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[test]
+fn error_traces_are_exported_whole_and_nothing_else() -> Result<()> {
+    if !privileged_or_skip("error_traces_are_exported_whole_and_nothing_else") {
+        return Ok(());
+    }
+    let config = config_file(
+        "errors",
+        r#"
+[tail_sampling]
+decision_wait = "500ms"
+
+[[tail_sampling.policies]]
+name = "healthy"
+type = "probabilistic"
+probabilistic = { sampling_percentage = 0 }
+
+[[tail_sampling.policies]]
+name = "errors"
+type = "status_code"
+status_code = { status_codes = ["ERROR"] }
+"#,
+    )?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    let (backend, backend_port) = spawn_service(&["backend"])?;
+    let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        format!("{},{}", frontend.pid(), backend.pid()),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+        "--config".into(),
+        config.display().to_string(),
+    ])?;
+    ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+    let base = format!("http://127.0.0.1:{front_port}");
+    // Keep-alive clients; request i of the whole run fails when i % FAIL_EVERY == 0.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let urls: Vec<String> = (0..REQUESTS / CLIENTS)
+                .map(|r| r * CLIENTS + c)
+                .map(|i| {
+                    if i % FAIL_EVERY == 0 {
+                        format!("{base}/api/fail")
+                    } else {
+                        format!("{base}/api/{i}")
+                    }
+                })
+                .collect();
+            thread::spawn(move || curl(&urls))
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread")?;
+    }
+    let failures = REQUESTS.div_ceil(FAIL_EVERY);
+    thread::sleep(Duration::from_millis(1500));
+    stop_ztrace(&mut ztrace)?;
+    let _ = std::fs::remove_file(&config);
+    let spans = rt.block_on(receiver.wait_for_spans(3 * failures, Duration::from_secs(10)));
+    // Nothing more may come: wait a little and take the final set.
+    thread::sleep(Duration::from_millis(300));
+    let spans = if receiver.span_count() > spans.len() {
+        receiver.spans()
+    } else {
+        spans
+    };
+    let stderr = ztrace.stderr_text();
+    eprintln!("ztrace stderr:\n{stderr}");
+
+    let mut traces: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in &spans {
+        traces.entry(s.trace_id_hex()).or_default().push(s);
+    }
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
+    ensure!(
+        traces.len() == failures,
+        "{} traces exported, want the {failures} error traces; spans: {:#?}",
+        traces.len(),
+        spans
+            .iter()
+            .map(|s| (
+                s.trace_id_hex(),
+                s.span.name.clone(),
+                s.attr_str("url.path")
+            ))
+            .collect::<Vec<_>>()
+    );
+    for (id, t) in &traces {
+        let mut shape: Vec<(u32, i32)> = t.iter().map(|s| (pid(s), s.span.kind)).collect();
+        shape.sort();
+        let mut want = vec![
+            (frontend.pid(), SpanKind::Server as i32),
+            (frontend.pid(), SpanKind::Client as i32),
+            (backend.pid(), SpanKind::Server as i32),
+        ];
+        want.sort();
+        ensure!(shape == want, "trace {id} is not whole: {shape:?}");
+        for s in t {
+            ensure!(
+                s.span.trace_state == "ot=th:0",
+                "trace {id}: tracestate `{}`, want ot=th:0 (kept with probability 1)",
+                s.span.trace_state
+            );
+            ensure!(
+                s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32),
+                "trace {id}: a span of an error trace that is not an error: {:?}",
+                s.span
+            );
+        }
+    }
+    // Metrics stay exact: the frontend's RED histogram counted every request.
+    let signals = receiver.signals();
+    let metrics = signals.all_metrics();
+    let counted: u64 = metrics
+        .iter()
+        .filter(|m| m.metric.name == "http.server.request.duration")
+        .filter(|m| attr_int_of(&m.resource, "process.pid") == Some(i64::from(frontend.pid())))
+        .filter_map(|m| match &m.metric.data {
+            Some(Data::Histogram(h)) => Some(h.data_points.iter().map(|p| p.count).sum::<u64>()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    ensure!(
+        counted == REQUESTS as u64,
+        "http.server.request.duration of the frontend counted {counted} requests, want {REQUESTS} (every request, sampled or not)"
+    );
+    let decided = |decision: &str| {
+        metrics
+            .iter()
+            .filter(|m| m.metric.name == "ztrace.tail.traces")
+            .map(|m| {
+                m.sum_where(|a| attr_str(a, "ztrace.tail.decision").as_deref() == Some(decision))
+            })
+            .max()
+            .unwrap_or(-1)
+    };
+    ensure!(
+        decided("kept") == failures as i64 && decided("dropped") == (REQUESTS - failures) as i64,
+        "ztrace.tail.traces: kept {}, dropped {}",
+        decided("kept"),
+        decided("dropped")
+    );
+    ensure!(
+        stderr.contains("summary (tail sampling):"),
+        "no tail sampling summary"
+    );
+    Ok(())
+}
+
+fn attr_int_of(
+    attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<i64> {
+    ztrace_e2e::signals::attr_int(attrs, key)
+}
+
+/// Drives `/slow/<ms>/<n>` from `clients` keep-alive clients until `stop`; `ms` is read per
+/// batch. Each client returns how many of its requests were slow (`ms` ≥ 100).
+fn load(
+    port: u16,
+    clients: usize,
+    ms: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Result<u64>>> {
+    (0..clients)
+        .map(|c| {
+            let (ms, stop) = (Arc::clone(&ms), Arc::clone(&stop));
+            thread::spawn(move || {
+                let (mut n, mut slow) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let delay = ms.load(Ordering::Relaxed);
+                    if delay >= 100 {
+                        slow += 5;
+                    }
+                    let urls: Vec<String> = (0..5)
+                        .map(|_| {
+                            n += 1;
+                            format!(
+                                "http://127.0.0.1:{port}/slow/{delay}/{}",
+                                1000 * c as u64 + n
+                            )
+                        })
+                        .collect();
+                    curl(&urls)?;
+                }
+                Ok(slow)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_latency_fault_is_reported_with_exemplars_and_its_traces_kept() -> Result<()> {
+    if !privileged_or_skip("a_latency_fault_is_reported_with_exemplars_and_its_traces_kept") {
+        return Ok(());
+    }
+    let config = config_file(
+        "anomaly",
+        r#"
+[tail_sampling]
+decision_wait = "2500ms"
+
+[[tail_sampling.policies]]
+name = "odd"
+type = "anomaly"
+
+[anomaly]
+window = "1s"
+cold_start_windows = 4
+min_requests = 5
+"#,
+    )?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    let (backend, port) = spawn_service(&["backend"])?;
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        backend.pid().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+        "--config".into(),
+        config.display().to_string(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let ms = Arc::new(AtomicU64::new(20));
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let clients = load(port, 4, Arc::clone(&ms), Arc::clone(&stop_load));
+    // Steady, then ten times slower, then steady again.
+    thread::sleep(Duration::from_secs(8));
+    let fault_start = Instant::now();
+    ms.store(200, Ordering::Relaxed);
+    thread::sleep(Duration::from_secs(4));
+    ms.store(20, Ordering::Relaxed);
+    thread::sleep(Duration::from_secs(6));
+    stop_load.store(true, Ordering::Relaxed);
+    let mut slow_sent = 0;
+    for c in clients {
+        slow_sent += c.join().expect("client thread")?;
+    }
+    let fault_seen = fault_start.elapsed();
+    thread::sleep(Duration::from_secs(3));
+    stop_ztrace(&mut ztrace)?;
+    let _ = std::fs::remove_file(&config);
+    let stderr = ztrace.stderr_text();
+    eprintln!("ztrace stderr:\n{stderr}");
+    let records: Vec<ReceivedLog> = receiver
+        .signals()
+        .all_logs()
+        .into_iter()
+        .filter(|l| l.record.event_name == "ztrace.anomaly")
+        .collect();
+    let state = |l: &ReceivedLog| l.attr_str("ztrace.anomaly.state").unwrap_or_default();
+    let double = |l: &ReceivedLog, k: &str| {
+        l.record
+            .attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| match v.value {
+                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::DoubleValue(d)) => {
+                    Some(d)
+                }
+                _ => None,
+            })
+            .unwrap_or(f64::NAN)
+    };
+    let starts: Vec<&ReceivedLog> = records.iter().filter(|l| state(l) == "start").collect();
+    let shown: Vec<String> = records.iter().map(ReceivedLog::body).collect();
+    let latency: Vec<&&ReceivedLog> = starts
+        .iter()
+        .filter(|l| l.attr_str("ztrace.anomaly.signal").as_deref() == Some("latency.p95"))
+        .collect();
+    ensure!(
+        latency.len() == 1,
+        "want one latency anomaly start, got {} (fault of {fault_seen:?}); records: {shown:#?}",
+        latency.len()
+    );
+    let start = latency[0];
+    ensure!(
+        start.attr_str("ztrace.anomaly.operation").as_deref() == Some("GET /slow/{id}/{id}"),
+        "operation {:?}",
+        start.attr_str("ztrace.anomaly.operation")
+    );
+    ensure!(
+        double(start, "ztrace.anomaly.observed") >= 0.15
+            && double(start, "ztrace.anomaly.baseline") < 0.1
+            && double(start, "ztrace.anomaly.score") >= 4.0,
+        "observed/baseline/score: {shown:#?}"
+    );
+    // No false alarm in the steady phases: every start is the fault's.
+    ensure!(
+        starts
+            .iter()
+            .all(|l| double(l, "ztrace.anomaly.observed") >= 0.15
+                || l.attr_str("ztrace.anomaly.signal").as_deref() != Some("latency.p95")),
+        "a latency alarm outside the fault: {shown:#?}"
+    );
+    ensure!(
+        records.iter().any(|l| state(l) == "end"),
+        "the anomaly never ended: {shown:#?}"
+    );
+    let exemplars: Vec<String> = start
+        .record
+        .attributes
+        .iter()
+        .find(|a| a.key == "ztrace.anomaly.exemplar_trace_ids")
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::ArrayValue(a)) => Some(
+                a.values
+                    .iter()
+                    .filter_map(|v| match &v.value {
+                        Some(
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                s,
+                            ),
+                        ) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default();
+    ensure!(!exemplars.is_empty(), "no exemplar trace ids");
+    ensure!(
+        start.trace_id_hex() == exemplars[0],
+        "the record's trace id is its first exemplar"
+    );
+    // The anomaly policy kept the traces of the anomalous window, exemplars included.
+    let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(5)));
+    let exported: HashSet<String> = spans.iter().map(ReceivedSpan::trace_id_hex).collect();
+    for e in &exemplars {
+        ensure!(
+            exported.contains(e),
+            "exemplar trace {e} was not exported ({} traces exported)",
+            exported.len()
+        );
+    }
+    // Every slow request's trace (the whole fault is anomalous windows), and the healthy ones
+    // only while the alarm was on (the end needs two quiet windows).
+    let slow = spans
+        .iter()
+        .filter(|s| s.span.end_time_unix_nano - s.span.start_time_unix_nano >= 150_000_000)
+        .count() as u64;
+    ensure!(
+        slow as f64 >= 0.95 * slow_sent as f64,
+        "{slow} slow traces exported of {slow_sent} slow requests ({} spans exported)",
+        spans.len()
+    );
+    eprintln!(
+        "e2e_sampling: {slow} of {slow_sent} slow requests exported; {} spans exported in all",
+        spans.len()
+    );
+    ensure!(
+        stderr.contains("anomaly START") && stderr.contains("anomaly END"),
+        "the terminal did not show the anomaly's start and end"
+    );
+    Ok(())
+}

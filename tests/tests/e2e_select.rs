@@ -1,0 +1,351 @@
+//! Selectors end to end, as root on the real kernel: processes chosen by what they are, not by
+//! PID. `--exe` catches a server started after ztrace; `--port` picks the right one of two
+//! servers; a `[[target.select]]` rule with a service name keeps that name across a supervisor's
+//! restart of its service (a new PID, traced from its exec).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use ztrace_e2e::{
+    harness::{
+        Proc, apps_dir, curl, privileged_or_skip, runtime_with_receiver, spawn_app, spawn_ztrace,
+        stop_ztrace,
+    },
+    receiver::ReceivedSpan,
+};
+
+fn scratch(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ztrace-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn server_spans_of(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| {
+            s.span.kind == SpanKind::Server as i32
+                && s.resource_int("process.pid") == Some(pid as i64)
+        })
+        .collect()
+}
+
+/// The Python interpreter under a name of its own (a hard link, else a copy), so that an
+/// `--exe` glob can select it and nothing else on the machine.
+fn renamed_python(dir: &Path) -> Result<PathBuf> {
+    // The interpreter itself, not a launcher script (pyenv's `python3` is a shell shim).
+    let which = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("python3 is not on PATH")?;
+    let python = std::fs::canonicalize(String::from_utf8_lossy(&which.stdout).trim())?;
+    let renamed = dir.join(format!("ztsel-python-{}", std::process::id()));
+    let _ = std::fs::remove_file(&renamed);
+    if std::fs::hard_link(&python, &renamed).is_err() {
+        std::fs::copy(&python, &renamed)?;
+    }
+    Ok(renamed)
+}
+
+#[test]
+fn exe_selector_traces_a_process_started_later() -> Result<()> {
+    if !privileged_or_skip("exe_selector_traces_a_process_started_later") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = scratch("select-exe")?;
+    let python = renamed_python(&dir)?;
+    let glob = format!("ztsel-python-{}*", std::process::id());
+    let mut ztrace = spawn_ztrace(&[
+        "--exe".into(),
+        glob.clone(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    ensure!(
+        ztrace.stderr_text().contains(&format!("--exe {glob}")),
+        "ztrace does not say what it selects:\n{}",
+        ztrace.stderr_text()
+    );
+    // Started after ztrace attached: only the exec probe can have told ztrace about it.
+    let started = Instant::now();
+    let mut cmd = Command::new(&python);
+    cmd.arg(apps_dir().join("two_tier.py")).arg("backend");
+    let (server, port) = spawn_app(cmd)?;
+    ztrace.wait_stderr(
+        &format!("tracing process {}", server.pid()),
+        Duration::from_secs(5),
+    )?;
+    let delay = started.elapsed();
+    ensure!(
+        delay < Duration::from_secs(2),
+        "the new process was traced {delay:?} after it started"
+    );
+    for i in 0..3 {
+        curl(&[format!("http://127.0.0.1:{port}/item/{i}")])?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop_ztrace(&mut ztrace)?;
+    let spans = rt.block_on(receiver.wait_for_spans(3, Duration::from_secs(10)));
+    let mine = server_spans_of(&spans, server.pid());
+    ensure!(
+        mine.len() == 3,
+        "want 3 server spans of the late process, got {} of {} spans; ztrace:\n{}",
+        mine.len(),
+        spans.len(),
+        ztrace.stderr_text()
+    );
+    ensure!(
+        spans
+            .iter()
+            .all(|s| s.resource_int("process.pid") == Some(server.pid() as i64)),
+        "spans of a process the selector does not match"
+    );
+    ensure!(
+        mine[0].resource_str("process.executable.name").as_deref()
+            == python.file_name().and_then(|n| n.to_str()),
+        "process.executable.name {:?}",
+        mine[0].resource_str("process.executable.name")
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn port_selector_picks_the_right_server() -> Result<()> {
+    if !privileged_or_skip("port_selector_picks_the_right_server") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let backend = || -> Result<(Proc, u16)> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(apps_dir().join("two_tier.py")).arg("backend");
+        spawn_app(cmd)
+    };
+    let (wanted, wanted_port) = backend()?;
+    let (other, other_port) = backend()?;
+    let mut ztrace = spawn_ztrace(&[
+        "--port".into(),
+        wanted_port.to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    for port in [wanted_port, other_port] {
+        for i in 0..2 {
+            curl(&[format!("http://127.0.0.1:{port}/item/{i}")])?;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop_ztrace(&mut ztrace)?;
+    let spans = rt.block_on(receiver.wait_for_spans(2, Duration::from_secs(10)));
+    ensure!(
+        server_spans_of(&spans, wanted.pid()).len() == 2,
+        "want 2 server spans of the server on port {wanted_port}; got {} spans; ztrace:\n{}",
+        spans.len(),
+        ztrace.stderr_text()
+    );
+    ensure!(
+        server_spans_of(&spans, other.pid()).is_empty(),
+        "the server on port {other_port} was traced too"
+    );
+    Ok(())
+}
+
+/// Reads the `PORT <n>` lines the supervised service appends to `ports`, waiting for the n-th.
+fn nth_port(ports: &Path, n: usize) -> Result<u16> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(ports).unwrap_or_default();
+        if let Some(line) = text.lines().filter(|l| l.starts_with("PORT ")).nth(n) {
+            return Ok(line[5..].trim().parse()?);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the supervised service did not start a {}th time: {text}",
+                n + 1
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pid_listening_on(port: u16) -> Result<u32> {
+    let out = Command::new("ss")
+        .args(["-Htlnp", &format!("sport = :{port}")])
+        .output()
+        .context("ss (apt-get install iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("pid=")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no process listens on {port}: {text}"))
+}
+
+#[test]
+fn a_restarted_service_keeps_its_name() -> Result<()> {
+    if !privileged_or_skip("a_restarted_service_keeps_its_name") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = scratch("select-restart")?;
+    // The service's file name is the marker the rule selects on; the supervisor's own command
+    // line (`bash supervise.sh`) does not contain it.
+    let service = dir.join(format!("inventory_svc_{}.py", std::process::id()));
+    std::fs::copy(apps_dir().join("two_tier.py"), &service)?;
+    let ports = dir.join("ports.txt");
+    let script = dir.join("supervise.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "while true; do python3 {} backend >> {}; sleep 0.2; done\n",
+            service.display(),
+            ports.display()
+        ),
+    )?;
+    let config = dir.join("ztrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[target.select]]\nexe = \"python3*\"\ncmdline = \"inventory_svc_{}\\\\.py\"\nservice_name = \"inventory\"\n",
+            std::process::id()
+        ),
+    )?;
+    let supervisor = Command::new("bash")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let supervisor = Proc {
+        child: supervisor,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    let first_port = nth_port(&ports, 0)?;
+    let first = pid_listening_on(first_port)?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    curl(&[format!("http://127.0.0.1:{first_port}/item/1")])?;
+    // The supervisor restarts the service: a new process, a new PID.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let second_port = nth_port(&ports, 1)?;
+    let second = pid_listening_on(second_port)?;
+    ztrace.wait_stderr(&format!("tracing process {second}"), Duration::from_secs(5))?;
+    curl(&[format!("http://127.0.0.1:{second_port}/item/2")])?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop_ztrace(&mut ztrace)?;
+    drop(supervisor);
+    let _ = Command::new("pkill")
+        .args(["-f", &service.display().to_string()])
+        .status();
+    let spans = rt.block_on(receiver.wait_for_spans(2, Duration::from_secs(10)));
+    for (pid, what) in [(first, "before"), (second, "after")] {
+        let mine = server_spans_of(&spans, pid);
+        ensure!(
+            mine.len() == 1,
+            "want 1 server span {what} the restart (pid {pid}), got {}; ztrace:\n{}",
+            mine.len(),
+            ztrace.stderr_text()
+        );
+        ensure!(
+            mine[0].resource_str("service.name").as_deref() == Some("inventory"),
+            "service.name {what} the restart: {:?}",
+            mine[0].resource_str("service.name")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
+    if !privileged_or_skip("sighup_adds_a_target_without_dropping_data") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = scratch("select-sighup")?;
+    let me = std::process::id();
+    let copy = |name: &str| -> Result<PathBuf> {
+        let path = dir.join(format!("{name}_{me}.py"));
+        std::fs::copy(apps_dir().join("two_tier.py"), &path)?;
+        Ok(path)
+    };
+    let (first_py, second_py) = (copy("first_svc")?, copy("second_svc")?);
+    let start = |path: &Path| -> Result<(Proc, u16)> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(path).arg("backend");
+        spawn_app(cmd)
+    };
+    let (first, first_port) = start(&first_py)?;
+    let (second, second_port) = start(&second_py)?;
+    let rule = |name: &str, service: &str| {
+        format!(
+            "[[target.select]]\ncmdline = \"{name}_{me}\\\\.py\"\nservice_name = \"{service}\"\n"
+        )
+    };
+    let config = dir.join("ztrace.toml");
+    std::fs::write(&config, rule("first_svc", "first"))?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let get = |port: u16, i: u32| curl(&[format!("http://127.0.0.1:{port}/item/{i}")]);
+    get(first_port, 1)?;
+    get(second_port, 1)?; // not traced yet
+    // An invalid file changes nothing and says why.
+    std::fs::write(&config, "[[target.select]]\nport = \"http\"\n")?;
+    ztrace.signal(libc::SIGHUP);
+    ztrace.wait_stderr(
+        "SIGHUP: keeping the current targets",
+        Duration::from_secs(5),
+    )?;
+    std::fs::write(
+        &config,
+        rule("first_svc", "first") + &rule("second_svc", "second"),
+    )?;
+    ztrace.signal(libc::SIGHUP);
+    ztrace.wait_stderr("SIGHUP: re-read", Duration::from_secs(5))?;
+    ztrace.wait_stderr(
+        &format!("tracing process {}", second.pid()),
+        Duration::from_secs(5),
+    )?;
+    get(first_port, 2)?;
+    get(second_port, 2)?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop_ztrace(&mut ztrace)?;
+    let spans = rt.block_on(receiver.wait_for_spans(3, Duration::from_secs(10)));
+    let first_spans = server_spans_of(&spans, first.pid());
+    let second_spans = server_spans_of(&spans, second.pid());
+    ensure!(
+        first_spans.len() == 2,
+        "the first service lost spans across the reload: {} of 2; ztrace:\n{}",
+        first_spans.len(),
+        ztrace.stderr_text()
+    );
+    ensure!(
+        second_spans.len() == 1,
+        "the added service: {} server spans, want 1 (after the reload only); ztrace:\n{}",
+        second_spans.len(),
+        ztrace.stderr_text()
+    );
+    ensure!(second_spans[0].resource_str("service.name").as_deref() == Some("second"));
+    ensure!(first_spans[1].resource_str("service.name").as_deref() == Some("first"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

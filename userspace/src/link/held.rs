@@ -1,0 +1,296 @@
+//! The linker's store: the spans it holds until release (by handle), the finished spans
+//! waiting to be due, and what stays of a released span (its tombstone). No linking decision
+//! is made here.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+};
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::model::{Endpoint, Exchange, SpanId, SpanKind, TraceId};
+
+pub type Handle = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parent {
+    None,
+    Local(Handle),
+    /// From an incoming `traceparent`, with its `sampled` flag; or from the agent of a remote
+    /// caller's host (rule 7), whose trace may carry no flag (sampled on the trace id).
+    Remote {
+        trace_id: TraceId,
+        span_id: SpanId,
+        sampled: Option<bool>,
+    },
+}
+
+/// Identity of one request's first byte on one TCP connection, the same on both ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqKey {
+    pub client: Endpoint,
+    pub server: Endpoint,
+    pub seq: u32,
+}
+
+#[derive(Debug)]
+pub(super) struct Rec {
+    pub(super) span_id: SpanId,
+    pub(super) own_trace: TraceId,
+    pub(super) parent: Parent,
+    /// The parent came from a thread's causal context (rules 3–5 apply).
+    pub(super) inferred: bool,
+    /// The CLIENT span whose continuation gave this one its parent (rule 4 undoes chains).
+    pub(super) via: Option<Handle>,
+    /// Calls linked to this span that have been answered: each explains a later response.
+    pub(super) answered_calls: u32,
+    /// A SERVER span's response has started going out.
+    pub(super) responding: bool,
+    /// The parent was chosen by content shared with it (rule 6): the response side does not
+    /// overrule it.
+    pub(super) by_content: bool,
+    /// A SERVER span's request tokens (hashed), for content matching while it is in progress.
+    pub(super) tokens: Vec<u64>,
+    /// Some span took this SERVER span as its parent: it leaves a tombstone when released.
+    /// (CLIENT spans always do: a server span may find its caller late by sequence match.)
+    pub(super) parent_of: bool,
+    /// The request's first byte on the wire (CLIENT spans: indexed for other agents, rule 7).
+    pub(super) seq_key: Option<SeqKey>,
+    pub(super) kind: SpanKind,
+    pub(super) pid: u32,
+    pub(super) tid: u32,
+    pub(super) start_ns: u64,
+    pub(super) end_ns: Option<u64>,
+    pub(super) local: Endpoint,
+    pub(super) peer: Endpoint,
+    pub(super) exchange: Exchange,
+    pub(super) error: Option<String>,
+}
+
+/// The spans held, by handle. Handles are handed out in increasing order and nearly every span is
+/// released within a second of its start, so they live in a window indexed by handle: spans close
+/// in time are close in memory (a hash table of them was the linker's costliest part, in cache
+/// misses). A span still held far behind the newest moves to a map, so memory follows what is
+/// held, not how old the oldest is. Records are boxed: a `Rec` carries its exchange (hundreds of
+/// bytes) and is moved only as a pointer.
+#[derive(Default)]
+pub(super) struct Recs {
+    /// Handle of `window[0]`.
+    base: Handle,
+    window: VecDeque<Option<Box<Rec>>>,
+    /// Held spans older than `base`.
+    old: HashMap<Handle, Box<Rec>>,
+    len: usize,
+}
+
+impl Recs {
+    pub(super) fn get(&self, h: &Handle) -> Option<&Rec> {
+        if *h < self.base {
+            return self.old.get(h).map(|r| &**r);
+        }
+        self.window.get((*h - self.base) as usize)?.as_deref()
+    }
+
+    pub(super) fn get_mut(&mut self, h: &Handle) -> Option<&mut Rec> {
+        if *h < self.base {
+            return self.old.get_mut(h).map(|r| &mut **r);
+        }
+        self.window
+            .get_mut((*h - self.base) as usize)?
+            .as_deref_mut()
+    }
+
+    pub(super) fn contains_key(&self, h: &Handle) -> bool {
+        self.get(h).is_some()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn insert(&mut self, h: Handle, rec: Box<Rec>) {
+        if self.window.is_empty() && h >= self.base {
+            self.base = h;
+        }
+        if h < self.base {
+            if self.old.insert(h, rec).is_none() {
+                self.len += 1;
+            }
+            return;
+        }
+        let i = (h - self.base) as usize;
+        while self.window.len() <= i {
+            self.window.push_back(None);
+        }
+        if self.window[i].replace(rec).is_none() {
+            self.len += 1;
+        }
+        self.bound();
+    }
+
+    pub(super) fn remove(&mut self, h: &Handle) -> Option<Box<Rec>> {
+        let rec = if *h < self.base {
+            self.old.remove(h)
+        } else {
+            self.window.get_mut((*h - self.base) as usize)?.take()
+        };
+        if rec.is_some() {
+            self.len -= 1;
+        }
+        self.trim();
+        rec
+    }
+
+    /// Drops released slots at the front.
+    fn trim(&mut self) {
+        while let Some(None) = self.window.front() {
+            self.window.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Keeps the window within a few times what it holds: the front half's spans move to `old`.
+    fn bound(&mut self) {
+        let held = self.len - self.old.len();
+        if self.window.len() <= 4 * held.max(4096) {
+            return;
+        }
+        for _ in 0..self.window.len() / 2 {
+            if let Some(Some(rec)) = self.window.pop_front() {
+                self.old.insert(self.base, rec);
+            }
+            self.base += 1;
+        }
+        self.trim();
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (Handle, &Rec)> {
+        let old = self.old.iter().map(|(h, r)| (*h, &**r));
+        let window = self.window.iter().enumerate();
+        old.chain(window.filter_map(|(i, r)| Some((self.base + i as u64, r.as_deref()?))))
+    }
+}
+
+/// Finished spans by the time they are due, smallest `(due, handle)` first. Nearly every push
+/// comes in order (a root's due time follows its start, a child's its end): those queue in a
+/// deque, the few out of order in a heap, and a pop takes the smaller front — the order a heap
+/// alone gives, without its O(log n) cache misses per pop on thousands of waiting spans.
+#[derive(Default)]
+pub(super) struct DueQueue {
+    in_order: VecDeque<(u64, Handle)>,
+    others: BinaryHeap<Reverse<(u64, Handle)>>,
+}
+
+impl DueQueue {
+    pub(super) fn push(&mut self, due: u64, h: Handle) {
+        if self.in_order.back().is_none_or(|&last| last <= (due, h)) {
+            self.in_order.push_back((due, h));
+        } else {
+            self.others.push(Reverse((due, h)));
+        }
+    }
+
+    pub(super) fn peek(&self) -> Option<(u64, Handle)> {
+        match (self.in_order.front(), self.others.peek()) {
+            (Some(&a), Some(&Reverse(b))) => Some(a.min(b)),
+            (Some(&a), None) => Some(a),
+            (None, Some(&Reverse(b))) => Some(b),
+            (None, None) => None,
+        }
+    }
+
+    pub(super) fn pop(&mut self) -> Option<(u64, Handle)> {
+        let first = self.peek()?;
+        if self.in_order.front() == Some(&first) {
+            self.in_order.pop_front()
+        } else {
+            self.others.pop().map(|Reverse(x)| x)
+        }
+    }
+}
+
+/// What stays of a released span so late children still find their parent and trace.
+#[derive(Clone, Copy)]
+pub(super) struct Tomb {
+    pub(super) span_id: SpanId,
+    pub(super) trace: TraceId,
+    /// The `sampled` flag of the trace's remote root parent, if it has one.
+    pub(super) remote_sampled: Option<bool>,
+    pub(super) end_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::linker::Linker;
+    use crate::link::settle::LINK_GRACE_NS;
+    use crate::link::testutil::*;
+
+    #[test]
+    fn due_queue_pops_in_the_order_a_heap_does() {
+        let mut q = DueQueue::default();
+        let mut heap = BinaryHeap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut h = 0;
+        for round in 0..20_000u64 {
+            // Mostly in order (a rising clock), sometimes earlier, sometimes a burst of pops.
+            let r = next();
+            if r % 5 < 3 {
+                h += 1;
+                let due = if r % 7 == 0 {
+                    round * 10 - (r % 1000).min(round * 10)
+                } else {
+                    round * 10 + 300
+                };
+                q.push(due, h);
+                heap.push(Reverse((due, h)));
+            } else {
+                assert_eq!(q.pop(), heap.pop().map(|Reverse(e)| e));
+            }
+            assert_eq!(q.peek(), heap.peek().map(|&Reverse(e)| e));
+        }
+        while let Some(Reverse(e)) = heap.pop() {
+            assert_eq!(q.pop(), Some(e));
+        }
+        assert_eq!(q.pop(), None);
+    }
+
+    /// A long-lived span behind many short ones: the handle-indexed window stays bounded (the
+    /// old span moves to the map), every span stays reachable, and the old one is still exported.
+    #[test]
+    fn held_spans_window_stays_bounded_behind_a_long_lived_span() {
+        let mut l = Linker::new(0, 200_000, Some(1));
+        let long = serve(&mut l, 1, 1, 1_000);
+        let mut out = Vec::new();
+        let mut t = 2_000;
+        for i in 0..50_000u32 {
+            let h = serve(&mut l, 1, 2 + i % 7, t);
+            reply(&mut l, 1, 2 + i % 7, h, t + 500);
+            t += 1_000_000; // 1k spans/s: about 300 held at a time (the link grace)
+            if i % 64 == 0 {
+                l.poll(t, &mut out);
+            }
+            let (window, held) = (l.recs.window.len(), l.recs.len());
+            assert!(
+                window <= 4 * held.max(4096) + 1,
+                "window {window}, {held} held"
+            );
+        }
+        l.poll(t + 10 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 50_000, "every short span released");
+        assert_eq!(l.open_spans(), 1);
+        assert!(l.recs.get(&long).is_some() && l.recs.window.is_empty());
+        assert_eq!(l.recs.iter().map(|(h, _)| h).collect::<Vec<_>>(), [long]);
+        reply(&mut l, 1, 1, long, t + 11 * LINK_GRACE_NS);
+        l.drain(t + 12 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 50_001);
+        assert_eq!(l.open_spans(), 0);
+    }
+}

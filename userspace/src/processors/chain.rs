@@ -1,0 +1,162 @@
+//! The processor chain between the linker and the exporter: every released span is first
+//! measured by the anomaly detector (so detection, like the metrics computed in the pipeline,
+//! sees every span whatever is sampled), then held by the tail sampler until its trace is
+//! decided. With neither configured, spans pass straight through at no cost.
+//!
+//! It owns the glue only: which stage sees a span first, the `service.name` of each process both
+//! stages ask for, and the anomaly events waiting to be shipped. The head sampler stays where it
+//! was, at the export queue.
+
+use rustc_hash::FxHashMap;
+
+use super::anomaly::{Active, AnomalyEvent, Detector, DetectorStats};
+use super::tail::{AnomalyView, TailSampler, TailStats};
+use crate::config::{AnomalyConfig, TailSampling};
+use crate::model::Span;
+
+/// The detector as the tail sampler's `anomaly` policy sees it.
+struct View<'a>(Option<&'a Detector>);
+
+impl AnomalyView for View<'_> {
+    fn anomalous(&self, span: &Span, service: &str) -> bool {
+        self.0.is_some_and(|d| d.anomalous(span, service))
+    }
+}
+
+#[derive(Default)]
+pub struct Processors {
+    tail: Option<TailSampler>,
+    anomaly: Option<Detector>,
+    services: FxHashMap<u32, String>,
+    events: Vec<AnomalyEvent>,
+}
+
+impl Processors {
+    pub fn new(tail: Option<&TailSampling>, anomaly: Option<&AnomalyConfig>) -> Processors {
+        let mut detector = anomaly.map(Detector::new);
+        if let (Some(d), Some(t)) = (&mut detector, tail) {
+            d.linger(t.decision_wait);
+        }
+        Processors {
+            tail: tail.map(TailSampler::new),
+            anomaly: detector,
+            ..Processors::default()
+        }
+    }
+
+    /// The `service.name` of a traced process (as its Resource says).
+    pub fn process(&mut self, pid: u32, service_name: &str) {
+        self.services.insert(pid, service_name.to_string());
+        if let Some(t) = &mut self.tail {
+            t.service(pid, service_name);
+        }
+    }
+
+    /// Takes the spans the linker released at `now_ns` (monotonic) out of `released`; what may be
+    /// exported goes to `out`. Decides the traces that are due.
+    pub fn run(&mut self, released: &mut Vec<Span>, now_ns: u64, out: &mut Vec<Span>) {
+        if let Some(d) = &mut self.anomaly {
+            for s in released.iter() {
+                let service = self.services.get(&s.pid).map_or("", String::as_str);
+                d.observe(s, service, now_ns, &mut self.events);
+            }
+            d.tick(now_ns, &mut self.events);
+        }
+        match &mut self.tail {
+            None => out.append(released),
+            Some(t) => {
+                let view = View(self.anomaly.as_ref());
+                for s in released.drain(..) {
+                    t.offer(s, now_ns, &view, out);
+                }
+                t.poll(now_ns, &view, out);
+            }
+        }
+    }
+
+    /// Shutdown: every held trace is decided.
+    pub fn drain(&mut self, released: &mut Vec<Span>, now_ns: u64, out: &mut Vec<Span>) {
+        self.run(released, now_ns, out);
+        if let Some(t) = &mut self.tail {
+            t.drain(now_ns, &View(self.anomaly.as_ref()), out);
+        }
+    }
+
+    /// Anomaly starts and ends since the last call.
+    pub fn take_events(&mut self, out: &mut Vec<AnomalyEvent>) {
+        out.append(&mut self.events);
+    }
+
+    pub fn tail_stats(&self) -> Option<TailStats> {
+        self.tail.as_ref().map(TailSampler::stats)
+    }
+
+    pub fn anomaly_stats(&self) -> Option<(DetectorStats, Vec<Active>)> {
+        self.anomaly.as_ref().map(|d| (d.stats, d.active()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{PolicyConfig, PolicyRule};
+    use crate::model::TraceId;
+    use crate::testkit::server_span;
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// The anomaly policy keeps the traces of a latency fault, and only those, once the baseline
+    /// is learnt; the detector saw every span (kept or not).
+    #[test]
+    fn the_anomaly_policy_keeps_the_traces_of_anomalous_windows() {
+        let tail = TailSampling {
+            decision_wait: Duration::from_millis(100),
+            max_hold: Duration::from_secs(5),
+            num_traces: 10_000,
+            max_spans: 10_000,
+            policies: vec![PolicyConfig {
+                name: "odd".into(),
+                rule: PolicyRule::Anomaly,
+            }],
+        };
+        let anomaly = AnomalyConfig {
+            window: Duration::from_secs(1),
+            ..AnomalyConfig::default()
+        };
+        let mut p = Processors::new(Some(&tail), Some(&anomaly));
+        p.process(1234, "shop");
+        let mut out = Vec::new();
+        let mut n = 0u64;
+        for t in 0..20u64 {
+            let slow = t >= 15;
+            for i in 0..40u64 {
+                n += 1;
+                let mut s = server_span();
+                s.parent_span_id = None;
+                s.parent_is_remote = false;
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&n.to_be_bytes());
+                s.trace_id = TraceId(id);
+                let ms = if slow { 200 } else { 20 + i % 3 };
+                s.end_unix_ns = s.start_unix_ns + ms * 1_000_000;
+                p.run(&mut vec![s], t * SEC + i * SEC / 40, &mut out);
+            }
+        }
+        p.drain(&mut Vec::new(), 30 * SEC, &mut out);
+        let kept_slow = out
+            .iter()
+            .filter(|s| s.end_unix_ns - s.start_unix_ns >= 200_000_000)
+            .count();
+        // Windows 16-19 whole (the alarm is on); of window 15, the traces decided once it had
+        // min_requests spans (the open window could be judged), not the first ones.
+        assert!(kept_slow >= 4 * 40 + 10, "{kept_slow}");
+        assert_eq!(out.len(), kept_slow, "no healthy trace kept");
+        let mut events = Vec::new();
+        p.take_events(&mut events);
+        assert!(events.iter().any(|e| e.started), "{events:?}");
+        let st = p.tail_stats().unwrap();
+        assert_eq!(st.traces_kept + st.traces_dropped, n);
+    }
+}

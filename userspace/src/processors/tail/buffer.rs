@@ -1,0 +1,267 @@
+//! Where spans wait for their trace's decision: grouped by trace id, each local trace held until
+//! it is complete — its local root span (no parent, or a remote one) has arrived and no new span
+//! came for `decision_wait` — or until `max_hold` after its first span, whichever is first.
+//!
+//! Memory is bounded: at most `num_traces` traces and `max_spans` spans are held; beyond either,
+//! the trace due first is handed out for an early decision (counted as overflow), never dropped
+//! undecided. Decisions are remembered (a bounded FIFO of trace ids) so that a span arriving after
+//! its trace was decided gets the same decision. This module decides nothing itself.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::model::{Span, TraceId};
+
+/// A trace's decision, remembered for late spans: keep (with its `th`) or drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep(Option<u64>),
+    Drop,
+}
+
+struct Held {
+    spans: Vec<Span>,
+    first_ns: u64,
+    last_ns: u64,
+    root_seen: bool,
+    due_ns: u64,
+}
+
+/// A trace handed out for a decision.
+pub struct Ready {
+    pub trace_id: TraceId,
+    pub spans: Vec<Span>,
+    /// When its first span arrived (monotonic ns): decision latency is measured from it.
+    pub first_ns: u64,
+    /// Handed out early because the buffer was full.
+    pub overflow: bool,
+}
+
+/// Limits of the buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub decision_wait_ns: u64,
+    pub max_hold_ns: u64,
+    pub num_traces: usize,
+    pub max_spans: usize,
+    /// Decisions remembered for late spans.
+    pub remembered: usize,
+}
+
+pub struct Buffer {
+    limits: Limits,
+    traces: HashMap<TraceId, Held>,
+    due: BTreeSet<(u64, TraceId)>,
+    spans: usize,
+    decided: HashMap<TraceId, Verdict>,
+    decided_order: VecDeque<TraceId>,
+}
+
+/// A local root: nothing above it in this agent's view.
+fn is_local_root(s: &Span) -> bool {
+    s.parent_span_id.is_none() || s.parent_is_remote
+}
+
+pub enum Offered {
+    /// Held until its trace is decided.
+    Held,
+    /// Its trace was decided already: the same verdict applies.
+    Late(Box<Span>, Verdict),
+}
+
+impl Buffer {
+    pub fn new(limits: Limits) -> Buffer {
+        Buffer {
+            limits,
+            traces: HashMap::new(),
+            due: BTreeSet::new(),
+            spans: 0,
+            decided: HashMap::new(),
+            decided_order: VecDeque::new(),
+        }
+    }
+
+    /// Holds `span` (arrived at `now_ns`); traces pushed out by the limits go to `out`.
+    pub fn offer(&mut self, span: Span, now_ns: u64, out: &mut Vec<Ready>) -> Offered {
+        if let Some(v) = self.decided.get(&span.trace_id) {
+            return Offered::Late(Box::new(span), *v);
+        }
+        let id = span.trace_id;
+        let root = is_local_root(&span);
+        let l = self.limits;
+        let held = self.traces.entry(id).or_insert_with(|| Held {
+            spans: Vec::new(),
+            first_ns: now_ns,
+            last_ns: now_ns,
+            root_seen: false,
+            due_ns: u64::MAX,
+        });
+        held.spans.push(span);
+        held.last_ns = now_ns;
+        held.root_seen |= root;
+        let cap = held.first_ns.saturating_add(l.max_hold_ns);
+        let due = if held.root_seen {
+            now_ns.saturating_add(l.decision_wait_ns).min(cap)
+        } else {
+            cap
+        };
+        if due != held.due_ns {
+            self.due.remove(&(held.due_ns, id));
+            held.due_ns = due;
+            self.due.insert((due, id));
+        }
+        self.spans += 1;
+        while self.traces.len() > l.num_traces || self.spans > l.max_spans {
+            match self.pop_first(true) {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        Offered::Held
+    }
+
+    /// Traces due at `now_ns`.
+    pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Ready>) {
+        while self.due.first().is_some_and(|(d, _)| *d <= now_ns) {
+            out.extend(self.pop_first(false));
+        }
+    }
+
+    /// Every trace still held (shutdown).
+    pub fn drain(&mut self, out: &mut Vec<Ready>) {
+        while let Some(r) = self.pop_first(false) {
+            out.push(r);
+        }
+    }
+
+    fn pop_first(&mut self, overflow: bool) -> Option<Ready> {
+        let (_, id) = self.due.pop_first()?;
+        let held = self.traces.remove(&id)?;
+        self.spans -= held.spans.len();
+        Some(Ready {
+            trace_id: id,
+            spans: held.spans,
+            first_ns: held.first_ns,
+            overflow,
+        })
+    }
+
+    /// Remembers a decision for the trace's late spans (the oldest decision is forgotten first).
+    pub fn remember(&mut self, id: TraceId, v: Verdict) {
+        if self.decided.insert(id, v).is_none() {
+            self.decided_order.push_back(id);
+        }
+        while self.decided_order.len() > self.limits.remembered {
+            if let Some(old) = self.decided_order.pop_front() {
+                self.decided.remove(&old);
+            }
+        }
+    }
+
+    /// (traces, spans) held now.
+    pub fn held(&self) -> (usize, usize) {
+        (self.traces.len(), self.spans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SpanId;
+    use crate::testkit::server_span;
+
+    const MS: u64 = 1_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            decision_wait_ns: 100 * MS,
+            max_hold_ns: 1000 * MS,
+            num_traces: 3,
+            max_spans: 5,
+            remembered: 2,
+        }
+    }
+
+    fn span(trace: u8, id: u8, root: bool) -> Span {
+        let mut s = server_span();
+        s.trace_id = TraceId([trace; 16]);
+        s.span_id = SpanId([id; 8]);
+        s.parent_is_remote = false;
+        s.parent_span_id = (!root).then_some(SpanId([0xee; 8]));
+        s
+    }
+
+    fn ids(r: &[Ready]) -> Vec<u8> {
+        r.iter().map(|r| r.trace_id.0[0]).collect()
+    }
+
+    #[test]
+    fn complete_traces_wait_for_quiet_incomplete_ones_for_max_hold() {
+        let mut b = Buffer::new(limits());
+        let mut out = Vec::new();
+        b.offer(span(1, 1, false), 0, &mut out);
+        b.offer(span(1, 2, true), 10 * MS, &mut out);
+        b.offer(span(2, 3, false), 10 * MS, &mut out);
+        b.poll(100 * MS, &mut out);
+        assert!(out.is_empty(), "root seen at 10ms: due at 110ms");
+        // A late child resets the wait.
+        b.offer(span(1, 4, false), 50 * MS, &mut out);
+        b.poll(149 * MS, &mut out);
+        assert!(out.is_empty());
+        b.poll(150 * MS, &mut out);
+        assert_eq!(ids(&out), vec![1]);
+        assert_eq!(out[0].spans.len(), 3);
+        assert_eq!(out[0].first_ns, 0);
+        out.clear();
+        // No root: held until max_hold after its first span.
+        b.poll(1009 * MS, &mut out);
+        assert!(out.is_empty());
+        b.poll(1010 * MS, &mut out);
+        assert_eq!(ids(&out), vec![2]);
+        assert_eq!(b.held(), (0, 0));
+    }
+
+    #[test]
+    fn limits_force_early_decisions_in_due_order() {
+        let mut b = Buffer::new(limits());
+        let mut out = Vec::new();
+        b.offer(span(1, 1, false), 0, &mut out);
+        b.offer(span(2, 1, true), 1, &mut out);
+        b.offer(span(3, 1, false), 2, &mut out);
+        assert!(out.is_empty());
+        // A fourth trace: the one due first (trace 2, rooted) goes early.
+        b.offer(span(4, 1, false), 3, &mut out);
+        assert_eq!(ids(&out), vec![2]);
+        assert!(out[0].overflow);
+        out.clear();
+        // The span limit (5): two more spans of trace 1 push trace 1 itself (due first) out.
+        b.offer(span(1, 2, false), 4, &mut out);
+        b.offer(span(1, 3, false), 5, &mut out);
+        assert!(out.is_empty());
+        b.offer(span(3, 2, false), 6, &mut out);
+        assert_eq!(ids(&out), vec![1]);
+        assert_eq!(out[0].spans.len(), 3);
+        assert_eq!(b.held(), (2, 3));
+    }
+
+    #[test]
+    fn late_spans_get_the_remembered_verdict() {
+        let mut b = Buffer::new(limits());
+        let mut out = Vec::new();
+        b.remember(TraceId([1; 16]), Verdict::Keep(Some(0)));
+        b.remember(TraceId([2; 16]), Verdict::Drop);
+        assert!(matches!(
+            b.offer(span(1, 9, false), 0, &mut out),
+            Offered::Late(_, Verdict::Keep(Some(0)))
+        ));
+        assert!(matches!(
+            b.offer(span(2, 9, false), 0, &mut out),
+            Offered::Late(_, Verdict::Drop)
+        ));
+        // Bounded: a third decision forgets the first.
+        b.remember(TraceId([3; 16]), Verdict::Drop);
+        assert!(matches!(
+            b.offer(span(1, 9, false), 0, &mut out),
+            Offered::Held
+        ));
+    }
+}
