@@ -155,7 +155,8 @@ pub fn spawn_ztrace(args: &[String]) -> Result<Proc> {
     spawn_ztrace_env(args, &[])
 }
 
-/// Starts ztrace with `args` and exactly the `OTEL_*` variables in `env` (none inherited).
+/// Starts ztrace with `args` and exactly the `OTEL_*` variables in `env` (none inherited);
+/// `env` may also set `RUST_LOG`.
 pub fn spawn_ztrace_env(args: &[String], env: &[(&str, &str)]) -> Result<Proc> {
     let mut cmd = Command::new(ztrace_bin());
     for (k, _) in std::env::vars_os() {
@@ -163,14 +164,14 @@ pub fn spawn_ztrace_env(args: &[String], env: &[(&str, &str)]) -> Result<Proc> {
             cmd.env_remove(k);
         }
     }
+    // ZTRACE_TEST_LOG: ztrace's log filter in tests (e.g. `info,ztrace::link=debug`).
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("ZTRACE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     cmd.envs(env.iter().copied());
     let mut child = cmd
         .args(args)
-        // ZTRACE_TEST_LOG: ztrace's log filter in tests (e.g. `info,ztrace::link=debug`).
-        .env(
-            "RUST_LOG",
-            std::env::var("ZTRACE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -47,6 +47,71 @@ fn bad_pids_are_rejected() {
 }
 
 #[test]
+fn ztrace_refuses_itself_and_a_foreign_pid_namespace() {
+    // `exec`: the shell's `$$` becomes ztrace's own PID.
+    let bin = ztrace_bin();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {} --pid $$ --duration 10s", bin.display()))
+        .output()
+        .expect("run ztrace");
+    assert_usage_error(&out, "is ztrace itself");
+    if !privileged_or_skip("ztrace_refuses_itself_and_a_foreign_pid_namespace") {
+        return;
+    }
+    // In a new PID namespace with its own /proc, PID 1 there is another process than the
+    // kernel's PID 1: ztrace must refuse, not trace whatever has that number on the host.
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(&bin)
+        .args(["--pid", "1"])
+        .output()
+        .expect("run unshare (util-linux)");
+    assert_usage_error(&out, "PID namespace other than the host's");
+}
+
+#[test]
+fn an_ancestor_is_traced_but_not_ztrace_itself() {
+    if !privileged_or_skip("an_ancestor_is_traced_but_not_ztrace_itself") {
+        return;
+    }
+    // ztrace is a child of the shell it is told to trace with its descendants.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} --pid $$ --duration 2s & echo \"ZTRACE $!\"; wait",
+            ztrace_bin().display()
+        ))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run ztrace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let me: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ZTRACE "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("ztrace's pid");
+    assert!(
+        stderr.contains("ztrace descends from it; ztrace itself is not traced"),
+        "{stderr}"
+    );
+    let traced = stderr
+        .lines()
+        .find_map(|l| l.split_once("process(es): [").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(list, _)| list.to_string())
+        .unwrap_or_else(|| panic!("no tracing line in {stderr}"));
+    let pids: Vec<u32> = traced
+        .split(", ")
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    assert!(!pids.is_empty(), "{stderr}");
+    assert!(!pids.contains(&me), "ztrace {me} traces itself: {stderr}");
+}
+
+#[test]
 fn thread_ids_are_rejected_with_the_process_id() {
     // A thread of this test process.
     let (tx, rx) = std::sync::mpsc::channel();

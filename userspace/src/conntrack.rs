@@ -5,7 +5,7 @@
 //! are evicted and counted.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -16,7 +16,7 @@ use ztrace_abi::{AF_INET, SockTuple};
 
 use crate::model::Endpoint;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
     pub tgid: u32,
     pub sock_id: u64,
@@ -130,6 +130,10 @@ pub struct Conn<T> {
 
 pub struct ConnTable<T> {
     conns: HashMap<ConnKey, Conn<T>>,
+    /// Every connection by (last activity, key): the least recently used is the first, and the
+    /// idle ones a prefix, so a full table evicts and a poll expires without scanning the table
+    /// (65,536 connections scanned per new one when full, and per poll, before).
+    order: BTreeSet<(u64, ConnKey)>,
     max: usize,
     pub evicted: u64,
 }
@@ -138,6 +142,7 @@ impl<T: Default> ConnTable<T> {
     pub fn new(max: usize) -> Self {
         Self {
             conns: HashMap::default(),
+            order: BTreeSet::new(),
             max,
             evicted: 0,
         }
@@ -152,13 +157,10 @@ impl<T: Default> ConnTable<T> {
         now_ns: u64,
     ) -> (&mut Conn<T>, Option<(ConnKey, Conn<T>)>) {
         let mut evicted = None;
-        if !self.conns.contains_key(&key)
+        let known = self.conns.contains_key(&key);
+        if !known
             && self.conns.len() >= self.max
-            && let Some(oldest) = self
-                .conns
-                .iter()
-                .min_by_key(|(_, c)| c.last_ns)
-                .map(|(k, _)| *k)
+            && let Some((_, oldest)) = self.order.pop_first()
         {
             evicted = self.conns.remove(&oldest).map(|c| (oldest, c));
             self.evicted += 1;
@@ -180,12 +182,22 @@ impl<T: Default> ConnTable<T> {
             let (local, peer) = endpoints(tuple);
             (conn.local, conn.peer) = (local, peer);
         }
-        conn.last_ns = now_ns;
+        if !known || conn.last_ns != now_ns {
+            self.order.remove(&(conn.last_ns, key));
+            conn.last_ns = now_ns;
+            self.order.insert((now_ns, key));
+        }
         (conn, evicted)
     }
 
+    pub fn get(&self, key: &ConnKey) -> Option<&Conn<T>> {
+        self.conns.get(key)
+    }
+
     pub fn remove(&mut self, key: &ConnKey) -> Option<Conn<T>> {
-        self.conns.remove(key)
+        let conn = self.conns.remove(key)?;
+        self.order.remove(&(conn.last_ns, *key));
+        Some(conn)
     }
 
     /// Connections of `tgid` (for process exit).
@@ -197,13 +209,17 @@ impl<T: Default> ConnTable<T> {
             .collect()
     }
 
-    /// Connections idle since before `cutoff_ns`.
+    /// Connections idle since before `cutoff_ns`, least recently used first; costs what it
+    /// returns (nothing allocated when none is idle).
     pub fn idle(&self, cutoff_ns: u64) -> Vec<ConnKey> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.last_ns < cutoff_ns)
-            .map(|(k, _)| *k)
-            .collect()
+        let first_kept = (
+            cutoff_ns,
+            ConnKey {
+                tgid: 0,
+                sock_id: 0,
+            },
+        );
+        self.order.range(..first_kept).map(|&(_, k)| k).collect()
     }
 
     pub fn all_keys(&self) -> Vec<ConnKey> {
@@ -283,5 +299,63 @@ mod tests {
         }
         assert_eq!(t.len(), 2);
         assert_eq!(t.evicted, 1);
+    }
+
+    fn key(i: u64) -> ConnKey {
+        ConnKey {
+            tgid: 1 + (i % 7) as u32,
+            sock_id: i,
+        }
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_least_recently_used_and_idle_is_a_prefix() {
+        let tuple = SockTuple {
+            family: AF_INET,
+            ..Default::default()
+        };
+        let mut t: ConnTable<u8> = ConnTable::new(3);
+        t.entry(key(1), &tuple, 10);
+        t.entry(key(2), &tuple, 20);
+        t.entry(key(3), &tuple, 30);
+        t.entry(key(1), &tuple, 40); // 1 is used again: 2 is now the least recently used
+        let (_, ev) = t.entry(key(4), &tuple, 50);
+        assert_eq!(ev.map(|(k, _)| k), Some(key(2)));
+        assert_eq!(t.idle(41), vec![key(3), key(1)]);
+        assert_eq!(t.idle(30), Vec::<ConnKey>::new());
+        assert!(t.remove(&key(3)).is_some());
+        assert_eq!(t.idle(100), vec![key(1), key(4)]);
+        assert_eq!((t.order.len(), t.len()), (2, 2));
+    }
+
+    /// The eviction of a full table and the idle scan cost what they return, not the table
+    /// size: churning 200,000 connections through a full 65,536-entry table, with an idle poll
+    /// after each, took minutes when both scanned the table; here it is well under a second in
+    /// a release build (the bound is loose for a loaded 2-core machine).
+    #[test]
+    fn churn_through_a_full_table_does_not_scan_it() {
+        let tuple = SockTuple {
+            family: AF_INET,
+            ..Default::default()
+        };
+        const MAX: usize = 65_536;
+        let mut t: ConnTable<u8> = ConnTable::new(MAX);
+        for i in 0..MAX as u64 {
+            t.entry(key(i), &tuple, i);
+        }
+        let start = std::time::Instant::now();
+        let mut evicted = 0;
+        for i in MAX as u64..MAX as u64 + 200_000 {
+            let (_, ev) = t.entry(key(i), &tuple, i);
+            evicted += usize::from(ev.is_some());
+            assert!(t.idle(0).is_empty());
+        }
+        let took = start.elapsed();
+        assert_eq!((evicted, t.len(), t.order.len()), (200_000, MAX, MAX));
+        let budget = if cfg!(debug_assertions) { 20 } else { 3 };
+        assert!(
+            took < std::time::Duration::from_secs(budget),
+            "200,000 new connections into a full table took {took:?}"
+        );
     }
 }

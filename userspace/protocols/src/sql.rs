@@ -12,7 +12,8 @@
 //! `'C:\'`, runs on to the next quote and may shift redaction after it), `E'…'`, `N'…'`,
 //! `X'…'`, `B'…'`, `U&'…'` and `$tag$…$tag$` are literals, `"…"` and `` `…` `` are
 //! identifiers, `--` and (nested) `/* */` are comments. `#` is not a comment (it is an
-//! operator in PostgreSQL).
+//! operator in PostgreSQL). MySQL is the one dialect told apart ([`sanitize_mysql`]): there
+//! `"…"` is a string (its `ANSI_QUOTES` mode is off by default), so it is removed as a literal.
 
 use std::{borrow::Borrow, sync::Arc};
 
@@ -56,21 +57,32 @@ fn word_char(c: u8) -> bool {
 struct Lexer<'a> {
     s: &'a str,
     i: usize,
+    /// `"…"` is a string literal (MySQL), not an identifier.
+    dq_strings: bool,
 }
 
 impl<'a> Lexer<'a> {
     fn new(s: &'a str) -> Self {
-        Lexer { s, i: 0 }
+        Lexer {
+            s,
+            i: 0,
+            dq_strings: false,
+        }
     }
 }
 
 /// End of a single-quoted string whose body starts at `i`.
-fn string_end(b: &[u8], mut i: usize) -> usize {
+fn string_end(b: &[u8], i: usize) -> usize {
+    quoted_string_end(b, i, b'\'')
+}
+
+/// End of a string quoted with `q` whose body starts at `i` (backslash escapes, `q` doubled).
+fn quoted_string_end(b: &[u8], mut i: usize, q: u8) -> usize {
     while i < b.len() {
         match b[i] {
             b'\\' => i += 2,
-            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
-            b'\'' => return i + 1,
+            c if c == q && b.get(i + 1) == Some(&q) => i += 2,
+            c if c == q => return i + 1,
             _ => i += 1,
         }
     }
@@ -162,6 +174,7 @@ impl<'a> Iterator for Lexer<'a> {
             }
             b'/' if next == b'*' => (Tok::Space, comment_end(b, i)),
             b'\'' => (Tok::Literal, string_end(b, i + 1)),
+            b'"' if self.dq_strings => (Tok::Literal, quoted_string_end(b, i + 1, c)),
             b'"' | b'`' => (Tok::Quoted, quoted_end(b, i + 1, c)),
             b'0'..=b'9' => (Tok::Literal, number_end(b, i)),
             b'.' if next.is_ascii_digit() && !after_word => (Tok::Literal, number_end(b, i)),
@@ -192,11 +205,22 @@ impl<'a> Iterator for Lexer<'a> {
 /// placeholders (`?`, `$1`, `:name`) are kept as written. The output stops at a token
 /// boundary before [`MAX_SANITIZED`] bytes.
 pub fn sanitize(sql: &str) -> String {
+    sanitize_tokens(sql, Lexer::new(sql))
+}
+
+/// [`sanitize`] for MySQL, where `"…"` is a string literal, not an identifier.
+pub fn sanitize_mysql(sql: &str) -> String {
+    let mut lexer = Lexer::new(sql);
+    lexer.dq_strings = true;
+    sanitize_tokens(sql, lexer)
+}
+
+fn sanitize_tokens(sql: &str, lexer: Lexer<'_>) -> String {
     let mut out = String::with_capacity(sql.len().min(MAX_SANITIZED));
     // Per open parenthesis: its offset in `out`, and whether it holds only `?` and commas.
     let mut opens = [(0usize, false); MAX_DEPTH];
     let (mut depth, mut space, mut comma) = (0usize, false, false);
-    for (tok, text) in Lexer::new(sql) {
+    for (tok, text) in lexer {
         let text = match tok {
             Tok::Space => {
                 space = !out.is_empty();
@@ -569,7 +593,10 @@ pub(crate) fn request_step(
             operation,
             collection,
             namespace: database.map(str::to_string),
-            query_text: (!query.is_empty()).then(|| sanitize(query)),
+            query_text: (!query.is_empty()).then(|| match system {
+                DbSystem::Mysql => sanitize_mysql(query),
+                _ => sanitize(query),
+            }),
             error: None,
             rows: None,
         }),
@@ -630,6 +657,45 @@ mod tests {
         for (sql, want) in cases {
             assert_eq!(s(sql), want, "{sql:?}");
         }
+    }
+
+    #[test]
+    fn mysql_double_quotes_are_strings() {
+        // MySQL's default (ANSI_QUOTES off): "…" is a string, so its value must go.
+        let cases = [
+            (
+                r#"SELECT * FROM users WHERE email = "alice@example.com" AND pw = "s3\"cr""et""#,
+                "SELECT * FROM users WHERE email = ? AND pw = ?",
+            ),
+            (
+                r#"INSERT INTO `t` (a, `b c`) VALUES ("x", 'y'), ("z", 'w')"#,
+                "INSERT INTO `t` (a, `b c`) VALUES (?)",
+            ),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(sanitize_mysql(sql), want, "{sql:?}");
+        }
+        // Elsewhere "…" is an identifier and stays.
+        assert_eq!(
+            s(r#"SELECT "Name" FROM "Users" WHERE a = 'x'"#),
+            r#"SELECT "Name" FROM "Users" WHERE a = ?"#
+        );
+        let Step::Request {
+            exchange: Exchange::Db(db),
+            ..
+        } = request_step(
+            DbSystem::Mysql,
+            0,
+            r#"SELECT 1 FROM t WHERE p = "hunter2""#,
+            None,
+        )
+        else {
+            panic!()
+        };
+        assert_eq!(
+            db.query_text.as_deref(),
+            Some("SELECT ? FROM t WHERE p = ?")
+        );
     }
 
     #[test]
@@ -812,6 +878,9 @@ mod tests {
             let out = sanitize(&sql);
             assert!(out.len() <= MAX_SANITIZED);
             assert_eq!(sanitize(&out), out, "idempotent: {sql:?}");
+            let out = sanitize_mysql(&sql);
+            assert!(out.len() <= MAX_SANITIZED);
+            assert_eq!(sanitize_mysql(&out), out, "idempotent (MySQL): {sql:?}");
             let _ = summarize(&sql);
         }
         // A secret inside any string literal never survives.
@@ -821,6 +890,10 @@ mod tests {
                 let sql = format!("{pre}{q}SECRET\\'' 1{close} AND b = 2");
                 assert!(!sanitize(&sql).contains("SECRET"), "{sql}");
             }
+        }
+        for pre in ["SELECT ", "a IN (", "x=", "/**/", "'a'||"] {
+            let sql = format!("{pre}\"SECRET\\\" \"\" 1\" AND b = 2");
+            assert!(!sanitize_mysql(&sql).contains("SECRET"), "{sql}");
         }
     }
 }

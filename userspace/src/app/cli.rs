@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::{preflight, process, select},
+    capture::{preflight, privdrop, process, select},
     config::{
         self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration, parse_pid_spec,
     },
@@ -204,6 +204,20 @@ pub struct ExportArgs {
     /// one overflow series (otel.metric.overflow=true) and are counted [default: 2000].
     #[arg(long, value_name = "SERIES", value_parser = clap::value_parser!(u32).range(1..=MAX_SERIES_LIMIT as i64))]
     pub metric_max_series: Option<u32>,
+    /// Export database servers' error messages verbatim. Off by default: they quote values
+    /// (`Duplicate entry 'alice@example.com'`), so only the code and a generic message leave.
+    #[arg(long)]
+    pub db_error_text: bool,
+    /// Export `process.command_args`. Off by default: command lines carry passwords and DSNs.
+    #[arg(long)]
+    pub command_args: bool,
+    /// Let `RUST_LOG=ztrace=trace` print captured payload bytes (requests, credentials).
+    #[arg(long)]
+    pub log_payloads: bool,
+    /// More query parameters (values replaced by REDACTED) and headers (not exported) to redact,
+    /// name1,name2, compared without case, `-` and `_`; added to the built-in list.
+    #[arg(long, value_name = "LIST")]
+    pub redact: Vec<String>,
 }
 
 impl ExportArgs {
@@ -246,6 +260,10 @@ impl ExportArgs {
             }),
             db_query_text: self.db_query_text,
             metric_max_series: self.metric_max_series,
+            db_error_text: self.db_error_text,
+            command_args: self.command_args,
+            log_payloads: self.log_payloads,
+            redact: self.redact.clone(),
             ..CliFlags::default()
         }
     }
@@ -385,6 +403,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let mut metrics = MetricsConfig::default();
     let mut peer = None;
+    let mut privacy = config::Privacy::default();
     // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
     let mut config_file = None;
     let (mut tail, mut anomaly) = (None, None);
@@ -420,7 +439,9 @@ pub fn main() -> i32 {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
-            return match replay::replay(&file, r.export, r.service_name, r.db_query_text) {
+            let privacy = r.config.privacy.clone();
+            return match replay::replay(&file, r.export, r.service_name, r.db_query_text, &privacy)
+            {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
             };
@@ -454,6 +475,7 @@ pub fn main() -> i32 {
                 Err(e) => return usage_error(e),
             };
             metrics = r.metrics;
+            privacy = r.config.privacy.clone();
             (
                 target,
                 live::Mode::Trace(Box::new(r.export)),
@@ -466,6 +488,9 @@ pub fn main() -> i32 {
         return usage_error(
             "nothing to trace: pass --pid PID, or a selector such as --exe, --port (see `ztrace --help`)",
         );
+    }
+    if let Err(e) = process::check_pid_namespace() {
+        return usage_error(e);
     }
     let select = match select::Rule::compile(&target.select) {
         Ok(rules) => rules,
@@ -489,6 +514,14 @@ pub fn main() -> i32 {
             None => log::debug!("{item}"),
         }
     }
+    // Before the daemon starts a thread: threads inherit the creating thread's capabilities.
+    match privdrop::drop_privileges() {
+        Ok(kept) => log::info!(
+            "privileges: kept {} only, no_new_privs set",
+            privdrop::names(kept)
+        ),
+        Err(e) => return usage_error(format!("dropping privileges failed: {e}")),
+    }
     let config = live::DaemonConfig {
         reload_from: config_file,
         pids: target.pids.iter().map(|p| p.pid).collect(),
@@ -503,6 +536,7 @@ pub fn main() -> i32 {
         duration: target.duration,
         payload_cap: target.payload_cap,
         db_query_text,
+        privacy,
         mode,
         metrics,
         capture_logs: target.capture_logs,

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use ztrace_abi::{ConnEvent, DataEvent, direction, syscall};
 use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 
+use super::redact::Redaction;
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Stream},
     link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
@@ -27,6 +28,9 @@ use crate::{
 
 /// After this many chunks that look like no known protocol, a connection is ignored.
 const MAX_UNKNOWN_CHUNKS: u32 = 4;
+/// Most exchanges open on one connection (requests without their response yet); beyond it the
+/// oldest ends with an error and is counted in `AssembleStats::pending_dropped`.
+pub const MAX_PENDING: usize = 1024;
 
 #[derive(Default)]
 pub enum Proto<P> {
@@ -74,6 +78,10 @@ pub struct AssembleStats {
     pub ignored_connections: u64,
     pub desyncs: u64,
     pub aborted_exchanges: u64,
+    /// Exchanges ended early because their connection had [`MAX_PENDING`] open.
+    pub pending_dropped: u64,
+    /// Connections tracked right now (filled in by the pipeline's `stats()`).
+    pub open_connections: u64,
 }
 
 /// Assembles the exchanges of every connection, with the parsers of `P` (by default every
@@ -84,8 +92,9 @@ pub struct Assembler<P: ParserSet = AnyParser> {
     /// The parsers' event buffers, reused for every chunk.
     scratch: P::Scratch,
     pub stats: AssembleStats,
-    /// Keep (sanitised) database query text; off by default: queries stay home unless asked for.
-    pub db_query_text: bool,
+    /// What may leave of each exchange: query text, error messages, configured names (all kept
+    /// home by default).
+    pub redaction: Redaction,
 }
 
 impl<P: ParserSet> Assembler<P> {
@@ -95,7 +104,7 @@ impl<P: ParserSet> Assembler<P> {
             steps: Vec::new(),
             scratch: P::Scratch::default(),
             stats: AssembleStats::default(),
-            db_query_text: false,
+            redaction: Redaction::default(),
         }
     }
 
@@ -151,14 +160,7 @@ impl<P: ParserSet> Assembler<P> {
             parser.push(dir, payload, ev.bytes, &mut self.scratch, &mut self.steps);
             let mut ended = None;
             for mut step in self.steps.drain(..) {
-                if !self.db_query_text
-                    && let Step::Request {
-                        exchange: Exchange::Db(db),
-                        ..
-                    } = &mut step
-                {
-                    db.query_text = None;
-                }
+                self.redaction.apply(&mut step);
                 ended = apply(key, conn, step, linker, &mut self.stats).or(ended);
             }
             if let Some(io) = thread_io(&conn.state.proto, role, egress, multiplexed, ended) {
@@ -311,6 +313,15 @@ fn apply<P>(
                 connect_cause: conn.state.connect_cause.take().flatten(),
             });
             if let Proto::Known { pending, .. } = &mut conn.state.proto {
+                if pending.len() >= MAX_PENDING
+                    && let Some((_, oldest)) = pending.pop_front()
+                {
+                    // A peer that sends requests and never reads answers must not grow this.
+                    stats.pending_dropped += 1;
+                    stats.aborted_exchanges += 1;
+                    let reason = "too many requests waiting for a response on the connection";
+                    linker.finish(oldest, start_ns, Some(reason.into()));
+                }
                 pending.push_back((exchange_key, h));
             }
             None
@@ -534,6 +545,38 @@ mod tests {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
 
     #[test]
+    fn requests_without_answers_are_bounded_per_connection() {
+        let mut rig = Rig::<AnyParser> {
+            asm: Assembler::new(16),
+            linker: Linker::new(0, 10_000, Some(7)),
+        };
+        let extra = 100;
+        for i in 0..(MAX_PENDING + extra) as u64 {
+            rig.io(SERVER, false, 1_000 + i, GET);
+        }
+        let Some(conn) = rig.asm.conns.get(&ConnKey {
+            tgid: SERVER.pid,
+            sock_id: SERVER.sock,
+        }) else {
+            panic!("connection not tracked");
+        };
+        let Proto::Known { pending, .. } = &conn.state.proto else {
+            panic!("protocol not recognised");
+        };
+        assert_eq!(pending.len(), MAX_PENDING);
+        assert_eq!(rig.asm.stats.pending_dropped, extra as u64);
+        // The oldest ones ended, with the reason.
+        let spans = rig.spans();
+        let dropped = spans
+            .iter()
+            .filter(
+                |s| matches!(&s.status, SpanStatus::Error(e) if e.contains("too many requests")),
+            )
+            .count();
+        assert_eq!(dropped, extra);
+    }
+
+    #[test]
     fn http1_server_span_runs_from_the_request_read_exit_to_the_response_write_entry() {
         let mut rig = Rig::<AnyParser>::new();
         rig.io(SERVER, false, 1_000, GET);
@@ -643,8 +686,16 @@ mod tests {
         let d = db(&spans[0]);
         assert_eq!(d.system, crate::model::DbSystem::Redis);
         assert_eq!(d.operation.as_deref(), Some("GET"));
+        // The message stays home by default (Redis echoes arguments in some).
+        assert_eq!(d.error, Some(("WRONGTYPE".to_string(), String::new())));
+
+        let mut rig = Rig::<AnyParser>::new();
+        rig.asm.redaction.db_error_text = true;
+        rig.io(CLIENT, true, 1_000, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        rig.io(CLIENT, false, 2_000, b"-WRONGTYPE bad\r\n");
+        let spans = rig.spans();
         assert_eq!(
-            d.error,
+            db(&spans[0]).error,
             Some(("WRONGTYPE".to_string(), "WRONGTYPE bad".to_string()))
         );
     }
@@ -671,7 +722,7 @@ mod tests {
     fn sql_query_text_is_kept_only_when_asked_for() {
         for keep in [false, true] {
             let mut rig = Rig::<AnyParser>::new();
-            rig.asm.db_query_text = keep;
+            rig.asm.redaction.db_query_text = keep;
             rig.io(
                 CLIENT,
                 true,

@@ -4,5 +4,7 @@
 //! `ztrace-protocols` crate, and this stage must not grow protocol-specific code.
 
 mod assembler;
+mod redact;
 
 pub use assembler::*;
+pub use redact::{Redaction, generic_db_error};

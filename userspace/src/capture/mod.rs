@@ -5,6 +5,7 @@ pub mod container;
 mod loader;
 pub mod naming;
 pub mod preflight;
+pub mod privdrop;
 pub mod process;
 pub mod select;
 

@@ -166,6 +166,14 @@ pub fn kernel_features() -> Vec<Item> {
 /// Everything `ztrace check` reports, in order.
 pub fn full_report() -> Vec<Item> {
     let mut items = vec![privileges(), tracefs(false), btf()];
+    items.push(Item {
+        name: "after start",
+        problem: None,
+        detail: format!(
+            "ztrace keeps only {}, no_new_privs",
+            super::privdrop::names(super::privdrop::kept_mask())
+        ),
+    });
     let kernel = {
         let mut u: libc::utsname = unsafe { std::mem::zeroed() };
         // SAFETY: uname fills the struct it is given.

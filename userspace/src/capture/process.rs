@@ -14,6 +14,44 @@ pub enum PidError {
     KernelThread(u32),
     #[error("PID {0} is a thread of process {1}: pass the process id {1} instead")]
     Thread(u32, u32),
+    #[error("PID {0} is ztrace itself: pass the PIDs of the processes to trace")]
+    Ztrace(u32),
+    #[error(
+        "ztrace runs in a PID namespace other than the host's, but the kernel names traced \
+         processes by their host PIDs, so --pid and every process ztrace follows would name \
+         other processes: run ztrace in the host PID namespace (docker run --pid=host, \
+         Kubernetes hostPID: true)"
+    )]
+    PidNamespace,
+}
+
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO` in the kernel, fixed since 3.8).
+const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
+
+/// Checks that ztrace runs in the initial PID namespace: the probes filter and report by the
+/// kernel's TGIDs as the initial namespace numbers them, and ztrace reads `/proc/PID` with
+/// those numbers. From a nested namespace no translation is possible in general (its `/proc`
+/// shows only its own numbering), so ztrace refuses rather than trace another process.
+pub fn check_pid_namespace() -> Result<(), PidError> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata("/proc/self/ns/pid") {
+        Ok(m) if m.ino() != INIT_PID_NS_INODE => Err(PidError::PidNamespace),
+        _ => Ok(()),
+    }
+}
+
+/// True when `pid` is ztrace's parent, grandparent … (tracing it with children would follow
+/// into ztrace itself).
+pub fn is_ancestor_of_self(pid: u32) -> bool {
+    let mut cur = std::process::id();
+    for _ in 0..4096 {
+        match parent_of(cur) {
+            Some(p) if p == pid => return true,
+            Some(p) if p != 0 && p != cur => cur = p,
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn status_field(pid: u32, field: &str) -> Option<String> {
@@ -28,6 +66,9 @@ fn status_field(pid: u32, field: &str) -> Option<String> {
 pub fn validate(pid: u32) -> Result<(), PidError> {
     if pid == 0 {
         return Err(PidError::NotFound(pid));
+    }
+    if pid == std::process::id() {
+        return Err(PidError::Ztrace(pid));
     }
     let tgid = status_field(pid, "Tgid").ok_or(PidError::NotFound(pid))?;
     if let Ok(tgid) = tgid.parse::<u32>()
@@ -155,9 +196,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validates_own_process_and_rejects_bad_pids() {
+    fn validates_processes_and_rejects_bad_pids() {
         let me = std::process::id();
-        assert_eq!(validate(me), Ok(()));
+        // The tests run inside ztrace's crate: this process stands in for ztrace itself.
+        assert_eq!(validate(me), Err(PidError::Ztrace(me)));
+        assert_eq!(validate(parent_of(me).unwrap()), Ok(()));
+        assert!(is_ancestor_of_self(parent_of(me).unwrap()));
+        assert!(is_ancestor_of_self(1));
+        let child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(!is_ancestor_of_self(child.id()));
+        assert_eq!(validate(child.id()), Ok(()));
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert_eq!(validate(0), Err(PidError::NotFound(0)));
         assert_eq!(
             validate(u32::MAX - 1),

@@ -178,6 +178,24 @@ pub struct Config {
     pub db_query_text: bool,
     /// Most distinct attribute sets per metric.
     pub metric_max_series: usize,
+    /// What sensitive data may leave ztrace (each an opt-in) and what else to redact.
+    pub privacy: Privacy,
+}
+
+/// `[privacy]`: sensitive data stays home unless asked for. Every field is off (empty) by
+/// default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Privacy {
+    /// Export database servers' error messages verbatim (they quote values: MySQL's
+    /// `Duplicate entry 'alice@example.com'`); else only the code and a generic message.
+    pub db_error_text: bool,
+    /// Export `process.command_args` (command lines carry passwords and DSNs).
+    pub command_args: bool,
+    /// Let `RUST_LOG=ztrace=trace` print captured payload bytes.
+    pub log_payloads: bool,
+    /// Query parameters whose values are redacted and headers not exported, beyond the built-in
+    /// list: folded (ASCII lowercase, without `-` and `_`), as they are compared.
+    pub redact: Vec<String>,
 }
 
 /// `traces.output`: the terminal format of spans when no collector is configured.
@@ -242,6 +260,11 @@ pub struct CliFlags {
     pub peer_secret_file: Option<PathBuf>,
     pub peer_port: Option<u16>,
     pub peer_wait: Option<Duration>,
+    pub db_error_text: bool,
+    pub command_args: bool,
+    pub log_payloads: bool,
+    /// `--redact`, as given (comma-separated lists).
+    pub redact: Vec<String>,
 }
 
 /// Cross-host links (`crate::peer`), resolved: on when a listen address is given.
@@ -354,7 +377,7 @@ pub const PEER_FILE_KEYS: [&str; 4] = [
 ];
 
 /// File keys with no environment variable (what to trace, terminal output, series limit).
-pub const NO_ENV_KEYS: [&str; 10] = [
+pub const NO_ENV_KEYS: [&str; 14] = [
     "target.pids",
     "target.select",
     "target.no_children",
@@ -365,6 +388,10 @@ pub const NO_ENV_KEYS: [&str; 10] = [
     "traces.output",
     "traces.db_query_text",
     "metrics.max_series",
+    "privacy.db_error_text",
+    "privacy.command_args",
+    "privacy.log_payloads",
+    "privacy.redact",
 ];
 
 /// Flags of the settings resolved here: file key → flag.

@@ -20,8 +20,8 @@ use std::time::Duration;
 use super::defs::{
     Batching, CliFlags, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_MAX_SERIES,
     DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT, MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT,
-    OtlpTarget, Peers, PidSpec, Protocol, Raw, RootSampler, SELECTOR_KINDS, Sampler, SelectSpec,
-    Signal, Target, Temporality, Terminal, Tls, flag_name,
+    OtlpTarget, Peers, PidSpec, Privacy, Protocol, Raw, RootSampler, SELECTOR_KINDS, Sampler,
+    SelectSpec, Signal, Target, Temporality, Terminal, Tls, flag_name,
 };
 use super::env::env_name;
 use super::error::{ConfigError, Origin, bad};
@@ -289,6 +289,7 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
     let terminal = terminal(src)?;
     let db_query_text = src.cli.db_query_text || file_bool(src.file, "traces.db_query_text")?;
     let metric_max_series = max_series(src)?;
+    let privacy = privacy(src)?;
     Ok(Config {
         traces,
         metrics,
@@ -304,7 +305,61 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         terminal,
         db_query_text,
         metric_max_series,
+        privacy,
     })
+}
+
+/// `[privacy]`: each opt-in is on when its flag or its file key says so; the redaction list is
+/// the flag's names and the file's together.
+fn privacy(src: &Sources<'_>) -> Result<Privacy, ConfigError> {
+    let mut redact = Vec::new();
+    for list in &src.cli.redact {
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            redact.push(redact_name(name, "--redact")?);
+        }
+    }
+    if let Some((v, origin)) = src.file.and_then(|f| f.get("privacy.redact")) {
+        let items = match v {
+            toml::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        for item in items {
+            match item.as_str() {
+                Some(name) => redact.push(redact_name(name, &origin.to_string())?),
+                None => {
+                    return Err(ConfigError(format!(
+                        "{origin}: `{item}` is not a name; use an array of strings"
+                    )));
+                }
+            }
+        }
+    }
+    redact.sort();
+    redact.dedup();
+    Ok(Privacy {
+        db_error_text: src.cli.db_error_text || file_bool(src.file, "privacy.db_error_text")?,
+        command_args: src.cli.command_args || file_bool(src.file, "privacy.command_args")?,
+        log_payloads: src.cli.log_payloads || file_bool(src.file, "privacy.log_payloads")?,
+        redact,
+    })
+}
+
+/// A query parameter or header name to redact, folded as it is compared: ASCII lowercase,
+/// without `-` and `_`.
+fn redact_name(name: &str, origin: &str) -> Result<String, ConfigError> {
+    let folded: String = name
+        .trim()
+        .bytes()
+        .filter(|b| !matches!(b, b'-' | b'_'))
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect();
+    let valid = |b: u8| b.is_ascii_graphic() && !matches!(b, b'=' | b'&' | b',' | b':');
+    if folded.is_empty() || !name.trim().bytes().all(valid) {
+        return Err(ConfigError(format!(
+            "{origin}: `{name}` is not a query parameter or header name"
+        )));
+    }
+    Ok(folded)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1029,6 +1084,62 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.0.starts_with("`otlp.timeout` in z.toml"), "{err}");
+    }
+
+    #[test]
+    fn privacy_is_off_by_default_and_opted_into() {
+        let cfg = resolve(&Sources::default()).unwrap();
+        assert_eq!(cfg.privacy, Privacy::default());
+        let file = ConfigFile::parse(
+            "[privacy]\ndb_error_text = true\nredact = [\"Session-Token\", \"x_tenant\"]\n",
+            Path::new("z.toml"),
+        )
+        .unwrap();
+        let cfg = resolve(&Sources {
+            file: Some(&file),
+            cli: CliFlags {
+                command_args: true,
+                redact: vec!["ticket, X-Tenant".into()],
+                ..CliFlags::default()
+            },
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            cfg.privacy,
+            Privacy {
+                db_error_text: true,
+                command_args: true,
+                log_payloads: false,
+                redact: vec!["sessiontoken".into(), "ticket".into(), "xtenant".into()],
+            }
+        );
+        let bad = |cli: CliFlags, file: Option<&ConfigFile>| {
+            resolve(&Sources {
+                cli,
+                file,
+                ..Sources::default()
+            })
+            .unwrap_err()
+            .0
+        };
+        let err = bad(
+            CliFlags {
+                redact: vec!["a=b".into()],
+                ..CliFlags::default()
+            },
+            None,
+        );
+        assert_eq!(
+            err,
+            "--redact: `a=b` is not a query parameter or header name"
+        );
+        let file = ConfigFile::parse("[privacy]\nredact = [1]\n", Path::new("z.toml")).unwrap();
+        let err = bad(CliFlags::default(), Some(&file));
+        assert!(
+            err.starts_with("`privacy.redact` in z.toml: `1` is not a name"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub duration: Option<Duration>,
     pub payload_cap: u32,
     pub db_query_text: bool,
+    /// What sensitive data may leave (all opt-ins off by default).
+    pub privacy: crate::config::Privacy,
     pub mode: Mode,
     /// The metrics signal (interval, temporality, cardinality cap).
     pub metrics: MetricsConfig,
@@ -227,17 +229,19 @@ struct Processes {
     /// Names by PID (`--pid 1234=checkout`), handed down to children as they fork.
     names: HashMap<u32, String>,
     host_name: String,
+    /// `--command-args`: keep `process.command_args` (command lines carry passwords).
+    command_args: bool,
 }
 
 impl Processes {
     fn add(&mut self, pid: u32, sink: &mut Destination) -> Result<()> {
         self.alive.insert(pid);
         let name = self.names.get(&pid).or(self.service_name.as_ref());
-        sink.process(process::info(
-            pid,
-            name.map(String::as_str),
-            &self.host_name,
-        ))
+        let mut info = process::info(pid, name.map(String::as_str), &self.host_name);
+        if !self.command_args {
+            info.command_args.clear();
+        }
+        sink.process(info)
     }
 
     /// A child takes the name its parent was given, if any.
@@ -261,6 +265,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                 pipeline: {
                     let mut p = Box::new(Pipeline::new(mono_to_unix, None));
                     p.set_db_query_text(cfg.db_query_text);
+                    p.set_privacy(&cfg.privacy);
                     let now_unix = clock_ns(libc::CLOCK_REALTIME).max(0) as u64;
                     p.metrics = Some(Metrics::new(cfg.metrics, now_unix));
                     if cfg.capture_logs {
@@ -319,6 +324,8 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         service_name: cfg.service_name.clone(),
         names: cfg.pid_service_names.clone(),
         host_name: process::host_name(),
+        // A recording keeps them (the file is private to root); replay applies the opt-in.
+        command_args: cfg.privacy.command_args || matches!(cfg.mode, Mode::Record(_)),
     };
     let mut targets = cfg.pids.clone();
     let mut selection = Selection::new(cfg.select.clone());
@@ -341,6 +348,19 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         for (child, parent) in process::descendants_with_parents(&cfg.pids) {
             procs.inherit(child, parent);
             targets.push(child);
+        }
+        // ztrace descends from an ancestor given (`--pid 1`, `--pid $$`): never trace itself,
+        // or its exports would be captured, exported, captured …
+        let me = std::process::id();
+        if targets.contains(&me) {
+            let ancestors: Vec<u32> = cfg
+                .pids
+                .iter()
+                .copied()
+                .filter(|&p| process::is_ancestor_of_self(p))
+                .collect();
+            log::info!("{ancestors:?}: ztrace descends from it; ztrace itself is not traced");
+            targets.retain(|&p| p != me);
         }
     }
     for &pid in &targets {
@@ -684,7 +704,7 @@ pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
          {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}; {} sampled out), \
-         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response",
+         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response, {} connections still open",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
         k.ringbuf_full,
@@ -721,5 +741,6 @@ pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         crate::link::MAX_STAMP_ADJUST_NS / 1000,
         p.assemble.desyncs,
         p.assemble.aborted_exchanges,
+        p.assemble.open_connections,
     );
 }

@@ -6,6 +6,7 @@ use ztrace_abi::{conn, proc};
 
 use crate::{
     assemble::{AssembleStats, Assembler},
+    config::Privacy,
     decode::{Event, decode},
     link::{LinkStats, Linker},
     model::Span,
@@ -68,6 +69,8 @@ pub struct Pipeline {
     pub metrics: Option<Metrics>,
     /// Log capture and correlation; None unless enabled.
     pub logs: Option<Logs>,
+    /// `--log-payloads`: trace logging shows captured payload bytes (else only their length).
+    log_payloads: bool,
 }
 
 impl Pipeline {
@@ -95,6 +98,7 @@ impl Pipeline {
             last_ns: 0,
             metrics: None,
             logs: None,
+            log_payloads: false,
         }
     }
 
@@ -112,7 +116,15 @@ impl Pipeline {
             }
         };
         if log::log_enabled!(log::Level::Trace) {
-            log::trace!("{event:?}");
+            match &event {
+                Event::Data(ev, payload) | Event::Stdio(ev, payload) if !self.log_payloads => {
+                    log::trace!(
+                        "{ev:?} and {} payload bytes (shown with --log-payloads)",
+                        payload.len()
+                    );
+                }
+                _ => log::trace!("{event:?}"),
+            }
         }
         match event {
             Event::Data(ev, payload) => {
@@ -167,7 +179,15 @@ impl Pipeline {
 
     /// Export sanitised database query text (`db.query.text`); off by default.
     pub fn set_db_query_text(&mut self, on: bool) {
-        self.assembler.db_query_text = on;
+        self.assembler.redaction.db_query_text = on;
+    }
+
+    /// What sensitive data may leave (see [`Privacy`]); everything stays home by default.
+    pub fn set_privacy(&mut self, privacy: &Privacy) {
+        let r = &mut self.assembler.redaction;
+        r.db_error_text = privacy.db_error_text;
+        r.names.clone_from(&privacy.redact);
+        self.log_payloads = privacy.log_payloads;
     }
 
     /// Releases settled spans. `now_ns` is monotonic time (the kernel's clock).
@@ -246,7 +266,10 @@ impl Pipeline {
         PipelineStats {
             records: self.records,
             decode_errors: self.decode_errors,
-            assemble: self.assembler.stats,
+            assemble: AssembleStats {
+                open_connections: self.assembler.conns.len() as u64,
+                ..self.assembler.stats
+            },
             link: self.linker.stats,
         }
     }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     capture::KernelCounters,
+    config::Privacy,
     export::{ExportConfig, Exporter},
     runtime::live::{runtime, summary},
     runtime::pipeline::Pipeline,
@@ -22,6 +23,7 @@ pub fn replay(
     export: ExportConfig,
     service_name: Option<String>,
     db_query_text: bool,
+    privacy: &Privacy,
 ) -> Result<()> {
     let mut reader =
         record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -39,6 +41,7 @@ pub fn replay(
             Some(reader.header.mono_to_unix_ns as u64),
         );
         pipeline.set_db_query_text(db_query_text);
+        pipeline.set_privacy(privacy);
         let (mut spans, mut changes) = (Vec::new(), Vec::new());
         let mut records = 0u64;
         while let Some(frame) = reader
@@ -49,6 +52,9 @@ pub fn replay(
                 Frame::Process(mut info) => {
                     if let Some(name) = &service_name {
                         info.service_name = name.clone();
+                    }
+                    if !privacy.command_args {
+                        info.command_args.clear(); // recordings made before the opt-in existed
                     }
                     exporter.process(Arc::from(info));
                 }

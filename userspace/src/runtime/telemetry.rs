@@ -77,11 +77,10 @@ impl Telemetry {
     pub fn new(interval: Duration, mono_to_unix: i128, host_name: &str) -> Self {
         let self_pid = std::process::id();
         let mut table = ProcessTable::new(Some(host_name.to_string()).filter(|h| !h.is_empty()));
-        table.upsert(Arc::new(crate::capture::process::info(
-            self_pid,
-            Some("ztrace"),
-            host_name,
-        )));
+        let mut own = crate::capture::process::info(self_pid, Some("ztrace"), host_name);
+        // ztrace's own command line holds its settings, collector headers (API keys) among them.
+        own.command_args.clear();
+        table.upsert(Arc::new(own));
         let interval = interval.max(Duration::from_millis(100));
         Telemetry {
             table,

@@ -71,27 +71,41 @@ const SENSITIVE_QUERY_KEYS: [&str; 24] = [
     "jwt",
 ];
 
-/// True when `key` names a credential (see [`SENSITIVE_QUERY_KEYS`]).
-fn sensitive_query_key(key: &str) -> bool {
-    const MAX: usize = 24;
-    let mut folded = [0u8; MAX];
+/// What a redacted value is replaced with.
+pub(crate) const REDACTED: &str = "REDACTED";
+
+/// `key` folded as keys are compared (ASCII lowercase, without `-` and `_`) into `buf`; None
+/// when longer than `buf`.
+fn fold_key<'b>(key: &str, buf: &'b mut [u8; 64]) -> Option<&'b [u8]> {
     let mut n = 0;
     for b in key.bytes().filter(|b| !matches!(b, b'-' | b'_')) {
-        if n == MAX {
-            return false; // longer than every listed key
-        }
-        folded[n] = b.to_ascii_lowercase();
+        *buf.get_mut(n)? = b.to_ascii_lowercase();
         n += 1;
     }
-    SENSITIVE_QUERY_KEYS
-        .iter()
-        .any(|k| k.as_bytes() == &folded[..n])
+    Some(&buf[..n])
+}
+
+/// True when `key` names a credential (see [`SENSITIVE_QUERY_KEYS`]) or one of `extra` (folded
+/// names, as `config::Privacy::redact` holds them).
+fn sensitive_query_key(key: &str, extra: &[String]) -> bool {
+    let mut buf = [0u8; 64];
+    let Some(folded) = fold_key(key, &mut buf) else {
+        return false; // longer than every listed key
+    };
+    SENSITIVE_QUERY_KEYS.iter().any(|k| k.as_bytes() == folded)
+        || extra.iter().any(|k| k.as_bytes() == folded)
 }
 
 fn redact_query(query: &str) -> Cow<'_, str> {
+    redact_query_with(query, &[])
+}
+
+/// `query` with the values of credential-like parameters, and of those named in `extra`,
+/// replaced by `REDACTED`.
+pub(crate) fn redact_query_with<'q>(query: &'q str, extra: &[String]) -> Cow<'q, str> {
     let sensitive = |pair: &str| {
         pair.split_once('=')
-            .is_some_and(|(key, _)| sensitive_query_key(key))
+            .is_some_and(|(key, _)| sensitive_query_key(key, extra))
     };
     if !query.split('&').any(sensitive) {
         return Cow::Borrowed(query);
@@ -99,7 +113,7 @@ fn redact_query(query: &str) -> Cow<'_, str> {
     let parts: Vec<Cow<'_, str>> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if sensitive(pair) => Cow::Owned(format!("{k}=REDACTED")),
+            Some((k, _)) if sensitive(pair) => Cow::Owned(format!("{k}={REDACTED}")),
             _ => Cow::Borrowed(pair),
         })
         .collect();

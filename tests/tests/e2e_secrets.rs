@@ -1,0 +1,419 @@
+//! Secrets stay home with default settings, as root: real servers (a Python HTTP server that
+//! sets a cookie, redis-server with a password, PostgreSQL with cleartext password
+//! authentication, MariaDB with a password user) and real clients (curl, redis-cli, psql,
+//! mariadb) carry an Authorization header, a Cookie and a Set-Cookie, credential query
+//! parameters, database passwords, Redis AUTH, passwords on command lines and database errors
+//! that quote a value. Two ztraces watch them at once: one exporting every signal over OTLP to
+//! a receiver in this process with `RUST_LOG=trace`, one printing spans to the terminal. No
+//! secret may appear in any span, metric or log record received, nor in either ztrace's stdout
+//! or stderr. So that the test cannot pass by seeing nothing, it also checks that every
+//! protocol produced spans and that the database errors were seen (by their codes).
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use ztrace_e2e::{
+    harness::{Proc, free_port, privileged_or_skip, run_ok, spawn_app, spawn_ztrace_env},
+    receiver::ReceivedSpan,
+};
+
+const AUTHORIZATION: &str = "authz-secret-7f3a";
+const COOKIE: &str = "cookie-secret-91c2";
+const SET_COOKIE: &str = "setcookie-secret-44d1";
+const QUERY: [(&str, &str); 5] = [
+    ("X-Amz-Signature", "amzsig-secret-1b"),
+    ("X-Amz-Credential", "amzcred-secret-2c"),
+    ("access_token", "acctok-secret-3d"),
+    ("api_key", "apikey-secret-4e"),
+    ("code", "oauthcode-secret-5f"),
+];
+const PG_PASSWORD: &str = "pgpass-secret-6a";
+const PG_LITERAL: &str = "pglit-secret-7b";
+const MY_PASSWORD: &str = "mypass-secret-8c";
+const MY_LITERAL: &str = "mylit-secret-9d";
+const REDIS_PASSWORD: &str = "redispass-secret-0e";
+const REDIS_ARGUMENT: &str = "redisarg-secret-1f";
+
+fn secrets() -> Vec<&'static str> {
+    let mut all = vec![
+        AUTHORIZATION,
+        COOKIE,
+        SET_COOKIE,
+        PG_PASSWORD,
+        PG_LITERAL,
+        MY_PASSWORD,
+        MY_LITERAL,
+        REDIS_PASSWORD,
+        REDIS_ARGUMENT,
+    ];
+    all.extend(QUERY.iter().map(|(_, v)| *v));
+    all
+}
+
+/// Answers every GET with a session cookie.
+const HTTP_SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Set-Cookie", "sid=" + sys.argv[1] + "; HttpOnly")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("PORT", s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+fn scratch(owner: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ztrace-secrets-{owner}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    run_ok(Command::new("chown").args([owner]).arg(&dir))?;
+    Ok(dir)
+}
+
+fn as_user(user: &str, cmd: &str) -> Command {
+    let mut c = Command::new("su");
+    c.args([user, "-s", "/bin/sh", "-c", cmd]);
+    c
+}
+
+fn proc_of(child: std::process::Child) -> Proc {
+    Proc {
+        child,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    }
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    for _ in 0..300 {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not start")
+}
+
+/// PostgreSQL with cleartext password authentication (the password crosses the wire as is).
+struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    pid: u32,
+}
+
+impl Postgres {
+    fn start() -> Result<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL server (apt-get install postgresql)")?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .max()
+            .context("no PostgreSQL version installed")?;
+        let dir = scratch("postgres")?;
+        let data = dir.join("data");
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, PG_PASSWORD)?;
+        run_ok(Command::new("chown").arg("postgres").arg(&pwfile))?;
+        run_ok(&mut as_user(
+            "postgres",
+            &format!(
+                "{}/initdb -D {} --auth=password --pwfile={} -U postgres",
+                bin.display(),
+                data.display(),
+                pwfile.display()
+            ),
+        ))?;
+        let port = free_port()?;
+        run_ok(&mut as_user(
+            "postgres",
+            &format!(
+                "{}/pg_ctl -D {} -w -l {}/log -o '-p {port} -k {} -c listen_addresses=127.0.0.1' start",
+                bin.display(),
+                data.display(),
+                dir.display(),
+                dir.display()
+            ),
+        ))?;
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))?
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .context("postmaster.pid")?;
+        Ok(Postgres {
+            bin,
+            dir,
+            port,
+            pid,
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_user(
+            "postgres",
+            &format!(
+                "{}/pg_ctl -D {}/data -m immediate stop",
+                self.bin.display(),
+                self.dir.display()
+            ),
+        )
+        .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// MariaDB with a user `app` identified by a password.
+struct MariaDb {
+    server: Proc,
+    dir: PathBuf,
+    port: u16,
+    pid: u32,
+}
+
+impl MariaDb {
+    fn start() -> Result<MariaDb> {
+        let dir = scratch("mysql")?;
+        let data = dir.join("data");
+        run_ok(
+            Command::new("mariadb-install-db")
+                .args(["--user=mysql", "--auth-root-authentication-method=normal"])
+                .arg(format!("--datadir={}", data.display())),
+        )
+        .context("MariaDB server (apt-get install mariadb-server)")?;
+        let port = free_port()?;
+        let pid_file = dir.join("pid");
+        let server = as_user(
+            "mysql",
+            &format!(
+                "exec mariadbd --datadir={} --port={port} --bind-address=127.0.0.1 --socket={}/sock --pid-file={} --log-error={}/err",
+                data.display(),
+                dir.display(),
+                pid_file.display(),
+                dir.display()
+            ),
+        )
+        .stderr(Stdio::null())
+        .spawn()?;
+        let mut db = MariaDb {
+            server: proc_of(server),
+            dir: dir.clone(),
+            port,
+            pid: 0,
+        };
+        wait_for("mariadbd", || {
+            std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .map(|pid| db.pid = pid)
+                .is_some()
+        })?;
+        let sock = dir.join("sock");
+        let setup = format!(
+            "DROP USER IF EXISTS ''@'localhost'; \
+             CREATE USER 'app'@'localhost' IDENTIFIED BY '{MY_PASSWORD}'; \
+             CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY '{MY_PASSWORD}'; \
+             GRANT ALL ON *.* TO 'app'@'localhost'; GRANT ALL ON *.* TO 'app'@'127.0.0.1'; \
+             CREATE DATABASE shop; CREATE TABLE shop.users (email VARCHAR(64) PRIMARY KEY);"
+        );
+        wait_for("mariadb socket", || {
+            Command::new("mariadb")
+                .arg(format!("--socket={}", sock.display()))
+                .args(["-u", "root", "-e", "SELECT 1"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })?;
+        run_ok(
+            Command::new("mariadb")
+                .arg(format!("--socket={}", sock.display()))
+                .args(["-u", "root", "-e", &setup]),
+        )?;
+        Ok(db)
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.server.signal(libc::SIGTERM);
+        let _ = self.server.wait_exit(Duration::from_secs(20));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// redis-server with `--requirepass` (the password on its command line too).
+fn start_redis() -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--requirepass", REDIS_PASSWORD])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("redis-server (apt-get install redis-server)")?;
+    let server = proc_of(server);
+    wait_for("redis-server", || {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "--no-auth-warning"])
+            .args(["-a", REDIS_PASSWORD, "PING"])
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+    })?;
+    Ok((server, port))
+}
+
+/// The traced clients: each carries secrets on the wire and on its command line.
+fn client_script(http: u16, redis: u16, pg: u16, my: u16) -> String {
+    let query: Vec<String> = QUERY.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let query = query.join("&");
+    let pg_url = format!("postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{pg}/postgres");
+    [
+        "sleep 6".to_string(),
+        format!(
+            "curl -s -o /dev/null -H 'Authorization: Bearer {AUTHORIZATION}' \
+             -H 'Cookie: sid={COOKIE}' 'http://127.0.0.1:{http}/download?page=2&{query}'"
+        ),
+        format!("redis-cli -p {redis} --no-auth-warning -a {REDIS_PASSWORD} SET greeting hello"),
+        format!(
+            "redis-cli -p {redis} --no-auth-warning -a {REDIS_PASSWORD} NOSUCHCMD {REDIS_ARGUMENT}"
+        ),
+        format!(
+            "psql '{pg_url}' -v ON_ERROR_STOP=0 -c 'select 1' -c \"select '{PG_LITERAL}'::int\""
+        ),
+        format!(
+            "mariadb -h 127.0.0.1 -P {my} -u app -p{MY_PASSWORD} --force -e \
+             \"INSERT INTO shop.users VALUES ('{MY_LITERAL}@example.com'); \
+             INSERT INTO shop.users VALUES ('{MY_LITERAL}@example.com')\""
+        ),
+        "sleep 1".to_string(),
+    ]
+    .map(|c| format!("{c} >/dev/null 2>&1"))
+    .join("; ")
+        + "; true"
+}
+
+/// The secrets `text` holds, as text or as a Rust `Debug` byte list (`[104, 117, …]`, how a
+/// logged `&[u8]` payload looks).
+fn leaks(what: &str, text: &str) -> Vec<String> {
+    secrets()
+        .into_iter()
+        .filter(|s| {
+            let bytes = format!("{:?}", s.as_bytes());
+            text.contains(s) || text.contains(&bytes[1..bytes.len() - 1])
+        })
+        .map(|s| format!("{s} in {what}"))
+        .collect()
+}
+
+fn has(spans: &[ReceivedSpan], system_or_method: &str) -> bool {
+    spans.iter().any(|s| {
+        s.attr_str("db.system.name").as_deref() == Some(system_or_method)
+            || s.attr_str("http.request.method").as_deref() == Some(system_or_method)
+    })
+}
+
+fn error_code(spans: &[ReceivedSpan], code: &str) -> bool {
+    spans
+        .iter()
+        .any(|s| s.attr_str("db.response.status_code").as_deref() == Some(code))
+}
+
+#[test]
+fn no_secret_leaves_with_default_settings() -> Result<()> {
+    if !privileged_or_skip("no_secret_leaves_with_default_settings") {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let receiver = rt.block_on(ztrace_e2e::receiver::Receiver::start())?;
+    let (http, http_port) = spawn_app({
+        let mut c = Command::new("python3");
+        c.args(["-c", HTTP_SERVER, SET_COOKIE]);
+        c
+    })?;
+    let (redis, redis_port) = start_redis()?;
+    let pg = Postgres::start()?;
+    let my = MariaDb::start()?;
+    let script = client_script(http_port, redis_port, pg.port, my.port);
+    let mut clients = proc_of(Command::new("bash").args(["-c", &script]).spawn()?);
+    let pids = [http.pid(), redis.pid(), pg.pid, my.pid, clients.pid()]
+        .map(|p| p.to_string())
+        .join(",");
+    let common = ["--pid".to_string(), pids, "--duration".into(), "60s".into()];
+    let mut exporting = common.to_vec();
+    exporting.extend(["--otlp-endpoint".into(), receiver.endpoint()]);
+    let mut otlp = spawn_ztrace_env(&exporting, &[("RUST_LOG", "info,ztrace=trace")])?;
+    let mut console = spawn_ztrace_env(&common, &[("RUST_LOG", "info")])?;
+    otlp.wait_stderr("process(es)", Duration::from_secs(60))?;
+    console.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let code = clients.wait_exit(Duration::from_secs(90));
+    ensure!(code == Some(0), "client script exited with {code:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    for z in [&otlp, &console] {
+        z.signal(libc::SIGINT);
+    }
+    for (name, z) in [("OTLP ztrace", &mut otlp), ("console ztrace", &mut console)] {
+        let code = z.wait_exit(Duration::from_secs(30));
+        ensure!(
+            code == Some(0),
+            "{name} exited with {code:?}:\n{}",
+            z.stderr_text()
+        );
+    }
+    let spans = rt.block_on(receiver.wait_for_spans(8, Duration::from_secs(10)));
+    let signals = format!(
+        "{:?}\n{:?}\n{:?}",
+        receiver.requests(),
+        receiver.metrics_requests(),
+        receiver.logs_requests()
+    );
+    drop((http, redis, pg, my));
+
+    // Not vacuous: every protocol was seen, and so were the errors that quote values.
+    let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+    for what in ["GET", "redis", "postgresql", "mysql"] {
+        ensure!(has(&spans, what), "no {what} span among {names:?}");
+    }
+    for code in ["22P02", "1062", "ERR"] {
+        ensure!(error_code(&spans, code), "no error {code} among {names:?}");
+    }
+    ensure!(
+        !receiver.metrics_requests().is_empty(),
+        "no metrics were exported"
+    );
+    let console_out = console.stdout_text();
+    ensure!(
+        console_out.contains("GET") && console_out.contains("INSERT"),
+        "console printed no spans:\n{console_out}"
+    );
+    let otlp_err = otlp.stderr_text();
+    ensure!(
+        otlp_err.contains("DataEvent"),
+        "trace logging showed no events"
+    );
+
+    let mut found = leaks("exported signals", &signals);
+    found.extend(leaks("the OTLP ztrace's stdout", &otlp.stdout_text()));
+    found.extend(leaks(
+        "the OTLP ztrace's stderr (RUST_LOG=trace)",
+        &otlp_err,
+    ));
+    found.extend(leaks("the console ztrace's stdout", &console_out));
+    found.extend(leaks("the console ztrace's stderr", &console.stderr_text()));
+    if !found.is_empty() {
+        bail!("secrets left ztrace:\n{}", found.join("\n"));
+    }
+    Ok(())
+}
