@@ -5,7 +5,7 @@
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Metric, NumberDataPoint, Sum, metric::Data,
     number_data_point::Value as Num,
@@ -15,7 +15,8 @@ use opentelemetry_semantic_conventions::attribute as sc;
 use crate::processors::anomaly::{Active, AnomalyEvent, DetectorStats};
 use crate::processors::tail::TailStats;
 use crate::semconv::resource::ProcessTable;
-use crate::signals::metrics::otlp::{attr_key_values, resource, scope};
+use crate::signals::logs::request_by_process;
+use crate::signals::metrics::otlp::attr_key_values;
 use crate::signals::metrics::series::{AttrSet, Val};
 
 /// The event name of anomaly records.
@@ -82,7 +83,7 @@ pub(crate) fn to_request(
     mono_to_unix: i128,
     table: &ProcessTable,
 ) -> ExportLogsServiceRequest {
-    let mut by_pid: Vec<(u32, Vec<LogRecord>)> = Vec::new();
+    let mut records = Vec::with_capacity(events.len());
     for e in events {
         let ts = (e.at_ns as i128 + mono_to_unix).max(0) as u64;
         let exemplars = e
@@ -129,25 +130,9 @@ pub(crate) fn to_request(
                 .unwrap_or_default(),
             ..Default::default()
         };
-        match by_pid.iter_mut().find(|(p, _)| *p == e.pid) {
-            Some((_, v)) => v.push(record),
-            None => by_pid.push((e.pid, vec![record])),
-        }
+        records.push((e.pid, record));
     }
-    ExportLogsServiceRequest {
-        resource_logs: by_pid
-            .into_iter()
-            .map(|(pid, log_records)| ResourceLogs {
-                resource: Some(resource(pid, table)),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(scope()),
-                    log_records,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
-            .collect(),
-    }
+    request_by_process(records, table)
 }
 
 fn sum(

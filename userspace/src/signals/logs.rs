@@ -319,7 +319,7 @@ pub(crate) fn to_request(
     mono_to_unix: i128,
     table: &ProcessTable,
 ) -> ExportLogsServiceRequest {
-    let mut by_pid: Vec<(u32, Vec<LogRecord>)> = Vec::new();
+    let mut records = Vec::with_capacity(lines.len());
     for l in lines {
         let ts = (l.ts_ns as i128 + mono_to_unix).max(0) as u64;
         let mut attrs: Vec<(&'static str, Val)> = vec![
@@ -348,9 +348,22 @@ pub(crate) fn to_request(
             flags,
             ..Default::default()
         };
-        match by_pid.iter_mut().find(|(p, _)| *p == l.pid) {
+        records.push((l.pid, record));
+    }
+    request_by_process(records, table)
+}
+
+/// Log records of traced processes as one OTLP request: one `ResourceLogs` per process, in the
+/// order each process first appears, under the Resource its spans carry.
+pub(crate) fn request_by_process(
+    records: Vec<(u32, LogRecord)>,
+    table: &ProcessTable,
+) -> ExportLogsServiceRequest {
+    let mut by_pid: Vec<(u32, Vec<LogRecord>)> = Vec::new();
+    for (pid, record) in records {
+        match by_pid.iter_mut().find(|(p, _)| *p == pid) {
             Some((_, v)) => v.push(record),
-            None => by_pid.push((l.pid, vec![record])),
+            None => by_pid.push((pid, vec![record])),
         }
     }
     ExportLogsServiceRequest {
