@@ -85,17 +85,6 @@ fn pod_uid(segment: &str) -> Option<String> {
     is_uuid(&uid).then(|| uid.to_ascii_lowercase())
 }
 
-/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
-/// hybrid one (from /proc/self/mounts).
-pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
-    })
-}
-
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
@@ -173,6 +162,17 @@ mod tests {
             from_cgroup_path("/kubepods/burstable/podnotauid").pod_uid,
             None
         );
+    }
+
+    /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
+    /// hybrid one (from /proc/self/mounts).
+    fn cgroup2_mount() -> Option<std::path::PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        mounts.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
+        })
     }
 
     /// A real cgroup v2 directory named as Docker's systemd driver names it, with a real process

@@ -138,19 +138,24 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// Reads what the Resource says about `pid`. `service_name` (given by the operator) wins over
-/// the derived name: for an interpreter the program it runs (see [`naming`]), else the name the
-/// process goes by.
-pub fn info(pid: u32, service_name: Option<&str>, host_name: &str) -> ProcessInfo {
-    let exe: Option<PathBuf> = fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let command_args: Vec<String> = fs::read(format!("/proc/{pid}/cmdline"))
+/// The arguments of `pid`'s command line (/proc/PID/cmdline), empty when it is gone.
+pub fn command_args(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
             raw.split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Reads what the Resource says about `pid`. `service_name` (given by the operator) wins over
+/// the derived name: for an interpreter the program it runs (see [`naming`]), else the name the
+/// process goes by.
+pub fn info(pid: u32, service_name: Option<&str>, host_name: &str) -> ProcessInfo {
+    let exe: Option<PathBuf> = fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let command_args = command_args(pid);
     let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())
         .unwrap_or_default();

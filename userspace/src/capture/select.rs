@@ -13,7 +13,7 @@ use std::{collections::HashSet, fs, time::Duration};
 
 use regex::Regex;
 
-use super::container;
+use super::{container, process};
 use crate::config::SelectSpec;
 
 /// How long a new process that may still open its port is checked against `--port` rules.
@@ -209,13 +209,7 @@ impl Facts {
     /// None when the process is gone (or is a kernel thread: no executable).
     pub fn read(pid: u32, with_ports: bool) -> Option<Facts> {
         let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-        let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let cmdline = process::command_args(pid).join(" ");
         let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         let cgroup = cgroups
             .lines()
