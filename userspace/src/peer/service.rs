@@ -168,10 +168,13 @@ impl PeerLink {
         ));
         let (lookups, rx) = mpsc::channel(PEER_QUEUE);
         let (answers_tx, answers) = mpsc::channel(65_536);
+        // Connections to peers leave from the address other agents reach this one at (when one
+        // address was given): the agents we ask send their votes back to it.
+        let source = (!local.ip().is_unspecified()).then_some(local.ip());
         tokio::spawn(dispatch(
             rx,
             key,
-            cfg.peer_port,
+            (cfg.peer_port, source),
             answers_tx,
             Channels {
                 events: events_tx,
@@ -388,7 +391,7 @@ async fn answer_conn(
 async fn dispatch(
     mut rx: mpsc::Receiver<Outgoing>,
     key: Arc<Key>,
-    port: u16,
+    (port, source): (u16, Option<IpAddr>),
     answers: mpsc::Sender<(Handle, Outcome)>,
     ch: Channels,
 ) {
@@ -408,7 +411,7 @@ async fn dispatch(
             }
             let (tx, prx) = mpsc::channel(PEER_QUEUE);
             tokio::spawn(ask_peer(
-                SocketAddr::new(ip, port),
+                (SocketAddr::new(ip, port), source),
                 Arc::clone(&key),
                 prx,
                 answers.clone(),
@@ -443,7 +446,7 @@ struct Waiting {
 /// One peer host: batches of lookups over one connection, asked again until found or due, and
 /// the votes for it, written before each round's question.
 async fn ask_peer(
-    addr: SocketAddr,
+    (addr, source): (SocketAddr, Option<IpAddr>),
     key: Arc<Key>,
     mut rx: mpsc::Receiver<Outgoing>,
     answers: mpsc::Sender<(Handle, Outcome)>,
@@ -496,7 +499,7 @@ async fn ask_peer(
         } else if !waiting.is_empty() || !votes.is_empty() {
             let fresh = conn.is_none();
             if fresh {
-                match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                match timeout(CONNECT_TIMEOUT, connect(addr, source)).await {
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
                         conn = Some(s);
@@ -575,6 +578,18 @@ async fn ask_peer(
             }
         }
     }
+}
+
+/// A connection to `addr`, from `source` when given (same address family only).
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
 }
 
 fn lose_votes(votes: &mut Vec<TraceVote>, counters: &ServerCounters) {
@@ -817,6 +832,108 @@ mod tests {
         )
         .await;
         assert_eq!(none, (4, Outcome::NoAgent));
+    }
+
+    /// Two agents on loopback addresses, one agent port: the asker and the answerer each learn
+    /// that the other shares the trace, and votes reach the other side, from the address the
+    /// votes must go back to.
+    #[tokio::test]
+    async fn both_sides_learn_the_trace_is_shared_and_votes_cross() {
+        let secret = b"0123456789abcdef-shared";
+        // One agent port for both, as in a deployment.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut a = PeerLink::start(&cfg(&format!("127.0.0.1:{port}"), port, secret))
+            .await
+            .unwrap();
+        let ctx = PeerContext {
+            trace_id: TraceId([9; 16]),
+            span_id: SpanId([8; 8]),
+            sampled: None,
+        };
+        let send = ClientSend {
+            key: key(40000),
+            digest: 77,
+            ctx,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        a.submit(|s, _| s.push(send), &mut Vec::new());
+        let mut b = PeerLink::start(&cfg(&format!("127.0.0.2:{port}"), port, secret))
+            .await
+            .unwrap();
+        let found = ask_one(
+            &mut b,
+            Lookup {
+                handle: 1,
+                key: key(40000),
+                digest: 77,
+                deadline_ns: mono_ns() + 2_000_000_000,
+            },
+        )
+        .await;
+        assert!(matches!(found.1, Outcome::Found { .. }));
+        let a_ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let b_ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let trace_id = ctx.trace_id;
+        let mut events = Vec::new();
+        b.events(&mut events);
+        assert_eq!(events, vec![PeerEvent::Participant { trace_id, agent: a_ip }]);
+        let wait = |p: &mut PeerLink| {
+            let mut out = Vec::new();
+            p.events(&mut out);
+            out
+        };
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            got.extend(wait(&mut a));
+            if !got.is_empty() {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(got, vec![PeerEvent::Participant { trace_id, agent: b_ip }]);
+        // Votes both ways, each to the address the other learnt.
+        let keep = TraceVote {
+            trace_id,
+            keep: true,
+            th: Some(0),
+        };
+        let drop = TraceVote {
+            keep: false,
+            th: None,
+            ..keep
+        };
+        b.vote(a_ip, keep);
+        a.vote(b_ip, drop);
+        let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
+        for _ in 0..200 {
+            at_a.extend(wait(&mut a));
+            at_b.extend(wait(&mut b));
+            if !at_a.is_empty() && !at_b.is_empty() {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(at_a, vec![PeerEvent::Vote { from: b_ip, vote: keep }]);
+        assert_eq!(at_b, vec![PeerEvent::Vote { from: a_ip, vote: drop }]);
+        for p in [&a, &b] {
+            assert_eq!(p.server.votes_in.load(Ordering::Relaxed), 1);
+            assert_eq!(p.server.votes_out.load(Ordering::Relaxed), 1);
+            assert_eq!(p.server.votes_lost.load(Ordering::Relaxed), 0);
+        }
+        // A vote to an address where no agent listens is lost, counted.
+        b.vote("127.0.0.9".parse().unwrap(), keep);
+        for _ in 0..200 {
+            if b.server.votes_lost.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(b.server.votes_lost.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
