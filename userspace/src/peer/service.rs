@@ -881,7 +881,13 @@ mod tests {
         let trace_id = ctx.trace_id;
         let mut events = Vec::new();
         b.events(&mut events);
-        assert_eq!(events, vec![PeerEvent::Participant { trace_id, agent: a_ip }]);
+        assert_eq!(
+            events,
+            vec![PeerEvent::Participant {
+                trace_id,
+                agent: a_ip
+            }]
+        );
         let wait = |p: &mut PeerLink| {
             let mut out = Vec::new();
             p.events(&mut out);
@@ -895,7 +901,13 @@ mod tests {
             }
             sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(got, vec![PeerEvent::Participant { trace_id, agent: b_ip }]);
+        assert_eq!(
+            got,
+            vec![PeerEvent::Participant {
+                trace_id,
+                agent: b_ip
+            }]
+        );
         // Votes both ways, each to the address the other learnt.
         let keep = TraceVote {
             trace_id,
@@ -918,8 +930,20 @@ mod tests {
             }
             sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(at_a, vec![PeerEvent::Vote { from: b_ip, vote: keep }]);
-        assert_eq!(at_b, vec![PeerEvent::Vote { from: a_ip, vote: drop }]);
+        assert_eq!(
+            at_a,
+            vec![PeerEvent::Vote {
+                from: b_ip,
+                vote: keep
+            }]
+        );
+        assert_eq!(
+            at_b,
+            vec![PeerEvent::Vote {
+                from: a_ip,
+                vote: drop
+            }]
+        );
         for p in [&a, &b] {
             assert_eq!(p.server.votes_in.load(Ordering::Relaxed), 1);
             assert_eq!(p.server.votes_out.load(Ordering::Relaxed), 1);

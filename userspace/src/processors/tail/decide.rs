@@ -313,6 +313,68 @@ mod tests {
         vec![back, call, root]
     }
 
+    /// Two agents, one trace across their hosts: A holds the root and the call, B the called
+    /// server span, which fails. Only B's policies keep it; with the votes, A keeps its part too,
+    /// and a trace neither keeps is dropped by both without waiting out the vote wait.
+    #[test]
+    fn a_trace_kept_on_one_host_is_kept_whole_on_both() {
+        let errors = || {
+            sampler(vec![
+                PolicyRule::Probabilistic {
+                    sampling_percentage: 0.0,
+                },
+                PolicyRule::StatusCode(vec![StatusCodeName::Error]),
+            ])
+        };
+        let (mut a, mut b) = (errors(), errors());
+        let (a_ip, b_ip): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        for (n, error) in [(1u64, true), (2, false)] {
+            let mut spans = trace(n, error);
+            let mut back = spans.remove(0);
+            back.parent_is_remote = true;
+            // The peer channel linked B's span to A's call: each side learns the other shares it.
+            a.participant(back.trace_id, b_ip);
+            b.participant(back.trace_id, a_ip);
+            b.offer(back, 0, &NoAnomalies, &mut out_b);
+            for s in spans {
+                a.offer(s, 5 * MS, &NoAnomalies, &mut out_a);
+            }
+        }
+        let exchange =
+            |from: &mut TailSampler, from_ip, to: &mut TailSampler, out: &mut Vec<Span>| {
+                let mut votes = Vec::new();
+                from.take_votes(&mut votes);
+                for (_, v) in votes {
+                    to.vote(from_ip, v, out);
+                }
+            };
+        // B decides first (its part ended first): keeps the failed trace, parks the other.
+        b.poll(200 * MS, &NoAnomalies, &mut out_b);
+        assert_eq!(out_b.len(), 1);
+        assert_eq!(b.stats().votes.parked_spans, 1);
+        exchange(&mut b, b_ip, &mut a, &mut out_a);
+        assert!(out_a.is_empty(), "A has not decided yet");
+        // A decides: its policies would drop both; B's keep keeps the failed one.
+        a.poll(300 * MS, &NoAnomalies, &mut out_a);
+        assert_eq!(out_a.len(), 2, "root and call of the failed trace");
+        assert!(
+            out_a
+                .iter()
+                .all(|s| s.trace_id == out_b[0].trace_id && s.th == Some(0))
+        );
+        exchange(&mut a, a_ip, &mut b, &mut out_b);
+        // A's drop of the other trace ends B's wait at once; A's own wait ended with B's drop.
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!((sa.traces_kept, sa.traces_dropped), (1, 1));
+        assert_eq!((sb.traces_kept, sb.traces_dropped), (1, 1));
+        assert_eq!(sa.votes.kept_by_peer, 1);
+        assert_eq!((sa.votes.parked_spans, sb.votes.parked_spans), (0, 0));
+        assert_eq!(sa.votes.wait_expired + sb.votes.wait_expired, 0);
+        assert_eq!(out_b.len(), 1);
+    }
+
     #[test]
     fn errors_are_kept_whole_and_nothing_else_with_probabilistic_zero() {
         let mut t = sampler(vec![
