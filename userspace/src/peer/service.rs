@@ -247,6 +247,22 @@ impl PeerLink {
         }
     }
 
+    /// The exit summary of the channel's own side.
+    pub fn log_summary(&self) {
+        let c = &*self.server;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        log::info!(
+            "summary (peer channel): answered {} questions in {} frames, refused {} frames; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
+            n(&c.questions),
+            n(&c.frames),
+            n(&c.refused),
+            n(&c.votes_out),
+            n(&c.votes_in),
+            n(&c.votes_lost),
+            n(&c.events_lost),
+        );
+    }
+
     pub fn index_len(&self) -> usize {
         self.index.lock().map_or(0, |ix| ix.len())
     }

@@ -515,6 +515,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     drop(capture);
     drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
     drop(ring);
+    if let Some(p) = &peer {
+        p.log_summary();
+    }
     sink.finish(mono_now_ns(), &counters).await
 }
 

@@ -93,12 +93,9 @@ impl TailSampler {
         anomalies: &dyn AnomalyView,
         out: &mut Vec<Span>,
     ) {
-        let span = match self.votes.park_late(span) {
-            Ok(()) => {
-                self.stats.late_spans += 1;
-                return;
-            }
-            Err(span) => span,
+        let Some(span) = self.votes.park_late(span) else {
+            self.stats.late_spans += 1;
+            return;
         };
         let mut ready = std::mem::take(&mut self.ready);
         match self.buffer.offer(span, now_ns, &mut ready) {

@@ -240,16 +240,16 @@ impl Votes {
         }
     }
 
-    /// A span of a parked trace that arrived while it waits is parked with it; any other span
-    /// is handed back.
-    pub fn park_late(&mut self, span: Span) -> Result<(), Span> {
+    /// A span of a parked trace that arrived while it waits is parked with it (None); any other
+    /// span is handed back.
+    pub fn park_late(&mut self, span: Span) -> Option<Span> {
         match self.traces.get_mut(&span.trace_id).map(|s| &mut s.state) {
             Some(State::Parked { spans, .. }) => {
                 spans.push(span);
                 self.stats.parked_spans += 1;
-                Ok(())
+                None
             }
-            _ => Err(span),
+            _ => Some(span),
         }
     }
 
@@ -444,7 +444,7 @@ mod tests {
         assert!(sp.is_empty(), "the spans are parked");
         assert_eq!(outbox(&mut v), vec![(ip(2), vote(false, None))]);
         // A span of the trace that comes while it waits joins it.
-        assert!(v.park_late(spans(1).pop().unwrap()).is_ok());
+        assert!(v.park_late(spans(1).pop().unwrap()).is_none());
         assert_eq!(v.stats.parked_spans, 4);
         let r = v.vote(ip(2), vote(true, Some(0))).expect("released");
         assert_eq!((r.spans.len(), r.th), (4, Some(0)));
@@ -552,7 +552,7 @@ mod tests {
         assert_eq!(v.stats.wait_expired, 1);
         assert!(v.vote(ip(2), vote(true, Some(0))).is_none());
         assert_eq!(v.stats.late_keeps, 1);
-        assert!(v.park_late(spans(1).pop().unwrap()).is_err());
+        assert!(v.park_late(spans(1).pop().unwrap()).is_some());
     }
 
     #[test]
