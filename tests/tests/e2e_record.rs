@@ -109,3 +109,71 @@ fn record_then_replay_without_privileges() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// A record file on a full disk: ztrace says which file and why, stops capturing, prints its
+/// summary and exits non-zero; the file replays, with the events written before the disk filled.
+#[test]
+fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
+    if !privileged_or_skip("record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote") {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("ztrace-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // A 64 KiB file system of its own: full after a few dozen requests.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
+        .arg(&dir)
+        .status()?;
+    ensure!(mounted.success(), "mount -t tmpfs failed");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let file = dir.join("capture.zcap");
+    let (backend, backend_port) = spawn_service(&["backend"])?;
+    let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
+    let mut recorder = spawn_ztrace(&[
+        "record".into(),
+        "--pid".into(),
+        format!("{},{}", frontend.pid(), backend.pid()),
+        "-o".into(),
+        file.display().to_string(),
+    ])?;
+    recorder.wait_stderr("recording raw events", Duration::from_secs(60))?;
+    let urls: Vec<String> = (0..400)
+        .map(|i| format!("http://127.0.0.1:{front_port}/api/full{i}"))
+        .collect();
+    curl(&urls)?;
+    // It stops by itself: no signal.
+    let code = recorder.wait_exit(Duration::from_secs(30));
+    let stderr = recorder.stderr_text();
+    ensure!(
+        code.is_some_and(|c| c != 0),
+        "exit {code:?} on a full disk:\n{stderr}"
+    );
+    for want in [
+        "No space left on device",
+        "capture.zcap",
+        "summary: recorded",
+        "not written after the write failed",
+    ] {
+        ensure!(stderr.contains(want), "no `{want}` in:\n{stderr}");
+    }
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let (code, out, replay_err) = replay_as_nobody(&file)?;
+    ensure!(
+        code == 0,
+        "the file written before the disk filled does not replay ({code}): {replay_err}"
+    );
+    let spans = out.lines().count();
+    ensure!(
+        spans >= 3 && spans < 3 * urls.len(),
+        "{spans} spans replayed from a file cut by a full disk (want some, not all)"
+    );
+    drop((frontend, backend));
+    Ok(())
+}

@@ -206,6 +206,11 @@ impl Destination {
         }
     }
 
+    /// Whether recording failed (a full disk): capture stops.
+    fn record_failed(&self) -> bool {
+        matches!(self, Destination::Record(sink) if sink.failed())
+    }
+
     fn kernel_counters(&mut self, counters: KernelCounters) {
         if let Destination::Trace { telemetry, .. } = self {
             telemetry.kernel(counters);
@@ -503,6 +508,9 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
         }
         if procs.alive.is_empty() && selection.rules.is_empty() {
             break "every traced process has exited";
+        }
+        if sink.record_failed() {
+            break "the record file cannot be written";
         }
     };
     log::info!("stopping: {reason}; detaching and flushing");

@@ -20,6 +20,11 @@ pub(super) struct RecordSink {
     writer: record::Writer<BufWriter<File>>,
     path: PathBuf,
     records: u64,
+    /// The first write that failed (a full disk, an I/O error): nothing is written after it, so
+    /// the file holds whole frames up to it, and capture stops.
+    failed: Option<std::io::Error>,
+    /// Records that came after the failure (not written).
+    not_written: u64,
 }
 
 impl RecordSink {
@@ -37,17 +42,29 @@ impl RecordSink {
             writer,
             path: path.to_path_buf(),
             records: 0,
+            failed: None,
+            not_written: 0,
         })
     }
 
     pub(super) fn process(&mut self, info: &ProcessInfo) -> Result<()> {
-        self.writer.process(info)?;
+        if self.failed.is_none()
+            && let Err(e) = self.writer.process(info)
+        {
+            self.fail(e);
+        }
         Ok(())
     }
 
     pub(super) fn on_record(&mut self, raw: &[u8], changes: &mut Vec<ProcChange>) -> Result<()> {
-        self.writer.record(raw)?;
-        self.records += 1;
+        if self.failed.is_some() {
+            self.not_written += 1;
+        } else if let Err(e) = self.writer.record(raw) {
+            self.fail(e);
+            self.not_written += 1;
+        } else {
+            self.records += 1;
+        }
         // Process lifecycle still steers the recorder (follow children, stop at exit).
         if kind_of(raw) == Some(kind::PROC)
             && let Ok(Event::Proc(ev)) = decode(raw)
@@ -57,20 +74,51 @@ impl RecordSink {
         Ok(())
     }
 
+    fn fail(&mut self, e: std::io::Error) {
+        log::error!(
+            "writing {}: {e}; stopping capture: the file holds the {} events recorded before",
+            self.path.display(),
+            self.records
+        );
+        self.failed = Some(e);
+    }
+
+    /// Whether a write failed (the capture loop stops on it).
+    pub(super) fn failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Flushes and prints the summary; an error when a write failed (after the summary).
     pub(super) fn finish(mut self, counters: &KernelCounters) -> Result<()> {
+        if self.failed.is_none()
+            && let Err(e) = self.writer.flush()
+        {
+            self.fail(e);
+        }
         let path = &self.path;
-        self.writer
-            .flush()
-            .with_context(|| format!("writing {}", path.display()))?;
         log::info!(
-            "summary: recorded {} kernel events to {} ({} lost in the kernel: ring buffer full {}, arg map full {}); replay with `ztrace replay {}`",
+            "summary: recorded {} kernel events to {} ({} lost in the kernel: ring buffer full {}, arg map full {}{}); replay with `ztrace replay {}`",
             self.records,
             path.display(),
             counters.ringbuf_full + counters.args_full,
             counters.ringbuf_full,
             counters.args_full,
+            if self.failed.is_some() {
+                format!("; {} not written after the write failed", self.not_written)
+            } else {
+                String::new()
+            },
             path.display()
         );
-        Ok(())
+        match self.failed {
+            // A buffered tail may hold part of a frame: replay reads whole frames and stops
+            // at a cut one.
+            Some(e) => Err(anyhow::Error::new(e).context(format!(
+                "writing record file {} (it holds the {} events recorded before the failure)",
+                path.display(),
+                self.records
+            ))),
+            None => Ok(()),
+        }
     }
 }
