@@ -206,6 +206,13 @@ impl Destination {
         }
     }
 
+    /// Each second: the record file gets what is buffered.
+    fn flush_record(&mut self) {
+        if let Destination::Record(sink) = self {
+            sink.flush();
+        }
+    }
+
     /// Whether recording failed (a full disk): capture stops.
     fn record_failed(&self) -> bool {
         matches!(self, Destination::Record(sink) if sink.failed())
@@ -503,6 +510,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             procs.alive.retain(|&pid| process::is_alive(pid));
             let now = (capture.counters(), sink.export_stats());
             sink.kernel_counters(now.0);
+            sink.flush_record();
             report_losses(&reported, &now);
             reported = now;
         }

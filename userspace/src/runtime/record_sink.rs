@@ -76,11 +76,20 @@ impl RecordSink {
 
     fn fail(&mut self, e: std::io::Error) {
         log::error!(
-            "writing {}: {e}; stopping capture: the file holds the {} events recorded before",
+            "writing {}: {e}; stopping capture (the file keeps the whole events written before)",
             self.path.display(),
-            self.records
         );
         self.failed = Some(e);
+    }
+
+    /// Writes out what is buffered (each second: a recording cut short by a crash or a full
+    /// disk loses at most the last second, and a full disk is noticed within one).
+    pub(super) fn flush(&mut self) {
+        if self.failed.is_none()
+            && let Err(e) = self.writer.flush()
+        {
+            self.fail(e);
+        }
     }
 
     /// Whether a write failed (the capture loop stops on it).
@@ -90,33 +99,38 @@ impl RecordSink {
 
     /// Flushes and prints the summary; an error when a write failed (after the summary).
     pub(super) fn finish(mut self, counters: &KernelCounters) -> Result<()> {
-        if self.failed.is_none()
-            && let Err(e) = self.writer.flush()
-        {
-            self.fail(e);
-        }
+        self.flush();
         let path = &self.path;
-        log::info!(
-            "summary: recorded {} kernel events to {} ({} lost in the kernel: ring buffer full {}, arg map full {}{}); replay with `ztrace replay {}`",
-            self.records,
-            path.display(),
+        let lost = format!(
+            "{} lost in the kernel: ring buffer full {}, arg map full {}",
             counters.ringbuf_full + counters.args_full,
             counters.ringbuf_full,
-            counters.args_full,
-            if self.failed.is_some() {
-                format!("; {} not written after the write failed", self.not_written)
-            } else {
-                String::new()
-            },
-            path.display()
+            counters.args_full
         );
+        if self.failed.is_some() {
+            log::info!(
+                "summary: {} kernel events captured for {} until a write failed (the file keeps the whole events written before it), {} after it not written ({lost}); replay with `ztrace replay {}`",
+                self.records,
+                path.display(),
+                self.not_written,
+                path.display()
+            );
+        } else {
+            log::info!(
+                "summary: recorded {} kernel events to {} ({lost}); replay with `ztrace replay {}`",
+                self.records,
+                path.display(),
+                path.display()
+            );
+        }
         match self.failed {
             // A buffered tail may hold part of a frame: replay reads whole frames and stops
             // at a cut one.
             Some(e) => Err(anyhow::Error::new(e).context(format!(
-                "writing record file {} (it holds the {} events recorded before the failure)",
+                "writing record file {} (it keeps {} bytes of whole events written before the \
+                 failure; `ztrace replay` reads them)",
                 path.display(),
-                self.records
+                std::fs::metadata(path).map_or(0, |m| m.len()),
             ))),
             None => Ok(()),
         }
