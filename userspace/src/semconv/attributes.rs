@@ -153,9 +153,16 @@ pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
     (path, query)
 }
 
-/// Host and optional port of a `Host` header value (`name`, `name:80`, `[::1]:80`).
+/// Host and optional port of a `Host` header value (`name`, `name:80`, `[::1]:80`). Byte
+/// searches, and `trim` only when an end is not plainly visible ASCII: the `char` searches cost
+/// ~390 instructions per span (3 % of the userspace path), this ~60.
 pub(crate) fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
-    let h = host.trim();
+    let plain = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+    let h = if plain(host.as_bytes().first()) && plain(host.as_bytes().last()) {
+        host
+    } else {
+        host.trim()
+    };
     if h.is_empty() {
         return None;
     }
@@ -164,20 +171,43 @@ pub(crate) fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
         if inner.is_empty() {
             return None;
         }
-        return Some((inner, after.strip_prefix(':').and_then(|p| p.parse().ok())));
+        return Some((inner, after.strip_prefix(':').and_then(parse_port)));
     }
-    match h.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') => {
-            if name.is_empty() {
+    let bytes = h.as_bytes();
+    match bytes.iter().rposition(|&b| b == b':') {
+        // ':' is ASCII: both sides are on char boundaries.
+        Some(i) if !bytes[..i].contains(&b':') => {
+            if i == 0 {
                 None
             } else {
-                Some((name, port.parse().ok()))
+                Some((&h[..i], parse_port(&h[i + 1..])))
             }
         }
         // A bare IPv6 address: no port.
         Some(_) => Some((h, None)),
         None => Some((h, None)),
     }
+}
+
+/// A port as `str::parse::<u16>` reads it (an optional leading '+', decimal digits, in range).
+fn parse_port(p: &str) -> Option<u16> {
+    let digits = p.strip_prefix('+').unwrap_or(p).as_bytes();
+    if digits.is_empty() || digits.len() > 5 {
+        // `parse` also accepts leading zeros beyond five digits: leave those rare cases to it.
+        return if digits.len() > 5 {
+            p.parse().ok()
+        } else {
+            None
+        };
+    }
+    let mut v: u32 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(d - b'0');
+    }
+    u16::try_from(v).ok()
 }
 
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) are reported as the IPv4 address.
@@ -586,6 +616,71 @@ mod tests {
         ] {
             assert_eq!(addr_text(IpAddr::V6(v6)), v6.to_string());
         }
+    }
+
+    /// The byte-level `split_host` against the `str`-method version it replaced.
+    #[test]
+    fn split_host_agrees_with_the_char_version() {
+        fn reference(host: &str) -> Option<(&str, Option<u16>)> {
+            let h = host.trim();
+            if h.is_empty() {
+                return None;
+            }
+            if let Some(rest) = h.strip_prefix('[') {
+                let (inner, after) = rest.split_once(']')?;
+                if inner.is_empty() {
+                    return None;
+                }
+                return Some((inner, after.strip_prefix(':').and_then(|p| p.parse().ok())));
+            }
+            match h.rsplit_once(':') {
+                Some((name, port)) if !name.contains(':') => {
+                    if name.is_empty() {
+                        None
+                    } else {
+                        Some((name, port.parse().ok()))
+                    }
+                }
+                Some(_) => Some((h, None)),
+                None => Some((h, None)),
+            }
+        }
+        let parts = [
+            "",
+            " ",
+            "\t",
+            "\u{a0}",
+            "\u{2003}",
+            "a",
+            "é",
+            "example.com",
+            "[",
+            "]",
+            ":",
+            "::1",
+            "1",
+            "80",
+            "+80",
+            "++8",
+            "65535",
+            "65536",
+            "000000080",
+            "-1",
+            "x",
+            "[::1]",
+            "ü:",
+        ];
+        let mut n = 0;
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    let h = format!("{a}{b}{c}");
+                    assert_eq!(split_host(&h), reference(&h), "{h:?}");
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, parts.len().pow(3));
     }
 
     #[test]
