@@ -81,6 +81,19 @@ fn bytes_field(field: u32, value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(value);
 }
 
+/// A trace or span id: its size is a constant, so the copy is two stores, not a `memcpy` call
+/// (three per span).
+#[inline]
+fn id_field<const N: usize>(field: u32, id: &[u8; N], out: &mut Vec<u8>) {
+    const { assert!(N < 0x80) };
+    debug_assert!(field < 16);
+    out.extend_from_slice(&[
+        (field << 3 | WireType::LengthDelimited as u32) as u8,
+        N as u8,
+    ]);
+    out.extend_from_slice(id);
+}
+
 fn varint_field(field: u32, value: u64, out: &mut Vec<u8>) {
     key(field, WireType::Varint, out);
     encode_varint(value, out);
@@ -233,13 +246,13 @@ impl<'a> AttrSink<'a> for KeyValues<'_> {
 }
 
 fn span(s: &Span, out: &mut Vec<u8>) {
-    bytes_field(1, &s.trace_id.0, out);
-    bytes_field(2, &s.span_id.0, out);
+    id_field(1, &s.trace_id.0, out);
+    id_field(2, &s.span_id.0, out);
     if let Some(th) = s.th {
         bytes_field(3, tracestate(th).as_bytes(), out);
     }
     if let Some(parent) = s.parent_span_id {
-        bytes_field(4, &parent.0, out);
+        id_field(4, &parent.0, out);
     }
     bytes_field(5, span_name(s).as_bytes(), out);
     let kind = match s.kind {
