@@ -11,7 +11,8 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::names::{http_of, known_method};
 use crate::model::{
-    DbExchange, DnsExchange, Exchange, HttpExchange, RpcExchange, Span, SpanKind, SpanStatus,
+    DbExchange, DnsExchange, Endpoint, Exchange, HttpExchange, RpcExchange, Span, SpanKind,
+    SpanStatus,
 };
 
 /// An attribute value, before it is written in an output's own format.
@@ -361,6 +362,26 @@ pub(crate) trait AttrSink<'a> {
     fn int(&mut self, key: &'static str, value: impl Into<i64>);
     /// An address as text (IPv4-mapped IPv6 as IPv4).
     fn addr(&mut self, key: &'static str, addr: IpAddr);
+    /// A run of attributes that `visit` produces from `key` alone: a sink may reuse what it
+    /// made of an equal key before (every span of a keep-alive connection has the same). By
+    /// default they are visited.
+    fn endpoints(&mut self, key: EndpointsKey<'a>, visit: impl FnOnce(&mut Self))
+    where
+        Self: Sized,
+    {
+        let _ = key;
+        visit(self);
+    }
+}
+
+/// Everything an HTTP server span's endpoint attributes (`server.*`, `client.*`,
+/// `network.peer.*`, protocol version, transport, type) are made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct EndpointsKey<'a> {
+    pub host: Option<&'a str>,
+    pub local: Endpoint,
+    pub peer: Endpoint,
+    pub version: &'static str,
 }
 
 impl<'a> AttrSink<'a> for Attrs<'a> {
@@ -477,6 +498,21 @@ fn db_attributes<'a>(span: &'a Span, db: &'a DbExchange, a: &mut impl AttrSink<'
 }
 
 /// HTTP spans (HTTP semantic conventions).
+/// `network.*` of an HTTP span: peer, protocol version, transport and address type.
+fn http_network<'a>(peer: Endpoint, version: &'static str, a: &mut impl AttrSink<'a>) {
+    let addr = canonical(peer.addr);
+    a.addr(semconv::NETWORK_PEER_ADDRESS, addr);
+    a.int(semconv::NETWORK_PEER_PORT, peer.port);
+    let version = version.trim();
+    let version = version.strip_prefix("HTTP/").unwrap_or(version);
+    if !version.is_empty() {
+        a.str(semconv::NETWORK_PROTOCOL_VERSION, version);
+    }
+    a.str(semconv::NETWORK_TRANSPORT, "tcp");
+    let network_type = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+    a.str(semconv::NETWORK_TYPE, network_type);
+}
+
 fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl AttrSink<'a>) {
     let method = http.method.as_str();
     if known_method(method) {
@@ -490,7 +526,6 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
     if let Some(code) = http.status {
         a.int(semconv::HTTP_RESPONSE_STATUS_CODE, code);
     }
-    let peer = canonical(span.peer.addr);
     match span.kind {
         SpanKind::Server => {
             let (path, query) = split_target(&http.target);
@@ -499,19 +534,28 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
                 a.str(semconv::URL_QUERY, redact_query(q));
             }
             a.str(semconv::URL_SCHEME, if http.tls { "https" } else { "http" });
-            let port = match http.host.as_deref().and_then(split_host) {
-                Some((host, port)) => {
-                    a.str(semconv::SERVER_ADDRESS, host);
-                    port.unwrap_or(span.local.port)
-                }
-                None => {
-                    a.addr(semconv::SERVER_ADDRESS, span.local.addr);
-                    span.local.port
-                }
+            let key = EndpointsKey {
+                host: http.host.as_deref(),
+                local: span.local,
+                peer: span.peer,
+                version: http.version,
             };
-            a.int(semconv::SERVER_PORT, port);
-            a.addr(semconv::CLIENT_ADDRESS, span.peer.addr);
-            a.int(semconv::CLIENT_PORT, span.peer.port);
+            a.endpoints(key, |a| {
+                let port = match key.host.and_then(split_host) {
+                    Some((host, port)) => {
+                        a.str(semconv::SERVER_ADDRESS, host);
+                        port.unwrap_or(key.local.port)
+                    }
+                    None => {
+                        a.addr(semconv::SERVER_ADDRESS, key.local.addr);
+                        key.local.port
+                    }
+                };
+                a.int(semconv::SERVER_PORT, port);
+                a.addr(semconv::CLIENT_ADDRESS, key.peer.addr);
+                a.int(semconv::CLIENT_PORT, key.peer.port);
+                http_network(key.peer, key.version, a);
+            });
         }
         SpanKind::Client => {
             let full = full_url(span);
@@ -524,18 +568,9 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
             let (address, port) = client_side_server(span);
             a.str(semconv::SERVER_ADDRESS, address);
             a.int(semconv::SERVER_PORT, port);
+            http_network(span.peer, http.version, a);
         }
     }
-    a.addr(semconv::NETWORK_PEER_ADDRESS, peer);
-    a.int(semconv::NETWORK_PEER_PORT, span.peer.port);
-    let version = http.version.trim();
-    let version = version.strip_prefix("HTTP/").unwrap_or(version);
-    if !version.is_empty() {
-        a.str(semconv::NETWORK_PROTOCOL_VERSION, version);
-    }
-    a.str(semconv::NETWORK_TRANSPORT, "tcp");
-    let network_type = if peer.is_ipv4() { "ipv4" } else { "ipv6" };
-    a.str(semconv::NETWORK_TYPE, network_type);
     if let Some(ua) = &http.user_agent {
         a.str(semconv::USER_AGENT_ORIGINAL, ua.as_str());
     }
