@@ -147,23 +147,33 @@ pub fn header(kind: u32) -> EventHeader {
     }
 }
 
-/// Unread bytes in the ring buffer above which a record wakes the reader.
+/// Bytes a CPU submits between two records that wake the reader.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Per-CPU count of bytes submitted since this CPU last woke the reader (see `submit`).
+#[map]
+pub static SINCE_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Copies a record into the ring buffer, counting it as submitted or lost. Records do not wake
 /// the reader one by one (each wake-up is an interrupt-work item and a context switch, paid
-/// partly by the traced process's CPU): userspace drains on a short timer, and a record wakes it
-/// only once a backlog has built up.
+/// partly by the traced process's CPU): userspace drains on a short timer, and a CPU wakes it
+/// once per `WAKEUP_BYTES` it submitted. The count is a per-CPU array slot (an inlined load),
+/// where asking the ring for its backlog (`bpf_ringbuf_query`) was a helper call per record.
 #[inline(always)]
 pub fn submit<T: ?Sized>(record: &T) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let mut flags = BPF_RB_NO_WAKEUP;
+    if let Some(since) = SINCE_WAKEUP.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe {
+            *since += core::mem::size_of_val(record) as u64;
+            if *since >= WAKEUP_BYTES {
+                *since = 0;
+                flags = BPF_RB_FORCE_WAKEUP;
+            }
+        }
+    }
     match EVENTS.output::<T>(record, flags) {
         Ok(()) => count(counter::SUBMITTED),
         Err(_) => count(counter::RINGBUF_FULL),

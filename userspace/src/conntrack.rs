@@ -125,14 +125,24 @@ pub struct Conn<T> {
     pub ingress: Stream,
     pub egress: Stream,
     pub last_ns: u64,
+    /// The activity time under which the connection sits in [`ConnTable`]'s order: `last_ns`
+    /// rounded down to at most [`ORDER_GRANULARITY_NS`] behind.
+    ordered_ns: u64,
     pub state: T,
 }
 
+/// How far a connection's place in the least-recently-used order may lag its last activity.
+/// Moving it on every record was a B-tree removal and insertion per socket call (~250
+/// instructions, 4 % of the userspace path); idle expiry (minutes) and eviction of a full table
+/// need no finer order than this.
+pub const ORDER_GRANULARITY_NS: u64 = 100_000_000;
+
 pub struct ConnTable<T> {
     conns: HashMap<ConnKey, Conn<T>>,
-    /// Every connection by (last activity, key): the least recently used is the first, and the
-    /// idle ones a prefix, so a full table evicts and a poll expires without scanning the table
-    /// (65,536 connections scanned per new one when full, and per poll, before).
+    /// Every connection by (last activity, key), activity to within [`ORDER_GRANULARITY_NS`]:
+    /// the least recently used is the first, and the idle ones a prefix, so a full table evicts
+    /// and a poll expires without scanning the table (65,536 connections scanned per new one
+    /// when full, and per poll, before).
     order: BTreeSet<(u64, ConnKey)>,
     max: usize,
     pub evicted: u64,
@@ -173,6 +183,7 @@ impl<T: Default> ConnTable<T> {
                 ingress: Stream::default(),
                 egress: Stream::default(),
                 last_ns: now_ns,
+                ordered_ns: now_ns,
                 state: T::default(),
             }
         });
@@ -182,9 +193,12 @@ impl<T: Default> ConnTable<T> {
             let (local, peer) = endpoints(tuple);
             (conn.local, conn.peer) = (local, peer);
         }
-        if !known || conn.last_ns != now_ns {
-            self.order.remove(&(conn.last_ns, key));
-            conn.last_ns = now_ns;
+        conn.last_ns = now_ns;
+        if !known {
+            self.order.insert((now_ns, key));
+        } else if now_ns >= conn.ordered_ns.saturating_add(ORDER_GRANULARITY_NS) {
+            self.order.remove(&(conn.ordered_ns, key));
+            conn.ordered_ns = now_ns;
             self.order.insert((now_ns, key));
         }
         (conn, evicted)
@@ -196,7 +210,7 @@ impl<T: Default> ConnTable<T> {
 
     pub fn remove(&mut self, key: &ConnKey) -> Option<Conn<T>> {
         let conn = self.conns.remove(key)?;
-        self.order.remove(&(conn.last_ns, *key));
+        self.order.remove(&(conn.ordered_ns, *key));
         Some(conn)
     }
 
@@ -210,8 +224,9 @@ impl<T: Default> ConnTable<T> {
     }
 
     /// Connections idle since before `cutoff_ns`, least recently used first; costs what it
-    /// returns (nothing allocated when none is idle).
-    pub fn idle(&self, cutoff_ns: u64) -> Vec<ConnKey> {
+    /// returns (nothing allocated when none is idle). A connection the order holds as idle but
+    /// that was active since (within the order's granularity) moves to its true place instead.
+    pub fn idle(&mut self, cutoff_ns: u64) -> Vec<ConnKey> {
         let first_kept = (
             cutoff_ns,
             ConnKey {
@@ -219,7 +234,22 @@ impl<T: Default> ConnTable<T> {
                 sock_id: 0,
             },
         );
-        self.order.range(..first_kept).map(|&(_, k)| k).collect()
+        let mut idle = Vec::new();
+        while let Some(&(at, key)) = self.order.range(..first_kept).next() {
+            self.order.remove(&(at, key));
+            match self.conns.get_mut(&key) {
+                Some(c) if c.last_ns >= cutoff_ns => {
+                    c.ordered_ns = c.last_ns;
+                    self.order.insert((c.last_ns, key));
+                }
+                _ => idle.push((at, key)),
+            }
+        }
+        // Still in the order until removed (the caller closes them).
+        for &(at, key) in &idle {
+            self.order.insert((at, key));
+        }
+        idle.into_iter().map(|(_, k)| k).collect()
     }
 
     pub fn all_keys(&self) -> Vec<ConnKey> {
@@ -315,17 +345,44 @@ mod tests {
             ..Default::default()
         };
         let mut t: ConnTable<u8> = ConnTable::new(3);
-        t.entry(key(1), &tuple, 10);
-        t.entry(key(2), &tuple, 20);
-        t.entry(key(3), &tuple, 30);
-        t.entry(key(1), &tuple, 40); // 1 is used again: 2 is now the least recently used
-        let (_, ev) = t.entry(key(4), &tuple, 50);
+        // Times in steps of the order's granularity, so every use moves a connection.
+        const G: u64 = ORDER_GRANULARITY_NS;
+        t.entry(key(1), &tuple, 10 * G);
+        t.entry(key(2), &tuple, 20 * G);
+        t.entry(key(3), &tuple, 30 * G);
+        t.entry(key(1), &tuple, 40 * G); // 1 is used again: 2 is now the least recently used
+        let (_, ev) = t.entry(key(4), &tuple, 50 * G);
         assert_eq!(ev.map(|(k, _)| k), Some(key(2)));
-        assert_eq!(t.idle(41), vec![key(3), key(1)]);
-        assert_eq!(t.idle(30), Vec::<ConnKey>::new());
+        assert_eq!(t.idle(41 * G), vec![key(3), key(1)]);
+        assert_eq!(t.idle(30 * G), Vec::<ConnKey>::new());
         assert!(t.remove(&key(3)).is_some());
-        assert_eq!(t.idle(100), vec![key(1), key(4)]);
+        assert_eq!(t.idle(100 * G), vec![key(1), key(4)]);
         assert_eq!((t.order.len(), t.len()), (2, 2));
+    }
+
+    /// Activity within the granularity leaves the order alone, but never makes a busy
+    /// connection look idle.
+    #[test]
+    fn the_order_lags_by_at_most_its_granularity_and_idle_checks_the_truth() {
+        let tuple = SockTuple {
+            family: AF_INET,
+            ..Default::default()
+        };
+        const G: u64 = ORDER_GRANULARITY_NS;
+        let mut t: ConnTable<u8> = ConnTable::new(8);
+        t.entry(key(1), &tuple, G);
+        t.entry(key(2), &tuple, G + 1);
+        t.entry(key(1), &tuple, G + G / 2); // within the granularity: not moved
+        assert_eq!(t.order.first(), Some(&(G, key(1))));
+        assert_eq!(t.get(&key(1)).map(|c| c.last_ns), Some(G + G / 2));
+        // key(1) sits before the cutoff in the order but was active after it.
+        assert_eq!(t.idle(G + 2), vec![key(2)]);
+        assert_eq!(t.order.first(), Some(&(G + 1, key(2))));
+        assert_eq!(t.idle(2 * G), vec![key(2), key(1)]);
+        t.entry(key(1), &tuple, 3 * G); // a granularity later: moved
+        assert_eq!(t.order.last(), Some(&(3 * G, key(1))));
+        assert!(t.remove(&key(1)).is_some() && t.remove(&key(2)).is_some());
+        assert!(t.order.is_empty());
     }
 
     /// The eviction of a full table and the idle scan cost what they return, not the table

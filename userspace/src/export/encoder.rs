@@ -12,6 +12,7 @@ use crate::semconv::resource::ProcessTable;
 pub struct OtlpEncoder {
     table: ProcessTable,
     buf: Vec<u8>,
+    endpoints: wire::EndpointCache,
 }
 
 impl OtlpEncoder {
@@ -19,6 +20,7 @@ impl OtlpEncoder {
         Self {
             table: ProcessTable::new(None),
             buf: Vec::new(),
+            endpoints: wire::EndpointCache::default(),
         }
     }
 
@@ -28,7 +30,7 @@ impl OtlpEncoder {
 
     /// Encodes one batch exactly as the gRPC exporter does; returns the encoded size in bytes.
     pub fn encode(&mut self, spans: &[Span]) -> usize {
-        wire::encode_request(spans, &self.table, &mut self.buf);
+        wire::encode_request_cached(spans, &self.table, &mut self.endpoints, &mut self.buf);
         self.buf.len()
     }
 }

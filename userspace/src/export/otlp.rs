@@ -254,6 +254,8 @@ impl OtlpClient {
 pub(crate) struct OtlpSink {
     client: OtlpClient,
     encoded: Vec<u8>,
+    /// Endpoint attributes of the spans of earlier batches (see `wire::EndpointCache`).
+    endpoints: super::wire::EndpointCache,
 }
 
 impl OtlpSink {
@@ -261,6 +263,7 @@ impl OtlpSink {
         OtlpSink {
             client: OtlpClient::new(target),
             encoded: Vec::new(),
+            endpoints: Default::default(),
         }
     }
 
@@ -275,7 +278,7 @@ impl OtlpSink {
         if spans.is_empty() {
             return;
         }
-        super::wire::encode_request(spans, table, &mut self.encoded);
+        super::wire::encode_request_cached(spans, table, &mut self.endpoints, &mut self.encoded);
         let body = Bytes::copy_from_slice(&self.encoded);
         self.client
             .export(

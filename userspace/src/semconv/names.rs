@@ -15,6 +15,12 @@ pub(crate) fn known_method(method: &str) -> bool {
     KNOWN_METHODS.contains(&method)
 }
 
+/// The conventions' own spelling of a known method (a `'static` string, so metric attributes
+/// need no copy of it).
+pub(crate) fn static_method(method: &str) -> Option<&'static str> {
+    KNOWN_METHODS.iter().copied().find(|m| *m == method)
+}
+
 /// The HTTP side of a span (empty for other protocols, whose code paths do not ask).
 pub(crate) fn http_of(span: &Span) -> &HttpExchange {
     static EMPTY: HttpExchange = HttpExchange {

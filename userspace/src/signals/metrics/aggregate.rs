@@ -89,6 +89,8 @@ pub struct Metrics {
     last_health: Health,
     /// Processes that exited: their series are reported once more, then forgotten.
     gone: Vec<u32>,
+    /// The attribute buffer each span's RED measurement is built in (see `red::measure_into`).
+    attrs: series::AttrSet,
 }
 
 impl Metrics {
@@ -107,12 +109,13 @@ impl Metrics {
             last_collect_unix_ns: now_unix_ns,
             last_health: Health::default(),
             gone: Vec::new(),
+            attrs: Vec::with_capacity(8),
         }
     }
 
     pub fn on_span(&mut self, span: &Span) {
-        if let Some((which, attrs, v)) = red::measure(span) {
-            self.red[which].record(span.pid, attrs, v);
+        if let Some((which, v)) = red::measure_into(span, &mut self.attrs) {
+            self.red[which].record_in(span.pid, &mut self.attrs, v);
         }
     }
 

@@ -10,10 +10,10 @@
 
 use opentelemetry_semantic_conventions::{attribute as sc, metric as m};
 
-use super::series::{AttrSet, Descriptor, Shape};
+use super::series::{AttrSet, Descriptor, Shape, Val};
 use crate::model::{DbSystem, Exchange, Span, SpanKind, SpanStatus};
 use crate::semconv::attributes::client_side_server;
-use crate::semconv::names::span_name;
+use crate::semconv::names::{span_name, static_method};
 
 /// The conventions' advice for HTTP and DNS durations (seconds).
 pub const HTTP_BUCKETS: &[f64] = &[
@@ -109,8 +109,15 @@ fn error_type(span: &Span, code: Option<String>) -> Option<String> {
 /// The measurement a span contributes: instrument, attributes, value in the instrument's unit.
 /// None for spans no convention covers (e.g. the server side of a database).
 pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
-    let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
     let mut a: AttrSet = Vec::with_capacity(8);
+    measure_into(span, &mut a).map(|(which, v)| (which, a, v))
+}
+
+/// [`measure`] into a reused attribute buffer (cleared first): an HTTP span's measurement then
+/// allocates nothing.
+pub fn measure_into(span: &Span, a: &mut AttrSet) -> Option<(Red, f64)> {
+    a.clear();
+    let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
     let server_addr = |a: &mut AttrSet, span: &Span| {
         let (address, port) = client_side_server(span);
         a.push((sc::SERVER_ADDRESS, address.into()));
@@ -119,22 +126,25 @@ pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
     let which = match (&span.exchange, span.kind) {
         (Exchange::Http(h), kind) => {
             let method = if span_name(span) == h.method {
-                h.method.as_str()
+                static_method(&h.method).map_or_else(|| h.method.as_str().into(), Val::fixed)
             } else {
-                "_OTHER"
+                Val::fixed("_OTHER")
             };
-            a.push((sc::HTTP_REQUEST_METHOD, method.into()));
+            a.push((sc::HTTP_REQUEST_METHOD, method));
             if let Some(code) = h.status {
                 a.push((sc::HTTP_RESPONSE_STATUS_CODE, i64::from(code).into()));
             }
-            a.push((sc::URL_SCHEME, if h.tls { "https" } else { "http" }.into()));
+            a.push((
+                sc::URL_SCHEME,
+                Val::fixed(if h.tls { "https" } else { "http" }),
+            ));
             let version = h.version.trim();
             let version = version.strip_prefix("HTTP/").unwrap_or(version);
             if !version.is_empty() {
-                a.push((sc::NETWORK_PROTOCOL_VERSION, version.into()));
+                a.push((sc::NETWORK_PROTOCOL_VERSION, Val::fixed(version)));
             }
             if kind == SpanKind::Client {
-                server_addr(&mut a, span);
+                server_addr(a, span);
             }
             if let Some(e) = error_type(span, h.status.map(|c| c.to_string())) {
                 a.push((sc::ERROR_TYPE, e.into()));
@@ -158,7 +168,7 @@ pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
             if let Some(ns) = &d.namespace {
                 a.push((sc::DB_NAMESPACE, ns.as_str().into()));
             }
-            server_addr(&mut a, span);
+            server_addr(a, span);
             if let Some((code, _)) = &d.error {
                 a.push((sc::DB_RESPONSE_STATUS_CODE, code.as_str().into()));
                 a.push((sc::ERROR_TYPE, code.as_str().into()));
@@ -174,7 +184,7 @@ pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
             }
             a.push((sc::NETWORK_PROTOCOL_VERSION, "2".into()));
             if kind == SpanKind::Client {
-                server_addr(&mut a, span);
+                server_addr(a, span);
             }
             if let Some(e) = error_type(span, None) {
                 a.push((sc::ERROR_TYPE, e.into()));
@@ -185,7 +195,6 @@ pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
                     SpanKind::Server => RPC_SERVER,
                     SpanKind::Client => RPC_CLIENT,
                 },
-                a,
                 ms,
             ));
         }
@@ -198,13 +207,12 @@ pub fn measure(span: &Span) -> Option<(Red, AttrSet, f64)> {
         }
         _ => return None,
     };
-    Some((which, a, secs))
+    Some((which, secs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signals::metrics::series::Val;
     use crate::testkit::{client_span, server_span};
 
     fn get<'a>(a: &'a AttrSet, k: &str) -> Option<&'a Val> {
