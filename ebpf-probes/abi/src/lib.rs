@@ -357,7 +357,18 @@ pub mod counter {
     pub const READ_FAILED: u32 = 2;
     /// Events submitted.
     pub const SUBMITTED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// OpenSSL plaintext dropped: the call's `SSL *` had no known socket (a memory-BIO stack
+    /// such as Node.js before its first unambiguous ciphertext read; see `probes::tls`).
+    pub const TLS_UNATTRIBUTED: u32 = 4;
+    /// An `SSL *` bound to its socket from the ciphertext read before its `SSL_read`.
+    pub const TLS_LEARNT: u32 = 5;
+    /// An `SSL_read` of an `SSL *` with no known socket after ciphertext reads on several
+    /// sockets: left unbound (a wrong connection is worse than none).
+    pub const TLS_AMBIGUOUS: u32 = 6;
+    /// A known `SSL *` seen reading another socket's ciphertext (its address was reused by a
+    /// new connection): bound anew.
+    pub const TLS_REBOUND: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 #[cfg(feature = "user")]

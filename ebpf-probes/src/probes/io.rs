@@ -21,9 +21,10 @@ use ztrace_abi::{
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
     maps::{
-        ARGS, DataBuf, NET_SOCKS, SCRATCH, SyscallArgs, config, count, header, is_traced,
-        note_ssl_socket, submit, traced_flags,
+        ARGS, DataBuf, NET_SOCKS, SCRATCH, SSL_CALLS, SyscallArgs, config, count, header,
+        is_traced, note_ssl_socket, submit, traced_flags,
     },
+    probes::tls::note_ciphertext_read,
 };
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
@@ -163,7 +164,7 @@ fn on_enter(ctx: &TracePointContext, flags: u8, pid_tgid: u64) -> Option<()> {
         user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
         args.sock = sk;
         if sk != 0 {
-            note_ssl_socket(flags, pid_tgid, sk);
+            let _ = note_ssl_socket(flags, pid_tgid, sk);
         }
         args.syscall = kind;
         args.direction = dir;
@@ -229,8 +230,25 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         } else {
             ret as u64
         };
-        if bytes > 0 {
-            emit_data(&args, bytes, args.sock);
+        if bytes > 0
+            && emit_data(&args, bytes, args.sock).is_some()
+            && args.direction == direction::INGRESS
+            && args.sock != 0
+        {
+            // Ciphertext a memory-BIO OpenSSL stack may decrypt next (`probes::tls`); reads
+            // inside an OpenSSL call are that call's own.
+            let tgid = (pid_tgid >> 32) as u32;
+            if let Some(flags) = traced_flags(tgid)
+                // SAFETY: plain map read for presence.
+                && unsafe { SSL_CALLS.get(pid_tgid) }.is_none()
+            {
+                note_ciphertext_read(
+                    flags,
+                    pid_tgid,
+                    args.sock,
+                    (args.has_seq != 0).then_some(args.seq),
+                );
+            }
         }
     }
     0
