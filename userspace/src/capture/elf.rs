@@ -109,17 +109,19 @@ pub fn exported_functions(
     let (str_off, str_size) = (u64_at(section(strtab), 0x18), u64_at(section(strtab), 0x20));
     let (sym_off, sym_size) = (u64_at(dynsym, 0x18), u64_at(dynsym, 0x20));
 
-    // Pass 1: where each wanted name sits in the string table ("\0NAME\0").
+    // Pass 1: where each wanted name sits in the string table: every "NAME\0", also inside a
+    // longer string (linkers share tails: "malloc" may be the end of "__libc_malloc"). A symbol
+    // whose name starts at such an offset is named exactly NAME.
     let longest = names.iter().map(|n| n.len()).max().unwrap_or(0);
     let mut name_at: Vec<(u32, &'static str)> = Vec::new();
     let patterns: Vec<Vec<u8>> = names
         .iter()
-        .map(|n| [&[0u8][..], n.as_bytes(), &[0u8][..]].concat())
+        .map(|n| [n.as_bytes(), &[0u8][..]].concat())
         .collect();
     chunks(file, str_off, str_size, longest + 1, 1, |at, chunk| {
         for (pattern, name) in patterns.iter().zip(names) {
             for hit in memchr::memmem::find_iter(chunk, pattern) {
-                let offset = (at + hit as u64 + 1) as u32;
+                let offset = (at + hit as u64) as u32;
                 if !name_at.contains(&(offset, *name)) {
                     name_at.push((offset, name));
                 }
