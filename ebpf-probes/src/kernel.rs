@@ -14,7 +14,7 @@ const S_IFSOCK: u16 = 0o140000;
 pub const IPPROTO_TCP: u16 = 6;
 
 #[inline(always)]
-fn read<T>(base: u64, offset: u32) -> Option<T> {
+pub(crate) fn read<T>(base: u64, offset: u32) -> Option<T> {
     if base == 0 || offset == OFFSET_UNKNOWN {
         return None;
     }

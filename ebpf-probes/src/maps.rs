@@ -215,6 +215,13 @@ pub struct TlsReads {
 #[map]
 pub static TLS_READS: LruHashMap<u64, TlsReads> = LruHashMap::with_max_entries(16384, 0);
 
+/// Per thread, the plaintext record of an `SSL_write` whose `SSL *` had no known socket yet,
+/// held until the socket shows (`probes::tls`); `event.sock_id` holds the `SSL *` meanwhile.
+/// One per thread that writes before its first read (a TLS client's first request); LRU, 8 KiB
+/// each, so small.
+#[map]
+pub static PENDING_WRITES: LruHashMap<u64, DataBuf> = LruHashMap::with_max_entries(256, 0);
+
 /// Owner (TGID) of each TCP socket a traced process connected or accepted, for the `sock:`/`tcp:`
 /// tracepoints that fire outside the owner's context (see `probes::net`). LRU: bounded.
 #[map]

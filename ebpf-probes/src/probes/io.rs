@@ -24,7 +24,7 @@ use crate::{
         ARGS, DataBuf, NET_SOCKS, SCRATCH, SSL_CALLS, SyscallArgs, config, count, header,
         is_traced, note_ssl_socket, submit, traced_flags,
     },
-    probes::tls::note_ciphertext_read,
+    probes::tls::{Seq, note_ciphertext},
 };
 
 /// Syscall numbers of the hooked syscalls for the architecture the probes are built for.
@@ -230,24 +230,20 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         } else {
             ret as u64
         };
-        if bytes > 0
-            && emit_data(&args, bytes, args.sock).is_some()
-            && args.direction == direction::INGRESS
-            && args.sock != 0
-        {
-            // Ciphertext a memory-BIO OpenSSL stack may decrypt next (`probes::tls`); reads
-            // inside an OpenSSL call are that call's own.
+        if bytes > 0 && emit_data(&args, bytes, args.sock).is_some() && args.sock != 0 {
+            // Ciphertext of a memory-BIO OpenSSL stack (`probes::tls`); I/O inside an OpenSSL
+            // call is that call's own.
             let tgid = (pid_tgid >> 32) as u32;
             if let Some(flags) = traced_flags(tgid)
                 // SAFETY: plain map read for presence.
                 && unsafe { SSL_CALLS.get(pid_tgid) }.is_none()
             {
-                note_ciphertext_read(
-                    flags,
-                    pid_tgid,
-                    args.sock,
-                    (args.has_seq != 0).then_some(args.seq),
-                );
+                let seq = Seq {
+                    seq: args.seq,
+                    has: args.has_seq,
+                };
+                let egress = args.direction == direction::EGRESS;
+                note_ciphertext(flags, pid_tgid, args.sock, seq, egress);
             }
         }
     }
@@ -349,6 +345,32 @@ pub fn emit_prepared(
     bytes: u64,
     sock_id: u64,
 ) -> Option<()> {
+    prepare(buf, header, args, bytes, sock_id);
+    submit_buf(buf)
+}
+
+/// Submits the record completed in `buf` at its real length.
+#[inline(always)]
+pub fn submit_buf(buf: &DataBuf) -> Option<()> {
+    let n = (buf.event.cap_len as usize).min(MAX_PAYLOAD);
+    let total = core::mem::size_of::<DataEvent>() + n;
+    // SAFETY: DataBuf is repr(C) with the event first and the payload right after it.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(buf as *const _ as *const u8, core::mem::size_of_val(buf))
+    };
+    submit::<[u8]>(bytes.get(..total)?);
+    Some(())
+}
+
+/// Completes the record in `buf` (all but the tuple) and copies the payload head into it.
+#[inline(always)]
+pub fn prepare(
+    buf: &mut DataBuf,
+    header: ztrace_abi::EventHeader,
+    args: &SyscallArgs,
+    bytes: u64,
+    sock_id: u64,
+) {
     let cfg = config();
     let e = &mut buf.event;
     e.header = header;
@@ -390,11 +412,4 @@ pub fn emit_prepared(
     }
     let n = (n as usize).min(MAX_PAYLOAD);
     buf.event.cap_len = n as u32;
-    let total = core::mem::size_of::<DataEvent>() + n;
-    // SAFETY: DataBuf is repr(C) with the event first and the payload right after it.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(buf as *const _ as *const u8, core::mem::size_of_val(buf))
-    };
-    submit::<[u8]>(bytes.get(..total)?);
-    Some(())
 }

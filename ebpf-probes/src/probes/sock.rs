@@ -34,7 +34,7 @@ use crate::{
     maps::{NET_SOCKS, SyscallArgs, config, note_ssl_socket, traced_flags},
     probes::{
         io::{classify, emit_conn, emit_prepared, scratch, user_buffer},
-        tls::note_ciphertext_read,
+        tls::{Seq, note_ciphertext},
     },
 };
 
@@ -123,13 +123,12 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
         ts_ns: args.enter_ns,
     };
     emit_prepared(buf, header, &args, ret as u64, sk)?;
-    if !egress && !in_ssl_call {
-        note_ciphertext_read(
-            traced,
-            pid_tgid,
-            sk,
-            (args.has_seq != 0).then_some(args.seq),
-        );
+    if !in_ssl_call {
+        let seq = Seq {
+            seq: args.seq,
+            has: args.has_seq,
+        };
+        note_ciphertext(traced, pid_tgid, sk, seq, egress);
     }
     Some(())
 }

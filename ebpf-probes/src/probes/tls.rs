@@ -13,8 +13,13 @@
 //!   on exactly one socket reads that socket's records. Reads on several sockets bind nothing
 //!   (counted `TLS_AMBIGUOUS`); a bound `SSL *` seen after another socket's records was freed
 //!   and reused by a new connection, whose handshake reads always come first (`TLS_REBOUND`).
-//!   Writes use the binding only. Plaintext with no known socket is dropped and counted
-//!   (`TLS_UNATTRIBUTED`): a wrong connection is worse than none.
+//!   A client's first request is written before its socket is known (Node runs `SSL_write` on
+//!   the pending request as soon as the server's handshake flight is fed in, before `SSL_read`):
+//!   its plaintext record waits in `PENDING_WRITES` until the `SSL *` is bound by the evidence
+//!   rule, or until the thread writes TLS records to a socket outside OpenSSL calls (the
+//!   ciphertext going out), whichever comes first; an OpenSSL call on another `SSL *` first
+//!   drops it. Plaintext with no known socket is dropped and counted (`TLS_UNATTRIBUTED`): a
+//!   wrong connection is worse than none.
 //!
 //! Memory-BIO plaintext also carries the TCP sequence number of its ciphertext, so cross-process
 //! links work as for clear text: an `SSL_read` right after the evidence read starts at that
@@ -26,16 +31,28 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use ztrace_abi::{counter, direction, syscall, traced};
+use ztrace_abi::{SockTuple, counter, direction, kind, syscall, traced};
 
 use crate::{
-    kernel::{IPPROTO_TCP, sock_family_protocol, tcp_seq},
+    kernel::{IPPROTO_TCP, read, sock_tuple, tcp_seq},
     maps::{
-        SSL_CALLS, SSL_SOCKS, SslCall, SyscallArgs, TLS_READS, TlsReads, config, count,
-        traced_flags_mut,
+        DataBuf, PENDING_WRITES, SSL_CALLS, SSL_SOCKS, SslCall, SyscallArgs, TLS_READS, TlsReads,
+        config, count, header, traced_flags_mut,
     },
-    probes::io::{emit_data, scratch},
+    probes::io::{emit_data, prepare, scratch, submit_buf},
 };
+
+/// A TCP sequence number, if known (`has` 1). Not an `Option<u32>`: the code generated for one
+/// can leave the number's register unset on the `None` path, which the verifier rejects.
+#[derive(Clone, Copy)]
+pub(crate) struct Seq {
+    pub seq: u32,
+    pub has: u8,
+}
+
+impl Seq {
+    pub const NONE: Seq = Seq { seq: 0, has: 0 };
+}
 
 /// Largest TLS record body (2^14 plus the most any version adds for padding and the MAC).
 const MAX_RECORD: u16 = (1 << 14) + 2048;
@@ -52,19 +69,41 @@ fn looks_like_tls_record(h: &[u8; 5]) -> bool {
         && u16::from_be_bytes([h[3], h[4]]) <= MAX_RECORD
 }
 
-/// A read of socket `sk` by thread `pid_tgid` of a process with probed OpenSSL, outside any
-/// OpenSSL call; its bytes are in the record just emitted from `scratch`. `seq` is the TCP
-/// sequence number of its first byte.
+/// Socket I/O of thread `pid_tgid` of a process with probed OpenSSL, outside any OpenSSL call;
+/// its bytes are in the record just emitted from `scratch`. `seq` is the TCP sequence number of
+/// its first byte.
 #[inline(always)]
-pub(crate) fn note_ciphertext_read(flags: u8, pid_tgid: u64, sk: u64, seq: Option<u32>) {
+pub(crate) fn note_ciphertext(flags: u8, pid_tgid: u64, sk: u64, seq: Seq, egress: bool) {
     if flags & traced::TLS == 0 {
         return;
     }
-    let Some(buf) = scratch() else {
+    if egress {
+        // Only a thread holding a write whose socket is unknown cares.
+        if let Some(p) = PENDING_WRITES.get_ptr_mut(pid_tgid)
+            && starts_with_record()
+        {
+            // SAFETY: our own map value, written only by this thread's programs.
+            let ssl = unsafe { (*p).event.sock_id };
+            let _ = SSL_SOCKS.insert(ssl, sk, 0);
+            count(counter::TLS_LEARNT);
+            release(pid_tgid, p, sk, seq);
+        }
         return;
+    }
+    if !starts_with_record() {
+        return;
+    }
+    note_read(pid_tgid, sk, seq);
+}
+
+/// Whether the record just emitted from `scratch` starts with a TLS record header.
+#[inline(always)]
+fn starts_with_record() -> bool {
+    let Some(buf) = scratch() else {
+        return false;
     };
     if buf.event.cap_len < 5 {
-        return;
+        return false;
     }
     let head = [
         buf.payload[0],
@@ -73,9 +112,11 @@ pub(crate) fn note_ciphertext_read(flags: u8, pid_tgid: u64, sk: u64, seq: Optio
         buf.payload[3],
         buf.payload[4],
     ];
-    if !looks_like_tls_record(&head) {
-        return;
-    }
+    looks_like_tls_record(&head)
+}
+
+#[inline(always)]
+fn note_read(pid_tgid: u64, sk: u64, seq: Seq) {
     match TLS_READS.get_ptr_mut(pid_tgid) {
         // SAFETY: our own map value, written only by this thread's programs.
         Some(r) => unsafe {
@@ -86,8 +127,8 @@ pub(crate) fn note_ciphertext_read(flags: u8, pid_tgid: u64, sk: u64, seq: Optio
         None => {
             let reads = TlsReads {
                 sock: sk,
-                seq: seq.unwrap_or(0),
-                has_seq: seq.is_some() as u8,
+                seq: seq.seq,
+                has_seq: seq.has,
                 several: 0,
                 _pad: [0; 2],
             };
@@ -165,6 +206,19 @@ fn enter(ctx: &ProbeContext, dir: u8, ex: bool) {
             learn(ssl, &reads, &mut call);
         }
     }
+    if let Some(p) = PENDING_WRITES.get_ptr_mut(pid_tgid) {
+        // SAFETY: our own map value, written only by this thread's programs.
+        let pending_ssl = unsafe { (*p).event.sock_id };
+        if pending_ssl != ssl {
+            // Another connection's turn: which socket the held write goes to is unknowable.
+            let _ = PENDING_WRITES.remove(pid_tgid);
+            count(counter::TLS_UNATTRIBUTED);
+        // SAFETY: plain map read, copied out.
+        } else if let Some(sock) = unsafe { SSL_SOCKS.get(ssl) }.copied() {
+            // Bound just now: its records have not gone out yet (the thread writes them next).
+            release(pid_tgid, p, sock, write_seq(sock));
+        }
+    }
     let _ = SSL_CALLS.insert(pid_tgid, call, 0);
 }
 
@@ -196,22 +250,25 @@ fn exit(ctx: &RetProbeContext, ex: bool) {
         // Socket BIO: the call's own I/O named the socket. Its records may have been read
         // ahead or written in pieces: no sequence number.
         let _ = SSL_SOCKS.insert(call.ssl, call.sock, 0);
-        (call.sock, None)
+        (call.sock, Seq::NONE)
     } else {
         // SAFETY: plain map read.
         let Some(sock) = (unsafe { SSL_SOCKS.get(call.ssl) }).copied() else {
-            count(counter::TLS_UNATTRIBUTED);
+            if call.direction == direction::EGRESS {
+                hold_write(pid_tgid, &call, bytes);
+            } else {
+                count(counter::TLS_UNATTRIBUTED);
+            }
             return;
         };
         let seq = if call.direction == direction::INGRESS {
-            (call.has_seq != 0).then_some(call.seq)
+            Seq {
+                seq: call.seq,
+                has: call.has_seq,
+            }
         } else {
             // Memory BIO: the records just made go out next, where the socket's writes are.
-            let off = &config().offsets;
-            match sock_family_protocol(off, sock) {
-                Some((_, IPPROTO_TCP)) => tcp_seq(off, sock, true),
-                _ => None,
-            }
+            write_seq(sock)
         };
         (sock, seq)
     };
@@ -220,7 +277,7 @@ fn exit(ctx: &RetProbeContext, ex: bool) {
         buf: call.buf,
         enter_ns: call.enter_ns,
         fd: -1,
-        seq: seq.unwrap_or(0),
+        seq: seq.seq,
         syscall: if call.direction == direction::INGRESS {
             syscall::SSL_READ
         } else {
@@ -228,11 +285,70 @@ fn exit(ctx: &RetProbeContext, ex: bool) {
         },
         direction: call.direction,
         vectored: 0,
-        has_seq: seq.is_some() as u8,
+        has_seq: seq.has,
         iovcnt: 0,
         msgvec: 0,
     };
     let _ = emit_data(&args, bytes, sock | 1);
+}
+
+/// Where the next bytes written to TCP socket `sock` go.
+#[inline(always)]
+fn write_seq(sock: u64) -> Seq {
+    let off = &config().offsets;
+    // One field read to a definite value: matching `sock_family_protocol`'s pair here left a
+    // register unset on its early-return path, which the verifier rejects.
+    let protocol: u16 = read(sock, off.sk_protocol).unwrap_or(0);
+    if protocol != IPPROTO_TCP {
+        return Seq::NONE;
+    }
+    match tcp_seq(off, sock, true) {
+        Some(seq) => Seq { seq, has: 1 },
+        None => Seq::NONE,
+    }
+}
+
+/// Holds the plaintext of `call` (an `SSL_write` whose socket is not known yet) for the thread.
+#[inline(always)]
+fn hold_write(pid_tgid: u64, call: &SslCall, bytes: u64) {
+    let Some(buf) = scratch() else {
+        return;
+    };
+    buf.event.tuple = SockTuple::default();
+    let args = SyscallArgs {
+        sock: 0,
+        buf: call.buf,
+        enter_ns: call.enter_ns,
+        fd: -1,
+        seq: 0,
+        syscall: syscall::SSL_WRITE,
+        direction: direction::EGRESS,
+        vectored: 0,
+        has_seq: 0,
+        iovcnt: 0,
+        msgvec: 0,
+    };
+    prepare(buf, header(kind::DATA), &args, bytes, call.ssl);
+    // SAFETY: plain map read for presence.
+    if unsafe { PENDING_WRITES.get(pid_tgid) }.is_some() {
+        count(counter::TLS_UNATTRIBUTED);
+    }
+    let _ = PENDING_WRITES.insert(pid_tgid, buf, 0);
+}
+
+/// Emits the write held for the thread as plaintext of socket `sock`, and forgets it.
+#[inline(always)]
+fn release(pid_tgid: u64, p: *mut DataBuf, sock: u64, seq: Seq) {
+    if let Some(tuple) = sock_tuple(&config().offsets, sock) {
+        // SAFETY: our own map value, written only by this thread's programs.
+        let buf = unsafe { &mut *p };
+        buf.event.tuple = tuple;
+        buf.event.sock_id = sock | 1;
+        buf.event.seq = seq.seq;
+        buf.event.has_seq = seq.has;
+        let _ = submit_buf(buf);
+    }
+    let _ = PENDING_WRITES.remove(pid_tgid);
 }
 
 #[uprobe]
