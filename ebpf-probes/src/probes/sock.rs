@@ -33,7 +33,8 @@ use crate::{
     kernel::{IPPROTO_TCP, sock_tuple, syscall_regs, tcp_seq},
     maps::{NET_SOCKS, SyscallArgs, config, note_ssl_socket, traced_flags},
     probes::{
-        io::{classify, emit_conn, emit_prepared, scratch, user_buffer},
+        io::{classify, emit_conn, user_buffer},
+        record::{emit_prepared, scratch},
         tls::{Seq, note_ciphertext},
     },
 };

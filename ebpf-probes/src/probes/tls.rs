@@ -39,7 +39,7 @@ use crate::{
         DataBuf, PENDING_WRITES, SSL_CALLS, SSL_SOCKS, SslCall, SyscallArgs, TLS_READS, TlsReads,
         config, count, header, traced_flags_mut,
     },
-    probes::io::{emit_data, prepare, scratch, submit_buf},
+    probes::record::{emit_data, prepare, scratch, submit_buf},
 };
 
 /// A TCP sequence number, if known (`has` 1). Not an `Option<u32>`: the code generated for one

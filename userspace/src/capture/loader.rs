@@ -15,7 +15,7 @@ use aya::{
 };
 use ztrace_abi::{Config, MAX_PAYLOAD, counter};
 
-use super::{btf, preflight};
+use super::{btf, preflight, tls_target::TlsTarget};
 
 /// The probe object built by build.rs.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace-probes"));
@@ -406,10 +406,10 @@ impl Capture {
     pub fn attach_tls(
         &mut self,
         pid: u32,
-        target: &super::TlsTarget,
+        target: &TlsTarget,
     ) -> Result<Option<std::path::PathBuf>> {
         let probe = match target {
-            super::TlsTarget::Probe(p) => Some(p),
+            TlsTarget::Probe(p) => Some(p),
             _ => None,
         };
         // The socket probes look for an OpenSSL call in progress only in processes that map
