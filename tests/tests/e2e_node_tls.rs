@@ -100,6 +100,20 @@ fn node_https_client_and_servers_are_traced_and_linked() -> Result<()> {
     if !privileged_or_skip("node_https_client_and_servers_are_traced_and_linked") {
         return Ok(());
     }
+    client_a_b(&[])
+}
+
+/// The same through the syscall tracepoints (kernels before 6.3): the ciphertext evidence
+/// comes from `sys_exit` of read/write there.
+#[test]
+fn node_https_via_syscall_tracepoints() -> Result<()> {
+    if !privileged_or_skip("node_https_via_syscall_tracepoints") {
+        return Ok(());
+    }
+    client_a_b(&["--capture-via-syscalls"])
+}
+
+fn client_a_b(extra: &[&str]) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("ztrace-node-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = self_signed(&dir)?;
@@ -122,12 +136,15 @@ fn node_https_client_and_servers_are_traced_and_linked() -> Result<()> {
         "sleep 3; exec node {} client {a_port} {REQUESTS} {CONNECTIONS}",
         apps_dir().join("https_node.js").display()
     );
+    let b_pid = b.pid().to_string();
+    let mut args = vec!["--pid", &b_pid];
+    args.extend_from_slice(extra);
     let spans = trace_server_and_clients(
         &rt,
         &receiver,
         a.pid(),
         &script,
-        &["--pid", &b.pid().to_string()],
+        &args,
         (REQUESTS * 4) as usize,
     )?;
     let _ = std::fs::remove_dir_all(&dir);
