@@ -209,7 +209,9 @@ pub struct TlsReads {
     pub has_seq: u8,
     /// Set once a TLS-looking read came from another socket too: the evidence names no socket.
     pub several: u8,
-    pub _pad: [u8; 2],
+    /// The first read began with a handshake record (a connection starting).
+    pub handshake: u8,
+    pub _pad: u8,
 }
 
 #[map]

@@ -362,8 +362,9 @@ pub mod counter {
     pub const TLS_UNATTRIBUTED: u32 = 4;
     /// An `SSL *` bound to its socket from the ciphertext read before its `SSL_read`.
     pub const TLS_LEARNT: u32 = 5;
-    /// An `SSL_read` of an `SSL *` with no known socket after ciphertext reads on several
-    /// sockets: left unbound (a wrong connection is worse than none).
+    /// An `SSL_read` after ciphertext reads on several sockets (of an `SSL *` with no known
+    /// socket), or after another socket's non-handshake records (of a bound one): nothing is
+    /// bound (a wrong connection is worse than none).
     pub const TLS_AMBIGUOUS: u32 = 6;
     /// A known `SSL *` seen reading another socket's ciphertext (its address was reused by a
     /// new connection): bound anew.

@@ -11,8 +11,10 @@
 //!   calls `SSL_write`, then writes the ciphertext out. So a thread's reads *outside* OpenSSL
 //!   calls since its last one are evidence (`TLS_READS`): an `SSL_read` after TLS-looking reads
 //!   on exactly one socket reads that socket's records. Reads on several sockets bind nothing
-//!   (counted `TLS_AMBIGUOUS`); a bound `SSL *` seen after another socket's records was freed
-//!   and reused by a new connection, whose handshake reads always come first (`TLS_REBOUND`).
+//!   (counted `TLS_AMBIGUOUS`); a bound `SSL *` seen after another socket's handshake records
+//!   was freed and reused by a new connection, whose handshake reads come first
+//!   (`TLS_REBOUND`); after another socket's other records the evidence is doubted, not the
+//!   binding (`TLS_AMBIGUOUS`).
 //!   A client's first request is written before its socket is known (Node runs `SSL_write` on
 //!   the pending request as soon as the server's handshake flight is fed in, before `SSL_read`):
 //!   its plaintext record waits in `PENDING_WRITES` until the `SSL *` is bound by the evidence
@@ -54,6 +56,9 @@ impl Seq {
     pub const NONE: Seq = Seq { seq: 0, has: 0 };
 }
 
+/// TLS record content type of handshake messages.
+const HANDSHAKE: u8 = 22;
+
 /// Largest TLS record body (2^14 plus the most any version adds for padding and the MAC).
 const MAX_RECORD: u16 = (1 << 14) + 2048;
 
@@ -80,7 +85,7 @@ pub(crate) fn note_ciphertext(flags: u8, pid_tgid: u64, sk: u64, seq: Seq, egres
     if egress {
         // Only a thread holding a write whose socket is unknown cares.
         if let Some(p) = PENDING_WRITES.get_ptr_mut(pid_tgid)
-            && starts_with_record()
+            && record_type() != 0
         {
             // SAFETY: our own map value, written only by this thread's programs.
             let ssl = unsafe { (*p).event.sock_id };
@@ -90,20 +95,22 @@ pub(crate) fn note_ciphertext(flags: u8, pid_tgid: u64, sk: u64, seq: Seq, egres
         }
         return;
     }
-    if !starts_with_record() {
+    let content = record_type();
+    if content == 0 {
         return;
     }
-    note_read(pid_tgid, sk, seq);
+    note_read(pid_tgid, sk, seq, content == HANDSHAKE);
 }
 
-/// Whether the record just emitted from `scratch` starts with a TLS record header.
+/// The content type of the TLS record the record just emitted from `scratch` starts with; 0
+/// when it does not start with one.
 #[inline(always)]
-fn starts_with_record() -> bool {
+fn record_type() -> u8 {
     let Some(buf) = scratch() else {
-        return false;
+        return 0;
     };
     if buf.event.cap_len < 5 {
-        return false;
+        return 0;
     }
     let head = [
         buf.payload[0],
@@ -112,11 +119,15 @@ fn starts_with_record() -> bool {
         buf.payload[3],
         buf.payload[4],
     ];
-    looks_like_tls_record(&head)
+    if looks_like_tls_record(&head) {
+        head[0]
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
-fn note_read(pid_tgid: u64, sk: u64, seq: Seq) {
+fn note_read(pid_tgid: u64, sk: u64, seq: Seq, handshake: bool) {
     match TLS_READS.get_ptr_mut(pid_tgid) {
         // SAFETY: our own map value, written only by this thread's programs.
         Some(r) => unsafe {
@@ -130,7 +141,8 @@ fn note_read(pid_tgid: u64, sk: u64, seq: Seq) {
                 seq: seq.seq,
                 has_seq: seq.has,
                 several: 0,
-                _pad: [0; 2],
+                handshake: handshake as u8,
+                _pad: 0,
             };
             let _ = TLS_READS.insert(pid_tgid, reads, 0);
         }
@@ -149,13 +161,23 @@ fn learn(ssl: u64, reads: &TlsReads, call: &mut SslCall) {
         }
         return;
     }
-    if known != Some(reads.sock) {
-        let _ = SSL_SOCKS.insert(ssl, reads.sock, 0);
-        count(if known.is_some() {
-            counter::TLS_REBOUND
-        } else {
-            counter::TLS_LEARNT
-        });
+    match known {
+        Some(sock) if sock == reads.sock => {}
+        // A bound `SSL *` reads another socket's records only when its memory went to a new
+        // connection, whose first records are handshake ones. Without that the evidence is
+        // doubted (another connection's reader may not have run yet), not the binding.
+        Some(_) if reads.handshake == 0 => {
+            count(counter::TLS_AMBIGUOUS);
+            return;
+        }
+        Some(_) => {
+            let _ = SSL_SOCKS.insert(ssl, reads.sock, 0);
+            count(counter::TLS_REBOUND);
+        }
+        None => {
+            let _ = SSL_SOCKS.insert(ssl, reads.sock, 0);
+            count(counter::TLS_LEARNT);
+        }
     }
     call.seq = reads.seq;
     call.has_seq = reads.has_seq;
