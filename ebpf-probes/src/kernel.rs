@@ -110,6 +110,20 @@ pub fn sock_family_protocol(off: &KernelOffsets, sk: u64) -> Option<(u16, u16)> 
     Some((family, protocol))
 }
 
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// Whether TCP socket `sk` still carries a connection the application can write to
+/// (established, or closed by the peer only). True when this kernel's layout is unknown.
+#[inline(always)]
+pub fn tcp_connected(off: &KernelOffsets, sk: u64) -> bool {
+    if off.sk_state == OFFSET_UNKNOWN {
+        return true;
+    }
+    let state: u8 = read(sk, off.sk_state).unwrap_or(0);
+    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT
+}
+
 /// TCP sequence number of the next byte the application writes (egress) or reads (ingress).
 /// `struct tcp_sock` begins with `struct sock`, so its offsets apply to the same pointer.
 #[inline(always)]

@@ -4,9 +4,10 @@
 //       serves GET /item/N on 127.0.0.1 with status 210 + N % 40 after a random pause, so
 //       responses on concurrent connections interleave; with NEXT_PORT it first calls
 //       https://127.0.0.1:NEXT_PORT/item/N itself (client → A → B). Prints "PORT <n>".
-//   node https_node.js client PORT COUNT CONCURRENCY
-//       sends COUNT requests over at most CONCURRENCY keep-alive connections, all at once;
-//       exits 1 unless each answer has the status and body its path asks for.
+//   node https_node.js client PORT COUNT CONCURRENCY [fresh]
+//       sends COUNT requests over at most CONCURRENCY keep-alive connections, all at once
+//       ("fresh": a new connection per request, so OpenSSL's SSL objects are freed and their
+//       memory reused); exits 1 unless each answer has the status and body its path asks for.
 'use strict';
 const fs = require('fs');
 const https = require('https');
@@ -50,12 +51,25 @@ function server(cert, key, next) {
   srv.listen(0, '127.0.0.1', () => console.log(`PORT ${srv.address().port}`));
 }
 
-async function client(port, count, concurrency) {
+async function client(port, count, concurrency, fresh) {
   const ag = agent(concurrency);
-  const all = [];
-  for (let n = 0; n < count; n++) all.push(get(port, `/item/${n}`, ag).then((r) => [n, r]));
+  let answers = [];
+  if (fresh) {
+    // Waves of CONCURRENCY requests, each on a connection of its own (`agent: false` closes it
+    // after the answer): the next wave's SSL objects take the memory the last one freed.
+    for (let n = 0; n < count; n += concurrency) {
+      const wave = [];
+      for (let i = n; i < Math.min(count, n + concurrency); i++)
+        wave.push(get(port, `/item/${i}`, false).then((r) => [i, r]));
+      answers = answers.concat(await Promise.all(wave));
+    }
+  } else {
+    const all = [];
+    for (let n = 0; n < count; n++) all.push(get(port, `/item/${n}`, ag).then((r) => [n, r]));
+    answers = await Promise.all(all);
+  }
   let bad = 0;
-  for (const [n, r] of await Promise.all(all)) {
+  for (const [n, r] of answers) {
     if (r.status !== status(n) || !r.body.startsWith(`item ${n}`)) {
       console.error(`/item/${n}: ${r.status} ${r.body}`);
       bad++;
@@ -67,7 +81,7 @@ async function client(port, count, concurrency) {
 
 const [mode, ...args] = process.argv.slice(2);
 if (mode === 'server') server(args[0], args[1], args[2] && Number(args[2]));
-else if (mode === 'client') client(Number(args[0]), Number(args[1]), Number(args[2]));
+else if (mode === 'client') client(Number(args[0]), Number(args[1]), Number(args[2]), args[3] === 'fresh');
 else {
   console.error('usage: https_node.js server CERT KEY [NEXT_PORT] | client PORT COUNT CONCURRENCY');
   process.exit(2);

@@ -100,7 +100,17 @@ fn node_https_client_and_servers_are_traced_and_linked() -> Result<()> {
     if !privileged_or_skip("node_https_client_and_servers_are_traced_and_linked") {
         return Ok(());
     }
-    client_a_b(&[])
+    client_a_b(&[], "")
+}
+
+/// A new connection per request: freed `SSL` objects' memory goes to the next connections, so
+/// the probes must bind a reused `SSL *` anew (on its handshake), never keep the old socket.
+#[test]
+fn node_https_new_connection_per_request() -> Result<()> {
+    if !privileged_or_skip("node_https_new_connection_per_request") {
+        return Ok(());
+    }
+    client_a_b(&[], "fresh")
 }
 
 /// The same through the syscall tracepoints (kernels before 6.3): the ciphertext evidence
@@ -110,10 +120,10 @@ fn node_https_via_syscall_tracepoints() -> Result<()> {
     if !privileged_or_skip("node_https_via_syscall_tracepoints") {
         return Ok(());
     }
-    client_a_b(&["--capture-via-syscalls"])
+    client_a_b(&["--capture-via-syscalls"], "")
 }
 
-fn client_a_b(extra: &[&str]) -> Result<()> {
+fn client_a_b(extra: &[&str], client_mode: &str) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("ztrace-node-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = self_signed(&dir)?;
@@ -133,7 +143,7 @@ fn client_a_b(extra: &[&str]) -> Result<()> {
 
     let (rt, receiver) = runtime_with_receiver()?;
     let script = format!(
-        "sleep 3; exec node {} client {a_port} {REQUESTS} {CONNECTIONS}",
+        "sleep 3; exec node {} client {a_port} {REQUESTS} {CONNECTIONS} {client_mode}",
         apps_dir().join("https_node.js").display()
     );
     let b_pid = b.pid().to_string();

@@ -201,6 +201,9 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_protocol: u32,
+    /// `sock_common.skc_state` (TCP state, u8): whether a socket an `SSL *` was bound to still
+    /// carries a connection (`probes::tls`).
+    pub sk_state: u32,
     pub tcp_write_seq: u32,
     pub tcp_copied_seq: u32,
     /// `struct pt_regs` members holding the syscall number and its first three arguments as the
@@ -262,6 +265,7 @@ impl KernelOffsets {
         sk_v6_rcv_saddr: OFFSET_UNKNOWN,
         sk_v6_daddr: OFFSET_UNKNOWN,
         sk_protocol: OFFSET_UNKNOWN,
+        sk_state: OFFSET_UNKNOWN,
         tcp_write_seq: OFFSET_UNKNOWN,
         tcp_copied_seq: OFFSET_UNKNOWN,
         regs_nr: OFFSET_UNKNOWN,

@@ -14,7 +14,8 @@
 //!   (counted `TLS_AMBIGUOUS`); a bound `SSL *` seen after another socket's handshake records
 //!   was freed and reused by a new connection, whose handshake reads come first
 //!   (`TLS_REBOUND`); after another socket's other records the evidence is doubted, not the
-//!   binding (`TLS_AMBIGUOUS`).
+//!   binding (`TLS_AMBIGUOUS`). A binding whose socket no longer carries a connection (its
+//!   `SSL *` was freed with it) counts as none: the reused `SSL *`'s first write waits.
 //!   A client's first request is written before its socket is known (Node runs `SSL_write` on
 //!   the pending request as soon as the server's handshake flight is fed in, before `SSL_read`):
 //!   its plaintext record waits in `PENDING_WRITES` until the `SSL *` is bound by the evidence
@@ -36,7 +37,7 @@ use aya_ebpf::{
 use ztrace_abi::{SockTuple, counter, direction, kind, syscall, traced};
 
 use crate::{
-    kernel::{IPPROTO_TCP, read, sock_tuple, tcp_seq},
+    kernel::{IPPROTO_TCP, read, sock_tuple, tcp_connected, tcp_seq},
     maps::{
         DataBuf, PENDING_WRITES, SSL_CALLS, SSL_SOCKS, SslCall, SyscallArgs, TLS_READS, TlsReads,
         config, count, header, traced_flags_mut,
@@ -149,12 +150,38 @@ fn note_read(pid_tgid: u64, sk: u64, seq: Seq, handshake: bool) {
     }
 }
 
+/// The socket `ssl` is bound to, unless that socket no longer carries a connection (`stale`):
+/// then the `SSL *` was freed with its connection and its memory may serve a new one, whose
+/// first write comes before its first read names the new socket.
+struct Bound {
+    sock: Option<u64>,
+    stale: bool,
+}
+
+#[inline(always)]
+fn bound(ssl: u64) -> Bound {
+    // SAFETY: plain map read, copied out.
+    match unsafe { SSL_SOCKS.get(ssl) }.copied() {
+        Some(sock) if tcp_connected(&config().offsets, sock) => Bound {
+            sock: Some(sock),
+            stale: false,
+        },
+        Some(_) => Bound {
+            sock: None,
+            stale: true,
+        },
+        None => Bound {
+            sock: None,
+            stale: false,
+        },
+    }
+}
+
 /// An `SSL_read` of `ssl` after the thread's reads `reads`: bind `ssl` to their socket when
 /// they name one, and give the call the sequence number its plaintext starts at.
 #[inline(always)]
 fn learn(ssl: u64, reads: &TlsReads, call: &mut SslCall) {
-    // SAFETY: plain map read, copied out.
-    let known = unsafe { SSL_SOCKS.get(ssl) }.copied();
+    let Bound { sock: known, stale } = bound(ssl);
     if reads.several != 0 {
         if known.is_none() {
             count(counter::TLS_AMBIGUOUS);
@@ -176,7 +203,11 @@ fn learn(ssl: u64, reads: &TlsReads, call: &mut SslCall) {
         }
         None => {
             let _ = SSL_SOCKS.insert(ssl, reads.sock, 0);
-            count(counter::TLS_LEARNT);
+            count(if stale {
+                counter::TLS_REBOUND
+            } else {
+                counter::TLS_LEARNT
+            });
         }
     }
     call.seq = reads.seq;
@@ -235,8 +266,7 @@ fn enter(ctx: &ProbeContext, dir: u8, ex: bool) {
             // Another connection's turn: which socket the held write goes to is unknowable.
             let _ = PENDING_WRITES.remove(pid_tgid);
             count(counter::TLS_UNATTRIBUTED);
-        // SAFETY: plain map read, copied out.
-        } else if let Some(sock) = unsafe { SSL_SOCKS.get(ssl) }.copied() {
+        } else if let Some(sock) = bound(ssl).sock {
             // Bound just now: its records have not gone out yet (the thread writes them next).
             release(pid_tgid, p, sock, write_seq(sock));
         }
@@ -274,8 +304,7 @@ fn exit(ctx: &RetProbeContext, ex: bool) {
         let _ = SSL_SOCKS.insert(call.ssl, call.sock, 0);
         (call.sock, Seq::NONE)
     } else {
-        // SAFETY: plain map read.
-        let Some(sock) = (unsafe { SSL_SOCKS.get(call.ssl) }).copied() else {
+        let Some(sock) = bound(call.ssl).sock else {
             if call.direction == direction::EGRESS {
                 hold_write(pid_tgid, &call, bytes);
             } else {
