@@ -110,6 +110,15 @@ pub fn sock_family_protocol(off: &KernelOffsets, sk: u64) -> Option<(u16, u16)> 
     Some((family, protocol))
 }
 
+/// The connection's local and remote ports (`skc_num << 16 | skc_dport`): which connection a
+/// socket struct carries now.
+#[inline(always)]
+pub fn sock_ports(off: &KernelOffsets, sk: u64) -> u32 {
+    let local: u16 = read(sk, off.sk_num).unwrap_or(0);
+    let remote: u16 = read(sk, off.sk_dport).unwrap_or(0);
+    ((local as u32) << 16) | remote as u32
+}
+
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_CLOSE_WAIT: u8 = 8;
 

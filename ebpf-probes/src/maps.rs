@@ -195,7 +195,17 @@ pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16
 /// Which socket an `SSL *` talks over, learnt from syscalls made inside SSL calls or, for
 /// memory-BIO stacks, from the ciphertext read before an `SSL_read` (`probes::tls`).
 #[map]
-pub static SSL_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+pub static SSL_SOCKS: LruHashMap<u64, SslSock> = LruHashMap::with_max_entries(65536, 0);
+
+/// The socket of an `SSL *`, and the connection's ports when it was bound: a socket struct
+/// freed and reused by another connection has other ports.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslSock {
+    pub sock: u64,
+    pub ports: u32,
+    pub _pad: u32,
+}
 
 /// What a thread of a TLS process read outside OpenSSL calls since its last one: the evidence a
 /// memory-BIO stack (Node.js) leaves of which socket its next `SSL_read` decrypts.

@@ -37,10 +37,10 @@ use aya_ebpf::{
 use ztrace_abi::{SockTuple, counter, direction, kind, syscall, traced};
 
 use crate::{
-    kernel::{IPPROTO_TCP, read, sock_tuple, tcp_connected, tcp_seq},
+    kernel::{IPPROTO_TCP, read, sock_ports, sock_tuple, tcp_connected, tcp_seq},
     maps::{
-        DataBuf, PENDING_WRITES, SSL_CALLS, SSL_SOCKS, SslCall, SyscallArgs, TLS_READS, TlsReads,
-        config, count, header, traced_flags_mut,
+        DataBuf, PENDING_WRITES, SSL_CALLS, SSL_SOCKS, SslCall, SslSock, SyscallArgs, TLS_READS,
+        TlsReads, config, count, header, traced_flags_mut,
     },
     probes::record::{emit_data, prepare, scratch, submit_buf},
 };
@@ -90,7 +90,7 @@ pub(crate) fn note_ciphertext(flags: u8, pid_tgid: u64, sk: u64, seq: Seq, egres
         {
             // SAFETY: our own map value, written only by this thread's programs.
             let ssl = unsafe { (*p).event.sock_id };
-            let _ = SSL_SOCKS.insert(ssl, sk, 0);
+            bind(ssl, sk);
             count(counter::TLS_LEARNT);
             release(pid_tgid, p, sk, seq);
         }
@@ -150,8 +150,19 @@ fn note_read(pid_tgid: u64, sk: u64, seq: Seq, handshake: bool) {
     }
 }
 
-/// The socket `ssl` is bound to, unless that socket no longer carries a connection (`stale`):
-/// then the `SSL *` was freed with its connection and its memory may serve a new one, whose
+/// Binds `ssl` to socket `sock` and the connection it carries now.
+#[inline(always)]
+fn bind(ssl: u64, sock: u64) {
+    let b = SslSock {
+        sock,
+        ports: sock_ports(&config().offsets, sock),
+        _pad: 0,
+    };
+    let _ = SSL_SOCKS.insert(ssl, b, 0);
+}
+
+/// The socket `ssl` is bound to, unless that socket no longer carries that connection (closed,
+/// or its struct reused by another connection: `stale`): then the `SSL *` was freed with it and its memory may serve a new one, whose
 /// first write comes before its first read names the new socket.
 struct Bound {
     sock: Option<u64>,
@@ -162,10 +173,15 @@ struct Bound {
 fn bound(ssl: u64) -> Bound {
     // SAFETY: plain map read, copied out.
     match unsafe { SSL_SOCKS.get(ssl) }.copied() {
-        Some(sock) if tcp_connected(&config().offsets, sock) => Bound {
-            sock: Some(sock),
-            stale: false,
-        },
+        Some(b)
+            if tcp_connected(&config().offsets, b.sock)
+                && sock_ports(&config().offsets, b.sock) == b.ports =>
+        {
+            Bound {
+                sock: Some(b.sock),
+                stale: false,
+            }
+        }
         Some(_) => Bound {
             sock: None,
             stale: true,
@@ -198,11 +214,11 @@ fn learn(ssl: u64, reads: &TlsReads, call: &mut SslCall) {
             return;
         }
         Some(_) => {
-            let _ = SSL_SOCKS.insert(ssl, reads.sock, 0);
+            bind(ssl, reads.sock);
             count(counter::TLS_REBOUND);
         }
         None => {
-            let _ = SSL_SOCKS.insert(ssl, reads.sock, 0);
+            bind(ssl, reads.sock);
             count(if stale {
                 counter::TLS_REBOUND
             } else {
@@ -301,7 +317,7 @@ fn exit(ctx: &RetProbeContext, ex: bool) {
     let (sock, seq) = if call.sock != 0 {
         // Socket BIO: the call's own I/O named the socket. Its records may have been read
         // ahead or written in pieces: no sequence number.
-        let _ = SSL_SOCKS.insert(call.ssl, call.sock, 0);
+        bind(call.ssl, call.sock);
         (call.sock, Seq::NONE)
     } else {
         let Some(sock) = bound(call.ssl).sock else {
