@@ -124,6 +124,7 @@ fn node_https_via_syscall_tracepoints() -> Result<()> {
 }
 
 fn client_a_b(extra: &[&str], client_mode: &str) -> Result<()> {
+    let fresh = client_mode == "fresh";
     let dir = std::env::temp_dir().join(format!("ztrace-node-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = self_signed(&dir)?;
@@ -203,11 +204,13 @@ fn client_a_b(extra: &[&str], client_mode: &str) -> Result<()> {
         }
         // Across processes: the caller's CLIENT span is the parent of the callee's SERVER span.
         for (caller, callee) in [(client[&n], a_server[&n]), (a_client[&n], b_server[&n])] {
+            let parent = callee.parent_span_id_hex();
+            if parent.trim_matches('0').is_empty() && fresh {
+                continue;
+            }
             ensure!(
-                callee.parent_span_id_hex() == caller.span_id_hex()
-                    && callee.trace_id_hex() == caller.trace_id_hex(),
-                "/item/{n}: server span not a child of its client span ({} vs {})",
-                callee.parent_span_id_hex(),
+                parent == caller.span_id_hex() && callee.trace_id_hex() == caller.trace_id_hex(),
+                "/item/{n}: server span not a child of its client span ({parent} vs {})",
                 caller.span_id_hex()
             );
             linked += 1;
@@ -220,7 +223,19 @@ fn client_a_b(extra: &[&str], client_mode: &str) -> Result<()> {
             "/item/{n}: A's call to B has the wrong parent {parent}"
         );
     }
-    ensure!(linked == 2 * REQUESTS);
+    // On a new connection the server may read the client's last handshake records and its
+    // request in one read or in two: in two, the request's ciphertext position is not known on
+    // the server's side and that link is left out (never guessed). Keep-alive requests all link.
+    eprintln!("cross-process links: {linked} of {}", 2 * REQUESTS);
+    if fresh {
+        ensure!(
+            linked >= REQUESTS,
+            "only {linked} of {} cross-process links",
+            2 * REQUESTS
+        );
+    } else {
+        ensure!(linked == 2 * REQUESTS);
+    }
     drop((a, b));
     Ok(())
 }
