@@ -13,7 +13,7 @@ const S_IFSOCK: u16 = 0o140000;
 pub const IPPROTO_TCP: u16 = 6;
 
 #[inline(always)]
-fn read<T>(base: u64, offset: u32) -> Option<T> {
+pub(crate) fn read<T>(base: u64, offset: u32) -> Option<T> {
     if base == 0 || offset == OFFSET_UNKNOWN {
         return None;
     }
@@ -107,6 +107,29 @@ pub fn sock_family_protocol(off: &KernelOffsets, sk: u64) -> Option<(u16, u16)> 
     }
     let protocol: u16 = read(sk, off.sk_protocol).unwrap_or(0);
     Some((family, protocol))
+}
+
+/// The connection's local and remote ports (`skc_num << 16 | skc_dport`): which connection a
+/// socket struct carries now.
+#[inline(always)]
+pub fn sock_ports(off: &KernelOffsets, sk: u64) -> u32 {
+    let local: u16 = read(sk, off.sk_num).unwrap_or(0);
+    let remote: u16 = read(sk, off.sk_dport).unwrap_or(0);
+    ((local as u32) << 16) | remote as u32
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// Whether TCP socket `sk` still carries a connection the application can write to
+/// (established, or closed by the peer only). True when this kernel's layout is unknown.
+#[inline(always)]
+pub fn tcp_connected(off: &KernelOffsets, sk: u64) -> bool {
+    if off.sk_state == OFFSET_UNKNOWN {
+        return true;
+    }
+    let state: u8 = read(sk, off.sk_state).unwrap_or(0);
+    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT
 }
 
 /// TCP sequence number of the next byte the application writes (egress) or reads (ingress).

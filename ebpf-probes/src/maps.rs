@@ -192,15 +192,57 @@ pub struct SslCall {
     pub sock: u64,
     pub enter_ns: u64,
     pub direction: u8,
-    pub _pad: [u8; 7],
+    /// `seq` is the TCP sequence number of the ciphertext this call's plaintext travels in
+    /// (memory-BIO stacks only, see `probes::tls`).
+    pub has_seq: u8,
+    pub _pad: [u8; 2],
+    pub seq: u32,
 }
 
 #[map]
 pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
 
-/// Which socket an `SSL *` talks over, learnt from syscalls made inside SSL calls.
+/// Which socket an `SSL *` talks over, learnt from syscalls made inside SSL calls or, for
+/// memory-BIO stacks, from the ciphertext read before an `SSL_read` (`probes::tls`).
 #[map]
-pub static SSL_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+pub static SSL_SOCKS: LruHashMap<u64, SslSock> = LruHashMap::with_max_entries(65536, 0);
+
+/// The socket of an `SSL *`, and the connection's ports when it was bound: a socket struct
+/// freed and reused by another connection has other ports.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslSock {
+    pub sock: u64,
+    pub ports: u32,
+    pub _pad: u32,
+}
+
+/// What a thread of a TLS process read outside OpenSSL calls since its last one: the evidence a
+/// memory-BIO stack (Node.js) leaves of which socket its next `SSL_read` decrypts.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsReads {
+    /// The socket of the first read that looked like TLS records.
+    pub sock: u64,
+    /// TCP sequence number of that read's first byte (valid when `has_seq`).
+    pub seq: u32,
+    pub has_seq: u8,
+    /// Set once a TLS-looking read came from another socket too: the evidence names no socket.
+    pub several: u8,
+    /// The first read began with a handshake record (a connection starting).
+    pub handshake: u8,
+    pub _pad: u8,
+}
+
+#[map]
+pub static TLS_READS: LruHashMap<u64, TlsReads> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per thread, the plaintext record of an `SSL_write` whose `SSL *` had no known socket yet,
+/// held until the socket shows (`probes::tls`); `event.sock_id` holds the `SSL *` meanwhile.
+/// One per thread that writes before its first read (a TLS client's first request); LRU, 8 KiB
+/// each, so small.
+#[map]
+pub static PENDING_WRITES: LruHashMap<u64, DataBuf> = LruHashMap::with_max_entries(256, 0);
 
 /// Owner (TGID) of each TCP socket a traced process connected or accepted, for the `sock:`/`tcp:`
 /// tracepoints that fire outside the owner's context (see `probes::net`). LRU: bounded.
@@ -208,16 +250,20 @@ pub static SSL_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536,
 pub static NET_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// A socket call on thread `pid_tgid`: if the thread is inside an OpenSSL call, that call talks
-/// over socket `sk` (how plaintext is tied to its connection).
+/// over socket `sk` (how plaintext is tied to its connection). True when it was inside one.
 #[inline(always)]
-pub(crate) fn note_ssl_socket(flags: u8, pid_tgid: u64, sk: u64) {
+pub(crate) fn note_ssl_socket(flags: u8, pid_tgid: u64, sk: u64) -> bool {
     // Only processes whose libssl is probed can have a call in progress: the others skip the
     // map lookup (one of the costlier steps of a socket probe).
     if flags & ztrace_abi::traced::TLS == 0 {
-        return;
+        return false;
     }
-    if let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) {
-        // SAFETY: our own map value, written only by this thread's programs.
-        unsafe { (*call).sock = sk };
+    match SSL_CALLS.get_ptr_mut(pid_tgid) {
+        Some(call) => {
+            // SAFETY: our own map value, written only by this thread's programs.
+            unsafe { (*call).sock = sk };
+            true
+        }
+        None => false,
     }
 }

@@ -201,6 +201,9 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_protocol: u32,
+    /// `sock_common.skc_state` (TCP state, u8): whether a socket an `SSL *` was bound to still
+    /// carries a connection (`probes::tls`).
+    pub sk_state: u32,
     pub tcp_write_seq: u32,
     pub tcp_copied_seq: u32,
     /// `struct pt_regs` members holding the syscall number and its first three arguments as the
@@ -262,6 +265,7 @@ impl KernelOffsets {
         sk_v6_rcv_saddr: OFFSET_UNKNOWN,
         sk_v6_daddr: OFFSET_UNKNOWN,
         sk_protocol: OFFSET_UNKNOWN,
+        sk_state: OFFSET_UNKNOWN,
         tcp_write_seq: OFFSET_UNKNOWN,
         tcp_copied_seq: OFFSET_UNKNOWN,
         regs_nr: OFFSET_UNKNOWN,
@@ -357,7 +361,19 @@ pub mod counter {
     pub const READ_FAILED: u32 = 2;
     /// Events submitted.
     pub const SUBMITTED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// OpenSSL plaintext dropped: the call's `SSL *` had no known socket (a memory-BIO stack
+    /// such as Node.js before its first unambiguous ciphertext read; see `probes::tls`).
+    pub const TLS_UNATTRIBUTED: u32 = 4;
+    /// An `SSL *` bound to its socket from the ciphertext read before its `SSL_read`.
+    pub const TLS_LEARNT: u32 = 5;
+    /// An `SSL_read` after ciphertext reads on several sockets (of an `SSL *` with no known
+    /// socket), or after another socket's non-handshake records (of a bound one): nothing is
+    /// bound (a wrong connection is worse than none).
+    pub const TLS_AMBIGUOUS: u32 = 6;
+    /// A known `SSL *` seen reading another socket's ciphertext (its address was reused by a
+    /// new connection): bound anew.
+    pub const TLS_REBOUND: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 #[cfg(feature = "user")]

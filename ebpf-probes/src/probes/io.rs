@@ -8,21 +8,21 @@
 //! as `kind::STDIO` records (log capture).
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use ztrace_abi::{
-    ConnEvent, DataEvent, MAX_PAYLOAD, SockTuple, conn, counter, direction, kind, syscall,
-};
+use ztrace_abi::{ConnEvent, conn, counter, direction, kind, syscall};
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
     maps::{
-        ARGS, DataBuf, NET_SOCKS, SCRATCH, SyscallArgs, config, count, header, is_traced,
-        note_ssl_socket, submit, traced_flags,
+        ARGS, NET_SOCKS, SSL_CALLS, SyscallArgs, config, count, header, is_traced, note_ssl_socket,
+        submit, traced_flags,
+    },
+    probes::{
+        record::emit_data,
+        tls::{Seq, note_ciphertext},
     },
 };
 
@@ -75,9 +75,6 @@ const TP_ARG2: usize = 32;
 const MMSGHDR_MSG_LEN: u64 = 56;
 /// `struct user_msghdr.msg_iovlen` (UAPI layout).
 const MSGHDR_IOVLEN: u64 = 24;
-/// Most iovecs a vectored syscall's capture walks (HTTP/2 and nginx split frames and headers
-/// across several).
-const MAX_IOV: u64 = 32;
 const TP_RET: usize = 16;
 /// `struct user_msghdr.msg_iov` (UAPI layout).
 const MSGHDR_IOV: u64 = 16;
@@ -163,7 +160,7 @@ fn on_enter(ctx: &TracePointContext, flags: u8, pid_tgid: u64) -> Option<()> {
         user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
         args.sock = sk;
         if sk != 0 {
-            note_ssl_socket(flags, pid_tgid, sk);
+            let _ = note_ssl_socket(flags, pid_tgid, sk);
         }
         args.syscall = kind;
         args.direction = dir;
@@ -229,8 +226,21 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         } else {
             ret as u64
         };
-        if bytes > 0 {
-            emit_data(&args, bytes, args.sock);
+        if bytes > 0 && emit_data(&args, bytes, args.sock).is_some() && args.sock != 0 {
+            // Ciphertext of a memory-BIO OpenSSL stack (`probes::tls`); I/O inside an OpenSSL
+            // call is that call's own.
+            let tgid = (pid_tgid >> 32) as u32;
+            if let Some(flags) = traced_flags(tgid)
+                // SAFETY: plain map read for presence.
+                && unsafe { SSL_CALLS.get(pid_tgid) }.is_none()
+            {
+                let seq = Seq {
+                    seq: args.seq,
+                    has: args.has_seq,
+                };
+                let egress = args.direction == direction::EGRESS;
+                note_ciphertext(flags, pid_tgid, args.sock, seq, egress);
+            }
         }
     }
     0
@@ -277,127 +287,4 @@ pub(crate) fn emit_conn(op: u8, sk: u64, fd: i32, ret: i32) {
         _pad: [0; 7],
     };
     submit(&event);
-}
-
-/// Copies `len` (≤ MAX_PAYLOAD) user bytes from `src` to `dst[offset..]` (offset < MAX_PAYLOAD);
-/// returns the bytes copied (0 on a fault, counted).
-#[inline(always)]
-fn copy_user(src: u64, len: u64, offset: u64, dst: &mut [u8; 2 * MAX_PAYLOAD]) -> u64 {
-    let offset = (offset as usize) & (MAX_PAYLOAD - 1);
-    let len = (len as usize) & (2 * MAX_PAYLOAD - 1);
-    if len == 0 || len > MAX_PAYLOAD {
-        return 0;
-    }
-    let Some(window) = dst.get_mut(offset..offset + len) else {
-        return 0;
-    };
-    // SAFETY: fault-tolerant user read into our scratch buffer, bounds checked above.
-    if unsafe { bpf_probe_read_user_buf(src as *const u8, window) }.is_err() {
-        count(counter::READ_FAILED);
-        return 0;
-    }
-    len as u64
-}
-
-#[inline(always)]
-pub fn emit_data(args: &SyscallArgs, bytes: u64, sock_id: u64) -> Option<()> {
-    let buf = scratch()?;
-    // Socket 0: a stdout/stderr write (see `on_enter`), which has no tuple.
-    let kind = if args.sock == 0 {
-        buf.event.tuple = SockTuple::default();
-        kind::STDIO
-    } else {
-        buf.event.tuple = sock_tuple(&config().offsets, args.sock)?;
-        kind::DATA
-    };
-    emit_prepared(buf, header(kind), args, bytes, sock_id)
-}
-
-/// The per-CPU record under construction.
-#[inline(always)]
-pub fn scratch() -> Option<&'static mut DataBuf> {
-    let buf = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs (programs do not
-    // nest on a CPU for these hooks).
-    Some(unsafe { &mut *buf })
-}
-
-/// Completes and submits the record in `buf`, whose tuple the caller has filled in.
-#[inline(always)]
-pub fn emit_prepared(
-    buf: &mut DataBuf,
-    header: ztrace_abi::EventHeader,
-    args: &SyscallArgs,
-    bytes: u64,
-    sock_id: u64,
-) -> Option<()> {
-    let cfg = config();
-    let e = &mut buf.event;
-    e.header = header;
-    e.sock_id = sock_id;
-    e.enter_ns = args.enter_ns;
-    e.bytes = bytes;
-    e.fd = args.fd;
-    e.seq = args.seq;
-    e.cap_len = 0;
-    e.syscall = args.syscall;
-    e.direction = args.direction;
-    e.has_seq = args.has_seq;
-    e._pad = 0;
-    let cap = bytes.min(cfg.payload_cap as u64).min(MAX_PAYLOAD as u64);
-    let mut n: u64 = 0;
-    if args.buf == 0 {
-        // Bytes moved by a path whose buffer we cannot see: counted, not captured.
-    } else if args.vectored == 0 {
-        n = copy_user(args.buf, cap, 0, &mut buf.payload);
-    } else {
-        // Walk the iovecs until the cap: a message's head may be spread over several. Two
-        // `struct iovec`s (base, len) per read where the array has two more: each helper call
-        // costs ~100 ns here, and a writev of a head and a body (nginx) then takes one. One
-        // copy call site, as the verifier of older kernels (6.1) tracks its bounds.
-        let mut next: Option<[u64; 2]> = None;
-        for i in 0..MAX_IOV {
-            if i >= args.iovcnt as u64 || n >= cap {
-                break;
-            }
-            let [base, len] = match next.take() {
-                Some(iov) => iov,
-                None => {
-                    let iov = args.buf + i * 16;
-                    // SAFETY: user pointers read through the fault-tolerant helper, within the
-                    // array (two reads only where it has two more entries).
-                    if i + 1 < args.iovcnt as u64 {
-                        let Ok([b0, l0, b1, l1]) =
-                            (unsafe { bpf_probe_read_user(iov as *const [u64; 4]) })
-                        else {
-                            break;
-                        };
-                        next = Some([b1, l1]);
-                        [b0, l0]
-                    } else {
-                        let Ok(one) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) })
-                        else {
-                            break;
-                        };
-                        one
-                    }
-                }
-            };
-            let want = len.min(cap - n);
-            let got = copy_user(base, want, n, &mut buf.payload);
-            n += got;
-            if got < want {
-                break;
-            }
-        }
-    }
-    let n = (n as usize).min(MAX_PAYLOAD);
-    buf.event.cap_len = n as u32;
-    let total = core::mem::size_of::<DataEvent>() + n;
-    // SAFETY: DataBuf is repr(C) with the event first and the payload right after it.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(buf as *const _ as *const u8, core::mem::size_of_val(buf))
-    };
-    submit::<[u8]>(bytes.get(..total)?);
-    Some(())
 }

@@ -2,6 +2,7 @@
 
 pub mod io;
 pub mod net;
+pub mod record;
 pub mod sched;
 pub mod sock;
 pub mod tls;

@@ -32,7 +32,11 @@ use ztrace_abi::{EventHeader, conn, direction, kind, syscall};
 use crate::{
     kernel::{IPPROTO_TCP, sock_tuple, syscall_regs, tcp_seq},
     maps::{NET_SOCKS, SyscallArgs, config, note_ssl_socket, traced_flags},
-    probes::io::{classify, emit_conn, emit_prepared, scratch, user_buffer},
+    probes::{
+        io::{classify, emit_conn, user_buffer},
+        record::{emit_prepared, scratch},
+        tls::{Seq, note_ciphertext},
+    },
 };
 
 const MSG_PEEK: i32 = 2;
@@ -95,7 +99,7 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
         args.syscall = kind;
         user_buffer(&mut args, arg1, arg2, vectored, msghdr)?;
     }
-    note_ssl_socket(traced, pid_tgid, sk);
+    let in_ssl_call = note_ssl_socket(traced, pid_tgid, sk);
     if protocol == IPPROTO_TCP {
         if let Some(after) = tcp_seq(off, sk, egress) {
             args.seq = after.wrapping_sub(ret as u32);
@@ -119,5 +123,13 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
         _pad: 0,
         ts_ns: args.enter_ns,
     };
-    emit_prepared(buf, header, &args, ret as u64, sk)
+    emit_prepared(buf, header, &args, ret as u64, sk)?;
+    if !in_ssl_call {
+        let seq = Seq {
+            seq: args.seq,
+            has: args.has_seq,
+        };
+        note_ciphertext(traced, pid_tgid, sk, seq, egress);
+    }
+    Some(())
 }

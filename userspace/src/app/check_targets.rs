@@ -3,7 +3,7 @@
 //! library and whether ztrace can see into it, and the ports it listens on — without loading a
 //! probe.
 
-use crate::capture::{process, select};
+use crate::capture::{TlsTarget, process, select, tls_target};
 
 /// Protocols are recognised from the bytes on each connection, on any port.
 const PROTOCOLS: &str = "HTTP/1.x, HTTP/2 and gRPC, Redis, PostgreSQL, MySQL/MariaDB, DNS";
@@ -41,6 +41,7 @@ pub fn report(pids: &[(u32, Option<String>)], rules: &[select::Rule]) -> bool {
         }
     }
     println!("protocols: {PROTOCOLS}, recognised from the traffic on any port");
+    let mut tls_cache = tls_target::Cache::default();
     for (pid, name, why) in &chosen {
         let info = process::info(*pid, name.as_deref(), "");
         let how = if name.is_some() {
@@ -69,14 +70,21 @@ pub fn report(pids: &[(u32, Option<String>)], rules: &[select::Rule]) -> bool {
         if !info.container_id.is_empty() {
             println!("  container.id: {}", info.container_id);
         }
-        let tls = match crate::capture::tls_library(*pid) {
-            Some(lib) => format!("OpenSSL {} (probed: plaintext is decoded)", lib.display()),
-            None => match crate::capture::uncovered_tls(*pid) {
-                Some(stack) => {
-                    format!("{stack}: not decoded, its TLS traffic will not appear as spans")
+        let tls = match tls_cache.inspect(*pid) {
+            Ok(TlsTarget::Probe(p)) => format!(
+                "OpenSSL {}{} (probed: plaintext is decoded)",
+                p.shown.display(),
+                if p.executable {
+                    ", exported by the executable"
+                } else {
+                    ""
                 }
-                None => "no TLS library (plaintext traffic only)".into(),
-            },
+            ),
+            Ok(TlsTarget::Uncovered(stack)) => {
+                format!("{stack}: not decoded, its TLS traffic will not appear as spans")
+            }
+            Ok(TlsTarget::Nothing) => "no TLS library (plaintext traffic only)".into(),
+            Err(e) => format!("not known ({e})"),
         };
         println!("  TLS: {tls}");
         let mut ports: Vec<u16> = select::listening_ports(*pid).into_iter().collect();

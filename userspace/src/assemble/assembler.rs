@@ -197,9 +197,15 @@ impl<P: ParserSet> Assembler<P> {
     }
 
     pub fn on_close(&mut self, tgid: u32, sock_id: u64, ts_ns: u64, linker: &mut Linker) {
-        let key = ConnKey { tgid, sock_id };
-        if let Some(conn) = self.conns.remove(&key) {
-            finish_conn(key, conn, ts_ns, linker, &mut self.scratch, &mut self.stats);
+        // A socket's TLS plaintext has a connection id of its own (the socket's | 1, see the
+        // probes' tls.rs): it ends with the socket, or a new connection that gets the same
+        // socket struct would continue its unanswered requests.
+        let twin = (sock_id & 1 == 0).then_some(sock_id | 1);
+        for sock_id in std::iter::once(sock_id).chain(twin) {
+            let key = ConnKey { tgid, sock_id };
+            if let Some(conn) = self.conns.remove(&key) {
+                finish_conn(key, conn, ts_ns, linker, &mut self.scratch, &mut self.stats);
+            }
         }
     }
 
@@ -626,6 +632,28 @@ mod tests {
         rig.io_as(SERVER, false, 1_000, GET, syscall::SSL_READ);
         rig.io_as(SERVER, true, 2_000, OK, syscall::SSL_WRITE);
         assert!(http(&rig.spans()[0]).tls);
+    }
+
+    #[test]
+    fn closing_a_socket_ends_its_tls_plaintext_connection_too() {
+        // A new connection on the same socket struct must not continue the old one's
+        // unanswered request: its response answers its own request.
+        let tls = Sock {
+            sock: 0x1000 | 1,
+            ..CLIENT
+        };
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io_as(tls, true, 1_000, GET, syscall::SSL_WRITE);
+        rig.asm.on_close(tls.pid, 0x1000, 2_000, &mut rig.linker);
+        rig.io_as(tls, true, 3_000, GET, syscall::SSL_WRITE);
+        rig.io_as(tls, false, 4_000, OK, syscall::SSL_READ);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].end_unix_ns, 2_000);
+        assert_eq!(
+            (spans[1].start_unix_ns, spans[1].end_unix_ns),
+            (3_000 - 5, 4_000)
+        );
     }
 
     #[test]

@@ -360,6 +360,7 @@ pub fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sk_v6_rcv_saddr: opt("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
         sk_v6_daddr: opt("sock", "__sk_common.skc_v6_daddr", 16)?,
         sk_protocol: opt("sock", "sk_protocol", 2)?,
+        sk_state: opt("sock", "__sk_common.skc_state", 1)?,
         tcp_write_seq: req("tcp_sock", "write_seq", Some(4))?,
         tcp_copied_seq: req("tcp_sock", "copied_seq", Some(4))?,
         regs_nr: regs(btf, 0)?,

@@ -8,11 +8,14 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        RawTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use ztrace_abi::{Config, MAX_PAYLOAD, counter};
 
-use super::{btf, preflight};
+use super::{btf, preflight, tls_target::TlsTarget};
 
 /// The probe object built by build.rs.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace-probes"));
@@ -94,8 +97,8 @@ const TLS_PROBES: &[(&str, &str)] = &[
 
 /// Loaded and attached probes.
 pub struct Capture {
-    /// Libraries probed, by (device, inode): the same file reached through different
-    /// /proc/PID/root paths is probed once.
+    /// Files with OpenSSL probed, by (device, inode): the same file reached through different
+    /// paths is probed once.
     tls_libs: std::collections::HashSet<(u64, u64)>,
     tls_loaded: bool,
     ebpf: Ebpf,
@@ -133,6 +136,13 @@ pub struct KernelCounters {
     pub ringbuf_full: u64,
     pub args_full: u64,
     pub read_failed: u64,
+    /// OpenSSL memory-BIO association (`probes::tls`): `SSL *` bound from ciphertext reads,
+    /// bound anew after reuse, left unbound as ambiguous, and plaintext calls dropped for want
+    /// of a socket.
+    pub tls_learnt: u64,
+    pub tls_rebound: u64,
+    pub tls_ambiguous: u64,
+    pub tls_unattributed: u64,
 }
 
 /// Offset of `group_dead` in `sched:sched_process_exit` records, from the tracepoint's format;
@@ -387,16 +397,24 @@ impl Capture {
         Ok(())
     }
 
-    /// Attaches the OpenSSL probes to the libssl that `pid` has mapped, if it has one and it is
-    /// not attached yet (probes on a library file fire for every process; the in-kernel filter
-    /// keeps only traced ones). Returns the library newly attached. `pid` must be in the traced
-    /// set already ([`Capture::trace`], or the kernel's fork probe); one that has left it is
-    /// left alone.
-    pub fn attach_tls(&mut self, pid: u32) -> Result<Option<std::path::PathBuf>> {
-        let lib = libssl_of(pid);
+    /// Applies what inspecting `pid` found ([`super::tls_target`]): marks the process as one
+    /// whose OpenSSL is probed (or not, after an exec replaced it), and puts the OpenSSL probes
+    /// on the file if it is not probed yet (probes on a file fire for every process that maps
+    /// it; the in-kernel filter keeps only traced ones). Returns the file newly probed. `pid`
+    /// must be in the traced set already ([`Capture::trace`], or the kernel's fork probe); one
+    /// that has left it is left alone.
+    pub fn attach_tls(
+        &mut self,
+        pid: u32,
+        target: &TlsTarget,
+    ) -> Result<Option<std::path::PathBuf>> {
+        let probe = match target {
+            TlsTarget::Probe(p) => Some(p),
+            _ => None,
+        };
         // The socket probes look for an OpenSSL call in progress only in processes that map
-        // a probed libssl (an exec may have replaced one that did).
-        let flags = match lib {
+        // probed OpenSSL (an exec may have replaced one that did).
+        let flags = match probe {
             Some(_) => ztrace_abi::traced::YES | ztrace_abi::traced::TLS,
             None => ztrace_abi::traced::YES,
         };
@@ -415,15 +433,10 @@ impl Capture {
                 return Err(e).with_context(|| format!("updating PID {pid} in the traced set"));
             }
         }
-        let Some(lib) = lib else {
+        let Some(probe) = probe else {
             return Ok(None);
         };
-        let id = {
-            use std::os::unix::fs::MetadataExt;
-            let meta = fs::metadata(&lib).with_context(|| format!("reading {}", lib.display()))?;
-            (meta.dev(), meta.ino())
-        };
-        if !self.tls_libs.insert(id) {
+        if !self.tls_libs.insert(probe.id) {
             return Ok(None);
         }
         if !self.tls_loaded {
@@ -442,23 +455,34 @@ impl Capture {
             }
             self.tls_loaded = true;
         }
+        // The file inspected, through our own descriptor: the kernel probes that inode, not
+        // whatever a path names by now.
+        let path = probe.attach_path();
         let mut attached = 0;
         for (prog, function) in TLS_PROBES {
-            let program: &mut UProbe = program(&mut self.ebpf, prog)?;
             // The `_ex` variants exist from OpenSSL 1.1.1 on; a library without one is still
             // covered through the other.
-            match program.attach(*function, &lib, UProbeScope::AllProcesses) {
+            let Some(&(_, offset)) = probe.functions.iter().find(|(f, _)| f == function) else {
+                continue;
+            };
+            let program: &mut UProbe = program(&mut self.ebpf, prog)?;
+            match program.attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                &path,
+                UProbeScope::AllProcesses,
+            ) {
                 Ok(_) => attached += 1,
-                Err(e) => log::debug!("{}: no uprobe on {function}: {e}", lib.display()),
+                Err(e) => log::debug!("{}: no uprobe on {function}: {e}", probe.shown.display()),
             }
         }
         if attached == 0 {
+            self.tls_libs.remove(&probe.id);
             anyhow::bail!(
                 "{}: none of SSL_read/SSL_write could be probed",
-                lib.display()
+                probe.shown.display()
             );
         }
-        Ok(Some(lib))
+        Ok(Some(probe.shown.clone()))
     }
 
     /// The ring buffer of raw records (can be taken once).
@@ -499,6 +523,10 @@ impl Capture {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             args_full: sum(counter::ARGS_FULL),
             read_failed: sum(counter::READ_FAILED),
+            tls_learnt: sum(counter::TLS_LEARNT),
+            tls_rebound: sum(counter::TLS_REBOUND),
+            tls_ambiguous: sum(counter::TLS_AMBIGUOUS),
+            tls_unattributed: sum(counter::TLS_UNATTRIBUTED),
         }
     }
 }
@@ -510,51 +538,6 @@ impl AsRawFd for RingFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0.as_raw_fd()
     }
-}
-
-/// TLS stacks ztrace does not decode, recognised by marker strings in an executable.
-const UNCOVERED_TLS: &[(&[u8], &str)] = &[
-    (b"crypto/tls.", "Go crypto/tls"),
-    (b"rustls", "rustls"),
-    (b"BoringSSL", "BoringSSL (statically linked)"),
-    (b"OpenSSL 3.", "OpenSSL (statically linked)"),
-    (b"OpenSSL 1.", "OpenSSL (statically linked)"),
-];
-/// How much of an executable is searched for those markers.
-const TLS_SCAN_BYTES: u64 = 256 << 20;
-
-/// A TLS stack built into `pid`'s executable (not a shared libssl), which ztrace cannot see into.
-pub fn uncovered_tls(pid: u32) -> Option<&'static str> {
-    if libssl_of(pid).is_some() {
-        return None;
-    }
-    let mut exe = Vec::new();
-    let file = fs::File::open(format!("/proc/{pid}/exe")).ok()?;
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, TLS_SCAN_BYTES), &mut exe).ok()?;
-    UNCOVERED_TLS
-        .iter()
-        .find(|(marker, _)| memchr::memmem::find(&exe, marker).is_some())
-        .map(|(_, name)| *name)
-}
-
-/// The shared OpenSSL library `pid` has mapped, which ztrace probes (None: none mapped yet).
-pub fn tls_library(pid: u32) -> Option<std::path::PathBuf> {
-    libssl_of(pid)
-}
-
-/// The OpenSSL library mapped into `pid`, from /proc/PID/maps.
-fn libssl_of(pid: u32) -> Option<std::path::PathBuf> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|path| {
-            std::path::Path::new(path)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libssl.so"))
-        })
-        // Through /proc/PID/root so a process in another mount namespace resolves too.
-        .map(|path| std::path::PathBuf::from(format!("/proc/{pid}/root{path}")))
 }
 
 #[cfg(test)]

@@ -2,11 +2,14 @@
 
 pub mod btf;
 pub mod container;
+mod elf;
 mod loader;
 pub mod naming;
 pub mod preflight;
 pub mod privdrop;
 pub mod process;
 pub mod select;
+pub mod tls_target;
 
 pub use loader::*;
+pub use tls_target::TlsTarget;

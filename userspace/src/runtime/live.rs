@@ -19,7 +19,10 @@ use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
 
 use crate::{
-    capture::{Capture, CaptureOptions, KernelCounters, RingFd, process, select},
+    capture::{
+        Capture, CaptureOptions, KernelCounters, RingFd, TlsTarget, process, select,
+        tls_target::Inspector,
+    },
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
     peer::{PeerEvent, PeerLink},
@@ -360,6 +363,8 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     // heap back instead of carrying it as resident memory for the whole run.
     // SAFETY: plain libc call, no pointers involved.
     unsafe { libc::malloc_trim(0) };
+    // Where each process's OpenSSL is, found off this loop (executables can be 100 MB).
+    let mut inspector = Inspector::start().context("starting the TLS inspection thread")?;
     let mut procs = Processes {
         alive: HashSet::new(),
         service_name: cfg.service_name.clone(),
@@ -407,7 +412,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     for &pid in &targets {
         capture.trace(pid)?;
         procs.add(pid, &mut sink)?;
-        attach_tls(&mut capture, pid);
+        inspector.ask(pid);
     }
     capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
@@ -481,7 +486,7 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                 }
                 ProcChange::Execed { pid } => {
                     procs.add(pid, &mut sink)?;
-                    attach_tls(&mut capture, pid);
+                    inspector.ask(pid);
                 }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
@@ -500,7 +505,10 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
             }
             capture.trace(pid)?;
             procs.add(pid, &mut sink)?;
-            attach_tls(&mut capture, pid);
+            inspector.ask(pid);
+        }
+        for (pid, answer) in inspector.answers() {
+            apply_tls(&mut capture, pid, answer);
         }
         sink.poll(mono_now_ns())?;
         sink.peer_io(&mut peer, &mut answers);
@@ -523,6 +531,15 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
     };
     log::info!("stopping: {reason}; detaching and flushing");
     let counters = capture.counters();
+    if counters.tls_learnt + counters.tls_ambiguous + counters.tls_unattributed > 0 {
+        log::info!(
+            "TLS sockets learnt from ciphertext reads (memory-BIO OpenSSL such as Node.js): {} bound, {} bound anew after reuse, {} left unbound as ambiguous; {} OpenSSL calls' plaintext dropped for want of a socket",
+            counters.tls_learnt,
+            counters.tls_rebound,
+            counters.tls_ambiguous,
+            counters.tls_unattributed
+        );
+    }
     if cfg.probe_stats {
         report_probe_costs(&capture.probe_costs());
     }
@@ -652,16 +669,32 @@ impl Selection {
     }
 }
 
-/// Plaintext of OpenSSL traffic: probe the process's libssl (once per library file).
-fn attach_tls(capture: &mut Capture, pid: u32) {
-    match capture.attach_tls(pid) {
-        Ok(Some(lib)) => log::info!(
-            "TLS: probing OpenSSL in {} (for process {pid})",
-            lib.display()
+/// Plaintext of OpenSSL traffic: probe the OpenSSL the inspection found (once per file).
+fn apply_tls(capture: &mut Capture, pid: u32, answer: std::io::Result<TlsTarget>) {
+    let target = match answer {
+        Ok(t) => t,
+        // Gone before it was looked at.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::debug!("TLS: process {pid}: {e}");
+            return;
+        }
+        Err(e) => {
+            log::warn!("TLS traffic of process {pid} will not be decoded: {e}");
+            TlsTarget::Nothing
+        }
+    };
+    match capture.attach_tls(pid, &target) {
+        Ok(Some(file)) => log::info!(
+            "TLS: probing OpenSSL in {}{} (for process {pid})",
+            file.display(),
+            match &target {
+                TlsTarget::Probe(p) if p.executable => ", which the executable exports",
+                _ => "",
+            }
         ),
-        // No shared libssl: a TLS stack it cannot probe is reported, never skipped silently.
+        // No OpenSSL to probe: a TLS stack it cannot probe is reported, never skipped silently.
         Ok(None) => {
-            if let Some(stack) = crate::capture::uncovered_tls(pid) {
+            if let TlsTarget::Uncovered(stack) = target {
                 log::warn!(
                     "TLS: process {pid} uses {stack}, which ztrace cannot decode: its TLS traffic will not appear as spans"
                 );

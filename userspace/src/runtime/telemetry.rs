@@ -177,6 +177,7 @@ impl Telemetry {
             events_read: pipeline.stats().records,
             dropped_ring_full: self.kernel.ringbuf_full,
             dropped_args_full: self.kernel.args_full,
+            dropped_tls_no_socket: self.kernel.tls_unattributed,
             spans_exported: e.spans_exported,
             metric_points_exported: e.metrics.exported,
             logs_exported: e.logs.exported,
@@ -201,10 +202,11 @@ impl Telemetry {
         let due = self.warned_at.is_none_or(|t| t.elapsed() >= WARN_EVERY);
         if total > self.warned_losses && (due || force) {
             log::warn!(
-                "ztrace lost data (totals): kernel {} (ring buffer full {}, arg map full {}); export queue full: spans {}, metric points {}, log records {}; export failed: spans {}, metric points {}, log records {}; log lines dropped {}",
+                "ztrace lost data (totals): kernel {} (ring buffer full {}, arg map full {}); TLS plaintext with no socket known {}; export queue full: spans {}, metric points {}, log records {}; export failed: spans {}, metric points {}, log records {}; log lines dropped {}",
                 h.dropped_ring_full + h.dropped_args_full,
                 h.dropped_ring_full,
                 h.dropped_args_full,
+                h.dropped_tls_no_socket,
                 h.spans_queue_dropped,
                 h.metrics_queue_dropped,
                 h.logs_queue_dropped,

@@ -35,6 +35,9 @@ pub struct Health {
     pub dropped_ring_full: u64,
     /// Events lost in the kernel: per-thread argument map full.
     pub dropped_args_full: u64,
+    /// OpenSSL plaintext dropped in the kernel: no socket known for its `SSL *` (a memory-BIO
+    /// stack before the evidence named one; wrong connections are not guessed).
+    pub dropped_tls_no_socket: u64,
     pub spans_exported: u64,
     pub metric_points_exported: u64,
     pub logs_exported: u64,
@@ -93,6 +96,7 @@ impl Health {
     pub fn any_loss(&self) -> u64 {
         self.dropped_ring_full
             + self.dropped_args_full
+            + self.dropped_tls_no_socket
             + self.spans_queue_dropped
             + self.metrics_queue_dropped
             + self.logs_queue_dropped
@@ -119,6 +123,7 @@ impl Health {
                 points: vec![
                     (on(REASON, "ring_buffer_full"), self.dropped_ring_full),
                     (on(REASON, "arg_map_full"), self.dropped_args_full),
+                    (on(REASON, "tls_no_socket"), self.dropped_tls_no_socket),
                 ],
             },
             Counter {
