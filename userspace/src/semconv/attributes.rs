@@ -11,7 +11,8 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::names::{http_of, known_method};
 use crate::model::{
-    DbExchange, DnsExchange, Exchange, HttpExchange, RpcExchange, Span, SpanKind, SpanStatus,
+    AttrEdits, AttrVal, DbExchange, DnsExchange, Exchange, F64, HttpExchange, RpcExchange, Span,
+    SpanKind, SpanStatus,
 };
 
 /// An attribute value, before it is written in an output's own format.
@@ -22,9 +23,26 @@ pub(crate) enum AttrValue<'a> {
     Str(Cow<'a, str>),
     Int(i64),
     StrArray(Vec<String>),
+    /// Only rules write these (see [`AttrVal`]).
+    Double(F64),
+    Bool(bool),
 }
 
-pub(crate) type Attrs<'a> = Vec<(&'static str, AttrValue<'a>)>;
+impl<'a> AttrValue<'a> {
+    /// A value a rule wrote, borrowed from the span.
+    pub(crate) fn edited(v: &'a AttrVal) -> AttrValue<'a> {
+        match v {
+            AttrVal::Str(s) => AttrValue::Str(Cow::Borrowed(s)),
+            AttrVal::Int(i) => AttrValue::Int(*i),
+            AttrVal::Double(d) => AttrValue::Double(*d),
+            AttrVal::Bool(b) => AttrValue::Bool(*b),
+            AttrVal::StrArray(a) => AttrValue::StrArray(a.clone()),
+        }
+    }
+}
+
+/// Keys are static but for those rules added (borrowed from the span's [`AttrEdits`]).
+pub(crate) type Attrs<'a> = Vec<(&'a str, AttrValue<'a>)>;
 
 /// Resource attributes: detected ones have static keys, configured ones do not.
 pub(crate) type ResourceAttrs = Vec<(Cow<'static, str>, AttrValue<'static>)>;
@@ -323,6 +341,8 @@ pub(crate) trait AttrSink<'a> {
     fn int(&mut self, key: &'static str, value: impl Into<i64>);
     /// An address as text (IPv4-mapped IPv6 as IPv4).
     fn addr(&mut self, key: &'static str, addr: IpAddr);
+    /// An attribute a rule set (its key may be one of the rule's own).
+    fn edited(&mut self, key: &'a str, value: &'a AttrVal);
 }
 
 impl<'a> AttrSink<'a> for Attrs<'a> {
@@ -335,6 +355,36 @@ impl<'a> AttrSink<'a> for Attrs<'a> {
     fn addr(&mut self, key: &'static str, addr: IpAddr) {
         self.str(key, addr_text(addr));
     }
+    fn edited(&mut self, key: &'a str, value: &'a AttrVal) {
+        self.push((key, AttrValue::edited(value)));
+    }
+}
+
+/// The span's own attributes minus those rules changed or deleted (see [`visit_attributes`]).
+struct Unedited<'s, S> {
+    edits: &'s AttrEdits,
+    sink: &'s mut S,
+}
+
+impl<'a, S: AttrSink<'a>> AttrSink<'a> for Unedited<'_, S> {
+    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>) {
+        if self.edits.get(key).is_none() {
+            self.sink.str(key, value);
+        }
+    }
+    fn int(&mut self, key: &'static str, value: impl Into<i64>) {
+        if self.edits.get(key).is_none() {
+            self.sink.int(key, value);
+        }
+    }
+    fn addr(&mut self, key: &'static str, addr: IpAddr) {
+        if self.edits.get(key).is_none() {
+            self.sink.addr(key, addr);
+        }
+    }
+    fn edited(&mut self, key: &'a str, value: &'a AttrVal) {
+        self.sink.edited(key, value);
+    }
 }
 
 /// The span's attributes per the OpenTelemetry semantic conventions of its protocol.
@@ -344,8 +394,24 @@ pub(crate) fn span_attributes(span: &Span) -> Attrs<'_> {
     a
 }
 
-/// [`span_attributes`], each handed to `a` in order.
+/// [`span_attributes`], each handed to `a` in order, with the changes rules made
+/// ([`Span::edits`]): the span's own attributes that no rule touched, then those rules set.
 pub(crate) fn visit_attributes<'a>(span: &'a Span, a: &mut impl AttrSink<'a>) {
+    match span.edits.as_deref() {
+        None => visit_own_attributes(span, a),
+        Some(edits) => {
+            visit_own_attributes(span, &mut Unedited { edits, sink: a });
+            for (k, v) in &edits.0 {
+                if let Some(v) = v {
+                    a.edited(k, v);
+                }
+            }
+        }
+    }
+}
+
+/// What the span itself says, before any rule (what rules read through).
+pub(crate) fn visit_own_attributes<'a>(span: &'a Span, a: &mut impl AttrSink<'a>) {
     match &span.exchange {
         Exchange::Http(http) => http_attributes(span, http, a),
         Exchange::Db(db) => db_attributes(span, db, a),
