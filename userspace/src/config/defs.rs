@@ -180,6 +180,8 @@ pub struct Config {
     pub metric_max_series: usize,
     /// What sensitive data may leave ztrace (each an opt-in) and what else to redact.
     pub privacy: Privacy,
+    /// OTTL rules (`[transform]`, `[filter]`), compiled by `processors::ottl`.
+    pub rules: super::rules::Rules,
 }
 
 /// `[privacy]`: sensitive data stays home unless asked for. Every field is off (empty) by
@@ -460,6 +462,7 @@ pub fn file_keys() -> Vec<String> {
     keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
     keys.extend(TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
     keys.push(ANOMALY_MAX_OPERATIONS_KEY.to_string());
+    keys.extend(super::rules::RULE_FILE_KEYS.iter().map(|k| k.to_string()));
     keys
 }
 

@@ -62,7 +62,7 @@ pub(crate) fn int_attr(key: &'static str, v: impl Into<i64>) -> (&'static str, A
 /// (`api_key`, `API-Key` and `apikey` are one key). The first four are the ones the semantic
 /// conventions name; the rest are the credentials that travel in query strings in practice:
 /// S3/SigV4 and GCS presigned URLs, OAuth 2.0 tokens and authorization codes, API keys.
-const SENSITIVE_QUERY_KEYS: [&str; 24] = [
+pub(crate) const SENSITIVE_QUERY_KEYS: [&str; 24] = [
     "awsaccesskeyid",
     "signature",
     "sig",
