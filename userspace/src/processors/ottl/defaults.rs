@@ -35,10 +35,10 @@ pub fn redaction_statements(extra: &[String]) -> Vec<String> {
     let alternatives = names.join("|");
     let mut out = vec![
         format!(
-            r#"replace_pattern(attributes["url.query"], "(?i)(^|&)((?:{alternatives})=)[^&]*", "$1$2{REDACTED}")"#
+            r#"replace_pattern(attributes["url.query"], "(?i)(^|&)((?:{alternatives})=)[^&]*", "${{1}}${{2}}{REDACTED}")"#
         ),
         format!(
-            r#"replace_pattern(attributes["url.full"], "(?i)([?&])((?:{alternatives})=)[^&#]*", "$1$2{REDACTED}")"#
+            r#"replace_pattern(attributes["url.full"], "(?i)([?&])((?:{alternatives})=)[^&#]*", "${{1}}${{2}}{REDACTED}")"#
         ),
         r#"replace_pattern(attributes["url.full"], "^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@", "$1")"#
             .to_string(),
