@@ -29,4 +29,6 @@ pub use compile::{CONVERTERS, EDITORS};
 pub use program::{Program, RuleError, RuleStats};
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod tests;

@@ -1,24 +1,112 @@
 //! The span context: a [`Span`] as statements see it. Its attributes are what the semantic
-//! conventions derive from the span's typed exchange (`semconv::attributes`), read one key at a
-//! time without building the list; what rules write goes to the span's [`AttrEdits`], which every
-//! output applies. The Resource is read-only here (all spans of a process share it).
+//! conventions derive from the span's typed exchange (`semconv::attributes`), gathered once per
+//! span on the first read (borrowed from the span, addresses formatted only when read); what
+//! rules write goes to the span's [`AttrEdits`], which every output applies. The Resource is read-only here (all spans of a process share it).
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::net::IpAddr;
 
 use super::value::{Field, Map, Record, Value};
 use crate::model::{AttrEdits, AttrVal, Span, SpanKind, SpanStatus};
-use crate::semconv::attributes::{
-    AttrSink, AttrValue, addr_text, span_attributes, visit_own_attributes,
-};
+use crate::semconv::attributes::{AttrSink, AttrValue, addr_text, visit_own_attributes};
 
-/// A span with its process's Resource attributes.
+/// A span with its process's Resource attributes. The span is read-only while statements run:
+/// what they change is staged here and applied by [`SpanRecord::finish`], so the span's own
+/// attributes can be read once per span (on the first read) and borrowed from it after that.
 pub struct SpanRecord<'s> {
-    pub span: &'s mut Span,
-    pub resource: &'s [(&'static str, AttrValue<'static>)],
+    span: &'s Span,
+    resource: &'s [(&'static str, AttrValue<'static>)],
+    own: OnceCell<Vec<(&'static str, Own<'s>)>>,
+    edits: Option<Box<AttrEdits>>,
+    name: Option<String>,
+    status: Option<SpanStatus>,
 }
 
-pub(super) fn attr_value<'a>(v: &'a AttrValue<'_>) -> Value<'a> {
+/// Staged changes of one span.
+pub struct Changes {
+    edits: Option<Box<AttrEdits>>,
+    name: Option<String>,
+    status: Option<SpanStatus>,
+}
+
+impl Changes {
+    pub fn apply(self, span: &mut Span) {
+        span.edits = self.edits;
+        if let Some(n) = self.name {
+            span.name = Cow::Owned(n);
+        }
+        if let Some(s) = self.status {
+            span.status = s;
+        }
+    }
+}
+
+impl<'s> SpanRecord<'s> {
+    pub fn new(span: &'s Span, resource: &'s [(&'static str, AttrValue<'static>)]) -> Self {
+        SpanRecord {
+            span,
+            resource,
+            own: OnceCell::new(),
+            edits: span.edits.clone(),
+            name: None,
+            status: None,
+        }
+    }
+
+    /// What the statements changed, to apply to the span.
+    pub fn finish(self) -> Changes {
+        Changes {
+            edits: self.edits,
+            name: self.name,
+            status: self.status,
+        }
+    }
+
+    fn status(&self) -> &SpanStatus {
+        self.status.as_ref().unwrap_or(&self.span.status)
+    }
+
+    fn own(&self) -> &[(&'static str, Own<'s>)] {
+        self.own.get_or_init(|| {
+            let mut all = Collect(Vec::with_capacity(24));
+            visit_own_attributes(self.span, &mut all);
+            all.0
+        })
+    }
+}
+
+/// One of the span's own attributes, addresses kept as addresses until read.
+enum Own<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Addr(IpAddr),
+}
+
+struct Collect<'a>(Vec<(&'static str, Own<'a>)>);
+
+impl<'a> AttrSink<'a> for Collect<'a> {
+    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>) {
+        self.0.push((key, Own::Str(value.into())));
+    }
+    fn int(&mut self, key: &'static str, value: impl Into<i64>) {
+        self.0.push((key, Own::Int(value.into())));
+    }
+    fn addr(&mut self, key: &'static str, addr: IpAddr) {
+        self.0.push((key, Own::Addr(addr)));
+    }
+    fn edited(&mut self, _: &'a str, _: &'a AttrVal) {}
+}
+
+fn own_value<'a>(v: &'a Own<'_>) -> Value<'a> {
+    match v {
+        Own::Str(s) => Value::Str(Cow::Borrowed(&**s)),
+        Own::Int(i) => Value::Int(*i),
+        Own::Addr(a) => Value::Str(Cow::Owned(addr_text(*a))),
+    }
+}
+
+fn attr_value<'a>(v: &'a AttrValue<'_>) -> Value<'a> {
     match v {
         AttrValue::Str(s) => Value::Str(Cow::Borrowed(&**s)),
         AttrValue::Int(i) => Value::Int(*i),
@@ -32,40 +120,15 @@ pub(super) fn attr_value<'a>(v: &'a AttrValue<'_>) -> Value<'a> {
     }
 }
 
-/// Finds one of the span's own attributes while they are visited.
-struct Find<'k, 'a> {
-    key: &'k str,
-    found: Option<Value<'a>>,
-}
-
-impl<'a> AttrSink<'a> for Find<'_, 'a> {
-    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>) {
-        if self.found.is_none() && key == self.key {
-            self.found = Some(Value::Str(value.into()));
-        }
-    }
-    fn int(&mut self, key: &'static str, value: impl Into<i64>) {
-        if self.found.is_none() && key == self.key {
-            self.found = Some(Value::Int(value.into()));
-        }
-    }
-    fn addr(&mut self, key: &'static str, addr: IpAddr) {
-        if self.found.is_none() && key == self.key {
-            self.found = Some(Value::Str(Cow::Owned(addr_text(addr))));
-        }
-    }
-    fn edited(&mut self, _: &'a str, _: &'a AttrVal) {}
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Record for SpanRecord<'_> {
     fn field(&self, f: Field) -> Value<'_> {
-        let s = &*self.span;
+        let s = self.span;
         match f {
-            Field::Name => Value::Str(Cow::Borrowed(&s.name)),
+            Field::Name => Value::Str(Cow::Borrowed(self.name.as_deref().unwrap_or(&s.name))),
             Field::Kind => Value::Int(match s.kind {
                 SpanKind::Server => 2,
                 SpanKind::Client => 3,
@@ -74,11 +137,11 @@ impl Record for SpanRecord<'_> {
                 SpanKind::Server => "Server",
                 SpanKind::Client => "Client",
             })),
-            Field::StatusCode => Value::Int(match s.status {
+            Field::StatusCode => Value::Int(match self.status() {
                 SpanStatus::Unset => 0,
                 SpanStatus::Error(_) => 2,
             }),
-            Field::StatusMessage => match &s.status {
+            Field::StatusMessage => match self.status() {
                 SpanStatus::Error(m) => Value::Str(Cow::Borrowed(m)),
                 SpanStatus::Unset => Value::Str(Cow::Borrowed("")),
             },
@@ -99,13 +162,12 @@ impl Record for SpanRecord<'_> {
     }
 
     fn set_field(&mut self, f: Field, v: Value<'_>) -> Result<(), String> {
-        let s = &mut *self.span;
         match (f, v) {
-            (Field::Name, Value::Str(n)) => s.name = Cow::Owned(n.into_owned()),
-            (Field::StatusCode, Value::Int(0)) => s.status = SpanStatus::Unset,
+            (Field::Name, Value::Str(n)) => self.name = Some(n.into_owned()),
+            (Field::StatusCode, Value::Int(0)) => self.status = Some(SpanStatus::Unset),
             (Field::StatusCode, Value::Int(2)) => {
-                if s.status == SpanStatus::Unset {
-                    s.status = SpanStatus::Error(String::new());
+                if *self.status() == SpanStatus::Unset {
+                    self.status = Some(SpanStatus::Error(String::new()));
                 }
             }
             (Field::StatusCode, Value::Int(1)) => {
@@ -114,8 +176,8 @@ impl Record for SpanRecord<'_> {
                 );
             }
             (Field::StatusMessage, Value::Str(m)) => {
-                if let SpanStatus::Error(old) = &mut s.status {
-                    *old = m.into_owned();
+                if let SpanStatus::Error(_) = self.status() {
+                    self.status = Some(SpanStatus::Error(m.into_owned()));
                 }
             }
             (f, v) => return Err(format!("{f:?} cannot be set to {}", v.type_name())),
@@ -131,12 +193,13 @@ impl Record for SpanRecord<'_> {
                 .find(|(k, _)| *k == key)
                 .map_or(Value::Nil, |(_, v)| attr_value(v)),
             Map::Attributes => {
-                if let Some(edit) = self.span.edits.as_deref().and_then(|e| e.get(key)) {
+                if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
                     return edit.map_or(Value::Nil, Value::from);
                 }
-                let mut find = Find { key, found: None };
-                visit_own_attributes(self.span, &mut find);
-                find.found.unwrap_or(Value::Nil)
+                self.own()
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(Value::Nil, |(_, v)| own_value(v))
             }
         }
     }
@@ -152,9 +215,8 @@ impl Record for SpanRecord<'_> {
             ),
             None => None,
         };
-        self.span
-            .edits
-            .get_or_insert_with(|| Box::new(AttrEdits::default()))
+        self.edits
+            .get_or_insert_with(|| Box::new(AttrEdits(Vec::with_capacity(4))))
             .put(key, v);
         Ok(())
     }
@@ -162,9 +224,19 @@ impl Record for SpanRecord<'_> {
     fn attrs(&self, m: Map, f: &mut dyn FnMut(&str, Value<'_>)) {
         match m {
             Map::Resource => self.resource.iter().for_each(|(k, v)| f(k, attr_value(v))),
-            Map::Attributes => span_attributes(self.span)
-                .iter()
-                .for_each(|(k, v)| f(k, attr_value(v))),
+            Map::Attributes => {
+                let edits = self.edits.as_deref();
+                for (k, v) in self.own() {
+                    if edits.is_none_or(|e| e.get(k).is_none()) {
+                        f(k, own_value(v));
+                    }
+                }
+                for (k, v) in edits.iter().flat_map(|e| e.0.iter()) {
+                    if let Some(v) = v {
+                        f(k, Value::from(v));
+                    }
+                }
+            }
         }
     }
 }
