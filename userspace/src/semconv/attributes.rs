@@ -343,6 +343,11 @@ pub(crate) trait AttrSink<'a> {
     fn addr(&mut self, key: &'static str, addr: IpAddr);
     /// An attribute a rule set (its key may be one of the rule's own).
     fn edited(&mut self, key: &'a str, value: &'a AttrVal);
+    /// Whether the sink takes `key` at all: attributes that cost work to build (redacted
+    /// queries, full URLs) are skipped when it does not (rules read a few keys per span).
+    fn wants(&self, _key: &'static str) -> bool {
+        true
+    }
 }
 
 impl<'a> AttrSink<'a> for Attrs<'a> {
@@ -384,6 +389,9 @@ impl<'a, S: AttrSink<'a>> AttrSink<'a> for Unedited<'_, S> {
     }
     fn edited(&mut self, key: &'a str, value: &'a AttrVal) {
         self.sink.edited(key, value);
+    }
+    fn wants(&self, key: &'static str) -> bool {
+        self.sink.wants(key)
     }
 }
 
@@ -523,7 +531,9 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
         SpanKind::Server => {
             let (path, query) = split_target(&http.target);
             a.str(semconv::URL_PATH, path);
-            if let Some(q) = query.filter(|q| !q.is_empty()) {
+            if let Some(q) = query.filter(|q| !q.is_empty())
+                && a.wants(semconv::URL_QUERY)
+            {
                 a.str(semconv::URL_QUERY, redact_query(q));
             }
             a.str(semconv::URL_SCHEME, if http.tls { "https" } else { "http" });
@@ -542,16 +552,20 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
             a.int(semconv::CLIENT_PORT, span.peer.port);
         }
         SpanKind::Client => {
-            let full = full_url(span);
-            let scheme = full
-                .split_once("://")
-                .map_or("http", |(s, _)| s)
-                .to_string();
-            a.str(semconv::URL_FULL, full);
-            a.str(semconv::URL_SCHEME, scheme);
-            let (address, port) = client_side_server(span);
-            a.str(semconv::SERVER_ADDRESS, address);
-            a.int(semconv::SERVER_PORT, port);
+            if a.wants(semconv::URL_FULL) || a.wants(semconv::URL_SCHEME) {
+                let full = full_url(span);
+                let scheme = full
+                    .split_once("://")
+                    .map_or("http", |(s, _)| s)
+                    .to_string();
+                a.str(semconv::URL_FULL, full);
+                a.str(semconv::URL_SCHEME, scheme);
+            }
+            if a.wants(semconv::SERVER_ADDRESS) || a.wants(semconv::SERVER_PORT) {
+                let (address, port) = client_side_server(span);
+                a.str(semconv::SERVER_ADDRESS, address);
+                a.int(semconv::SERVER_PORT, port);
+            }
         }
     }
     a.addr(semconv::NETWORK_PEER_ADDRESS, peer);

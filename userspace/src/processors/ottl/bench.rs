@@ -70,3 +70,39 @@ fn five_statements_per_span() {
         println!("  {ns:7.1}  {s}");
     }
 }
+
+#[test]
+#[ignore = "benchmark"]
+fn visit_cost() {
+    use crate::semconv::attributes::{AttrSink, visit_own_attributes};
+    struct Nop(usize);
+    impl<'a> AttrSink<'a> for Nop {
+        fn str(&mut self, _: &'static str, v: impl Into<std::borrow::Cow<'a, str>>) {
+            self.0 += v.into().len();
+        }
+        fn int(&mut self, _: &'static str, v: impl Into<i64>) {
+            self.0 += v.into() as usize;
+        }
+        fn addr(&mut self, _: &'static str, _: std::net::IpAddr) {
+            self.0 += 1;
+        }
+        fn edited(&mut self, _: &'a str, _: &'a crate::model::AttrVal) {}
+    }
+    let span = server_span();
+    let n = 1_000_000;
+    let t = Instant::now();
+    let mut nop = Nop(0);
+    for _ in 0..n {
+        visit_own_attributes(std::hint::black_box(&span), &mut nop);
+    }
+    println!("visit: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+    let t = Instant::now();
+    for _ in 0..n {
+        let v: Vec<(&str, u64, u64, u64)> = Vec::with_capacity(24);
+        std::hint::black_box(v);
+    }
+    println!(
+        "alloc 24: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / n as f64
+    );
+}

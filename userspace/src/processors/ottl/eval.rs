@@ -71,12 +71,35 @@ pub struct Statement {
 pub type EvalError = String;
 
 impl Getter {
+    /// The attribute keys (of `attributes`) this getter reads, added to `out`.
+    pub fn attr_keys(&self, out: &mut Vec<Box<str>>) {
+        match self {
+            Getter::Attr(Map::Attributes, k) => {
+                if !out.contains(k) {
+                    out.push(k.clone());
+                }
+            }
+            Getter::Lit(_) | Getter::Field(_) | Getter::Attr(..) => {}
+            Getter::Index(g, _)
+            | Getter::IsMatch(g, _)
+            | Getter::Sha256(g)
+            | Getter::Int(g)
+            | Getter::String(g) => g.attr_keys(out),
+            Getter::List(items) => items.iter().for_each(|g| g.attr_keys(out)),
+            Getter::Concat(items, d) => {
+                items.iter().for_each(|g| g.attr_keys(out));
+                d.attr_keys(out);
+            }
+            Getter::Math(a, _, b) | Getter::Split(a, b) => {
+                a.attr_keys(out);
+                b.attr_keys(out);
+            }
+        }
+    }
+
     pub fn get<'r>(&'r self, r: &'r dyn Record) -> Result<Value<'r>, EvalError> {
         Ok(match self {
-            Getter::Lit(v) => match v {
-                Value::Str(s) => Value::Str(Cow::Borrowed(&**s)),
-                other => other.clone(),
-            },
+            Getter::Lit(v) => borrowed(v),
             Getter::Field(f) => r.field(*f),
             Getter::Attr(m, k) => r.attr(*m, k),
             Getter::Index(g, idx) => {
@@ -154,6 +177,13 @@ impl Getter {
     }
 }
 
+fn borrowed<'a>(v: &'a Value<'_>) -> Value<'a> {
+    match v {
+        Value::Str(s) => Value::Str(Cow::Borrowed(&**s)),
+        other => other.clone(),
+    }
+}
+
 pub fn sha256_hex(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     let mut out = String::with_capacity(64);
@@ -216,6 +246,19 @@ pub fn compare(a: &Value<'_>, op: CmpOp, b: &Value<'_>) -> bool {
 }
 
 impl Pred {
+    /// See [`Getter::attr_keys`].
+    pub fn attr_keys(&self, out: &mut Vec<Box<str>>) {
+        match self {
+            Pred::Or(items) | Pred::And(items) => items.iter().for_each(|p| p.attr_keys(out)),
+            Pred::Not(p) => p.attr_keys(out),
+            Pred::Cmp(a, _, b) => {
+                a.attr_keys(out);
+                b.attr_keys(out);
+            }
+            Pred::Value(g) => g.attr_keys(out),
+        }
+    }
+
     pub fn test(&self, r: &dyn Record) -> Result<bool, EvalError> {
         Ok(match self {
             Pred::Or(items) => {
@@ -291,6 +334,17 @@ fn retain(r: &mut dyn Record, m: Map, mut keep: impl FnMut(&str) -> bool) -> Res
 impl Editor {
     pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
         match self {
+            // A literal borrows from the program, not the record: no copy before the write.
+            Editor::Set(to, Getter::Lit(v)) => {
+                if *v != Value::Nil {
+                    write(r, to, borrowed(v))?;
+                }
+            }
+            Editor::DeleteKey(m, Getter::Lit(Value::Str(k))) => {
+                if r.attr(*m, k) != Value::Nil {
+                    r.set_attr(*m, k, None)?;
+                }
+            }
             Editor::Set(to, from) => {
                 let v = from.get(r)?.into_owned();
                 // Setting nil leaves the target alone (as the Collector does).
@@ -391,6 +445,20 @@ impl Editor {
 }
 
 impl Statement {
+    /// The attribute keys the statement reads (see [`Getter::attr_keys`]).
+    pub fn attr_keys(&self, out: &mut Vec<Box<str>>) {
+        if let Some(c) = &self.condition {
+            c.attr_keys(out);
+        }
+        match &self.editor {
+            Editor::Set(_, g) | Editor::ReplacePattern(g, ..) => g.attr_keys(out),
+            Editor::DeleteKey(Map::Attributes, Getter::Lit(Value::Str(k))) => {
+                Getter::Attr(Map::Attributes, (**k).into()).attr_keys(out)
+            }
+            _ => {}
+        }
+    }
+
     /// Runs the statement when its condition holds.
     pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
         if let Some(c) = &self.condition {

@@ -53,6 +53,8 @@ struct Signal1 {
     /// A record any of these matches is dropped.
     filters: Vec<(Pred, String)>,
     filter_error_mode: ErrorMode,
+    /// The attribute keys the statements and conditions read (cached per span).
+    keys: Vec<Box<str>>,
 }
 
 impl Signal1 {
@@ -151,6 +153,15 @@ impl Program {
                 s.filters.push((pred, origin));
             }
         }
+        for s in [&mut p.spans, &mut p.points, &mut p.logs] {
+            let mut keys = Vec::new();
+            for g in &s.groups {
+                g.conditions.iter().for_each(|c| c.attr_keys(&mut keys));
+                g.statements.iter().for_each(|st| st.attr_keys(&mut keys));
+            }
+            s.filters.iter().for_each(|(c, _)| c.attr_keys(&mut keys));
+            s.keys = keys;
+        }
         Ok(p)
     }
 
@@ -178,12 +189,12 @@ impl Program {
         }
         let before = spans.len();
         spans.retain_mut(|s| {
-            let resource = resource(s.pid);
-            judge(
-                &self.spans,
-                &mut self.stats.errors,
-                &mut SpanRecord { span: s, resource },
-            )
+            let mut r = SpanRecord::new(s, resource(s.pid), &self.spans.keys);
+            let keep = judge(&self.spans, &mut self.stats.errors, &mut r);
+            if keep {
+                r.finish().apply(s);
+            }
+            keep
         });
         self.stats.spans_dropped += (before - spans.len()) as u64;
     }

@@ -17,7 +17,10 @@ use crate::semconv::attributes::{AttrSink, AttrValue, addr_text, visit_own_attri
 pub struct SpanRecord<'s> {
     span: &'s Span,
     resource: &'s [(&'static str, AttrValue<'static>)],
-    own: OnceCell<Vec<(&'static str, Own<'s>)>>,
+    /// The attribute keys the program reads (the first [`WANTED`] are cached)...
+    wanted: &'s [Box<str>],
+    /// ...and their values, taken in one pass over the span's own attributes on the first read.
+    cache: OnceCell<[Option<Own<'s>>; WANTED]>,
     edits: Option<Box<AttrEdits>>,
     name: Option<String>,
     status: Option<SpanStatus>,
@@ -43,11 +46,16 @@ impl Changes {
 }
 
 impl<'s> SpanRecord<'s> {
-    pub fn new(span: &'s Span, resource: &'s [(&'static str, AttrValue<'static>)]) -> Self {
+    pub fn new(
+        span: &'s Span,
+        resource: &'s [(&'static str, AttrValue<'static>)],
+        wanted: &'s [Box<str>],
+    ) -> Self {
         SpanRecord {
             span,
             resource,
-            own: OnceCell::new(),
+            wanted,
+            cache: OnceCell::new(),
             edits: span.edits.clone(),
             name: None,
             status: None,
@@ -67,16 +75,76 @@ impl<'s> SpanRecord<'s> {
         self.status.as_ref().unwrap_or(&self.span.status)
     }
 
-    fn own(&self) -> &[(&'static str, Own<'s>)] {
-        self.own.get_or_init(|| {
-            let mut all = Collect(Vec::with_capacity(24));
-            visit_own_attributes(self.span, &mut all);
-            all.0
-        })
+    /// Every own attribute (bulk editors: `keep_keys`, `limit` …).
+    fn own(&self) -> Vec<(&'static str, Own<'s>)> {
+        let mut all = Collect(Vec::with_capacity(24));
+        visit_own_attributes(self.span, &mut all);
+        all.0
+    }
+
+    /// One own attribute: from the cache when the program names it, else by a pass that builds
+    /// only that key.
+    fn own_attr(&self, key: &str) -> Option<Own<'s>> {
+        let wanted = &self.wanted[..self.wanted.len().min(WANTED)];
+        if let Some(i) = wanted.iter().position(|w| **w == *key) {
+            let cache = self.cache.get_or_init(|| {
+                let mut pick = Pick {
+                    wanted,
+                    found: std::array::from_fn(|_| None),
+                };
+                visit_own_attributes(self.span, &mut pick);
+                pick.found
+            });
+            return cache[i].clone();
+        }
+        let mut pick = Pick {
+            wanted: std::slice::from_ref(&key),
+            found: std::array::from_fn(|_| None),
+        };
+        visit_own_attributes(self.span, &mut pick);
+        pick.found[0].take()
+    }
+}
+
+/// Attributes read per span that are cached.
+const WANTED: usize = 8;
+
+/// Takes the wanted keys' values out of a pass over the span's own attributes.
+struct Pick<'w, 'a, K> {
+    wanted: &'w [K],
+    found: [Option<Own<'a>>; WANTED],
+}
+
+impl<K: AsRef<str>> Pick<'_, '_, K> {
+    fn slot(&self, key: &str) -> Option<usize> {
+        self.wanted.iter().position(|w| w.as_ref() == key)
+    }
+}
+
+impl<'a, K: AsRef<str>> AttrSink<'a> for Pick<'_, 'a, K> {
+    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>) {
+        if let Some(i) = self.slot(key) {
+            self.found[i].get_or_insert(Own::Str(value.into()));
+        }
+    }
+    fn int(&mut self, key: &'static str, value: impl Into<i64>) {
+        if let Some(i) = self.slot(key) {
+            self.found[i].get_or_insert(Own::Int(value.into()));
+        }
+    }
+    fn addr(&mut self, key: &'static str, addr: IpAddr) {
+        if let Some(i) = self.slot(key) {
+            self.found[i].get_or_insert(Own::Addr(addr));
+        }
+    }
+    fn edited(&mut self, _: &'a str, _: &'a AttrVal) {}
+    fn wants(&self, key: &'static str) -> bool {
+        self.slot(key).is_some()
     }
 }
 
 /// One of the span's own attributes, addresses kept as addresses until read.
+#[derive(Clone)]
 enum Own<'a> {
     Str(Cow<'a, str>),
     Int(i64),
@@ -196,10 +264,13 @@ impl Record for SpanRecord<'_> {
                 if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
                     return edit.map_or(Value::Nil, Value::from);
                 }
-                self.own()
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map_or(Value::Nil, |(_, v)| own_value(v))
+                match self.own_attr(key) {
+                    None => Value::Nil,
+                    Some(Own::Str(Cow::Borrowed(s))) => Value::Str(Cow::Borrowed(s)),
+                    Some(Own::Str(Cow::Owned(s))) => Value::Str(Cow::Owned(s)),
+                    Some(Own::Int(i)) => Value::Int(i),
+                    Some(Own::Addr(a)) => Value::Str(Cow::Owned(addr_text(a))),
+                }
             }
         }
     }
@@ -226,7 +297,7 @@ impl Record for SpanRecord<'_> {
             Map::Resource => self.resource.iter().for_each(|(k, v)| f(k, attr_value(v))),
             Map::Attributes => {
                 let edits = self.edits.as_deref();
-                for (k, v) in self.own() {
+                for (k, v) in &self.own() {
                     if edits.is_none_or(|e| e.get(k).is_none()) {
                         f(k, own_value(v));
                     }
