@@ -152,6 +152,37 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
+    /// Rules run on released spans and can be swapped between two batches (what a remote
+    /// configuration does); their counters carry over.
+    #[test]
+    fn rules_filter_spans_and_are_swapped_at_run_time() {
+        use crate::config::{FilterList, Rules, Signal};
+        let drop_get = |cond: &str| Rules {
+            filters: vec![FilterList {
+                signal: Signal::Traces,
+                context: "span".into(),
+                conditions: vec![cond.to_string()],
+                origin: "test".into(),
+            }],
+            ..Rules::default()
+        };
+        let mut p = Processors::new(None, None);
+        p.process_info(&crate::testkit::process(1234, "python3"));
+        p.set_rules(
+            Program::compile(&drop_get(
+                r#"resource.attributes["service.name"] == "python3-svc""#,
+            ))
+            .unwrap(),
+        );
+        let mut out = Vec::new();
+        p.run(&mut vec![server_span()], 0, &mut out);
+        assert!(out.is_empty());
+        p.set_rules(Program::compile(&drop_get(r#"name == "POST""#)).unwrap());
+        p.run(&mut vec![server_span()], 1, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(p.rule_stats().unwrap().spans_dropped, 1);
+    }
+
     /// The anomaly policy keeps the traces of a latency fault, and only those, once the baseline
     /// is learnt; the detector saw every span (kept or not).
     #[test]
