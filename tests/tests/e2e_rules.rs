@@ -156,11 +156,10 @@ statements = ['set(attributes["ztrace.rules"], "on") where metric.name == "http.
     let pid = i64::from(backend.pid());
     let latest = metrics
         .iter()
-        .filter(|m| {
+        .rfind(|m| {
             m.metric.name == "http.server.request.duration"
                 && attr_int(&m.resource, "process.pid") == Some(pid)
         })
-        .next_back()
         .context("no http.server.request.duration for the backend")?;
     let Some(Data::Histogram(h)) = &latest.metric.data else {
         anyhow::bail!("not a histogram: {:?}", latest.metric);

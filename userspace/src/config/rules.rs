@@ -19,86 +19,9 @@
 //! As in Collector configuration files, `$$` stands for a literal `$` (`"$$1"` is the first
 //! capture group in a replacement); `${env:…}` references are not expanded.
 
-use super::defs::Signal;
+use super::defs::{ErrorMode, FilterList, RULE_FILE_KEYS, Rules, Signal, StatementGroup};
 use super::error::ConfigError;
 use super::file::ConfigFile;
-
-/// What a statement that fails on one record does (the Collector's `error_mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ErrorMode {
-    /// The record is dropped (counted and logged): the Collector's default.
-    #[default]
-    Propagate,
-    /// The error is logged (rate-limited) and the next statement runs.
-    Ignore,
-    /// As `ignore`, without logging.
-    Silent,
-}
-
-impl ErrorMode {
-    fn parse(s: &str) -> Option<ErrorMode> {
-        match s {
-            "propagate" => Some(ErrorMode::Propagate),
-            "ignore" => Some(ErrorMode::Ignore),
-            "silent" => Some(ErrorMode::Silent),
-            _ => None,
-        }
-    }
-}
-
-/// One `[[transform.<signal>_statements]]` entry (or the plain list form of one).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StatementGroup {
-    /// `span`, `datapoint`, `log` (checked when compiled).
-    pub context: String,
-    /// The group runs on a record when any of these holds (all records when empty).
-    pub conditions: Vec<String>,
-    pub statements: Vec<String>,
-    /// The group's own `error_mode`, else `[transform] error_mode`.
-    pub error_mode: Option<ErrorMode>,
-    /// Where the group was written (`transform.trace_statements[0]` in FILE), for errors.
-    pub origin: String,
-}
-
-/// One list of `[filter.<signal>]` conditions: a record any of them matches is dropped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FilterList {
-    pub signal: Signal,
-    /// `span`, `spanevent`, `metric`, `datapoint`, `log_record` (checked when compiled).
-    pub context: String,
-    pub conditions: Vec<String>,
-    pub origin: String,
-}
-
-/// Rules, resolved (empty: none).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rules {
-    pub transform_error_mode: ErrorMode,
-    /// Per signal, in order: traces, metrics, logs.
-    pub statements: Vec<(Signal, StatementGroup)>,
-    pub filter_error_mode: ErrorMode,
-    pub filters: Vec<FilterList>,
-}
-
-impl Rules {
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty() && self.filters.is_empty()
-    }
-}
-
-/// File keys of rules.
-pub const RULE_FILE_KEYS: [&str; 10] = [
-    "transform.error_mode",
-    "transform.trace_statements",
-    "transform.metric_statements",
-    "transform.log_statements",
-    "filter.error_mode",
-    "filter.traces.span",
-    "filter.traces.spanevent",
-    "filter.metrics.metric",
-    "filter.metrics.datapoint",
-    "filter.logs.log_record",
-];
 
 /// `$$` → `$`, as Collector configuration files have it.
 fn unescape(s: &str) -> String {

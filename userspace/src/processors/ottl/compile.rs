@@ -383,13 +383,13 @@ fn key_list(e: &Expr) -> Res<Vec<Box<str>>> {
 
 /// The optional `function` (a hash of the replacement) and `replacementFormat` arguments.
 fn hash_arg(function: Option<&Expr>, format: Option<&Expr>) -> Res<bool> {
-    if let Some(f) = format {
-        if string_lit(f, "replacementFormat")? != "%s" {
-            return err(
-                f.at(),
-                "replacementFormat other than \"%s\" is not supported",
-            );
-        }
+    if let Some(f) = format
+        && string_lit(f, "replacementFormat")? != "%s"
+    {
+        return err(
+            f.at(),
+            "replacementFormat other than \"%s\" is not supported",
+        );
     }
     match function {
         None => Ok(false),

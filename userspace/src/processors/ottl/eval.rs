@@ -354,10 +354,10 @@ impl Editor {
             }
             Editor::DeleteKey(m, key) => {
                 let key = key.get(r)?.into_owned();
-                if let Some(k) = key.as_str() {
-                    if r.attr(*m, k) != Value::Nil {
-                        r.set_attr(*m, k, None)?;
-                    }
+                if let Some(k) = key.as_str()
+                    && r.attr(*m, k) != Value::Nil
+                {
+                    r.set_attr(*m, k, None)?;
                 }
             }
             Editor::DeleteMatchingKeys(m, re) => retain(r, *m, |k| !re.is_match(k))?,
@@ -378,10 +378,10 @@ impl Editor {
                         if let Some(new) = replace(re, k, with, *hash) {
                             changes.push((k.to_string(), Some(new), Some(v.into_owned())));
                         }
-                    } else if let Value::Str(s) = &v {
-                        if let Some(new) = replace(re, s, with, *hash) {
-                            changes.push((k.to_string(), None, Some(Value::Str(new.into()))));
-                        }
+                    } else if let Value::Str(s) = &v
+                        && let Some(new) = replace(re, s, with, *hash)
+                    {
+                        changes.push((k.to_string(), None, Some(Value::Str(new.into()))));
                     }
                 });
                 for (k, new_key, v) in changes {
@@ -397,14 +397,14 @@ impl Editor {
             Editor::TruncateAll(m, limit) => {
                 let mut changes: Vec<(String, String)> = Vec::new();
                 r.attrs(*m, &mut |k, v| {
-                    if let Value::Str(s) = v {
-                        if s.len() > *limit {
-                            let mut end = *limit;
-                            while !s.is_char_boundary(end) {
-                                end -= 1;
-                            }
-                            changes.push((k.to_string(), s[..end].to_string()));
+                    if let Value::Str(s) = v
+                        && s.len() > *limit
+                    {
+                        let mut end = *limit;
+                        while !s.is_char_boundary(end) {
+                            end -= 1;
                         }
+                        changes.push((k.to_string(), s[..end].to_string()));
                     }
                 });
                 for (k, v) in changes {
@@ -419,11 +419,12 @@ impl Editor {
                     let mut kept = 0usize;
                     let mut keep: Vec<bool> = vec![false; keys.len()];
                     for p in priority {
-                        if let Some(n) = keys.iter().position(|k| k == &**p) {
-                            if kept < *limit && !keep[n] {
-                                keep[n] = true;
-                                kept += 1;
-                            }
+                        if let Some(n) = keys.iter().position(|k| k == &**p)
+                            && kept < *limit
+                            && !keep[n]
+                        {
+                            keep[n] = true;
+                            kept += 1;
                         }
                     }
                     for flag in keep.iter_mut() {
@@ -461,10 +462,10 @@ impl Statement {
 
     /// Runs the statement when its condition holds.
     pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
-        if let Some(c) = &self.condition {
-            if !c.test(r)? {
-                return Ok(());
-            }
+        if let Some(c) = &self.condition
+            && !c.test(r)?
+        {
+            return Ok(());
         }
         self.editor.run(r)
     }
