@@ -374,7 +374,13 @@ fn factor(i: &mut In<'_>) -> R<Cond> {
         // A parenthesised condition, or a parenthesised value in a comparison: try the first.
         ws(i)?;
         if let Ok(c) = terminated(boolean, (ws, ')')).parse_next(i) {
-            return Ok(c);
+            // Unless a comparison follows: then it was a parenthesised value (`(a + 1) > 2`).
+            let after = i.checkpoint();
+            ws(i)?;
+            if opt(cmp_op).parse_next(i)?.is_none() {
+                i.reset(&after);
+                return Ok(c);
+            }
         }
         i.reset(&checkpoint);
     }

@@ -273,6 +273,14 @@ fn span_filters_from_the_collector_docs() {
         (r#"attributes["nope"] == nil"#, true),
         (r#"attributes["server.port"] == 8080.0"#, true),
         (r#"attributes["server.port"] == "8080""#, false),
+        (
+            r#"(attributes["http.response.status_code"] + 1) > 200"#,
+            true,
+        ),
+        (
+            r#"(name == "POST" or name == "GET") and (kind == SPAN_KIND_SERVER)"#,
+            true,
+        ),
     ];
     for (cond, dropped) in cases {
         let out = run(&filter(Signal::Traces, "span", &[cond]), server_span());
