@@ -537,17 +537,19 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
                 a.str(semconv::URL_QUERY, redact_query(q));
             }
             a.str(semconv::URL_SCHEME, if http.tls { "https" } else { "http" });
-            let port = match http.host.as_deref().and_then(split_host) {
-                Some((host, port)) => {
-                    a.str(semconv::SERVER_ADDRESS, host);
-                    port.unwrap_or(span.local.port)
-                }
-                None => {
-                    a.addr(semconv::SERVER_ADDRESS, span.local.addr);
-                    span.local.port
-                }
-            };
-            a.int(semconv::SERVER_PORT, port);
+            if a.wants(semconv::SERVER_ADDRESS) || a.wants(semconv::SERVER_PORT) {
+                let port = match http.host.as_deref().and_then(split_host) {
+                    Some((host, port)) => {
+                        a.str(semconv::SERVER_ADDRESS, host);
+                        port.unwrap_or(span.local.port)
+                    }
+                    None => {
+                        a.addr(semconv::SERVER_ADDRESS, span.local.addr);
+                        span.local.port
+                    }
+                };
+                a.int(semconv::SERVER_PORT, port);
+            }
             a.addr(semconv::CLIENT_ADDRESS, span.peer.addr);
             a.int(semconv::CLIENT_PORT, span.peer.port);
         }
@@ -570,10 +572,12 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
     }
     a.addr(semconv::NETWORK_PEER_ADDRESS, peer);
     a.int(semconv::NETWORK_PEER_PORT, span.peer.port);
-    let version = http.version.trim();
-    let version = version.strip_prefix("HTTP/").unwrap_or(version);
-    if !version.is_empty() {
-        a.str(semconv::NETWORK_PROTOCOL_VERSION, version);
+    if a.wants(semconv::NETWORK_PROTOCOL_VERSION) {
+        let version = http.version.trim();
+        let version = version.strip_prefix("HTTP/").unwrap_or(version);
+        if !version.is_empty() {
+            a.str(semconv::NETWORK_PROTOCOL_VERSION, version);
+        }
     }
     a.str(semconv::NETWORK_TRANSPORT, "tcp");
     let network_type = if peer.is_ipv4() { "ipv4" } else { "ipv6" };
