@@ -24,3 +24,9 @@ pub mod semconv;
 pub mod signals;
 #[cfg(test)]
 mod testkit;
+
+/// Unit tests and their benchmarks (`processors::ottl::bench`) allocate as the shipped binary
+/// does (main.rs).
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

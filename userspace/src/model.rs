@@ -122,6 +122,53 @@ pub struct Span {
     /// `tracestate` `ot` entry: see `processors::tail::threshold`). None: no tail sampling, or a
     /// keep without a known probability.
     pub th: Option<u64>,
+    /// Attribute changes made by rules (`processors::ottl`), laid over what the span says: None
+    /// (no cost) unless a rule changed an attribute of this span.
+    pub edits: Option<Box<AttrEdits>>,
+}
+
+/// A float that compares by its bits, so the types holding it stay `Eq`.
+#[derive(Clone, Copy, Debug)]
+pub struct F64(pub f64);
+
+impl PartialEq for F64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for F64 {}
+
+/// An attribute value a rule wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttrVal {
+    Str(String),
+    Int(i64),
+    Double(F64),
+    Bool(bool),
+    StrArray(Vec<String>),
+}
+
+/// Attribute changes by key, in the order first made: `Some` sets (adds or replaces) the
+/// attribute, `None` deletes it. Every output reads a span's attributes through
+/// `semconv::attributes::visit_attributes`, which applies them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttrEdits(pub Vec<(Box<str>, Option<AttrVal>)>);
+
+impl AttrEdits {
+    /// The change made to `key`: None when untouched, `Some(None)` when deleted.
+    pub fn get(&self, key: &str) -> Option<Option<&AttrVal>> {
+        self.0
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn put(&mut self, key: &str, value: Option<AttrVal>) {
+        match self.0.iter_mut().find(|(k, _)| &**k == key) {
+            Some(e) => e.1 = value,
+            None => self.0.push((key.into(), value)),
+        }
+    }
 }
 
 impl Span {

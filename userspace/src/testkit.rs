@@ -44,6 +44,7 @@ pub fn server_span() -> Span {
         }),
         status: SpanStatus::Unset,
         th: None,
+        edits: None,
     }
 }
 

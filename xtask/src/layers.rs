@@ -33,7 +33,17 @@ const fn layer(name: &'static str, may_import: &'static [&'static str]) -> Layer
 /// linker by calling it, and the shell layers (`app`, `runtime`) wire all stages together.
 /// Nothing imports `app`.
 pub const USERSPACE: &[Layer] = &[
-    layer("app", &["runtime", "capture", "signals", "export", "peer"]),
+    layer(
+        "app",
+        &[
+            "runtime",
+            "capture",
+            "signals",
+            "export",
+            "peer",
+            "processors",
+        ],
+    ),
     layer(
         "runtime",
         &[

@@ -56,12 +56,16 @@ enum Task {
     /// build the probes the way `cargo build` does (userspace/build.rs); print how long each took.
     /// Debian packages are the machine's (setup installs what is missing). CI runs it.
     Fresh,
-    /// Fuzz every protocol parser (cargo-fuzz, the pinned nightly) for a while each, growing the corpus
-    /// under userspace/protocols/fuzz/corpus, and print executions per parser.
+    /// Fuzz every protocol parser and the OTTL grammar (cargo-fuzz, the pinned nightly) for a
+    /// while each, growing the corpus under userspace/protocols/fuzz/corpus, and print executions
+    /// per parser.
     Fuzz {
         /// Seconds per parser.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Fuzz only this target (e.g. `ottl`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Measure what tracing costs the traced application (nginx, a Python server) and bystanders:
     /// untraced and traced rounds side by side, as root; prints a table and writes it to
@@ -576,9 +580,16 @@ fn fresh() -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["http1", "http2", "redis", "postgres", "mysql", "sql", "dns"];
+const FUZZ_TARGETS: &[&str] = &[
+    "http1", "http2", "redis", "postgres", "mysql", "sql", "dns", "ottl",
+];
 
-fn fuzz(seconds: u64) -> Result<()> {
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    if let Some(o) = only
+        && !FUZZ_TARGETS.contains(&o)
+    {
+        bail!("no fuzz target `{o}`; targets: {}", FUZZ_TARGETS.join(", "));
+    }
     let toolchain = format!("+{}", setup_rust()?.channel);
     let have = output_ok(Command::new("cargo").args(["fuzz", "--version"]))
         .is_some_and(|v| v.trim().ends_with(CARGO_FUZZ_VERSION));
@@ -598,7 +609,10 @@ fn fuzz(seconds: u64) -> Result<()> {
         "| parser | seconds | executions | exec/s |".to_string(),
         "|---|---|---|---|".to_string(),
     ];
-    for target in FUZZ_TARGETS {
+    for target in FUZZ_TARGETS
+        .iter()
+        .filter(|t| only.is_none_or(|o| o == **t))
+    {
         let corpus = dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         say(&format!("fuzzing {target} for {seconds}s"));
@@ -741,7 +755,7 @@ fn main() -> ExitCode {
         Task::Package => build().and_then(|bin| package::package(&root(), &bin).map(|_| ())),
         Task::Fresh => fresh(),
         Task::Test => test(),
-        Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Fuzz { seconds, only } => fuzz(seconds, only.as_deref()),
         Task::Bench { quick } => bench::bench(quick),
         Task::Eval {
             faults: true,

@@ -11,6 +11,7 @@ use crate::{
         self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration, parse_pid_spec,
     },
     export::ExportConfig,
+    processors::ottl::Program,
     runtime::{bench, live, replay},
     signals::metrics::MetricsConfig,
 };
@@ -58,6 +59,19 @@ pub enum Command {
         /// over the file on one core, send nothing, and print events/s and spans/s.
         #[arg(long, value_name = "PASSES")]
         throughput: Option<u32>,
+    },
+    /// Rules (OTTL): print the default redaction as rules (--default), or check the
+    /// `[transform]` and `[filter]` rules of a config file (--config FILE).
+    Rules {
+        /// Print ztrace's default redaction, written as OTTL statements in config-file form.
+        #[arg(long)]
+        default: bool,
+        /// The config file whose rules to check.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// More names to redact, as `--redact` takes them (shown in the --default rules).
+        #[arg(long, value_delimiter = ',')]
+        redact: Vec<String>,
     },
 }
 
@@ -358,6 +372,35 @@ pub enum Format {
     Json,
 }
 
+/// `ztrace rules`: the default redaction as rules, or a check of a file's rules.
+fn rules_command(default: bool, file: Option<&std::path::Path>, redact: &[String]) -> i32 {
+    if default {
+        let names = match config::fold_redact_names(redact) {
+            Ok(n) => n,
+            Err(e) => return usage_error(e),
+        };
+        print!(
+            "{}",
+            crate::processors::ottl::defaults::redaction_toml(&names)
+        );
+        return 0;
+    }
+    let Some(path) = file else {
+        return usage_error("ztrace rules: pass --default, or --config FILE to check its rules");
+    };
+    let rules = match ConfigFile::load(path).and_then(|f| config::resolve_rules(Some(&f))) {
+        Ok(r) => r,
+        Err(e) => return usage_error(e),
+    };
+    match Program::compile(&rules) {
+        Ok(p) => {
+            println!("{}: rules compile: {p:?}", path.display());
+            0
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
 fn usage_error(msg: impl std::fmt::Display) -> i32 {
     eprintln!("ztrace: {msg}");
     2
@@ -407,8 +450,14 @@ pub fn main() -> i32 {
     // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
     let mut config_file = None;
     let (mut tail, mut anomaly) = (None, None);
+    let mut rules = Program::default();
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check { target }) => return check(&target),
+        Some(Command::Rules {
+            default,
+            config,
+            redact,
+        }) => return rules_command(default, config.as_deref(), &redact),
         Some(Command::Generate(what)) => {
             return super::generate::run(&what, <Cli as clap::CommandFactory>::command());
         }
@@ -476,6 +525,10 @@ pub fn main() -> i32 {
             };
             metrics = r.metrics;
             privacy = r.config.privacy.clone();
+            rules = match Program::compile(&r.config.rules) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
             (
                 target,
                 live::Mode::Trace(Box::new(r.export)),
@@ -545,6 +598,7 @@ pub fn main() -> i32 {
         peer,
         tail,
         anomaly,
+        rules,
     };
     match live::run(config) {
         Ok(()) => 0,

@@ -180,6 +180,8 @@ pub struct Config {
     pub metric_max_series: usize,
     /// What sensitive data may leave ztrace (each an opt-in) and what else to redact.
     pub privacy: Privacy,
+    /// OTTL rules (`[transform]`, `[filter]`), compiled by `processors::ottl`.
+    pub rules: Rules,
 }
 
 /// `[privacy]`: sensitive data stays home unless asked for. Every field is off (empty) by
@@ -461,8 +463,89 @@ pub fn file_keys() -> Vec<String> {
     keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
     keys.extend(TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
     keys.push(ANOMALY_MAX_OPERATIONS_KEY.to_string());
+    keys.extend(RULE_FILE_KEYS.iter().map(|k| k.to_string()));
     keys
 }
 
 /// Keys whose TOML value may be a table (of strings).
 pub(super) const TABLE_KEYS: [&str; 2] = ["headers", "attributes"];
+
+// ---------------------------------------------------------------------------------------------
+// Rules (`[transform]`, `[filter]`), resolved in `rules.rs`.
+
+/// What a statement that fails on one record does (the Collector's `error_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorMode {
+    /// The record is dropped (counted and logged): the Collector's default.
+    #[default]
+    Propagate,
+    /// The error is logged (rate-limited) and the next statement runs.
+    Ignore,
+    /// As `ignore`, without logging.
+    Silent,
+}
+
+impl ErrorMode {
+    pub(super) fn parse(s: &str) -> Option<ErrorMode> {
+        match s {
+            "propagate" => Some(ErrorMode::Propagate),
+            "ignore" => Some(ErrorMode::Ignore),
+            "silent" => Some(ErrorMode::Silent),
+            _ => None,
+        }
+    }
+}
+
+/// One `[[transform.<signal>_statements]]` entry (or the plain list form of one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementGroup {
+    /// `span`, `datapoint`, `log` (checked when compiled).
+    pub context: String,
+    /// The group runs on a record when any of these holds (all records when empty).
+    pub conditions: Vec<String>,
+    pub statements: Vec<String>,
+    /// The group's own `error_mode`, else `[transform] error_mode`.
+    pub error_mode: Option<ErrorMode>,
+    /// Where the group was written (`transform.trace_statements[0]` in FILE), for errors.
+    pub origin: String,
+}
+
+/// One list of `[filter.<signal>]` conditions: a record any of them matches is dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterList {
+    pub signal: Signal,
+    /// `span`, `spanevent`, `metric`, `datapoint`, `log_record` (checked when compiled).
+    pub context: String,
+    pub conditions: Vec<String>,
+    pub origin: String,
+}
+
+/// Rules, resolved (empty: none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub transform_error_mode: ErrorMode,
+    /// Per signal, in order: traces, metrics, logs.
+    pub statements: Vec<(Signal, StatementGroup)>,
+    pub filter_error_mode: ErrorMode,
+    pub filters: Vec<FilterList>,
+}
+
+impl Rules {
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty() && self.filters.is_empty()
+    }
+}
+
+/// File keys of rules.
+pub const RULE_FILE_KEYS: [&str; 10] = [
+    "transform.error_mode",
+    "transform.trace_statements",
+    "transform.metric_statements",
+    "transform.log_statements",
+    "filter.error_mode",
+    "filter.traces.span",
+    "filter.traces.spanevent",
+    "filter.metrics.metric",
+    "filter.metrics.datapoint",
+    "filter.logs.log_record",
+];

@@ -15,6 +15,7 @@ mod error;
 mod file;
 mod parse;
 mod resolve;
+mod rules;
 mod tail;
 
 pub use defs::*;
@@ -23,4 +24,5 @@ pub use error::*;
 pub use file::*;
 pub use parse::{parse_duration, parse_pid_spec};
 pub use resolve::*;
+pub use rules::*;
 pub use tail::*;

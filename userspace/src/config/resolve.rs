@@ -306,6 +306,7 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         db_query_text,
         metric_max_series,
         privacy,
+        rules: super::rules::resolve_rules(src.file)?,
     })
 }
 
@@ -342,6 +343,19 @@ fn privacy(src: &Sources<'_>) -> Result<Privacy, ConfigError> {
         log_payloads: src.cli.log_payloads || file_bool(src.file, "privacy.log_payloads")?,
         redact,
     })
+}
+
+/// `--redact` lists as the redaction list holds them (folded, sorted, deduplicated).
+pub fn fold_redact_names(lists: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for list in lists {
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            out.push(redact_name(name, "--redact")?);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// A query parameter or header name to redact, folded as it is compared: ASCII lowercase,

@@ -395,6 +395,8 @@ fn json_value(v: AttrValue) -> Value {
     match v {
         AttrValue::Str(s) => Value::String(s.into_owned()),
         AttrValue::Int(i) => Value::from(i),
+        AttrValue::Double(d) => Value::from(d.0),
+        AttrValue::Bool(b) => Value::from(b),
         AttrValue::StrArray(items) => Value::Array(items.into_iter().map(Value::String).collect()),
     }
 }

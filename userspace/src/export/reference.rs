@@ -18,6 +18,8 @@ fn any_value(v: AttrValue) -> AnyValue {
     let value = match v {
         AttrValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
         AttrValue::Int(i) => any_value::Value::IntValue(i),
+        AttrValue::Double(d) => any_value::Value::DoubleValue(d.0),
+        AttrValue::Bool(b) => any_value::Value::BoolValue(b),
         AttrValue::StrArray(items) => any_value::Value::ArrayValue(ArrayValue {
             values: items
                 .into_iter()

@@ -138,6 +138,8 @@ fn any_value_len(v: &AttrValue) -> usize {
     match v {
         AttrValue::Str(s) => len_delimited_len(s.len()),
         AttrValue::Int(i) => 1 + encoded_len_varint(*i as u64),
+        AttrValue::Double(_) => 9,
+        AttrValue::Bool(_) => 2,
         AttrValue::StrArray(items) => len_delimited_len(
             items
                 .iter()
@@ -151,6 +153,8 @@ fn any_value(v: &AttrValue, out: &mut Vec<u8>) {
     match v {
         AttrValue::Str(s) => bytes_field(1, s.as_bytes(), out),
         AttrValue::Int(i) => varint_field(3, *i as u64, out),
+        AttrValue::Double(d) => fixed64_field(4, d.0.to_bits(), out),
+        AttrValue::Bool(b) => varint_field(2, u64::from(*b), out),
         AttrValue::StrArray(items) => message(5, out, |out| {
             for s in items {
                 message(1, out, |out| bytes_field(1, s.as_bytes(), out));
@@ -165,15 +169,18 @@ fn key_values<K: AsRef<str>>(field: u32, attrs: &[(K, AttrValue)], out: &mut Vec
         match v {
             AttrValue::Str(s) => key_str(field, k, s.as_bytes(), out),
             AttrValue::Int(i) => key_int(field, k, *i, out),
-            AttrValue::StrArray(_) => {
-                let value_len = any_value_len(v);
-                key_head(field, k, value_len, out);
-                key(2, WireType::LengthDelimited, out);
-                encode_varint(value_len as u64, out);
-                any_value(v, out);
-            }
+            _ => key_any(field, k, v, out),
         }
     }
+}
+
+/// A `KeyValue` of any value type (the uncommon ones).
+fn key_any(field: u32, k: &str, v: &AttrValue, out: &mut Vec<u8>) {
+    let value_len = any_value_len(v);
+    key_head(field, k, value_len, out);
+    key(2, WireType::LengthDelimited, out);
+    encode_varint(value_len as u64, out);
+    any_value(v, out);
 }
 
 /// A `KeyValue` (in field `field`) up to its `AnyValue`, whose encoded size is `value_len`:
@@ -314,6 +321,14 @@ impl<'a> AttrSink<'a> for KeyValues<'_> {
             }
         }
         self.cache = Some(cache);
+    }
+
+    fn edited(&mut self, key: &'a str, value: &'a crate::model::AttrVal) {
+        match AttrValue::edited(value) {
+            AttrValue::Str(s) => key_str(self.field, key, s.as_bytes(), self.out),
+            AttrValue::Int(i) => key_int(self.field, key, i, self.out),
+            v => key_any(self.field, key, &v, self.out),
+        }
     }
 }
 

@@ -308,6 +308,7 @@ impl Linker {
             exchange: rec.exchange,
             status,
             th: None,
+            edits: None,
         });
     }
 

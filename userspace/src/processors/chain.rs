@@ -1,20 +1,29 @@
 //! The processor chain between the linker and the exporter: every released span is first
 //! measured by the anomaly detector (so detection, like the metrics computed in the pipeline,
-//! sees every span whatever is sampled), then held by the tail sampler until its trace is
-//! decided. With neither configured, spans pass straight through at no cost.
+//! sees every span whatever is sampled), then rewritten or dropped by the rules (OTTL
+//! `[transform]` and `[filter]`), then held by the tail sampler until its trace is decided. With
+//! none configured, spans pass straight through at no cost.
 //!
-//! It owns the glue only: which stage sees a span first, the `service.name` of each process both
-//! stages ask for, and the anomaly events waiting to be shipped. The head sampler stays where it
-//! was, at the export queue.
+//! It owns the glue only: which stage sees a span first, the `service.name` and Resource of each
+//! process the stages ask for, and the anomaly events waiting to be shipped. The head sampler
+//! stays where it was, at the export queue. The rules also apply to metric data points and log
+//! records, which the daemon hands over just before export ([`Processors::rules_metrics`],
+//! [`Processors::rules_logs`]).
 
 use std::net::IpAddr;
 
 use rustc_hash::FxHashMap;
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+
 use super::anomaly::{Active, AnomalyEvent, Detector, DetectorStats};
+use super::ottl::{Program, RuleStats};
 use super::tail::{AnomalyView, TailSampler, TailStats};
 use crate::config::{AnomalyConfig, TailSampling};
-use crate::model::{Span, TraceId, TraceVote};
+use crate::model::{ProcessInfo, Span, TraceId, TraceVote};
+use crate::semconv::attributes::AttrValue;
+use crate::semconv::resource::resource_attributes;
 
 /// The detector as the tail sampler's `anomaly` policy sees it.
 struct View<'a>(Option<&'a Detector>);
@@ -31,6 +40,9 @@ pub struct Processors {
     anomaly: Option<Detector>,
     services: FxHashMap<u32, String>,
     events: Vec<AnomalyEvent>,
+    rules: Program,
+    /// Each process's Resource attributes, as rules read them (`resource.attributes[…]`).
+    resources: FxHashMap<u32, Vec<(&'static str, AttrValue<'static>)>>,
 }
 
 impl Processors {
@@ -44,6 +56,35 @@ impl Processors {
             anomaly: detector,
             ..Processors::default()
         }
+    }
+
+    /// Replaces the rules (at start, or from a remote configuration: the next batch runs
+    /// the new program). Their counters carry over.
+    pub fn set_rules(&mut self, mut rules: Program) {
+        rules.stats = self.rules.stats;
+        self.rules = rules;
+    }
+
+    pub fn rule_stats(&self) -> Option<RuleStats> {
+        (!self.rules.is_empty() || self.rules.stats != RuleStats::default())
+            .then_some(self.rules.stats)
+    }
+
+    /// A traced process: its `service.name`, and its Resource for the rules.
+    pub fn process_info(&mut self, info: &ProcessInfo) {
+        self.process(info.pid, &info.service_name);
+        self.resources
+            .insert(info.pid, resource_attributes(info.pid, Some(info), None));
+    }
+
+    /// The rules of the data point context, on a metrics request about to be exported.
+    pub fn rules_metrics(&mut self, req: &mut ExportMetricsServiceRequest) {
+        self.rules.metrics(req);
+    }
+
+    /// The rules of the log context, on a logs request about to be exported.
+    pub fn rules_logs(&mut self, req: &mut ExportLogsServiceRequest) {
+        self.rules.logs(req);
     }
 
     /// The `service.name` of a traced process (as its Resource says).
@@ -64,6 +105,10 @@ impl Processors {
             }
             d.tick(now_ns, &mut self.events);
         }
+        let resources = &self.resources;
+        self.rules.spans(released, &|pid| {
+            resources.get(&pid).map_or(&[][..], |r| &r[..])
+        });
         match &mut self.tail {
             None => out.append(released),
             Some(t) => {
@@ -130,6 +175,37 @@ mod tests {
     use crate::testkit::server_span;
 
     const SEC: u64 = 1_000_000_000;
+
+    /// Rules run on released spans and can be swapped between two batches (what a remote
+    /// configuration does); their counters carry over.
+    #[test]
+    fn rules_filter_spans_and_are_swapped_at_run_time() {
+        use crate::config::{FilterList, Rules, Signal};
+        let drop_get = |cond: &str| Rules {
+            filters: vec![FilterList {
+                signal: Signal::Traces,
+                context: "span".into(),
+                conditions: vec![cond.to_string()],
+                origin: "test".into(),
+            }],
+            ..Rules::default()
+        };
+        let mut p = Processors::new(None, None);
+        p.process_info(&crate::testkit::process(1234, "python3"));
+        p.set_rules(
+            Program::compile(&drop_get(
+                r#"resource.attributes["service.name"] == "python3-svc""#,
+            ))
+            .unwrap(),
+        );
+        let mut out = Vec::new();
+        p.run(&mut vec![server_span()], 0, &mut out);
+        assert!(out.is_empty());
+        p.set_rules(Program::compile(&drop_get(r#"name == "POST""#)).unwrap());
+        p.run(&mut vec![server_span()], 1, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(p.rule_stats().unwrap().spans_dropped, 1);
+    }
 
     /// The anomaly policy keeps the traces of a latency fault, and only those, once the baseline
     /// is learnt; the detector saw every span (kept or not).

@@ -65,6 +65,8 @@ pub struct DaemonConfig {
     /// Tail sampling (None: off) and anomaly detection (None: off).
     pub tail: Option<crate::config::TailSampling>,
     pub anomaly: Option<crate::config::AnomalyConfig>,
+    /// Rules (OTTL `[transform]` and `[filter]`), compiled; empty when none.
+    pub rules: crate::processors::ottl::Program,
 }
 
 pub enum Mode {
@@ -126,7 +128,7 @@ impl Destination {
                 processors,
                 ..
             } => {
-                processors.process(info.pid, &info.service_name);
+                processors.process_info(&info);
                 let info = Arc::new(info);
                 telemetry.process(Arc::clone(&info));
                 exporter.process(info);
@@ -301,7 +303,7 @@ impl Processes {
     }
 }
 
-async fn run_async(cfg: DaemonConfig) -> Result<()> {
+async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
     let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
     let (mut sink, what) = match &cfg.mode {
         Mode::Trace(export) => (
@@ -317,7 +319,11 @@ async fn run_async(cfg: DaemonConfig) -> Result<()> {
                     }
                     p
                 },
-                processors: Box::new(Processors::new(cfg.tail.as_ref(), cfg.anomaly.as_ref())),
+                processors: {
+                    let mut p = Box::new(Processors::new(cfg.tail.as_ref(), cfg.anomaly.as_ref()));
+                    p.set_rules(std::mem::take(&mut cfg.rules));
+                    p
+                },
                 exporter: Exporter::spawn((**export).clone()),
                 released: Vec::new(),
                 spans: Vec::new(),

@@ -118,7 +118,9 @@ impl Telemetry {
     ) {
         pipeline.take_logs(&mut self.lines);
         for chunk in self.lines.chunks(LOG_BATCH) {
-            exporter.export_logs(to_request(chunk, self.mono_to_unix, &self.table));
+            let mut req = to_request(chunk, self.mono_to_unix, &self.table);
+            processors.rules_logs(&mut req);
+            exporter.export_logs(req);
         }
         self.lines.clear();
         processors.take_events(&mut self.anomalies);
@@ -132,11 +134,13 @@ impl Telemetry {
                     log::info!("{}", console_line(e));
                 }
             }
-            exporter.export_logs(crate::signals::anomaly::to_request(
+            let mut req = crate::signals::anomaly::to_request(
                 &self.anomalies,
                 self.mono_to_unix,
                 &self.table,
-            ));
+            );
+            processors.rules_logs(&mut req);
+            exporter.export_logs(req);
             self.anomalies.clear();
         }
         let now = Instant::now();
@@ -164,6 +168,7 @@ impl Telemetry {
             {
                 own.metrics.extend(extra);
             }
+            processors.rules_metrics(&mut req);
             exporter.export_metrics(req);
             self.collections += 1;
         }
@@ -222,6 +227,15 @@ impl Telemetry {
 
     /// The exit summary of both signals, with the exporter's final counters.
     pub fn summary(&self, pipeline: &Pipeline, processors: &Processors, e: &ExportStats) {
+        if let Some(r) = processors.rule_stats() {
+            log::info!(
+                "summary (rules): dropped by filters or errors: {} spans, {} data points, {} log records; {} rule errors",
+                r.spans_dropped,
+                r.points_dropped,
+                r.logs_dropped,
+                r.errors,
+            );
+        }
         if let Some(t) = processors.tail_stats() {
             let decided = (t.traces_kept + t.traces_dropped).max(1);
             log::info!(

@@ -11,8 +11,8 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::names::{http_of, known_method};
 use crate::model::{
-    DbExchange, DnsExchange, Endpoint, Exchange, HttpExchange, RpcExchange, Span, SpanKind,
-    SpanStatus,
+    AttrEdits, AttrVal, DbExchange, DnsExchange, Endpoint, Exchange, F64, HttpExchange,
+    RpcExchange, Span, SpanKind, SpanStatus,
 };
 
 /// An attribute value, before it is written in an output's own format.
@@ -23,9 +23,26 @@ pub(crate) enum AttrValue<'a> {
     Str(Cow<'a, str>),
     Int(i64),
     StrArray(Vec<String>),
+    /// Only rules write these (see [`AttrVal`]).
+    Double(F64),
+    Bool(bool),
 }
 
-pub(crate) type Attrs<'a> = Vec<(&'static str, AttrValue<'a>)>;
+impl<'a> AttrValue<'a> {
+    /// A value a rule wrote, borrowed from the span.
+    pub(crate) fn edited(v: &'a AttrVal) -> AttrValue<'a> {
+        match v {
+            AttrVal::Str(s) => AttrValue::Str(Cow::Borrowed(s)),
+            AttrVal::Int(i) => AttrValue::Int(*i),
+            AttrVal::Double(d) => AttrValue::Double(*d),
+            AttrVal::Bool(b) => AttrValue::Bool(*b),
+            AttrVal::StrArray(a) => AttrValue::StrArray(a.clone()),
+        }
+    }
+}
+
+/// Keys are static but for those rules added (borrowed from the span's [`AttrEdits`]).
+pub(crate) type Attrs<'a> = Vec<(&'a str, AttrValue<'a>)>;
 
 /// Resource attributes: detected ones have static keys, configured ones do not.
 pub(crate) type ResourceAttrs = Vec<(Cow<'static, str>, AttrValue<'static>)>;
@@ -45,7 +62,7 @@ pub(crate) fn int_attr(key: &'static str, v: impl Into<i64>) -> (&'static str, A
 /// (`api_key`, `API-Key` and `apikey` are one key). The first four are the ones the semantic
 /// conventions name; the rest are the credentials that travel in query strings in practice:
 /// S3/SigV4 and GCS presigned URLs, OAuth 2.0 tokens and authorization codes, API keys.
-const SENSITIVE_QUERY_KEYS: [&str; 24] = [
+pub(crate) const SENSITIVE_QUERY_KEYS: [&str; 24] = [
     "awsaccesskeyid",
     "signature",
     "sig",
@@ -362,6 +379,13 @@ pub(crate) trait AttrSink<'a> {
     fn int(&mut self, key: &'static str, value: impl Into<i64>);
     /// An address as text (IPv4-mapped IPv6 as IPv4).
     fn addr(&mut self, key: &'static str, addr: IpAddr);
+    /// An attribute a rule set (its key may be one of the rule's own).
+    fn edited(&mut self, key: &'a str, value: &'a AttrVal);
+    /// Whether the sink takes `key` at all: attributes that cost work to build (redacted
+    /// queries, full URLs) are skipped when it does not (rules read a few keys per span).
+    fn wants(&self, _key: &'static str) -> bool {
+        true
+    }
     /// A run of attributes that `visit` produces from `key` alone: a sink may reuse what it
     /// made of an equal key before (every span of a keep-alive connection has the same). By
     /// default they are visited.
@@ -394,6 +418,39 @@ impl<'a> AttrSink<'a> for Attrs<'a> {
     fn addr(&mut self, key: &'static str, addr: IpAddr) {
         self.str(key, addr_text(addr));
     }
+    fn edited(&mut self, key: &'a str, value: &'a AttrVal) {
+        self.push((key, AttrValue::edited(value)));
+    }
+}
+
+/// The span's own attributes minus those rules changed or deleted (see [`visit_attributes`]).
+struct Unedited<'s, S> {
+    edits: &'s AttrEdits,
+    sink: &'s mut S,
+}
+
+impl<'a, S: AttrSink<'a>> AttrSink<'a> for Unedited<'_, S> {
+    fn str(&mut self, key: &'static str, value: impl Into<Cow<'a, str>>) {
+        if self.edits.get(key).is_none() {
+            self.sink.str(key, value);
+        }
+    }
+    fn int(&mut self, key: &'static str, value: impl Into<i64>) {
+        if self.edits.get(key).is_none() {
+            self.sink.int(key, value);
+        }
+    }
+    fn addr(&mut self, key: &'static str, addr: IpAddr) {
+        if self.edits.get(key).is_none() {
+            self.sink.addr(key, addr);
+        }
+    }
+    fn edited(&mut self, key: &'a str, value: &'a AttrVal) {
+        self.sink.edited(key, value);
+    }
+    fn wants(&self, key: &'static str) -> bool {
+        self.sink.wants(key)
+    }
 }
 
 /// The span's attributes per the OpenTelemetry semantic conventions of its protocol.
@@ -403,8 +460,24 @@ pub(crate) fn span_attributes(span: &Span) -> Attrs<'_> {
     a
 }
 
-/// [`span_attributes`], each handed to `a` in order.
+/// [`span_attributes`], each handed to `a` in order, with the changes rules made
+/// ([`Span::edits`]): the span's own attributes that no rule touched, then those rules set.
 pub(crate) fn visit_attributes<'a>(span: &'a Span, a: &mut impl AttrSink<'a>) {
+    match span.edits.as_deref() {
+        None => visit_own_attributes(span, a),
+        Some(edits) => {
+            visit_own_attributes(span, &mut Unedited { edits, sink: a });
+            for (k, v) in &edits.0 {
+                if let Some(v) = v {
+                    a.edited(k, v);
+                }
+            }
+        }
+    }
+}
+
+/// What the span itself says, before any rule (what rules read through).
+pub(crate) fn visit_own_attributes<'a>(span: &'a Span, a: &mut impl AttrSink<'a>) {
     match &span.exchange {
         Exchange::Http(http) => http_attributes(span, http, a),
         Exchange::Db(db) => db_attributes(span, db, a),
@@ -530,7 +603,9 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
         SpanKind::Server => {
             let (path, query) = split_target(&http.target);
             a.str(semconv::URL_PATH, path);
-            if let Some(q) = query.filter(|q| !q.is_empty()) {
+            if let Some(q) = query.filter(|q| !q.is_empty())
+                && a.wants(semconv::URL_QUERY)
+            {
                 a.str(semconv::URL_QUERY, redact_query(q));
             }
             a.str(semconv::URL_SCHEME, if http.tls { "https" } else { "http" });
@@ -541,33 +616,39 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
                 version: http.version,
             };
             a.endpoints(key, |a| {
-                let port = match key.host.and_then(split_host) {
-                    Some((host, port)) => {
-                        a.str(semconv::SERVER_ADDRESS, host);
-                        port.unwrap_or(key.local.port)
-                    }
-                    None => {
-                        a.addr(semconv::SERVER_ADDRESS, key.local.addr);
-                        key.local.port
-                    }
-                };
-                a.int(semconv::SERVER_PORT, port);
+                if a.wants(semconv::SERVER_ADDRESS) || a.wants(semconv::SERVER_PORT) {
+                    let port = match key.host.and_then(split_host) {
+                        Some((host, port)) => {
+                            a.str(semconv::SERVER_ADDRESS, host);
+                            port.unwrap_or(key.local.port)
+                        }
+                        None => {
+                            a.addr(semconv::SERVER_ADDRESS, key.local.addr);
+                            key.local.port
+                        }
+                    };
+                    a.int(semconv::SERVER_PORT, port);
+                }
                 a.addr(semconv::CLIENT_ADDRESS, key.peer.addr);
                 a.int(semconv::CLIENT_PORT, key.peer.port);
                 http_network(key.peer, key.version, a);
             });
         }
         SpanKind::Client => {
-            let full = full_url(span);
-            let scheme = full
-                .split_once("://")
-                .map_or("http", |(s, _)| s)
-                .to_string();
-            a.str(semconv::URL_FULL, full);
-            a.str(semconv::URL_SCHEME, scheme);
-            let (address, port) = client_side_server(span);
-            a.str(semconv::SERVER_ADDRESS, address);
-            a.int(semconv::SERVER_PORT, port);
+            if a.wants(semconv::URL_FULL) || a.wants(semconv::URL_SCHEME) {
+                let full = full_url(span);
+                let scheme = full
+                    .split_once("://")
+                    .map_or("http", |(s, _)| s)
+                    .to_string();
+                a.str(semconv::URL_FULL, full);
+                a.str(semconv::URL_SCHEME, scheme);
+            }
+            if a.wants(semconv::SERVER_ADDRESS) || a.wants(semconv::SERVER_PORT) {
+                let (address, port) = client_side_server(span);
+                a.str(semconv::SERVER_ADDRESS, address);
+                a.int(semconv::SERVER_PORT, port);
+            }
             http_network(span.peer, http.version, a);
         }
     }

@@ -24,6 +24,8 @@ pub(crate) fn key_values(attrs: Vec<(&'static str, AttrValue)>) -> Vec<KeyValue>
             value: any(match v {
                 AttrValue::Str(s) => Value::StringValue(s.into_owned()),
                 AttrValue::Int(i) => Value::IntValue(i),
+                AttrValue::Double(d) => Value::DoubleValue(d.0),
+                AttrValue::Bool(b) => Value::BoolValue(b),
                 AttrValue::StrArray(items) => Value::ArrayValue(ArrayValue {
                     values: items
                         .into_iter()

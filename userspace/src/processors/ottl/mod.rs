@@ -1,0 +1,34 @@
+//! Rules: OTTL (the OpenTelemetry Transformation Language) statements and conditions over spans,
+//! metric data points and log records, configured like the Collector's `transform` and `filter`
+//! processors (`config::Rules`).
+//!
+//! `grammar` parses (with `winnow`: a parser-combinator library already in ztrace's dependency
+//! tree through `toml`, so it adds no crate; it gives byte offsets for error columns and compiles
+//! fast, where pest and lalrpop need a code generator and chumsky a heavier build), `compile`
+//! resolves paths and functions for a context once at start, `eval` runs the compiled form,
+//! `span` and `pdata` are the contexts, `program` the whole rule set and its error modes.
+//! `defaults` is the built-in redaction written as rules, for the user to read and extend.
+//!
+//! Interface for remote configuration: [`Program::compile`] turns the `rules` of a resolved
+//! `config::Config` into a program (or a [`RuleError`] naming the statement and column), and
+//! `processors::chain::Processors::set_rules` swaps the program the daemon runs, between two
+//! batches, without a restart.
+//!
+//! It must not do I/O or know how records are sent.
+
+mod compile;
+pub mod defaults;
+mod eval;
+mod grammar;
+mod pdata;
+mod program;
+mod span;
+mod value;
+
+pub use compile::{CONVERTERS, EDITORS};
+pub use program::{Program, RuleError, RuleStats};
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod tests;
