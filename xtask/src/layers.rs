@@ -33,7 +33,10 @@ const fn layer(name: &'static str, may_import: &'static [&'static str]) -> Layer
 /// linker by calling it, and the shell layers (`app`, `runtime`) wire all stages together.
 /// Nothing imports `app`.
 pub const USERSPACE: &[Layer] = &[
-    layer("app", &["runtime", "capture", "signals", "export", "peer"]),
+    layer(
+        "app",
+        &["runtime", "capture", "signals", "export", "peer", "control"],
+    ),
     layer(
         "runtime",
         &[
@@ -46,6 +49,7 @@ pub const USERSPACE: &[Layer] = &[
             "signals",
             "export",
             "peer",
+            "control",
         ],
     ),
     layer("capture", &[]),
@@ -59,6 +63,9 @@ pub const USERSPACE: &[Layer] = &[
     // Anomaly records and tail-sampling self-metrics are built from the processors' output.
     layer("signals", &["conntrack", "processors"]),
     layer("export", &["processors"]),
+    // The control plane (OpAMP): beside the data path; it sends over export's HTTP transport
+    // and hands validated plans to the runtime, which applies them.
+    layer("control", &["export"]),
     // Leaves.
     layer("config", &[]),
     layer("model", &[]),

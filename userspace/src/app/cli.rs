@@ -71,6 +71,8 @@ pub struct RunArgs {
     pub tail: super::tail_args::TailArgs,
     #[command(flatten)]
     pub export: ExportArgs,
+    #[command(flatten)]
+    pub opamp: super::opamp_args::OpampArgs,
 }
 
 /// What to trace, and how.
@@ -222,7 +224,7 @@ pub struct ExportArgs {
 
 impl ExportArgs {
     /// The given flags by config key (see [`config::FLAGS`]).
-    fn flag_values(&self) -> HashMap<&'static str, String> {
+    pub(super) fn flag_values(&self) -> HashMap<&'static str, String> {
         let given = [
             ("otlp.endpoint", &self.otlp_endpoint),
             ("otlp.traces.endpoint", &self.otlp_traces_endpoint),
@@ -252,7 +254,7 @@ impl ExportArgs {
     }
 
     /// The typed export flags, for [`config::resolve`].
-    fn cli_flags(&self) -> CliFlags {
+    pub(super) fn cli_flags(&self) -> CliFlags {
         CliFlags {
             output: self.output.map(|f| match f {
                 Format::Console => config::Terminal::Console,
@@ -271,7 +273,7 @@ impl ExportArgs {
 
 impl TargetArgs {
     /// The what-to-trace flags, for [`config::resolve_target`].
-    fn cli_flags(&self) -> CliFlags {
+    pub(super) fn cli_flags(&self) -> CliFlags {
         let flags = [
             ("exe", &self.exe),
             ("cmdline", &self.cmdline),
@@ -407,6 +409,7 @@ pub fn main() -> i32 {
     // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
     let mut config_file = None;
     let (mut tail, mut anomaly) = (None, None);
+    let mut control = None;
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check { target }) => return check(&target),
         Some(Command::Generate(what)) => {
@@ -472,6 +475,17 @@ pub fn main() -> i32 {
             }
             (tail, anomaly) = match cli.run.tail.config(r.file.as_ref()) {
                 Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
+            control = match cli.run.opamp.start(super::opamp_args::Inputs {
+                file: r.file.as_ref(),
+                export: &cli.run.export,
+                target: &cli.run.target,
+                tail: &cli.run.tail,
+                env: config::process_env(),
+                targets_from_file: config_file.is_some(),
+            }) {
+                Ok(c) => c,
                 Err(e) => return usage_error(e),
             };
             metrics = r.metrics;
@@ -545,6 +559,7 @@ pub fn main() -> i32 {
         peer,
         tail,
         anomaly,
+        control,
     };
     match live::run(config) {
         Ok(()) => 0,

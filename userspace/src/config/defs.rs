@@ -460,6 +460,7 @@ pub fn file_keys() -> Vec<String> {
     keys.extend(PEER_FILE_KEYS.iter().map(|k| k.to_string()));
     keys.extend(TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
     keys.push(ANOMALY_MAX_OPERATIONS_KEY.to_string());
+    keys.extend(super::opamp::OPAMP_FILE_KEYS.iter().map(|k| k.to_string()));
     keys
 }
 

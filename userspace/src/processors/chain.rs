@@ -5,7 +5,7 @@
 //!
 //! It owns the glue only: which stage sees a span first, the `service.name` of each process both
 //! stages ask for, and the anomaly events waiting to be shipped. The head sampler stays where it
-//! was, at the export queue.
+//! was, at the export queue. Tail sampling can be replaced while running ([`Processors::set_tail`]).
 
 use rustc_hash::FxHashMap;
 
@@ -41,6 +41,24 @@ impl Processors {
             tail: tail.map(TailSampler::new),
             anomaly: detector,
             ..Processors::default()
+        }
+    }
+
+    /// Replaces tail sampling at run time (a remote configuration; None: off). The traces the
+    /// old sampler holds are decided by its own policies first, into `out`, so no span is lost
+    /// or decided twice; the new one starts empty and knows every process's service.
+    pub fn set_tail(&mut self, tail: Option<&TailSampling>, now_ns: u64, out: &mut Vec<Span>) {
+        if let Some(t) = &mut self.tail {
+            t.drain(now_ns, &View(self.anomaly.as_ref()), out);
+        }
+        self.tail = tail.map(TailSampler::new);
+        if let (Some(d), Some(t)) = (&mut self.anomaly, tail) {
+            d.linger(t.decision_wait);
+        }
+        if let Some(t) = &mut self.tail {
+            for (pid, name) in &self.services {
+                t.service(*pid, name);
+            }
         }
     }
 
