@@ -226,21 +226,21 @@ async fn handle(
         if let Some(r) = &msg.remote_config_status {
             s.acked = Some(r.last_remote_config_hash.clone());
         }
-        if let Some((hash, toml)) = &s.offer {
-            if s.acked.as_ref() != Some(hash) {
-                let mut map = AgentConfigMap::default();
-                map.config_map.insert(
-                    String::new(),
-                    AgentConfigFile {
-                        body: toml.as_bytes().to_vec(),
-                        content_type: "application/toml".into(),
-                    },
-                );
-                reply.remote_config = Some(AgentRemoteConfig {
-                    config: Some(map),
-                    config_hash: hash.clone(),
-                });
-            }
+        if let Some((hash, toml)) = &s.offer
+            && s.acked.as_ref() != Some(hash)
+        {
+            let mut map = AgentConfigMap::default();
+            map.config_map.insert(
+                String::new(),
+                AgentConfigFile {
+                    body: toml.as_bytes().to_vec(),
+                    content_type: "application/toml".into(),
+                },
+            );
+            reply.remote_config = Some(AgentRemoteConfig {
+                config: Some(map),
+                config_hash: hash.clone(),
+            });
         }
         s.received.push(msg);
         reply

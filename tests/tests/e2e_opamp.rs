@@ -280,3 +280,104 @@ fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Resu
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// With `targets` in the local allow-list, the server may choose what is traced: one remote
+/// configuration adds a second service's PID and switches tail sampling to errors only; it is
+/// APPLIED without a restart, the new process is traced from then on, and only error traces of
+/// either service are exported.
+#[test]
+fn an_operator_who_allows_targets_lets_the_server_add_a_process_and_tail_sampling() -> Result<()> {
+    if !privileged_or_skip("an_operator_who_allows_targets_lets_the_server_add_a_process") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let server = rt.block_on(OpampServer::start())?;
+    let (a, a_port) = spawn_service(&["backend"])?;
+    let (b, b_port) = spawn_service(&["backend"])?;
+    let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("ztrace.toml");
+    std::fs::write(&config, format!("[target]\npids = [{}]\n", a.pid()))?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+        "--opamp-endpoint".into(),
+        server.endpoint(),
+        "--opamp-allow".into(),
+        "sampling,targets".into(),
+        "--opamp-poll-interval".into(),
+        "1s".into(),
+        "--opamp-state-dir".into(),
+        dir.display().to_string(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let result = (|| -> Result<()> {
+        let hash = server.offer(&format!(
+            r#"[target]
+pids = [{}, {}]
+
+[tail_sampling]
+decision_wait = "500ms"
+
+[[tail_sampling.policies]]
+name = "errors"
+type = "status_code"
+status_code = {{ status_codes = ["ERROR"] }}
+"#,
+            a.pid(),
+            b.pid()
+        ));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        ztrace.wait_stderr(
+            &format!("tracing process {}", b.pid()),
+            Duration::from_secs(10),
+        )?;
+        for port in [a_port, b_port] {
+            let mut urls: Vec<String> = (0..20)
+                .map(|i| format!("http://127.0.0.1:{port}/item/ok-{i}"))
+                .collect();
+            urls.extend((0..5).map(|_| format!("http://127.0.0.1:{port}/fail")));
+            curl(&urls)?;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        stop_ztrace(&mut ztrace)?;
+        let spans = rt.block_on(receiver.wait_for_spans(10, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(300));
+        let spans = if receiver.span_count() > spans.len() {
+            receiver.spans()
+        } else {
+            spans
+        };
+        let of = |pid: u32| {
+            spans
+                .iter()
+                .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
+                .collect::<Vec<_>>()
+        };
+        for (name, p) in [("the file's", &a), ("the added", &b)] {
+            let got = of(p.pid());
+            ensure!(
+                got.len() == 5
+                    && got
+                        .iter()
+                        .all(|s| s.attr_str("url.path").as_deref() == Some("/fail")),
+                "{name} process: want its 5 error spans only, got {:?}",
+                got.iter()
+                    .map(|s| s.attr_str("url.path"))
+                    .collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    })();
+    let _ = ztrace.wait_exit(Duration::from_millis(1));
+    eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
+    drop(ztrace);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

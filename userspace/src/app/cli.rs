@@ -224,7 +224,7 @@ pub struct ExportArgs {
 
 impl ExportArgs {
     /// The given flags by config key (see [`config::FLAGS`]).
-    pub(super) fn flag_values(&self) -> HashMap<&'static str, String> {
+    fn flag_values(&self) -> HashMap<&'static str, String> {
         let given = [
             ("otlp.endpoint", &self.otlp_endpoint),
             ("otlp.traces.endpoint", &self.otlp_traces_endpoint),
@@ -254,7 +254,7 @@ impl ExportArgs {
     }
 
     /// The typed export flags, for [`config::resolve`].
-    pub(super) fn cli_flags(&self) -> CliFlags {
+    fn cli_flags(&self) -> CliFlags {
         CliFlags {
             output: self.output.map(|f| match f {
                 Format::Console => config::Terminal::Console,
@@ -273,7 +273,7 @@ impl ExportArgs {
 
 impl TargetArgs {
     /// The what-to-trace flags, for [`config::resolve_target`].
-    pub(super) fn cli_flags(&self) -> CliFlags {
+    fn cli_flags(&self) -> CliFlags {
         let flags = [
             ("exe", &self.exe),
             ("cmdline", &self.cmdline),
@@ -479,8 +479,9 @@ pub fn main() -> i32 {
             };
             control = match cli.run.opamp.start(super::opamp_args::Inputs {
                 file: r.file.as_ref(),
-                export: &cli.run.export,
-                target: &cli.run.target,
+                export_flags: cli.run.export.flag_values(),
+                export_cli: cli.run.export.cli_flags(),
+                target_cli: cli.run.target.cli_flags(),
                 tail: &cli.run.tail,
                 env: config::process_env(),
                 targets_from_file: config_file.is_some(),

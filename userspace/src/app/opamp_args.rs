@@ -7,10 +7,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::cli::{ExportArgs, TargetArgs};
 use super::tail_args::TailArgs;
 use crate::capture::select;
-use crate::config::{self, ConfigFile, OpampFlags, Sources, TAIL_FILE_KEYS, parse_duration};
+use crate::config::{
+    self, CliFlags, ConfigFile, OpampFlags, Sources, TAIL_FILE_KEYS, parse_duration,
+};
 use crate::control::{Base, Resolver, Settings, Start};
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -46,8 +47,11 @@ pub struct OpampArgs {
 /// Everything the daemon's own configuration was resolved from.
 pub struct Inputs<'a> {
     pub file: Option<&'a ConfigFile>,
-    pub export: &'a ExportArgs,
-    pub target: &'a TargetArgs,
+    /// The export flags by file key, and the typed ones.
+    pub export_flags: HashMap<&'static str, String>,
+    pub export_cli: CliFlags,
+    /// The what-to-trace flags.
+    pub target_cli: CliFlags,
     pub tail: &'a TailArgs,
     pub env: HashMap<String, String>,
     /// What to trace comes from the file (no target flags).
@@ -68,17 +72,12 @@ impl OpampArgs {
         let Some(opamp) = config::resolve_opamp(&flags, i.file).map_err(|e| e.0)? else {
             return Ok(None);
         };
-        let export_flags = i.export.flag_values();
+        let export_flags = i.export_flags;
         let mut flag_keys: BTreeSet<String> = export_flags.keys().map(|k| k.to_string()).collect();
         if i.tail.any() {
             flag_keys.extend(TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
         }
-        let (cli, target_cli, tail, env) = (
-            i.export.cli_flags(),
-            i.target.cli_flags(),
-            i.tail.clone(),
-            i.env,
-        );
+        let (cli, target_cli, tail, env) = (i.export_cli, i.target_cli, i.tail.clone(), i.env);
         let resolver: Resolver = Box::new(move |file: &ConfigFile| {
             let config = config::resolve(&Sources {
                 flags: export_flags.clone(),

@@ -13,18 +13,6 @@ use super::error::{ConfigError, Origin};
 use super::file::{ConfigFile, raw_of_toml};
 use super::parse::{duration, endpoint, headers, read_pem, string};
 
-/// File keys of `[opamp]`.
-pub const OPAMP_FILE_KEYS: [&str; 8] = [
-    "opamp.endpoint",
-    "opamp.headers",
-    "opamp.certificate",
-    "opamp.client_certificate",
-    "opamp.client_key",
-    "opamp.poll_interval",
-    "opamp.state_dir",
-    "opamp.allow",
-];
-
 /// A part of the configuration a remote server may be allowed to change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Section {

@@ -125,6 +125,54 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
+    fn tail(rule: PolicyRule) -> TailSampling {
+        TailSampling {
+            decision_wait: Duration::from_millis(100),
+            max_hold: Duration::from_secs(5),
+            num_traces: 1000,
+            max_spans: 1000,
+            policies: vec![PolicyConfig {
+                name: "p".into(),
+                rule,
+            }],
+        }
+    }
+
+    fn trace(n: u64) -> Span {
+        let mut s = server_span();
+        s.parent_span_id = None;
+        s.parent_is_remote = false;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&n.to_be_bytes());
+        s.trace_id = TraceId(id);
+        s
+    }
+
+    /// A remote configuration swaps tail sampling while traces are held: the held ones are
+    /// decided by the old policy (none lost, none twice), later ones by the new, and switching
+    /// it off lets spans straight through.
+    #[test]
+    fn tail_sampling_is_swapped_without_losing_held_traces() {
+        let mut p = Processors::new(Some(&tail(PolicyRule::AlwaysSample)), None);
+        p.process(1234, "shop");
+        let mut out = Vec::new();
+        p.run(&mut vec![trace(1), trace(2)], 0, &mut out);
+        assert!(out.is_empty(), "held until decided");
+        let drop_all = tail(PolicyRule::Probabilistic {
+            sampling_percentage: 0.0,
+        });
+        p.set_tail(Some(&drop_all), SEC / 100, &mut out);
+        assert_eq!(out.len(), 2, "the held traces, kept by the old policy");
+        out.clear();
+        p.run(&mut vec![trace(3)], SEC, &mut out);
+        p.drain(&mut Vec::new(), 2 * SEC, &mut out);
+        assert!(out.is_empty(), "the new policy drops everything");
+        p.set_tail(None, 3 * SEC, &mut out);
+        p.run(&mut vec![trace(4)], 3 * SEC, &mut out);
+        assert_eq!(out.len(), 1, "no tail sampling: straight through");
+        assert!(p.tail_stats().is_none());
+    }
+
     /// The anomaly policy keeps the traces of a latency fault, and only those, once the baseline
     /// is learnt; the detector saw every span (kept or not).
     #[test]
