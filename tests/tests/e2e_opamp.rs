@@ -4,8 +4,8 @@
 //! messages, plain HTTP, a bearer token) manages it. One run, in phases:
 //!
 //! 1. ztrace reports itself: AgentDescription (service.name ztrace, its version, host.name, os),
-//!    its capabilities, health, and the effective configuration (the local file, the OTLP
-//!    header's token redacted).
+//!    its capabilities, health (healthy, `tracing 1 process(es)`), and the effective
+//!    configuration (the local file, the OTLP header's token redacted).
 //! 2. The server pushes a head sampling ratio of 0.25: APPLIED, and from then on exactly the
 //!    traces whose trace id passes the 0.25 threshold are exported (about a quarter).
 //! 3. A broken configuration (a ratio of 7): FAILED with the parser's message, and spans keep
@@ -177,6 +177,16 @@ fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Resu
             !effective.contains(OTLP_SECRET),
             "the OTLP token left: {effective}"
         );
+        // Health as the capture loop sees it, once it has looked.
+        rt.block_on(server.wait_for(
+            "health from the capture loop",
+            Duration::from_secs(20),
+            |m| {
+                m.health
+                    .as_ref()
+                    .is_some_and(|h| h.healthy && h.status == "tracing 1 process(es)")
+            },
+        ))?;
         let uid = first.instance_uid.clone();
         ensure!(uid.len() == 16);
         ensure!(server.unauthorized() == 0);

@@ -361,6 +361,22 @@ mod tests {
         assert_eq!(second.sequence_num, 1);
         assert!(second.agent_description.is_none() && second.health.is_none());
         assert!(second.effective_config.is_none() && second.remote_config_status.is_none());
+        // Health is sent when it changes, only then.
+        a.set_health(
+            false,
+            "tracing 1 process(es)".into(),
+            "export failed".into(),
+            5,
+        );
+        let h = a.message().health.expect("changed health");
+        assert!(!h.healthy && h.last_error == "export failed" && h.status_time_unix_nano == 5);
+        a.set_health(
+            false,
+            "tracing 1 process(es)".into(),
+            "export failed".into(),
+            6,
+        );
+        assert!(a.message().health.is_none());
         // The server lost track: everything again.
         a.on_response(ServerToAgent {
             flags: ServerToAgentFlags::ReportFullState as u64,

@@ -35,10 +35,21 @@ pub struct Pending {
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
+/// The daemon's health as the capture loop sees it, for `ComponentHealth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub healthy: bool,
+    /// A short text, e.g. `tracing 3 process(es)`.
+    pub status: String,
+    /// Why it is not healthy (empty when it is).
+    pub last_error: String,
+}
+
 /// The capture loop's end of the OpAMP client.
 pub struct Control {
     offers: mpsc::Receiver<Pending>,
     stop: watch::Sender<bool>,
+    health: watch::Sender<Health>,
     task: JoinHandle<()>,
 }
 
@@ -79,6 +90,11 @@ impl Control {
         );
         let (tx, rx) = mpsc::channel(1);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (health_tx, health_rx) = watch::channel(Health {
+            healthy: true,
+            status: "running".into(),
+            last_error: String::new(),
+        });
         log::info!(
             "OpAMP: managed by {} (polling every {:?}; a remote configuration may change: {})",
             s.opamp.endpoint,
@@ -91,14 +107,25 @@ impl Control {
             agent,
             transport,
             offers: tx,
+            health: health_rx,
             start: s,
         };
         let task = tokio::spawn(client.run(stop_rx));
         Ok(Control {
             offers: rx,
             stop: stop_tx,
+            health: health_tx,
             task,
         })
+    }
+
+    /// Updates the health reported with the next message (when it changed).
+    pub fn health(&self, h: Health) {
+        self.health.send_if_modified(|old| {
+            let changed = *old != h;
+            *old = h;
+            changed
+        });
     }
 
     /// The next configuration to apply.
@@ -150,6 +177,7 @@ struct Client {
     agent: Agent,
     transport: Transport,
     offers: mpsc::Sender<Pending>,
+    health: watch::Receiver<Health>,
 }
 
 /// Whether the server answered the last attempt (logged on change only).
@@ -165,6 +193,14 @@ impl Client {
         let mut link = Link::Starting;
         let mut backoff = Duration::from_secs(1);
         loop {
+            if self.health.has_changed().unwrap_or(false) {
+                let h = self.health.borrow_and_update().clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                self.agent
+                    .set_health(h.healthy, h.status, h.last_error, now);
+            }
             let message = self.agent.message();
             let wait = match self.exchange(message).await {
                 Ok(reply) => {
@@ -277,8 +313,9 @@ impl Client {
                     .applied(offer.hash, remote::effective_toml(&self.effective));
             }
             Err(e) => {
-                log::warn!("OpAMP: remote configuration not applied: {e}");
-                self.agent.failed(offer.hash, e);
+                log::warn!("OpAMP: remote configuration FAILED, nothing applied: {e}");
+                self.agent
+                    .failed(offer.hash, format!("{e} (nothing was applied)"));
             }
         }
     }

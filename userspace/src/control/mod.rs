@@ -13,5 +13,5 @@ pub mod client;
 mod identity;
 pub mod remote;
 
-pub use client::{Control, Pending, Start, next_pending};
+pub use client::{Control, Health, Pending, Start, next_pending};
 pub use remote::{Base, Plan, Resolver, Settings};

@@ -513,6 +513,9 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
             let now = (capture.counters(), sink.export_stats());
             sink.kernel_counters(now.0);
             report_losses(&reported, &now);
+            if let Some(c) = &control {
+                c.health(health(procs.alive.len(), &reported, &now));
+            }
             reported = now;
         }
         if procs.alive.is_empty() && selection.rules.is_empty() {
@@ -655,6 +658,24 @@ fn describe(export: &ExportConfig) -> String {
         }
     }
     s
+}
+
+/// What the OpAMP server is told: unhealthy while spans fail to export.
+fn health(
+    traced: usize,
+    before: &(KernelCounters, ExportStats),
+    now: &(KernelCounters, ExportStats),
+) -> crate::control::Health {
+    let failed = now.1.spans_dropped_failed - before.1.spans_dropped_failed;
+    crate::control::Health {
+        healthy: failed == 0,
+        status: format!("tracing {traced} process(es)"),
+        last_error: if failed == 0 {
+            String::new()
+        } else {
+            format!("{failed} spans could not be exported in the last second")
+        },
+    }
 }
 
 fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, ExportStats)) {
