@@ -1,7 +1,7 @@
 //! An OpAMP server for the tests, on the same messages as ztrace's client (`ztrace-opamp`): the
 //! plain-HTTP transport (POST of an `AgentToServer`, a `ServerToAgent` back), one remote
 //! configuration at a time offered until the agent reports its hash, and every message received
-//! kept for the test to read. Optionally it requires a bearer token.
+//! kept for the test to read. Optionally it requires a bearer token and speaks TLS.
 //!
 //! Like a real server it forgets everything when restarted ([`OpampServer::stop`] then
 //! [`OpampServer::start_on`] the same port) and, when an agent it does not know sends no
@@ -16,6 +16,8 @@ use http_body_util::{BodyExt as _, Full};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+use crate::receiver::{TlsIdentity, tls_acceptor};
 use ztrace_opamp::{
     AgentConfigFile, AgentConfigMap, AgentRemoteConfig, AgentToServer, RemoteConfigStatuses,
     ServerCapabilities, ServerToAgent, ServerToAgentFlags, bits,
@@ -38,16 +40,23 @@ pub struct OpampServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: Option<oneshot::Sender<()>>,
+    https: bool,
 }
 
 impl OpampServer {
     /// Starts on a free port of 127.0.0.1.
     pub async fn start() -> anyhow::Result<OpampServer> {
-        Self::start_on("127.0.0.1:0".parse()?, None).await
+        Self::start_on("127.0.0.1:0".parse()?, None, None).await
     }
 
-    /// Starts on `addr`; with `token`, requests without `authorization: Bearer TOKEN` get 401.
-    pub async fn start_on(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<OpampServer> {
+    /// Starts on `addr`; with `token`, requests without `authorization: Bearer TOKEN` get 401;
+    /// with `tls`, it is an https server with that certificate.
+    pub async fn start_on(
+        addr: SocketAddr,
+        token: Option<&str>,
+        tls: Option<&TlsIdentity>,
+    ) -> anyhow::Result<OpampServer> {
+        let tls = tls.map(tls_acceptor).transpose()?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
@@ -55,11 +64,12 @@ impl OpampServer {
             ..State::default()
         }));
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(serve(listener, Arc::clone(&state), stopped));
+        tokio::spawn(serve(listener, Arc::clone(&state), tls.clone(), stopped));
         Ok(OpampServer {
             addr,
             state,
             stop: Some(stop),
+            https: tls.is_some(),
         })
     }
 
@@ -76,7 +86,8 @@ impl OpampServer {
 
     /// The endpoint for `--opamp-endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}/v1/opamp", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/v1/opamp", self.addr)
     }
 
     /// Offers `toml` (hash: its bytes' FNV-1a) from the next poll on.
@@ -157,7 +168,12 @@ fn fnv1a(b: &[u8]) -> u64 {
     })
 }
 
-async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<Mutex<State>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -166,11 +182,24 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut stop: onesho
         };
         let Ok((tcp, _)) = accepted else { continue };
         let state = Arc::clone(&state);
+        let tls = tls.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .await;
+            let builder = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        let _ = builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            }
         });
         while connections.try_join_next().is_some() {}
     }

@@ -24,7 +24,7 @@ use ztrace_e2e::{
         curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
     },
     opamp::{OpampServer, effective_text},
-    receiver::{ReceivedSpan, Receiver},
+    receiver::{ReceivedSpan, Receiver, test_certificates},
 };
 use ztrace_opamp::{AgentCapabilities, RemoteConfigStatuses, any_value};
 
@@ -113,7 +113,11 @@ fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Resu
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, Some(TOKEN)))?;
+    let server = rt.block_on(OpampServer::start_on(
+        "127.0.0.1:0".parse()?,
+        Some(TOKEN),
+        None,
+    ))?;
     let addr = server.addr();
     let (backend, port) = spawn_service(&["backend"])?;
     let (other, other_port) = spawn_service(&["backend"])?;
@@ -263,7 +267,7 @@ fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Resu
             RATIO,
             "during the outage",
         )?;
-        let server = rt.block_on(OpampServer::start_on(addr, Some(TOKEN)))?;
+        let server = rt.block_on(OpampServer::start_on(addr, Some(TOKEN), None))?;
         let again = rt.block_on(server.wait_for(
             "the full state after the restart",
             Duration::from_secs(60),
@@ -291,7 +295,8 @@ fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Resu
     result
 }
 
-/// With `targets` in the local allow-list, the server may choose what is traced: one remote
+/// With `targets` in the local allow-list, the server (over https, verified with the CA given by
+/// `--opamp-certificate`) may choose what is traced: one remote
 /// configuration adds a second service's PID and switches tail sampling to errors only; it is
 /// APPLIED without a restart, the new process is traced from then on, and only error traces of
 /// either service are exported.
@@ -301,11 +306,20 @@ fn an_operator_who_allows_targets_lets_the_server_add_a_process_and_tail_samplin
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let server = rt.block_on(OpampServer::start())?;
-    let (a, a_port) = spawn_service(&["backend"])?;
-    let (b, b_port) = spawn_service(&["backend"])?;
     let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-t-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // Over TLS this time: the server's certificate is verified with the CA given.
+    let tls = test_certificates(&dir.join("tls"))?;
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem)?;
+    let server = rt.block_on(OpampServer::start_on(
+        "127.0.0.1:0".parse()?,
+        None,
+        Some(&tls),
+    ))?;
+    ensure!(server.endpoint().starts_with("https://"));
+    let (a, a_port) = spawn_service(&["backend"])?;
+    let (b, b_port) = spawn_service(&["backend"])?;
     let config = dir.join("ztrace.toml");
     std::fs::write(&config, format!("[target]\npids = [{}]\n", a.pid()))?;
     let mut ztrace = spawn_ztrace(&[
@@ -315,6 +329,8 @@ fn an_operator_who_allows_targets_lets_the_server_add_a_process_and_tail_samplin
         receiver.endpoint(),
         "--opamp-endpoint".into(),
         server.endpoint(),
+        "--opamp-certificate".into(),
+        ca.display().to_string(),
         "--opamp-allow".into(),
         "sampling,targets".into(),
         "--opamp-poll-interval".into(),
