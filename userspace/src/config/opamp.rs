@@ -116,7 +116,13 @@ pub fn resolve_opamp(
     else {
         return Ok(None);
     };
-    let endpoint = endpoint(&raw, &origin)?;
+    // The OTLP endpoint rules (http/https, a host, no query); the message is about OpAMP.
+    let endpoint = endpoint(&raw, &origin).map_err(|e| {
+        ConfigError(e.0.replace("OTLP endpoint", "OpAMP endpoint").replace(
+            "http://localhost:4317",
+            "https://fleet.example:4320/v1/opamp",
+        ))
+    })?;
     let headers = match get("opamp.headers", flags.headers.clone(), "--opamp-headers")? {
         Some((raw, origin)) => headers(&raw, &origin)?,
         None => Vec::new(),
@@ -287,7 +293,10 @@ mod tests {
         )
         .unwrap_err()
         .0;
-        assert!(e.contains("opamp.endpoint"), "{e}");
+        assert!(
+            e.contains("opamp.endpoint") && e.contains("OpAMP endpoint"),
+            "{e}"
+        );
     }
 
     #[test]
