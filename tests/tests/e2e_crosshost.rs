@@ -342,3 +342,199 @@ fn crosshost_eval_shapes_meet_the_targets() -> Result<()> {
     );
     Ok(())
 }
+
+/// Tail sampling across hosts: both agents run the same policy list, each of whose rules can only
+/// match on one host — "backend" (B's server, `--pid PID=backend`) requests to `/item/b…`, and
+/// "frontend" (A's clients) requests to `/item/a…`. On its own, each agent would keep its half of
+/// those traces and drop the other half; with the votes over the peer channel, every trace either
+/// host keeps is exported whole (A's CLIENT span and B's SERVER span, linked), and `/item/n…`
+/// requests, which no rule keeps, are exported by neither.
+#[test]
+fn tail_sampling_votes_keep_cross_host_traces_whole() -> Result<()> {
+    if !privileged_or_skip("tail_sampling_votes_keep_cross_host_traces_whole") {
+        return Ok(());
+    }
+    const PER_BATCH: usize = 10;
+    let hosts = Hosts::create(false)?;
+    let dir = std::env::temp_dir().join(format!("ztrace-xvote-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let secret = dir.join("peer-secret");
+    std::fs::write(&secret, "a-test-secret-shared-by-both-agents\n")?;
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        r#"
+[tail_sampling]
+decision_wait = "500ms"
+vote_wait = "5s"
+
+[[tail_sampling.policies]]
+name = "backend-b"
+type = "and"
+[[tail_sampling.policies.and.and_sub_policy]]
+name = "service"
+type = "string_attribute"
+string_attribute = { key = "service.name", values = ["backend"] }
+[[tail_sampling.policies.and.and_sub_policy]]
+name = "path"
+type = "string_attribute"
+string_attribute = { key = "url.path", values = ["/item/b.*"], enabled_regex_matching = true }
+
+[[tail_sampling.policies]]
+name = "frontend-a"
+type = "and"
+[[tail_sampling.policies.and.and_sub_policy]]
+name = "service"
+type = "string_attribute"
+string_attribute = { key = "service.name", values = ["frontend"] }
+[[tail_sampling.policies.and.and_sub_policy]]
+name = "url"
+type = "string_attribute"
+string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_matching = true }
+"#,
+    )?;
+    let config_arg = config.to_string_lossy().to_string();
+    let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
+
+    let mut server_cmd = hosts.exec(&hosts.b);
+    server_cmd
+        .args(["python3"])
+        .arg(apps_dir().join("xhost.py"))
+        .arg("server")
+        .env("BIND", B_IP);
+    let (server, port) = spawn_app(server_cmd)?;
+    let b_pids = format!("{}=backend", server.pid());
+    let mut agent_b = spawn_agent(
+        &hosts,
+        &hosts.b,
+        Some(B_IP),
+        &b_pids,
+        &receiver,
+        &secret,
+        &["--config", &config_arg],
+    )?;
+    let mut traced = clients(
+        &hosts,
+        &[
+            (B_IP, port, "/item/a"),
+            (B_IP, port, "/item/b"),
+            (B_IP, port, "/item/n"),
+        ],
+        PER_BATCH,
+        3,
+    )?;
+    // An idle process keeps A's agent up after the clients exit (B asks it, and votes come late).
+    let mut idle_cmd = hosts.exec(&hosts.a);
+    idle_cmd.args(["sleep", "300"]);
+    let idle = spawn_collecting(idle_cmd)?;
+    let a_pids = format!("{}=frontend,{}", traced.pid(), idle.pid());
+    let mut agent_a = spawn_agent(
+        &hosts,
+        &hosts.a,
+        Some(A_IP),
+        &a_pids,
+        &receiver,
+        &secret,
+        &["--config", &config_arg],
+    )?;
+    let code = traced.wait_exit(Duration::from_secs(120));
+    ensure!(
+        code == Some(0),
+        "traced clients exited with {code:?}: {}",
+        traced.stderr_text()
+    );
+    // Decision wait, vote wait and the linker's holding, with room to spare.
+    std::thread::sleep(Duration::from_secs(8));
+    let a_log = stop(&mut agent_a, "ztrace on host A")?;
+    let b_log = stop(&mut agent_b, "ztrace on host B")?;
+    drop((server, idle));
+
+    let batch = CLIENTS * PER_BATCH;
+    let spans = rt.block_on(receiver.wait_for_spans(4 * batch, Duration::from_secs(10)));
+    let by_id: HashMap<String, &ReceivedSpan> =
+        spans.iter().map(|s| (s.span_id_hex(), s)).collect();
+    let mut whole: HashMap<&str, usize> = HashMap::new();
+    let (mut halves, mut unkept_exported) = (Vec::new(), 0);
+    for s in &spans {
+        let p = path(s);
+        let prefix = &p[..p.len().min(7)];
+        if prefix == "/item/n" {
+            unkept_exported += 1;
+            continue;
+        }
+        match s.span.kind {
+            // B's server span: whole when its parent, A's client span, was exported too.
+            2 => match by_id.get(&s.parent_span_id_hex()) {
+                Some(c) if c.span.kind == 3 && c.trace_id_hex() == s.trace_id_hex() => {
+                    *whole
+                        .entry(if prefix == "/item/a" { "a" } else { "b" })
+                        .or_default() += 1;
+                }
+                _ => halves.push(format!("server span {p} without its client")),
+            },
+            // A's client span: whole when a server span names it as parent.
+            3 => {
+                let id = s.span_id_hex();
+                if !spans.iter().any(|x| x.parent_span_id_hex() == id) {
+                    halves.push(format!("client span {p} without its server"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let vote_line = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("summary (tail sampling votes)"))
+            .unwrap_or("no vote summary")
+            .to_string()
+    };
+    let report = format!(
+        "{} spans; whole traces kept by A's rule {}, by B's rule {} (of {batch} each); {} halves; \
+         {unkept_exported} spans of requests no rule keeps\nA: {}\nB: {}",
+        spans.len(),
+        whole.get("a").unwrap_or(&0),
+        whole.get("b").unwrap_or(&0),
+        halves.len(),
+        vote_line(&a_log),
+        vote_line(&b_log),
+    );
+    eprintln!("{report}");
+    for h in halves.iter().take(10) {
+        eprintln!("  {h}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        unkept_exported == 0,
+        "requests no rule keeps were exported\n{report}"
+    );
+    for side in ["a", "b"] {
+        ensure!(
+            whole.get(side).copied().unwrap_or(0) >= batch * 98 / 100,
+            "traces kept by {side}'s rule not whole on both hosts\n{report}"
+        );
+    }
+    ensure!(
+        halves.len() <= batch * 2 / 100,
+        "traces exported by one host only\n{report}"
+    );
+    // Each agent kept the other's traces because of a vote, and said so.
+    for (who, log) in [("A", &a_log), ("B", &b_log)] {
+        let line = vote_line(log);
+        let kept_by_peer: usize = line
+            .split(", ")
+            .find_map(|p| {
+                p.split(" kept here because")
+                    .next()?
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        ensure!(
+            kept_by_peer >= batch * 95 / 100,
+            "{who} kept {kept_by_peer} traces for the other host's vote\n{report}"
+        );
+    }
+    Ok(())
+}

@@ -147,6 +147,16 @@ impl Span {
     }
 }
 
+/// One agent's tail-sampling verdict on a trace that crosses hosts, sent over the peer channel to
+/// the other agents on the trace's path (keep-if-any-keeps: see `processors::tail::vote`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceVote {
+    pub trace_id: TraceId,
+    pub keep: bool,
+    /// With `keep`: the sampling threshold the trace was kept with (see [`Span::th`]).
+    pub th: Option<u64>,
+}
+
 /// What the exported Resource says about a traced process.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ProcessInfo {

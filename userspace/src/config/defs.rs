@@ -423,11 +423,12 @@ pub(super) fn flag_name(key: &str) -> Option<&'static str> {
 }
 
 /// File keys of `[tail_sampling]` and `[anomaly]` (resolved in `tail.rs`).
-pub const TAIL_FILE_KEYS: [&str; 14] = [
+pub const TAIL_FILE_KEYS: [&str; 15] = [
     "tail_sampling.decision_wait",
     "tail_sampling.max_hold",
     "tail_sampling.num_traces",
     "tail_sampling.max_spans",
+    "tail_sampling.vote_wait",
     "tail_sampling.policies",
     "anomaly.enabled",
     "anomaly.window",

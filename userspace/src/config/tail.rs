@@ -81,6 +81,9 @@ pub struct TailSampling {
     pub num_traces: usize,
     /// Most spans held; beyond it the oldest trace is decided early (counted).
     pub max_spans: usize,
+    /// How long a trace this agent would drop waits for the votes of the agents on other hosts
+    /// that share it (cross-host links): a keep from any of them keeps it here too.
+    pub vote_wait: Duration,
     pub policies: Vec<PolicyConfig>,
 }
 
@@ -88,6 +91,7 @@ pub const DEFAULT_DECISION_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(30);
 pub const DEFAULT_NUM_TRACES: usize = 50_000;
 pub const DEFAULT_MAX_SPANS: usize = 500_000;
+pub const DEFAULT_VOTE_WAIT: Duration = Duration::from_secs(2);
 
 /// Anomaly detection, resolved. See the README ("Anomaly detection") for how to tune it.
 #[derive(Clone, Debug, PartialEq)]
@@ -205,6 +209,7 @@ pub fn resolve_tail(
             max_hold: DEFAULT_MAX_HOLD,
             num_traces: DEFAULT_NUM_TRACES,
             max_spans: DEFAULT_MAX_SPANS,
+            vote_wait: DEFAULT_VOTE_WAIT,
             policies,
         };
         if let Some(v) = get("tail_sampling.decision_wait") {
@@ -218,6 +223,9 @@ pub fn resolve_tail(
         }
         if let Some(v) = get("tail_sampling.max_spans") {
             t.max_spans = positive(v, "tail_sampling.max_spans")? as usize;
+        }
+        if let Some(v) = get("tail_sampling.vote_wait") {
+            t.vote_wait = duration(v, "tail_sampling.vote_wait")?;
         }
         if t.max_hold < t.decision_wait {
             return Err(ConfigError(format!(

@@ -27,4 +27,4 @@ pub mod protocol;
 mod service;
 
 pub use crate::link::crosshost::{CrossHostConfig, CrossHostStats};
-pub use service::{PeerConfig, PeerLink, ServerCounters, mono_ns, read_secret};
+pub use service::{PeerConfig, PeerEvent, PeerLink, ServerCounters, mono_ns, read_secret};

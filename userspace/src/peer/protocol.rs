@@ -3,13 +3,16 @@
 //!
 //! ```text
 //! frame   = len:u32 (bytes after it) · body · tag:[u8; 32] (HMAC-SHA256 of len · body)
-//! body    = magic "ZTP1" · kind:u8 (1 query, 2 reply) · id:u64 · unix_ms:u64 · nonce:u64
-//!           · count:u16 · item*count
+//! body    = magic "ZTP1" · kind:u8 (1 query, 2 reply, 3 vote) · id:u64 · unix_ms:u64
+//!           · nonce:u64 · count:u16 · item*count
 //! query   = family:u8 (4|6) · addr:[u8; 16] · port:u16 · seq:u32 · digest:u64      (31 bytes)
 //! reply   = found:u8 · trace:[u8; 16] · span:[u8; 8] · sampled:u8 (0 no, 1 yes, 2 unset)
 //!           · start_unix_ns:u64 · end_unix_ns:u64                                  (42 bytes)
+//! vote    = trace:[u8; 16] · keep:u8 (0 drop, 1 keep) · has_th:u8 · th:u64           (26 bytes)
 //! ```
 //! Integers are big-endian. A reply carries its query's `id` and answers its items in order.
+//! A vote frame (an agent's tail-sampling verdicts, see `processors::tail::vote`) is sent on the
+//! connection the sender asks on and gets no reply.
 //! A receiver refuses a frame whose tag does not verify (forged, or another secret), whose
 //! timestamp is more than [`MAX_AGE_MS`] from its own clock (stale), whose nonce it saw within
 //! that window (replayed), or whose `kind` is not the one it expects (a reply reflected as a
@@ -21,15 +24,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ring::hmac;
 
 use crate::link::crosshost::{PeerContext, WireKey};
-use crate::model::{Endpoint, SpanId, TraceId};
+use crate::model::{Endpoint, SpanId, TraceId, TraceVote};
 
 const MAGIC: &[u8; 4] = b"ZTP1";
 pub const KIND_QUERY: u8 = 1;
 pub const KIND_REPLY: u8 = 2;
+pub const KIND_VOTE: u8 = 3;
 const HEADER: usize = 4 + 1 + 8 + 8 + 8 + 2;
 const TAG: usize = 32;
 const QUERY_ITEM: usize = 31;
 const REPLY_ITEM: usize = 42;
+const VOTE_ITEM: usize = 26;
 /// Most items in one frame (a batch of lookups to one peer).
 pub const MAX_ITEMS: usize = 1024;
 /// Largest frame accepted.
@@ -55,6 +60,7 @@ pub struct Found {
 pub enum Body {
     Query(Vec<Query>),
     Reply(Vec<Option<Found>>),
+    Vote(Vec<TraceVote>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +98,7 @@ pub fn encode(key: &Key, frame: &Frame) -> Vec<u8> {
     let (kind, count) = match &frame.body {
         Body::Query(q) => (KIND_QUERY, q.len()),
         Body::Reply(r) => (KIND_REPLY, r.len()),
+        Body::Vote(v) => (KIND_VOTE, v.len()),
     };
     let mut out = Vec::with_capacity(4 + HEADER + count * REPLY_ITEM + TAG);
     out.extend_from_slice(&[0; 4]);
@@ -138,6 +145,14 @@ pub fn encode(key: &Key, frame: &Frame) -> Vec<u8> {
                 }
             }
         }
+        Body::Vote(items) => {
+            for v in items.iter().take(MAX_ITEMS) {
+                out.extend_from_slice(&v.trace_id.0);
+                out.push(u8::from(v.keep));
+                out.push(u8::from(v.th.is_some()));
+                out.extend_from_slice(&v.th.unwrap_or(0).to_be_bytes());
+            }
+        }
     }
     let len = (out.len() - 4 + TAG) as u32;
     out[..4].copy_from_slice(&len.to_be_bytes());
@@ -159,9 +174,9 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
-/// Verifies and decodes a frame of `kind`: `prefix` is its length prefix, `rest` what followed.
-/// Replay and staleness are checked by [`Replay`], after this.
-pub fn decode(key: &Key, prefix: [u8; 4], rest: &[u8], kind: u8) -> Result<Frame, Refused> {
+/// Verifies and decodes a frame of one of the `kinds`: `prefix` is its length prefix, `rest`
+/// what followed. Replay and staleness are checked by [`Replay`], after this.
+pub fn decode(key: &Key, prefix: [u8; 4], rest: &[u8], kinds: &[u8]) -> Result<Frame, Refused> {
     if rest.len() != frame_len(prefix)? {
         return Err(Refused::Malformed);
     }
@@ -173,7 +188,8 @@ pub fn decode(key: &Key, prefix: [u8; 4], rest: &[u8], kind: u8) -> Result<Frame
     if &body[..4] != MAGIC {
         return Err(Refused::Malformed);
     }
-    if body[4] != kind {
+    let kind = body[4];
+    if !kinds.contains(&kind) {
         return Err(Refused::WrongKind);
     }
     let id = be64(&body[5..]);
@@ -181,15 +197,31 @@ pub fn decode(key: &Key, prefix: [u8; 4], rest: &[u8], kind: u8) -> Result<Frame
     let nonce = be64(&body[21..]);
     let count = u16::from_be_bytes([body[29], body[30]]) as usize;
     let items = &body[HEADER..];
-    let size = if kind == KIND_QUERY {
-        QUERY_ITEM
-    } else {
-        REPLY_ITEM
+    let size = match kind {
+        KIND_QUERY => QUERY_ITEM,
+        KIND_REPLY => REPLY_ITEM,
+        KIND_VOTE => VOTE_ITEM,
+        _ => return Err(Refused::WrongKind),
     };
     if count > MAX_ITEMS || items.len() != count * size {
         return Err(Refused::Malformed);
     }
-    let body = if kind == KIND_QUERY {
+    let body = if kind == KIND_VOTE {
+        let mut out = Vec::with_capacity(count);
+        for it in items.chunks_exact(VOTE_ITEM) {
+            let (keep, has_th, th) = (it[16], it[17], be64(&it[18..]));
+            // A threshold is at most 2^56 (nothing kept); a drop carries none.
+            if keep > 1 || has_th > 1 || (keep == 0 && has_th == 1) || th > 1 << 56 {
+                return Err(Refused::Malformed);
+            }
+            out.push(TraceVote {
+                trace_id: TraceId(it[..16].try_into().expect("16 bytes")),
+                keep: keep == 1,
+                th: (has_th == 1).then_some(th),
+            });
+        }
+        Body::Vote(out)
+    } else if kind == KIND_QUERY {
         let mut out = Vec::with_capacity(count);
         for it in items.chunks_exact(QUERY_ITEM) {
             let addr = match it[0] {
@@ -324,7 +356,7 @@ mod tests {
         let q = query();
         let bytes = encode(&key, &q);
         let (p, rest) = split(&bytes);
-        assert_eq!(decode(&key, p, rest, KIND_QUERY).unwrap(), q);
+        assert_eq!(decode(&key, p, rest, &[KIND_QUERY]).unwrap(), q);
         let r = Frame {
             id: 42,
             unix_ms: 5,
@@ -344,7 +376,73 @@ mod tests {
         };
         let bytes = encode(&key, &r);
         let (p, rest) = split(&bytes);
-        assert_eq!(decode(&key, p, rest, KIND_REPLY).unwrap(), r);
+        assert_eq!(decode(&key, p, rest, &[KIND_REPLY]).unwrap(), r);
+    }
+
+    #[test]
+    fn votes_round_trip_and_bad_ones_are_refused() {
+        let key = Key::new(b"secret");
+        let v = Frame {
+            id: 0,
+            unix_ms: 5,
+            nonce: 9,
+            body: Body::Vote(vec![
+                TraceVote {
+                    trace_id: TraceId([1; 16]),
+                    keep: true,
+                    th: Some(0),
+                },
+                TraceVote {
+                    trace_id: TraceId([2; 16]),
+                    keep: true,
+                    th: None,
+                },
+                TraceVote {
+                    trace_id: TraceId([3; 16]),
+                    keep: false,
+                    th: None,
+                },
+            ]),
+        };
+        let bytes = encode(&key, &v);
+        let (p, rest) = split(&bytes);
+        assert_eq!(decode(&key, p, rest, &[KIND_QUERY, KIND_VOTE]).unwrap(), v);
+        // A vote where only queries are expected (an asker reading a reply).
+        assert_eq!(
+            decode(&key, p, rest, &[KIND_REPLY]),
+            Err(Refused::WrongKind)
+        );
+        // Correctly signed but impossible items: a drop with a threshold, a threshold above 2^56,
+        // a keep flag of 2.
+        for bad in [
+            TraceVote {
+                trace_id: TraceId([4; 16]),
+                keep: false,
+                th: Some(5),
+            },
+            TraceVote {
+                trace_id: TraceId([4; 16]),
+                keep: true,
+                th: Some((1 << 56) + 1),
+            },
+        ] {
+            let bytes = encode(
+                &key,
+                &Frame {
+                    body: Body::Vote(vec![bad]),
+                    ..v.clone()
+                },
+            );
+            let (p, rest) = split(&bytes);
+            assert_eq!(decode(&key, p, rest, &[KIND_VOTE]), Err(Refused::Malformed));
+        }
+        let mut bytes = encode(&key, &v);
+        bytes[4 + super::HEADER + 16] = 2;
+        let body_end = bytes.len() - TAG;
+        let tag = hmac::sign(&key.0, &bytes[..body_end]);
+        bytes[body_end..].copy_from_slice(tag.as_ref());
+        let (p, rest) = split(&bytes);
+        assert_eq!(decode(&key, p, rest, &[KIND_VOTE]), Err(Refused::Malformed));
     }
 
     #[test]
@@ -354,20 +452,23 @@ mod tests {
         let (p, rest) = split(&bytes);
         // Another secret.
         assert_eq!(
-            decode(&Key::new(b"guess"), p, rest, KIND_QUERY),
+            decode(&Key::new(b"guess"), p, rest, &[KIND_QUERY]),
             Err(Refused::Forged)
         );
         // One bit changed anywhere.
         for i in 0..rest.len() {
             let mut m = rest.to_vec();
             m[i] ^= 1;
-            assert_eq!(decode(&key, p, &m, KIND_QUERY), Err(Refused::Forged));
+            assert_eq!(decode(&key, p, &m, &[KIND_QUERY]), Err(Refused::Forged));
         }
         // A query sent back as a reply.
-        assert_eq!(decode(&key, p, rest, KIND_REPLY), Err(Refused::WrongKind));
+        assert_eq!(
+            decode(&key, p, rest, &[KIND_REPLY]),
+            Err(Refused::WrongKind)
+        );
         // Truncated.
         assert_eq!(
-            decode(&key, p, &rest[..rest.len() - 1], KIND_QUERY),
+            decode(&key, p, &rest[..rest.len() - 1], &[KIND_QUERY]),
             Err(Refused::Malformed)
         );
         assert_eq!(frame_len([0xff; 4]), Err(Refused::Malformed));

@@ -1,5 +1,12 @@
-//! The network side: a server answering other agents from the [`ClientIndex`], and one task
-//! per peer host that batches this agent's lookups to it.
+//! The network side: a server answering other agents from the [`ClientIndex`] and taking their
+//! tail-sampling votes, and one task per peer host that batches this agent's lookups and votes
+//! to it.
+//!
+//! Both sides learn which agents share a trace, for the tail sampler's votes
+//! (`processors::tail::vote`): an agent whose question was answered learns that the answering
+//! agent holds the caller's part of the trace; an agent that answered learns that the asking
+//! agent holds the callee's part. Votes go to a peer's agent port on the address it was asked at
+//! (or asked from), like lookups.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,11 +23,12 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::link::Handle;
 use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome};
+use crate::model::{TraceId, TraceVote};
 
 use super::index::{self, ClientIndex};
 use super::protocol::{
-    Body, Frame, KIND_QUERY, KIND_REPLY, Key, MAX_ITEMS, Query, Refused, Replay, decode, encode,
-    frame_len,
+    Body, Frame, KIND_QUERY, KIND_REPLY, KIND_VOTE, Key, MAX_ITEMS, Query, Refused, Replay, decode,
+    encode, frame_len,
 };
 
 /// `--peer-listen` and friends.
@@ -62,19 +70,48 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 const ROUND: Duration = Duration::from_millis(50);
 const IDLE: Duration = Duration::from_secs(60);
 
-/// Server-side counters.
+/// Server-side counters, and the votes this agent sent.
 #[derive(Debug, Default)]
 pub struct ServerCounters {
     pub frames: AtomicU64,
     pub questions: AtomicU64,
     pub refused: AtomicU64,
+    /// Votes received from other agents.
+    pub votes_in: AtomicU64,
+    /// Votes written to a peer's connection.
+    pub votes_out: AtomicU64,
+    /// Votes not sent: the peer's agent could not be reached, or a queue was full.
+    pub votes_lost: AtomicU64,
+    /// What the channel learnt that the runtime had no room for (a full queue).
+    pub events_lost: AtomicU64,
 }
+
+/// What the peer channel tells the tail sampler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// The agent at `agent` holds another part of trace `trace_id` (it answered our question
+    /// about the caller's send, or asked us about our own send).
+    Participant { trace_id: TraceId, agent: IpAddr },
+    /// The agent at `from` voted on a trace.
+    Vote { from: IpAddr, vote: TraceVote },
+}
+
+/// What goes to a peer host's task.
+#[derive(Clone, Copy, Debug)]
+enum Outgoing {
+    Lookup(Lookup),
+    Vote(IpAddr, TraceVote),
+}
+
+/// Events queued for the runtime.
+const EVENT_QUEUE: usize = 65_536;
 
 /// The runtime's handle on the peer channel.
 pub struct PeerLink {
     index: Arc<Mutex<ClientIndex>>,
-    lookups: mpsc::Sender<Lookup>,
+    lookups: mpsc::Sender<Outgoing>,
     answers: mpsc::Receiver<(Handle, Outcome)>,
+    events: mpsc::Receiver<PeerEvent>,
     pub server: Arc<ServerCounters>,
     pub local: SocketAddr,
     sends: Vec<ClientSend>,
@@ -88,6 +125,21 @@ pub fn mono_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The address an agent is reached at: an IPv4-mapped IPv6 address is its IPv4 one.
+fn agent_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Queues an event for the runtime; a full queue loses it (counted).
+fn tell(events: &mpsc::Sender<PeerEvent>, ev: PeerEvent, counters: &ServerCounters) {
+    if events.try_send(ev).is_err() {
+        counters.events_lost.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -106,19 +158,34 @@ impl PeerLink {
         let key = Arc::new(Key::new(&cfg.secret));
         let index = Arc::new(Mutex::new(ClientIndex::new(index::DEFAULT_MAX)));
         let server = Arc::new(ServerCounters::default());
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         tokio::spawn(serve(
             listener,
             Arc::clone(&key),
             Arc::clone(&index),
             Arc::clone(&server),
+            events_tx.clone(),
         ));
         let (lookups, rx) = mpsc::channel(PEER_QUEUE);
         let (answers_tx, answers) = mpsc::channel(65_536);
-        tokio::spawn(dispatch(rx, key, cfg.peer_port, answers_tx));
+        // Connections to peers leave from the address other agents reach this one at (when one
+        // address was given): the agents we ask send their votes back to it.
+        let source = (!local.ip().is_unspecified()).then_some(local.ip());
+        tokio::spawn(dispatch(
+            rx,
+            key,
+            (cfg.peer_port, source),
+            answers_tx,
+            Channels {
+                events: events_tx,
+                counters: Arc::clone(&server),
+            },
+        ));
         Ok(Self {
             index,
             lookups,
             answers,
+            events,
             server,
             local,
             sends: Vec::new(),
@@ -143,9 +210,28 @@ impl PeerLink {
             ix.expire(now);
         }
         for l in lookups {
-            if self.lookups.try_send(l).is_err() {
+            if self.lookups.try_send(Outgoing::Lookup(l)).is_err() {
                 shed.push((l.handle, Outcome::Timeout));
             }
+        }
+    }
+
+    /// Sends a tail-sampling vote to the agent at `to` (batched with its lookups). A full queue
+    /// loses it (counted).
+    pub fn vote(&mut self, to: IpAddr, vote: TraceVote) {
+        if self
+            .lookups
+            .try_send(Outgoing::Vote(agent_ip(to), vote))
+            .is_err()
+        {
+            self.server.votes_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes what the channel learnt since the last call.
+    pub fn events(&mut self, out: &mut Vec<PeerEvent>) {
+        while let Ok(e) = self.events.try_recv() {
+            out.push(e);
         }
     }
 
@@ -161,6 +247,22 @@ impl PeerLink {
         }
     }
 
+    /// The exit summary of the channel's own side.
+    pub fn log_summary(&self) {
+        let c = &*self.server;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        log::info!(
+            "summary (peer channel): answered {} questions in {} frames, refused {} frames; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
+            n(&c.questions),
+            n(&c.frames),
+            n(&c.refused),
+            n(&c.votes_out),
+            n(&c.votes_in),
+            n(&c.votes_lost),
+            n(&c.events_lost),
+        );
+    }
+
     pub fn index_len(&self) -> usize {
         self.index.lock().map_or(0, |ix| ix.len())
     }
@@ -171,6 +273,7 @@ async fn serve(
     key: Arc<Key>,
     index: Arc<Mutex<ClientIndex>>,
     counters: Arc<ServerCounters>,
+    events: mpsc::Sender<PeerEvent>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNS));
     let replay = Arc::new(Mutex::new(Replay::new(1 << 20)));
@@ -186,14 +289,18 @@ async fn serve(
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
             continue;
         };
-        let (key, index, replay, counters) = (
+        let (key, index, replay, counters, events) = (
             Arc::clone(&key),
             Arc::clone(&index),
             Arc::clone(&replay),
             Arc::clone(&counters),
+            events.clone(),
         );
+        let ch = Channels { events, counters };
         tokio::spawn(async move {
-            if let Err(e) = answer_conn(stream, &key, &index, &replay, &counters).await {
+            if let Err(e) =
+                answer_conn(stream, agent_ip(from.ip()), &key, &index, &replay, &ch).await
+            {
                 log::debug!("peer {from}: {e}");
             }
             drop(permit);
@@ -204,7 +311,7 @@ async fn serve(
 async fn read_frame(
     stream: &mut TcpStream,
     key: &Key,
-    kind: u8,
+    kinds: &[u8],
 ) -> io::Result<Result<Frame, Refused>> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).await?;
@@ -214,19 +321,30 @@ async fn read_frame(
     };
     let mut rest = vec![0u8; n];
     stream.read_exact(&mut rest).await?;
-    Ok(decode(key, prefix, &rest, kind))
+    Ok(decode(key, prefix, &rest, kinds))
 }
 
+/// The runtime's side of the channel, as the tasks see it.
+#[derive(Clone)]
+struct Channels {
+    events: mpsc::Sender<PeerEvent>,
+    counters: Arc<ServerCounters>,
+}
+
+/// One asking agent's connection: queries are answered, votes taken.
 async fn answer_conn(
     mut stream: TcpStream,
+    from: IpAddr,
     key: &Key,
     index: &Mutex<ClientIndex>,
     replay: &Mutex<Replay>,
-    counters: &ServerCounters,
+    ch: &Channels,
 ) -> Result<()> {
+    let counters = &*ch.counters;
     stream.set_nodelay(true)?;
     loop {
-        let Ok(frame) = timeout(IDLE, read_frame(&mut stream, key, KIND_QUERY)).await else {
+        let read = read_frame(&mut stream, key, &[KIND_QUERY, KIND_VOTE]);
+        let Ok(frame) = timeout(IDLE, read).await else {
             return Ok(());
         };
         let frame = match frame {
@@ -243,17 +361,39 @@ async fn answer_conn(
             counters.refused.fetch_add(1, Ordering::Relaxed);
             anyhow::bail!("refused: {refused}");
         }
-        let Body::Query(questions) = &frame.body else {
-            anyhow::bail!("not a query");
+        let questions = match &frame.body {
+            Body::Query(q) => q,
+            Body::Vote(votes) => {
+                counters
+                    .votes_in
+                    .fetch_add(votes.len() as u64, Ordering::Relaxed);
+                for &vote in votes {
+                    tell(&ch.events, PeerEvent::Vote { from, vote }, counters);
+                }
+                continue;
+            }
+            Body::Reply(_) => anyhow::bail!("not a query"),
         };
         counters.frames.fetch_add(1, Ordering::Relaxed);
         counters
             .questions
             .fetch_add(questions.len() as u64, Ordering::Relaxed);
-        let replies = {
+        let replies: Vec<_> = {
             let mut ix = index.lock().expect("index lock");
             questions.iter().map(|q| ix.answer(q)).collect()
         };
+        // The asker holds the callee's part of each trace we found.
+        for f in replies.iter().flatten() {
+            let trace_id = f.ctx.trace_id;
+            tell(
+                &ch.events,
+                PeerEvent::Participant {
+                    trace_id,
+                    agent: from,
+                },
+                counters,
+            );
+        }
         let reply = Frame {
             id: frame.id,
             unix_ms: unix_ms(),
@@ -265,37 +405,50 @@ async fn answer_conn(
 }
 
 async fn dispatch(
-    mut rx: mpsc::Receiver<Lookup>,
+    mut rx: mpsc::Receiver<Outgoing>,
     key: Arc<Key>,
-    port: u16,
+    (port, source): (u16, Option<IpAddr>),
     answers: mpsc::Sender<(Handle, Outcome)>,
+    ch: Channels,
 ) {
-    let mut peers: HashMap<IpAddr, mpsc::Sender<Lookup>> = HashMap::new();
-    while let Some(l) = rx.recv().await {
-        let ip = l.key.client.addr;
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
+    let mut peers: HashMap<IpAddr, mpsc::Sender<Outgoing>> = HashMap::new();
+    while let Some(o) = rx.recv().await {
+        let ip = match o {
+            Outgoing::Lookup(l) => agent_ip(l.key.client.addr),
+            Outgoing::Vote(to, _) => to,
         };
         if peers.get(&ip).is_none_or(|tx| tx.is_closed()) {
             if peers.len() >= MAX_PEERS {
                 peers.retain(|_, tx| !tx.is_closed());
             }
             if peers.len() >= MAX_PEERS {
-                let _ = answers.send((l.handle, Outcome::Timeout)).await;
+                lost(o, &answers, &ch.counters).await;
                 continue;
             }
             let (tx, prx) = mpsc::channel(PEER_QUEUE);
             tokio::spawn(ask_peer(
-                SocketAddr::new(ip, port),
+                (SocketAddr::new(ip, port), source),
                 Arc::clone(&key),
                 prx,
                 answers.clone(),
+                ch.clone(),
             ));
             peers.insert(ip, tx);
         }
-        if peers[&ip].try_send(l).is_err() {
+        if peers[&ip].try_send(o).is_err() {
+            lost(o, &answers, &ch.counters).await;
+        }
+    }
+}
+
+/// What could not be handed to a peer's task: a lookup is answered `Timeout`, a vote counted.
+async fn lost(o: Outgoing, answers: &mpsc::Sender<(Handle, Outcome)>, counters: &ServerCounters) {
+    match o {
+        Outgoing::Lookup(l) => {
             let _ = answers.send((l.handle, Outcome::Timeout)).await;
+        }
+        Outgoing::Vote(..) => {
+            counters.votes_lost.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -306,32 +459,36 @@ struct Waiting {
     unknown: bool,
 }
 
-/// One peer host: batches of lookups over one connection, asked again until found or due.
+/// One peer host: batches of lookups over one connection, asked again until found or due, and
+/// the votes for it, written before each round's question.
 async fn ask_peer(
-    addr: SocketAddr,
+    (addr, source): (SocketAddr, Option<IpAddr>),
     key: Arc<Key>,
-    mut rx: mpsc::Receiver<Lookup>,
+    mut rx: mpsc::Receiver<Outgoing>,
     answers: mpsc::Sender<(Handle, Outcome)>,
+    ch: Channels,
 ) {
     let mut waiting: Vec<Waiting> = Vec::new();
+    let mut votes: Vec<TraceVote> = Vec::new();
     let mut conn: Option<TcpStream> = None;
     let mut down_until: Option<Instant> = None;
+    let take = |o: Outgoing, waiting: &mut Vec<Waiting>, votes: &mut Vec<TraceVote>| match o {
+        Outgoing::Lookup(l) => waiting.push(Waiting {
+            lookup: l,
+            unknown: false,
+        }),
+        Outgoing::Vote(_, v) => votes.push(v),
+    };
     loop {
-        if waiting.is_empty() {
+        if waiting.is_empty() && votes.is_empty() {
             match timeout(IDLE, rx.recv()).await {
-                Ok(Some(l)) => waiting.push(Waiting {
-                    lookup: l,
-                    unknown: false,
-                }),
+                Ok(Some(o)) => take(o, &mut waiting, &mut votes),
                 _ => return,
             }
         }
         sleep(ROUND).await;
-        while let Ok(l) = rx.try_recv() {
-            waiting.push(Waiting {
-                lookup: l,
-                unknown: false,
-            });
+        while let Ok(o) = rx.try_recv() {
+            take(o, &mut waiting, &mut votes);
         }
         let now = mono_ns();
         let mut done = Vec::new();
@@ -354,10 +511,11 @@ async fn ask_peer(
                     .drain(..)
                     .map(|w| (w.lookup.handle, Outcome::NoAgent)),
             );
-        } else if !waiting.is_empty() {
+            lose_votes(&mut votes, &ch.counters);
+        } else if !waiting.is_empty() || !votes.is_empty() {
             let fresh = conn.is_none();
             if fresh {
-                match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                match timeout(CONNECT_TIMEOUT, connect(addr, source)).await {
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
                         conn = Some(s);
@@ -370,6 +528,7 @@ async fn ask_peer(
                                 .drain(..)
                                 .map(|w| (w.lookup.handle, Outcome::NoAgent)),
                         );
+                        lose_votes(&mut votes, &ch.counters);
                     }
                     Err(_) => {
                         down_until = Some(Instant::now() + DOWN_FOR);
@@ -378,11 +537,18 @@ async fn ask_peer(
                                 .drain(..)
                                 .map(|w| (w.lookup.handle, Outcome::Timeout)),
                         );
+                        lose_votes(&mut votes, &ch.counters);
                     }
                 }
             }
             if let Some(stream) = &mut conn {
-                match ask(stream, &key, &mut waiting, &mut done).await {
+                let sent = send_votes(stream, &key, &mut votes, &ch.counters).await;
+                let asked = match sent {
+                    Ok(()) if waiting.is_empty() => Ok(()),
+                    Ok(()) => ask(stream, &key, &mut waiting, &mut done).await,
+                    Err(e) => Err(AskError::Io(e)),
+                };
+                match asked {
                     Ok(()) => {}
                     // On a connection just made, a close is a refusal; on an older one it may
                     // be the peer's idle timeout: ask again on a new connection.
@@ -412,12 +578,64 @@ async fn ask_peer(
                 }
             }
         }
+        // The answering agent holds the caller's part of each trace it found.
+        for (_, o) in &done {
+            if let Outcome::Found { ctx, .. } = o {
+                let ev = PeerEvent::Participant {
+                    trace_id: ctx.trace_id,
+                    agent: addr.ip(),
+                };
+                tell(&ch.events, ev, &ch.counters);
+            }
+        }
         for d in done {
             if answers.send(d).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// A connection to `addr`, from `source` when given (same address family only).
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
+fn lose_votes(votes: &mut Vec<TraceVote>, counters: &ServerCounters) {
+    counters
+        .votes_lost
+        .fetch_add(votes.len() as u64, Ordering::Relaxed);
+    votes.clear();
+}
+
+/// Writes the queued votes (no reply comes back). Written votes are counted sent; when the write
+/// fails they are kept for the next connection.
+async fn send_votes(
+    stream: &mut TcpStream,
+    key: &Key,
+    votes: &mut Vec<TraceVote>,
+    counters: &ServerCounters,
+) -> io::Result<()> {
+    while !votes.is_empty() {
+        let n = votes.len().min(MAX_ITEMS);
+        let frame = Frame {
+            id: 0,
+            unix_ms: unix_ms(),
+            nonce: rand::random(),
+            body: Body::Vote(votes[..n].to_vec()),
+        };
+        stream.write_all(&encode(key, &frame)).await?;
+        votes.drain(..n);
+        counters.votes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 enum AskError {
@@ -454,7 +672,7 @@ async fn ask(
         .write_all(&encode(key, &query))
         .await
         .map_err(AskError::Io)?;
-    let reply = match timeout(REPLY_TIMEOUT, read_frame(stream, key, KIND_REPLY)).await {
+    let reply = match timeout(REPLY_TIMEOUT, read_frame(stream, key, &[KIND_REPLY])).await {
         Ok(Ok(Ok(f))) => f,
         Ok(Ok(Err(r))) => return Err(AskError::Refused(r)),
         // A peer closes the connection on a query it refuses (it sends nothing signed to
@@ -632,6 +850,132 @@ mod tests {
         assert_eq!(none, (4, Outcome::NoAgent));
     }
 
+    /// Two agents on loopback addresses, one agent port: the asker and the answerer each learn
+    /// that the other shares the trace, and votes reach the other side, from the address the
+    /// votes must go back to.
+    #[tokio::test]
+    async fn both_sides_learn_the_trace_is_shared_and_votes_cross() {
+        let secret = b"0123456789abcdef-shared";
+        // One agent port for both, as in a deployment.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut a = PeerLink::start(&cfg(&format!("127.0.0.1:{port}"), port, secret))
+            .await
+            .unwrap();
+        let ctx = PeerContext {
+            trace_id: TraceId([9; 16]),
+            span_id: SpanId([8; 8]),
+            sampled: None,
+        };
+        let send = ClientSend {
+            key: key(40000),
+            digest: 77,
+            ctx,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        a.submit(|s, _| s.push(send), &mut Vec::new());
+        let mut b = PeerLink::start(&cfg(&format!("127.0.0.2:{port}"), port, secret))
+            .await
+            .unwrap();
+        let found = ask_one(
+            &mut b,
+            Lookup {
+                handle: 1,
+                key: key(40000),
+                digest: 77,
+                deadline_ns: mono_ns() + 2_000_000_000,
+            },
+        )
+        .await;
+        assert!(matches!(found.1, Outcome::Found { .. }));
+        let a_ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let b_ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let trace_id = ctx.trace_id;
+        let mut events = Vec::new();
+        b.events(&mut events);
+        assert_eq!(
+            events,
+            vec![PeerEvent::Participant {
+                trace_id,
+                agent: a_ip
+            }]
+        );
+        let wait = |p: &mut PeerLink| {
+            let mut out = Vec::new();
+            p.events(&mut out);
+            out
+        };
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            got.extend(wait(&mut a));
+            if !got.is_empty() {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            got,
+            vec![PeerEvent::Participant {
+                trace_id,
+                agent: b_ip
+            }]
+        );
+        // Votes both ways, each to the address the other learnt.
+        let keep = TraceVote {
+            trace_id,
+            keep: true,
+            th: Some(0),
+        };
+        let drop = TraceVote {
+            keep: false,
+            th: None,
+            ..keep
+        };
+        b.vote(a_ip, keep);
+        a.vote(b_ip, drop);
+        let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
+        for _ in 0..200 {
+            at_a.extend(wait(&mut a));
+            at_b.extend(wait(&mut b));
+            if !at_a.is_empty() && !at_b.is_empty() {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            at_a,
+            vec![PeerEvent::Vote {
+                from: b_ip,
+                vote: keep
+            }]
+        );
+        assert_eq!(
+            at_b,
+            vec![PeerEvent::Vote {
+                from: a_ip,
+                vote: drop
+            }]
+        );
+        for p in [&a, &b] {
+            assert_eq!(p.server.votes_in.load(Ordering::Relaxed), 1);
+            assert_eq!(p.server.votes_out.load(Ordering::Relaxed), 1);
+            assert_eq!(p.server.votes_lost.load(Ordering::Relaxed), 0);
+        }
+        // A vote to an address where no agent listens is lost, counted.
+        b.vote("127.0.0.9".parse().unwrap(), keep);
+        for _ in 0..200 {
+            if b.server.votes_lost.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(b.server.votes_lost.load(Ordering::Relaxed), 1);
+    }
+
     #[tokio::test]
     async fn replayed_query_refused() {
         let secret = b"0123456789abcdef-shared";
@@ -651,13 +995,16 @@ mod tests {
         let bytes = encode(&k, &frame);
         let mut s = TcpStream::connect(a.local).await.unwrap();
         s.write_all(&bytes).await.unwrap();
-        let reply = read_frame(&mut s, &k, KIND_REPLY).await.unwrap().unwrap();
+        let reply = read_frame(&mut s, &k, &[KIND_REPLY])
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(reply.id, 5);
         assert_eq!(reply.body, Body::Reply(vec![None]));
         // The same bytes again, on a new connection: refused, the connection closed.
         let mut s = TcpStream::connect(a.local).await.unwrap();
         s.write_all(&bytes).await.unwrap();
-        assert!(read_frame(&mut s, &k, KIND_REPLY).await.is_err());
+        assert!(read_frame(&mut s, &k, &[KIND_REPLY]).await.is_err());
         // A stale one too.
         let old = Frame {
             unix_ms: unix_ms() - 120_000,
@@ -666,7 +1013,7 @@ mod tests {
         };
         let mut s = TcpStream::connect(a.local).await.unwrap();
         s.write_all(&encode(&k, &old)).await.unwrap();
-        assert!(read_frame(&mut s, &k, KIND_REPLY).await.is_err());
+        assert!(read_frame(&mut s, &k, &[KIND_REPLY]).await.is_err());
         assert_eq!(a.server.refused.load(Ordering::Relaxed), 2);
     }
 }
@@ -737,7 +1084,7 @@ mod cost {
                     &key,
                     bytes_q[..4].try_into().unwrap(),
                     &bytes_q[4..],
-                    KIND_QUERY,
+                    &[KIND_QUERY],
                 )
                 .unwrap();
                 replay.check(&got, unix_ms()).unwrap();
@@ -758,7 +1105,7 @@ mod cost {
                     &key,
                     reply[..4].try_into().unwrap(),
                     &reply[4..],
-                    KIND_REPLY,
+                    &[KIND_REPLY],
                 )
                 .unwrap();
                 assert!(matches!(back.body, Body::Reply(ref v) if v.len() == batch));

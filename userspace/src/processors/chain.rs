@@ -7,12 +7,14 @@
 //! stages ask for, and the anomaly events waiting to be shipped. The head sampler stays where it
 //! was, at the export queue. Tail sampling can be replaced while running ([`Processors::set_tail`]).
 
+use std::net::IpAddr;
+
 use rustc_hash::FxHashMap;
 
 use super::anomaly::{Active, AnomalyEvent, Detector, DetectorStats};
 use super::tail::{AnomalyView, TailSampler, TailStats};
 use crate::config::{AnomalyConfig, TailSampling};
-use crate::model::Span;
+use crate::model::{Span, TraceId, TraceVote};
 
 /// The detector as the tail sampler's `anomaly` policy sees it.
 struct View<'a>(Option<&'a Detector>);
@@ -100,6 +102,28 @@ impl Processors {
         }
     }
 
+    /// Cross-host votes: the agent at `agent` holds another part of `trace_id` (no-op without
+    /// tail sampling).
+    pub fn participant(&mut self, trace_id: TraceId, agent: IpAddr) {
+        if let Some(t) = &mut self.tail {
+            t.participant(trace_id, agent);
+        }
+    }
+
+    /// A vote from the agent at `from`; spans it keeps go to `out`.
+    pub fn vote(&mut self, from: IpAddr, vote: TraceVote, out: &mut Vec<Span>) {
+        if let Some(t) = &mut self.tail {
+            t.vote(from, vote, out);
+        }
+    }
+
+    /// Votes to send to other agents.
+    pub fn take_votes(&mut self, out: &mut Vec<(IpAddr, TraceVote)>) {
+        if let Some(t) = &mut self.tail {
+            t.take_votes(out);
+        }
+    }
+
     /// Anomaly starts and ends since the last call.
     pub fn take_events(&mut self, out: &mut Vec<AnomalyEvent>) {
         out.append(&mut self.events);
@@ -182,6 +206,7 @@ mod tests {
             max_hold: Duration::from_secs(5),
             num_traces: 10_000,
             max_spans: 10_000,
+            vote_wait: Duration::from_secs(2),
             policies: vec![PolicyConfig {
                 name: "odd".into(),
                 rule: PolicyRule::Anomaly,

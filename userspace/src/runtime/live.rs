@@ -22,7 +22,7 @@ use crate::{
     capture::{Capture, CaptureOptions, KernelCounters, RingFd, process, select},
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
     model::ProcessInfo,
-    peer::PeerLink,
+    peer::{PeerEvent, PeerLink},
     processors::chain::Processors,
     runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
     runtime::record_sink::RecordSink,
@@ -190,9 +190,20 @@ impl Destination {
         }
     }
 
-    /// Cross-host links: applies peers' answers, hands the linker's sends and lookups over.
+    /// Cross-host links: applies peers' answers, hands the linker's sends and lookups over; the
+    /// tail sampler learns which agents share its traces, takes their votes and sends its own.
     fn peer_io(&mut self, peer: &mut Option<PeerLink>, answers: &mut Vec<PeerAnswer>) {
-        let (Some(peer), Destination::Trace { pipeline, .. }) = (peer, self) else {
+        let (
+            Some(peer),
+            Destination::Trace {
+                pipeline,
+                processors,
+                exporter,
+                spans,
+                ..
+            },
+        ) = (peer, self)
+        else {
             return;
         };
         for (h, o) in answers.drain(..) {
@@ -201,6 +212,24 @@ impl Destination {
         peer.submit(|s, l| pipeline.take_peer_io(s, l), answers);
         for (h, o) in answers.drain(..) {
             pipeline.peer_answer(h, o);
+        }
+        let mut events = Vec::new();
+        peer.events(&mut events);
+        for e in events {
+            match e {
+                PeerEvent::Participant { trace_id, agent } => {
+                    processors.participant(trace_id, agent);
+                }
+                PeerEvent::Vote { from, vote } => processors.vote(from, vote, spans),
+            }
+        }
+        for span in spans.drain(..) {
+            exporter.submit(span);
+        }
+        let mut votes = Vec::new();
+        processors.take_votes(&mut votes);
+        for (to, vote) in votes {
+            peer.vote(to, vote);
         }
     }
 
@@ -532,6 +561,9 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
     drop(capture);
     drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
     drop(ring);
+    if let Some(p) = &peer {
+        p.log_summary();
+    }
     if let Some(c) = control {
         c.stop(Duration::from_secs(2)).await;
     }

@@ -239,6 +239,21 @@ impl Telemetry {
                 t.wait_max_ns as f64 / 1e6,
             );
         }
+        if let Some(v) = processors.tail_stats().map(|t| t.votes)
+            && (v.shared_traces > 0 || v.votes_received > 0)
+        {
+            log::info!(
+                "summary (tail sampling votes): {} traces shared with agents on other hosts, {} kept here because another agent kept them; {} votes sent, {} received ({} refused: not from an agent on the trace's path); {} waits ended without every vote, {} keeps came after the spans were dropped, {} shared traces forgotten for room",
+                v.shared_traces,
+                v.kept_by_peer,
+                v.votes_sent,
+                v.votes_received,
+                v.refused,
+                v.wait_expired,
+                v.late_keeps,
+                v.overflow,
+            );
+        }
         if let Some((s, active)) = processors.anomaly_stats() {
             log::info!(
                 "summary (anomalies): {} started, {} ended, {} still active; {} operations with a baseline, {} spans of untracked operations",

@@ -32,6 +32,8 @@ pub const EXEMPLARS: &str = "ztrace.anomaly.exemplar_trace_ids";
 /// Attributes of the tail sampling self-metrics.
 const DECISION: &str = "ztrace.tail.decision";
 const POLICY: &str = "ztrace.tail.policy";
+const VOTE: &str = "ztrace.tail.vote";
+const SHARED: &str = "ztrace.tail.shared";
 
 fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
@@ -196,6 +198,7 @@ pub fn tail_metrics(t: &TailStats, start_ns: u64, now_ns: u64) -> Vec<Metric> {
     let int = |v: u64| Num::AsInt(v as i64);
     let at = (start_ns, now_ns);
     let decided = t.traces_kept + t.traces_dropped;
+    let v = &t.votes;
     vec![
         sum(
             "ztrace.tail.traces",
@@ -269,8 +272,36 @@ pub fn tail_metrics(t: &TailStats, start_ns: u64, now_ns: u64) -> Vec<Metric> {
             vec![
                 (on("ztrace.tail.item", "traces"), int(t.held_traces)),
                 (on("ztrace.tail.item", "spans"), int(t.held_spans)),
+                (
+                    on("ztrace.tail.item", "spans_awaiting_votes"),
+                    int(v.parked_spans),
+                ),
             ],
             now_ns,
+        ),
+        sum(
+            "ztrace.tail.votes",
+            "{vote}",
+            "Tail sampling votes exchanged with the agents on other hosts that share a trace.",
+            vec![
+                (on(VOTE, "sent"), int(v.votes_sent)),
+                (on(VOTE, "received"), int(v.votes_received)),
+                (on(VOTE, "refused"), int(v.refused)),
+                (on(VOTE, "late_keep"), int(v.late_keeps)),
+            ],
+            at,
+        ),
+        sum(
+            "ztrace.tail.shared_traces",
+            "{trace}",
+            "Traces shared with agents on other hosts, and what their votes did.",
+            vec![
+                (on(SHARED, "shared"), int(v.shared_traces)),
+                (on(SHARED, "kept_by_peer"), int(v.kept_by_peer)),
+                (on(SHARED, "wait_expired"), int(v.wait_expired)),
+                (on(SHARED, "overflow"), int(v.overflow)),
+            ],
+            at,
         ),
     ]
 }

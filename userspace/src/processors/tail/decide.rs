@@ -9,14 +9,10 @@
 //! probability and carries no `th`.
 //!
 //! One agent sees every process of its host, so every span of a trace on this host gets the same
-//! decision. Across hosts (not built yet): when the linker's cross-host channel (`peer/`) links a
-//! server span to a caller on another host, each agent would send its verdict for the trace id to
-//! the agents on the trace's path in a `Decision { trace_id, keep, th }` message over the same
-//! authenticated channel, wait a bounded time (the peers' `wait`, about 2 s) after its local
-//! decision for their votes, and keep the trace if any agent keeps it (keep-if-any-keeps, with the
-//! largest probability), so a trace kept anywhere is kept whole everywhere. Votes arriving after
-//! the wait would be honoured for spans still held and counted as late otherwise.
+//! decision. Across hosts, the agents that share a trace vote ([`super::vote`]): a trace kept by
+//! any agent on its path is kept by all of them.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -24,8 +20,9 @@ use rustc_hash::FxHashMap;
 use super::buffer::{Buffer, Limits, Offered, Ready, Verdict};
 use super::policy::{AnomalyView, Outcome, Policy, TraceView};
 use super::threshold::threshold;
+use super::vote::{Local, VoteStats, Votes};
 use crate::config::TailSampling;
-use crate::model::Span;
+use crate::model::{Span, TraceId, TraceVote};
 
 /// What the tail sampler did (totals since start), for self-metrics and the exit summary.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -46,6 +43,8 @@ pub struct TailStats {
     /// Traces and spans held now.
     pub held_traces: u64,
     pub held_spans: u64,
+    /// Votes with the agents on other hosts that share a trace.
+    pub votes: VoteStats,
 }
 
 pub struct TailSampler {
@@ -55,6 +54,7 @@ pub struct TailSampler {
     /// `service.name` by pid, for attribute policies and the anomaly policy.
     services: FxHashMap<u32, String>,
     ready: Vec<Ready>,
+    votes: Votes,
 }
 
 impl TailSampler {
@@ -76,6 +76,7 @@ impl TailSampler {
             policies,
             services: FxHashMap::default(),
             ready: Vec::new(),
+            votes: Votes::new(ns(cfg.vote_wait), cfg.num_traces),
         }
     }
 
@@ -92,6 +93,10 @@ impl TailSampler {
         anomalies: &dyn AnomalyView,
         out: &mut Vec<Span>,
     ) {
+        let Some(span) = self.votes.park_late(span) else {
+            self.stats.late_spans += 1;
+            return;
+        };
         let mut ready = std::mem::take(&mut self.ready);
         match self.buffer.offer(span, now_ns, &mut ready) {
             Offered::Held => {}
@@ -117,6 +122,39 @@ impl TailSampler {
         self.buffer.poll(now_ns, &mut ready);
         self.decide_all(&mut ready, now_ns, anomalies, out);
         self.ready = ready;
+        self.votes.poll(now_ns);
+        self.count_vote_drops();
+    }
+
+    /// The agent at `agent` (another host) holds another part of `trace_id`.
+    pub fn participant(&mut self, trace_id: TraceId, agent: IpAddr) {
+        self.votes.participant(trace_id, agent);
+        self.count_vote_drops();
+    }
+
+    /// A vote from the agent at `from`; the spans of a trace it keeps go to `out`.
+    pub fn vote(&mut self, from: IpAddr, vote: TraceVote, out: &mut Vec<Span>) {
+        if let Some(r) = self.votes.vote(from, vote) {
+            self.buffer.remember(r.trace_id, Verdict::Keep(r.th));
+            self.stats.traces_kept += 1;
+            self.stats.spans_kept += r.spans.len() as u64;
+            out.extend(r.spans.into_iter().map(|mut s| {
+                s.th = r.th;
+                s
+            }));
+        }
+        self.count_vote_drops();
+    }
+
+    /// Votes to send to other agents, by address.
+    pub fn take_votes(&mut self, out: &mut Vec<(IpAddr, TraceVote)>) {
+        self.votes.take_outbox(out);
+    }
+
+    fn count_vote_drops(&mut self) {
+        let d = self.votes.take_dropped();
+        self.stats.traces_dropped += d.traces;
+        self.stats.spans_dropped += d.spans;
     }
 
     /// Shutdown: decides everything held.
@@ -125,6 +163,8 @@ impl TailSampler {
         self.buffer.drain(&mut ready);
         self.decide_all(&mut ready, now_ns, anomalies, out);
         self.ready = ready;
+        self.votes.drain();
+        self.count_vote_drops();
     }
 
     pub fn stats(&self) -> TailStats {
@@ -132,6 +172,7 @@ impl TailSampler {
         TailStats {
             held_traces: t as u64,
             held_spans: s as u64,
+            votes: self.votes.stats.clone(),
             ..self.stats.clone()
         }
     }
@@ -143,14 +184,24 @@ impl TailSampler {
         anomalies: &dyn AnomalyView,
         out: &mut Vec<Span>,
     ) {
-        for r in ready.drain(..) {
-            let verdict = self.decide(&r.spans, now_ns, anomalies);
-            self.buffer.remember(r.trace_id, verdict);
+        for mut r in ready.drain(..) {
+            let local = match self.decide(&r.spans, now_ns, anomalies) {
+                Verdict::Keep(th) => Some(th),
+                Verdict::Drop => None,
+            };
             let st = &mut self.stats;
             st.overflow += u64::from(r.overflow);
             let waited = now_ns.saturating_sub(r.first_ns);
             st.wait_sum_ns = st.wait_sum_ns.saturating_add(waited);
             st.wait_max_ns = st.wait_max_ns.max(waited);
+            // The votes of other agents sharing the trace have the last word (keep-if-any).
+            let verdict = match self.votes.decided(r.trace_id, local, &mut r.spans, now_ns) {
+                Local::Keep(th) => Verdict::Keep(th),
+                Local::Drop => Verdict::Drop,
+                Local::Parked => continue,
+            };
+            self.buffer.remember(r.trace_id, verdict);
+            let st = &mut self.stats;
             let n = r.spans.len() as u64;
             match verdict {
                 Verdict::Keep(th) => {
@@ -220,6 +271,7 @@ mod tests {
             max_hold: Duration::from_secs(1),
             num_traces: 1000,
             max_spans: 10_000,
+            vote_wait: Duration::from_secs(2),
             policies: rules
                 .into_iter()
                 .enumerate()
@@ -256,6 +308,68 @@ mod tests {
         }
         // Children are released first (they end first).
         vec![back, call, root]
+    }
+
+    /// Two agents, one trace across their hosts: A holds the root and the call, B the called
+    /// server span, which fails. Only B's policies keep it; with the votes, A keeps its part too,
+    /// and a trace neither keeps is dropped by both without waiting out the vote wait.
+    #[test]
+    fn a_trace_kept_on_one_host_is_kept_whole_on_both() {
+        let errors = || {
+            sampler(vec![
+                PolicyRule::Probabilistic {
+                    sampling_percentage: 0.0,
+                },
+                PolicyRule::StatusCode(vec![StatusCodeName::Error]),
+            ])
+        };
+        let (mut a, mut b) = (errors(), errors());
+        let (a_ip, b_ip): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        for (n, error) in [(1u64, true), (2, false)] {
+            let mut spans = trace(n, error);
+            let mut back = spans.remove(0);
+            back.parent_is_remote = true;
+            // The peer channel linked B's span to A's call: each side learns the other shares it.
+            a.participant(back.trace_id, b_ip);
+            b.participant(back.trace_id, a_ip);
+            b.offer(back, 0, &NoAnomalies, &mut out_b);
+            for s in spans {
+                a.offer(s, 5 * MS, &NoAnomalies, &mut out_a);
+            }
+        }
+        let exchange =
+            |from: &mut TailSampler, from_ip, to: &mut TailSampler, out: &mut Vec<Span>| {
+                let mut votes = Vec::new();
+                from.take_votes(&mut votes);
+                for (_, v) in votes {
+                    to.vote(from_ip, v, out);
+                }
+            };
+        // B decides first (its part ended first): keeps the failed trace, parks the other.
+        b.poll(200 * MS, &NoAnomalies, &mut out_b);
+        assert_eq!(out_b.len(), 1);
+        assert_eq!(b.stats().votes.parked_spans, 1);
+        exchange(&mut b, b_ip, &mut a, &mut out_a);
+        assert!(out_a.is_empty(), "A has not decided yet");
+        // A decides: its policies would drop both; B's keep keeps the failed one.
+        a.poll(300 * MS, &NoAnomalies, &mut out_a);
+        assert_eq!(out_a.len(), 2, "root and call of the failed trace");
+        assert!(
+            out_a
+                .iter()
+                .all(|s| s.trace_id == out_b[0].trace_id && s.th == Some(0))
+        );
+        exchange(&mut a, a_ip, &mut b, &mut out_b);
+        // A's drop of the other trace ends B's wait at once; A's own wait ended with B's drop.
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!((sa.traces_kept, sa.traces_dropped), (1, 1));
+        assert_eq!((sb.traces_kept, sb.traces_dropped), (1, 1));
+        assert_eq!(sa.votes.kept_by_peer, 1);
+        assert_eq!((sa.votes.parked_spans, sb.votes.parked_spans), (0, 0));
+        assert_eq!(sa.votes.wait_expired + sb.votes.wait_expired, 0);
+        assert_eq!(out_b.len(), 1);
     }
 
     #[test]
