@@ -155,6 +155,7 @@ mod tests {
             max_hold: Duration::from_secs(5),
             num_traces: 1000,
             max_spans: 1000,
+            vote_wait: crate::config::DEFAULT_VOTE_WAIT,
             policies: vec![PolicyConfig {
                 name: "p".into(),
                 rule,
