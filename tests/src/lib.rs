@@ -8,6 +8,7 @@ pub mod eval;
 pub mod faults;
 pub mod harness;
 pub mod netns;
+pub mod opamp;
 pub mod receiver;
 pub mod signals;
 pub mod topology;

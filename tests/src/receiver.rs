@@ -445,7 +445,7 @@ async fn handle_http(
     })
 }
 
-fn tls_acceptor(id: &TlsIdentity) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+pub(crate) fn tls_acceptor(id: &TlsIdentity) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject as _;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -278,3 +278,40 @@ fn bad_tail_sampling_settings_name_the_key_and_stop_start_up() {
         "--sample-healthy: `150%` is not a percentage",
     );
 }
+
+/// `[opamp]` is checked at start-up like every setting: a bad endpoint or allow-list entry (or
+/// a missing CA file) stops ztrace with one line naming the flag, variable or key.
+#[test]
+fn bad_opamp_settings_stop_start_up() {
+    let pid = own_pid();
+    assert_usage_error(
+        &ztrace(&["--pid", &pid, "--opamp-endpoint", "fleet:4320"], &[]),
+        "--opamp-endpoint",
+    );
+    assert_usage_error(
+        &ztrace(
+            &[
+                "--pid",
+                &pid,
+                "--opamp-endpoint",
+                "http://fleet:4320/v1/opamp",
+            ],
+            &[("ZTRACE_OPAMP_ALLOW", "sampling,exporters")],
+        ),
+        "`exporters` is not a part a remote server may be allowed to change",
+    );
+    assert_usage_error(
+        &ztrace(
+            &[
+                "--pid",
+                &pid,
+                "--opamp-endpoint",
+                "https://fleet:4320/v1/opamp",
+                "--opamp-certificate",
+                "/nonexistent/ca.pem",
+            ],
+            &[],
+        ),
+        "--opamp-certificate",
+    );
+}

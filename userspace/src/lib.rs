@@ -13,6 +13,7 @@ pub mod assemble;
 pub mod capture;
 pub mod config;
 pub mod conntrack;
+pub mod control;
 pub mod decode;
 pub mod export;
 pub mod link;

@@ -42,6 +42,7 @@ pub const USERSPACE: &[Layer] = &[
             "export",
             "peer",
             "processors",
+            "control",
         ],
     ),
     layer(
@@ -56,6 +57,7 @@ pub const USERSPACE: &[Layer] = &[
             "signals",
             "export",
             "peer",
+            "control",
         ],
     ),
     layer("capture", &[]),
@@ -69,6 +71,9 @@ pub const USERSPACE: &[Layer] = &[
     // Anomaly records and tail-sampling self-metrics are built from the processors' output.
     layer("signals", &["conntrack", "processors"]),
     layer("export", &["processors"]),
+    // The control plane (OpAMP): beside the data path; it sends over export's HTTP transport
+    // and hands validated plans to the runtime, which applies them.
+    layer("control", &["export"]),
     // Leaves.
     layer("config", &[]),
     layer("model", &[]),

@@ -85,6 +85,8 @@ pub struct RunArgs {
     pub tail: super::tail_args::TailArgs,
     #[command(flatten)]
     pub export: ExportArgs,
+    #[command(flatten)]
+    pub opamp: super::opamp_args::OpampArgs,
 }
 
 /// What to trace, and how.
@@ -451,6 +453,7 @@ pub fn main() -> i32 {
     let mut config_file = None;
     let (mut tail, mut anomaly) = (None, None);
     let mut rules = Program::default();
+    let mut control = None;
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check { target }) => return check(&target),
         Some(Command::Rules {
@@ -521,6 +524,18 @@ pub fn main() -> i32 {
             }
             (tail, anomaly) = match cli.run.tail.config(r.file.as_ref()) {
                 Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
+            control = match cli.run.opamp.start(super::opamp_args::Inputs {
+                file: r.file.as_ref(),
+                export_flags: cli.run.export.flag_values(),
+                export_cli: cli.run.export.cli_flags(),
+                target_cli: cli.run.target.cli_flags(),
+                tail: &cli.run.tail,
+                env: config::process_env(),
+                targets_from_file: config_file.is_some(),
+            }) {
+                Ok(c) => c,
                 Err(e) => return usage_error(e),
             };
             metrics = r.metrics;
@@ -599,6 +614,7 @@ pub fn main() -> i32 {
         tail,
         anomaly,
         rules,
+        control,
     };
     match live::run(config) {
         Ok(()) => 0,

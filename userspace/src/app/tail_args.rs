@@ -34,6 +34,16 @@ pub struct TailArgs {
 }
 
 impl TailArgs {
+    /// Whether any of these flags is given (they then shape `[tail_sampling]`).
+    pub fn any(&self) -> bool {
+        self.keep_errors
+            || self.keep_slower_than.is_some()
+            || self.sample_healthy.is_some()
+            || self.keep_anomalous
+            || self.anomaly
+            || self.anomaly_window.is_some()
+    }
+
     /// Tail sampling and anomaly detection settings (None: off).
     pub fn config(
         &self,

@@ -445,6 +445,18 @@ pub const TAIL_FILE_KEYS: [&str; 15] = [
 /// (`anomaly.max_operations` is listed apart to keep the table above a readable size.)
 pub const ANOMALY_MAX_OPERATIONS_KEY: &str = "anomaly.max_operations";
 
+/// File keys of `[opamp]` (resolved in `opamp.rs`).
+pub const OPAMP_FILE_KEYS: [&str; 8] = [
+    "opamp.endpoint",
+    "opamp.headers",
+    "opamp.certificate",
+    "opamp.client_certificate",
+    "opamp.client_key",
+    "opamp.poll_interval",
+    "opamp.state_dir",
+    "opamp.allow",
+];
+
 /// Every key a config file may hold.
 pub fn file_keys() -> Vec<String> {
     let mut keys: Vec<String> = SIGNAL_SETTINGS
@@ -464,6 +476,7 @@ pub fn file_keys() -> Vec<String> {
     keys.extend(TAIL_FILE_KEYS.iter().map(|k| k.to_string()));
     keys.push(ANOMALY_MAX_OPERATIONS_KEY.to_string());
     keys.extend(RULE_FILE_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(OPAMP_FILE_KEYS.iter().map(|k| k.to_string()));
     keys
 }
 

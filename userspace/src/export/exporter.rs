@@ -338,6 +338,12 @@ impl Exporter {
         self.handle.submit(span);
     }
 
+    /// Replaces the head sampler (a remote configuration) for the spans submitted from now on
+    /// through this exporter. Handles taken earlier keep the sampler they were made with.
+    pub fn set_sampler(&mut self, sampler: Sampler) {
+        self.handle.sampler = sampler;
+    }
+
     /// Waits for queue room; see [`ExportHandle::submit_waiting`].
     pub async fn submit_waiting(&self, span: Span) {
         self.handle.submit_waiting(span).await;

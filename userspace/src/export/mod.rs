@@ -28,3 +28,5 @@ pub use encoder::OtlpEncoder;
 pub use exporter::{ExportHandle, Exporter, QueueDepth};
 pub use settings::{ExportConfig, Output};
 pub use stats::{ExportStats, SignalStats};
+/// The OTLP/HTTP transport also carries OpAMP's plain-HTTP messages (`crate::control`).
+pub(crate) use transport::Transport;

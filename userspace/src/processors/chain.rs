@@ -9,6 +9,8 @@
 //! stays where it was, at the export queue. The rules also apply to metric data points and log
 //! records, which the daemon hands over just before export ([`Processors::rules_metrics`],
 //! [`Processors::rules_logs`]).
+//! Tail sampling and rules can be replaced while running ([`Processors::set_tail`],
+//! [`Processors::set_rules`]).
 
 use std::net::IpAddr;
 
@@ -85,6 +87,24 @@ impl Processors {
     /// The rules of the log context, on a logs request about to be exported.
     pub fn rules_logs(&mut self, req: &mut ExportLogsServiceRequest) {
         self.rules.logs(req);
+    }
+
+    /// Replaces tail sampling at run time (a remote configuration; None: off). The traces the
+    /// old sampler holds are decided by its own policies first, into `out`, so no span is lost
+    /// or decided twice; the new one starts empty and knows every process's service.
+    pub fn set_tail(&mut self, tail: Option<&TailSampling>, now_ns: u64, out: &mut Vec<Span>) {
+        if let Some(t) = &mut self.tail {
+            t.drain(now_ns, &View(self.anomaly.as_ref()), out);
+        }
+        self.tail = tail.map(TailSampler::new);
+        if let (Some(d), Some(t)) = (&mut self.anomaly, tail) {
+            d.linger(t.decision_wait);
+        }
+        if let Some(t) = &mut self.tail {
+            for (pid, name) in &self.services {
+                t.service(*pid, name);
+            }
+        }
     }
 
     /// The `service.name` of a traced process (as its Resource says).
@@ -205,6 +225,55 @@ mod tests {
         p.run(&mut vec![server_span()], 1, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(p.rule_stats().unwrap().spans_dropped, 1);
+    }
+
+    fn tail(rule: PolicyRule) -> TailSampling {
+        TailSampling {
+            decision_wait: Duration::from_millis(100),
+            max_hold: Duration::from_secs(5),
+            num_traces: 1000,
+            max_spans: 1000,
+            vote_wait: crate::config::DEFAULT_VOTE_WAIT,
+            policies: vec![PolicyConfig {
+                name: "p".into(),
+                rule,
+            }],
+        }
+    }
+
+    fn trace(n: u64) -> Span {
+        let mut s = server_span();
+        s.parent_span_id = None;
+        s.parent_is_remote = false;
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&n.to_be_bytes());
+        s.trace_id = TraceId(id);
+        s
+    }
+
+    /// A remote configuration swaps tail sampling while traces are held: the held ones are
+    /// decided by the old policy (none lost, none twice), later ones by the new, and switching
+    /// it off lets spans straight through.
+    #[test]
+    fn tail_sampling_is_swapped_without_losing_held_traces() {
+        let mut p = Processors::new(Some(&tail(PolicyRule::AlwaysSample)), None);
+        p.process(1234, "shop");
+        let mut out = Vec::new();
+        p.run(&mut vec![trace(1), trace(2)], 0, &mut out);
+        assert!(out.is_empty(), "held until decided");
+        let drop_all = tail(PolicyRule::Probabilistic {
+            sampling_percentage: 0.0,
+        });
+        p.set_tail(Some(&drop_all), SEC / 100, &mut out);
+        assert_eq!(out.len(), 2, "the held traces, kept by the old policy");
+        out.clear();
+        p.run(&mut vec![trace(3)], SEC, &mut out);
+        p.drain(&mut Vec::new(), 2 * SEC, &mut out);
+        assert!(out.is_empty(), "the new policy drops everything");
+        p.set_tail(None, 3 * SEC, &mut out);
+        p.run(&mut vec![trace(4)], 3 * SEC, &mut out);
+        assert_eq!(out.len(), 1, "no tail sampling: straight through");
+        assert!(p.tail_stats().is_none());
     }
 
     /// The anomaly policy keeps the traces of a latency fault, and only those, once the baseline

@@ -29,6 +29,7 @@ use crate::{
     processors::chain::Processors,
     runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
     runtime::record_sink::RecordSink,
+    runtime::selection::{Selection, reload},
     runtime::telemetry::Telemetry,
     signals::logs::{LogConfig, Logs},
     signals::metrics::{Metrics, MetricsConfig},
@@ -67,6 +68,8 @@ pub struct DaemonConfig {
     pub anomaly: Option<crate::config::AnomalyConfig>,
     /// Rules (OTTL `[transform]` and `[filter]`), compiled; empty when none.
     pub rules: crate::processors::ottl::Program,
+    /// Remote management (OpAMP): None when off.
+    pub control: Option<crate::control::Start>,
 }
 
 pub enum Mode {
@@ -166,6 +169,30 @@ impl Destination {
             telemetry.poll(pipeline, processors, exporter, false);
         }
         Ok(())
+    }
+
+    /// A remote configuration's sampling part. Traces the old tail sampler holds are decided by
+    /// it and submitted under the old head sampler before the new ones take over.
+    fn reconfigure(&mut self, plan: &crate::control::Plan, now_ns: u64) {
+        if let Destination::Trace {
+            processors,
+            exporter,
+            spans,
+            ..
+        } = self
+        {
+            if let Some(tail) = &plan.tail {
+                processors.set_tail(tail.as_ref(), now_ns, spans);
+                for span in spans.drain(..) {
+                    exporter.submit(span);
+                }
+            }
+            if let Some(sampler) = plan.sampler {
+                exporter.set_sampler(sampler);
+            }
+            // MERGE POINT (OTTL rules): `processors.set_rules(program)` with the program
+            // compiled in `apply_remote` before anything was changed.
+        }
     }
 
     /// Cross-host links: applies peers' answers, hands the linker's sends and lookups over; the
@@ -362,7 +389,12 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
         probe_stats: cfg.probe_stats,
         // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
         // the start (one small event per exec on the host, ignored while no rule is set).
-        report_execs: !cfg.select.is_empty() || cfg.reload_from.is_some(),
+        report_execs: !cfg.select.is_empty()
+            || cfg.reload_from.is_some()
+            || cfg
+                .control
+                .as_ref()
+                .is_some_and(|c| c.opamp.allow.contains(&crate::config::Section::Targets)),
         ..CaptureOptions::default()
     })?;
     // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
@@ -436,6 +468,13 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
         capture.mode,
     );
 
+    let mut control = match (cfg.control.take(), &sink) {
+        (Some(start), Destination::Trace { .. }) => {
+            let now_unix = clock_ns(libc::CLOCK_REALTIME).max(0) as u64;
+            Some(crate::control::Control::start(start, now_unix).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let mut changes = Vec::new();
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -480,6 +519,10 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
                         "SIGHUP: nothing to re-read (the command line chose what to trace, not a config file)"
                     ),
                 }
+            }
+            pending = crate::control::next_pending(&mut control) => {
+                let result = apply_remote(&pending.plan, &mut sink, &mut selection, &mut procs.names);
+                let _ = pending.reply.send(result);
             }
             _ = sleep_until(deadline) => break "--duration elapsed",
         }
@@ -526,6 +569,9 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
             sink.kernel_counters(now.0);
             sink.flush_record();
             report_losses(&reported, &now);
+            if let Some(c) = &control {
+                c.health(health(procs.alive.len(), &reported, &now));
+            }
             reported = now;
         }
         if procs.alive.is_empty() && selection.rules.is_empty() {
@@ -557,122 +603,47 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
     if let Some(p) = &peer {
         p.log_summary();
     }
+    if let Some(c) = control {
+        c.stop(Duration::from_secs(2)).await;
+    }
     sink.finish(mono_now_ns(), &counters).await
 }
 
-/// SIGHUP: re-reads `[target] pids` and `[[target.select]]` from `path`, replaces the selectors
-/// and returns the processes to trace now (named where the file names them). Processes already
-/// traced stay traced; an invalid file changes nothing.
-fn reload(path: &std::path::Path, selection: &mut Selection) -> Result<Vec<(u32, Option<String>)>> {
-    let file = crate::config::ConfigFile::load(path).map_err(|e| anyhow::anyhow!(e.0))?;
-    let target = crate::config::resolve_target(&crate::config::Sources {
-        file: Some(&file),
-        ..crate::config::Sources::default()
-    })
-    .map_err(|e| anyhow::anyhow!(e.0))?;
-    let rules = select::Rule::compile(&target.select).map_err(|e| anyhow::anyhow!(e))?;
-    *selection = Selection::new(rules);
-    let mut out: Vec<(u32, Option<String>)> = target
-        .pids
-        .iter()
-        .filter(|p| process::validate(p.pid).is_ok())
-        .map(|p| (p.pid, p.service_name.clone()))
-        .collect();
-    out.extend(selection.initial());
-    log::info!(
-        "SIGHUP: re-read {}: {} selector rule(s){}{}",
-        path.display(),
-        selection.rules.len(),
-        if selection.rules.is_empty() { "" } else { ": " },
-        selection.describe()
-    );
-    Ok(out)
-}
-
-/// Processes chosen by selectors: matched at start, then at each exec; a process that may still
-/// open its port is re-checked (its own sockets only) for [`select::PORT_WATCH`].
-struct Selection {
-    rules: Vec<select::Rule>,
-    needs_ports: bool,
-    /// New processes not matched yet that a port rule may still match, with their deadline.
-    watching: Vec<(u32, Instant)>,
-    /// Matched since the last [`Selection::matched`].
-    found: Vec<(u32, Option<String>)>,
-    last_watch: Instant,
-}
-
-/// New processes watched for a port at once; more are not watched (and counted in the log).
-const MAX_PORT_WATCH: usize = 1024;
-
-impl Selection {
-    fn new(rules: Vec<select::Rule>) -> Self {
-        Selection {
-            needs_ports: rules.iter().any(select::Rule::needs_ports),
-            rules,
-            watching: Vec::new(),
-            found: Vec::new(),
-            last_watch: Instant::now(),
-        }
+/// Applies a validated remote configuration whole: everything that can fail (compiling the
+/// selectors) is done before anything changes, so a failure leaves the configuration in force.
+/// New targets are traced from the loop's next turn, as after SIGHUP.
+fn apply_remote(
+    plan: &crate::control::Plan,
+    sink: &mut Destination,
+    selection: &mut Selection,
+    names: &mut HashMap<u32, String>,
+) -> std::result::Result<(), String> {
+    let mut retargeted = None;
+    if let Some(target) = &plan.target {
+        let mut next = Selection::new(Vec::new());
+        let pids = next.retarget(target).map_err(|e| format!("{e:#}"))?;
+        retargeted = Some((next, pids));
     }
-
-    fn describe(&self) -> String {
-        let rules: Vec<String> = self.rules.iter().map(|r| r.to_string()).collect();
-        rules.join("; ")
-    }
-
-    fn name_of(&self, rule: usize) -> Option<String> {
-        self.rules[rule].service_name.clone()
-    }
-
-    fn initial(&self) -> Vec<(u32, Option<String>)> {
-        if self.rules.is_empty() {
-            return Vec::new();
-        }
-        select::scan(&self.rules)
-            .into_iter()
-            .map(|(pid, rule)| (pid, self.name_of(rule)))
-            .collect()
-    }
-
-    fn check(&mut self, pid: u32) -> bool {
-        let Some(facts) = select::Facts::read(pid, self.needs_ports) else {
-            return true; // gone: nothing to watch
-        };
-        match self.rules.iter().position(|r| r.matches(&facts)) {
-            Some(rule) => {
-                let name = self.name_of(rule);
-                self.found.push((pid, name));
-                true
+    // MERGE POINT (OTTL rules): compile `plan.rules` with `processors::ottl::Program::compile`
+    // here and return its error before anything is applied.
+    if let Some((next, pids)) = retargeted {
+        *selection = next;
+        log::info!(
+            "OpAMP: now selecting {} rule(s){}{}; {} process(es) to trace now",
+            selection.rules.len(),
+            if selection.rules.is_empty() { "" } else { ": " },
+            selection.describe(),
+            pids.len()
+        );
+        for (pid, name) in pids {
+            if let Some(name) = name {
+                names.insert(pid, name);
             }
-            None => false,
+            selection.found.push((pid, None));
         }
     }
-
-    fn on_exec(&mut self, pid: u32) {
-        if self.rules.is_empty() || pid == std::process::id() {
-            return;
-        }
-        if !self.check(pid) && self.needs_ports {
-            if self.watching.len() < MAX_PORT_WATCH {
-                self.watching
-                    .push((pid, Instant::now() + select::PORT_WATCH));
-            } else {
-                log::debug!("not watching process {pid} for a port: {MAX_PORT_WATCH} already are");
-            }
-        }
-    }
-
-    /// What matched since the last call; re-checks the watched processes every 200 ms.
-    fn matched(&mut self) -> Vec<(u32, Option<String>)> {
-        if !self.watching.is_empty() && self.last_watch.elapsed() >= Duration::from_millis(200) {
-            self.last_watch = Instant::now();
-            let now = Instant::now();
-            let mut watching = std::mem::take(&mut self.watching);
-            watching.retain(|&(pid, deadline)| now < deadline && !self.check(pid));
-            self.watching = watching;
-        }
-        std::mem::take(&mut self.found)
-    }
+    sink.reconfigure(plan, mono_now_ns());
+    Ok(())
 }
 
 /// Plaintext of OpenSSL traffic: probe the OpenSSL the inspection found (once per file).
@@ -774,6 +745,24 @@ fn describe(export: &ExportConfig) -> String {
         }
     }
     s
+}
+
+/// What the OpAMP server is told: unhealthy while spans fail to export.
+fn health(
+    traced: usize,
+    before: &(KernelCounters, ExportStats),
+    now: &(KernelCounters, ExportStats),
+) -> crate::control::Health {
+    let failed = now.1.spans_dropped_failed - before.1.spans_dropped_failed;
+    crate::control::Health {
+        healthy: failed == 0,
+        status: format!("tracing {traced} process(es)"),
+        last_error: if failed == 0 {
+            String::new()
+        } else {
+            format!("{failed} spans could not be exported in the last second")
+        },
+    }
 }
 
 fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, ExportStats)) {

@@ -10,4 +10,5 @@ pub mod pipeline;
 pub mod record;
 mod record_sink;
 pub mod replay;
+mod selection;
 pub mod telemetry;

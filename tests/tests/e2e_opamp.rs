@@ -1,0 +1,409 @@
+//! Remote management over OpAMP end to end, as root, with real probes: the real ztrace binary
+//! traces a real HTTP service (tests/apps/two_tier.py) and exports to the in-process OTLP
+//! receiver, while the in-process OpAMP server of `ztrace_e2e::opamp` (the same protobuf
+//! messages, plain HTTP, a bearer token) manages it. One run, in phases:
+//!
+//! 1. ztrace reports itself: AgentDescription (service.name ztrace, its version, host.name, os),
+//!    its capabilities, health (healthy, `tracing 1 process(es)`), and the effective
+//!    configuration (the local file, the OTLP header's token redacted).
+//! 2. The server pushes a head sampling ratio of 0.25: APPLIED, and from then on exactly the
+//!    traces whose trace id passes the 0.25 threshold are exported (about a quarter).
+//! 3. A broken configuration (a ratio of 7): FAILED with the parser's message, and spans keep
+//!    following the 0.25 ratio.
+//! 4. A target change (a second service's PID) with `targets` outside the default allow-list:
+//!    FAILED, and the second service is not traced.
+//! 5. The server goes down and comes back on the same port with no memory: ztrace keeps
+//!    exporting meanwhile, logs the outage once, reconnects and reports its full state again
+//!    (description, effective configuration with the applied ratio); on exit it says goodbye.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use ztrace_e2e::{
+    harness::{
+        curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
+    },
+    opamp::{OpampServer, effective_text},
+    receiver::{ReceivedSpan, Receiver, test_certificates},
+};
+use ztrace_opamp::{AgentCapabilities, RemoteConfigStatuses, any_value};
+
+const TOKEN: &str = "opamp-t0ken";
+const OTLP_SECRET: &str = "otlp-s3cret";
+const RATIO: f64 = 0.25;
+
+/// The head sampler's rule (W3C randomness: the low 56 bits of the trace id against
+/// `(1 - ratio) · 2^56`), computed here independently of ztrace.
+fn passes(ratio: f64, trace_id: &[u8]) -> bool {
+    let mut r = [0u8; 8];
+    r[1..].copy_from_slice(&trace_id[9..16]);
+    let threshold = ((1.0 - ratio) * (1u64 << 56) as f64).round() as u64;
+    u64::from_be_bytes(r) >= threshold
+}
+
+fn attr(kvs: &[ztrace_opamp::KeyValue], key: &str) -> Option<String> {
+    kvs.iter()
+        .find(|k| k.key == key)
+        .and_then(|k| match k.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+/// Server spans of the traced backend for the requests of one phase (`/item/<phase>-<i>`).
+fn phase_spans(receiver: &Receiver, phase: &str) -> Vec<ReceivedSpan> {
+    receiver
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            s.span.kind == 2
+                && s.attr_str("url.path")
+                    .is_some_and(|p| p.starts_with(&format!("/item/{phase}-")))
+        })
+        .collect()
+}
+
+fn requests(port: u16, phase: &str, n: usize) -> Result<()> {
+    let urls: Vec<String> = (0..n)
+        .map(|i| format!("http://127.0.0.1:{port}/item/{phase}-{i}"))
+        .collect();
+    for chunk in urls.chunks(100) {
+        curl(chunk)?;
+    }
+    Ok(())
+}
+
+/// Waits until the phase's exported span count has not moved for a second.
+fn settled(receiver: &Receiver, phase: &str) -> Vec<ReceivedSpan> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = usize::MAX;
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = phase_spans(receiver, phase);
+        if now.len() == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now.len();
+    }
+}
+
+/// Every exported span of the phase passes the ratio, and about the ratio's share came.
+fn follows_ratio(spans: &[ReceivedSpan], sent: usize, ratio: f64, phase: &str) -> Result<()> {
+    for s in spans {
+        ensure!(
+            passes(ratio, &s.span.trace_id),
+            "{phase}: span of trace {} exported although it fails the {ratio} ratio",
+            s.trace_id_hex()
+        );
+    }
+    let expected = sent as f64 * ratio;
+    // ±5 standard deviations of the binomial: a real regression, not chance, fails this.
+    let sd = (sent as f64 * ratio * (1.0 - ratio)).sqrt();
+    ensure!(
+        (spans.len() as f64 - expected).abs() <= 5.0 * sd,
+        "{phase}: {} of {sent} requests exported, expected about {expected:.0} at ratio {ratio}",
+        spans.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Result<()> {
+    if !privileged_or_skip("a_server_manages_sampling_and_is_refused_targets_and_broken_configs") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let server = rt.block_on(OpampServer::start_on(
+        "127.0.0.1:0".parse()?,
+        Some(TOKEN),
+        None,
+    ))?;
+    let addr = server.addr();
+    let (backend, port) = spawn_service(&["backend"])?;
+    let (other, other_port) = spawn_service(&["backend"])?;
+    let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("ztrace.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[target]\npids = [{}]\n\n[otlp]\nendpoint = \"{}\"\nheaders = {{ x-api-key = \"{OTLP_SECRET}\" }}\n",
+            backend.pid(),
+            receiver.endpoint()
+        ),
+    )?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--opamp-endpoint".into(),
+        server.endpoint(),
+        "--opamp-headers".into(),
+        format!("authorization=Bearer {TOKEN}"),
+        "--opamp-poll-interval".into(),
+        "1s".into(),
+        "--opamp-state-dir".into(),
+        dir.display().to_string(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let result = (|| -> Result<()> {
+        // 1. What ztrace reports about itself.
+        let first = rt.block_on(server.wait_for(
+            "a description",
+            Duration::from_secs(20),
+            |m| m.agent_description.is_some(),
+        ))?;
+        let d = first.agent_description.as_ref().context("description")?;
+        ensure!(attr(&d.identifying_attributes, "service.name").as_deref() == Some("ztrace"));
+        ensure!(attr(&d.identifying_attributes, "service.version").is_some());
+        ensure!(attr(&d.non_identifying_attributes, "host.name").is_some_and(|h| !h.is_empty()));
+        ensure!(attr(&d.non_identifying_attributes, "os.type").as_deref() == Some("linux"));
+        for cap in [
+            AgentCapabilities::ReportsStatus,
+            AgentCapabilities::AcceptsRemoteConfig,
+            AgentCapabilities::ReportsEffectiveConfig,
+            AgentCapabilities::ReportsHealth,
+            AgentCapabilities::ReportsRemoteConfig,
+        ] {
+            ensure!(first.capabilities & cap as u64 != 0, "{cap:?} not reported");
+        }
+        ensure!(
+            first
+                .health
+                .as_ref()
+                .is_some_and(|h| h.healthy && h.start_time_unix_nano > 0)
+        );
+        let effective = effective_text(&first).context("effective config")?;
+        ensure!(
+            effective.contains(&backend.pid().to_string()),
+            "{effective}"
+        );
+        ensure!(
+            !effective.contains(OTLP_SECRET),
+            "the OTLP token left: {effective}"
+        );
+        // Health as the capture loop sees it, once it has looked.
+        rt.block_on(server.wait_for(
+            "health from the capture loop",
+            Duration::from_secs(20),
+            |m| {
+                m.health
+                    .as_ref()
+                    .is_some_and(|h| h.healthy && h.status == "tracing 1 process(es)")
+            },
+        ))?;
+        let uid = first.instance_uid.clone();
+        ensure!(uid.len() == 16);
+        ensure!(server.unauthorized() == 0);
+
+        // 2. A new sampling ratio.
+        requests(port, "before", 40)?;
+        let before = settled(&receiver, "before");
+        ensure!(
+            before.len() == 40,
+            "{} of 40 spans before any remote config",
+            before.len()
+        );
+        let hash = server.offer(&format!(
+            "[traces]\nsampler = \"traceidratio\"\nsampler_arg = \"{RATIO}\"\n"
+        ));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(20)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        requests(port, "ratio", 400)?;
+        follows_ratio(&settled(&receiver, "ratio"), 400, RATIO, "after the ratio")?;
+
+        // 3. A broken configuration changes nothing.
+        let hash = server.offer("[traces]\nsampler = \"traceidratio\"\nsampler_arg = \"7\"\n");
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(20)))?;
+        ensure!(status == RemoteConfigStatuses::Failed, "{status:?}");
+        ensure!(error.contains("traces.sampler_arg"), "{error}");
+        requests(port, "broken", 400)?;
+        follows_ratio(
+            &settled(&receiver, "broken"),
+            400,
+            RATIO,
+            "after the broken config",
+        )?;
+
+        // 4. Targets are not the server's to change by default.
+        let hash = server.offer(&format!(
+            "[traces]\nsampler = \"traceidratio\"\nsampler_arg = \"{RATIO}\"\n[target]\npids = [{}, {}]\n",
+            backend.pid(),
+            other.pid()
+        ));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(20)))?;
+        ensure!(status == RemoteConfigStatuses::Failed, "{status:?}");
+        ensure!(
+            error.contains("target.pids") && error.contains("targets"),
+            "{error}"
+        );
+        let urls: Vec<String> = (0..40)
+            .map(|i| format!("http://127.0.0.1:{other_port}/item/other-{i}"))
+            .collect();
+        curl(&urls)?;
+        requests(port, "after-refusal", 200)?;
+        settled(&receiver, "after-refusal");
+        let other_spans = receiver
+            .spans()
+            .iter()
+            .filter(|s| s.resource_int("process.pid") == Some(other.pid() as i64))
+            .count();
+        ensure!(
+            other_spans == 0,
+            "{other_spans} spans of the refused target"
+        );
+
+        // 5. The server goes away and comes back without memory.
+        let mut server = server;
+        server.stop();
+        drop(server);
+        std::thread::sleep(Duration::from_secs(4));
+        requests(port, "outage", 200)?;
+        follows_ratio(
+            &settled(&receiver, "outage"),
+            200,
+            RATIO,
+            "during the outage",
+        )?;
+        let server = rt.block_on(OpampServer::start_on(addr, Some(TOKEN), None))?;
+        let again = rt.block_on(server.wait_for(
+            "the full state after the restart",
+            Duration::from_secs(60),
+            |m| m.agent_description.is_some() && m.effective_config.is_some(),
+        ))?;
+        ensure!(again.instance_uid == uid, "the instance uid changed");
+        let effective = effective_text(&again).context("effective config")?;
+        ensure!(effective.contains("sampler_arg = \"0.25\""), "{effective}");
+        let stderr = ztrace.stderr_text();
+        ensure!(
+            stderr.matches("unreachable").count() == 1,
+            "the outage is logged once, not per attempt:\n{stderr}"
+        );
+        ensure!(stderr.contains("answers again"), "{stderr}");
+        stop_ztrace(&mut ztrace)?;
+        rt.block_on(server.wait_for("a goodbye", Duration::from_secs(5), |m| {
+            m.agent_disconnect.is_some()
+        }))?;
+        Ok(())
+    })();
+    let _ = ztrace.wait_exit(Duration::from_millis(1));
+    eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
+    drop(ztrace);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// With `targets` in the local allow-list, the server (over https, verified with the CA given by
+/// `--opamp-certificate`) may choose what is traced: one remote
+/// configuration adds a second service's PID and switches tail sampling to errors only; it is
+/// APPLIED without a restart, the new process is traced from then on, and only error traces of
+/// either service are exported.
+#[test]
+fn an_operator_who_allows_targets_lets_the_server_add_a_process_and_tail_sampling() -> Result<()> {
+    if !privileged_or_skip("an_operator_who_allows_targets_lets_the_server_add_a_process") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // Over TLS this time: the server's certificate is verified with the CA given.
+    let tls = test_certificates(&dir.join("tls"))?;
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem)?;
+    let server = rt.block_on(OpampServer::start_on(
+        "127.0.0.1:0".parse()?,
+        None,
+        Some(&tls),
+    ))?;
+    ensure!(server.endpoint().starts_with("https://"));
+    let (a, a_port) = spawn_service(&["backend"])?;
+    let (b, b_port) = spawn_service(&["backend"])?;
+    let config = dir.join("ztrace.toml");
+    std::fs::write(&config, format!("[target]\npids = [{}]\n", a.pid()))?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+        "--opamp-endpoint".into(),
+        server.endpoint(),
+        "--opamp-certificate".into(),
+        ca.display().to_string(),
+        "--opamp-allow".into(),
+        "sampling,targets".into(),
+        "--opamp-poll-interval".into(),
+        "1s".into(),
+        "--opamp-state-dir".into(),
+        dir.display().to_string(),
+    ])?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let result = (|| -> Result<()> {
+        let hash = server.offer(&format!(
+            r#"[target]
+pids = [{}, {}]
+
+[tail_sampling]
+decision_wait = "500ms"
+
+[[tail_sampling.policies]]
+name = "errors"
+type = "status_code"
+status_code = {{ status_codes = ["ERROR"] }}
+"#,
+            a.pid(),
+            b.pid()
+        ));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        ztrace.wait_stderr(
+            &format!("tracing process {}", b.pid()),
+            Duration::from_secs(10),
+        )?;
+        for port in [a_port, b_port] {
+            let mut urls: Vec<String> = (0..20)
+                .map(|i| format!("http://127.0.0.1:{port}/item/ok-{i}"))
+                .collect();
+            urls.extend((0..5).map(|_| format!("http://127.0.0.1:{port}/fail")));
+            curl(&urls)?;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        stop_ztrace(&mut ztrace)?;
+        let spans = rt.block_on(receiver.wait_for_spans(10, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(300));
+        let spans = if receiver.span_count() > spans.len() {
+            receiver.spans()
+        } else {
+            spans
+        };
+        let of = |pid: u32| {
+            spans
+                .iter()
+                .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
+                .collect::<Vec<_>>()
+        };
+        for (name, p) in [("the file's", &a), ("the added", &b)] {
+            let got = of(p.pid());
+            ensure!(
+                got.len() == 5
+                    && got
+                        .iter()
+                        .all(|s| s.attr_str("url.path").as_deref() == Some("/fail")),
+                "{name} process: want its 5 error spans only, got {:?}",
+                got.iter()
+                    .map(|s| s.attr_str("url.path"))
+                    .collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    })();
+    let _ = ztrace.wait_exit(Duration::from_millis(1));
+    eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
+    drop(ztrace);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
