@@ -12,6 +12,8 @@
 //!    following the 0.25 ratio.
 //! 4. A target change (a second service's PID) with `targets` outside the default allow-list:
 //!    FAILED, and the second service is not traced.
+//!    Then rules: a pushed `[filter.traces]` rule drops one route's spans (the ratio still applies
+//!    to the others), and a broken rule is FAILED naming its column, the filter staying in force.
 //! 5. The server goes down and comes back on the same port with no memory: ztrace keeps
 //!    exporting meanwhile, logs the outage once, reconnects and reports its full state again
 //!    (description, effective configuration with the applied ratio); on exit it says goodbye.
@@ -253,6 +255,48 @@ fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Resu
         ensure!(
             other_spans == 0,
             "{other_spans} spans of the refused target"
+        );
+
+        // 4b. Rules: a filter pushed by the server drops one route's spans from the next batch
+        // on (the ratio still applies to the rest); a broken rule is FAILED naming its column,
+        // and the filter in force stays.
+        let filter = r#"[filter.traces]
+span = ['IsMatch(attributes["url.path"], "^/item/ruled-")']
+"#;
+        let hash = server.offer(&format!(
+            "[traces]\nsampler = \"traceidratio\"\nsampler_arg = \"{RATIO}\"\n{filter}"
+        ));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(20)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "rules: {status:?}: {error}"
+        );
+        requests(port, "ruled", 200)?;
+        requests(port, "unruled", 400)?;
+        let ruled = settled(&receiver, "ruled");
+        ensure!(
+            ruled.is_empty(),
+            "{} spans of a filtered route",
+            ruled.len()
+        );
+        follows_ratio(
+            &settled(&receiver, "unruled"),
+            400,
+            RATIO,
+            "beside the filter",
+        )?;
+        let hash = server.offer(&format!(
+            "[traces]\nsampler = \"traceidratio\"\nsampler_arg = \"{RATIO}\"\n[filter.traces]\nspan = ['IsMatch(attributes[\"url.path\"], ']\n"
+        ));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(20)))?;
+        ensure!(status == RemoteConfigStatuses::Failed, "{status:?}");
+        ensure!(error.contains("column"), "{error}");
+        requests(port, "ruled", 100)?;
+        let ruled = settled(&receiver, "ruled");
+        ensure!(
+            ruled.is_empty(),
+            "the filter in force was lost after a broken rule: {} spans",
+            ruled.len()
         );
 
         // 5. The server goes away and comes back without memory.

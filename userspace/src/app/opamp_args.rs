@@ -94,12 +94,16 @@ impl OpampArgs {
             .map_err(|e| e.0)?;
             select::Rule::compile(&target.select)?;
             let (tail, anomaly) = tail.config(Some(file))?;
-            // MERGE POINT (OTTL rules): resolve the rule statements of `file` here.
+            // Rules are compiled here to check them (the error names statement and column); the
+            // daemon compiles them again when it applies them.
+            let rules = config::resolve_rules(Some(file)).map_err(|e| e.0)?;
+            crate::processors::ottl::Program::compile(&rules).map_err(|e| e.to_string())?;
             Ok(Settings {
                 sampler: config.sampler,
                 tail,
                 anomaly,
                 target,
+                rules,
             })
         });
         Ok(Some(Start {

@@ -52,7 +52,6 @@ impl Section {
         if matches!(key, "target.pids" | "target.select") {
             return Some(Section::Targets);
         }
-        // MERGE POINT (OTTL rules, issue 19 item 1): the file keys of the rule statements.
         if RULE_KEY_PREFIXES.iter().any(|p| key.starts_with(p)) {
             return Some(Section::Rules);
         }
@@ -60,8 +59,8 @@ impl Section {
     }
 }
 
-/// File keys of the OTTL rules start with one of these.
-pub const RULE_KEY_PREFIXES: [&str; 3] = ["rules.", "transform.", "filter."];
+/// File keys of the OTTL rules (`[transform]`, `[filter]`) start with one of these.
+pub const RULE_KEY_PREFIXES: [&str; 2] = ["transform.", "filter."];
 
 /// What a remote server may change when nothing says otherwise: sampling and rules, never what
 /// is traced.

@@ -18,7 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use crate::config::{AnomalyConfig, ConfigFile, Opamp, Sampler, Section, TailSampling, Target};
+use crate::config::{
+    AnomalyConfig, ConfigFile, Opamp, Rules, Sampler, Section, TailSampling, Target,
+};
 
 /// The parts of a resolved configuration a remote one may change at run time.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,8 +30,8 @@ pub struct Settings {
     /// Not changeable at run time (the detector's baselines would be lost): compared only.
     pub anomaly: Option<AnomalyConfig>,
     pub target: Target,
-    // MERGE POINT (OTTL rules, issue 19 item 1): the resolved rule statements go here, e.g.
-    // `pub rules: RulesConfig`, produced by the resolver and compared in `plan`.
+    /// OTTL `[transform]` and `[filter]` (the resolver has compiled them once to check them).
+    pub rules: Rules,
 }
 
 /// Resolves a whole configuration file (with the daemon's flags and environment) into
@@ -52,8 +54,8 @@ pub struct Plan {
     /// Some(None): tail sampling off.
     pub tail: Option<Option<TailSampling>>,
     pub target: Option<Target>,
-    // MERGE POINT (OTTL rules): `pub rules: Option<RulesConfig>`, compiled with
-    // `processors::ottl::Program::compile` before anything is applied (see runtime/live.rs).
+    /// The new rules (compiled by the daemon before anything is applied).
+    pub rules: Option<Rules>,
 }
 
 impl Plan {
@@ -72,6 +74,9 @@ impl Plan {
         }
         if self.target.is_some() {
             parts.push("targets");
+        }
+        if self.rules.is_some() {
+            parts.push("rules");
         }
         if parts.is_empty() {
             "nothing".into()
@@ -154,7 +159,19 @@ fn plan(current: &Settings, new: &Settings) -> Plan {
         sampler: (new.sampler != current.sampler).then_some(new.sampler),
         tail: (new.tail != current.tail).then(|| new.tail.clone()),
         target: (!same_targets(&current.target, &new.target)).then(|| new.target.clone()),
+        rules: (!same_rules(&current.rules, &new.rules)).then(|| new.rules.clone()),
     }
+}
+
+/// The same rules (where each was written, which names the file, does not count).
+fn same_rules(a: &Rules, b: &Rules) -> bool {
+    let bare = |r: &Rules| {
+        let mut r = r.clone();
+        r.statements.iter_mut().for_each(|(_, g)| g.origin.clear());
+        r.filters.iter_mut().for_each(|f| f.origin.clear());
+        r
+    };
+    bare(a) == bare(b)
 }
 
 /// The same processes chosen (a selector's origin, which names the file, does not count).
@@ -235,11 +252,13 @@ mod tests {
             let config = resolve(&src).map_err(|e| e.0)?;
             let target = resolve_target(&src).map_err(|e| e.0)?;
             let (tail, anomaly) = resolve_tail(&Default::default(), Some(file)).map_err(|e| e.0)?;
+            let rules = crate::config::resolve_rules(Some(file)).map_err(|e| e.0)?;
             Ok(Settings {
                 sampler: config.sampler,
                 tail,
                 anomaly,
                 target,
+                rules,
             })
         })
     }

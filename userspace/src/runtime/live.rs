@@ -171,9 +171,15 @@ impl Destination {
         Ok(())
     }
 
-    /// A remote configuration's sampling part. Traces the old tail sampler holds are decided by
-    /// it and submitted under the old head sampler before the new ones take over.
-    fn reconfigure(&mut self, plan: &crate::control::Plan, now_ns: u64) {
+    /// A remote configuration's sampling and rules. Traces the old tail sampler holds are decided
+    /// by it and submitted under the old head sampler before the new ones take over; the rules
+    /// (compiled by the caller) apply from the next batch.
+    fn reconfigure(
+        &mut self,
+        plan: &crate::control::Plan,
+        rules: Option<crate::processors::ottl::Program>,
+        now_ns: u64,
+    ) {
         if let Destination::Trace {
             processors,
             exporter,
@@ -190,8 +196,9 @@ impl Destination {
             if let Some(sampler) = plan.sampler {
                 exporter.set_sampler(sampler);
             }
-            // MERGE POINT (OTTL rules): `processors.set_rules(program)` with the program
-            // compiled in `apply_remote` before anything was changed.
+            if let Some(rules) = rules {
+                processors.set_rules(rules);
+            }
         }
     }
 
@@ -610,7 +617,7 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
 }
 
 /// Applies a validated remote configuration whole: everything that can fail (compiling the
-/// selectors) is done before anything changes, so a failure leaves the configuration in force.
+/// selectors and the rules) is done before anything changes, so a failure leaves the configuration in force.
 /// New targets are traced from the loop's next turn, as after SIGHUP.
 fn apply_remote(
     plan: &crate::control::Plan,
@@ -624,8 +631,10 @@ fn apply_remote(
         let pids = next.retarget(target).map_err(|e| format!("{e:#}"))?;
         retargeted = Some((next, pids));
     }
-    // MERGE POINT (OTTL rules): compile `plan.rules` with `processors::ottl::Program::compile`
-    // here and return its error before anything is applied.
+    let rules = match &plan.rules {
+        Some(r) => Some(crate::processors::ottl::Program::compile(r).map_err(|e| e.to_string())?),
+        None => None,
+    };
     if let Some((next, pids)) = retargeted {
         *selection = next;
         log::info!(
@@ -642,7 +651,7 @@ fn apply_remote(
             selection.found.push((pid, None));
         }
     }
-    sink.reconfigure(plan, mono_now_ns());
+    sink.reconfigure(plan, rules, mono_now_ns());
     Ok(())
 }
 
