@@ -128,7 +128,7 @@ impl Default for AnomalyConfig {
             end_threshold: 2.0,
             end_windows: 2,
             cold_start_windows: 5,
-            start_windows: 2,
+            start_windows: 1,
             min_requests: 20,
             latency_min_change: 0.25,
             max_operations: 1000,

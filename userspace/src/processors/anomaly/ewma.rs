@@ -69,11 +69,6 @@ pub struct Signal {
 
 impl Signal {
     /// Whether `x` would be anomalous now (used for windows still open).
-    /// Beyond the threshold in the last judged window(s), not started yet.
-    pub fn hot(&self) -> bool {
-        self.hot > 0
-    }
-
     pub fn beyond(&self, x: f64, floor: f64, r: &Rules) -> bool {
         self.base.n >= r.cold_start_windows && self.base.z(x, floor) >= r.threshold
     }
@@ -249,19 +244,19 @@ mod tests {
             assert_eq!(s.window(10.0 + 0.1 * noise(i), 0.01, &r), None);
         }
         let before = s.base;
-        // One spike: no alarm, kept as suspect (hot), the baseline untouched.
+        // One spike: no alarm, the baseline untouched.
         assert_eq!(s.window(30.0, 0.01, &r), None);
-        assert!(s.hot() && !s.active);
+        assert!(s.hot == 1 && !s.active);
         assert_eq!(s.base, before);
-        // Back to normal: no longer suspect.
+        // Back to normal: the count starts again.
         assert_eq!(s.window(10.0, 0.01, &r), None);
-        assert!(!s.hot());
+        assert_eq!(s.hot, 0);
         // Two windows in a row: the second starts it.
         assert_eq!(s.window(30.0, 0.01, &r), None);
         assert!(matches!(
             s.window(30.0, 0.01, &r),
             Some(Change::Started { .. })
         ));
-        assert!(s.active && !s.hot());
+        assert!(s.active && s.hot == 0);
     }
 }
