@@ -41,6 +41,8 @@ pub struct FaultConfig {
     pub clients: usize,
     /// Anomaly window.
     pub window: Duration,
+    /// `[anomaly] start_windows` (None: ztrace's default).
+    pub start_windows: Option<u32>,
 }
 
 impl Default for FaultConfig {
@@ -51,6 +53,7 @@ impl Default for FaultConfig {
             rps: 80,
             clients: 4,
             window: Duration::from_secs(5),
+            start_windows: None,
         }
     }
 }
@@ -82,8 +85,10 @@ type = "anomaly"
 
 [anomaly]
 window = "{}ms"
-"#,
-        c.window.as_millis()
+{}"#,
+        c.window.as_millis(),
+        c.start_windows
+            .map_or(String::new(), |n| format!("start_windows = {n}\n"))
     )
 }
 

@@ -1,4 +1,4 @@
-//! `ztrace-fault-eval [--minutes M] [--rps R] [--out FILE]`: the fault-injection evaluation of
+//! `ztrace-fault-eval [--minutes M] [--rps R] [--window S] [--start-windows N] [--out FILE]`: the fault-injection evaluation of
 //! tail sampling and anomaly detection (tests/src/faults.rs), as root; `cargo xtask eval
 //! --faults` builds everything and runs this. Prints the report as Markdown and writes it to
 //! FILE; asserts nothing.
@@ -38,9 +38,16 @@ fn main_() -> Result<()> {
             "--window" => {
                 c.window = Duration::from_secs(value("--window")?.parse().context("--window")?)
             }
+            "--start-windows" => {
+                c.start_windows = Some(
+                    value("--start-windows")?
+                        .parse()
+                        .context("--start-windows")?,
+                )
+            }
             "--out" => out = Some(value("--out")?),
             _ => bail!(
-                "unknown argument {a}; usage: ztrace-fault-eval [--minutes M] [--rps R] [--window SECONDS] [--out FILE]"
+                "unknown argument {a}; usage: ztrace-fault-eval [--minutes M] [--rps R] [--window SECONDS] [--start-windows N] [--out FILE]"
             ),
         }
     }

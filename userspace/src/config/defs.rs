@@ -425,7 +425,7 @@ pub(super) fn flag_name(key: &str) -> Option<&'static str> {
 }
 
 /// File keys of `[tail_sampling]` and `[anomaly]` (resolved in `tail.rs`).
-pub const TAIL_FILE_KEYS: [&str; 15] = [
+pub const TAIL_FILE_KEYS: [&str; 16] = [
     "tail_sampling.decision_wait",
     "tail_sampling.max_hold",
     "tail_sampling.num_traces",
@@ -439,6 +439,7 @@ pub const TAIL_FILE_KEYS: [&str; 15] = [
     "anomaly.end_threshold",
     "anomaly.end_windows",
     "anomaly.cold_start_windows",
+    "anomaly.start_windows",
     "anomaly.min_requests",
     "anomaly.latency_min_change",
 ];

@@ -108,6 +108,8 @@ pub struct AnomalyConfig {
     pub end_windows: u32,
     /// Windows of baseline an operation needs before it can alarm.
     pub cold_start_windows: u32,
+    /// Consecutive windows beyond `threshold` that start an anomaly.
+    pub start_windows: u32,
     /// Requests a window needs to be judged (quieter windows neither alarm nor teach).
     pub min_requests: u64,
     /// Smallest relative latency change that can alarm: the latency deviation is at least this
@@ -126,6 +128,7 @@ impl Default for AnomalyConfig {
             end_threshold: 2.0,
             end_windows: 2,
             cold_start_windows: 5,
+            start_windows: 1,
             min_requests: 20,
             latency_min_change: 0.25,
             max_operations: 1000,
@@ -279,6 +282,9 @@ pub fn resolve_tail(
         }
         if let Some(v) = get("anomaly.end_windows") {
             a.end_windows = positive(v, "anomaly.end_windows")? as u32;
+        }
+        if let Some(v) = get("anomaly.start_windows") {
+            a.start_windows = positive(v, "anomaly.start_windows")? as u32;
         }
         if let Some(v) = get("anomaly.cold_start_windows") {
             a.cold_start_windows = positive(v, "anomaly.cold_start_windows")? as u32;

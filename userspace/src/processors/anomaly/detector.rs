@@ -143,6 +143,7 @@ impl Detector {
                 end_threshold: cfg.end_threshold,
                 end_windows: cfg.end_windows,
                 cold_start_windows: cfg.cold_start_windows,
+                start_windows: cfg.start_windows,
             },
             window_ns: cfg.window.as_nanos().clamp(1, u128::from(u64::MAX)) as u64,
             cfg: cfg.clone(),

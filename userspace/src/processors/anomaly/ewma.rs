@@ -43,6 +43,9 @@ pub struct Rules {
     pub end_threshold: f64,
     pub end_windows: u32,
     pub cold_start_windows: u32,
+    /// Consecutive windows at or above `threshold` that start an anomaly (one window of noise
+    /// never does when this is 2 or more).
+    pub start_windows: u32,
 }
 
 /// What a closed window did to a signal.
@@ -58,6 +61,8 @@ pub struct Signal {
     pub active: bool,
     /// Consecutive windows under the end threshold while active.
     quiet: u32,
+    /// Consecutive windows at or above the threshold while not active.
+    hot: u32,
     /// The last judged window's score.
     pub last_z: f64,
 }
@@ -90,10 +95,18 @@ impl Signal {
             return None;
         }
         if warm && z >= r.threshold {
-            self.active = true;
-            self.quiet = 0;
-            return Some(Change::Started { z, baseline });
+            self.hot += 1;
+            if self.hot >= r.start_windows {
+                self.active = true;
+                self.quiet = 0;
+                self.hot = 0;
+                return Some(Change::Started { z, baseline });
+            }
+            // Not learnt: a window that may be the start of an anomaly must not move the
+            // baseline it is judged against.
+            return None;
         }
+        self.hot = 0;
         self.base.learn(x, r.alpha);
         None
     }
@@ -127,6 +140,7 @@ mod tests {
         end_threshold: 2.0,
         end_windows: 2,
         cold_start_windows: 5,
+        start_windows: 1,
     };
 
     /// Deterministic noise in [-1, 1].
@@ -217,5 +231,32 @@ mod tests {
         let mut series: Vec<f64> = (0..30).map(|i| 0.1 + 0.002 * noise(i)).collect();
         series.extend([0.001; 10]);
         assert_eq!(run(&series).0, Vec::<usize>::new());
+    }
+
+    #[test]
+    fn with_start_windows_one_window_of_noise_never_alarms_and_is_not_learnt() {
+        let r = Rules {
+            start_windows: 2,
+            ..RULES
+        };
+        let mut s = Signal::default();
+        for i in 0..20 {
+            assert_eq!(s.window(10.0 + 0.1 * noise(i), 0.01, &r), None);
+        }
+        let before = s.base;
+        // One spike: no alarm, the baseline untouched.
+        assert_eq!(s.window(30.0, 0.01, &r), None);
+        assert!(s.hot == 1 && !s.active);
+        assert_eq!(s.base, before);
+        // Back to normal: the count starts again.
+        assert_eq!(s.window(10.0, 0.01, &r), None);
+        assert_eq!(s.hot, 0);
+        // Two windows in a row: the second starts it.
+        assert_eq!(s.window(30.0, 0.01, &r), None);
+        assert!(matches!(
+            s.window(30.0, 0.01, &r),
+            Some(Change::Started { .. })
+        ));
+        assert!(s.active && s.hot == 0);
     }
 }
