@@ -126,6 +126,11 @@ impl<W: Write> Writer<W> {
         self.frame(FRAME_PROCESS, json.to_string().as_bytes())
     }
 
+    /// The output the frames were written to.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
