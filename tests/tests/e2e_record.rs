@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use ztrace_e2e::harness::{curl, privileged_or_skip, spawn_service, spawn_ztrace};
+use ztrace_e2e::harness::{Proc, curl, privileged_or_skip, spawn_service, spawn_ztrace};
 
 fn replay_as_nobody(file: &std::path::Path) -> Result<(i32, String, String)> {
     let out = ztrace_e2e::harness::ztrace_as_nobody()
@@ -20,16 +20,8 @@ fn replay_as_nobody(file: &std::path::Path) -> Result<(i32, String, String)> {
     ))
 }
 
-#[test]
-fn record_then_replay_without_privileges() -> Result<()> {
-    if !privileged_or_skip("record_then_replay_without_privileges") {
-        return Ok(());
-    }
-    let dir = std::env::temp_dir().join(format!("ztrace-record-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    // World-readable so the unprivileged replay can open it.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let file = dir.join("capture.zcap");
+/// The two-tier services (frontend → backend), and `ztrace record` of both into `file`, recording.
+fn record_two_tier(file: &std::path::Path) -> Result<(Proc, [Proc; 2], u16)> {
     let (backend, backend_port) = spawn_service(&["backend"])?;
     let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
     let mut recorder = spawn_ztrace(&[
@@ -40,6 +32,20 @@ fn record_then_replay_without_privileges() -> Result<()> {
         file.display().to_string(),
     ])?;
     recorder.wait_stderr("recording raw events", Duration::from_secs(60))?;
+    Ok((recorder, [frontend, backend], front_port))
+}
+
+#[test]
+fn record_then_replay_without_privileges() -> Result<()> {
+    if !privileged_or_skip("record_then_replay_without_privileges") {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("ztrace-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // World-readable so the unprivileged replay can open it.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let file = dir.join("capture.zcap");
+    let (mut recorder, _services, front_port) = record_two_tier(&file)?;
     let urls: Vec<String> = (0..5)
         .map(|i| format!("http://127.0.0.1:{front_port}/api/r{i}"))
         .collect();
@@ -134,16 +140,7 @@ fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
     }
     let _unmount = Unmount(dir.clone());
     let file = dir.join("capture.zcap");
-    let (backend, backend_port) = spawn_service(&["backend"])?;
-    let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
-    let mut recorder = spawn_ztrace(&[
-        "record".into(),
-        "--pid".into(),
-        format!("{},{}", frontend.pid(), backend.pid()),
-        "-o".into(),
-        file.display().to_string(),
-    ])?;
-    recorder.wait_stderr("recording raw events", Duration::from_secs(60))?;
+    let (mut recorder, services, front_port) = record_two_tier(&file)?;
     let urls: Vec<String> = (0..300)
         .map(|i| format!("http://127.0.0.1:{front_port}/api/full{i}"))
         .collect();
@@ -174,6 +171,6 @@ fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
         spans >= 3 && spans < 3 * urls.len(),
         "{spans} spans replayed from a file cut by a full disk (want some, not all)"
     );
-    drop((frontend, backend));
+    drop(services);
     Ok(())
 }

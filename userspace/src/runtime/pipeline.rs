@@ -275,26 +275,24 @@ impl Pipeline {
     }
 }
 
+/// Socket data records as the probes write them, for tests of the pipeline and of replay.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testdata {
     use ztrace_abi::{AF_INET, DataEvent, EventHeader, SockTuple, direction, kind};
 
-    use super::*;
-    use crate::{
-        decode::encode_data,
-        link::LINK_GRACE_NS,
-        model::{SpanKind, SpanStatus},
-    };
+    use crate::decode::encode_data;
 
-    struct Io {
-        pid: u32,
-        tid: u32,
-        sock: u64,
-        local: u16,
-        remote: u16,
+    /// One side of a loopback TCP connection: the process, thread, socket and ports.
+    pub struct Io {
+        pub pid: u32,
+        pub tid: u32,
+        pub sock: u64,
+        pub local: u16,
+        pub remote: u16,
     }
 
-    fn record(io: &Io, egress: bool, ts: u64, seq: u32, bytes: &[u8]) -> Vec<u8> {
+    /// `bytes` read (`egress` false) or written on `io` at `ts`, its first byte at TCP `seq`.
+    pub fn record(io: &Io, egress: bool, ts: u64, seq: u32, bytes: &[u8]) -> Vec<u8> {
         let mut tuple = SockTuple {
             family: AF_INET,
             protocol: 6,
@@ -318,18 +316,26 @@ mod tests {
             tuple,
             fd: 3,
             seq,
-            cap_len: 0,
-            syscall: 0,
             direction: if egress {
                 direction::EGRESS
             } else {
                 direction::INGRESS
             },
             has_seq: 1,
-            _pad: 0,
+            ..Default::default()
         };
         encode_data(&ev, bytes)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdata::{Io, record};
+    use super::*;
+    use crate::{
+        link::LINK_GRACE_NS,
+        model::{SpanKind, SpanStatus},
+    };
 
     fn run(records: &[Vec<u8>]) -> (Vec<Span>, PipelineStats) {
         let mut p = Pipeline::new(0, None);
@@ -523,54 +529,26 @@ mod tests {
     /// must carry the trace the server span is finally exported with, not its provisional one.
     #[test]
     fn pipeline_stamps_lines_with_the_final_trace_of_the_served_span() {
-        use crate::decode::{as_bytes, encode_data};
-        use crate::link::LINK_GRACE_NS;
-        use crate::model::SpanKind;
+        use crate::decode::as_bytes;
         use crate::signals::logs::LogConfig;
         use crate::testkit::stdio_write as write;
-        use ztrace_abi::{AF_INET, SockTuple, direction};
 
         let sock = |pid: u32,
                     tid: u32,
                     sock: u64,
-                    local: u16,
-                    remote: u16,
+                    (local, remote): (u16, u16),
                     egress: bool,
                     ts: u64,
                     seq: u32,
                     bytes: &[u8]| {
-            let mut tuple = SockTuple {
-                family: AF_INET,
-                protocol: 6,
-                local_port: local,
-                remote_port: remote,
-                ..Default::default()
+            let io = Io {
+                pid,
+                tid,
+                sock,
+                local,
+                remote,
             };
-            tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-            tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-            let ev = DataEvent {
-                header: EventHeader {
-                    kind: kind::DATA,
-                    tgid: pid,
-                    tid,
-                    _pad: 0,
-                    ts_ns: ts,
-                },
-                sock_id: sock,
-                enter_ns: ts - 5,
-                bytes: bytes.len() as u64,
-                tuple,
-                fd: 3,
-                seq,
-                direction: if egress {
-                    direction::EGRESS
-                } else {
-                    direction::INGRESS
-                },
-                has_seq: 1,
-                ..Default::default()
-            };
-            encode_data(&ev, bytes)
+            record(&io, egress, ts, seq, bytes)
         };
         let stdio = |tid: u32, ts: u64, fd: i32, text: &[u8]| {
             let mut ev = write(2, tid, fd, ts, text.len() as u64);
@@ -583,14 +561,14 @@ mod tests {
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let records = vec![
             stdio(21, 50, 1, b"before any request\n"),
-            sock(2, 21, 0xC, 9000, 6000, false, 100, 5000, req),
+            sock(2, 21, 0xC, (9000, 6000), false, 100, 5000, req),
             stdio(21, 110, 2, b"serving /b\n"),
             stdio(22, 115, 1, b"other thread\n"),
             // The client's write reaches the ring after the server's read.
-            sock(1, 11, 0xB, 6000, 9000, true, 90, 5000, req),
-            sock(2, 21, 0xC, 9000, 6000, true, 200, 7000, resp),
+            sock(1, 11, 0xB, (6000, 9000), true, 90, 5000, req),
+            sock(2, 21, 0xC, (9000, 6000), true, 200, 7000, resp),
             stdio(21, 210, 1, b"after the response\n"),
-            sock(1, 11, 0xB, 6000, 9000, false, 220, 7000, resp),
+            sock(1, 11, 0xB, (6000, 9000), false, 220, 7000, resp),
         ];
         let mut p = Pipeline::new(0, Some(1));
         p.logs = Some(Logs::new(LogConfig::default()));

@@ -102,42 +102,17 @@ pub fn replay(
 #[cfg(test)]
 mod hostile_files {
     use super::*;
-    use crate::decode::encode_data;
-    use ztrace_abi::{AF_INET, DataEvent, EventHeader, SockTuple, direction, kind};
+    use crate::runtime::pipeline::testdata::{Io, record as data_record};
 
     fn data(egress: bool, ts: u64, seq: u32, bytes: &[u8]) -> Vec<u8> {
-        let mut tuple = SockTuple {
-            family: AF_INET,
-            protocol: 6,
-            local_port: 8080,
-            remote_port: 40_000,
-            ..Default::default()
+        let io = Io {
+            pid: 7,
+            tid: 7,
+            sock: 0xabc,
+            local: 8080,
+            remote: 40_000,
         };
-        tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let ev = DataEvent {
-            header: EventHeader {
-                kind: kind::DATA,
-                tgid: 7,
-                tid: 7,
-                _pad: 0,
-                ts_ns: ts,
-            },
-            sock_id: 0xabc,
-            enter_ns: ts - 5,
-            bytes: bytes.len() as u64,
-            tuple,
-            fd: 3,
-            seq,
-            direction: if egress {
-                direction::EGRESS
-            } else {
-                direction::INGRESS
-            },
-            has_seq: 1,
-            ..Default::default()
-        };
-        encode_data(&ev, bytes)
+        data_record(&io, egress, ts, seq, bytes)
     }
 
     fn recording() -> Vec<u8> {
