@@ -756,13 +756,8 @@ mod tests {
         out[0]
     }
 
-    #[tokio::test]
-    async fn lookups_over_loopback() {
-        let secret = b"0123456789abcdef-shared";
-        let mut a = PeerLink::start(&cfg("127.0.0.1:0", 0, secret))
-            .await
-            .unwrap();
-        let port = a.local.port();
+    /// A CLIENT send of trace 9…, span 8… (key(40000), digest 77) into `a`'s index; its context.
+    fn client_send(a: &mut PeerLink) -> PeerContext {
         let ctx = PeerContext {
             trace_id: TraceId([9; 16]),
             span_id: SpanId([8; 8]),
@@ -776,6 +771,17 @@ mod tests {
             end_unix_ns: 2,
         };
         a.submit(|s, _| s.push(send), &mut Vec::new());
+        ctx
+    }
+
+    #[tokio::test]
+    async fn lookups_over_loopback() {
+        let secret = b"0123456789abcdef-shared";
+        let mut a = PeerLink::start(&cfg("127.0.0.1:0", 0, secret))
+            .await
+            .unwrap();
+        let port = a.local.port();
+        let ctx = client_send(&mut a);
         // Another agent with the same secret asks about it (its peers' agent port is A's).
         let mut b = PeerLink::start(&cfg("127.0.0.2:0", port, secret))
             .await
@@ -865,19 +871,7 @@ mod tests {
         let mut a = PeerLink::start(&cfg(&format!("127.0.0.1:{port}"), port, secret))
             .await
             .unwrap();
-        let ctx = PeerContext {
-            trace_id: TraceId([9; 16]),
-            span_id: SpanId([8; 8]),
-            sampled: None,
-        };
-        let send = ClientSend {
-            key: key(40000),
-            digest: 77,
-            ctx,
-            start_unix_ns: 1,
-            end_unix_ns: 2,
-        };
-        a.submit(|s, _| s.push(send), &mut Vec::new());
+        let ctx = client_send(&mut a);
         let mut b = PeerLink::start(&cfg(&format!("127.0.0.2:{port}"), port, secret))
             .await
             .unwrap();
