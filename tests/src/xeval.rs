@@ -10,6 +10,8 @@
 //!       thread  /t/<id> → GET /n/<id> on the handler thread's keep-alive connection to B
 //!       pool    /p/<id> → GET /n/<id> through 4 keep-alive connections shared by all threads
 //!       dnat    /v/<id> → GET /n/<id> to a service address that iptables in A DNATs to B
+//!       masq    /m/<id> → the same through a second service address whose connections A also
+//!               masquerades with random source ports (`--random-fully`, as CNI plugins do)
 //!       callback /c/<id> → GET /c/<id> to B, whose handling calls back GET /cb/<id> on A
 //!   → host B: Node.js event loop, keep-alive agent for its calls back      tests/apps/xhost_node.js
 //! driver in C (a host with no agent) → GET /x/<id> on B                    (shape `noagent`)
@@ -41,6 +43,9 @@ pub enum XShape {
     Pool,
     /// The same through a service address DNAT'd in A.
     Dnat,
+    /// The same through a service address DNAT'd in A whose connections leave with a new
+    /// source port: B sees a port A's process never had.
+    Masq,
     /// A → B → back to A in the same request.
     Callback,
     /// A client host without an agent → B: must stay roots.
@@ -100,6 +105,7 @@ const fn a_to_b(op: &'static str, local: Edge) -> [XHop; 3] {
 const THREAD: [XHop; 3] = a_to_b("/t/", Edge::ThreadPerRequest);
 const POOL: [XHop; 3] = a_to_b("/p/", Edge::SharedPool);
 const DNAT: [XHop; 3] = a_to_b("/v/", Edge::ThreadPerRequest);
+const MASQ: [XHop; 3] = a_to_b("/m/", Edge::ThreadPerRequest);
 const CALLBACK: [XHop; 5] = {
     use {Edge::*, Host::*, Kind::*};
     [
@@ -115,10 +121,11 @@ const NO_AGENT: [XHop; 1] = [hop(Host::B, Kind::Server, "/x/", None)];
 const CONTROL: [XHop; 3] = a_to_b("/k/", Edge::ThreadPerRequest);
 
 impl XShape {
-    pub const ALL: [XShape; 6] = [
+    pub const ALL: [XShape; 7] = [
         XShape::Thread,
         XShape::Pool,
         XShape::Dnat,
+        XShape::Masq,
         XShape::Callback,
         XShape::NoAgent,
         XShape::Control,
@@ -130,6 +137,7 @@ impl XShape {
             XShape::Thread => "thread",
             XShape::Pool => "pool",
             XShape::Dnat => "dnat",
+            XShape::Masq => "masq",
             XShape::Callback => "callback",
             XShape::NoAgent => "noagent",
             XShape::Control => "control",
@@ -145,6 +153,9 @@ impl XShape {
             XShape::Thread => "thread-per-request (A, Python) → event loop (B, Node.js)",
             XShape::Pool => "connection pool shared by A's threads → event loop (B)",
             XShape::Dnat => "thread-per-request (A) → DNAT'd service address → B",
+            XShape::Masq => {
+                "thread-per-request (A) → DNAT'd service address, source ports rewritten → B"
+            }
             XShape::Callback => "A → B → call back to A in the same request",
             XShape::NoAgent => "client host without an agent (C) → B",
             XShape::Control => "`thread` with the peer channel off (cost control)",
@@ -157,6 +168,7 @@ impl XShape {
             XShape::Thread => 't',
             XShape::Pool => 'p',
             XShape::Dnat => 'v',
+            XShape::Masq => 'm',
             XShape::Callback => 'c',
             XShape::NoAgent => 'x',
             XShape::Control => 'k',
@@ -173,6 +185,7 @@ impl XShape {
             XShape::Thread => &THREAD,
             XShape::Pool => &POOL,
             XShape::Dnat => &DNAT,
+            XShape::Masq => &MASQ,
             XShape::Callback => &CALLBACK,
             XShape::NoAgent => &NO_AGENT,
             XShape::Control => &CONTROL,
