@@ -237,6 +237,9 @@ pub struct AgentStats {
     /// Linked outside the caller's window (clock skew or network delay), and by how much at most.
     pub skewed: u64,
     pub max_skew_us: f64,
+    /// Questions of other agents this one answered by undoing its host's NAT (its peer-channel
+    /// summary).
+    pub via_nat: u64,
     /// CPU seconds the agent used (user + system) from attached to stopped.
     pub cpu_s: f64,
 }
@@ -261,8 +264,27 @@ impl AgentStats {
             overflow: n(7)? as u64,
             skewed: n(8)? as u64,
             max_skew_us: n(9)?,
+            via_nat: 0,
             cpu_s: 0.0,
         })
+    }
+
+    /// From an agent's whole log: [`AgentStats::parse`] of its cross-host summary line, and the
+    /// questions its peer channel answered through the host's NAT table.
+    pub fn from_log(log: &str, crosshost_line: &str) -> AgentStats {
+        let mut stats = AgentStats::parse(crosshost_line).unwrap_or_default();
+        stats.via_nat = log
+            .lines()
+            .filter(|l| l.contains("summary (peer channel)"))
+            .find_map(|l| {
+                let head = &l[..l.find(" through this host's NAT table")?];
+                head.rsplit(|c: char| !c.is_ascii_digit())
+                    .find(|t| !t.is_empty())?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        stats
     }
 }
 
@@ -571,14 +593,15 @@ impl Run {
              abstention leaves the server span a root:\n\n\
              | shape | agent | client sends indexed | lookups | linked | unknown | no agent | \
              timeout | refused | not asked (full) | linked outside the caller's window (max µs) | \
-             agent CPU s | agent CPU µs per request |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             questions answered through the host's NAT table | agent CPU s | agent CPU µs per \
+             request |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (shape, s) in &self.shapes {
             for (host, a) in &s.agents {
                 let _ = writeln!(
                     t,
-                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {:.2} | {:.0} |",
+                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} | {:.2} | {:.0} |",
                     shape.name(),
                     if *host == Host::A { "A" } else { "B" },
                     a.sends,
@@ -591,6 +614,7 @@ impl Run {
                     a.overflow,
                     a.skewed,
                     a.max_skew_us,
+                    a.via_nat,
                     a.cpu_s,
                     a.cpu_s * 1e6 / s.requests.max(1) as f64,
                 );
@@ -751,5 +775,13 @@ mod tests {
         assert_eq!((a.overflow, a.skewed), (0, 12));
         assert!((a.max_skew_us - 85.3).abs() < 1e-9);
         assert_eq!(AgentStats::parse(""), None);
+        let log = format!(
+            "[x INFO ] summary (peer channel): answered 320 questions in 40 frames (320 found, \
+             312 through this host's NAT table (330 lookups, 16 translated, 0 failed); 9 unknown, \
+             0 refused: another request), refused 0 frames; …\n[x INFO ] summary: {line}"
+        );
+        let b = AgentStats::from_log(&log, line);
+        assert_eq!((b.via_nat, b.linked), (312, 1280));
+        assert_eq!(AgentStats::from_log("", "").via_nat, 0);
     }
 }

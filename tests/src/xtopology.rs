@@ -235,7 +235,7 @@ fn drive_shape(
                 "agent B"
             },
         )?;
-        let mut stats = AgentStats::parse(&crosshost_summary(&log)).unwrap_or_default();
+        let mut stats = AgentStats::from_log(&log, &crosshost_summary(&log));
         stats.cpu_s = cpu;
         agents.push((host, stats));
         Ok(())

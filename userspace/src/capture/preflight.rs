@@ -170,7 +170,8 @@ pub fn full_report() -> Vec<Item> {
         name: "after start",
         problem: None,
         detail: format!(
-            "ztrace keeps only {}, no_new_privs",
+            "ztrace keeps only {}, no_new_privs (and CAP_NET_ADMIN with cross-host links, for \
+             lookups in the connection tracking table)",
             super::privdrop::names(super::privdrop::kept_mask())
         ),
     });
