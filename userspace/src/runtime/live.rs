@@ -3,7 +3,8 @@
 //! Ctrl-C/SIGTERM, `--duration`, or the exit of every traced process. On the way out it detaches,
 //! flushes everything pending and prints what was captured and what was lost.
 //!
-//! It owns the capture loop, the traced-process set and the [`Destination`] of captured records;
+//! It owns the capture loop and the traced-process set; where captured records go is
+//! `destination.rs` (the pipeline, processors and exporter, or a record file);
 //! replay (`replay.rs`) and the throughput benchmark (`bench.rs`) reuse its runtime and summary
 //! but never its loop. It must not parse, link or encode anything itself (that is the pipeline's
 //! and the exporter's job).
@@ -11,7 +12,6 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::Arc,
     time::Duration,
 };
 
@@ -24,10 +24,10 @@ use crate::{
         tls_target::Inspector,
     },
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
-    model::ProcessInfo,
-    peer::{PeerEvent, PeerLink},
+    peer::PeerLink,
     processors::chain::Processors,
-    runtime::pipeline::{Pipeline, PipelineStats, ProcChange},
+    runtime::destination::{Destination, PeerAnswer},
+    runtime::pipeline::{Pipeline, ProcChange},
     runtime::record_sink::RecordSink,
     runtime::selection::{Selection, reload},
     runtime::telemetry::Telemetry,
@@ -106,200 +106,6 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn run(cfg: DaemonConfig) -> Result<()> {
     runtime()?.block_on(run_async(cfg))
-}
-
-/// Where captured records go.
-enum Destination {
-    Trace {
-        pipeline: Box<Pipeline>,
-        processors: Box<Processors>,
-        exporter: Exporter,
-        /// Released by the linker, then what the processors let through.
-        released: Vec<crate::model::Span>,
-        spans: Vec<crate::model::Span>,
-        telemetry: Box<Telemetry>,
-    },
-    Record(RecordSink),
-}
-
-impl Destination {
-    fn process(&mut self, info: ProcessInfo) -> Result<()> {
-        match self {
-            Destination::Trace {
-                exporter,
-                telemetry,
-                processors,
-                ..
-            } => {
-                processors.process_info(&info);
-                let info = Arc::new(info);
-                telemetry.process(Arc::clone(&info));
-                exporter.process(info);
-            }
-            Destination::Record(sink) => sink.process(&info)?,
-        }
-        Ok(())
-    }
-
-    fn on_record(&mut self, raw: &[u8], changes: &mut Vec<ProcChange>) -> Result<()> {
-        match self {
-            Destination::Trace { pipeline, .. } => pipeline.on_record(raw, changes),
-            Destination::Record(sink) => sink.on_record(raw, changes)?,
-        }
-        Ok(())
-    }
-
-    fn poll(&mut self, now_ns: u64) -> Result<()> {
-        if let Destination::Trace {
-            pipeline,
-            processors,
-            exporter,
-            released,
-            spans,
-            telemetry,
-        } = self
-        {
-            // The pipeline measured every released span (metrics) before the processors decide
-            // what is exported: metrics stay exact whatever is sampled.
-            pipeline.poll(now_ns, released);
-            processors.run(released, now_ns, spans);
-            for span in spans.drain(..) {
-                exporter.submit(span);
-            }
-            telemetry.poll(pipeline, processors, exporter, false);
-        }
-        Ok(())
-    }
-
-    /// A remote configuration's sampling and rules. Traces the old tail sampler holds are decided
-    /// by it and submitted under the old head sampler before the new ones take over; the rules
-    /// (compiled by the caller) apply from the next batch.
-    fn reconfigure(
-        &mut self,
-        plan: &crate::control::Plan,
-        rules: Option<crate::processors::ottl::Program>,
-        now_ns: u64,
-    ) {
-        if let Destination::Trace {
-            processors,
-            exporter,
-            spans,
-            ..
-        } = self
-        {
-            if let Some(tail) = &plan.tail {
-                processors.set_tail(tail.as_ref(), now_ns, spans);
-                for span in spans.drain(..) {
-                    exporter.submit(span);
-                }
-            }
-            if let Some(sampler) = plan.sampler {
-                exporter.set_sampler(sampler);
-            }
-            if let Some(rules) = rules {
-                processors.set_rules(rules);
-            }
-        }
-    }
-
-    /// Cross-host links: applies peers' answers, hands the linker's sends and lookups over; the
-    /// tail sampler learns which agents share its traces, takes their votes and sends its own.
-    fn peer_io(&mut self, peer: &mut Option<PeerLink>, answers: &mut Vec<PeerAnswer>) {
-        let (
-            Some(peer),
-            Destination::Trace {
-                pipeline,
-                processors,
-                exporter,
-                spans,
-                ..
-            },
-        ) = (peer, self)
-        else {
-            return;
-        };
-        for (h, o) in answers.drain(..) {
-            pipeline.peer_answer(h, o);
-        }
-        peer.submit(|s, l| pipeline.take_peer_io(s, l), answers);
-        for (h, o) in answers.drain(..) {
-            pipeline.peer_answer(h, o);
-        }
-        let mut events = Vec::new();
-        peer.events(&mut events);
-        for e in events {
-            match e {
-                PeerEvent::Participant { trace_id, agent } => {
-                    processors.participant(trace_id, agent);
-                }
-                PeerEvent::Vote { from, vote } => processors.vote(from, vote, spans),
-            }
-        }
-        for span in spans.drain(..) {
-            exporter.submit(span);
-        }
-        let mut votes = Vec::new();
-        processors.take_votes(&mut votes);
-        for (to, vote) in votes {
-            peer.vote(to, vote);
-        }
-    }
-
-    /// Each second: the record file gets what is buffered.
-    fn flush_record(&mut self) {
-        if let Destination::Record(sink) = self {
-            sink.flush();
-        }
-    }
-
-    /// Whether recording failed (a full disk): capture stops.
-    fn record_failed(&self) -> bool {
-        matches!(self, Destination::Record(sink) if sink.failed())
-    }
-
-    fn kernel_counters(&mut self, counters: KernelCounters) {
-        if let Destination::Trace { telemetry, .. } = self {
-            telemetry.kernel(counters);
-        }
-    }
-
-    fn export_stats(&self) -> ExportStats {
-        match self {
-            Destination::Trace { exporter, .. } => exporter.stats(),
-            Destination::Record(_) => ExportStats::default(),
-        }
-    }
-
-    async fn finish(self, now_ns: u64, counters: &KernelCounters) -> Result<()> {
-        match self {
-            Destination::Trace {
-                mut pipeline,
-                mut processors,
-                exporter,
-                mut released,
-                mut spans,
-                mut telemetry,
-            } => {
-                pipeline.drain(now_ns, &mut released);
-                processors.drain(&mut released, now_ns, &mut spans);
-                for span in spans.drain(..) {
-                    exporter.submit(span);
-                }
-                // The last log lines and a final collection of the metrics.
-                telemetry.kernel(*counters);
-                telemetry.poll(&mut pipeline, &mut processors, &exporter, true);
-                exporter.flush_signals(Duration::from_secs(5)).await;
-                let stats = exporter.shutdown(Duration::from_secs(5)).await;
-                telemetry.summary(&pipeline, &processors, &stats);
-                summary(&pipeline.stats(), counters, &stats);
-                if let Some(x) = pipeline.crosshost_stats() {
-                    log::info!("summary: cross-host links: {x}");
-                }
-            }
-            Destination::Record(sink) => sink.finish(counters)?,
-        }
-        Ok(())
-    }
 }
 
 struct Processes {
@@ -690,9 +496,6 @@ fn apply_tls(capture: &mut Capture, pid: u32, answer: std::io::Result<TlsTarget>
     }
 }
 
-/// `--probe-stats`: one line per probe that ran, costliest first, and the total.
-type PeerAnswer = (crate::link::Handle, crate::link::crosshost::Outcome);
-
 /// Waits for peers' answers; never resolves when cross-host links are off.
 async fn peer_answers(peer: &mut Option<PeerLink>, out: &mut Vec<PeerAnswer>) {
     match peer {
@@ -701,6 +504,7 @@ async fn peer_answers(peer: &mut Option<PeerLink>, out: &mut Vec<PeerAnswer>) {
     }
 }
 
+/// `--probe-stats`: one line per probe that ran, costliest first, and the total.
 fn report_probe_costs(costs: &[crate::capture::ProbeCost]) {
     let mut costs = costs.to_vec();
     costs.sort_by_key(|c| std::cmp::Reverse(c.time));
@@ -783,49 +587,4 @@ fn report_losses(before: &(KernelCounters, ExportStats), now: &(KernelCounters, 
             "lost in the last second: {ring} kernel events (ring buffer full), {queue} spans (export queue full), {failed} spans (export failed)"
         );
     }
-}
-
-pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
-    log::info!(
-        "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
-         {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}; {} sampled out), \
-         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response, {} connections still open",
-        k.submitted + k.ringbuf_full,
-        k.ringbuf_full + k.args_full,
-        k.ringbuf_full,
-        k.args_full,
-        k.read_failed,
-        p.records,
-        p.decode_errors,
-        p.assemble.http_connections,
-        p.link.spans_released,
-        e.spans_exported,
-        e.spans_dropped_queue_full + e.spans_dropped_failed,
-        e.spans_dropped_queue_full,
-        e.spans_dropped_failed,
-        e.spans_sampled_out,
-        p.link.traceparent_links,
-        p.link.thread_links + p.link.response_links,
-        p.link.confirmed_links,
-        p.link.response_links,
-        p.link.cross_process_links,
-        p.link.moved_threads,
-        p.link.content_links,
-        p.link.content_overrode_thread,
-        p.link.content_confirmed,
-        p.link.ambiguous(),
-        p.link.contradicted,
-        p.link.outlived_parent,
-        p.link.abstained_mixed_inputs,
-        p.link.abstained_no_evidence,
-        p.link.connect_causes_refused,
-        p.link.thread_causes_refused,
-        p.link.stamps_adjusted,
-        p.link.max_stamp_adjust_ns / 1000,
-        p.link.stamps_left,
-        crate::link::MAX_STAMP_ADJUST_NS / 1000,
-        p.assemble.desyncs,
-        p.assemble.aborted_exchanges,
-        p.assemble.open_connections,
-    );
 }

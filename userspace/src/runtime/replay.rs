@@ -11,7 +11,8 @@ use crate::{
     capture::KernelCounters,
     config::Privacy,
     export::{ExportConfig, Exporter},
-    runtime::live::{runtime, summary},
+    runtime::destination::summary,
+    runtime::live::runtime,
     runtime::pipeline::Pipeline,
     runtime::record::{self, Frame},
 };
