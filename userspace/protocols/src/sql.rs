@@ -576,9 +576,7 @@ impl<K: PartialEq> TextCache<K> {
 
     /// Heap bytes held: the texts (with their reference counts) and the list's slots.
     pub(crate) fn held(&self) -> usize {
-        self.bytes
-            + 16 * self.items.len()
-            + crate::slots::<(K, Arc<str>)>(self.items.capacity())
+        self.bytes + 16 * self.items.len() + crate::slots::<(K, Arc<str>)>(self.items.capacity())
     }
 }
 

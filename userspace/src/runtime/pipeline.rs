@@ -266,10 +266,7 @@ impl Pipeline {
         PipelineStats {
             records: self.records,
             decode_errors: self.decode_errors,
-            assemble: AssembleStats {
-                open_connections: self.assembler.conns.len() as u64,
-                ..self.assembler.stats
-            },
+            assemble: self.assembler.stats(),
             link: self.linker.stats,
         }
     }

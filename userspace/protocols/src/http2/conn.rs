@@ -1328,13 +1328,22 @@ mod tests {
         assert_eq!(Parser::held(&c), 0);
         let mut q = Wire::default();
         q.add(PREFACE);
-        q.add(&frame(HEADERS, 0, 1, &block(&[F::Idx(2), F::Idx(4)], false)));
+        q.add(&frame(
+            HEADERS,
+            0,
+            1,
+            &block(&[F::Idx(2), F::Idx(4)], false),
+        ));
         let filler = vec![0x40u8; 4000];
         for _ in 0..2_000 {
             q.add(&frame(CONTINUATION, 0, 1, &filler)); // 8 MB in all
         }
         q.add(&frame(CONTINUATION, END_HEADERS, 1, &[]));
-        let next = q.add(&headers(3, END_STREAM, &block(&[F::Idx(2), F::Idx(4)], false)));
+        let next = q.add(&headers(
+            3,
+            END_STREAM,
+            &block(&[F::Idx(2), F::Idx(4)], false),
+        ));
         let (mut out, mut peak) = (Vec::new(), 0);
         for chunk in q.0.chunks(512) {
             c.push(Q, chunk, chunk.len() as u64, &mut out);
@@ -1343,10 +1352,19 @@ mod tests {
         // The block buffer (at most MAX_HEADER_BLOCK, doubled by growth), one frame's payload
         // and two empty decoders.
         let bound = 2 * MAX_HEADER_BLOCK + 2 * filler.len() + 2 * 1024;
-        assert!(peak <= bound, "held {peak} bytes during the flood (bound {bound})");
-        assert!(peak >= MAX_HEADER_BLOCK, "the flood was buffered up to the cap: {peak}");
+        assert!(
+            peak <= bound,
+            "held {peak} bytes during the flood (bound {bound})"
+        );
+        assert!(
+            peak >= MAX_HEADER_BLOCK,
+            "the flood was buffered up to the cap: {peak}"
+        );
         let held = Parser::held(&c);
-        assert!(held <= 2 * crate::KEEP_CAPACITY, "{held} bytes held after the flood");
+        assert!(
+            held <= 2 * crate::KEEP_CAPACITY,
+            "{held} bytes held after the flood"
+        );
         assert_eq!(show(&out), format!("Q3@{next} GET /"));
         close(&mut c);
         assert_eq!(Parser::held(&c), 0);
