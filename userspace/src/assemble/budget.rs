@@ -12,9 +12,6 @@
 //! can add to one parser. It owns the numbers only; what shedding does to a connection's
 //! exchanges is the assembler's.
 
-/// The default limit: a few thousand connections' worth of buffered heads and tables at once.
-pub const DEFAULT_PARSER_BUDGET: usize = 64 << 20;
-
 #[derive(Debug)]
 pub struct Budget {
     limit: usize,
@@ -28,7 +25,7 @@ pub struct Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Budget::new(DEFAULT_PARSER_BUDGET)
+        Budget::new(crate::config::DEFAULT_PARSER_BUDGET)
     }
 }
 

@@ -8,5 +8,5 @@ mod budget;
 mod redact;
 
 pub use assembler::*;
-pub use budget::{Budget, DEFAULT_PARSER_BUDGET};
+pub use budget::Budget;
 pub use redact::{Redaction, generic_db_error};
