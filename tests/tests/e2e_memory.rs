@@ -148,10 +148,12 @@ struct Run {
     shed: u64,
     /// `ztrace.connections.shed`, last exported value.
     shed_metric: i64,
-    /// Server spans of the requests sent after the heads.
+    /// Server spans of the requests sent before and after the heads.
+    warm: usize,
     after: usize,
 }
 
+const WARM: usize = 50;
 const AFTER: usize = 20;
 
 /// SLOW slowloris heads against a traced nginx, then AFTER requests on new connections while the
@@ -175,7 +177,7 @@ fn slowloris_run(config: Option<&str>) -> Result<Run> {
     let mut ztrace = spawn_ztrace(&args)?;
     ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], nginx.port));
-    for i in 0..50 {
+    for i in 0..WARM {
         get(addr, &format!("/warm-{i}"))?;
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -243,10 +245,6 @@ fn slowloris_run(config: Option<&str>) -> Result<Run> {
         .collect();
     let after = paths.iter().filter(|p| p.starts_with("/after-")).count();
     let warm = paths.iter().filter(|p| p.starts_with("/warm-")).count();
-    eprintln!(
-        "{warm} warm-up spans, {} spans in all; {summary}",
-        paths.len()
-    );
     Ok(Run {
         rss_before_kib,
         rss_after_kib,
@@ -255,6 +253,7 @@ fn slowloris_run(config: Option<&str>) -> Result<Run> {
         budget_kib,
         shed,
         shed_metric,
+        warm,
         after,
     })
 }
@@ -272,7 +271,7 @@ fn a_small_parser_budget_sheds_slowloris_heads_counts_them_and_keeps_tracing() -
         eprintln!(
             "{name}: VmRSS {} MiB before {SLOW} slowloris heads, {} MiB after (+{} MiB), VmHWM {} MiB; \
              parsers held at most {} KiB of {} KiB, {} connections shed ({} in the self metric); \
-             {}/{AFTER} later requests traced",
+             {}/{WARM} requests traced before, {}/{AFTER} while they were open",
             r.rss_before_kib / 1024,
             r.rss_after_kib / 1024,
             r.rss_after_kib.saturating_sub(r.rss_before_kib) / 1024,
@@ -281,6 +280,7 @@ fn a_small_parser_budget_sheds_slowloris_heads_counts_them_and_keeps_tracing() -
             r.budget_kib,
             r.shed,
             r.shed_metric,
+            r.warm,
             r.after,
         );
     }
@@ -301,8 +301,9 @@ fn a_small_parser_budget_sheds_slowloris_heads_counts_them_and_keeps_tracing() -
     ensure!(small.parser_peak_kib <= small.budget_kib + 32);
     for r in [&default, &small] {
         ensure!(
-            r.after == AFTER,
-            "{} of {AFTER} later requests traced",
+            (r.warm, r.after) == (WARM, AFTER),
+            "{}/{WARM} requests traced before the heads, {}/{AFTER} after",
+            r.warm,
             r.after
         );
         ensure!(r.peak_kib / 1024 < RSS_BOUND_MIB);
