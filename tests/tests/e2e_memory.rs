@@ -236,7 +236,7 @@ fn slowloris_run(config: Option<&str>) -> Result<Run> {
         .iter()
         .filter(|m| m.metric.name == "ztrace.connections.shed")
         .map(|m| m.sum_where(|_| true))
-        .last()
+        .next_back()
         .context("no ztrace.connections.shed metric")?;
     let paths: Vec<String> = receiver
         .spans()
