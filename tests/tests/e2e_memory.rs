@@ -1,6 +1,6 @@
 //! ztrace's memory under connection churn and slowloris heads, as root: a real nginx (master and
 //! worker traced) gets CHURN short connections (one request each, then closed) and then SLOW
-//! connections that each send most of an unfinished 16 KiB request head and stay open. ztrace's
+//! connections that each send 15 KB of an unfinished request head and stay open. ztrace's
 //! peak resident set (VmHWM) must stay under RSS_BOUND_MIB, the bound the README states.
 //!
 //! The parser memory budget: the same slowloris heads against ztrace with the default budget
@@ -68,21 +68,7 @@ fn rss_stays_bounded_under_churn_and_slowloris() -> Result<()> {
         w.join().expect("churn thread")?;
     }
     let churn_took = started.elapsed();
-    let mut slow = Vec::with_capacity(SLOW);
-    let pad = vec![b'a'; 500];
-    for _ in 0..SLOW {
-        let mut c = TcpStream::connect(addr)?;
-        c.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Pad: ")?;
-        slow.push(c);
-    }
-    // Each head grows by 500 bytes at a time (one captured syscall each), to 15 KiB.
-    for _ in 0..30 {
-        for c in &mut slow {
-            c.write_all(&pad)?;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    let slow = slowloris(addr)?;
     let pid = ztrace.pid();
     let (rss, peak) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
     drop(slow);
@@ -109,6 +95,39 @@ fn rss_stays_bounded_under_churn_and_slowloris() -> Result<()> {
         peak / 1024
     );
     Ok(())
+}
+
+/// SLOW connections that each send most of a request head, 500 bytes per write (one captured
+/// syscall each) to 15 KB in header lines of 5 KB (nginx answers a line over 8 KiB with 400 and
+/// closes), and stay open: returned, to be dropped when done.
+fn slowloris(addr: std::net::SocketAddr) -> Result<Vec<TcpStream>> {
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut c = TcpStream::connect(addr)?;
+        c.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Pad: ")?;
+        slow.push(c);
+    }
+    let pad = vec![b'a'; 500];
+    for i in 0..30 {
+        for c in &mut slow {
+            c.write_all(&pad)?;
+            if i % 10 == 9 {
+                write!(c, "\r\nX-Pad-{i}: ")?;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // Still open: nginx is waiting for the rest of each head.
+    let mut byte = [0u8; 1];
+    for c in &slow {
+        c.set_nonblocking(true)?;
+        match (&*c).read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => anyhow::bail!("nginx answered or closed a slowloris head: {other:?}"),
+        }
+    }
+    Ok(slow)
 }
 
 fn nginx_ok(dir: &std::path::Path) -> Result<Nginx> {
@@ -183,24 +202,7 @@ fn slowloris_run(config: Option<&str>) -> Result<Run> {
     std::thread::sleep(Duration::from_secs(1));
     let pid = ztrace.pid();
     let rss_before_kib = status_kib(pid, "VmRSS:")?;
-    let mut slow = Vec::with_capacity(SLOW);
-    for _ in 0..SLOW {
-        let mut c = TcpStream::connect(addr)?;
-        c.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Pad: ")?;
-        slow.push(c);
-    }
-    // 15 KB of header lines of 5 KB (nginx answers a line over 8 KiB with 400 and closes).
-    let pad = vec![b'a'; 500];
-    for i in 0..30 {
-        for c in &mut slow {
-            c.write_all(&pad)?;
-            if i % 10 == 9 {
-                write!(c, "\r\nX-Pad-{i}: ")?;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    let slow = slowloris(addr)?;
     let (rss_after_kib, peak_kib) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
     for i in 0..AFTER {
         get(addr, &format!("/after-{i}"))?;
