@@ -375,4 +375,27 @@ mod tests {
         assert_eq!(value(&links, "cross_host"), 4);
         assert_eq!(value(&links, "unlinked_no_peer_agent"), 2);
     }
+
+    #[test]
+    fn connections_shed_by_the_parser_budget_are_counted_and_its_use_is_a_gauge() {
+        let h = Health {
+            parser_shed: 3,
+            parser_bytes: 1234,
+            ..Default::default()
+        };
+        assert_eq!(h.any_loss(), 3, "shed connections are a loss");
+        let metrics = h.to_metrics(None, 1, 2);
+        let shed = points(&metrics, "ztrace.connections.shed");
+        assert_eq!(shed.len(), 1);
+        assert!(shed[0].0.contains("memory_budget"), "{shed:?}");
+        assert_eq!(shed[0].1, 3);
+        let gauge = metrics
+            .iter()
+            .find(|m| m.name == "ztrace.parser.memory")
+            .unwrap();
+        let Some(Data::Gauge(g)) = &gauge.data else {
+            panic!("ztrace.parser.memory is not a gauge");
+        };
+        assert_eq!(g.data_points[0].value, Some(Value::AsInt(1234)));
+    }
 }
