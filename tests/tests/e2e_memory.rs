@@ -3,11 +3,12 @@
 //! connections that each send 15 KB of an unfinished request head and stay open. ztrace's
 //! peak resident set (VmHWM) must stay under RSS_BOUND_MIB, the bound the README states.
 //!
-//! The parser memory budget: the same slowloris heads against ztrace with the default budget
-//! (64 MiB: the heads fit, nothing is shed) and with a 4 MiB one from a config file (most heads
-//! are shed). Both print resident memory before and after the heads, side by side; the small
-//! budget must shed, count what it shed in the exit summary and the self metrics, hold no more
-//! than the budget, and still trace requests on new connections while the heads stay open.
+//! The parser memory budget: the same slowloris heads, and HTTP/2 CONTINUATION floods (h2c, a
+//! header block never ended), against ztrace with the default budget (64 MiB: they fit, nothing
+//! is shed) and with a 4 MiB one from a config file (most are shed). Each prints resident memory
+//! before and after the flood, side by side; the small budget must shed, count what it shed in
+//! the exit summary and the self metrics, hold no more than the budget, and still trace requests
+//! on new connections while the flood stays open.
 
 use std::{
     io::{Read, Write},
@@ -68,7 +69,7 @@ fn rss_stays_bounded_under_churn_and_slowloris() -> Result<()> {
         w.join().expect("churn thread")?;
     }
     let churn_took = started.elapsed();
-    let slow = slowloris(addr)?;
+    let slow = slowloris(addr, Flood::Heads)?;
     let pid = ztrace.pid();
     let (rss, peak) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
     drop(slow);
@@ -97,35 +98,91 @@ fn rss_stays_bounded_under_churn_and_slowloris() -> Result<()> {
     Ok(())
 }
 
-/// SLOW connections that each send most of a request head, 500 bytes per write (one captured
-/// syscall each) to 15 KB in header lines of 5 KB (nginx answers a line over 8 KiB with 400 and
-/// closes), and stay open: returned, to be dropped when done.
-fn slowloris(addr: std::net::SocketAddr) -> Result<Vec<TcpStream>> {
+/// What the slow connections send.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flood {
+    /// HTTP/1 request heads, 15 KB in header lines of 5 KB (nginx answers a line over 8 KiB with
+    /// 400 and closes).
+    Heads,
+    /// HTTP/2 (h2c): a HEADERS frame without END_HEADERS, then CONTINUATION frames of valid
+    /// header fields, 12 KB in all (under nginx's 16 KiB header limit), never ended.
+    Continuation,
+}
+
+/// An HTTP/2 frame.
+fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([ty, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// SLOW connections that each send the start of a request, about 500 bytes per write (one
+/// captured syscall each, under the 512-byte payload cap) to 12–15 KB, and stay open: returned,
+/// to be dropped when done.
+fn slowloris(addr: std::net::SocketAddr, flood: Flood) -> Result<Vec<TcpStream>> {
     let mut slow = Vec::with_capacity(SLOW);
     for _ in 0..SLOW {
         let mut c = TcpStream::connect(addr)?;
-        c.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Pad: ")?;
+        match flood {
+            Flood::Heads => c.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Pad: ")?,
+            Flood::Continuation => {
+                let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+                start.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
+                // HEADERS on stream 1, no END_HEADERS: :method GET, :path /, :scheme http.
+                start.extend(h2_frame(1, 0, 1, &[0x82, 0x84, 0x86]));
+                c.write_all(&start)?;
+            }
+        }
         slow.push(c);
     }
+    // Four literal fields (without indexing, new name `x-p`, 100-byte value) per CONTINUATION.
+    let field = [&[0x00, 3][..], b"x-p", &[100], &[b'a'; 100]].concat();
+    let continuation = h2_frame(9, 0, 1, &field.repeat(4));
     let pad = vec![b'a'; 500];
     for i in 0..30 {
         for c in &mut slow {
-            c.write_all(&pad)?;
-            if i % 10 == 9 {
-                write!(c, "\r\nX-Pad-{i}: ")?;
+            match flood {
+                Flood::Heads => {
+                    c.write_all(&pad)?;
+                    if i % 10 == 9 {
+                        write!(c, "\r\nX-Pad-{i}: ")?;
+                    }
+                }
+                Flood::Continuation if i < 28 => c.write_all(&continuation)?,
+                Flood::Continuation => {}
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_secs(2));
-    // Still open: nginx is waiting for the rest of each head.
-    let mut byte = [0u8; 1];
+    // Still open: nginx is waiting for the rest of each request (over HTTP/2 it has sent its
+    // SETTINGS, but no GOAWAY and no RST_STREAM).
     for c in &slow {
         c.set_nonblocking(true)?;
-        match (&*c).read(&mut byte) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            other => anyhow::bail!("nginx answered or closed a slowloris head: {other:?}"),
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match (&*c).read(&mut buf) {
+                Ok(0) => anyhow::bail!("nginx closed a slow {flood:?} connection"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
         }
+        let refused = match flood {
+            Flood::Heads => !got.is_empty(),
+            Flood::Continuation => {
+                let (mut p, mut bad) = (0, false);
+                while let Some(h) = got.get(p..p + 9) {
+                    bad |= h[3] == 7 || h[3] == 3; // GOAWAY, RST_STREAM
+                    p += 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                }
+                bad
+            }
+        };
+        ensure!(!refused, "nginx answered a slow {flood:?} connection");
     }
     Ok(slow)
 }
@@ -142,6 +199,48 @@ fn nginx_ok(dir: &std::path::Path) -> Result<Nginx> {
             ),
         ],
     )
+}
+
+/// nginx serving HTTP/2 in clear (h2c, prior knowledge).
+fn nginx_h2(dir: &std::path::Path) -> Result<Nginx> {
+    std::fs::create_dir_all(dir)?;
+    let template = dir.join("h2.conf.template");
+    let conf = std::fs::read_to_string(apps_dir().join("eval_nginx.conf.template"))?.replace(
+        "listen 127.0.0.1:{{PORT}};",
+        "listen 127.0.0.1:{{PORT}} http2;",
+    );
+    std::fs::write(&template, conf)?;
+    spawn_nginx(
+        &template,
+        dir,
+        &[
+            ("UPSTREAMS", String::new()),
+            (
+                "LOCATIONS",
+                "        location / { return 200 \"ok\"; }\n".to_string(),
+            ),
+        ],
+    )
+}
+
+/// `n` requests `/{prefix}-0` … over new connections (HTTP/1: one each) or one HTTP/2
+/// connection (curl, prior knowledge), all answered.
+fn requests(addr: std::net::SocketAddr, flood: Flood, prefix: &str, n: usize) -> Result<()> {
+    match flood {
+        Flood::Heads => (0..n).try_for_each(|i| get(addr, &format!("/{prefix}-{i}"))),
+        // One curl per request: curl 7.88 does not send a second request on a reused
+        // prior-knowledge connection.
+        Flood::Continuation => (0..n).try_for_each(|i| {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null"])
+                .args(["-w", "%{http_code}"])
+                .arg(format!("http://{addr}/{prefix}-{i}"))
+                .output()?;
+            let code = String::from_utf8_lossy(&out.stdout);
+            ensure!(code == "200", "HTTP/2 /{prefix}-{i} answered {code}");
+            Ok(())
+        }),
+    }
 }
 
 /// One request on a new connection, answered.
@@ -177,11 +276,14 @@ const AFTER: usize = 20;
 
 /// SLOW slowloris heads against a traced nginx, then AFTER requests on new connections while the
 /// heads stay open; `config` is the text of a config file to run ztrace with.
-fn slowloris_run(config: Option<&str>) -> Result<Run> {
+fn slowloris_run(flood: Flood, config: Option<&str>) -> Result<Run> {
     let (rt, receiver) = runtime_with_receiver()?;
-    let tag = if config.is_some() { "small" } else { "default" };
+    let tag = format!("{flood:?}-{}", config.map_or("default", |_| "small"));
     let dir = std::env::temp_dir().join(format!("ztrace-budget-{tag}-{}", std::process::id()));
-    let nginx = nginx_ok(&dir)?;
+    let nginx = match flood {
+        Flood::Heads => nginx_ok(&dir)?,
+        Flood::Continuation => nginx_h2(&dir)?,
+    };
     let mut args = vec![
         "--pid".to_string(),
         nginx.master.pid().to_string(),
@@ -196,17 +298,13 @@ fn slowloris_run(config: Option<&str>) -> Result<Run> {
     let mut ztrace = spawn_ztrace(&args)?;
     ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], nginx.port));
-    for i in 0..WARM {
-        get(addr, &format!("/warm-{i}"))?;
-    }
+    requests(addr, flood, "warm", WARM)?;
     std::thread::sleep(Duration::from_secs(1));
     let pid = ztrace.pid();
     let rss_before_kib = status_kib(pid, "VmRSS:")?;
-    let slow = slowloris(addr)?;
+    let slow = slowloris(addr, flood)?;
     let (rss_after_kib, peak_kib) = (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?);
-    for i in 0..AFTER {
-        get(addr, &format!("/after-{i}"))?;
-    }
+    requests(addr, flood, "after", AFTER)?;
     std::thread::sleep(Duration::from_secs(2));
     drop(slow);
     ztrace.signal(libc::SIGINT);
@@ -267,11 +365,27 @@ fn a_small_parser_budget_sheds_slowloris_heads_counts_them_and_keeps_tracing() -
     ) {
         return Ok(());
     }
-    let default = slowloris_run(None)?;
-    let small = slowloris_run(Some("[memory]\nparser_budget = \"4MiB\"\n"))?;
+    default_and_small_budget(Flood::Heads)
+}
+
+#[test]
+fn a_small_parser_budget_sheds_http2_continuation_floods_counts_them_and_keeps_tracing()
+-> Result<()> {
+    if !privileged_or_skip(
+        "a_small_parser_budget_sheds_http2_continuation_floods_counts_them_and_keeps_tracing",
+    ) {
+        return Ok(());
+    }
+    default_and_small_budget(Flood::Continuation)
+}
+
+/// The same flood under the default budget and a 4 MiB one, side by side.
+fn default_and_small_budget(flood: Flood) -> Result<()> {
+    let default = slowloris_run(flood, None)?;
+    let small = slowloris_run(flood, Some("[memory]\nparser_budget = \"4MiB\"\n"))?;
     for (name, r) in [("default budget", &default), ("4 MiB budget", &small)] {
         eprintln!(
-            "{name}: VmRSS {} MiB before {SLOW} slowloris heads, {} MiB after (+{} MiB), VmHWM {} MiB; \
+            "{flood:?}, {name}: VmRSS {} MiB before {SLOW} slow connections, {} MiB after (+{} MiB), VmHWM {} MiB; \
              parsers held at most {} KiB of {} KiB, {} connections shed ({} in the self metric); \
              {}/{WARM} requests traced before, {}/{AFTER} while they were open",
             r.rss_before_kib / 1024,
@@ -287,10 +401,13 @@ fn a_small_parser_budget_sheds_slowloris_heads_counts_them_and_keeps_tracing() -
         );
     }
     ensure!(default.budget_kib == 64 * 1024 && small.budget_kib == 4 * 1024);
-    ensure!(default.shed == 0, "the default budget holds {SLOW} heads");
+    ensure!(
+        default.shed == 0,
+        "the default budget holds {SLOW} slow connections"
+    );
     ensure!(
         default.parser_peak_kib > 8 * 1024,
-        "{SLOW} heads of 15 KB held only {} KiB: the budget measured nothing",
+        "{SLOW} slow connections of 12-15 KB held only {} KiB: the budget measured nothing",
         default.parser_peak_kib
     );
     ensure!(
