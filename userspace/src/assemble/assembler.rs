@@ -1073,4 +1073,79 @@ mod tests {
         }
         assert_eq!((audit(&rig.asm), rig.asm.budget.used()), (0, 0));
     }
+
+    /// Random traffic over a small table and a small budget — heads in pieces, whole requests,
+    /// answers, garbage, HTTP/2 floods, closes, process exits, idle expiry, evictions, sheds —
+    /// keeps the budget equal to the sum of the charges after every step, and ends at zero.
+    #[test]
+    fn random_traffic_keeps_the_accounting_exact_and_ends_at_zero() {
+        let mut rig = Rig::<AnyParser> {
+            asm: Assembler::new(32),
+            linker: Linker::new(0, 100_000, Some(7)),
+        };
+        rig.asm.budget.set_limit(128 * 1024); // below what 32 connections can hold
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let h2_frame = |ty: u8, flags: u8, payload: &[u8]| {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([ty, flags, 0, 0, 0, 1]);
+            f.extend(payload);
+            f
+        };
+        let pad = vec![b'a'; 3000];
+        let mut ts = 1_000;
+        for _ in 0..20_000 {
+            ts += 1 + next(1_000);
+            let i = next(36);
+            let (s, h2) = (sock(i), i % 2 == 1);
+            let key = ConnKey {
+                tgid: s.pid,
+                sock_id: s.sock,
+            };
+            if rig.asm.conns.get(&key).is_none() {
+                // A new connection starts like its protocol: an HTTP/1 head, or the HTTP/2
+                // preface and a header block left open.
+                let start = match h2 {
+                    false => b"GET /slow HTTP/1.1\r\nX-Pad: ".to_vec(),
+                    true => [
+                        &ztrace_protocols::http2::PREFACE[..],
+                        &h2_frame(1, 0, &[0x82]),
+                    ]
+                    .concat(),
+                };
+                rig.io(s, false, ts, &start);
+                audit(&rig.asm);
+                continue;
+            }
+            match (next(40), h2) {
+                (0..=24, false) => rig.io(s, false, ts, &pad[..next(3000) as usize]),
+                (0..=24, true) => {
+                    rig.io(s, false, ts, &h2_frame(9, 0, &pad[..next(3000) as usize]))
+                }
+                (25..=28, false) => rig.io(s, false, ts, b"\r\n\r\n"),
+                (25..=28, true) => rig.io(s, false, ts, &h2_frame(9, 4, &[0x84])),
+                (29..=31, _) => rig.io(s, true, ts, OK),
+                (32..=33, _) => rig.io(s, false, ts, b"\x00\x01\x02 garbage\r\n\r\n"),
+                (34..=36, _) => rig.close(s, ts),
+                (37, _) => rig.asm.on_exit(s.pid, ts, &mut rig.linker),
+                (38, _) => rig.asm.expire(ts.saturating_sub(200_000), &mut rig.linker),
+                (_, false) => rig.io(s, false, ts, GET),
+                (_, true) => rig.io(s, false, ts, &h2_frame(1, 0, &[0x82])),
+            }
+            audit(&rig.asm);
+            // Over the limit by at most one push: a buffer that doubles (≤ 2 × 64 KiB).
+            assert!(rig.asm.budget.used() <= 128 * 1024 + 128 * 1024);
+        }
+        let (shed, evicted) = (rig.asm.budget.shed, rig.asm.conns.evicted);
+        assert!(shed > 0 && evicted > 0, "shed {shed}, evicted {evicted}");
+        for key in rig.asm.conns.all_keys() {
+            rig.asm.on_close(key.tgid, key.sock_id, ts, &mut rig.linker);
+        }
+        assert_eq!((audit(&rig.asm), rig.asm.budget.used()), (0, 0));
+    }
 }
