@@ -8,6 +8,11 @@
 //! secret may appear in any span, metric or log record received, nor in either ztrace's stdout
 //! or stderr. So that the test cannot pass by seeing nothing, it also checks that every
 //! protocol produced spans and that the database errors were seen (by their codes).
+//!
+//! HTTP/2 and gRPC too: curl over h2c (prior knowledge) to an nginx that sets a cookie, with an
+//! Authorization header, a Cookie and credential query parameters; a Python `grpcio` client
+//! sending `authorization` and `cookie` metadata to a `grpcio` server whose failing method's
+//! `grpc-message` trailer quotes a value (`duplicate key …@example.com`).
 
 use std::{
     path::PathBuf,
@@ -17,7 +22,9 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use ztrace_e2e::{
-    harness::{Proc, free_port, privileged_or_skip, run_ok, spawn_app, spawn_ztrace_env},
+    harness::{
+        Proc, free_port, privileged_or_skip, run_ok, spawn_app, spawn_nginx, spawn_ztrace_env,
+    },
     receiver::ReceivedSpan,
 };
 
@@ -37,6 +44,13 @@ const MY_PASSWORD: &str = "mypass-secret-8c";
 const MY_LITERAL: &str = "mylit-secret-9d";
 const REDIS_PASSWORD: &str = "redispass-secret-0e";
 const REDIS_ARGUMENT: &str = "redisarg-secret-1f";
+const H2_AUTHORIZATION: &str = "h2authz-secret-2a";
+const H2_COOKIE: &str = "h2cookie-secret-3b";
+const H2_SET_COOKIE: &str = "h2setcookie-secret-4c";
+const H2_TOKEN: &str = "h2token-secret-5d";
+const GRPC_AUTHORIZATION: &str = "grpcauthz-secret-6e";
+const GRPC_COOKIE: &str = "grpccookie-secret-7f";
+const GRPC_LITERAL: &str = "grpclit-secret-8a";
 
 fn secrets() -> Vec<&'static str> {
     let mut all = vec![
@@ -49,6 +63,13 @@ fn secrets() -> Vec<&'static str> {
         MY_LITERAL,
         REDIS_PASSWORD,
         REDIS_ARGUMENT,
+        H2_AUTHORIZATION,
+        H2_COOKIE,
+        H2_SET_COOKIE,
+        H2_TOKEN,
+        GRPC_AUTHORIZATION,
+        GRPC_COOKIE,
+        GRPC_LITERAL,
     ];
     all.extend(QUERY.iter().map(|(_, v)| *v));
     all
@@ -70,6 +91,68 @@ class H(http.server.BaseHTTPRequestHandler):
 s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 print("PORT", s.server_address[1], flush=True)
 s.serve_forever()
+"#;
+
+/// nginx serving HTTP/2 in clear (h2c, prior knowledge), answering with a session cookie.
+const H2_NGINX: &str = r#"
+worker_processes 1;
+daemon off;
+master_process on;
+pid {{DIR}}/nginx.pid;
+error_log {{DIR}}/error.log warn;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path {{DIR}}/client_body;
+    proxy_temp_path {{DIR}}/proxy;
+    fastcgi_temp_path {{DIR}}/fastcgi;
+    uwsgi_temp_path {{DIR}}/uwsgi;
+    scgi_temp_path {{DIR}}/scgi;
+    server {
+        listen 127.0.0.1:{{PORT}} http2;
+        location / {
+            add_header Set-Cookie "sid={{SET_COOKIE}}; HttpOnly";
+            return 200 "ok";
+        }
+    }
+}
+"#;
+
+/// A gRPC server (no generated code): `shop.Users/Get` answers, `shop.Users/Create` fails with
+/// ALREADY_EXISTS and a message that quotes the value (argv[1]).
+const GRPC_SERVER: &str = r#"
+import sys, grpc
+from concurrent import futures
+literal = sys.argv[1]
+def get(request, context):
+    return b"ok"
+def create(request, context):
+    context.abort(grpc.StatusCode.ALREADY_EXISTS, "duplicate key " + literal + "@example.com")
+handlers = grpc.method_handlers_generic_handler("shop.Users", {
+    "Get": grpc.unary_unary_rpc_method_handler(get),
+    "Create": grpc.unary_unary_rpc_method_handler(create),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handlers,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print("PORT", port, flush=True)
+server.wait_for_termination()
+"#;
+
+/// Its client: both calls with `authorization` and `cookie` metadata (argv: port, token, cookie).
+const GRPC_CLIENT: &str = r#"
+import sys, time, grpc
+port, token, cookie = sys.argv[1:4]
+metadata = [("authorization", "Bearer " + token), ("cookie", "sid=" + cookie)]
+with grpc.insecure_channel("127.0.0.1:" + port) as channel:
+    assert channel.unary_unary("/shop.Users/Get")(b"id=1", metadata=metadata, timeout=10) == b"ok"
+    try:
+        channel.unary_unary("/shop.Users/Create")(b"alice", metadata=metadata, timeout=10)
+        sys.exit("Create did not fail")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.ALREADY_EXISTS, e.code()
+time.sleep(0.2)
 "#;
 
 fn scratch(owner: &str) -> Result<PathBuf> {
@@ -272,8 +355,13 @@ fn start_redis() -> Result<(Proc, u16)> {
     Ok((server, port))
 }
 
-/// The traced clients: each carries secrets on the wire and on its command line.
-fn client_script(http: u16, redis: u16, pg: u16, my: u16) -> String {
+/// The traced clients: each carries secrets on the wire and on its command line. `h2` is the
+/// h2c nginx, `grpc` the gRPC server, `grpc_client` the client script's path.
+fn client_script(
+    (http, redis, pg, my): (u16, u16, u16, u16),
+    (h2, grpc): (u16, u16),
+    grpc_client: &std::path::Path,
+) -> String {
     let query: Vec<String> = QUERY.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let query = query.join("&");
     let pg_url = format!("postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{pg}/postgres");
@@ -294,6 +382,14 @@ fn client_script(http: u16, redis: u16, pg: u16, my: u16) -> String {
             "mariadb -h 127.0.0.1 -P {my} -u app -p{MY_PASSWORD} --force -e \
              \"INSERT INTO shop.users VALUES ('{MY_LITERAL}@example.com'); \
              INSERT INTO shop.users VALUES ('{MY_LITERAL}@example.com')\""
+        ),
+        format!(
+            "curl -s -o /dev/null --http2-prior-knowledge -H 'Authorization: Bearer {H2_AUTHORIZATION}' \
+             -H 'Cookie: sid={H2_COOKIE}' 'http://127.0.0.1:{h2}/orders?page=2&access_token={H2_TOKEN}'"
+        ),
+        format!(
+            "python3 {} {grpc} {GRPC_AUTHORIZATION} {GRPC_COOKIE}",
+            grpc_client.display()
         ),
         "sleep 1".to_string(),
     ]
@@ -346,11 +442,36 @@ fn no_secret_leaves_with_default_settings() -> Result<()> {
     let (redis, redis_port) = start_redis()?;
     let pg = Postgres::start()?;
     let my = MariaDb::start()?;
-    let script = client_script(http_port, redis_port, pg.port, my.port);
+    let h2_dir = std::env::temp_dir().join(format!("ztrace-secrets-h2-{}", std::process::id()));
+    std::fs::create_dir_all(&h2_dir)?;
+    let template = h2_dir.join("nginx.conf.template");
+    std::fs::write(&template, H2_NGINX)?;
+    let h2 = spawn_nginx(&template, &h2_dir, &[("SET_COOKIE", H2_SET_COOKIE.into())])?;
+    let (grpc, grpc_port) = spawn_app({
+        let mut c = Command::new("python3");
+        c.args(["-c", GRPC_SERVER, GRPC_LITERAL]);
+        c
+    })
+    .context("python3 with grpcio (pip install grpcio)")?;
+    let grpc_client = h2_dir.join("grpc_client.py");
+    std::fs::write(&grpc_client, GRPC_CLIENT)?;
+    let script = client_script(
+        (http_port, redis_port, pg.port, my.port),
+        (h2.port, grpc_port),
+        &grpc_client,
+    );
     let mut clients = proc_of(Command::new("bash").args(["-c", &script]).spawn()?);
-    let pids = [http.pid(), redis.pid(), pg.pid, my.pid, clients.pid()]
-        .map(|p| p.to_string())
-        .join(",");
+    let pids = [
+        http.pid(),
+        redis.pid(),
+        pg.pid,
+        my.pid,
+        h2.master.pid(),
+        grpc.pid(),
+        clients.pid(),
+    ]
+    .map(|p| p.to_string())
+    .join(",");
     let common = ["--pid".to_string(), pids, "--duration".into(), "60s".into()];
     let mut exporting = common.to_vec();
     exporting.extend(["--otlp-endpoint".into(), receiver.endpoint()]);
@@ -379,7 +500,8 @@ fn no_secret_leaves_with_default_settings() -> Result<()> {
         receiver.metrics_requests(),
         receiver.logs_requests()
     );
-    drop((http, redis, pg, my));
+    drop((http, redis, pg, my, h2, grpc));
+    let _ = std::fs::remove_dir_all(&h2_dir);
 
     // Not vacuous: every protocol was seen, and so were the errors that quote values.
     let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
@@ -388,6 +510,41 @@ fn no_secret_leaves_with_default_settings() -> Result<()> {
     }
     for code in ["22P02", "1062", "ERR"] {
         ensure!(error_code(&spans, code), "no error {code} among {names:?}");
+    }
+    // HTTP/2 in both processes (curl and nginx) with the answer, gRPC on both sides with the
+    // failing call's status.
+    let h2_answered = spans
+        .iter()
+        .filter(|s| {
+            s.attr_str("network.protocol.version").as_deref() == Some("2")
+                && s.attr_int("http.response.status_code") == Some(200)
+        })
+        .count();
+    ensure!(
+        h2_answered >= 2,
+        "{h2_answered} answered HTTP/2 spans among {names:?}"
+    );
+    for method in ["Get", "Create"] {
+        let calls = spans
+            .iter()
+            .filter(|s| {
+                s.attr_str("rpc.system").as_deref() == Some("grpc")
+                    && s.attr_str("rpc.method").as_deref() == Some(method)
+            })
+            .collect::<Vec<_>>();
+        ensure!(
+            calls.len() >= 2,
+            "{} gRPC {method} spans among {names:?}",
+            calls.len()
+        );
+        if method == "Create" {
+            ensure!(
+                calls
+                    .iter()
+                    .all(|s| s.attr_int("rpc.grpc.status_code") == Some(6)),
+                "Create must fail with ALREADY_EXISTS"
+            );
+        }
     }
     ensure!(
         !receiver.metrics_requests().is_empty(),

@@ -25,6 +25,8 @@ pub trait DbSide: Default {
     );
     /// The connection closed: drop what is buffered.
     fn close(&mut self);
+    /// Heap bytes buffered (see [`Parser::held`]).
+    fn held(&self) -> usize;
 }
 
 /// The state a database connection's two directions share.
@@ -39,6 +41,8 @@ pub trait DbShared: Default {
     fn statements(&self) -> usize;
     fn user(&self) -> Option<&str>;
     fn database(&self) -> Option<&str>;
+    /// Heap bytes of the unanswered commands and remembered statements (see [`Parser::held`]).
+    fn held(&self) -> usize;
 }
 
 /// Implements [`DbSide`] for a protocol's side type with an `offset: u64` and a `win: Vec<u8>`
@@ -61,6 +65,9 @@ macro_rules! db_side {
             }
             fn close(&mut self) {
                 self.win = Vec::new();
+            }
+            fn held(&self) -> usize {
+                self.win.capacity()
             }
         }
     };
@@ -90,6 +97,9 @@ macro_rules! db_shared {
             }
             fn database(&self) -> Option<&str> {
                 self.database.as_deref()
+            }
+            fn held(&self) -> usize {
+                self.statements.held() + self.pending.capacity() * 16
             }
         }
     };
@@ -169,5 +179,8 @@ impl<S: DbSide> Parser for DbConn<S> {
     }
     fn close(&mut self, out: &mut Vec<S::Event>) {
         DbConn::close(self, out);
+    }
+    fn held(&self) -> usize {
+        self.req.held() + self.resp.held() + self.shared.held()
     }
 }

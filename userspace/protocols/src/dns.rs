@@ -478,6 +478,9 @@ impl Parser for DnsTcpConn {
     fn close(&mut self, out: &mut Vec<DnsTcpEvent>) {
         DnsTcpConn::close(self, out);
     }
+    fn held(&self) -> usize {
+        self.req.buf.capacity() + self.resp.buf.capacity()
+    }
 }
 
 /// DNS over UDP: every datagram is one message, read as a step right away; only the stream
@@ -502,6 +505,11 @@ impl Parser for DnsDatagrams {
     }
 
     fn close(&mut self, _out: &mut Vec<Step>) {}
+
+    /// Datagrams are read whole: nothing is buffered.
+    fn held(&self) -> usize {
+        0
+    }
 }
 
 impl Protocol for DnsDatagrams {

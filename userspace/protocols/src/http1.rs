@@ -458,7 +458,7 @@ impl Side {
             (_, Dir::Response) => sh.pending.clear(),
         }
         self.state = State::Desync;
-        self.buf.clear();
+        crate::empty(&mut self.buf);
         let dir = self.dir;
         out.push(Http1Event::Desync { dir, offset });
     }
@@ -581,7 +581,7 @@ impl Side {
                             let used = n.saturating_sub(old); // > 0: `old` bytes were partial
                             pos += used;
                             at += used as u64;
-                            self.buf.clear();
+                            crate::empty(&mut self.buf);
                             self.found(sh, self.buf_start, at, found, out);
                         }
                     }
@@ -668,7 +668,7 @@ impl Http1Conn {
         self.closed = true;
         self.req.buf = Vec::new();
         self.resp.buf = Vec::new();
-        self.shared.pending.clear();
+        self.shared.pending = VecDeque::new();
     }
 
     /// Requests whose final response was not seen yet: request heads, plus one for each
@@ -691,6 +691,11 @@ impl Parser for Http1Conn {
     }
     fn close(&mut self, out: &mut Vec<Http1Event>) {
         Http1Conn::close(self, out);
+    }
+    fn held(&self) -> usize {
+        self.req.buf.capacity()
+            + self.resp.buf.capacity()
+            + crate::slots::<Pending>(self.shared.pending.capacity())
     }
 }
 
@@ -988,6 +993,34 @@ mod tests {
         let mut c = Http1Conn::new(); // also when part of it was buffered
         let ev = push(&mut c, Q, &cut[..9]) + &feed(&mut c, Q, &cut[9..], 40);
         assert_eq!((ev.as_str(), c.req.buf.len()), ("Dq@0", 0));
+    }
+
+    /// What a connection holds is its partial head: charged while it waits (a slowloris head
+    /// grows it), freed once the head completes or the side desyncs.
+    #[test]
+    fn held_bytes_follow_the_partial_head() {
+        let mut c = Http1Conn::new();
+        assert_eq!(Parser::held(&c), 0);
+        push(&mut c, Dir::Request, b"GET /slow HTTP/1.1\r\nX-Pad: ");
+        let pad = [b'a'; 500];
+        let mut last = 0;
+        for _ in 0..20 {
+            push(&mut c, Dir::Request, &pad);
+            let held = Parser::held(&c);
+            assert!(held >= last && held <= 2 * MAX_HEAD, "{held}");
+            last = held;
+        }
+        assert!(last >= 10_000, "a 10 KB partial head holds {last} bytes");
+        let ev = push(&mut c, Dir::Request, b"\r\n\r\n");
+        assert!(ev.starts_with("Q0 "), "{ev}");
+        assert!(Parser::held(&c) <= 64, "a completed head frees its buffer");
+        // A head that desyncs (over MAX_HEAD) frees it too.
+        for _ in 0..40 {
+            push(&mut c, Dir::Request, &pad);
+        }
+        assert!(Parser::held(&c) <= 64);
+        close(&mut c);
+        assert_eq!(Parser::held(&c), 0);
     }
 
     #[test]

@@ -31,6 +31,25 @@ pub(crate) mod testutil;
 pub use http1::Dir;
 pub use parser::{AnyParser, Opener, Parser, ParserSet, Protocol, Step, Transport, Update};
 
+/// Capacity a parser buffer keeps for reuse once it is emptied; a larger one is freed, so that
+/// a connection which once buffered a large head does not keep holding it (and being charged
+/// for it by the daemon's memory budget, see [`Parser::held`]) while it idles.
+pub(crate) const KEEP_CAPACITY: usize = 4096;
+
+/// Empties a parser buffer, freeing it when it grew beyond [`KEEP_CAPACITY`].
+pub(crate) fn empty(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_CAPACITY {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+}
+
+/// Heap bytes of a `VecDeque` or `Vec` of `T` with this capacity.
+pub(crate) fn slots<T>(capacity: usize) -> usize {
+    capacity.saturating_mul(std::mem::size_of::<T>())
+}
+
 /// One push's bytes for a stream now at `offset`: `len` cut so that offsets saturate instead
 /// of wrapping, `data` cut to its first `len` bytes, and the gap (unknown bytes) after them.
 pub(crate) fn clamp(data: &[u8], len: u64, offset: u64) -> (&[u8], u64) {

@@ -133,6 +133,11 @@ pub trait Parser {
     fn push(&mut self, dir: Dir, data: &[u8], len: u64, out: &mut Vec<Self::Event>);
     /// The connection closed: whatever can still be concluded.
     fn close(&mut self, out: &mut Vec<Self::Event>);
+    /// Heap bytes this parser holds that grow with its input (partial messages, header blocks,
+    /// decoder tables, per-stream and prepared-statement state), capacities counted: what the
+    /// daemon's global parser memory budget charges the connection. Cheap (no walk over
+    /// entries): it is asked after every push.
+    fn held(&self) -> usize;
 }
 
 /// A parser the assembler can run on a connection.
@@ -163,6 +168,8 @@ pub trait ParserSet: Sized {
         steps: &mut Vec<Step>,
     );
     fn close(&mut self, scratch: &mut Self::Scratch, steps: &mut Vec<Step>);
+    /// See [`Parser::held`].
+    fn held(&self) -> usize;
 }
 
 /// Push, then read the events as steps; `events` is scratch, emptied.
@@ -213,6 +220,10 @@ impl<P: Protocol> ParserSet for P {
 
     fn close(&mut self, scratch: &mut Self::Scratch, steps: &mut Vec<Step>) {
         close_steps(self, scratch, steps);
+    }
+
+    fn held(&self) -> usize {
+        Parser::held(self)
     }
 }
 
@@ -270,6 +281,12 @@ macro_rules! registry {
             fn close(&mut self, scratch: &mut AnyScratch, steps: &mut Vec<Step>) {
                 match self {
                     $(AnyParser::$name(p) => close_steps(&mut **p, &mut scratch.$name, steps),)*
+                }
+            }
+
+            fn held(&self) -> usize {
+                match self {
+                    $(AnyParser::$name(p) => Parser::held(&**p),)*
                 }
             }
         }

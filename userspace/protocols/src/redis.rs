@@ -323,7 +323,7 @@ impl Side {
             Dir::Response => sh.pending.clear(),
         }
         (self.state, self.msg, self.cap) = (State::Desync, None, None);
-        self.buf.clear();
+        crate::empty(&mut self.buf);
         self.stack.clear();
         out.push(RedisEvent::Desync {
             dir: self.dir,
@@ -537,7 +537,7 @@ impl Side {
                         let mut buf = std::mem::take(&mut self.buf);
                         buf.extend_from_slice(line);
                         let parsed = self.line(sh, &buf, (start, at), out);
-                        buf.clear();
+                        crate::empty(&mut buf);
                         self.buf = buf;
                         parsed
                     };
@@ -649,6 +649,14 @@ impl Parser for RedisConn {
     }
     fn close(&mut self, out: &mut Vec<RedisEvent>) {
         RedisConn::close(self, out);
+    }
+    fn held(&self) -> usize {
+        let side = |s: &Side| {
+            s.buf.capacity()
+                + crate::slots::<Frame>(s.stack.capacity())
+                + s.caps.iter().map(Vec::capacity).sum::<usize>()
+        };
+        side(&self.req) + side(&self.resp) + crate::slots::<bool>(self.shared.pending.capacity())
     }
 }
 

@@ -573,6 +573,11 @@ impl<K: PartialEq> TextCache<K> {
     pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
+
+    /// Heap bytes held: the texts (with their reference counts) and the list's slots.
+    pub(crate) fn held(&self) -> usize {
+        self.bytes + 16 * self.items.len() + crate::slots::<(K, Arc<str>)>(self.items.capacity())
+    }
 }
 
 /// A SQL statement as the request of a database exchange: operation and table from the text,

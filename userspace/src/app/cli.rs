@@ -234,6 +234,11 @@ pub struct ExportArgs {
     /// name1,name2, compared without case, `-` and `_`; added to the built-in list.
     #[arg(long, value_name = "LIST")]
     pub redact: Vec<String>,
+    /// The most memory all protocol parsers may hold together (partial heads, header blocks,
+    /// HPACK tables), e.g. 64MiB; a connection that would take them over it is no longer parsed,
+    /// counted [default: 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    pub parser_budget: Option<usize>,
 }
 
 impl ExportArgs {
@@ -280,6 +285,7 @@ impl ExportArgs {
             command_args: self.command_args,
             log_payloads: self.log_payloads,
             redact: self.redact.clone(),
+            parser_budget: self.parser_budget,
             ..CliFlags::default()
         }
     }
@@ -449,6 +455,7 @@ pub fn main() -> i32 {
     let mut metrics = MetricsConfig::default();
     let mut peer = None;
     let mut privacy = config::Privacy::default();
+    let mut parser_budget = config::DEFAULT_PARSER_BUDGET;
     // SIGHUP re-reads the selectors and PIDs from the file, when the file is where they come from.
     let mut config_file = None;
     let (mut tail, mut anomaly) = (None, None);
@@ -492,8 +499,15 @@ pub fn main() -> i32 {
                 Err(e) => return usage_error(e),
             };
             let privacy = r.config.privacy.clone();
-            return match replay::replay(&file, r.export, r.service_name, r.db_query_text, &privacy)
-            {
+            let memory = r.config.parser_budget;
+            return match replay::replay(
+                &file,
+                r.export,
+                r.service_name,
+                r.db_query_text,
+                &privacy,
+                memory,
+            ) {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
             };
@@ -540,6 +554,7 @@ pub fn main() -> i32 {
             };
             metrics = r.metrics;
             privacy = r.config.privacy.clone();
+            parser_budget = r.config.parser_budget;
             rules = match Program::compile(&r.config.rules) {
                 Ok(p) => p,
                 Err(e) => return usage_error(e),
@@ -608,6 +623,7 @@ pub fn main() -> i32 {
         payload_cap: target.payload_cap,
         db_query_text,
         privacy,
+        parser_budget,
         mode,
         metrics,
         capture_logs: target.capture_logs,
@@ -642,6 +658,62 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn parser_budget_sizes_from_flag_and_file() {
+        use config::parse_size;
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4 MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("2048k"), Ok(2 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        for bad in [
+            "",
+            "MiB",
+            "12 parsecs",
+            "1KiB",
+            "65GiB",
+            "-4MiB",
+            "99999999999999999999",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        let r = resolve_export(&export_args(&[]), HashMap::new()).unwrap();
+        assert_eq!(r.config.parser_budget, config::DEFAULT_PARSER_BUDGET);
+        let args = export_args(&["--parser-budget", "8MiB"]);
+        let r = resolve_export(&args, HashMap::new()).unwrap();
+        assert_eq!(r.config.parser_budget, 8 << 20);
+        let dir = std::env::temp_dir().join(format!("ztrace-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ztrace.toml");
+        let path_s = path.to_string_lossy().to_string();
+        for (text, want) in [
+            ("[memory]\nparser_budget = \"4MiB\"\n", Ok(4 << 20)),
+            ("[memory]\nparser_budget = 2097152\n", Ok(2 << 20)),
+            (
+                "[memory]\nparser_budget = \"lots\"\n",
+                Err("`memory.parser_budget` in "),
+            ),
+            (
+                "[memory]\nparser_budget = 5\n",
+                Err("`memory.parser_budget` in "),
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let args = export_args(&["--config", &path_s]);
+            match (resolve_export(&args, HashMap::new()), want) {
+                (Ok(r), Ok(n)) => assert_eq!(r.config.parser_budget, n),
+                (Err(e), Err(start)) => assert!(e.starts_with(start), "{e}"),
+                (Ok(_), Err(_)) => panic!("{text} accepted"),
+                (Err(e), Ok(_)) => panic!("{text}: {e}"),
+            }
+        }
+        // The flag wins over the file.
+        let args = export_args(&["--config", &path_s, "--parser-budget", "3MiB"]);
+        let r = resolve_export(&args, HashMap::new()).unwrap();
+        assert_eq!(r.config.parser_budget, 3 << 20);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn export_args(argv: &[&str]) -> ExportArgs {

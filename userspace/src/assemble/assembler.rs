@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use ztrace_abi::{ConnEvent, DataEvent, direction, syscall};
 use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 
-use super::redact::Redaction;
+use super::{budget::Budget, redact::Redaction};
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Stream},
     link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
@@ -56,6 +56,9 @@ pub struct ConnState<P> {
     /// This process connected the socket and no request has gone over it yet: the connecting
     /// thread's cause at `connect()` (see the linker's module docs, rule 3).
     connect_cause: Option<Option<Cause>>,
+    /// What the parser memory budget charges this connection (its parser's held bytes after
+    /// the last push); given back when the connection goes or is shed.
+    charged: usize,
 }
 
 impl<P> Default for ConnState<P> {
@@ -66,6 +69,7 @@ impl<P> Default for ConnState<P> {
             tls: false,
             base: (0, 0),
             connect_cause: None,
+            charged: 0,
         }
     }
 }
@@ -82,6 +86,13 @@ pub struct AssembleStats {
     pub pending_dropped: u64,
     /// Connections tracked right now (filled in by the pipeline's `stats()`).
     pub open_connections: u64,
+    /// Connections shed (no longer parsed) to keep the parsers within their memory budget.
+    pub budget_shed: u64,
+    /// Bytes the parsers hold now, the most they held, and the budget (filled in by
+    /// [`Assembler::stats`]).
+    pub parser_bytes: u64,
+    pub parser_bytes_peak: u64,
+    pub parser_budget: u64,
 }
 
 /// Assembles the exchanges of every connection, with the parsers of `P` (by default every
@@ -95,6 +106,8 @@ pub struct Assembler<P: ParserSet = AnyParser> {
     /// What may leave of each exchange: query text, error messages, configured names (all kept
     /// home by default).
     pub redaction: Redaction,
+    /// The bound on what all parsers hold together.
+    pub budget: Budget,
 }
 
 impl<P: ParserSet> Assembler<P> {
@@ -105,6 +118,19 @@ impl<P: ParserSet> Assembler<P> {
             scratch: P::Scratch::default(),
             stats: AssembleStats::default(),
             redaction: Redaction::default(),
+            budget: Budget::default(),
+        }
+    }
+
+    /// The counters, with the budget's numbers filled in.
+    pub fn stats(&self) -> AssembleStats {
+        AssembleStats {
+            open_connections: self.conns.len() as u64,
+            budget_shed: self.budget.shed,
+            parser_bytes: self.budget.used() as u64,
+            parser_bytes_peak: self.budget.peak as u64,
+            parser_budget: self.budget.limit() as u64,
+            ..self.stats
         }
     }
 
@@ -166,6 +192,13 @@ impl<P: ParserSet> Assembler<P> {
             if let Some(io) = thread_io(&conn.state.proto, role, egress, multiplexed, ended) {
                 linker.io(key.tgid, ev.header.tid, io);
             }
+            let held = match &conn.state.proto {
+                Proto::Known { parser, .. } => parser.held(),
+                _ => 0,
+            };
+            if !self.budget.charge(&mut conn.state.charged, held) {
+                shed(conn, &mut self.budget, linker, &mut self.stats);
+            }
         } else if !egress {
             linker.io(key.tgid, ev.header.tid, Io::UnknownInput);
         }
@@ -192,7 +225,8 @@ impl<P: ParserSet> Assembler<P> {
         linker: &mut Linker,
     ) {
         if let Some((key, conn)) = evicted {
-            finish_conn(key, conn, ts_ns, linker, &mut self.scratch, &mut self.stats);
+            let cx = (&mut self.scratch, &mut self.stats, &mut self.budget);
+            finish_conn(key, conn, ts_ns, linker, cx);
         }
     }
 
@@ -204,7 +238,8 @@ impl<P: ParserSet> Assembler<P> {
         for sock_id in std::iter::once(sock_id).chain(twin) {
             let key = ConnKey { tgid, sock_id };
             if let Some(conn) = self.conns.remove(&key) {
-                finish_conn(key, conn, ts_ns, linker, &mut self.scratch, &mut self.stats);
+                let cx = (&mut self.scratch, &mut self.stats, &mut self.budget);
+                finish_conn(key, conn, ts_ns, linker, cx);
             }
         }
     }
@@ -397,14 +432,38 @@ fn apply<P>(
     }
 }
 
+/// The connection's parser took the parser memory budget over its limit: drop the parser and
+/// all it buffered, end the connection's open exchanges with an error, and parse nothing more
+/// of it (its protocol state, such as HPACK tables, cannot be rebuilt mid-stream).
+fn shed<P>(
+    conn: &mut Conn<ConnState<P>>,
+    budget: &mut Budget,
+    linker: &mut Linker,
+    stats: &mut AssembleStats,
+) {
+    budget.release(&mut conn.state.charged);
+    budget.shed += 1;
+    let ts = conn.last_ns;
+    if let Proto::Known { pending, .. } = &mut conn.state.proto {
+        for (_, h) in pending.drain(..) {
+            stats.aborted_exchanges += 1;
+            linker.finish(h, ts, Some(SHED_REASON.into()));
+        }
+    }
+    conn.state.proto = Proto::Ignored;
+}
+
+/// The error of exchanges a shed connection left open.
+pub const SHED_REASON: &str = "connection no longer parsed: ztrace's parser memory budget is full";
+
 fn finish_conn<P: ParserSet>(
     key: ConnKey,
     mut conn: Conn<ConnState<P>>,
     ts_ns: u64,
     linker: &mut Linker,
-    scratch: &mut P::Scratch,
-    stats: &mut AssembleStats,
+    (scratch, stats, budget): (&mut P::Scratch, &mut AssembleStats, &mut Budget),
 ) {
+    budget.release(&mut conn.state.charged);
     let mut steps = Vec::new();
     if let Proto::Known { parser, .. } = &mut conn.state.proto {
         parser.close(scratch, &mut steps);
@@ -833,5 +892,260 @@ mod tests {
         assert_eq!(rig.asm.stats.http_connections, 1);
         assert_eq!(spans.len(), 1);
         assert_eq!(db(&spans[0]).operation.as_deref(), Some("PING"));
+    }
+
+    // ---- the parser memory budget
+
+    /// The budget's invariant: it holds exactly the sum of the connections' charges, and each
+    /// charge is what the connection's parser holds (nothing for one without a parser).
+    fn audit<P: ParserSet>(asm: &Assembler<P>) -> usize {
+        let mut sum = 0;
+        for key in asm.conns.all_keys() {
+            let state = &asm.conns.get(&key).unwrap().state;
+            let held = match &state.proto {
+                Proto::Known { parser, .. } => parser.held(),
+                _ => 0,
+            };
+            assert_eq!(
+                state.charged, held,
+                "{key:?} is charged what its parser holds"
+            );
+            sum += held;
+        }
+        assert_eq!(
+            asm.budget.used(),
+            sum,
+            "the budget is the sum of the charges"
+        );
+        sum
+    }
+
+    fn sock(i: u64) -> Sock {
+        Sock {
+            pid: 100 + (i % 3) as u32,
+            sock: 1000 + i,
+            remote_port: 20_000 + i as u16,
+            ..SERVER
+        }
+    }
+
+    /// A slowloris head: most of a request head, sent in pieces.
+    fn slow_head(rig: &mut Rig, s: Sock, ts: u64, pieces: usize) {
+        rig.io(s, false, ts, b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Pad: ");
+        for i in 0..pieces {
+            rig.io(s, false, ts + 1 + i as u64, &[b'a'; 1000]);
+        }
+    }
+
+    #[test]
+    fn slowloris_heads_over_many_connections_are_shed_at_the_budget_and_all_of_it_comes_back() {
+        const LIMIT: usize = 1 << 20;
+        let mut rig = Rig::<AnyParser> {
+            asm: Assembler::new(4096),
+            linker: Linker::new(0, 10_000, Some(7)),
+        };
+        rig.asm.budget.set_limit(LIMIT);
+        // One request waiting on each connection, so that shedding has an exchange to end.
+        let n = 300u64;
+        for i in 0..n {
+            rig.io(sock(i), false, 1_000 + i, GET);
+            slow_head(&mut rig, sock(i), 10_000 + 100 * i, 12);
+        }
+        let used = audit(&rig.asm);
+        let shed = rig.asm.budget.shed;
+        // 300 heads of 12 KB would hold over 3.6 MB: most were shed, the rest fit.
+        assert!(shed >= 150 && shed < n, "{shed} connections shed");
+        // Over the limit by at most one push's growth of one buffer (doubling to 2 × 16 KiB).
+        assert!(used <= LIMIT && rig.asm.budget.peak <= LIMIT + 2 * 16 * 1024);
+        assert_eq!(rig.asm.stats().budget_shed, shed);
+        assert_eq!(rig.asm.stats().parser_bytes, used as u64);
+        // A shed connection's waiting request ends with the reason; its later bytes are not
+        // parsed (and not charged).
+        let spans = rig.spans();
+        let ended = spans
+            .iter()
+            .filter(|s| matches!(&s.status, SpanStatus::Error(e) if e == SHED_REASON))
+            .count();
+        assert_eq!(ended as u64, shed);
+        let shed_one = (0..n)
+            .map(sock)
+            .find(|s| {
+                let key = ConnKey {
+                    tgid: s.pid,
+                    sock_id: s.sock,
+                };
+                matches!(rig.asm.conns.get(&key).unwrap().state.proto, Proto::Ignored)
+            })
+            .unwrap();
+        rig.io(shed_one, false, 90_000, &[b'a'; 1000]);
+        assert_eq!(audit(&rig.asm), used);
+        // A whole request on a new connection needs no buffer: still traced while full.
+        let fresh = sock(10_000);
+        rig.io(fresh, false, 100_000, GET);
+        rig.io(fresh, true, 100_100, OK);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(http(&spans[0]).status, Some(200));
+        // Closing half and expiring the rest gives every byte back.
+        for i in (0..n).step_by(2) {
+            rig.close(sock(i), 200_000);
+        }
+        audit(&rig.asm);
+        rig.asm.expire(300_000, &mut rig.linker);
+        assert_eq!((rig.asm.conns.len(), rig.asm.budget.used()), (0, 0));
+    }
+
+    /// Every way a connection goes, or its parser lets go of bytes, gives its charge back.
+    #[test]
+    fn every_path_gives_the_charge_back() {
+        let mut rig = Rig::<AnyParser>::new();
+        // Close.
+        slow_head(&mut rig, sock(1), 1_000, 5);
+        assert!(audit(&rig.asm) >= 5_000);
+        rig.close(sock(1), 2_000);
+        assert_eq!(audit(&rig.asm), 0);
+        // Process exit (the TLS twin and every socket of the process).
+        slow_head(&mut rig, sock(2), 3_000, 5);
+        slow_head(&mut rig, sock(5), 3_000, 5);
+        rig.asm.on_exit(sock(2).pid, 4_000, &mut rig.linker);
+        assert_eq!(audit(&rig.asm), 0);
+        // Idle expiry.
+        slow_head(&mut rig, sock(3), 5_000, 5);
+        rig.asm.expire(6_000, &mut rig.linker);
+        assert_eq!(audit(&rig.asm), 0);
+        // A parser error: a head over the parser's cap desyncs and frees the buffer.
+        slow_head(&mut rig, sock(4), 7_000, 5);
+        let held = audit(&rig.asm);
+        slow_head(&mut rig, sock(4), 8_000, 20);
+        assert!(audit(&rig.asm) < held, "the desync gave the head back");
+        rig.close(sock(4), 9_000);
+        assert_eq!(audit(&rig.asm), 0);
+        // Eviction from a full table (16 connections).
+        for i in 0..17 {
+            slow_head(&mut rig, sock(100 + i), 10_000 + 100 * i, 2);
+        }
+        assert_eq!(rig.asm.conns.len(), 16);
+        audit(&rig.asm);
+        // HTTP/2: a CONTINUATION flood is charged while it lasts and given back when the block
+        // ends; open streams are charged and given back when reset.
+        let h2 = sock(200);
+        let frame = |ty: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([ty, flags]);
+            f.extend(stream.to_be_bytes());
+            f.extend(payload);
+            f
+        };
+        rig.io(h2, false, 20_000, ztrace_protocols::http2::PREFACE);
+        // HEADERS (no END_HEADERS): :method GET, :path /.
+        rig.io(h2, false, 20_001, &frame(1, 0, 1, &[0x82, 0x84]));
+        let before = audit(&rig.asm);
+        for i in 0..40 {
+            rig.io(h2, false, 20_002 + i, &frame(9, 0, 1, &[0x40; 1000]));
+        }
+        let flooded = audit(&rig.asm);
+        assert!(flooded >= before + 40_000, "{before} → {flooded}");
+        rig.io(h2, false, 20_100, &frame(9, 4, 1, &[]));
+        assert!(audit(&rig.asm) <= before + 8 * 1024);
+        for id in (3..400).step_by(2) {
+            rig.io(
+                h2,
+                false,
+                20_200 + id as u64,
+                &frame(1, 4, id, &[0x82, 0x84]),
+            );
+        }
+        let streams = audit(&rig.asm);
+        assert!(streams >= before + 100 * 32, "{before} → {streams}");
+        for id in (1..400).step_by(2) {
+            rig.io(
+                h2,
+                true,
+                21_000 + id as u64,
+                &frame(3, 0, id, &[0, 0, 0, 8]),
+            );
+        }
+        assert!(audit(&rig.asm) < streams, "reset streams are given back");
+        // Shutdown closes everything.
+        for key in rig.asm.conns.all_keys() {
+            rig.asm
+                .on_close(key.tgid, key.sock_id, 30_000, &mut rig.linker);
+        }
+        assert_eq!((audit(&rig.asm), rig.asm.budget.used()), (0, 0));
+    }
+
+    /// Random traffic over a small table and a small budget — heads in pieces, whole requests,
+    /// answers, garbage, HTTP/2 floods, closes, process exits, idle expiry, evictions, sheds —
+    /// keeps the budget equal to the sum of the charges after every step, and ends at zero.
+    #[test]
+    fn random_traffic_keeps_the_accounting_exact_and_ends_at_zero() {
+        let mut rig = Rig::<AnyParser> {
+            asm: Assembler::new(32),
+            linker: Linker::new(0, 100_000, Some(7)),
+        };
+        rig.asm.budget.set_limit(128 * 1024); // below what 32 connections can hold
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let h2_frame = |ty: u8, flags: u8, payload: &[u8]| {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([ty, flags, 0, 0, 0, 1]);
+            f.extend(payload);
+            f
+        };
+        let pad = vec![b'a'; 3000];
+        let mut ts = 1_000;
+        for _ in 0..20_000 {
+            ts += 1 + next(1_000);
+            let i = next(36);
+            let (s, h2) = (sock(i), i % 2 == 1);
+            let key = ConnKey {
+                tgid: s.pid,
+                sock_id: s.sock,
+            };
+            if rig.asm.conns.get(&key).is_none() {
+                // A new connection starts like its protocol: an HTTP/1 head, or the HTTP/2
+                // preface and a header block left open.
+                let start = match h2 {
+                    false => b"GET /slow HTTP/1.1\r\nX-Pad: ".to_vec(),
+                    true => [
+                        &ztrace_protocols::http2::PREFACE[..],
+                        &h2_frame(1, 0, &[0x82]),
+                    ]
+                    .concat(),
+                };
+                rig.io(s, false, ts, &start);
+                audit(&rig.asm);
+                continue;
+            }
+            match (next(40), h2) {
+                (0..=24, false) => rig.io(s, false, ts, &pad[..next(3000) as usize]),
+                (0..=24, true) => {
+                    rig.io(s, false, ts, &h2_frame(9, 0, &pad[..next(3000) as usize]))
+                }
+                (25..=28, false) => rig.io(s, false, ts, b"\r\n\r\n"),
+                (25..=28, true) => rig.io(s, false, ts, &h2_frame(9, 4, &[0x84])),
+                (29..=31, _) => rig.io(s, true, ts, OK),
+                (32..=33, _) => rig.io(s, false, ts, b"\x00\x01\x02 garbage\r\n\r\n"),
+                (34..=36, _) => rig.close(s, ts),
+                (37, _) => rig.asm.on_exit(s.pid, ts, &mut rig.linker),
+                (38, _) => rig.asm.expire(ts.saturating_sub(200_000), &mut rig.linker),
+                (_, false) => rig.io(s, false, ts, GET),
+                (_, true) => rig.io(s, false, ts, &h2_frame(1, 0, &[0x82])),
+            }
+            audit(&rig.asm);
+            // Over the limit by at most one push: a buffer that doubles (≤ 2 × 64 KiB).
+            assert!(rig.asm.budget.used() <= 128 * 1024 + 128 * 1024);
+        }
+        let (shed, evicted) = (rig.asm.budget.shed, rig.asm.conns.evicted);
+        assert!(shed > 0 && evicted > 0, "shed {shed}, evicted {evicted}");
+        for key in rig.asm.conns.all_keys() {
+            rig.asm.on_close(key.tgid, key.sock_id, ts, &mut rig.linker);
+        }
+        assert_eq!((audit(&rig.asm), rig.asm.budget.used()), (0, 0));
     }
 }

@@ -4,7 +4,9 @@
 //! `ztrace-protocols` crate, and this stage must not grow protocol-specific code.
 
 mod assembler;
+mod budget;
 mod redact;
 
 pub use assembler::*;
+pub use budget::Budget;
 pub use redact::{Redaction, generic_db_error};

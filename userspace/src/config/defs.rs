@@ -182,6 +182,8 @@ pub struct Config {
     pub privacy: Privacy,
     /// OTTL rules (`[transform]`, `[filter]`), compiled by `processors::ottl`.
     pub rules: Rules,
+    /// `memory.parser_budget`: the most bytes all protocol parsers may hold together.
+    pub parser_budget: usize,
 }
 
 /// `[privacy]`: sensitive data stays home unless asked for. Every field is off (empty) by
@@ -267,6 +269,8 @@ pub struct CliFlags {
     pub log_payloads: bool,
     /// `--redact`, as given (comma-separated lists).
     pub redact: Vec<String>,
+    /// `--parser-budget`, in bytes.
+    pub parser_budget: Option<usize>,
 }
 
 /// Cross-host links (`crate::peer`), resolved: on when a listen address is given.
@@ -313,6 +317,12 @@ pub const MAX_PAYLOAD_CAP: u32 = 4096;
 pub const DEFAULT_MAX_SERIES: usize = 2000;
 /// The largest `metrics.max_series`.
 pub const MAX_SERIES_LIMIT: u32 = 1_000_000;
+/// `memory.parser_budget` when nothing says otherwise: what every connection's parser may hold
+/// together (partial heads, header blocks, HPACK tables, prepared statements).
+pub const DEFAULT_PARSER_BUDGET: usize = 64 << 20;
+/// Its bounds: below 1 MiB a few slow heads would stop all parsing; 64 GiB is no bound at all.
+pub const MIN_PARSER_BUDGET: usize = 1 << 20;
+pub const MAX_PARSER_BUDGET: usize = 64 << 30;
 
 /// A raw setting as a source gave it.
 #[derive(Clone, Debug, PartialEq)]
@@ -379,7 +389,7 @@ pub const PEER_FILE_KEYS: [&str; 4] = [
 ];
 
 /// File keys with no environment variable (what to trace, terminal output, series limit).
-pub const NO_ENV_KEYS: [&str; 14] = [
+pub const NO_ENV_KEYS: [&str; 15] = [
     "target.pids",
     "target.select",
     "target.no_children",
@@ -394,6 +404,7 @@ pub const NO_ENV_KEYS: [&str; 14] = [
     "privacy.command_args",
     "privacy.log_payloads",
     "privacy.redact",
+    "memory.parser_budget",
 ];
 
 /// Flags of the settings resolved here: file key → flag.

@@ -24,7 +24,7 @@ pub use env::process_env;
 pub use error::*;
 pub use file::*;
 pub use opamp::*;
-pub use parse::{parse_duration, parse_pid_spec};
+pub use parse::{parse_duration, parse_pid_spec, parse_size};
 pub use resolve::*;
 pub use rules::*;
 pub use tail::*;

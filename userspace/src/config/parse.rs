@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::defs::{Compression, PidSpec, Protocol, Raw, Signal};
+use super::defs::{
+    Compression, MAX_PARSER_BUDGET, MIN_PARSER_BUDGET, PidSpec, Protocol, Raw, Signal,
+};
 use super::error::{ConfigError, Origin, bad};
 
 pub(super) fn string(raw: &Raw, origin: &Origin) -> Result<String, ConfigError> {
@@ -91,6 +93,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A byte size as the command line and the file write it: `67108864`, `64MiB`, `64 MiB`,
+/// `512KiB`, `1GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`: all powers of 1024), within
+/// [`MIN_PARSER_BUDGET`]..=[`MAX_PARSER_BUDGET`].
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size; use e.g. 64MiB, 512KiB or a byte count"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("unknown unit in `{s}`; use KiB, MiB or GiB")),
+    };
+    let bytes = n
+        .checked_mul(1 << shift)
+        .and_then(|b| usize::try_from(b).ok());
+    match bytes {
+        Some(b) if (MIN_PARSER_BUDGET..=MAX_PARSER_BUDGET).contains(&b) => Ok(b),
+        _ => Err(format!(
+            "`{s}` must be a size from {} KiB to {} GiB",
+            MIN_PARSER_BUDGET >> 10,
+            MAX_PARSER_BUDGET >> 30
+        )),
+    }
 }
 
 /// A PID to trace as the command line and the file write it: `1234`, or `1234=checkout` to name

@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use super::defs::{
     Batching, CliFlags, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_MAX_SERIES,
-    DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT, MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT,
-    OtlpTarget, Peers, PidSpec, Privacy, Protocol, Raw, RootSampler, SELECTOR_KINDS, Sampler,
-    SelectSpec, Signal, Target, Temporality, Terminal, Tls, flag_name,
+    DEFAULT_PARSER_BUDGET, DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT,
+    MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT, OtlpTarget, Peers, PidSpec, Privacy, Protocol, Raw,
+    RootSampler, SELECTOR_KINDS, Sampler, SelectSpec, Signal, Target, Temporality, Terminal, Tls,
+    flag_name,
 };
 use super::env::env_name;
 use super::error::{ConfigError, Origin, bad};
@@ -290,6 +291,7 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
     let db_query_text = src.cli.db_query_text || file_bool(src.file, "traces.db_query_text")?;
     let metric_max_series = max_series(src)?;
     let privacy = privacy(src)?;
+    let parser_budget = parser_budget(src)?;
     Ok(Config {
         traces,
         metrics,
@@ -307,7 +309,26 @@ pub fn resolve(src: &Sources<'_>) -> Result<Config, ConfigError> {
         metric_max_series,
         privacy,
         rules: super::rules::resolve_rules(src.file)?,
+        parser_budget,
     })
+}
+
+/// `memory.parser_budget`: a byte count, or a size with a unit (`"64MiB"`).
+fn parser_budget(src: &Sources<'_>) -> Result<usize, ConfigError> {
+    if let Some(n) = src.cli.parser_budget {
+        return Ok(n);
+    }
+    match src.file.and_then(|f| f.get("memory.parser_budget")) {
+        Some((v, origin)) => {
+            let text = match v {
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            super::parse::parse_size(&text).map_err(|e| ConfigError(format!("{origin}: {e}")))
+        }
+        None => Ok(DEFAULT_PARSER_BUDGET),
+    }
 }
 
 /// `[privacy]`: each opt-in is on when its flag or its file key says so; the redaction list is

@@ -220,7 +220,7 @@ pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
     log::info!(
         "summary: {} kernel events ({} lost: ring buffer full {}, arg map full {}; {} payload reads failed), {} records decoded ({} undecodable), \
          {} connections with a recognised protocol, {} spans ({} exported, {} dropped: queue {}, export failures {}; {} sampled out), \
-         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response, {} connections still open",
+         links: {} traceparent, {} in-process ({} confirmed by the response, {} from the response alone), {} cross-process ({} requests answered by another thread than read them), {} by content ({} of them overruling the thread's context; content also agreed with {} thread links), {} ambiguous left unlinked ({} contradicted by the response, {} outlived the parent, {} written after inputs of several requests, {} with several requests in progress and no evidence; {} connect-time and {} thread causes not taken while another request waited), cross-process timestamps: {} adjusted to the caller's window (largest {} µs), {} disagreements beyond {} µs left; {} desyncs, {} exchanges without response, {} connections still open; parser memory: peak {} KiB of the {} KiB budget, {} connections shed",
         k.submitted + k.ringbuf_full,
         k.ringbuf_full + k.args_full,
         k.ringbuf_full,
@@ -258,5 +258,8 @@ pub(super) fn summary(p: &PipelineStats, k: &KernelCounters, e: &ExportStats) {
         p.assemble.desyncs,
         p.assemble.aborted_exchanges,
         p.assemble.open_connections,
+        p.assemble.parser_bytes_peak >> 10,
+        p.assemble.parser_budget >> 10,
+        p.assemble.budget_shed,
     );
 }

@@ -52,6 +52,8 @@ pub struct DaemonConfig {
     pub db_query_text: bool,
     /// What sensitive data may leave (all opt-ins off by default).
     pub privacy: crate::config::Privacy,
+    /// The most bytes all protocol parsers may hold together (`memory.parser_budget`).
+    pub parser_budget: usize,
     pub mode: Mode,
     /// The metrics signal (interval, temporality, cardinality cap).
     pub metrics: MetricsConfig,
@@ -152,6 +154,7 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
                     let mut p = Box::new(Pipeline::new(mono_to_unix, None));
                     p.set_db_query_text(cfg.db_query_text);
                     p.set_privacy(&cfg.privacy);
+                    p.set_parser_budget(cfg.parser_budget);
                     let now_unix = clock_ns(libc::CLOCK_REALTIME).max(0) as u64;
                     p.metrics = Some(Metrics::new(cfg.metrics, now_unix));
                     if cfg.capture_logs {

@@ -190,6 +190,11 @@ impl Pipeline {
         self.log_payloads = privacy.log_payloads;
     }
 
+    /// The most bytes all protocol parsers may hold together (see `assemble::Budget`).
+    pub fn set_parser_budget(&mut self, bytes: usize) {
+        self.assembler.budget.set_limit(bytes);
+    }
+
     /// Releases settled spans. `now_ns` is monotonic time (the kernel's clock).
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Span>) {
         let now_ns = now_ns.max(self.last_ns);
@@ -266,10 +271,7 @@ impl Pipeline {
         PipelineStats {
             records: self.records,
             decode_errors: self.decode_errors,
-            assemble: AssembleStats {
-                open_connections: self.assembler.conns.len() as u64,
-                ..self.assembler.stats
-            },
+            assemble: self.assembler.stats(),
             link: self.linker.stats,
         }
     }

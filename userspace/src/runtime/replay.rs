@@ -25,6 +25,7 @@ pub fn replay(
     service_name: Option<String>,
     db_query_text: bool,
     privacy: &Privacy,
+    parser_budget: usize,
 ) -> Result<()> {
     let mut reader =
         record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -43,6 +44,7 @@ pub fn replay(
         );
         pipeline.set_db_query_text(db_query_text);
         pipeline.set_privacy(privacy);
+        pipeline.set_parser_budget(parser_budget);
         let (mut spans, mut changes) = (Vec::new(), Vec::new());
         let mut records = 0u64;
         while let Some(frame) = reader

@@ -197,6 +197,8 @@ impl Telemetry {
             logs_queued: depth.log_records,
             metric_overflow: pipeline.metrics.as_ref().map_or(0, |m| m.folded()),
             logs_dropped: logs.dropped,
+            parser_shed: pipeline.stats().assemble.budget_shed,
+            parser_bytes: pipeline.stats().assemble.parser_bytes,
             links: link_outcomes(&pipeline.stats().link, pipeline.crosshost_stats()),
         }
     }
@@ -207,7 +209,7 @@ impl Telemetry {
         let due = self.warned_at.is_none_or(|t| t.elapsed() >= WARN_EVERY);
         if total > self.warned_losses && (due || force) {
             log::warn!(
-                "ztrace lost data (totals): kernel {} (ring buffer full {}, arg map full {}); TLS plaintext with no socket known {}; export queue full: spans {}, metric points {}, log records {}; export failed: spans {}, metric points {}, log records {}; log lines dropped {}",
+                "ztrace lost data (totals): kernel {} (ring buffer full {}, arg map full {}); TLS plaintext with no socket known {}; export queue full: spans {}, metric points {}, log records {}; export failed: spans {}, metric points {}, log records {}; log lines dropped {}; connections shed by the parser memory budget {}",
                 h.dropped_ring_full + h.dropped_args_full,
                 h.dropped_ring_full,
                 h.dropped_args_full,
@@ -219,6 +221,7 @@ impl Telemetry {
                 h.metrics_failed,
                 h.logs_failed,
                 h.logs_dropped,
+                h.parser_shed,
             );
             self.warned_losses = total;
             self.warned_at = Some(Instant::now());

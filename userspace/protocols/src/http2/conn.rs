@@ -77,6 +77,17 @@ impl Parser for H2Conn {
     fn close(&mut self, out: &mut Vec<H2Event>) {
         H2Conn::close(self, out);
     }
+    /// The framers' and header blocks' buffers, both HPACK decoders, and the tracked streams
+    /// (their fixed part: a stream's response-head strings, at most 2 × [`MAX_FIELD`] bytes
+    /// from the server, are not counted).
+    fn held(&self) -> usize {
+        let c = &self.conn;
+        let buffers = self.framers.iter().map(|f| f.buf.capacity()).sum::<usize>()
+            + c.block_buf.iter().map(Vec::capacity).sum::<usize>();
+        // A B-tree node per ~11 entries: the entry plus a share of the node's overhead.
+        let stream = std::mem::size_of::<(u32, Stream)>() + 16;
+        buffers + c.hpack[0].held() + c.hpack[1].held() + c.streams.map.len() * stream
+    }
 }
 
 /// HTTP/2 streams are exchanges; a stream whose content type is gRPC is a gRPC call.
@@ -1305,5 +1316,57 @@ mod tests {
             "a gap past a frame"
         );
         assert_eq!(c.framers[0].offset, u64::MAX);
+    }
+
+    /// A CONTINUATION flood (RFC 9113 §6.10 puts no limit on a header block's frames): a
+    /// HEADERS without END_HEADERS, then megabytes of CONTINUATION frames, fed as captured
+    /// heads of 512 bytes. What the parser holds (and is charged for) stays bounded during the
+    /// flood, is given back once the block ends, and the connection's next request decodes.
+    #[test]
+    fn a_continuation_flood_holds_a_bounded_buffer_and_gives_it_back() {
+        let mut c = H2Conn::new();
+        assert_eq!(Parser::held(&c), 0);
+        let mut q = Wire::default();
+        q.add(PREFACE);
+        q.add(&frame(
+            HEADERS,
+            0,
+            1,
+            &block(&[F::Idx(2), F::Idx(4)], false),
+        ));
+        let filler = vec![0x40u8; 4000];
+        for _ in 0..2_000 {
+            q.add(&frame(CONTINUATION, 0, 1, &filler)); // 8 MB in all
+        }
+        q.add(&frame(CONTINUATION, END_HEADERS, 1, &[]));
+        let next = q.add(&headers(
+            3,
+            END_STREAM,
+            &block(&[F::Idx(2), F::Idx(4)], false),
+        ));
+        let (mut out, mut peak) = (Vec::new(), 0);
+        for chunk in q.0.chunks(512) {
+            c.push(Q, chunk, chunk.len() as u64, &mut out);
+            peak = peak.max(Parser::held(&c));
+        }
+        // The block buffer (at most MAX_HEADER_BLOCK, doubled by growth), one frame's payload
+        // and two empty decoders.
+        let bound = 2 * MAX_HEADER_BLOCK + 2 * filler.len() + 2 * 1024;
+        assert!(
+            peak <= bound,
+            "held {peak} bytes during the flood (bound {bound})"
+        );
+        assert!(
+            peak >= MAX_HEADER_BLOCK,
+            "the flood was buffered up to the cap: {peak}"
+        );
+        let held = Parser::held(&c);
+        assert!(
+            held <= 2 * crate::KEEP_CAPACITY,
+            "{held} bytes held after the flood"
+        );
+        assert_eq!(show(&out), format!("Q3@{next} GET /"));
+        close(&mut c);
+        assert_eq!(Parser::held(&c), 0);
     }
 }

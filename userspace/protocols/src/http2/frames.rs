@@ -175,7 +175,7 @@ impl Conn {
         let d = dir as usize;
         self.hpack[d].lose();
         self.block[d] = None;
-        self.block_buf[d].clear();
+        crate::empty(&mut self.block_buf[d]);
     }
 
     /// The frame `h` occupying `[start, end)` in `dir` was read; `payload` holds its first
@@ -228,14 +228,14 @@ impl Conn {
                     b.broken = true;
                 }
                 match b.broken {
-                    true => buf.clear(),
+                    true => crate::empty(buf),
                     false => buf.extend_from_slice(payload),
                 }
                 if h.flags & END_HEADERS != 0 {
                     let (broken, buf) = (b.broken, std::mem::take(&mut self.block_buf[d]));
                     self.end_block(dir, (!broken).then_some(&buf[..]), out);
                     self.block_buf[d] = buf;
-                    self.block_buf[d].clear();
+                    crate::empty(&mut self.block_buf[d]);
                 }
             }
             RST_STREAM => {
@@ -356,7 +356,7 @@ impl Framer {
 
     pub(super) fn desync(&mut self, conn: &mut Conn, out: &mut Vec<H2Event>) {
         self.state = State::Desync;
-        self.buf.clear();
+        crate::empty(&mut self.buf);
         conn.lost(self.dir);
         let (dir, offset) = (self.dir, self.start);
         out.push(H2Event::Desync { dir, offset });
@@ -489,7 +489,7 @@ impl Framer {
                     let buf = std::mem::take(&mut self.buf);
                     conn.frame(self.dir, &h, &buf, gapped, (self.start, at), out);
                     self.buf = buf;
-                    self.buf.clear();
+                    crate::empty(&mut self.buf);
                     self.state = State::Head(0);
                     self.start = at;
                 }

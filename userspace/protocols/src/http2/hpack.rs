@@ -215,6 +215,8 @@ pub(super) struct Hpack {
     pub(super) table: VecDeque<Entry>,
     /// Sum of the entries' sizes.
     pub(super) size: usize,
+    /// Sum of the entries' buffer capacities (what they hold on the heap).
+    pub(super) heap: usize,
     /// Current maximum size (last size update, capped).
     pub(super) max: usize,
     /// An evicted entry's buffer, reused for the next insertion.
@@ -229,6 +231,7 @@ impl Hpack {
         Hpack {
             table: VecDeque::new(),
             size: 0,
+            heap: 0,
             max: 4096,
             spare: Vec::new(),
             name: Vec::new(),
@@ -240,6 +243,16 @@ impl Hpack {
     pub(super) fn lose(&mut self) {
         self.table.clear();
         self.size = 0;
+        self.heap = 0;
+    }
+
+    /// Heap bytes held: the entries, the table's slots and the reused buffers.
+    pub(super) fn held(&self) -> usize {
+        self.heap
+            + crate::slots::<Entry>(self.table.capacity())
+            + self.spare.capacity()
+            + self.name.capacity()
+            + self.value.capacity()
     }
 
     /// The decoding endpoint advertised SETTINGS_HEADER_TABLE_SIZE = `limit`.
@@ -257,6 +270,7 @@ impl Hpack {
                 break;
             };
             self.size -= e.size;
+            self.heap -= e.buf.capacity();
             self.spare = e.buf;
         }
     }
@@ -269,6 +283,7 @@ impl Hpack {
         }
         self.evict(e.size);
         self.size += e.size;
+        self.heap += e.buf.capacity();
         self.table.push_front(e);
     }
 

@@ -57,6 +57,10 @@ pub struct Health {
     pub metric_overflow: u64,
     /// Log records dropped before export (held-record buffer full).
     pub logs_dropped: u64,
+    /// Connections no longer parsed because the parsers' memory budget was full.
+    pub parser_shed: u64,
+    /// Bytes the protocol parsers hold now (bounded by the budget).
+    pub parser_bytes: u64,
     /// The linker's decisions (see `link::LinkStats`).
     pub links: LinkOutcomes,
 }
@@ -104,6 +108,7 @@ impl Health {
             + self.metrics_failed
             + self.logs_failed
             + self.logs_dropped
+            + self.parser_shed
     }
 
     /// Every counter, with its points.
@@ -224,6 +229,12 @@ impl Health {
                 description: "Log lines dropped before export because the held-record buffer was full.",
                 points: vec![(vec![], self.logs_dropped)],
             },
+            Counter {
+                name: "ztrace.connections.shed",
+                unit: "{connection}",
+                description: "Connections no longer parsed because the protocol parsers' memory budget (memory.parser_budget) was full: what they buffered was dropped and their open exchanges ended with an error.",
+                points: vec![(on(REASON, "memory_budget"), self.parser_shed)],
+            },
         ]
     }
 
@@ -269,6 +280,19 @@ impl Health {
             ("metrics", self.metrics_queued),
             ("logs", self.logs_queued),
         ];
+        out.push(Metric {
+            name: "ztrace.parser.memory".into(),
+            unit: "By".into(),
+            description: "Bytes the protocol parsers hold for partial messages, header blocks and decoder tables, all connections together (bounded by memory.parser_budget).".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    time_unix_nano: now_ns,
+                    value: Some(Value::AsInt(self.parser_bytes as i64)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        });
         out.push(Metric {
             name: "ztrace.queue.depth".into(),
             unit: "{item}".into(),
@@ -350,5 +374,28 @@ mod tests {
         assert_eq!(links.len(), 14);
         assert_eq!(value(&links, "cross_host"), 4);
         assert_eq!(value(&links, "unlinked_no_peer_agent"), 2);
+    }
+
+    #[test]
+    fn connections_shed_by_the_parser_budget_are_counted_and_its_use_is_a_gauge() {
+        let h = Health {
+            parser_shed: 3,
+            parser_bytes: 1234,
+            ..Default::default()
+        };
+        assert_eq!(h.any_loss(), 3, "shed connections are a loss");
+        let metrics = h.to_metrics(None, 1, 2);
+        let shed = points(&metrics, "ztrace.connections.shed");
+        assert_eq!(shed.len(), 1);
+        assert!(shed[0].0.contains("memory_budget"), "{shed:?}");
+        assert_eq!(shed[0].1, 3);
+        let gauge = metrics
+            .iter()
+            .find(|m| m.name == "ztrace.parser.memory")
+            .unwrap();
+        let Some(Data::Gauge(g)) = &gauge.data else {
+            panic!("ztrace.parser.memory is not a gauge");
+        };
+        assert_eq!(g.data_points[0].value, Some(Value::AsInt(1234)));
     }
 }
