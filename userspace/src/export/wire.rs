@@ -413,6 +413,7 @@ pub(crate) fn encode_request_cached(
         body,
         group,
     } = state;
+    group.clear();
     group.reserve(spans.len() * 512);
     let mut scope = Vec::new();
     bytes_field(1, SCOPE_NAME.as_bytes(), &mut scope);

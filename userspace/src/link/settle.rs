@@ -237,7 +237,9 @@ impl Linker {
     }
 
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
-        let Some(rec) = self.recs.remove(&h).map(|b| *b) else {
+        // Kept boxed: the exchange moves out of the box straight into the span (unboxing the
+        // whole record first was one more copy of it per span).
+        let Some(rec) = self.recs.remove(&h) else {
             return;
         };
         let (parent_span_id, parent_is_remote) = match rec.parent {
