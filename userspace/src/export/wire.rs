@@ -614,7 +614,7 @@ mod tests {
             encode_request(&spans, &table, &mut cold);
             assert_eq!(warm, cold, "round {round}");
         }
-        assert!(!cache.entries.is_empty());
+        assert!(!cache.endpoints.entries.is_empty());
         let decoded = ExportTraceServiceRequest::decode(warm.as_slice()).unwrap();
         assert_eq!(decoded, build_request(&spans, &table));
     }
