@@ -343,6 +343,26 @@ fn done<T, E>(r: Result<httparse::Status<T>, E>) -> Result<T, Miss> {
     }
 }
 
+/// What [`scan::request`] gives, of the request head at the start of `buf`, by httparse: any
+/// head the scanner does not take.
+fn request_httparse(buf: &[u8]) -> Result<RequestParts<'_>, Miss> {
+    // httparse fills the headers it finds; nothing needs initialising.
+    let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let n = done(req.parse_with_uninit_headers(buf, &mut headers))?;
+    let (method, target) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
+    Ok((
+        n,
+        method,
+        target,
+        req.version.unwrap_or(1),
+        fields(req.headers),
+    ))
+}
+
+/// A request head's (bytes used, method, target, minor version, what the headers say).
+type RequestParts<'b> = (usize, &'b str, &'b str, u8, Result<Fields<'b>, Miss>);
+
 /// (bytes used, minor version, status code, what the headers say) of the response head at the
 /// start of `buf`, by httparse: any head `scan::response` does not take.
 fn response_httparse(buf: &[u8]) -> Result<(usize, u8, u16, Result<Fields<'_>, Miss>), Miss> {
@@ -358,12 +378,11 @@ fn response_httparse(buf: &[u8]) -> Result<(usize, u8, u16, Result<Fields<'_>, M
 fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
     match (elem, dir) {
         (Elem::Head, Dir::Request) => {
-            // httparse fills the headers it finds; nothing needs initialising.
-            let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut []);
-            let n = done(req.parse_with_uninit_headers(buf, &mut headers))?;
-            let version = req.version.unwrap_or(1);
-            let fields = fields(req.headers)?;
+            let (n, method, target, version, fields) = match scan::request(buf) {
+                Some(plain) => plain,
+                None => request_httparse(buf)?,
+            };
+            let fields = fields?;
             let f = framed(&fields, version);
             let framing = match f.framing {
                 State::UntilClose if f.coded => return Err(Miss::Invalid), // RFC 9112 §6.3
@@ -372,8 +391,8 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             };
             let expect = fields.expect;
             let head = RequestHead {
-                method: req.method.unwrap_or_default().to_owned(),
-                target: req.path.unwrap_or_default().to_owned(),
+                method: method.to_owned(),
+                target: target.to_owned(),
                 version,
                 host: fields.host.map(text),
                 user_agent: fields.user_agent.map(text),
