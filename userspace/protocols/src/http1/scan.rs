@@ -145,14 +145,12 @@ fn headers(buf: &[u8], mut i: usize) -> Option<(usize, Result<Fields<'_>, Miss>)
         if buf.get(i..i + 2)? == b"\r\n" {
             return Some((i + 2, err.map_or(Ok(f), Err)));
         }
-        let name_start = i;
-        while TCHAR[*buf.get(i)? as usize] {
-            i += 1;
-        }
-        if i == name_start || buf[i] != b':' {
+        let name_len = buf[i..].iter().position(|&b| !TCHAR[usize::from(b)])?;
+        let name = &buf[i..i + name_len];
+        i += name_len;
+        if name_len == 0 || buf[i] != b':' {
             return None;
         }
-        let name = &buf[name_start..i];
         i += 1;
         while matches!(buf.get(i), Some(b' ' | b'\t')) {
             i += 1;
