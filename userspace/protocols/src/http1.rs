@@ -21,6 +21,8 @@ use std::mem::MaybeUninit;
 use crate::exchange::{Exchange, HttpExchange};
 use crate::parser::{Opener, Parser, Protocol, Step, Update};
 
+mod scan;
+
 /// Largest head (request/status line + headers), chunk-size line or trailer section.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers a head may carry; more is treated as malformed.
@@ -210,8 +212,7 @@ fn eq_lower<const N: usize>(s: &[u8], lower: &[u8; N]) -> bool {
 }
 
 /// Which known header `name` is (case-insensitive): its length picks the one candidate.
-fn known(name: &str) -> Option<Known> {
-    let n = name.as_bytes();
+fn known(n: &[u8]) -> Option<Known> {
     let (is, known) = match n.len() {
         4 => (eq_lower(n, b"host"), Known::Host),
         6 => (eq_lower(n, b"expect"), Known::Expect),
@@ -235,6 +236,7 @@ fn elements(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 
 /// What a head's headers say, gathered in one pass over them. Values are trimmed.
 #[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Fields<'b> {
     /// The value of all Content-Length elements (they must agree).
     content_length: Option<u64>,
@@ -254,10 +256,19 @@ struct Fields<'b> {
 fn fields<'b>(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, Miss> {
     let mut f = Fields::default();
     for h in headers {
-        let Some(known) = known(h.name) else {
-            continue;
+        f.add(h.name.as_bytes(), h.value)?;
+    }
+    Ok(f)
+}
+
+impl<'b> Fields<'b> {
+    /// Takes in the next header. `Err` when Content-Length is malformed or ambiguous.
+    fn add(&mut self, name: &[u8], value: &'b [u8]) -> Result<(), Miss> {
+        let f = self;
+        let Some(known) = known(name) else {
+            return Ok(());
         };
-        let value = h.value.trim_ascii();
+        let value = value.trim_ascii();
         match known {
             Known::ContentLength => {
                 for t in elements(value) {
@@ -285,8 +296,8 @@ fn fields<'b>(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, Miss> {
             Known::UserAgent => _ = f.user_agent.get_or_insert(value),
             Known::Traceparent => _ = f.traceparent.get_or_insert(value),
         }
+        Ok(())
     }
-    Ok(f)
 }
 
 /// A header value as text (invalid UTF-8 replaced).
@@ -332,16 +343,46 @@ fn done<T, E>(r: Result<httparse::Status<T>, E>) -> Result<T, Miss> {
     }
 }
 
+/// What [`scan::request`] gives, of the request head at the start of `buf`, by httparse: any
+/// head the scanner does not take.
+fn request_httparse(buf: &[u8]) -> Result<RequestParts<'_>, Miss> {
+    // httparse fills the headers it finds; nothing needs initialising.
+    let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let n = done(req.parse_with_uninit_headers(buf, &mut headers))?;
+    let (method, target) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
+    Ok((
+        n,
+        method,
+        target,
+        req.version.unwrap_or(1),
+        fields(req.headers),
+    ))
+}
+
+/// A request head's (bytes used, method, target, minor version, what the headers say).
+type RequestParts<'b> = (usize, &'b str, &'b str, u8, Result<Fields<'b>, Miss>);
+
+/// (bytes used, minor version, status code, what the headers say) of the response head at the
+/// start of `buf`, by httparse: any head `scan::response` does not take.
+fn response_httparse(buf: &[u8]) -> Result<(usize, u8, u16, Result<Fields<'_>, Miss>), Miss> {
+    let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default(); // what `Response::parse` uses
+    let n = done(config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers))?;
+    let (version, status) = (resp.version.unwrap_or(1), resp.code.unwrap_or_default());
+    Ok((n, version, status, fields(resp.headers)))
+}
+
 /// Parse the element `elem` at the start of `buf` (not empty).
 fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
     match (elem, dir) {
         (Elem::Head, Dir::Request) => {
-            // httparse fills the headers it finds; nothing needs initialising.
-            let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut []);
-            let n = done(req.parse_with_uninit_headers(buf, &mut headers))?;
-            let version = req.version.unwrap_or(1);
-            let fields = fields(req.headers)?;
+            let (n, method, target, version, fields) = match scan::request(buf) {
+                Some(plain) => plain,
+                None => request_httparse(buf)?,
+            };
+            let fields = fields?;
             let f = framed(&fields, version);
             let framing = match f.framing {
                 State::UntilClose if f.coded => return Err(Miss::Invalid), // RFC 9112 §6.3
@@ -350,8 +391,8 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             };
             let expect = fields.expect;
             let head = RequestHead {
-                method: req.method.unwrap_or_default().to_owned(),
-                target: req.path.unwrap_or_default().to_owned(),
+                method: method.to_owned(),
+                target: target.to_owned(),
                 version,
                 host: fields.host.map(text),
                 user_agent: fields.user_agent.map(text),
@@ -364,15 +405,14 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             Ok((n, Found::Request(head, framing)))
         }
         (Elem::Head, Dir::Response) => {
-            let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut []);
-            let config = httparse::ParserConfig::default(); // what `Response::parse` uses
-            let n = done(config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers))?;
-            let version = resp.version.unwrap_or(1);
-            let fields = fields(resp.headers)?;
+            let (n, version, status, fields) = match scan::response(buf) {
+                Some(plain) => plain,
+                None => response_httparse(buf)?,
+            };
+            let fields = fields?;
             let f = framed(&fields, version);
             let head = ResponseHead {
-                status: resp.code.unwrap_or_default(),
+                status,
                 version,
                 content_length: fields.content_length,
                 chunked: f.chunked,

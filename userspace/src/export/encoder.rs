@@ -12,7 +12,7 @@ use crate::semconv::resource::ProcessTable;
 pub struct OtlpEncoder {
     table: ProcessTable,
     buf: Vec<u8>,
-    endpoints: wire::EndpointCache,
+    endpoints: wire::WireState,
 }
 
 impl OtlpEncoder {
@@ -20,7 +20,7 @@ impl OtlpEncoder {
         Self {
             table: ProcessTable::new(None),
             buf: Vec::new(),
-            endpoints: wire::EndpointCache::default(),
+            endpoints: wire::WireState::default(),
         }
     }
 

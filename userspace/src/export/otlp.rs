@@ -254,8 +254,8 @@ impl OtlpClient {
 pub(crate) struct OtlpSink {
     client: OtlpClient,
     encoded: Vec<u8>,
-    /// Endpoint attributes of the spans of earlier batches (see `wire::EndpointCache`).
-    endpoints: super::wire::EndpointCache,
+    /// What earlier batches left (see `wire::WireState`).
+    endpoints: super::wire::WireState,
 }
 
 impl OtlpSink {

@@ -112,21 +112,28 @@ fn fixed32_field(field: u32, value: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&value.to_le_bytes());
 }
 
-/// Writes a length-delimited sub-message built by `body` (which appends to `out`).
-fn message(field: u32, out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+/// Writes a length-delimited sub-message built by `body` (which appends to `out`) in place, its
+/// length prefix guessed to take `width` bytes: when the guess holds (the callers' guesses fit
+/// nearly every span and batch), nothing moves; otherwise the body is moved once to fit. (A
+/// scratch buffer per span and per batch copied every byte of a request twice more.)
+fn message(field: u32, width: usize, out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
     key(field, WireType::LengthDelimited, out);
-    // Reserve the widest length prefix a sub-message here can need, then close the gap.
     let len_at = out.len();
-    out.extend_from_slice(&[0; 5]);
+    out.resize(len_at + width, 0);
     let start = out.len();
     body(out);
+    let (end, len) = (out.len(), out.len() - start);
     let mut prefix = Head::default();
-    prefix.varint((out.len() - start) as u64);
-    let n = prefix.len.min(5);
-    // Move the body up against the prefix (the gap was 5 bytes), no allocation.
+    prefix.varint(len as u64);
+    let n = prefix.len;
+    if n != width {
+        if n > width {
+            out.resize(end + (n - width), 0);
+        }
+        out.copy_within(start..end, len_at + n);
+        out.truncate(len_at + n + len);
+    }
     out[len_at..len_at + n].copy_from_slice(&prefix.buf[..n]);
-    out.copy_within(start.., len_at + n);
-    out.truncate(out.len() - (5 - n));
 }
 
 fn len_delimited_len(len: usize) -> usize {
@@ -155,9 +162,9 @@ fn any_value(v: &AttrValue, out: &mut Vec<u8>) {
         AttrValue::Int(i) => varint_field(3, *i as u64, out),
         AttrValue::Double(d) => fixed64_field(4, d.0.to_bits(), out),
         AttrValue::Bool(b) => varint_field(2, u64::from(*b), out),
-        AttrValue::StrArray(items) => message(5, out, |out| {
+        AttrValue::StrArray(items) => message(5, 1, out, |out| {
             for s in items {
-                message(1, out, |out| bytes_field(1, s.as_bytes(), out));
+                message(1, 1, out, |out| bytes_field(1, s.as_bytes(), out));
             }
         }),
     }
@@ -250,6 +257,13 @@ struct KeyValues<'o> {
 pub(crate) struct EndpointCache {
     seen: FxHashSet<u64>,
     entries: FxHashMap<u64, (CachedKey, Vec<u8>)>,
+}
+
+/// What the encoder keeps from one batch to the next: the endpoint attributes (see
+/// [`EndpointCache`]).
+#[derive(Default)]
+pub(crate) struct WireState {
+    endpoints: EndpointCache,
 }
 
 /// Most keys remembered; beyond it the cache starts afresh.
@@ -358,7 +372,7 @@ fn span(s: &Span, cache: &mut EndpointCache, out: &mut Vec<u8>) {
         },
     );
     if let SpanStatus::Error(msg) = &s.status {
-        message(15, out, |out| {
+        message(15, 1, out, |out| {
             if !msg.is_empty() {
                 bytes_field(2, msg.as_bytes(), out);
             }
@@ -375,14 +389,14 @@ fn span(s: &Span, cache: &mut EndpointCache, out: &mut Vec<u8>) {
 /// (each span, and twice the whole batch) — a fifth of the encoder's instructions.
 #[cfg(test)]
 pub(crate) fn encode_request(spans: &[Span], table: &ProcessTable, out: &mut Vec<u8>) {
-    encode_request_cached(spans, table, &mut EndpointCache::default(), out);
+    encode_request_cached(spans, table, &mut WireState::default(), out);
 }
 
-/// [`encode_request`] with the endpoint attributes of earlier batches at hand (`cache`).
+/// [`encode_request`] with what earlier batches left at hand (`state`).
 pub(crate) fn encode_request_cached(
     spans: &[Span],
     table: &ProcessTable,
-    cache: &mut EndpointCache,
+    state: &mut WireState,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -392,31 +406,28 @@ pub(crate) fn encode_request_cached(
             pids.push(s.pid);
         }
     }
-    let mut body = Vec::with_capacity(1024);
-    let mut group = Vec::with_capacity(spans.len() * 512);
+    let cache = &mut state.endpoints;
+    // Written in place (see `message`): a span's prefix is guessed at two bytes (128 B to
+    // 16 KiB), a process's span list at three (to 2 MiB); a batch's spans are about 0.5 KiB each.
+    out.reserve(spans.len() * 512);
     let mut scope = Vec::new();
     bytes_field(1, SCOPE_NAME.as_bytes(), &mut scope);
     bytes_field(2, SCOPE_VERSION.as_bytes(), &mut scope);
     let mut resource = Vec::new();
     for pid in pids {
-        group.clear();
-        for s in spans.iter().filter(|s| s.pid == pid) {
-            body.clear();
-            span(s, cache, &mut body);
-            bytes_field(2, &body, &mut group); // ScopeSpans.spans
-        }
         resource.clear();
         key_values(1, &table.resource(pid), &mut resource);
-        let scope_spans_len = len_delimited_len(scope.len()) + group.len();
-        let resource_msg_len = len_delimited_len(resource.len()); // ResourceSpans.resource
-        let resource_spans_len = resource_msg_len + len_delimited_len(scope_spans_len);
-        key(1, WireType::LengthDelimited, out); // ExportTraceServiceRequest.resource_spans
-        encode_varint(resource_spans_len as u64, out);
-        bytes_field(1, &resource, out); // ResourceSpans.resource
-        key(2, WireType::LengthDelimited, out); // ResourceSpans.scope_spans
-        encode_varint(scope_spans_len as u64, out);
-        bytes_field(1, &scope, out); // ScopeSpans.scope
-        out.extend_from_slice(&group);
+        // ExportTraceServiceRequest.resource_spans
+        message(1, 3, out, |out| {
+            bytes_field(1, &resource, out); // ResourceSpans.resource
+            message(2, 3, out, |out| {
+                // ResourceSpans.scope_spans
+                bytes_field(1, &scope, out); // ScopeSpans.scope
+                for s in spans.iter().filter(|s| s.pid == pid) {
+                    message(2, 2, out, |out| span(s, cache, out)); // ScopeSpans.spans
+                }
+            });
+        });
     }
 }
 
@@ -510,12 +521,17 @@ mod tests {
             prost::encoding::encode_varint(v, &mut theirs);
             assert_eq!(ours, theirs, "{v}");
         }
-        // A sub-message longer than one length byte keeps its exact prost encoding.
-        let mut out = Vec::new();
-        super::message(3, &mut out, |o| o.extend_from_slice(&[7u8; 300]));
-        let mut want = Vec::new();
-        prost::encoding::bytes::encode(3, &vec![7u8; 300], &mut want);
-        assert_eq!(out, want);
+        // A sub-message keeps its exact prost encoding whatever the guess of its prefix's width
+        // (too small, right, too large), its length one to three varint bytes.
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            for width in 1..=4 {
+                let mut out = vec![9u8; 3]; // something before it stays
+                super::message(3, width, &mut out, |o| o.resize(o.len() + len, 7));
+                let mut want = vec![9u8; 3];
+                prost::encoding::bytes::encode(3, &vec![7u8; len], &mut want);
+                assert!(out == want, "{len} bytes, width {width}");
+            }
+        }
     }
 
     #[test]
@@ -549,6 +565,31 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// Batches whose span lists need one to four length bytes (the encoder guesses three) decode
+    /// to the struct-built request, with minimal prefixes (prost's re-encoding has their size).
+    #[test]
+    fn batches_of_any_size_are_written_in_place_exactly() {
+        let table = ProcessTable::new(None);
+        for n in [1, 30, 400, 12_000] {
+            let spans: Vec<Span> = (0..n)
+                .map(|i| {
+                    let mut s = [server_span(), client_span()][i % 2].clone();
+                    s.pid = 10 + (i % 3 == 0) as u32;
+                    s
+                })
+                .collect();
+            let mut out = Vec::new();
+            encode_request(&spans, &table, &mut out);
+            let decoded = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
+            assert_eq!(decoded.encoded_len(), out.len(), "{n} spans");
+            assert!(
+                n < 12_000 || out.len() > 3 << 20,
+                "a list over 2 MiB: four length bytes"
+            );
+            assert!(decoded == build_request(&spans, &table), "{n} spans");
+        }
+    }
+
     /// Endpoint attributes taken from the cache are the bytes encoding them afresh gives, for
     /// spans whose keys differ in each part (host, ports, addresses, version, IPv6, mapped IPv4).
     #[test]
@@ -580,7 +621,7 @@ mod tests {
             h.version = if i % 7 == 3 { "1.0" } else { "1.1" };
             spans.push(s);
         }
-        let mut cache = EndpointCache::default();
+        let mut cache = WireState::default();
         let (mut warm, mut cold) = (Vec::new(), Vec::new());
         // Three rounds: unseen, seen once (stored), stored (taken from the cache).
         for round in 0..3 {
@@ -588,7 +629,7 @@ mod tests {
             encode_request(&spans, &table, &mut cold);
             assert_eq!(warm, cold, "round {round}");
         }
-        assert!(!cache.entries.is_empty());
+        assert!(!cache.endpoints.entries.is_empty());
         let decoded = ExportTraceServiceRequest::decode(warm.as_slice()).unwrap();
         assert_eq!(decoded, build_request(&spans, &table));
     }

@@ -211,13 +211,7 @@ impl Linker {
                 break;
             }
             self.seq_order.pop_front();
-            if self
-                .clients_by_seq
-                .get(&key)
-                .is_some_and(|(_, at)| *at < cutoff)
-            {
-                self.clients_by_seq.remove(&key);
-            }
+            expire(&mut self.clients_by_seq, key, cutoff);
         }
         // Servers wait no longer than their grace period; most never get a traced client (the
         // end user's), so they are swept on their own, sooner.
@@ -226,18 +220,14 @@ impl Linker {
                 break;
             }
             self.server_seq_order.pop_front();
-            if self
-                .servers_by_seq
-                .get(&key)
-                .is_some_and(|(_, at)| *at < server_cutoff)
-            {
-                self.servers_by_seq.remove(&key);
-            }
+            expire(&mut self.servers_by_seq, key, server_cutoff);
         }
     }
 
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
-        let Some(rec) = self.recs.remove(&h).map(|b| *b) else {
+        // Kept boxed: the exchange moves out of the box straight into the span (unboxing the
+        // whole record first was one more copy of it per span).
+        let Some(rec) = self.recs.remove(&h) else {
             return;
         };
         let (parent_span_id, parent_is_remote) = match rec.parent {
@@ -333,6 +323,20 @@ impl Linker {
 }
 
 /// The trace a span belongs to, as resolved at release.
+/// Forgets `key`'s entry if it was made before `cutoff` (a newer one for the same key stays),
+/// in one probe of the table (a lookup and then a removal searched twice).
+fn expire(
+    map: &mut rustc_hash::FxHashMap<super::held::SeqKey, (Handle, u64)>,
+    key: super::held::SeqKey,
+    cutoff: u64,
+) {
+    if let std::collections::hash_map::Entry::Occupied(e) = map.entry(key)
+        && e.get().1 < cutoff
+    {
+        e.remove();
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Resolved {
     trace_id: TraceId,
