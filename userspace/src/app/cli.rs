@@ -138,6 +138,12 @@ pub struct TargetArgs {
     /// exit.
     #[arg(long)]
     pub probe_stats: bool,
+    /// Run without the seccomp allow-list (for debugging: when ztrace reports "Operation not
+    /// permitted" and works with this flag, please report it with the kernel log's
+    /// `type=1326` line). By default, once the probes are loaded, ztrace can no longer exec,
+    /// ptrace, load BPF programs or modules, mount, or open files for writing.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// Where spans, metrics and logs go. Every setting can also come from the config file or the
@@ -409,7 +415,7 @@ fn usage_error(msg: impl std::fmt::Display) -> i32 {
 }
 
 fn check(target: &TargetArgs) -> i32 {
-    let items = preflight::full_report();
+    let items = preflight::full_report(!target.no_seccomp);
     for item in &items {
         println!("{item}");
     }
@@ -454,6 +460,10 @@ pub fn main() -> i32 {
     let (mut tail, mut anomaly) = (None, None);
     let mut rules = Program::default();
     let mut control = None;
+    let no_seccomp = match &cli.command {
+        Some(Command::Record { target, .. }) => target.no_seccomp,
+        _ => cli.run.target.no_seccomp,
+    };
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check { target }) => return check(&target),
         Some(Command::Rules {
@@ -615,6 +625,7 @@ pub fn main() -> i32 {
         anomaly,
         rules,
         control,
+        seccomp: !no_seccomp,
     };
     match live::run(config) {
         Ok(()) => 0,
@@ -791,6 +802,7 @@ mod tests {
             capture_logs: false,
             capture_via_syscalls: false,
             probe_stats: false,
+            no_seccomp: false,
         };
         let err = resolve_target(&target, r.file.as_ref()).unwrap_err();
         assert!(err.starts_with("`target.payload_cap` in "), "{err}");

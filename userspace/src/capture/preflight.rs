@@ -163,15 +163,24 @@ pub fn kernel_features() -> Vec<Item> {
     ]
 }
 
-/// Everything `ztrace check` reports, in order.
-pub fn full_report() -> Vec<Item> {
+/// Everything `ztrace check` reports, in order (`seccomp`: whether the daemon would install
+/// its allow-list, i.e. no `--no-seccomp`).
+pub fn full_report(seccomp: bool) -> Vec<Item> {
     let mut items = vec![privileges(), tracefs(false), btf()];
     items.push(Item {
         name: "after start",
         problem: None,
         detail: format!(
-            "ztrace keeps only {}, no_new_privs",
-            super::privdrop::names(super::privdrop::kept_mask())
+            "ztrace keeps only {}, no_new_privs; {}",
+            super::privdrop::names(super::privdrop::kept_mask()),
+            if seccomp {
+                format!(
+                    "seccomp: allow-list of {} system calls",
+                    super::seccomp::allowed_count()
+                )
+            } else {
+                "seccomp: off (--no-seccomp)".to_string()
+            }
         ),
     });
     let kernel = {

@@ -70,6 +70,8 @@ pub struct DaemonConfig {
     pub rules: crate::processors::ottl::Program,
     /// Remote management (OpAMP): None when off.
     pub control: Option<crate::control::Start>,
+    /// The seccomp allow-list after start-up (`--no-seccomp` turns it off).
+    pub seccomp: bool,
 }
 
 pub enum Mode {
@@ -104,8 +106,66 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// What start-up leaves for the daemon's loop: everything that needs a system call the
+/// seccomp filter refuses (loading programs, creating the record file) is done by then.
+struct Started {
+    capture: Capture,
+    record: Option<RecordSink>,
+    mono_to_unix: i128,
+}
+
 pub fn run(cfg: DaemonConfig) -> Result<()> {
-    runtime()?.block_on(run_async(cfg))
+    let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+    let record = match &cfg.mode {
+        Mode::Record(path) => Some(RecordSink::create(path, mono_to_unix, cfg.payload_cap)?),
+        Mode::Trace(_) => None,
+    };
+    let capture = Capture::load(&CaptureOptions {
+        payload_cap: cfg.payload_cap,
+        follow_children: cfg.follow_children,
+        capture_stdio: cfg.capture_logs,
+        via_syscalls: cfg.capture_via_syscalls,
+        probe_stats: cfg.probe_stats,
+        // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
+        // the start (one small event per exec on the host, ignored while no rule is set).
+        report_execs: !cfg.select.is_empty()
+            || cfg.reload_from.is_some()
+            || cfg
+                .control
+                .as_ref()
+                .is_some_and(|c| c.opamp.allow.contains(&crate::config::Section::Targets)),
+        ..CaptureOptions::default()
+    })?;
+    // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
+    // heap back instead of carrying it as resident memory for the whole run.
+    // SAFETY: plain libc call, no pointers involved.
+    unsafe { libc::malloc_trim(0) };
+    let mut cfg = cfg;
+    if let (Some(control), Mode::Trace(_)) = (cfg.control.as_mut(), &cfg.mode) {
+        control.keep_identity((clock_ns(libc::CLOCK_REALTIME).max(0) / 1_000_000) as u64);
+    }
+    // Before any thread starts and before a byte of captured data, a peer's message, a
+    // collector's answer or an ELF file is parsed.
+    if cfg.seccomp {
+        let n = crate::capture::seccomp::install().map_err(|e| {
+            anyhow::anyhow!(
+                "installing the seccomp allow-list failed: {e} (--no-seccomp runs without it)"
+            )
+        })?;
+        log::info!(
+            "seccomp: allow-list of {n} system calls; any other fails with EPERM (--no-seccomp turns it off)"
+        );
+    } else {
+        log::warn!(
+            "seccomp: off (--no-seccomp): a compromised ztrace could exec, ptrace, load BPF programs …"
+        );
+    }
+    let started = Started {
+        capture,
+        record,
+        mono_to_unix,
+    };
+    runtime()?.block_on(run_async(cfg, started))
 }
 
 /// Where captured records go.
@@ -337,8 +397,12 @@ impl Processes {
     }
 }
 
-async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
-    let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
+    let Started {
+        mut capture,
+        record,
+        mono_to_unix,
+    } = started;
     let (mut sink, what) = match &cfg.mode {
         Mode::Trace(export) => (
             Destination::Trace {
@@ -370,7 +434,7 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
             describe(export),
         ),
         Mode::Record(path) => (
-            Destination::Record(RecordSink::create(path, mono_to_unix, cfg.payload_cap)?),
+            Destination::Record(record.context("the record file was not created")?),
             format!("recording raw events to {}", path.display()),
         ),
     };
@@ -388,26 +452,6 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
         _ => None,
     };
     let mut answers = Vec::new();
-    let mut capture = Capture::load(&CaptureOptions {
-        payload_cap: cfg.payload_cap,
-        follow_children: cfg.follow_children,
-        capture_stdio: cfg.capture_logs,
-        via_syscalls: cfg.capture_via_syscalls,
-        probe_stats: cfg.probe_stats,
-        // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
-        // the start (one small event per exec on the host, ignored while no rule is set).
-        report_execs: !cfg.select.is_empty()
-            || cfg.reload_from.is_some()
-            || cfg
-                .control
-                .as_ref()
-                .is_some_and(|c| c.opamp.allow.contains(&crate::config::Section::Targets)),
-        ..CaptureOptions::default()
-    })?;
-    // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
-    // heap back instead of carrying it as resident memory for the whole run.
-    // SAFETY: plain libc call, no pointers involved.
-    unsafe { libc::malloc_trim(0) };
     // Where each process's OpenSSL is, found off this loop (executables can be 100 MB).
     let mut inspector = Inspector::start().context("starting the TLS inspection thread")?;
     let mut procs = Processes {
