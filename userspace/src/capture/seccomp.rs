@@ -24,7 +24,8 @@
 //! the list missed (a rare resolver configuration, a newer glibc) then surfaces as an error
 //! ztrace reports ("Operation not permitted") while it goes on tracing, instead of a dead
 //! tracer and lost telemetry on a production host. The kernel logs each refused call (audit
-//! type 1326, `SECCOMP_FILTER_FLAG_LOG`) with its number, which is what a bug report needs.
+//! type 1326, `SECCOMP_FILTER_FLAG_LOG`) with its number, which is what a bug report needs;
+//! that includes one `clone3` (435) per new thread, refused on purpose.
 //! A system call of another ABI (32-bit `int 0x80`, x32) is never made by ztrace, so one can
 //! only come from injected code: that kills the process.
 //!
