@@ -2,15 +2,15 @@
 //! under the filter (`Seccomp: 2` in /proc), and the riskiest path after it still works — a
 //! process that starts later and uses OpenSSL (`openssl s_client`) gets uprobes put on its libssl
 //! (perf_event_open, BPF links, /proc/PID/map_files, the ELF read), and its HTTPS exchange
-//! reaches the OTLP receiver. `--no-seccomp` leaves the filter off; `ztrace check` says which.
+//! reaches the OTLP receiver over TLS. `--no-seccomp` leaves the filter off; `ztrace check` says which.
 
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use ztrace_e2e::harness::{
-    Proc, apps_dir, privileged_or_skip, run_ok, runtime_with_receiver, spawn_app, spawn_ztrace,
-    stop_ztrace,
+use ztrace_e2e::{
+    harness::{Proc, apps_dir, privileged_or_skip, run_ok, spawn_app, spawn_ztrace, stop_ztrace},
+    receiver::{Options, Receiver, test_certificates},
 };
 
 /// `Seccomp:` and `Seccomp_filters:` of each thread of `pid`.
@@ -71,12 +71,26 @@ fn under_the_filter_a_later_tls_process_is_still_traced() -> Result<()> {
         stderr: Default::default(),
         stdout: Default::default(),
     };
-    let (rt, receiver) = runtime_with_receiver()?;
+    // Export over TLS (rustls, the CA file read after the filter is on).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let tls = test_certificates(&dir.join("tls"))?;
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem)?;
+    let receiver = rt.block_on(Receiver::start_with(Options {
+        tls: Some(tls),
+        ..Options::default()
+    }))?;
+    ensure!(receiver.endpoint().starts_with("https://"));
     let mut ztrace = spawn_ztrace(&[
         "--pid".into(),
         shell.pid().to_string(),
         "--otlp-endpoint".into(),
         receiver.endpoint(),
+        "--otlp-certificate".into(),
+        ca.display().to_string(),
     ])?;
     ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
     ensure!(
