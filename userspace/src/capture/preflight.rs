@@ -167,9 +167,19 @@ pub fn kernel_features() -> Vec<Item> {
 /// its allow-list, i.e. no `--no-seccomp`).
 pub fn full_report(seccomp: bool) -> Vec<Item> {
     let mut items = vec![privileges(), tracefs(false), btf()];
+    // A kernel without seccomp has no `Seccomp:` line in /proc/PID/status.
+    let no_seccomp = seccomp
+        && super::seccomp::status_of(
+            &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+        )
+        .0
+        .is_none();
     items.push(Item {
         name: "after start",
-        problem: None,
+        problem: no_seccomp.then(|| {
+            "this kernel has no seccomp filters (CONFIG_SECCOMP_FILTER): run with --no-seccomp"
+                .to_string()
+        }),
         detail: format!(
             "ztrace keeps only {}, no_new_privs; {}",
             super::privdrop::names(super::privdrop::kept_mask()),
