@@ -769,9 +769,12 @@ mod tests {
         }
     }
 
+    /// A system call made for the test; returns its errno (0: it succeeded).
+    type Refused = Box<dyn Fn() -> i32>;
+
     /// Calls the filter must refuse, each with a result other than EPERM when unfiltered (for
     /// any user), so a filter that let it through fails the test.
-    fn refused_calls() -> Vec<(&'static str, Box<dyn Fn() -> i32>)> {
+    fn refused_calls() -> Vec<(&'static str, Refused)> {
         // SAFETY (every closure): system calls with integer arguments, null or valid pointers;
         // unfiltered, none changes anything (an empty unshare, a signal 0 to itself, writes
         // of zero bytes).

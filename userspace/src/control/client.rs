@@ -229,10 +229,10 @@ impl Client {
                         link = Link::Up;
                     }
                     backoff = Duration::from_secs(1);
-                    if let Some(uid) = reply.new_uid {
-                        if let Some(kept) = &mut self.start.identity {
-                            kept.store(&uid);
-                        }
+                    if let Some(uid) = reply.new_uid
+                        && let Some(kept) = &mut self.start.identity
+                    {
+                        kept.store(&uid);
                     }
                     if let Some(e) = &reply.error {
                         log::warn!("OpAMP: {e}");
