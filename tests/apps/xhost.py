@@ -1,7 +1,7 @@
 """Services for ztrace's cross-host test and evaluation (tests/tests/e2e_crosshost.rs,
 tests/src/xeval.rs). Nothing here knows about tracing.
 
-    BIND=ADDR [PORT=N] [CALLBACK=HOST:PORT] [NEXT=HOST:PORT VIA=HOST:PORT POOL=N] python3 xhost.py server
+    BIND=ADDR [PORT=N] [CALLBACK=HOST:PORT] [NEXT=HOST:PORT VIA=HOST:PORT VIA_MASQ=HOST:PORT POOL=N] python3 xhost.py server
                                             -> thread-per-request HTTP/1.1 server with keep-alive,
                                                GET /item/<id>, /cb/<id>: answered at once;
                                                GET /call/<id> first calls CALLBACK's
@@ -11,7 +11,9 @@ tests/src/xeval.rs). Nothing here knows about tracing.
                                                thread's own keep-alive connection; /p/<id> the
                                                same through a pool of POOL connections shared by
                                                all handler threads; /v/<id> calls VIA's /n/<id>
-                                               (a service address); /c/<id> calls NEXT's /c/<id>.
+                                               (a service address), /m/<id> VIA_MASQ's (one
+                                               whose source ports are rewritten);
+                                               /c/<id> calls NEXT's /c/<id>.
                                                Prints "PORT <n>" once listening
     python3 xhost.py clients HOST PORT PATH CLIENTS REQUESTS
                                             -> CLIENTS threads, each one keep-alive connection
@@ -115,6 +117,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "k": lambda: self.call("NEXT", f"/n/{name}"),
             "p": lambda: POOL.get(f"/n/{name}"),
             "v": lambda: self.call("VIA", f"/n/{name}"),
+            "m": lambda: self.call("VIA_MASQ", f"/n/{name}"),
             "c": lambda: self.call("NEXT", f"/c/{name}"),
         }
         if op in calls:

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Host C (optional) is a client host that runs no agent. Host A can reach a virtual service
-//! address ([`VIP`]) that the caller DNATs to a server on B (iptables in A, Kubernetes-style).
+//! address ([`VIP`]) that the caller DNATs to a server on B (iptables in A, Kubernetes-style),
+//! and a second one ([`VIP_MASQ`]) whose connections also leave with a new, random source port
+//! (MASQUERADE `--random-fully`, as container network plugins do for traffic leaving a node).
 
 use std::{
     io::{BufRead, BufReader},
@@ -31,6 +33,9 @@ pub const B_IP_C: &str = "10.232.0.2";
 pub const C_IP: &str = "10.232.0.1";
 /// A virtual service address reachable from host A, DNAT'd by [`Hosts::dnat`].
 pub const VIP: &str = "10.96.0.10";
+/// A virtual service address reachable from host A, DNAT'd and masqueraded by
+/// [`Hosts::masquerade`].
+pub const VIP_MASQ: &str = "10.96.0.11";
 pub const PEER_PORT: u16 = 4390;
 
 /// The namespaces and veth pairs; removed on drop.
@@ -56,16 +61,18 @@ impl Hosts {
         let short = |s: String| s[..s.len().min(15)].to_string();
         let (va, vb) = (short(format!("zva{id}")), short(format!("zvb{id}")));
         veth(&hosts.a, &va, A_IP, &hosts.b, &vb, B_IP)?;
-        // The service address, routed out of A's veth (DNAT rewrites it before it leaves).
-        ip(&[
-            "-n",
-            &hosts.a,
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "dev",
-            &va,
-        ])?;
+        // The service addresses, routed out of A's veth (DNAT rewrites them before they leave).
+        for vip in [VIP, VIP_MASQ] {
+            ip(&[
+                "-n",
+                &hosts.a,
+                "route",
+                "add",
+                &format!("{vip}/32"),
+                "dev",
+                &va,
+            ])?;
+        }
         if with_c {
             let c = format!("ztxc{id}");
             ip(&["netns", "add", &c])?;
@@ -86,6 +93,33 @@ impl Hosts {
     /// In host A: TCP to `VIP:vport` goes to `to` instead (the client sees the VIP, the server
     /// its own address).
     pub fn dnat(&self, vport: u16, to: &str) -> Result<()> {
+        self.dnat_from(VIP, vport, to)
+    }
+
+    /// In host A: TCP to `VIP_MASQ:vport` goes to `to` instead, from a random source port (the
+    /// client sees the VIP and its own port, the server A's address and another port).
+    pub fn masquerade(&self, vport: u16, to: &str) -> Result<()> {
+        self.dnat_from(VIP_MASQ, vport, to)?;
+        run_ok(self.exec(&self.a).args([
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-p",
+            "tcp",
+            "-m",
+            "conntrack",
+            "--ctorigdst",
+            VIP_MASQ,
+            "-j",
+            "MASQUERADE",
+            "--random-fully",
+        ]))
+        .context("iptables MASQUERADE in host A")
+    }
+
+    fn dnat_from(&self, vip: &str, vport: u16, to: &str) -> Result<()> {
         run_ok(self.exec(&self.a).args([
             "iptables",
             "-t",
@@ -93,7 +127,7 @@ impl Hosts {
             "-A",
             "OUTPUT",
             "-d",
-            VIP,
+            vip,
             "-p",
             "tcp",
             "--dport",

@@ -10,6 +10,8 @@
 //!       thread  /t/<id> → GET /n/<id> on the handler thread's keep-alive connection to B
 //!       pool    /p/<id> → GET /n/<id> through 4 keep-alive connections shared by all threads
 //!       dnat    /v/<id> → GET /n/<id> to a service address that iptables in A DNATs to B
+//!       masq    /m/<id> → the same through a second service address whose connections A also
+//!               masquerades with random source ports (`--random-fully`, as CNI plugins do)
 //!       callback /c/<id> → GET /c/<id> to B, whose handling calls back GET /cb/<id> on A
 //!   → host B: Node.js event loop, keep-alive agent for its calls back      tests/apps/xhost_node.js
 //! driver in C (a host with no agent) → GET /x/<id> on B                    (shape `noagent`)
@@ -41,6 +43,9 @@ pub enum XShape {
     Pool,
     /// The same through a service address DNAT'd in A.
     Dnat,
+    /// The same through a service address DNAT'd in A whose connections leave with a new
+    /// source port: B sees a port A's process never had.
+    Masq,
     /// A → B → back to A in the same request.
     Callback,
     /// A client host without an agent → B: must stay roots.
@@ -100,6 +105,7 @@ const fn a_to_b(op: &'static str, local: Edge) -> [XHop; 3] {
 const THREAD: [XHop; 3] = a_to_b("/t/", Edge::ThreadPerRequest);
 const POOL: [XHop; 3] = a_to_b("/p/", Edge::SharedPool);
 const DNAT: [XHop; 3] = a_to_b("/v/", Edge::ThreadPerRequest);
+const MASQ: [XHop; 3] = a_to_b("/m/", Edge::ThreadPerRequest);
 const CALLBACK: [XHop; 5] = {
     use {Edge::*, Host::*, Kind::*};
     [
@@ -115,10 +121,11 @@ const NO_AGENT: [XHop; 1] = [hop(Host::B, Kind::Server, "/x/", None)];
 const CONTROL: [XHop; 3] = a_to_b("/k/", Edge::ThreadPerRequest);
 
 impl XShape {
-    pub const ALL: [XShape; 6] = [
+    pub const ALL: [XShape; 7] = [
         XShape::Thread,
         XShape::Pool,
         XShape::Dnat,
+        XShape::Masq,
         XShape::Callback,
         XShape::NoAgent,
         XShape::Control,
@@ -130,6 +137,7 @@ impl XShape {
             XShape::Thread => "thread",
             XShape::Pool => "pool",
             XShape::Dnat => "dnat",
+            XShape::Masq => "masq",
             XShape::Callback => "callback",
             XShape::NoAgent => "noagent",
             XShape::Control => "control",
@@ -145,6 +153,9 @@ impl XShape {
             XShape::Thread => "thread-per-request (A, Python) → event loop (B, Node.js)",
             XShape::Pool => "connection pool shared by A's threads → event loop (B)",
             XShape::Dnat => "thread-per-request (A) → DNAT'd service address → B",
+            XShape::Masq => {
+                "thread-per-request (A) → DNAT'd service address, source ports rewritten → B"
+            }
             XShape::Callback => "A → B → call back to A in the same request",
             XShape::NoAgent => "client host without an agent (C) → B",
             XShape::Control => "`thread` with the peer channel off (cost control)",
@@ -157,6 +168,7 @@ impl XShape {
             XShape::Thread => 't',
             XShape::Pool => 'p',
             XShape::Dnat => 'v',
+            XShape::Masq => 'm',
             XShape::Callback => 'c',
             XShape::NoAgent => 'x',
             XShape::Control => 'k',
@@ -173,6 +185,7 @@ impl XShape {
             XShape::Thread => &THREAD,
             XShape::Pool => &POOL,
             XShape::Dnat => &DNAT,
+            XShape::Masq => &MASQ,
             XShape::Callback => &CALLBACK,
             XShape::NoAgent => &NO_AGENT,
             XShape::Control => &CONTROL,
@@ -224,6 +237,9 @@ pub struct AgentStats {
     /// Linked outside the caller's window (clock skew or network delay), and by how much at most.
     pub skewed: u64,
     pub max_skew_us: f64,
+    /// Questions of other agents this one answered by undoing its host's NAT (its peer-channel
+    /// summary).
+    pub via_nat: u64,
     /// CPU seconds the agent used (user + system) from attached to stopped.
     pub cpu_s: f64,
 }
@@ -248,8 +264,27 @@ impl AgentStats {
             overflow: n(7)? as u64,
             skewed: n(8)? as u64,
             max_skew_us: n(9)?,
+            via_nat: 0,
             cpu_s: 0.0,
         })
+    }
+
+    /// From an agent's whole log: [`AgentStats::parse`] of its cross-host summary line, and the
+    /// questions its peer channel answered through the host's NAT table.
+    pub fn from_log(log: &str, crosshost_line: &str) -> AgentStats {
+        let mut stats = AgentStats::parse(crosshost_line).unwrap_or_default();
+        stats.via_nat = log
+            .lines()
+            .filter(|l| l.contains("summary (peer channel)"))
+            .find_map(|l| {
+                let head = &l[..l.find(" through this host's NAT table")?];
+                head.rsplit(|c: char| !c.is_ascii_digit())
+                    .find(|t| !t.is_empty())?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        stats
     }
 }
 
@@ -558,14 +593,15 @@ impl Run {
              abstention leaves the server span a root:\n\n\
              | shape | agent | client sends indexed | lookups | linked | unknown | no agent | \
              timeout | refused | not asked (full) | linked outside the caller's window (max µs) | \
-             agent CPU s | agent CPU µs per request |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             questions answered through the host's NAT table | agent CPU s | agent CPU µs per \
+             request |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (shape, s) in &self.shapes {
             for (host, a) in &s.agents {
                 let _ = writeln!(
                     t,
-                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {:.2} | {:.0} |",
+                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} | {:.2} | {:.0} |",
                     shape.name(),
                     if *host == Host::A { "A" } else { "B" },
                     a.sends,
@@ -578,6 +614,7 @@ impl Run {
                     a.overflow,
                     a.skewed,
                     a.max_skew_us,
+                    a.via_nat,
                     a.cpu_s,
                     a.cpu_s * 1e6 / s.requests.max(1) as f64,
                 );
@@ -738,5 +775,13 @@ mod tests {
         assert_eq!((a.overflow, a.skewed), (0, 12));
         assert!((a.max_skew_us - 85.3).abs() < 1e-9);
         assert_eq!(AgentStats::parse(""), None);
+        let log = format!(
+            "[x INFO ] summary (peer channel): answered 320 questions in 40 frames (320 found, \
+             312 through this host's NAT table (330 lookups, 16 translated, 0 failed); 9 unknown, \
+             0 refused: another request), refused 0 frames; …\n[x INFO ] summary: {line}"
+        );
+        let b = AgentStats::from_log(&log, line);
+        assert_eq!((b.via_nat, b.linked), (312, 1280));
+        assert_eq!(AgentStats::from_log("", "").via_nat, 0);
     }
 }

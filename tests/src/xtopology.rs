@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use crate::{
     harness::{Proc, apps_dir, spawn_app},
     netns::{
-        A_IP, B_IP, B_IP_C, Hosts, VIP, crosshost_summary, receiver_in, spawn_agent,
+        A_IP, B_IP, B_IP_C, Hosts, VIP, VIP_MASQ, crosshost_summary, receiver_in, spawn_agent,
         spawn_collecting, stop,
     },
     topology::eval_span,
@@ -63,8 +63,9 @@ pub fn run(config: Config) -> Result<Run> {
         .env("BIND", "0.0.0.0")
         .env("CALLBACK", format!("{A_IP}:{A_PORT}"));
     let (b_svc, b_port) = spawn_app(node).context("the Node.js service on B")?;
-    // A: the thread-per-request service, calling B directly, pooled, and through the VIP.
+    // A: the thread-per-request service, calling B directly, pooled, and through the VIPs.
     hosts.dnat(80, &format!("{B_IP}:{b_port}"))?;
+    hosts.masquerade(80, &format!("{B_IP}:{b_port}"))?;
     let mut py = hosts.exec(&hosts.a);
     py.arg("python3")
         .arg(apps_dir().join("xhost.py"))
@@ -73,6 +74,7 @@ pub fn run(config: Config) -> Result<Run> {
         .env("PORT", A_PORT.to_string())
         .env("NEXT", format!("{B_IP}:{b_port}"))
         .env("VIA", format!("{VIP}:80"))
+        .env("VIA_MASQ", format!("{VIP_MASQ}:80"))
         .env("POOL", "4");
     let (a_svc, _) = spawn_app(py).context("the Python service on A")?;
 
@@ -233,7 +235,7 @@ fn drive_shape(
                 "agent B"
             },
         )?;
-        let mut stats = AgentStats::parse(&crosshost_summary(&log)).unwrap_or_default();
+        let mut stats = AgentStats::from_log(&log, &crosshost_summary(&log));
         stats.cpu_s = cpu;
         agents.push((host, stats));
         Ok(())

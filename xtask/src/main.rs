@@ -56,9 +56,10 @@ enum Task {
     /// build the probes the way `cargo build` does (userspace/build.rs); print how long each took.
     /// Debian packages are the machine's (setup installs what is missing). CI runs it.
     Fresh,
-    /// Fuzz every protocol parser and the OTTL grammar (cargo-fuzz, the pinned nightly) for a
-    /// while each, growing the corpus under userspace/protocols/fuzz/corpus, and print executions
-    /// per parser.
+    /// Fuzz every protocol parser, the OTTL grammar and the record file replay path (cargo-fuzz,
+    /// the pinned nightly) for a while each, growing the corpus under
+    /// userspace/protocols/fuzz/corpus (userspace/fuzz/corpus for `record`), and print executions
+    /// per target.
     Fuzz {
         /// Seconds per parser.
         #[arg(long, default_value_t = 60)]
@@ -581,8 +582,18 @@ fn fresh() -> Result<()> {
 }
 
 const FUZZ_TARGETS: &[&str] = &[
-    "http1", "http2", "redis", "postgres", "mysql", "sql", "dns", "ottl",
+    "http1", "http2", "redis", "postgres", "mysql", "sql", "dns", "ottl", "record",
 ];
+
+/// The cargo-fuzz crate of a target: the parsers' own, or the daemon's (whose build builds the
+/// eBPF probes, as any build of it does).
+fn fuzz_crate(target: &str) -> &'static str {
+    if target == "record" {
+        "userspace/fuzz"
+    } else {
+        "userspace/protocols/fuzz"
+    }
+}
 
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     if let Some(o) = only
@@ -604,7 +615,6 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
             &format!("={CARGO_FUZZ_VERSION}"),
         ]))?;
     }
-    let dir = root().join("userspace/protocols/fuzz");
     let mut table = vec![
         "| parser | seconds | executions | exec/s |".to_string(),
         "|---|---|---|---|".to_string(),
@@ -613,6 +623,8 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         .iter()
         .filter(|t| only.is_none_or(|o| o == **t))
     {
+        let krate = fuzz_crate(target);
+        let dir = root().join(krate);
         let corpus = dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         say(&format!("fuzzing {target} for {seconds}s"));
@@ -630,7 +642,7 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         let log = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             bail!(
-                "fuzzing {target} found a failure (see userspace/protocols/fuzz/artifacts/{target}):\n{}",
+                "fuzzing {target} found a failure (see {krate}/artifacts/{target}):\n{}",
                 log.lines()
                     .rev()
                     .take(30)

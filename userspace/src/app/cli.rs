@@ -593,7 +593,10 @@ pub fn main() -> i32 {
         }
     }
     // Before the daemon starts a thread: threads inherit the creating thread's capabilities.
-    match privdrop::drop_privileges() {
+    let needs = privdrop::Needs {
+        conntrack: peer.as_ref().is_some_and(|p| p.nat.is_some()),
+    };
+    match privdrop::drop_privileges(needs) {
         Ok(kept) => log::info!(
             "privileges: kept {} only, no_new_privs set",
             privdrop::names(kept)

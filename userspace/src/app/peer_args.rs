@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{self, CliFlags, ConfigFile, Sources, parse_duration};
+use std::sync::{Arc, Mutex};
+
+use crate::peer::nat::NatTable;
 use crate::peer::{CrossHostConfig, PeerConfig, read_secret};
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -58,11 +61,25 @@ impl PeerArgs {
         if let Some(w) = peers.wait {
             linker.wait_ns = w.as_nanos().min(u128::from(u64::MAX)) as u64;
         }
+        // Opened now: the kernel checks CAP_NET_ADMIN against the opener, and the daemon drops
+        // it before it serves questions.
+        let nat = match NatTable::open() {
+            Ok(t) => Some(Arc::new(Mutex::new(t))),
+            Err(e) => {
+                log::warn!(
+                    "cross-host links: cannot read this host's connection tracking table ({e}); \
+                     calls whose source port or address this host rewrites (MASQUERADE, SNAT) \
+                     will not be linked"
+                );
+                None
+            }
+        };
         Ok(Some(PeerConfig {
             listen: peers.listen,
             peer_port: peers.port,
             secret,
             linker,
+            nat,
         }))
     }
 }

@@ -181,7 +181,8 @@ pub fn full_report(seccomp: bool) -> Vec<Item> {
                 .to_string()
         }),
         detail: format!(
-            "ztrace keeps only {}, no_new_privs; {}",
+            "ztrace keeps only {}, no_new_privs (and CAP_NET_ADMIN with cross-host links, for \
+             lookups in the connection tracking table); {}",
             super::privdrop::names(super::privdrop::kept_mask()),
             if seccomp {
                 format!(

@@ -4,6 +4,8 @@
 //! and reading other users' processes in /proc need, drops the rest from its effective,
 //! permitted, inheritable, ambient and bounding sets, and sets no_new_privs so no exec can get
 //! them back. It parses hostile bytes, ELF files and collector answers after this point.
+//! With cross-host links on, CAP_NET_ADMIN stays too: the kernel checks it on each lookup in
+//! the connection tracking table that undoes this host's NAT for other agents' questions.
 //! CAP_SYS_ADMIN stays (uprobes need it), so this narrows what a compromise could do (no
 //! setuid, module loading, network administration, raw I/O …) rather than removing root.
 
@@ -12,6 +14,7 @@ use std::fmt::Write as _;
 const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_NET_BIND_SERVICE: u32 = 10;
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -32,7 +35,21 @@ const KEPT: [(u32, &str); 8] = [
     (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
 ];
 
-/// The capabilities ztrace keeps after start-up.
+/// Kept only when the feature that needs it is on.
+const ONLY_WHEN_NEEDED: [(u32, &str); 1] = [
+    // Cross-host links (--peer-listen): the kernel checks it on every ctnetlink lookup in the
+    // host's connection tracking table (`peer::nat`), not only when the socket is opened.
+    (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+];
+
+/// What the daemon needs beyond [`kept_mask`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needs {
+    /// Lookups in the connection tracking table (cross-host links).
+    pub conntrack: bool,
+}
+
+/// The capabilities ztrace keeps after start-up (without [`Needs`]).
 pub fn kept_mask() -> u64 {
     KEPT.iter().fold(0u64, |m, (c, _)| m | (1 << c))
 }
@@ -40,7 +57,7 @@ pub fn kept_mask() -> u64 {
 /// Names of the capabilities in `mask` that ztrace knows by name.
 pub fn names(mask: u64) -> String {
     let mut out = String::new();
-    for (cap, name) in KEPT {
+    for (cap, name) in KEPT.into_iter().chain(ONLY_WHEN_NEEDED) {
         if mask & (1 << cap) != 0 {
             let _ = write!(out, "{}{name}", if out.is_empty() { "" } else { "," });
         }
@@ -66,8 +83,11 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Drops every capability outside [`kept_mask`] from the calling thread (call it before any
 /// other thread exists) and sets no_new_privs. Returns the effective set left.
-pub fn drop_privileges() -> Result<u64, String> {
-    let keep = kept_mask();
+pub fn drop_privileges(needs: Needs) -> Result<u64, String> {
+    let mut keep = kept_mask();
+    if needs.conntrack {
+        keep |= 1 << CAP_NET_ADMIN;
+    }
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,

@@ -162,6 +162,9 @@ pub struct Lookup {
     pub handle: Handle,
     pub key: WireKey,
     pub digest: u64,
+    /// This agent's server endpoint of the connection (the asked agent may need it to undo its
+    /// host's NAT).
+    pub server: Endpoint,
     /// Monotonic ns after which the answer is no longer wanted.
     pub deadline_ns: u64,
 }
@@ -227,6 +230,7 @@ impl std::fmt::Display for CrossHostStats {
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     key: WireKey,
+    server: Endpoint,
     digest: u64,
     ask_at: u64,
     deadline: u64,
@@ -281,7 +285,7 @@ impl CrossHost {
     }
 
     /// A SERVER root that may have a remote caller: asked about at `ask_at` unless linked by then.
-    pub fn hold(&mut self, h: Handle, key: WireKey, digest: u64, ask_at: u64) {
+    pub fn hold(&mut self, h: Handle, key: WireKey, server: Endpoint, digest: u64, ask_at: u64) {
         if self.pending.len() >= self.config.max_pending {
             self.stats.overflow += 1;
             return;
@@ -290,6 +294,7 @@ impl CrossHost {
             h,
             Pending {
                 key,
+                server,
                 digest,
                 ask_at,
                 deadline: ask_at.saturating_add(self.config.wait_ns),
@@ -331,6 +336,7 @@ impl CrossHost {
                 handle: h,
                 key: p.key,
                 digest: p.digest,
+                server: p.server,
                 deadline_ns: p.deadline,
             });
             self.deadlines.push_back((p.deadline, h));
@@ -483,8 +489,8 @@ mod tests {
             client: ep("10.0.0.1", 5000),
             seq: 7,
         };
-        x.hold(1, key, 9, 100);
-        x.hold(2, key, 9, 100);
+        x.hold(1, key, key.client, 9, 100);
+        x.hold(2, key, key.client, 9, 100);
         assert_eq!(x.held_until(1, 50), 100);
         x.tick(50, |_| true);
         let (mut s, mut l) = (Vec::new(), Vec::new());
@@ -541,7 +547,7 @@ mod tests {
             seq: 7,
         };
         for h in 0..5 {
-            x.hold(h, key, 0, 0);
+            x.hold(h, key, key.client, 0, 0);
         }
         assert_eq!(x.pending(), 2);
         assert_eq!(x.stats.overflow, 3);

@@ -61,7 +61,13 @@ impl Linker {
                             seq: key.seq,
                         };
                         let digest = request_digest(&s.exchange);
-                        x.hold(h, wire, digest, s.start_ns.saturating_add(LINK_GRACE_NS));
+                        x.hold(
+                            h,
+                            wire,
+                            key.server,
+                            digest,
+                            s.start_ns.saturating_add(LINK_GRACE_NS),
+                        );
                     }
                 }
             }

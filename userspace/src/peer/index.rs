@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::link::crosshost::{ClientSend, WireKey};
+use crate::model::Endpoint;
 
 use super::protocol::{Found, Query};
 
@@ -29,6 +30,8 @@ pub struct IndexStats {
     pub answered_unknown: u64,
     /// The connection and sequence number matched but the request did not: refused.
     pub digest_mismatch: u64,
+    /// Of `answered_found`, those found under the client endpoint this host's NAT table named.
+    pub answered_via_nat: u64,
 }
 
 pub struct ClientIndex {
@@ -81,12 +84,31 @@ impl ClientIndex {
         }
     }
 
-    /// The answer to one question: only for a send of this agent with the same request.
-    pub fn answer(&mut self, q: &Query) -> Option<Found> {
-        match self.map.get(&q.key) {
+    /// The answer to one question: only for a send of this agent with the same request. When no
+    /// send has the question's client endpoint, `translate` may name the one this host's process
+    /// had (its NAT undone, `super::nat`), and the send is looked for under that.
+    pub fn answer(
+        &mut self,
+        q: &Query,
+        translate: impl FnOnce(&Query) -> Option<Endpoint>,
+    ) -> Option<Found> {
+        let mut entry = self.map.get(&q.key);
+        let mut via_nat = false;
+        if entry.is_none()
+            && let Some(client) = translate(q)
+        {
+            entry = self.map.get(&WireKey {
+                client,
+                seq: q.key.seq,
+            });
+            via_nat = true;
+        }
+        match entry {
             Some((digest, found, _)) if *digest == q.digest => {
+                let found = *found;
                 self.stats.answered_found += 1;
-                Some(*found)
+                self.stats.answered_via_nat += u64::from(via_nat);
+                Some(found)
             }
             Some(_) => {
                 self.stats.digest_mismatch += 1;
@@ -97,6 +119,11 @@ impl ClientIndex {
                 None
             }
         }
+    }
+
+    /// Whether a send is indexed under `key` (whatever its request).
+    pub fn contains(&self, key: &WireKey) -> bool {
+        self.map.contains_key(key)
     }
 
     pub fn len(&self) -> usize {
@@ -135,7 +162,20 @@ mod tests {
     }
 
     fn q(s: &ClientSend, digest: u64) -> Query {
-        Query { key: s.key, digest }
+        Query {
+            key: s.key,
+            digest,
+            server: Endpoint {
+                addr: "10.0.0.2".parse().unwrap(),
+                port: 80,
+            },
+        }
+    }
+
+    impl ClientIndex {
+        fn answer_plain(&mut self, q: &Query) -> Option<Found> {
+            self.answer(q, |_| None)
+        }
     }
 
     #[test]
@@ -143,13 +183,36 @@ mod tests {
         let mut ix = ClientIndex::new(10);
         let a = send(1, 100, 7);
         ix.insert(&a, 0);
-        assert_eq!(ix.answer(&q(&a, 7)).unwrap().ctx, a.ctx);
+        assert_eq!(ix.answer_plain(&q(&a, 7)).unwrap().ctx, a.ctx);
         // Same connection and sequence number, another request: refused.
-        assert!(ix.answer(&q(&a, 8)).is_none());
+        assert!(ix.answer_plain(&q(&a, 8)).is_none());
         // Unknown connection.
-        assert!(ix.answer(&q(&send(2, 100, 7), 7)).is_none());
-        assert!(ix.answer(&q(&send(1, 101, 7), 7)).is_none());
+        assert!(ix.answer_plain(&q(&send(2, 100, 7), 7)).is_none());
+        assert!(ix.answer_plain(&q(&send(1, 101, 7), 7)).is_none());
         assert_eq!(ix.stats.answered_found, 1);
+        assert_eq!(ix.stats.digest_mismatch, 1);
+        assert_eq!(ix.stats.answered_unknown, 2);
+    }
+
+    /// A question about a port this host's NAT gave the connection: found under the port the
+    /// process had, only when the translation names it, and still only for the same request.
+    #[test]
+    fn answers_through_the_nat_translation() {
+        let mut ix = ClientIndex::new(10);
+        let sent = send(40_000, 100, 7);
+        ix.insert(&sent, 0);
+        let seen = send(61_234, 100, 7); // the port the server saw
+        let orig = Some(sent.key.client);
+        assert!(ix.answer(&q(&seen, 7), |_| None).is_none());
+        assert_eq!(ix.answer(&q(&seen, 7), |_| orig).unwrap().ctx, sent.ctx);
+        // Another request, or another sequence number, on the translated connection: no answer.
+        assert!(ix.answer(&q(&seen, 8), |_| orig).is_none());
+        assert!(ix.answer(&q(&send(61_234, 101, 7), 7), |_| orig).is_none());
+        // A question that matches as asked never consults the table.
+        let exact = ix.answer(&q(&sent, 7), |_| panic!("asked the NAT table"));
+        assert!(exact.is_some());
+        assert_eq!(ix.stats.answered_found, 2);
+        assert_eq!(ix.stats.answered_via_nat, 1);
         assert_eq!(ix.stats.digest_mismatch, 1);
         assert_eq!(ix.stats.answered_unknown, 2);
     }
@@ -162,8 +225,8 @@ mod tests {
         }
         assert_eq!(ix.len(), 3);
         assert_eq!(ix.stats.evicted_full, 2);
-        assert!(ix.answer(&q(&send(0, 0, 0), 0)).is_none());
-        assert!(ix.answer(&q(&send(4, 0, 0), 0)).is_some());
+        assert!(ix.answer_plain(&q(&send(0, 0, 0), 0)).is_none());
+        assert!(ix.answer_plain(&q(&send(4, 0, 0), 0)).is_some());
         ix.expire(WINDOW_NS + 3);
         assert_eq!(ix.len(), 2);
         ix.expire(WINDOW_NS + 100);

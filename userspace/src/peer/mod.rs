@@ -21,8 +21,15 @@
 //!   which connections (it sees those connections anyway). Mutual TLS is a possible follow-up.
 //! - Only client addresses in private, shared and link-local ranges are asked (never arbitrary
 //!   internet clients).
+//!
+//! # NAT on the client's host
+//! When the client's host rewrote the connection's source port or address on the way out
+//! (MASQUERADE/SNAT, conntrack clash remapping), the server agent asks about an endpoint the
+//! client process never had; the answering agent then looks the connection up in its host's
+//! connection tracking table by the reply tuple the question names ([`nat`]).
 
 pub mod index;
+pub mod nat;
 pub mod protocol;
 mod service;
 

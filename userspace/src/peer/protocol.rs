@@ -3,14 +3,18 @@
 //!
 //! ```text
 //! frame   = len:u32 (bytes after it) · body · tag:[u8; 32] (HMAC-SHA256 of len · body)
-//! body    = magic "ZTP1" · kind:u8 (1 query, 2 reply, 3 vote) · id:u64 · unix_ms:u64
+//! body    = magic "ZTP2" · kind:u8 (1 query, 2 reply, 3 vote) · id:u64 · unix_ms:u64
 //!           · nonce:u64 · count:u16 · item*count
-//! query   = family:u8 (4|6) · addr:[u8; 16] · port:u16 · seq:u32 · digest:u64      (31 bytes)
+//! query   = family:u8 (4|6) · addr:[u8; 16] · port:u16 · seq:u32 · digest:u64
+//!           · server_family:u8 · server_addr:[u8; 16] · server_port:u16               (50 bytes)
 //! reply   = found:u8 · trace:[u8; 16] · span:[u8; 8] · sampled:u8 (0 no, 1 yes, 2 unset)
 //!           · start_unix_ns:u64 · end_unix_ns:u64                                  (42 bytes)
 //! vote    = trace:[u8; 16] · keep:u8 (0 drop, 1 keep) · has_th:u8 · th:u64           (26 bytes)
 //! ```
-//! Integers are big-endian. A reply carries its query's `id` and answers its items in order.
+//! A query names the client endpoint and the server endpoint as the asking (server) agent saw
+//! them; the server endpoint lets the answering agent undo its own host's NAT (`super::nat`).
+//! Integers are big-endian. ZTP1 (without the server endpoint) is refused as malformed: the
+//! agents of a deployment run the same version. A reply carries its query's `id` and answers its items in order.
 //! A vote frame (an agent's tail-sampling verdicts, see `processors::tail::vote`) is sent on the
 //! connection the sender asks on and gets no reply.
 //! A receiver refuses a frame whose tag does not verify (forged, or another secret), whose
@@ -26,13 +30,13 @@ use ring::hmac;
 use crate::link::crosshost::{PeerContext, WireKey};
 use crate::model::{Endpoint, SpanId, TraceId, TraceVote};
 
-const MAGIC: &[u8; 4] = b"ZTP1";
+const MAGIC: &[u8; 4] = b"ZTP2";
 pub const KIND_QUERY: u8 = 1;
 pub const KIND_REPLY: u8 = 2;
 pub const KIND_VOTE: u8 = 3;
 const HEADER: usize = 4 + 1 + 8 + 8 + 8 + 2;
 const TAG: usize = 32;
-const QUERY_ITEM: usize = 31;
+const QUERY_ITEM: usize = 50;
 const REPLY_ITEM: usize = 42;
 const VOTE_ITEM: usize = 26;
 /// Most items in one frame (a batch of lookups to one peer).
@@ -47,6 +51,8 @@ pub const MAX_AGE_MS: u64 = 30_000;
 pub struct Query {
     pub key: WireKey,
     pub digest: u64,
+    /// The server endpoint as the asker saw it.
+    pub server: Endpoint,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,19 +117,12 @@ pub fn encode(key: &Key, frame: &Frame) -> Vec<u8> {
     match &frame.body {
         Body::Query(items) => {
             for q in items.iter().take(MAX_ITEMS) {
-                let (family, addr) = match q.key.client.addr {
-                    IpAddr::V4(a) => {
-                        let mut b = [0u8; 16];
-                        b[..4].copy_from_slice(&a.octets());
-                        (4u8, b)
-                    }
-                    IpAddr::V6(a) => (6u8, a.octets()),
-                };
-                out.push(family);
-                out.extend_from_slice(&addr);
+                push_addr(&mut out, q.key.client.addr);
                 out.extend_from_slice(&q.key.client.port.to_be_bytes());
                 out.extend_from_slice(&q.key.seq.to_be_bytes());
                 out.extend_from_slice(&q.digest.to_be_bytes());
+                push_addr(&mut out, q.server.addr);
+                out.extend_from_slice(&q.server.port.to_be_bytes());
             }
         }
         Body::Reply(items) => {
@@ -159,6 +158,31 @@ pub fn encode(key: &Key, frame: &Frame) -> Vec<u8> {
     let tag = hmac::sign(&key.0, &out);
     out.extend_from_slice(tag.as_ref());
     out
+}
+
+/// family:u8 (4|6) · addr:[u8; 16] (an IPv4 address in the first four bytes).
+fn push_addr(out: &mut Vec<u8>, ip: IpAddr) {
+    let (family, addr) = match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (4u8, b)
+        }
+        IpAddr::V6(a) => (6u8, a.octets()),
+    };
+    out.push(family);
+    out.extend_from_slice(&addr);
+}
+
+/// The address [`push_addr`] wrote at the start of `it` (17 bytes).
+fn read_addr(it: &[u8]) -> Result<IpAddr, Refused> {
+    match it[0] {
+        4 => Ok(IpAddr::V4(Ipv4Addr::new(it[1], it[2], it[3], it[4]))),
+        6 => Ok(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&it[1..17]).expect("16 bytes"),
+        ))),
+        _ => Err(Refused::Malformed),
+    }
 }
 
 /// Reads the body length from a frame's first four bytes.
@@ -224,13 +248,7 @@ pub fn decode(key: &Key, prefix: [u8; 4], rest: &[u8], kinds: &[u8]) -> Result<F
     } else if kind == KIND_QUERY {
         let mut out = Vec::with_capacity(count);
         for it in items.chunks_exact(QUERY_ITEM) {
-            let addr = match it[0] {
-                4 => IpAddr::V4(Ipv4Addr::new(it[1], it[2], it[3], it[4])),
-                6 => IpAddr::V6(Ipv6Addr::from(
-                    <[u8; 16]>::try_from(&it[1..17]).expect("16 bytes"),
-                )),
-                _ => return Err(Refused::Malformed),
-            };
+            let addr = read_addr(it)?;
             out.push(Query {
                 key: WireKey {
                     client: Endpoint {
@@ -240,6 +258,10 @@ pub fn decode(key: &Key, prefix: [u8; 4], rest: &[u8], kinds: &[u8]) -> Result<F
                     seq: u32::from_be_bytes(it[19..23].try_into().expect("4 bytes")),
                 },
                 digest: be64(&it[23..]),
+                server: Endpoint {
+                    addr: read_addr(&it[31..])?,
+                    port: u16::from_be_bytes([it[48], it[49]]),
+                },
             });
         }
         Body::Query(out)
@@ -331,6 +353,10 @@ mod tests {
                         seq: 0xdead_beef,
                     },
                     digest: 99,
+                    server: Endpoint {
+                        addr: "10.0.0.2".parse().unwrap(),
+                        port: 8080,
+                    },
                 },
                 Query {
                     key: WireKey {
@@ -341,6 +367,10 @@ mod tests {
                         seq: 1,
                     },
                     digest: 1,
+                    server: Endpoint {
+                        addr: "fd00::2".parse().unwrap(),
+                        port: 443,
+                    },
                 },
             ]),
         }

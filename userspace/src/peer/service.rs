@@ -23,12 +23,13 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::link::Handle;
 use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome};
-use crate::model::{TraceId, TraceVote};
+use crate::model::{Endpoint, TraceId, TraceVote};
 
 use super::index::{self, ClientIndex};
+use super::nat::NatTable;
 use super::protocol::{
-    Body, Frame, KIND_QUERY, KIND_REPLY, KIND_VOTE, Key, MAX_ITEMS, Query, Refused, Replay, decode,
-    encode, frame_len,
+    Body, Found, Frame, KIND_QUERY, KIND_REPLY, KIND_VOTE, Key, MAX_ITEMS, Query, Refused, Replay,
+    decode, encode, frame_len,
 };
 
 /// `--peer-listen` and friends.
@@ -41,6 +42,9 @@ pub struct PeerConfig {
     /// The shared secret (at least 16 bytes).
     pub secret: Vec<u8>,
     pub linker: CrossHostConfig,
+    /// This host's connection tracking table, to answer questions about connections whose
+    /// client endpoint this host's NAT rewrote (`super::nat`); None when it cannot be asked.
+    pub nat: Option<Arc<Mutex<NatTable>>>,
 }
 
 /// Reads a secret file: its bytes without surrounding whitespace, at least 16 of them.
@@ -115,6 +119,7 @@ pub struct PeerLink {
     pub server: Arc<ServerCounters>,
     pub local: SocketAddr,
     sends: Vec<ClientSend>,
+    nat: Option<Arc<Mutex<NatTable>>>,
 }
 
 pub fn mono_ns() -> u64 {
@@ -162,7 +167,7 @@ impl PeerLink {
         tokio::spawn(serve(
             listener,
             Arc::clone(&key),
-            Arc::clone(&index),
+            (Arc::clone(&index), cfg.nat.clone()),
             Arc::clone(&server),
             events_tx.clone(),
         ));
@@ -189,6 +194,7 @@ impl PeerLink {
             server,
             local,
             sends: Vec::new(),
+            nat: cfg.nat.clone(),
         })
     }
 
@@ -251,10 +257,24 @@ impl PeerLink {
     pub fn log_summary(&self) {
         let c = &*self.server;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ix = self.index.lock().map(|ix| ix.stats).unwrap_or_default();
+        let nat = match &self.nat {
+            Some(t) => {
+                let t = t.lock().map(|t| t.stats).unwrap_or_default();
+                format!(
+                    "{} through this host's NAT table ({} lookups, {} translated, {} failed)",
+                    ix.answered_via_nat, t.lookups, t.translated, t.errors
+                )
+            }
+            None => "NAT table not readable".to_string(),
+        };
         log::info!(
-            "summary (peer channel): answered {} questions in {} frames, refused {} frames; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
+            "summary (peer channel): answered {} questions in {} frames ({} found, {nat}; {} unknown, {} refused: another request), refused {} frames; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
             n(&c.questions),
             n(&c.frames),
+            ix.answered_found,
+            ix.answered_unknown,
+            ix.digest_mismatch,
             n(&c.refused),
             n(&c.votes_out),
             n(&c.votes_in),
@@ -271,7 +291,7 @@ impl PeerLink {
 async fn serve(
     listener: TcpListener,
     key: Arc<Key>,
-    index: Arc<Mutex<ClientIndex>>,
+    (index, nat): (Arc<Mutex<ClientIndex>>, Option<Arc<Mutex<NatTable>>>),
     counters: Arc<ServerCounters>,
     events: mpsc::Sender<PeerEvent>,
 ) {
@@ -289,17 +309,19 @@ async fn serve(
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
             continue;
         };
-        let (key, index, replay, counters, events) = (
+        let (key, index, nat, replay, counters, events) = (
             Arc::clone(&key),
             Arc::clone(&index),
+            nat.clone(),
             Arc::clone(&replay),
             Arc::clone(&counters),
             events.clone(),
         );
         let ch = Channels { events, counters };
         tokio::spawn(async move {
+            let tables = (&*index, nat.as_deref());
             if let Err(e) =
-                answer_conn(stream, agent_ip(from.ip()), &key, &index, &replay, &ch).await
+                answer_conn(stream, agent_ip(from.ip()), &key, tables, &replay, &ch).await
             {
                 log::debug!("peer {from}: {e}");
             }
@@ -336,7 +358,7 @@ async fn answer_conn(
     mut stream: TcpStream,
     from: IpAddr,
     key: &Key,
-    index: &Mutex<ClientIndex>,
+    (index, nat): (&Mutex<ClientIndex>, Option<&Mutex<NatTable>>),
     replay: &Mutex<Replay>,
     ch: &Channels,
 ) -> Result<()> {
@@ -378,10 +400,7 @@ async fn answer_conn(
         counters
             .questions
             .fetch_add(questions.len() as u64, Ordering::Relaxed);
-        let replies: Vec<_> = {
-            let mut ix = index.lock().expect("index lock");
-            questions.iter().map(|q| ix.answer(q)).collect()
-        };
+        let replies = answer_all(questions, index, nat);
         // The asker holds the callee's part of each trace we found.
         for f in replies.iter().flatten() {
             let trace_id = f.ctx.trace_id;
@@ -402,6 +421,38 @@ async fn answer_conn(
         };
         stream.write_all(&encode(key, &reply)).await?;
     }
+}
+
+/// The answers to one frame's questions. The NAT table is asked (outside the index's lock: a
+/// netlink round trip) only about questions the index cannot answer as asked.
+fn answer_all(
+    questions: &[Query],
+    index: &Mutex<ClientIndex>,
+    nat: Option<&Mutex<NatTable>>,
+) -> Vec<Option<Found>> {
+    let mut translated: Vec<Option<Endpoint>> = vec![None; questions.len()];
+    if let Some(nat) = nat {
+        let misses: Vec<usize> = {
+            let ix = index.lock().expect("index lock");
+            (0..questions.len())
+                .filter(|&i| !ix.contains(&questions[i].key))
+                .collect()
+        };
+        if !misses.is_empty() {
+            let mut table = nat.lock().expect("nat lock");
+            let now = mono_ns();
+            for i in misses {
+                let q = &questions[i];
+                translated[i] = table.original_client(q.server, q.key.client, now);
+            }
+        }
+    }
+    let mut ix = index.lock().expect("index lock");
+    questions
+        .iter()
+        .zip(translated)
+        .map(|(q, t)| ix.answer(q, |_| t))
+        .collect()
 }
 
 async fn dispatch(
@@ -490,21 +541,8 @@ async fn ask_peer(
         while let Ok(o) = rx.try_recv() {
             take(o, &mut waiting, &mut votes);
         }
-        let now = mono_ns();
         let mut done = Vec::new();
-        waiting.retain(|w| {
-            if w.lookup.deadline_ns <= now {
-                let why = if w.unknown {
-                    Outcome::Unknown
-                } else {
-                    Outcome::Timeout
-                };
-                done.push((w.lookup.handle, why));
-                false
-            } else {
-                true
-            }
-        });
+        end_due(&mut waiting, mono_ns(), &mut done);
         if down_until.is_some_and(|t| Instant::now() < t) {
             done.extend(
                 waiting
@@ -578,6 +616,9 @@ async fn ask_peer(
                 }
             }
         }
+        // What no later round can ask before its deadline ends now: the linker hears "unknown"
+        // (the peer answered, it knows no such send) rather than timing the lookup out itself.
+        end_due(&mut waiting, mono_ns() + ROUND.as_nanos() as u64, &mut done);
         // The answering agent holds the caller's part of each trace it found.
         for (_, o) in &done {
             if let Outcome::Found { ctx, .. } = o {
@@ -594,6 +635,22 @@ async fn ask_peer(
             }
         }
     }
+}
+
+/// Ends the lookups due by `by_ns`: "unknown" when the peer answered so, else "timeout".
+fn end_due(waiting: &mut Vec<Waiting>, by_ns: u64, done: &mut Vec<(Handle, Outcome)>) {
+    waiting.retain(|w| {
+        if w.lookup.deadline_ns > by_ns {
+            return true;
+        }
+        let why = if w.unknown {
+            Outcome::Unknown
+        } else {
+            Outcome::Timeout
+        };
+        done.push((w.lookup.handle, why));
+        false
+    });
 }
 
 /// A connection to `addr`, from `source` when given (same address family only).
@@ -664,6 +721,7 @@ async fn ask(
                 .map(|w| Query {
                     key: w.lookup.key,
                     digest: w.lookup.digest,
+                    server: w.lookup.server,
                 })
                 .collect(),
         ),
@@ -720,6 +778,15 @@ async fn ask(
     Ok(())
 }
 
+/// The server endpoint the tests' lookups name (no NAT table in them).
+#[cfg(test)]
+fn test_server() -> Endpoint {
+    Endpoint {
+        addr: IpAddr::from([127, 0, 0, 9]),
+        port: 80,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,6 +799,7 @@ mod tests {
             peer_port,
             secret: secret.to_vec(),
             linker: CrossHostConfig::default(),
+            nat: None,
         }
     }
 
@@ -793,6 +861,7 @@ mod tests {
                 handle: 1,
                 key: key(40000),
                 digest: 77,
+                server: test_server(),
                 deadline_ns: soon,
             },
         )
@@ -815,6 +884,7 @@ mod tests {
                 handle: 2,
                 key: key(40000),
                 digest: 78,
+                server: test_server(),
                 deadline_ns: mono_ns() + 300_000_000,
             },
         )
@@ -830,6 +900,7 @@ mod tests {
                 handle: 3,
                 key: key(40000),
                 digest: 77,
+                server: test_server(),
                 deadline_ns: soon,
             },
         )
@@ -849,6 +920,7 @@ mod tests {
                 handle: 4,
                 key: key(40000),
                 digest: 77,
+                server: test_server(),
                 deadline_ns: soon,
             },
         )
@@ -881,6 +953,7 @@ mod tests {
                 handle: 1,
                 key: key(40000),
                 digest: 77,
+                server: test_server(),
                 deadline_ns: mono_ns() + 2_000_000_000,
             },
         )
@@ -984,6 +1057,7 @@ mod tests {
             body: Body::Query(vec![Query {
                 key: key(1),
                 digest: 0,
+                server: test_server(),
             }]),
         };
         let bytes = encode(&k, &frame);
@@ -1063,6 +1137,7 @@ mod cost {
                     .map(|i| Query {
                         key: wire(i * 7 + r as u32),
                         digest: u64::from(i * 7 + r as u32),
+                        server: test_server(),
                     })
                     .collect();
                 let q = Frame {
@@ -1083,7 +1158,7 @@ mod cost {
                 .unwrap();
                 replay.check(&got, unix_ms()).unwrap();
                 let Body::Query(qs) = &got.body else { panic!() };
-                let replies = qs.iter().map(|q| ix.answer(q)).collect();
+                let replies = qs.iter().map(|q| ix.answer(q, |_| None)).collect();
                 let reply = encode(
                     &key,
                     &Frame {
@@ -1169,6 +1244,7 @@ mod scale {
             peer_port,
             secret: b"0123456789abcdef-shared".to_vec(),
             linker: CrossHostConfig::default(),
+            nat: None,
         }
     }
 
@@ -1261,6 +1337,7 @@ mod scale {
                         handle,
                         key: wire(i, j),
                         digest: u64::from(j),
+                        server: test_server(),
                         deadline_ns: deadline,
                     }
                 })
@@ -1301,7 +1378,8 @@ mod scale {
         let max = x.config.max_pending;
         let before = rss_kib();
         for h in 0..max as u64 {
-            x.hold(h, wire(h as usize % PEERS, h as u32), h, 0);
+            let w = wire(h as usize % PEERS, h as u32);
+            x.hold(h, w, w.client, h, 0);
         }
         x.tick(0, |_| true);
         let (mut s, mut l) = (Vec::new(), Vec::new());

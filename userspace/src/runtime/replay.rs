@@ -94,11 +94,30 @@ pub fn replay(
     })
 }
 
+/// The replay path over a recording in memory, without an exporter: every frame the reader gives
+/// goes into a pipeline, which is then drained; the number of spans made, or the reader's error.
+/// What the `record` fuzz target (userspace/fuzz) and the hostile-file test drive.
+pub fn replay_bytes(bytes: &[u8]) -> std::result::Result<usize, record::RecordError> {
+    let mut reader = record::Reader::new(bytes)?;
+    let mut pipeline = Pipeline::new(reader.header.mono_to_unix_ns as i128, Some(1));
+    let (mut spans, mut changes) = (Vec::new(), Vec::new());
+    while let Some(frame) = reader.next_frame()? {
+        if let Frame::Record(raw) = frame {
+            pipeline.on_record(&raw, &mut changes);
+            changes.clear();
+        }
+    }
+    pipeline.poll(u64::MAX / 2, &mut spans);
+    pipeline.drain(u64::MAX / 2, &mut spans);
+    Ok(spans.len())
+}
+
 /// Hostile record files: a real-looking recording (process metadata, then a client's HTTP
 /// exchanges with a server on one connection) mutated many thousand ways — bytes flipped, frames
 /// cut, lengths forged, pieces repeated — goes through the same reader and pipeline `ztrace
 /// replay` uses. Nothing may panic; a bad frame is an error, a cut one the end. (A deterministic
-/// mutation loop that runs with the unit tests, not a coverage-guided fuzzer.)
+/// mutation loop that runs with the unit tests; the coverage-guided fuzzer of the same path is
+/// userspace/fuzz, `cargo xtask fuzz --only record`.)
 #[cfg(test)]
 mod hostile_files {
     use super::*;
@@ -148,21 +167,13 @@ mod hostile_files {
         w.into_inner()
     }
 
-    /// Every frame the reader gives goes into a pipeline; returns the spans made, or the
-    /// reader's error.
-    fn replay_bytes(bytes: &[u8]) -> std::result::Result<usize, record::RecordError> {
-        let mut reader = record::Reader::new(bytes)?;
-        let mut pipeline = Pipeline::new(reader.header.mono_to_unix_ns as i128, Some(1));
-        let (mut spans, mut changes) = (Vec::new(), Vec::new());
-        while let Some(frame) = reader.next_frame()? {
-            if let Frame::Record(raw) = frame {
-                pipeline.on_record(&raw, &mut changes);
-                changes.clear();
-            }
-        }
-        pipeline.poll(u64::MAX / 2, &mut spans);
-        pipeline.drain(u64::MAX / 2, &mut spans);
-        Ok(spans.len())
+    /// Writes the recording above where `ZTRACE_FUZZ_SEED` says: the seed of the coverage-guided
+    /// `record` fuzz target (`cargo xtask fuzz --only record`).
+    #[test]
+    #[ignore = "writes a file; run by hand to refresh the fuzz seed"]
+    fn write_fuzz_seed() {
+        let path = std::env::var_os("ZTRACE_FUZZ_SEED").expect("ZTRACE_FUZZ_SEED=FILE");
+        std::fs::write(path, recording()).unwrap();
     }
 
     #[test]
