@@ -17,7 +17,8 @@
 //!   another tool's programs or maps by id;
 //! - `clone` only for threads (no fork, no new namespaces); `clone3` fails with ENOSYS, so
 //!   glibc falls back to `clone`, whose flags a filter can read;
-//! - `socket` only for IPv4, IPv6 and Unix sockets; `ioctl` only the few requests used;
+//! - `socket` only for IPv4, IPv6 and Unix sockets (the conntrack netlink socket of cross-host
+//!   links is opened before the privilege drop); `ioctl` only the few requests used;
 //!   `prctl` only thread names and mapping names; `tgkill` only on ztrace itself.
 //!
 //! Anything else fails with EPERM (`SECCOMP_RET_ERRNO`) rather than killing the daemon: a path
