@@ -59,6 +59,10 @@ pub enum Command {
         /// over the file on one core, send nothing, and print events/s and spans/s.
         #[arg(long, value_name = "PASSES")]
         throughput: Option<u32>,
+        /// Replay without the seccomp allow-list (a recording is hostile input: by default,
+        /// once the file is open, replay runs under the same filter as the daemon).
+        #[arg(long)]
+        no_seccomp: bool,
     },
     /// Rules (OTTL): print the default redaction as rules (--default), or check the
     /// `[transform]` and `[filter]` rules of a config file (--config FILE).
@@ -496,14 +500,25 @@ pub fn main() -> i32 {
                 Err(e) => usage_error(format!("{e:#}")),
             };
         }
-        Some(Command::Replay { file, export, .. }) => {
+        Some(Command::Replay {
+            file,
+            export,
+            no_seccomp,
+            ..
+        }) => {
             let r = match resolve_export(&export, config::process_env()) {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
             let privacy = r.config.privacy.clone();
-            return match replay::replay(&file, r.export, r.service_name, r.db_query_text, &privacy)
-            {
+            return match replay::replay(
+                &file,
+                r.export,
+                r.service_name,
+                r.db_query_text,
+                &privacy,
+                !no_seccomp,
+            ) {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
             };
