@@ -106,21 +106,16 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// What start-up leaves for the daemon's loop: everything that needs a system call the
-/// seccomp filter refuses (loading programs, creating the record file) is done by then.
+/// What start-up ([`super::startup`]) leaves for the daemon's loop.
 struct Started {
     capture: Capture,
     record: Option<RecordSink>,
     mono_to_unix: i128,
 }
 
-pub fn run(cfg: DaemonConfig) -> Result<()> {
+pub fn run(mut cfg: DaemonConfig) -> Result<()> {
     let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
-    let record = match &cfg.mode {
-        Mode::Record(path) => Some(RecordSink::create(path, mono_to_unix, cfg.payload_cap)?),
-        Mode::Trace(_) => None,
-    };
-    let capture = Capture::load(&CaptureOptions {
+    let opts = CaptureOptions {
         payload_cap: cfg.payload_cap,
         follow_children: cfg.follow_children,
         capture_stdio: cfg.capture_logs,
@@ -135,31 +130,13 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                 .as_ref()
                 .is_some_and(|c| c.opamp.allow.contains(&crate::config::Section::Targets)),
         ..CaptureOptions::default()
-    })?;
-    // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
-    // heap back instead of carrying it as resident memory for the whole run.
-    // SAFETY: plain libc call, no pointers involved.
-    unsafe { libc::malloc_trim(0) };
-    let mut cfg = cfg;
-    if let (Some(control), Mode::Trace(_)) = (cfg.control.as_mut(), &cfg.mode) {
-        control.keep_identity((clock_ns(libc::CLOCK_REALTIME).max(0) / 1_000_000) as u64);
-    }
-    // Before any thread starts and before a byte of captured data, a peer's message, a
-    // collector's answer or an ELF file is parsed.
-    if cfg.seccomp {
-        let n = crate::capture::seccomp::install().map_err(|e| {
-            anyhow::anyhow!(
-                "installing the seccomp allow-list failed: {e} (--no-seccomp runs without it)"
-            )
-        })?;
-        log::info!(
-            "seccomp: allow-list of {n} system calls; any other fails with EPERM (--no-seccomp turns it off)"
-        );
-    } else {
-        log::warn!(
-            "seccomp: off (--no-seccomp): a compromised ztrace could exec, ptrace, load BPF programs …"
-        );
-    }
+    };
+    let (record, control) = match &cfg.mode {
+        Mode::Record(path) => (Some(path.as_path()), None),
+        Mode::Trace(_) => (None, cfg.control.as_mut()),
+    };
+    let (capture, record) =
+        super::startup::start(&opts, record, mono_to_unix, control, cfg.seccomp)?;
     let started = Started {
         capture,
         record,
