@@ -51,3 +51,54 @@ pub(super) fn start(
     }
     Ok((capture, record))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::control::identity::Kept;
+
+    const CHILD: &str = "runtime::startup::tests::uid_store_under_the_filter";
+
+    /// A uid the OpAMP server assigns after start-up goes through the file opened before the
+    /// filter (which refuses opening files for writing): checked in a child process.
+    #[test]
+    fn a_uid_assigned_later_is_stored_under_the_filter() {
+        let dir = std::env::temp_dir().join(format!("ztrace-uid-seccomp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                CHILD,
+            ])
+            .env("ZTRACE_UID_DIR", &dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        let stored = std::fs::read_to_string(dir.join("opamp-instance-uid")).unwrap();
+        assert_eq!(stored, "05".repeat(16) + "\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    #[ignore = "run in a child process by the test above"]
+    fn uid_store_under_the_filter() {
+        let Some(dir) = std::env::var_os("ZTRACE_UID_DIR") else {
+            return;
+        };
+        let mut kept = Kept::open(std::path::Path::new(&dir), 1);
+        crate::capture::seccomp::install().unwrap();
+        // Opening anew for writing is refused now; the descriptor held is what stores.
+        let again = std::fs::OpenOptions::new()
+            .write(true)
+            .open(std::path::Path::new(&dir).join("opamp-instance-uid"));
+        assert_eq!(
+            again.err().and_then(|e| e.raw_os_error()),
+            Some(libc::EPERM)
+        );
+        kept.store(&[5; 16]);
+    }
+}
