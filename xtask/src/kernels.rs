@@ -1,7 +1,8 @@
 //! `cargo xtask kernels`: the kernel matrix. Boots each kernel of [`KERNELS`] under QEMU and runs
 //! the HTTP smoke test inside it with the real probes: a Python server traced by PID, five curl
 //! requests, five SERVER spans, and ztrace stopping by itself when the traced process exits
-//! (which exercises the exit probe's path for kernels without `group_dead`). This machine's own
+//! (which exercises the exit probe's path for kernels without `group_dead`), all under its
+//! seccomp allow-list (`Seccomp: 2`). This machine's own
 //! kernel is covered by the whole suite (`cargo xtask test`).
 //!
 //! The guest needs no disk image: an initramfs (static busybox, the kernel's virtio and 9p
@@ -239,17 +240,21 @@ PORT=$(sed -n 's/^PORT //p' /tmp/backend.out)
 {ztrace} --pid $BACK --output json --duration 60s > /tmp/spans.json 2> /tmp/ztrace.err &
 Z=$!
 for i in $(seq 300); do grep -q "process(es)" /tmp/ztrace.err && break; sleep 0.1; done
+# The seccomp allow-list is on this kernel too (every request below runs under it).
+SECCOMP=$(sed -n 's/^Seccomp:[[:space:]]*//p' /proc/$Z/status)
+echo "ZTRACE-SECCOMP: $SECCOMP"
 for i in 1 2 3 4 5; do curl -s -o /dev/null http://127.0.0.1:$PORT/item/$i; done
 sleep 2
 # The traced process exits: ztrace must see it (the exit probe) and stop by itself.
 kill $BACK
 wait $Z
 echo "ZTRACE-EXIT: $?"
-grep -E "socket data from|stopping:" /tmp/ztrace.err | sed 's/^/ZTRACE-LOG: /'
+grep -E "socket data from|stopping:|seccomp:" /tmp/ztrace.err | sed 's/^/ZTRACE-LOG: /'
 N=$(grep -c '"kind":"SERVER"' /tmp/spans.json)
 echo "ZTRACE-SERVER-SPANS: $N"
 grep -q "every traced process has exited" /tmp/ztrace.err || {{ echo "ZTRACE-FAIL: no exit seen"; cat /tmp/ztrace.err; exit 1; }}
 [ "$N" -ge 5 ] || {{ echo "ZTRACE-FAIL: $N server spans, want 5"; cat /tmp/ztrace.err; exit 1; }}
+[ "$SECCOMP" = 2 ] || {{ echo "ZTRACE-FAIL: Seccomp: $SECCOMP, want 2"; cat /tmp/ztrace.err; exit 1; }}
 "#,
         apps = root.join("tests/apps").display(),
         ztrace = ztrace.display(),

@@ -59,6 +59,10 @@ pub enum Command {
         /// over the file on one core, send nothing, and print events/s and spans/s.
         #[arg(long, value_name = "PASSES")]
         throughput: Option<u32>,
+        /// Replay without the seccomp allow-list (a recording is hostile input: by default,
+        /// once the file is open, replay runs under the same filter as the daemon).
+        #[arg(long)]
+        no_seccomp: bool,
     },
     /// Rules (OTTL): print the default redaction as rules (--default), or check the
     /// `[transform]` and `[filter]` rules of a config file (--config FILE).
@@ -138,6 +142,12 @@ pub struct TargetArgs {
     /// exit.
     #[arg(long)]
     pub probe_stats: bool,
+    /// Run without the seccomp allow-list (for debugging: when ztrace reports "Operation not
+    /// permitted" and works with this flag, please report it with the kernel log's
+    /// `type=1326` line). By default, once the probes are loaded, ztrace can no longer exec,
+    /// ptrace, load BPF programs or modules, mount, or open files for writing.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// Where spans, metrics and logs go. Every setting can also come from the config file or the
@@ -415,7 +425,7 @@ fn usage_error(msg: impl std::fmt::Display) -> i32 {
 }
 
 fn check(target: &TargetArgs) -> i32 {
-    let items = preflight::full_report();
+    let items = preflight::full_report(!target.no_seccomp);
     for item in &items {
         println!("{item}");
     }
@@ -461,6 +471,10 @@ pub fn main() -> i32 {
     let (mut tail, mut anomaly) = (None, None);
     let mut rules = Program::default();
     let mut control = None;
+    let no_seccomp = match &cli.command {
+        Some(Command::Record { target, .. }) => target.no_seccomp,
+        _ => cli.run.target.no_seccomp,
+    };
     let (target, mode, service, db_query_text) = match cli.command {
         Some(Command::Check { target }) => return check(&target),
         Some(Command::Rules {
@@ -493,7 +507,12 @@ pub fn main() -> i32 {
                 Err(e) => usage_error(format!("{e:#}")),
             };
         }
-        Some(Command::Replay { file, export, .. }) => {
+        Some(Command::Replay {
+            file,
+            export,
+            no_seccomp,
+            ..
+        }) => {
             let r = match resolve_export(&export, config::process_env()) {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
@@ -507,6 +526,7 @@ pub fn main() -> i32 {
                 r.db_query_text,
                 &privacy,
                 memory,
+                !no_seccomp,
             ) {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),
@@ -634,6 +654,7 @@ pub fn main() -> i32 {
         anomaly,
         rules,
         control,
+        seccomp: !no_seccomp,
     };
     match live::run(config) {
         Ok(()) => 0,
@@ -866,6 +887,7 @@ mod tests {
             capture_logs: false,
             capture_via_syscalls: false,
             probe_stats: false,
+            no_seccomp: false,
         };
         let err = resolve_target(&target, r.file.as_ref()).unwrap_err();
         assert!(err.starts_with("`target.payload_cap` in "), "{err}");

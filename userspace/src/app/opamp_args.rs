@@ -115,6 +115,7 @@ impl OpampArgs {
             },
             targets_from_file: i.targets_from_file,
             host_name: crate::capture::process::host_name(),
+            identity: None,
         }))
     }
 }

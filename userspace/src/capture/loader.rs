@@ -1,6 +1,10 @@
 //! Capture: load the eBPF probes, tell them which processes to trace, attach them to the kernel's
 //! tracepoints and hand out the ring buffer of raw records. Owns every kernel object; knows
 //! nothing about what the records mean (that is `decode` and beyond).
+//!
+//! Every program is loaded (verified) in [`Capture::load`], also the OpenSSL ones that are
+//! attached only when a process with libssl shows up: the seccomp filter installed after
+//! loading refuses `BPF_PROG_LOAD` (see `seccomp.rs`).
 
 use std::{fs, os::fd::AsRawFd};
 
@@ -100,7 +104,9 @@ pub struct Capture {
     /// Files with OpenSSL probed, by (device, inode): the same file reached through different
     /// paths is probed once.
     tls_libs: std::collections::HashSet<(u64, u64)>,
-    tls_loaded: bool,
+    /// Programs that failed to load, with why: optional ones (network metrics, OpenSSL) are
+    /// reported when they would be attached.
+    unloaded: std::collections::HashMap<&'static str, String>,
     ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
     /// The in-kernel pre-filter in front of `traced` (a byte per TGID; see the probes' maps).
@@ -202,6 +208,54 @@ where
     Ok(program.try_into()?)
 }
 
+/// The OpenSSL programs (see [`TLS_PROBES`] for where each goes).
+const TLS_PROGRAMS: [&str; 6] = [
+    "ssl_read_enter",
+    "ssl_write_enter",
+    "ssl_read_ex_enter",
+    "ssl_write_ex_enter",
+    "ssl_ret",
+    "ssl_ex_ret",
+];
+
+/// Loads (verifies) every program [`Capture::attach`] and [`Capture::attach_tls`] attach,
+/// before the seccomp filter forbids loading. A required one that fails is an error; optional
+/// ones (network metrics outside socket-layer mode, OpenSSL) are returned with why.
+fn load_programs(
+    ebpf: &mut Ebpf,
+    mode: CaptureMode,
+    capture_stdio: bool,
+) -> Result<std::collections::HashMap<&'static str, String>> {
+    let mut unloaded = std::collections::HashMap::new();
+    let mut tracepoints = vec![("sched_process_exit", true), ("sched_process_exec", true)];
+    if mode == CaptureMode::Syscalls || capture_stdio {
+        tracepoints.extend([("sys_enter", true), ("sys_exit", true)]);
+    }
+    tracepoints.push(("inet_sock_set_state", mode == CaptureMode::SocketLayer));
+    tracepoints.push(("tcp_retransmit_skb", false));
+    for (prog, required) in tracepoints {
+        let program: &mut TracePoint = program(ebpf, prog)?;
+        match program.load() {
+            Ok(()) => {}
+            Err(e) if !required => {
+                unloaded.insert(prog, e.to_string());
+            }
+            Err(e) => return Err(e).with_context(|| format!("verifier rejected {prog}")),
+        }
+    }
+    let fork: &mut RawTracePoint = program(ebpf, "sched_process_fork")?;
+    fork.load()
+        .context("verifier rejected sched_process_fork")?;
+    for prog in TLS_PROGRAMS {
+        let program: &mut UProbe = program(ebpf, prog)?;
+        if let Err(e) = program.load() {
+            log::debug!("{prog}: {e}; OpenSSL will not be probed");
+            unloaded.insert(prog, e.to_string());
+        }
+    }
+    Ok(unloaded)
+}
+
 /// Loads (verifies) the socket-layer programs.
 fn load_sock_programs(ebpf: &mut Ebpf) -> Result<()> {
     for (prog, _) in SOCK_PROBES {
@@ -290,9 +344,10 @@ impl Capture {
         )?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        let unloaded = load_programs(&mut ebpf, mode, opts.capture_stdio)?;
         Ok(Capture {
             tls_libs: Default::default(),
-            tls_loaded: false,
+            unloaded,
             ebpf,
             traced,
             maybe_traced,
@@ -376,19 +431,17 @@ impl Capture {
             }
         }
         let fork: &mut RawTracePoint = program(&mut self.ebpf, "sched_process_fork")?;
-        fork.load()
-            .context("verifier rejected sched_process_fork")?;
         fork.attach("sched_process_fork")
             .context("attaching to raw tracepoint sched_process_fork")?;
         Ok(())
     }
 
-    /// Loads program `prog` and attaches it to each `category:name` tracepoint.
+    /// Attaches program `prog` (loaded) to each `category:name` tracepoint.
     fn attach_tracepoint(&mut self, prog: &str, category: &str, names: &[String]) -> Result<()> {
+        if let Some(e) = self.unloaded.get(prog) {
+            bail!("verifier rejected {prog}: {e}");
+        }
         let program: &mut TracePoint = program(&mut self.ebpf, prog)?;
-        program
-            .load()
-            .with_context(|| format!("verifier rejected {prog}"))?;
         for name in names {
             program
                 .attach(category, name)
@@ -439,21 +492,12 @@ impl Capture {
         if !self.tls_libs.insert(probe.id) {
             return Ok(None);
         }
-        if !self.tls_loaded {
-            for name in [
-                "ssl_read_enter",
-                "ssl_write_enter",
-                "ssl_read_ex_enter",
-                "ssl_write_ex_enter",
-                "ssl_ret",
-                "ssl_ex_ret",
-            ] {
-                let program: &mut UProbe = program(&mut self.ebpf, name)?;
-                program
-                    .load()
-                    .with_context(|| format!("verifier rejected {name}"))?;
-            }
-            self.tls_loaded = true;
+        if let Some((prog, e)) = TLS_PROGRAMS
+            .iter()
+            .find_map(|p| Some((p, self.unloaded.get(p)?)))
+        {
+            self.tls_libs.remove(&probe.id);
+            bail!("OpenSSL probes unavailable: verifier rejected {prog}: {e}");
         }
         // The file inspected, through our own descriptor: the kernel probes that inode, not
         // whatever a path names by now.

@@ -8,6 +8,7 @@ pub mod naming;
 pub mod preflight;
 pub mod privdrop;
 pub mod process;
+pub mod seccomp;
 pub mod select;
 pub mod tls_target;
 

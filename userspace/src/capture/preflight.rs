@@ -163,16 +163,35 @@ pub fn kernel_features() -> Vec<Item> {
     ]
 }
 
-/// Everything `ztrace check` reports, in order.
-pub fn full_report() -> Vec<Item> {
+/// Everything `ztrace check` reports, in order (`seccomp`: whether the daemon would install
+/// its allow-list, i.e. no `--no-seccomp`).
+pub fn full_report(seccomp: bool) -> Vec<Item> {
     let mut items = vec![privileges(), tracefs(false), btf()];
+    // A kernel without seccomp has no `Seccomp:` line in /proc/PID/status.
+    let no_seccomp = seccomp
+        && super::seccomp::status_of(
+            &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+        )
+        .0
+        .is_none();
     items.push(Item {
         name: "after start",
-        problem: None,
+        problem: no_seccomp.then(|| {
+            "this kernel has no seccomp filters (CONFIG_SECCOMP_FILTER): run with --no-seccomp"
+                .to_string()
+        }),
         detail: format!(
             "ztrace keeps only {}, no_new_privs (and CAP_NET_ADMIN with cross-host links, for \
-             lookups in the connection tracking table)",
-            super::privdrop::names(super::privdrop::kept_mask())
+             lookups in the connection tracking table); {}",
+            super::privdrop::names(super::privdrop::kept_mask()),
+            if seccomp {
+                format!(
+                    "seccomp: allow-list of {} system calls",
+                    super::seccomp::allowed_count()
+                )
+            } else {
+                "seccomp: off (--no-seccomp)".to_string()
+            }
         ),
     });
     let kernel = {

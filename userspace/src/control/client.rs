@@ -60,6 +60,16 @@ pub struct Start {
     /// False when flags chose what to trace (then `target.*` is not the file's to change).
     pub targets_from_file: bool,
     pub host_name: String,
+    /// The instance uid's file, opened by [`Start::keep_identity`] (else by [`Control::start`]).
+    pub identity: Option<identity::Kept>,
+}
+
+impl Start {
+    /// Opens (creates) the instance uid's file now: call it before the seccomp filter is
+    /// installed, which forbids opening files for writing.
+    pub fn keep_identity(&mut self, now_unix_ms: u64) {
+        self.identity = Some(identity::Kept::open(&self.opamp.state_dir, now_unix_ms));
+    }
 }
 
 impl Control {
@@ -78,7 +88,12 @@ impl Control {
             tls: s.opamp.tls.clone(),
         })
         .map_err(|e| format!("OpAMP: {e}"))?;
-        let uid = identity::load_or_create(&s.opamp.state_dir, start_unix_ns / 1_000_000);
+        let mut s = s;
+        let dir = &s.opamp.state_dir;
+        let uid = s
+            .identity
+            .get_or_insert_with(|| identity::Kept::open(dir, start_unix_ns / 1_000_000))
+            .uid;
         let agent = Agent::new(
             Identity {
                 instance_uid: uid,
@@ -214,8 +229,10 @@ impl Client {
                         link = Link::Up;
                     }
                     backoff = Duration::from_secs(1);
-                    if let Some(uid) = reply.new_uid {
-                        identity::store(&self.start.opamp.state_dir, &uid);
+                    if let Some(uid) = reply.new_uid
+                        && let Some(kept) = &mut self.start.identity
+                    {
+                        kept.store(&uid);
                     }
                     if let Some(e) = &reply.error {
                         log::warn!("OpAMP: {e}");

@@ -10,7 +10,7 @@
 
 pub mod agent;
 pub mod client;
-mod identity;
+pub mod identity;
 pub mod remote;
 
 pub use client::{Control, Health, Pending, Start, next_pending};

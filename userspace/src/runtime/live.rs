@@ -72,6 +72,8 @@ pub struct DaemonConfig {
     pub rules: crate::processors::ottl::Program,
     /// Remote management (OpAMP): None when off.
     pub control: Option<crate::control::Start>,
+    /// The seccomp allow-list after start-up (`--no-seccomp` turns it off).
+    pub seccomp: bool,
 }
 
 pub enum Mode {
@@ -106,8 +108,43 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-pub fn run(cfg: DaemonConfig) -> Result<()> {
-    runtime()?.block_on(run_async(cfg))
+/// What start-up ([`super::startup`]) leaves for the daemon's loop.
+struct Started {
+    capture: Capture,
+    record: Option<RecordSink>,
+    mono_to_unix: i128,
+}
+
+pub fn run(mut cfg: DaemonConfig) -> Result<()> {
+    let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+    let opts = CaptureOptions {
+        payload_cap: cfg.payload_cap,
+        follow_children: cfg.follow_children,
+        capture_stdio: cfg.capture_logs,
+        via_syscalls: cfg.capture_via_syscalls,
+        probe_stats: cfg.probe_stats,
+        // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
+        // the start (one small event per exec on the host, ignored while no rule is set).
+        report_execs: !cfg.select.is_empty()
+            || cfg.reload_from.is_some()
+            || cfg
+                .control
+                .as_ref()
+                .is_some_and(|c| c.opamp.allow.contains(&crate::config::Section::Targets)),
+        ..CaptureOptions::default()
+    };
+    let (record, control) = match &cfg.mode {
+        Mode::Record(path) => (Some(path.as_path()), None),
+        Mode::Trace(_) => (None, cfg.control.as_mut()),
+    };
+    let (capture, record) =
+        super::startup::start(&opts, record, mono_to_unix, control, cfg.seccomp)?;
+    let started = Started {
+        capture,
+        record,
+        mono_to_unix,
+    };
+    runtime()?.block_on(run_async(cfg, started))
 }
 
 struct Processes {
@@ -145,8 +182,12 @@ impl Processes {
     }
 }
 
-async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
-    let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
+    let Started {
+        mut capture,
+        record,
+        mono_to_unix,
+    } = started;
     let (mut sink, what) = match &cfg.mode {
         Mode::Trace(export) => (
             Destination::Trace {
@@ -179,7 +220,7 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
             describe(export),
         ),
         Mode::Record(path) => (
-            Destination::Record(RecordSink::create(path, mono_to_unix, cfg.payload_cap)?),
+            Destination::Record(record.context("the record file was not created")?),
             format!("recording raw events to {}", path.display()),
         ),
     };
@@ -197,26 +238,6 @@ async fn run_async(mut cfg: DaemonConfig) -> Result<()> {
         _ => None,
     };
     let mut answers = Vec::new();
-    let mut capture = Capture::load(&CaptureOptions {
-        payload_cap: cfg.payload_cap,
-        follow_children: cfg.follow_children,
-        capture_stdio: cfg.capture_logs,
-        via_syscalls: cfg.capture_via_syscalls,
-        probe_stats: cfg.probe_stats,
-        // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
-        // the start (one small event per exec on the host, ignored while no rule is set).
-        report_execs: !cfg.select.is_empty()
-            || cfg.reload_from.is_some()
-            || cfg
-                .control
-                .as_ref()
-                .is_some_and(|c| c.opamp.allow.contains(&crate::config::Section::Targets)),
-        ..CaptureOptions::default()
-    })?;
-    // Loading parsed the kernel's BTF (tens of MiB of short-lived allocations): give the freed
-    // heap back instead of carrying it as resident memory for the whole run.
-    // SAFETY: plain libc call, no pointers involved.
-    unsafe { libc::malloc_trim(0) };
     // Where each process's OpenSSL is, found off this loop (executables can be 100 MB).
     let mut inspector = Inspector::start().context("starting the TLS inspection thread")?;
     let mut procs = Processes {

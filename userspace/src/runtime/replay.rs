@@ -26,9 +26,20 @@ pub fn replay(
     db_query_text: bool,
     privacy: &Privacy,
     parser_budget: usize,
+    seccomp: bool,
 ) -> Result<()> {
     let mut reader =
         record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    // A recording may come from anyone (a bug report): its frames are parsed under the
+    // daemon's allow-list, installed before any thread starts.
+    if seccomp {
+        let n = crate::capture::seccomp::install().map_err(|e| {
+            anyhow::anyhow!(
+                "installing the seccomp allow-list failed: {e} (--no-seccomp runs without it)"
+            )
+        })?;
+        log::debug!("seccomp: allow-list of {n} system calls");
+    }
     // Batches close by size only (and at the end), and no span is dropped for a full queue: the
     // same file gives the same batches, hence the same output, however fast the machine is.
     let export = ExportConfig {
