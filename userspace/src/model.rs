@@ -138,10 +138,11 @@ impl PartialEq for F64 {
 }
 impl Eq for F64 {}
 
-/// An attribute value a rule wrote.
+/// An attribute value a rule wrote. Strings a rule names literally are shared with the
+/// compiled rules (`Cow::Borrowed`): writing one allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttrVal {
-    Str(String),
+    Str(Cow<'static, str>),
     Int(i64),
     Double(F64),
     Bool(bool),
@@ -151,8 +152,10 @@ pub enum AttrVal {
 /// Attribute changes by key, in the order first made: `Some` sets (adds or replaces) the
 /// attribute, `None` deletes it. Every output reads a span's attributes through
 /// `semconv::attributes::visit_attributes`, which applies them.
+/// Keys a rule names are shared with the compiled rules (`Cow::Borrowed`), so a write allocates
+/// no key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AttrEdits(pub Vec<(Box<str>, Option<AttrVal>)>);
+pub struct AttrEdits(pub Vec<(Cow<'static, str>, Option<AttrVal>)>);
 
 impl AttrEdits {
     /// The change made to `key`: None when untouched, `Some(None)` when deleted.
@@ -166,7 +169,15 @@ impl AttrEdits {
     pub fn put(&mut self, key: &str, value: Option<AttrVal>) {
         match self.0.iter_mut().find(|(k, _)| &**k == key) {
             Some(e) => e.1 = value,
-            None => self.0.push((key.into(), value)),
+            None => self.0.push((Cow::Owned(key.to_owned()), value)),
+        }
+    }
+
+    /// [`AttrEdits::put`] with a key that may be shared (no copy when it is `Cow::Borrowed`).
+    pub fn put_shared(&mut self, key: &Cow<'static, str>, value: Option<AttrVal>) {
+        match self.0.iter_mut().find(|(k, _)| *k == *key) {
+            Some(e) => e.1 = value,
+            None => self.0.push((key.clone(), value)),
         }
     }
 }

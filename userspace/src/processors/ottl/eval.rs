@@ -5,22 +5,21 @@
 
 use std::borrow::Cow;
 
-use regex::Regex;
-
 use super::grammar::{CmpOp, MathOp};
-use super::value::{Field, Map, Record, Value};
+use super::pattern::Pattern;
+use super::value::{Field, Key, Map, Record, Value};
 
 /// Where a value comes from.
 #[derive(Debug)]
 pub enum Getter {
     Lit(Value<'static>),
     Field(Field),
-    Attr(Map, Box<str>),
+    Attr(Map, Key),
     /// A converter's result indexed (`Split(s, ",")[0]`).
     Index(Box<Getter>, Vec<i64>),
     List(Vec<Getter>),
     Math(Box<Getter>, MathOp, Box<Getter>),
-    IsMatch(Box<Getter>, Regex),
+    IsMatch(Box<Getter>, Pattern),
     Concat(Vec<Getter>, Box<Getter>),
     Sha256(Box<Getter>),
     Int(Box<Getter>),
@@ -32,19 +31,21 @@ pub enum Getter {
 #[derive(Clone, Debug)]
 pub enum Setter {
     Field(Field),
-    Attr(Map, Box<str>),
+    Attr(Map, Key),
 }
 
 #[derive(Debug)]
 pub enum Editor {
     Set(Setter, Getter),
+    /// `delete_key` with a literal key.
+    Delete(Map, Key),
     DeleteKey(Map, Getter),
-    DeleteMatchingKeys(Map, Regex),
+    DeleteMatchingKeys(Map, Pattern),
     KeepKeys(Map, Vec<Box<str>>),
     /// Target (as read and as written), pattern, replacement, hash the replacement.
-    ReplacePattern(Getter, Setter, Regex, Box<str>, bool),
+    ReplacePattern(Getter, Setter, Pattern, Box<str>, bool),
     /// Map, on keys (else values), pattern, replacement, hash the replacement.
-    ReplaceAllPatterns(Map, bool, Regex, Box<str>, bool),
+    ReplaceAllPatterns(Map, bool, Pattern, Box<str>, bool),
     TruncateAll(Map, usize),
     Limit(Map, usize, Vec<Box<str>>),
 }
@@ -75,8 +76,8 @@ impl Getter {
     pub fn attr_keys(&self, out: &mut Vec<Box<str>>) {
         match self {
             Getter::Attr(Map::Attributes, k) => {
-                if !out.contains(k) {
-                    out.push(k.clone());
+                if !out.iter().any(|o| **o == *k.name) {
+                    out.push((*k.name).into());
                 }
             }
             Getter::Lit(_) | Getter::Field(_) | Getter::Attr(..) => {}
@@ -101,7 +102,7 @@ impl Getter {
         Ok(match self {
             Getter::Lit(v) => borrowed(v),
             Getter::Field(f) => r.field(*f),
-            Getter::Attr(m, k) => r.attr(*m, k),
+            Getter::Attr(m, k) => r.attr_key(*m, k),
             Getter::Index(g, idx) => {
                 let mut v = g.get(r)?;
                 for i in idx {
@@ -178,10 +179,7 @@ impl Getter {
 }
 
 fn borrowed<'a>(v: &'a Value<'_>) -> Value<'a> {
-    match v {
-        Value::Str(s) => Value::Str(Cow::Borrowed(&**s)),
-        other => other.clone(),
-    }
+    v.borrow()
 }
 
 pub fn sha256_hex(text: &str) -> String {
@@ -295,15 +293,16 @@ impl Pred {
 fn write(r: &mut dyn Record, to: &Setter, v: Value<'_>) -> Result<(), EvalError> {
     match to {
         Setter::Field(f) => r.set_field(*f, v),
-        Setter::Attr(m, k) => r.set_attr(*m, k, Some(v)),
+        Setter::Attr(m, k) => r.set_attr_key(*m, k, Some(v)),
     }
 }
 
 /// The replacement of a `replace_*` editor, hashed (SHA256 argument) when asked.
-fn replace(re: &Regex, text: &str, with: &str, hash: bool) -> Option<String> {
+fn replace(re: &Pattern, text: &str, with: &str, hash: bool) -> Option<String> {
     if !re.is_match(text) {
         return None;
     }
+    let re = re.regex();
     if !hash {
         return Some(re.replace_all(text, with).into_owned());
     }
@@ -337,12 +336,15 @@ impl Editor {
             // A literal borrows from the program, not the record: no copy before the write.
             Editor::Set(to, Getter::Lit(v)) => {
                 if *v != Value::Nil {
-                    write(r, to, borrowed(v))?;
+                    match to {
+                        Setter::Attr(m, k) => r.set_attr_lit(*m, k, v)?,
+                        Setter::Field(_) => write(r, to, borrowed(v))?,
+                    }
                 }
             }
-            Editor::DeleteKey(m, Getter::Lit(Value::Str(k))) => {
-                if r.attr(*m, k) != Value::Nil {
-                    r.set_attr(*m, k, None)?;
+            Editor::Delete(m, k) => {
+                if r.attr_key(*m, k) != Value::Nil {
+                    r.set_attr_key(*m, k, None)?;
                 }
             }
             Editor::Set(to, from) => {
@@ -453,8 +455,8 @@ impl Statement {
         }
         match &self.editor {
             Editor::Set(_, g) | Editor::ReplacePattern(g, ..) => g.attr_keys(out),
-            Editor::DeleteKey(Map::Attributes, Getter::Lit(Value::Str(k))) => {
-                Getter::Attr(Map::Attributes, (**k).into()).attr_keys(out)
+            Editor::Delete(Map::Attributes, k) => {
+                Getter::Attr(Map::Attributes, k.clone()).attr_keys(out)
             }
             _ => {}
         }

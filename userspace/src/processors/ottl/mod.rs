@@ -20,6 +20,8 @@ mod compile;
 pub mod defaults;
 mod eval;
 mod grammar;
+mod known;
+mod pattern;
 mod pdata;
 mod program;
 mod span;

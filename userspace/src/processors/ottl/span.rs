@@ -7,7 +7,8 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::net::IpAddr;
 
-use super::value::{Field, Map, Record, Value};
+use super::known::{self, Known, Own};
+use super::value::{Field, Key, Map, Record, Value, lit_attr};
 use crate::model::{AttrEdits, AttrVal, Span, SpanKind, SpanStatus};
 use crate::semconv::attributes::{AttrSink, AttrValue, addr_text, visit_own_attributes};
 
@@ -82,9 +83,12 @@ impl<'s> SpanRecord<'s> {
         all.0
     }
 
-    /// One own attribute: from the cache when the program names it, else by a pass that builds
-    /// only that key.
-    fn own_attr(&self, key: &str) -> Option<Own<'s>> {
+    /// One own attribute: straight from the typed fields for a known key of an HTTP span, else
+    /// from the cache when the program names it, else by a pass that builds only that key.
+    fn own_attr(&self, key: &str, known: Option<Known>) -> Option<Own<'s>> {
+        if let Some(v) = known.and_then(|k| known::read(self.span, k)) {
+            return v;
+        }
         let wanted = &self.wanted[..self.wanted.len().min(WANTED)];
         if let Some(i) = wanted.iter().position(|w| **w == *key) {
             let cache = self.cache.get_or_init(|| {
@@ -143,14 +147,6 @@ impl<'a, K: AsRef<str>> AttrSink<'a> for Pick<'_, 'a, K> {
     }
 }
 
-/// One of the span's own attributes, addresses kept as addresses until read.
-#[derive(Clone)]
-enum Own<'a> {
-    Str(Cow<'a, str>),
-    Int(i64),
-    Addr(IpAddr),
-}
-
 struct Collect<'a>(Vec<(&'static str, Own<'a>)>);
 
 impl<'a> AttrSink<'a> for Collect<'a> {
@@ -190,6 +186,52 @@ fn attr_value<'a>(v: &'a AttrValue<'_>) -> Value<'a> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl<'s> SpanRecord<'s> {
+    fn attr_of(&self, m: Map, key: &str, known: Option<Known>) -> Value<'_> {
+        match m {
+            Map::Resource => self
+                .resource
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(Value::Nil, |(_, v)| attr_value(v)),
+            Map::Attributes => {
+                if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
+                    return edit.map_or(Value::Nil, Value::from);
+                }
+                match self.own_attr(key, known) {
+                    None => Value::Nil,
+                    Some(Own::Str(Cow::Borrowed(s))) => Value::Str(Cow::Borrowed(s)),
+                    Some(Own::Str(Cow::Owned(s))) => Value::Str(Cow::Owned(s)),
+                    Some(Own::Int(i)) => Value::Int(i),
+                    Some(Own::Addr(a)) => Value::Str(Cow::Owned(addr_text(a))),
+                }
+            }
+        }
+    }
+
+    /// What a write of `v` to `key` stores (None deletes).
+    fn attr_val(&self, m: Map, key: &str, v: Option<Value<'_>>) -> Result<Option<AttrVal>, String> {
+        if m == Map::Resource {
+            return Err(RESOURCE_READ_ONLY.into());
+        }
+        match v {
+            Some(v) => Ok(Some(v.to_attr().ok_or_else(|| nil_error(key))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn edits_mut(&mut self) -> &mut AttrEdits {
+        self.edits
+            .get_or_insert_with(|| Box::new(AttrEdits(Vec::with_capacity(4))))
+    }
+}
+
+const RESOURCE_READ_ONLY: &str = "resource attributes cannot be changed from a span";
+
+fn nil_error(key: &str) -> String {
+    format!("attributes[\"{key}\"] cannot be set to nil")
 }
 
 impl Record for SpanRecord<'_> {
@@ -254,41 +296,31 @@ impl Record for SpanRecord<'_> {
     }
 
     fn attr(&self, m: Map, key: &str) -> Value<'_> {
-        match m {
-            Map::Resource => self
-                .resource
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map_or(Value::Nil, |(_, v)| attr_value(v)),
-            Map::Attributes => {
-                if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
-                    return edit.map_or(Value::Nil, Value::from);
-                }
-                match self.own_attr(key) {
-                    None => Value::Nil,
-                    Some(Own::Str(Cow::Borrowed(s))) => Value::Str(Cow::Borrowed(s)),
-                    Some(Own::Str(Cow::Owned(s))) => Value::Str(Cow::Owned(s)),
-                    Some(Own::Int(i)) => Value::Int(i),
-                    Some(Own::Addr(a)) => Value::Str(Cow::Owned(addr_text(a))),
-                }
-            }
-        }
+        self.attr_of(m, key, Known::lookup(key).map(|(k, _)| k))
+    }
+
+    fn attr_key(&self, m: Map, key: &Key) -> Value<'_> {
+        self.attr_of(m, &key.name, key.known)
     }
 
     fn set_attr(&mut self, m: Map, key: &str, v: Option<Value<'_>>) -> Result<(), String> {
+        let v = self.attr_val(m, key, v)?;
+        self.edits_mut().put(key, v);
+        Ok(())
+    }
+
+    fn set_attr_key(&mut self, m: Map, key: &Key, v: Option<Value<'_>>) -> Result<(), String> {
+        let v = self.attr_val(m, &key.name, v)?;
+        self.edits_mut().put_shared(&key.name, v);
+        Ok(())
+    }
+
+    fn set_attr_lit(&mut self, m: Map, key: &Key, v: &Value<'static>) -> Result<(), String> {
         if m == Map::Resource {
-            return Err("resource attributes cannot be changed from a span".into());
+            return Err(RESOURCE_READ_ONLY.into());
         }
-        let v = match v {
-            Some(v) => Some(
-                v.to_attr()
-                    .ok_or_else(|| format!("attributes[\"{key}\"] cannot be set to nil"))?,
-            ),
-            None => None,
-        };
-        self.edits
-            .get_or_insert_with(|| Box::new(AttrEdits(Vec::with_capacity(4))))
-            .put(key, v);
+        let v = lit_attr(v).ok_or_else(|| nil_error(&key.name))?;
+        self.edits_mut().put_shared(&key.name, Some(v));
         Ok(())
     }
 

@@ -4,8 +4,11 @@
 //! to compare it allocates nothing.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 
+use super::known::Known;
 use crate::model::{AttrVal, F64};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +30,14 @@ impl Value<'_> {
             Value::Float(f) => Value::Float(f),
             Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
             Value::List(l) => Value::List(l.into_iter().map(Value::into_owned).collect()),
+        }
+    }
+
+    /// The value borrowing from `self` (no copy of a string).
+    pub fn borrow(&self) -> Value<'_> {
+        match self {
+            Value::Str(s) => Value::Str(Cow::Borrowed(&**s)),
+            other => other.clone(),
         }
     }
 
@@ -66,13 +77,22 @@ impl Value<'_> {
             Value::Bool(b) => AttrVal::Bool(*b),
             Value::Int(i) => AttrVal::Int(*i),
             Value::Float(f) => AttrVal::Double(F64(*f)),
-            Value::Str(s) => AttrVal::Str(s.to_string()),
+            Value::Str(s) => AttrVal::Str(Cow::Owned(s.to_string())),
             Value::List(l) => AttrVal::StrArray(
                 l.iter()
                     .filter_map(|v| v.to_text().map(Cow::into_owned))
                     .collect(),
             ),
         })
+    }
+}
+
+/// A literal of the program as an attribute value: its strings are shared (see [`intern`]),
+/// so writing one allocates nothing.
+pub fn lit_attr(v: &Value<'static>) -> Option<AttrVal> {
+    match v {
+        Value::Str(Cow::Borrowed(s)) => Some(AttrVal::Str(Cow::Borrowed(s))),
+        v => v.to_attr(),
     }
 }
 
@@ -144,6 +164,53 @@ pub enum Field {
     Flags,
 }
 
+/// Text the compiled program keeps for as long as the process runs (attribute keys and string
+/// literals), so what a rule writes can share it instead of copying it per record. Each
+/// distinct text is kept once; past `LIMIT` bytes in all (rules replaced over and over with
+/// ever new keys) texts are no longer kept and writes copy them.
+pub fn intern(text: &str) -> Cow<'static, str> {
+    const LIMIT: usize = 1 << 20;
+    static KEPT: Mutex<(Option<HashSet<&'static str>>, usize)> = Mutex::new((None, 0));
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let (set, bytes) = &mut *kept;
+    let set = set.get_or_insert_with(HashSet::new);
+    if let Some(s) = set.get(text) {
+        return Cow::Borrowed(s);
+    }
+    if *bytes + text.len() > LIMIT {
+        return Cow::Owned(text.to_owned());
+    }
+    *bytes += text.len();
+    let s: &'static str = Box::leak(text.into());
+    set.insert(s);
+    Cow::Borrowed(s)
+}
+
+/// An attribute key a statement names, resolved when it is compiled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Key {
+    /// Shared with what the statement writes (see [`intern`]).
+    pub name: Cow<'static, str>,
+    /// For span attributes: the key a span answers from its typed fields (see `known.rs`).
+    pub known: Option<Known>,
+}
+
+impl Key {
+    /// `name` of `map`; `span` when the record is a span.
+    pub fn new(name: &str, map: Map, span: bool) -> Key {
+        match Known::lookup(name) {
+            Some((k, name)) if span && map == Map::Attributes => Key {
+                name: Cow::Borrowed(name),
+                known: Some(k),
+            },
+            _ => Key {
+                name: intern(name),
+                known: None,
+            },
+        }
+    }
+}
+
 /// One span, data point or log record as statements see it.
 pub trait Record {
     fn field(&self, f: Field) -> Value<'_>;
@@ -153,6 +220,18 @@ pub trait Record {
     fn attr(&self, m: Map, key: &str) -> Value<'_>;
     /// `None` deletes.
     fn set_attr(&mut self, m: Map, key: &str, v: Option<Value<'_>>) -> Result<(), String>;
+    /// [`Record::attr`] of a key the program names.
+    fn attr_key(&self, m: Map, key: &Key) -> Value<'_> {
+        self.attr(m, &key.name)
+    }
+    /// [`Record::set_attr`] of a key the program names.
+    fn set_attr_key(&mut self, m: Map, key: &Key, v: Option<Value<'_>>) -> Result<(), String> {
+        self.set_attr(m, &key.name, v)
+    }
+    /// Writes a literal of the program (not nil).
+    fn set_attr_lit(&mut self, m: Map, key: &Key, v: &Value<'static>) -> Result<(), String> {
+        self.set_attr_key(m, key, Some(v.borrow()))
+    }
     /// Every attribute of `m`, in order.
     fn attrs(&self, m: Map, f: &mut dyn FnMut(&str, Value<'_>));
 }

@@ -1,0 +1,176 @@
+//! Direct reads of well-known span attributes. A span holds a typed exchange, not an attribute
+//! map: `semconv::attributes::visit_own_attributes` derives its attributes, which costs a walk
+//! over all of them (host split, target split, trims). The keys rules read most are resolved at
+//! compile time to a [`Known`] and read here straight from the typed fields of an HTTP span
+//! (`url.path` is the path part of `HttpExchange::target`), with the same results as the walk
+//! (a differential test in `tests_known.rs` compares the two on random spans). Other exchanges,
+//! and what is not cheap to derive here, answer "not handled" and take the walk.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use opentelemetry_semantic_conventions::attribute as semconv;
+
+use crate::model::{Exchange, Span, SpanKind, SpanStatus};
+use crate::semconv::attributes::{CLOCK_SKEW, redact_query_with, split_host, split_target};
+use crate::semconv::names::known_method;
+
+/// One of the span's own attributes, addresses kept as addresses until read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Own<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Addr(IpAddr),
+}
+
+/// An attribute key read directly from a span's typed fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    Method,
+    MethodOriginal,
+    StatusCode,
+    UrlPath,
+    UrlQuery,
+    UrlScheme,
+    UserAgent,
+    RequestBodySize,
+    ResponseBodySize,
+    ThreadId,
+    ServerAddress,
+    ServerPort,
+    ClientAddress,
+    ClientPort,
+    PeerAddress,
+    PeerPort,
+    ProtocolVersion,
+    Transport,
+    NetworkType,
+    ErrorType,
+    ClockSkew,
+}
+
+/// Every known key with its name (the semantic conventions' constants).
+pub const ALL: [(Known, &str); 21] = [
+    (Known::Method, semconv::HTTP_REQUEST_METHOD),
+    (Known::MethodOriginal, semconv::HTTP_REQUEST_METHOD_ORIGINAL),
+    (Known::StatusCode, semconv::HTTP_RESPONSE_STATUS_CODE),
+    (Known::UrlPath, semconv::URL_PATH),
+    (Known::UrlQuery, semconv::URL_QUERY),
+    (Known::UrlScheme, semconv::URL_SCHEME),
+    (Known::UserAgent, semconv::USER_AGENT_ORIGINAL),
+    (Known::RequestBodySize, semconv::HTTP_REQUEST_BODY_SIZE),
+    (Known::ResponseBodySize, semconv::HTTP_RESPONSE_BODY_SIZE),
+    (Known::ThreadId, semconv::THREAD_ID),
+    (Known::ServerAddress, semconv::SERVER_ADDRESS),
+    (Known::ServerPort, semconv::SERVER_PORT),
+    (Known::ClientAddress, semconv::CLIENT_ADDRESS),
+    (Known::ClientPort, semconv::CLIENT_PORT),
+    (Known::PeerAddress, semconv::NETWORK_PEER_ADDRESS),
+    (Known::PeerPort, semconv::NETWORK_PEER_PORT),
+    (Known::ProtocolVersion, semconv::NETWORK_PROTOCOL_VERSION),
+    (Known::Transport, semconv::NETWORK_TRANSPORT),
+    (Known::NetworkType, semconv::NETWORK_TYPE),
+    (Known::ErrorType, semconv::ERROR_TYPE),
+    (Known::ClockSkew, CLOCK_SKEW),
+];
+
+impl Known {
+    /// The known key named `key`, with its static name.
+    pub fn lookup(key: &str) -> Option<(Known, &'static str)> {
+        ALL.iter().find(|(_, name)| *name == key).copied()
+    }
+}
+
+/// `split_target(target).0` without its `char` searches for an origin-form target (nearly
+/// every request): the path ends at the first `?` or `#`.
+fn url_path(target: &str) -> &str {
+    if target.starts_with('/') {
+        let end = memchr::memchr2(b'?', b'#', target.as_bytes()).unwrap_or(target.len());
+        &target[..end]
+    } else {
+        split_target(target).0
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `k` of `span`: `Some(None)` when the span has no such attribute, `None` when this span is not
+/// read directly (the caller walks the semantic-convention mapping instead).
+pub fn read(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
+    let Exchange::Http(http) = &span.exchange else {
+        return None;
+    };
+    let server = span.kind == SpanKind::Server;
+    let str = |s: &'static str| Some(Own::Str(Cow::Borrowed(s)));
+    Some(match k {
+        Known::Method => {
+            let m = http.method.as_str();
+            if known_method(m) {
+                Some(Own::Str(Cow::Borrowed(m)))
+            } else {
+                str("_OTHER")
+            }
+        }
+        Known::MethodOriginal => {
+            let m = http.method.as_str();
+            (!known_method(m) && !m.is_empty()).then_some(Own::Str(Cow::Borrowed(m)))
+        }
+        Known::StatusCode => http.status.map(|c| Own::Int(i64::from(c))),
+        Known::UrlPath if server => Some(Own::Str(Cow::Borrowed(url_path(&http.target)))),
+        Known::UrlQuery if server => split_target(&http.target)
+            .1
+            .filter(|q| !q.is_empty())
+            .map(|q| Own::Str(redact_query_with(q, &[]))),
+        Known::UrlPath | Known::UrlQuery => None,
+        Known::UrlScheme if server => str(if http.tls { "https" } else { "http" }),
+        // A client span's scheme comes from its full URL: the walk builds it.
+        Known::UrlScheme => return None,
+        Known::UserAgent => http
+            .user_agent
+            .as_deref()
+            .map(|u| Own::Str(Cow::Borrowed(u))),
+        Known::RequestBodySize => http.request_body_size.map(|n| Own::Int(to_i64(n))),
+        Known::ResponseBodySize => http.response_body_size.map(|n| Own::Int(to_i64(n))),
+        Known::ThreadId => (span.tid != 0).then_some(Own::Int(i64::from(span.tid))),
+        Known::ServerAddress | Known::ServerPort => {
+            // The `Host` header, else the local (server) or peer (client) end.
+            let end = if server { span.local } else { span.peer };
+            let (addr, port) = match http.host.as_deref().and_then(split_host) {
+                Some((host, port)) => (Own::Str(Cow::Borrowed(host)), port.unwrap_or(end.port)),
+                None => (Own::Addr(end.addr), end.port),
+            };
+            Some(if k == Known::ServerAddress {
+                addr
+            } else {
+                Own::Int(i64::from(port))
+            })
+        }
+        Known::ClientAddress if server => Some(Own::Addr(span.peer.addr)),
+        Known::ClientPort if server => Some(Own::Int(i64::from(span.peer.port))),
+        Known::ClientAddress | Known::ClientPort => None,
+        Known::PeerAddress => Some(Own::Addr(span.peer.addr)),
+        Known::PeerPort => Some(Own::Int(i64::from(span.peer.port))),
+        Known::ProtocolVersion => {
+            let v = http.version.trim();
+            let v = v.strip_prefix("HTTP/").unwrap_or(v);
+            (!v.is_empty()).then_some(Own::Str(Cow::Borrowed(v)))
+        }
+        Known::Transport => str("tcp"),
+        Known::NetworkType => str(if span.peer.addr.to_canonical().is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        }),
+        Known::ErrorType => match &span.status {
+            SpanStatus::Unset => None,
+            SpanStatus::Error(msg) => Some(Own::Str(Cow::Owned(match http.status {
+                Some(code) => code.to_string(),
+                None if !msg.is_empty() => msg.clone(),
+                None => "_OTHER".to_string(),
+            }))),
+        },
+        Known::ClockSkew => span.clock_skew_ns.map(|s| Own::Int(to_i64(s))),
+    })
+}
