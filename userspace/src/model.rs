@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
+use smallvec::SmallVec;
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct TraceId(pub [u8; 16]);
 
@@ -155,7 +157,8 @@ pub enum AttrVal {
 /// Keys a rule names are shared with the compiled rules (`Cow::Borrowed`), so a write allocates
 /// no key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AttrEdits(pub Vec<(Cow<'static, str>, Option<AttrVal>)>);
+/// The first two changes are stored in the box itself (one allocation for a span's changes).
+pub struct AttrEdits(pub SmallVec<[(Cow<'static, str>, Option<AttrVal>); 2]>);
 
 impl AttrEdits {
     /// The change made to `key`: None when untouched, `Some(None)` when deleted.

@@ -84,7 +84,10 @@ fn cond(ctx: Context, c: &Cond) -> Res<Pred> {
         Cond::Or(items) => Pred::Or(items.iter().map(|c| cond(ctx, c)).collect::<Res<_>>()?),
         Cond::And(items) => Pred::And(items.iter().map(|c| cond(ctx, c)).collect::<Res<_>>()?),
         Cond::Not(c, _) => Pred::Not(Box::new(cond(ctx, c)?)),
-        Cond::Cmp(a, op, b) => Pred::Cmp(getter(ctx, a)?, *op, getter(ctx, b)?),
+        Cond::Cmp(a, op, b) => match (getter(ctx, a)?, getter(ctx, b)?) {
+            (a, Getter::Lit(b)) => Pred::CmpLit(a, *op, b),
+            (a, b) => Pred::Cmp(a, *op, b),
+        },
         Cond::Value(e) => Pred::Value(getter(ctx, e)?),
     })
 }

@@ -57,6 +57,8 @@ pub enum Pred {
     And(Vec<Pred>),
     Not(Box<Pred>),
     Cmp(Getter, CmpOp, Getter),
+    /// A comparison with a literal (no copy of the literal per record).
+    CmpLit(Getter, CmpOp, Value<'static>),
     Value(Getter),
 }
 
@@ -253,7 +255,7 @@ impl Pred {
                 a.attr_keys(out);
                 b.attr_keys(out);
             }
-            Pred::Value(g) => g.attr_keys(out),
+            Pred::CmpLit(g, ..) | Pred::Value(g) => g.attr_keys(out),
         }
     }
 
@@ -277,6 +279,7 @@ impl Pred {
             }
             Pred::Not(p) => !p.test(r)?,
             Pred::Cmp(a, op, b) => compare(&a.get(r)?, *op, &b.get(r)?),
+            Pred::CmpLit(a, op, b) => compare(&a.get(r)?, *op, b),
             Pred::Value(g) => match g.get(r)? {
                 Value::Bool(b) => b,
                 other => {

@@ -85,8 +85,14 @@ impl Known {
 /// every request): the path ends at the first `?` or `#`.
 fn url_path(target: &str) -> &str {
     if target.starts_with('/') {
-        let end = memchr::memchr2(b'?', b'#', target.as_bytes()).unwrap_or(target.len());
-        &target[..end]
+        let b = target.as_bytes();
+        // Most paths are short: a plain loop costs less than setting up a vector search.
+        let end = if b.len() <= 64 {
+            b.iter().position(|&c| c == b'?' || c == b'#')
+        } else {
+            memchr::memchr2(b'?', b'#', b)
+        };
+        &target[..end.unwrap_or(b.len())]
     } else {
         split_target(target).0
     }

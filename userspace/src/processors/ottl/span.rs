@@ -1,10 +1,12 @@
 //! The span context: a [`Span`] as statements see it. Its attributes are what the semantic
-//! conventions derive from the span's typed exchange (`semconv::attributes`), gathered once per
-//! span on the first read (borrowed from the span, addresses formatted only when read); what
-//! rules write goes to the span's [`AttrEdits`], which every output applies. The Resource is read-only here (all spans of a process share it).
+//! conventions derive from the span's typed exchange (`semconv::attributes`): the well-known
+//! keys of HTTP spans are read straight from the typed fields (`known.rs`), the others gathered
+//! once per span on the first read (borrowed from the span, addresses formatted only when
+//! read); what rules write goes to the span's [`AttrEdits`], which every output applies. The
+//! Resource is read-only here (all spans of a process share it).
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::net::IpAddr;
 
 use super::known::{self, Known, Own};
@@ -20,8 +22,12 @@ pub struct SpanRecord<'s> {
     resource: &'s [(&'static str, AttrValue<'static>)],
     /// The attribute keys the program reads (the first [`WANTED`] are cached)...
     wanted: &'s [Box<str>],
-    /// ...and their values, taken in one pass over the span's own attributes on the first read.
-    cache: OnceCell<[Option<Own<'s>>; WANTED]>,
+    /// ...and their values, taken in one pass over the span's own attributes on the first read
+    /// of a key that is not known (boxed: most programs read only known keys, and the record is
+    /// built for every span).
+    cache: OnceCell<Box<[Option<Own<'s>>; WANTED]>>,
+    /// `url.path`, the key rules read most, once read.
+    path: Cell<Option<&'s str>>,
     edits: Option<Box<AttrEdits>>,
     name: Option<String>,
     status: Option<SpanStatus>,
@@ -35,6 +41,7 @@ pub struct Changes {
 }
 
 impl Changes {
+    #[inline]
     pub fn apply(self, span: &mut Span) {
         span.edits = self.edits;
         if let Some(n) = self.name {
@@ -47,6 +54,7 @@ impl Changes {
 }
 
 impl<'s> SpanRecord<'s> {
+    #[inline]
     pub fn new(
         span: &'s Span,
         resource: &'s [(&'static str, AttrValue<'static>)],
@@ -57,6 +65,7 @@ impl<'s> SpanRecord<'s> {
             resource,
             wanted,
             cache: OnceCell::new(),
+            path: Cell::new(None),
             edits: span.edits.clone(),
             name: None,
             status: None,
@@ -64,6 +73,7 @@ impl<'s> SpanRecord<'s> {
     }
 
     /// What the statements changed, to apply to the span.
+    #[inline]
     pub fn finish(self) -> Changes {
         Changes {
             edits: self.edits,
@@ -86,7 +96,15 @@ impl<'s> SpanRecord<'s> {
     /// One own attribute: straight from the typed fields for a known key of an HTTP span, else
     /// from the cache when the program names it, else by a pass that builds only that key.
     fn own_attr(&self, key: &str, known: Option<Known>) -> Option<Own<'s>> {
+        if known == Some(Known::UrlPath)
+            && let Some(p) = self.path.get()
+        {
+            return Some(Own::Str(Cow::Borrowed(p)));
+        }
         if let Some(v) = known.and_then(|k| known::read(self.span, k)) {
+            if let (Some(Known::UrlPath), Some(Own::Str(Cow::Borrowed(p)))) = (known, &v) {
+                self.path.set(Some(p));
+            }
             return v;
         }
         let wanted = &self.wanted[..self.wanted.len().min(WANTED)];
@@ -97,7 +115,7 @@ impl<'s> SpanRecord<'s> {
                     found: std::array::from_fn(|_| None),
                 };
                 visit_own_attributes(self.span, &mut pick);
-                pick.found
+                Box::new(pick.found)
             });
             return cache[i].clone();
         }
@@ -223,8 +241,7 @@ impl<'s> SpanRecord<'s> {
     }
 
     fn edits_mut(&mut self) -> &mut AttrEdits {
-        self.edits
-            .get_or_insert_with(|| Box::new(AttrEdits(Vec::with_capacity(4))))
+        self.edits.get_or_insert_with(Box::default)
     }
 }
 
