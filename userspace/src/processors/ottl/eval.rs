@@ -231,6 +231,10 @@ pub fn compare(a: &Value<'_>, op: CmpOp, b: &Value<'_>) -> bool {
         (Value::Float(x), Value::Float(y)) => x.partial_cmp(y),
         (Value::Int(x), Value::Float(y)) => (*x as f64).partial_cmp(y),
         (Value::Float(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        // Equality first: lengths differ more often than not.
+        (Value::Str(x), Value::Str(y)) if matches!(op, CmpOp::Eq | CmpOp::Ne) => {
+            return (x == y) == (op == CmpOp::Eq);
+        }
         (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
         (Value::List(x), Value::List(y)) => (x == y).then_some(Ordering::Equal),
         _ => None,
@@ -338,7 +342,7 @@ impl Editor {
         match self {
             // A literal borrows from the program, not the record: no copy before the write.
             Editor::Set(to, Getter::Lit(v)) => {
-                if *v != Value::Nil {
+                if !v.is_nil() {
                     match to {
                         Setter::Attr(m, k) => r.set_attr_lit(*m, k, v)?,
                         Setter::Field(_) => write(r, to, borrowed(v))?,
@@ -346,21 +350,21 @@ impl Editor {
                 }
             }
             Editor::Delete(m, k) => {
-                if r.attr_key(*m, k) != Value::Nil {
+                if !r.attr_key(*m, k).is_nil() {
                     r.set_attr_key(*m, k, None)?;
                 }
             }
             Editor::Set(to, from) => {
                 let v = from.get(r)?.into_owned();
                 // Setting nil leaves the target alone (as the Collector does).
-                if v != Value::Nil {
+                if !v.is_nil() {
                     write(r, to, v)?;
                 }
             }
             Editor::DeleteKey(m, key) => {
                 let key = key.get(r)?.into_owned();
                 if let Some(k) = key.as_str()
-                    && r.attr(*m, k) != Value::Nil
+                    && !r.attr(*m, k).is_nil()
                 {
                     r.set_attr(*m, k, None)?;
                 }

@@ -3,7 +3,7 @@
 //! over all of them (host split, target split, trims). The keys rules read most are resolved at
 //! compile time to a [`Known`] and read here straight from the typed fields of an HTTP span
 //! (`url.path` is the path part of `HttpExchange::target`), with the same results as the walk
-//! (a differential test in `tests_known.rs` compares the two on random spans). Other exchanges,
+//! (a differential test in `known_tests.rs` compares the two on random spans). Other exchanges,
 //! and what is not cheap to derive here, answer "not handled" and take the walk.
 
 use std::borrow::Cow;
@@ -11,8 +11,11 @@ use std::net::IpAddr;
 
 use opentelemetry_semantic_conventions::attribute as semconv;
 
+use super::value::Value;
 use crate::model::{Exchange, Span, SpanKind, SpanStatus};
-use crate::semconv::attributes::{CLOCK_SKEW, redact_query_with, split_host, split_target};
+use crate::semconv::attributes::{
+    CLOCK_SKEW, addr_text, redact_query_with, split_host, split_target,
+};
 use crate::semconv::names::known_method;
 
 /// One of the span's own attributes, addresses kept as addresses until read.
@@ -86,9 +89,9 @@ impl Known {
 fn url_path(target: &str) -> &str {
     if target.starts_with('/') {
         let b = target.as_bytes();
-        // Most paths are short: a plain loop costs less than setting up a vector search.
+        // Most paths are short: eight bytes at a time costs less than setting up a vector search.
         let end = if b.len() <= 64 {
-            b.iter().position(|&c| c == b'?' || c == b'#')
+            query_or_fragment(b)
         } else {
             memchr::memchr2(b'?', b'#', b)
         };
@@ -98,13 +101,62 @@ fn url_path(target: &str) -> &str {
     }
 }
 
+/// The first `?` or `#` of `b`, a word at a time: a byte of `x` is zero where it was one of
+/// them, and the lowest flagged byte of `(x - 0x01…) & !x & 0x80…` is the first zero byte (borrows
+/// only flag bytes above a zero one).
+fn query_or_fragment(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        let m = zero(w ^ (ONES * u64::from(b'?'))) | zero(w ^ (ONES * u64::from(b'#')));
+        if m != 0 {
+            return Some(at + (m.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b'?' || c == b'#')
+        .map(|p| at + p)
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// `k` of `span`: `Some(None)` when the span has no such attribute, `None` when this span is not
-/// read directly (the caller walks the semantic-convention mapping instead).
-pub fn read(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
+#[cfg(test)]
+thread_local! {
+    /// Every read takes the walk (the differential tests' reference).
+    pub static WALK_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl<'a> Own<'a> {
+    /// As statements see it (an address as its text).
+    pub fn into_value(self) -> Value<'a> {
+        match self {
+            Own::Str(s) => Value::Str(s),
+            Own::Int(i) => Value::Int(i),
+            Own::Addr(a) => Value::Str(Cow::Owned(addr_text(a))),
+        }
+    }
+}
+
+/// `k` of `span`: nil when the span has no such attribute, `None` when this span is not read
+/// directly (the caller walks the semantic-convention mapping instead).
+pub fn read(span: &Span, k: Known) -> Option<Value<'_>> {
+    #[cfg(test)]
+    if WALK_ONLY.with(std::cell::Cell::get) {
+        return None;
+    }
+    own(span, k).map(|v| v.map_or(Value::Nil, Own::into_value))
+}
+
+fn own(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
     let Exchange::Http(http) = &span.exchange else {
         return None;
     };

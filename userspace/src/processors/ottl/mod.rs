@@ -33,4 +33,6 @@ pub use program::{Program, RuleError, RuleStats};
 #[cfg(test)]
 mod bench;
 #[cfg(test)]
+mod known_tests;
+#[cfg(test)]
 mod tests;

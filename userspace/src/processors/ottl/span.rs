@@ -93,20 +93,23 @@ impl<'s> SpanRecord<'s> {
         all.0
     }
 
-    /// One own attribute: straight from the typed fields for a known key of an HTTP span, else
-    /// from the cache when the program names it, else by a pass that builds only that key.
-    fn own_attr(&self, key: &str, known: Option<Known>) -> Option<Own<'s>> {
-        if known == Some(Known::UrlPath)
+    /// A known own attribute, straight from the typed fields (None: not for this span).
+    fn known_attr(&self, k: Known) -> Option<Value<'s>> {
+        if k == Known::UrlPath
             && let Some(p) = self.path.get()
         {
-            return Some(Own::Str(Cow::Borrowed(p)));
+            return Some(Value::Str(Cow::Borrowed(p)));
         }
-        if let Some(v) = known.and_then(|k| known::read(self.span, k)) {
-            if let (Some(Known::UrlPath), Some(Own::Str(Cow::Borrowed(p)))) = (known, &v) {
-                self.path.set(Some(p));
-            }
-            return v;
+        let v = known::read(self.span, k)?;
+        if let (Known::UrlPath, Value::Str(Cow::Borrowed(p))) = (k, &v) {
+            self.path.set(Some(p));
         }
+        Some(v)
+    }
+
+    /// One own attribute: from the cache when the program names it, else by a pass that builds
+    /// only that key.
+    fn own_attr(&self, key: &str) -> Option<Own<'s>> {
         let wanted = &self.wanted[..self.wanted.len().min(WANTED)];
         if let Some(i) = wanted.iter().position(|w| **w == *key) {
             let cache = self.cache.get_or_init(|| {
@@ -218,13 +221,10 @@ impl<'s> SpanRecord<'s> {
                 if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
                     return edit.map_or(Value::Nil, Value::from);
                 }
-                match self.own_attr(key, known) {
-                    None => Value::Nil,
-                    Some(Own::Str(Cow::Borrowed(s))) => Value::Str(Cow::Borrowed(s)),
-                    Some(Own::Str(Cow::Owned(s))) => Value::Str(Cow::Owned(s)),
-                    Some(Own::Int(i)) => Value::Int(i),
-                    Some(Own::Addr(a)) => Value::Str(Cow::Owned(addr_text(a))),
+                if let Some(v) = known.and_then(|k| self.known_attr(k)) {
+                    return v;
                 }
+                self.own_attr(key).map_or(Value::Nil, Own::into_value)
             }
         }
     }

@@ -41,6 +41,10 @@ impl Value<'_> {
         }
     }
 
+    pub fn is_nil(&self) -> bool {
+        matches!(self, Value::Nil)
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
