@@ -131,7 +131,8 @@ fn to_i64(v: u64) -> i64 {
 
 #[cfg(test)]
 thread_local! {
-    /// Every read takes the walk (the differential tests' reference).
+    /// Programs compiled meanwhile read every key by the walk (the differential tests'
+    /// reference); checked when a key is compiled, never per span.
     pub static WALK_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -146,17 +147,9 @@ impl<'a> Own<'a> {
     }
 }
 
-/// `k` of `span`: nil when the span has no such attribute, `None` when this span is not read
-/// directly (the caller walks the semantic-convention mapping instead).
-pub fn read(span: &Span, k: Known) -> Option<Value<'_>> {
-    #[cfg(test)]
-    if WALK_ONLY.with(std::cell::Cell::get) {
-        return None;
-    }
-    own(span, k).map(|v| v.map_or(Value::Nil, Own::into_value))
-}
-
-fn own(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
+/// `k` of `span`: `Some(None)` when the span has no such attribute, `None` when this span is not
+/// read directly (the caller walks the semantic-convention mapping instead).
+pub fn read(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
     let Exchange::Http(http) = &span.exchange else {
         return None;
     };

@@ -94,14 +94,14 @@ impl<'s> SpanRecord<'s> {
     }
 
     /// A known own attribute, straight from the typed fields (None: not for this span).
-    fn known_attr(&self, k: Known) -> Option<Value<'s>> {
+    fn known_attr(&self, k: Known) -> Option<Option<Own<'s>>> {
         if k == Known::UrlPath
             && let Some(p) = self.path.get()
         {
-            return Some(Value::Str(Cow::Borrowed(p)));
+            return Some(Some(Own::Str(Cow::Borrowed(p))));
         }
         let v = known::read(self.span, k)?;
-        if let (Known::UrlPath, Value::Str(Cow::Borrowed(p))) = (k, &v) {
+        if let (Known::UrlPath, Some(Own::Str(Cow::Borrowed(p)))) = (k, &v) {
             self.path.set(Some(p));
         }
         Some(v)
@@ -221,10 +221,17 @@ impl<'s> SpanRecord<'s> {
                 if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
                     return edit.map_or(Value::Nil, Value::from);
                 }
-                if let Some(v) = known.and_then(|k| self.known_attr(k)) {
-                    return v;
+                let own = match known.and_then(|k| self.known_attr(k)) {
+                    Some(v) => v,
+                    None => self.own_attr(key),
+                };
+                match own {
+                    None => Value::Nil,
+                    Some(Own::Str(Cow::Borrowed(s))) => Value::Str(Cow::Borrowed(s)),
+                    Some(Own::Str(Cow::Owned(s))) => Value::Str(Cow::Owned(s)),
+                    Some(Own::Int(i)) => Value::Int(i),
+                    Some(Own::Addr(a)) => Value::Str(Cow::Owned(addr_text(a))),
                 }
-                self.own_attr(key).map_or(Value::Nil, Own::into_value)
             }
         }
     }
