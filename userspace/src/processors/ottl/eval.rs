@@ -100,11 +100,22 @@ impl Getter {
         }
     }
 
+    /// The value on `r`. The common getters here, the converters out of line (their large
+    /// frame would cost every read).
+    #[inline]
     pub fn get<'r>(&'r self, r: &'r dyn Record) -> Result<Value<'r>, EvalError> {
+        match self {
+            Getter::Lit(v) => Ok(borrowed(v)),
+            Getter::Field(f) => Ok(r.field(*f)),
+            Getter::Attr(m, k) => Ok(r.attr_key(*m, k)),
+            _ => self.convert(r),
+        }
+    }
+
+    #[inline(never)]
+    fn convert<'r>(&'r self, r: &'r dyn Record) -> Result<Value<'r>, EvalError> {
         Ok(match self {
-            Getter::Lit(v) => borrowed(v),
-            Getter::Field(f) => r.field(*f),
-            Getter::Attr(m, k) => r.attr_key(*m, k),
+            Getter::Lit(_) | Getter::Field(_) | Getter::Attr(..) => self.get(r)?,
             Getter::Index(g, idx) => {
                 let mut v = g.get(r)?;
                 for i in idx {
@@ -263,7 +274,18 @@ impl Pred {
         }
     }
 
+    /// Whether `r` meets the condition: comparisons here, the rest out of line.
+    #[inline]
     pub fn test(&self, r: &dyn Record) -> Result<bool, EvalError> {
+        match self {
+            Pred::CmpLit(a, op, b) => Ok(compare(&a.get(r)?, *op, b)),
+            Pred::Cmp(a, op, b) => Ok(compare(&a.get(r)?, *op, &b.get(r)?)),
+            _ => self.test_other(r),
+        }
+    }
+
+    #[inline(never)]
+    fn test_other(&self, r: &dyn Record) -> Result<bool, EvalError> {
         Ok(match self {
             Pred::Or(items) => {
                 for p in items {
@@ -338,6 +360,8 @@ fn retain(r: &mut dyn Record, m: Map, mut keep: impl FnMut(&str) -> bool) -> Res
 }
 
 impl Editor {
+    /// Runs the editor on `r`: the common editors here, the bulk ones out of line.
+    #[inline]
     pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
         match self {
             // A literal borrows from the program, not the record: no copy before the write.
@@ -361,6 +385,15 @@ impl Editor {
                     write(r, to, v)?;
                 }
             }
+            _ => self.run_other(r)?,
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn run_other(&self, r: &mut dyn Record) -> Result<(), EvalError> {
+        match self {
+            Editor::Set(..) | Editor::Delete(..) => self.run(r)?,
             Editor::DeleteKey(m, key) => {
                 let key = key.get(r)?.into_owned();
                 if let Some(k) = key.as_str()

@@ -149,6 +149,7 @@ impl<'a> Own<'a> {
 
 /// `k` of `span`: `Some(None)` when the span has no such attribute, `None` when this span is not
 /// read directly (the caller walks the semantic-convention mapping instead).
+#[inline]
 pub fn read(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
     let Exchange::Http(http) = &span.exchange else {
         return None;

@@ -210,6 +210,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl<'s> SpanRecord<'s> {
+    #[inline]
     fn attr_of(&self, m: Map, key: &str, known: Option<Known>) -> Value<'_> {
         match m {
             Map::Resource => self
