@@ -233,6 +233,7 @@ fn math(a: Value<'_>, op: MathOp, b: Value<'_>) -> Result<Value<'static>, EvalEr
 
 /// OTTL comparison: values of different types are unequal and unordered (ints and doubles
 /// compare as numbers); `nil` equals only `nil`.
+#[inline]
 pub fn compare(a: &Value<'_>, op: CmpOp, b: &Value<'_>) -> bool {
     use std::cmp::Ordering;
     let ord: Option<Ordering> = match (a, b) {
@@ -385,6 +386,15 @@ impl Editor {
                     write(r, to, v)?;
                 }
             }
+            Editor::ReplacePattern(from, to, re, with, hash) => {
+                let new = match from.get(r)? {
+                    Value::Str(s) => replace(re, &s, with, *hash),
+                    _ => None,
+                };
+                if let Some(new) = new {
+                    write(r, to, Value::Str(Cow::Owned(new)))?;
+                }
+            }
             _ => self.run_other(r)?,
         }
         Ok(())
@@ -393,7 +403,7 @@ impl Editor {
     #[inline(never)]
     fn run_other(&self, r: &mut dyn Record) -> Result<(), EvalError> {
         match self {
-            Editor::Set(..) | Editor::Delete(..) => self.run(r)?,
+            Editor::Set(..) | Editor::Delete(..) | Editor::ReplacePattern(..) => self.run(r)?,
             Editor::DeleteKey(m, key) => {
                 let key = key.get(r)?.into_owned();
                 if let Some(k) = key.as_str()
@@ -404,15 +414,6 @@ impl Editor {
             }
             Editor::DeleteMatchingKeys(m, re) => retain(r, *m, |k| !re.is_match(k))?,
             Editor::KeepKeys(m, keys) => retain(r, *m, |k| keys.iter().any(|x| &**x == k))?,
-            Editor::ReplacePattern(from, to, re, with, hash) => {
-                let new = match from.get(r)? {
-                    Value::Str(s) => replace(re, &s, with, *hash),
-                    _ => None,
-                };
-                if let Some(new) = new {
-                    write(r, to, Value::Str(Cow::Owned(new)))?;
-                }
-            }
             Editor::ReplaceAllPatterns(m, on_keys, re, with, hash) => {
                 let mut changes: Vec<(String, Option<String>, Option<Value<'static>>)> = Vec::new();
                 r.attrs(*m, &mut |k, v| {
