@@ -103,7 +103,7 @@ impl Getter {
     /// The value on `r`. The common getters here, the converters out of line (their large
     /// frame would cost every read).
     #[inline]
-    pub fn get<'r>(&'r self, r: &'r dyn Record) -> Result<Value<'r>, EvalError> {
+    pub fn get<'r, R: Record + ?Sized>(&'r self, r: &'r R) -> Result<Value<'r>, EvalError> {
         match self {
             Getter::Lit(v) => Ok(borrowed(v)),
             Getter::Field(f) => Ok(r.field(*f)),
@@ -113,7 +113,7 @@ impl Getter {
     }
 
     #[inline(never)]
-    fn convert<'r>(&'r self, r: &'r dyn Record) -> Result<Value<'r>, EvalError> {
+    fn convert<'r, R: Record + ?Sized>(&'r self, r: &'r R) -> Result<Value<'r>, EvalError> {
         Ok(match self {
             Getter::Lit(_) | Getter::Field(_) | Getter::Attr(..) => self.get(r)?,
             Getter::Index(g, idx) => {
@@ -277,7 +277,7 @@ impl Pred {
 
     /// Whether `r` meets the condition: comparisons here, the rest out of line.
     #[inline]
-    pub fn test(&self, r: &dyn Record) -> Result<bool, EvalError> {
+    pub fn test<R: Record + ?Sized>(&self, r: &R) -> Result<bool, EvalError> {
         match self {
             Pred::CmpLit(a, op, b) => Ok(compare(&a.get(r)?, *op, b)),
             Pred::Cmp(a, op, b) => Ok(compare(&a.get(r)?, *op, &b.get(r)?)),
@@ -286,7 +286,7 @@ impl Pred {
     }
 
     #[inline(never)]
-    fn test_other(&self, r: &dyn Record) -> Result<bool, EvalError> {
+    fn test_other<R: Record + ?Sized>(&self, r: &R) -> Result<bool, EvalError> {
         Ok(match self {
             Pred::Or(items) => {
                 for p in items {
@@ -320,7 +320,7 @@ impl Pred {
     }
 }
 
-fn write(r: &mut dyn Record, to: &Setter, v: Value<'_>) -> Result<(), EvalError> {
+fn write<R: Record + ?Sized>(r: &mut R, to: &Setter, v: Value<'_>) -> Result<(), EvalError> {
     match to {
         Setter::Field(f) => r.set_field(*f, v),
         Setter::Attr(m, k) => r.set_attr_key(*m, k, Some(v)),
@@ -347,7 +347,11 @@ fn replace(re: &Pattern, text: &str, with: &str, hash: bool) -> Option<String> {
 }
 
 /// Keys of `m` for which `keep` says false are deleted.
-fn retain(r: &mut dyn Record, m: Map, mut keep: impl FnMut(&str) -> bool) -> Result<(), EvalError> {
+fn retain<R: Record + ?Sized>(
+    r: &mut R,
+    m: Map,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<(), EvalError> {
     let mut gone: Vec<String> = Vec::new();
     r.attrs(m, &mut |k, _| {
         if !keep(k) {
@@ -363,7 +367,7 @@ fn retain(r: &mut dyn Record, m: Map, mut keep: impl FnMut(&str) -> bool) -> Res
 impl Editor {
     /// Runs the editor on `r`: the common editors here, the bulk ones out of line.
     #[inline]
-    pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
+    pub fn run<R: Record + ?Sized>(&self, r: &mut R) -> Result<(), EvalError> {
         match self {
             // A literal borrows from the program, not the record: no copy before the write.
             Editor::Set(to, Getter::Lit(v)) => {
@@ -401,7 +405,7 @@ impl Editor {
     }
 
     #[inline(never)]
-    fn run_other(&self, r: &mut dyn Record) -> Result<(), EvalError> {
+    fn run_other<R: Record + ?Sized>(&self, r: &mut R) -> Result<(), EvalError> {
         match self {
             Editor::Set(..) | Editor::Delete(..) | Editor::ReplacePattern(..) => self.run(r)?,
             Editor::DeleteKey(m, key) => {
@@ -504,7 +508,7 @@ impl Statement {
     }
 
     /// Runs the statement when its condition holds.
-    pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
+    pub fn run<R: Record + ?Sized>(&self, r: &mut R) -> Result<(), EvalError> {
         if let Some(c) = &self.condition
             && !c.test(r)?
         {

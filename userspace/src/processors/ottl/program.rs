@@ -303,7 +303,7 @@ fn report(errors: &mut u64, mode: ErrorMode, origin: &str, text: &str, e: &str) 
 
 /// Transforms one record; false when it is to be dropped (a filter matched, or an error with
 /// `error_mode = "propagate"`).
-fn judge(s: &Signal1, errors: &mut u64, r: &mut dyn Record) -> bool {
+fn judge<R: Record>(s: &Signal1, errors: &mut u64, r: &mut R) -> bool {
     for g in &s.groups {
         let mut applies = g.conditions.is_empty();
         for c in &g.conditions {
