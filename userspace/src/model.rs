@@ -177,10 +177,10 @@ impl AttrEdits {
     }
 
     /// [`AttrEdits::put`] with a key that may be shared (no copy when it is `Cow::Borrowed`).
-    pub fn put_shared(&mut self, key: &Cow<'static, str>, value: Option<AttrVal>) {
-        match self.0.iter_mut().find(|(k, _)| *k == *key) {
+    pub fn put_shared(&mut self, key: Cow<'static, str>, value: Option<AttrVal>) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some(e) => e.1 = value,
-            None => self.0.push((key.clone(), value)),
+            None => self.0.push((key, value)),
         }
     }
 }

@@ -5,8 +5,9 @@
 
 use super::eval::{Editor, Getter, Pred, Setter, Statement};
 use super::grammar::{self, Call, Cond, Expr, Lit, Path};
+use super::key::{Key, intern};
 use super::pattern::Pattern;
-use super::value::{Field, Key, Map, Value, intern};
+use super::value::{Field, Map, Value};
 
 /// What a statement runs on: the Collector's context names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,9 +114,10 @@ fn path(ctx: Context, p: &Path) -> Res<Target> {
     if let Some(m) = map {
         return match p.keys.as_slice() {
             [] => Ok(Target::Map(m)),
-            [Expr::Lit(Lit::Str(k), _)] => {
-                Ok(Target::Attr(m, Key::new(k, m, ctx == Context::Span)))
-            }
+            [Expr::Lit(Lit::Str(k), _)] => Ok(Target::Attr(
+                m,
+                Key::new(k, ctx == Context::Span && m == Map::Attributes),
+            )),
             [k] => err(k.at(), "an attribute key must be a string literal here"),
             [_, k, ..] => err(
                 k.at(),
@@ -454,9 +456,10 @@ fn editor(ctx: Context, call: &Call) -> Res<Editor> {
             let a = args(call, &["target", "key"], 2)?;
             let m = map_target(ctx, req(a[0]))?;
             match getter(ctx, req(a[1]))? {
-                Getter::Lit(Value::Str(k)) => {
-                    Editor::Delete(m, Key::new(&k, m, ctx == Context::Span))
-                }
+                Getter::Lit(Value::Str(k)) => Editor::Delete(
+                    m,
+                    Key::new(&k, ctx == Context::Span && m == Map::Attributes),
+                ),
                 key => Editor::DeleteKey(m, key),
             }
         }

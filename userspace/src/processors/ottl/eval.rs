@@ -6,8 +6,9 @@
 use std::borrow::Cow;
 
 use super::grammar::{CmpOp, MathOp};
+use super::key::Key;
 use super::pattern::Pattern;
-use super::value::{Field, Key, Map, Record, Value};
+use super::value::{Field, Map, Record, Value};
 
 /// Where a value comes from.
 #[derive(Debug)]

@@ -9,13 +9,9 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use opentelemetry_semantic_conventions::attribute as semconv;
-
-use super::value::Value;
+use super::key::Known;
 use crate::model::{Exchange, Span, SpanKind, SpanStatus};
-use crate::semconv::attributes::{
-    CLOCK_SKEW, addr_text, redact_query_with, split_host, split_target,
-};
+use crate::semconv::attributes::{redact_query_with, split_host, split_target};
 use crate::semconv::names::known_method;
 
 /// One of the span's own attributes, addresses kept as addresses until read.
@@ -24,64 +20,6 @@ pub enum Own<'a> {
     Str(Cow<'a, str>),
     Int(i64),
     Addr(IpAddr),
-}
-
-/// An attribute key read directly from a span's typed fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Known {
-    Method,
-    MethodOriginal,
-    StatusCode,
-    UrlPath,
-    UrlQuery,
-    UrlScheme,
-    UserAgent,
-    RequestBodySize,
-    ResponseBodySize,
-    ThreadId,
-    ServerAddress,
-    ServerPort,
-    ClientAddress,
-    ClientPort,
-    PeerAddress,
-    PeerPort,
-    ProtocolVersion,
-    Transport,
-    NetworkType,
-    ErrorType,
-    ClockSkew,
-}
-
-/// Every known key with its name (the semantic conventions' constants).
-pub const ALL: [(Known, &str); 21] = [
-    (Known::Method, semconv::HTTP_REQUEST_METHOD),
-    (Known::MethodOriginal, semconv::HTTP_REQUEST_METHOD_ORIGINAL),
-    (Known::StatusCode, semconv::HTTP_RESPONSE_STATUS_CODE),
-    (Known::UrlPath, semconv::URL_PATH),
-    (Known::UrlQuery, semconv::URL_QUERY),
-    (Known::UrlScheme, semconv::URL_SCHEME),
-    (Known::UserAgent, semconv::USER_AGENT_ORIGINAL),
-    (Known::RequestBodySize, semconv::HTTP_REQUEST_BODY_SIZE),
-    (Known::ResponseBodySize, semconv::HTTP_RESPONSE_BODY_SIZE),
-    (Known::ThreadId, semconv::THREAD_ID),
-    (Known::ServerAddress, semconv::SERVER_ADDRESS),
-    (Known::ServerPort, semconv::SERVER_PORT),
-    (Known::ClientAddress, semconv::CLIENT_ADDRESS),
-    (Known::ClientPort, semconv::CLIENT_PORT),
-    (Known::PeerAddress, semconv::NETWORK_PEER_ADDRESS),
-    (Known::PeerPort, semconv::NETWORK_PEER_PORT),
-    (Known::ProtocolVersion, semconv::NETWORK_PROTOCOL_VERSION),
-    (Known::Transport, semconv::NETWORK_TRANSPORT),
-    (Known::NetworkType, semconv::NETWORK_TYPE),
-    (Known::ErrorType, semconv::ERROR_TYPE),
-    (Known::ClockSkew, CLOCK_SKEW),
-];
-
-impl Known {
-    /// The known key named `key`, with its static name.
-    pub fn lookup(key: &str) -> Option<(Known, &'static str)> {
-        ALL.iter().find(|(_, name)| *name == key).copied()
-    }
 }
 
 /// `split_target(target).0` without its `char` searches for an origin-form target (nearly
@@ -127,24 +65,6 @@ fn query_or_fragment(b: &[u8]) -> Option<usize> {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Programs compiled meanwhile read every key by the walk (the differential tests'
-    /// reference); checked when a key is compiled, never per span.
-    pub static WALK_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-impl<'a> Own<'a> {
-    /// As statements see it (an address as its text).
-    pub fn into_value(self) -> Value<'a> {
-        match self {
-            Own::Str(s) => Value::Str(s),
-            Own::Int(i) => Value::Int(i),
-            Own::Addr(a) => Value::Str(Cow::Owned(addr_text(a))),
-        }
-    }
 }
 
 /// `k` of `span`: `Some(None)` when the span has no such attribute, `None` when this span is not

@@ -12,7 +12,7 @@
 //! What keeps a span cheap (docs/benchmarks.md, "Rules (OTTL)"): attribute keys are resolved
 //! when compiled, and the well-known ones (`url.path`, `http.request.method`, `server.address`
 //! …) are read straight from an HTTP span's typed exchange (`known`), not by deriving all its
-//! attributes; keys and string literals are shared with what rules write (`value::intern`), so
+//! attributes; keys and string literals are shared with what rules write (`key::intern`), so
 //! a write allocates neither; patterns anchored at the start are prefiltered by their literal
 //! prefix (`pattern`); the evaluator is generic over the record, so each context gets its own
 //! inlined copy.
@@ -28,6 +28,7 @@ mod compile;
 pub mod defaults;
 mod eval;
 mod grammar;
+mod key;
 mod known;
 mod pattern;
 mod pdata;

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
 use super::compile::{self, CompileError, Context};
 use super::eval::{Pred, Statement};
-use super::known::Known;
+use super::key::Known;
 use super::pdata::{LogRecordRef, MetricFields, PointRecord};
 use super::span::SpanRecord;
 use super::value::Record;

@@ -9,8 +9,9 @@ use std::borrow::Cow;
 use std::cell::{Cell, OnceCell};
 use std::net::IpAddr;
 
-use super::known::{self, Known, Own};
-use super::value::{Field, Key, Map, Record, Value, lit_attr};
+use super::key::{Key, Known};
+use super::known::{self, Own};
+use super::value::{Field, Map, Record, Value, lit_attr};
 use crate::model::{AttrEdits, AttrVal, Span, SpanKind, SpanStatus};
 use crate::semconv::attributes::{AttrSink, AttrValue, addr_text, visit_own_attributes};
 
@@ -336,7 +337,7 @@ impl Record for SpanRecord<'_> {
 
     fn set_attr_key(&mut self, m: Map, key: &Key, v: Option<Value<'_>>) -> Result<(), String> {
         let v = self.attr_val(m, &key.name, v)?;
-        self.edits_mut().put_shared(&key.name, v);
+        self.edits_mut().put_shared(key.name.clone(), v);
         Ok(())
     }
 
@@ -345,7 +346,7 @@ impl Record for SpanRecord<'_> {
             return Err(RESOURCE_READ_ONLY.into());
         }
         let v = lit_attr(v).ok_or_else(|| nil_error(&key.name))?;
-        self.edits_mut().put_shared(&key.name, Some(v));
+        self.edits_mut().put_shared(key.name.clone(), Some(v));
         Ok(())
     }
 

@@ -4,11 +4,9 @@
 //! to compare it allocates nothing.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 
-use super::known::Known;
+use super::key::Key;
 use crate::model::{AttrVal, F64};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -91,7 +89,7 @@ impl Value<'_> {
     }
 }
 
-/// A literal of the program as an attribute value: its strings are shared (see [`intern`]),
+/// A literal of the program as an attribute value: its strings are shared (see `key::intern`),
 /// so writing one allocates nothing.
 pub fn lit_attr(v: &Value<'static>) -> Option<AttrVal> {
     match v {
@@ -166,55 +164,6 @@ pub enum Field {
     SeverityText,
     ObservedTime,
     Flags,
-}
-
-/// Text the compiled program keeps for as long as the process runs (attribute keys and string
-/// literals), so what a rule writes can share it instead of copying it per record. Each
-/// distinct text is kept once; past `LIMIT` bytes in all (rules replaced over and over with
-/// ever new keys) texts are no longer kept and writes copy them.
-pub fn intern(text: &str) -> Cow<'static, str> {
-    const LIMIT: usize = 1 << 20;
-    static KEPT: Mutex<(Option<HashSet<&'static str>>, usize)> = Mutex::new((None, 0));
-    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-    let (set, bytes) = &mut *kept;
-    let set = set.get_or_insert_with(HashSet::new);
-    if let Some(s) = set.get(text) {
-        return Cow::Borrowed(s);
-    }
-    if *bytes + text.len() > LIMIT {
-        return Cow::Owned(text.to_owned());
-    }
-    *bytes += text.len();
-    let s: &'static str = Box::leak(text.into());
-    set.insert(s);
-    Cow::Borrowed(s)
-}
-
-/// An attribute key a statement names, resolved when it is compiled.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Key {
-    /// Shared with what the statement writes (see [`intern`]).
-    pub name: Cow<'static, str>,
-    /// For span attributes: the key a span answers from its typed fields (see `known.rs`).
-    pub known: Option<Known>,
-}
-
-impl Key {
-    /// `name` of `map`; `span` when the record is a span.
-    pub fn new(name: &str, map: Map, span: bool) -> Key {
-        #[cfg(test)]
-        let span = span && !super::known::WALK_ONLY.with(std::cell::Cell::get);
-        match Known::lookup(name) {
-            Some((k, name)) if span && map == Map::Attributes => Key {
-                name: Cow::Borrowed(name),
-                known: Some(k),
-            },
-            _ => Key {
-                name: intern(name),
-                known: None,
-            },
-        }
-    }
 }
 
 /// One span, data point or log record as statements see it.
