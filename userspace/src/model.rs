@@ -176,11 +176,18 @@ impl AttrEdits {
         }
     }
 
-    /// [`AttrEdits::put`] with a key that may be shared (no copy when it is `Cow::Borrowed`).
-    pub fn put_shared(&mut self, key: Cow<'static, str>, value: Option<AttrVal>) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
+    /// [`AttrEdits::put`] with a key that may be shared: `stored` makes the key kept for a new
+    /// entry (no copy when it is `Cow::Borrowed`).
+    #[inline]
+    pub fn put_shared(
+        &mut self,
+        key: &str,
+        stored: impl FnOnce() -> Cow<'static, str>,
+        value: Option<AttrVal>,
+    ) {
+        match self.0.iter_mut().find(|(k, _)| **k == *key) {
             Some(e) => e.1 = value,
-            None => self.0.push((key, value)),
+            None => self.0.push((stored(), value)),
         }
     }
 }

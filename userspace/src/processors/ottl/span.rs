@@ -337,7 +337,8 @@ impl Record for SpanRecord<'_> {
 
     fn set_attr_key(&mut self, m: Map, key: &Key, v: Option<Value<'_>>) -> Result<(), String> {
         let v = self.attr_val(m, &key.name, v)?;
-        self.edits_mut().put_shared(key.name.clone(), v);
+        self.edits_mut()
+            .put_shared(&key.name, || key.name.clone(), v);
         Ok(())
     }
 
@@ -346,7 +347,8 @@ impl Record for SpanRecord<'_> {
             return Err(RESOURCE_READ_ONLY.into());
         }
         let v = lit_attr(v).ok_or_else(|| nil_error(&key.name))?;
-        self.edits_mut().put_shared(key.name.clone(), Some(v));
+        self.edits_mut()
+            .put_shared(&key.name, || key.name.clone(), Some(v));
         Ok(())
     }
 
