@@ -175,21 +175,6 @@ impl AttrEdits {
             None => self.0.push((Cow::Owned(key.to_owned()), value)),
         }
     }
-
-    /// [`AttrEdits::put`] with a key that may be shared: `stored` makes the key kept for a new
-    /// entry (no copy when it is `Cow::Borrowed`).
-    #[inline]
-    pub fn put_shared(
-        &mut self,
-        key: &str,
-        stored: impl FnOnce() -> Cow<'static, str>,
-        value: Option<AttrVal>,
-    ) {
-        match self.0.iter_mut().find(|(k, _)| **k == *key) {
-            Some(e) => e.1 = value,
-            None => self.0.push((stored(), value)),
-        }
-    }
 }
 
 impl Span {

@@ -254,6 +254,15 @@ impl<'s> SpanRecord<'s> {
     }
 }
 
+/// [`AttrEdits::put`] of a key the program names: the key is shared, not copied, when the
+/// program interned it (`key::intern`).
+fn put_shared(edits: &mut AttrEdits, key: &Key, value: Option<AttrVal>) {
+    match edits.0.iter_mut().find(|(k, _)| *k == key.name) {
+        Some(e) => e.1 = value,
+        None => edits.0.push((key.name.clone(), value)),
+    }
+}
+
 const RESOURCE_READ_ONLY: &str = "resource attributes cannot be changed from a span";
 
 fn nil_error(key: &str) -> String {
@@ -337,8 +346,7 @@ impl Record for SpanRecord<'_> {
 
     fn set_attr_key(&mut self, m: Map, key: &Key, v: Option<Value<'_>>) -> Result<(), String> {
         let v = self.attr_val(m, &key.name, v)?;
-        self.edits_mut()
-            .put_shared(&key.name, || key.name.clone(), v);
+        put_shared(self.edits_mut(), key, v);
         Ok(())
     }
 
@@ -347,8 +355,7 @@ impl Record for SpanRecord<'_> {
             return Err(RESOURCE_READ_ONLY.into());
         }
         let v = lit_attr(v).ok_or_else(|| nil_error(&key.name))?;
-        self.edits_mut()
-            .put_shared(&key.name, || key.name.clone(), Some(v));
+        put_shared(self.edits_mut(), key, Some(v));
         Ok(())
     }
 
