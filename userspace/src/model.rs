@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
+use smallvec::SmallVec;
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct TraceId(pub [u8; 16]);
 
@@ -138,10 +140,11 @@ impl PartialEq for F64 {
 }
 impl Eq for F64 {}
 
-/// An attribute value a rule wrote.
+/// An attribute value a rule wrote. Strings a rule names literally are shared with the
+/// compiled rules (`Cow::Borrowed`): writing one allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttrVal {
-    Str(String),
+    Str(Cow<'static, str>),
     Int(i64),
     Double(F64),
     Bool(bool),
@@ -151,8 +154,11 @@ pub enum AttrVal {
 /// Attribute changes by key, in the order first made: `Some` sets (adds or replaces) the
 /// attribute, `None` deletes it. Every output reads a span's attributes through
 /// `semconv::attributes::visit_attributes`, which applies them.
+/// Keys a rule names are shared with the compiled rules (`Cow::Borrowed`), so a write allocates
+/// no key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AttrEdits(pub Vec<(Box<str>, Option<AttrVal>)>);
+/// The first two changes are stored in the box itself (one allocation for a span's changes).
+pub struct AttrEdits(pub SmallVec<[(Cow<'static, str>, Option<AttrVal>); 2]>);
 
 impl AttrEdits {
     /// The change made to `key`: None when untouched, `Some(None)` when deleted.
@@ -166,7 +172,7 @@ impl AttrEdits {
     pub fn put(&mut self, key: &str, value: Option<AttrVal>) {
         match self.0.iter_mut().find(|(k, _)| &**k == key) {
             Some(e) => e.1 = value,
-            None => self.0.push((key.into(), value)),
+            None => self.0.push((Cow::Owned(key.to_owned()), value)),
         }
     }
 }

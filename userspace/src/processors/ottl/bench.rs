@@ -54,7 +54,13 @@ fn ns_per_span(statements: &[&str], rounds: usize, batch: usize) -> f64 {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn five_statements_per_span() {
-    let (rounds, batch) = (41, 4096);
+    // `ZTRACE_OTTL_BENCH_BATCH` changes the batch (a batch that fits the caches shows the
+    // evaluation without the cost of reaching each span's memory).
+    let batch = std::env::var("ZTRACE_OTTL_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(4096);
+    let rounds = 41;
     // Under callgrind (`--toggle-collect='*ottl*Program*spans*'`): only the five statements,
     // 10 rounds, so instructions / 40960 is the count per span.
     if std::env::var_os("ZTRACE_OTTL_BENCH_CALLGRIND").is_some() {

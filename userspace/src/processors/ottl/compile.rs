@@ -3,10 +3,10 @@
 //! their regular expressions compiled. Everything a statement gets wrong that can be known
 //! before a span arrives is an error here, with the byte offset it is about.
 
-use regex::Regex;
-
 use super::eval::{Editor, Getter, Pred, Setter, Statement};
 use super::grammar::{self, Call, Cond, Expr, Lit, Path};
+use super::key::{Key, intern};
+use super::pattern::Pattern;
 use super::value::{Field, Map, Value};
 
 /// What a statement runs on: the Collector's context names.
@@ -85,7 +85,10 @@ fn cond(ctx: Context, c: &Cond) -> Res<Pred> {
         Cond::Or(items) => Pred::Or(items.iter().map(|c| cond(ctx, c)).collect::<Res<_>>()?),
         Cond::And(items) => Pred::And(items.iter().map(|c| cond(ctx, c)).collect::<Res<_>>()?),
         Cond::Not(c, _) => Pred::Not(Box::new(cond(ctx, c)?)),
-        Cond::Cmp(a, op, b) => Pred::Cmp(getter(ctx, a)?, *op, getter(ctx, b)?),
+        Cond::Cmp(a, op, b) => match (getter(ctx, a)?, getter(ctx, b)?) {
+            (a, Getter::Lit(b)) => Pred::CmpLit(a, *op, b),
+            (a, b) => Pred::Cmp(a, *op, b),
+        },
         Cond::Value(e) => Pred::Value(getter(ctx, e)?),
     })
 }
@@ -94,7 +97,7 @@ fn cond(ctx: Context, c: &Cond) -> Res<Pred> {
 enum Target {
     Field(Field),
     Map(Map),
-    Attr(Map, Box<str>),
+    Attr(Map, Key),
 }
 
 fn path(ctx: Context, p: &Path) -> Res<Target> {
@@ -111,7 +114,10 @@ fn path(ctx: Context, p: &Path) -> Res<Target> {
     if let Some(m) = map {
         return match p.keys.as_slice() {
             [] => Ok(Target::Map(m)),
-            [Expr::Lit(Lit::Str(k), _)] => Ok(Target::Attr(m, k.as_str().into())),
+            [Expr::Lit(Lit::Str(k), _)] => Ok(Target::Attr(
+                m,
+                Key::new(k, ctx == Context::Span && m == Map::Attributes),
+            )),
             [k] => err(k.at(), "an attribute key must be a string literal here"),
             [_, k, ..] => err(
                 k.at(),
@@ -262,7 +268,7 @@ fn literal(l: &Lit) -> Value<'static> {
         Lit::Bool(b) => Value::Bool(*b),
         Lit::Int(i) => Value::Int(*i),
         Lit::Float(f) => Value::Float(*f),
-        Lit::Str(s) => Value::Str(s.clone().into()),
+        Lit::Str(s) => Value::Str(intern(s)),
     }
 }
 
@@ -359,9 +365,9 @@ fn string_lit<'e>(e: &'e Expr, what: &str) -> Res<&'e str> {
     }
 }
 
-fn regex(e: &Expr) -> Res<Regex> {
+fn regex(e: &Expr) -> Res<Pattern> {
     let s = string_lit(e, "a pattern")?;
-    Regex::new(s).or_else(|r| err(e.at(), format!("invalid regular expression: {r}")))
+    Pattern::new(s).or_else(|r| err(e.at(), format!("invalid regular expression: {r}")))
 }
 
 fn int_lit(e: &Expr, what: &str) -> Res<usize> {
@@ -448,7 +454,14 @@ fn editor(ctx: Context, call: &Call) -> Res<Editor> {
         }
         "delete_key" => {
             let a = args(call, &["target", "key"], 2)?;
-            Editor::DeleteKey(map_target(ctx, req(a[0]))?, getter(ctx, req(a[1]))?)
+            let m = map_target(ctx, req(a[0]))?;
+            match getter(ctx, req(a[1]))? {
+                Getter::Lit(Value::Str(k)) => Editor::Delete(
+                    m,
+                    Key::new(&k, ctx == Context::Span && m == Map::Attributes),
+                ),
+                key => Editor::DeleteKey(m, key),
+            }
         }
         "delete_matching_keys" => {
             let a = args(call, &["target", "pattern"], 2)?;

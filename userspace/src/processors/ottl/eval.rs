@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
-use regex::Regex;
-
 use super::grammar::{CmpOp, MathOp};
+use super::key::Key;
+use super::pattern::Pattern;
 use super::value::{Field, Map, Record, Value};
 
 /// Where a value comes from.
@@ -15,12 +15,12 @@ use super::value::{Field, Map, Record, Value};
 pub enum Getter {
     Lit(Value<'static>),
     Field(Field),
-    Attr(Map, Box<str>),
+    Attr(Map, Key),
     /// A converter's result indexed (`Split(s, ",")[0]`).
     Index(Box<Getter>, Vec<i64>),
     List(Vec<Getter>),
     Math(Box<Getter>, MathOp, Box<Getter>),
-    IsMatch(Box<Getter>, Regex),
+    IsMatch(Box<Getter>, Pattern),
     Concat(Vec<Getter>, Box<Getter>),
     Sha256(Box<Getter>),
     Int(Box<Getter>),
@@ -32,19 +32,21 @@ pub enum Getter {
 #[derive(Clone, Debug)]
 pub enum Setter {
     Field(Field),
-    Attr(Map, Box<str>),
+    Attr(Map, Key),
 }
 
 #[derive(Debug)]
 pub enum Editor {
     Set(Setter, Getter),
+    /// `delete_key` with a literal key.
+    Delete(Map, Key),
     DeleteKey(Map, Getter),
-    DeleteMatchingKeys(Map, Regex),
+    DeleteMatchingKeys(Map, Pattern),
     KeepKeys(Map, Vec<Box<str>>),
     /// Target (as read and as written), pattern, replacement, hash the replacement.
-    ReplacePattern(Getter, Setter, Regex, Box<str>, bool),
+    ReplacePattern(Getter, Setter, Pattern, Box<str>, bool),
     /// Map, on keys (else values), pattern, replacement, hash the replacement.
-    ReplaceAllPatterns(Map, bool, Regex, Box<str>, bool),
+    ReplaceAllPatterns(Map, bool, Pattern, Box<str>, bool),
     TruncateAll(Map, usize),
     Limit(Map, usize, Vec<Box<str>>),
 }
@@ -56,6 +58,8 @@ pub enum Pred {
     And(Vec<Pred>),
     Not(Box<Pred>),
     Cmp(Getter, CmpOp, Getter),
+    /// A comparison with a literal (no copy of the literal per record).
+    CmpLit(Getter, CmpOp, Value<'static>),
     Value(Getter),
 }
 
@@ -75,8 +79,8 @@ impl Getter {
     pub fn attr_keys(&self, out: &mut Vec<Box<str>>) {
         match self {
             Getter::Attr(Map::Attributes, k) => {
-                if !out.contains(k) {
-                    out.push(k.clone());
+                if !out.iter().any(|o| **o == *k.name) {
+                    out.push((*k.name).into());
                 }
             }
             Getter::Lit(_) | Getter::Field(_) | Getter::Attr(..) => {}
@@ -97,11 +101,22 @@ impl Getter {
         }
     }
 
-    pub fn get<'r>(&'r self, r: &'r dyn Record) -> Result<Value<'r>, EvalError> {
+    /// The value on `r`. The common getters here, the converters out of line (their large
+    /// frame would cost every read).
+    #[inline]
+    pub fn get<'r, R: Record + ?Sized>(&'r self, r: &'r R) -> Result<Value<'r>, EvalError> {
+        match self {
+            Getter::Lit(v) => Ok(borrowed(v)),
+            Getter::Field(f) => Ok(r.field(*f)),
+            Getter::Attr(m, k) => Ok(r.attr_key(*m, k)),
+            _ => self.convert(r),
+        }
+    }
+
+    #[inline(never)]
+    fn convert<'r, R: Record + ?Sized>(&'r self, r: &'r R) -> Result<Value<'r>, EvalError> {
         Ok(match self {
-            Getter::Lit(v) => borrowed(v),
-            Getter::Field(f) => r.field(*f),
-            Getter::Attr(m, k) => r.attr(*m, k),
+            Getter::Lit(_) | Getter::Field(_) | Getter::Attr(..) => self.get(r)?,
             Getter::Index(g, idx) => {
                 let mut v = g.get(r)?;
                 for i in idx {
@@ -178,10 +193,7 @@ impl Getter {
 }
 
 fn borrowed<'a>(v: &'a Value<'_>) -> Value<'a> {
-    match v {
-        Value::Str(s) => Value::Str(Cow::Borrowed(&**s)),
-        other => other.clone(),
-    }
+    v.borrow()
 }
 
 pub fn sha256_hex(text: &str) -> String {
@@ -222,6 +234,7 @@ fn math(a: Value<'_>, op: MathOp, b: Value<'_>) -> Result<Value<'static>, EvalEr
 
 /// OTTL comparison: values of different types are unequal and unordered (ints and doubles
 /// compare as numbers); `nil` equals only `nil`.
+#[inline]
 pub fn compare(a: &Value<'_>, op: CmpOp, b: &Value<'_>) -> bool {
     use std::cmp::Ordering;
     let ord: Option<Ordering> = match (a, b) {
@@ -231,6 +244,10 @@ pub fn compare(a: &Value<'_>, op: CmpOp, b: &Value<'_>) -> bool {
         (Value::Float(x), Value::Float(y)) => x.partial_cmp(y),
         (Value::Int(x), Value::Float(y)) => (*x as f64).partial_cmp(y),
         (Value::Float(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        // Equality first: lengths differ more often than not.
+        (Value::Str(x), Value::Str(y)) if matches!(op, CmpOp::Eq | CmpOp::Ne) => {
+            return (x == y) == (op == CmpOp::Eq);
+        }
         (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
         (Value::List(x), Value::List(y)) => (x == y).then_some(Ordering::Equal),
         _ => None,
@@ -255,11 +272,22 @@ impl Pred {
                 a.attr_keys(out);
                 b.attr_keys(out);
             }
-            Pred::Value(g) => g.attr_keys(out),
+            Pred::CmpLit(g, ..) | Pred::Value(g) => g.attr_keys(out),
         }
     }
 
-    pub fn test(&self, r: &dyn Record) -> Result<bool, EvalError> {
+    /// Whether `r` meets the condition: comparisons here, the rest out of line.
+    #[inline]
+    pub fn test<R: Record + ?Sized>(&self, r: &R) -> Result<bool, EvalError> {
+        match self {
+            Pred::CmpLit(a, op, b) => Ok(compare(&a.get(r)?, *op, b)),
+            Pred::Cmp(a, op, b) => Ok(compare(&a.get(r)?, *op, &b.get(r)?)),
+            _ => self.test_other(r),
+        }
+    }
+
+    #[inline(never)]
+    fn test_other<R: Record + ?Sized>(&self, r: &R) -> Result<bool, EvalError> {
         Ok(match self {
             Pred::Or(items) => {
                 for p in items {
@@ -279,6 +307,7 @@ impl Pred {
             }
             Pred::Not(p) => !p.test(r)?,
             Pred::Cmp(a, op, b) => compare(&a.get(r)?, *op, &b.get(r)?),
+            Pred::CmpLit(a, op, b) => compare(&a.get(r)?, *op, b),
             Pred::Value(g) => match g.get(r)? {
                 Value::Bool(b) => b,
                 other => {
@@ -292,18 +321,19 @@ impl Pred {
     }
 }
 
-fn write(r: &mut dyn Record, to: &Setter, v: Value<'_>) -> Result<(), EvalError> {
+fn write<R: Record + ?Sized>(r: &mut R, to: &Setter, v: Value<'_>) -> Result<(), EvalError> {
     match to {
         Setter::Field(f) => r.set_field(*f, v),
-        Setter::Attr(m, k) => r.set_attr(*m, k, Some(v)),
+        Setter::Attr(m, k) => r.set_attr_key(*m, k, Some(v)),
     }
 }
 
 /// The replacement of a `replace_*` editor, hashed (SHA256 argument) when asked.
-fn replace(re: &Regex, text: &str, with: &str, hash: bool) -> Option<String> {
+fn replace(re: &Pattern, text: &str, with: &str, hash: bool) -> Option<String> {
     if !re.is_match(text) {
         return None;
     }
+    let re = re.regex();
     if !hash {
         return Some(re.replace_all(text, with).into_owned());
     }
@@ -318,7 +348,11 @@ fn replace(re: &Regex, text: &str, with: &str, hash: bool) -> Option<String> {
 }
 
 /// Keys of `m` for which `keep` says false are deleted.
-fn retain(r: &mut dyn Record, m: Map, mut keep: impl FnMut(&str) -> bool) -> Result<(), EvalError> {
+fn retain<R: Record + ?Sized>(
+    r: &mut R,
+    m: Map,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<(), EvalError> {
     let mut gone: Vec<String> = Vec::new();
     r.attrs(m, &mut |k, _| {
         if !keep(k) {
@@ -332,36 +366,31 @@ fn retain(r: &mut dyn Record, m: Map, mut keep: impl FnMut(&str) -> bool) -> Res
 }
 
 impl Editor {
-    pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
+    /// Runs the editor on `r`: the common editors here, the bulk ones out of line.
+    #[inline]
+    pub fn run<R: Record + ?Sized>(&self, r: &mut R) -> Result<(), EvalError> {
         match self {
             // A literal borrows from the program, not the record: no copy before the write.
             Editor::Set(to, Getter::Lit(v)) => {
-                if *v != Value::Nil {
-                    write(r, to, borrowed(v))?;
+                if !v.is_nil() {
+                    match to {
+                        Setter::Attr(m, k) => r.set_attr_lit(*m, k, v)?,
+                        Setter::Field(_) => write(r, to, borrowed(v))?,
+                    }
                 }
             }
-            Editor::DeleteKey(m, Getter::Lit(Value::Str(k))) => {
-                if r.attr(*m, k) != Value::Nil {
-                    r.set_attr(*m, k, None)?;
+            Editor::Delete(m, k) => {
+                if !r.attr_key(*m, k).is_nil() {
+                    r.set_attr_key(*m, k, None)?;
                 }
             }
             Editor::Set(to, from) => {
                 let v = from.get(r)?.into_owned();
                 // Setting nil leaves the target alone (as the Collector does).
-                if v != Value::Nil {
+                if !v.is_nil() {
                     write(r, to, v)?;
                 }
             }
-            Editor::DeleteKey(m, key) => {
-                let key = key.get(r)?.into_owned();
-                if let Some(k) = key.as_str()
-                    && r.attr(*m, k) != Value::Nil
-                {
-                    r.set_attr(*m, k, None)?;
-                }
-            }
-            Editor::DeleteMatchingKeys(m, re) => retain(r, *m, |k| !re.is_match(k))?,
-            Editor::KeepKeys(m, keys) => retain(r, *m, |k| keys.iter().any(|x| &**x == k))?,
             Editor::ReplacePattern(from, to, re, with, hash) => {
                 let new = match from.get(r)? {
                     Value::Str(s) => replace(re, &s, with, *hash),
@@ -371,6 +400,25 @@ impl Editor {
                     write(r, to, Value::Str(Cow::Owned(new)))?;
                 }
             }
+            _ => self.run_other(r)?,
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn run_other<R: Record + ?Sized>(&self, r: &mut R) -> Result<(), EvalError> {
+        match self {
+            Editor::Set(..) | Editor::Delete(..) | Editor::ReplacePattern(..) => self.run(r)?,
+            Editor::DeleteKey(m, key) => {
+                let key = key.get(r)?.into_owned();
+                if let Some(k) = key.as_str()
+                    && !r.attr(*m, k).is_nil()
+                {
+                    r.set_attr(*m, k, None)?;
+                }
+            }
+            Editor::DeleteMatchingKeys(m, re) => retain(r, *m, |k| !re.is_match(k))?,
+            Editor::KeepKeys(m, keys) => retain(r, *m, |k| keys.iter().any(|x| &**x == k))?,
             Editor::ReplaceAllPatterns(m, on_keys, re, with, hash) => {
                 let mut changes: Vec<(String, Option<String>, Option<Value<'static>>)> = Vec::new();
                 r.attrs(*m, &mut |k, v| {
@@ -453,15 +501,15 @@ impl Statement {
         }
         match &self.editor {
             Editor::Set(_, g) | Editor::ReplacePattern(g, ..) => g.attr_keys(out),
-            Editor::DeleteKey(Map::Attributes, Getter::Lit(Value::Str(k))) => {
-                Getter::Attr(Map::Attributes, (**k).into()).attr_keys(out)
+            Editor::Delete(Map::Attributes, k) => {
+                Getter::Attr(Map::Attributes, k.clone()).attr_keys(out)
             }
             _ => {}
         }
     }
 
     /// Runs the statement when its condition holds.
-    pub fn run(&self, r: &mut dyn Record) -> Result<(), EvalError> {
+    pub fn run<R: Record + ?Sized>(&self, r: &mut R) -> Result<(), EvalError> {
         if let Some(c) = &self.condition
             && !c.test(r)?
         {

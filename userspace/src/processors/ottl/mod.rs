@@ -9,6 +9,14 @@
 //! `span` and `pdata` are the contexts, `program` the whole rule set and its error modes.
 //! `defaults` is the built-in redaction written as rules, for the user to read and extend.
 //!
+//! What keeps a span cheap (docs/benchmarks.md, "Rules (OTTL)"): attribute keys are resolved
+//! when compiled, and the well-known ones (`url.path`, `http.request.method`, `server.address`
+//! …) are read straight from an HTTP span's typed exchange (`known`), not by deriving all its
+//! attributes; keys and string literals are shared with what rules write (`key::intern`), so
+//! a write allocates neither; patterns anchored at the start are prefiltered by their literal
+//! prefix (`pattern`); the evaluator is generic over the record, so each context gets its own
+//! inlined copy.
+//!
 //! Interface for remote configuration: [`Program::compile`] turns the `rules` of a resolved
 //! `config::Config` into a program (or a [`RuleError`] naming the statement and column), and
 //! `processors::chain::Processors::set_rules` swaps the program the daemon runs, between two
@@ -20,6 +28,9 @@ mod compile;
 pub mod defaults;
 mod eval;
 mod grammar;
+mod key;
+mod known;
+mod pattern;
 mod pdata;
 mod program;
 mod span;
@@ -30,5 +41,7 @@ pub use program::{Program, RuleError, RuleStats};
 
 #[cfg(test)]
 mod bench;
+#[cfg(test)]
+mod known_tests;
 #[cfg(test)]
 mod tests;

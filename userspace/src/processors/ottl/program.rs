@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
 use super::compile::{self, CompileError, Context};
 use super::eval::{Pred, Statement};
+use super::key::Known;
 use super::pdata::{LogRecordRef, MetricFields, PointRecord};
 use super::span::SpanRecord;
 use super::value::Record;
@@ -160,6 +161,8 @@ impl Program {
                 g.statements.iter().for_each(|st| st.attr_keys(&mut keys));
             }
             s.filters.iter().for_each(|(c, _)| c.attr_keys(&mut keys));
+            // Known keys last: spans answer them without the cache (see `known.rs`).
+            keys.sort_by_key(|k| Known::lookup(k).is_some());
             s.keys = keys;
         }
         Ok(p)
@@ -300,7 +303,7 @@ fn report(errors: &mut u64, mode: ErrorMode, origin: &str, text: &str, e: &str) 
 
 /// Transforms one record; false when it is to be dropped (a filter matched, or an error with
 /// `error_mode = "propagate"`).
-fn judge(s: &Signal1, errors: &mut u64, r: &mut dyn Record) -> bool {
+fn judge<R: Record>(s: &Signal1, errors: &mut u64, r: &mut R) -> bool {
     for g in &s.groups {
         let mut applies = g.conditions.is_empty();
         for c in &g.conditions {

@@ -1,13 +1,17 @@
 //! The span context: a [`Span`] as statements see it. Its attributes are what the semantic
-//! conventions derive from the span's typed exchange (`semconv::attributes`), gathered once per
-//! span on the first read (borrowed from the span, addresses formatted only when read); what
-//! rules write goes to the span's [`AttrEdits`], which every output applies. The Resource is read-only here (all spans of a process share it).
+//! conventions derive from the span's typed exchange (`semconv::attributes`): the well-known
+//! keys of HTTP spans are read straight from the typed fields (`known.rs`), the others gathered
+//! once per span on the first read (borrowed from the span, addresses formatted only when
+//! read); what rules write goes to the span's [`AttrEdits`], which every output applies. The
+//! Resource is read-only here (all spans of a process share it).
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::net::IpAddr;
 
-use super::value::{Field, Map, Record, Value};
+use super::key::{Key, Known};
+use super::known::{self, Own};
+use super::value::{Field, Map, Record, Value, lit_attr};
 use crate::model::{AttrEdits, AttrVal, Span, SpanKind, SpanStatus};
 use crate::semconv::attributes::{AttrSink, AttrValue, addr_text, visit_own_attributes};
 
@@ -19,8 +23,12 @@ pub struct SpanRecord<'s> {
     resource: &'s [(&'static str, AttrValue<'static>)],
     /// The attribute keys the program reads (the first [`WANTED`] are cached)...
     wanted: &'s [Box<str>],
-    /// ...and their values, taken in one pass over the span's own attributes on the first read.
-    cache: OnceCell<[Option<Own<'s>>; WANTED]>,
+    /// ...and their values, taken in one pass over the span's own attributes on the first read
+    /// of a key that is not known (boxed: most programs read only known keys, and the record is
+    /// built for every span).
+    cache: OnceCell<Box<[Option<Own<'s>>; WANTED]>>,
+    /// `url.path`, the key rules read most, once read.
+    path: Cell<Option<&'s str>>,
     edits: Option<Box<AttrEdits>>,
     name: Option<String>,
     status: Option<SpanStatus>,
@@ -34,6 +42,7 @@ pub struct Changes {
 }
 
 impl Changes {
+    #[inline]
     pub fn apply(self, span: &mut Span) {
         span.edits = self.edits;
         if let Some(n) = self.name {
@@ -46,6 +55,7 @@ impl Changes {
 }
 
 impl<'s> SpanRecord<'s> {
+    #[inline]
     pub fn new(
         span: &'s Span,
         resource: &'s [(&'static str, AttrValue<'static>)],
@@ -56,6 +66,7 @@ impl<'s> SpanRecord<'s> {
             resource,
             wanted,
             cache: OnceCell::new(),
+            path: Cell::new(None),
             edits: span.edits.clone(),
             name: None,
             status: None,
@@ -63,6 +74,7 @@ impl<'s> SpanRecord<'s> {
     }
 
     /// What the statements changed, to apply to the span.
+    #[inline]
     pub fn finish(self) -> Changes {
         Changes {
             edits: self.edits,
@@ -82,6 +94,20 @@ impl<'s> SpanRecord<'s> {
         all.0
     }
 
+    /// A known own attribute, straight from the typed fields (None: not for this span).
+    fn known_attr(&self, k: Known) -> Option<Option<Own<'s>>> {
+        if k == Known::UrlPath
+            && let Some(p) = self.path.get()
+        {
+            return Some(Some(Own::Str(Cow::Borrowed(p))));
+        }
+        let v = known::read(self.span, k)?;
+        if let (Known::UrlPath, Some(Own::Str(Cow::Borrowed(p)))) = (k, &v) {
+            self.path.set(Some(p));
+        }
+        Some(v)
+    }
+
     /// One own attribute: from the cache when the program names it, else by a pass that builds
     /// only that key.
     fn own_attr(&self, key: &str) -> Option<Own<'s>> {
@@ -93,7 +119,7 @@ impl<'s> SpanRecord<'s> {
                     found: std::array::from_fn(|_| None),
                 };
                 visit_own_attributes(self.span, &mut pick);
-                pick.found
+                Box::new(pick.found)
             });
             return cache[i].clone();
         }
@@ -143,14 +169,6 @@ impl<'a, K: AsRef<str>> AttrSink<'a> for Pick<'_, 'a, K> {
     }
 }
 
-/// One of the span's own attributes, addresses kept as addresses until read.
-#[derive(Clone)]
-enum Own<'a> {
-    Str(Cow<'a, str>),
-    Int(i64),
-    Addr(IpAddr),
-}
-
 struct Collect<'a>(Vec<(&'static str, Own<'a>)>);
 
 impl<'a> AttrSink<'a> for Collect<'a> {
@@ -190,6 +208,65 @@ fn attr_value<'a>(v: &'a AttrValue<'_>) -> Value<'a> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl<'s> SpanRecord<'s> {
+    #[inline]
+    fn attr_of(&self, m: Map, key: &str, known: Option<Known>) -> Value<'_> {
+        match m {
+            Map::Resource => self
+                .resource
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(Value::Nil, |(_, v)| attr_value(v)),
+            Map::Attributes => {
+                if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
+                    return edit.map_or(Value::Nil, Value::from);
+                }
+                let own = match known.and_then(|k| self.known_attr(k)) {
+                    Some(v) => v,
+                    None => self.own_attr(key),
+                };
+                match own {
+                    None => Value::Nil,
+                    Some(Own::Str(Cow::Borrowed(s))) => Value::Str(Cow::Borrowed(s)),
+                    Some(Own::Str(Cow::Owned(s))) => Value::Str(Cow::Owned(s)),
+                    Some(Own::Int(i)) => Value::Int(i),
+                    Some(Own::Addr(a)) => Value::Str(Cow::Owned(addr_text(a))),
+                }
+            }
+        }
+    }
+
+    /// What a write of `v` to `key` stores (None deletes).
+    fn attr_val(&self, m: Map, key: &str, v: Option<Value<'_>>) -> Result<Option<AttrVal>, String> {
+        if m == Map::Resource {
+            return Err(RESOURCE_READ_ONLY.into());
+        }
+        match v {
+            Some(v) => Ok(Some(v.to_attr().ok_or_else(|| nil_error(key))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn edits_mut(&mut self) -> &mut AttrEdits {
+        self.edits.get_or_insert_with(Box::default)
+    }
+}
+
+/// [`AttrEdits::put`] of a key the program names: the key is shared, not copied, when the
+/// program interned it (`key::intern`).
+fn put_shared(edits: &mut AttrEdits, key: &Key, value: Option<AttrVal>) {
+    match edits.0.iter_mut().find(|(k, _)| *k == key.name) {
+        Some(e) => e.1 = value,
+        None => edits.0.push((key.name.clone(), value)),
+    }
+}
+
+const RESOURCE_READ_ONLY: &str = "resource attributes cannot be changed from a span";
+
+fn nil_error(key: &str) -> String {
+    format!("attributes[\"{key}\"] cannot be set to nil")
 }
 
 impl Record for SpanRecord<'_> {
@@ -254,41 +331,31 @@ impl Record for SpanRecord<'_> {
     }
 
     fn attr(&self, m: Map, key: &str) -> Value<'_> {
-        match m {
-            Map::Resource => self
-                .resource
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map_or(Value::Nil, |(_, v)| attr_value(v)),
-            Map::Attributes => {
-                if let Some(edit) = self.edits.as_deref().and_then(|e| e.get(key)) {
-                    return edit.map_or(Value::Nil, Value::from);
-                }
-                match self.own_attr(key) {
-                    None => Value::Nil,
-                    Some(Own::Str(Cow::Borrowed(s))) => Value::Str(Cow::Borrowed(s)),
-                    Some(Own::Str(Cow::Owned(s))) => Value::Str(Cow::Owned(s)),
-                    Some(Own::Int(i)) => Value::Int(i),
-                    Some(Own::Addr(a)) => Value::Str(Cow::Owned(addr_text(a))),
-                }
-            }
-        }
+        self.attr_of(m, key, Known::lookup(key).map(|(k, _)| k))
+    }
+
+    fn attr_key(&self, m: Map, key: &Key) -> Value<'_> {
+        self.attr_of(m, &key.name, key.known)
     }
 
     fn set_attr(&mut self, m: Map, key: &str, v: Option<Value<'_>>) -> Result<(), String> {
+        let v = self.attr_val(m, key, v)?;
+        self.edits_mut().put(key, v);
+        Ok(())
+    }
+
+    fn set_attr_key(&mut self, m: Map, key: &Key, v: Option<Value<'_>>) -> Result<(), String> {
+        let v = self.attr_val(m, &key.name, v)?;
+        put_shared(self.edits_mut(), key, v);
+        Ok(())
+    }
+
+    fn set_attr_lit(&mut self, m: Map, key: &Key, v: &Value<'static>) -> Result<(), String> {
         if m == Map::Resource {
-            return Err("resource attributes cannot be changed from a span".into());
+            return Err(RESOURCE_READ_ONLY.into());
         }
-        let v = match v {
-            Some(v) => Some(
-                v.to_attr()
-                    .ok_or_else(|| format!("attributes[\"{key}\"] cannot be set to nil"))?,
-            ),
-            None => None,
-        };
-        self.edits
-            .get_or_insert_with(|| Box::new(AttrEdits(Vec::with_capacity(4))))
-            .put(key, v);
+        let v = lit_attr(v).ok_or_else(|| nil_error(&key.name))?;
+        put_shared(self.edits_mut(), key, Some(v));
         Ok(())
     }
 

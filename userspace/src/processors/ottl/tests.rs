@@ -553,15 +553,15 @@ fn default_rules_redact_what_the_code_redacts() {
         let mut span = server_span();
         span.edits = Some(Box::default());
         let raw = format!("{q}&Session-Token=t");
-        span.edits
-            .as_mut()
-            .unwrap()
-            .put("url.query", Some(crate::model::AttrVal::Str(raw.clone())));
+        span.edits.as_mut().unwrap().put(
+            "url.query",
+            Some(crate::model::AttrVal::Str(raw.clone().into())),
+        );
         let full = format!("http://user:pw@shop.example:8080/a?{raw}#frag");
         span.edits
             .as_mut()
             .unwrap()
-            .put("url.full", Some(crate::model::AttrVal::Str(full)));
+            .put("url.full", Some(crate::model::AttrVal::Str(full.into())));
         let out = run(&rules, span).unwrap();
         let code = redact_query_with(&raw, &extra);
         assert_eq!(attr(&out, "url.query").unwrap(), code, "{raw}");

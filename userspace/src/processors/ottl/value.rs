@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use super::key::Key;
 use crate::model::{AttrVal, F64};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +29,18 @@ impl Value<'_> {
             Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
             Value::List(l) => Value::List(l.into_iter().map(Value::into_owned).collect()),
         }
+    }
+
+    /// The value borrowing from `self` (no copy of a string).
+    pub fn borrow(&self) -> Value<'_> {
+        match self {
+            Value::Str(s) => Value::Str(Cow::Borrowed(&**s)),
+            other => other.clone(),
+        }
+    }
+
+    pub fn is_nil(&self) -> bool {
+        matches!(self, Value::Nil)
     }
 
     pub fn as_str(&self) -> Option<&str> {
@@ -66,13 +79,22 @@ impl Value<'_> {
             Value::Bool(b) => AttrVal::Bool(*b),
             Value::Int(i) => AttrVal::Int(*i),
             Value::Float(f) => AttrVal::Double(F64(*f)),
-            Value::Str(s) => AttrVal::Str(s.to_string()),
+            Value::Str(s) => AttrVal::Str(Cow::Owned(s.to_string())),
             Value::List(l) => AttrVal::StrArray(
                 l.iter()
                     .filter_map(|v| v.to_text().map(Cow::into_owned))
                     .collect(),
             ),
         })
+    }
+}
+
+/// A literal of the program as an attribute value: its strings are shared (see `key::intern`),
+/// so writing one allocates nothing.
+pub fn lit_attr(v: &Value<'static>) -> Option<AttrVal> {
+    match v {
+        Value::Str(Cow::Borrowed(s)) => Some(AttrVal::Str(Cow::Borrowed(s))),
+        v => v.to_attr(),
     }
 }
 
@@ -153,6 +175,18 @@ pub trait Record {
     fn attr(&self, m: Map, key: &str) -> Value<'_>;
     /// `None` deletes.
     fn set_attr(&mut self, m: Map, key: &str, v: Option<Value<'_>>) -> Result<(), String>;
+    /// [`Record::attr`] of a key the program names.
+    fn attr_key(&self, m: Map, key: &Key) -> Value<'_> {
+        self.attr(m, &key.name)
+    }
+    /// [`Record::set_attr`] of a key the program names.
+    fn set_attr_key(&mut self, m: Map, key: &Key, v: Option<Value<'_>>) -> Result<(), String> {
+        self.set_attr(m, &key.name, v)
+    }
+    /// Writes a literal of the program (not nil).
+    fn set_attr_lit(&mut self, m: Map, key: &Key, v: &Value<'static>) -> Result<(), String> {
+        self.set_attr_key(m, key, Some(v.borrow()))
+    }
     /// Every attribute of `m`, in order.
     fn attrs(&self, m: Map, f: &mut dyn FnMut(&str, Value<'_>));
 }
