@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::Program;
-use crate::config::{Rules, Signal, StatementGroup};
+use super::known_tests::rules;
 use crate::testkit::server_span;
 
 /// The benchmarked program: a typical mix of writes, a delete, conditions on attributes and a
@@ -18,22 +18,6 @@ pub const FIVE: [&str; 5] = [
     r#"replace_pattern(attributes["url.path"], "^/api/v[0-9]+/", "/api/")"#,
     r#"set(name, "health") where attributes["url.path"] == "/healthz""#,
 ];
-
-fn rules(statements: &[&str]) -> Rules {
-    Rules {
-        statements: vec![(
-            Signal::Traces,
-            StatementGroup {
-                context: "span".into(),
-                conditions: Vec::new(),
-                statements: statements.iter().map(|s| s.to_string()).collect(),
-                error_mode: None,
-                origin: "bench".into(),
-            },
-        )],
-        ..Rules::default()
-    }
-}
 
 /// Median ns per span over `rounds` rounds of `batch` spans.
 fn ns_per_span(statements: &[&str], rounds: usize, batch: usize) -> f64 {

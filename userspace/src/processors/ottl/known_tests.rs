@@ -182,7 +182,8 @@ fn direct_reads_equal_the_walk() {
     assert!(direct > 100_000, "{direct}");
 }
 
-fn rules(statements: &[&str]) -> Rules {
+/// One `span` statement group of `statements` (also the bench's program).
+pub(super) fn rules(statements: &[&str]) -> Rules {
     Rules {
         statements: vec![(
             Signal::Traces,
@@ -191,7 +192,7 @@ fn rules(statements: &[&str]) -> Rules {
                 conditions: Vec::new(),
                 statements: statements.iter().map(|s| s.to_string()).collect(),
                 error_mode: None,
-                origin: "differential".into(),
+                origin: "test".into(),
             },
         )],
         ..Rules::default()
