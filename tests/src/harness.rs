@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -299,6 +299,35 @@ pub fn closed_port() -> Result<(tokio::net::TcpSocket, u16)> {
     socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let port = socket.local_addr()?.port();
     Ok((socket, port))
+}
+
+/// A self-signed certificate for `localhost` and its key, written into `dir` (cert.pem,
+/// key.pem).
+pub fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    )?;
+    Ok((cert, key))
+}
+
+/// The HTTPS test server (tests/apps/https_server.py: Python's ssl module, so OpenSSL) with a
+/// fresh self-signed certificate in `dir`: the server, its port and the certificate.
+pub fn spawn_https_server(dir: &Path) -> Result<(Proc, u16, PathBuf)> {
+    let (cert, key) = self_signed(dir)?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("https_server.py"))
+        .arg(&cert)
+        .arg(&key);
+    let (server, port) = spawn_app(cmd)?;
+    Ok((server, port, cert))
 }
 
 /// Runs `cmd`, failing with its output when it fails.

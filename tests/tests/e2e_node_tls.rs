@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::{
     harness::{
-        apps_dir, privileged_or_skip, run_ok, runtime_with_receiver, spawn_app,
+        apps_dir, privileged_or_skip, runtime_with_receiver, self_signed, spawn_app,
         trace_server_and_clients, ztrace_bin,
     },
     receiver::ReceivedSpan,
@@ -23,29 +23,6 @@ const CONNECTIONS: u32 = 6;
 
 fn status(n: u32) -> i64 {
     210 + (n % 40) as i64
-}
-
-fn self_signed(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-    )?;
-    Ok((cert, key))
 }
 
 fn node_server(

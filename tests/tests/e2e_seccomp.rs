@@ -9,7 +9,7 @@ use std::{process::Command, time::Duration};
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::{
-    harness::{Proc, apps_dir, privileged_or_skip, run_ok, spawn_app, spawn_ztrace, stop_ztrace},
+    harness::{Proc, privileged_or_skip, spawn_https_server, spawn_ztrace, stop_ztrace},
     receiver::{Options, Receiver, test_certificates},
 };
 
@@ -42,26 +42,11 @@ fn under_the_filter_a_later_tls_process_is_still_traced() -> Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("ztrace-seccomp-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=localhost", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-    )?;
     // The server is not traced; the client is `openssl s_client` (linked to libssl), which the
     // traced shell starts after ztrace is up: inspecting it and putting uprobes on its libssl
     // happen under the filter. It writes its request two seconds after the handshake, once the
     // probes are on (probing follows an exec by a few milliseconds: curl would be done).
-    let mut cmd = Command::new("python3");
-    cmd.arg(apps_dir().join("https_server.py"))
-        .arg(&cert)
-        .arg(&key);
-    let (_server, port) = spawn_app(cmd)?;
+    let (_server, port, _cert) = spawn_https_server(&dir)?;
     let script = format!(
         "sleep 3; (sleep 2; printf 'GET /after-seccomp HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nConnection: close\\r\\n\\r\\n') \
          | openssl s_client -quiet -ign_eof -connect 127.0.0.1:{port} >/dev/null 2>&1; true"

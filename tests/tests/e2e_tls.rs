@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::harness::{
-    Proc, apps_dir, privileged_or_skip, run_ok, runtime_with_receiver, spawn_app, spawn_ztrace,
+    Proc, privileged_or_skip, runtime_with_receiver, spawn_https_server, spawn_ztrace,
     trace_server_and_clients,
 };
 
@@ -19,30 +19,7 @@ fn https_traffic_becomes_spans_through_openssl_uprobes() -> Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("ztrace-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-    )?;
-    let mut cmd = Command::new("python3");
-    cmd.arg(apps_dir().join("https_server.py"))
-        .arg(&cert)
-        .arg(&key);
-    let (server, port) = spawn_app(cmd)?;
+    let (server, port, _cert) = spawn_https_server(&dir)?;
     let (rt, receiver) = runtime_with_receiver()?;
     let script = format!(
         "sleep 3; curl -sk https://127.0.0.1:{port}/a https://127.0.0.1:{port}/b >/dev/null"
