@@ -10,7 +10,10 @@
 //!
 //! # Why this evidence
 //! Both ends of a TCP connection see the client's address and port and the same sequence numbers;
-//! address translation of a service address (DNAT) changes the destination only. So
+//! address translation of a service address (DNAT) changes the destination only, and a source
+//! translation on the client's host (MASQUERADE, SNAT, conntrack's clash remapping) is undone by
+//! the client's agent from its host's conntrack table (`crate::peer::nat`; the question carries
+//! the server endpoint for that). So
 //! (client address, client port, sequence number of the request's first byte) names one request
 //! on both hosts without a byte of application traffic changed. A digest of the parsed request
 //! (method and target, command, …) must match too: it is what an endpoint of that connection saw,
