@@ -452,3 +452,62 @@ fn ipv6_loopback_spans_as_json_lines_without_a_collector() -> Result<()> {
     ensure!(attr("server.port") == port, "{span}");
     Ok(())
 }
+
+/// A client that writes its request a few bytes at a time (an unbuffered `write!`, here Python
+/// with TCP_NODELAY and pauses so every piece is its own write and read): both its CLIENT span
+/// and the backend's SERVER span have the request's path, and the server span is the client
+/// span's child by TCP sequence number — so both sides counted the request from its first
+/// piece.
+#[test]
+fn a_request_written_in_pieces_is_traced_on_both_sides() -> Result<()> {
+    if !privileged_or_skip("a_request_written_in_pieces_is_traced_on_both_sides") {
+        return Ok(());
+    }
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start())?;
+    let (backend, port) = ztrace_e2e::harness::spawn_service_on("127.0.0.1", &["backend"])?;
+    let client = format!(
+        r#"
+import socket, time
+s = socket.create_connection(("127.0.0.1", {port}))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for piece in [b"GE", b"T /item/pie", b"ces HTTP", b"/1.1\r\nHost: x\r\n", b"Connection: close\r\n\r\n"]:
+    s.sendall(piece)
+    time.sleep(0.05)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+assert data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n")[0], data[:80]
+"#
+    );
+    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
+    let spans = ztrace_e2e::harness::trace_server_and_clients(
+        &rt,
+        &receiver,
+        backend.pid(),
+        &script,
+        &[],
+        2,
+    )?;
+    // A server span says `url.path`, a client span `url.full`.
+    let with_path: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| {
+            s.attr_str("url.path").as_deref() == Some("/item/pieces")
+                || s.attr_str("url.full")
+                    .is_some_and(|u| u.ends_with("/item/pieces"))
+        })
+        .collect();
+    let of = |kind: SpanKind| with_path.iter().find(|s| s.span.kind == kind as i32);
+    let (Some(c), Some(srv)) = (of(SpanKind::Client), of(SpanKind::Server)) else {
+        anyhow::bail!("want a CLIENT and a SERVER span of /item/pieces, got: {spans:#?}");
+    };
+    ensure!(
+        srv.parent_span_id_hex() == c.span_id_hex() && srv.trace_id_hex() == c.trace_id_hex(),
+        "the server span is not the client span's child: {srv:#?}\n{c:#?}"
+    );
+    Ok(())
+}

@@ -108,6 +108,30 @@ pub fn looks_like_request(data: &[u8]) -> bool {
     METHODS.contains(&&data[..sp]) && end > 0 && rest[end..].starts_with(b" HTTP/1.")
 }
 
+/// Whether `data`, not yet a request line [`looks_like_request`] takes, is the start of one: a
+/// method's first letters, or a method, a space and a target (and the start of ` HTTP/1.`) with
+/// no line end yet.
+pub fn incomplete_request(data: &[u8]) -> bool {
+    let plain = |b: &[u8]| b.iter().all(|&c| c > b' ' && c != 0x7f);
+    let Some(sp) = data.iter().position(|&b| b == b' ') else {
+        return !data.is_empty() && METHODS.iter().any(|m| m.starts_with(data));
+    };
+    if !METHODS.contains(&&data[..sp]) {
+        return false;
+    }
+    let rest = &data[sp + 1..];
+    match rest.iter().position(|&b| b == b' ') {
+        None => plain(rest),
+        Some(end) => {
+            let version = &rest[end..];
+            end > 0
+                && plain(&rest[..end])
+                && version.len() < b" HTTP/1.".len()
+                && b" HTTP/1.".starts_with(version)
+        }
+    }
+}
+
 /// Quick check on a direction's first bytes: `HTTP/1.x NNN`.
 pub fn looks_like_response(data: &[u8]) -> bool {
     data.len() >= 12
@@ -751,6 +775,10 @@ impl Protocol for Http1Conn {
         }
     }
 
+    fn incomplete(prefix: &[u8]) -> bool {
+        incomplete_request(prefix)
+    }
+
     fn step(&self, event: Http1Event) -> Option<Step> {
         Some(match event {
             Http1Event::Request { start, head } => Step::Request {
@@ -793,6 +821,41 @@ impl Protocol for Http1Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incomplete_request_lines() {
+        for yes in [
+            &b"G"[..],
+            b"GE",
+            b"GET",
+            b"GET ",
+            b"GET /a",
+            b"GET /a ",
+            b"GET /a HTTP/1",
+            b"OPTIONS *",
+            b"DELETE /x?y=1 HT",
+        ] {
+            assert!(
+                incomplete_request(yes),
+                "{:?}",
+                String::from_utf8_lossy(yes)
+            );
+            assert!(!looks_like_request(yes));
+        }
+        for no in [
+            &b""[..],
+            b"X",
+            b"GETX",
+            b"get /a",
+            b"GET  /a",
+            b"GET /a\r\n",
+            b"GET /a HTTP/2",
+            b"GET /a HTTP/1.1\r\n", // whole: detection takes it
+            b"\x16\x03\x01",
+        ] {
+            assert!(!incomplete_request(no), "{:?}", String::from_utf8_lossy(no));
+        }
+    }
     use crate::testutil::{self, Rng, split};
     use Dir::{Request as Q, Response as R};
     use Http1Event as E;

@@ -148,6 +148,12 @@ pub trait Protocol: Parser + Default {
     const MULTIPLEXED: bool = false;
     /// Whether a connection's first bytes (in either direction) are this protocol, and whose.
     fn detect(payload: &[u8]) -> Option<Opener>;
+    /// Whether `prefix`, which [`Protocol::detect`] did not take, may be the start of a first
+    /// message that more bytes would let it take (a request line written in pieces). The
+    /// assembler then keeps the bytes and asks again with the next piece appended.
+    fn incomplete(_prefix: &[u8]) -> bool {
+        false
+    }
     /// The event as a step of an exchange (None: nothing the assembler needs). Called after the
     /// push or close that produced it, so connection state (e.g. the database name) is current.
     fn step(&self, event: Self::Event) -> Option<Step>;
@@ -158,6 +164,8 @@ pub trait Protocol: Parser + Default {
 pub trait ParserSet: Sized {
     type Scratch: Default;
     fn detect(payload: &[u8], transport: Transport) -> Option<(Self, Opener)>;
+    /// See [`Protocol::incomplete`]: whether any protocol may still take these bytes.
+    fn incomplete(prefix: &[u8], transport: Transport) -> bool;
     fn multiplexed(&self) -> bool;
     fn push(
         &mut self,
@@ -201,6 +209,10 @@ impl<P: Protocol> ParserSet for P {
             return None;
         }
         P::detect(payload).map(|opener| (P::default(), opener))
+    }
+
+    fn incomplete(prefix: &[u8], transport: Transport) -> bool {
+        transport == P::TRANSPORT && P::incomplete(prefix)
     }
 
     fn multiplexed(&self) -> bool {
@@ -255,6 +267,13 @@ macro_rules! registry {
                     }
                 )*
                 None
+            }
+
+            fn incomplete(prefix: &[u8], transport: Transport) -> bool {
+                $(
+                    (transport == <$parser as Protocol>::TRANSPORT
+                        && <$parser as Protocol>::incomplete(prefix)) ||
+                )* false
             }
 
             fn multiplexed(&self) -> bool {

@@ -28,6 +28,18 @@ use crate::{
 
 /// After this many chunks that look like no known protocol, a connection is ignored.
 const MAX_UNKNOWN_CHUNKS: u32 = 4;
+/// Most bytes of a first message kept while it arrives in pieces (a request line written a
+/// word at a time): beyond it the connection is recognised from whole chunks only, as before.
+const FIRST_BYTES_CAP: usize = 1024;
+
+/// The first bytes of one direction, kept while no protocol takes them but one may once more
+/// arrive ([`ParserSet::incomplete`]).
+struct FirstBytes {
+    egress: bool,
+    /// Stream offset of the first kept byte.
+    start: u64,
+    bytes: Vec<u8>,
+}
 /// Most exchanges open on one connection (requests without their response yet); beyond it the
 /// oldest ends with an error and is counted in `AssembleStats::pending_dropped`.
 pub const MAX_PENDING: usize = 1024;
@@ -57,8 +69,10 @@ pub struct ConnState<P> {
     /// thread's cause at `connect()` (see the linker's module docs, rule 3).
     connect_cause: Option<Option<Cause>>,
     /// What the parser memory budget charges this connection (its parser's held bytes after
-    /// the last push); given back when the connection goes or is shed.
+    /// the last push, or the first bytes kept); given back when the connection goes or is shed.
     charged: usize,
+    /// While the protocol is unknown: a first message's pieces so far.
+    first: Option<Box<FirstBytes>>,
 }
 
 impl<P> Default for ConnState<P> {
@@ -70,6 +84,7 @@ impl<P> Default for ConnState<P> {
             base: (0, 0),
             connect_cause: None,
             charged: 0,
+            first: None,
         }
     }
 }
@@ -79,6 +94,8 @@ pub struct AssembleStats {
     pub data_events: u64,
     /// Connections whose protocol was recognised.
     pub http_connections: u64,
+    /// Of those, recognised from a first message that arrived in pieces (kept, then joined).
+    pub first_bytes_joined: u64,
     pub ignored_connections: u64,
     pub desyncs: u64,
     pub aborted_exchanges: u64,
@@ -149,16 +166,71 @@ impl<P: ParserSet> Assembler<P> {
         } else {
             &mut conn.ingress
         };
-        stream.advance(ev.bytes, ev.enter_ns, ev.header.ts_ns, ev.header.tid, seq);
+        let mark = stream.advance(ev.bytes, ev.enter_ns, ev.header.ts_ns, ev.header.tid, seq);
 
+        // What the parser gets of this chunk: the payload, or (just recognised) the first
+        // message's pieces kept so far with this one.
+        let mut fed: Option<Box<FirstBytes>> = None;
         if matches!(conn.state.proto, Proto::Unknown) {
-            match P::detect(payload, Transport::from_ip_protocol(ev.tuple.protocol)) {
+            let transport = Transport::from_ip_protocol(ev.tuple.protocol);
+            let whole = payload.len() as u64 == ev.bytes;
+            let incomplete = |b: &[u8]| b.len() <= FIRST_BYTES_CAP && P::incomplete(b, transport);
+            let mut detected = None;
+            // The kept pieces continue with this chunk: recognise them together once no
+            // protocol waits for more (until then "GET /a" could be Redis or half of HTTP).
+            let mut kept = conn.state.first.take().filter(|f| {
+                whole && f.egress == egress && f.start + f.bytes.len() as u64 == mark.start
+            });
+            let mut consumed = false;
+            if let Some(f) = &mut kept {
+                f.bytes.extend_from_slice(payload);
+                if incomplete(&f.bytes) {
+                    consumed = true;
+                } else {
+                    detected = P::detect(&f.bytes, transport);
+                    consumed = detected.is_some();
+                    fed = kept.take().filter(|_| consumed);
+                }
+            }
+            if !consumed {
+                // This chunk alone, as ever, unless it is itself a message's first piece.
+                if whole && incomplete(payload) {
+                    kept = Some(Box::new(FirstBytes {
+                        egress,
+                        start: mark.start,
+                        bytes: payload.to_vec(),
+                    }));
+                } else {
+                    detected = P::detect(payload, transport);
+                }
+            }
+            match detected {
                 Some((parser, opener)) => {
                     // The side that sends requests is the client.
                     let role = match (opener, egress) {
                         (Opener::Requester, true) | (Opener::Responder, false) => SpanKind::Client,
                         (Opener::Requester, false) | (Opener::Responder, true) => SpanKind::Server,
                     };
+                    // Parser offsets start here in this direction and at the other's current
+                    // position: bytes before never reached the parser.
+                    let here = fed.as_ref().map_or(mark.start, |f| f.start);
+                    let other = if egress {
+                        conn.ingress.pos
+                    } else {
+                        conn.egress.pos
+                    };
+                    let request_dir = matches!(
+                        (role, egress),
+                        (SpanKind::Client, true) | (SpanKind::Server, false)
+                    );
+                    conn.state.base = if request_dir {
+                        (here, other)
+                    } else {
+                        (other, here)
+                    };
+                    if fed.is_some() {
+                        self.stats.first_bytes_joined += 1;
+                    }
                     self.stats.http_connections += 1;
                     conn.state.proto = Proto::Known {
                         role,
@@ -167,11 +239,22 @@ impl<P: ParserSet> Assembler<P> {
                     };
                 }
                 None => {
-                    conn.state.unknown_chunks += 1;
+                    // A piece of a first message kept is not a chunk of no known protocol.
+                    if kept.is_none() {
+                        conn.state.unknown_chunks += 1;
+                    }
                     if conn.state.unknown_chunks >= MAX_UNKNOWN_CHUNKS {
                         conn.state.proto = Proto::Ignored;
                         self.stats.ignored_connections += 1;
+                        kept = None;
                     }
+                    // Kept bytes are parser memory too.
+                    let held = kept.as_ref().map_or(0, |f| f.bytes.capacity());
+                    if !self.budget.charge(&mut conn.state.charged, held) {
+                        kept = None;
+                        let _ = self.budget.charge(&mut conn.state.charged, 0);
+                    }
+                    conn.state.first = kept;
                 }
             }
         }
@@ -183,7 +266,13 @@ impl<P: ParserSet> Assembler<P> {
             let role = *role;
             let multiplexed = parser.multiplexed();
             self.steps.clear();
-            parser.push(dir, payload, ev.bytes, &mut self.scratch, &mut self.steps);
+            match &fed {
+                Some(f) => {
+                    let len = f.bytes.len() as u64;
+                    parser.push(dir, &f.bytes, len, &mut self.scratch, &mut self.steps);
+                }
+                None => parser.push(dir, payload, ev.bytes, &mut self.scratch, &mut self.steps),
+            }
             let mut ended = None;
             for mut step in self.steps.drain(..) {
                 self.redaction.apply(&mut step);
@@ -657,6 +746,67 @@ mod tests {
         assert!(!h.tls);
         assert_eq!(s.status, SpanStatus::Unset);
         assert_eq!(rig.asm.stats.http_connections, 1);
+    }
+
+    /// A client that writes its request line a word at a time (an unbuffered `write!`): the
+    /// pieces are kept until the line is whole, the span starts at the first piece, and the
+    /// request is parsed from its first byte; the server, which read it whole, agrees.
+    #[test]
+    fn a_request_line_written_in_pieces_is_recognised_from_its_first_piece() {
+        let mut rig = Rig::<AnyParser>::new();
+        let pieces: [&[u8]; 4] = [b"GE", b"T /a", b" HTTP/1.1\r\n", b"Host: x\r\n\r\n"];
+        for (i, p) in pieces.iter().enumerate() {
+            rig.io(CLIENT, true, 1_000 + 10 * i as u64, p);
+        }
+        rig.io(CLIENT, false, 2_000, OK);
+        rig.close(CLIENT, 3_000);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        let s = &spans[0];
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(
+            s.start_unix_ns,
+            1_000 - 5,
+            "starts at the first piece's write"
+        );
+        let h = http(s);
+        assert_eq!((h.method.as_str(), h.target.as_str()), ("GET", "/a"));
+        assert_eq!(h.status, Some(200));
+        assert_eq!(rig.asm.stats.first_bytes_joined, 1);
+        assert_eq!(rig.asm.budget.used(), 0, "the kept bytes' charge came back");
+    }
+
+    /// Bytes that cannot start a request are not kept, and a connection whose protocol is found
+    /// only at a later chunk maps the parser's offsets from that chunk (its start time is that
+    /// chunk's, not the stream's first byte's).
+    #[test]
+    fn junk_is_not_kept_and_a_later_start_maps_from_its_own_chunk() {
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(SERVER, false, 500, b"\x16\x03\x01junk");
+        let kept = |rig: &Rig| {
+            let keys = rig.asm.conns.all_keys();
+            keys.iter().any(|k| {
+                rig.asm
+                    .conns
+                    .get(k)
+                    .is_some_and(|c| c.state.first.is_some())
+            })
+        };
+        assert!(!kept(&rig));
+        rig.io(SERVER, false, 1_000, GET);
+        rig.io(SERVER, true, 2_000, OK);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].start_unix_ns, 1_000);
+        assert_eq!(rig.asm.stats.first_bytes_joined, 0);
+        // A method's prefix is kept; a second piece that breaks the line drops it.
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(CLIENT, true, 1_000, b"POS");
+        assert!(kept(&rig));
+        assert!(rig.asm.budget.used() > 0);
+        rig.io(CLIENT, true, 1_010, b"X\r\n");
+        assert!(!kept(&rig));
+        assert_eq!(rig.asm.budget.used(), 0);
     }
 
     #[test]
