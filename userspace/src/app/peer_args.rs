@@ -61,8 +61,9 @@ impl PeerArgs {
         if let Some(w) = peers.wait {
             linker.wait_ns = w.as_nanos().min(u128::from(u64::MAX)) as u64;
         }
-        // Opened now: the kernel checks CAP_NET_ADMIN against the opener, and the daemon drops
-        // it before it serves questions.
+        // Opened now, before the seccomp allow-list (which refuses netlink sockets); the kernel
+        // checks CAP_NET_ADMIN on every lookup too, so the privilege drop keeps it when this
+        // table is open (`privdrop::Needs`).
         let nat = match NatTable::open() {
             Ok(t) => Some(Arc::new(Mutex::new(t))),
             Err(e) => {
