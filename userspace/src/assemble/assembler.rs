@@ -219,14 +219,9 @@ impl<P: ParserSet> Assembler<P> {
                     } else {
                         conn.egress.pos
                     };
-                    let request_dir = matches!(
-                        (role, egress),
-                        (SpanKind::Client, true) | (SpanKind::Server, false)
-                    );
-                    conn.state.base = if request_dir {
-                        (here, other)
-                    } else {
-                        (other, here)
+                    conn.state.base = match dir_of(role, egress) {
+                        Dir::Request => (here, other),
+                        Dir::Response => (other, here),
                     };
                     if fed.is_some() {
                         self.stats.first_bytes_joined += 1;
@@ -259,10 +254,7 @@ impl<P: ParserSet> Assembler<P> {
             }
         }
         if let Proto::Known { role, parser, .. } = &mut conn.state.proto {
-            let dir = match (*role, egress) {
-                (SpanKind::Client, true) | (SpanKind::Server, false) => Dir::Request,
-                _ => Dir::Response,
-            };
+            let dir = dir_of(*role, egress);
             let role = *role;
             let multiplexed = parser.multiplexed();
             self.steps.clear();
@@ -518,6 +510,14 @@ fn apply<P>(
             }
             None
         }
+    }
+}
+
+/// Which of a connection's directions a chunk is: a client sends requests, a server receives them.
+fn dir_of(role: SpanKind, egress: bool) -> Dir {
+    match (role, egress) {
+        (SpanKind::Client, true) | (SpanKind::Server, false) => Dir::Request,
+        _ => Dir::Response,
     }
 }
 
