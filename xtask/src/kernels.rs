@@ -7,8 +7,9 @@
 //!
 //! The guest needs no disk image: an initramfs (static busybox, the kernel's virtio and 9p
 //! modules in dependency order from `modules.dep`) mounts this machine's root read-only over
-//! virtio-9p and chroots into it, so the guest runs the very binary, interpreter and curl the
-//! suite uses. QEMU runs with TCG (software emulation): on these machines `/dev/kvm` creates VMs
+//! virtio-9p and chroots into it, so the guest runs the interpreter and curl the suite uses; the
+//! ztrace binary and the backend travel in the initramfs (the guest mounts fresh tmpfs over
+//! `/tmp` and `/run`, which would hide a work tree there). QEMU runs with TCG (software emulation): on these machines `/dev/kvm` creates VMs
 //! but a KVM guest never printed a line of its kernel in 60 s, while TCG boots in seconds.
 
 use std::{
@@ -132,7 +133,7 @@ fn boot_and_smoke(root: &Path, work: &Path, package: &str, ztrace: &Path) -> Res
     if initrd.exists() {
         fs::remove_dir_all(&initrd)?;
     }
-    for d in ["bin", "modules", "proc", "sys", "dev", "host"] {
+    for d in ["bin", "modules", "proc", "sys", "dev", "host", "payload"] {
         fs::create_dir_all(initrd.join(d))?;
     }
     fs::copy("/bin/busybox", initrd.join("bin/busybox"))
@@ -148,7 +149,15 @@ fn boot_and_smoke(root: &Path, work: &Path, package: &str, ztrace: &Path) -> Res
         names.push(name);
     }
     write_exec(&initrd.join("init"), &init_script(&names))?;
-    write_exec(&initrd.join("smoke.sh"), &smoke_script(root, ztrace))?;
+    // What the guest runs travels in the initramfs, not through the shared root: the guest mounts
+    // fresh tmpfs over /tmp and /run (the share is read-only), which would hide a work tree there.
+    fs::copy(ztrace, initrd.join("payload/ztrace"))
+        .with_context(|| format!("copying {}", ztrace.display()))?;
+    fs::copy(
+        root.join("tests/apps/two_tier.py"),
+        initrd.join("payload/two_tier.py"),
+    )?;
+    write_exec(&initrd.join("payload/smoke.sh"), SMOKE_SCRIPT)?;
     let image = dir.join("initrd.gz");
     crate::run(
         Command::new("sh")
@@ -217,9 +226,10 @@ mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
 mount -t tracefs tracefs /host/sys/kernel/tracing
 mount -t bpf bpf /host/sys/fs/bpf
-cp /smoke.sh /host/tmp/smoke.sh
+mkdir /host/run/ztrace-smoke
+cp /payload/* /host/run/ztrace-smoke/
 echo "ZTRACE-KERNEL: $(uname -r)"
-chroot /host /bin/bash /tmp/smoke.sh
+chroot /host /bin/bash /run/ztrace-smoke/smoke.sh
 echo "ZTRACE-KERNEL-SMOKE-EXIT: $?"
 poweroff -f
 "#,
@@ -227,17 +237,16 @@ poweroff -f
     )
 }
 
-/// The HTTP smoke test, run as root inside the guest on the host's files.
-fn smoke_script(root: &Path, ztrace: &Path) -> String {
-    format!(
-        r#"set -u
+/// The HTTP smoke test, run as root inside the guest on the host's files; the binary and the
+/// backend are in /run/ztrace-smoke (copied there from the initramfs).
+const SMOKE_SCRIPT: &str = r#"set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp
 ip link set lo up
-/usr/bin/python3 {apps}/two_tier.py backend > /tmp/backend.out 2>&1 &
+/usr/bin/python3 /run/ztrace-smoke/two_tier.py backend > /tmp/backend.out 2>&1 &
 BACK=$!
 for i in $(seq 100); do grep -q PORT /tmp/backend.out && break; sleep 0.1; done
 PORT=$(sed -n 's/^PORT //p' /tmp/backend.out)
-{ztrace} --pid $BACK --output json --duration 60s > /tmp/spans.json 2> /tmp/ztrace.err &
+/run/ztrace-smoke/ztrace --pid $BACK --output json --duration 60s > /tmp/spans.json 2> /tmp/ztrace.err &
 Z=$!
 for i in $(seq 300); do grep -q "process(es)" /tmp/ztrace.err && break; sleep 0.1; done
 # The seccomp allow-list is on this kernel too (every request below runs under it).
@@ -252,14 +261,10 @@ echo "ZTRACE-EXIT: $?"
 grep -E "socket data from|stopping:|seccomp:" /tmp/ztrace.err | sed 's/^/ZTRACE-LOG: /'
 N=$(grep -c '"kind":"SERVER"' /tmp/spans.json)
 echo "ZTRACE-SERVER-SPANS: $N"
-grep -q "every traced process has exited" /tmp/ztrace.err || {{ echo "ZTRACE-FAIL: no exit seen"; cat /tmp/ztrace.err; exit 1; }}
-[ "$N" -ge 5 ] || {{ echo "ZTRACE-FAIL: $N server spans, want 5"; cat /tmp/ztrace.err; exit 1; }}
-[ "$SECCOMP" = 2 ] || {{ echo "ZTRACE-FAIL: Seccomp: $SECCOMP, want 2"; cat /tmp/ztrace.err; exit 1; }}
-"#,
-        apps = root.join("tests/apps").display(),
-        ztrace = ztrace.display(),
-    )
-}
+grep -q "every traced process has exited" /tmp/ztrace.err || { echo "ZTRACE-FAIL: no exit seen"; cat /tmp/ztrace.err; exit 1; }
+[ "$N" -ge 5 ] || { echo "ZTRACE-FAIL: $N server spans, want 5"; cat /tmp/ztrace.err; exit 1; }
+[ "$SECCOMP" = 2 ] || { echo "ZTRACE-FAIL: Seccomp: $SECCOMP, want 2"; cat /tmp/ztrace.err; exit 1; }
+"#;
 
 fn write_exec(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
