@@ -10,6 +10,9 @@
 //! address ([`VIP`]) that the caller DNATs to a server on B (iptables in A, Kubernetes-style),
 //! and a second one ([`VIP_MASQ`]) whose connections also leave with a new, random source port
 //! (MASQUERADE `--random-fully`, as container network plugins do for traffic leaving a node).
+//! Host B can forward a node port ([`NODE_PORT`]) to its server and give the caller one of its
+//! own addresses ([`B_NODE_SNAT`]) on the way, as kube-proxy does for node ports, while A
+//! masquerades its connections to that port ([`Hosts::node_port`]).
 
 use std::{
     io::{BufRead, BufReader},
@@ -37,6 +40,10 @@ pub const VIP: &str = "10.96.0.10";
 /// [`Hosts::masquerade`].
 pub const VIP_MASQ: &str = "10.96.0.11";
 pub const PEER_PORT: u16 = 4390;
+/// Host B's node port, forwarded by [`Hosts::node_port`].
+pub const NODE_PORT: u16 = 30080;
+/// The address of host B's own that callers of [`NODE_PORT`] are given.
+pub const B_NODE_SNAT: &str = "10.231.0.3";
 
 /// The namespaces and veth pairs; removed on drop.
 pub struct Hosts {
@@ -112,6 +119,79 @@ impl Hosts {
             "conntrack",
             "--ctorigdst",
             VIP_MASQ,
+            "-j",
+            "MASQUERADE",
+            "--random-fully",
+        ]))
+        .context("iptables MASQUERADE in host A")
+    }
+
+    /// In host B: TCP to `B_IP:NODE_PORT` goes to B's port `to_port`, and its caller gets a
+    /// random port of [`B_NODE_SNAT`] (kube-proxy's node port with masquerading): B's server
+    /// sees a caller on its own host and its own port, A's client B's address and the node port.
+    /// A's connections to the node port also leave from random source ports (MASQUERADE in A).
+    pub fn node_port(&self, to_port: u16) -> Result<()> {
+        let b = |args: &[&str]| run_ok(self.exec(&self.b).args(args));
+        b(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{B_NODE_SNAT}/32"),
+            "dev",
+            "lo",
+        ])?;
+        let node_port = NODE_PORT.to_string();
+        b(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            B_IP,
+            "-p",
+            "tcp",
+            "--dport",
+            &node_port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{B_IP}:{to_port}"),
+        ])
+        .context("iptables DNAT in host B")?;
+        b(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-m",
+            "conntrack",
+            "--ctorigdstport",
+            &node_port,
+            "-j",
+            "SNAT",
+            "--to-source",
+            B_NODE_SNAT,
+            "--random-fully",
+        ])
+        .context("iptables SNAT in host B")?;
+        // And A's connections to it leave from random source ports (a pod's traffic leaving its
+        // node): both ends' NAT must be undone.
+        run_ok(self.exec(&self.a).args([
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-p",
+            "tcp",
+            "-d",
+            B_IP,
+            "--dport",
+            &node_port,
             "-j",
             "MASQUERADE",
             "--random-fully",

@@ -12,6 +12,9 @@
 //!       dnat    /v/<id> → GET /n/<id> to a service address that iptables in A DNATs to B
 //!       masq    /m/<id> → the same through a second service address whose connections A also
 //!               masquerades with random source ports (`--random-fully`, as CNI plugins do)
+//!       nodeport /h/<id> → GET /n/<id> to B's node port, which B DNATs to its server and whose
+//!               caller B rewrites to an address of its own (kube-proxy's node port); A
+//!               masquerades these connections with random source ports too
 //!       callback /c/<id> → GET /c/<id> to B, whose handling calls back GET /cb/<id> on A
 //!   → host B: Node.js event loop, keep-alive agent for its calls back      tests/apps/xhost_node.js
 //! driver in C (a host with no agent) → GET /x/<id> on B                    (shape `noagent`)
@@ -46,6 +49,10 @@ pub enum XShape {
     /// The same through a service address DNAT'd in A whose connections leave with a new
     /// source port: B sees a port A's process never had.
     Masq,
+    /// The same through a node port of B that B forwards to its server, the caller given one of
+    /// B's own addresses (B's server sees a caller on its own host), and A's source ports
+    /// rewritten: both hosts' NAT undone.
+    NodePort,
     /// A → B → back to A in the same request.
     Callback,
     /// A client host without an agent → B: must stay roots.
@@ -106,6 +113,7 @@ const THREAD: [XHop; 3] = a_to_b("/t/", Edge::ThreadPerRequest);
 const POOL: [XHop; 3] = a_to_b("/p/", Edge::SharedPool);
 const DNAT: [XHop; 3] = a_to_b("/v/", Edge::ThreadPerRequest);
 const MASQ: [XHop; 3] = a_to_b("/m/", Edge::ThreadPerRequest);
+const NODE_PORT: [XHop; 3] = a_to_b("/h/", Edge::ThreadPerRequest);
 const CALLBACK: [XHop; 5] = {
     use {Edge::*, Host::*, Kind::*};
     [
@@ -121,11 +129,12 @@ const NO_AGENT: [XHop; 1] = [hop(Host::B, Kind::Server, "/x/", None)];
 const CONTROL: [XHop; 3] = a_to_b("/k/", Edge::ThreadPerRequest);
 
 impl XShape {
-    pub const ALL: [XShape; 7] = [
+    pub const ALL: [XShape; 8] = [
         XShape::Thread,
         XShape::Pool,
         XShape::Dnat,
         XShape::Masq,
+        XShape::NodePort,
         XShape::Callback,
         XShape::NoAgent,
         XShape::Control,
@@ -138,6 +147,7 @@ impl XShape {
             XShape::Pool => "pool",
             XShape::Dnat => "dnat",
             XShape::Masq => "masq",
+            XShape::NodePort => "nodeport",
             XShape::Callback => "callback",
             XShape::NoAgent => "noagent",
             XShape::Control => "control",
@@ -156,6 +166,9 @@ impl XShape {
             XShape::Masq => {
                 "thread-per-request (A) → DNAT'd service address, source ports rewritten → B"
             }
+            XShape::NodePort => {
+                "thread-per-request (A), source ports rewritten → B's node port, caller rewritten to B's address → B"
+            }
             XShape::Callback => "A → B → call back to A in the same request",
             XShape::NoAgent => "client host without an agent (C) → B",
             XShape::Control => "`thread` with the peer channel off (cost control)",
@@ -169,6 +182,7 @@ impl XShape {
             XShape::Pool => 'p',
             XShape::Dnat => 'v',
             XShape::Masq => 'm',
+            XShape::NodePort => 'h',
             XShape::Callback => 'c',
             XShape::NoAgent => 'x',
             XShape::Control => 'k',
@@ -186,6 +200,7 @@ impl XShape {
             XShape::Pool => &POOL,
             XShape::Dnat => &DNAT,
             XShape::Masq => &MASQ,
+            XShape::NodePort => &NODE_PORT,
             XShape::Callback => &CALLBACK,
             XShape::NoAgent => &NO_AGENT,
             XShape::Control => &CONTROL,
@@ -240,6 +255,8 @@ pub struct AgentStats {
     /// Questions of other agents this one answered by undoing its host's NAT (its peer-channel
     /// summary).
     pub via_nat: u64,
+    /// Of its own lookups, those it asked about the caller as it was before its host's NAT.
+    pub asked_via_nat: u64,
     /// CPU seconds the agent used (user + system) from attached to stopped.
     pub cpu_s: f64,
 }
@@ -265,25 +282,28 @@ impl AgentStats {
             skewed: n(8)? as u64,
             max_skew_us: n(9)?,
             via_nat: 0,
+            asked_via_nat: 0,
             cpu_s: 0.0,
         })
     }
 
     /// From an agent's whole log: [`AgentStats::parse`] of its cross-host summary line, and the
-    /// questions its peer channel answered through the host's NAT table.
+    /// questions its peer channel answered and asked through the host's NAT table.
     pub fn from_log(log: &str, crosshost_line: &str) -> AgentStats {
         let mut stats = AgentStats::parse(crosshost_line).unwrap_or_default();
-        stats.via_nat = log
-            .lines()
-            .filter(|l| l.contains("summary (peer channel)"))
-            .find_map(|l| {
-                let head = &l[..l.find(" through this host's NAT table")?];
-                head.rsplit(|c: char| !c.is_ascii_digit())
-                    .find(|t| !t.is_empty())?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0);
+        let peer = log.lines().find(|l| l.contains("summary (peer channel)"));
+        // The number just before `marker` on the peer channel's summary line.
+        let before = |marker: &str| -> Option<u64> {
+            let l = peer?;
+            let head = &l[..l.find(marker)?];
+            head.rsplit(|c: char| !c.is_ascii_digit())
+                .find(|t| !t.is_empty())?
+                .parse()
+                .ok()
+        };
+        stats.via_nat = before(" through this host's NAT table").unwrap_or(0);
+        stats.asked_via_nat =
+            before(" questions about the caller as it was before this host's NAT").unwrap_or(0);
         stats
     }
 }
@@ -593,7 +613,7 @@ impl Run {
              abstention leaves the server span a root:\n\n\
              | shape | agent | client sends indexed | lookups | linked | unknown | no agent | \
              timeout | refused | not asked (full) | linked outside the caller's window (max µs) | \
-             questions answered through the host's NAT table | agent CPU s | agent CPU µs per \
+             questions answered / asked through the host's NAT table | agent CPU s | agent CPU µs per \
              request |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
@@ -601,7 +621,7 @@ impl Run {
             for (host, a) in &s.agents {
                 let _ = writeln!(
                     t,
-                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} | {:.2} | {:.0} |",
+                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} / {} | {:.2} | {:.0} |",
                     shape.name(),
                     if *host == Host::A { "A" } else { "B" },
                     a.sends,
@@ -615,6 +635,7 @@ impl Run {
                     a.skewed,
                     a.max_skew_us,
                     a.via_nat,
+                    a.asked_via_nat,
                     a.cpu_s,
                     a.cpu_s * 1e6 / s.requests.max(1) as f64,
                 );
@@ -778,10 +799,11 @@ mod tests {
         let log = format!(
             "[x INFO ] summary (peer channel): answered 320 questions in 40 frames (320 found, \
              312 through this host's NAT table (330 lookups, 16 translated, 0 failed); 9 unknown, \
-             0 refused: another request), refused 0 frames; …\n[x INFO ] summary: {line}"
+             0 refused: another request), refused 0 frames; asked 17 questions about the caller \
+             as it was before this host's NAT; …\n[x INFO ] summary: {line}"
         );
         let b = AgentStats::from_log(&log, line);
-        assert_eq!((b.via_nat, b.linked), (312, 1280));
+        assert_eq!((b.via_nat, b.asked_via_nat, b.linked), (312, 17, 1280));
         assert_eq!(AgentStats::from_log("", "").via_nat, 0);
     }
 }

@@ -14,8 +14,8 @@ use anyhow::{Context, Result, ensure};
 use crate::{
     harness::{Proc, apps_dir, spawn_app},
     netns::{
-        A_IP, B_IP, B_IP_C, Hosts, VIP, VIP_MASQ, crosshost_summary, receiver_in, spawn_agent,
-        spawn_collecting, stop,
+        A_IP, B_IP, B_IP_C, Hosts, NODE_PORT, VIP, VIP_MASQ, crosshost_summary, receiver_in,
+        spawn_agent, spawn_collecting, stop,
     },
     topology::eval_span,
     xeval::{AgentStats, Config, Host, Run, ShapeScore, XShape, XSpan, identify, score_shape},
@@ -66,6 +66,7 @@ pub fn run(config: Config) -> Result<Run> {
     // A: the thread-per-request service, calling B directly, pooled, and through the VIPs.
     hosts.dnat(80, &format!("{B_IP}:{b_port}"))?;
     hosts.masquerade(80, &format!("{B_IP}:{b_port}"))?;
+    hosts.node_port(b_port)?;
     let mut py = hosts.exec(&hosts.a);
     py.arg("python3")
         .arg(apps_dir().join("xhost.py"))
@@ -75,6 +76,7 @@ pub fn run(config: Config) -> Result<Run> {
         .env("NEXT", format!("{B_IP}:{b_port}"))
         .env("VIA", format!("{VIP}:80"))
         .env("VIA_MASQ", format!("{VIP_MASQ}:80"))
+        .env("VIA_NODE", format!("{B_IP}:{NODE_PORT}"))
         .env("POOL", "4");
     let (a_svc, _) = spawn_app(py).context("the Python service on A")?;
 

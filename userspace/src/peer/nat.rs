@@ -1,29 +1,36 @@
-//! Address translation on the client's host, undone: which of this host's connections another
-//! agent's server saw, when this host rewrote the client's port (or address) on the way out.
+//! Address translation on either end's host, undone from the kernel's connection tracking table.
 //!
-//! A server agent asks about the client endpoint *it* saw. That is the endpoint this host's
-//! process had unless this host's netfilter rewrote it: MASQUERADE or SNAT with
-//! `--random-fully` (container network plugins do this for traffic leaving a node), or the
-//! implicit port remapping netfilter does when a DNAT'd connection's reply tuple would clash with
-//! another connection's (two connections, one to a service address and one straight to the
-//! server, from the same local port). The sequence numbers are not rewritten; only the port and
-//! address are. So when a question names no send of this agent, the answering agent asks its
-//! host's connection tracking table for the connection whose *reply* tuple is (the server's
-//! endpoint → the client endpoint the server saw); that entry's *original* tuple holds the
-//! client endpoint this host's process had, under which the send was indexed.
+//! The cross-host key is the client endpoint and sequence number as *both* processes saw them;
+//! netfilter can make the two ends see different endpoints. Sequence numbers are never rewritten,
+//! only ports and addresses, and each host's conntrack entry records the translation it made: an
+//! entry's *original* tuple is the connection as its client made it, its *reply* tuple the
+//! connection as the server answers it. Both ends ask with the reply tuple (the server's
+//! endpoint → the client endpoint the server saw) and read the original tuple:
+//!
+//! - **The client's host** rewrote the client's port or address on the way out: MASQUERADE or
+//!   SNAT with `--random-fully` (container network plugins do this for traffic leaving a node),
+//!   or the implicit port remapping netfilter does when a DNAT'd connection's reply tuple would
+//!   clash with another connection's (one to a service address and one straight to the server,
+//!   from the same local port). When a question names no send of this agent, the answering agent
+//!   looks the send up under the original source (`super::service::answer_all`).
+//! - **The server's host** DNAT'd a host port to the server and, as kube-proxy does for node
+//!   ports, SNAT'd the caller to one of the host's own addresses: the server process sees a
+//!   caller on its own host, and a question to that address would reach this agent itself. The
+//!   asking agent asks about the original source instead, and names the original destination as
+//!   the server endpoint, so the client's agent can undo its own NAT against it
+//!   (`super::service` `undo_local_nat`).
 //!
 //! This is the kernel's own record of the translation it made, not a guess: an entry exists
 //! only for a connection this host's netfilter tracked, and the question must still match the
 //! send's sequence number and request digest. No entry (no NAT, conntrack not in use in this
-//! network namespace, an entry already expired) leaves the question unanswered, as before.
+//! network namespace, an entry already expired) leaves the question as it was.
 //!
 //! The lookup is a ctnetlink `IPCTNL_MSG_CT_GET` on a `NETLINK_NETFILTER` socket. The kernel
-//! checks CAP_NET_ADMIN against the credentials the socket was opened with, so ztrace opens it
-//! at start-up, before it drops its capabilities (`capture::privdrop`), and keeps only the
-//! socket. Lookups happen only for questions that missed; results are cached per (server,
-//! client) pair (a translation for [`HIT_TTL_NS`], "none" for [`MISS_TTL_NS`]) in at most
-//! [`MAX_CACHED`] entries, so an asker's repeated questions about a send not indexed yet cost one
-//! netlink round trip per connection, not one per question.
+//! checks CAP_NET_ADMIN against the credentials the socket was opened with and against the
+//! current task, so ztrace opens it at start-up and keeps CAP_NET_ADMIN when `--peer-listen` is
+//! set (`capture::privdrop`). Results are cached per (server, client) pair (an entry, translated
+//! or not, for [`HIT_TTL_NS`], "no entry" for [`MISS_TTL_NS`]) in at most [`MAX_CACHED`]
+//! entries: one netlink round trip per connection and side, not one per question.
 
 use std::collections::VecDeque;
 use std::io;
@@ -55,18 +62,27 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
-/// How long a found translation is reused: as long as a send stays answerable.
+/// How long a found entry (translated or not) is reused: as long as a send stays answerable.
 pub const HIT_TTL_NS: u64 = super::index::WINDOW_NS;
-/// How long "no translation" is reused (the asker asks again every round meanwhile).
+/// How long "no entry" is reused (the asker asks again every round meanwhile).
 pub const MISS_TTL_NS: u64 = 1_000_000_000;
 /// Most cached (server, client) pairs (≈ 80 bytes each with the expiry order: ≤ 6 MiB).
 pub const MAX_CACHED: usize = 65_536;
+
+/// A tracked connection's original tuple: the endpoints before any translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Original {
+    /// Its source: the endpoint the client's process had.
+    pub client: Endpoint,
+    /// Its destination: the endpoint the client's process connected to.
+    pub server: Endpoint,
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatStats {
     /// Netlink round trips made.
     pub lookups: u64,
-    /// Of those, entries whose original client endpoint differs from the one asked about.
+    /// Of those, entries whose original tuple differs from the one asked about.
     pub translated: u64,
     /// Failed round trips other than "no such entry" (counted, the question left unanswered).
     pub errors: u64,
@@ -77,7 +93,7 @@ pub struct NatStats {
 pub struct NatTable {
     fd: OwnedFd,
     seq: u32,
-    cache: HashMap<(Endpoint, Endpoint), (Option<Endpoint>, u64)>,
+    cache: HashMap<(Endpoint, Endpoint), (Option<Original>, u64)>,
     order: VecDeque<(u64, (Endpoint, Endpoint))>,
     buf: Vec<u8>,
     pub stats: NatStats,
@@ -150,25 +166,35 @@ impl NatTable {
         Ok(table)
     }
 
-    /// The client endpoint this host's process had for the TCP connection `server` saw from
-    /// `client`, when this host translated it; None when it did not (or nothing is known).
-    pub fn original_client(
+    /// The connection as this host's netfilter first saw it, for the TCP connection a local or
+    /// remote server endpoint `server` had with `client`, when this host translated either
+    /// end; None when it did not (or nothing is known).
+    ///
+    /// Asked on both sides of a link: the client's agent learns the endpoint its process had
+    /// (MASQUERADE/SNAT on its host), the server's agent the caller's real endpoint and the
+    /// address it called (DNAT to a host port, plus SNAT to the node's address as kube-proxy
+    /// does for node ports).
+    pub fn original(
         &mut self,
         server: Endpoint,
         client: Endpoint,
         now_ns: u64,
-    ) -> Option<Endpoint> {
+    ) -> Option<Original> {
         self.expire(now_ns);
         if let Some(&(found, until)) = self.cache.get(&(server, client))
             && until > now_ns
         {
             return found;
         }
-        let found = match self.ask(server, client) {
-            Ok(orig) => orig.filter(|o| *o != client),
+        // An entry's translation is fixed for the connection's life: an untranslated entry is
+        // kept as long as a translated one; no entry (yet) for a short while.
+        let (found, ttl) = match self.ask(server, client) {
+            Ok(Some(o)) if o.client != client || o.server != server => (Some(o), HIT_TTL_NS),
+            Ok(Some(_)) => (None, HIT_TTL_NS),
+            Ok(None) => (None, MISS_TTL_NS),
             Err(_) => {
                 self.stats.errors += 1;
-                None
+                (None, MISS_TTL_NS)
             }
         };
         if found.is_some() {
@@ -180,12 +206,7 @@ impl NatTable {
             };
             self.cache.remove(&k);
         }
-        let until = now_ns
-            + if found.is_some() {
-                HIT_TTL_NS
-            } else {
-                MISS_TTL_NS
-            };
+        let until = now_ns + ttl;
         self.cache.insert((server, client), (found, until));
         self.order.push_back((until, (server, client)));
         found
@@ -203,9 +224,9 @@ impl NatTable {
         }
     }
 
-    /// One round trip: the original tuple's source of the entry whose reply tuple is
-    /// (`server` → `client`); Ok(None) when there is no such entry.
-    fn ask(&mut self, server: Endpoint, client: Endpoint) -> io::Result<Option<Endpoint>> {
+    /// One round trip: the original tuple of the entry whose reply tuple is (`server` →
+    /// `client`); Ok(None) when there is no such entry.
+    fn ask(&mut self, server: Endpoint, client: Endpoint) -> io::Result<Option<Original>> {
         self.stats.lookups += 1;
         self.seq = self.seq.wrapping_add(1);
         let Some(msg) = request(self.seq, server, client) else {
@@ -323,7 +344,7 @@ fn request(seq: u32, server: Endpoint, client: Endpoint) -> Option<Vec<u8>> {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {
-    Entry(Option<Endpoint>),
+    Entry(Option<Original>),
     /// An errno (0: an acknowledgement without an entry).
     Error(i32),
     Stale,
@@ -356,17 +377,23 @@ fn find(b: &[u8], kind: u16) -> Option<&[u8]> {
     attrs(b).find(|(k, _)| *k == kind).map(|(_, p)| p)
 }
 
-/// The source endpoint of a tuple attribute's payload.
-fn tuple_source(tuple: &[u8]) -> Option<Endpoint> {
+/// The source and destination endpoints of a tuple attribute's payload.
+fn tuple_endpoints(tuple: &[u8]) -> Option<Original> {
     let ip = find(tuple, CTA_TUPLE_IP)?;
-    let addr = if let Some(v4) = find(ip, CTA_IP_V4_SRC) {
-        IpAddr::from(<[u8; 4]>::try_from(v4).ok()?)
-    } else {
-        IpAddr::from(<[u8; 16]>::try_from(find(ip, CTA_IP_V6_SRC)?).ok()?)
-    };
     let proto = find(tuple, CTA_TUPLE_PROTO)?;
-    let port = u16::from_be_bytes(find(proto, CTA_PROTO_SRC_PORT)?.try_into().ok()?);
-    Some(Endpoint { addr, port })
+    let end = |v4: u16, v6: u16, port: u16| -> Option<Endpoint> {
+        let addr = if let Some(a) = find(ip, v4) {
+            IpAddr::from(<[u8; 4]>::try_from(a).ok()?)
+        } else {
+            IpAddr::from(<[u8; 16]>::try_from(find(ip, v6)?).ok()?)
+        };
+        let port = u16::from_be_bytes(find(proto, port)?.try_into().ok()?);
+        Some(Endpoint { addr, port })
+    };
+    Some(Original {
+        client: end(CTA_IP_V4_SRC, CTA_IP_V6_SRC, CTA_PROTO_SRC_PORT)?,
+        server: end(CTA_IP_V4_DST, CTA_IP_V6_DST, CTA_PROTO_DST_PORT)?,
+    })
 }
 
 /// What one datagram from the kernel says about question `seq`.
@@ -392,7 +419,7 @@ fn parse_answer(b: &[u8], seq: u32) -> Answer {
         return Answer::Malformed;
     }
     match find(&body[NFGENMSG_LEN..], CTA_TUPLE_ORIG) {
-        Some(orig) => match tuple_source(orig) {
+        Some(orig) => match tuple_endpoints(orig) {
             Some(ep) => Answer::Entry(Some(ep)),
             None => Answer::Malformed,
         },
@@ -442,7 +469,10 @@ mod tests {
         let a = kernel_answer(7, ep("10.0.0.1:40000"), ep("10.96.0.10:80"));
         assert_eq!(
             parse_answer(&a, 7),
-            Answer::Entry(Some(ep("10.0.0.1:40000")))
+            Answer::Entry(Some(Original {
+                client: ep("10.0.0.1:40000"),
+                server: ep("10.96.0.10:80"),
+            }))
         );
         assert_eq!(parse_answer(&a, 8), Answer::Stale);
     }
@@ -476,7 +506,13 @@ mod tests {
         let r = request(5, ep("10.0.0.2:8080"), ep("10.0.0.1:55555")).unwrap();
         assert_eq!(u32_at(&r, 0).unwrap() as usize, r.len());
         let reply = find(&r[NLMSG_HDRLEN + NFGENMSG_LEN..], CTA_TUPLE_REPLY).unwrap();
-        assert_eq!(tuple_source(reply), Some(ep("10.0.0.2:8080")));
+        assert_eq!(
+            tuple_endpoints(reply),
+            Some(Original {
+                client: ep("10.0.0.2:8080"),
+                server: ep("10.0.0.1:55555"),
+            })
+        );
         assert!(request(5, ep("10.0.0.2:1"), ep("[::1]:2")).is_none());
     }
 }

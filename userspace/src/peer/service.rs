@@ -88,6 +88,9 @@ pub struct ServerCounters {
     pub votes_lost: AtomicU64,
     /// What the channel learnt that the runtime had no room for (a full queue).
     pub events_lost: AtomicU64,
+    /// This agent's lookups asked about the caller's endpoint before this host's NAT (a host
+    /// port DNAT'd to the server, the caller's address rewritten to this host's).
+    pub asked_via_nat: AtomicU64,
 }
 
 /// What the peer channel tells the tail sampler.
@@ -180,6 +183,7 @@ impl PeerLink {
             rx,
             key,
             (cfg.peer_port, source),
+            cfg.nat.clone(),
             answers_tx,
             Channels {
                 events: events_tx,
@@ -269,13 +273,14 @@ impl PeerLink {
             None => "NAT table not readable".to_string(),
         };
         log::info!(
-            "summary (peer channel): answered {} questions in {} frames ({} found, {nat}; {} unknown, {} refused: another request), refused {} frames; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
+            "summary (peer channel): answered {} questions in {} frames ({} found, {nat}; {} unknown, {} refused: another request), refused {} frames; asked {} questions about the caller as it was before this host's NAT; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
             n(&c.questions),
             n(&c.frames),
             ix.answered_found,
             ix.answered_unknown,
             ix.digest_mismatch,
             n(&c.refused),
+            n(&c.asked_via_nat),
             n(&c.votes_out),
             n(&c.votes_in),
             n(&c.votes_lost),
@@ -443,7 +448,10 @@ fn answer_all(
             let now = mono_ns();
             for i in misses {
                 let q = &questions[i];
-                translated[i] = table.original_client(q.server, q.key.client, now);
+                translated[i] = table
+                    .original(q.server, q.key.client, now)
+                    .map(|o| o.client)
+                    .filter(|c| *c != q.key.client);
             }
         }
     }
@@ -459,11 +467,15 @@ async fn dispatch(
     mut rx: mpsc::Receiver<Outgoing>,
     key: Arc<Key>,
     (port, source): (u16, Option<IpAddr>),
+    nat: Option<Arc<Mutex<NatTable>>>,
     answers: mpsc::Sender<(Handle, Outcome)>,
     ch: Channels,
 ) {
     let mut peers: HashMap<IpAddr, mpsc::Sender<Outgoing>> = HashMap::new();
-    while let Some(o) = rx.recv().await {
+    while let Some(mut o) = rx.recv().await {
+        if let (Outgoing::Lookup(l), Some(nat)) = (&mut o, &nat) {
+            undo_local_nat(l, nat, &ch.counters);
+        }
         let ip = match o {
             Outgoing::Lookup(l) => agent_ip(l.key.client.addr),
             Outgoing::Vote(to, _) => to,
@@ -489,6 +501,23 @@ async fn dispatch(
         if peers[&ip].try_send(o).is_err() {
             lost(o, &answers, &ch.counters).await;
         }
+    }
+}
+
+/// A lookup about a connection this host's netfilter translated on the way in asks about the
+/// connection as the caller made it: the caller's real endpoint (not the host address a
+/// node-port SNAT gave it, which would send the question to this agent itself) and the address
+/// it called (the host port, not the server's, so the caller's agent can undo its own NAT too).
+/// The sequence numbers are not translated. One netlink round trip per connection (cached in
+/// the table).
+fn undo_local_nat(l: &mut Lookup, nat: &Mutex<NatTable>, counters: &ServerCounters) {
+    let Ok(mut table) = nat.lock() else {
+        return;
+    };
+    if let Some(o) = table.original(l.server, l.key.client, mono_ns()) {
+        l.key.client = o.client;
+        l.server = o.server;
+        counters.asked_via_nat.fetch_add(1, Ordering::Relaxed);
     }
 }
 
