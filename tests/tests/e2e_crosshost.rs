@@ -13,8 +13,9 @@
 //!
 //! The second test runs the cross-host evaluation (`ztrace_e2e::xeval`) at CI scale: a
 //! thread-per-request Python server on A calling a Node.js event loop on B (per-thread keep-alive
-//! connections, a pool shared by the threads, a DNAT'd service address), calls back from B to A,
-//! and a third host without an agent; it asserts the targets per shape.
+//! connections, a pool shared by the threads, a DNAT'd service address, one whose source ports A
+//! masquerades, B's node port with both hosts' NAT), calls back from B to A, and a third host
+//! without an agent; it asserts the targets per shape.
 
 use std::{collections::HashMap, time::Duration};
 
