@@ -13,8 +13,9 @@
 //! ```
 //! A query names the client endpoint and the server endpoint as the asking (server) agent saw
 //! them; the server endpoint lets the answering agent undo its own host's NAT (`super::nat`).
-//! Integers are big-endian. ZTP1 (without the server endpoint) is refused as malformed: the
-//! agents of a deployment run the same version. A reply carries its query's `id` and answers its items in order.
+//! Integers are big-endian. An authenticated frame of another version (ZTP1 had no server
+//! endpoint) is refused as such, and both agents say so: the agents of a deployment run the same
+//! version. A reply carries its query's `id` and answers its items in order.
 //! A vote frame (an agent's tail-sampling verdicts, see `processors::tail::vote`) is sent on the
 //! connection the sender asks on and gets no reply.
 //! A receiver refuses a frame whose tag does not verify (forged, or another secret), whose
@@ -89,6 +90,13 @@ pub enum Refused {
     Replayed,
     #[error("unexpected frame kind")]
     WrongKind,
+    /// Authenticated (the same secret) but another version of this protocol.
+    #[error(
+        "the peer speaks protocol {}, this agent {}: run the same ztrace version on every agent",
+        String::from_utf8_lossy(.0),
+        String::from_utf8_lossy(MAGIC)
+    )]
+    Version([u8; 4]),
 }
 
 pub struct Key(hmac::Key);
@@ -210,7 +218,11 @@ pub fn decode(key: &Key, prefix: [u8; 4], rest: &[u8], kinds: &[u8]) -> Result<F
     signed.extend_from_slice(body);
     hmac::verify(&key.0, &signed, tag).map_err(|_| Refused::Forged)?;
     if &body[..4] != MAGIC {
-        return Err(Refused::Malformed);
+        return Err(if body.starts_with(b"ZTP") {
+            Refused::Version(body[..4].try_into().expect("4 bytes"))
+        } else {
+            Refused::Malformed
+        });
     }
     let kind = body[4];
     if !kinds.contains(&kind) {
@@ -502,6 +514,26 @@ mod tests {
             Err(Refused::Malformed)
         );
         assert_eq!(frame_len([0xff; 4]), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn another_version_is_named() {
+        let key = Key::new(b"secret");
+        for (magic, want) in [
+            (*b"ZTP1", Err(Refused::Version(*b"ZTP1"))),
+            (*b"ZTP3", Err(Refused::Version(*b"ZTP3"))),
+            (*b"HTTP", Err(Refused::Malformed)),
+        ] {
+            let mut bytes = encode(&key, &query());
+            bytes[4..8].copy_from_slice(&magic);
+            let body_end = bytes.len() - TAG;
+            let tag = hmac::sign(&key.0, &bytes[..body_end]);
+            bytes[body_end..].copy_from_slice(tag.as_ref());
+            let (p, rest) = split(&bytes);
+            assert_eq!(decode(&key, p, rest, &[KIND_QUERY]).map(|_| ()), want);
+        }
+        let msg = Refused::Version(*b"ZTP1").to_string();
+        assert!(msg.contains("ZTP1") && msg.contains("ZTP2"), "{msg}");
     }
 
     #[test]

@@ -328,10 +328,37 @@ async fn serve(
             if let Err(e) =
                 answer_conn(stream, agent_ip(from.ip()), &key, tables, &replay, &ch).await
             {
-                log::debug!("peer {from}: {e}");
+                refusal_logged(from, &e);
             }
             drop(permit);
         });
+    }
+}
+
+/// Logs why an asking agent's connection ended: a refusal the operator can act on (another
+/// secret, another version, clocks apart) as a warning at most once a minute, anything else at debug level.
+fn refusal_logged(from: SocketAddr, e: &anyhow::Error) {
+    static LAST_WARN_MS: AtomicU64 = AtomicU64::new(0);
+    let actionable = matches!(
+        e.downcast_ref::<Refused>(),
+        Some(Refused::Forged | Refused::Version(_) | Refused::Stale)
+    );
+    let now = unix_ms();
+    let last = LAST_WARN_MS.load(Ordering::Relaxed);
+    if actionable
+        && now.saturating_sub(last) >= 60_000
+        && LAST_WARN_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let hint = match e.downcast_ref::<Refused>() {
+            Some(Refused::Forged) => ": is the peer secret the same on both agents?",
+            Some(Refused::Stale) => ": are the two hosts' clocks within 30 s of each other?",
+            _ => "",
+        };
+        log::warn!("peer {from}: frame refused: {e}{hint} (logged at most once a minute)");
+    } else {
+        log::debug!("peer {from}: {e}");
     }
 }
 
@@ -378,7 +405,7 @@ async fn answer_conn(
             Ok(Ok(f)) => f,
             Ok(Err(refused)) => {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
-                anyhow::bail!("refused: {refused}");
+                return Err(refused.into());
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -386,7 +413,7 @@ async fn answer_conn(
         let checked = replay.lock().expect("replay lock").check(&frame, unix_ms());
         if let Err(refused) = checked {
             counters.refused.fetch_add(1, Ordering::Relaxed);
-            anyhow::bail!("refused: {refused}");
+            return Err(refused.into());
         }
         let questions = match &frame.body {
             Body::Query(q) => q,
@@ -621,7 +648,9 @@ async fn ask_peer(
                     // be the peer's idle timeout: ask again on a new connection.
                     Err(AskError::Closed) if !fresh => conn = None,
                     Err(AskError::Closed) => {
-                        log::warn!("peer {addr}: closed on our query; is the secret the same?");
+                        log::warn!(
+                            "peer {addr}: closed the connection on our query: another peer secret or another ztrace version (the peer's log says which)"
+                        );
                         conn = None;
                         done.extend(
                             waiting
@@ -630,7 +659,11 @@ async fn ask_peer(
                         );
                     }
                     Err(AskError::Refused(r)) => {
-                        log::warn!("peer {addr}: reply refused ({r}); is the secret the same?");
+                        let hint = match r {
+                            Refused::Forged => "; is the peer secret the same on both agents?",
+                            _ => "",
+                        };
+                        log::warn!("peer {addr}: reply refused: {r}{hint}");
                         conn = None;
                         done.extend(
                             waiting
