@@ -511,3 +511,110 @@ assert data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n")[0], data[
     );
     Ok(())
 }
+
+/// nginx behind a load balancer (`listen … proxy_protocol`): every connection starts with a
+/// PROXY protocol header before its first request. A Python client plays the balancer: one
+/// keep-alive connection whose version 1 header is written alone at connect (as HAProxy does)
+/// and then two requests, and two connections whose version 2 or version 1 header comes in one
+/// write with the request (the previous binary traced neither of those two requests). nginx
+/// answers 200 only if it parsed the header (it echoes the header's client address). Every
+/// request gets its SERVER span, the client's CLIENT span, and the server span is the client
+/// span's child by TCP sequence number: both ends start the request after the header.
+#[test]
+fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
+    if !privileged_or_skip("requests_behind_a_proxy_protocol_header_are_traced") {
+        return Ok(());
+    }
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start())?;
+    let dir = std::env::temp_dir().join(format!("ztrace-proxy-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let template = dir.join("nginx.conf.template");
+    std::fs::write(
+        &template,
+        r#"
+worker_processes 1;
+daemon off;
+master_process on;
+pid {{DIR}}/nginx.pid;
+error_log {{DIR}}/error.log warn;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path {{DIR}}/client_body;
+    proxy_temp_path {{DIR}}/proxy;
+    fastcgi_temp_path {{DIR}}/fastcgi;
+    uwsgi_temp_path {{DIR}}/uwsgi;
+    scgi_temp_path {{DIR}}/scgi;
+    server {
+        listen 127.0.0.1:{{PORT}} proxy_protocol;
+        location / { return 200 "client $proxy_protocol_addr\n"; }
+    }
+}
+"#,
+    )?;
+    let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
+    let port = nginx.port;
+    let client = format!(
+        r#"
+import socket, struct, time
+def answer(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < n:
+        body += s.recv(65536)
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    assert body == b"client 203.0.113.7\n", body
+s = socket.create_connection(("127.0.0.1", {port}))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 {port}\r\n")
+time.sleep(0.1)
+for i in (1, 2):
+    s.sendall(b"GET /lb/v1-%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+    answer(s)
+s.close()
+addrs = socket.inet_aton("203.0.113.7") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 51234, {port})
+v2 = b"\r\n\r\n\0\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(v2 + b"GET /lb/v2-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+answer(s)
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51235 {port}\r\nGET /lb/v1-3 HTTP/1.1\r\nHost: x\r\n\r\n")
+answer(s)
+"#
+    );
+    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
+    let spans = ztrace_e2e::harness::trace_server_and_clients(
+        &rt,
+        &receiver,
+        nginx.master.pid(),
+        &script,
+        &[],
+        8,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    for path in ["/lb/v1-1", "/lb/v1-2", "/lb/v2-1", "/lb/v1-3"] {
+        let of = |kind: SpanKind| {
+            spans.iter().find(|s| {
+                s.span.kind == kind as i32
+                    && (s.attr_str("url.path").as_deref() == Some(path)
+                        || s.attr_str("url.full").is_some_and(|u| u.ends_with(path)))
+            })
+        };
+        let (Some(c), Some(srv)) = (of(SpanKind::Client), of(SpanKind::Server)) else {
+            anyhow::bail!("want a CLIENT and a SERVER span of {path}, got: {spans:#?}");
+        };
+        ensure!(
+            srv.attr_int("http.response.status_code") == Some(200),
+            "{path}: {srv:#?}"
+        );
+        ensure!(
+            srv.parent_span_id_hex() == c.span_id_hex() && srv.trace_id_hex() == c.trace_id_hex(),
+            "{path}: the server span is not the client span's child: {srv:#?}\n{c:#?}"
+        );
+    }
+    Ok(())
+}

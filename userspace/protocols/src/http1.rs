@@ -21,7 +21,10 @@ use std::mem::MaybeUninit;
 use crate::exchange::{Exchange, HttpExchange};
 use crate::parser::{Opener, Parser, Protocol, Step, Update};
 
+mod proxy;
 mod scan;
+
+pub use proxy::{ProxyHeader, proxy_header};
 
 /// Largest head (request/status line + headers), chunk-size line or trailer section.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -719,6 +722,18 @@ impl Http1Conn {
             Dir::Request => &mut self.req,
             Dir::Response => &mut self.resp,
         };
+        let (mut data, mut len) = (data, len);
+        // A PROXY protocol header before the first request (`proxy`) is skipped: offsets still
+        // count its bytes, so the request's start is its own first byte.
+        if dir == Dir::Request
+            && side.offset == 0
+            && let ProxyHeader::Whole(n) = proxy_header(data)
+            && n as u64 <= len
+        {
+            side.offset = n as u64;
+            data = &data[n..];
+            len -= n as u64;
+        }
         let (data, gap) = crate::clamp(data, len, side.offset);
         side.feed(&mut self.shared, data, gap, out);
     }
@@ -765,6 +780,10 @@ impl Parser for Http1Conn {
 
 impl Protocol for Http1Conn {
     fn detect(payload: &[u8]) -> Option<Opener> {
+        if let ProxyHeader::Whole(n) = proxy_header(payload) {
+            // A load balancer's header, then the client's first request.
+            return looks_like_request(&payload[n..]).then_some(Opener::Requester);
+        }
         if looks_like_request(payload) {
             Some(Opener::Requester)
         } else if looks_like_response(payload) {
@@ -776,7 +795,11 @@ impl Protocol for Http1Conn {
     }
 
     fn incomplete(prefix: &[u8]) -> bool {
-        incomplete_request(prefix)
+        match proxy_header(prefix) {
+            ProxyHeader::Partial => true,
+            ProxyHeader::Whole(n) => n == prefix.len() || incomplete_request(&prefix[n..]),
+            ProxyHeader::Absent => incomplete_request(prefix),
+        }
     }
 
     fn step(&self, event: Http1Event) -> Option<Step> {
@@ -821,6 +844,49 @@ impl Protocol for Http1Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proxy_protocol_header_is_skipped() {
+        const V1: &[u8] = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 8080\r\n"; // 45 bytes
+        assert_eq!(V1.len(), 45);
+        // With the request, in one piece.
+        let mut c = Http1Conn::new();
+        assert_eq!(push(&mut c, Q, &[V1, GET].concat()), "Q45 q45-64/0");
+        assert_eq!(push(&mut c, R, OK5), "R0 r0-43/5");
+        // Alone (a load balancer writes it at connect), then the requests.
+        let mut c = Http1Conn::new();
+        assert_eq!(push(&mut c, Q, V1), "");
+        assert_eq!(push(&mut c, Q, GET), "Q45 q45-64/0");
+        assert_eq!(push(&mut c, Q, GET), "Q64 q64-83/0");
+        // Only at the start: later, it is not HTTP.
+        let mut c = Http1Conn::new();
+        assert_eq!(push(&mut c, Q, GET), "Q0 q0-19/0");
+        assert_eq!(push(&mut c, Q, V1), "Dq@19");
+        // Detection and the kept prefix look past it.
+        assert_eq!(
+            <Http1Conn as Protocol>::detect(&[V1, GET].concat()),
+            Some(Opener::Requester)
+        );
+        assert_eq!(<Http1Conn as Protocol>::detect(V1), None);
+        assert_eq!(
+            <Http1Conn as Protocol>::detect(&[V1, b"\x16\x03\x01"].concat()),
+            None
+        );
+        for cut in 1..V1.len() {
+            assert!(<Http1Conn as Protocol>::incomplete(&V1[..cut]), "{cut}");
+        }
+        assert!(<Http1Conn as Protocol>::incomplete(V1));
+        assert!(<Http1Conn as Protocol>::incomplete(
+            &[V1, b"GET /a"].concat()
+        ));
+        assert!(!<Http1Conn as Protocol>::incomplete(
+            &[V1, b"\x16\x03"].concat()
+        ));
+        // A length below the header's (a capture shorter than claimed cannot happen; a count
+        // that is) does not underflow.
+        let mut c = Http1Conn::new();
+        let _ = feed(&mut c, Q, V1, 10);
+    }
 
     #[test]
     fn incomplete_request_lines() {
