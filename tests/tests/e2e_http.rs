@@ -596,7 +596,7 @@ answer(s)
         8,
     )?;
     let _ = std::fs::remove_dir_all(&dir);
-    for path in ["/lb/v1-1", "/lb/v1-2", "/lb/v2-1", "/lb/v1-3"] {
+    for path in ["/lb/v1-3", "/lb/v1-1", "/lb/v1-2", "/lb/v2-1"] {
         let of = |kind: SpanKind| {
             spans.iter().find(|s| {
                 s.span.kind == kind as i32
