@@ -8,8 +8,8 @@ use std::{process::Command, time::Duration};
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::harness::{
-    Proc, privileged_or_skip, runtime_with_receiver, spawn_https_server, spawn_ztrace,
-    trace_server_and_clients,
+    Proc, apps_dir, privileged_or_skip, runtime_with_receiver, self_signed, spawn_app,
+    spawn_https_server, spawn_ztrace, trace_server_and_clients,
 };
 
 #[test]
@@ -98,5 +98,83 @@ fn tls_stacks_that_cannot_be_probed_are_reported() -> Result<()> {
         stderr.contains("uses Go crypto/tls, which ztrace cannot decode"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// A client that loads OpenSSL after it started — Python imports `ssl` when the program asks
+/// for it, well after the exec where ztrace first looks at the process — is probed once it
+/// starts a TLS handshake: its later HTTPS requests are CLIENT spans with the https scheme. The
+/// server is Node.js, whose OpenSSL is its own executable: nothing else probes the client's
+/// libssl first.
+#[test]
+fn openssl_loaded_after_start_is_probed_at_the_first_handshake() -> Result<()> {
+    if !privileged_or_skip("openssl_loaded_after_start_is_probed_at_the_first_handshake") {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("ztrace-tls-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = self_signed(&dir)?;
+    let mut node = Command::new("node");
+    node.arg(apps_dir().join("https_node.js"))
+        .arg("server")
+        .arg(&cert)
+        .arg(&key);
+    let (server, port) = spawn_app(node).context("the Node.js HTTPS server")?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    // The Node.js server answers /item/N with status 210 + N % 40.
+    let client = format!(
+        r#"
+import time
+time.sleep(1)
+import http.client, ssl
+ctx = ssl._create_unverified_context()
+def get(n):
+    c = http.client.HTTPSConnection("127.0.0.1", {port}, context=ctx)
+    c.request("GET", "/item/%d" % n)
+    r = c.getresponse()
+    r.read()
+    assert r.status == 210 + n % 40, r.status
+    c.close()
+get(1)
+time.sleep(1)
+get(2)
+get(3)
+"#
+    );
+    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
+    let spans = trace_server_and_clients(&rt, &receiver, server.pid(), &script, &[], 4)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    for n in [2, 3] {
+        let path = format!("/item/{n}");
+        let c = spans
+            .iter()
+            .find(|c| {
+                c.span.kind == SpanKind::Client as i32
+                    && c.attr_str("url.full").is_some_and(|u| u.ends_with(&path))
+            })
+            .with_context(|| {
+                format!(
+                    "no client span for {path} among {} spans: {:?}",
+                    spans.len(),
+                    spans
+                        .iter()
+                        .map(|s| (s.span.kind, s.attr_str("url.full"), s.attr_str("url.path")))
+                        .collect::<Vec<_>>()
+                )
+            })?;
+        ensure!(
+            c.attr_str("url.full")
+                .is_some_and(|u| u.starts_with("https://")),
+            "{:?}",
+            c.attr_str("url.full")
+        );
+        ensure!(c.attr_int("http.response.status_code") == Some(210 + n));
+        ensure!(
+            c.resource_str("process.executable.name")
+                .is_some_and(|e| e.starts_with("python3")),
+            "{:?}",
+            c.resource_str("process.executable.name")
+        );
+    }
     Ok(())
 }

@@ -27,10 +27,13 @@ use crate::{
     peer::PeerLink,
     processors::chain::Processors,
     runtime::destination::{Destination, PeerAnswer},
-    runtime::pipeline::{Pipeline, ProcChange},
     runtime::record_sink::RecordSink,
     runtime::selection::{Selection, reload},
     runtime::telemetry::Telemetry,
+    runtime::{
+        pipeline::{Pipeline, ProcChange},
+        tls_watch::TlsWatch,
+    },
     signals::logs::{LogConfig, Logs},
     signals::metrics::{Metrics, MetricsConfig},
 };
@@ -284,10 +287,12 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             targets.retain(|&p| p != me);
         }
     }
+    let mut tls_watch = TlsWatch::default();
     for &pid in &targets {
         capture.trace(pid)?;
         procs.add(pid, &mut sink)?;
         inspector.ask(pid);
+        tls_watch.asked(pid, std::time::Instant::now());
     }
     capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
@@ -373,12 +378,22 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 ProcChange::Execed { pid } => {
                     procs.add(pid, &mut sink)?;
                     inspector.ask(pid);
+                    tls_watch.asked(pid, std::time::Instant::now());
                 }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
                     procs.remove(pid);
+                    tls_watch.exited(pid);
                 }
                 ProcChange::ExecedUntraced { pid } => selection.on_exec(pid),
+                ProcChange::TlsHandshake { pid } => {
+                    if procs.alive.contains(&pid)
+                        && tls_watch.handshake(pid, std::time::Instant::now())
+                    {
+                        log::debug!("TLS: process {pid} began a handshake; inspecting it again");
+                        inspector.ask(pid);
+                    }
+                }
             }
         }
         for (pid, name) in selection.matched() {
@@ -392,9 +407,10 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             capture.trace(pid)?;
             procs.add(pid, &mut sink)?;
             inspector.ask(pid);
+            tls_watch.asked(pid, std::time::Instant::now());
         }
         for (pid, answer) in inspector.answers() {
-            apply_tls(&mut capture, pid, answer);
+            apply_tls(&mut capture, pid, answer, &mut tls_watch);
         }
         sink.poll(mono_now_ns())?;
         sink.peer_io(&mut peer, &mut answers);
@@ -419,6 +435,12 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         }
     };
     log::info!("stopping: {reason}; detaching and flushing");
+    if tls_watch.rechecks > 0 {
+        log::info!(
+            "TLS: {} processes inspected again after a TLS handshake (OpenSSL loaded after they started)",
+            tls_watch.rechecks
+        );
+    }
     let counters = capture.counters();
     if counters.tls_learnt + counters.tls_ambiguous + counters.tls_unattributed > 0 {
         log::info!(
@@ -486,7 +508,12 @@ fn apply_remote(
 }
 
 /// Plaintext of OpenSSL traffic: probe the OpenSSL the inspection found (once per file).
-fn apply_tls(capture: &mut Capture, pid: u32, answer: std::io::Result<TlsTarget>) {
+fn apply_tls(
+    capture: &mut Capture,
+    pid: u32,
+    answer: std::io::Result<TlsTarget>,
+    watch: &mut TlsWatch,
+) {
     let target = match answer {
         Ok(t) => t,
         // Gone before it was looked at.
@@ -499,6 +526,7 @@ fn apply_tls(capture: &mut Capture, pid: u32, answer: std::io::Result<TlsTarget>
             TlsTarget::Nothing
         }
     };
+    watch.answered(pid, &target);
     match capture.attach_tls(pid, &target) {
         Ok(Some(file)) => log::info!(
             "TLS: probing OpenSSL in {}{} (for process {pid})",

@@ -2,8 +2,8 @@
 //! `destination`), replay of a
 //! record file (`replay`), the replay throughput benchmark (`bench`), the I/O-free pipeline that
 //! chains the stages, the record file format (`record`) and the sink that writes it
-//! (`record_sink`), the daemon's start-up before its seccomp filter (`startup`), and the daemon's
-//! own telemetry. This is the shell that wires stages
+//! (`record_sink`), the daemon's start-up before its seccomp filter (`startup`), when to inspect a
+//! process's OpenSSL again (`tls_watch`), and the daemon's own telemetry. This is the shell that wires stages
 //! together; stage logic belongs in the stage folders, not here.
 
 pub mod bench;
@@ -16,3 +16,4 @@ pub mod replay;
 mod selection;
 mod startup;
 pub mod telemetry;
+mod tls_watch;

@@ -42,6 +42,16 @@ pub enum ProcChange {
     ExecedUntraced {
         pid: u32,
     },
+    /// A traced process sent or received a TLS handshake record on a socket (its OpenSSL may
+    /// have been loaded since it was inspected: `runtime::tls_watch`).
+    TlsHandshake {
+        pid: u32,
+    },
+}
+
+/// Whether socket bytes start a TLS handshake record (content type 22, version 3.x).
+pub fn tls_handshake(payload: &[u8]) -> bool {
+    matches!(payload, [0x16, 0x03, 0x00..=0x04, ..])
 }
 
 impl ProcChange {
@@ -129,6 +139,11 @@ impl Pipeline {
         match event {
             Event::Data(ev, payload) => {
                 self.last_ns = self.last_ns.max(ev.header.ts_ns);
+                if tls_handshake(payload) {
+                    changes.push(ProcChange::TlsHandshake {
+                        pid: ev.header.tgid,
+                    });
+                }
                 self.assembler.on_data(&ev, payload, &mut self.linker);
                 if let Some(m) = &mut self.metrics {
                     m.on_data(&ev);

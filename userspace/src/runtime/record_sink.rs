@@ -12,7 +12,7 @@ use crate::{
     capture::KernelCounters,
     decode::{Event, decode, kind_of},
     model::ProcessInfo,
-    runtime::pipeline::ProcChange,
+    runtime::pipeline::{ProcChange, tls_handshake},
     runtime::record,
 };
 
@@ -65,11 +65,24 @@ impl RecordSink {
         } else {
             self.records += 1;
         }
-        // Process lifecycle still steers the recorder (follow children, stop at exit).
-        if kind_of(raw) == Some(kind::PROC)
-            && let Ok(Event::Proc(ev)) = decode(raw)
-        {
-            changes.extend(ProcChange::from_event(&ev));
+        // Process lifecycle still steers the recorder (follow children, stop at exit), and a
+        // TLS handshake may mean OpenSSL to probe (`super::tls_watch`).
+        match kind_of(raw) {
+            Some(kind::PROC) => {
+                if let Ok(Event::Proc(ev)) = decode(raw) {
+                    changes.extend(ProcChange::from_event(&ev));
+                }
+            }
+            Some(kind::DATA) => {
+                if let Ok(Event::Data(ev, payload)) = decode(raw)
+                    && tls_handshake(payload)
+                {
+                    changes.push(ProcChange::TlsHandshake {
+                        pid: ev.header.tgid,
+                    });
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
