@@ -292,7 +292,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         capture.trace(pid)?;
         procs.add(pid, &mut sink)?;
         inspector.ask(pid);
-        tls_watch.asked(pid, std::time::Instant::now());
+        tls_watch.inspected(pid);
     }
     capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
@@ -378,7 +378,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 ProcChange::Execed { pid } => {
                     procs.add(pid, &mut sink)?;
                     inspector.ask(pid);
-                    tls_watch.asked(pid, std::time::Instant::now());
+                    tls_watch.inspected(pid);
                 }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
@@ -407,7 +407,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             capture.trace(pid)?;
             procs.add(pid, &mut sink)?;
             inspector.ask(pid);
-            tls_watch.asked(pid, std::time::Instant::now());
+            tls_watch.inspected(pid);
         }
         for (pid, answer) in inspector.answers() {
             apply_tls(&mut capture, pid, answer, &mut tls_watch);

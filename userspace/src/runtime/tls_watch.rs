@@ -6,8 +6,10 @@
 //! handshake record on a traced process's socket (the pipeline reports it,
 //! [`super::pipeline::ProcChange::TlsHandshake`]) asks for another inspection — unless the
 //! process's OpenSSL is probed already or its TLS stack is one ztrace cannot probe (both settled
-//! until its next exec), and at most once per [`AGAIN_AFTER`] per process. The handshake that
-//! triggered it is usually missed (it runs while the library is read), later ones are not.
+//! until its next exec). The first handshake after an inspection asks at once, later ones at
+//! most once per [`AGAIN_AFTER`] per process (a TLS stack ztrace does not recognise at all would
+//! otherwise be read again at every connection). The connection that triggered it is usually
+//! missed (it runs while the library is read and probed), later ones are not.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -23,20 +25,19 @@ const MAX_PROCESSES: usize = 65_536;
 pub struct TlsWatch {
     /// Processes whose TLS is decided until their next exec: OpenSSL probed, or uncovered.
     settled: HashSet<u32>,
-    /// When a process was last inspected.
+    /// When a handshake last prompted an inspection of a process.
     asked: HashMap<u32, Instant>,
     /// Inspections prompted by a handshake (the exit summary's count).
     pub rechecks: u64,
 }
 
 impl TlsWatch {
-    /// An inspection of `pid` was asked for (start, exec, selection, or [`Self::handshake`]).
-    pub fn asked(&mut self, pid: u32, now: Instant) {
+    /// An inspection of `pid` was asked for at start, exec or selection: what it finds decides
+    /// anew, and its first handshake after may ask again at once (a library is typically loaded
+    /// in the first seconds after an exec, after that inspection).
+    pub fn inspected(&mut self, pid: u32) {
         self.settled.remove(&pid);
-        if self.asked.len() >= MAX_PROCESSES {
-            self.asked.clear();
-        }
-        self.asked.insert(pid, now);
+        self.asked.remove(&pid);
     }
 
     /// What an inspection of `pid` found.
@@ -59,7 +60,10 @@ impl TlsWatch {
         {
             return false;
         }
-        self.asked(pid, now);
+        if self.asked.len() >= MAX_PROCESSES {
+            self.asked.clear();
+        }
+        self.asked.insert(pid, now);
         self.rechecks += 1;
         true
     }
@@ -78,22 +82,23 @@ mod tests {
     fn asks_again_only_when_undecided_and_not_too_often() {
         let mut w = TlsWatch::default();
         let t0 = Instant::now();
-        w.asked(7, t0);
+        w.inspected(7);
         w.answered(7, &TlsTarget::Nothing);
-        // Right after the exec's inspection: not again yet.
+        // The first handshake after the exec's inspection: at once.
+        assert!(w.handshake(7, t0));
         assert!(!w.handshake(7, t0 + Duration::from_millis(100)));
         assert!(w.handshake(7, t0 + AGAIN_AFTER));
         assert!(!w.handshake(7, t0 + AGAIN_AFTER + Duration::from_millis(1)));
         // Found something it cannot probe: settled, never again until an exec.
         w.answered(7, &TlsTarget::Uncovered("rustls"));
         assert!(!w.handshake(7, t0 + AGAIN_AFTER * 10));
-        w.asked(7, t0 + AGAIN_AFTER * 10); // its exec
+        w.inspected(7); // its exec
         w.answered(7, &TlsTarget::Nothing);
-        assert!(w.handshake(7, t0 + AGAIN_AFTER * 12));
-        // A process never asked about (traced before its handshake was seen) is asked at once.
+        assert!(w.handshake(7, t0 + AGAIN_AFTER * 10));
+        // A process never inspected (traced before its handshake was seen) is asked at once.
         assert!(w.handshake(8, t0));
         w.exited(8);
         assert!(w.handshake(8, t0));
-        assert_eq!(w.rechecks, 4);
+        assert_eq!(w.rechecks, 5);
     }
 }
