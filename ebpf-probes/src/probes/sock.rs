@@ -1,5 +1,6 @@
-//! Socket I/O of traced processes from the socket layer: raw tracepoints `sock_send_length` and
-//! `sock_recv_length`, which fire once per `sock_sendmsg`/`sock_recvmsg` — only for sockets.
+//! Socket I/O of traced processes from the socket layer: tracepoints `sock_send_length` and
+//! `sock_recv_length` (BTF-typed, raw as the fallback), which fire once per
+//! `sock_sendmsg`/`sock_recvmsg` — only for sockets.
 //!
 //! Why not the syscall tracepoints (`probes::io`, still the fallback): enabling *any*
 //! `syscalls:` tracepoint marks every task of the host for the syscall slow path, so every
