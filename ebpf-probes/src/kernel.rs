@@ -2,7 +2,8 @@
 //! them and writes them into `CONFIG.offsets`), so nothing here depends on one kernel build.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_skc_to_tcp_sock,
+    bpf_task_pt_regs,
 };
 use ztrace_abi::{
     AF_INET, AF_INET6, KernelOffsets, OFFSET_UNKNOWN, REGS_HEAD_BYTES, SOCK_HEAD_BYTES, SockTuple,
@@ -169,6 +170,88 @@ pub fn syscall_regs(off: &KernelOffsets) -> Option<(i64, u64, u64, u64)> {
         read(regs, off.regs_arg0)?,
         read(regs, off.regs_arg1)?,
         read(regs, off.regs_arg2)?,
+    ))
+}
+
+/// The `T` at `offset` in a BTF-typed kernel object, by one plain load: `base` must be a pointer
+/// the verifier knows the type of (a `tp_btf` argument, or what `bpf_task_pt_regs` or
+/// `bpf_skc_to_tcp_sock` return), and `offset` a value of `CONFIG`, which lives in a frozen
+/// read-only map, so the verifier reads it as a constant. It then checks the access against the
+/// type and makes it a fault-tolerant load (a null or stale pointer reads zeros): no helper
+/// call, where `read` costs one (`bpf_probe_read_kernel`, ~100 ns in this VM).
+#[inline(always)]
+fn load<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if offset == OFFSET_UNKNOWN {
+        return None;
+    }
+    // SAFETY: the verifier turns this into a checked, fault-tolerant load (see above); it
+    // rejects the program at load time when `base` is not typed or `offset` not constant.
+    Some(unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize) as *const T) })
+}
+
+/// [`sock_tuple`] for a BTF-typed `struct sock *` (a `tp_btf` argument): plain loads.
+#[inline(always)]
+pub fn sock_tuple_btf(off: &KernelOffsets, sk: u64) -> Option<SockTuple> {
+    let mut t = SockTuple {
+        family: load(sk, off.sk_family)?,
+        local_port: load(sk, off.sk_num)?,
+        remote_port: u16::from_be(load(sk, off.sk_dport)?),
+        ..SockTuple::default()
+    };
+    if t.family == AF_INET {
+        t.local_addr[..4].copy_from_slice(&load::<u32>(sk, off.sk_rcv_saddr)?.to_ne_bytes());
+        t.remote_addr[..4].copy_from_slice(&load::<u32>(sk, off.sk_daddr)?.to_ne_bytes());
+    } else if t.family == AF_INET6 {
+        t.local_addr = load16(sk, off.sk_v6_rcv_saddr)?;
+        t.remote_addr = load16(sk, off.sk_v6_daddr)?;
+    } else {
+        return None;
+    }
+    t.protocol = load(sk, off.sk_protocol).unwrap_or(0);
+    Some(t)
+}
+
+/// A 16-byte member (`struct in6_addr`) as two 8-byte loads.
+#[inline(always)]
+fn load16(base: u64, offset: u32) -> Option<[u8; 16]> {
+    let lo: u64 = load(base, offset)?;
+    let hi: u64 = load(base, offset.checked_add(8)?)?;
+    let mut a = [0u8; 16];
+    a[..8].copy_from_slice(&lo.to_ne_bytes());
+    a[8..].copy_from_slice(&hi.to_ne_bytes());
+    Some(a)
+}
+
+/// [`tcp_seq`] for a BTF-typed `struct sock *`; None when it is not a TCP socket.
+#[inline(always)]
+pub fn tcp_seq_btf(off: &KernelOffsets, sk: u64, egress: bool) -> Option<u32> {
+    // SAFETY: helper call; it checks the socket is a full TCP socket and returns it typed as
+    // `struct tcp_sock *`, or null.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) } as u64;
+    if tp == 0 {
+        return None;
+    }
+    load(
+        tp,
+        if egress {
+            off.tcp_write_seq
+        } else {
+            off.tcp_copied_seq
+        },
+    )
+}
+
+/// [`syscall_regs`] by plain loads: `bpf_task_pt_regs` of the BTF-typed current task returns
+/// a typed `struct pt_regs *`.
+#[inline(always)]
+pub fn syscall_regs_btf(off: &KernelOffsets) -> Option<(i64, u64, u64, u64)> {
+    // SAFETY: helper calls; both return typed kernel pointers the verifier checks loads from.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    Some((
+        load::<i64>(regs, off.regs_nr)?,
+        load(regs, off.regs_arg0)?,
+        load(regs, off.regs_arg1)?,
+        load(regs, off.regs_arg2)?,
     ))
 }
 

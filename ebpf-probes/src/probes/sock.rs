@@ -1,5 +1,6 @@
-//! Socket I/O of traced processes from the socket layer: raw tracepoints `sock_send_length` and
-//! `sock_recv_length`, which fire once per `sock_sendmsg`/`sock_recvmsg` — only for sockets.
+//! Socket I/O of traced processes from the socket layer: tracepoints `sock_send_length` and
+//! `sock_recv_length` (BTF-typed, raw as the fallback), which fire once per
+//! `sock_sendmsg`/`sock_recvmsg` — only for sockets.
 //!
 //! Why not the syscall tracepoints (`probes::io`, still the fallback): enabling *any*
 //! `syscalls:` tracepoint marks every task of the host for the syscall slow path, so every
@@ -24,13 +25,16 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use ztrace_abi::{EventHeader, conn, direction, kind, syscall};
 
 use crate::{
-    kernel::{IPPROTO_TCP, sock_tuple, syscall_regs, tcp_seq},
+    kernel::{
+        IPPROTO_TCP, sock_tuple, sock_tuple_btf, syscall_regs, syscall_regs_btf, tcp_seq,
+        tcp_seq_btf,
+    },
     maps::{NET_SOCKS, SyscallArgs, config, note_ssl_socket, traced_flags},
     probes::{
         io::{classify, emit_conn, user_buffer},
@@ -41,36 +45,77 @@ use crate::{
 
 const MSG_PEEK: i32 = 2;
 
+// Two programs per tracepoint. `tp_btf` (BTF-typed, the default): `sk` arrives typed, so the
+// socket's and the registers' members are plain loads. Raw tracepoints (the fallback where the
+// kernel refuses the typed ones): every member is a `bpf_probe_read_kernel` call. Userspace
+// loads the first pair that verifies. Same records either way.
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct sock *sk, int ret, int flags).
+    let _ = on_io::<true>(ctx.arg(0), ctx.arg::<u64>(1) as i32, 0, direction::EGRESS);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv(ctx: BtfTracePointContext) -> i32 {
+    let flags = ctx.arg::<u64>(2) as i32;
+    let _ = on_io::<true>(
+        ctx.arg(0),
+        ctx.arg::<u64>(1) as i32,
+        flags,
+        direction::INGRESS,
+    );
+    0
+}
+
 #[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn sock_send(ctx: RawTracePointContext) -> i32 {
-    let _ = on_io(&ctx, direction::EGRESS);
+pub fn sock_send_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = on_io::<false>(ctx.arg(0), ctx.arg::<u64>(1) as i32, 0, direction::EGRESS);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
-    let _ = on_io(&ctx, direction::INGRESS);
+pub fn sock_recv_raw(ctx: RawTracePointContext) -> i32 {
+    let flags = ctx.arg::<u64>(2) as i32;
+    let _ = on_io::<false>(
+        ctx.arg(0),
+        ctx.arg::<u64>(1) as i32,
+        flags,
+        direction::INGRESS,
+    );
     0
 }
 
+/// One socket call that moved `ret` bytes (or failed: `ret` ≤ 0) on socket `sk_arg`; `BTF` when
+/// `sk_arg` is a BTF-typed pointer (see above).
 #[inline(always)]
-fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
+fn on_io<const BTF: bool>(sk_arg: u64, ret: i32, flags: i32, dir: u8) -> Option<()> {
+    // Calls that moved nothing (EAGAIN reads) and peeks leave before any helper call.
+    if ret <= 0 || sk_arg == 0 || (dir == direction::INGRESS && flags & MSG_PEEK != 0) {
+        return None;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let traced = traced_flags(tgid)?;
-    // TP_PROTO(struct sock *sk, int ret, int flags).
-    let sk: u64 = ctx.arg(0);
-    let ret = ctx.arg::<u64>(1) as i32;
-    let flags = ctx.arg::<u64>(2) as i32;
-    if ret <= 0 || sk == 0 || (dir == direction::INGRESS && flags & MSG_PEEK != 0) {
-        return None;
-    }
     let cfg = config();
     let off = &cfg.offsets;
     // The tuple goes straight into the record being built (a copy on the BPF stack would not
     // fit), read once for both the checks here and the record.
     let buf = scratch()?;
-    buf.event.tuple = sock_tuple(off, sk)?;
+    // The socket's address as a number, for map keys and records: the verifier forbids
+    // arithmetic on a typed pointer (`tls` tags it), and a value read back from a map is a
+    // number. Volatile, so that the compiler keeps the round trip.
+    // SAFETY: a field of our per-CPU scratch record, overwritten when the record is built.
+    let sk = unsafe {
+        core::ptr::write_volatile(&mut buf.event.sock_id, sk_arg);
+        core::ptr::read_volatile(&buf.event.sock_id)
+    };
+    buf.event.tuple = if BTF {
+        sock_tuple_btf(off, sk_arg)?
+    } else {
+        sock_tuple(off, sk)?
+    };
     let protocol = buf.event.tuple.protocol;
     let egress = dir == direction::EGRESS;
     let mut args = SyscallArgs {
@@ -91,7 +136,12 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
         iovcnt: 0,
         msgvec: 0,
     };
-    if let Some((nr, arg0, arg1, arg2)) = syscall_regs(off)
+    let regs = if BTF {
+        syscall_regs_btf(off)
+    } else {
+        syscall_regs(off)
+    };
+    if let Some((nr, arg0, arg1, arg2)) = regs
         && let Some((kind, d, vectored, msghdr)) = classify(nr as i32)
         && d == dir
     {
@@ -101,7 +151,12 @@ fn on_io(ctx: &RawTracePointContext, dir: u8) -> Option<()> {
     }
     let in_ssl_call = note_ssl_socket(traced, pid_tgid, sk);
     if protocol == IPPROTO_TCP {
-        if let Some(after) = tcp_seq(off, sk, egress) {
+        let after = if BTF {
+            tcp_seq_btf(off, sk_arg, egress)
+        } else {
+            tcp_seq(off, sk, egress)
+        };
+        if let Some(after) = after {
             args.seq = after.wrapping_sub(ret as u32);
             args.has_seq = 1;
         }

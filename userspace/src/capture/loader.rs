@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        RawTracePoint, TracePoint, UProbe,
+        BtfTracePoint, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
@@ -113,6 +113,8 @@ pub struct Capture {
     maybe_traced: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     pub mode: CaptureMode,
+    /// The socket-layer programs are the BTF-typed pair (else the raw pair).
+    sock_typed: bool,
     capture_stdio: bool,
     /// Keeps the kernel's BPF run-time statistics on while held (`--probe-stats`).
     _stats: Option<std::os::fd::OwnedFd>,
@@ -126,10 +128,16 @@ pub struct ProbeCost {
     pub time: std::time::Duration,
 }
 
-/// Socket-layer programs and the raw tracepoints they attach to.
+/// Socket-layer programs and the tracepoints they attach to: BTF-typed (`tp_btf`), whose
+/// struct reads are plain loads, and the same code as raw tracepoints, where every struct read
+/// is a helper call (the fallback for a kernel that refuses the typed ones).
 const SOCK_PROBES: &[(&str, &str)] = &[
     ("sock_send", "sock_send_length"),
     ("sock_recv", "sock_recv_length"),
+];
+const SOCK_PROBES_RAW: &[(&str, &str)] = &[
+    ("sock_send_raw", "sock_send_length"),
+    ("sock_recv_raw", "sock_recv_length"),
 ];
 /// Syscalls the `sys_enter`/`sys_exit` programs see in socket-layer mode with `--capture-logs`
 /// (stdout/stderr writes only; sockets are left to the socket-layer programs).
@@ -256,13 +264,29 @@ fn load_programs(
     Ok(unloaded)
 }
 
-/// Loads (verifies) the socket-layer programs.
-fn load_sock_programs(ebpf: &mut Ebpf) -> Result<()> {
-    for (prog, _) in SOCK_PROBES {
+/// Loads (verifies) the socket-layer programs: the BTF-typed pair, else the raw pair. True
+/// for the typed pair.
+fn load_sock_programs(ebpf: &mut Ebpf) -> Result<bool> {
+    match load_sock_typed(ebpf) {
+        Ok(()) => return Ok(true),
+        Err(e) => log::info!("socket-layer probes as raw tracepoints ({e:#})"),
+    }
+    for (prog, _) in SOCK_PROBES_RAW {
         let program: &mut RawTracePoint = program(ebpf, prog)?;
         program
             .load()
             .with_context(|| format!("verifier rejected {prog}"))?;
+    }
+    Ok(false)
+}
+
+fn load_sock_typed(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    for (prog, tp) in SOCK_PROBES {
+        let program: &mut BtfTracePoint = program(ebpf, prog)?;
+        program
+            .load(tp, &btf)
+            .with_context(|| format!("verifier rejected {prog} (tp_btf)"))?;
     }
     Ok(())
 }
@@ -325,9 +349,13 @@ impl Capture {
         config.socket_mode = socket_layer.is_ok() as u32;
         let mut ebpf = Self::load_object(&config, opts)?;
         let mut mode = CaptureMode::Syscalls;
+        let mut sock_typed = false;
         if config.socket_mode != 0 {
             match load_sock_programs(&mut ebpf) {
-                Ok(()) => mode = CaptureMode::SocketLayer,
+                Ok(typed) => {
+                    mode = CaptureMode::SocketLayer;
+                    sock_typed = typed;
+                }
                 Err(e) => {
                     log::warn!(
                         "socket-layer capture unavailable, using syscall tracepoints: {e:#}"
@@ -353,6 +381,7 @@ impl Capture {
             maybe_traced,
             counters,
             mode,
+            sock_typed,
             capture_stdio: opts.capture_stdio,
             _stats: if opts.probe_stats {
                 Some(
@@ -404,8 +433,15 @@ impl Capture {
             self.attach_tracepoint("sys_enter", "syscalls", &enter)?;
             self.attach_tracepoint("sys_exit", "syscalls", &exit)?;
         }
-        if self.mode == CaptureMode::SocketLayer {
+        if self.mode == CaptureMode::SocketLayer && self.sock_typed {
             for (prog, tp) in SOCK_PROBES {
+                let program: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
+                program
+                    .attach()
+                    .with_context(|| format!("attaching to tp_btf {tp}"))?;
+            }
+        } else if self.mode == CaptureMode::SocketLayer {
+            for (prog, tp) in SOCK_PROBES_RAW {
                 let program: &mut RawTracePoint = program(&mut self.ebpf, prog)?;
                 program
                     .attach(tp)
