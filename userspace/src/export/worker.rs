@@ -110,11 +110,19 @@ impl Worker {
         self.drain(&mut sink).await;
     }
 
-    /// Moves the chunks just received into `carry`.
+    /// Takes the chunks just received: into the batch while they fit (an empty batch becomes
+    /// the chunk itself, no copy), the rest into `carry`, in order.
     fn receive(&mut self) {
-        for chunk in self.chunks.drain(..) {
+        for mut chunk in self.chunks.drain(..) {
             self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
-            self.carry.extend(chunk);
+            let fits = self.carry.is_empty() && self.batch.len() + chunk.len() <= self.max_batch;
+            if fits && self.batch.is_empty() {
+                std::mem::swap(&mut self.batch, &mut chunk);
+            } else if fits {
+                self.batch.append(&mut chunk);
+            } else {
+                self.carry.extend(chunk);
+            }
         }
     }
 
