@@ -167,15 +167,18 @@ impl<T: Default> ConnTable<T> {
         now_ns: u64,
     ) -> (&mut Conn<T>, Option<(ConnKey, Conn<T>)>) {
         let mut evicted = None;
-        let known = self.conns.contains_key(&key);
-        if !known
-            && self.conns.len() >= self.max
+        // One probe of the table per record: whether the key is new is asked apart only when
+        // the table is full.
+        if self.conns.len() >= self.max
+            && !self.conns.contains_key(&key)
             && let Some((_, oldest)) = self.order.pop_first()
         {
             evicted = self.conns.remove(&oldest).map(|c| (oldest, c));
             self.evicted += 1;
         }
+        let mut known = true;
         let conn = self.conns.entry(key).or_insert_with(|| {
+            known = false;
             let (local, peer) = endpoints(tuple);
             Conn {
                 local,

@@ -848,9 +848,12 @@ mod tests {
             batch_delay: Duration::from_secs(30),
             ..otlp_config(&receiver.endpoint())
         });
-        for i in 1..=10 {
-            exporter.submit(numbered(i, 1));
-        }
+        // As the daemon submits: chunks of what each poll released, larger and smaller than
+        // a batch.
+        let mut chunk: Vec<_> = (1..=6).map(|i| numbered(i, 1)).collect();
+        exporter.submit_all(&mut chunk);
+        chunk.extend((7..=10).map(|i| numbered(i, 1)));
+        exporter.submit_all(&mut chunk);
         // Two full batches go out without waiting for the (long) batch delay.
         let got = receiver.wait_for_spans(8, Duration::from_secs(5)).await;
         assert_eq!(got.len(), 8);
@@ -869,6 +872,30 @@ mod tests {
         assert_eq!(sizes, vec![4, 4, 2]);
         receiver.stop().await;
         Ok(())
+    }
+
+    /// A chunk larger than the queue's room: what fits is queued, the rest dropped and counted;
+    /// every span is accounted for once, and the caller's vector comes back empty.
+    #[tokio::test]
+    async fn a_chunk_beyond_the_queue_room_is_cut_and_counted() {
+        let exporter = Exporter::spawn(ExportConfig {
+            max_queue: 10,
+            max_batch: 5,
+            batch_delay: Duration::from_millis(10),
+            ..otlp_config(&format!("http://{}", closed_port()))
+        });
+        let mut chunk: Vec<_> = (0..25u8).map(|i| numbered(i, 1)).collect();
+        exporter.submit_all(&mut chunk);
+        assert!(chunk.is_empty());
+        let live = exporter.stats();
+        assert_eq!(live.spans_dropped_queue_full, 15, "{live:?}");
+        let stats = exporter.shutdown(Duration::from_millis(300)).await;
+        assert_eq!(stats.spans_exported, 0);
+        assert_eq!(
+            stats.spans_dropped_queue_full + stats.spans_dropped_failed,
+            25,
+            "{stats:?}"
+        );
     }
 
     #[tokio::test]

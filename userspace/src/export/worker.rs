@@ -3,8 +3,9 @@
 //! It must not block the submitting side, and it knows nothing about attribute mapping (that is
 //! `semconv`) or wire formats (`otlp`, `wire`, `console`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -22,7 +23,13 @@ const GATHER: Duration = Duration::from_millis(10);
 
 /// The export task's state.
 pub(super) struct Worker {
-    pub(super) rx: mpsc::Receiver<Span>,
+    /// Chunks of spans (see `ExportHandle::submit_all`); `queued` counts the spans in them.
+    pub(super) rx: mpsc::Receiver<Vec<Span>>,
+    pub(super) queued: Arc<AtomicUsize>,
+    /// Chunks just received, emptied into `carry` at once.
+    pub(super) chunks: Vec<Vec<Span>>,
+    /// Spans received and not yet in a batch (a chunk larger than a batch's room).
+    pub(super) carry: VecDeque<Span>,
     pub(super) processes: mpsc::UnboundedReceiver<Arc<ProcessInfo>>,
     pub(super) table: ProcessTable,
     pub(super) output: Output,
@@ -58,7 +65,12 @@ impl Worker {
         // When the oldest span of the batch arrived (None: the batch is empty).
         let mut oldest: Option<Instant> = None;
         while self.ctl.deadline().is_none() {
-            let room = self.max_batch - self.batch.len();
+            if self.fill() {
+                // Received spans fill the batch already.
+                self.export_batch(&mut sink).await;
+                oldest = None;
+                continue;
+            }
             let flush_at = oldest.map(|t| t.checked_add(self.batch_delay).unwrap_or(t + FOREVER));
             let got = tokio::select! {
                 biased;
@@ -66,9 +78,11 @@ impl Worker {
                 // boundaries then do not depend on when shutdown came (replay output is the
                 // same on every run).
                 _ = self.ctl.requested() => break,
-                n = self.rx.recv_many(&mut self.batch, room) => n,
+                n = self.rx.recv_many(&mut self.chunks, 64) => n,
                 _ = sleep_until(flush_at) => 0,
             };
+            self.receive();
+            self.fill();
             if got == 0 && flush_at.is_none_or(|at| Instant::now() < at) {
                 // Closed and empty: every sender is gone, so the Exporter was dropped.
                 break;
@@ -96,14 +110,41 @@ impl Worker {
         self.drain(&mut sink).await;
     }
 
+    /// Takes the chunks just received: into the batch while they fit (an empty batch becomes
+    /// the chunk itself, no copy), the rest into `carry`, in order.
+    fn receive(&mut self) {
+        for mut chunk in self.chunks.drain(..) {
+            self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
+            let fits = self.carry.is_empty() && self.batch.len() + chunk.len() <= self.max_batch;
+            if fits && self.batch.is_empty() {
+                std::mem::swap(&mut self.batch, &mut chunk);
+            } else if fits {
+                self.batch.append(&mut chunk);
+            } else {
+                self.carry.extend(chunk);
+            }
+        }
+    }
+
+    /// Moves received spans into the batch, up to its size; true when it is full.
+    fn fill(&mut self) -> bool {
+        let room = self.max_batch - self.batch.len();
+        let n = room.min(self.carry.len());
+        self.batch.extend(self.carry.drain(..n));
+        self.batch.len() >= self.max_batch
+    }
+
     /// Shutdown: take no more spans, export what is queued until the deadline.
     async fn drain(&mut self, sink: &mut Sink) {
         self.rx.close();
         let deadline = self.ctl.deadline().unwrap_or_else(Instant::now);
         loop {
-            while self.batch.len() < self.max_batch {
+            while !self.fill() {
                 match self.rx.try_recv() {
-                    Ok(span) => self.batch.push(span),
+                    Ok(chunk) => {
+                        self.chunks.push(chunk);
+                        self.receive();
+                    }
                     Err(_) => break,
                 }
             }
@@ -111,10 +152,12 @@ impl Worker {
                 break;
             }
             if Instant::now() >= deadline {
-                let mut unsent = self.batch.len();
+                let mut unsent = self.batch.len() + self.carry.len();
                 self.batch.clear();
-                while self.rx.try_recv().is_ok() {
-                    unsent += 1;
+                self.carry.clear();
+                while let Ok(chunk) = self.rx.try_recv() {
+                    self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    unsent += chunk.len();
                 }
                 self.counters.failed(unsent, true);
                 log::warn!("export shutdown deadline reached: {unsent} spans were not sent");
@@ -166,7 +209,8 @@ impl Worker {
 impl Drop for Worker {
     /// Aborted or torn down with its runtime: whatever it still held is lost; count it.
     fn drop(&mut self) {
-        let lost = self.batch.len() + self.rx.len();
+        let queued = self.queued.load(Ordering::Relaxed);
+        let lost = self.batch.len() + self.carry.len() + queued;
         if lost > 0 {
             self.counters.failed(lost, !self.batch.is_empty());
         }

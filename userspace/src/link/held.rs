@@ -34,6 +34,19 @@ pub struct SeqKey {
     pub seq: u32,
 }
 
+impl SeqKey {
+    /// A 64-bit fingerprint of the key: what the SERVER side's table is keyed by (8 bytes
+    /// instead of the key's 40, so tens of thousands of entries held for the link grace take a
+    /// third of the cache lines). A match is checked against the full key the span's record
+    /// keeps, so two keys sharing a fingerprint never link wrongly; at worst the later entry
+    /// replaces the earlier, whose span then finds no caller (a chance of about n²/2⁶⁵ for n
+    /// entries held).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(self)
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Rec {
     pub(super) span_id: SpanId,

@@ -168,7 +168,8 @@ pub struct Linker {
     pub(super) tomb_order: VecDeque<(u64, Handle)>,
     /// When each CLIENT (SERVER) seq-match entry was made, in order, for expiry.
     pub(super) seq_order: VecDeque<(u64, SeqKey)>,
-    pub(super) server_seq_order: VecDeque<(u64, SeqKey)>,
+    /// SERVER entries by key fingerprint ([`SeqKey::fingerprint`]).
+    pub(super) server_seq_order: VecDeque<(u64, u64)>,
     /// Spans in creation order, for eviction when the store is full (released ones are skipped
     /// lazily): eviction costs O(1) amortised instead of a scan of everything held.
     pub(super) live_order: VecDeque<Handle>,
@@ -182,7 +183,9 @@ pub struct Linker {
     /// Size of `causes` after its last clean-up (stale entries are swept when it doubles).
     pub(super) causes_swept: usize,
     pub(super) clients_by_seq: HashMap<SeqKey, (Handle, u64)>,
-    pub(super) servers_by_seq: HashMap<SeqKey, (Handle, u64)>,
+    /// SERVER spans waiting for their caller, by key fingerprint: the full key is in the
+    /// span's record, checked on a match.
+    pub(super) servers_by_seq: HashMap<u64, (Handle, u64)>,
     /// Add to monotonic ns to get Unix ns.
     pub(super) mono_to_unix: i128,
     pub(super) max_spans: usize,

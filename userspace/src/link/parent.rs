@@ -2,6 +2,8 @@
 //! `traceparent`, the same sequence number on both ends of a connection, the thread's context
 //! and content, in that order of strength; or holding a SERVER root for another agent's answer.
 
+use std::collections::hash_map::Entry;
+
 use super::content::{MAX_CANDIDATES, content_tokens};
 use super::crosshost::{WireKey, request_digest};
 use super::held::{Handle, Parent, Rec};
@@ -49,8 +51,9 @@ impl Linker {
                             self.call_began_by(c, s.start_ns);
                         }
                     } else {
-                        self.servers_by_seq.insert(key, (h, s.start_ns));
-                        self.server_seq_order.push_back((s.start_ns, key));
+                        let fp = key.fingerprint();
+                        self.servers_by_seq.insert(fp, (h, s.start_ns));
+                        self.server_seq_order.push_back((s.start_ns, fp));
                     }
                     if parent == Parent::None
                         && let Some(x) = &mut self.crosshost
@@ -149,14 +152,23 @@ impl Linker {
                 if let Some(key) = s.seq_key {
                     self.clients_by_seq.insert(key, (h, s.start_ns));
                     self.seq_order.push_back((s.start_ns, key));
-                    // Only a span not yet released (still in `recs`) can take a parent.
-                    if let Some((server, _)) = self.servers_by_seq.remove(&key)
-                        && let Some(rec) = self.recs.get_mut(&server)
-                        && rec.parent == Parent::None
-                    {
-                        rec.parent = Parent::Local(h);
-                        self.stats.cross_process_links += 1;
-                        start_ns = self.stats.adjust_stamp(start_ns, rec.start_ns);
+                    // Only a span not yet released (still in `recs`) can take a parent, and
+                    // only the one whose record holds this very key (the table is keyed by
+                    // fingerprint: another key's entry is left alone).
+                    if let Entry::Occupied(e) = self.servers_by_seq.entry(key.fingerprint()) {
+                        let server = e.get().0;
+                        let rec = self.recs.get_mut(&server);
+                        if rec.as_ref().is_none_or(|r| r.seq_key == Some(key)) {
+                            e.remove();
+                        }
+                        if let Some(rec) = rec
+                            && rec.seq_key == Some(key)
+                            && rec.parent == Parent::None
+                        {
+                            rec.parent = Parent::Local(h);
+                            self.stats.cross_process_links += 1;
+                            start_ns = self.stats.adjust_stamp(start_ns, rec.start_ns);
+                        }
                     }
                 }
             }
@@ -263,5 +275,33 @@ mod tests {
         assert_eq!(out[0].remote_sampled, Some(true));
         assert!(out[0].parent_is_remote);
         assert_eq!((out[0].start_unix_ns, out[0].end_unix_ns), (1_005, 1_009));
+    }
+
+    /// The SERVER table is keyed by fingerprint: an entry found under a call's fingerprint
+    /// whose span holds another key (a collision, forced here) is neither linked nor removed;
+    /// its own caller still finds it.
+    #[test]
+    fn a_fingerprint_collision_never_links_another_request() {
+        let mut l = Linker::new(0, 1000, None);
+        let mut other = start(SpanKind::Server, 2, 21, 100);
+        other.seq_key = Some(key(5));
+        let other = l.start(other);
+        // Pretend key 9 shares key 5's fingerprint: its entry points at the other request.
+        let entry = l.servers_by_seq.remove(&key(5).fingerprint()).unwrap();
+        l.servers_by_seq.insert(key(9).fingerprint(), entry);
+        let mut c = start(SpanKind::Client, 1, 11, 90);
+        c.seq_key = Some(key(9));
+        l.start(c);
+        assert_eq!(l.stats.cross_process_links, 0);
+        assert!(l.servers_by_seq.contains_key(&key(9).fingerprint()));
+        assert_eq!(l.recs.get(&other).unwrap().parent, Parent::None);
+        // Back under its own fingerprint, the right caller links it.
+        let entry = l.servers_by_seq.remove(&key(9).fingerprint()).unwrap();
+        l.servers_by_seq.insert(key(5).fingerprint(), entry);
+        let mut c = start(SpanKind::Client, 1, 12, 95);
+        c.seq_key = Some(key(5));
+        let caller = l.start(c);
+        assert_eq!(l.recs.get(&other).unwrap().parent, Parent::Local(caller));
+        assert!(l.servers_by_seq.is_empty());
     }
 }

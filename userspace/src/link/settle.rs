@@ -322,12 +322,11 @@ impl Linker {
     }
 }
 
-/// The trace a span belongs to, as resolved at release.
 /// Forgets `key`'s entry if it was made before `cutoff` (a newer one for the same key stays),
 /// in one probe of the table (a lookup and then a removal searched twice).
-fn expire(
-    map: &mut rustc_hash::FxHashMap<super::held::SeqKey, (Handle, u64)>,
-    key: super::held::SeqKey,
+fn expire<K: std::hash::Hash + Eq>(
+    map: &mut rustc_hash::FxHashMap<K, (Handle, u64)>,
+    key: K,
     cutoff: u64,
 ) {
     if let std::collections::hash_map::Entry::Occupied(e) = map.entry(key)
@@ -337,6 +336,7 @@ fn expire(
     }
 }
 
+/// The trace a span belongs to, as resolved at release.
 #[derive(Clone, Copy, Debug)]
 struct Resolved {
     trace_id: TraceId,

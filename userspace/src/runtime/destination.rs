@@ -76,9 +76,7 @@ impl Destination {
             // what is exported: metrics stay exact whatever is sampled.
             pipeline.poll(now_ns, released);
             processors.run(released, now_ns, spans);
-            for span in spans.drain(..) {
-                exporter.submit(span);
-            }
+            exporter.submit_all(spans);
             telemetry.poll(pipeline, processors, exporter, false);
         }
         Ok(())
@@ -102,9 +100,7 @@ impl Destination {
         {
             if let Some(tail) = &plan.tail {
                 processors.set_tail(tail.as_ref(), now_ns, spans);
-                for span in spans.drain(..) {
-                    exporter.submit(span);
-                }
+                exporter.submit_all(spans);
             }
             if let Some(sampler) = plan.sampler {
                 exporter.set_sampler(sampler);
@@ -148,9 +144,7 @@ impl Destination {
                 PeerEvent::Vote { from, vote } => processors.vote(from, vote, spans),
             }
         }
-        for span in spans.drain(..) {
-            exporter.submit(span);
-        }
+        exporter.submit_all(spans);
         let mut votes = Vec::new();
         processors.take_votes(&mut votes);
         for (to, vote) in votes {
@@ -195,9 +189,7 @@ impl Destination {
             } => {
                 pipeline.drain(now_ns, &mut released);
                 processors.drain(&mut released, now_ns, &mut spans);
-                for span in spans.drain(..) {
-                    exporter.submit(span);
-                }
+                exporter.submit_all(&mut spans);
                 // The last log lines and a final collection of the metrics.
                 telemetry.kernel(*counters);
                 telemetry.poll(&mut pipeline, &mut processors, &exporter, true);
