@@ -27,6 +27,7 @@
 mod compile;
 pub mod defaults;
 mod eval;
+mod fast;
 mod grammar;
 mod key;
 mod known;
