@@ -34,6 +34,8 @@ enum Get {
 enum Cond {
     /// An integer field against an integer literal.
     Int(Field, CmpOp, i64),
+    /// An attribute equal (true) or unequal (false) to a string literal.
+    Str(Slot, bool, Cow<'static, str>),
     Cmp(Get, CmpOp, Get),
     And(Vec<Cond>),
     Or(Vec<Cond>),
@@ -161,6 +163,11 @@ impl Spans {
             Pred::CmpLit(Getter::Field(f), op, Value::Int(i)) if int_field(*f) => {
                 Cond::Int(*f, *op, *i)
             }
+            Pred::CmpLit(
+                Getter::Attr(Map::Attributes, k),
+                op @ (CmpOp::Eq | CmpOp::Ne),
+                Value::Str(b),
+            ) => Cond::Str(self.slot(k)?, *op == CmpOp::Eq, b.clone()),
             Pred::CmpLit(a, op, b) => Cond::Cmp(self.get(a)?, *op, Get::Lit(b.clone())),
             Pred::Cmp(a, op, b) => Cond::Cmp(self.get(a)?, *op, self.get(b)?),
             // A condition that is not a comparison can fail (it must be a bool).
@@ -260,7 +267,7 @@ impl Spans {
         match e {
             Edit::SetLit(k, v) => st.put(*k, Some(v.clone()), &self.keys),
             Edit::Delete(k) => {
-                if !self.attr(st, *k)?.is_nil() {
+                if self.is_set(st, *k)? {
                     st.put(*k, None, &self.keys);
                 }
             }
@@ -273,9 +280,9 @@ impl Spans {
                 }
             }
             Edit::Replace(from, to, re, with, hash) => {
-                let new = match self.attr(st, *from)? {
-                    Value::Str(s) => replace(re, &s, with, *hash),
-                    _ => None,
+                let new = match self.text(st, *from)? {
+                    Some(s) => replace(re, &s, with, *hash),
+                    None => None,
                 };
                 if let Some(new) = new {
                     st.put(*to, Some(AttrVal::Str(Cow::Owned(new))), &self.keys);
@@ -288,6 +295,8 @@ impl Spans {
     fn test(&self, st: &mut State<'_>, c: &Cond) -> Result<bool, Bail> {
         Ok(match c {
             Cond::Int(f, op, b) => int_cmp(int_of(st.span, *f), *op, *b),
+            // Values of other types are unequal to a string (`compare`).
+            Cond::Str(k, eq, lit) => self.text(st, *k)?.is_some_and(|t| *t == **lit) == *eq,
             Cond::Cmp(a, op, b) => {
                 // A read caches `url.path`: take it before borrowing the values.
                 self.warm(st, a)?;
@@ -334,10 +343,42 @@ impl Spans {
         self.peek(st, g)
     }
 
-    /// The value of `k` on the span as changed so far.
-    fn attr<'v>(&self, st: &'v mut State<'_>, k: Slot) -> Result<Value<'v>, Bail> {
-        self.warm(st, &Get::Attr(k))?;
-        self.peek_attr(st, k)
+    /// Whether `k` is set on the span as changed so far (no value built).
+    #[inline]
+    fn is_set(&self, st: &State<'_>, k: Slot) -> Result<bool, Bail> {
+        if let Some(v) = st.written(k, &self.keys) {
+            return Ok(v.is_some());
+        }
+        let known = self.keys[usize::from(k)].known.ok_or(Bail)?;
+        Ok(known::read(st.span, known).ok_or(Bail)?.is_some())
+    }
+
+    /// `k` on the span as changed so far when it is a string (addresses are read as strings),
+    /// None when it is not (nil, an int …).
+    #[inline]
+    fn text<'v>(&self, st: &'v mut State<'_>, k: Slot) -> Result<Option<Cow<'v, str>>, Bail> {
+        if st.written & (1 << k) != 0 {
+            return Ok(match st.written(k, &self.keys) {
+                Some(Some(AttrVal::Str(s))) => Some(Cow::Borrowed(&**s)),
+                _ => None,
+            });
+        }
+        let known = self.keys[usize::from(k)].known.ok_or(Bail)?;
+        if known == Known::UrlPath {
+            let p = match st.path {
+                Some(p) => p,
+                None => match known::read(st.span, known) {
+                    Some(Some(Own::Str(Cow::Borrowed(p)))) => *st.path.insert(p),
+                    _ => return Err(Bail),
+                },
+            };
+            return Ok(Some(Cow::Borrowed(p)));
+        }
+        Ok(match known::read(st.span, known).ok_or(Bail)? {
+            Some(Own::Str(s)) => Some(s),
+            Some(Own::Addr(a)) => Some(Cow::Owned(addr_text(a))),
+            Some(Own::Int(_)) | None => None,
+        })
     }
 
     /// A value, once `warm` has cached what it caches.
