@@ -4,7 +4,9 @@
 //!
 //! Per record: every transform group whose conditions hold runs its statements in order, then
 //! the filter conditions decide whether the record is dropped (a rule can so filter on what a
-//! transform wrote). Errors follow the group's `error_mode`.
+//! transform wrote). Errors follow the group's `error_mode`. Span rules of the common forms also
+//! have a fast form (`fast.rs`), which runs the spans it can answer; the generic evaluator runs
+//! the others, with the same results.
 
 use std::fmt;
 
