@@ -1,7 +1,7 @@
 //! The span program's fast path: when every statement, condition and filter of the span rules
 //! is one of the common forms that cannot fail (writes of literals and of read values to
 //! `attributes`, `delete_key` with a literal key, `replace_pattern` of an attribute, `name`
-//! set to a string, comparisons of fields and attributes), the program is also compiled into
+//! set to a string, comparisons of fields and attributes, `IsMatch` conditions), the program is also compiled into
 //! [`Spans`]: flat operations over the typed span, attribute keys numbered per program. A span
 //! runs there with its changes staged on the stack (keys by number: a read of a written key is
 //! a byte comparison, not a string one), and the span's edit overlay is built once, at the end.
@@ -37,6 +37,8 @@ enum Cond {
     /// An attribute equal (true) or unequal (false) to a string literal.
     Str(Slot, bool, Cow<'static, str>),
     Cmp(Get, CmpOp, Get),
+    /// `IsMatch(value, pattern)` (a bool, so it cannot fail as a condition).
+    IsMatch(Get, Pattern),
     And(Vec<Cond>),
     Or(Vec<Cond>),
     Not(Box<Cond>),
@@ -170,7 +172,8 @@ impl Spans {
             ) => Cond::Str(self.slot(k)?, *op == CmpOp::Eq, b.clone()),
             Pred::CmpLit(a, op, b) => Cond::Cmp(self.get(a)?, *op, Get::Lit(b.clone())),
             Pred::Cmp(a, op, b) => Cond::Cmp(self.get(a)?, *op, self.get(b)?),
-            // A condition that is not a comparison can fail (it must be a bool).
+            Pred::Value(Getter::IsMatch(g, re)) => Cond::IsMatch(self.get(g)?, re.clone()),
+            // Other conditions that are not comparisons can fail (they must be a bool).
             Pred::Value(_) => return None,
         })
     }
@@ -302,6 +305,10 @@ impl Spans {
                 self.warm(st, a)?;
                 self.warm(st, b)?;
                 compare(&self.peek(st, a)?, *op, &self.peek(st, b)?)
+            }
+            Cond::IsMatch(g, re) => {
+                let v = self.value(st, g)?;
+                v.to_text().is_some_and(|t| re.is_match(&t))
             }
             Cond::And(items) => {
                 for p in items {
