@@ -20,8 +20,12 @@ pub const FIVE: [&str; 5] = [
 ];
 
 /// Median ns per span over `rounds` rounds of `batch` spans.
-fn ns_per_span(statements: &[&str], rounds: usize, batch: usize) -> f64 {
-    let mut p = Program::compile(&rules(statements)).unwrap();
+/// `generic`: without the fast path (`fast.rs`), as before it.
+fn ns_per_span(statements: &[&str], rounds: usize, batch: usize, generic: bool) -> f64 {
+    super::fast::OFF.with(|o| o.set(generic));
+    let p = Program::compile(&rules(statements));
+    super::fast::OFF.with(|o| o.set(false));
+    let mut p = p.unwrap();
     let template = server_span();
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -48,21 +52,21 @@ fn five_statements_per_span() {
     // Under callgrind (`--toggle-collect='*ottl*Program*spans*'`): only the five statements,
     // 10 rounds, so instructions / 40960 is the count per span.
     if std::env::var_os("ZTRACE_OTTL_BENCH_CALLGRIND").is_some() {
-        ns_per_span(&FIVE, 10, batch);
+        ns_per_span(&FIVE, 10, batch, false);
         return;
     }
     // Warm up (page faults, caches).
-    ns_per_span(&FIVE, 3, batch);
-    let empty = ns_per_span(&[], rounds, batch);
-    let five = ns_per_span(&FIVE, rounds, batch);
-    let each: Vec<f64> = FIVE
-        .iter()
-        .map(|s| ns_per_span(&[s], rounds, batch))
-        .collect();
+    ns_per_span(&FIVE, 3, batch, false);
     println!("ottl bench: {rounds} rounds of {batch} server spans, median ns per span");
-    println!("  no statements: {empty:.1}");
-    println!("  five statements: {five:.1}");
-    for (s, ns) in FIVE.iter().zip(each) {
-        println!("  {ns:7.1}  {s}");
+    println!("  (fast path / generic path, alternating in the same binary)");
+    let both = |s: &[&str]| {
+        let fast = ns_per_span(s, rounds, batch, false);
+        let generic = ns_per_span(s, rounds, batch, true);
+        format!("{fast:7.1} / {generic:7.1}")
+    };
+    println!("  no statements: {}", both(&[]));
+    println!("  five statements: {}", both(&FIVE));
+    for s in FIVE {
+        println!("  {}  {s}", both(&[s]));
     }
 }

@@ -329,7 +329,7 @@ fn write<R: Record + ?Sized>(r: &mut R, to: &Setter, v: Value<'_>) -> Result<(),
 }
 
 /// The replacement of a `replace_*` editor, hashed (SHA256 argument) when asked.
-fn replace(re: &Pattern, text: &str, with: &str, hash: bool) -> Option<String> {
+pub(super) fn replace(re: &Pattern, text: &str, with: &str, hash: bool) -> Option<String> {
     if !re.is_match(text) {
         return None;
     }

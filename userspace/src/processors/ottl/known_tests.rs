@@ -241,3 +241,124 @@ fn programs_with_direct_reads_equal_programs_without() {
         assert_eq!(fast.stats, walk.stats);
     }
 }
+
+/// Statements of the fast path's forms (and a few that are not, so programs mix them),
+/// reading and writing known keys, other keys, the name and fields.
+const FAST: [&str; 26] = [
+    r#"set(attributes["deployment.environment"], "prod")"#,
+    r#"delete_key(attributes, "user_agent.original")"#,
+    r#"set(attributes["slow"], true) where duration > 500000000"#,
+    r#"replace_pattern(attributes["url.path"], "^/api/v[0-9]+/", "/api/")"#,
+    r#"set(name, "health") where attributes["url.path"] == "/healthz""#,
+    r#"set(attributes["x"], "a") where name == "GET" and kind == 2"#,
+    r#"set(attributes["x"], 3) where attributes["http.response.status_code"] >= 400"#,
+    r#"set(attributes["x"], nil)"#,
+    r#"set(attributes["y"], attributes["x"])"#,
+    r#"set(attributes["url.path"], "/x") where duration >= 12300000"#,
+    r#"delete_key(attributes, "url.path") where not (status.code == 0)"#,
+    r#"delete_key(attributes, "x")"#,
+    r#"delete_key(attributes, "server.address") where attributes["network.type"] == "ipv6""#,
+    r#"replace_pattern(attributes["url.path"], "^/(a)", "/b$1")"#,
+    r#"replace_pattern(attributes["x"], "a", "z", SHA256)"#,
+    r#"replace_pattern(attributes["user_agent.original"], "curl/(.*)", "$1")"#,
+    r#"set(attributes["k"], kind) where kind.string == "Server" or status.message != """#,
+    r#"set(attributes["n"], name) where attributes["url.path"] != attributes["x"]"#,
+    r#"set(attributes["s"], attributes["client.address"]) where end_time_unix_nano > start_time_unix_nano"#,
+    r#"set(attributes["m"], attributes["http.request.method"]) where attributes["thread.id"] == 1240"#,
+    r#"set(name, "n") where attributes["url.scheme"] == "https""#,
+    r#"set(attributes["x"], "a") where IsMatch(attributes["url.path"], "^/(healthz|api)")"#,
+    r#"delete_key(attributes, "url.path") where IsMatch(attributes["server.port"], "80$") or IsMatch(name, "^h")"#,
+    // Not of the fast path's forms: the whole program takes the generic path.
+    r#"set(attributes["h"], SHA256(name))"#,
+    r#"set(status.code, 2) where attributes["url.path"] == "/healthz""#,
+    r#"set(attributes["r"], resource.attributes["service.name"])"#,
+];
+
+/// Group conditions and filters for the fast path's differential test.
+const FAST_CONDITIONS: [&str; 6] = [
+    r#"attributes["url.path"] == "/healthz""#,
+    r#"duration > 1000"#,
+    r#"name == "GET""#,
+    r#"attributes["x"] == "a""#,
+    r#"attributes["http.response.status_code"] == 404"#,
+    r#"IsMatch(attributes["x"], "^a")"#,
+];
+
+/// Random programs (groups with and without conditions, filters) on random spans (some with
+/// edits and names already), with and without the fast path (`fast.rs`): the same spans come
+/// out, with the same counters.
+#[test]
+fn programs_on_the_fast_path_equal_the_generic_path() {
+    use crate::config::FilterList;
+    use crate::model::{AttrEdits, AttrVal};
+    let mut rng = StdRng::seed_from_u64(21);
+    let (mut programs, mut answered, mut spans_run) = (0, 0, 0);
+    for _ in 0..600 {
+        let mut rules = Rules::default();
+        for g in 0..rng.random_range(1..=3) {
+            let n = rng.random_range(0..=6);
+            let conditions = (0..rng.random_range(0..=2))
+                .map(|_| pick(&mut rng, &FAST_CONDITIONS).to_string())
+                .collect();
+            // Mostly statements of the fast path's forms.
+            let statements = (0..n)
+                .map(|_| {
+                    let end = FAST.len() - usize::from(rng.random_bool(0.9)) * 3;
+                    pick(&mut rng, &FAST[..end]).to_string()
+                })
+                .collect();
+            rules.statements.push((
+                Signal::Traces,
+                StatementGroup {
+                    context: "span".into(),
+                    conditions,
+                    statements,
+                    error_mode: None,
+                    origin: format!("group {g}"),
+                },
+            ));
+        }
+        if rng.random_bool(0.4) {
+            rules.filters.push(FilterList {
+                signal: Signal::Traces,
+                context: "span".into(),
+                conditions: vec![pick(&mut rng, &FAST_CONDITIONS).to_string()],
+                origin: "filter".into(),
+            });
+        }
+        let mut fast = Program::compile(&rules).unwrap();
+        super::fast::OFF.with(|w| w.set(true));
+        let mut generic = Program::compile(&rules).unwrap();
+        super::fast::OFF.with(|w| w.set(false));
+        assert!(!generic.has_fast());
+        programs += usize::from(fast.has_fast());
+        let spans: Vec<Span> = (0..40)
+            .map(|_| {
+                let mut s = random_span(&mut rng);
+                s.name = (*pick(&mut rng, &["GET", "health", "n"])).into();
+                if rng.random_bool(0.1) {
+                    let mut e = AttrEdits::default();
+                    e.put("x", Some(AttrVal::Str("a".into())));
+                    s.edits = Some(Box::new(e));
+                }
+                s
+            })
+            .collect();
+        spans_run += spans.len();
+        answered += spans.iter().filter(|s| fast.fast_answers(s)).count();
+        let mut a = spans.clone();
+        fast.spans(&mut a, &|_| &[]);
+        let mut b = spans;
+        generic.spans(&mut b, &|_| &[]);
+        assert_eq!(a, b, "{rules:#?}");
+        assert_eq!(fast.stats, generic.stats, "{rules:#?}");
+    }
+    // Both paths are exercised: most programs have a fast form, and it answers many spans (not
+    // those of other exchanges, client spans reading `url.path`, unwritten keys not known).
+    println!("fast path: {programs} programs of 600, {answered} of {spans_run} spans");
+    assert!(
+        programs > 300,
+        "{programs} programs of 600 on the fast path"
+    );
+    assert!(answered > spans_run / 10, "{answered} of {spans_run} spans");
+}

@@ -8,6 +8,9 @@
 //! resolves paths and functions for a context once at start, `eval` runs the compiled form,
 //! `span` and `pdata` are the contexts, `program` the whole rule set and its error modes.
 //! `defaults` is the built-in redaction written as rules, for the user to read and extend.
+//! `fast` is the span rules compiled a second time, for the common forms only: flat operations
+//! over the typed span, taken when a program has that form (the generic path otherwise, and for
+//! the spans it cannot answer).
 //!
 //! What keeps a span cheap (docs/benchmarks.md, "Rules (OTTL)"): attribute keys are resolved
 //! when compiled, and the well-known ones (`url.path`, `http.request.method`, `server.address`
@@ -15,7 +18,9 @@
 //! attributes; keys and string literals are shared with what rules write (`key::intern`), so
 //! a write allocates neither; patterns anchored at the start are prefiltered by their literal
 //! prefix (`pattern`); the evaluator is generic over the record, so each context gets its own
-//! inlined copy.
+//! inlined copy; span programs of the common forms run on the fast path (`fast`: keys numbered
+//! per program, a read of a string attribute builds no value, the edit overlay is allocated
+//! once per changed span, an empty group costs nothing).
 //!
 //! Interface for remote configuration: [`Program::compile`] turns the `rules` of a resolved
 //! `config::Config` into a program (or a [`RuleError`] naming the statement and column), and
@@ -27,6 +32,7 @@
 mod compile;
 pub mod defaults;
 mod eval;
+mod fast;
 mod grammar;
 mod key;
 mod known;

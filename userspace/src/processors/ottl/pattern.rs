@@ -12,7 +12,7 @@ use regex_syntax::hir::literal::{ExtractKind, Extractor};
 /// More literals than this: no prefilter (testing them would cost what the search costs).
 const MAX_PREFIXES: usize = 8;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Pattern {
     re: Regex,
     /// Every match begins at the start of the text with one of these (None: no such set).

@@ -4,7 +4,9 @@
 //!
 //! Per record: every transform group whose conditions hold runs its statements in order, then
 //! the filter conditions decide whether the record is dropped (a rule can so filter on what a
-//! transform wrote). Errors follow the group's `error_mode`.
+//! transform wrote). Errors follow the group's `error_mode`. Span rules of the common forms also
+//! have a fast form (`fast.rs`), which runs the spans it can answer; the generic evaluator runs
+//! the others, with the same results.
 
 use std::fmt;
 
@@ -14,6 +16,7 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
 use super::compile::{self, CompileError, Context};
 use super::eval::{Pred, Statement};
+use super::fast;
 use super::key::Known;
 use super::pdata::{LogRecordRef, MetricFields, PointRecord};
 use super::span::SpanRecord;
@@ -56,6 +59,8 @@ struct Signal1 {
     filter_error_mode: ErrorMode,
     /// The attribute keys the statements and conditions read (cached per span).
     keys: Vec<Box<str>>,
+    /// Spans only: the same rules on the fast path, when they have one (`fast.rs`).
+    fast: Option<fast::Spans>,
 }
 
 impl Signal1 {
@@ -165,7 +170,27 @@ impl Program {
             keys.sort_by_key(|k| Known::lookup(k).is_some());
             s.keys = keys;
         }
+        let s = &mut p.spans;
+        s.fast = fast::Spans::compile(
+            s.groups
+                .iter()
+                .map(|g| (&g.conditions[..], &g.statements[..])),
+            s.filters.iter().map(|(c, _)| c),
+        );
         Ok(p)
+    }
+
+    /// Whether the span rules have a fast form (`fast.rs`).
+    #[cfg(test)]
+    pub(super) fn has_fast(&self) -> bool {
+        self.spans.fast.is_some()
+    }
+
+    /// Whether the fast path answers `span` (runs it on a copy).
+    #[cfg(test)]
+    pub(super) fn fast_answers(&self, span: &Span) -> bool {
+        let f = self.spans.fast.as_ref();
+        f.is_some_and(|f| f.run(&mut span.clone()).is_some())
     }
 
     fn signal(&mut self, s: Signal) -> &mut Signal1 {
@@ -191,14 +216,15 @@ impl Program {
             return;
         }
         let before = spans.len();
-        spans.retain_mut(|s| {
-            let mut r = SpanRecord::new(s, resource(s.pid), &self.spans.keys);
-            let keep = judge(&self.spans, &mut self.stats.errors, &mut r);
-            if keep {
-                r.finish().apply(s);
-            }
-            keep
-        });
+        let (rules, errors) = (&self.spans, &mut self.stats.errors);
+        match &rules.fast {
+            Some(fast) if fast.is_noop() => return,
+            Some(fast) => spans.retain_mut(|s| match fast.run(s) {
+                Some(keep) => keep,
+                None => generic(rules, errors, s, resource),
+            }),
+            None => spans.retain_mut(|s| generic(rules, errors, s, resource)),
+        }
         self.stats.spans_dropped += (before - spans.len()) as u64;
     }
 
@@ -283,6 +309,22 @@ impl Program {
         }
         self.stats.logs_dropped += dropped;
     }
+}
+
+/// Runs the span rules on one span with the generic evaluator; false when it is dropped.
+#[inline]
+fn generic<'r>(
+    rules: &Signal1,
+    errors: &mut u64,
+    s: &mut Span,
+    resource: &dyn Fn(u32) -> &'r [(&'static str, AttrValue<'static>)],
+) -> bool {
+    let mut r = SpanRecord::new(s, resource(s.pid), &rules.keys);
+    let keep = judge(rules, errors, &mut r);
+    if keep {
+        r.finish().apply(s);
+    }
+    keep
 }
 
 /// Logs a rule error (the first few, then every power of two) unless silenced.
