@@ -493,11 +493,15 @@ fn socket_source(flags: &CliFlags) -> preflight::Item {
         Ok(c) => preflight::Item {
             name,
             problem: None,
-            detail: format!(
-                "from {} (--socket-probes {})",
-                c.source(),
-                socket_probes.name()
-            ),
+            detail: if flags.capture_via_syscalls {
+                format!("from {} (--capture-via-syscalls)", c.source())
+            } else {
+                format!(
+                    "from {} (--socket-probes {})",
+                    c.source(),
+                    socket_probes.name()
+                )
+            },
         },
         Err(e) => preflight::Item {
             name,
