@@ -1,6 +1,6 @@
 #!/bin/bash
 # Probe cost per request, side by side: `bench/probe-ab.sh ROUNDS SECS ZTRACE_A ZTRACE_B...`
-#
+# Each ZTRACE is a binary, or a quoted binary with extra flags (`"ztrace --socket-probes raw"`).
 # nginx (bench/nginx.conf.template: one worker, 2-byte body) saturated by `wrk -t1 -c32` for
 # SECS seconds per run; each binary traces it with `--probe-stats` (the kernel's BPF run-time
 # statistics) exporting OTLP to a null collector. The binaries take turns, the order reversed
@@ -10,7 +10,7 @@
 # direction). `ZTRACE_TARGET=idle` traces an idle process instead of nginx (the filter's cost).
 # Needs root, nginx, wrk, python3. Everything started here is stopped on exit.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,11p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,12p "$0"; exit 2; }
 ROUNDS=$1; SECS=$2; shift 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=$(mktemp -d)
@@ -36,8 +36,9 @@ MASTER=$(cat "$DIR/nginx.pid")
 sleep 1000 & IDLE=$!; PIDS+=($IDLE)
 TARGET=$MASTER; [ "${ZTRACE_TARGET:-}" = idle ] && TARGET=$IDLE
 run() {
-  local bin=$1 log=$DIR/ztrace.log
-  "$bin" --pid "$TARGET" --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol http/protobuf \
+  local bin=$1 log=$DIR/ztrace.log cmd
+  read -ra cmd <<< "$bin"
+  "${cmd[@]}" --pid "$TARGET" --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol http/protobuf \
     --metric-export-interval 1s --probe-stats 2>"$log" &
   local z=$!
   for _ in $(seq 100); do grep -q "tracing " "$log" && break; sleep 0.1; done
@@ -48,9 +49,9 @@ run() {
   probes=$(sed -n 's/.*probe cost: \(sock_[a-z_]*\) ran \([0-9]*\) times, \([0-9]*\) ns per run.*/\1 \2 \3/p' "$log" |
     awk -v r="$req" '{printf "%s %s ns (%.2f/req) ", $1, $3, $2/r}')
   lost=$(grep -o '([0-9]* lost' "$log" | tr -dc 0-9)
-  echo "bin=$bin requests=$req ${probes}lost=${lost:-?} load=$(cut -d' ' -f1 /proc/loadavg)"
+  echo "bin=\"$bin\" requests=$req ${probes}lost=${lost:-?} load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 for r in $(seq "$ROUNDS"); do
-  bins=("$@"); [ $((r % 2)) = 0 ] && bins=($(printf '%s\n' "$@" | tac))
+  bins=("$@"); [ $((r % 2)) = 0 ] && mapfile -t bins < <(printf '%s\n' "$@" | tac)
   for b in "${bins[@]}"; do echo -n "round=$r "; run "$b"; done
 done

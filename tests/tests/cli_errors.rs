@@ -47,6 +47,28 @@ fn bad_pids_are_rejected() {
 }
 
 #[test]
+fn socket_probes_must_be_one_choice() {
+    let pid = own_pid();
+    assert_usage_error(
+        &ztrace(
+            &[
+                "--pid",
+                &pid,
+                "--socket-probes",
+                "raw",
+                "--capture-via-syscalls",
+            ],
+            &[],
+        ),
+        "--capture-via-syscalls and --socket-probes raw",
+    );
+    let out = ztrace(&["--pid", &pid, "--socket-probes", "btf"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not one of auto, typed, raw"), "{stderr}");
+}
+
+#[test]
 fn ztrace_refuses_itself_and_a_foreign_pid_namespace() {
     // `exec`: the shell's `$$` becomes ztrace's own PID.
     let bin = ztrace_bin();
@@ -255,6 +277,20 @@ fn check_reports_every_item() {
     }
     if ztrace_e2e::harness::is_root() {
         assert_eq!(out.status.code(), Some(0), "{stdout}");
+        // Where socket data would come from, for each choice of socket-layer probes.
+        assert!(
+            stdout.contains("socket data            from "),
+            "no socket data line:\n{stdout}"
+        );
+        let raw = Command::new(ztrace_bin())
+            .args(["check", "--socket-probes", "raw"])
+            .output()
+            .expect("ztrace check --socket-probes raw");
+        let raw = String::from_utf8_lossy(&raw.stdout);
+        assert!(
+            raw.contains("from socket-layer tracepoints (raw) (--socket-probes raw)"),
+            "{raw}"
+        );
     }
 }
 

@@ -39,7 +39,34 @@ fn two_tier_http_spans_are_linked() -> Result<()> {
         "socket data from socket-layer tracepoints",
     )?;
     // `--probe-stats`: the kernel measured both socket-layer probes, and ztrace reported them.
-    for probe in ["sock_send", "sock_recv"] {
+    probes_ran(&stderr, &["sock_send", "sock_recv"])
+}
+
+/// `--socket-probes raw` (what an operator uses around a verifier problem with the BTF-typed
+/// pair, and what `auto` falls back to): the raw-tracepoint programs alone capture, and give the
+/// same spans and links.
+#[test]
+fn two_tier_http_spans_are_linked_via_raw_socket_probes() -> Result<()> {
+    if !privileged_or_skip("two_tier_http_spans_are_linked_via_raw_socket_probes") {
+        return Ok(());
+    }
+    let stderr = two_tier(
+        &["--socket-probes", "raw", "--probe-stats"],
+        "socket data from socket-layer tracepoints (raw)",
+    )?;
+    probes_ran(&stderr, &["sock_send_raw", "sock_recv_raw"])?;
+    for typed in ["sock_send", "sock_recv"] {
+        ensure!(
+            !stderr.contains(&format!("probe cost: {typed} ran ")),
+            "the typed {typed} ran with --socket-probes raw:\n{stderr}"
+        );
+    }
+    Ok(())
+}
+
+/// Each of `probes` ran once per request or more (`--probe-stats`' report on exit).
+fn probes_ran(stderr: &str, probes: &[&str]) -> Result<()> {
+    for probe in probes {
         let line = stderr
             .lines()
             .find(|l| l.contains(&format!("probe cost: {probe} ran ")))

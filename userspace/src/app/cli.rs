@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
-    capture::{preflight, privdrop, process, select},
+    capture::{self, preflight, privdrop, process, select},
     config::{
         self, CliFlags, ConfigFile, MAX_SERIES_LIMIT, Sources, parse_duration, parse_pid_spec,
     },
@@ -137,6 +137,11 @@ pub struct TargetArgs {
     /// comparison and for kernels where the socket-layer probes misbehave.
     #[arg(long)]
     pub capture_via_syscalls: bool,
+    /// Which form of the socket-layer probes to load: `auto` (BTF-typed tracepoints, else raw
+    /// tracepoints, else the syscall tracepoints), `typed` or `raw` (start-up fails if the
+    /// kernel refuses that form). `raw` works around a verifier problem with the typed pair.
+    #[arg(long, value_name = "auto|typed|raw", value_parser = parse_socket_probes)]
+    pub socket_probes: Option<config::SocketProbes>,
     /// Measure what each probe costs the kernel (BPF run-time statistics: every probe run then
     /// also reads the clock twice) and print runs, mean time per run and total CPU per probe on
     /// exit.
@@ -329,6 +334,7 @@ impl TargetArgs {
             payload_cap: self.payload_cap,
             capture_logs: self.capture_logs,
             capture_via_syscalls: self.capture_via_syscalls,
+            socket_probes: self.socket_probes,
             probe_stats: self.probe_stats,
             ..CliFlags::default()
         }
@@ -380,6 +386,16 @@ fn resolve_target(
         ..Sources::default()
     })
     .map_err(|e| e.0)
+    .and_then(|t| {
+        if t.capture_via_syscalls && t.socket_probes != config::SocketProbes::Auto {
+            return Err(format!(
+                "--capture-via-syscalls and --socket-probes {} (flag or config file) ask for \
+                 different socket probes: keep one",
+                t.socket_probes.name()
+            ));
+        }
+        Ok(t)
+    })
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,17 +435,24 @@ fn rules_command(default: bool, file: Option<&std::path::Path>, redact: &[String
     }
 }
 
+fn parse_socket_probes(s: &str) -> Result<config::SocketProbes, String> {
+    s.parse()
+}
+
 fn usage_error(msg: impl std::fmt::Display) -> i32 {
     eprintln!("ztrace: {msg}");
     2
 }
 
 fn check(target: &TargetArgs) -> i32 {
-    let items = preflight::full_report(!target.no_seccomp);
+    let mut items = preflight::full_report(!target.no_seccomp);
+    let flags = target.cli_flags();
+    if items.iter().all(|i| i.problem.is_none()) {
+        items.push(socket_source(&flags));
+    }
     for item in &items {
         println!("{item}");
     }
-    let flags = target.cli_flags();
     let mut targets_ok = true;
     if !flags.pids.is_empty() || !flags.select.is_empty() {
         println!();
@@ -453,6 +476,38 @@ fn check(target: &TargetArgs) -> i32 {
     } else {
         println!("\nAll checks passed: ztrace can trace processes on this host.");
         0
+    }
+}
+
+/// `ztrace check`'s "socket data" line: loads the probes as a run with these flags would (not
+/// attached) and names where socket data would come from.
+fn socket_source(flags: &CliFlags) -> preflight::Item {
+    let name = "socket data";
+    let socket_probes = flags.socket_probes.unwrap_or_default();
+    let opts = capture::CaptureOptions {
+        via_syscalls: flags.capture_via_syscalls,
+        socket_probes,
+        ..Default::default()
+    };
+    match capture::Capture::load(&opts) {
+        Ok(c) => preflight::Item {
+            name,
+            problem: None,
+            detail: if flags.capture_via_syscalls {
+                format!("from {} (--capture-via-syscalls)", c.source())
+            } else {
+                format!(
+                    "from {} (--socket-probes {})",
+                    c.source(),
+                    socket_probes.name()
+                )
+            },
+        },
+        Err(e) => preflight::Item {
+            name,
+            problem: Some(format!("{e:#}")),
+            detail: String::new(),
+        },
     }
 }
 
@@ -648,6 +703,7 @@ pub fn main() -> i32 {
         metrics,
         capture_logs: target.capture_logs,
         capture_via_syscalls: target.capture_via_syscalls,
+        socket_probes: target.socket_probes,
         probe_stats: target.probe_stats,
         peer,
         tail,
@@ -886,6 +942,7 @@ mod tests {
             payload_cap: None,
             capture_logs: false,
             capture_via_syscalls: false,
+            socket_probes: None,
             probe_stats: false,
             no_seccomp: false,
         };
@@ -922,6 +979,81 @@ mod tests {
         );
         let bash = String::from_utf8(bash).unwrap();
         assert!(bash.contains("--otlp-endpoint") && bash.contains("--exe"));
+    }
+
+    #[test]
+    fn socket_probes_from_flag_and_file() {
+        use config::SocketProbes;
+        let parse = |args: &[&str]| {
+            let mut v = vec!["ztrace", "--pid", "1"];
+            v.extend(args);
+            Cli::try_parse_from(v).map(|c| resolve_target(&c.run.target, None))
+        };
+        assert_eq!(
+            parse(&[]).unwrap().unwrap().socket_probes,
+            SocketProbes::Auto
+        );
+        for (arg, want) in [
+            ("auto", SocketProbes::Auto),
+            ("typed", SocketProbes::Typed),
+            ("raw", SocketProbes::Raw),
+        ] {
+            let t = parse(&["--socket-probes", arg]).unwrap().unwrap();
+            assert_eq!(t.socket_probes, want);
+            assert_eq!(want.name(), arg);
+        }
+        let err = parse(&["--socket-probes", "btf"]).unwrap_err().to_string();
+        assert!(err.contains("not one of auto, typed, raw"), "{err}");
+        let err = parse(&["--socket-probes", "raw", "--capture-via-syscalls"])
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("--socket-probes raw"), "{err}");
+        // `auto` leaves the choice to --capture-via-syscalls: no contradiction.
+        assert!(
+            parse(&["--socket-probes", "auto", "--capture-via-syscalls"])
+                .unwrap()
+                .is_ok()
+        );
+
+        let dir = std::env::temp_dir().join(format!("ztrace-sockp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ztrace.toml");
+        let path_s = path.to_string_lossy().to_string();
+        let from_file = |text: &str, args: &[&str]| {
+            std::fs::write(&path, text).unwrap();
+            let mut v = vec!["ztrace", "--config", &path_s];
+            v.extend(args);
+            let cli = Cli::try_parse_from(v).unwrap();
+            let r =
+                resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+            resolve_target(&cli.run.target, r.file.as_ref())
+        };
+        let raw = "[target]\npids = [1]\nsocket_probes = \"raw\"\n";
+        assert_eq!(
+            from_file(raw, &[]).unwrap().socket_probes,
+            SocketProbes::Raw
+        );
+        // The flag wins over the file.
+        assert_eq!(
+            from_file(raw, &["--socket-probes", "typed"])
+                .unwrap()
+                .socket_probes,
+            SocketProbes::Typed
+        );
+        let err = from_file("[target]\nsocket_probes = \"both\"\n", &[]).unwrap_err();
+        assert!(
+            err.starts_with("`target.socket_probes` in ") && err.contains("`both` is not one of"),
+            "{err}"
+        );
+        let err = from_file("[target]\nsocket_probes = 1\n", &[]).unwrap_err();
+        assert!(err.contains("not one of auto, typed, raw"), "{err}");
+        let err = from_file(
+            "[target]\nsocket_probes = \"typed\"\ncapture_via_syscalls = true\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("different socket probes"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use aya::{
 use ztrace_abi::{Config, MAX_PAYLOAD, counter};
 
 use super::{btf, preflight, tls_target::TlsTarget};
+use crate::config::SocketProbes;
 
 /// The probe object built by build.rs.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ztrace-probes"));
@@ -46,6 +47,8 @@ pub struct CaptureOptions {
     /// Use the syscall tracepoints for socket data even where the socket-layer ones work
     /// (`--capture-via-syscalls`).
     pub via_syscalls: bool,
+    /// Which form of the socket-layer probes to load (`--socket-probes`).
+    pub socket_probes: SocketProbes,
     /// Turn on the kernel's BPF run-time statistics while loaded (`--probe-stats`).
     pub probe_stats: bool,
     /// Report every exec on the host, for selectors (`--exe`, `--port`, …).
@@ -80,6 +83,7 @@ impl Default for CaptureOptions {
             // Userspace maps it twice (wrap-around), so it costs twice that in RSS.
             ring_bytes: 8 << 20,
             capture_stdio: false,
+            socket_probes: SocketProbes::Auto,
             via_syscalls: false,
             probe_stats: false,
             report_execs: false,
@@ -266,10 +270,14 @@ fn load_programs(
 
 /// Loads (verifies) the socket-layer programs: the BTF-typed pair, else the raw pair. True
 /// for the typed pair.
-fn load_sock_programs(ebpf: &mut Ebpf) -> Result<bool> {
-    match load_sock_typed(ebpf) {
-        Ok(()) => return Ok(true),
-        Err(e) => log::info!("socket-layer probes as raw tracepoints ({e:#})"),
+/// Loads the socket-layer pair `choice` asks for; `Ok(true)` for the BTF-typed one.
+fn load_sock_programs(ebpf: &mut Ebpf, choice: SocketProbes) -> Result<bool> {
+    if choice != SocketProbes::Raw {
+        match load_sock_typed(ebpf) {
+            Ok(()) => return Ok(true),
+            Err(e) if choice == SocketProbes::Typed => return Err(e),
+            Err(e) => log::info!("socket-layer probes as raw tracepoints ({e:#})"),
+        }
     }
     for (prog, _) in SOCK_PROBES_RAW {
         let program: &mut RawTracePoint = program(ebpf, prog)?;
@@ -343,18 +351,37 @@ impl Capture {
         } else {
             socket_layer_available(&config)
         };
-        if let Err(e) = &socket_layer {
-            log::info!("socket data from syscall tracepoints ({e:#})");
+        match (&socket_layer, opts.socket_probes) {
+            (Err(e), SocketProbes::Typed | SocketProbes::Raw) if !opts.via_syscalls => bail!(
+                "--socket-probes {}: the socket-layer tracepoints cannot be used here ({e:#}); \
+                 use --socket-probes auto to fall back to the syscall tracepoints",
+                opts.socket_probes.name()
+            ),
+            (Err(e), _) => log::info!("socket data from syscall tracepoints ({e:#})"),
+            (Ok(()), _) => {}
         }
         config.socket_mode = socket_layer.is_ok() as u32;
         let mut ebpf = Self::load_object(&config, opts)?;
         let mut mode = CaptureMode::Syscalls;
         let mut sock_typed = false;
         if config.socket_mode != 0 {
-            match load_sock_programs(&mut ebpf) {
+            match load_sock_programs(&mut ebpf, opts.socket_probes) {
                 Ok(typed) => {
                     mode = CaptureMode::SocketLayer;
                     sock_typed = typed;
+                }
+                Err(e) if opts.socket_probes != SocketProbes::Auto => {
+                    return Err(e.context(format!(
+                        "--socket-probes {}: the kernel refused the {} socket-layer probes \
+                         (--socket-probes auto falls back to the other form, then to the \
+                         syscall tracepoints)",
+                        opts.socket_probes.name(),
+                        if opts.socket_probes == SocketProbes::Typed {
+                            "BTF-typed"
+                        } else {
+                            "raw"
+                        }
+                    )));
                 }
                 Err(e) => {
                     log::warn!(
@@ -576,6 +603,15 @@ impl Capture {
 
     /// Runs and run time of every loaded probe program (each counts all its attachments); zero
     /// unless statistics were turned on (`CaptureOptions::probe_stats`) or by someone else.
+    /// Where socket data comes from, for the start-up line and `ztrace check`.
+    pub fn source(&self) -> String {
+        match (self.mode, self.sock_typed) {
+            (CaptureMode::SocketLayer, true) => format!("{} (BTF-typed)", self.mode),
+            (CaptureMode::SocketLayer, false) => format!("{} (raw)", self.mode),
+            (CaptureMode::Syscalls, _) => self.mode.to_string(),
+        }
+    }
+
     pub fn probe_costs(&self) -> Vec<ProbeCost> {
         self.ebpf
             .programs()

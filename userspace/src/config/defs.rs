@@ -209,6 +209,38 @@ pub enum Terminal {
     Json,
 }
 
+/// `target.socket_probes` / `--socket-probes`: which form of the socket-layer probes to load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SocketProbes {
+    /// BTF-typed tracepoints, else raw tracepoints, else the syscall tracepoints.
+    #[default]
+    Auto,
+    /// BTF-typed tracepoints only: start-up fails if the kernel refuses them.
+    Typed,
+    /// Raw tracepoints only (skips the typed pair, e.g. around a verifier problem).
+    Raw,
+}
+
+impl SocketProbes {
+    pub const NAMES: [&'static str; 3] = ["auto", "typed", "raw"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+impl std::str::FromStr for SocketProbes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "typed" => Ok(Self::Typed),
+            "raw" => Ok(Self::Raw),
+            _ => Err(format!("`{s}` is not one of auto, typed, raw")),
+        }
+    }
+}
+
 /// A PID to trace, with the service name the operator gave it (`--pid 1234=checkout`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PidSpec {
@@ -241,6 +273,7 @@ pub struct Target {
     pub payload_cap: u32,
     pub capture_logs: bool,
     pub capture_via_syscalls: bool,
+    pub socket_probes: SocketProbes,
     /// Flag only (a measurement, not a setting).
     pub probe_stats: bool,
 }
@@ -256,6 +289,7 @@ pub struct CliFlags {
     pub payload_cap: Option<u32>,
     pub capture_logs: bool,
     pub capture_via_syscalls: bool,
+    pub socket_probes: Option<SocketProbes>,
     pub probe_stats: bool,
     pub output: Option<Terminal>,
     pub db_query_text: bool,
@@ -389,7 +423,7 @@ pub const PEER_FILE_KEYS: [&str; 4] = [
 ];
 
 /// File keys with no environment variable (what to trace, terminal output, series limit).
-pub const NO_ENV_KEYS: [&str; 15] = [
+pub const NO_ENV_KEYS: [&str; 16] = [
     "target.pids",
     "target.select",
     "target.no_children",
@@ -397,6 +431,7 @@ pub const NO_ENV_KEYS: [&str; 15] = [
     "target.payload_cap",
     "target.capture_logs",
     "target.capture_via_syscalls",
+    "target.socket_probes",
     "traces.output",
     "traces.db_query_text",
     "metrics.max_series",

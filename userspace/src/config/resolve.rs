@@ -503,6 +503,7 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
         payload_cap: DEFAULT_PAYLOAD_CAP,
         capture_logs: cli.capture_logs,
         capture_via_syscalls: cli.capture_via_syscalls,
+        socket_probes: cli.socket_probes.unwrap_or_default(),
         probe_stats: cli.probe_stats,
     };
     let Some(file) = src.file else {
@@ -543,6 +544,15 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
     target.no_children |= file_bool(Some(file), "target.no_children")?;
     target.capture_logs |= file_bool(Some(file), "target.capture_logs")?;
     target.capture_via_syscalls |= file_bool(Some(file), "target.capture_via_syscalls")?;
+    if cli.socket_probes.is_none()
+        && let Some((v, origin)) = file.get("target.socket_probes")
+    {
+        target.socket_probes = v
+            .as_str()
+            .ok_or_else(|| format!("`{v}` is not one of auto, typed, raw"))
+            .and_then(str::parse)
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+    }
     if target.duration.is_none()
         && let Some((v, origin)) = file.get("target.duration")
     {

@@ -64,6 +64,8 @@ pub struct DaemonConfig {
     pub capture_logs: bool,
     /// `--capture-via-syscalls`: socket data from syscall tracepoints, not the socket layer.
     pub capture_via_syscalls: bool,
+    /// `--socket-probes`: which form of the socket-layer probes to load.
+    pub socket_probes: crate::config::SocketProbes,
     /// `--probe-stats`: kernel BPF statistics on, each probe's cost printed on exit.
     pub probe_stats: bool,
     /// Cross-host links (`--peer-listen`): None when off.
@@ -125,6 +127,7 @@ pub fn run(mut cfg: DaemonConfig) -> Result<()> {
         follow_children: cfg.follow_children,
         capture_stdio: cfg.capture_logs,
         via_syscalls: cfg.capture_via_syscalls,
+        socket_probes: cfg.socket_probes,
         probe_stats: cfg.probe_stats,
         // With a file SIGHUP may re-read, selectors can appear later: execs are reported from
         // the start (one small event per exec on the host, ignored while no rule is set).
@@ -307,7 +310,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         } else {
             ""
         },
-        capture.mode,
+        capture.source(),
     );
 
     let mut control = match (cfg.control.take(), &sink) {
