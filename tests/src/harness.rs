@@ -393,6 +393,34 @@ impl Drop for Nginx {
     }
 }
 
+/// Writes `dir/nginx.conf.template`: one worker in the foreground, its files under `{{DIR}}`,
+/// no access log, and `server` (an nginx `server { … }` block, `{{PORT}}` its port) as its only
+/// site; for [`spawn_nginx`].
+pub fn nginx_template(dir: &std::path::Path, server: &str) -> Result<PathBuf> {
+    let text = format!(
+        r#"worker_processes 1;
+daemon off;
+master_process on;
+pid {{{{DIR}}}}/nginx.pid;
+error_log {{{{DIR}}}}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {{{{DIR}}}}/client_body;
+    proxy_temp_path {{{{DIR}}}}/proxy;
+    fastcgi_temp_path {{{{DIR}}}}/fastcgi;
+    uwsgi_temp_path {{{{DIR}}}}/uwsgi;
+    scgi_temp_path {{{{DIR}}}}/scgi;
+{server}
+}}
+"#
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("nginx.conf.template");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 /// Starts nginx in the foreground (`daemon off` in the config) from the config `template`, with
 /// `{{DIR}}` (its private prefix, temp and log directory: `dir`), `{{PORT}}` (a free loopback
 /// port it must listen on) and each of `vars` filled in; waits until it accepts connections and

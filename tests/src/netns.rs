@@ -107,23 +107,15 @@ impl Hosts {
     /// client sees the VIP and its own port, the server A's address and another port).
     pub fn masquerade(&self, vport: u16, to: &str) -> Result<()> {
         self.dnat_from(VIP_MASQ, vport, to)?;
-        run_ok(self.exec(&self.a).args([
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-p",
-            "tcp",
-            "-m",
-            "conntrack",
-            "--ctorigdst",
-            VIP_MASQ,
-            "-j",
-            "MASQUERADE",
-            "--random-fully",
-        ]))
-        .context("iptables MASQUERADE in host A")
+        self.masquerade_in_a(&["-m", "conntrack", "--ctorigdst", VIP_MASQ])
+    }
+
+    /// In host A: TCP connections `matching` leave from random source ports.
+    fn masquerade_in_a(&self, matching: &[&str]) -> Result<()> {
+        let rule = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-p", "tcp"];
+        let action = ["-j", "MASQUERADE", "--random-fully"];
+        run_ok(self.exec(&self.a).args(rule).args(matching).args(action))
+            .context("iptables MASQUERADE in host A")
     }
 
     /// In host B: TCP to `B_IP:NODE_PORT` goes to B's port `to_port`, and its caller gets a
@@ -180,23 +172,7 @@ impl Hosts {
         .context("iptables SNAT in host B")?;
         // And A's connections to it leave from random source ports (a pod's traffic leaving its
         // node): both ends' NAT must be undone.
-        run_ok(self.exec(&self.a).args([
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-p",
-            "tcp",
-            "-d",
-            B_IP,
-            "--dport",
-            &node_port,
-            "-j",
-            "MASQUERADE",
-            "--random-fully",
-        ]))
-        .context("iptables MASQUERADE in host A")
+        self.masquerade_in_a(&["-d", B_IP, "--dport", &node_port])
     }
 
     fn dnat_from(&self, vip: &str, vport: u16, to: &str) -> Result<()> {

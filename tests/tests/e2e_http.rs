@@ -555,30 +555,12 @@ fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     let rt = runtime();
     let receiver = rt.block_on(Receiver::start())?;
     let dir = std::env::temp_dir().join(format!("ztrace-proxy-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let template = dir.join("nginx.conf.template");
-    std::fs::write(
-        &template,
-        r#"
-worker_processes 1;
-daemon off;
-master_process on;
-pid {{DIR}}/nginx.pid;
-error_log {{DIR}}/error.log warn;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path {{DIR}}/client_body;
-    proxy_temp_path {{DIR}}/proxy;
-    fastcgi_temp_path {{DIR}}/fastcgi;
-    uwsgi_temp_path {{DIR}}/uwsgi;
-    scgi_temp_path {{DIR}}/scgi;
-    server {
+    let template = ztrace_e2e::harness::nginx_template(
+        &dir,
+        r#"    server {
         listen 127.0.0.1:{{PORT}} proxy_protocol;
         location / { return 200 "client $proxy_protocol_addr\n"; }
-    }
-}
-"#,
+    }"#,
     )?;
     let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
     let port = nginx.port;

@@ -23,7 +23,8 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use ztrace_e2e::{
     harness::{
-        Proc, free_port, privileged_or_skip, run_ok, spawn_app, spawn_nginx, spawn_ztrace_env,
+        Proc, free_port, nginx_template, privileged_or_skip, run_ok, spawn_app, spawn_nginx,
+        spawn_ztrace_env,
     },
     receiver::ReceivedSpan,
 };
@@ -93,30 +94,15 @@ print("PORT", s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
-/// nginx serving HTTP/2 in clear (h2c, prior knowledge), answering with a session cookie.
-const H2_NGINX: &str = r#"
-worker_processes 1;
-daemon off;
-master_process on;
-pid {{DIR}}/nginx.pid;
-error_log {{DIR}}/error.log warn;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path {{DIR}}/client_body;
-    proxy_temp_path {{DIR}}/proxy;
-    fastcgi_temp_path {{DIR}}/fastcgi;
-    uwsgi_temp_path {{DIR}}/uwsgi;
-    scgi_temp_path {{DIR}}/scgi;
-    server {
+/// nginx serving HTTP/2 in clear (h2c, prior knowledge), answering with a session cookie: its
+/// site, in `harness::nginx_template`.
+const H2_NGINX: &str = r#"    server {
         listen 127.0.0.1:{{PORT}} http2;
         location / {
             add_header Set-Cookie "sid={{SET_COOKIE}}; HttpOnly";
             return 200 "ok";
         }
-    }
-}
-"#;
+    }"#;
 
 /// A gRPC server (no generated code): `shop.Users/Get` answers, `shop.Users/Create` fails with
 /// ALREADY_EXISTS and a message that quotes the value (argv[1]).
@@ -443,9 +429,7 @@ fn no_secret_leaves_with_default_settings() -> Result<()> {
     let pg = Postgres::start()?;
     let my = MariaDb::start()?;
     let h2_dir = std::env::temp_dir().join(format!("ztrace-secrets-h2-{}", std::process::id()));
-    std::fs::create_dir_all(&h2_dir)?;
-    let template = h2_dir.join("nginx.conf.template");
-    std::fs::write(&template, H2_NGINX)?;
+    let template = nginx_template(&h2_dir, H2_NGINX)?;
     let h2 = spawn_nginx(&template, &h2_dir, &[("SET_COOKIE", H2_SET_COOKIE.into())])?;
     let (grpc, grpc_port) = spawn_app({
         let mut c = Command::new("python3");
