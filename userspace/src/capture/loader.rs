@@ -268,9 +268,8 @@ fn load_programs(
     Ok(unloaded)
 }
 
-/// Loads (verifies) the socket-layer programs: the BTF-typed pair, else the raw pair. True
-/// for the typed pair.
-/// Loads the socket-layer pair `choice` asks for; `Ok(true)` for the BTF-typed one.
+/// Loads (verifies) the socket-layer pair `choice` asks for (`auto`: the BTF-typed pair, else the
+/// raw pair); `Ok(true)` for the BTF-typed one.
 fn load_sock_programs(ebpf: &mut Ebpf, choice: SocketProbes) -> Result<bool> {
     if choice != SocketProbes::Raw {
         match load_sock_typed(ebpf) {
@@ -601,8 +600,6 @@ impl Capture {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Runs and run time of every loaded probe program (each counts all its attachments); zero
-    /// unless statistics were turned on (`CaptureOptions::probe_stats`) or by someone else.
     /// Where socket data comes from, for the start-up line and `ztrace check`.
     pub fn source(&self) -> String {
         match (self.mode, self.sock_typed) {
@@ -612,6 +609,8 @@ impl Capture {
         }
     }
 
+    /// Runs and run time of every loaded probe program (each counts all its attachments); zero
+    /// unless statistics were turned on (`CaptureOptions::probe_stats`) or by someone else.
     pub fn probe_costs(&self) -> Vec<ProbeCost> {
         self.ebpf
             .programs()
