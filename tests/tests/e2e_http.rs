@@ -546,7 +546,8 @@ assert data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n")[0], data[
 /// write with the request (the previous binary traced neither of those two requests). nginx
 /// answers 200 only if it parsed the header (it echoes the header's client address). Every
 /// request gets its SERVER span, the client's CLIENT span, and the server span is the client
-/// span's child by TCP sequence number: both ends start the request after the header.
+/// span's child by TCP sequence number: both ends start the request after the header. The
+/// server span's `client.*` is the client the header named, `network.peer.*` the balancer.
 #[test]
 fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     if !privileged_or_skip("requests_behind_a_proxy_protocol_header_are_traced") {
@@ -619,6 +620,14 @@ answer(s)
         ensure!(
             srv.attr_int("http.response.status_code") == Some(200),
             "{path}: {srv:#?}"
+        );
+        // The client the header named; the balancer is the network peer.
+        let port = if path == "/lb/v1-3" { 51235 } else { 51234 };
+        ensure!(
+            srv.attr_str("client.address").as_deref() == Some("203.0.113.7")
+                && srv.attr_int("client.port") == Some(port)
+                && srv.attr_str("network.peer.address").as_deref() == Some("127.0.0.1"),
+            "{path}: client.* should be the PROXY header's client: {srv:#?}"
         );
         ensure!(
             srv.parent_span_id_hex() == c.span_id_hex() && srv.trace_id_hex() == c.trace_id_hex(),

@@ -41,6 +41,7 @@ pub fn server_span() -> Span {
             request_body_size: None,
             response_body_size: Some(512),
             tls: false,
+            client: None,
         }),
         status: SpanStatus::Unset,
         th: None,
@@ -77,6 +78,7 @@ pub fn client_span() -> Span {
             request_body_size: Some(42),
             response_body_size: Some(0),
             tls: false,
+            client: None,
         }),
         status: SpanStatus::Error("503 Service Unavailable".into()),
         ..server_span()

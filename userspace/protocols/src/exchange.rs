@@ -20,6 +20,10 @@ pub struct HttpExchange {
     pub response_body_size: Option<u64>,
     /// Carried over TLS (plaintext from the TLS library).
     pub tls: bool,
+    /// The client a PROXY protocol header at the connection's start named (a load balancer in
+    /// front of the server relays for it): the span's `client.*`, while `network.peer.*` stay
+    /// the balancer.
+    pub client: Option<std::net::SocketAddr>,
 }
 
 /// Database systems ztrace understands on the wire.

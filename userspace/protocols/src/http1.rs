@@ -24,7 +24,7 @@ use crate::parser::{Opener, Parser, Protocol, Step, Update};
 mod proxy;
 mod scan;
 
-pub use proxy::{ProxyHeader, proxy_header};
+pub use proxy::{ProxyHeader, proxy_header, proxy_source};
 
 /// Largest head (request/status line + headers), chunk-size line or trailer section.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -688,6 +688,8 @@ pub struct Http1Conn {
     resp: Side,
     shared: Shared,
     closed: bool,
+    /// The client a PROXY protocol header at the start named (`proxy`).
+    proxied: Option<std::net::SocketAddr>,
 }
 
 impl Default for Http1Conn {
@@ -708,6 +710,7 @@ impl Http1Conn {
             resp,
             shared,
             closed: false,
+            proxied: None,
         }
     }
 
@@ -731,6 +734,7 @@ impl Http1Conn {
             && n as u64 <= len
         {
             side.offset = n as u64;
+            self.proxied = proxy_source(&data[..n]);
             data = &data[n..];
             len -= n as u64;
         }
@@ -818,6 +822,7 @@ impl Protocol for Http1Conn {
                     request_body_size: head.content_length,
                     response_body_size: None,
                     tls: false,
+                    client: self.proxied,
                 }),
             },
             Http1Event::Response {
@@ -852,6 +857,7 @@ mod tests {
         // With the request, in one piece.
         let mut c = Http1Conn::new();
         assert_eq!(push(&mut c, Q, &[V1, GET].concat()), "Q45 q45-64/0");
+        assert_eq!(c.proxied, Some("203.0.113.7:51234".parse().unwrap()));
         assert_eq!(push(&mut c, R, OK5), "R0 r0-43/5");
         // Alone (a load balancer writes it at connect), then the requests.
         let mut c = Http1Conn::new();

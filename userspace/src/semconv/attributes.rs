@@ -406,6 +406,8 @@ pub(crate) struct EndpointsKey<'a> {
     pub local: Endpoint,
     pub peer: Endpoint,
     pub version: &'static str,
+    /// The client a PROXY protocol header named, when a load balancer relays.
+    pub client: Option<std::net::SocketAddr>,
 }
 
 impl<'a> AttrSink<'a> for Attrs<'a> {
@@ -614,6 +616,7 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
                 local: span.local,
                 peer: span.peer,
                 version: http.version,
+                client: http.client,
             };
             a.endpoints(key, |a| {
                 if a.wants(semconv::SERVER_ADDRESS) || a.wants(semconv::SERVER_PORT) {
@@ -629,8 +632,13 @@ fn http_attributes<'a>(span: &'a Span, http: &'a HttpExchange, a: &mut impl Attr
                     };
                     a.int(semconv::SERVER_PORT, port);
                 }
-                a.addr(semconv::CLIENT_ADDRESS, key.peer.addr);
-                a.int(semconv::CLIENT_PORT, key.peer.port);
+                // The original client when a load balancer's PROXY header named it; the
+                // balancer stays the network peer.
+                let (addr, port) = key
+                    .client
+                    .map_or((key.peer.addr, key.peer.port), |c| (c.ip(), c.port()));
+                a.addr(semconv::CLIENT_ADDRESS, addr);
+                a.int(semconv::CLIENT_PORT, port);
                 http_network(key.peer, key.version, a);
             });
         }
@@ -884,6 +892,24 @@ mod tests {
         );
         assert_eq!(redact_query("a=1"), "a=1");
         assert_eq!(redact_query("sig"), "sig");
+    }
+
+    /// Behind a load balancer that sent a PROXY header: `client.*` is the client it named,
+    /// `network.peer.*` the balancer.
+    #[test]
+    fn proxied_client() {
+        let mut span = server_span();
+        if let Exchange::Http(h) = &mut span.exchange {
+            h.client = Some("203.0.113.7:40001".parse().unwrap());
+        }
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::CLIENT_ADDRESS), Some(&s("203.0.113.7")));
+        assert_eq!(get(&a, semconv::CLIENT_PORT), Some(&AttrValue::Int(40001)));
+        assert_eq!(get(&a, semconv::NETWORK_PEER_ADDRESS), Some(&s("10.0.0.2")));
+        assert_eq!(
+            get(&a, semconv::NETWORK_PEER_PORT),
+            Some(&AttrValue::Int(51234))
+        );
     }
 
     #[test]

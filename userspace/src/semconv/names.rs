@@ -33,6 +33,7 @@ pub(crate) fn http_of(span: &Span) -> &HttpExchange {
         request_body_size: None,
         response_body_size: None,
         tls: false,
+        client: None,
     };
     span.http().unwrap_or(&EMPTY)
 }

@@ -8,6 +8,8 @@
 //! Load balancers often write the header alone, before the client's first bytes arrive; the
 //! assembler keeps it as a prefix that may still become a request (`incomplete`).
 
+use std::net::{IpAddr, SocketAddr};
+
 /// Version 2's 12-byte signature.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// Version 1's longest line, CRLF included (the specification's bound).
@@ -74,6 +76,42 @@ pub fn proxy_header(data: &[u8]) -> ProxyHeader {
     }
 }
 
+/// The client a whole header (as [`proxy_header`] measured it) names: its source address and
+/// port; None for `UNKNOWN`, `LOCAL` (the proxy's own health check), other families (UDP, Unix
+/// sockets) or fields that do not parse.
+pub fn proxy_source(header: &[u8]) -> Option<SocketAddr> {
+    if let Some(rest) = header.strip_prefix(V2_SIGNATURE) {
+        let (&ver_cmd, &family) = (rest.first()?, rest.get(1)?);
+        let body = rest.get(4..)?;
+        if ver_cmd != 0x21 {
+            return None; // LOCAL: no client
+        }
+        return match family {
+            // TCP over IPv4: src, dst, sport, dport.
+            0x11 => {
+                let src: [u8; 4] = body.get(..4)?.try_into().ok()?;
+                let port = u16::from_be_bytes(body.get(8..10)?.try_into().ok()?);
+                Some(SocketAddr::new(IpAddr::from(src), port))
+            }
+            0x21 => {
+                let src: [u8; 16] = body.get(..16)?.try_into().ok()?;
+                let port = u16::from_be_bytes(body.get(32..34)?.try_into().ok()?);
+                Some(SocketAddr::new(IpAddr::from(src), port))
+            }
+            _ => None,
+        };
+    }
+    let line = std::str::from_utf8(header.strip_prefix(b"PROXY ")?).ok()?;
+    let mut f = line.trim_end_matches("\r\n").split(' ');
+    let (proto, src, _dst, sport) = (f.next()?, f.next()?, f.next()?, f.next()?);
+    let addr: IpAddr = src.parse().ok()?;
+    let family_ok = matches!(
+        (proto, addr),
+        ("TCP4", IpAddr::V4(_)) | ("TCP6", IpAddr::V6(_))
+    );
+    family_ok.then_some(SocketAddr::new(addr, sport.parse().ok()?))
+}
+
 /// Version 1's fields after "PROXY ": `TCP4|TCP6 src dst sport dport`, or `UNKNOWN` and
 /// anything.
 fn v1_fields(fields: &[u8]) -> bool {
@@ -118,8 +156,12 @@ mod tests {
         for cut in 1..h.len() {
             assert_eq!(proxy_header(&h[..cut]), ProxyHeader::Partial, "{cut}");
         }
+        assert_eq!(proxy_source(h), Some("203.0.113.7:51234".parse().unwrap()));
         let v6 = b"PROXY TCP6 2001:db8::1 ::1 1 65535\r\n";
         assert_eq!(proxy_header(v6), ProxyHeader::Whole(v6.len()));
+        assert_eq!(proxy_source(v6), Some("[2001:db8::1]:1".parse().unwrap()));
+        assert_eq!(proxy_source(b"PROXY UNKNOWN\r\n"), None);
+        assert_eq!(proxy_source(b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n"), None);
         assert_eq!(proxy_header(b"PROXY UNKNOWN\r\n"), ProxyHeader::Whole(15));
         for no in [
             &b"GET / HTTP/1.1\r\n"[..],
@@ -149,6 +191,25 @@ mod tests {
         let addrs = [203, 0, 113, 7, 10, 0, 0, 2, 0xc8, 0x22, 0x1f, 0x90];
         let h = v2(&addrs);
         assert_eq!(proxy_header(&h), ProxyHeader::Whole(28));
+        assert_eq!(proxy_source(&h), Some("203.0.113.7:51234".parse().unwrap()));
+        let mut v6 = [0u8; 36];
+        v6[..16].copy_from_slice(
+            &"2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        v6[32..34].copy_from_slice(&443u16.to_be_bytes());
+        let mut h6 = v2(&v6);
+        h6[13] = 0x21;
+        assert_eq!(
+            proxy_source(&h6),
+            Some("[2001:db8::7]:443".parse().unwrap())
+        );
+        // Cut short: no address, no panic.
+        for cut in 0..h.len() {
+            let _ = proxy_source(&h[..cut]);
+        }
         let mut with = h.clone();
         with.extend_from_slice(b"GET / HTTP/1.1\r\n");
         assert_eq!(proxy_header(&with), ProxyHeader::Whole(28));
@@ -161,5 +222,6 @@ mod tests {
         let mut local = v2(&[]);
         local[12] = 0x20; // LOCAL: a health check of the proxy itself
         assert_eq!(proxy_header(&local), ProxyHeader::Whole(16));
+        assert_eq!(proxy_source(&local), None);
     }
 }

@@ -119,8 +119,13 @@ pub fn read(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
                 Own::Int(i64::from(port))
             })
         }
-        Known::ClientAddress if server => Some(Own::Addr(span.peer.addr)),
-        Known::ClientPort if server => Some(Own::Int(i64::from(span.peer.port))),
+        // A PROXY header's client, else the peer (as `semconv::attributes`).
+        Known::ClientAddress if server => {
+            Some(Own::Addr(http.client.map_or(span.peer.addr, |c| c.ip())))
+        }
+        Known::ClientPort if server => Some(Own::Int(i64::from(
+            http.client.map_or(span.peer.port, |c| c.port()),
+        ))),
         Known::ClientAddress | Known::ClientPort => None,
         Known::PeerAddress => Some(Own::Addr(span.peer.addr)),
         Known::PeerPort => Some(Own::Int(i64::from(span.peer.port))),

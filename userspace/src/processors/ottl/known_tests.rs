@@ -134,6 +134,8 @@ fn random_span(rng: &mut StdRng) -> Span {
             h.request_body_size = maybe(rng, size);
             h.response_body_size = maybe(rng, 512);
             h.tls = rng.random_bool(0.5);
+            let proxied = std::net::SocketAddr::new(*pick(rng, &ADDRS), 40_001);
+            h.client = maybe(rng, proxied);
         }
     }
     s
