@@ -99,6 +99,23 @@ pub enum Refused {
     Version([u8; 4]),
 }
 
+impl Refused {
+    /// What an operator can do about a refusal, when it is theirs to mend (another secret,
+    /// clocks apart, another version); None for what a broken or hostile peer sends.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Refused::Forged => Some("; is the peer secret the same on both agents?".into()),
+            Refused::Stale => Some(format!(
+                "; are the two hosts' clocks within {} s of each other?",
+                MAX_AGE_MS / 1000
+            )),
+            // The message says it all.
+            Refused::Version(_) => Some(String::new()),
+            Refused::Malformed | Refused::Replayed | Refused::WrongKind => None,
+        }
+    }
+}
+
 pub struct Key(hmac::Key);
 
 impl Key {

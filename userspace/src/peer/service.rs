@@ -339,23 +339,15 @@ async fn serve(
 /// secret, another version, clocks apart) as a warning at most once a minute, anything else at debug level.
 fn refusal_logged(from: SocketAddr, e: &anyhow::Error) {
     static LAST_WARN_MS: AtomicU64 = AtomicU64::new(0);
-    let actionable = matches!(
-        e.downcast_ref::<Refused>(),
-        Some(Refused::Forged | Refused::Version(_) | Refused::Stale)
-    );
+    let hint = e.downcast_ref::<Refused>().and_then(Refused::hint);
     let now = unix_ms();
     let last = LAST_WARN_MS.load(Ordering::Relaxed);
-    if actionable
+    if let Some(hint) = hint
         && now.saturating_sub(last) >= 60_000
         && LAST_WARN_MS
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        let hint = match e.downcast_ref::<Refused>() {
-            Some(Refused::Forged) => ": is the peer secret the same on both agents?",
-            Some(Refused::Stale) => ": are the two hosts' clocks within 30 s of each other?",
-            _ => "",
-        };
         log::warn!("peer {from}: frame refused: {e}{hint} (logged at most once a minute)");
     } else {
         log::debug!("peer {from}: {e}");
@@ -659,10 +651,7 @@ async fn ask_peer(
                         );
                     }
                     Err(AskError::Refused(r)) => {
-                        let hint = match r {
-                            Refused::Forged => "; is the peer secret the same on both agents?",
-                            _ => "",
-                        };
+                        let hint = r.hint().unwrap_or_default();
                         log::warn!("peer {addr}: reply refused: {r}{hint}");
                         conn = None;
                         done.extend(
