@@ -49,12 +49,15 @@ pub enum ProcChange {
     },
 }
 
-/// Whether socket bytes start a TLS handshake record (content type 22, version 3.x).
-pub fn tls_handshake(payload: &[u8]) -> bool {
-    matches!(payload, [0x16, 0x03, 0x00..=0x04, ..])
-}
-
 impl ProcChange {
+    /// A traced process's socket bytes that start a TLS handshake record (content type 22,
+    /// version 3.x): [`ProcChange::TlsHandshake`].
+    pub fn from_data(ev: &ztrace_abi::DataEvent, payload: &[u8]) -> Option<Self> {
+        matches!(payload, [0x16, 0x03, 0x00..=0x04, ..]).then_some(ProcChange::TlsHandshake {
+            pid: ev.header.tgid,
+        })
+    }
+
     pub fn from_event(ev: &ztrace_abi::ProcEvent) -> Option<Self> {
         match ev.op {
             proc::FORK => Some(ProcChange::Forked {
@@ -139,11 +142,7 @@ impl Pipeline {
         match event {
             Event::Data(ev, payload) => {
                 self.last_ns = self.last_ns.max(ev.header.ts_ns);
-                if tls_handshake(payload) {
-                    changes.push(ProcChange::TlsHandshake {
-                        pid: ev.header.tgid,
-                    });
-                }
+                changes.extend(ProcChange::from_data(&ev, payload));
                 self.assembler.on_data(&ev, payload, &mut self.linker);
                 if let Some(m) = &mut self.metrics {
                     m.on_data(&ev);

@@ -12,7 +12,7 @@ use crate::{
     capture::KernelCounters,
     decode::{Event, decode, kind_of},
     model::ProcessInfo,
-    runtime::pipeline::{ProcChange, tls_handshake},
+    runtime::pipeline::ProcChange,
     runtime::record,
 };
 
@@ -67,22 +67,12 @@ impl RecordSink {
         }
         // Process lifecycle still steers the recorder (follow children, stop at exit), and a
         // TLS handshake may mean OpenSSL to probe (`super::tls_watch`).
-        match kind_of(raw) {
-            Some(kind::PROC) => {
-                if let Ok(Event::Proc(ev)) = decode(raw) {
-                    changes.extend(ProcChange::from_event(&ev));
-                }
+        if matches!(kind_of(raw), Some(kind::PROC | kind::DATA)) {
+            match decode(raw) {
+                Ok(Event::Proc(ev)) => changes.extend(ProcChange::from_event(&ev)),
+                Ok(Event::Data(ev, payload)) => changes.extend(ProcChange::from_data(&ev, payload)),
+                _ => {}
             }
-            Some(kind::DATA) => {
-                if let Ok(Event::Data(ev, payload)) = decode(raw)
-                    && tls_handshake(payload)
-                {
-                    changes.push(ProcChange::TlsHandshake {
-                        pid: ev.header.tgid,
-                    });
-                }
-            }
-            _ => {}
         }
         Ok(())
     }
