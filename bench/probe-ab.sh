@@ -5,7 +5,8 @@
 # SECS seconds per run; each binary traces it with `--probe-stats` (the kernel's BPF run-time
 # statistics) exporting OTLP to a null collector. The binaries take turns, the order reversed
 # every other round. One line per run: requests, ns per run of each socket-layer probe, runs
-# per request, kernel events lost, load average. Every run of a probe is counted, also those in
+# per request, ztrace's own CPU per request (its utime + stime from /proc while wrk ran) and
+# peak RSS, kernel events lost, load average. Every run of a probe is counted, also those in
 # processes ztrace does not trace (wrk's own socket calls: one early-exit run per request and
 # direction). `ZTRACE_TARGET=idle` traces an idle process instead of nginx (the filter's cost).
 # Needs root, nginx, wrk, python3. Everything started here is stopped on exit.
@@ -35,6 +36,8 @@ sleep 1
 MASTER=$(cat "$DIR/nginx.pid")
 sleep 1000 & IDLE=$!; PIDS+=($IDLE)
 TARGET=$MASTER; [ "${ZTRACE_TARGET:-}" = idle ] && TARGET=$IDLE
+# utime + stime of process $1, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
   local bin=$1 log=$DIR/ztrace.log cmd
   read -ra cmd <<< "$bin"
@@ -42,14 +45,20 @@ run() {
     --metric-export-interval 1s --probe-stats 2>"$log" &
   local z=$!
   for _ in $(seq 100); do grep -q "tracing " "$log" && break; sleep 0.1; done
-  local req
+  local req cpu0 cpu1 hwm
+  cpu0=$(cpu_ticks "$z")
   req=$(wrk -t1 -c32 -d"${SECS}s" "http://127.0.0.1:$NGX_PORT/" | awk '/requests in/ {print $1}')
+  cpu1=$(cpu_ticks "$z")
+  hwm=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$z/status")
   sleep 0.3; kill -INT "$z"; wait "$z" || true
   local probes lost
   probes=$(sed -n 's/.*probe cost: \(sock_[a-z_]*\) ran \([0-9]*\) times, \([0-9]*\) ns per run.*/\1 \2 \3/p' "$log" |
     awk -v r="$req" '{printf "%s %s ns (%.2f/req) ", $1, $3, $2/r}')
   lost=$(grep -o '([0-9]* lost' "$log" | tr -dc 0-9)
-  echo "bin=\"$bin\" requests=$req ${probes}lost=${lost:-?} load=$(cut -d' ' -f1 /proc/loadavg)"
+  local us
+  us=$(awk -v a="$cpu0" -v b="$cpu1" -v r="$req" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / r}')
+  echo "bin=\"$bin\" requests=$req ${probes}ztrace=${us}us/req hwm=${hwm}MiB lost=${lost:-?} load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 for r in $(seq "$ROUNDS"); do
   bins=("$@"); [ $((r % 2)) = 0 ] && mapfile -t bins < <(printf '%s\n' "$@" | tac)
