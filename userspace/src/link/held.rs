@@ -5,6 +5,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
+    mem::MaybeUninit,
 };
 
 use rustc_hash::FxHashMap as HashMap;
@@ -87,6 +88,11 @@ pub(super) struct Rec {
 /// misses). A span still held far behind the newest moves to a map, so memory follows what is
 /// held, not how old the oldest is. Records are boxed: a `Rec` carries its exchange (hundreds of
 /// bytes) and is moved only as a pointer.
+///
+/// The boxes of released records are kept (up to `SPARE_RECS`) for the next ones. Spans are
+/// released about in the order they started, so without that every allocator page of records
+/// filled up, emptied as a whole, went back to the system and a fresh one was faulted in: the
+/// allocator's slow path was a twentieth of the capture thread's CPU with nginx saturated.
 #[derive(Default)]
 pub(super) struct Recs {
     /// Handle of `window[0]`.
@@ -95,7 +101,12 @@ pub(super) struct Recs {
     /// Held spans older than `base`.
     old: HashMap<Handle, Box<Rec>>,
     len: usize,
+    spare: Vec<Box<MaybeUninit<Rec>>>,
 }
+
+/// Released records' boxes kept for reuse: more than are released between two polls at 100k
+/// spans/s, ~0.5 MiB.
+const SPARE_RECS: usize = 1024;
 
 impl Recs {
     pub(super) fn get(&self, h: &Handle) -> Option<&Rec> {
@@ -122,7 +133,11 @@ impl Recs {
         self.len
     }
 
-    pub(super) fn insert(&mut self, h: Handle, rec: Box<Rec>) {
+    pub(super) fn insert(&mut self, h: Handle, rec: Rec) {
+        let rec = match self.spare.pop() {
+            Some(spare) => Box::write(spare, rec),
+            None => Box::new(rec),
+        };
         if self.window.is_empty() && h >= self.base {
             self.base = h;
         }
@@ -142,16 +157,29 @@ impl Recs {
         self.bound();
     }
 
-    pub(super) fn remove(&mut self, h: &Handle) -> Option<Box<Rec>> {
+    pub(super) fn remove(&mut self, h: &Handle) -> Option<Rec> {
         let rec = if *h < self.base {
             self.old.remove(h)
         } else {
             self.window.get_mut((*h - self.base) as usize)?.take()
         };
+        let rec = rec.map(|b| self.unbox(b));
         if rec.is_some() {
             self.len -= 1;
         }
         self.trim();
+        rec
+    }
+
+    /// Moves the record out of its box and keeps the box for a later `insert`.
+    fn unbox(&mut self, rec: Box<Rec>) -> Rec {
+        let raw = Box::into_raw(rec);
+        // SAFETY: `raw` comes from a `Box<Rec>` and is read exactly once; the allocation is then
+        // owned as a `Box<MaybeUninit<Rec>>` (same layout), which never drops a `Rec`.
+        let (rec, spare) = unsafe { (raw.read(), Box::from_raw(raw.cast::<MaybeUninit<Rec>>())) };
+        if self.spare.len() < SPARE_RECS {
+            self.spare.push(spare);
+        }
         rec
     }
 
@@ -305,5 +333,39 @@ mod tests {
         l.drain(t + 12 * LINK_GRACE_NS, &mut out);
         assert_eq!(out.len(), 50_001);
         assert_eq!(l.open_spans(), 0);
+    }
+
+    /// A released record's box is the next record's, and nothing of the first (its error, its
+    /// exchange) comes along; at most `SPARE_RECS` boxes are kept.
+    #[test]
+    fn released_records_boxes_are_reused_and_carry_nothing_over() {
+        use crate::model::SpanStatus;
+        let mut l = Linker::new(0, 200_000, Some(1));
+        let mut out = Vec::new();
+        let a = serve(&mut l, 1, 1, 1_000);
+        l.finish(a, 2_000, Some("first".into()));
+        l.poll(10 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(l.recs.spare.len(), 1);
+        let spare = l.recs.spare[0].as_ptr();
+        let t = 11 * LINK_GRACE_NS;
+        let b = serve(&mut l, 1, 1, t);
+        assert!(l.recs.spare.is_empty());
+        assert!(std::ptr::eq(l.recs.get(&b).unwrap(), spare));
+        reply(&mut l, 1, 1, b, t + 500);
+        l.poll(30 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[0].status, SpanStatus::Error(e) if e.contains("first")));
+        assert_eq!(out[1].status, SpanStatus::Unset);
+        assert_ne!(out[0].span_id, out[1].span_id);
+        // Many released at once: the spares stay bounded.
+        let t = 40 * LINK_GRACE_NS;
+        for i in 0..3 * SPARE_RECS as u64 {
+            let h = serve(&mut l, 1, 1, t + i);
+            reply(&mut l, 1, 1, h, t + i + 1);
+        }
+        l.poll(60 * LINK_GRACE_NS, &mut out);
+        assert_eq!(out.len(), 2 + 3 * SPARE_RECS);
+        assert_eq!(l.recs.spare.len(), SPARE_RECS);
     }
 }

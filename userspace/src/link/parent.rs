@@ -186,7 +186,7 @@ impl Linker {
         self.live_order.push_back(h);
         self.recs.insert(
             h,
-            Box::new(Rec {
+            Rec {
                 span_id: SpanId::random(&mut self.rng),
                 own_trace: TraceId::random(&mut self.rng),
                 parent,
@@ -207,7 +207,7 @@ impl Linker {
                 peer: s.peer,
                 exchange: s.exchange,
                 error: None,
-            }),
+            },
         );
         h
     }

@@ -225,8 +225,6 @@ impl Linker {
     }
 
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
-        // Kept boxed: the exchange moves out of the box straight into the span (unboxing the
-        // whole record first was one more copy of it per span).
         let Some(rec) = self.recs.remove(&h) else {
             return;
         };
