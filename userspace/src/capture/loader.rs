@@ -416,17 +416,16 @@ impl Capture {
     /// Adds a process to the in-kernel traced set: before [`Capture::attach`] (seeding), or
     /// later for a process a selector matched (a one-byte atomic store, see `traced.rs`).
     pub fn trace(&mut self, tgid: u32) -> Result<()> {
-        if tgid as usize >= ztrace_abi::traced::BYTES {
+        if !self.traced.add(tgid)? {
             bail!("PID {tgid} is beyond the largest PID Linux allows");
         }
-        self.traced.add(tgid);
         Ok(())
     }
 
     /// Removes a process the kernel's exit probe missed (userspace found it dead): a byte left
     /// set would trace the next process the kernel gives the PID (see `probes::sched`).
-    pub fn untrace(&mut self, tgid: u32) {
-        self.traced.remove(tgid);
+    pub fn untrace(&mut self, tgid: u32) -> Result<()> {
+        self.traced.remove(tgid)
     }
 
     /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
@@ -519,7 +518,7 @@ impl Capture {
         // Only a process still traced is updated: one that exited before its exec event got
         // here was removed by the kernel, and its PID may already belong to an unrelated
         // process, which must not become traced.
-        if !self.traced.update(pid, flags) {
+        if !self.traced.update(pid, flags)? {
             return Ok(None);
         }
         let Some(probe) = probe else {

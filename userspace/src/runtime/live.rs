@@ -424,8 +424,8 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             // for its next owner.
             procs.alive.retain(|&pid| {
                 let alive = process::is_alive(pid);
-                if !alive {
-                    capture.untrace(pid);
+                if !alive && let Err(e) = capture.untrace(pid) {
+                    log::warn!("process {pid} exited unseen; leaving the traced set: {e:#}");
                 }
                 alive
             });
