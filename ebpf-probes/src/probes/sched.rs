@@ -9,10 +9,13 @@
 //!   needs a missed exit, and the ways to miss one are: the kernel skipping this program
 //!   (a tracepoint program does not run nested inside another BPF program on the same CPU: it
 //!   counts a recursion miss instead), the `group_dead` read failing on a kernel without the
-//!   field (then the process stays marked), or userspace adding a process after its exit ran
-//!   (a selector matched an exec, and the process exited before userspace stored its byte).
-//!   Userspace covers the last two: once a second it checks that every process it traces is
-//!   alive and clears the byte of one that is not (`Capture::untrace`).
+//!   field (then the process stays marked), a process userspace seeded exiting before this
+//!   program was attached, or userspace adding a process after its exit ran (a selector matched
+//!   an exec, and the process exited before userspace stored its byte). Userspace covers the
+//!   last three: once a second it checks that every process it traces is alive and clears the
+//!   byte of one that is not (`Capture::untrace`). What it cannot see is a PID reused within
+//!   that second by a process not descended from a traced one: it would take the new owner for
+//!   the old process (telling them apart needs the start time, not kept today).
 //! - Exec keeps the TGID and the byte: nothing to do here (userspace re-inspects the process
 //!   and may clear `TLS`).
 //! - Fork: the tracepoint fires before the child first runs, so the child cannot exit before
