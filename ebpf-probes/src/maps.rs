@@ -4,25 +4,27 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use ztrace_abi::{Config, DataEvent, EventHeader, MAX_PAYLOAD, counter, maybe_traced};
+use ztrace_abi::{Config, DataEvent, EventHeader, MAX_PAYLOAD, counter, traced};
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<Config> = Global::new(Config::DEFAULT);
 
-/// Traced processes (TGID → `ztrace_abi::traced` flags). Userspace seeds it; fork adds
-/// children, exit removes.
-#[map]
-pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+/// `BPF_F_MMAPABLE`: userspace maps `TRACED` and stores single bytes through the mapping.
+const BPF_F_MMAPABLE: u32 = 1024;
 
-/// A pre-filter in front of `TRACED` (`ztrace_abi::maybe_traced`): the byte of every TGID ever
-/// traced is set, by userspace before the probes attach and here for forked children; exit
-/// leaves it set, which costs a process that reuses the PID one `TRACED` lookup, never a wrong
-/// answer. The verifier inlines an array lookup into a load; a hash lookup is a helper call
-/// (~100 ns in this VM), which every socket call of every untraced process used to pay.
+/// The traced set: the `ztrace_abi::traced` flags of every TGID, a byte each (0 = not traced).
+/// Userspace seeds it before the probes attach and adds processes a selector matches later;
+/// fork copies the parent's byte to the child, exit of the last thread clears it, the OpenSSL
+/// probes add `TLS`. The verifier inlines an array lookup into a load: asking whether a process
+/// is traced costs no helper call (a `TRACED` hash lookup, ~75 ns per traced socket call, was
+/// the previous design).
+///
+/// Exact because every process that leaves the set passes through `sched_process_exit` with
+/// `group_dead` (see `probes::sched` for when that can be missed, and what userspace does).
 #[map]
-pub static MAYBE_TRACED: Array<u64> = Array::with_max_entries(maybe_traced::WORDS, 0);
+pub static TRACED: Array<u64> = Array::with_max_entries(traced::WORDS, BPF_F_MMAPABLE);
 
 /// What a syscall's exit needs from its entry, per thread (pid_tgid). LRU so a thread that dies
 /// inside a syscall cannot leak an entry forever.
@@ -90,42 +92,42 @@ pub fn count(index: u32) {
     }
 }
 
-/// False only for a TGID never traced (see `MAYBE_TRACED`).
+/// The byte of `tgid` in `TRACED`; None past the end (cannot happen: the map covers
+/// `PID_MAX_LIMIT`).
 #[inline(always)]
-fn maybe_traced(tgid: u32) -> bool {
-    let (word, mask) = maybe_traced::slot(tgid);
-    MAYBE_TRACED.get(word).is_none_or(|w| w & mask != 0)
+fn traced_byte(tgid: u32) -> Option<*mut u8> {
+    let (word, shift) = traced::slot(tgid);
+    let ptr = TRACED.get_ptr_mut(word)?;
+    // SAFETY: `shift / 8` < 8 is inside the 8-byte map value `ptr` points to, valid while the
+    // program runs.
+    Some(unsafe { (ptr as *mut u8).add((shift / 8) as usize) })
 }
 
-/// Sets `tgid`'s pre-filter byte: a one-byte store (see `ztrace_abi::maybe_traced`).
+/// Stores `tgid`'s flags (0: no longer traced): a one-byte store, which cannot disturb the
+/// neighbouring bytes other CPUs or userspace write meanwhile.
 #[inline(always)]
-pub fn mark_traced(tgid: u32) {
-    let (word, _) = maybe_traced::slot(tgid);
-    if let Some(ptr) = MAYBE_TRACED.get_ptr_mut(word) {
-        let byte = (tgid % maybe_traced::PER_WORD) as usize;
-        // SAFETY: `byte` < 8 is inside the map value `ptr` points to, valid while the program
-        // runs.
-        unsafe { core::ptr::write_volatile((ptr as *mut u8).add(byte), 1) };
+pub fn set_traced(tgid: u32, flags: u8) {
+    if let Some(byte) = traced_byte(tgid) {
+        // SAFETY: see `traced_byte`.
+        unsafe { core::ptr::write_volatile(byte, flags) };
     }
 }
 
 /// The flags of a traced process (`ztrace_abi::traced`), None when it is not traced.
 #[inline(always)]
 pub fn traced_flags(tgid: u32) -> Option<u8> {
-    if !maybe_traced(tgid) {
-        return None;
-    }
-    // SAFETY: plain map read.
-    unsafe { TRACED.get(tgid).copied() }
+    let (word, shift) = traced::slot(tgid);
+    // One load of the entry, then a shift: the same instructions as testing a pre-filter.
+    let flags = (*TRACED.get(word)? >> shift) as u8;
+    (flags != 0).then_some(flags)
 }
 
-/// The flags of a traced process, writable; None when it is not traced.
+/// The flags of a traced process, writable (a byte of `TRACED`); None when it is not traced.
 #[inline(always)]
 pub fn traced_flags_mut(tgid: u32) -> Option<*mut u8> {
-    if !maybe_traced(tgid) {
-        return None;
-    }
-    TRACED.get_ptr_mut(tgid)
+    let byte = traced_byte(tgid)?;
+    // SAFETY: see `traced_byte`.
+    (unsafe { core::ptr::read_volatile(byte) } != 0).then_some(byte)
 }
 
 #[inline(always)]
@@ -255,7 +257,7 @@ pub static NET_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536,
 pub(crate) fn note_ssl_socket(flags: u8, pid_tgid: u64, sk: u64) -> bool {
     // Only processes whose libssl is probed can have a call in progress: the others skip the
     // map lookup (one of the costlier steps of a socket probe).
-    if flags & ztrace_abi::traced::TLS == 0 {
+    if flags & traced::TLS == 0 {
         return false;
     }
     match SSL_CALLS.get_ptr_mut(pid_tgid) {

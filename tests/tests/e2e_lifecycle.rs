@@ -2,7 +2,8 @@
 //! set. If it stayed, the next process the kernel gives its PID would be traced, and its payloads
 //! (and with `--capture-logs` its output) exported: PID reuse tracing the wrong process.
 //!
-//! The kernel's set is read with bpftool, from the `TRACED` map of this test's own ztrace.
+//! The kernel's set is read from the `TRACED` map of this test's own ztrace (a byte of flags per
+//! TGID; bpftool names the map, the test maps it read-only).
 
 use std::{collections::HashSet, process::Command, time::Duration};
 
@@ -72,8 +73,91 @@ fn exited_processes_leave_the_traced_set() -> Result<()> {
     Ok(())
 }
 
-/// The TGIDs in the `TRACED` map that process `owner` holds (its map fds name their map ids in
-/// /proc/PID/fdinfo; bpftool says which of them is `TRACED`).
+/// A traced process exits and the kernel hands its PID to a process ztrace has no reason to
+/// trace (not a descendant of a traced one): that process must not be traced. The new owner
+/// execs, so userspace's late answers about the old process (its exec inspection) race with it.
+#[test]
+fn a_pid_reused_after_a_traced_exit_is_not_traced() -> Result<()> {
+    if !privileged_or_skip("a_pid_reused_after_a_traced_exit_is_not_traced") {
+        return Ok(());
+    }
+    let pid_file = std::env::temp_dir().join(format!("ztrace-reuse-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pid_file);
+    let script = format!(
+        "sleep 2; sleep 1 & echo $! > {}; wait $!; sleep 60",
+        pid_file.display()
+    );
+    let shell = Proc {
+        child: Command::new("bash").args(["-c", &script]).spawn()?,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        shell.pid().to_string(),
+        "--duration".into(),
+        "90s".into(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let child: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the shell never forked"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_file(&pid_file);
+    ztrace.wait_stderr(
+        &format!("following new child process {child} of"),
+        Duration::from_secs(10),
+    )?;
+    ztrace.wait_stderr(
+        &format!("traced process {child} exited"),
+        Duration::from_secs(30),
+    )?;
+    // Ask the kernel for PID `child` next (root may set the last PID handed out); processes
+    // elsewhere on the machine may take it first, so try a few times.
+    let mut reused = None;
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (child - 1).to_string())
+            .context("writing /proc/sys/kernel/ns_last_pid")?;
+        let mut p = Command::new("sleep").arg("30").spawn()?;
+        if p.id() == child {
+            reused = Some(p);
+            break;
+        }
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let mut reused = reused.with_context(|| format!("PID {child} was never handed out again"))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let traced = traced_set(ztrace.pid())?;
+    let _ = reused.kill();
+    let _ = reused.wait();
+    ensure!(
+        traced.contains(&shell.pid()),
+        "the traced shell {} is missing from the traced set {traced:?}",
+        shell.pid()
+    );
+    ensure!(
+        !traced.contains(&child),
+        "PID {child}, exited and reused by an untraced process, is traced; ztrace said:\n{}",
+        ztrace.stderr_text()
+    );
+    ztrace.signal(libc::SIGINT);
+    ensure!(ztrace.wait_exit(Duration::from_secs(30)) == Some(0));
+    Ok(())
+}
+
+/// The TGIDs whose byte is set in the `TRACED` map that process `owner` holds (its map fds
+/// name their map ids in /proc/PID/fdinfo; bpftool says which of them is `TRACED`).
 fn traced_set(owner: u32) -> Result<HashSet<u32>> {
     let mut held = HashSet::new();
     for fd in std::fs::read_dir(format!("/proc/{owner}/fdinfo"))? {
@@ -87,26 +171,62 @@ fn traced_set(owner: u32) -> Result<HashSet<u32>> {
         }
     }
     let maps = bpftool(&["map", "show"])?;
-    let id = maps
+    let map = maps
         .as_array()
         .context("bpftool map show: not a list")?
         .iter()
         .filter(|m| m["name"] == "TRACED")
-        .filter_map(|m| m["id"].as_u64())
-        .find(|id| held.contains(id))
+        .find(|m| m["id"].as_u64().is_some_and(|id| held.contains(&id)))
         .with_context(|| format!("no TRACED map held by ztrace {owner}"))?;
-    let entries = bpftool(&["map", "dump", "id", &id.to_string()])?;
-    let mut set = HashSet::new();
-    for e in entries.as_array().context("bpftool map dump: not a list")? {
-        let key: Vec<u8> = e["key"]
-            .as_array()
-            .context("entry without key bytes")?
-            .iter()
-            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
-            .collect();
-        let key: [u8; 4] = key.try_into().ok().context("a TRACED key is 4 bytes")?;
-        set.insert(u32::from_le_bytes(key));
-    }
+    let id = map["id"].as_u64().context("map without id")? as u32;
+    let size = map["max_entries"]
+        .as_u64()
+        .context("map without max_entries")? as usize
+        * map["bytes_value"]
+            .as_u64()
+            .context("map without bytes_value")? as usize;
+    // BPF_MAP_GET_FD_BY_ID: { map_id, next_id, open_flags }.
+    let attr: [u32; 3] = [id, 0, 0];
+    // SAFETY: bpf(2) with an attribute of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            14,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    ensure!(
+        fd >= 0,
+        "opening map {id}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a read-only shared mapping of the whole map (created `BPF_F_MMAPABLE`), unmapped
+    // below; the fd is ours.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd as i32,
+            0,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd as i32) };
+    ensure!(ptr != libc::MAP_FAILED, "mapping map {id}: {err}");
+    // SAFETY: `size` readable bytes, read while the mapping lives.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, size) };
+    let set = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &flags)| flags != 0)
+        .map(|(tgid, _)| tgid as u32)
+        .collect();
+    // SAFETY: the mapping made above; `bytes` is not used after this.
+    unsafe { libc::munmap(ptr, size) };
     Ok(set)
 }
 

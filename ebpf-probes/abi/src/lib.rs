@@ -321,34 +321,33 @@ impl Config {
     };
 }
 
-/// Values of the `TRACED` map (TGID → flags).
-/// The `MAYBE_TRACED` pre-filter: one byte per TGID, eight to a map entry. A byte, not a bit:
-/// the probes mark a forked child with a plain one-byte store, which cannot disturb a
-/// neighbour's byte set at the same time on another CPU (a bit would need an atomic
-/// read-modify-write, which BPF's first instruction set lacks).
-pub mod maybe_traced {
-    pub const PER_WORD: u32 = 8;
-    /// Entries for the largest `pid_max` Linux allows (2^22); userspace sizes the map to the
-    /// host's `pid_max`. TGIDs past the end are looked up in `TRACED` directly.
-    pub const WORDS: u32 = (1 << 22) / PER_WORD;
-
-    /// Entry index of `tgid`, and the mask of its byte there (little-endian, as BPF and its
-    /// hosts are).
-    pub const fn slot(tgid: u32) -> (u32, u64) {
-        (tgid / PER_WORD, 0xff << (8 * (tgid % PER_WORD)))
-    }
-
-    /// Entries for a host whose `pid_max` is `pid_max`.
-    pub const fn words(pid_max: u32) -> u32 {
-        pid_max.div_ceil(PER_WORD)
-    }
-}
-
+/// The traced set: one byte per TGID in the `TRACED` array, holding the process's flags
+/// ([`YES`](traced::YES), [`TLS`](traced::TLS)); 0 = not traced. Eight bytes to a map entry (an
+/// array's entries are 8-byte aligned in the kernel: a one-byte value would take eight), so the
+/// byte of `tgid` is byte `tgid` of the map's memory, which userspace maps (`BPF_F_MMAPABLE`).
+/// A byte, not a bit, and no separate hash map: every writer stores one whole byte (the probes
+/// with a plain store, userspace with an atomic one through the mapping), so no writer can undo
+/// a neighbour's byte stored at the same time on another CPU, and the probes' question "is this
+/// process traced, and how" is one inlined array load, never a helper call.
 pub mod traced {
     /// Traced.
     pub const YES: u8 = 1;
     /// Its libssl is probed: socket calls note their socket for an OpenSSL call in progress.
     pub const TLS: u8 = 2;
+
+    pub const PER_WORD: u32 = 8;
+    /// Entries for the largest `pid_max` Linux allows (`PID_MAX_LIMIT`, 2^22): the map covers
+    /// every TGID the kernel can hand out, even after `pid_max` is raised while ztrace runs
+    /// (4 MiB of kernel memory).
+    pub const WORDS: u32 = (1 << 22) / PER_WORD;
+    /// Bytes of the map's memory.
+    pub const BYTES: usize = WORDS as usize * PER_WORD as usize;
+
+    /// Entry index of `tgid`, and the shift of its byte in that entry's value (little-endian, as
+    /// BPF and its hosts are).
+    pub const fn slot(tgid: u32) -> (u32, u32) {
+        (tgid / PER_WORD, 8 * (tgid % PER_WORD))
+    }
 }
 
 /// Indexes of the per-CPU drop/health counters array.

@@ -1,5 +1,31 @@
 //! Process lifecycle of traced processes: children of a traced process become traced (unless
-//! userspace disabled following), and a process whose last thread exits leaves the map.
+//! userspace disabled following), and a process whose last thread exits leaves the traced set
+//! (`maps::TRACED`, a byte per TGID).
+//!
+//! Why the set stays exact, race by race:
+//! - PID reuse: the byte is cleared at the exit of a process's last thread (`group_dead`), so a
+//!   PID the kernel hands out again starts untraced, unless its new owner is the child of a
+//!   traced process (then the fork stores the parent's flags: traced, rightly). A stale byte
+//!   needs a missed exit, and the ways to miss one are: the kernel skipping this program
+//!   (a tracepoint program does not run nested inside another BPF program on the same CPU: it
+//!   counts a recursion miss instead), the `group_dead` read failing on a kernel without the
+//!   field (then the process stays marked), a process userspace seeded exiting before this
+//!   program was attached, or userspace adding a process after its exit ran (a selector matched
+//!   an exec, and the process exited before userspace stored its byte). Userspace covers the
+//!   last three: once a second it checks that every process it traces is alive and clears the
+//!   byte of one that is not (`Capture::untrace`). What it cannot see is a PID reused within
+//!   that second by a process not descended from a traced one: it would take the new owner for
+//!   the old process (telling them apart needs the start time, not kept today).
+//! - Exec keeps the TGID and the byte: nothing to do here (userspace re-inspects the process
+//!   and may clear `TLS`).
+//! - Fork: the tracepoint fires before the child first runs, so the child cannot exit before
+//!   its byte is stored. A fork racing with the parent's last thread exiting (another thread
+//!   forks meanwhile) copies the flags the parent had: the child is alive, so traced is right.
+//!   Userspace never removes a live process, so there is no removal for a fork to race with;
+//!   an update of the parent's flags by userspace (`TLS`) may miss the child, which userspace
+//!   inspects on its own fork event.
+//! - Seeding: userspace stores the bytes of the processes it starts with before attaching any
+//!   program, so nothing runs concurrently with those stores.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
@@ -10,7 +36,7 @@ use ztrace_abi::{ProcEvent, counter, kind, proc};
 
 use crate::{
     kernel::{task_group_dead, task_tgid},
-    maps::{TRACED, config, count, header, is_traced, mark_traced, submit, traced_flags},
+    maps::{config, count, header, is_traced, set_traced, submit, traced_flags},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`. Fires for new
@@ -34,8 +60,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_tgid == parent_tgid {
         return 0;
     }
-    mark_traced(child_tgid);
-    let _ = TRACED.insert(child_tgid, flags, 0);
+    set_traced(child_tgid, flags);
     emit(proc::FORK, child_tgid, parent_tgid);
     0
 }
@@ -61,7 +86,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !group_dead {
         return 0;
     }
-    let _ = TRACED.remove(tgid);
+    set_traced(tgid, 0);
     emit(proc::EXIT, tgid, 0);
     0
 }

@@ -11,7 +11,7 @@ use std::{fs, os::fd::AsRawFd};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
@@ -19,7 +19,7 @@ use aya::{
 };
 use ztrace_abi::{Config, MAX_PAYLOAD, counter};
 
-use super::{btf, preflight, tls_target::TlsTarget};
+use super::{btf, preflight, tls_target::TlsTarget, traced::TracedSet};
 use crate::config::SocketProbes;
 
 /// The probe object built by build.rs.
@@ -112,9 +112,8 @@ pub struct Capture {
     /// reported when they would be attached.
     unloaded: std::collections::HashMap<&'static str, String>,
     ebpf: Ebpf,
-    traced: HashMap<MapData, u32, u8>,
-    /// The in-kernel pre-filter in front of `traced` (a byte per TGID; see the probes' maps).
-    maybe_traced: Array<MapData, u64>,
+    /// The in-kernel traced set (a byte of flags per TGID), mapped.
+    traced: TracedSet,
     counters: PerCpuArray<MapData, u64>,
     pub mode: CaptureMode,
     /// The socket-layer programs are the BTF-typed pair (else the raw pair).
@@ -314,15 +313,6 @@ fn net_offsets() -> [u32; 4] {
     })
 }
 
-/// The host's highest PID + 1 (`/proc/sys/kernel/pid_max`); Linux's largest where unreadable.
-fn pid_max() -> u32 {
-    const LIMIT: u32 = 1 << 22;
-    std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .map_or(LIMIT, |n| n.clamp(64, LIMIT))
-}
-
 impl Capture {
     /// Loads the probes with this kernel's struct offsets. Preflight checks must have passed.
     pub fn load(opts: &CaptureOptions) -> Result<Capture> {
@@ -391,11 +381,7 @@ impl Capture {
                 }
             }
         }
-        let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
-        let maybe_traced = Array::try_from(
-            ebpf.take_map("MAYBE_TRACED")
-                .context("map MAYBE_TRACED missing")?,
-        )?;
+        let traced = TracedSet::new(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
         let unloaded = load_programs(&mut ebpf, mode, opts.capture_stdio)?;
@@ -404,7 +390,6 @@ impl Capture {
             unloaded,
             ebpf,
             traced,
-            maybe_traced,
             counters,
             mode,
             sock_typed,
@@ -424,26 +409,23 @@ impl Capture {
         EbpfLoader::new()
             .override_global("CONFIG", config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
-            .map_max_entries("MAYBE_TRACED", ztrace_abi::maybe_traced::words(pid_max()))
             .load(PROBES)
             .context("loading the eBPF probes into the kernel")
     }
 
-    /// Adds a process to the in-kernel filter. Before [`Capture::attach`] only.
+    /// Adds a process to the in-kernel traced set: before [`Capture::attach`] (seeding), or
+    /// later for a process a selector matched (a one-byte atomic store, see `traced.rs`).
     pub fn trace(&mut self, tgid: u32) -> Result<()> {
-        // The pre-filter byte first: a probe that sees it checks `traced`, one that does not
-        // skips the process. Only before `attach` (a rewrite of the whole entry here could undo
-        // a child's byte that a probe stores meanwhile).
-        let (word, mask) = ztrace_abi::maybe_traced::slot(tgid);
-        if word < self.maybe_traced.len() {
-            let old = self.maybe_traced.get(&word, 0).unwrap_or(0);
-            self.maybe_traced
-                .set(word, old | (mask & 0x0101_0101_0101_0101), 0)
-                .with_context(|| format!("adding PID {tgid} to the traced set's filter"))?;
+        if !self.traced.add(tgid)? {
+            bail!("PID {tgid} is beyond the largest PID Linux allows");
         }
-        self.traced
-            .insert(tgid, ztrace_abi::traced::YES, 0)
-            .with_context(|| format!("adding PID {tgid} to the traced set"))
+        Ok(())
+    }
+
+    /// Removes a process the kernel's exit probe missed (userspace found it dead): a byte left
+    /// set would trace the next process the kernel gives the PID (see `probes::sched`).
+    pub fn untrace(&mut self, tgid: u32) -> Result<()> {
+        self.traced.remove(tgid)
     }
 
     /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
@@ -533,20 +515,11 @@ impl Capture {
             Some(_) => ztrace_abi::traced::YES | ztrace_abi::traced::TLS,
             None => ztrace_abi::traced::YES,
         };
-        // Only an entry still there is updated (BPF_EXIST): a process that exited before its
-        // exec event got here was removed by the kernel, and its PID may already belong to an
-        // unrelated process, which must not become traced.
-        const BPF_EXIST: u64 = 2;
-        match self.traced.insert(pid, flags, BPF_EXIST) {
-            Ok(()) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("updating PID {pid} in the traced set"));
-            }
+        // Only a process still traced is updated: one that exited before its exec event got
+        // here was removed by the kernel, and its PID may already belong to an unrelated
+        // process, which must not become traced.
+        if !self.traced.update(pid, flags)? {
+            return Ok(None);
         }
         let Some(probe) = probe else {
             return Ok(None);
@@ -652,31 +625,5 @@ pub struct RingFd(pub RingBuf<MapData>);
 impl AsRawFd for RingFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0.as_raw_fd()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use ztrace_abi::maybe_traced::{PER_WORD, WORDS, slot, words};
-
-    #[test]
-    fn filter_bytes_are_one_per_tgid_and_cover_pid_max() {
-        // What userspace stores for a TGID is what the probes test for it, and for no other.
-        for tgid in [0u32, 1, 7, 8, 9, 63, 64, 4_194_303] {
-            let (word, mask) = slot(tgid);
-            let stored = mask & 0x0101_0101_0101_0101;
-            for other in tgid.saturating_sub(9)..tgid.saturating_add(9) {
-                let (w, m) = slot(other);
-                assert_eq!(
-                    w == word && stored & m != 0,
-                    other == tgid,
-                    "{tgid} vs {other}"
-                );
-            }
-        }
-        assert_eq!(words(1 << 22), WORDS);
-        assert_eq!(words(32_768), 32_768 / PER_WORD);
-        assert_eq!(words(32_769), 32_768 / PER_WORD + 1);
-        assert!(super::pid_max() >= 64);
     }
 }

@@ -11,6 +11,7 @@ pub mod process;
 pub mod seccomp;
 pub mod select;
 pub mod tls_target;
+mod traced;
 
 pub use loader::*;
 pub use tls_target::TlsTarget;

@@ -195,7 +195,7 @@ pub const LIST: &[Entry] = &[
     #[cfg(target_arch = "x86_64")]
     entry!(SYS_access, Allow, "mimalloc (NUMA nodes)"),
     entry!(SYS_madvise, Allow, "mimalloc purges freed pages"),
-    entry!(SYS_mmap, Allow, "memory; the ring buffer"),
+    entry!(SYS_mmap, Allow, "memory; the ring buffer; the traced set"),
     entry!(SYS_munmap, Allow, "memory"),
     entry!(
         SYS_mprotect,

@@ -419,8 +419,16 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         sink.peer_io(&mut peer, &mut answers);
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
-            // A missed exit event (e.g. the ring was full) must not keep us running forever.
-            procs.alive.retain(|&pid| process::is_alive(pid));
+            // A missed exit event (e.g. the ring was full) must not keep us running forever, and
+            // a missed exit in the kernel (see `probes::sched`) must not leave the PID traced
+            // for its next owner.
+            procs.alive.retain(|&pid| {
+                let alive = process::is_alive(pid);
+                if !alive && let Err(e) = capture.untrace(pid) {
+                    log::warn!("process {pid} exited unseen; leaving the traced set: {e:#}");
+                }
+                alive
+            });
             let now = (capture.counters(), sink.export_stats());
             sink.kernel_counters(now.0);
             sink.flush_record();
