@@ -101,6 +101,8 @@ pub(super) struct Recs {
     /// Held spans older than `base`.
     old: HashMap<Handle, Box<Rec>>,
     len: usize,
+    // The boxes themselves are what is kept: each becomes the next record's.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<MaybeUninit<Rec>>>,
 }
 
