@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use ztrace_abi::{ConnEvent, conn, counter, direction, kind, syscall};
+use ztrace_abi::{ConnEvent, SockTuple, conn, counter, direction, kind, syscall};
 
 use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
@@ -277,6 +277,12 @@ pub(crate) fn emit_conn(op: u8, sk: u64, fd: i32, ret: i32) {
     let Some(tuple) = sock_tuple(off, sk) else {
         return;
     };
+    emit_conn_of(op, sk, tuple, fd, ret);
+}
+
+/// `emit_conn` for a socket whose tuple the caller has read already.
+#[inline(always)]
+pub(crate) fn emit_conn_of(op: u8, sk: u64, tuple: SockTuple, fd: i32, ret: i32) {
     let event = ConnEvent {
         header: header(kind::CONN),
         sock_id: sk,

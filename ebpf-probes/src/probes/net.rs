@@ -19,7 +19,7 @@ use ztrace_abi::{ConnEvent, EventHeader, NetEvent, OFFSET_UNKNOWN, conn, kind, n
 
 use crate::{
     kernel::sock_tuple,
-    maps::{NET_SOCKS, config, is_traced, submit},
+    maps::{NET_SOCKS, config, forget_owner, is_traced, submit},
     probes::io::emit_conn,
 };
 
@@ -69,6 +69,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     let owner = unsafe { NET_SOCKS.get(sk) }.copied();
     if new == TCP_CLOSE {
         let _ = NET_SOCKS.remove(sk);
+        forget_owner(sk);
     }
     let owner = owner?;
     // Without syscall probes, `close` is seen as the socket leaving the open states: the owner

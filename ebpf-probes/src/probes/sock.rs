@@ -35,9 +35,11 @@ use crate::{
         IPPROTO_TCP, sock_tuple, sock_tuple_btf, syscall_regs, syscall_regs_btf, tcp_seq,
         tcp_seq_btf,
     },
-    maps::{NET_SOCKS, SyscallArgs, config, note_ssl_socket, traced_flags},
+    maps::{
+        NET_SOCKS, SyscallArgs, config, note_ssl_socket, owner_known, owner_noted, traced_flags,
+    },
     probes::{
-        io::{classify, emit_conn, user_buffer},
+        io::{classify, emit_conn_of, user_buffer},
         record::{emit_prepared, scratch},
         tls::{Seq, note_ciphertext},
     },
@@ -161,13 +163,19 @@ fn on_io<const BTF: bool>(sk_arg: u64, ret: i32, flags: i32, dir: u8) -> Option<
             args.has_seq = 1;
         }
         // Remember the owner for the TCP state and retransmit tracepoints (`probes::net`),
-        // which fire where the owner is not current. Looked up first: most calls find it. A
-        // socket this process did not connect (those are recorded at SYN_SENT) and touches for
-        // the first time is one it accepted: reported as such, as `accept` would be.
-        // SAFETY: plain map read for presence.
-        if unsafe { NET_SOCKS.get(sk) }.is_none() {
-            let _ = NET_SOCKS.insert(sk, tgid, 0);
-            emit_conn(conn::ACCEPT, sk, args.fd, args.fd);
+        // which fire where the owner is not current. Looked up first (in `KNOWN_SOCKS`, then
+        // `NET_SOCKS`): most calls find it. A socket this process did not connect (those are
+        // recorded at SYN_SENT) and touches for the first time is one it accepted: reported as
+        // such, as `accept` would be.
+        let t = buf.event.tuple;
+        let ports = u32::from(t.local_port) | (u32::from(t.remote_port) << 16);
+        if !owner_known(sk, ports) {
+            // SAFETY: plain map read for presence.
+            if unsafe { NET_SOCKS.get(sk) }.is_none() {
+                let _ = NET_SOCKS.insert(sk, tgid, 0);
+                emit_conn_of(conn::ACCEPT, sk, t, args.fd, args.fd);
+            }
+            owner_noted(sk, ports);
         }
     }
     // The record is stamped when the probe ran, like `enter_ns`: one clock read.
@@ -188,3 +196,4 @@ fn on_io<const BTF: bool>(sk_arg: u64, ret: i32, flags: i32, dir: u8) -> Option<
     }
     Some(())
 }
+
