@@ -196,4 +196,3 @@ fn on_io<const BTF: bool>(sk_arg: u64, ret: i32, flags: i32, dir: u8) -> Option<
     }
     Some(())
 }
-
