@@ -168,8 +168,8 @@ pub struct Linker {
     pub(super) tomb_order: VecDeque<(u64, Handle)>,
     /// When each CLIENT (SERVER) seq-match entry was made, in order, for expiry.
     pub(super) seq_order: VecDeque<(u64, SeqKey)>,
-    /// SERVER entries by key fingerprint ([`SeqKey::fingerprint`]).
-    pub(super) server_seq_order: VecDeque<(u64, u64)>,
+    /// When `servers_by_seq` was last swept of expired entries.
+    pub(super) servers_swept_ns: u64,
     /// Spans in creation order, for eviction when the store is full (released ones are skipped
     /// lazily): eviction costs O(1) amortised instead of a scan of everything held.
     pub(super) live_order: VecDeque<Handle>,
@@ -210,7 +210,7 @@ impl Linker {
             tombs: HashMap::default(),
             tomb_order: VecDeque::new(),
             seq_order: VecDeque::new(),
-            server_seq_order: VecDeque::new(),
+            servers_swept_ns: 0,
             live_order: VecDeque::new(),
             next: 1,
             causes: HashMap::default(),

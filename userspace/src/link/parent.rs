@@ -53,7 +53,6 @@ impl Linker {
                     } else {
                         let fp = key.fingerprint();
                         self.servers_by_seq.insert(fp, (h, s.start_ns));
-                        self.server_seq_order.push_back((s.start_ns, fp));
                     }
                     if parent == Parent::None
                         && let Some(x) = &mut self.crosshost
@@ -302,6 +301,36 @@ mod tests {
         c.seq_key = Some(key(5));
         let caller = l.start(c);
         assert_eq!(l.recs.get(&other).unwrap().parent, Parent::Local(caller));
+        assert!(l.servers_by_seq.is_empty());
+    }
+
+    /// SERVER entries leave the table in sweeps: one past its wait goes at the next sweep, one
+    /// within it stays, and a caller that comes late but finds the server still held (with the
+    /// same key) before the sweep links it.
+    #[test]
+    fn server_entries_are_swept_after_their_wait() {
+        use crate::link::settle::LINK_GRACE_NS;
+        let mut l = Linker::new(0, 1000, None);
+        let mut out = Vec::new();
+        let wait = LINK_GRACE_NS + 50_000_000;
+        let mut old = start(SpanKind::Server, 2, 21, 1_000);
+        old.seq_key = Some(key(5));
+        l.start(old);
+        let t = 1_000 + wait + 1;
+        let mut new = start(SpanKind::Server, 2, 22, t);
+        new.seq_key = Some(key(6));
+        l.start(new);
+        assert_eq!(l.servers_by_seq.len(), 2);
+        l.poll(t, &mut out);
+        assert!(!l.servers_by_seq.contains_key(&key(5).fingerprint()));
+        assert!(l.servers_by_seq.contains_key(&key(6).fingerprint()));
+        // At the very end of its wait it stays, and the held server still links.
+        l.poll(t + wait, &mut out);
+        assert!(l.servers_by_seq.contains_key(&key(6).fingerprint()));
+        let mut c = start(SpanKind::Client, 1, 11, t - 10);
+        c.seq_key = Some(key(6));
+        l.start(c);
+        assert_eq!(l.stats.cross_process_links, 1);
         assert!(l.servers_by_seq.is_empty());
     }
 }

@@ -22,6 +22,8 @@ const SEQ_RETAIN_NS: u64 = 5_000_000_000;
 /// How soon a finished span that could not be released is looked at again.
 const RETRY_NS: u64 = 20_000_000;
 const MAX_DEPTH: usize = 64;
+/// How often the SERVER spans' sequence-number table is swept of entries past their wait.
+const SERVER_SWEEP_NS: u64 = 50_000_000;
 /// How long after a CLIENT span's response the response side (rule 4) may still change its
 /// parent: its trace is not settled before.
 const RESPONSE_GRACE_NS: u64 = 50_000_000;
@@ -214,13 +216,14 @@ impl Linker {
             expire(&mut self.clients_by_seq, key, cutoff);
         }
         // Servers wait no longer than their grace period; most never get a traced client (the
-        // end user's), so they are swept on their own, sooner.
-        while let Some(&(t, key)) = self.server_seq_order.front() {
-            if t >= server_cutoff {
-                break;
-            }
-            self.server_seq_order.pop_front();
-            expire(&mut self.servers_by_seq, key, server_cutoff);
+        // end user's), so they are swept on their own, sooner: the whole table in one pass
+        // every `SERVER_SWEEP_NS` (expiring each entry in start order was a random probe of
+        // a table of tens of thousands, a cache miss per span). An entry past its time but not
+        // yet swept matches only a span still held with the very same key.
+        if now_ns >= self.servers_swept_ns.saturating_add(SERVER_SWEEP_NS) {
+            self.servers_swept_ns = now_ns;
+            self.servers_by_seq
+                .retain(|_, &mut (_, t)| t >= server_cutoff);
         }
     }
 
