@@ -548,6 +548,107 @@ assert data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n")[0], data[
 /// request gets its SERVER span, the client's CLIENT span, and the server span is the client
 /// span's child by TCP sequence number: both ends start the request after the header. The
 /// server span's `client.*` is the client the header named, `network.peer.*` the balancer.
+/// HTTP/2 (cleartext, prior knowledge) behind a load balancer's PROXY protocol header: nginx
+/// with `listen … http2 proxy_protocol` (it answers with `$proxy_protocol_addr`, so it really
+/// parsed the header), a Python client writing the header and then its frames by hand: a v1
+/// header in the same write as the preface, and a v2 header alone before it. The SERVER span of
+/// each request has the header's client as `client.address`/`client.port`.
+#[test]
+fn http2_behind_a_proxy_protocol_header_is_traced() -> Result<()> {
+    if !privileged_or_skip("http2_behind_a_proxy_protocol_header_is_traced") {
+        return Ok(());
+    }
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start())?;
+    let dir = std::env::temp_dir().join(format!("ztrace-proxy-h2-{}", std::process::id()));
+    let template = ztrace_e2e::harness::nginx_template(
+        &dir,
+        r#"    server {
+        listen 127.0.0.1:{{PORT}} http2 proxy_protocol;
+        location / { return 200 "client $proxy_protocol_addr\n"; }
+    }"#,
+    )?;
+    let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
+    let port = nginx.port;
+    let client = format!(
+        r#"
+import socket, struct, time
+def frame(kind, flags, stream, payload):
+    return struct.pack("!I", len(payload))[1:] + bytes([kind, flags]) + struct.pack("!I", stream) + payload
+def lit(name, value):
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+def request(path):
+    block = lit(b":method", b"GET") + lit(b":scheme", b"http") + lit(b":path", path) + lit(b":authority", b"x")
+    return frame(1, 0x5, 1, block)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+def answer(s):
+    data, body, status = b"", b"", None
+    while True:
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            chunk = s.recv(65536)
+            assert chunk, "connection closed"
+            data += chunk
+        n = int.from_bytes(data[:3], "big")
+        kind, flags, stream = data[3], data[4], int.from_bytes(data[5:9], "big") & 0x7fffffff
+        payload, data = data[9:9 + n], data[9 + n:]
+        if kind == 4 and not flags & 1:
+            s.sendall(frame(4, 1, 0, b""))
+        if stream == 1 and kind == 1:
+            status = payload
+        if stream == 1 and kind == 0:
+            body += payload
+        if stream == 1 and flags & 1 and kind in (0, 1):
+            assert status is not None
+            return body
+s = socket.create_connection(("127.0.0.1", {port}))
+s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 {port}\r\n" + PREFACE + frame(4, 0, 0, b"") + request(b"/lb/h2-v1"))
+assert answer(s) == b"client 203.0.113.7\n"
+s.close()
+addrs = socket.inet_aton("203.0.113.8") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 51235, {port})
+s = socket.create_connection(("127.0.0.1", {port}))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(b"\r\n\r\n\0\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs)
+time.sleep(0.1)
+s.sendall(PREFACE + frame(4, 0, 0, b"") + request(b"/lb/h2-v2"))
+assert answer(s) == b"client 203.0.113.8\n"
+s.close()
+"#
+    );
+    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
+    let spans = ztrace_e2e::harness::trace_server_and_clients(
+        &rt,
+        &receiver,
+        nginx.master.pid(),
+        &script,
+        &[],
+        2,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    for (path, addr, port) in [
+        ("/lb/h2-v1", "203.0.113.7", 51234),
+        ("/lb/h2-v2", "203.0.113.8", 51235),
+    ] {
+        let Some(srv) = spans.iter().find(|s| {
+            s.span.kind == SpanKind::Server as i32
+                && s.attr_str("url.path").as_deref() == Some(path)
+        }) else {
+            anyhow::bail!("want a SERVER span of {path}, got: {spans:#?}");
+        };
+        ensure!(
+            srv.attr_int("http.response.status_code") == Some(200)
+                && srv.attr_str("network.protocol.version").as_deref() == Some("2"),
+            "{path}: {srv:#?}"
+        );
+        ensure!(
+            srv.attr_str("client.address").as_deref() == Some(addr)
+                && srv.attr_int("client.port") == Some(port)
+                && srv.attr_str("network.peer.address").as_deref() == Some("127.0.0.1"),
+            "{path}: client.* should be the PROXY header's client: {srv:#?}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     if !privileged_or_skip("requests_behind_a_proxy_protocol_header_are_traced") {

@@ -21,10 +21,9 @@ use std::mem::MaybeUninit;
 use crate::exchange::{Exchange, HttpExchange};
 use crate::parser::{Opener, Parser, Protocol, Step, Update};
 
-mod proxy;
 mod scan;
 
-pub use proxy::{ProxyHeader, proxy_header, proxy_source};
+pub use crate::proxy::{ProxyHeader, proxy_header, proxy_source};
 
 /// Largest head (request/status line + headers), chunk-size line or trailer section.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -730,11 +729,10 @@ impl Http1Conn {
         // count its bytes, so the request's start is its own first byte.
         if dir == Dir::Request
             && side.offset == 0
-            && let ProxyHeader::Whole(n) = proxy_header(data)
-            && n as u64 <= len
+            && let Some((n, client)) = crate::proxy::leading(data, len)
         {
             side.offset = n as u64;
-            self.proxied = proxy_source(&data[..n]);
+            self.proxied = client;
             data = &data[n..];
             len -= n as u64;
         }

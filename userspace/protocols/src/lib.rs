@@ -23,6 +23,7 @@ pub mod http2;
 pub mod mysql;
 pub mod parser;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
 pub mod sql;
 #[cfg(test)]

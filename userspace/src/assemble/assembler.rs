@@ -176,6 +176,13 @@ impl<P: ParserSet> Assembler<P> {
             let whole = payload.len() as u64 == ev.bytes;
             let incomplete = |b: &[u8]| b.len() <= FIRST_BYTES_CAP && P::incomplete(b, transport);
             let mut detected = None;
+            // Pieces kept of the other direction stay kept: a server may speak before the
+            // client's first message is whole (an HTTP/2 server's SETTINGS after a load
+            // balancer's PROXY header, before the client's preface).
+            let other_side = match &conn.state.first {
+                Some(f) if f.egress != egress => conn.state.first.take(),
+                _ => None,
+            };
             // The kept pieces continue with this chunk: recognise them together once no
             // protocol waits for more (until then "GET /a" could be Redis or half of HTTP).
             let mut kept = conn.state.first.take().filter(|f| {
@@ -238,6 +245,7 @@ impl<P: ParserSet> Assembler<P> {
                     if kept.is_none() {
                         conn.state.unknown_chunks += 1;
                     }
+                    let mut kept = kept.or(other_side);
                     if conn.state.unknown_chunks >= MAX_UNKNOWN_CHUNKS {
                         conn.state.proto = Proto::Ignored;
                         self.stats.ignored_connections += 1;

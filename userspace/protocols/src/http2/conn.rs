@@ -12,6 +12,8 @@ pub struct H2Conn {
     framers: [Framer; 2],
     conn: Conn,
     closed: bool,
+    /// The client a PROXY protocol header before the preface named (`crate::proxy`).
+    proxied: Option<std::net::SocketAddr>,
 }
 
 impl Default for H2Conn {
@@ -33,6 +35,7 @@ impl H2Conn {
             framers: [Framer::new(Dir::Request), Framer::new(Dir::Response)],
             conn,
             closed: false,
+            proxied: None,
         }
     }
 
@@ -44,6 +47,17 @@ impl H2Conn {
             return;
         }
         let framer = &mut self.framers[dir as usize];
+        let (mut data, mut len) = (data, len);
+        // A PROXY protocol header before the preface is skipped (offsets still count it).
+        if dir == Dir::Request
+            && framer.offset == 0
+            && let Some((n, client)) = crate::proxy::leading(data, len)
+        {
+            framer.offset = n as u64;
+            self.proxied = client;
+            data = &data[n..];
+            len -= n as u64;
+        }
         let (data, gap) = crate::clamp(data, len, framer.offset);
         framer.feed(&mut self.conn, data, gap, out);
     }
@@ -95,7 +109,12 @@ impl Protocol for H2Conn {
     const MULTIPLEXED: bool = true;
 
     fn detect(payload: &[u8]) -> Option<Opener> {
-        looks_like_preface(payload).then_some(Opener::Requester)
+        let preface = match crate::proxy::proxy_header(payload) {
+            // A load balancer's header, then the client's preface.
+            crate::proxy::ProxyHeader::Whole(n) => &payload[n..],
+            _ => payload,
+        };
+        looks_like_preface(preface).then_some(Opener::Requester)
     }
 
     fn step(&self, event: H2Event) -> Option<Step> {
@@ -122,6 +141,7 @@ impl Protocol for H2Conn {
                         host: head.authority,
                         version: "2",
                         user_agent: head.user_agent,
+                        client: self.proxied,
                         ..Default::default()
                     }),
                 };
@@ -972,6 +992,51 @@ mod tests {
         let mut c3 = H2Conn::new();
         push(&mut c3, Q, &q.0);
         assert_eq!(feed(&mut c3, R, &rst(1, 2)[..10], 13), "X1r@13 e?");
+    }
+
+    /// A PROXY protocol header before the preface (v1 with the preface in the same write, v2
+    /// alone in a first write): the connection is recognised, offsets count the header, and
+    /// the request's exchange carries the header's client.
+    #[test]
+    fn a_proxy_protocol_header_before_the_preface_is_skipped() {
+        use crate::parser::{Opener, Protocol};
+        let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\n".to_vec();
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        v2.extend([203, 0, 113, 8, 10, 0, 0, 1, 0xc8, 0x23, 0, 80]);
+        let get = block(&[F::Idx(2), F::Idx(6), F::Idx(4)], false);
+        let mut q = Wire::default();
+        q.add(PREFACE);
+        q.add(&settings(&[]));
+        q.add(&headers(1, END_STREAM, &get));
+        for (header, alone, port) in [(&v1, false, 51234), (&v2, true, 51235)] {
+            let first = [&header[..], &q.0[..]].concat();
+            assert_eq!(H2Conn::detect(&first), Some(Opener::Requester));
+            let mut c = H2Conn::new();
+            let n = header.len();
+            let got = if alone {
+                push(&mut c, Q, header) + &push(&mut c, Q, &q.0)
+            } else {
+                push(&mut c, Q, &first)
+            };
+            // The request starts where its HEADERS frame does, after the header's bytes.
+            let at = n + PREFACE.len() + settings(&[]).len();
+            assert_eq!(got, format!("Q1@{at} GET /"), "{header:?}");
+            assert_eq!(
+                c.proxied,
+                Some(std::net::SocketAddr::from((
+                    [203, 0, 113, 7 + u8::from(alone)],
+                    port
+                )))
+            );
+        }
+        // Only at the start: a header later in the stream is not one.
+        let mut c = H2Conn::new();
+        push(&mut c, Q, &q.0);
+        assert_eq!(c.proxied, None);
+        assert_eq!(
+            H2Conn::detect(&[&v1[..], b"GET / HTTP/1.1\r\n"].concat()),
+            None
+        );
     }
 
     #[test]

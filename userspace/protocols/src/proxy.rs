@@ -2,8 +2,8 @@
 //! nginx `proxy_protocol on`) puts before the first byte of a connection's traffic to say who the
 //! real client was: a text line (version 1) or a binary block (version 2), once per connection.
 //!
-//! An HTTP/1 connection that starts with one is still HTTP/1: detection looks past the header,
-//! and the parser skips it, so the first request's stream offset (and with it its TCP sequence
+//! An HTTP/1 or HTTP/2 connection that starts with one is still HTTP/1 or HTTP/2: detection
+//! looks past the header, and the parser skips it, so the first request's stream offset (and with it its TCP sequence
 //! number, the cross-host key) is that of its own first byte on both ends of the connection.
 //! Load balancers often write the header alone, before the client's first bytes arrive; the
 //! assembler keeps it as a prefix that may still become a request (`incomplete`).
@@ -26,6 +26,15 @@ pub enum ProxyHeader {
     Partial,
     /// A whole header of this many bytes.
     Whole(usize),
+}
+
+/// A whole header at the start of a request stream's first push (`data`, `len` bytes moved):
+/// its length and the client it names, for the parser to skip and keep.
+pub fn leading(data: &[u8], len: u64) -> Option<(usize, Option<SocketAddr>)> {
+    match proxy_header(data) {
+        ProxyHeader::Whole(n) if n as u64 <= len => Some((n, proxy_source(&data[..n]))),
+        _ => None,
+    }
 }
 
 /// Reads the PROXY protocol header at the start of `data`, if any.
