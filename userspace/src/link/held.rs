@@ -5,7 +5,6 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
-    mem::MaybeUninit,
 };
 
 use rustc_hash::FxHashMap as HashMap;
@@ -82,6 +81,14 @@ pub(super) struct Rec {
     pub(super) error: Option<String>,
 }
 
+impl Rec {
+    /// Moves the exchange out, leaving an empty one (no allocation): the record's box is then
+    /// reused (`Recs::recycle`) without copying the whole record out of it.
+    pub(super) fn take_exchange(&mut self) -> Exchange {
+        std::mem::replace(&mut self.exchange, Exchange::Http(Default::default()))
+    }
+}
+
 /// The spans held, by handle. Handles are handed out in increasing order and nearly every span is
 /// released within a second of its start, so they live in a window indexed by handle: spans close
 /// in time are close in memory (a hash table of them was the linker's costliest part, in cache
@@ -101,9 +108,10 @@ pub(super) struct Recs {
     /// Held spans older than `base`.
     old: HashMap<Handle, Box<Rec>>,
     len: usize,
+    /// Released records, emptied of what they owned (see `Recs::recycle`).
     // The boxes themselves are what is kept: each becomes the next record's.
     #[allow(clippy::vec_box)]
-    spare: Vec<Box<MaybeUninit<Rec>>>,
+    spare: Vec<Box<Rec>>,
 }
 
 /// Released records' boxes kept for reuse: more than are released between two polls at 100k
@@ -137,7 +145,10 @@ impl Recs {
 
     pub(super) fn insert(&mut self, h: Handle, rec: Rec) {
         let rec = match self.spare.pop() {
-            Some(spare) => Box::write(spare, rec),
+            Some(mut spare) => {
+                *spare = rec;
+                spare
+            }
             None => Box::new(rec),
         };
         if self.window.is_empty() && h >= self.base {
@@ -159,13 +170,12 @@ impl Recs {
         self.bound();
     }
 
-    pub(super) fn remove(&mut self, h: &Handle) -> Option<Rec> {
+    pub(super) fn remove(&mut self, h: &Handle) -> Option<Box<Rec>> {
         let rec = if *h < self.base {
             self.old.remove(h)
         } else {
             self.window.get_mut((*h - self.base) as usize)?.take()
         };
-        let rec = rec.map(|b| self.unbox(b));
         if rec.is_some() {
             self.len -= 1;
         }
@@ -173,16 +183,13 @@ impl Recs {
         rec
     }
 
-    /// Moves the record out of its box and keeps the box for a later `insert`.
-    fn unbox(&mut self, rec: Box<Rec>) -> Rec {
-        let raw = Box::into_raw(rec);
-        // SAFETY: `raw` comes from a `Box<Rec>` and is read exactly once; the allocation is then
-        // owned as a `Box<MaybeUninit<Rec>>` (same layout), which never drops a `Rec`.
-        let (rec, spare) = unsafe { (raw.read(), Box::from_raw(raw.cast::<MaybeUninit<Rec>>())) };
+    /// Keeps a removed record's box for a later `insert`. The caller has taken what it needs
+    /// (the exchange, moved out with [`Rec::take_exchange`]); what the record still owns is
+    /// dropped when the box is reused.
+    pub(super) fn recycle(&mut self, rec: Box<Rec>) {
         if self.spare.len() < SPARE_RECS {
-            self.spare.push(spare);
+            self.spare.push(rec);
         }
-        rec
     }
 
     /// Drops released slots at the front.
@@ -349,7 +356,7 @@ mod tests {
         l.poll(10 * LINK_GRACE_NS, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(l.recs.spare.len(), 1);
-        let spare = l.recs.spare[0].as_ptr();
+        let spare: *const Rec = &*l.recs.spare[0];
         let t = 11 * LINK_GRACE_NS;
         let b = serve(&mut l, 1, 1, t);
         assert!(l.recs.spare.is_empty());

@@ -228,7 +228,7 @@ impl Linker {
     }
 
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
-        let Some(rec) = self.recs.remove(&h) else {
+        let Some(mut rec) = self.recs.remove(&h) else {
             return;
         };
         let (parent_span_id, parent_is_remote) = match rec.parent {
@@ -296,11 +296,12 @@ impl Linker {
             tid: rec.tid,
             local: rec.local,
             peer: rec.peer,
-            exchange: rec.exchange,
+            exchange: rec.take_exchange(),
             status,
             th: None,
             edits: None,
         });
+        self.recs.recycle(rec);
     }
 
     /// Shutdown: finish what is open (so every parent is exported) and release everything.
