@@ -18,9 +18,12 @@ impl TraceId {
     /// A random, valid (non-zero) id.
     pub fn random(rng: &mut impl rand::Rng) -> Self {
         loop {
-            // `fill_bytes`: `random::<[u8; 16]>()` draws each byte on its own.
+            // Two draws of 64 bits, little-endian: the bytes `fill_bytes` gives (so seeded ids
+            // are unchanged), without its loop; `random::<[u8; 16]>()` draws each byte alone.
+            let (a, b) = (rng.next_u64().to_le_bytes(), rng.next_u64().to_le_bytes());
             let mut id = TraceId::default();
-            rng.fill_bytes(&mut id.0);
+            id.0[..8].copy_from_slice(&a);
+            id.0[8..].copy_from_slice(&b);
             if id != TraceId::default() {
                 return id;
             }
@@ -32,8 +35,7 @@ impl SpanId {
     /// A random, valid (non-zero) id.
     pub fn random(rng: &mut impl rand::Rng) -> Self {
         loop {
-            let mut id = SpanId::default();
-            rng.fill_bytes(&mut id.0);
+            let id = SpanId(rng.next_u64().to_le_bytes());
             if id != SpanId::default() {
                 return id;
             }
