@@ -539,15 +539,6 @@ assert data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n")[0], data[
     Ok(())
 }
 
-/// nginx behind a load balancer (`listen … proxy_protocol`): every connection starts with a
-/// PROXY protocol header before its first request. A Python client plays the balancer: one
-/// keep-alive connection whose version 1 header is written alone at connect (as HAProxy does)
-/// and then two requests, and two connections whose version 2 or version 1 header comes in one
-/// write with the request (the previous binary traced neither of those two requests). nginx
-/// answers 200 only if it parsed the header (it echoes the header's client address). Every
-/// request gets its SERVER span, the client's CLIENT span, and the server span is the client
-/// span's child by TCP sequence number: both ends start the request after the header. The
-/// server span's `client.*` is the client the header named, `network.peer.*` the balancer.
 /// HTTP/2 (cleartext, prior knowledge) behind a load balancer's PROXY protocol header: nginx
 /// with `listen … http2 proxy_protocol` (it answers with `$proxy_protocol_addr`, so it really
 /// parsed the header), a Python client writing the header and then its frames by hand: a v1
@@ -560,15 +551,7 @@ fn http2_behind_a_proxy_protocol_header_is_traced() -> Result<()> {
     }
     let rt = runtime();
     let receiver = rt.block_on(Receiver::start())?;
-    let dir = std::env::temp_dir().join(format!("ztrace-proxy-h2-{}", std::process::id()));
-    let template = ztrace_e2e::harness::nginx_template(
-        &dir,
-        r#"    server {
-        listen 127.0.0.1:{{PORT}} http2 proxy_protocol;
-        location / { return 200 "client $proxy_protocol_addr\n"; }
-    }"#,
-    )?;
-    let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
+    let (dir, nginx) = proxied_nginx("h2", "http2 proxy_protocol")?;
     let port = nginx.port;
     let client = format!(
         r#"
@@ -649,6 +632,30 @@ s.close()
     Ok(())
 }
 
+/// nginx behind a load balancer: `listen … {listen}`, answering with the client the PROXY
+/// protocol header named (`$proxy_protocol_addr`), so a test knows nginx really parsed it.
+fn proxied_nginx(
+    tag: &str,
+    listen: &str,
+) -> Result<(std::path::PathBuf, ztrace_e2e::harness::Nginx)> {
+    let dir = std::env::temp_dir().join(format!("ztrace-proxy-{tag}-{}", std::process::id()));
+    let server = format!(
+        "    server {{\n        listen 127.0.0.1:{{{{PORT}}}} {listen};\n        location / {{ return 200 \"client $proxy_protocol_addr\\n\"; }}\n    }}"
+    );
+    let template = ztrace_e2e::harness::nginx_template(&dir, &server)?;
+    let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
+    Ok((dir, nginx))
+}
+
+/// nginx behind a load balancer (`listen … proxy_protocol`): every connection starts with a
+/// PROXY protocol header before its first request. A Python client plays the balancer: one
+/// keep-alive connection whose version 1 header is written alone at connect (as HAProxy does)
+/// and then two requests, and two connections whose version 2 or version 1 header comes in one
+/// write with the request (the previous binary traced neither of those two requests). nginx
+/// answers 200 only if it parsed the header (it echoes the header's client address). Every
+/// request gets its SERVER span, the client's CLIENT span, and the server span is the client
+/// span's child by TCP sequence number: both ends start the request after the header. The
+/// server span's `client.*` is the client the header named, `network.peer.*` the balancer.
 #[test]
 fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     if !privileged_or_skip("requests_behind_a_proxy_protocol_header_are_traced") {
@@ -656,15 +663,7 @@ fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     }
     let rt = runtime();
     let receiver = rt.block_on(Receiver::start())?;
-    let dir = std::env::temp_dir().join(format!("ztrace-proxy-nginx-{}", std::process::id()));
-    let template = ztrace_e2e::harness::nginx_template(
-        &dir,
-        r#"    server {
-        listen 127.0.0.1:{{PORT}} proxy_protocol;
-        location / { return 200 "client $proxy_protocol_addr\n"; }
-    }"#,
-    )?;
-    let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
+    let (dir, nginx) = proxied_nginx("nginx", "proxy_protocol")?;
     let port = nginx.port;
     let client = format!(
         r#"

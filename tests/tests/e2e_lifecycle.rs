@@ -21,18 +21,7 @@ fn exited_processes_leave_the_traced_set() -> Result<()> {
         return Ok(());
     }
     let script = format!("sleep 2; for i in $(seq {CHILDREN}); do /bin/true; done; sleep 60");
-    let shell = Proc {
-        child: Command::new("bash").args(["-c", &script]).spawn()?,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
-    let mut ztrace = spawn_ztrace(&[
-        "--pid".into(),
-        shell.pid().to_string(),
-        "--duration".into(),
-        "90s".into(),
-    ])?;
-    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let (shell, mut ztrace) = trace_shell(&script)?;
     // Every child's exit has been seen once ztrace has logged it.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let exits = |log: &str| {
@@ -87,18 +76,7 @@ fn a_pid_reused_after_a_traced_exit_is_not_traced() -> Result<()> {
         "sleep 2; sleep 1 & echo $! > {}; wait $!; sleep 60",
         pid_file.display()
     );
-    let shell = Proc {
-        child: Command::new("bash").args(["-c", &script]).spawn()?,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
-    let mut ztrace = spawn_ztrace(&[
-        "--pid".into(),
-        shell.pid().to_string(),
-        "--duration".into(),
-        "90s".into(),
-    ])?;
-    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let (shell, mut ztrace) = trace_shell(&script)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let child: u32 = loop {
         if let Some(pid) = std::fs::read_to_string(&pid_file)
@@ -154,6 +132,23 @@ fn a_pid_reused_after_a_traced_exit_is_not_traced() -> Result<()> {
     ztrace.signal(libc::SIGINT);
     ensure!(ztrace.wait_exit(Duration::from_secs(30)) == Some(0));
     Ok(())
+}
+
+/// A bash running `script`, traced (with its children) by a ztrace that has started.
+fn trace_shell(script: &str) -> Result<(Proc, Proc)> {
+    let shell = Proc {
+        child: Command::new("bash").args(["-c", script]).spawn()?,
+        stderr: Default::default(),
+        stdout: Default::default(),
+    };
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        shell.pid().to_string(),
+        "--duration".into(),
+        "90s".into(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    Ok((shell, ztrace))
 }
 
 /// The TGIDs whose byte is set in the `TRACED` map that process `owner` holds (its map fds
