@@ -725,16 +725,11 @@ impl Http1Conn {
             Dir::Response => &mut self.resp,
         };
         let (mut data, mut len) = (data, len);
-        // A PROXY protocol header before the first request (`proxy`) is skipped: offsets still
-        // count its bytes, so the request's start is its own first byte.
+        // A PROXY protocol header before the first request is skipped.
         if dir == Dir::Request
-            && side.offset == 0
-            && let Some((n, client)) = crate::proxy::leading(data, len)
+            && let Some(client) = crate::proxy::skip_leading(&mut side.offset, &mut data, &mut len)
         {
-            side.offset = n as u64;
             self.proxied = client;
-            data = &data[n..];
-            len -= n as u64;
         }
         let (data, gap) = crate::clamp(data, len, side.offset);
         side.feed(&mut self.shared, data, gap, out);

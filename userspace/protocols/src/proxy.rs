@@ -3,8 +3,9 @@
 //! real client was: a text line (version 1) or a binary block (version 2), once per connection.
 //!
 //! An HTTP/1 or HTTP/2 connection that starts with one is still HTTP/1 or HTTP/2: detection
-//! looks past the header, and the parser skips it, so the first request's stream offset (and with it its TCP sequence
-//! number, the cross-host key) is that of its own first byte on both ends of the connection.
+//! looks past the header, and the parser skips it ([`skip_leading`]), so the first request's
+//! stream offset (and with it its TCP sequence number, the cross-host key) is that of its own
+//! first byte on both ends of the connection.
 //! Load balancers often write the header alone, before the client's first bytes arrive; the
 //! assembler keeps it as a prefix that may still become a request (`incomplete`).
 
@@ -28,11 +29,26 @@ pub enum ProxyHeader {
     Whole(usize),
 }
 
-/// A whole header at the start of a request stream's first push (`data`, `len` bytes moved):
-/// its length and the client it names, for the parser to skip and keep.
-pub fn leading(data: &[u8], len: u64) -> Option<(usize, Option<SocketAddr>)> {
+/// A parser's push to its request stream: when the stream is at its start (`offset` 0) and
+/// `data` (`len` bytes moved) begins with a whole header, moves `offset`, `data` and `len` past
+/// it (offsets still count its bytes, so the first request starts at its own first byte) and
+/// returns the client the header names (`Some(None)`: a header naming none).
+pub fn skip_leading(
+    offset: &mut u64,
+    data: &mut &[u8],
+    len: &mut u64,
+) -> Option<Option<SocketAddr>> {
+    if *offset != 0 {
+        return None;
+    }
     match proxy_header(data) {
-        ProxyHeader::Whole(n) if n as u64 <= len => Some((n, proxy_source(&data[..n]))),
+        ProxyHeader::Whole(n) if n as u64 <= *len => {
+            let client = proxy_source(&data[..n]);
+            *offset = n as u64;
+            *data = &data[n..];
+            *len -= n as u64;
+            Some(client)
+        }
         _ => None,
     }
 }

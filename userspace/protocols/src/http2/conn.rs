@@ -48,15 +48,12 @@ impl H2Conn {
         }
         let framer = &mut self.framers[dir as usize];
         let (mut data, mut len) = (data, len);
-        // A PROXY protocol header before the preface is skipped (offsets still count it).
+        // A PROXY protocol header before the preface is skipped.
         if dir == Dir::Request
-            && framer.offset == 0
-            && let Some((n, client)) = crate::proxy::leading(data, len)
+            && let Some(client) =
+                crate::proxy::skip_leading(&mut framer.offset, &mut data, &mut len)
         {
-            framer.offset = n as u64;
             self.proxied = client;
-            data = &data[n..];
-            len -= n as u64;
         }
         let (data, gap) = crate::clamp(data, len, framer.offset);
         framer.feed(&mut self.conn, data, gap, out);
