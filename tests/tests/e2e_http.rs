@@ -549,12 +549,9 @@ fn http2_behind_a_proxy_protocol_header_is_traced() -> Result<()> {
     if !privileged_or_skip("http2_behind_a_proxy_protocol_header_is_traced") {
         return Ok(());
     }
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start())?;
-    let (dir, nginx) = proxied_nginx("h2", "http2 proxy_protocol")?;
-    let port = nginx.port;
-    let client = format!(
-        r#"
+    let spans = trace_behind_a_balancer("h2", "http2 proxy_protocol", 2, |port| {
+        format!(
+            r#"
 import socket, struct, time
 def frame(kind, flags, stream, payload):
     return struct.pack("!I", len(payload))[1:] + bytes([kind, flags]) + struct.pack("!I", stream) + payload
@@ -596,17 +593,8 @@ s.sendall(PREFACE + frame(4, 0, 0, b"") + request(b"/lb/h2-v2"))
 assert answer(s) == b"client 203.0.113.8\n"
 s.close()
 "#
-    );
-    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
-    let spans = ztrace_e2e::harness::trace_server_and_clients(
-        &rt,
-        &receiver,
-        nginx.master.pid(),
-        &script,
-        &[],
-        2,
-    )?;
-    let _ = std::fs::remove_dir_all(&dir);
+        )
+    })?;
     for (path, addr, port) in [
         ("/lb/h2-v1", "203.0.113.7", 51234),
         ("/lb/h2-v2", "203.0.113.8", 51235),
@@ -622,29 +610,55 @@ s.close()
                 && srv.attr_str("network.protocol.version").as_deref() == Some("2"),
             "{path}: {srv:#?}"
         );
-        ensure!(
-            srv.attr_str("client.address").as_deref() == Some(addr)
-                && srv.attr_int("client.port") == Some(port)
-                && srv.attr_str("network.peer.address").as_deref() == Some("127.0.0.1"),
-            "{path}: client.* should be the PROXY header's client: {srv:#?}"
-        );
+        ensure_proxied_client(srv, path, addr, port)?;
     }
     Ok(())
 }
 
-/// nginx behind a load balancer: `listen … {listen}`, answering with the client the PROXY
-/// protocol header named (`$proxy_protocol_addr`), so a test knows nginx really parsed it.
-fn proxied_nginx(
+/// nginx behind a load balancer (`listen … {listen}`), answering with the client the PROXY
+/// protocol header named (`$proxy_protocol_addr`, so a client knows nginx really parsed it),
+/// traced with the Python balancer `client(port)` until `min_spans` arrive.
+fn trace_behind_a_balancer(
     tag: &str,
     listen: &str,
-) -> Result<(std::path::PathBuf, ztrace_e2e::harness::Nginx)> {
+    min_spans: usize,
+    client: impl Fn(u16) -> String,
+) -> Result<Vec<ReceivedSpan>> {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start())?;
     let dir = std::env::temp_dir().join(format!("ztrace-proxy-{tag}-{}", std::process::id()));
     let server = format!(
-        "    server {{\n        listen 127.0.0.1:{{{{PORT}}}} {listen};\n        location / {{ return 200 \"client $proxy_protocol_addr\\n\"; }}\n    }}"
+        r#"    server {{
+        listen 127.0.0.1:{{{{PORT}}}} {listen};
+        location / {{ return 200 "client $proxy_protocol_addr\n"; }}
+    }}"#
     );
     let template = ztrace_e2e::harness::nginx_template(&dir, &server)?;
     let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
-    Ok((dir, nginx))
+    let client = client(nginx.port);
+    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
+    let spans = ztrace_e2e::harness::trace_server_and_clients(
+        &rt,
+        &receiver,
+        nginx.master.pid(),
+        &script,
+        &[],
+        min_spans,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    spans
+}
+
+/// A SERVER span behind the balancer: `client.*` is the client the header named, the balancer
+/// (on loopback) the network peer.
+fn ensure_proxied_client(srv: &ReceivedSpan, path: &str, addr: &str, port: i64) -> Result<()> {
+    ensure!(
+        srv.attr_str("client.address").as_deref() == Some(addr)
+            && srv.attr_int("client.port") == Some(port)
+            && srv.attr_str("network.peer.address").as_deref() == Some("127.0.0.1"),
+        "{path}: client.* should be the PROXY header's client: {srv:#?}"
+    );
+    Ok(())
 }
 
 /// nginx behind a load balancer (`listen … proxy_protocol`): every connection starts with a
@@ -661,12 +675,9 @@ fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     if !privileged_or_skip("requests_behind_a_proxy_protocol_header_are_traced") {
         return Ok(());
     }
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start())?;
-    let (dir, nginx) = proxied_nginx("nginx", "proxy_protocol")?;
-    let port = nginx.port;
-    let client = format!(
-        r#"
+    let spans = trace_behind_a_balancer("http1", "proxy_protocol", 8, |port| {
+        format!(
+            r#"
 import socket, struct, time
 def answer(s):
     data = b""
@@ -695,17 +706,8 @@ s = socket.create_connection(("127.0.0.1", {port}))
 s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51235 {port}\r\nGET /lb/v1-3 HTTP/1.1\r\nHost: x\r\n\r\n")
 answer(s)
 "#
-    );
-    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
-    let spans = ztrace_e2e::harness::trace_server_and_clients(
-        &rt,
-        &receiver,
-        nginx.master.pid(),
-        &script,
-        &[],
-        8,
-    )?;
-    let _ = std::fs::remove_dir_all(&dir);
+        )
+    })?;
     for path in ["/lb/v1-3", "/lb/v1-1", "/lb/v1-2", "/lb/v2-1"] {
         let of = |kind: SpanKind| {
             spans.iter().find(|s| {
@@ -721,14 +723,8 @@ answer(s)
             srv.attr_int("http.response.status_code") == Some(200),
             "{path}: {srv:#?}"
         );
-        // The client the header named; the balancer is the network peer.
         let port = if path == "/lb/v1-3" { 51235 } else { 51234 };
-        ensure!(
-            srv.attr_str("client.address").as_deref() == Some("203.0.113.7")
-                && srv.attr_int("client.port") == Some(port)
-                && srv.attr_str("network.peer.address").as_deref() == Some("127.0.0.1"),
-            "{path}: client.* should be the PROXY header's client: {srv:#?}"
-        );
+        ensure_proxied_client(srv, path, "203.0.113.7", port)?;
         ensure!(
             srv.parent_span_id_hex() == c.span_id_hex() && srv.trace_id_hex() == c.trace_id_hex(),
             "{path}: the server span is not the client span's child: {srv:#?}\n{c:#?}"
