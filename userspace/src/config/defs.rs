@@ -236,7 +236,7 @@ impl std::str::FromStr for SocketProbes {
             "auto" => Ok(Self::Auto),
             "typed" => Ok(Self::Typed),
             "raw" => Ok(Self::Raw),
-            _ => Err(format!("`{s}` is not one of auto, typed, raw")),
+            _ => Err(format!("`{s}` is not one of {}", Self::NAMES.join(", "))),
         }
     }
 }

@@ -547,10 +547,10 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
     if cli.socket_probes.is_none()
         && let Some((v, origin)) = file.get("target.socket_probes")
     {
-        target.socket_probes = v
-            .as_str()
-            .ok_or_else(|| format!("`{v}` is not one of auto, typed, raw"))
-            .and_then(str::parse)
+        // A value of another type is refused as one more unknown name.
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        target.socket_probes = text
+            .parse()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
     }
     if target.duration.is_none()
