@@ -259,6 +259,13 @@ pub static NET_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536,
 /// turns: the other one is looked up in `NET_SOCKS` as before. Slots are written without
 /// atomics; a torn slot (two CPUs writing it at once) matches neither socket, or at worst skips
 /// one `NET_SOCKS` insert for a socket whose ports equal the other's.
+///
+/// A slot also holds the epoch (~134 ms, `EPOCH_SHIFT`) of its last `NET_SOCKS` lookup, and in a
+/// later epoch the lookup runs again. `NET_SOCKS` is an LRU map, and only lookups mark an entry
+/// as used: without them a busy connection's entry would age like an idle one's, and once the
+/// map is full it would be evicted first, taking the attribution of its retransmits and close
+/// with it. A lookup per connection every ~134 ms keeps it marked, as every call did before,
+/// unless the map turns over faster than that (a new connection per entry in 134 ms).
 #[map]
 pub static KNOWN_SOCKS: Array<KnownSock> = Array::with_max_entries(KNOWN_SOCK_SLOTS, 0);
 
@@ -270,7 +277,17 @@ pub struct KnownSock {
     pub sock: u64,
     /// Local port, and the remote port shifted 16 bits up.
     pub ports: u32,
-    pub _pad: u32,
+    /// The epoch of the last `NET_SOCKS` lookup for this socket (`epoch`).
+    pub epoch: u32,
+}
+
+/// A `KNOWN_SOCKS` epoch is 2^27 ns, about 134 ms.
+const EPOCH_SHIFT: u32 = 27;
+
+/// The `KNOWN_SOCKS` epoch of monotonic time `ns`.
+#[inline(always)]
+pub fn epoch(ns: u64) -> u32 {
+    (ns >> EPOCH_SHIFT) as u32
 }
 
 /// The slot of socket `sk`: socket structs lie a few KiB apart in their slab, so the low bits
@@ -280,22 +297,24 @@ fn known_slot(sk: u64) -> u32 {
     ((sk >> 8) ^ (sk >> 20)) as u32 & (KNOWN_SOCK_SLOTS - 1)
 }
 
-/// Whether `NET_SOCKS` is known to hold the owner of `sk` (with these ports).
+/// Whether `NET_SOCKS` is known to hold the owner of `sk` (with these ports), as looked up in
+/// this epoch.
 #[inline(always)]
-pub fn owner_known(sk: u64, ports: u32) -> bool {
+pub fn owner_known(sk: u64, ports: u32, epoch: u32) -> bool {
     KNOWN_SOCKS
         .get(known_slot(sk))
-        .is_some_and(|k| k.sock == sk && k.ports == ports)
+        .is_some_and(|k| k.sock == sk && k.ports == ports && k.epoch == epoch)
 }
 
-/// Notes that `NET_SOCKS` holds the owner of `sk`.
+/// Notes that `NET_SOCKS` holds the owner of `sk`, looked up in `epoch`.
 #[inline(always)]
-pub fn owner_noted(sk: u64, ports: u32) {
+pub fn owner_noted(sk: u64, ports: u32, epoch: u32) {
     if let Some(k) = KNOWN_SOCKS.get_ptr_mut(known_slot(sk)) {
         // SAFETY: a map value, valid while the program runs (see the map for races).
         unsafe {
             (*k).sock = sk;
             (*k).ports = ports;
+            (*k).epoch = epoch;
         }
     }
 }

@@ -282,8 +282,34 @@ c, _ = s.accept(); c.recv(16); time.sleep(1.0)
 c.sendall(b'x' * 262144); c.close()
 time.sleep(60)";
 
-const RTX_CLIENT: &str = "import socket, sys
-c = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); c.sendall(b'go')
+/// The retransmit server, busy meanwhile: it answers the client's pings on one connection while
+/// a thread opens 2,000 connections (to the listener on 127.0.0.2 given as argv[1]) and holds
+/// them, 80 every 100 ms: the kernel's socket → owner table of 1,024 turns over twice. Then, on
+/// `go`, it answers as `RTX_SERVER` does.
+const CHURN_SERVER: &str = "import resource, socket, sys, threading, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)
+print('PORT', s.getsockname()[1], flush=True)
+c, _ = s.accept()
+held = []
+def churn():
+    for _ in range(25):
+        for _ in range(80): held.append(socket.create_connection(('127.0.0.2', int(sys.argv[1]))))
+        time.sleep(0.1)
+t = threading.Thread(target=churn); t.start()
+while c.recv(16) != b'go': c.sendall(b'pong')
+t.join(); time.sleep(1.0)
+c.sendall(b'x' * 262144); c.close()
+time.sleep(60)";
+
+/// Pings for argv[2] seconds (one at a time, 20 ms apart), then sends `go`, says so, and counts
+/// what the server sends until it closes.
+const RTX_CLIENT: &str = "import socket, sys, time
+c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    c.sendall(b'ping'); c.recv(16); time.sleep(0.02)
+c.sendall(b'go'); print('go', flush=True)
 n = 0
 while True:
     b = c.recv(65536)
@@ -291,39 +317,79 @@ while True:
     n += len(b)
 print(n)";
 
-/// A retransmit on demand: inside a namespace of its own, the server answers after a second;
-/// meanwhile the namespace's loopback goes down, so the answer's segments are lost and TCP must
-/// retransmit them once it is back up. `tcp:tcp_retransmit_skb` fires in timer context, where the
-/// current task is not the server: the count must still land on the server's process. (The
-/// server stays alive afterwards: ztrace stops by itself once every traced process is gone.)
-#[test]
-fn retransmits_are_attributed_to_the_owning_process() -> Result<()> {
-    if !privileged_or_skip("retransmits_are_attributed_to_the_owning_process") {
-        return Ok(());
-    }
+/// What a retransmit case counted for the server's process (peer 127.0.0.1 only).
+struct RtxCounts {
+    retransmits: i64,
+    accepted: i64,
+    ztrace_stderr: String,
+}
+
+/// A retransmit on demand: inside a namespace of its own, `server` (traced, with ztrace's
+/// `extra` flags) answers a second after the client's `go`; meanwhile the namespace's loopback
+/// goes down, so the answer's segments are lost and TCP must retransmit them once it is back
+/// up. `tcp:tcp_retransmit_skb` fires in timer context, where the current task is not the
+/// server: the count must still land on the server's process. `filler` starts a listener on
+/// 127.0.0.2 whose port the server gets as its argument. (The server stays alive afterwards:
+/// ztrace stops by itself once every traced process is gone.)
+fn retransmit_case(
+    server: &str,
+    filler: bool,
+    ping_secs: &str,
+    extra: &[&str],
+) -> Result<RtxCounts> {
+    use std::io::{BufRead, BufReader};
     let ns = Netns(format!("ztrace-rtx-{}", std::process::id()));
     ztrace_e2e::harness::run_ok(Command::new("ip").args(["netns", "add", &ns.0]))?;
     ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]))?;
-    let (server, port) =
-        ztrace_e2e::harness::spawn_app(in_ns(&ns.0, &["python3", "-c", RTX_SERVER]))?;
+    let mut server_cmd = in_ns(&ns.0, &["python3", "-c", server]);
+    let _listener = if filler {
+        let (listener, port) = ztrace_e2e::harness::spawn_app(in_ns(
+            &ns.0,
+            &[
+                "python3",
+                "-c",
+                "import socket, time
+s = socket.socket(); s.bind(('127.0.0.2', 0)); s.listen(4096)
+print('PORT', s.getsockname()[1], flush=True); time.sleep(120)",
+            ],
+        ))?;
+        server_cmd.arg(port.to_string());
+        Some(listener)
+    } else {
+        None
+    };
+    let (server, port) = ztrace_e2e::harness::spawn_app(server_cmd)?;
     let (rt, receiver) = runtime_with_receiver()?;
-    let mut ztrace = ztrace_e2e::harness::spawn_ztrace(&[
-        "--pid".into(),
+    let mut args = vec![
+        "--pid".to_string(),
         server.pid().to_string(),
         "--otlp-endpoint".into(),
         receiver.endpoint(),
-    ])?;
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut ztrace = ztrace_e2e::harness::spawn_ztrace(&args)?;
     ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
-    let client = in_ns(&ns.0, &["python3", "-c", RTX_CLIENT, &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(400));
+    let mut client = in_ns(
+        &ns.0,
+        &["python3", "-c", RTX_CLIENT, &port.to_string(), ping_secs],
+    )
+    .stdout(Stdio::piped())
+    .spawn()?;
+    let mut out = BufReader::new(client.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure!(line.trim() == "go", "the client said `{line}`");
+    std::thread::sleep(Duration::from_millis(100));
     ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "down"]))?;
     std::thread::sleep(Duration::from_millis(1800));
     ztrace_e2e::harness::run_ok(&mut in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]))?;
-    let out = client.wait_with_output()?;
-    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    ensure!(got == "262144", "the client received `{got}` bytes");
+    line.clear();
+    out.read_line(&mut line)?;
+    client.wait()?;
+    ensure!(
+        line.trim() == "262144",
+        "the client received `{line}` bytes"
+    );
     ztrace.signal(libc::SIGINT);
     ensure!(
         ztrace.wait_exit(Duration::from_secs(30)) == Some(0),
@@ -335,18 +401,55 @@ fn retransmits_are_attributed_to_the_owning_process() -> Result<()> {
         receiver.signals().all_metrics()
     });
     let server_pid = i64::from(server.pid());
-    let rtx = latest(&metrics, "ztrace.tcp.retransmits")
-        .get(&server_pid)
-        .map_or(0, |m| m.sum_where(|_| true));
+    let count = |name: &str, side: Option<&'static str>| {
+        latest(&metrics, name).get(&server_pid).map_or(0, |m| {
+            m.sum_where(|a| {
+                attr_str(a, "network.peer.address").as_deref() == Some("127.0.0.1")
+                    && side.is_none_or(|side| is("ztrace.connection.side", side)(a))
+            })
+        })
+    };
+    Ok(RtxCounts {
+        retransmits: count("ztrace.tcp.retransmits", None),
+        accepted: count("ztrace.tcp.connections.opened", Some("server")),
+        ztrace_stderr: ztrace.stderr_text(),
+    })
+}
+
+#[test]
+fn retransmits_are_attributed_to_the_owning_process() -> Result<()> {
+    if !privileged_or_skip("retransmits_are_attributed_to_the_owning_process") {
+        return Ok(());
+    }
+    let got = retransmit_case(RTX_SERVER, false, "0", &[])?;
     ensure!(
-        rtx >= 1,
+        got.retransmits >= 1,
         "no retransmit counted for the server; ztrace:\n{}",
-        ztrace.stderr_text()
+        got.ztrace_stderr
     );
-    let accepted = latest(&metrics, "ztrace.tcp.connections.opened")
-        .get(&server_pid)
-        .map_or(0, |m| m.sum_where(is("ztrace.connection.side", "server")));
-    ensure!(accepted == 1, "accepted {accepted}");
+    ensure!(got.accepted == 1, "accepted {}", got.accepted);
+    Ok(())
+}
+
+/// The kernel's socket → owner table (`--max-sockets`, least recently used out) must keep a
+/// busy connection while new ones turn it over: its later retransmits still count for the
+/// server, and it is not taken for a second accepted connection. The probes skip the table
+/// lookup on a connection seen before; were the entry never looked up again, the table would
+/// take it for unused and evict it first.
+#[test]
+fn a_busy_connection_keeps_its_owner_while_new_ones_turn_the_socket_table_over() -> Result<()> {
+    if !privileged_or_skip(
+        "a_busy_connection_keeps_its_owner_while_new_ones_turn_the_socket_table_over",
+    ) {
+        return Ok(());
+    }
+    let got = retransmit_case(CHURN_SERVER, true, "4", &["--max-sockets", "1024"])?;
+    ensure!(
+        got.retransmits >= 1,
+        "no retransmit counted for the busy connection: its owner was forgotten; ztrace:\n{}",
+        got.ztrace_stderr
+    );
+    ensure!(got.accepted == 1, "accepted {}", got.accepted);
     Ok(())
 }
 

@@ -36,7 +36,8 @@ use crate::{
         tcp_seq_btf,
     },
     maps::{
-        NET_SOCKS, SyscallArgs, config, note_ssl_socket, owner_known, owner_noted, traced_flags,
+        NET_SOCKS, SyscallArgs, config, epoch, note_ssl_socket, owner_known, owner_noted,
+        traced_flags,
     },
     probes::{
         io::{classify, emit_conn_of, user_buffer},
@@ -164,18 +165,20 @@ fn on_io<const BTF: bool>(sk_arg: u64, ret: i32, flags: i32, dir: u8) -> Option<
         }
         // Remember the owner for the TCP state and retransmit tracepoints (`probes::net`),
         // which fire where the owner is not current. Looked up first (in `KNOWN_SOCKS`, then
-        // `NET_SOCKS`): most calls find it. A socket this process did not connect (those are
-        // recorded at SYN_SENT) and touches for the first time is one it accepted: reported as
-        // such, as `accept` would be.
+        // `NET_SOCKS`, at least once an epoch so that its LRU keeps busy connections): most
+        // calls find it. A socket this process did not connect (those are recorded at
+        // SYN_SENT) and touches for the first time is one it accepted: reported as such, as
+        // `accept` would be.
         let t = buf.event.tuple;
         let ports = u32::from(t.local_port) | (u32::from(t.remote_port) << 16);
-        if !owner_known(sk, ports) {
+        let now = epoch(args.enter_ns);
+        if !owner_known(sk, ports, now) {
             // SAFETY: plain map read for presence.
             if unsafe { NET_SOCKS.get(sk) }.is_none() {
                 let _ = NET_SOCKS.insert(sk, tgid, 0);
                 emit_conn_of(conn::ACCEPT, sk, t, args.fd, args.fd);
             }
-            owner_noted(sk, ports);
+            owner_noted(sk, ports, now);
         }
     }
     // The record is stamped when the probe ran, like `enter_ns`: one clock read.

@@ -128,6 +128,12 @@ pub struct TargetArgs {
     /// [default: 512].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=config::MAX_PAYLOAD_CAP as i64))]
     pub payload_cap: Option<u32>,
+    /// TCP sockets of traced processes whose owner the kernel keeps, so that retransmits and
+    /// connection state changes (seen outside the owner's context) count for the right process,
+    /// 1024..=4194304 [default: 65536]. Beyond it the least recently used are forgotten. About
+    /// 80 bytes of kernel memory each.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(config::MIN_MAX_SOCKETS as i64..=config::MAX_MAX_SOCKETS as i64))]
+    pub max_sockets: Option<u32>,
     /// Turn what traced processes write to stdout/stderr into OTLP log records, each carrying the
     /// trace and span of the request the writing thread was serving.
     #[arg(long)]
@@ -332,6 +338,7 @@ impl TargetArgs {
             no_children: self.no_children,
             duration: self.duration,
             payload_cap: self.payload_cap,
+            max_sockets: self.max_sockets,
             capture_logs: self.capture_logs,
             capture_via_syscalls: self.capture_via_syscalls,
             socket_probes: self.socket_probes,
@@ -696,6 +703,7 @@ pub fn main() -> i32 {
         service_name: service,
         duration: target.duration,
         payload_cap: target.payload_cap,
+        max_sockets: target.max_sockets,
         db_query_text,
         privacy,
         parser_budget,
@@ -909,7 +917,7 @@ mod tests {
         let path = dir.join("ztrace.toml");
         std::fs::write(
             &path,
-            "[target]\npids = [1, \"2=checkout\"]\nduration = \"5s\"\npayload_cap = 64\ncapture_logs = true\n[traces]\noutput = \"json\"\ndb_query_text = true\n[metrics]\nmax_series = 50\n",
+            "[target]\npids = [1, \"2=checkout\"]\nduration = \"5s\"\npayload_cap = 64\nmax_sockets = 200000\ncapture_logs = true\n[traces]\noutput = \"json\"\ndb_query_text = true\n[metrics]\nmax_series = 50\n",
         )
         .unwrap();
         let path_s = path.to_string_lossy().to_string();
@@ -921,6 +929,7 @@ mod tests {
         assert_eq!(target.pids, vec![pid(1, None), pid(2, Some("checkout"))]);
         assert_eq!(target.duration, Some(Duration::from_secs(1)));
         assert_eq!(target.payload_cap, 64);
+        assert_eq!(target.max_sockets, 200_000);
         assert!(target.capture_logs);
         assert_eq!(r.metrics.max_series, 50);
         std::fs::write(&path, "[metrics]\nmax_series = 0\n").unwrap();
@@ -940,6 +949,7 @@ mod tests {
             no_children: false,
             duration: None,
             payload_cap: None,
+            max_sockets: None,
             capture_logs: false,
             capture_via_syscalls: false,
             socket_probes: None,
@@ -948,6 +958,28 @@ mod tests {
         };
         let err = resolve_target(&target, r.file.as_ref()).unwrap_err();
         assert!(err.starts_with("`target.payload_cap` in "), "{err}");
+        for bad in ["100", "5000000", "\"lots\""] {
+            std::fs::write(&path, format!("[target]\nmax_sockets = {bad}\n")).unwrap();
+            let r =
+                resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+            let err = resolve_target(&target, r.file.as_ref()).unwrap_err();
+            assert!(
+                err.starts_with("`target.max_sockets` in ")
+                    && err.ends_with("must be a socket count from 1024 to 4194304"),
+                "{err}"
+            );
+        }
+        // The flag wins over the file (its bad value last written above), and the flag's range
+        // is checked where it is parsed.
+        let r = resolve_export(&cli.run.export, HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let flag = TargetArgs {
+            max_sockets: Some(4096),
+            ..target
+        };
+        let got = resolve_target(&flag, r.file.as_ref()).unwrap();
+        assert_eq!(got.max_sockets, 4096);
+        assert!(Cli::try_parse_from(["ztrace", "--max-sockets", "1023"]).is_err());
+        assert!(Cli::try_parse_from(["ztrace", "--max-sockets", "4194305"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

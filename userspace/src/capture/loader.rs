@@ -39,6 +39,8 @@ const EXIT: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
     pub payload_cap: u32,
+    /// Entries of `NET_SOCKS`, the socket → owner table (`--max-sockets`).
+    pub max_sockets: u32,
     pub follow_children: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
@@ -78,6 +80,7 @@ impl Default for CaptureOptions {
     fn default() -> Self {
         Self {
             payload_cap: 512,
+            max_sockets: 65536,
             follow_children: true,
             // 8 MiB: ~2.5 s of nginx saturating both cores here (≈ 60k events/s × ~55 bytes).
             // Userspace maps it twice (wrap-around), so it costs twice that in RSS.
@@ -409,6 +412,7 @@ impl Capture {
         EbpfLoader::new()
             .override_global("CONFIG", config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("NET_SOCKS", opts.max_sockets)
             .load(PROBES)
             .context("loading the eBPF probes into the kernel")
     }

@@ -271,6 +271,8 @@ pub struct Target {
     pub no_children: bool,
     pub duration: Option<Duration>,
     pub payload_cap: u32,
+    /// Size of the kernel's socket → owner table (`target.max_sockets`).
+    pub max_sockets: u32,
     pub capture_logs: bool,
     pub capture_via_syscalls: bool,
     pub socket_probes: SocketProbes,
@@ -287,6 +289,7 @@ pub struct CliFlags {
     pub no_children: bool,
     pub duration: Option<Duration>,
     pub payload_cap: Option<u32>,
+    pub max_sockets: Option<u32>,
     pub capture_logs: bool,
     pub capture_via_syscalls: bool,
     pub socket_probes: Option<SocketProbes>,
@@ -348,6 +351,12 @@ pub const DEFAULT_LOG_BATCHING: Batching = Batching {
 pub const DEFAULT_PAYLOAD_CAP: u32 = 512;
 /// The largest `target.payload_cap`.
 pub const MAX_PAYLOAD_CAP: u32 = 4096;
+/// TCP sockets whose owner the kernel keeps when nothing says otherwise, and the bounds of
+/// `target.max_sockets`: below 1024 a busy host's table would turn over faster than its
+/// connections; 4M is 320 MiB of kernel memory (80 bytes each, as `bpftool map show` counts).
+pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+pub const MIN_MAX_SOCKETS: u32 = 1024;
+pub const MAX_MAX_SOCKETS: u32 = 4 << 20;
 pub const DEFAULT_MAX_SERIES: usize = 2000;
 /// The largest `metrics.max_series`.
 pub const MAX_SERIES_LIMIT: u32 = 1_000_000;
@@ -423,12 +432,13 @@ pub const PEER_FILE_KEYS: [&str; 4] = [
 ];
 
 /// File keys with no environment variable (what to trace, terminal output, series limit).
-pub const NO_ENV_KEYS: [&str; 16] = [
+pub const NO_ENV_KEYS: [&str; 17] = [
     "target.pids",
     "target.select",
     "target.no_children",
     "target.duration",
     "target.payload_cap",
+    "target.max_sockets",
     "target.capture_logs",
     "target.capture_via_syscalls",
     "target.socket_probes",

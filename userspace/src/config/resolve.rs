@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use super::defs::{
     Batching, CliFlags, Compression, Config, DEFAULT_LOG_BATCHING, DEFAULT_MAX_SERIES,
-    DEFAULT_PARSER_BUDGET, DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING, DEFAULT_TIMEOUT,
-    MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT, OtlpTarget, Peers, PidSpec, Privacy, Protocol, Raw,
-    RootSampler, SELECTOR_KINDS, Sampler, SelectSpec, Signal, Target, Temporality, Terminal, Tls,
-    flag_name,
+    DEFAULT_MAX_SOCKETS, DEFAULT_PARSER_BUDGET, DEFAULT_PAYLOAD_CAP, DEFAULT_SPAN_BATCHING,
+    DEFAULT_TIMEOUT, MAX_MAX_SOCKETS, MAX_PAYLOAD_CAP, MAX_SERIES_LIMIT, MIN_MAX_SOCKETS,
+    OtlpTarget, Peers, PidSpec, Privacy, Protocol, Raw, RootSampler, SELECTOR_KINDS, Sampler,
+    SelectSpec, Signal, Target, Temporality, Terminal, Tls, flag_name,
 };
 use super::env::env_name;
 use super::error::{ConfigError, Origin, bad};
@@ -501,6 +501,7 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
         no_children: cli.no_children,
         duration: cli.duration,
         payload_cap: DEFAULT_PAYLOAD_CAP,
+        max_sockets: cli.max_sockets.unwrap_or(DEFAULT_MAX_SOCKETS),
         capture_logs: cli.capture_logs,
         capture_via_syscalls: cli.capture_via_syscalls,
         socket_probes: cli.socket_probes.unwrap_or_default(),
@@ -576,6 +577,18 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
             None => DEFAULT_PAYLOAD_CAP,
         },
     };
+    if cli.max_sockets.is_none()
+        && let Some((v, origin)) = file.get("target.max_sockets")
+    {
+        target.max_sockets = match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+            Some(n) if (MIN_MAX_SOCKETS..=MAX_MAX_SOCKETS).contains(&n) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "{origin}: `{v}` must be a socket count from {MIN_MAX_SOCKETS} to {MAX_MAX_SOCKETS}"
+                )));
+            }
+        };
+    }
     Ok(target)
 }
 

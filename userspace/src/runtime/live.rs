@@ -52,6 +52,8 @@ pub struct DaemonConfig {
     pub service_name: Option<String>,
     pub duration: Option<Duration>,
     pub payload_cap: u32,
+    /// Size of the kernel's socket → owner table.
+    pub max_sockets: u32,
     pub db_query_text: bool,
     /// What sensitive data may leave (all opt-ins off by default).
     pub privacy: crate::config::Privacy,
@@ -124,6 +126,7 @@ pub fn run(mut cfg: DaemonConfig) -> Result<()> {
     let mono_to_unix = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
     let opts = CaptureOptions {
         payload_cap: cfg.payload_cap,
+        max_sockets: cfg.max_sockets,
         follow_children: cfg.follow_children,
         capture_stdio: cfg.capture_logs,
         via_syscalls: cfg.capture_via_syscalls,
