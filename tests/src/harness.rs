@@ -59,6 +59,15 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// `child`, its output not collected (empty stdout and stderr buffers).
+    pub fn new(child: Child) -> Self {
+        Proc {
+            child,
+            stderr: Arc::default(),
+            stdout: Arc::default(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -255,11 +264,7 @@ pub fn trace_server_and_clients(
     min_spans: usize,
 ) -> Result<Vec<crate::receiver::ReceivedSpan>> {
     let clients = Command::new("bash").args(["-c", client_script]).spawn()?;
-    let mut clients = Proc {
-        child: clients,
-        stderr: Arc::default(),
-        stdout: Arc::default(),
-    };
+    let mut clients = Proc::new(clients);
     let mut args = vec![
         "--pid".to_string(),
         format!("{server_pid},{}", clients.pid()),
