@@ -59,6 +59,15 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// `child`, its output not collected (empty stdout and stderr buffers).
+    pub fn new(child: Child) -> Self {
+        Proc {
+            child,
+            stderr: Arc::default(),
+            stdout: Arc::default(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -255,11 +264,7 @@ pub fn trace_server_and_clients(
     min_spans: usize,
 ) -> Result<Vec<crate::receiver::ReceivedSpan>> {
     let clients = Command::new("bash").args(["-c", client_script]).spawn()?;
-    let mut clients = Proc {
-        child: clients,
-        stderr: Arc::default(),
-        stdout: Arc::default(),
-    };
+    let mut clients = Proc::new(clients);
     let mut args = vec![
         "--pid".to_string(),
         format!("{server_pid},{}", clients.pid()),
@@ -507,4 +512,52 @@ pub fn children_of(pid: u32) -> Vec<u32> {
                 == Some(pid)
         })
         .collect()
+}
+
+/// nginx behind a load balancer: it listens with `listen 127.0.0.1:{{PORT}} {listen}` (a
+/// `proxy_protocol` listener, which closes a connection that does not start with a PROXY
+/// protocol header) and serves `location / { {location} }` (`{{NAME}}` filled from `vars`);
+/// nginx and the Python balancer `client(port)` (its source: it writes the header itself) are
+/// traced until `min_spans` arrive.
+pub fn trace_behind_a_balancer(
+    tag: &str,
+    listen: &str,
+    location: &str,
+    vars: &[(&str, String)],
+    min_spans: usize,
+    client: impl Fn(u16) -> String,
+) -> Result<Vec<crate::receiver::ReceivedSpan>> {
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = std::env::temp_dir().join(format!("ztrace-proxy-{tag}-{}", std::process::id()));
+    let server = format!(
+        r#"    server {{
+        listen 127.0.0.1:{{{{PORT}}}} {listen};
+        location / {{ {location} }}
+    }}"#
+    );
+    let template = nginx_template(&dir, &server)?;
+    let nginx = spawn_nginx(&template, &dir, vars)?;
+    let client = client(nginx.port);
+    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
+    let spans =
+        trace_server_and_clients(&rt, &receiver, nginx.master.pid(), &script, &[], min_spans);
+    let _ = std::fs::remove_dir_all(&dir);
+    spans
+}
+
+/// A SERVER span behind the balancer of [`trace_behind_a_balancer`]: `client.*` is the client
+/// the PROXY header named, the balancer (on loopback) the network peer.
+pub fn ensure_proxied_client(
+    srv: &crate::receiver::ReceivedSpan,
+    what: &str,
+    addr: &str,
+    port: i64,
+) -> Result<()> {
+    anyhow::ensure!(
+        srv.attr_str("client.address").as_deref() == Some(addr)
+            && srv.attr_int("client.port") == Some(port)
+            && srv.attr_str("network.peer.address").as_deref() == Some("127.0.0.1"),
+        "{what}: client.* should be the PROXY header's client: {srv:#?}"
+    );
+    Ok(())
 }

@@ -213,11 +213,7 @@ impl Services {
             .stderr(Stdio::null())
             .spawn()
             .context("starting redis-server (apt-get install redis-server)")?;
-        let redis = Proc {
-            child: redis,
-            stderr: Default::default(),
-            stdout: Default::default(),
-        };
+        let redis = Proc::new(redis);
         wait_redis(redis_port)?;
         let mut py = Command::new("python3");
         py.arg(apps_dir().join("eval_threaded.py"))

@@ -39,11 +39,7 @@ fn dns_queries_become_spans_on_both_sides() -> Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("dnsmasq (apt-get install dnsmasq-base)")?;
-    let server = Proc {
-        child: server,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let server = Proc::new(server);
     let dig = |name: &str, qtype: &str| {
         format!("dig @127.0.0.1 -p {port} +tries=1 +time=5 {name} {qtype} >/dev/null")
     };

@@ -55,11 +55,7 @@ fn sigkill_leaves_no_probe_attached() -> Result<()> {
     if !privileged_or_skip("sigkill_leaves_no_probe_attached") {
         return Ok(());
     }
-    let shell = Proc {
-        child: Command::new("sleep").arg("120").spawn()?,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let shell = Proc::new(Command::new("sleep").arg("120").spawn()?);
     let mut ztrace = spawn_ztrace(&["--pid".into(), shell.pid().to_string()])?;
     ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
     let held = held_bpf_objects(ztrace.pid())?;
@@ -129,14 +125,12 @@ fn a_server_killed_mid_request_ends_its_spans_with_an_error() -> Result<()> {
         "sleep 3; curl -s -o /dev/null --max-time 40 http://127.0.0.1:{port}/fast; \
          curl -s -o /dev/null --max-time 40 http://127.0.0.1:{port}/slow; true"
     );
-    let mut clients = Proc {
-        child: Command::new("bash")
+    let mut clients = Proc::new(
+        Command::new("bash")
             .args(["-c", &script])
             .stdout(Stdio::null())
             .spawn()?,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    );
     let mut ztrace = spawn_ztrace(&[
         "--pid".into(),
         format!("{},{}", server.pid(), clients.pid()),

@@ -8,7 +8,10 @@ use std::{collections::HashMap, thread, time::Duration};
 use anyhow::{Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{curl, privileged_or_skip, spawn_service, spawn_ztrace, stop_ztrace},
+    harness::{
+        curl, ensure_proxied_client, privileged_or_skip, spawn_service, spawn_ztrace, stop_ztrace,
+        trace_behind_a_balancer,
+    },
     receiver::{ReceivedSpan, Receiver},
 };
 
@@ -539,6 +542,10 @@ assert data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n")[0], data[
     Ok(())
 }
 
+/// What nginx behind the balancer answers: the client the PROXY protocol header named
+/// (`$proxy_protocol_addr`), so a client knows nginx really parsed it.
+const ECHO_CLIENT: &str = r#"return 200 "client $proxy_protocol_addr\n";"#;
+
 /// HTTP/2 (cleartext, prior knowledge) behind a load balancer's PROXY protocol header: nginx
 /// with `listen … http2 proxy_protocol` (it answers with `$proxy_protocol_addr`, so it really
 /// parsed the header), a Python client writing the header and then its frames by hand: a v1
@@ -549,9 +556,15 @@ fn http2_behind_a_proxy_protocol_header_is_traced() -> Result<()> {
     if !privileged_or_skip("http2_behind_a_proxy_protocol_header_is_traced") {
         return Ok(());
     }
-    let spans = trace_behind_a_balancer("h2", "http2 proxy_protocol", 2, |port| {
-        format!(
-            r#"
+    let spans = trace_behind_a_balancer(
+        "h2",
+        "http2 proxy_protocol",
+        ECHO_CLIENT,
+        &[],
+        2,
+        |port| {
+            format!(
+                r#"
 import socket, struct, time
 def frame(kind, flags, stream, payload):
     return struct.pack("!I", len(payload))[1:] + bytes([kind, flags]) + struct.pack("!I", stream) + payload
@@ -593,8 +606,9 @@ s.sendall(PREFACE + frame(4, 0, 0, b"") + request(b"/lb/h2-v2"))
 assert answer(s) == b"client 203.0.113.8\n"
 s.close()
 "#
-        )
-    })?;
+            )
+        },
+    )?;
     for (path, addr, port) in [
         ("/lb/h2-v1", "203.0.113.7", 51234),
         ("/lb/h2-v2", "203.0.113.8", 51235),
@@ -615,52 +629,6 @@ s.close()
     Ok(())
 }
 
-/// nginx behind a load balancer (`listen … {listen}`), answering with the client the PROXY
-/// protocol header named (`$proxy_protocol_addr`, so a client knows nginx really parsed it),
-/// traced with the Python balancer `client(port)` until `min_spans` arrive.
-fn trace_behind_a_balancer(
-    tag: &str,
-    listen: &str,
-    min_spans: usize,
-    client: impl Fn(u16) -> String,
-) -> Result<Vec<ReceivedSpan>> {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start())?;
-    let dir = std::env::temp_dir().join(format!("ztrace-proxy-{tag}-{}", std::process::id()));
-    let server = format!(
-        r#"    server {{
-        listen 127.0.0.1:{{{{PORT}}}} {listen};
-        location / {{ return 200 "client $proxy_protocol_addr\n"; }}
-    }}"#
-    );
-    let template = ztrace_e2e::harness::nginx_template(&dir, &server)?;
-    let nginx = ztrace_e2e::harness::spawn_nginx(&template, &dir, &[])?;
-    let client = client(nginx.port);
-    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
-    let spans = ztrace_e2e::harness::trace_server_and_clients(
-        &rt,
-        &receiver,
-        nginx.master.pid(),
-        &script,
-        &[],
-        min_spans,
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    spans
-}
-
-/// A SERVER span behind the balancer: `client.*` is the client the header named, the balancer
-/// (on loopback) the network peer.
-fn ensure_proxied_client(srv: &ReceivedSpan, path: &str, addr: &str, port: i64) -> Result<()> {
-    ensure!(
-        srv.attr_str("client.address").as_deref() == Some(addr)
-            && srv.attr_int("client.port") == Some(port)
-            && srv.attr_str("network.peer.address").as_deref() == Some("127.0.0.1"),
-        "{path}: client.* should be the PROXY header's client: {srv:#?}"
-    );
-    Ok(())
-}
-
 /// nginx behind a load balancer (`listen … proxy_protocol`): every connection starts with a
 /// PROXY protocol header before its first request. A Python client plays the balancer: one
 /// keep-alive connection whose version 1 header is written alone at connect (as HAProxy does)
@@ -675,7 +643,7 @@ fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     if !privileged_or_skip("requests_behind_a_proxy_protocol_header_are_traced") {
         return Ok(());
     }
-    let spans = trace_behind_a_balancer("http1", "proxy_protocol", 8, |port| {
+    let spans = trace_behind_a_balancer("http1", "proxy_protocol", ECHO_CLIENT, &[], 8, |port| {
         format!(
             r#"
 import socket, struct, time

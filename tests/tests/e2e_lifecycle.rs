@@ -136,11 +136,7 @@ fn a_pid_reused_after_a_traced_exit_is_not_traced() -> Result<()> {
 
 /// A bash running `script`, traced (with its children) by a ztrace that has started.
 fn trace_shell(script: &str) -> Result<(Proc, Proc)> {
-    let shell = Proc {
-        child: Command::new("bash").args(["-c", script]).spawn()?,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let shell = Proc::new(Command::new("bash").args(["-c", script]).spawn()?);
     let mut ztrace = spawn_ztrace(&[
         "--pid".into(),
         shell.pid().to_string(),

@@ -44,11 +44,7 @@ fn http_server() -> Result<(Proc, u16)> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let server = Proc {
-        child,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let server = Proc::new(child);
     for _ in 0..100 {
         if curl(&[format!("http://127.0.0.1:{port}/")]).is_ok() {
             return Ok((server, port));

@@ -38,11 +38,7 @@ fn redis_commands_become_linked_database_spans() -> Result<()> {
         .stdout(Stdio::null())
         .spawn()
         .context("redis-server (apt-get install redis-server)")?;
-    let server = Proc {
-        child: server,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let server = Proc::new(server);
     for _ in 0..100 {
         let ok = Command::new("redis-cli")
             .args(["-p", &port, "PING"])

@@ -51,11 +51,7 @@ fn under_the_filter_a_later_tls_process_is_still_traced() -> Result<()> {
         "sleep 3; (sleep 2; printf 'GET /after-seccomp HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nConnection: close\\r\\n\\r\\n') \
          | openssl s_client -quiet -ign_eof -connect 127.0.0.1:{port} >/dev/null 2>&1; true"
     );
-    let mut shell = Proc {
-        child: Command::new("bash").args(["-c", &script]).spawn()?,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let mut shell = Proc::new(Command::new("bash").args(["-c", &script]).spawn()?);
     // Export over TLS (rustls, the CA file read after the filter is on).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -140,11 +136,7 @@ fn no_seccomp_leaves_the_filter_off_and_check_says_so() -> Result<()> {
     ensure!(on.contains("seccomp: allow-list of "), "{on}");
     let off = check(&["--no-seccomp"])?;
     ensure!(off.contains("seccomp: off"), "{off}");
-    let sleeper = Proc {
-        child: Command::new("sleep").arg("60").spawn()?,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let sleeper = Proc::new(Command::new("sleep").arg("60").spawn()?);
     let mut ztrace = spawn_ztrace(&[
         "--pid".into(),
         sleeper.pid().to_string(),

@@ -155,14 +155,6 @@ fn as_user(user: &str, cmd: &str) -> Command {
     c
 }
 
-fn proc_of(child: std::process::Child) -> Proc {
-    Proc {
-        child,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    }
-}
-
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     for _ in 0..300 {
         if ready() {
@@ -276,7 +268,7 @@ impl MariaDb {
         .stderr(Stdio::null())
         .spawn()?;
         let mut db = MariaDb {
-            server: proc_of(server),
+            server: Proc::new(server),
             dir: dir.clone(),
             port,
             pid: 0,
@@ -330,7 +322,7 @@ fn start_redis() -> Result<(Proc, u16)> {
         .stdout(Stdio::null())
         .spawn()
         .context("redis-server (apt-get install redis-server)")?;
-    let server = proc_of(server);
+    let server = Proc::new(server);
     wait_for("redis-server", || {
         Command::new("redis-cli")
             .args(["-p", &port.to_string(), "--no-auth-warning"])
@@ -444,7 +436,7 @@ fn no_secret_leaves_with_default_settings() -> Result<()> {
         (h2.port, grpc_port),
         &grpc_client,
     );
-    let mut clients = proc_of(Command::new("bash").args(["-c", &script]).spawn()?);
+    let mut clients = Proc::new(Command::new("bash").args(["-c", &script]).spawn()?);
     let pids = [
         http.pid(),
         redis.pid(),

@@ -224,11 +224,7 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let supervisor = Proc {
-        child: supervisor,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let supervisor = Proc::new(supervisor);
     let first_port = nth_port(&ports, 0)?;
     let first = pid_listening_on(first_port)?;
     let mut ztrace = spawn_ztrace(&[

@@ -193,11 +193,7 @@ fn mariadb_statements_become_linked_database_spans() -> Result<()> {
         ))
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let mut server = ztrace_e2e::harness::Proc {
-        child: server,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let mut server = ztrace_e2e::harness::Proc::new(server);
     let result = (|| {
         let mut mariadbd = None;
         for _ in 0..200 {

@@ -79,11 +79,7 @@ fn tls_stacks_that_cannot_be_probed_are_reported() -> Result<()> {
     std::fs::write(&exe, bytes)?;
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let child = Command::new(&exe).arg("30").spawn()?;
-    let child = Proc {
-        child,
-        stderr: Default::default(),
-        stdout: Default::default(),
-    };
+    let child = Proc::new(child);
     let mut ztrace = spawn_ztrace(&[
         "--pid".into(),
         child.pid().to_string(),

@@ -72,6 +72,9 @@ pub struct RpcExchange {
     pub http_status: Option<u16>,
     pub grpc_status: Option<i32>,
     pub grpc_message: Option<String>,
+    /// The client a PROXY protocol header at the connection's start named, as
+    /// [`HttpExchange::client`]: a server span's `client.*`.
+    pub client: Option<std::net::SocketAddr>,
 }
 
 /// One DNS query and its answer.

@@ -313,11 +313,17 @@ mod tests {
 
     /// A copy of this test binary's libc under a path with spaces, loaded with dlopen: the
     /// mapping is found, opened through map_files and checked by device and inode. The old code
-    /// split the path at the space and opened "/proc/PID/root/tmp/…/with": no such file.
+    /// split the path at the space and opened "/proc/PID/root/tmp/…/with": no such file, as the
+    /// test makes its own fresh directory (whatever else the temporary directory holds).
     #[test]
     fn a_library_under_a_path_with_spaces_is_opened_through_map_files() {
-        let dir = std::env::temp_dir().join(format!("ztrace maps {}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = std::env::temp_dir();
+        let dir = (0..1000)
+            .map(|n| tmp.join(format!("ztrace-maps-{}-{n}", std::process::id())))
+            .find(|d| std::fs::create_dir(d).is_ok())
+            .expect("a fresh directory in the temporary directory");
+        let spaced = dir.join("with spaces");
+        std::fs::create_dir(&spaced).unwrap();
         // A library named like libssl: any ELF shared object serves; libz is small and
         // has no constructors that mind being loaded twice.
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -326,7 +332,7 @@ mod tests {
             .filter_map(parse_mapping)
             .find(|m| m.path.contains("/libgcc_s.so") || m.path.contains("/libm.so"))
             .expect("a shared library mapped");
-        let lib = dir.join("libssl.so.3");
+        let lib = spaced.join("libssl.so.3");
         std::fs::copy(&src.path, &lib).unwrap();
         let c = std::ffi::CString::new(lib.to_str().unwrap()).unwrap();
         // SAFETY: dlopen of a copy of a library this process already runs.

@@ -522,6 +522,12 @@ fn rpc_attributes<'a>(span: &'a Span, rpc: &'a RpcExchange, a: &mut impl AttrSin
     a.str(semconv::NETWORK_PROTOCOL_NAME, "http");
     a.str(semconv::NETWORK_PROTOCOL_VERSION, "2");
     endpoint_attributes(span, "tcp", a);
+    // Behind a load balancer's PROXY header, the client it named (as HTTP server spans); the
+    // balancer stays the network peer.
+    if let (SpanKind::Server, Some(c)) = (span.kind, rpc.client) {
+        a.addr(semconv::CLIENT_ADDRESS, c.ip());
+        a.int(semconv::CLIENT_PORT, c.port());
+    }
     if let SpanStatus::Error(e) = &span.status {
         a.str(semconv::ERROR_TYPE, e.as_str());
     }
@@ -910,6 +916,33 @@ mod tests {
             get(&a, semconv::NETWORK_PEER_PORT),
             Some(&AttrValue::Int(51234))
         );
+    }
+
+    /// A gRPC call behind such a header: its SERVER span has the same `client.*`; a CLIENT
+    /// span (the balancer's own call) and a call without a header have none.
+    #[test]
+    fn proxied_grpc_client() {
+        let mut span = server_span();
+        let client = "203.0.113.7:40001".parse().ok();
+        span.exchange = Exchange::Rpc(RpcExchange {
+            service: "demo.Greeter".into(),
+            method: "SayHello".into(),
+            client,
+            ..Default::default()
+        });
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::CLIENT_ADDRESS), Some(&s("203.0.113.7")));
+        assert_eq!(get(&a, semconv::CLIENT_PORT), Some(&AttrValue::Int(40001)));
+        assert_eq!(get(&a, semconv::NETWORK_PEER_ADDRESS), Some(&s("10.0.0.2")));
+        span.kind = SpanKind::Client;
+        assert_eq!(get(&span_attributes(&span), semconv::CLIENT_ADDRESS), None);
+        span.kind = SpanKind::Server;
+        if let Exchange::Rpc(r) = &mut span.exchange {
+            r.client = None;
+        }
+        let a = span_attributes(&span);
+        assert_eq!(get(&a, semconv::CLIENT_ADDRESS), None);
+        assert_eq!(get(&a, semconv::CLIENT_PORT), None);
     }
 
     #[test]

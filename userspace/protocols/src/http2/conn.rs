@@ -130,6 +130,7 @@ impl Protocol for H2Conn {
                         service: service.to_string(),
                         method: method.to_string(),
                         authority: head.authority.clone(),
+                        client: self.proxied,
                         ..Default::default()
                     }),
                     _ => Exchange::Http(HttpExchange {
@@ -1034,6 +1035,43 @@ mod tests {
             H2Conn::detect(&[&v1[..], b"GET / HTTP/1.1\r\n"].concat()),
             None
         );
+    }
+
+    /// Every exchange of a connection behind a PROXY protocol header carries the client it
+    /// named, gRPC calls (`RpcExchange`) as HTTP requests (`HttpExchange`); without a header
+    /// neither has one.
+    #[test]
+    fn exchanges_behind_a_proxy_protocol_header_carry_its_client() {
+        let client = std::net::SocketAddr::from(([203, 0, 113, 7], 51234));
+        let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\n";
+        let (grpc, _) = grpc_client();
+        let get = block(&[F::Idx(2), F::Idx(6), F::Idx(4)], false);
+        let mut plain = Wire::default();
+        plain.add(PREFACE);
+        plain.add(&settings(&[]));
+        plain.add(&headers(1, END_STREAM, &get));
+        for (wire, rpc) in [(&grpc.0, true), (&plain.0, false)] {
+            for (header, want) in [(&v1[..], Some(client)), (&[][..], None)] {
+                let mut c = H2Conn::new();
+                let mut ev = Vec::new();
+                c.push(Q, header, header.len() as u64, &mut ev);
+                c.push(Q, wire, wire.len() as u64, &mut ev);
+                let clients: Vec<_> = ev
+                    .into_iter()
+                    .filter_map(|e| match c.step(e)? {
+                        Step::Request { exchange, .. } => Some(exchange),
+                        _ => None,
+                    })
+                    .map(|x| match x {
+                        Exchange::Rpc(r) if rpc => r.client,
+                        Exchange::Http(h) if !rpc => h.client,
+                        other => panic!("unexpected {other:?}"),
+                    })
+                    .collect();
+                let n = if rpc { 3 } else { 1 };
+                assert_eq!(clients, vec![want; n], "rpc {rpc}, header {header:?}");
+            }
+        }
     }
 
     #[test]

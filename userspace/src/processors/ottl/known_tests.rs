@@ -102,6 +102,7 @@ fn random_span(rng: &mut StdRng) -> Span {
             })
         }
         1 => {
+            let proxied = std::net::SocketAddr::new(*pick(rng, &ADDRS), 40_001);
             s.exchange = Exchange::Rpc(RpcExchange {
                 service: "helloworld.Greeter".into(),
                 method: "SayHello".into(),
@@ -109,6 +110,7 @@ fn random_span(rng: &mut StdRng) -> Span {
                 http_status: Some(200),
                 grpc_status: maybe(rng, 0),
                 grpc_message: None,
+                client: maybe(rng, proxied),
             })
         }
         2 => {
