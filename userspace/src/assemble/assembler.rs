@@ -309,11 +309,12 @@ impl<P: ParserSet> Assembler<P> {
     /// Ends the connection a full table gave up to make room for a new one.
     fn finish_evicted(
         &mut self,
-        evicted: Option<(ConnKey, Conn<ConnState<P>>)>,
+        evicted: Option<Box<(ConnKey, Conn<ConnState<P>>)>>,
         ts_ns: u64,
         linker: &mut Linker,
     ) {
-        if let Some((key, conn)) = evicted {
+        if let Some(evicted) = evicted {
+            let (key, conn) = *evicted;
             let cx = (&mut self.scratch, &mut self.stats, &mut self.budget);
             finish_conn(key, conn, ts_ns, linker, cx);
         }
