@@ -517,15 +517,15 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 /// nginx behind a load balancer: it listens with `listen 127.0.0.1:{{PORT}} {listen}` (a
 /// `proxy_protocol` listener, which closes a connection that does not start with a PROXY
 /// protocol header) and serves `location / { {location} }` (`{{NAME}}` filled from `vars`);
-/// nginx and the Python balancer `client(port)` (its source: it writes the header itself) are
-/// traced until `min_spans` arrive.
+/// nginx and the balancer `apps/proxy_client.py {mode}` (it writes the PROXY headers and its
+/// requests itself, and checks the answers) are traced until `min_spans` arrive.
 pub fn trace_behind_a_balancer(
     tag: &str,
     listen: &str,
     location: &str,
     vars: &[(&str, String)],
     min_spans: usize,
-    client: impl Fn(u16) -> String,
+    mode: &str,
 ) -> Result<Vec<crate::receiver::ReceivedSpan>> {
     let (rt, receiver) = runtime_with_receiver()?;
     let dir = std::env::temp_dir().join(format!("ztrace-proxy-{tag}-{}", std::process::id()));
@@ -537,8 +537,11 @@ pub fn trace_behind_a_balancer(
     );
     let template = nginx_template(&dir, &server)?;
     let nginx = spawn_nginx(&template, &dir, vars)?;
-    let client = client(nginx.port);
-    let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
+    let script = format!(
+        "sleep 3; python3 '{}' {mode} {}",
+        apps_dir().join("proxy_client.py").display(),
+        nginx.port
+    );
     let spans =
         trace_server_and_clients(&rt, &receiver, nginx.master.pid(), &script, &[], min_spans);
     let _ = std::fs::remove_dir_all(&dir);

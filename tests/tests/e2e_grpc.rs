@@ -105,53 +105,7 @@ fn grpc_behind_a_proxy_protocol_header_is_traced() -> Result<()> {
         "grpc_pass grpc://127.0.0.1:{{GRPC}};",
         &[("GRPC", grpc_port.to_string())],
         6,
-        |port| {
-            format!(
-                r#"
-import socket, struct, time
-def frame(kind, flags, stream, payload):
-    return struct.pack("!I", len(payload))[1:] + bytes([kind, flags]) + struct.pack("!I", stream) + payload
-def lit(name, value):
-    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
-def message(data):
-    return b"\x00" + struct.pack("!I", len(data)) + data
-def call(name):
-    block = lit(b":method", b"POST") + lit(b":scheme", b"http") + lit(b":path", b"/demo.Greeter/SayHello") \
-        + lit(b":authority", b"x") + lit(b"content-type", b"application/grpc") + lit(b"te", b"trailers")
-    return frame(1, 0x4, 1, block) + frame(0, 0x1, 1, message(b"call " + name))
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"")
-def answer(s):
-    data, body = b"", b""
-    while True:
-        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
-            chunk = s.recv(65536)
-            assert chunk, "connection closed"
-            data += chunk
-        n = int.from_bytes(data[:3], "big")
-        kind, flags, stream = data[3], data[4], int.from_bytes(data[5:9], "big") & 0x7fffffff
-        payload, data = data[9:9 + n], data[9 + n:]
-        if kind == 4 and not flags & 1:
-            s.sendall(frame(4, 1, 0, b""))
-        assert not (stream == 1 and kind == 3), "stream reset"
-        if stream == 1 and kind == 0:
-            body += payload
-        if stream == 1 and flags & 1 and kind in (0, 1):
-            return body
-s = socket.create_connection(("127.0.0.1", {port}))
-s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 {port}\r\n" + PREFACE + call(b"v1"))
-assert answer(s) == message(b"hello call v1")
-s.close()
-addrs = socket.inet_aton("203.0.113.8") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 51235, {port})
-s = socket.create_connection(("127.0.0.1", {port}))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.sendall(b"\r\n\r\n\0\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs)
-time.sleep(0.1)
-s.sendall(PREFACE + call(b"v2"))
-assert answer(s) == message(b"hello call v2")
-s.close()
-"#
-            )
-        },
+        "grpc",
     )?;
     let servers: Vec<&ReceivedSpan> = spans
         .iter()

@@ -556,59 +556,7 @@ fn http2_behind_a_proxy_protocol_header_is_traced() -> Result<()> {
     if !privileged_or_skip("http2_behind_a_proxy_protocol_header_is_traced") {
         return Ok(());
     }
-    let spans = trace_behind_a_balancer(
-        "h2",
-        "http2 proxy_protocol",
-        ECHO_CLIENT,
-        &[],
-        2,
-        |port| {
-            format!(
-                r#"
-import socket, struct, time
-def frame(kind, flags, stream, payload):
-    return struct.pack("!I", len(payload))[1:] + bytes([kind, flags]) + struct.pack("!I", stream) + payload
-def lit(name, value):
-    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
-def request(path):
-    block = lit(b":method", b"GET") + lit(b":scheme", b"http") + lit(b":path", path) + lit(b":authority", b"x")
-    return frame(1, 0x5, 1, block)
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-def answer(s):
-    data, body, status = b"", b"", None
-    while True:
-        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
-            chunk = s.recv(65536)
-            assert chunk, "connection closed"
-            data += chunk
-        n = int.from_bytes(data[:3], "big")
-        kind, flags, stream = data[3], data[4], int.from_bytes(data[5:9], "big") & 0x7fffffff
-        payload, data = data[9:9 + n], data[9 + n:]
-        if kind == 4 and not flags & 1:
-            s.sendall(frame(4, 1, 0, b""))
-        if stream == 1 and kind == 1:
-            status = payload
-        if stream == 1 and kind == 0:
-            body += payload
-        if stream == 1 and flags & 1 and kind in (0, 1):
-            assert status is not None
-            return body
-s = socket.create_connection(("127.0.0.1", {port}))
-s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 {port}\r\n" + PREFACE + frame(4, 0, 0, b"") + request(b"/lb/h2-v1"))
-assert answer(s) == b"client 203.0.113.7\n"
-s.close()
-addrs = socket.inet_aton("203.0.113.8") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 51235, {port})
-s = socket.create_connection(("127.0.0.1", {port}))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.sendall(b"\r\n\r\n\0\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs)
-time.sleep(0.1)
-s.sendall(PREFACE + frame(4, 0, 0, b"") + request(b"/lb/h2-v2"))
-assert answer(s) == b"client 203.0.113.8\n"
-s.close()
-"#
-            )
-        },
-    )?;
+    let spans = trace_behind_a_balancer("h2", "http2 proxy_protocol", ECHO_CLIENT, &[], 2, "http")?;
     for (path, addr, port) in [
         ("/lb/h2-v1", "203.0.113.7", 51234),
         ("/lb/h2-v2", "203.0.113.8", 51235),
@@ -643,39 +591,7 @@ fn requests_behind_a_proxy_protocol_header_are_traced() -> Result<()> {
     if !privileged_or_skip("requests_behind_a_proxy_protocol_header_are_traced") {
         return Ok(());
     }
-    let spans = trace_behind_a_balancer("http1", "proxy_protocol", ECHO_CLIENT, &[], 8, |port| {
-        format!(
-            r#"
-import socket, struct, time
-def answer(s):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(65536)
-    head, body = data.split(b"\r\n\r\n", 1)
-    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
-    while len(body) < n:
-        body += s.recv(65536)
-    assert b" 200 " in head.split(b"\r\n")[0], head
-    assert body == b"client 203.0.113.7\n", body
-s = socket.create_connection(("127.0.0.1", {port}))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 {port}\r\n")
-time.sleep(0.1)
-for i in (1, 2):
-    s.sendall(b"GET /lb/v1-%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
-    answer(s)
-s.close()
-addrs = socket.inet_aton("203.0.113.7") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 51234, {port})
-v2 = b"\r\n\r\n\0\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
-s = socket.create_connection(("127.0.0.1", {port}))
-s.sendall(v2 + b"GET /lb/v2-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-answer(s)
-s = socket.create_connection(("127.0.0.1", {port}))
-s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51235 {port}\r\nGET /lb/v1-3 HTTP/1.1\r\nHost: x\r\n\r\n")
-answer(s)
-"#
-        )
-    })?;
+    let spans = trace_behind_a_balancer("http1", "proxy_protocol", ECHO_CLIENT, &[], 8, "http1")?;
     for path in ["/lb/v1-3", "/lb/v1-1", "/lb/v1-2", "/lb/v2-1"] {
         let of = |kind: SpanKind| {
             spans.iter().find(|s| {
