@@ -325,6 +325,25 @@ mod tests {
     }
 
     #[test]
+    fn a_target_selecting_nothing_changes_nothing_and_one_that_does_starts_the_grace() {
+        let mut target =
+            crate::config::resolve_target(&crate::config::Sources::default()).expect("target");
+        let mut selection = super::Selection::new(Vec::new());
+        let err = selection.retarget(&target).expect_err("nothing selected");
+        assert!(err.to_string().contains("selects no process"), "{err}");
+        assert!(selection.prune_at.is_none() && selection.pids.is_empty());
+        target.pids.push(crate::config::PidSpec {
+            pid: std::process::id(),
+            service_name: None,
+        });
+        selection.retarget(&target).expect("a PID selected");
+        assert_eq!(selection.pids, vec![std::process::id()]);
+        assert!(selection.prune_at.is_some());
+        // Not due before the grace is over.
+        assert!(selection.due_drops(&HashSet::new(), true).is_none());
+    }
+
+    #[test]
     fn a_cycle_in_the_table_ends() {
         let traced = HashSet::from([7]);
         let got = no_longer_selected(&traced, &HashSet::from([9]), true, |pid| {
