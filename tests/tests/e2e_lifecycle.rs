@@ -5,7 +5,7 @@
 //! The kernel's set is read from the `TRACED` map of this test's own ztrace (a byte of flags per
 //! TGID; bpftool names the map, the test maps it read-only).
 
-use std::{collections::HashSet, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use ztrace_e2e::{
