@@ -389,6 +389,8 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                     if let Err(e) = capture.untrace(pid) {
                         log::warn!("process {pid} is no longer selected but stays traced: {e:#}");
                     }
+                    // Its own children, forked before this, are reported after it.
+                    procs.dropped.insert(pid, std::time::Instant::now());
                 }
                 ProcChange::Forked { pid, parent } => {
                     log::info!("following new child process {pid} of {parent}");

@@ -33,7 +33,12 @@
 //! descends from it and is dropped. Whether children are followed is the running daemon's
 //! setting (the kernel's, chosen at start): `target.no_children` takes a restart to change.
 //!
+//! A child a dropped process forked just before it was untraced inherited the traced byte; its
+//! fork is reported afterwards, and the daemon untraces it then (`live.rs`, `Processes::dropped`).
+//!
 //! An invalid configuration — and one that names no process and no rule — changes nothing.
+//! `--pid` PIDs are never dropped: a command line that chooses what to trace leaves SIGHUP no
+//! file to re-read and the OpAMP server no right to change the targets.
 
 use std::{collections::HashSet, time::Duration};
 
