@@ -7,6 +7,7 @@
 pub mod eval;
 pub mod faults;
 pub mod harness;
+pub mod kernel;
 pub mod netns;
 pub mod opamp;
 pub mod receiver;

@@ -17,6 +17,9 @@
 //! 5. The server goes down and comes back on the same port with no memory: ztrace keeps
 //!    exporting meanwhile, logs the outage once, reconnects and reports its full state again
 //!    (description, effective configuration with the applied ratio); on exit it says goodbye.
+//!
+//! With `targets` allowed, the server may add a process (and switch tail sampling), and a
+//! remote configuration that no longer names a process untraces it.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,7 @@ use ztrace_e2e::{
     harness::{
         curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
     },
+    kernel::traced_set,
     opamp::{OpampServer, effective_text},
     receiver::{ReceivedSpan, Receiver, test_certificates},
 };
@@ -447,6 +451,92 @@ status_code = {{ status_codes = ["ERROR"] }}
     })();
     let _ = ztrace.wait_exit(Duration::from_millis(1));
     eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
+    drop(ztrace);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// With `targets` allowed, a remote configuration naming one of the two processes the local
+/// file names: APPLIED, the other leaves the kernel's traced set and its requests are no
+/// longer traced, the named one's still are.
+#[test]
+fn a_remote_target_change_untraces_a_process_no_longer_named() -> Result<()> {
+    if !privileged_or_skip("a_remote_target_change_untraces_a_process_no_longer_named") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-d-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, None, None))?;
+    let (a, a_port) = spawn_service(&["backend"])?;
+    let (b, b_port) = spawn_service(&["backend"])?;
+    let config = dir.join("ztrace.toml");
+    std::fs::write(
+        &config,
+        format!("[target]\npids = [{}, {}]\n", a.pid(), b.pid()),
+    )?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+        "--opamp-endpoint".into(),
+        server.endpoint(),
+        "--opamp-allow".into(),
+        "targets".into(),
+        "--opamp-poll-interval".into(),
+        "1s".into(),
+        "--opamp-state-dir".into(),
+        dir.display().to_string(),
+    ])?;
+    ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+    let result = (|| -> Result<()> {
+        requests(a_port, "before", 2)?;
+        requests(b_port, "before", 2)?;
+        let hash = server.offer(&format!("[target]\npids = [{}]\n", a.pid()));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        ztrace.wait_stderr(
+            "retarget: untraced 1 process(es) no longer selected",
+            Duration::from_secs(10),
+        )?;
+        let traced = traced_set(ztrace.pid())?;
+        ensure!(
+            traced.contains(&a.pid()) && !traced.contains(&b.pid()),
+            "the kernel's traced set should hold {} and not {}: {traced:?}",
+            a.pid(),
+            b.pid()
+        );
+        requests(a_port, "after", 2)?;
+        requests(b_port, "after", 2)?;
+        std::thread::sleep(Duration::from_millis(500));
+        stop_ztrace(&mut ztrace)?;
+        let _ = rt.block_on(receiver.wait_for_spans(6, Duration::from_secs(10)));
+        for (phase, p, want) in [
+            ("before", &a, 2),
+            ("before", &b, 2),
+            ("after", &a, 2),
+            ("after", &b, 0),
+        ] {
+            let got = phase_spans(&receiver, phase)
+                .iter()
+                .filter(|s| s.resource_int("process.pid") == Some(p.pid() as i64))
+                .count();
+            ensure!(
+                got == want,
+                "{phase} the change, process {}: {got} server spans, want {want}",
+                p.pid()
+            );
+        }
+        Ok(())
+    })();
+    let _ = ztrace.wait_exit(Duration::from_millis(1));
+    if result.is_err() {
+        eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
+    }
     drop(ztrace);
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -1,7 +1,8 @@
 //! Selectors end to end, as root on the real kernel: processes chosen by what they are, not by
 //! PID. `--exe` catches a server started after ztrace; `--port` picks the right one of two
 //! servers; a `[[target.select]]` rule with a service name keeps that name across a supervisor's
-//! restart of its service (a new PID, traced from its exec).
+//! restart of its service (a new PID, traced from its exec); SIGHUP adds a service the file now
+//! selects and untraces one it no longer selects (a request in flight on it still completes).
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +17,7 @@ use ztrace_e2e::{
         Proc, apps_dir, curl, privileged_or_skip, runtime_with_receiver, spawn_app, spawn_ztrace,
         stop_ztrace,
     },
+    kernel::traced_set,
     receiver::ReceivedSpan,
 };
 
@@ -342,6 +344,103 @@ fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
     );
     ensure!(second_spans[0].resource_str("service.name").as_deref() == Some("second"));
     ensure!(first_spans[1].resource_str("service.name").as_deref() == Some("first"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Two services selected by the file; the file is rewritten to select one and ztrace gets
+/// SIGHUP while a slow request to the other is in flight. That request still becomes a whole
+/// span (the grace), then the dropped service leaves the kernel's traced set and its later
+/// requests are not traced; the kept one loses nothing.
+#[test]
+fn sighup_untraces_a_service_no_longer_selected() -> Result<()> {
+    if !privileged_or_skip("sighup_untraces_a_service_no_longer_selected") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = scratch("select-deselect")?;
+    let me = std::process::id();
+    let copy = |name: &str| -> Result<PathBuf> {
+        let path = dir.join(format!("{name}_{me}.py"));
+        std::fs::copy(apps_dir().join("two_tier.py"), &path)?;
+        Ok(path)
+    };
+    let start = |path: &Path| -> Result<(Proc, u16)> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(path).arg("backend");
+        spawn_app(cmd)
+    };
+    let (kept, kept_port) = start(&copy("kept_svc")?)?;
+    let (dropped, dropped_port) = start(&copy("dropped_svc")?)?;
+    let rule = |name: &str| format!("[[target.select]]\ncmdline = \"{name}_{me}\\\\.py\"\n");
+    let config = dir.join("ztrace.toml");
+    std::fs::write(&config, rule("kept_svc") + &rule("dropped_svc"))?;
+    let mut ztrace = spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+    let get = |port: u16, path: &str| curl(&[format!("http://127.0.0.1:{port}{path}")]);
+    get(kept_port, "/item/1")?;
+    get(dropped_port, "/item/1")?;
+    let before = traced_set(ztrace.pid())?;
+    ensure!(
+        before.contains(&kept.pid()) && before.contains(&dropped.pid()),
+        "both services should be in the kernel's traced set: {before:?}"
+    );
+    // A request in flight when the reload comes: the server answers it 800 ms later.
+    let slow = std::thread::spawn(move || get(dropped_port, "/slow/800"));
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&config, rule("kept_svc"))?;
+    ztrace.signal(libc::SIGHUP);
+    ztrace.wait_stderr("SIGHUP: re-read", Duration::from_secs(5))?;
+    slow.join()
+        .map_err(|_| anyhow::anyhow!("the slow request panicked"))??;
+    ztrace.wait_stderr(
+        "retarget: untraced 1 process(es) no longer selected",
+        Duration::from_secs(10),
+    )?;
+    let after = traced_set(ztrace.pid())?;
+    ensure!(
+        after.contains(&kept.pid()) && !after.contains(&dropped.pid()),
+        "after the reload the kernel's traced set should hold {} and not {}: {after:?}",
+        kept.pid(),
+        dropped.pid()
+    );
+    get(kept_port, "/item/2")?;
+    get(dropped_port, "/item/2")?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop_ztrace(&mut ztrace)?;
+    let spans = rt.block_on(receiver.wait_for_spans(4, Duration::from_secs(10)));
+    let paths = |pid: u32| -> Vec<(Option<String>, Option<i64>)> {
+        let mut p: Vec<_> = server_spans_of(&spans, pid)
+            .iter()
+            .map(|s| {
+                (
+                    s.attr_str("url.path"),
+                    s.attr_int("http.response.status_code"),
+                )
+            })
+            .collect();
+        p.sort();
+        p
+    };
+    let ok = |path: &str| (Some(path.to_string()), Some(200));
+    ensure!(
+        paths(kept.pid()) == vec![ok("/item/1"), ok("/item/2")],
+        "the kept service: {:?}; ztrace:\n{}",
+        paths(kept.pid()),
+        ztrace.stderr_text()
+    );
+    ensure!(
+        paths(dropped.pid()) == vec![ok("/item/1"), ok("/slow/800")],
+        "the dropped service: want its request before the reload and the one in flight, whole, \
+         and nothing after; got {:?}; ztrace:\n{}",
+        paths(dropped.pid()),
+        ztrace.stderr_text()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -165,11 +165,18 @@ struct Processes {
     host_name: String,
     /// `--command-args`: keep `process.command_args` (command lines carry passwords).
     command_args: bool,
+    /// Untraced by a retarget, when: a child it forked just before inherited the traced byte
+    /// and is reported after, so it is untraced too (see [`DROPPED_FORKS`]).
+    dropped: HashMap<u32, std::time::Instant>,
 }
+
+/// How long after a process was untraced by a retarget its reported forks are untraced too.
+const DROPPED_FORKS: Duration = Duration::from_secs(2);
 
 impl Processes {
     fn add(&mut self, pid: u32, sink: &mut Destination) -> Result<()> {
         self.alive.insert(pid);
+        self.dropped.remove(&pid);
         let name = self.names.get(&pid).or(self.service_name.as_ref());
         let mut info = process::info(pid, name.map(String::as_str), &self.host_name);
         if !self.command_args {
@@ -256,6 +263,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         host_name: process::host_name(),
         // A recording keeps them (the file is private to root); replay applies the opt-in.
         command_args: cfg.privacy.command_args || matches!(cfg.mode, Mode::Record(_)),
+        dropped: HashMap::new(),
     };
     let mut targets = cfg.pids.clone();
     let mut selection = Selection::new(cfg.select.clone());
@@ -376,6 +384,14 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         }
         for change in changes.drain(..) {
             match change {
+                ProcChange::Forked { pid, parent } if procs.dropped.contains_key(&parent) => {
+                    log::debug!("untracing child {pid} of {parent}, which is no longer selected");
+                    if let Err(e) = capture.untrace(pid) {
+                        log::warn!("process {pid} is no longer selected but stays traced: {e:#}");
+                    }
+                    // Its own children, forked before this, are reported after it.
+                    procs.dropped.insert(pid, std::time::Instant::now());
+                }
                 ProcChange::Forked { pid, parent } => {
                     log::info!("following new child process {pid} of {parent}");
                     procs.inherit(pid, parent);
@@ -415,6 +431,9 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             inspector.ask(pid);
             tls_watch.inspected(pid);
         }
+        if let Some(dropped) = selection.due_drops(&procs.alive, cfg.follow_children) {
+            deselect(&mut capture, &mut procs, &mut tls_watch, &dropped);
+        }
         for (pid, answer) in inspector.answers() {
             apply_tls(&mut capture, pid, answer, &mut tls_watch);
         }
@@ -422,6 +441,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         sink.peer_io(&mut peer, &mut answers);
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
+            procs.dropped.retain(|_, at| at.elapsed() < DROPPED_FORKS);
             // A missed exit event (e.g. the ring was full) must not keep us running forever, and
             // a missed exit in the kernel (see `probes::sched`) must not leave the PID traced
             // for its next owner.
@@ -484,7 +504,8 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
 
 /// Applies a validated remote configuration whole: everything that can fail (compiling the
 /// selectors and the rules) is done before anything changes, so a failure leaves the configuration in force.
-/// New targets are traced from the loop's next turn, as after SIGHUP.
+/// New targets are traced from the loop's next turn and processes no longer selected are
+/// untraced after a grace, as after SIGHUP (see `selection.rs`).
 fn apply_remote(
     plan: &crate::control::Plan,
     sink: &mut Destination,
@@ -519,6 +540,33 @@ fn apply_remote(
     }
     sink.reconfigure(plan, rules, mono_now_ns());
     Ok(())
+}
+
+/// A retarget's grace is over: the processes it no longer selects leave the kernel's traced set
+/// (see `selection.rs`).
+fn deselect(
+    capture: &mut Capture,
+    procs: &mut Processes,
+    tls_watch: &mut TlsWatch,
+    dropped: &[u32],
+) {
+    for &pid in dropped {
+        if let Err(e) = capture.untrace(pid) {
+            log::warn!("process {pid} is no longer selected but stays traced: {e:#}");
+            continue;
+        }
+        procs.remove(pid);
+        procs.dropped.insert(pid, std::time::Instant::now());
+        tls_watch.exited(pid);
+    }
+    log::info!(
+        "retarget: untraced {} process(es) no longer selected; tracing {}",
+        dropped.len(),
+        procs.alive.len()
+    );
+    if !dropped.is_empty() {
+        log::debug!("retarget: untraced {dropped:?}");
+    }
 }
 
 /// Plaintext of OpenSSL traffic: probe the OpenSSL the inspection found (once per file).
