@@ -148,6 +148,9 @@ pub struct ConnTable<T> {
     pub evicted: u64,
 }
 
+/// A connection a full table gave up to make room, with its key (see [`ConnTable::entry`]).
+pub type Evicted<T> = Option<Box<(ConnKey, Conn<T>)>>;
+
 impl<T: Default> ConnTable<T> {
     pub fn new(max: usize) -> Self {
         Self {
@@ -167,7 +170,7 @@ impl<T: Default> ConnTable<T> {
         key: ConnKey,
         tuple: &SockTuple,
         now_ns: u64,
-    ) -> (&mut Conn<T>, Option<Box<(ConnKey, Conn<T>)>>) {
+    ) -> (&mut Conn<T>, Evicted<T>) {
         let mut evicted = None;
         // One probe of the table per record: whether the key is new is asked apart only when
         // the table is full.

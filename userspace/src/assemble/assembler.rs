@@ -21,7 +21,7 @@ use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 
 use super::{budget::Budget, redact::Redaction};
 use crate::{
-    conntrack::{Conn, ConnKey, ConnTable, Stream},
+    conntrack::{Conn, ConnKey, ConnTable, Evicted, Stream},
     link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
     model::{Exchange, SpanKind},
 };
@@ -307,12 +307,7 @@ impl<P: ParserSet> Assembler<P> {
 
     /// The traced process closed the socket.
     /// Ends the connection a full table gave up to make room for a new one.
-    fn finish_evicted(
-        &mut self,
-        evicted: Option<Box<(ConnKey, Conn<ConnState<P>>)>>,
-        ts_ns: u64,
-        linker: &mut Linker,
-    ) {
+    fn finish_evicted(&mut self, evicted: Evicted<ConnState<P>>, ts_ns: u64, linker: &mut Linker) {
         if let Some(evicted) = evicted {
             let (key, conn) = *evicted;
             let cx = (&mut self.scratch, &mut self.stats, &mut self.budget);
