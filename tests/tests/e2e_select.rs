@@ -120,6 +120,56 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
     Ok(())
 }
 
+/// A selected process's children are traced as a `--pid`'s are, also those it had before ztrace
+/// started (the kernel passes tracing on only at fork): a parent selected by `--exe` (the
+/// renamed interpreter) runs its server as a child under plain `python3`, which no rule
+/// matches. The child's requests must become spans.
+#[test]
+fn exe_selector_traces_the_children_a_process_already_had() -> Result<()> {
+    if !privileged_or_skip("exe_selector_traces_the_children_a_process_already_had") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = scratch("select-children")?;
+    let python = renamed_python(&dir)?;
+    let glob = format!("ztsel-python-{}*", std::process::id());
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-c",
+        // The child dies with its parent (PR_SET_PDEATHSIG, SIGKILL) when the test drops it.
+        "import ctypes, subprocess, sys; sys.exit(subprocess.call(['python3', sys.argv[1], 'backend'], \
+         preexec_fn=lambda: ctypes.CDLL(None).prctl(1, 9)))",
+    ])
+    .arg(apps_dir().join("two_tier.py"));
+    let (parent, port) = spawn_app(cmd)?;
+    let child = pid_listening_on(port)?;
+    ensure!(child != parent.pid(), "the server is not a child");
+    let mut ztrace = spawn_ztrace(&[
+        "--exe".into(),
+        glob,
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    for i in 0..3 {
+        curl(&[format!("http://127.0.0.1:{port}/item/{i}")])?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop_ztrace(&mut ztrace)?;
+    let spans = rt.block_on(receiver.wait_for_spans(3, Duration::from_secs(10)));
+    let mine = server_spans_of(&spans, child);
+    ensure!(
+        mine.len() == 3,
+        "want 3 server spans of the selected process's child {child}, got {} of {} spans; ztrace:\n{}",
+        mine.len(),
+        spans.len(),
+        ztrace.stderr_text()
+    );
+    drop(parent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 #[test]
 fn port_selector_picks_the_right_server() -> Result<()> {
     if !privileged_or_skip("port_selector_picks_the_right_server") {

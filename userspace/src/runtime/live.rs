@@ -283,16 +283,20 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         );
     }
     if cfg.follow_children {
-        for (child, parent) in process::descendants_with_parents(&cfg.pids) {
-            procs.inherit(child, parent);
-            targets.push(child);
+        // The children that exist already, of the PIDs given and of what the selectors
+        // matched: the kernel passes tracing on only at fork.
+        let roots = targets.clone();
+        for (child, parent) in process::descendants_with_parents(&roots) {
+            if !targets.contains(&child) {
+                procs.inherit(child, parent);
+                targets.push(child);
+            }
         }
-        // ztrace descends from an ancestor given (`--pid 1`, `--pid $$`): never trace itself,
-        // or its exports would be captured, exported, captured …
+        // ztrace descends from an ancestor given or selected (`--pid 1`, `--pid $$`): never
+        // trace itself, or its exports would be captured, exported, captured …
         let me = std::process::id();
         if targets.contains(&me) {
-            let ancestors: Vec<u32> = cfg
-                .pids
+            let ancestors: Vec<u32> = roots
                 .iter()
                 .copied()
                 .filter(|&p| process::is_ancestor_of_self(p))
@@ -303,10 +307,14 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
     }
     let mut tls_watch = TlsWatch::default();
     for &pid in &targets {
-        capture.trace(pid)?;
-        procs.add(pid, &mut sink)?;
-        inspector.ask(pid);
-        tls_watch.inspected(pid);
+        start_tracing(
+            pid,
+            &mut capture,
+            &mut procs,
+            &mut sink,
+            &mut inspector,
+            &mut tls_watch,
+        )?;
     }
     capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
@@ -418,6 +426,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 }
             }
         }
+        let mut matched = Vec::new();
         for (pid, name) in selection.matched() {
             if procs.alive.contains(&pid) {
                 continue;
@@ -426,10 +435,37 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             if let Some(name) = name {
                 procs.names.insert(pid, name);
             }
-            capture.trace(pid)?;
-            procs.add(pid, &mut sink)?;
-            inspector.ask(pid);
-            tls_watch.inspected(pid);
+            start_tracing(
+                pid,
+                &mut capture,
+                &mut procs,
+                &mut sink,
+                &mut inspector,
+                &mut tls_watch,
+            )?;
+            matched.push(pid);
+        }
+        if cfg.follow_children && !matched.is_empty() {
+            // Children it had before it matched (a rule added by SIGHUP or OpAMP, a port opened
+            // late) are followed as a traced parent's children are: one /proc scan per turn.
+            let me = std::process::id();
+            for (child, parent) in process::descendants_with_parents(&matched) {
+                if child == me || procs.alive.contains(&child) {
+                    continue;
+                }
+                log::info!(
+                    "tracing process {child}: a child of {parent}, which matches a selector"
+                );
+                procs.inherit(child, parent);
+                start_tracing(
+                    child,
+                    &mut capture,
+                    &mut procs,
+                    &mut sink,
+                    &mut inspector,
+                    &mut tls_watch,
+                )?;
+            }
         }
         if let Some(dropped) = selection.due_drops(&procs.alive, cfg.follow_children) {
             deselect(&mut capture, &mut procs, &mut tls_watch, &dropped);
@@ -539,6 +575,23 @@ fn apply_remote(
         }
     }
     sink.reconfigure(plan, rules, mono_now_ns());
+    Ok(())
+}
+
+/// Starts tracing `pid`: adds it to the kernel's traced set, describes it (its Resource) and
+/// looks for the TLS library it loaded.
+fn start_tracing(
+    pid: u32,
+    capture: &mut Capture,
+    procs: &mut Processes,
+    sink: &mut Destination,
+    inspector: &mut Inspector,
+    tls_watch: &mut TlsWatch,
+) -> Result<()> {
+    capture.trace(pid)?;
+    procs.add(pid, sink)?;
+    inspector.ask(pid);
+    tls_watch.inspected(pid);
     Ok(())
 }
 
