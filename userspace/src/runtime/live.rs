@@ -369,14 +369,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             _ = sighup.recv() => {
                 match &cfg.reload_from {
                     Some(path) => match reload(path, &mut selection) {
-                        Ok(pids) => {
-                            for (pid, name) in pids {
-                                if let Some(name) = name {
-                                    procs.names.insert(pid, name);
-                                }
-                                selection.found.push((pid, None));
-                            }
-                        }
+                        Ok(pids) => selection.found.extend(pids),
                         Err(e) => log::warn!("SIGHUP: keeping the current targets: {e}"),
                     },
                     None => log::warn!(
@@ -385,7 +378,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 }
             }
             pending = crate::control::next_pending(&mut control) => {
-                let result = apply_remote(&pending.plan, &mut sink, &mut selection, &mut procs.names);
+                let result = apply_remote(&pending.plan, &mut sink, &mut selection);
                 let _ = pending.reply.send(result);
             }
             _ = sleep_until(deadline) => break "--duration elapsed",
@@ -429,6 +422,15 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         let mut matched = Vec::new();
         for (pid, name) in selection.matched() {
             if procs.alive.contains(&pid) {
+                // Traced already: a service name a reload or remote change now gives it is
+                // its Resource's from here on.
+                if let Some(name) = name
+                    && procs.names.get(&pid) != Some(&name)
+                {
+                    log::info!("process {pid} is now service {name:?}");
+                    procs.names.insert(pid, name);
+                    procs.add(pid, &mut sink)?;
+                }
                 continue;
             }
             log::info!("tracing process {pid}: it matches a selector");
@@ -546,7 +548,6 @@ fn apply_remote(
     plan: &crate::control::Plan,
     sink: &mut Destination,
     selection: &mut Selection,
-    names: &mut HashMap<u32, String>,
 ) -> std::result::Result<(), String> {
     let mut retargeted = None;
     if let Some(target) = &plan.target {
@@ -567,12 +568,8 @@ fn apply_remote(
             selection.describe(),
             pids.len()
         );
-        for (pid, name) in pids {
-            if let Some(name) = name {
-                names.insert(pid, name);
-            }
-            selection.found.push((pid, None));
-        }
+        // Named as the new configuration names them, traced or not (see the loop's `matched`).
+        selection.found.extend(pids);
     }
     sink.reconfigure(plan, rules, mono_now_ns());
     Ok(())
