@@ -37,6 +37,35 @@ fn server_spans_of(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
         .collect()
 }
 
+/// A `two_tier.py` backend run from a copy named `{name}_{pid}.py` in `dir`, so that a `cmdline`
+/// rule (`cmdline_rule`) selects it alone.
+fn named_service(dir: &Path, name: &str) -> Result<(Proc, u16)> {
+    let path = dir.join(format!("{name}_{}.py", std::process::id()));
+    std::fs::copy(apps_dir().join("two_tier.py"), &path)?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(path).arg("backend");
+    spawn_app(cmd)
+}
+
+/// A `[[target.select]]` rule that selects `named_service(_, name)`, named `service` if given.
+fn cmdline_rule(name: &str, service: Option<&str>) -> String {
+    let named = service.map_or(String::new(), |s| format!("service_name = \"{s}\"\n"));
+    format!(
+        "[[target.select]]\ncmdline = \"{name}_{}\\\\.py\"\n{named}",
+        std::process::id()
+    )
+}
+
+/// ztrace run with `--config config`, exporting to `endpoint`.
+fn ztrace_with_config(config: &Path, endpoint: String) -> Result<Proc> {
+    spawn_ztrace(&[
+        "--config".into(),
+        config.display().to_string(),
+        "--otlp-endpoint".into(),
+        endpoint,
+    ])
+}
+
 /// The Python interpreter under a name of its own (a hard link, else a copy), so that an
 /// `--exe` glob can select it and nothing else on the machine.
 fn renamed_python(dir: &Path) -> Result<PathBuf> {
@@ -325,33 +354,12 @@ fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
     }
     let (rt, receiver) = runtime_with_receiver()?;
     let dir = scratch("select-sighup")?;
-    let me = std::process::id();
-    let copy = |name: &str| -> Result<PathBuf> {
-        let path = dir.join(format!("{name}_{me}.py"));
-        std::fs::copy(apps_dir().join("two_tier.py"), &path)?;
-        Ok(path)
-    };
-    let (first_py, second_py) = (copy("first_svc")?, copy("second_svc")?);
-    let start = |path: &Path| -> Result<(Proc, u16)> {
-        let mut cmd = Command::new("python3");
-        cmd.arg(path).arg("backend");
-        spawn_app(cmd)
-    };
-    let (first, first_port) = start(&first_py)?;
-    let (second, second_port) = start(&second_py)?;
-    let rule = |name: &str, service: &str| {
-        format!(
-            "[[target.select]]\ncmdline = \"{name}_{me}\\\\.py\"\nservice_name = \"{service}\"\n"
-        )
-    };
+    let (first, first_port) = named_service(&dir, "first_svc")?;
+    let (second, second_port) = named_service(&dir, "second_svc")?;
+    let rule = |name: &str, service: &str| cmdline_rule(name, Some(service));
     let config = dir.join("ztrace.toml");
     std::fs::write(&config, rule("first_svc", "first"))?;
-    let mut ztrace = spawn_ztrace(&[
-        "--config".into(),
-        config.display().to_string(),
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-    ])?;
+    let mut ztrace = ztrace_with_config(&config, receiver.endpoint())?;
     ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
     let get = |port: u16, i: u32| curl(&[format!("http://127.0.0.1:{port}/item/{i}")]);
     get(first_port, 1)?;
@@ -421,28 +429,12 @@ fn sighup_untraces_a_service_no_longer_selected() -> Result<()> {
     }
     let (rt, receiver) = runtime_with_receiver()?;
     let dir = scratch("select-deselect")?;
-    let me = std::process::id();
-    let copy = |name: &str| -> Result<PathBuf> {
-        let path = dir.join(format!("{name}_{me}.py"));
-        std::fs::copy(apps_dir().join("two_tier.py"), &path)?;
-        Ok(path)
-    };
-    let start = |path: &Path| -> Result<(Proc, u16)> {
-        let mut cmd = Command::new("python3");
-        cmd.arg(path).arg("backend");
-        spawn_app(cmd)
-    };
-    let (kept, kept_port) = start(&copy("kept_svc")?)?;
-    let (dropped, dropped_port) = start(&copy("dropped_svc")?)?;
-    let rule = |name: &str| format!("[[target.select]]\ncmdline = \"{name}_{me}\\\\.py\"\n");
+    let (kept, kept_port) = named_service(&dir, "kept_svc")?;
+    let (dropped, dropped_port) = named_service(&dir, "dropped_svc")?;
+    let rule = |name: &str| cmdline_rule(name, None);
     let config = dir.join("ztrace.toml");
     std::fs::write(&config, rule("kept_svc") + &rule("dropped_svc"))?;
-    let mut ztrace = spawn_ztrace(&[
-        "--config".into(),
-        config.display().to_string(),
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-    ])?;
+    let mut ztrace = ztrace_with_config(&config, receiver.endpoint())?;
     ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
     let get = |port: u16, path: &str| curl(&[format!("http://127.0.0.1:{port}{path}")]);
     get(kept_port, "/item/1")?;
