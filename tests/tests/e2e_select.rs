@@ -149,52 +149,72 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
     Ok(())
 }
 
-/// A selected process's children are traced as a `--pid`'s are, also those it had before ztrace
-/// started (the kernel passes tracing on only at fork): a parent selected by `--exe` (the
-/// renamed interpreter) runs its server as a child under plain `python3`, which no rule
-/// matches. The child's requests must become spans.
+/// A server run as the child of `parent-{tag}-{pid}` (a Python parent whose command line a
+/// `cmdline` rule can select; the child's, plain `python3 two_tier.py backend`, matches no
+/// rule): (parent, the child's PID, its port). The child dies with its parent
+/// (PR_SET_PDEATHSIG, SIGKILL) when the test drops it.
+fn parent_with_a_server_child(tag: &str) -> Result<(Proc, u32, u16)> {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import ctypes, subprocess, sys; sys.exit(subprocess.call(['python3', sys.argv[1], 'backend'], \
+         preexec_fn=lambda: ctypes.CDLL(None).prctl(1, 9)))",
+    ])
+    .arg(apps_dir().join("two_tier.py"))
+    .arg(format!("parent-{tag}-{}", std::process::id()));
+    let (parent, port) = spawn_app(cmd)?;
+    let child = pid_listening_on(port)?;
+    ensure!(child != parent.pid(), "the server is not a child");
+    Ok((parent, child, port))
+}
+
+/// A selected process's children are traced as a `--pid`'s are, also those it had before it
+/// was selected (the kernel passes tracing on only at fork): parent `a` is selected at start,
+/// parent `b` by a rule a SIGHUP adds; each runs its server as a child that no rule matches,
+/// started before ztrace. Both children's requests must become spans.
 #[test]
-fn exe_selector_traces_the_children_a_process_already_had() -> Result<()> {
-    if !privileged_or_skip("exe_selector_traces_the_children_a_process_already_had") {
+fn a_selected_process_s_existing_children_are_traced() -> Result<()> {
+    if !privileged_or_skip("a_selected_process_s_existing_children_are_traced") {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
     let dir = scratch("select-children")?;
-    let python = renamed_python(&dir)?;
-    let glob = format!("ztsel-python-{}*", std::process::id());
-    let mut cmd = Command::new(&python);
-    cmd.args([
-        "-c",
-        // The child dies with its parent (PR_SET_PDEATHSIG, SIGKILL) when the test drops it.
-        "import ctypes, subprocess, sys; sys.exit(subprocess.call(['python3', sys.argv[1], 'backend'], \
-         preexec_fn=lambda: ctypes.CDLL(None).prctl(1, 9)))",
-    ])
-    .arg(apps_dir().join("two_tier.py"));
-    let (parent, port) = spawn_app(cmd)?;
-    let child = pid_listening_on(port)?;
-    ensure!(child != parent.pid(), "the server is not a child");
-    let mut ztrace = spawn_ztrace(&[
-        "--exe".into(),
-        glob,
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-    ])?;
+    let (_a, a_child, a_port) = parent_with_a_server_child("a")?;
+    let (_b, b_child, b_port) = parent_with_a_server_child("b")?;
+    let rule = |tag: &str| {
+        format!(
+            "[[target.select]]\ncmdline = \"parent-{tag}-{}\"\n",
+            std::process::id()
+        )
+    };
+    let config = dir.join("ztrace.toml");
+    std::fs::write(&config, rule("a"))?;
+    let mut ztrace = ztrace_with_config(&config, receiver.endpoint())?;
     ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
-    for i in 0..3 {
-        curl(&[format!("http://127.0.0.1:{port}/item/{i}")])?;
+    std::fs::write(&config, rule("a") + &rule("b"))?;
+    ztrace.signal(libc::SIGHUP);
+    ztrace.wait_stderr(
+        &format!("tracing process {b_child}: a child of"),
+        Duration::from_secs(10),
+    )?;
+    for port in [a_port, b_port] {
+        for i in 0..3 {
+            curl(&[format!("http://127.0.0.1:{port}/item/{i}")])?;
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
     stop_ztrace(&mut ztrace)?;
-    let spans = rt.block_on(receiver.wait_for_spans(3, Duration::from_secs(10)));
-    let mine = server_spans_of(&spans, child);
-    ensure!(
-        mine.len() == 3,
-        "want 3 server spans of the selected process's child {child}, got {} of {} spans; ztrace:\n{}",
-        mine.len(),
-        spans.len(),
-        ztrace.stderr_text()
-    );
-    drop(parent);
+    let spans = rt.block_on(receiver.wait_for_spans(6, Duration::from_secs(10)));
+    for (when, child) in [("at start", a_child), ("by SIGHUP", b_child)] {
+        let got = server_spans_of(&spans, child).len();
+        ensure!(
+            got == 3,
+            "want 3 server spans of the child {child} of the parent selected {when}, got {got} \
+             of {} spans; ztrace:\n{}",
+            spans.len(),
+            ztrace.stderr_text()
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -447,9 +447,11 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             )?;
             matched.push(pid);
         }
+        // Children a process had before it matched (a rule added by SIGHUP or OpAMP, a port
+        // opened late) are followed as a traced parent's children are: one /proc walk per turn.
+        let running = std::mem::take(&mut selection.running);
+        matched.retain(|pid| running.contains(pid));
         if cfg.follow_children && !matched.is_empty() {
-            // Children it had before it matched (a rule added by SIGHUP or OpAMP, a port opened
-            // late) are followed as a traced parent's children are: one /proc scan per turn.
             let me = std::process::id();
             for (child, parent) in process::descendants_with_parents(&matched) {
                 if child == me || procs.alive.contains(&child) {

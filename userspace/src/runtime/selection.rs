@@ -81,6 +81,11 @@ pub(super) struct Selection {
     watching: Vec<(u32, Instant)>,
     /// Matched since the last [`Selection::matched`].
     pub(super) found: Vec<(u32, Option<String>)>,
+    /// Those of `found` that were running before they matched (a retarget's, a late port's),
+    /// so may have children already: those are traced too. A process matched at its exec is
+    /// not listed: it forks its children after, and walking /proc for every exec a selector
+    /// matches would cost a busy host dearly.
+    pub(super) running: Vec<u32>,
     last_watch: Instant,
     /// The PIDs the configuration names (kept by [`Selection::due_drops`]).
     pids: Vec<u32>,
@@ -154,6 +159,7 @@ impl Selection {
             .map(|p| (p.pid, p.service_name.clone()))
             .collect();
         out.extend(self.initial());
+        self.running = out.iter().map(|&(pid, _)| pid).collect();
         Ok(out)
     }
 
@@ -163,6 +169,7 @@ impl Selection {
             rules,
             watching: Vec::new(),
             found: Vec::new(),
+            running: Vec::new(),
             last_watch: Instant::now(),
             pids: Vec::new(),
             prune_at: None,
@@ -251,8 +258,11 @@ impl Selection {
             self.last_watch = Instant::now();
             let now = Instant::now();
             let mut watching = std::mem::take(&mut self.watching);
+            let from = self.found.len();
             watching.retain(|&(pid, deadline)| now < deadline && !self.check(pid));
             self.watching = watching;
+            let late = self.found[from..].iter().map(|&(pid, _)| pid);
+            self.running.extend(late);
         }
         std::mem::take(&mut self.found)
     }
@@ -343,6 +353,17 @@ mod tests {
         });
         selection.retarget(&target).expect("a PID selected");
         assert_eq!(selection.pids, vec![std::process::id()]);
+        // A running process it names (not this one: ztrace refuses to trace itself) was running
+        // before it was selected: its existing children are to be traced too.
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        target.pids[0].pid = sleeper.id();
+        selection.retarget(&target).expect("a PID selected");
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_eq!(selection.running, vec![sleeper.id()]);
         assert!(selection.prune_at.is_some());
         // Not due before the grace is over.
         assert!(selection.due_drops(&HashSet::new(), true).is_none());
