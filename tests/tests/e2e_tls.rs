@@ -174,3 +174,81 @@ get(3)
     }
     Ok(())
 }
+
+/// Runs `openssl s_client` to 127.0.0.1:argv[1] held at its exec (PTRACE_TRACEME: stopped before
+/// the dynamic loader maps libssl) for 1.5 s, then lets it go; it writes its request two seconds
+/// after the handshake.
+const HELD_AT_EXEC: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_TRACEME, PTRACE_DETACH = 0, 17
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.dup2(r, 0)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    libc.ptrace(PTRACE_TRACEME, 0, None, None)
+    os.execvp("openssl", ["openssl", "s_client", "-quiet", "-ign_eof", "-connect", "127.0.0.1:" + sys.argv[1]])
+os.close(r)
+_, status = os.waitpid(pid, 0)
+assert os.WIFSTOPPED(status), status
+time.sleep(1.5)
+assert libc.ptrace(PTRACE_DETACH, pid, None, 0) == 0, ctypes.get_errno()
+time.sleep(2)
+os.write(w, b"GET /after-the-loader HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+_, status = os.waitpid(pid, 0)
+"#;
+
+/// A program linked to libssl carries OpenSSL's version strings in its own executable too
+/// (`openssl`, `curl`). Inspected right at its exec — before the dynamic loader maps libssl,
+/// which this test makes certain by holding `openssl s_client` at its exec — it must not be
+/// taken for a statically linked OpenSSL that can never be probed: its handshake asks again,
+/// its libssl is probed, and its request becomes an HTTPS CLIENT span. The server is not traced,
+/// so nothing else probes that libssl first.
+#[test]
+fn a_program_inspected_before_its_loader_mapped_libssl_is_probed_at_its_handshake() -> Result<()> {
+    if !privileged_or_skip(
+        "a_program_inspected_before_its_loader_mapped_libssl_is_probed_at_its_handshake",
+    ) {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("ztrace-tls-held-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (_server, port, _cert) = spawn_https_server(&dir)?;
+    let (rt, receiver) = runtime_with_receiver()?;
+    let script = format!(
+        "sleep 3; python3 -c '{}' {port}",
+        HELD_AT_EXEC.replace('\'', "'\\''")
+    );
+    let mut shell = Proc::new(Command::new("bash").args(["-c", &script]).spawn()?);
+    let mut ztrace = spawn_ztrace(&[
+        "--pid".into(),
+        shell.pid().to_string(),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ])?;
+    ztrace.wait_stderr("process(es)", Duration::from_secs(60))?;
+    let code = shell.wait_exit(Duration::from_secs(60));
+    ensure!(code == Some(0), "the client script exited with {code:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    ztrace_e2e::harness::stop_ztrace(&mut ztrace)?;
+    let log = ztrace.stderr_text();
+    let _ = std::fs::remove_dir_all(&dir);
+    let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(10)));
+    let client = spans
+        .iter()
+        .find(|s| {
+            s.span.kind == SpanKind::Client as i32
+                && s.attr_str("url.full")
+                    .is_some_and(|u| u.starts_with("https://") && u.ends_with("/after-the-loader"))
+        })
+        .with_context(|| format!("no HTTPS client span among {} spans:\n{log}", spans.len()))?;
+    ensure!(client.attr_int("http.response.status_code") == Some(200));
+    ensure!(
+        !log.contains("statically linked"),
+        "openssl taken for a static OpenSSL:\n{log}"
+    );
+    Ok(())
+}

@@ -14,6 +14,10 @@ const MAX_SECTIONS: usize = 4096;
 const MAX_SEGMENTS: usize = 256;
 
 const SHT_DYNSYM: u32 = 11;
+const SHT_DYNAMIC: u32 = 6;
+const DT_NEEDED: u64 = 1;
+/// Most of a dynamic string table read to name the libraries a file needs.
+const MAX_DYNSTR: u64 = 4 << 20;
 const PT_LOAD: u32 = 1;
 const STT_FUNC: u8 = 2;
 const SYM_SIZE: usize = 24;
@@ -71,6 +75,55 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+/// Whether `file` names a library starting with `prefix` (e.g. `libssl.so`) among those the
+/// dynamic loader must map for it (`DT_NEEDED`). False for a static or unreadable file.
+pub fn needs_library(file: &File, prefix: &[u8]) -> io::Result<bool> {
+    let ehdr = read_at(file, 0, 64)?;
+    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+        return Ok(false);
+    }
+    let (shoff, shentsize, shnum) = (
+        u64_at(&ehdr, 0x28),
+        u16_at(&ehdr, 0x3a) as usize,
+        u16_at(&ehdr, 0x3c) as usize,
+    );
+    if shentsize < 64 || shnum > MAX_SECTIONS {
+        return Ok(false);
+    }
+    let shdrs = read_at(file, shoff, shentsize * shnum)?;
+    let section = |i: usize| &shdrs[i * shentsize..i * shentsize + 64];
+    let Some(dynamic) = (0..shnum)
+        .map(section)
+        .find(|s| u32_at(s, 4) == SHT_DYNAMIC)
+    else {
+        return Ok(false);
+    };
+    let strtab = u32_at(dynamic, 0x28) as usize;
+    if strtab >= shnum {
+        return Ok(false);
+    }
+    let (str_off, str_size) = (u64_at(section(strtab), 0x18), u64_at(section(strtab), 0x20));
+    let strings = read_at(file, str_off, str_size.min(MAX_DYNSTR) as usize)?;
+    let (dyn_off, dyn_size) = (u64_at(dynamic, 0x18), u64_at(dynamic, 0x20));
+    let mut needs = false;
+    chunks(file, dyn_off, dyn_size, 0, 16, |_, chunk| {
+        for entry in chunk.chunks_exact(16) {
+            if u64_at(entry, 0) != DT_NEEDED {
+                continue;
+            }
+            let at = u64_at(entry, 8) as usize;
+            if strings
+                .get(at..)
+                .is_some_and(|name| name.starts_with(prefix))
+            {
+                needs = true;
+            }
+        }
+        !needs
+    })?;
+    Ok(needs)
 }
 
 /// File offsets of the functions among `names` that `file` exports (its dynamic symbol
@@ -218,6 +271,18 @@ mod tests {
             first_marker(&file, &markers[1..2], (CHUNK - 4) as u64).unwrap(),
             None
         );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn needed_libraries_are_read_from_the_dynamic_section() {
+        let me = File::open("/proc/self/exe").unwrap();
+        // This test binary is linked against libc (and not against libssl).
+        assert!(needs_library(&me, b"libc.so").unwrap());
+        assert!(!needs_library(&me, b"libssl.so").unwrap());
+        // Not an ELF file: needs nothing.
+        let (path, file) = temp("not-elf", &[b'#'; 80]);
+        assert!(!needs_library(&file, b"libc.so").unwrap());
         let _ = std::fs::remove_file(path);
     }
 

@@ -179,7 +179,14 @@ impl Cache {
         let has_pair = ["SSL_read", "SSL_write"]
             .iter()
             .all(|n| functions.iter().any(|(f, _)| f == n));
-        let uncovered = if executable && !has_pair {
+        // An executable that needs libssl (DT_NEEDED) carries OpenSSL's version strings too
+        // (`openssl`, `curl`), but its OpenSSL is the library, which the dynamic loader maps
+        // after the exec: inspected before that, it is undecided (a handshake asks again), not
+        // a statically linked OpenSSL never to be probed.
+        let uncovered = if executable
+            && !has_pair
+            && !elf::needs_library(file, b"libssl.so").unwrap_or(false)
+        {
             elf::first_marker(file, UNCOVERED_TLS, TLS_SCAN_BYTES)?
         } else {
             None
