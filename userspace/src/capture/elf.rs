@@ -77,36 +77,70 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(got)
 }
 
+/// A 64-bit little-endian ELF file's header and section headers.
+struct Sections {
+    ehdr: Vec<u8>,
+    headers: Vec<u8>,
+    entsize: usize,
+    count: usize,
+}
+
+impl Sections {
+    /// None for anything but a 64-bit little-endian ELF file with sane section headers.
+    fn read(file: &File) -> io::Result<Option<Self>> {
+        let ehdr = read_at(file, 0, 64)?;
+        // 64-bit (class 2), little-endian (data 1).
+        if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
+            return Ok(None);
+        }
+        let (shoff, entsize, count) = (
+            u64_at(&ehdr, 0x28),
+            u16_at(&ehdr, 0x3a) as usize,
+            u16_at(&ehdr, 0x3c) as usize,
+        );
+        if entsize < 64 || count > MAX_SECTIONS {
+            return Ok(None);
+        }
+        let headers = read_at(file, shoff, entsize * count)?;
+        Ok(Some(Sections {
+            ehdr,
+            headers,
+            entsize,
+            count,
+        }))
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        &self.headers[i * self.entsize..i * self.entsize + 64]
+    }
+
+    /// The first section of type `kind` and the string table its `sh_link` names: (its offset,
+    /// size), (the table's offset, size).
+    fn with_strings(&self, kind: u32) -> Option<((u64, u64), (u64, u64))> {
+        let s = (0..self.count)
+            .map(|i| self.get(i))
+            .find(|s| u32_at(s, 4) == kind)?;
+        let link = u32_at(s, 0x28) as usize;
+        if link >= self.count {
+            return None;
+        }
+        let strtab = self.get(link);
+        Some((
+            (u64_at(s, 0x18), u64_at(s, 0x20)),
+            (u64_at(strtab, 0x18), u64_at(strtab, 0x20)),
+        ))
+    }
+}
+
 /// Whether `file` names a library starting with `prefix` (e.g. `libssl.so`) among those the
 /// dynamic loader must map for it (`DT_NEEDED`). False for a static or unreadable file.
 pub fn needs_library(file: &File, prefix: &[u8]) -> io::Result<bool> {
-    let ehdr = read_at(file, 0, 64)?;
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
-        return Ok(false);
-    }
-    let (shoff, shentsize, shnum) = (
-        u64_at(&ehdr, 0x28),
-        u16_at(&ehdr, 0x3a) as usize,
-        u16_at(&ehdr, 0x3c) as usize,
-    );
-    if shentsize < 64 || shnum > MAX_SECTIONS {
-        return Ok(false);
-    }
-    let shdrs = read_at(file, shoff, shentsize * shnum)?;
-    let section = |i: usize| &shdrs[i * shentsize..i * shentsize + 64];
-    let Some(dynamic) = (0..shnum)
-        .map(section)
-        .find(|s| u32_at(s, 4) == SHT_DYNAMIC)
+    let Some(((dyn_off, dyn_size), (str_off, str_size))) =
+        Sections::read(file)?.and_then(|s| s.with_strings(SHT_DYNAMIC))
     else {
         return Ok(false);
     };
-    let strtab = u32_at(dynamic, 0x28) as usize;
-    if strtab >= shnum {
-        return Ok(false);
-    }
-    let (str_off, str_size) = (u64_at(section(strtab), 0x18), u64_at(section(strtab), 0x20));
     let strings = read_at(file, str_off, str_size.min(MAX_DYNSTR) as usize)?;
-    let (dyn_off, dyn_size) = (u64_at(dynamic, 0x18), u64_at(dynamic, 0x20));
     let mut needs = false;
     chunks(file, dyn_off, dyn_size, 0, 16, |_, chunk| {
         for entry in chunk.chunks_exact(16) {
@@ -132,35 +166,21 @@ pub fn exported_functions(
     file: &File,
     names: &[&'static str],
 ) -> io::Result<Vec<(&'static str, u64)>> {
-    let ehdr = read_at(file, 0, 64)?;
-    // 64-bit (class 2), little-endian (data 1).
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
-        return Ok(Vec::new());
-    }
-    let (shoff, shentsize, shnum) = (
-        u64_at(&ehdr, 0x28),
-        u16_at(&ehdr, 0x3a) as usize,
-        u16_at(&ehdr, 0x3c) as usize,
-    );
-    let (phoff, phentsize, phnum) = (
-        u64_at(&ehdr, 0x20),
-        u16_at(&ehdr, 0x36) as usize,
-        u16_at(&ehdr, 0x38) as usize,
-    );
-    if shentsize < 64 || shnum > MAX_SECTIONS || phentsize < 56 || phnum > MAX_SEGMENTS {
-        return Ok(Vec::new());
-    }
-    let shdrs = read_at(file, shoff, shentsize * shnum)?;
-    let section = |i: usize| &shdrs[i * shentsize..i * shentsize + 64];
-    let Some(dynsym) = (0..shnum).map(section).find(|s| u32_at(s, 4) == SHT_DYNSYM) else {
+    let Some(sections) = Sections::read(file)? else {
         return Ok(Vec::new());
     };
-    let strtab = u32_at(dynsym, 0x28) as usize;
-    if strtab >= shnum {
+    let ehdr = &sections.ehdr;
+    let (phoff, phentsize, phnum) = (
+        u64_at(ehdr, 0x20),
+        u16_at(ehdr, 0x36) as usize,
+        u16_at(ehdr, 0x38) as usize,
+    );
+    if phentsize < 56 || phnum > MAX_SEGMENTS {
         return Ok(Vec::new());
     }
-    let (str_off, str_size) = (u64_at(section(strtab), 0x18), u64_at(section(strtab), 0x20));
-    let (sym_off, sym_size) = (u64_at(dynsym, 0x18), u64_at(dynsym, 0x20));
+    let Some(((sym_off, sym_size), (str_off, str_size))) = sections.with_strings(SHT_DYNSYM) else {
+        return Ok(Vec::new());
+    };
 
     // Pass 1: where each wanted name sits in the string table: every "NAME\0", also inside a
     // longer string (linkers share tails: "malloc" may be the end of "__libc_malloc"). A symbol
