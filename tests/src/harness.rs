@@ -548,6 +548,33 @@ pub fn trace_behind_a_balancer(
     spans
 }
 
+/// The HTTPS CLIENT span of `path` among `spans` (its `url.full` starts with `https://` and ends
+/// with `path`), answered with status 200; the error lists how many spans came, and `log`.
+pub fn https_client_span<'a>(
+    spans: &'a [crate::receiver::ReceivedSpan],
+    path: &str,
+    log: &str,
+) -> Result<&'a crate::receiver::ReceivedSpan> {
+    let client = spans
+        .iter()
+        .find(|s| {
+            s.span.kind == opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client as i32
+                && s.attr_str("url.full")
+                    .is_some_and(|u| u.starts_with("https://") && u.ends_with(path))
+        })
+        .with_context(|| {
+            format!(
+                "no HTTPS client span of {path} among {} spans:\n{log}",
+                spans.len()
+            )
+        })?;
+    anyhow::ensure!(
+        client.attr_int("http.response.status_code") == Some(200),
+        "{path}: {client:#?}"
+    );
+    Ok(client)
+}
+
 /// A SERVER span behind the balancer of [`trace_behind_a_balancer`]: `client.*` is the client
 /// the PROXY header named, the balancer (on loopback) the network peer.
 pub fn ensure_proxied_client(

@@ -7,7 +7,6 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::{
     harness::{Proc, privileged_or_skip, spawn_https_server, spawn_ztrace, stop_ztrace},
     receiver::{Options, Receiver, test_certificates},
@@ -97,22 +96,7 @@ fn under_the_filter_a_later_tls_process_is_still_traced() -> Result<()> {
     let log = ztrace.stderr_text();
     let _ = std::fs::remove_dir_all(&dir);
     let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(10)));
-    let client = spans
-        .iter()
-        .find(|s| {
-            s.span.kind == SpanKind::Client as i32
-                && s.attr_str("url.full")
-                    .is_some_and(|u| u.ends_with("/after-seccomp"))
-        })
-        .with_context(|| format!("no HTTPS client span among {} spans:\n{log}", spans.len()))?;
-    ensure!(
-        client
-            .attr_str("url.full")
-            .is_some_and(|u| u.starts_with("https://")),
-        "{:?}",
-        client.attr_str("url.full")
-    );
-    ensure!(client.attr_int("http.response.status_code") == Some(200));
+    ztrace_e2e::harness::https_client_span(&spans, "/after-seccomp", &log)?;
     ensure!(
         !log.contains("Operation not permitted"),
         "a call the filter refused:\n{log}"

@@ -237,15 +237,7 @@ fn a_program_inspected_before_its_loader_mapped_libssl_is_probed_at_its_handshak
     let log = ztrace.stderr_text();
     let _ = std::fs::remove_dir_all(&dir);
     let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(10)));
-    let client = spans
-        .iter()
-        .find(|s| {
-            s.span.kind == SpanKind::Client as i32
-                && s.attr_str("url.full")
-                    .is_some_and(|u| u.starts_with("https://") && u.ends_with("/after-the-loader"))
-        })
-        .with_context(|| format!("no HTTPS client span among {} spans:\n{log}", spans.len()))?;
-    ensure!(client.attr_int("http.response.status_code") == Some(200));
+    ztrace_e2e::harness::https_client_span(&spans, "/after-the-loader", &log)?;
     ensure!(
         !log.contains("statically linked"),
         "openssl taken for a static OpenSSL:\n{log}"
