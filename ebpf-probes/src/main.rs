@@ -11,6 +11,9 @@
 //! - `maps` — every map and the run-time configuration
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `maps::atomic_add`: `core` has no atomic read-modify-write for the BPF target.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod kernel;

@@ -204,6 +204,63 @@ pub struct SslCall {
 #[map]
 pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
 
+/// Threads with OpenSSL state, by slot (a thread's slot is its TID modulo `TLS_BUSY_SLOTS`): how
+/// many `SSL_CALLS` and `PENDING_WRITES` entries the threads of the slot hold. A socket call of a
+/// TLS process asks the slot first, an inlined array load, and skips those hash lookups (one on
+/// a receive, two on a send, ~30 ns each) when it holds 0: a process that links libssl but talks
+/// plain TCP on most sockets (nginx, a proxy) does not pay for them.
+///
+/// Exact in the direction that matters: a count rises before its entry can be looked up (same
+/// thread) and falls only when our program deleted the entry it counted. An entry the LRU
+/// evicts, or one a thread that died inside an OpenSSL call left, keeps its slot above 0: the
+/// lookups of that slot's threads then run as before, never skipped wrongly.
+#[map]
+pub static TLS_BUSY: Array<u64> = Array::with_max_entries(TLS_BUSY_SLOTS, 0);
+const TLS_BUSY_SLOTS: u32 = 4096;
+
+/// A new `SSL_CALLS` or `PENDING_WRITES` entry of thread `pid_tgid` (see `TLS_BUSY`).
+#[inline(always)]
+pub(crate) fn tls_busy_add(pid_tgid: u64) {
+    if let Some(n) = TLS_BUSY.get_ptr_mut(pid_tgid as u32 & (TLS_BUSY_SLOTS - 1)) {
+        // SAFETY: a slot of our array; threads of other CPUs may share it, hence atomic.
+        unsafe { atomic_add(n, 1) };
+    }
+}
+
+/// An entry counted by `tls_busy_add` was deleted by this thread's program.
+#[inline(always)]
+pub(crate) fn tls_busy_remove(pid_tgid: u64) {
+    if let Some(n) = TLS_BUSY.get_ptr_mut(pid_tgid as u32 & (TLS_BUSY_SLOTS - 1)) {
+        // SAFETY: as in `tls_busy_add`; adding 2^64 - 1 subtracts 1.
+        unsafe { atomic_add(n, u64::MAX) };
+    }
+}
+
+/// `*dst += v` as one atomic instruction (BPF `lock xadd`, which every kernel the probes load on
+/// has). `core`'s atomic types offer no read-modify-write on this target, hence the intrinsic.
+///
+/// # Safety
+/// `dst` points into a map value.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    // SAFETY: the caller's pointer; the result is not used, so no BPF_FETCH is needed.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        )
+    };
+}
+
+/// False when thread `pid_tgid` certainly holds no `SSL_CALLS` or `PENDING_WRITES` entry.
+#[inline(always)]
+pub(crate) fn tls_busy(pid_tgid: u64) -> bool {
+    match TLS_BUSY.get_ptr(pid_tgid as u32 & (TLS_BUSY_SLOTS - 1)) {
+        // SAFETY: a slot of our array, read once.
+        Some(n) => (unsafe { core::ptr::read_volatile(n) }) != 0,
+        None => true,
+    }
+}
+
 /// Which socket an `SSL *` talks over, learnt from syscalls made inside SSL calls or, for
 /// memory-BIO stacks, from the ciphertext read before an `SSL_read` (`probes::tls`).
 #[map]
@@ -336,9 +393,10 @@ pub fn forget_owner(sk: u64) {
 /// over socket `sk` (how plaintext is tied to its connection). True when it was inside one.
 #[inline(always)]
 pub(crate) fn note_ssl_socket(flags: u8, pid_tgid: u64, sk: u64) -> bool {
-    // Only processes whose libssl is probed can have a call in progress: the others skip the
-    // map lookup (one of the costlier steps of a socket probe).
-    if flags & traced::TLS == 0 {
+    // Only processes whose libssl is probed can have a call in progress, and only a thread whose
+    // `TLS_BUSY` slot counts an entry: the others skip the map lookup (one of the costlier steps
+    // of a socket probe).
+    if flags & traced::TLS == 0 || !tls_busy(pid_tgid) {
         return false;
     }
     match SSL_CALLS.get_ptr_mut(pid_tgid) {

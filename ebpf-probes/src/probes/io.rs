@@ -18,7 +18,7 @@ use crate::{
     kernel::{IPPROTO_TCP, sock_family_protocol, sock_of_fd, sock_tuple, tcp_seq},
     maps::{
         ARGS, NET_SOCKS, SSL_CALLS, SyscallArgs, config, count, header, is_traced, note_ssl_socket,
-        submit, traced_flags,
+        submit, tls_busy, traced_flags,
     },
     probes::{
         record::emit_data,
@@ -232,7 +232,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
             let tgid = (pid_tgid >> 32) as u32;
             if let Some(flags) = traced_flags(tgid)
                 // SAFETY: plain map read for presence.
-                && unsafe { SSL_CALLS.get(pid_tgid) }.is_none()
+                && (!tls_busy(pid_tgid) || unsafe { SSL_CALLS.get(pid_tgid) }.is_none())
             {
                 let seq = Seq {
                     seq: args.seq,

@@ -40,7 +40,7 @@ use crate::{
     kernel::{IPPROTO_TCP, read, sock_ports, sock_tuple, tcp_connected, tcp_seq},
     maps::{
         DataBuf, PENDING_WRITES, SSL_CALLS, SSL_SOCKS, SslCall, SslSock, SyscallArgs, TLS_READS,
-        TlsReads, config, count, header, traced_flags_mut,
+        TlsReads, config, count, header, tls_busy, tls_busy_add, tls_busy_remove, traced_flags_mut,
     },
     probes::record::{emit_data, prepare, scratch, submit_buf},
 };
@@ -56,6 +56,10 @@ pub(crate) struct Seq {
 impl Seq {
     pub const NONE: Seq = Seq { seq: 0, has: 0 };
 }
+
+/// `bpf_map_update_elem` flag: fail when the key exists.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = -17;
 
 /// TLS record content type of handshake messages.
 const HANDSHAKE: u8 = 22;
@@ -85,7 +89,8 @@ pub(crate) fn note_ciphertext(flags: u8, pid_tgid: u64, sk: u64, seq: Seq, egres
     }
     if egress {
         // Only a thread holding a write whose socket is unknown cares.
-        if let Some(p) = PENDING_WRITES.get_ptr_mut(pid_tgid)
+        if tls_busy(pid_tgid)
+            && let Some(p) = PENDING_WRITES.get_ptr_mut(pid_tgid)
             && record_type() != 0
         {
             // SAFETY: our own map value, written only by this thread's programs.
@@ -280,14 +285,28 @@ fn enter(ctx: &ProbeContext, dir: u8, ex: bool) {
         let pending_ssl = unsafe { (*p).event.sock_id };
         if pending_ssl != ssl {
             // Another connection's turn: which socket the held write goes to is unknowable.
-            let _ = PENDING_WRITES.remove(pid_tgid);
+            if PENDING_WRITES.remove(pid_tgid).is_ok() {
+                tls_busy_remove(pid_tgid);
+            }
             count(counter::TLS_UNATTRIBUTED);
         } else if let Some(sock) = bound(ssl).sock {
             // Bound just now: its records have not gone out yet (the thread writes them next).
             release(pid_tgid, p, sock, write_seq(sock));
         }
     }
-    let _ = SSL_CALLS.insert(pid_tgid, call, 0);
+    // Counted once per entry (`TLS_BUSY`): a call entered again before its return replaces the
+    // entry, which was counted when it was made.
+    match SSL_CALLS.insert(pid_tgid, call, BPF_NOEXIST) {
+        Ok(()) => tls_busy_add(pid_tgid),
+        Err(EEXIST) => {
+            let _ = SSL_CALLS.insert(pid_tgid, call, 0);
+        }
+        Err(_) => {
+            if SSL_CALLS.insert(pid_tgid, call, 0).is_ok() {
+                tls_busy_add(pid_tgid);
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -297,7 +316,9 @@ fn exit(ctx: &RetProbeContext, ex: bool) {
     let Some(call) = (unsafe { SSL_CALLS.get(pid_tgid) }).copied() else {
         return;
     };
-    let _ = SSL_CALLS.remove(pid_tgid);
+    if SSL_CALLS.remove(pid_tgid).is_ok() {
+        tls_busy_remove(pid_tgid);
+    }
     // SSL_read/SSL_write(_ex) return a C `int`: only the low 32 bits of the register count.
     let ret = ctx.ret::<u64>() as u32 as i32 as i64;
     let bytes = if ex {
@@ -399,8 +420,10 @@ fn hold_write(pid_tgid: u64, call: &SslCall, bytes: u64) {
     // SAFETY: plain map read for presence.
     if unsafe { PENDING_WRITES.get(pid_tgid) }.is_some() {
         count(counter::TLS_UNATTRIBUTED);
+        let _ = PENDING_WRITES.insert(pid_tgid, buf, 0);
+    } else if PENDING_WRITES.insert(pid_tgid, buf, BPF_NOEXIST).is_ok() {
+        tls_busy_add(pid_tgid);
     }
-    let _ = PENDING_WRITES.insert(pid_tgid, buf, 0);
 }
 
 /// Emits the write held for the thread as plaintext of socket `sock`, and forgets it.
@@ -415,7 +438,9 @@ fn release(pid_tgid: u64, p: *mut DataBuf, sock: u64, seq: Seq) {
         buf.event.has_seq = seq.has;
         let _ = submit_buf(buf);
     }
-    let _ = PENDING_WRITES.remove(pid_tgid);
+    if PENDING_WRITES.remove(pid_tgid).is_ok() {
+        tls_busy_remove(pid_tgid);
+    }
 }
 
 #[uprobe]
