@@ -13,38 +13,12 @@
 set -euo pipefail
 [ $# -ge 3 ] || { sed -n 2,12p "$0"; exit 2; }
 ROUNDS=$1; SECS=$2; shift 2
-HERE=$(cd "$(dirname "$0")" && pwd)
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$DIR"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-NGX_PORT=$(port); SINK_PORT=$(port)
-sed -e "s#{{DIR}}#$DIR#g" -e "s#{{PORT}}#$NGX_PORT#g" "$HERE/nginx.conf.template" > "$DIR/nginx.conf"
-nginx -c "$DIR/nginx.conf" -p "$DIR" -e "$DIR/error.log" & PIDS+=($!)
-python3 -c '
-import http.server, socketserver, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer): daemon_threads = True
-S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()' "$SINK_PORT" & PIDS+=($!)
-sleep 1
-MASTER=$(cat "$DIR/nginx.pid")
-sleep 1000 & IDLE=$!; PIDS+=($IDLE)
+. "$(dirname "$0")/lib.sh"
 TARGET=$MASTER; [ "${ZTRACE_TARGET:-}" = idle ] && TARGET=$IDLE
-# utime + stime of process $1, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
-  local bin=$1 log=$DIR/ztrace.log cmd
-  read -ra cmd <<< "$bin"
-  "${cmd[@]}" --pid "$TARGET" --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --otlp-protocol http/protobuf \
-    --metric-export-interval 1s --probe-stats 2>"$log" &
-  local z=$!
-  for _ in $(seq 100); do grep -q "tracing " "$log" && break; sleep 0.1; done
+  local bin=$1 log=$DIR/ztrace.log
+  start_ztrace "$bin" "$TARGET" --probe-stats
+  local z=$Z
   local req cpu0 cpu1 hwm
   cpu0=$(cpu_ticks "$z")
   req=$(wrk -t1 -c32 -d"${SECS}s" "http://127.0.0.1:$NGX_PORT/" | awk '/requests in/ {print $1}')
@@ -60,7 +34,4 @@ run() {
     'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / r}')
   echo "bin=\"$bin\" requests=$req ${probes}ztrace=${us}us/req hwm=${hwm}MiB lost=${lost:-?} load=$(cut -d' ' -f1 /proc/loadavg)"
 }
-for r in $(seq "$ROUNDS"); do
-  bins=("$@"); [ $((r % 2)) = 0 ] && mapfile -t bins < <(printf '%s\n' "$@" | tac)
-  for b in "${bins[@]}"; do echo -n "round=$r "; run "$b"; done
-done
+each_round "$ROUNDS" run "$@"
