@@ -96,7 +96,7 @@ pub fn bench(quick: bool) -> Result<()> {
             }
         }
     }
-    let per_round = 10; // nginx saturated 6 + nginx paced 2 + python 2
+    let per_round = 11; // nginx saturated 6 + nginx paced 3 + python 2
     say(&format!(
         "benchmark: {} rounds × {} s per condition, {} runs (about {} min)",
         plan.rounds,
@@ -134,7 +134,7 @@ pub fn bench(quick: bool) -> Result<()> {
         &nginx,
         "nginx, paced",
         Load::Paced,
-        &[Mode::Untraced, Mode::Traced],
+        &[Mode::Untraced, Mode::Traced, Mode::TracedStopped],
     )?;
     drop(nginx);
     let python = start_python(&ctx)?;
@@ -1050,6 +1050,10 @@ enum Mode {
     Untraced,
     /// ztrace traces the server.
     Traced,
+    /// As `Traced`, with ztrace stopped (SIGSTOP) while the load runs: the probes run as traced,
+    /// the daemon does nothing. The latency that is left is the probes' share (for at most
+    /// `STOPPED_SECS`, which the ring buffer holds at the paced rate).
+    TracedStopped,
     /// ztrace traces this other process while the server is under load.
     Bystander(u32),
     /// As `Traced` and `Bystander`, with socket data from syscall tracepoints
@@ -1067,6 +1071,7 @@ impl Mode {
         match self {
             Mode::Untraced => "untraced",
             Mode::Traced => "traced",
+            Mode::TracedStopped => "traced, daemon stopped",
             Mode::Bystander(_) => "bystander",
             Mode::TracedSyscalls => "traced (syscall tracepoints)",
             Mode::BystanderSyscalls(_) => "bystander (syscall tracepoints)",
@@ -1074,6 +1079,10 @@ impl Mode {
         }
     }
 }
+
+/// Longest load of a `TracedStopped` run: the paced rate fills ~2.2 MB of the 8 MiB ring
+/// buffer a second, and a full ring would make the probes' later runs cheaper.
+const STOPPED_SECS: u32 = 3;
 
 /// How long ztrace may take to flush and exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -1275,7 +1284,7 @@ fn measure(
     thread::sleep(Duration::from_millis(300));
     let mut z = match mode {
         Mode::Untraced | Mode::CpuControl => None,
-        Mode::Traced => Some(start_ztrace(ctx, server.proc.pid, tag, &[])?),
+        Mode::Traced | Mode::TracedStopped => Some(start_ztrace(ctx, server.proc.pid, tag, &[])?),
         Mode::Bystander(pid) => Some(start_ztrace(ctx, pid, tag, &[])?),
         Mode::TracedSyscalls => Some(start_ztrace(ctx, server.proc.pid, tag, SYSCALLS)?),
         Mode::BystanderSyscalls(pid) => Some(start_ztrace(ctx, pid, tag, SYSCALLS)?),
@@ -1284,9 +1293,19 @@ fn measure(
     let z_before = z.as_ref().map(|z| cpu_ticks(z.proc.pid)).transpose()?;
     let server_before = cpu_ticks(server.worker)?;
     let (busy_before, wrk_before) = (busy_ticks()?, reaped_children_ticks()?);
+    let stopped = z.as_ref().filter(|_| mode == Mode::TracedStopped);
+    let secs = if let Some(z) = stopped {
+        signal(z.proc.pid, "STOP");
+        ctx.plan.secs.min(STOPPED_SECS)
+    } else {
+        ctx.plan.secs
+    };
     let started = Instant::now();
-    let w = wrk(ctx, server.port, load, ctx.plan.secs);
+    let w = wrk(ctx, server.port, load, secs);
     let wall = started.elapsed().as_secs_f64();
+    if let Some(z) = stopped {
+        signal(z.proc.pid, "CONT");
+    }
     let control_cpu_s = burner.map(Burner::stop);
     let w = w?;
     let (busy_after, wrk_after) = (busy_ticks()?, reaped_children_ticks()?);
@@ -1513,6 +1532,12 @@ fn render(
                     "{}, traced, syscall tracepoints (`--capture-via-syscalls`)",
                     r.title
                 ),
+                Mode::TracedStopped => format!(
+                    "{}, traced, **ztrace's daemon stopped** (SIGSTOP while wrk ran, {} s): the \
+                     probes' share",
+                    r.title,
+                    ctx.plan.secs.min(STOPPED_SECS)
+                ),
                 Mode::CpuControl => {
                     let burned = spread(
                         r.of(mode)
@@ -1625,17 +1650,22 @@ fn render(
          machine whatever does it: the floor for any tracer that spends it.\n\
          - wrk is a closed loop: under saturation latency ≈ connections ÷ throughput, so the \
          saturated latency ratios mostly mirror throughput; the paced rows compare latency at \
-         (nearly) the same rate.\n\n",
+         (nearly) the same rate.\n\
+         - Daemon stopped: ztrace attaches, then is stopped (SIGSTOP) while wrk runs, so the \
+         probes run as traced while the daemon does nothing; the latency left is the probes' \
+         share of the traced row's (docs/benchmarks.md: with four connections a request waits \
+         for the others' probe time too).\n\n",
     );
 
     t.push_str("## ztrace's own cost\n\n");
     t.push_str("| measurement |");
     let mut cols = Vec::new();
     for r in results {
+        // A stopped daemon's CPU, memory and ring are not its cost.
         for &mode in r
             .modes
             .iter()
-            .filter(|&&m| m != Mode::Untraced && m != Mode::CpuControl)
+            .filter(|&&m| !matches!(m, Mode::Untraced | Mode::CpuControl | Mode::TracedStopped))
         {
             t.push_str(&format!(" {}, {} |", r.title, mode.label()));
             cols.push((*r, mode));
