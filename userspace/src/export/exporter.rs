@@ -308,6 +308,7 @@ impl Exporter {
             queued,
             chunks: Vec::new(),
             carry: std::collections::VecDeque::new(),
+            carried: 0,
             processes: proc_rx,
             table,
             output: cfg.output.clone(),

@@ -874,6 +874,47 @@ mod tests {
         Ok(())
     }
 
+    /// Chunks larger than a batch are exported in place, a batch at a time, and what tops up a
+    /// partial batch is moved: either way every span goes out once, in the order submitted, in
+    /// full batches but for the last.
+    #[tokio::test]
+    async fn batches_keep_the_order_across_chunks_of_any_size() -> anyhow::Result<()> {
+        let receiver = Receiver::start().await?;
+        let exporter = Exporter::spawn(ExportConfig {
+            max_batch: 4,
+            batch_delay: Duration::from_secs(30),
+            ..otlp_config(&receiver.endpoint())
+        });
+        let mut next = 1u8;
+        for size in [9, 2, 7, 1, 13, 4] {
+            let mut chunk: Vec<_> = (next..next + size).map(|i| numbered(i, 1)).collect();
+            next += size;
+            exporter.submit_all(&mut chunk);
+        }
+        let total = usize::from(next - 1);
+        let got = receiver
+            .wait_for_spans(total / 4 * 4, Duration::from_secs(5))
+            .await;
+        assert_eq!(got.len(), total / 4 * 4);
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(stats.spans_exported, total as u64);
+        let mut order = Vec::new();
+        let mut sizes = Vec::new();
+        for r in receiver.requests() {
+            let spans: Vec<u8> = r
+                .resource_spans
+                .iter()
+                .flat_map(|rs| rs.scope_spans[0].spans.iter().map(|s| s.span_id[0]))
+                .collect();
+            sizes.push(spans.len());
+            order.extend(spans);
+        }
+        assert_eq!(order, (1..next).collect::<Vec<_>>());
+        assert_eq!(sizes, vec![4, 4, 4, 4, 4, 4, 4, 4, 4]);
+        receiver.stop().await;
+        Ok(())
+    }
+
     /// A chunk larger than the queue's room: what fits is queued, the rest dropped and counted;
     /// every span is accounted for once, and the caller's vector comes back empty.
     #[tokio::test]

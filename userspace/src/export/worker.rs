@@ -28,8 +28,13 @@ pub(super) struct Worker {
     pub(super) queued: Arc<AtomicUsize>,
     /// Chunks just received, emptied into `carry` at once.
     pub(super) chunks: Vec<Vec<Span>>,
-    /// Spans received and not yet in a batch (a chunk larger than a batch's room).
-    pub(super) carry: VecDeque<Span>,
+    /// Chunks received and not yet wholly in a batch (larger than a batch's room), in order. A
+    /// full batch's worth at the front of the first one is exported where it lies (a chunk is
+    /// usually a few times a batch: no span copied); only what tops up a partial batch moves.
+    /// Each chunk only shrinks from its front, so it stays one contiguous slice.
+    pub(super) carry: VecDeque<VecDeque<Span>>,
+    /// Spans in `carry`.
+    pub(super) carried: usize,
     pub(super) processes: mpsc::UnboundedReceiver<Arc<ProcessInfo>>,
     pub(super) table: ProcessTable,
     pub(super) output: Output,
@@ -82,14 +87,14 @@ impl Worker {
                 _ = sleep_until(flush_at) => 0,
             };
             self.receive();
-            self.fill();
+            let full = self.fill();
             if got == 0 && flush_at.is_none_or(|at| Instant::now() < at) {
                 // Closed and empty: every sender is gone, so the Exporter was dropped.
                 break;
             }
             let now = Instant::now();
             oldest = oldest.or(Some(now));
-            if self.batch.len() < self.max_batch && flush_at.is_none_or(|at| now < at) {
+            if !full && flush_at.is_none_or(|at| now < at) {
                 // Not full yet: let spans gather for a moment instead of being woken by each
                 // one (spans arrive in bursts; thousands of wake-ups a second, each taking a
                 // core from the traced application for a moment, was what the loop cost).
@@ -120,17 +125,39 @@ impl Worker {
                 std::mem::swap(&mut self.batch, &mut chunk);
             } else if fits {
                 self.batch.append(&mut chunk);
-            } else {
-                self.carry.extend(chunk);
+            } else if !chunk.is_empty() {
+                self.carried += chunk.len();
+                self.carry.push_back(VecDeque::from(chunk));
             }
         }
     }
 
-    /// Moves received spans into the batch, up to its size; true when it is full.
+    /// The whole batch lying at the front of `carry`, to be exported in place: when the batch
+    /// is empty and the first carried chunk holds at least a batch.
+    fn batch_in_place(&self) -> Option<&[Span]> {
+        let front = self.carry.front()?;
+        let spans = front.as_slices().0;
+        (self.batch.is_empty() && spans.len() == front.len() && spans.len() >= self.max_batch)
+            .then(|| &spans[..self.max_batch])
+    }
+
+    /// Moves received spans into the batch, up to its size; true when a full batch is ready (in
+    /// the batch, or in place at the front of `carry`).
     fn fill(&mut self) -> bool {
-        let room = self.max_batch - self.batch.len();
-        let n = room.min(self.carry.len());
-        self.batch.extend(self.carry.drain(..n));
+        if self.batch_in_place().is_some() {
+            return true;
+        }
+        while self.batch.len() < self.max_batch {
+            let Some(front) = self.carry.front_mut() else {
+                break;
+            };
+            let n = (self.max_batch - self.batch.len()).min(front.len());
+            self.batch.extend(front.drain(..n));
+            self.carried -= n;
+            if front.is_empty() {
+                self.carry.pop_front();
+            }
+        }
         self.batch.len() >= self.max_batch
     }
 
@@ -148,13 +175,14 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            if self.batch.is_empty() {
+            if self.batch.is_empty() && self.carry.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
-                let mut unsent = self.batch.len() + self.carry.len();
+                let mut unsent = self.batch.len() + self.carried;
                 self.batch.clear();
                 self.carry.clear();
+                self.carried = 0;
                 while let Ok(chunk) = self.rx.try_recv() {
                     self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
                     unsent += chunk.len();
@@ -168,20 +196,36 @@ impl Worker {
         self.report_queue_drops(true);
     }
 
+    /// Exports the batch ready in place at the front of `carry` (see `fill`), or else the
+    /// batch, full or not.
     async fn export_batch(&mut self, sink: &mut Sink) {
         while let Ok(info) = self.processes.try_recv() {
             self.table.upsert(info);
         }
-        self.table.touch(&self.batch);
+        let in_place = self.batch_in_place().map(<[Span]>::len);
+        let spans = match in_place {
+            Some(n) => &self.carry[0].as_slices().0[..n],
+            None => &self.batch[..],
+        };
+        self.table.touch(spans);
         match sink {
             Sink::Otlp(s) => {
-                s.export(&self.batch, &self.table, &self.counters, &mut self.ctl)
+                s.export(spans, &self.table, &self.counters, &mut self.ctl)
                     .await
             }
-            Sink::Stdout(s) => s.export(&self.batch, &self.table, &self.counters).await,
+            Sink::Stdout(s) => s.export(spans, &self.table, &self.counters).await,
         }
         // The sink accounted for every span; nothing can cancel us between that and this.
-        self.batch.clear();
+        match in_place {
+            Some(n) => {
+                self.carry[0].drain(..n);
+                self.carried -= n;
+                if self.carry[0].is_empty() {
+                    self.carry.pop_front();
+                }
+            }
+            None => self.batch.clear(),
+        }
         self.report_queue_drops(false);
     }
 
@@ -210,7 +254,7 @@ impl Drop for Worker {
     /// Aborted or torn down with its runtime: whatever it still held is lost; count it.
     fn drop(&mut self) {
         let queued = self.queued.load(Ordering::Relaxed);
-        let lost = self.batch.len() + self.carry.len() + queued;
+        let lost = self.batch.len() + self.carried + queued;
         if lost > 0 {
             self.counters.failed(lost, !self.batch.is_empty());
         }
