@@ -19,13 +19,8 @@ use ztrace_e2e::{
     },
     kernel::traced_set,
     receiver::ReceivedSpan,
+    temp::TempDir,
 };
-
-fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ztrace-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
 
 fn server_spans_of(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
     spans
@@ -89,7 +84,7 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-exe")?;
+    let dir = TempDir::new("select-exe")?;
     let python = renamed_python(&dir)?;
     let glob = format!("ztsel-python-{}*", std::process::id());
     let mut ztrace = spawn_ztrace(&[
@@ -145,7 +140,6 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
         mine[0].resource_str("process.executable.name")
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -178,7 +172,7 @@ fn a_selected_process_s_existing_children_are_traced() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-children")?;
+    let dir = TempDir::new("select-children")?;
     let (_a, a_child, a_port) = parent_with_a_server_child("a")?;
     let (_b, b_child, b_port) = parent_with_a_server_child("b")?;
     let rule = |tag: &str| {
@@ -215,7 +209,6 @@ fn a_selected_process_s_existing_children_are_traced() -> Result<()> {
             ztrace.stderr_text()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -297,7 +290,7 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-restart")?;
+    let dir = TempDir::new("select-restart")?;
     // The service's file name is the marker the rule selects on; the supervisor's own command
     // line (`bash supervise.sh`) does not contain it.
     let service = dir.join(format!("inventory_svc_{}.py", std::process::id()));
@@ -363,7 +356,6 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
             mine[0].resource_str("service.name")
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -373,7 +365,7 @@ fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-sighup")?;
+    let dir = TempDir::new("select-sighup")?;
     let (first, first_port) = named_service(&dir, "first_svc")?;
     let (second, second_port) = named_service(&dir, "second_svc")?;
     let rule = |name: &str, service: &str| cmdline_rule(name, Some(service));
@@ -434,7 +426,6 @@ fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
         names == [Some("first".into()), Some("first-renamed".into())],
         "the first service's names before and after the reload: {names:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -448,7 +439,7 @@ fn sighup_untraces_a_service_no_longer_selected() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-deselect")?;
+    let dir = TempDir::new("select-deselect")?;
     let (kept, kept_port) = named_service(&dir, "kept_svc")?;
     let (dropped, dropped_port) = named_service(&dir, "dropped_svc")?;
     let rule = |name: &str| cmdline_rule(name, None);
@@ -515,6 +506,5 @@ fn sighup_untraces_a_service_no_longer_selected() -> Result<()> {
         paths(dropped.pid()),
         ztrace.stderr_text()
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
