@@ -542,9 +542,7 @@ pub fn trace_behind_a_balancer(
         apps_dir().join("proxy_client.py").display(),
         nginx.port
     );
-    let spans =
-        trace_server_and_clients(&rt, &receiver, nginx.master.pid(), &script, &[], min_spans);
-    spans
+    trace_server_and_clients(&rt, &receiver, nginx.master.pid(), &script, &[], min_spans)
 }
 
 /// The HTTPS CLIENT span of `path` among `spans` (its `url.full` starts with `https://` and ends
