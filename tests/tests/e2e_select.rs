@@ -284,6 +284,18 @@ fn pid_listening_on(port: u16) -> Result<u32> {
         .with_context(|| format!("no process listens on {port}: {text}"))
 }
 
+/// Kills the processes running the script at this path (whatever PID the supervisor gave the
+/// service last) when dropped: also when the test fails before its end.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-f", &self.0.display().to_string()])
+            .status();
+    }
+}
+
 #[test]
 fn a_restarted_service_keeps_its_name() -> Result<()> {
     if !privileged_or_skip("a_restarted_service_keeps_its_name") {
@@ -313,6 +325,8 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
             std::process::id()
         ),
     )?;
+    // Declared before the supervisor, so dropped after it: nothing restarts the service then.
+    let service_guard = KillOnDrop(service.clone());
     let supervisor = Command::new("bash")
         .arg(&script)
         .stdout(Stdio::null())
@@ -338,9 +352,7 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     stop_ztrace(&mut ztrace)?;
     drop(supervisor);
-    let _ = Command::new("pkill")
-        .args(["-f", &service.display().to_string()])
-        .status();
+    drop(service_guard);
     let spans = rt.block_on(receiver.wait_for_spans(2, Duration::from_secs(10)));
     for (pid, what) in [(first, "before"), (second, "after")] {
         let mine = server_spans_of(&spans, pid);
