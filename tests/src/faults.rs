@@ -121,8 +121,7 @@ fn unix_ns() -> u64 {
 
 /// Runs the evaluation; returns the report as Markdown.
 pub fn run(c: FaultConfig) -> Result<String> {
-    let path = std::env::temp_dir().join(format!("ztrace-faults-{}.toml", std::process::id()));
-    std::fs::write(&path, config_text(&c))?;
+    let path = crate::temp::TempFile::new("faults", "ztrace.toml", config_text(&c))?;
     let (rt, receiver) = runtime_with_receiver()?;
     let (backend, backend_port) = spawn_service(&["backend"])?;
     let (frontend, port) = spawn_service(&["frontend", &backend_port.to_string()])?;
@@ -212,7 +211,6 @@ pub fn run(c: FaultConfig) -> Result<String> {
     if ztrace.wait_exit(Duration::from_secs(60)) != Some(0) {
         bail!("ztrace failed:\n{}", ztrace.stderr_text());
     }
-    let _ = std::fs::remove_file(&path);
     let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(5)));
     let logs = receiver.signals().all_logs();
     let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();

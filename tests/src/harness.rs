@@ -528,7 +528,7 @@ pub fn trace_behind_a_balancer(
     mode: &str,
 ) -> Result<Vec<crate::receiver::ReceivedSpan>> {
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = std::env::temp_dir().join(format!("ztrace-proxy-{tag}-{}", std::process::id()));
+    let dir = crate::temp::TempDir::new(&format!("proxy-{tag}"))?;
     let server = format!(
         r#"    server {{
         listen 127.0.0.1:{{{{PORT}}}} {listen};
@@ -542,10 +542,7 @@ pub fn trace_behind_a_balancer(
         apps_dir().join("proxy_client.py").display(),
         nginx.port
     );
-    let spans =
-        trace_server_and_clients(&rt, &receiver, nginx.master.pid(), &script, &[], min_spans);
-    let _ = std::fs::remove_dir_all(&dir);
-    spans
+    trace_server_and_clients(&rt, &receiver, nginx.master.pid(), &script, &[], min_spans)
 }
 
 /// The HTTPS CLIENT span of `path` among `spans` (its `url.full` starts with `https://` and ends

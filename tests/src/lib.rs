@@ -2,7 +2,7 @@
 //! and logs) with readers of what it received, the plumbing that
 //! starts the traced services and the ztrace binary, and the ground-truth linking evaluation
 //! (a multi-service topology and its scorer; its cross-host variant over network namespaces:
-//! netns, xeval, xtopology).
+//! netns, xeval, xtopology); scratch directories removed when a test ends (temp).
 
 pub mod eval;
 pub mod faults;
@@ -12,6 +12,7 @@ pub mod netns;
 pub mod opamp;
 pub mod receiver;
 pub mod signals;
+pub mod temp;
 pub mod topology;
 pub mod xeval;
 pub mod xtopology;

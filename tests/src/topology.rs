@@ -58,6 +58,7 @@ use crate::{
         spawn_ztrace, ztrace_bin,
     },
     receiver::ReceivedSpan,
+    temp::TempDir,
 };
 
 /// How hard to drive the topology.
@@ -141,26 +142,6 @@ pub fn async_svc_bin() -> PathBuf {
         return beside;
     }
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release")).join(NAME)
-}
-
-/// A private directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("ztrace-eval-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The services, stopped when dropped (nginx first: it is the front door).
@@ -390,9 +371,9 @@ pub fn run(config: Config) -> Result<Run> {
     if config.clients == 0 || config.requests == 0 || config.shapes.is_empty() {
         bail!("the evaluation needs at least one shape, one client and one request");
     }
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("eval")?;
     let (rt, receiver) = runtime_with_receiver()?;
-    let services = Services::start(&dir.0, config.shapes)?;
+    let services = Services::start(&dir, config.shapes)?;
     let pids = services.pids();
     let mut args = vec![
         "--pid".to_string(),

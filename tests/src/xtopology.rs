@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashSet,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -17,6 +16,7 @@ use crate::{
         A_IP, B_IP, B_IP_C, Hosts, NODE_PORT, VIP, VIP_MASQ, crosshost_summary, receiver_in,
         spawn_agent, spawn_collecting, stop,
     },
+    temp::TempDir,
     topology::eval_span,
     xeval::{AgentStats, Config, Host, Run, ShapeScore, XShape, XSpan, identify, score_shape},
 };
@@ -35,24 +35,14 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
-/// A private directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Host A's service listens on this port (its namespace is fresh: the port is free).
 const A_PORT: u16 = 8080;
 
 /// Builds the hosts, drives every shape of `config` and scores what the agents exported.
 pub fn run(config: Config) -> Result<Run> {
     let hosts = Hosts::create(config.shapes.contains(&XShape::NoAgent))?;
-    let dir = TempDir(std::env::temp_dir().join(format!("ztrace-xeval-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
-    let secret = dir.0.join("peer-secret");
+    let dir = TempDir::new("xeval")?;
+    let secret = dir.join("peer-secret");
     std::fs::write(&secret, "the-evaluation's-shared-peer-secret\n")?;
     let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
 

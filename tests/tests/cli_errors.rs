@@ -297,9 +297,9 @@ fn check_reports_every_item() {
 #[test]
 fn bad_tail_sampling_settings_name_the_key_and_stop_start_up() {
     let pid = own_pid();
-    let path = std::env::temp_dir().join(format!("ztrace-bad-tail-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
+    let path = ztrace_e2e::temp::TempFile::new(
+        "bad-tail",
+        "ztrace.toml",
         "[[tail_sampling.policies]]\nname = \"slow\"\ntype = \"latency\"\nlatency = { threshold = 500 }\n",
     )
     .unwrap();
@@ -308,7 +308,6 @@ fn bad_tail_sampling_settings_name_the_key_and_stop_start_up() {
         &ztrace(&["--pid", &pid, "--config", &file], &[]),
         "tail_sampling.policies[0].latency.threshold: unknown setting",
     );
-    let _ = std::fs::remove_file(&path);
     assert_usage_error(
         &ztrace(&["--pid", &pid, "--sample-healthy", "150%"], &[]),
         "--sample-healthy: `150%` is not a percentage",

@@ -73,8 +73,8 @@ fn a_pid_reused_after_a_traced_exit_is_not_traced() -> Result<()> {
     if !privileged_or_skip("a_pid_reused_after_a_traced_exit_is_not_traced") {
         return Ok(());
     }
-    let pid_file = std::env::temp_dir().join(format!("ztrace-reuse-{}", std::process::id()));
-    let _ = std::fs::remove_file(&pid_file);
+    let dir = ztrace_e2e::temp::TempDir::new("reuse")?;
+    let pid_file = dir.join("pid");
     let script = format!(
         "sleep 2; sleep 1 & echo $! > {}; wait $!; sleep 60",
         pid_file.display()
@@ -94,7 +94,6 @@ fn a_pid_reused_after_a_traced_exit_is_not_traced() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = std::fs::remove_file(&pid_file);
     ztrace.wait_stderr(
         &format!("following new child process {child} of"),
         Duration::from_secs(10),

@@ -41,7 +41,7 @@ fn rss_stays_bounded_under_churn_and_slowloris() -> Result<()> {
         return Ok(());
     }
     let (_rt, receiver) = runtime_with_receiver()?;
-    let dir = std::env::temp_dir().join(format!("ztrace-memory-{}", std::process::id()));
+    let dir = ztrace_e2e::temp::TempDir::new("memory")?;
     let nginx = nginx_ok(&dir)?;
     let mut ztrace = spawn_ztrace(&[
         "--pid".into(),
@@ -76,7 +76,6 @@ fn rss_stays_bounded_under_churn_and_slowloris() -> Result<()> {
     ztrace.signal(libc::SIGINT);
     ensure!(ztrace.wait_exit(Duration::from_secs(30)) == Some(0));
     drop(nginx);
-    let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
         "ztrace after {CHURN} churned connections ({churn_took:?}) and {SLOW} slowloris heads: \
          VmRSS {} MiB, VmHWM {} MiB (bound {RSS_BOUND_MIB} MiB)",
@@ -278,7 +277,7 @@ const AFTER: usize = 20;
 fn slowloris_run(flood: Flood, config: Option<&str>) -> Result<Run> {
     let (rt, receiver) = runtime_with_receiver()?;
     let tag = format!("{flood:?}-{}", config.map_or("default", |_| "small"));
-    let dir = std::env::temp_dir().join(format!("ztrace-budget-{tag}-{}", std::process::id()));
+    let dir = ztrace_e2e::temp::TempDir::new(&format!("budget-{tag}"))?;
     let nginx = match flood {
         Flood::Heads => nginx_ok(&dir)?,
         Flood::Continuation => nginx_h2(&dir)?,
@@ -314,7 +313,6 @@ fn slowloris_run(flood: Flood, config: Option<&str>) -> Result<Run> {
     ztrace.signal(libc::SIGINT);
     ensure!(ztrace.wait_exit(Duration::from_secs(30)) == Some(0));
     drop(nginx);
-    let _ = std::fs::remove_dir_all(&dir);
     let stderr = ztrace.stderr_text();
     let summary = stderr
         .lines()

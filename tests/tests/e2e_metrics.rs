@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -25,11 +26,10 @@ const HTTP_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// Python's http.server on a free loopback port, serving an empty directory; waits until it answers.
-fn http_server() -> Result<(Proc, u16)> {
+/// Python's http.server on a free loopback port, serving `dir` (an index page written there);
+/// waits until it answers.
+fn http_server(dir: &Path) -> Result<(Proc, u16)> {
     let port = free_port()?;
-    let dir = std::env::temp_dir().join(format!("ztrace-metrics-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("index.html"), "hello\n")?;
     let child = Command::new("python3")
         .args([
@@ -40,7 +40,7 @@ fn http_server() -> Result<(Proc, u16)> {
             &port.to_string(),
         ])
         .arg("--directory")
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -86,7 +86,8 @@ fn red_network_and_self_metrics_reach_the_collector() -> Result<()> {
     if !privileged_or_skip("red_network_and_self_metrics_reach_the_collector") {
         return Ok(());
     }
-    let (server, port) = http_server()?;
+    let site = ztrace_e2e::temp::TempDir::new("metrics")?;
+    let (server, port) = http_server(&site)?;
     let (_refusing, closed) = closed_port()?;
     let (rt, receiver) = runtime_with_receiver()?;
     let base = format!("http://127.0.0.1:{port}");

@@ -4,7 +4,11 @@
 //! Each one's server spans must carry the name a person would choose, its runtime, and the
 //! container id the kernel's /proc/PID/cgroup gives.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -53,14 +57,12 @@ impl Drop for DockerStyleCgroup {
 }
 
 /// Compiles tests/apps/naming/Orders.java and packs it as `orders-1.0.jar` (a versioned jar
-/// name, as build tools write them).
-fn orders_jar() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ztrace-naming-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// name, as build tools write them), in `dir`.
+fn orders_jar(dir: &Path) -> Result<PathBuf> {
     run_ok(
         Command::new("javac")
             .arg("-d")
-            .arg(&dir)
+            .arg(dir)
             .arg(apps_dir().join("naming/Orders.java")),
     )
     .context("javac (apt-get install default-jdk-headless)")?;
@@ -71,7 +73,7 @@ fn orders_jar() -> Result<PathBuf> {
             .arg(&jar)
             .arg("Orders")
             .arg("-C")
-            .arg(&dir)
+            .arg(dir)
             .arg("Orders.class"),
     )?;
     Ok(jar)
@@ -84,7 +86,8 @@ fn services_are_named_as_people_name_them() -> Result<()> {
     }
     let (rt, receiver) = ztrace_e2e::harness::runtime_with_receiver()?;
     let cgroup = DockerStyleCgroup::create()?;
-    let jar = orders_jar()?;
+    let jar_dir = ztrace_e2e::temp::TempDir::new("naming")?;
+    let jar = orders_jar(&jar_dir)?;
 
     let mut python_module = Command::new("python3");
     python_module

@@ -102,8 +102,7 @@ fn node_https_via_syscall_tracepoints() -> Result<()> {
 
 fn client_a_b(extra: &[&str], client_mode: &str) -> Result<()> {
     let fresh = client_mode == "fresh";
-    let dir = std::env::temp_dir().join(format!("ztrace-node-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ztrace_e2e::temp::TempDir::new("node-tls")?;
     let (cert, key) = self_signed(&dir)?;
     let (b, b_port) = node_server(&cert, &key, None)?;
     let (a, a_port) = node_server(&cert, &key, Some(b_port))?;
@@ -135,7 +134,6 @@ fn client_a_b(extra: &[&str], client_mode: &str) -> Result<()> {
         &args,
         (REQUESTS * 4) as usize,
     )?;
-    let _ = std::fs::remove_dir_all(&dir);
     let client_pid = spans
         .iter()
         .find(|s| {

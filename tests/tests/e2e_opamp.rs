@@ -21,16 +21,19 @@
 //! With `targets` allowed, the server may add a process (and switch tail sampling), and a
 //! remote configuration that no longer names a process untraces it.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
     harness::{
-        curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
+        Proc, curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace,
+        stop_ztrace,
     },
     kernel::traced_set,
     opamp::{OpampServer, effective_text},
     receiver::{ReceivedSpan, Receiver, test_certificates},
+    temp::TempDir,
 };
 use ztrace_opamp::{AgentCapabilities, RemoteConfigStatuses, any_value};
 
@@ -113,6 +116,55 @@ fn follows_ratio(spans: &[ReceivedSpan], sent: usize, ratio: f64, phase: &str) -
     Ok(())
 }
 
+/// ztrace managed over OpAMP by `server`: its local file (`ztrace.toml` in `dir`) holds `config`,
+/// it polls every second and keeps its state (the instance uid) in `dir`; `flags` come after.
+fn spawn_managed(dir: &Path, config: &str, server: &OpampServer, flags: &[String]) -> Result<Proc> {
+    let file = dir.join("ztrace.toml");
+    std::fs::write(&file, config)?;
+    let mut args = vec![
+        "--config".into(),
+        file.display().to_string(),
+        "--opamp-endpoint".into(),
+        server.endpoint(),
+        "--opamp-poll-interval".into(),
+        "1s".into(),
+        "--opamp-state-dir".into(),
+        dir.display().to_string(),
+    ];
+    args.extend_from_slice(flags);
+    spawn_ztrace(&args)
+}
+
+/// [`spawn_managed`] with a local file naming `pids`, exporting to `receiver`, and `allow` (which
+/// holds `targets`) as the OpAMP allow-list; `flags` come after.
+fn spawn_managed_targets(
+    dir: &Path,
+    pids: &[u32],
+    receiver: &Receiver,
+    server: &OpampServer,
+    allow: &str,
+    flags: &[String],
+) -> Result<Proc> {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let mut args = vec![
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+        "--opamp-allow".into(),
+        allow.into(),
+    ];
+    args.extend_from_slice(flags);
+    let config = format!("[target]\npids = [{}]\n", pids.join(", "));
+    spawn_managed(dir, &config, server, &args)
+}
+
+/// The end of a test with a managed ztrace: its stderr (shown when the test fails), and the
+/// test's `result`.
+fn finish(mut ztrace: Proc, result: Result<()>) -> Result<()> {
+    let _ = ztrace.wait_exit(Duration::from_millis(1));
+    eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
+    result
+}
+
 #[test]
 fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Result<()> {
     if !privileged_or_skip("a_server_manages_sampling_and_is_refused_targets_and_broken_configs") {
@@ -127,29 +179,20 @@ fn a_server_manages_sampling_and_is_refused_targets_and_broken_configs() -> Resu
     let addr = server.addr();
     let (backend, port) = spawn_service(&["backend"])?;
     let (other, other_port) = spawn_service(&["backend"])?;
-    let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("ztrace.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let dir = TempDir::new("opamp-e2e")?;
+    let mut ztrace = spawn_managed(
+        &dir,
+        &format!(
             "[target]\npids = [{}]\n\n[otlp]\nendpoint = \"{}\"\nheaders = {{ x-api-key = \"{OTLP_SECRET}\" }}\n",
             backend.pid(),
             receiver.endpoint()
         ),
+        &server,
+        &[
+            "--opamp-headers".into(),
+            format!("authorization=Bearer {TOKEN}"),
+        ],
     )?;
-    let mut ztrace = spawn_ztrace(&[
-        "--config".into(),
-        config.display().to_string(),
-        "--opamp-endpoint".into(),
-        server.endpoint(),
-        "--opamp-headers".into(),
-        format!("authorization=Bearer {TOKEN}"),
-        "--opamp-poll-interval".into(),
-        "1s".into(),
-        "--opamp-state-dir".into(),
-        dir.display().to_string(),
-    ])?;
     ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
     let result = (|| -> Result<()> {
         // 1. What ztrace reports about itself.
@@ -336,11 +379,7 @@ span = ['IsMatch(attributes["url.path"], "^/item/ruled-")']
         }))?;
         Ok(())
     })();
-    let _ = ztrace.wait_exit(Duration::from_millis(1));
-    eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
-    drop(ztrace);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    finish(ztrace, result)
 }
 
 /// With `targets` in the local allow-list, the server (over https, verified with the CA given by
@@ -354,8 +393,7 @@ fn an_operator_who_allows_targets_lets_the_server_add_a_process_and_tail_samplin
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-t-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir::new("opamp-e2e-t")?;
     // Over TLS this time: the server's certificate is verified with the CA given.
     let tls = test_certificates(&dir.join("tls"))?;
     let ca = dir.join("ca.pem");
@@ -368,24 +406,14 @@ fn an_operator_who_allows_targets_lets_the_server_add_a_process_and_tail_samplin
     ensure!(server.endpoint().starts_with("https://"));
     let (a, a_port) = spawn_service(&["backend"])?;
     let (b, b_port) = spawn_service(&["backend"])?;
-    let config = dir.join("ztrace.toml");
-    std::fs::write(&config, format!("[target]\npids = [{}]\n", a.pid()))?;
-    let mut ztrace = spawn_ztrace(&[
-        "--config".into(),
-        config.display().to_string(),
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-        "--opamp-endpoint".into(),
-        server.endpoint(),
-        "--opamp-certificate".into(),
-        ca.display().to_string(),
-        "--opamp-allow".into(),
-        "sampling,targets".into(),
-        "--opamp-poll-interval".into(),
-        "1s".into(),
-        "--opamp-state-dir".into(),
-        dir.display().to_string(),
-    ])?;
+    let mut ztrace = spawn_managed_targets(
+        &dir,
+        &[a.pid()],
+        &receiver,
+        &server,
+        "sampling,targets",
+        &["--opamp-certificate".into(), ca.display().to_string()],
+    )?;
     ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
     let result = (|| -> Result<()> {
         let hash = server.offer(&format!(
@@ -449,11 +477,7 @@ status_code = {{ status_codes = ["ERROR"] }}
         }
         Ok(())
     })();
-    let _ = ztrace.wait_exit(Duration::from_millis(1));
-    eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
-    drop(ztrace);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    finish(ztrace, result)
 }
 
 /// With `targets` allowed, a remote configuration naming one of the two processes the local
@@ -465,30 +489,18 @@ fn a_remote_target_change_untraces_a_process_no_longer_named() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = std::env::temp_dir().join(format!("ztrace-opamp-e2e-d-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir::new("opamp-e2e-d")?;
     let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, None, None))?;
     let (a, a_port) = spawn_service(&["backend"])?;
     let (b, b_port) = spawn_service(&["backend"])?;
-    let config = dir.join("ztrace.toml");
-    std::fs::write(
-        &config,
-        format!("[target]\npids = [{}, {}]\n", a.pid(), b.pid()),
+    let mut ztrace = spawn_managed_targets(
+        &dir,
+        &[a.pid(), b.pid()],
+        &receiver,
+        &server,
+        "targets",
+        &[],
     )?;
-    let mut ztrace = spawn_ztrace(&[
-        "--config".into(),
-        config.display().to_string(),
-        "--otlp-endpoint".into(),
-        receiver.endpoint(),
-        "--opamp-endpoint".into(),
-        server.endpoint(),
-        "--opamp-allow".into(),
-        "targets".into(),
-        "--opamp-poll-interval".into(),
-        "1s".into(),
-        "--opamp-state-dir".into(),
-        dir.display().to_string(),
-    ])?;
     ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
     let result = (|| -> Result<()> {
         requests(a_port, "before", 2)?;
@@ -533,11 +545,5 @@ fn a_remote_target_change_untraces_a_process_no_longer_named() -> Result<()> {
         }
         Ok(())
     })();
-    let _ = ztrace.wait_exit(Duration::from_millis(1));
-    if result.is_err() {
-        eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
-    }
-    drop(ztrace);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    finish(ztrace, result)
 }

@@ -243,8 +243,7 @@ fn grpc_with_gzip_from_a_config_file() -> Result<()> {
     }
     let rt = runtime()?;
     let receiver = receiver(&rt, Protocol::Grpc)?;
-    let dir = std::env::temp_dir().join(format!("ztrace-e2e-otlp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ztrace_e2e::temp::TempDir::new("otlp")?;
     let file = dir.join("ztrace.toml");
     std::fs::write(
         &file,
@@ -270,7 +269,6 @@ fn grpc_with_gzip_from_a_config_file() -> Result<()> {
         ensure!(call.gzip, "{call:?}");
         ensure!(call.header("x-api-key") == Some("k1"), "{call:?}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -550,8 +548,7 @@ fn invalid_settings_name_their_source() {
         assert_usage_error(env, args, needle);
     }
     // A typo in a config file is named with the file.
-    let dir = std::env::temp_dir().join(format!("ztrace-e2e-badcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = ztrace_e2e::temp::TempDir::new("badcfg").expect("temp dir");
     let file = dir.join("ztrace.toml");
     std::fs::write(&file, "[otlp]\nendpont = \"http://x:1\"\n").expect("write");
     assert_usage_error(
@@ -559,5 +556,4 @@ fn invalid_settings_name_their_source() {
         &["--config", &file.to_string_lossy()],
         "unknown key `otlp.endpont`",
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

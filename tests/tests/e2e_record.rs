@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use ztrace_e2e::harness::{Proc, curl, privileged_or_skip, spawn_service, spawn_ztrace};
+use ztrace_e2e::{
+    harness::{Proc, curl, privileged_or_skip, spawn_service, spawn_ztrace},
+    temp::TempDir,
+};
 
 fn replay_as_nobody(file: &std::path::Path) -> Result<(i32, String, String)> {
     let out = ztrace_e2e::harness::ztrace_as_nobody()
@@ -40,8 +43,7 @@ fn record_then_replay_without_privileges() -> Result<()> {
     if !privileged_or_skip("record_then_replay_without_privileges") {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("ztrace-record-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir::new("record")?;
     // World-readable so the unprivileged replay can open it.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let file = dir.join("capture.zcap");
@@ -112,7 +114,6 @@ fn record_then_replay_without_privileges() -> Result<()> {
         code == 2 && stderr.contains("not a ztrace record file"),
         "{code} {stderr}"
     );
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
@@ -123,22 +124,21 @@ fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
     if !privileged_or_skip("record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote") {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("ztrace-full-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir::new("full")?;
     // A 64 KiB file system of its own: full after a few dozen requests.
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs"])
         .arg(&dir)
         .status()?;
     ensure!(mounted.success(), "mount -t tmpfs failed");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
+    /// Unmounts before the directory guard (declared earlier, dropped later) removes it.
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-            let _ = std::fs::remove_dir(&self.0);
+            let _ = std::process::Command::new("umount").arg(self.0).status();
         }
     }
-    let _unmount = Unmount(dir.clone());
+    let _unmount = Unmount(&dir);
     let file = dir.join("capture.zcap");
     let (mut recorder, services, front_port) = record_two_tier(&file)?;
     let urls: Vec<String> = (0..300)

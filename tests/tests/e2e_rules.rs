@@ -6,7 +6,7 @@
 //!   point rule marks the exported RED data points;
 //! - a broken rule stops start-up with exit 2 and one line naming the statement and the column.
 
-use std::{path::PathBuf, process::Command, thread, time::Duration};
+use std::{process::Command, thread, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
@@ -17,13 +17,11 @@ use ztrace_e2e::{
         ztrace_bin,
     },
     signals::{attr_int, attr_str},
+    temp::TempFile,
 };
 
-fn config_file(name: &str, text: &str) -> Result<PathBuf> {
-    let path =
-        std::env::temp_dir().join(format!("ztrace-rules-{name}-{}.toml", std::process::id()));
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+fn config_file(name: &str, text: &str) -> Result<TempFile> {
+    TempFile::new(&format!("rules-{name}"), "ztrace.toml", text)
 }
 
 const TOKEN: &str = "tk-5f1e9c0a7b";
@@ -68,7 +66,6 @@ statements = [
     curl(&urls)?;
     let spans = rt.block_on(receiver.wait_for_spans(30, Duration::from_secs(20)));
     stop_ztrace(&mut ztrace)?;
-    let _ = std::fs::remove_file(&config);
     let spans = if receiver.span_count() > spans.len() {
         receiver.spans()
     } else {
@@ -135,7 +132,6 @@ statements = ['set(attributes["ztrace.rules"], "on") where metric.name == "http.
     // Two more metric exports after the last request.
     thread::sleep(Duration::from_millis(2500));
     stop_ztrace(&mut ztrace)?;
-    let _ = std::fs::remove_file(&config);
     let stderr = ztrace.stderr_text();
     eprintln!("ztrace stderr:\n{stderr}");
     let spans = if receiver.span_count() > spans.len() {
@@ -200,7 +196,6 @@ statements = [
         .args(["--pid", &std::process::id().to_string(), "--config"])
         .arg(&config)
         .output()?;
-    let _ = std::fs::remove_file(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.code() == Some(2),

@@ -12,7 +12,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
@@ -30,6 +29,7 @@ use ztrace_e2e::{
     },
     receiver::ReceivedSpan,
     signals::{ReceivedLog, attr_str},
+    temp::TempFile,
 };
 
 const REQUESTS: usize = 200;
@@ -37,10 +37,8 @@ const REQUESTS: usize = 200;
 const FAIL_EVERY: usize = 25;
 const CLIENTS: usize = 4;
 
-fn config_file(name: &str, text: &str) -> Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("ztrace-{name}-{}.toml", std::process::id()));
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+fn config_file(name: &str, text: &str) -> Result<TempFile> {
+    TempFile::new(name, "ztrace.toml", text)
 }
 
 #[test]
@@ -100,7 +98,6 @@ status_code = { status_codes = ["ERROR"] }
     let failures = REQUESTS.div_ceil(FAIL_EVERY);
     thread::sleep(Duration::from_millis(1500));
     stop_ztrace(&mut ztrace)?;
-    let _ = std::fs::remove_file(&config);
     let spans = rt.block_on(receiver.wait_for_spans(3 * failures, Duration::from_secs(10)));
     // Nothing more may come: wait a little and take the final set.
     thread::sleep(Duration::from_millis(300));
@@ -285,7 +282,6 @@ min_requests = 5
     let fault_seen = fault_start.elapsed();
     thread::sleep(Duration::from_secs(3));
     stop_ztrace(&mut ztrace)?;
-    let _ = std::fs::remove_file(&config);
     let stderr = ztrace.stderr_text();
     eprintln!("ztrace stderr:\n{stderr}");
     let records: Vec<ReceivedLog> = receiver

@@ -39,8 +39,7 @@ fn under_the_filter_a_later_tls_process_is_still_traced() -> Result<()> {
     if !privileged_or_skip("under_the_filter_a_later_tls_process_is_still_traced") {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("ztrace-seccomp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ztrace_e2e::temp::TempDir::new("seccomp")?;
     // The server is not traced; the client is `openssl s_client` (linked to libssl), which the
     // traced shell starts after ztrace is up: inspecting it and putting uprobes on its libssl
     // happen under the filter. It writes its request two seconds after the handshake, once the
@@ -94,7 +93,6 @@ fn under_the_filter_a_later_tls_process_is_still_traced() -> Result<()> {
     }
     stop_ztrace(&mut ztrace)?;
     let log = ztrace.stderr_text();
-    let _ = std::fs::remove_dir_all(&dir);
     let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(10)));
     ztrace_e2e::harness::https_client_span(&spans, "/after-seccomp", &log)?;
     ensure!(

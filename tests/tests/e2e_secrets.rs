@@ -27,6 +27,7 @@ use ztrace_e2e::{
         spawn_ztrace_env,
     },
     receiver::ReceivedSpan,
+    temp::TempDir,
 };
 
 const AUTHORIZATION: &str = "authz-secret-7f3a";
@@ -141,11 +142,9 @@ with grpc.insecure_channel("127.0.0.1:" + port) as channel:
 time.sleep(0.2)
 "#;
 
-fn scratch(owner: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ztrace-secrets-{owner}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    run_ok(Command::new("chown").args([owner]).arg(&dir))?;
+fn scratch(owner: &str) -> Result<TempDir> {
+    let dir = TempDir::new(&format!("secrets-{owner}"))?;
+    run_ok(Command::new("chown").args([owner]).arg(dir.path()))?;
     Ok(dir)
 }
 
@@ -168,7 +167,7 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
 /// PostgreSQL with cleartext password authentication (the password crosses the wire as is).
 struct Postgres {
     bin: PathBuf,
-    dir: PathBuf,
+    dir: TempDir,
     port: u16,
     pid: u32,
 }
@@ -231,14 +230,13 @@ impl Drop for Postgres {
             ),
         )
         .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// MariaDB with a user `app` identified by a password.
 struct MariaDb {
     server: Proc,
-    dir: PathBuf,
+    dir: TempDir,
     port: u16,
     pid: u32,
 }
@@ -269,7 +267,7 @@ impl MariaDb {
         .spawn()?;
         let mut db = MariaDb {
             server: Proc::new(server),
-            dir: dir.clone(),
+            dir,
             port,
             pid: 0,
         };
@@ -280,7 +278,7 @@ impl MariaDb {
                 .map(|pid| db.pid = pid)
                 .is_some()
         })?;
-        let sock = dir.join("sock");
+        let sock = db.dir.join("sock");
         let setup = format!(
             "DROP USER IF EXISTS ''@'localhost'; \
              CREATE USER 'app'@'localhost' IDENTIFIED BY '{MY_PASSWORD}'; \
@@ -308,7 +306,6 @@ impl Drop for MariaDb {
     fn drop(&mut self) {
         self.server.signal(libc::SIGTERM);
         let _ = self.server.wait_exit(Duration::from_secs(20));
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -420,7 +417,7 @@ fn no_secret_leaves_with_default_settings() -> Result<()> {
     let (redis, redis_port) = start_redis()?;
     let pg = Postgres::start()?;
     let my = MariaDb::start()?;
-    let h2_dir = std::env::temp_dir().join(format!("ztrace-secrets-h2-{}", std::process::id()));
+    let h2_dir = TempDir::new("secrets-h2")?;
     let template = nginx_template(&h2_dir, H2_NGINX)?;
     let h2 = spawn_nginx(&template, &h2_dir, &[("SET_COOKIE", H2_SET_COOKIE.into())])?;
     let (grpc, grpc_port) = spawn_app({
@@ -477,7 +474,6 @@ fn no_secret_leaves_with_default_settings() -> Result<()> {
         receiver.logs_requests()
     );
     drop((http, redis, pg, my, h2, grpc));
-    let _ = std::fs::remove_dir_all(&h2_dir);
 
     // Not vacuous: every protocol was seen, and so were the errors that quote values.
     let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();

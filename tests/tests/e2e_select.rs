@@ -19,13 +19,8 @@ use ztrace_e2e::{
     },
     kernel::traced_set,
     receiver::ReceivedSpan,
+    temp::TempDir,
 };
-
-fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ztrace-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
 
 fn server_spans_of(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
     spans
@@ -89,7 +84,7 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-exe")?;
+    let dir = TempDir::new("select-exe")?;
     let python = renamed_python(&dir)?;
     let glob = format!("ztsel-python-{}*", std::process::id());
     let mut ztrace = spawn_ztrace(&[
@@ -145,7 +140,6 @@ fn exe_selector_traces_a_process_started_later() -> Result<()> {
         mine[0].resource_str("process.executable.name")
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -178,7 +172,7 @@ fn a_selected_process_s_existing_children_are_traced() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-children")?;
+    let dir = TempDir::new("select-children")?;
     let (_a, a_child, a_port) = parent_with_a_server_child("a")?;
     let (_b, b_child, b_port) = parent_with_a_server_child("b")?;
     let rule = |tag: &str| {
@@ -215,7 +209,6 @@ fn a_selected_process_s_existing_children_are_traced() -> Result<()> {
             ztrace.stderr_text()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -291,13 +284,25 @@ fn pid_listening_on(port: u16) -> Result<u32> {
         .with_context(|| format!("no process listens on {port}: {text}"))
 }
 
+/// Kills the processes running the script at this path (whatever PID the supervisor gave the
+/// service last) when dropped: also when the test fails before its end.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-f", &self.0.display().to_string()])
+            .status();
+    }
+}
+
 #[test]
 fn a_restarted_service_keeps_its_name() -> Result<()> {
     if !privileged_or_skip("a_restarted_service_keeps_its_name") {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-restart")?;
+    let dir = TempDir::new("select-restart")?;
     // The service's file name is the marker the rule selects on; the supervisor's own command
     // line (`bash supervise.sh`) does not contain it.
     let service = dir.join(format!("inventory_svc_{}.py", std::process::id()));
@@ -320,6 +325,8 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
             std::process::id()
         ),
     )?;
+    // Declared before the supervisor, so dropped after it: nothing restarts the service then.
+    let service_guard = KillOnDrop(service.clone());
     let supervisor = Command::new("bash")
         .arg(&script)
         .stdout(Stdio::null())
@@ -345,9 +352,7 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     stop_ztrace(&mut ztrace)?;
     drop(supervisor);
-    let _ = Command::new("pkill")
-        .args(["-f", &service.display().to_string()])
-        .status();
+    drop(service_guard);
     let spans = rt.block_on(receiver.wait_for_spans(2, Duration::from_secs(10)));
     for (pid, what) in [(first, "before"), (second, "after")] {
         let mine = server_spans_of(&spans, pid);
@@ -363,7 +368,6 @@ fn a_restarted_service_keeps_its_name() -> Result<()> {
             mine[0].resource_str("service.name")
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -373,7 +377,7 @@ fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-sighup")?;
+    let dir = TempDir::new("select-sighup")?;
     let (first, first_port) = named_service(&dir, "first_svc")?;
     let (second, second_port) = named_service(&dir, "second_svc")?;
     let rule = |name: &str, service: &str| cmdline_rule(name, Some(service));
@@ -434,7 +438,6 @@ fn sighup_adds_a_target_without_dropping_data() -> Result<()> {
         names == [Some("first".into()), Some("first-renamed".into())],
         "the first service's names before and after the reload: {names:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -448,7 +451,7 @@ fn sighup_untraces_a_service_no_longer_selected() -> Result<()> {
         return Ok(());
     }
     let (rt, receiver) = runtime_with_receiver()?;
-    let dir = scratch("select-deselect")?;
+    let dir = TempDir::new("select-deselect")?;
     let (kept, kept_port) = named_service(&dir, "kept_svc")?;
     let (dropped, dropped_port) = named_service(&dir, "dropped_svc")?;
     let rule = |name: &str| cmdline_rule(name, None);
@@ -515,6 +518,5 @@ fn sighup_untraces_a_service_no_longer_selected() -> Result<()> {
         paths(dropped.pid()),
         ztrace.stderr_text()
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

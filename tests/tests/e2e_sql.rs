@@ -3,13 +3,14 @@
 //! conventions (system, operation, table, namespace, sanitised query text, server errors) and
 //! client → server links — including PostgreSQL's fork-per-connection backends.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
     harness::{free_port, privileged_or_skip, run_ok, trace_server_and_clients},
     receiver::{ReceivedSpan, Receiver},
+    temp::TempDir,
 };
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -19,11 +20,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn scratch(owner: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ztrace-{owner}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    run_ok(Command::new("chown").args([owner]).arg(&dir))?;
+fn scratch(owner: &str) -> Result<TempDir> {
+    let dir = TempDir::new(owner)?;
+    run_ok(Command::new("chown").args([owner]).arg(dir.path()))?;
     Ok(dir)
 }
 
@@ -163,7 +162,6 @@ fn postgresql_statements_become_linked_database_spans() -> Result<()> {
         Ok(())
     })();
     stop();
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
@@ -221,6 +219,5 @@ fn mariadb_statements_become_linked_database_spans() -> Result<()> {
     })();
     server.signal(libc::SIGTERM);
     let _ = server.wait_exit(Duration::from_secs(20));
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -17,15 +17,13 @@ fn https_traffic_becomes_spans_through_openssl_uprobes() -> Result<()> {
     if !privileged_or_skip("https_traffic_becomes_spans_through_openssl_uprobes") {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("ztrace-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ztrace_e2e::temp::TempDir::new("tls")?;
     let (server, port, _cert) = spawn_https_server(&dir)?;
     let (rt, receiver) = runtime_with_receiver()?;
     let script = format!(
         "sleep 3; curl -sk https://127.0.0.1:{port}/a https://127.0.0.1:{port}/b >/dev/null"
     );
     let spans = trace_server_and_clients(&rt, &receiver, server.pid(), &script, &[], 4)?;
-    let _ = std::fs::remove_dir_all(&dir);
 
     let servers: Vec<_> = spans
         .iter()
@@ -73,7 +71,8 @@ fn tls_stacks_that_cannot_be_probed_are_reported() -> Result<()> {
         return Ok(());
     }
     // An executable carrying Go's crypto/tls marker and no libssl: a stand-in for a Go service.
-    let exe = std::env::temp_dir().join(format!("ztrace-gotls-{}", std::process::id()));
+    let dir = ztrace_e2e::temp::TempDir::new("gotls")?;
+    let exe = dir.join("gotls");
     let mut bytes = std::fs::read("/bin/sleep")?;
     bytes.extend_from_slice(b"\0crypto/tls.(*Conn).Read\0");
     std::fs::write(&exe, bytes)?;
@@ -87,7 +86,6 @@ fn tls_stacks_that_cannot_be_probed_are_reported() -> Result<()> {
         "2s".into(),
     ])?;
     let code = ztrace.wait_exit(Duration::from_secs(60));
-    let _ = std::fs::remove_file(&exe);
     let stderr = ztrace.stderr_text();
     ensure!(code == Some(0), "{stderr}");
     ensure!(
@@ -107,8 +105,7 @@ fn openssl_loaded_after_start_is_probed_at_the_first_handshake() -> Result<()> {
     if !privileged_or_skip("openssl_loaded_after_start_is_probed_at_the_first_handshake") {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("ztrace-tls-late-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ztrace_e2e::temp::TempDir::new("tls-late")?;
     let (cert, key) = self_signed(&dir)?;
     let mut node = Command::new("node");
     node.arg(apps_dir().join("https_node.js"))
@@ -139,7 +136,6 @@ get(3)
     );
     let script = format!("sleep 3; python3 -c '{}'", client.replace('\'', "'\\''"));
     let spans = trace_server_and_clients(&rt, &receiver, server.pid(), &script, &[], 4)?;
-    let _ = std::fs::remove_dir_all(&dir);
     for n in [2, 3] {
         let path = format!("/item/{n}");
         let c = spans
@@ -214,8 +210,7 @@ fn a_program_inspected_before_its_loader_mapped_libssl_is_probed_at_its_handshak
     ) {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("ztrace-tls-held-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ztrace_e2e::temp::TempDir::new("tls-held")?;
     let (_server, port, _cert) = spawn_https_server(&dir)?;
     let (rt, receiver) = runtime_with_receiver()?;
     let script = format!(
@@ -235,7 +230,6 @@ fn a_program_inspected_before_its_loader_mapped_libssl_is_probed_at_its_handshak
     std::thread::sleep(Duration::from_millis(500));
     ztrace_e2e::harness::stop_ztrace(&mut ztrace)?;
     let log = ztrace.stderr_text();
-    let _ = std::fs::remove_dir_all(&dir);
     let spans = rt.block_on(receiver.wait_for_spans(1, Duration::from_secs(10)));
     ztrace_e2e::harness::https_client_span(&spans, "/after-the-loader", &log)?;
     ensure!(

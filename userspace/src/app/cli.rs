@@ -769,8 +769,7 @@ mod tests {
         let args = export_args(&["--parser-budget", "8MiB"]);
         let r = resolve_export(&args, HashMap::new()).unwrap();
         assert_eq!(r.config.parser_budget, 8 << 20);
-        let dir = std::env::temp_dir().join(format!("ztrace-budget-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ztrace_e2e::temp::TempDir::new("budget").unwrap();
         let path = dir.join("ztrace.toml");
         let path_s = path.to_string_lossy().to_string();
         for (text, want) in [
@@ -798,7 +797,6 @@ mod tests {
         let args = export_args(&["--config", &path_s, "--parser-budget", "3MiB"]);
         let r = resolve_export(&args, HashMap::new()).unwrap();
         assert_eq!(r.config.parser_budget, 3 << 20);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn export_args(argv: &[&str]) -> ExportArgs {
@@ -912,8 +910,7 @@ mod tests {
 
     #[test]
     fn config_file_fills_what_flags_leave_open() {
-        let dir = std::env::temp_dir().join(format!("ztrace-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ztrace_e2e::temp::TempDir::new("cli").unwrap();
         let path = dir.join("ztrace.toml");
         std::fs::write(
             &path,
@@ -980,7 +977,6 @@ mod tests {
         assert_eq!(got.max_sockets, 4096);
         assert!(Cli::try_parse_from(["ztrace", "--max-sockets", "1023"]).is_err());
         assert!(Cli::try_parse_from(["ztrace", "--max-sockets", "4194305"]).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn pid(pid: u32, name: Option<&str>) -> config::PidSpec {
@@ -1047,8 +1043,7 @@ mod tests {
                 .is_ok()
         );
 
-        let dir = std::env::temp_dir().join(format!("ztrace-sockp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ztrace_e2e::temp::TempDir::new("sockp").unwrap();
         let path = dir.join("ztrace.toml");
         let path_s = path.to_string_lossy().to_string();
         let from_file = |text: &str, args: &[&str]| {
@@ -1085,7 +1080,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("different socket probes"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -91,8 +91,7 @@ mod tests {
 
     #[test]
     fn flags_and_file_keys() {
-        let dir = std::env::temp_dir().join(format!("ztrace-peer-args-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ztrace_e2e::temp::TempDir::new("peer-args").unwrap();
         let secret = dir.join("secret");
         std::fs::write(&secret, "  0123456789abcdef\n").unwrap();
         // Off by default.
@@ -127,6 +126,5 @@ mod tests {
         assert!(listen_only.config(None).is_err());
         std::fs::write(&secret, "short").unwrap();
         assert!(PeerArgs::default().config(Some(&file)).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -269,11 +269,13 @@ pub fn first_marker<T: Copy>(
 mod tests {
     use super::*;
 
-    fn temp(name: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {
-        let path = std::env::temp_dir().join(format!("ztrace-elf-{}-{name}", std::process::id()));
+    /// `bytes` in a file of a scratch directory (removed when the guard drops), opened.
+    fn temp(name: &str, bytes: &[u8]) -> (ztrace_e2e::temp::TempDir, File) {
+        let dir = ztrace_e2e::temp::TempDir::new("elf").unwrap();
+        let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         let file = File::open(&path).unwrap();
-        (path, file)
+        (dir, file)
     }
 
     #[test]
@@ -282,7 +284,7 @@ mod tests {
         // Straddles the first chunk boundary.
         bytes[CHUNK - 3..CHUNK + 5].copy_from_slice(b"rustls!!");
         bytes[CHUNK * 2..CHUNK * 2 + 5].copy_from_slice(b"crypt");
-        let (path, file) = temp("markers", &bytes);
+        let (_dir, file) = temp("markers", &bytes);
         let markers: &[(&[u8], u8)] = &[(b"crypto/tls.", 1), (b"rustls", 2), (b"xxxx", 3)];
         assert_eq!(first_marker(&file, markers, u64::MAX).unwrap(), Some(2));
         assert_eq!(first_marker(&file, &markers[..1], u64::MAX).unwrap(), None);
@@ -291,7 +293,6 @@ mod tests {
             first_marker(&file, &markers[1..2], (CHUNK - 4) as u64).unwrap(),
             None
         );
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
@@ -301,9 +302,8 @@ mod tests {
         assert!(needs_library(&me, b"libc.so").unwrap());
         assert!(!needs_library(&me, b"libssl.so").unwrap());
         // Not an ELF file: needs nothing.
-        let (path, file) = temp("not-elf", &[b'#'; 80]);
+        let (_dir, file) = temp("not-elf", &[b'#'; 80]);
         assert!(!needs_library(&file, b"libc.so").unwrap());
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]
@@ -336,8 +336,7 @@ mod tests {
         let addr = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"malloc".as_ptr()) } as u64;
         assert_eq!(base + offset, addr);
         // Not an ELF file: no symbols, no error.
-        let (tmp, junk) = temp("junk", &[0u8; 128]);
+        let (_dir, junk) = temp("junk", &[0u8; 128]);
         assert!(exported_functions(&junk, &["malloc"]).unwrap().is_empty());
-        let _ = std::fs::remove_file(tmp);
     }
 }

@@ -324,11 +324,7 @@ mod tests {
     /// test makes its own fresh directory (whatever else the temporary directory holds).
     #[test]
     fn a_library_under_a_path_with_spaces_is_opened_through_map_files() {
-        let tmp = std::env::temp_dir();
-        let dir = (0..1000)
-            .map(|n| tmp.join(format!("ztrace-maps-{}-{n}", std::process::id())))
-            .find(|d| std::fs::create_dir(d).is_ok())
-            .expect("a fresh directory in the temporary directory");
+        let dir = ztrace_e2e::temp::TempDir::new("maps").unwrap();
         let spaced = dir.join("with spaces");
         std::fs::create_dir(&spaced).unwrap();
         // A library named like libssl: any ELF shared object serves; libz is small and
@@ -365,7 +361,6 @@ mod tests {
             ..m.clone()
         };
         assert!(open_mapping(pid, &wrong).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -405,7 +400,8 @@ mod tests {
     /// memory grows by far less than the file (the old scan read up to 256 MiB into memory).
     #[test]
     fn scanning_a_large_executable_keeps_memory_bounded() {
-        let path = std::env::temp_dir().join(format!("ztrace-big-exe-{}", std::process::id()));
+        let dir = ztrace_e2e::temp::TempDir::new("big-exe").unwrap();
+        let path = dir.join("big-exe");
         let file = File::create(&path).unwrap();
         // Sparse: no disk used; reads return zeros.
         file.set_len(200 << 20).unwrap();
@@ -415,7 +411,6 @@ mod tests {
         let mut cache = Cache::default();
         let (_, c) = cache.contents(&file, true).unwrap();
         let grown = peak_rss().saturating_sub(before);
-        let _ = std::fs::remove_file(&path);
         assert!(c.uncovered.is_none() && c.functions.is_empty());
         assert!(grown < 32 << 20, "peak memory grew by {grown} bytes");
     }

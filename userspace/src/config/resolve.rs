@@ -1307,8 +1307,7 @@ mod tests {
 
     #[test]
     fn tls_files_are_read_and_checked() {
-        let dir = std::env::temp_dir().join(format!("ztrace-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ztrace_e2e::temp::TempDir::new("config").unwrap();
         let ca = dir.join("ca.pem");
         std::fs::write(
             &ca,
@@ -1339,7 +1338,6 @@ mod tests {
         );
         let err = resolve_env(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", &ca_s)]).unwrap_err();
         assert!(err.0.contains("needs both"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

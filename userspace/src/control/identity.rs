@@ -123,8 +123,7 @@ mod tests {
 
     #[test]
     fn kept_across_restarts() {
-        let dir = std::env::temp_dir().join(format!("ztrace-uid-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = ztrace_e2e::temp::TempDir::new("uid-test").unwrap();
         let a = Kept::open(&dir, 1).uid;
         let b = Kept::open(&dir, 2).uid;
         assert_eq!(a, b);
@@ -137,6 +136,5 @@ mod tests {
             "the longer uid before is overwritten whole"
         );
         assert_eq!(parse_hex("zz"), None);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

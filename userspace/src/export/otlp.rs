@@ -1535,7 +1535,7 @@ mod tests {
 
     #[tokio::test]
     async fn tls_with_a_custom_ca() -> anyhow::Result<()> {
-        let dir = std::env::temp_dir().join(format!("ztrace-tls-{}", std::process::id()));
+        let dir = ztrace_e2e::temp::TempDir::new("tls")?;
         let id = rx::test_certificates(&dir)?;
         for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
             let receiver = Receiver::start_with(Options {
@@ -1572,7 +1572,6 @@ mod tests {
             assert_eq!(receiver.span_count(), 1);
             receiver.stop().await;
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 

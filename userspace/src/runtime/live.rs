@@ -170,6 +170,17 @@ struct Processes {
     dropped: HashMap<u32, std::time::Instant>,
 }
 
+/// What the capture loop works on when a process starts or stops being traced, in one place
+/// (`t` in [`run_async`]): the probes and the kernel's traced set, the traced processes, where
+/// records go, and the TLS inspection.
+struct Tracer {
+    capture: Capture,
+    procs: Processes,
+    sink: Destination,
+    inspector: Inspector,
+    tls_watch: TlsWatch,
+}
+
 /// How long after a process was untraced by a retarget its reported forks are untraced too.
 const DROPPED_FORKS: Duration = Duration::from_secs(2);
 
@@ -200,7 +211,7 @@ impl Processes {
 
 async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
     let Started {
-        mut capture,
+        capture,
         record,
         mono_to_unix,
     } = started;
@@ -255,7 +266,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
     };
     let mut answers = Vec::new();
     // Where each process's OpenSSL is, found off this loop (executables can be 100 MB).
-    let mut inspector = Inspector::start().context("starting the TLS inspection thread")?;
+    let inspector = Inspector::start().context("starting the TLS inspection thread")?;
     let mut procs = Processes {
         alive: HashSet::new(),
         service_name: cfg.service_name.clone(),
@@ -305,20 +316,19 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             targets.retain(|&p| p != me);
         }
     }
-    let mut tls_watch = TlsWatch::default();
+    let mut t = Tracer {
+        capture,
+        procs,
+        sink,
+        inspector,
+        tls_watch: TlsWatch::default(),
+    };
     for &pid in &targets {
-        start_tracing(
-            pid,
-            &mut capture,
-            &mut procs,
-            &mut sink,
-            &mut inspector,
-            &mut tls_watch,
-        )?;
+        t.start_tracing(pid)?;
     }
-    capture.attach()?;
+    t.capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
-    let mut ring = unsafe { AsyncFd::register(RingFd(capture.ring()?)) }
+    let mut ring = unsafe { AsyncFd::register(RingFd(t.capture.ring()?)) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     log::info!(
         "tracing {} process(es): {:?}{} (socket data from {}); {what}",
@@ -329,10 +339,10 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         } else {
             ""
         },
-        capture.source(),
+        t.capture.source(),
     );
 
-    let mut control = match (cfg.control.take(), &sink) {
+    let mut control = match (cfg.control.take(), &t.sink) {
         (Some(start), Destination::Trace { .. }) => {
             let now_unix = clock_ns(libc::CLOCK_REALTIME).max(0) as u64;
             Some(crate::control::Control::start(start, now_unix).map_err(anyhow::Error::msg)?)
@@ -356,12 +366,12 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 let mut guard = guard.context("waiting for the ring buffer")?;
                 // A ring that never empties must not starve signals, timers and exits: take a
                 // bounded batch per turn and stay "ready" when records are left.
-                if drain(&mut guard.get_inner_mut().0, &mut sink, &mut changes, DRAIN_BATCH)? {
+                if drain(&mut guard.get_inner_mut().0, &mut t.sink, &mut changes, DRAIN_BATCH)? {
                     guard.clear_ready();
                 }
             }
             _ = tick.tick() => {
-                drain(&mut ring.get_mut().0, &mut sink, &mut changes, DRAIN_BATCH)?;
+                drain(&mut ring.get_mut().0, &mut t.sink, &mut changes, DRAIN_BATCH)?;
             }
             _ = peer_answers(&mut peer, &mut answers) => {}
             _ = sigint.recv() => break "interrupted",
@@ -378,73 +388,66 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 }
             }
             pending = crate::control::next_pending(&mut control) => {
-                let result = apply_remote(&pending.plan, &mut sink, &mut selection);
+                let result = apply_remote(&pending.plan, &mut t.sink, &mut selection);
                 let _ = pending.reply.send(result);
             }
             _ = sleep_until(deadline) => break "--duration elapsed",
         }
         for change in changes.drain(..) {
             match change {
-                ProcChange::Forked { pid, parent } if procs.dropped.contains_key(&parent) => {
+                ProcChange::Forked { pid, parent } if t.procs.dropped.contains_key(&parent) => {
                     log::debug!("untracing child {pid} of {parent}, which is no longer selected");
-                    if let Err(e) = capture.untrace(pid) {
+                    if let Err(e) = t.capture.untrace(pid) {
                         log::warn!("process {pid} is no longer selected but stays traced: {e:#}");
                     }
                     // Its own children, forked before this, are reported after it.
-                    procs.dropped.insert(pid, std::time::Instant::now());
+                    t.procs.dropped.insert(pid, std::time::Instant::now());
                 }
                 ProcChange::Forked { pid, parent } => {
                     log::info!("following new child process {pid} of {parent}");
-                    procs.inherit(pid, parent);
-                    procs.add(pid, &mut sink)?;
+                    t.procs.inherit(pid, parent);
+                    t.procs.add(pid, &mut t.sink)?;
                 }
                 ProcChange::Execed { pid } => {
-                    procs.add(pid, &mut sink)?;
-                    inspector.ask(pid);
-                    tls_watch.inspected(pid);
+                    t.procs.add(pid, &mut t.sink)?;
+                    t.inspector.ask(pid);
+                    t.tls_watch.inspected(pid);
                 }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
-                    procs.remove(pid);
-                    tls_watch.exited(pid);
+                    t.procs.remove(pid);
+                    t.tls_watch.exited(pid);
                 }
                 ProcChange::ExecedUntraced { pid } => selection.on_exec(pid),
                 ProcChange::TlsHandshake { pid } => {
-                    if procs.alive.contains(&pid)
-                        && tls_watch.handshake(pid, std::time::Instant::now())
+                    if t.procs.alive.contains(&pid)
+                        && t.tls_watch.handshake(pid, std::time::Instant::now())
                     {
                         log::debug!("TLS: process {pid} began a handshake; inspecting it again");
-                        inspector.ask(pid);
+                        t.inspector.ask(pid);
                     }
                 }
             }
         }
         let mut matched = Vec::new();
         for (pid, name) in selection.matched() {
-            if procs.alive.contains(&pid) {
+            if t.procs.alive.contains(&pid) {
                 // Traced already: a service name a reload or remote change now gives it is
                 // its Resource's from here on.
                 if let Some(name) = name
-                    && procs.names.get(&pid) != Some(&name)
+                    && t.procs.names.get(&pid) != Some(&name)
                 {
                     log::info!("process {pid} is now service {name:?}");
-                    procs.names.insert(pid, name);
-                    procs.add(pid, &mut sink)?;
+                    t.procs.names.insert(pid, name);
+                    t.procs.add(pid, &mut t.sink)?;
                 }
                 continue;
             }
             log::info!("tracing process {pid}: it matches a selector");
             if let Some(name) = name {
-                procs.names.insert(pid, name);
+                t.procs.names.insert(pid, name);
             }
-            start_tracing(
-                pid,
-                &mut capture,
-                &mut procs,
-                &mut sink,
-                &mut inspector,
-                &mut tls_watch,
-            )?;
+            t.start_tracing(pid)?;
             matched.push(pid);
         }
         // Children a process had before it matched (a rule added by SIGHUP or OpAMP, a port
@@ -454,68 +457,61 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         if cfg.follow_children && !matched.is_empty() {
             let me = std::process::id();
             for (child, parent) in process::descendants_with_parents(&matched) {
-                if child == me || procs.alive.contains(&child) {
+                if child == me || t.procs.alive.contains(&child) {
                     continue;
                 }
                 log::info!(
                     "tracing process {child}: a child of {parent}, which matches a selector"
                 );
-                procs.inherit(child, parent);
-                start_tracing(
-                    child,
-                    &mut capture,
-                    &mut procs,
-                    &mut sink,
-                    &mut inspector,
-                    &mut tls_watch,
-                )?;
+                t.procs.inherit(child, parent);
+                t.start_tracing(child)?;
             }
         }
-        if let Some(dropped) = selection.due_drops(&procs.alive, cfg.follow_children) {
-            deselect(&mut capture, &mut procs, &mut tls_watch, &dropped);
+        if let Some(dropped) = selection.due_drops(&t.procs.alive, cfg.follow_children) {
+            t.deselect(&dropped);
         }
-        for (pid, answer) in inspector.answers() {
-            apply_tls(&mut capture, pid, answer, &mut tls_watch);
+        for (pid, answer) in t.inspector.answers() {
+            apply_tls(&mut t.capture, pid, answer, &mut t.tls_watch);
         }
-        sink.poll(mono_now_ns())?;
-        sink.peer_io(&mut peer, &mut answers);
+        t.sink.poll(mono_now_ns())?;
+        t.sink.peer_io(&mut peer, &mut answers);
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
-            procs.dropped.retain(|_, at| at.elapsed() < DROPPED_FORKS);
+            t.procs.dropped.retain(|_, at| at.elapsed() < DROPPED_FORKS);
             // A missed exit event (e.g. the ring was full) must not keep us running forever, and
             // a missed exit in the kernel (see `probes::sched`) must not leave the PID traced
             // for its next owner.
-            procs.alive.retain(|&pid| {
+            t.procs.alive.retain(|&pid| {
                 let alive = process::is_alive(pid);
-                if !alive && let Err(e) = capture.untrace(pid) {
+                if !alive && let Err(e) = t.capture.untrace(pid) {
                     log::warn!("process {pid} exited unseen; leaving the traced set: {e:#}");
                 }
                 alive
             });
-            let now = (capture.counters(), sink.export_stats());
-            sink.kernel_counters(now.0);
-            sink.flush_record();
+            let now = (t.capture.counters(), t.sink.export_stats());
+            t.sink.kernel_counters(now.0);
+            t.sink.flush_record();
             report_losses(&reported, &now);
             if let Some(c) = &control {
-                c.health(health(procs.alive.len(), &reported, &now));
+                c.health(health(t.procs.alive.len(), &reported, &now));
             }
             reported = now;
         }
-        if procs.alive.is_empty() && selection.rules.is_empty() {
+        if t.procs.alive.is_empty() && selection.rules.is_empty() {
             break "every traced process has exited";
         }
-        if sink.record_failed() {
+        if t.sink.record_failed() {
             break "the record file cannot be written";
         }
     };
     log::info!("stopping: {reason}; detaching and flushing");
-    if tls_watch.rechecks > 0 {
+    if t.tls_watch.rechecks > 0 {
         log::info!(
             "TLS: {} processes inspected again after a TLS handshake (OpenSSL loaded after they started)",
-            tls_watch.rechecks
+            t.tls_watch.rechecks
         );
     }
-    let counters = capture.counters();
+    let counters = t.capture.counters();
     if counters.tls_learnt + counters.tls_ambiguous + counters.tls_unattributed > 0 {
         log::info!(
             "TLS sockets learnt from ciphertext reads (memory-BIO OpenSSL such as Node.js): {} bound, {} bound anew after reuse, {} left unbound as ambiguous; {} OpenSSL calls' plaintext dropped for want of a socket",
@@ -526,12 +522,12 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         );
     }
     if cfg.probe_stats {
-        report_probe_costs(&capture.probe_costs());
+        report_probe_costs(&t.capture.probe_costs());
     }
     // Detach every probe first, so the ring stops filling; then take what it still holds, then
     // everything the sink holds.
-    drop(capture);
-    drain(&mut ring.get_mut().0, &mut sink, &mut changes, usize::MAX)?;
+    drop(t.capture);
+    drain(&mut ring.get_mut().0, &mut t.sink, &mut changes, usize::MAX)?;
     drop(ring);
     if let Some(p) = &peer {
         p.log_summary();
@@ -539,7 +535,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
     if let Some(c) = control {
         c.stop(Duration::from_secs(2)).await;
     }
-    sink.finish(mono_now_ns(), &counters).await
+    t.sink.finish(mono_now_ns(), &counters).await
 }
 
 /// Applies a validated remote configuration whole: everything that can fail (compiling the
@@ -577,47 +573,37 @@ fn apply_remote(
     Ok(())
 }
 
-/// Starts tracing `pid`: adds it to the kernel's traced set, describes it (its Resource) and
-/// looks for the TLS library it loaded.
-fn start_tracing(
-    pid: u32,
-    capture: &mut Capture,
-    procs: &mut Processes,
-    sink: &mut Destination,
-    inspector: &mut Inspector,
-    tls_watch: &mut TlsWatch,
-) -> Result<()> {
-    capture.trace(pid)?;
-    procs.add(pid, sink)?;
-    inspector.ask(pid);
-    tls_watch.inspected(pid);
-    Ok(())
-}
-
-/// A retarget's grace is over: the processes it no longer selects leave the kernel's traced set
-/// (see `selection.rs`).
-fn deselect(
-    capture: &mut Capture,
-    procs: &mut Processes,
-    tls_watch: &mut TlsWatch,
-    dropped: &[u32],
-) {
-    for &pid in dropped {
-        if let Err(e) = capture.untrace(pid) {
-            log::warn!("process {pid} is no longer selected but stays traced: {e:#}");
-            continue;
-        }
-        procs.remove(pid);
-        procs.dropped.insert(pid, std::time::Instant::now());
-        tls_watch.exited(pid);
+impl Tracer {
+    /// Starts tracing `pid`: adds it to the kernel's traced set, describes it (its Resource) and
+    /// looks for the TLS library it loaded.
+    fn start_tracing(&mut self, pid: u32) -> Result<()> {
+        self.capture.trace(pid)?;
+        self.procs.add(pid, &mut self.sink)?;
+        self.inspector.ask(pid);
+        self.tls_watch.inspected(pid);
+        Ok(())
     }
-    log::info!(
-        "retarget: untraced {} process(es) no longer selected; tracing {}",
-        dropped.len(),
-        procs.alive.len()
-    );
-    if !dropped.is_empty() {
-        log::debug!("retarget: untraced {dropped:?}");
+
+    /// A retarget's grace is over: the processes it no longer selects leave the kernel's traced
+    /// set (see `selection.rs`).
+    fn deselect(&mut self, dropped: &[u32]) {
+        for &pid in dropped {
+            if let Err(e) = self.capture.untrace(pid) {
+                log::warn!("process {pid} is no longer selected but stays traced: {e:#}");
+                continue;
+            }
+            self.procs.remove(pid);
+            self.procs.dropped.insert(pid, std::time::Instant::now());
+            self.tls_watch.exited(pid);
+        }
+        log::info!(
+            "retarget: untraced {} process(es) no longer selected; tracing {}",
+            dropped.len(),
+            self.procs.alive.len()
+        );
+        if !dropped.is_empty() {
+            log::debug!("retarget: untraced {dropped:?}");
+        }
     }
 }
 

@@ -278,9 +278,7 @@ mod tests {
     #[test]
     fn record_files_are_private_and_never_written_through_a_link() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("ztrace-record-perm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ztrace_e2e::temp::TempDir::new("record-perm").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
 
         let fresh = dir.join("new.zcap");
@@ -302,7 +300,6 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(Writer::create(&link, header()).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn info() -> ProcessInfo {

@@ -62,8 +62,7 @@ mod tests {
     /// filter (which refuses opening files for writing): checked in a child process.
     #[test]
     fn a_uid_assigned_later_is_stored_under_the_filter() {
-        let dir = std::env::temp_dir().join(format!("ztrace-uid-seccomp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = ztrace_e2e::temp::TempDir::new("uid-seccomp").unwrap();
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--ignored",
@@ -72,7 +71,7 @@ mod tests {
                 "--test-threads=1",
                 CHILD,
             ])
-            .env("ZTRACE_UID_DIR", &dir)
+            .env("ZTRACE_UID_DIR", dir.path())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stderr).into_owned()
@@ -80,7 +79,6 @@ mod tests {
         assert!(out.status.success() && text.contains("1 passed"), "{text}");
         let stored = std::fs::read_to_string(dir.join("opamp-instance-uid")).unwrap();
         assert_eq!(stored, "05".repeat(16) + "\n");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
