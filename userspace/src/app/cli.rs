@@ -556,8 +556,14 @@ pub fn main() -> i32 {
         Some(Command::Replay {
             file,
             throughput: Some(passes),
+            tail,
             ..
         }) => {
+            if tail.any() {
+                log::warn!(
+                    "--throughput measures the pipeline and encoding only: the tail sampling and anomaly flags are not applied"
+                );
+            }
             return match bench::replay_throughput(&file, passes.max(1)) {
                 Ok(t) => {
                     println!(
