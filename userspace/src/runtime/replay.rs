@@ -22,9 +22,12 @@ use crate::{
     runtime::telemetry::Telemetry,
 };
 
-/// Records between two turns of the pipeline and the processors. Turns come by record count, not
-/// by time, so they fall at the same records on every run.
+/// The pipeline and the processors take a turn (release, decide) every this many records, and
+/// whenever the recording's clock has moved this far since the last turn (the daemon's drain
+/// tick): both depend on the records only, so turns fall at the same records on every run, and
+/// sparse traffic is decided when it would have been live, not thousands of records later.
 const TURN_EVERY: u64 = 1024;
+const TURN_NS: u64 = 10_000_000;
 
 /// What a replay applies: the settings the daemon resolves from the same flags, environment and
 /// config file (the head sampler is in `export`).
@@ -50,6 +53,8 @@ struct Stages {
     released: Vec<Span>,
     changes: Vec<ProcChange>,
     records: u64,
+    /// The recording's clock at the last turn.
+    turned_ns: u64,
 }
 
 impl Stages {
@@ -67,6 +72,7 @@ impl Stages {
             released: Vec::new(),
             changes: Vec::new(),
             records: 0,
+            turned_ns: 0,
         }
     }
 
@@ -74,17 +80,21 @@ impl Stages {
         self.processors.process_info(info);
     }
 
-    /// One record; at each turn what may be exported now goes to `out`.
-    fn record(&mut self, raw: &[u8], out: &mut Vec<Span>) {
+    /// One record; at a turn (true) what may be exported now goes to `out`.
+    fn record(&mut self, raw: &[u8], out: &mut Vec<Span>) -> bool {
         self.pipeline.on_record(raw, &mut self.changes);
         self.changes.clear();
         self.records += 1;
-        if self.records.is_multiple_of(TURN_EVERY) {
-            // 0: the pipeline's own clock, the latest record's time.
-            self.pipeline.poll(0, &mut self.released);
-            let now = self.pipeline.clock_ns();
-            self.processors.run(&mut self.released, now, out);
+        let now = self.pipeline.clock_ns();
+        if !self.records.is_multiple_of(TURN_EVERY) && now.saturating_sub(self.turned_ns) < TURN_NS
+        {
+            return false;
         }
+        self.turned_ns = now;
+        // 0: the pipeline's own clock, the latest record's time.
+        self.pipeline.poll(0, &mut self.released);
+        self.processors.run(&mut self.released, now, out);
+        true
     }
 
     /// The end of the file: everything still held is finished, every pending trace decided.
@@ -146,11 +156,10 @@ pub fn replay(path: &std::path::Path, mut cfg: ReplayConfig) -> Result<()> {
                     exporter.process(info);
                 }
                 Frame::Record(raw) => {
-                    stages.record(&raw, &mut spans);
-                    for span in spans.drain(..) {
-                        exporter.submit_waiting(span).await;
-                    }
-                    if stages.records.is_multiple_of(TURN_EVERY) {
+                    if stages.record(&raw, &mut spans) {
+                        for span in spans.drain(..) {
+                            exporter.submit_waiting(span).await;
+                        }
                         telemetry.poll(
                             &mut stages.pipeline,
                             &mut stages.processors,
@@ -340,9 +349,9 @@ mod processors_on_the_recording_clock {
     /// Exchanges in the recording (two records each: more than one turn).
     const EXCHANGES: u64 = 1500;
 
-    /// One client's HTTP exchanges with a server on one connection, 2 ms apart; every 25th is
-    /// answered 500.
-    fn records() -> Vec<Vec<u8>> {
+    /// One client's `n` HTTP exchanges with a server on one connection, `gap` ns apart; every
+    /// 25th is answered 500.
+    fn records(n: u64, gap: u64) -> Vec<Vec<u8>> {
         let io = Io {
             pid: 7,
             tid: 7,
@@ -352,14 +361,14 @@ mod processors_on_the_recording_clock {
         };
         let (mut rx, mut tx) = (1u32, 1u32);
         let mut out = Vec::new();
-        for i in 0..EXCHANGES {
+        for i in 0..n {
             let req = format!("GET /item/{i}?ticket=t{i} HTTP/1.1\r\nHost: a\r\n\r\n");
             let resp: &[u8] = if i % 25 == 0 {
                 b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\nno"
             } else {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
             };
-            let t = 1_000 * MS + 2 * MS * i;
+            let t = 1_000 * MS + gap * i;
             out.push(data_record(&io, false, t, rx, req.as_bytes()));
             out.push(data_record(&io, true, t + MS, tx, resp));
             rx = rx.wrapping_add(req.len() as u32);
@@ -389,8 +398,8 @@ mod processors_on_the_recording_clock {
         }
     }
 
-    /// The spans a replay exports, and how many came out before the end of the file.
-    fn replay(mut cfg: ReplayConfig) -> (Vec<Span>, usize) {
+    /// The spans a replay of `records` exports, and how many came out before the end of the file.
+    fn replay(mut cfg: ReplayConfig, records: &[Vec<u8>]) -> (Vec<Span>, usize) {
         let rules = std::mem::take(&mut cfg.rules);
         let mut stages = Stages::new(1_700_000_000_000_000_000, &cfg, rules);
         stages.process(&crate::model::ProcessInfo {
@@ -399,8 +408,8 @@ mod processors_on_the_recording_clock {
             ..Default::default()
         });
         let mut out = Vec::new();
-        for r in records() {
-            stages.record(&r, &mut out);
+        for r in records {
+            stages.record(r, &mut out);
         }
         let before_end = out.len();
         stages.finish(&mut out);
@@ -427,7 +436,8 @@ status_code = { status_codes = ["ERROR"] }
     /// clock, which hardly moves here); the same output on every run.
     #[test]
     fn tail_sampling_keeps_the_error_traces_by_the_recording_clock() {
-        let (spans, before_end) = replay(config(ERRORS_ONLY));
+        let records = records(EXCHANGES, 2 * MS);
+        let (spans, before_end) = replay(config(ERRORS_ONLY), &records);
         let errors = EXCHANGES.div_ceil(25) as usize;
         assert_eq!(spans.len(), errors, "{spans:#?}");
         assert!(
@@ -436,12 +446,13 @@ status_code = { status_codes = ["ERROR"] }
                 .all(|s| s.http().and_then(|h| h.status) == Some(500)),
             "{spans:#?}"
         );
-        // Turn 1 (record 1024, 1 s of recording in) decided the error traces older than 100 ms.
+        // Decided as the recording's clock passed 100 ms after each: all but the last few before
+        // the end of the file.
         assert!(
             before_end > 0 && before_end < errors,
             "{before_end} of {errors} before the end"
         );
-        let (again, again_before) = replay(config(ERRORS_ONLY));
+        let (again, again_before) = replay(config(ERRORS_ONLY), &records);
         assert_eq!(before_end, again_before);
         let ids = |s: &[Span]| {
             s.iter()
@@ -451,12 +462,25 @@ status_code = { status_codes = ["ERROR"] }
         assert_eq!(ids(&spans), ids(&again), "the same output on every run");
     }
 
+    /// Sparse traffic (a request a second, far fewer records than a turn's count): each trace
+    /// is decided once the recording's clock is past its decision wait, not at the end.
+    #[test]
+    fn sparse_traffic_is_decided_as_the_recording_clock_passes() {
+        let (spans, before_end) = replay(config(ERRORS_ONLY), &records(100, 1_000 * MS));
+        assert_eq!(spans.len(), 4, "requests 0, 25, 50, 75");
+        assert_eq!(
+            before_end, 4,
+            "each decided a second later, by the next request"
+        );
+    }
+
     /// A transform rule of the config file rewrites the replayed spans; without tail sampling
     /// every span comes out.
     #[test]
     fn transform_rules_apply_to_replayed_spans() {
-        let (spans, _) = replay(config(
-            r#"
+        let (spans, _) = replay(
+            config(
+                r#"
 [[transform.trace_statements]]
 context = "span"
 statements = [
@@ -464,7 +488,9 @@ statements = [
   'delete_key(attributes, "url.path")',
 ]
 "#,
-        ));
+            ),
+            &records(EXCHANGES, 2 * MS),
+        );
         assert_eq!(spans.len() as u64, EXCHANGES);
         for s in &spans {
             let edits = s.edits.as_deref().expect("edited by the rule");
