@@ -350,3 +350,45 @@ fn bad_opamp_settings_stop_start_up() {
         "--opamp-certificate",
     );
 }
+
+/// `ztrace replay` resolves the processors as the daemon does: a bad tail sampling setting or a
+/// broken rule stops it before the file is read, with the same one line.
+#[test]
+fn replay_checks_tail_sampling_and_rules_like_the_daemon() {
+    let dir = std::env::temp_dir();
+    let id = std::process::id();
+    let tail = dir.join(format!("ztrace-replay-bad-tail-{id}.toml"));
+    std::fs::write(
+        &tail,
+        "[[tail_sampling.policies]]\nname = \"slow\"\ntype = \"latency\"\nlatency = { threshold = 500 }\n",
+    )
+    .unwrap();
+    let rules = dir.join(format!("ztrace-replay-bad-rule-{id}.toml"));
+    std::fs::write(
+        &rules,
+        "[[transform.trace_statements]]\ncontext = \"span\"\nstatements = ['set(attributes[\"a\"] \"b\")']\n",
+    )
+    .unwrap();
+    let missing = dir.join(format!("ztrace-replay-no-such-file-{id}.zcap"));
+    let missing = missing.display().to_string();
+    assert_usage_error(
+        &ztrace(
+            &["replay", "--config", &tail.display().to_string(), &missing],
+            &[],
+        ),
+        "tail_sampling.policies[0].latency.threshold: unknown setting",
+    );
+    assert_usage_error(
+        &ztrace(&["replay", "--sample-healthy", "150%", &missing], &[]),
+        "--sample-healthy: `150%` is not a percentage",
+    );
+    assert_usage_error(
+        &ztrace(
+            &["replay", "--config", &rules.display().to_string(), &missing],
+            &[],
+        ),
+        "expected `,` or `)`",
+    );
+    let _ = std::fs::remove_file(&tail);
+    let _ = std::fs::remove_file(&rules);
+}

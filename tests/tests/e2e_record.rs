@@ -1,11 +1,14 @@
 //! `ztrace record` captures the raw event stream of real processes (as root); `ztrace replay`
-//! turns it into the same linked spans without any privilege, identically on every run.
+//! turns it into the same linked spans without any privilege, identically on every run, through
+//! the same processors as the daemon (rules, tail sampling) on the recording's own clock.
 
-use std::time::Duration;
+use std::{collections::HashMap, path::Path, time::Duration};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, curl, privileged_or_skip, spawn_service, spawn_ztrace},
+    harness::{Proc, curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace},
+    receiver::{ReceivedSpan, Receiver},
     temp::TempDir,
 };
 
@@ -171,6 +174,184 @@ fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
         spans >= 3 && spans < 3 * urls.len(),
         "{spans} spans replayed from a file cut by a full disk (want some, not all)"
     );
+    drop(services);
+    Ok(())
+}
+
+/// `ztrace replay ARGS… FILE` as nobody, exporting to `receiver` (running on the caller's
+/// runtime); every span it received once the replay has exited (it flushes before it exits).
+fn replay_to(receiver: &Receiver, file: &Path, args: &[&str]) -> Result<Vec<ReceivedSpan>> {
+    let out = ztrace_e2e::harness::ztrace_as_nobody()
+        .arg("replay")
+        .args(args)
+        .args(["--otlp-endpoint", &receiver.endpoint()])
+        .arg(file)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "replay {args:?} failed ({:?}): {stderr}",
+        out.status.code()
+    );
+    // Exported before the process exited; a moment for the receiver's side of the last call.
+    std::thread::sleep(Duration::from_millis(200));
+    eprintln!("replay {args:?} stderr:\n{stderr}");
+    Ok(receiver.spans())
+}
+
+/// A span as exported, for comparing two replays: its resource and every field, ids included.
+fn exported(spans: &[ReceivedSpan]) -> Vec<String> {
+    let mut v: Vec<String> = spans
+        .iter()
+        .map(|s| format!("{:?} {:?}", s.resource, s.span))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A recording of the two-tier services under real probes, with some error responses, replayed
+/// (unprivileged) with the config file's `probabilistic 0` + `status_code ERROR` tail policies:
+/// exactly the error traces reach the collector, each whole (frontend SERVER and CLIENT, backend
+/// SERVER), the same every time; and with a `[transform]` rule, every replayed span carries its
+/// changes.
+#[test]
+fn replay_applies_tail_sampling_and_rules_from_the_config_file() -> Result<()> {
+    if !privileged_or_skip("replay_applies_tail_sampling_and_rules_from_the_config_file") {
+        return Ok(());
+    }
+    const REQUESTS: usize = 120;
+    const FAIL_EVERY: usize = 12;
+    let dir = TempDir::new("replay-proc")?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let write = |name: &str, text: &str| -> Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        Ok(path.display().to_string())
+    };
+    let errors_only = write(
+        "errors.toml",
+        r#"
+[tail_sampling]
+decision_wait = "500ms"
+
+[[tail_sampling.policies]]
+name = "healthy"
+type = "probabilistic"
+probabilistic = { sampling_percentage = 0 }
+
+[[tail_sampling.policies]]
+name = "errors"
+type = "status_code"
+status_code = { status_codes = ["ERROR"] }
+"#,
+    )?;
+    let rules = write(
+        "rules.toml",
+        r#"
+[[transform.trace_statements]]
+context = "span"
+statements = [
+  'set(attributes["replay.note"], "rewritten")',
+  'delete_key(attributes, "url.path")',
+]
+"#,
+    )?;
+    let file = dir.join("capture.zcap");
+    let (mut recorder, services, front_port) = record_two_tier(&file)?;
+    let urls: Vec<String> = (0..REQUESTS)
+        .map(|i| {
+            if i % FAIL_EVERY == 0 {
+                format!("http://127.0.0.1:{front_port}/api/fail")
+            } else {
+                format!("http://127.0.0.1:{front_port}/api/p{i}")
+            }
+        })
+        .collect();
+    curl(&urls)?;
+    std::thread::sleep(Duration::from_millis(300));
+    recorder.signal(libc::SIGINT);
+    ensure!(
+        recorder.wait_exit(Duration::from_secs(30)) == Some(0),
+        "{}",
+        recorder.stderr_text()
+    );
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let [frontend, backend] = &services;
+    let failures = REQUESTS.div_ceil(FAIL_EVERY);
+
+    let (rt, first) = runtime_with_receiver()?;
+    let spans = replay_to(&first, &file, &["--config", &errors_only])?;
+    let mut traces: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in &spans {
+        traces.entry(s.trace_id_hex()).or_default().push(s);
+    }
+    ensure!(
+        traces.len() == failures,
+        "{} traces replayed, want the {failures} error traces: {:#?}",
+        traces.len(),
+        spans
+            .iter()
+            .map(|s| (
+                s.trace_id_hex(),
+                s.span.name.clone(),
+                s.attr_str("url.path")
+            ))
+            .collect::<Vec<_>>()
+    );
+    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
+    for (id, t) in &traces {
+        let mut shape: Vec<(u32, i32)> = t.iter().map(|s| (pid(s), s.span.kind)).collect();
+        shape.sort();
+        let mut want = vec![
+            (frontend.pid(), SpanKind::Server as i32),
+            (frontend.pid(), SpanKind::Client as i32),
+            (backend.pid(), SpanKind::Server as i32),
+        ];
+        want.sort();
+        ensure!(shape == want, "trace {id} is not whole: {shape:?}");
+        for s in t {
+            ensure!(
+                s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32),
+                "trace {id}: a span that is not an error: {:?}",
+                s.span
+            );
+            ensure!(
+                s.span.trace_state == "ot=th:0",
+                "trace {id}: tracestate `{}`, want ot=th:0",
+                s.span.trace_state
+            );
+        }
+    }
+
+    // The same file and config, again: the same spans, field for field.
+    let second = rt.block_on(Receiver::start())?;
+    let again = replay_to(&second, &file, &["--config", &errors_only])?;
+    ensure!(
+        exported(&spans) == exported(&again),
+        "two replays with the same config differ: {} spans, then {}",
+        spans.len(),
+        again.len()
+    );
+
+    // A transform rule: set on every span, and `url.path` (every SERVER span has one) gone.
+    let third = rt.block_on(Receiver::start())?;
+    let rewritten = replay_to(&third, &file, &["--config", &rules])?;
+    ensure!(
+        rewritten.len() == 3 * REQUESTS,
+        "{} spans with the rules (no sampling), want {}",
+        rewritten.len(),
+        3 * REQUESTS
+    );
+    for s in &rewritten {
+        ensure!(
+            s.attr_str("replay.note").as_deref() == Some("rewritten") && !s.has_attr("url.path"),
+            "a replayed span without the rule's changes: {:?}",
+            s.span
+        );
+    }
     drop(services);
     Ok(())
 }

@@ -49,14 +49,20 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         file: PathBuf,
     },
-    /// Run a record file through the span pipeline and exporters. Needs no privileges.
+    /// Run a record file through the span pipeline, the processors (rules, tail sampling,
+    /// anomaly detection: the same flags and config file as the daemon) and the exporters. Time
+    /// is the recording's own clock, so the same file and settings give the same output every
+    /// time. Needs no privileges.
     Replay {
         /// A file written by `ztrace record`.
         file: PathBuf,
         #[command(flatten)]
         export: Box<ExportArgs>,
-        /// Benchmark instead: run the whole userspace path (decode → … → OTLP encoding) N times
-        /// over the file on one core, send nothing, and print events/s and spans/s.
+        #[command(flatten)]
+        tail: Box<super::tail_args::TailArgs>,
+        /// Benchmark instead: run the userspace path (decode → … → linking → OTLP encoding) N
+        /// times over the file on one core, send nothing, and print events/s and spans/s. The
+        /// processors (rules, tail sampling, anomaly detection) are not part of it.
         #[arg(long, value_name = "PASSES")]
         throughput: Option<u32>,
         /// Replay without the seccomp allow-list (a recording is hostile input: by default,
@@ -550,8 +556,14 @@ pub fn main() -> i32 {
         Some(Command::Replay {
             file,
             throughput: Some(passes),
+            tail,
             ..
         }) => {
+            if tail.any() {
+                log::warn!(
+                    "--throughput measures the pipeline and encoding only: the tail sampling and anomaly flags are not applied"
+                );
+            }
             return match bench::replay_throughput(&file, passes.max(1)) {
                 Ok(t) => {
                     println!(
@@ -572,6 +584,7 @@ pub fn main() -> i32 {
         Some(Command::Replay {
             file,
             export,
+            tail,
             no_seccomp,
             ..
         }) => {
@@ -579,16 +592,28 @@ pub fn main() -> i32 {
                 Ok(r) => r,
                 Err(e) => return usage_error(e),
             };
-            let privacy = r.config.privacy.clone();
-            let memory = r.config.parser_budget;
+            // The processors as the daemon resolves them from the same flags and file.
+            let (tail, anomaly) = match tail.config(r.file.as_ref()) {
+                Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
+            let rules = match Program::compile(&r.config.rules) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
             return match replay::replay(
                 &file,
-                r.export,
-                r.service_name,
-                r.db_query_text,
-                &privacy,
-                memory,
-                !no_seccomp,
+                replay::ReplayConfig {
+                    privacy: r.config.privacy.clone(),
+                    parser_budget: r.config.parser_budget,
+                    export: r.export,
+                    service_name: r.service_name,
+                    db_query_text: r.db_query_text,
+                    seccomp: !no_seccomp,
+                    tail,
+                    anomaly,
+                    rules,
+                },
             ) {
                 Ok(()) => 0,
                 Err(e) => usage_error(format!("{e:#}")),

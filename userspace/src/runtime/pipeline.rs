@@ -209,6 +209,11 @@ impl Pipeline {
         self.assembler.budget.set_limit(bytes);
     }
 
+    /// The latest time a record carried (monotonic): the recording's own clock in a replay.
+    pub fn clock_ns(&self) -> u64 {
+        self.last_ns
+    }
+
     /// Releases settled spans. `now_ns` is monotonic time (the kernel's clock).
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<Span>) {
         let now_ns = now_ns.max(self.last_ns);

@@ -1,7 +1,9 @@
-//! `ztrace replay`: runs a record file through the same pipeline and exporter as the live daemon,
-//! without the kernel, so it needs no privileges and the same file gives the same spans (ids
-//! included) every time. It owns the replay loop only; it must not touch the kernel or the
-//! record file format (that is `record`).
+//! `ztrace replay`: runs a record file through the same pipeline, processors (rules, tail
+//! sampling, anomaly detection) and exporter as the live daemon, without the kernel, so it needs
+//! no privileges and the same file with the same configuration gives the same output (ids
+//! included) every time. Time, for the linker and the processors alike, is the recording's own
+//! clock: the latest record's monotonic timestamp, never the wall clock. It owns the replay loop
+//! only; it must not touch the kernel or the record file format (that is `record`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,30 +11,108 @@ use anyhow::{Context, Result};
 
 use crate::{
     capture::KernelCounters,
-    config::Privacy,
+    config::{AnomalyConfig, Privacy, TailSampling},
     export::{ExportConfig, Exporter},
+    model::{ProcessInfo, Span},
+    processors::{chain::Processors, ottl::Program},
     runtime::destination::summary,
     runtime::live::runtime,
-    runtime::pipeline::Pipeline,
+    runtime::pipeline::{Pipeline, ProcChange},
     runtime::record::{self, Frame},
+    runtime::telemetry::Telemetry,
 };
 
-/// Runs a record file through the pipeline and exporter. Needs no privileges; the same file
-/// gives the same spans (ids included) every time.
-pub fn replay(
-    path: &std::path::Path,
-    export: ExportConfig,
-    service_name: Option<String>,
-    db_query_text: bool,
-    privacy: &Privacy,
-    parser_budget: usize,
-    seccomp: bool,
-) -> Result<()> {
+/// The pipeline and the processors take a turn (release, decide) every this many records, and
+/// whenever the recording's clock has moved this far since the last turn (the daemon's drain
+/// tick): both depend on the records only, so turns fall at the same records on every run, and
+/// sparse traffic is decided when it would have been live, not thousands of records later.
+const TURN_EVERY: u64 = 1024;
+const TURN_NS: u64 = 10_000_000;
+
+/// What a replay applies: the settings the daemon resolves from the same flags, environment and
+/// config file (the head sampler is in `export`).
+pub struct ReplayConfig {
+    pub export: ExportConfig,
+    pub service_name: Option<String>,
+    pub db_query_text: bool,
+    pub privacy: Privacy,
+    pub parser_budget: usize,
+    /// Under the daemon's seccomp allow-list.
+    pub seccomp: bool,
+    pub tail: Option<TailSampling>,
+    pub anomaly: Option<AnomalyConfig>,
+    pub rules: Program,
+}
+
+/// The stages between the file and the exporter: the pipeline, then the processors, both on the
+/// recording's clock ([`Pipeline::clock_ns`]).
+struct Stages {
+    pipeline: Pipeline,
+    processors: Processors,
+    /// Released by the linker, not yet through the processors.
+    released: Vec<Span>,
+    changes: Vec<ProcChange>,
+    records: u64,
+    /// The recording's clock at the last turn.
+    turned_ns: u64,
+}
+
+impl Stages {
+    fn new(mono_to_unix_ns: i64, cfg: &ReplayConfig, rules: Program) -> Stages {
+        // Seeded from the recording so ids are reproducible.
+        let mut pipeline = Pipeline::new(mono_to_unix_ns as i128, Some(mono_to_unix_ns as u64));
+        pipeline.set_db_query_text(cfg.db_query_text);
+        pipeline.set_privacy(&cfg.privacy);
+        pipeline.set_parser_budget(cfg.parser_budget);
+        let mut processors = Processors::new(cfg.tail.as_ref(), cfg.anomaly.as_ref());
+        processors.set_rules(rules);
+        Stages {
+            pipeline,
+            processors,
+            released: Vec::new(),
+            changes: Vec::new(),
+            records: 0,
+            turned_ns: 0,
+        }
+    }
+
+    fn process(&mut self, info: &ProcessInfo) {
+        self.processors.process_info(info);
+    }
+
+    /// One record; at a turn (true) what may be exported now goes to `out`.
+    fn record(&mut self, raw: &[u8], out: &mut Vec<Span>) -> bool {
+        self.pipeline.on_record(raw, &mut self.changes);
+        self.changes.clear();
+        self.records += 1;
+        let now = self.pipeline.clock_ns();
+        if !self.records.is_multiple_of(TURN_EVERY) && now.saturating_sub(self.turned_ns) < TURN_NS
+        {
+            return false;
+        }
+        self.turned_ns = now;
+        // 0: the pipeline's own clock, the latest record's time.
+        self.pipeline.poll(0, &mut self.released);
+        self.processors.run(&mut self.released, now, out);
+        true
+    }
+
+    /// The end of the file: everything still held is finished, every pending trace decided.
+    fn finish(&mut self, out: &mut Vec<Span>) {
+        self.pipeline.drain(0, &mut self.released);
+        let now = self.pipeline.clock_ns();
+        self.processors.drain(&mut self.released, now, out);
+    }
+}
+
+/// Runs a record file through the pipeline, the processors and the exporter. Needs no
+/// privileges; the same file and configuration give the same output (ids included) every time.
+pub fn replay(path: &std::path::Path, mut cfg: ReplayConfig) -> Result<()> {
     let mut reader =
         record::Reader::open(path).with_context(|| format!("reading {}", path.display()))?;
     // A recording may come from anyone (a bug report): its frames are parsed under the
     // daemon's allow-list, installed before any thread starts.
-    if seccomp {
+    if cfg.seccomp {
         let n = crate::capture::seccomp::install().map_err(|e| {
             anyhow::anyhow!(
                 "installing the seccomp allow-list failed: {e} (--no-seccomp runs without it)"
@@ -44,43 +124,48 @@ pub fn replay(
     // same file gives the same batches, hence the same output, however fast the machine is.
     let export = ExportConfig {
         batch_delay: crate::export::FOREVER,
-        ..export
+        ..cfg.export.clone()
     };
+    let rules = std::mem::take(&mut cfg.rules);
     runtime()?.block_on(async move {
         let exporter = Exporter::spawn(export);
-        // Seeded from the recording so ids are reproducible.
-        let mut pipeline = Pipeline::new(
-            reader.header.mono_to_unix_ns as i128,
-            Some(reader.header.mono_to_unix_ns as u64),
+        let mono_to_unix = reader.header.mono_to_unix_ns;
+        let mut stages = Stages::new(mono_to_unix, &cfg, rules);
+        // Anomaly records, shipped as the daemon ships them, and the processors' summary.
+        let mut telemetry = Telemetry::new(
+            crate::signals::metrics::MetricsConfig::default().interval,
+            mono_to_unix as i128,
+            &crate::capture::process::host_name(),
         );
-        pipeline.set_db_query_text(db_query_text);
-        pipeline.set_privacy(privacy);
-        pipeline.set_parser_budget(parser_budget);
-        let (mut spans, mut changes) = (Vec::new(), Vec::new());
-        let mut records = 0u64;
+        let mut spans = Vec::new();
         while let Some(frame) = reader
             .next_frame()
             .with_context(|| format!("reading {}", path.display()))?
         {
             match frame {
                 Frame::Process(mut info) => {
-                    if let Some(name) = &service_name {
+                    if let Some(name) = &cfg.service_name {
                         info.service_name = name.clone();
                     }
-                    if !privacy.command_args {
+                    if !cfg.privacy.command_args {
                         info.command_args.clear(); // recordings made before the opt-in existed
                     }
-                    exporter.process(Arc::from(info));
+                    stages.process(&info);
+                    let info = Arc::from(info);
+                    telemetry.process(Arc::clone(&info));
+                    exporter.process(info);
                 }
                 Frame::Record(raw) => {
-                    pipeline.on_record(&raw, &mut changes);
-                    changes.clear();
-                    records += 1;
-                    if records.is_multiple_of(1024) {
-                        pipeline.poll(0, &mut spans);
+                    if stages.record(&raw, &mut spans) {
                         for span in spans.drain(..) {
                             exporter.submit_waiting(span).await;
                         }
+                        telemetry.poll(
+                            &mut stages.pipeline,
+                            &mut stages.processors,
+                            &exporter,
+                            false,
+                        );
                     }
                 }
             }
@@ -91,15 +176,27 @@ pub fn replay(
                 path.display()
             );
         }
-        pipeline.drain(0, &mut spans);
+        stages.finish(&mut spans);
         for span in spans.drain(..) {
             exporter.submit_waiting(span).await;
         }
+        telemetry.kernel(KernelCounters {
+            submitted: stages.records,
+            ..Default::default()
+        });
+        telemetry.poll(
+            &mut stages.pipeline,
+            &mut stages.processors,
+            &exporter,
+            true,
+        );
+        exporter.flush_signals(Duration::from_secs(10)).await;
         let stats = exporter.shutdown(Duration::from_secs(10)).await;
+        telemetry.summary(&stages.pipeline, &stages.processors, &stats);
         summary(
-            &pipeline.stats(),
+            &stages.pipeline.stats(),
             &KernelCounters {
-                submitted: records,
+                submitted: stages.records,
                 ..Default::default()
             },
             &stats,
@@ -236,5 +333,172 @@ mod hostile_files {
         }
         // Both outcomes happen: the mutations reach the pipeline, and the reader refuses some.
         assert!(spans > 0 && errors > 0, "spans {spans}, errors {errors}");
+    }
+}
+
+/// The processors in a replay: the daemon's configuration resolved from a config file, applied
+/// on the recording's clock.
+#[cfg(test)]
+mod processors_on_the_recording_clock {
+    use super::*;
+    use crate::config::{self, ConfigFile, Sources, TailFlags};
+    use crate::model::AttrVal;
+    use crate::runtime::pipeline::testdata::{Io, record as data_record};
+
+    const MS: u64 = 1_000_000;
+    /// Exchanges in the recording (two records each: more than one turn).
+    const EXCHANGES: u64 = 1500;
+
+    /// One client's `n` HTTP exchanges with a server on one connection, `gap` ns apart; every
+    /// 25th is answered 500.
+    fn records(n: u64, gap: u64) -> Vec<Vec<u8>> {
+        let io = Io {
+            pid: 7,
+            tid: 7,
+            sock: 0xabc,
+            local: 8080,
+            remote: 40_000,
+        };
+        let (mut rx, mut tx) = (1u32, 1u32);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let req = format!("GET /item/{i}?ticket=t{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let resp: &[u8] = if i % 25 == 0 {
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\nno"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            let t = 1_000 * MS + gap * i;
+            out.push(data_record(&io, false, t, rx, req.as_bytes()));
+            out.push(data_record(&io, true, t + MS, tx, resp));
+            rx = rx.wrapping_add(req.len() as u32);
+            tx = tx.wrapping_add(resp.len() as u32);
+        }
+        out
+    }
+
+    fn config(text: &str) -> ReplayConfig {
+        let file = ConfigFile::parse(text, std::path::Path::new("test.toml")).unwrap();
+        let resolved = config::resolve(&Sources {
+            file: Some(&file),
+            ..Sources::default()
+        })
+        .unwrap();
+        let (tail, anomaly) = config::resolve_tail(&TailFlags::default(), Some(&file)).unwrap();
+        ReplayConfig {
+            export: ExportConfig::default(),
+            service_name: None,
+            db_query_text: false,
+            privacy: resolved.privacy.clone(),
+            parser_budget: resolved.parser_budget,
+            seccomp: false,
+            tail,
+            anomaly,
+            rules: Program::compile(&resolved.rules).unwrap(),
+        }
+    }
+
+    /// The spans a replay of `records` exports, and how many came out before the end of the file.
+    fn replay(mut cfg: ReplayConfig, records: &[Vec<u8>]) -> (Vec<Span>, usize) {
+        let rules = std::mem::take(&mut cfg.rules);
+        let mut stages = Stages::new(1_700_000_000_000_000_000, &cfg, rules);
+        stages.process(&crate::model::ProcessInfo {
+            pid: 7,
+            service_name: "svc".into(),
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        for r in records {
+            stages.record(r, &mut out);
+        }
+        let before_end = out.len();
+        stages.finish(&mut out);
+        (out, before_end)
+    }
+
+    const ERRORS_ONLY: &str = r#"
+[tail_sampling]
+decision_wait = "100ms"
+
+[[tail_sampling.policies]]
+name = "healthy"
+type = "probabilistic"
+probabilistic = { sampling_percentage = 0 }
+
+[[tail_sampling.policies]]
+name = "errors"
+type = "status_code"
+status_code = { status_codes = ["ERROR"] }
+"#;
+
+    /// `probabilistic 0` + `status_code ERROR`: exactly the error traces, decided as the
+    /// recording's clock passes their decision wait (not only at the end, and not by the wall
+    /// clock, which hardly moves here); the same output on every run.
+    #[test]
+    fn tail_sampling_keeps_the_error_traces_by_the_recording_clock() {
+        let records = records(EXCHANGES, 2 * MS);
+        let (spans, before_end) = replay(config(ERRORS_ONLY), &records);
+        let errors = EXCHANGES.div_ceil(25) as usize;
+        assert_eq!(spans.len(), errors, "{spans:#?}");
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.http().and_then(|h| h.status) == Some(500)),
+            "{spans:#?}"
+        );
+        // Decided as the recording's clock passed 100 ms after each: all but the last few before
+        // the end of the file.
+        assert!(
+            before_end > 0 && before_end < errors,
+            "{before_end} of {errors} before the end"
+        );
+        let (again, again_before) = replay(config(ERRORS_ONLY), &records);
+        assert_eq!(before_end, again_before);
+        let ids = |s: &[Span]| {
+            s.iter()
+                .map(|s| (s.trace_id, s.span_id, s.th))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&spans), ids(&again), "the same output on every run");
+    }
+
+    /// Sparse traffic (a request a second, far fewer records than a turn's count): each trace
+    /// is decided once the recording's clock is past its decision wait, not at the end.
+    #[test]
+    fn sparse_traffic_is_decided_as_the_recording_clock_passes() {
+        let (spans, before_end) = replay(config(ERRORS_ONLY), &records(100, 1_000 * MS));
+        assert_eq!(spans.len(), 4, "requests 0, 25, 50, 75");
+        assert_eq!(
+            before_end, 4,
+            "each decided a second later, by the next request"
+        );
+    }
+
+    /// A transform rule of the config file rewrites the replayed spans; without tail sampling
+    /// every span comes out.
+    #[test]
+    fn transform_rules_apply_to_replayed_spans() {
+        let (spans, _) = replay(
+            config(
+                r#"
+[[transform.trace_statements]]
+context = "span"
+statements = [
+  'set(attributes["url.query"], "redacted")',
+  'delete_key(attributes, "url.path")',
+]
+"#,
+            ),
+            &records(EXCHANGES, 2 * MS),
+        );
+        assert_eq!(spans.len() as u64, EXCHANGES);
+        for s in &spans {
+            let edits = s.edits.as_deref().expect("edited by the rule");
+            assert_eq!(
+                edits.get("url.query"),
+                Some(Some(&AttrVal::Str("redacted".into())))
+            );
+            assert_eq!(edits.get("url.path"), Some(None));
+        }
     }
 }
