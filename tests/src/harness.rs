@@ -588,3 +588,24 @@ pub fn ensure_proxied_client(
     );
     Ok(())
 }
+
+/// A config file's tail sampling that keeps exactly the error traces (`probabilistic 0` +
+/// `status_code ERROR`), deciding `decision_wait` (e.g. "500ms") after a trace's last span.
+pub fn errors_only_tail_sampling(decision_wait: &str) -> String {
+    format!(
+        r#"
+[tail_sampling]
+decision_wait = "{decision_wait}"
+
+[[tail_sampling.policies]]
+name = "healthy"
+type = "probabilistic"
+probabilistic = {{ sampling_percentage = 0 }}
+
+[[tail_sampling.policies]]
+name = "errors"
+type = "status_code"
+status_code = {{ status_codes = ["ERROR"] }}
+"#
+    )
+}

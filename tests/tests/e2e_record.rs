@@ -7,7 +7,10 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
-    harness::{Proc, curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace},
+    harness::{
+        Proc, curl, errors_only_tail_sampling, privileged_or_skip, runtime_with_receiver,
+        spawn_service, spawn_ztrace,
+    },
     receiver::{ReceivedSpan, Receiver},
     temp::TempDir,
 };
@@ -231,23 +234,7 @@ fn replay_applies_tail_sampling_and_rules_from_the_config_file() -> Result<()> {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         Ok(path.display().to_string())
     };
-    let errors_only = write(
-        "errors.toml",
-        r#"
-[tail_sampling]
-decision_wait = "500ms"
-
-[[tail_sampling.policies]]
-name = "healthy"
-type = "probabilistic"
-probabilistic = { sampling_percentage = 0 }
-
-[[tail_sampling.policies]]
-name = "errors"
-type = "status_code"
-status_code = { status_codes = ["ERROR"] }
-"#,
-    )?;
+    let errors_only = write("errors.toml", &errors_only_tail_sampling("500ms"))?;
     let rules = write(
         "rules.toml",
         r#"

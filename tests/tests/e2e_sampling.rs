@@ -25,7 +25,8 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
     harness::{
-        curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
+        curl, errors_only_tail_sampling, privileged_or_skip, runtime_with_receiver, spawn_service,
+        spawn_ztrace, stop_ztrace,
     },
     receiver::ReceivedSpan,
     signals::{ReceivedLog, attr_str},
@@ -46,23 +47,7 @@ fn error_traces_are_exported_whole_and_nothing_else() -> Result<()> {
     if !privileged_or_skip("error_traces_are_exported_whole_and_nothing_else") {
         return Ok(());
     }
-    let config = config_file(
-        "errors",
-        r#"
-[tail_sampling]
-decision_wait = "500ms"
-
-[[tail_sampling.policies]]
-name = "healthy"
-type = "probabilistic"
-probabilistic = { sampling_percentage = 0 }
-
-[[tail_sampling.policies]]
-name = "errors"
-type = "status_code"
-status_code = { status_codes = ["ERROR"] }
-"#,
-    )?;
+    let config = config_file("errors", &errors_only_tail_sampling("500ms"))?;
     let (rt, receiver) = runtime_with_receiver()?;
     let (backend, backend_port) = spawn_service(&["backend"])?;
     let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;

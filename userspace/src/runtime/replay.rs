@@ -416,20 +416,9 @@ mod processors_on_the_recording_clock {
         (out, before_end)
     }
 
-    const ERRORS_ONLY: &str = r#"
-[tail_sampling]
-decision_wait = "100ms"
-
-[[tail_sampling.policies]]
-name = "healthy"
-type = "probabilistic"
-probabilistic = { sampling_percentage = 0 }
-
-[[tail_sampling.policies]]
-name = "errors"
-type = "status_code"
-status_code = { status_codes = ["ERROR"] }
-"#;
+    fn errors_only() -> String {
+        ztrace_e2e::harness::errors_only_tail_sampling("100ms")
+    }
 
     /// `probabilistic 0` + `status_code ERROR`: exactly the error traces, decided as the
     /// recording's clock passes their decision wait (not only at the end, and not by the wall
@@ -437,7 +426,7 @@ status_code = { status_codes = ["ERROR"] }
     #[test]
     fn tail_sampling_keeps_the_error_traces_by_the_recording_clock() {
         let records = records(EXCHANGES, 2 * MS);
-        let (spans, before_end) = replay(config(ERRORS_ONLY), &records);
+        let (spans, before_end) = replay(config(&errors_only()), &records);
         let errors = EXCHANGES.div_ceil(25) as usize;
         assert_eq!(spans.len(), errors, "{spans:#?}");
         assert!(
@@ -452,7 +441,7 @@ status_code = { status_codes = ["ERROR"] }
             before_end > 0 && before_end < errors,
             "{before_end} of {errors} before the end"
         );
-        let (again, again_before) = replay(config(ERRORS_ONLY), &records);
+        let (again, again_before) = replay(config(&errors_only()), &records);
         assert_eq!(before_end, again_before);
         let ids = |s: &[Span]| {
             s.iter()
@@ -466,7 +455,7 @@ status_code = { status_codes = ["ERROR"] }
     /// is decided once the recording's clock is past its decision wait, not at the end.
     #[test]
     fn sparse_traffic_is_decided_as_the_recording_clock_passes() {
-        let (spans, before_end) = replay(config(ERRORS_ONLY), &records(100, 1_000 * MS));
+        let (spans, before_end) = replay(config(&errors_only()), &records(100, 1_000 * MS));
         assert_eq!(spans.len(), 4, "requests 0, 25, 50, 75");
         assert_eq!(
             before_end, 4,
