@@ -609,3 +609,65 @@ status_code = {{ status_codes = ["ERROR"] }}
 "#
     )
 }
+
+/// `spans` are exactly `want` whole error traces of the two-tier services (frontend SERVER and
+/// CLIENT, backend SERVER), every span an error kept with probability 1 (`ot=th:0`), as
+/// [`errors_only_tail_sampling`] keeps them.
+pub fn ensure_whole_error_traces(
+    spans: &[crate::receiver::ReceivedSpan],
+    want: usize,
+    frontend: u32,
+    backend: u32,
+) -> Result<()> {
+    use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+    let mut traces: std::collections::HashMap<String, Vec<&crate::receiver::ReceivedSpan>> =
+        Default::default();
+    for s in spans {
+        traces.entry(s.trace_id_hex()).or_default().push(s);
+    }
+    anyhow::ensure!(
+        traces.len() == want,
+        "{} traces, want the {want} error traces; spans: {:#?}",
+        traces.len(),
+        spans
+            .iter()
+            .map(|s| (
+                s.trace_id_hex(),
+                s.span.name.clone(),
+                s.attr_str("url.path")
+            ))
+            .collect::<Vec<_>>()
+    );
+    let mut whole = vec![
+        (frontend, SpanKind::Server as i32),
+        (frontend, SpanKind::Client as i32),
+        (backend, SpanKind::Server as i32),
+    ];
+    whole.sort();
+    for (id, t) in &traces {
+        let mut shape: Vec<(u32, i32)> = t
+            .iter()
+            .map(|s| {
+                (
+                    s.resource_int("process.pid").unwrap_or(-1) as u32,
+                    s.span.kind,
+                )
+            })
+            .collect();
+        shape.sort();
+        anyhow::ensure!(shape == whole, "trace {id} is not whole: {shape:?}");
+        for s in t {
+            anyhow::ensure!(
+                s.span.trace_state == "ot=th:0",
+                "trace {id}: tracestate `{}`, want ot=th:0 (kept with probability 1)",
+                s.span.trace_state
+            );
+            anyhow::ensure!(
+                s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32),
+                "trace {id}: a span of an error trace that is not an error: {:?}",
+                s.span
+            );
+        }
+    }
+    Ok(())
+}

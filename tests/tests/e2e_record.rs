@@ -2,14 +2,13 @@
 //! turns it into the same linked spans without any privilege, identically on every run, through
 //! the same processors as the daemon (rules, tail sampling) on the recording's own clock.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
     harness::{
-        Proc, curl, errors_only_tail_sampling, privileged_or_skip, runtime_with_receiver,
-        spawn_service, spawn_ztrace,
+        Proc, curl, ensure_whole_error_traces, errors_only_tail_sampling, privileged_or_skip,
+        runtime_with_receiver, spawn_service, spawn_ztrace,
     },
     receiver::{ReceivedSpan, Receiver},
     temp::TempDir,
@@ -271,47 +270,8 @@ statements = [
 
     let (rt, first) = runtime_with_receiver()?;
     let spans = replay_to(&first, &file, &["--config", &errors_only])?;
-    let mut traces: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
-    for s in &spans {
-        traces.entry(s.trace_id_hex()).or_default().push(s);
-    }
-    ensure!(
-        traces.len() == failures,
-        "{} traces replayed, want the {failures} error traces: {:#?}",
-        traces.len(),
-        spans
-            .iter()
-            .map(|s| (
-                s.trace_id_hex(),
-                s.span.name.clone(),
-                s.attr_str("url.path")
-            ))
-            .collect::<Vec<_>>()
-    );
-    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
-    for (id, t) in &traces {
-        let mut shape: Vec<(u32, i32)> = t.iter().map(|s| (pid(s), s.span.kind)).collect();
-        shape.sort();
-        let mut want = vec![
-            (frontend.pid(), SpanKind::Server as i32),
-            (frontend.pid(), SpanKind::Client as i32),
-            (backend.pid(), SpanKind::Server as i32),
-        ];
-        want.sort();
-        ensure!(shape == want, "trace {id} is not whole: {shape:?}");
-        for s in t {
-            ensure!(
-                s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32),
-                "trace {id}: a span that is not an error: {:?}",
-                s.span
-            );
-            ensure!(
-                s.span.trace_state == "ot=th:0",
-                "trace {id}: tracestate `{}`, want ot=th:0",
-                s.span.trace_state
-            );
-        }
-    }
+    ensure_whole_error_traces(&spans, failures, frontend.pid(), backend.pid())
+        .context("the replay with the errors-only tail sampling")?;
 
     // The same file and config, again: the same spans, field for field.
     let second = rt.block_on(Receiver::start())?;

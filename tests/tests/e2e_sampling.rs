@@ -11,7 +11,7 @@
 //!   shows its start and end, and with the `anomaly` policy the exemplar traces are exported.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -22,11 +22,10 @@ use std::{
 
 use anyhow::{Result, ensure};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use ztrace_e2e::{
     harness::{
-        curl, errors_only_tail_sampling, privileged_or_skip, runtime_with_receiver, spawn_service,
-        spawn_ztrace, stop_ztrace,
+        curl, ensure_whole_error_traces, errors_only_tail_sampling, privileged_or_skip,
+        runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
     },
     receiver::ReceivedSpan,
     signals::{ReceivedLog, attr_str},
@@ -94,47 +93,7 @@ fn error_traces_are_exported_whole_and_nothing_else() -> Result<()> {
     let stderr = ztrace.stderr_text();
     eprintln!("ztrace stderr:\n{stderr}");
 
-    let mut traces: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
-    for s in &spans {
-        traces.entry(s.trace_id_hex()).or_default().push(s);
-    }
-    let pid = |s: &ReceivedSpan| s.resource_int("process.pid").unwrap_or(-1) as u32;
-    ensure!(
-        traces.len() == failures,
-        "{} traces exported, want the {failures} error traces; spans: {:#?}",
-        traces.len(),
-        spans
-            .iter()
-            .map(|s| (
-                s.trace_id_hex(),
-                s.span.name.clone(),
-                s.attr_str("url.path")
-            ))
-            .collect::<Vec<_>>()
-    );
-    for (id, t) in &traces {
-        let mut shape: Vec<(u32, i32)> = t.iter().map(|s| (pid(s), s.span.kind)).collect();
-        shape.sort();
-        let mut want = vec![
-            (frontend.pid(), SpanKind::Server as i32),
-            (frontend.pid(), SpanKind::Client as i32),
-            (backend.pid(), SpanKind::Server as i32),
-        ];
-        want.sort();
-        ensure!(shape == want, "trace {id} is not whole: {shape:?}");
-        for s in t {
-            ensure!(
-                s.span.trace_state == "ot=th:0",
-                "trace {id}: tracestate `{}`, want ot=th:0 (kept with probability 1)",
-                s.span.trace_state
-            );
-            ensure!(
-                s.span.status.as_ref().map(|st| st.code) == Some(StatusCode::Error as i32),
-                "trace {id}: a span of an error trace that is not an error: {:?}",
-                s.span
-            );
-        }
-    }
+    ensure_whole_error_traces(&spans, failures, frontend.pid(), backend.pid())?;
     // Metrics stay exact: the frontend's RED histogram counted every request.
     let signals = receiver.signals();
     let metrics = signals.all_metrics();
