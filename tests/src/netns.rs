@@ -92,9 +92,7 @@ impl Hosts {
 
     /// A command that runs inside namespace `ns`.
     pub fn exec(&self, ns: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]);
-        cmd
+        exec_in(ns)
     }
 
     /// In host A: TCP to `VIP:vport` goes to `to` instead (the client sees the VIP, the server
@@ -197,6 +195,96 @@ impl Hosts {
     }
 }
 
+/// Host A's address behind the NAT gateway ([`Gateway`]).
+pub const GW_HOST_A: &str = "10.235.1.1";
+/// The gateway's address on A's link (A's default route).
+pub const GW_A_SIDE: &str = "10.235.1.254";
+/// The gateway's address on B's link: the caller B's server sees for every call from A.
+pub const GW_B_SIDE: &str = "10.235.2.254";
+/// Host B's address behind the gateway.
+pub const GW_HOST_B: &str = "10.235.2.1";
+
+/// Hosts A and B with a NAT gateway between them that runs no agent:
+///
+/// ```text
+///   host A 10.235.1.1 ── veth ── 10.235.1.254 GW 10.235.2.254 ── veth ── 10.235.2.1 host B
+/// ```
+///
+/// GW forwards between its links and masquerades what leaves towards B (`iptables -t nat -A
+/// POSTROUTING -o <B's link> -j MASQUERADE`): B's server sees GW's address and a port GW chose,
+/// and the translation is in GW's conntrack table, which neither host's agent can read. B routes
+/// A's network through GW (untranslated), so B's agent can reach A's. Removed on drop.
+pub struct Gateway {
+    pub a: String,
+    pub gw: String,
+    pub b: String,
+}
+
+impl Gateway {
+    pub fn create() -> Result<Self> {
+        let id = std::process::id();
+        let g = Gateway {
+            a: format!("ztga{id}"),
+            gw: format!("ztgg{id}"),
+            b: format!("ztgb{id}"),
+        };
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+        for ns in [&g.a, &g.gw, &g.b] {
+            ip(&["netns", "add", ns]).context("ip netns add (install iproute2)")?;
+        }
+        let short = |s: String| s[..s.len().min(15)].to_string();
+        let (va, vga) = (short(format!("zga{id}")), short(format!("zgx{id}")));
+        let (vb, vgb) = (short(format!("zgb{id}")), short(format!("zgy{id}")));
+        veth(&g.a, &va, GW_HOST_A, &g.gw, &vga, GW_A_SIDE)?;
+        veth(&g.b, &vb, GW_HOST_B, &g.gw, &vgb, GW_B_SIDE)?;
+        ip(&["-n", &g.a, "route", "add", "default", "via", GW_A_SIDE])?;
+        ip(&[
+            "-n",
+            &g.b,
+            "route",
+            "add",
+            "10.235.1.0/24",
+            "via",
+            GW_B_SIDE,
+        ])?;
+        let in_gw = |args: &[&str]| run_ok(g.exec(&g.gw).args(args));
+        in_gw(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        in_gw(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            &vgb,
+            "-j",
+            "MASQUERADE",
+        ])
+        .context("iptables MASQUERADE in the gateway (install iptables)")?;
+        Ok(g)
+    }
+
+    /// A command that runs inside namespace `ns`.
+    pub fn exec(&self, ns: &str) -> Command {
+        exec_in(ns)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.gw, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A command that runs inside namespace `ns`.
+pub fn exec_in(ns: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    cmd
+}
+
 /// A veth pair from `ns1` (device `d1`, address `ip1`/24) to `ns2` (`d2`, `ip2`/24), up.
 fn veth(ns1: &str, d1: &str, ip1: &str, ns2: &str, d2: &str, ip2: &str) -> Result<()> {
     let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
@@ -247,7 +335,6 @@ pub fn receiver_in(ns: &str, ip: &str) -> Result<(tokio::runtime::Runtime, Recei
 /// `listen_ip:PEER_PORT` (None: peer channel off), exporting to `receiver`; returns once its
 /// probes are attached.
 pub fn spawn_agent(
-    hosts: &Hosts,
     ns: &str,
     listen_ip: Option<&str>,
     pids: &str,
@@ -255,7 +342,7 @@ pub fn spawn_agent(
     secret: &Path,
     extra: &[&str],
 ) -> Result<Proc> {
-    let mut cmd = hosts.exec(ns);
+    let mut cmd = exec_in(ns);
     cmd.arg(ztrace_bin())
         .args(["--pid", pids, "--otlp-endpoint", &receiver.endpoint()])
         .args(extra);

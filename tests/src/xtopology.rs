@@ -163,7 +163,6 @@ fn drive_shape(
 ) -> Result<(Vec<String>, ShapeScore)> {
     let listen = |ip: &str| shape.peers().then(|| ip.to_string());
     let mut agent_b = spawn_agent(
-        hosts,
         &hosts.b,
         listen("0.0.0.0").as_deref(),
         &b_svc.pid().to_string(),
@@ -173,7 +172,6 @@ fn drive_shape(
     )?;
     let mut agent_a = if shape != XShape::NoAgent {
         Some(spawn_agent(
-            hosts,
             &hosts.a,
             listen(A_IP).as_deref(),
             &a_svc.pid().to_string(),
