@@ -28,6 +28,7 @@
 //! client process never had; the answering agent then looks the connection up in its host's
 //! connection tracking table by the reply tuple the question names ([`nat`]).
 
+pub mod fallback;
 pub mod index;
 pub mod nat;
 pub mod protocol;

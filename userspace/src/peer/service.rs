@@ -25,6 +25,7 @@ use crate::link::Handle;
 use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome};
 use crate::model::{Endpoint, TraceId, TraceVote};
 
+use super::fallback::{self, Fallback, Fan, News, Plan};
 use super::index::{self, ClientIndex};
 use super::nat::NatTable;
 use super::protocol::{
@@ -45,6 +46,10 @@ pub struct PeerConfig {
     /// This host's connection tracking table, to answer questions about connections whose
     /// client endpoint this host's NAT rewrote (`super::nat`); None when it cannot be asked.
     pub nat: Option<Arc<Mutex<NatTable>>>,
+    /// Agents asked, without the caller's endpoint, about callers whose address has no agent (a
+    /// NAT gateway between the hosts, `super::fallback`); at most
+    /// [`fallback::MAX_FALLBACK_PEERS`].
+    pub fallback: Vec<IpAddr>,
 }
 
 /// Reads a secret file: its bytes without surrounding whitespace, at least 16 of them.
@@ -91,6 +96,11 @@ pub struct ServerCounters {
     /// This agent's lookups asked about the caller's endpoint before this host's NAT (a host
     /// port DNAT'd to the server, the caller's address rewritten to this host's).
     pub asked_via_nat: AtomicU64,
+    /// This agent's lookups asked of fallback peers without the caller's endpoint, and of those
+    /// the fan-outs to every fallback peer (the rest went to the one peer that answered for
+    /// the connection before).
+    pub asked_fallback: AtomicU64,
+    pub fanned_out: AtomicU64,
 }
 
 /// What the peer channel tells the tail sampler.
@@ -104,9 +114,11 @@ pub enum PeerEvent {
 }
 
 /// What goes to a peer host's task.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Outgoing {
     Lookup(Lookup),
+    /// A lookup asked of a fallback peer without the caller's endpoint, one part of `Fan`.
+    Fanned(Lookup, Arc<Fan>),
     Vote(IpAddr, TraceVote),
 }
 
@@ -183,7 +195,7 @@ impl PeerLink {
             rx,
             key,
             (cfg.peer_port, source),
-            cfg.nat.clone(),
+            (cfg.nat.clone(), Fallback::new(cfg.fallback.clone())),
             answers_tx,
             Channels {
                 events: events_tx,
@@ -273,7 +285,7 @@ impl PeerLink {
             None => "NAT table not readable".to_string(),
         };
         log::info!(
-            "summary (peer channel): answered {} questions in {} frames ({} found, {nat}; {} unknown, {} refused: another request), refused {} frames; asked {} questions about the caller as it was before this host's NAT; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
+            "summary (peer channel): answered {} questions in {} frames ({} found, {nat}; {} unknown, {} refused: another request), refused {} frames; asked {} questions about the caller as it was before this host's NAT, {} of fallback peers without the caller's endpoint ({} fanned out to all of them; {} answered so, {} refused as ambiguous); tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
             n(&c.questions),
             n(&c.frames),
             ix.answered_found,
@@ -281,6 +293,10 @@ impl PeerLink {
             ix.digest_mismatch,
             n(&c.refused),
             n(&c.asked_via_nat),
+            n(&c.asked_fallback),
+            n(&c.fanned_out),
+            ix.answered_without_client,
+            ix.ambiguous,
             n(&c.votes_out),
             n(&c.votes_in),
             n(&c.votes_lost),
@@ -459,7 +475,10 @@ fn answer_all(
         let misses: Vec<usize> = {
             let ix = index.lock().expect("index lock");
             (0..questions.len())
-                .filter(|&i| !ix.contains(&questions[i].key))
+                .filter(|&i| {
+                    let q = &questions[i];
+                    !fallback::is_without_client(&q.key.client) && !ix.contains(&q.key)
+                })
                 .collect()
         };
         if !misses.is_empty() {
@@ -478,7 +497,13 @@ fn answer_all(
     questions
         .iter()
         .zip(translated)
-        .map(|(q, t)| ix.answer(q, |_| t))
+        .map(|(q, t)| {
+            if fallback::is_without_client(&q.key.client) {
+                ix.answer_without_client(q)
+            } else {
+                ix.answer(q, |_| t)
+            }
+        })
         .collect()
 }
 
@@ -486,39 +511,82 @@ async fn dispatch(
     mut rx: mpsc::Receiver<Outgoing>,
     key: Arc<Key>,
     (port, source): (u16, Option<IpAddr>),
-    nat: Option<Arc<Mutex<NatTable>>>,
+    (nat, mut fallback): (Option<Arc<Mutex<NatTable>>>, Fallback),
     answers: mpsc::Sender<(Handle, Outcome)>,
     ch: Channels,
 ) {
     let mut peers: HashMap<IpAddr, mpsc::Sender<Outgoing>> = HashMap::new();
-    while let Some(mut o) = rx.recv().await {
-        if let (Outgoing::Lookup(l), Some(nat)) = (&mut o, &nat) {
-            undo_local_nat(l, nat, &ch.counters);
-        }
-        let ip = match o {
-            Outgoing::Lookup(l) => agent_ip(l.key.client.addr),
-            Outgoing::Vote(to, _) => to,
-        };
-        if peers.get(&ip).is_none_or(|tx| tx.is_closed()) {
-            if peers.len() >= MAX_PEERS {
-                peers.retain(|_, tx| !tx.is_closed());
+    // Lookups the agent at the caller's address did not answer (nothing listens there), back
+    // from its task when fallback peers are configured.
+    let (back_tx, mut back_rx) = mpsc::channel::<(IpAddr, Lookup)>(PEER_QUEUE);
+    let back = (!fallback.is_off()).then_some(back_tx);
+    loop {
+        let (plan, o) = tokio::select! {
+            o = rx.recv() => {
+                let Some(mut o) = o else { return };
+                let plan = match &mut o {
+                    Outgoing::Lookup(l) => {
+                        if let Some(nat) = &nat {
+                            undo_local_nat(l, nat, &ch.counters);
+                        }
+                        fallback.plan(agent_ip(l.key.client.addr), l, mono_ns())
+                    }
+                    _ => Plan::Direct,
+                };
+                (plan, o)
             }
-            if peers.len() >= MAX_PEERS {
-                lost(o, &answers, &ch.counters).await;
+            Some((ip, l)) = back_rx.recv() => {
+                (fallback.no_agent(ip, &l, mono_ns()), Outgoing::Lookup(l))
+            }
+        };
+        let targets = match plan {
+            Plan::Direct => {
+                let ip = match &o {
+                    Outgoing::Lookup(l) | Outgoing::Fanned(l, _) => agent_ip(l.key.client.addr),
+                    Outgoing::Vote(to, _) => *to,
+                };
+                vec![(ip, o)]
+            }
+            Plan::Answer(outcome) => {
+                if let Outgoing::Lookup(l) = o {
+                    let _ = answers.send((l.handle, outcome)).await;
+                }
                 continue;
             }
-            let (tx, prx) = mpsc::channel(PEER_QUEUE);
-            tokio::spawn(ask_peer(
-                (SocketAddr::new(ip, port), source),
-                Arc::clone(&key),
-                prx,
-                answers.clone(),
-                ch.clone(),
-            ));
-            peers.insert(ip, tx);
-        }
-        if peers[&ip].try_send(o).is_err() {
-            lost(o, &answers, &ch.counters).await;
+            Plan::Fan(fan, to) => {
+                let Outgoing::Lookup(l) = o else { continue };
+                ch.counters.asked_fallback.fetch_add(1, Ordering::Relaxed);
+                if to.len() > 1 {
+                    ch.counters.fanned_out.fetch_add(1, Ordering::Relaxed);
+                }
+                let q = fallback::without_client(&l);
+                to.into_iter()
+                    .map(|ip| (ip, Outgoing::Fanned(q, Arc::clone(&fan))))
+                    .collect()
+            }
+        };
+        for (ip, o) in targets {
+            if peers.get(&ip).is_none_or(|tx| tx.is_closed()) {
+                if peers.len() >= MAX_PEERS {
+                    peers.retain(|_, tx| !tx.is_closed());
+                }
+                if peers.len() >= MAX_PEERS {
+                    lost(ip, o, &answers, &ch.counters).await;
+                    continue;
+                }
+                let (tx, prx) = mpsc::channel(PEER_QUEUE);
+                tokio::spawn(ask_peer(
+                    (SocketAddr::new(ip, port), source),
+                    Arc::clone(&key),
+                    prx,
+                    (answers.clone(), back.clone()),
+                    ch.clone(),
+                ));
+                peers.insert(ip, tx);
+            }
+            if let Err(e) = peers[&ip].try_send(o) {
+                lost(ip, e.into_inner(), &answers, &ch.counters).await;
+            }
         }
     }
 }
@@ -540,11 +608,22 @@ fn undo_local_nat(l: &mut Lookup, nat: &Mutex<NatTable>, counters: &ServerCounte
     }
 }
 
-/// What could not be handed to a peer's task: a lookup is answered `Timeout`, a vote counted.
-async fn lost(o: Outgoing, answers: &mpsc::Sender<(Handle, Outcome)>, counters: &ServerCounters) {
+/// What could not be handed to peer `ip`'s task: a lookup is answered `Timeout` (a fallback
+/// peer's part of one counts as that peer's timeout), a vote counted.
+async fn lost(
+    ip: IpAddr,
+    o: Outgoing,
+    answers: &mpsc::Sender<(Handle, Outcome)>,
+    counters: &ServerCounters,
+) {
     match o {
         Outgoing::Lookup(l) => {
             let _ = answers.send((l.handle, Outcome::Timeout)).await;
+        }
+        Outgoing::Fanned(_, fan) => {
+            if let Some((outcome, _)) = fan.settle(ip, News::Ended(Outcome::Timeout), mono_ns()) {
+                let _ = answers.send((fan.handle, outcome)).await;
+            }
         }
         Outgoing::Vote(..) => {
             counters.votes_lost.fetch_add(1, Ordering::Relaxed);
@@ -556,7 +635,27 @@ struct Waiting {
     lookup: Lookup,
     /// The peer answered "unknown" at least once.
     unknown: bool,
+    /// A fallback peer's part of a fan-out (`super::fallback`), and whether its fan heard the
+    /// first "unknown".
+    fan: Option<(Arc<Fan>, bool)>,
 }
+
+impl Waiting {
+    fn new(lookup: Lookup, fan: Option<Arc<Fan>>) -> Self {
+        Self {
+            lookup,
+            unknown: false,
+            fan: fan.map(|f| (f, false)),
+        }
+    }
+}
+
+/// Where a peer task's finished lookups go: the runtime, and (when fallback peers are
+/// configured) the dispatcher, for lookups the agent at the caller's address did not answer.
+type Sinks = (
+    mpsc::Sender<(Handle, Outcome)>,
+    Option<mpsc::Sender<(IpAddr, Lookup)>>,
+);
 
 /// One peer host: batches of lookups over one connection, asked again until found or due, and
 /// the votes for it, written before each round's question.
@@ -564,7 +663,7 @@ async fn ask_peer(
     (addr, source): (SocketAddr, Option<IpAddr>),
     key: Arc<Key>,
     mut rx: mpsc::Receiver<Outgoing>,
-    answers: mpsc::Sender<(Handle, Outcome)>,
+    (answers, back): Sinks,
     ch: Channels,
 ) {
     let mut waiting: Vec<Waiting> = Vec::new();
@@ -572,10 +671,8 @@ async fn ask_peer(
     let mut conn: Option<TcpStream> = None;
     let mut down_until: Option<Instant> = None;
     let take = |o: Outgoing, waiting: &mut Vec<Waiting>, votes: &mut Vec<TraceVote>| match o {
-        Outgoing::Lookup(l) => waiting.push(Waiting {
-            lookup: l,
-            unknown: false,
-        }),
+        Outgoing::Lookup(l) => waiting.push(Waiting::new(l, None)),
+        Outgoing::Fanned(l, fan) => waiting.push(Waiting::new(l, Some(fan))),
         Outgoing::Vote(_, v) => votes.push(v),
     };
     loop {
@@ -590,13 +687,11 @@ async fn ask_peer(
             take(o, &mut waiting, &mut votes);
         }
         let mut done = Vec::new();
+        // Parts of fan-outs another peer's answer settled are not asked any more.
+        waiting.retain(|w| !w.fan.as_ref().is_some_and(|(f, _)| f.is_done()));
         end_due(&mut waiting, mono_ns(), &mut done);
         if down_until.is_some_and(|t| Instant::now() < t) {
-            done.extend(
-                waiting
-                    .drain(..)
-                    .map(|w| (w.lookup.handle, Outcome::NoAgent)),
-            );
+            done.extend(waiting.drain(..).map(|w| (w, Outcome::NoAgent)));
             lose_votes(&mut votes, &ch.counters);
         } else if !waiting.is_empty() || !votes.is_empty() {
             let fresh = conn.is_none();
@@ -609,20 +704,12 @@ async fn ask_peer(
                     Ok(Err(e)) => {
                         log::debug!("peer {addr}: {e}");
                         down_until = Some(Instant::now() + DOWN_FOR);
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::NoAgent)),
-                        );
+                        done.extend(waiting.drain(..).map(|w| (w, Outcome::NoAgent)));
                         lose_votes(&mut votes, &ch.counters);
                     }
                     Err(_) => {
                         down_until = Some(Instant::now() + DOWN_FOR);
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::Timeout)),
-                        );
+                        done.extend(waiting.drain(..).map(|w| (w, Outcome::Timeout)));
                         lose_votes(&mut votes, &ch.counters);
                     }
                 }
@@ -644,21 +731,13 @@ async fn ask_peer(
                             "peer {addr}: closed the connection on our query: another peer secret or another ztrace version (the peer's log says which)"
                         );
                         conn = None;
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::Refused)),
-                        );
+                        done.extend(waiting.drain(..).map(|w| (w, Outcome::Refused)));
                     }
                     Err(AskError::Refused(r)) => {
                         let hint = r.hint().unwrap_or_default();
                         log::warn!("peer {addr}: reply refused: {r}{hint}");
                         conn = None;
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::Refused)),
-                        );
+                        done.extend(waiting.drain(..).map(|w| (w, Outcome::Refused)));
                     }
                     Err(AskError::Io(e)) => {
                         log::debug!("peer {addr}: {e}");
@@ -670,38 +749,77 @@ async fn ask_peer(
         // What no later round can ask before its deadline ends now: the linker hears "unknown"
         // (the peer answered, it knows no such send) rather than timing the lookup out itself.
         end_due(&mut waiting, mono_ns() + ROUND.as_nanos() as u64, &mut done);
+        let finals = settle(addr.ip(), &mut waiting, done, back.as_ref());
         // The answering agent holds the caller's part of each trace it found.
-        for (_, o) in &done {
+        for (_, o, agent) in &finals {
             if let Outcome::Found { ctx, .. } = o {
                 let ev = PeerEvent::Participant {
                     trace_id: ctx.trace_id,
-                    agent: addr.ip(),
+                    agent: *agent,
                 };
                 tell(&ch.events, ev, &ch.counters);
             }
         }
-        for d in done {
-            if answers.send(d).await.is_err() {
+        for (h, o, _) in finals {
+            if answers.send((h, o)).await.is_err() {
                 return;
             }
         }
     }
 }
 
-/// Ends the lookups due by `by_ns`: "unknown" when the peer answered so, else "timeout".
-fn end_due(waiting: &mut Vec<Waiting>, by_ns: u64, done: &mut Vec<(Handle, Outcome)>) {
-    waiting.retain(|w| {
-        if w.lookup.deadline_ns > by_ns {
-            return true;
+/// The round's finished lookups of peer `from` as the runtime's answers (with the agent each
+/// came from): a fallback peer's parts settle their fans (the first "unknown" of a part still
+/// waiting too), and a lookup nothing answered at the caller's address goes `back` to the
+/// dispatcher for the fallback peers.
+fn settle(
+    from: IpAddr,
+    waiting: &mut [Waiting],
+    done: Vec<(Waiting, Outcome)>,
+    back: Option<&mpsc::Sender<(IpAddr, Lookup)>>,
+) -> Vec<(Handle, Outcome, IpAddr)> {
+    let now = mono_ns();
+    let mut finals = Vec::new();
+    for w in waiting.iter_mut().filter(|w| w.unknown) {
+        if let Some((fan, told @ false)) = &mut w.fan {
+            *told = true;
+            if let Some((o, agent)) = fan.settle(from, News::Heard, now) {
+                finals.push((fan.handle, o, agent));
+            }
         }
+    }
+    for (w, o) in done {
+        match (w.fan, o, back) {
+            (Some((fan, _)), o, _) => {
+                if let Some((o, agent)) = fan.settle(from, News::Ended(o), now) {
+                    finals.push((fan.handle, o, agent));
+                }
+            }
+            (None, Outcome::NoAgent, Some(back)) => {
+                if back.try_send((from, w.lookup)).is_err() {
+                    finals.push((w.lookup.handle, Outcome::NoAgent, from));
+                }
+            }
+            (None, o, _) => finals.push((w.lookup.handle, o, from)),
+        }
+    }
+    finals
+}
+
+/// Ends the lookups due by `by_ns`: "unknown" when the peer answered so, else "timeout".
+fn end_due(waiting: &mut Vec<Waiting>, by_ns: u64, done: &mut Vec<(Waiting, Outcome)>) {
+    let (due, keep) = std::mem::take(waiting)
+        .into_iter()
+        .partition(|w| w.lookup.deadline_ns <= by_ns);
+    *waiting = keep;
+    for w in due {
         let why = if w.unknown {
             Outcome::Unknown
         } else {
             Outcome::Timeout
         };
-        done.push((w.lookup.handle, why));
-        false
-    });
+        done.push((w, why));
+    }
 }
 
 /// A connection to `addr`, from `source` when given (same address family only).
@@ -758,7 +876,7 @@ async fn ask(
     stream: &mut TcpStream,
     key: &Key,
     waiting: &mut Vec<Waiting>,
-    done: &mut Vec<(Handle, Outcome)>,
+    done: &mut Vec<(Waiting, Outcome)>,
 ) -> Result<(), AskError> {
     let n = waiting.len().min(MAX_ITEMS);
     let id: u64 = rand::random();
@@ -801,31 +919,25 @@ async fn ask(
     {
         return Err(AskError::Refused(Refused::Stale));
     }
-    let mut k = 0;
-    waiting.retain_mut(|w| {
-        let idx = k;
-        k += 1;
-        if idx >= n {
-            return true;
-        }
-        match items[idx] {
-            Some(f) => {
-                done.push((
-                    w.lookup.handle,
-                    Outcome::Found {
-                        ctx: f.ctx,
-                        start_unix_ns: f.start_unix_ns,
-                        end_unix_ns: f.end_unix_ns,
-                    },
-                ));
-                false
-            }
+    let asked: Vec<Waiting> = waiting.drain(..n).collect();
+    let mut still = Vec::with_capacity(n);
+    for (mut w, item) in asked.into_iter().zip(items) {
+        match item {
+            Some(f) => done.push((
+                w,
+                Outcome::Found {
+                    ctx: f.ctx,
+                    start_unix_ns: f.start_unix_ns,
+                    end_unix_ns: f.end_unix_ns,
+                },
+            )),
             None => {
                 w.unknown = true;
-                true
+                still.push(w);
             }
         }
-    });
+    }
+    waiting.splice(0..0, still);
     Ok(())
 }
 
@@ -851,6 +963,7 @@ mod tests {
             secret: secret.to_vec(),
             linker: CrossHostConfig::default(),
             nat: None,
+            fallback: Vec::new(),
         }
     }
 
@@ -884,6 +997,7 @@ mod tests {
         };
         let send = ClientSend {
             key: key(40000),
+            server: test_server(),
             digest: 77,
             ctx,
             start_unix_ns: 1,
@@ -1161,6 +1275,7 @@ mod cost {
             ix.insert(
                 &ClientSend {
                     key: wire(i),
+                    server: test_server(),
                     digest: u64::from(i),
                     ctx: PeerContext {
                         trace_id: TraceId([1; 16]),
@@ -1296,6 +1411,7 @@ mod scale {
             secret: b"0123456789abcdef-shared".to_vec(),
             linker: CrossHostConfig::default(),
             nat: None,
+            fallback: Vec::new(),
         }
     }
 
@@ -1347,6 +1463,7 @@ mod scale {
             let sends: Vec<ClientSend> = (0..64u32)
                 .map(|j| ClientSend {
                     key: wire(i, j),
+                    server: test_server(),
                     digest: u64::from(j),
                     ctx: PeerContext {
                         trace_id: TraceId([1; 16]),
@@ -1452,6 +1569,7 @@ mod scale {
             ix.insert(
                 &ClientSend {
                     key: wire(i % PEERS, i as u32),
+                    server: test_server(),
                     digest: i as u64,
                     ctx: PeerContext {
                         trace_id: TraceId([1; 16]),
