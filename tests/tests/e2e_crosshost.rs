@@ -23,8 +23,8 @@ use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
     harness::{Proc, apps_dir, privileged_or_skip, spawn_app},
     netns::{
-        A_IP, B_IP, GW_B_SIDE, GW_HOST_A, GW_HOST_B, Gateway, Hosts, VIP, crosshost_summary,
-        receiver_in, spawn_agent, spawn_collecting, stop,
+        A_IP, B_IP, GW_A_SIDE, GW_B_SIDE, GW_HOST_A, GW_HOST_B, Gateway, Hosts, VIP,
+        crosshost_summary, receiver_in, spawn_agent, spawn_collecting, stop,
     },
     receiver::ReceivedSpan,
     xeval::{self, XShape},
@@ -525,9 +525,11 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
 
 /// A NAT gateway between the hosts that runs no agent ([`Gateway`]): A's clients call B's server
 /// through GW, which masquerades them, so B's server sees GW's address and a port GW chose, and
-/// the translation is in a conntrack table neither agent can read. The hard requirement is
-/// precision: no server span on B may get a wrong parent. The recall and the reasons B's agent
-/// gives for the spans it left unlinked are reported.
+/// the translation is in a conntrack table neither agent can read. B's agent asks GW's address,
+/// finds no agent there, and asks its fallback peers (`--peer-fallback`: A's agent, and GW's
+/// other address, where no agent listens either) without the caller's endpoint. Asserts: no
+/// server span on B gets a wrong parent, and ≥ 95 % are linked to A's CLIENT span; B reports
+/// how it asked.
 #[test]
 fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     if !privileged_or_skip("crosshost_through_a_nat_gateway_without_an_agent") {
@@ -547,13 +549,14 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         .arg("server")
         .env("BIND", GW_HOST_B);
     let (server, port) = spawn_app(server_cmd)?;
+    let fallback = format!("{GW_HOST_A},{GW_A_SIDE}");
     let mut agent_b = spawn_agent(
         &g.b,
         Some(GW_HOST_B),
         &server.pid().to_string(),
         &receiver,
         &secret,
-        &[],
+        &["--peer-fallback", &fallback],
     )?;
     let app = apps_dir().join("xhost.py");
     let mut traced_cmd = g.exec(&g.a);
@@ -566,10 +569,14 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         ),
     ]);
     let mut traced = spawn_collecting(traced_cmd)?;
+    // An idle process keeps A's agent up after the clients exit (B asks it after their calls).
+    let mut idle_cmd = g.exec(&g.a);
+    idle_cmd.args(["sleep", "300"]);
+    let idle = spawn_collecting(idle_cmd)?;
     let mut agent_a = spawn_agent(
         &g.a,
         Some(GW_HOST_A),
-        &traced.pid().to_string(),
+        &format!("{},{}", traced.pid(), idle.pid()),
         &receiver,
         &secret,
         &[],
@@ -584,7 +591,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     std::thread::sleep(Duration::from_secs(4));
     let a_log = stop(&mut agent_a, "ztrace on host A")?;
     let b_log = stop(&mut agent_b, "ztrace on host B")?;
-    drop(server);
+    drop((server, idle));
     let _ = std::fs::remove_dir_all(&dir);
 
     let n = CLIENTS * REQUESTS;
@@ -631,11 +638,13 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     let report = format!(
         "through the gateway: {} client spans, {} server spans ({via_gw} naming the gateway as \
          the caller): {right} linked right, {wrong} wrong, {roots} roots (of {n} requests): \
-         recall {recall:.3}\nA: {}\nB: {}",
+         recall {recall:.3}\nA: {}\nB: {}\nA: {}\nB: {}",
         clients_by_path.len(),
         servers.len(),
         crosshost_summary(&a_log),
-        crosshost_summary(&b_log)
+        crosshost_summary(&b_log),
+        channel_summary(&a_log),
+        channel_summary(&b_log)
     );
     eprintln!("{report}");
     ensure!(
@@ -647,5 +656,20 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         "the gateway did not translate\n{report}"
     );
     ensure!(wrong == 0, "wrong cross-host parents\n{report}");
+    ensure!(
+        recall >= 0.95,
+        "cross-host recall through the gateway {recall:.3} < 0.95\n{report}"
+    );
+    ensure!(
+        channel_summary(&b_log).contains("of fallback peers without the caller's endpoint"),
+        "B did not say how it asked\n{report}"
+    );
     Ok(())
+}
+
+/// The `summary (peer channel)` line of an agent's exit summary.
+fn channel_summary(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("summary (peer channel)"))
+        .unwrap_or("no peer channel summary")
 }
