@@ -33,9 +33,12 @@
 //! - Only after the direct question failed: the caller's address is remembered as agent-less for
 //!   [`NO_AGENT_NS`] (its later lookups go straight to the fallback peers), and then asked
 //!   directly again.
-//! - One fan-out per connection: the agent that answered is remembered per (caller endpoint as
-//!   seen, server endpoint) for [`ROUTE_NS`] after its last answer, and later requests on that
-//!   connection are asked of it alone; a connection no peer knew is not asked again for
+//! - About one fan-out per connection: the agent that answered is remembered per (caller
+//!   endpoint as seen, server endpoint) for [`ROUTE_NS`] after its last answer, and later
+//!   requests on that connection are asked of it alone (requests asked before the first answer
+//!   came back fan out too: 64 fan-outs for 16 connections × 20 requests in the e2e test); if
+//!   it no longer knows the connection (the gateway gave the port to another host's connection)
+//!   the route is dropped and the next request fans out again; a connection no peer knew is not asked again for
 //!   [`NOBODY_NS`] (its lookups end "unknown" at once). At most [`MAX_ROUTES`] connections are
 //!   remembered (the oldest go first).
 //! - At most [`MAX_FALLBACK_PEERS`] peers, each asked in the same batched frames as every other
