@@ -268,6 +268,29 @@ impl Gateway {
     pub fn exec(&self, ns: &str) -> Command {
         exec_in(ns)
     }
+
+    /// In host A: TCP to `VIP:vport` goes to `to` instead (DNAT in A's OUTPUT chain, then out
+    /// through the gateway): A's client sees the VIP, B's server its own address and GW's.
+    pub fn dnat_in_a(&self, vport: u16, to: &str) -> Result<()> {
+        run_ok(self.exec(&self.a).args([
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            VIP,
+            "-p",
+            "tcp",
+            "--dport",
+            &vport.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            to,
+        ]))
+        .context("iptables DNAT in host A (install iptables)")
+    }
 }
 
 impl Drop for Gateway {

@@ -527,9 +527,10 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
 /// through GW, which masquerades them, so B's server sees GW's address and a port GW chose, and
 /// the translation is in a conntrack table neither agent can read. B's agent asks GW's address,
 /// finds no agent there, and asks its fallback peers (`--peer-fallback`: A's agent, and GW's
-/// other address, where no agent listens either) without the caller's endpoint. Asserts: no
-/// server span on B gets a wrong parent, and ≥ 95 % are linked to A's CLIENT span; B reports
-/// how it asked.
+/// other address, where no agent listens either) without the caller's endpoint. A's clients call
+/// B's address, and a service address A DNATs to it (A's agent then matches the server through
+/// its conntrack table). Asserts: no server span on B gets a wrong parent, and ≥ 95 % of each
+/// batch are linked to A's CLIENT span; B reports how it asked.
 #[test]
 fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     if !privileged_or_skip("crosshost_through_a_nat_gateway_without_an_agent") {
@@ -559,13 +560,15 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         &["--peer-fallback", &fallback],
     )?;
     let app = apps_dir().join("xhost.py");
+    g.dnat_in_a(80, &format!("{GW_HOST_B}:{port}"))?;
     let mut traced_cmd = g.exec(&g.a);
     traced_cmd.args([
         "bash",
         "-c",
         &format!(
-            "set -e; sleep 3; python3 {} clients {GW_HOST_B} {port} /item/g {CLIENTS} {REQUESTS}",
-            app.display()
+            "set -e; sleep 3; python3 {app} clients {GW_HOST_B} {port} /item/g {CLIENTS} {REQUESTS}; \
+             python3 {app} clients {VIP} 80 /item/v {CLIENTS} {REQUESTS}",
+            app = app.display()
         ),
     ]);
     let mut traced = spawn_collecting(traced_cmd)?;
@@ -594,7 +597,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     drop((server, idle));
     let _ = std::fs::remove_dir_all(&dir);
 
-    let n = CLIENTS * REQUESTS;
+    let n = 2 * CLIENTS * REQUESTS;
     let spans = rt.block_on(receiver.wait_for_spans(2 * n, Duration::from_secs(15)));
     let clients_by_path: HashMap<String, &ReceivedSpan> = spans
         .iter()
@@ -614,7 +617,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
                 .any(|kv| format!("{:?}", kv.value).contains(GW_B_SIDE))
         })
         .count();
-    let (mut right, mut wrong, mut roots) = (0, 0, 0);
+    let (mut right, mut wrong, mut roots, mut via_vip) = (0, 0, 0, 0);
     for s in &servers {
         let p = path(s);
         let parent = s.parent_span_id_hex();
@@ -624,6 +627,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
                 if c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex() =>
             {
                 right += 1;
+                via_vip += usize::from(p.starts_with("/item/v"));
             }
             _ => {
                 wrong += 1;
@@ -637,8 +641,8 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     let recall = right as f64 / n as f64;
     let report = format!(
         "through the gateway: {} client spans, {} server spans ({via_gw} naming the gateway as \
-         the caller): {right} linked right, {wrong} wrong, {roots} roots (of {n} requests): \
-         recall {recall:.3}\nA: {}\nB: {}\nA: {}\nB: {}",
+         the caller): {right} linked right ({via_vip} through A's DNAT), {wrong} wrong, {roots} \
+         roots (of {n} requests): recall {recall:.3}\nA: {}\nB: {}\nA: {}\nB: {}",
         clients_by_path.len(),
         servers.len(),
         crosshost_summary(&a_log),
@@ -659,6 +663,10 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     ensure!(
         recall >= 0.95,
         "cross-host recall through the gateway {recall:.3} < 0.95\n{report}"
+    );
+    ensure!(
+        via_vip >= n / 2 * 95 / 100,
+        "calls through A's service address not linked\n{report}"
     );
     ensure!(
         channel_summary(&b_log).contains("of fallback peers without the caller's endpoint"),

@@ -44,11 +44,16 @@
 //! - At most [`MAX_FALLBACK_PEERS`] peers, each asked in the same batched frames as every other
 //!   lookup to it.
 //!
+//! # The client's own DNAT
+//! A client that called a service address its host DNATs to the server saw the service address,
+//! not the server's; the answering agent then asks its host's conntrack table which server that
+//! send's connection reached (`super::nat::NatTable::reached`: by the original tuple, reading
+//! the reply tuple), only for sends whose sequence number and digest already match.
+//!
 //! # Limits
 //! The peers must be reachable from this agent (a management network or VPN around the
-//! gateway). A fallback peer that is also behind the gateway but whose client connected through
-//! a service address of its own host (DNAT) is matched on the address its process saw, the
-//! service address, so it is not found unless that address is the server's.
+//! gateway). A gateway that also rewrote the destination (DNAT on the gateway itself) leaves the
+//! server endpoint unmatched: no link, never a wrong one.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;

@@ -208,9 +208,15 @@ impl ClientIndex {
 
     /// The answer to a question without the caller's endpoint (a fallback peer's,
     /// `super::fallback`): the one send with the question's sequence number and digest whose
-    /// destination, as its process saw it, is the question's server endpoint. None when there
+    /// destination is the question's server endpoint — as its process saw it, or as `reached`
+    /// names it (the server a service address of this host was DNAT'd to, from the host's
+    /// conntrack table: the send's key and destination → the server reached). None when there
     /// is none, or more than one (counted ambiguous).
-    pub fn answer_without_client(&mut self, q: &Query) -> Option<Found> {
+    pub fn answer_without_client(
+        &mut self,
+        q: &Query,
+        reached: impl Fn(&WireKey, Endpoint) -> Option<Endpoint>,
+    ) -> Option<Found> {
         let server = plain(q.server);
         let mut hits = self
             .by_seq
@@ -218,10 +224,12 @@ impl ClientIndex {
             .map(Same::keys)
             .unwrap_or_default()
             .iter()
-            .filter_map(|k| self.map.get(k))
-            .filter(|e| e.server == server);
+            .filter_map(|k| Some((k, self.map.get(k)?)))
+            .filter(|(k, e)| {
+                e.server == server || reached(k, e.server).is_some_and(|r| plain(r) == server)
+            });
         match (hits.next(), hits.next()) {
-            (Some(e), None) => {
+            (Some((_, e)), None) => {
                 let found = e.found;
                 self.stats.answered_found += 1;
                 self.stats.answered_without_client += 1;
@@ -236,6 +244,21 @@ impl ClientIndex {
                 None
             }
         }
+    }
+
+    /// The sends a question without the caller's endpoint names by sequence number and digest
+    /// but whose destination as their process saw it is another server (a service address,
+    /// maybe): (key, destination), for [`ClientIndex::answer_without_client`]'s `reached`.
+    pub fn elsewhere(&self, q: &Query) -> Vec<(WireKey, Endpoint)> {
+        let server = plain(q.server);
+        self.by_seq
+            .get(&(q.key.seq, q.digest))
+            .map(Same::keys)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|k| Some((*k, self.map.get(k)?.server)))
+            .filter(|(_, s)| *s != server)
+            .collect()
     }
 
     /// Whether a send is indexed under `key` (whatever its request).
@@ -361,31 +384,56 @@ mod tests {
             },
         };
         assert_eq!(
-            ix.answer_without_client(&any(100, 7, "10.0.0.2"))
+            ix.answer_without_client(&any(100, 7, "10.0.0.2"), |_, _| None)
                 .unwrap()
                 .ctx,
             a.ctx
         );
+        // A send to a service address this host DNAT'd to the asked server: found through the
+        // translation only (and only for that send).
+        let elsewhere = any(100, 7, "10.0.0.3");
+        assert_eq!(ix.elsewhere(&elsewhere), vec![(a.key, a.server)]);
+        let via =
+            |k: &WireKey, s: Endpoint| (*k == a.key && s == a.server).then(|| elsewhere.server);
+        assert_eq!(
+            ix.answer_without_client(&elsewhere, via).unwrap().ctx,
+            a.ctx
+        );
         // Another server, another request, another sequence number: no answer.
-        assert!(ix.answer_without_client(&any(100, 7, "10.0.0.3")).is_none());
-        assert!(ix.answer_without_client(&any(100, 8, "10.0.0.2")).is_none());
-        assert!(ix.answer_without_client(&any(102, 7, "10.0.0.2")).is_none());
+        assert!(
+            ix.answer_without_client(&any(100, 7, "10.0.0.3"), |_, _| None)
+                .is_none()
+        );
+        assert!(
+            ix.answer_without_client(&any(100, 8, "10.0.0.2"), |_, _| None)
+                .is_none()
+        );
+        assert!(
+            ix.answer_without_client(&any(102, 7, "10.0.0.2"), |_, _| None)
+                .is_none()
+        );
         // A dual-stack server socket's view of the same server.
         let mut mapped = any(100, 7, "10.0.0.2");
         mapped.server.addr = "::ffff:10.0.0.2".parse().unwrap();
-        assert!(ix.answer_without_client(&mapped).is_some());
+        assert!(ix.answer_without_client(&mapped, |_, _| None).is_some());
         // A second send with the same sequence number and request to the same server: ambiguous.
         ix.insert(&send(40_002, 100, 7), 1);
-        assert!(ix.answer_without_client(&any(100, 7, "10.0.0.2")).is_none());
+        assert!(
+            ix.answer_without_client(&any(100, 7, "10.0.0.2"), |_, _| None)
+                .is_none()
+        );
         assert_eq!(ix.stats.ambiguous, 1);
         // Once one of them is gone, the other is answered again.
         assert!(ix.remove(&send(40_002, 100, 7).key));
-        assert!(ix.answer_without_client(&any(100, 7, "10.0.0.2")).is_some());
+        assert!(
+            ix.answer_without_client(&any(100, 7, "10.0.0.2"), |_, _| None)
+                .is_some()
+        );
         ix.expire(WINDOW_NS + 10);
         assert!(ix.is_empty() && ix.by_seq.is_empty());
         assert_eq!(
             (ix.stats.answered_without_client, ix.stats.answered_unknown),
-            (3, 3)
+            (4, 3)
         );
     }
 

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::link::Handle;
-use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome};
+use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome, WireKey};
 use crate::model::{Endpoint, TraceId, TraceVote};
 
 use super::fallback::{self, Fallback, Fan, News, Plan};
@@ -464,24 +464,33 @@ async fn answer_conn(
 }
 
 /// The answers to one frame's questions. The NAT table is asked (outside the index's lock: a
-/// netlink round trip) only about questions the index cannot answer as asked.
+/// netlink round trip) only about questions the index cannot answer as asked: the caller's
+/// endpoint before this host's source NAT, and for a fallback peer's question (no caller
+/// endpoint) the server a send to a service address of this host's really reached.
 fn answer_all(
     questions: &[Query],
     index: &Mutex<ClientIndex>,
     nat: Option<&Mutex<NatTable>>,
 ) -> Vec<Option<Found>> {
     let mut translated: Vec<Option<Endpoint>> = vec![None; questions.len()];
+    let mut reached: HashMap<(WireKey, Endpoint), Endpoint> = HashMap::new();
     if let Some(nat) = nat {
-        let misses: Vec<usize> = {
+        let (misses, sends): (Vec<usize>, Vec<(WireKey, Endpoint)>) = {
             let ix = index.lock().expect("index lock");
-            (0..questions.len())
+            let misses = (0..questions.len())
                 .filter(|&i| {
                     let q = &questions[i];
                     !fallback::is_without_client(&q.key.client) && !ix.contains(&q.key)
                 })
-                .collect()
+                .collect();
+            let sends = questions
+                .iter()
+                .filter(|q| fallback::is_without_client(&q.key.client))
+                .flat_map(|q| ix.elsewhere(q))
+                .collect();
+            (misses, sends)
         };
-        if !misses.is_empty() {
+        if !misses.is_empty() || !sends.is_empty() {
             let mut table = nat.lock().expect("nat lock");
             let now = mono_ns();
             for i in misses {
@@ -491,6 +500,11 @@ fn answer_all(
                     .map(|o| o.client)
                     .filter(|c| *c != q.key.client);
             }
+            for (key, server) in sends {
+                if let Some(real) = table.reached(key.client, server, now) {
+                    reached.insert((key, server), real);
+                }
+            }
         }
     }
     let mut ix = index.lock().expect("index lock");
@@ -499,7 +513,7 @@ fn answer_all(
         .zip(translated)
         .map(|(q, t)| {
             if fallback::is_without_client(&q.key.client) {
-                ix.answer_without_client(q)
+                ix.answer_without_client(q, |key, server| reached.get(&(*key, server)).copied())
             } else {
                 ix.answer(q, |_| t)
             }
