@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   host A 10.231.0.1 ── veth ── 10.231.0.2 host B 10.232.0.2 ── veth ── 10.232.0.1 host C
+//!   (optional) host A 10.235.1.1 ── GW ── 10.235.2.1 host B      (GW masquerades, no agent)
 //! ```
 //!
 //! Host C (optional) is a client host that runs no agent. Host A can reach a virtual service
@@ -51,6 +52,9 @@ pub struct Hosts {
     pub b: String,
     /// The agent-less client host, when made.
     pub c: Option<String>,
+    /// A NAT gateway without an agent on a second path from A to B, when made
+    /// ([`Hosts::add_gateway`]).
+    pub gw: Option<String>,
 }
 
 impl Hosts {
@@ -61,6 +65,7 @@ impl Hosts {
             a: format!("ztxa{id}"),
             b: format!("ztxb{id}"),
             c: None,
+            gw: None,
         };
         let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
         ip(&["netns", "add", &hosts.a]).context("ip netns add (install iproute2)")?;
@@ -93,6 +98,14 @@ impl Hosts {
     /// A command that runs inside namespace `ns`.
     pub fn exec(&self, ns: &str) -> Command {
         exec_in(ns)
+    }
+
+    /// A second path from A to B through a NAT gateway that runs no agent (as [`Gateway`]):
+    /// A reaches B at [`GW_HOST_B`] through it, and B's server sees [`GW_B_SIDE`] as the caller.
+    pub fn add_gateway(&mut self) -> Result<()> {
+        let gw = format!("ztxg{}", std::process::id());
+        self.gw = Some(gw.clone());
+        gateway_between(&self.a, &gw, &self.b, "h")
     }
 
     /// In host A: TCP to `VIP:vport` goes to `to` instead (the client sees the VIP, the server
@@ -228,39 +241,21 @@ impl Gateway {
             gw: format!("ztgg{id}"),
             b: format!("ztgb{id}"),
         };
-        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
-        for ns in [&g.a, &g.gw, &g.b] {
-            ip(&["netns", "add", ns]).context("ip netns add (install iproute2)")?;
+        for ns in [&g.a, &g.b] {
+            run_ok(Command::new("ip").args(["netns", "add", ns]))
+                .context("ip netns add (install iproute2)")?;
         }
-        let short = |s: String| s[..s.len().min(15)].to_string();
-        let (va, vga) = (short(format!("zga{id}")), short(format!("zgx{id}")));
-        let (vb, vgb) = (short(format!("zgb{id}")), short(format!("zgy{id}")));
-        veth(&g.a, &va, GW_HOST_A, &g.gw, &vga, GW_A_SIDE)?;
-        veth(&g.b, &vb, GW_HOST_B, &g.gw, &vgb, GW_B_SIDE)?;
-        ip(&["-n", &g.a, "route", "add", "default", "via", GW_A_SIDE])?;
-        ip(&[
+        gateway_between(&g.a, &g.gw, &g.b, "g")?;
+        // The service address A DNATs ([`Gateway::dnat_in_a`]) leaves through the gateway.
+        run_ok(Command::new("ip").args([
             "-n",
-            &g.b,
+            &g.a,
             "route",
             "add",
-            "10.235.1.0/24",
+            &format!("{VIP}/32"),
             "via",
-            GW_B_SIDE,
-        ])?;
-        let in_gw = |args: &[&str]| run_ok(g.exec(&g.gw).args(args));
-        in_gw(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        in_gw(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            &vgb,
-            "-j",
-            "MASQUERADE",
-        ])
-        .context("iptables MASQUERADE in the gateway (install iptables)")?;
+            GW_A_SIDE,
+        ]))?;
         Ok(g)
     }
 
@@ -301,6 +296,36 @@ impl Drop for Gateway {
     }
 }
 
+/// Makes namespace `gw` (no agent) between existing namespaces `a` and `b`: A's 10.235.1.0/24
+/// link and B's 10.235.2.0/24 link (each routed to the other through GW), forwarding on, and
+/// what leaves towards B masqueraded. `tag` tells its veth devices from other gateways'.
+fn gateway_between(a: &str, gw: &str, b: &str, tag: &str) -> Result<()> {
+    let id = std::process::id();
+    let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+    ip(&["netns", "add", gw]).context("ip netns add (install iproute2)")?;
+    let short = |s: String| s[..s.len().min(15)].to_string();
+    let (va, vga) = (short(format!("z{tag}a{id}")), short(format!("z{tag}x{id}")));
+    let (vb, vgb) = (short(format!("z{tag}b{id}")), short(format!("z{tag}y{id}")));
+    veth(a, &va, GW_HOST_A, gw, &vga, GW_A_SIDE)?;
+    veth(b, &vb, GW_HOST_B, gw, &vgb, GW_B_SIDE)?;
+    ip(&["-n", a, "route", "add", "10.235.2.0/24", "via", GW_A_SIDE])?;
+    ip(&["-n", b, "route", "add", "10.235.1.0/24", "via", GW_B_SIDE])?;
+    let in_gw = |args: &[&str]| run_ok(exec_in(gw).args(args));
+    in_gw(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    in_gw(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        &vgb,
+        "-j",
+        "MASQUERADE",
+    ])
+    .context("iptables MASQUERADE in the gateway (install iptables)")
+}
+
 /// A command that runs inside namespace `ns`.
 pub fn exec_in(ns: &str) -> Command {
     let mut cmd = Command::new("ip");
@@ -324,9 +349,14 @@ fn veth(ns1: &str, d1: &str, ip1: &str, ns2: &str, d2: &str, ip2: &str) -> Resul
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for ns in [Some(&self.a), Some(&self.b), self.c.as_ref()]
-            .into_iter()
-            .flatten()
+        for ns in [
+            Some(&self.a),
+            Some(&self.b),
+            self.c.as_ref(),
+            self.gw.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
