@@ -260,6 +260,8 @@ pub struct AgentStats {
     pub no_agent: u64,
     pub timeout: u64,
     pub refused: u64,
+    /// Two or more candidate callers from fallback peers: left a root.
+    pub ambiguous: u64,
     /// Not asked: too many pending.
     pub overflow: u64,
     /// Linked outside the caller's window (clock skew or network delay), and by how much at most.
@@ -291,9 +293,10 @@ impl AgentStats {
             no_agent: n(4)? as u64,
             timeout: n(5)? as u64,
             refused: n(6)? as u64,
-            overflow: n(7)? as u64,
-            skewed: n(8)? as u64,
-            max_skew_us: n(9)?,
+            ambiguous: n(7)? as u64,
+            overflow: n(8)? as u64,
+            skewed: n(9)? as u64,
+            max_skew_us: n(10)?,
             via_nat: 0,
             asked_via_nat: 0,
             cpu_s: 0.0,
@@ -625,16 +628,16 @@ impl Run {
             "\nLookups by outcome, per shape and agent (from each agent's exit summary); an \
              abstention leaves the server span a root:\n\n\
              | shape | agent | client sends indexed | lookups | linked | unknown | no agent | \
-             timeout | refused | not asked (full) | linked outside the caller's window (max µs) | \
+             timeout | refused | ambiguous | not asked (full) | linked outside the caller's window (max µs) | \
              questions answered / asked through the host's NAT table | agent CPU s | agent CPU µs per \
              request |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (shape, s) in &self.shapes {
             for (host, a) in &s.agents {
                 let _ = writeln!(
                     t,
-                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} / {} | {:.2} | {:.0} |",
+                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} / {} | {:.2} | {:.0} |",
                     shape.name(),
                     if *host == Host::A { "A" } else { "B" },
                     a.sends,
@@ -644,6 +647,7 @@ impl Run {
                     a.no_agent,
                     a.timeout,
                     a.refused,
+                    a.ambiguous,
                     a.overflow,
                     a.skewed,
                     a.max_skew_us,
@@ -797,8 +801,8 @@ mod tests {
     #[test]
     fn agent_summaries_parse() {
         let line = "cross-host links: 1280 client sends indexed; 1290 server roots asked about: \
-                    1280 linked, 3 unknown, 5 no agent, 2 timeout, 0 refused; 0 not asked (too \
-                    many pending); 12 linked outside the caller's window (by at most 85.3 µs)";
+                    1280 linked, 3 unknown, 5 no agent, 2 timeout, 0 refused, 1 ambiguous; 0 not \
+                    asked (too many pending); 12 linked outside the caller's window (by at most 85.3 µs)";
         let a = AgentStats::parse(line).unwrap();
         assert_eq!(
             (
@@ -806,7 +810,7 @@ mod tests {
             ),
             (1280, 1290, 1280, 3, 5, 2, 0)
         );
-        assert_eq!((a.overflow, a.skewed), (0, 12));
+        assert_eq!((a.ambiguous, a.overflow, a.skewed), (1, 0, 12));
         assert!((a.max_skew_us - 85.3).abs() < 1e-9);
         assert_eq!(AgentStats::parse(""), None);
         let log = format!(
