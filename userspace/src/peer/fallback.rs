@@ -53,7 +53,9 @@
 //! # Limits
 //! The peers must be reachable from this agent (a management network or VPN around the
 //! gateway). A gateway that also rewrote the destination (DNAT on the gateway itself) leaves the
-//! server endpoint unmatched: no link, never a wrong one.
+//! server endpoint unmatched: no link, never a wrong one. A gateway that runs an agent of its
+//! own answers "unknown" for callers behind it, and the fallback peers are not asked (only an
+//! address where nothing answers is).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
