@@ -394,7 +394,7 @@ mod tests {
         let elsewhere = any(100, 7, "10.0.0.3");
         assert_eq!(ix.elsewhere(&elsewhere), vec![(a.key, a.server)]);
         let via =
-            |k: &WireKey, s: Endpoint| (*k == a.key && s == a.server).then(|| elsewhere.server);
+            |k: &WireKey, s: Endpoint| (*k == a.key && s == a.server).then_some(elsewhere.server);
         assert_eq!(
             ix.answer_without_client(&elsewhere, via).unwrap().ctx,
             a.ctx
