@@ -216,6 +216,10 @@ pub const GW_A_SIDE: &str = "10.235.1.254";
 pub const GW_B_SIDE: &str = "10.235.2.254";
 /// Host B's address behind the gateway.
 pub const GW_HOST_B: &str = "10.235.2.1";
+/// A second client host behind the gateway ([`Gateway::create`] with `with_c`).
+pub const GW_HOST_C: &str = "10.235.3.1";
+/// The gateway's address on C's link.
+pub const GW_C_SIDE: &str = "10.235.3.254";
 
 /// Hosts A and B with a NAT gateway between them that runs no agent:
 ///
@@ -231,21 +235,44 @@ pub struct Gateway {
     pub a: String,
     pub gw: String,
     pub b: String,
+    /// A second client host behind the gateway (10.235.3.1), when made: B sees both A's and
+    /// C's calls come from [`GW_B_SIDE`].
+    pub c: Option<String>,
 }
 
 impl Gateway {
-    pub fn create() -> Result<Self> {
+    /// A, GW and B, and C behind GW too when `with_c`.
+    pub fn create(with_c: bool) -> Result<Self> {
         let id = std::process::id();
-        let g = Gateway {
+        let mut g = Gateway {
             a: format!("ztga{id}"),
             gw: format!("ztgg{id}"),
             b: format!("ztgb{id}"),
+            c: None,
         };
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
         for ns in [&g.a, &g.b] {
-            run_ok(Command::new("ip").args(["netns", "add", ns]))
-                .context("ip netns add (install iproute2)")?;
+            ip(&["netns", "add", ns]).context("ip netns add (install iproute2)")?;
         }
         gateway_between(&g.a, &g.gw, &g.b, "g")?;
+        if with_c {
+            let c = format!("ztgc{id}");
+            ip(&["netns", "add", &c])?;
+            g.c = Some(c.clone());
+            let short = |s: String| s[..s.len().min(15)].to_string();
+            let (vc, vgc) = (short(format!("zgc{id}")), short(format!("zgz{id}")));
+            veth(&c, &vc, GW_HOST_C, &g.gw, &vgc, GW_C_SIDE)?;
+            ip(&["-n", &c, "route", "add", "10.235.2.0/24", "via", GW_C_SIDE])?;
+            ip(&[
+                "-n",
+                &g.b,
+                "route",
+                "add",
+                "10.235.3.0/24",
+                "via",
+                GW_B_SIDE,
+            ])?;
+        }
         // The service address A DNATs ([`Gateway::dnat_in_a`]) leaves through the gateway.
         run_ok(Command::new("ip").args([
             "-n",
@@ -290,7 +317,15 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        for ns in [&self.a, &self.gw, &self.b] {
+        for ns in [
+            Some(&self.a),
+            Some(&self.gw),
+            Some(&self.b),
+            self.c.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
     harness::{Proc, apps_dir, privileged_or_skip, spawn_app},
     netns::{
-        A_IP, B_IP, GW_A_SIDE, GW_B_SIDE, GW_HOST_A, GW_HOST_B, Gateway, Hosts, VIP,
+        A_IP, B_IP, GW_A_SIDE, GW_B_SIDE, GW_HOST_A, GW_HOST_B, GW_HOST_C, Gateway, Hosts, VIP,
         crosshost_summary, receiver_in, spawn_agent, spawn_collecting, stop,
     },
     receiver::ReceivedSpan,
@@ -523,20 +523,24 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
     Ok(())
 }
 
-/// A NAT gateway between the hosts that runs no agent ([`Gateway`]): A's clients call B's server
-/// through GW, which masquerades them, so B's server sees GW's address and a port GW chose, and
-/// the translation is in a conntrack table neither agent can read. B's agent asks GW's address,
-/// finds no agent there, and asks its fallback peers (`--peer-fallback`: A's agent, and GW's
-/// other address, where no agent listens either) without the caller's endpoint. A's clients call
-/// B's address, and a service address A DNATs to it (A's agent then matches the server through
-/// its conntrack table). Asserts: no server span on B gets a wrong parent, and ≥ 95 % of each
-/// batch are linked to A's CLIENT span; B reports how it asked.
+/// A NAT gateway between the hosts that runs no agent ([`Gateway`]): the clients of A and of a
+/// second host C behind it call B's server through GW, which masquerades them, so B's server sees
+/// GW's address and a port GW chose for every call, and the translation is in a conntrack table
+/// neither agent can read. B's agent asks GW's address, finds no agent there, and asks its
+/// fallback peers (`--peer-fallback`: A's and C's agents, and GW's A-side address, where no agent
+/// listens either) without the caller's endpoint. A's and C's direct calls are the *same*
+/// requests (same paths, so the same digests): only the sequence numbers tell them apart. A also
+/// calls a service address it DNATs to B (A's agent then matches the server through its
+/// conntrack table). Asserts: no server span on B gets a wrong parent (another path, another
+/// trace, or a client span already parent of another server span), ≥ 95 % of each batch are
+/// linked, and B reports how it asked.
 #[test]
 fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     if !privileged_or_skip("crosshost_through_a_nat_gateway_without_an_agent") {
         return Ok(());
     }
-    let g = Gateway::create()?;
+    let g = Gateway::create(true)?;
+    let c_ns = g.c.clone().context("host C behind the gateway")?;
     let dir = std::env::temp_dir().join(format!("ztrace-xgw-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let secret = dir.join("peer-secret");
@@ -550,7 +554,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         .arg("server")
         .env("BIND", GW_HOST_B);
     let (server, port) = spawn_app(server_cmd)?;
-    let fallback = format!("{GW_HOST_A},{GW_A_SIDE}");
+    let fallback = format!("{GW_HOST_A},{GW_HOST_C},{GW_A_SIDE}");
     let mut agent_b = spawn_agent(
         &g.b,
         Some(GW_HOST_B),
@@ -561,51 +565,62 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     )?;
     let app = apps_dir().join("xhost.py");
     g.dnat_in_a(80, &format!("{GW_HOST_B}:{port}"))?;
-    let mut traced_cmd = g.exec(&g.a);
-    traced_cmd.args([
-        "bash",
-        "-c",
-        &format!(
-            "set -e; sleep 3; python3 {app} clients {GW_HOST_B} {port} /item/g {CLIENTS} {REQUESTS}; \
-             python3 {app} clients {VIP} 80 /item/v {CLIENTS} {REQUESTS}",
-            app = app.display()
-        ),
-    ]);
-    let mut traced = spawn_collecting(traced_cmd)?;
-    // An idle process keeps A's agent up after the clients exit (B asks it after their calls).
-    let mut idle_cmd = g.exec(&g.a);
-    idle_cmd.args(["sleep", "300"]);
-    let idle = spawn_collecting(idle_cmd)?;
-    let mut agent_a = spawn_agent(
-        &g.a,
-        Some(GW_HOST_A),
-        &format!("{},{}", traced.pid(), idle.pid()),
-        &receiver,
-        &secret,
-        &[],
-    )?;
-    let code = traced.wait_exit(Duration::from_secs(120));
-    ensure!(
-        code == Some(0),
-        "traced clients exited with {code:?}: {}",
-        traced.stderr_text()
+    // Per client host: traced clients (after a delay, so its agent attaches to the shell first),
+    // an idle process that keeps the agent up while B asks after the calls, and the agent.
+    let mut client_host = |ns: &str, ip: &str, script: String| -> Result<(Proc, Proc, Proc)> {
+        let mut cmd = g.exec(ns);
+        cmd.args(["bash", "-c", &format!("set -e; sleep 3; {script}")]);
+        let traced = spawn_collecting(cmd)?;
+        let mut idle_cmd = g.exec(ns);
+        idle_cmd.args(["sleep", "300"]);
+        let idle = spawn_collecting(idle_cmd)?;
+        let agent = spawn_agent(
+            ns,
+            Some(ip),
+            &format!("{},{}", traced.pid(), idle.pid()),
+            &receiver,
+            &secret,
+            &[],
+        )?;
+        Ok((traced, idle, agent))
+    };
+    let direct = format!(
+        "python3 {} clients {GW_HOST_B} {port} /item/g {CLIENTS} {REQUESTS}",
+        app.display()
     );
-    // A's agent stays up while B asks (B holds its spans up to a few seconds).
+    let (mut traced_a, idle_a, mut agent_a) = client_host(
+        &g.a,
+        GW_HOST_A,
+        format!(
+            "{direct}; python3 {} clients {VIP} 80 /item/v {CLIENTS} {REQUESTS}",
+            app.display()
+        ),
+    )?;
+    let (mut traced_c, idle_c, mut agent_c) = client_host(&c_ns, GW_HOST_C, direct.clone())?;
+    for (who, traced) in [("A", &mut traced_a), ("C", &mut traced_c)] {
+        let code = traced.wait_exit(Duration::from_secs(120));
+        ensure!(
+            code == Some(0),
+            "{who}'s traced clients exited with {code:?}: {}",
+            traced.stderr_text()
+        );
+    }
+    // A's and C's agents stay up while B asks (B holds its spans up to a few seconds).
     std::thread::sleep(Duration::from_secs(4));
     let a_log = stop(&mut agent_a, "ztrace on host A")?;
+    let c_log = stop(&mut agent_c, "ztrace on host C")?;
     let b_log = stop(&mut agent_b, "ztrace on host B")?;
-    drop((server, idle));
+    drop((server, idle_a, idle_c));
     let _ = std::fs::remove_dir_all(&dir);
 
-    let n = 2 * CLIENTS * REQUESTS;
+    let per_batch = CLIENTS * REQUESTS;
+    let n = 3 * per_batch;
     let spans = rt.block_on(receiver.wait_for_spans(2 * n, Duration::from_secs(15)));
-    let clients_by_path: HashMap<String, &ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.span.kind == 3)
-        .map(|s| (path(s), s))
-        .collect();
-    let by_id: HashMap<String, &ReceivedSpan> =
-        spans.iter().map(|s| (s.span_id_hex(), s)).collect();
+    let mut clients_by_path: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in spans.iter().filter(|s| s.span.kind == 3) {
+        clients_by_path.entry(path(s)).or_default().push(s);
+    }
+    let client_spans: usize = clients_by_path.values().map(Vec::len).sum();
     let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.kind == 2).collect();
     // The gateway really translated: B's server spans name GW's address as the caller.
     let via_gw = servers
@@ -618,41 +633,45 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         })
         .count();
     let (mut right, mut wrong, mut roots, mut via_vip) = (0, 0, 0, 0);
+    let mut parents_taken = std::collections::HashSet::new();
     for s in &servers {
         let p = path(s);
         let parent = s.parent_span_id_hex();
-        match (parent.is_empty(), clients_by_path.get(&p)) {
-            (true, _) => roots += 1,
-            (false, Some(c))
-                if c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex() =>
-            {
-                right += 1;
-                via_vip += usize::from(p.starts_with("/item/v"));
-            }
-            _ => {
-                wrong += 1;
-                eprintln!(
-                    "wrong parent for {p}: {parent} ({:?})",
-                    by_id.get(&parent).map(|x| path(x))
-                );
-            }
+        if parent.is_empty() {
+            roots += 1;
+            continue;
+        }
+        let candidate = clients_by_path.get(&p).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex())
+        });
+        // One client span is the parent of one server span: A's and C's requests of one path
+        // must not share a parent.
+        if candidate && parents_taken.insert(parent.clone()) {
+            right += 1;
+            via_vip += usize::from(p.starts_with("/item/v"));
+        } else {
+            wrong += 1;
+            eprintln!("wrong parent for {p}: {parent}");
         }
     }
     let recall = right as f64 / n as f64;
     let report = format!(
-        "through the gateway: {} client spans, {} server spans ({via_gw} naming the gateway as \
-         the caller): {right} linked right ({via_vip} through A's DNAT), {wrong} wrong, {roots} \
-         roots (of {n} requests): recall {recall:.3}\nA: {}\nB: {}\nA: {}\nB: {}",
-        clients_by_path.len(),
+        "through the gateway: {client_spans} client spans, {} server spans ({via_gw} naming the \
+         gateway as the caller): {right} linked right ({via_vip} through A's DNAT), {wrong} \
+         wrong, {roots} roots (of {n} requests, {per_batch} of them the same requests from A \
+         and C): recall {recall:.3}\nA: {}\nC: {}\nB: {}\nA: {}\nC: {}\nB: {}",
         servers.len(),
         crosshost_summary(&a_log),
+        crosshost_summary(&c_log),
         crosshost_summary(&b_log),
         channel_summary(&a_log),
+        channel_summary(&c_log),
         channel_summary(&b_log)
     );
     eprintln!("{report}");
     ensure!(
-        clients_by_path.len() >= n * 95 / 100 && servers.len() >= n * 95 / 100,
+        client_spans >= n * 95 / 100 && servers.len() >= n * 95 / 100,
         "spans missing\n{report}"
     );
     ensure!(
@@ -665,7 +684,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         "cross-host recall through the gateway {recall:.3} < 0.95\n{report}"
     );
     ensure!(
-        via_vip >= n / 2 * 95 / 100,
+        via_vip >= per_batch * 95 / 100,
         "calls through A's service address not linked\n{report}"
     );
     ensure!(
