@@ -567,7 +567,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     g.dnat_in_a(80, &format!("{GW_HOST_B}:{port}"))?;
     // Per client host: traced clients (after a delay, so its agent attaches to the shell first),
     // an idle process that keeps the agent up while B asks after the calls, and the agent.
-    let mut client_host = |ns: &str, ip: &str, script: String| -> Result<(Proc, Proc, Proc)> {
+    let client_host = |ns: &str, ip: &str, script: String| -> Result<(Proc, Proc, Proc)> {
         let mut cmd = g.exec(ns);
         cmd.args(["bash", "-c", &format!("set -e; sleep 3; {script}")]);
         let traced = spawn_collecting(cmd)?;
