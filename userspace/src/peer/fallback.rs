@@ -26,8 +26,9 @@
 //! has answered at least once (said "unknown", ended or failed); a second peer's match makes the
 //! lookup [`Outcome::Ambiguous`] (left a root, counted). A second candidate that appears only
 //! after every other peer said "unknown" once (the same 32-bit sequence number of the same
-//! request to the same server, sent from another host, released later) is not seen: the one
-//! limit of this rule.
+//! request to the same server, sent from another host, released later) is not seen, nor is one
+//! held by a peer that cannot be reached (it counts as having answered): the limits of this
+//! rule.
 //!
 //! # Cost
 //! - Only after the direct question failed: the caller's address is remembered as agent-less for

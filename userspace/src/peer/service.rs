@@ -1222,6 +1222,84 @@ mod tests {
         assert_eq!(b.server.votes_lost.load(Ordering::Relaxed), 1);
     }
 
+    /// Callers behind a NAT gateway: nothing answers at the caller's address, so the fallback
+    /// peers are asked without its endpoint; one match links, two are ambiguous, and a
+    /// connection a peer answered for is asked of that peer alone.
+    #[tokio::test]
+    async fn fallback_peers_over_loopback() {
+        let secret = b"0123456789abcdef-shared";
+        let mut a1 = PeerLink::start(&cfg("127.0.0.1:0", 0, secret))
+            .await
+            .unwrap();
+        let port = a1.local.port();
+        // Every agent answers on the same port (peers are asked at `peer_port`).
+        let mut a2 = PeerLink::start(&cfg(&format!("127.0.0.2:{port}"), port, secret))
+            .await
+            .unwrap();
+        let ctx1 = client_send(&mut a1);
+        let mut b_cfg = cfg("127.0.0.3:0", port, secret);
+        b_cfg.fallback = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2])];
+        let mut b = PeerLink::start(&b_cfg).await.unwrap();
+        // The caller as B saw it: the gateway's address (no agent) and a port it chose.
+        let via_gw = |handle: Handle, port: u16| Lookup {
+            handle,
+            key: WireKey {
+                client: Endpoint {
+                    addr: "127.0.0.9".parse().unwrap(),
+                    port,
+                },
+                seq: 1234,
+            },
+            digest: 77,
+            server: test_server(),
+            deadline_ns: mono_ns() + 1_000_000_000,
+        };
+        let found = |ctx| Outcome::Found {
+            ctx,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        assert_eq!(ask_one(&mut b, via_gw(1, 5555)).await, (1, found(ctx1)));
+        // Another request on that connection, or another server: A1 knows no such send.
+        let mut other = via_gw(2, 5555);
+        other.digest = 78;
+        other.deadline_ns = mono_ns() + 300_000_000;
+        assert_eq!(ask_one(&mut b, other).await, (2, Outcome::Unknown));
+        // A2 now holds a send with the same sequence number and request to the same server:
+        // a new connection of the gateway's fans out and finds two candidates.
+        let send2 = ClientSend {
+            key: WireKey {
+                client: Endpoint {
+                    addr: "127.0.0.2".parse().unwrap(),
+                    port: 40001,
+                },
+                seq: 1234,
+            },
+            server: test_server(),
+            digest: 77,
+            ctx: PeerContext {
+                trace_id: TraceId([7; 16]),
+                span_id: SpanId([6; 8]),
+                sampled: None,
+            },
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        a2.submit(|s, _| s.push(send2), &mut Vec::new());
+        assert_eq!(
+            ask_one(&mut b, via_gw(3, 5556)).await,
+            (3, Outcome::Ambiguous)
+        );
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            (n(&b.server.asked_fallback), n(&b.server.fanned_out)),
+            (3, 2)
+        );
+        // A1's agent never saw the caller's endpoint, only its own send's.
+        let ix = a1.index.lock().unwrap().stats;
+        assert_eq!((ix.answered_without_client, ix.answered_found), (2, 2));
+    }
+
     #[tokio::test]
     async fn replayed_query_refused() {
         let secret = b"0123456789abcdef-shared";
