@@ -34,6 +34,8 @@
 //! When a gateway that runs no agent rewrote the caller's address, nothing answers there; the
 //! configured fallback peers are asked without the caller's endpoint ([`fallback`]).
 
+mod asker;
+mod common;
 pub mod fallback;
 pub mod index;
 pub mod nat;
@@ -41,4 +43,5 @@ pub mod protocol;
 mod service;
 
 pub use crate::link::crosshost::{CrossHostConfig, CrossHostStats};
-pub use service::{PeerConfig, PeerEvent, PeerLink, ServerCounters, mono_ns, read_secret};
+pub use common::{PeerEvent, ServerCounters, mono_ns};
+pub use service::{PeerConfig, PeerLink, read_secret};

@@ -16,21 +16,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{sleep, timeout};
 
 use crate::link::Handle;
 use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome, WireKey};
-use crate::model::{Endpoint, TraceId, TraceVote};
+use crate::model::{Endpoint, TraceVote};
 
-use super::fallback::{self, Fallback, Fan, News, Plan};
+use super::asker::ask_peer;
+use super::common::{
+    Channels, IDLE, Outgoing, PeerEvent, ServerCounters, mono_ns, read_frame, tell, unix_ms,
+};
+use super::fallback::{self, Fallback, News, Plan};
 use super::index::{self, ClientIndex};
 use super::nat::NatTable;
 use super::protocol::{
-    Body, Found, Frame, KIND_QUERY, KIND_REPLY, KIND_VOTE, Key, MAX_ITEMS, Query, Refused, Replay,
-    decode, encode, frame_len,
+    Body, Found, Frame, KIND_QUERY, KIND_VOTE, Key, Query, Refused, Replay, encode,
 };
 
 /// `--peer-listen` and friends.
@@ -70,57 +73,6 @@ const MAX_CONNS: usize = 256;
 const MAX_PEERS: usize = 1024;
 /// Lookups queued per peer host.
 const PEER_QUEUE: usize = 4096;
-/// A peer that refused a connection is not tried again for this long (its lookups fail at once).
-const DOWN_FOR: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Batching: lookups to one peer gathered this long go in one frame; unknowns are asked again
-/// after it (the caller's span may not be released yet).
-const ROUND: Duration = Duration::from_millis(50);
-const IDLE: Duration = Duration::from_secs(60);
-
-/// Server-side counters, and the votes this agent sent.
-#[derive(Debug, Default)]
-pub struct ServerCounters {
-    pub frames: AtomicU64,
-    pub questions: AtomicU64,
-    pub refused: AtomicU64,
-    /// Votes received from other agents.
-    pub votes_in: AtomicU64,
-    /// Votes written to a peer's connection.
-    pub votes_out: AtomicU64,
-    /// Votes not sent: the peer's agent could not be reached, or a queue was full.
-    pub votes_lost: AtomicU64,
-    /// What the channel learnt that the runtime had no room for (a full queue).
-    pub events_lost: AtomicU64,
-    /// This agent's lookups asked about the caller's endpoint before this host's NAT (a host
-    /// port DNAT'd to the server, the caller's address rewritten to this host's).
-    pub asked_via_nat: AtomicU64,
-    /// This agent's lookups asked of fallback peers without the caller's endpoint, and of those
-    /// the fan-outs to every fallback peer (the rest went to the one peer that answered for
-    /// the connection before).
-    pub asked_fallback: AtomicU64,
-    pub fanned_out: AtomicU64,
-}
-
-/// What the peer channel tells the tail sampler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerEvent {
-    /// The agent at `agent` holds another part of trace `trace_id` (it answered our question
-    /// about the caller's send, or asked us about our own send).
-    Participant { trace_id: TraceId, agent: IpAddr },
-    /// The agent at `from` voted on a trace.
-    Vote { from: IpAddr, vote: TraceVote },
-}
-
-/// What goes to a peer host's task.
-#[derive(Clone, Debug)]
-enum Outgoing {
-    Lookup(Lookup),
-    /// A lookup asked of a fallback peer without the caller's endpoint, one part of `Fan`.
-    Fanned(Lookup, Arc<Fan>),
-    Vote(IpAddr, TraceVote),
-}
 
 /// Events queued for the runtime.
 const EVENT_QUEUE: usize = 65_536;
@@ -137,35 +89,12 @@ pub struct PeerLink {
     nat: Option<Arc<Mutex<NatTable>>>,
 }
 
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// The address an agent is reached at: an IPv4-mapped IPv6 address is its IPv4 one.
 fn agent_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-/// Queues an event for the runtime; a full queue loses it (counted).
-fn tell(events: &mpsc::Sender<PeerEvent>, ev: PeerEvent, counters: &ServerCounters) {
-    if events.try_send(ev).is_err() {
-        counters.events_lost.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl PeerLink {
@@ -368,29 +297,6 @@ fn refusal_logged(from: SocketAddr, e: &anyhow::Error) {
     } else {
         log::debug!("peer {from}: {e}");
     }
-}
-
-async fn read_frame(
-    stream: &mut TcpStream,
-    key: &Key,
-    kinds: &[u8],
-) -> io::Result<Result<Frame, Refused>> {
-    let mut prefix = [0u8; 4];
-    stream.read_exact(&mut prefix).await?;
-    let n = match frame_len(prefix) {
-        Ok(n) => n,
-        Err(e) => return Ok(Err(e)),
-    };
-    let mut rest = vec![0u8; n];
-    stream.read_exact(&mut rest).await?;
-    Ok(decode(key, prefix, &rest, kinds))
-}
-
-/// The runtime's side of the channel, as the tasks see it.
-#[derive(Clone)]
-struct Channels {
-    events: mpsc::Sender<PeerEvent>,
-    counters: Arc<ServerCounters>,
 }
 
 /// One asking agent's connection: queries are answered, votes taken.
@@ -645,316 +551,6 @@ async fn lost(
     }
 }
 
-struct Waiting {
-    lookup: Lookup,
-    /// The peer answered "unknown" at least once.
-    unknown: bool,
-    /// A fallback peer's part of a fan-out (`super::fallback`), and whether its fan heard the
-    /// first "unknown".
-    fan: Option<(Arc<Fan>, bool)>,
-}
-
-impl Waiting {
-    fn new(lookup: Lookup, fan: Option<Arc<Fan>>) -> Self {
-        Self {
-            lookup,
-            unknown: false,
-            fan: fan.map(|f| (f, false)),
-        }
-    }
-}
-
-/// Where a peer task's finished lookups go: the runtime, and (when fallback peers are
-/// configured) the dispatcher, for lookups the agent at the caller's address did not answer.
-type Sinks = (
-    mpsc::Sender<(Handle, Outcome)>,
-    Option<mpsc::Sender<(IpAddr, Lookup)>>,
-);
-
-/// One peer host: batches of lookups over one connection, asked again until found or due, and
-/// the votes for it, written before each round's question.
-async fn ask_peer(
-    (addr, source): (SocketAddr, Option<IpAddr>),
-    key: Arc<Key>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    (answers, back): Sinks,
-    ch: Channels,
-) {
-    let mut waiting: Vec<Waiting> = Vec::new();
-    let mut votes: Vec<TraceVote> = Vec::new();
-    let mut conn: Option<TcpStream> = None;
-    let mut down_until: Option<Instant> = None;
-    let take = |o: Outgoing, waiting: &mut Vec<Waiting>, votes: &mut Vec<TraceVote>| match o {
-        Outgoing::Lookup(l) => waiting.push(Waiting::new(l, None)),
-        Outgoing::Fanned(l, fan) => waiting.push(Waiting::new(l, Some(fan))),
-        Outgoing::Vote(_, v) => votes.push(v),
-    };
-    loop {
-        if waiting.is_empty() && votes.is_empty() {
-            match timeout(IDLE, rx.recv()).await {
-                Ok(Some(o)) => take(o, &mut waiting, &mut votes),
-                _ => return,
-            }
-        }
-        sleep(ROUND).await;
-        while let Ok(o) = rx.try_recv() {
-            take(o, &mut waiting, &mut votes);
-        }
-        let mut done = Vec::new();
-        // Parts of fan-outs another peer's answer settled are not asked any more.
-        waiting.retain(|w| !w.fan.as_ref().is_some_and(|(f, _)| f.is_done()));
-        end_due(&mut waiting, mono_ns(), &mut done);
-        if down_until.is_some_and(|t| Instant::now() < t) {
-            done.extend(waiting.drain(..).map(|w| (w, Outcome::NoAgent)));
-            lose_votes(&mut votes, &ch.counters);
-        } else if !waiting.is_empty() || !votes.is_empty() {
-            let fresh = conn.is_none();
-            if fresh {
-                match timeout(CONNECT_TIMEOUT, connect(addr, source)).await {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
-                        conn = Some(s);
-                    }
-                    Ok(Err(e)) => {
-                        log::debug!("peer {addr}: {e}");
-                        down_until = Some(Instant::now() + DOWN_FOR);
-                        done.extend(waiting.drain(..).map(|w| (w, Outcome::NoAgent)));
-                        lose_votes(&mut votes, &ch.counters);
-                    }
-                    Err(_) => {
-                        down_until = Some(Instant::now() + DOWN_FOR);
-                        done.extend(waiting.drain(..).map(|w| (w, Outcome::Timeout)));
-                        lose_votes(&mut votes, &ch.counters);
-                    }
-                }
-            }
-            if let Some(stream) = &mut conn {
-                let sent = send_votes(stream, &key, &mut votes, &ch.counters).await;
-                let asked = match sent {
-                    Ok(()) if waiting.is_empty() => Ok(()),
-                    Ok(()) => ask(stream, &key, &mut waiting, &mut done).await,
-                    Err(e) => Err(AskError::Io(e)),
-                };
-                match asked {
-                    Ok(()) => {}
-                    // On a connection just made, a close is a refusal; on an older one it may
-                    // be the peer's idle timeout: ask again on a new connection.
-                    Err(AskError::Closed) if !fresh => conn = None,
-                    Err(AskError::Closed) => {
-                        log::warn!(
-                            "peer {addr}: closed the connection on our query: another peer secret or another ztrace version (the peer's log says which)"
-                        );
-                        conn = None;
-                        done.extend(waiting.drain(..).map(|w| (w, Outcome::Refused)));
-                    }
-                    Err(AskError::Refused(r)) => {
-                        let hint = r.hint().unwrap_or_default();
-                        log::warn!("peer {addr}: reply refused: {r}{hint}");
-                        conn = None;
-                        done.extend(waiting.drain(..).map(|w| (w, Outcome::Refused)));
-                    }
-                    Err(AskError::Io(e)) => {
-                        log::debug!("peer {addr}: {e}");
-                        conn = None;
-                    }
-                }
-            }
-        }
-        // What no later round can ask before its deadline ends now: the linker hears "unknown"
-        // (the peer answered, it knows no such send) rather than timing the lookup out itself.
-        end_due(&mut waiting, mono_ns() + ROUND.as_nanos() as u64, &mut done);
-        let finals = settle(addr.ip(), &mut waiting, done, back.as_ref());
-        // The answering agent holds the caller's part of each trace it found.
-        for (_, o, agent) in &finals {
-            if let Outcome::Found { ctx, .. } = o {
-                let ev = PeerEvent::Participant {
-                    trace_id: ctx.trace_id,
-                    agent: *agent,
-                };
-                tell(&ch.events, ev, &ch.counters);
-            }
-        }
-        for (h, o, _) in finals {
-            if answers.send((h, o)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// The round's finished lookups of peer `from` as the runtime's answers (with the agent each
-/// came from): a fallback peer's parts settle their fans (the first "unknown" of a part still
-/// waiting too), and a lookup nothing answered at the caller's address goes `back` to the
-/// dispatcher for the fallback peers.
-fn settle(
-    from: IpAddr,
-    waiting: &mut [Waiting],
-    done: Vec<(Waiting, Outcome)>,
-    back: Option<&mpsc::Sender<(IpAddr, Lookup)>>,
-) -> Vec<(Handle, Outcome, IpAddr)> {
-    let now = mono_ns();
-    let mut finals = Vec::new();
-    for w in waiting.iter_mut().filter(|w| w.unknown) {
-        if let Some((fan, told @ false)) = &mut w.fan {
-            *told = true;
-            if let Some((o, agent)) = fan.settle(from, News::Heard, now) {
-                finals.push((fan.handle, o, agent));
-            }
-        }
-    }
-    for (w, o) in done {
-        match (w.fan, o, back) {
-            (Some((fan, _)), o, _) => {
-                if let Some((o, agent)) = fan.settle(from, News::Ended(o), now) {
-                    finals.push((fan.handle, o, agent));
-                }
-            }
-            (None, Outcome::NoAgent, Some(back)) => {
-                if back.try_send((from, w.lookup)).is_err() {
-                    finals.push((w.lookup.handle, Outcome::NoAgent, from));
-                }
-            }
-            (None, o, _) => finals.push((w.lookup.handle, o, from)),
-        }
-    }
-    finals
-}
-
-/// Ends the lookups due by `by_ns`: "unknown" when the peer answered so, else "timeout".
-fn end_due(waiting: &mut Vec<Waiting>, by_ns: u64, done: &mut Vec<(Waiting, Outcome)>) {
-    let (due, keep) = std::mem::take(waiting)
-        .into_iter()
-        .partition(|w| w.lookup.deadline_ns <= by_ns);
-    *waiting = keep;
-    for w in due {
-        let why = if w.unknown {
-            Outcome::Unknown
-        } else {
-            Outcome::Timeout
-        };
-        done.push((w, why));
-    }
-}
-
-/// A connection to `addr`, from `source` when given (same address family only).
-async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    socket.connect(addr).await
-}
-
-fn lose_votes(votes: &mut Vec<TraceVote>, counters: &ServerCounters) {
-    counters
-        .votes_lost
-        .fetch_add(votes.len() as u64, Ordering::Relaxed);
-    votes.clear();
-}
-
-/// Writes the queued votes (no reply comes back). Written votes are counted sent; when the write
-/// fails they are kept for the next connection.
-async fn send_votes(
-    stream: &mut TcpStream,
-    key: &Key,
-    votes: &mut Vec<TraceVote>,
-    counters: &ServerCounters,
-) -> io::Result<()> {
-    while !votes.is_empty() {
-        let n = votes.len().min(MAX_ITEMS);
-        let frame = Frame {
-            id: 0,
-            unix_ms: unix_ms(),
-            nonce: rand::random(),
-            body: Body::Vote(votes[..n].to_vec()),
-        };
-        stream.write_all(&encode(key, &frame)).await?;
-        votes.drain(..n);
-        counters.votes_out.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-enum AskError {
-    Refused(Refused),
-    /// The peer closed the connection instead of answering.
-    Closed,
-    Io(io::Error),
-}
-
-/// One round trip for up to [`MAX_ITEMS`] of `waiting`; found ones move to `done`.
-async fn ask(
-    stream: &mut TcpStream,
-    key: &Key,
-    waiting: &mut Vec<Waiting>,
-    done: &mut Vec<(Waiting, Outcome)>,
-) -> Result<(), AskError> {
-    let n = waiting.len().min(MAX_ITEMS);
-    let id: u64 = rand::random();
-    let query = Frame {
-        id,
-        unix_ms: unix_ms(),
-        nonce: rand::random(),
-        body: Body::Query(
-            waiting[..n]
-                .iter()
-                .map(|w| Query {
-                    key: w.lookup.key,
-                    digest: w.lookup.digest,
-                    server: w.lookup.server,
-                })
-                .collect(),
-        ),
-    };
-    stream
-        .write_all(&encode(key, &query))
-        .await
-        .map_err(AskError::Io)?;
-    let reply = match timeout(REPLY_TIMEOUT, read_frame(stream, key, &[KIND_REPLY])).await {
-        Ok(Ok(Ok(f))) => f,
-        Ok(Ok(Err(r))) => return Err(AskError::Refused(r)),
-        // A peer closes the connection on a query it refuses (it sends nothing signed to
-        // whoever fails authentication).
-        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Err(AskError::Closed);
-        }
-        Ok(Err(e)) => return Err(AskError::Io(e)),
-        Err(_) => return Err(AskError::Io(io::ErrorKind::TimedOut.into())),
-    };
-    let Body::Reply(items) = reply.body else {
-        return Err(AskError::Refused(Refused::WrongKind));
-    };
-    if reply.id != id
-        || items.len() != n
-        || reply.unix_ms.abs_diff(unix_ms()) > super::protocol::MAX_AGE_MS
-    {
-        return Err(AskError::Refused(Refused::Stale));
-    }
-    let asked: Vec<Waiting> = waiting.drain(..n).collect();
-    let mut still = Vec::with_capacity(n);
-    for (mut w, item) in asked.into_iter().zip(items) {
-        match item {
-            Some(f) => done.push((
-                w,
-                Outcome::Found {
-                    ctx: f.ctx,
-                    start_unix_ns: f.start_unix_ns,
-                    end_unix_ns: f.end_unix_ns,
-                },
-            )),
-            None => {
-                w.unknown = true;
-                still.push(w);
-            }
-        }
-    }
-    waiting.splice(0..0, still);
-    Ok(())
-}
-
 /// The server endpoint the tests' lookups name (no NAT table in them).
 #[cfg(test)]
 fn test_server() -> Endpoint {
@@ -966,6 +562,7 @@ fn test_server() -> Endpoint {
 
 #[cfg(test)]
 mod tests {
+    use super::super::protocol::KIND_REPLY;
     use super::*;
     use crate::link::crosshost::{PeerContext, WireKey};
     use crate::model::{Endpoint, SpanId, TraceId};
@@ -1347,6 +944,7 @@ mod tests {
 /// ztrace -- --ignored --nocapture per_lookup_cost` (docs/benchmarks.md).
 #[cfg(test)]
 mod cost {
+    use super::super::protocol::{KIND_REPLY, decode};
     use super::*;
     use crate::link::crosshost::{PeerContext, WireKey};
     use crate::model::{Endpoint, SpanId, TraceId};
