@@ -14,8 +14,12 @@
 //! The second test runs the cross-host evaluation (`ztrace_e2e::xeval`) at CI scale: a
 //! thread-per-request Python server on A calling a Node.js event loop on B (per-thread keep-alive
 //! connections, a pool shared by the threads, a DNAT'd service address, one whose source ports A
-//! masquerades, B's node port with both hosts' NAT), calls back from B to A, and a third host
-//! without an agent; it asserts the targets per shape.
+//! masquerades, B's node port with both hosts' NAT, a NAT gateway without an agent), calls back
+//! from B to A, and a third host without an agent; it asserts the targets per shape.
+//!
+//! A fourth puts a NAT gateway that runs no agent between client hosts A and C and server host
+//! B (B's agent asks its `--peer-fallback` agents without the caller's endpoint), A and C making
+//! the same requests: no wrong parent, recall ≥ 0.95.
 
 use std::{collections::HashMap, time::Duration};
 
