@@ -1,7 +1,7 @@
 """Services for ztrace's cross-host test and evaluation (tests/tests/e2e_crosshost.rs,
 tests/src/xeval.rs). Nothing here knows about tracing.
 
-    BIND=ADDR [PORT=N] [CALLBACK=HOST:PORT] [NEXT=HOST:PORT VIA=HOST:PORT VIA_MASQ=HOST:PORT VIA_NODE=HOST:PORT POOL=N] python3 xhost.py server
+    BIND=ADDR [PORT=N] [CALLBACK=HOST:PORT] [NEXT=HOST:PORT VIA=HOST:PORT VIA_MASQ=HOST:PORT VIA_NODE=HOST:PORT VIA_GW=HOST:PORT POOL=N] python3 xhost.py server
                                             -> thread-per-request HTTP/1.1 server with keep-alive,
                                                GET /item/<id>, /cb/<id>: answered at once;
                                                GET /call/<id> first calls CALLBACK's
@@ -13,7 +13,8 @@ tests/src/xeval.rs). Nothing here knows about tracing.
                                                all handler threads; /v/<id> calls VIA's /n/<id>
                                                (a service address), /m/<id> VIA_MASQ's (one
                                                whose source ports are rewritten), /h/<id>
-                                               VIA_NODE's (a node port);
+                                               VIA_NODE's (a node port), /g/<id>
+                                               VIA_GW's (through a NAT gateway);
                                                /c/<id> calls NEXT's /c/<id>.
                                                Prints "PORT <n>" once listening
     python3 xhost.py clients HOST PORT PATH CLIENTS REQUESTS
@@ -120,6 +121,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "v": lambda: self.call("VIA", f"/n/{name}"),
             "m": lambda: self.call("VIA_MASQ", f"/n/{name}"),
             "h": lambda: self.call("VIA_NODE", f"/n/{name}"),
+            "g": lambda: self.call("VIA_GW", f"/n/{name}"),
             "c": lambda: self.call("NEXT", f"/c/{name}"),
         }
         if op in calls:

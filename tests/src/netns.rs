@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   host A 10.231.0.1 ── veth ── 10.231.0.2 host B 10.232.0.2 ── veth ── 10.232.0.1 host C
+//!   (optional) host A 10.235.1.1 ── GW ── 10.235.2.1 host B      (GW masquerades, no agent)
 //! ```
 //!
 //! Host C (optional) is a client host that runs no agent. Host A can reach a virtual service
@@ -51,6 +52,9 @@ pub struct Hosts {
     pub b: String,
     /// The agent-less client host, when made.
     pub c: Option<String>,
+    /// A NAT gateway without an agent on a second path from A to B, when made
+    /// ([`Hosts::add_gateway`]).
+    pub gw: Option<String>,
 }
 
 impl Hosts {
@@ -61,6 +65,7 @@ impl Hosts {
             a: format!("ztxa{id}"),
             b: format!("ztxb{id}"),
             c: None,
+            gw: None,
         };
         let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
         ip(&["netns", "add", &hosts.a]).context("ip netns add (install iproute2)")?;
@@ -92,9 +97,15 @@ impl Hosts {
 
     /// A command that runs inside namespace `ns`.
     pub fn exec(&self, ns: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]);
-        cmd
+        exec_in(ns)
+    }
+
+    /// A second path from A to B through a NAT gateway that runs no agent (as [`Gateway`]):
+    /// A reaches B at [`GW_HOST_B`] through it, and B's server sees [`GW_B_SIDE`] as the caller.
+    pub fn add_gateway(&mut self) -> Result<()> {
+        let gw = format!("ztxg{}", std::process::id());
+        self.gw = Some(gw.clone());
+        gateway_between(&self.a, &gw, &self.b, "h")
     }
 
     /// In host A: TCP to `VIP:vport` goes to `to` instead (the client sees the VIP, the server
@@ -197,6 +208,166 @@ impl Hosts {
     }
 }
 
+/// Host A's address behind the NAT gateway ([`Gateway`]).
+pub const GW_HOST_A: &str = "10.235.1.1";
+/// The gateway's address on A's link (A's default route).
+pub const GW_A_SIDE: &str = "10.235.1.254";
+/// The gateway's address on B's link: the caller B's server sees for every call from A.
+pub const GW_B_SIDE: &str = "10.235.2.254";
+/// Host B's address behind the gateway.
+pub const GW_HOST_B: &str = "10.235.2.1";
+/// A second client host behind the gateway ([`Gateway::create`] with `with_c`).
+pub const GW_HOST_C: &str = "10.235.3.1";
+/// The gateway's address on C's link.
+pub const GW_C_SIDE: &str = "10.235.3.254";
+
+/// Hosts A and B with a NAT gateway between them that runs no agent:
+///
+/// ```text
+///   host A 10.235.1.1 ── veth ── 10.235.1.254 GW 10.235.2.254 ── veth ── 10.235.2.1 host B
+/// ```
+///
+/// GW forwards between its links and masquerades what leaves towards B (`iptables -t nat -A
+/// POSTROUTING -o <B's link> -j MASQUERADE`): B's server sees GW's address and a port GW chose,
+/// and the translation is in GW's conntrack table, which neither host's agent can read. B routes
+/// A's network through GW (untranslated), so B's agent can reach A's. Removed on drop.
+pub struct Gateway {
+    pub a: String,
+    pub gw: String,
+    pub b: String,
+    /// A second client host behind the gateway (10.235.3.1), when made: B sees both A's and
+    /// C's calls come from [`GW_B_SIDE`].
+    pub c: Option<String>,
+}
+
+impl Gateway {
+    /// A, GW and B, and C behind GW too when `with_c`.
+    pub fn create(with_c: bool) -> Result<Self> {
+        let id = std::process::id();
+        let mut g = Gateway {
+            a: format!("ztga{id}"),
+            gw: format!("ztgg{id}"),
+            b: format!("ztgb{id}"),
+            c: None,
+        };
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+        for ns in [&g.a, &g.b] {
+            ip(&["netns", "add", ns]).context("ip netns add (install iproute2)")?;
+        }
+        gateway_between(&g.a, &g.gw, &g.b, "g")?;
+        if with_c {
+            let c = format!("ztgc{id}");
+            ip(&["netns", "add", &c])?;
+            g.c = Some(c.clone());
+            let short = |s: String| s[..s.len().min(15)].to_string();
+            let (vc, vgc) = (short(format!("zgc{id}")), short(format!("zgz{id}")));
+            veth(&c, &vc, GW_HOST_C, &g.gw, &vgc, GW_C_SIDE)?;
+            ip(&["-n", &c, "route", "add", "10.235.2.0/24", "via", GW_C_SIDE])?;
+            ip(&[
+                "-n",
+                &g.b,
+                "route",
+                "add",
+                "10.235.3.0/24",
+                "via",
+                GW_B_SIDE,
+            ])?;
+        }
+        // The service address A DNATs ([`Gateway::dnat_in_a`]) leaves through the gateway.
+        run_ok(Command::new("ip").args([
+            "-n",
+            &g.a,
+            "route",
+            "add",
+            &format!("{VIP}/32"),
+            "via",
+            GW_A_SIDE,
+        ]))?;
+        Ok(g)
+    }
+
+    /// A command that runs inside namespace `ns`.
+    pub fn exec(&self, ns: &str) -> Command {
+        exec_in(ns)
+    }
+
+    /// In host A: TCP to `VIP:vport` goes to `to` instead (DNAT in A's OUTPUT chain, then out
+    /// through the gateway): A's client sees the VIP, B's server its own address and GW's.
+    pub fn dnat_in_a(&self, vport: u16, to: &str) -> Result<()> {
+        run_ok(self.exec(&self.a).args([
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            VIP,
+            "-p",
+            "tcp",
+            "--dport",
+            &vport.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            to,
+        ]))
+        .context("iptables DNAT in host A (install iptables)")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for ns in [
+            Some(&self.a),
+            Some(&self.gw),
+            Some(&self.b),
+            self.c.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Makes namespace `gw` (no agent) between existing namespaces `a` and `b`: A's 10.235.1.0/24
+/// link and B's 10.235.2.0/24 link (each routed to the other through GW), forwarding on, and
+/// what leaves towards B masqueraded. `tag` tells its veth devices from other gateways'.
+fn gateway_between(a: &str, gw: &str, b: &str, tag: &str) -> Result<()> {
+    let id = std::process::id();
+    let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+    ip(&["netns", "add", gw]).context("ip netns add (install iproute2)")?;
+    let short = |s: String| s[..s.len().min(15)].to_string();
+    let (va, vga) = (short(format!("z{tag}a{id}")), short(format!("z{tag}x{id}")));
+    let (vb, vgb) = (short(format!("z{tag}b{id}")), short(format!("z{tag}y{id}")));
+    veth(a, &va, GW_HOST_A, gw, &vga, GW_A_SIDE)?;
+    veth(b, &vb, GW_HOST_B, gw, &vgb, GW_B_SIDE)?;
+    ip(&["-n", a, "route", "add", "10.235.2.0/24", "via", GW_A_SIDE])?;
+    ip(&["-n", b, "route", "add", "10.235.1.0/24", "via", GW_B_SIDE])?;
+    let in_gw = |args: &[&str]| run_ok(exec_in(gw).args(args));
+    in_gw(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    in_gw(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        &vgb,
+        "-j",
+        "MASQUERADE",
+    ])
+    .context("iptables MASQUERADE in the gateway (install iptables)")
+}
+
+/// A command that runs inside namespace `ns`.
+pub fn exec_in(ns: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    cmd
+}
+
 /// A veth pair from `ns1` (device `d1`, address `ip1`/24) to `ns2` (`d2`, `ip2`/24), up.
 fn veth(ns1: &str, d1: &str, ip1: &str, ns2: &str, d2: &str, ip2: &str) -> Result<()> {
     let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
@@ -213,9 +384,14 @@ fn veth(ns1: &str, d1: &str, ip1: &str, ns2: &str, d2: &str, ip2: &str) -> Resul
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for ns in [Some(&self.a), Some(&self.b), self.c.as_ref()]
-            .into_iter()
-            .flatten()
+        for ns in [
+            Some(&self.a),
+            Some(&self.b),
+            self.c.as_ref(),
+            self.gw.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
@@ -247,7 +423,6 @@ pub fn receiver_in(ns: &str, ip: &str) -> Result<(tokio::runtime::Runtime, Recei
 /// `listen_ip:PEER_PORT` (None: peer channel off), exporting to `receiver`; returns once its
 /// probes are attached.
 pub fn spawn_agent(
-    hosts: &Hosts,
     ns: &str,
     listen_ip: Option<&str>,
     pids: &str,
@@ -255,7 +430,7 @@ pub fn spawn_agent(
     secret: &Path,
     extra: &[&str],
 ) -> Result<Proc> {
-    let mut cmd = hosts.exec(ns);
+    let mut cmd = exec_in(ns);
     cmd.arg(ztrace_bin())
         .args(["--pid", pids, "--otlp-endpoint", &receiver.endpoint()])
         .args(extra);

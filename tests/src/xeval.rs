@@ -15,6 +15,8 @@
 //!       nodeport /h/<id> → GET /n/<id> to B's node port, which B DNATs to its server and whose
 //!               caller B rewrites to an address of its own (kube-proxy's node port); A
 //!               masquerades these connections with random source ports too
+//!       gateway /g/<id> → GET /n/<id> to B through a NAT gateway that runs no agent and
+//!               masquerades A's connections; B asks A's agent as its fallback peer
 //!       callback /c/<id> → GET /c/<id> to B, whose handling calls back GET /cb/<id> on A
 //!   → host B: Node.js event loop, keep-alive agent for its calls back      tests/apps/xhost_node.js
 //! driver in C (a host with no agent) → GET /x/<id> on B                    (shape `noagent`)
@@ -53,6 +55,9 @@ pub enum XShape {
     /// B's own addresses (B's server sees a caller on its own host), and A's source ports
     /// rewritten: both hosts' NAT undone.
     NodePort,
+    /// The same through a NAT gateway that runs no agent (a second path from A to B): B sees
+    /// the gateway's address and asks A's agent as its fallback peer (`--peer-fallback`).
+    Gateway,
     /// A → B → back to A in the same request.
     Callback,
     /// A client host without an agent → B: must stay roots.
@@ -114,6 +119,7 @@ const POOL: [XHop; 3] = a_to_b("/p/", Edge::SharedPool);
 const DNAT: [XHop; 3] = a_to_b("/v/", Edge::ThreadPerRequest);
 const MASQ: [XHop; 3] = a_to_b("/m/", Edge::ThreadPerRequest);
 const NODE_PORT: [XHop; 3] = a_to_b("/h/", Edge::ThreadPerRequest);
+const GATEWAY: [XHop; 3] = a_to_b("/g/", Edge::ThreadPerRequest);
 const CALLBACK: [XHop; 5] = {
     use {Edge::*, Host::*, Kind::*};
     [
@@ -129,12 +135,13 @@ const NO_AGENT: [XHop; 1] = [hop(Host::B, Kind::Server, "/x/", None)];
 const CONTROL: [XHop; 3] = a_to_b("/k/", Edge::ThreadPerRequest);
 
 impl XShape {
-    pub const ALL: [XShape; 8] = [
+    pub const ALL: [XShape; 9] = [
         XShape::Thread,
         XShape::Pool,
         XShape::Dnat,
         XShape::Masq,
         XShape::NodePort,
+        XShape::Gateway,
         XShape::Callback,
         XShape::NoAgent,
         XShape::Control,
@@ -148,6 +155,7 @@ impl XShape {
             XShape::Dnat => "dnat",
             XShape::Masq => "masq",
             XShape::NodePort => "nodeport",
+            XShape::Gateway => "gateway",
             XShape::Callback => "callback",
             XShape::NoAgent => "noagent",
             XShape::Control => "control",
@@ -169,6 +177,9 @@ impl XShape {
             XShape::NodePort => {
                 "thread-per-request (A), source ports rewritten → B's node port, caller rewritten to B's address → B"
             }
+            XShape::Gateway => {
+                "thread-per-request (A) → NAT gateway without an agent (masquerade) → B"
+            }
             XShape::Callback => "A → B → call back to A in the same request",
             XShape::NoAgent => "client host without an agent (C) → B",
             XShape::Control => "`thread` with the peer channel off (cost control)",
@@ -183,6 +194,7 @@ impl XShape {
             XShape::Dnat => 'v',
             XShape::Masq => 'm',
             XShape::NodePort => 'h',
+            XShape::Gateway => 'g',
             XShape::Callback => 'c',
             XShape::NoAgent => 'x',
             XShape::Control => 'k',
@@ -201,6 +213,7 @@ impl XShape {
             XShape::Dnat => &DNAT,
             XShape::Masq => &MASQ,
             XShape::NodePort => &NODE_PORT,
+            XShape::Gateway => &GATEWAY,
             XShape::Callback => &CALLBACK,
             XShape::NoAgent => &NO_AGENT,
             XShape::Control => &CONTROL,
@@ -247,6 +260,8 @@ pub struct AgentStats {
     pub no_agent: u64,
     pub timeout: u64,
     pub refused: u64,
+    /// Two or more candidate callers from fallback peers: left a root.
+    pub ambiguous: u64,
     /// Not asked: too many pending.
     pub overflow: u64,
     /// Linked outside the caller's window (clock skew or network delay), and by how much at most.
@@ -278,9 +293,10 @@ impl AgentStats {
             no_agent: n(4)? as u64,
             timeout: n(5)? as u64,
             refused: n(6)? as u64,
-            overflow: n(7)? as u64,
-            skewed: n(8)? as u64,
-            max_skew_us: n(9)?,
+            ambiguous: n(7)? as u64,
+            overflow: n(8)? as u64,
+            skewed: n(9)? as u64,
+            max_skew_us: n(10)?,
             via_nat: 0,
             asked_via_nat: 0,
             cpu_s: 0.0,
@@ -612,16 +628,16 @@ impl Run {
             "\nLookups by outcome, per shape and agent (from each agent's exit summary); an \
              abstention leaves the server span a root:\n\n\
              | shape | agent | client sends indexed | lookups | linked | unknown | no agent | \
-             timeout | refused | not asked (full) | linked outside the caller's window (max µs) | \
+             timeout | refused | ambiguous | not asked (full) | linked outside the caller's window (max µs) | \
              questions answered / asked through the host's NAT table | agent CPU s | agent CPU µs per \
              request |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (shape, s) in &self.shapes {
             for (host, a) in &s.agents {
                 let _ = writeln!(
                     t,
-                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} / {} | {:.2} | {:.0} |",
+                    "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}) | {} / {} | {:.2} | {:.0} |",
                     shape.name(),
                     if *host == Host::A { "A" } else { "B" },
                     a.sends,
@@ -631,6 +647,7 @@ impl Run {
                     a.no_agent,
                     a.timeout,
                     a.refused,
+                    a.ambiguous,
                     a.overflow,
                     a.skewed,
                     a.max_skew_us,
@@ -784,8 +801,8 @@ mod tests {
     #[test]
     fn agent_summaries_parse() {
         let line = "cross-host links: 1280 client sends indexed; 1290 server roots asked about: \
-                    1280 linked, 3 unknown, 5 no agent, 2 timeout, 0 refused; 0 not asked (too \
-                    many pending); 12 linked outside the caller's window (by at most 85.3 µs)";
+                    1280 linked, 3 unknown, 5 no agent, 2 timeout, 0 refused, 1 ambiguous; 0 not \
+                    asked (too many pending); 12 linked outside the caller's window (by at most 85.3 µs)";
         let a = AgentStats::parse(line).unwrap();
         assert_eq!(
             (
@@ -793,7 +810,7 @@ mod tests {
             ),
             (1280, 1290, 1280, 3, 5, 2, 0)
         );
-        assert_eq!((a.overflow, a.skewed), (0, 12));
+        assert_eq!((a.ambiguous, a.overflow, a.skewed), (1, 0, 12));
         assert!((a.max_skew_us - 85.3).abs() < 1e-9);
         assert_eq!(AgentStats::parse(""), None);
         let log = format!(

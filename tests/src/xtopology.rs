@@ -13,8 +13,8 @@ use anyhow::{Context, Result, ensure};
 use crate::{
     harness::{Proc, apps_dir, spawn_app},
     netns::{
-        A_IP, B_IP, B_IP_C, Hosts, NODE_PORT, VIP, VIP_MASQ, crosshost_summary, receiver_in,
-        spawn_agent, spawn_collecting, stop,
+        A_IP, B_IP, B_IP_C, GW_HOST_B, Hosts, NODE_PORT, VIP, VIP_MASQ, crosshost_summary,
+        receiver_in, spawn_agent, spawn_collecting, stop,
     },
     temp::TempDir,
     topology::eval_span,
@@ -40,7 +40,10 @@ const A_PORT: u16 = 8080;
 
 /// Builds the hosts, drives every shape of `config` and scores what the agents exported.
 pub fn run(config: Config) -> Result<Run> {
-    let hosts = Hosts::create(config.shapes.contains(&XShape::NoAgent))?;
+    let mut hosts = Hosts::create(config.shapes.contains(&XShape::NoAgent))?;
+    if config.shapes.contains(&XShape::Gateway) {
+        hosts.add_gateway()?;
+    }
     let dir = TempDir::new("xeval")?;
     let secret = dir.join("peer-secret");
     std::fs::write(&secret, "the-evaluation's-shared-peer-secret\n")?;
@@ -67,6 +70,7 @@ pub fn run(config: Config) -> Result<Run> {
         .env("VIA", format!("{VIP}:80"))
         .env("VIA_MASQ", format!("{VIP_MASQ}:80"))
         .env("VIA_NODE", format!("{B_IP}:{NODE_PORT}"))
+        .env("VIA_GW", format!("{GW_HOST_B}:{b_port}"))
         .env("POOL", "4");
     let (a_svc, _) = spawn_app(py).context("the Python service on A")?;
 
@@ -152,18 +156,23 @@ fn drive_shape(
     b_port: u16,
 ) -> Result<(Vec<String>, ShapeScore)> {
     let listen = |ip: &str| shape.peers().then(|| ip.to_string());
+    // Behind the gateway, B's agent asks A's agent (at its address on the direct link) when
+    // nothing answers at the gateway's.
+    let fallback: &[&str] = if shape == XShape::Gateway {
+        &["--peer-fallback", A_IP]
+    } else {
+        &[]
+    };
     let mut agent_b = spawn_agent(
-        hosts,
         &hosts.b,
         listen("0.0.0.0").as_deref(),
         &b_svc.pid().to_string(),
         receiver,
         secret,
-        &[],
+        fallback,
     )?;
     let mut agent_a = if shape != XShape::NoAgent {
         Some(spawn_agent(
-            hosts,
             &hosts.a,
             listen(A_IP).as_deref(),
             &a_svc.pid().to_string(),

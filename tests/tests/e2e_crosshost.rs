@@ -14,8 +14,12 @@
 //! The second test runs the cross-host evaluation (`ztrace_e2e::xeval`) at CI scale: a
 //! thread-per-request Python server on A calling a Node.js event loop on B (per-thread keep-alive
 //! connections, a pool shared by the threads, a DNAT'd service address, one whose source ports A
-//! masquerades, B's node port with both hosts' NAT), calls back from B to A, and a third host
-//! without an agent; it asserts the issue's targets per shape.
+//! masquerades, B's node port with both hosts' NAT, a NAT gateway without an agent), calls back
+//! from B to A, and a third host without an agent; it asserts the issue's targets per shape.
+//!
+//! A fourth puts a NAT gateway that runs no agent between client hosts A and C and server host
+//! B (B's agent asks its `--peer-fallback` agents without the caller's endpoint), A and C making
+//! the same requests: no wrong parent, recall ≥ 0.95.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -23,9 +27,11 @@ use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
     harness::{Proc, apps_dir, privileged_or_skip, spawn_app},
     netns::{
-        A_IP, B_IP, Hosts, VIP, crosshost_summary, receiver_in, spawn_agent, spawn_collecting, stop,
+        A_IP, B_IP, GW_A_SIDE, GW_B_SIDE, GW_HOST_A, GW_HOST_B, GW_HOST_C, Gateway, Hosts, VIP,
+        crosshost_summary, receiver_in, spawn_agent, spawn_collecting, stop,
     },
     receiver::ReceivedSpan,
+    temp::TempDir,
     xeval::{self, XShape},
     xtopology,
 };
@@ -33,6 +39,14 @@ use ztrace_e2e::{
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 20;
 const NO_AGENT_REQUESTS: usize = 5;
+
+/// A scratch directory (removed when the test ends) holding the secret both agents share.
+fn peer_secret(tag: &str) -> Result<(TempDir, std::path::PathBuf)> {
+    let dir = TempDir::new(tag)?;
+    let secret = dir.join("peer-secret");
+    std::fs::write(&secret, "a-test-secret-shared-by-both-agents\n")?;
+    Ok((dir, secret))
+}
 
 /// Client batches in namespace A, started after `delay_s` (so a ztrace can attach to the shell
 /// first and follow the clients as its children): `CLIENTS` threads, `requests` each, for every
@@ -70,10 +84,7 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         return Ok(());
     }
     let hosts = Hosts::create(false)?;
-    let dir = std::env::temp_dir().join(format!("ztrace-xhost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let secret = dir.join("peer-secret");
-    std::fs::write(&secret, "a-test-secret-shared-by-both-agents\n")?;
+    let (_dir, secret) = peer_secret("xhost")?;
     let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
 
     // Host A's server, which B's server calls back for /call/ requests.
@@ -95,15 +106,7 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         .env("CALLBACK", format!("{A_IP}:{a_port}"));
     let (server, port) = spawn_app(server_cmd)?;
     let b_pid = server.pid().to_string();
-    let mut agent_b = spawn_agent(
-        &hosts,
-        &hosts.b,
-        Some(B_IP),
-        &b_pid,
-        &receiver,
-        &secret,
-        &[],
-    )?;
+    let mut agent_b = spawn_agent(&hosts.b, Some(B_IP), &b_pid, &receiver, &secret, &[])?;
 
     // Host A: traced clients, keep-alive, concurrent.
     hosts.dnat(80, &format!("{B_IP}:{port}"))?;
@@ -120,15 +123,7 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     // Host A's agent traces its server and the clients (and so outlives them: it stops by
     // itself when everything it traces has exited).
     let a_pids = format!("{},{}", traced.pid(), a_server.pid());
-    let mut agent_a = spawn_agent(
-        &hosts,
-        &hosts.a,
-        Some(A_IP),
-        &a_pids,
-        &receiver,
-        &secret,
-        &[],
-    )?;
+    let mut agent_a = spawn_agent(&hosts.a, Some(A_IP), &a_pids, &receiver, &secret, &[])?;
     let code = traced.wait_exit(Duration::from_secs(120));
     ensure!(
         code == Some(0),
@@ -234,7 +229,6 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
          {metric_no_agent}"
     );
     eprintln!("{}", report.lines().last().unwrap_or_default());
-    let _ = std::fs::remove_dir_all(&dir);
     ensure!(
         clients_by_path.len() >= traced_n * 95 / 100,
         "A's client spans missing\n{report}"
@@ -357,10 +351,7 @@ fn tail_sampling_votes_keep_cross_host_traces_whole() -> Result<()> {
     }
     const PER_BATCH: usize = 10;
     let hosts = Hosts::create(false)?;
-    let dir = std::env::temp_dir().join(format!("ztrace-xvote-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let secret = dir.join("peer-secret");
-    std::fs::write(&secret, "a-test-secret-shared-by-both-agents\n")?;
+    let (dir, secret) = peer_secret("xvote")?;
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -406,7 +397,6 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
     let (server, port) = spawn_app(server_cmd)?;
     let b_pids = format!("{}=backend", server.pid());
     let mut agent_b = spawn_agent(
-        &hosts,
         &hosts.b,
         Some(B_IP),
         &b_pids,
@@ -430,7 +420,6 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
     let idle = spawn_collecting(idle_cmd)?;
     let a_pids = format!("{}=frontend,{}", traced.pid(), idle.pid());
     let mut agent_a = spawn_agent(
-        &hosts,
         &hosts.a,
         Some(A_IP),
         &a_pids,
@@ -503,7 +492,6 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
     for h in halves.iter().take(10) {
         eprintln!("  {h}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
     ensure!(
         unkept_exported == 0,
         "requests no rule keeps were exported\n{report}"
@@ -538,4 +526,178 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
         );
     }
     Ok(())
+}
+
+/// A NAT gateway between the hosts that runs no agent ([`Gateway`]): the clients of A and of a
+/// second host C behind it call B's server through GW, which masquerades them, so B's server sees
+/// GW's address and a port GW chose for every call, and the translation is in a conntrack table
+/// neither agent can read. B's agent asks GW's address, finds no agent there, and asks its
+/// fallback peers (`--peer-fallback`: A's and C's agents, and GW's A-side address, where no agent
+/// listens either) without the caller's endpoint. A's and C's direct calls are the *same*
+/// requests (same paths, so the same digests): only the sequence numbers tell them apart. A also
+/// calls a service address it DNATs to B (A's agent then matches the server through its
+/// conntrack table). Asserts: no server span on B gets a wrong parent (another path, another
+/// trace, or a client span already parent of another server span), ≥ 95 % of each batch are
+/// linked, and B reports how it asked.
+#[test]
+fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
+    if !privileged_or_skip("crosshost_through_a_nat_gateway_without_an_agent") {
+        return Ok(());
+    }
+    let g = Gateway::create(true)?;
+    let c_ns = g.c.clone().context("host C behind the gateway")?;
+    let (_dir, secret) = peer_secret("xgw")?;
+    let (rt, receiver) = receiver_in(&g.b, GW_HOST_B)?;
+
+    let mut server_cmd = g.exec(&g.b);
+    server_cmd
+        .args(["python3"])
+        .arg(apps_dir().join("xhost.py"))
+        .arg("server")
+        .env("BIND", GW_HOST_B);
+    let (server, port) = spawn_app(server_cmd)?;
+    let fallback = format!("{GW_HOST_A},{GW_HOST_C},{GW_A_SIDE}");
+    let mut agent_b = spawn_agent(
+        &g.b,
+        Some(GW_HOST_B),
+        &server.pid().to_string(),
+        &receiver,
+        &secret,
+        &["--peer-fallback", &fallback],
+    )?;
+    let app = apps_dir().join("xhost.py");
+    g.dnat_in_a(80, &format!("{GW_HOST_B}:{port}"))?;
+    // Per client host: traced clients (after a delay, so its agent attaches to the shell first),
+    // an idle process that keeps the agent up while B asks after the calls, and the agent.
+    let client_host = |ns: &str, ip: &str, script: String| -> Result<(Proc, Proc, Proc)> {
+        let mut cmd = g.exec(ns);
+        cmd.args(["bash", "-c", &format!("set -e; sleep 3; {script}")]);
+        let traced = spawn_collecting(cmd)?;
+        let mut idle_cmd = g.exec(ns);
+        idle_cmd.args(["sleep", "300"]);
+        let idle = spawn_collecting(idle_cmd)?;
+        let agent = spawn_agent(
+            ns,
+            Some(ip),
+            &format!("{},{}", traced.pid(), idle.pid()),
+            &receiver,
+            &secret,
+            &[],
+        )?;
+        Ok((traced, idle, agent))
+    };
+    let direct = format!(
+        "python3 {} clients {GW_HOST_B} {port} /item/g {CLIENTS} {REQUESTS}",
+        app.display()
+    );
+    let (mut traced_a, idle_a, mut agent_a) = client_host(
+        &g.a,
+        GW_HOST_A,
+        format!(
+            "{direct}; python3 {} clients {VIP} 80 /item/v {CLIENTS} {REQUESTS}",
+            app.display()
+        ),
+    )?;
+    let (mut traced_c, idle_c, mut agent_c) = client_host(&c_ns, GW_HOST_C, direct.clone())?;
+    for (who, traced) in [("A", &mut traced_a), ("C", &mut traced_c)] {
+        let code = traced.wait_exit(Duration::from_secs(120));
+        ensure!(
+            code == Some(0),
+            "{who}'s traced clients exited with {code:?}: {}",
+            traced.stderr_text()
+        );
+    }
+    // A's and C's agents stay up while B asks (B holds its spans up to a few seconds).
+    std::thread::sleep(Duration::from_secs(4));
+    let a_log = stop(&mut agent_a, "ztrace on host A")?;
+    let c_log = stop(&mut agent_c, "ztrace on host C")?;
+    let b_log = stop(&mut agent_b, "ztrace on host B")?;
+    drop((server, idle_a, idle_c));
+
+    let per_batch = CLIENTS * REQUESTS;
+    let n = 3 * per_batch;
+    let spans = rt.block_on(receiver.wait_for_spans(2 * n, Duration::from_secs(15)));
+    let mut clients_by_path: HashMap<String, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in spans.iter().filter(|s| s.span.kind == 3) {
+        clients_by_path.entry(path(s)).or_default().push(s);
+    }
+    let client_spans: usize = clients_by_path.values().map(Vec::len).sum();
+    let servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.kind == 2).collect();
+    // The gateway really translated: B's server spans name GW's address as the caller.
+    let via_gw = servers
+        .iter()
+        .filter(|s| {
+            s.span
+                .attributes
+                .iter()
+                .any(|kv| format!("{:?}", kv.value).contains(GW_B_SIDE))
+        })
+        .count();
+    let (mut right, mut wrong, mut roots, mut via_vip) = (0, 0, 0, 0);
+    let mut parents_taken = std::collections::HashSet::new();
+    for s in &servers {
+        let p = path(s);
+        let parent = s.parent_span_id_hex();
+        if parent.is_empty() {
+            roots += 1;
+            continue;
+        }
+        let candidate = clients_by_path.get(&p).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex())
+        });
+        // One client span is the parent of one server span: A's and C's requests of one path
+        // must not share a parent.
+        if candidate && parents_taken.insert(parent.clone()) {
+            right += 1;
+            via_vip += usize::from(p.starts_with("/item/v"));
+        } else {
+            wrong += 1;
+            eprintln!("wrong parent for {p}: {parent}");
+        }
+    }
+    let recall = right as f64 / n as f64;
+    let report = format!(
+        "through the gateway: {client_spans} client spans, {} server spans ({via_gw} naming the \
+         gateway as the caller): {right} linked right ({via_vip} through A's DNAT), {wrong} \
+         wrong, {roots} roots (of {n} requests, {per_batch} of them the same requests from A \
+         and C): recall {recall:.3}\nA: {}\nC: {}\nB: {}\nA: {}\nC: {}\nB: {}",
+        servers.len(),
+        crosshost_summary(&a_log),
+        crosshost_summary(&c_log),
+        crosshost_summary(&b_log),
+        channel_summary(&a_log),
+        channel_summary(&c_log),
+        channel_summary(&b_log)
+    );
+    eprintln!("{report}");
+    ensure!(
+        client_spans >= n * 95 / 100 && servers.len() >= n * 95 / 100,
+        "spans missing\n{report}"
+    );
+    ensure!(
+        via_gw >= n * 95 / 100,
+        "the gateway did not translate\n{report}"
+    );
+    ensure!(wrong == 0, "wrong cross-host parents\n{report}");
+    ensure!(
+        recall >= 0.95,
+        "cross-host recall through the gateway {recall:.3} < 0.95\n{report}"
+    );
+    ensure!(
+        via_vip >= per_batch * 95 / 100,
+        "calls through A's service address not linked\n{report}"
+    );
+    ensure!(
+        channel_summary(&b_log).contains("of fallback peers without the caller's endpoint"),
+        "B did not say how it asked\n{report}"
+    );
+    Ok(())
+}
+
+/// The `summary (peer channel)` line of an agent's exit summary.
+fn channel_summary(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("summary (peer channel)"))
+        .unwrap_or("no peer channel summary")
 }

@@ -83,8 +83,8 @@ enum Task {
     /// With --cross-host: hosts as network namespaces, one ztrace each, linked through their
     /// peer channel; table in target/eval/crosshost.md (CI scale: tests/e2e_crosshost.rs).
     Eval {
-        /// The cross-host variant (shapes thread, pool, dnat, callback, noagent, and a control with
-        /// the peer channel off).
+        /// The cross-host variant (shapes thread, pool, dnat, masq, nodeport, gateway, callback,
+        /// noagent, and a control with the peer channel off).
         #[arg(long)]
         cross_host: bool,
         /// End-user requests in all.

@@ -2,13 +2,14 @@
 //! resolved in `config` (flags win); this module hands the flags over and turns the result into
 //! the channel's settings. Off unless a listen address is given.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{self, CliFlags, ConfigFile, Sources, parse_duration};
 use std::sync::{Arc, Mutex};
 
+use crate::peer::fallback::MAX_FALLBACK_PEERS;
 use crate::peer::nat::NatTable;
 use crate::peer::{CrossHostConfig, PeerConfig, read_secret};
 
@@ -31,6 +32,13 @@ pub struct PeerArgs {
     /// after the local grace period [default: 2s; file: peers.wait].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub peer_wait: Option<Duration>,
+    /// Agents to ask about a caller whose address has no agent, e.g. a NAT gateway between
+    /// the hosts that gives every caller its own address: they are asked without the caller's
+    /// endpoint (the request's TCP sequence number, its digest and the server endpoint) and a
+    /// single match links. Comma-separated IP addresses, at most 16; their agent port is
+    /// --peer-port's. [file: peers.fallback]
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    pub peer_fallback: Vec<IpAddr>,
 }
 
 impl PeerArgs {
@@ -41,6 +49,7 @@ impl PeerArgs {
             peer_secret_file: self.peer_secret_file.clone(),
             peer_port: self.peer_port,
             peer_wait: self.peer_wait,
+            peer_fallback: self.peer_fallback.clone(),
             ..CliFlags::default()
         }
     }
@@ -56,6 +65,24 @@ impl PeerArgs {
         let Some(peers) = config::resolve_peers(&sources).map_err(|e| e.0)? else {
             return Ok(None);
         };
+        let mut fallback = peers.fallback.clone();
+        fallback.sort_unstable();
+        fallback.dedup();
+        if fallback.len() > MAX_FALLBACK_PEERS {
+            return Err(format!(
+                "--peer-fallback: {} addresses, at most {MAX_FALLBACK_PEERS} (each is asked about \
+                 every caller whose address has no agent)",
+                fallback.len()
+            ));
+        }
+        if let Some(bad) = fallback
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(format!(
+                "--peer-fallback: `{bad}` is not an agent's address"
+            ));
+        }
         let secret = read_secret(&peers.secret_file).map_err(|e| format!("peer secret: {e:#}"))?;
         let mut linker = CrossHostConfig::default();
         if let Some(w) = peers.wait {
@@ -81,6 +108,7 @@ impl PeerArgs {
             secret,
             linker,
             nat,
+            fallback,
         }))
     }
 }
@@ -124,6 +152,34 @@ mod tests {
             ..Default::default()
         };
         assert!(listen_only.config(None).is_err());
+        // Fallback peers: from the file (an array, or a comma-separated string), bounded.
+        put(
+            &mut file,
+            "peers.fallback",
+            toml::Value::Array(vec!["10.0.1.2".into(), "10.0.1.1".into()]),
+        );
+        let c = PeerArgs::default().config(Some(&file)).unwrap().unwrap();
+        assert_eq!(
+            c.fallback,
+            vec![
+                "10.0.1.1".parse::<IpAddr>().unwrap(),
+                "10.0.1.2".parse().unwrap()
+            ]
+        );
+        let many: Vec<IpAddr> = (1..=17).map(|i| IpAddr::from([10, 0, 1, i])).collect();
+        let too_many = PeerArgs {
+            peer_fallback: many,
+            ..Default::default()
+        };
+        assert!(
+            too_many
+                .config(Some(&file))
+                .unwrap_err()
+                .contains("at most 16")
+        );
+        put(&mut file, "peers.fallback", "10.0.1.1, nowhere".into());
+        assert!(PeerArgs::default().config(Some(&file)).is_err());
+        file.values.remove("peers.fallback");
         std::fs::write(&secret, "short").unwrap();
         assert!(PeerArgs::default().config(Some(&file)).is_err());
     }

@@ -1,7 +1,7 @@
 //! What a setting is: the resolved types and their defaults, and the tables that give every
 //! setting its file key, flag and (see `env.rs`) environment variable. Adding a setting starts here.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -301,6 +301,7 @@ pub struct CliFlags {
     pub peer_secret_file: Option<PathBuf>,
     pub peer_port: Option<u16>,
     pub peer_wait: Option<Duration>,
+    pub peer_fallback: Vec<IpAddr>,
     pub db_error_text: bool,
     pub command_args: bool,
     pub log_payloads: bool,
@@ -322,6 +323,8 @@ pub struct Peers {
     /// How long a server span whose caller is on another host waits for that host's agent
     /// (None: the linker's default).
     pub wait: Option<Duration>,
+    /// Agents asked about callers whose address has no agent (a NAT gateway between the hosts).
+    pub fallback: Vec<IpAddr>,
 }
 
 impl Config {
@@ -424,11 +427,12 @@ pub(super) const GLOBAL_SETTINGS: [(&str, Option<&str>); 13] = [
 ];
 
 /// File keys of cross-host links (`[peers]`), resolved with their flags into [`Peers`].
-pub const PEER_FILE_KEYS: [&str; 4] = [
+pub const PEER_FILE_KEYS: [&str; 5] = [
     "peers.listen",
     "peers.secret_file",
     "peers.port",
     "peers.wait",
+    "peers.fallback",
 ];
 
 /// File keys with no environment variable (what to trace, terminal output, series limit).

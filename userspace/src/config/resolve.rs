@@ -14,6 +14,7 @@
 //! the process environment, so it is unit-tested table by table.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -592,6 +593,33 @@ pub fn resolve_target(src: &Sources<'_>) -> Result<Target, ConfigError> {
     Ok(target)
 }
 
+/// Addresses from a file value: an array of strings, or one string of comma-separated ones.
+fn ip_list(v: &toml::Value, origin: &Origin) -> Result<Vec<IpAddr>, ConfigError> {
+    let items: Vec<&str> = match v {
+        toml::Value::String(s) => s.split(',').map(str::trim).collect(),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .ok_or_else(|| ConfigError(format!("{origin}: `{x}` is not a string")))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ConfigError(format!(
+                "{origin}: `{v}` is not a list of addresses"
+            )));
+        }
+    };
+    items
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| ConfigError(format!("{origin}: `{s}` is not an IP address")))
+        })
+        .collect()
+}
+
 /// Resolves cross-host links (`crate::peer`): flags, then the file's `[peers]` keys where the
 /// flags left them open. None when off; half a configuration is an error, not silently off.
 pub fn resolve_peers(src: &Sources<'_>) -> Result<Option<Peers>, ConfigError> {
@@ -600,7 +628,13 @@ pub fn resolve_peers(src: &Sources<'_>) -> Result<Option<Peers>, ConfigError> {
     let mut secret_file = cli.peer_secret_file.clone();
     let mut port_flag = cli.peer_port;
     let mut wait = cli.peer_wait;
+    let mut fallback = cli.peer_fallback.clone();
     if let Some(file) = src.file {
+        if fallback.is_empty()
+            && let Some((v, origin)) = file.get("peers.fallback")
+        {
+            fallback = ip_list(v, &origin)?;
+        }
         if listen.is_none()
             && let Some(s) = file_string(file, "peers.listen")?
         {
@@ -626,8 +660,9 @@ pub fn resolve_peers(src: &Sources<'_>) -> Result<Option<Peers>, ConfigError> {
             secret_file,
             port: port_flag.unwrap_or(listen.port()),
             wait,
+            fallback,
         })),
-        (None, None) if port_flag.is_none() && wait.is_none() => Ok(None),
+        (None, None) if port_flag.is_none() && wait.is_none() && fallback.is_empty() => Ok(None),
         (Some(_), None) => Err(ConfigError(
             "--peer-listen needs --peer-secret-file (or peers.secret_file)".into(),
         )),
@@ -1357,6 +1392,7 @@ mod tests {
             secret_file: "/s".into(),
             port: 4390,
             wait: Some(Duration::from_secs(3)),
+            fallback: Vec::new(),
         };
         assert_eq!(peers(CliFlags::default(), Some(&f)), Ok(Some(want)));
         let flags = CliFlags {
@@ -1374,6 +1410,18 @@ mod tests {
             ("[peers]\nlisten = 4390", "`4390` is not a string"),
             ("[peers]\nport = 70000", "`70000` is not a port"),
             ("[peers]\nwait = \"soon\"", "peers.wait: "),
+            (
+                "[peers]\nfallback = [\"10.0.0.1\", 7]",
+                "`7` is not a string",
+            ),
+            (
+                "[peers]\nfallback = \"10.0.0.1:4390\"",
+                "`10.0.0.1:4390` is not an IP address",
+            ),
+            (
+                "[peers]\nfallback = \"10.0.0.1\"",
+                "cross-host link settings need --peer-listen (or peers.listen)",
+            ),
             (
                 "[peers]\nlisten = \"10.0.0.1:4390\"",
                 "--peer-listen needs --peer-secret-file (or peers.secret_file)",

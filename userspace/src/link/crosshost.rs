@@ -152,6 +152,9 @@ pub struct PeerContext {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientSend {
     pub key: WireKey,
+    /// The server endpoint as the client's process saw it (its destination before any NAT of
+    /// its host: a service address when its host DNATs one).
+    pub server: Endpoint,
     pub digest: u64,
     pub ctx: PeerContext,
     /// Unix ns.
@@ -188,6 +191,9 @@ pub enum Outcome {
     Timeout,
     /// The exchange failed authentication or was malformed.
     Refused,
+    /// Asked without the caller's endpoint (`crate::peer` fallback peers): more than one agent,
+    /// or more than one send of one agent, matched; none is taken.
+    Ambiguous,
 }
 
 /// Cross-host link counters, by outcome.
@@ -203,6 +209,8 @@ pub struct CrossHostStats {
     pub no_agent: u64,
     pub timeout: u64,
     pub refused: u64,
+    /// More than one candidate caller (asked without the caller's endpoint): left a root.
+    pub ambiguous: u64,
     /// Not asked: `max_pending` lookups were pending.
     pub overflow: u64,
     /// Linked spans that lie partly outside their remote parent's window (clock skew between
@@ -215,7 +223,7 @@ impl std::fmt::Display for CrossHostStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} client sends indexed; {} server roots asked about: {} linked, {} unknown, {} no agent, {} timeout, {} refused; {} not asked (too many pending); {} linked outside the caller's window (by at most {:.1} µs)",
+            "{} client sends indexed; {} server roots asked about: {} linked, {} unknown, {} no agent, {} timeout, {} refused, {} ambiguous; {} not asked (too many pending); {} linked outside the caller's window (by at most {:.1} µs)",
             self.client_sends,
             self.lookups,
             self.linked,
@@ -223,6 +231,7 @@ impl std::fmt::Display for CrossHostStats {
             self.no_agent,
             self.timeout,
             self.refused,
+            self.ambiguous,
             self.overflow,
             self.skewed,
             self.max_skew_ns as f64 / 1e3
@@ -371,6 +380,7 @@ impl CrossHost {
             Outcome::NoAgent => self.stats.no_agent += 1,
             Outcome::Timeout => self.stats.timeout += 1,
             Outcome::Refused => self.stats.refused += 1,
+            Outcome::Ambiguous => self.stats.ambiguous += 1,
         }
         None
     }

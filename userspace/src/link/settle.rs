@@ -270,6 +270,7 @@ impl Linker {
                         client: key.client,
                         seq: key.seq,
                     },
+                    server: key.server,
                     digest: request_digest(&rec.exchange),
                     ctx: PeerContext {
                         trace_id: trace.trace_id,

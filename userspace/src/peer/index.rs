@@ -8,6 +8,11 @@
 //! ≤ 31 MiB when full; filling it from empty grew RSS by 40 MiB (the outgrown tables stay in the
 //! allocator; `memory_at_the_bounds` in `service.rs`). At 10,000 cross-host calls a second the
 //! window holds 100,000.
+//!
+//! A second table, by (sequence number, digest), answers the questions fallback peers are asked
+//! without the caller's endpoint (`super::fallback`): a send matches when its destination as its
+//! process saw it is the question's server endpoint, and only a single match is answered. It
+//! holds one 32-byte entry per send (a list only when sends share a sequence number and digest).
 
 use std::collections::VecDeque;
 
@@ -32,10 +37,51 @@ pub struct IndexStats {
     pub digest_mismatch: u64,
     /// Of `answered_found`, those found under the client endpoint this host's NAT table named.
     pub answered_via_nat: u64,
+    /// Of `answered_found`, those asked without the caller's endpoint (a fallback peer).
+    pub answered_without_client: u64,
+    /// Questions without the caller's endpoint that two or more sends matched: refused.
+    pub ambiguous: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    digest: u64,
+    found: Found,
+    /// The send's destination as its process saw it.
+    server: Endpoint,
+    at_ns: u64,
+}
+
+/// The sends sharing a (sequence number, digest).
+#[derive(Clone, Debug)]
+enum Same {
+    One(WireKey),
+    Many(Vec<WireKey>),
+}
+
+impl Same {
+    fn keys(&self) -> &[WireKey] {
+        match self {
+            Same::One(k) => std::slice::from_ref(k),
+            Same::Many(v) => v,
+        }
+    }
+}
+
+/// An endpoint with an IPv4-mapped IPv6 address as its IPv4 one (a dual-stack socket's view).
+fn plain(e: Endpoint) -> Endpoint {
+    match e.addr {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(e, |v4| Endpoint {
+            addr: v4.into(),
+            port: e.port,
+        }),
+        _ => e,
+    }
 }
 
 pub struct ClientIndex {
-    map: HashMap<WireKey, (u64, Found, u64)>,
+    map: HashMap<WireKey, Entry>,
+    by_seq: HashMap<(u32, u64), Same>,
     order: VecDeque<(u64, WireKey)>,
     max: usize,
     pub stats: IndexStats,
@@ -45,6 +91,7 @@ impl ClientIndex {
     pub fn new(max: usize) -> Self {
         Self {
             map: HashMap::default(),
+            by_seq: HashMap::default(),
             order: VecDeque::new(),
             max,
             stats: IndexStats::default(),
@@ -57,7 +104,7 @@ impl ClientIndex {
             let Some((_, k)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.remove(&k).is_some() {
+            if self.remove(&k) {
                 self.stats.evicted_full += 1;
             }
         }
@@ -66,9 +113,47 @@ impl ClientIndex {
             start_unix_ns: send.start_unix_ns,
             end_unix_ns: send.end_unix_ns,
         };
-        self.map.insert(send.key, (send.digest, found, now_ns));
+        self.remove(&send.key);
+        let entry = Entry {
+            digest: send.digest,
+            found,
+            server: plain(send.server),
+            at_ns: now_ns,
+        };
+        self.map.insert(send.key, entry);
+        match self.by_seq.entry((send.key.seq, send.digest)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Same::One(send.key));
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let keys = o.get().keys().iter().copied().chain([send.key]).collect();
+                *o.get_mut() = Same::Many(keys);
+            }
+        }
         self.order.push_back((now_ns, send.key));
         self.stats.inserted += 1;
+    }
+
+    /// Removes the send under `key` from both tables; whether there was one.
+    fn remove(&mut self, key: &WireKey) -> bool {
+        let Some(e) = self.map.remove(key) else {
+            return false;
+        };
+        let by = (key.seq, e.digest);
+        if let Some(same) = self.by_seq.get_mut(&by) {
+            match same {
+                Same::One(_) => {
+                    self.by_seq.remove(&by);
+                }
+                Same::Many(v) => {
+                    v.retain(|k| k != key);
+                    if let [only] = v.as_slice() {
+                        *same = Same::One(*only);
+                    }
+                }
+            }
+        }
+        true
     }
 
     pub fn expire(&mut self, now_ns: u64) {
@@ -78,8 +163,8 @@ impl ClientIndex {
                 break;
             }
             self.order.pop_front();
-            if self.map.get(&k).is_some_and(|e| e.2 < cutoff) {
-                self.map.remove(&k);
+            if self.map.get(&k).is_some_and(|e| e.at_ns < cutoff) {
+                self.remove(&k);
             }
         }
     }
@@ -104,8 +189,8 @@ impl ClientIndex {
             via_nat = true;
         }
         match entry {
-            Some((digest, found, _)) if *digest == q.digest => {
-                let found = *found;
+            Some(e) if e.digest == q.digest => {
+                let found = e.found;
                 self.stats.answered_found += 1;
                 self.stats.answered_via_nat += u64::from(via_nat);
                 Some(found)
@@ -119,6 +204,61 @@ impl ClientIndex {
                 None
             }
         }
+    }
+
+    /// The answer to a question without the caller's endpoint (a fallback peer's,
+    /// `super::fallback`): the one send with the question's sequence number and digest whose
+    /// destination is the question's server endpoint — as its process saw it, or as `reached`
+    /// names it (the server a service address of this host was DNAT'd to, from the host's
+    /// conntrack table: the send's key and destination → the server reached). None when there
+    /// is none, or more than one (counted ambiguous).
+    pub fn answer_without_client(
+        &mut self,
+        q: &Query,
+        reached: impl Fn(&WireKey, Endpoint) -> Option<Endpoint>,
+    ) -> Option<Found> {
+        let server = plain(q.server);
+        let mut hits = self
+            .by_seq
+            .get(&(q.key.seq, q.digest))
+            .map(Same::keys)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|k| Some((k, self.map.get(k)?)))
+            .filter(|(k, e)| {
+                e.server == server || reached(k, e.server).is_some_and(|r| plain(r) == server)
+            });
+        match (hits.next(), hits.next()) {
+            (Some((_, e)), None) => {
+                let found = e.found;
+                self.stats.answered_found += 1;
+                self.stats.answered_without_client += 1;
+                Some(found)
+            }
+            (Some(_), Some(_)) => {
+                self.stats.ambiguous += 1;
+                None
+            }
+            (None, _) => {
+                self.stats.answered_unknown += 1;
+                None
+            }
+        }
+    }
+
+    /// The sends a question without the caller's endpoint names by sequence number and digest
+    /// but whose destination as their process saw it is another server (a service address,
+    /// maybe): (key, destination), for [`ClientIndex::answer_without_client`]'s `reached`.
+    pub fn elsewhere(&self, q: &Query) -> Vec<(WireKey, Endpoint)> {
+        let server = plain(q.server);
+        self.by_seq
+            .get(&(q.key.seq, q.digest))
+            .map(Same::keys)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|k| Some((*k, self.map.get(k)?.server)))
+            .filter(|(_, s)| *s != server)
+            .collect()
     }
 
     /// Whether a send is indexed under `key` (whatever its request).
@@ -149,6 +289,10 @@ mod tests {
                     port,
                 },
                 seq,
+            },
+            server: Endpoint {
+                addr: "10.0.0.2".parse().unwrap(),
+                port: 80,
             },
             digest,
             ctx: PeerContext {
@@ -215,6 +359,82 @@ mod tests {
         assert_eq!(ix.stats.answered_via_nat, 1);
         assert_eq!(ix.stats.digest_mismatch, 1);
         assert_eq!(ix.stats.answered_unknown, 2);
+    }
+
+    /// Without the caller's endpoint: the one send of that sequence number and request to that
+    /// server; two such sends answer nothing.
+    #[test]
+    fn answers_without_the_client_endpoint() {
+        let mut ix = ClientIndex::new(10);
+        let a = send(40_000, 100, 7);
+        ix.insert(&a, 0);
+        ix.insert(&send(40_001, 101, 7), 0);
+        let any = |seq: u32, digest: u64, server: &str| Query {
+            key: WireKey {
+                client: Endpoint {
+                    addr: "0.0.0.0".parse().unwrap(),
+                    port: 0,
+                },
+                seq,
+            },
+            digest,
+            server: Endpoint {
+                addr: server.parse().unwrap(),
+                port: 80,
+            },
+        };
+        assert_eq!(
+            ix.answer_without_client(&any(100, 7, "10.0.0.2"), |_, _| None)
+                .unwrap()
+                .ctx,
+            a.ctx
+        );
+        // A send to a service address this host DNAT'd to the asked server: found through the
+        // translation only (and only for that send).
+        let elsewhere = any(100, 7, "10.0.0.3");
+        assert_eq!(ix.elsewhere(&elsewhere), vec![(a.key, a.server)]);
+        let via =
+            |k: &WireKey, s: Endpoint| (*k == a.key && s == a.server).then_some(elsewhere.server);
+        assert_eq!(
+            ix.answer_without_client(&elsewhere, via).unwrap().ctx,
+            a.ctx
+        );
+        // Another server, another request, another sequence number: no answer.
+        assert!(
+            ix.answer_without_client(&any(100, 7, "10.0.0.3"), |_, _| None)
+                .is_none()
+        );
+        assert!(
+            ix.answer_without_client(&any(100, 8, "10.0.0.2"), |_, _| None)
+                .is_none()
+        );
+        assert!(
+            ix.answer_without_client(&any(102, 7, "10.0.0.2"), |_, _| None)
+                .is_none()
+        );
+        // A dual-stack server socket's view of the same server.
+        let mut mapped = any(100, 7, "10.0.0.2");
+        mapped.server.addr = "::ffff:10.0.0.2".parse().unwrap();
+        assert!(ix.answer_without_client(&mapped, |_, _| None).is_some());
+        // A second send with the same sequence number and request to the same server: ambiguous.
+        ix.insert(&send(40_002, 100, 7), 1);
+        assert!(
+            ix.answer_without_client(&any(100, 7, "10.0.0.2"), |_, _| None)
+                .is_none()
+        );
+        assert_eq!(ix.stats.ambiguous, 1);
+        // Once one of them is gone, the other is answered again.
+        assert!(ix.remove(&send(40_002, 100, 7).key));
+        assert!(
+            ix.answer_without_client(&any(100, 7, "10.0.0.2"), |_, _| None)
+                .is_some()
+        );
+        ix.expire(WINDOW_NS + 10);
+        assert!(ix.is_empty() && ix.by_seq.is_empty());
+        assert_eq!(
+            (ix.stats.answered_without_client, ix.stats.answered_unknown),
+            (4, 3)
+        );
     }
 
     #[test]

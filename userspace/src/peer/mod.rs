@@ -15,7 +15,9 @@
 //! - An answer is given only for a question naming this agent's client address and port, the
 //!   TCP sequence number of a request's first byte, and a digest of that request: what only an
 //!   endpoint of the connection saw. The answer is a trace id, a span id, the sampled flag and
-//!   the span's times — no payload, no process details.
+//!   the span's times — no payload, no process details. A fallback peer's question
+//!   ([`fallback`]) names the server endpoint instead of the client's, and is answered only when
+//!   exactly one send has that sequence number, digest and destination.
 //! - Agents talk only over the network; nothing is shared between hosts but the secret.
 //! - Not encrypted: a passive observer of the agents' network learns which trace ids belong to
 //!   which connections (it sees those connections anyway). Mutual TLS is a possible follow-up.
@@ -27,11 +29,19 @@
 //! (MASQUERADE/SNAT, conntrack clash remapping), the server agent asks about an endpoint the
 //! client process never had; the answering agent then looks the connection up in its host's
 //! connection tracking table by the reply tuple the question names ([`nat`]).
+//!
+//! # A NAT gateway between the hosts
+//! When a gateway that runs no agent rewrote the caller's address, nothing answers there; the
+//! configured fallback peers are asked without the caller's endpoint ([`fallback`]).
 
+mod asker;
+mod common;
+pub mod fallback;
 pub mod index;
 pub mod nat;
 pub mod protocol;
 mod service;
 
 pub use crate::link::crosshost::{CrossHostConfig, CrossHostStats};
-pub use service::{PeerConfig, PeerEvent, PeerLink, ServerCounters, mono_ns, read_secret};
+pub use common::{PeerEvent, ServerCounters, mono_ns};
+pub use service::{PeerConfig, PeerLink, read_secret};

@@ -69,7 +69,18 @@ pub const MISS_TTL_NS: u64 = 1_000_000_000;
 /// Most cached (server, client) pairs (≈ 80 bytes each with the expiry order: ≤ 6 MiB).
 pub const MAX_CACHED: usize = 65_536;
 
-/// A tracked connection's original tuple: the endpoints before any translation.
+/// Which tuple of an entry a lookup names (the other one is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum By {
+    /// The reply tuple (server → client as the server answers): read the original tuple.
+    Reply,
+    /// The original tuple (client → server as the client made it): read the reply tuple.
+    Orig,
+}
+
+/// A tracked connection's endpoints, as (client, server): the original tuple's source and
+/// destination (read by [`NatTable::original`]), or the reply tuple's destination and source
+/// (read by [`NatTable::reached`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Original {
     /// Its source: the endpoint the client's process had.
@@ -93,8 +104,8 @@ pub struct NatStats {
 pub struct NatTable {
     fd: OwnedFd,
     seq: u32,
-    cache: HashMap<(Endpoint, Endpoint), (Option<Original>, u64)>,
-    order: VecDeque<(u64, (Endpoint, Endpoint))>,
+    cache: HashMap<(By, Endpoint, Endpoint), (Option<Original>, u64)>,
+    order: VecDeque<(u64, (By, Endpoint, Endpoint))>,
     buf: Vec<u8>,
     pub stats: NatStats,
 }
@@ -161,7 +172,7 @@ impl NatTable {
             addr: IpAddr::from([127, 0, 0, 1]),
             port: 0,
         };
-        table.ask(probe, probe)?;
+        table.ask(By::Reply, probe, probe)?;
         table.stats = NatStats::default();
         Ok(table)
     }
@@ -180,16 +191,49 @@ impl NatTable {
         client: Endpoint,
         now_ns: u64,
     ) -> Option<Original> {
+        self.cached(
+            By::Reply,
+            (server, client),
+            Original { client, server },
+            now_ns,
+        )
+    }
+
+    /// The server endpoint a connection this host's process made from `client` to `server`
+    /// (as the process saw them) really reached, when this host translated the destination (a
+    /// service address DNAT'd to a server); None when it did not (or nothing is known). Asked by
+    /// a fallback peer's agent (`super::fallback`), whose question names the server endpoint as
+    /// the server saw it.
+    pub fn reached(&mut self, client: Endpoint, server: Endpoint, now_ns: u64) -> Option<Endpoint> {
+        self.cached(
+            By::Orig,
+            (client, server),
+            Original { client, server },
+            now_ns,
+        )
+        .map(|o| o.server)
+        .filter(|s| *s != server)
+    }
+
+    /// The entry named by tuple `(src, dst)` of kind `by`, when it differs from `asked`.
+    fn cached(
+        &mut self,
+        by: By,
+        (src, dst): (Endpoint, Endpoint),
+        asked: Original,
+        now_ns: u64,
+    ) -> Option<Original> {
         self.expire(now_ns);
-        if let Some(&(found, until)) = self.cache.get(&(server, client))
+        let key = (by, src, dst);
+        if let Some(&(found, until)) = self.cache.get(&key)
             && until > now_ns
         {
             return found;
         }
         // An entry's translation is fixed for the connection's life: an untranslated entry is
         // kept as long as a translated one; no entry (yet) for a short while.
-        let (found, ttl) = match self.ask(server, client) {
-            Ok(Some(o)) if o.client != client || o.server != server => (Some(o), HIT_TTL_NS),
+        let (found, ttl) = match self.ask(by, src, dst) {
+            Ok(Some(o)) if o != asked => (Some(o), HIT_TTL_NS),
             Ok(Some(_)) => (None, HIT_TTL_NS),
             Ok(None) => (None, MISS_TTL_NS),
             Err(_) => {
@@ -207,8 +251,8 @@ impl NatTable {
             self.cache.remove(&k);
         }
         let until = now_ns + ttl;
-        self.cache.insert((server, client), (found, until));
-        self.order.push_back((until, (server, client)));
+        self.cache.insert(key, (found, until));
+        self.order.push_back((until, key));
         found
     }
 
@@ -224,12 +268,12 @@ impl NatTable {
         }
     }
 
-    /// One round trip: the original tuple of the entry whose reply tuple is (`server` →
-    /// `client`); Ok(None) when there is no such entry.
-    fn ask(&mut self, server: Endpoint, client: Endpoint) -> io::Result<Option<Original>> {
+    /// One round trip: the other tuple of the entry whose tuple `by` is (`src` → `dst`);
+    /// Ok(None) when there is no such entry.
+    fn ask(&mut self, by: By, src: Endpoint, dst: Endpoint) -> io::Result<Option<Original>> {
         self.stats.lookups += 1;
         self.seq = self.seq.wrapping_add(1);
-        let Some(msg) = request(self.seq, server, client) else {
+        let Some(msg) = request(self.seq, by, src, dst) else {
             return Ok(None);
         };
         // SAFETY: sockaddr_nl is plain data; zeroed is the kernel's address.
@@ -262,7 +306,7 @@ impl NatTable {
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-            match parse_answer(&self.buf[..n as usize], self.seq) {
+            match parse_answer(&self.buf[..n as usize], self.seq, by) {
                 // An answer to an earlier question that timed out: read on.
                 Answer::Stale => continue,
                 Answer::Entry(orig) => return Ok(orig),
@@ -298,9 +342,9 @@ fn push_nested(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     out[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
 }
 
-/// The CT_GET request for the entry whose reply tuple is `server` → `client` (TCP); None when
+/// The CT_GET request for the entry whose tuple `by` is `server` → `client` (TCP); None when
 /// the two are of different families.
-fn request(seq: u32, server: Endpoint, client: Endpoint) -> Option<Vec<u8>> {
+fn request(seq: u32, by: By, server: Endpoint, client: Endpoint) -> Option<Vec<u8>> {
     let (family, src_kind, dst_kind, src, dst): (u8, u16, u16, Vec<u8>, Vec<u8>) =
         match (server.addr, client.addr) {
             (IpAddr::V4(s), IpAddr::V4(c)) => (
@@ -321,7 +365,11 @@ fn request(seq: u32, server: Endpoint, client: Endpoint) -> Option<Vec<u8>> {
         };
     let mut out = vec![0u8; NLMSG_HDRLEN];
     out.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, NFNETLINK_V0, res_id 0
-    push_nested(&mut out, CTA_TUPLE_REPLY, |t| {
+    let tuple = match by {
+        By::Reply => CTA_TUPLE_REPLY,
+        By::Orig => CTA_TUPLE_ORIG,
+    };
+    push_nested(&mut out, tuple, |t| {
         push_nested(t, CTA_TUPLE_IP, |ip| {
             push_attr(ip, src_kind, &src);
             push_attr(ip, dst_kind, &dst);
@@ -396,8 +444,9 @@ fn tuple_endpoints(tuple: &[u8]) -> Option<Original> {
     })
 }
 
-/// What one datagram from the kernel says about question `seq`.
-fn parse_answer(b: &[u8], seq: u32) -> Answer {
+/// What one datagram from the kernel says about question `seq`, asked `by` one tuple: the
+/// other one, as (client, server).
+fn parse_answer(b: &[u8], seq: u32, by: By) -> Answer {
     let (Some(len), Some(kind), Some(got)) = (u32_at(b, 0), u16_at(b, 4), u32_at(b, 8)) else {
         return Answer::Malformed;
     };
@@ -418,10 +467,19 @@ fn parse_answer(b: &[u8], seq: u32) -> Answer {
     if kind >> 8 != NFNL_SUBSYS_CTNETLINK || body.len() < NFGENMSG_LEN {
         return Answer::Malformed;
     }
-    match find(&body[NFGENMSG_LEN..], CTA_TUPLE_ORIG) {
-        Some(orig) => match tuple_endpoints(orig) {
-            Some(ep) => Answer::Entry(Some(ep)),
-            None => Answer::Malformed,
+    let read = match by {
+        By::Reply => CTA_TUPLE_ORIG,
+        By::Orig => CTA_TUPLE_REPLY,
+    };
+    match find(&body[NFGENMSG_LEN..], read) {
+        Some(t) => match (tuple_endpoints(t), by) {
+            (Some(ep), By::Reply) => Answer::Entry(Some(ep)),
+            // A reply tuple runs server → client.
+            (Some(ep), By::Orig) => Answer::Entry(Some(Original {
+                client: ep.server,
+                server: ep.client,
+            })),
+            (None, _) => Answer::Malformed,
         },
         None => Answer::Entry(None),
     }
@@ -441,12 +499,17 @@ mod tests {
 
     /// An answer as the kernel builds it: header, nfgenmsg, then the original tuple.
     fn kernel_answer(seq: u32, orig_src: Endpoint, orig_dst: Endpoint) -> Vec<u8> {
+        kernel_tuple(seq, CTA_TUPLE_ORIG, orig_src, orig_dst)
+    }
+
+    /// An answer carrying tuple `kind` (source, destination).
+    fn kernel_tuple(seq: u32, kind: u16, orig_src: Endpoint, orig_dst: Endpoint) -> Vec<u8> {
         let mut out = vec![0u8; NLMSG_HDRLEN];
         out.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
         let (IpAddr::V4(s), IpAddr::V4(d)) = (orig_src.addr, orig_dst.addr) else {
             unreachable!()
         };
-        push_nested(&mut out, CTA_TUPLE_ORIG, |t| {
+        push_nested(&mut out, kind, |t| {
             push_nested(t, CTA_TUPLE_IP, |ip| {
                 push_attr(ip, CTA_IP_V4_SRC, &s.octets());
                 push_attr(ip, CTA_IP_V4_DST, &d.octets());
@@ -468,13 +531,13 @@ mod tests {
     fn parses_the_original_source() {
         let a = kernel_answer(7, ep("10.0.0.1:40000"), ep("10.96.0.10:80"));
         assert_eq!(
-            parse_answer(&a, 7),
+            parse_answer(&a, 7, By::Reply),
             Answer::Entry(Some(Original {
                 client: ep("10.0.0.1:40000"),
                 server: ep("10.96.0.10:80"),
             }))
         );
-        assert_eq!(parse_answer(&a, 8), Answer::Stale);
+        assert_eq!(parse_answer(&a, 8, By::Reply), Answer::Stale);
     }
 
     #[test]
@@ -485,25 +548,26 @@ mod tests {
         e[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
         e[8..12].copy_from_slice(&3u32.to_ne_bytes());
         e[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
-        assert_eq!(parse_answer(&e, 3), Answer::Error(libc::ENOENT));
-        assert_eq!(parse_answer(&e[..10], 3), Answer::Malformed);
+        assert_eq!(parse_answer(&e, 3, By::Reply), Answer::Error(libc::ENOENT));
+        assert_eq!(parse_answer(&e[..10], 3, By::Reply), Answer::Malformed);
         // Every cut and every flipped byte of a real answer: no panic.
         let a = kernel_answer(1, ep("10.0.0.1:40000"), ep("10.96.0.10:80"));
         for cut in 0..a.len() {
-            let _ = parse_answer(&a[..cut], 1);
+            let _ = parse_answer(&a[..cut], 1, By::Reply);
+            let _ = parse_answer(&a[..cut], 1, By::Orig);
         }
         for i in 0..a.len() {
             for v in [0u8, 1, 3, 4, 0x80, 0xff] {
                 let mut m = a.clone();
                 m[i] = v;
-                let _ = parse_answer(&m, 1);
+                let _ = parse_answer(&m, 1, By::Orig);
             }
         }
     }
 
     #[test]
     fn request_names_the_reply_tuple() {
-        let r = request(5, ep("10.0.0.2:8080"), ep("10.0.0.1:55555")).unwrap();
+        let r = request(5, By::Reply, ep("10.0.0.2:8080"), ep("10.0.0.1:55555")).unwrap();
         assert_eq!(u32_at(&r, 0).unwrap() as usize, r.len());
         let reply = find(&r[NLMSG_HDRLEN + NFGENMSG_LEN..], CTA_TUPLE_REPLY).unwrap();
         assert_eq!(
@@ -513,6 +577,37 @@ mod tests {
                 server: ep("10.0.0.1:55555"),
             })
         );
-        assert!(request(5, ep("10.0.0.2:1"), ep("[::1]:2")).is_none());
+        assert!(request(5, By::Reply, ep("10.0.0.2:1"), ep("[::1]:2")).is_none());
+        // By the original tuple: the client's view, client → service address.
+        let r = request(6, By::Orig, ep("10.0.0.1:40000"), ep("10.96.0.10:80")).unwrap();
+        let orig = find(&r[NLMSG_HDRLEN + NFGENMSG_LEN..], CTA_TUPLE_ORIG).unwrap();
+        assert_eq!(
+            tuple_endpoints(orig),
+            Some(Original {
+                client: ep("10.0.0.1:40000"),
+                server: ep("10.96.0.10:80"),
+            })
+        );
+    }
+
+    /// Asked by the original tuple, the reply tuple is read: the server the connection reached
+    /// and the client endpoint it answers (after this host's NAT), as (client, server).
+    #[test]
+    fn parses_the_reached_server() {
+        let a = kernel_tuple(
+            4,
+            CTA_TUPLE_REPLY,
+            ep("10.0.2.1:8080"),
+            ep("10.0.1.1:40000"),
+        );
+        assert_eq!(
+            parse_answer(&a, 4, By::Orig),
+            Answer::Entry(Some(Original {
+                client: ep("10.0.1.1:40000"),
+                server: ep("10.0.2.1:8080"),
+            }))
+        );
+        // An answer without the tuple asked for names no entry.
+        assert_eq!(parse_answer(&a, 4, By::Reply), Answer::Entry(None));
     }
 }

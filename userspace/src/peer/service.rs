@@ -16,20 +16,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{sleep, timeout};
 
 use crate::link::Handle;
-use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome};
-use crate::model::{Endpoint, TraceId, TraceVote};
+use crate::link::crosshost::{ClientSend, CrossHostConfig, Lookup, Outcome, WireKey};
+use crate::model::{Endpoint, TraceVote};
 
+use super::asker::ask_peer;
+use super::common::{
+    Channels, IDLE, Outgoing, PeerEvent, ServerCounters, mono_ns, read_frame, tell, unix_ms,
+};
+use super::fallback::{self, Fallback, News, Plan};
 use super::index::{self, ClientIndex};
 use super::nat::NatTable;
 use super::protocol::{
-    Body, Found, Frame, KIND_QUERY, KIND_REPLY, KIND_VOTE, Key, MAX_ITEMS, Query, Refused, Replay,
-    decode, encode, frame_len,
+    Body, Found, Frame, KIND_QUERY, KIND_VOTE, Key, Query, Refused, Replay, encode,
 };
 
 /// `--peer-listen` and friends.
@@ -45,6 +49,10 @@ pub struct PeerConfig {
     /// This host's connection tracking table, to answer questions about connections whose
     /// client endpoint this host's NAT rewrote (`super::nat`); None when it cannot be asked.
     pub nat: Option<Arc<Mutex<NatTable>>>,
+    /// Agents asked, without the caller's endpoint, about callers whose address has no agent (a
+    /// NAT gateway between the hosts, `super::fallback`); at most
+    /// [`fallback::MAX_FALLBACK_PEERS`].
+    pub fallback: Vec<IpAddr>,
 }
 
 /// Reads a secret file: its bytes without surrounding whitespace, at least 16 of them.
@@ -65,50 +73,6 @@ const MAX_CONNS: usize = 256;
 const MAX_PEERS: usize = 1024;
 /// Lookups queued per peer host.
 const PEER_QUEUE: usize = 4096;
-/// A peer that refused a connection is not tried again for this long (its lookups fail at once).
-const DOWN_FOR: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Batching: lookups to one peer gathered this long go in one frame; unknowns are asked again
-/// after it (the caller's span may not be released yet).
-const ROUND: Duration = Duration::from_millis(50);
-const IDLE: Duration = Duration::from_secs(60);
-
-/// Server-side counters, and the votes this agent sent.
-#[derive(Debug, Default)]
-pub struct ServerCounters {
-    pub frames: AtomicU64,
-    pub questions: AtomicU64,
-    pub refused: AtomicU64,
-    /// Votes received from other agents.
-    pub votes_in: AtomicU64,
-    /// Votes written to a peer's connection.
-    pub votes_out: AtomicU64,
-    /// Votes not sent: the peer's agent could not be reached, or a queue was full.
-    pub votes_lost: AtomicU64,
-    /// What the channel learnt that the runtime had no room for (a full queue).
-    pub events_lost: AtomicU64,
-    /// This agent's lookups asked about the caller's endpoint before this host's NAT (a host
-    /// port DNAT'd to the server, the caller's address rewritten to this host's).
-    pub asked_via_nat: AtomicU64,
-}
-
-/// What the peer channel tells the tail sampler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerEvent {
-    /// The agent at `agent` holds another part of trace `trace_id` (it answered our question
-    /// about the caller's send, or asked us about our own send).
-    Participant { trace_id: TraceId, agent: IpAddr },
-    /// The agent at `from` voted on a trace.
-    Vote { from: IpAddr, vote: TraceVote },
-}
-
-/// What goes to a peer host's task.
-#[derive(Clone, Copy, Debug)]
-enum Outgoing {
-    Lookup(Lookup),
-    Vote(IpAddr, TraceVote),
-}
 
 /// Events queued for the runtime.
 const EVENT_QUEUE: usize = 65_536;
@@ -125,35 +89,12 @@ pub struct PeerLink {
     nat: Option<Arc<Mutex<NatTable>>>,
 }
 
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// The address an agent is reached at: an IPv4-mapped IPv6 address is its IPv4 one.
 fn agent_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-/// Queues an event for the runtime; a full queue loses it (counted).
-fn tell(events: &mpsc::Sender<PeerEvent>, ev: PeerEvent, counters: &ServerCounters) {
-    if events.try_send(ev).is_err() {
-        counters.events_lost.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl PeerLink {
@@ -183,7 +124,7 @@ impl PeerLink {
             rx,
             key,
             (cfg.peer_port, source),
-            cfg.nat.clone(),
+            (cfg.nat.clone(), Fallback::new(cfg.fallback.clone())),
             answers_tx,
             Channels {
                 events: events_tx,
@@ -273,7 +214,7 @@ impl PeerLink {
             None => "NAT table not readable".to_string(),
         };
         log::info!(
-            "summary (peer channel): answered {} questions in {} frames ({} found, {nat}; {} unknown, {} refused: another request), refused {} frames; asked {} questions about the caller as it was before this host's NAT; tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
+            "summary (peer channel): answered {} questions in {} frames ({} found, {nat}; {} unknown, {} refused: another request), refused {} frames; asked {} questions about the caller as it was before this host's NAT, {} of fallback peers without the caller's endpoint ({} fanned out to all of them; {} answered so, {} refused as ambiguous); tail sampling votes: {} sent, {} received, {} not sent (peer unreachable or queue full); {} events lost (queue full)",
             n(&c.questions),
             n(&c.frames),
             ix.answered_found,
@@ -281,6 +222,10 @@ impl PeerLink {
             ix.digest_mismatch,
             n(&c.refused),
             n(&c.asked_via_nat),
+            n(&c.asked_fallback),
+            n(&c.fanned_out),
+            ix.answered_without_client,
+            ix.ambiguous,
             n(&c.votes_out),
             n(&c.votes_in),
             n(&c.votes_lost),
@@ -354,29 +299,6 @@ fn refusal_logged(from: SocketAddr, e: &anyhow::Error) {
     }
 }
 
-async fn read_frame(
-    stream: &mut TcpStream,
-    key: &Key,
-    kinds: &[u8],
-) -> io::Result<Result<Frame, Refused>> {
-    let mut prefix = [0u8; 4];
-    stream.read_exact(&mut prefix).await?;
-    let n = match frame_len(prefix) {
-        Ok(n) => n,
-        Err(e) => return Ok(Err(e)),
-    };
-    let mut rest = vec![0u8; n];
-    stream.read_exact(&mut rest).await?;
-    Ok(decode(key, prefix, &rest, kinds))
-}
-
-/// The runtime's side of the channel, as the tasks see it.
-#[derive(Clone)]
-struct Channels {
-    events: mpsc::Sender<PeerEvent>,
-    counters: Arc<ServerCounters>,
-}
-
 /// One asking agent's connection: queries are answered, votes taken.
 async fn answer_conn(
     mut stream: TcpStream,
@@ -448,21 +370,33 @@ async fn answer_conn(
 }
 
 /// The answers to one frame's questions. The NAT table is asked (outside the index's lock: a
-/// netlink round trip) only about questions the index cannot answer as asked.
+/// netlink round trip) only about questions the index cannot answer as asked: the caller's
+/// endpoint before this host's source NAT, and for a fallback peer's question (no caller
+/// endpoint) the server a send to a service address of this host's really reached.
 fn answer_all(
     questions: &[Query],
     index: &Mutex<ClientIndex>,
     nat: Option<&Mutex<NatTable>>,
 ) -> Vec<Option<Found>> {
     let mut translated: Vec<Option<Endpoint>> = vec![None; questions.len()];
+    let mut reached: HashMap<(WireKey, Endpoint), Endpoint> = HashMap::new();
     if let Some(nat) = nat {
-        let misses: Vec<usize> = {
+        let (misses, sends): (Vec<usize>, Vec<(WireKey, Endpoint)>) = {
             let ix = index.lock().expect("index lock");
-            (0..questions.len())
-                .filter(|&i| !ix.contains(&questions[i].key))
-                .collect()
+            let misses = (0..questions.len())
+                .filter(|&i| {
+                    let q = &questions[i];
+                    !fallback::is_without_client(&q.key.client) && !ix.contains(&q.key)
+                })
+                .collect();
+            let sends = questions
+                .iter()
+                .filter(|q| fallback::is_without_client(&q.key.client))
+                .flat_map(|q| ix.elsewhere(q))
+                .collect();
+            (misses, sends)
         };
-        if !misses.is_empty() {
+        if !misses.is_empty() || !sends.is_empty() {
             let mut table = nat.lock().expect("nat lock");
             let now = mono_ns();
             for i in misses {
@@ -472,13 +406,24 @@ fn answer_all(
                     .map(|o| o.client)
                     .filter(|c| *c != q.key.client);
             }
+            for (key, server) in sends {
+                if let Some(real) = table.reached(key.client, server, now) {
+                    reached.insert((key, server), real);
+                }
+            }
         }
     }
     let mut ix = index.lock().expect("index lock");
     questions
         .iter()
         .zip(translated)
-        .map(|(q, t)| ix.answer(q, |_| t))
+        .map(|(q, t)| {
+            if fallback::is_without_client(&q.key.client) {
+                ix.answer_without_client(q, |key, server| reached.get(&(*key, server)).copied())
+            } else {
+                ix.answer(q, |_| t)
+            }
+        })
         .collect()
 }
 
@@ -486,39 +431,82 @@ async fn dispatch(
     mut rx: mpsc::Receiver<Outgoing>,
     key: Arc<Key>,
     (port, source): (u16, Option<IpAddr>),
-    nat: Option<Arc<Mutex<NatTable>>>,
+    (nat, mut fallback): (Option<Arc<Mutex<NatTable>>>, Fallback),
     answers: mpsc::Sender<(Handle, Outcome)>,
     ch: Channels,
 ) {
     let mut peers: HashMap<IpAddr, mpsc::Sender<Outgoing>> = HashMap::new();
-    while let Some(mut o) = rx.recv().await {
-        if let (Outgoing::Lookup(l), Some(nat)) = (&mut o, &nat) {
-            undo_local_nat(l, nat, &ch.counters);
-        }
-        let ip = match o {
-            Outgoing::Lookup(l) => agent_ip(l.key.client.addr),
-            Outgoing::Vote(to, _) => to,
-        };
-        if peers.get(&ip).is_none_or(|tx| tx.is_closed()) {
-            if peers.len() >= MAX_PEERS {
-                peers.retain(|_, tx| !tx.is_closed());
+    // Lookups the agent at the caller's address did not answer (nothing listens there), back
+    // from its task when fallback peers are configured.
+    let (back_tx, mut back_rx) = mpsc::channel::<(IpAddr, Lookup)>(PEER_QUEUE);
+    let back = (!fallback.is_off()).then_some(back_tx);
+    loop {
+        let (plan, o) = tokio::select! {
+            o = rx.recv() => {
+                let Some(mut o) = o else { return };
+                let plan = match &mut o {
+                    Outgoing::Lookup(l) => {
+                        if let Some(nat) = &nat {
+                            undo_local_nat(l, nat, &ch.counters);
+                        }
+                        fallback.plan(agent_ip(l.key.client.addr), l, mono_ns())
+                    }
+                    _ => Plan::Direct,
+                };
+                (plan, o)
             }
-            if peers.len() >= MAX_PEERS {
-                lost(o, &answers, &ch.counters).await;
+            Some((ip, l)) = back_rx.recv() => {
+                (fallback.no_agent(ip, &l, mono_ns()), Outgoing::Lookup(l))
+            }
+        };
+        let targets = match plan {
+            Plan::Direct => {
+                let ip = match &o {
+                    Outgoing::Lookup(l) | Outgoing::Fanned(l, _) => agent_ip(l.key.client.addr),
+                    Outgoing::Vote(to, _) => *to,
+                };
+                vec![(ip, o)]
+            }
+            Plan::Answer(outcome) => {
+                if let Outgoing::Lookup(l) = o {
+                    let _ = answers.send((l.handle, outcome)).await;
+                }
                 continue;
             }
-            let (tx, prx) = mpsc::channel(PEER_QUEUE);
-            tokio::spawn(ask_peer(
-                (SocketAddr::new(ip, port), source),
-                Arc::clone(&key),
-                prx,
-                answers.clone(),
-                ch.clone(),
-            ));
-            peers.insert(ip, tx);
-        }
-        if peers[&ip].try_send(o).is_err() {
-            lost(o, &answers, &ch.counters).await;
+            Plan::Fan(fan, to) => {
+                let Outgoing::Lookup(l) = o else { continue };
+                ch.counters.asked_fallback.fetch_add(1, Ordering::Relaxed);
+                if to.len() > 1 {
+                    ch.counters.fanned_out.fetch_add(1, Ordering::Relaxed);
+                }
+                let q = fallback::without_client(&l);
+                to.into_iter()
+                    .map(|ip| (ip, Outgoing::Fanned(q, Arc::clone(&fan))))
+                    .collect()
+            }
+        };
+        for (ip, o) in targets {
+            if peers.get(&ip).is_none_or(|tx| tx.is_closed()) {
+                if peers.len() >= MAX_PEERS {
+                    peers.retain(|_, tx| !tx.is_closed());
+                }
+                if peers.len() >= MAX_PEERS {
+                    lost(ip, o, &answers, &ch.counters).await;
+                    continue;
+                }
+                let (tx, prx) = mpsc::channel(PEER_QUEUE);
+                tokio::spawn(ask_peer(
+                    (SocketAddr::new(ip, port), source),
+                    Arc::clone(&key),
+                    prx,
+                    (answers.clone(), back.clone()),
+                    ch.clone(),
+                ));
+                peers.insert(ip, tx);
+            }
+            if let Err(e) = peers[&ip].try_send(o) {
+                lost(ip, e.into_inner(), &answers, &ch.counters).await;
+            }
         }
     }
 }
@@ -540,293 +528,27 @@ fn undo_local_nat(l: &mut Lookup, nat: &Mutex<NatTable>, counters: &ServerCounte
     }
 }
 
-/// What could not be handed to a peer's task: a lookup is answered `Timeout`, a vote counted.
-async fn lost(o: Outgoing, answers: &mpsc::Sender<(Handle, Outcome)>, counters: &ServerCounters) {
+/// What could not be handed to peer `ip`'s task: a lookup is answered `Timeout` (a fallback
+/// peer's part of one counts as that peer's timeout), a vote counted.
+async fn lost(
+    ip: IpAddr,
+    o: Outgoing,
+    answers: &mpsc::Sender<(Handle, Outcome)>,
+    counters: &ServerCounters,
+) {
     match o {
         Outgoing::Lookup(l) => {
             let _ = answers.send((l.handle, Outcome::Timeout)).await;
+        }
+        Outgoing::Fanned(_, fan) => {
+            if let Some((outcome, _)) = fan.settle(ip, News::Ended(Outcome::Timeout), mono_ns()) {
+                let _ = answers.send((fan.handle, outcome)).await;
+            }
         }
         Outgoing::Vote(..) => {
             counters.votes_lost.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-struct Waiting {
-    lookup: Lookup,
-    /// The peer answered "unknown" at least once.
-    unknown: bool,
-}
-
-/// One peer host: batches of lookups over one connection, asked again until found or due, and
-/// the votes for it, written before each round's question.
-async fn ask_peer(
-    (addr, source): (SocketAddr, Option<IpAddr>),
-    key: Arc<Key>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    answers: mpsc::Sender<(Handle, Outcome)>,
-    ch: Channels,
-) {
-    let mut waiting: Vec<Waiting> = Vec::new();
-    let mut votes: Vec<TraceVote> = Vec::new();
-    let mut conn: Option<TcpStream> = None;
-    let mut down_until: Option<Instant> = None;
-    let take = |o: Outgoing, waiting: &mut Vec<Waiting>, votes: &mut Vec<TraceVote>| match o {
-        Outgoing::Lookup(l) => waiting.push(Waiting {
-            lookup: l,
-            unknown: false,
-        }),
-        Outgoing::Vote(_, v) => votes.push(v),
-    };
-    loop {
-        if waiting.is_empty() && votes.is_empty() {
-            match timeout(IDLE, rx.recv()).await {
-                Ok(Some(o)) => take(o, &mut waiting, &mut votes),
-                _ => return,
-            }
-        }
-        sleep(ROUND).await;
-        while let Ok(o) = rx.try_recv() {
-            take(o, &mut waiting, &mut votes);
-        }
-        let mut done = Vec::new();
-        end_due(&mut waiting, mono_ns(), &mut done);
-        if down_until.is_some_and(|t| Instant::now() < t) {
-            done.extend(
-                waiting
-                    .drain(..)
-                    .map(|w| (w.lookup.handle, Outcome::NoAgent)),
-            );
-            lose_votes(&mut votes, &ch.counters);
-        } else if !waiting.is_empty() || !votes.is_empty() {
-            let fresh = conn.is_none();
-            if fresh {
-                match timeout(CONNECT_TIMEOUT, connect(addr, source)).await {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
-                        conn = Some(s);
-                    }
-                    Ok(Err(e)) => {
-                        log::debug!("peer {addr}: {e}");
-                        down_until = Some(Instant::now() + DOWN_FOR);
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::NoAgent)),
-                        );
-                        lose_votes(&mut votes, &ch.counters);
-                    }
-                    Err(_) => {
-                        down_until = Some(Instant::now() + DOWN_FOR);
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::Timeout)),
-                        );
-                        lose_votes(&mut votes, &ch.counters);
-                    }
-                }
-            }
-            if let Some(stream) = &mut conn {
-                let sent = send_votes(stream, &key, &mut votes, &ch.counters).await;
-                let asked = match sent {
-                    Ok(()) if waiting.is_empty() => Ok(()),
-                    Ok(()) => ask(stream, &key, &mut waiting, &mut done).await,
-                    Err(e) => Err(AskError::Io(e)),
-                };
-                match asked {
-                    Ok(()) => {}
-                    // On a connection just made, a close is a refusal; on an older one it may
-                    // be the peer's idle timeout: ask again on a new connection.
-                    Err(AskError::Closed) if !fresh => conn = None,
-                    Err(AskError::Closed) => {
-                        log::warn!(
-                            "peer {addr}: closed the connection on our query: another peer secret or another ztrace version (the peer's log says which)"
-                        );
-                        conn = None;
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::Refused)),
-                        );
-                    }
-                    Err(AskError::Refused(r)) => {
-                        let hint = r.hint().unwrap_or_default();
-                        log::warn!("peer {addr}: reply refused: {r}{hint}");
-                        conn = None;
-                        done.extend(
-                            waiting
-                                .drain(..)
-                                .map(|w| (w.lookup.handle, Outcome::Refused)),
-                        );
-                    }
-                    Err(AskError::Io(e)) => {
-                        log::debug!("peer {addr}: {e}");
-                        conn = None;
-                    }
-                }
-            }
-        }
-        // What no later round can ask before its deadline ends now: the linker hears "unknown"
-        // (the peer answered, it knows no such send) rather than timing the lookup out itself.
-        end_due(&mut waiting, mono_ns() + ROUND.as_nanos() as u64, &mut done);
-        // The answering agent holds the caller's part of each trace it found.
-        for (_, o) in &done {
-            if let Outcome::Found { ctx, .. } = o {
-                let ev = PeerEvent::Participant {
-                    trace_id: ctx.trace_id,
-                    agent: addr.ip(),
-                };
-                tell(&ch.events, ev, &ch.counters);
-            }
-        }
-        for d in done {
-            if answers.send(d).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Ends the lookups due by `by_ns`: "unknown" when the peer answered so, else "timeout".
-fn end_due(waiting: &mut Vec<Waiting>, by_ns: u64, done: &mut Vec<(Handle, Outcome)>) {
-    waiting.retain(|w| {
-        if w.lookup.deadline_ns > by_ns {
-            return true;
-        }
-        let why = if w.unknown {
-            Outcome::Unknown
-        } else {
-            Outcome::Timeout
-        };
-        done.push((w.lookup.handle, why));
-        false
-    });
-}
-
-/// A connection to `addr`, from `source` when given (same address family only).
-async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    socket.connect(addr).await
-}
-
-fn lose_votes(votes: &mut Vec<TraceVote>, counters: &ServerCounters) {
-    counters
-        .votes_lost
-        .fetch_add(votes.len() as u64, Ordering::Relaxed);
-    votes.clear();
-}
-
-/// Writes the queued votes (no reply comes back). Written votes are counted sent; when the write
-/// fails they are kept for the next connection.
-async fn send_votes(
-    stream: &mut TcpStream,
-    key: &Key,
-    votes: &mut Vec<TraceVote>,
-    counters: &ServerCounters,
-) -> io::Result<()> {
-    while !votes.is_empty() {
-        let n = votes.len().min(MAX_ITEMS);
-        let frame = Frame {
-            id: 0,
-            unix_ms: unix_ms(),
-            nonce: rand::random(),
-            body: Body::Vote(votes[..n].to_vec()),
-        };
-        stream.write_all(&encode(key, &frame)).await?;
-        votes.drain(..n);
-        counters.votes_out.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-enum AskError {
-    Refused(Refused),
-    /// The peer closed the connection instead of answering.
-    Closed,
-    Io(io::Error),
-}
-
-/// One round trip for up to [`MAX_ITEMS`] of `waiting`; found ones move to `done`.
-async fn ask(
-    stream: &mut TcpStream,
-    key: &Key,
-    waiting: &mut Vec<Waiting>,
-    done: &mut Vec<(Handle, Outcome)>,
-) -> Result<(), AskError> {
-    let n = waiting.len().min(MAX_ITEMS);
-    let id: u64 = rand::random();
-    let query = Frame {
-        id,
-        unix_ms: unix_ms(),
-        nonce: rand::random(),
-        body: Body::Query(
-            waiting[..n]
-                .iter()
-                .map(|w| Query {
-                    key: w.lookup.key,
-                    digest: w.lookup.digest,
-                    server: w.lookup.server,
-                })
-                .collect(),
-        ),
-    };
-    stream
-        .write_all(&encode(key, &query))
-        .await
-        .map_err(AskError::Io)?;
-    let reply = match timeout(REPLY_TIMEOUT, read_frame(stream, key, &[KIND_REPLY])).await {
-        Ok(Ok(Ok(f))) => f,
-        Ok(Ok(Err(r))) => return Err(AskError::Refused(r)),
-        // A peer closes the connection on a query it refuses (it sends nothing signed to
-        // whoever fails authentication).
-        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Err(AskError::Closed);
-        }
-        Ok(Err(e)) => return Err(AskError::Io(e)),
-        Err(_) => return Err(AskError::Io(io::ErrorKind::TimedOut.into())),
-    };
-    let Body::Reply(items) = reply.body else {
-        return Err(AskError::Refused(Refused::WrongKind));
-    };
-    if reply.id != id
-        || items.len() != n
-        || reply.unix_ms.abs_diff(unix_ms()) > super::protocol::MAX_AGE_MS
-    {
-        return Err(AskError::Refused(Refused::Stale));
-    }
-    let mut k = 0;
-    waiting.retain_mut(|w| {
-        let idx = k;
-        k += 1;
-        if idx >= n {
-            return true;
-        }
-        match items[idx] {
-            Some(f) => {
-                done.push((
-                    w.lookup.handle,
-                    Outcome::Found {
-                        ctx: f.ctx,
-                        start_unix_ns: f.start_unix_ns,
-                        end_unix_ns: f.end_unix_ns,
-                    },
-                ));
-                false
-            }
-            None => {
-                w.unknown = true;
-                true
-            }
-        }
-    });
-    Ok(())
 }
 
 /// The server endpoint the tests' lookups name (no NAT table in them).
@@ -840,6 +562,7 @@ fn test_server() -> Endpoint {
 
 #[cfg(test)]
 mod tests {
+    use super::super::protocol::KIND_REPLY;
     use super::*;
     use crate::link::crosshost::{PeerContext, WireKey};
     use crate::model::{Endpoint, SpanId, TraceId};
@@ -851,6 +574,7 @@ mod tests {
             secret: secret.to_vec(),
             linker: CrossHostConfig::default(),
             nat: None,
+            fallback: Vec::new(),
         }
     }
 
@@ -884,6 +608,7 @@ mod tests {
         };
         let send = ClientSend {
             key: key(40000),
+            server: test_server(),
             digest: 77,
             ctx,
             start_unix_ns: 1,
@@ -1094,6 +819,84 @@ mod tests {
         assert_eq!(b.server.votes_lost.load(Ordering::Relaxed), 1);
     }
 
+    /// Callers behind a NAT gateway: nothing answers at the caller's address, so the fallback
+    /// peers are asked without its endpoint; one match links, two are ambiguous, and a
+    /// connection a peer answered for is asked of that peer alone.
+    #[tokio::test]
+    async fn fallback_peers_over_loopback() {
+        let secret = b"0123456789abcdef-shared";
+        let mut a1 = PeerLink::start(&cfg("127.0.0.1:0", 0, secret))
+            .await
+            .unwrap();
+        let port = a1.local.port();
+        // Every agent answers on the same port (peers are asked at `peer_port`).
+        let mut a2 = PeerLink::start(&cfg(&format!("127.0.0.2:{port}"), port, secret))
+            .await
+            .unwrap();
+        let ctx1 = client_send(&mut a1);
+        let mut b_cfg = cfg("127.0.0.3:0", port, secret);
+        b_cfg.fallback = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2])];
+        let mut b = PeerLink::start(&b_cfg).await.unwrap();
+        // The caller as B saw it: the gateway's address (no agent) and a port it chose.
+        let via_gw = |handle: Handle, port: u16| Lookup {
+            handle,
+            key: WireKey {
+                client: Endpoint {
+                    addr: "127.0.0.9".parse().unwrap(),
+                    port,
+                },
+                seq: 1234,
+            },
+            digest: 77,
+            server: test_server(),
+            deadline_ns: mono_ns() + 1_000_000_000,
+        };
+        let found = |ctx| Outcome::Found {
+            ctx,
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        assert_eq!(ask_one(&mut b, via_gw(1, 5555)).await, (1, found(ctx1)));
+        // Another request on that connection, or another server: A1 knows no such send.
+        let mut other = via_gw(2, 5555);
+        other.digest = 78;
+        other.deadline_ns = mono_ns() + 300_000_000;
+        assert_eq!(ask_one(&mut b, other).await, (2, Outcome::Unknown));
+        // A2 now holds a send with the same sequence number and request to the same server:
+        // a new connection of the gateway's fans out and finds two candidates.
+        let send2 = ClientSend {
+            key: WireKey {
+                client: Endpoint {
+                    addr: "127.0.0.2".parse().unwrap(),
+                    port: 40001,
+                },
+                seq: 1234,
+            },
+            server: test_server(),
+            digest: 77,
+            ctx: PeerContext {
+                trace_id: TraceId([7; 16]),
+                span_id: SpanId([6; 8]),
+                sampled: None,
+            },
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+        };
+        a2.submit(|s, _| s.push(send2), &mut Vec::new());
+        assert_eq!(
+            ask_one(&mut b, via_gw(3, 5556)).await,
+            (3, Outcome::Ambiguous)
+        );
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            (n(&b.server.asked_fallback), n(&b.server.fanned_out)),
+            (3, 2)
+        );
+        // A1's agent never saw the caller's endpoint, only its own send's.
+        let ix = a1.index.lock().unwrap().stats;
+        assert_eq!((ix.answered_without_client, ix.answered_found), (2, 2));
+    }
+
     #[tokio::test]
     async fn replayed_query_refused() {
         let secret = b"0123456789abcdef-shared";
@@ -1141,6 +944,7 @@ mod tests {
 /// ztrace -- --ignored --nocapture per_lookup_cost` (docs/benchmarks.md).
 #[cfg(test)]
 mod cost {
+    use super::super::protocol::{KIND_REPLY, decode};
     use super::*;
     use crate::link::crosshost::{PeerContext, WireKey};
     use crate::model::{Endpoint, SpanId, TraceId};
@@ -1161,6 +965,7 @@ mod cost {
             ix.insert(
                 &ClientSend {
                     key: wire(i),
+                    server: test_server(),
                     digest: u64::from(i),
                     ctx: PeerContext {
                         trace_id: TraceId([1; 16]),
@@ -1296,6 +1101,7 @@ mod scale {
             secret: b"0123456789abcdef-shared".to_vec(),
             linker: CrossHostConfig::default(),
             nat: None,
+            fallback: Vec::new(),
         }
     }
 
@@ -1347,6 +1153,7 @@ mod scale {
             let sends: Vec<ClientSend> = (0..64u32)
                 .map(|j| ClientSend {
                     key: wire(i, j),
+                    server: test_server(),
                     digest: u64::from(j),
                     ctx: PeerContext {
                         trace_id: TraceId([1; 16]),
@@ -1452,6 +1259,7 @@ mod scale {
             ix.insert(
                 &ClientSend {
                     key: wire(i % PEERS, i as u32),
+                    server: test_server(),
                     digest: i as u64,
                     ctx: PeerContext {
                         trace_id: TraceId([1; 16]),

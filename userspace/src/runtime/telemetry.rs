@@ -43,6 +43,7 @@ fn link_outcomes(
             no_agent: x.no_agent,
             timeout: x.timeout,
             refused: x.refused,
+            ambiguous: x.ambiguous,
         }),
     }
 }

@@ -94,6 +94,7 @@ pub struct CrossHostOutcomes {
     pub no_agent: u64,
     pub timeout: u64,
     pub refused: u64,
+    pub ambiguous: u64,
 }
 
 impl Health {
@@ -210,6 +211,7 @@ impl Health {
                         (on(LINK_OUTCOME, "unlinked_no_peer_agent"), x.no_agent),
                         (on(LINK_OUTCOME, "unlinked_peer_timeout"), x.timeout),
                         (on(LINK_OUTCOME, "unlinked_peer_refused"), x.refused),
+                        (on(LINK_OUTCOME, "unlinked_peer_ambiguous"), x.ambiguous),
                     ]
                 }))
                 .collect(),
@@ -371,7 +373,7 @@ mod tests {
             ..Default::default()
         });
         let links = points(&h.to_metrics(None, 1, 2), "ztrace.links");
-        assert_eq!(links.len(), 14);
+        assert_eq!(links.len(), 15);
         assert_eq!(value(&links, "cross_host"), 4);
         assert_eq!(value(&links, "unlinked_no_peer_agent"), 2);
     }
