@@ -352,25 +352,25 @@ fn bad_opamp_settings_stop_start_up() {
 }
 
 /// `ztrace replay` resolves the processors as the daemon does: a bad tail sampling setting or a
-/// broken rule stops it before the file is read, with the same one line.
+/// broken rule stops it before the file is read, with the same one line; a file that is not there
+/// is named once, with its error once.
 #[test]
 fn replay_checks_tail_sampling_and_rules_like_the_daemon() {
-    let dir = std::env::temp_dir();
-    let id = std::process::id();
-    let tail = dir.join(format!("ztrace-replay-bad-tail-{id}.toml"));
-    std::fs::write(
-        &tail,
+    use ztrace_e2e::temp::{TempDir, TempFile};
+    let tail = TempFile::new(
+        "replay-bad-tail",
+        "ztrace.toml",
         "[[tail_sampling.policies]]\nname = \"slow\"\ntype = \"latency\"\nlatency = { threshold = 500 }\n",
     )
     .unwrap();
-    let rules = dir.join(format!("ztrace-replay-bad-rule-{id}.toml"));
-    std::fs::write(
-        &rules,
+    let rules = TempFile::new(
+        "replay-bad-rule",
+        "ztrace.toml",
         "[[transform.trace_statements]]\ncontext = \"span\"\nstatements = ['set(attributes[\"a\"] \"b\")']\n",
     )
     .unwrap();
-    let missing = dir.join(format!("ztrace-replay-no-such-file-{id}.zcap"));
-    let missing = missing.display().to_string();
+    let empty = TempDir::new("replay-missing").unwrap();
+    let missing = empty.join("no-such-file.zcap").display().to_string();
     assert_usage_error(
         &ztrace(
             &["replay", "--config", &tail.display().to_string(), &missing],
@@ -389,6 +389,13 @@ fn replay_checks_tail_sampling_and_rules_like_the_daemon() {
         ),
         "expected `,` or `)`",
     );
-    let _ = std::fs::remove_file(&tail);
-    let _ = std::fs::remove_file(&rules);
+    let out = ztrace(&["replay", &missing], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("reading {missing}")), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the error once: {stderr}"
+    );
 }

@@ -40,7 +40,8 @@ pub struct Header {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("{0}")]
+    /// The I/O error itself (`transparent`: as its own message, not once more as the cause).
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("not a ztrace record file (bad magic bytes)")]
     NotARecording,
