@@ -113,3 +113,12 @@ pub fn stdio_write(pid: u32, tid: u32, fd: i32, ts: u64, bytes: u64) -> DataEven
         ..Default::default()
     }
 }
+
+/// An endpoint from `"ADDR:PORT"` (`"10.0.0.1:80"`, `"[::1]:80"`).
+pub fn endpoint(s: &str) -> Endpoint {
+    let sa: std::net::SocketAddr = s.parse().expect("ADDR:PORT");
+    Endpoint {
+        addr: sa.ip(),
+        port: sa.port(),
+    }
+}

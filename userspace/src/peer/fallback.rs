@@ -347,13 +347,7 @@ mod tests {
     use crate::link::crosshost::PeerContext;
     use crate::model::{SpanId, TraceId};
 
-    fn ep(s: &str) -> Endpoint {
-        let sa: std::net::SocketAddr = s.parse().unwrap();
-        Endpoint {
-            addr: sa.ip(),
-            port: sa.port(),
-        }
-    }
+    use crate::testkit::endpoint as ep;
 
     fn lookup(client: &str) -> Lookup {
         Lookup {

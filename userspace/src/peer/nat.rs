@@ -489,13 +489,7 @@ fn parse_answer(b: &[u8], seq: u32, by: By) -> Answer {
 mod tests {
     use super::*;
 
-    fn ep(s: &str) -> Endpoint {
-        let sa: std::net::SocketAddr = s.parse().unwrap();
-        Endpoint {
-            addr: sa.ip(),
-            port: sa.port(),
-        }
-    }
+    use crate::testkit::endpoint as ep;
 
     /// An answer as the kernel builds it: header, nfgenmsg, then the original tuple.
     fn kernel_answer(seq: u32, orig_src: Endpoint, orig_dst: Endpoint) -> Vec<u8> {
