@@ -43,6 +43,19 @@ fn record_two_tier(file: &std::path::Path) -> Result<(Proc, [Proc; 2], u16)> {
     Ok((recorder, [frontend, backend], front_port))
 }
 
+/// Requests `urls` while `recorder` records, then stops it (SIGINT) and expects a clean exit.
+fn record_requests(recorder: &mut Proc, urls: &[String]) -> Result<()> {
+    curl(urls)?;
+    std::thread::sleep(Duration::from_millis(300));
+    recorder.signal(libc::SIGINT);
+    ensure!(
+        recorder.wait_exit(Duration::from_secs(30)) == Some(0),
+        "{}",
+        recorder.stderr_text()
+    );
+    Ok(())
+}
+
 #[test]
 fn record_then_replay_without_privileges() -> Result<()> {
     if !privileged_or_skip("record_then_replay_without_privileges") {
@@ -56,14 +69,7 @@ fn record_then_replay_without_privileges() -> Result<()> {
     let urls: Vec<String> = (0..5)
         .map(|i| format!("http://127.0.0.1:{front_port}/api/r{i}"))
         .collect();
-    curl(&urls)?;
-    std::thread::sleep(Duration::from_millis(300));
-    recorder.signal(libc::SIGINT);
-    ensure!(
-        recorder.wait_exit(Duration::from_secs(30)) == Some(0),
-        "{}",
-        recorder.stderr_text()
-    );
+    record_requests(&mut recorder, &urls)?;
     ensure!(
         recorder.stderr_text().contains("recorded"),
         "{}",
@@ -256,14 +262,7 @@ statements = [
             }
         })
         .collect();
-    curl(&urls)?;
-    std::thread::sleep(Duration::from_millis(300));
-    recorder.signal(libc::SIGINT);
-    ensure!(
-        recorder.wait_exit(Duration::from_secs(30)) == Some(0),
-        "{}",
-        recorder.stderr_text()
-    );
+    record_requests(&mut recorder, &urls)?;
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let [frontend, backend] = &services;
     let failures = REQUESTS.div_ceil(FAIL_EVERY);

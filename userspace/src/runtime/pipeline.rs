@@ -312,6 +312,30 @@ pub(crate) mod testdata {
         pub remote: u16,
     }
 
+    /// A server's side of one keep-alive connection (process 7 on port 8080, a client on port
+    /// 40000): for each (request time, request, response time, response), the request read and
+    /// the response written, with their TCP sequence numbers running on from 1.
+    pub fn conversation(
+        exchanges: impl IntoIterator<Item = (u64, Vec<u8>, u64, Vec<u8>)>,
+    ) -> Vec<Vec<u8>> {
+        let io = Io {
+            pid: 7,
+            tid: 7,
+            sock: 0xabc,
+            local: 8080,
+            remote: 40_000,
+        };
+        let (mut rx, mut tx) = (1u32, 1u32);
+        let mut out = Vec::new();
+        for (req_ts, req, resp_ts, resp) in exchanges {
+            out.push(record(&io, false, req_ts, rx, &req));
+            out.push(record(&io, true, resp_ts, tx, &resp));
+            rx = rx.wrapping_add(req.len() as u32);
+            tx = tx.wrapping_add(resp.len() as u32);
+        }
+        out
+    }
+
     /// `bytes` read (`egress` false) or written on `io` at `ts`, its first byte at TCP `seq`.
     pub fn record(io: &Io, egress: bool, ts: u64, seq: u32, bytes: &[u8]) -> Vec<u8> {
         let mut tuple = SockTuple {

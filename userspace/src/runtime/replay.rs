@@ -232,18 +232,7 @@ pub fn replay_bytes(bytes: &[u8]) -> std::result::Result<usize, record::RecordEr
 #[cfg(test)]
 mod hostile_files {
     use super::*;
-    use crate::runtime::pipeline::testdata::{Io, record as data_record};
-
-    fn data(egress: bool, ts: u64, seq: u32, bytes: &[u8]) -> Vec<u8> {
-        let io = Io {
-            pid: 7,
-            tid: 7,
-            sock: 0xabc,
-            local: 8080,
-            remote: 40_000,
-        };
-        data_record(&io, egress, ts, seq, bytes)
-    }
+    use crate::runtime::pipeline::testdata::conversation;
 
     fn recording() -> Vec<u8> {
         let mut w = record::Writer::new(
@@ -263,16 +252,14 @@ mod hostile_files {
             ..Default::default()
         })
         .unwrap();
-        let (mut rx, mut tx) = (1u32, 1u32);
-        for i in 0..20u64 {
+        let exchanges = (0..20u64).map(|i| {
             let req = format!("GET /item/{i}?token=x HTTP/1.1\r\nHost: a\r\nCookie: s=1\r\n\r\n");
             let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-            w.record(&data(false, 1_000_000 * (2 * i + 1), rx, req.as_bytes()))
-                .unwrap();
-            w.record(&data(true, 1_000_000 * (2 * i + 2), tx, resp))
-                .unwrap();
-            rx = rx.wrapping_add(req.len() as u32);
-            tx = tx.wrapping_add(resp.len() as u32);
+            let at = 1_000_000 * (2 * i + 1);
+            (at, req.into_bytes(), at + 1_000_000, resp.to_vec())
+        });
+        for r in conversation(exchanges) {
+            w.record(&r).unwrap();
         }
         w.flush().unwrap();
         w.into_inner()
@@ -343,7 +330,7 @@ mod processors_on_the_recording_clock {
     use super::*;
     use crate::config::{self, ConfigFile, Sources, TailFlags};
     use crate::model::AttrVal;
-    use crate::runtime::pipeline::testdata::{Io, record as data_record};
+    use crate::runtime::pipeline::testdata::conversation;
 
     const MS: u64 = 1_000_000;
     /// Exchanges in the recording (two records each: more than one turn).
@@ -352,16 +339,7 @@ mod processors_on_the_recording_clock {
     /// One client's `n` HTTP exchanges with a server on one connection, `gap` ns apart; every
     /// 25th is answered 500.
     fn records(n: u64, gap: u64) -> Vec<Vec<u8>> {
-        let io = Io {
-            pid: 7,
-            tid: 7,
-            sock: 0xabc,
-            local: 8080,
-            remote: 40_000,
-        };
-        let (mut rx, mut tx) = (1u32, 1u32);
-        let mut out = Vec::new();
-        for i in 0..n {
+        conversation((0..n).map(|i| {
             let req = format!("GET /item/{i}?ticket=t{i} HTTP/1.1\r\nHost: a\r\n\r\n");
             let resp: &[u8] = if i % 25 == 0 {
                 b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\nno"
@@ -369,12 +347,8 @@ mod processors_on_the_recording_clock {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
             };
             let t = 1_000 * MS + gap * i;
-            out.push(data_record(&io, false, t, rx, req.as_bytes()));
-            out.push(data_record(&io, true, t + MS, tx, resp));
-            rx = rx.wrapping_add(req.len() as u32);
-            tx = tx.wrapping_add(resp.len() as u32);
-        }
-        out
+            (t, req.into_bytes(), t + MS, resp.to_vec())
+        }))
     }
 
     fn config(text: &str) -> ReplayConfig {
