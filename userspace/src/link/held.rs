@@ -260,6 +260,75 @@ impl DueQueue {
     }
 }
 
+/// SERVER spans waiting for their caller's CLIENT span (rule 5), by the fingerprint of their
+/// sequence-number key ([`SeqKey::fingerprint`]); the full key stays in the span's record and
+/// is checked on a match.
+///
+/// Most SERVER spans never meet a traced caller (an edge service's callers are end users), and
+/// the table holds every one of them for its grace period: tens of thousands of entries at a
+/// busy server, so a hash insert per span was a cache miss or two per request. An entry is
+/// therefore only appended to `pending`, in arrival order (sequential writes), and indexed when
+/// a caller first looks: every pending entry then goes into `index` in that order, so a later
+/// entry replaces an earlier one with the same fingerprint exactly as direct inserts did. A
+/// server no traced client calls never indexes anything.
+#[derive(Default)]
+pub(super) struct ServerSeqs {
+    /// Not yet indexed: (fingerprint, span, start), in arrival order.
+    pending: VecDeque<(u64, Handle, u64)>,
+    index: HashMap<u64, (Handle, u64)>,
+    /// When `index` was last swept of expired entries.
+    swept_ns: u64,
+}
+
+impl ServerSeqs {
+    pub(super) fn insert(&mut self, fingerprint: u64, h: Handle, start_ns: u64) {
+        self.pending.push_back((fingerprint, h, start_ns));
+    }
+
+    /// The entry under `fingerprint`, every pending entry indexed first.
+    pub(super) fn entry(
+        &mut self,
+        fingerprint: u64,
+    ) -> std::collections::hash_map::Entry<'_, u64, (Handle, u64)> {
+        self.index_pending();
+        self.index.entry(fingerprint)
+    }
+
+    fn index_pending(&mut self) {
+        for (fp, h, t) in self.pending.drain(..) {
+            self.index.insert(fp, (h, t));
+        }
+    }
+
+    /// Drops what started before `cutoff`: pending entries from the front (arrival order is
+    /// start order up to the reordering between CPUs: an entry behind a later one waits for
+    /// it), the index in one pass every `sweep_every_ns` (expiring each entry in start order
+    /// was a random probe of the table, a cache miss per span). An entry past its time but not
+    /// yet dropped matches only a span still held with the very same key.
+    pub(super) fn expire(&mut self, now_ns: u64, cutoff: u64, sweep_every_ns: u64) {
+        while self.pending.front().is_some_and(|&(_, _, t)| t < cutoff) {
+            self.pending.pop_front();
+        }
+        if now_ns >= self.swept_ns.saturating_add(sweep_every_ns) {
+            self.swept_ns = now_ns;
+            self.index.retain(|_, &mut (_, t)| t >= cutoff);
+        }
+    }
+
+    /// Entries held, pending or indexed.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.pending.len() + self.index.len()
+    }
+
+    /// Every entry indexed, for tests that look at or rearrange them.
+    #[cfg(test)]
+    pub(super) fn indexed(&mut self) -> &mut HashMap<u64, (Handle, u64)> {
+        self.index_pending();
+        &mut self.index
+    }
+}
+
 /// What stays of a released span so late children still find their parent and trace.
 #[derive(Clone, Copy)]
 pub(super) struct Tomb {
@@ -276,6 +345,36 @@ mod tests {
     use crate::link::linker::Linker;
     use crate::link::settle::LINK_GRACE_NS;
     use crate::link::testutil::*;
+
+    /// Entries are indexed in arrival order when a caller looks (a later entry with the same
+    /// fingerprint wins, as with direct inserts), and expire by their start: pending ones from
+    /// the front, indexed ones at the sweep.
+    #[test]
+    fn server_entries_index_in_arrival_order_and_expire() {
+        use std::collections::hash_map::Entry;
+        let mut s = ServerSeqs::default();
+        s.insert(7, 1, 100);
+        s.insert(8, 2, 150);
+        s.insert(7, 3, 200);
+        assert_eq!(s.len(), 3, "nothing indexed before a caller looks");
+        assert!(matches!(s.entry(7), Entry::Occupied(e) if *e.get() == (3, 200)));
+        s.insert(9, 4, 300);
+        s.insert(10, 5, 500);
+        s.insert(11, 6, 400);
+        s.expire(1_000, 160, 50);
+        // Indexed 8 started before the cutoff: swept. Pending ones are all after it.
+        assert!(matches!(s.entry(8), Entry::Vacant(_)));
+        s.insert(12, 7, 600);
+        s.expire(1_010, 450, 50);
+        // Pending 12 is after the cutoff; nothing indexed is swept before the next sweep time.
+        assert_eq!(s.len(), 5);
+        s.expire(1_050, 450, 50);
+        let left: Vec<_> = [7, 9, 10, 11, 12]
+            .into_iter()
+            .filter(|fp| matches!(s.entry(*fp), Entry::Occupied(_)))
+            .collect();
+        assert_eq!(left, [10, 12]);
+    }
 
     #[test]
     fn due_queue_pops_in_the_order_a_heap_does() {

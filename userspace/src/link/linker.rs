@@ -134,7 +134,7 @@ use rand::{SeedableRng, rngs::SmallRng};
 
 use super::context::{Cause, ProcThreads, ThreadCtx};
 use super::crosshost::{ClientSend, CrossHost, CrossHostConfig, CrossHostStats, Lookup, Outcome};
-use super::held::{DueQueue, Handle, Parent, Recs, SeqKey, Tomb};
+use super::held::{DueQueue, Handle, Parent, Recs, SeqKey, ServerSeqs, Tomb};
 use super::stats::LinkStats;
 use super::traceparent::Traceparent;
 use crate::model::{Endpoint, Exchange, SpanKind};
@@ -168,8 +168,6 @@ pub struct Linker {
     pub(super) tomb_order: VecDeque<(u64, Handle)>,
     /// When each CLIENT (SERVER) seq-match entry was made, in order, for expiry.
     pub(super) seq_order: VecDeque<(u64, SeqKey)>,
-    /// When `servers_by_seq` was last swept of expired entries.
-    pub(super) servers_swept_ns: u64,
     /// Spans in creation order, for eviction when the store is full (released ones are skipped
     /// lazily): eviction costs O(1) amortised instead of a scan of everything held.
     pub(super) live_order: VecDeque<Handle>,
@@ -183,9 +181,8 @@ pub struct Linker {
     /// Size of `causes` after its last clean-up (stale entries are swept when it doubles).
     pub(super) causes_swept: usize,
     pub(super) clients_by_seq: HashMap<SeqKey, (Handle, u64)>,
-    /// SERVER spans waiting for their caller, by key fingerprint: the full key is in the
-    /// span's record, checked on a match.
-    pub(super) servers_by_seq: HashMap<u64, (Handle, u64)>,
+    /// SERVER spans waiting for their caller, by key fingerprint.
+    pub(super) servers_by_seq: ServerSeqs,
     /// Add to monotonic ns to get Unix ns.
     pub(super) mono_to_unix: i128,
     pub(super) max_spans: usize,
@@ -210,7 +207,6 @@ impl Linker {
             tombs: HashMap::default(),
             tomb_order: VecDeque::new(),
             seq_order: VecDeque::new(),
-            servers_swept_ns: 0,
             live_order: VecDeque::new(),
             next: 1,
             causes: HashMap::default(),
@@ -218,7 +214,7 @@ impl Linker {
             open_servers: HashMap::default(),
             causes_swept: 1024,
             clients_by_seq: HashMap::default(),
-            servers_by_seq: HashMap::default(),
+            servers_by_seq: ServerSeqs::default(),
             mono_to_unix,
             max_spans,
             rng: match seed {

@@ -51,8 +51,7 @@ impl Linker {
                             self.call_began_by(c, s.start_ns);
                         }
                     } else {
-                        let fp = key.fingerprint();
-                        self.servers_by_seq.insert(fp, (h, s.start_ns));
+                        self.servers_by_seq.insert(key.fingerprint(), h, s.start_ns);
                     }
                     if parent == Parent::None
                         && let Some(x) = &mut self.crosshost
@@ -286,22 +285,38 @@ mod tests {
         other.seq_key = Some(key(5));
         let other = l.start(other);
         // Pretend key 9 shares key 5's fingerprint: its entry points at the other request.
-        let entry = l.servers_by_seq.remove(&key(5).fingerprint()).unwrap();
-        l.servers_by_seq.insert(key(9).fingerprint(), entry);
+        let entry = l
+            .servers_by_seq
+            .indexed()
+            .remove(&key(5).fingerprint())
+            .unwrap();
+        l.servers_by_seq
+            .indexed()
+            .insert(key(9).fingerprint(), entry);
         let mut c = start(SpanKind::Client, 1, 11, 90);
         c.seq_key = Some(key(9));
         l.start(c);
         assert_eq!(l.stats.cross_process_links, 0);
-        assert!(l.servers_by_seq.contains_key(&key(9).fingerprint()));
+        assert!(
+            l.servers_by_seq
+                .indexed()
+                .contains_key(&key(9).fingerprint())
+        );
         assert_eq!(l.recs.get(&other).unwrap().parent, Parent::None);
         // Back under its own fingerprint, the right caller links it.
-        let entry = l.servers_by_seq.remove(&key(9).fingerprint()).unwrap();
-        l.servers_by_seq.insert(key(5).fingerprint(), entry);
+        let entry = l
+            .servers_by_seq
+            .indexed()
+            .remove(&key(9).fingerprint())
+            .unwrap();
+        l.servers_by_seq
+            .indexed()
+            .insert(key(5).fingerprint(), entry);
         let mut c = start(SpanKind::Client, 1, 12, 95);
         c.seq_key = Some(key(5));
         let caller = l.start(c);
         assert_eq!(l.recs.get(&other).unwrap().parent, Parent::Local(caller));
-        assert!(l.servers_by_seq.is_empty());
+        assert!((l.servers_by_seq.len() == 0));
     }
 
     /// SERVER entries leave the table in sweeps: one past its wait goes at the next sweep, one
@@ -322,15 +337,27 @@ mod tests {
         l.start(new);
         assert_eq!(l.servers_by_seq.len(), 2);
         l.poll(t, &mut out);
-        assert!(!l.servers_by_seq.contains_key(&key(5).fingerprint()));
-        assert!(l.servers_by_seq.contains_key(&key(6).fingerprint()));
+        assert!(
+            !l.servers_by_seq
+                .indexed()
+                .contains_key(&key(5).fingerprint())
+        );
+        assert!(
+            l.servers_by_seq
+                .indexed()
+                .contains_key(&key(6).fingerprint())
+        );
         // At the very end of its wait it stays, and the held server still links.
         l.poll(t + wait, &mut out);
-        assert!(l.servers_by_seq.contains_key(&key(6).fingerprint()));
+        assert!(
+            l.servers_by_seq
+                .indexed()
+                .contains_key(&key(6).fingerprint())
+        );
         let mut c = start(SpanKind::Client, 1, 11, t - 10);
         c.seq_key = Some(key(6));
         l.start(c);
         assert_eq!(l.stats.cross_process_links, 1);
-        assert!(l.servers_by_seq.is_empty());
+        assert!((l.servers_by_seq.len() == 0));
     }
 }

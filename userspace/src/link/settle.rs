@@ -216,15 +216,9 @@ impl Linker {
             expire(&mut self.clients_by_seq, key, cutoff);
         }
         // Servers wait no longer than their grace period; most never get a traced client (the
-        // end user's), so they are swept on their own, sooner: the whole table in one pass
-        // every `SERVER_SWEEP_NS` (expiring each entry in start order was a random probe of
-        // a table of tens of thousands, a cache miss per span). An entry past its time but not
-        // yet swept matches only a span still held with the very same key.
-        if now_ns >= self.servers_swept_ns.saturating_add(SERVER_SWEEP_NS) {
-            self.servers_swept_ns = now_ns;
-            self.servers_by_seq
-                .retain(|_, &mut (_, t)| t >= server_cutoff);
-        }
+        // end user's), so they expire on their own, sooner.
+        self.servers_by_seq
+            .expire(now_ns, server_cutoff, SERVER_SWEEP_NS);
     }
 
     fn release(&mut self, h: Handle, trace: Resolved, now_ns: u64, out: &mut Vec<Span>) {
