@@ -253,16 +253,47 @@ impl OtlpClient {
 /// The span sink: direct wire encoding, then the shared client.
 pub(crate) struct OtlpSink {
     client: OtlpClient,
-    encoded: Vec<u8>,
+    /// Encoding buffers whose requests are done (see [`Body`]).
+    spare: BodyPool,
     /// What earlier batches left (see `wire::WireState`).
     endpoints: super::wire::WireState,
+}
+
+/// Request bodies' buffers, back from the HTTP/gRPC client once a request is done with them.
+type BodyPool = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// Buffers kept for reuse: one per request in flight and one being encoded is enough (the
+/// worker sends one batch at a time); more would only hold memory.
+const SPARE_BODIES: usize = 2;
+
+/// A request body encoded in place, handed to the client without a copy (a batch is ~150 KiB),
+/// its buffer going back to the pool when the client drops the last reference (retries share
+/// it).
+struct Body {
+    buf: Vec<u8>,
+    home: BodyPool,
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        let mut pool = self.home.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < SPARE_BODIES {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 impl OtlpSink {
     pub(crate) fn new(target: &OtlpTarget) -> Self {
         OtlpSink {
             client: OtlpClient::new(target),
-            encoded: Vec::new(),
+            spare: BodyPool::default(),
             endpoints: Default::default(),
         }
     }
@@ -278,8 +309,13 @@ impl OtlpSink {
         if spans.is_empty() {
             return;
         }
-        super::wire::encode_request_cached(spans, table, &mut self.endpoints, &mut self.encoded);
-        let body = Bytes::copy_from_slice(&self.encoded);
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buf = spare.unwrap_or_default();
+        super::wire::encode_request_cached(spans, table, &mut self.endpoints, &mut buf);
+        let body = Bytes::from_owner(Body {
+            buf,
+            home: self.spare.clone(),
+        });
         self.client
             .export(
                 body,
@@ -756,6 +792,51 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0");
         let addr = l.and_then(|l| l.local_addr());
         addr.unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1)))
+    }
+
+    /// A batch's body goes to the client without a copy, and its buffer comes back once the
+    /// request is done: the next batch is encoded into the same memory, and both arrive whole.
+    #[tokio::test]
+    async fn span_bodies_reuse_their_buffer() -> anyhow::Result<()> {
+        use ztrace_e2e::receiver::{Options, Protocol as Wire};
+        let receiver = Receiver::start_with(Options {
+            protocol: Wire::Http,
+            ..Options::default()
+        })
+        .await?;
+        let timeout = Duration::from_secs(2);
+        let endpoint = receiver.endpoint();
+        let mut sink = OtlpSink::new(&target(
+            Signal::Traces,
+            Protocol::HttpProtobuf,
+            &endpoint,
+            timeout,
+        ));
+        let table = ProcessTable::new(None);
+        let counters = Counters::default();
+        let (_tx, rx) = tokio::sync::watch::channel(None);
+        let mut ctl = Control {
+            rx,
+            fallback: None,
+            grace: timeout,
+        };
+        let spare = |sink: &OtlpSink| {
+            let pool = sink.spare.lock().unwrap_or_else(|e| e.into_inner());
+            pool.iter().map(|b| b.as_ptr()).collect::<Vec<_>>()
+        };
+        let batch = [numbered(1, 1234), numbered(2, 1234)];
+        sink.export(&batch, &table, &counters, &mut ctl).await;
+        let first = spare(&sink);
+        assert_eq!(first.len(), 1, "the first body's buffer is back");
+        sink.export(&[numbered(3, 1234)], &table, &counters, &mut ctl)
+            .await;
+        assert_eq!(spare(&sink), first, "the second batch used the same buffer");
+        let got = receiver.wait_for_spans(3, timeout).await;
+        let mut ids: Vec<_> = got.iter().map(|s| s.span.span_id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, [vec![1; 8], vec![2; 8], vec![3; 8]]);
+        assert_eq!(counters.snapshot().spans_exported, 3);
+        Ok(())
     }
 
     #[tokio::test]
