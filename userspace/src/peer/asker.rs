@@ -609,6 +609,8 @@ mod tests {
 
     #[test]
     fn held_votes_are_lost_past_vote_hold_and_beyond_held_votes() {
+        // README: 48 bytes each, ≤ 192 KiB per peer host.
+        assert_eq!(std::mem::size_of::<HeldVote>(), 48);
         let counters = ServerCounters::default();
         let vote = |b: u8| TraceVote {
             trace_id: TraceId([b; 16]),
