@@ -17,10 +17,10 @@ tests/src/xeval.rs). Nothing here knows about tracing.
                                                VIA_GW's (through a NAT gateway);
                                                /c/<id> calls NEXT's /c/<id>.
                                                Prints "PORT <n>" once listening
-    python3 xhost.py clients HOST PORT PATH CLIENTS REQUESTS
+    [PAUSE=SECONDS] python3 xhost.py clients HOST PORT PATH CLIENTS REQUESTS
                                             -> CLIENTS threads, each one keep-alive connection
-                                               making REQUESTS GETs of <PATH><c>-<i>;
-                                               exit status 1 if any failed
+                                               making REQUESTS GETs of <PATH><c>-<i> (PAUSE
+                                               seconds apart); exit status 1 if any failed
     python3 xhost.py drive HOST PORT PATH CLIENTS REQUESTS
                                             -> the same, printing "ok <id>" for each request
                                                answered 200 with its id (the last segment of
@@ -36,6 +36,7 @@ import os
 import queue
 import sys
 import threading
+import time
 
 
 def endpoint(var):
@@ -182,6 +183,7 @@ def drive(host, port, path, n, requests):
 
 def clients(host, port, path, n, requests):
     failed = []
+    pause = float(os.environ.get("PAUSE", "0"))
 
     def run(c):
         conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -195,6 +197,8 @@ def clients(host, port, path, n, requests):
             except Exception as e:  # noqa: BLE001 - any failure fails the run
                 failed.append(repr(e))
                 conn = http.client.HTTPConnection(host, port, timeout=10)
+            if pause:
+                time.sleep(pause)
 
     threads = [threading.Thread(target=run, args=(c,)) for c in range(n)]
     for t in threads:

@@ -17,6 +17,10 @@
 //! masquerades, B's node port with both hosts' NAT, a NAT gateway without an agent), calls back
 //! from B to A, and a third host without an agent; it asserts the issue's targets per shape.
 //!
+//! Another restarts host A's agent mid-run (killed, started again a second later with the same
+//! flags) while A's clients keep calling B: the requests made once it is back are linked, none
+//! wrongly (B's agent asks A's again within its backoff, not after `DOWN_FOR`).
+//!
 //! A fourth puts a NAT gateway that runs no agent between client hosts A and C and server host
 //! B (B's agent asks its `--peer-fallback` agents without the caller's endpoint), A and C making
 //! the same requests: no wrong parent, recall ≥ 0.95.
@@ -295,6 +299,120 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
         crosshost_summary(&b_log).contains("cross-host links:") && !b_log.contains(" 0 no agent"),
         "B did not count the agent-less lookups\n{report}"
     );
+    Ok(())
+}
+
+/// Host A's agent is killed while A's paced clients call B, and started again with the same
+/// flags a second later. B's agent had been asking it: it must ask it again as soon as it is
+/// back, not take A for agent-less for `DOWN_FOR` (5 s). Of the requests made once A's agent
+/// is back (its "tracing" line), ≥ 95% are linked, in the first 5 s too; no wrong parent at all.
+#[test]
+fn crosshost_links_resume_as_soon_as_a_restarted_agent_is_back() -> Result<()> {
+    if !privileged_or_skip("crosshost_links_resume_as_soon_as_a_restarted_agent_is_back") {
+        return Ok(());
+    }
+    const PER_CLIENT: usize = 250;
+    let hosts = Hosts::create(false)?;
+    let (_dir, secret) = peer_secret("xrestart")?;
+    let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
+    let mut server_cmd = hosts.exec(&hosts.b);
+    server_cmd
+        .args(["python3"])
+        .arg(apps_dir().join("xhost.py"))
+        .arg("server")
+        .env("BIND", B_IP);
+    let (server, port) = spawn_app(server_cmd)?;
+    let mut agent_b = spawn_agent(
+        &hosts.b,
+        Some(B_IP),
+        &server.pid().to_string(),
+        &receiver,
+        &secret,
+        &[],
+    )?;
+    // A's clients: a request every 50 ms per client, about 13 s in all, from 3 s on.
+    let mut cmd = hosts.exec(&hosts.a);
+    cmd.args(["bash", "-c"])
+        .arg(format!(
+            "set -e; sleep 3; python3 {} clients {B_IP} {port} /item/r {CLIENTS} {PER_CLIENT}",
+            apps_dir().join("xhost.py").display()
+        ))
+        .env("PAUSE", "0.05");
+    let mut traced = spawn_collecting(cmd)?;
+    let pids = traced.pid().to_string();
+    let mut agent_a = spawn_agent(&hosts.a, Some(A_IP), &pids, &receiver, &secret, &[])?;
+    // Let B ask A for a while, then A's agent dies (no exit path) and comes back.
+    std::thread::sleep(Duration::from_secs(5));
+    agent_a.signal(libc::SIGKILL);
+    agent_a.wait_exit(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut agent_a = spawn_agent(&hosts.a, Some(A_IP), &pids, &receiver, &secret, &[])?;
+    let back_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let code = traced.wait_exit(Duration::from_secs(120));
+    ensure!(
+        code == Some(0),
+        "traced clients exited with {code:?}: {}",
+        traced.stderr_text()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let a_log = stop(&mut agent_a, "ztrace on host A (restarted)")?;
+    let b_log = stop(&mut agent_b, "ztrace on host B")?;
+    drop(server);
+
+    let spans = rt.block_on(receiver.wait_for_spans(usize::MAX, Duration::from_secs(3)));
+    let clients_by_path: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.span.kind == 3)
+        .map(|s| (path(s), s))
+        .collect();
+    let servers: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.span.kind == 2 && path(s).starts_with("/item/r"))
+        .collect();
+    // (right, wrong, roots) of the server spans, all of them and those started after `from_ns`
+    // (and before `to_ns`).
+    let count = |from_ns: u64, to_ns: u64| {
+        let (mut right, mut wrong, mut roots) = (0usize, 0usize, 0usize);
+        for s in servers
+            .iter()
+            .filter(|s| (from_ns..to_ns).contains(&s.span.start_time_unix_nano))
+        {
+            let parent = s.parent_span_id_hex();
+            match clients_by_path.get(&path(s)) {
+                _ if parent.is_empty() => roots += 1,
+                Some(c) if c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex() => {
+                    right += 1
+                }
+                _ => wrong += 1,
+            }
+        }
+        (right, wrong, roots)
+    };
+    let all = count(0, u64::MAX);
+    let after = count(back_ns, u64::MAX);
+    let first5 = count(back_ns, back_ns + 5_000_000_000);
+    let report = format!(
+        "server spans (right, wrong, roots): all {all:?} of {} requests; made after A's agent \
+         was back {after:?}; in its first 5 s {first5:?}\nA: {}\nB: {}",
+        CLIENTS * PER_CLIENT,
+        crosshost_summary(&a_log),
+        crosshost_summary(&b_log)
+    );
+    eprintln!("{report}");
+    ensure!(all.1 == 0, "wrong cross-host parents\n{report}");
+    for (what, (right, _, roots)) in [("after the restart", after), ("in its first 5 s", first5)] {
+        let n = right + roots;
+        ensure!(
+            n >= CLIENTS * 40,
+            "too few requests {what} to tell ({n})\n{report}"
+        );
+        ensure!(
+            right * 100 >= n * 95,
+            "{right} of {n} requests {what} linked\n{report}"
+        );
+    }
     Ok(())
 }
 

@@ -17,8 +17,19 @@ use crate::model::{TraceId, TraceVote};
 use super::fallback::Fan;
 use super::protocol::{Frame, Key, Refused, decode, frame_len};
 
-/// A peer that refused a connection is not tried again for this long (its lookups fail at once).
+/// A peer that never answered and refused a connection (or did not take it in time) is not
+/// tried again for this long: no agent runs there, its lookups fail at once.
 pub(super) const DOWN_FOR: Duration = Duration::from_secs(5);
+/// A peer that answered within this long and now fails is taken to be an agent restarting (or a
+/// transient refusal or reset): connecting is tried again after [`RETRY_FIRST`], doubling up to
+/// [`DOWN_FOR`], and its lookups wait until their own deadlines.
+pub(super) const KNOWN_FOR: Duration = Duration::from_secs(30);
+pub(super) const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Votes for a peer that cannot be reached now are held at most this long and this many (the
+/// oldest go first, counted lost); a keep arriving much later than the other agent's
+/// `vote_wait` would only be counted late.
+pub(super) const VOTE_HOLD: Duration = DOWN_FOR;
+pub(super) const HELD_VOTES: usize = 4096;
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Batching: lookups to one peer gathered this long go in one frame; unknowns are asked again

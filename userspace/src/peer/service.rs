@@ -704,6 +704,105 @@ mod tests {
         assert_eq!(none, (4, Outcome::NoAgent));
     }
 
+    /// An agent that answered stops and starts again on its port a second later: what was asked
+    /// of it meanwhile (a lookup, a vote) waits and reaches the new agent, rather than failing
+    /// at once as for an address with no agent (the lookup's deadline is 4 s).
+    #[test]
+    fn lookups_and_votes_for_a_restarting_agent_wait_for_it() {
+        let secret = b"0123456789abcdef-shared";
+        let rt = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let a_cfg = cfg(&format!("127.0.0.1:{port}"), port, secret);
+        let a_ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let lookup = |handle, digest, wait_ms: u64| Lookup {
+            handle,
+            key: key(40000),
+            digest,
+            server: test_server(),
+            deadline_ns: mono_ns() + wait_ms * 1_000_000,
+        };
+        let rt_a = rt();
+        let mut a = rt_a.block_on(PeerLink::start(&a_cfg)).unwrap();
+        let ctx = client_send(&mut a);
+        let rt_b = rt();
+        let mut b = rt_b
+            .block_on(PeerLink::start(&cfg("127.0.0.2:0", port, secret)))
+            .unwrap();
+        let found = rt_b.block_on(ask_one(&mut b, lookup(1, 77, 2_000)));
+        assert!(matches!(found.1, Outcome::Found { .. }), "{found:?}");
+        // A's agent stops: its listener and connections close.
+        drop(a);
+        rt_a.shutdown_timeout(Duration::from_secs(1));
+        let mut shed = Vec::new();
+        b.submit(|_, ls| ls.push(lookup(2, 79, 4_000)), &mut shed);
+        assert!(shed.is_empty());
+        let keep = TraceVote {
+            trace_id: ctx.trace_id,
+            keep: true,
+            th: Some(0),
+        };
+        b.vote(a_ip, keep);
+        std::thread::sleep(Duration::from_secs(1));
+        // Back on the same port, with the send asked about.
+        let rt_a2 = rt();
+        let mut a2 = rt_a2.block_on(PeerLink::start(&a_cfg)).unwrap();
+        let send = ClientSend {
+            key: key(40000),
+            server: test_server(),
+            digest: 79,
+            ctx,
+            start_unix_ns: 3,
+            end_unix_ns: 4,
+        };
+        a2.submit(|s, _| s.push(send), &mut Vec::new());
+        let mut out = Vec::new();
+        rt_b.block_on(async { timeout(Duration::from_secs(5), b.answers(&mut out)).await })
+            .expect("an answer in time");
+        assert_eq!(
+            out,
+            [(
+                2,
+                Outcome::Found {
+                    ctx,
+                    start_unix_ns: 3,
+                    end_unix_ns: 4
+                }
+            )]
+        );
+        let mut votes = Vec::new();
+        for _ in 0..200 {
+            let mut ev = Vec::new();
+            a2.events(&mut ev);
+            votes.extend(
+                ev.into_iter()
+                    .filter(|e| matches!(e, PeerEvent::Vote { .. })),
+            );
+            if !votes.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let b_ip: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(
+            votes,
+            [PeerEvent::Vote {
+                from: b_ip,
+                vote: keep
+            }]
+        );
+        assert_eq!(b.server.votes_lost.load(Ordering::Relaxed), 0);
+    }
+
     /// Two agents on loopback addresses, one agent port: the asker and the answerer each learn
     /// that the other shares the trace, and votes reach the other side, from the address the
     /// votes must go back to.
