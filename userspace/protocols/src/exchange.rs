@@ -3,19 +3,23 @@
 //! attributes. This module owns the data only: it must not know attribute names (that is the
 //! daemon's `semconv`) nor parse bytes (that is each protocol's module).
 
+/// Text of an exchange: held inline up to 24 bytes (a method, most paths and hosts), so the
+/// usual request allocates nothing for it.
+pub type Text = compact_str::CompactString;
+
 /// The HTTP view of one request/response exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct HttpExchange {
-    pub method: String,
+    pub method: Text,
     /// Request target as sent (path plus query).
-    pub target: String,
+    pub target: Text,
     /// `Host` header, when present.
-    pub host: Option<String>,
+    pub host: Option<Text>,
     /// "1.0", "1.1" (or "2" for gRPC's HTTP/2).
     pub version: &'static str,
     /// None when no response was seen (connection closed, tracer stopped).
     pub status: Option<u16>,
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Text>,
     pub request_body_size: Option<u64>,
     pub response_body_size: Option<u64>,
     /// Carried over TLS (plaintext from the TLS library).

@@ -134,11 +134,11 @@ impl Protocol for H2Conn {
                         ..Default::default()
                     }),
                     _ => Exchange::Http(HttpExchange {
-                        method: head.method,
-                        target: head.path,
-                        host: head.authority,
+                        method: head.method.into(),
+                        target: head.path.into(),
+                        host: head.authority.map(Into::into),
                         version: "2",
-                        user_agent: head.user_agent,
+                        user_agent: head.user_agent.map(Into::into),
                         client: self.proxied,
                         ..Default::default()
                     }),
