@@ -613,6 +613,7 @@ pub fn main() -> i32 {
                     tail,
                     anomaly,
                     rules,
+                    metrics: r.metrics,
                 },
             ) {
                 Ok(()) => 0,
