@@ -1,16 +1,19 @@
 //! `ztrace record` captures the raw event stream of real processes (as root); `ztrace replay`
 //! turns it into the same linked spans without any privilege, identically on every run, through
-//! the same processors as the daemon (rules, tail sampling) on the recording's own clock.
+//! the same processors as the daemon (rules, tail sampling) on the recording's own clock, and
+//! with the RED metrics of the recorded requests.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, ensure};
+use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
 use ztrace_e2e::{
     harness::{
         Proc, curl, ensure_whole_error_traces, errors_only_tail_sampling, privileged_or_skip,
         runtime_with_receiver, spawn_service, spawn_ztrace,
     },
     receiver::{ReceivedSpan, Receiver},
+    signals::{ReceivedMetric, attr_int, attr_str},
     temp::TempDir,
 };
 
@@ -187,8 +190,13 @@ fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
 }
 
 /// `ztrace replay ARGS… FILE` as nobody, exporting to `receiver` (running on the caller's
-/// runtime); every span it received once the replay has exited (it flushes before it exits).
-fn replay_to(receiver: &Receiver, file: &Path, args: &[&str]) -> Result<Vec<ReceivedSpan>> {
+/// runtime); every span and metric it received once the replay has exited (it flushes before it
+/// exits).
+fn replay_to(
+    receiver: &Receiver,
+    file: &Path,
+    args: &[&str],
+) -> Result<(Vec<ReceivedSpan>, Vec<ReceivedMetric>)> {
     let out = ztrace_e2e::harness::ztrace_as_nobody()
         .arg("replay")
         .args(args)
@@ -206,7 +214,48 @@ fn replay_to(receiver: &Receiver, file: &Path, args: &[&str]) -> Result<Vec<Rece
     // Exported before the process exited; a moment for the receiver's side of the last call.
     std::thread::sleep(Duration::from_millis(200));
     eprintln!("replay {args:?} stderr:\n{stderr}");
-    Ok(receiver.spans())
+    Ok((receiver.spans(), receiver.signals().all_metrics()))
+}
+
+/// The metrics of a replay as exported, for comparing two replays: every metric with its data
+/// points, timestamps included, under its process (ztrace's own Resource is the replaying
+/// process's, so it is named only).
+fn exported_metrics(metrics: &[ReceivedMetric]) -> Vec<String> {
+    let mut v: Vec<String> = metrics
+        .iter()
+        .map(|m| {
+            let owner = match attr_str(&m.resource, "service.name").as_deref() {
+                Some("ztrace") => "ztrace".to_string(),
+                _ => format!("{:?}", m.resource),
+            };
+            format!("{owner} {:?}", m.metric)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The histogram points of `name` in the last export of process `pid` (cumulative: its totals).
+fn last_histogram(metrics: &[ReceivedMetric], name: &str, pid: u32) -> Vec<HistogramDataPoint> {
+    metrics
+        .iter()
+        .rev()
+        .find(|m| {
+            m.metric.name == name && attr_int(&m.resource, "process.pid") == Some(i64::from(pid))
+        })
+        .map_or_else(Vec::new, |m| match &m.metric.data {
+            Some(Data::Histogram(h)) => h.data_points.clone(),
+            _ => Vec::new(),
+        })
+}
+
+/// The count of `points` with HTTP status `status`.
+fn count_with_status(points: &[HistogramDataPoint], status: i64) -> u64 {
+    points
+        .iter()
+        .filter(|p| attr_int(&p.attributes, "http.response.status_code") == Some(status))
+        .map(|p| p.count)
+        .sum()
 }
 
 /// A span as exported, for comparing two replays: its resource and every field, ids included.
@@ -223,7 +272,10 @@ fn exported(spans: &[ReceivedSpan]) -> Vec<String> {
 /// (unprivileged) with the config file's `probabilistic 0` + `status_code ERROR` tail policies:
 /// exactly the error traces reach the collector, each whole (frontend SERVER and CLIENT, backend
 /// SERVER), the same every time; and with a `[transform]` rule, every replayed span carries its
-/// changes.
+/// changes. Every replay exports the RED metrics of all the recorded requests (aggregated before
+/// tail sampling, as the daemon does), collected every `--metric-export-interval` of the
+/// recording's time: the same points, timestamps included, on every run; a metric rule of the
+/// config file applies to them.
 #[test]
 fn replay_applies_tail_sampling_and_rules_from_the_config_file() -> Result<()> {
     if !privileged_or_skip("replay_applies_tail_sampling_and_rules_from_the_config_file") {
@@ -249,6 +301,10 @@ statements = [
   'set(attributes["replay.note"], "rewritten")',
   'delete_key(attributes, "url.path")',
 ]
+
+[[transform.metric_statements]]
+context = "datapoint"
+statements = ['set(attributes["replay.rule"], "on") where metric.name == "http.server.request.duration"']
 "#,
     )?;
     let file = dir.join("capture.zcap");
@@ -267,24 +323,90 @@ statements = [
     let [frontend, backend] = &services;
     let failures = REQUESTS.div_ceil(FAIL_EVERY);
 
+    // Metrics every 100 ms of the recording's time (the requests take several of them).
+    let args = [
+        "--config",
+        errors_only.as_str(),
+        "--metric-export-interval",
+        "100ms",
+    ];
     let (rt, first) = runtime_with_receiver()?;
-    let spans = replay_to(&first, &file, &["--config", &errors_only])?;
+    let (spans, metrics) = replay_to(&first, &file, &args)?;
     ensure_whole_error_traces(&spans, failures, frontend.pid(), backend.pid())
         .context("the replay with the errors-only tail sampling")?;
+    // The RED metrics of every recorded request, not only of the traces tail sampling kept: per
+    // process and status, the server duration histograms count the requests (the frontend
+    // answers a backend 500 with 502), and the frontend's client histogram its calls.
+    let ok = (REQUESTS - failures) as u64;
+    let server = "http.server.request.duration";
+    let front = last_histogram(&metrics, server, frontend.pid());
+    let back = last_histogram(&metrics, server, backend.pid());
+    let calls = last_histogram(&metrics, "http.client.request.duration", frontend.pid());
+    let got = [
+        (
+            count_with_status(&front, 200),
+            count_with_status(&front, 502),
+        ),
+        (count_with_status(&back, 200), count_with_status(&back, 500)),
+        (
+            count_with_status(&calls, 200),
+            count_with_status(&calls, 500),
+        ),
+    ];
+    ensure!(
+        got == [(ok, failures as u64); 3],
+        "replayed RED counts (frontend server, backend server, frontend client) by (ok, error) status: {got:?}, want ({ok}, {failures}) each; metrics {:#?}",
+        metrics
+            .iter()
+            .map(|m| (&m.metric.name, attr_int(&m.resource, "process.pid")))
+            .collect::<Vec<_>>()
+    );
+    let collections = first.signals().metrics.len();
+    ensure!(
+        collections >= 2,
+        "{collections} metric exports: want one per 100 ms of the recording and one at the end"
+    );
 
-    // The same file and config, again: the same spans, field for field.
+    // The same file and config, again: the same spans, field for field, and the same metric
+    // points, timestamps included.
     let second = rt.block_on(Receiver::start())?;
-    let again = replay_to(&second, &file, &["--config", &errors_only])?;
+    let (again, metrics_again) = replay_to(&second, &file, &args)?;
     ensure!(
         exported(&spans) == exported(&again),
         "two replays with the same config differ: {} spans, then {}",
         spans.len(),
         again.len()
     );
+    let (a, b) = (exported_metrics(&metrics), exported_metrics(&metrics_again));
+    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+        anyhow::bail!("two replays export different metrics: first\n{x}\nthen\n{y}");
+    }
+    ensure!(
+        a.len() == b.len(),
+        "two replays export different metrics: {} then {}",
+        a.len(),
+        b.len()
+    );
 
-    // A transform rule: set on every span, and `url.path` (every SERVER span has one) gone.
+    // A transform rule: set on every span, and `url.path` (every SERVER span has one) gone;
+    // the metric rule marks every server duration point.
     let third = rt.block_on(Receiver::start())?;
-    let rewritten = replay_to(&third, &file, &["--config", &rules])?;
+    let (rewritten, rewritten_metrics) = replay_to(&third, &file, &["--config", &rules])?;
+    let marked: Vec<_> = rewritten_metrics
+        .iter()
+        .filter(|m| m.metric.name == server)
+        .flat_map(|m| match &m.metric.data {
+            Some(Data::Histogram(h)) => h.data_points.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    ensure!(
+        !marked.is_empty()
+            && marked
+                .iter()
+                .all(|p| attr_str(&p.attributes, "replay.rule").as_deref() == Some("on")),
+        "server duration points without the metric rule's attribute: {marked:#?}"
+    );
     ensure!(
         rewritten.len() == 3 * REQUESTS,
         "{} spans with the rules (no sampling), want {}",

@@ -49,10 +49,10 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         file: PathBuf,
     },
-    /// Run a record file through the span pipeline, the processors (rules, tail sampling,
-    /// anomaly detection: the same flags and config file as the daemon) and the exporters. Time
-    /// is the recording's own clock, so the same file and settings give the same output every
-    /// time. Needs no privileges.
+    /// Run a record file through the span pipeline, the metrics, the processors (rules, tail
+    /// sampling, anomaly detection: the same flags and config file as the daemon) and the
+    /// exporters. Time is the recording's own clock, so the same file and settings give the same
+    /// output (spans and metric points) every time. Needs no privileges.
     Replay {
         /// A file written by `ztrace record`.
         file: PathBuf,
@@ -613,6 +613,7 @@ pub fn main() -> i32 {
                     tail,
                     anomaly,
                     rules,
+                    metrics: r.metrics,
                 },
             ) {
                 Ok(()) => 0,

@@ -98,6 +98,43 @@ impl<R: otlp::OtlpRequest> RequestQueue<R> {
                 .fetch_add(items as u64, Ordering::Relaxed);
         }
     }
+
+    /// Like [`RequestQueue::submit`], but waits for room in the queue instead of dropping the
+    /// request: for replay, whose output must not depend on how fast the collector takes it.
+    /// Dropped (and counted) only when the exporter has already shut down.
+    async fn submit_waiting(&self, request: R) {
+        let items = request.items();
+        let Some(tx) = &self.tx else {
+            self.counters
+                .not_exported
+                .fetch_add(items as u64, Ordering::Relaxed);
+            return;
+        };
+        if items == 0 {
+            return;
+        }
+        // The bound counts items, the channel requests: wait until the worker has taken enough.
+        loop {
+            let queued = self.counters.queued.load(Ordering::Relaxed);
+            if queued == 0 || queued + items <= self.max_items || tx.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.counters.queued.fetch_add(items, Ordering::Relaxed);
+        self.counters
+            .outstanding
+            .fetch_add(items, Ordering::Relaxed);
+        if tx.send(otlp::Queued { request, items }).await.is_err() {
+            self.counters.queued.fetch_sub(items, Ordering::Relaxed);
+            self.counters
+                .outstanding
+                .fetch_sub(items, Ordering::Relaxed);
+            self.counters
+                .dropped_queue_full
+                .fetch_add(items as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The cheap, cloneable side of an [`Exporter`] for code that only submits (e.g. one per
@@ -196,6 +233,12 @@ impl ExportHandle {
     /// every Resource in it.
     pub fn export_metrics(&self, req: ExportMetricsServiceRequest) {
         self.metrics.submit(req);
+    }
+
+    /// Queues a metrics request as [`ExportHandle::export_metrics`] does, waiting for room in
+    /// the queue instead of dropping it (replay).
+    pub async fn export_metrics_waiting(&self, req: ExportMetricsServiceRequest) {
+        self.metrics.submit_waiting(req).await;
     }
 
     /// Queues a logs request for export: like [`ExportHandle::export_metrics`], counted in log
@@ -402,6 +445,11 @@ impl Exporter {
     /// Non-blocking; see [`ExportHandle::export_metrics`].
     pub fn export_metrics(&self, req: ExportMetricsServiceRequest) {
         self.handle.export_metrics(req);
+    }
+
+    /// Waits for queue room; see [`ExportHandle::export_metrics_waiting`].
+    pub async fn export_metrics_waiting(&self, req: ExportMetricsServiceRequest) {
+        self.handle.export_metrics_waiting(req).await;
     }
 
     /// Non-blocking; see [`ExportHandle::export_logs`].

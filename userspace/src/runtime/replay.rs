@@ -2,8 +2,10 @@
 //! sampling, anomaly detection) and exporter as the live daemon, without the kernel, so it needs
 //! no privileges and the same file with the same configuration gives the same output (ids
 //! included) every time. Time, for the linker and the processors alike, is the recording's own
-//! clock: the latest record's monotonic timestamp, never the wall clock. It owns the replay loop
-//! only; it must not touch the kernel or the record file format (that is `record`).
+//! clock: the latest record's monotonic timestamp, never the wall clock. The metrics signal is
+//! aggregated from the same records as the daemon aggregates it and collected every export
+//! interval of the recording's time (and once at the end). It owns the replay loop only; it must
+//! not touch the kernel or the record file format (that is `record`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +22,7 @@ use crate::{
     runtime::pipeline::{Pipeline, ProcChange},
     runtime::record::{self, Frame},
     runtime::telemetry::Telemetry,
+    signals::metrics::{Metrics, MetricsConfig},
 };
 
 /// The pipeline and the processors take a turn (release, decide) every this many records, and
@@ -42,6 +45,8 @@ pub struct ReplayConfig {
     pub tail: Option<TailSampling>,
     pub anomaly: Option<AnomalyConfig>,
     pub rules: Program,
+    /// The metrics signal (interval, temporality, cardinality cap), as the daemon resolves it.
+    pub metrics: MetricsConfig,
 }
 
 /// The stages between the file and the exporter: the pipeline, then the processors, both on the
@@ -64,6 +69,12 @@ impl Stages {
         pipeline.set_db_query_text(cfg.db_query_text);
         pipeline.set_privacy(&cfg.privacy);
         pipeline.set_parser_budget(cfg.parser_budget);
+        // Its series start at the recording's first record with a time (the telemetry's clock
+        // moves the start there); until then, the recording's clock at 0.
+        pipeline.metrics = Some(Metrics::new(
+            cfg.metrics,
+            mono_to_unix_ns.clamp(0, i64::MAX) as u64,
+        ));
         let mut processors = Processors::new(cfg.tail.as_ref(), cfg.anomaly.as_ref());
         processors.set_rules(rules);
         Stages {
@@ -132,8 +143,9 @@ pub fn replay(path: &std::path::Path, mut cfg: ReplayConfig) -> Result<()> {
         let mono_to_unix = reader.header.mono_to_unix_ns;
         let mut stages = Stages::new(mono_to_unix, &cfg, rules);
         // Anomaly records, shipped as the daemon ships them, and the processors' summary.
-        let mut telemetry = Telemetry::new(
-            crate::signals::metrics::MetricsConfig::default().interval,
+        // Metrics too, collected on the recording's clock.
+        let mut telemetry = Telemetry::on_recording(
+            cfg.metrics.interval,
             mono_to_unix as i128,
             &crate::capture::process::host_name(),
         );
@@ -160,12 +172,14 @@ pub fn replay(path: &std::path::Path, mut cfg: ReplayConfig) -> Result<()> {
                         for span in spans.drain(..) {
                             exporter.submit_waiting(span).await;
                         }
-                        telemetry.poll(
-                            &mut stages.pipeline,
-                            &mut stages.processors,
-                            &exporter,
-                            false,
-                        );
+                        telemetry
+                            .poll_waiting(
+                                &mut stages.pipeline,
+                                &mut stages.processors,
+                                &exporter,
+                                false,
+                            )
+                            .await;
                     }
                 }
             }
@@ -184,12 +198,14 @@ pub fn replay(path: &std::path::Path, mut cfg: ReplayConfig) -> Result<()> {
             submitted: stages.records,
             ..Default::default()
         });
-        telemetry.poll(
-            &mut stages.pipeline,
-            &mut stages.processors,
-            &exporter,
-            true,
-        );
+        telemetry
+            .poll_waiting(
+                &mut stages.pipeline,
+                &mut stages.processors,
+                &exporter,
+                true,
+            )
+            .await;
         exporter.flush_signals(Duration::from_secs(10)).await;
         let stats = exporter.shutdown(Duration::from_secs(10)).await;
         telemetry.summary(&stages.pipeline, &stages.processors, &stats);
@@ -351,7 +367,7 @@ mod processors_on_the_recording_clock {
         }))
     }
 
-    fn config(text: &str) -> ReplayConfig {
+    pub(super) fn config(text: &str) -> ReplayConfig {
         let file = ConfigFile::parse(text, std::path::Path::new("test.toml")).unwrap();
         let resolved = config::resolve(&Sources {
             file: Some(&file),
@@ -369,6 +385,7 @@ mod processors_on_the_recording_clock {
             tail,
             anomaly,
             rules: Program::compile(&resolved.rules).unwrap(),
+            metrics: crate::signals::metrics::MetricsConfig::from_config(&resolved),
         }
     }
 
@@ -463,5 +480,203 @@ statements = [
             );
             assert_eq!(edits.get("url.path"), Some(None));
         }
+    }
+}
+
+/// The metrics signal in a replay: aggregated from the records as the daemon aggregates them,
+/// collected every export interval of the recording's own time and once at the end, with the
+/// metric rules applied; the same points, timestamps included, on every run.
+#[cfg(test)]
+mod metrics_on_the_recording_clock {
+    use super::*;
+    use crate::runtime::pipeline::testdata::conversation;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
+
+    const MS: u64 = 1_000_000;
+    const MONO_TO_UNIX: i64 = 1_700_000_000_000_000_000;
+    const EXCHANGES: u64 = 1500;
+
+    /// `EXCHANGES` HTTP exchanges 2 ms apart from 1 s of the recording's clock (to about 4 s),
+    /// each answered 1 ms later; every 10th 404.
+    fn records() -> Vec<Vec<u8>> {
+        conversation((0..EXCHANGES).map(|i| {
+            let req = format!("GET /item/{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let resp: &[u8] = if i % 10 == 0 {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            let t = 1_000 * MS + 2 * MS * i;
+            (t, req.into_bytes(), t + MS, resp.to_vec())
+        }))
+    }
+
+    /// Every metrics request a replay of `records` exports, as the replay loop makes them.
+    fn replay(text: &str, records: &[Vec<u8>]) -> Vec<ExportMetricsServiceRequest> {
+        let mut cfg = super::processors_on_the_recording_clock::config(text);
+        let rules = std::mem::take(&mut cfg.rules);
+        let mut stages = Stages::new(MONO_TO_UNIX, &cfg, rules);
+        let mut telemetry =
+            Telemetry::on_recording(cfg.metrics.interval, MONO_TO_UNIX as i128, "host");
+        let exporter = Exporter::spawn(ExportConfig::default());
+        let info = crate::model::ProcessInfo {
+            pid: 7,
+            service_name: "svc".into(),
+            ..Default::default()
+        };
+        stages.process(&info);
+        telemetry.process(Arc::new(info));
+        let (mut out, mut spans) = (Vec::new(), Vec::new());
+        for r in records {
+            if stages.record(r, &mut spans) {
+                spans.clear();
+                out.extend(telemetry.collect(
+                    &mut stages.pipeline,
+                    &mut stages.processors,
+                    &exporter,
+                    false,
+                ));
+            }
+        }
+        stages.finish(&mut spans);
+        out.extend(telemetry.collect(
+            &mut stages.pipeline,
+            &mut stages.processors,
+            &exporter,
+            true,
+        ));
+        out
+    }
+
+    fn metric<'a>(
+        req: &'a ExportMetricsServiceRequest,
+        name: &str,
+    ) -> Option<&'a opentelemetry_proto::tonic::metrics::v1::Metric> {
+        req.resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .find(|m| m.name == name)
+    }
+
+    fn server_points(req: &ExportMetricsServiceRequest) -> Vec<HistogramDataPoint> {
+        match metric(req, "http.server.request.duration").and_then(|m| m.data.as_ref()) {
+            Some(Data::Histogram(h)) => h.data_points.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn count(points: &[HistogramDataPoint], status: i64) -> u64 {
+        points
+            .iter()
+            .filter(|p| {
+                p.attributes.iter().any(|kv| {
+                    kv.key == "http.response.status_code"
+                        && kv.value.as_ref().and_then(|v| v.value.as_ref())
+                            == Some(&Any::IntValue(status))
+                })
+            })
+            .map(|p| p.count)
+            .sum()
+    }
+
+    /// The recording's time (ms) a point's Unix time stands for.
+    fn at_ms(unix: u64) -> u64 {
+        (unix - MONO_TO_UNIX as u64) / MS
+    }
+
+    #[test]
+    fn collected_every_interval_of_the_recording_clock_and_at_the_end() {
+        let records = records();
+        let reqs = replay("[metrics]\nexport_interval = \"1s\"\n", &records);
+        // About 3 s of recording: a collection after each second of it, and the final one.
+        assert!((3..=4).contains(&reqs.len()), "{} collections", reqs.len());
+        let times: Vec<u64> = reqs
+            .iter()
+            .map(|r| server_points(r)[0].time_unix_nano)
+            .collect();
+        for (i, pair) in times.windows(2).enumerate() {
+            assert!(pair[1] > pair[0], "collection times {times:?}");
+            if i + 2 < times.len() {
+                assert!(
+                    pair[1] - pair[0] >= 1_000 * MS,
+                    "an interval apart: {times:?}"
+                );
+            }
+        }
+        assert!(
+            at_ms(times[0]) >= 2_000,
+            "the first a second after the start: {times:?}"
+        );
+        // The last at the end of the recording (the last response, 1 ms after the last request).
+        assert_eq!(
+            at_ms(*times.last().unwrap()),
+            1_000 + 2 * (EXCHANGES - 1) + 1
+        );
+        // Cumulative: every point starts at the recording's first record, and the counts grow to
+        // every exchange, by status.
+        for r in &reqs {
+            for p in server_points(r) {
+                assert_eq!(at_ms(p.start_time_unix_nano), 1_000);
+            }
+        }
+        let mut before = 0;
+        for r in &reqs {
+            let points = server_points(r);
+            let n = count(&points, 200) + count(&points, 404);
+            assert!(n > before, "counts grow: {n} after {before}");
+            before = n;
+        }
+        let last = server_points(reqs.last().unwrap());
+        assert_eq!(count(&last, 200), EXCHANGES - EXCHANGES / 10);
+        assert_eq!(count(&last, 404), EXCHANGES / 10);
+        // Self metrics: what the recording says (records read), not the replaying exporter's pace.
+        let own = reqs.last().unwrap();
+        assert!(metric(own, "ztrace.events.read").is_some());
+        for name in ["ztrace.spans.exported", "ztrace.queue.depth"] {
+            assert!(metric(own, name).is_none(), "{name} in a replay");
+        }
+        assert_eq!(
+            reqs,
+            replay("[metrics]\nexport_interval = \"1s\"\n", &records),
+            "the same points every run"
+        );
+    }
+
+    #[test]
+    fn metric_rules_and_delta_temporality_apply() {
+        let text = r#"
+[metrics]
+export_interval = "500ms"
+temporality_preference = "delta"
+
+[[transform.metric_statements]]
+context = "datapoint"
+statements = ['set(attributes["replay.rule"], "on") where metric.name == "http.server.request.duration"']
+"#;
+        let reqs = replay(text, &records());
+        assert!(reqs.len() >= 6, "{} collections", reqs.len());
+        let mut total = 0;
+        let mut previous_end = None;
+        for r in &reqs {
+            let points = server_points(r);
+            for p in &points {
+                assert!(
+                    p.attributes.iter().any(|kv| kv.key == "replay.rule"),
+                    "a point without the rule's attribute: {p:?}"
+                );
+                if let Some(end) = previous_end {
+                    assert_eq!(
+                        p.start_time_unix_nano, end,
+                        "delta: from the previous collection"
+                    );
+                }
+            }
+            total += count(&points, 200) + count(&points, 404);
+            previous_end = points.first().map(|p| p.time_unix_nano).or(previous_end);
+        }
+        assert_eq!(total, EXCHANGES, "each exchange in exactly one delta");
     }
 }

@@ -2,10 +2,15 @@
 //! log lines the pipeline has ready; every export interval it collects the metrics (the traced
 //! processes' and ztrace's own health) and ships them; it warns when ztrace loses data and sums
 //! both signals up on exit. It owns the Resource table these two signals use.
+//!
+//! Its clock is the wall clock in the daemon; in a replay it is the recording's own (the latest
+//! record's time, converted to Unix time as span times are), so the same file gives the same
+//! collections, timestamps included.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::time::Instant;
 
 use crate::{
@@ -59,10 +64,20 @@ fn unix_now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// When metrics are collected, and the time they carry.
+enum Clock {
+    /// The daemon: every interval of wall-clock time, stamped with the wall clock.
+    Wall { next: Instant },
+    /// A replay: every interval of the recording's time ([`Pipeline::clock_ns`], monotonic),
+    /// stamped with it. `next` is None until the first record that carries a time, whose time
+    /// starts the series.
+    Recording { next: Option<u64> },
+}
+
 pub struct Telemetry {
     table: ProcessTable,
     interval: Duration,
-    next_collect: Instant,
+    clock: Clock,
     mono_to_unix: i128,
     self_pid: u32,
     lines: Vec<LogLine>,
@@ -86,7 +101,9 @@ impl Telemetry {
         Telemetry {
             table,
             interval,
-            next_collect: Instant::now() + interval,
+            clock: Clock::Wall {
+                next: Instant::now() + interval,
+            },
             mono_to_unix,
             self_pid,
             lines: Vec::new(),
@@ -96,6 +113,17 @@ impl Telemetry {
             collections: 0,
             warned_losses: 0,
             warned_at: None,
+        }
+    }
+
+    /// A replay's: collections fall every `interval` of the recording's own time (see
+    /// [`Telemetry::poll_waiting`]).
+    pub fn on_recording(interval: Duration, mono_to_unix: i128, host_name: &str) -> Self {
+        Telemetry {
+            clock: Clock::Recording { next: None },
+            // The recording's clock at 0 until its first record says when it began.
+            start_unix_ns: mono_to_unix.clamp(0, u64::MAX as i128) as u64,
+            ..Telemetry::new(interval, mono_to_unix, host_name)
         }
     }
 
@@ -116,6 +144,33 @@ impl Telemetry {
         processors: &mut Processors,
         exporter: &Exporter,
         force: bool,
+    ) {
+        self.ship_logs(pipeline, processors, exporter);
+        if let Some(req) = self.collect(pipeline, processors, exporter, force) {
+            exporter.export_metrics(req);
+        }
+    }
+
+    /// A replay's turn: as [`Telemetry::poll`], but metrics wait for room in the export queue
+    /// rather than being dropped, so every collection reaches the collector however fast it is.
+    pub async fn poll_waiting(
+        &mut self,
+        pipeline: &mut Pipeline,
+        processors: &mut Processors,
+        exporter: &Exporter,
+        force: bool,
+    ) {
+        self.ship_logs(pipeline, processors, exporter);
+        if let Some(req) = self.collect(pipeline, processors, exporter, force) {
+            exporter.export_metrics_waiting(req).await;
+        }
+    }
+
+    fn ship_logs(
+        &mut self,
+        pipeline: &mut Pipeline,
+        processors: &mut Processors,
+        exporter: &Exporter,
     ) {
         pipeline.take_logs(&mut self.lines);
         for chunk in self.lines.chunks(LOG_BATCH) {
@@ -144,40 +199,84 @@ impl Telemetry {
             exporter.export_logs(req);
             self.anomalies.clear();
         }
-        let now = Instant::now();
-        if !force && now < self.next_collect {
-            return;
-        }
-        self.next_collect = now + self.interval;
-        let health = self.health(pipeline, exporter);
-        self.warn_losses(&health, force);
-        if let Some(metrics) = &mut pipeline.metrics {
-            let now = unix_now_ns();
-            let (mut req, _) = metrics.collect(now, &health, self.self_pid, &self.table);
-            // The processors' self-metrics join ztrace's own Resource (collected last).
-            let mut extra = Vec::new();
-            if let Some(t) = processors.tail_stats() {
-                extra.extend(tail_metrics(&t, self.start_unix_ns, now));
+    }
+
+    /// The time of a collection due now by this telemetry's clock (or `force`d), in Unix ns.
+    fn due(&mut self, pipeline: &mut Pipeline, force: bool) -> Option<u64> {
+        match &mut self.clock {
+            Clock::Wall { next } => {
+                let now = Instant::now();
+                if !force && now < *next {
+                    return None;
+                }
+                *next = now + self.interval;
+                Some(unix_now_ns())
             }
-            if let Some((stats, active)) = processors.anomaly_stats() {
-                extra.extend(anomaly_metrics(&stats, &active, self.start_unix_ns, now));
+            Clock::Recording { next } => {
+                let now = pipeline.clock_ns();
+                let unix = (now as i128 + self.mono_to_unix).clamp(0, u64::MAX as i128) as u64;
+                let interval = self.interval.as_nanos() as u64;
+                if next.is_none() && now > 0 {
+                    // The first record with a time: the series start here.
+                    self.start_unix_ns = unix;
+                    if let Some(m) = &mut pipeline.metrics {
+                        m.set_start(unix);
+                    }
+                    *next = Some(now.saturating_add(interval));
+                }
+                if !force && next.is_none_or(|n| now < n) {
+                    return None;
+                }
+                if now > 0 {
+                    *next = Some(now.saturating_add(interval));
+                }
+                Some(unix)
             }
-            if let Some(own) = req
-                .resource_metrics
-                .last_mut()
-                .and_then(|r| r.scope_metrics.first_mut())
-            {
-                own.metrics.extend(extra);
-            }
-            processors.rules_metrics(&mut req);
-            exporter.export_metrics(req);
-            self.collections += 1;
         }
     }
 
+    /// The metrics request due now (or `force`d), the processors' self metrics and the metric
+    /// rules applied; None when none is due or the metrics signal is off.
+    pub(crate) fn collect(
+        &mut self,
+        pipeline: &mut Pipeline,
+        processors: &mut Processors,
+        exporter: &Exporter,
+        force: bool,
+    ) -> Option<ExportMetricsServiceRequest> {
+        let now = self.due(pipeline, force)?;
+        let health = self.health(pipeline, exporter);
+        self.warn_losses(&health, force);
+        let metrics = pipeline.metrics.as_mut()?;
+        let (mut req, _) = metrics.collect(now, &health, self.self_pid, &self.table);
+        // The processors' self-metrics join ztrace's own Resource (collected last).
+        let mut extra = Vec::new();
+        if let Some(t) = processors.tail_stats() {
+            extra.extend(tail_metrics(&t, self.start_unix_ns, now));
+        }
+        if let Some((stats, active)) = processors.anomaly_stats() {
+            extra.extend(anomaly_metrics(&stats, &active, self.start_unix_ns, now));
+        }
+        if let Some(own) = req
+            .resource_metrics
+            .last_mut()
+            .and_then(|r| r.scope_metrics.first_mut())
+        {
+            own.metrics.extend(extra);
+        }
+        processors.rules_metrics(&mut req);
+        self.collections += 1;
+        Some(req)
+    }
+
     fn health(&self, pipeline: &Pipeline, exporter: &Exporter) -> Health {
-        let e = exporter.stats();
-        let depth = exporter.queue_depth();
+        // A replay's exporter counters depend on the replaying machine, not the recording.
+        let replay = matches!(self.clock, Clock::Recording { .. });
+        let (e, depth) = if replay {
+            Default::default()
+        } else {
+            (exporter.stats(), exporter.queue_depth())
+        };
         let logs = pipeline.logs.as_ref().map(|l| l.stats).unwrap_or_default();
         Health {
             events_read: pipeline.stats().records,
@@ -201,6 +300,7 @@ impl Telemetry {
             parser_shed: pipeline.stats().assemble.budget_shed,
             parser_bytes: pipeline.stats().assemble.parser_bytes,
             links: link_outcomes(&pipeline.stats().link, pipeline.crosshost_stats()),
+            omit_exporter: replay,
         }
     }
 

@@ -113,6 +113,13 @@ impl Metrics {
         }
     }
 
+    /// Moves the start of every series to `now_unix_ns`, before the first collection: a replay
+    /// learns when its recording began from the first record that carries a time.
+    pub fn set_start(&mut self, now_unix_ns: u64) {
+        self.start_unix_ns = now_unix_ns;
+        self.last_collect_unix_ns = now_unix_ns;
+    }
+
     pub fn on_span(&mut self, span: &Span) {
         if let Some((which, v)) = red::measure_into(span, &mut self.attrs) {
             self.red[which].record_in(span.pid, &mut self.attrs, v);

@@ -63,7 +63,21 @@ pub struct Health {
     pub parser_bytes: u64,
     /// The linker's decisions (see `link::LinkStats`).
     pub links: LinkOutcomes,
+    /// Leave out the exporter's counters (exported, queue full, failures, queue depth): a
+    /// replay's, which tell how fast the replaying machine's collector took the output, not
+    /// anything about the recording, and would differ run to run.
+    pub omit_exporter: bool,
 }
+
+/// The self metrics that count the exporter's work (left out with `omit_exporter`).
+const EXPORTER_METRICS: [&str; 6] = [
+    "ztrace.queue.dropped",
+    "ztrace.spans.exported",
+    "ztrace.metrics.exported",
+    "ztrace.logs.exported",
+    "ztrace.export.failures",
+    "ztrace.queue.depth",
+];
 
 /// Links made by the evidence that made them, cases left unlinked by reason, and cross-process
 /// timestamp adjustments: the linker's counters, copied (this layer does not see the linker).
@@ -313,6 +327,9 @@ impl Health {
             })),
             ..Default::default()
         });
+        if self.omit_exporter {
+            out.retain(|m| !EXPORTER_METRICS.contains(&m.name.as_str()));
+        }
         out
     }
 }
@@ -399,5 +416,36 @@ mod tests {
             panic!("ztrace.parser.memory is not a gauge");
         };
         assert_eq!(g.data_points[0].value, Some(Value::AsInt(1234)));
+    }
+
+    #[test]
+    fn a_replay_leaves_the_exporter_counters_out() {
+        let all = Health::default().to_metrics(None, 1, 2);
+        for name in EXPORTER_METRICS {
+            assert!(
+                all.iter().any(|m| m.name == name),
+                "{name} is a self metric"
+            );
+        }
+        let replay = Health {
+            events_read: 5,
+            omit_exporter: true,
+            ..Default::default()
+        }
+        .to_metrics(None, 1, 2);
+        assert_eq!(replay.len(), all.len() - EXPORTER_METRICS.len());
+        assert!(
+            replay
+                .iter()
+                .all(|m| !EXPORTER_METRICS.contains(&m.name.as_str()))
+        );
+        let read = replay
+            .iter()
+            .find(|m| m.name == "ztrace.events.read")
+            .unwrap();
+        let Some(Data::Sum(sum)) = &read.data else {
+            panic!("ztrace.events.read is not a sum");
+        };
+        assert_eq!(sum.data_points[0].value, Some(Value::AsInt(5)));
     }
 }
