@@ -3,23 +3,19 @@
 //! attributes. This module owns the data only: it must not know attribute names (that is the
 //! daemon's `semconv`) nor parse bytes (that is each protocol's module).
 
-/// Text of an exchange: held inline up to 24 bytes (a method, most paths and hosts), so the
-/// usual request allocates nothing for it.
-pub type Text = compact_str::CompactString;
-
 /// The HTTP view of one request/response exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct HttpExchange {
-    pub method: Text,
+    pub method: String,
     /// Request target as sent (path plus query).
-    pub target: Text,
+    pub target: String,
     /// `Host` header, when present.
-    pub host: Option<Text>,
+    pub host: Option<String>,
     /// "1.0", "1.1" (or "2" for gRPC's HTTP/2).
     pub version: &'static str,
     /// None when no response was seen (connection closed, tracer stopped).
     pub status: Option<u16>,
-    pub user_agent: Option<Text>,
+    pub user_agent: Option<String>,
     pub request_body_size: Option<u64>,
     pub response_body_size: Option<u64>,
     /// Carried over TLS (plaintext from the TLS library).

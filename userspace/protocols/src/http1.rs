@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
-use crate::exchange::{Exchange, HttpExchange, Text};
+use crate::exchange::{Exchange, HttpExchange};
 use crate::parser::{Opener, Parser, Protocol, Step, Update};
 
 mod scan;
@@ -48,12 +48,12 @@ pub enum Dir {
 /// Host/User-Agent/traceparent headers the first one wins.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RequestHead {
-    pub method: Text,
-    pub target: Text,
+    pub method: String,
+    pub target: String,
     /// Minor version: 0 or 1.
     pub version: u8,
-    pub host: Option<Text>,
-    pub user_agent: Option<Text>,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
     pub traceparent: Option<String>,
     pub content_length: Option<u64>,
     /// The final transfer coding is `chunked`.
@@ -327,10 +327,10 @@ impl<'b> Fields<'b> {
 }
 
 /// A header value as text (invalid UTF-8 replaced).
-fn text(value: &[u8]) -> Text {
+fn text(value: &[u8]) -> String {
     match std::str::from_utf8(value) {
-        Ok(s) => Text::new(s), // the usual case, checked faster than by `from_utf8_lossy`
-        Err(_) => Text::from(String::from_utf8_lossy(value)),
+        Ok(s) => s.to_owned(), // the usual case, checked faster than by `from_utf8_lossy`
+        Err(_) => String::from_utf8_lossy(value).into_owned(),
     }
 }
 
@@ -417,12 +417,12 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
             };
             let expect = fields.expect;
             let head = RequestHead {
-                method: Text::new(method),
-                target: Text::new(target),
+                method: method.to_owned(),
+                target: target.to_owned(),
                 version,
                 host: fields.host.map(text),
                 user_agent: fields.user_agent.map(text),
-                traceparent: fields.traceparent.map(|v| text(v).into_string()),
+                traceparent: fields.traceparent.map(text),
                 content_length: fields.content_length,
                 chunked: f.chunked,
                 expect_continue: expect.is_some_and(|v| eq_lower(v, b"100-continue")),
@@ -1532,11 +1532,11 @@ mod tests {
                     };
                     let expect = values(req.headers, "expect").next();
                     let head = RequestHead {
-                        method: req.method.unwrap_or_default().into(),
-                        target: req.path.unwrap_or_default().into(),
+                        method: req.method.unwrap_or_default().to_owned(),
+                        target: req.path.unwrap_or_default().to_owned(),
                         version,
-                        host: first(req.headers, "host").map(Into::into),
-                        user_agent: first(req.headers, "user-agent").map(Into::into),
+                        host: first(req.headers, "host"),
+                        user_agent: first(req.headers, "user-agent"),
                         traceparent: first(req.headers, "traceparent"),
                         content_length: f.content_length,
                         chunked: f.chunked,

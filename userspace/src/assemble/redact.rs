@@ -41,10 +41,10 @@ impl Redaction {
                     && let redacted = redact_query_with(query, &self.names)
                     && redacted != query
                 {
-                    http.target = format!("{path}?{redacted}").into();
+                    http.target = format!("{path}?{redacted}");
                 }
                 if self.names.iter().any(|n| n == "useragent") {
-                    http.user_agent = http.user_agent.as_ref().map(|_| REDACTED.into());
+                    http.user_agent = http.user_agent.as_ref().map(|_| REDACTED.to_string());
                 }
             }
             _ => {}

@@ -638,7 +638,7 @@ mod tests {
     fn large_attribute_values_get_wide_length_prefixes() {
         let table = ProcessTable::new(None);
         let mut s = server_span();
-        s.http_mut().unwrap().target = format!("/{}", "x".repeat(70_000)).into();
+        s.http_mut().unwrap().target = format!("/{}", "x".repeat(70_000));
         let mut out = Vec::new();
         encode_request(&[s.clone()], &table, &mut out);
         let decoded = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
@@ -647,8 +647,8 @@ mod tests {
         // key's, the value's, each on its own), and around 16 KiB (three bytes).
         for n in (80..150).chain(16_370..16_400) {
             let mut s = server_span();
-            s.http_mut().unwrap().target = format!("/{}", "y".repeat(n)).into();
-            s.http_mut().unwrap().user_agent = Some("u".repeat(n / 2).into());
+            s.http_mut().unwrap().target = format!("/{}", "y".repeat(n));
+            s.http_mut().unwrap().user_agent = Some("u".repeat(n / 2));
             encode_request(&[s.clone()], &table, &mut out);
             let decoded = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
             assert_eq!(decoded.encoded_len(), out.len(), "minimal framing at {n}");

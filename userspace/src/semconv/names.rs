@@ -24,8 +24,8 @@ pub(crate) fn static_method(method: &str) -> Option<&'static str> {
 /// The HTTP side of a span (empty for other protocols, whose code paths do not ask).
 pub(crate) fn http_of(span: &Span) -> &HttpExchange {
     static EMPTY: HttpExchange = HttpExchange {
-        method: ztrace_protocols::exchange::Text::const_new(""),
-        target: ztrace_protocols::exchange::Text::const_new(""),
+        method: String::new(),
+        target: String::new(),
         host: None,
         version: "",
         status: None,

@@ -134,11 +134,11 @@ impl Protocol for H2Conn {
                         ..Default::default()
                     }),
                     _ => Exchange::Http(HttpExchange {
-                        method: head.method.into(),
-                        target: head.path.into(),
-                        host: head.authority.map(Into::into),
+                        method: head.method,
+                        target: head.path,
+                        host: head.authority,
                         version: "2",
-                        user_agent: head.user_agent.map(Into::into),
+                        user_agent: head.user_agent,
                         client: self.proxied,
                         ..Default::default()
                     }),

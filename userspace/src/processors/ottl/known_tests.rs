@@ -124,9 +124,9 @@ fn random_span(rng: &mut StdRng) -> Span {
             let Exchange::Http(h) = &mut s.exchange else {
                 unreachable!()
             };
-            h.method = (*pick(rng, &["GET", "POST", "BREW", "", "get"])).into();
-            h.target = (*pick(rng, &targets)).into();
-            let host: ztrace_protocols::exchange::Text = (*pick(rng, &hosts)).into();
+            h.method = pick(rng, &["GET", "POST", "BREW", "", "get"]).to_string();
+            h.target = pick(rng, &targets).to_string();
+            let host = pick(rng, &hosts).to_string();
             h.host = maybe(rng, host);
             h.version = *pick(rng, &["1.1", "1.0", "2", "HTTP/1.1", " 1.1 ", ""]);
             let status = *pick(rng, &[200, 404, 503]);
