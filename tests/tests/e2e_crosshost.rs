@@ -25,7 +25,7 @@
 //! B (B's agent asks its `--peer-fallback` agents without the caller's endpoint), A and C making
 //! the same requests: no wrong parent, recall ≥ 0.95.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
@@ -69,6 +69,15 @@ fn clients(hosts: &Hosts, to: &[(&str, u16, &str)], requests: usize, delay_s: u3
     spawn_collecting(cmd)
 }
 
+/// `xhost.py server` bound to `bind`, run by `cmd` (a namespace's `exec`).
+fn xhost_server(mut cmd: Command, bind: &str) -> Command {
+    cmd.args(["python3"])
+        .arg(apps_dir().join("xhost.py"))
+        .arg("server")
+        .env("BIND", bind);
+    cmd
+}
+
 fn path(s: &ReceivedSpan) -> String {
     s.attr_str("url.path")
         .or_else(|| {
@@ -92,22 +101,11 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
 
     // Host A's server, which B's server calls back for /call/ requests.
-    let mut a_server_cmd = hosts.exec(&hosts.a);
-    a_server_cmd
-        .args(["python3"])
-        .arg(apps_dir().join("xhost.py"))
-        .arg("server")
-        .env("BIND", A_IP);
-    let (a_server, a_port) = spawn_app(a_server_cmd)?;
+    let (a_server, a_port) = spawn_app(xhost_server(hosts.exec(&hosts.a), A_IP))?;
 
     // Host B: the server and its agent.
-    let mut server_cmd = hosts.exec(&hosts.b);
-    server_cmd
-        .args(["python3"])
-        .arg(apps_dir().join("xhost.py"))
-        .arg("server")
-        .env("BIND", B_IP)
-        .env("CALLBACK", format!("{A_IP}:{a_port}"));
+    let mut server_cmd = xhost_server(hosts.exec(&hosts.b), B_IP);
+    server_cmd.env("CALLBACK", format!("{A_IP}:{a_port}"));
     let (server, port) = spawn_app(server_cmd)?;
     let b_pid = server.pid().to_string();
     let mut agent_b = spawn_agent(&hosts.b, Some(B_IP), &b_pid, &receiver, &secret, &[])?;
@@ -315,13 +313,7 @@ fn crosshost_links_resume_as_soon_as_a_restarted_agent_is_back() -> Result<()> {
     let hosts = Hosts::create(false)?;
     let (_dir, secret) = peer_secret("xrestart")?;
     let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
-    let mut server_cmd = hosts.exec(&hosts.b);
-    server_cmd
-        .args(["python3"])
-        .arg(apps_dir().join("xhost.py"))
-        .arg("server")
-        .env("BIND", B_IP);
-    let (server, port) = spawn_app(server_cmd)?;
+    let (server, port) = spawn_app(xhost_server(hosts.exec(&hosts.b), B_IP))?;
     let mut agent_b = spawn_agent(
         &hosts.b,
         Some(B_IP),
@@ -506,13 +498,7 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
     let config_arg = config.to_string_lossy().to_string();
     let (rt, receiver) = receiver_in(&hosts.b, B_IP)?;
 
-    let mut server_cmd = hosts.exec(&hosts.b);
-    server_cmd
-        .args(["python3"])
-        .arg(apps_dir().join("xhost.py"))
-        .arg("server")
-        .env("BIND", B_IP);
-    let (server, port) = spawn_app(server_cmd)?;
+    let (server, port) = spawn_app(xhost_server(hosts.exec(&hosts.b), B_IP))?;
     let b_pids = format!("{}=backend", server.pid());
     let mut agent_b = spawn_agent(
         &hosts.b,
@@ -667,13 +653,7 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
     let (_dir, secret) = peer_secret("xgw")?;
     let (rt, receiver) = receiver_in(&g.b, GW_HOST_B)?;
 
-    let mut server_cmd = g.exec(&g.b);
-    server_cmd
-        .args(["python3"])
-        .arg(apps_dir().join("xhost.py"))
-        .arg("server")
-        .env("BIND", GW_HOST_B);
-    let (server, port) = spawn_app(server_cmd)?;
+    let (server, port) = spawn_app(xhost_server(g.exec(&g.b), GW_HOST_B))?;
     let fallback = format!("{GW_HOST_A},{GW_HOST_C},{GW_A_SIDE}");
     let mut agent_b = spawn_agent(
         &g.b,

@@ -70,18 +70,35 @@ impl<R: otlp::OtlpRequest> RequestQueue<R> {
         }
     }
 
-    /// Never blocks: beyond `max_items` queued items the request is dropped and counted.
-    fn submit(&self, request: R) {
-        let items = request.items();
+    /// A request counted as queued did not get in: it is dropped, and counted so.
+    fn not_queued(&self, items: usize) {
+        self.counters.queued.fetch_sub(items, Ordering::Relaxed);
+        self.counters
+            .outstanding
+            .fetch_sub(items, Ordering::Relaxed);
+        self.counters
+            .dropped_queue_full
+            .fetch_add(items as u64, Ordering::Relaxed);
+    }
+
+    /// The channel a request of `items` goes to; None when nothing is to be queued: no output
+    /// for this signal (the items are counted as not exported), or an empty request.
+    fn channel(&self, items: usize) -> Option<&mpsc::Sender<otlp::Queued<R>>> {
         let Some(tx) = &self.tx else {
             self.counters
                 .not_exported
                 .fetch_add(items as u64, Ordering::Relaxed);
+            return None;
+        };
+        (items > 0).then_some(tx)
+    }
+
+    /// Never blocks: beyond `max_items` queued items the request is dropped and counted.
+    fn submit(&self, request: R) {
+        let items = request.items();
+        let Some(tx) = self.channel(items) else {
             return;
         };
-        if items == 0 {
-            return;
-        }
         let queued = self.counters.queued.fetch_add(items, Ordering::Relaxed);
         self.counters
             .outstanding
@@ -89,13 +106,7 @@ impl<R: otlp::OtlpRequest> RequestQueue<R> {
         // One request larger than the whole bound still goes through an empty queue.
         let fits = queued == 0 || queued + items <= self.max_items;
         if !fits || tx.try_send(otlp::Queued { request, items }).is_err() {
-            self.counters.queued.fetch_sub(items, Ordering::Relaxed);
-            self.counters
-                .outstanding
-                .fetch_sub(items, Ordering::Relaxed);
-            self.counters
-                .dropped_queue_full
-                .fetch_add(items as u64, Ordering::Relaxed);
+            self.not_queued(items);
         }
     }
 
@@ -104,15 +115,9 @@ impl<R: otlp::OtlpRequest> RequestQueue<R> {
     /// Dropped (and counted) only when the exporter has already shut down.
     async fn submit_waiting(&self, request: R) {
         let items = request.items();
-        let Some(tx) = &self.tx else {
-            self.counters
-                .not_exported
-                .fetch_add(items as u64, Ordering::Relaxed);
+        let Some(tx) = self.channel(items) else {
             return;
         };
-        if items == 0 {
-            return;
-        }
         // The bound counts items, the channel requests: wait until the worker has taken enough.
         loop {
             let queued = self.counters.queued.load(Ordering::Relaxed);
@@ -126,13 +131,7 @@ impl<R: otlp::OtlpRequest> RequestQueue<R> {
             .outstanding
             .fetch_add(items, Ordering::Relaxed);
         if tx.send(otlp::Queued { request, items }).await.is_err() {
-            self.counters.queued.fetch_sub(items, Ordering::Relaxed);
-            self.counters
-                .outstanding
-                .fetch_sub(items, Ordering::Relaxed);
-            self.counters
-                .dropped_queue_full
-                .fetch_add(items as u64, Ordering::Relaxed);
+            self.not_queued(items);
         }
     }
 }
