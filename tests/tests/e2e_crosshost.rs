@@ -78,6 +78,26 @@ fn xhost_server(mut cmd: Command, bind: &str) -> Command {
     cmd
 }
 
+/// A server span's parent against the client span of the same path.
+enum Parented {
+    Root,
+    /// That client span, in its trace.
+    Right,
+    /// Another span, or another trace.
+    Wrong,
+}
+
+fn parented(s: &ReceivedSpan, clients_by_path: &HashMap<String, &ReceivedSpan>) -> Parented {
+    let parent = s.parent_span_id_hex();
+    match clients_by_path.get(&path(s)) {
+        _ if parent.is_empty() => Parented::Root,
+        Some(c) if c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex() => {
+            Parented::Right
+        }
+        _ => Parented::Wrong,
+    }
+}
+
 fn path(s: &ReceivedSpan) -> String {
     s.attr_str("url.path")
         .or_else(|| {
@@ -172,21 +192,19 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
             }
             continue;
         }
-        match (parent.is_empty(), clients_by_path.get(&p)) {
-            (true, _) => {
+        match parented(s, &clients_by_path) {
+            Parented::Root => {
                 roots += 1;
                 eprintln!(
                     "left a root: {p} (start {} ns)",
                     s.span.start_time_unix_nano
                 );
             }
-            (false, Some(c))
-                if c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex() =>
-            {
+            Parented::Right => {
                 right += 1;
                 via_vip += usize::from(p.starts_with("/item/v"));
             }
-            _ => {
+            Parented::Wrong => {
                 wrong += 1;
                 eprintln!(
                     "wrong parent for {p}: {parent} ({:?})",
@@ -371,13 +389,10 @@ fn crosshost_links_resume_as_soon_as_a_restarted_agent_is_back() -> Result<()> {
             .iter()
             .filter(|s| (from_ns..to_ns).contains(&s.span.start_time_unix_nano))
         {
-            let parent = s.parent_span_id_hex();
-            match clients_by_path.get(&path(s)) {
-                _ if parent.is_empty() => roots += 1,
-                Some(c) if c.span_id_hex() == parent && c.trace_id_hex() == s.trace_id_hex() => {
-                    right += 1
-                }
-                _ => wrong += 1,
+            match parented(s, &clients_by_path) {
+                Parented::Root => roots += 1,
+                Parented::Right => right += 1,
+                Parented::Wrong => wrong += 1,
             }
         }
         (right, wrong, roots)

@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
 use ztrace_e2e::{
     harness::{
         Proc, curl, ensure_whole_error_traces, errors_only_tail_sampling, privileged_or_skip,
-        runtime_with_receiver, spawn_service, spawn_ztrace,
+        runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
     },
     receiver::{ReceivedSpan, Receiver},
     signals::{ReceivedMetric, attr_int, attr_str},
@@ -50,13 +50,7 @@ fn record_two_tier(file: &std::path::Path) -> Result<(Proc, [Proc; 2], u16)> {
 fn record_requests(recorder: &mut Proc, urls: &[String]) -> Result<()> {
     curl(urls)?;
     std::thread::sleep(Duration::from_millis(300));
-    recorder.signal(libc::SIGINT);
-    ensure!(
-        recorder.wait_exit(Duration::from_secs(30)) == Some(0),
-        "{}",
-        recorder.stderr_text()
-    );
-    Ok(())
+    stop_ztrace(recorder)
 }
 
 #[test]
