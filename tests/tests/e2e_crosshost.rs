@@ -98,6 +98,17 @@ fn parented(s: &ReceivedSpan, clients_by_path: &HashMap<String, &ReceivedSpan>) 
     }
 }
 
+/// Waits (up to 120 s) for a clients script to finish, which must succeed.
+fn clients_done(clients: &mut Proc, what: &str) -> Result<()> {
+    let code = clients.wait_exit(Duration::from_secs(120));
+    ensure!(
+        code == Some(0),
+        "{what} exited with {code:?}: {}",
+        clients.stderr_text()
+    );
+    Ok(())
+}
+
 fn path(s: &ReceivedSpan) -> String {
     s.attr_str("url.path")
         .or_else(|| {
@@ -146,12 +157,7 @@ fn crosshost_links_client_spans_to_remote_server_spans() -> Result<()> {
     // itself when everything it traces has exited).
     let a_pids = format!("{},{}", traced.pid(), a_server.pid());
     let mut agent_a = spawn_agent(&hosts.a, Some(A_IP), &a_pids, &receiver, &secret, &[])?;
-    let code = traced.wait_exit(Duration::from_secs(120));
-    ensure!(
-        code == Some(0),
-        "traced clients exited with {code:?}: {}",
-        traced.stderr_text()
-    );
+    clients_done(&mut traced, "traced clients")?;
     // A's agent must stay up while B asks (B holds its spans up to a few seconds).
     std::thread::sleep(Duration::from_secs(4));
     let a_log = stop(&mut agent_a, "ztrace on host A")?;
@@ -360,12 +366,7 @@ fn crosshost_links_resume_as_soon_as_a_restarted_agent_is_back() -> Result<()> {
     let back_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as u64;
-    let code = traced.wait_exit(Duration::from_secs(120));
-    ensure!(
-        code == Some(0),
-        "traced clients exited with {code:?}: {}",
-        traced.stderr_text()
-    );
+    clients_done(&mut traced, "traced clients")?;
     std::thread::sleep(Duration::from_secs(4));
     let a_log = stop(&mut agent_a, "ztrace on host A (restarted)")?;
     let b_log = stop(&mut agent_b, "ztrace on host B")?;
@@ -546,12 +547,7 @@ string_attribute = { key = "url.full", values = [".*/item/a.*"], enabled_regex_m
         &secret,
         &["--config", &config_arg],
     )?;
-    let code = traced.wait_exit(Duration::from_secs(120));
-    ensure!(
-        code == Some(0),
-        "traced clients exited with {code:?}: {}",
-        traced.stderr_text()
-    );
+    clients_done(&mut traced, "traced clients")?;
     // Decision wait, vote wait and the linker's holding, with room to spare.
     std::thread::sleep(Duration::from_secs(8));
     let a_log = stop(&mut agent_a, "ztrace on host A")?;
@@ -712,14 +708,8 @@ fn crosshost_through_a_nat_gateway_without_an_agent() -> Result<()> {
         ),
     )?;
     let (mut traced_c, idle_c, mut agent_c) = client_host(&c_ns, GW_HOST_C, direct.clone())?;
-    for (who, traced) in [("A", &mut traced_a), ("C", &mut traced_c)] {
-        let code = traced.wait_exit(Duration::from_secs(120));
-        ensure!(
-            code == Some(0),
-            "{who}'s traced clients exited with {code:?}: {}",
-            traced.stderr_text()
-        );
-    }
+    clients_done(&mut traced_a, "A's traced clients")?;
+    clients_done(&mut traced_c, "C's traced clients")?;
     // A's and C's agents stay up while B asks (B holds its spans up to a few seconds).
     std::thread::sleep(Duration::from_secs(4));
     let a_log = stop(&mut agent_a, "ztrace on host A")?;
