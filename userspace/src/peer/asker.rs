@@ -119,6 +119,14 @@ impl Reach {
         }
     }
 
+    /// The earliest a lookup waiting now can be asked again: the next round, or while the peer
+    /// is down, its next connection attempt. A lookup due before then ends now (its answer
+    /// reaches the linker before the linker's own deadline, even on a busy machine).
+    fn asked_again_by(&self, now_ns: u64) -> u64 {
+        let next_round = now_ns.saturating_add(ROUND.as_nanos() as u64);
+        self.down.map_or(next_round, |(at, _)| at.max(next_round))
+    }
+
     /// What a lookup the peer never answered ends as at its deadline: why the last connection
     /// failed while the peer is unreachable, else a timeout.
     fn at_deadline(&self) -> Outcome {
@@ -249,11 +257,12 @@ pub(super) async fn ask_peer(
             }
         }
         // What no later round can ask before its deadline ends now: the linker hears "unknown"
-        // (the peer answered, it knows no such send) rather than timing the lookup out itself.
+        // (the peer answered, it knows no such send) or why the peer is unreachable, rather
+        // than timing the lookup out itself.
         let now = mono_ns();
         end_due(
             &mut waiting,
-            now + ROUND.as_nanos() as u64,
+            reach.asked_again_by(now),
             reach.at_deadline(),
             &mut done,
         );
@@ -539,6 +548,10 @@ mod tests {
             t = next;
         }
         assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        // Down until its next attempt: a lookup due before then cannot be asked, it ends now.
+        assert!(r.failed(t, Outcome::NoAgent));
+        assert_eq!(r.asked_again_by(t), t + ns(DOWN_FOR));
+        t += ns(DOWN_FOR);
         // A connection that times out is a timeout at the deadline.
         assert!(r.failed(t, Outcome::Timeout));
         assert_eq!(r.at_deadline(), Outcome::Timeout);
