@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use super::control::{Control, FOREVER};
 use super::settings::ExportConfig;
+use super::spare::SpareChunks;
 use super::stats::{Counters, ExportStats};
 use super::worker::Worker;
 use super::{console, otlp};
@@ -144,6 +145,8 @@ pub struct ExportHandle {
     /// span, with its atomics and the copy into the channel's slot, was a tenth of the
     /// daemon's CPU at 80k spans/s. The queue's bound counts spans (`queued`).
     spans: mpsc::Sender<Vec<Span>>,
+    /// Chunks the worker emptied, for the next ones.
+    spare: Arc<SpareChunks>,
     queued: Arc<AtomicUsize>,
     max_queue: usize,
     processes: mpsc::UnboundedSender<Arc<ProcessInfo>>,
@@ -187,9 +190,9 @@ impl ExportHandle {
         }
         let n = spans.len();
         self.queued.fetch_add(n, Ordering::Relaxed);
-        // The chunk leaves as it is (no copy of its spans); the caller gets an empty one of
-        // the same size for its next.
-        let chunk = std::mem::replace(spans, Vec::with_capacity(n));
+        // The chunk leaves as it is (no copy of its spans); the caller gets an emptied one back
+        // (or a new one of the same size) for its next.
+        let chunk = std::mem::replace(spans, self.spare.take(n));
         if let Err(e) = self.spans.try_send(chunk) {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             self.queue_drops(n);
@@ -307,6 +310,7 @@ impl Exporter {
         let counters = Arc::new(Counters::default());
         let (span_tx, span_rx) = mpsc::channel(cfg.max_queue.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
+        let spare = Arc::new(SpareChunks::default());
         let (proc_tx, proc_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
         let grace = cfg.longest_timeout().max(Duration::from_millis(1));
@@ -332,6 +336,7 @@ impl Exporter {
         };
         let handle = ExportHandle {
             spans: span_tx,
+            spare: Arc::clone(&spare),
             queued: Arc::clone(&queued),
             max_queue: cfg.max_queue.max(1),
             processes: proc_tx,
@@ -347,6 +352,7 @@ impl Exporter {
             .collect();
         let worker = Worker {
             rx: span_rx,
+            spare,
             queued,
             chunks: Vec::new(),
             carry: std::collections::VecDeque::new(),

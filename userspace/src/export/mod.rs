@@ -2,7 +2,8 @@
 //! outside world. `mod.rs` holds only wiring; each job has its file:
 //! - [`settings`]: what to export where ([`ExportConfig`], [`Output`]);
 //! - [`exporter`]: the public API and the bounded queues ([`Exporter`], [`ExportHandle`]);
-//! - [`worker`]: the span worker that drains the span queue in batches;
+//! - [`worker`]: the span worker that drains the span queue in batches, and hands emptied
+//!   chunks back ([`spare`]);
 //! - [`otlp`] (OTLP with retries for spans, metrics and logs) over [`transport`] (gRPC, HTTP),
 //!   [`wire`] (hand-written span protobuf) and [`encoder`]; [`console`] (console and JSON lines);
 //! - [`stats`] and [`control`]: counters, shutdown and deadlines.
@@ -18,6 +19,7 @@ pub mod otlp;
 #[cfg(test)]
 mod reference;
 mod settings;
+mod spare;
 mod stats;
 mod transport;
 mod wire;

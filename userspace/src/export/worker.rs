@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::control::{Control, FOREVER, sleep_until};
 use super::settings::Output;
+use super::spare::SpareChunks;
 use super::stats::Counters;
 use super::{console, otlp};
 use crate::model::{ProcessInfo, Span};
@@ -25,6 +26,8 @@ const GATHER: Duration = Duration::from_millis(10);
 pub(super) struct Worker {
     /// Chunks of spans (see `ExportHandle::submit_all`); `queued` counts the spans in them.
     pub(super) rx: mpsc::Receiver<Vec<Span>>,
+    /// Where emptied chunks go back to the submitters.
+    pub(super) spare: Arc<SpareChunks>,
     pub(super) queued: Arc<AtomicUsize>,
     /// Chunks just received, emptied into `carry` at once.
     pub(super) chunks: Vec<Vec<Span>>,
@@ -116,7 +119,8 @@ impl Worker {
     }
 
     /// Takes the chunks just received: into the batch while they fit (an empty batch becomes
-    /// the chunk itself, no copy), the rest into `carry`, in order.
+    /// the chunk itself, no copy), the rest into `carry`, in order. What is left empty goes
+    /// back to the submitters.
     fn receive(&mut self) {
         for mut chunk in self.chunks.drain(..) {
             self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
@@ -128,7 +132,16 @@ impl Worker {
             } else if !chunk.is_empty() {
                 self.carried += chunk.len();
                 self.carry.push_back(VecDeque::from(chunk));
+                continue;
             }
+            self.spare.put(chunk);
+        }
+    }
+
+    /// Drops the first carried chunk, emptied, handing its room back.
+    fn carried_out(&mut self) {
+        if let Some(front) = self.carry.pop_front() {
+            self.spare.put(Vec::from(front));
         }
     }
 
@@ -155,7 +168,7 @@ impl Worker {
             self.batch.extend(front.drain(..n));
             self.carried -= n;
             if front.is_empty() {
-                self.carry.pop_front();
+                self.carried_out();
             }
         }
         self.batch.len() >= self.max_batch
@@ -221,7 +234,7 @@ impl Worker {
                 self.carry[0].drain(..n);
                 self.carried -= n;
                 if self.carry[0].is_empty() {
-                    self.carry.pop_front();
+                    self.carried_out();
                 }
             }
             None => self.batch.clear(),
