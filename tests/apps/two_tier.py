@@ -8,6 +8,8 @@
                                               /api/slow/<ms>/<id>[?fail=1] through
 
 BIND=::1 in the environment makes a service listen on IPv6 loopback instead.
+LOG_REQUESTS=1 makes a service's handler write "<role> <METHOD> <path>" to stderr as it starts
+serving each request (what an application's request log does).
 Both are thread-per-request (ThreadingHTTPServer) with keep-alive, bind an ephemeral port on
 127.0.0.1 and print "PORT <n>" on stdout once listening. The frontend keeps one persistent
 connection to the backend per handler thread. Nothing here knows about tracing.
@@ -21,6 +23,14 @@ import socket
 import sys
 import threading
 import time
+
+LOG_REQUESTS = os.environ.get("LOG_REQUESTS") == "1"
+
+
+def log_request(role, method, path):
+    if LOG_REQUESTS:
+        # The line in one write (stderr writes through: print would make one per piece).
+        sys.stderr.write(f"{role} {method} {path}\n")
 
 
 class Backend(http.server.BaseHTTPRequestHandler):
@@ -38,6 +48,7 @@ class Backend(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        log_request("backend", "GET", self.path)
         if self.path == "/fail":
             self.reply(500, {"error": "backend failure"})
         elif self.path.startswith("/slow/"):
@@ -50,6 +61,7 @@ class Backend(http.server.BaseHTTPRequestHandler):
             self.reply(200, {"item": self.path.rsplit("/", 1)[-1]})
 
     def do_POST(self):
+        log_request("backend", "POST", self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.reply(200, {"echo": len(body)})
 
@@ -82,6 +94,7 @@ class Frontend(http.server.BaseHTTPRequestHandler):
         self.wfile.write(out)
 
     def do_GET(self):
+        log_request("frontend", "GET", self.path)
         if self.path == "/api/fail":
             self.forward("GET", "/fail")
         elif self.path.startswith("/api/slow/"):
@@ -90,6 +103,7 @@ class Frontend(http.server.BaseHTTPRequestHandler):
             self.forward("GET", "/item/" + self.path.rsplit("/", 1)[-1])
 
     def do_POST(self):
+        log_request("frontend", "POST", self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.forward("POST", "/echo", body)
 

@@ -201,10 +201,16 @@ pub fn spawn_service(args: &[&str]) -> Result<(Proc, u16)> {
 
 /// Like [`spawn_service`], listening on `bind` (e.g. "::1").
 pub fn spawn_service_on(bind: &str, args: &[&str]) -> Result<(Proc, u16)> {
+    spawn_service_with(args, &[("BIND", bind)])
+}
+
+/// Like [`spawn_service`], with `env` set: `BIND`, or `LOG_REQUESTS=1` for a line on stderr per
+/// request its handler serves (see two_tier.py).
+pub fn spawn_service_with(args: &[&str], env: &[(&str, &str)]) -> Result<(Proc, u16)> {
     let mut cmd = Command::new("python3");
     cmd.arg(apps_dir().join("two_tier.py"))
         .args(args)
-        .env("BIND", bind);
+        .envs(env.iter().copied());
     spawn_app(cmd)
 }
 

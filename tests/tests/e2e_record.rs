@@ -1,19 +1,21 @@
 //! `ztrace record` captures the raw event stream of real processes (as root); `ztrace replay`
 //! turns it into the same linked spans without any privilege, identically on every run, through
-//! the same processors as the daemon (rules, tail sampling) on the recording's own clock, and
-//! with the RED metrics of the recorded requests.
+//! the same processors as the daemon (rules, tail sampling) on the recording's own clock, with
+//! the RED metrics of the recorded requests, and (recorded with `--capture-logs`) the lines the
+//! services wrote as log records carrying the ids of the request being served.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::metrics::v1::{HistogramDataPoint, metric::Data};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ztrace_e2e::{
     harness::{
         Proc, curl, ensure_whole_error_traces, errors_only_tail_sampling, privileged_or_skip,
-        runtime_with_receiver, spawn_service, spawn_ztrace, stop_ztrace,
+        runtime_with_receiver, spawn_service_with, spawn_ztrace, stop_ztrace,
     },
     receiver::{ReceivedSpan, Receiver},
-    signals::{ReceivedMetric, attr_int, attr_str},
+    signals::{ReceivedLog, ReceivedMetric, attr_int, attr_str},
     temp::TempDir,
 };
 
@@ -32,16 +34,23 @@ fn replay_as_nobody(file: &std::path::Path) -> Result<(i32, String, String)> {
 }
 
 /// The two-tier services (frontend → backend), and `ztrace record` of both into `file`, recording.
-fn record_two_tier(file: &std::path::Path) -> Result<(Proc, [Proc; 2], u16)> {
-    let (backend, backend_port) = spawn_service(&["backend"])?;
-    let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
-    let mut recorder = spawn_ztrace(&[
+/// With `logs`, each service writes a line to stderr per request it serves (`frontend GET
+/// /api/p1`, `backend GET /item/p1`) and the recorder captures them (`--capture-logs`).
+fn record_two_tier(file: &std::path::Path, logs: bool) -> Result<(Proc, [Proc; 2], u16)> {
+    let env: &[(&str, &str)] = if logs { &[("LOG_REQUESTS", "1")] } else { &[] };
+    let (backend, backend_port) = spawn_service_with(&["backend"], env)?;
+    let (frontend, front_port) = spawn_service_with(&["frontend", &backend_port.to_string()], env)?;
+    let mut args = vec![
         "record".into(),
         "--pid".into(),
         format!("{},{}", frontend.pid(), backend.pid()),
         "-o".into(),
         file.display().to_string(),
-    ])?;
+    ];
+    if logs {
+        args.push("--capture-logs".into());
+    }
+    let mut recorder = spawn_ztrace(&args)?;
     recorder.wait_stderr("recording raw events", Duration::from_secs(60))?;
     Ok((recorder, [frontend, backend], front_port))
 }
@@ -62,7 +71,7 @@ fn record_then_replay_without_privileges() -> Result<()> {
     // World-readable so the unprivileged replay can open it.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let file = dir.join("capture.zcap");
-    let (mut recorder, _services, front_port) = record_two_tier(&file)?;
+    let (mut recorder, _services, front_port) = record_two_tier(&file, false)?;
     let urls: Vec<String> = (0..5)
         .map(|i| format!("http://127.0.0.1:{front_port}/api/r{i}"))
         .collect();
@@ -148,7 +157,7 @@ fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
     }
     let _unmount = Unmount(&dir);
     let file = dir.join("capture.zcap");
-    let (mut recorder, services, front_port) = record_two_tier(&file)?;
+    let (mut recorder, services, front_port) = record_two_tier(&file, false)?;
     let urls: Vec<String> = (0..300)
         .map(|i| format!("http://127.0.0.1:{front_port}/api/full{i}"))
         .collect();
@@ -183,14 +192,13 @@ fn record_on_a_full_disk_stops_cleanly_and_keeps_what_it_wrote() -> Result<()> {
     Ok(())
 }
 
+/// What one replay exported: spans, metrics and log records.
+type Exported = (Vec<ReceivedSpan>, Vec<ReceivedMetric>, Vec<ReceivedLog>);
+
 /// `ztrace replay ARGS… FILE` as nobody, exporting to `receiver` (running on the caller's
-/// runtime); every span and metric it received once the replay has exited (it flushes before it
-/// exits).
-fn replay_to(
-    receiver: &Receiver,
-    file: &Path,
-    args: &[&str],
-) -> Result<(Vec<ReceivedSpan>, Vec<ReceivedMetric>)> {
+/// runtime); every span, metric and log record it received once the replay has exited (it
+/// flushes before it exits).
+fn replay_to(receiver: &Receiver, file: &Path, args: &[&str]) -> Result<Exported> {
     let out = ztrace_e2e::harness::ztrace_as_nobody()
         .arg("replay")
         .args(args)
@@ -208,7 +216,8 @@ fn replay_to(
     // Exported before the process exited; a moment for the receiver's side of the last call.
     std::thread::sleep(Duration::from_millis(200));
     eprintln!("replay {args:?} stderr:\n{stderr}");
-    Ok((receiver.spans(), receiver.signals().all_metrics()))
+    let signals = receiver.signals();
+    Ok((receiver.spans(), signals.all_metrics(), signals.all_logs()))
 }
 
 /// The metrics of a replay as exported, for comparing two replays: every metric with its data
@@ -252,6 +261,97 @@ fn count_with_status(points: &[HistogramDataPoint], status: i64) -> u64 {
         .sum()
 }
 
+/// The log records of a replay as exported, for comparing two replays: each record, ids and
+/// timestamps included, with its Resource.
+fn exported_logs(logs: &[ReceivedLog]) -> Vec<String> {
+    let mut v: Vec<String> = logs
+        .iter()
+        .map(|l| format!("{:?} {:?}", l.resource, l.record))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Two replays' exports of one signal (as [`exported_metrics`] or [`exported_logs`] sort them)
+/// are the same; else the first difference.
+fn ensure_same(what: &str, first: &[String], again: &[String]) -> Result<()> {
+    if let Some((x, y)) = first.iter().zip(again).find(|(x, y)| x != y) {
+        anyhow::bail!("two replays export different {what}: first\n{x}\nthen\n{y}");
+    }
+    ensure!(
+        first.len() == again.len(),
+        "two replays export different {what}: {} then {}",
+        first.len(),
+        again.len()
+    );
+    Ok(())
+}
+
+/// The lines the services wrote while serving (recorded with `--capture-logs`), as replayed
+/// with every span exported: each SERVER span has exactly one record, `<role> GET <its path>`,
+/// from its process, with its trace and span ids, written within it; no other record.
+fn ensure_lines_of_the_requests(
+    spans: &[ReceivedSpan],
+    logs: &[ReceivedLog],
+    [frontend, backend]: [u32; 2],
+) -> Result<()> {
+    let servers: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.span.kind == SpanKind::Server as i32)
+        .collect();
+    ensure!(
+        logs.len() == servers.len(),
+        "{} log records for {} SERVER spans (one line per request served): {:#?}",
+        logs.len(),
+        servers.len(),
+        logs.iter().map(ReceivedLog::body).collect::<Vec<_>>()
+    );
+    for s in servers {
+        let pid = attr_int(&s.resource, "process.pid").context("a span without process.pid")?;
+        let role = if pid == i64::from(frontend) {
+            "frontend"
+        } else if pid == i64::from(backend) {
+            "backend"
+        } else {
+            anyhow::bail!("a SERVER span of process {pid}");
+        };
+        let path = s
+            .attr_str("url.path")
+            .context("a SERVER span without url.path")?;
+        let found: Vec<&ReceivedLog> = logs
+            .iter()
+            .filter(|l| l.span_id_hex() == s.span_id_hex())
+            .collect();
+        ensure!(
+            found.len() == 1,
+            "{} log records with the span id of {role}'s SERVER span for {path}: {found:#?}",
+            found.len()
+        );
+        let l = found[0];
+        ensure!(
+            l.body() == format!("{role} GET {path}")
+                && l.trace_id_hex() == s.trace_id_hex()
+                && attr_int(&l.resource, "process.pid") == Some(pid)
+                && l.attr_str("log.iostream").as_deref() == Some("stderr"),
+            "{role} {path}: span {}/{}, log record {:?}",
+            s.trace_id_hex(),
+            s.span_id_hex(),
+            l
+        );
+        ensure!(
+            l.record.time_unix_nano >= s.span.start_time_unix_nano
+                && l.record.time_unix_nano <= s.span.end_time_unix_nano,
+            "{role} {path}: the line's time is not within its request's span: {l:?}"
+        );
+        ensure!(
+            !l.resource.iter().any(|kv| kv.key == "process.command_args"),
+            "command lines stay home by default: {:?}",
+            l.resource
+        );
+    }
+    Ok(())
+}
+
 /// A span as exported, for comparing two replays: its resource and every field, ids included.
 fn exported(spans: &[ReceivedSpan]) -> Vec<String> {
     let mut v: Vec<String> = spans
@@ -269,7 +369,10 @@ fn exported(spans: &[ReceivedSpan]) -> Vec<String> {
 /// changes. Every replay exports the RED metrics of all the recorded requests (aggregated before
 /// tail sampling, as the daemon does), collected every `--metric-export-interval` of the
 /// recording's time: the same points, timestamps included, on every run; a metric rule of the
-/// config file applies to them.
+/// config file applies to them. Recorded with `--capture-logs`, every replay exports the line
+/// each service wrote per request (tail sampling keeps spans, not lines: all of them, as the
+/// daemon does) with the trace and span ids of the request whose handler wrote it, the same
+/// records on every run.
 #[test]
 fn replay_applies_tail_sampling_and_rules_from_the_config_file() -> Result<()> {
     if !privileged_or_skip("replay_applies_tail_sampling_and_rules_from_the_config_file") {
@@ -302,7 +405,7 @@ statements = ['set(attributes["replay.rule"], "on") where metric.name == "http.s
 "#,
     )?;
     let file = dir.join("capture.zcap");
-    let (mut recorder, services, front_port) = record_two_tier(&file)?;
+    let (mut recorder, services, front_port) = record_two_tier(&file, true)?;
     let urls: Vec<String> = (0..REQUESTS)
         .map(|i| {
             if i % FAIL_EVERY == 0 {
@@ -325,7 +428,7 @@ statements = ['set(attributes["replay.rule"], "on") where metric.name == "http.s
         "100ms",
     ];
     let (rt, first) = runtime_with_receiver()?;
-    let (spans, metrics) = replay_to(&first, &file, &args)?;
+    let (spans, metrics, logs) = replay_to(&first, &file, &args)?;
     ensure_whole_error_traces(&spans, failures, frontend.pid(), backend.pid())
         .context("the replay with the errors-only tail sampling")?;
     // The RED metrics of every recorded request, not only of the traces tail sampling kept: per
@@ -364,28 +467,35 @@ statements = ['set(attributes["replay.rule"], "on") where metric.name == "http.s
     // The same file and config, again: the same spans, field for field, and the same metric
     // points, timestamps included.
     let second = rt.block_on(Receiver::start())?;
-    let (again, metrics_again) = replay_to(&second, &file, &args)?;
+    let (again, metrics_again, logs_again) = replay_to(&second, &file, &args)?;
     ensure!(
         exported(&spans) == exported(&again),
         "two replays with the same config differ: {} spans, then {}",
         spans.len(),
         again.len()
     );
-    let (a, b) = (exported_metrics(&metrics), exported_metrics(&metrics_again));
-    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
-        anyhow::bail!("two replays export different metrics: first\n{x}\nthen\n{y}");
-    }
+    ensure_same(
+        "metrics",
+        &exported_metrics(&metrics),
+        &exported_metrics(&metrics_again),
+    )?;
+    // A line per request and service, whatever tail sampling kept; the same records again.
     ensure!(
-        a.len() == b.len(),
-        "two replays export different metrics: {} then {}",
-        a.len(),
-        b.len()
+        logs.len() == 2 * REQUESTS,
+        "{} log records, want {} (a line per request from each service)",
+        logs.len(),
+        2 * REQUESTS
     );
+    ensure_same(
+        "log records",
+        &exported_logs(&logs),
+        &exported_logs(&logs_again),
+    )?;
 
     // A transform rule: set on every span, and `url.path` (every SERVER span has one) gone;
     // the metric rule marks every server duration point.
     let third = rt.block_on(Receiver::start())?;
-    let (rewritten, rewritten_metrics) = replay_to(&third, &file, &["--config", &rules])?;
+    let (rewritten, rewritten_metrics, _) = replay_to(&third, &file, &["--config", &rules])?;
     let marked: Vec<_> = rewritten_metrics
         .iter()
         .filter(|m| m.metric.name == server)
@@ -414,6 +524,12 @@ statements = ['set(attributes["replay.rule"], "on") where metric.name == "http.s
             s.span
         );
     }
+
+    // Every span exported: each line carries the ids of the request whose handler wrote it.
+    let fourth = rt.block_on(Receiver::start())?;
+    let (all, _, lines) = replay_to(&fourth, &file, &[])?;
+    ensure!(all.len() == 3 * REQUESTS, "{} spans replayed", all.len());
+    ensure_lines_of_the_requests(&all, &lines, [frontend.pid(), backend.pid()])?;
     drop(services);
     Ok(())
 }

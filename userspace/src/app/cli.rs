@@ -51,8 +51,9 @@ pub enum Command {
     },
     /// Run a record file through the span pipeline, the metrics, the processors (rules, tail
     /// sampling, anomaly detection: the same flags and config file as the daemon) and the
-    /// exporters. Time is the recording's own clock, so the same file and settings give the same
-    /// output (spans and metric points) every time. Needs no privileges.
+    /// exporters; a recording made with --capture-logs gives its log records too. Time is the
+    /// recording's own clock, so the same file and settings give the same output (spans, metric
+    /// points and log records) every time. Needs no privileges.
     Replay {
         /// A file written by `ztrace record`.
         file: PathBuf,

@@ -249,6 +249,12 @@ impl ExportHandle {
         self.logs.submit(req);
     }
 
+    /// Queues a logs request as [`ExportHandle::export_logs`] does, waiting for room in the
+    /// queue instead of dropping it (replay).
+    pub async fn export_logs_waiting(&self, req: ExportLogsServiceRequest) {
+        self.logs.submit_waiting(req).await;
+    }
+
     /// Live counters.
     pub fn stats(&self) -> ExportStats {
         ExportStats {
@@ -460,6 +466,11 @@ impl Exporter {
     /// Non-blocking; see [`ExportHandle::export_logs`].
     pub fn export_logs(&self, req: ExportLogsServiceRequest) {
         self.handle.export_logs(req);
+    }
+
+    /// Waits for queue room; see [`ExportHandle::export_logs_waiting`].
+    pub async fn export_logs_waiting(&self, req: ExportLogsServiceRequest) {
+        self.handle.export_logs_waiting(req).await;
     }
 
     /// Live snapshot of the counters.

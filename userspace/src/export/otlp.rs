@@ -1402,6 +1402,45 @@ mod tests {
         Ok(())
     }
 
+    /// Replay's logs path: a logs request waits for room in a full queue instead of being
+    /// dropped, so a slow collector gets every record; the daemon's path drops and counts them.
+    #[tokio::test]
+    async fn waiting_logs_are_queued_when_there_is_room_never_dropped() -> anyhow::Result<()> {
+        let receiver = Receiver::start().await?;
+        receiver.set_delay(Duration::from_millis(50));
+        let small = || ExportConfig {
+            log_batching: Batching {
+                max_queue: 4,
+                max_batch: 2,
+                delay: Duration::from_millis(10),
+            },
+            ..otlp_config(&receiver.endpoint())
+        };
+        let exporter = Exporter::spawn(small());
+        for _ in 0..20 {
+            exporter.export_logs_waiting(logs_request(2)).await;
+        }
+        exporter.flush_signals(Duration::from_secs(10)).await;
+        let stats = exporter.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(stats.logs.exported, 40, "{stats:?}");
+        assert_eq!(stats.logs.dropped_queue_full, 0, "{stats:?}");
+        // The same requests through the non-waiting path, as fast: most find the queue full.
+        let exporter = Exporter::spawn(small());
+        for _ in 0..20 {
+            exporter.export_logs(logs_request(2));
+        }
+        exporter.flush_signals(Duration::from_secs(10)).await;
+        let stats = exporter.shutdown(Duration::from_secs(2)).await;
+        assert!(stats.logs.dropped_queue_full > 0, "{stats:?}");
+        assert_eq!(
+            stats.logs.exported + stats.logs.dropped_queue_full,
+            40,
+            "{stats:?}"
+        );
+        receiver.stop().await;
+        Ok(())
+    }
+
     #[tokio::test]
     async fn grpc_retry_info_is_honoured() -> anyhow::Result<()> {
         let receiver = Receiver::start().await?;

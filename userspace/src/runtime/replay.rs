@@ -4,12 +4,15 @@
 //! included) every time. Time, for the linker and the processors alike, is the recording's own
 //! clock: the latest record's monotonic timestamp, never the wall clock. The metrics signal is
 //! aggregated from the same records as the daemon aggregates it and collected every export
-//! interval of the recording's time (and once at the end). It owns the replay loop only; it must
-//! not touch the kernel or the record file format (that is `record`).
+//! interval of the recording's time (and once at the end). The logs signal too: a recording made
+//! with `--capture-logs` holds the traced processes' stdout/stderr writes, and from the first of
+//! them the pipeline turns them into log records as the daemon does with the flag. It owns the
+//! replay loop only; it must not touch the kernel or the record file format (that is `record`).
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
+use ztrace_abi::kind;
 
 use crate::{
     capture::KernelCounters,
@@ -22,6 +25,7 @@ use crate::{
     runtime::pipeline::{Pipeline, ProcChange},
     runtime::record::{self, Frame},
     runtime::telemetry::Telemetry,
+    signals::logs::{LogConfig, Logs},
     signals::metrics::{Metrics, MetricsConfig},
 };
 
@@ -93,6 +97,12 @@ impl Stages {
 
     /// One record; at a turn (true) what may be exported now goes to `out`.
     fn record(&mut self, raw: &[u8], out: &mut Vec<Span>) -> bool {
+        // The recorder captured stdout/stderr writes only with `--capture-logs`: the first such
+        // record turns the logs signal on, as the flag does live. (Before it, log capture has
+        // nothing to do, so the lines are the same as had it been on from the start.)
+        if self.pipeline.logs.is_none() && crate::decode::kind_of(raw) == Some(kind::STDIO) {
+            self.pipeline.logs = Some(Logs::new(LogConfig::default()));
+        }
         self.pipeline.on_record(raw, &mut self.changes);
         self.changes.clear();
         self.records += 1;
@@ -678,5 +688,193 @@ statements = ['set(attributes["replay.rule"], "on") where metric.name == "http.s
             previous_end = points.first().map(|p| p.time_unix_nano).or(previous_end);
         }
         assert_eq!(total, EXCHANGES, "each exchange in exactly one delta");
+    }
+}
+
+/// The logs signal in a replay: a recording made with `--capture-logs` holds the traced
+/// processes' stdout/stderr writes, and the replay turns them into log records as the daemon
+/// does — each line written while serving a request stamped with that request's trace and span,
+/// timed by the recording, the log rules applied — the same records on every run. A recording
+/// without such writes gives none.
+#[cfg(test)]
+mod logs_on_the_recording_clock {
+    use super::*;
+    use crate::decode::encode_data;
+    use crate::runtime::pipeline::testdata::conversation;
+    use crate::testkit::stdio_write;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use opentelemetry_proto::tonic::logs::v1::LogRecord;
+
+    const MS: u64 = 1_000_000;
+    const MONO_TO_UNIX: i64 = 1_700_000_000_000_000_000;
+    const EXCHANGES: u64 = 1500;
+
+    /// A write of `text` to `fd` by thread `tid` of the server (process 7) at `ts`.
+    fn write(tid: u32, fd: i32, ts: u64, text: &[u8]) -> Vec<u8> {
+        encode_data(&stdio_write(7, tid, fd, ts, text.len() as u64), text)
+    }
+
+    /// When exchange `i`'s request is read.
+    fn request_at(i: u64) -> u64 {
+        1_000 * MS + 2 * MS * i
+    }
+
+    /// `EXCHANGES` HTTP exchanges of the server's thread 7, 2 ms apart, each answered 1 ms after
+    /// its request; with `logs`, a line on stdout before any request, and half a millisecond
+    /// into each exchange the serving thread writes `handling /item/<i>` (every 100th on stderr,
+    /// in two writes).
+    fn records(logs: bool) -> Vec<Vec<u8>> {
+        let exchanges = conversation((0..EXCHANGES).map(|i| {
+            let req = format!("GET /item/{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let t = request_at(i);
+            (
+                t,
+                req.into_bytes(),
+                t + MS,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            )
+        }));
+        let mut out = Vec::new();
+        if logs {
+            out.push(write(7, 1, 500 * MS, b"listening\n"));
+        }
+        for (i, pair) in (0..).zip(exchanges.chunks(2)) {
+            out.push(pair[0].clone());
+            let at = request_at(i) + MS / 2;
+            let line = format!("handling /item/{i}\n");
+            if logs && i.is_multiple_of(100) {
+                let (a, b) = line.as_bytes().split_at(5);
+                out.push(write(7, 2, at, a));
+                out.push(write(7, 2, at + 1_000, b));
+            } else if logs {
+                out.push(write(7, 1, at, line.as_bytes()));
+            }
+            out.push(pair[1].clone());
+        }
+        out
+    }
+
+    /// What a replay of `records` with the config `text` exports: its spans, and every logs
+    /// request as the replay loop makes them, with how many came before the end of the file.
+    fn replay(
+        text: &str,
+        records: &[Vec<u8>],
+    ) -> (Vec<Span>, Vec<ExportLogsServiceRequest>, usize) {
+        let mut cfg = super::processors_on_the_recording_clock::config(text);
+        let rules = std::mem::take(&mut cfg.rules);
+        let mut stages = Stages::new(MONO_TO_UNIX, &cfg, rules);
+        let mut telemetry =
+            Telemetry::on_recording(cfg.metrics.interval, MONO_TO_UNIX as i128, "host");
+        let info = crate::model::ProcessInfo {
+            pid: 7,
+            service_name: "svc".into(),
+            ..Default::default()
+        };
+        stages.process(&info);
+        telemetry.process(Arc::new(info));
+        let (mut spans, mut logs) = (Vec::new(), Vec::new());
+        for r in records {
+            if stages.record(r, &mut spans) {
+                logs.extend(telemetry.logs(&mut stages.pipeline, &mut stages.processors));
+            }
+        }
+        let before_end = logs.len();
+        stages.finish(&mut spans);
+        logs.extend(telemetry.logs(&mut stages.pipeline, &mut stages.processors));
+        (spans, logs, before_end)
+    }
+
+    fn log_records(reqs: &[ExportLogsServiceRequest]) -> Vec<&LogRecord> {
+        reqs.iter()
+            .flat_map(|r| &r.resource_logs)
+            .flat_map(|r| &r.scope_logs)
+            .flat_map(|s| &s.log_records)
+            .collect()
+    }
+
+    fn body(r: &LogRecord) -> &str {
+        match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(Any::StringValue(s)) => s,
+            _ => "",
+        }
+    }
+
+    fn attr<'a>(r: &'a LogRecord, key: &str) -> Option<&'a Any> {
+        r.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    #[test]
+    fn lines_carry_the_ids_of_the_request_served_and_the_recording_time() {
+        let records = records(true);
+        let (spans, reqs, before_end) = replay("", &records);
+        assert_eq!(spans.len() as u64, EXCHANGES);
+        let logs = log_records(&reqs);
+        assert_eq!(logs.len() as u64, EXCHANGES + 1, "every line, once");
+        // Shipped as the recording's clock passes the spans' release, not all at the end.
+        assert!(before_end > 0 && before_end < reqs.len(), "{before_end}");
+        let listening = logs.iter().find(|r| body(r) == "listening").unwrap();
+        assert!(listening.trace_id.is_empty() && listening.span_id.is_empty());
+        assert_eq!(listening.time_unix_nano, MONO_TO_UNIX as u64 + 500 * MS);
+        for s in &spans {
+            let target = &s.http().unwrap().target;
+            let i: u64 = target.rsplit('/').next().unwrap().parse().unwrap();
+            let want = format!("handling {target}");
+            let found: Vec<_> = logs.iter().filter(|r| body(r) == want).collect();
+            assert_eq!(found.len(), 1, "{want}");
+            let r = found[0];
+            assert_eq!(r.trace_id, s.trace_id.0.to_vec(), "{want}");
+            assert_eq!(r.span_id, s.span_id.0.to_vec(), "{want}");
+            assert_eq!(r.flags, 1);
+            assert_eq!(
+                r.time_unix_nano,
+                MONO_TO_UNIX as u64 + request_at(i) + MS / 2
+            );
+            assert_eq!(r.observed_time_unix_nano, r.time_unix_nano);
+            let stream = if i.is_multiple_of(100) {
+                "stderr"
+            } else {
+                "stdout"
+            };
+            assert_eq!(
+                attr(r, "log.iostream"),
+                Some(&Any::StringValue(stream.into()))
+            );
+        }
+        assert_eq!(
+            reqs,
+            replay("", &records).1,
+            "the same log records on every run"
+        );
+    }
+
+    #[test]
+    fn log_rules_apply_and_a_recording_without_lines_gives_none() {
+        let text = r#"
+[[transform.log_statements]]
+context = "log"
+statements = ['set(attributes["replay.rule"], "on")']
+"#;
+        let (_, reqs, _) = replay(text, &records(true));
+        let logs = log_records(&reqs);
+        assert_eq!(logs.len() as u64, EXCHANGES + 1);
+        for r in logs {
+            assert_eq!(attr(r, "replay.rule"), Some(&Any::StringValue("on".into())));
+        }
+        // Recorded without --capture-logs: no logs signal at all (its summary line included).
+        let mut cfg = super::processors_on_the_recording_clock::config("");
+        let rules = std::mem::take(&mut cfg.rules);
+        let mut stages = Stages::new(MONO_TO_UNIX, &cfg, rules);
+        let mut spans = Vec::new();
+        for r in &records(false) {
+            stages.record(r, &mut spans);
+        }
+        stages.finish(&mut spans);
+        assert_eq!(spans.len() as u64, EXCHANGES);
+        assert!(stages.pipeline.logs.is_none());
     }
 }

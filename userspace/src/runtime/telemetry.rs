@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::time::Instant;
 
@@ -145,14 +146,17 @@ impl Telemetry {
         exporter: &Exporter,
         force: bool,
     ) {
-        self.ship_logs(pipeline, processors, exporter);
+        for req in self.logs(pipeline, processors) {
+            exporter.export_logs(req);
+        }
         if let Some(req) = self.collect(pipeline, processors, exporter, force) {
             exporter.export_metrics(req);
         }
     }
 
-    /// A replay's turn: as [`Telemetry::poll`], but metrics wait for room in the export queue
-    /// rather than being dropped, so every collection reaches the collector however fast it is.
+    /// A replay's turn: as [`Telemetry::poll`], but log records and metrics wait for room in the
+    /// export queue rather than being dropped, so every line, anomaly record and collection
+    /// reaches the collector however fast it is.
     pub async fn poll_waiting(
         &mut self,
         pipeline: &mut Pipeline,
@@ -160,23 +164,28 @@ impl Telemetry {
         exporter: &Exporter,
         force: bool,
     ) {
-        self.ship_logs(pipeline, processors, exporter);
+        for req in self.logs(pipeline, processors) {
+            exporter.export_logs_waiting(req).await;
+        }
         if let Some(req) = self.collect(pipeline, processors, exporter, force) {
             exporter.export_metrics_waiting(req).await;
         }
     }
 
-    fn ship_logs(
+    /// The logs requests ready now, the log rules applied: the captured lines the pipeline has
+    /// ready (at most [`LOG_BATCH`] a request), then the processors' anomaly records (shown on
+    /// the terminal too).
+    pub(crate) fn logs(
         &mut self,
         pipeline: &mut Pipeline,
         processors: &mut Processors,
-        exporter: &Exporter,
-    ) {
+    ) -> Vec<ExportLogsServiceRequest> {
+        let mut out = Vec::new();
         pipeline.take_logs(&mut self.lines);
         for chunk in self.lines.chunks(LOG_BATCH) {
             let mut req = to_request(chunk, self.mono_to_unix, &self.table);
             processors.rules_logs(&mut req);
-            exporter.export_logs(req);
+            out.push(req);
         }
         self.lines.clear();
         processors.take_events(&mut self.anomalies);
@@ -196,9 +205,10 @@ impl Telemetry {
                 &self.table,
             );
             processors.rules_logs(&mut req);
-            exporter.export_logs(req);
+            out.push(req);
             self.anomalies.clear();
         }
+        out
     }
 
     /// The time of a collection due now by this telemetry's clock (or `force`d), in Unix ns.
