@@ -5,6 +5,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
+    mem::MaybeUninit,
 };
 
 use rustc_hash::FxHashMap as HashMap;
@@ -108,10 +109,10 @@ pub(super) struct Recs {
     /// Held spans older than `base`.
     old: HashMap<Handle, Box<Rec>>,
     len: usize,
-    /// Released records, emptied of what they owned (see `Recs::recycle`).
+    /// Released records' boxes, what they owned dropped (see `Recs::recycle`).
     // The boxes themselves are what is kept: each becomes the next record's.
     #[allow(clippy::vec_box)]
-    spare: Vec<Box<Rec>>,
+    spare: Vec<Box<MaybeUninit<Rec>>>,
 }
 
 /// Released records' boxes kept for reuse: more than are released between two polls at 100k
@@ -145,10 +146,8 @@ impl Recs {
 
     pub(super) fn insert(&mut self, h: Handle, rec: Rec) {
         let rec = match self.spare.pop() {
-            Some(mut spare) => {
-                *spare = rec;
-                spare
-            }
+            // Written over, never read: no old record to drop here (see `recycle`).
+            Some(spare) => Box::write(spare, rec),
             None => Box::new(rec),
         };
         if self.window.is_empty() && h >= self.base {
@@ -185,10 +184,20 @@ impl Recs {
 
     /// Keeps a removed record's box for a later `insert`. The caller has taken what it needs
     /// (the exchange, moved out with [`Rec::take_exchange`]); what the record still owns is
-    /// dropped when the box is reused.
+    /// dropped now, while the caller has just read it. Dropped when the box was reused instead
+    /// (a poll later, thousands of records on), reading the record's fields to find what it
+    /// owned missed the cache: ~3 % of the daemon's CPU at nginx's request rate.
     pub(super) fn recycle(&mut self, rec: Box<Rec>) {
         if self.spare.len() < SPARE_RECS {
-            self.spare.push(rec);
+            let raw = Box::into_raw(rec);
+            // SAFETY: `raw` is an owned, initialised `Rec` from `Box::into_raw`; it is dropped in
+            // place once, and its allocation goes back into a box of `MaybeUninit<Rec>` (same
+            // layout), which `insert` only ever writes a whole new record into.
+            let spare = unsafe {
+                std::ptr::drop_in_place(raw);
+                Box::from_raw(raw.cast::<MaybeUninit<Rec>>())
+            };
+            self.spare.push(spare);
         }
     }
 
@@ -455,7 +464,7 @@ mod tests {
         l.poll(10 * LINK_GRACE_NS, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(l.recs.spare.len(), 1);
-        let spare: *const Rec = &*l.recs.spare[0];
+        let spare: *const Rec = l.recs.spare[0].as_ptr();
         let t = 11 * LINK_GRACE_NS;
         let b = serve(&mut l, 1, 1, t);
         assert!(l.recs.spare.is_empty());
