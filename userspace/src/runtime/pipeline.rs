@@ -139,9 +139,17 @@ impl Pipeline {
                 _ => log::trace!("{event:?}"),
             }
         }
+        // Every record moves the clock, log lines and process events included: in a replay it
+        // is the only clock, and a stretch of them alone must still let time pass.
+        let ts_ns = match &event {
+            Event::Data(ev, _) | Event::Stdio(ev, _) => ev.header.ts_ns,
+            Event::Conn(ev) => ev.header.ts_ns,
+            Event::Proc(ev) => ev.header.ts_ns,
+            Event::Net(ev) => ev.header.ts_ns,
+        };
+        self.last_ns = self.last_ns.max(ts_ns);
         match event {
             Event::Data(ev, payload) => {
-                self.last_ns = self.last_ns.max(ev.header.ts_ns);
                 changes.extend(ProcChange::from_data(&ev, payload));
                 self.assembler.on_data(&ev, payload, &mut self.linker);
                 if let Some(m) = &mut self.metrics {
@@ -149,7 +157,6 @@ impl Pipeline {
                 }
             }
             Event::Conn(ev) => {
-                self.last_ns = self.last_ns.max(ev.header.ts_ns);
                 if let Some(m) = &mut self.metrics {
                     m.on_conn(&ev);
                 }
@@ -638,5 +645,8 @@ mod tests {
             assert_eq!(find(uncorrelated).span, None, "{uncorrelated}");
         }
         assert_eq!(lines.len(), 4);
+        // Every record moved the clock, the log line last written included.
+        p.on_record(&stdio(21, 5_000, 1, b"later\n"), &mut changes);
+        assert_eq!(p.clock_ns(), 5_000);
     }
 }
