@@ -45,7 +45,7 @@ pub struct TailStats {
     /// Traces decided early because the buffer was full.
     pub overflow: u64,
     /// Traces each policy sampled, by policy name, in list order (the current list's, then those
-    /// of a retiring list's that it does not have).
+    /// of a retiring list's that it does not have; switched off, the last ones' frozen).
     pub by_policy: Vec<(String, u64)>,
     /// Time from a trace's first span to its decision: sum, count and max (ns).
     pub wait_sum_ns: u64,
@@ -163,7 +163,8 @@ impl TailSampler {
     }
 
     /// Points each list's policies at their counters in `by_policy`, by name: the counts of a
-    /// name carry over a change; names no list has any more are let go.
+    /// name carry over a change; names no list has any more are let go, unless tail sampling is
+    /// off (nothing replaces them).
     fn relabel(&mut self) {
         let old = std::mem::take(&mut self.core.stats.by_policy);
         let mut by: Vec<(String, u64)> = Vec::new();
@@ -183,6 +184,14 @@ impl TailSampler {
                     }
                 })
                 .collect();
+        }
+        if self.current.is_none() {
+            // Switched off: the last counts stay, frozen.
+            for (name, n) in old {
+                if !by.iter().any(|(b, _)| *b == name) {
+                    by.push((name, n));
+                }
+            }
         }
         self.core.stats.by_policy = by;
     }
@@ -601,6 +610,7 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!((st.votes.parked_spans, st.votes.wait_expired), (0, 0));
+        assert_eq!(st.by_policy, vec![("errors".into(), 0)], "frozen when off");
         assert!(a.idle());
     }
 
