@@ -19,7 +19,9 @@
 //!    (description, effective configuration with the applied ratio); on exit it says goodbye.
 //!
 //! With `targets` allowed, the server may add a process (and switch tail sampling), and a
-//! remote configuration that no longer names a process untraces it.
+//! remote configuration that no longer names a process untraces it. A change of tail sampling
+//! (and switching it off) while traces are held lets them finish under the policies they came in
+//! under, with the spans that arrive after the change.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -475,6 +477,150 @@ status_code = {{ status_codes = ["ERROR"] }}
                     .collect::<Vec<_>>()
             );
         }
+        Ok(())
+    })();
+    finish(ztrace, result)
+}
+
+/// Tail sampling changed remotely while a trace is held. Each trace here is two requests to the
+/// backend that carry the same `traceparent` (as from an instrumented caller): a healthy one, then
+/// a failing one after the change. The trace stays with the policies it came in under (errors,
+/// with a 6 s `decision_wait`), gets the failing span after the change and is kept whole at its
+/// due time; healthy traces are dropped. Then the same with tail sampling switched off remotely,
+/// after which everything is exported. The exit summary's totals span both changes. (Before, a change decided the held healthy span at once:
+/// dropped, and the failing one was exported alone.)
+#[test]
+fn a_tail_sampling_change_lets_held_traces_finish_under_their_policies() -> Result<()> {
+    if !privileged_or_skip("a_tail_sampling_change_lets_held_traces_finish_under_their_policies") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = TempDir::new("opamp-e2e-tail")?;
+    let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, None, None))?;
+    let (backend, port) = spawn_service(&["backend"])?;
+    let mut ztrace = spawn_managed(
+        &dir,
+        &format!(
+            "[target]\npids = [{}]\n\n[otlp]\nendpoint = \"{}\"\n",
+            backend.pid(),
+            receiver.endpoint()
+        ),
+        &server,
+        &[],
+    )?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let tail = |policies: &str| {
+        format!(
+            "[tail_sampling]\ndecision_wait = \"6s\"\n\n[[tail_sampling.policies]]\nname = \"errors\"\ntype = \"status_code\"\nstatus_code = {{ status_codes = [\"ERROR\"] }}\n{policies}"
+        )
+    };
+    let apply = |config: &str| -> Result<()> {
+        let hash = server.offer(config);
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        Ok(())
+    };
+    let trace_id = |phase: u8, i: u8| format!("{phase:02x}{i:02x}{}", "7a".repeat(14));
+    let with_parent = |phase: u8, i: u8, path: &str| -> Result<()> {
+        curl(&[
+            "-H".into(),
+            format!(
+                "traceparent: 00-{}-{:016x}-01",
+                trace_id(phase, i),
+                1 + u64::from(i)
+            ),
+            format!("http://127.0.0.1:{port}{path}"),
+        ])?;
+        Ok(())
+    };
+    // Healthy spans of three traces, the change, then each trace's failing span: the change
+    // must be applied well within the traces' decision wait.
+    let phase = |n: u8, config: &str| -> Result<()> {
+        let started = Instant::now();
+        for i in 0..3 {
+            with_parent(n, i, &format!("/item/{n}-held-{i}"))?;
+        }
+        requests(port, &format!("{n}-ok"), 5)?;
+        apply(config)?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "phase {n}: the change was applied {:?} after the first spans, too late for this test",
+            started.elapsed()
+        );
+        for i in 0..3 {
+            with_parent(n, i, "/fail")?;
+        }
+        Ok(())
+    };
+    let result = (|| -> Result<()> {
+        apply(&tail(""))?;
+        // 1. Another list (errors, and traces slower than a minute).
+        phase(
+            1,
+            &tail(
+                "\n[[tail_sampling.policies]]\nname = \"slow\"\ntype = \"latency\"\nlatency = { threshold_ms = 60000 }\n",
+            ),
+        )?;
+        // Phase 1's traces are decided at their due time, before the next change.
+        std::thread::sleep(Duration::from_secs(7));
+        // 2. Tail sampling off (the local file has none).
+        phase(2, "# tail sampling off\n")?;
+        requests(port, "3-ok", 5)?;
+        // The held traces' due time passes before ztrace stops.
+        std::thread::sleep(Duration::from_secs(7));
+        stop_ztrace(&mut ztrace)?;
+        let _ = rt.block_on(receiver.wait_for_spans(12 + 5, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(300));
+        let spans = receiver.spans();
+        let of_trace = |phase: u8, i: u8| {
+            spans
+                .iter()
+                .filter(|s| s.trace_id_hex() == trace_id(phase, i))
+                .map(|s| s.attr_str("url.path").unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        for (phase, i) in [1u8, 2]
+            .into_iter()
+            .flat_map(|p| (0..3).map(move |i| (p, i)))
+        {
+            let mut got = of_trace(phase, i);
+            got.sort();
+            ensure!(
+                got == [format!("/item/{phase}-held-{i}"), "/fail".to_string()]
+                    || got == ["/fail".to_string(), format!("/item/{phase}-held-{i}")],
+                "phase {phase}: trace {i} should be exported whole (its held healthy span and its failing one): {got:?}"
+            );
+        }
+        let healthy = |phase: u8| {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.attr_str("url.path")
+                        .is_some_and(|p| p.starts_with(&format!("/item/{phase}-ok-")))
+                })
+                .count()
+        };
+        ensure!(
+            healthy(1) == 0 && healthy(2) == 0,
+            "healthy traces under tail sampling should be dropped: {} and {} exported",
+            healthy(1),
+            healthy(2)
+        );
+        ensure!(
+            healthy(3) == 5,
+            "switched off, every trace should be exported: {} of 5",
+            healthy(3)
+        );
+        let stderr = ztrace.stderr_text();
+        ensure!(
+            stderr.contains("6 traces kept, 10 dropped")
+                && stderr.contains("by policy: errors 6, slow 0;")
+                && stderr.contains("2 remote changes (0 traces decided early by a change)"),
+            "the exit summary should count the 6 failing traces kept and the 10 healthy ones dropped, across both changes"
+        );
         Ok(())
     })();
     finish(ztrace, result)

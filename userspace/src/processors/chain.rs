@@ -89,21 +89,24 @@ impl Processors {
         self.rules.logs(req);
     }
 
-    /// Replaces tail sampling at run time (a remote configuration; None: off). The traces the
-    /// old sampler holds are decided by its own policies first, into `out`, so no span is lost
-    /// or decided twice; the new one starts empty and knows every process's service.
+    /// Changes tail sampling at run time (a remote configuration; None: off). The traces held
+    /// now are decided by the old policies at their due time, and their votes with the agents on
+    /// other hosts go on (see [`TailSampler::reconfigure`]); new traces get the new policies, or
+    /// pass straight through when it is off. Spans a change decides at once go to `out`.
     pub fn set_tail(&mut self, tail: Option<&TailSampling>, now_ns: u64, out: &mut Vec<Span>) {
-        if let Some(t) = &mut self.tail {
-            t.drain(now_ns, &View(self.anomaly.as_ref()), out);
+        match &mut self.tail {
+            Some(t) => t.reconfigure(tail, now_ns, &View(self.anomaly.as_ref()), out),
+            None => {
+                self.tail = tail.map(TailSampler::new);
+                if let Some(t) = &mut self.tail {
+                    for (pid, name) in &self.services {
+                        t.service(*pid, name);
+                    }
+                }
+            }
         }
-        self.tail = tail.map(TailSampler::new);
         if let (Some(d), Some(t)) = (&mut self.anomaly, tail) {
             d.linger(t.decision_wait);
-        }
-        if let Some(t) = &mut self.tail {
-            for (pid, name) in &self.services {
-                t.service(*pid, name);
-            }
         }
     }
 
@@ -130,17 +133,18 @@ impl Processors {
             resources.get(&pid).map_or(&[][..], |r| &r[..])
         });
         match &mut self.tail {
-            // The usual case, `out` emptied by the exporter: the spans change hands without a
-            // copy (376 bytes each), and `released` takes `out`'s room for the next poll.
-            None if out.is_empty() => std::mem::swap(out, released),
-            None => out.append(released),
-            Some(t) => {
+            Some(t) if !t.idle() => {
                 let view = View(self.anomaly.as_ref());
                 for s in released.drain(..) {
                     t.offer(s, now_ns, &view, out);
                 }
                 t.poll(now_ns, &view, out);
             }
+            // The usual case without tail sampling (or once a remote change switched it off and
+            // what it held is decided), `out` emptied by the exporter: the spans change hands
+            // without a copy (376 bytes each), and `released` takes `out`'s room for the next poll.
+            _ if out.is_empty() => std::mem::swap(out, released),
+            _ => out.append(released),
         }
     }
 
@@ -179,6 +183,7 @@ impl Processors {
         out.append(&mut self.events);
     }
 
+    /// Tail sampling's totals, once configured (switched off remotely, its totals stay).
     pub fn tail_stats(&self) -> Option<TailStats> {
         self.tail.as_ref().map(TailSampler::stats)
     }
@@ -272,11 +277,11 @@ mod tests {
         s
     }
 
-    /// A remote configuration swaps tail sampling while traces are held: the held ones are
-    /// decided by the old policy (none lost, none twice), later ones by the new, and switching
-    /// it off lets spans straight through.
+    /// A remote configuration changes tail sampling while traces are held: the held ones are
+    /// decided by the old policy at their due time (none lost, none twice, none cut short), later
+    /// ones by the new; switched off, spans pass straight through and the totals stay.
     #[test]
-    fn tail_sampling_is_swapped_without_losing_held_traces() {
+    fn tail_sampling_is_changed_without_cutting_held_traces_short() {
         let mut p = Processors::new(Some(&tail(PolicyRule::AlwaysSample)), None);
         p.process(1234, "shop");
         let mut out = Vec::new();
@@ -286,15 +291,22 @@ mod tests {
             sampling_percentage: 0.0,
         });
         p.set_tail(Some(&drop_all), SEC / 100, &mut out);
-        assert_eq!(out.len(), 2, "the held traces, kept by the old policy");
+        assert!(out.is_empty(), "not decided before their due time");
+        p.run(&mut vec![trace(3)], SEC / 20, &mut out);
+        p.run(&mut Vec::new(), SEC / 10, &mut out);
+        assert_eq!(
+            out.len(),
+            2,
+            "the held traces, kept by the old policy when due"
+        );
         out.clear();
-        p.run(&mut vec![trace(3)], SEC, &mut out);
         p.drain(&mut Vec::new(), 2 * SEC, &mut out);
         assert!(out.is_empty(), "the new policy drops everything");
         p.set_tail(None, 3 * SEC, &mut out);
         p.run(&mut vec![trace(4)], 3 * SEC, &mut out);
         assert_eq!(out.len(), 1, "no tail sampling: straight through");
-        assert!(p.tail_stats().is_none());
+        let st = p.tail_stats().unwrap();
+        assert_eq!((st.traces_kept, st.traces_dropped, st.changes), (2, 1, 2));
     }
 
     /// The anomaly policy keeps the traces of a latency fault, and only those, once the baseline

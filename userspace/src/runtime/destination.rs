@@ -82,9 +82,10 @@ impl Destination {
         Ok(())
     }
 
-    /// A remote configuration's sampling and rules. Traces the old tail sampler holds are decided
-    /// by it and submitted under the old head sampler before the new ones take over; the rules
-    /// (compiled by the caller) apply from the next batch.
+    /// A remote configuration's sampling and rules. Traces the tail sampler holds stay with the
+    /// old policies until their due time (only those of a list still retiring from an earlier
+    /// change are decided now, and submitted under the old head sampler); the rules (compiled by
+    /// the caller) apply from the next batch.
     pub(super) fn reconfigure(
         &mut self,
         plan: &crate::control::Plan,

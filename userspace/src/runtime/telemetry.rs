@@ -353,7 +353,7 @@ impl Telemetry {
         if let Some(t) = processors.tail_stats() {
             let decided = (t.traces_kept + t.traces_dropped).max(1);
             log::info!(
-                "summary (tail sampling): {} traces kept, {} dropped ({} spans kept, {} dropped; {} late spans); by policy: {}; {} decided early (buffer full); decision wait mean {:.0} ms, max {:.0} ms",
+                "summary (tail sampling): {} traces kept, {} dropped ({} spans kept, {} dropped; {} late spans); by policy: {}; {} decided early (buffer full); decision wait mean {:.0} ms, max {:.0} ms; {} remote changes ({} traces decided early by a change)",
                 t.traces_kept,
                 t.traces_dropped,
                 t.spans_kept,
@@ -367,6 +367,8 @@ impl Telemetry {
                 t.overflow,
                 t.wait_sum_ns as f64 / decided as f64 / 1e6,
                 t.wait_max_ns as f64 / 1e6,
+                t.changes,
+                t.retired_early,
             );
         }
         if let Some(v) = processors.tail_stats().map(|t| t.votes)

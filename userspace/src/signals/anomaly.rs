@@ -238,6 +238,20 @@ pub fn tail_metrics(t: &TailStats, start_ns: u64, now_ns: u64) -> Vec<Metric> {
             at,
         ),
         sum(
+            "ztrace.tail.changes",
+            "{change}",
+            "Remote changes of the tail sampling policies (switching it off included).",
+            vec![(vec![], int(t.changes))],
+            at,
+        ),
+        sum(
+            "ztrace.tail.retired_early",
+            "{trace}",
+            "Traces decided before their due time because a tail sampling change came while the policies before the last change still held them.",
+            vec![(vec![], int(t.retired_early))],
+            at,
+        ),
+        sum(
             "ztrace.tail.late_spans",
             "{span}",
             "Spans that arrived after their trace was decided (they got its decision).",

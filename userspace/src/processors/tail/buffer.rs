@@ -4,8 +4,9 @@
 //!
 //! Memory is bounded: at most `num_traces` traces and `max_spans` spans are held; beyond either,
 //! the trace due first is handed out for an early decision (counted as overflow), never dropped
-//! undecided. Decisions are remembered (a bounded FIFO of trace ids) so that a span arriving after
-//! its trace was decided gets the same decision. This module decides nothing itself.
+//! undecided. Decisions are remembered apart ([`Decided`], a bounded FIFO of trace ids) so that a
+//! span arriving after its trace was decided gets the same decision, whichever buffer held it (a
+//! remote change of the policies leaves two for a while). This module decides nothing itself.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -43,8 +44,6 @@ pub struct Limits {
     pub max_hold_ns: u64,
     pub num_traces: usize,
     pub max_spans: usize,
-    /// Decisions remembered for late spans.
-    pub remembered: usize,
 }
 
 pub struct Buffer {
@@ -52,20 +51,55 @@ pub struct Buffer {
     traces: HashMap<TraceId, Held>,
     due: BTreeSet<(u64, TraceId)>,
     spans: usize,
-    decided: HashMap<TraceId, Verdict>,
-    decided_order: VecDeque<TraceId>,
+}
+
+/// The verdicts of decided traces, for their late spans: at most `cap`, the oldest forgotten
+/// first.
+pub struct Decided {
+    cap: usize,
+    verdicts: HashMap<TraceId, Verdict>,
+    order: VecDeque<TraceId>,
+}
+
+impl Decided {
+    pub fn new(cap: usize) -> Decided {
+        Decided {
+            cap,
+            verdicts: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn get(&self, id: &TraceId) -> Option<Verdict> {
+        self.verdicts.get(id).copied()
+    }
+
+    /// Remembers a decision for the trace's late spans (the oldest decision is forgotten first).
+    pub fn remember(&mut self, id: TraceId, v: Verdict) {
+        if self.verdicts.insert(id, v).is_none() {
+            self.order.push_back(id);
+        }
+        self.trim();
+    }
+
+    /// A new bound (a changed configuration); the oldest beyond it are forgotten.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.verdicts.remove(&old);
+            }
+        }
+    }
 }
 
 /// A local root: nothing above it in this agent's view.
 fn is_local_root(s: &Span) -> bool {
     s.parent_span_id.is_none() || s.parent_is_remote
-}
-
-pub enum Offered {
-    /// Held until its trace is decided.
-    Held,
-    /// Its trace was decided already: the same verdict applies.
-    Late(Box<Span>, Verdict),
 }
 
 impl Buffer {
@@ -75,16 +109,17 @@ impl Buffer {
             traces: HashMap::new(),
             due: BTreeSet::new(),
             spans: 0,
-            decided: HashMap::new(),
-            decided_order: VecDeque::new(),
         }
     }
 
-    /// Holds `span` (arrived at `now_ns`); traces pushed out by the limits go to `out`.
-    pub fn offer(&mut self, span: Span, now_ns: u64, out: &mut Vec<Ready>) -> Offered {
-        if let Some(v) = self.decided.get(&span.trace_id) {
-            return Offered::Late(Box::new(span), *v);
-        }
+    /// Whether spans of the trace are held here.
+    pub fn holds(&self, id: &TraceId) -> bool {
+        self.traces.contains_key(id)
+    }
+
+    /// Holds `span` (arrived at `now_ns`) until its trace is decided; traces pushed out by the
+    /// limits go to `out`.
+    pub fn offer(&mut self, span: Span, now_ns: u64, out: &mut Vec<Ready>) {
         let id = span.trace_id;
         let root = is_local_root(&span);
         let l = self.limits;
@@ -116,7 +151,6 @@ impl Buffer {
                 None => break,
             }
         }
-        Offered::Held
     }
 
     /// Traces due at `now_ns`.
@@ -126,7 +160,7 @@ impl Buffer {
         }
     }
 
-    /// Every trace still held (shutdown).
+    /// Every trace still held (shutdown, or an early end of a retiring policy list).
     pub fn drain(&mut self, out: &mut Vec<Ready>) {
         while let Some(r) = self.pop_first(false) {
             out.push(r);
@@ -143,18 +177,6 @@ impl Buffer {
             first_ns: held.first_ns,
             overflow,
         })
-    }
-
-    /// Remembers a decision for the trace's late spans (the oldest decision is forgotten first).
-    pub fn remember(&mut self, id: TraceId, v: Verdict) {
-        if self.decided.insert(id, v).is_none() {
-            self.decided_order.push_back(id);
-        }
-        while self.decided_order.len() > self.limits.remembered {
-            if let Some(old) = self.decided_order.pop_front() {
-                self.decided.remove(&old);
-            }
-        }
     }
 
     /// (traces, spans) held now.
@@ -177,7 +199,6 @@ mod tests {
             max_hold_ns: 1000 * MS,
             num_traces: 3,
             max_spans: 5,
-            remembered: 2,
         }
     }
 
@@ -244,24 +265,17 @@ mod tests {
     }
 
     #[test]
-    fn late_spans_get_the_remembered_verdict() {
-        let mut b = Buffer::new(limits());
-        let mut out = Vec::new();
-        b.remember(TraceId([1; 16]), Verdict::Keep(Some(0)));
-        b.remember(TraceId([2; 16]), Verdict::Drop);
-        assert!(matches!(
-            b.offer(span(1, 9, false), 0, &mut out),
-            Offered::Late(_, Verdict::Keep(Some(0)))
-        ));
-        assert!(matches!(
-            b.offer(span(2, 9, false), 0, &mut out),
-            Offered::Late(_, Verdict::Drop)
-        ));
-        // Bounded: a third decision forgets the first.
-        b.remember(TraceId([3; 16]), Verdict::Drop);
-        assert!(matches!(
-            b.offer(span(1, 9, false), 0, &mut out),
-            Offered::Held
-        ));
+    fn decisions_are_remembered_within_a_bound() {
+        let mut d = Decided::new(2);
+        d.remember(TraceId([1; 16]), Verdict::Keep(Some(0)));
+        d.remember(TraceId([2; 16]), Verdict::Drop);
+        assert_eq!(d.get(&TraceId([1; 16])), Some(Verdict::Keep(Some(0))));
+        assert_eq!(d.get(&TraceId([2; 16])), Some(Verdict::Drop));
+        // Bounded: a third decision forgets the first; a smaller bound the next.
+        d.remember(TraceId([3; 16]), Verdict::Drop);
+        assert_eq!(d.get(&TraceId([1; 16])), None);
+        d.set_cap(1);
+        assert_eq!(d.get(&TraceId([2; 16])), None);
+        assert_eq!(d.get(&TraceId([3; 16])), Some(Verdict::Drop));
     }
 }

@@ -11,20 +11,29 @@
 //! One agent sees every process of its host, so every span of a trace on this host gets the same
 //! decision. Across hosts, the agents that share a trace vote ([`super::vote`]): a trace kept by
 //! any agent on its path is kept by all of them.
+//!
+//! The policy list can change at run time (a remote configuration, [`TailSampler::reconfigure`]).
+//! Each trace is decided by the list in force when its first span arrived, at its normal due time:
+//! the traces held at the change *retire* with the old list (its limits, `decision_wait` and
+//! `vote_wait`) while new traces go to the new one. The votes and the remembered verdicts are the
+//! sampler's, not a list's, so participants, parked traces and votes in flight carry over, and so
+//! do the totals. At most one list retires at a time: a further change while one still holds
+//! traces decides those at once, under their own list, counted (`retired_early`).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use super::buffer::{Buffer, Limits, Offered, Ready, Verdict};
+use super::buffer::{Buffer, Decided, Limits, Ready, Verdict};
 use super::policy::{AnomalyView, Outcome, Policy, TraceView};
 use super::threshold::threshold;
 use super::vote::{Local, VoteStats, Votes};
 use crate::config::TailSampling;
 use crate::model::{Span, TraceId, TraceVote};
 
-/// What the tail sampler did (totals since start), for self-metrics and the exit summary.
+/// What the tail sampler did (totals since start, across configuration changes), for
+/// self-metrics and the exit summary.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TailStats {
     pub traces_kept: u64,
@@ -35,7 +44,8 @@ pub struct TailStats {
     pub late_spans: u64,
     /// Traces decided early because the buffer was full.
     pub overflow: u64,
-    /// Traces each policy sampled, by policy name, in list order.
+    /// Traces each policy sampled, by policy name, in list order (the current list's, then those
+    /// of a retiring list's that it does not have; switched off, the last ones' frozen).
     pub by_policy: Vec<(String, u64)>,
     /// Time from a trace's first span to its decision: sum, count and max (ns).
     pub wait_sum_ns: u64,
@@ -43,46 +53,152 @@ pub struct TailStats {
     /// Traces and spans held now.
     pub held_traces: u64,
     pub held_spans: u64,
+    /// Changes of the policy list at run time (switching off included).
+    pub changes: u64,
+    /// Traces decided before their due time because a change came while the list before the
+    /// last change still held them.
+    pub retired_early: u64,
     /// Votes with the agents on other hosts that share a trace.
     pub votes: VoteStats,
 }
 
-pub struct TailSampler {
-    buffer: Buffer,
-    policies: Vec<Policy>,
-    stats: TailStats,
-    /// `service.name` by pid, for attribute policies and the anomaly policy.
-    services: FxHashMap<u32, String>,
-    ready: Vec<Ready>,
-    votes: Votes,
+fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
-impl TailSampler {
-    pub fn new(cfg: &TailSampling) -> TailSampler {
-        let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let policies: Vec<Policy> = cfg.policies.iter().map(Policy::new).collect();
-        TailSampler {
+/// One policy list with the buffer of the traces it decides.
+struct Generation {
+    buffer: Buffer,
+    policies: Vec<Policy>,
+    /// Where each policy's count is in [`TailStats::by_policy`].
+    slots: Vec<usize>,
+    vote_wait_ns: u64,
+}
+
+impl Generation {
+    fn new(cfg: &TailSampling) -> Generation {
+        Generation {
             buffer: Buffer::new(Limits {
                 decision_wait_ns: ns(cfg.decision_wait),
                 max_hold_ns: ns(cfg.max_hold),
                 num_traces: cfg.num_traces,
                 max_spans: cfg.max_spans,
-                remembered: cfg.num_traces.saturating_mul(2),
             }),
-            stats: TailStats {
-                by_policy: policies.iter().map(|p| (p.name.clone(), 0)).collect(),
-                ..TailStats::default()
-            },
-            policies,
-            services: FxHashMap::default(),
-            ready: Vec::new(),
-            votes: Votes::new(ns(cfg.vote_wait), cfg.num_traces),
+            policies: cfg.policies.iter().map(Policy::new).collect(),
+            slots: Vec::new(),
+            vote_wait_ns: ns(cfg.vote_wait),
         }
+    }
+}
+
+/// What outlives a change of the policy list.
+struct Core {
+    decided: Decided,
+    stats: TailStats,
+    /// `service.name` by pid, for attribute policies and the anomaly policy.
+    services: FxHashMap<u32, String>,
+    votes: Votes,
+}
+
+pub struct TailSampler {
+    /// The list new traces go to; None once switched off remotely (spans of traces no list holds
+    /// pass through then).
+    current: Option<Generation>,
+    /// The list in force before the last change, until the traces it holds are decided.
+    retiring: Option<Generation>,
+    core: Core,
+    ready: Vec<Ready>,
+}
+
+impl TailSampler {
+    pub fn new(cfg: &TailSampling) -> TailSampler {
+        let mut t = TailSampler {
+            current: Some(Generation::new(cfg)),
+            retiring: None,
+            core: Core {
+                decided: Decided::new(cfg.num_traces.saturating_mul(2)),
+                stats: TailStats::default(),
+                services: FxHashMap::default(),
+                votes: Votes::new(ns(cfg.vote_wait), cfg.num_traces),
+            },
+            ready: Vec::new(),
+        };
+        t.relabel();
+        t
+    }
+
+    /// A new policy list at `now_ns` (a remote configuration; None: tail sampling off). The
+    /// traces held now stay with the old list and are decided by it at their due time; new
+    /// traces go to the new list (or, switched off, pass through). A list still retiring from the
+    /// change before has its traces decided now, into `out` (counted as retired early).
+    pub fn reconfigure(
+        &mut self,
+        cfg: Option<&TailSampling>,
+        now_ns: u64,
+        anomalies: &dyn AnomalyView,
+        out: &mut Vec<Span>,
+    ) {
+        self.core.stats.changes += 1;
+        if let Some(mut old) = self.retiring.take() {
+            let mut ready = std::mem::take(&mut self.ready);
+            old.buffer.drain(&mut ready);
+            self.core.stats.retired_early += ready.len() as u64;
+            self.core
+                .decide_all(&mut old, &mut ready, now_ns, anomalies, out);
+            self.ready = ready;
+        }
+        self.retiring = self.current.take().filter(|g| g.buffer.held().0 > 0);
+        if let Some(cfg) = cfg {
+            self.current = Some(Generation::new(cfg));
+            self.core.votes.set_max(cfg.num_traces);
+            self.core.decided.set_cap(cfg.num_traces.saturating_mul(2));
+        }
+        self.relabel();
+    }
+
+    /// Nothing to do: switched off, nothing held, no trace waiting for votes (spans may pass
+    /// straight through).
+    pub fn idle(&self) -> bool {
+        self.current.is_none() && self.retiring.is_none() && self.core.votes.stats.parked_spans == 0
+    }
+
+    /// Points each list's policies at their counters in `by_policy`, by name: the counts of a
+    /// name carry over a change; names no list has any more are let go, unless tail sampling is
+    /// off (nothing replaces them).
+    fn relabel(&mut self) {
+        let old = std::mem::take(&mut self.core.stats.by_policy);
+        let mut by: Vec<(String, u64)> = Vec::new();
+        for g in [self.current.as_mut(), self.retiring.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            g.slots = g
+                .policies
+                .iter()
+                .map(|p| match by.iter().position(|(n, _)| *n == p.name) {
+                    Some(i) => i,
+                    None => {
+                        let n = old.iter().find(|(n, _)| *n == p.name).map_or(0, |o| o.1);
+                        by.push((p.name.clone(), n));
+                        by.len() - 1
+                    }
+                })
+                .collect();
+        }
+        if self.current.is_none() {
+            // Switched off: the last counts stay, frozen.
+            for (name, n) in old {
+                if !by.iter().any(|(b, _)| *b == name) {
+                    by.push((name, n));
+                }
+            }
+        }
+        self.core.stats.by_policy = by;
     }
 
     /// The `service.name` of a process, for policies that ask.
     pub fn service(&mut self, pid: u32, name: &str) {
-        self.services.insert(pid, name.to_string());
+        self.core.services.insert(pid, name.to_string());
     }
 
     /// Takes a released span at `now_ns` (monotonic); kept spans of decided traces go to `out`.
@@ -93,99 +209,153 @@ impl TailSampler {
         anomalies: &dyn AnomalyView,
         out: &mut Vec<Span>,
     ) {
-        let Some(span) = self.votes.park_late(span) else {
-            self.stats.late_spans += 1;
+        let c = &mut self.core;
+        let Some(mut span) = c.votes.park_late(span) else {
+            c.stats.late_spans += 1;
             return;
         };
-        let mut ready = std::mem::take(&mut self.ready);
-        match self.buffer.offer(span, now_ns, &mut ready) {
-            Offered::Held => {}
-            Offered::Late(mut span, verdict) => {
-                self.stats.late_spans += 1;
-                match verdict {
-                    Verdict::Keep(th) => {
-                        span.th = th;
-                        self.stats.spans_kept += 1;
-                        out.push(*span);
-                    }
-                    Verdict::Drop => self.stats.spans_dropped += 1,
+        if let Some(verdict) = c.decided.get(&span.trace_id) {
+            c.stats.late_spans += 1;
+            match verdict {
+                Verdict::Keep(th) => {
+                    span.th = th;
+                    c.stats.spans_kept += 1;
+                    out.push(span);
                 }
+                Verdict::Drop => c.stats.spans_dropped += 1,
             }
+            return;
         }
-        self.decide_all(&mut ready, now_ns, anomalies, out);
+        // A trace the retiring list holds stays with it; anything else is the current list's.
+        let generation = match (&mut self.retiring, &mut self.current) {
+            (Some(r), _) if r.buffer.holds(&span.trace_id) => r,
+            (_, Some(g)) => g,
+            (_, None) => {
+                out.push(span);
+                return;
+            }
+        };
+        let mut ready = std::mem::take(&mut self.ready);
+        generation.buffer.offer(span, now_ns, &mut ready);
+        c.decide_all(generation, &mut ready, now_ns, anomalies, out);
         self.ready = ready;
     }
 
     /// Decides the traces that are due at `now_ns`.
     pub fn poll(&mut self, now_ns: u64, anomalies: &dyn AnomalyView, out: &mut Vec<Span>) {
         let mut ready = std::mem::take(&mut self.ready);
-        self.buffer.poll(now_ns, &mut ready);
-        self.decide_all(&mut ready, now_ns, anomalies, out);
+        for g in [self.retiring.as_mut(), self.current.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            g.buffer.poll(now_ns, &mut ready);
+            self.core.decide_all(g, &mut ready, now_ns, anomalies, out);
+        }
         self.ready = ready;
-        self.votes.poll(now_ns);
-        self.count_vote_drops();
+        if self
+            .retiring
+            .as_ref()
+            .is_some_and(|g| g.buffer.held().0 == 0)
+        {
+            self.retiring = None;
+            self.relabel();
+        }
+        self.core.votes.poll(now_ns);
+        self.core.count_vote_drops();
     }
 
-    /// The agent at `agent` (another host) holds another part of `trace_id`.
+    /// The agent at `agent` (another host) holds another part of `trace_id`. Switched off, only
+    /// for a trace a retiring list still holds or one already shared.
     pub fn participant(&mut self, trace_id: TraceId, agent: IpAddr) {
-        self.votes.participant(trace_id, agent);
-        self.count_vote_drops();
+        if self.current.is_none()
+            && !self.core.votes.knows(&trace_id)
+            && !self
+                .retiring
+                .as_ref()
+                .is_some_and(|g| g.buffer.holds(&trace_id))
+        {
+            return;
+        }
+        self.core.votes.participant(trace_id, agent);
+        self.core.count_vote_drops();
     }
 
     /// A vote from the agent at `from`; the spans of a trace it keeps go to `out`.
     pub fn vote(&mut self, from: IpAddr, vote: TraceVote, out: &mut Vec<Span>) {
-        if let Some(r) = self.votes.vote(from, vote) {
-            self.buffer.remember(r.trace_id, Verdict::Keep(r.th));
-            self.stats.traces_kept += 1;
-            self.stats.spans_kept += r.spans.len() as u64;
+        let c = &mut self.core;
+        if let Some(r) = c.votes.vote(from, vote) {
+            c.decided.remember(r.trace_id, Verdict::Keep(r.th));
+            c.stats.traces_kept += 1;
+            c.stats.spans_kept += r.spans.len() as u64;
             out.extend(r.spans.into_iter().map(|mut s| {
                 s.th = r.th;
                 s
             }));
         }
-        self.count_vote_drops();
+        c.count_vote_drops();
     }
 
     /// Votes to send to other agents, by address.
     pub fn take_votes(&mut self, out: &mut Vec<(IpAddr, TraceVote)>) {
-        self.votes.take_outbox(out);
+        self.core.votes.take_outbox(out);
     }
 
+    /// Shutdown: decides everything held.
+    pub fn drain(&mut self, now_ns: u64, anomalies: &dyn AnomalyView, out: &mut Vec<Span>) {
+        let mut ready = std::mem::take(&mut self.ready);
+        for g in [self.retiring.as_mut(), self.current.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            g.buffer.drain(&mut ready);
+            self.core.decide_all(g, &mut ready, now_ns, anomalies, out);
+        }
+        self.ready = ready;
+        self.core.votes.drain();
+        self.core.count_vote_drops();
+    }
+
+    pub fn stats(&self) -> TailStats {
+        let (mut t, mut s) = (0, 0);
+        for g in [self.retiring.as_ref(), self.current.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let (gt, gs) = g.buffer.held();
+            t += gt;
+            s += gs;
+        }
+        TailStats {
+            held_traces: t as u64,
+            held_spans: s as u64,
+            votes: self.core.votes.stats.clone(),
+            ..self.core.stats.clone()
+        }
+    }
+}
+
+impl Core {
     fn count_vote_drops(&mut self) {
         let d = self.votes.take_dropped();
         self.stats.traces_dropped += d.traces;
         self.stats.spans_dropped += d.spans;
     }
 
-    /// Shutdown: decides everything held.
-    pub fn drain(&mut self, now_ns: u64, anomalies: &dyn AnomalyView, out: &mut Vec<Span>) {
-        let mut ready = std::mem::take(&mut self.ready);
-        self.buffer.drain(&mut ready);
-        self.decide_all(&mut ready, now_ns, anomalies, out);
-        self.ready = ready;
-        self.votes.drain();
-        self.count_vote_drops();
-    }
-
-    pub fn stats(&self) -> TailStats {
-        let (t, s) = self.buffer.held();
-        TailStats {
-            held_traces: t as u64,
-            held_spans: s as u64,
-            votes: self.votes.stats.clone(),
-            ..self.stats.clone()
-        }
-    }
-
+    /// Decides the `ready` traces of `generation` with its policies (and its `vote_wait`).
     fn decide_all(
         &mut self,
+        generation: &mut Generation,
         ready: &mut Vec<Ready>,
         now_ns: u64,
         anomalies: &dyn AnomalyView,
         out: &mut Vec<Span>,
     ) {
+        if ready.is_empty() {
+            return;
+        }
+        self.votes.set_wait(generation.vote_wait_ns);
         for mut r in ready.drain(..) {
-            let local = match self.decide(&r.spans, now_ns, anomalies) {
+            let local = match self.decide(generation, &r.spans, now_ns, anomalies) {
                 Verdict::Keep(th) => Some(th),
                 Verdict::Drop => None,
             };
@@ -200,7 +370,7 @@ impl TailSampler {
                 Local::Drop => Verdict::Drop,
                 Local::Parked => continue,
             };
-            self.buffer.remember(r.trace_id, verdict);
+            self.decided.remember(r.trace_id, verdict);
             let st = &mut self.stats;
             let n = r.spans.len() as u64;
             match verdict {
@@ -220,8 +390,14 @@ impl TailSampler {
         }
     }
 
-    /// The policy list's verdict on one trace.
-    fn decide(&mut self, spans: &[Span], now_ns: u64, anomalies: &dyn AnomalyView) -> Verdict {
+    /// The verdict of `generation`'s policy list on one trace.
+    fn decide(
+        &mut self,
+        generation: &mut Generation,
+        spans: &[Span],
+        now_ns: u64,
+        anomalies: &dyn AnomalyView,
+    ) -> Verdict {
         let services = &self.services;
         let service = |pid: u32| services.get(&pid).map_or("", String::as_str);
         let view = TraceView {
@@ -234,11 +410,11 @@ impl TailSampler {
         let mut kept = false;
         // The probability the trace was kept with: deterministic rules say 1.
         let mut p: Option<f64> = None;
-        for (i, policy) in self.policies.iter_mut().enumerate() {
+        for (policy, &slot) in generation.policies.iter_mut().zip(&generation.slots) {
             match policy.evaluate(&view) {
                 Outcome::Sampled(q) => {
                     kept = true;
-                    self.stats.by_policy[i].1 += 1;
+                    self.stats.by_policy[slot].1 += 1;
                     if let Some(q) = q {
                         p = Some(p.map_or(q, |p| p.max(q)));
                     }
@@ -308,6 +484,212 @@ mod tests {
         }
         // Children are released first (they end first).
         vec![back, call, root]
+    }
+
+    fn named(rules: Vec<(&str, PolicyRule)>) -> TailSampling {
+        TailSampling {
+            decision_wait: Duration::from_millis(100),
+            max_hold: Duration::from_secs(1),
+            num_traces: 1000,
+            max_spans: 10_000,
+            vote_wait: Duration::from_secs(2),
+            policies: rules
+                .into_iter()
+                .map(|(name, rule)| PolicyConfig {
+                    name: name.into(),
+                    rule,
+                })
+                .collect(),
+        }
+    }
+
+    fn errors_only() -> TailSampling {
+        named(vec![(
+            "errors",
+            PolicyRule::StatusCode(vec![StatusCodeName::Error]),
+        )])
+    }
+
+    fn none_kept() -> TailSampling {
+        named(vec![(
+            "none",
+            PolicyRule::Probabilistic {
+                sampling_percentage: 0.0,
+            },
+        )])
+    }
+
+    /// A change of the policy list while a trace is held: the trace stays with the list it came
+    /// in under, gets its failing span that arrives after the change, and is decided at its due
+    /// time — kept whole by the old list (errors), although the new one keeps nothing. A trace
+    /// that starts after the change gets the new list. The totals carry over.
+    #[test]
+    fn a_trace_held_across_a_change_keeps_its_late_error_span() {
+        let mut t = TailSampler::new(&errors_only());
+        let mut out = Vec::new();
+        let mut old = trace(1, true);
+        let failing = old.remove(0);
+        for s in old {
+            t.offer(s, 0, &NoAnomalies, &mut out);
+        }
+        t.reconfigure(Some(&none_kept()), 50 * MS, &NoAnomalies, &mut out);
+        assert!(out.is_empty(), "nothing is decided by the change");
+        t.offer(failing, 90 * MS, &NoAnomalies, &mut out);
+        for s in trace(2, true) {
+            t.offer(s, 60 * MS, &NoAnomalies, &mut out);
+        }
+        assert_eq!(t.stats().held_traces, 2);
+        assert_eq!(
+            t.stats().by_policy,
+            vec![("none".into(), 0), ("errors".into(), 0)]
+        );
+        t.poll(189 * MS, &NoAnomalies, &mut out);
+        assert!(out.is_empty(), "the late span moved the due time to 190 ms");
+        t.poll(190 * MS, &NoAnomalies, &mut out);
+        assert_eq!(
+            out.len(),
+            3,
+            "the whole failing trace, its late span included"
+        );
+        assert!(out.iter().all(|s| s.trace_id == trace(1, true)[0].trace_id));
+        assert!(out.iter().any(|s| s.status != SpanStatus::Unset));
+        assert!(out.iter().all(|s| s.th == Some(0)));
+        let st = t.stats();
+        assert_eq!(
+            (st.traces_kept, st.traces_dropped),
+            (1, 1),
+            "trace 2: new list"
+        );
+        assert_eq!((st.held_traces, st.changes, st.retired_early), (0, 1, 0));
+        assert_eq!(st.wait_max_ns, 190 * MS);
+        // The old list retired once its last trace was decided; its count went with it.
+        assert_eq!(st.by_policy, vec![("none".into(), 0)]);
+    }
+
+    /// A trace this agent dropped waits for the other agents' votes; a change of the policy list
+    /// (here: switched off) does not end that wait, and a keep arriving after it still releases
+    /// the spans. Meanwhile new traces pass straight through, and once nothing waits the sampler
+    /// is idle.
+    #[test]
+    fn a_parked_trace_is_saved_by_a_keep_that_comes_after_a_change() {
+        let mut a = TailSampler::new(&errors_only());
+        let b_ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut out = Vec::new();
+        let spans = trace(1, false);
+        let id = spans[0].trace_id;
+        a.participant(id, b_ip);
+        for s in spans {
+            a.offer(s, 0, &NoAnomalies, &mut out);
+        }
+        a.poll(100 * MS, &NoAnomalies, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.stats().votes.parked_spans, 3);
+        a.reconfigure(None, 200 * MS, &NoAnomalies, &mut out);
+        assert!(out.is_empty(), "the change drops nothing");
+        assert!(!a.idle(), "a trace still waits for votes");
+        a.offer(trace(2, false).remove(2), 300 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 1, "switched off: a new trace passes");
+        out.clear();
+        a.poll(1500 * MS, &NoAnomalies, &mut out);
+        let keep = TraceVote {
+            trace_id: id,
+            keep: true,
+            th: Some(0),
+        };
+        a.vote(b_ip, keep, &mut out);
+        assert_eq!(out.len(), 3, "B's keep released A's part");
+        assert!(out.iter().all(|s| s.trace_id == id && s.th == Some(0)));
+        let st = a.stats();
+        assert_eq!((st.traces_kept, st.traces_dropped), (1, 0));
+        assert_eq!(
+            (
+                st.votes.kept_by_peer,
+                st.votes.votes_received,
+                st.votes.votes_sent
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!((st.votes.parked_spans, st.votes.wait_expired), (0, 0));
+        assert_eq!(st.by_policy, vec![("errors".into(), 0)], "frozen when off");
+        assert!(a.idle());
+    }
+
+    /// Participants learnt before a change carry over: the trace held then (decided by the old
+    /// list after the change) and the trace whose spans come only after it (the new list's) both
+    /// send their verdict to the other agent.
+    #[test]
+    fn votes_learnt_before_a_change_are_sent_after_it() {
+        let mut a = TailSampler::new(&errors_only());
+        let b_ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut out = Vec::new();
+        let (held, later) = (trace(1, true), trace(2, false));
+        a.participant(held[0].trace_id, b_ip);
+        a.participant(later[0].trace_id, b_ip);
+        for s in held.clone() {
+            a.offer(s, 0, &NoAnomalies, &mut out);
+        }
+        let keep_all = named(vec![("all", PolicyRule::AlwaysSample)]);
+        a.reconfigure(Some(&keep_all), 10 * MS, &NoAnomalies, &mut out);
+        for s in later.clone() {
+            a.offer(s, 20 * MS, &NoAnomalies, &mut out);
+        }
+        a.poll(200 * MS, &NoAnomalies, &mut out);
+        assert_eq!(
+            out.len(),
+            6,
+            "the failing trace (old list), the healthy one (new list)"
+        );
+        let mut votes = Vec::new();
+        a.take_votes(&mut votes);
+        votes.sort_by_key(|(_, v)| v.trace_id.0);
+        let want = |s: &[Span]| {
+            (
+                b_ip,
+                TraceVote {
+                    trace_id: s[0].trace_id,
+                    keep: true,
+                    th: Some(0),
+                },
+            )
+        };
+        let mut expect = vec![want(&held), want(&later)];
+        expect.sort_by_key(|(_, v)| v.trace_id.0);
+        assert_eq!(votes, expect);
+        assert_eq!(a.stats().votes.votes_sent, 2);
+    }
+
+    /// At most one list retires at a time: a change while the list before the last one still
+    /// holds traces decides those at once, by their own list, counted.
+    #[test]
+    fn a_third_change_decides_the_oldest_list_early() {
+        let mut t = TailSampler::new(&errors_only());
+        let mut out = Vec::new();
+        for s in trace(1, true) {
+            t.offer(s, 0, &NoAnomalies, &mut out);
+        }
+        t.reconfigure(Some(&none_kept()), 10 * MS, &NoAnomalies, &mut out);
+        for s in trace(2, true) {
+            t.offer(s, 20 * MS, &NoAnomalies, &mut out);
+        }
+        let keep_all = named(vec![("all", PolicyRule::AlwaysSample)]);
+        t.reconfigure(Some(&keep_all), 30 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 3, "trace 1, kept early by the first list");
+        assert!(out.iter().all(|s| s.trace_id == trace(1, true)[0].trace_id));
+        let st = t.stats();
+        assert_eq!((st.changes, st.retired_early, st.held_traces), (2, 1, 1));
+        t.poll(120 * MS, &NoAnomalies, &mut out);
+        assert_eq!(
+            out.len(),
+            3,
+            "trace 2, dropped at its due time by the second list"
+        );
+        let st = t.stats();
+        assert_eq!((st.traces_kept, st.traces_dropped), (1, 1));
+        assert_eq!(
+            st.by_policy,
+            vec![("all".into(), 0)],
+            "the retired lists' names are let go"
+        );
     }
 
     /// Two agents, one trace across their hosts: A holds the root and the call, B the called

@@ -17,6 +17,10 @@
 //! it takes part in. Everything is bounded: at most `max` shared traces (the oldest forgotten
 //! first; a parked one is dropped then, counted), each with at most [`MAX_PEERS`] agents.
 //!
+//! The votes outlive a remote change of the tail sampling policies: one [`Votes`] serves the old
+//! policy list's traces and the new one's, so participants learnt, parked traces and votes in
+//! flight carry over (each trace parks for the `vote_wait` of the list that decided it).
+//!
 //! Kept spans carry the combined threshold: a deterministic keep (threshold 0) wins; otherwise the
 //! smallest threshold (the largest probability) when every keep knows its own, none when one does
 //! not (a keep by rate limiting has no known probability).
@@ -130,6 +134,23 @@ impl Votes {
             dropped: Dropped::default(),
             stats: VoteStats::default(),
         }
+    }
+
+    /// How long the traces decided from now on wait for votes (the `vote_wait` of the policy list
+    /// that decides them); traces parked already keep their end.
+    pub fn set_wait(&mut self, wait_ns: u64) {
+        self.wait_ns = wait_ns;
+    }
+
+    /// A new bound on shared traces (a changed configuration): the oldest beyond it are forgotten
+    /// as more are learnt.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+    }
+
+    /// Whether the trace is shared with another agent (learnt from the peer channel).
+    pub fn knows(&self, trace_id: &TraceId) -> bool {
+        self.traces.contains_key(trace_id)
     }
 
     /// The agent at `agent` holds another part of `trace_id`. When this agent has decided
