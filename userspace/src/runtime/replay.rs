@@ -399,6 +399,24 @@ mod processors_on_the_recording_clock {
         }
     }
 
+    /// The stages and telemetry of a replay with the config `text`, on a recording whose clock
+    /// is `mono_to_unix` ns behind the wall clock, that knows process 7 as service "svc".
+    pub(super) fn stages_of(text: &str, mono_to_unix: i64) -> (Stages, Telemetry) {
+        let mut cfg = config(text);
+        let rules = std::mem::take(&mut cfg.rules);
+        let mut stages = Stages::new(mono_to_unix, &cfg, rules);
+        let mut telemetry =
+            Telemetry::on_recording(cfg.metrics.interval, mono_to_unix as i128, "host");
+        let info = crate::model::ProcessInfo {
+            pid: 7,
+            service_name: "svc".into(),
+            ..Default::default()
+        };
+        stages.process(&info);
+        telemetry.process(Arc::new(info));
+        (stages, telemetry)
+    }
+
     /// The spans a replay of `records` exports, and how many came out before the end of the file.
     fn replay(mut cfg: ReplayConfig, records: &[Vec<u8>]) -> (Vec<Span>, usize) {
         let rules = std::mem::take(&mut cfg.rules);
@@ -525,19 +543,9 @@ mod metrics_on_the_recording_clock {
 
     /// Every metrics request a replay of `records` exports, as the replay loop makes them.
     fn replay(text: &str, records: &[Vec<u8>]) -> Vec<ExportMetricsServiceRequest> {
-        let mut cfg = super::processors_on_the_recording_clock::config(text);
-        let rules = std::mem::take(&mut cfg.rules);
-        let mut stages = Stages::new(MONO_TO_UNIX, &cfg, rules);
-        let mut telemetry =
-            Telemetry::on_recording(cfg.metrics.interval, MONO_TO_UNIX as i128, "host");
+        let (mut stages, mut telemetry) =
+            super::processors_on_the_recording_clock::stages_of(text, MONO_TO_UNIX);
         let exporter = Exporter::spawn(ExportConfig::default());
-        let info = crate::model::ProcessInfo {
-            pid: 7,
-            service_name: "svc".into(),
-            ..Default::default()
-        };
-        stages.process(&info);
-        telemetry.process(Arc::new(info));
         let (mut out, mut spans) = (Vec::new(), Vec::new());
         for r in records {
             if stages.record(r, &mut spans) {
@@ -761,18 +769,8 @@ mod logs_on_the_recording_clock {
         text: &str,
         records: &[Vec<u8>],
     ) -> (Vec<Span>, Vec<ExportLogsServiceRequest>, usize) {
-        let mut cfg = super::processors_on_the_recording_clock::config(text);
-        let rules = std::mem::take(&mut cfg.rules);
-        let mut stages = Stages::new(MONO_TO_UNIX, &cfg, rules);
-        let mut telemetry =
-            Telemetry::on_recording(cfg.metrics.interval, MONO_TO_UNIX as i128, "host");
-        let info = crate::model::ProcessInfo {
-            pid: 7,
-            service_name: "svc".into(),
-            ..Default::default()
-        };
-        stages.process(&info);
-        telemetry.process(Arc::new(info));
+        let (mut stages, mut telemetry) =
+            super::processors_on_the_recording_clock::stages_of(text, MONO_TO_UNIX);
         let (mut spans, mut logs) = (Vec::new(), Vec::new());
         for r in records {
             if stages.record(r, &mut spans) {

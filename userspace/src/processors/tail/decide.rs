@@ -441,22 +441,12 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// A sampler of `rules`, named p0, p1, … (see `named` for the limits).
     fn sampler(rules: Vec<PolicyRule>) -> TailSampler {
-        TailSampler::new(&TailSampling {
-            decision_wait: Duration::from_millis(100),
-            max_hold: Duration::from_secs(1),
-            num_traces: 1000,
-            max_spans: 10_000,
-            vote_wait: Duration::from_secs(2),
-            policies: rules
-                .into_iter()
-                .enumerate()
-                .map(|(i, rule)| PolicyConfig {
-                    name: format!("p{i}"),
-                    rule,
-                })
-                .collect(),
-        })
+        let names: Vec<String> = (0..rules.len()).map(|i| format!("p{i}")).collect();
+        TailSampler::new(&named(
+            names.iter().map(String::as_str).zip(rules).collect(),
+        ))
     }
 
     /// Root server span in pid 1, a client call and the called server span in pid 2.
