@@ -9,6 +9,10 @@
 //! - A latency fault: the backend's one route slows tenfold for a few seconds under steady load;
 //!   one `ztrace.anomaly` log record says so (latency p95, with exemplar trace ids), the terminal
 //!   shows its start and end, and with the `anomaly` policy the exemplar traces are exported.
+//! - Head sampling says its probability: with `--sampler traceidratio --sampler-arg 0.25` every
+//!   exported span carries `ot=th:c` (25%) and its trace id's randomness passes that threshold,
+//!   traces whole; with the error policies and the head sampler at 50% after them, the error
+//!   traces kept carry the head's `ot=th:8`, not the tail's `ot=th:0`.
 
 use std::{
     collections::HashSet,
@@ -340,6 +344,124 @@ min_requests = 5
     ensure!(
         stderr.contains("anomaly START") && stderr.contains("anomaly END"),
         "the terminal did not show the anomaly's start and end"
+    );
+    Ok(())
+}
+
+/// The 56 random bits of a trace id (its last seven bytes).
+fn randomness(trace_id: &[u8]) -> u64 {
+    trace_id[9..16]
+        .iter()
+        .fold(0u64, |r, b| (r << 8) | u64::from(*b))
+}
+
+/// Runs the two-tier services under ztrace with `args`, drives `paths` (one keep-alive client),
+/// stops ztrace and returns what the collector received (at least `min_spans` spans, if they
+/// come) with the pids of the frontend and backend.
+fn head_sampled_run(
+    args: &[&str],
+    config: Option<&str>,
+    paths: &[String],
+    min_spans: usize,
+) -> Result<(Vec<ReceivedSpan>, u32, u32)> {
+    let (rt, receiver) = runtime_with_receiver()?;
+    let (backend, backend_port) = spawn_service(&["backend"])?;
+    let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
+    let config = match config {
+        Some(text) => Some(config_file("head", text)?),
+        None => None,
+    };
+    let mut cmd: Vec<String> = vec![
+        "--pid".into(),
+        format!("{},{}", frontend.pid(), backend.pid()),
+        "--otlp-endpoint".into(),
+        receiver.endpoint(),
+    ];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    if let Some(c) = &config {
+        cmd.extend(["--config".into(), c.display().to_string()]);
+    }
+    let mut ztrace = spawn_ztrace(&cmd)?;
+    ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{front_port}{p}"))
+        .collect();
+    curl(&urls)?;
+    thread::sleep(Duration::from_millis(1500));
+    stop_ztrace(&mut ztrace)?;
+    let _ = rt.block_on(receiver.wait_for_spans(min_spans, Duration::from_secs(10)));
+    thread::sleep(Duration::from_millis(300));
+    eprintln!("ztrace stderr:\n{}", ztrace.stderr_text());
+    Ok((receiver.spans(), frontend.pid(), backend.pid()))
+}
+
+/// Every span says `want` as its tracestate, its trace passes the threshold `t` and its trace is
+/// whole (frontend SERVER and CLIENT, backend SERVER); returns the number of traces.
+fn ensure_head_sampled(spans: &[ReceivedSpan], want: &str, t: u64) -> Result<usize> {
+    let mut traces: std::collections::HashMap<String, usize> = Default::default();
+    for s in spans {
+        ensure!(
+            s.span.trace_state == want,
+            "span {} of trace {}: tracestate `{}`, want `{want}`",
+            s.span.name,
+            s.trace_id_hex(),
+            s.span.trace_state
+        );
+        ensure!(
+            randomness(&s.span.trace_id) >= t,
+            "trace {} kept below the threshold {t:#x}",
+            s.trace_id_hex()
+        );
+        *traces.entry(s.trace_id_hex()).or_default() += 1;
+    }
+    ensure!(
+        traces.values().all(|n| *n == 3),
+        "traces not whole: {traces:?}"
+    );
+    Ok(traces.len())
+}
+
+#[test]
+fn head_sampling_says_its_threshold_alone_and_after_tail_sampling() -> Result<()> {
+    if !privileged_or_skip("head_sampling_says_its_threshold_alone_and_after_tail_sampling") {
+        return Ok(());
+    }
+    // Head sampling alone at 25%: T = 0xc0… (`th:c`).
+    let paths: Vec<String> = (0..120).map(|i| format!("/api/{i}")).collect();
+    let (spans, _, _) = head_sampled_run(
+        &["--sampler", "traceidratio", "--sampler-arg", "0.25"],
+        None,
+        &paths,
+        3,
+    )?;
+    let kept = ensure_head_sampled(&spans, "ot=th:c", 0xc0 << 48)?;
+    // 120 traces at 25%: 30 expected; 10..=55 is more than five standard deviations wide.
+    ensure!(
+        (10..=55).contains(&kept),
+        "{kept} of 120 traces kept at 25%"
+    );
+    // Tail sampling keeps every error trace with probability 1, then the head sampler keeps
+    // half of them: they say 50% (`th:8`), the head's threshold, not the tail's `th:0`.
+    let failing: Vec<String> = (0..60).map(|_| "/api/fail".to_string()).collect();
+    let (spans, _, _) = head_sampled_run(
+        &[
+            "--sampler",
+            "parentbased_traceidratio",
+            "--sampler-arg",
+            "0.5",
+        ],
+        Some(&errors_only_tail_sampling("500ms")),
+        &failing,
+        3,
+    )?;
+    let kept_after_tail = ensure_head_sampled(&spans, "ot=th:8", 0x80 << 48)?;
+    ensure!(
+        (12..=48).contains(&kept_after_tail),
+        "{kept_after_tail} of 60 error traces kept at 50%"
+    );
+    eprintln!(
+        "e2e_sampling: head 25%: {kept} of 120 traces, each span ot=th:c; tail errors + head 50%: {kept_after_tail} of 60 error traces, each span ot=th:8"
     );
     Ok(())
 }

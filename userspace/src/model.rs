@@ -122,13 +122,54 @@ pub struct Span {
     pub peer: Endpoint,
     pub exchange: Exchange,
     pub status: SpanStatus,
-    /// The sampling threshold of the tail decision that kept this span (`th` of the W3C
-    /// `tracestate` `ot` entry: see `processors::tail::threshold`). None: no tail sampling, or a
-    /// keep without a known probability.
-    pub th: Option<u64>,
+    /// What the sampling stages that kept this span (tail, then head) say about its probability:
+    /// the `th` it is exported with, if any.
+    pub sampling: Sampling,
     /// Attribute changes made by rules (`processors::ottl`), laid over what the span says: None
     /// (no cost) unless a rule changed an attribute of this span.
     pub edits: Option<Box<AttrEdits>>,
+}
+
+/// The sampling a span went through before export, for the `th` (rejection threshold of the
+/// W3C `tracestate` `ot` entry: see `processors::tail::threshold`) it is exported with. "Not
+/// sampled" and "kept with an unknown probability" both export no `th`, but a later sampler
+/// treats them differently: it gives the first its own threshold and leaves the second unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sampling {
+    /// No sampler has decided on this span's trace yet (every trace is kept so far).
+    #[default]
+    Unsampled,
+    /// Kept by consistent probability sampling with this rejection threshold (0: probability 1).
+    Threshold(u64),
+    /// Kept with a probability nobody knows (rate limiting, an upstream's decision): no later
+    /// stage can say what it is.
+    Unknown,
+}
+
+impl Sampling {
+    /// A tail sampling keep: its threshold, or None for a keep of unknown probability.
+    pub fn kept(th: Option<u64>) -> Self {
+        th.map_or(Sampling::Unknown, Sampling::Threshold)
+    }
+
+    /// The `th` to export, if the probability is known and something sampled.
+    pub fn th(self) -> Option<u64> {
+        match self {
+            Sampling::Threshold(t) => Some(t),
+            Sampling::Unsampled | Sampling::Unknown => None,
+        }
+    }
+
+    /// After a further consistent sampling stage with threshold `t` kept the span: the larger
+    /// threshold (stages on the same randomness compose by their maximum; a later stage can
+    /// raise a threshold, never lower it). Unknown stays unknown.
+    pub fn raised(self, t: u64) -> Self {
+        match self {
+            Sampling::Unsampled => Sampling::Threshold(t),
+            Sampling::Threshold(x) => Sampling::Threshold(x.max(t)),
+            Sampling::Unknown => Sampling::Unknown,
+        }
+    }
 }
 
 /// A float that compares by its bits, so the types holding it stay `Eq`.

@@ -44,7 +44,7 @@ pub fn server_span() -> Span {
             client: None,
         }),
         status: SpanStatus::Unset,
-        th: None,
+        sampling: crate::model::Sampling::Unsampled,
         edits: None,
     }
 }

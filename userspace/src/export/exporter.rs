@@ -174,7 +174,7 @@ impl ExportHandle {
     /// does each: what the sampler rejects is counted and left out, what finds no room in the
     /// queue is dropped and counted.
     pub fn submit_all(&self, spans: &mut Vec<Span>) {
-        spans.retain(|s| self.sampled(s));
+        spans.retain_mut(|s| self.sampled(s));
         if spans.is_empty() {
             return;
         }
@@ -203,8 +203,8 @@ impl ExportHandle {
     /// Queues a finished span, waiting for room in the queue instead of dropping it: for replay,
     /// which produces spans faster than any output takes them and must lose none. Counted as
     /// dropped only when the exporter has already shut down.
-    pub async fn submit_waiting(&self, span: Span) {
-        if !self.sampled(&span) {
+    pub async fn submit_waiting(&self, mut span: Span) {
+        if !self.sampled(&mut span) {
             return;
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -214,9 +214,10 @@ impl ExportHandle {
         }
     }
 
-    /// The sampler's decision; a span it rejects is counted in `spans_sampled_out`.
-    fn sampled(&self, span: &Span) -> bool {
-        let keep = crate::processors::sampler::sampled(&self.sampler, span);
+    /// The sampler's decision; a span it rejects is counted in `spans_sampled_out`, one it keeps
+    /// gets the sampler's threshold (`th`) where the sampler has one.
+    fn sampled(&self, span: &mut Span) -> bool {
+        let keep = crate::processors::sampler::sample(&self.sampler, span);
         if !keep {
             self.counters.sampled_out.fetch_add(1, Ordering::Relaxed);
         }

@@ -998,6 +998,71 @@ mod tests {
 
     /// A chunk larger than the queue's room: what fits is queued, the rest dropped and counted;
     /// every span is accounted for once, and the caller's vector comes back empty.
+    /// The head sampler says its threshold on every span it keeps (`ot=th:…`), composed with
+    /// what tail sampling left (the larger threshold; unknown stays unknown), and a remote change
+    /// of the sampler (OpAMP, `set_sampler`) applies to the spans submitted after it.
+    #[tokio::test]
+    async fn kept_spans_carry_the_head_threshold_and_a_sampler_change_applies_to_later_ones()
+    -> anyhow::Result<()> {
+        use crate::config::Sampler;
+        use crate::model::Sampling;
+        use crate::processors::tail::threshold::threshold;
+        let receiver = Receiver::start().await?;
+        let mut exporter = Exporter::spawn(ExportConfig {
+            sampler: Sampler::TraceIdRatio(0.5),
+            ..otlp_config(&receiver.endpoint())
+        });
+        // `numbered(i)` has randomness 0xii…: 0xd0… passes 50% and 25%, 0xa0… only 50%.
+        let with = |i: u8, sampling: Sampling| {
+            let mut s = numbered(i, 1);
+            s.sampling = sampling;
+            s
+        };
+        let mut chunk = vec![
+            with(0xd0, Sampling::Unsampled),
+            with(0xa0, Sampling::Unsampled),
+            // Kept by tail sampling at 10% (threshold above 50%'s): stays 10%.
+            with(0xf0, Sampling::Threshold(threshold(0.1))),
+            // Kept by a deterministic policy: now 50%.
+            with(0xd3, Sampling::Threshold(0)),
+            // Kept by rate limiting alone: unknown.
+            with(0xd4, Sampling::Unknown),
+        ];
+        exporter.submit_all(&mut chunk);
+        exporter.set_sampler(Sampler::ParentBased(
+            crate::config::RootSampler::TraceIdRatio(0.25),
+        ));
+        let mut chunk = vec![
+            {
+                let mut s = with(0xd1, Sampling::Unsampled);
+                s.remote_sampled = None;
+                s
+            },
+            {
+                let mut s = with(0xa1, Sampling::Unsampled);
+                s.remote_sampled = None;
+                s
+            },
+            // Continued from an upstream that sampled it: follows it, no threshold.
+            with(0xa2, Sampling::Threshold(0)),
+        ];
+        exporter.submit_all(&mut chunk);
+        let got = receiver.wait_for_spans(7, Duration::from_secs(5)).await;
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        let state = |i: u8| by_id(&got, i).map(|s| s.span.trace_state.clone());
+        assert_eq!(state(0xd0).as_deref(), Some("ot=th:8"));
+        assert_eq!(state(0xa0).as_deref(), Some("ot=th:8"));
+        assert_eq!(state(0xf0).as_deref(), Some("ot=th:e6666666666666"));
+        assert_eq!(state(0xd3).as_deref(), Some("ot=th:8"));
+        assert_eq!(state(0xd4).as_deref(), Some(""));
+        assert_eq!(state(0xd1).as_deref(), Some("ot=th:c"));
+        assert_eq!(state(0xa1), None, "sampled out by the new sampler");
+        assert_eq!(state(0xa2).as_deref(), Some(""));
+        assert_eq!((stats.spans_exported, stats.spans_sampled_out), (7, 1));
+        receiver.stop().await;
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_chunk_beyond_the_queue_room_is_cut_and_counted() {
         let exporter = Exporter::spawn(ExportConfig {

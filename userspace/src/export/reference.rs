@@ -59,7 +59,8 @@ pub(crate) fn to_otlp_span(span: &Span) -> otlp::Span {
         trace_id: span.trace_id.0.to_vec(),
         span_id: span.span_id.0.to_vec(),
         trace_state: span
-            .th
+            .sampling
+            .th()
             .map(crate::processors::tail::threshold::tracestate)
             .unwrap_or_default(),
         parent_span_id: span

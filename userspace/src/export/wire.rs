@@ -349,7 +349,7 @@ impl<'a> AttrSink<'a> for KeyValues<'_> {
 fn span(s: &Span, cache: &mut EndpointCache, out: &mut Vec<u8>) {
     id_field(1, &s.trace_id.0, out);
     id_field(2, &s.span_id.0, out);
-    if let Some(th) = s.th {
+    if let Some(th) = s.sampling.th() {
         bytes_field(3, tracestate(th).as_bytes(), out);
     }
     if let Some(parent) = s.parent_span_id {
@@ -548,7 +548,8 @@ mod tests {
         other_pid.pid = 77;
         // Kept by tail sampling: the sampling threshold travels in `trace_state`.
         let mut sampled = client_span();
-        sampled.th = Some(crate::processors::tail::threshold::threshold(0.25));
+        sampled.sampling =
+            crate::model::Sampling::Threshold(crate::processors::tail::threshold::threshold(0.25));
         let spans = vec![server_span(), error, remote, other_pid, sampled];
         let mut out = Vec::new();
         encode_request(&spans, &table, &mut out);

@@ -5,7 +5,7 @@
 use super::crosshost::{ClientSend, PeerContext, WireKey, request_digest};
 use super::held::{Handle, Parent, Rec, Tomb};
 use super::linker::Linker;
-use crate::model::{Span, SpanKind, TraceId};
+use crate::model::{Sampling, Span, SpanKind, TraceId};
 use crate::semconv::{names::exchange_name, status::status_of};
 
 /// How long a root SERVER span waits for evidence of a traced CLIENT parent.
@@ -293,7 +293,7 @@ impl Linker {
             peer: rec.peer,
             exchange: rec.take_exchange(),
             status,
-            th: None,
+            sampling: Sampling::Unsampled,
             edits: None,
         });
         self.recs.recycle(rec);

@@ -12,12 +12,20 @@
 //! drop), for every span of the trace — the linker carries the flag from the trace's remote root
 //! to all its descendants. Traces that start here follow the root sampler on the trace id, so
 //! every span of one trace gets the same decision.
+//!
+//! A kept span says its probability (OpenTelemetry probability sampling, `th` in the
+//! `tracestate`; [`Sampling`]). The head sampler runs after tail sampling, on the same
+//! randomness, so it is a further consistent stage: a span a ratio decision keeps carries the
+//! larger of the threshold it has and the ratio's (a later stage raises a threshold, never lowers
+//! it); one kept with an unknown probability stays unknown; `always_on` (and a ratio of 1)
+//! changes nothing. A span following an upstream's `sampled` flag carries no threshold: the
+//! upstream's probability is not known here (its `tracestate` is not read), so whatever an
+//! earlier stage said becomes unknown — the specification's rule for a parent-based sampler
+//! without a parent threshold.
 
+use super::tail::threshold::threshold;
 use crate::config::{RootSampler, Sampler};
-use crate::model::{Span, TraceId};
-
-/// 2^56, the range of the randomness value.
-const RANDOMNESS_RANGE: f64 = (1u64 << 56) as f64;
+use crate::model::{Sampling, Span, TraceId};
 
 /// The 56 random bits of a trace id (its last seven bytes, big-endian).
 fn randomness(trace_id: &TraceId) -> u64 {
@@ -25,35 +33,60 @@ fn randomness(trace_id: &TraceId) -> u64 {
     u64::from_be_bytes([0, b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
 }
 
-/// `TraceIdRatioBased(ratio)` on `trace_id`.
+/// `TraceIdRatioBased(ratio)` on `trace_id`: kept when the randomness is at least the rejection
+/// threshold of `ratio` (the one a kept span carries as `th`; none passes ratio 0, all ratio 1).
 pub fn ratio_sampled(ratio: f64, trace_id: &TraceId) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    if ratio <= 0.0 {
-        return false;
-    }
-    let threshold = ((1.0 - ratio) * RANDOMNESS_RANGE).round() as u64;
-    randomness(trace_id) >= threshold
+    randomness(trace_id) >= threshold(ratio)
 }
 
-fn root_sampled(root: RootSampler, trace_id: &TraceId) -> bool {
+/// What a root sampler decides on a trace: keep (with the threshold of a ratio below 1) or not.
+enum Decision {
+    Drop,
+    Keep,
+    KeepAt(u64),
+}
+
+fn ratio(r: f64, trace_id: &TraceId) -> Decision {
+    if r >= 1.0 {
+        Decision::Keep
+    } else if ratio_sampled(r, trace_id) {
+        Decision::KeepAt(threshold(r))
+    } else {
+        Decision::Drop
+    }
+}
+
+fn root(root: RootSampler, trace_id: &TraceId) -> Decision {
     match root {
-        RootSampler::AlwaysOn => true,
-        RootSampler::AlwaysOff => false,
-        RootSampler::TraceIdRatio(r) => ratio_sampled(r, trace_id),
+        RootSampler::AlwaysOn => Decision::Keep,
+        RootSampler::AlwaysOff => Decision::Drop,
+        RootSampler::TraceIdRatio(r) => ratio(r, trace_id),
     }
 }
 
-/// Whether `span` is exported.
-pub fn sampled(sampler: &Sampler, span: &Span) -> bool {
-    match *sampler {
-        Sampler::AlwaysOn => true,
-        Sampler::AlwaysOff => false,
-        Sampler::TraceIdRatio(r) => ratio_sampled(r, &span.trace_id),
-        Sampler::ParentBased(root) => span
-            .remote_sampled
-            .unwrap_or_else(|| root_sampled(root, &span.trace_id)),
+/// Whether `span` is exported; a kept span's [`Sampling`] then says what this sampler did.
+pub fn sample(sampler: &Sampler, span: &mut Span) -> bool {
+    let decision = match *sampler {
+        Sampler::AlwaysOn => Decision::Keep,
+        Sampler::AlwaysOff => Decision::Drop,
+        Sampler::TraceIdRatio(r) => ratio(r, &span.trace_id),
+        Sampler::ParentBased(r) => match span.remote_sampled {
+            Some(upstream) => {
+                if upstream {
+                    span.sampling = Sampling::Unknown;
+                }
+                return upstream;
+            }
+            None => root(r, &span.trace_id),
+        },
+    };
+    match decision {
+        Decision::Drop => false,
+        Decision::Keep => true,
+        Decision::KeepAt(t) => {
+            span.sampling = span.sampling.raised(t);
+            true
+        }
     }
 }
 
@@ -117,11 +150,11 @@ mod tests {
         let mut child = server_span();
         child.parent_is_remote = false;
         child.remote_sampled = None;
-        assert!(sampled(&Sampler::AlwaysOn, &root));
-        assert!(!sampled(&Sampler::AlwaysOff, &child));
-        assert!(!sampled(
+        assert!(sample(&Sampler::AlwaysOn, &mut root.clone()));
+        assert!(!sample(&Sampler::AlwaysOff, &mut child.clone()));
+        assert!(!sample(
             &Sampler::ParentBased(RootSampler::AlwaysOff),
-            &root
+            &mut root.clone()
         ));
         for i in 0..500 {
             let tid = id(i);
@@ -130,7 +163,10 @@ mod tests {
                 .map(|s| {
                     let mut s = (*s).clone();
                     s.trace_id = tid;
-                    sampled(&Sampler::ParentBased(RootSampler::TraceIdRatio(0.3)), &s)
+                    sample(
+                        &Sampler::ParentBased(RootSampler::TraceIdRatio(0.3)),
+                        &mut s,
+                    )
                 })
                 .collect();
             assert!(
@@ -151,11 +187,192 @@ mod tests {
             RootSampler::TraceIdRatio(0.5),
         ] {
             span.remote_sampled = Some(true);
-            assert!(sampled(&Sampler::ParentBased(root), &span));
+            assert!(sample(&Sampler::ParentBased(root), &mut span.clone()));
             span.remote_sampled = Some(false);
-            assert!(!sampled(&Sampler::ParentBased(root), &span));
+            assert!(!sample(&Sampler::ParentBased(root), &mut span.clone()));
         }
         // Non-parent-based samplers ignore it.
-        assert!(sampled(&Sampler::AlwaysOn, &span));
+        assert!(sample(&Sampler::AlwaysOn, &mut span));
+    }
+
+    /// A trace id whose randomness is `r`.
+    fn with_randomness(r: u64) -> TraceId {
+        let mut b = [0u8; 16];
+        b[8..].copy_from_slice(&r.to_be_bytes());
+        b[8] = 0x42; // not part of the randomness
+        TraceId(b)
+    }
+
+    /// A span of a trace that starts here, with randomness `r`, as a tail stage left it.
+    fn local(r: u64, sampling: Sampling) -> Span {
+        let mut s = server_span();
+        s.remote_sampled = None;
+        s.trace_id = with_randomness(r);
+        s.sampling = sampling;
+        s
+    }
+
+    /// The sampler's answer and the span's sampling after it.
+    fn run(sampler: Sampler, mut span: Span) -> (bool, Sampling) {
+        let keep = sample(&sampler, &mut span);
+        (keep, span.sampling)
+    }
+
+    const HIGH: u64 = (1 << 56) - 1;
+
+    #[test]
+    fn a_ratio_keep_carries_the_ratio_threshold_exactly_where_it_decides() {
+        for r in [0.5, 0.25, 0.1, 0.01, 0.3] {
+            let t = threshold(r);
+            for sampler in [
+                Sampler::TraceIdRatio(r),
+                Sampler::ParentBased(RootSampler::TraceIdRatio(r)),
+            ] {
+                // Kept from R = T on, with th = T; dropped just below, untouched.
+                assert_eq!(
+                    run(sampler, local(t, Sampling::Unsampled)),
+                    (true, Sampling::Threshold(t)),
+                    "{r}"
+                );
+                assert_eq!(
+                    run(sampler, local(t - 1, Sampling::Unsampled)),
+                    (false, Sampling::Unsampled),
+                    "{r}"
+                );
+            }
+        }
+        // The exported text is the tail sampler's encoding: 10% is `e6666666666666`.
+        let (_, s) = run(Sampler::TraceIdRatio(0.1), local(HIGH, Sampling::Unsampled));
+        let th = s.th().map(super::super::tail::threshold::tracestate);
+        assert_eq!(th.as_deref(), Some("ot=th:e6666666666666"));
+    }
+
+    #[test]
+    fn a_tail_keep_with_probability_one_takes_the_head_threshold() {
+        // Kept by a deterministic policy (th:0), then head-sampled at 10%: 10%, not 100%.
+        let t = threshold(0.1);
+        assert_eq!(
+            run(
+                Sampler::TraceIdRatio(0.1),
+                local(HIGH, Sampling::Threshold(0))
+            ),
+            (true, Sampling::Threshold(t))
+        );
+        assert_eq!(
+            run(
+                Sampler::TraceIdRatio(0.1),
+                local(t - 1, Sampling::Threshold(0))
+            ),
+            (false, Sampling::Threshold(0))
+        );
+    }
+
+    #[test]
+    fn a_tail_probabilistic_keep_and_a_head_ratio_compose_by_the_larger_threshold() {
+        let tail = threshold(0.25);
+        // A smaller head ratio (larger threshold) wins…
+        let head = threshold(0.1);
+        assert_eq!(
+            run(
+                Sampler::TraceIdRatio(0.1),
+                local(head, Sampling::Threshold(tail))
+            ),
+            (true, Sampling::Threshold(head))
+        );
+        // …and drops what the tail kept below it.
+        assert!(
+            !run(
+                Sampler::TraceIdRatio(0.1),
+                local(tail, Sampling::Threshold(tail))
+            )
+            .0
+        );
+        // A larger head ratio keeps every tail-kept trace (R >= tail > head) and lowers nothing.
+        assert_eq!(
+            run(
+                Sampler::TraceIdRatio(0.5),
+                local(tail, Sampling::Threshold(tail))
+            ),
+            (true, Sampling::Threshold(tail))
+        );
+        assert_eq!(
+            run(
+                Sampler::ParentBased(RootSampler::TraceIdRatio(0.5)),
+                local(HIGH, Sampling::Threshold(tail))
+            ),
+            (true, Sampling::Threshold(tail))
+        );
+    }
+
+    #[test]
+    fn an_unknown_probability_stays_unknown() {
+        // Kept by rate limiting alone: the head ratio still decides, but cannot make the
+        // probability known.
+        let t = threshold(0.1);
+        assert_eq!(
+            run(Sampler::TraceIdRatio(0.1), local(HIGH, Sampling::Unknown)),
+            (true, Sampling::Unknown)
+        );
+        assert!(!run(Sampler::TraceIdRatio(0.1), local(t - 1, Sampling::Unknown)).0);
+        let (_, s) = run(Sampler::TraceIdRatio(0.1), local(HIGH, Sampling::Unknown));
+        assert_eq!(s.th(), None);
+    }
+
+    #[test]
+    fn always_on_and_ratio_one_add_nothing() {
+        for sampling in [
+            Sampling::Unsampled,
+            Sampling::Threshold(0),
+            Sampling::Threshold(threshold(0.3)),
+            Sampling::Unknown,
+        ] {
+            for sampler in [
+                Sampler::AlwaysOn,
+                Sampler::TraceIdRatio(1.0),
+                Sampler::ParentBased(RootSampler::AlwaysOn),
+                Sampler::ParentBased(RootSampler::TraceIdRatio(1.0)),
+            ] {
+                assert_eq!(
+                    run(sampler, local(0, sampling)),
+                    (true, sampling),
+                    "{sampler:?}"
+                );
+            }
+        }
+        assert_eq!(
+            run(Sampler::AlwaysOff, local(HIGH, Sampling::Threshold(0))),
+            (false, Sampling::Threshold(0))
+        );
+    }
+
+    #[test]
+    fn a_trace_continued_from_upstream_follows_its_flag_and_gets_no_threshold() {
+        // Whatever the root ratio and the randomness: the upstream decided, at a probability
+        // not known here, so nothing is invented and an earlier threshold no longer holds.
+        for sampling in [
+            Sampling::Unsampled,
+            Sampling::Threshold(0),
+            Sampling::Threshold(threshold(0.25)),
+            Sampling::Unknown,
+        ] {
+            for r in [0, HIGH] {
+                let mut span = local(r, sampling);
+                span.remote_sampled = Some(true);
+                let sampler = Sampler::ParentBased(RootSampler::TraceIdRatio(0.1));
+                let (keep, after) = run(sampler, span.clone());
+                assert!(keep);
+                assert_eq!(after, Sampling::Unknown);
+                assert_eq!(after.th(), None);
+                span.remote_sampled = Some(false);
+                assert!(!run(sampler, span).0);
+            }
+        }
+        // A non-parent-based ratio ignores the flag and says its own threshold.
+        let mut span = local(HIGH, Sampling::Unsampled);
+        span.remote_sampled = Some(true);
+        assert_eq!(
+            run(Sampler::TraceIdRatio(0.5), span),
+            (true, Sampling::Threshold(threshold(0.5)))
+        );
     }
 }

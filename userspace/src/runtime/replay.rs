@@ -464,7 +464,7 @@ mod processors_on_the_recording_clock {
         assert_eq!(before_end, again_before);
         let ids = |s: &[Span]| {
             s.iter()
-                .map(|s| (s.trace_id, s.span_id, s.th))
+                .map(|s| (s.trace_id, s.span_id, s.sampling))
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(&spans), ids(&again), "the same output on every run");

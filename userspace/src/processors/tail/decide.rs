@@ -30,7 +30,7 @@ use super::policy::{AnomalyView, Outcome, Policy, TraceView};
 use super::threshold::threshold;
 use super::vote::{Local, VoteStats, Votes};
 use crate::config::TailSampling;
-use crate::model::{Span, TraceId, TraceVote};
+use crate::model::{Sampling, Span, TraceId, TraceVote};
 
 /// What the tail sampler did (totals since start, across configuration changes), for
 /// self-metrics and the exit summary.
@@ -218,7 +218,7 @@ impl TailSampler {
             c.stats.late_spans += 1;
             match verdict {
                 Verdict::Keep(th) => {
-                    span.th = th;
+                    span.sampling = Sampling::kept(th);
                     c.stats.spans_kept += 1;
                     out.push(span);
                 }
@@ -288,7 +288,7 @@ impl TailSampler {
             c.stats.traces_kept += 1;
             c.stats.spans_kept += r.spans.len() as u64;
             out.extend(r.spans.into_iter().map(|mut s| {
-                s.th = r.th;
+                s.sampling = Sampling::kept(r.th);
                 s
             }));
         }
@@ -378,7 +378,7 @@ impl Core {
                     st.traces_kept += 1;
                     st.spans_kept += n;
                     out.extend(r.spans.into_iter().map(|mut s| {
-                        s.th = th;
+                        s.sampling = Sampling::kept(th);
                         s
                     }));
                 }
@@ -543,7 +543,7 @@ mod tests {
         );
         assert!(out.iter().all(|s| s.trace_id == trace(1, true)[0].trace_id));
         assert!(out.iter().any(|s| s.status != SpanStatus::Unset));
-        assert!(out.iter().all(|s| s.th == Some(0)));
+        assert!(out.iter().all(|s| s.sampling == Sampling::Threshold(0)));
         let st = t.stats();
         assert_eq!(
             (st.traces_kept, st.traces_dropped),
@@ -588,7 +588,10 @@ mod tests {
         };
         a.vote(b_ip, keep, &mut out);
         assert_eq!(out.len(), 3, "B's keep released A's part");
-        assert!(out.iter().all(|s| s.trace_id == id && s.th == Some(0)));
+        assert!(
+            out.iter()
+                .all(|s| s.trace_id == id && s.sampling == Sampling::Threshold(0))
+        );
         let st = a.stats();
         assert_eq!((st.traces_kept, st.traces_dropped), (1, 0));
         assert_eq!(
@@ -731,7 +734,7 @@ mod tests {
         assert!(
             out_a
                 .iter()
-                .all(|s| s.trace_id == out_b[0].trace_id && s.th == Some(0))
+                .all(|s| s.trace_id == out_b[0].trace_id && s.sampling == Sampling::Threshold(0))
         );
         exchange(&mut a, a_ip, &mut b, &mut out_b);
         // A's drop of the other trace ends B's wait at once; A's own wait ended with B's drop.
@@ -768,7 +771,7 @@ mod tests {
         traces.dedup();
         assert_eq!(traces.len(), 10);
         assert!(
-            out.iter().all(|s| s.th == Some(0)),
+            out.iter().all(|s| s.sampling == Sampling::Threshold(0)),
             "kept with probability 1"
         );
         let st = t.stats();
@@ -782,7 +785,7 @@ mod tests {
         out.clear();
         t.offer(late.clone(), 20_000 * MS, &NoAnomalies, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].th, Some(0));
+        assert_eq!(out[0].sampling, Sampling::Threshold(0));
         late.trace_id = trace(1, false)[0].trace_id;
         t.offer(late, 20_000 * MS, &NoAnomalies, &mut out);
         assert_eq!(out.len(), 1);
@@ -811,7 +814,7 @@ mod tests {
                 .iter()
                 .any(|o| o.trace_id == s.trace_id && o.status != SpanStatus::Unset);
             let want = if healthy_trace { threshold(0.25) } else { 0 };
-            assert_eq!(s.th, Some(want));
+            assert_eq!(s.sampling, Sampling::Threshold(want));
         }
         let kept = t.stats().traces_kept as f64;
         // 25% of the 1980 healthy traces, plus the 20 error traces.
@@ -845,6 +848,6 @@ mod tests {
         }
         r.drain(0, &NoAnomalies, &mut out);
         assert_eq!(out.len(), 6);
-        assert!(out.iter().all(|s| s.th.is_none()));
+        assert!(out.iter().all(|s| s.sampling == Sampling::Unknown));
     }
 }

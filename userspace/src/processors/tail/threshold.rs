@@ -2,8 +2,9 @@
 //! probability-sampling `th` key of the W3C `tracestate` `ot` entry. `th` is the rejection
 //! threshold `T = (1 - p) · 2^56` in up to 14 hex digits with trailing zeros removed (`0` for
 //! p = 1); a backend re-weights each kept span by `1/p = 2^56 / (2^56 - T)`. It is the same
-//! randomness/threshold arithmetic the `traceidratio` head sampler uses, so a trace kept at
-//! probability p here is one that sampler would also keep at ratio p.
+//! randomness/threshold arithmetic the `traceidratio` head sampler uses (it decides with
+//! [`threshold`] and says the same `th`), so a trace kept at probability p here is one that
+//! sampler would also keep at ratio p.
 
 /// 2^56.
 const RANGE: u64 = 1 << 56;
@@ -66,7 +67,7 @@ mod tests {
 
     #[test]
     fn agrees_with_the_head_sampler() {
-        // A trace id whose randomness is exactly T is kept (R >= T), well below is not (the head sampler computes T in f64: a few units of rounding).
+        // The head sampler decides with this very threshold: R = T is kept, R = T - 1 is not.
         for p in [0.5, 0.1, 0.01] {
             let t = threshold(p);
             let id = |r: u64| {
@@ -74,8 +75,8 @@ mod tests {
                 b[8..].copy_from_slice(&r.to_be_bytes());
                 crate::model::TraceId(b)
             };
-            assert!(crate::processors::sampler::ratio_sampled(p, &id(t + 16)));
-            assert!(!crate::processors::sampler::ratio_sampled(p, &id(t - 16)));
+            assert!(crate::processors::sampler::ratio_sampled(p, &id(t)));
+            assert!(!crate::processors::sampler::ratio_sampled(p, &id(t - 1)));
         }
     }
 }
