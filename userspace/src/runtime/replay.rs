@@ -864,9 +864,7 @@ statements = ['set(attributes["replay.rule"], "on")']
             assert_eq!(attr(r, "replay.rule"), Some(&Any::StringValue("on".into())));
         }
         // Recorded without --capture-logs: no logs signal at all (its summary line included).
-        let mut cfg = super::processors_on_the_recording_clock::config("");
-        let rules = std::mem::take(&mut cfg.rules);
-        let mut stages = Stages::new(MONO_TO_UNIX, &cfg, rules);
+        let (mut stages, _) = super::processors_on_the_recording_clock::stages_of("", MONO_TO_UNIX);
         let mut spans = Vec::new();
         for r in &records(false) {
             stages.record(r, &mut spans);
