@@ -4,7 +4,7 @@
 //!
 //! Layout, all integers little-endian:
 //! ```text
-//! header  := MAGIC (8 bytes) | format_version u32 | abi_version u32 | mono_to_unix_ns i64 | payload_cap u32 | reserved u32
+//! header  := MAGIC (8 bytes) | format_version u32 | abi_version u32 | mono_to_unix_ns i64 | payload_cap u32 | flags u32
 //! frame*  := kind u8 | length u32 | body[length]
 //!   kind 1: one raw ring-buffer record, as the probes wrote it (ABI `abi_version`)
 //!   kind 2: a traced process's facts, JSON (pid, parent_pid, service_name, executable_name,
@@ -36,7 +36,13 @@ pub struct Header {
     pub abi_version: u32,
     pub mono_to_unix_ns: i64,
     pub payload_cap: u32,
+    /// `FLAG_*` bits. Files written before a flag existed have it clear.
+    pub flags: u32,
 }
+
+/// The recorder captured stdout/stderr writes (`--capture-logs`), so a replay exports the logs
+/// signal even when the recording holds no line.
+pub const FLAG_CAPTURE_LOGS: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -96,6 +102,7 @@ impl<W: Write> Writer<W> {
         h[12..16].copy_from_slice(&header.abi_version.to_le_bytes());
         h[16..24].copy_from_slice(&header.mono_to_unix_ns.to_le_bytes());
         h[24..28].copy_from_slice(&header.payload_cap.to_le_bytes());
+        h[28..32].copy_from_slice(&header.flags.to_le_bytes());
         out.write_all(&h)?;
         Ok(Self { out })
     }
@@ -218,6 +225,7 @@ impl<R: Read> Reader<R> {
                 abi_version,
                 mono_to_unix_ns: i64::from_le_bytes(mono),
                 payload_cap: u32_at(24),
+                flags: u32_at(28),
             },
             offset: HEADER_LEN as u64,
             truncated: false,
@@ -273,6 +281,7 @@ mod tests {
             abi_version: ztrace_abi::ABI_VERSION,
             mono_to_unix_ns: -42,
             payload_cap: 512,
+            flags: FLAG_CAPTURE_LOGS,
         }
     }
 

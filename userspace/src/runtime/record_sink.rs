@@ -28,13 +28,21 @@ pub(super) struct RecordSink {
 }
 
 impl RecordSink {
-    pub(super) fn create(path: &Path, mono_to_unix: i128, payload_cap: u32) -> Result<Self> {
+    pub(super) fn create(
+        path: &Path,
+        mono_to_unix: i128,
+        opts: &crate::capture::CaptureOptions,
+    ) -> Result<Self> {
         let writer = record::Writer::create(
             path,
             record::Header {
                 abi_version: ABI_VERSION,
                 mono_to_unix_ns: mono_to_unix as i64,
-                payload_cap,
+                payload_cap: opts.payload_cap,
+                flags: match opts.capture_stdio {
+                    true => record::FLAG_CAPTURE_LOGS,
+                    false => 0,
+                },
             },
         )
         .with_context(|| format!("creating record file {}", path.display()))?;

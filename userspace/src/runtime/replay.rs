@@ -95,13 +95,29 @@ impl Stages {
         self.processors.process_info(info);
     }
 
+    /// What the recorder ran with, as its file's header says: `--capture-logs` turns the logs
+    /// signal on from the start, so a recording without a single line still reports its logs.
+    fn recorded_with(&mut self, header: &record::Header) {
+        if header.flags & record::FLAG_CAPTURE_LOGS != 0 {
+            self.logs_on();
+        }
+    }
+
+    /// The logs signal, as `--capture-logs` turns it on live.
+    fn logs_on(&mut self) {
+        if self.pipeline.logs.is_none() {
+            self.pipeline.logs = Some(Logs::new(LogConfig::default()));
+        }
+    }
+
     /// One record; at a turn (true) what may be exported now goes to `out`.
     fn record(&mut self, raw: &[u8], out: &mut Vec<Span>) -> bool {
-        // The recorder captured stdout/stderr writes only with `--capture-logs`: the first such
-        // record turns the logs signal on, as the flag does live. (Before it, log capture has
-        // nothing to do, so the lines are the same as had it been on from the start.)
+        // The recorder captured stdout/stderr writes only with `--capture-logs`, which the
+        // header says (`FLAG_CAPTURE_LOGS`). A file written before that flag existed says it by
+        // its first such record. (Before it, log capture has nothing to do, so the lines are the
+        // same as had it been on from the start.)
         if self.pipeline.logs.is_none() && crate::decode::kind_of(raw) == Some(kind::STDIO) {
-            self.pipeline.logs = Some(Logs::new(LogConfig::default()));
+            self.logs_on();
         }
         self.pipeline.on_record(raw, &mut self.changes);
         self.changes.clear();
@@ -152,6 +168,7 @@ pub fn replay(path: &std::path::Path, mut cfg: ReplayConfig) -> Result<()> {
         let exporter = Exporter::spawn(export);
         let mono_to_unix = reader.header.mono_to_unix_ns;
         let mut stages = Stages::new(mono_to_unix, &cfg, rules);
+        stages.recorded_with(&reader.header);
         // Anomaly records, shipped as the daemon ships them, and the processors' summary.
         // Metrics too, collected on the recording's clock.
         let mut telemetry = Telemetry::on_recording(
@@ -267,6 +284,7 @@ mod hostile_files {
                 abi_version: ztrace_abi::ABI_VERSION,
                 mono_to_unix_ns: 1_700_000_000_000_000_000,
                 payload_cap: 256,
+                flags: 0,
             },
         )
         .unwrap();
@@ -872,5 +890,30 @@ statements = ['set(attributes["replay.rule"], "on")']
         stages.finish(&mut spans);
         assert_eq!(spans.len() as u64, EXCHANGES);
         assert!(stages.pipeline.logs.is_none());
+        // Recorded with --capture-logs while nothing was written: the header says so, and the
+        // logs signal is on (its summary says 0 lines), with no record made up.
+        let (mut stages, mut telemetry) =
+            super::processors_on_the_recording_clock::stages_of("", MONO_TO_UNIX);
+        stages.recorded_with(&record::Header {
+            abi_version: ztrace_abi::ABI_VERSION,
+            mono_to_unix_ns: MONO_TO_UNIX,
+            payload_cap: 256,
+            flags: record::FLAG_CAPTURE_LOGS,
+        });
+        let mut spans = Vec::new();
+        for r in &records(false) {
+            stages.record(r, &mut spans);
+        }
+        stages.finish(&mut spans);
+        assert_eq!(spans.len() as u64, EXCHANGES);
+        let logs = stages
+            .pipeline
+            .logs
+            .as_ref()
+            .expect("the logs signal is on");
+        assert_eq!(logs.stats.lines, 0);
+        assert!(
+            log_records(&telemetry.logs(&mut stages.pipeline, &mut stages.processors)).is_empty()
+        );
     }
 }

@@ -21,7 +21,7 @@ pub(super) fn start(
     seccomp: bool,
 ) -> Result<(Capture, Option<RecordSink>)> {
     let record = match record {
-        Some(path) => Some(RecordSink::create(path, mono_to_unix, opts.payload_cap)?),
+        Some(path) => Some(RecordSink::create(path, mono_to_unix, opts)?),
         None => None,
     };
     let capture = Capture::load(opts)?;
