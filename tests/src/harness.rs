@@ -294,6 +294,24 @@ pub fn trace_server_and_clients(
     Ok(rt.block_on(receiver.wait_for_spans(min_spans, Duration::from_secs(10))))
 }
 
+/// The PID a script wrote to `path` (`echo $! > path`), once it is there; an error naming
+/// `what` after 30 s.
+pub fn wait_pid_file(path: &Path, what: &str) -> Result<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(pid);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("{what}: no PID in {} after 30 s", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free TCP port on loopback (bound and released; good enough for test servers).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -80,20 +80,7 @@ fn a_pid_reused_after_a_traced_exit_is_not_traced() -> Result<()> {
         pid_file.display()
     );
     let (shell, mut ztrace) = trace_shell(&script)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let child: u32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            break pid;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the shell never forked"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let child = ztrace_e2e::harness::wait_pid_file(&pid_file, "the shell's fork")?;
     ztrace.wait_stderr(
         &format!("following new child process {child} of"),
         Duration::from_secs(10),

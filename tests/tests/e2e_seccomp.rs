@@ -201,20 +201,7 @@ fn under_the_filter_a_later_process_with_a_large_pid_is_traced() -> Result<()> {
     );
     let pieces_before = bpf_map_mappings(ztrace.pid())?;
     let shell = Proc::new(Command::new("bash").args(["-c", &script]).spawn()?);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let server: u32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            break pid;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the shell never started its server"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let server = ztrace_e2e::harness::wait_pid_file(&pid_file, "the shell's server")?;
     // Stopped with the test, whatever happens (it is the shell's child, not ours).
     let _server = kill_on_drop(server);
     ensure!(

@@ -193,18 +193,7 @@ fn mariadb_statements_become_linked_database_spans() -> Result<()> {
         .spawn()?;
     let mut server = ztrace_e2e::harness::Proc::new(server);
     let result = (|| {
-        let mut mariadbd = None;
-        for _ in 0..200 {
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok())
-            {
-                mariadbd = Some(pid);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mariadbd = mariadbd.context("mariadbd did not start")?;
+        let mariadbd = ztrace_e2e::harness::wait_pid_file(&pid_file, "mariadbd")?;
         let client = format!("mariadb -h 127.0.0.1 -P {port} -u root --force -e");
         let script = format!(
             "sleep 3; {client} \"create database shop; create table shop.items(id int, name text); \
