@@ -21,7 +21,9 @@
 //! With `targets` allowed, the server may add a process (and switch tail sampling), and a
 //! remote configuration that no longer names a process untraces it. A change of tail sampling
 //! (and switching it off) while traces are held lets them finish under the policies they came in
-//! under, with the spans that arrive after the change.
+//! under, with the spans that arrive after the change. A local file that tunes tail sampling is
+//! switched off remotely with `policies = []`, and the late spans of the traces it had dropped
+//! stay dropped.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
