@@ -21,7 +21,9 @@
 //! With `targets` allowed, the server may add a process (and switch tail sampling), and a
 //! remote configuration that no longer names a process untraces it. A change of tail sampling
 //! (and switching it off) while traces are held lets them finish under the policies they came in
-//! under, with the spans that arrive after the change.
+//! under, with the spans that arrive after the change. A local file that tunes tail sampling is
+//! switched off remotely with `policies = []`, and the late spans of the traces it had dropped
+//! stay dropped.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -689,6 +691,151 @@ fn a_remote_target_change_untraces_a_process_no_longer_named() -> Result<()> {
                 p.pid()
             );
         }
+        Ok(())
+    })();
+    finish(ztrace, result)
+}
+
+/// An agent whose local file tunes tail sampling (`decision_wait`, `max_hold`, `num_traces`,
+/// `vote_wait`) and keeps errors only. The server switches tail sampling off with
+/// `policies = []`: APPLIED, the health says `tail sampling off`, the effective configuration
+/// keeps the tuning next to the empty list, and every later trace is exported. The verdicts made
+/// before still hold: a late span of a trace the errors policy dropped (a request carrying its
+/// `traceparent`, sent after the switch-off) is dropped, one of the kept trace exported; the exit
+/// summary counts them. (Before, the empty list was refused, "settings are given but no policy";
+/// and a switched-off sampler with nothing held let such a late span out alone.)
+#[test]
+fn a_server_switches_off_tail_sampling_the_local_file_tuned() -> Result<()> {
+    if !privileged_or_skip("a_server_switches_off_tail_sampling_the_local_file_tuned") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = TempDir::new("opamp-e2e-tailoff")?;
+    let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, None, None))?;
+    let (backend, port) = spawn_service(&["backend"])?;
+    let mut ztrace = spawn_managed(
+        &dir,
+        &format!(
+            r#"[target]
+pids = [{}]
+
+[otlp]
+endpoint = "{}"
+
+[tail_sampling]
+decision_wait = "500ms"
+max_hold = "20s"
+num_traces = 1000
+vote_wait = "1s"
+
+[[tail_sampling.policies]]
+name = "errors"
+type = "status_code"
+status_code = {{ status_codes = ["ERROR"] }}
+"#,
+            backend.pid(),
+            receiver.endpoint()
+        ),
+        &server,
+        &[],
+    )?;
+    ztrace.wait_stderr("tracing 1 process(es)", Duration::from_secs(60))?;
+    let trace_id = |i: u8| format!("{i:02x}{}", "5e".repeat(15));
+    let with_parent = |i: u8, path: &str| -> Result<()> {
+        curl(&[
+            "-H".into(),
+            format!(
+                "traceparent: 00-{}-{:016x}-01",
+                trace_id(i),
+                1 + u64::from(i)
+            ),
+            format!("http://127.0.0.1:{port}{path}"),
+        ])?;
+        Ok(())
+    };
+    let result = (|| -> Result<()> {
+        // Under the local policies: healthy traces dropped, the failing one (trace 9) kept.
+        requests(port, "1-ok", 10)?;
+        for i in 0..3 {
+            with_parent(i, &format!("/item/held-{i}"))?;
+        }
+        with_parent(9, "/fail")?;
+        std::thread::sleep(Duration::from_secs(3));
+        let hash = server.offer("[tail_sampling]\npolicies = []\n");
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "policies = [] should switch tail sampling off: {status:?}: {error}"
+        );
+        let m = rt.block_on(server.wait_for(
+            "health saying tail sampling is off",
+            Duration::from_secs(10),
+            |m| {
+                m.health
+                    .as_ref()
+                    .is_some_and(|h| h.status == "tracing 1 process(es); tail sampling off")
+            },
+        ))?;
+        ensure!(m.health.is_some_and(|h| h.healthy));
+        let effective = server
+            .received()
+            .iter()
+            .rev()
+            .find_map(effective_text)
+            .unwrap_or_default();
+        ensure!(
+            effective.contains("policies = []")
+                && effective.contains("decision_wait = \"500ms\"")
+                && effective.contains("num_traces = 1000"),
+            "the effective configuration should show the empty list and keep the tuning:\n{effective}"
+        );
+        ztrace.wait_stderr("changed: tail sampling off", Duration::from_secs(5))?;
+        // Late spans of the decided traces, then new traces.
+        for i in 0..3 {
+            with_parent(i, &format!("/item/late-{i}"))?;
+        }
+        with_parent(9, "/item/late-9")?;
+        requests(port, "3-ok", 20)?;
+        let after = settled(&receiver, "3-ok");
+        ensure!(
+            after.len() == 20,
+            "switched off, every trace should be exported: {} of 20",
+            after.len()
+        );
+        stop_ztrace(&mut ztrace)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let spans = receiver.spans();
+        let paths_of = |i: u8| {
+            let mut p: Vec<String> = spans
+                .iter()
+                .filter(|s| s.trace_id_hex() == trace_id(i))
+                .map(|s| s.attr_str("url.path").unwrap_or_default())
+                .collect();
+            p.sort();
+            p
+        };
+        for i in 0..3 {
+            ensure!(
+                paths_of(i).is_empty(),
+                "trace {i} was dropped by the errors policy; its late span must not be exported alone: {:?}",
+                paths_of(i)
+            );
+        }
+        ensure!(
+            paths_of(9) == ["/fail", "/item/late-9"],
+            "the kept trace and its late span: {:?}",
+            paths_of(9)
+        );
+        ensure!(
+            phase_spans(&receiver, "1-ok").is_empty(),
+            "healthy traces before the switch-off are dropped"
+        );
+        let stderr = ztrace.stderr_text();
+        ensure!(
+            stderr.contains("1 traces kept, 13 dropped")
+                && stderr.contains("switched off, 4 late spans followed their trace's decision"),
+            "the exit summary should count 1 kept, 13 dropped and the 4 late spans after the switch-off"
+        );
         Ok(())
     })();
     finish(ztrace, result)

@@ -196,15 +196,22 @@ pub fn resolve_tail(
         });
     }
     let get = |k: &str| file.and_then(|f| f.get(k)).map(|(v, _)| v);
+    // `policies = []` given on purpose (a remote configuration switching tail sampling off):
+    // off, whatever the other keys say; they are still checked, and kept for when policies
+    // come back.
+    let switched_off =
+        matches!(get("tail_sampling.policies"), Some(toml::Value::Array(a)) if a.is_empty());
     let file_tail_keys = TAIL_FILE_KEYS[..4].iter().any(|k| get(k).is_some());
-    let tail = if policies.is_empty() {
-        if file_tail_keys {
-            return Err(ConfigError(
-                "tail_sampling: settings are given but no policy: add [[tail_sampling.policies]] \
-                 or --keep-errors / --keep-slower-than / --sample-healthy"
-                    .into(),
-            ));
-        }
+    if policies.is_empty() && file_tail_keys && !switched_off {
+        return Err(ConfigError(
+            "tail_sampling: settings are given but no policy: add [[tail_sampling.policies]] \
+             or --keep-errors / --keep-slower-than / --sample-healthy (or `policies = []` to \
+             switch tail sampling off and keep the settings)"
+                .into(),
+        ));
+    }
+    // The settings are checked whenever one is given, so a bad one is refused by its key.
+    let tail = if policies.is_empty() && !TAIL_FILE_KEYS[..5].iter().any(|k| get(k).is_some()) {
         None
     } else {
         let mut t = TailSampling {
@@ -236,7 +243,7 @@ pub fn resolve_tail(
                 t.max_hold, t.decision_wait
             )));
         }
-        Some(t)
+        (!t.policies.is_empty()).then_some(t)
     };
     let wants_anomaly = flags.anomaly
         || flags.anomaly_window.is_some()
@@ -739,6 +746,34 @@ type = "anomaly"
             let err = resolve(text).unwrap_err().0;
             assert!(err.starts_with(want), "{text}\n got: {err}\nwant: {want}");
         }
+    }
+
+    /// `policies = []` switches tail sampling off whatever the other keys say (they are still
+    /// checked); without it, settings and no policy are refused as before.
+    #[test]
+    fn an_empty_policy_list_is_off_and_the_settings_are_still_checked() {
+        let off = "[tail_sampling]\ndecision_wait = \"2s\"\nnum_traces = 100\nvote_wait = \"3s\"\npolicies = []\n";
+        assert_eq!(resolve(off).unwrap(), (None, None));
+        let e = resolve("[tail_sampling]\nmax_hold = \"soon\"\npolicies = []\n")
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("tail_sampling.max_hold:"), "{e}");
+        let e =
+            resolve("[tail_sampling]\ndecision_wait = \"2s\"\nmax_hold = \"1s\"\npolicies = []\n")
+                .unwrap_err()
+                .0;
+        assert!(e.contains("must not be shorter"), "{e}");
+        let e = resolve("[tail_sampling]\nnum_traces = 100\n")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("`policies = []`"), "{e}");
+        // A flag's policy keeps it on.
+        let flags = TailFlags {
+            keep_errors: true,
+            ..TailFlags::default()
+        };
+        let (tail, _) = resolve_tail(&flags, Some(&file(off).unwrap())).unwrap();
+        assert_eq!(tail.unwrap().num_traces, 100);
     }
 
     #[test]

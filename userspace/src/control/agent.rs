@@ -59,6 +59,10 @@ pub struct Agent {
     seq: u64,
     effective: String,
     health: ComponentHealth,
+    /// The daemon's own health text, and what the last applied remote configuration put in force
+    /// that the server should see in it (e.g. `tail sampling off`); reported as `status; note`.
+    base_status: String,
+    note: String,
     status: Option<RemoteConfigStatus>,
     /// Hashes already handed out (the one being applied, the last decided).
     seen_hash: Option<Vec<u8>>,
@@ -80,6 +84,8 @@ impl Agent {
                 status: "running".into(),
                 ..ComponentHealth::default()
             },
+            base_status: "running".into(),
+            note: String::new(),
             status: None,
             seen_hash: None,
             full_state: true,
@@ -101,6 +107,8 @@ impl Agent {
 
     /// Health as the daemon sees it (`status` is a short human text), at `now_unix_ns`.
     pub fn set_health(&mut self, healthy: bool, status: String, error: String, now_unix_ns: u64) {
+        self.base_status = status;
+        let status = self.status_text();
         if self.health.healthy != healthy
             || self.health.status != status
             || self.health.last_error != error
@@ -110,6 +118,22 @@ impl Agent {
             self.health.last_error = error;
             self.health.status_time_unix_nano = now_unix_ns;
             self.dirty_health = true;
+        }
+    }
+
+    /// What a remote configuration put in force, told with the health from now on (empty:
+    /// nothing to tell).
+    pub fn set_note(&mut self, note: String, now_unix_ns: u64) {
+        self.note = note;
+        let (healthy, error) = (self.health.healthy, self.health.last_error.clone());
+        self.set_health(healthy, self.base_status.clone(), error, now_unix_ns);
+    }
+
+    fn status_text(&self) -> String {
+        if self.note.is_empty() {
+            self.base_status.clone()
+        } else {
+            format!("{}; {}", self.base_status, self.note)
         }
     }
 
@@ -387,6 +411,22 @@ mod tests {
         a.reconnecting();
         assert!(a.message().effective_config.is_some());
         assert!(a.message().effective_config.is_none());
+    }
+
+    /// What a remote configuration put in force (tail sampling off) is told with the health,
+    /// after the daemon's own text, and stays there as that text changes.
+    #[test]
+    fn the_health_says_what_a_remote_configuration_put_in_force() {
+        let mut a = agent();
+        a.set_health(true, "tracing 1 process(es)".into(), String::new(), 1);
+        a.message();
+        a.set_note("tail sampling off".into(), 2);
+        let h = a.message().health.expect("changed health");
+        assert_eq!(h.status, "tracing 1 process(es); tail sampling off");
+        assert_eq!(h.status_time_unix_nano, 2);
+        a.set_health(true, "tracing 2 process(es)".into(), String::new(), 3);
+        let h = a.message().health.expect("changed health");
+        assert_eq!(h.status, "tracing 2 process(es); tail sampling off");
     }
 
     #[test]

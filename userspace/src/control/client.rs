@@ -301,7 +301,7 @@ impl Client {
                 Err(e) => Err(e),
                 Ok(accepted) => {
                     let (reply, answer) = oneshot::channel();
-                    let what = accepted.plan.describe();
+                    let what = (accepted.plan.describe(), accepted.plan.tail_state());
                     let sent = self
                         .offers
                         .send(Pending {
@@ -324,10 +324,17 @@ impl Client {
             },
         };
         match outcome {
-            Ok(what) => {
+            Ok((what, tail)) => {
                 log::info!("OpAMP: remote configuration applied (changed: {what})");
                 self.agent
                     .applied(offer.hash, remote::effective_toml(&self.effective));
+                // The health tells the server what tail sampling is now (off, or which policies).
+                if let Some(tail) = tail {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    self.agent.set_note(tail, now);
+                }
             }
             Err(e) => {
                 log::warn!("OpAMP: remote configuration FAILED, nothing applied: {e}");

@@ -56,6 +56,9 @@ pub struct Plan {
     pub target: Option<Target>,
     /// The new rules (compiled by the daemon before anything is applied).
     pub rules: Option<Rules>,
+    /// The new policy list has no `anomaly` policy any more, but the detector it turned on
+    /// keeps running (log records and metrics) until a restart.
+    pub detection_stays: bool,
 }
 
 impl Plan {
@@ -63,25 +66,54 @@ impl Plan {
         *self == Plan::default()
     }
 
-    /// `sampling, targets`: what the plan changes, for logs.
+    /// `head sampler, tail sampling off`: what the plan changes, for logs and the health
+    /// reported to the server (a tail sampling change says what is in force after it).
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if self.sampler.is_some() {
-            parts.push("head sampler");
+            parts.push("head sampler".to_string());
         }
-        if self.tail.is_some() {
-            parts.push("tail sampling");
+        if let Some(tail) = &self.tail {
+            parts.push(self.describe_tail(tail.as_ref()));
         }
         if self.target.is_some() {
-            parts.push("targets");
+            parts.push("targets".into());
         }
         if self.rules.is_some() {
-            parts.push("rules");
+            parts.push("rules".into());
         }
         if parts.is_empty() {
             "nothing".into()
         } else {
             parts.join(", ")
+        }
+    }
+
+    /// What tail sampling is after the plan, when it changes it.
+    pub fn tail_state(&self) -> Option<String> {
+        self.tail.as_ref().map(|t| self.describe_tail(t.as_ref()))
+    }
+
+    /// `tail sampling off`, `tail sampling (2 policies: errors, slow)`.
+    fn describe_tail(&self, tail: Option<&TailSampling>) -> String {
+        let stays = if self.detection_stays {
+            "anomaly detection stays on until a restart"
+        } else {
+            ""
+        };
+        match tail {
+            None if stays.is_empty() => "tail sampling off".into(),
+            None => format!("tail sampling off ({stays})"),
+            Some(t) => {
+                let names: Vec<&str> = t.policies.iter().map(|p| p.name.as_str()).collect();
+                format!(
+                    "tail sampling ({} polic{}: {}{}{stays})",
+                    names.len(),
+                    if names.len() == 1 { "y" } else { "ies" },
+                    names.join(", "),
+                    if stays.is_empty() { "" } else { "; " },
+                )
+            }
         }
     }
 }
@@ -141,14 +173,23 @@ pub fn validate(
     if !refused.is_empty() {
         return Err(format!("{REMOTE} changes {}", refused.join("; ")));
     }
-    let settings = (base.resolver)(&merged)?;
+    let mut settings = (base.resolver)(&merged)?;
+    // Only the policy list can turn detection on or off here (`anomaly.*` is refused above).
+    // Off: the detector cannot be stopped without a restart, so it keeps running (log records
+    // and metrics; no policy asks it any more) and the plan says so. On: refused.
+    let detection_stays = settings.anomaly.is_none() && current.anomaly.is_some();
+    if detection_stays {
+        settings.anomaly = current.anomaly.clone();
+    }
     if settings.anomaly != current.anomaly {
         return Err(format!(
-            "{REMOTE} turns anomaly detection on or off (an `anomaly` tail policy), which needs a restart"
+            "{REMOTE} changes `tail_sampling.policies`: an `anomaly` policy turns anomaly detection on, which needs a restart"
         ));
     }
+    let mut plan = plan(current, &settings);
+    plan.detection_stays = detection_stays && plan.tail.is_some();
     Ok(Accepted {
-        plan: plan(current, &settings),
+        plan,
         effective: merged,
         settings,
     })
@@ -160,6 +201,7 @@ fn plan(current: &Settings, new: &Settings) -> Plan {
         tail: (new.tail != current.tail).then(|| new.tail.clone()),
         target: (!same_targets(&current.target, &new.target)).then(|| new.target.clone()),
         rules: (!same_rules(&current.rules, &new.rules)).then(|| new.rules.clone()),
+        detection_stays: false,
     }
 }
 
@@ -415,7 +457,7 @@ exe = "nginx"
         .unwrap();
         let tail = a.plan.tail.clone().unwrap().unwrap();
         assert_eq!(tail.policies.len(), 1);
-        assert_eq!(a.plan.describe(), "tail sampling");
+        assert_eq!(a.plan.describe(), "tail sampling (1 policy: errors)");
         let e = check(
             &c,
             "[[tail_sampling.policies]]\nname = \"odd\"\ntype = \"anomaly\"\n",
@@ -438,6 +480,97 @@ exe = "nginx"
         assert_eq!(
             back.plan.sampler,
             Some(Sampler::ParentBased(RootSampler::AlwaysOn))
+        );
+    }
+
+    /// A local file that tunes tail sampling (`decision_wait`, `num_traces`, `vote_wait`) and
+    /// sets policies: the remote `policies = []` switches it off, the other keys staying as they
+    /// are; policies sent again later switch it back on with them.
+    #[test]
+    fn an_empty_policy_list_switches_tail_sampling_off_whatever_the_other_keys() {
+        let local = format!(
+            "{LOCAL}\n[tail_sampling]\ndecision_wait = \"3s\"\nnum_traces = 500\nvote_wait = \"4s\"\n\n[[tail_sampling.policies]]\nname = \"errors\"\ntype = \"status_code\"\nstatus_code = {{ status_codes = [\"ERROR\"] }}\n"
+        );
+        let c = case(&local, &[]);
+        assert!(c.current.tail.is_some());
+        let off = check(&c, "[tail_sampling]\npolicies = []\n", &DEFAULT_ALLOW)
+            .unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!(off.plan.tail, Some(None), "tail sampling off");
+        assert_eq!(off.settings.tail, None);
+        assert_eq!(off.plan.describe(), "tail sampling off");
+        // The tuning stays in the effective configuration, for when policies come back.
+        let text = effective_toml(&off.effective);
+        assert!(
+            text.contains("decision_wait = \"3s\"") && text.contains("policies = []"),
+            "{text}"
+        );
+        let back = validate(
+            "[[tail_sampling.policies]]\nname = \"slow\"\ntype = \"latency\"\nlatency = { threshold_ms = 500 }\n",
+            &c.base,
+            &off.effective,
+            &off.settings,
+            &opamp(&DEFAULT_ALLOW),
+            true,
+        )
+        .unwrap();
+        let t = back.plan.tail.clone().unwrap().unwrap();
+        assert_eq!(
+            (t.decision_wait, t.num_traces),
+            (Duration::from_secs(3), 500)
+        );
+        assert_eq!(t.vote_wait, Duration::from_secs(4));
+        assert_eq!(back.plan.describe(), "tail sampling (1 policy: slow)");
+        // Still refused, naming the key and why: a bad value next to the empty list, and the
+        // switch-off when a flag sets the policies.
+        let e = check(
+            &c,
+            "[tail_sampling]\npolicies = []\nnum_traces = 0\n",
+            &DEFAULT_ALLOW,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("tail_sampling.num_traces") && e.contains("positive"),
+            "{e}"
+        );
+        let flagged = case(&local, &["tail_sampling.policies"]);
+        let e = check(&flagged, "[tail_sampling]\npolicies = []\n", &DEFAULT_ALLOW).unwrap_err();
+        assert!(
+            e.contains("`tail_sampling.policies`") && e.contains("flags win"),
+            "{e}"
+        );
+    }
+
+    /// Switching off a policy list that holds an `anomaly` policy: tail sampling goes off, the
+    /// detector (which cannot be stopped without a restart) stays on, and the plan says so.
+    /// Turning detection on still needs a restart, and the refusal names the key.
+    #[test]
+    fn switching_off_an_anomaly_policy_leaves_detection_running() {
+        let local = format!(
+            "{LOCAL}\n[tail_sampling]\ndecision_wait = \"3s\"\n\n[[tail_sampling.policies]]\nname = \"odd\"\ntype = \"anomaly\"\n"
+        );
+        let c = case(&local, &[]);
+        assert!(c.current.anomaly.is_some());
+        let off = check(&c, "[tail_sampling]\npolicies = []\n", &DEFAULT_ALLOW)
+            .unwrap_or_else(|e| panic!("refused: {e}"));
+        assert_eq!(off.plan.tail, Some(None));
+        assert_eq!(
+            off.settings.anomaly, c.current.anomaly,
+            "detection stays on"
+        );
+        assert_eq!(
+            off.plan.describe(),
+            "tail sampling off (anomaly detection stays on until a restart)"
+        );
+        let plain = case(LOCAL, &[]);
+        let e = check(
+            &plain,
+            "[[tail_sampling.policies]]\nname = \"odd\"\ntype = \"anomaly\"\n",
+            &DEFAULT_ALLOW,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`tail_sampling.policies`") && e.contains("restart"),
+            "{e}"
         );
     }
 

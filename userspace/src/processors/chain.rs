@@ -309,6 +309,39 @@ mod tests {
         assert_eq!((st.traces_kept, st.traces_dropped, st.changes), (2, 1, 2));
     }
 
+    /// Switched off, a late span of a trace the policies dropped is dropped while the verdict is
+    /// remembered (`max_hold`, 5 s here, after the decision), though nothing else is held; new
+    /// traces pass. Afterwards the sampler is idle and spans pass straight through.
+    #[test]
+    fn a_late_span_of_a_dropped_trace_stays_dropped_after_a_switch_off() {
+        let drop_all = tail(PolicyRule::Probabilistic {
+            sampling_percentage: 0.0,
+        });
+        let mut p = Processors::new(Some(&drop_all), None);
+        let mut out = Vec::new();
+        p.run(&mut vec![trace(1)], 0, &mut out);
+        p.run(&mut Vec::new(), SEC / 10, &mut out);
+        p.set_tail(None, SEC / 5, &mut out);
+        let mut late = trace(1);
+        late.span_id = crate::model::SpanId([9; 8]);
+        p.run(&mut vec![late.clone(), trace(2)], SEC, &mut out);
+        let ids: Vec<_> = out.iter().map(|s| s.trace_id).collect();
+        assert_eq!(
+            ids,
+            [trace(2).trace_id],
+            "the late span of trace 1 is dropped"
+        );
+        out.clear();
+        p.run(&mut Vec::new(), 5 * SEC + SEC / 10 + 1, &mut out);
+        p.run(&mut vec![late], 6 * SEC, &mut out);
+        assert_eq!(out.len(), 1, "forgotten after the window");
+        let st = p.tail_stats().unwrap();
+        assert_eq!(
+            (st.late_spans_off, st.verdicts_forgotten, st.remembered),
+            (1, 1, 0)
+        );
+    }
+
     /// The anomaly policy keeps the traces of a latency fault, and only those, once the baseline
     /// is learnt; the detector saw every span (kept or not).
     #[test]

@@ -353,7 +353,7 @@ impl Telemetry {
         if let Some(t) = processors.tail_stats() {
             let decided = (t.traces_kept + t.traces_dropped).max(1);
             log::info!(
-                "summary (tail sampling): {} traces kept, {} dropped ({} spans kept, {} dropped; {} late spans); by policy: {}; {} decided early (buffer full); decision wait mean {:.0} ms, max {:.0} ms; {} remote changes ({} traces decided early by a change)",
+                "summary (tail sampling): {} traces kept, {} dropped ({} spans kept, {} dropped; {} late spans); by policy: {}; {} decided early (buffer full); decision wait mean {:.0} ms, max {:.0} ms; {} remote changes ({} traces decided early by a change); switched off, {} late spans followed their trace's decision and {} decisions were forgotten",
                 t.traces_kept,
                 t.traces_dropped,
                 t.spans_kept,
@@ -369,6 +369,8 @@ impl Telemetry {
                 t.wait_max_ns as f64 / 1e6,
                 t.changes,
                 t.retired_early,
+                t.late_spans_off,
+                t.verdicts_forgotten,
             );
         }
         if let Some(v) = processors.tail_stats().map(|t| t.votes)

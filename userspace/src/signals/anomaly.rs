@@ -259,6 +259,20 @@ pub fn tail_metrics(t: &TailStats, start_ns: u64, now_ns: u64) -> Vec<Metric> {
             at,
         ),
         sum(
+            "ztrace.tail.late_spans_off",
+            "{span}",
+            "Late spans that got their trace's remembered decision while tail sampling was switched off (also in ztrace.tail.late_spans).",
+            vec![(vec![], int(t.late_spans_off))],
+            at,
+        ),
+        sum(
+            "ztrace.tail.verdicts_forgotten",
+            "{trace}",
+            "Remembered decisions forgotten while tail sampling was switched off (their remember window ended).",
+            vec![(vec![], int(t.verdicts_forgotten))],
+            at,
+        ),
+        sum(
             "ztrace.tail.decision.wait",
             "s",
             "Total time from a trace's first span to its decision (divide by ztrace.tail.traces for the mean).",
@@ -282,7 +296,7 @@ pub fn tail_metrics(t: &TailStats, start_ns: u64, now_ns: u64) -> Vec<Metric> {
         gauge(
             "ztrace.tail.held",
             "{item}",
-            "Traces and spans held for a tail decision now.",
+            "Traces and spans held for a tail decision now, and decisions remembered for late spans.",
             vec![
                 (on("ztrace.tail.item", "traces"), int(t.held_traces)),
                 (on("ztrace.tail.item", "spans"), int(t.held_spans)),
@@ -290,6 +304,7 @@ pub fn tail_metrics(t: &TailStats, start_ns: u64, now_ns: u64) -> Vec<Metric> {
                     on("ztrace.tail.item", "spans_awaiting_votes"),
                     int(v.parked_spans),
                 ),
+                (on("ztrace.tail.item", "verdicts"), int(t.remembered)),
             ],
             now_ns,
         ),

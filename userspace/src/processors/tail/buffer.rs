@@ -54,11 +54,16 @@ pub struct Buffer {
 }
 
 /// The verdicts of decided traces, for their late spans: at most `cap`, the oldest forgotten
-/// first.
+/// first. Once tail sampling is switched off no decision is made any more, so the traces that
+/// pass undecided take the room decisions would have taken ([`Decided::passed`]), and verdicts
+/// can be forgotten by age ([`Decided::forget_before`]).
 pub struct Decided {
     cap: usize,
     verdicts: HashMap<TraceId, Verdict>,
-    order: VecDeque<TraceId>,
+    /// Oldest first, with the time each was decided (monotonic ns).
+    order: VecDeque<(TraceId, u64)>,
+    /// Traces that passed undecided since tail sampling was switched off (room taken, no memory).
+    passed: usize,
 }
 
 impl Decided {
@@ -67,6 +72,7 @@ impl Decided {
             cap,
             verdicts: HashMap::new(),
             order: VecDeque::new(),
+            passed: 0,
         }
     }
 
@@ -74,10 +80,20 @@ impl Decided {
         self.verdicts.get(id).copied()
     }
 
-    /// Remembers a decision for the trace's late spans (the oldest decision is forgotten first).
-    pub fn remember(&mut self, id: TraceId, v: Verdict) {
+    /// Verdicts remembered now.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Remembers a decision made at `now_ns` for the trace's late spans (the oldest decision is
+    /// forgotten first).
+    pub fn remember(&mut self, id: TraceId, v: Verdict, now_ns: u64) {
         if self.verdicts.insert(id, v).is_none() {
-            self.order.push_back(id);
+            self.order.push_back((id, now_ns));
         }
         self.trim();
     }
@@ -88,17 +104,56 @@ impl Decided {
         self.trim();
     }
 
-    fn trim(&mut self) {
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
+    /// A trace passed undecided (tail sampling off): it takes the room its decision would have
+    /// taken, so the oldest verdict goes when the memory would have been full. How many were
+    /// forgotten.
+    pub fn passed(&mut self) -> usize {
+        self.passed = self.passed.saturating_add(1);
+        self.trim()
+    }
+
+    /// Tail sampling is on again: decisions take the room from now on.
+    pub fn resume(&mut self) {
+        self.passed = 0;
+    }
+
+    /// Forgets the verdicts decided before `before_ns`; how many.
+    pub fn forget_before(&mut self, before_ns: u64) -> usize {
+        let mut n = 0;
+        while self.order.front().is_some_and(|(_, t)| *t < before_ns) {
+            if let Some((old, _)) = self.order.pop_front() {
                 self.verdicts.remove(&old);
+                n += 1;
             }
         }
+        if self.order.is_empty() {
+            // Gives the memory back (a map keeps its largest size otherwise).
+            self.verdicts = HashMap::new();
+            self.order = VecDeque::new();
+        }
+        n
+    }
+
+    fn trim(&mut self) -> usize {
+        let mut n = 0;
+        while self.order.len() + self.passed > self.cap {
+            match self.order.pop_front() {
+                Some((old, _)) => {
+                    self.verdicts.remove(&old);
+                    n += 1;
+                }
+                None => {
+                    self.passed = self.cap;
+                    break;
+                }
+            }
+        }
+        n
     }
 }
 
 /// A local root: nothing above it in this agent's view.
-fn is_local_root(s: &Span) -> bool {
+pub fn is_local_root(s: &Span) -> bool {
     s.parent_span_id.is_none() || s.parent_is_remote
 }
 
@@ -267,15 +322,39 @@ mod tests {
     #[test]
     fn decisions_are_remembered_within_a_bound() {
         let mut d = Decided::new(2);
-        d.remember(TraceId([1; 16]), Verdict::Keep(Some(0)));
-        d.remember(TraceId([2; 16]), Verdict::Drop);
+        d.remember(TraceId([1; 16]), Verdict::Keep(Some(0)), 0);
+        d.remember(TraceId([2; 16]), Verdict::Drop, 1);
         assert_eq!(d.get(&TraceId([1; 16])), Some(Verdict::Keep(Some(0))));
         assert_eq!(d.get(&TraceId([2; 16])), Some(Verdict::Drop));
         // Bounded: a third decision forgets the first; a smaller bound the next.
-        d.remember(TraceId([3; 16]), Verdict::Drop);
+        d.remember(TraceId([3; 16]), Verdict::Drop, 2);
         assert_eq!(d.get(&TraceId([1; 16])), None);
         d.set_cap(1);
         assert_eq!(d.get(&TraceId([2; 16])), None);
         assert_eq!(d.get(&TraceId([3; 16])), Some(Verdict::Drop));
+    }
+
+    /// Switched off: traces passing undecided push verdicts out as decisions would have, and
+    /// verdicts are forgotten by age; on again, decisions take the room.
+    #[test]
+    fn passing_traces_and_age_forget_verdicts() {
+        let mut d = Decided::new(3);
+        for (i, t) in [(1u8, 10), (2, 20), (3, 30)] {
+            d.remember(TraceId([i; 16]), Verdict::Drop, t);
+        }
+        assert_eq!(d.passed(), 1, "a fourth trace: the oldest verdict goes");
+        assert_eq!(d.get(&TraceId([1; 16])), None);
+        assert_eq!(d.forget_before(30), 1, "decided at 20");
+        assert_eq!(
+            (d.len(), d.get(&TraceId([3; 16]))),
+            (1, Some(Verdict::Drop))
+        );
+        assert_eq!(d.passed() + d.passed(), 1);
+        assert!(d.is_empty());
+        assert_eq!(d.passed(), 0, "nothing left to forget");
+        d.resume();
+        d.remember(TraceId([4; 16]), Verdict::Keep(None), 40);
+        d.remember(TraceId([5; 16]), Verdict::Drop, 50);
+        assert_eq!(d.len(), 2);
     }
 }

@@ -19,13 +19,22 @@
 //! sampler's, not a list's, so participants, parked traces and votes in flight carry over, and so
 //! do the totals. At most one list retires at a time: a further change while one still holds
 //! traces decides those at once, under their own list, counted (`retired_early`).
+//!
+//! Switched off, the verdicts already made still hold: a late span of a trace dropped (or kept)
+//! before goes the way of its trace, not out alone. Each verdict is honoured for as long as it
+//! would have been remembered had the sampler stayed on — until as many traces have passed since
+//! as the memory of verdicts holds (2 × `num_traces`; a trace is counted by its local root span)
+//! — and at most `max_hold` (of the list switched off) after it was made; then it is forgotten
+//! (`verdicts_forgotten`). Once nothing is held, parked or remembered, the sampler gives its
+//! memory back, the votes' knowledge of shared traces included (a vote about one of them is
+//! refused from then on), and spans pass straight through.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use super::buffer::{Buffer, Decided, Limits, Ready, Verdict};
+use super::buffer::{Buffer, Decided, Limits, Ready, Verdict, is_local_root};
 use super::policy::{AnomalyView, Outcome, Policy, TraceView};
 use super::threshold::threshold;
 use super::vote::{Local, VoteStats, Votes};
@@ -58,6 +67,13 @@ pub struct TailStats {
     /// Traces decided before their due time because a change came while the list before the
     /// last change still held them.
     pub retired_early: u64,
+    /// Late spans that got their trace's remembered verdict while tail sampling was off (also
+    /// in `late_spans`).
+    pub late_spans_off: u64,
+    /// Verdicts forgotten while tail sampling was off (their remember window ended).
+    pub verdicts_forgotten: u64,
+    /// Verdicts remembered now, for late spans.
+    pub remembered: u64,
     /// Votes with the agents on other hosts that share a trace.
     pub votes: VoteStats,
 }
@@ -73,6 +89,7 @@ struct Generation {
     /// Where each policy's count is in [`TailStats::by_policy`].
     slots: Vec<usize>,
     vote_wait_ns: u64,
+    max_hold_ns: u64,
 }
 
 impl Generation {
@@ -87,6 +104,7 @@ impl Generation {
             policies: cfg.policies.iter().map(Policy::new).collect(),
             slots: Vec::new(),
             vote_wait_ns: ns(cfg.vote_wait),
+            max_hold_ns: ns(cfg.max_hold),
         }
     }
 }
@@ -98,6 +116,11 @@ struct Core {
     /// `service.name` by pid, for attribute policies and the anomaly policy.
     services: FxHashMap<u32, String>,
     votes: Votes,
+    /// Switched off: how long a verdict is honoured after it was made (the `max_hold` of the
+    /// list switched off).
+    linger_ns: u64,
+    /// The latest time the sampler was given (votes come without one).
+    now_ns: u64,
 }
 
 pub struct TailSampler {
@@ -120,6 +143,8 @@ impl TailSampler {
                 stats: TailStats::default(),
                 services: FxHashMap::default(),
                 votes: Votes::new(ns(cfg.vote_wait), cfg.num_traces),
+                linger_ns: ns(cfg.max_hold),
+                now_ns: 0,
             },
             ready: Vec::new(),
         };
@@ -139,6 +164,10 @@ impl TailSampler {
         out: &mut Vec<Span>,
     ) {
         self.core.stats.changes += 1;
+        self.core.now_ns = self.core.now_ns.max(now_ns);
+        if let Some(g) = &self.current {
+            self.core.linger_ns = g.max_hold_ns;
+        }
         if let Some(mut old) = self.retiring.take() {
             let mut ready = std::mem::take(&mut self.ready);
             old.buffer.drain(&mut ready);
@@ -152,14 +181,18 @@ impl TailSampler {
             self.current = Some(Generation::new(cfg));
             self.core.votes.set_max(cfg.num_traces);
             self.core.decided.set_cap(cfg.num_traces.saturating_mul(2));
+            self.core.decided.resume();
         }
         self.relabel();
     }
 
-    /// Nothing to do: switched off, nothing held, no trace waiting for votes (spans may pass
-    /// straight through).
+    /// Nothing to do: switched off, nothing held, no trace waiting for votes, no verdict
+    /// remembered for late spans (spans may pass straight through).
     pub fn idle(&self) -> bool {
-        self.current.is_none() && self.retiring.is_none() && self.core.votes.stats.parked_spans == 0
+        self.current.is_none()
+            && self.retiring.is_none()
+            && self.core.votes.stats.parked_spans == 0
+            && self.core.decided.is_empty()
     }
 
     /// Points each list's policies at their counters in `by_policy`, by name: the counts of a
@@ -210,12 +243,16 @@ impl TailSampler {
         out: &mut Vec<Span>,
     ) {
         let c = &mut self.core;
+        c.now_ns = c.now_ns.max(now_ns);
         let Some(mut span) = c.votes.park_late(span) else {
             c.stats.late_spans += 1;
             return;
         };
         if let Some(verdict) = c.decided.get(&span.trace_id) {
             c.stats.late_spans += 1;
+            if self.current.is_none() {
+                c.stats.late_spans_off += 1;
+            }
             match verdict {
                 Verdict::Keep(th) => {
                     span.sampling = Sampling::kept(th);
@@ -231,6 +268,10 @@ impl TailSampler {
             (Some(r), _) if r.buffer.holds(&span.trace_id) => r,
             (_, Some(g)) => g,
             (_, None) => {
+                // Switched off: a new trace passes, taking the room its verdict would have.
+                if is_local_root(&span) {
+                    c.stats.verdicts_forgotten += c.decided.passed() as u64;
+                }
                 out.push(span);
                 return;
             }
@@ -243,6 +284,7 @@ impl TailSampler {
 
     /// Decides the traces that are due at `now_ns`.
     pub fn poll(&mut self, now_ns: u64, anomalies: &dyn AnomalyView, out: &mut Vec<Span>) {
+        self.core.now_ns = self.core.now_ns.max(now_ns);
         let mut ready = std::mem::take(&mut self.ready);
         for g in [self.retiring.as_mut(), self.current.as_mut()]
             .into_iter()
@@ -262,6 +304,15 @@ impl TailSampler {
         }
         self.core.votes.poll(now_ns);
         self.core.count_vote_drops();
+        if self.current.is_none() {
+            let c = &mut self.core;
+            let before = now_ns.saturating_sub(c.linger_ns);
+            c.stats.verdicts_forgotten += c.decided.forget_before(before) as u64;
+            if self.idle() {
+                // Nothing left to honour: the shared traces' state goes too.
+                self.core.votes.forget_all();
+            }
+        }
     }
 
     /// The agent at `agent` (another host) holds another part of `trace_id`. Switched off, only
@@ -284,7 +335,8 @@ impl TailSampler {
     pub fn vote(&mut self, from: IpAddr, vote: TraceVote, out: &mut Vec<Span>) {
         let c = &mut self.core;
         if let Some(r) = c.votes.vote(from, vote) {
-            c.decided.remember(r.trace_id, Verdict::Keep(r.th));
+            c.decided
+                .remember(r.trace_id, Verdict::Keep(r.th), c.now_ns);
             c.stats.traces_kept += 1;
             c.stats.spans_kept += r.spans.len() as u64;
             out.extend(r.spans.into_iter().map(|mut s| {
@@ -328,6 +380,7 @@ impl TailSampler {
         TailStats {
             held_traces: t as u64,
             held_spans: s as u64,
+            remembered: self.core.decided.len() as u64,
             votes: self.core.votes.stats.clone(),
             ..self.core.stats.clone()
         }
@@ -339,6 +392,12 @@ impl Core {
         let d = self.votes.take_dropped();
         self.stats.traces_dropped += d.traces;
         self.stats.spans_dropped += d.spans;
+        // Remembered like any other verdict: a late span of the trace is dropped too.
+        let mut ids = Vec::new();
+        self.votes.take_dropped_ids(&mut ids);
+        for id in ids {
+            self.decided.remember(id, Verdict::Drop, self.now_ns);
+        }
     }
 
     /// Decides the `ready` traces of `generation` with its policies (and its `vote_wait`).
@@ -370,7 +429,7 @@ impl Core {
                 Local::Drop => Verdict::Drop,
                 Local::Parked => continue,
             };
-            self.decided.remember(r.trace_id, verdict);
+            self.decided.remember(r.trace_id, verdict, now_ns);
             let st = &mut self.stats;
             let n = r.spans.len() as u64;
             match verdict {
@@ -558,8 +617,8 @@ mod tests {
 
     /// A trace this agent dropped waits for the other agents' votes; a change of the policy list
     /// (here: switched off) does not end that wait, and a keep arriving after it still releases
-    /// the spans. Meanwhile new traces pass straight through, and once nothing waits the sampler
-    /// is idle.
+    /// the spans. Meanwhile new traces pass straight through, and once nothing waits and the
+    /// keep is no longer remembered the sampler is idle.
     #[test]
     fn a_parked_trace_is_saved_by_a_keep_that_comes_after_a_change() {
         let mut a = TailSampler::new(&errors_only());
@@ -604,7 +663,163 @@ mod tests {
         );
         assert_eq!((st.votes.parked_spans, st.votes.wait_expired), (0, 0));
         assert_eq!(st.by_policy, vec![("errors".into(), 0)], "frozen when off");
-        assert!(a.idle());
+        assert!(
+            !a.idle(),
+            "the keep is remembered for the trace's late spans"
+        );
+        a.poll(2501 * MS, &NoAnomalies, &mut out);
+        assert!(a.idle(), "for max_hold (1 s) after the vote");
+    }
+
+    /// A late span of trace `n` (a new span id).
+    fn late(n: u64) -> Span {
+        let mut s = trace(n, false).remove(1);
+        s.span_id = SpanId([0x42; 8]);
+        s
+    }
+
+    /// Switched off, the verdicts made before still hold: a late span of a dropped trace is
+    /// dropped and one of a kept trace kept, for `max_hold` (1 s here) after the decision, while
+    /// new traces pass. Then the verdicts are forgotten, counted, the memory is given back and
+    /// the sampler is idle.
+    #[test]
+    fn a_switched_off_sampler_honours_its_verdicts_then_forgets_them() {
+        let mut t = TailSampler::new(&errors_only());
+        let mut out = Vec::new();
+        for s in trace(1, false).into_iter().chain(trace(2, true)) {
+            t.offer(s, 0, &NoAnomalies, &mut out);
+        }
+        t.poll(100 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 3, "trace 2 kept, trace 1 dropped");
+        out.clear();
+        t.reconfigure(None, 200 * MS, &NoAnomalies, &mut out);
+        assert!(!t.idle(), "verdicts to honour");
+        assert_eq!(t.stats().remembered, 2);
+        t.offer(late(1), 300 * MS, &NoAnomalies, &mut out);
+        assert!(
+            out.is_empty(),
+            "a late span of the dropped trace stays dropped"
+        );
+        t.offer(late(2), 300 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 1, "a late span of the kept trace is kept");
+        assert_eq!(out[0].sampling, Sampling::Threshold(0));
+        for s in trace(3, false) {
+            t.offer(s, 300 * MS, &NoAnomalies, &mut out);
+        }
+        assert_eq!(out.len(), 4, "a new trace passes");
+        t.poll(1100 * MS, &NoAnomalies, &mut out);
+        assert_eq!(
+            t.stats().remembered,
+            2,
+            "decided at 100 ms: honoured until 1100 ms"
+        );
+        t.offer(late(1), 1100 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 4);
+        t.poll(1101 * MS, &NoAnomalies, &mut out);
+        let st = t.stats();
+        assert_eq!((st.remembered, st.verdicts_forgotten), (0, 2));
+        assert_eq!((st.late_spans, st.late_spans_off), (3, 3));
+        assert_eq!((st.spans_kept, st.spans_dropped), (4, 5));
+        assert!(t.idle(), "nothing left: spans pass straight through");
+        t.offer(late(1), 1200 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 5, "forgotten: the late span passes");
+    }
+
+    /// Switched off, the traces that pass take the room their verdicts would have taken: with
+    /// room for 4 verdicts (`num_traces` 2), a fifth trace pushes the oldest verdict out, as it
+    /// would have had the sampler stayed on. On again, the remembered verdicts still hold.
+    #[test]
+    fn traces_passing_a_switched_off_sampler_push_out_verdicts_as_decisions_would() {
+        let small = TailSampling {
+            num_traces: 2,
+            ..errors_only()
+        };
+        let mut t = TailSampler::new(&small);
+        let mut out = Vec::new();
+        for (n, at) in [(1, 0), (2, 0), (3, 200), (4, 200)] {
+            for s in trace(n, false) {
+                t.offer(s, at * MS, &NoAnomalies, &mut out);
+            }
+            t.poll((at + 100) * MS, &NoAnomalies, &mut out);
+        }
+        assert!(out.is_empty());
+        assert_eq!(t.stats().remembered, 4);
+        t.reconfigure(None, 400 * MS, &NoAnomalies, &mut out);
+        // Trace 5 passes: two spans without their local root do not count, the root does.
+        for s in trace(5, false) {
+            t.offer(s, 400 * MS, &NoAnomalies, &mut out);
+            assert_eq!(t.stats().remembered, if out.len() < 3 { 4 } else { 3 });
+        }
+        assert_eq!(out.len(), 3);
+        out.clear();
+        t.offer(late(1), 400 * MS, &NoAnomalies, &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "trace 1's verdict was pushed out: its late span passes"
+        );
+        t.offer(late(2), 400 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 1, "trace 2's is still honoured");
+        assert_eq!(t.stats().verdicts_forgotten, 1);
+        // On again: the remembered drops hold; a new trace gets the new list.
+        let keep_all = named(vec![("all", PolicyRule::AlwaysSample)]);
+        t.reconfigure(Some(&keep_all), 500 * MS, &NoAnomalies, &mut out);
+        out.clear();
+        t.offer(late(3), 500 * MS, &NoAnomalies, &mut out);
+        assert!(out.is_empty(), "trace 3 stays dropped after the switch-on");
+        for s in trace(6, false) {
+            t.offer(s, 500 * MS, &NoAnomalies, &mut out);
+        }
+        t.poll(600 * MS, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 3, "the new trace kept by the new list");
+        let st = t.stats();
+        assert_eq!((st.late_spans, st.late_spans_off), (2, 1));
+        assert!(!t.idle());
+    }
+
+    /// Cross-host votes around a switch-off: a trace this agent parked keeps waiting its
+    /// `vote_wait` (2 s) and no longer; dropped then, a late span of it is dropped and a keep that
+    /// comes after is counted late. Once the verdict is forgotten the shared traces are too, and
+    /// a vote about one is refused: nothing waits for ever.
+    #[test]
+    fn votes_after_a_switch_off_end_within_their_wait() {
+        let mut a = TailSampler::new(&errors_only());
+        let b_ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut out = Vec::new();
+        let spans = trace(1, false);
+        let id = spans[0].trace_id;
+        a.participant(id, b_ip);
+        for s in spans {
+            a.offer(s, 0, &NoAnomalies, &mut out);
+        }
+        a.poll(100 * MS, &NoAnomalies, &mut out);
+        a.reconfigure(None, 200 * MS, &NoAnomalies, &mut out);
+        a.poll(2099 * MS, &NoAnomalies, &mut out);
+        assert_eq!(a.stats().votes.parked_spans, 3, "parked until 2.1 s");
+        a.poll(2100 * MS, &NoAnomalies, &mut out);
+        let st = a.stats();
+        assert_eq!((st.votes.parked_spans, st.votes.wait_expired), (0, 1));
+        assert_eq!((st.traces_dropped, st.remembered), (1, 1));
+        a.offer(late(1), 2200 * MS, &NoAnomalies, &mut out);
+        assert!(
+            out.is_empty(),
+            "a late span of the trace the wait dropped is dropped"
+        );
+        let keep = TraceVote {
+            trace_id: id,
+            keep: true,
+            th: Some(0),
+        };
+        a.vote(b_ip, keep, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.stats().votes.late_keeps, 1);
+        assert!(!a.idle());
+        a.poll(3101 * MS, &NoAnomalies, &mut out);
+        assert!(a.idle(), "forgotten 1 s after the drop");
+        a.vote(b_ip, keep, &mut out);
+        let st = a.stats();
+        assert_eq!((st.votes.refused, st.votes.late_keeps), (1, 1));
+        assert!(out.is_empty());
     }
 
     /// Participants learnt before a change carry over: the trace held then (decided by the old

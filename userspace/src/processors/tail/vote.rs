@@ -112,6 +112,8 @@ pub struct Votes {
     parked_due: BTreeSet<(u64, TraceId)>,
     outbox: Vec<(IpAddr, TraceVote)>,
     dropped: Dropped,
+    /// The traces behind `dropped`, for the sampler to remember the verdict of.
+    dropped_ids: Vec<TraceId>,
     pub stats: VoteStats,
 }
 
@@ -132,6 +134,7 @@ impl Votes {
             parked_due: BTreeSet::new(),
             outbox: Vec::new(),
             dropped: Dropped::default(),
+            dropped_ids: Vec::new(),
             stats: VoteStats::default(),
         }
     }
@@ -352,9 +355,26 @@ impl Votes {
         }
     }
 
+    /// Forgets every shared trace and gives the memory back (tail sampling off, nothing parked
+    /// any more); votes about them are refused from then on. Votes still to send stay.
+    pub fn forget_all(&mut self) {
+        debug_assert!(self.parked_due.is_empty());
+        if self.traces.is_empty() {
+            return;
+        }
+        self.traces = HashMap::new();
+        self.order = VecDeque::new();
+        self.parked_due = BTreeSet::new();
+    }
+
     /// What was dropped for good since the last call.
     pub fn take_dropped(&mut self) -> Dropped {
         std::mem::take(&mut self.dropped)
+    }
+
+    /// The traces dropped for good since the last call (their late spans are dropped too).
+    pub fn take_dropped_ids(&mut self, out: &mut Vec<TraceId>) {
+        out.append(&mut self.dropped_ids);
     }
 
     /// Votes to send, by agent address.
@@ -368,12 +388,13 @@ impl Votes {
             return;
         };
         match std::mem::replace(&mut sh.state, State::Dropped) {
-            State::Parked { spans, .. } => self.count_dropped(spans.len()),
+            State::Parked { spans, .. } => self.count_dropped(id, spans.len()),
             other => sh.state = other,
         }
     }
 
-    fn count_dropped(&mut self, spans: usize) {
+    fn count_dropped(&mut self, id: TraceId, spans: usize) {
+        self.dropped_ids.push(id);
         self.stats.parked_spans -= spans as u64;
         self.dropped.traces += 1;
         self.dropped.spans += spans as u64;
@@ -387,7 +408,7 @@ impl Votes {
         self.stats.overflow += 1;
         if let State::Parked { spans, due_ns } = sh.state {
             self.parked_due.remove(&(due_ns, id));
-            self.count_dropped(spans.len());
+            self.count_dropped(id, spans.len());
         }
     }
 }
