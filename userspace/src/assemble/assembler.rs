@@ -22,7 +22,7 @@ use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 use super::{budget::Budget, redact::Redaction};
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Evicted, Stream},
-    link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
+    link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_trace_context},
     model::{Exchange, SpanKind},
 };
 
@@ -101,6 +101,9 @@ pub struct AssembleStats {
     pub aborted_exchanges: u64,
     /// Exchanges ended early because their connection had [`MAX_PENDING`] open.
     pub pending_dropped: u64,
+    /// Incoming `tracestate` headers dropped as invalid (W3C Trace Context); their
+    /// `traceparent` still holds.
+    pub tracestates_dropped: u64,
     /// Connections tracked right now (filled in by the pipeline's `stats()`).
     pub open_connections: u64,
     /// Connections shed (no longer parsed) to keep the parsers within their memory budget.
@@ -407,6 +410,7 @@ fn apply<P>(
             start,
             mut exchange,
             traceparent,
+            tracestate,
         } => {
             if conn.state.tls
                 && let Exchange::Http(h) = &mut exchange
@@ -422,6 +426,9 @@ fn apply<P>(
                 SpanKind::Client => (conn.local, conn.peer),
                 SpanKind::Server => (conn.peer, conn.local),
             };
+            let (traceparent, tracestate_dropped) =
+                parse_trace_context(traceparent.as_deref(), tracestate.as_deref());
+            stats.tracestates_dropped += u64::from(tracestate_dropped);
             let h = linker.start(Start {
                 kind: role,
                 pid: key.tgid,
@@ -430,7 +437,7 @@ fn apply<P>(
                 local: conn.local,
                 peer: conn.peer,
                 exchange,
-                traceparent: traceparent.as_deref().and_then(parse_traceparent),
+                traceparent,
                 seq_key: seq.map(|seq| SeqKey {
                     client,
                     server,
