@@ -112,8 +112,9 @@ pub struct Span {
     /// Set when the parent came from an incoming `traceparent` (it lives outside this export).
     pub parent_is_remote: bool,
     /// For a span linked to a caller on another host: how far (ns) it lies outside the caller's
-    /// window by the two hosts' clocks, when it does (`ztrace.link.clock_skew_ns`).
-    pub clock_skew_ns: Option<u64>,
+    /// window by the two hosts' clocks, when it does (`ztrace.link.clock_skew_ns`). Never 0:
+    /// non-zero, it takes 8 bytes, the room [`Span::tracestate`] needs (spans stay 376 bytes).
+    pub clock_skew_ns: Option<std::num::NonZeroU64>,
     /// For a trace continued from an incoming `traceparent`: that header's `sampled` flag (what
     /// `parentbased_*` samplers follow). None for traces that start here.
     pub remote_sampled: Option<bool>,

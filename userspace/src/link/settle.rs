@@ -263,7 +263,9 @@ impl Linker {
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
         let mut clock_skew_ns = None;
         if let Some(x) = &mut self.crosshost {
-            clock_skew_ns = x.released(h, to_unix(start_ns), to_unix(end_ns));
+            clock_skew_ns = x
+                .released(h, to_unix(start_ns), to_unix(end_ns))
+                .and_then(std::num::NonZeroU64::new);
             if let (SpanKind::Client, Some(key)) = (rec.kind, rec.seq_key) {
                 x.sent(ClientSend {
                     key: WireKey {
