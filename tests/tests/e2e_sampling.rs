@@ -13,6 +13,12 @@
 //!   exported span carries `ot=th:c` (25%) and its trace id's randomness passes that threshold,
 //!   traces whole; with the error policies and the head sampler at 50% after them, the error
 //!   traces kept carry the head's `ot=th:8`, not the tail's `ot=th:0`.
+//! - An upstream's `tracestate` is carried on: a client sends `traceparent` and
+//!   `tracestate: vendor=x,ot=th:8;rv:…`; under the default sampler (`parentbased_always_on`)
+//!   every span of the trace (frontend SERVER and CLIENT, backend SERVER) carries the upstream's
+//!   `th:8` and `rv` in the `ot` entry, moved to the front, and the vendor entry after it. An
+//!   invalid `tracestate` (a key twice) is dropped while its `traceparent` holds; one without a
+//!   `traceparent` is ignored; one without `th` is carried as it came.
 
 use std::{
     collections::HashSet,
@@ -364,6 +370,22 @@ fn head_sampled_run(
     paths: &[String],
     min_spans: usize,
 ) -> Result<(Vec<ReceivedSpan>, u32, u32)> {
+    let drive = |base: &str| {
+        let urls: Vec<String> = paths.iter().map(|p| format!("{base}{p}")).collect();
+        curl(&urls).map(drop)
+    };
+    traced_run(args, config, drive, min_spans)
+}
+
+/// Runs the two-tier services under ztrace with `args`, lets `drive` send requests to the
+/// frontend's base URL, stops ztrace and returns what the collector received (at least
+/// `min_spans` spans, if they come) with the pids of the frontend and backend.
+fn traced_run(
+    args: &[&str],
+    config: Option<&str>,
+    drive: impl FnOnce(&str) -> Result<()>,
+    min_spans: usize,
+) -> Result<(Vec<ReceivedSpan>, u32, u32)> {
     let (rt, receiver) = runtime_with_receiver()?;
     let (backend, backend_port) = spawn_service(&["backend"])?;
     let (frontend, front_port) = spawn_service(&["frontend", &backend_port.to_string()])?;
@@ -383,11 +405,7 @@ fn head_sampled_run(
     }
     let mut ztrace = spawn_ztrace(&cmd)?;
     ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
-    let urls: Vec<String> = paths
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{front_port}{p}"))
-        .collect();
-    curl(&urls)?;
+    drive(&format!("http://127.0.0.1:{front_port}"))?;
     thread::sleep(Duration::from_millis(1500));
     stop_ztrace(&mut ztrace)?;
     let _ = rt.block_on(receiver.wait_for_spans(min_spans, Duration::from_secs(10)));
@@ -462,6 +480,90 @@ fn head_sampling_says_its_threshold_alone_and_after_tail_sampling() -> Result<()
     );
     eprintln!(
         "e2e_sampling: head 25%: {kept} of 120 traces, each span ot=th:c; tail errors + head 50%: {kept_after_tail} of 60 error traces, each span ot=th:8"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_upstream_tracestate_is_carried_on_with_its_threshold() -> Result<()> {
+    if !privileged_or_skip("an_upstream_tracestate_is_carried_on_with_its_threshold") {
+        return Ok(());
+    }
+    // The trace ids' own randomness (last 7 bytes) is below th:8's 2^55: only the upstream's
+    // rv (c0…) makes its th:8 agree with the sampled flag, so the spans carrying th:8 show that
+    // rv is the randomness read.
+    const WITH_TH: &str = "0af7651916cd43dd0048eb211c80319c";
+    const INVALID: &str = "0af7651916cd43dd0148eb211c80319c";
+    const NO_TH: &str = "0af7651916cd43dd0248eb211c80319c";
+    let sends: [(&str, Option<&str>, &str); 4] = [
+        (
+            "/api/ts-th",
+            Some(WITH_TH),
+            "vendor=x,ot=th:8;rv:c0000000000000",
+        ),
+        ("/api/ts-invalid", Some(INVALID), "vendor=x,vendor=y"),
+        ("/api/ts-alone", None, "vendor=x,ot=th:8"),
+        ("/api/ts-no-th", Some(NO_TH), "vendor=z , other@t=1"),
+    ];
+    let drive = |base: &str| {
+        for (path, trace, state) in sends {
+            let mut args = vec!["-H".to_string(), format!("tracestate: {state}")];
+            if let Some(trace) = trace {
+                args.extend([
+                    "-H".into(),
+                    format!("traceparent: 00-{trace}-00f067aa0ba902b7-01"),
+                ]);
+            }
+            args.push(format!("{base}{path}"));
+            curl(&args)?;
+        }
+        Ok(())
+    };
+    let (spans, _, _) = traced_run(&[], None, drive, 12)?;
+    // Each request's trace: its frontend SERVER span (by path), then every span of that trace.
+    let trace_of = |path: &str| -> Result<Vec<&ReceivedSpan>> {
+        let root = spans
+            .iter()
+            .find(|s| s.attr_str("url.path").as_deref() == Some(path))
+            .ok_or_else(|| anyhow::anyhow!("no SERVER span for {path}"))?;
+        let id = root.trace_id_hex();
+        Ok(spans.iter().filter(|s| s.trace_id_hex() == id).collect())
+    };
+    let want = [
+        (
+            "/api/ts-th",
+            Some(WITH_TH),
+            "ot=th:8;rv:c0000000000000,vendor=x",
+        ),
+        ("/api/ts-invalid", Some(INVALID), ""),
+        ("/api/ts-alone", None, ""),
+        ("/api/ts-no-th", Some(NO_TH), "vendor=z,other@t=1"),
+    ];
+    for (path, trace, state) in want {
+        let got = trace_of(path)?;
+        ensure!(
+            got.len() == 3,
+            "{path}: {} spans in its trace, want 3 (frontend SERVER and CLIENT, backend SERVER)",
+            got.len()
+        );
+        if let Some(trace) = trace {
+            ensure!(
+                got[0].trace_id_hex() == trace,
+                "{path}: trace {} does not follow the traceparent's {trace}",
+                got[0].trace_id_hex()
+            );
+        }
+        for s in &got {
+            ensure!(
+                s.span.trace_state == state,
+                "{path}: span {} carries tracestate `{}`, want `{state}`",
+                s.span.name,
+                s.span.trace_state
+            );
+        }
+    }
+    eprintln!(
+        "e2e_sampling: upstream tracestate carried on by all 3 spans of its trace (th:8 and rv in ot, vendor entry kept); invalid dropped, lone ignored, no-th kept as it came"
     );
     Ok(())
 }

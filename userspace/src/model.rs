@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -28,6 +29,14 @@ impl TraceId {
                 return id;
             }
         }
+    }
+}
+
+impl TraceId {
+    /// The 56 random bits of W3C Trace Context Level 2: the last seven bytes, big-endian.
+    pub fn randomness(&self) -> u64 {
+        let b = &self.0;
+        u64::from_be_bytes([0, b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
     }
 }
 
@@ -103,11 +112,15 @@ pub struct Span {
     /// Set when the parent came from an incoming `traceparent` (it lives outside this export).
     pub parent_is_remote: bool,
     /// For a span linked to a caller on another host: how far (ns) it lies outside the caller's
-    /// window by the two hosts' clocks, when it does (`ztrace.link.clock_skew_ns`).
-    pub clock_skew_ns: Option<u64>,
+    /// window by the two hosts' clocks, when it does (`ztrace.link.clock_skew_ns`). Never 0:
+    /// non-zero, it takes 8 bytes, the room [`Span::tracestate`] needs (spans stay 376 bytes).
+    pub clock_skew_ns: Option<std::num::NonZeroU64>,
     /// For a trace continued from an incoming `traceparent`: that header's `sampled` flag (what
     /// `parentbased_*` samplers follow). None for traces that start here.
     pub remote_sampled: Option<bool>,
+    /// For a trace continued from an incoming `traceparent` that came with a valid `tracestate`:
+    /// that list, shared by every span of the trace (None, no cost, for all others).
+    pub tracestate: Option<Arc<TraceState>>,
     pub kind: SpanKind,
     /// Static for the common names (HTTP methods): no allocation per span.
     pub name: Cow<'static, str>,
@@ -130,6 +143,19 @@ pub struct Span {
     pub edits: Option<Box<AttrEdits>>,
 }
 
+/// An incoming W3C `tracestate`, checked and bounded (`link::tracestate`): its list members
+/// joined with commas, without optional white space, and what its OpenTelemetry `ot` entry
+/// says about sampling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceState {
+    /// `key=value` members, joined with `,`: at most 32 of them and 512 characters.
+    pub members: Box<str>,
+    /// `ot=th:…`: the rejection threshold the upstream sampled with (56 bits).
+    pub th: Option<u64>,
+    /// `ot=rv:…`: explicit randomness (56 bits), which replaces the trace id's.
+    pub rv: Option<u64>,
+}
+
 /// The sampling a span went through before export, for the `th` (rejection threshold of the
 /// W3C `tracestate` `ot` entry: see `processors::tail::threshold`) it is exported with. "Not
 /// sampled" and "kept with an unknown probability" both export no `th`, but a later sampler
@@ -150,6 +176,14 @@ impl Sampling {
     /// A tail sampling keep: its threshold, or None for a keep of unknown probability.
     pub fn kept(th: Option<u64>) -> Self {
         th.map_or(Sampling::Unknown, Sampling::Threshold)
+    }
+
+    /// A tail sampling keep of a span's trace (see [`Sampling::kept`]), composed with the
+    /// threshold the upstream kept it at ([`Span::upstream_th`]), if known: the larger one, as
+    /// for any further stage. Unknown stays unknown.
+    pub fn kept_after(th: Option<u64>, upstream: Option<u64>) -> Self {
+        let kept = Sampling::kept(th);
+        upstream.map_or(kept, |x| kept.raised(x))
     }
 
     /// The `th` to export, if the probability is known and something sampled.
@@ -221,6 +255,28 @@ impl AttrEdits {
 }
 
 impl Span {
+    /// The 56 bits of randomness consistent probability sampling compares with a threshold:
+    /// the upstream's explicit `rv` when its `tracestate` has one, else the trace id's last
+    /// seven bytes (W3C Trace Context Level 2).
+    pub fn randomness(&self) -> u64 {
+        match self.tracestate.as_ref().and_then(|t| t.rv) {
+            Some(rv) => rv,
+            None => self.trace_id.randomness(),
+        }
+    }
+
+    /// The threshold the upstream sampled this span's trace with, when it is known: its
+    /// `sampled` flag was set, its `tracestate` said `th`, and that `th` agrees with the flag
+    /// (randomness at least the threshold; otherwise it is taken as unknown, as the
+    /// specification asks of a parent-based sampler).
+    pub fn upstream_th(&self) -> Option<u64> {
+        if self.remote_sampled != Some(true) {
+            return None;
+        }
+        let th = self.tracestate.as_ref()?.th?;
+        (self.randomness() >= th).then_some(th)
+    }
+
     pub fn http(&self) -> Option<&HttpExchange> {
         match &self.exchange {
             Exchange::Http(h) => Some(h),

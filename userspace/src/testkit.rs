@@ -17,6 +17,7 @@ pub fn server_span() -> Span {
         parent_is_remote: true,
         clock_skew_ns: None,
         remote_sampled: Some(true),
+        tracestate: None,
         kind: SpanKind::Server,
         name: "GET".into(),
         start_unix_ns: 1_700_000_000_000_000_000,
@@ -56,6 +57,7 @@ pub fn client_span() -> Span {
         parent_is_remote: false,
         clock_skew_ns: None,
         remote_sampled: None,
+        tracestate: None,
         kind: SpanKind::Client,
         name: "POST".into(),
         start_unix_ns: 1_700_000_000_001_000_000,
@@ -121,4 +123,15 @@ pub fn endpoint(s: &str) -> Endpoint {
         addr: sa.ip(),
         port: sa.port(),
     }
+}
+
+/// A checked `tracestate` as the linker hands it on (`link::parse_tracestate`), for the tests of
+/// later stages: `members` already in its checked form (no white space), with the `ot` entry's
+/// `th` and `rv` as given (56-bit values).
+pub fn tracestate(members: &str, th: Option<u64>, rv: Option<u64>) -> std::sync::Arc<TraceState> {
+    std::sync::Arc::new(TraceState {
+        members: members.into(),
+        th,
+        rv,
+    })
 }

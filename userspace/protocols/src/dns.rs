@@ -536,6 +536,7 @@ fn datagram_step(dir: Dir, data: &[u8], start: u64, len: u64) -> Option<Step> {
                 key,
                 start,
                 traceparent: None,
+                tracestate: None,
                 exchange: Exchange::Dns(DnsExchange {
                     id: msg.id,
                     name,

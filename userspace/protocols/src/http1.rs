@@ -15,6 +15,7 @@
 //! with `httparse`, straight from the chunk when they are wholly inside it; only a
 //! partial one is copied into the direction's buffer.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
@@ -45,7 +46,8 @@ pub enum Dir {
 }
 
 /// A parsed request head. Header names are matched case-insensitively; for repeated
-/// Host/User-Agent/traceparent headers the first one wins.
+/// Host/User-Agent/traceparent headers the first one wins; repeated tracestate headers are one
+/// list, joined with commas (W3C Trace Context).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RequestHead {
     pub method: String,
@@ -55,6 +57,7 @@ pub struct RequestHead {
     pub host: Option<String>,
     pub user_agent: Option<String>,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub content_length: Option<u64>,
     /// The final transfer coding is `chunked`.
     pub chunked: bool,
@@ -206,6 +209,7 @@ enum Known {
     Host,
     UserAgent,
     Traceparent,
+    Tracestate,
 }
 
 /// `s.eq_ignore_ascii_case(lower)` for a `lower` without upper-case letters, in a few
@@ -242,9 +246,10 @@ fn known(n: &[u8]) -> Option<Known> {
     let (is, known) = match n.len() {
         4 => (eq_lower(n, b"host"), Known::Host),
         6 => (eq_lower(n, b"expect"), Known::Expect),
-        10 => match eq_lower(n, b"connection") {
-            true => (true, Known::Connection),
-            false => (eq_lower(n, b"user-agent"), Known::UserAgent),
+        10 => match n[0] | 0x20 {
+            b'c' => (eq_lower(n, b"connection"), Known::Connection),
+            b't' => (eq_lower(n, b"tracestate"), Known::Tracestate),
+            _ => (eq_lower(n, b"user-agent"), Known::UserAgent),
         },
         11 => (eq_lower(n, b"traceparent"), Known::Traceparent),
         14 => (eq_lower(n, b"content-length"), Known::ContentLength),
@@ -276,6 +281,8 @@ struct Fields<'b> {
     host: Option<&'b [u8]>,
     user_agent: Option<&'b [u8]>,
     traceparent: Option<&'b [u8]>,
+    /// Every tracestate value, joined with commas (a copy only when there are several).
+    tracestate: Option<Cow<'b, [u8]>>,
 }
 
 /// `Err` when Content-Length is malformed or ambiguous.
@@ -321,6 +328,14 @@ impl<'b> Fields<'b> {
             Known::Host => _ = f.host.get_or_insert(value),
             Known::UserAgent => _ = f.user_agent.get_or_insert(value),
             Known::Traceparent => _ = f.traceparent.get_or_insert(value),
+            Known::Tracestate => match &mut f.tracestate {
+                None => f.tracestate = Some(Cow::Borrowed(value)),
+                Some(joined) => {
+                    let joined = joined.to_mut();
+                    joined.push(b',');
+                    joined.extend_from_slice(value);
+                }
+            },
         }
         Ok(())
     }
@@ -423,6 +438,7 @@ fn parse(dir: Dir, elem: Elem, buf: &[u8]) -> Result<(usize, Found), Miss> {
                 host: fields.host.map(text),
                 user_agent: fields.user_agent.map(text),
                 traceparent: fields.traceparent.map(text),
+                tracestate: fields.tracestate.as_deref().map(text),
                 content_length: fields.content_length,
                 chunked: f.chunked,
                 expect_continue: expect.is_some_and(|v| eq_lower(v, b"100-continue")),
@@ -805,6 +821,7 @@ impl Protocol for Http1Conn {
                 key: None,
                 start,
                 traceparent: head.traceparent,
+                tracestate: head.tracestate,
                 exchange: Exchange::Http(HttpExchange {
                     method: head.method,
                     target: head.target,
@@ -1195,7 +1212,8 @@ mod tests {
     fn head_fields() {
         let r =
             b"OPTIONS * HTTP/1.1\r\nhOsT: a.b\r\nUSER-AGENT:  curl/8 \r\ntraceparent: 00-ab-01\r\n\
-            content-length: 0\r\nconnection: TE, Close\r\nHost: second\r\n\r\n";
+            TraceState: a=1 ,b=2\r\ncontent-length: 0\r\nconnection: TE, Close\r\nHost: second\r\n\
+            tracestate:  c=3\r\n\r\n";
         let want = RequestHead {
             method: "OPTIONS".into(),
             target: "*".into(),
@@ -1203,6 +1221,8 @@ mod tests {
             host: Some("a.b".into()),
             user_agent: Some("curl/8".into()),
             traceparent: Some("00-ab-01".into()),
+            // Repeated tracestate headers are one list.
+            tracestate: Some("a=1 ,b=2,c=3".into()),
             content_length: Some(0),
             connection_close: true,
             ..Default::default()
@@ -1360,7 +1380,8 @@ mod tests {
         // Names that are prefixes, extensions or same-length neighbours of known ones.
         let others = "Content-Length-X: 1\r\nContent-Lengt: 2\r\nHosts: a\r\nHos: b\r\n\
             Cser-Agent: c\r\nUonnection: close\r\nTransfer-Encodings: chunked\r\n\
-            traceparents: d\r\nExpects: 100-continue\r\nX-Host: e\r\n";
+            traceparents: d\r\nExpects: 100-continue\r\nX-Host: e\r\nTracestates: f\r\n\
+            Uracestate: g\r\n";
         let plain = RequestHead {
             method: "POST".into(),
             target: "/".into(),
@@ -1477,6 +1498,11 @@ mod tests {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         }
 
+        fn joined(headers: Headers, name: &str) -> Option<String> {
+            let all: Vec<&[u8]> = values(headers, name).collect();
+            (!all.is_empty()).then(|| String::from_utf8_lossy(&all.join(&b',')).into_owned())
+        }
+
         struct Framed {
             framing: State,
             content_length: Option<u64>,
@@ -1538,6 +1564,7 @@ mod tests {
                         host: first(req.headers, "host"),
                         user_agent: first(req.headers, "user-agent"),
                         traceparent: first(req.headers, "traceparent"),
+                        tracestate: joined(req.headers, "tracestate"),
                         content_length: f.content_length,
                         chunked: f.chunked,
                         expect_continue: expect
@@ -1568,7 +1595,8 @@ mod tests {
     fn one_pass_over_headers_matches_the_old_walks() {
         let names = "content-length|transfer-encoding|connection|expect|host|user-agent|\
             traceparent|content-length-x|hosts|hos|cser-agent|uonnection|expects|x-a|server|\
-            date|accept|content-type|etag|transfer-encodin|traceparents|ontent-length";
+            tracestate|uracestate|date|accept|content-type|etag|transfer-encodin|traceparents|\
+            ontent-length";
         let names: Vec<&str> = names.split('|').collect();
         let values = "5|5,5| 5 , ,5|6|5, 6||,|x|+5|18446744073709551615|18446744073709551616|\
             chunked|gzip|gzip, chunked|chunked, gzip| Chunked |close|keep-alive|Keep-Alive, TE|\

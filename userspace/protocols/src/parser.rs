@@ -58,6 +58,8 @@ pub enum Step {
         start: u64,
         exchange: Exchange,
         traceparent: Option<String>,
+        /// The `tracestate` that came with it (several fields joined with commas), unchecked.
+        tracestate: Option<String>,
     },
     /// Something learnt about an open exchange before it ends (e.g. an HTTP status line).
     Update { key: Option<u64>, update: Update },

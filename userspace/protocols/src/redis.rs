@@ -671,6 +671,7 @@ impl Protocol for RedisConn {
                 key: None,
                 start,
                 traceparent: None,
+                tracestate: None,
                 exchange: Exchange::Db(DbExchange {
                     system: DbSystem::Redis,
                     operation: Some(cmd.name),

@@ -593,6 +593,7 @@ pub(crate) fn request_step(
         key: None,
         start,
         traceparent: None,
+        tracestate: None,
         exchange: Exchange::Db(DbExchange {
             system,
             operation,

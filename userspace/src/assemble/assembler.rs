@@ -22,7 +22,7 @@ use ztrace_protocols::{AnyParser, Dir, Opener, ParserSet, Step, Transport};
 use super::{budget::Budget, redact::Redaction};
 use crate::{
     conntrack::{Conn, ConnKey, ConnTable, Evicted, Stream},
-    link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_traceparent},
+    link::{Cause, Handle, Io, Linker, SeqKey, Start, parse_trace_context},
     model::{Exchange, SpanKind},
 };
 
@@ -101,6 +101,9 @@ pub struct AssembleStats {
     pub aborted_exchanges: u64,
     /// Exchanges ended early because their connection had [`MAX_PENDING`] open.
     pub pending_dropped: u64,
+    /// Incoming `tracestate` headers dropped as invalid (W3C Trace Context); their
+    /// `traceparent` still holds.
+    pub tracestates_dropped: u64,
     /// Connections tracked right now (filled in by the pipeline's `stats()`).
     pub open_connections: u64,
     /// Connections shed (no longer parsed) to keep the parsers within their memory budget.
@@ -407,6 +410,7 @@ fn apply<P>(
             start,
             mut exchange,
             traceparent,
+            tracestate,
         } => {
             if conn.state.tls
                 && let Exchange::Http(h) = &mut exchange
@@ -422,6 +426,15 @@ fn apply<P>(
                 SpanKind::Client => (conn.local, conn.peer),
                 SpanKind::Server => (conn.peer, conn.local),
             };
+            // Only a SERVER span follows an incoming context (linker rule 1): a request a traced
+            // client sends is not read for one.
+            let (traceparent, tracestate_dropped) = match role {
+                SpanKind::Server => {
+                    parse_trace_context(traceparent.as_deref(), tracestate.as_deref())
+                }
+                SpanKind::Client => (None, false),
+            };
+            stats.tracestates_dropped += u64::from(tracestate_dropped);
             let h = linker.start(Start {
                 kind: role,
                 pid: key.tgid,
@@ -430,7 +443,7 @@ fn apply<P>(
                 local: conn.local,
                 peer: conn.peer,
                 exchange,
-                traceparent: traceparent.as_deref().and_then(parse_traceparent),
+                traceparent,
                 seq_key: seq.map(|seq| SeqKey {
                     client,
                     server,
@@ -750,6 +763,34 @@ mod tests {
         assert!(!h.tls);
         assert_eq!(s.status, SpanStatus::Unset);
         assert_eq!(rig.asm.stats.http_connections, 1);
+    }
+
+    #[test]
+    fn a_server_request_s_tracestate_reaches_its_span_and_an_invalid_one_is_counted() {
+        let head = |state: &str| {
+            format!(
+                "GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: \
+                 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+                 tracestate: {state}\r\nTraceState: v=2\r\n\r\n"
+            )
+        };
+        let mut rig = Rig::<AnyParser>::new();
+        rig.io(SERVER, false, 1_000, head("ot=th:8").as_bytes());
+        rig.io(SERVER, true, 2_000, OK);
+        rig.io(SERVER, false, 3_000, head("a=1,a=2").as_bytes());
+        rig.io(SERVER, true, 4_000, OK);
+        // A traced client's outgoing context is not read.
+        rig.io(CLIENT, true, 5_000, head("a=1,a=2").as_bytes());
+        rig.io(CLIENT, false, 6_000, OK);
+        let spans = rig.spans();
+        assert_eq!(spans.len(), 3);
+        let state = spans[0]
+            .tracestate
+            .as_ref()
+            .expect("the first request's tracestate");
+        assert_eq!((&*state.members, state.th), ("ot=th:8,v=2", Some(1 << 55)));
+        assert!(spans[1].parent_is_remote && spans[1].tracestate.is_none());
+        assert_eq!(rig.asm.stats.tracestates_dropped, 1);
     }
 
     /// A client that writes its request line a word at a time (an unbuffered `write!`): the

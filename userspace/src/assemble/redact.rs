@@ -223,6 +223,7 @@ mod tests {
                 ..HttpExchange::default()
             }),
             traceparent: None,
+            tracestate: None,
         };
         let http = |step: &Step| match step {
             Step::Request {
@@ -265,6 +266,7 @@ mod tests {
                 rows: None,
             }),
             traceparent: None,
+            tracestate: None,
         };
         let text = |step: &Step| match step {
             Step::Request {

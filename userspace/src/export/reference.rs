@@ -58,11 +58,12 @@ pub(crate) fn to_otlp_span(span: &Span) -> otlp::Span {
     otlp::Span {
         trace_id: span.trace_id.0.to_vec(),
         span_id: span.span_id.0.to_vec(),
-        trace_state: span
-            .sampling
-            .th()
-            .map(crate::processors::tail::threshold::tracestate)
-            .unwrap_or_default(),
+        trace_state: crate::processors::tail::threshold::trace_state(
+            span.tracestate.as_deref(),
+            span.sampling,
+        )
+        .map(String::from)
+        .unwrap_or_default(),
         parent_span_id: span
             .parent_span_id
             .map(|p| p.0.to_vec())

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::model::{Span, SpanKind, SpanStatus};
-use crate::processors::tail::threshold::tracestate;
+use crate::processors::tail::threshold::trace_state;
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use crate::model::Endpoint;
@@ -349,8 +349,8 @@ impl<'a> AttrSink<'a> for KeyValues<'_> {
 fn span(s: &Span, cache: &mut EndpointCache, out: &mut Vec<u8>) {
     id_field(1, &s.trace_id.0, out);
     id_field(2, &s.span_id.0, out);
-    if let Some(th) = s.sampling.th() {
-        bytes_field(3, tracestate(th).as_bytes(), out);
+    if let Some(state) = trace_state(s.tracestate.as_deref(), s.sampling) {
+        bytes_field(3, state.as_bytes(), out);
     }
     if let Some(parent) = s.parent_span_id {
         id_field(4, &parent.0, out);

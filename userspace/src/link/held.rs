@@ -6,11 +6,12 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
     mem::MaybeUninit,
+    sync::Arc,
 };
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::model::{Endpoint, Exchange, SpanId, SpanKind, TraceId};
+use crate::model::{Endpoint, Exchange, SpanId, SpanKind, TraceId, TraceState};
 
 pub type Handle = u64;
 
@@ -53,6 +54,9 @@ pub(super) struct Rec {
     pub(super) span_id: SpanId,
     pub(super) own_trace: TraceId,
     pub(super) parent: Parent,
+    /// With a [`Parent::Remote`] from an incoming `traceparent`: the `tracestate` that came with
+    /// it, which every span of the trace carries.
+    pub(super) tracestate: Option<Arc<TraceState>>,
     /// The parent came from a thread's causal context (rules 3–5 apply).
     pub(super) inferred: bool,
     /// The CLIENT span whose continuation gave this one its parent (rule 4 undoes chains).
@@ -339,12 +343,14 @@ impl ServerSeqs {
 }
 
 /// What stays of a released span so late children still find their parent and trace.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct Tomb {
     pub(super) span_id: SpanId,
     pub(super) trace: TraceId,
     /// The `sampled` flag of the trace's remote root parent, if it has one.
     pub(super) remote_sampled: Option<bool>,
+    /// The `tracestate` of the trace's remote root parent, if it has one.
+    pub(super) tracestate: Option<Arc<TraceState>>,
     pub(super) end_ns: u64,
 }
 

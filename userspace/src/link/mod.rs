@@ -14,6 +14,7 @@ mod stats;
 mod testutil;
 mod thread;
 mod traceparent;
+mod tracestate;
 
 pub use content::content_tokens;
 pub use context::{Cause, Io};
@@ -22,4 +23,5 @@ pub use linker::{Linker, Start};
 pub use settle::LINK_GRACE_NS;
 pub use stamps::MAX_STAMP_ADJUST_NS;
 pub use stats::LinkStats;
-pub use traceparent::{Traceparent, parse_traceparent};
+pub use traceparent::{Traceparent, parse_trace_context, parse_traceparent};
+pub use tracestate::parse_tracestate;

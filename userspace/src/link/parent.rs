@@ -29,14 +29,17 @@ impl Linker {
         let mut via = None;
         let mut by_content = false;
         let mut tokens = Vec::new();
+        let mut tracestate = None;
         match s.kind {
             SpanKind::Server => {
                 if let Some(Traceparent {
                     trace_id,
                     span_id,
                     sampled,
+                    tracestate: state,
                 }) = s.traceparent
                 {
+                    tracestate = state;
                     parent = Parent::Remote {
                         trace_id,
                         span_id,
@@ -188,6 +191,7 @@ impl Linker {
                 span_id: SpanId::random(&mut self.rng),
                 own_trace: TraceId::random(&mut self.rng),
                 parent,
+                tracestate,
                 inferred,
                 via,
                 answered_calls: 0,
@@ -262,7 +266,7 @@ mod tests {
         let mut s = start(SpanKind::Server, 1, 1, 5);
         let tp =
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        s.traceparent = Some(tp);
+        s.traceparent = Some(tp.clone());
         let h = l.start(s);
         l.finish(h, 9, None);
         let mut out = Vec::new();

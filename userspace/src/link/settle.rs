@@ -2,10 +2,12 @@
 //! span may leave, the trace it resolves to, the tombstones late children look up, and the
 //! expiry of everything kept for matching.
 
+use std::sync::Arc;
+
 use super::crosshost::{ClientSend, PeerContext, WireKey, request_digest};
 use super::held::{Handle, Parent, Rec, Tomb};
 use super::linker::Linker;
-use crate::model::{Sampling, Span, SpanKind, TraceId};
+use crate::model::{Sampling, Span, SpanKind, TraceId, TraceState};
 use crate::semconv::{names::exchange_name, status::status_of};
 
 /// How long a root SERVER span waits for evidence of a traced CLIENT parent.
@@ -72,7 +74,11 @@ impl Linker {
             match cur.parent {
                 Parent::Remote {
                     trace_id, sampled, ..
-                } => return Some((Resolved::new(trace_id, sampled), settles_at)),
+                } => {
+                    let mut trace = Resolved::new(trace_id, sampled);
+                    trace.tracestate = cur.tracestate.clone();
+                    return Some((trace, settles_at));
+                }
                 Parent::Local(p) => {
                     // A link from a thread's context holds only once both sides were seen
                     // (rules 4 and 5): until then the trace below it may still split off.
@@ -92,10 +98,9 @@ impl Linker {
                             cur_h = p;
                         }
                         (None, Some(tomb)) => {
-                            return Some((
-                                Resolved::new(tomb.trace, tomb.remote_sampled),
-                                settles_at,
-                            ));
+                            let mut trace = Resolved::new(tomb.trace, tomb.remote_sampled);
+                            trace.tracestate = tomb.tracestate.clone();
+                            return Some((trace, settles_at));
                         }
                         // Parent evicted or forgotten: this subtree becomes its own trace.
                         (None, None) => {
@@ -247,6 +252,7 @@ impl Linker {
                     span_id: rec.span_id,
                     trace: trace.trace_id,
                     remote_sampled: trace.remote_sampled,
+                    tracestate: trace.tracestate.clone(),
                     end_ns,
                 },
             );
@@ -257,7 +263,9 @@ impl Linker {
         let to_unix = |ns: u64| (ns as i128 + self.mono_to_unix).max(0) as u64;
         let mut clock_skew_ns = None;
         if let Some(x) = &mut self.crosshost {
-            clock_skew_ns = x.released(h, to_unix(start_ns), to_unix(end_ns));
+            clock_skew_ns = x
+                .released(h, to_unix(start_ns), to_unix(end_ns))
+                .and_then(std::num::NonZeroU64::new);
             if let (SpanKind::Client, Some(key)) = (rec.kind, rec.seq_key) {
                 x.sent(ClientSend {
                     key: WireKey {
@@ -279,6 +287,7 @@ impl Linker {
         out.push(Span {
             trace_id: trace.trace_id,
             remote_sampled: trace.remote_sampled,
+            tracestate: trace.tracestate,
             span_id: rec.span_id,
             parent_span_id,
             parent_is_remote,
@@ -334,10 +343,11 @@ fn expire<K: std::hash::Hash + Eq>(
 }
 
 /// The trace a span belongs to, as resolved at release.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Resolved {
     trace_id: TraceId,
     remote_sampled: Option<bool>,
+    tracestate: Option<Arc<TraceState>>,
 }
 
 impl Resolved {
@@ -345,6 +355,7 @@ impl Resolved {
         Self {
             trace_id,
             remote_sampled,
+            tracestate: None,
         }
     }
 }
@@ -354,7 +365,6 @@ mod tests {
     use super::*;
     use crate::link::context::Io;
     use crate::link::testutil::*;
-    use crate::link::traceparent::parse_traceparent;
     use crate::model::SpanStatus;
 
     #[test]
@@ -425,8 +435,10 @@ mod tests {
     fn the_incoming_sampled_flag_reaches_every_span_of_the_trace() {
         let mut l = Linker::new(0, 100, None);
         let mut s = start(SpanKind::Server, 1, 1, 10);
-        s.traceparent =
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        (s.traceparent, _) = crate::link::parse_trace_context(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+            Some("v=1,ot=th:8"),
+        );
         let h = l.start(s);
         l.io(1, 1, Io::ServerRequest(h));
         let c = call(&mut l, 1, 1, 11);
@@ -445,5 +457,15 @@ mod tests {
             "inherited through the local parent"
         );
         assert_eq!(out[2].remote_sampled, None, "a trace that starts here");
+        // The tracestate too, one copy shared by the trace's spans.
+        let state = out[0].tracestate.as_ref().expect("the root's tracestate");
+        assert_eq!((&*state.members, state.th), ("v=1,ot=th:8", Some(1 << 55)));
+        assert!(
+            out[1]
+                .tracestate
+                .as_ref()
+                .is_some_and(|t| std::sync::Arc::ptr_eq(t, state))
+        );
+        assert_eq!(out[2].tracestate, None);
     }
 }

@@ -18,25 +18,29 @@
 //! randomness, so it is a further consistent stage: a span a ratio decision keeps carries the
 //! larger of the threshold it has and the ratio's (a later stage raises a threshold, never lowers
 //! it); one kept with an unknown probability stays unknown; `always_on` (and a ratio of 1)
-//! changes nothing. A span following an upstream's `sampled` flag carries no threshold: the
-//! upstream's probability is not known here (its `tracestate` is not read), so whatever an
-//! earlier stage said becomes unknown — the specification's rule for a parent-based sampler
-//! without a parent threshold.
+//! changes nothing.
+//!
+//! The upstream's probability: a trace continued from an incoming `traceparent` whose
+//! `tracestate` says `ot=th:X` (and whose `sampled` flag agrees with it: randomness at least X,
+//! else X is not believed) was kept upstream at threshold X. A span following that upstream's
+//! flag carries X, raised by what an earlier stage said; a ratio keep carries the larger of X
+//! and the ratio's threshold. Without a `th` from upstream the probability is not known here,
+//! so a span following the flag carries none and whatever an earlier stage said becomes unknown
+//! — the specification's rule for a parent-based sampler without a parent threshold.
+//!
+//! Randomness: the upstream's explicit `rv` when its `tracestate` has one (the specification:
+//! it replaces the trace id's), else the trace id's last 56 bits ([`Span::randomness`]); tail
+//! sampling's probabilistic rule decides on the same.
 
 use super::tail::threshold::threshold;
 use crate::config::{RootSampler, Sampler};
-use crate::model::{Sampling, Span, TraceId};
+use crate::model::{Sampling, Span};
 
-/// The 56 random bits of a trace id (its last seven bytes, big-endian).
-fn randomness(trace_id: &TraceId) -> u64 {
-    let b = &trace_id.0;
-    u64::from_be_bytes([0, b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
-}
-
-/// `TraceIdRatioBased(ratio)` on `trace_id`: kept when the randomness is at least the rejection
-/// threshold of `ratio` (the one a kept span carries as `th`; none passes ratio 0, all ratio 1).
-pub fn ratio_sampled(ratio: f64, trace_id: &TraceId) -> bool {
-    randomness(trace_id) >= threshold(ratio)
+/// `TraceIdRatioBased(ratio)` on a trace of this `randomness` ([`Span::randomness`]): kept when
+/// it is at least the rejection threshold of `ratio` (the one a kept span carries as `th`; none
+/// passes ratio 0, all ratio 1).
+pub fn ratio_sampled(ratio: f64, randomness: u64) -> bool {
+    randomness >= threshold(ratio)
 }
 
 /// What a root sampler decides on a trace: keep (with the threshold of a ratio below 1) or not.
@@ -46,21 +50,21 @@ enum Decision {
     KeepAt(u64),
 }
 
-fn ratio(r: f64, trace_id: &TraceId) -> Decision {
+fn ratio(r: f64, span: &Span) -> Decision {
     if r >= 1.0 {
         Decision::Keep
-    } else if ratio_sampled(r, trace_id) {
+    } else if ratio_sampled(r, span.randomness()) {
         Decision::KeepAt(threshold(r))
     } else {
         Decision::Drop
     }
 }
 
-fn root(root: RootSampler, trace_id: &TraceId) -> Decision {
+fn root(root: RootSampler, span: &Span) -> Decision {
     match root {
         RootSampler::AlwaysOn => Decision::Keep,
         RootSampler::AlwaysOff => Decision::Drop,
-        RootSampler::TraceIdRatio(r) => ratio(r, trace_id),
+        RootSampler::TraceIdRatio(r) => ratio(r, span),
     }
 }
 
@@ -69,15 +73,24 @@ pub fn sample(sampler: &Sampler, span: &mut Span) -> bool {
     let decision = match *sampler {
         Sampler::AlwaysOn => Decision::Keep,
         Sampler::AlwaysOff => Decision::Drop,
-        Sampler::TraceIdRatio(r) => ratio(r, &span.trace_id),
+        Sampler::TraceIdRatio(r) => match ratio(r, span) {
+            // Kept here and upstream: the larger threshold (the upstream's flag aside, a ratio
+            // decides alone, but the trace around the span was kept at the upstream's).
+            Decision::KeepAt(t) => Decision::KeepAt(span.upstream_th().map_or(t, |x| x.max(t))),
+            Decision::Keep => span.upstream_th().map_or(Decision::Keep, Decision::KeepAt),
+            Decision::Drop => Decision::Drop,
+        },
         Sampler::ParentBased(r) => match span.remote_sampled {
             Some(upstream) => {
                 if upstream {
-                    span.sampling = Sampling::Unknown;
+                    span.sampling = match span.upstream_th() {
+                        Some(x) => span.sampling.raised(x),
+                        None => Sampling::Unknown,
+                    };
                 }
                 return upstream;
             }
-            None => root(r, &span.trace_id),
+            None => root(r, span),
         },
     };
     match decision {
@@ -93,6 +106,7 @@ pub fn sample(sampler: &Sampler, span: &mut Span) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TraceId;
     use crate::testkit::server_span;
 
     fn id(n: u64) -> TraceId {
@@ -108,35 +122,40 @@ mod tests {
     fn ratio_edges() {
         let max = TraceId([0xff; 16]);
         let min = TraceId([0; 16]);
-        assert!(ratio_sampled(1.0, &min));
-        assert!(!ratio_sampled(0.0, &max));
+        assert!(ratio_sampled(1.0, min.randomness()));
+        assert!(!ratio_sampled(0.0, max.randomness()));
         // R = 2^56 - 1 is above any threshold below 1; R = 0 only passes ratio 1.
-        assert!(ratio_sampled(1e-9, &max));
-        assert!(!ratio_sampled(0.999_999, &min));
+        assert!(ratio_sampled(1e-9, max.randomness()));
+        assert!(!ratio_sampled(0.99, min.randomness()));
         // Only the low 56 bits count.
         let mut high = [0u8; 16];
         high[..9].fill(0xff);
-        assert_eq!(randomness(&TraceId(high)), 0);
+        assert_eq!(TraceId(high).randomness(), 0);
         // Ratio 0.5: T = 2^55.
         let mut half = [0u8; 16];
         half[9] = 0x80;
-        assert!(ratio_sampled(0.5, &TraceId(half)));
+        assert!(ratio_sampled(0.5, TraceId(half).randomness()));
         half[9] = 0x7f;
         half[10..].fill(0xff);
-        assert!(!ratio_sampled(0.5, &TraceId(half)));
+        assert!(!ratio_sampled(0.5, TraceId(half).randomness()));
     }
 
     #[test]
     fn ratio_is_roughly_right_and_monotonic() {
         let n = 20_000u64;
         for ratio in [0.1, 0.25, 0.5, 0.9] {
-            let kept = (0..n).filter(|&i| ratio_sampled(ratio, &id(i))).count() as f64;
+            let kept = (0..n)
+                .filter(|&i| ratio_sampled(ratio, id(i).randomness()))
+                .count() as f64;
             let got = kept / n as f64;
             assert!((got - ratio).abs() < 0.02, "ratio {ratio}: {got}");
         }
         for i in 0..2000 {
-            if ratio_sampled(0.2, &id(i)) {
-                assert!(ratio_sampled(0.3, &id(i)), "monotonicity broken for {i}");
+            if ratio_sampled(0.2, id(i).randomness()) {
+                assert!(
+                    ratio_sampled(0.3, id(i).randomness()),
+                    "monotonicity broken for {i}"
+                );
             }
         }
     }
@@ -241,10 +260,10 @@ mod tests {
                 );
             }
         }
-        // The exported text is the tail sampler's encoding: 10% is `e6666666666666`.
+        // The exported text is the tail sampler's encoding: 10% is `e666` (4 digits).
         let (_, s) = run(Sampler::TraceIdRatio(0.1), local(HIGH, Sampling::Unsampled));
         let th = s.th().map(super::super::tail::threshold::tracestate);
-        assert_eq!(th.as_deref(), Some("ot=th:e6666666666666"));
+        assert_eq!(th.as_deref(), Some("ot=th:e666"));
     }
 
     #[test]
@@ -373,6 +392,116 @@ mod tests {
         assert_eq!(
             run(Sampler::TraceIdRatio(0.5), span),
             (true, Sampling::Threshold(threshold(0.5)))
+        );
+    }
+
+    /// A span of a trace continued from a sampled upstream whose `tracestate` is `state` (its
+    /// `ot` entry's `th` and `rv` read here, as the linker's parser does).
+    fn continued(r: u64, state: &str, sampling: Sampling) -> Span {
+        let mut s = local(r, sampling);
+        s.remote_sampled = Some(true);
+        let sub = |key: &str| {
+            let ot = state.split(',').find_map(|m| m.strip_prefix("ot="))?;
+            let v = ot.split(';').find_map(|kv| kv.strip_prefix(key))?;
+            Some(u64::from_str_radix(&format!("{v:0<14}"), 16).unwrap())
+        };
+        s.tracestate = Some(crate::testkit::tracestate(state, sub("th:"), sub("rv:")));
+        s
+    }
+
+    #[test]
+    fn a_parent_based_sampler_passes_the_upstream_threshold_on() {
+        let x = 1u64 << 55; // th:8, 50%
+        let sampler = Sampler::ParentBased(RootSampler::AlwaysOn);
+        // Nothing before: the upstream's threshold.
+        assert_eq!(
+            run(sampler, continued(HIGH, "ot=th:8,v=1", Sampling::Unsampled)),
+            (true, Sampling::Threshold(x))
+        );
+        // After a tail keep: the larger of the two; unknown stays unknown.
+        assert_eq!(
+            run(sampler, continued(HIGH, "ot=th:8", Sampling::Threshold(0))),
+            (true, Sampling::Threshold(x))
+        );
+        let t10 = threshold(0.1);
+        assert_eq!(
+            run(
+                sampler,
+                continued(HIGH, "ot=th:8", Sampling::Threshold(t10))
+            ),
+            (true, Sampling::Threshold(t10))
+        );
+        assert_eq!(
+            run(sampler, continued(HIGH, "ot=th:8", Sampling::Unknown)),
+            (true, Sampling::Unknown)
+        );
+        // No `th` upstream: unknown, as before.
+        assert_eq!(
+            run(sampler, continued(HIGH, "v=1", Sampling::Unsampled)),
+            (true, Sampling::Unknown)
+        );
+        // A `th` the randomness does not pass contradicts the `sampled` flag: not believed.
+        assert_eq!(
+            run(sampler, continued(x - 1, "ot=th:8", Sampling::Unsampled)),
+            (true, Sampling::Unknown)
+        );
+        // A not-sampled upstream is dropped whatever its tracestate says.
+        let mut dropped = continued(HIGH, "ot=th:8", Sampling::Unsampled);
+        dropped.remote_sampled = Some(false);
+        assert!(!run(sampler, dropped).0);
+    }
+
+    #[test]
+    fn the_upstream_rv_is_the_randomness_of_every_ratio_decision() {
+        let t = threshold(0.5);
+        // The trace id says keep (R = HIGH), the upstream's rv says drop: rv wins, both ways.
+        let low_rv = continued(HIGH, "ot=rv:10000000000000", Sampling::Unsampled);
+        assert_eq!(low_rv.randomness(), 1 << 52);
+        assert!(!run(Sampler::TraceIdRatio(0.5), low_rv.clone()).0);
+        let high_rv = continued(0, "ot=rv:ffffffffffffff", Sampling::Unsampled);
+        assert_eq!(
+            run(Sampler::TraceIdRatio(0.5), high_rv.clone()),
+            (true, Sampling::Threshold(t))
+        );
+        // The upstream's th is checked against its rv: th:8 with rv below it is not believed.
+        let mut s = continued(HIGH, "ot=th:8;rv:10000000000000", Sampling::Unsampled);
+        assert_eq!(s.upstream_th(), None);
+        s.tracestate = continued(0, "ot=th:8;rv:80000000000000", Sampling::Unsampled).tracestate;
+        assert_eq!(s.upstream_th(), Some(1 << 55));
+    }
+
+    #[test]
+    fn a_ratio_sampler_takes_the_larger_of_its_threshold_and_the_upstream_s() {
+        let (t25, t75) = (threshold(0.25), threshold(0.75));
+        // Upstream 50% (th:8), ratio 25%: the ratio's, larger.
+        assert_eq!(
+            run(
+                Sampler::TraceIdRatio(0.25),
+                continued(HIGH, "ot=th:8", Sampling::Unsampled)
+            ),
+            (true, Sampling::Threshold(t25))
+        );
+        // Ratio 75%: the upstream's 50%; ratio 1 too.
+        for r in [0.75, 1.0] {
+            assert_eq!(
+                run(
+                    Sampler::TraceIdRatio(r),
+                    continued(HIGH, "ot=th:8", Sampling::Unsampled)
+                ),
+                (true, Sampling::Threshold(1 << 55)),
+                "{r}"
+            );
+        }
+        // The ratio still decides alone: a trace between the two thresholds is kept at 75%
+        // only when its upstream is not taken into account — here it is, so it says 50%.
+        assert!(t75 < (1 << 55));
+        // No upstream `th`: the ratio's own, as before.
+        assert_eq!(
+            run(
+                Sampler::TraceIdRatio(0.25),
+                continued(HIGH, "v=1", Sampling::Unsampled)
+            ),
+            (true, Sampling::Threshold(t25))
         );
     }
 }

@@ -487,7 +487,7 @@ pub(crate) fn visit_own_attributes<'a>(span: &'a Span, a: &mut impl AttrSink<'a>
         Exchange::Dns(dns) => dns_attributes(span, dns, a),
     }
     if let Some(skew) = span.clock_skew_ns {
-        a.int(CLOCK_SKEW, to_i64(skew));
+        a.int(CLOCK_SKEW, to_i64(skew.get()));
     }
 }
 
@@ -716,7 +716,7 @@ mod tests {
     fn clock_skew_is_marked_on_the_span() {
         let mut span = server_span();
         assert_eq!(get(&span_attributes(&span), CLOCK_SKEW), None);
-        span.clock_skew_ns = Some(2_500_000);
+        span.clock_skew_ns = std::num::NonZeroU64::new(2_500_000);
         assert_eq!(
             get(&span_attributes(&span), CLOCK_SKEW),
             Some(&AttrValue::Int(2_500_000))

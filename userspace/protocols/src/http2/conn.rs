@@ -148,6 +148,7 @@ impl Protocol for H2Conn {
                     start,
                     exchange,
                     traceparent: head.traceparent,
+                    tracestate: head.tracestate,
                 }
             }
             H2Event::Response {
@@ -736,6 +737,8 @@ mod tests {
                 F::Inc("te", "trailers"),
                 F::IncN(58, "grpc-go/1.60.0"),
                 F::Lit("traceparent", TP1),
+                F::Lit("tracestate", "ot=th:8"),
+                F::Lit("tracestate", "v=1"),
             ],
             true,
         );
@@ -821,6 +824,8 @@ mod tests {
             scheme: Some("http".into()),
             content_type: Some("application/grpc".into()),
             traceparent: Some(TP1.into()),
+            // Two tracestate fields are one list.
+            tracestate: Some("ot=th:8,v=1".into()),
             user_agent: Some("grpc-go/1.60.0".into()),
         };
         assert_eq!(head, &want);
@@ -831,6 +836,7 @@ mod tests {
             head,
             &H2Request {
                 traceparent: None,
+                tracestate: None,
                 ..want
             }
         );

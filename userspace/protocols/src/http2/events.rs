@@ -19,6 +19,8 @@ pub struct H2Request {
     pub scheme: Option<String>,
     pub content_type: Option<String>,
     pub traceparent: Option<String>,
+    /// Every `tracestate` field, joined with commas.
+    pub tracestate: Option<String>,
     pub user_agent: Option<String>,
 }
 

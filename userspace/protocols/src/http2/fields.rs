@@ -13,6 +13,8 @@ pub(super) struct Fields {
     pub(super) scheme: Option<String>,
     pub(super) content_type: Option<String>,
     pub(super) traceparent: Option<String>,
+    /// Every tracestate field, joined with commas (W3C Trace Context: one list).
+    pub(super) tracestate: Option<String>,
     pub(super) user_agent: Option<String>,
     pub(super) status: Option<u16>,
     pub(super) grpc_status: Option<i32>,
@@ -67,6 +69,17 @@ impl Fields {
             b":scheme" => &mut self.scheme,
             b"content-type" => &mut self.content_type,
             b"traceparent" => &mut self.traceparent,
+            b"tracestate" => {
+                match &mut self.tracestate {
+                    None => self.tracestate = Some(text(value)),
+                    Some(joined) if joined.len() + value.len() < MAX_FIELD => {
+                        joined.push(',');
+                        joined.push_str(&text(value));
+                    }
+                    Some(_) => {}
+                }
+                return;
+            }
             b"user-agent" => &mut self.user_agent,
             b":status" if self.status.is_none() && value.len() == 3 => {
                 self.status = number(value);

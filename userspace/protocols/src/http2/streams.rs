@@ -86,6 +86,7 @@ impl Streams {
             scheme: f.scheme,
             content_type: f.content_type,
             traceparent: f.traceparent,
+            tracestate: f.tracestate,
             user_agent: f.user_agent,
         };
         out.push(H2Event::Request {

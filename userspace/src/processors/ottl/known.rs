@@ -148,6 +148,6 @@ pub fn read(span: &Span, k: Known) -> Option<Option<Own<'_>>> {
                 None => "_OTHER".to_string(),
             }))),
         },
-        Known::ClockSkew => span.clock_skew_ns.map(|s| Own::Int(to_i64(s))),
+        Known::ClockSkew => span.clock_skew_ns.map(|s| Own::Int(to_i64(s.get()))),
     })
 }

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU64;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -44,7 +45,7 @@ fn random_span(rng: &mut StdRng) -> Span {
     s.peer.addr = *pick(rng, &ADDRS);
     s.local.port = *pick(rng, &[8080, 443, 0]);
     s.peer.port = *pick(rng, &[51234, 80]);
-    s.clock_skew_ns = *pick(rng, &[None, Some(1500), Some(u64::MAX)]);
+    s.clock_skew_ns = pick(rng, &[None, Some(1500), Some(u64::MAX)]).and_then(NonZeroU64::new);
     s.status = pick(
         rng,
         &[

@@ -255,7 +255,7 @@ impl TailSampler {
             }
             match verdict {
                 Verdict::Keep(th) => {
-                    span.sampling = Sampling::kept(th);
+                    span.sampling = Sampling::kept_after(th, span.upstream_th());
                     c.stats.spans_kept += 1;
                     out.push(span);
                 }
@@ -340,7 +340,7 @@ impl TailSampler {
             c.stats.traces_kept += 1;
             c.stats.spans_kept += r.spans.len() as u64;
             out.extend(r.spans.into_iter().map(|mut s| {
-                s.sampling = Sampling::kept(r.th);
+                s.sampling = Sampling::kept_after(r.th, s.upstream_th());
                 s
             }));
         }
@@ -437,7 +437,7 @@ impl Core {
                     st.traces_kept += 1;
                     st.spans_kept += n;
                     out.extend(r.spans.into_iter().map(|mut s| {
-                        s.sampling = Sampling::kept(th);
+                        s.sampling = Sampling::kept_after(th, s.upstream_th());
                         s
                     }));
                 }
@@ -1063,6 +1063,64 @@ mod tests {
         }
         r.drain(0, &NoAnomalies, &mut out);
         assert_eq!(out.len(), 6);
+        assert!(out.iter().all(|s| s.sampling == Sampling::Unknown));
+    }
+
+    /// A trace continued from a sampled upstream whose `tracestate` says `th` and `rv`.
+    fn continued(n: u64, error: bool, th: u64, rv: u64) -> Vec<Span> {
+        let state = crate::testkit::tracestate("ot=th:-;rv:-", Some(th), Some(rv));
+        let mut spans = trace(n, error);
+        for s in &mut spans {
+            s.remote_sampled = Some(true);
+            s.tracestate = Some(state.clone());
+        }
+        spans
+    }
+
+    #[test]
+    fn a_tail_keep_composes_with_the_upstream_threshold_and_decides_on_its_rv() {
+        let mut t = sampler(vec![
+            PolicyRule::Probabilistic {
+                sampling_percentage: 50.0,
+            },
+            PolicyRule::StatusCode(vec![StatusCodeName::Error]),
+        ]);
+        let mut out = Vec::new();
+        // Upstream at 25% (th:c) with an rv every 50% decision keeps: kept at the larger, c.
+        // An error trace upstream at 50% (th:8), rv below 50%: kept by the errors policy (th 0),
+        // and says the upstream's 8.
+        // The same error-free trace with an rv below 50%: dropped, whatever its trace id says.
+        let traces = [
+            continued(1, false, 0xc << 52, 0xf << 52),
+            continued(2, true, 1 << 55, 0x9 << 52),
+            continued(3, false, 1 << 55, 1 << 52),
+        ];
+        for (i, spans) in traces.into_iter().enumerate() {
+            for s in spans {
+                t.offer(s, i as u64, &NoAnomalies, &mut out);
+            }
+        }
+        t.drain(0, &NoAnomalies, &mut out);
+        let by = |n: u64| {
+            let id = trace(n, false)[0].trace_id;
+            out.iter()
+                .filter(|s| s.trace_id == id)
+                .map(|s| s.sampling)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by(1), vec![Sampling::Threshold(threshold(0.25)); 3]);
+        assert_eq!(by(2), vec![Sampling::Threshold(1 << 55); 3]);
+        assert_eq!(by(3), vec![], "the rv decides, not the trace id");
+        // Rate limiting keeps with an unknown probability, whatever the upstream said.
+        let mut r = sampler(vec![PolicyRule::RateLimiting {
+            spans_per_second: 6,
+        }]);
+        out.clear();
+        for s in continued(4, false, 1 << 55, 0x9 << 52) {
+            r.offer(s, 0, &NoAnomalies, &mut out);
+        }
+        r.drain(0, &NoAnomalies, &mut out);
+        assert_eq!(out.len(), 3);
         assert!(out.iter().all(|s| s.sampling == Sampling::Unknown));
     }
 }

@@ -191,8 +191,9 @@ impl Policy {
                 sampled(d >= *min_ns && max_ns.is_none_or(|m| d <= m))
             }
             Rule::Probabilistic(p) => {
-                let id = t.spans.first().map(|s| s.trace_id).unwrap_or_default();
-                if crate::processors::sampler::ratio_sampled(*p, &id) {
+                // The trace's randomness: an upstream's `rv`, else the trace id's.
+                let r = t.spans.first().map_or(0, Span::randomness);
+                if crate::processors::sampler::ratio_sampled(*p, r) {
                     Outcome::Sampled(Some(*p))
                 } else {
                     Outcome::NotSampled
