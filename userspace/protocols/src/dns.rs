@@ -535,8 +535,7 @@ fn datagram_step(dir: Dir, data: &[u8], start: u64, len: u64) -> Option<Step> {
             Some(Step::Request {
                 key,
                 start,
-                traceparent: None,
-                tracestate: None,
+                context: None,
                 exchange: Exchange::Dns(DnsExchange {
                     id: msg.id,
                     name,

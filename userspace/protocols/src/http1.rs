@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
 use crate::exchange::{Exchange, HttpExchange};
-use crate::parser::{Opener, Parser, Protocol, Step, Update};
+use crate::parser::{Opener, Parser, Protocol, Step, TraceContext, Update};
 
 mod scan;
 
@@ -820,8 +820,7 @@ impl Protocol for Http1Conn {
             Http1Event::Request { start, head } => Step::Request {
                 key: None,
                 start,
-                traceparent: head.traceparent,
-                tracestate: head.tracestate,
+                context: TraceContext::of(head.traceparent, head.tracestate),
                 exchange: Exchange::Http(HttpExchange {
                     method: head.method,
                     target: head.target,

@@ -30,7 +30,9 @@ pub mod sql;
 pub(crate) mod testutil;
 
 pub use http1::Dir;
-pub use parser::{AnyParser, Opener, Parser, ParserSet, Protocol, Step, Transport, Update};
+pub use parser::{
+    AnyParser, Opener, Parser, ParserSet, Protocol, Step, TraceContext, Transport, Update,
+};
 
 /// Capacity a parser buffer keeps for reuse once it is emptied; a larger one is freed, so that
 /// a connection which once buffered a large head does not keep holding it (and being charged

@@ -57,9 +57,9 @@ pub enum Step {
         key: Option<u64>,
         start: u64,
         exchange: Exchange,
-        traceparent: Option<String>,
-        /// The `tracestate` that came with it (several fields joined with commas), unchecked.
-        tracestate: Option<String>,
+        /// The trace context it carried, if any (boxed: most requests carry none, and a step
+        /// is moved several times on its way to a span).
+        context: Option<Box<TraceContext>>,
     },
     /// Something learnt about an open exchange before it ends (e.g. an HTTP status line).
     Update { key: Option<u64>, update: Update },
@@ -73,6 +73,32 @@ pub enum Step {
     Abort { key: u64, reason: String },
     /// The parser lost track of `dir`.
     Desync(Dir),
+}
+
+/// A request's W3C trace context, as text (the daemon checks it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    /// The `tracestate` that came with it (several fields joined with commas).
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// None without a `traceparent`: a `tracestate` alone means nothing (W3C Trace Context).
+    #[inline]
+    pub fn of(traceparent: Option<String>, tracestate: Option<String>) -> Option<Box<Self>> {
+        traceparent.map(|traceparent| Self::boxed(traceparent, tracestate))
+    }
+
+    /// Out of line: most requests carry no context, and the parsers' hot paths stay small.
+    #[cold]
+    #[inline(never)]
+    fn boxed(traceparent: String, tracestate: Option<String>) -> Box<Self> {
+        Box::new(TraceContext {
+            traceparent,
+            tracestate,
+        })
+    }
 }
 
 /// What a response tells about its exchange.

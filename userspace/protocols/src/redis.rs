@@ -670,8 +670,7 @@ impl Protocol for RedisConn {
             RedisEvent::Command { start, cmd, .. } => Step::Request {
                 key: None,
                 start,
-                traceparent: None,
-                tracestate: None,
+                context: None,
                 exchange: Exchange::Db(DbExchange {
                     system: DbSystem::Redis,
                     operation: Some(cmd.name),

@@ -592,8 +592,7 @@ pub(crate) fn request_step(
     Step::Request {
         key: None,
         start,
-        traceparent: None,
-        tracestate: None,
+        context: None,
         exchange: Exchange::Db(DbExchange {
             system,
             operation,

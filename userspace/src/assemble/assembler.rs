@@ -409,8 +409,7 @@ fn apply<P>(
             key: exchange_key,
             start,
             mut exchange,
-            traceparent,
-            tracestate,
+            context,
         } => {
             if conn.state.tls
                 && let Exchange::Http(h) = &mut exchange
@@ -430,7 +429,10 @@ fn apply<P>(
             // client sends is not read for one.
             let (traceparent, tracestate_dropped) = match role {
                 SpanKind::Server => {
-                    parse_trace_context(traceparent.as_deref(), tracestate.as_deref())
+                    let (parent, state) = context.as_deref().map_or((None, None), |c| {
+                        (Some(&*c.traceparent), c.tracestate.as_deref())
+                    });
+                    parse_trace_context(parent, state)
                 }
                 SpanKind::Client => (None, false),
             };

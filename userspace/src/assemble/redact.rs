@@ -222,8 +222,7 @@ mod tests {
                 user_agent: Some("curl/8 s3cr3t".into()),
                 ..HttpExchange::default()
             }),
-            traceparent: None,
-            tracestate: None,
+            context: None,
         };
         let http = |step: &Step| match step {
             Step::Request {
@@ -265,8 +264,7 @@ mod tests {
                 error: None,
                 rows: None,
             }),
-            traceparent: None,
-            tracestate: None,
+            context: None,
         };
         let text = |step: &Step| match step {
             Step::Request {

@@ -3,7 +3,7 @@
 
 use crate::Dir;
 use crate::exchange::{Exchange, HttpExchange, RpcExchange};
-use crate::parser::{Opener, Parser, Protocol, Step, Update};
+use crate::parser::{Opener, Parser, Protocol, Step, TraceContext, Update};
 
 use super::*;
 
@@ -147,8 +147,7 @@ impl Protocol for H2Conn {
                     key: Some(u64::from(stream)),
                     start,
                     exchange,
-                    traceparent: head.traceparent,
-                    tracestate: head.tracestate,
+                    context: TraceContext::of(head.traceparent, head.tracestate),
                 }
             }
             H2Event::Response {
