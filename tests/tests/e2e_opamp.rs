@@ -19,18 +19,21 @@
 //!    (description, effective configuration with the applied ratio); on exit it says goodbye.
 //!
 //! With `targets` allowed, the server may add a process (and switch tail sampling), and a
-//! remote configuration that no longer names a process untraces it. A change of tail sampling
+//! remote configuration that no longer names a process untraces it, but keeps the descendants of
+//! the processes it still names, a double-forked daemon's server included. A change of tail sampling
 //! (and switching it off) while traces are held lets them finish under the policies they came in
 //! under, with the spans that arrive after the change.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
     harness::{
-        Proc, curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace,
-        stop_ztrace,
+        Proc, apps_dir, curl, privileged_or_skip, runtime_with_receiver, spawn_service,
+        spawn_ztrace, stop_ztrace,
     },
     kernel::traced_set,
     opamp::{OpampServer, effective_text},
@@ -691,5 +694,154 @@ fn a_remote_target_change_untraces_a_process_no_longer_named() -> Result<()> {
         }
         Ok(())
     })();
+    finish(ztrace, result)
+}
+
+/// A daemon that double-forks when told to (a line on its stdin): it forks a child, the child
+/// calls `setsid`, forks the server and exits, so the kernel re-parents the server away from
+/// the daemon. The server (two_tier.py's backend) writes its PID, then its port, to the
+/// daemon's stdout. The daemon itself stays, as a service manager's main process would.
+struct DoubleForked {
+    daemon: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl DoubleForked {
+    fn spawn() -> Result<Self> {
+        let script = r#"
+import os, sys, time
+sys.stdin.readline()
+child = os.fork()
+if child == 0:
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    sys.stdout.write("PID %d\n" % os.getpid())
+    sys.stdout.flush()
+    os.execvp("python3", ["python3", sys.argv[1], "backend"])
+os.waitpid(child, 0)
+while True:
+    time.sleep(1)
+"#;
+        let mut daemon = Command::new("python3")
+            .args(["-c", script])
+            .arg(apps_dir().join("two_tier.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the double-forking daemon")?;
+        Ok(DoubleForked {
+            stdin: daemon.stdin.take().context("daemon stdin")?,
+            stdout: BufReader::new(daemon.stdout.take().context("daemon stdout")?),
+            daemon,
+        })
+    }
+
+    /// Lets it double-fork; returns the server's PID and port.
+    fn fork_server(&mut self) -> Result<(u32, u16)> {
+        writeln!(self.stdin, "go")?;
+        let mut line = |prefix: &str| -> Result<String> {
+            let mut line = String::new();
+            self.stdout.read_line(&mut line)?;
+            line.strip_prefix(prefix)
+                .map(|v| v.trim().to_string())
+                .with_context(|| format!("the daemon wrote `{line}`, not `{prefix}…`"))
+        };
+        let pid: u32 = line("PID ")?.parse()?;
+        let port: u16 = line("PORT ")?.parse()?;
+        Ok((pid, port))
+    }
+}
+
+/// With `targets` allowed and children followed: a daemon named by PID double-forks its server
+/// while traced (the server is re-parented away from it, its intermediate parent gone); a
+/// remote configuration that keeps the daemon and drops another process must keep the server
+/// traced (its spans keep coming) and untrace only the other process.
+#[test]
+fn a_retarget_keeps_a_double_forked_descendant_of_a_kept_process() -> Result<()> {
+    if !privileged_or_skip("a_retarget_keeps_a_double_forked_descendant_of_a_kept_process") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = TempDir::new("opamp-e2e-f")?;
+    let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, None, None))?;
+    let mut daemon = DoubleForked::spawn()?;
+    let (other, other_port) = spawn_service(&["backend"])?;
+    let mut ztrace = spawn_managed_targets(
+        &dir,
+        &[daemon.daemon.id(), other.pid()],
+        &receiver,
+        &server,
+        "targets",
+        &[],
+    )?;
+    let mut grandchild = None;
+    let result = (|| -> Result<()> {
+        ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+        let (server_pid, port) = daemon.fork_server()?;
+        grandchild = Some(server_pid);
+        let parent = std::fs::read_to_string(format!("/proc/{server_pid}/stat"))?
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+            .context("the server's parent")?;
+        ensure!(
+            parent != daemon.daemon.id(),
+            "the server should have been re-parented away from the daemon"
+        );
+        requests(port, "before", 2)?;
+        requests(other_port, "before", 2)?;
+        let hash = server.offer(&format!("[target]\npids = [{}]\n", daemon.daemon.id()));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        ztrace.wait_stderr("retarget: untraced", Duration::from_secs(10))?;
+        ensure!(
+            ztrace
+                .stderr_text()
+                .contains("retarget: untraced 1 process(es) no longer selected"),
+            "only the other process should have been untraced"
+        );
+        let traced = traced_set(ztrace.pid())?;
+        ensure!(
+            traced.contains(&daemon.daemon.id())
+                && traced.contains(&server_pid)
+                && !traced.contains(&other.pid()),
+            "the kernel's traced set should hold the daemon {} and its server {}, not {}: {traced:?}",
+            daemon.daemon.id(),
+            server_pid,
+            other.pid()
+        );
+        requests(port, "after", 3)?;
+        requests(other_port, "after", 2)?;
+        std::thread::sleep(Duration::from_millis(500));
+        stop_ztrace(&mut ztrace)?;
+        let _ = rt.block_on(receiver.wait_for_spans(9, Duration::from_secs(10)));
+        for (phase, pid, want) in [
+            ("before", server_pid, 2),
+            ("before", other.pid(), 2),
+            ("after", server_pid, 3),
+            ("after", other.pid(), 0),
+        ] {
+            let got = phase_spans(&receiver, phase)
+                .iter()
+                .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
+                .count();
+            ensure!(
+                got == want,
+                "{phase} the change, process {pid}: {got} server spans, want {want}"
+            );
+        }
+        Ok(())
+    })();
+    if let Some(pid) = grandchild {
+        // SAFETY: plain kill(2) of the server this test started (not a child of the test).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = daemon.daemon.kill();
+    let _ = daemon.daemon.wait();
     finish(ztrace, result)
 }
