@@ -142,7 +142,10 @@ impl Lineage {
                 exited: false,
             });
         }
-        if parent_start != UNKNOWN_START
+        // By the exact key: a parent that exited before userspace read its start time was
+        // recorded with an unknown one, and its children name it so. Only for a parent named
+        // by a fork record: a live `PPid` is never an exited process.
+        if child.entry.is_some()
             && let Some(e) = self.exited.get(&(parent, parent_start))
         {
             return Some(Node {
@@ -348,6 +351,22 @@ mod tests {
         assert!(l.descends_from(102, &roots(&[100]), &live));
         // By the live chain alone it would not (its PPid is 1).
         assert!(!Lineage::default().descends_from(102, &roots(&[100]), &live));
+    }
+
+    /// The usual timing: the child forks the grandchild and exits before userspace handles
+    /// its fork record, so its start time is unknown; the grandchild names it the same way.
+    #[test]
+    fn an_intermediate_gone_before_it_was_read_still_links() {
+        let mut l = Lineage::default();
+        l.learn(100, 10, 50, 5);
+        l.learn(101, UNKNOWN_START, 100, 10);
+        l.learn(102, 30, 101, l.start_of(101).unwrap());
+        l.exited(101);
+        l.prune();
+        assert_eq!(l.sizes(), (2, 1));
+        let live = table(&[(1, 0, 1), (50, 1, 5), (100, 50, 10), (102, 1, 30)]);
+        assert!(l.descends_from(102, &roots(&[100]), &live));
+        assert!(!l.descends_from(102, &roots(&[50 + 1]), &live));
     }
 
     #[test]
