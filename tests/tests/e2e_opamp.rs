@@ -19,20 +19,25 @@
 //!    (description, effective configuration with the applied ratio); on exit it says goodbye.
 //!
 //! With `targets` allowed, the server may add a process (and switch tail sampling), and a
-//! remote configuration that no longer names a process untraces it. A change of tail sampling
+//! remote configuration that no longer names a process untraces it, but keeps the descendants of
+//! the processes it still names, a double-forked daemon's server included; children whose fork
+//! records were lost (ring buffer full while ztrace was stopped) are learnt from /proc and leave
+//! with their parent. A change of tail sampling
 //! (and switching it off) while traces are held lets them finish under the policies they came in
 //! under, with the spans that arrive after the change. A local file that tunes tail sampling is
 //! switched off remotely with `policies = []`, and the late spans of the traces it had dropped
 //! stay dropped.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use ztrace_e2e::{
     harness::{
-        Proc, curl, privileged_or_skip, runtime_with_receiver, spawn_service, spawn_ztrace,
-        stop_ztrace,
+        Proc, apps_dir, curl, privileged_or_skip, runtime_with_receiver, spawn_service,
+        spawn_ztrace, stop_ztrace,
     },
     kernel::traced_set,
     opamp::{OpampServer, effective_text},
@@ -838,5 +843,298 @@ status_code = {{ status_codes = ["ERROR"] }}
         );
         Ok(())
     })();
+    finish(ztrace, result)
+}
+
+/// A daemon that double-forks when told to (a line on its stdin): it forks a child, the child
+/// calls `setsid`, forks the server and exits, so the kernel re-parents the server away from
+/// the daemon. The server (two_tier.py's backend) writes its PID, then its port, to the
+/// daemon's stdout. The daemon itself stays, as a service manager's main process would.
+struct DoubleForked {
+    daemon: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl DoubleForked {
+    fn spawn() -> Result<Self> {
+        let script = r#"
+import os, sys, time
+sys.stdin.readline()
+child = os.fork()
+if child == 0:
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    sys.stdout.write("PID %d\n" % os.getpid())
+    sys.stdout.flush()
+    os.execvp("python3", ["python3", sys.argv[1], "backend"])
+os.waitpid(child, 0)
+while True:
+    time.sleep(1)
+"#;
+        let mut daemon = Command::new("python3")
+            .args(["-c", script])
+            .arg(apps_dir().join("two_tier.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the double-forking daemon")?;
+        Ok(DoubleForked {
+            stdin: daemon.stdin.take().context("daemon stdin")?,
+            stdout: BufReader::new(daemon.stdout.take().context("daemon stdout")?),
+            daemon,
+        })
+    }
+
+    /// Lets it double-fork; returns the server's PID and port.
+    fn fork_server(&mut self) -> Result<(u32, u16)> {
+        writeln!(self.stdin, "go")?;
+        let mut line = |prefix: &str| -> Result<String> {
+            let mut line = String::new();
+            self.stdout.read_line(&mut line)?;
+            line.strip_prefix(prefix)
+                .map(|v| v.trim().to_string())
+                .with_context(|| format!("the daemon wrote `{line}`, not `{prefix}…`"))
+        };
+        let pid: u32 = line("PID ")?.parse()?;
+        let port: u16 = line("PORT ")?.parse()?;
+        Ok((pid, port))
+    }
+}
+
+/// With `targets` allowed and children followed: a daemon named by PID double-forks its server
+/// while traced (the server is re-parented away from it, its intermediate parent gone); a
+/// remote configuration that keeps the daemon and drops another process must keep the server
+/// traced (its spans keep coming) and untrace only the other process.
+#[test]
+fn a_retarget_keeps_a_double_forked_descendant_of_a_kept_process() -> Result<()> {
+    if !privileged_or_skip("a_retarget_keeps_a_double_forked_descendant_of_a_kept_process") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = TempDir::new("opamp-e2e-f")?;
+    let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, None, None))?;
+    let mut daemon = DoubleForked::spawn()?;
+    let (other, other_port) = spawn_service(&["backend"])?;
+    let mut ztrace = spawn_managed_targets(
+        &dir,
+        &[daemon.daemon.id(), other.pid()],
+        &receiver,
+        &server,
+        "targets",
+        &[],
+    )?;
+    let mut grandchild = None;
+    let result = (|| -> Result<()> {
+        ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+        let (server_pid, port) = daemon.fork_server()?;
+        grandchild = Some(server_pid);
+        let parent = std::fs::read_to_string(format!("/proc/{server_pid}/stat"))?
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+            .context("the server's parent")?;
+        ensure!(
+            parent != daemon.daemon.id(),
+            "the server should have been re-parented away from the daemon"
+        );
+        requests(port, "before", 2)?;
+        requests(other_port, "before", 2)?;
+        let hash = server.offer(&format!("[target]\npids = [{}]\n", daemon.daemon.id()));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        ztrace.wait_stderr("retarget: untraced", Duration::from_secs(10))?;
+        ensure!(
+            ztrace
+                .stderr_text()
+                .contains("retarget: untraced 1 process(es) no longer selected"),
+            "only the other process should have been untraced"
+        );
+        let traced = traced_set(ztrace.pid())?;
+        ensure!(
+            traced.contains(&daemon.daemon.id())
+                && traced.contains(&server_pid)
+                && !traced.contains(&other.pid()),
+            "the kernel's traced set should hold the daemon {} and its server {}, not {}: {traced:?}",
+            daemon.daemon.id(),
+            server_pid,
+            other.pid()
+        );
+        requests(port, "after", 3)?;
+        requests(other_port, "after", 2)?;
+        std::thread::sleep(Duration::from_millis(500));
+        stop_ztrace(&mut ztrace)?;
+        let _ = rt.block_on(receiver.wait_for_spans(9, Duration::from_secs(10)));
+        for (phase, pid, want) in [
+            ("before", server_pid, 2),
+            ("before", other.pid(), 2),
+            ("after", server_pid, 3),
+            ("after", other.pid(), 0),
+        ] {
+            let got = phase_spans(&receiver, phase)
+                .iter()
+                .filter(|s| s.resource_int("process.pid") == Some(pid as i64))
+                .count();
+            ensure!(
+                got == want,
+                "{phase} the change, process {pid}: {got} server spans, want {want}"
+            );
+        }
+        Ok(())
+    })();
+    if let Some(pid) = grandchild {
+        // SAFETY: plain kill(2) of the server this test started (not a child of the test).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = daemon.daemon.kill();
+    let _ = daemon.daemon.wait();
+    finish(ztrace, result)
+}
+
+/// Children the traced parent forks while ztrace is stopped (SIGSTOP), after it filled the ring
+/// buffer with socket writes: the kernel marks them traced, but their fork records find the ring
+/// full (the few the space left by the large records still takes get through; the rest are
+/// lost). Once ztrace runs again it sees the loss, reconciles with /proc and learns the children
+/// it was not told of; a remote configuration that drops the parent then untraces every child
+/// too (on main the children unknown to userspace stayed traced).
+const LOST_CHILDREN: usize = 64;
+
+#[test]
+fn children_whose_fork_records_were_lost_are_learnt_and_untraced_with_their_parent() -> Result<()> {
+    if !privileged_or_skip("children_whose_fork_records_were_lost_are_learnt") {
+        return Ok(());
+    }
+    let (rt, receiver) = runtime_with_receiver()?;
+    let dir = TempDir::new("opamp-e2e-l")?;
+    let server = rt.block_on(OpampServer::start_on("127.0.0.1:0".parse()?, None, None))?;
+    // The children do not exec: an exec record could reach ztrace once it runs again.
+    let script = format!(
+        r#"
+import os, socket, sys, threading, time
+sys.stdin.readline()
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+def sink():
+    c, _ = srv.accept()
+    while c.recv(1 << 20):
+        pass
+threading.Thread(target=sink, daemon=True).start()
+cl = socket.create_connection(srv.getsockname())
+cl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(300000):
+    cl.send(b"x" * 64)
+children = []
+for _ in range({LOST_CHILDREN}):
+    child = os.fork()
+    if child == 0:
+        time.sleep(120)
+        os._exit(0)
+    children.append(str(child))
+sys.stdout.write("CHILDREN %s\n" % " ".join(children))
+sys.stdout.flush()
+while True:
+    time.sleep(1)
+"#
+    );
+    let mut parent = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the flooding parent")?;
+    let (other, _) = spawn_service(&["backend"])?;
+    let mut ztrace = spawn_managed_targets(
+        &dir,
+        &[parent.id(), other.pid()],
+        &receiver,
+        &server,
+        "targets",
+        &[],
+    )?;
+    let mut children: Vec<u32> = Vec::new();
+    let result = (|| -> Result<()> {
+        ztrace.wait_stderr("tracing 2 process(es)", Duration::from_secs(60))?;
+        ztrace.signal(libc::SIGSTOP);
+        let stopped = (|| -> Result<Vec<u32>> {
+            writeln!(parent.stdin.as_mut().context("stdin")?, "go")?;
+            let mut line = String::new();
+            BufReader::new(parent.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+            line.strip_prefix("CHILDREN ")
+                .with_context(|| format!("the parent wrote `{line}`"))?
+                .split_whitespace()
+                .map(|p| Ok(p.parse()?))
+                .collect()
+        })();
+        ztrace.signal(libc::SIGCONT);
+        children = stopped?;
+        ensure!(children.len() == LOST_CHILDREN, "children: {children:?}");
+        ztrace.wait_stderr("kernel events (ring buffer full)", Duration::from_secs(30))?;
+        // The reconcile follows the loss within a second (asserted from the log at the end).
+        std::thread::sleep(Duration::from_secs(3));
+        let traced = traced_set(ztrace.pid())?;
+        let missing: Vec<u32> = children
+            .iter()
+            .copied()
+            .filter(|c| !traced.contains(c))
+            .collect();
+        ensure!(missing.is_empty(), "children not traced: {missing:?}");
+        let hash = server.offer(&format!("[target]\npids = [{}]\n", other.pid()));
+        let (status, error) = rt.block_on(server.wait_status(&hash, Duration::from_secs(30)))?;
+        ensure!(
+            status == RemoteConfigStatuses::Applied,
+            "{status:?}: {error}"
+        );
+        ztrace.wait_stderr("retarget: untraced", Duration::from_secs(10))?;
+        let traced = traced_set(ztrace.pid())?;
+        let stayed: Vec<u32> = children
+            .iter()
+            .copied()
+            .chain([parent.id()])
+            .filter(|c| traced.contains(c))
+            .collect();
+        ensure!(
+            stayed.is_empty() && traced.contains(&other.pid()),
+            "the parent {} and its children should have left the traced set, {} stayed; still traced: {stayed:?}",
+            parent.id(),
+            other.pid()
+        );
+        let log = ztrace.stderr_text();
+        ensure!(
+            log.contains(&format!(
+                "retarget: untraced {} process(es) no longer selected",
+                LOST_CHILDREN + 1
+            )),
+            "the parent and every child should have been untraced"
+        );
+        let learnt = log
+            .lines()
+            .find_map(|l| {
+                l.split_once("reconcile with /proc (kernel events were lost): ")?
+                    .1
+                    .split_once(' ')?
+                    .0
+                    .parse::<usize>()
+                    .ok()
+            })
+            .context("no reconcile after the loss")?;
+        ensure!(
+            learnt > 0,
+            "the reconcile should have learnt the children whose fork record was lost"
+        );
+        stop_ztrace(&mut ztrace)?;
+        Ok(())
+    })();
+    for &pid in &children {
+        // SAFETY: plain kill(2) of a child this test's parent process forked.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = parent.kill();
+    let _ = parent.wait();
     finish(ztrace, result)
 }

@@ -13,9 +13,10 @@
 //!   program was attached, or userspace adding a process after its exit ran (a selector matched
 //!   an exec, and the process exited before userspace stored its byte). Userspace covers the
 //!   last three: once a second it checks that every process it traces is alive and clears the
-//!   byte of one that is not (`Capture::untrace`). What it cannot see is a PID reused within
-//!   that second by a process not descended from a traced one: it would take the new owner for
-//!   the old process (telling them apart needs the start time, not kept today).
+//!   byte of one that is not (`Capture::untrace`). A PID reused within that second is told
+//!   apart by its start time (`/proc/PID/stat`), which userspace keeps for every traced
+//!   process: it then reconciles with `/proc` and untraces the new owner unless it descends from
+//!   a traced process (userspace `capture::lineage`).
 //! - Exec keeps the TGID and the byte: nothing to do here (userspace re-inspects the process
 //!   and may clear `TLS`).
 //! - Fork: the tracepoint fires before the child first runs, so the child cannot exit before

@@ -432,6 +432,11 @@ impl Capture {
         self.traced.remove(tgid)
     }
 
+    /// Whether the kernel traces each of `tgids` (see `TracedSet::traced_of`).
+    pub fn traced_of(&mut self, tgids: &[u32]) -> Result<Vec<bool>> {
+        self.traced.traced_of(tgids)
+    }
+
     /// Attaches every program. Call after seeding the traced set so nothing is missed in between.
     pub fn attach(&mut self) -> Result<()> {
         let (enter, exit) = match (self.mode, self.capture_stdio) {

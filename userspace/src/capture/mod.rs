@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod container;
 mod elf;
+pub mod lineage;
 mod loader;
 pub mod naming;
 pub mod preflight;

@@ -1,7 +1,11 @@
 //! Facts about traced processes from /proc: validation of user-given PIDs, descendants, and the
 //! Resource description (executable, command line) each exported span carries.
 
-use std::{collections::HashSet, fs, path::PathBuf};
+use std::{
+    collections::HashSet,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use super::{container, naming};
 use crate::model::ProcessInfo;
@@ -130,6 +134,57 @@ pub fn descendants_with_parents(roots: &[u32]) -> Vec<(u32, u32)> {
         }
     }
     out
+}
+
+/// What `/proc/PID/stat` says about a process that lineage needs: its parent, whether it still
+/// runs (not a zombie) and its start time (field 22, clock ticks after boot), which tells a
+/// process from a later one given the same PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub ppid: u32,
+    pub start: u64,
+    pub alive: bool,
+}
+
+/// Parses the text of `/proc/PID/stat` (the command name in parentheses may hold anything,
+/// spaces and parentheses included: the fields start after the last `)`).
+pub fn parse_stat(pid: u32, text: &str) -> Option<ProcStat> {
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    // Field 22 is the 20th after the name (state is field 3).
+    let start = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        ppid,
+        start,
+        alive: !state.starts_with('Z') && !state.starts_with('X'),
+    })
+}
+
+/// `/proc/PID/stat` of one process under `root` (the real `/proc`, or a tree in a test). None
+/// when it is gone or unreadable.
+pub fn stat_at(root: &Path, pid: u32) -> Option<ProcStat> {
+    let text = fs::read_to_string(root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+/// The stat of every process under `root`: one directory listing and one small read per
+/// process, the cost of a reconcile (see `lineage.rs`).
+pub fn snapshot(root: &Path) -> Vec<ProcStat> {
+    let Ok(dir) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| stat_at(root, pid))
+        .collect()
+}
+
+/// The real `/proc`.
+pub fn proc_root() -> &'static Path {
+    Path::new("/proc")
 }
 
 pub fn host_name() -> String {

@@ -144,6 +144,28 @@ impl TracedSet {
         .is_ok())
     }
 
+    /// Whether the kernel traces each of `tgids` (a reconcile's question, see `lineage.rs`). A
+    /// piece of the map not mapped yet is mapped only for this read and unmapped after, so
+    /// asking about PIDs all over a large `pid_max` leaves ztrace's resident memory as it was.
+    pub fn traced_of(&mut self, tgids: &[u32]) -> Result<Vec<bool>> {
+        let mapped: Vec<bool> = self.chunks.iter().map(Option::is_some).collect();
+        let out = tgids
+            .iter()
+            .map(|&t| {
+                Ok(self
+                    .byte(t)?
+                    .is_some_and(|b| b.load(Ordering::Relaxed) != 0))
+            })
+            .collect();
+        for (index, was) in mapped.into_iter().enumerate() {
+            if !was && let Some(ptr) = self.chunks[index].take() {
+                // SAFETY: a mapping made in `chunk` for this read; no reference to it is left.
+                unsafe { libc::munmap(ptr.as_ptr().cast(), CHUNK) };
+            }
+        }
+        out
+    }
+
     /// Removes `tgid` (a process userspace found dead whose exit the kernel did not see).
     pub fn remove(&mut self, tgid: u32) -> Result<()> {
         if let Some(b) = self.byte(tgid)? {
@@ -202,6 +224,20 @@ mod tests {
         assert!(!set.update(4_194_304, traced::YES).unwrap());
         // Only the pieces written were mapped.
         assert_eq!(set.chunks.iter().flatten().count(), 2);
+    }
+
+    #[test]
+    fn reading_many_maps_no_piece_for_good() {
+        let mut set = TracedSet::anonymous();
+        set.add(5).unwrap();
+        let far = 3 * CHUNK as u32 + 1;
+        assert_eq!(
+            set.traced_of(&[5, 6, far, 4_194_304]).unwrap(),
+            vec![true, false, false, false]
+        );
+        // Piece 0 was mapped by the add and stays; piece 3 was mapped for the read only.
+        assert_eq!(set.chunks.iter().flatten().count(), 1);
+        assert_eq!(set.get(5), traced::YES);
     }
 
     #[test]

@@ -20,7 +20,9 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::Instant};
 
 use crate::{
     capture::{
-        Capture, CaptureOptions, KernelCounters, RingFd, TlsTarget, process, select,
+        Capture, CaptureOptions, KernelCounters, RingFd, TlsTarget,
+        lineage::{self, Lineage, UNKNOWN_START},
+        process, select,
         tls_target::Inspector,
     },
     export::{ExportConfig, ExportStats, Exporter, Output, sleep_until},
@@ -168,6 +170,9 @@ struct Processes {
     /// Untraced by a retarget, when: a child it forked just before inherited the traced byte
     /// and is reported after, so it is untraced too (see [`DROPPED_FORKS`]).
     dropped: HashMap<u32, std::time::Instant>,
+    /// Who forked whom, as the fork records said (see `capture::lineage`): retargets judge
+    /// descent by it, and a reconcile compares it with `/proc`.
+    lineage: Lineage,
 }
 
 /// What the capture loop works on when a process starts or stops being traced, in one place
@@ -179,15 +184,25 @@ struct Tracer {
     sink: Destination,
     inspector: Inspector,
     tls_watch: TlsWatch,
+    reconciling: Option<Reconciling>,
 }
 
 /// How long after a process was untraced by a retarget its reported forks are untraced too.
 const DROPPED_FORKS: Duration = Duration::from_secs(2);
 
+/// How often the traced set is reconciled with `/proc` when no event was lost (see
+/// [`Tracer::finish_reconcile`]); after a loss it is started within a second.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
 impl Processes {
-    fn add(&mut self, pid: u32, sink: &mut Destination) -> Result<()> {
+    /// `pid` is traced: `parent` forked it (None: whatever `/proc` says, for a process found
+    /// there rather than reported at fork). Describes it to the sink.
+    fn add(&mut self, pid: u32, parent: Option<u32>, sink: &mut Destination) -> Result<()> {
         self.alive.insert(pid);
         self.dropped.remove(&pid);
+        if parent.is_some() || !self.lineage.knows(pid) {
+            self.learn(pid, parent);
+        }
         let name = self.names.get(&pid).or(self.service_name.as_ref());
         let mut info = process::info(pid, name.map(String::as_str), &self.host_name);
         if !self.command_args {
@@ -203,9 +218,32 @@ impl Processes {
         }
     }
 
-    fn remove(&mut self, pid: u32) {
+    /// Records who forked `pid`, each process with its start time.
+    fn learn(&mut self, pid: u32, parent: Option<u32>) {
+        let root = process::proc_root();
+        let stat = process::stat_at(root, pid);
+        let start = stat.map_or(UNKNOWN_START, |s| s.start);
+        let Some(parent) = parent.or(stat.map(|s| s.ppid)) else {
+            return; // gone already: its exit follows
+        };
+        let parent_start = self
+            .lineage
+            .start_of(parent)
+            .or_else(|| process::stat_at(root, parent).map(|s| s.start))
+            .unwrap_or(UNKNOWN_START);
+        self.lineage.learn(pid, start, parent, parent_start);
+    }
+
+    /// `pid` is no longer traced: it `exited` (its descendants still descend through it), or
+    /// a retarget dropped it.
+    fn remove(&mut self, pid: u32, exited: bool) {
         self.alive.remove(&pid);
         self.names.remove(&pid);
+        if exited {
+            self.lineage.exited(pid);
+        } else {
+            self.lineage.forget(pid);
+        }
     }
 }
 
@@ -275,6 +313,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         // A recording keeps them (the file is private to root); replay applies the opt-in.
         command_args: cfg.privacy.command_args || matches!(cfg.mode, Mode::Record(_)),
         dropped: HashMap::new(),
+        lineage: Lineage::default(),
     };
     let mut targets = cfg.pids.clone();
     let mut selection = Selection::new(cfg.select.clone());
@@ -322,9 +361,10 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
         sink,
         inspector,
         tls_watch: TlsWatch::default(),
+        reconciling: None,
     };
     for &pid in &targets {
-        t.start_tracing(pid)?;
+        t.start_tracing(pid, None)?;
     }
     t.capture.attach()?;
     // SAFETY: RingFd owns the ring buffer's fd; it lives inside the AsyncFd until deregistered.
@@ -359,6 +399,8 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_report = Instant::now();
     let mut reported = (KernelCounters::default(), ExportStats::default());
+    // The ring-buffer loss count at the last reconcile with /proc, and when it was.
+    let mut reconciled = (0u64, Instant::now());
 
     let reason = loop {
         tokio::select! {
@@ -406,16 +448,16 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 ProcChange::Forked { pid, parent } => {
                     log::info!("following new child process {pid} of {parent}");
                     t.procs.inherit(pid, parent);
-                    t.procs.add(pid, &mut t.sink)?;
+                    t.procs.add(pid, Some(parent), &mut t.sink)?;
                 }
                 ProcChange::Execed { pid } => {
-                    t.procs.add(pid, &mut t.sink)?;
+                    t.procs.add(pid, None, &mut t.sink)?;
                     t.inspector.ask(pid);
                     t.tls_watch.inspected(pid);
                 }
                 ProcChange::Exited { pid } => {
                     log::info!("traced process {pid} exited");
-                    t.procs.remove(pid);
+                    t.procs.remove(pid, true);
                     t.tls_watch.exited(pid);
                 }
                 ProcChange::ExecedUntraced { pid } => selection.on_exec(pid),
@@ -439,7 +481,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                 {
                     log::info!("process {pid} is now service {name:?}");
                     t.procs.names.insert(pid, name);
-                    t.procs.add(pid, &mut t.sink)?;
+                    t.procs.add(pid, None, &mut t.sink)?;
                 }
                 continue;
             }
@@ -447,7 +489,7 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             if let Some(name) = name {
                 t.procs.names.insert(pid, name);
             }
-            t.start_tracing(pid)?;
+            t.start_tracing(pid, None)?;
             matched.push(pid);
         }
         // Children a process had before it matched (a rule added by SIGHUP or OpAMP, a port
@@ -464,12 +506,15 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
                     "tracing process {child}: a child of {parent}, which matches a selector"
                 );
                 t.procs.inherit(child, parent);
-                t.start_tracing(child)?;
+                t.start_tracing(child, Some(parent))?;
             }
         }
-        if let Some(dropped) = selection.due_drops(&t.procs.alive, cfg.follow_children) {
+        if let Some(dropped) =
+            selection.due_drops(&t.procs.alive, cfg.follow_children, &t.procs.lineage)
+        {
             t.deselect(&dropped);
         }
+        t.finish_reconcile(cfg.follow_children)?;
         for (pid, answer) in t.inspector.answers() {
             apply_tls(&mut t.capture, pid, answer, &mut t.tls_watch);
         }
@@ -480,15 +525,46 @@ async fn run_async(mut cfg: DaemonConfig, started: Started) -> Result<()> {
             t.procs.dropped.retain(|_, at| at.elapsed() < DROPPED_FORKS);
             // A missed exit event (e.g. the ring was full) must not keep us running forever, and
             // a missed exit in the kernel (see `probes::sched`) must not leave the PID traced
-            // for its next owner.
-            t.procs.alive.retain(|&pid| {
-                let alive = process::is_alive(pid);
-                if !alive && let Err(e) = t.capture.untrace(pid) {
-                    log::warn!("process {pid} exited unseen; leaving the traced set: {e:#}");
+            // for its next owner. A PID whose process has another start time than the one
+            // traced names a new process: the old one exited unseen, and a reconcile decides
+            // about the new one (traced only if it descends from a traced process).
+            let mut reused = false;
+            for pid in t.procs.alive.iter().copied().collect::<Vec<_>>() {
+                let stat = process::stat_at(process::proc_root(), pid).filter(|s| s.alive);
+                let start = t.procs.lineage.start_of(pid).unwrap_or(UNKNOWN_START);
+                match stat {
+                    Some(s) if start == UNKNOWN_START || s.start == start => continue,
+                    Some(_) => {
+                        log::debug!("process {pid} exited unseen; its PID names another process");
+                        reused = true;
+                    }
+                    None => {
+                        if let Err(e) = t.capture.untrace(pid) {
+                            log::warn!(
+                                "process {pid} exited unseen; leaving the traced set: {e:#}"
+                            );
+                        }
+                    }
                 }
-                alive
-            });
+                t.procs.remove(pid, true);
+                t.tls_watch.exited(pid);
+            }
+            t.procs.lineage.prune();
             let now = (t.capture.counters(), t.sink.export_stats());
+            // Lost records may have been forks and exits: reconcile with /proc at once; else
+            // now and then, at low cost, for what the kernel does without a record.
+            let lost = now.0.ringbuf_full != reconciled.0;
+            if lost || reused || reconciled.1.elapsed() >= RECONCILE_EVERY {
+                let why = if lost {
+                    "kernel events were lost"
+                } else if reused {
+                    "a traced PID names another process"
+                } else {
+                    "periodic"
+                };
+                reconciled = (now.0.ringbuf_full, Instant::now());
+                t.start_reconcile(why);
+            }
             t.sink.kernel_counters(now.0);
             t.sink.flush_record();
             report_losses(&reported, &now);
@@ -574,11 +650,12 @@ fn apply_remote(
 }
 
 impl Tracer {
-    /// Starts tracing `pid`: adds it to the kernel's traced set, describes it (its Resource) and
-    /// looks for the TLS library it loaded.
-    fn start_tracing(&mut self, pid: u32) -> Result<()> {
+    /// Starts tracing `pid` (a child of `parent`, or what `/proc` says when None): adds it to
+    /// the kernel's traced set, describes it (its Resource) and looks for the TLS library it
+    /// loaded.
+    fn start_tracing(&mut self, pid: u32, parent: Option<u32>) -> Result<()> {
         self.capture.trace(pid)?;
-        self.procs.add(pid, &mut self.sink)?;
+        self.procs.add(pid, parent, &mut self.sink)?;
         self.inspector.ask(pid);
         self.tls_watch.inspected(pid);
         Ok(())
@@ -592,7 +669,7 @@ impl Tracer {
                 log::warn!("process {pid} is no longer selected but stays traced: {e:#}");
                 continue;
             }
-            self.procs.remove(pid);
+            self.procs.remove(pid, false);
             self.procs.dropped.insert(pid, std::time::Instant::now());
             self.tls_watch.exited(pid);
         }
@@ -604,6 +681,122 @@ impl Tracer {
         if !dropped.is_empty() {
             log::debug!("retarget: untraced {dropped:?}");
         }
+    }
+}
+
+/// A reconcile under way: the `/proc` snapshot read off the capture loop, with how long the
+/// read took, and why it was asked for.
+struct Reconciling {
+    snapshot: std::sync::mpsc::Receiver<(Vec<process::ProcStat>, Duration)>,
+    why: &'static str,
+}
+
+impl Tracer {
+    /// Starts a reconcile (see [`Tracer::finish_reconcile`]) unless one is under way: the
+    /// snapshot of `/proc` is read on a blocking thread, so the capture loop goes on draining
+    /// the ring buffer meanwhile.
+    fn start_reconcile(&mut self, why: &'static str) {
+        if self.reconciling.is_some() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        tokio::task::spawn_blocking(move || {
+            let began = std::time::Instant::now();
+            let snapshot = process::snapshot(process::proc_root());
+            let _ = tx.send((snapshot, began.elapsed()));
+        });
+        self.reconciling = Some(Reconciling { snapshot: rx, why });
+    }
+
+    /// Once the snapshot is read: makes the traced set agree with `/proc` and the kernel's marks
+    /// (see `capture::lineage::reconcile`). It learns the traced processes whose fork record was
+    /// lost, traces children of traced processes the fork probe missed, untraces what the kernel
+    /// marks with no traced ancestor, and forgets the known processes that are gone. What
+    /// changed since the snapshot is checked again first: a process learnt since is not gone
+    /// and not untraced, and one that exited since is not traced.
+    fn finish_reconcile(&mut self, follow_children: bool) -> Result<()> {
+        let Some(pending) = &self.reconciling else {
+            return Ok(());
+        };
+        let (snapshot, read) = match pending.snapshot.try_recv() {
+            Ok(got) => got,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.reconciling = None;
+                return Ok(());
+            }
+        };
+        let why = pending.why;
+        self.reconciling = None;
+        let began = std::time::Instant::now();
+        let pids: Vec<u32> = snapshot.iter().filter(|s| s.alive).map(|s| s.pid).collect();
+        let marked: HashSet<u32> = pids
+            .iter()
+            .zip(self.capture.traced_of(&pids)?)
+            .filter_map(|(&pid, traced)| traced.then_some(pid))
+            .collect();
+        let mut plan = lineage::reconcile(
+            &snapshot,
+            &self.procs.lineage,
+            |pid| marked.contains(&pid),
+            follow_children,
+            std::process::id(),
+        );
+        let root = process::proc_root();
+        let start_then: HashMap<u32, u64> = snapshot.iter().map(|s| (s.pid, s.start)).collect();
+        let lineage = &self.procs.lineage;
+        let live_start = |pid: u32| {
+            process::stat_at(root, pid)
+                .filter(|s| s.alive)
+                .map(|s| s.start)
+        };
+        plan.gone.retain(|&pid| {
+            let known = lineage.start_of(pid).unwrap_or(UNKNOWN_START);
+            live_start(pid).is_none_or(|now| known != UNKNOWN_START && now != known)
+        });
+        let unchanged = |&(pid, _): &(u32, u32)| {
+            !lineage.knows(pid)
+                && live_start(pid).is_some_and(|now| start_then.get(&pid) == Some(&now))
+        };
+        plan.learn.retain(unchanged);
+        plan.trace.retain(unchanged);
+        plan.untrace.retain(|&pid| !lineage.knows(pid));
+        for &pid in &plan.gone {
+            if !plan.learn.iter().any(|&(p, _)| p == pid)
+                && let Err(e) = self.capture.untrace(pid)
+            {
+                log::warn!("process {pid} exited unseen; leaving the traced set: {e:#}");
+            }
+            self.procs.remove(pid, true);
+            self.tls_watch.exited(pid);
+        }
+        for &(pid, parent) in plan.learn.iter().chain(&plan.trace) {
+            self.procs.inherit(pid, parent);
+            self.start_tracing(pid, Some(parent))?;
+        }
+        for &pid in &plan.untrace {
+            if let Err(e) = self.capture.untrace(pid) {
+                log::warn!("process {pid} has no traced ancestor but stays traced: {e:#}");
+            }
+        }
+        let took = began.elapsed();
+        if plan.is_empty() {
+            log::debug!(
+                "reconcile with /proc ({why}): nothing to do; {} processes read in {read:?} (off the capture loop), compared in {took:?}",
+                snapshot.len()
+            );
+        } else {
+            log::info!(
+                "reconcile with /proc ({why}): {} traced process(es) learnt (fork record lost), {} child(ren) of traced processes traced, {} process(es) with no traced ancestor untraced, {} gone; {} processes read in {read:?} (off the capture loop), compared in {took:?}",
+                plan.learn.len(),
+                plan.trace.len(),
+                plan.untrace.len(),
+                plan.gone.len(),
+                snapshot.len()
+            );
+            log::debug!("reconcile: {plan:?}");
+        }
+        Ok(())
     }
 }
 

@@ -7,8 +7,8 @@
 //!   its rules match;
 //! - what it no longer selects is untraced [`DESELECT_GRACE`] later. Kept then are the PIDs it
 //!   names, the running processes its rules match at that moment, and — unless
-//!   `--no-children`/`target.no_children` — their descendants (found from each process's
-//!   `PPid`: a child inherits tracing in the kernel at fork). Every other traced process leaves
+//!   `--no-children`/`target.no_children` — their descendants (from the fork records, see
+//!   below: a child inherits tracing in the kernel at fork). Every other traced process leaves
 //!   the kernel's traced set (its byte is cleared), and the log says how many did (which ones at
 //!   debug level). See [`no_longer_selected`].
 //!
@@ -28,9 +28,12 @@
 //! traced, as before.) The decision reads /proc at that moment and looks only at processes
 //! traced then — the exit events and the 1 s sweep of dead PIDs have removed the exited ones —
 //! so a PID reused in between is judged as its new owner, never untraced for its old one.
-//! Ancestry goes through live processes only: a descendant whose chain to a kept process passes
-//! through one that has exited (it was re-parented, e.g. a daemon that double-forked) no longer
-//! descends from it and is dropped. Whether children are followed is the running daemon's
+//! Ancestry is what the fork records said (`capture::lineage`), not only the live `PPid` chain: a
+//! descendant whose chain to a kept process passes through one that has exited (it was
+//! re-parented, e.g. a daemon that double-forked) still descends from it and is kept; an exited
+//! process is never a root itself, and a parent is recognised by its start time, so a process
+//! that got an exited parent's PID does not adopt its descendants. Above the traced processes
+//! (the shell that started a root) the live chain is followed. Whether children are followed is the running daemon's
 //! setting (the kernel's, chosen at start): `target.no_children` takes a restart to change.
 //!
 //! A child a dropped process forked just before it was untraced inherited the traced byte; its
@@ -45,7 +48,7 @@ use std::{collections::HashSet, time::Duration};
 use anyhow::Result;
 use tokio::time::Instant;
 
-use crate::capture::{process, select};
+use crate::capture::{lineage::Lineage, process, select};
 use crate::config::Target;
 
 /// SIGHUP: re-reads `[target] pids` and `[[target.select]]` from `path`, replaces the selectors
@@ -96,42 +99,30 @@ pub(super) struct Selection {
 /// How long processes a retarget no longer selects stay traced (see the module docs).
 pub(super) const DESELECT_GRACE: Duration = Duration::from_secs(2);
 
-/// Longest chain of parents followed to a kept process (a cycle or a corrupt table must end).
-const MAX_ANCESTRY: usize = 4096;
-
 /// The processes of `traced` a configuration no longer selects: neither in `roots` (the PIDs it
-/// names and the processes its rules match) nor, when `follow_children`, a descendant of one by
-/// `parent_of` (a process's parent PID; None when unknown or gone). Sorted.
+/// names and the processes its rules match) nor, when `follow_children`, a descendant of one —
+/// by the parents `lineage` recorded at fork (exited ones included), and beyond them by
+/// `proc_stat` (a live process's parent and start time; None when gone). Sorted.
 pub(super) fn no_longer_selected(
     traced: &HashSet<u32>,
     roots: &HashSet<u32>,
     follow_children: bool,
-    parent_of: impl Fn(u32) -> Option<u32>,
+    lineage: &Lineage,
+    proc_stat: impl Fn(u32) -> Option<(u32, u64)>,
 ) -> Vec<u32> {
     let selected = |pid: u32| {
-        if roots.contains(&pid) {
-            return true;
-        }
-        if !follow_children {
-            return false;
-        }
-        let mut at = pid;
-        for _ in 0..MAX_ANCESTRY {
-            match parent_of(at) {
-                Some(parent) if parent != 0 && parent != at => {
-                    if roots.contains(&parent) {
-                        return true;
-                    }
-                    at = parent;
-                }
-                _ => return false,
-            }
-        }
-        false
+        roots.contains(&pid) || (follow_children && lineage.descends_from(pid, roots, &proc_stat))
     };
     let mut out: Vec<u32> = traced.iter().copied().filter(|&p| !selected(p)).collect();
     out.sort_unstable();
     out
+}
+
+/// A live process's parent and start time, from `/proc`.
+pub(super) fn live_parent(pid: u32) -> Option<(u32, u64)> {
+    process::stat_at(process::proc_root(), pid)
+        .filter(|s| s.alive)
+        .map(|s| (s.ppid, s.start))
 }
 
 /// New processes watched for a port at once; more are not watched (and counted in the log).
@@ -183,6 +174,7 @@ impl Selection {
         &mut self,
         traced: &HashSet<u32>,
         follow_children: bool,
+        lineage: &Lineage,
     ) -> Option<Vec<u32>> {
         if Instant::now() < self.prune_at? {
             return None;
@@ -201,7 +193,8 @@ impl Selection {
             traced,
             &roots,
             follow_children,
-            process::parent_of,
+            lineage,
+            live_parent,
         ))
     }
 
@@ -273,6 +266,7 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use super::no_longer_selected;
+    use crate::capture::lineage::{Lineage, UNKNOWN_START};
 
     /// A process table: 1 is init; 100 a matched server with workers 101, 102 and a grandchild
     /// 103 (of 102); 200 a server no longer selected with worker 201; 300 a process named by PID
@@ -296,9 +290,13 @@ mod tests {
         let table = table();
         let traced: HashSet<u32> = traced.iter().copied().collect();
         let roots: HashSet<u32> = roots.iter().copied().collect();
-        no_longer_selected(&traced, &roots, follow_children, |pid| {
-            table.get(&pid).copied()
-        })
+        no_longer_selected(
+            &traced,
+            &roots,
+            follow_children,
+            &Lineage::default(),
+            |pid| table.get(&pid).map(|&p| (p, UNKNOWN_START)),
+        )
     }
 
     const ALL: [u32; 9] = [100, 101, 102, 103, 200, 201, 300, 301, 400];
@@ -366,15 +364,49 @@ mod tests {
         assert_eq!(selection.running, vec![sleeper.id()]);
         assert!(selection.prune_at.is_some());
         // Not due before the grace is over.
-        assert!(selection.due_drops(&HashSet::new(), true).is_none());
+        assert!(
+            selection
+                .due_drops(&HashSet::new(), true, &Lineage::default())
+                .is_none()
+        );
     }
 
     #[test]
     fn a_cycle_in_the_table_ends() {
         let traced = HashSet::from([7]);
-        let got = no_longer_selected(&traced, &HashSet::from([9]), true, |pid| {
-            Some(if pid == 7 { 8 } else { 7 })
-        });
+        let got = no_longer_selected(
+            &traced,
+            &HashSet::from([9]),
+            true,
+            &Lineage::default(),
+            |pid| Some((if pid == 7 { 8 } else { 7 }, UNKNOWN_START)),
+        );
         assert_eq!(got, vec![7]);
+    }
+
+    /// 100 forks 110, which forks 111 and exits (111 is re-parented to init, 1): the fork
+    /// records keep 111 in 100's tree, so a retarget that keeps 100 keeps 111, and one that
+    /// drops 100 drops 111.
+    #[test]
+    fn a_double_forked_grandchild_follows_its_original_ancestor() {
+        let mut table = table();
+        table.insert(111, 1);
+        let mut lineage = Lineage::default();
+        lineage.learn(100, 10, 1, UNKNOWN_START);
+        lineage.learn(110, 20, 100, 10);
+        lineage.learn(111, 30, 110, 20);
+        lineage.exited(110);
+        lineage.prune();
+        let traced: HashSet<u32> = [100, 111, 200].into();
+        let live = |pid: u32| table.get(&pid).map(|&p| (p, UNKNOWN_START));
+        let drops = |roots: &[u32]| {
+            let roots: HashSet<u32> = roots.iter().copied().collect();
+            no_longer_selected(&traced, &roots, true, &lineage, live)
+        };
+        assert_eq!(drops(&[100]), vec![200], "100 kept: 111 kept with it");
+        assert_eq!(drops(&[200]), vec![100, 111], "100 dropped: 111 with it");
+        // By the live chain alone (the old behaviour) 111 was dropped with 100 kept.
+        let by_ppid = no_longer_selected(&traced, &[100].into(), true, &Lineage::default(), live);
+        assert_eq!(by_ppid, vec![111, 200]);
     }
 }
