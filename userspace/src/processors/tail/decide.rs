@@ -619,8 +619,10 @@ mod tests {
     /// (here: switched off) does not end that wait, and a keep arriving after it still releases
     /// the spans. Meanwhile new traces pass straight through, and once nothing waits and the
     /// keep is no longer remembered the sampler is idle.
-    #[test]
-    fn a_parked_trace_is_saved_by_a_keep_that_comes_after_a_change() {
+    /// An errors-only agent that shares healthy trace 1 with the agent at `10.0.0.2`: decided
+    /// (dropped) at 100 ms, its three spans parked for that agent's vote; then, at 200 ms, tail
+    /// sampling switched off. The agent, the trace and the other agent's address.
+    fn parked_then_switched_off() -> (TailSampler, TraceId, IpAddr) {
         let mut a = TailSampler::new(&errors_only());
         let b_ip: IpAddr = "10.0.0.2".parse().unwrap();
         let mut out = Vec::new();
@@ -635,6 +637,13 @@ mod tests {
         assert_eq!(a.stats().votes.parked_spans, 3);
         a.reconfigure(None, 200 * MS, &NoAnomalies, &mut out);
         assert!(out.is_empty(), "the change drops nothing");
+        (a, id, b_ip)
+    }
+
+    #[test]
+    fn a_parked_trace_is_saved_by_a_keep_that_comes_after_a_change() {
+        let (mut a, id, b_ip) = parked_then_switched_off();
+        let mut out = Vec::new();
         assert!(!a.idle(), "a trace still waits for votes");
         a.offer(trace(2, false).remove(2), 300 * MS, &NoAnomalies, &mut out);
         assert_eq!(out.len(), 1, "switched off: a new trace passes");
@@ -783,17 +792,8 @@ mod tests {
     /// a vote about one is refused: nothing waits for ever.
     #[test]
     fn votes_after_a_switch_off_end_within_their_wait() {
-        let mut a = TailSampler::new(&errors_only());
-        let b_ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let (mut a, id, b_ip) = parked_then_switched_off();
         let mut out = Vec::new();
-        let spans = trace(1, false);
-        let id = spans[0].trace_id;
-        a.participant(id, b_ip);
-        for s in spans {
-            a.offer(s, 0, &NoAnomalies, &mut out);
-        }
-        a.poll(100 * MS, &NoAnomalies, &mut out);
-        a.reconfigure(None, 200 * MS, &NoAnomalies, &mut out);
         a.poll(2099 * MS, &NoAnomalies, &mut out);
         assert_eq!(a.stats().votes.parked_spans, 3, "parked until 2.1 s");
         a.poll(2100 * MS, &NoAnomalies, &mut out);
