@@ -94,34 +94,22 @@ pub fn validate(pid: u32) -> Result<(), PidError> {
     Ok(())
 }
 
+/// Whether `pid` runs (a zombie has exited: only its exit status waits to be reaped).
 pub fn is_alive(pid: u32) -> bool {
-    // A zombie has exited: its threads are gone, only the exit status waits to be reaped.
-    match status_field(pid, "State") {
-        Some(state) => !state.starts_with('Z') && !state.starts_with('X'),
-        None => false,
-    }
+    stat_at(proc_root(), pid).is_some_and(|s| s.alive)
 }
 
 pub fn parent_of(pid: u32) -> Option<u32> {
-    status_field(pid, "PPid")?.parse().ok()
+    stat_at(proc_root(), pid).map(|s| s.ppid)
 }
 
 /// All live descendants of `roots` (children of children…), from each process's PPid, each with
 /// its parent, parents before their children.
 pub fn descendants_with_parents(roots: &[u32]) -> Vec<(u32, u32)> {
-    let mut by_parent: Vec<(u32, u32)> = Vec::new();
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-                && let Some(ppid) = parent_of(pid)
-            {
-                by_parent.push((ppid, pid));
-            }
-        }
-    }
+    let by_parent: Vec<(u32, u32)> = snapshot(proc_root())
+        .into_iter()
+        .map(|s| (s.ppid, s.pid))
+        .collect();
     let mut seen: HashSet<u32> = roots.iter().copied().collect();
     let mut frontier: Vec<u32> = roots.to_vec();
     let mut out = Vec::new();
